@@ -1,1 +1,5 @@
 #![forbid(unsafe_code)]
+
+pub mod framer;
+pub mod stanza;
+pub mod xml;
