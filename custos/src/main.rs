@@ -1,1 +1,23 @@
-fn main() {}
+//! `custos`: the command-line entry point. Parses arguments, loads configuration, starts
+//! and stops the parts; every piece of business logic lives in the library crates.
+
+#![forbid(unsafe_code)]
+
+mod cli;
+mod config;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match cli::run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("custos: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

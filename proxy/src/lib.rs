@@ -1,5 +1,46 @@
+//! The Custos proxy: sits between XMPP clients and an unmodified XMPP server, negotiates
+//! TLS on both legs itself, and hands every stanza to an inspection point before
+//! forwarding it.
+//!
+//! ```text
+//!  client ──TLS──▶ server::accept ──▶ session (negotiation machine, then relay)
+//!                                        │ framer: bytes → whole stanzas + parsed view
+//!                                        ▼
+//!                                   inspect::Inspector  (policy + archive plug in here)
+//!                                        │ Decision: forward / replace / refuse
+//!                                        ▼
+//!  upstream ◀──TLS── original bytes (or the replacement), error stanzas back to the sender
+//! ```
+//!
+//! Layout:
+//! - [`framer`]: bytes → stream header / stanza / whitespace / stream end; limits and
+//!   restricted XML. Knows no XMPP semantics.
+//! - [`xml`]: the small element tree stanzas are parsed into, and its serialisation.
+//! - [`stanza`]: the parsed view of a stanza handed to inspection.
+//! - [`negotiation`]: the sans-I/O stream negotiation state machine.
+//! - [`features`]: which upstream stream features a client may see through the proxy.
+//! - [`session`]: the per-connection driver: negotiation I/O, then the two relay directions.
+//! - [`server`]: listeners, connection cap, shutdown and drain.
+//! - [`inspect`]: the inspection point ([`Inspector`], [`Decision`]).
+//! - [`stream`]: the stream-level elements Custos writes itself.
+//! - [`tls`]: rustls configuration for both legs.
+//! - [`error`]: why a session ended, by whose fault, and the stream error it maps to.
+
 #![forbid(unsafe_code)]
 
+mod conn;
+pub mod error;
+pub mod features;
 pub mod framer;
+pub mod inspect;
+mod io;
+pub mod negotiation;
+pub mod server;
+mod session;
 pub mod stanza;
+pub mod stream;
+pub mod tls;
 pub mod xml;
+
+pub use inspect::{Decision, Direction, Inspected, Inspector, Outcome, PassThrough, SessionInfo};
+pub use server::{BoundProxy, Limits, ListenerConfig, ListenerMode, Proxy, ProxyConfig, UpstreamConfig};

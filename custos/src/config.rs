@@ -1,0 +1,550 @@
+//! Configuration, in two stages: [`RawConfig`] is what serde reads from the TOML file
+//! (unknown keys are errors), [`Config`] is what the rest of the program gets — addresses
+//! parsed, files checked, TLS configurations built. Every error names the file, the line
+//! and the key: `FILE:LINE: key: reason`.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use custos_proxy::negotiation::UpstreamTls;
+use custos_proxy::{Limits, ListenerConfig, ListenerMode, ProxyConfig, UpstreamConfig};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A configuration problem, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}: {}", self.file.display(), self.line, self.key, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub listener: Vec<Spanned<RawListener>>,
+    pub upstream: Option<Spanned<RawUpstream>>,
+    pub archive: Option<Spanned<RawArchive>>,
+    pub policy: Option<Spanned<RawPolicy>>,
+    pub web: Option<Spanned<RawWeb>>,
+    pub limits: Option<Spanned<RawLimits>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub bind: Spanned<String>,
+    pub tls: Spanned<String>,
+    pub cert: Spanned<PathBuf>,
+    pub key: Spanned<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub address: Spanned<String>,
+    pub tls: Spanned<String>,
+    pub ca: Option<Spanned<PathBuf>>,
+    pub server_name: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawArchive {
+    pub dir: Spanned<PathBuf>,
+    pub master_key: Option<Spanned<PathBuf>>,
+    pub signing_key: Spanned<PathBuf>,
+    pub on_failure: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub rules: Spanned<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWeb {
+    pub bind: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_stanza_bytes: Option<Spanned<i64>>,
+    pub handshake_timeout_secs: Option<Spanned<i64>>,
+    pub auth_timeout_secs: Option<Spanned<i64>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub drain_timeout_secs: Option<Spanned<i64>>,
+}
+
+/// What happens to a message when the archive cannot write it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Refuse the message with an error to its sender (the default: fail closed).
+    Block,
+    /// Deliver it unarchived, loudly logged. An explicit per-deployment choice.
+    Deliver,
+}
+
+#[derive(Debug, Clone)]
+pub struct ArchiveSettings {
+    pub dir: PathBuf,
+    /// `None`: the master key comes from `CUSTOS_MASTER_KEY`.
+    pub master_key: Option<PathBuf>,
+    pub signing_key: PathBuf,
+    pub on_failure: OnFailure,
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicySettings {
+    pub rules: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebSettings {
+    pub bind: SocketAddr,
+}
+
+/// The validated configuration.
+pub struct Config {
+    pub file: PathBuf,
+    pub proxy: Option<ProxyConfig>,
+    pub archive: Option<ArchiveSettings>,
+    pub policy: Option<PolicySettings>,
+    pub web: Option<WebSettings>,
+}
+
+/// Reads and validates a configuration file.
+pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![ConfigError {
+            file: path.to_owned(),
+            line: 0,
+            key: "(file)".into(),
+            reason: format!("cannot read: {e}"),
+        }]
+    })?;
+    parse(path, &text)
+}
+
+pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<ConfigError>> {
+    let locate = Locator { file: path, text };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| vec![locate.toml_error(&e)])?;
+    let base = path.parent().map(Path::to_owned).unwrap_or_default();
+    let mut v = Validator {
+        locate,
+        base,
+        errors: Vec::new(),
+    };
+    let config = v.config(raw);
+    if v.errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(v.errors)
+    }
+}
+
+struct Locator<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    fn line_of(&self, span: &Range<usize>) -> usize {
+        let end = span.start.min(self.text.len());
+        self.text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    }
+
+    fn error(&self, span: &Range<usize>, key: &str, reason: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_owned(),
+            line: self.line_of(span),
+            key: key.to_owned(),
+            reason: reason.into(),
+        }
+    }
+
+    fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
+        let message = e.message().trim().to_owned();
+        // serde names the offending key in backticks ("unknown field `bnd`").
+        let key = message
+            .split('`')
+            .nth(1)
+            .map(str::to_owned)
+            .unwrap_or_else(|| "(syntax)".into());
+        let line = e.span().map(|s| self.line_of(&s)).unwrap_or(0);
+        ConfigError {
+            file: self.file.to_owned(),
+            line,
+            key,
+            reason: message,
+        }
+    }
+}
+
+struct Validator<'a> {
+    locate: Locator<'a>,
+    base: PathBuf,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    fn fail(&mut self, span: &Range<usize>, key: &str, reason: impl Into<String>) {
+        let e = self.locate.error(span, key, reason);
+        self.errors.push(e);
+    }
+
+    fn path(&self, p: &Spanned<PathBuf>) -> PathBuf {
+        let p = p.get_ref();
+        if p.is_absolute() {
+            p.clone()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn existing_file(&mut self, p: &Spanned<PathBuf>, key: &str) -> Option<PathBuf> {
+        let path = self.path(p);
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => Some(path),
+            Ok(_) => {
+                self.fail(&p.span(), key, format!("{} is not a file", path.display()));
+                None
+            }
+            Err(e) => {
+                self.fail(&p.span(), key, format!("{}: {e}", path.display()));
+                None
+            }
+        }
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        let proxy = self.proxy(&raw);
+        let archive = raw.archive.as_ref().and_then(|a| self.archive(a));
+        let policy = raw.policy.as_ref().and_then(|p| {
+            let rules = self.existing_file(&p.get_ref().rules, "policy.rules")?;
+            Some(PolicySettings { rules })
+        });
+        let web = raw.web.as_ref().and_then(|w| {
+            let bind = &w.get_ref().bind;
+            match bind.get_ref().parse::<SocketAddr>() {
+                Ok(addr) => Some(WebSettings { bind: addr }),
+                Err(_) => {
+                    self.fail(&bind.span(), "web.bind", "expected an address like 127.0.0.1:8080");
+                    None
+                }
+            }
+        });
+        Config {
+            file: self.locate.file.to_owned(),
+            proxy,
+            archive,
+            policy,
+            web,
+        }
+    }
+
+    fn proxy(&mut self, raw: &RawConfig) -> Option<ProxyConfig> {
+        let limits = self.limits(raw.limits.as_ref());
+        if raw.listener.is_empty() {
+            // A config without listeners is valid: it can serve the web UI or run the
+            // archive commands alone. An upstream without listeners is almost certainly a
+            // mistake, though.
+            if let Some(up) = &raw.upstream {
+                self.fail(&up.span(), "upstream", "an [upstream] needs at least one [[listener]]");
+            }
+            return None;
+        }
+        let listeners: Vec<_> = raw
+            .listener
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| self.listener(i, l.get_ref()))
+            .collect();
+        let upstream = match &raw.upstream {
+            Some(up) => self.upstream(up.get_ref()),
+            None => {
+                let span = raw.listener.first().map(|l| l.span()).unwrap_or(0..0);
+                self.fail(&span, "upstream", "listeners need an [upstream] section");
+                None
+            }
+        };
+        let upstream = upstream?;
+        (listeners.len() == raw.listener.len()).then_some(ProxyConfig {
+            listeners,
+            upstream,
+            limits,
+        })
+    }
+
+    fn listener(&mut self, index: usize, l: &RawListener) -> Option<ListenerConfig> {
+        let key = |k: &str| format!("listener[{index}].{k}");
+        let bind = match l.bind.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.fail(&l.bind.span(), &key("bind"), "expected an address like 127.0.0.1:5222");
+                None
+            }
+        };
+        let mode = match l.tls.get_ref().as_str() {
+            "starttls" => Some(ListenerMode::StartTls),
+            "direct" => Some(ListenerMode::DirectTls),
+            other => {
+                self.fail(
+                    &l.tls.span(),
+                    &key("tls"),
+                    format!("expected \"starttls\" or \"direct\", got {other:?}"),
+                );
+                None
+            }
+        };
+        let cert = self.existing_file(&l.cert, &key("cert"));
+        let tls_key = self.existing_file(&l.key, &key("key"));
+        let tls = match (cert, tls_key) {
+            (Some(cert), Some(k)) => match custos_proxy::tls::server_config(&cert, &k) {
+                Ok(tls) => Some(tls),
+                Err(e) => {
+                    self.fail(&l.cert.span(), &key("cert"), e.to_string());
+                    None
+                }
+            },
+            _ => None,
+        };
+        Some(ListenerConfig {
+            bind: bind?,
+            mode: mode?,
+            tls: tls?,
+        })
+    }
+
+    fn upstream(&mut self, u: &RawUpstream) -> Option<UpstreamConfig> {
+        let mode = match u.tls.get_ref().as_str() {
+            "starttls" => Some(UpstreamTls::StartTls),
+            "direct" => Some(UpstreamTls::Direct),
+            "none" => Some(UpstreamTls::None),
+            other => {
+                self.fail(
+                    &u.tls.span(),
+                    "upstream.tls",
+                    format!("expected \"starttls\", \"direct\" or \"none\", got {other:?}"),
+                );
+                None
+            }
+        };
+        let address = u.address.get_ref().clone();
+        let resolved: Vec<SocketAddr> = match address.to_socket_addrs() {
+            Ok(addrs) => addrs.collect(),
+            Err(e) => {
+                self.fail(
+                    &u.address.span(),
+                    "upstream.address",
+                    format!("expected host:port that resolves ({e})"),
+                );
+                return None;
+            }
+        };
+        if mode == Some(UpstreamTls::None) && !resolved.iter().all(|a| a.ip().is_loopback()) {
+            // Passwords cross the upstream leg in SASL: without TLS they may only stay on
+            // this machine.
+            self.fail(
+                &u.tls.span(),
+                "upstream.tls",
+                format!("\"none\" is allowed only for a loopback upstream, and {address} is not"),
+            );
+            return None;
+        }
+        let ca = match &u.ca {
+            Some(ca) => Some(self.existing_file(ca, "upstream.ca")?),
+            None => None,
+        };
+        let tls = match custos_proxy::tls::upstream_config(ca.as_deref(), mode == Some(UpstreamTls::Direct)) {
+            Ok(tls) => tls,
+            Err(e) => {
+                let span = u.ca.as_ref().map(|c| c.span()).unwrap_or(u.tls.span());
+                self.fail(&span, "upstream.ca", e.to_string());
+                return None;
+            }
+        };
+        Some(UpstreamConfig {
+            address,
+            mode: mode?,
+            tls,
+            server_name: u.server_name.as_ref().map(|s| s.get_ref().clone()),
+        })
+    }
+
+    fn archive(&mut self, a: &Spanned<RawArchive>) -> Option<ArchiveSettings> {
+        let a = a.get_ref();
+        let dir = self.path(&a.dir);
+        let master_key = a.master_key.as_ref().map(|k| (self.path(k), k.span()));
+        if let Some((key_path, span)) = &master_key {
+            // The master key must never sit in the archive directory: whoever copies the
+            // archive would copy the key with it.
+            if is_within(key_path, &dir) {
+                self.fail(
+                    span,
+                    "archive.master_key",
+                    format!("{} is inside the archive directory {}; keep the master key elsewhere", key_path.display(), dir.display()),
+                );
+            }
+        }
+        let signing_key = self.path(&a.signing_key);
+        if is_within(&signing_key, &dir) {
+            self.fail(
+                &a.signing_key.span(),
+                "archive.signing_key",
+                format!("{} is inside the archive directory; keep keys elsewhere", signing_key.display()),
+            );
+        }
+        let on_failure = match a.on_failure.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
+            None | Some(("block", _)) => OnFailure::Block,
+            Some(("deliver", _)) => OnFailure::Deliver,
+            Some((other, span)) => {
+                self.fail(
+                    &span,
+                    "archive.on_failure",
+                    format!("expected \"block\" or \"deliver\", got {other:?}"),
+                );
+                OnFailure::Block
+            }
+        };
+        Some(ArchiveSettings {
+            dir,
+            master_key: master_key.map(|(p, _)| p),
+            signing_key,
+            on_failure,
+        })
+    }
+
+    fn limits(&mut self, raw: Option<&Spanned<RawLimits>>) -> Limits {
+        let mut limits = Limits::default();
+        let Some(raw) = raw else { return limits };
+        let raw = raw.get_ref();
+        let mut positive = |v: &Option<Spanned<i64>>, key: &str, max: i64| -> Option<u64> {
+            let v = v.as_ref()?;
+            let n = *v.get_ref();
+            if n <= 0 || n > max {
+                self.fail(&v.span(), key, format!("must be between 1 and {max}"));
+                return None;
+            }
+            u64::try_from(n).ok()
+        };
+        if let Some(n) = positive(&raw.max_stanza_bytes, "limits.max_stanza_bytes", 64 << 20) {
+            limits.frame.max_stanza_bytes = n as usize;
+        }
+        if let Some(n) = positive(&raw.handshake_timeout_secs, "limits.handshake_timeout_secs", 3600) {
+            limits.handshake_timeout = std::time::Duration::from_secs(n);
+        }
+        if let Some(n) = positive(&raw.auth_timeout_secs, "limits.auth_timeout_secs", 3600) {
+            limits.auth_timeout = std::time::Duration::from_secs(n);
+        }
+        if let Some(n) = positive(&raw.max_connections, "limits.max_connections", 1_000_000) {
+            limits.max_connections = n as usize;
+        }
+        if let Some(n) = positive(&raw.drain_timeout_secs, "limits.drain_timeout_secs", 3600) {
+            limits.drain_timeout = std::time::Duration::from_secs(n);
+        }
+        limits
+    }
+}
+
+/// Whether `path` lies inside `dir`, comparing absolute, normalised forms so `..` tricks
+/// and relative spellings do not slip past.
+fn is_within(path: &Path, dir: &Path) -> bool {
+    let abs = |p: &Path| -> PathBuf {
+        let p = if p.is_absolute() {
+            p.to_owned()
+        } else {
+            std::env::current_dir().unwrap_or_default().join(p)
+        };
+        let mut out = PathBuf::new();
+        for c in p.components() {
+            match c {
+                std::path::Component::ParentDir => {
+                    out.pop();
+                }
+                std::path::Component::CurDir => {}
+                other => out.push(other),
+            }
+        }
+        // Resolve symlinks where the path exists, so a link into the dir is caught too.
+        std::fs::canonicalize(&out).unwrap_or(out)
+    };
+    abs(path).starts_with(abs(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(text: &str) -> Vec<String> {
+        match parse(Path::new("custos.toml"), text) {
+            Ok(_) => Vec::new(),
+            Err(errs) => errs.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let errs = errors("[web]\nbind = \"127.0.0.1:8080\"\nport = 3\n");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].starts_with("custos.toml:3: port: unknown field"), "{}", errs[0]);
+    }
+
+    #[test]
+    fn bad_values_are_located() {
+        let errs = errors(
+            "[[listener]]\nbind = \"nowhere\"\ntls = \"tls\"\ncert = \"missing.crt\"\nkey = \"missing.key\"\n\
+             [upstream]\naddress = \"127.0.0.1:5222\"\ntls = \"starttls\"\n",
+        );
+        let joined = errs.join("\n");
+        assert!(joined.contains("custos.toml:2: listener[0].bind: expected an address"), "{joined}");
+        assert!(joined.contains("custos.toml:3: listener[0].tls: expected \"starttls\" or \"direct\""), "{joined}");
+        assert!(joined.contains("custos.toml:4: listener[0].cert: missing.crt:"), "{joined}");
+        assert!(joined.contains("custos.toml:5: listener[0].key: missing.key:"), "{joined}");
+    }
+
+    #[test]
+    fn plaintext_upstream_only_on_loopback() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        let text = "[upstream]\naddress = \"192.0.2.1:5222\"\ntls = \"none\"\n";
+        let raw: RawConfig = toml::from_str(text).unwrap();
+        let mut v = Validator {
+            locate: Locator { file: &cfg, text },
+            base: dir.path().to_owned(),
+            errors: Vec::new(),
+        };
+        assert!(v.upstream(raw.upstream.as_ref().unwrap().get_ref()).is_none());
+        assert!(v.errors[0].to_string().contains("upstream.tls: \"none\" is allowed only for a loopback upstream"));
+    }
+
+    #[test]
+    fn master_key_inside_archive_dir_is_refused() {
+        let errs = errors(
+            "[archive]\ndir = \"data/archive\"\nmaster_key = \"data/archive/../archive/master.key\"\nsigning_key = \"secrets/s.key\"\n",
+        );
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].starts_with("custos.toml:3: archive.master_key:"), "{}", errs[0]);
+    }
+
+    #[test]
+    fn syntax_error_has_a_line() {
+        let errs = errors("[web]\nbind = \n");
+        assert!(errs[0].starts_with("custos.toml:2: "), "{}", errs[0]);
+    }
+}

@@ -1,0 +1,104 @@
+//! Why a session ended, grouped by whose fault it was, and the stream error condition
+//! (RFC 6120 §4.9.3) each cause puts on the wire toward the client.
+
+use std::io;
+
+use crate::framer::FrameError;
+
+/// What went wrong on one proxied session.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The client broke the protocol or a limit.
+    #[error("client: {0}")]
+    Client(#[from] ClientFault),
+    /// The upstream server could not be reached, failed verification or misbehaved.
+    #[error("upstream: {0}")]
+    Upstream(#[from] UpstreamFault),
+    /// Custos itself is stopping.
+    #[error("shutting down")]
+    Shutdown,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientFault {
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    #[error("TLS handshake failed: {0}")]
+    Tls(io::Error),
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+    #[error("closed the connection")]
+    Closed,
+    #[error("read failed: {0}")]
+    Io(io::Error),
+    #[error("sent {got} while {expected} was required")]
+    Unexpected { expected: &'static str, got: String },
+    #[error("sent data after <starttls/> before the TLS handshake")]
+    DataBeforeTls,
+    #[error("asked for no domain and none is configured")]
+    NoDomain,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamFault {
+    #[error("cannot connect to {address}: {source}")]
+    Connect { address: String, source: io::Error },
+    #[error("timed out {0}")]
+    Timeout(&'static str),
+    #[error("TLS with the upstream failed: {0}")]
+    Tls(io::Error),
+    #[error("invalid server name {0:?} for TLS")]
+    ServerName(String),
+    #[error("does not offer STARTTLS")]
+    NoStartTls,
+    #[error("refused STARTTLS")]
+    StartTlsRefused,
+    #[error("sent malformed XML: {0}")]
+    Frame(FrameError),
+    #[error("sent {got} while {expected} was expected")]
+    Unexpected { expected: &'static str, got: String },
+    #[error("closed the connection")]
+    Closed,
+    #[error("I/O failed: {0}")]
+    Io(io::Error),
+}
+
+impl SessionError {
+    /// The stream error condition sent to the client for this cause, with the text a
+    /// person reading the client's log should see. `None`: nothing more can be written
+    /// (the client is gone).
+    pub fn client_condition(&self) -> Option<(&'static str, String)> {
+        match self {
+            SessionError::Client(fault) => match fault {
+                ClientFault::Frame(e) => Some((e.condition(), e.to_string())),
+                ClientFault::Timeout(what) => {
+                    Some(("connection-timeout", format!("timed out waiting for {what}")))
+                }
+                ClientFault::Unexpected { expected, .. } => Some((
+                    if *expected == "<starttls/>" {
+                        "policy-violation"
+                    } else {
+                        "bad-format"
+                    },
+                    format!("{expected} required"),
+                )),
+                ClientFault::DataBeforeTls => Some((
+                    "policy-violation",
+                    "data sent after <starttls/> before the TLS handshake".into(),
+                )),
+                ClientFault::NoDomain => Some((
+                    "host-unknown",
+                    "the stream header names no domain".into(),
+                )),
+                ClientFault::Tls(_) | ClientFault::Closed | ClientFault::Io(_) => None,
+            },
+            // The cause (addresses, certificate details) goes to the operator's log, not to
+            // an unauthenticated peer.
+            SessionError::Upstream(_) => Some((
+                "remote-connection-failed",
+                "the XMPP server behind this proxy is unavailable".into(),
+            )),
+            SessionError::Shutdown => Some(("system-shutdown", "the proxy is restarting".into())),
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! What of the upstream's stream features a client may be offered through Custos.
+//!
+//! The proxy terminates TLS on both legs, so anything bound to one TLS session cannot
+//! survive the hop, and anything that would hide stanzas from inspection must not be
+//! negotiated:
+//! - SCRAM-*-PLUS and XEP-0440 channel-binding types: the client's channel binding data
+//!   describes the client↔proxy TLS session, which the server never sees.
+//! - Stream compression (XEP-0138): compressed stanzas cannot be framed or inspected.
+//! - SASL2 / Bind2 / FAST (XEP-0388, XEP-0386, XEP-0484): not handled yet, so clients fall
+//!   back to RFC 6120 SASL and resource binding, from which the session's JID is learned.
+//! - STARTTLS: the client leg is already encrypted by Custos; an upstream offer only
+//!   describes the proxy's own leg.
+
+use crate::xml::{Element, Node};
+
+const NS_COMPRESS_FEATURE: &str = "http://jabber.org/features/compress";
+const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
+const NS_SASL2: &str = "urn:xmpp:sasl:2";
+const NS_BIND2: &str = "urn:xmpp:bind:0";
+const NS_SASL_CB: &str = "urn:xmpp:sasl-cb:0";
+const NS_FAST: &str = "urn:xmpp:fast:0";
+const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
+
+/// Removes the features Custos cannot carry. Returns whether anything was removed, so an
+/// unchanged element can still be forwarded as the bytes the server sent.
+pub fn filter_features(features: &mut Element) -> bool {
+    let before = count_elements(features);
+    features.children.retain(|node| match node {
+        Node::Element(child) => !matches!(
+            child.ns.as_str(),
+            NS_COMPRESS_FEATURE | NS_SASL2 | NS_BIND2 | NS_SASL_CB | NS_FAST | NS_TLS
+        ),
+        Node::Text(_) => true,
+    });
+    for node in features.children.iter_mut() {
+        if let Node::Element(child) = node {
+            if child.name == "mechanisms" && child.ns == NS_SASL {
+                child.children.retain(|m| match m {
+                    Node::Element(m) => !m.text().trim().ends_with("-PLUS"),
+                    Node::Text(_) => true,
+                });
+            }
+        }
+    }
+    count_elements(features) != before
+}
+
+fn count_elements(el: &Element) -> usize {
+    el.children
+        .iter()
+        .map(|n| match n {
+            Node::Element(e) => 1 + count_elements(e),
+            Node::Text(_) => 0,
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::framer::{Frame, FrameLimits, Framer};
+
+    fn features(xml: &str) -> Element {
+        let mut framer = Framer::new(FrameLimits::default());
+        framer.push(
+            b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>",
+        );
+        framer.push(xml.as_bytes());
+        let mut out = None;
+        while let Some(frame) = framer.next_frame().expect("well-formed") {
+            if let Frame::Stanza(s) = frame {
+                out = Some(s.root);
+            }
+        }
+        out.expect("a features element")
+    }
+
+    fn mechanisms(el: &Element) -> Vec<String> {
+        el.child("mechanisms", NS_SASL)
+            .map(|m| m.children().map(|c| c.text()).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn strips_plus_mechanisms_compression_and_sasl2() {
+        let mut el = features(
+            "<stream:features>\
+               <mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>\
+                 <mechanism>SCRAM-SHA-256-PLUS</mechanism><mechanism>SCRAM-SHA-256</mechanism>\
+                 <mechanism>SCRAM-SHA-1-PLUS</mechanism><mechanism>PLAIN</mechanism>\
+               </mechanisms>\
+               <compression xmlns='http://jabber.org/features/compress'><method>zlib</method></compression>\
+               <authentication xmlns='urn:xmpp:sasl:2'><mechanism>PLAIN</mechanism></authentication>\
+               <sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'><channel-binding type='tls-exporter'/></sasl-channel-binding>\
+               <sm xmlns='urn:xmpp:sm:3'/>\
+             </stream:features>",
+        );
+        assert!(filter_features(&mut el));
+        assert_eq!(mechanisms(&el), vec!["SCRAM-SHA-256", "PLAIN"]);
+        let names: Vec<_> = el.children().map(|c| c.name.clone()).collect();
+        assert_eq!(names, vec!["mechanisms", "sm"]);
+    }
+
+    #[test]
+    fn leaves_plain_features_untouched() {
+        let mut el = features(
+            "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><sm xmlns='urn:xmpp:sm:3'/></stream:features>",
+        );
+        assert!(!filter_features(&mut el));
+        assert_eq!(el.children().count(), 2);
+    }
+}

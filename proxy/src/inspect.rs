@@ -1,0 +1,114 @@
+//! The inspection point: every stanza, in both directions, is handed to an [`Inspector`]
+//! with its parsed view and its original bytes, and the inspector decides what the proxy
+//! forwards. Policy and the archive plug in here; the proxy itself decides nothing.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use crate::framer::Stanza;
+use crate::stanza::StanzaView;
+
+/// Which way a stanza travels, seen from the users behind Custos.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Sent by the user behind Custos (client → server).
+    Outbound,
+    /// Received by the user behind Custos (server → client).
+    Inbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        }
+    }
+}
+
+/// What is known about a session when a stanza passes.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// Process-unique connection id, the same as in the connection's log span.
+    pub id: u64,
+    pub client_addr: SocketAddr,
+    /// The domain the client asked for in its stream header.
+    pub domain: String,
+    /// The full JID from the resource-binding result, once bound.
+    pub jid: Option<String>,
+}
+
+/// One stanza offered for inspection.
+#[derive(Debug)]
+pub struct Inspected<'a> {
+    pub direction: Direction,
+    pub session: &'a SessionInfo,
+    /// The parsed view, with `from`/`to` filled in from the session where the wire omits
+    /// them (RFC 6120 §8.1.2.1, §10.3): outbound `from` is the bound JID; inbound `to` is the
+    /// bound JID and a missing inbound `from` is the user's own account.
+    pub view: &'a StanzaView,
+    /// The stanza exactly as received, parsed tree included.
+    pub stanza: &'a Stanza,
+}
+
+/// What the proxy does with an inspected stanza.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Forward the original bytes unchanged.
+    Forward,
+    /// Forward these bytes instead (a redacted stanza).
+    Replace(Vec<u8>),
+    /// Deliver nothing; write `error` (a stanza error for the sender), if any, back to the
+    /// leg the stanza came from.
+    Refuse { error: Option<Vec<u8>> },
+}
+
+/// Extra stanzas an inspector wants sent besides the decision (a disclaimer notice).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Injections {
+    pub to_client: Vec<Vec<u8>>,
+    pub to_upstream: Vec<Vec<u8>>,
+}
+
+/// The full answer for one stanza.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub decision: Decision,
+    pub inject: Injections,
+}
+
+impl Outcome {
+    pub fn forward() -> Outcome {
+        Outcome {
+            decision: Decision::Forward,
+            inject: Injections::default(),
+        }
+    }
+}
+
+/// Decides the fate of every stanza. Implementations must be cheap to share between all
+/// sessions; `inspect` may await (the archive's durable acknowledgement), and the stanza is
+/// forwarded only after it returns.
+pub trait Inspector: Send + Sync + 'static {
+    fn inspect(&self, item: Inspected<'_>) -> impl Future<Output = Outcome> + Send;
+
+    /// Called once negotiation succeeded and relaying starts.
+    fn session_started(&self, _session: &SessionInfo) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// Called when a session that started ends, whatever the cause.
+    fn session_ended(&self, _session: &SessionInfo, _reason: &str) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// Forwards everything: the proxy without policy or archive.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PassThrough;
+
+impl Inspector for PassThrough {
+    async fn inspect(&self, _item: Inspected<'_>) -> Outcome {
+        Outcome::forward()
+    }
+}

@@ -1,0 +1,68 @@
+//! Byte plumbing shared by negotiation and relaying: a boxed duplex stream, and reading
+//! whole frames from one.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::framer::{Frame, FrameError, Framer};
+
+/// Any duplex byte stream a leg can run on: TCP, or TLS over TCP on either side.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+pub type BoxIo = Box<dyn Io>;
+
+/// Read size per call; TLS records are at most 16 KiB of plaintext.
+pub const READ_CHUNK: usize = 16 * 1024;
+
+#[derive(Debug)]
+pub enum ReadError {
+    Frame(FrameError),
+    Io(std::io::Error),
+    Timeout,
+}
+
+/// Reads until the framer yields a frame. `Ok(None)`: the peer closed the connection.
+///
+/// `restart` is checked after every read and before the new bytes are framed: the other
+/// direction sets it when a stream restart is due (SASL success), and the first bytes the
+/// peer can send after it are the new stream header. Plain `read` is cancellation-safe, so
+/// callers may race this future against shutdown.
+pub async fn read_frame<R: AsyncRead + Unpin + ?Sized>(
+    reader: &mut R,
+    framer: &mut Framer,
+    buf: &mut [u8],
+    restart: Option<&AtomicBool>,
+    timeout: Option<Duration>,
+) -> Result<Option<Frame>, ReadError> {
+    loop {
+        if let Some(flag) = restart {
+            if flag.swap(false, Ordering::AcqRel) {
+                framer.restart();
+            }
+        }
+        if let Some(frame) = framer.next_frame().map_err(ReadError::Frame)? {
+            return Ok(Some(frame));
+        }
+        let read = reader.read(buf);
+        let n = match timeout {
+            Some(limit) => tokio::time::timeout(limit, read)
+                .await
+                .map_err(|_| ReadError::Timeout)?,
+            None => read.await,
+        }
+        .map_err(ReadError::Io)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        framer.push(&buf[..n]);
+    }
+}
+
+/// Writes and flushes: TLS streams hold bytes until flushed.
+pub async fn send<W: AsyncWrite + Unpin + ?Sized>(writer: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    writer.write_all(bytes).await?;
+    writer.flush().await
+}

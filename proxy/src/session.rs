@@ -1,0 +1,666 @@
+//! The driver for one client connection: runs the [`Negotiation`] machine against real
+//! sockets, then relays stanzas in both directions through the [`Inspector`].
+//!
+//! ```text
+//!  client ──▶ [client→upstream: frame, inspect, forward] ──▶ upstream
+//!  client ◀── [upstream→client: frame, inspect, forward] ◀── upstream
+//! ```
+//! The two directions are two futures of one task (one log span per connection). Reads
+//! are plain `read` calls, which are cancellation-safe, so each may be raced against
+//! shutdown. Both directions may write to the client (the sender's error stanza), so each
+//! write half sits behind an async mutex.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::ServerName;
+use tokio::io::{split, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::conn::Conn;
+use crate::error::{ClientFault, SessionError, UpstreamFault};
+use crate::features::filter_features;
+use crate::framer::{Frame, Framer, Stanza};
+use crate::inspect::{Decision, Direction, Inspected, Inspector, SessionInfo};
+use crate::io::{read_frame, send, ReadError, READ_CHUNK};
+use crate::negotiation::{Action, ClientStream, Event, Leg, Negotiation, NegotiationConfig, UpstreamTls};
+use crate::server::{ListenerMode, ProxyConfig};
+use crate::stanza::{StanzaKind, StanzaView};
+use crate::stream::{self, HeaderAttrs, NS_BIND, NS_SASL, NS_STREAMS};
+
+/// Everything a session needs from the server that accepted it.
+pub(crate) struct Shared<I> {
+    pub config: Arc<ProxyConfig>,
+    pub inspector: Arc<I>,
+    pub shutdown: CancellationToken,
+}
+
+/// Runs one connection to its end. Never returns an error: the outcome is logged in the
+/// connection's span, and reported to the client as a stream error where it still listens.
+pub(crate) async fn run<I: Inspector>(
+    tcp: TcpStream,
+    client_addr: SocketAddr,
+    conn_id: u64,
+    mode: ListenerMode,
+    acceptor: TlsAcceptor,
+    shared: Arc<Shared<I>>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let mut negotiator = Negotiator {
+        shared: &shared,
+        client: Conn::Plain(tcp),
+        client_framer: Framer::new(shared.config.limits.frame),
+        upstream: None,
+        upstream_framer: Framer::new(shared.config.limits.frame),
+        acceptor,
+        buf: vec![0; READ_CHUNK],
+        machine: None,
+    };
+    let secured = mode == ListenerMode::DirectTls;
+    let negotiated = tokio::select! {
+        r = negotiator.run(secured) => r,
+        () = shared.shutdown.cancelled() => Err(SessionError::Shutdown),
+    };
+    let relaying = match negotiated {
+        Ok(stream) => stream,
+        Err(err) => {
+            negotiator.fail(&err).await;
+            log_end(&err);
+            return;
+        }
+    };
+    let Negotiator {
+        client,
+        client_framer,
+        upstream,
+        upstream_framer,
+        ..
+    } = negotiator;
+    let Some(upstream) = upstream else {
+        warn!("negotiation finished without an upstream connection");
+        return;
+    };
+    let info = SessionInfo {
+        id: conn_id,
+        client_addr,
+        domain: relaying.domain.clone(),
+        jid: None,
+    };
+    debug!(domain = %info.domain, "negotiated; relaying");
+    shared.inspector.session_started(&info).await;
+    let relay = Relay::new(&shared, client, upstream, relaying, info);
+    let (reason, info) = relay.run(client_framer, upstream_framer).await;
+    shared.inspector.session_ended(&info, &reason).await;
+    info!(reason = %reason, "session ended");
+}
+
+fn log_end(err: &SessionError) {
+    match err {
+        SessionError::Client(ClientFault::Closed) => debug!("client left during negotiation"),
+        SessionError::Client(fault) => info!(cause = %fault, "client failed negotiation"),
+        SessionError::Upstream(fault) => warn!(cause = %fault, "upstream unavailable"),
+        SessionError::Shutdown => info!("closed for shutdown during negotiation"),
+    }
+}
+
+struct Negotiator<'a, I> {
+    shared: &'a Shared<I>,
+    client: Conn,
+    client_framer: Framer,
+    upstream: Option<Conn>,
+    upstream_framer: Framer,
+    acceptor: TlsAcceptor,
+    buf: Vec<u8>,
+    /// The state, kept here so `fail` knows whether the client has a header yet.
+    machine: Option<Negotiation>,
+}
+
+impl<I: Inspector> Negotiator<'_, I> {
+    fn limits(&self) -> &crate::server::Limits {
+        &self.shared.config.limits
+    }
+
+    async fn run(&mut self, secured: bool) -> Result<ClientStream, SessionError> {
+        let config = NegotiationConfig {
+            upstream_tls: self.shared.config.upstream.mode,
+            default_domain: self.shared.config.upstream.server_name.clone(),
+        };
+        if secured {
+            self.secure_client().await?;
+        }
+        self.machine = Some(Negotiation::new(secured));
+        loop {
+            let leg = match &self.machine {
+                Some(Negotiation::Relaying(r)) => return Ok(r.stream.clone()),
+                Some(m) => m.awaits(),
+                None => return Err(ClientFault::Closed.into()),
+            };
+            let event = match leg {
+                Leg::Client => Event::Client(self.read_client().await?),
+                Leg::Upstream => Event::Upstream(self.read_upstream().await?),
+                // Driver states are left only through the actions below.
+                Leg::Driver => return Err(ClientFault::Closed.into()),
+            };
+            self.step(event, &config).await?;
+        }
+    }
+
+    async fn step(&mut self, event: Event, config: &NegotiationConfig) -> Result<(), SessionError> {
+        let mut pending = vec![event];
+        while let Some(event) = pending.pop() {
+            let machine = self.machine.take().ok_or(ClientFault::Closed)?;
+            let (next, actions) = machine.handle(event, config)?;
+            self.machine = Some(next);
+            for action in actions {
+                if let Some(event) = self.perform(action).await? {
+                    pending.push(event);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn perform(&mut self, action: Action) -> Result<Option<Event>, SessionError> {
+        match action {
+            Action::SendClient(bytes) => {
+                send(&mut self.client, &bytes).await.map_err(ClientFault::Io)?;
+                Ok(None)
+            }
+            Action::SendUpstream(bytes) => {
+                let upstream = self.upstream.as_mut().ok_or(UpstreamFault::Closed)?;
+                send(upstream, &bytes).await.map_err(UpstreamFault::Io)?;
+                Ok(None)
+            }
+            Action::SecureClient => {
+                // Bytes pipelined after <starttls/> would be read as if they had come
+                // through TLS: the STARTTLS command-injection attack. Refuse them.
+                if self.client_framer.buffered_len() > 0 {
+                    return Err(ClientFault::DataBeforeTls.into());
+                }
+                self.secure_client().await?;
+                self.client_framer.restart();
+                Ok(None)
+            }
+            Action::ConnectUpstream { domain } => {
+                self.connect_upstream(&domain).await?;
+                Ok(Some(Event::UpstreamConnected))
+            }
+            Action::SecureUpstream { domain } => {
+                if self.upstream_framer.buffered_len() > 0 {
+                    return Err(UpstreamFault::Unexpected {
+                        expected: "nothing before the TLS handshake",
+                        got: "data after <proceed/>".into(),
+                    }
+                    .into());
+                }
+                let tcp = self
+                    .upstream
+                    .as_mut()
+                    .and_then(Conn::take_plain)
+                    .ok_or(UpstreamFault::Closed)?;
+                let tls = self.upstream_tls(tcp, &domain).await?;
+                self.upstream = Some(Conn::Tls(Box::new(tls)));
+                self.upstream_framer.restart();
+                Ok(Some(Event::UpstreamSecured))
+            }
+        }
+    }
+
+    async fn secure_client(&mut self) -> Result<(), SessionError> {
+        let tcp = self.client.take_plain().ok_or(ClientFault::Closed)?;
+        let handshake = self.acceptor.accept(tcp);
+        let tls = tokio::time::timeout(self.limits().handshake_timeout, handshake)
+            .await
+            .map_err(|_| ClientFault::Timeout("the TLS handshake"))?
+            .map_err(ClientFault::Tls)?;
+        self.client = Conn::Tls(Box::new(tls));
+        Ok(())
+    }
+
+    async fn connect_upstream(&mut self, domain: &str) -> Result<(), SessionError> {
+        let upstream = &self.shared.config.upstream;
+        let limit = self.limits().handshake_timeout;
+        let tcp = tokio::time::timeout(limit, TcpStream::connect(&upstream.address))
+            .await
+            .map_err(|_| UpstreamFault::Timeout("connecting"))?
+            .map_err(|source| UpstreamFault::Connect {
+                address: upstream.address.clone(),
+                source,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        self.upstream = Some(match upstream.mode {
+            UpstreamTls::Direct => Conn::Tls(Box::new(self.upstream_tls(tcp, domain).await?)),
+            UpstreamTls::StartTls | UpstreamTls::None => Conn::Plain(tcp),
+        });
+        Ok(())
+    }
+
+    async fn upstream_tls(
+        &self,
+        tcp: TcpStream,
+        domain: &str,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, SessionError> {
+        let upstream = &self.shared.config.upstream;
+        let name = upstream.server_name.as_deref().unwrap_or(domain).to_owned();
+        let server_name = ServerName::try_from(name.clone()).map_err(|_| UpstreamFault::ServerName(name))?;
+        let connector = TlsConnector::from(upstream.tls.clone());
+        tokio::time::timeout(self.limits().handshake_timeout, connector.connect(server_name, tcp))
+            .await
+            .map_err(|_| UpstreamFault::Timeout("in the TLS handshake"))?
+            .map_err(|e| UpstreamFault::Tls(e).into())
+    }
+
+    async fn read_client(&mut self) -> Result<Frame, SessionError> {
+        let limit = Some(self.limits().handshake_timeout);
+        match read_frame(&mut self.client, &mut self.client_framer, &mut self.buf, None, limit).await {
+            Ok(Some(frame)) => Ok(frame),
+            Ok(None) => Err(ClientFault::Closed.into()),
+            Err(ReadError::Frame(e)) => Err(ClientFault::Frame(e).into()),
+            Err(ReadError::Io(e)) => Err(ClientFault::Io(e).into()),
+            Err(ReadError::Timeout) => Err(ClientFault::Timeout("the stream negotiation").into()),
+        }
+    }
+
+    async fn read_upstream(&mut self) -> Result<Frame, SessionError> {
+        let limit = Some(self.limits().handshake_timeout);
+        let upstream = self.upstream.as_mut().ok_or(UpstreamFault::Closed)?;
+        match read_frame(upstream, &mut self.upstream_framer, &mut self.buf, None, limit).await {
+            Ok(Some(frame)) => Ok(frame),
+            Ok(None) => Err(UpstreamFault::Closed.into()),
+            Err(ReadError::Frame(e)) => Err(UpstreamFault::Frame(e).into()),
+            Err(ReadError::Io(e)) => Err(UpstreamFault::Io(e).into()),
+            Err(ReadError::Timeout) => Err(UpstreamFault::Timeout("waiting for the stream negotiation").into()),
+        }
+    }
+
+    /// Tells the client why, where it can still hear it, and closes both legs.
+    async fn fail(&mut self, err: &SessionError) {
+        if let Some((condition, text)) = err.client_condition() {
+            let mut bytes = Vec::new();
+            let header_sent = self.machine.as_ref().is_some_and(Negotiation::client_header_sent);
+            if !header_sent && !matches!(self.client, Conn::Upgrading) {
+                bytes.extend(stream::header(&HeaderAttrs {
+                    from: self.shared.config.upstream.server_name.as_deref(),
+                    id: Some(&stream::new_stream_id()),
+                    ..Default::default()
+                }));
+            }
+            bytes.extend(stream::stream_error(condition, Some(&text)));
+            let _ = tokio::time::timeout(Duration::from_secs(2), send(&mut self.client, &bytes)).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.client.shutdown()).await;
+        if let Some(upstream) = self.upstream.as_mut() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), send(upstream, stream::CLOSE)).await;
+        }
+    }
+}
+
+/// How one relay direction ended.
+#[derive(Debug)]
+enum Ended {
+    /// The client closed its stream with `</stream:stream>`.
+    ClientClosedStream,
+    /// The client's connection dropped.
+    ClientGone,
+    UpstreamClosedStream,
+    UpstreamGone,
+    Shutdown,
+    Failed(SessionError),
+}
+
+impl Ended {
+    fn describe(&self) -> String {
+        match self {
+            Ended::ClientClosedStream => "client closed the stream".into(),
+            Ended::ClientGone => "client connection dropped".into(),
+            Ended::UpstreamClosedStream => "upstream closed the stream".into(),
+            Ended::UpstreamGone => "upstream connection dropped".into(),
+            Ended::Shutdown => "proxy shutting down".into(),
+            Ended::Failed(e) => e.to_string(),
+        }
+    }
+}
+
+struct Relay<'a, I> {
+    shared: &'a Shared<I>,
+    client_w: Mutex<WriteHalf<Conn>>,
+    upstream_w: Mutex<WriteHalf<Conn>>,
+    client_r: Option<ReadHalf<Conn>>,
+    upstream_r: Option<ReadHalf<Conn>>,
+    stream: ClientStream,
+    info: RwLock<SessionInfo>,
+    /// Set by upstream→client right before forwarding SASL `<success/>`: the client's next
+    /// bytes are a new stream header.
+    client_restart: AtomicBool,
+    authenticated: AtomicBool,
+    client_finished: AtomicBool,
+    upstream_finished: AtomicBool,
+    /// Cancels the other direction once one has ended.
+    done: CancellationToken,
+}
+
+impl<'a, I: Inspector> Relay<'a, I> {
+    fn new(shared: &'a Shared<I>, client: Conn, upstream: Conn, stream: ClientStream, info: SessionInfo) -> Self {
+        let (client_r, client_w) = split(client);
+        let (upstream_r, upstream_w) = split(upstream);
+        Relay {
+            shared,
+            client_w: Mutex::new(client_w),
+            upstream_w: Mutex::new(upstream_w),
+            client_r: Some(client_r),
+            upstream_r: Some(upstream_r),
+            stream,
+            info: RwLock::new(info),
+            client_restart: AtomicBool::new(false),
+            authenticated: AtomicBool::new(false),
+            client_finished: AtomicBool::new(false),
+            upstream_finished: AtomicBool::new(false),
+            done: CancellationToken::new(),
+        }
+    }
+
+    async fn run(mut self, client_framer: Framer, upstream_framer: Framer) -> (String, SessionInfo) {
+        let (Some(client_r), Some(upstream_r)) = (self.client_r.take(), self.upstream_r.take()) else {
+            return ("internal: relay started twice".into(), self.snapshot());
+        };
+        let c2u = self.client_to_upstream(client_r, client_framer);
+        let u2c = self.upstream_to_client(upstream_r, upstream_framer);
+        tokio::pin!(c2u, u2c);
+        // Give the other direction a moment to pass the peer's closing tag on.
+        let grace = Duration::from_secs(2);
+        let first = tokio::select! {
+            ended = &mut c2u => {
+                let _ = tokio::time::timeout(grace, &mut u2c).await;
+                ended
+            }
+            ended = &mut u2c => {
+                let _ = tokio::time::timeout(grace, &mut c2u).await;
+                ended
+            }
+        };
+        self.finish_client(stream::CLOSE).await;
+        self.finish_upstream().await;
+        let _ = self.client_w.lock().await.shutdown().await;
+        let _ = self.upstream_w.lock().await.shutdown().await;
+        (first.describe(), self.snapshot())
+    }
+
+    fn snapshot(&self) -> SessionInfo {
+        match self.info.read() {
+            Ok(info) => info.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Writes the last bytes the client gets (a close tag or a stream error), once.
+    async fn finish_client(&self, bytes: &[u8]) {
+        if !self.client_finished.swap(true, Ordering::AcqRel) {
+            let mut w = self.client_w.lock().await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), send(&mut *w, bytes)).await;
+        }
+    }
+
+    async fn finish_upstream(&self) {
+        if !self.upstream_finished.swap(true, Ordering::AcqRel) {
+            let mut w = self.upstream_w.lock().await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), send(&mut *w, stream::CLOSE)).await;
+        }
+    }
+
+    async fn to_client(&self, bytes: &[u8]) -> Result<(), Ended> {
+        let mut w = self.client_w.lock().await;
+        send(&mut *w, bytes).await.map_err(|_| Ended::ClientGone)
+    }
+
+    async fn to_upstream(&self, bytes: &[u8]) -> Result<(), Ended> {
+        let mut w = self.upstream_w.lock().await;
+        send(&mut *w, bytes).await.map_err(|_| Ended::UpstreamGone)
+    }
+
+    async fn client_to_upstream(&self, mut reader: ReadHalf<Conn>, mut framer: Framer) -> Ended {
+        let ended = self.client_loop(&mut reader, &mut framer).await;
+        match &ended {
+            Ended::ClientClosedStream | Ended::ClientGone => self.finish_upstream().await,
+            Ended::Shutdown => {
+                let err = SessionError::Shutdown;
+                if let Some((condition, text)) = err.client_condition() {
+                    self.finish_client(&stream::stream_error(condition, Some(&text))).await;
+                }
+                self.finish_upstream().await;
+            }
+            Ended::Failed(err) => {
+                if let Some((condition, text)) = err.client_condition() {
+                    self.finish_client(&stream::stream_error(condition, Some(&text))).await;
+                }
+                self.finish_upstream().await;
+                info!(cause = %err, "closing session");
+            }
+            Ended::UpstreamClosedStream | Ended::UpstreamGone => {}
+        }
+        // After a clean `</stream:stream>` the upstream still answers with its own closing
+        // tag, which upstream→client passes on; otherwise stop it now.
+        if !matches!(ended, Ended::ClientClosedStream) {
+            self.done.cancel();
+        }
+        ended
+    }
+
+    async fn client_loop(&self, reader: &mut ReadHalf<Conn>, framer: &mut Framer) -> Ended {
+        let mut buf = vec![0; READ_CHUNK];
+        let limits = &self.shared.config.limits;
+        let auth_deadline = Instant::now() + limits.auth_timeout;
+        loop {
+            // Until SASL succeeds a client gets a bounded time; afterwards idling is normal.
+            let timeout = if self.authenticated.load(Ordering::Acquire) {
+                None
+            } else {
+                Some(auth_deadline.saturating_duration_since(Instant::now()))
+            };
+            let read = read_frame(reader, framer, &mut buf, Some(&self.client_restart), timeout);
+            let frame = tokio::select! {
+                r = read => r,
+                () = self.shared.shutdown.cancelled() => return Ended::Shutdown,
+                () = self.done.cancelled() => return Ended::UpstreamGone,
+            };
+            let frame = match frame {
+                Ok(Some(frame)) => frame,
+                Ok(None) | Err(ReadError::Io(_)) => return Ended::ClientGone,
+                Err(ReadError::Frame(e)) => return Ended::Failed(ClientFault::Frame(e).into()),
+                Err(ReadError::Timeout) => {
+                    return Ended::Failed(ClientFault::Timeout("authentication").into());
+                }
+            };
+            let result = match frame {
+                Frame::Whitespace(bytes) => self.to_upstream(&bytes).await,
+                Frame::StreamHeader(h) => {
+                    // Custos writes its own header on the upstream leg.
+                    let header = stream::header(&HeaderAttrs {
+                        to: Some(&self.stream.domain),
+                        lang: h.lang.as_deref().or(self.stream.lang.as_deref()),
+                        ..Default::default()
+                    });
+                    self.to_upstream(&header).await
+                }
+                Frame::StreamEnd(_) => return Ended::ClientClosedStream,
+                Frame::Stanza(stanza) => self.relay_stanza(Direction::Outbound, stanza).await,
+            };
+            if let Err(ended) = result {
+                return ended;
+            }
+        }
+    }
+
+    async fn upstream_to_client(&self, mut reader: ReadHalf<Conn>, mut framer: Framer) -> Ended {
+        let ended = self.upstream_loop(&mut reader, &mut framer).await;
+        match &ended {
+            Ended::UpstreamClosedStream => self.finish_client(stream::CLOSE).await,
+            Ended::UpstreamGone | Ended::Failed(_) => {
+                if let Ended::Failed(err) = &ended {
+                    warn!(cause = %err, "upstream failed");
+                }
+                let err = SessionError::Upstream(UpstreamFault::Closed);
+                if let Some((condition, text)) = err.client_condition() {
+                    self.finish_client(&stream::stream_error(condition, Some(&text))).await;
+                }
+                self.finish_upstream().await;
+            }
+            _ => {}
+        }
+        self.done.cancel();
+        ended
+    }
+
+    async fn upstream_loop(&self, reader: &mut ReadHalf<Conn>, framer: &mut Framer) -> Ended {
+        let mut buf = vec![0; READ_CHUNK];
+        loop {
+            let read = read_frame(reader, framer, &mut buf, None, None);
+            let frame = tokio::select! {
+                r = read => r,
+                () = self.done.cancelled() => return Ended::ClientGone,
+            };
+            let frame = match frame {
+                Ok(Some(frame)) => frame,
+                Ok(None) | Err(ReadError::Io(_)) | Err(ReadError::Timeout) => return Ended::UpstreamGone,
+                Err(ReadError::Frame(e)) => return Ended::Failed(UpstreamFault::Frame(e).into()),
+            };
+            let result = match frame {
+                Frame::Whitespace(bytes) => self.to_client(&bytes).await,
+                Frame::StreamHeader(h) => {
+                    let header = stream::header(&HeaderAttrs {
+                        from: Some(&self.stream.domain),
+                        id: h.id.as_deref(),
+                        lang: h.lang.as_deref(),
+                        ..Default::default()
+                    });
+                    self.to_client(&header).await
+                }
+                Frame::StreamEnd(_) => return Ended::UpstreamClosedStream,
+                Frame::Stanza(stanza) => {
+                    let root = &stanza.root;
+                    if root.ns == NS_SASL && root.name == "success" {
+                        // Both streams restart after SASL success (RFC 6120 §6.4.6): the
+                        // flag must be up before the client can see <success/>.
+                        self.client_restart.store(true, Ordering::Release);
+                        self.authenticated.store(true, Ordering::Release);
+                        framer.restart();
+                        self.to_client(&stanza.raw).await
+                    } else if root.ns == NS_STREAMS && root.name == "features" {
+                        let mut features = stanza.root;
+                        if filter_features(&mut features) {
+                            let mut out = Vec::with_capacity(stanza.raw.len());
+                            features.write_to(&mut out);
+                            self.to_client(&out).await
+                        } else {
+                            self.to_client(&stanza.raw).await
+                        }
+                    } else {
+                        self.learn_jid(&stanza);
+                        self.relay_stanza(Direction::Inbound, stanza).await
+                    }
+                }
+            };
+            if let Err(ended) = result {
+                return ended;
+            }
+        }
+    }
+
+    /// The session's full JID comes from the resource-binding result (RFC 6120 §7.6.1).
+    fn learn_jid(&self, stanza: &Stanza) {
+        let root = &stanza.root;
+        if root.name != "iq" || root.attr("type") != Some("result") {
+            return;
+        }
+        let Some(jid) = root.child("bind", NS_BIND).and_then(|b| b.children().find(|c| c.name == "jid")) else {
+            return;
+        };
+        let jid = jid.text().trim().to_owned();
+        if jid.is_empty() {
+            return;
+        }
+        tracing::Span::current().record("jid", jid.as_str());
+        info!(jid = %jid, "resource bound");
+        if let Ok(mut info) = self.info.write() {
+            info.jid = Some(jid);
+        }
+    }
+
+    async fn relay_stanza(&self, direction: Direction, stanza: Stanza) -> Result<(), Ended> {
+        let (to_peer, to_sender) = match direction {
+            Direction::Outbound => (&self.upstream_w, &self.client_w),
+            Direction::Inbound => (&self.client_w, &self.upstream_w),
+        };
+        let mut view = StanzaView::of(&stanza.root);
+        if view.kind == StanzaKind::Nonza {
+            // Stream-level elements (SASL exchanges, stream management) pass untouched and
+            // unlogged: SASL payloads carry credentials.
+            return write(to_peer, &stanza.raw, direction).await;
+        }
+        let info = self.snapshot();
+        fill_addresses(&mut view, direction, info.jid.as_deref());
+        let outcome = self
+            .shared
+            .inspector
+            .inspect(Inspected {
+                direction,
+                session: &info,
+                view: &view,
+                stanza: &stanza,
+            })
+            .await;
+        match outcome.decision {
+            Decision::Forward => write(to_peer, &stanza.raw, direction).await?,
+            Decision::Replace(bytes) => write(to_peer, &bytes, direction).await?,
+            Decision::Refuse { error } => {
+                if let Some(error) = error {
+                    write(to_sender, &error, opposite(direction)).await?;
+                }
+            }
+        }
+        for bytes in &outcome.inject.to_client {
+            write(&self.client_w, bytes, Direction::Inbound).await?;
+        }
+        for bytes in &outcome.inject.to_upstream {
+            write(&self.upstream_w, bytes, Direction::Outbound).await?;
+        }
+        Ok(())
+    }
+}
+
+fn opposite(direction: Direction) -> Direction {
+    match direction {
+        Direction::Outbound => Direction::Inbound,
+        Direction::Inbound => Direction::Outbound,
+    }
+}
+
+/// Writes toward the client (`Inbound`) or the upstream (`Outbound`).
+async fn write(w: &Mutex<WriteHalf<Conn>>, bytes: &[u8], toward: Direction) -> Result<(), Ended> {
+    let mut w = w.lock().await;
+    send(&mut *w, bytes).await.map_err(|_| match toward {
+        Direction::Inbound => Ended::ClientGone,
+        Direction::Outbound => Ended::UpstreamGone,
+    })
+}
+
+/// Fills in the addresses the wire leaves implicit (RFC 6120 §8.1.2.1 and §10.3).
+pub(crate) fn fill_addresses(view: &mut StanzaView, direction: Direction, jid: Option<&str>) {
+    let Some(jid) = jid else { return };
+    let bare = jid.split('/').next().unwrap_or(jid);
+    match direction {
+        Direction::Outbound => {
+            view.from.get_or_insert_with(|| jid.to_owned());
+            view.to.get_or_insert_with(|| bare.to_owned());
+        }
+        Direction::Inbound => {
+            view.to.get_or_insert_with(|| jid.to_owned());
+            view.from.get_or_insert_with(|| bare.to_owned());
+        }
+    }
+}
