@@ -1,1 +1,50 @@
+//! End-to-end harness for Custos: a real Prosody, real XMPP clients and test
+//! certificates, each started on loopback ports picked at run time and torn
+//! down by pid when the handle drops.
+//!
+//! # Layout
+//!
+//! - [`tools`]: where the workspace, the test venv's Python, `prosody`,
+//!   `prosodyctl` and `go-sendxmpp` are; a missing tool is an error that
+//!   says to run `scripts/setup.sh`.
+//! - [`dir`]: [`TestDir`], a temporary directory kept on request.
+//! - [`net`]: free loopback ports and "wait until this port accepts".
+//! - [`certs`]: a test CA and leaf certificates written as PEM files.
+//! - [`prosody`]: [`Prosody`], a private Prosody server per test.
+//! - [`slix`]: [`SlixClient`], a slixmpp client driven over JSON lines.
+//! - [`sendxmpp`]: one-shot sends and a listener through `go-sendxmpp`.
+//! - [`process`]: stopping children by pid (SIGTERM, then SIGKILL).
+//!
+//! ```text
+//!   TestDir ──▶ TestCa ──▶ LeafCert (example.test, localhost, 127.0.0.1)
+//!                  │            │
+//!                  │            ▼
+//!                  │   Prosody::start ── c2s 127.0.0.1:<free port> (STARTTLS)
+//!                  │            │       └ direct TLS 127.0.0.1:<free port> (XEP-0368)
+//!                  ▼            ▼
+//!     SlixClient / go-sendxmpp (trust the CA, verify the server name)
+//! ```
+//!
+//! Scenario tests put the proxy between the clients and [`Prosody`]; the
+//! self-tests in `tests/harness.rs` connect the clients to Prosody directly.
 #![forbid(unsafe_code)]
+
+pub mod certs;
+pub mod dir;
+pub mod net;
+pub mod process;
+pub mod prosody;
+pub mod sendxmpp;
+pub mod slix;
+pub mod tools;
+
+pub use certs::{CertError, LeafCert, TestCa};
+pub use dir::TestDir;
+pub use net::{free_port, wait_for_port};
+pub use prosody::{Prosody, ProsodyError, ProsodyOptions, User};
+pub use sendxmpp::{go_sendxmpp_send, SendxmppError, SendxmppListener, SendxmppOptions};
+pub use slix::{
+    ClientError, ConnectOptions, IncomingMessage, OutgoingMessage, PingOutcome, Presence,
+    RosterItem, SlixClient, SmState, StanzaError, Tls,
+};
+pub use tools::{Tools, ToolError};

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Installs what the end-to-end tests need on Debian 12 (bookworm):
+# Prosody, go-sendxmpp, Chromium + chromedriver, openssl, and a Python venv
+# at <repo>/.venv with pinned slixmpp and pyarrow. Idempotent; a second run
+# only checks and returns in about a second.
+#
+# The Rust toolchain is expected to be installed already.
+set -euo pipefail
+
+SLIXMPP_VERSION=1.17.0
+PYARROW_VERSION=26.0.1
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PACKAGES=(prosody go-sendxmpp chromium chromium-driver python3-venv openssl)
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo -n "$@" || { log "need root for: $*  (sudo -n failed)"; exit 1; }
+    else
+        log "need root (or sudo) for: $*"
+        exit 1
+    fi
+}
+
+# --- Debian packages ---------------------------------------------------------
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+        missing+=("$pkg")
+    fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    as_root apt-get update -q
+    # Keep the package's own Prosody from starting at install time where
+    # policy-rc.d is honoured; it is stopped below either way.
+    as_root apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# --- The system Prosody service ----------------------------------------------
+# The Debian package starts a Prosody on 5222/5269. Tests never use those
+# ports, but a stray server owned by the package is noise at best; stop it
+# and keep it from starting at boot. No-ops where it is not running.
+if [ -x /etc/init.d/prosody ] || command -v systemctl >/dev/null 2>&1; then
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+        as_root systemctl disable --now prosody >/dev/null 2>&1 || true
+    fi
+    if command -v service >/dev/null 2>&1; then
+        as_root service prosody stop >/dev/null 2>&1 || true
+    fi
+fi
+
+# --- Python venv for the slixmpp client and export checks --------------------
+want="slixmpp==$SLIXMPP_VERSION pyarrow==$PYARROW_VERSION"
+stamp="$VENV/.custos-requirements"
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    log "creating $VENV ($want)"
+    /usr/bin/python3 -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-input \
+        --only-binary=:all: "slixmpp==$SLIXMPP_VERSION" "pyarrow==$PYARROW_VERSION"
+    echo "$want" >"$stamp"
+fi
+# Keep the venv out of git without touching the repository's .gitignore.
+[ -f "$VENV/.gitignore" ] || echo '*' >"$VENV/.gitignore"
+"$VENV/bin/python" -c 'import slixmpp, pyarrow' \
+    || { log "venv at $VENV is broken; remove it and re-run"; exit 1; }
+
+log "ok"

@@ -1,0 +1,268 @@
+#!/usr/bin/env python3
+"""A slixmpp client driven by JSON lines, for the Custos end-to-end harness.
+
+Commands arrive on stdin, one JSON object per line, each with an "id" that
+its reply echoes:
+
+  {"id": 1, "cmd": "connect", "jid": ..., "password": ..., "host": ...,
+   "port": ..., "tls": "starttls"|"direct", "ca_file": ..., "sm": bool}
+  {"id": 2, "cmd": "send_message", "to": ..., "body": ..., "type": ...,
+   "msg_id": ..., "subject": ..., "thread": ...}
+  {"id": 3, "cmd": "send_presence", "to": ..., "type": ..., "show": ...,
+   "status": ...}
+  {"id": 4, "cmd": "roster_get"}
+  {"id": 5, "cmd": "roster_set", "jid": ..., "name": ...}
+  {"id": 6, "cmd": "ping", "jid": ..., "timeout": seconds}
+  {"id": 7, "cmd": "sm_state"}
+  {"id": 8, "cmd": "sm_request_ack"}
+  {"id": 9, "cmd": "disconnect"}
+
+Replies: {"reply": id, "ok": true, ...} or {"reply": id, "ok": false,
+"error": "..."}. Unsolicited events: {"event": "message" | "message_error" |
+"presence" | "disconnected", ...}.
+
+TLS certificates are always verified against the given CA file.
+"""
+
+import asyncio
+import json
+import logging
+import sys
+
+try:
+    import slixmpp
+    from slixmpp.exceptions import IqError, IqTimeout
+except ImportError as exc:  # pragma: no cover - environment problem
+    sys.stderr.write(f"slixmpp is not importable ({exc}); run scripts/setup.sh\n")
+    sys.exit(3)
+
+
+def emit(obj):
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def stanza_error(stanza):
+    err = stanza["error"]
+    return {"condition": err["condition"], "text": err["text"], "error_type": err["type"]}
+
+
+class Client(slixmpp.ClientXMPP):
+    def __init__(self, jid, password, ca_file, tls, sm):
+        super().__init__(jid, password)
+        # Exactly one transport: the harness chooses STARTTLS or Direct TLS
+        # (XEP-0368) explicitly, and plaintext is never allowed.
+        self.enable_direct_tls = tls == "direct"
+        self.enable_starttls = tls == "starttls"
+        self.enable_plaintext = False
+        self.ca_certs = ca_file
+        self.register_plugin("xep_0030")
+        self.register_plugin("xep_0199")
+        if sm:
+            self.register_plugin("xep_0198")
+        self.online = asyncio.get_event_loop().create_future()
+        self.add_event_handler("session_start", self.on_session_start)
+        self.add_event_handler("failed_auth", self.on_failure("authentication failed"))
+        self.add_event_handler("connection_failed", self.on_connection_failed)
+        self.add_event_handler("message", self.on_message)
+        self.add_event_handler("message_error", self.on_message)
+        self.add_event_handler("presence", self.on_presence)
+        self.add_event_handler("disconnected", self.on_disconnected)
+        self.add_event_handler("stream_error", self.on_stream_error)
+
+    def on_failure(self, reason):
+        def handler(_event):
+            if not self.online.done():
+                self.online.set_result(reason)
+        return handler
+
+    def on_connection_failed(self, err):
+        if not self.online.done():
+            self.online.set_result(f"connection failed: {err}")
+        # slixmpp would retry forever; one attempt is what a test wants.
+        self.cancel_connection_attempt()
+
+    def on_stream_error(self, err):
+        emit({"event": "stream_error", "condition": err["condition"], "text": err["text"]})
+
+    async def on_session_start(self, _event):
+        roster_ok = True
+        try:
+            await self.get_roster(timeout=10)
+        except (IqError, IqTimeout):
+            roster_ok = False
+        self.send_presence()
+        if not self.online.done():
+            self.online.set_result(None if roster_ok else "roster fetch failed")
+
+    def on_message(self, msg):
+        if msg["type"] == "error":
+            event = {"event": "message_error", "from": str(msg["from"]), "id": msg["id"]}
+            event.update(stanza_error(msg))
+            emit(event)
+            return
+        emit({
+            "event": "message",
+            "from": str(msg["from"]),
+            "to": str(msg["to"]),
+            "type": msg["type"],
+            "id": msg["id"] or None,
+            "body": msg["body"],
+            "subject": msg["subject"] or None,
+            "thread": msg["thread"] or None,
+        })
+
+    def on_presence(self, pres):
+        event = {
+            "event": "presence",
+            "from": str(pres["from"]),
+            "to": str(pres["to"]),
+            "type": pres["type"],
+            "show": pres["show"] or None,
+            "status": pres["status"] or None,
+        }
+        if pres["type"] == "error":
+            event.update(stanza_error(pres))
+        emit(event)
+
+    def on_disconnected(self, reason):
+        emit({"event": "disconnected", "reason": str(reason)})
+        if not self.online.done():
+            self.online.set_result(f"disconnected: {reason}")
+
+
+class Driver:
+    def __init__(self):
+        self.client = None
+
+    async def connect(self, req):
+        if self.client is not None:
+            raise ValueError("already connected")
+        self.client = Client(req["jid"], req["password"], req["ca_file"],
+                             req["tls"], req.get("sm", False))
+        self.client.connect(host=req["host"], port=int(req["port"]))
+        failure = await self.client.online
+        if failure is not None:
+            raise RuntimeError(failure)
+        return {"jid": str(self.client.boundjid)}
+
+    def need(self):
+        if self.client is None:
+            raise ValueError("not connected")
+        return self.client
+
+    async def send_message(self, req):
+        c = self.need()
+        msg = c.make_message(mto=req["to"], mbody=req["body"],
+                             mtype=req.get("type") or "chat",
+                             msubject=req.get("subject"))
+        if req.get("msg_id"):
+            msg["id"] = req["msg_id"]
+        if req.get("thread"):
+            msg["thread"] = req["thread"]
+        msg.send()
+        return {"msg_id": msg["id"]}
+
+    async def send_presence(self, req):
+        c = self.need()
+        c.send_presence(pto=req.get("to"), ptype=req.get("type"),
+                        pshow=req.get("show"), pstatus=req.get("status"))
+        return {}
+
+    async def roster_get(self, _req):
+        c = self.need()
+        await c.get_roster(timeout=10)
+        roster = c.client_roster
+        items = []
+        for jid in roster:
+            item = roster[jid]
+            items.append({
+                "jid": str(jid),
+                "name": item["name"] or None,
+                "subscription": item["subscription"],
+                "groups": list(item["groups"]),
+            })
+        return {"items": items}
+
+    async def roster_set(self, req):
+        c = self.need()
+        await c.update_roster(req["jid"], name=req.get("name"), timeout=10)
+        return {}
+
+    async def ping(self, req):
+        c = self.need()
+        try:
+            rtt = await c.plugin["xep_0199"].ping(jid=req["jid"],
+                                                 timeout=req.get("timeout", 5))
+            return {"result": "pong", "rtt": rtt}
+        except IqError as exc:
+            out = {"result": "error"}
+            out.update(stanza_error(exc.iq))
+            return out
+        except IqTimeout:
+            return {"result": "timeout"}
+
+    async def sm_state(self, _req):
+        c = self.need()
+        if "xep_0198" not in c.plugin:
+            return {"enabled": False}
+        sm = c.plugin["xep_0198"]
+        return {
+            "enabled": bool(sm.enabled_in),
+            "id": sm.sm_id,
+            "handled": sm.handled,
+            "sent": sm.seq,
+            "acked": sm.last_ack,
+            "unacked": len(sm.unacked_queue),
+        }
+
+    async def sm_request_ack(self, _req):
+        c = self.need()
+        if "xep_0198" not in c.plugin:
+            raise ValueError("stream management not enabled")
+        c.plugin["xep_0198"].request_ack()
+        return {}
+
+    async def disconnect(self, _req):
+        c = self.need()
+        await c.disconnect()
+        return {}
+
+
+async def main():
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    loop = asyncio.get_event_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    driver = Driver()
+    tasks = set()
+
+    async def handle(req):
+        rid = req.get("id")
+        try:
+            fn = getattr(driver, req["cmd"])
+            result = await fn(req)
+            result["reply"] = rid
+            result["ok"] = True
+            emit(result)
+        except Exception as exc:  # reported to the harness, which fails the test
+            emit({"reply": rid, "ok": False, "error": f"{type(exc).__name__}: {exc}"})
+
+    while True:
+        line = await reader.readline()
+        if not line:
+            break
+        try:
+            req = json.loads(line)
+        except ValueError as exc:
+            emit({"reply": None, "ok": False, "error": f"bad json: {exc}"})
+            continue
+        # Commands run concurrently so a slow ping does not block a send.
+        task = asyncio.ensure_future(handle(req))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
