@@ -1,0 +1,901 @@
+//! Turns the bytes of one direction of an XMPP stream into whole top-level
+//! units: the stream header, each depth-1 element, whitespace between them,
+//! and the closing `</stream:stream>`.
+//!
+//! ```text
+//!  push(bytes) ──▶ buffer ──▶ scanner ──(unit complete)──▶ UTF-8 + Char check
+//!                              │ tag / quote / CDATA /            │
+//!                              │ reference state kept             ▼
+//!                              │ across pushes          quick-xml ──▶ xml::Element
+//!                              ▼                                  │
+//!                     Ok(None): need more bytes        next_frame() ──▶ Frame
+//! ```
+//!
+//! The scanner resumes where the previous call stopped, so the work done for
+//! a unit is linear in its size however the bytes arrive, and it stops
+//! reading as soon as the unit passes its size limit. It also enforces what
+//! RFC 6120 §11.1 forbids (comments, processing instructions, DTDs, entity
+//! references other than the predefined ones) the moment it sees them; only
+//! a complete unit is handed to quick-xml, which checks the rest of
+//! well-formedness and builds the tree.
+//!
+//! The framer knows the stream wrapper and nothing else of XMPP: which
+//! elements may appear when is the stream state machine's business.
+
+use bytes::{Bytes, BytesMut};
+
+use crate::xml::{self, Element, NsScope};
+
+/// The namespace of the stream wrapper (RFC 6120 §4.8.1).
+pub const STREAMS_NS: &str = "http://etherx.jabber.org/streams";
+
+/// Size bounds on what the framer will buffer for one unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameLimits {
+    /// Largest stanza (any depth-1 element) in bytes; also bounds a run of
+    /// whitespace between two units.
+    pub max_stanza_bytes: usize,
+    /// Largest stream header, XML declaration included.
+    pub max_header_bytes: usize,
+    /// Deepest element nesting inside a stanza (the stanza itself is depth 1).
+    /// Bounded because the tree is walked recursively when it is compared,
+    /// written and dropped; real stanzas nest well under 20 deep.
+    pub max_depth: usize,
+}
+
+impl Default for FrameLimits {
+    fn default() -> FrameLimits {
+        FrameLimits {
+            max_stanza_bytes: 256 * 1024,
+            max_header_bytes: 16 * 1024,
+            max_depth: 64,
+        }
+    }
+}
+
+/// Why the framer refused the stream. Every variant is the peer's fault and
+/// maps to an RFC 6120 §4.9.3 stream error condition; after one the framer
+/// is poisoned and the caller closes the stream with that condition.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// Malformed XML, bad UTF-8, a character XML 1.0 does not allow,
+    /// mismatched tags, text between top-level elements, duplicate
+    /// attributes, an unbound prefix.
+    #[error("not well-formed XML: {detail}")]
+    NotWellFormed { detail: String },
+    /// A comment, processing instruction, DTD or entity that XMPP forbids.
+    #[error("restricted XML: {what}")]
+    RestrictedXml { what: &'static str },
+    /// A unit (stanza, header, whitespace run) grew past its limit.
+    #[error("unit larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    /// Elements nested deeper than the limit.
+    #[error("elements nested deeper than {limit}")]
+    TooDeep { limit: usize },
+    /// The stream header is not `stream` in the streams namespace.
+    #[error("invalid stream namespace: {detail}")]
+    InvalidNamespace { detail: String },
+    /// The XML declaration names an encoding other than UTF-8.
+    #[error("unsupported encoding {encoding:?}")]
+    UnsupportedEncoding { encoding: String },
+}
+
+impl FrameError {
+    /// The stream error condition element name to send (RFC 6120 §4.9.3).
+    pub fn condition(&self) -> &'static str {
+        match self {
+            FrameError::NotWellFormed { .. } => "not-well-formed",
+            FrameError::RestrictedXml { .. } => "restricted-xml",
+            FrameError::TooLarge { .. } | FrameError::TooDeep { .. } => "policy-violation",
+            FrameError::InvalidNamespace { .. } => "invalid-namespace",
+            FrameError::UnsupportedEncoding { .. } => "unsupported-encoding",
+        }
+    }
+}
+
+/// One top-level unit of the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// The optional XML declaration and the `<stream:stream …>` open tag.
+    StreamHeader(StreamHeader),
+    /// One complete depth-1 element of any name.
+    Stanza(Stanza),
+    /// Whitespace between top-level units (keepalives). It is handed out as
+    /// soon as it arrives so keepalives are not delayed; one run may
+    /// therefore come as several frames.
+    Whitespace(Bytes),
+    /// The closing `</stream:stream>`.
+    StreamEnd(Bytes),
+}
+
+/// A parsed stream header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamHeader {
+    /// Exact bytes received, XML declaration included.
+    pub raw: Bytes,
+    /// Whether an XML declaration preceded the open tag.
+    pub xml_decl: bool,
+    pub to: Option<String>,
+    pub from: Option<String>,
+    pub id: Option<String>,
+    pub version: Option<String>,
+    /// `xml:lang`.
+    pub lang: Option<String>,
+    /// The default (content) namespace, `jabber:client` or `jabber:server`.
+    pub default_ns: Option<String>,
+    /// The prefix bound to the streams namespace (`stream`), `None` if the
+    /// header is unprefixed.
+    pub stream_prefix: Option<String>,
+    /// Namespace declarations on the header in document order (`None` is the
+    /// default namespace); stanzas are resolved in this scope.
+    pub namespaces: Vec<(Option<String>, String)>,
+    /// Every attribute as written, declarations included.
+    pub attrs: Vec<(String, String)>,
+}
+
+/// One depth-1 element.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stanza {
+    /// Exact bytes as received: what is forwarded when policy allows it.
+    pub raw: Bytes,
+    pub root: Element,
+}
+
+/// Where the stream is, as far as framing cares.
+#[derive(Debug, Clone)]
+enum Phase {
+    /// Before the stream header (at start and after a restart).
+    ExpectHeader,
+    /// Inside the stream; stanzas resolve names in `scope`.
+    InStream { scope: NsScope, qname: String },
+    /// After `</stream:stream>`: only whitespace may follow.
+    Ended,
+}
+
+/// How a reference (`&…;`) is spelled so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RefLex {
+    Start,
+    Named { len: u8, word: [u8; 4] },
+    Hash,
+    HexStart,
+    Num { value: u32, hex: bool },
+}
+
+/// Where the scanner returns after a reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RefIn {
+    Content,
+    Value(u8),
+}
+
+/// Lexical state of the scanner inside the current unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lex {
+    /// Nothing of the unit seen yet.
+    Idle,
+    /// After `<`.
+    Lt,
+    /// After `<?`, matching the `xml` target.
+    PiTarget { matched: u8 },
+    /// Inside `<?xml …`, `question` when the previous byte was `?`.
+    Decl { question: bool },
+    /// Between the XML declaration and the stream open tag.
+    AfterDecl,
+    /// After `<!`, matching a keyword such as `DOCTYPE` or `[CDATA[`.
+    Bang { len: u8, word: [u8; 8] },
+    /// Inside a CDATA section, counting the `]` just seen.
+    Cdata { brackets: u8 },
+    StartName,
+    TagSpace,
+    AttrName,
+    AfterAttrName,
+    BeforeValue,
+    Value(u8),
+    AfterValue,
+    /// After `/` in a start tag.
+    SlashGt,
+    EndName { started: bool },
+    EndSpace,
+    /// Character data inside a stanza.
+    Content,
+    Ref { lex: RefLex, within: RefIn },
+}
+
+/// What kind of unit the scanner completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unit {
+    Header,
+    Element,
+    StreamEnd,
+}
+
+/// The resumable scanner for the unit at the front of the buffer.
+#[derive(Debug, Clone)]
+struct Scanner {
+    lex: Lex,
+    /// Bytes of the unit already scanned.
+    pos: usize,
+    /// Open elements of the current unit.
+    depth: usize,
+    /// Whether an XML declaration may still start here.
+    decl_ok: bool,
+    /// Whether the scanner is at the stream's top level (so an end tag
+    /// closes the stream rather than an element).
+    in_header_phase: bool,
+    max_depth: usize,
+}
+
+/// Keywords that may follow `<!`.
+const BANG_WORDS: [(&[u8], Option<&str>); 6] = [
+    (b"[CDATA[", None),
+    (b"--", Some("comment")),
+    (b"DOCTYPE", Some("DTD")),
+    (b"ENTITY", Some("entity declaration")),
+    (b"ELEMENT", Some("DTD markup declaration")),
+    (b"ATTLIST", Some("DTD markup declaration")),
+];
+const NOTATION: &[u8] = b"NOTATION";
+
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+/// ASCII is checked exactly; any non-ASCII byte is let through here and
+/// the UTF-8 and Char checks of the complete unit judge it.
+fn is_name_start(b: u8) -> bool {
+    b.is_ascii_alphabetic() || b == b'_' || b == b':' || b >= 0x80
+}
+
+fn is_name_char(b: u8) -> bool {
+    is_name_start(b) || b.is_ascii_digit() || b == b'-' || b == b'.'
+}
+
+fn nwf(detail: &str) -> FrameError {
+    FrameError::NotWellFormed {
+        detail: detail.to_owned(),
+    }
+}
+
+enum Step {
+    More,
+    Done(Unit),
+}
+
+impl Scanner {
+    fn new(in_header_phase: bool, max_depth: usize) -> Scanner {
+        Scanner {
+            lex: Lex::Idle,
+            pos: 0,
+            depth: 0,
+            decl_ok: in_header_phase,
+            in_header_phase,
+            max_depth,
+        }
+    }
+
+    /// Scans `unit[self.pos..]`; returns the length of the unit once complete.
+    fn scan(&mut self, unit: &[u8]) -> Result<Option<(usize, Unit)>, FrameError> {
+        let mut i = self.pos;
+        while let Some(rest) = unit.get(i..) {
+            // Fast paths over long runs that cannot change the state.
+            let skip = match self.lex {
+                Lex::Content => memchr::memchr2(b'<', b'&', rest),
+                Lex::Value(q) => memchr::memchr3(q, b'<', b'&', rest),
+                Lex::Cdata { brackets: 0 } => memchr::memchr(b']', rest),
+                _ => Some(0),
+            };
+            let Some(skip) = skip else {
+                i = unit.len();
+                break;
+            };
+            i += skip;
+            let Some(&b) = unit.get(i) else { break };
+            i += 1;
+            if let Step::Done(kind) = self.step(b)? {
+                self.pos = i;
+                return Ok(Some((i, kind)));
+            }
+        }
+        self.pos = i;
+        Ok(None)
+    }
+
+    /// Closes a start tag; `empty` for `/>`.
+    fn end_start_tag(&mut self, empty: bool) -> Result<Step, FrameError> {
+        if self.in_header_phase {
+            if empty {
+                return Err(nwf("self-closing stream header"));
+            }
+            return Ok(Step::Done(Unit::Header));
+        }
+        if empty {
+            if self.depth == 0 {
+                return Ok(Step::Done(Unit::Element));
+            }
+        } else {
+            self.depth += 1;
+            if self.depth > self.max_depth {
+                return Err(FrameError::TooDeep {
+                    limit: self.max_depth,
+                });
+            }
+        }
+        self.lex = Lex::Content;
+        Ok(Step::More)
+    }
+
+    fn end_end_tag(&mut self) -> Step {
+        if self.depth == 0 {
+            return Step::Done(Unit::StreamEnd);
+        }
+        self.depth -= 1;
+        if self.depth == 0 {
+            return Step::Done(Unit::Element);
+        }
+        self.lex = Lex::Content;
+        Step::More
+    }
+
+    fn step(&mut self, b: u8) -> Result<Step, FrameError> {
+        self.lex = match self.lex {
+            Lex::Idle => match b {
+                b'<' => Lex::Lt,
+                _ => return Err(nwf("text outside a stanza")),
+            },
+            Lex::Lt => match b {
+                b'?' if self.decl_ok => Lex::PiTarget { matched: 0 },
+                b'?' => {
+                    return Err(FrameError::RestrictedXml {
+                        what: "processing instruction",
+                    })
+                }
+                b'!' => Lex::Bang {
+                    len: 0,
+                    word: [0; 8],
+                },
+                b'/' if self.in_header_phase => return Err(nwf("end tag before stream header")),
+                b'/' => Lex::EndName { started: false },
+                b if is_name_start(b) => Lex::StartName,
+                _ => return Err(nwf("bad character after '<'")),
+            },
+            Lex::PiTarget { matched } => match (matched, b) {
+                (3, b) if is_ws(b) => Lex::Decl { question: false },
+                (m, b) if m < 3 && Some(&b) == b"xml".get(usize::from(m)) => {
+                    Lex::PiTarget { matched: m + 1 }
+                }
+                _ => {
+                    return Err(FrameError::RestrictedXml {
+                        what: "processing instruction",
+                    })
+                }
+            },
+            Lex::Decl { question } => match b {
+                b'>' if question => {
+                    self.decl_ok = false;
+                    Lex::AfterDecl
+                }
+                b'?' => Lex::Decl { question: true },
+                _ => Lex::Decl { question: false },
+            },
+            Lex::AfterDecl => match b {
+                b'<' => Lex::Lt,
+                b if is_ws(b) => Lex::AfterDecl,
+                _ => return Err(nwf("text after the XML declaration")),
+            },
+            Lex::Bang { len, mut word } => {
+                let n = usize::from(len);
+                if let Some(slot) = word.get_mut(n) {
+                    *slot = b;
+                }
+                let seen = word.get(..n + 1).unwrap_or(&[]);
+                let mut prefix_of_any = NOTATION.starts_with(seen);
+                if seen == NOTATION {
+                    return Err(FrameError::RestrictedXml {
+                        what: "DTD markup declaration",
+                    });
+                }
+                for (kw, restricted) in BANG_WORDS {
+                    if seen == kw {
+                        match restricted {
+                            Some(what) => return Err(FrameError::RestrictedXml { what }),
+                            None if self.depth == 0 => {
+                                return Err(nwf("CDATA outside a stanza"))
+                            }
+                            None => {
+                                self.lex = Lex::Cdata { brackets: 0 };
+                                return Ok(Step::More);
+                            }
+                        }
+                    }
+                    prefix_of_any |= kw.starts_with(seen);
+                }
+                if !prefix_of_any {
+                    return Err(nwf("bad markup after '<!'"));
+                }
+                Lex::Bang {
+                    len: len.saturating_add(1),
+                    word,
+                }
+            }
+            Lex::Cdata { brackets } => match b {
+                b']' => Lex::Cdata {
+                    brackets: brackets.saturating_add(1).min(2),
+                },
+                b'>' if brackets == 2 => Lex::Content,
+                _ => Lex::Cdata { brackets: 0 },
+            },
+            Lex::StartName => match b {
+                b'>' => return self.end_start_tag(false),
+                b'/' => Lex::SlashGt,
+                b if is_ws(b) => Lex::TagSpace,
+                b if is_name_char(b) => Lex::StartName,
+                _ => return Err(nwf("bad character in element name")),
+            },
+            Lex::TagSpace => match b {
+                b'>' => return self.end_start_tag(false),
+                b'/' => Lex::SlashGt,
+                b if is_ws(b) => Lex::TagSpace,
+                b if is_name_start(b) => Lex::AttrName,
+                _ => return Err(nwf("bad character in start tag")),
+            },
+            Lex::AttrName => match b {
+                b'=' => Lex::BeforeValue,
+                b if is_ws(b) => Lex::AfterAttrName,
+                b if is_name_char(b) => Lex::AttrName,
+                _ => return Err(nwf("bad character in attribute name")),
+            },
+            Lex::AfterAttrName => match b {
+                b'=' => Lex::BeforeValue,
+                b if is_ws(b) => Lex::AfterAttrName,
+                _ => return Err(nwf("attribute without value")),
+            },
+            Lex::BeforeValue => match b {
+                b'\'' | b'"' => Lex::Value(b),
+                b if is_ws(b) => Lex::BeforeValue,
+                _ => return Err(nwf("unquoted attribute value")),
+            },
+            Lex::Value(q) => match b {
+                b'<' => return Err(nwf("'<' in attribute value")),
+                b'&' => Lex::Ref {
+                    lex: RefLex::Start,
+                    within: RefIn::Value(q),
+                },
+                b if b == q => Lex::AfterValue,
+                _ => Lex::Value(q),
+            },
+            Lex::AfterValue => match b {
+                b'>' => return self.end_start_tag(false),
+                b'/' => Lex::SlashGt,
+                b if is_ws(b) => Lex::TagSpace,
+                _ => return Err(nwf("no space between attributes")),
+            },
+            Lex::SlashGt => match b {
+                b'>' => return self.end_start_tag(true),
+                _ => return Err(nwf("'/' not followed by '>' in start tag")),
+            },
+            Lex::EndName { started } => match b {
+                b'>' if started => return Ok(self.end_end_tag()),
+                b if is_ws(b) && started => Lex::EndSpace,
+                b if !started && is_name_start(b) => Lex::EndName { started: true },
+                b if started && is_name_char(b) => Lex::EndName { started: true },
+                _ => return Err(nwf("bad character in end tag")),
+            },
+            Lex::EndSpace => match b {
+                b'>' => return Ok(self.end_end_tag()),
+                b if is_ws(b) => Lex::EndSpace,
+                _ => return Err(nwf("bad character in end tag")),
+            },
+            Lex::Content => match b {
+                b'<' => Lex::Lt,
+                b'&' => Lex::Ref {
+                    lex: RefLex::Start,
+                    within: RefIn::Content,
+                },
+                _ => Lex::Content,
+            },
+            Lex::Ref { lex, within } => {
+                let next = step_ref(lex, b)?;
+                match next {
+                    Some(lex) => Lex::Ref { lex, within },
+                    None => match within {
+                        RefIn::Content => Lex::Content,
+                        RefIn::Value(q) => Lex::Value(q),
+                    },
+                }
+            }
+        };
+        Ok(Step::More)
+    }
+}
+
+/// Advances a reference; `None` once it closed with an allowed `;`.
+fn step_ref(lex: RefLex, b: u8) -> Result<Option<RefLex>, FrameError> {
+    let unterminated = || nwf("bad or unterminated reference");
+    Ok(Some(match (lex, b) {
+        (RefLex::Start, b'#') => RefLex::Hash,
+        (RefLex::Start, b) if is_name_start(b) => RefLex::Named {
+            len: 1,
+            word: [b, 0, 0, 0],
+        },
+        (RefLex::Named { len, word }, b';') => {
+            let n = usize::from(len);
+            let predefined = n <= 4
+                && matches!(
+                    word.get(..n),
+                    Some(b"lt" | b"gt" | b"amp" | b"quot" | b"apos")
+                );
+            if predefined {
+                return Ok(None);
+            }
+            return Err(FrameError::RestrictedXml {
+                what: "entity reference",
+            });
+        }
+        (RefLex::Named { len, mut word }, b) if is_name_char(b) => {
+            if let Some(slot) = word.get_mut(usize::from(len)) {
+                *slot = b;
+            }
+            RefLex::Named {
+                len: len.saturating_add(1).min(5),
+                word,
+            }
+        }
+        (RefLex::Hash, b'x') => RefLex::HexStart,
+        (RefLex::Hash, b) if b.is_ascii_digit() => RefLex::Num {
+            value: u32::from(b - b'0'),
+            hex: false,
+        },
+        (RefLex::HexStart, b) if b.is_ascii_hexdigit() => RefLex::Num {
+            value: hex_value(b),
+            hex: true,
+        },
+        (RefLex::Num { value, .. }, b';') => {
+            let legal = char::from_u32(value).is_some_and(xml::is_xml_char);
+            if legal {
+                return Ok(None);
+            }
+            return Err(nwf("character reference to an illegal character"));
+        }
+        (RefLex::Num { value, hex: false }, b) if b.is_ascii_digit() => RefLex::Num {
+            // Saturate just past the Unicode range: the value is then
+            // rejected at ';' without overflowing on long digit runs.
+            value: value
+                .saturating_mul(10)
+                .saturating_add(u32::from(b - b'0'))
+                .min(0x11_0000),
+            hex: false,
+        },
+        (RefLex::Num { value, hex: true }, b) if b.is_ascii_hexdigit() => RefLex::Num {
+            value: value.saturating_mul(16).saturating_add(hex_value(b)).min(0x11_0000),
+            hex: true,
+        },
+        _ => return Err(unterminated()),
+    }))
+}
+
+fn hex_value(b: u8) -> u32 {
+    char::from(b).to_digit(16).unwrap_or(0)
+}
+
+/// Checks a complete unit: UTF-8, and only characters XML 1.0 allows.
+/// Done on whole units so a multi-byte character split across two pushes
+/// is never mistaken for bad UTF-8.
+fn check_chars(unit: &[u8]) -> Result<&str, FrameError> {
+    let text = std::str::from_utf8(unit).map_err(|e| FrameError::NotWellFormed {
+        detail: format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+    })?;
+    // In valid UTF-8 the only non-Chars are C0 controls other than tab, LF
+    // and CR, and U+FFFE / U+FFFF (EF BF BE / EF BF BF); surrogates cannot
+    // be encoded.
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let bad = match b {
+            0x00..=0x08 | 0x0B | 0x0C | 0x0E..=0x1F => true,
+            0xEF => matches!(bytes.get(i + 1..i + 3), Some([0xBF, 0xBE | 0xBF])),
+            _ => false,
+        };
+        if bad {
+            return Err(FrameError::NotWellFormed {
+                detail: format!("character not allowed in XML at byte {i}"),
+            });
+        }
+        i += 1;
+    }
+    Ok(text)
+}
+
+/// The incremental stanza framer for one direction of one stream.
+#[derive(Debug)]
+pub struct Framer {
+    limits: FrameLimits,
+    buf: BytesMut,
+    phase: Phase,
+    scanner: Scanner,
+    /// Whitespace handed out since the last unit.
+    ws_run: usize,
+    poisoned: Option<FrameError>,
+}
+
+impl Framer {
+    pub fn new(limits: FrameLimits) -> Framer {
+        Framer {
+            limits,
+            buf: BytesMut::new(),
+            phase: Phase::ExpectHeader,
+            scanner: Scanner::new(true, limits.max_depth),
+            ws_run: 0,
+            poisoned: None,
+        }
+    }
+
+    /// Appends received bytes.
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Bytes pushed but not yet returned in a frame.
+    pub fn buffered_len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Expects a new stream header next (after STARTTLS, after SASL
+    /// success). Bytes already buffered are kept and framed afresh.
+    pub fn restart(&mut self) {
+        self.phase = Phase::ExpectHeader;
+        self.scanner = Scanner::new(true, self.limits.max_depth);
+        self.ws_run = 0;
+    }
+
+    /// The namespace scope stanzas are resolved in, once the header is seen.
+    pub fn scope(&self) -> Option<&NsScope> {
+        match &self.phase {
+            Phase::InStream { scope, .. } => Some(scope),
+            _ => None,
+        }
+    }
+
+    /// The next complete frame; `Ok(None)` when more bytes are needed.
+    /// After an error every later call returns the same error.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        if let Some(err) = &self.poisoned {
+            return Err(err.clone());
+        }
+        let result = self.frame();
+        if let Err(err) = &result {
+            self.poisoned = Some(err.clone());
+        }
+        result
+    }
+
+    fn frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        if self.scanner.lex == Lex::Idle {
+            let ws = self.buf.iter().take_while(|&&b| is_ws(b)).count();
+            if ws > 0 {
+                self.ws_run = self.ws_run.saturating_add(ws);
+                if self.ws_run > self.limits.max_stanza_bytes {
+                    return Err(FrameError::TooLarge {
+                        limit: self.limits.max_stanza_bytes,
+                    });
+                }
+                return Ok(Some(Frame::Whitespace(self.buf.split_to(ws).freeze())));
+            }
+            if self.buf.is_empty() {
+                return Ok(None);
+            }
+            if matches!(self.phase, Phase::Ended) {
+                return Err(nwf("data after the end of the stream"));
+            }
+        }
+        let limit = match self.phase {
+            Phase::ExpectHeader => self.limits.max_header_bytes,
+            _ => self.limits.max_stanza_bytes,
+        };
+        // Never look past limit + 1 bytes: a unit that has not ended by then
+        // is refused without reading (or waiting for) the rest.
+        let window = self.buf.get(..self.buf.len().min(limit.saturating_add(1)));
+        let window = window.unwrap_or(&[]);
+        let Some((len, unit)) = self.scanner.scan(window)? else {
+            if window.len() > limit {
+                return Err(FrameError::TooLarge { limit });
+            }
+            return Ok(None);
+        };
+        if len > limit {
+            return Err(FrameError::TooLarge { limit });
+        }
+        let raw = self.buf.split_to(len).freeze();
+        self.ws_run = 0;
+        self.scanner = Scanner::new(false, self.limits.max_depth);
+        let text = check_chars(&raw)?;
+        match unit {
+            Unit::Header => {
+                let (header, scope) = parse_header(text, raw.clone())?;
+                self.phase = Phase::InStream {
+                    scope,
+                    qname: match &header.stream_prefix {
+                        Some(p) => format!("{p}:stream"),
+                        None => "stream".to_owned(),
+                    },
+                };
+                Ok(Some(Frame::StreamHeader(header)))
+            }
+            Unit::Element => {
+                let Phase::InStream { scope, .. } = &self.phase else {
+                    return Err(nwf("element outside a stream"));
+                };
+                let root = xml::parse_element(text, scope)?;
+                Ok(Some(Frame::Stanza(Stanza { raw, root })))
+            }
+            Unit::StreamEnd => {
+                let Phase::InStream { qname, .. } = &self.phase else {
+                    return Err(nwf("end tag outside a stream"));
+                };
+                let name = text
+                    .get(2..)
+                    .unwrap_or("")
+                    .trim_end_matches('>')
+                    .trim_end_matches(|c: char| c.is_ascii_whitespace());
+                if name != qname {
+                    return Err(FrameError::NotWellFormed {
+                        detail: format!("end tag </{name}> does not close <{qname}>"),
+                    });
+                }
+                self.phase = Phase::Ended;
+                Ok(Some(Frame::StreamEnd(raw)))
+            }
+        }
+    }
+}
+
+/// Parses the declaration (if any) and the stream open tag.
+fn parse_header(text: &str, raw: Bytes) -> Result<(StreamHeader, NsScope), FrameError> {
+    use quick_xml::events::Event;
+    use quick_xml::Reader;
+
+    // Attribute values cannot contain '<', so the open tag starts at the last one.
+    let tag_start = text.rfind('<').unwrap_or(0);
+    let decl = text.get(..tag_start).unwrap_or("").trim_end();
+    let tag = text.get(tag_start..).unwrap_or("");
+    let xml_decl = !decl.is_empty();
+    if xml_decl {
+        let mut reader = Reader::from_str(decl);
+        let Ok(Event::Decl(d)) = reader.read_event() else {
+            return Err(nwf("bad XML declaration"));
+        };
+        let version = d
+            .version()
+            .map_err(|e| FrameError::NotWellFormed {
+                detail: format!("XML declaration: {e}"),
+            })?
+            .into_owned();
+        if !version.starts_with(b"1.") {
+            return Err(nwf("XML declaration: version is not 1.x"));
+        }
+        if let Some(enc) = d.encoding() {
+            let enc = enc.map_err(|e| FrameError::NotWellFormed {
+                detail: format!("XML declaration: {e}"),
+            })?;
+            if !enc.eq_ignore_ascii_case(b"UTF-8") {
+                return Err(FrameError::UnsupportedEncoding {
+                    encoding: String::from_utf8_lossy(&enc).into_owned(),
+                });
+            }
+        }
+        if !matches!(reader.read_event(), Ok(Event::Eof)) {
+            return Err(nwf("bad XML declaration"));
+        }
+    }
+    let mut reader = Reader::from_str(tag);
+    let start = match reader.read_event() {
+        Ok(Event::Start(s)) => s,
+        Ok(_) => return Err(nwf("bad stream header")),
+        Err(e) => {
+            return Err(FrameError::NotWellFormed {
+                detail: e.to_string(),
+            })
+        }
+    };
+    let tag = xml::read_tag(&start)?;
+    let namespaces = xml::declarations(&tag.attrs)?;
+    let mut scope = NsScope::new();
+    scope.declare(namespaces.clone());
+    xml::check_attr_namespaces(&tag.attrs, &scope)?;
+    let (prefix, local) = xml::split_qname(&tag.qname)?;
+    let ns = scope.resolve(prefix).ok_or_else(|| FrameError::InvalidNamespace {
+        detail: format!("prefix of <{}> is not declared", tag.qname),
+    })?;
+    if local != "stream" || ns != STREAMS_NS {
+        return Err(FrameError::InvalidNamespace {
+            detail: format!("<{}> in namespace {ns:?}", tag.qname),
+        });
+    }
+    let attr = |name: &str| {
+        tag.attrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let header = StreamHeader {
+        raw,
+        xml_decl,
+        to: attr("to"),
+        from: attr("from"),
+        id: attr("id"),
+        version: attr("version"),
+        lang: attr("xml:lang"),
+        default_ns: namespaces
+            .iter()
+            .rev()
+            .find(|(p, _)| p.is_none())
+            .map(|(_, n)| n.clone()),
+        stream_prefix: prefix.map(str::to_owned),
+        namespaces,
+        attrs: tag.attrs,
+    };
+    Ok((header, scope))
+}
+
+/// Fuzzing entry point: frames arbitrary bytes pushed in chunks whose size
+/// the first byte picks, and checks invariants that hold for any input.
+/// Panics only if the framer itself is wrong.
+#[doc(hidden)]
+pub fn fuzz_framer(data: &[u8]) {
+    let Some((&seed, rest)) = data.split_first() else {
+        return;
+    };
+    let limits = FrameLimits {
+        max_stanza_bytes: 4096,
+        max_header_bytes: 1024,
+        max_depth: 16,
+    };
+    let mut framer = Framer::new(limits);
+    let chunk = usize::from(seed & 0x0F) + 1;
+    let mut consumed = 0usize;
+    let mut pushed = 0usize;
+    for piece in rest.chunks(chunk) {
+        framer.push(piece);
+        pushed += piece.len();
+        // Each frame consumes at least one byte, so this ends.
+        for _ in 0..=framer.buffered_len() {
+            let frame = match framer.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(err) => {
+                    assert_eq!(framer.next_frame(), Err(err), "framer not poisoned");
+                    return;
+                }
+            };
+            let raw = match &frame {
+                Frame::StreamHeader(h) => h.raw.clone(),
+                Frame::Stanza(s) => s.raw.clone(),
+                Frame::Whitespace(b) | Frame::StreamEnd(b) => b.clone(),
+            };
+            assert!(!raw.is_empty(), "empty frame");
+            assert_eq!(
+                rest.get(consumed..consumed + raw.len()),
+                Some(&raw[..]),
+                "frame bytes are not the input bytes"
+            );
+            consumed += raw.len();
+            if let Frame::Stanza(s) = &frame {
+                let _ = crate::stanza::StanzaView::of(&s.root);
+                if let Some(scope) = framer.scope() {
+                    let out = s.root.to_bytes();
+                    let text = std::str::from_utf8(&out);
+                    let again = text.map(|t| xml::parse_element(t, scope));
+                    assert!(
+                        matches!(again, Ok(Ok(ref el)) if *el == s.root),
+                        "re-serialised stanza does not parse back equal"
+                    );
+                }
+            }
+            if matches!(frame, Frame::StreamHeader(_)) && seed & 0x80 != 0 && consumed < 64 {
+                // Exercise restart with bytes already buffered.
+                framer.restart();
+            }
+        }
+        assert_eq!(consumed + framer.buffered_len(), pushed);
+    }
+}

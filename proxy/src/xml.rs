@@ -1,0 +1,796 @@
+//! A small owned XML element tree with resolved namespaces.
+//!
+//! The framer hands each complete top-level unit to [`parse_element`], which
+//! runs quick-xml over the slice and builds an [`Element`]. Policy and archive
+//! code read the tree; only a stanza that policy changes is written back with
+//! [`Element::write_to`] (allowed stanzas are forwarded as the raw bytes).
+//!
+//! Attributes are kept *as written*, including `xmlns` and `xmlns:p`
+//! declarations, so that writing a parsed tree back reproduces the same
+//! namespace declarations and therefore means the same thing in the stream it
+//! came from.
+
+use std::collections::{HashMap, HashSet};
+
+use quick_xml::events::{BytesStart, Event};
+use quick_xml::{Reader, XmlVersion};
+
+use crate::framer::FrameError;
+
+/// Namespace bound to the `xml` prefix by the Namespaces in XML spec.
+pub const XML_NS: &str = "http://www.w3.org/XML/1998/namespace";
+/// Namespace bound to the `xmlns` prefix by the Namespaces in XML spec.
+pub const XMLNS_NS: &str = "http://www.w3.org/2000/xmlns/";
+
+/// One node of element content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {
+    Element(Element),
+    /// Character data with references resolved; adjacent text, character
+    /// references and CDATA sections are merged into one node.
+    Text(String),
+}
+
+/// An XML element with its namespace resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Element {
+    /// Prefix as written (`stream` in `<stream:features>`), `None` when unprefixed.
+    pub prefix: Option<String>,
+    /// Local name.
+    pub name: String,
+    /// Resolved namespace; for an unprefixed element without its own `xmlns`
+    /// this is inherited from the parent, ultimately from the stream header.
+    /// Empty when the element is in no namespace.
+    pub ns: String,
+    /// Attributes in document order with their written (qualified) names,
+    /// namespace declarations included, values unescaped and normalised.
+    pub attrs: Vec<(String, String)>,
+    pub children: Vec<Node>,
+}
+
+impl Element {
+    /// A new, unprefixed element without attributes or children.
+    pub fn new(name: impl Into<String>, ns: impl Into<String>) -> Element {
+        Element {
+            prefix: None,
+            name: name.into(),
+            ns: ns.into(),
+            attrs: Vec::new(),
+            children: Vec::new(),
+        }
+    }
+
+    /// Builder form of [`Element::set_attr`].
+    pub fn with_attr(mut self, name: impl Into<String>, value: impl Into<String>) -> Element {
+        self.set_attr(name, value);
+        self
+    }
+
+    /// Builder form of [`Element::push_child`].
+    pub fn with_child(mut self, child: Element) -> Element {
+        self.push_child(child);
+        self
+    }
+
+    /// Builder form of [`Element::set_text`].
+    pub fn with_text(mut self, text: impl Into<String>) -> Element {
+        self.set_text(text);
+        self
+    }
+
+    /// True if this element has the given local name and namespace.
+    pub fn is(&self, name: &str, ns: &str) -> bool {
+        self.name == name && self.ns == ns
+    }
+
+    /// The value of the attribute with this written name (`to`, `xml:lang`).
+    pub fn attr(&self, name: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Sets an attribute, replacing an existing one of the same written name
+    /// in place so attribute order is kept.
+    pub fn set_attr(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        let name = name.into();
+        let value = value.into();
+        match self.attrs.iter_mut().find(|(k, _)| *k == name) {
+            Some(slot) => slot.1 = value,
+            None => self.attrs.push((name, value)),
+        }
+    }
+
+    /// Removes an attribute and returns its value.
+    pub fn remove_attr(&mut self, name: &str) -> Option<String> {
+        let at = self.attrs.iter().position(|(k, _)| k == name)?;
+        Some(self.attrs.remove(at).1)
+    }
+
+    /// `xml:lang` of this element as written on it (not inherited).
+    pub fn lang(&self) -> Option<&str> {
+        self.attr("xml:lang")
+    }
+
+    /// The first child element with this local name and namespace.
+    pub fn child(&self, name: &str, ns: &str) -> Option<&Element> {
+        self.children().find(|c| c.is(name, ns))
+    }
+
+    /// Mutable access to the first child element with this name and namespace.
+    pub fn child_mut(&mut self, name: &str, ns: &str) -> Option<&mut Element> {
+        self.children_mut().find(|c| c.is(name, ns))
+    }
+
+    /// Child elements, text nodes skipped.
+    pub fn children(&self) -> impl Iterator<Item = &Element> {
+        self.children.iter().filter_map(|n| match n {
+            Node::Element(e) => Some(e),
+            Node::Text(_) => None,
+        })
+    }
+
+    /// Mutable child elements, text nodes skipped.
+    pub fn children_mut(&mut self) -> impl Iterator<Item = &mut Element> {
+        self.children.iter_mut().filter_map(|n| match n {
+            Node::Element(e) => Some(e),
+            Node::Text(_) => None,
+        })
+    }
+
+    /// Concatenated direct text content (not descendants').
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        for node in &self.children {
+            if let Node::Text(t) = node {
+                out.push_str(t);
+            }
+        }
+        out
+    }
+
+    /// Keeps the child elements for which `keep` returns true; text is kept.
+    pub fn retain_children(&mut self, mut keep: impl FnMut(&Element) -> bool) {
+        self.children.retain(|n| match n {
+            Node::Element(e) => keep(e),
+            Node::Text(_) => true,
+        });
+    }
+
+    /// Appends a child element.
+    pub fn push_child(&mut self, child: Element) {
+        self.children.push(Node::Element(child));
+    }
+
+    /// Replaces all text nodes by one text node holding `text`, placed where
+    /// the first text node was (or first), child elements kept in order.
+    pub fn set_text(&mut self, text: impl Into<String>) {
+        let at = self
+            .children
+            .iter()
+            .position(|n| matches!(n, Node::Text(_)))
+            .unwrap_or(0);
+        self.children.retain(|n| matches!(n, Node::Element(_)));
+        let at = at.min(self.children.len());
+        self.children.insert(at, Node::Text(text.into()));
+    }
+
+    /// The qualified name as written: `prefix:name` or `name`.
+    pub fn qname(&self) -> String {
+        match &self.prefix {
+            Some(p) => format!("{p}:{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+
+    /// Serialises the element.
+    ///
+    /// The root is written as it would appear in the stream it was parsed
+    /// from: its own namespace (and any prefix it uses without declaring) are
+    /// taken to be in scope there, so a parsed stanza is written without extra
+    /// declarations. Below the root, an unprefixed element whose namespace
+    /// differs from the one in scope and which declares none itself (a
+    /// builder-created child such as a `<text xmlns='urn:…'>`) gets an
+    /// `xmlns` attribute. A builder-created root in a namespace other than
+    /// the stream's content namespace must carry its own `xmlns` attribute,
+    /// or be written with [`Element::write_in`].
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        self.write_with_default(&self.ns, out);
+    }
+
+    /// Serialises the element into a context whose default namespace is
+    /// `default_ns` (for a stanza: the stream's content namespace, such as
+    /// `jabber:client`), declaring the element's namespace if it differs.
+    pub fn write_in(&self, default_ns: &str, out: &mut Vec<u8>) {
+        self.write_with_default(default_ns, out);
+    }
+
+    /// The serialised element as a new buffer.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write_to(&mut out);
+        out
+    }
+
+    fn write_with_default(&self, parent_default: &str, out: &mut Vec<u8>) {
+        out.push(b'<');
+        let qname = self.qname();
+        out.extend_from_slice(qname.as_bytes());
+        let mut default = parent_default;
+        let mut declares_default = false;
+        for (k, v) in &self.attrs {
+            if k == "xmlns" {
+                declares_default = true;
+                default = v;
+            }
+            out.push(b' ');
+            out.extend_from_slice(k.as_bytes());
+            out.extend_from_slice(b"='");
+            escape_attr(v, out);
+            out.push(b'\'');
+        }
+        if self.prefix.is_none() && !declares_default && self.ns != parent_default {
+            out.extend_from_slice(b" xmlns='");
+            escape_attr(&self.ns, out);
+            out.push(b'\'');
+            default = &self.ns;
+        }
+        if self.children.is_empty() {
+            out.extend_from_slice(b"/>");
+            return;
+        }
+        out.push(b'>');
+        for node in &self.children {
+            match node {
+                Node::Element(e) => e.write_with_default(default, out),
+                Node::Text(t) => escape_text(t, out),
+            }
+        }
+        out.extend_from_slice(b"</");
+        out.extend_from_slice(qname.as_bytes());
+        out.push(b'>');
+    }
+}
+
+/// Escapes character data. `>` is escaped so no `]]>` can appear; `\r` is
+/// written as a character reference because a parser would otherwise
+/// normalise it to `\n` (XML 1.0 §2.11).
+fn escape_text(text: &str, out: &mut Vec<u8>) {
+    for &b in text.as_bytes() {
+        match b {
+            b'<' => out.extend_from_slice(b"&lt;"),
+            b'>' => out.extend_from_slice(b"&gt;"),
+            b'&' => out.extend_from_slice(b"&amp;"),
+            b'\r' => out.extend_from_slice(b"&#13;"),
+            _ => out.push(b),
+        }
+    }
+}
+
+/// Escapes an attribute value for single or double quotes. Tab, LF and CR
+/// become character references because attribute-value normalisation
+/// (XML 1.0 §3.3.3) would turn them into spaces.
+fn escape_attr(value: &str, out: &mut Vec<u8>) {
+    for &b in value.as_bytes() {
+        match b {
+            b'<' => out.extend_from_slice(b"&lt;"),
+            b'>' => out.extend_from_slice(b"&gt;"),
+            b'&' => out.extend_from_slice(b"&amp;"),
+            b'"' => out.extend_from_slice(b"&quot;"),
+            b'\'' => out.extend_from_slice(b"&apos;"),
+            b'\t' => out.extend_from_slice(b"&#9;"),
+            b'\n' => out.extend_from_slice(b"&#10;"),
+            b'\r' => out.extend_from_slice(b"&#13;"),
+            _ => out.push(b),
+        }
+    }
+}
+
+/// Namespace bindings in scope, with an undo log per open element.
+///
+/// A hash map keeps prefix look-ups constant-time: a hostile stanza can
+/// declare thousands of prefixes and then use one from thousands of elements.
+#[derive(Debug, Clone, Default)]
+pub struct NsScope {
+    prefixes: HashMap<String, Vec<String>>,
+    defaults: Vec<String>,
+    undo: Vec<Vec<Option<String>>>,
+}
+
+impl NsScope {
+    /// The scope every document starts with: `xml` bound, no default namespace.
+    pub fn new() -> NsScope {
+        let mut prefixes = HashMap::new();
+        prefixes.insert("xml".to_owned(), vec![XML_NS.to_owned()]);
+        NsScope {
+            prefixes,
+            defaults: vec![String::new()],
+            undo: Vec::new(),
+        }
+    }
+
+    /// The namespace bound to `prefix` (`None`: the default namespace, which
+    /// is empty when none is declared).
+    pub fn resolve(&self, prefix: Option<&str>) -> Option<&str> {
+        match prefix {
+            None => Some(self.defaults.last().map(String::as_str).unwrap_or("")),
+            Some(p) => self
+                .prefixes
+                .get(p)
+                .and_then(|v| v.last())
+                .map(String::as_str),
+        }
+    }
+
+    /// Opens an element scope and applies its declarations.
+    fn enter(&mut self, decls: Vec<(Option<String>, String)>) {
+        let mut undo = Vec::with_capacity(decls.len());
+        for (prefix, ns) in decls {
+            match &prefix {
+                None => self.defaults.push(ns),
+                Some(p) => self.prefixes.entry(p.clone()).or_default().push(ns),
+            }
+            undo.push(prefix);
+        }
+        self.undo.push(undo);
+    }
+
+    /// Closes the innermost element scope.
+    fn leave(&mut self) {
+        for prefix in self.undo.pop().unwrap_or_default() {
+            match prefix {
+                None => {
+                    self.defaults.pop();
+                }
+                Some(p) => {
+                    if let Some(stack) = self.prefixes.get_mut(&p) {
+                        stack.pop();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies declarations permanently (the stream header's).
+    pub(crate) fn declare(&mut self, decls: Vec<(Option<String>, String)>) {
+        self.enter(decls);
+    }
+}
+
+fn not_well_formed(detail: impl Into<String>) -> FrameError {
+    FrameError::NotWellFormed {
+        detail: detail.into(),
+    }
+}
+
+/// Splits a qualified name into prefix and local part (Namespaces in XML
+/// §4: at most one colon, neither part empty).
+pub(crate) fn split_qname(qname: &str) -> Result<(Option<&str>, &str), FrameError> {
+    match qname.split_once(':') {
+        None if !qname.is_empty() => Ok((None, qname)),
+        Some((p, l)) if !p.is_empty() && !l.is_empty() && !l.contains(':') => Ok((Some(p), l)),
+        _ => Err(not_well_formed(format!("bad qualified name {qname:?}"))),
+    }
+}
+
+/// A start tag read into owned parts, namespaces not yet resolved.
+pub(crate) struct RawTag {
+    pub qname: String,
+    pub attrs: Vec<(String, String)>,
+}
+
+/// Reads a start tag's name and attributes, checking for duplicates.
+pub(crate) fn read_tag(start: &BytesStart<'_>) -> Result<RawTag, FrameError> {
+    let qname = std::str::from_utf8(start.name().as_ref())
+        .map_err(|_| not_well_formed("element name is not UTF-8"))?
+        .to_owned();
+    let mut attrs = Vec::new();
+    for attr in start.attributes().with_checks(true) {
+        let attr = attr.map_err(|e| not_well_formed(format!("attribute: {e}")))?;
+        let key = std::str::from_utf8(attr.key.as_ref())
+            .map_err(|_| not_well_formed("attribute name is not UTF-8"))?
+            .to_owned();
+        let value = attr
+            .normalized_value(XmlVersion::Implicit1_0)
+            .map_err(|e| not_well_formed(format!("attribute {key:?}: {e}")))?
+            .into_owned();
+        attrs.push((key, value));
+    }
+    Ok(RawTag { qname, attrs })
+}
+
+/// Namespace declarations carried by `attrs`, checked against the
+/// Namespaces in XML constraints (reserved prefixes, no prefix undeclaring).
+pub(crate) fn declarations(
+    attrs: &[(String, String)],
+) -> Result<Vec<(Option<String>, String)>, FrameError> {
+    let mut decls = Vec::new();
+    for (k, v) in attrs {
+        if k == "xmlns" {
+            if v == XML_NS || v == XMLNS_NS {
+                return Err(not_well_formed("reserved namespace as default"));
+            }
+            decls.push((None, v.clone()));
+        } else if let Some(p) = k.strip_prefix("xmlns:") {
+            let bad = p.is_empty()
+                || p.contains(':')
+                || v.is_empty()
+                || p == "xmlns"
+                || (p == "xml") != (v == XML_NS)
+                || v == XMLNS_NS;
+            if bad {
+                return Err(not_well_formed(format!("bad namespace declaration {k:?}")));
+            }
+            decls.push((Some(p.to_owned()), v.clone()));
+        }
+    }
+    Ok(decls)
+}
+
+/// Checks that every prefixed attribute's prefix is bound and that no two
+/// attributes share an expanded name (Namespaces in XML §6.3).
+pub(crate) fn check_attr_namespaces(attrs: &[(String, String)], scope: &NsScope) -> Result<(), FrameError> {
+    let mut seen: HashSet<(&str, &str)> = HashSet::new();
+    for (k, _) in attrs {
+        if k == "xmlns" || k.starts_with("xmlns:") {
+            continue;
+        }
+        let (prefix, local) = split_qname(k)?;
+        if let Some(p) = prefix {
+            let ns = scope
+                .resolve(Some(p))
+                .ok_or_else(|| not_well_formed(format!("unbound prefix in attribute {k:?}")))?;
+            if !seen.insert((ns, local)) {
+                return Err(not_well_formed(format!("duplicate attribute {k:?}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Builds an element for a start tag in `scope`, entering its scope.
+fn open_element(start: &BytesStart<'_>, scope: &mut NsScope) -> Result<Element, FrameError> {
+    let tag = read_tag(start)?;
+    scope.enter(declarations(&tag.attrs)?);
+    check_attr_namespaces(&tag.attrs, scope)?;
+    let (prefix, local) = split_qname(&tag.qname)?;
+    if prefix == Some("xmlns") {
+        return Err(not_well_formed("element with the xmlns prefix"));
+    }
+    let ns = scope
+        .resolve(prefix)
+        .ok_or_else(|| not_well_formed(format!("unbound prefix in element {:?}", tag.qname)))?
+        .to_owned();
+    Ok(Element {
+        prefix: prefix.map(str::to_owned),
+        name: local.to_owned(),
+        ns,
+        attrs: tag.attrs,
+        children: Vec::new(),
+    })
+}
+
+/// Appends text to the last node if it is text, else starts a text node.
+fn push_text(el: &mut Element, text: &str) {
+    if text.is_empty() {
+        return;
+    }
+    if let Some(Node::Text(t)) = el.children.last_mut() {
+        t.push_str(text);
+    } else {
+        el.children.push(Node::Text(text.to_owned()));
+    }
+}
+
+/// The replacement text of a reference that XMPP allows: the five
+/// predefined entities and character references.
+fn resolve_ref(name: &[u8]) -> Result<char, FrameError> {
+    Ok(match name {
+        b"lt" => '<',
+        b"gt" => '>',
+        b"amp" => '&',
+        b"quot" => '"',
+        b"apos" => '\'',
+        [b'#', b'x', hex @ ..] => char_from(hex, 16)?,
+        [b'#', dec @ ..] => char_from(dec, 10)?,
+        _ => return Err(FrameError::RestrictedXml { what: "entity reference" }),
+    })
+}
+
+fn char_from(digits: &[u8], radix: u32) -> Result<char, FrameError> {
+    let bad = || not_well_formed("bad character reference");
+    let s = std::str::from_utf8(digits).map_err(|_| bad())?;
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    let n = u32::from_str_radix(s, radix).map_err(|_| bad())?;
+    char::from_u32(n)
+        .filter(|c| is_xml_char(*c))
+        .ok_or_else(bad)
+}
+
+/// XML 1.0 `Char` production.
+pub fn is_xml_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+}
+
+/// Parses one complete element (a top-level unit found by the framer) in
+/// the namespace context `scope` (the stream header's declarations).
+///
+/// The slice must hold exactly one element; anything else is reported as
+/// not well-formed. Comments, processing instructions and DTDs are
+/// restricted XML.
+pub fn parse_element(text: &str, scope: &NsScope) -> Result<Element, FrameError> {
+    let mut scope = scope.clone();
+    let mut reader = Reader::from_str(text);
+    let config = reader.config_mut();
+    config.check_end_names = true;
+    config.trim_markup_names_in_closing_tags = true;
+    config.expand_empty_elements = false;
+
+    // Iterative, so nesting depth costs heap, not stack; the framer bounds it.
+    let mut stack: Vec<Element> = Vec::new();
+    let mut done: Option<Element> = None;
+    loop {
+        let event = reader
+            .read_event()
+            .map_err(|e| not_well_formed(e.to_string()))?;
+        if done.is_some() && !matches!(event, Event::Eof) {
+            return Err(not_well_formed("content after the element"));
+        }
+        match event {
+            Event::Start(start) => {
+                let el = open_element(&start, &mut scope)?;
+                stack.push(el);
+            }
+            Event::Empty(start) => {
+                let el = open_element(&start, &mut scope)?;
+                scope.leave();
+                match stack.last_mut() {
+                    Some(parent) => parent.push_child(el),
+                    None => done = Some(el),
+                }
+            }
+            Event::End(_) => {
+                scope.leave();
+                let el = stack
+                    .pop()
+                    .ok_or_else(|| not_well_formed("unbalanced end tag"))?;
+                match stack.last_mut() {
+                    Some(parent) => parent.push_child(el),
+                    None => done = Some(el),
+                }
+            }
+            Event::Text(t) => {
+                let parent = stack
+                    .last_mut()
+                    .ok_or_else(|| not_well_formed("text outside the element"))?;
+                if memchr::memmem::find(&t, b"]]>").is_some() {
+                    return Err(not_well_formed("']]>' in character data"));
+                }
+                let s = t
+                    .xml10_content()
+                    .map_err(|e| not_well_formed(e.to_string()))?;
+                push_text(parent, &s);
+            }
+            Event::CData(t) => {
+                let parent = stack
+                    .last_mut()
+                    .ok_or_else(|| not_well_formed("CDATA outside the element"))?;
+                let s = t
+                    .xml10_content()
+                    .map_err(|e| not_well_formed(e.to_string()))?;
+                push_text(parent, &s);
+            }
+            Event::GeneralRef(r) => {
+                let parent = stack
+                    .last_mut()
+                    .ok_or_else(|| not_well_formed("reference outside the element"))?;
+                let c = resolve_ref(&r)?;
+                let mut buf = [0u8; 4];
+                push_text(parent, c.encode_utf8(&mut buf));
+            }
+            Event::Comment(_) => return Err(FrameError::RestrictedXml { what: "comment" }),
+            Event::PI(_) | Event::Decl(_) => {
+                return Err(FrameError::RestrictedXml {
+                    what: "processing instruction",
+                })
+            }
+            Event::DocType(_) => return Err(FrameError::RestrictedXml { what: "DTD" }),
+            Event::Eof => break,
+        }
+    }
+    if !stack.is_empty() {
+        return Err(not_well_formed("unclosed element"));
+    }
+    done.ok_or_else(|| not_well_formed("no element"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client_scope() -> NsScope {
+        let mut s = NsScope::new();
+        s.declare(vec![
+            (None, "jabber:client".to_owned()),
+            (
+                Some("stream".to_owned()),
+                "http://etherx.jabber.org/streams".to_owned(),
+            ),
+        ]);
+        s
+    }
+
+    fn parse(s: &str) -> Result<Element, FrameError> {
+        parse_element(s, &client_scope())
+    }
+
+    #[test]
+    fn resolves_inherited_and_declared_namespaces() -> Result<(), FrameError> {
+        let el = parse(
+            "<message to='a@b'><body>hi</body><x:y xmlns:x='urn:x'><z/></x:y>\
+             <received xmlns='urn:xmpp:receipts' id='1'/></message>",
+        )?;
+        assert_eq!(el.ns, "jabber:client");
+        assert_eq!(el.child("body", "jabber:client").map(Element::text), Some("hi".into()));
+        let y = el.child("y", "urn:x").ok_or(not_well_formed("no y"))?;
+        assert_eq!(y.prefix.as_deref(), Some("x"));
+        // An unprefixed child of a prefixed element keeps the outer default.
+        assert!(y.child("z", "jabber:client").is_some());
+        let r = el.child("received", "urn:xmpp:receipts");
+        assert_eq!(r.and_then(|r| r.attr("id")), Some("1"));
+        Ok(())
+    }
+
+    #[test]
+    fn stream_prefix_from_header_scope() -> Result<(), FrameError> {
+        let el = parse("<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></stream:features>")?;
+        assert!(el.is("features", "http://etherx.jabber.org/streams"));
+        assert!(el.child("bind", "urn:ietf:params:xml:ns:xmpp-bind").is_some());
+        Ok(())
+    }
+
+    #[test]
+    fn unbound_prefix_is_not_well_formed() {
+        assert!(matches!(parse("<p:a/>"), Err(FrameError::NotWellFormed { .. })));
+        assert!(matches!(
+            parse("<a p:x='1'/>"),
+            Err(FrameError::NotWellFormed { .. })
+        ));
+    }
+
+    #[test]
+    fn duplicate_attributes_are_not_well_formed() {
+        assert!(matches!(parse("<a x='1' x='2'/>"), Err(FrameError::NotWellFormed { .. })));
+        // Same expanded name through two prefixes.
+        assert!(matches!(
+            parse("<a xmlns:p='urn:n' xmlns:q='urn:n' p:x='1' q:x='2'/>"),
+            Err(FrameError::NotWellFormed { .. })
+        ));
+    }
+
+    #[test]
+    fn references_resolve_and_text_merges() -> Result<(), FrameError> {
+        let el = parse("<a>x &lt;&#65;&#x42;<![CDATA[<c>]]>&amp;y</a>")?;
+        assert_eq!(el.children, vec![Node::Text("x <AB<c>&y".into())]);
+        let el = parse("<a v='1&#10;2&#9;3 &apos;&quot;'/>")?;
+        assert_eq!(el.attr("v"), Some("1\n2\t3 '\""));
+        Ok(())
+    }
+
+    #[test]
+    fn attribute_values_are_normalised() -> Result<(), FrameError> {
+        let el = parse("<a v='1\n2\t3'/>")?;
+        assert_eq!(el.attr("v"), Some("1 2 3"));
+        Ok(())
+    }
+
+    #[test]
+    fn text_line_ends_are_normalised() -> Result<(), FrameError> {
+        let el = parse("<a>1\r\n2\r3</a>")?;
+        assert_eq!(el.text(), "1\n2\n3");
+        Ok(())
+    }
+
+    #[test]
+    fn restricted_references_and_constructs() {
+        assert_eq!(
+            parse("<a>&foo;</a>"),
+            Err(FrameError::RestrictedXml { what: "entity reference" })
+        );
+        assert_eq!(
+            parse("<a><!-- c --></a>"),
+            Err(FrameError::RestrictedXml { what: "comment" })
+        );
+        assert!(matches!(parse("<a>&#0;</a>"), Err(FrameError::NotWellFormed { .. })));
+        assert!(matches!(parse("<a>]]></a>"), Err(FrameError::NotWellFormed { .. })));
+        assert!(matches!(parse("<a><b></a></b>"), Err(FrameError::NotWellFormed { .. })));
+    }
+
+    #[test]
+    fn reserved_namespace_declarations_are_rejected() {
+        for bad in [
+            "<a xmlns:p=''/>",
+            "<a xmlns:xml='urn:x'/>",
+            "<a xmlns:x='http://www.w3.org/XML/1998/namespace'/>",
+            "<a xmlns:xmlns='urn:x'/>",
+            "<a xmlns='http://www.w3.org/2000/xmlns/'/>",
+        ] {
+            assert!(
+                matches!(parse(bad), Err(FrameError::NotWellFormed { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn write_escapes_hostile_content() -> Result<(), FrameError> {
+        let el = Element::new("message", "jabber:client")
+            .with_attr("id", "a'b\"c<d>&e\n")
+            .with_child(Element::new("body", "jabber:client").with_text("<script>]]>&\r"));
+        let bytes = el.to_bytes();
+        let s = String::from_utf8(bytes).map_err(|e| not_well_formed(e.to_string()))?;
+        assert_eq!(
+            s,
+            "<message id='a&apos;b&quot;c&lt;d&gt;&amp;e&#10;'>\
+             <body>&lt;script&gt;]]&gt;&amp;&#13;</body></message>"
+        );
+        assert_eq!(parse(&s)?, el);
+        Ok(())
+    }
+
+    #[test]
+    fn builder_children_declare_their_namespace() -> Result<(), FrameError> {
+        let el = Element::new("message", "jabber:client")
+            .with_child(Element::new("request", "urn:xmpp:receipts"))
+            .with_child(Element::new("body", "jabber:client").with_text("x"));
+        let s = String::from_utf8(el.to_bytes()).map_err(|e| not_well_formed(e.to_string()))?;
+        assert_eq!(
+            s,
+            "<message><request xmlns='urn:xmpp:receipts'/><body>x</body></message>"
+        );
+        let back = parse(&s)?;
+        assert_eq!(back.child("request", "urn:xmpp:receipts").map(|r| r.ns.as_str()), Some("urn:xmpp:receipts"));
+        let mut sm = Vec::new();
+        Element::new("a", "urn:xmpp:sm:3")
+            .with_attr("h", "3")
+            .write_in("jabber:client", &mut sm);
+        assert_eq!(sm, b"<a h='3' xmlns='urn:xmpp:sm:3'/>");
+        Ok(())
+    }
+
+    #[test]
+    fn parsed_trees_round_trip() -> Result<(), FrameError> {
+        let src = "<message xmlns:x='urn:x' type='chat'><x:y x:a='1'>t</x:y>\
+                   <body xml:lang='en'>a &amp; b</body><c xmlns='urn:c'><d/></c></message>";
+        let el = parse(src)?;
+        let out = String::from_utf8(el.to_bytes()).map_err(|e| not_well_formed(e.to_string()))?;
+        assert_eq!(parse(&out)?, el);
+        Ok(())
+    }
+
+    #[test]
+    fn editing_helpers() {
+        let mut el = Element::new("m", "n")
+            .with_attr("a", "1")
+            .with_attr("b", "2")
+            .with_text("t")
+            .with_child(Element::new("c", "n"))
+            .with_child(Element::new("d", "n"));
+        el.set_attr("a", "3");
+        assert_eq!(el.attrs[0], ("a".into(), "3".into()));
+        assert_eq!(el.remove_attr("b"), Some("2".into()));
+        assert_eq!(el.attr("b"), None);
+        el.retain_children(|c| c.name != "c");
+        assert_eq!(el.children().map(|c| c.name.as_str()).collect::<Vec<_>>(), vec!["d"]);
+        assert_eq!(el.text(), "t");
+        el.set_text("u");
+        assert_eq!(el.text(), "u");
+        if let Some(d) = el.child_mut("d", "n") {
+            d.set_text("inner");
+        }
+        assert_eq!(el.child("d", "n").map(Element::text), Some("inner".into()));
+    }
+}
