@@ -899,3 +899,380 @@ pub fn fuzz_framer(data: &[u8]) {
         assert_eq!(consumed + framer.buffered_len(), pushed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+        xmlns:stream='http://etherx.jabber.org/streams' to='example.test' version='1.0' xml:lang='en'>";
+
+    /// Frames everything pushed so far; the error, if any, ends the list.
+    fn frames(framer: &mut Framer) -> (Vec<Frame>, Option<FrameError>) {
+        let mut out = Vec::new();
+        for _ in 0..10_000 {
+            match framer.next_frame() {
+                Ok(Some(f)) => out.push(f),
+                Ok(None) => return (out, None),
+                Err(e) => return (out, Some(e)),
+            }
+        }
+        (out, None)
+    }
+
+    fn in_stream(body: &str) -> (Vec<Frame>, Option<FrameError>) {
+        let mut f = Framer::new(FrameLimits::default());
+        f.push(HEADER.as_bytes());
+        f.push(body.as_bytes());
+        let (mut frames, err) = frames(&mut f);
+        assert!(matches!(frames.first(), Some(Frame::StreamHeader(_))));
+        frames.remove(0);
+        (frames, err)
+    }
+
+    fn error_of(body: &str) -> Option<FrameError> {
+        in_stream(body).1
+    }
+
+    #[test]
+    fn header_with_declaration() {
+        let mut f = Framer::new(FrameLimits::default());
+        f.push(HEADER.as_bytes());
+        let Ok(Some(Frame::StreamHeader(h))) = f.next_frame() else {
+            panic!("no header");
+        };
+        assert_eq!(&h.raw[..], HEADER.as_bytes());
+        assert!(h.xml_decl);
+        assert_eq!(h.to.as_deref(), Some("example.test"));
+        assert_eq!(h.from, None);
+        assert_eq!(h.version.as_deref(), Some("1.0"));
+        assert_eq!(h.lang.as_deref(), Some("en"));
+        assert_eq!(h.default_ns.as_deref(), Some("jabber:client"));
+        assert_eq!(h.stream_prefix.as_deref(), Some("stream"));
+        assert_eq!(
+            h.namespaces,
+            vec![
+                (None, "jabber:client".to_owned()),
+                (Some("stream".to_owned()), STREAMS_NS.to_owned())
+            ]
+        );
+        assert_eq!(f.buffered_len(), 0);
+        assert_eq!(f.next_frame(), Ok(None));
+    }
+
+    #[test]
+    fn header_without_declaration_double_quotes() {
+        let raw = "<stream:stream xmlns=\"jabber:server\" from=\"a.test\" id=\"x'1\" \
+                   xmlns:stream=\"http://etherx.jabber.org/streams\" version=\"1.0\">";
+        let mut f = Framer::new(FrameLimits::default());
+        f.push(raw.as_bytes());
+        let Ok(Some(Frame::StreamHeader(h))) = f.next_frame() else {
+            panic!("no header");
+        };
+        assert!(!h.xml_decl);
+        assert_eq!(h.from.as_deref(), Some("a.test"));
+        assert_eq!(h.id.as_deref(), Some("x'1"));
+        assert_eq!(h.default_ns.as_deref(), Some("jabber:server"));
+    }
+
+    #[test]
+    fn header_declaration_with_double_quotes_and_encoding() {
+        let raw = "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<s:stream xmlns:s='http://etherx.jabber.org/streams'>";
+        let mut f = Framer::new(FrameLimits::default());
+        f.push(raw.as_bytes());
+        let Ok(Some(Frame::StreamHeader(h))) = f.next_frame() else {
+            panic!("no header");
+        };
+        assert_eq!(h.stream_prefix.as_deref(), Some("s"));
+        assert_eq!(h.default_ns, None);
+        f.push(b"<s:features/></s:stream>");
+        let (fr, err) = frames(&mut f);
+        assert_eq!(err, None);
+        assert!(matches!(&fr[..], [Frame::Stanza(s), Frame::StreamEnd(_)] if s.root.is("features", STREAMS_NS)));
+    }
+
+    #[test]
+    fn header_errors() {
+        let cases: [(&str, &str); 7] = [
+            ("<stream:stream xmlns:stream='urn:wrong'>", "invalid-namespace"),
+            ("<stream:stream xmlns='jabber:client'>", "invalid-namespace"),
+            ("<foo xmlns:stream='http://etherx.jabber.org/streams'>", "invalid-namespace"),
+            ("<?xml version='1.0' encoding='ISO-8859-1'?><stream:stream>", "unsupported-encoding"),
+            ("<?xml-stylesheet href='a'?><stream:stream>", "restricted-xml"),
+            ("<!DOCTYPE x><stream:stream>", "restricted-xml"),
+            ("<stream:stream xmlns:stream='http://etherx.jabber.org/streams'/>", "not-well-formed"),
+        ];
+        for (input, condition) in cases {
+            let mut f = Framer::new(FrameLimits::default());
+            f.push(input.as_bytes());
+            let err = f.next_frame().err();
+            assert_eq!(err.as_ref().map(FrameError::condition), Some(condition), "{input}");
+        }
+    }
+
+    #[test]
+    fn stanzas_whitespace_and_end() {
+        let (fr, err) = in_stream(
+            "\n<message to='b'><body>hi</body></message> \t<presence/>\n</stream:stream>",
+        );
+        assert_eq!(err, None);
+        let kinds: Vec<String> = fr
+            .iter()
+            .map(|f| match f {
+                Frame::StreamHeader(_) => "header".into(),
+                Frame::Stanza(s) => s.root.name.clone(),
+                Frame::Whitespace(w) => format!("ws{}", w.len()),
+                Frame::StreamEnd(_) => "end".into(),
+            })
+            .collect();
+        assert_eq!(kinds, ["ws1", "message", "ws2", "presence", "ws1", "end"]);
+        let Some(Frame::Stanza(s)) = fr.get(1) else { panic!("no stanza") };
+        assert_eq!(&s.raw[..], b"<message to='b'><body>hi</body></message>");
+        assert_eq!(s.root.ns, "jabber:client");
+    }
+
+    #[test]
+    fn keepalive_is_handed_out_at_once() {
+        let mut f = Framer::new(FrameLimits::default());
+        f.push(HEADER.as_bytes());
+        f.push(b"<message><body>x");
+        assert!(matches!(f.next_frame(), Ok(Some(Frame::StreamHeader(_)))));
+        assert_eq!(f.next_frame(), Ok(None));
+        f.push(b"</body></message> ");
+        assert!(matches!(f.next_frame(), Ok(Some(Frame::Stanza(_)))));
+        assert_eq!(f.next_frame(), Ok(Some(Frame::Whitespace(Bytes::from_static(b" ")))));
+        assert_eq!(f.next_frame(), Ok(None));
+        f.push(b" ");
+        assert_eq!(f.next_frame(), Ok(Some(Frame::Whitespace(Bytes::from_static(b" ")))));
+    }
+
+    #[test]
+    fn stream_end_must_match_header() {
+        let err = error_of("</stream:foo>");
+        assert_eq!(err.as_ref().map(FrameError::condition), Some("not-well-formed"));
+        let (fr, err) = in_stream("</stream:stream >  ");
+        assert_eq!(err, None);
+        assert!(matches!(&fr[..], [Frame::StreamEnd(e), Frame::Whitespace(_)] if &e[..] == b"</stream:stream >"));
+        let err = error_of("</stream:stream><message/>");
+        assert_eq!(err.as_ref().map(FrameError::condition), Some("not-well-formed"));
+    }
+
+    #[test]
+    fn restart_expects_a_new_header_and_keeps_buffered_bytes() {
+        let mut f = Framer::new(FrameLimits::default());
+        f.push(HEADER.as_bytes());
+        f.push(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
+        f.push(HEADER.as_bytes());
+        f.push(b"<iq type='set' id='b'/>");
+        assert!(matches!(f.next_frame(), Ok(Some(Frame::StreamHeader(_)))));
+        assert!(matches!(f.next_frame(), Ok(Some(Frame::Stanza(s))) if s.root.name == "success"));
+        f.restart();
+        assert_eq!(f.buffered_len(), HEADER.len() + 23);
+        assert!(matches!(f.next_frame(), Ok(Some(Frame::StreamHeader(h))) if h.xml_decl));
+        assert!(matches!(f.next_frame(), Ok(Some(Frame::Stanza(s))) if s.root.name == "iq"));
+        // Without a restart a second header is an ordinary element in the
+        // stream namespace; with one, a stanza is not a header.
+        f.restart();
+        f.push(b"<message>");
+        assert_eq!(
+            f.next_frame().err().as_ref().map(FrameError::condition),
+            Some("invalid-namespace")
+        );
+    }
+
+    #[test]
+    fn xml_declaration_only_before_the_header() {
+        let err = error_of("<?xml version='1.0'?>");
+        assert_eq!(err, Some(FrameError::RestrictedXml { what: "processing instruction" }));
+    }
+
+    #[test]
+    fn restricted_constructs() {
+        let cases = [
+            ("<!-- hi -->", "comment"),
+            ("<message><!-- hi --></message>", "comment"),
+            ("<message><?php x?></message>", "processing instruction"),
+            ("<?pi?>", "processing instruction"),
+            ("<!DOCTYPE message>", "DTD"),
+            ("<message><!ENTITY x 'y'></message>", "entity declaration"),
+            ("<!ELEMENT a ANY>", "DTD markup declaration"),
+            ("<!NOTATION a SYSTEM 'x'>", "DTD markup declaration"),
+            ("<message><body>&xxe;</body></message>", "entity reference"),
+            ("<message to='&xxe;'/>", "entity reference"),
+            ("<message><body>&ltx;</body></message>", "entity reference"),
+        ];
+        for (input, what) in cases {
+            let err = error_of(input);
+            assert_eq!(err, Some(FrameError::RestrictedXml { what }), "{input}");
+            assert_eq!(err.map(|e| e.condition()), Some("restricted-xml"));
+        }
+    }
+
+    #[test]
+    fn not_well_formed_inputs() {
+        let cases = [
+            "hello",
+            "<message><body>x</message></body>",
+            "<message></presence>",
+            "<message a='1' a='2'/>",
+            "<message a='1'b='2'/>",
+            "<message a=1/>",
+            "<message a='<'/>",
+            "<message><body>a & b</body></message>",
+            "<message><body>&#0;</body></message>",
+            "<message><body>&#xD800;</body></message>",
+            "<message><body>&#1114112;</body></message>",
+            "<message><body>&#;</body></message>",
+            "<message><body>\u{1}</body></message>",
+            "<message><body>\u{FFFE}</body></message>",
+            "<message><body>]]></body></message>",
+            "<p:message/>",
+            "<![CDATA[x]]>",
+            "<message/ >",
+            "<1message/>",
+            "<message><!x></message>",
+        ];
+        for input in cases {
+            let err = error_of(input);
+            assert!(
+                matches!(err, Some(FrameError::NotWellFormed { .. })),
+                "{input}: {err:?}"
+            );
+            assert_eq!(err.map(|e| e.condition()), Some("not-well-formed"));
+        }
+    }
+
+    #[test]
+    fn bad_utf8_is_not_well_formed() {
+        let mut f = Framer::new(FrameLimits::default());
+        f.push(HEADER.as_bytes());
+        f.push(b"<message><body>\xC3\x28</body></message>");
+        let (_, err) = frames(&mut f);
+        assert!(matches!(err, Some(FrameError::NotWellFormed { .. })));
+    }
+
+    #[test]
+    fn utf8_split_across_pushes_is_fine() {
+        let stanza = "<message><body>h\u{E9}\u{1F600}</body></message>".as_bytes();
+        for cut in 0..stanza.len() {
+            let mut f = Framer::new(FrameLimits::default());
+            f.push(HEADER.as_bytes());
+            assert!(matches!(f.next_frame(), Ok(Some(Frame::StreamHeader(_)))));
+            f.push(stanza.get(..cut).unwrap_or_default());
+            assert_eq!(f.next_frame(), Ok(None));
+            f.push(stanza.get(cut..).unwrap_or_default());
+            let Ok(Some(Frame::Stanza(s))) = f.next_frame() else {
+                panic!("cut at {cut}");
+            };
+            assert_eq!(s.root.child("body", "jabber:client").map(Element::text), Some("h\u{E9}\u{1F600}".into()));
+        }
+    }
+
+    #[test]
+    fn too_large_is_raised_before_the_stanza_completes() {
+        let limits = FrameLimits {
+            max_stanza_bytes: 100,
+            ..FrameLimits::default()
+        };
+        let mut f = Framer::new(limits);
+        f.push(HEADER.as_bytes());
+        assert!(matches!(f.next_frame(), Ok(Some(Frame::StreamHeader(_)))));
+        let stanza = format!("<message><body>{}</body></message>", "a".repeat(68));
+        assert_eq!(stanza.len(), 100);
+        f.push(stanza.as_bytes());
+        assert!(matches!(f.next_frame(), Ok(Some(Frame::Stanza(_)))));
+        f.push(b"<message><body>");
+        f.push(&[b'a'; 85]);
+        assert_eq!(f.next_frame(), Ok(None)); // exactly 100 bytes buffered
+        f.push(b"a");
+        let err = f.next_frame();
+        assert_eq!(err, Err(FrameError::TooLarge { limit: 100 }));
+        assert_eq!(err.err().map(|e| e.condition()), Some("policy-violation"));
+        // Poisoned: the same error again, whatever is pushed.
+        f.push(b"</body></message>");
+        assert_eq!(f.next_frame(), Err(FrameError::TooLarge { limit: 100 }));
+    }
+
+    #[test]
+    fn header_and_whitespace_limits() {
+        let limits = FrameLimits {
+            max_stanza_bytes: 10,
+            max_header_bytes: 50,
+            max_depth: 4,
+        };
+        let mut f = Framer::new(limits);
+        f.push(&HEADER.as_bytes()[..51]);
+        assert_eq!(f.next_frame(), Err(FrameError::TooLarge { limit: 50 }));
+
+        let mut f = Framer::new(limits);
+        f.push(b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>");
+        let mut f = Framer::new(FrameLimits { max_header_bytes: 100, ..limits });
+        f.push(b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>");
+        assert!(matches!(f.next_frame(), Ok(Some(Frame::StreamHeader(_)))));
+        f.push(b"     ");
+        assert!(matches!(f.next_frame(), Ok(Some(Frame::Whitespace(_)))));
+        f.push(b"     ");
+        assert!(matches!(f.next_frame(), Ok(Some(Frame::Whitespace(_)))));
+        f.push(b" ");
+        assert_eq!(f.next_frame(), Err(FrameError::TooLarge { limit: 10 }));
+    }
+
+    #[test]
+    fn whitespace_run_resets_after_a_stanza() {
+        let limits = FrameLimits {
+            max_stanza_bytes: 10,
+            ..FrameLimits::default()
+        };
+        let mut f = Framer::new(limits);
+        f.push(HEADER.as_bytes());
+        f.push(b"        <a/>        <a/>        ");
+        let (fr, err) = frames(&mut f);
+        assert_eq!(err, None);
+        assert_eq!(fr.len(), 6);
+    }
+
+    #[test]
+    fn nesting_depth_is_bounded() {
+        let limits = FrameLimits {
+            max_depth: 3,
+            ..FrameLimits::default()
+        };
+        let mut f = Framer::new(limits);
+        f.push(HEADER.as_bytes());
+        f.push(b"<a><b><c/></b></a><a><b><c><d>");
+        let (fr, err) = frames(&mut f);
+        assert_eq!(fr.len(), 2);
+        assert_eq!(err, Some(FrameError::TooDeep { limit: 3 }));
+        assert_eq!(err.map(|e| e.condition()), Some("policy-violation"));
+    }
+
+    #[test]
+    fn every_condition_is_mapped() {
+        let all = [
+            (FrameError::NotWellFormed { detail: String::new() }, "not-well-formed"),
+            (FrameError::RestrictedXml { what: "comment" }, "restricted-xml"),
+            (FrameError::TooLarge { limit: 1 }, "policy-violation"),
+            (FrameError::TooDeep { limit: 1 }, "policy-violation"),
+            (FrameError::InvalidNamespace { detail: String::new() }, "invalid-namespace"),
+            (FrameError::UnsupportedEncoding { encoding: String::new() }, "unsupported-encoding"),
+        ];
+        for (err, condition) in all {
+            assert_eq!(err.condition(), condition);
+        }
+    }
+
+    #[test]
+    fn markup_lookalikes_inside_values_and_cdata() {
+        let (fr, err) = in_stream(
+            "<message id='a>b/>c' x=\"'/>\"><body><![CDATA[</message> <a> ]] ]]]>&gt;</body></message>",
+        );
+        assert_eq!(err, None);
+        let [Frame::Stanza(s)] = &fr[..] else { panic!("{fr:?}") };
+        assert_eq!(s.root.attr("id"), Some("a>b/>c"));
+        assert_eq!(s.root.attr("x"), Some("'/>"));
+        assert_eq!(
+            s.root.child("body", "jabber:client").map(Element::text),
+            Some("</message> <a> ]] ]>".into())
+        );
+    }
+}
