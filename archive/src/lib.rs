@@ -1,1 +1,37 @@
 #![forbid(unsafe_code)]
+//! `custos-archive`: the encrypted, append-only, hash-chained record log of
+//! Custos, its blind full-text index, search and verification.
+//!
+//! ```text
+//!  append (tokio) ──▶ writer thread: batch ─▶ encrypt+chain ─▶ 1 write + fsync ─▶ ack
+//!                                                    │
+//!                                                    ▼
+//!                     indexer thread: blind tokens ─▶ tantivy (commit every 500 ms)
+//!  search ─▶ query ─▶ blind index ─▶ (seq, segment, offset) ─▶ log ─▶ decrypt ─▶ Hit
+//!  verify ─▶ every frame, record, chain link, checkpoint ─▶ Problem{segment, offset, seq, what}
+//! ```
+//!
+//! Modules: [`record`] (model and canonical encoding), [`segment`] (file format,
+//! encryption, chain), [`keys`] (master, signing and data keys), [`storage`]
+//! (the byte-store trait and its file and memory implementations), [`log`]
+//! (recovery and the append path), [`index`] (blind tantivy index), [`query`]
+//! (search syntax), [`verify`], [`archive`] (the public façade and readers).
+//! The on-disk format is described in `docs/archive-format.md`.
+
+pub mod archive;
+pub mod index;
+pub mod keys;
+pub mod log;
+pub mod query;
+pub mod record;
+pub mod segment;
+pub mod storage;
+pub mod time;
+pub mod verify;
+
+pub use archive::{reindex, AppendError, AppendReceipt, Archive, ArchiveConfig, ArchiveReader, ChainEntry, CloseError, Hit, OpenError, ReadError, ReindexError, SearchError};
+pub use ed25519_dalek::{SigningKey, VerifyingKey};
+pub use keys::{keys_init, load_signing_key, load_verifying_key, KeyError, KeysCreated, MasterKey};
+pub use record::{Action, Direction, EventRecord, MessageRecord, NewRecord, Outcome, Record, RecordSeq, SessionId};
+pub use time::Timestamp;
+pub use verify::{verify, Problem, VerifyReport};

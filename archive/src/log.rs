@@ -1,0 +1,511 @@
+//! The record log: opening with crash recovery, and the synchronous append
+//! path that the group-commit writer thread drives.
+//!
+//! ```text
+//! open ─▶ read archive.meta (check master key)
+//!      ─▶ last segment unsealed? scan it, cut a torn tail, seal it
+//!      ─▶ start a fresh segment (fresh data key ⇒ nonces never repeat)
+//!      ─▶ cut happened? append a Recovery event record
+//! append_batch ─▶ encrypt + chain every record ─▶ one append + one sync
+//!              ─▶ checkpoint every N records ─▶ roll at size / age
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aes_gcm::aead::KeyInit;
+use aes_gcm::Aes256Gcm;
+use ed25519_dalek::SigningKey;
+
+use crate::keys::{random_bytes, unwrap_data_key, wrap_data_key, MasterKey, UnwrapError};
+use crate::record::{EventRecord, NewRecord, Record, RecordSeq};
+use crate::segment::{self, Frame, Hash, Parsed, SegmentHeader, HEADER_LEN};
+use crate::storage::{self, AppendHandle, Storage};
+use crate::time::Timestamp;
+
+pub const META_NAME: &str = "archive.meta";
+const META_MAGIC: &[u8; 8] = b"CUSTOSAR";
+const META_VERSION: u16 = 1;
+const META_LEN: usize = 8 + 2 + 16 + 32;
+
+/// The archive identity file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    pub archive_id: [u8; 16],
+    pub key_check: [u8; 32],
+}
+
+impl Meta {
+    fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(META_LEN);
+        b.extend_from_slice(META_MAGIC);
+        b.extend_from_slice(&META_VERSION.to_be_bytes());
+        b.extend_from_slice(&self.archive_id);
+        b.extend_from_slice(&self.key_check);
+        b
+    }
+
+    fn decode(b: &[u8]) -> Option<Meta> {
+        if b.len() != META_LEN || b.get(..8)? != META_MAGIC || b.get(8..10)? != META_VERSION.to_be_bytes() {
+            return None;
+        }
+        let mut archive_id = [0u8; 16];
+        archive_id.copy_from_slice(b.get(10..26)?);
+        let mut key_check = [0u8; 32];
+        key_check.copy_from_slice(b.get(26..58)?);
+        Some(Meta { archive_id, key_check })
+    }
+}
+
+/// Why the log could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum LogOpenError {
+    #[error("the master key does not match this archive (wrong key?)")]
+    WrongMasterKey,
+    #[error("archive.meta is malformed or of an unsupported version")]
+    BadMeta,
+    #[error("segments exist but archive.meta is missing")]
+    MissingMeta,
+    #[error("segment {segment} is corrupt at offset {offset}: {what} (run verify)")]
+    Corrupt { segment: u64, offset: u64, what: String },
+    #[error("key file of segment {segment} cannot be used: {source}")]
+    Key { segment: u64, source: UnwrapError },
+    #[error("no system randomness: {0}")]
+    Random(getrandom::Error),
+    #[error(transparent)]
+    List(#[from] storage::ListError),
+    #[error(transparent)]
+    Read(#[from] storage::ReadError),
+    #[error(transparent)]
+    Create(#[from] storage::CreateError),
+    #[error(transparent)]
+    OpenAppend(#[from] storage::OpenAppendError),
+    #[error(transparent)]
+    Append(#[from] storage::AppendError),
+    #[error(transparent)]
+    Sync(#[from] storage::SyncError),
+    #[error(transparent)]
+    Truncate(#[from] storage::TruncateError),
+    #[error(transparent)]
+    Seal(#[from] storage::SealError),
+    #[error(transparent)]
+    Put(#[from] storage::PutError),
+    #[error(transparent)]
+    Remove(#[from] storage::RemoveError),
+}
+
+/// Why a batch could not be made durable.
+#[derive(Debug, thiserror::Error)]
+pub enum LogWriteError {
+    #[error("record encryption failed")]
+    Encrypt,
+    #[error("no system randomness: {0}")]
+    Random(getrandom::Error),
+    #[error(transparent)]
+    Append(#[from] storage::AppendError),
+    #[error(transparent)]
+    Sync(#[from] storage::SyncError),
+    #[error(transparent)]
+    Seal(#[from] storage::SealError),
+    #[error(transparent)]
+    Create(#[from] storage::CreateError),
+    #[error(transparent)]
+    Put(#[from] storage::PutError),
+}
+
+/// Limits that decide when a segment is sealed and checkpoints are written.
+#[derive(Debug, Clone, Copy)]
+pub struct LogLimits {
+    pub segment_max_bytes: u64,
+    pub segment_max_age: Duration,
+    pub checkpoint_every: u64,
+}
+
+/// A record made durable, with where it lives.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    pub record: Record,
+    pub segment: u64,
+    pub offset: u64,
+}
+
+/// What recovery cut from a torn tail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryCut {
+    pub segment: u64,
+    pub offset: u64,
+    pub bytes_cut: u64,
+    pub detail: String,
+}
+
+struct Active {
+    id: u64,
+    header: [u8; HEADER_LEN],
+    handle: Box<dyn AppendHandle>,
+    len: u64,
+    created: Instant,
+    cipher: Aes256Gcm,
+}
+
+/// The single writer of a log.
+pub struct LogWriter {
+    storage: Arc<dyn Storage>,
+    master: MasterKey,
+    signer: SigningKey,
+    limits: LogLimits,
+    archive_id: [u8; 16],
+    active: Active,
+    next_seq: u64,
+    head: Hash,
+    last_time: i64,
+    since_checkpoint: u64,
+}
+
+pub(crate) fn read_meta(storage: &dyn Storage) -> Result<Option<Meta>, LogOpenError> {
+    match storage.read(META_NAME) {
+        Ok(b) => Meta::decode(&b).map(Some).ok_or(LogOpenError::BadMeta),
+        Err(storage::ReadError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Reads `archive.meta` and checks the master key against it.
+pub(crate) fn open_meta(storage: &dyn Storage, master: &MasterKey) -> Result<Meta, LogOpenError> {
+    let meta = read_meta(storage)?.ok_or(LogOpenError::MissingMeta)?;
+    if master.check_value(&meta.archive_id) != meta.key_check {
+        return Err(LogOpenError::WrongMasterKey);
+    }
+    Ok(meta)
+}
+
+pub(crate) fn segment_ids(storage: &dyn Storage) -> Result<Vec<u64>, storage::ListError> {
+    let mut ids: Vec<u64> = storage.list("segments")?.iter().filter_map(|f| segment::segment_id_from_file(f)).collect();
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+pub(crate) fn segment_cipher(
+    storage: &dyn Storage,
+    master: &MasterKey,
+    archive_id: &[u8; 16],
+    segment: u64,
+) -> Result<Option<Aes256Gcm>, LogOpenError> {
+    let wrapped = match storage.read(&segment::key_name(segment)) {
+        Ok(w) => w,
+        Err(storage::ReadError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let key = unwrap_data_key(master, archive_id, segment, &wrapped).map_err(|source| LogOpenError::Key { segment, source })?;
+    Ok(Aes256Gcm::new_from_slice(key.as_ref()).ok())
+}
+
+/// State at the end of a scanned segment.
+struct Scan {
+    valid_end: usize,
+    next_seq: u64,
+    head: Hash,
+    last_time: i64,
+    sealed_by_checkpoint: bool,
+    torn: Option<String>,
+}
+
+/// Scans a segment the writer left behind, finding where the valid prefix ends.
+/// A bad region counts as a torn tail only when nothing valid follows it: a bad
+/// frame in the middle is tampering or media damage, and cutting there would
+/// lose acknowledged records, so it is refused.
+fn scan_tail(bytes: &[u8], header: &SegmentHeader, cipher: &Aes256Gcm) -> Result<Scan, (u64, String)> {
+    let hb = header.encode();
+    let mut at = HEADER_LEN;
+    let mut s = Scan {
+        valid_end: at,
+        next_seq: header.first_seq,
+        head: header.prev_head,
+        last_time: header.created_ms,
+        sealed_by_checkpoint: false,
+        torn: None,
+    };
+    let torn_here = |at: usize, why: &str| -> Result<String, (u64, String)> {
+        let rest = bytes.get(at..).unwrap_or_default();
+        let nothing_after = match parse_frame_end(bytes, at) {
+            Some(next) => next >= bytes.len() || matches!(segment::parse_frame(bytes, next), Parsed::Incomplete),
+            None => true,
+        };
+        if nothing_after || rest.iter().all(|&b| b == 0) {
+            Ok(format!("{why}; cut {} bytes", rest.len()))
+        } else {
+            Err((at as u64, why.to_string()))
+        }
+    };
+    while at < bytes.len() {
+        match segment::parse_frame(bytes, at) {
+            Parsed::Incomplete => {
+                s.torn = Some(torn_here(at, "incomplete frame")?);
+                break;
+            }
+            Parsed::Malformed(why) => {
+                s.torn = Some(torn_here(at, &why)?);
+                break;
+            }
+            Parsed::Frame(Frame::Record { seq, content_hash, nonce, ciphertext }, next) => {
+                let ok = seq == s.next_seq
+                    && segment::decrypt_record(cipher, &hb, seq, nonce, ciphertext)
+                        .and_then(|(salt, canonical)| {
+                            let rec = Record::decode(&canonical).ok()?;
+                            (segment::content_hash(&salt, &canonical) == content_hash).then_some(rec)
+                        })
+                        .map(|rec| s.last_time = s.last_time.max(rec.time.0))
+                        .is_some();
+                if !ok {
+                    s.torn = Some(torn_here(at, "record does not authenticate")?);
+                    break;
+                }
+                let l = segment::leaf(seq, &content_hash, &segment::ciphertext_hash(nonce, ciphertext));
+                s.head = segment::next_head(&s.head, &l);
+                s.next_seq = seq + 1;
+                at = next;
+                s.valid_end = at;
+            }
+            Parsed::Frame(Frame::Checkpoint(cp), next) => {
+                s.last_time = s.last_time.max(cp.time_ms);
+                s.sealed_by_checkpoint = cp.sealed;
+                at = next;
+                s.valid_end = at;
+            }
+        }
+    }
+    Ok(s)
+}
+
+/// The end of the frame at `at` if its length field is readable.
+fn parse_frame_end(bytes: &[u8], at: usize) -> Option<usize> {
+    let l = bytes.get(at..at + 4)?;
+    let len = u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize;
+    Some(at + 4 + len)
+}
+
+impl LogWriter {
+    /// Opens (or creates) the log, recovering a torn tail. Returns the writer
+    /// and what was cut, if anything; the caller appends the Recovery event.
+    pub fn open(
+        storage: Arc<dyn Storage>,
+        master: MasterKey,
+        signer: SigningKey,
+        limits: LogLimits,
+    ) -> Result<(LogWriter, Option<RecoveryCut>), LogOpenError> {
+        let ids = segment_ids(storage.as_ref())?;
+        let meta = match read_meta(storage.as_ref())? {
+            Some(m) => m,
+            None if ids.is_empty() => {
+                let archive_id = random_bytes::<16>().map_err(LogOpenError::Random)?;
+                let m = Meta { archive_id, key_check: master.check_value(&archive_id) };
+                storage.put_new(META_NAME, &m.encode())?;
+                m
+            }
+            None => return Err(LogOpenError::MissingMeta),
+        };
+        if master.check_value(&meta.archive_id) != meta.key_check {
+            return Err(LogOpenError::WrongMasterKey);
+        }
+        let archive_id = meta.archive_id;
+        let mut next_seq = 1;
+        let mut head = segment::genesis_head(&archive_id);
+        let mut last_time = 0;
+        let mut cut = None;
+        if let Some(&last) = ids.last() {
+            let name = segment::segment_name(last);
+            let bytes = storage.read(&name)?;
+            let corrupt = |offset: u64, what: String| LogOpenError::Corrupt { segment: last, offset, what };
+            let header = if bytes.len() < HEADER_LEN && !storage.is_sealed(&name)? {
+                // A crash between creating the file and syncing its header.
+                None
+            } else {
+                Some(SegmentHeader::decode(&bytes).map_err(|w| corrupt(0, w))?)
+            };
+            match header {
+                None => {
+                    // The previous segment (if any) was sealed before this one was created.
+                    if let Some(&prev) = ids.iter().rev().nth(1) {
+                        let pb = storage.read(&segment::segment_name(prev))?;
+                        let ph = SegmentHeader::decode(&pb).map_err(|w| LogOpenError::Corrupt { segment: prev, offset: 0, what: w })?;
+                        let cipher = segment_cipher(storage.as_ref(), &master, &archive_id, prev)?
+                            .ok_or_else(|| LogOpenError::Corrupt { segment: prev, offset: 0, what: "data key missing".into() })?;
+                        let s = scan_tail(&pb, &ph, &cipher).map_err(|(o, w)| LogOpenError::Corrupt { segment: prev, offset: o, what: w })?;
+                        next_seq = s.next_seq;
+                        head = s.head;
+                        last_time = s.last_time;
+                    }
+                    // It holds no record; removing it keeps every segment well-formed.
+                    storage.remove(&name)?;
+                    cut = Some(RecoveryCut {
+                        segment: last,
+                        offset: 0,
+                        bytes_cut: bytes.len() as u64,
+                        detail: "segment header incomplete".into(),
+                    });
+                }
+                Some(h) => {
+                    if h.archive_id != archive_id || h.segment != last {
+                        return Err(corrupt(0, "segment header names another archive or segment".into()));
+                    }
+                    let cipher = segment_cipher(storage.as_ref(), &master, &archive_id, last)?
+                        .ok_or_else(|| corrupt(0, "data key missing".into()))?;
+                    let s = scan_tail(&bytes, &h, &cipher).map_err(|(o, w)| corrupt(o, w))?;
+                    next_seq = s.next_seq;
+                    head = s.head;
+                    last_time = s.last_time;
+                    if !storage.is_sealed(&name)? {
+                        if let Some(detail) = s.torn {
+                            storage.truncate(&name, s.valid_end as u64)?;
+                            cut = Some(RecoveryCut {
+                                segment: last,
+                                offset: s.valid_end as u64,
+                                bytes_cut: (bytes.len() - s.valid_end) as u64,
+                                detail,
+                            });
+                        }
+                        let mut handle = storage.open_append(&name)?;
+                        if !s.sealed_by_checkpoint {
+                            let t = Timestamp::now().0.max(last_time);
+                            handle.append(&segment::checkpoint_frame(&signer, &h.encode(), next_seq - 1, &head, t, true))?;
+                            handle.sync()?;
+                        }
+                        storage.seal(&name)?;
+                    }
+                }
+            }
+        }
+        // Never reuse a segment id whose key file exists (a crash may leave one).
+        let max_key = storage
+            .list("keys")?
+            .iter()
+            .filter_map(|k| k.strip_prefix("segment-")?.strip_suffix(".key")?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0);
+        let new_id = ids.last().copied().unwrap_or(0).max(max_key) + 1;
+        let active = start_segment(storage.as_ref(), &master, &archive_id, new_id, next_seq, &head).map_err(|e| match e {
+            LogWriteError::Random(r) => LogOpenError::Random(r),
+            LogWriteError::Create(c) => LogOpenError::Create(c),
+            LogWriteError::Put(p) => LogOpenError::Put(p),
+            LogWriteError::Append(a) => LogOpenError::Append(a),
+            LogWriteError::Sync(s) => LogOpenError::Sync(s),
+            LogWriteError::Seal(s) => LogOpenError::Seal(s),
+            LogWriteError::Encrypt => LogOpenError::Random(getrandom::Error::UNSUPPORTED),
+        })?;
+        let writer = LogWriter {
+            storage,
+            master,
+            signer,
+            limits,
+            archive_id,
+            active,
+            next_seq,
+            head,
+            last_time,
+            since_checkpoint: 0,
+        };
+        Ok((writer, cut))
+    }
+
+    pub fn archive_id(&self) -> [u8; 16] {
+        self.archive_id
+    }
+
+    /// The seq the next record will get.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Encrypts, chains and durably appends a batch with one write and one
+    /// sync. On error nothing in the batch may be acknowledged and the writer
+    /// must not be used again (the file may hold part of the batch).
+    pub fn append_batch(&mut self, batch: Vec<NewRecord>) -> Result<Vec<Appended>, LogWriteError> {
+        let mut buf = Vec::with_capacity(batch.len() * 512);
+        let mut out = Vec::with_capacity(batch.len());
+        let mut seq = self.next_seq;
+        let mut head = self.head;
+        let time = Timestamp(Timestamp::now().0.max(self.last_time));
+        for content in batch {
+            let record = Record { seq: RecordSeq(seq), time, content };
+            let salt = random_bytes::<{ segment::SALT_LEN }>().map_err(LogWriteError::Random)?;
+            let sealed = segment::encrypt_record(&self.active.cipher, &self.active.header, seq, &salt, &record.encode())
+                .map_err(|_| LogWriteError::Encrypt)?;
+            head = segment::next_head(&head, &segment::leaf(seq, &sealed.content_hash, &sealed.ciphertext_hash));
+            out.push(Appended { record, segment: self.active.id, offset: self.active.len + buf.len() as u64 });
+            buf.extend_from_slice(&sealed.frame);
+            seq += 1;
+        }
+        let n = out.len() as u64;
+        let checkpoint = self.since_checkpoint + n >= self.limits.checkpoint_every;
+        if checkpoint {
+            buf.extend_from_slice(&segment::checkpoint_frame(&self.signer, &self.active.header, seq - 1, &head, time.0, false));
+        }
+        self.active.handle.append(&buf)?;
+        self.active.handle.sync()?;
+        self.active.len += buf.len() as u64;
+        self.next_seq = seq;
+        self.head = head;
+        self.last_time = time.0;
+        self.since_checkpoint = if checkpoint { 0 } else { self.since_checkpoint + n };
+        Ok(out)
+    }
+
+    /// Seals the active segment and starts a new one if it reached its size or
+    /// age limit. Returns whether it rolled.
+    pub fn maybe_roll(&mut self) -> Result<bool, LogWriteError> {
+        let full = self.active.len >= self.limits.segment_max_bytes;
+        let old = self.active.created.elapsed() >= self.limits.segment_max_age && self.active.len > HEADER_LEN as u64;
+        if !(full || old) {
+            return Ok(false);
+        }
+        self.seal_active()?;
+        let id = self.active.id + 1;
+        self.active = start_segment(self.storage.as_ref(), &self.master, &self.archive_id, id, self.next_seq, &self.head)?;
+        self.since_checkpoint = 0;
+        Ok(true)
+    }
+
+    fn seal_active(&mut self) -> Result<(), LogWriteError> {
+        let t = Timestamp::now().0.max(self.last_time);
+        let f = segment::checkpoint_frame(&self.signer, &self.active.header, self.next_seq - 1, &self.head, t, true);
+        self.active.handle.append(&f)?;
+        self.active.handle.sync()?;
+        self.active.len += f.len() as u64;
+        self.storage.seal(&segment::segment_name(self.active.id))?;
+        Ok(())
+    }
+
+    /// Writes the final signed checkpoint and seals the active segment.
+    pub fn finish(mut self) -> Result<(), LogWriteError> {
+        self.seal_active()
+    }
+}
+
+fn start_segment(
+    storage: &dyn Storage,
+    master: &MasterKey,
+    archive_id: &[u8; 16],
+    id: u64,
+    first_seq: u64,
+    prev_head: &Hash,
+) -> Result<Active, LogWriteError> {
+    let data_key = zeroize::Zeroizing::new(random_bytes::<32>().map_err(LogWriteError::Random)?);
+    let wrapped = wrap_data_key(master, archive_id, id, &data_key).map_err(LogWriteError::Random)?;
+    // The key is durable before any record encrypted under it exists.
+    storage.put_new(&segment::key_name(id), &wrapped)?;
+    let header = SegmentHeader { archive_id: *archive_id, segment: id, first_seq, prev_head: *prev_head, created_ms: Timestamp::now().0 }.encode();
+    let mut handle = storage.create(&segment::segment_name(id))?;
+    handle.append(&header)?;
+    handle.sync()?;
+    let cipher = Aes256Gcm::new_from_slice(data_key.as_ref()).map_err(|_| LogWriteError::Encrypt)?;
+    Ok(Active { id, header, handle, len: HEADER_LEN as u64, created: Instant::now(), cipher })
+}
+
+/// The recovery event recorded after a cut.
+pub fn recovery_event(cut: &RecoveryCut) -> NewRecord {
+    NewRecord::Event(EventRecord::Recovery {
+        segment: cut.segment,
+        offset: cut.offset,
+        bytes_cut: cut.bytes_cut,
+        detail: cut.detail.clone(),
+    })
+}
