@@ -181,11 +181,20 @@ mod tests {
             .arg("verify")
             .arg("-CAfile")
             .arg(ca.cert_path())
-            .args(["-verify_hostname", "example.test", "-verify_ip", "127.0.0.1"])
+            .args([
+                "-verify_hostname",
+                "example.test",
+                "-verify_ip",
+                "127.0.0.1",
+            ])
             .arg(&leaf.chain_path)
             .output()?;
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{text} {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
 
         let wrong = Command::new("openssl")
             .arg("verify")
@@ -194,7 +203,10 @@ mod tests {
             .args(["-verify_hostname", "example.org"])
             .arg(&leaf.chain_path)
             .output()?;
-        assert!(!wrong.status.success(), "leaf must not be valid for example.org");
+        assert!(
+            !wrong.status.success(),
+            "leaf must not be valid for example.org"
+        );
         Ok(())
     }
 

@@ -47,4 +47,4 @@ pub use slix::{
     ClientError, ConnectOptions, IncomingMessage, OutgoingMessage, PingOutcome, Presence,
     RosterItem, SlixClient, SmState, StanzaError, Tls,
 };
-pub use tools::{Tools, ToolError};
+pub use tools::{ToolError, Tools};

@@ -50,7 +50,9 @@ fn poll(limit: Duration, exited: &mut impl FnMut() -> bool) -> bool {
 /// Stops a `std::process::Child` with [`terminate`].
 pub fn terminate_child(child: &mut std::process::Child, grace: Duration) -> bool {
     let pid = child.id();
-    terminate(pid, grace, || matches!(child.try_wait(), Ok(Some(_)) | Err(_)))
+    terminate(pid, grace, || {
+        matches!(child.try_wait(), Ok(Some(_)) | Err(_))
+    })
 }
 
 /// The last `max` bytes of `text`, cut at a character boundary, for error

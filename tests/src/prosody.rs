@@ -223,7 +223,8 @@ impl Prosody {
     }
 
     fn spawn(&self) -> Result<Child, ProsodyError> {
-        let console = fs::File::create(&self.console_path).map_err(io_err("creating console log"))?;
+        let console =
+            fs::File::create(&self.console_path).map_err(io_err("creating console log"))?;
         let console2 = console.try_clone().map_err(io_err("cloning console log"))?;
         Command::new(&self.tools.prosody)
             .arg("--config")
@@ -252,9 +253,9 @@ impl Prosody {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(self.start_error(format!(
-                    "ports {pending:?} not accepting after {limit:?}"
-                )));
+                return Err(
+                    self.start_error(format!("ports {pending:?} not accepting after {limit:?}"))
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -280,7 +281,10 @@ impl Prosody {
         for (user, child) in children {
             let result = child
                 .and_then(Child::wait_with_output)
-                .map_err(io_err(format!("running prosodyctl register {}", user.jid())))
+                .map_err(io_err(format!(
+                    "running prosodyctl register {}",
+                    user.jid()
+                )))
                 .and_then(|out| check_register(&user, out));
             if let (Err(e), None) = (result, &first_err) {
                 first_err = Some(e);
@@ -306,7 +310,10 @@ impl Prosody {
         let out = self
             .register_command(user)
             .output()
-            .map_err(io_err(format!("running prosodyctl register {}", user.jid())))?;
+            .map_err(io_err(format!(
+                "running prosodyctl register {}",
+                user.jid()
+            )))?;
         check_register(user, out)
     }
 
@@ -360,7 +367,11 @@ impl Prosody {
     pub fn log_tail(&self) -> String {
         let log = fs::read_to_string(&self.log_path).unwrap_or_default();
         let console = fs::read_to_string(&self.console_path).unwrap_or_default();
-        format!("{}\n--- console ---\n{}", tail(&log, LOG_TAIL), tail(&console, 1000))
+        format!(
+            "{}\n--- console ---\n{}",
+            tail(&log, LOG_TAIL),
+            tail(&console, 1000)
+        )
     }
 
     /// Stops the server now (SIGTERM, then SIGKILL); returns whether it
@@ -540,7 +551,13 @@ mod tests {
             chain_pem: String::new(),
         };
         let opts = ProsodyOptions::default();
-        let text = render_config(&opts, &paths, 15222, Some(15223), &[cert.clone()]);
+        let text = render_config(
+            &opts,
+            &paths,
+            15222,
+            Some(15223),
+            std::slice::from_ref(&cert),
+        );
         assert!(text.contains("\"SCRAM-SHA-1-PLUS\", \"SCRAM-SHA-256-PLUS\""));
         assert!(text.contains("c2s_ports = { 15222 }"));
         assert!(text.contains("c2s_direct_tls_ports = { 15223 }"));

@@ -149,9 +149,10 @@ impl SendxmppListener {
             what: "spawn listener",
             source,
         })?;
-        let stdout = child.stdout.take().ok_or(SendxmppError::Exited(
-            "no stdout pipe".to_string(),
-        ))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or(SendxmppError::Exited("no stdout pipe".to_string()))?;
         Ok(Self {
             child,
             lines: BufReader::new(stdout).lines(),
@@ -168,7 +169,9 @@ impl SendxmppListener {
                 Err(_) => return Err(SendxmppError::Timeout(self.timeout)),
                 Ok(Ok(Some(line))) if line.trim().is_empty() => continue,
                 Ok(Ok(Some(line))) => return Ok(line),
-                Ok(Ok(None)) | Ok(Err(_)) => return Err(SendxmppError::Exited(self.stderr().await)),
+                Ok(Ok(None)) | Ok(Err(_)) => {
+                    return Err(SendxmppError::Exited(self.stderr().await))
+                }
             }
         }
     }
@@ -176,7 +179,8 @@ impl SendxmppListener {
     async fn stderr(&mut self) -> String {
         let mut text = String::new();
         if let Some(mut err) = self.child.stderr.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(1), err.read_to_string(&mut text)).await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), err.read_to_string(&mut text)).await;
         }
         tail(&text, 2000)
     }

@@ -127,7 +127,9 @@ pub enum ClientError {
         stderr: String,
     },
     /// The process exited (stdout closed).
-    #[error("client {jid}: process exited while waiting for {what}\n--- client stderr ---\n{stderr}")]
+    #[error(
+        "client {jid}: process exited while waiting for {what}\n--- client stderr ---\n{stderr}"
+    )]
     Exited {
         /// The client's JID.
         jid: String,
@@ -304,7 +306,7 @@ pub struct SlixClient {
     queues: Arc<Mutex<Queues>>,
     stderr: Arc<Mutex<String>>,
     next_id: u64,
-    jid: String,
+    login_jid: String,
     bound_jid: String,
     timeout: Duration,
 }
@@ -379,7 +381,7 @@ impl SlixClient {
             queues,
             stderr,
             next_id: 0,
-            jid: opts.jid.clone(),
+            login_jid: opts.jid.clone(),
             bound_jid: opts.jid.clone(),
             timeout: opts.timeout,
         };
@@ -429,7 +431,11 @@ impl SlixClient {
             Some(id) => id,
             None => format!("e2e-{}-{}", std::process::id(), self.next_id + 1),
         };
-        let kind = if msg.kind.is_empty() { "chat".to_string() } else { msg.kind };
+        let kind = if msg.kind.is_empty() {
+            "chat".to_string()
+        } else {
+            msg.kind
+        };
         self.command(
             "send_message",
             json!({
@@ -456,13 +462,15 @@ impl SlixClient {
     pub async fn expect_no_message(&mut self, quiet: Duration) -> Result<(), ClientError> {
         let saved = self.timeout;
         self.timeout = quiet;
-        let got = self.wait_for("no message", |q| q.messages.pop_front()).await;
+        let got = self
+            .wait_for("no message", |q| q.messages.pop_front())
+            .await;
         self.timeout = saved;
         match got {
             Err(ClientError::Timeout { .. }) => Ok(()),
             Err(e) => Err(e),
             Ok(m) => Err(ClientError::Protocol {
-                jid: self.jid.clone(),
+                jid: self.login_jid.clone(),
                 what: "no message".into(),
                 detail: format!("unexpected message {m:?}"),
             }),
@@ -498,7 +506,8 @@ impl SlixClient {
 
     /// The next presence received, within the timeout.
     pub async fn next_presence(&mut self) -> Result<Presence, ClientError> {
-        self.wait_for("a presence", |q| q.presences.pop_front()).await
+        self.wait_for("a presence", |q| q.presences.pop_front())
+            .await
     }
 
     /// Waits for a presence matching `pred`, dropping the ones before it.
@@ -557,7 +566,7 @@ impl SlixClient {
             }),
             Some("timeout") => Ok(PingOutcome::Timeout),
             other => Err(ClientError::Protocol {
-                jid: self.jid.clone(),
+                jid: self.login_jid.clone(),
                 what: "ping".into(),
                 detail: format!("result {other:?}"),
             }),
@@ -587,7 +596,7 @@ impl SlixClient {
 
     fn protocol(&self, what: &str, e: serde_json::Error) -> ClientError {
         ClientError::Protocol {
-            jid: self.jid.clone(),
+            jid: self.login_jid.clone(),
             what: what.into(),
             detail: e.to_string(),
         }
@@ -610,7 +619,7 @@ impl SlixClient {
         };
         if let Err(source) = write.await {
             return Err(ClientError::Io {
-                jid: self.jid.clone(),
+                jid: self.login_jid.clone(),
                 what: "writing command",
                 source,
                 stderr: self.stderr_tail(),
@@ -620,7 +629,7 @@ impl SlixClient {
             Ok(Ok(v)) => v,
             Ok(Err(_)) => {
                 return Err(ClientError::Exited {
-                    jid: self.jid.clone(),
+                    jid: self.login_jid.clone(),
                     what: format!("reply to {cmd}"),
                     stderr: self.settled_stderr().await,
                 })
@@ -628,7 +637,7 @@ impl SlixClient {
             Err(_) => {
                 lock(&self.pending).remove(&id);
                 return Err(ClientError::Timeout {
-                    jid: self.jid.clone(),
+                    jid: self.login_jid.clone(),
                     what: format!("reply to {cmd}"),
                     after: self.timeout,
                     stderr: self.stderr_tail(),
@@ -639,7 +648,7 @@ impl SlixClient {
             Ok(reply)
         } else {
             Err(ClientError::Command {
-                jid: self.jid.clone(),
+                jid: self.login_jid.clone(),
                 cmd: cmd.to_string(),
                 error: reply
                     .get("error")
@@ -676,14 +685,14 @@ impl SlixClient {
                         return Ok(v);
                     }
                     return Err(ClientError::Exited {
-                        jid: self.jid.clone(),
+                        jid: self.login_jid.clone(),
                         what: what.to_string(),
                         stderr: self.settled_stderr().await,
                     });
                 }
                 Err(_) => {
                     return Err(ClientError::Timeout {
-                        jid: self.jid.clone(),
+                        jid: self.login_jid.clone(),
                         what: what.to_string(),
                         after: self.timeout,
                         stderr: self.stderr_tail(),
@@ -730,19 +739,28 @@ async fn read_stdout(
 }
 
 fn route_event(q: &mut Queues, value: Value) {
-    let kind = value.get("event").and_then(Value::as_str).unwrap_or_default();
+    let kind = value
+        .get("event")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     match kind {
         "message" => match serde_json::from_value(value) {
             Ok(m) => q.messages.push_back(m),
-            Err(e) => q.other.push_back(json!({"event": "bad_message", "error": e.to_string()})),
+            Err(e) => q
+                .other
+                .push_back(json!({"event": "bad_message", "error": e.to_string()})),
         },
         "message_error" => match serde_json::from_value(value) {
             Ok(m) => q.errors.push_back(m),
-            Err(e) => q.other.push_back(json!({"event": "bad_error", "error": e.to_string()})),
+            Err(e) => q
+                .other
+                .push_back(json!({"event": "bad_error", "error": e.to_string()})),
         },
         "presence" => match serde_json::from_value(value) {
             Ok(p) => q.presences.push_back(p),
-            Err(e) => q.other.push_back(json!({"event": "bad_presence", "error": e.to_string()})),
+            Err(e) => q
+                .other
+                .push_back(json!({"event": "bad_presence", "error": e.to_string()})),
         },
         _ => q.other.push_back(value),
     }
@@ -790,7 +808,10 @@ mod tests {
             q.errors.front().map(|e| e.condition.as_str()),
             Some("policy-violation")
         );
-        assert_eq!(q.presences.front().and_then(|p| p.status.as_deref()), Some("s"));
+        assert_eq!(
+            q.presences.front().and_then(|p| p.status.as_deref()),
+            Some("s")
+        );
         assert_eq!(q.other.len(), 2);
     }
 }

@@ -108,8 +108,8 @@ mod tests {
 
     #[test]
     fn workspace_root_holds_the_workspace_manifest() {
-        let manifest = std::fs::read_to_string(workspace_root().join("Cargo.toml"))
-            .unwrap_or_default();
+        let manifest =
+            std::fs::read_to_string(workspace_root().join("Cargo.toml")).unwrap_or_default();
         assert!(manifest.contains("[workspace]"));
     }
 

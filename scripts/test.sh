@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The test command: installs/checks the end-to-end prerequisites, then runs
+# every test in the workspace (unit, property and end-to-end scenarios).
+# Extra arguments go to `cargo test`, e.g. `scripts/test.sh -p custos-e2e`.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+bash scripts/setup.sh
+
+locked=()
+if [ -f Cargo.lock ]; then
+    locked=(--locked)
+fi
+
+# The scenarios find the slixmpp client's interpreter here (setup.sh made it).
+export CUSTOS_TEST_PYTHON="${CUSTOS_TEST_PYTHON:-$ROOT/.venv/bin/python}"
+
+if [ "$#" -gt 0 ]; then
+    cargo test "${locked[@]}" "$@"
+else
+    cargo test "${locked[@]}" --workspace
+fi
