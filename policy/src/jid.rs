@@ -1,0 +1,290 @@
+//! Who a party is: JID normalisation, the patterns rules and groups name (JID, domain,
+//! glob), and an index that answers "which patterns and groups does this JID match"
+//! once per stanza, so rule evaluation only tests bits.
+
+use std::collections::HashMap;
+
+use regex::RegexSet;
+
+/// A JID split into its parts, with localpart and domain lowercased (the simple case
+/// folding that nodeprep/idna amount to for the addresses seen in practice); the
+/// resource keeps its case, as RFC 7622 says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Jid {
+    /// `local@domain` or `domain`, lowercased.
+    pub bare: String,
+    pub domain: String,
+    pub resource: Option<String>,
+}
+
+impl Jid {
+    /// Splits a JID as found on the wire. Returns `None` for an empty domain.
+    pub(crate) fn parse(s: &str) -> Option<Jid> {
+        let (bare, resource) = match s.split_once('/') {
+            Some((b, r)) => (b, Some(r.to_owned())),
+            None => (s, None),
+        };
+        let (local, domain) = match bare.split_once('@') {
+            Some((l, d)) => (Some(l), d),
+            None => (None, bare),
+        };
+        let domain = domain.trim_end_matches('.').to_lowercase();
+        if domain.is_empty() {
+            return None;
+        }
+        let bare = match local {
+            Some(l) if !l.is_empty() => format!("{}@{domain}", l.to_lowercase()),
+            Some(_) => return None,
+            None => domain.clone(),
+        };
+        Some(Jid {
+            bare,
+            domain,
+            resource,
+        })
+    }
+
+    pub(crate) fn full(&self) -> String {
+        match &self.resource {
+            Some(r) => format!("{}/{r}", self.bare),
+            None => self.bare.clone(),
+        }
+    }
+}
+
+/// A pattern naming parties, as written in `from`/`to` or a group's member list.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum PartyPattern {
+    /// `alice@example.test`: that account, any resource.
+    Bare(String),
+    /// `alice@example.test/laptop`: that resource only.
+    Full(String),
+    /// `example.org` or `domain:example.org`: every JID at exactly that domain.
+    Domain(String),
+    /// `*@research.example.test`: `*` any run of characters, `?` one; matched against the
+    /// bare JID, or the full JID when the glob contains `/`.
+    Glob(String),
+}
+
+impl PartyPattern {
+    /// Parses a member pattern. `Err` carries the reason.
+    pub(crate) fn parse(s: &str) -> Result<PartyPattern, String> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err("empty JID pattern".into());
+        }
+        if let Some(d) = s.strip_prefix("domain:") {
+            let d = d.trim().trim_end_matches('.').to_lowercase();
+            if d.is_empty() || d.contains(['@', '/', '*', '?']) {
+                return Err(format!("`{s}` is not a domain"));
+            }
+            return Ok(PartyPattern::Domain(d));
+        }
+        if s.contains(['*', '?']) {
+            return Ok(PartyPattern::Glob(s.to_owned()));
+        }
+        let jid = Jid::parse(s).ok_or_else(|| format!("`{s}` is not a JID"))?;
+        Ok(match (&jid.resource, s.contains('@')) {
+            (Some(_), _) => PartyPattern::Full(jid.full()),
+            (None, true) => PartyPattern::Bare(jid.bare),
+            (None, false) => PartyPattern::Domain(jid.domain),
+        })
+    }
+}
+
+/// Glob to an anchored, case-insensitive regex.
+fn glob_regex(glob: &str) -> String {
+    let mut re = String::from("(?i)^");
+    for c in glob.chars() {
+        match c {
+            '*' => re.push_str(".*"),
+            '?' => re.push('.'),
+            c => re.push_str(&regex::escape(c.encode_utf8(&mut [0; 4]))),
+        }
+    }
+    re.push('$');
+    re
+}
+
+pub(crate) type PatternId = usize;
+
+/// Every distinct party pattern in the file, indexed for one lookup per JID.
+#[derive(Debug, Default)]
+pub(crate) struct PartyIndex {
+    patterns: Vec<PartyPattern>,
+    ids: HashMap<PartyPattern, PatternId>,
+    bare: HashMap<String, Vec<PatternId>>,
+    full: HashMap<String, Vec<PatternId>>,
+    domain: HashMap<String, Vec<PatternId>>,
+    bare_globs: Vec<PatternId>,
+    full_globs: Vec<PatternId>,
+    bare_glob_set: Option<RegexSet>,
+    full_glob_set: Option<RegexSet>,
+}
+
+impl PartyIndex {
+    pub(crate) fn intern(&mut self, p: PartyPattern) -> PatternId {
+        if let Some(&id) = self.ids.get(&p) {
+            return id;
+        }
+        let id = self.patterns.len();
+        self.patterns.push(p.clone());
+        self.ids.insert(p, id);
+        id
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.patterns.len()
+    }
+
+    /// Builds the lookup tables. Globs are compiled into two regex sets (bare, full).
+    pub(crate) fn build(&mut self) -> Result<(), String> {
+        let mut bare_globs = Vec::new();
+        let mut full_globs = Vec::new();
+        for (id, p) in self.patterns.iter().enumerate() {
+            match p {
+                PartyPattern::Bare(b) => self.bare.entry(b.clone()).or_default().push(id),
+                PartyPattern::Full(f) => self.full.entry(f.clone()).or_default().push(id),
+                PartyPattern::Domain(d) => self.domain.entry(d.clone()).or_default().push(id),
+                PartyPattern::Glob(g) if g.contains('/') => full_globs.push((id, glob_regex(g))),
+                PartyPattern::Glob(g) => bare_globs.push((id, glob_regex(g))),
+            }
+        }
+        let set = |globs: &[(PatternId, String)]| -> Result<Option<RegexSet>, String> {
+            if globs.is_empty() {
+                return Ok(None);
+            }
+            RegexSet::new(globs.iter().map(|(_, r)| r.as_str()))
+                .map(Some)
+                .map_err(|e| e.to_string())
+        };
+        self.bare_glob_set = set(&bare_globs)?;
+        self.full_glob_set = set(&full_globs)?;
+        self.bare_globs = bare_globs.into_iter().map(|(id, _)| id).collect();
+        self.full_globs = full_globs.into_iter().map(|(id, _)| id).collect();
+        Ok(())
+    }
+
+    /// Sets the bit of every pattern `jid` matches.
+    pub(crate) fn matches(&self, jid: &Jid, out: &mut Bits) {
+        let mut set = |ids: Option<&Vec<PatternId>>| {
+            for &id in ids.into_iter().flatten() {
+                out.set(id);
+            }
+        };
+        set(self.bare.get(&jid.bare));
+        set(self.domain.get(&jid.domain));
+        let full = jid.full();
+        set(self.full.get(&full));
+        if let Some(rs) = &self.bare_glob_set {
+            for i in rs.matches(&jid.bare).iter() {
+                if let Some(&id) = self.bare_globs.get(i) {
+                    out.set(id);
+                }
+            }
+        }
+        if let Some(rs) = &self.full_glob_set {
+            for i in rs.matches(&full).iter() {
+                if let Some(&id) = self.full_globs.get(i) {
+                    out.set(id);
+                }
+            }
+        }
+    }
+}
+
+/// A fixed-size bit set (patterns, groups).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Bits(Vec<u64>);
+
+impl Bits {
+    pub(crate) fn new(len: usize) -> Self {
+        Bits(vec![0; len.div_ceil(64)])
+    }
+    pub(crate) fn set(&mut self, i: usize) {
+        if let Some(w) = self.0.get_mut(i / 64) {
+            *w |= 1 << (i % 64);
+        }
+    }
+    pub(crate) fn get(&self, i: usize) -> bool {
+        self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+    /// Indexes of the set bits, ascending.
+    pub(crate) fn ones(&self) -> impl Iterator<Item = usize> + '_ {
+        self.0.iter().enumerate().filter(|(_, &w)| w != 0).flat_map(|(wi, &w)| {
+            (0..64).filter(move |b| w & (1 << b) != 0).map(move |b| wi * 64 + b)
+        })
+    }
+}
+
+/// Whether `domain` is one of the internal domains or a subdomain of one
+/// (`conference.example.test` is internal when `example.test` is).
+pub(crate) fn is_internal_domain(domain: &str, internal: &[String]) -> bool {
+    internal.iter().any(|d| {
+        domain == d
+            || domain
+                .strip_suffix(d.as_str())
+                .is_some_and(|head| head.ends_with('.'))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_normalises_jids() {
+        let j = Jid::parse("Alice@Example.TEST/Laptop").unwrap_or_else(|| panic!("jid"));
+        assert_eq!(j.bare, "alice@example.test");
+        assert_eq!(j.domain, "example.test");
+        assert_eq!(j.resource.as_deref(), Some("Laptop"));
+        assert_eq!(j.full(), "alice@example.test/Laptop");
+        assert_eq!(Jid::parse("example.org").map(|j| j.bare), Some("example.org".into()));
+        assert_eq!(Jid::parse("@x"), None);
+        assert_eq!(Jid::parse(""), None);
+    }
+
+    #[test]
+    fn classifies_patterns() {
+        assert_eq!(PartyPattern::parse("a@b.c"), Ok(PartyPattern::Bare("a@b.c".into())));
+        assert_eq!(PartyPattern::parse("a@b.c/r"), Ok(PartyPattern::Full("a@b.c/r".into())));
+        assert_eq!(PartyPattern::parse("B.c"), Ok(PartyPattern::Domain("b.c".into())));
+        assert_eq!(PartyPattern::parse("domain:b.c"), Ok(PartyPattern::Domain("b.c".into())));
+        assert_eq!(PartyPattern::parse("*@b.c"), Ok(PartyPattern::Glob("*@b.c".into())));
+        assert!(PartyPattern::parse("domain:a@b").is_err());
+        assert!(PartyPattern::parse(" ").is_err());
+    }
+
+    fn matched(idx: &PartyIndex, jid: &str) -> Vec<usize> {
+        let mut bits = Bits::new(idx.len());
+        idx.matches(&Jid::parse(jid).unwrap_or_else(|| panic!("jid {jid}")), &mut bits);
+        (0..idx.len()).filter(|&i| bits.get(i)).collect()
+    }
+
+    #[test]
+    fn index_matches_each_pattern_kind() {
+        let mut idx = PartyIndex::default();
+        let bare = idx.intern(PartyPattern::Bare("alice@example.test".into()));
+        let full = idx.intern(PartyPattern::Full("alice@example.test/laptop".into()));
+        let dom = idx.intern(PartyPattern::Domain("example.org".into()));
+        let glob = idx.intern(PartyPattern::Glob("*@research.example.test".into()));
+        let fglob = idx.intern(PartyPattern::Glob("*/bot-*".into()));
+        assert_eq!(idx.intern(PartyPattern::Bare("alice@example.test".into())), bare);
+        idx.build().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(matched(&idx, "ALICE@example.test/laptop"), vec![bare, full]);
+        assert_eq!(matched(&idx, "alice@example.test/phone"), vec![bare]);
+        assert_eq!(matched(&idx, "bob@example.org"), vec![dom]);
+        assert_eq!(matched(&idx, "bob@sub.example.org"), Vec::<usize>::new());
+        assert_eq!(matched(&idx, "carol@Research.example.test"), vec![glob]);
+        assert_eq!(matched(&idx, "x@y.z/bot-1"), vec![fglob]);
+    }
+
+    #[test]
+    fn internal_domains_include_subdomains_only_at_dots() {
+        let internal = vec!["example.test".to_string()];
+        assert!(is_internal_domain("example.test", &internal));
+        assert!(is_internal_domain("conference.example.test", &internal));
+        assert!(!is_internal_domain("badexample.test", &internal));
+        assert!(!is_internal_domain("example.org", &internal));
+    }
+}

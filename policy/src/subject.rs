@@ -1,0 +1,88 @@
+//! What the proxy hands to the policy for one stanza.
+
+use serde::{Deserialize, Serialize};
+
+/// Which way a stanza travels, seen from the users behind Custos.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Sent by a user behind Custos.
+    Outbound,
+    /// Received by a user behind Custos.
+    Inbound,
+}
+
+/// The three XMPP stanza kinds (RFC 6120 §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StanzaKind {
+    Message,
+    Presence,
+    Iq,
+}
+
+/// End-to-end encryption the proxy found on a stanza.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum E2ee {
+    /// XEP-0384.
+    Omemo,
+    /// XEP-0373/0374 (OX) and legacy XEP-0027.
+    #[serde(alias = "ox")]
+    Openpgp,
+    /// Off-the-Record, recognised by its `?OTR` body prefix.
+    Otr,
+}
+
+impl E2ee {
+    pub(crate) fn parse(s: &str) -> Option<E2ee> {
+        match s {
+            "omemo" => Some(E2ee::Omemo),
+            "openpgp" | "ox" => Some(E2ee::Openpgp),
+            "otr" => Some(E2ee::Otr),
+            _ => None,
+        }
+    }
+}
+
+/// One stanza as the policy sees it. Borrowed: evaluation copies nothing it need not.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    pub direction: Direction,
+    pub kind: StanzaKind,
+    /// The `type` attribute as on the wire; `None` when absent (a message is then
+    /// `normal` and a presence `available`, RFC 6121).
+    pub stanza_type: Option<&'a str>,
+    /// Full or bare JIDs as on the wire.
+    pub from: Option<&'a str>,
+    pub to: Option<&'a str>,
+    pub body: Option<&'a str>,
+    pub subject: Option<&'a str>,
+    pub e2ee: Option<E2ee>,
+}
+
+impl<'a> Subject<'a> {
+    /// An outbound chat message with a body: the common case, handy in tests.
+    pub fn outbound_chat(from: &'a str, to: &'a str, body: &'a str) -> Self {
+        Subject {
+            direction: Direction::Outbound,
+            kind: StanzaKind::Message,
+            stanza_type: Some("chat"),
+            from: Some(from),
+            to: Some(to),
+            body: Some(body),
+            subject: None,
+            e2ee: None,
+        }
+    }
+
+    /// The type the stanza has, with RFC 6121 defaults for an absent attribute.
+    pub(crate) fn effective_type(&self) -> Option<&'a str> {
+        match (self.stanza_type, self.kind) {
+            (Some(t), _) => Some(t),
+            (None, StanzaKind::Message) => Some("normal"),
+            (None, StanzaKind::Presence) => Some("available"),
+            (None, StanzaKind::Iq) => None,
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! What evaluation returns: the enforced action, every rule that matched, and the side
+//! effects (alerts to POST, a disclaimer to send) for the caller to carry out.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Serialize, Serializer};
+
+use crate::subject::{Direction, StanzaKind};
+
+/// The action enforced on a stanza, ordered from least to most restrictive: when several
+/// rules match, the greatest wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Deliver unchanged.
+    Allow,
+    /// Deliver unchanged, tag for review.
+    Flag,
+    /// Deliver with matched text masked; the archive keeps original and delivered text.
+    Redact,
+    /// Do not deliver; the sender gets a `<policy-violation/>` error.
+    Block,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Flag => "flag",
+            Action::Redact => "redact",
+            Action::Block => "block",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How serious a match is, for the review queue and alerts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub(crate) fn parse(s: &str) -> Option<Severity> {
+        match s {
+            "low" => Some(Severity::Low),
+            "medium" => Some(Severity::Medium),
+            "high" => Some(Severity::High),
+            "critical" => Some(Severity::Critical),
+            _ => None,
+        }
+    }
+}
+
+/// The id of a rule or barrier as written in the rules file. Cheap to clone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleId(Arc<str>);
+
+impl RuleId {
+    pub(crate) fn new(s: &str) -> Self {
+        RuleId(Arc::from(s))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RuleId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for RuleId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+/// An event for the configured webhook. The caller POSTs it as JSON and never holds the
+/// stanza back waiting for it. It carries no message text: the webhook is often outside
+/// the compliance boundary, and the archive holds the content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AlertEvent {
+    /// Where to POST it (`[alert] webhook`).
+    #[serde(skip)]
+    pub webhook: Arc<str>,
+    pub rule: RuleId,
+    /// What the rule does (or would do, in monitor mode) to the stanza.
+    pub action: Action,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub severity: Option<Severity>,
+    /// True when the rule only monitors: nothing was enforced.
+    pub monitor: bool,
+    pub direction: Direction,
+    pub kind: StanzaKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+}
+
+/// Identifies one conversation between an internal user and an external party for one
+/// disclaimer rule: `rule`, internal bare JID, external bare JID.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ConversationKey(pub String);
+
+/// A notice the caller should send to the external party, unless it already did within
+/// `period` for `conversation` (see [`crate::DisclaimerTracker`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DisclaimerRequest {
+    pub rule: RuleId,
+    pub text: Arc<str>,
+    /// Bare JID of the external party, who receives the notice.
+    pub to: String,
+    /// Bare JID of the internal user on whose behalf it is sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    pub conversation: ConversationKey,
+    #[serde(serialize_with = "ser_secs")]
+    pub period: Duration,
+}
+
+fn ser_secs<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
+}
+
+/// The outcome of evaluating one stanza.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// The enforced action (from rules not in monitor mode).
+    pub action: Action,
+    /// Every rule and barrier that matched, enforced or monitored, barriers first, then
+    /// rules in file order.
+    pub rules: Vec<RuleId>,
+    /// The matched rules that only monitor (a subset of `rules`).
+    pub monitored: Vec<RuleId>,
+    /// What the action would be if every matched rule were enforced.
+    pub would_action: Action,
+    /// The highest severity among matched rules that are more than `allow`.
+    pub severity: Option<Severity>,
+    /// The body to deliver; `Some` only when it was redacted.
+    pub delivered_body: Option<String>,
+    /// The subject to deliver; `Some` only when it was redacted.
+    pub delivered_subject: Option<String>,
+    /// The `<text/>` of the `<policy-violation/>` error; `Some` only when blocked.
+    pub block_text: Option<String>,
+    pub alerts: Vec<AlertEvent>,
+    pub disclaimer: Option<DisclaimerRequest>,
+    /// True when rules matched and every one of them only monitors.
+    pub monitor_only: bool,
+}
+
+impl Verdict {
+    pub(crate) fn allow() -> Self {
+        Verdict {
+            action: Action::Allow,
+            rules: Vec::new(),
+            monitored: Vec::new(),
+            would_action: Action::Allow,
+            severity: None,
+            delivered_body: None,
+            delivered_subject: None,
+            block_text: None,
+            alerts: Vec::new(),
+            disclaimer: None,
+            monitor_only: false,
+        }
+    }
+
+    /// Whether `id` is among the matched rules.
+    pub fn matched(&self, id: &str) -> bool {
+        self.rules.iter().any(|r| r.as_str() == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_order_by_restrictiveness() {
+        assert!(Action::Allow < Action::Flag);
+        assert!(Action::Flag < Action::Redact);
+        assert!(Action::Redact < Action::Block);
+        assert_eq!(
+            [Action::Flag, Action::Block, Action::Redact].iter().max(),
+            Some(&Action::Block)
+        );
+    }
+
+    #[test]
+    fn severity_parses_and_orders() {
+        assert_eq!(Severity::parse("high"), Some(Severity::High));
+        assert_eq!(Severity::parse("High"), None);
+        assert!(Severity::Low < Severity::Critical);
+    }
+}
