@@ -35,6 +35,7 @@ pub mod framer;
 pub mod inspect;
 mod io;
 pub mod negotiation;
+pub mod reply;
 pub mod server;
 mod session;
 pub mod stanza;
