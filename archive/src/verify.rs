@@ -249,3 +249,155 @@ pub fn verify_storage(
     r.head = head.iter().map(|b| format!("{b:02x}")).collect();
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::{LogLimits, LogWriter};
+    use crate::record::tests::arb_new_record;
+    use crate::record::NewRecord;
+    use crate::storage::MemStorage;
+    use ed25519_dalek::SigningKey;
+    use proptest::prelude::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn limits() -> LogLimits {
+        LogLimits { segment_max_bytes: 1 << 20, segment_max_age: Duration::from_secs(3600), checkpoint_every: 3 }
+    }
+
+    /// Two sealed segments written by two writer lifetimes.
+    fn build(batches: &[Vec<NewRecord>]) -> (MemStorage, MasterKey, SigningKey) {
+        let s = MemStorage::new();
+        let m = MasterKey::from_bytes([42; 32]);
+        let k = SigningKey::from_bytes(&[43; 32]);
+        for half in batches.chunks(batches.len().div_ceil(2).max(1)) {
+            let (mut w, cut) = LogWriter::open(Arc::new(s.clone()), m.clone(), k.clone(), limits()).unwrap();
+            assert!(cut.is_none());
+            for b in half {
+                w.append_batch(b.clone()).unwrap();
+            }
+            w.finish().unwrap();
+        }
+        (s, m, k)
+    }
+
+    /// (start, end) of every frame in a segment.
+    fn frames(bytes: &[u8]) -> Vec<(usize, usize, bool)> {
+        let mut out = Vec::new();
+        let mut at = HEADER_LEN;
+        while let Parsed::Frame(f, next) = segment::parse_frame(bytes, at) {
+            out.push((at, next, matches!(f, Frame::Record { .. })));
+            at = next;
+        }
+        out
+    }
+
+    fn check(s: &MemStorage, m: &MasterKey, k: &SigningKey) -> VerifyReport {
+        verify_storage(s, Some(m), &k.verifying_key(), |_, _| {})
+    }
+
+    fn arb_batches() -> impl Strategy<Value = Vec<Vec<NewRecord>>> {
+        proptest::collection::vec(proptest::collection::vec(arb_new_record(), 1..4), 2..5)
+    }
+
+    #[test]
+    fn clean_archive_verifies_with_and_without_key() {
+        let (s, m, k) = build(&[vec![]]);
+        assert!(check(&s, &m, &k).is_clean());
+        let recs: Vec<NewRecord> = (0..5)
+            .map(|i| NewRecord::Event(crate::record::EventRecord::Audit { actor: "o".into(), action: "view".into(), detail: i.to_string() }))
+            .collect();
+        let (s, m, k) = build(&[recs.clone(), recs]);
+        let r = check(&s, &m, &k);
+        assert!(r.is_clean(), "{:?}", r.problems);
+        assert_eq!((r.records, r.last_seq, r.segments), (10, 10, 2));
+        assert!(r.checkpoints >= 4);
+        let r2 = verify_storage(&s, None, &k.verifying_key(), |_, _| {});
+        assert!(r2.is_clean());
+        assert_eq!(r2.head, r.head);
+        // A different signing key fails every checkpoint.
+        let other = SigningKey::from_bytes(&[1; 32]);
+        assert!(!verify_storage(&s, None, &other.verifying_key(), |_, _| {}).is_clean());
+        // A wrong master key is reported clearly.
+        let wrong = check(&s, &MasterKey::from_bytes([0; 32]), &k);
+        assert!(wrong.problems[0].what.contains("master key"), "{:?}", wrong.problems);
+    }
+
+    #[test]
+    fn shredded_segment_still_verifies_its_chain() {
+        let recs: Vec<NewRecord> = (0..4)
+            .map(|i| NewRecord::Event(crate::record::EventRecord::Audit { actor: "o".into(), action: "a".into(), detail: i.to_string() }))
+            .collect();
+        let (s, m, k) = build(&[recs.clone(), recs]);
+        let seg = log::segment_ids(&s).unwrap()[0];
+        s.remove(&segment::key_name(seg)).unwrap();
+        let r = check(&s, &m, &k);
+        assert!(r.is_clean(), "{:?}", r.problems);
+        assert_eq!(r.shredded_records, 4);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
+
+        #[test]
+        fn any_byte_change_is_located(batches in arb_batches(), which in any::<prop::sample::Index>(), pos in any::<prop::sample::Index>(), xor in 1u8..=255) {
+            let (s, m, k) = build(&batches);
+            let ids = log::segment_ids(&s).unwrap();
+            let seg = ids[which.index(ids.len())];
+            let name = segment::segment_name(seg);
+            let orig = s.read(&name).unwrap();
+            let p = pos.index(orig.len());
+            s.tamper(&name, |b| b[p] ^= xor);
+            let r = check(&s, &m, &k);
+            prop_assert!(!r.is_clean(), "flip at {} undetected", p);
+            let first = &r.problems[0];
+            prop_assert_eq!(first.segment, Some(seg));
+            let off = first.offset.unwrap_or(u64::MAX) as usize;
+            if p < HEADER_LEN {
+                prop_assert!(off <= HEADER_LEN, "header flip reported at {}", off);
+            } else {
+                let (start, _, _) = frames(&orig).into_iter().find(|&(a, b, _)| a <= p && p < b).unwrap();
+                prop_assert_eq!(off, start, "flip at {} reported as {:?}", p, first);
+            }
+        }
+
+        #[test]
+        fn removed_duplicated_or_reordered_record_is_located(batches in arb_batches(), which in any::<prop::sample::Index>(), pick in any::<prop::sample::Index>(), op in 0u8..3) {
+            let (s, m, k) = build(&batches);
+            let ids = log::segment_ids(&s).unwrap();
+            let seg = ids[which.index(ids.len())];
+            let name = segment::segment_name(seg);
+            let orig = s.read(&name).unwrap();
+            let recs: Vec<(usize, usize, bool)> = frames(&orig).into_iter().filter(|f| f.2).collect();
+            let i = pick.index(recs.len());
+            let (a, b, _) = recs[i];
+            let expected_at;
+            match op {
+                0 => {
+                    s.tamper(&name, |v| { v.drain(a..b); });
+                    expected_at = a;
+                }
+                1 => {
+                    let copy = orig[a..b].to_vec();
+                    s.tamper(&name, |v| { v.splice(b..b, copy); });
+                    expected_at = b;
+                }
+                _ => {
+                    prop_assume!(i + 1 < recs.len());
+                    let (c, d, _) = recs[i + 1];
+                    prop_assume!(c == b);
+                    let mut swapped = orig[c..d].to_vec();
+                    swapped.extend_from_slice(&orig[a..b]);
+                    s.tamper(&name, |v| { v.splice(a..d, swapped); });
+                    expected_at = a;
+                }
+            }
+            let r = check(&s, &m, &k);
+            prop_assert!(!r.is_clean());
+            let first = &r.problems[0];
+            prop_assert_eq!(first.segment, Some(seg));
+            prop_assert_eq!(first.offset, Some(expected_at as u64), "{:?}", first);
+        }
+    }
+}

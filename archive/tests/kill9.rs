@@ -1,0 +1,71 @@
+//! Kill -9 a process appending under load, many times; after each restart the
+//! archive verifies clean and every acknowledged record is present.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use custos_archive::{keys_init, verify, ArchiveReader, MasterKey};
+
+#[test]
+fn kill_nine_under_load_loses_no_acknowledged_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("archive");
+    let secrets = tmp.path().join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    let created = keys_init(&secrets.join("master.key"), &secrets.join("signing.key")).unwrap();
+    let master_b64 = std::fs::read_to_string(&created.master_key).unwrap();
+    let master = MasterKey::from_file(&created.master_key).unwrap();
+    let mut acked = BTreeSet::new();
+    let rounds = 6;
+    for round in 0..rounds {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_archive-crash-child"))
+            .arg(&dir)
+            .arg(&created.signing_key)
+            .env("CUSTOS_MASTER_KEY", master_b64.trim())
+            .env("CUSTOS_CHILD_MAX_SECS", "20")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(seq) = line.strip_prefix("acked ").and_then(|s| s.parse::<u64>().ok()) {
+                    let _ = tx.send(seq);
+                }
+            }
+        });
+        // Let it run a varying while after its first ack, then kill it hard.
+        let first = rx.recv_timeout(Duration::from_secs(20)).expect("child acked nothing");
+        acked.insert(first);
+        let run_for = Duration::from_millis(150 + 130 * round as u64);
+        let start = Instant::now();
+        while start.elapsed() < run_for {
+            if let Ok(seq) = rx.recv_timeout(Duration::from_millis(10)) {
+                acked.insert(seq);
+            }
+        }
+        child.kill().unwrap(); // SIGKILL on Unix
+        child.wait().unwrap();
+        reader.join().unwrap();
+        acked.extend(rx.try_iter());
+    }
+    assert!(acked.len() > 100, "only {} acks", acked.len());
+    // A last, clean open recovers whatever the final kill left.
+    let mut cfg = custos_archive::ArchiveConfig::new(dir.clone(), master.clone(), custos_archive::load_signing_key(&created.signing_key).unwrap());
+    cfg.checkpoint_every = 50;
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    rt.block_on(custos_archive::Archive::open(cfg).unwrap().close()).unwrap();
+
+    let report = verify(&dir, Some(&master), &created.verifying_key, |_, _| {});
+    assert!(report.is_clean(), "{:#?}", report.problems);
+    let reader = ArchiveReader::open(&dir, &master).unwrap();
+    let present: BTreeSet<u64> = reader.records(1..=u64::MAX).unwrap().iter().map(|r| r.seq.0).collect();
+    let missing: Vec<_> = acked.difference(&present).collect();
+    assert!(missing.is_empty(), "acknowledged but missing: {missing:?}");
+    assert_eq!(report.last_seq, *present.iter().max().unwrap());
+}
