@@ -85,7 +85,14 @@ fn stream() -> (Vec<u8>, usize) {
     let mut stanzas = 0;
     let mut i = 0;
     while s.len() < 1 << 20 {
-        for part in [chat(i), receipt(i), presence(i), carbon(i), mam(i), chat(i + 1)] {
+        for part in [
+            chat(i),
+            receipt(i),
+            presence(i),
+            carbon(i),
+            mam(i),
+            chat(i + 1),
+        ] {
             s.push_str(&part);
             stanzas += 1;
         }

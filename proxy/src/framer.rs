@@ -177,15 +177,24 @@ enum Lex {
     /// After `<`.
     Lt,
     /// After `<?`, matching the `xml` target.
-    PiTarget { matched: u8 },
+    PiTarget {
+        matched: u8,
+    },
     /// Inside `<?xml …`, `question` when the previous byte was `?`.
-    Decl { question: bool },
+    Decl {
+        question: bool,
+    },
     /// Between the XML declaration and the stream open tag.
     AfterDecl,
     /// After `<!`, matching a keyword such as `DOCTYPE` or `[CDATA[`.
-    Bang { len: u8, word: [u8; 8] },
+    Bang {
+        len: u8,
+        word: [u8; 8],
+    },
     /// Inside a CDATA section, counting the `]` just seen.
-    Cdata { brackets: u8 },
+    Cdata {
+        brackets: u8,
+    },
     StartName,
     TagSpace,
     AttrName,
@@ -195,11 +204,16 @@ enum Lex {
     AfterValue,
     /// After `/` in a start tag.
     SlashGt,
-    EndName { started: bool },
+    EndName {
+        started: bool,
+    },
     EndSpace,
     /// Character data inside a stanza.
     Content,
-    Ref { lex: RefLex, within: RefIn },
+    Ref {
+        lex: RefLex,
+        within: RefIn,
+    },
 }
 
 /// What kind of unit the scanner completed.
@@ -399,9 +413,7 @@ impl Scanner {
                     if seen == kw {
                         match restricted {
                             Some(what) => return Err(FrameError::RestrictedXml { what }),
-                            None if self.depth == 0 => {
-                                return Err(nwf("CDATA outside a stanza"))
-                            }
+                            None if self.depth == 0 => return Err(nwf("CDATA outside a stanza")),
                             None => {
                                 self.lex = Lex::Cdata { brackets: 0 };
                                 return Ok(Step::More);
@@ -567,7 +579,10 @@ fn step_ref(lex: RefLex, b: u8) -> Result<Option<RefLex>, FrameError> {
             hex: false,
         },
         (RefLex::Num { value, hex: true }, b) if b.is_ascii_hexdigit() => RefLex::Num {
-            value: value.saturating_mul(16).saturating_add(hex_value(b)).min(0x11_0000),
+            value: value
+                .saturating_mul(16)
+                .saturating_add(hex_value(b))
+                .min(0x11_0000),
             hex: true,
         },
         _ => return Err(unterminated()),
@@ -803,9 +818,11 @@ fn parse_header(text: &str, raw: Bytes) -> Result<(StreamHeader, NsScope), Frame
     scope.declare(namespaces.clone());
     xml::check_attr_namespaces(&tag.attrs, &scope)?;
     let (prefix, local) = xml::split_qname(&tag.qname)?;
-    let ns = scope.resolve(prefix).ok_or_else(|| FrameError::InvalidNamespace {
-        detail: format!("prefix of <{}> is not declared", tag.qname),
-    })?;
+    let ns = scope
+        .resolve(prefix)
+        .ok_or_else(|| FrameError::InvalidNamespace {
+            detail: format!("prefix of <{}> is not declared", tag.qname),
+        })?;
     if local != "stream" || ns != STREAMS_NS {
         return Err(FrameError::InvalidNamespace {
             detail: format!("<{}> in namespace {ns:?}", tag.qname),
@@ -988,25 +1005,46 @@ mod tests {
         f.push(b"<s:features/></s:stream>");
         let (fr, err) = frames(&mut f);
         assert_eq!(err, None);
-        assert!(matches!(&fr[..], [Frame::Stanza(s), Frame::StreamEnd(_)] if s.root.is("features", STREAMS_NS)));
+        assert!(
+            matches!(&fr[..], [Frame::Stanza(s), Frame::StreamEnd(_)] if s.root.is("features", STREAMS_NS))
+        );
     }
 
     #[test]
     fn header_errors() {
         let cases: [(&str, &str); 7] = [
-            ("<stream:stream xmlns:stream='urn:wrong'>", "invalid-namespace"),
+            (
+                "<stream:stream xmlns:stream='urn:wrong'>",
+                "invalid-namespace",
+            ),
             ("<stream:stream xmlns='jabber:client'>", "invalid-namespace"),
-            ("<foo xmlns:stream='http://etherx.jabber.org/streams'>", "invalid-namespace"),
-            ("<?xml version='1.0' encoding='ISO-8859-1'?><stream:stream>", "unsupported-encoding"),
-            ("<?xml-stylesheet href='a'?><stream:stream>", "restricted-xml"),
+            (
+                "<foo xmlns:stream='http://etherx.jabber.org/streams'>",
+                "invalid-namespace",
+            ),
+            (
+                "<?xml version='1.0' encoding='ISO-8859-1'?><stream:stream>",
+                "unsupported-encoding",
+            ),
+            (
+                "<?xml-stylesheet href='a'?><stream:stream>",
+                "restricted-xml",
+            ),
             ("<!DOCTYPE x><stream:stream>", "restricted-xml"),
-            ("<stream:stream xmlns:stream='http://etherx.jabber.org/streams'/>", "not-well-formed"),
+            (
+                "<stream:stream xmlns:stream='http://etherx.jabber.org/streams'/>",
+                "not-well-formed",
+            ),
         ];
         for (input, condition) in cases {
             let mut f = Framer::new(FrameLimits::default());
             f.push(input.as_bytes());
             let err = f.next_frame().err();
-            assert_eq!(err.as_ref().map(FrameError::condition), Some(condition), "{input}");
+            assert_eq!(
+                err.as_ref().map(FrameError::condition),
+                Some(condition),
+                "{input}"
+            );
         }
     }
 
@@ -1026,7 +1064,9 @@ mod tests {
             })
             .collect();
         assert_eq!(kinds, ["ws1", "message", "ws2", "presence", "ws1", "end"]);
-        let Some(Frame::Stanza(s)) = fr.get(1) else { panic!("no stanza") };
+        let Some(Frame::Stanza(s)) = fr.get(1) else {
+            panic!("no stanza")
+        };
         assert_eq!(&s.raw[..], b"<message to='b'><body>hi</body></message>");
         assert_eq!(s.root.ns, "jabber:client");
     }
@@ -1040,21 +1080,35 @@ mod tests {
         assert_eq!(f.next_frame(), Ok(None));
         f.push(b"</body></message> ");
         assert!(matches!(f.next_frame(), Ok(Some(Frame::Stanza(_)))));
-        assert_eq!(f.next_frame(), Ok(Some(Frame::Whitespace(Bytes::from_static(b" ")))));
+        assert_eq!(
+            f.next_frame(),
+            Ok(Some(Frame::Whitespace(Bytes::from_static(b" "))))
+        );
         assert_eq!(f.next_frame(), Ok(None));
         f.push(b" ");
-        assert_eq!(f.next_frame(), Ok(Some(Frame::Whitespace(Bytes::from_static(b" ")))));
+        assert_eq!(
+            f.next_frame(),
+            Ok(Some(Frame::Whitespace(Bytes::from_static(b" "))))
+        );
     }
 
     #[test]
     fn stream_end_must_match_header() {
         let err = error_of("</stream:foo>");
-        assert_eq!(err.as_ref().map(FrameError::condition), Some("not-well-formed"));
+        assert_eq!(
+            err.as_ref().map(FrameError::condition),
+            Some("not-well-formed")
+        );
         let (fr, err) = in_stream("</stream:stream >  ");
         assert_eq!(err, None);
-        assert!(matches!(&fr[..], [Frame::StreamEnd(e), Frame::Whitespace(_)] if &e[..] == b"</stream:stream >"));
+        assert!(
+            matches!(&fr[..], [Frame::StreamEnd(e), Frame::Whitespace(_)] if &e[..] == b"</stream:stream >")
+        );
         let err = error_of("</stream:stream><message/>");
-        assert_eq!(err.as_ref().map(FrameError::condition), Some("not-well-formed"));
+        assert_eq!(
+            err.as_ref().map(FrameError::condition),
+            Some("not-well-formed")
+        );
     }
 
     #[test]
@@ -1083,7 +1137,12 @@ mod tests {
     #[test]
     fn xml_declaration_only_before_the_header() {
         let err = error_of("<?xml version='1.0'?>");
-        assert_eq!(err, Some(FrameError::RestrictedXml { what: "processing instruction" }));
+        assert_eq!(
+            err,
+            Some(FrameError::RestrictedXml {
+                what: "processing instruction"
+            })
+        );
     }
 
     #[test]
@@ -1164,7 +1223,10 @@ mod tests {
             let Ok(Some(Frame::Stanza(s))) = f.next_frame() else {
                 panic!("cut at {cut}");
             };
-            assert_eq!(s.root.child("body", "jabber:client").map(Element::text), Some("h\u{E9}\u{1F600}".into()));
+            assert_eq!(
+                s.root.child("body", "jabber:client").map(Element::text),
+                Some("h\u{E9}\u{1F600}".into())
+            );
         }
     }
 
@@ -1206,7 +1268,10 @@ mod tests {
 
         let mut f = Framer::new(limits);
         f.push(b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>");
-        let mut f = Framer::new(FrameLimits { max_header_bytes: 100, ..limits });
+        let mut f = Framer::new(FrameLimits {
+            max_header_bytes: 100,
+            ..limits
+        });
         f.push(b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>");
         assert!(matches!(f.next_frame(), Ok(Some(Frame::StreamHeader(_)))));
         f.push(b"     ");
@@ -1249,12 +1314,30 @@ mod tests {
     #[test]
     fn every_condition_is_mapped() {
         let all = [
-            (FrameError::NotWellFormed { detail: String::new() }, "not-well-formed"),
-            (FrameError::RestrictedXml { what: "comment" }, "restricted-xml"),
+            (
+                FrameError::NotWellFormed {
+                    detail: String::new(),
+                },
+                "not-well-formed",
+            ),
+            (
+                FrameError::RestrictedXml { what: "comment" },
+                "restricted-xml",
+            ),
             (FrameError::TooLarge { limit: 1 }, "policy-violation"),
             (FrameError::TooDeep { limit: 1 }, "policy-violation"),
-            (FrameError::InvalidNamespace { detail: String::new() }, "invalid-namespace"),
-            (FrameError::UnsupportedEncoding { encoding: String::new() }, "unsupported-encoding"),
+            (
+                FrameError::InvalidNamespace {
+                    detail: String::new(),
+                },
+                "invalid-namespace",
+            ),
+            (
+                FrameError::UnsupportedEncoding {
+                    encoding: String::new(),
+                },
+                "unsupported-encoding",
+            ),
         ];
         for (err, condition) in all {
             assert_eq!(err.condition(), condition);
@@ -1267,7 +1350,9 @@ mod tests {
             "<message id='a>b/>c' x=\"'/>\"><body><![CDATA[</message> <a> ]] ]]]>&gt;</body></message>",
         );
         assert_eq!(err, None);
-        let [Frame::Stanza(s)] = &fr[..] else { panic!("{fr:?}") };
+        let [Frame::Stanza(s)] = &fr[..] else {
+            panic!("{fr:?}")
+        };
         assert_eq!(s.root.attr("id"), Some("a>b/>c"));
         assert_eq!(s.root.attr("x"), Some("'/>"));
         assert_eq!(

@@ -262,7 +262,8 @@ mod tests {
 
     #[test]
     fn first_body_when_all_have_lang() -> Result<(), FrameError> {
-        let v = view("<message><body xml:lang='en'>a</body><body xml:lang='de'>b</body></message>")?;
+        let v =
+            view("<message><body xml:lang='en'>a</body><body xml:lang='de'>b</body></message>")?;
         assert_eq!(v.body.as_deref(), Some("a"));
         let v = view("<message><body xmlns='urn:x'>foreign</body></message>")?;
         assert_eq!(v.body, None);
@@ -273,9 +274,15 @@ mod tests {
     fn kinds() -> Result<(), FrameError> {
         assert_eq!(view("<presence/>")?.kind, StanzaKind::Presence);
         assert_eq!(view("<iq type='get' id='1'/>")?.kind, StanzaKind::Iq);
-        assert_eq!(view("<message xmlns='jabber:server'/>")?.kind, StanzaKind::Message);
+        assert_eq!(
+            view("<message xmlns='jabber:server'/>")?.kind,
+            StanzaKind::Message
+        );
         assert_eq!(view("<message xmlns='urn:x'/>")?.kind, StanzaKind::Nonza);
-        assert_eq!(view("<a xmlns='urn:xmpp:sm:3' h='1'/>")?.kind, StanzaKind::Nonza);
+        assert_eq!(
+            view("<a xmlns='urn:xmpp:sm:3' h='1'/>")?.kind,
+            StanzaKind::Nonza
+        );
         Ok(())
     }
 
@@ -304,7 +311,10 @@ mod tests {
             view("<message><encryption xmlns='urn:xmpp:eme:0' namespace='urn:xmpp:otr:0'/></message>")?.e2ee,
             Some(E2ee::Otr)
         );
-        assert_eq!(view("<message><body>about ?OTR</body></message>")?.e2ee, None);
+        assert_eq!(
+            view("<message><body>about ?OTR</body></message>")?.e2ee,
+            None
+        );
         Ok(())
     }
 

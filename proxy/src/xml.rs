@@ -430,7 +430,10 @@ pub(crate) fn declarations(
 
 /// Checks that every prefixed attribute's prefix is bound and that no two
 /// attributes share an expanded name (Namespaces in XML §6.3).
-pub(crate) fn check_attr_namespaces(attrs: &[(String, String)], scope: &NsScope) -> Result<(), FrameError> {
+pub(crate) fn check_attr_namespaces(
+    attrs: &[(String, String)],
+    scope: &NsScope,
+) -> Result<(), FrameError> {
     let mut seen: HashSet<(&str, &str)> = HashSet::new();
     for (k, _) in attrs {
         if k == "xmlns" || k.starts_with("xmlns:") {
@@ -494,7 +497,11 @@ fn resolve_ref(name: &[u8]) -> Result<char, FrameError> {
         b"apos" => '\'',
         [b'#', b'x', hex @ ..] => char_from(hex, 16)?,
         [b'#', dec @ ..] => char_from(dec, 10)?,
-        _ => return Err(FrameError::RestrictedXml { what: "entity reference" }),
+        _ => {
+            return Err(FrameError::RestrictedXml {
+                what: "entity reference",
+            })
+        }
     })
 }
 
@@ -634,7 +641,10 @@ mod tests {
              <received xmlns='urn:xmpp:receipts' id='1'/></message>",
         )?;
         assert_eq!(el.ns, "jabber:client");
-        assert_eq!(el.child("body", "jabber:client").map(Element::text), Some("hi".into()));
+        assert_eq!(
+            el.child("body", "jabber:client").map(Element::text),
+            Some("hi".into())
+        );
         let y = el.child("y", "urn:x").ok_or(not_well_formed("no y"))?;
         assert_eq!(y.prefix.as_deref(), Some("x"));
         // An unprefixed child of a prefixed element keeps the outer default.
@@ -646,15 +656,22 @@ mod tests {
 
     #[test]
     fn stream_prefix_from_header_scope() -> Result<(), FrameError> {
-        let el = parse("<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></stream:features>")?;
+        let el = parse(
+            "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></stream:features>",
+        )?;
         assert!(el.is("features", "http://etherx.jabber.org/streams"));
-        assert!(el.child("bind", "urn:ietf:params:xml:ns:xmpp-bind").is_some());
+        assert!(el
+            .child("bind", "urn:ietf:params:xml:ns:xmpp-bind")
+            .is_some());
         Ok(())
     }
 
     #[test]
     fn unbound_prefix_is_not_well_formed() {
-        assert!(matches!(parse("<p:a/>"), Err(FrameError::NotWellFormed { .. })));
+        assert!(matches!(
+            parse("<p:a/>"),
+            Err(FrameError::NotWellFormed { .. })
+        ));
         assert!(matches!(
             parse("<a p:x='1'/>"),
             Err(FrameError::NotWellFormed { .. })
@@ -663,7 +680,10 @@ mod tests {
 
     #[test]
     fn duplicate_attributes_are_not_well_formed() {
-        assert!(matches!(parse("<a x='1' x='2'/>"), Err(FrameError::NotWellFormed { .. })));
+        assert!(matches!(
+            parse("<a x='1' x='2'/>"),
+            Err(FrameError::NotWellFormed { .. })
+        ));
         // Same expanded name through two prefixes.
         assert!(matches!(
             parse("<a xmlns:p='urn:n' xmlns:q='urn:n' p:x='1' q:x='2'/>"),
@@ -698,15 +718,26 @@ mod tests {
     fn restricted_references_and_constructs() {
         assert_eq!(
             parse("<a>&foo;</a>"),
-            Err(FrameError::RestrictedXml { what: "entity reference" })
+            Err(FrameError::RestrictedXml {
+                what: "entity reference"
+            })
         );
         assert_eq!(
             parse("<a><!-- c --></a>"),
             Err(FrameError::RestrictedXml { what: "comment" })
         );
-        assert!(matches!(parse("<a>&#0;</a>"), Err(FrameError::NotWellFormed { .. })));
-        assert!(matches!(parse("<a>]]></a>"), Err(FrameError::NotWellFormed { .. })));
-        assert!(matches!(parse("<a><b></a></b>"), Err(FrameError::NotWellFormed { .. })));
+        assert!(matches!(
+            parse("<a>&#0;</a>"),
+            Err(FrameError::NotWellFormed { .. })
+        ));
+        assert!(matches!(
+            parse("<a>]]></a>"),
+            Err(FrameError::NotWellFormed { .. })
+        ));
+        assert!(matches!(
+            parse("<a><b></a></b>"),
+            Err(FrameError::NotWellFormed { .. })
+        ));
     }
 
     #[test]
@@ -752,7 +783,11 @@ mod tests {
             "<message><request xmlns='urn:xmpp:receipts'/><body>x</body></message>"
         );
         let back = parse(&s)?;
-        assert_eq!(back.child("request", "urn:xmpp:receipts").map(|r| r.ns.as_str()), Some("urn:xmpp:receipts"));
+        assert_eq!(
+            back.child("request", "urn:xmpp:receipts")
+                .map(|r| r.ns.as_str()),
+            Some("urn:xmpp:receipts")
+        );
         let mut sm = Vec::new();
         Element::new("a", "urn:xmpp:sm:3")
             .with_attr("h", "3")
@@ -784,7 +819,10 @@ mod tests {
         assert_eq!(el.remove_attr("b"), Some("2".into()));
         assert_eq!(el.attr("b"), None);
         el.retain_children(|c| c.name != "c");
-        assert_eq!(el.children().map(|c| c.name.as_str()).collect::<Vec<_>>(), vec!["d"]);
+        assert_eq!(
+            el.children().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+            vec!["d"]
+        );
         assert_eq!(el.text(), "t");
         el.set_text("u");
         assert_eq!(el.text(), "u");

@@ -35,9 +35,16 @@ fn text() -> impl Strategy<Value = String> {
 fn gen_element() -> impl Strategy<Value = Gen> {
     let leaf = (
         prop::sample::select(vec!["body", "x", "item", "a-b", "c.d", "e_f"]),
-        prop::option::of(prop::sample::select(vec!["urn:a", "urn:b", "jabber:client"])),
+        prop::option::of(prop::sample::select(vec![
+            "urn:a",
+            "urn:b",
+            "jabber:client",
+        ])),
         prop::collection::vec(
-            (prop::sample::select(vec!["id", "to", "type", "xml:lang", "v"]), text()),
+            (
+                prop::sample::select(vec!["id", "to", "type", "xml:lang", "v"]),
+                text(),
+            ),
             0..4,
         ),
         any::<bool>(),
@@ -151,7 +158,11 @@ fn frame_all(input: &[u8], sizes: &[usize]) -> (Vec<Frame>, Option<FrameError>) 
     let mut k = 0;
     let mut error = None;
     while at < input.len() && error.is_none() {
-        let size = sizes.get(k % sizes.len().max(1)).copied().unwrap_or(1).max(1);
+        let size = sizes
+            .get(k % sizes.len().max(1))
+            .copied()
+            .unwrap_or(1)
+            .max(1);
         k += 1;
         let end = (at + size).min(input.len());
         framer.push(&input[at..end]);
@@ -427,8 +438,14 @@ fn many_stanzas_in_one_push() {
         .collect();
     assert_eq!(ids, (0..100).map(|i| i.to_string()).collect::<Vec<_>>());
     assert_eq!(
-        frames.iter().filter(|f| matches!(f, Frame::Whitespace(_))).count(),
+        frames
+            .iter()
+            .filter(|f| matches!(f, Frame::Whitespace(_)))
+            .count(),
         100
     );
-    assert_eq!(frames.last(), Some(&Frame::Whitespace(Bytes::from_static(b" "))));
+    assert_eq!(
+        frames.last(),
+        Some(&Frame::Whitespace(Bytes::from_static(b" ")))
+    );
 }
