@@ -70,8 +70,8 @@ pub(crate) async fn run<I: Inspector>(
     let relaying = match negotiated {
         Ok(stream) => stream,
         Err(err) => {
-            negotiator.fail(&err).await;
             log_end(&err);
+            negotiator.fail(&err).await;
             return;
         }
     };
@@ -179,8 +179,9 @@ impl<I: Inspector> Negotiator<'_, I> {
             }
             Action::SecureClient => {
                 // Bytes pipelined after <starttls/> would be read as if they had come
-                // through TLS: the STARTTLS command-injection attack. Refuse them.
-                if self.client_framer.buffered_len() > 0 {
+                // through TLS: the STARTTLS command-injection attack. Refuse them;
+                // whitespace (some clients end every element with a newline) is harmless.
+                if !only_whitespace_buffered(&mut self.client_framer) {
                     return Err(ClientFault::DataBeforeTls.into());
                 }
                 self.secure_client().await?;
@@ -192,7 +193,7 @@ impl<I: Inspector> Negotiator<'_, I> {
                 Ok(Some(Event::UpstreamConnected))
             }
             Action::SecureUpstream { domain } => {
-                if self.upstream_framer.buffered_len() > 0 {
+                if !only_whitespace_buffered(&mut self.upstream_framer) {
                     return Err(UpstreamFault::Unexpected {
                         expected: "nothing before the TLS handshake",
                         got: "data after <proceed/>".into(),
@@ -297,6 +298,17 @@ impl<I: Inspector> Negotiator<'_, I> {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.client.shutdown()).await;
         if let Some(upstream) = self.upstream.as_mut() {
             let _ = tokio::time::timeout(Duration::from_secs(2), send(upstream, stream::CLOSE)).await;
+        }
+    }
+}
+
+/// Drains whitespace frames; true when nothing else is buffered.
+fn only_whitespace_buffered(framer: &mut Framer) -> bool {
+    loop {
+        match framer.next_frame() {
+            Ok(Some(Frame::Whitespace(_))) => continue,
+            Ok(None) => return framer.buffered_len() == 0,
+            Ok(Some(_)) | Err(_) => return false,
         }
     }
 }

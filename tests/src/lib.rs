@@ -30,6 +30,7 @@
 #![forbid(unsafe_code)]
 
 pub mod certs;
+pub mod custos;
 pub mod dir;
 pub mod net;
 pub mod process;

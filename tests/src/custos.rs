@@ -1,0 +1,212 @@
+//! Running the real `custos` binary: `custos serve` as a child process on loopback ports
+//! picked at run time, and one-shot CLI commands (`search`, `verify`, …).
+//!
+//! The binary is the one cargo built for this test run: `CUSTOS_BIN` if set, else
+//! `custos` next to the test executable's `deps/` directory.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::net::{free_port, wait_for_port};
+use crate::process::{tail, terminate_child, DEFAULT_GRACE};
+
+/// Where the `custos` binary is.
+pub fn custos_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("CUSTOS_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/<test> → target/<profile>/custos
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| if deps.ends_with("deps") { deps.parent() } else { Some(deps) })
+        .map(Path::to_owned)
+        .unwrap_or_default();
+    profile_dir.join("custos")
+}
+
+/// Starting or talking to Custos failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CustosError {
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+    #[error("custos did not start: {reason}\n--- log tail ---\n{log}")]
+    Start { reason: String, log: String },
+}
+
+/// A running `custos serve`. Stopped by pid (SIGTERM, then SIGKILL) on drop.
+#[derive(Debug)]
+pub struct Custos {
+    child: Option<Child>,
+    config_path: PathBuf,
+    log_path: PathBuf,
+    /// Client listener addresses in configuration order.
+    listeners: Vec<SocketAddr>,
+}
+
+/// One `[[listener]]` to configure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    StartTls,
+    Direct,
+}
+
+impl Custos {
+    /// Writes `custos.toml` in `dir` with one listener per `kinds` entry on fresh loopback
+    /// ports (certificate `cert`/`key`), then the `extra` TOML (the `[upstream]`,
+    /// `[archive]`… sections), and starts `custos serve`, waiting until every listener
+    /// accepts.
+    pub fn start(
+        dir: &Path,
+        kinds: &[ListenerKind],
+        cert: &Path,
+        key: &Path,
+        extra: &str,
+    ) -> Result<Custos, CustosError> {
+        let mut config = String::new();
+        let mut listeners = Vec::new();
+        for kind in kinds {
+            let port = free_port().map_err(|source| CustosError::Io {
+                what: "picking a port".into(),
+                source,
+            })?;
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            listeners.push(addr);
+            config.push_str(&format!(
+                "[[listener]]\nbind = \"{addr}\"\ntls = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n",
+                match kind {
+                    ListenerKind::StartTls => "starttls",
+                    ListenerKind::Direct => "direct",
+                },
+                cert.display(),
+                key.display()
+            ));
+        }
+        config.push_str(extra);
+        let config_path = dir.join("custos.toml");
+        std::fs::write(&config_path, config).map_err(|source| CustosError::Io {
+            what: format!("writing {}", config_path.display()),
+            source,
+        })?;
+        Custos::start_with_config(&config_path, listeners)
+    }
+
+    /// Starts `custos serve --config FILE` for a config written by the caller.
+    pub fn start_with_config(config_path: &Path, listeners: Vec<SocketAddr>) -> Result<Custos, CustosError> {
+        let dir = config_path.parent().unwrap_or(Path::new("."));
+        let log_path = dir.join("custos.log");
+        let log = std::fs::File::create(&log_path).map_err(|source| CustosError::Io {
+            what: format!("creating {}", log_path.display()),
+            source,
+        })?;
+        let stderr = log.try_clone().map_err(|source| CustosError::Io {
+            what: "duplicating the log handle".into(),
+            source,
+        })?;
+        let child = Command::new(custos_bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(config_path)
+            .env("CUSTOS_LOG", std::env::var("CUSTOS_LOG").unwrap_or_else(|_| "debug".into()))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(stderr)
+            .spawn()
+            .map_err(|source| CustosError::Io {
+                what: format!("starting {}", custos_bin().display()),
+                source,
+            })?;
+        let mut custos = Custos {
+            child: Some(child),
+            config_path: config_path.to_owned(),
+            log_path,
+            listeners,
+        };
+        for addr in custos.listeners.clone() {
+            if !wait_for_port(addr.port(), Duration::from_secs(15)) {
+                let reason = match custos.child.as_mut().map(Child::try_wait) {
+                    Some(Ok(Some(status))) => format!("exited with {status}"),
+                    _ => format!("{addr} did not accept within 15 s"),
+                };
+                return Err(CustosError::Start {
+                    reason,
+                    log: custos.log_tail(),
+                });
+            }
+        }
+        Ok(custos)
+    }
+
+    pub fn listener(&self, index: usize) -> SocketAddr {
+        self.listeners[index]
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn log_tail(&self) -> String {
+        tail(&self.log(), 6000)
+    }
+
+    /// Whether the process has exited (reaping it if so).
+    pub fn has_exited(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(Some(_)) | Err(_)),
+            None => true,
+        }
+    }
+
+    /// Sends SIGTERM and waits up to `limit` for a clean exit; returns the exit status.
+    pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).ok()?);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Runs `custos ARGS… --config FILE` to completion.
+    pub fn command(&self, args: &[&str]) -> Result<Output, CustosError> {
+        run_custos(args, Some(&self.config_path))
+    }
+}
+
+/// Runs the `custos` binary with `args` (plus `--config FILE` when given).
+pub fn run_custos(args: &[&str], config: Option<&Path>) -> Result<Output, CustosError> {
+    let mut cmd = Command::new(custos_bin());
+    cmd.args(args);
+    if let Some(config) = config {
+        cmd.arg("--config").arg(config);
+    }
+    cmd.stdin(Stdio::null()).output().map_err(|source| CustosError::Io {
+        what: format!("running custos {}", args.join(" ")),
+        source,
+    })
+}
+
+impl Drop for Custos {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            terminate_child(child, DEFAULT_GRACE);
+        }
+    }
+}

@@ -1,0 +1,446 @@
+//! The proxy core end to end: real clients log in *through* Custos to a real Prosody.
+//!
+//! Each test starts its own Prosody and `custos serve` on loopback ports it picks, and
+//! stops both by pid. Raw TLS sockets stand in for a client only where a test must send
+//! bytes no real client would (malformed XML, oversized stanzas).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use custos_e2e::custos::{Custos, ListenerKind};
+use custos_e2e::{
+    go_sendxmpp_send, ConnectOptions, OutgoingMessage, PingOutcome, Prosody, ProsodyOptions, SendxmppOptions,
+    SlixClient, TestCa, TestDir, Tls, User,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+type BoxError = Box<dyn std::error::Error>;
+
+const ALICE_PW: &str = "alice-secret";
+const BOB_PW: &str = "bob-secret";
+
+struct Rig {
+    custos: Custos,
+    prosody: Prosody,
+    ca: TestCa,
+    dir: TestDir,
+}
+
+/// Prosody with alice and bob, and Custos in front with a STARTTLS listener (index 0) and
+/// a Direct TLS listener (index 1). `extra` is appended to Custos's config.
+fn rig(label: &str, extra: &str) -> Result<Rig, BoxError> {
+    let dir = TestDir::new(label)?;
+    let ca = TestCa::generate(dir.path())?;
+    let mut opts = ProsodyOptions::default();
+    opts.users.extend([
+        User::new("alice", "example.test", ALICE_PW),
+        User::new("bob", "example.test", BOB_PW),
+    ]);
+    let prosody = Prosody::start(dir.path(), &ca, opts)?;
+    let custos = start_custos(&dir, &ca, prosody.c2s_addr(), extra)?;
+    Ok(Rig {
+        custos,
+        prosody,
+        ca,
+        dir,
+    })
+}
+
+fn start_custos(dir: &TestDir, ca: &TestCa, upstream: SocketAddr, extra: &str) -> Result<Custos, BoxError> {
+    let custos_dir = dir.join("custos");
+    std::fs::create_dir_all(&custos_dir)?;
+    let leaf = ca.leaf(&custos_dir, "example.test")?;
+    let config = format!(
+        "[upstream]\naddress = \"{upstream}\"\ntls = \"starttls\"\nca = \"{}\"\nserver_name = \"example.test\"\n\n{extra}",
+        ca.cert_path().display()
+    );
+    Ok(Custos::start(
+        &custos_dir,
+        &[ListenerKind::StartTls, ListenerKind::Direct],
+        &leaf.chain_path,
+        &leaf.key_path,
+        &config,
+    )?)
+}
+
+impl Rig {
+    fn client(&self, jid: &str, password: &str, tls: Tls) -> ConnectOptions {
+        let addr = match tls {
+            Tls::StartTls => self.custos.listener(0),
+            Tls::Direct => self.custos.listener(1),
+        };
+        let mut opts = ConnectOptions::new(jid, password, addr, self.ca.cert_path());
+        opts.tls = tls;
+        opts
+    }
+
+    async fn alice(&self) -> Result<SlixClient, BoxError> {
+        Ok(SlixClient::connect(self.client("alice@example.test/laptop", ALICE_PW, Tls::StartTls)).await?)
+    }
+
+    async fn bob(&self) -> Result<SlixClient, BoxError> {
+        Ok(SlixClient::connect(self.client("bob@example.test/phone", BOB_PW, Tls::Direct)).await?)
+    }
+
+    fn context(&self) -> String {
+        format!(
+            "--- custos log ---\n{}\n--- prosody log ---\n{}",
+            self.custos.log_tail(),
+            self.prosody.log_tail()
+        )
+    }
+}
+
+/// A client that speaks raw bytes over TLS to a Custos listener.
+struct RawClient {
+    tls: tokio_rustls::client::TlsStream<TcpStream>,
+    received: String,
+}
+
+const HEADER: &str = "<?xml version='1.0'?><stream:stream to='example.test' version='1.0' \
+     xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
+
+impl RawClient {
+    /// Direct TLS to `addr`, trusting only `ca`, then the stream header.
+    async fn direct(addr: SocketAddr, ca: &Path) -> Result<RawClient, BoxError> {
+        let mut roots = rustls::RootCertStore::empty();
+        let pem = std::fs::read(ca)?;
+        for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
+            let cert: rustls::pki_types::CertificateDer<'static> = cert?;
+            roots.add(cert)?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = TcpStream::connect(addr).await?;
+        let name = rustls::pki_types::ServerName::try_from("example.test")?;
+        let tls = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp)).await??;
+        let mut raw = RawClient {
+            tls,
+            received: String::new(),
+        };
+        raw.send(HEADER.as_bytes()).await?;
+        Ok(raw)
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), BoxError> {
+        self.tls.write_all(bytes).await?;
+        self.tls.flush().await?;
+        Ok(())
+    }
+
+    /// Reads until `needle` has been received or the peer closes; bounded by `limit`.
+    async fn read_until(&mut self, needle: &str, limit: Duration) -> Result<bool, BoxError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut buf = vec![0u8; 16 * 1024];
+        while !self.received.contains(needle) {
+            let n = match tokio::time::timeout_at(deadline, self.tls.read(&mut buf)).await {
+                Ok(Ok(n)) => n,
+                Ok(Err(_)) | Err(_) => return Ok(false),
+            };
+            if n == 0 {
+                return Ok(self.received.contains(needle));
+            }
+            self.received.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        Ok(true)
+    }
+
+    /// Whether the peer closed the connection within `limit`.
+    async fn closed_within(&mut self, limit: Duration) -> bool {
+        let mut buf = vec![0u8; 4096];
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, self.tls.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(n)) => self.received.push_str(&String::from_utf8_lossy(&buf[..n])),
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_clients_chat_through_custos_over_both_listeners() -> TestResult {
+    let rig = rig("proxy-chat", "")?;
+    let mut alice = rig.alice().await.map_err(|e| format!("{e}\n{}", rig.context()))?;
+    let mut bob = rig.bob().await.map_err(|e| format!("{e}\n{}", rig.context()))?;
+
+    // Messages both ways, with the full JIDs the server bound.
+    let id = alice
+        .send_message(OutgoingMessage {
+            subject: Some("through the proxy".into()),
+            thread: Some("t-1".into()),
+            ..OutgoingMessage::chat("bob@example.test", "hello bob, via Custos <&> ✓")
+        })
+        .await?;
+    let got = bob.next_message().await?;
+    assert_eq!(got.body, "hello bob, via Custos <&> ✓");
+    assert_eq!(got.from, "alice@example.test/laptop");
+    assert_eq!(got.id.as_deref(), Some(id.as_str()));
+    assert_eq!(got.subject.as_deref(), Some("through the proxy"));
+    assert_eq!(got.thread.as_deref(), Some("t-1"));
+
+    bob.send_chat("alice@example.test/laptop", "hi alice, from Direct TLS").await?;
+    let got = alice.next_message().await?;
+    assert_eq!(got.body, "hi alice, from Direct TLS");
+    assert_eq!(got.from, "bob@example.test/phone");
+
+    // Roster set and get pass through (iq round trips).
+    alice.roster_set("bob@example.test", Some("Bob")).await?;
+    let roster = alice.roster().await?;
+    assert!(
+        roster.iter().any(|i| i.jid == "bob@example.test" && i.name.as_deref() == Some("Bob")),
+        "{roster:?}"
+    );
+
+    // iq ping to the server and to another user's full JID.
+    match alice.ping("example.test", Duration::from_secs(5)).await? {
+        PingOutcome::Pong { .. } => {}
+        other => panic!("server ping through Custos: {other:?}"),
+    }
+    match alice.ping("bob@example.test/phone", Duration::from_secs(5)).await? {
+        PingOutcome::Pong { .. } => {}
+        other => panic!("client ping through Custos: {other:?}"),
+    }
+
+    // Directed presence arrives with its status.
+    alice
+        .send_presence(Some("bob@example.test/phone"), None, None, Some("in a meeting"))
+        .await?;
+    let p = bob
+        .wait_presence("alice's directed presence", |p| p.from == "alice@example.test/laptop")
+        .await?;
+    assert_eq!(p.status.as_deref(), Some("in a meeting"));
+
+    // The proxy learned both sessions' JIDs from the bind results.
+    let log = rig.custos.log();
+    assert!(log.contains("resource bound jid=alice@example.test/laptop"), "{}", rig.context());
+    assert!(log.contains("resource bound jid=bob@example.test/phone"), "{}", rig.context());
+    // SASL never reaches the log, at any level.
+    assert!(!log.contains(ALICE_PW) && !log.contains("<auth"), "{}", rig.context());
+
+    alice.disconnect().await?;
+    bob.disconnect().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_sendxmpp_sends_through_both_listeners() -> TestResult {
+    let rig = rig("proxy-sendxmpp", "")?;
+    let mut bob = rig.bob().await?;
+    for (tls, body) in [(Tls::StartTls, "from go-sendxmpp over STARTTLS"), (Tls::Direct, "from go-sendxmpp over Direct TLS")] {
+        let addr = match tls {
+            Tls::StartTls => rig.custos.listener(0),
+            Tls::Direct => rig.custos.listener(1),
+        };
+        let opts = SendxmppOptions {
+            jid: "alice@example.test".into(),
+            password: ALICE_PW.into(),
+            addr,
+            direct_tls: tls == Tls::Direct,
+            ca_file: rig.ca.cert_path().to_owned(),
+            timeout: Duration::from_secs(20),
+        };
+        go_sendxmpp_send(&opts, "bob@example.test", body)
+            .await
+            .map_err(|e| format!("{e}\n{}", rig.context()))?;
+        let got = bob.next_message().await?;
+        assert_eq!(got.body, body);
+        assert!(got.from.starts_with("alice@example.test/"), "{}", got.from);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_xml_ends_only_that_session() -> TestResult {
+    let rig = rig("proxy-malformed", "")?;
+    let mut alice = rig.alice().await?;
+    let mut bob = rig.bob().await?;
+
+    let mut raw = RawClient::direct(rig.custos.listener(1), rig.ca.cert_path()).await?;
+    assert!(raw.read_until("</stream:features>", Duration::from_secs(10)).await?, "{}", rig.context());
+    raw.send(b"<message to='bob@example.test'><body>unclosed</bdy></message>").await?;
+    assert!(
+        raw.read_until("<not-well-formed xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>", Duration::from_secs(5)).await?,
+        "got: {}\n{}",
+        raw.received,
+        rig.context()
+    );
+    assert!(raw.closed_within(Duration::from_secs(5)).await, "session not closed");
+
+    // Comments are restricted XML (RFC 6120 §11.1).
+    let mut raw = RawClient::direct(rig.custos.listener(1), rig.ca.cert_path()).await?;
+    assert!(raw.read_until("</stream:features>", Duration::from_secs(10)).await?);
+    raw.send(b"<!-- hello -->").await?;
+    assert!(
+        raw.read_until("<restricted-xml xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>", Duration::from_secs(5)).await?,
+        "got: {}",
+        raw.received
+    );
+
+    // The other sessions never noticed.
+    alice.send_chat("bob@example.test", "still here").await?;
+    assert_eq!(bob.next_message().await?.body, "still here");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_stanza_is_a_policy_violation() -> TestResult {
+    let rig = rig("proxy-oversize", "[limits]\nmax_stanza_bytes = 65536\n")?;
+    let mut alice = rig.alice().await?;
+    let mut bob = rig.bob().await?;
+
+    let mut raw = RawClient::direct(rig.custos.listener(1), rig.ca.cert_path()).await?;
+    assert!(raw.read_until("</stream:features>", Duration::from_secs(10)).await?);
+    let body = "x".repeat(70 * 1024);
+    raw.send(format!("<message to='bob@example.test'><body>{body}</body></message>").as_bytes()).await?;
+    assert!(
+        raw.read_until("<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>", Duration::from_secs(5)).await?,
+        "got: {}\n{}",
+        raw.received,
+        rig.context()
+    );
+    assert!(raw.closed_within(Duration::from_secs(5)).await);
+
+    // A stanza just under the limit still goes through a real client.
+    let fits = "y".repeat(60 * 1024);
+    alice.send_chat("bob@example.test", &fits).await?;
+    assert_eq!(bob.next_message().await?.body.len(), fits.len());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_is_required_on_the_starttls_listener() -> TestResult {
+    let rig = rig("proxy-starttls-required", "")?;
+    let mut tcp = TcpStream::connect(rig.custos.listener(0)).await?;
+    tcp.write_all(HEADER.as_bytes()).await?;
+    let mut got = String::new();
+    let mut buf = vec![0u8; 4096];
+    while !got.contains("</stream:features>") {
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await??;
+        assert!(n > 0, "closed early: {got}");
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(got.contains("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls>"), "{got}");
+    assert!(!got.contains("mechanism"), "no SASL before TLS: {got}");
+    // Trying to authenticate in clear is refused.
+    tcp.write_all(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHNlY3JldA==</auth>").await?;
+    got.clear();
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await??;
+        if n == 0 {
+            break;
+        }
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(got.contains("<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"), "{got}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_upstream_is_remote_connection_failed() -> TestResult {
+    let dir = TestDir::new("proxy-upstream-down")?;
+    let ca = TestCa::generate(dir.path())?;
+    // A port nothing listens on.
+    let dead = SocketAddr::from(([127, 0, 0, 1], custos_e2e::free_port()?));
+    let custos = start_custos(&dir, &ca, dead, "")?;
+    let mut raw = RawClient::direct(custos.listener(1), ca.cert_path()).await?;
+    assert!(
+        raw.read_until("<remote-connection-failed xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>", Duration::from_secs(10)).await?,
+        "got: {}\n{}",
+        raw.received,
+        custos.log_tail()
+    );
+    assert!(raw.closed_within(Duration::from_secs(5)).await);
+    // The cause is in the operator's log, not on the wire.
+    assert!(!raw.received.contains(&dead.to_string()), "{}", raw.received);
+    assert!(custos.log().contains("upstream unavailable"), "{}", custos.log_tail());
+
+    // A real client is told the same and gives up cleanly.
+    let opts = ConnectOptions::new("alice@example.test/laptop", ALICE_PW, custos.listener(0), ca.cert_path());
+    assert!(SlixClient::connect(opts).await.is_err());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_with_an_untrusted_certificate_is_refused() -> TestResult {
+    let dir = TestDir::new("proxy-upstream-untrusted")?;
+    let prosody_ca = TestCa::generate(dir.path())?;
+    let mut opts = ProsodyOptions::default();
+    opts.users.push(User::new("alice", "example.test", ALICE_PW));
+    let prosody = Prosody::start(dir.path(), &prosody_ca, opts)?;
+    // Custos trusts a different CA than the one that signed Prosody's certificate.
+    let other_dir = dir.join("other-ca");
+    std::fs::create_dir_all(&other_dir)?;
+    let other_ca = TestCa::generate(&other_dir)?;
+    let custos = start_custos(&dir, &other_ca, prosody.c2s_addr(), "")?;
+    let mut raw = RawClient::direct(custos.listener(1), other_ca.cert_path()).await?;
+    assert!(
+        raw.read_until("<remote-connection-failed xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>", Duration::from_secs(10)).await?,
+        "got: {}\n{}",
+        raw.received,
+        custos.log_tail()
+    );
+    assert!(custos.log().contains("TLS with the upstream failed"), "{}", custos.log_tail());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cap_refuses_with_resource_constraint() -> TestResult {
+    let rig = rig("proxy-cap", "[limits]\nmax_connections = 1\n")?;
+    // The harness's readiness probes hold the one permit for a moment; retry until the
+    // first real connection gets it.
+    let mut first = None;
+    for _ in 0..50 {
+        if let Ok(mut raw) = RawClient::direct(rig.custos.listener(1), rig.ca.cert_path()).await {
+            if raw.read_until("</stream:features>", Duration::from_secs(10)).await? {
+                first = Some(raw);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first = first.ok_or("no connection got the single permit")?;
+    let mut tcp = TcpStream::connect(rig.custos.listener(0)).await?;
+    let mut got = String::new();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await??;
+        if n == 0 {
+            break;
+        }
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(got.contains("<resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"), "{got}");
+    // Once the first leaves, a new client gets in.
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut alice = rig.alice().await?;
+    alice.disconnect().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_sends_system_shutdown_and_exits() -> TestResult {
+    let mut rig = rig("proxy-sigterm", "")?;
+    let mut raw = RawClient::direct(rig.custos.listener(1), rig.ca.cert_path()).await?;
+    assert!(raw.read_until("</stream:features>", Duration::from_secs(10)).await?);
+    let status = rig.custos.terminate(Duration::from_secs(15)).ok_or("custos did not exit after SIGTERM")?;
+    assert!(status.success(), "exit status {status}\n{}", rig.context());
+    assert!(
+        raw.read_until("<system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>", Duration::from_secs(5)).await?,
+        "got: {}",
+        raw.received
+    );
+    // Nothing listens any more.
+    assert!(TcpStream::connect(rig.custos.listener(0)).await.is_err());
+    let _ = &rig.dir;
+    Ok(())
+}
