@@ -297,6 +297,9 @@ impl Scanner {
                 Lex::Content => memchr::memchr2(b'<', b'&', rest),
                 Lex::Value(q) => memchr::memchr3(q, b'<', b'&', rest),
                 Lex::Cdata { brackets: 0 } => memchr::memchr(b']', rest),
+                Lex::StartName | Lex::AttrName | Lex::EndName { started: true } => {
+                    rest.iter().position(|&b| !is_name_char(b))
+                }
                 _ => Some(0),
             };
             let Some(skip) = skip else {
