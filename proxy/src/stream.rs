@@ -32,9 +32,13 @@ pub struct HeaderAttrs<'a> {
 
 /// A `jabber:client` stream header with the `stream` prefix, as every XMPP
 /// implementation expects.
+///
+/// No XML declaration: it is optional (RFC 6120 §11.5), and after a restart it would be
+/// not-well-formed if a whitespace keepalive from the peer reached the other side first
+/// (a declaration must be the very first bytes of an entity).
 pub fn header(attrs: &HeaderAttrs<'_>) -> Vec<u8> {
     let mut out = String::with_capacity(200);
-    out.push_str("<?xml version='1.0'?><stream:stream");
+    out.push_str("<stream:stream");
     for (name, value) in [
         ("from", attrs.from),
         ("to", attrs.to),
