@@ -23,7 +23,8 @@ use crate::verdict::{RuleId, Severity};
 /// Conditions nest at most this deep; deeper is a mistake, not a policy.
 const MAX_DEPTH: usize = 32;
 const DEFAULT_PERIOD: Duration = Duration::from_secs(24 * 3600);
-const DEFAULT_BLOCK_TEXT: &str = "This message was blocked by the organisation's communication policy.";
+const DEFAULT_BLOCK_TEXT: &str =
+    "This message was blocked by the organisation's communication policy.";
 const MESSAGE_TYPES: [&str; 5] = ["chat", "error", "groupchat", "headline", "normal"];
 const PRESENCE_TYPES: [&str; 8] = [
     "available",
@@ -97,7 +98,8 @@ impl Builder<'_> {
     }
 
     fn into_error(mut self) -> RulesError {
-        self.problems.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+        self.problems
+            .sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
         self.problems.dedup();
         RulesError::Invalid {
             problems: self.problems,
@@ -116,7 +118,10 @@ impl Builder<'_> {
                 && url.len() > "https://".len()
                 && !url.contains(char::is_whitespace);
             if !ok {
-                self.err(a.get_ref().webhook.span(), format!("webhook `{url}` is not an http:// or https:// URL"));
+                self.err(
+                    a.get_ref().webhook.span(),
+                    format!("webhook `{url}` is not an http:// or https:// URL"),
+                );
             }
             ok.then(|| Arc::<str>::from(url))
         });
@@ -166,7 +171,11 @@ impl Builder<'_> {
         for (field, scanner) in [("body", &mut self.body), ("subject", &mut self.subject)] {
             if let Err(e) = scanner.finish() {
                 let file = self.file.to_path_buf();
-                self.problems.push(Problem { file, line: 1, reason: format!("{field} regexes: {e}") });
+                self.problems.push(Problem {
+                    file,
+                    line: 1,
+                    reason: format!("{field} regexes: {e}"),
+                });
             }
         }
         let lexicons = match Lexicons::build(&lexicon_specs) {
@@ -208,7 +217,10 @@ impl Builder<'_> {
             "enforce" => Some(Mode::Enforce),
             "monitor" => Some(Mode::Monitor),
             other => {
-                self.err(m.span(), format!("mode `{other}` is not `enforce` or `monitor`"));
+                self.err(
+                    m.span(),
+                    format!("mode `{other}` is not `enforce` or `monitor`"),
+                );
                 None
             }
         }
@@ -219,7 +231,10 @@ impl Builder<'_> {
         for d in raw {
             let v = d.get_ref().trim().trim_end_matches('.').to_lowercase();
             if v.is_empty() || v.contains(['@', '/', '*', '?', ' ']) {
-                self.err(d.span(), format!("internal domain `{}` is not a domain", d.get_ref()));
+                self.err(
+                    d.span(),
+                    format!("internal domain `{}` is not a domain", d.get_ref()),
+                );
             } else {
                 out.push(v);
             }
@@ -233,7 +248,12 @@ impl Builder<'_> {
         if let Some(g) = &raw.groups {
             for (name, list) in g.get_ref() {
                 if !valid_name(name) {
-                    self.err(list.span(), format!("group name `{name}` may only use letters, digits, `-`, `_` and `.`"));
+                    self.err(
+                        list.span(),
+                        format!(
+                            "group name `{name}` may only use letters, digits, `-`, `_` and `.`"
+                        ),
+                    );
                     continue;
                 }
                 if list.get_ref().is_empty() {
@@ -270,7 +290,10 @@ impl Builder<'_> {
             let l = lex.get_ref();
             let id = l.id.get_ref();
             if !valid_name(id) {
-                self.err(l.id.span(), format!("lexicon id `{id}` may only use letters, digits, `-`, `_` and `.`"));
+                self.err(
+                    l.id.span(),
+                    format!("lexicon id `{id}` may only use letters, digits, `-`, `_` and `.`"),
+                );
                 continue;
             }
             if self.lexicon_ids.contains_key(id) {
@@ -279,11 +302,15 @@ impl Builder<'_> {
             }
             let terms = match (&l.file, &l.terms) {
                 (Some(_), Some(_)) | (None, None) => {
-                    self.err(lex.span(), format!("lexicon `{id}` needs exactly one of `file` or `terms`"));
+                    self.err(
+                        lex.span(),
+                        format!("lexicon `{id}` needs exactly one of `file` or `terms`"),
+                    );
                     continue;
                 }
                 (None, Some(t)) => {
-                    let terms: Vec<String> = t.get_ref().iter().map(|s| s.trim().to_owned()).collect();
+                    let terms: Vec<String> =
+                        t.get_ref().iter().map(|s| s.trim().to_owned()).collect();
                     if terms.iter().any(String::is_empty) {
                         self.err(t.span(), format!("lexicon `{id}` has an empty term"));
                     }
@@ -324,7 +351,10 @@ impl Builder<'_> {
                 )
             }
             Err(e) => {
-                self.err(f.span(), format!("cannot read lexicon file {}: {e}", path.display()));
+                self.err(
+                    f.span(),
+                    format!("cannot read lexicon file {}: {e}", path.display()),
+                );
                 None
             }
         }
@@ -333,7 +363,10 @@ impl Builder<'_> {
     fn new_id(&mut self, id: &Spanned<String>, ids: &mut HashSet<String>) -> Option<RuleId> {
         let s = id.get_ref();
         if !valid_name(s) {
-            self.err(id.span(), format!("id `{s}` may only use letters, digits, `-`, `_` and `.`"));
+            self.err(
+                id.span(),
+                format!("id `{s}` may only use letters, digits, `-`, `_` and `.`"),
+            );
             return None;
         }
         if !ids.insert(s.clone()) {
@@ -347,7 +380,13 @@ impl Builder<'_> {
         let s = s.as_ref()?;
         let v = Severity::parse(s.get_ref());
         if v.is_none() {
-            self.err(s.span(), format!("severity `{}` is not low, medium, high or critical", s.get_ref()));
+            self.err(
+                s.span(),
+                format!(
+                    "severity `{}` is not low, medium, high or critical",
+                    s.get_ref()
+                ),
+            );
         }
         v
     }
@@ -358,7 +397,12 @@ impl Builder<'_> {
         file_mode == Mode::Monitor || own == Some(Mode::Monitor)
     }
 
-    fn barrier(&mut self, raw: &Spanned<RawBarrier>, mode: Mode, ids: &mut HashSet<String>) -> Option<Rule> {
+    fn barrier(
+        &mut self,
+        raw: &Spanned<RawBarrier>,
+        mode: Mode,
+        ids: &mut HashSet<String>,
+    ) -> Option<Rule> {
         let b = raw.get_ref();
         let id = self.new_id(&b.id, ids);
         let severity = self.severity(&b.severity);
@@ -405,7 +449,10 @@ impl Builder<'_> {
     fn group_ref(&mut self, name: &Spanned<String>) -> Option<GroupId> {
         let g = self.groups.get(name.get_ref()).copied();
         if g.is_none() {
-            self.err(name.span(), format!("no group `{}` in [groups]", name.get_ref()));
+            self.err(
+                name.span(),
+                format!("no group `{}` in [groups]", name.get_ref()),
+            );
         }
         g
     }
@@ -419,14 +466,22 @@ impl Builder<'_> {
         Some(Arc::from(t.get_ref().as_str()))
     }
 
-    fn rule(&mut self, raw: &Spanned<RawRule>, mode: Mode, ids: &mut HashSet<String>) -> Option<Rule> {
+    fn rule(
+        &mut self,
+        raw: &Spanned<RawRule>,
+        mode: Mode,
+        ids: &mut HashSet<String>,
+    ) -> Option<Rule> {
         let r = raw.get_ref();
         let id = self.new_id(&r.id, ids);
         let action = RuleAction::parse(r.action.get_ref());
         if action.is_none() {
             self.err(
                 r.action.span(),
-                format!("action `{}` is not allow, flag, alert, redact, block or disclaimer", r.action.get_ref()),
+                format!(
+                    "action `{}` is not allow, flag, alert, redact, block or disclaimer",
+                    r.action.get_ref()
+                ),
             );
         }
         let severity = self.severity(&r.severity);
@@ -441,7 +496,10 @@ impl Builder<'_> {
         let text = self.text(&r.text, "text");
         match (action, &r.text) {
             (RuleAction::Block | RuleAction::Disclaimer, _) => {}
-            (_, Some(t)) => self.err(t.span(), "`text` applies to block and disclaimer rules only"),
+            (_, Some(t)) => self.err(
+                t.span(),
+                "`text` applies to block and disclaimer rules only",
+            ),
             _ => {}
         }
         if action == RuleAction::Disclaimer && text.is_none() && r.text.is_none() {
@@ -452,7 +510,10 @@ impl Builder<'_> {
             (Some(p), RuleAction::Disclaimer) => match parse_period(p.get_ref()) {
                 Some(d) => d,
                 None => {
-                    self.err(p.span(), format!("period `{}` is not like 30m, 24h or 7d", p.get_ref()));
+                    self.err(
+                        p.span(),
+                        format!("period `{}` is not like 30m, 24h or 7d", p.get_ref()),
+                    );
                     DEFAULT_PERIOD
                 }
             },
@@ -463,7 +524,10 @@ impl Builder<'_> {
         };
         let condition = condition?;
         if redacting && !condition.has_positive_text() {
-            self.err(r.when.span(), "a redact rule needs a body or subject condition saying what to redact");
+            self.err(
+                r.when.span(),
+                "a redact rule needs a body or subject condition saying what to redact",
+            );
         }
         Some(Rule {
             id: id?,
@@ -478,9 +542,17 @@ impl Builder<'_> {
         })
     }
 
-    fn condition(&mut self, raw: &Spanned<RawCondition>, depth: usize, redacting: bool) -> Option<Condition> {
+    fn condition(
+        &mut self,
+        raw: &Spanned<RawCondition>,
+        depth: usize,
+        redacting: bool,
+    ) -> Option<Condition> {
         if depth > MAX_DEPTH {
-            self.err(raw.span(), format!("conditions nest deeper than {MAX_DEPTH} levels"));
+            self.err(
+                raw.span(),
+                format!("conditions nest deeper than {MAX_DEPTH} levels"),
+            );
             return None;
         }
         let c = raw.get_ref();
@@ -490,7 +562,10 @@ impl Builder<'_> {
                 "outbound" => Some(Condition::Direction(Direction::Outbound)),
                 "inbound" => Some(Condition::Direction(Direction::Inbound)),
                 other => {
-                    self.err(d.span(), format!("direction `{other}` is not `outbound` or `inbound`"));
+                    self.err(
+                        d.span(),
+                        format!("direction `{other}` is not `outbound` or `inbound`"),
+                    );
                     None
                 }
             });
@@ -519,7 +594,14 @@ impl Builder<'_> {
         for (list, is_all) in [(&c.all, true), (&c.any, false)] {
             let Some(list) = list else { continue };
             if list.get_ref().is_empty() {
-                self.err(list.span(), if is_all { "`all` is empty" } else { "`any` is empty" });
+                self.err(
+                    list.span(),
+                    if is_all {
+                        "`all` is empty"
+                    } else {
+                        "`any` is empty"
+                    },
+                );
                 parts.push(None);
                 continue;
             }
@@ -529,11 +611,20 @@ impl Builder<'_> {
                 .map(|s| self.condition(s, depth + 1, redacting))
                 .collect();
             let subs: Option<Vec<Condition>> = subs.into_iter().collect();
-            parts.push(subs.map(|s| if is_all { Condition::All(s) } else { Condition::Any(s) }));
+            parts.push(subs.map(|s| {
+                if is_all {
+                    Condition::All(s)
+                } else {
+                    Condition::Any(s)
+                }
+            }));
         }
         if let Some(n) = &c.not {
             // Under `not`, text is what must be absent: never what a redact rule masks.
-            parts.push(self.condition(n, depth + 1, false).map(|c| Condition::Not(Box::new(c))));
+            parts.push(
+                self.condition(n, depth + 1, false)
+                    .map(|c| Condition::Not(Box::new(c))),
+            );
         }
         if parts.is_empty() {
             self.err(raw.span(), "empty condition: say what the rule matches");
@@ -562,7 +653,10 @@ impl Builder<'_> {
                     Some(name) => match self.groups.get(name.trim()) {
                         Some(&g) => Some(PartyRef::Group(g)),
                         None => {
-                            self.err(list.span(), format!("no group `{}` in [groups]", name.trim()));
+                            self.err(
+                                list.span(),
+                                format!("no group `{}` in [groups]", name.trim()),
+                            );
                             None
                         }
                     },
@@ -594,7 +688,10 @@ impl Builder<'_> {
                 "presence" => kinds.push(StanzaKind::Presence),
                 "iq" => kinds.push(StanzaKind::Iq),
                 other => {
-                    self.err(list.span(), format!("kind `{other}` is not message, presence or iq"));
+                    self.err(
+                        list.span(),
+                        format!("kind `{other}` is not message, presence or iq"),
+                    );
                     return None;
                 }
             }
@@ -617,7 +714,10 @@ impl Builder<'_> {
                 || PRESENCE_TYPES.contains(&t.as_str())
                 || IQ_TYPES.contains(&t.as_str());
             if !known {
-                self.err(list.span(), format!("type `{t}` is not a message, presence or iq type"));
+                self.err(
+                    list.span(),
+                    format!("type `{t}` is not a message, presence or iq type"),
+                );
                 return None;
             }
         }
@@ -648,11 +748,23 @@ impl Builder<'_> {
         }))
     }
 
-    fn text_condition(&mut self, field: Field, t: &Spanned<RawText>, redacting: bool) -> Option<Condition> {
+    fn text_condition(
+        &mut self,
+        field: Field,
+        t: &Spanned<RawText>,
+        redacting: bool,
+    ) -> Option<Condition> {
         let raw = t.get_ref();
-        let given = [raw.regex.is_some(), raw.lexicon.is_some(), raw.detector.is_some()];
+        let given = [
+            raw.regex.is_some(),
+            raw.lexicon.is_some(),
+            raw.detector.is_some(),
+        ];
         if given.iter().filter(|&&g| g).count() != 1 {
-            self.err(t.span(), "a text condition takes exactly one of `regex`, `lexicon` or `detector`");
+            self.err(
+                t.span(),
+                "a text condition takes exactly one of `regex`, `lexicon` or `detector`",
+            );
             return None;
         }
         let scanner = match field {
@@ -660,21 +772,26 @@ impl Builder<'_> {
             Field::Subject => &mut self.subject,
         };
         let probe: Result<Probe, (Range<usize>, String)> = if let Some(re) = &raw.regex {
-            scanner.add_regex(re.get_ref()).map_err(|e| (re.span(), format!("bad regex: {e}"))).and_then(|p| {
-                if !redacting {
-                    return Ok(p);
-                }
-                // Redaction must make progress and must not chase its own mask.
-                let Probe::Regex(i) = p else { return Ok(p) };
-                match scanner.regex(i) {
-                    Some(r) if r.is_match("") => Err((re.span(), "a redact regex must not match empty text".into())),
-                    Some(r) if r.is_match(MASK.encode_utf8(&mut [0; 4])) => Err((
-                        re.span(),
-                        format!("a redact regex must not match the mask character {MASK}"),
-                    )),
-                    _ => Ok(p),
-                }
-            })
+            scanner
+                .add_regex(re.get_ref())
+                .map_err(|e| (re.span(), format!("bad regex: {e}")))
+                .and_then(|p| {
+                    if !redacting {
+                        return Ok(p);
+                    }
+                    // Redaction must make progress and must not chase its own mask.
+                    let Probe::Regex(i) = p else { return Ok(p) };
+                    match scanner.regex(i) {
+                        Some(r) if r.is_match("") => {
+                            Err((re.span(), "a redact regex must not match empty text".into()))
+                        }
+                        Some(r) if r.is_match(MASK.encode_utf8(&mut [0; 4])) => Err((
+                            re.span(),
+                            format!("a redact regex must not match the mask character {MASK}"),
+                        )),
+                        _ => Ok(p),
+                    }
+                })
         } else if let Some(l) = &raw.lexicon {
             match self.lexicon_ids.get(l.get_ref()) {
                 Some(&id) => Ok(scanner.add_lexicon(id)),
@@ -685,7 +802,10 @@ impl Builder<'_> {
                 Some(det) => Ok(scanner.add_detector(det)),
                 None => Err((
                     d.span(),
-                    format!("detector `{}` is not payment-card, iban, us-ssn or email", d.get_ref()),
+                    format!(
+                        "detector `{}` is not payment-card, iban, us-ssn or email",
+                        d.get_ref()
+                    ),
                 )),
             }
         } else {
@@ -702,7 +822,9 @@ impl Builder<'_> {
 }
 
 fn valid_name(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// `90s`, `30m`, `24h`, `7d`.

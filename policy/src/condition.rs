@@ -120,10 +120,8 @@ impl Condition {
                 .iter()
                 .filter(|c| c.eval(f))
                 .for_each(|c| c.positive_probes(f, out)),
-            Condition::Text(field, probe) => {
-                if f.field(*field).is_some_and(|s| s.matched(*probe)) {
-                    out.push((*field, *probe));
-                }
+            Condition::Text(field, probe) if f.field(*field).is_some_and(|s| s.matched(*probe)) => {
+                out.push((*field, *probe));
             }
             _ => {}
         }

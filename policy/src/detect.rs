@@ -200,10 +200,9 @@ pub(crate) fn ibans(text: &str) -> Vec<Range<usize>> {
         if !bytes.get(j).is_some_and(u8::is_ascii_alphanumeric) {
             ends.push((chars.len(), j));
         }
-        let found = ends
-            .iter()
-            .rev()
-            .find(|&&(n, _)| (15..=34).contains(&n) && iban_checksum_ok(chars.get(..n).unwrap_or_default()));
+        let found = ends.iter().rev().find(|&&(n, _)| {
+            (15..=34).contains(&n) && iban_checksum_ok(chars.get(..n).unwrap_or_default())
+        });
         match found {
             Some(&(_, end)) => {
                 out.push(i..end);
@@ -228,7 +227,11 @@ fn iban_checksum_ok(chars: &[u8]) -> bool {
             b'A'..=b'Z' => u32::from(c - b'A') + 10,
             _ => return false,
         };
-        rem = if v >= 10 { (rem * 100 + v) % 97 } else { (rem * 10 + v) % 97 };
+        rem = if v >= 10 {
+            (rem * 100 + v) % 97
+        } else {
+            (rem * 10 + v) % 97
+        };
     }
     rem == 1
 }
@@ -274,7 +277,7 @@ pub(crate) fn us_ssns(text: &str) -> Vec<Range<usize>> {
 mod tests {
     use super::*;
 
-    fn found<'t>(text: &'t str, f: fn(&str) -> Vec<Range<usize>>) -> Vec<&'t str> {
+    fn found(text: &str, f: fn(&str) -> Vec<Range<usize>>) -> Vec<&str> {
         f(text).into_iter().filter_map(|r| text.get(r)).collect()
     }
 
@@ -288,38 +291,74 @@ mod tests {
 
     #[test]
     fn cards_plain_grouped_and_embedded() {
-        assert_eq!(found("pay 4111111111111111 now", payment_cards), ["4111111111111111"]);
-        assert_eq!(found("4111 1111 1111 1111", payment_cards), ["4111 1111 1111 1111"]);
-        assert_eq!(found("4111-1111-1111-1111.", payment_cards), ["4111-1111-1111-1111"]);
-        assert_eq!(found("amex 3782 822463 10005", payment_cards), ["3782 822463 10005"]);
+        assert_eq!(
+            found("pay 4111111111111111 now", payment_cards),
+            ["4111111111111111"]
+        );
+        assert_eq!(
+            found("4111 1111 1111 1111", payment_cards),
+            ["4111 1111 1111 1111"]
+        );
+        assert_eq!(
+            found("4111-1111-1111-1111.", payment_cards),
+            ["4111-1111-1111-1111"]
+        );
+        assert_eq!(
+            found("amex 3782 822463 10005", payment_cards),
+            ["3782 822463 10005"]
+        );
         // A trailing number does not hide the card.
-        assert_eq!(found("4111 1111 1111 1111 2027", payment_cards), ["4111 1111 1111 1111"]);
-        assert_eq!(found("x5555555555554444y", payment_cards), ["5555555555554444"]);
+        assert_eq!(
+            found("4111 1111 1111 1111 2027", payment_cards),
+            ["4111 1111 1111 1111"]
+        );
+        assert_eq!(
+            found("x5555555555554444y", payment_cards),
+            ["5555555555554444"]
+        );
     }
 
     #[test]
     fn cards_rejected() {
         assert!(payment_cards("4111111111111112").is_empty(), "Luhn fails");
-        assert!(payment_cards("41111111111111110000").is_empty(), "20 digits, no separator");
-        assert!(payment_cards("4111  1111 1111 1111").is_empty(), "double space splits");
+        assert!(
+            payment_cards("41111111111111110000").is_empty(),
+            "20 digits, no separator"
+        );
+        assert!(
+            payment_cards("4111  1111 1111 1111").is_empty(),
+            "double space splits"
+        );
         assert!(payment_cards("79927398713").is_empty(), "too short");
-        assert!(payment_cards("0000000000000000").is_empty(), "no issuer starts with 0");
+        assert!(
+            payment_cards("0000000000000000").is_empty(),
+            "no issuer starts with 0"
+        );
     }
 
     #[test]
     fn iban_plain_grouped_lowercase() {
-        assert_eq!(found("to DE89370400440532013000 pls", ibans), ["DE89370400440532013000"]);
+        assert_eq!(
+            found("to DE89370400440532013000 pls", ibans),
+            ["DE89370400440532013000"]
+        );
         assert_eq!(
             found("GB82 WEST 1234 5698 7654 32 is mine", ibans),
             ["GB82 WEST 1234 5698 7654 32"]
         );
-        assert_eq!(found("gb82west12345698765432", ibans), ["gb82west12345698765432"]);
+        assert_eq!(
+            found("gb82west12345698765432", ibans),
+            ["gb82west12345698765432"]
+        );
     }
 
     #[test]
     fn iban_rejected() {
         assert!(ibans("DE89370400440532013001").is_empty(), "checksum");
-        assert!(ibans("XDE89370400440532013000").is_empty(), "not at a word start");
+        assert!(
+            ibans("XDE89370400440532013000").is_empty(),
+            "not at a word start"
+        );
         assert!(ibans("DE89").is_empty());
     }
 
@@ -341,7 +380,11 @@ mod tests {
     fn email() {
         let d = Detectors::new().expect("email regex");
         let t = "write to Jane.Doe+x@mail.example.com, not to foo@bar";
-        let got: Vec<&str> = d.find(Detector::Email, t).into_iter().filter_map(|r| t.get(r)).collect();
+        let got: Vec<&str> = d
+            .find(Detector::Email, t)
+            .into_iter()
+            .filter_map(|r| t.get(r))
+            .collect();
         assert_eq!(got, ["Jane.Doe+x@mail.example.com"]);
     }
 

@@ -73,7 +73,8 @@ impl DisclaimerTracker {
         // `order` can hold stale entries for re-sent keys; keep it bounded too.
         if self.order.len() > self.capacity.saturating_mul(2) {
             let sent = &self.sent;
-            self.order.retain(|(k, at)| sent.get(k).is_some_and(|(t, _)| t == at));
+            self.order
+                .retain(|(k, at)| sent.get(k).is_some_and(|(t, _)| t == at));
         }
     }
 }
@@ -122,7 +123,10 @@ mod tests {
         assert!(t.should_send(&key("short"), short, t0));
         assert!(t.should_send(&key("long"), long, t0 + Duration::from_secs(1)));
         assert!(t.should_send(&key("new"), long, t0 + Duration::from_secs(20)));
-        assert!(!t.should_send(&key("long"), long, t0 + Duration::from_secs(21)), "long kept");
+        assert!(
+            !t.should_send(&key("long"), long, t0 + Duration::from_secs(21)),
+            "long kept"
+        );
     }
 
     #[test]

@@ -146,8 +146,16 @@ mod tests {
     fn display_is_one_problem_per_line() {
         let e = RulesError::Invalid {
             problems: vec![
-                Problem { file: "r.toml".into(), line: 3, reason: "bad".into() },
-                Problem { file: "r.toml".into(), line: 9, reason: "worse".into() },
+                Problem {
+                    file: "r.toml".into(),
+                    line: 3,
+                    reason: "bad".into(),
+                },
+                Problem {
+                    file: "r.toml".into(),
+                    line: 9,
+                    reason: "worse".into(),
+                },
             ],
         };
         assert_eq!(e.to_string(), "r.toml:3: bad\nr.toml:9: worse");

@@ -211,9 +211,15 @@ impl Bits {
     }
     /// Indexes of the set bits, ascending.
     pub(crate) fn ones(&self) -> impl Iterator<Item = usize> + '_ {
-        self.0.iter().enumerate().filter(|(_, &w)| w != 0).flat_map(|(wi, &w)| {
-            (0..64).filter(move |b| w & (1 << b) != 0).map(move |b| wi * 64 + b)
-        })
+        self.0
+            .iter()
+            .enumerate()
+            .filter(|(_, &w)| w != 0)
+            .flat_map(|(wi, &w)| {
+                (0..64)
+                    .filter(move |b| w & (1 << b) != 0)
+                    .map(move |b| wi * 64 + b)
+            })
     }
 }
 
@@ -239,25 +245,46 @@ mod tests {
         assert_eq!(j.domain, "example.test");
         assert_eq!(j.resource.as_deref(), Some("Laptop"));
         assert_eq!(j.full(), "alice@example.test/Laptop");
-        assert_eq!(Jid::parse("example.org").map(|j| j.bare), Some("example.org".into()));
+        assert_eq!(
+            Jid::parse("example.org").map(|j| j.bare),
+            Some("example.org".into())
+        );
         assert_eq!(Jid::parse("@x"), None);
         assert_eq!(Jid::parse(""), None);
     }
 
     #[test]
     fn classifies_patterns() {
-        assert_eq!(PartyPattern::parse("a@b.c"), Ok(PartyPattern::Bare("a@b.c".into())));
-        assert_eq!(PartyPattern::parse("a@b.c/r"), Ok(PartyPattern::Full("a@b.c/r".into())));
-        assert_eq!(PartyPattern::parse("B.c"), Ok(PartyPattern::Domain("b.c".into())));
-        assert_eq!(PartyPattern::parse("domain:b.c"), Ok(PartyPattern::Domain("b.c".into())));
-        assert_eq!(PartyPattern::parse("*@b.c"), Ok(PartyPattern::Glob("*@b.c".into())));
+        assert_eq!(
+            PartyPattern::parse("a@b.c"),
+            Ok(PartyPattern::Bare("a@b.c".into()))
+        );
+        assert_eq!(
+            PartyPattern::parse("a@b.c/r"),
+            Ok(PartyPattern::Full("a@b.c/r".into()))
+        );
+        assert_eq!(
+            PartyPattern::parse("B.c"),
+            Ok(PartyPattern::Domain("b.c".into()))
+        );
+        assert_eq!(
+            PartyPattern::parse("domain:b.c"),
+            Ok(PartyPattern::Domain("b.c".into()))
+        );
+        assert_eq!(
+            PartyPattern::parse("*@b.c"),
+            Ok(PartyPattern::Glob("*@b.c".into()))
+        );
         assert!(PartyPattern::parse("domain:a@b").is_err());
         assert!(PartyPattern::parse(" ").is_err());
     }
 
     fn matched(idx: &PartyIndex, jid: &str) -> Vec<usize> {
         let mut bits = Bits::new(idx.len());
-        idx.matches(&Jid::parse(jid).unwrap_or_else(|| panic!("jid {jid}")), &mut bits);
+        idx.matches(
+            &Jid::parse(jid).unwrap_or_else(|| panic!("jid {jid}")),
+            &mut bits,
+        );
         (0..idx.len()).filter(|&i| bits.get(i)).collect()
     }
 
@@ -269,7 +296,10 @@ mod tests {
         let dom = idx.intern(PartyPattern::Domain("example.org".into()));
         let glob = idx.intern(PartyPattern::Glob("*@research.example.test".into()));
         let fglob = idx.intern(PartyPattern::Glob("*/bot-*".into()));
-        assert_eq!(idx.intern(PartyPattern::Bare("alice@example.test".into())), bare);
+        assert_eq!(
+            idx.intern(PartyPattern::Bare("alice@example.test".into())),
+            bare
+        );
         idx.build().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(matched(&idx, "ALICE@example.test/laptop"), vec![bare, full]);
         assert_eq!(matched(&idx, "alice@example.test/phone"), vec![bare]);

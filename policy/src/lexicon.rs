@@ -186,11 +186,8 @@ mod tests {
 
     #[test]
     fn whole_word_and_case_options() {
-        let l = Lexicons::build(&[
-            lex(&["falcon"], true, true),
-            lex(&["Falcon"], false, false),
-        ])
-        .expect("build");
+        let l = Lexicons::build(&[lex(&["falcon"], true, true), lex(&["Falcon"], false, false)])
+            .expect("build");
         assert_eq!(hits(&l, "Project FALCON."), vec![(0, "FALCON".to_string())]);
         assert_eq!(hits(&l, "Falconry"), vec![(1, "Falcon".to_string())]);
         assert_eq!(
@@ -219,14 +216,20 @@ mod tests {
     #[test]
     fn shared_terms_report_each_lexicon() {
         let l = Lexicons::build(&[lex(&["x1"], true, true), lex(&["X1"], true, true)]).expect("b");
-        assert_eq!(hits(&l, "a x1 b"), vec![(0, "x1".to_string()), (1, "x1".to_string())]);
+        assert_eq!(
+            hits(&l, "a x1 b"),
+            vec![(0, "x1".to_string()), (1, "x1".to_string())]
+        );
     }
 
     #[test]
     fn word_boundaries() {
         assert!(whole_word_at("a foo b", &(2..5)));
         assert!(!whole_word_at("afoo", &(1..4)));
-        assert!(whole_word_at("$x", &(0..1)), "non-word edge needs no boundary");
+        assert!(
+            whole_word_at("$x", &(0..1)),
+            "non-word edge needs no boundary"
+        );
         assert!(!whole_word_at("foo_", &(0..3)), "underscore is a word char");
     }
 }

@@ -219,9 +219,8 @@ impl Policy {
 
     fn facts<'a>(&'a self, msg: &'a Subject<'a>) -> Facts<'a> {
         let scan = |scanner: &FieldScanner, text: Option<&'a str>| {
-            text.filter(|_| scanner.is_used()).map(|t| {
-                scanner.scan(t, &self.lexicons, self.lexicon_count, &self.detectors)
-            })
+            text.filter(|_| scanner.is_used())
+                .map(|t| scanner.scan(t, &self.lexicons, self.lexicon_count, &self.detectors))
         };
         Facts {
             subject: msg,
@@ -298,7 +297,11 @@ impl Policy {
             }
         }
         if v.action == Action::Block {
-            v.block_text = Some(block_text.unwrap_or_else(|| self.block_text.clone()).to_string());
+            v.block_text = Some(
+                block_text
+                    .unwrap_or_else(|| self.block_text.clone())
+                    .to_string(),
+            );
         }
         v
     }
@@ -355,7 +358,10 @@ impl Policy {
         })) {
             return None;
         }
-        Some((body.filter(|_| changed_body), subject.filter(|_| changed_subject)))
+        Some((
+            body.filter(|_| changed_body),
+            subject.filter(|_| changed_subject),
+        ))
     }
 
     fn enforced_redactors(&self) -> impl Iterator<Item = &Rule> {
@@ -465,7 +471,10 @@ mod tests {
 
     #[test]
     fn merge_joins_overlaps_and_touching() {
-        assert_eq!(merge(vec![5..8, 0..2, 1..3, 8..9, 12..12]), vec![0..3, 5..9]);
+        assert_eq!(
+            merge(vec![5..8, 0..2, 1..3, 8..9, 12..12]),
+            vec![0..3, 5..9]
+        );
     }
 
     #[test]
@@ -473,7 +482,8 @@ mod tests {
         let mut s = "card 4111 ok é".to_string();
         assert!(mask(&mut s, &[5..9, 13..15]));
         assert_eq!(s, "card ████ ok █");
-        assert!(!mask(&mut s, &[5..8]), "already masked: no progress");
+        let already = vec![5..8, 5..6];
+        assert!(!mask(&mut s, &already), "already masked: no progress");
     }
 
     #[test]

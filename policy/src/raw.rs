@@ -16,7 +16,7 @@ pub(crate) struct RawRules {
     #[serde(default)]
     pub internal_domains: Vec<Spanned<String>>,
     pub block_text: Option<Spanned<String>>,
-    pub groups: Option<Spanned<BTreeMap<String, Spanned<Vec<Spanned<String>>>>>>,
+    pub groups: Option<Spanned<BTreeMap<String, Spanned<Members>>>>,
     #[serde(default, rename = "lexicon")]
     pub lexicons: Vec<Spanned<RawLexicon>>,
     #[serde(default, rename = "rule")]
@@ -25,6 +25,9 @@ pub(crate) struct RawRules {
     pub barriers: Vec<Spanned<RawBarrier>>,
     pub alert: Option<Spanned<RawAlert>>,
 }
+
+/// A group's member patterns, each with its span.
+pub(crate) type Members = Vec<Spanned<String>>;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -82,7 +82,10 @@ impl PolicyHandle {
 
 /// Identity of the watched files' contents.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Fingerprint(Vec<(PathBuf, Option<(SystemTime, u64, u64)>)>);
+struct Fingerprint(Vec<(PathBuf, Option<Stamp>)>);
+
+/// Modification time, length and content hash of one file.
+type Stamp = (SystemTime, u64, u64);
 
 fn fingerprint(paths: &[PathBuf]) -> Fingerprint {
     Fingerprint(
@@ -114,7 +117,11 @@ pub struct Watcher {
 impl Watcher {
     /// Polls every `interval`. `on_reload` gets each reload's outcome (log it; on error
     /// the old rules are still in force, and the file is not retried until it changes).
-    pub fn spawn<F>(handle: PolicyHandle, interval: Duration, on_reload: F) -> std::io::Result<Watcher>
+    pub fn spawn<F>(
+        handle: PolicyHandle,
+        interval: Duration,
+        on_reload: F,
+    ) -> std::io::Result<Watcher>
     where
         F: Fn(Result<ReloadSummary, RulesError>) + Send + 'static,
     {

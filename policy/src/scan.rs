@@ -144,7 +144,10 @@ impl FieldScan<'_> {
         match p {
             Probe::Regex(i) => self.regex_hits.get(i).copied().unwrap_or(false),
             Probe::Lexicon(id) => self.lexicon_matched.get(id),
-            Probe::Detector(d) => self.detector_hits.get(d.index()).is_some_and(|v| !v.is_empty()),
+            Probe::Detector(d) => self
+                .detector_hits
+                .get(d.index())
+                .is_some_and(|v| !v.is_empty()),
         }
     }
 
@@ -153,7 +156,11 @@ impl FieldScan<'_> {
         match p {
             Probe::Regex(i) => {
                 if let Some(re) = scanner.regex(i) {
-                    out.extend(re.find_iter(self.text).map(|m| m.range()).filter(|r| !r.is_empty()));
+                    out.extend(
+                        re.find_iter(self.text)
+                            .map(|m| m.range())
+                            .filter(|r| !r.is_empty()),
+                    );
                 }
             }
             Probe::Lexicon(id) => out.extend(

@@ -93,7 +93,11 @@ pub struct TestStats {
 
 /// Reads JSON lines, writes one verdict line per message. A bad line produces
 /// `{"line":N,"error":"…"}` in its place and the run goes on; blank lines are skipped.
-pub fn run_test(policy: &Policy, mut input: impl BufRead, mut out: impl Write) -> Result<TestStats, TestIoError> {
+pub fn run_test(
+    policy: &Policy,
+    mut input: impl BufRead,
+    mut out: impl Write,
+) -> Result<TestStats, TestIoError> {
     let mut stats = TestStats::default();
     let mut buf = Vec::new();
     let mut line_no = 0usize;
@@ -110,7 +114,12 @@ pub fn run_test(policy: &Policy, mut input: impl BufRead, mut out: impl Write) -
         let too_long = buf.len() > MAX_LINE && buf.last() != Some(&b'\n');
         if too_long {
             skip_rest_of_line(&mut input)?;
-            report(&mut out, &mut stats, line_no, format!("line longer than {MAX_LINE} bytes"))?;
+            report(
+                &mut out,
+                &mut stats,
+                line_no,
+                format!("line longer than {MAX_LINE} bytes"),
+            )?;
             continue;
         }
         let text = match std::str::from_utf8(&buf) {
@@ -192,8 +201,19 @@ fn skip_rest_of_line(input: &mut impl BufRead) -> Result<(), TestIoError> {
     }
 }
 
-fn report(out: &mut impl Write, stats: &mut TestStats, line: usize, reason: String) -> Result<(), TestIoError> {
-    write_json(out, &ErrorLine { line, error: &reason })?;
+fn report(
+    out: &mut impl Write,
+    stats: &mut TestStats,
+    line: usize,
+    reason: String,
+) -> Result<(), TestIoError> {
+    write_json(
+        out,
+        &ErrorLine {
+            line,
+            error: &reason,
+        },
+    )?;
     stats.errors.push(LineError { line, reason });
     Ok(())
 }

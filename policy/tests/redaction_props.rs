@@ -19,10 +19,21 @@ const CARDS: [&str; 6] = [
     "6011 0009 9013 9424",
     "4012888888881881",
 ];
-const IBANS: [&str; 3] = ["DE89370400440532013000", "GB82 WEST 1234 5698 7654 32", "FR1420041010050500013M02606"];
+const IBANS: [&str; 3] = [
+    "DE89370400440532013000",
+    "GB82 WEST 1234 5698 7654 32",
+    "FR1420041010050500013M02606",
+];
 const SSNS: [&str; 3] = ["078-05-1120", "123 45 6789", "219-09-9999"];
 const EMAILS: [&str; 3] = ["a.b@example.com", "X+y@mail.example.org", "z@q.co"];
-const TERMS: [&str; 6] = ["falcon", "merger target", "mnpi", "hawk", "zürich deal", "q3"];
+const TERMS: [&str; 6] = [
+    "falcon",
+    "merger target",
+    "mnpi",
+    "hawk",
+    "zürich deal",
+    "q3",
+];
 
 /// Filler that can glue onto matches: digits, separators, letters, punctuation.
 fn filler() -> impl Strategy<Value = String> {
@@ -32,13 +43,23 @@ fn filler() -> impl Strategy<Value = String> {
 fn case_mix(s: &str, mask: u64) -> String {
     s.chars()
         .enumerate()
-        .map(|(i, c)| if mask >> (i % 64) & 1 == 1 { c.to_uppercase().next().unwrap_or(c) } else { c })
+        .map(|(i, c)| {
+            if mask >> (i % 64) & 1 == 1 {
+                c.to_uppercase().next().unwrap_or(c)
+            } else {
+                c
+            }
+        })
         .collect()
 }
 
 /// A message made of filler and planted sensitive items.
 fn message(items: &'static [&'static str]) -> impl Strategy<Value = String> {
-    proptest::collection::vec((filler(), proptest::sample::select(items), any::<u64>()), 1..4).prop_map(|parts| {
+    proptest::collection::vec(
+        (filler(), proptest::sample::select(items), any::<u64>()),
+        1..4,
+    )
+    .prop_map(|parts| {
         parts
             .into_iter()
             .map(|(f, item, m)| format!("{f}{}", case_mix(item, m)))
@@ -49,21 +70,40 @@ fn message(items: &'static [&'static str]) -> impl Strategy<Value = String> {
 
 /// Redacts `body`, then asserts that the delivered text no longer matches the rule.
 fn assert_no_leak(p: &Policy, body: &str) -> Result<(), TestCaseError> {
-    let v = p.evaluate(&Subject::outbound_chat("a@example.test", "b@example.org", body));
+    let v = p.evaluate(&Subject::outbound_chat(
+        "a@example.test",
+        "b@example.org",
+        body,
+    ));
     if v.action == Action::Allow {
         return Ok(());
     }
     prop_assert_eq!(v.action, Action::Redact, "body {:?}", body);
     let delivered = v.delivered_body.unwrap_or_default();
     prop_assert!(delivered.contains(MASK));
-    prop_assert_eq!(delivered.chars().count(), body.chars().count(), "one mask per character");
-    let again = p.evaluate(&Subject::outbound_chat("a@example.test", "b@example.org", &delivered));
-    prop_assert!(again.rules.is_empty(), "{:?} still matches {:?} after redaction", delivered, again.rules);
+    prop_assert_eq!(
+        delivered.chars().count(),
+        body.chars().count(),
+        "one mask per character"
+    );
+    let again = p.evaluate(&Subject::outbound_chat(
+        "a@example.test",
+        "b@example.org",
+        &delivered,
+    ));
+    prop_assert!(
+        again.rules.is_empty(),
+        "{:?} still matches {:?} after redaction",
+        delivered,
+        again.rules
+    );
     Ok(())
 }
 
 fn detector_policy(name: &str) -> Policy {
-    policy(&format!("[[rule]]\nid='r'\nwhen={{body={{detector='{name}'}}}}\naction='redact'\n"))
+    policy(&format!(
+        "[[rule]]\nid='r'\nwhen={{body={{detector='{name}'}}}}\naction='redact'\n"
+    ))
 }
 
 proptest! {

@@ -33,7 +33,9 @@ const BLOCK_SECRET: &str = "[[rule]]\nid='secret'\nwhen={body={regex='secret'}}\
 const FLAG_SECRET: &str = "[[rule]]\nid='secret'\nwhen={body={regex='secret'}}\naction='flag'\n";
 
 fn action(h: &PolicyHandle, body: &str) -> Action {
-    h.current().evaluate(&Subject::outbound_chat("a@x.test", "b@y.test", body)).action
+    h.current()
+        .evaluate(&Subject::outbound_chat("a@x.test", "b@y.test", body))
+        .action
 }
 
 #[test]
@@ -51,15 +53,27 @@ fn reload_swaps_good_files_and_keeps_old_rules_on_a_bad_one() {
     assert_eq!(summary.summary.rules, 1);
     assert_eq!(action(&h, "a secret"), Action::Flag);
     assert_eq!(
-        before.evaluate(&Subject::outbound_chat("a@x.test", "b@y.test", "secret")).action,
+        before
+            .evaluate(&Subject::outbound_chat("a@x.test", "b@y.test", "secret"))
+            .action,
         Action::Block
     );
 
-    dir.write("rules.toml", "[[rule]]\nid='secret'\nwhen={body={regex='('}}\naction='block'\n");
+    dir.write(
+        "rules.toml",
+        "[[rule]]\nid='secret'\nwhen={body={regex='('}}\naction='block'\n",
+    );
     let err = h.reload().expect_err("bad regex must be refused");
     let msg = err.to_string();
-    assert!(msg.starts_with(&format!("{}:3: bad regex", path.display())), "{msg}");
-    assert_eq!(action(&h, "a secret"), Action::Flag, "old rules stay in force");
+    assert!(
+        msg.starts_with(&format!("{}:3: bad regex", path.display())),
+        "{msg}"
+    );
+    assert_eq!(
+        action(&h, "a secret"),
+        Action::Flag,
+        "old rules stay in force"
+    );
 
     std::fs::remove_file(&path).unwrap_or_else(|e| panic!("{e}"));
     assert!(h.reload().is_err(), "missing file refused");
@@ -73,7 +87,8 @@ fn reload_swaps_good_files_and_keeps_old_rules_on_a_bad_one() {
 }
 
 fn wait_for<T>(rx: &mpsc::Receiver<T>, within: Duration) -> T {
-    rx.recv_timeout(within).unwrap_or_else(|e| panic!("no reload within {within:?}: {e}"))
+    rx.recv_timeout(within)
+        .unwrap_or_else(|e| panic!("no reload within {within:?}: {e}"))
 }
 
 #[test]
@@ -107,12 +122,19 @@ fn watcher_reloads_on_rules_and_lexicon_changes() {
 
     w.stop();
     dir.write("rules.toml", FLAG_SECRET);
-    assert!(rx.recv_timeout(Duration::from_millis(200)).is_err(), "stopped watcher is quiet");
+    assert!(
+        rx.recv_timeout(Duration::from_millis(200)).is_err(),
+        "stopped watcher is quiet"
+    );
     assert_eq!(action(&h, "beta"), Action::Block);
 }
 
 #[test]
 fn open_reports_a_missing_file() {
     let err = PolicyHandle::open(Path::new("/nonexistent/custos/rules.toml")).expect_err("missing");
-    assert!(err.to_string().starts_with("/nonexistent/custos/rules.toml: cannot read"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("/nonexistent/custos/rules.toml: cannot read"),
+        "{err}"
+    );
 }

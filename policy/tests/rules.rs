@@ -2,10 +2,13 @@
 
 use std::path::{Path, PathBuf};
 
-use custos_policy::{Action, Direction, E2ee, Policy, Severity, StanzaKind, Subject, Verdict, MASK};
+use custos_policy::{
+    Action, Direction, E2ee, Policy, Severity, StanzaKind, Subject, Verdict, MASK,
+};
 
 fn policy(text: &str) -> Policy {
-    Policy::from_str(text, Path::new("rules.toml")).unwrap_or_else(|e| panic!("rules must compile:\n{e}"))
+    Policy::from_str(text, Path::new("rules.toml"))
+        .unwrap_or_else(|e| panic!("rules must compile:\n{e}"))
 }
 
 fn errors(text: &str) -> String {
@@ -31,35 +34,64 @@ fn example() -> Policy {
 fn example_file_loads_and_enforces_its_rules() {
     let p = example();
     let s = p.summary();
-    assert_eq!((s.rules, s.barriers, s.groups, s.lexicons, s.monitored), (6, 1, 3, 2, 1));
+    assert_eq!(
+        (s.rules, s.barriers, s.groups, s.lexicons, s.monitored),
+        (6, 1, 3, 2, 1)
+    );
     assert_eq!(s.lexicon_terms, 8);
     assert!(s.webhook);
-    assert_eq!(p.sources().len(), 2, "rules file and the insider lexicon file");
+    assert_eq!(
+        p.sources().len(),
+        2,
+        "rules file and the insider lexicon file"
+    );
 
     let v = out(&p, A, EXT, "my card is 4111 1111 1111 1111");
     assert_eq!(v.action, Action::Block);
     assert!(v.matched("pci-card") && v.matched("external-notice"));
-    assert_eq!(v.block_text.as_deref(), Some("Card numbers may not be sent over chat."));
+    assert_eq!(
+        v.block_text.as_deref(),
+        Some("Card numbers may not be sent over chat.")
+    );
     assert_eq!(v.alerts.len(), 1);
-    assert_eq!(v.alerts.first().map(|a| &*a.webhook), Some("http://127.0.0.1:9000/hook"));
+    assert_eq!(
+        v.alerts.first().map(|a| &*a.webhook),
+        Some("http://127.0.0.1:9000/hook")
+    );
 
-    let v = out(&p, A, "dave@example.test", "About Project Falcon: mnpi inside");
+    let v = out(
+        &p,
+        A,
+        "dave@example.test",
+        "About Project Falcon: mnpi inside",
+    );
     assert_eq!(v.action, Action::Redact);
-    assert_eq!(v.delivered_body.as_deref(), Some("About ██████████████: ████ inside"));
+    assert_eq!(
+        v.delivered_body.as_deref(),
+        Some("About ██████████████: ████ inside")
+    );
     assert!(v.disclaimer.is_none(), "internal conversation");
 
     let v = out(&p, A, "bob@example.test", "lunch?");
     assert_eq!(v.action, Action::Block);
-    assert_eq!(v.rules.first().map(|r| r.as_str()), Some("research-trading"));
+    assert_eq!(
+        v.rules.first().map(|r| r.as_str()),
+        Some("research-trading")
+    );
 
-    let v = p.evaluate(&Subject { e2ee: Some(E2ee::Omemo), ..Subject::outbound_chat(A, "dave@example.test", "") });
+    let v = p.evaluate(&Subject {
+        e2ee: Some(E2ee::Omemo),
+        ..Subject::outbound_chat(A, "dave@example.test", "")
+    });
     assert_eq!((v.action, v.severity), (Action::Flag, Some(Severity::High)));
 
     let v = out(&p, A, EXT, "heck");
     assert_eq!(v.action, Action::Allow);
     assert_eq!(v.would_action, Action::Flag);
     assert!(v.monitored.iter().any(|r| r.as_str() == "profanity"));
-    let d = v.disclaimer.unwrap_or_else(|| panic!("disclaimer to the external party"));
+    let d = v
+        .disclaimer
+        .unwrap_or_else(|| panic!("disclaimer to the external party"));
     assert_eq!(d.to, "carol@example.org");
     assert_eq!(d.from.as_deref(), Some("alice@example.test"));
     assert_eq!(d.period.as_secs(), 86_400);
@@ -69,7 +101,10 @@ fn example_file_loads_and_enforces_its_rules() {
 fn direction_condition() {
     let p = policy("[[rule]]\nid='o'\nwhen={direction='outbound'}\naction='flag'\n");
     assert_eq!(out(&p, A, EXT, "x").action, Action::Flag);
-    let inbound = Subject { direction: Direction::Inbound, ..Subject::outbound_chat(EXT, A, "x") };
+    let inbound = Subject {
+        direction: Direction::Inbound,
+        ..Subject::outbound_chat(EXT, A, "x")
+    };
     assert_eq!(p.evaluate(&inbound).action, Action::Allow);
 }
 
@@ -106,7 +141,11 @@ action = "flag"
 "#,
     );
     let m = |from: &str, to: &str| -> Vec<String> {
-        out(&p, from, to, "").rules.iter().map(|r| r.to_string()).collect()
+        out(&p, from, to, "")
+            .rules
+            .iter()
+            .map(|r| r.to_string())
+            .collect()
     };
     assert_eq!(m(A, "Carol@Example.org/phone"), ["bare", "full"]);
     assert_eq!(m("alice@example.test/phone", "x@example.net"), ["domain"]);
@@ -124,8 +163,14 @@ fn internal_and_external_parties() {
     );
     assert!(out(&p, A, EXT, "").matched("ext"));
     assert!(out(&p, A, "room@conference.example.test", "").matched("int"));
-    let no_to = Subject { to: None, ..Subject::outbound_chat(A, EXT, "") };
-    assert!(p.evaluate(&no_to).rules.is_empty(), "no address: neither internal nor external");
+    let no_to = Subject {
+        to: None,
+        ..Subject::outbound_chat(A, EXT, "")
+    };
+    assert!(
+        p.evaluate(&no_to).rules.is_empty(),
+        "no address: neither internal nor external"
+    );
 }
 
 #[test]
@@ -134,12 +179,28 @@ fn kind_and_type() {
         "[[rule]]\nid='gc'\nwhen={kind='message', type='groupchat'}\naction='flag'\n[[rule]]\nid='sub'\nwhen={kind='presence', type=['subscribe']}\naction='flag'\n[[rule]]\nid='normal'\nwhen={type='normal'}\naction='flag'\n",
     );
     let base = Subject::outbound_chat(A, EXT, "");
-    assert!(p.evaluate(&Subject { stanza_type: Some("groupchat"), ..base }).matched("gc"));
+    assert!(p
+        .evaluate(&Subject {
+            stanza_type: Some("groupchat"),
+            ..base
+        })
+        .matched("gc"));
     assert!(p.evaluate(&base).rules.is_empty());
-    let sub = Subject { kind: StanzaKind::Presence, stanza_type: Some("subscribe"), body: None, ..base };
+    let sub = Subject {
+        kind: StanzaKind::Presence,
+        stanza_type: Some("subscribe"),
+        body: None,
+        ..base
+    };
     assert!(p.evaluate(&sub).matched("sub"));
-    let untyped = Subject { stanza_type: None, ..base };
-    assert!(p.evaluate(&untyped).matched("normal"), "absent message type is normal");
+    let untyped = Subject {
+        stanza_type: None,
+        ..base
+    };
+    assert!(
+        p.evaluate(&untyped).matched("normal"),
+        "absent message type is normal"
+    );
 }
 
 #[test]
@@ -147,8 +208,18 @@ fn body_and_subject_regex() {
     let p = policy("[[rule]]\nid='r'\nwhen={subject={regex='(?i)^urgent'}}\naction='flag'\n[[rule]]\nid='b'\nwhen={body={regex='\\bQ[1-4]\\b'}}\naction='flag'\n");
     let base = Subject::outbound_chat(A, EXT, "Q3 numbers");
     assert_eq!(p.evaluate(&base).rules.len(), 1);
-    assert!(p.evaluate(&Subject { subject: Some("URGENT: x"), ..base }).matched("r"));
-    assert!(!p.evaluate(&Subject { body: Some("Q5"), ..base }).matched("b"));
+    assert!(p
+        .evaluate(&Subject {
+            subject: Some("URGENT: x"),
+            ..base
+        })
+        .matched("r"));
+    assert!(!p
+        .evaluate(&Subject {
+            body: Some("Q5"),
+            ..base
+        })
+        .matched("b"));
 }
 
 #[test]
@@ -185,7 +256,13 @@ fn detectors() {
     let p = policy(
         "[[rule]]\nid='card'\nwhen={body={detector='payment-card'}}\naction='flag'\n[[rule]]\nid='iban'\nwhen={body={detector='iban'}}\naction='flag'\n[[rule]]\nid='ssn'\nwhen={body={detector='us-ssn'}}\naction='flag'\n[[rule]]\nid='mail'\nwhen={body={detector='email'}}\naction='flag'\n",
     );
-    let ids = |body: &str| -> Vec<String> { out(&p, A, EXT, body).rules.iter().map(|r| r.to_string()).collect() };
+    let ids = |body: &str| -> Vec<String> {
+        out(&p, A, EXT, body)
+            .rules
+            .iter()
+            .map(|r| r.to_string())
+            .collect()
+    };
     assert_eq!(ids("5555-5555-5555-4444"), ["card"]);
     assert_eq!(ids("5555-5555-5555-4445"), Vec::<String>::new());
     assert_eq!(ids("DE89 3704 0044 0532 0130 00"), ["iban"]);
@@ -198,7 +275,11 @@ fn e2ee_conditions() {
     let p = policy("[[rule]]\nid='any'\nwhen={e2ee=true}\naction='flag'\n[[rule]]\nid='otr'\nwhen={e2ee=['otr','openpgp']}\naction='flag'\n[[rule]]\nid='clear'\nwhen={e2ee=false}\naction='flag'\n");
     let base = Subject::outbound_chat(A, EXT, "");
     let ids = |e: Option<E2ee>| -> Vec<String> {
-        p.evaluate(&Subject { e2ee: e, ..base }).rules.iter().map(|r| r.to_string()).collect()
+        p.evaluate(&Subject { e2ee: e, ..base })
+            .rules
+            .iter()
+            .map(|r| r.to_string())
+            .collect()
     };
     assert_eq!(ids(Some(E2ee::Omemo)), ["any"]);
     assert_eq!(ids(Some(E2ee::Otr)), ["any", "otr"]);
@@ -247,13 +328,19 @@ action = "block"
     );
     let v = out(&p, A, EXT, "x");
     assert_eq!(v.action, Action::Redact);
-    assert_eq!(v.rules.iter().map(|r| r.as_str()).collect::<Vec<_>>(), ["a", "f", "r"]);
+    assert_eq!(
+        v.rules.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+        ["a", "f", "r"]
+    );
     assert_eq!(v.severity, Some(Severity::Critical));
     assert_eq!(v.delivered_body.as_deref(), Some("█"));
     let v = out(&p, A, EXT, "xx");
     assert_eq!(v.action, Action::Block);
     assert_eq!(v.delivered_body, None, "nothing is delivered when blocked");
-    assert!(v.block_text.is_some_and(|t| t.contains("blocked")), "default block text");
+    assert!(
+        v.block_text.is_some_and(|t| t.contains("blocked")),
+        "default block text"
+    );
 }
 
 #[test]
@@ -331,12 +418,26 @@ action = "block"
 "#,
     );
     let v = out(&p, "r@example.test/x", "b@example.test", "hi");
-    assert_eq!((v.action, v.block_text.as_deref()), (Action::Block, Some("Blocked by policy.")));
-    let v = p.evaluate(&Subject { direction: Direction::Inbound, ..Subject::outbound_chat("b@example.test/y", "r@example.test", "hi") });
+    assert_eq!(
+        (v.action, v.block_text.as_deref()),
+        (Action::Block, Some("Blocked by policy."))
+    );
+    let v = p.evaluate(&Subject {
+        direction: Direction::Inbound,
+        ..Subject::outbound_chat("b@example.test/y", "r@example.test", "hi")
+    });
     assert!(v.matched("rb"), "barrier holds in both directions");
-    assert!(out(&p, "r@example.test", "c@example.test", "hi").rules.is_empty());
-    let presence = Subject { kind: StanzaKind::Presence, ..Subject::outbound_chat("r@example.test", "b@example.test", "") };
-    assert!(p.evaluate(&presence).rules.is_empty(), "barriers apply to messages");
+    assert!(out(&p, "r@example.test", "c@example.test", "hi")
+        .rules
+        .is_empty());
+    let presence = Subject {
+        kind: StanzaKind::Presence,
+        ..Subject::outbound_chat("r@example.test", "b@example.test", "")
+    };
+    assert!(
+        p.evaluate(&presence).rules.is_empty(),
+        "barriers apply to messages"
+    );
 }
 
 #[test]
@@ -345,12 +446,26 @@ fn disclaimer_goes_to_the_external_party_either_way() {
         "internal_domains=['example.test']\n[[rule]]\nid='d'\nwhen={any=[{to='external'},{from='external'}]}\naction='disclaimer'\ntext='Recorded.'\nperiod='30m'\n",
     );
     let v = out(&p, A, "Carol@Example.org/phone", "hi");
-    let d = v.disclaimer.unwrap_or_else(|| panic!("outbound disclaimer"));
-    assert_eq!((d.to.as_str(), &*d.text, d.period.as_secs()), ("carol@example.org", "Recorded.", 1800));
-    let inbound = Subject { direction: Direction::Inbound, ..Subject::outbound_chat("carol@example.org/phone", A, "hi") };
-    let d2 = p.evaluate(&inbound).disclaimer.unwrap_or_else(|| panic!("inbound disclaimer"));
+    let d = v
+        .disclaimer
+        .unwrap_or_else(|| panic!("outbound disclaimer"));
+    assert_eq!(
+        (d.to.as_str(), &*d.text, d.period.as_secs()),
+        ("carol@example.org", "Recorded.", 1800)
+    );
+    let inbound = Subject {
+        direction: Direction::Inbound,
+        ..Subject::outbound_chat("carol@example.org/phone", A, "hi")
+    };
+    let d2 = p
+        .evaluate(&inbound)
+        .disclaimer
+        .unwrap_or_else(|| panic!("inbound disclaimer"));
     assert_eq!(d2.to, "carol@example.org");
-    assert_eq!(d2.conversation, d.conversation, "same conversation both ways");
+    assert_eq!(
+        d2.conversation, d.conversation,
+        "same conversation both ways"
+    );
     assert_eq!(out(&p, A, EXT, "").action, Action::Allow);
 }
 
@@ -359,14 +474,23 @@ fn monitor_mode_per_rule_and_file() {
     let rules = "[[rule]]\nid='b'\nwhen={body={regex='x'}}\naction='block'\nmode='monitor'\n[[rule]]\nid='f'\nwhen={body={regex='y'}}\naction='flag'\n";
     let p = policy(rules);
     let v = out(&p, A, EXT, "x");
-    assert_eq!((v.action, v.would_action, v.monitor_only), (Action::Allow, Action::Block, true));
+    assert_eq!(
+        (v.action, v.would_action, v.monitor_only),
+        (Action::Allow, Action::Block, true)
+    );
     assert_eq!(v.block_text, None);
     let v = out(&p, A, EXT, "xy");
-    assert_eq!((v.action, v.would_action, v.monitor_only), (Action::Flag, Action::Block, false));
+    assert_eq!(
+        (v.action, v.would_action, v.monitor_only),
+        (Action::Flag, Action::Block, false)
+    );
 
     let p = policy(&format!("mode='monitor'\n{rules}"));
     let v = out(&p, A, EXT, "xy");
-    assert_eq!((v.action, v.would_action, v.monitor_only), (Action::Allow, Action::Block, true));
+    assert_eq!(
+        (v.action, v.would_action, v.monitor_only),
+        (Action::Allow, Action::Block, true)
+    );
     assert_eq!(v.monitored.len(), 2);
 }
 
@@ -385,19 +509,50 @@ fn errors_name_file_and_line_and_are_collected() {
         "mode = 'loud'\n\n[[rule]]\nid = 'a'\nwhen = { body = { regex = '(' } }\naction = 'flag'\n\n[[rule]]\nid = 'a'\nwhen = { to = 'group:nope' }\naction = 'explode'\n",
     );
     let lines: Vec<&str> = e.lines().collect();
-    assert!(lines.iter().any(|l| l.starts_with("rules.toml:1: mode `loud`")), "{e}");
-    assert!(lines.iter().any(|l| l.starts_with("rules.toml:5: bad regex")), "{e}");
-    assert!(lines.iter().any(|l| l.starts_with("rules.toml:9: id `a` is used twice")), "{e}");
-    assert!(lines.iter().any(|l| l.starts_with("rules.toml:10: no group `nope`")), "{e}");
-    assert!(lines.iter().any(|l| l.starts_with("rules.toml:11: action `explode`")), "{e}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("rules.toml:1: mode `loud`")),
+        "{e}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("rules.toml:5: bad regex")),
+        "{e}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("rules.toml:9: id `a` is used twice")),
+        "{e}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("rules.toml:10: no group `nope`")),
+        "{e}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("rules.toml:11: action `explode`")),
+        "{e}"
+    );
 }
 
 #[test]
 fn unknown_keys_and_syntax_errors_have_lines() {
     let e = errors("[[rule]]\nid='a'\nwhen={direction='outbound'}\naction='flag'\nseverty='low'\n");
-    assert!(e.starts_with("rules.toml:5: unknown field `severty`"), "{e}");
+    assert!(
+        e.starts_with("rules.toml:5: unknown field `severty`"),
+        "{e}"
+    );
     let e = errors("[[rule]]\nid='a'\nwhen={ dirction='outbound' }\naction='flag'\n");
-    assert!(e.starts_with("rules.toml:3: unknown field `dirction`"), "{e}");
+    assert!(
+        e.starts_with("rules.toml:3: unknown field `dirction`"),
+        "{e}"
+    );
     let e = errors("x = = 1\n");
     assert!(e.starts_with("rules.toml:1: "), "{e}");
 }
@@ -405,25 +560,73 @@ fn unknown_keys_and_syntax_errors_have_lines() {
 #[test]
 fn semantic_errors() {
     let cases: &[(&str, &str)] = &[
-        ("[[rule]]\nid='r'\nwhen={direction='outbound'}\naction='redact'\n", "rules.toml:3: a redact rule needs"),
-        ("[[rule]]\nid='r'\nwhen={body={regex='a*'}}\naction='redact'\n", "must not match empty text"),
-        ("[[rule]]\nid='r'\nwhen={body={regex='[^a]'}}\naction='redact'\n", "must not match the mask"),
-        ("[[rule]]\nid='r'\nwhen={to='external'}\naction='flag'\n", "need `internal_domains`"),
-        ("[[rule]]\nid='r'\nwhen={to='x@y'}\naction='alert'\n", "no `[alert] webhook`"),
+        (
+            "[[rule]]\nid='r'\nwhen={direction='outbound'}\naction='redact'\n",
+            "rules.toml:3: a redact rule needs",
+        ),
+        (
+            "[[rule]]\nid='r'\nwhen={body={regex='a*'}}\naction='redact'\n",
+            "must not match empty text",
+        ),
+        (
+            "[[rule]]\nid='r'\nwhen={body={regex='[^a]'}}\naction='redact'\n",
+            "must not match the mask",
+        ),
+        (
+            "[[rule]]\nid='r'\nwhen={to='external'}\naction='flag'\n",
+            "need `internal_domains`",
+        ),
+        (
+            "[[rule]]\nid='r'\nwhen={to='x@y'}\naction='alert'\n",
+            "no `[alert] webhook`",
+        ),
         ("[alert]\nwebhook='ftp://x'\n", "rules.toml:2: webhook"),
-        ("[[rule]]\nid='r'\nwhen={to='x@y'}\naction='disclaimer'\n", "needs the notice"),
-        ("[[rule]]\nid='r'\nwhen={to='x@y'}\naction='flag'\nperiod='1h'\n", "disclaimer rules only"),
-        ("[[rule]]\nid='r'\nwhen={to='x@y'}\naction='flag'\ntext='t'\n", "block and disclaimer rules only"),
-        ("[[rule]]\nid='r'\nwhen={}\naction='flag'\n", "empty condition"),
-        ("[[rule]]\nid='r'\nwhen={body={regex='a', lexicon='b'}}\naction='flag'\n", "exactly one of"),
-        ("[[rule]]\nid='r'\nwhen={body={lexicon='b'}}\naction='flag'\n", "no lexicon `b`"),
-        ("[[rule]]\nid='r'\nwhen={body={detector='visa'}}\naction='flag'\n", "detector `visa`"),
-        ("[[rule]]\nid='r'\nwhen={e2ee='signal'}\naction='flag'\n", "e2ee `signal`"),
-        ("[[rule]]\nid='r'\nwhen={type='sideways'}\naction='flag'\n", "type `sideways`"),
+        (
+            "[[rule]]\nid='r'\nwhen={to='x@y'}\naction='disclaimer'\n",
+            "needs the notice",
+        ),
+        (
+            "[[rule]]\nid='r'\nwhen={to='x@y'}\naction='flag'\nperiod='1h'\n",
+            "disclaimer rules only",
+        ),
+        (
+            "[[rule]]\nid='r'\nwhen={to='x@y'}\naction='flag'\ntext='t'\n",
+            "block and disclaimer rules only",
+        ),
+        (
+            "[[rule]]\nid='r'\nwhen={}\naction='flag'\n",
+            "empty condition",
+        ),
+        (
+            "[[rule]]\nid='r'\nwhen={body={regex='a', lexicon='b'}}\naction='flag'\n",
+            "exactly one of",
+        ),
+        (
+            "[[rule]]\nid='r'\nwhen={body={lexicon='b'}}\naction='flag'\n",
+            "no lexicon `b`",
+        ),
+        (
+            "[[rule]]\nid='r'\nwhen={body={detector='visa'}}\naction='flag'\n",
+            "detector `visa`",
+        ),
+        (
+            "[[rule]]\nid='r'\nwhen={e2ee='signal'}\naction='flag'\n",
+            "e2ee `signal`",
+        ),
+        (
+            "[[rule]]\nid='r'\nwhen={type='sideways'}\naction='flag'\n",
+            "type `sideways`",
+        ),
         ("[[barrier]]\nid='b'\nbetween=['x']\n", "exactly two groups"),
-        ("[groups]\nx=['a@b']\n[[barrier]]\nid='b'\nbetween=['x','y']\n", "no group `y`"),
+        (
+            "[groups]\nx=['a@b']\n[[barrier]]\nid='b'\nbetween=['x','y']\n",
+            "no group `y`",
+        ),
         ("[[lexicon]]\nid='l'\n", "exactly one of `file` or `terms`"),
-        ("[[lexicon]]\nid='l'\nfile='missing.txt'\n", "rules.toml:3: cannot read lexicon file"),
+        (
+            "[[lexicon]]\nid='l'\nfile='missing.txt'\n",
+            "rules.toml:3: cannot read lexicon file",
+        ),
     ];
     for (text, want) in cases {
         let e = errors(text);
