@@ -344,7 +344,7 @@ async fn go_sendxmpp_listener_prints_received_messages() -> TestResult {
 }
 
 #[test]
-fn prosody_start_failure_quotes_the_log() -> TestResult {
+fn prosody_log_records_configuration_problems() -> TestResult {
     let dir = TestDir::new("badconfig")?;
     let ca = TestCa::generate(dir.path())?;
     let opts = ProsodyOptions {
@@ -356,5 +356,29 @@ fn prosody_start_failure_quotes_the_log() -> TestResult {
     // open, so this start succeeds and the log must name the module.
     let prosody = Prosody::start(dir.path(), &ca, opts)?;
     assert!(prosody.log_tail().contains("custos_no_such_module"));
+    Ok(())
+}
+
+#[test]
+fn prosody_start_failure_quotes_the_log() -> TestResult {
+    let dir = TestDir::new("brokenconfig")?;
+    let ca = TestCa::generate(dir.path())?;
+    let opts = ProsodyOptions {
+        extra_global_config: "this is not lua {".into(),
+        start_timeout: Duration::from_secs(5),
+        ..ProsodyOptions::default()
+    };
+    let started = Instant::now();
+    let err = Prosody::start(dir.path(), &ca, opts)
+        .err()
+        .ok_or("prosody started with a broken config")?;
+    let text = err.to_string();
+    assert!(text.contains("exited with"), "{text}");
+    // Prosody names the config file and line of the syntax error.
+    assert!(text.contains("prosody.cfg.lua"), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "must not wait for the timeout"
+    );
     Ok(())
 }
