@@ -27,6 +27,57 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Key management.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Search the archive (query syntax: docs/search-syntax.md). Works while `serve` runs.
+    Search {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// One JSON object per hit and line.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// e.g. `from:alice@example.test after:2026-11-01 "project falcon"`
+        #[arg(required = true, num_args = 1..)]
+        query: Vec<String>,
+    },
+    /// Check every record, chain link and checkpoint; exit 1 with each problem located.
+    Verify {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Rebuild the search index from the record log.
+    Reindex {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Policy rules: check and try them before they go live.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create the master key and the signing key (and its .pub) where the config points;
+    /// refuses to overwrite.
+    Init {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a rules file; exit 0, or 1 with `FILE:LINE: reason` errors.
+    Check { rules: PathBuf },
+    /// Evaluate JSON-lines messages (`-` or no INPUT: stdin); one verdict line out each.
+    Test { rules: PathBuf, input: Option<PathBuf> },
 }
 
 #[derive(Debug, Subcommand)]
@@ -44,6 +95,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Config {
             command: ConfigCommand::Check { config },
         } => Ok(check_config(&config)),
+        Command::Keys {
+            command: KeysCommand::Init { config },
+        } => crate::archive_cmds::keys_init(&config),
+        Command::Search {
+            config,
+            json,
+            limit,
+            query,
+        } => crate::archive_cmds::search(&config, &query.join(" "), limit, json),
+        Command::Verify { config } => crate::archive_cmds::verify(&config),
+        Command::Reindex { config } => crate::archive_cmds::reindex(&config),
+        Command::Policy { command } => match command {
+            PolicyCommand::Check { rules } => crate::policy_cmds::check(&rules),
+            PolicyCommand::Test { rules, input } => crate::policy_cmds::test(&rules, input.as_deref()),
+        },
     }
 }
 

@@ -3,8 +3,10 @@
 
 #![forbid(unsafe_code)]
 
+mod archive_cmds;
 mod cli;
 mod config;
+mod policy_cmds;
 mod serve;
 
 use std::process::ExitCode;

@@ -1,15 +1,28 @@
 //! `custos serve`: starts the enabled parts and stops them on SIGTERM / SIGINT.
+//!
+//! ```text
+//!  [archive] ─▶ Archive::open (recovery, writer, indexer)
+//!  [policy]  ─▶ PolicyHandle (+ file watcher, SIGHUP reload)
+//!  [[listener]] + [upstream] ─▶ Proxy with Pipeline(policy → archive → forward)
+//!  SIGTERM ─▶ proxy drains ─▶ archive closes (final checkpoint)
+//! ```
 
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
-use custos_proxy::{PassThrough, Proxy};
+use custos_archive::{Archive, ArchiveConfig};
+use custos_policy::{PolicyHandle, Watcher};
+use custos_proxy::alerts::AlertSender;
+use custos_proxy::pipeline::{OnArchiveFailure, Pipeline};
+use custos_proxy::Proxy;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{error, info, warn};
 
-use crate::config;
+use crate::archive_cmds;
+use crate::config::{self, OnFailure};
 
 pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     init_tracing();
@@ -32,27 +45,89 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
 
 async fn serve(cfg: config::Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    spawn_signal_handler(shutdown.clone())?;
-    let Some(proxy_config) = cfg.proxy else {
+    if cfg.proxy.is_none() {
         anyhow::bail!("{}: nothing to serve: no [[listener]] configured", cfg.file.display());
-    };
-    let proxy = Proxy::bind(proxy_config).await?;
-    for addr in proxy.local_addrs() {
-        // A line scripts and tests can wait for.
-        info!(%addr, "proxy listening");
     }
-    proxy.run(Arc::new(PassThrough), shutdown).await;
+
+    let archive = match &cfg.archive {
+        Some(a) => {
+            let master = archive_cmds::master_key(a)?;
+            let signing = custos_archive::load_signing_key(&a.signing_key)
+                .with_context(|| format!("reading the signing key {}", a.signing_key.display()))?;
+            let archive = Archive::open(ArchiveConfig::new(a.dir.clone(), master, signing))
+                .with_context(|| format!("opening the archive in {}", a.dir.display()))?;
+            info!(dir = %a.dir.display(), "archive open");
+            Some(archive)
+        }
+        None => {
+            warn!("no [archive] configured: messages are relayed but not archived");
+            None
+        }
+    };
+
+    let (policy, watcher) = match &cfg.policy {
+        Some(p) => {
+            let handle = PolicyHandle::open(&p.rules).map_err(|e| anyhow::anyhow!("{e}"))?;
+            info!(summary = %handle.current().summary(), "policy loaded");
+            let watcher = Watcher::spawn(handle.clone(), Duration::from_secs(1), |result| match result {
+                Ok(r) => info!(summary = %r.summary, "policy reloaded"),
+                Err(err) => error!(cause = %err, "policy file changed but is invalid; previous rules stay in force"),
+            })
+            .context("starting the policy file watcher")?;
+            (Some(handle), Some(watcher))
+        }
+        None => (None, None),
+    };
+    spawn_signal_handler(shutdown.clone(), policy.clone())?;
+
+    let alerts = match &policy {
+        Some(_) => Some(AlertSender::spawn().context("starting the alert sender")?),
+        None => None,
+    };
+    let on_failure = match cfg.archive.as_ref().map(|a| a.on_failure) {
+        Some(OnFailure::Deliver) => OnArchiveFailure::Deliver,
+        _ => OnArchiveFailure::Block,
+    };
+    let pipeline = Arc::new(Pipeline::new(policy, archive.clone(), on_failure, alerts));
+
+    if let Some(proxy_config) = cfg.proxy {
+        let proxy = Proxy::bind(proxy_config).await?;
+        for addr in proxy.local_addrs() {
+            // A line scripts and tests can wait for.
+            info!(%addr, "proxy listening");
+        }
+        proxy.run(pipeline.clone(), shutdown.clone()).await;
+    }
+
+    if let Some(w) = watcher {
+        w.stop();
+    }
+    drop(pipeline);
+    if let Some(archive) = archive {
+        archive.close().await.context("closing the archive")?;
+        info!("archive closed");
+    }
     Ok(())
 }
 
-fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
+fn spawn_signal_handler(shutdown: CancellationToken, policy: Option<PolicyHandle>) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => info!("SIGTERM: shutting down"),
-            _ = int.recv() => info!("SIGINT: shutting down"),
+        loop {
+            tokio::select! {
+                _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
+                _ = int.recv() => { info!("SIGINT: shutting down"); break; }
+                _ = hup.recv() => match &policy {
+                    Some(handle) => match handle.reload() {
+                        Ok(r) => info!(summary = %r.summary, "SIGHUP: policy reloaded"),
+                        Err(err) => error!(cause = %err, "SIGHUP: policy file invalid; previous rules stay in force"),
+                    },
+                    None => info!("SIGHUP: no policy configured; nothing to reload"),
+                },
+            }
         }
         shutdown.cancel();
     });
@@ -60,9 +135,9 @@ fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
 }
 
 fn init_tracing() {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("CUSTOS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

@@ -97,6 +97,11 @@ pub trait Inspector: Send + Sync + 'static {
         async {}
     }
 
+    /// Called once the session's full JID is known (the resource-binding result).
+    fn session_bound(&self, _session: &SessionInfo) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
     /// Called when a session that started ends, whatever the cause.
     fn session_ended(&self, _session: &SessionInfo, _reason: &str) -> impl Future<Output = ()> + Send {
         async {}

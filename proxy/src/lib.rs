@@ -28,6 +28,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod alerts;
 mod conn;
 pub mod error;
 pub mod features;
@@ -35,6 +36,7 @@ pub mod framer;
 pub mod inspect;
 mod io;
 pub mod negotiation;
+pub mod pipeline;
 pub mod reply;
 pub mod server;
 mod session;

@@ -572,8 +572,12 @@ impl<'a, I: Inspector> Relay<'a, I> {
                             self.to_client(&stanza.raw).await
                         }
                     } else {
-                        self.learn_jid(&stanza);
-                        self.relay_stanza(Direction::Inbound, stanza).await
+                        let bound = self.learn_jid(&stanza);
+                        let relayed = self.relay_stanza(Direction::Inbound, stanza).await;
+                        if bound {
+                            self.shared.inspector.session_bound(&self.snapshot()).await;
+                        }
+                        relayed
                     }
                 }
             };
@@ -584,23 +588,24 @@ impl<'a, I: Inspector> Relay<'a, I> {
     }
 
     /// The session's full JID comes from the resource-binding result (RFC 6120 §7.6.1).
-    fn learn_jid(&self, stanza: &Stanza) {
+    fn learn_jid(&self, stanza: &Stanza) -> bool {
         let root = &stanza.root;
         if root.name != "iq" || root.attr("type") != Some("result") {
-            return;
+            return false;
         }
         let Some(jid) = root.child("bind", NS_BIND).and_then(|b| b.children().find(|c| c.name == "jid")) else {
-            return;
+            return false;
         };
         let jid = jid.text().trim().to_owned();
         if jid.is_empty() {
-            return;
+            return false;
         }
         tracing::Span::current().record("jid", jid.as_str());
         info!(jid = %jid, "resource bound");
         if let Ok(mut info) = self.info.write() {
             info.jid = Some(jid);
         }
+        true
     }
 
     async fn relay_stanza(&self, direction: Direction, stanza: Stanza) -> Result<(), Ended> {

@@ -1,0 +1,157 @@
+//! `custos keys init`, `search`, `verify` and `reindex`: thin shells over the archive crate.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use custos_archive::{ArchiveReader, MasterKey, VerifyingKey};
+
+use crate::config::{self, ArchiveSettings};
+
+/// The validated `[archive]` section of a config file, or a located error.
+pub fn settings(path: &Path) -> anyhow::Result<ArchiveSettings> {
+    let cfg = config::load(path).map_err(|errors| {
+        anyhow::anyhow!(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+    })?;
+    match cfg.archive {
+        Some(a) => Ok(a),
+        None => bail!("{}: no [archive] section", path.display()),
+    }
+}
+
+/// The master key from the configured file, or from `CUSTOS_MASTER_KEY`.
+pub fn master_key(a: &ArchiveSettings) -> anyhow::Result<MasterKey> {
+    Ok(match &a.master_key {
+        Some(path) => MasterKey::from_file(path)?,
+        None => MasterKey::from_base64_env()?,
+    })
+}
+
+/// `<signing_key>.pub`, written by `keys init`.
+pub fn public_key(a: &ArchiveSettings) -> anyhow::Result<VerifyingKey> {
+    let mut name = a.signing_key.clone().into_os_string();
+    name.push(".pub");
+    let path = std::path::PathBuf::from(name);
+    custos_archive::load_verifying_key(&path).with_context(|| format!("reading the signing public key {}", path.display()))
+}
+
+pub fn keys_init(config: &Path) -> anyhow::Result<ExitCode> {
+    let a = settings(config)?;
+    let Some(master) = &a.master_key else {
+        bail!("{}: archive.master_key is not set; with CUSTOS_MASTER_KEY the key is managed outside Custos", config.display());
+    };
+    let created = custos_archive::keys_init(master, &a.signing_key)?;
+    println!("created master key   {}", created.master_key.display());
+    println!("created signing key  {}", created.signing_key.display());
+    println!("created public key   {}  (give this to auditors)", created.public_key.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn search(config: &Path, query: &str, limit: usize, json: bool) -> anyhow::Result<ExitCode> {
+    let a = settings(config)?;
+    let key = master_key(&a)?;
+    let reader = ArchiveReader::open(&a.dir, &key)?;
+    let hits = reader.search(query, limit)?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for hit in &hits {
+        if json {
+            serde_json::to_writer(&mut out, hit)?;
+            writeln!(out)?;
+        } else {
+            let verdict = if hit.rules.is_empty() {
+                format!("{:?}", hit.action).to_lowercase()
+            } else {
+                format!("{:?} [{}]", hit.action, hit.rules.join(",")).to_lowercase()
+            };
+            writeln!(
+                out,
+                "#{} {} {} {} -> {} ({}) {}: {}",
+                hit.seq.0,
+                hit.time,
+                hit.direction.as_str(),
+                hit.from,
+                hit.to,
+                hit.stanza_type,
+                verdict,
+                hit.body.as_deref().unwrap_or("")
+            )?;
+        }
+    }
+    if !json {
+        eprintln!("{} hit(s)", hits.len());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A progress bar on a terminal, nothing otherwise.
+fn progress(label: &'static str) -> impl FnMut(u64, u64) {
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(label);
+        bar
+    });
+    move |done, total| {
+        if let Some(bar) = &bar {
+            bar.set_length(total);
+            bar.set_position(done);
+            if done >= total && total > 0 {
+                bar.finish_and_clear();
+            }
+        }
+    }
+}
+
+pub fn verify(config: &Path) -> anyhow::Result<ExitCode> {
+    let a = settings(config)?;
+    let public = public_key(&a)?;
+    // Without the master key the chain and checkpoints are still checked; with it, every
+    // record's encryption tag too.
+    let key = master_key(&a).ok();
+    if key.is_none() {
+        eprintln!("note: master key unavailable; checking the chain and checkpoints but not record contents");
+    }
+    let report = custos_archive::verify(&a.dir, key.as_ref(), &public, progress("verifying"));
+    for note in &report.notes {
+        eprintln!("note: {note}");
+    }
+    for problem in &report.problems {
+        println!("{}: {problem}", a.dir.display());
+    }
+    println!(
+        "{} segment(s), {} record(s), {} checkpoint(s), last seq {}, head {}{}: {}",
+        report.segments,
+        report.records,
+        report.checkpoints,
+        report.last_seq,
+        report.head,
+        if report.shredded_records > 0 {
+            format!(", {} shredded", report.shredded_records)
+        } else {
+            String::new()
+        },
+        if report.problems.is_empty() {
+            "ok".to_owned()
+        } else {
+            format!("{} problem(s)", report.problems.len())
+        }
+    );
+    Ok(if report.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+pub fn reindex(config: &Path) -> anyhow::Result<ExitCode> {
+    let a = settings(config)?;
+    let key = master_key(&a)?;
+    let n = custos_archive::reindex(&a.dir, &key, progress("reindexing"))?;
+    println!("reindexed {n} record(s)");
+    Ok(ExitCode::SUCCESS)
+}
