@@ -1,1 +1,114 @@
 #![forbid(unsafe_code)]
+//! `custos-web-ui`: the review application compliance officers work in.
+//!
+//! ```text
+//!  browser ──HTTP──▶ [app: security headers ─▶ session ─▶ role check ─▶ CSRF]
+//!                                   │
+//!            ┌──────────────────────┼────────────────────────┐
+//!            ▼                      ▼                        ▼
+//!     archive.search         store (in memory)        archive.append(Audit)
+//!     record_at (bodies)     messages, review state,          │
+//!            ▲               audit trail  ◀── tail scan ──────┘
+//!            └──────────────────── the archive (single source of truth)
+//! ```
+//!
+//! Modules: [`users`] (accounts file, argon2), [`auth`] (sessions, cookies,
+//! CSRF, throttling), [`roles`] (the role matrix), [`store`] (metadata and
+//! review state derived from audit records), [`app`] (state, router, tail),
+//! [`handlers`] (one function per route), [`pages`] and [`charts`]
+//! (escaping templates, SVG), [`highlight`] (search-term marking), [`error`].
+//! With the `browser` feature, [`browser`] drives a real Chromium for tests.
+
+pub mod app;
+pub mod auth;
+#[cfg(feature = "browser")]
+pub mod browser;
+pub mod charts;
+pub mod error;
+pub mod handlers;
+pub mod highlight;
+pub mod pages;
+pub mod roles;
+pub mod store;
+pub mod users;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use error::{AppError, WebError};
+pub use users::{add_user, load_users, remove_user, Role, User, UserError};
+
+/// The `[web]` section, validated.
+#[derive(Clone, Debug)]
+pub struct WebConfig {
+    pub bind: SocketAddr,
+    /// Accounts file (outside the archive directory).
+    pub users_file: PathBuf,
+    /// A session ends after this long without a request.
+    pub session_ttl: Duration,
+    /// Fraction (0..=1) of unflagged messages put in the queue for sampling review.
+    pub sample_rate: f64,
+    /// Mark cookies `Secure` (set when served over TLS, e.g. behind a TLS proxy).
+    pub secure_cookies: bool,
+}
+
+impl WebConfig {
+    /// Defaults: 30 min idle sessions, 1 % sampling, cookies not `Secure`.
+    pub fn new(bind: SocketAddr, users_file: PathBuf) -> WebConfig {
+        WebConfig { bind, users_file, session_ttl: Duration::from_secs(30 * 60), sample_rate: 0.01, secure_cookies: false }
+    }
+}
+
+/// How often the server looks for records appended by others (the proxy).
+const TAIL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A web UI whose socket is bound and whose state is rebuilt; not serving yet.
+pub struct BoundWeb {
+    listener: tokio::net::TcpListener,
+    app: Arc<app::App>,
+}
+
+/// Checks the users file, rebuilds review state from the archive and binds
+/// the socket, so every start-up error surfaces before serving.
+pub async fn bind(cfg: WebConfig, archive: custos_archive::Archive) -> Result<BoundWeb, WebError> {
+    users::load_users(&cfg.users_file)?;
+    let addr = cfg.bind;
+    let app = tokio::task::spawn_blocking(move || app::App::new(cfg, archive))
+        .await
+        .map_err(|e| WebError::Serve(std::io::Error::other(e.to_string())))??;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| WebError::Bind { addr, source })?;
+    Ok(BoundWeb { listener, app: Arc::new(app) })
+}
+
+impl BoundWeb {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.app.cfg.bind)
+    }
+
+    /// The router, for driving the application without a socket (tests).
+    pub fn router(&self) -> axum::Router {
+        app::router(self.app.clone())
+    }
+
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), WebError> {
+        let app = self.app.clone();
+        let tail = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TAIL_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = app.catch_up().await {
+                    tracing::warn!(cause = %e, "following the archive failed; retrying");
+                }
+            }
+        });
+        let service = app::router(self.app).into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(self.listener, service).with_graceful_shutdown(shutdown).await.map_err(WebError::Serve);
+        tail.abort();
+        served
+    }
+}

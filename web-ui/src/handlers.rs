@@ -1,0 +1,808 @@
+//! Route handlers. Each one first checks the permission its route carries in
+//! [`crate::app::ROUTES`], then (for POST) the CSRF token, then writes its
+//! audit record before doing or showing anything.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use custos_archive::{Action, Hit, NewRecord, Record, Timestamp};
+use maud::html;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::app::{lock, read, App, Authed, ClientAddr};
+use crate::auth::{self, LOGIN_COOKIE, SESSION_COOKIE};
+use crate::charts::{bar_chart, Bar};
+use crate::error::AppError;
+use crate::highlight;
+use crate::pages::{self, layout, marked, pager, rules, short_time, status_badge, verdict, Nav, Page};
+use crate::roles::{allows, Perm};
+use crate::store::{audit_action, ReviewChange, ReviewStatus};
+use crate::users::{self, Role};
+
+const CSS: &str = include_str!("../static/app.css");
+const JS: &str = include_str!("../static/app.js");
+
+pub async fn css() -> Response {
+    ([(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "max-age=300")], CSS).into_response()
+}
+
+pub async fn js() -> Response {
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "max-age=300")], JS).into_response()
+}
+
+// ---------------------------------------------------------------- sign-in
+
+pub async fn login_form(State(app): State<Arc<App>>) -> Result<Response, AppError> {
+    let token = auth::random_token().map_err(|e| AppError::Internal(e.to_string()))?;
+    let cookie = auth::set_cookie(LOGIN_COOKIE, &token, app.cfg.secure_cookies, Some(3600));
+    Ok(([(header::SET_COOKIE, cookie)], pages::login(&token, None)).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    user: String,
+    password: String,
+    csrf: String,
+}
+
+pub async fn login(State(app): State<Arc<App>>, ClientAddr(addr): ClientAddr, headers: HeaderMap, Form(f): Form<LoginForm>) -> Result<Response, AppError> {
+    // Double-submit: the form's token must equal the cookie set with the form,
+    // which another site can neither read nor set (SameSite=Strict, HttpOnly).
+    let expected = auth::cookie(&headers, LOGIN_COOKIE).ok_or(AppError::Csrf)?;
+    if !auth::same_token(expected, &f.csrf) {
+        return Err(AppError::Csrf);
+    }
+    let mut keys = vec![format!("user:{}", f.user)];
+    keys.extend(addr.map(|a| format!("ip:{}", a.ip())));
+    if let Some(wait) = lock(&app.throttle).locked(&keys, Instant::now()) {
+        return Err(AppError::Throttled(wait.as_secs().max(1)));
+    }
+    // Re-read so accounts added by `custos user add` while serving work at once.
+    let path = app.cfg.users_file.clone();
+    let (name, password) = (f.user.clone(), f.password);
+    let found = tokio::task::spawn_blocking(move || {
+        let all = users::load_users(&path)?;
+        let user = all.into_iter().find(|u| u.name == name);
+        let ok = users::verify_password(user.as_ref(), &password);
+        Ok::<_, users::UserError>(user.filter(|_| ok))
+    })
+    .await
+    .map_err(|e| AppError::Internal(e.to_string()))?
+    .map_err(|e| AppError::Internal(e.to_string()))?;
+    let Some(user) = found else {
+        lock(&app.throttle).fail(&keys, Instant::now());
+        app.audit(&f.user, audit_action::SIGN_IN_FAILED, json!({ "client": addr.map(|a| a.ip().to_string()) })).await?;
+        return Ok((StatusCode::UNAUTHORIZED, pages::login(&f.csrf, Some("Unknown account or wrong password."))).into_response());
+    };
+    lock(&app.throttle).succeed(&keys);
+    app.audit(&user.name, audit_action::SIGN_IN, json!({ "role": user.role.as_str(), "client": addr.map(|a| a.ip().to_string()) })).await?;
+    let id = lock(&app.sessions).create(&user.name, user.role, user.jids).map_err(|e| AppError::Internal(e.to_string()))?;
+    let session = auth::set_cookie(SESSION_COOKIE, &id, app.cfg.secure_cookies, None);
+    let clear = auth::set_cookie(LOGIN_COOKIE, "", app.cfg.secure_cookies, Some(0));
+    let mut res = Redirect::to("/").into_response();
+    res.headers_mut().append(header::SET_COOKIE, session.parse().map_err(|_| AppError::Internal("cookie".into()))?);
+    res.headers_mut().append(header::SET_COOKIE, clear.parse().map_err(|_| AppError::Internal("cookie".into()))?);
+    Ok(res)
+}
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    csrf: String,
+}
+
+pub async fn logout(State(app): State<Arc<App>>, a: Authed, Form(f): Form<CsrfForm>) -> Result<Response, AppError> {
+    a.require(Perm::Read)?;
+    a.check_csrf(&f.csrf)?;
+    app.audit(&a.session.user, audit_action::SIGN_OUT, json!({})).await?;
+    lock(&app.sessions).end(&a.id);
+    let clear = auth::set_cookie(SESSION_COOKIE, "", app.cfg.secure_cookies, Some(0));
+    Ok(([(header::SET_COOKIE, clear)], Redirect::to("/login")).into_response())
+}
+
+// ---------------------------------------------------------------- search
+
+/// The search form: free query text plus filters that become query clauses.
+#[derive(Deserialize, Default, Clone)]
+pub struct SearchForm {
+    #[serde(default)]
+    q: String,
+    #[serde(default)]
+    participant: String,
+    #[serde(default)]
+    direction: String,
+    #[serde(default)]
+    since: String,
+    #[serde(default)]
+    until: String,
+    #[serde(default)]
+    rule: String,
+    #[serde(default)]
+    action: String,
+    #[serde(default)]
+    flagged: Option<String>,
+    #[serde(default)]
+    page: usize,
+}
+
+/// A filter value as one query token: whitespace and quotes would let a
+/// value start a new clause, so they are dropped.
+fn token(v: &str) -> String {
+    v.chars().filter(|c| !c.is_whitespace() && *c != '"').collect()
+}
+
+impl SearchForm {
+    fn is_empty(&self) -> bool {
+        [&self.q, &self.participant, &self.direction, &self.since, &self.until, &self.rule, &self.action].iter().all(|s| s.trim().is_empty()) && self.flagged.is_none()
+    }
+
+    /// The archive query the form stands for.
+    fn query(&self) -> Result<String, AppError> {
+        let mut q = vec![self.q.trim().to_string()];
+        let mut add = |field: &str, v: &str| {
+            let v = token(v);
+            if !v.is_empty() {
+                q.push(format!("{field}:{v}"));
+            }
+        };
+        add("with", &self.participant);
+        add("direction", &self.direction);
+        add("after", &self.since);
+        add("rule", &self.rule);
+        add("action", &self.action);
+        if !self.until.trim().is_empty() {
+            // The form's end date is inclusive; `before:` is exclusive.
+            let t = Timestamp::parse(self.until.trim()).map_err(|_| AppError::BadRequest(format!("bad end date {:?}: use YYYY-MM-DD", self.until)))?;
+            q.push(format!("before:{}", Timestamp(t.0.saturating_add(86_400_000))));
+        }
+        if self.flagged.is_some() {
+            q.push("-action:allow".into());
+        }
+        Ok(q.into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" "))
+    }
+
+    fn pairs(&self) -> Vec<(String, String)> {
+        let mut p: Vec<(String, String)> = [("q", &self.q), ("participant", &self.participant), ("direction", &self.direction), ("since", &self.since), ("until", &self.until), ("rule", &self.rule), ("action", &self.action)]
+            .into_iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        if self.flagged.is_some() {
+            p.push(("flagged".into(), "1".into()));
+        }
+        p
+    }
+}
+
+const PAGE: usize = 25;
+/// The deepest page a search may ask for: the archive returns the newest N
+/// hits, so deep pages cost N record reads.
+const MAX_PAGE: usize = 200;
+
+async fn run_search(app: &Arc<App>, query: String, limit: usize) -> Result<Vec<Hit>, AppError> {
+    let app = app.clone();
+    tokio::task::spawn_blocking(move || app.archive.search(&query, limit)).await.map_err(|e| AppError::Internal(e.to_string()))?.map_err(AppError::from)
+}
+
+pub async fn search(State(app): State<Arc<App>>, a: Authed, Query(f): Query<SearchForm>) -> Result<Page, AppError> {
+    a.require(Perm::Read)?;
+    let page = f.page.min(MAX_PAGE);
+    let mut results = None;
+    let mut error = None;
+    if !f.is_empty() {
+        match f.query() {
+            Ok(query) => {
+                app.audit(&a.session.user, audit_action::SEARCH, json!({ "query": query, "page": page })).await?;
+                match run_search(&app, query, (page + 1) * PAGE + 1).await {
+                    Ok(mut hits) => {
+                        hits.reverse();
+                        let has_next = hits.len() > (page + 1) * PAGE;
+                        let shown: Vec<Hit> = hits.into_iter().skip(page * PAGE).take(PAGE).collect();
+                        results = Some((shown, has_next));
+                    }
+                    Err(AppError::BadRequest(m)) => error = Some(m),
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(AppError::BadRequest(m)) => error = Some(m),
+            Err(e) => return Err(e),
+        }
+    }
+    let terms = highlight::query_terms(&f.q);
+    let sel = |v: &str, cur: &str| v == cur;
+    Ok(layout(
+        "Search",
+        Some(&a.session),
+        Nav::Search,
+        html! {
+            h1 { "Search" }
+            form.card.search method="get" action="/search" {
+                div.row {
+                    input.grow type="search" name="q" id="q" value=(f.q) placeholder="Words, \"a phrase\", from:alice@example.test, -word …";
+                    button.primary type="submit" id="search-button" { "Search" }
+                }
+                div.row.filters {
+                    label { "Participant" input name="participant" value=(f.participant) placeholder="user@example.test"; }
+                    label { "Direction" select name="direction" {
+                        option value="" { "Any" }
+                        option value="outbound" selected[sel("outbound", &f.direction)] { "Outbound" }
+                        option value="inbound" selected[sel("inbound", &f.direction)] { "Inbound" }
+                    } }
+                    label { "From" input type="date" name="since" value=(f.since); }
+                    label { "To" input type="date" name="until" value=(f.until); }
+                    label { "Rule" input name="rule" value=(f.rule) placeholder="rule id"; }
+                    label { "Action" select name="action" {
+                        option value="" { "Any" }
+                        @for act in ["allow", "flag", "redact", "block"] { option value=(act) selected[sel(act, &f.action)] { (act) } }
+                    } }
+                    label.check { input type="checkbox" name="flagged" value="1" checked[f.flagged.is_some()]; "Flagged only" }
+                }
+                p.help { "Fields: " code { "from: to: with: direction: type: action: rule: after: before:" } "; prefix " code { "-" } " to exclude." }
+            }
+            @if let Some(e) = &error { p.error role="alert" { (e) } }
+            @if let Some((hits, has_next)) = &results {
+                @if hits.is_empty() { p.empty { "No messages match." } } @else {
+                    table.results {
+                        thead { tr { th { "Time (UTC)" } th { "From" } th { "To" } th { "Message" } th { "Verdict" } } }
+                        tbody {
+                            @for h in hits {
+                                @let body = h.body.as_deref().unwrap_or("");
+                                @let m = highlight::marks(body, &terms);
+                                @let (ex, inside, before, after) = highlight::excerpt(body, &m);
+                                tr {
+                                    td.time { a href=(format!("/conversation/{}#m{}", h.seq.0, h.seq.0)) { (short_time(h.time)) } }
+                                    td.jid { (h.from) }
+                                    td.jid { (h.to) }
+                                    td.body { a.open href=(format!("/conversation/{}#m{}", h.seq.0, h.seq.0)) { @if before { "… " } (marked(ex, &inside)) @if after { " …" } } }
+                                    td { (verdict(h.action)) " " (rules(&h.rules)) }
+                                }
+                            }
+                        }
+                    }
+                    (pager("/search", &f.pairs(), page, *has_next))
+                    p.muted { a href=(format!("/export?{}", serde_urlencoded::to_string(f.pairs()).unwrap_or_default())) { "Export these results (JSON lines)" } }
+                }
+            }
+        },
+    ))
+}
+
+/// Up to this many hits per export download.
+const EXPORT_LIMIT: usize = 10_000;
+
+pub async fn export(State(app): State<Arc<App>>, a: Authed, Query(f): Query<SearchForm>) -> Result<Response, AppError> {
+    a.require(Perm::Read)?;
+    let query = f.query()?;
+    let hits = run_search(&app, query.clone(), EXPORT_LIMIT).await?;
+    app.audit(&a.session.user, audit_action::EXPORT, json!({ "query": query, "count": hits.len() })).await?;
+    let mut out = String::new();
+    for h in &hits {
+        out.push_str(&serde_json::to_string(h).map_err(|e| AppError::Internal(e.to_string()))?);
+        out.push('\n');
+    }
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson"), (header::CONTENT_DISPOSITION, "attachment; filename=\"custos-search.jsonl\"")], out).into_response())
+}
+
+// ---------------------------------------------------------------- conversation
+
+/// Messages shown on each side of the hit.
+const CONTEXT: usize = 25;
+
+pub async fn conversation(State(app): State<Arc<App>>, a: Authed, Path(seq): Path<u64>) -> Result<Page, AppError> {
+    a.require(Perm::Read)?;
+    let around: Vec<(u64, u64, u64)> = read(&app.store).conversation_around(seq, CONTEXT, CONTEXT).iter().map(|m| (m.seq, m.segment, m.offset)).collect();
+    if around.is_empty() {
+        // Indexed but not yet tailed? Catch up once before giving up.
+        app.catch_up().await?;
+    }
+    let (around, meta) = {
+        let store = read(&app.store);
+        let around: Vec<(u64, u64, u64)> = store.conversation_around(seq, CONTEXT, CONTEXT).iter().map(|m| (m.seq, m.segment, m.offset)).collect();
+        let meta: BTreeMap<u64, (Option<String>, Option<String>)> = around.iter().filter_map(|&(s, _, _)| store.message(s).map(|m| (s, (m.severity.clone(), m.e2ee.clone())))).collect();
+        (around, meta)
+    };
+    if around.is_empty() {
+        return Err(AppError::NotFound);
+    }
+    app.audit(&a.session.user, audit_action::VIEW, json!({ "seq": seq })).await?;
+    let app2 = app.clone();
+    let records: Vec<Record> = tokio::task::spawn_blocking(move || around.iter().map(|&(_, seg, off)| app2.archive.reader().record_at(seg, off)).collect::<Result<Vec<_>, _>>())
+        .await
+        .map_err(|e| AppError::Internal(e.to_string()))??;
+    let review = read(&app.store).review(seq).cloned();
+    let hit_meta = read(&app.store).message(seq).cloned();
+    let own = hit_meta.as_ref().is_some_and(|m| m.involves(&a.session.jids));
+    let title = hit_meta.as_ref().map(|m| m.conversation.clone()).unwrap_or_default();
+    Ok(layout(
+        "Conversation",
+        Some(&a.session),
+        Nav::Search,
+        html! {
+            h1 { "Conversation" }
+            p.muted.conv-key { (title.replacen("chat ", "", 1).replacen("room ", "room ", 1).replace(' ', " · ")) }
+            div.conversation {
+                @for r in &records {
+                    @if let NewRecord::Message(m) = &r.content {
+                        @let is_hit = r.seq.0 == seq;
+                        @let (severity, e2ee) = meta.get(&r.seq.0).cloned().unwrap_or_default();
+                        article id=(format!("m{}", r.seq.0)) class=(format!("msg {} {}", m.direction.as_str(), if is_hit { "hit" } else { "" })) {
+                            header {
+                                span.time { (short_time(r.time)) }
+                                span.jid { (m.from) } " → " span.jid { (m.to) }
+                                span.spacer {}
+                                @if let Some(s) = &severity { span.severity { (s) } }
+                                (verdict(m.outcome.action)) " " (rules(&m.outcome.rules))
+                                @if is_hit { span.badge.hit-badge { "search hit" } }
+                            }
+                            @if let Some(scheme) = &e2ee {
+                                p.e2ee { span.badge.v-e2ee { "end-to-end encrypted" } " " (scheme) ": the content is not readable by Custos; the archived body is the client's fallback text." }
+                            }
+                            @if let Some(subject) = &m.subject { p.subject { "Subject: " (subject) } }
+                            @match (&m.body, &m.outcome.delivered_body) {
+                                (Some(orig), Some(delivered)) if orig != delivered => {
+                                    div.sidebyside {
+                                        div { h4 { "Original" } p.body.original { (orig) } }
+                                        div { h4 { "Delivered" } p.body.delivered { (delivered) } }
+                                    }
+                                }
+                                (Some(body), _) => { p.body { (body) } }
+                                (None, _) => { p.body.muted { "(no body)" } }
+                            }
+                            @if m.outcome.action == Action::Block { p.muted.small { "Not delivered: blocked by policy." } }
+                        }
+                    }
+                }
+            }
+            @if let Some(item) = &review {
+                section.card.review-panel {
+                    h2 { "Review" }
+                    p { "Status: " (status_badge(item.status)) @if item.sampled { " " span.badge.sample { "sample" } } " · Assigned to: " (item.assignee.as_deref().unwrap_or("nobody")) }
+                    (history(&item.history))
+                    @if allows(a.session.role, Perm::Review) {
+                        @if own { p.error { "You sent or received this message, so another officer must review it." } } @else {
+                            (review_form(&a.session.csrf, &[seq], &format!("/conversation/{seq}")))
+                        }
+                    }
+                }
+            }
+        },
+    ))
+}
+
+fn history(h: &[crate::store::ReviewEvent]) -> maud::Markup {
+    html! {
+        @if !h.is_empty() {
+            ol.history {
+                @for e in h {
+                    li { span.time { (short_time(e.time)) } " " strong { (e.actor) } " " (e.change) @if !e.comment.is_empty() { ": " q { (e.comment) } } }
+                }
+            }
+        }
+    }
+}
+
+fn review_form(csrf: &str, seqs: &[u64], back: &str) -> maud::Markup {
+    html! {
+        form.review method="post" action="/queue" {
+            input type="hidden" name="csrf" value=(csrf);
+            input type="hidden" name="back" value=(back);
+            @for s in seqs { input type="hidden" name="seq" value=(s); }
+            label.grow { "Comment" textarea name="comment" id="comment" rows="2" placeholder="Why: what you checked, what you decided" {} }
+            div.buttons {
+                button.primary type="submit" name="op" value="reviewed" id="mark-reviewed" { "Mark reviewed" }
+                button type="submit" name="op" value="escalated" id="mark-escalated" { "Escalate" }
+                button type="submit" name="op" value="false-positive" id="mark-false-positive" { "False positive" }
+                button type="submit" name="op" value="assign-me" { "Assign to me" }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- queue
+
+#[derive(Deserialize, Default)]
+pub struct QueueFilter {
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    rule: String,
+    #[serde(default)]
+    severity: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    page: usize,
+}
+
+pub async fn queue(State(app): State<Arc<App>>, a: Authed, Query(f): Query<QueueFilter>) -> Result<Page, AppError> {
+    a.require(Perm::Read)?;
+    let status = if f.status.is_empty() { "open".to_string() } else { f.status.clone() };
+    let rows: Vec<_> = {
+        let store = read(&app.store);
+        store
+            .reviews()
+            .rev()
+            .filter(|i| match status.as_str() {
+                "all" => true,
+                "open" => i.status.is_open(),
+                s => ReviewStatus::parse(s) == Some(i.status),
+            })
+            .filter(|i| match f.kind.as_str() {
+                "sample" => i.sampled,
+                "flagged" => !i.sampled,
+                _ => true,
+            })
+            .filter_map(|i| store.message(i.seq).map(|m| (i.clone(), m.clone())))
+            .filter(|(_, m)| f.rule.is_empty() || m.rules.iter().any(|r| *r == f.rule))
+            .filter(|(_, m)| f.severity.is_empty() || m.severity.as_deref() == Some(f.severity.as_str()))
+            .collect()
+    };
+    let (all_rules, all_sev): (Vec<String>, Vec<String>) = {
+        let store = read(&app.store);
+        let mut r: HashSet<String> = HashSet::new();
+        let mut s: HashSet<String> = HashSet::new();
+        for i in store.reviews() {
+            if let Some(m) = store.message(i.seq) {
+                r.extend(m.rules.iter().cloned());
+                s.extend(m.severity.iter().cloned());
+            }
+        }
+        let mut r: Vec<_> = r.into_iter().collect();
+        let mut s: Vec<_> = s.into_iter().collect();
+        r.sort();
+        s.sort();
+        (r, s)
+    };
+    let page = f.page;
+    let has_next = rows.len() > (page + 1) * PAGE;
+    let total = rows.len();
+    let rows: Vec<_> = rows.into_iter().skip(page * PAGE).take(PAGE).collect();
+    let can_review = allows(a.session.role, Perm::Review);
+    let pairs: Vec<(String, String)> = [("status", &status), ("rule", &f.rule), ("severity", &f.severity), ("kind", &f.kind)].into_iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (k.to_string(), v.clone())).collect();
+    let back = format!("/queue?{}", serde_urlencoded::to_string(&pairs).unwrap_or_default());
+    Ok(layout(
+        "Review queue",
+        Some(&a.session),
+        Nav::Queue,
+        html! {
+            h1 { "Review queue" span.count { (total) } }
+            form.card.filters method="get" action="/queue" {
+                div.row.filters {
+                    label { "Status" select name="status" {
+                        @for (v, l) in [("open", "Open and escalated"), ("escalated", "Escalated"), ("reviewed", "Reviewed"), ("false-positive", "False positive"), ("all", "All")] {
+                            option value=(v) selected[v == status] { (l) }
+                        }
+                    } }
+                    label { "Rule" select name="rule" { option value="" { "Any" } @for r in &all_rules { option value=(r) selected[*r == f.rule] { (r) } } } }
+                    label { "Severity" select name="severity" { option value="" { "Any" } @for s in &all_sev { option value=(s) selected[*s == f.severity] { (s) } } } }
+                    label { "Source" select name="kind" {
+                        option value="" { "Flagged and sampled" }
+                        option value="flagged" selected[f.kind == "flagged"] { "Flagged by policy" }
+                        option value="sample" selected[f.kind == "sample"] { "Random sample" }
+                    } }
+                    button type="submit" { "Filter" }
+                }
+            }
+            @if rows.is_empty() { p.empty { "Nothing to review here." } } @else {
+                form method="post" action="/queue" id="bulk" {
+                    input type="hidden" name="csrf" value=(a.session.csrf);
+                    input type="hidden" name="back" value=(back);
+                    table.results.queue {
+                        thead { tr {
+                            @if can_review { th.sel { input type="checkbox" data-select-all="seq" aria-label="Select all"; } }
+                            th { "Time (UTC)" } th { "From" } th { "To" } th { "Verdict" } th { "Severity" } th { "Status" } th { "Assignee" } th {}
+                        } }
+                        tbody {
+                            @for (item, m) in &rows {
+                                @let own = m.involves(&a.session.jids);
+                                tr id=(format!("q{}", item.seq)) {
+                                    @if can_review { td.sel { @if !own { input type="checkbox" name="seq" value=(item.seq) aria-label="Select"; } } }
+                                    td.time { (short_time(m.time)) }
+                                    td.jid { (m.from) }
+                                    td.jid { (m.to) }
+                                    td { (verdict(m.action)) " " (rules(&m.rules)) @if item.sampled { span.badge.sample { "sample" } } }
+                                    td { (m.severity.as_deref().unwrap_or("—")) }
+                                    td { (status_badge(item.status)) }
+                                    td { (item.assignee.as_deref().unwrap_or("—")) }
+                                    td { a.button.small href=(format!("/conversation/{}#m{}", item.seq, item.seq)) { "Open" } @if own { " " span.muted.small { "(own)" } } }
+                                }
+                            }
+                        }
+                    }
+                    @if can_review {
+                        div.card.bulk {
+                            label.grow { "Comment for the selected items" textarea name="comment" rows="2" {} }
+                            div.buttons {
+                                button.primary type="submit" name="op" value="reviewed" { "Mark reviewed" }
+                                button type="submit" name="op" value="escalated" { "Escalate" }
+                                button type="submit" name="op" value="false-positive" { "False positive" }
+                                button type="submit" name="op" value="assign-me" { "Assign to me" }
+                                button type="submit" name="op" value="unassign" { "Unassign" }
+                            }
+                        }
+                    }
+                }
+                (pager("/queue", &pairs, page, has_next))
+            }
+        },
+    ))
+}
+
+/// Longest review comment kept.
+const MAX_COMMENT: usize = 4000;
+
+pub async fn queue_action(State(app): State<Arc<App>>, a: Authed, Form(pairs): Form<Vec<(String, String)>>) -> Result<Response, AppError> {
+    a.require(Perm::Review)?;
+    let field = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    a.check_csrf(field("csrf").unwrap_or(""))?;
+    let mut seqs: Vec<u64> = pairs.iter().filter(|(k, _)| k == "seq").map(|(_, v)| v.parse::<u64>().map_err(|_| AppError::BadRequest(format!("bad item {v:?}")))).collect::<Result<_, _>>()?;
+    seqs.sort_unstable();
+    seqs.dedup();
+    if seqs.is_empty() {
+        return Err(AppError::BadRequest("select at least one item".into()));
+    }
+    let comment: String = field("comment").unwrap_or("").trim().chars().take(MAX_COMMENT).collect();
+    let change = match field("op").unwrap_or("") {
+        "assign-me" => ReviewChange::Assign { seqs: seqs.clone(), assignee: Some(a.session.user.clone()) },
+        "unassign" => ReviewChange::Assign { seqs: seqs.clone(), assignee: None },
+        op => {
+            let status = ReviewStatus::parse(op).filter(|s| *s != ReviewStatus::Open).ok_or_else(|| AppError::BadRequest(format!("unknown action {op:?}")))?;
+            if comment.is_empty() {
+                return Err(AppError::BadRequest("a review needs a comment saying what was checked and decided".into()));
+            }
+            ReviewChange::Status { seqs: seqs.clone(), status, comment }
+        }
+    };
+    {
+        let store = read(&app.store);
+        for s in &seqs {
+            if store.review(*s).is_none() {
+                return Err(AppError::BadRequest(format!("message {s} is not in the review queue")));
+            }
+            // Nobody reviews their own messages (FINRA 3110: independent review).
+            if store.message(*s).is_some_and(|m| m.involves(&a.session.jids)) {
+                return Err(AppError::SelfReview);
+            }
+        }
+    }
+    let detail = serde_json::to_value(&change).map_err(|e| AppError::Internal(e.to_string()))?;
+    app.audit(&a.session.user, audit_action::REVIEW, detail).await?;
+    // State changes by reading the record back from the log, like at start.
+    app.catch_up().await?;
+    let back = field("back").filter(|b| b.starts_with('/') && !b.starts_with("//")).unwrap_or("/queue");
+    Ok(Redirect::to(back).into_response())
+}
+
+// ---------------------------------------------------------------- dashboard
+
+const DAY_MS: i64 = 86_400_000;
+const DAYS: i64 = 14;
+
+pub async fn dashboard(State(app): State<Arc<App>>, a: Authed) -> Result<Page, AppError> {
+    a.require(Perm::Read)?;
+    let today = Timestamp::now().0.div_euclid(DAY_MS);
+    let first = today - (DAYS - 1);
+    let mut volume = vec![[0u64; 2]; DAYS as usize];
+    let mut hits: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut open_by_rule: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let (mut open, mut escalated, mut sampled_open) = (0u64, 0u64, 0u64);
+    {
+        let store = read(&app.store);
+        for m in store.messages().iter().rev() {
+            let day = m.time.0.div_euclid(DAY_MS);
+            if day < first {
+                break;
+            }
+            let Some(slot) = usize::try_from(day - first).ok().and_then(|i| volume.get_mut(i)) else { continue };
+            slot[usize::from(m.action != Action::Allow)] += 1;
+            for r in &m.rules {
+                if let Some(c) = hits.entry(r.clone()).or_insert_with(|| vec![0; DAYS as usize]).get_mut(usize::try_from(day - first).unwrap_or(0)) {
+                    *c += 1;
+                }
+            }
+        }
+        for i in store.reviews().filter(|i| i.status.is_open()) {
+            open += 1;
+            escalated += u64::from(i.status == ReviewStatus::Escalated);
+            if i.sampled {
+                sampled_open += 1;
+                continue;
+            }
+            if let Some(m) = store.message(i.seq) {
+                for r in &m.rules {
+                    let e = open_by_rule.entry(r.clone()).or_default();
+                    e.0 += 1;
+                    e.1 += u64::from(i.status == ReviewStatus::Escalated);
+                }
+            }
+        }
+    }
+    let label = |i: usize| {
+        let t = Timestamp((first + i as i64) * DAY_MS).to_string();
+        t.get(5..10).unwrap_or("").to_string()
+    };
+    let volume_bars: Vec<Bar> = volume.iter().enumerate().map(|(i, v)| Bar { label: label(i), values: v.to_vec() }).collect();
+    let mut top: Vec<(String, Vec<u64>)> = hits.into_iter().collect();
+    top.sort_by_key(|(_, v)| std::cmp::Reverse(v.iter().sum::<u64>()));
+    let shown: Vec<(String, Vec<u64>)> = top.iter().take(4).cloned().collect();
+    let classes = ["s1", "s2", "s3", "s4"];
+    let series: Vec<(&str, &str)> = shown.iter().zip(classes).map(|((n, _), c)| (n.as_str(), c)).collect();
+    let hit_bars: Vec<Bar> = (0..DAYS as usize).map(|i| Bar { label: label(i), values: shown.iter().map(|(_, v)| v.get(i).copied().unwrap_or(0)).collect() }).collect();
+    let today_total: u64 = volume.last().map_or(0, |v| v[0] + v[1]);
+    let today_flagged: u64 = volume.last().map_or(0, |v| v[1]);
+    Ok(layout(
+        "Dashboard",
+        Some(&a.session),
+        Nav::Dashboard,
+        html! {
+            h1 { "Dashboard" }
+            div.tiles {
+                div.tile { span.n { (today_total) } span.l { "messages today" } }
+                div.tile { span.n { (today_flagged) } span.l { "policy hits today" } }
+                a.tile href="/queue" { span.n { (open) } span.l { "open review items" } }
+                a.tile.warn href="/queue?status=escalated" { span.n { (escalated) } span.l { "escalated" } }
+            }
+            div.grid2 {
+                section.card { (bar_chart("Messages per day (UTC), last 14 days", &[("Allowed", "s0"), ("Flagged, redacted or blocked", "s1")], &volume_bars)) }
+                section.card {
+                    @if series.is_empty() { figure.chart { figcaption { "Rule hits per day" } p.empty { "No rule hits in the last 14 days." } } }
+                    @else { (bar_chart("Rule hits per day (top rules)", &series, &hit_bars)) }
+                }
+            }
+            section.card {
+                h2 { "Open review items by rule" }
+                @if open_by_rule.is_empty() && sampled_open == 0 { p.empty { "The queue is empty." } } @else {
+                    table.results.compact {
+                        thead { tr { th { "Rule" } th.num { "Open" } th.num { "Escalated" } th {} } }
+                        tbody {
+                            @for (rule, (n, esc)) in &open_by_rule {
+                                tr { td { span.rule { (rule) } } td.num { (n) } td.num { (esc) } td { a href=(format!("/queue?{}", serde_urlencoded::to_string([("rule", rule.as_str())]).unwrap_or_default())) { "Review" } } }
+                            }
+                            @if sampled_open > 0 { tr { td { span.badge.sample { "random sample" } } td.num { (sampled_open) } td.num { "—" } td { a href="/queue?kind=sample" { "Review" } } } }
+                        }
+                    }
+                }
+            }
+        },
+    ))
+}
+
+// ---------------------------------------------------------------- audit
+
+#[derive(Deserialize, Default)]
+pub struct PageQuery {
+    #[serde(default)]
+    page: usize,
+}
+
+pub async fn audit(State(app): State<Arc<App>>, a: Authed, Query(p): Query<PageQuery>) -> Result<Page, AppError> {
+    a.require(Perm::Audit)?;
+    app.catch_up().await?;
+    const N: usize = 50;
+    let (entries, has_next) = {
+        let store = read(&app.store);
+        let all = store.audit();
+        (all.iter().rev().skip(p.page * N).take(N).cloned().collect::<Vec<_>>(), all.len() > (p.page + 1) * N)
+    };
+    Ok(layout(
+        "Audit trail",
+        Some(&a.session),
+        Nav::Audit,
+        html! {
+            h1 { "Audit trail" }
+            p.muted { "Every sign-in, search, conversation view, review action and export, as recorded in the tamper-evident archive. Newest first." }
+            table.results.audit {
+                thead { tr { th.num { "Seq" } th { "Time (UTC)" } th { "Who" } th { "Action" } th { "Detail" } } }
+                tbody {
+                    @for e in &entries {
+                        tr { td.num { (e.seq) } td.time { (short_time(e.time)) } td { (e.actor) } td { span class=(format!("act act-{}", e.action.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect::<String>())) { (e.action) } } td.detail { code { (e.detail) } } }
+                    }
+                }
+            }
+            (pager("/audit", &[], p.page, has_next))
+        },
+    ))
+}
+
+// ---------------------------------------------------------------- accounts
+
+pub async fn users(State(app): State<Arc<App>>, a: Authed) -> Result<Page, AppError> {
+    a.require(Perm::ManageUsers)?;
+    let list = users::load_users(&app.cfg.users_file).map_err(|e| AppError::Internal(e.to_string()))?;
+    Ok(users_page(&a, &list, None))
+}
+
+fn users_page(a: &Authed, list: &[users::User], error: Option<&str>) -> Page {
+    layout(
+        "Accounts",
+        Some(&a.session),
+        Nav::Users,
+        html! {
+            h1 { "Accounts" }
+            @if let Some(e) = error { p.error role="alert" { (e) } }
+            table.results.compact {
+                thead { tr { th { "Name" } th { "Role" } th { "Linked XMPP accounts" } th {} } }
+                tbody {
+                    @for u in list {
+                        tr {
+                            td { (u.name) } td { span.role { (u.role.as_str()) } } td.jid { (u.jids.join(", ")) }
+                            td { @if u.name != a.session.user {
+                                form.inline method="post" action="/users/remove" {
+                                    input type="hidden" name="csrf" value=(a.session.csrf);
+                                    input type="hidden" name="name" value=(u.name);
+                                    button.small.danger type="submit" { "Remove" }
+                                }
+                            } }
+                        }
+                    }
+                }
+            }
+            section.card.narrow {
+                h2 { "Add an account" }
+                form method="post" action="/users" {
+                    input type="hidden" name="csrf" value=(a.session.csrf);
+                    label { "Name" input name="name" required; }
+                    label { "Role" select name="role" { @for r in Role::ALL { option value=(r.as_str()) { (r.as_str()) } } } }
+                    label { "Password (at least " (users::MIN_PASSWORD_LEN) " characters)" input type="password" name="password" autocomplete="new-password" required; }
+                    label { "XMPP accounts this person uses (comma-separated; they cannot review these)" input name="jids" placeholder="alice@example.test"; }
+                    button.primary type="submit" { "Add account" }
+                }
+            }
+        },
+    )
+}
+
+#[derive(Deserialize)]
+pub struct UserForm {
+    csrf: String,
+    name: String,
+    role: String,
+    password: String,
+    #[serde(default)]
+    jids: String,
+}
+
+pub async fn user_add(State(app): State<Arc<App>>, a: Authed, Form(f): Form<UserForm>) -> Result<Response, AppError> {
+    a.require(Perm::ManageUsers)?;
+    a.check_csrf(&f.csrf)?;
+    let role: Role = f.role.parse().map_err(|e: users::UserError| AppError::BadRequest(e.to_string()))?;
+    let jids: Vec<String> = f.jids.split(',').map(str::trim).filter(|j| !j.is_empty()).map(String::from).collect();
+    app.audit(&a.session.user, audit_action::USER_ADD, json!({ "name": f.name, "role": role.as_str(), "jids": jids })).await?;
+    let path = app.cfg.users_file.clone();
+    let (name, password) = (f.name.clone(), f.password);
+    let result = tokio::task::spawn_blocking(move || users::add_user(&path, &name, role, &password, &jids)).await.map_err(|e| AppError::Internal(e.to_string()))?;
+    match result {
+        Ok(()) => Ok(Redirect::to("/users").into_response()),
+        Err(e @ (users::UserError::Exists(_) | users::UserError::BadName(_) | users::UserError::WeakPassword { .. } | users::UserError::BadJid(_))) => {
+            let list = users::load_users(&app.cfg.users_file).map_err(|e| AppError::Internal(e.to_string()))?;
+            Ok((StatusCode::BAD_REQUEST, users_page(&a, &list, Some(&e.to_string()))).into_response())
+        }
+        Err(e) => Err(AppError::Internal(e.to_string())),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct RemoveForm {
+    csrf: String,
+    name: String,
+}
+
+pub async fn user_remove(State(app): State<Arc<App>>, a: Authed, Form(f): Form<RemoveForm>) -> Result<Response, AppError> {
+    a.require(Perm::ManageUsers)?;
+    a.check_csrf(&f.csrf)?;
+    if f.name == a.session.user {
+        return Err(AppError::BadRequest("you cannot remove your own account".into()));
+    }
+    app.audit(&a.session.user, audit_action::USER_REMOVE, json!({ "name": f.name })).await?;
+    users::remove_user(&app.cfg.users_file, &f.name).map_err(|e| match e {
+        users::UserError::NotFound(_) => AppError::NotFound,
+        other => AppError::Internal(other.to_string()),
+    })?;
+    lock(&app.sessions).end_user(&f.name);
+    Ok(Redirect::to("/users").into_response())
+}
