@@ -1,0 +1,111 @@
+//! Fixtures shared by the router and browser tests: a real archive in a temp
+//! dir (keys outside it), accounts, messages appended with `Archive::append`.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use custos_archive::{Action, Archive, ArchiveConfig, Direction, MasterKey, MessageRecord, NewRecord, Outcome, SessionId};
+use custos_web_ui::{add_user, Role, WebConfig};
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub archive: Archive,
+    pub cfg: WebConfig,
+}
+
+pub fn archive_dir(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("archive")
+}
+
+pub fn open_archive(dir: &tempfile::TempDir) -> Archive {
+    let keys = dir.path().join("secrets");
+    let master = keys.join("master.key");
+    let signing = keys.join("signing.key");
+    if !master.exists() {
+        std::fs::create_dir_all(&keys).unwrap();
+        custos_archive::keys_init(&master, &signing).unwrap();
+    }
+    let cfg = ArchiveConfig::new(archive_dir(dir), MasterKey::from_file(&master).unwrap(), custos_archive::load_signing_key(&signing).unwrap());
+    Archive::open(cfg).unwrap()
+}
+
+/// An archive with accounts `ada` (admin), `olivia` (officer, linked to
+/// olivia@example.test), `oscar` (officer) and `aud` (auditor).
+pub fn fixture(sample_rate: f64) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = open_archive(&dir);
+    let users = dir.path().join("users.json");
+    add_user(&users, "ada", Role::Admin, PASSWORD, &[]).unwrap();
+    add_user(&users, "olivia", Role::Officer, PASSWORD, &["olivia@example.test".into()]).unwrap();
+    add_user(&users, "oscar", Role::Officer, PASSWORD, &[]).unwrap();
+    add_user(&users, "aud", Role::Auditor, PASSWORD, &[]).unwrap();
+    let mut cfg = WebConfig::new("127.0.0.1:0".parse().unwrap(), users);
+    cfg.sample_rate = sample_rate;
+    cfg.session_ttl = Duration::from_secs(600);
+    Fixture { dir, archive, cfg }
+}
+
+pub struct Msg<'a> {
+    pub from: &'a str,
+    pub to: &'a str,
+    pub body: &'a str,
+    pub action: Action,
+    pub rules: &'a [&'a str],
+    pub delivered: Option<&'a str>,
+    pub e2ee: Option<&'a str>,
+    pub severity: Option<&'a str>,
+    pub direction: Direction,
+    pub stanza_type: &'a str,
+}
+
+impl<'a> Msg<'a> {
+    pub fn chat(from: &'a str, to: &'a str, body: &'a str) -> Msg<'a> {
+        Msg { from, to, body, action: Action::Allow, rules: &[], delivered: None, e2ee: None, severity: None, direction: Direction::Outbound, stanza_type: "chat" }
+    }
+    pub fn flagged(mut self, action: Action, rules: &'a [&'a str], severity: &'a str) -> Msg<'a> {
+        self.action = action;
+        self.rules = rules;
+        self.severity = Some(severity);
+        self
+    }
+}
+
+pub async fn append(archive: &Archive, m: Msg<'_>) -> u64 {
+    let stanza = format!("<message from='{}' to='{}' type='{}'><body/></message>", m.from, m.to, m.stanza_type).into_bytes();
+    let rec = NewRecord::Message(MessageRecord {
+        direction: m.direction,
+        session: SessionId("test".into()),
+        from: m.from.into(),
+        to: m.to.into(),
+        stanza_type: m.stanza_type.into(),
+        id: None,
+        origin_id: None,
+        stanza_id: None,
+        thread: None,
+        subject: None,
+        body: Some(m.body.into()),
+        stanza,
+        outcome: Outcome {
+            action: m.action,
+            rules: m.rules.iter().map(|r| r.to_string()).collect(),
+            delivered_body: m.delivered.map(String::from),
+            severity: m.severity.map(String::from),
+            e2ee: m.e2ee.map(String::from),
+        },
+    });
+    archive.append(rec).await.unwrap().seq.0
+}
+
+/// Waits until the index answers `query` with at least `n` hits (it commits every 500 ms).
+pub async fn wait_indexed(archive: &Archive, query: &str, n: usize) {
+    for _ in 0..100 {
+        if archive.search(query, n).map(|h| h.len() >= n).unwrap_or(false) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{query:?} not indexed within 5 s");
+}
