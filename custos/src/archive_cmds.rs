@@ -12,7 +12,11 @@ use crate::config::{self, ArchiveSettings};
 /// The validated `[archive]` section of a config file, or a located error.
 pub fn settings(path: &Path) -> anyhow::Result<ArchiveSettings> {
     let cfg = config::load(path).map_err(|errors| {
-        anyhow::anyhow!(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+        anyhow::anyhow!(errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n"))
     })?;
     match cfg.archive {
         Some(a) => Ok(a),
@@ -33,7 +37,8 @@ pub fn public_key(a: &ArchiveSettings) -> anyhow::Result<VerifyingKey> {
     let mut name = a.signing_key.clone().into_os_string();
     name.push(".pub");
     let path = std::path::PathBuf::from(name);
-    custos_archive::load_verifying_key(&path).with_context(|| format!("reading the signing public key {}", path.display()))
+    custos_archive::load_verifying_key(&path)
+        .with_context(|| format!("reading the signing public key {}", path.display()))
 }
 
 pub fn keys_init(config: &Path) -> anyhow::Result<ExitCode> {
@@ -44,7 +49,10 @@ pub fn keys_init(config: &Path) -> anyhow::Result<ExitCode> {
     let created = custos_archive::keys_init(master, &a.signing_key)?;
     println!("created master key   {}", created.master_key.display());
     println!("created signing key  {}", created.signing_key.display());
-    println!("created public key   {}  (give this to auditors)", created.public_key.display());
+    println!(
+        "created public key   {}  (give this to auditors)",
+        created.public_key.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

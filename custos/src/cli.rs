@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use crate::config;
 
 #[derive(Debug, Parser)]
-#[command(name = "custos", version, about = "Compliance archiving and content-monitoring proxy for XMPP")]
+#[command(
+    name = "custos",
+    version,
+    about = "Compliance archiving and content-monitoring proxy for XMPP"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -77,7 +81,10 @@ pub enum PolicyCommand {
     /// Validate a rules file; exit 0, or 1 with `FILE:LINE: reason` errors.
     Check { rules: PathBuf },
     /// Evaluate JSON-lines messages (`-` or no INPUT: stdin); one verdict line out each.
-    Test { rules: PathBuf, input: Option<PathBuf> },
+    Test {
+        rules: PathBuf,
+        input: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,7 +115,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reindex { config } => crate::archive_cmds::reindex(&config),
         Command::Policy { command } => match command {
             PolicyCommand::Check { rules } => crate::policy_cmds::check(&rules),
-            PolicyCommand::Test { rules, input } => crate::policy_cmds::test(&rules, input.as_deref()),
+            PolicyCommand::Test { rules, input } => {
+                crate::policy_cmds::test(&rules, input.as_deref())
+            }
         },
     }
 }
@@ -120,7 +129,11 @@ fn check_config(path: &std::path::Path) -> ExitCode {
             println!(
                 "{}: ok ({listeners} listener(s){}{}{})",
                 path.display(),
-                if cfg.archive.is_some() { ", archive" } else { "" },
+                if cfg.archive.is_some() {
+                    ", archive"
+                } else {
+                    ""
+                },
                 if cfg.policy.is_some() { ", policy" } else { "" },
                 if cfg.web.is_some() { ", web" } else { "" },
             );

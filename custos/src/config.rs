@@ -24,7 +24,14 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: {}: {}", self.file.display(), self.line, self.key, self.reason)
+        write!(
+            f,
+            "{}:{}: {}: {}",
+            self.file.display(),
+            self.line,
+            self.key,
+            self.reason
+        )
     }
 }
 
@@ -67,6 +74,8 @@ pub struct RawArchive {
     pub master_key: Option<Spanned<PathBuf>>,
     pub signing_key: Spanned<PathBuf>,
     pub on_failure: Option<Spanned<String>>,
+    /// Seal the active segment past this size (default 64 MiB).
+    pub segment_max_bytes: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,6 +116,7 @@ pub struct ArchiveSettings {
     pub master_key: Option<PathBuf>,
     pub signing_key: PathBuf,
     pub on_failure: OnFailure,
+    pub segment_max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -166,7 +176,11 @@ struct Locator<'a> {
 impl Locator<'_> {
     fn line_of(&self, span: &Range<usize>) -> usize {
         let end = span.start.min(self.text.len());
-        self.text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1
     }
 
     fn error(&self, span: &Range<usize>, key: &str, reason: impl Into<String>) -> ConfigError {
@@ -244,7 +258,11 @@ impl Validator<'_> {
             match bind.get_ref().parse::<SocketAddr>() {
                 Ok(addr) => Some(WebSettings { bind: addr }),
                 Err(_) => {
-                    self.fail(&bind.span(), "web.bind", "expected an address like 127.0.0.1:8080");
+                    self.fail(
+                        &bind.span(),
+                        "web.bind",
+                        "expected an address like 127.0.0.1:8080",
+                    );
                     None
                 }
             }
@@ -265,7 +283,11 @@ impl Validator<'_> {
             // archive commands alone. An upstream without listeners is almost certainly a
             // mistake, though.
             if let Some(up) = &raw.upstream {
-                self.fail(&up.span(), "upstream", "an [upstream] needs at least one [[listener]]");
+                self.fail(
+                    &up.span(),
+                    "upstream",
+                    "an [upstream] needs at least one [[listener]]",
+                );
             }
             return None;
         }
@@ -296,7 +318,11 @@ impl Validator<'_> {
         let bind = match l.bind.get_ref().parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
-                self.fail(&l.bind.span(), &key("bind"), "expected an address like 127.0.0.1:5222");
+                self.fail(
+                    &l.bind.span(),
+                    &key("bind"),
+                    "expected an address like 127.0.0.1:5222",
+                );
                 None
             }
         };
@@ -371,7 +397,10 @@ impl Validator<'_> {
             Some(ca) => Some(self.existing_file(ca, "upstream.ca")?),
             None => None,
         };
-        let tls = match custos_proxy::tls::upstream_config(ca.as_deref(), mode == Some(UpstreamTls::Direct)) {
+        let tls = match custos_proxy::tls::upstream_config(
+            ca.as_deref(),
+            mode == Some(UpstreamTls::Direct),
+        ) {
             Ok(tls) => tls,
             Err(e) => {
                 let span = u.ca.as_ref().map(|c| c.span()).unwrap_or(u.tls.span());
@@ -398,7 +427,11 @@ impl Validator<'_> {
                 self.fail(
                     span,
                     "archive.master_key",
-                    format!("{} is inside the archive directory {}; keep the master key elsewhere", key_path.display(), dir.display()),
+                    format!(
+                        "{} is inside the archive directory {}; keep the master key elsewhere",
+                        key_path.display(),
+                        dir.display()
+                    ),
                 );
             }
         }
@@ -407,10 +440,17 @@ impl Validator<'_> {
             self.fail(
                 &a.signing_key.span(),
                 "archive.signing_key",
-                format!("{} is inside the archive directory; keep keys elsewhere", signing_key.display()),
+                format!(
+                    "{} is inside the archive directory; keep keys elsewhere",
+                    signing_key.display()
+                ),
             );
         }
-        let on_failure = match a.on_failure.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
+        let on_failure = match a
+            .on_failure
+            .as_ref()
+            .map(|s| (s.get_ref().as_str(), s.span()))
+        {
             None | Some(("block", _)) => OnFailure::Block,
             Some(("deliver", _)) => OnFailure::Deliver,
             Some((other, span)) => {
@@ -422,11 +462,20 @@ impl Validator<'_> {
                 OnFailure::Block
             }
         };
+        let segment_max_bytes = match &a.segment_max_bytes {
+            Some(v) if *v.get_ref() <= 0 => {
+                self.fail(&v.span(), "archive.segment_max_bytes", "must be positive");
+                None
+            }
+            Some(v) => u64::try_from(*v.get_ref()).ok(),
+            None => None,
+        };
         Some(ArchiveSettings {
             dir,
             master_key: master_key.map(|(p, _)| p),
             signing_key,
             on_failure,
+            segment_max_bytes,
         })
     }
 
@@ -446,7 +495,11 @@ impl Validator<'_> {
         if let Some(n) = positive(&raw.max_stanza_bytes, "limits.max_stanza_bytes", 64 << 20) {
             limits.frame.max_stanza_bytes = n as usize;
         }
-        if let Some(n) = positive(&raw.handshake_timeout_secs, "limits.handshake_timeout_secs", 3600) {
+        if let Some(n) = positive(
+            &raw.handshake_timeout_secs,
+            "limits.handshake_timeout_secs",
+            3600,
+        ) {
             limits.handshake_timeout = std::time::Duration::from_secs(n);
         }
         if let Some(n) = positive(&raw.auth_timeout_secs, "limits.auth_timeout_secs", 3600) {
@@ -502,7 +555,11 @@ mod tests {
     fn unknown_key_is_named_with_its_line() {
         let errs = errors("[web]\nbind = \"127.0.0.1:8080\"\nport = 3\n");
         assert_eq!(errs.len(), 1, "{errs:?}");
-        assert!(errs[0].starts_with("custos.toml:3: port: unknown field"), "{}", errs[0]);
+        assert!(
+            errs[0].starts_with("custos.toml:3: port: unknown field"),
+            "{}",
+            errs[0]
+        );
     }
 
     #[test]
@@ -512,10 +569,22 @@ mod tests {
              [upstream]\naddress = \"127.0.0.1:5222\"\ntls = \"starttls\"\n",
         );
         let joined = errs.join("\n");
-        assert!(joined.contains("custos.toml:2: listener[0].bind: expected an address"), "{joined}");
-        assert!(joined.contains("custos.toml:3: listener[0].tls: expected \"starttls\" or \"direct\""), "{joined}");
-        assert!(joined.contains("custos.toml:4: listener[0].cert: missing.crt:"), "{joined}");
-        assert!(joined.contains("custos.toml:5: listener[0].key: missing.key:"), "{joined}");
+        assert!(
+            joined.contains("custos.toml:2: listener[0].bind: expected an address"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("custos.toml:3: listener[0].tls: expected \"starttls\" or \"direct\""),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("custos.toml:4: listener[0].cert: missing.crt:"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("custos.toml:5: listener[0].key: missing.key:"),
+            "{joined}"
+        );
     }
 
     #[test]
@@ -529,8 +598,12 @@ mod tests {
             base: dir.path().to_owned(),
             errors: Vec::new(),
         };
-        assert!(v.upstream(raw.upstream.as_ref().unwrap().get_ref()).is_none());
-        assert!(v.errors[0].to_string().contains("upstream.tls: \"none\" is allowed only for a loopback upstream"));
+        assert!(v
+            .upstream(raw.upstream.as_ref().unwrap().get_ref())
+            .is_none());
+        assert!(v.errors[0]
+            .to_string()
+            .contains("upstream.tls: \"none\" is allowed only for a loopback upstream"));
     }
 
     #[test]
@@ -539,7 +612,11 @@ mod tests {
             "[archive]\ndir = \"data/archive\"\nmaster_key = \"data/archive/../archive/master.key\"\nsigning_key = \"secrets/s.key\"\n",
         );
         assert_eq!(errs.len(), 1, "{errs:?}");
-        assert!(errs[0].starts_with("custos.toml:3: archive.master_key:"), "{}", errs[0]);
+        assert!(
+            errs[0].starts_with("custos.toml:3: archive.master_key:"),
+            "{}",
+            errs[0]
+        );
     }
 
     #[test]

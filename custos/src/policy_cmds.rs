@@ -37,7 +37,9 @@ pub fn test(rules: &Path, input: Option<&Path>) -> anyhow::Result<ExitCode> {
     };
     let stats = custos_policy::run_test(&policy, reader, std::io::stdout().lock())?;
     for e in &stats.errors {
-        let name = input.map(|p| p.display().to_string()).unwrap_or_else(|| "-".into());
+        let name = input
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "-".into());
         eprintln!("{name}:{}: {}", e.line, e.reason);
     }
     Ok(if stats.errors.is_empty() {

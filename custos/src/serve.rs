@@ -46,7 +46,10 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
 async fn serve(cfg: config::Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     if cfg.proxy.is_none() {
-        anyhow::bail!("{}: nothing to serve: no [[listener]] configured", cfg.file.display());
+        anyhow::bail!(
+            "{}: nothing to serve: no [[listener]] configured",
+            cfg.file.display()
+        );
     }
 
     let archive = match &cfg.archive {
@@ -54,7 +57,11 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
             let master = archive_cmds::master_key(a)?;
             let signing = custos_archive::load_signing_key(&a.signing_key)
                 .with_context(|| format!("reading the signing key {}", a.signing_key.display()))?;
-            let archive = Archive::open(ArchiveConfig::new(a.dir.clone(), master, signing))
+            let mut archive_config = ArchiveConfig::new(a.dir.clone(), master, signing);
+            if let Some(bytes) = a.segment_max_bytes {
+                archive_config.segment_max_bytes = bytes;
+            }
+            let archive = Archive::open(archive_config)
                 .with_context(|| format!("opening the archive in {}", a.dir.display()))?;
             info!(dir = %a.dir.display(), "archive open");
             Some(archive)
@@ -110,7 +117,10 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn_signal_handler(shutdown: CancellationToken, policy: Option<PolicyHandle>) -> anyhow::Result<()> {
+fn spawn_signal_handler(
+    shutdown: CancellationToken,
+    policy: Option<PolicyHandle>,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;

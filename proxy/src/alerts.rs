@@ -31,8 +31,12 @@ impl AlertSender {
                     Ok(resp) if resp.status().is_success() => {
                         debug!(rule = %alert.rule, "alert delivered");
                     }
-                    Ok(resp) => warn!(rule = %alert.rule, status = %resp.status(), "alert webhook refused the alert"),
-                    Err(err) => warn!(rule = %alert.rule, cause = %err, "alert webhook unreachable"),
+                    Ok(resp) => {
+                        warn!(rule = %alert.rule, status = %resp.status(), "alert webhook refused the alert")
+                    }
+                    Err(err) => {
+                        warn!(rule = %alert.rule, cause = %err, "alert webhook unreachable")
+                    }
                 }
             }
         });

@@ -71,9 +71,10 @@ impl SessionError {
         match self {
             SessionError::Client(fault) => match fault {
                 ClientFault::Frame(e) => Some((e.condition(), e.to_string())),
-                ClientFault::Timeout(what) => {
-                    Some(("connection-timeout", format!("timed out waiting for {what}")))
-                }
+                ClientFault::Timeout(what) => Some((
+                    "connection-timeout",
+                    format!("timed out waiting for {what}"),
+                )),
                 ClientFault::Unexpected { expected, .. } => Some((
                     if *expected == "<starttls/>" {
                         "policy-violation"
@@ -86,10 +87,9 @@ impl SessionError {
                     "policy-violation",
                     "data sent after <starttls/> before the TLS handshake".into(),
                 )),
-                ClientFault::NoDomain => Some((
-                    "host-unknown",
-                    "the stream header names no domain".into(),
-                )),
+                ClientFault::NoDomain => {
+                    Some(("host-unknown", "the stream header names no domain".into()))
+                }
                 ClientFault::Tls(_) | ClientFault::Closed | ClientFault::Io(_) => None,
             },
             // The cause (addresses, certificate details) goes to the operator's log, not to

@@ -103,7 +103,11 @@ pub trait Inspector: Send + Sync + 'static {
     }
 
     /// Called when a session that started ends, whatever the cause.
-    fn session_ended(&self, _session: &SessionInfo, _reason: &str) -> impl Future<Output = ()> + Send {
+    fn session_ended(
+        &self,
+        _session: &SessionInfo,
+        _reason: &str,
+    ) -> impl Future<Output = ()> + Send {
         async {}
     }
 }

@@ -62,7 +62,10 @@ pub async fn read_frame<R: AsyncRead + Unpin + ?Sized>(
 }
 
 /// Writes and flushes: TLS streams hold bytes until flushed.
-pub async fn send<W: AsyncWrite + Unpin + ?Sized>(writer: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+pub async fn send<W: AsyncWrite + Unpin + ?Sized>(
+    writer: &mut W,
+    bytes: &[u8],
+) -> std::io::Result<()> {
     writer.write_all(bytes).await?;
     writer.flush().await
 }

@@ -46,4 +46,6 @@ pub mod tls;
 pub mod xml;
 
 pub use inspect::{Decision, Direction, Inspected, Inspector, Outcome, PassThrough, SessionInfo};
-pub use server::{BoundProxy, Limits, ListenerConfig, ListenerMode, Proxy, ProxyConfig, UpstreamConfig};
+pub use server::{
+    BoundProxy, Limits, ListenerConfig, ListenerMode, Proxy, ProxyConfig, UpstreamConfig,
+};

@@ -54,9 +54,13 @@ pub enum Action {
     /// Run the TLS handshake on the client socket, then expect a new stream header.
     SecureClient,
     /// Connect to the upstream (Direct TLS included), then feed [`Event::UpstreamConnected`].
-    ConnectUpstream { domain: String },
+    ConnectUpstream {
+        domain: String,
+    },
     /// Run the TLS handshake on the upstream socket, then feed [`Event::UpstreamSecured`].
-    SecureUpstream { domain: String },
+    SecureUpstream {
+        domain: String,
+    },
 }
 
 /// Which leg the machine reads from next.
@@ -158,7 +162,10 @@ impl Negotiation {
 
     pub fn handle(self, event: Event, config: &NegotiationConfig) -> Step {
         // Whitespace keepalives are legal between elements in every state.
-        if matches!(event, Event::Client(Frame::Whitespace(_)) | Event::Upstream(Frame::Whitespace(_))) {
+        if matches!(
+            event,
+            Event::Client(Frame::Whitespace(_)) | Event::Upstream(Frame::Whitespace(_))
+        ) {
             return Ok((self, Vec::new()));
         }
         match self {
@@ -178,7 +185,12 @@ impl ExpectClientHeader {
     fn handle(self, event: Event, config: &NegotiationConfig) -> Step {
         let header = match event {
             Event::Client(Frame::StreamHeader(h)) => h,
-            other => return Err(unexpected_event(&Negotiation::ExpectClientHeader(self), &other)),
+            other => {
+                return Err(unexpected_event(
+                    &Negotiation::ExpectClientHeader(self),
+                    &other,
+                ))
+            }
         };
         let stream = client_stream(&header, config)?;
         let mut actions = vec![Action::SendClient(stream::header(&HeaderAttrs {
@@ -202,15 +214,20 @@ impl ExpectClientHeader {
     }
 }
 
-fn client_stream(header: &StreamHeader, config: &NegotiationConfig) -> Result<ClientStream, SessionError> {
+fn client_stream(
+    header: &StreamHeader,
+    config: &NegotiationConfig,
+) -> Result<ClientStream, SessionError> {
     if header.default_ns.as_deref() != Some(NS_CLIENT) {
-        return Err(ClientFault::Frame(crate::framer::FrameError::InvalidNamespace {
-            detail: format!(
-                "default namespace must be {NS_CLIENT}, got {}",
-                header.default_ns.as_deref().unwrap_or("none")
-            ),
-        })
-        .into());
+        return Err(
+            ClientFault::Frame(crate::framer::FrameError::InvalidNamespace {
+                detail: format!(
+                    "default namespace must be {NS_CLIENT}, got {}",
+                    header.default_ns.as_deref().unwrap_or("none")
+                ),
+            })
+            .into(),
+        );
     }
     let domain = header
         .to
@@ -227,10 +244,15 @@ fn client_stream(header: &StreamHeader, config: &NegotiationConfig) -> Result<Cl
 impl ExpectStartTls {
     fn handle(self, event: Event) -> Step {
         match event {
-            Event::Client(Frame::Stanza(s)) if s.root.name == "starttls" && s.root.ns == NS_TLS => Ok((
-                Negotiation::ExpectClientHeader(ExpectClientHeader { secured: true }),
-                vec![Action::SendClient(stream::PROCEED.to_vec()), Action::SecureClient],
-            )),
+            Event::Client(Frame::Stanza(s)) if s.root.name == "starttls" && s.root.ns == NS_TLS => {
+                Ok((
+                    Negotiation::ExpectClientHeader(ExpectClientHeader { secured: true }),
+                    vec![
+                        Action::SendClient(stream::PROCEED.to_vec()),
+                        Action::SecureClient,
+                    ],
+                ))
+            }
             Event::Client(Frame::Stanza(s)) => Err(ClientFault::Unexpected {
                 expected: "<starttls/>",
                 got: format!("<{}/>", s.root.name),
@@ -249,7 +271,10 @@ impl ExpectUpstreamConnection {
                 self.stream,
                 config.upstream_tls == UpstreamTls::StartTls,
             )),
-            other => Err(unexpected_event(&Negotiation::ExpectUpstreamConnection(self), &other)),
+            other => Err(unexpected_event(
+                &Negotiation::ExpectUpstreamConnection(self),
+                &other,
+            )),
         }
     }
 }
@@ -289,7 +314,11 @@ impl ExpectUpstreamHeader {
 impl ExpectUpstreamFeatures {
     fn handle(self, event: Event) -> Step {
         let features = match event {
-            Event::Upstream(Frame::Stanza(s)) if s.root.name == "features" && s.root.ns == stream::NS_STREAMS => s,
+            Event::Upstream(Frame::Stanza(s))
+                if s.root.name == "features" && s.root.ns == stream::NS_STREAMS =>
+            {
+                s
+            }
             other => return Err(upstream_unexpected("<stream:features/>", &other)),
         };
         if self.needs_starttls {
@@ -297,7 +326,9 @@ impl ExpectUpstreamFeatures {
                 return Err(UpstreamFault::NoStartTls.into());
             }
             return Ok((
-                Negotiation::ExpectProceed(ExpectProceed { stream: self.stream }),
+                Negotiation::ExpectProceed(ExpectProceed {
+                    stream: self.stream,
+                }),
                 vec![Action::SendUpstream(stream::STARTTLS.to_vec())],
             ));
         }
@@ -310,7 +341,9 @@ impl ExpectUpstreamFeatures {
             features.raw.to_vec()
         };
         Ok((
-            Negotiation::Relaying(Relaying { stream: self.stream }),
+            Negotiation::Relaying(Relaying {
+                stream: self.stream,
+            }),
             vec![Action::SendClient(bytes)],
         ))
     }
@@ -319,14 +352,20 @@ impl ExpectUpstreamFeatures {
 impl ExpectProceed {
     fn handle(self, event: Event) -> Step {
         match event {
-            Event::Upstream(Frame::Stanza(s)) if s.root.ns == NS_TLS && s.root.name == "proceed" => {
+            Event::Upstream(Frame::Stanza(s))
+                if s.root.ns == NS_TLS && s.root.name == "proceed" =>
+            {
                 let domain = self.stream.domain.clone();
                 Ok((
-                    Negotiation::ExpectUpstreamTls(ExpectUpstreamTls { stream: self.stream }),
+                    Negotiation::ExpectUpstreamTls(ExpectUpstreamTls {
+                        stream: self.stream,
+                    }),
                     vec![Action::SecureUpstream { domain }],
                 ))
             }
-            Event::Upstream(Frame::Stanza(s)) if s.root.ns == NS_TLS => Err(UpstreamFault::StartTlsRefused.into()),
+            Event::Upstream(Frame::Stanza(s)) if s.root.ns == NS_TLS => {
+                Err(UpstreamFault::StartTlsRefused.into())
+            }
             other => Err(upstream_unexpected("<proceed/>", &other)),
         }
     }
@@ -336,7 +375,10 @@ impl ExpectUpstreamTls {
     fn handle(self, event: Event) -> Step {
         match event {
             Event::UpstreamSecured => Ok(upstream_header(self.stream, false)),
-            other => Err(unexpected_event(&Negotiation::ExpectUpstreamTls(self), &other)),
+            other => Err(unexpected_event(
+                &Negotiation::ExpectUpstreamTls(self),
+                &other,
+            )),
         }
     }
 }
@@ -390,7 +432,8 @@ mod tests {
     use super::*;
     use crate::framer::{FrameLimits, Framer};
 
-    const CLIENT_HEADER: &str = "<?xml version='1.0'?><stream:stream to='example.test' version='1.0' xml:lang='en' \
+    const CLIENT_HEADER: &str =
+        "<?xml version='1.0'?><stream:stream to='example.test' version='1.0' xml:lang='en' \
          xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
     const SERVER_HEADER: &str = "<stream:stream from='example.test' id='up1' version='1.0' \
          xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
@@ -442,27 +485,44 @@ mod tests {
 
         let m = Negotiation::new(false);
         assert_eq!(m.awaits(), Leg::Client);
-        let (m, actions) = m.handle(Event::Client(client.one(CLIENT_HEADER)), &cfg).unwrap();
+        let (m, actions) = m
+            .handle(Event::Client(client.one(CLIENT_HEADER)), &cfg)
+            .unwrap();
         let out = sent_to_client(&actions);
         assert!(out.contains("from='example.test'"), "{out}");
-        assert!(out.contains("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls>"));
+        assert!(out
+            .contains("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls>"));
 
         let (m, actions) = m
-            .handle(Event::Client(client.one("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")), &cfg)
+            .handle(
+                Event::Client(client.one("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")),
+                &cfg,
+            )
             .unwrap();
         assert_eq!(
             actions,
-            vec![Action::SendClient(stream::PROCEED.to_vec()), Action::SecureClient]
+            vec![
+                Action::SendClient(stream::PROCEED.to_vec()),
+                Action::SecureClient
+            ]
         );
         client.0.restart();
 
-        let (m, actions) = m.handle(Event::Client(client.one(CLIENT_HEADER)), &cfg).unwrap();
-        assert!(matches!(actions.last(), Some(Action::ConnectUpstream { domain }) if domain == "example.test"));
+        let (m, actions) = m
+            .handle(Event::Client(client.one(CLIENT_HEADER)), &cfg)
+            .unwrap();
+        assert!(
+            matches!(actions.last(), Some(Action::ConnectUpstream { domain }) if domain == "example.test")
+        );
         assert_eq!(m.awaits(), Leg::Driver);
 
         let (m, actions) = m.handle(Event::UpstreamConnected, &cfg).unwrap();
-        assert!(matches!(&actions[..], [Action::SendUpstream(h)] if String::from_utf8_lossy(h).contains("to='example.test'")));
-        let (m, _) = m.handle(Event::Upstream(upstream.one(SERVER_HEADER)), &cfg).unwrap();
+        assert!(
+            matches!(&actions[..], [Action::SendUpstream(h)] if String::from_utf8_lossy(h).contains("to='example.test'"))
+        );
+        let (m, _) = m
+            .handle(Event::Upstream(upstream.one(SERVER_HEADER)), &cfg)
+            .unwrap();
         let (m, actions) = m
             .handle(
                 Event::Upstream(upstream.one(
@@ -471,9 +531,15 @@ mod tests {
                 &cfg,
             )
             .unwrap();
-        assert_eq!(actions, vec![Action::SendUpstream(stream::STARTTLS.to_vec())]);
+        assert_eq!(
+            actions,
+            vec![Action::SendUpstream(stream::STARTTLS.to_vec())]
+        );
         let (m, actions) = m
-            .handle(Event::Upstream(upstream.one("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")), &cfg)
+            .handle(
+                Event::Upstream(upstream.one("<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")),
+                &cfg,
+            )
             .unwrap();
         assert_eq!(
             actions,
@@ -483,7 +549,9 @@ mod tests {
         );
         upstream.0.restart();
         let (m, _) = m.handle(Event::UpstreamSecured, &cfg).unwrap();
-        let (m, _) = m.handle(Event::Upstream(upstream.one(SERVER_HEADER)), &cfg).unwrap();
+        let (m, _) = m
+            .handle(Event::Upstream(upstream.one(SERVER_HEADER)), &cfg)
+            .unwrap();
         let (m, actions) = m
             .handle(
                 Event::Upstream(upstream.one(
@@ -514,11 +582,16 @@ mod tests {
             .handle(Event::Client(client.one(CLIENT_HEADER)), &cfg)
             .unwrap();
         assert!(!sent_to_client(&actions).contains("starttls"));
-        assert!(matches!(actions.last(), Some(Action::ConnectUpstream { .. })));
+        assert!(matches!(
+            actions.last(),
+            Some(Action::ConnectUpstream { .. })
+        ));
         // A Direct TLS upstream needs no STARTTLS: the first features are relayed.
         let mut upstream = Peer::new();
         let (m, _) = m.handle(Event::UpstreamConnected, &cfg).unwrap();
-        let (m, _) = m.handle(Event::Upstream(upstream.one(SERVER_HEADER)), &cfg).unwrap();
+        let (m, _) = m
+            .handle(Event::Upstream(upstream.one(SERVER_HEADER)), &cfg)
+            .unwrap();
         let (m, _) = m
             .handle(Event::Upstream(upstream.one("<stream:features/>")), &cfg)
             .unwrap();
@@ -551,12 +624,20 @@ mod tests {
             .handle(Event::Client(client.one(CLIENT_HEADER)), &cfg)
             .unwrap();
         let (m, _) = m.handle(Event::UpstreamConnected, &cfg).unwrap();
-        let (m, _) = m.handle(Event::Upstream(upstream.one(SERVER_HEADER)), &cfg).unwrap();
+        let (m, _) = m
+            .handle(Event::Upstream(upstream.one(SERVER_HEADER)), &cfg)
+            .unwrap();
         let err = m
             .handle(Event::Upstream(upstream.one("<stream:features/>")), &cfg)
             .unwrap_err();
-        assert!(matches!(err, SessionError::Upstream(UpstreamFault::NoStartTls)));
-        assert_eq!(err.client_condition().unwrap().0, "remote-connection-failed");
+        assert!(matches!(
+            err,
+            SessionError::Upstream(UpstreamFault::NoStartTls)
+        ));
+        assert_eq!(
+            err.client_condition().unwrap().0,
+            "remote-connection-failed"
+        );
     }
 
     #[test]
@@ -579,7 +660,10 @@ mod tests {
     fn missing_domain_uses_configured_default_or_fails() {
         let header = "<stream:stream version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
         let err = Negotiation::new(true)
-            .handle(Event::Client(Peer::new().one(header)), &config(UpstreamTls::StartTls))
+            .handle(
+                Event::Client(Peer::new().one(header)),
+                &config(UpstreamTls::StartTls),
+            )
             .unwrap_err();
         assert_eq!(err.client_condition().unwrap().0, "host-unknown");
         let cfg = NegotiationConfig {
@@ -589,7 +673,9 @@ mod tests {
         let (_, actions) = Negotiation::new(true)
             .handle(Event::Client(Peer::new().one(header)), &cfg)
             .unwrap();
-        assert!(matches!(actions.last(), Some(Action::ConnectUpstream { domain }) if domain == "example.test"));
+        assert!(
+            matches!(actions.last(), Some(Action::ConnectUpstream { domain }) if domain == "example.test")
+        );
     }
 
     #[test]

@@ -268,7 +268,10 @@ impl Inspector for Pipeline {
                 if first {
                     let record = message_record(&item, &c, verdict.as_ref());
                     if let Err(err) = archive.append(NewRecord::Message(record)).await {
-                        self.seen.lock().unwrap_or_else(|p| p.into_inner()).forget(key);
+                        self.seen
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .forget(key);
                         match self.on_failure {
                             OnArchiveFailure::Block => {
                                 error!(cause = %err, "archive write failed; message refused, not delivered");
@@ -303,7 +306,10 @@ impl Inspector for Pipeline {
             },
             custos_policy::Action::Block => {
                 info!(rules = ?verdict.rules.iter().map(|r| r.as_str()).collect::<Vec<_>>(), "stanza blocked by policy");
-                let text = verdict.block_text.as_deref().unwrap_or("Blocked by policy.");
+                let text = verdict
+                    .block_text
+                    .as_deref()
+                    .unwrap_or("Blocked by policy.");
                 refuse(&item, ErrorType::Modify, "policy-violation", text)
             }
         };
@@ -314,7 +320,10 @@ impl Inspector for Pipeline {
                 .unwrap_or_else(|p| p.into_inner())
                 .should_send_request(request, Instant::now());
             if due && outcome.decision != (Decision::Refuse { error: None }) {
-                outcome.inject.to_upstream.push(disclaimer(&request.to, &request.text));
+                outcome
+                    .inject
+                    .to_upstream
+                    .push(disclaimer(&request.to, &request.text));
             }
         }
         outcome
@@ -326,7 +335,10 @@ impl Inspector for Pipeline {
             session: SessionId(session.id.to_string()),
             jid: jid.clone(),
             client_addr: session.client_addr.to_string(),
-            resource: jid.split_once('/').map(|(_, r)| r.to_owned()).unwrap_or_default(),
+            resource: jid
+                .split_once('/')
+                .map(|(_, r)| r.to_owned())
+                .unwrap_or_default(),
         })
         .await;
     }
@@ -337,19 +349,30 @@ impl Inspector for Pipeline {
             session: SessionId(session.id.to_string()),
             jid: jid.clone(),
             client_addr: session.client_addr.to_string(),
-            resource: jid.split_once('/').map(|(_, r)| r.to_owned()).unwrap_or_default(),
+            resource: jid
+                .split_once('/')
+                .map(|(_, r)| r.to_owned())
+                .unwrap_or_default(),
             reason: reason.to_owned(),
         })
         .await;
     }
 }
 
-fn message_record(item: &Inspected<'_>, c: &Content<'_>, verdict: Option<&Verdict>) -> MessageRecord {
+fn message_record(
+    item: &Inspected<'_>,
+    c: &Content<'_>,
+    verdict: Option<&Verdict>,
+) -> MessageRecord {
     let v = c.view;
     let outcome = match verdict {
         Some(verdict) => custos_archive::Outcome {
             action: action(verdict.action),
-            rules: verdict.rules.iter().map(|r| r.as_str().to_owned()).collect(),
+            rules: verdict
+                .rules
+                .iter()
+                .map(|r| r.as_str().to_owned())
+                .collect(),
             delivered_body: verdict.delivered_body.clone(),
             severity: verdict.severity.map(|s| severity(s).to_owned()),
             e2ee: v.e2ee.map(|e| e2ee_name(e).to_owned()),
@@ -402,7 +425,11 @@ fn refuse(item: &Inspected<'_>, error_type: ErrorType, condition: &str, text: &s
 /// forwarded message inside it.
 fn redact(root: &Element, carbon: bool, body: Option<&str>, subject: Option<&str>) -> Vec<u8> {
     let mut stanza = root.clone();
-    let target = if carbon { forwarded_message(&mut stanza) } else { Some(&mut stanza) };
+    let target = if carbon {
+        forwarded_message(&mut stanza)
+    } else {
+        Some(&mut stanza)
+    };
     if let Some(message) = target {
         let ns = message.ns.clone();
         for node in message.children.iter_mut() {
@@ -418,7 +445,8 @@ fn redact(root: &Element, carbon: bool, body: Option<&str>, subject: Option<&str
             }
         }
         // An HTML body (XEP-0071) would deliver the unredacted text beside the redacted one.
-        message.retain_children(|c| c.name != "html" || c.ns != "http://jabber.org/protocol/xhtml-im");
+        message
+            .retain_children(|c| c.name != "html" || c.ns != "http://jabber.org/protocol/xhtml-im");
     }
     let mut out = Vec::new();
     stanza.write_to(&mut out);

@@ -100,21 +100,61 @@ mod tests {
         .unwrap();
         let reply = String::from_utf8(reply).unwrap();
         assert!(reply.starts_with("<message"), "{reply}");
-        assert!(reply.contains("type=\"error\"") || reply.contains("type='error'"), "{reply}");
-        assert!(reply.contains("from=\"bob@example.test\"") || reply.contains("from='bob@example.test'"), "{reply}");
+        assert!(
+            reply.contains("type=\"error\"") || reply.contains("type='error'"),
+            "{reply}"
+        );
+        assert!(
+            reply.contains("from=\"bob@example.test\"")
+                || reply.contains("from='bob@example.test'"),
+            "{reply}"
+        );
         assert!(reply.contains("alice@example.test/laptop"), "{reply}");
         assert!(reply.contains("m1"), "{reply}");
-        assert!(reply.contains("<policy-violation xmlns=\"urn:ietf:params:xml:ns:xmpp-stanzas\"/>")
-            || reply.contains("<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"), "{reply}");
-        assert!(reply.contains("Card numbers &lt;may&gt; not be sent"), "{reply}");
+        assert!(
+            reply.contains("<policy-violation xmlns=\"urn:ietf:params:xml:ns:xmpp-stanzas\"/>")
+                || reply
+                    .contains("<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"),
+            "{reply}"
+        );
+        assert!(
+            reply.contains("Card numbers &lt;may&gt; not be sent"),
+            "{reply}"
+        );
     }
 
     #[test]
     fn errors_and_results_are_never_answered() {
-        assert!(stanza_error(&message(&[("type", "error")]), None, None, ErrorType::Modify, "policy-violation", None).is_none());
+        assert!(stanza_error(
+            &message(&[("type", "error")]),
+            None,
+            None,
+            ErrorType::Modify,
+            "policy-violation",
+            None
+        )
+        .is_none());
         let result = Element::new("iq", NS_CLIENT).with_attr("type", "result");
-        assert!(stanza_error(&result, None, None, ErrorType::Modify, "policy-violation", None).is_none());
-        let get = Element::new("iq", NS_CLIENT).with_attr("type", "get").with_attr("id", "q");
-        assert!(stanza_error(&get, None, None, ErrorType::Modify, "policy-violation", None).is_some());
+        assert!(stanza_error(
+            &result,
+            None,
+            None,
+            ErrorType::Modify,
+            "policy-violation",
+            None
+        )
+        .is_none());
+        let get = Element::new("iq", NS_CLIENT)
+            .with_attr("type", "get")
+            .with_attr("id", "q");
+        assert!(stanza_error(
+            &get,
+            None,
+            None,
+            ErrorType::Modify,
+            "policy-violation",
+            None
+        )
+        .is_some());
     }
 }

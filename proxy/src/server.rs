@@ -97,10 +97,12 @@ impl Proxy {
     pub async fn bind(config: ProxyConfig) -> Result<BoundProxy, BindError> {
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for spec in &config.listeners {
-            let listener = TcpListener::bind(spec.bind).await.map_err(|source| BindError {
-                addr: spec.bind,
-                source,
-            })?;
+            let listener = TcpListener::bind(spec.bind)
+                .await
+                .map_err(|source| BindError {
+                    addr: spec.bind,
+                    source,
+                })?;
             listeners.push((listener, spec.clone()));
         }
         Ok(BoundProxy { config, listeners })
@@ -150,8 +152,14 @@ impl BoundProxy {
                 sessions.spawn(async move { while loop_sessions.join_next().await.is_some() {} });
             }
         }
-        info!(live = sessions.len(), "stopped accepting; draining sessions");
-        let drained = tokio::time::timeout(drain, async { while sessions.join_next().await.is_some() {} }).await;
+        info!(
+            live = sessions.len(),
+            "stopped accepting; draining sessions"
+        );
+        let drained = tokio::time::timeout(drain, async {
+            while sessions.join_next().await.is_some() {}
+        })
+        .await;
         if drained.is_err() {
             warn!("sessions still open after the drain timeout; closing them");
             sessions.abort_all();

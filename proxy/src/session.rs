@@ -29,7 +29,9 @@ use crate::features::filter_features;
 use crate::framer::{Frame, Framer, Stanza};
 use crate::inspect::{Decision, Direction, Inspected, Inspector, SessionInfo};
 use crate::io::{read_frame, send, ReadError, READ_CHUNK};
-use crate::negotiation::{Action, ClientStream, Event, Leg, Negotiation, NegotiationConfig, UpstreamTls};
+use crate::negotiation::{
+    Action, ClientStream, Event, Leg, Negotiation, NegotiationConfig, UpstreamTls,
+};
 use crate::server::{ListenerMode, ProxyConfig};
 use crate::stanza::{StanzaKind, StanzaView};
 use crate::stream::{self, HeaderAttrs, NS_BIND, NS_SASL, NS_STREAMS};
@@ -169,7 +171,9 @@ impl<I: Inspector> Negotiator<'_, I> {
     async fn perform(&mut self, action: Action) -> Result<Option<Event>, SessionError> {
         match action {
             Action::SendClient(bytes) => {
-                send(&mut self.client, &bytes).await.map_err(ClientFault::Io)?;
+                send(&mut self.client, &bytes)
+                    .await
+                    .map_err(ClientFault::Io)?;
                 Ok(None)
             }
             Action::SendUpstream(bytes) => {
@@ -249,17 +253,29 @@ impl<I: Inspector> Negotiator<'_, I> {
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, SessionError> {
         let upstream = &self.shared.config.upstream;
         let name = upstream.server_name.as_deref().unwrap_or(domain).to_owned();
-        let server_name = ServerName::try_from(name.clone()).map_err(|_| UpstreamFault::ServerName(name))?;
+        let server_name =
+            ServerName::try_from(name.clone()).map_err(|_| UpstreamFault::ServerName(name))?;
         let connector = TlsConnector::from(upstream.tls.clone());
-        tokio::time::timeout(self.limits().handshake_timeout, connector.connect(server_name, tcp))
-            .await
-            .map_err(|_| UpstreamFault::Timeout("in the TLS handshake"))?
-            .map_err(|e| UpstreamFault::Tls(e).into())
+        tokio::time::timeout(
+            self.limits().handshake_timeout,
+            connector.connect(server_name, tcp),
+        )
+        .await
+        .map_err(|_| UpstreamFault::Timeout("in the TLS handshake"))?
+        .map_err(|e| UpstreamFault::Tls(e).into())
     }
 
     async fn read_client(&mut self) -> Result<Frame, SessionError> {
         let limit = Some(self.limits().handshake_timeout);
-        match read_frame(&mut self.client, &mut self.client_framer, &mut self.buf, None, limit).await {
+        match read_frame(
+            &mut self.client,
+            &mut self.client_framer,
+            &mut self.buf,
+            None,
+            limit,
+        )
+        .await
+        {
             Ok(Some(frame)) => Ok(frame),
             Ok(None) => Err(ClientFault::Closed.into()),
             Err(ReadError::Frame(e)) => Err(ClientFault::Frame(e).into()),
@@ -271,12 +287,22 @@ impl<I: Inspector> Negotiator<'_, I> {
     async fn read_upstream(&mut self) -> Result<Frame, SessionError> {
         let limit = Some(self.limits().handshake_timeout);
         let upstream = self.upstream.as_mut().ok_or(UpstreamFault::Closed)?;
-        match read_frame(upstream, &mut self.upstream_framer, &mut self.buf, None, limit).await {
+        match read_frame(
+            upstream,
+            &mut self.upstream_framer,
+            &mut self.buf,
+            None,
+            limit,
+        )
+        .await
+        {
             Ok(Some(frame)) => Ok(frame),
             Ok(None) => Err(UpstreamFault::Closed.into()),
             Err(ReadError::Frame(e)) => Err(UpstreamFault::Frame(e).into()),
             Err(ReadError::Io(e)) => Err(UpstreamFault::Io(e).into()),
-            Err(ReadError::Timeout) => Err(UpstreamFault::Timeout("waiting for the stream negotiation").into()),
+            Err(ReadError::Timeout) => {
+                Err(UpstreamFault::Timeout("waiting for the stream negotiation").into())
+            }
         }
     }
 
@@ -284,7 +310,10 @@ impl<I: Inspector> Negotiator<'_, I> {
     async fn fail(&mut self, err: &SessionError) {
         if let Some((condition, text)) = err.client_condition() {
             let mut bytes = Vec::new();
-            let header_sent = self.machine.as_ref().is_some_and(Negotiation::client_header_sent);
+            let header_sent = self
+                .machine
+                .as_ref()
+                .is_some_and(Negotiation::client_header_sent);
             if !header_sent && !matches!(self.client, Conn::Upgrading) {
                 bytes.extend(stream::header(&HeaderAttrs {
                     from: self.shared.config.upstream.server_name.as_deref(),
@@ -293,11 +322,13 @@ impl<I: Inspector> Negotiator<'_, I> {
                 }));
             }
             bytes.extend(stream::stream_error(condition, Some(&text)));
-            let _ = tokio::time::timeout(Duration::from_secs(2), send(&mut self.client, &bytes)).await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), send(&mut self.client, &bytes)).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.client.shutdown()).await;
         if let Some(upstream) = self.upstream.as_mut() {
-            let _ = tokio::time::timeout(Duration::from_secs(2), send(upstream, stream::CLOSE)).await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), send(upstream, stream::CLOSE)).await;
         }
     }
 }
@@ -358,7 +389,13 @@ struct Relay<'a, I> {
 }
 
 impl<'a, I: Inspector> Relay<'a, I> {
-    fn new(shared: &'a Shared<I>, client: Conn, upstream: Conn, stream: ClientStream, info: SessionInfo) -> Self {
+    fn new(
+        shared: &'a Shared<I>,
+        client: Conn,
+        upstream: Conn,
+        stream: ClientStream,
+        info: SessionInfo,
+    ) -> Self {
         let (client_r, client_w) = split(client);
         let (upstream_r, upstream_w) = split(upstream);
         Relay {
@@ -377,8 +414,13 @@ impl<'a, I: Inspector> Relay<'a, I> {
         }
     }
 
-    async fn run(mut self, client_framer: Framer, upstream_framer: Framer) -> (String, SessionInfo) {
-        let (Some(client_r), Some(upstream_r)) = (self.client_r.take(), self.upstream_r.take()) else {
+    async fn run(
+        mut self,
+        client_framer: Framer,
+        upstream_framer: Framer,
+    ) -> (String, SessionInfo) {
+        let (Some(client_r), Some(upstream_r)) = (self.client_r.take(), self.upstream_r.take())
+        else {
             return ("internal: relay started twice".into(), self.snapshot());
         };
         let c2u = self.client_to_upstream(client_r, client_framer);
@@ -421,7 +463,8 @@ impl<'a, I: Inspector> Relay<'a, I> {
     async fn finish_upstream(&self) {
         if !self.upstream_finished.swap(true, Ordering::AcqRel) {
             let mut w = self.upstream_w.lock().await;
-            let _ = tokio::time::timeout(Duration::from_secs(2), send(&mut *w, stream::CLOSE)).await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), send(&mut *w, stream::CLOSE)).await;
         }
     }
 
@@ -442,13 +485,15 @@ impl<'a, I: Inspector> Relay<'a, I> {
             Ended::Shutdown => {
                 let err = SessionError::Shutdown;
                 if let Some((condition, text)) = err.client_condition() {
-                    self.finish_client(&stream::stream_error(condition, Some(&text))).await;
+                    self.finish_client(&stream::stream_error(condition, Some(&text)))
+                        .await;
                 }
                 self.finish_upstream().await;
             }
             Ended::Failed(err) => {
                 if let Some((condition, text)) = err.client_condition() {
-                    self.finish_client(&stream::stream_error(condition, Some(&text))).await;
+                    self.finish_client(&stream::stream_error(condition, Some(&text)))
+                        .await;
                 }
                 self.finish_upstream().await;
                 info!(cause = %err, "closing session");
@@ -474,7 +519,13 @@ impl<'a, I: Inspector> Relay<'a, I> {
             } else {
                 Some(auth_deadline.saturating_duration_since(Instant::now()))
             };
-            let read = read_frame(reader, framer, &mut buf, Some(&self.client_restart), timeout);
+            let read = read_frame(
+                reader,
+                framer,
+                &mut buf,
+                Some(&self.client_restart),
+                timeout,
+            );
             let frame = tokio::select! {
                 r = read => r,
                 () = self.shared.shutdown.cancelled() => return Ended::Shutdown,
@@ -518,7 +569,8 @@ impl<'a, I: Inspector> Relay<'a, I> {
                 }
                 let err = SessionError::Upstream(UpstreamFault::Closed);
                 if let Some((condition, text)) = err.client_condition() {
-                    self.finish_client(&stream::stream_error(condition, Some(&text))).await;
+                    self.finish_client(&stream::stream_error(condition, Some(&text)))
+                        .await;
                 }
                 self.finish_upstream().await;
             }
@@ -538,7 +590,9 @@ impl<'a, I: Inspector> Relay<'a, I> {
             };
             let frame = match frame {
                 Ok(Some(frame)) => frame,
-                Ok(None) | Err(ReadError::Io(_)) | Err(ReadError::Timeout) => return Ended::UpstreamGone,
+                Ok(None) | Err(ReadError::Io(_)) | Err(ReadError::Timeout) => {
+                    return Ended::UpstreamGone
+                }
                 Err(ReadError::Frame(e)) => return Ended::Failed(UpstreamFault::Frame(e).into()),
             };
             let result = match frame {
@@ -593,7 +647,10 @@ impl<'a, I: Inspector> Relay<'a, I> {
         if root.name != "iq" || root.attr("type") != Some("result") {
             return false;
         }
-        let Some(jid) = root.child("bind", NS_BIND).and_then(|b| b.children().find(|c| c.name == "jid")) else {
+        let Some(jid) = root
+            .child("bind", NS_BIND)
+            .and_then(|b| b.children().find(|c| c.name == "jid"))
+        else {
             return false;
         };
         let jid = jid.text().trim().to_owned();

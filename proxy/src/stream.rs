@@ -53,7 +53,9 @@ pub fn header(attrs: &HeaderAttrs<'_>) -> Vec<u8> {
             out.push('\'');
         }
     }
-    out.push_str(" version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>");
+    out.push_str(
+        " version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>",
+    );
     out.into_bytes()
 }
 

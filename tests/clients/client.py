@@ -42,9 +42,20 @@ def emit(obj):
     sys.stdout.flush()
 
 
+STANZAS_NS = "{urn:ietf:params:xml:ns:xmpp-stanzas}"
+
+
 def stanza_error(stanza):
     err = stanza["error"]
-    return {"condition": err["condition"], "text": err["text"], "error_type": err["type"]}
+    # slixmpp only reports conditions from its own list, which lacks some of RFC 6120's
+    # (policy-violation among them); read the defined condition from the XML instead.
+    condition = err["condition"]
+    if not condition:
+        for child in err.xml:
+            if child.tag.startswith(STANZAS_NS) and child.tag != STANZAS_NS + "text":
+                condition = child.tag[len(STANZAS_NS):]
+                break
+    return {"condition": condition, "text": err["text"], "error_type": err["type"]}
 
 
 class Client(slixmpp.ClientXMPP):

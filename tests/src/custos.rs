@@ -22,7 +22,13 @@ pub fn custos_bin() -> PathBuf {
     // target/<profile>/deps/<test> → target/<profile>/custos
     let profile_dir = exe
         .parent()
-        .and_then(|deps| if deps.ends_with("deps") { deps.parent() } else { Some(deps) })
+        .and_then(|deps| {
+            if deps.ends_with("deps") {
+                deps.parent()
+            } else {
+                Some(deps)
+            }
+        })
         .map(Path::to_owned)
         .unwrap_or_default();
     profile_dir.join("custos")
@@ -66,6 +72,18 @@ impl Custos {
         key: &Path,
         extra: &str,
     ) -> Result<Custos, CustosError> {
+        Custos::start_as(dir, kinds, cert, key, extra, None)
+    }
+
+    /// [`Custos::start`], running the process as `uid:gid` (via `setpriv`) when given.
+    pub fn start_as(
+        dir: &Path,
+        kinds: &[ListenerKind],
+        cert: &Path,
+        key: &Path,
+        extra: &str,
+        run_as: Option<(u32, u32)>,
+    ) -> Result<Custos, CustosError> {
         let mut config = String::new();
         let mut listeners = Vec::new();
         for kind in kinds {
@@ -91,11 +109,15 @@ impl Custos {
             what: format!("writing {}", config_path.display()),
             source,
         })?;
-        Custos::start_with_config(&config_path, listeners)
+        Custos::start_with_config(&config_path, listeners, run_as)
     }
 
     /// Starts `custos serve --config FILE` for a config written by the caller.
-    pub fn start_with_config(config_path: &Path, listeners: Vec<SocketAddr>) -> Result<Custos, CustosError> {
+    pub fn start_with_config(
+        config_path: &Path,
+        listeners: Vec<SocketAddr>,
+        run_as: Option<(u32, u32)>,
+    ) -> Result<Custos, CustosError> {
         let dir = config_path.parent().unwrap_or(Path::new("."));
         let log_path = dir.join("custos.log");
         let log = std::fs::File::create(&log_path).map_err(|source| CustosError::Io {
@@ -106,11 +128,25 @@ impl Custos {
             what: "duplicating the log handle".into(),
             source,
         })?;
-        let child = Command::new(custos_bin())
+        let mut cmd = match run_as {
+            Some((uid, gid)) => {
+                let mut cmd = Command::new("setpriv");
+                cmd.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={gid}"))
+                    .arg("--clear-groups")
+                    .arg(custos_bin());
+                cmd
+            }
+            None => Command::new(custos_bin()),
+        };
+        let child = cmd
             .arg("serve")
             .arg("--config")
             .arg(config_path)
-            .env("CUSTOS_LOG", std::env::var("CUSTOS_LOG").unwrap_or_else(|_| "debug".into()))
+            .env(
+                "CUSTOS_LOG",
+                std::env::var("CUSTOS_LOG").unwrap_or_else(|_| "debug".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(stderr)
@@ -197,10 +233,12 @@ pub fn run_custos(args: &[&str], config: Option<&Path>) -> Result<Output, Custos
     if let Some(config) = config {
         cmd.arg("--config").arg(config);
     }
-    cmd.stdin(Stdio::null()).output().map_err(|source| CustosError::Io {
-        what: format!("running custos {}", args.join(" ")),
-        source,
-    })
+    cmd.stdin(Stdio::null())
+        .output()
+        .map_err(|source| CustosError::Io {
+            what: format!("running custos {}", args.join(" ")),
+            source,
+        })
 }
 
 impl Drop for Custos {

@@ -35,6 +35,7 @@ pub mod dir;
 pub mod net;
 pub mod process;
 pub mod prosody;
+pub mod rig;
 pub mod sendxmpp;
 pub mod slix;
 pub mod tools;

@@ -10,47 +10,36 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use custos_e2e::custos::{Custos, ListenerKind};
+use custos_e2e::rig::{Rig, RigOptions};
 use custos_e2e::{
-    go_sendxmpp_send, ConnectOptions, OutgoingMessage, PingOutcome, Prosody, ProsodyOptions, SendxmppOptions,
-    SlixClient, TestCa, TestDir, Tls, User,
+    go_sendxmpp_send, ConnectOptions, OutgoingMessage, PingOutcome, Prosody, ProsodyOptions,
+    SendxmppOptions, SlixClient, TestCa, TestDir, Tls, User,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-type TestResult = Result<(), Box<dyn std::error::Error>>;
-type BoxError = Box<dyn std::error::Error>;
+type TestResult = Result<(), BoxError>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const ALICE_PW: &str = "alice-secret";
-const BOB_PW: &str = "bob-secret";
 
-struct Rig {
-    custos: Custos,
-    prosody: Prosody,
-    ca: TestCa,
-    dir: TestDir,
-}
-
-/// Prosody with alice and bob, and Custos in front with a STARTTLS listener (index 0) and
-/// a Direct TLS listener (index 1). `extra` is appended to Custos's config.
 fn rig(label: &str, extra: &str) -> Result<Rig, BoxError> {
-    let dir = TestDir::new(label)?;
-    let ca = TestCa::generate(dir.path())?;
-    let mut opts = ProsodyOptions::default();
-    opts.users.extend([
-        User::new("alice", "example.test", ALICE_PW),
-        User::new("bob", "example.test", BOB_PW),
-    ]);
-    let prosody = Prosody::start(dir.path(), &ca, opts)?;
-    let custos = start_custos(&dir, &ca, prosody.c2s_addr(), extra)?;
-    Ok(Rig {
-        custos,
-        prosody,
-        ca,
-        dir,
-    })
+    Ok(Rig::start(
+        label,
+        RigOptions {
+            extra: extra.to_owned(),
+            ..RigOptions::default()
+        },
+    )?)
 }
 
-fn start_custos(dir: &TestDir, ca: &TestCa, upstream: SocketAddr, extra: &str) -> Result<Custos, BoxError> {
+/// Custos alone in front of `upstream` (which may be down or untrusted).
+fn start_custos(
+    dir: &TestDir,
+    ca: &TestCa,
+    upstream: SocketAddr,
+    extra: &str,
+) -> Result<Custos, BoxError> {
     let custos_dir = dir.join("custos");
     std::fs::create_dir_all(&custos_dir)?;
     let leaf = ca.leaf(&custos_dir, "example.test")?;
@@ -67,31 +56,17 @@ fn start_custos(dir: &TestDir, ca: &TestCa, upstream: SocketAddr, extra: &str) -
     )?)
 }
 
-impl Rig {
-    fn client(&self, jid: &str, password: &str, tls: Tls) -> ConnectOptions {
-        let addr = match tls {
-            Tls::StartTls => self.custos.listener(0),
-            Tls::Direct => self.custos.listener(1),
-        };
-        let mut opts = ConnectOptions::new(jid, password, addr, self.ca.cert_path());
-        opts.tls = tls;
-        opts
-    }
+trait Users {
+    async fn alice(&self) -> Result<SlixClient, BoxError>;
+    async fn bob(&self) -> Result<SlixClient, BoxError>;
+}
 
+impl Users for Rig {
     async fn alice(&self) -> Result<SlixClient, BoxError> {
-        Ok(SlixClient::connect(self.client("alice@example.test/laptop", ALICE_PW, Tls::StartTls)).await?)
+        Ok(self.connect("alice", "laptop", Tls::StartTls).await?)
     }
-
     async fn bob(&self) -> Result<SlixClient, BoxError> {
-        Ok(SlixClient::connect(self.client("bob@example.test/phone", BOB_PW, Tls::Direct)).await?)
-    }
-
-    fn context(&self) -> String {
-        format!(
-            "--- custos log ---\n{}\n--- prosody log ---\n{}",
-            self.custos.log_tail(),
-            self.prosody.log_tail()
-        )
+        Ok(self.connect("bob", "phone", Tls::Direct).await?)
     }
 }
 
@@ -113,14 +88,17 @@ impl RawClient {
             let cert: rustls::pki_types::CertificateDer<'static> = cert?;
             roots.add(cert)?;
         }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let tcp = TcpStream::connect(addr).await?;
         let name = rustls::pki_types::ServerName::try_from("example.test")?;
-        let tls = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp)).await??;
+        let tls =
+            tokio::time::timeout(Duration::from_secs(10), connector.connect(name, tcp)).await??;
         let mut raw = RawClient {
             tls,
             received: String::new(),
@@ -169,8 +147,14 @@ impl RawClient {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_clients_chat_through_custos_over_both_listeners() -> TestResult {
     let rig = rig("proxy-chat", "")?;
-    let mut alice = rig.alice().await.map_err(|e| format!("{e}\n{}", rig.context()))?;
-    let mut bob = rig.bob().await.map_err(|e| format!("{e}\n{}", rig.context()))?;
+    let mut alice = rig
+        .alice()
+        .await
+        .map_err(|e| format!("{e}\n{}", rig.context()))?;
+    let mut bob = rig
+        .bob()
+        .await
+        .map_err(|e| format!("{e}\n{}", rig.context()))?;
 
     // Messages both ways, with the full JIDs the server bound.
     let id = alice
@@ -187,7 +171,8 @@ async fn real_clients_chat_through_custos_over_both_listeners() -> TestResult {
     assert_eq!(got.subject.as_deref(), Some("through the proxy"));
     assert_eq!(got.thread.as_deref(), Some("t-1"));
 
-    bob.send_chat("alice@example.test/laptop", "hi alice, from Direct TLS").await?;
+    bob.send_chat("alice@example.test/laptop", "hi alice, from Direct TLS")
+        .await?;
     let got = alice.next_message().await?;
     assert_eq!(got.body, "hi alice, from Direct TLS");
     assert_eq!(got.from, "bob@example.test/phone");
@@ -196,7 +181,9 @@ async fn real_clients_chat_through_custos_over_both_listeners() -> TestResult {
     alice.roster_set("bob@example.test", Some("Bob")).await?;
     let roster = alice.roster().await?;
     assert!(
-        roster.iter().any(|i| i.jid == "bob@example.test" && i.name.as_deref() == Some("Bob")),
+        roster
+            .iter()
+            .any(|i| i.jid == "bob@example.test" && i.name.as_deref() == Some("Bob")),
         "{roster:?}"
     );
 
@@ -205,26 +192,48 @@ async fn real_clients_chat_through_custos_over_both_listeners() -> TestResult {
         PingOutcome::Pong { .. } => {}
         other => panic!("server ping through Custos: {other:?}"),
     }
-    match alice.ping("bob@example.test/phone", Duration::from_secs(5)).await? {
+    match alice
+        .ping("bob@example.test/phone", Duration::from_secs(5))
+        .await?
+    {
         PingOutcome::Pong { .. } => {}
         other => panic!("client ping through Custos: {other:?}"),
     }
 
     // Directed presence arrives with its status.
     alice
-        .send_presence(Some("bob@example.test/phone"), None, None, Some("in a meeting"))
+        .send_presence(
+            Some("bob@example.test/phone"),
+            None,
+            None,
+            Some("in a meeting"),
+        )
         .await?;
     let p = bob
-        .wait_presence("alice's directed presence", |p| p.from == "alice@example.test/laptop")
+        .wait_presence("alice's directed presence", |p| {
+            p.from == "alice@example.test/laptop"
+        })
         .await?;
     assert_eq!(p.status.as_deref(), Some("in a meeting"));
 
     // The proxy learned both sessions' JIDs from the bind results.
     let log = rig.custos.log();
-    assert!(log.contains("resource bound jid=alice@example.test/laptop"), "{}", rig.context());
-    assert!(log.contains("resource bound jid=bob@example.test/phone"), "{}", rig.context());
+    assert!(
+        log.contains("resource bound jid=alice@example.test/laptop"),
+        "{}",
+        rig.context()
+    );
+    assert!(
+        log.contains("resource bound jid=bob@example.test/phone"),
+        "{}",
+        rig.context()
+    );
     // SASL never reaches the log, at any level.
-    assert!(!log.contains(ALICE_PW) && !log.contains("<auth"), "{}", rig.context());
+    assert!(
+        !log.contains(ALICE_PW) && !log.contains("<auth"),
+        "{}",
+        rig.context()
+    );
 
     alice.disconnect().await?;
     bob.disconnect().await?;
@@ -235,7 +244,10 @@ async fn real_clients_chat_through_custos_over_both_listeners() -> TestResult {
 async fn go_sendxmpp_sends_through_both_listeners() -> TestResult {
     let rig = rig("proxy-sendxmpp", "")?;
     let mut bob = rig.bob().await?;
-    for (tls, body) in [(Tls::StartTls, "from go-sendxmpp over STARTTLS"), (Tls::Direct, "from go-sendxmpp over Direct TLS")] {
+    for (tls, body) in [
+        (Tls::StartTls, "from go-sendxmpp over STARTTLS"),
+        (Tls::Direct, "from go-sendxmpp over Direct TLS"),
+    ] {
         let addr = match tls {
             Tls::StartTls => rig.custos.listener(0),
             Tls::Direct => rig.custos.listener(1),
@@ -265,22 +277,42 @@ async fn malformed_xml_ends_only_that_session() -> TestResult {
     let mut bob = rig.bob().await?;
 
     let mut raw = RawClient::direct(rig.custos.listener(1), rig.ca.cert_path()).await?;
-    assert!(raw.read_until("</stream:features>", Duration::from_secs(10)).await?, "{}", rig.context());
-    raw.send(b"<message to='bob@example.test'><body>unclosed</bdy></message>").await?;
     assert!(
-        raw.read_until("<not-well-formed xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>", Duration::from_secs(5)).await?,
+        raw.read_until("</stream:features>", Duration::from_secs(10))
+            .await?,
+        "{}",
+        rig.context()
+    );
+    raw.send(b"<message to='bob@example.test'><body>unclosed</bdy></message>")
+        .await?;
+    assert!(
+        raw.read_until(
+            "<not-well-formed xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>",
+            Duration::from_secs(5)
+        )
+        .await?,
         "got: {}\n{}",
         raw.received,
         rig.context()
     );
-    assert!(raw.closed_within(Duration::from_secs(5)).await, "session not closed");
+    assert!(
+        raw.closed_within(Duration::from_secs(5)).await,
+        "session not closed"
+    );
 
     // Comments are restricted XML (RFC 6120 §11.1).
     let mut raw = RawClient::direct(rig.custos.listener(1), rig.ca.cert_path()).await?;
-    assert!(raw.read_until("</stream:features>", Duration::from_secs(10)).await?);
+    assert!(
+        raw.read_until("</stream:features>", Duration::from_secs(10))
+            .await?
+    );
     raw.send(b"<!-- hello -->").await?;
     assert!(
-        raw.read_until("<restricted-xml xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>", Duration::from_secs(5)).await?,
+        raw.read_until(
+            "<restricted-xml xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>",
+            Duration::from_secs(5)
+        )
+        .await?,
         "got: {}",
         raw.received
     );
@@ -298,11 +330,19 @@ async fn oversized_stanza_is_a_policy_violation() -> TestResult {
     let mut bob = rig.bob().await?;
 
     let mut raw = RawClient::direct(rig.custos.listener(1), rig.ca.cert_path()).await?;
-    assert!(raw.read_until("</stream:features>", Duration::from_secs(10)).await?);
-    let body = "x".repeat(70 * 1024);
-    raw.send(format!("<message to='bob@example.test'><body>{body}</body></message>").as_bytes()).await?;
     assert!(
-        raw.read_until("<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>", Duration::from_secs(5)).await?,
+        raw.read_until("</stream:features>", Duration::from_secs(10))
+            .await?
+    );
+    let body = "x".repeat(70 * 1024);
+    raw.send(format!("<message to='bob@example.test'><body>{body}</body></message>").as_bytes())
+        .await?;
+    assert!(
+        raw.read_until(
+            "<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>",
+            Duration::from_secs(5)
+        )
+        .await?,
         "got: {}\n{}",
         raw.received,
         rig.context()
@@ -328,7 +368,10 @@ async fn starttls_is_required_on_the_starttls_listener() -> TestResult {
         assert!(n > 0, "closed early: {got}");
         got.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
-    assert!(got.contains("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls>"), "{got}");
+    assert!(
+        got.contains("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls>"),
+        "{got}"
+    );
     assert!(!got.contains("mechanism"), "no SASL before TLS: {got}");
     // Trying to authenticate in clear is refused.
     tcp.write_all(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHNlY3JldA==</auth>").await?;
@@ -340,7 +383,10 @@ async fn starttls_is_required_on_the_starttls_listener() -> TestResult {
         }
         got.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
-    assert!(got.contains("<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"), "{got}");
+    assert!(
+        got.contains("<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"),
+        "{got}"
+    );
     Ok(())
 }
 
@@ -353,18 +399,35 @@ async fn unreachable_upstream_is_remote_connection_failed() -> TestResult {
     let custos = start_custos(&dir, &ca, dead, "")?;
     let mut raw = RawClient::direct(custos.listener(1), ca.cert_path()).await?;
     assert!(
-        raw.read_until("<remote-connection-failed xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>", Duration::from_secs(10)).await?,
+        raw.read_until(
+            "<remote-connection-failed xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>",
+            Duration::from_secs(10)
+        )
+        .await?,
         "got: {}\n{}",
         raw.received,
         custos.log_tail()
     );
     assert!(raw.closed_within(Duration::from_secs(5)).await);
     // The cause is in the operator's log, not on the wire.
-    assert!(!raw.received.contains(&dead.to_string()), "{}", raw.received);
-    assert!(custos.log().contains("upstream unavailable"), "{}", custos.log_tail());
+    assert!(
+        !raw.received.contains(&dead.to_string()),
+        "{}",
+        raw.received
+    );
+    assert!(
+        custos.log().contains("upstream unavailable"),
+        "{}",
+        custos.log_tail()
+    );
 
     // A real client is told the same and gives up cleanly.
-    let opts = ConnectOptions::new("alice@example.test/laptop", ALICE_PW, custos.listener(0), ca.cert_path());
+    let opts = ConnectOptions::new(
+        "alice@example.test/laptop",
+        ALICE_PW,
+        custos.listener(0),
+        ca.cert_path(),
+    );
     assert!(SlixClient::connect(opts).await.is_err());
     Ok(())
 }
@@ -374,7 +437,8 @@ async fn upstream_with_an_untrusted_certificate_is_refused() -> TestResult {
     let dir = TestDir::new("proxy-upstream-untrusted")?;
     let prosody_ca = TestCa::generate(dir.path())?;
     let mut opts = ProsodyOptions::default();
-    opts.users.push(User::new("alice", "example.test", ALICE_PW));
+    opts.users
+        .push(User::new("alice", "example.test", ALICE_PW));
     let prosody = Prosody::start(dir.path(), &prosody_ca, opts)?;
     // Custos trusts a different CA than the one that signed Prosody's certificate.
     let other_dir = dir.join("other-ca");
@@ -383,12 +447,20 @@ async fn upstream_with_an_untrusted_certificate_is_refused() -> TestResult {
     let custos = start_custos(&dir, &other_ca, prosody.c2s_addr(), "")?;
     let mut raw = RawClient::direct(custos.listener(1), other_ca.cert_path()).await?;
     assert!(
-        raw.read_until("<remote-connection-failed xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>", Duration::from_secs(10)).await?,
+        raw.read_until(
+            "<remote-connection-failed xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>",
+            Duration::from_secs(10)
+        )
+        .await?,
         "got: {}\n{}",
         raw.received,
         custos.log_tail()
     );
-    assert!(custos.log().contains("TLS with the upstream failed"), "{}", custos.log_tail());
+    assert!(
+        custos.log().contains("TLS with the upstream failed"),
+        "{}",
+        custos.log_tail()
+    );
     Ok(())
 }
 
@@ -400,7 +472,10 @@ async fn connection_cap_refuses_with_resource_constraint() -> TestResult {
     let mut first = None;
     for _ in 0..50 {
         if let Ok(mut raw) = RawClient::direct(rig.custos.listener(1), rig.ca.cert_path()).await {
-            if raw.read_until("</stream:features>", Duration::from_secs(10)).await? {
+            if raw
+                .read_until("</stream:features>", Duration::from_secs(10))
+                .await?
+            {
                 first = Some(raw);
                 break;
             }
@@ -418,7 +493,10 @@ async fn connection_cap_refuses_with_resource_constraint() -> TestResult {
         }
         got.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
-    assert!(got.contains("<resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"), "{got}");
+    assert!(
+        got.contains("<resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"),
+        "{got}"
+    );
     // Once the first leaves, a new client gets in.
     drop(first);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -431,16 +509,25 @@ async fn connection_cap_refuses_with_resource_constraint() -> TestResult {
 async fn sigterm_sends_system_shutdown_and_exits() -> TestResult {
     let mut rig = rig("proxy-sigterm", "")?;
     let mut raw = RawClient::direct(rig.custos.listener(1), rig.ca.cert_path()).await?;
-    assert!(raw.read_until("</stream:features>", Duration::from_secs(10)).await?);
-    let status = rig.custos.terminate(Duration::from_secs(15)).ok_or("custos did not exit after SIGTERM")?;
+    assert!(
+        raw.read_until("</stream:features>", Duration::from_secs(10))
+            .await?
+    );
+    let status = rig
+        .custos
+        .terminate(Duration::from_secs(15))
+        .ok_or("custos did not exit after SIGTERM")?;
     assert!(status.success(), "exit status {status}\n{}", rig.context());
     assert!(
-        raw.read_until("<system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>", Duration::from_secs(5)).await?,
+        raw.read_until(
+            "<system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>",
+            Duration::from_secs(5)
+        )
+        .await?,
         "got: {}",
         raw.received
     );
     // Nothing listens any more.
     assert!(TcpStream::connect(rig.custos.listener(0)).await.is_err());
-    let _ = &rig.dir;
     Ok(())
 }

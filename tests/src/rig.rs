@@ -1,0 +1,231 @@
+//! A complete deployment for a scenario: a real Prosody with accounts, and `custos serve`
+//! in front of it with a STARTTLS listener (index 0) and a Direct TLS listener (index 1),
+//! optionally with an archive (keys created by `custos keys init`) and a rules file.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Output;
+
+use crate::custos::{run_custos, Custos, ListenerKind};
+use crate::slix::{ConnectOptions, SlixClient, Tls};
+use crate::{Prosody, ProsodyOptions, TestCa, TestDir, User};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Accounts every rig has, on `example.test` ("behind Custos").
+pub const USERS: &[(&str, &str)] = &[
+    ("alice", "alice-secret"),
+    ("bob", "bob-secret"),
+    ("carol", "carol-secret"),
+];
+
+/// What to start besides Prosody and the proxy.
+#[derive(Debug, Clone, Default)]
+pub struct RigOptions {
+    /// Add `[archive]` with fresh keys.
+    pub archive: bool,
+    /// Rules file content; adds `[policy]`.
+    pub rules: Option<String>,
+    /// TOML appended to the config (e.g. `[limits]`).
+    pub extra: String,
+    /// A second Prosody host for external users (`dave@example.org`).
+    pub external_domain: bool,
+    /// Run `custos serve` under this uid/gid (via `setpriv`) instead of as the caller.
+    pub run_as: Option<(u32, u32)>,
+    /// Extra keys for the `[archive]` section.
+    pub archive_extra: String,
+}
+
+impl RigOptions {
+    pub fn with_archive_extra(mut self, toml: &str) -> Self {
+        self.archive_extra.push_str(toml);
+        self
+    }
+}
+
+pub struct Rig {
+    pub custos: Custos,
+    pub prosody: Prosody,
+    pub ca: TestCa,
+    pub custos_dir: PathBuf,
+    pub rules_path: Option<PathBuf>,
+    pub archive_dir: Option<PathBuf>,
+    // Last: files outlive the processes that use them.
+    pub dir: TestDir,
+}
+
+/// Writes the config without starting anything (keys are created when `opts.archive`).
+fn write_config(
+    custos_dir: &std::path::Path,
+    ca: &TestCa,
+    upstream: SocketAddr,
+    opts: &RigOptions,
+) -> Result<(String, Option<PathBuf>, Option<PathBuf>), BoxError> {
+    let mut config = format!(
+        "[upstream]\naddress = \"{upstream}\"\ntls = \"starttls\"\nca = \"{}\"\nserver_name = \"example.test\"\n\n",
+        ca.cert_path().display()
+    );
+    let mut archive_dir = None;
+    if opts.archive {
+        let secrets = custos_dir.join("secrets");
+        std::fs::create_dir_all(&secrets)?;
+        let dir = custos_dir.join("archive");
+        config.push_str(&format!(
+            "[archive]\ndir = \"{}\"\nmaster_key = \"{}\"\nsigning_key = \"{}\"\n{}\n",
+            dir.display(),
+            secrets.join("master.key").display(),
+            secrets.join("signing.key").display(),
+            opts.archive_extra
+        ));
+        archive_dir = Some(dir);
+    }
+    let mut rules_path = None;
+    if let Some(rules) = &opts.rules {
+        let path = custos_dir.join("rules.toml");
+        std::fs::write(&path, rules)?;
+        config.push_str(&format!("[policy]\nrules = \"{}\"\n\n", path.display()));
+        rules_path = Some(path);
+    }
+    config.push_str(&opts.extra);
+    Ok((config, rules_path, archive_dir))
+}
+
+impl Rig {
+    pub fn start(label: &str, opts: RigOptions) -> Result<Rig, BoxError> {
+        let dir = TestDir::new(label)?;
+        let ca = TestCa::generate(dir.path())?;
+        let mut popts = ProsodyOptions::default();
+        for (name, pw) in USERS {
+            popts.users.push(User::new(name, "example.test", pw));
+        }
+        if opts.external_domain {
+            popts.external_domain = Some("example.org".into());
+            popts
+                .users
+                .push(User::new("dave", "example.org", "dave-secret"));
+        }
+        let prosody = Prosody::start(dir.path(), &ca, popts)?;
+        let custos_dir = dir.join("custos");
+        std::fs::create_dir_all(&custos_dir)?;
+        let (config, rules_path, archive_dir) =
+            write_config(&custos_dir, &ca, prosody.c2s_addr(), &opts)?;
+        let leaf = ca.leaf(&custos_dir, "example.test")?;
+        if opts.archive {
+            // `keys init` needs only [archive]: give it just that section.
+            let archive_only = config
+                .split("\n\n")
+                .find(|section| section.starts_with("[archive]"))
+                .unwrap_or_default();
+            let keys_config = custos_dir.join("keys.toml");
+            std::fs::write(&keys_config, archive_only)?;
+            let out = run_custos(&["keys", "init"], Some(&keys_config))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "custos keys init failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+                .into());
+            }
+        }
+        if let Some((uid, gid)) = opts.run_as {
+            chown_tree(&custos_dir, uid, gid)?;
+        }
+        let custos = Custos::start_as(
+            &custos_dir,
+            &[ListenerKind::StartTls, ListenerKind::Direct],
+            &leaf.chain_path,
+            &leaf.key_path,
+            &config,
+            opts.run_as,
+        )?;
+        Ok(Rig {
+            custos,
+            prosody,
+            ca,
+            custos_dir,
+            rules_path,
+            archive_dir,
+            dir,
+        })
+    }
+
+    /// Connection options for `user@example.test/resource` through Custos.
+    pub fn client(&self, user: &str, resource: &str, tls: Tls) -> ConnectOptions {
+        let (domain, password) = match USERS.iter().find(|(n, _)| *n == user) {
+            Some((_, pw)) => ("example.test", *pw),
+            None => ("example.org", "dave-secret"),
+        };
+        let addr = match tls {
+            Tls::StartTls => self.custos.listener(0),
+            Tls::Direct => self.custos.listener(1),
+        };
+        let mut opts = ConnectOptions::new(
+            &format!("{user}@{domain}/{resource}"),
+            password,
+            addr,
+            self.ca.cert_path(),
+        );
+        opts.tls = tls;
+        opts
+    }
+
+    /// Connects `user` through Custos, with the logs in the error if it fails.
+    pub async fn connect(
+        &self,
+        user: &str,
+        resource: &str,
+        tls: Tls,
+    ) -> Result<SlixClient, BoxError> {
+        SlixClient::connect(self.client(user, resource, tls))
+            .await
+            .map_err(|e| format!("{user} could not connect: {e}\n{}", self.context()).into())
+    }
+
+    /// Connects an external user directly to Prosody (not through Custos), as a party on
+    /// another server would be.
+    pub async fn connect_direct(&self, jid: &str, password: &str) -> Result<SlixClient, BoxError> {
+        let opts = ConnectOptions::new(jid, password, self.prosody.c2s_addr(), self.ca.cert_path());
+        Ok(SlixClient::connect(opts).await?)
+    }
+
+    /// Runs `custos ARGS --config <this rig's config>`.
+    pub fn cli(&self, args: &[&str]) -> Result<Output, BoxError> {
+        Ok(self.custos.command(args)?)
+    }
+
+    /// `custos search --json QUERY`, parsed.
+    pub fn search(&self, query: &str) -> Result<Vec<serde_json::Value>, BoxError> {
+        let out = self.cli(&["search", "--json", query])?;
+        if !out.status.success() {
+            return Err(format!(
+                "custos search failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
+        }
+        let text = String::from_utf8(out.stdout)?;
+        Ok(text
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Both logs, for assertion messages.
+    pub fn context(&self) -> String {
+        format!(
+            "--- custos log ---\n{}\n--- prosody log ---\n{}",
+            self.custos.log_tail(),
+            self.prosody.log_tail()
+        )
+    }
+}
+
+fn chown_tree(path: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            chown_tree(&entry?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,472 @@
+//! Policy and archive on real traffic: real clients through Custos to a real Prosody,
+//! every message archived before it is delivered, rules enforced on the wire.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use custos_e2e::rig::{BoxError, Rig, RigOptions};
+use custos_e2e::{OutgoingMessage, SlixClient, Tls};
+
+type TestResult = Result<(), BoxError>;
+
+/// Polls `custos search --json` until `want` hits appear (near-real-time index), bounded.
+fn search_until(
+    rig: &Rig,
+    query: &str,
+    want: usize,
+    limit: Duration,
+) -> Result<Vec<serde_json::Value>, BoxError> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let hits = rig.search(query)?;
+        if hits.len() >= want || Instant::now() > deadline {
+            return Ok(hits);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivered_messages_are_archived_once_and_searchable() -> TestResult {
+    let rig = Rig::start(
+        "pipeline-archive",
+        RigOptions {
+            archive: true,
+            ..RigOptions::default()
+        },
+    )?;
+    let mut alice = rig.connect("alice", "laptop", Tls::StartTls).await?;
+    let mut bob = rig.connect("bob", "phone", Tls::Direct).await?;
+
+    alice
+        .send_message(OutgoingMessage {
+            subject: Some("falcon briefing".into()),
+            thread: Some("th-42".into()),
+            ..OutgoingMessage::chat("bob@example.test", "the quarterly aardvark numbers are in")
+        })
+        .await?;
+    assert_eq!(
+        bob.next_message().await?.body,
+        "the quarterly aardvark numbers are in"
+    );
+    bob.send_chat("alice@example.test/laptop", "thanks, aardvark received")
+        .await?;
+    assert_eq!(
+        alice.next_message().await?.body,
+        "thanks, aardvark received"
+    );
+
+    // Searchable within a second of delivery; both users are behind Custos, yet each
+    // message is one record (the sender's outbound copy), not two.
+    let hits = search_until(&rig, "aardvark", 2, Duration::from_secs(3))?;
+    assert_eq!(hits.len(), 2, "{hits:#?}\n{}", rig.context());
+    let first = &hits[0];
+    assert_eq!(first["direction"], "outbound");
+    assert_eq!(first["from"], "alice@example.test/laptop");
+    assert_eq!(first["to"], "bob@example.test");
+    assert_eq!(first["type"], "chat");
+    assert_eq!(first["body"], "the quarterly aardvark numbers are in");
+    assert_eq!(first["subject"], "falcon briefing");
+    assert_eq!(first["thread"], "th-42");
+    assert_eq!(first["action"], "allow");
+    assert_eq!(hits[1]["from"], "bob@example.test/phone");
+    assert!(
+        hits[0]["seq"].as_u64() < hits[1]["seq"].as_u64(),
+        "ordered by time"
+    );
+
+    // Field queries.
+    assert_eq!(rig.search("from:bob@example.test aardvark")?.len(), 1);
+    assert_eq!(
+        rig.search("with:alice@example.test \"quarterly aardvark\"")?
+            .len(),
+        1
+    );
+    assert_eq!(rig.search("aardvark -thanks")?.len(), 1);
+
+    // verify passes on the live archive, from a second process.
+    let out = rig.cli(&["verify"])?;
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Nothing plaintext at rest: the message text appears in no file of the archive
+    // directory (record log and search index alike).
+    let dir = rig.archive_dir.clone().ok_or("no archive dir")?;
+    for path in walk(&dir)? {
+        let bytes = std::fs::read(&path)?;
+        for needle in [&b"aardvark"[..], b"quarterly", b"alice@example.test"] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "{} contains {:?} in clear",
+                path.display(),
+                String::from_utf8_lossy(needle)
+            );
+        }
+    }
+    alice.disconnect().await?;
+    bob.disconnect().await?;
+    Ok(())
+}
+
+fn walk(dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            out.extend(walk(&path)?);
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_delivered_when_the_archive_cannot_write() -> TestResult {
+    // Root ignores directory permissions, so as root Custos runs as nobody here.
+    let root = nix::unistd::geteuid().is_root();
+    let rig = Rig::start(
+        "pipeline-archive-fails",
+        RigOptions {
+            archive: true,
+            // Every batch fills a segment, so each append must create a new file.
+            extra: String::new(),
+            run_as: root.then_some((65534, 65534)),
+            ..RigOptions::default()
+        }
+        .with_archive_extra("segment_max_bytes = 1\n"),
+    )?;
+    let mut alice = rig.connect("alice", "laptop", Tls::StartTls).await?;
+    let mut bob = rig.connect("bob", "phone", Tls::Direct).await?;
+    alice
+        .send_chat("bob@example.test", "before the disk went bad")
+        .await?;
+    assert_eq!(bob.next_message().await?.body, "before the disk went bad");
+
+    // The archive directory becomes unwritable.
+    let dir = rig.archive_dir.clone().ok_or("no archive dir")?;
+    set_readonly(&dir)?;
+
+    // The first write after that may still land in the open segment (it is durable, so it
+    // may be delivered); sealing it fails, and from then on nothing is delivered.
+    let mut refused = 0;
+    for i in 0..4 {
+        let id = alice
+            .send_chat("bob@example.test", &format!("unarchivable {i}"))
+            .await?;
+        match alice.wait_stanza_error(&id).await {
+            Ok(err) => {
+                assert_eq!(err.condition, "internal-server-error", "{err:?}");
+                assert_eq!(err.error_type, "wait");
+                assert!(err.text.contains("could not be archived"), "{}", err.text);
+                refused += 1;
+            }
+            Err(_) if refused == 0 => {}
+            Err(e) => {
+                return Err(format!(
+                    "message {i} was not refused after a refusal: {e}\n{}",
+                    rig.context()
+                )
+                .into())
+            }
+        }
+    }
+    assert!(
+        refused >= 3,
+        "only {refused} of 4 refused\n{}",
+        rig.context()
+    );
+    // Bob never sees a refused message.
+    let mut delivered = Vec::new();
+    while let Ok(m) = tokio::time::timeout(Duration::from_millis(800), bob.next_message()).await {
+        delivered.push(m?.body);
+    }
+    assert!(
+        delivered.len() <= 4 - refused,
+        "delivered {delivered:?} with {refused} refused"
+    );
+    assert!(
+        rig.custos
+            .log()
+            .contains("archive write failed; message refused"),
+        "{}",
+        rig.context()
+    );
+    Ok(())
+}
+
+fn set_readonly(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for path in walk(dir)?
+        .iter()
+        .filter_map(|p| p.parent().map(ToOwned::to_owned))
+        .chain([dir.to_owned()])
+    {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o555))?;
+    }
+    Ok(())
+}
+
+/// A webhook receiver on loopback: each POST body arrives on the channel.
+fn webhook() -> Result<(u16, mpsc::Receiver<String>), BoxError> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(50) {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut len = 0usize;
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                if line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                line.clear();
+            }
+            let mut body = vec![0u8; len];
+            let _ = reader.read_exact(&mut body);
+            let _ = stream.write_all(
+                b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+            let _ = tx.send(String::from_utf8_lossy(&body).into_owned());
+        }
+    });
+    Ok((port, rx))
+}
+
+fn rules(webhook_port: u16) -> String {
+    format!(
+        r#"
+internal_domains = ["example.test"]
+
+[groups]
+research = ["alice@example.test"]
+trading = ["carol@example.test"]
+
+[alert]
+webhook = "http://127.0.0.1:{webhook_port}/hook"
+
+[[lexicon]]
+id = "codenames"
+terms = ["kestrel", "osprey"]
+whole_word = true
+case_insensitive = true
+
+[[rule]]
+id = "pci-card"
+when = {{ direction = "outbound", body = {{ detector = "payment-card" }} }}
+action = "block"
+severity = "high"
+text = "Card numbers may not be sent over chat."
+
+[[rule]]
+id = "codenames"
+when = {{ body = {{ lexicon = "codenames" }} }}
+action = "redact"
+severity = "medium"
+
+[[rule]]
+id = "merger-talk"
+when = {{ body = {{ regex = "(?i)\\bmerger\\b" }} }}
+action = "alert"
+severity = "critical"
+
+[[barrier]]
+id = "research-trading"
+between = ["research", "trading"]
+text = "Research and trading are separated by an information barrier."
+
+[[rule]]
+id = "external-notice"
+when = {{ kind = "message", to = "external" }}
+action = "disclaimer"
+text = "This conversation is recorded by Example Corp."
+period = "24h"
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_blocks_redacts_separates_alerts_and_warns_on_real_traffic() -> TestResult {
+    let (port, hooks) = webhook()?;
+    let rig = Rig::start(
+        "pipeline-policy",
+        RigOptions {
+            archive: true,
+            rules: Some(rules(port)),
+            external_domain: true,
+            ..RigOptions::default()
+        },
+    )?;
+    let mut alice = rig.connect("alice", "laptop", Tls::StartTls).await?;
+    let mut bob = rig.connect("bob", "phone", Tls::Direct).await?;
+    let mut carol = rig.connect("carol", "desk", Tls::StartTls).await?;
+
+    // A card number: the sender gets <policy-violation/> with the rule's text; the
+    // recipient never sees it.
+    let id = alice
+        .send_chat("bob@example.test", "my card is 4111 1111 1111 1111")
+        .await?;
+    let err = alice.wait_stanza_error(&id).await?;
+    assert_eq!(
+        err.condition,
+        "policy-violation",
+        "{err:?}\n{}",
+        rig.context()
+    );
+    assert_eq!(err.text, "Card numbers may not be sent over chat.");
+    // A lexicon term is redacted in what is delivered.
+    alice
+        .send_chat("bob@example.test", "Project Kestrel starts monday")
+        .await?;
+    let got = bob.next_message().await?;
+    assert_eq!(
+        got.body, "Project ███████ starts monday",
+        "the card message must not arrive first"
+    );
+
+    // The information barrier holds both ways.
+    let id = alice
+        .send_chat("carol@example.test", "hello trading")
+        .await?;
+    let err = alice.wait_stanza_error(&id).await?;
+    assert_eq!(
+        err.condition,
+        "policy-violation",
+        "{err:?}\n{}",
+        rig.context()
+    );
+    let id = carol
+        .send_chat("alice@example.test", "hello research")
+        .await?;
+    let err = carol.wait_stanza_error(&id).await?;
+    assert_eq!(err.condition, "policy-violation");
+    assert_eq!(
+        err.text,
+        "Research and trading are separated by an information barrier."
+    );
+    carol.expect_no_message(Duration::from_millis(300)).await?;
+    alice.expect_no_message(Duration::from_millis(300)).await?;
+
+    // An alert rule: the message is delivered and the webhook gets a JSON event.
+    bob.send_chat("alice@example.test", "the merger is on")
+        .await?;
+    assert_eq!(alice.next_message().await?.body, "the merger is on");
+    let event = hooks
+        .recv_timeout(Duration::from_secs(5))
+        .map_err(|e| format!("no webhook call: {e}\n{}", rig.context()))?;
+    let event: serde_json::Value = serde_json::from_str(&event)?;
+    assert_eq!(event["rule"], "merger-talk");
+    assert_eq!(event["severity"], "critical");
+    assert!(
+        !event.to_string().contains("merger is on"),
+        "alerts carry no message text: {event}"
+    );
+
+    // A message to an external party brings the disclaimer, once per conversation.
+    let mut dave = rig
+        .connect_direct("dave@example.org/home", "dave-secret")
+        .await?;
+    alice.send_chat("dave@example.org", "hi dave").await?;
+    alice
+        .send_chat("dave@example.org", "second message")
+        .await?;
+    let mut bodies = Vec::new();
+    for _ in 0..3 {
+        bodies.push(dave.next_message().await?.body);
+    }
+    dave.expect_no_message(Duration::from_millis(500)).await?;
+    assert!(
+        bodies.contains(&"This conversation is recorded by Example Corp.".to_owned()),
+        "{bodies:?}"
+    );
+    assert!(
+        bodies.contains(&"hi dave".to_owned()) && bodies.contains(&"second message".to_owned()),
+        "{bodies:?}"
+    );
+
+    // The archive holds the verdicts: the blocked original, the redacted text as
+    // delivered beside the original.
+    let blocked = search_until(&rig, "rule:pci-card", 1, Duration::from_secs(3))?;
+    assert_eq!(blocked.len(), 1, "{blocked:?}");
+    assert_eq!(blocked[0]["action"], "block");
+    assert_eq!(blocked[0]["body"], "my card is 4111 1111 1111 1111");
+    let redacted = rig.search("action:redact")?;
+    assert_eq!(redacted.len(), 1, "{redacted:?}");
+    assert_eq!(redacted[0]["body"], "Project Kestrel starts monday");
+    assert_eq!(
+        redacted[0]["delivered_body"],
+        "Project ███████ starts monday"
+    );
+    assert_eq!(rig.search("rule:research-trading")?.len(), 2);
+
+    for c in [&mut alice, &mut bob, &mut carol, &mut dave] {
+        c.disconnect().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_reload_without_dropping_sessions() -> TestResult {
+    let rig = Rig::start(
+        "pipeline-reload",
+        RigOptions {
+            rules: Some("[[rule]]\nid = \"noop\"\nwhen = { body = { regex = \"^never-matches-anything$\" } }\naction = \"flag\"\n".into()),
+            ..RigOptions::default()
+        },
+    )?;
+    let mut alice = rig.connect("alice", "laptop", Tls::StartTls).await?;
+    let mut bob: SlixClient = rig.connect("bob", "phone", Tls::Direct).await?;
+    alice.send_chat("bob@example.test", "gamma ray").await?;
+    assert_eq!(bob.next_message().await?.body, "gamma ray");
+
+    let rules_path = rig.rules_path.clone().ok_or("no rules")?;
+    // An invalid file is refused and the old rules stay in force.
+    std::fs::write(
+        &rules_path,
+        "[[rule]]\nid = \"broken\"\naction = \"explode\"\n",
+    )?;
+    wait_for_log(&rig, "previous rules stay in force", Duration::from_secs(5))?;
+    alice
+        .send_chat("bob@example.test", "gamma ray again")
+        .await?;
+    assert_eq!(bob.next_message().await?.body, "gamma ray again");
+
+    // A valid file takes effect on the live sessions, without reconnecting.
+    std::fs::write(
+        &rules_path,
+        "[[rule]]\nid = \"no-gamma\"\nwhen = { body = { regex = \"(?i)gamma\" } }\naction = \"block\"\ntext = \"No gamma.\"\n",
+    )?;
+    wait_for_log(&rig, "policy reloaded", Duration::from_secs(5))?;
+    let id = alice
+        .send_chat("bob@example.test", "gamma ray, third time")
+        .await?;
+    let err = alice.wait_stanza_error(&id).await?;
+    assert_eq!(err.text, "No gamma.");
+    bob.expect_no_message(Duration::from_millis(300)).await?;
+    alice.send_chat("bob@example.test", "delta is fine").await?;
+    assert_eq!(bob.next_message().await?.body, "delta is fine");
+    Ok(())
+}
+
+fn wait_for_log(rig: &Rig, needle: &str, limit: Duration) -> Result<(), BoxError> {
+    let deadline = Instant::now() + limit;
+    while !rig.custos.log().contains(needle) {
+        if Instant::now() > deadline {
+            return Err(format!("log never said {needle:?}\n{}", rig.context()).into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
