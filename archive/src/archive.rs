@@ -60,7 +60,10 @@ pub enum OpenError {
     #[error("master key file {key} is inside the archive directory {dir}; keep it elsewhere")]
     KeyInsideArchive { key: PathBuf, dir: PathBuf },
     #[error("cannot create archive directory {dir}: {source}")]
-    Dir { dir: PathBuf, source: std::io::Error },
+    Dir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Log(#[from] LogOpenError),
     #[error(transparent)]
@@ -101,7 +104,11 @@ pub enum ReadError {
     #[error(transparent)]
     Log(#[from] LogOpenError),
     #[error("segment {segment} offset {offset}: {what}")]
-    Corrupt { segment: u64, offset: u64, what: String },
+    Corrupt {
+        segment: u64,
+        offset: u64,
+        what: String,
+    },
     #[error("segment {segment}: data key destroyed (record shredded)")]
     Shredded { segment: u64 },
 }
@@ -158,7 +165,9 @@ pub struct Hit {
 
 impl Hit {
     fn from_record(r: Record) -> Option<Hit> {
-        let NewRecord::Message(m) = r.content else { return None };
+        let NewRecord::Message(m) = r.content else {
+            return None;
+        };
         Some(Hit {
             seq: r.seq,
             time: r.time,
@@ -194,7 +203,10 @@ pub struct ChainEntry {
 }
 
 enum Cmd {
-    Append(NewRecord, oneshot::Sender<Result<AppendReceipt, AppendError>>),
+    Append(
+        NewRecord,
+        oneshot::Sender<Result<AppendReceipt, AppendError>>,
+    ),
     Close(oneshot::Sender<Result<(), CloseError>>),
 }
 
@@ -219,7 +231,9 @@ pub struct Archive {
 
 impl std::fmt::Debug for Archive {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Archive").field("dir", &self.inner.reader.dir).finish()
+        f.debug_struct("Archive")
+            .field("dir", &self.inner.reader.dir)
+            .finish()
     }
 }
 
@@ -231,8 +245,14 @@ impl Archive {
     /// Opens or creates the archive: recovers a torn tail (recording the cut),
     /// catches the index up with the log, and starts the writer and indexer.
     pub fn open(cfg: ArchiveConfig) -> Result<Archive, OpenError> {
-        std::fs::create_dir_all(&cfg.dir).map_err(|source| OpenError::Dir { dir: cfg.dir.clone(), source })?;
-        let dir = std::fs::canonicalize(&cfg.dir).map_err(|source| OpenError::Dir { dir: cfg.dir.clone(), source })?;
+        std::fs::create_dir_all(&cfg.dir).map_err(|source| OpenError::Dir {
+            dir: cfg.dir.clone(),
+            source,
+        })?;
+        let dir = std::fs::canonicalize(&cfg.dir).map_err(|source| OpenError::Dir {
+            dir: cfg.dir.clone(),
+            source,
+        })?;
         if let Some(origin) = cfg.master_key.origin() {
             let origin = std::fs::canonicalize(origin).unwrap_or_else(|_| origin.to_path_buf());
             if origin.starts_with(&dir) {
@@ -245,16 +265,30 @@ impl Archive {
             segment_max_age: cfg.segment_max_age,
             checkpoint_every: cfg.checkpoint_every.max(1),
         };
-        let (mut log, cut) = LogWriter::open(storage.clone(), cfg.master_key.clone(), cfg.signing_key.clone(), limits)?;
+        let (mut log, cut) = LogWriter::open(
+            storage.clone(),
+            cfg.master_key.clone(),
+            cfg.signing_key.clone(),
+            limits,
+        )?;
         let archive_id = log.archive_id();
-        let mut indexer = BlindIndexWriter::open(&index_dir(&dir), BlindKey::derive(&cfg.master_key, &archive_id), archive_id)?;
-        let reader = ArchiveReader::from_parts(dir.clone(), storage.clone(), cfg.master_key.clone())?;
+        let mut indexer = BlindIndexWriter::open(
+            &index_dir(&dir),
+            BlindKey::derive(&cfg.master_key, &archive_id),
+            archive_id,
+        )?;
+        let reader =
+            ArchiveReader::from_parts(dir.clone(), storage.clone(), cfg.master_key.clone())?;
         // The log is the source of truth: index whatever the last run did not commit.
         let through = indexer.indexed_through();
         if through + 1 < log.next_seq() {
             reader.scan(through + 1, |e| {
                 if let Some(record) = e.record {
-                    indexer.add(&Appended { record, segment: e.segment, offset: e.offset })?;
+                    indexer.add(&Appended {
+                        record,
+                        segment: e.segment,
+                        offset: e.offset,
+                    })?;
                 }
                 Ok::<(), OpenError>(())
             })?;
@@ -296,7 +330,8 @@ impl Archive {
         {
             let guard = self.inner.tx.lock().unwrap_or_else(|p| p.into_inner());
             let tx = guard.as_ref().ok_or(AppendError::Closed)?;
-            tx.send(Cmd::Append(rec, ack_tx)).map_err(|_| AppendError::Closed)?;
+            tx.send(Cmd::Append(rec, ack_tx))
+                .map_err(|_| AppendError::Closed)?;
         }
         ack_rx.await.map_err(|_| AppendError::Closed)?
     }
@@ -314,7 +349,11 @@ impl Archive {
     /// The last indexer error, if indexing is failing (appends continue: the
     /// log is the source of truth and `reindex` rebuilds the index).
     pub fn index_health(&self) -> Option<String> {
-        self.inner.index_health.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.inner
+            .index_health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Flushes, writes the final signed checkpoint, seals the active segment,
@@ -325,10 +364,18 @@ impl Archive {
         {
             let mut guard = self.inner.tx.lock().unwrap_or_else(|p| p.into_inner());
             let tx = guard.take().ok_or(CloseError::AlreadyClosed)?;
-            tx.send(Cmd::Close(done_tx)).map_err(|_| CloseError::AlreadyClosed)?;
+            tx.send(Cmd::Close(done_tx))
+                .map_err(|_| CloseError::AlreadyClosed)?;
         }
-        let result = done_rx.await.map_err(|_| CloseError::Seal("writer thread ended".into()))?;
-        let handle = self.inner.writer_thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let result = done_rx
+            .await
+            .map_err(|_| CloseError::Seal("writer thread ended".into()))?;
+        let handle = self
+            .inner
+            .writer_thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Some(h) = handle {
             // The writer has already answered; joining only reaps the thread.
             let _ = h.join();
@@ -393,7 +440,10 @@ fn writer_loop(mut log: LogWriter, rx: Receiver<Cmd>, itx: Sender<IndexCmd>) {
                 None => match log.append_batch(batch) {
                     Ok(appended) => {
                         for (a, ack) in appended.iter().zip(acks) {
-                            let _ = ack.send(Ok(AppendReceipt { seq: a.record.seq, time: a.record.time }));
+                            let _ = ack.send(Ok(AppendReceipt {
+                                seq: a.record.seq,
+                                time: a.record.time,
+                            }));
                         }
                         let _ = itx.send(IndexCmd::Add(appended));
                         if let Err(e) = log.maybe_roll() {
@@ -426,7 +476,11 @@ fn writer_loop(mut log: LogWriter, rx: Receiver<Cmd>, itx: Sender<IndexCmd>) {
     }
 }
 
-fn indexer_loop(mut idx: BlindIndexWriter, rx: Receiver<IndexCmd>, health: Arc<Mutex<Option<String>>>) {
+fn indexer_loop(
+    mut idx: BlindIndexWriter,
+    rx: Receiver<IndexCmd>,
+    health: Arc<Mutex<Option<String>>>,
+) {
     let set = |e: Option<String>| *health.lock().unwrap_or_else(|p| p.into_inner()) = e;
     let mut last_commit = Instant::now();
     loop {
@@ -476,9 +530,20 @@ impl ArchiveReader {
         ArchiveReader::from_parts(dir.to_path_buf(), storage, master_key.clone())
     }
 
-    fn from_parts(dir: PathBuf, storage: Arc<dyn Storage>, master: MasterKey) -> Result<ArchiveReader, ReadError> {
+    fn from_parts(
+        dir: PathBuf,
+        storage: Arc<dyn Storage>,
+        master: MasterKey,
+    ) -> Result<ArchiveReader, ReadError> {
         let meta = log::open_meta(storage.as_ref(), &master)?;
-        Ok(ArchiveReader { dir, storage, master, meta, index: Mutex::new(None), segments: Mutex::new(HashMap::new()) })
+        Ok(ArchiveReader {
+            dir,
+            storage,
+            master,
+            meta,
+            index: Mutex::new(None),
+            segments: Mutex::new(HashMap::new()),
+        })
     }
 
     /// Searches (syntax in docs/search-syntax.md). Returns the newest `limit`
@@ -488,7 +553,10 @@ impl ArchiveReader {
         let located = {
             let mut guard = self.index.lock().unwrap_or_else(|p| p.into_inner());
             if guard.is_none() {
-                *guard = Some(BlindIndexReader::open(&index_dir(&self.dir), BlindKey::derive(&self.master, &self.meta.archive_id))?);
+                *guard = Some(BlindIndexReader::open(
+                    &index_dir(&self.dir),
+                    BlindKey::derive(&self.master, &self.meta.archive_id),
+                )?);
             }
             match guard.as_ref() {
                 Some(ix) => ix.search(&q, limit)?,
@@ -499,7 +567,12 @@ impl ArchiveReader {
         for l in located.iter().rev() {
             let rec = self.record_at(l.segment, l.offset)?;
             if rec.seq.0 != l.seq {
-                return Err(ReadError::Corrupt { segment: l.segment, offset: l.offset, what: format!("index says seq {}, log has {}", l.seq, rec.seq.0) }.into());
+                return Err(ReadError::Corrupt {
+                    segment: l.segment,
+                    offset: l.offset,
+                    what: format!("index says seq {}, log has {}", l.seq, rec.seq.0),
+                }
+                .into());
             }
             hits.extend(Hit::from_record(rec));
         }
@@ -511,9 +584,20 @@ impl ArchiveReader {
         if let Some(s) = cache.get(&id) {
             return Ok(s.clone());
         }
-        let hb = self.storage.read_at(&segment::segment_name(id), 0, HEADER_LEN)?;
-        let header = SegmentHeader::decode(&hb).map_err(|what| ReadError::Corrupt { segment: id, offset: 0, what })?;
-        let cipher = log::segment_cipher(self.storage.as_ref(), &self.master, &self.meta.archive_id, id)?;
+        let hb = self
+            .storage
+            .read_at(&segment::segment_name(id), 0, HEADER_LEN)?;
+        let header = SegmentHeader::decode(&hb).map_err(|what| ReadError::Corrupt {
+            segment: id,
+            offset: 0,
+            what,
+        })?;
+        let cipher = log::segment_cipher(
+            self.storage.as_ref(),
+            &self.master,
+            &self.meta.archive_id,
+            id,
+        )?;
         let entry = (header.encode(), cipher);
         cache.insert(id, entry.clone());
         Ok(entry)
@@ -523,7 +607,11 @@ impl ArchiveReader {
     pub fn record_at(&self, segment_id: u64, offset: u64) -> Result<Record, ReadError> {
         let (hb, cipher) = self.segment(segment_id)?;
         let name = segment::segment_name(segment_id);
-        let corrupt = |what: &str| ReadError::Corrupt { segment: segment_id, offset, what: what.to_string() };
+        let corrupt = |what: &str| ReadError::Corrupt {
+            segment: segment_id,
+            offset,
+            what: what.to_string(),
+        };
         let lb = self.storage.read_at(&name, offset, 4)?;
         let len = match lb.as_slice() {
             [a, b, c, d] => u32::from_be_bytes([*a, *b, *c, *d]),
@@ -534,9 +622,20 @@ impl ArchiveReader {
         }
         let frame = self.storage.read_at(&name, offset, 4 + len as usize)?;
         match segment::parse_frame(&frame, 0) {
-            Parsed::Frame(Frame::Record { seq, nonce, ciphertext, .. }, _) => {
-                let cipher = cipher.ok_or(ReadError::Shredded { segment: segment_id })?;
-                let (_, canonical) = segment::decrypt_record(&cipher, &hb, seq, nonce, ciphertext).ok_or_else(|| corrupt("record does not authenticate"))?;
+            Parsed::Frame(
+                Frame::Record {
+                    seq,
+                    nonce,
+                    ciphertext,
+                    ..
+                },
+                _,
+            ) => {
+                let cipher = cipher.ok_or(ReadError::Shredded {
+                    segment: segment_id,
+                })?;
+                let (_, canonical) = segment::decrypt_record(&cipher, &hb, seq, nonce, ciphertext)
+                    .ok_or_else(|| corrupt("record does not authenticate"))?;
                 Record::decode(&canonical).map_err(|e| corrupt(&e.to_string()))
             }
             _ => Err(corrupt("not a record frame")),
@@ -565,24 +664,41 @@ impl ArchiveReader {
     /// is exact only when `from` is 1 (otherwise the scan skips whole
     /// segments and starts from the segment header's head). An error from `f`
     /// stops the scan and is returned.
-    pub fn scan<E: From<ReadError>>(&self, from: u64, mut f: impl FnMut(ChainEntry) -> Result<(), E>) -> Result<(), E> {
+    pub fn scan<E: From<ReadError>>(
+        &self,
+        from: u64,
+        mut f: impl FnMut(ChainEntry) -> Result<(), E>,
+    ) -> Result<(), E> {
         let ids = log::segment_ids(self.storage.as_ref()).map_err(|e| ReadError::Log(e.into()))?;
         for (i, &id) in ids.iter().enumerate() {
             // Skip a segment wholly before `from`: the next one starts at or before it.
             if let Some(&next) = ids.get(i + 1) {
-                let hb = self.storage.read_at(&segment::segment_name(next), 0, HEADER_LEN).map_err(ReadError::from)?;
+                let hb = self
+                    .storage
+                    .read_at(&segment::segment_name(next), 0, HEADER_LEN)
+                    .map_err(ReadError::from)?;
                 if let Ok(h) = SegmentHeader::decode(&hb) {
                     if h.first_seq <= from {
                         continue;
                     }
                 }
             }
-            let bytes = self.storage.read(&segment::segment_name(id)).map_err(ReadError::from)?;
+            let bytes = self
+                .storage
+                .read(&segment::segment_name(id))
+                .map_err(ReadError::from)?;
             let header = match SegmentHeader::decode(&bytes) {
                 Ok(h) => h,
                 // A segment whose header is still being written holds no record yet.
                 Err(_) if bytes.len() < HEADER_LEN => continue,
-                Err(what) => return Err(ReadError::Corrupt { segment: id, offset: 0, what }.into()),
+                Err(what) => {
+                    return Err(ReadError::Corrupt {
+                        segment: id,
+                        offset: 0,
+                        what,
+                    }
+                    .into())
+                }
             };
             let (hb, cipher) = self.segment(id)?;
             let mut head = header.prev_head;
@@ -590,26 +706,59 @@ impl ArchiveReader {
             loop {
                 match segment::parse_frame(&bytes, at) {
                     Parsed::Incomplete => break,
-                    Parsed::Malformed(what) => return Err(ReadError::Corrupt { segment: id, offset: at as u64, what }.into()),
+                    Parsed::Malformed(what) => {
+                        return Err(ReadError::Corrupt {
+                            segment: id,
+                            offset: at as u64,
+                            what,
+                        }
+                        .into())
+                    }
                     Parsed::Frame(Frame::Checkpoint(_), next) => at = next,
-                    Parsed::Frame(Frame::Record { seq, content_hash, nonce, ciphertext }, next) => {
+                    Parsed::Frame(
+                        Frame::Record {
+                            seq,
+                            content_hash,
+                            nonce,
+                            ciphertext,
+                        },
+                        next,
+                    ) => {
                         let cth = segment::ciphertext_hash(nonce, ciphertext);
                         let leaf = segment::leaf(seq, &content_hash, &cth);
                         head = segment::next_head(&head, &leaf);
                         if seq >= from {
                             let (salt, record) = match &cipher {
                                 Some(c) => {
-                                    let (salt, canonical) = segment::decrypt_record(c, &hb, seq, nonce, ciphertext).ok_or_else(|| ReadError::Corrupt {
-                                        segment: id,
-                                        offset: at as u64,
-                                        what: "record does not authenticate".into(),
+                                    let (salt, canonical) =
+                                        segment::decrypt_record(c, &hb, seq, nonce, ciphertext)
+                                            .ok_or_else(|| ReadError::Corrupt {
+                                                segment: id,
+                                                offset: at as u64,
+                                                what: "record does not authenticate".into(),
+                                            })?;
+                                    let rec = Record::decode(&canonical).map_err(|e| {
+                                        ReadError::Corrupt {
+                                            segment: id,
+                                            offset: at as u64,
+                                            what: e.to_string(),
+                                        }
                                     })?;
-                                    let rec = Record::decode(&canonical).map_err(|e| ReadError::Corrupt { segment: id, offset: at as u64, what: e.to_string() })?;
                                     (Some(salt), Some(rec))
                                 }
                                 None => (None, None),
                             };
-                            f(ChainEntry { seq, segment: id, offset: at as u64, content_hash, ciphertext_hash: cth, leaf, head, salt, record })?;
+                            f(ChainEntry {
+                                seq,
+                                segment: id,
+                                offset: at as u64,
+                                content_hash,
+                                ciphertext_hash: cth,
+                                leaf,
+                                head,
+                                salt,
+                                record,
+                            })?;
                         }
                         at = next;
                     }
@@ -627,10 +776,18 @@ impl ArchiveReader {
 
 /// Rebuilds the index of the archive in `dir` from the record log. Fails if
 /// a serving process holds the index writer. `progress(done_records, last_seq)`.
-pub fn reindex(dir: &Path, master_key: &MasterKey, mut progress: impl FnMut(u64, u64)) -> Result<u64, ReindexError> {
+pub fn reindex(
+    dir: &Path,
+    master_key: &MasterKey,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<u64, ReindexError> {
     let reader = ArchiveReader::open(dir, master_key)?;
     let archive_id = reader.archive_id();
-    let mut w = BlindIndexWriter::open(&index_dir(dir), BlindKey::derive(master_key, &archive_id), archive_id)?;
+    let mut w = BlindIndexWriter::open(
+        &index_dir(dir),
+        BlindKey::derive(master_key, &archive_id),
+        archive_id,
+    )?;
     w.clear()?;
     let mut last = 0u64;
     reader.scan(1, |e| {
@@ -640,7 +797,11 @@ pub fn reindex(dir: &Path, master_key: &MasterKey, mut progress: impl FnMut(u64,
     let mut n = 0u64;
     reader.scan(1, |e| {
         if let Some(record) = e.record {
-            w.add(&Appended { record, segment: e.segment, offset: e.offset })?;
+            w.add(&Appended {
+                record,
+                segment: e.segment,
+                offset: e.offset,
+            })?;
             n += 1;
             if n % 10_000 == 0 {
                 progress(e.seq, last);

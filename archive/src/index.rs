@@ -18,8 +18,12 @@ use std::ops::Bound;
 use std::path::Path;
 
 use tantivy::collector::TopDocs;
-use tantivy::query::{AllQuery, BooleanQuery, Occur, PhraseQuery, Query as TQuery, RangeQuery, TermQuery};
-use tantivy::schema::{Field, IndexRecordOption, Schema, Value, FAST, INDEXED, STORED, STRING, TEXT};
+use tantivy::query::{
+    AllQuery, BooleanQuery, Occur, PhraseQuery, Query as TQuery, RangeQuery, TermQuery,
+};
+use tantivy::schema::{
+    Field, IndexRecordOption, Schema, Value, FAST, INDEXED, STORED, STRING, TEXT,
+};
 use tantivy::{Index, IndexReader, IndexWriter, Order, ReloadPolicy, TantivyDocument, Term};
 use zeroize::Zeroizing;
 
@@ -100,7 +104,11 @@ fn payload(archive_id: &[u8; 16], seq: u64) -> String {
 fn parse_payload(p: &str, archive_id: &[u8; 16]) -> Result<u64, IndexError> {
     let mut parts = p.split(' ');
     let id: String = archive_id.iter().map(|b| format!("{b:02x}")).collect();
-    match (parts.next(), parts.next(), parts.next().and_then(|s| s.parse().ok())) {
+    match (
+        parts.next(),
+        parts.next(),
+        parts.next().and_then(|s| s.parse().ok()),
+    ) {
         (Some("custos-index-v1"), Some(pid), Some(seq)) if pid == id => Ok(seq),
         _ => Err(IndexError::Foreign),
     }
@@ -133,7 +141,11 @@ fn open_or_create(dir: &Path) -> Result<Index, IndexError> {
 }
 
 impl BlindIndexWriter {
-    pub fn open(dir: &Path, key: BlindKey, archive_id: [u8; 16]) -> Result<BlindIndexWriter, IndexError> {
+    pub fn open(
+        dir: &Path,
+        key: BlindKey,
+        archive_id: [u8; 16],
+    ) -> Result<BlindIndexWriter, IndexError> {
         let index = open_or_create(dir)?;
         let (_, fields) = schema();
         let last_seq = match index.load_metas()?.payload {
@@ -141,7 +153,15 @@ impl BlindIndexWriter {
             None => 0,
         };
         let writer = index.writer_with_num_threads(1, WRITER_MEMORY)?;
-        Ok(BlindIndexWriter { writer, index, fields, key, archive_id, last_seq, dirty: false })
+        Ok(BlindIndexWriter {
+            writer,
+            index,
+            fields,
+            key,
+            archive_id,
+            last_seq,
+            dirty: false,
+        })
     }
 
     /// Every record with seq ≤ this is in the last commit.
@@ -162,7 +182,9 @@ impl BlindIndexWriter {
     pub fn add(&mut self, a: &Appended) -> Result<(), IndexError> {
         self.last_seq = self.last_seq.max(a.record.seq.0);
         self.dirty = true;
-        let NewRecord::Message(m) = &a.record.content else { return Ok(()) };
+        let NewRecord::Message(m) = &a.record.content else {
+            return Ok(());
+        };
         let f = self.fields;
         let k = &self.key;
         let mut doc = TantivyDocument::default();
@@ -171,13 +193,20 @@ impl BlindIndexWriter {
         doc.add_u64(f.off, a.offset);
         doc.add_i64(f.time, a.record.time.0);
         for text in [&m.subject, &m.body].into_iter().flatten() {
-            let blinded: Vec<String> = query::tokenize(text).iter().map(|t| k.term("text", t)).collect();
+            let blinded: Vec<String> = query::tokenize(text)
+                .iter()
+                .map(|t| k.term("text", t))
+                .collect();
             doc.add_text(f.text, blinded.join(" "));
         }
         for (field, jid) in [(f.from, &m.from), (f.to, &m.to)] {
             let full = query::normalize_jid(jid);
             let bare = query::bare_jid(&full).to_string();
-            for v in if bare == full { vec![full] } else { vec![full, bare] } {
+            for v in if bare == full {
+                vec![full]
+            } else {
+                vec![full, bare]
+            } {
                 let h = k.term("jid", &v);
                 doc.add_text(field, &h);
                 doc.add_text(f.with, &h);
@@ -229,21 +258,36 @@ impl BlindIndexReader {
     pub fn open(dir: &Path, key: BlindKey) -> Result<BlindIndexReader, IndexError> {
         let index = open_or_create(dir)?;
         let (_, fields) = schema();
-        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
-        Ok(BlindIndexReader { reader, fields, key })
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
+        Ok(BlindIndexReader {
+            reader,
+            fields,
+            key,
+        })
     }
 
     fn clause(&self, c: &Clause) -> Box<dyn TQuery> {
         let f = self.fields;
         let k = &self.key;
         let term = |field: Field, tag: &str, v: &str| -> Box<dyn TQuery> {
-            Box::new(TermQuery::new(Term::from_field_text(field, &k.term(tag, v)), IndexRecordOption::Basic))
+            Box::new(TermQuery::new(
+                Term::from_field_text(field, &k.term(tag, v)),
+                IndexRecordOption::Basic,
+            ))
         };
         match c {
-            Clause::Text(words) if words.len() == 1 => term(f.text, "text", words.first().map_or("", String::as_str)),
-            Clause::Text(words) => {
-                Box::new(PhraseQuery::new(words.iter().map(|w| Term::from_field_text(f.text, &k.term("text", w))).collect()))
+            Clause::Text(words) if words.len() == 1 => {
+                term(f.text, "text", words.first().map_or("", String::as_str))
             }
+            Clause::Text(words) => Box::new(PhraseQuery::new(
+                words
+                    .iter()
+                    .map(|w| Term::from_field_text(f.text, &k.term("text", w)))
+                    .collect(),
+            )),
             Clause::Jid(which, jid) => {
                 let field = match which {
                     JidField::From => f.from,
@@ -256,8 +300,14 @@ impl BlindIndexReader {
             Clause::Type(t) => term(f.stanza_type, "type", t),
             Clause::Action(a) => term(f.action, "action", a.as_str()),
             Clause::Rule(r) => term(f.rule, "rule", r),
-            Clause::After(t) => Box::new(RangeQuery::new(Bound::Included(Term::from_field_i64(f.time, t.0)), Bound::Unbounded)),
-            Clause::Before(t) => Box::new(RangeQuery::new(Bound::Unbounded, Bound::Excluded(Term::from_field_i64(f.time, t.0)))),
+            Clause::After(t) => Box::new(RangeQuery::new(
+                Bound::Included(Term::from_field_i64(f.time, t.0)),
+                Bound::Unbounded,
+            )),
+            Clause::Before(t) => Box::new(RangeQuery::new(
+                Bound::Unbounded,
+                Bound::Excluded(Term::from_field_i64(f.time, t.0)),
+            )),
         }
     }
 
@@ -272,12 +322,19 @@ impl BlindIndexReader {
         clauses.extend(q.must.iter().map(|c| (Occur::Must, self.clause(c))));
         clauses.extend(q.must_not.iter().map(|c| (Occur::MustNot, self.clause(c))));
         let query = BooleanQuery::new(clauses);
-        let top = searcher.search(&query, &TopDocs::with_limit(limit.max(1)).order_by_fast_field::<u64>("seq", Order::Desc))?;
+        let top = searcher.search(
+            &query,
+            &TopDocs::with_limit(limit.max(1)).order_by_fast_field::<u64>("seq", Order::Desc),
+        )?;
         let mut out = Vec::with_capacity(top.len());
         for (_, addr) in top.into_iter().take(limit) {
             let doc: TantivyDocument = searcher.doc(addr)?;
             let get = |field: Field| doc.get_first(field).and_then(|v| v.as_u64()).unwrap_or(0);
-            out.push(Located { seq: get(self.fields.seq), segment: get(self.fields.seg), offset: get(self.fields.off) });
+            out.push(Located {
+                seq: get(self.fields.seq),
+                segment: get(self.fields.seg),
+                offset: get(self.fields.off),
+            });
         }
         Ok(out)
     }

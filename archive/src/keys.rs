@@ -45,7 +45,10 @@ impl std::fmt::Debug for MasterKey {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("cannot read key file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("key file {path} is not base64 of 32 bytes")]
     Malformed { path: PathBuf },
     #[error("environment variable {MASTER_KEY_ENV} is not set")]
@@ -55,7 +58,10 @@ pub enum KeyError {
     #[error("refusing to overwrite existing key file {path}")]
     Exists { path: PathBuf },
     #[error("cannot write key file {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("no system randomness: {0}")]
     Random(getrandom::Error),
 }
@@ -77,9 +83,14 @@ fn decode32(text: &str) -> Option<Zeroizing<[u8; 32]>> {
 
 fn read_key_file(path: &Path) -> Result<Zeroizing<[u8; 32]>, KeyError> {
     let text = Zeroizing::new(
-        std::fs::read_to_string(path).map_err(|source| KeyError::Read { path: path.to_path_buf(), source })?,
+        std::fs::read_to_string(path).map_err(|source| KeyError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?,
     );
-    decode32(&text).ok_or_else(|| KeyError::Malformed { path: path.to_path_buf() })
+    decode32(&text).ok_or_else(|| KeyError::Malformed {
+        path: path.to_path_buf(),
+    })
 }
 
 pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], getrandom::Error> {
@@ -92,7 +103,9 @@ impl MasterKey {
     /// Reads a file holding base64 of 32 bytes (surrounding whitespace allowed).
     pub fn from_file(path: &Path) -> Result<MasterKey, KeyError> {
         let bytes = read_key_file(path)?;
-        let origin = std::fs::canonicalize(path).ok().or_else(|| Some(path.to_path_buf()));
+        let origin = std::fs::canonicalize(path)
+            .ok()
+            .or_else(|| Some(path.to_path_buf()));
         Ok(MasterKey { bytes, origin })
     }
 
@@ -100,12 +113,18 @@ impl MasterKey {
     pub fn from_base64_env() -> Result<MasterKey, KeyError> {
         let v = Zeroizing::new(std::env::var(MASTER_KEY_ENV).map_err(|_| KeyError::EnvMissing)?);
         let bytes = decode32(&v).ok_or(KeyError::EnvMalformed)?;
-        Ok(MasterKey { bytes, origin: None })
+        Ok(MasterKey {
+            bytes,
+            origin: None,
+        })
     }
 
     /// A key from raw bytes (tests, benchmarks, embedding applications).
     pub fn from_bytes(bytes: [u8; 32]) -> MasterKey {
-        MasterKey { bytes: Zeroizing::new(bytes), origin: None }
+        MasterKey {
+            bytes: Zeroizing::new(bytes),
+            origin: None,
+        }
     }
 
     /// The file this key was read from, if any.
@@ -154,7 +173,9 @@ pub fn load_signing_key(path: &Path) -> Result<SigningKey, KeyError> {
 /// A loaded Ed25519 public key file (base64 of 32 bytes).
 pub fn load_verifying_key(path: &Path) -> Result<VerifyingKey, KeyError> {
     let bytes = read_key_file(path)?;
-    VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::Malformed { path: path.to_path_buf() })
+    VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::Malformed {
+        path: path.to_path_buf(),
+    })
 }
 
 /// What `keys_init` wrote.
@@ -185,12 +206,20 @@ fn write_new(path: &Path, text: &str, mode: u32) -> Result<(), KeyError> {
     #[cfg(not(unix))]
     let _ = mode;
     let mut f = opts.open(path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::AlreadyExists => KeyError::Exists { path: path.to_path_buf() },
-        _ => KeyError::Write { path: path.to_path_buf(), source },
+        std::io::ErrorKind::AlreadyExists => KeyError::Exists {
+            path: path.to_path_buf(),
+        },
+        _ => KeyError::Write {
+            path: path.to_path_buf(),
+            source,
+        },
     })?;
     f.write_all(text.as_bytes())
         .and_then(|()| f.sync_all())
-        .map_err(|source| KeyError::Write { path: path.to_path_buf(), source })
+        .map_err(|source| KeyError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// Creates a new master key and signing key (mode 0600) and the signing
@@ -200,16 +229,30 @@ pub fn keys_init(master_key_path: &Path, signing_key_path: &Path) -> Result<Keys
     let public = public_key_path(signing_key_path);
     for p in [master_key_path, signing_key_path, public.as_path()] {
         if p.exists() {
-            return Err(KeyError::Exists { path: p.to_path_buf() });
+            return Err(KeyError::Exists {
+                path: p.to_path_buf(),
+            });
         }
     }
     let master = Zeroizing::new(random_bytes::<32>().map_err(KeyError::Random)?);
     let seed = Zeroizing::new(random_bytes::<32>().map_err(KeyError::Random)?);
     let signing = SigningKey::from_bytes(&seed);
     let verifying = signing.verifying_key();
-    write_new(master_key_path, &format!("{}\n", b64().encode(master.as_ref())), 0o600)?;
-    write_new(signing_key_path, &format!("{}\n", b64().encode(seed.as_ref())), 0o600)?;
-    write_new(&public, &format!("{}\n", b64().encode(verifying.as_bytes())), 0o644)?;
+    write_new(
+        master_key_path,
+        &format!("{}\n", b64().encode(master.as_ref())),
+        0o600,
+    )?;
+    write_new(
+        signing_key_path,
+        &format!("{}\n", b64().encode(seed.as_ref())),
+        0o600,
+    )?;
+    write_new(
+        &public,
+        &format!("{}\n", b64().encode(verifying.as_bytes())),
+        0o644,
+    )?;
     Ok(KeysCreated {
         master_key: master_key_path.to_path_buf(),
         signing_key: signing_key_path.to_path_buf(),
@@ -248,11 +291,18 @@ pub(crate) fn wrap_data_key(
     data_key: &[u8; 32],
 ) -> Result<Vec<u8>, getrandom::Error> {
     let kek = master.derive("custos-kek-v1", archive_id);
-    let cipher = Aes256Gcm::new_from_slice(kek.as_ref()).map_err(|_| getrandom::Error::UNSUPPORTED)?;
+    let cipher =
+        Aes256Gcm::new_from_slice(kek.as_ref()).map_err(|_| getrandom::Error::UNSUPPORTED)?;
     let nonce = random_bytes::<12>()?;
     let aad = key_aad(archive_id, segment);
     let ct = cipher
-        .encrypt(Nonce::from_slice(&nonce), Payload { msg: data_key, aad: &aad })
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: data_key,
+                aad: &aad,
+            },
+        )
         .map_err(|_| getrandom::Error::UNSUPPORTED)?;
     let mut out = Vec::with_capacity(8 + 2 + 12 + ct.len());
     out.extend_from_slice(KEY_MAGIC);
@@ -268,7 +318,10 @@ pub(crate) fn unwrap_data_key(
     segment: u64,
     file: &[u8],
 ) -> Result<Zeroizing<[u8; 32]>, UnwrapError> {
-    if file.len() != 8 + 2 + 12 + 48 || file.get(..8) != Some(KEY_MAGIC) || file.get(8..10) != Some(&KEY_VERSION.to_be_bytes()[..]) {
+    if file.len() != 8 + 2 + 12 + 48
+        || file.get(..8) != Some(KEY_MAGIC)
+        || file.get(8..10) != Some(&KEY_VERSION.to_be_bytes()[..])
+    {
         return Err(UnwrapError::Format);
     }
     let kek = master.derive("custos-kek-v1", archive_id);
@@ -276,7 +329,11 @@ pub(crate) fn unwrap_data_key(
     let aad = key_aad(archive_id, segment);
     let nonce = file.get(10..22).ok_or(UnwrapError::Format)?;
     let ct = file.get(22..).ok_or(UnwrapError::Format)?;
-    let pt = Zeroizing::new(cipher.decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: &aad }).map_err(|_| UnwrapError::Auth)?);
+    let pt = Zeroizing::new(
+        cipher
+            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: &aad })
+            .map_err(|_| UnwrapError::Auth)?,
+    );
     let mut out = Zeroizing::new([0u8; 32]);
     if pt.len() != 32 {
         return Err(UnwrapError::Format);
@@ -299,12 +356,21 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&mk).unwrap().permissions().mode() & 0o777, 0o600);
-            assert_eq!(std::fs::metadata(&sk).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&mk).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+            assert_eq!(
+                std::fs::metadata(&sk).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
         let signing = load_signing_key(&sk).unwrap();
         assert_eq!(signing.verifying_key(), created.verifying_key);
-        assert_eq!(load_verifying_key(&created.public_key).unwrap(), created.verifying_key);
+        assert_eq!(
+            load_verifying_key(&created.public_key).unwrap(),
+            created.verifying_key
+        );
         let m = MasterKey::from_file(&mk).unwrap();
         assert_eq!(format!("{m:?}"), "MasterKey(..)");
     }
@@ -328,6 +394,9 @@ mod tests {
         let w = wrap_data_key(&m, &id, 3, &dk).unwrap();
         assert_eq!(*unwrap_data_key(&m, &id, 3, &w).unwrap(), dk);
         assert_eq!(unwrap_data_key(&m, &id, 4, &w), Err(UnwrapError::Auth));
-        assert_eq!(unwrap_data_key(&MasterKey::from_bytes([8; 32]), &id, 3, &w), Err(UnwrapError::Auth));
+        assert_eq!(
+            unwrap_data_key(&MasterKey::from_bytes([8; 32]), &id, 3, &w),
+            Err(UnwrapError::Auth)
+        );
     }
 }

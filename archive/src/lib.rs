@@ -29,9 +29,14 @@ pub mod storage;
 pub mod time;
 pub mod verify;
 
-pub use archive::{reindex, AppendError, AppendReceipt, Archive, ArchiveConfig, ArchiveReader, ChainEntry, CloseError, Hit, OpenError, ReadError, ReindexError, SearchError};
+pub use archive::{
+    reindex, AppendError, AppendReceipt, Archive, ArchiveConfig, ArchiveReader, ChainEntry,
+    CloseError, Hit, OpenError, ReadError, ReindexError, SearchError,
+};
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use keys::{keys_init, load_signing_key, load_verifying_key, KeyError, KeysCreated, MasterKey};
-pub use record::{Action, Direction, EventRecord, MessageRecord, NewRecord, Outcome, Record, RecordSeq, SessionId};
+pub use record::{
+    Action, Direction, EventRecord, MessageRecord, NewRecord, Outcome, Record, RecordSeq, SessionId,
+};
 pub use time::Timestamp;
 pub use verify::{verify, Problem, VerifyReport};

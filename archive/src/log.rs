@@ -46,14 +46,20 @@ impl Meta {
     }
 
     fn decode(b: &[u8]) -> Option<Meta> {
-        if b.len() != META_LEN || b.get(..8)? != META_MAGIC || b.get(8..10)? != META_VERSION.to_be_bytes() {
+        if b.len() != META_LEN
+            || b.get(..8)? != META_MAGIC
+            || b.get(8..10)? != META_VERSION.to_be_bytes()
+        {
             return None;
         }
         let mut archive_id = [0u8; 16];
         archive_id.copy_from_slice(b.get(10..26)?);
         let mut key_check = [0u8; 32];
         key_check.copy_from_slice(b.get(26..58)?);
-        Some(Meta { archive_id, key_check })
+        Some(Meta {
+            archive_id,
+            key_check,
+        })
     }
 }
 
@@ -67,7 +73,11 @@ pub enum LogOpenError {
     #[error("segments exist but archive.meta is missing")]
     MissingMeta,
     #[error("segment {segment} is corrupt at offset {offset}: {what} (run verify)")]
-    Corrupt { segment: u64, offset: u64, what: String },
+    Corrupt {
+        segment: u64,
+        offset: u64,
+        what: String,
+    },
     #[error("key file of segment {segment} cannot be used: {source}")]
     Key { segment: u64, source: UnwrapError },
     #[error("no system randomness: {0}")]
@@ -179,7 +189,11 @@ pub(crate) fn open_meta(storage: &dyn Storage, master: &MasterKey) -> Result<Met
 }
 
 pub(crate) fn segment_ids(storage: &dyn Storage) -> Result<Vec<u64>, storage::ListError> {
-    let mut ids: Vec<u64> = storage.list("segments")?.iter().filter_map(|f| segment::segment_id_from_file(f)).collect();
+    let mut ids: Vec<u64> = storage
+        .list("segments")?
+        .iter()
+        .filter_map(|f| segment::segment_id_from_file(f))
+        .collect();
     ids.sort_unstable();
     Ok(ids)
 }
@@ -195,7 +209,8 @@ pub(crate) fn segment_cipher(
         Err(storage::ReadError::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let key = unwrap_data_key(master, archive_id, segment, &wrapped).map_err(|source| LogOpenError::Key { segment, source })?;
+    let key = unwrap_data_key(master, archive_id, segment, &wrapped)
+        .map_err(|source| LogOpenError::Key { segment, source })?;
     Ok(Aes256Gcm::new_from_slice(key.as_ref()).ok())
 }
 
@@ -213,7 +228,11 @@ struct Scan {
 /// A bad region counts as a torn tail only when nothing valid follows it: a bad
 /// frame in the middle is tampering or media damage, and cutting there would
 /// lose acknowledged records, so it is refused.
-fn scan_tail(bytes: &[u8], header: &SegmentHeader, cipher: &Aes256Gcm) -> Result<Scan, (u64, String)> {
+fn scan_tail(
+    bytes: &[u8],
+    header: &SegmentHeader,
+    cipher: &Aes256Gcm,
+) -> Result<Scan, (u64, String)> {
     let hb = header.encode();
     let mut at = HEADER_LEN;
     let mut s = Scan {
@@ -227,7 +246,10 @@ fn scan_tail(bytes: &[u8], header: &SegmentHeader, cipher: &Aes256Gcm) -> Result
     let torn_here = |at: usize, why: &str| -> Result<String, (u64, String)> {
         let rest = bytes.get(at..).unwrap_or_default();
         let nothing_after = match parse_frame_end(bytes, at) {
-            Some(next) => next >= bytes.len() || matches!(segment::parse_frame(bytes, next), Parsed::Incomplete),
+            Some(next) => {
+                next >= bytes.len()
+                    || matches!(segment::parse_frame(bytes, next), Parsed::Incomplete)
+            }
             None => true,
         };
         if nothing_after || rest.iter().all(|&b| b == 0) {
@@ -246,12 +268,21 @@ fn scan_tail(bytes: &[u8], header: &SegmentHeader, cipher: &Aes256Gcm) -> Result
                 s.torn = Some(torn_here(at, &why)?);
                 break;
             }
-            Parsed::Frame(Frame::Record { seq, content_hash, nonce, ciphertext }, next) => {
+            Parsed::Frame(
+                Frame::Record {
+                    seq,
+                    content_hash,
+                    nonce,
+                    ciphertext,
+                },
+                next,
+            ) => {
                 let ok = seq == s.next_seq
                     && segment::decrypt_record(cipher, &hb, seq, nonce, ciphertext)
                         .and_then(|(salt, canonical)| {
                             let rec = Record::decode(&canonical).ok()?;
-                            (segment::content_hash(&salt, &canonical) == content_hash).then_some(rec)
+                            (segment::content_hash(&salt, &canonical) == content_hash)
+                                .then_some(rec)
                         })
                         .map(|rec| s.last_time = s.last_time.max(rec.time.0))
                         .is_some();
@@ -259,7 +290,11 @@ fn scan_tail(bytes: &[u8], header: &SegmentHeader, cipher: &Aes256Gcm) -> Result
                     s.torn = Some(torn_here(at, "record does not authenticate")?);
                     break;
                 }
-                let l = segment::leaf(seq, &content_hash, &segment::ciphertext_hash(nonce, ciphertext));
+                let l = segment::leaf(
+                    seq,
+                    &content_hash,
+                    &segment::ciphertext_hash(nonce, ciphertext),
+                );
                 s.head = segment::next_head(&s.head, &l);
                 s.next_seq = seq + 1;
                 at = next;
@@ -297,7 +332,10 @@ impl LogWriter {
             Some(m) => m,
             None if ids.is_empty() => {
                 let archive_id = random_bytes::<16>().map_err(LogOpenError::Random)?;
-                let m = Meta { archive_id, key_check: master.check_value(&archive_id) };
+                let m = Meta {
+                    archive_id,
+                    key_check: master.check_value(&archive_id),
+                };
                 storage.put_new(META_NAME, &m.encode())?;
                 m
             }
@@ -314,7 +352,11 @@ impl LogWriter {
         if let Some(&last) = ids.last() {
             let name = segment::segment_name(last);
             let bytes = storage.read(&name)?;
-            let corrupt = |offset: u64, what: String| LogOpenError::Corrupt { segment: last, offset, what };
+            let corrupt = |offset: u64, what: String| LogOpenError::Corrupt {
+                segment: last,
+                offset,
+                what,
+            };
             let header = if bytes.len() < HEADER_LEN && !storage.is_sealed(&name)? {
                 // A crash between creating the file and syncing its header.
                 None
@@ -326,10 +368,24 @@ impl LogWriter {
                     // The previous segment (if any) was sealed before this one was created.
                     if let Some(&prev) = ids.iter().rev().nth(1) {
                         let pb = storage.read(&segment::segment_name(prev))?;
-                        let ph = SegmentHeader::decode(&pb).map_err(|w| LogOpenError::Corrupt { segment: prev, offset: 0, what: w })?;
+                        let ph = SegmentHeader::decode(&pb).map_err(|w| LogOpenError::Corrupt {
+                            segment: prev,
+                            offset: 0,
+                            what: w,
+                        })?;
                         let cipher = segment_cipher(storage.as_ref(), &master, &archive_id, prev)?
-                            .ok_or_else(|| LogOpenError::Corrupt { segment: prev, offset: 0, what: "data key missing".into() })?;
-                        let s = scan_tail(&pb, &ph, &cipher).map_err(|(o, w)| LogOpenError::Corrupt { segment: prev, offset: o, what: w })?;
+                            .ok_or_else(|| LogOpenError::Corrupt {
+                                segment: prev,
+                                offset: 0,
+                                what: "data key missing".into(),
+                            })?;
+                        let s = scan_tail(&pb, &ph, &cipher).map_err(|(o, w)| {
+                            LogOpenError::Corrupt {
+                                segment: prev,
+                                offset: o,
+                                what: w,
+                            }
+                        })?;
                         next_seq = s.next_seq;
                         head = s.head;
                         last_time = s.last_time;
@@ -345,7 +401,10 @@ impl LogWriter {
                 }
                 Some(h) => {
                     if h.archive_id != archive_id || h.segment != last {
-                        return Err(corrupt(0, "segment header names another archive or segment".into()));
+                        return Err(corrupt(
+                            0,
+                            "segment header names another archive or segment".into(),
+                        ));
                     }
                     let cipher = segment_cipher(storage.as_ref(), &master, &archive_id, last)?
                         .ok_or_else(|| corrupt(0, "data key missing".into()))?;
@@ -366,7 +425,14 @@ impl LogWriter {
                         let mut handle = storage.open_append(&name)?;
                         if !s.sealed_by_checkpoint {
                             let t = Timestamp::now().0.max(last_time);
-                            handle.append(&segment::checkpoint_frame(&signer, &h.encode(), next_seq - 1, &head, t, true))?;
+                            handle.append(&segment::checkpoint_frame(
+                                &signer,
+                                &h.encode(),
+                                next_seq - 1,
+                                &head,
+                                t,
+                                true,
+                            ))?;
                             handle.sync()?;
                         }
                         storage.seal(&name)?;
@@ -378,11 +444,24 @@ impl LogWriter {
         let max_key = storage
             .list("keys")?
             .iter()
-            .filter_map(|k| k.strip_prefix("segment-")?.strip_suffix(".key")?.parse::<u64>().ok())
+            .filter_map(|k| {
+                k.strip_prefix("segment-")?
+                    .strip_suffix(".key")?
+                    .parse::<u64>()
+                    .ok()
+            })
             .max()
             .unwrap_or(0);
         let new_id = ids.last().copied().unwrap_or(0).max(max_key) + 1;
-        let active = start_segment(storage.as_ref(), &master, &archive_id, new_id, next_seq, &head).map_err(|e| match e {
+        let active = start_segment(
+            storage.as_ref(),
+            &master,
+            &archive_id,
+            new_id,
+            next_seq,
+            &head,
+        )
+        .map_err(|e| match e {
             LogWriteError::Random(r) => LogOpenError::Random(r),
             LogWriteError::Create(c) => LogOpenError::Create(c),
             LogWriteError::Put(p) => LogOpenError::Put(p),
@@ -425,19 +504,43 @@ impl LogWriter {
         let mut head = self.head;
         let time = Timestamp(Timestamp::now().0.max(self.last_time));
         for content in batch {
-            let record = Record { seq: RecordSeq(seq), time, content };
+            let record = Record {
+                seq: RecordSeq(seq),
+                time,
+                content,
+            };
             let salt = random_bytes::<{ segment::SALT_LEN }>().map_err(LogWriteError::Random)?;
-            let sealed = segment::encrypt_record(&self.active.cipher, &self.active.header, seq, &salt, &record.encode())
-                .map_err(|_| LogWriteError::Encrypt)?;
-            head = segment::next_head(&head, &segment::leaf(seq, &sealed.content_hash, &sealed.ciphertext_hash));
-            out.push(Appended { record, segment: self.active.id, offset: self.active.len + buf.len() as u64 });
+            let sealed = segment::encrypt_record(
+                &self.active.cipher,
+                &self.active.header,
+                seq,
+                &salt,
+                &record.encode(),
+            )
+            .map_err(|_| LogWriteError::Encrypt)?;
+            head = segment::next_head(
+                &head,
+                &segment::leaf(seq, &sealed.content_hash, &sealed.ciphertext_hash),
+            );
+            out.push(Appended {
+                record,
+                segment: self.active.id,
+                offset: self.active.len + buf.len() as u64,
+            });
             buf.extend_from_slice(&sealed.frame);
             seq += 1;
         }
         let n = out.len() as u64;
         let checkpoint = self.since_checkpoint + n >= self.limits.checkpoint_every;
         if checkpoint {
-            buf.extend_from_slice(&segment::checkpoint_frame(&self.signer, &self.active.header, seq - 1, &head, time.0, false));
+            buf.extend_from_slice(&segment::checkpoint_frame(
+                &self.signer,
+                &self.active.header,
+                seq - 1,
+                &head,
+                time.0,
+                false,
+            ));
         }
         self.active.handle.append(&buf)?;
         self.active.handle.sync()?;
@@ -445,7 +548,11 @@ impl LogWriter {
         self.next_seq = seq;
         self.head = head;
         self.last_time = time.0;
-        self.since_checkpoint = if checkpoint { 0 } else { self.since_checkpoint + n };
+        self.since_checkpoint = if checkpoint {
+            0
+        } else {
+            self.since_checkpoint + n
+        };
         Ok(out)
     }
 
@@ -453,20 +560,35 @@ impl LogWriter {
     /// age limit. Returns whether it rolled.
     pub fn maybe_roll(&mut self) -> Result<bool, LogWriteError> {
         let full = self.active.len >= self.limits.segment_max_bytes;
-        let old = self.active.created.elapsed() >= self.limits.segment_max_age && self.active.len > HEADER_LEN as u64;
+        let old = self.active.created.elapsed() >= self.limits.segment_max_age
+            && self.active.len > HEADER_LEN as u64;
         if !(full || old) {
             return Ok(false);
         }
         self.seal_active()?;
         let id = self.active.id + 1;
-        self.active = start_segment(self.storage.as_ref(), &self.master, &self.archive_id, id, self.next_seq, &self.head)?;
+        self.active = start_segment(
+            self.storage.as_ref(),
+            &self.master,
+            &self.archive_id,
+            id,
+            self.next_seq,
+            &self.head,
+        )?;
         self.since_checkpoint = 0;
         Ok(true)
     }
 
     fn seal_active(&mut self) -> Result<(), LogWriteError> {
         let t = Timestamp::now().0.max(self.last_time);
-        let f = segment::checkpoint_frame(&self.signer, &self.active.header, self.next_seq - 1, &self.head, t, true);
+        let f = segment::checkpoint_frame(
+            &self.signer,
+            &self.active.header,
+            self.next_seq - 1,
+            &self.head,
+            t,
+            true,
+        );
         self.active.handle.append(&f)?;
         self.active.handle.sync()?;
         self.active.len += f.len() as u64;
@@ -489,15 +611,31 @@ fn start_segment(
     prev_head: &Hash,
 ) -> Result<Active, LogWriteError> {
     let data_key = zeroize::Zeroizing::new(random_bytes::<32>().map_err(LogWriteError::Random)?);
-    let wrapped = wrap_data_key(master, archive_id, id, &data_key).map_err(LogWriteError::Random)?;
+    let wrapped =
+        wrap_data_key(master, archive_id, id, &data_key).map_err(LogWriteError::Random)?;
     // The key is durable before any record encrypted under it exists.
     storage.put_new(&segment::key_name(id), &wrapped)?;
-    let header = SegmentHeader { archive_id: *archive_id, segment: id, first_seq, prev_head: *prev_head, created_ms: Timestamp::now().0 }.encode();
+    let header = SegmentHeader {
+        archive_id: *archive_id,
+        segment: id,
+        first_seq,
+        prev_head: *prev_head,
+        created_ms: Timestamp::now().0,
+    }
+    .encode();
     let mut handle = storage.create(&segment::segment_name(id))?;
     handle.append(&header)?;
     handle.sync()?;
-    let cipher = Aes256Gcm::new_from_slice(data_key.as_ref()).map_err(|_| LogWriteError::Encrypt)?;
-    Ok(Active { id, header, handle, len: HEADER_LEN as u64, created: Instant::now(), cipher })
+    let cipher =
+        Aes256Gcm::new_from_slice(data_key.as_ref()).map_err(|_| LogWriteError::Encrypt)?;
+    Ok(Active {
+        id,
+        header,
+        handle,
+        len: HEADER_LEN as u64,
+        created: Instant::now(),
+        cipher,
+    })
 }
 
 /// The recovery event recorded after a cut.
@@ -517,26 +655,52 @@ mod tests {
     use crate::verify::verify_storage;
 
     fn limits() -> LogLimits {
-        LogLimits { segment_max_bytes: 1 << 20, segment_max_age: Duration::from_secs(3600), checkpoint_every: 2 }
+        LogLimits {
+            segment_max_bytes: 1 << 20,
+            segment_max_age: Duration::from_secs(3600),
+            checkpoint_every: 2,
+        }
     }
 
     fn audit(i: u64) -> NewRecord {
-        NewRecord::Event(EventRecord::Audit { actor: "officer".into(), action: "search".into(), detail: format!("q{i}") })
+        NewRecord::Event(EventRecord::Audit {
+            actor: "officer".into(),
+            action: "search".into(),
+            detail: format!("q{i}"),
+        })
     }
 
     fn open(s: &MemStorage) -> (LogWriter, Option<RecoveryCut>) {
-        LogWriter::open(Arc::new(s.clone()), MasterKey::from_bytes([5; 32]), SigningKey::from_bytes(&[6; 32]), limits()).unwrap()
+        LogWriter::open(
+            Arc::new(s.clone()),
+            MasterKey::from_bytes([5; 32]),
+            SigningKey::from_bytes(&[6; 32]),
+            limits(),
+        )
+        .unwrap()
     }
 
     #[test]
     fn torn_tail_is_cut_and_recorded_and_acked_records_survive() {
         let s = MemStorage::new();
         let (mut w, _) = open(&s);
-        let acked: Vec<u64> = w.append_batch((0..5).map(audit).collect()).unwrap().iter().map(|a| a.record.seq.0).collect();
+        let acked: Vec<u64> = w
+            .append_batch((0..5).map(audit).collect())
+            .unwrap()
+            .iter()
+            .map(|a| a.record.seq.0)
+            .collect();
         let last = segment::segment_name(w.active.id);
         // Crash mid-write: half of a frame reaches the disk, the writer never seals.
         drop(w);
-        let garbage = segment::checkpoint_frame(&SigningKey::from_bytes(&[6; 32]), &[0; HEADER_LEN], 1, &[0; 32], 0, false);
+        let garbage = segment::checkpoint_frame(
+            &SigningKey::from_bytes(&[6; 32]),
+            &[0; HEADER_LEN],
+            1,
+            &[0; 32],
+            0,
+            false,
+        );
         s.tamper(&last, |b| b.extend_from_slice(&garbage[..30]));
         s.crash();
         let (mut w, cut) = open(&s);
@@ -545,7 +709,12 @@ mod tests {
         let rec = w.append_batch(vec![recovery_event(&cut)]).unwrap();
         assert_eq!(rec[0].record.seq.0, 6);
         w.finish().unwrap();
-        let r = verify_storage(&s, Some(&MasterKey::from_bytes([5; 32])), &SigningKey::from_bytes(&[6; 32]).verifying_key(), |_, _| {});
+        let r = verify_storage(
+            &s,
+            Some(&MasterKey::from_bytes([5; 32])),
+            &SigningKey::from_bytes(&[6; 32]).verifying_key(),
+            |_, _| {},
+        );
         assert!(r.is_clean(), "{:?}", r.problems);
         assert_eq!(r.last_seq, 6);
         assert_eq!(acked, vec![1, 2, 3, 4, 5]);
@@ -561,8 +730,18 @@ mod tests {
         drop(w);
         let off = a[0].offset as usize + 60;
         s.tamper(&name, |b| b[off] ^= 1);
-        let err = LogWriter::open(Arc::new(s.clone()), MasterKey::from_bytes([5; 32]), SigningKey::from_bytes(&[6; 32]), limits()).err().unwrap();
-        assert!(matches!(err, LogOpenError::Corrupt { offset, .. } if offset == a[0].offset), "{err}");
+        let err = LogWriter::open(
+            Arc::new(s.clone()),
+            MasterKey::from_bytes([5; 32]),
+            SigningKey::from_bytes(&[6; 32]),
+            limits(),
+        )
+        .err()
+        .unwrap();
+        assert!(
+            matches!(err, LogOpenError::Corrupt { offset, .. } if offset == a[0].offset),
+            "{err}"
+        );
     }
 
     #[test]
@@ -570,7 +749,14 @@ mod tests {
         let s = MemStorage::new();
         let (w, _) = open(&s);
         w.finish().unwrap();
-        let err = LogWriter::open(Arc::new(s.clone()), MasterKey::from_bytes([9; 32]), SigningKey::from_bytes(&[6; 32]), limits()).err().unwrap();
+        let err = LogWriter::open(
+            Arc::new(s.clone()),
+            MasterKey::from_bytes([9; 32]),
+            SigningKey::from_bytes(&[6; 32]),
+            limits(),
+        )
+        .err()
+        .unwrap();
         assert!(matches!(err, LogOpenError::WrongMasterKey));
     }
 
@@ -581,7 +767,10 @@ mod tests {
             Arc::new(s.clone()),
             MasterKey::from_bytes([5; 32]),
             SigningKey::from_bytes(&[6; 32]),
-            LogLimits { segment_max_bytes: 600, ..limits() },
+            LogLimits {
+                segment_max_bytes: 600,
+                ..limits()
+            },
         )
         .unwrap();
         let mut rolls = 0;
@@ -592,7 +781,12 @@ mod tests {
         w.finish().unwrap();
         assert!(rolls >= 3, "{rolls}");
         assert_eq!(segment_ids(&s).unwrap().len(), rolls + 1);
-        let r = verify_storage(&s, Some(&MasterKey::from_bytes([5; 32])), &SigningKey::from_bytes(&[6; 32]).verifying_key(), |_, _| {});
+        let r = verify_storage(
+            &s,
+            Some(&MasterKey::from_bytes([5; 32])),
+            &SigningKey::from_bytes(&[6; 32]).verifying_key(),
+            |_, _| {},
+        );
         assert!(r.is_clean(), "{:?}", r.problems);
         assert_eq!(r.last_seq, 20);
     }

@@ -59,7 +59,10 @@ pub enum QueryError {
 /// Lowercases and splits text into word tokens: runs of alphanumeric
 /// characters. Index and query must use exactly this function.
 pub fn tokenize(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_alphanumeric()).filter(|t| !t.is_empty()).map(str::to_lowercase).collect()
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|t| !t.is_empty())
+        .map(str::to_lowercase)
+        .collect()
 }
 
 /// Normalises a JID for matching: lowercase, surrounding space trimmed.
@@ -101,7 +104,9 @@ fn split_tokens(q: &str) -> Result<Vec<String>, QueryError> {
 }
 
 fn unquote(v: &str) -> &str {
-    v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(v)
+    v.strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(v)
 }
 
 /// Parses a query string.
@@ -112,11 +117,16 @@ pub fn parse(q: &str) -> Result<Query, QueryError> {
             Some(rest) if !rest.is_empty() => (true, rest),
             _ => (false, token.as_str()),
         };
-        let bad = |reason: &str| QueryError::BadValue { token: token.clone(), reason: reason.to_string() };
+        let bad = |reason: &str| QueryError::BadValue {
+            token: token.clone(),
+            reason: reason.to_string(),
+        };
         let clause = if body.starts_with('"') {
             let words = tokenize(unquote(body));
             if words.is_empty() {
-                return Err(QueryError::Empty { token: token.clone() });
+                return Err(QueryError::Empty {
+                    token: token.clone(),
+                });
             }
             Clause::Text(words)
         } else if let Some((field, value)) = body.split_once(':') {
@@ -142,14 +152,26 @@ pub fn parse(q: &str) -> Result<Query, QueryError> {
                     _ => return Err(bad("expected allow, flag, redact or block")),
                 },
                 "rule" => Clause::Rule(value.to_string()),
-                "after" => Clause::After(Timestamp::parse(value).map_err(|_| bad("expected YYYY-MM-DD or RFC 3339 time"))?),
-                "before" => Clause::Before(Timestamp::parse(value).map_err(|_| bad("expected YYYY-MM-DD or RFC 3339 time"))?),
-                _ => return Err(QueryError::UnknownField { token: token.clone() }),
+                "after" => Clause::After(
+                    Timestamp::parse(value)
+                        .map_err(|_| bad("expected YYYY-MM-DD or RFC 3339 time"))?,
+                ),
+                "before" => Clause::Before(
+                    Timestamp::parse(value)
+                        .map_err(|_| bad("expected YYYY-MM-DD or RFC 3339 time"))?,
+                ),
+                _ => {
+                    return Err(QueryError::UnknownField {
+                        token: token.clone(),
+                    })
+                }
             }
         } else {
             let words = tokenize(body);
             if words.is_empty() {
-                return Err(QueryError::Empty { token: token.clone() });
+                return Err(QueryError::Empty {
+                    token: token.clone(),
+                });
             }
             Clause::Text(words)
         };
@@ -170,33 +192,59 @@ mod tests {
     fn parses_every_form() {
         let q = parse(r#"Invoice "wire transfer" from:Alice@Example.test with:bob@example.test direction:outbound type:chat action:block rule:pci-card after:2026-11-01 before:2026-11-21T12:00:00Z -lunch"#).unwrap();
         assert_eq!(q.must[0], Clause::Text(vec!["invoice".into()]));
-        assert_eq!(q.must[1], Clause::Text(vec!["wire".into(), "transfer".into()]));
-        assert_eq!(q.must[2], Clause::Jid(JidField::From, "alice@example.test".into()));
-        assert_eq!(q.must[3], Clause::Jid(JidField::With, "bob@example.test".into()));
+        assert_eq!(
+            q.must[1],
+            Clause::Text(vec!["wire".into(), "transfer".into()])
+        );
+        assert_eq!(
+            q.must[2],
+            Clause::Jid(JidField::From, "alice@example.test".into())
+        );
+        assert_eq!(
+            q.must[3],
+            Clause::Jid(JidField::With, "bob@example.test".into())
+        );
         assert_eq!(q.must[4], Clause::Direction(Direction::Outbound));
         assert_eq!(q.must[5], Clause::Type("chat".into()));
         assert_eq!(q.must[6], Clause::Action(Action::Block));
         assert_eq!(q.must[7], Clause::Rule("pci-card".into()));
-        assert_eq!(q.must[8], Clause::After(Timestamp::parse("2026-11-01").unwrap()));
-        assert_eq!(q.must[9], Clause::Before(Timestamp::parse("2026-11-21T12:00:00Z").unwrap()));
+        assert_eq!(
+            q.must[8],
+            Clause::After(Timestamp::parse("2026-11-01").unwrap())
+        );
+        assert_eq!(
+            q.must[9],
+            Clause::Before(Timestamp::parse("2026-11-21T12:00:00Z").unwrap())
+        );
         assert_eq!(q.must_not, vec![Clause::Text(vec!["lunch".into()])]);
     }
 
     #[test]
     fn errors_name_the_bad_token() {
         let e = parse("hello colour:red").unwrap_err();
-        assert_eq!(e, QueryError::UnknownField { token: "colour:red".into() });
+        assert_eq!(
+            e,
+            QueryError::UnknownField {
+                token: "colour:red".into()
+            }
+        );
         let e = parse("direction:sideways").unwrap_err();
         assert!(e.to_string().contains("direction:sideways"), "{e}");
         let e = parse("after:yesterday").unwrap_err();
         assert!(e.to_string().contains("after:yesterday"), "{e}");
-        assert!(matches!(parse("\"open phrase"), Err(QueryError::UnterminatedQuote { .. })));
+        assert!(matches!(
+            parse("\"open phrase"),
+            Err(QueryError::UnterminatedQuote { .. })
+        ));
         assert!(matches!(parse("!!!"), Err(QueryError::Empty { .. })));
     }
 
     #[test]
     fn tokenizer_lowercases_and_splits() {
-        assert_eq!(tokenize("Card: 4111-1111, OK?"), vec!["card", "4111", "1111", "ok"]);
+        assert_eq!(
+            tokenize("Card: 4111-1111, OK?"),
+            vec!["card", "4111", "1111", "ok"]
+        );
         assert_eq!(bare_jid("a@b/c/d"), "a@b");
     }
 }

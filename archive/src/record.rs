@@ -99,12 +99,32 @@ pub struct MessageRecord {
 /// A non-message event.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EventRecord {
-    SessionStart { session: SessionId, jid: String, client_addr: String, resource: String },
-    SessionEnd { session: SessionId, jid: String, client_addr: String, resource: String, reason: String },
+    SessionStart {
+        session: SessionId,
+        jid: String,
+        client_addr: String,
+        resource: String,
+    },
+    SessionEnd {
+        session: SessionId,
+        jid: String,
+        client_addr: String,
+        resource: String,
+        reason: String,
+    },
     /// Written by the archive itself when opening cut a torn tail.
-    Recovery { segment: u64, offset: u64, bytes_cut: u64, detail: String },
+    Recovery {
+        segment: u64,
+        offset: u64,
+        bytes_cut: u64,
+        detail: String,
+    },
     /// A reviewer action; `detail` is free text or JSON.
-    Audit { actor: String, action: String, detail: String },
+    Audit {
+        actor: String,
+        action: String,
+        detail: String,
+    },
 }
 
 /// What a caller asks the archive to store.
@@ -161,7 +181,14 @@ impl Record {
                 put_str(&mut w, &m.from);
                 put_str(&mut w, &m.to);
                 put_str(&mut w, &m.stanza_type);
-                for o in [&m.id, &m.origin_id, &m.stanza_id, &m.thread, &m.subject, &m.body] {
+                for o in [
+                    &m.id,
+                    &m.origin_id,
+                    &m.stanza_id,
+                    &m.thread,
+                    &m.subject,
+                    &m.body,
+                ] {
                     put_opt(&mut w, o);
                 }
                 put_bytes(&mut w, &m.stanza);
@@ -179,26 +206,46 @@ impl Record {
                 put_opt(&mut w, &m.outcome.severity);
                 put_opt(&mut w, &m.outcome.e2ee);
             }
-            NewRecord::Event(EventRecord::SessionStart { session, jid, client_addr, resource }) => {
+            NewRecord::Event(EventRecord::SessionStart {
+                session,
+                jid,
+                client_addr,
+                resource,
+            }) => {
                 w.push(K_SESSION_START);
                 for s in [&session.0, jid, client_addr, resource] {
                     put_str(&mut w, s);
                 }
             }
-            NewRecord::Event(EventRecord::SessionEnd { session, jid, client_addr, resource, reason }) => {
+            NewRecord::Event(EventRecord::SessionEnd {
+                session,
+                jid,
+                client_addr,
+                resource,
+                reason,
+            }) => {
                 w.push(K_SESSION_END);
                 for s in [&session.0, jid, client_addr, resource, reason] {
                     put_str(&mut w, s);
                 }
             }
-            NewRecord::Event(EventRecord::Recovery { segment, offset, bytes_cut, detail }) => {
+            NewRecord::Event(EventRecord::Recovery {
+                segment,
+                offset,
+                bytes_cut,
+                detail,
+            }) => {
                 w.push(K_RECOVERY);
                 for v in [segment, offset, bytes_cut] {
                     w.extend_from_slice(&v.to_be_bytes());
                 }
                 put_str(&mut w, detail);
             }
-            NewRecord::Event(EventRecord::Audit { actor, action, detail }) => {
+            NewRecord::Event(EventRecord::Audit {
+                actor,
+                action,
+                detail,
+            }) => {
                 w.push(K_AUDIT);
                 for s in [actor, action, detail] {
                     put_str(&mut w, s);
@@ -222,7 +269,12 @@ impl Record {
                 let direction = match r.u8()? {
                     0 => Direction::Outbound,
                     1 => Direction::Inbound,
-                    tag => return Err(DecodeError::Tag { what: "direction", tag }),
+                    tag => {
+                        return Err(DecodeError::Tag {
+                            what: "direction",
+                            tag,
+                        })
+                    }
                 };
                 let session = SessionId(r.str()?);
                 let from = r.str()?;
@@ -240,7 +292,12 @@ impl Record {
                     1 => Action::Flag,
                     2 => Action::Redact,
                     3 => Action::Block,
-                    tag => return Err(DecodeError::Tag { what: "action", tag }),
+                    tag => {
+                        return Err(DecodeError::Tag {
+                            what: "action",
+                            tag,
+                        })
+                    }
                 };
                 let n = r.u32()?;
                 // Each rule needs at least its 4-byte length; a bigger count is a lie.
@@ -251,7 +308,13 @@ impl Record {
                 for _ in 0..n {
                     rules.push(r.str()?);
                 }
-                let outcome = Outcome { action, rules, delivered_body: r.opt()?, severity: r.opt()?, e2ee: r.opt()? };
+                let outcome = Outcome {
+                    action,
+                    rules,
+                    delivered_body: r.opt()?,
+                    severity: r.opt()?,
+                    e2ee: r.opt()?,
+                };
                 NewRecord::Message(MessageRecord {
                     direction,
                     session,
@@ -287,8 +350,17 @@ impl Record {
                 bytes_cut: r.u64()?,
                 detail: r.str()?,
             }),
-            K_AUDIT => NewRecord::Event(EventRecord::Audit { actor: r.str()?, action: r.str()?, detail: r.str()? }),
-            tag => return Err(DecodeError::Tag { what: "record kind", tag }),
+            K_AUDIT => NewRecord::Event(EventRecord::Audit {
+                actor: r.str()?,
+                action: r.str()?,
+                detail: r.str()?,
+            }),
+            tag => {
+                return Err(DecodeError::Tag {
+                    what: "record kind",
+                    tag,
+                })
+            }
         };
         if !r.b.is_empty() {
             return Err(DecodeError::Trailing(r.b.len()));
@@ -358,7 +430,10 @@ impl<'a> Reader<'a> {
         match self.u8()? {
             0 => Ok(None),
             1 => Ok(Some(self.str()?)),
-            tag => Err(DecodeError::Tag { what: "option", tag }),
+            tag => Err(DecodeError::Tag {
+                what: "option",
+                tag,
+            }),
         }
     }
 }
@@ -373,37 +448,76 @@ pub(crate) mod tests {
         let o = || proptest::option::of(".{0,12}");
         let msg = (
             (any::<bool>(), s(), s(), s(), s(), o(), o(), o()),
-            (o(), o(), o(), proptest::collection::vec(any::<u8>(), 0..40), 0u8..4),
+            (
+                o(),
+                o(),
+                o(),
+                proptest::collection::vec(any::<u8>(), 0..40),
+                0u8..4,
+            ),
             (proptest::collection::vec(s(), 0..3), o(), o(), o()),
         )
-            .prop_map(|((inb, session, from, to, ty, id, origin_id, stanza_id), (thread, subject, body, stanza, a), (rules, delivered_body, severity, e2ee))| {
-                NewRecord::Message(MessageRecord {
-                    direction: if inb { Direction::Inbound } else { Direction::Outbound },
-                    session: SessionId(session),
-                    from,
-                    to,
-                    stanza_type: ty,
-                    id,
-                    origin_id,
-                    stanza_id,
-                    thread,
-                    subject,
-                    body,
-                    stanza,
-                    outcome: Outcome {
-                        action: [Action::Allow, Action::Flag, Action::Redact, Action::Block][a as usize],
-                        rules,
-                        delivered_body,
-                        severity,
-                        e2ee,
-                    },
-                })
-            });
+            .prop_map(
+                |(
+                    (inb, session, from, to, ty, id, origin_id, stanza_id),
+                    (thread, subject, body, stanza, a),
+                    (rules, delivered_body, severity, e2ee),
+                )| {
+                    NewRecord::Message(MessageRecord {
+                        direction: if inb {
+                            Direction::Inbound
+                        } else {
+                            Direction::Outbound
+                        },
+                        session: SessionId(session),
+                        from,
+                        to,
+                        stanza_type: ty,
+                        id,
+                        origin_id,
+                        stanza_id,
+                        thread,
+                        subject,
+                        body,
+                        stanza,
+                        outcome: Outcome {
+                            action: [Action::Allow, Action::Flag, Action::Redact, Action::Block]
+                                [a as usize],
+                            rules,
+                            delivered_body,
+                            severity,
+                            e2ee,
+                        },
+                    })
+                },
+            );
         let ev = prop_oneof![
-            (s(), s(), s(), s()).prop_map(|(a, b, c, d)| EventRecord::SessionStart { session: SessionId(a), jid: b, client_addr: c, resource: d }),
-            (s(), s(), s(), s(), s()).prop_map(|(a, b, c, d, e)| EventRecord::SessionEnd { session: SessionId(a), jid: b, client_addr: c, resource: d, reason: e }),
-            (any::<u64>(), any::<u64>(), any::<u64>(), s()).prop_map(|(segment, offset, bytes_cut, detail)| EventRecord::Recovery { segment, offset, bytes_cut, detail }),
-            (s(), s(), s()).prop_map(|(actor, action, detail)| EventRecord::Audit { actor, action, detail }),
+            (s(), s(), s(), s()).prop_map(|(a, b, c, d)| EventRecord::SessionStart {
+                session: SessionId(a),
+                jid: b,
+                client_addr: c,
+                resource: d
+            }),
+            (s(), s(), s(), s(), s()).prop_map(|(a, b, c, d, e)| EventRecord::SessionEnd {
+                session: SessionId(a),
+                jid: b,
+                client_addr: c,
+                resource: d,
+                reason: e
+            }),
+            (any::<u64>(), any::<u64>(), any::<u64>(), s()).prop_map(
+                |(segment, offset, bytes_cut, detail)| EventRecord::Recovery {
+                    segment,
+                    offset,
+                    bytes_cut,
+                    detail
+                }
+            ),
+            (s(), s(), s()).prop_map(|(actor, action, detail)| EventRecord::Audit {
+                actor,
+                action,
+                detail
+            }),
         ]
         .prop_map(NewRecord::Event);
         prop_oneof![3 => msg, 1 => ev]
@@ -431,7 +545,11 @@ pub(crate) mod tests {
         let rec = Record {
             seq: RecordSeq(7),
             time: Timestamp(1),
-            content: NewRecord::Event(EventRecord::Audit { actor: "a".into(), action: "view".into(), detail: "{}".into() }),
+            content: NewRecord::Event(EventRecord::Audit {
+                actor: "a".into(),
+                action: "view".into(),
+                detail: "{}".into(),
+            }),
         };
         let mut b = rec.encode();
         b.push(0);

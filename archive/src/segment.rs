@@ -71,7 +71,9 @@ impl SegmentHeader {
     }
 
     pub fn decode(b: &[u8]) -> Result<SegmentHeader, String> {
-        let h = b.get(..HEADER_LEN).ok_or("segment shorter than its header")?;
+        let h = b
+            .get(..HEADER_LEN)
+            .ok_or("segment shorter than its header")?;
         if h.get(..8) != Some(&SEGMENT_MAGIC[..]) {
             return Err("bad segment magic".into());
         }
@@ -101,7 +103,12 @@ fn arr<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
 /// A parsed frame, borrowing the segment bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame<'a> {
-    Record { seq: u64, content_hash: Hash, nonce: &'a [u8], ciphertext: &'a [u8] },
+    Record {
+        seq: u64,
+        content_hash: Hash,
+        nonce: &'a [u8],
+        ciphertext: &'a [u8],
+    },
     Checkpoint(Checkpoint),
 }
 
@@ -126,7 +133,9 @@ pub enum Parsed<'a> {
 }
 
 pub fn parse_frame(b: &[u8], at: usize) -> Parsed<'_> {
-    let Some(rest) = b.get(at..) else { return Parsed::Incomplete };
+    let Some(rest) = b.get(at..) else {
+        return Parsed::Incomplete;
+    };
     if rest.len() < 4 {
         return Parsed::Incomplete;
     }
@@ -134,7 +143,9 @@ pub fn parse_frame(b: &[u8], at: usize) -> Parsed<'_> {
     if len > MAX_FRAME {
         return Parsed::Malformed(format!("frame length {len} exceeds limit"));
     }
-    let Some(body) = rest.get(4..4 + len as usize) else { return Parsed::Incomplete };
+    let Some(body) = rest.get(4..4 + len as usize) else {
+        return Parsed::Incomplete;
+    };
     let next = at + 4 + len as usize;
     match body.first() {
         Some(&KIND_RECORD) if body.len() >= RECORD_FIXED + 16 => Parsed::Frame(
@@ -232,7 +243,13 @@ pub fn encrypt_record(
     payload.extend_from_slice(canonical);
     let nonce = nonce_for(seq);
     let aad = record_aad(header, seq);
-    let ct = key.encrypt(Nonce::from_slice(&nonce), Payload { msg: &payload, aad: &aad })?;
+    let ct = key.encrypt(
+        Nonce::from_slice(&nonce),
+        Payload {
+            msg: &payload,
+            aad: &aad,
+        },
+    )?;
     let ch = content_hash(salt, canonical);
     let cth = ciphertext_hash(&nonce, &ct);
     let body_len = RECORD_FIXED + ct.len();
@@ -243,7 +260,11 @@ pub fn encrypt_record(
     frame.extend_from_slice(&ch);
     frame.extend_from_slice(&nonce);
     frame.extend_from_slice(&ct);
-    Ok(SealedRecord { frame, content_hash: ch, ciphertext_hash: cth })
+    Ok(SealedRecord {
+        frame,
+        content_hash: ch,
+        ciphertext_hash: cth,
+    })
 }
 
 /// Decrypts a record frame's payload into (salt, canonical bytes).
@@ -258,7 +279,15 @@ pub fn decrypt_record(
         return None;
     }
     let aad = record_aad(header, seq);
-    let mut pt = key.decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad: &aad }).ok()?;
+    let mut pt = key
+        .decrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: ciphertext,
+                aad: &aad,
+            },
+        )
+        .ok()?;
     if pt.len() < SALT_LEN {
         return None;
     }
@@ -266,7 +295,13 @@ pub fn decrypt_record(
     Some((arr(&pt, 0), canonical))
 }
 
-fn checkpoint_message(header: &[u8; HEADER_LEN], seq: u64, head: &Hash, time_ms: i64, sealed: bool) -> Vec<u8> {
+fn checkpoint_message(
+    header: &[u8; HEADER_LEN],
+    seq: u64,
+    head: &Hash,
+    time_ms: i64,
+    sealed: bool,
+) -> Vec<u8> {
     // The header carries the archive id and segment id; hashing it in binds the
     // checkpoint to this exact segment.
     let mut m = Vec::with_capacity(128);
@@ -301,7 +336,8 @@ pub fn checkpoint_frame(
 
 pub fn checkpoint_valid(key: &VerifyingKey, header: &[u8; HEADER_LEN], cp: &Checkpoint) -> bool {
     let msg = checkpoint_message(header, cp.seq, &cp.head, cp.time_ms, cp.sealed);
-    key.verify(&msg, &Signature::from_bytes(&cp.signature)).is_ok()
+    key.verify(&msg, &Signature::from_bytes(&cp.signature))
+        .is_ok()
 }
 
 pub fn segment_name(id: u64) -> String {
@@ -314,7 +350,10 @@ pub fn key_name(id: u64) -> String {
 
 /// Parses `seg-NNNNNNNNNN.log` back to its id.
 pub fn segment_id_from_file(file: &str) -> Option<u64> {
-    file.strip_prefix("seg-")?.strip_suffix(".log")?.parse().ok()
+    file.strip_prefix("seg-")?
+        .strip_suffix(".log")?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -324,7 +363,13 @@ mod tests {
 
     #[test]
     fn header_round_trip_and_checks() {
-        let h = SegmentHeader { archive_id: [3; 16], segment: 9, first_seq: 100, prev_head: [4; 32], created_ms: -5 };
+        let h = SegmentHeader {
+            archive_id: [3; 16],
+            segment: 9,
+            first_seq: 100,
+            prev_head: [4; 32],
+            created_ms: -5,
+        };
         let b = h.encode();
         assert_eq!(SegmentHeader::decode(&b).unwrap(), h);
         let mut bad = b;
@@ -338,9 +383,25 @@ mod tests {
     #[test]
     fn record_frame_round_trip_and_binding() {
         let key = Aes256Gcm::new_from_slice(&[1; 32]).unwrap();
-        let header = SegmentHeader { archive_id: [3; 16], segment: 1, first_seq: 1, prev_head: [0; 32], created_ms: 0 }.encode();
+        let header = SegmentHeader {
+            archive_id: [3; 16],
+            segment: 1,
+            first_seq: 1,
+            prev_head: [0; 32],
+            created_ms: 0,
+        }
+        .encode();
         let sealed = encrypt_record(&key, &header, 5, &[2; 16], b"canonical").unwrap();
-        let Parsed::Frame(Frame::Record { seq, content_hash: ch, nonce, ciphertext }, next) = parse_frame(&sealed.frame, 0) else {
+        let Parsed::Frame(
+            Frame::Record {
+                seq,
+                content_hash: ch,
+                nonce,
+                ciphertext,
+            },
+            next,
+        ) = parse_frame(&sealed.frame, 0)
+        else {
             panic!("not a record frame")
         };
         assert_eq!((seq, next), (5, sealed.frame.len()));
@@ -349,7 +410,10 @@ mod tests {
         assert_eq!((salt, pt.as_slice()), ([2; 16], &b"canonical"[..]));
         // The same bytes under another seq do not authenticate.
         assert!(decrypt_record(&key, &header, 6, nonce, ciphertext).is_none());
-        assert!(matches!(parse_frame(&sealed.frame[..sealed.frame.len() - 1], 0), Parsed::Incomplete));
+        assert!(matches!(
+            parse_frame(&sealed.frame[..sealed.frame.len() - 1], 0),
+            Parsed::Incomplete
+        ));
     }
 
     #[test]
@@ -357,7 +421,9 @@ mod tests {
         let sk = SigningKey::from_bytes(&[5; 32]);
         let header = [0u8; HEADER_LEN];
         let f = checkpoint_frame(&sk, &header, 10, &[7; 32], 1234, true);
-        let Parsed::Frame(Frame::Checkpoint(cp), _) = parse_frame(&f, 0) else { panic!("not a checkpoint") };
+        let Parsed::Frame(Frame::Checkpoint(cp), _) = parse_frame(&f, 0) else {
+            panic!("not a checkpoint")
+        };
         assert!(cp.sealed);
         assert!(checkpoint_valid(&sk.verifying_key(), &header, &cp));
         let mut other = cp.clone();

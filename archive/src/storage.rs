@@ -16,7 +16,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 #[derive(Debug, thiserror::Error)]
 pub enum ListError {
     #[error("{name}: {source}")]
-    Io { name: String, source: std::io::Error },
+    Io {
+        name: String,
+        source: std::io::Error,
+    },
 }
 
 /// Reading a file failed.
@@ -25,7 +28,10 @@ pub enum ReadError {
     #[error("{name}: not found")]
     NotFound { name: String },
     #[error("{name}: {source}")]
-    Io { name: String, source: std::io::Error },
+    Io {
+        name: String,
+        source: std::io::Error,
+    },
 }
 
 /// Creating an append-only file failed.
@@ -34,7 +40,10 @@ pub enum CreateError {
     #[error("{name}: already exists")]
     AlreadyExists { name: String },
     #[error("{name}: {source}")]
-    Io { name: String, source: std::io::Error },
+    Io {
+        name: String,
+        source: std::io::Error,
+    },
 }
 
 /// Reopening a file for append failed.
@@ -45,7 +54,10 @@ pub enum OpenAppendError {
     #[error("{name}: sealed (read-only)")]
     Sealed { name: String },
     #[error("{name}: {source}")]
-    Io { name: String, source: std::io::Error },
+    Io {
+        name: String,
+        source: std::io::Error,
+    },
 }
 
 /// Appending bytes failed; the file may hold a torn tail.
@@ -54,14 +66,20 @@ pub enum AppendError {
     #[error("{name}: sealed (read-only)")]
     Sealed { name: String },
     #[error("{name}: {source}")]
-    Io { name: String, source: std::io::Error },
+    Io {
+        name: String,
+        source: std::io::Error,
+    },
 }
 
 /// Making appended bytes durable failed; treat the file as unknown.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
     #[error("{name}: {source}")]
-    Io { name: String, source: std::io::Error },
+    Io {
+        name: String,
+        source: std::io::Error,
+    },
 }
 
 /// Cutting a file failed.
@@ -72,7 +90,10 @@ pub enum TruncateError {
     #[error("{name}: sealed (read-only)")]
     Sealed { name: String },
     #[error("{name}: {source}")]
-    Io { name: String, source: std::io::Error },
+    Io {
+        name: String,
+        source: std::io::Error,
+    },
 }
 
 /// Making a file read-only failed.
@@ -81,7 +102,10 @@ pub enum SealError {
     #[error("{name}: not found")]
     NotFound { name: String },
     #[error("{name}: {source}")]
-    Io { name: String, source: std::io::Error },
+    Io {
+        name: String,
+        source: std::io::Error,
+    },
 }
 
 /// Writing a small whole file failed.
@@ -90,7 +114,10 @@ pub enum PutError {
     #[error("{name}: already exists")]
     AlreadyExists { name: String },
     #[error("{name}: {source}")]
-    Io { name: String, source: std::io::Error },
+    Io {
+        name: String,
+        source: std::io::Error,
+    },
 }
 
 /// Removing a file failed.
@@ -99,7 +126,10 @@ pub enum RemoveError {
     #[error("{name}: not found")]
     NotFound { name: String },
     #[error("{name}: {source}")]
-    Io { name: String, source: std::io::Error },
+    Io {
+        name: String,
+        source: std::io::Error,
+    },
 }
 
 /// An open append-only file.
@@ -145,7 +175,9 @@ pub struct FileStorage {
 
 impl FileStorage {
     pub fn new(root: &Path) -> FileStorage {
-        FileStorage { root: root.to_path_buf() }
+        FileStorage {
+            root: root.to_path_buf(),
+        }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -181,11 +213,19 @@ struct FileAppend {
 
 impl AppendHandle for FileAppend {
     fn append(&mut self, bytes: &[u8]) -> Result<(), AppendError> {
-        self.file.write_all(bytes).map_err(|source| AppendError::Io { name: self.name.clone(), source })
+        self.file
+            .write_all(bytes)
+            .map_err(|source| AppendError::Io {
+                name: self.name.clone(),
+                source,
+            })
     }
     fn sync(&mut self) -> Result<(), SyncError> {
         // fdatasync: the size change is data for this purpose, so appends are covered.
-        self.file.sync_data().map_err(|source| SyncError::Io { name: self.name.clone(), source })
+        self.file.sync_data().map_err(|source| SyncError::Io {
+            name: self.name.clone(),
+            source,
+        })
     }
 }
 
@@ -195,11 +235,19 @@ impl Storage for FileStorage {
         let rd = match std::fs::read_dir(&p) {
             Ok(rd) => rd,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => return Err(ListError::Io { name: dir.to_string(), source }),
+            Err(source) => {
+                return Err(ListError::Io {
+                    name: dir.to_string(),
+                    source,
+                })
+            }
         };
         let mut out = Vec::new();
         for e in rd {
-            let e = e.map_err(|source| ListError::Io { name: dir.to_string(), source })?;
+            let e = e.map_err(|source| ListError::Io {
+                name: dir.to_string(),
+                source,
+            })?;
             if let Some(n) = e.file_name().to_str() {
                 if e.file_type().map(|t| t.is_file()).unwrap_or(false) {
                     out.push(n.to_string());
@@ -212,15 +260,25 @@ impl Storage for FileStorage {
 
     fn read(&self, name: &str) -> Result<Vec<u8>, ReadError> {
         std::fs::read(self.path(name)).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => ReadError::NotFound { name: name.to_string() },
-            _ => ReadError::Io { name: name.to_string(), source },
+            std::io::ErrorKind::NotFound => ReadError::NotFound {
+                name: name.to_string(),
+            },
+            _ => ReadError::Io {
+                name: name.to_string(),
+                source,
+            },
         })
     }
 
     fn read_at(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>, ReadError> {
         let io = |source: std::io::Error| match source.kind() {
-            std::io::ErrorKind::NotFound => ReadError::NotFound { name: name.to_string() },
-            _ => ReadError::Io { name: name.to_string(), source },
+            std::io::ErrorKind::NotFound => ReadError::NotFound {
+                name: name.to_string(),
+            },
+            _ => ReadError::Io {
+                name: name.to_string(),
+                source,
+            },
         };
         let mut f = File::open(self.path(name)).map_err(io)?;
         f.seek(SeekFrom::Start(offset)).map_err(io)?;
@@ -232,56 +290,110 @@ impl Storage for FileStorage {
     fn is_sealed(&self, name: &str) -> Result<bool, ReadError> {
         match std::fs::metadata(self.path(name)) {
             Ok(m) => Ok(is_readonly(&m)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ReadError::NotFound { name: name.to_string() }),
-            Err(source) => Err(ReadError::Io { name: name.to_string(), source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ReadError::NotFound {
+                name: name.to_string(),
+            }),
+            Err(source) => Err(ReadError::Io {
+                name: name.to_string(),
+                source,
+            }),
         }
     }
 
     fn create(&self, name: &str) -> Result<Box<dyn AppendHandle>, CreateError> {
         let io = |source: std::io::Error| match source.kind() {
-            std::io::ErrorKind::AlreadyExists => CreateError::AlreadyExists { name: name.to_string() },
-            _ => CreateError::Io { name: name.to_string(), source },
+            std::io::ErrorKind::AlreadyExists => CreateError::AlreadyExists {
+                name: name.to_string(),
+            },
+            _ => CreateError::Io {
+                name: name.to_string(),
+                source,
+            },
         };
         self.ensure_parent(name).map_err(io)?;
-        let file = OpenOptions::new().append(true).create_new(true).open(self.path(name)).map_err(io)?;
+        let file = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .open(self.path(name))
+            .map_err(io)?;
         self.sync_parent(name).map_err(io)?;
-        Ok(Box::new(FileAppend { name: name.to_string(), file }))
+        Ok(Box::new(FileAppend {
+            name: name.to_string(),
+            file,
+        }))
     }
 
     fn open_append(&self, name: &str) -> Result<Box<dyn AppendHandle>, OpenAppendError> {
         let p = self.path(name);
         let meta = std::fs::metadata(&p).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => OpenAppendError::NotFound { name: name.to_string() },
-            _ => OpenAppendError::Io { name: name.to_string(), source },
+            std::io::ErrorKind::NotFound => OpenAppendError::NotFound {
+                name: name.to_string(),
+            },
+            _ => OpenAppendError::Io {
+                name: name.to_string(),
+                source,
+            },
         })?;
         if is_readonly(&meta) {
-            return Err(OpenAppendError::Sealed { name: name.to_string() });
+            return Err(OpenAppendError::Sealed {
+                name: name.to_string(),
+            });
         }
-        let file = OpenOptions::new()
-            .append(true)
-            .open(&p)
-            .map_err(|source| OpenAppendError::Io { name: name.to_string(), source })?;
-        Ok(Box::new(FileAppend { name: name.to_string(), file }))
+        let file =
+            OpenOptions::new()
+                .append(true)
+                .open(&p)
+                .map_err(|source| OpenAppendError::Io {
+                    name: name.to_string(),
+                    source,
+                })?;
+        Ok(Box::new(FileAppend {
+            name: name.to_string(),
+            file,
+        }))
     }
 
     fn truncate(&self, name: &str, len: u64) -> Result<(), TruncateError> {
         let p = self.path(name);
         let meta = std::fs::metadata(&p).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => TruncateError::NotFound { name: name.to_string() },
-            _ => TruncateError::Io { name: name.to_string(), source },
+            std::io::ErrorKind::NotFound => TruncateError::NotFound {
+                name: name.to_string(),
+            },
+            _ => TruncateError::Io {
+                name: name.to_string(),
+                source,
+            },
         })?;
         if is_readonly(&meta) {
-            return Err(TruncateError::Sealed { name: name.to_string() });
+            return Err(TruncateError::Sealed {
+                name: name.to_string(),
+            });
         }
-        let f = OpenOptions::new().write(true).open(&p).map_err(|source| TruncateError::Io { name: name.to_string(), source })?;
-        f.set_len(len).and_then(|()| f.sync_all()).map_err(|source| TruncateError::Io { name: name.to_string(), source })
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .map_err(|source| TruncateError::Io {
+                name: name.to_string(),
+                source,
+            })?;
+        f.set_len(len)
+            .and_then(|()| f.sync_all())
+            .map_err(|source| TruncateError::Io {
+                name: name.to_string(),
+                source,
+            })
     }
 
     fn seal(&self, name: &str) -> Result<(), SealError> {
         let p = self.path(name);
         let io = |source: std::io::Error| match source.kind() {
-            std::io::ErrorKind::NotFound => SealError::NotFound { name: name.to_string() },
-            _ => SealError::Io { name: name.to_string(), source },
+            std::io::ErrorKind::NotFound => SealError::NotFound {
+                name: name.to_string(),
+            },
+            _ => SealError::Io {
+                name: name.to_string(),
+                source,
+            },
         };
         let mut perms = std::fs::metadata(&p).map_err(io)?.permissions();
         perms.set_readonly(true);
@@ -291,14 +403,23 @@ impl Storage for FileStorage {
 
     fn put_new(&self, name: &str, bytes: &[u8]) -> Result<(), PutError> {
         let io = |source: std::io::Error| match source.kind() {
-            std::io::ErrorKind::AlreadyExists => PutError::AlreadyExists { name: name.to_string() },
-            _ => PutError::Io { name: name.to_string(), source },
+            std::io::ErrorKind::AlreadyExists => PutError::AlreadyExists {
+                name: name.to_string(),
+            },
+            _ => PutError::Io {
+                name: name.to_string(),
+                source,
+            },
         };
         self.ensure_parent(name).map_err(io)?;
         let target = self.path(name);
         let tmp = self.path(&format!("{name}.tmp-{}", std::process::id()));
         let result = (|| {
-            let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?;
             f.write_all(bytes)?;
             f.sync_all()?;
             // hard_link fails if the target exists: an atomic create-new publish.
@@ -311,10 +432,18 @@ impl Storage for FileStorage {
 
     fn remove(&self, name: &str) -> Result<(), RemoveError> {
         std::fs::remove_file(self.path(name)).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => RemoveError::NotFound { name: name.to_string() },
-            _ => RemoveError::Io { name: name.to_string(), source },
+            std::io::ErrorKind::NotFound => RemoveError::NotFound {
+                name: name.to_string(),
+            },
+            _ => RemoveError::Io {
+                name: name.to_string(),
+                source,
+            },
         })?;
-        self.sync_parent(name).map_err(|source| RemoveError::Io { name: name.to_string(), source })
+        self.sync_parent(name).map_err(|source| RemoveError::Io {
+            name: name.to_string(),
+            source,
+        })
     }
 }
 
@@ -373,12 +502,17 @@ impl AppendHandle for MemAppend {
     fn append(&mut self, bytes: &[u8]) -> Result<(), AppendError> {
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         match files.get_mut(&self.name) {
-            Some(f) if f.sealed => Err(AppendError::Sealed { name: self.name.clone() }),
+            Some(f) if f.sealed => Err(AppendError::Sealed {
+                name: self.name.clone(),
+            }),
             Some(f) => {
                 f.data.extend_from_slice(bytes);
                 Ok(())
             }
-            None => Err(AppendError::Io { name: self.name.clone(), source: std::io::ErrorKind::NotFound.into() }),
+            None => Err(AppendError::Io {
+                name: self.name.clone(),
+                source: std::io::ErrorKind::NotFound.into(),
+            }),
         }
     }
     fn sync(&mut self) -> Result<(), SyncError> {
@@ -388,52 +522,93 @@ impl AppendHandle for MemAppend {
                 f.durable = f.data.len();
                 Ok(())
             }
-            None => Err(SyncError::Io { name: self.name.clone(), source: std::io::ErrorKind::NotFound.into() }),
+            None => Err(SyncError::Io {
+                name: self.name.clone(),
+                source: std::io::ErrorKind::NotFound.into(),
+            }),
         }
     }
 }
 
 impl Storage for MemStorage {
     fn list(&self, dir: &str) -> Result<Vec<String>, ListError> {
-        let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+        let prefix = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{dir}/")
+        };
         Ok(self
             .lock()
             .keys()
-            .filter_map(|k| k.strip_prefix(&prefix).filter(|rest| !rest.contains('/')).map(str::to_string))
+            .filter_map(|k| {
+                k.strip_prefix(&prefix)
+                    .filter(|rest| !rest.contains('/'))
+                    .map(str::to_string)
+            })
             .collect())
     }
     fn read(&self, name: &str) -> Result<Vec<u8>, ReadError> {
-        self.lock().get(name).map(|f| f.data.clone()).ok_or_else(|| ReadError::NotFound { name: name.to_string() })
+        self.lock()
+            .get(name)
+            .map(|f| f.data.clone())
+            .ok_or_else(|| ReadError::NotFound {
+                name: name.to_string(),
+            })
     }
     fn read_at(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>, ReadError> {
         let files = self.lock();
-        let f = files.get(name).ok_or_else(|| ReadError::NotFound { name: name.to_string() })?;
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(f.data.len());
+        let f = files.get(name).ok_or_else(|| ReadError::NotFound {
+            name: name.to_string(),
+        })?;
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(f.data.len());
         let end = start.saturating_add(len).min(f.data.len());
         Ok(f.data.get(start..end).unwrap_or_default().to_vec())
     }
     fn is_sealed(&self, name: &str) -> Result<bool, ReadError> {
-        self.lock().get(name).map(|f| f.sealed).ok_or_else(|| ReadError::NotFound { name: name.to_string() })
+        self.lock()
+            .get(name)
+            .map(|f| f.sealed)
+            .ok_or_else(|| ReadError::NotFound {
+                name: name.to_string(),
+            })
     }
     fn create(&self, name: &str) -> Result<Box<dyn AppendHandle>, CreateError> {
         let mut files = self.lock();
         if files.contains_key(name) {
-            return Err(CreateError::AlreadyExists { name: name.to_string() });
+            return Err(CreateError::AlreadyExists {
+                name: name.to_string(),
+            });
         }
         files.insert(name.to_string(), MemFile::default());
-        Ok(Box::new(MemAppend { name: name.to_string(), files: self.files.clone() }))
+        Ok(Box::new(MemAppend {
+            name: name.to_string(),
+            files: self.files.clone(),
+        }))
     }
     fn open_append(&self, name: &str) -> Result<Box<dyn AppendHandle>, OpenAppendError> {
         match self.lock().get(name) {
-            None => Err(OpenAppendError::NotFound { name: name.to_string() }),
-            Some(f) if f.sealed => Err(OpenAppendError::Sealed { name: name.to_string() }),
-            Some(_) => Ok(Box::new(MemAppend { name: name.to_string(), files: self.files.clone() })),
+            None => Err(OpenAppendError::NotFound {
+                name: name.to_string(),
+            }),
+            Some(f) if f.sealed => Err(OpenAppendError::Sealed {
+                name: name.to_string(),
+            }),
+            Some(_) => Ok(Box::new(MemAppend {
+                name: name.to_string(),
+                files: self.files.clone(),
+            })),
         }
     }
     fn truncate(&self, name: &str, len: u64) -> Result<(), TruncateError> {
         match self.lock().get_mut(name) {
-            None => Err(TruncateError::NotFound { name: name.to_string() }),
-            Some(f) if f.sealed => Err(TruncateError::Sealed { name: name.to_string() }),
+            None => Err(TruncateError::NotFound {
+                name: name.to_string(),
+            }),
+            Some(f) if f.sealed => Err(TruncateError::Sealed {
+                name: name.to_string(),
+            }),
             Some(f) => {
                 f.data.truncate(usize::try_from(len).unwrap_or(usize::MAX));
                 f.durable = f.data.len();
@@ -443,7 +618,9 @@ impl Storage for MemStorage {
     }
     fn seal(&self, name: &str) -> Result<(), SealError> {
         match self.lock().get_mut(name) {
-            None => Err(SealError::NotFound { name: name.to_string() }),
+            None => Err(SealError::NotFound {
+                name: name.to_string(),
+            }),
             Some(f) => {
                 f.sealed = true;
                 f.durable = f.data.len();
@@ -454,13 +631,27 @@ impl Storage for MemStorage {
     fn put_new(&self, name: &str, bytes: &[u8]) -> Result<(), PutError> {
         let mut files = self.lock();
         if files.contains_key(name) {
-            return Err(PutError::AlreadyExists { name: name.to_string() });
+            return Err(PutError::AlreadyExists {
+                name: name.to_string(),
+            });
         }
-        files.insert(name.to_string(), MemFile { data: bytes.to_vec(), durable: bytes.len(), sealed: false });
+        files.insert(
+            name.to_string(),
+            MemFile {
+                data: bytes.to_vec(),
+                durable: bytes.len(),
+                sealed: false,
+            },
+        );
         Ok(())
     }
     fn remove(&self, name: &str) -> Result<(), RemoveError> {
-        self.lock().remove(name).map(|_| ()).ok_or_else(|| RemoveError::NotFound { name: name.to_string() })
+        self.lock()
+            .remove(name)
+            .map(|_| ())
+            .ok_or_else(|| RemoveError::NotFound {
+                name: name.to_string(),
+            })
     }
 }
 
@@ -472,7 +663,10 @@ mod tests {
     fn contract(s: &dyn Storage) {
         assert!(s.list("segments").unwrap().is_empty());
         let mut h = s.create("segments/a.log").unwrap();
-        assert!(matches!(s.create("segments/a.log"), Err(CreateError::AlreadyExists { .. })));
+        assert!(matches!(
+            s.create("segments/a.log"),
+            Err(CreateError::AlreadyExists { .. })
+        ));
         h.append(b"hello ").unwrap();
         h.append(b"world").unwrap();
         h.sync().unwrap();
@@ -480,7 +674,10 @@ mod tests {
         assert_eq!(s.read_at("segments/a.log", 6, 100).unwrap(), b"world");
         assert_eq!(s.read_at("segments/a.log", 100, 5).unwrap(), b"");
         assert_eq!(s.list("segments").unwrap(), vec!["a.log".to_string()]);
-        assert!(matches!(s.read("segments/none"), Err(ReadError::NotFound { .. })));
+        assert!(matches!(
+            s.read("segments/none"),
+            Err(ReadError::NotFound { .. })
+        ));
 
         s.truncate("segments/a.log", 5).unwrap();
         assert_eq!(s.read("segments/a.log").unwrap(), b"hello");
@@ -492,16 +689,28 @@ mod tests {
         assert!(!s.is_sealed("segments/a.log").unwrap());
         s.seal("segments/a.log").unwrap();
         assert!(s.is_sealed("segments/a.log").unwrap());
-        assert!(matches!(s.open_append("segments/a.log"), Err(OpenAppendError::Sealed { .. })));
-        assert!(matches!(s.truncate("segments/a.log", 0), Err(TruncateError::Sealed { .. })));
+        assert!(matches!(
+            s.open_append("segments/a.log"),
+            Err(OpenAppendError::Sealed { .. })
+        ));
+        assert!(matches!(
+            s.truncate("segments/a.log", 0),
+            Err(TruncateError::Sealed { .. })
+        ));
         assert_eq!(s.read("segments/a.log").unwrap(), b"hello!");
 
         s.put_new("keys/k1", b"key").unwrap();
-        assert!(matches!(s.put_new("keys/k1", b"other"), Err(PutError::AlreadyExists { .. })));
+        assert!(matches!(
+            s.put_new("keys/k1", b"other"),
+            Err(PutError::AlreadyExists { .. })
+        ));
         assert_eq!(s.read("keys/k1").unwrap(), b"key");
         assert_eq!(s.list("keys").unwrap(), vec!["k1".to_string()]);
         s.remove("keys/k1").unwrap();
-        assert!(matches!(s.remove("keys/k1"), Err(RemoveError::NotFound { .. })));
+        assert!(matches!(
+            s.remove("keys/k1"),
+            Err(RemoveError::NotFound { .. })
+        ));
         assert!(s.list("keys").unwrap().is_empty());
     }
 

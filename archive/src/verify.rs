@@ -85,8 +85,17 @@ pub fn verify_storage(
     mut progress: impl FnMut(u64, u64),
 ) -> VerifyReport {
     let mut r = VerifyReport::default();
-    let problem = |r: &mut VerifyReport, segment: Option<u64>, offset: Option<u64>, seq: Option<u64>, what: String| {
-        r.problems.push(Problem { segment, offset, seq, what })
+    let problem = |r: &mut VerifyReport,
+                   segment: Option<u64>,
+                   offset: Option<u64>,
+                   seq: Option<u64>,
+                   what: String| {
+        r.problems.push(Problem {
+            segment,
+            offset,
+            seq,
+            what,
+        })
     };
     let meta = match log::read_meta(storage) {
         Ok(Some(m)) => m,
@@ -101,7 +110,13 @@ pub fn verify_storage(
     };
     let master = match master_key {
         Some(m) if m.check_value(&meta.archive_id) != meta.key_check => {
-            problem(&mut r, None, None, None, LogOpenError::WrongMasterKey.to_string());
+            problem(
+                &mut r,
+                None,
+                None,
+                None,
+                LogOpenError::WrongMasterKey.to_string(),
+            );
             None
         }
         other => other,
@@ -134,7 +149,9 @@ pub fn verify_storage(
     for (id, bytes) in segments {
         let Some(bytes) = bytes else { continue };
         r.segments += 1;
-        let sealed = storage.is_sealed(&segment::segment_name(id)).unwrap_or(false);
+        let sealed = storage
+            .is_sealed(&segment::segment_name(id))
+            .unwrap_or(false);
         let is_last = Some(id) == last_id;
         let seg = Some(id);
         let header = match SegmentHeader::decode(&bytes) {
@@ -147,16 +164,43 @@ pub fn verify_storage(
             }
         };
         if header.archive_id != meta.archive_id {
-            problem(&mut r, seg, Some(0), None, "header names another archive".into());
+            problem(
+                &mut r,
+                seg,
+                Some(0),
+                None,
+                "header names another archive".into(),
+            );
         }
         if header.segment != id {
-            problem(&mut r, seg, Some(0), None, format!("header says segment {}", header.segment));
+            problem(
+                &mut r,
+                seg,
+                Some(0),
+                None,
+                format!("header says segment {}", header.segment),
+            );
         }
         if header.first_seq != expected_seq {
-            problem(&mut r, seg, Some(0), None, format!("header first seq {} but expected {expected_seq} (segment missing or altered)", header.first_seq));
+            problem(
+                &mut r,
+                seg,
+                Some(0),
+                None,
+                format!(
+                    "header first seq {} but expected {expected_seq} (segment missing or altered)",
+                    header.first_seq
+                ),
+            );
         }
         if header.prev_head != head {
-            problem(&mut r, seg, Some(0), None, "header chain head does not continue the previous segment".into());
+            problem(
+                &mut r,
+                seg,
+                Some(0),
+                None,
+                "header chain head does not continue the previous segment".into(),
+            );
             // Continue from the header's claim so one break is reported once.
             head = header.prev_head;
         }
@@ -177,7 +221,13 @@ pub fn verify_storage(
         while at < bytes.len() {
             let off = Some(at as u64);
             if seal_seen {
-                problem(&mut r, seg, off, None, "data after the sealing checkpoint".into());
+                problem(
+                    &mut r,
+                    seg,
+                    off,
+                    None,
+                    "data after the sealing checkpoint".into(),
+                );
                 break;
             }
             match segment::parse_frame(&bytes, at) {
@@ -193,7 +243,15 @@ pub fn verify_storage(
                     problem(&mut r, seg, off, None, format!("malformed frame: {w}"));
                     break;
                 }
-                Parsed::Frame(Frame::Record { seq, content_hash, nonce, ciphertext }, next) => {
+                Parsed::Frame(
+                    Frame::Record {
+                        seq,
+                        content_hash,
+                        nonce,
+                        ciphertext,
+                    },
+                    next,
+                ) => {
                     r.records += 1;
                     if seq != expected_seq {
                         let what = if seq < expected_seq {
@@ -205,22 +263,54 @@ pub fn verify_storage(
                     }
                     if let Some(c) = &cipher {
                         match segment::decrypt_record(c, &hb, seq, nonce, ciphertext) {
-                            None => problem(&mut r, seg, off, Some(seq), "record does not authenticate (record or segment header altered)".into()),
+                            None => problem(
+                                &mut r,
+                                seg,
+                                off,
+                                Some(seq),
+                                "record does not authenticate (record or segment header altered)"
+                                    .into(),
+                            ),
                             Some((salt, canonical)) => {
                                 if segment::content_hash(&salt, &canonical) != content_hash {
-                                    problem(&mut r, seg, off, Some(seq), "content hash does not match the record".into());
+                                    problem(
+                                        &mut r,
+                                        seg,
+                                        off,
+                                        Some(seq),
+                                        "content hash does not match the record".into(),
+                                    );
                                 }
                                 match Record::decode(&canonical) {
-                                    Ok(rec) if rec.seq.0 != seq => problem(&mut r, seg, off, Some(seq), format!("record body says seq {}", rec.seq.0)),
+                                    Ok(rec) if rec.seq.0 != seq => problem(
+                                        &mut r,
+                                        seg,
+                                        off,
+                                        Some(seq),
+                                        format!("record body says seq {}", rec.seq.0),
+                                    ),
                                     Ok(_) => {}
-                                    Err(e) => problem(&mut r, seg, off, Some(seq), format!("record does not decode: {e}")),
+                                    Err(e) => problem(
+                                        &mut r,
+                                        seg,
+                                        off,
+                                        Some(seq),
+                                        format!("record does not decode: {e}"),
+                                    ),
                                 }
                             }
                         }
                     } else if shredded {
                         r.shredded_records += 1;
                     }
-                    head = segment::next_head(&head, &segment::leaf(seq, &content_hash, &segment::ciphertext_hash(nonce, ciphertext)));
+                    head = segment::next_head(
+                        &head,
+                        &segment::leaf(
+                            seq,
+                            &content_hash,
+                            &segment::ciphertext_hash(nonce, ciphertext),
+                        ),
+                    );
                     r.last_seq = seq;
                     expected_seq = seq.max(expected_seq.saturating_sub(1)) + 1;
                     at = next;
@@ -228,9 +318,25 @@ pub fn verify_storage(
                 Parsed::Frame(Frame::Checkpoint(cp), next) => {
                     r.checkpoints += 1;
                     if !segment::checkpoint_valid(public_key, &hb, &cp) {
-                        problem(&mut r, seg, off, Some(cp.seq), "checkpoint signature invalid".into());
+                        problem(
+                            &mut r,
+                            seg,
+                            off,
+                            Some(cp.seq),
+                            "checkpoint signature invalid".into(),
+                        );
                     } else if cp.seq != expected_seq - 1 {
-                        problem(&mut r, seg, off, Some(cp.seq), format!("checkpoint covers seq {} but the log is at {}", cp.seq, expected_seq - 1));
+                        problem(
+                            &mut r,
+                            seg,
+                            off,
+                            Some(cp.seq),
+                            format!(
+                                "checkpoint covers seq {} but the log is at {}",
+                                cp.seq,
+                                expected_seq - 1
+                            ),
+                        );
                     } else if cp.head != head {
                         problem(&mut r, seg, off, Some(cp.seq), "chain head differs from the signed checkpoint: earlier records were changed".into());
                         head = cp.head;
@@ -241,7 +347,13 @@ pub fn verify_storage(
             }
         }
         if (sealed || !is_last) && !seal_seen {
-            problem(&mut r, seg, Some(bytes.len() as u64), None, "sealed segment does not end with a sealing checkpoint (truncated)".into());
+            problem(
+                &mut r,
+                seg,
+                Some(bytes.len() as u64),
+                None,
+                "sealed segment does not end with a sealing checkpoint (truncated)".into(),
+            );
         }
         done += bytes.len() as u64;
         progress(done, total);
@@ -263,7 +375,11 @@ mod tests {
     use std::time::Duration;
 
     fn limits() -> LogLimits {
-        LogLimits { segment_max_bytes: 1 << 20, segment_max_age: Duration::from_secs(3600), checkpoint_every: 3 }
+        LogLimits {
+            segment_max_bytes: 1 << 20,
+            segment_max_age: Duration::from_secs(3600),
+            checkpoint_every: 3,
+        }
     }
 
     /// Two sealed segments written by two writer lifetimes.
@@ -272,7 +388,8 @@ mod tests {
         let m = MasterKey::from_bytes([42; 32]);
         let k = SigningKey::from_bytes(&[43; 32]);
         for half in batches.chunks(batches.len().div_ceil(2).max(1)) {
-            let (mut w, cut) = LogWriter::open(Arc::new(s.clone()), m.clone(), k.clone(), limits()).unwrap();
+            let (mut w, cut) =
+                LogWriter::open(Arc::new(s.clone()), m.clone(), k.clone(), limits()).unwrap();
             assert!(cut.is_none());
             for b in half {
                 w.append_batch(b.clone()).unwrap();
@@ -306,7 +423,13 @@ mod tests {
         let (s, m, k) = build(&[vec![]]);
         assert!(check(&s, &m, &k).is_clean());
         let recs: Vec<NewRecord> = (0..5)
-            .map(|i| NewRecord::Event(crate::record::EventRecord::Audit { actor: "o".into(), action: "view".into(), detail: i.to_string() }))
+            .map(|i| {
+                NewRecord::Event(crate::record::EventRecord::Audit {
+                    actor: "o".into(),
+                    action: "view".into(),
+                    detail: i.to_string(),
+                })
+            })
             .collect();
         let (s, m, k) = build(&[recs.clone(), recs]);
         let r = check(&s, &m, &k);
@@ -321,13 +444,23 @@ mod tests {
         assert!(!verify_storage(&s, None, &other.verifying_key(), |_, _| {}).is_clean());
         // A wrong master key is reported clearly.
         let wrong = check(&s, &MasterKey::from_bytes([0; 32]), &k);
-        assert!(wrong.problems[0].what.contains("master key"), "{:?}", wrong.problems);
+        assert!(
+            wrong.problems[0].what.contains("master key"),
+            "{:?}",
+            wrong.problems
+        );
     }
 
     #[test]
     fn shredded_segment_still_verifies_its_chain() {
         let recs: Vec<NewRecord> = (0..4)
-            .map(|i| NewRecord::Event(crate::record::EventRecord::Audit { actor: "o".into(), action: "a".into(), detail: i.to_string() }))
+            .map(|i| {
+                NewRecord::Event(crate::record::EventRecord::Audit {
+                    actor: "o".into(),
+                    action: "a".into(),
+                    detail: i.to_string(),
+                })
+            })
             .collect();
         let (s, m, k) = build(&[recs.clone(), recs]);
         let seg = log::segment_ids(&s).unwrap()[0];

@@ -7,7 +7,14 @@ use std::time::{Duration, Instant};
 
 use custos_archive::*;
 
-fn msg(from: &str, to: &str, dir: Direction, body: &str, action: Action, rules: &[&str]) -> NewRecord {
+fn msg(
+    from: &str,
+    to: &str,
+    dir: Direction,
+    body: &str,
+    action: Action,
+    rules: &[&str],
+) -> NewRecord {
     NewRecord::Message(MessageRecord {
         direction: dir,
         session: SessionId("s1".into()),
@@ -33,7 +40,11 @@ fn msg(from: &str, to: &str, dir: Direction, body: &str, action: Action, rules: 
 
 fn keys(tmp: &Path) -> (MasterKey, SigningKey, VerifyingKey) {
     let c = keys_init(&tmp.join("master.key"), &tmp.join("signing.key")).unwrap();
-    (MasterKey::from_file(&c.master_key).unwrap(), load_signing_key(&c.signing_key).unwrap(), c.verifying_key)
+    (
+        MasterKey::from_file(&c.master_key).unwrap(),
+        load_signing_key(&c.signing_key).unwrap(),
+        c.verifying_key,
+    )
 }
 
 fn seqs(hits: &[Hit]) -> Vec<u64> {
@@ -45,13 +56,48 @@ async fn append_search_verify_reopen() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("archive");
     let (master, signing, public) = keys(tmp.path());
-    let archive = Archive::open(ArchiveConfig::new(dir.clone(), master.clone(), signing.clone())).unwrap();
+    let archive = Archive::open(ArchiveConfig::new(
+        dir.clone(),
+        master.clone(),
+        signing.clone(),
+    ))
+    .unwrap();
 
     let a = "alice@example.test/laptop";
     let b = "bob@example.test";
-    let r1 = archive.append(msg(a, b, Direction::Outbound, "Please wire transfer the invoice", Action::Allow, &[])).await.unwrap();
-    let r2 = archive.append(msg(b, a, Direction::Inbound, "Transfer done, zebracorn", Action::Flag, &["watch"])).await.unwrap();
-    let r3 = archive.append(msg(a, "carol@example.test/phone", Direction::Outbound, "my card is 4111 1111", Action::Redact, &["pci-card"])).await.unwrap();
+    let r1 = archive
+        .append(msg(
+            a,
+            b,
+            Direction::Outbound,
+            "Please wire transfer the invoice",
+            Action::Allow,
+            &[],
+        ))
+        .await
+        .unwrap();
+    let r2 = archive
+        .append(msg(
+            b,
+            a,
+            Direction::Inbound,
+            "Transfer done, zebracorn",
+            Action::Flag,
+            &["watch"],
+        ))
+        .await
+        .unwrap();
+    let r3 = archive
+        .append(msg(
+            a,
+            "carol@example.test/phone",
+            Direction::Outbound,
+            "my card is 4111 1111",
+            Action::Redact,
+            &["pci-card"],
+        ))
+        .await
+        .unwrap();
     assert_eq!((r1.seq.0, r2.seq.0, r3.seq.0), (1, 2, 3));
     assert!(r1.time <= r2.time && r2.time <= r3.time);
 
@@ -59,7 +105,17 @@ async fn append_search_verify_reopen() {
     let tasks: Vec<_> = (0..50)
         .map(|i| {
             let ar = archive.clone();
-            tokio::spawn(async move { ar.append(msg("dave@example.test/x", "erin@example.test", Direction::Outbound, &format!("bulk note {i}"), Action::Allow, &[])).await })
+            tokio::spawn(async move {
+                ar.append(msg(
+                    "dave@example.test/x",
+                    "erin@example.test",
+                    Direction::Outbound,
+                    &format!("bulk note {i}"),
+                    Action::Allow,
+                    &[],
+                ))
+                .await
+            })
         })
         .collect();
     let mut bulk = Vec::new();
@@ -82,24 +138,77 @@ async fn append_search_verify_reopen() {
     tokio::time::sleep(Duration::from_millis(700)).await;
 
     assert_eq!(seqs(&archive.search("transfer", 10).unwrap()), vec![1, 2]);
-    assert_eq!(seqs(&archive.search("\"wire transfer\"", 10).unwrap()), vec![1]);
-    assert_eq!(seqs(&archive.search("\"transfer wire\"", 10).unwrap()), Vec::<u64>::new());
-    assert_eq!(seqs(&archive.search("transfer -zebracorn", 10).unwrap()), vec![1]);
-    assert_eq!(seqs(&archive.search("from:alice@example.test", 10).unwrap()), vec![1, 3]);
-    assert_eq!(seqs(&archive.search("from:alice@example.test/laptop", 10).unwrap()), vec![1, 3]);
-    assert_eq!(seqs(&archive.search("from:alice@example.test/phone", 10).unwrap()), Vec::<u64>::new());
-    assert_eq!(seqs(&archive.search("with:carol@example.test", 10).unwrap()), vec![3]);
-    assert_eq!(seqs(&archive.search("with:bob@example.test transfer", 10).unwrap()), vec![1, 2]);
-    assert_eq!(seqs(&archive.search("direction:inbound", 10).unwrap()), vec![2]);
+    assert_eq!(
+        seqs(&archive.search("\"wire transfer\"", 10).unwrap()),
+        vec![1]
+    );
+    assert_eq!(
+        seqs(&archive.search("\"transfer wire\"", 10).unwrap()),
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        seqs(&archive.search("transfer -zebracorn", 10).unwrap()),
+        vec![1]
+    );
+    assert_eq!(
+        seqs(&archive.search("from:alice@example.test", 10).unwrap()),
+        vec![1, 3]
+    );
+    assert_eq!(
+        seqs(
+            &archive
+                .search("from:alice@example.test/laptop", 10)
+                .unwrap()
+        ),
+        vec![1, 3]
+    );
+    assert_eq!(
+        seqs(&archive.search("from:alice@example.test/phone", 10).unwrap()),
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        seqs(&archive.search("with:carol@example.test", 10).unwrap()),
+        vec![3]
+    );
+    assert_eq!(
+        seqs(
+            &archive
+                .search("with:bob@example.test transfer", 10)
+                .unwrap()
+        ),
+        vec![1, 2]
+    );
+    assert_eq!(
+        seqs(&archive.search("direction:inbound", 10).unwrap()),
+        vec![2]
+    );
     assert_eq!(seqs(&archive.search("action:redact", 10).unwrap()), vec![3]);
     assert_eq!(seqs(&archive.search("rule:pci-card", 10).unwrap()), vec![3]);
-    assert_eq!(seqs(&archive.search("type:chat from:bob@example.test", 10).unwrap()), vec![2]);
+    assert_eq!(
+        seqs(
+            &archive
+                .search("type:chat from:bob@example.test", 10)
+                .unwrap()
+        ),
+        vec![2]
+    );
     assert_eq!(archive.search("bulk", 5).unwrap().len(), 5);
-    assert_eq!(seqs(&archive.search("bulk", 3).unwrap()), vec![51, 52, 53], "newest matches, in time order");
+    assert_eq!(
+        seqs(&archive.search("bulk", 3).unwrap()),
+        vec![51, 52, 53],
+        "newest matches, in time order"
+    );
     let after = r2.time.to_string();
-    assert!(archive.search(&format!("after:{after} transfer"), 10).unwrap().iter().all(|h| h.time >= r2.time));
+    assert!(archive
+        .search(&format!("after:{after} transfer"), 10)
+        .unwrap()
+        .iter()
+        .all(|h| h.time >= r2.time));
     assert!(archive.search("before:2000-01-01", 10).unwrap().is_empty());
-    assert!(matches!(archive.search("colour:red", 10), Err(SearchError::Query(_))));
+    assert!(matches!(
+        archive.search("colour:red", 10),
+        Err(SearchError::Query(_))
+    ));
 
     // The hit is exactly the documented JSON.
     let h = &archive.search("rule:pci-card", 1).unwrap()[0];
@@ -126,14 +235,33 @@ async fn append_search_verify_reopen() {
     for needle in ["zebracorn", "alice@example", "pci-card"] {
         for entry in walk(&dir) {
             let bytes = std::fs::read(&entry).unwrap();
-            assert!(!bytes.windows(needle.len()).any(|w| w == needle.as_bytes()), "{needle} in plaintext in {}", entry.display());
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "{needle} in plaintext in {}",
+                entry.display()
+            );
         }
     }
 
     // Reopen: records and index survive; the rebuilt index gives the same answers.
-    let archive = Archive::open(ArchiveConfig::new(dir.clone(), master.clone(), signing.clone())).unwrap();
+    let archive = Archive::open(ArchiveConfig::new(
+        dir.clone(),
+        master.clone(),
+        signing.clone(),
+    ))
+    .unwrap();
     assert_eq!(seqs(&archive.search("transfer", 10).unwrap()), vec![1, 2]);
-    let r = archive.append(msg(a, b, Direction::Outbound, "after reopen", Action::Allow, &[])).await.unwrap();
+    let r = archive
+        .append(msg(
+            a,
+            b,
+            Direction::Outbound,
+            "after reopen",
+            Action::Allow,
+            &[],
+        ))
+        .await
+        .unwrap();
     assert_eq!(r.seq.0, 54);
     archive.close().await.unwrap();
     assert_eq!(reindex(&dir, &master, |_, _| {}).unwrap(), 54);
@@ -180,9 +308,24 @@ fn refuses_master_key_inside_archive_dir_and_wrong_key() {
     let err = Archive::open(ArchiveConfig::new(dir.clone(), inside, signing.clone())).unwrap_err();
     assert!(matches!(err, OpenError::KeyInsideArchive { .. }), "{err}");
 
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let good = MasterKey::from_bytes([1; 32]);
-    rt.block_on(Archive::open(ArchiveConfig::new(dir.clone(), good, signing.clone())).unwrap().close()).unwrap();
-    let err = Archive::open(ArchiveConfig::new(dir.clone(), MasterKey::from_bytes([2; 32]), signing)).unwrap_err();
-    assert!(err.to_string().contains("master key does not match"), "{err}");
+    rt.block_on(
+        Archive::open(ArchiveConfig::new(dir.clone(), good, signing.clone()))
+            .unwrap()
+            .close(),
+    )
+    .unwrap();
+    let err = Archive::open(ArchiveConfig::new(
+        dir.clone(),
+        MasterKey::from_bytes([2; 32]),
+        signing,
+    ))
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("master key does not match"),
+        "{err}"
+    );
 }

@@ -34,13 +34,18 @@ fn kill_nine_under_load_loses_no_acknowledged_record() {
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some(seq) = line.strip_prefix("acked ").and_then(|s| s.parse::<u64>().ok()) {
+                if let Some(seq) = line
+                    .strip_prefix("acked ")
+                    .and_then(|s| s.parse::<u64>().ok())
+                {
                     let _ = tx.send(seq);
                 }
             }
         });
         // Let it run a varying while after its first ack, then kill it hard.
-        let first = rx.recv_timeout(Duration::from_secs(20)).expect("child acked nothing");
+        let first = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("child acked nothing");
         acked.insert(first);
         let run_for = Duration::from_millis(150 + 130 * round as u64);
         let start = Instant::now();
@@ -56,15 +61,27 @@ fn kill_nine_under_load_loses_no_acknowledged_record() {
     }
     assert!(acked.len() > 100, "only {} acks", acked.len());
     // A last, clean open recovers whatever the final kill left.
-    let mut cfg = custos_archive::ArchiveConfig::new(dir.clone(), master.clone(), custos_archive::load_signing_key(&created.signing_key).unwrap());
+    let mut cfg = custos_archive::ArchiveConfig::new(
+        dir.clone(),
+        master.clone(),
+        custos_archive::load_signing_key(&created.signing_key).unwrap(),
+    );
     cfg.checkpoint_every = 50;
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    rt.block_on(custos_archive::Archive::open(cfg).unwrap().close()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(custos_archive::Archive::open(cfg).unwrap().close())
+        .unwrap();
 
     let report = verify(&dir, Some(&master), &created.verifying_key, |_, _| {});
     assert!(report.is_clean(), "{:#?}", report.problems);
     let reader = ArchiveReader::open(&dir, &master).unwrap();
-    let present: BTreeSet<u64> = reader.records(1..=u64::MAX).unwrap().iter().map(|r| r.seq.0).collect();
+    let present: BTreeSet<u64> = reader
+        .records(1..=u64::MAX)
+        .unwrap()
+        .iter()
+        .map(|r| r.seq.0)
+        .collect();
     let missing: Vec<_> = acked.difference(&present).collect();
     assert!(missing.is_empty(), "acknowledged but missing: {missing:?}");
     assert_eq!(report.last_seq, *present.iter().max().unwrap());

@@ -13,7 +13,8 @@ use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use custos_archive::{
-    load_signing_key, Action, Archive, ArchiveConfig, Direction, MasterKey, MessageRecord, NewRecord, Outcome, SessionId,
+    load_signing_key, Action, Archive, ArchiveConfig, Direction, MasterKey, MessageRecord,
+    NewRecord, Outcome, SessionId,
 };
 
 struct ThreadWaker(Thread);
@@ -43,7 +44,10 @@ fn main() {
         eprintln!("usage: archive-crash-child DIR SIGNING_KEY_FILE");
         std::process::exit(2);
     };
-    let max = std::env::var("CUSTOS_CHILD_MAX_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(30u64);
+    let max = std::env::var("CUSTOS_CHILD_MAX_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30u64);
     let run = || -> Result<(), String> {
         let master = MasterKey::from_base64_env().map_err(|e| e.to_string())?;
         let signing = load_signing_key(std::path::Path::new(signing)).map_err(|e| e.to_string())?;
@@ -72,7 +76,13 @@ fn main() {
                             subject: None,
                             body: Some(format!("crash test message {i} from worker {t}")),
                             stanza: b"<message/>".to_vec(),
-                            outcome: Outcome { action: Action::Allow, rules: vec![], delivered_body: None, severity: None, e2ee: None },
+                            outcome: Outcome {
+                                action: Action::Allow,
+                                rules: vec![],
+                                delivered_body: None,
+                                severity: None,
+                                e2ee: None,
+                            },
                         });
                         match block_on(a.append(rec)) {
                             Ok(r) => {

@@ -1,0 +1,212 @@
+//! Ingest and search benchmark (prints figures; not a timed test).
+//!
+//! `CUSTOS_BENCH_RECORDS` (default 20000; use 1000000 for the full run) realistic
+//! messages are appended by `CUSTOS_BENCH_CONCURRENCY` (default 64) concurrent
+//! tasks; then records/s, ack latency percentiles and search latency are printed.
+//! Run: `cargo bench -p custos-archive --bench ingest`.
+
+use std::time::{Duration, Instant};
+
+use custos_archive::*;
+
+const WORDS: &[&str] = &[
+    "meeting",
+    "invoice",
+    "tomorrow",
+    "report",
+    "client",
+    "budget",
+    "lunch",
+    "call",
+    "review",
+    "contract",
+    "deadline",
+    "approve",
+    "shipment",
+    "quarter",
+    "forecast",
+    "trade",
+    "order",
+    "price",
+    "risk",
+    "update",
+    "please",
+    "thanks",
+    "send",
+    "the",
+    "and",
+    "for",
+    "with",
+    "about",
+    "today",
+    "agenda",
+    "draft",
+    "final",
+    "numbers",
+    "compliance",
+];
+
+fn body(i: u64) -> String {
+    let mut x = i
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let n = 6 + (x % 18) as usize;
+    let mut words = Vec::with_capacity(n);
+    for _ in 0..n {
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51afd7ed558ccd);
+        words.push(WORDS[(x % WORDS.len() as u64) as usize]);
+    }
+    words.join(" ")
+}
+
+fn record(i: u64) -> NewRecord {
+    let u = i % 500;
+    let peer = (i * 7) % 500;
+    let text = body(i);
+    NewRecord::Message(MessageRecord {
+        direction: if i % 2 == 0 { Direction::Outbound } else { Direction::Inbound },
+        session: SessionId(format!("sess-{u}")),
+        from: format!("user{u}@corp.example/desktop"),
+        to: format!("user{peer}@corp.example"),
+        stanza_type: "chat".into(),
+        id: Some(format!("id-{i}")),
+        origin_id: Some(format!("origin-{i}")),
+        stanza_id: None,
+        thread: None,
+        subject: None,
+        stanza: format!("<message from='user{u}@corp.example/desktop' to='user{peer}@corp.example' type='chat' id='id-{i}'><body>{text}</body><origin-id xmlns='urn:xmpp:sid:0' id='origin-{i}'/></message>").into_bytes(),
+        body: Some(text),
+        outcome: Outcome {
+            action: if i % 97 == 0 { Action::Flag } else { Action::Allow },
+            rules: if i % 97 == 0 { vec!["watch-list".into()] } else { vec![] },
+            delivered_body: None,
+            severity: None,
+            e2ee: None,
+        },
+    })
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(idx).copied().unwrap_or_default()
+}
+
+fn main() {
+    let n: u64 = std::env::var("CUSTOS_BENCH_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let conc: u64 = std::env::var("CUSTOS_BENCH_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("archive");
+    let master = MasterKey::from_bytes([7; 32]);
+    let signing = SigningKey::from_bytes(&[8; 32]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let archive =
+        Archive::open(ArchiveConfig::new(dir.clone(), master.clone(), signing)).expect("open");
+
+    let start = Instant::now();
+    let mut lat: Vec<Duration> = rt.block_on(async {
+        let tasks: Vec<_> = (0..conc)
+            .map(|t| {
+                let a = archive.clone();
+                tokio::spawn(async move {
+                    let mut lat = Vec::new();
+                    let mut i = t;
+                    while i < n {
+                        let s = Instant::now();
+                        a.append(record(i)).await.expect("append");
+                        lat.push(s.elapsed());
+                        i += conc;
+                    }
+                    lat
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(n as usize);
+        for t in tasks {
+            all.extend(t.await.expect("task"));
+        }
+        all
+    });
+    let elapsed = start.elapsed();
+    lat.sort_unstable();
+    println!(
+        "ingest: {n} records, {conc} concurrent appenders, {:.2} s",
+        elapsed.as_secs_f64()
+    );
+    println!("ingest: {:.0} records/s", n as f64 / elapsed.as_secs_f64());
+    println!(
+        "ack latency: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        pct(&lat, 0.5).as_secs_f64() * 1e3,
+        pct(&lat, 0.99).as_secs_f64() * 1e3,
+        pct(&lat, 1.0).as_secs_f64() * 1e3
+    );
+
+    // Wait until the indexer has caught up (NRT commit interval).
+    let wait = Instant::now();
+    while archive
+        .search("", 1)
+        .map(|h| h.first().map(|h| h.seq.0))
+        .ok()
+        .flatten()
+        != Some(n)
+    {
+        if wait.elapsed() > Duration::from_secs(600) {
+            println!("index did not catch up");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "index caught up {:.2} s after the last ack",
+        wait.elapsed().as_secs_f64()
+    );
+
+    let queries = [
+        "invoice",
+        "\"contract deadline\"",
+        "from:user42@corp.example",
+        "with:user7@corp.example budget",
+        "action:flag rule:watch-list",
+        "direction:inbound compliance -lunch",
+        "after:2000-01-01 forecast",
+    ];
+    for q in queries {
+        let mut times = Vec::new();
+        let mut hits = 0;
+        for _ in 0..20 {
+            let s = Instant::now();
+            hits = archive.search(q, 50).expect("search").len();
+            times.push(s.elapsed());
+        }
+        times.sort_unstable();
+        println!(
+            "search {q:?}: {hits} hits (limit 50), p50 {:.2} ms, p99 {:.2} ms",
+            pct(&times, 0.5).as_secs_f64() * 1e3,
+            pct(&times, 0.99).as_secs_f64() * 1e3
+        );
+    }
+    rt.block_on(archive.close()).expect("close");
+    let s = Instant::now();
+    let report = verify(
+        &dir,
+        Some(&master),
+        &SigningKey::from_bytes(&[8; 32]).verifying_key(),
+        |_, _| {},
+    );
+    println!(
+        "verify: {} records, clean={}, {:.2} s",
+        report.records,
+        report.is_clean(),
+        s.elapsed().as_secs_f64()
+    );
+}
