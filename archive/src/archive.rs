@@ -202,6 +202,7 @@ pub struct ChainEntry {
     pub record: Option<Record>,
 }
 
+#[allow(clippy::large_enum_variant)] // moved once through the channel; see NewRecord
 enum Cmd {
     Append(
         NewRecord,
@@ -512,6 +513,9 @@ fn indexer_loop(
     }
 }
 
+/// A segment's header bytes (the AAD prefix) and its cipher, `None` if shredded.
+type SegmentAccess = ([u8; HEADER_LEN], Option<Aes256Gcm>);
+
 /// Read-only access to an archive, safe beside a serving process: it takes no
 /// lock and stops cleanly at the last complete record.
 pub struct ArchiveReader {
@@ -520,7 +524,7 @@ pub struct ArchiveReader {
     master: MasterKey,
     meta: Meta,
     index: Mutex<Option<BlindIndexReader>>,
-    segments: Mutex<HashMap<u64, ([u8; HEADER_LEN], Option<Aes256Gcm>)>>,
+    segments: Mutex<HashMap<u64, SegmentAccess>>,
 }
 
 impl ArchiveReader {
@@ -579,7 +583,7 @@ impl ArchiveReader {
         Ok(hits)
     }
 
-    fn segment(&self, id: u64) -> Result<([u8; HEADER_LEN], Option<Aes256Gcm>), ReadError> {
+    fn segment(&self, id: u64) -> Result<SegmentAccess, ReadError> {
         let mut cache = self.segments.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = cache.get(&id) {
             return Ok(s.clone());

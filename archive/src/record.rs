@@ -128,6 +128,9 @@ pub enum EventRecord {
 }
 
 /// What a caller asks the archive to store.
+// Not boxed: a record is built once and moved into the writer; boxing would
+// add an allocation per message for no saving.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NewRecord {
     Message(MessageRecord),

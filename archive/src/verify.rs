@@ -505,16 +505,15 @@ mod tests {
             let recs: Vec<(usize, usize, bool)> = frames(&orig).into_iter().filter(|f| f.2).collect();
             let i = pick.index(recs.len());
             let (a, b, _) = recs[i];
-            let expected_at;
-            match op {
+            let expected_at = match op {
                 0 => {
                     s.tamper(&name, |v| { v.drain(a..b); });
-                    expected_at = a;
+                    a
                 }
                 1 => {
                     let copy = orig[a..b].to_vec();
                     s.tamper(&name, |v| { v.splice(b..b, copy); });
-                    expected_at = b;
+                    b
                 }
                 _ => {
                     prop_assume!(i + 1 < recs.len());
@@ -523,9 +522,9 @@ mod tests {
                     let mut swapped = orig[c..d].to_vec();
                     swapped.extend_from_slice(&orig[a..b]);
                     s.tamper(&name, |v| { v.splice(a..d, swapped); });
-                    expected_at = a;
+                    a
                 }
-            }
+            };
             let r = check(&s, &m, &k);
             prop_assert!(!r.is_clean());
             let first = &r.problems[0];

@@ -2,6 +2,8 @@
 //! near-real-time visibility, a second reader beside the writer, close,
 //! reopen, verify, reindex, and that the index holds no plaintext.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 

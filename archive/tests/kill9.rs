@@ -1,6 +1,8 @@
 //! Kill -9 a process appending under load, many times; after each restart the
 //! archive verifies clean and every acknowledged record is present.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
