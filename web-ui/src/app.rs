@@ -78,15 +78,26 @@ impl App {
     /// [`App::catch_up_blocking`] off the async executor.
     pub async fn catch_up(self: &Arc<App>) -> Result<(), AppError> {
         let app = self.clone();
-        tokio::task::spawn_blocking(move || app.catch_up_blocking()).await.map_err(|e| AppError::Internal(e.to_string()))??;
+        tokio::task::spawn_blocking(move || app.catch_up_blocking())
+            .await
+            .map_err(|e| AppError::Internal(e.to_string()))??;
         Ok(())
     }
 
     /// Appends an audit record and waits until it is durable. An action whose
     /// audit record cannot be written is not carried out (callers write the
     /// record first).
-    pub async fn audit(&self, actor: &str, action: &str, detail: serde_json::Value) -> Result<(), AppError> {
-        let rec = NewRecord::Event(EventRecord::Audit { actor: actor.to_string(), action: action.to_string(), detail: detail.to_string() });
+    pub async fn audit(
+        &self,
+        actor: &str,
+        action: &str,
+        detail: serde_json::Value,
+    ) -> Result<(), AppError> {
+        let rec = NewRecord::Event(EventRecord::Audit {
+            actor: actor.to_string(),
+            action: action.to_string(),
+            detail: detail.to_string(),
+        });
         self.archive.append(rec).await?;
         Ok(())
     }
@@ -122,8 +133,13 @@ impl FromRequestParts<Arc<App>> for Authed {
 
     async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Authed, AppError> {
         let id = cookie(&parts.headers, SESSION_COOKIE).ok_or(AppError::Unauthenticated)?;
-        let session = lock(&app.sessions).touch(id).ok_or(AppError::Unauthenticated)?;
-        Ok(Authed { id: id.to_string(), session })
+        let session = lock(&app.sessions)
+            .touch(id)
+            .ok_or(AppError::Unauthenticated)?;
+        Ok(Authed {
+            id: id.to_string(),
+            session,
+        })
     }
 }
 
@@ -134,7 +150,12 @@ pub struct ClientAddr(pub Option<SocketAddr>);
 impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     type Rejection = std::convert::Infallible;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<ClientAddr, Self::Rejection> {
-        Ok(ClientAddr(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0)))
+        Ok(ClientAddr(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0),
+        ))
     }
 }
 
@@ -145,11 +166,21 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 async fn security_headers(req: Request, next: Next) -> Response {
     let mut res = next.run(req).await;
     let h = res.headers_mut();
-    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
-    h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
     res
 }
 

@@ -34,7 +34,11 @@ pub fn random_token() -> Result<String, getrandom::Error> {
 
 /// Compares without an early exit, so a token is not guessable byte by byte from timing.
 pub fn same_token(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// The live sessions.
@@ -45,17 +49,35 @@ pub struct Sessions {
 
 impl Sessions {
     pub fn new(ttl: Duration) -> Sessions {
-        Sessions { ttl, map: HashMap::new() }
+        Sessions {
+            ttl,
+            map: HashMap::new(),
+        }
     }
 
     /// Starts a session; returns its id.
-    pub fn create(&mut self, user: &str, role: Role, jids: Vec<String>) -> Result<String, getrandom::Error> {
+    pub fn create(
+        &mut self,
+        user: &str,
+        role: Role,
+        jids: Vec<String>,
+    ) -> Result<String, getrandom::Error> {
         let now = Instant::now();
         let ttl = self.ttl;
-        self.map.retain(|_, s| now.duration_since(s.last_seen) < ttl);
+        self.map
+            .retain(|_, s| now.duration_since(s.last_seen) < ttl);
         let id = random_token()?;
         let csrf = random_token()?;
-        self.map.insert(id.clone(), Session { user: user.to_string(), role, jids, csrf, last_seen: now });
+        self.map.insert(
+            id.clone(),
+            Session {
+                user: user.to_string(),
+                role,
+                jids,
+                csrf,
+                last_seen: now,
+            },
+        );
         Ok(id)
     }
 
@@ -135,20 +157,31 @@ impl Default for Throttle {
 
 impl Throttle {
     pub fn new() -> Throttle {
-        Throttle { keys: HashMap::new() }
+        Throttle {
+            keys: HashMap::new(),
+        }
     }
 
     /// How long until any of `keys` may try again, if locked.
     pub fn locked(&self, keys: &[String], now: Instant) -> Option<Duration> {
-        keys.iter().filter_map(|k| self.keys.get(k)?.locked_until).filter(|&t| t > now).map(|t| t - now).max()
+        keys.iter()
+            .filter_map(|k| self.keys.get(k)?.locked_until)
+            .filter(|&t| t > now)
+            .map(|t| t - now)
+            .max()
     }
 
     pub fn fail(&mut self, keys: &[String], now: Instant) {
         if self.keys.len() >= MAX_TRACKED {
-            self.keys.retain(|_, f| now.duration_since(f.last) < FAILURE_MEMORY);
+            self.keys
+                .retain(|_, f| now.duration_since(f.last) < FAILURE_MEMORY);
         }
         for k in keys {
-            let f = self.keys.entry(k.clone()).or_insert(Failures { count: 0, last: now, locked_until: None });
+            let f = self.keys.entry(k.clone()).or_insert(Failures {
+                count: 0,
+                last: now,
+                locked_until: None,
+            });
             if now.duration_since(f.last) >= FAILURE_MEMORY {
                 f.count = 0;
             }
@@ -188,7 +221,9 @@ mod tests {
         t.fail(&k, now);
         assert_eq!(t.locked(&k, now), Some(Duration::from_secs(2)));
         // Another name from the same address is locked too.
-        assert!(t.locked(&["user:b".into(), "ip:127.0.0.1".into()], now).is_some());
+        assert!(t
+            .locked(&["user:b".into(), "ip:127.0.0.1".into()], now)
+            .is_some());
         assert_eq!(t.locked(&k, now + Duration::from_secs(3)), None);
         t.succeed(&k);
         assert_eq!(t.locked(&k, now), None);
@@ -211,7 +246,10 @@ mod tests {
     #[test]
     fn cookie_parsing_and_flags() {
         let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, HeaderValue::from_static("a=1; custos_session=abc; b=2"));
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; custos_session=abc; b=2"),
+        );
         assert_eq!(cookie(&h, SESSION_COOKIE), Some("abc"));
         assert_eq!(cookie(&h, "c"), None);
         let c = set_cookie(SESSION_COOKIE, "v", true, None);

@@ -20,7 +20,10 @@ use fantoccini::{Client, ClientBuilder, Locator};
 pub enum BrowserError {
     // The machine.
     #[error("starting {program}: {source} (install Debian `chromium` and `chromium-driver`)")]
-    Spawn { program: String, source: std::io::Error },
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
     #[error("chromedriver did not accept connections on port {0} within 20 s")]
     DriverStart(u16),
     #[error("finding a free loopback port: {0}")]
@@ -31,16 +34,29 @@ pub enum BrowserError {
     #[error("WebDriver command failed: {0}")]
     Command(#[from] fantoccini::error::CmdError),
     #[error("writing {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The flags every run uses: headless, no sandbox (containers), nothing that
 /// phones home or updates itself, and a profile of our own.
 pub fn chromium_args(profile: &Path) -> Vec<String> {
-    let mut args: Vec<String> = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1400,1000"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut args: Vec<String> = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     args.push(format!("--user-data-dir={}", profile.display()));
     args
 }
@@ -72,10 +88,16 @@ impl Browser {
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|source| BrowserError::Spawn { program: chromedriver.clone(), source })?;
+            .map_err(|source| BrowserError::Spawn {
+                program: chromedriver.clone(),
+                source,
+            })?;
         let mut up = false;
         for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
                 up = true;
                 break;
             }
@@ -86,14 +108,22 @@ impl Browser {
             return Err(BrowserError::DriverStart(port));
         }
         let mut caps = serde_json::Map::new();
-        caps.insert("goog:chromeOptions".into(), serde_json::json!({ "binary": chromium, "args": chromium_args(profile) }));
-        let client = match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new()).capabilities(caps).connect(&format!("http://127.0.0.1:{port}")).await {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = driver.kill().await;
-                return Err(e.into());
-            }
-        };
+        caps.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({ "binary": chromium, "args": chromium_args(profile) }),
+        );
+        let client =
+            match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+                .capabilities(caps)
+                .connect(&format!("http://127.0.0.1:{port}"))
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = driver.kill().await;
+                    return Err(e.into());
+                }
+            };
         Ok(Browser { driver, client })
     }
 
@@ -102,19 +132,45 @@ impl Browser {
     }
 
     /// Signs in through the form at `base` (e.g. `http://127.0.0.1:8080`).
-    pub async fn sign_in(&self, base: &str, user: &str, password: &str) -> Result<(), BrowserError> {
+    pub async fn sign_in(
+        &self,
+        base: &str,
+        user: &str,
+        password: &str,
+    ) -> Result<(), BrowserError> {
         self.client.goto(&format!("{base}/login")).await?;
-        self.client.wait().at_most(Duration::from_secs(10)).for_element(Locator::Id("user")).await?.send_keys(user).await?;
-        self.client.find(Locator::Id("password")).await?.send_keys(password).await?;
-        self.client.find(Locator::Id("sign-in")).await?.click().await?;
-        self.client.wait().at_most(Duration::from_secs(10)).for_element(Locator::Id("sign-out")).await?;
+        self.client
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Id("user"))
+            .await?
+            .send_keys(user)
+            .await?;
+        self.client
+            .find(Locator::Id("password"))
+            .await?
+            .send_keys(password)
+            .await?;
+        self.client
+            .find(Locator::Id("sign-in"))
+            .await?
+            .click()
+            .await?;
+        self.client
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Id("sign-out"))
+            .await?;
         Ok(())
     }
 
     /// Saves a PNG of the viewport to `path` (directories created).
     pub async fn screenshot(&self, path: &Path) -> Result<(), BrowserError> {
         let png = self.client.screenshot().await?;
-        let werr = |source| BrowserError::Write { path: path.to_path_buf(), source };
+        let werr = |source| BrowserError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(werr)?;
         }

@@ -17,7 +17,12 @@ pub fn bar_chart(title: &str, series: &[(&str, &str)], bars: &[Bar]) -> Markup {
     const BOTTOM: u64 = 28;
     const TOP: u64 = 12;
     let plot_h = H - BOTTOM - TOP;
-    let max = bars.iter().map(|b| b.values.iter().sum::<u64>()).max().unwrap_or(0).max(1);
+    let max = bars
+        .iter()
+        .map(|b| b.values.iter().sum::<u64>())
+        .max()
+        .unwrap_or(0)
+        .max(1);
     let scale_max = nice_ceiling(max);
     let n = bars.len().max(1) as u64;
     let slot = (W - LEFT - 8) / n;
@@ -67,7 +72,8 @@ pub fn bar_chart(title: &str, series: &[(&str, &str)], bars: &[Bar]) -> Markup {
 /// land on whole, round numbers.
 fn nice_ceiling(v: u64) -> u64 {
     let mut p = 1u64;
-    while let (Some(a), Some(b), Some(c)) = (p.checked_mul(4), p.checked_mul(8), p.checked_mul(20)) {
+    while let (Some(a), Some(b), Some(c)) = (p.checked_mul(4), p.checked_mul(8), p.checked_mul(20))
+    {
         for candidate in [a, b, c] {
             if candidate >= v {
                 return candidate;
@@ -96,13 +102,26 @@ mod tests {
 
     #[test]
     fn bars_have_heights_proportional_to_values_and_labels_are_escaped() {
-        let bars = vec![Bar { label: "<b>".into(), values: vec![10, 10] }, Bar { label: "d2".into(), values: vec![5, 0] }];
+        let bars = vec![
+            Bar {
+                label: "<b>".into(),
+                values: vec![10, 10],
+            },
+            Bar {
+                label: "d2".into(),
+                values: vec![5, 0],
+            },
+        ];
         let svg = bar_chart("Volume", &[("Allowed", "s0"), ("Flagged", "s1")], &bars).into_string();
         assert!(svg.contains("&lt;b&gt;") && !svg.contains("<b>"));
         // Scale 20 over a 180 px plot: 10 → 90 px, 5 → 45 px.
         assert!(svg.contains("height=\"90\""), "{svg}");
         assert!(svg.contains("height=\"45\""), "{svg}");
         let plot = svg.split("</svg>").next().unwrap();
-        assert_eq!(plot.matches("<rect class=").count(), 3, "zero-height segments are not drawn");
+        assert_eq!(
+            plot.matches("<rect class=").count(),
+            3,
+            "zero-height segments are not drawn"
+        );
     }
 }

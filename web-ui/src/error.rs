@@ -8,7 +8,10 @@ use axum::response::{IntoResponse, Response};
 pub enum WebError {
     // Configuration.
     #[error("cannot bind the web UI to {addr}: {source}")]
-    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("users file: {0}")]
     Users(#[from] crate::users::UserError),
     // The archive.
@@ -68,7 +71,10 @@ impl AppError {
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::NotFound => StatusCode::NOT_FOUND,
             AppError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
-            AppError::Append(_) | AppError::Read(_) | AppError::Search(_) | AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AppError::Append(_)
+            | AppError::Read(_)
+            | AppError::Search(_)
+            | AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -92,8 +98,16 @@ impl IntoResponse for AppError {
         }
         if matches!(self, AppError::Unauthenticated) {
             // A person lands on the sign-in page; nothing was done.
-            return (StatusCode::SEE_OTHER, [(axum::http::header::LOCATION, "/login")]).into_response();
+            return (
+                StatusCode::SEE_OTHER,
+                [(axum::http::header::LOCATION, "/login")],
+            )
+                .into_response();
         }
-        (status, crate::pages::error_page(status, &self.public_message())).into_response()
+        (
+            status,
+            crate::pages::error_page(status, &self.public_message()),
+        )
+            .into_response()
     }
 }

@@ -20,7 +20,9 @@ use crate::auth::{self, LOGIN_COOKIE, SESSION_COOKIE};
 use crate::charts::{bar_chart, Bar};
 use crate::error::AppError;
 use crate::highlight;
-use crate::pages::{self, layout, marked, pager, rules, short_time, status_badge, verdict, Nav, Page};
+use crate::pages::{
+    self, layout, marked, pager, rules, short_time, status_badge, verdict, Nav, Page,
+};
 use crate::roles::{allows, Perm};
 use crate::store::{audit_action, ReviewChange, ReviewStatus};
 use crate::users::{self, Role};
@@ -29,11 +31,25 @@ const CSS: &str = include_str!("../static/app.css");
 const JS: &str = include_str!("../static/app.js");
 
 pub async fn css() -> Response {
-    ([(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "max-age=300")], CSS).into_response()
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        CSS,
+    )
+        .into_response()
 }
 
 pub async fn js() -> Response {
-    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "max-age=300")], JS).into_response()
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        JS,
+    )
+        .into_response()
 }
 
 // ---------------------------------------------------------------- sign-in
@@ -51,7 +67,12 @@ pub struct LoginForm {
     csrf: String,
 }
 
-pub async fn login(State(app): State<Arc<App>>, ClientAddr(addr): ClientAddr, headers: HeaderMap, Form(f): Form<LoginForm>) -> Result<Response, AppError> {
+pub async fn login(
+    State(app): State<Arc<App>>,
+    ClientAddr(addr): ClientAddr,
+    headers: HeaderMap,
+    Form(f): Form<LoginForm>,
+) -> Result<Response, AppError> {
     // Double-submit: the form's token must equal the cookie set with the form,
     // which another site can neither read nor set (SameSite=Strict, HttpOnly).
     let expected = auth::cookie(&headers, LOGIN_COOKIE).ok_or(AppError::Csrf)?;
@@ -77,17 +98,43 @@ pub async fn login(State(app): State<Arc<App>>, ClientAddr(addr): ClientAddr, he
     .map_err(|e| AppError::Internal(e.to_string()))?;
     let Some(user) = found else {
         lock(&app.throttle).fail(&keys, Instant::now());
-        app.audit(&f.user, audit_action::SIGN_IN_FAILED, json!({ "client": addr.map(|a| a.ip().to_string()) })).await?;
-        return Ok((StatusCode::UNAUTHORIZED, pages::login(&f.csrf, Some("Unknown account or wrong password."))).into_response());
+        app.audit(
+            &f.user,
+            audit_action::SIGN_IN_FAILED,
+            json!({ "client": addr.map(|a| a.ip().to_string()) }),
+        )
+        .await?;
+        return Ok((
+            StatusCode::UNAUTHORIZED,
+            pages::login(&f.csrf, Some("Unknown account or wrong password.")),
+        )
+            .into_response());
     };
     lock(&app.throttle).succeed(&keys);
-    app.audit(&user.name, audit_action::SIGN_IN, json!({ "role": user.role.as_str(), "client": addr.map(|a| a.ip().to_string()) })).await?;
-    let id = lock(&app.sessions).create(&user.name, user.role, user.jids).map_err(|e| AppError::Internal(e.to_string()))?;
+    app.audit(
+        &user.name,
+        audit_action::SIGN_IN,
+        json!({ "role": user.role.as_str(), "client": addr.map(|a| a.ip().to_string()) }),
+    )
+    .await?;
+    let id = lock(&app.sessions)
+        .create(&user.name, user.role, user.jids)
+        .map_err(|e| AppError::Internal(e.to_string()))?;
     let session = auth::set_cookie(SESSION_COOKIE, &id, app.cfg.secure_cookies, None);
     let clear = auth::set_cookie(LOGIN_COOKIE, "", app.cfg.secure_cookies, Some(0));
     let mut res = Redirect::to("/").into_response();
-    res.headers_mut().append(header::SET_COOKIE, session.parse().map_err(|_| AppError::Internal("cookie".into()))?);
-    res.headers_mut().append(header::SET_COOKIE, clear.parse().map_err(|_| AppError::Internal("cookie".into()))?);
+    res.headers_mut().append(
+        header::SET_COOKIE,
+        session
+            .parse()
+            .map_err(|_| AppError::Internal("cookie".into()))?,
+    );
+    res.headers_mut().append(
+        header::SET_COOKIE,
+        clear
+            .parse()
+            .map_err(|_| AppError::Internal("cookie".into()))?,
+    );
     Ok(res)
 }
 
@@ -96,10 +143,15 @@ pub struct CsrfForm {
     csrf: String,
 }
 
-pub async fn logout(State(app): State<Arc<App>>, a: Authed, Form(f): Form<CsrfForm>) -> Result<Response, AppError> {
+pub async fn logout(
+    State(app): State<Arc<App>>,
+    a: Authed,
+    Form(f): Form<CsrfForm>,
+) -> Result<Response, AppError> {
     a.require(Perm::Read)?;
     a.check_csrf(&f.csrf)?;
-    app.audit(&a.session.user, audit_action::SIGN_OUT, json!({})).await?;
+    app.audit(&a.session.user, audit_action::SIGN_OUT, json!({}))
+        .await?;
     lock(&app.sessions).end(&a.id);
     let clear = auth::set_cookie(SESSION_COOKIE, "", app.cfg.secure_cookies, Some(0));
     Ok(([(header::SET_COOKIE, clear)], Redirect::to("/login")).into_response())
@@ -133,12 +185,25 @@ pub struct SearchForm {
 /// A filter value as one query token: whitespace and quotes would let a
 /// value start a new clause, so they are dropped.
 fn token(v: &str) -> String {
-    v.chars().filter(|c| !c.is_whitespace() && *c != '"').collect()
+    v.chars()
+        .filter(|c| !c.is_whitespace() && *c != '"')
+        .collect()
 }
 
 impl SearchForm {
     fn is_empty(&self) -> bool {
-        [&self.q, &self.participant, &self.direction, &self.since, &self.until, &self.rule, &self.action].iter().all(|s| s.trim().is_empty()) && self.flagged.is_none()
+        [
+            &self.q,
+            &self.participant,
+            &self.direction,
+            &self.since,
+            &self.until,
+            &self.rule,
+            &self.action,
+        ]
+        .iter()
+        .all(|s| s.trim().is_empty())
+            && self.flagged.is_none()
     }
 
     /// The archive query the form stands for.
@@ -157,21 +222,37 @@ impl SearchForm {
         add("action", &self.action);
         if !self.until.trim().is_empty() {
             // The form's end date is inclusive; `before:` is exclusive.
-            let t = Timestamp::parse(self.until.trim()).map_err(|_| AppError::BadRequest(format!("bad end date {:?}: use YYYY-MM-DD", self.until)))?;
-            q.push(format!("before:{}", Timestamp(t.0.saturating_add(86_400_000))));
+            let t = Timestamp::parse(self.until.trim()).map_err(|_| {
+                AppError::BadRequest(format!("bad end date {:?}: use YYYY-MM-DD", self.until))
+            })?;
+            q.push(format!(
+                "before:{}",
+                Timestamp(t.0.saturating_add(86_400_000))
+            ));
         }
         if self.flagged.is_some() {
             q.push("-action:allow".into());
         }
-        Ok(q.into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>().join(" "))
+        Ok(q.into_iter()
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join(" "))
     }
 
     fn pairs(&self) -> Vec<(String, String)> {
-        let mut p: Vec<(String, String)> = [("q", &self.q), ("participant", &self.participant), ("direction", &self.direction), ("since", &self.since), ("until", &self.until), ("rule", &self.rule), ("action", &self.action)]
-            .into_iter()
-            .filter(|(_, v)| !v.is_empty())
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect();
+        let mut p: Vec<(String, String)> = [
+            ("q", &self.q),
+            ("participant", &self.participant),
+            ("direction", &self.direction),
+            ("since", &self.since),
+            ("until", &self.until),
+            ("rule", &self.rule),
+            ("action", &self.action),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
         if self.flagged.is_some() {
             p.push(("flagged".into(), "1".into()));
         }
@@ -186,10 +267,17 @@ const MAX_PAGE: usize = 200;
 
 async fn run_search(app: &Arc<App>, query: String, limit: usize) -> Result<Vec<Hit>, AppError> {
     let app = app.clone();
-    tokio::task::spawn_blocking(move || app.archive.search(&query, limit)).await.map_err(|e| AppError::Internal(e.to_string()))?.map_err(AppError::from)
+    tokio::task::spawn_blocking(move || app.archive.search(&query, limit))
+        .await
+        .map_err(|e| AppError::Internal(e.to_string()))?
+        .map_err(AppError::from)
 }
 
-pub async fn search(State(app): State<Arc<App>>, a: Authed, Query(f): Query<SearchForm>) -> Result<Page, AppError> {
+pub async fn search(
+    State(app): State<Arc<App>>,
+    a: Authed,
+    Query(f): Query<SearchForm>,
+) -> Result<Page, AppError> {
     a.require(Perm::Read)?;
     let page = f.page.min(MAX_PAGE);
     let mut results = None;
@@ -197,12 +285,18 @@ pub async fn search(State(app): State<Arc<App>>, a: Authed, Query(f): Query<Sear
     if !f.is_empty() {
         match f.query() {
             Ok(query) => {
-                app.audit(&a.session.user, audit_action::SEARCH, json!({ "query": query, "page": page })).await?;
+                app.audit(
+                    &a.session.user,
+                    audit_action::SEARCH,
+                    json!({ "query": query, "page": page }),
+                )
+                .await?;
                 match run_search(&app, query, (page + 1) * PAGE + 1).await {
                     Ok(mut hits) => {
                         hits.reverse();
                         let has_next = hits.len() > (page + 1) * PAGE;
-                        let shown: Vec<Hit> = hits.into_iter().skip(page * PAGE).take(PAGE).collect();
+                        let shown: Vec<Hit> =
+                            hits.into_iter().skip(page * PAGE).take(PAGE).collect();
                         results = Some((shown, has_next));
                     }
                     Err(AppError::BadRequest(m)) => error = Some(m),
@@ -275,17 +369,36 @@ pub async fn search(State(app): State<Arc<App>>, a: Authed, Query(f): Query<Sear
 /// Up to this many hits per export download.
 const EXPORT_LIMIT: usize = 10_000;
 
-pub async fn export(State(app): State<Arc<App>>, a: Authed, Query(f): Query<SearchForm>) -> Result<Response, AppError> {
+pub async fn export(
+    State(app): State<Arc<App>>,
+    a: Authed,
+    Query(f): Query<SearchForm>,
+) -> Result<Response, AppError> {
     a.require(Perm::Read)?;
     let query = f.query()?;
     let hits = run_search(&app, query.clone(), EXPORT_LIMIT).await?;
-    app.audit(&a.session.user, audit_action::EXPORT, json!({ "query": query, "count": hits.len() })).await?;
+    app.audit(
+        &a.session.user,
+        audit_action::EXPORT,
+        json!({ "query": query, "count": hits.len() }),
+    )
+    .await?;
     let mut out = String::new();
     for h in &hits {
         out.push_str(&serde_json::to_string(h).map_err(|e| AppError::Internal(e.to_string()))?);
         out.push('\n');
     }
-    Ok(([(header::CONTENT_TYPE, "application/x-ndjson"), (header::CONTENT_DISPOSITION, "attachment; filename=\"custos-search.jsonl\"")], out).into_response())
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"custos-search.jsonl\"",
+            ),
+        ],
+        out,
+    )
+        .into_response())
 }
 
 // ---------------------------------------------------------------- conversation
@@ -293,38 +406,61 @@ pub async fn export(State(app): State<Arc<App>>, a: Authed, Query(f): Query<Sear
 /// Messages shown on each side of the hit.
 const CONTEXT: usize = 25;
 
-pub async fn conversation(State(app): State<Arc<App>>, a: Authed, Path(seq): Path<u64>) -> Result<Page, AppError> {
+pub async fn conversation(
+    State(app): State<Arc<App>>,
+    a: Authed,
+    Path(seq): Path<u64>,
+) -> Result<Page, AppError> {
     a.require(Perm::Read)?;
-    let around: Vec<(u64, u64, u64)> = read(&app.store).conversation_around(seq, CONTEXT, CONTEXT).iter().map(|m| (m.seq, m.segment, m.offset)).collect();
-    if around.is_empty() {
-        // Indexed but not yet tailed? Catch up once before giving up.
-        app.catch_up().await?;
-    }
+    // The context may include messages sent since the last tail scan.
+    app.catch_up().await?;
     let (around, meta) = {
         let store = read(&app.store);
-        let around: Vec<(u64, u64, u64)> = store.conversation_around(seq, CONTEXT, CONTEXT).iter().map(|m| (m.seq, m.segment, m.offset)).collect();
-        let meta: BTreeMap<u64, (Option<String>, Option<String>)> = around.iter().filter_map(|&(s, _, _)| store.message(s).map(|m| (s, (m.severity.clone(), m.e2ee.clone())))).collect();
+        let around: Vec<(u64, u64, u64)> = store
+            .conversation_around(seq, CONTEXT, CONTEXT)
+            .iter()
+            .map(|m| (m.seq, m.segment, m.offset))
+            .collect();
+        let meta: BTreeMap<u64, (Option<String>, Option<String>)> = around
+            .iter()
+            .filter_map(|&(s, _, _)| {
+                store
+                    .message(s)
+                    .map(|m| (s, (m.severity.clone(), m.e2ee.clone())))
+            })
+            .collect();
         (around, meta)
     };
     if around.is_empty() {
         return Err(AppError::NotFound);
     }
-    app.audit(&a.session.user, audit_action::VIEW, json!({ "seq": seq })).await?;
+    app.audit(&a.session.user, audit_action::VIEW, json!({ "seq": seq }))
+        .await?;
     let app2 = app.clone();
-    let records: Vec<Record> = tokio::task::spawn_blocking(move || around.iter().map(|&(_, seg, off)| app2.archive.reader().record_at(seg, off)).collect::<Result<Vec<_>, _>>())
-        .await
-        .map_err(|e| AppError::Internal(e.to_string()))??;
+    let records: Vec<Record> = tokio::task::spawn_blocking(move || {
+        around
+            .iter()
+            .map(|&(_, seg, off)| app2.archive.reader().record_at(seg, off))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| AppError::Internal(e.to_string()))??;
     let review = read(&app.store).review(seq).cloned();
     let hit_meta = read(&app.store).message(seq).cloned();
-    let own = hit_meta.as_ref().is_some_and(|m| m.involves(&a.session.jids));
-    let title = hit_meta.as_ref().map(|m| m.conversation.clone()).unwrap_or_default();
+    let own = hit_meta
+        .as_ref()
+        .is_some_and(|m| m.involves(&a.session.jids));
+    let title = hit_meta
+        .as_ref()
+        .map(|m| m.conversation.clone())
+        .unwrap_or_default();
     Ok(layout(
         "Conversation",
         Some(&a.session),
         Nav::Search,
         html! {
             h1 { "Conversation" }
-            p.muted.conv-key { (title.replacen("chat ", "", 1).replacen("room ", "room ", 1).replace(' ', " · ")) }
+            p.muted.conv-key { (title.strip_prefix("chat ").unwrap_or(&title).replace(' ', " · ")) }
             div.conversation {
                 @for r in &records {
                     @if let NewRecord::Message(m) = &r.content {
@@ -419,9 +555,17 @@ pub struct QueueFilter {
     page: usize,
 }
 
-pub async fn queue(State(app): State<Arc<App>>, a: Authed, Query(f): Query<QueueFilter>) -> Result<Page, AppError> {
+pub async fn queue(
+    State(app): State<Arc<App>>,
+    a: Authed,
+    Query(f): Query<QueueFilter>,
+) -> Result<Page, AppError> {
     a.require(Perm::Read)?;
-    let status = if f.status.is_empty() { "open".to_string() } else { f.status.clone() };
+    let status = if f.status.is_empty() {
+        "open".to_string()
+    } else {
+        f.status.clone()
+    };
     let rows: Vec<_> = {
         let store = read(&app.store);
         store
@@ -438,8 +582,10 @@ pub async fn queue(State(app): State<Arc<App>>, a: Authed, Query(f): Query<Queue
                 _ => true,
             })
             .filter_map(|i| store.message(i.seq).map(|m| (i.clone(), m.clone())))
-            .filter(|(_, m)| f.rule.is_empty() || m.rules.iter().any(|r| *r == f.rule))
-            .filter(|(_, m)| f.severity.is_empty() || m.severity.as_deref() == Some(f.severity.as_str()))
+            .filter(|(_, m)| f.rule.is_empty() || m.rules.contains(&f.rule))
+            .filter(|(_, m)| {
+                f.severity.is_empty() || m.severity.as_deref() == Some(f.severity.as_str())
+            })
             .collect()
     };
     let (all_rules, all_sev): (Vec<String>, Vec<String>) = {
@@ -463,8 +609,20 @@ pub async fn queue(State(app): State<Arc<App>>, a: Authed, Query(f): Query<Queue
     let total = rows.len();
     let rows: Vec<_> = rows.into_iter().skip(page * PAGE).take(PAGE).collect();
     let can_review = allows(a.session.role, Perm::Review);
-    let pairs: Vec<(String, String)> = [("status", &status), ("rule", &f.rule), ("severity", &f.severity), ("kind", &f.kind)].into_iter().filter(|(_, v)| !v.is_empty()).map(|(k, v)| (k.to_string(), v.clone())).collect();
-    let back = format!("/queue?{}", serde_urlencoded::to_string(&pairs).unwrap_or_default());
+    let pairs: Vec<(String, String)> = [
+        ("status", &status),
+        ("rule", &f.rule),
+        ("severity", &f.severity),
+        ("kind", &f.kind),
+    ]
+    .into_iter()
+    .filter(|(_, v)| !v.is_empty())
+    .map(|(k, v)| (k.to_string(), v.clone()))
+    .collect();
+    let back = format!(
+        "/queue?{}",
+        serde_urlencoded::to_string(&pairs).unwrap_or_default()
+    );
     Ok(layout(
         "Review queue",
         Some(&a.session),
@@ -536,45 +694,83 @@ pub async fn queue(State(app): State<Arc<App>>, a: Authed, Query(f): Query<Queue
 /// Longest review comment kept.
 const MAX_COMMENT: usize = 4000;
 
-pub async fn queue_action(State(app): State<Arc<App>>, a: Authed, Form(pairs): Form<Vec<(String, String)>>) -> Result<Response, AppError> {
+pub async fn queue_action(
+    State(app): State<Arc<App>>,
+    a: Authed,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Result<Response, AppError> {
     a.require(Perm::Review)?;
     let field = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     a.check_csrf(field("csrf").unwrap_or(""))?;
-    let mut seqs: Vec<u64> = pairs.iter().filter(|(k, _)| k == "seq").map(|(_, v)| v.parse::<u64>().map_err(|_| AppError::BadRequest(format!("bad item {v:?}")))).collect::<Result<_, _>>()?;
+    let mut seqs: Vec<u64> = pairs
+        .iter()
+        .filter(|(k, _)| k == "seq")
+        .map(|(_, v)| {
+            v.parse::<u64>()
+                .map_err(|_| AppError::BadRequest(format!("bad item {v:?}")))
+        })
+        .collect::<Result<_, _>>()?;
     seqs.sort_unstable();
     seqs.dedup();
     if seqs.is_empty() {
         return Err(AppError::BadRequest("select at least one item".into()));
     }
-    let comment: String = field("comment").unwrap_or("").trim().chars().take(MAX_COMMENT).collect();
+    let comment: String = field("comment")
+        .unwrap_or("")
+        .trim()
+        .chars()
+        .take(MAX_COMMENT)
+        .collect();
     let change = match field("op").unwrap_or("") {
-        "assign-me" => ReviewChange::Assign { seqs: seqs.clone(), assignee: Some(a.session.user.clone()) },
-        "unassign" => ReviewChange::Assign { seqs: seqs.clone(), assignee: None },
+        "assign-me" => ReviewChange::Assign {
+            seqs: seqs.clone(),
+            assignee: Some(a.session.user.clone()),
+        },
+        "unassign" => ReviewChange::Assign {
+            seqs: seqs.clone(),
+            assignee: None,
+        },
         op => {
-            let status = ReviewStatus::parse(op).filter(|s| *s != ReviewStatus::Open).ok_or_else(|| AppError::BadRequest(format!("unknown action {op:?}")))?;
+            let status = ReviewStatus::parse(op)
+                .filter(|s| *s != ReviewStatus::Open)
+                .ok_or_else(|| AppError::BadRequest(format!("unknown action {op:?}")))?;
             if comment.is_empty() {
-                return Err(AppError::BadRequest("a review needs a comment saying what was checked and decided".into()));
+                return Err(AppError::BadRequest(
+                    "a review needs a comment saying what was checked and decided".into(),
+                ));
             }
-            ReviewChange::Status { seqs: seqs.clone(), status, comment }
+            ReviewChange::Status {
+                seqs: seqs.clone(),
+                status,
+                comment,
+            }
         }
     };
     {
         let store = read(&app.store);
         for s in &seqs {
             if store.review(*s).is_none() {
-                return Err(AppError::BadRequest(format!("message {s} is not in the review queue")));
+                return Err(AppError::BadRequest(format!(
+                    "message {s} is not in the review queue"
+                )));
             }
             // Nobody reviews their own messages (FINRA 3110: independent review).
-            if store.message(*s).is_some_and(|m| m.involves(&a.session.jids)) {
+            if store
+                .message(*s)
+                .is_some_and(|m| m.involves(&a.session.jids))
+            {
                 return Err(AppError::SelfReview);
             }
         }
     }
     let detail = serde_json::to_value(&change).map_err(|e| AppError::Internal(e.to_string()))?;
-    app.audit(&a.session.user, audit_action::REVIEW, detail).await?;
+    app.audit(&a.session.user, audit_action::REVIEW, detail)
+        .await?;
     // State changes by reading the record back from the log, like at start.
     app.catch_up().await?;
-    let back = field("back").filter(|b| b.starts_with('/') && !b.starts_with("//")).unwrap_or("/queue");
+    let back = field("back")
+        .filter(|b| b.starts_with('/') && !b.starts_with("//"))
+        .unwrap_or("/queue");
     Ok(Redirect::to(back).into_response())
 }
 
@@ -598,10 +794,19 @@ pub async fn dashboard(State(app): State<Arc<App>>, a: Authed) -> Result<Page, A
             if day < first {
                 break;
             }
-            let Some(slot) = usize::try_from(day - first).ok().and_then(|i| volume.get_mut(i)) else { continue };
+            let Some(slot) = usize::try_from(day - first)
+                .ok()
+                .and_then(|i| volume.get_mut(i))
+            else {
+                continue;
+            };
             slot[usize::from(m.action != Action::Allow)] += 1;
             for r in &m.rules {
-                if let Some(c) = hits.entry(r.clone()).or_insert_with(|| vec![0; DAYS as usize]).get_mut(usize::try_from(day - first).unwrap_or(0)) {
+                if let Some(c) = hits
+                    .entry(r.clone())
+                    .or_insert_with(|| vec![0; DAYS as usize])
+                    .get_mut(usize::try_from(day - first).unwrap_or(0))
+                {
                     *c += 1;
                 }
             }
@@ -626,13 +831,32 @@ pub async fn dashboard(State(app): State<Arc<App>>, a: Authed) -> Result<Page, A
         let t = Timestamp((first + i as i64) * DAY_MS).to_string();
         t.get(5..10).unwrap_or("").to_string()
     };
-    let volume_bars: Vec<Bar> = volume.iter().enumerate().map(|(i, v)| Bar { label: label(i), values: v.to_vec() }).collect();
+    let volume_bars: Vec<Bar> = volume
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Bar {
+            label: label(i),
+            values: v.to_vec(),
+        })
+        .collect();
     let mut top: Vec<(String, Vec<u64>)> = hits.into_iter().collect();
     top.sort_by_key(|(_, v)| std::cmp::Reverse(v.iter().sum::<u64>()));
     let shown: Vec<(String, Vec<u64>)> = top.iter().take(4).cloned().collect();
     let classes = ["s1", "s2", "s3", "s4"];
-    let series: Vec<(&str, &str)> = shown.iter().zip(classes).map(|((n, _), c)| (n.as_str(), c)).collect();
-    let hit_bars: Vec<Bar> = (0..DAYS as usize).map(|i| Bar { label: label(i), values: shown.iter().map(|(_, v)| v.get(i).copied().unwrap_or(0)).collect() }).collect();
+    let series: Vec<(&str, &str)> = shown
+        .iter()
+        .zip(classes)
+        .map(|((n, _), c)| (n.as_str(), c))
+        .collect();
+    let hit_bars: Vec<Bar> = (0..DAYS as usize)
+        .map(|i| Bar {
+            label: label(i),
+            values: shown
+                .iter()
+                .map(|(_, v)| v.get(i).copied().unwrap_or(0))
+                .collect(),
+        })
+        .collect();
     let today_total: u64 = volume.last().map_or(0, |v| v[0] + v[1]);
     let today_flagged: u64 = volume.last().map_or(0, |v| v[1]);
     Ok(layout(
@@ -680,14 +904,26 @@ pub struct PageQuery {
     page: usize,
 }
 
-pub async fn audit(State(app): State<Arc<App>>, a: Authed, Query(p): Query<PageQuery>) -> Result<Page, AppError> {
+pub async fn audit(
+    State(app): State<Arc<App>>,
+    a: Authed,
+    Query(p): Query<PageQuery>,
+) -> Result<Page, AppError> {
     a.require(Perm::Audit)?;
     app.catch_up().await?;
     const N: usize = 50;
     let (entries, has_next) = {
         let store = read(&app.store);
         let all = store.audit();
-        (all.iter().rev().skip(p.page * N).take(N).cloned().collect::<Vec<_>>(), all.len() > (p.page + 1) * N)
+        (
+            all.iter()
+                .rev()
+                .skip(p.page * N)
+                .take(N)
+                .cloned()
+                .collect::<Vec<_>>(),
+            all.len() > (p.page + 1) * N,
+        )
     };
     Ok(layout(
         "Audit trail",
@@ -713,7 +949,8 @@ pub async fn audit(State(app): State<Arc<App>>, a: Authed, Query(p): Query<PageQ
 
 pub async fn users(State(app): State<Arc<App>>, a: Authed) -> Result<Page, AppError> {
     a.require(Perm::ManageUsers)?;
-    let list = users::load_users(&app.cfg.users_file).map_err(|e| AppError::Internal(e.to_string()))?;
+    let list =
+        users::load_users(&app.cfg.users_file).map_err(|e| AppError::Internal(e.to_string()))?;
     Ok(users_page(&a, &list, None))
 }
 
@@ -767,20 +1004,51 @@ pub struct UserForm {
     jids: String,
 }
 
-pub async fn user_add(State(app): State<Arc<App>>, a: Authed, Form(f): Form<UserForm>) -> Result<Response, AppError> {
+pub async fn user_add(
+    State(app): State<Arc<App>>,
+    a: Authed,
+    Form(f): Form<UserForm>,
+) -> Result<Response, AppError> {
     a.require(Perm::ManageUsers)?;
     a.check_csrf(&f.csrf)?;
-    let role: Role = f.role.parse().map_err(|e: users::UserError| AppError::BadRequest(e.to_string()))?;
-    let jids: Vec<String> = f.jids.split(',').map(str::trim).filter(|j| !j.is_empty()).map(String::from).collect();
-    app.audit(&a.session.user, audit_action::USER_ADD, json!({ "name": f.name, "role": role.as_str(), "jids": jids })).await?;
+    let role: Role = f
+        .role
+        .parse()
+        .map_err(|e: users::UserError| AppError::BadRequest(e.to_string()))?;
+    let jids: Vec<String> = f
+        .jids
+        .split(',')
+        .map(str::trim)
+        .filter(|j| !j.is_empty())
+        .map(String::from)
+        .collect();
+    app.audit(
+        &a.session.user,
+        audit_action::USER_ADD,
+        json!({ "name": f.name, "role": role.as_str(), "jids": jids }),
+    )
+    .await?;
     let path = app.cfg.users_file.clone();
     let (name, password) = (f.name.clone(), f.password);
-    let result = tokio::task::spawn_blocking(move || users::add_user(&path, &name, role, &password, &jids)).await.map_err(|e| AppError::Internal(e.to_string()))?;
+    let result =
+        tokio::task::spawn_blocking(move || users::add_user(&path, &name, role, &password, &jids))
+            .await
+            .map_err(|e| AppError::Internal(e.to_string()))?;
     match result {
         Ok(()) => Ok(Redirect::to("/users").into_response()),
-        Err(e @ (users::UserError::Exists(_) | users::UserError::BadName(_) | users::UserError::WeakPassword { .. } | users::UserError::BadJid(_))) => {
-            let list = users::load_users(&app.cfg.users_file).map_err(|e| AppError::Internal(e.to_string()))?;
-            Ok((StatusCode::BAD_REQUEST, users_page(&a, &list, Some(&e.to_string()))).into_response())
+        Err(
+            e @ (users::UserError::Exists(_)
+            | users::UserError::BadName(_)
+            | users::UserError::WeakPassword { .. }
+            | users::UserError::BadJid(_)),
+        ) => {
+            let list = users::load_users(&app.cfg.users_file)
+                .map_err(|e| AppError::Internal(e.to_string()))?;
+            Ok((
+                StatusCode::BAD_REQUEST,
+                users_page(&a, &list, Some(&e.to_string())),
+            )
+                .into_response())
         }
         Err(e) => Err(AppError::Internal(e.to_string())),
     }
@@ -792,13 +1060,24 @@ pub struct RemoveForm {
     name: String,
 }
 
-pub async fn user_remove(State(app): State<Arc<App>>, a: Authed, Form(f): Form<RemoveForm>) -> Result<Response, AppError> {
+pub async fn user_remove(
+    State(app): State<Arc<App>>,
+    a: Authed,
+    Form(f): Form<RemoveForm>,
+) -> Result<Response, AppError> {
     a.require(Perm::ManageUsers)?;
     a.check_csrf(&f.csrf)?;
     if f.name == a.session.user {
-        return Err(AppError::BadRequest("you cannot remove your own account".into()));
+        return Err(AppError::BadRequest(
+            "you cannot remove your own account".into(),
+        ));
     }
-    app.audit(&a.session.user, audit_action::USER_REMOVE, json!({ "name": f.name })).await?;
+    app.audit(
+        &a.session.user,
+        audit_action::USER_REMOVE,
+        json!({ "name": f.name }),
+    )
+    .await?;
     users::remove_user(&app.cfg.users_file, &f.name).map_err(|e| match e {
         users::UserError::NotFound(_) => AppError::NotFound,
         other => AppError::Internal(other.to_string()),

@@ -44,7 +44,10 @@ pub const EXCERPT: usize = 280;
 
 /// A window of `text` around its first mark, the marks inside it rebased, and
 /// whether text was cut before / after.
-pub fn excerpt<'a>(text: &'a str, marks: &[(usize, usize)]) -> (&'a str, Vec<(usize, usize)>, bool, bool) {
+pub fn excerpt<'a>(
+    text: &'a str,
+    marks: &[(usize, usize)],
+) -> (&'a str, Vec<(usize, usize)>, bool, bool) {
     if text.len() <= EXCERPT {
         return (text, marks.to_vec(), false, false);
     }
@@ -57,8 +60,17 @@ pub fn excerpt<'a>(text: &'a str, marks: &[(usize, usize)]) -> (&'a str, Vec<(us
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    let inside = marks.iter().filter(|&&(s, e)| s >= start && e <= end).map(|&(s, e)| (s - start, e - start)).collect();
-    (text.get(start..end).unwrap_or(""), inside, start > 0, end < text.len())
+    let inside = marks
+        .iter()
+        .filter(|&&(s, e)| s >= start && e <= end)
+        .map(|&(s, e)| (s - start, e - start))
+        .collect();
+    (
+        text.get(start..end).unwrap_or(""),
+        inside,
+        start > 0,
+        end < text.len(),
+    )
 }
 
 #[cfg(test)]

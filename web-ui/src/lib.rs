@@ -1,4 +1,6 @@
 #![forbid(unsafe_code)]
+// Tests may panic on a broken expectation; the served code may not.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 //! `custos-web-ui`: the review application compliance officers work in.
 //!
 //! ```text
@@ -58,7 +60,13 @@ pub struct WebConfig {
 impl WebConfig {
     /// Defaults: 30 min idle sessions, 1 % sampling, cookies not `Secure`.
     pub fn new(bind: SocketAddr, users_file: PathBuf) -> WebConfig {
-        WebConfig { bind, users_file, session_ttl: Duration::from_secs(30 * 60), sample_rate: 0.01, secure_cookies: false }
+        WebConfig {
+            bind,
+            users_file,
+            session_ttl: Duration::from_secs(30 * 60),
+            sample_rate: 0.01,
+            secure_cookies: false,
+        }
     }
 }
 
@@ -79,8 +87,13 @@ pub async fn bind(cfg: WebConfig, archive: custos_archive::Archive) -> Result<Bo
     let app = tokio::task::spawn_blocking(move || app::App::new(cfg, archive))
         .await
         .map_err(|e| WebError::Serve(std::io::Error::other(e.to_string())))??;
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| WebError::Bind { addr, source })?;
-    Ok(BoundWeb { listener, app: Arc::new(app) })
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| WebError::Bind { addr, source })?;
+    Ok(BoundWeb {
+        listener,
+        app: Arc::new(app),
+    })
 }
 
 impl BoundWeb {
@@ -94,7 +107,10 @@ impl BoundWeb {
     }
 
     /// Serves until `shutdown` resolves, then lets in-flight requests finish.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), WebError> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), WebError> {
         let app = self.app.clone();
         let tail = tokio::spawn(async move {
             let mut tick = tokio::time::interval(TAIL_INTERVAL);
@@ -107,7 +123,10 @@ impl BoundWeb {
             }
         });
         let service = app::router(self.app).into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(self.listener, service).with_graceful_shutdown(shutdown).await.map_err(WebError::Serve);
+        let served = axum::serve(self.listener, service)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(WebError::Serve);
         tail.abort();
         served
     }

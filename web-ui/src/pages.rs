@@ -146,10 +146,17 @@ pub fn marked(text: &str, marks: &[(usize, usize)]) -> Markup {
 /// A pager: previous / next links built from `base` query pairs.
 pub fn pager(path: &str, pairs: &[(String, String)], page: usize, has_next: bool) -> Markup {
     let link = |p: usize| {
-        let mut q: Vec<(String, String)> = pairs.iter().filter(|(k, _)| k != "page").cloned().collect();
+        let mut q: Vec<(String, String)> =
+            pairs.iter().filter(|(k, _)| k != "page").cloned().collect();
         q.push(("page".into(), p.to_string()));
-        format!("{path}?{}", serde_urlencoded::to_string(&q).unwrap_or_default())
+        format!(
+            "{path}?{}",
+            serde_urlencoded::to_string(&q).unwrap_or_default()
+        )
     };
+    if page == 0 && !has_next {
+        return html! {};
+    }
     html! {
         nav.pager {
             @if page > 0 { a.button href=(link(page - 1)) rel="prev" { "← Newer" } } @else { span.button.disabled { "← Newer" } }

@@ -99,7 +99,14 @@ impl ReviewStatus {
     }
 
     pub fn parse(s: &str) -> Option<ReviewStatus> {
-        [ReviewStatus::Open, ReviewStatus::Reviewed, ReviewStatus::Escalated, ReviewStatus::FalsePositive].into_iter().find(|r| r.as_str() == s)
+        [
+            ReviewStatus::Open,
+            ReviewStatus::Reviewed,
+            ReviewStatus::Escalated,
+            ReviewStatus::FalsePositive,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
     }
 
     /// Escalated items still need someone's attention.
@@ -112,8 +119,15 @@ impl ReviewStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "change", rename_all = "kebab-case")]
 pub enum ReviewChange {
-    Status { seqs: Vec<u64>, status: ReviewStatus, comment: String },
-    Assign { seqs: Vec<u64>, assignee: Option<String> },
+    Status {
+        seqs: Vec<u64>,
+        status: ReviewStatus,
+        comment: String,
+    },
+    Assign {
+        seqs: Vec<u64>,
+        assignee: Option<String>,
+    },
 }
 
 /// Audit action names written by the UI.
@@ -230,16 +244,35 @@ impl Store {
                     };
                     let flagged = meta.action != Action::Allow;
                     if flagged || sampled(self.sample_key, meta.seq, self.sample_rate) {
-                        self.reviews.insert(meta.seq, ReviewItem { seq: meta.seq, status: ReviewStatus::Open, assignee: None, sampled: !flagged, history: Vec::new() });
+                        self.reviews.insert(
+                            meta.seq,
+                            ReviewItem {
+                                seq: meta.seq,
+                                status: ReviewStatus::Open,
+                                assignee: None,
+                                sampled: !flagged,
+                                history: Vec::new(),
+                            },
+                        );
                     }
                     self.by_seq.insert(meta.seq, self.messages.len());
                     self.messages.push(meta);
                 }
-                NewRecord::Event(EventRecord::Audit { actor, action, detail }) => {
+                NewRecord::Event(EventRecord::Audit {
+                    actor,
+                    action,
+                    detail,
+                }) => {
                     if action == audit_action::REVIEW {
                         self.apply_review(e.seq, record.time, &actor, &detail);
                     }
-                    self.audit.push(AuditEntry { seq: e.seq, time: record.time, actor, action, detail });
+                    self.audit.push(AuditEntry {
+                        seq: e.seq,
+                        time: record.time,
+                        actor,
+                        action,
+                        detail,
+                    });
                 }
                 NewRecord::Event(_) => {}
             }
@@ -249,18 +282,42 @@ impl Store {
     fn apply_review(&mut self, audit_seq: u64, time: Timestamp, actor: &str, detail: &str) {
         // Audit records are written by this UI; one that does not parse is still
         // shown in the audit page but changes no state.
-        let Ok(change) = serde_json::from_str::<ReviewChange>(detail) else { return };
+        let Ok(change) = serde_json::from_str::<ReviewChange>(detail) else {
+            return;
+        };
         let (seqs, describe, comment) = match &change {
-            ReviewChange::Status { seqs, status, comment } => (seqs, format!("marked {}", status.label().to_lowercase()), comment.clone()),
-            ReviewChange::Assign { seqs, assignee } => (seqs, assignee.as_ref().map_or_else(|| "unassigned".to_string(), |a| format!("assigned to {a}")), String::new()),
+            ReviewChange::Status {
+                seqs,
+                status,
+                comment,
+            } => (
+                seqs,
+                format!("marked {}", status.label().to_lowercase()),
+                comment.clone(),
+            ),
+            ReviewChange::Assign { seqs, assignee } => (
+                seqs,
+                assignee
+                    .as_ref()
+                    .map_or_else(|| "unassigned".to_string(), |a| format!("assigned to {a}")),
+                String::new(),
+            ),
         };
         for seq in seqs {
-            let Some(item) = self.reviews.get_mut(seq) else { continue };
+            let Some(item) = self.reviews.get_mut(seq) else {
+                continue;
+            };
             match &change {
                 ReviewChange::Status { status, .. } => item.status = *status,
                 ReviewChange::Assign { assignee, .. } => item.assignee = assignee.clone(),
             }
-            item.history.push(ReviewEvent { audit_seq, time, actor: actor.to_string(), change: describe.clone(), comment: comment.clone() });
+            item.history.push(ReviewEvent {
+                audit_seq,
+                time,
+                actor: actor.to_string(),
+                change: describe.clone(),
+                comment: comment.clone(),
+            });
         }
     }
 
@@ -286,12 +343,21 @@ impl Store {
 
     /// Up to `before` and `after` messages of the same conversation around `seq`, in order.
     pub fn conversation_around(&self, seq: u64, before: usize, after: usize) -> Vec<&MessageMeta> {
-        let Some(&at) = self.by_seq.get(&seq) else { return Vec::new() };
-        let Some(hit) = self.messages.get(at) else { return Vec::new() };
+        let Some(&at) = self.by_seq.get(&seq) else {
+            return Vec::new();
+        };
+        let Some(hit) = self.messages.get(at) else {
+            return Vec::new();
+        };
         let key = &hit.conversation;
         let head = self.messages.get(..at).unwrap_or_default();
         let tail = self.messages.get(at + 1..).unwrap_or_default();
-        let mut earlier: Vec<&MessageMeta> = head.iter().rev().filter(|m| &m.conversation == key).take(before).collect();
+        let mut earlier: Vec<&MessageMeta> = head
+            .iter()
+            .rev()
+            .filter(|m| &m.conversation == key)
+            .take(before)
+            .collect();
         earlier.reverse();
         earlier.push(hit);
         earlier.extend(tail.iter().filter(|m| &m.conversation == key).take(after));
@@ -319,7 +385,17 @@ mod tests {
             subject: None,
             body: Some("x".into()),
             stanza: Vec::new(),
-            outcome: Outcome { action, rules: if action == Action::Allow { vec![] } else { vec!["r1".into()] }, delivered_body: None, severity: None, e2ee: None },
+            outcome: Outcome {
+                action,
+                rules: if action == Action::Allow {
+                    vec![]
+                } else {
+                    vec!["r1".into()]
+                },
+                delivered_body: None,
+                severity: None,
+                e2ee: None,
+            },
         };
         entry(seq, NewRecord::Message(m))
     }
@@ -334,21 +410,51 @@ mod tests {
             leaf: Default::default(),
             head: Default::default(),
             salt: None,
-            record: Some(Record { seq: RecordSeq(seq), time: Timestamp(seq as i64 * 1000), content }),
+            record: Some(Record {
+                seq: RecordSeq(seq),
+                time: Timestamp(seq as i64 * 1000),
+                content,
+            }),
         }
     }
 
     fn audit(seq: u64, actor: &str, change: &ReviewChange) -> ChainEntry {
         let detail = serde_json::to_string(change).unwrap();
-        entry(seq, NewRecord::Event(EventRecord::Audit { actor: actor.into(), action: audit_action::REVIEW.into(), detail }))
+        entry(
+            seq,
+            NewRecord::Event(EventRecord::Audit {
+                actor: actor.into(),
+                action: audit_action::REVIEW.into(),
+                detail,
+            }),
+        )
     }
 
     #[test]
     fn review_state_follows_audit_records_and_replay_is_idempotent() {
         let mut s = Store::new([7; 16], 0.0);
-        let mut log = vec![msg(1, "a@x/1", "b@x", Action::Flag), msg(2, "b@x/2", "a@x", Action::Allow), msg(3, "c@x/1", "d@x", Action::Block)];
-        log.push(audit(4, "olivia", &ReviewChange::Assign { seqs: vec![1, 3], assignee: Some("olivia".into()) }));
-        log.push(audit(5, "olivia", &ReviewChange::Status { seqs: vec![1], status: ReviewStatus::FalsePositive, comment: "test".into() }));
+        let mut log = vec![
+            msg(1, "a@x/1", "b@x", Action::Flag),
+            msg(2, "b@x/2", "a@x", Action::Allow),
+            msg(3, "c@x/1", "d@x", Action::Block),
+        ];
+        log.push(audit(
+            4,
+            "olivia",
+            &ReviewChange::Assign {
+                seqs: vec![1, 3],
+                assignee: Some("olivia".into()),
+            },
+        ));
+        log.push(audit(
+            5,
+            "olivia",
+            &ReviewChange::Status {
+                seqs: vec![1],
+                status: ReviewStatus::FalsePositive,
+                comment: "test".into(),
+            },
+        ));
         s.apply(log.clone());
         assert!(s.review(2).is_none(), "unflagged and unsampled");
         let one = s.review(1).unwrap();
@@ -367,10 +473,23 @@ mod tests {
     #[test]
     fn conversation_groups_pairs_regardless_of_direction() {
         let mut s = Store::new([0; 16], 0.0);
-        s.apply(vec![msg(1, "a@x/1", "b@x", Action::Allow), msg(2, "c@x/1", "d@x", Action::Allow), msg(3, "B@x/9", "a@x/1", Action::Flag), msg(4, "a@x/2", "b@x", Action::Allow)]);
-        let seqs: Vec<u64> = s.conversation_around(3, 10, 10).iter().map(|m| m.seq).collect();
+        s.apply(vec![
+            msg(1, "a@x/1", "b@x", Action::Allow),
+            msg(2, "c@x/1", "d@x", Action::Allow),
+            msg(3, "B@x/9", "a@x/1", Action::Flag),
+            msg(4, "a@x/2", "b@x", Action::Allow),
+        ]);
+        let seqs: Vec<u64> = s
+            .conversation_around(3, 10, 10)
+            .iter()
+            .map(|m| m.seq)
+            .collect();
         assert_eq!(seqs, vec![1, 3, 4]);
-        let seqs: Vec<u64> = s.conversation_around(3, 0, 1).iter().map(|m| m.seq).collect();
+        let seqs: Vec<u64> = s
+            .conversation_around(3, 0, 1)
+            .iter()
+            .map(|m| m.seq)
+            .collect();
         assert_eq!(seqs, vec![3, 4]);
         assert!(s.conversation_around(99, 5, 5).is_empty());
         assert!(s.message(3).unwrap().involves(&["b@x".to_string()]));
@@ -379,7 +498,10 @@ mod tests {
 
     #[test]
     fn group_chat_is_keyed_by_room() {
-        assert_eq!(conversation_key(Direction::Outbound, "a@x/1", "room@muc.x", "groupchat"), conversation_key(Direction::Inbound, "room@muc.x/bob", "a@x/1", "groupchat"));
+        assert_eq!(
+            conversation_key(Direction::Outbound, "a@x/1", "room@muc.x", "groupchat"),
+            conversation_key(Direction::Inbound, "room@muc.x/bob", "a@x/1", "groupchat")
+        );
     }
 
     proptest! {

@@ -88,11 +88,17 @@ pub enum UserError {
     BadJid(String),
     // The file on disk.
     #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not a valid users file: {reason}")]
     Format { path: PathBuf, reason: String },
     #[error("writing {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     // The platform.
     #[error("hashing the password failed: {0}")]
     Hash(String),
@@ -106,23 +112,40 @@ pub fn load_users(path: &Path) -> Result<Vec<User>, UserError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(UserError::Read { path: path.to_path_buf(), source }),
+        Err(source) => {
+            return Err(UserError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
     };
-    let file: UsersFile = serde_json::from_str(&text).map_err(|e| UserError::Format { path: path.to_path_buf(), reason: e.to_string() })?;
+    let file: UsersFile = serde_json::from_str(&text).map_err(|e| UserError::Format {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
     if file.version != USERS_VERSION {
-        return Err(UserError::Format { path: path.to_path_buf(), reason: format!("unsupported version {}", file.version) });
+        return Err(UserError::Format {
+            path: path.to_path_buf(),
+            reason: format!("unsupported version {}", file.version),
+        });
     }
     Ok(file.users)
 }
 
 fn valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '@'))
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '@'))
 }
 
 /// Normalises a JID for linking: bare, lowercase. Refuses anything that is not `local@domain`-shaped.
 fn normalize_link(jid: &str) -> Result<String, UserError> {
     let bare = custos_archive::query::normalize_jid(custos_archive::query::bare_jid(jid));
-    let ok = !bare.is_empty() && !bare.contains(char::is_whitespace) && !bare.starts_with('@') && !bare.ends_with('@');
+    let ok = !bare.is_empty()
+        && !bare.contains(char::is_whitespace)
+        && !bare.starts_with('@')
+        && !bare.ends_with('@');
     if ok {
         Ok(bare)
     } else {
@@ -132,19 +155,35 @@ fn normalize_link(jid: &str) -> Result<String, UserError> {
 
 /// Adds an account. Refuses duplicates; the file is replaced atomically
 /// (temp file, fsync, rename) and is readable by its owner only.
-pub fn add_user(users_file: &Path, name: &str, role: Role, password: &str, jids: &[String]) -> Result<(), UserError> {
+pub fn add_user(
+    users_file: &Path,
+    name: &str,
+    role: Role,
+    password: &str,
+    jids: &[String],
+) -> Result<(), UserError> {
     if !valid_name(name) {
         return Err(UserError::BadName(name.to_string()));
     }
     if password.chars().count() < MIN_PASSWORD_LEN {
-        return Err(UserError::WeakPassword { min: MIN_PASSWORD_LEN });
+        return Err(UserError::WeakPassword {
+            min: MIN_PASSWORD_LEN,
+        });
     }
-    let jids = jids.iter().map(|j| normalize_link(j)).collect::<Result<Vec<_>, _>>()?;
+    let jids = jids
+        .iter()
+        .map(|j| normalize_link(j))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut users = load_users(users_file)?;
     if users.iter().any(|u| u.name == name) {
         return Err(UserError::Exists(name.to_string()));
     }
-    users.push(User { name: name.to_string(), role, password_hash: hash_password(password)?, jids });
+    users.push(User {
+        name: name.to_string(),
+        role,
+        password_hash: hash_password(password)?,
+        jids,
+    });
     write_users(users_file, users)
 }
 
@@ -160,13 +199,23 @@ pub fn remove_user(users_file: &Path, name: &str) -> Result<(), UserError> {
 }
 
 fn write_users(path: &Path, users: Vec<User>) -> Result<(), UserError> {
-    let werr = |source| UserError::Write { path: path.to_path_buf(), source };
-    let text = serde_json::to_string_pretty(&UsersFile { version: USERS_VERSION, users }).map_err(|e| UserError::Hash(e.to_string()))?;
+    let werr = |source| UserError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let text = serde_json::to_string_pretty(&UsersFile {
+        version: USERS_VERSION,
+        users,
+    })
+    .map_err(|e| UserError::Hash(e.to_string()))?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "users.json".into());
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "users.json".into());
     let tmp = dir.join(format!(".{file_name}.tmp"));
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
@@ -180,9 +229,13 @@ fn write_users(path: &Path, users: Vec<User>) -> Result<(), UserError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(werr)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(werr)?;
     }
-    f.write_all(text.as_bytes()).and_then(|()| f.write_all(b"\n")).and_then(|()| f.sync_all()).map_err(werr)?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.write_all(b"\n"))
+        .and_then(|()| f.sync_all())
+        .map_err(werr)?;
     drop(f);
     std::fs::rename(&tmp, path).map_err(werr)?;
     // The rename is durable only once the directory entry is.
@@ -196,7 +249,10 @@ fn hash_password(password: &str) -> Result<String, UserError> {
     let mut salt = [0u8; 16];
     getrandom::getrandom(&mut salt).map_err(|e| UserError::Hash(e.to_string()))?;
     let salt = SaltString::encode_b64(&salt).map_err(|e| UserError::Hash(e.to_string()))?;
-    Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| UserError::Hash(e.to_string()))
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| UserError::Hash(e.to_string()))
 }
 
 /// A valid argon2id hash of a random string: unknown user names are checked
@@ -207,8 +263,12 @@ const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$
 /// account does not exist). Slow by design: call off the async executor.
 pub fn verify_password(user: Option<&User>, password: &str) -> bool {
     let stored = user.map_or(DUMMY_HASH, |u| u.password_hash.as_str());
-    let Ok(parsed) = PasswordHash::new(stored) else { return false };
-    let ok = Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok();
+    let Ok(parsed) = PasswordHash::new(stored) else {
+        return false;
+    };
+    let ok = Argon2::default()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_ok();
     ok && user.is_some()
 }
 
@@ -220,7 +280,14 @@ mod tests {
     fn add_verify_refuse_duplicate_and_mode() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("users.json");
-        add_user(&path, "olivia", Role::Officer, "correct horse battery", &["Olivia@Example.test/phone".into()]).unwrap();
+        add_user(
+            &path,
+            "olivia",
+            Role::Officer,
+            "correct horse battery",
+            &["Olivia@Example.test/phone".into()],
+        )
+        .unwrap();
         let users = load_users(&path).unwrap();
         assert_eq!(users.len(), 1);
         assert_eq!(users[0].jids, vec!["olivia@example.test".to_string()]);
@@ -228,24 +295,48 @@ mod tests {
         assert!(verify_password(users.first(), "correct horse battery"));
         assert!(!verify_password(users.first(), "correct horse batterx"));
         assert!(!verify_password(None, "correct horse battery"));
-        assert!(matches!(add_user(&path, "olivia", Role::Admin, "another password", &[]), Err(UserError::Exists(_))));
+        assert!(matches!(
+            add_user(&path, "olivia", Role::Admin, "another password", &[]),
+            Err(UserError::Exists(_))
+        ));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
         remove_user(&path, "olivia").unwrap();
         assert!(load_users(&path).unwrap().is_empty());
-        assert!(matches!(remove_user(&path, "olivia"), Err(UserError::NotFound(_))));
+        assert!(matches!(
+            remove_user(&path, "olivia"),
+            Err(UserError::NotFound(_))
+        ));
     }
 
     #[test]
     fn refuses_bad_input() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("users.json");
-        assert!(matches!(add_user(&path, "a b", Role::Admin, "long enough pw", &[]), Err(UserError::BadName(_))));
-        assert!(matches!(add_user(&path, "ok", Role::Admin, "short", &[]), Err(UserError::WeakPassword { .. })));
-        assert!(matches!(add_user(&path, "ok", Role::Admin, "long enough pw", &["has space@x".into()]), Err(UserError::BadJid(_))));
+        assert!(matches!(
+            add_user(&path, "a b", Role::Admin, "long enough pw", &[]),
+            Err(UserError::BadName(_))
+        ));
+        assert!(matches!(
+            add_user(&path, "ok", Role::Admin, "short", &[]),
+            Err(UserError::WeakPassword { .. })
+        ));
+        assert!(matches!(
+            add_user(
+                &path,
+                "ok",
+                Role::Admin,
+                "long enough pw",
+                &["has space@x".into()]
+            ),
+            Err(UserError::BadJid(_))
+        ));
         assert!(!path.exists(), "nothing written on refusal");
         std::fs::write(&path, "{\"version\":9,\"users\":[]}").unwrap();
         assert!(matches!(load_users(&path), Err(UserError::Format { .. })));

@@ -2,6 +2,8 @@
 //! × role, sign-in, CSRF, throttling, self-review, audit records, escaping,
 //! and review state rebuilt from the archive after a restart.
 
+#![allow(clippy::unwrap_used)] // a test panics on a broken expectation
+
 mod common;
 
 use axum::body::Body;
@@ -20,29 +22,52 @@ struct Resp {
     body: String,
 }
 
-async fn send(app: &Router, method: Method, uri: &str, cookie: Option<&str>, form: Option<&str>) -> Resp {
+async fn send(
+    app: &Router,
+    method: Method,
+    uri: &str,
+    cookie: Option<&str>,
+    form: Option<&str>,
+) -> Resp {
     let mut b = Request::builder().method(method).uri(uri);
     if let Some(c) = cookie {
         b = b.header(header::COOKIE, c);
     }
     let req = match form {
-        Some(f) => b.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded").body(Body::from(f.to_string())).unwrap(),
+        Some(f) => b
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(f.to_string()))
+            .unwrap(),
         None => b.body(Body::empty()).unwrap(),
     };
     let res = app.clone().oneshot(req).await.unwrap();
     let status = res.status();
     let headers = res.headers().clone();
-    let bytes = axum::body::to_bytes(res.into_body(), 16 << 20).await.unwrap();
-    Resp { status, headers, body: String::from_utf8_lossy(&bytes).into_owned() }
+    let bytes = axum::body::to_bytes(res.into_body(), 16 << 20)
+        .await
+        .unwrap();
+    Resp {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    }
 }
 
 fn csrf_of(html: &str) -> String {
-    let at = html.find("name=\"csrf\" value=\"").expect("page has a CSRF field") + "name=\"csrf\" value=\"".len();
+    let at = html
+        .find("name=\"csrf\" value=\"")
+        .expect("page has a CSRF field")
+        + "name=\"csrf\" value=\"".len();
     html[at..].split('"').next().unwrap().to_string()
 }
 
 fn set_cookie(r: &Resp, name: &str) -> Option<String> {
-    r.headers.get_all(header::SET_COOKIE).iter().filter_map(|v| v.to_str().ok()).find(|v| v.starts_with(&format!("{name}="))).map(String::from)
+    r.headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(String::from)
 }
 
 fn enc(s: &str) -> String {
@@ -55,10 +80,28 @@ async fn sign_in(app: &Router, user: &str) -> (String, String) {
     let login_cookie = set_cookie(&form, "custos_login").unwrap();
     let login_cookie = login_cookie.split(';').next().unwrap().to_string();
     let token = csrf_of(&form.body);
-    let r = send(app, Method::POST, "/login", Some(&login_cookie), Some(&format!("user={user}&password={}&csrf={token}", enc(PASSWORD)))).await;
-    assert_eq!(r.status, StatusCode::SEE_OTHER, "sign-in of {user}: {}", r.body);
+    let r = send(
+        app,
+        Method::POST,
+        "/login",
+        Some(&login_cookie),
+        Some(&format!(
+            "user={user}&password={}&csrf={token}",
+            enc(PASSWORD)
+        )),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::SEE_OTHER,
+        "sign-in of {user}: {}",
+        r.body
+    );
     let session = set_cookie(&r, "custos_session").unwrap();
-    assert!(session.contains("HttpOnly") && session.contains("SameSite=Strict"), "{session}");
+    assert!(
+        session.contains("HttpOnly") && session.contains("SameSite=Strict"),
+        "{session}"
+    );
     let cookie = session.split(';').next().unwrap().to_string();
     let home = send(app, Method::GET, "/", Some(&cookie), None).await;
     assert_eq!(home.status, StatusCode::OK);
@@ -75,13 +118,47 @@ struct World {
 
 async fn world() -> World {
     let fx = fixture(0.0);
-    let plain = append(&fx.archive, Msg::chat("alice@example.test/laptop", "bob@example.test", "lunch at noon?")).await;
-    let flagged = append(&fx.archive, Msg::chat("bob@example.test/phone", "alice@example.test", "send the card 4111 1111 1111 1111").flagged(Action::Flag, &["pci-card"], "high")).await;
-    let own = append(&fx.archive, Msg::chat("olivia@example.test/desk", "carol@example.test", "guaranteed returns, trust me").flagged(Action::Flag, &["promissory"], "medium")).await;
+    let plain = append(
+        &fx.archive,
+        Msg::chat(
+            "alice@example.test/laptop",
+            "bob@example.test",
+            "lunch at noon?",
+        ),
+    )
+    .await;
+    let flagged = append(
+        &fx.archive,
+        Msg::chat(
+            "bob@example.test/phone",
+            "alice@example.test",
+            "send the card 4111 1111 1111 1111",
+        )
+        .flagged(Action::Flag, &["pci-card"], "high"),
+    )
+    .await;
+    let own = append(
+        &fx.archive,
+        Msg::chat(
+            "olivia@example.test/desk",
+            "carol@example.test",
+            "guaranteed returns, trust me",
+        )
+        .flagged(Action::Flag, &["promissory"], "medium"),
+    )
+    .await;
     wait_indexed(&fx.archive, "card", 1).await;
-    let bound = custos_web_ui::bind(fx.cfg.clone(), fx.archive.clone()).await.unwrap();
+    let bound = custos_web_ui::bind(fx.cfg.clone(), fx.archive.clone())
+        .await
+        .unwrap();
     let app = bound.router();
-    World { fx, app, flagged, own, plain }
+    World {
+        fx,
+        app,
+        flagged,
+        own,
+        plain,
+    }
 }
 
 fn concrete(path: &str, seq: u64) -> String {
@@ -92,7 +169,11 @@ fn concrete(path: &str, seq: u64) -> String {
 async fn every_route_for_every_role() {
     let w = world().await;
     let mut sessions = Vec::new();
-    for (user, role) in [("ada", Role::Admin), ("oscar", Role::Officer), ("aud", Role::Auditor)] {
+    for (user, role) in [
+        ("ada", Role::Admin),
+        ("oscar", Role::Officer),
+        ("aud", Role::Auditor),
+    ] {
         sessions.push((role, sign_in(&w.app, user).await));
     }
     let mut checked = 0;
@@ -111,18 +192,44 @@ async fn every_route_for_every_role() {
             }
             let form = match path {
                 "/queue" => format!("csrf={csrf}&seq={}&op=assign-me", w.flagged),
-                "/users" => format!("csrf={csrf}&name=new-{}&role=auditor&password={}", role.as_str(), enc(PASSWORD)),
+                "/users" => format!(
+                    "csrf={csrf}&name=new-{}&role=auditor&password={}",
+                    role.as_str(),
+                    enc(PASSWORD)
+                ),
                 "/users/remove" => format!("csrf={csrf}&name=removable"),
                 _ => String::new(),
             };
             if path == "/users/remove" {
-                let _ = custos_web_ui::add_user(&w.fx.cfg.users_file, "removable", Role::Auditor, PASSWORD, &[]);
+                let _ = custos_web_ui::add_user(
+                    &w.fx.cfg.users_file,
+                    "removable",
+                    Role::Auditor,
+                    PASSWORD,
+                    &[],
+                );
             }
-            let r = send(&w.app, m.clone(), &uri, Some(cookie), (m == Method::POST).then_some(form.as_str())).await;
+            let r = send(
+                &w.app,
+                m.clone(),
+                &uri,
+                Some(cookie),
+                (m == Method::POST).then_some(form.as_str()),
+            )
+            .await;
             if allows(*role, perm) {
-                assert!(r.status == StatusCode::OK || r.status == StatusCode::SEE_OTHER, "{method} {path} as {role:?}: {} {}", r.status, r.body);
+                assert!(
+                    r.status == StatusCode::OK || r.status == StatusCode::SEE_OTHER,
+                    "{method} {path} as {role:?}: {} {}",
+                    r.status,
+                    r.body
+                );
             } else {
-                assert_eq!(r.status, StatusCode::FORBIDDEN, "{method} {path} as {role:?} must be refused");
+                assert_eq!(
+                    r.status,
+                    StatusCode::FORBIDDEN,
+                    "{method} {path} as {role:?} must be refused"
+                );
             }
             checked += 1;
         }
@@ -131,14 +238,29 @@ async fn every_route_for_every_role() {
     // Sign-out, for each role, with its own session.
     for user in ["ada", "oscar", "aud"] {
         let (cookie, csrf) = sign_in(&w.app, user).await;
-        let r = send(&w.app, Method::POST, "/logout", Some(&cookie), Some(&format!("csrf={csrf}"))).await;
+        let r = send(
+            &w.app,
+            Method::POST,
+            "/logout",
+            Some(&cookie),
+            Some(&format!("csrf={csrf}")),
+        )
+        .await;
         assert_eq!(r.status, StatusCode::SEE_OTHER);
         let after = send(&w.app, Method::GET, "/", Some(&cookie), None).await;
-        assert_eq!(after.status, StatusCode::SEE_OTHER, "session ended by sign-out");
+        assert_eq!(
+            after.status,
+            StatusCode::SEE_OTHER,
+            "session ended by sign-out"
+        );
     }
     // Public routes.
     for path in ["/login", "/static/app.css", "/static/app.js"] {
-        assert_eq!(send(&w.app, Method::GET, path, None, None).await.status, StatusCode::OK, "{path}");
+        assert_eq!(
+            send(&w.app, Method::GET, path, None, None).await.status,
+            StatusCode::OK,
+            "{path}"
+        );
     }
 }
 
@@ -152,10 +274,24 @@ async fn state_changes_need_the_session_csrf_token() {
         let r = send(&w.app, Method::POST, "/queue", Some(&cookie), Some(&form)).await;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{bad:?}");
     }
-    let r = send(&w.app, Method::POST, "/queue", Some(&cookie), Some(&format!("csrf={csrf}&seq={}&op=assign-me", w.flagged))).await;
+    let r = send(
+        &w.app,
+        Method::POST,
+        "/queue",
+        Some(&cookie),
+        Some(&format!("csrf={csrf}&seq={}&op=assign-me", w.flagged)),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
     // The sign-in form needs its own double-submit token.
-    let r = send(&w.app, Method::POST, "/login", None, Some(&format!("user=ada&password={}&csrf=abc", enc(PASSWORD)))).await;
+    let r = send(
+        &w.app,
+        Method::POST,
+        "/login",
+        None,
+        Some(&format!("user=ada&password={}&csrf=abc", enc(PASSWORD))),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
 }
 
@@ -164,52 +300,135 @@ async fn review_is_audited_refuses_self_review_and_survives_restart() {
     let w = world().await;
     let (cookie, csrf) = sign_in(&w.app, "olivia").await;
     // Olivia sent `own`: she may not review it.
-    let r = send(&w.app, Method::POST, "/queue", Some(&cookie), Some(&format!("csrf={csrf}&seq={}&op=reviewed&comment=fine", w.own))).await;
+    let r = send(
+        &w.app,
+        Method::POST,
+        "/queue",
+        Some(&cookie),
+        Some(&format!(
+            "csrf={csrf}&seq={}&op=reviewed&comment=fine",
+            w.own
+        )),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert!(r.body.contains("sent or received"), "{}", r.body);
     // A status change without a comment is refused.
-    let r = send(&w.app, Method::POST, "/queue", Some(&cookie), Some(&format!("csrf={csrf}&seq={}&op=escalated&comment=", w.flagged))).await;
+    let r = send(
+        &w.app,
+        Method::POST,
+        "/queue",
+        Some(&cookie),
+        Some(&format!(
+            "csrf={csrf}&seq={}&op=escalated&comment=",
+            w.flagged
+        )),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     // A message that is not in the queue cannot be reviewed.
-    let r = send(&w.app, Method::POST, "/queue", Some(&cookie), Some(&format!("csrf={csrf}&seq={}&op=reviewed&comment=x", w.plain))).await;
+    let r = send(
+        &w.app,
+        Method::POST,
+        "/queue",
+        Some(&cookie),
+        Some(&format!(
+            "csrf={csrf}&seq={}&op=reviewed&comment=x",
+            w.plain
+        )),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    let r = send(&w.app, Method::POST, "/queue", Some(&cookie), Some(&format!("csrf={csrf}&seq={}&op=escalated&comment={}&back=/queue", w.flagged, enc("card number <b>shared</b>")))).await;
+    let r = send(
+        &w.app,
+        Method::POST,
+        "/queue",
+        Some(&cookie),
+        Some(&format!(
+            "csrf={csrf}&seq={}&op=escalated&comment={}&back=/queue",
+            w.flagged,
+            enc("card number <b>shared</b>")
+        )),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
-    let q = send(&w.app, Method::GET, "/queue?status=escalated", Some(&cookie), None).await;
-    assert!(q.body.contains(&format!("id=\"q{}\"", w.flagged)), "escalated item listed");
-    let conv = send(&w.app, Method::GET, &format!("/conversation/{}", w.flagged), Some(&cookie), None).await;
+    let q = send(
+        &w.app,
+        Method::GET,
+        "/queue?status=escalated",
+        Some(&cookie),
+        None,
+    )
+    .await;
+    assert!(
+        q.body.contains(&format!("id=\"q{}\"", w.flagged)),
+        "escalated item listed"
+    );
+    let conv = send(
+        &w.app,
+        Method::GET,
+        &format!("/conversation/{}", w.flagged),
+        Some(&cookie),
+        None,
+    )
+    .await;
     assert!(conv.body.contains("marked escalated"));
-    assert!(conv.body.contains("card number &lt;b&gt;shared&lt;/b&gt;"), "comment escaped");
+    assert!(
+        conv.body.contains("card number &lt;b&gt;shared&lt;/b&gt;"),
+        "comment escaped"
+    );
     // The archive holds the audit record with who, what and which action.
-    let audits: Vec<(String, String, String)> = w
-        .fx
-        .archive
-        .reader()
-        .records(1..=u64::MAX - 1)
-        .unwrap()
-        .into_iter()
-        .filter_map(|r| match r.content {
-            NewRecord::Event(EventRecord::Audit { actor, action, detail }) => Some((actor, action, detail)),
-            _ => None,
-        })
-        .collect();
-    let review = audits.iter().find(|(_, a, _)| a == "review").expect("review audited");
+    let audits: Vec<(String, String, String)> =
+        w.fx.archive
+            .reader()
+            .records(1..=u64::MAX - 1)
+            .unwrap()
+            .into_iter()
+            .filter_map(|r| match r.content {
+                NewRecord::Event(EventRecord::Audit {
+                    actor,
+                    action,
+                    detail,
+                }) => Some((actor, action, detail)),
+                _ => None,
+            })
+            .collect();
+    let review = audits
+        .iter()
+        .find(|(_, a, _)| a == "review")
+        .expect("review audited");
     assert_eq!(review.0, "olivia");
     let detail: serde_json::Value = serde_json::from_str(&review.2).unwrap();
     assert_eq!(detail["status"], "escalated");
     assert_eq!(detail["seqs"][0], w.flagged);
-    assert!(audits.iter().any(|(u, a, d)| u == "olivia" && a == "view-conversation" && d.contains(&w.flagged.to_string())));
-    assert!(audits.iter().any(|(u, a, _)| u == "olivia" && a == "sign-in"));
+    assert!(audits.iter().any(|(u, a, d)| u == "olivia"
+        && a == "view-conversation"
+        && d.contains(&w.flagged.to_string())));
+    assert!(audits
+        .iter()
+        .any(|(u, a, _)| u == "olivia" && a == "sign-in"));
     // Restart: a new server on the reopened archive derives the same state.
-    let World { fx, app, flagged, .. } = w;
+    let World {
+        fx, app, flagged, ..
+    } = w;
     drop(app);
     let Fixture { dir, archive, cfg } = fx;
     archive.close().await.unwrap();
     let archive = open_archive(&dir);
     let app = custos_web_ui::bind(cfg, archive).await.unwrap().router();
     let (cookie, _) = sign_in(&app, "oscar").await;
-    let q = send(&app, Method::GET, "/queue?status=escalated", Some(&cookie), None).await;
-    assert!(q.body.contains(&format!("id=\"q{flagged}\"")), "review state rebuilt from the archive");
+    let q = send(
+        &app,
+        Method::GET,
+        "/queue?status=escalated",
+        Some(&cookie),
+        None,
+    )
+    .await;
+    assert!(
+        q.body.contains(&format!("id=\"q{flagged}\"")),
+        "review state rebuilt from the archive"
+    );
     let open = send(&app, Method::GET, "/queue?status=open", Some(&cookie), None).await;
     assert!(open.body.contains("Escalated"));
 }
@@ -217,7 +436,15 @@ async fn review_is_audited_refuses_self_review_and_survives_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn search_filters_highlight_escape_and_audit() {
     let w = world().await;
-    let xss = append(&w.fx.archive, Msg::chat("mallory@example.test/x", "bob@example.test", "<script>window.__xss=1</script> card \"><img src=x onerror=alert(1)>")).await;
+    let xss = append(
+        &w.fx.archive,
+        Msg::chat(
+            "mallory@example.test/x",
+            "bob@example.test",
+            "<script>window.__xss=1</script> card \"><img src=x onerror=alert(1)>",
+        ),
+    )
+    .await;
     wait_indexed(&w.fx.archive, "card", 2).await;
     let (cookie, _) = sign_in(&w.app, "aud").await;
     let r = send(&w.app, Method::GET, "/search?q=card", Some(&cookie), None).await;
@@ -227,17 +454,59 @@ async fn search_filters_highlight_escape_and_audit() {
     assert!(!r.body.contains("<script>window"), "body escaped");
     assert!(!r.body.contains("<img src=x"), "no attribute escape");
     assert!(r.body.contains("&lt;script&gt;"));
-    let csp = r.headers.get(header::CONTENT_SECURITY_POLICY).unwrap().to_str().unwrap();
+    let csp = r
+        .headers
+        .get(header::CONTENT_SECURITY_POLICY)
+        .unwrap()
+        .to_str()
+        .unwrap();
     assert!(csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"));
     // Form filters become clauses: flagged only drops the allowed XSS message.
-    let r = send(&w.app, Method::GET, "/search?q=card&flagged=1", Some(&cookie), None).await;
-    assert!(!r.body.contains(&format!("/conversation/{xss}")) && r.body.contains(&format!("/conversation/{}", w.flagged)));
-    let r = send(&w.app, Method::GET, "/search?q=card&participant=mallory%40example.test", Some(&cookie), None).await;
-    assert!(r.body.contains(&format!("/conversation/{xss}")) && !r.body.contains(&format!("/conversation/{}\"", w.flagged)));
-    let r = send(&w.app, Method::GET, "/search?q=card&rule=pci-card&direction=outbound", Some(&cookie), None).await;
-    assert!(r.body.contains(&format!("/conversation/{}", w.flagged)) && !r.body.contains(&format!("/conversation/{xss}")));
+    let r = send(
+        &w.app,
+        Method::GET,
+        "/search?q=card&flagged=1",
+        Some(&cookie),
+        None,
+    )
+    .await;
+    assert!(
+        !r.body.contains(&format!("/conversation/{xss}"))
+            && r.body.contains(&format!("/conversation/{}", w.flagged))
+    );
+    let r = send(
+        &w.app,
+        Method::GET,
+        "/search?q=card&participant=mallory%40example.test",
+        Some(&cookie),
+        None,
+    )
+    .await;
+    assert!(
+        r.body.contains(&format!("/conversation/{xss}"))
+            && !r.body.contains(&format!("/conversation/{}\"", w.flagged))
+    );
+    let r = send(
+        &w.app,
+        Method::GET,
+        "/search?q=card&rule=pci-card&direction=outbound",
+        Some(&cookie),
+        None,
+    )
+    .await;
+    assert!(
+        r.body.contains(&format!("/conversation/{}", w.flagged))
+            && !r.body.contains(&format!("/conversation/{xss}"))
+    );
     // A bad query is explained, not a server error.
-    let r = send(&w.app, Method::GET, "/search?q=colour%3Ared", Some(&cookie), None).await;
+    let r = send(
+        &w.app,
+        Method::GET,
+        "/search?q=colour%3Ared",
+        Some(&cookie),
+        None,
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.body.contains("unknown field"));
     // Export is audited with its query and count.
@@ -247,51 +516,145 @@ async fn search_filters_highlight_escape_and_audit() {
     let searched: Vec<String> = audit
         .into_iter()
         .filter_map(|r| match r.content {
-            NewRecord::Event(EventRecord::Audit { actor, action, detail }) if actor == "aud" && (action == "search" || action == "export") => Some(detail),
+            NewRecord::Event(EventRecord::Audit {
+                actor,
+                action,
+                detail,
+            }) if actor == "aud" && (action == "search" || action == "export") => Some(detail),
             _ => None,
         })
         .collect();
-    assert!(searched.iter().any(|d| d.contains("card with:mallory@example.test")), "{searched:?}");
-    assert!(searched.iter().any(|d| d.contains("\"count\":2")), "{searched:?}");
+    assert!(
+        searched
+            .iter()
+            .any(|d| d.contains("card with:mallory@example.test")),
+        "{searched:?}"
+    );
+    assert!(
+        searched.iter().any(|d| d.contains("\"count\":2")),
+        "{searched:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conversation_shows_context_redaction_and_e2ee() {
     let w = world().await;
-    let a = append(&w.fx.archive, Msg::chat("alice@example.test/laptop", "bob@example.test", "the account is 12345678")).await;
-    let mut red = Msg::chat("bob@example.test/phone", "alice@example.test", "card 4111 1111 1111 1111 ok").flagged(Action::Redact, &["pci-card"], "high");
+    let a = append(
+        &w.fx.archive,
+        Msg::chat(
+            "alice@example.test/laptop",
+            "bob@example.test",
+            "the account is 12345678",
+        ),
+    )
+    .await;
+    let mut red = Msg::chat(
+        "bob@example.test/phone",
+        "alice@example.test",
+        "card 4111 1111 1111 1111 ok",
+    )
+    .flagged(Action::Redact, &["pci-card"], "high");
     red.delivered = Some("card ████ ok");
     red.direction = custos_archive::Direction::Inbound;
     let r = append(&w.fx.archive, red).await;
-    let mut enc_msg = Msg::chat("alice@example.test/laptop", "bob@example.test", "I sent you an OMEMO encrypted message");
+    let mut enc_msg = Msg::chat(
+        "alice@example.test/laptop",
+        "bob@example.test",
+        "I sent you an OMEMO encrypted message",
+    );
     enc_msg.e2ee = Some("omemo");
     let e = append(&w.fx.archive, enc_msg).await;
-    let other = append(&w.fx.archive, Msg::chat("carol@example.test", "dave@example.test", "unrelated chatter")).await;
+    let other = append(
+        &w.fx.archive,
+        Msg::chat(
+            "carol@example.test",
+            "dave@example.test",
+            "unrelated chatter",
+        ),
+    )
+    .await;
     let (cookie, _) = sign_in(&w.app, "oscar").await;
-    let page = send(&w.app, Method::GET, &format!("/conversation/{r}"), Some(&cookie), None).await;
+    let page = send(
+        &w.app,
+        Method::GET,
+        &format!("/conversation/{r}"),
+        Some(&cookie),
+        None,
+    )
+    .await;
     assert_eq!(page.status, StatusCode::OK);
-    let pos = |s: u64| page.body.find(&format!("id=\"m{s}\"")).unwrap_or_else(|| panic!("m{s} missing"));
-    assert!(pos(w.plain) < pos(w.flagged) && pos(w.flagged) < pos(a) && pos(a) < pos(r) && pos(r) < pos(e), "in order");
-    assert!(!page.body.contains(&format!("id=\"m{other}\"")), "other parties excluded");
-    assert!(page.body.contains(&format!("id=\"m{r}\" class=\"msg inbound hit\"")), "hit marked");
-    assert!(page.body.contains("Original") && page.body.contains("card ████ ok"), "delivered beside original");
+    let pos = |s: u64| {
+        page.body
+            .find(&format!("id=\"m{s}\""))
+            .unwrap_or_else(|| panic!("m{s} missing"))
+    };
+    assert!(
+        pos(w.plain) < pos(w.flagged)
+            && pos(w.flagged) < pos(a)
+            && pos(a) < pos(r)
+            && pos(r) < pos(e),
+        "in order"
+    );
+    assert!(
+        !page.body.contains(&format!("id=\"m{other}\"")),
+        "other parties excluded"
+    );
+    assert!(
+        page.body
+            .contains(&format!("id=\"m{r}\" class=\"msg inbound hit\"")),
+        "hit marked"
+    );
+    assert!(
+        page.body.contains("Original") && page.body.contains("card ████ ok"),
+        "delivered beside original"
+    );
     assert!(page.body.contains("end-to-end encrypted") && page.body.contains("omemo"));
-    assert_eq!(send(&w.app, Method::GET, "/conversation/999999", Some(&cookie), None).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        send(
+            &w.app,
+            Method::GET,
+            "/conversation/999999",
+            Some(&cookie),
+            None
+        )
+        .await
+        .status,
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_in_is_throttled_and_failures_audited() {
     let w = world().await;
     let form = send(&w.app, Method::GET, "/login", None, None).await;
-    let lc = set_cookie(&form, "custos_login").unwrap().split(';').next().unwrap().to_string();
+    let lc = set_cookie(&form, "custos_login")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
     let token = csrf_of(&form.body);
     for i in 0..5 {
-        let r = send(&w.app, Method::POST, "/login", Some(&lc), Some(&format!("user=ada&password=wrong{i}xxxxxx&csrf={token}"))).await;
+        let r = send(
+            &w.app,
+            Method::POST,
+            "/login",
+            Some(&lc),
+            Some(&format!("user=ada&password=wrong{i}xxxxxx&csrf={token}")),
+        )
+        .await;
         assert_eq!(r.status, StatusCode::UNAUTHORIZED, "attempt {i}");
         assert!(r.body.contains("wrong password"));
     }
     // Even the right password is refused while locked.
-    let r = send(&w.app, Method::POST, "/login", Some(&lc), Some(&format!("user=ada&password={}&csrf={token}", enc(PASSWORD)))).await;
+    let r = send(
+        &w.app,
+        Method::POST,
+        "/login",
+        Some(&lc),
+        Some(&format!("user=ada&password={}&csrf={token}", enc(PASSWORD))),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
     let failures = w
         .fx
@@ -310,29 +673,72 @@ async fn sessions_expire_and_secure_cookies_over_tls() {
     let mut fx = fixture(0.0);
     fx.cfg.session_ttl = std::time::Duration::from_millis(300);
     fx.cfg.secure_cookies = true;
-    let app = custos_web_ui::bind(fx.cfg.clone(), fx.archive.clone()).await.unwrap().router();
+    let app = custos_web_ui::bind(fx.cfg.clone(), fx.archive.clone())
+        .await
+        .unwrap()
+        .router();
     let form = send(&app, Method::GET, "/login", None, None).await;
     let lc = set_cookie(&form, "custos_login").unwrap();
     assert!(lc.contains("; Secure"));
     let (cookie, _) = sign_in(&app, "ada").await;
-    assert_eq!(send(&app, Method::GET, "/", Some(&cookie), None).await.status, StatusCode::OK);
+    assert_eq!(
+        send(&app, Method::GET, "/", Some(&cookie), None)
+            .await
+            .status,
+        StatusCode::OK
+    );
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
-    assert_eq!(send(&app, Method::GET, "/", Some(&cookie), None).await.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        send(&app, Method::GET, "/", Some(&cookie), None)
+            .await
+            .status,
+        StatusCode::SEE_OTHER
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sampling_puts_unflagged_messages_in_the_queue_and_dashboard_counts() {
     let fx = fixture(1.0);
-    let s = append(&fx.archive, Msg::chat("alice@example.test", "bob@example.test", "just hello")).await;
-    append(&fx.archive, Msg::chat("alice@example.test", "bob@example.test", "wire it").flagged(Action::Block, &["wire-fraud"], "high")).await;
-    let app = custos_web_ui::bind(fx.cfg.clone(), fx.archive.clone()).await.unwrap().router();
+    let s = append(
+        &fx.archive,
+        Msg::chat("alice@example.test", "bob@example.test", "just hello"),
+    )
+    .await;
+    append(
+        &fx.archive,
+        Msg::chat("alice@example.test", "bob@example.test", "wire it").flagged(
+            Action::Block,
+            &["wire-fraud"],
+            "high",
+        ),
+    )
+    .await;
+    let app = custos_web_ui::bind(fx.cfg.clone(), fx.archive.clone())
+        .await
+        .unwrap()
+        .router();
     let (cookie, _) = sign_in(&app, "oscar").await;
     let q = send(&app, Method::GET, "/queue?kind=sample", Some(&cookie), None).await;
-    assert!(q.body.contains(&format!("id=\"q{s}\"")), "sampled at rate 1");
-    let flagged_only = send(&app, Method::GET, "/queue?kind=flagged", Some(&cookie), None).await;
+    assert!(
+        q.body.contains(&format!("id=\"q{s}\"")),
+        "sampled at rate 1"
+    );
+    let flagged_only = send(
+        &app,
+        Method::GET,
+        "/queue?kind=flagged",
+        Some(&cookie),
+        None,
+    )
+    .await;
     assert!(!flagged_only.body.contains(&format!("id=\"q{s}\"")));
     let d = send(&app, Method::GET, "/", Some(&cookie), None).await;
     assert!(d.body.contains("<svg"), "charts rendered");
     assert!(d.body.contains("wire-fraud"), "open items by rule");
-    assert!(d.body.contains("<span class=\"n\">2</span><span class=\"l\">messages today"), "{}", d.body);
+    assert!(
+        d.body
+            .contains("<span class=\"n\">2</span><span class=\"l\">messages today"),
+        "{}",
+        d.body
+    );
 }

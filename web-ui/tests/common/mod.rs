@@ -5,7 +5,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use custos_archive::{Action, Archive, ArchiveConfig, Direction, MasterKey, MessageRecord, NewRecord, Outcome, SessionId};
+use custos_archive::{
+    Action, Archive, ArchiveConfig, Direction, MasterKey, MessageRecord, NewRecord, Outcome,
+    SessionId,
+};
 use custos_web_ui::{add_user, Role, WebConfig};
 
 pub const PASSWORD: &str = "correct horse battery staple";
@@ -28,7 +31,11 @@ pub fn open_archive(dir: &tempfile::TempDir) -> Archive {
         std::fs::create_dir_all(&keys).unwrap();
         custos_archive::keys_init(&master, &signing).unwrap();
     }
-    let cfg = ArchiveConfig::new(archive_dir(dir), MasterKey::from_file(&master).unwrap(), custos_archive::load_signing_key(&signing).unwrap());
+    let cfg = ArchiveConfig::new(
+        archive_dir(dir),
+        MasterKey::from_file(&master).unwrap(),
+        custos_archive::load_signing_key(&signing).unwrap(),
+    );
     Archive::open(cfg).unwrap()
 }
 
@@ -39,7 +46,14 @@ pub fn fixture(sample_rate: f64) -> Fixture {
     let archive = open_archive(&dir);
     let users = dir.path().join("users.json");
     add_user(&users, "ada", Role::Admin, PASSWORD, &[]).unwrap();
-    add_user(&users, "olivia", Role::Officer, PASSWORD, &["olivia@example.test".into()]).unwrap();
+    add_user(
+        &users,
+        "olivia",
+        Role::Officer,
+        PASSWORD,
+        &["olivia@example.test".into()],
+    )
+    .unwrap();
     add_user(&users, "oscar", Role::Officer, PASSWORD, &[]).unwrap();
     add_user(&users, "aud", Role::Auditor, PASSWORD, &[]).unwrap();
     let mut cfg = WebConfig::new("127.0.0.1:0".parse().unwrap(), users);
@@ -63,7 +77,18 @@ pub struct Msg<'a> {
 
 impl<'a> Msg<'a> {
     pub fn chat(from: &'a str, to: &'a str, body: &'a str) -> Msg<'a> {
-        Msg { from, to, body, action: Action::Allow, rules: &[], delivered: None, e2ee: None, severity: None, direction: Direction::Outbound, stanza_type: "chat" }
+        Msg {
+            from,
+            to,
+            body,
+            action: Action::Allow,
+            rules: &[],
+            delivered: None,
+            e2ee: None,
+            severity: None,
+            direction: Direction::Outbound,
+            stanza_type: "chat",
+        }
     }
     pub fn flagged(mut self, action: Action, rules: &'a [&'a str], severity: &'a str) -> Msg<'a> {
         self.action = action;
@@ -74,7 +99,11 @@ impl<'a> Msg<'a> {
 }
 
 pub async fn append(archive: &Archive, m: Msg<'_>) -> u64 {
-    let stanza = format!("<message from='{}' to='{}' type='{}'><body/></message>", m.from, m.to, m.stanza_type).into_bytes();
+    let stanza = format!(
+        "<message from='{}' to='{}' type='{}'><body/></message>",
+        m.from, m.to, m.stanza_type
+    )
+    .into_bytes();
     let rec = NewRecord::Message(MessageRecord {
         direction: m.direction,
         session: SessionId("test".into()),
@@ -102,7 +131,11 @@ pub async fn append(archive: &Archive, m: Msg<'_>) -> u64 {
 /// Waits until the index answers `query` with at least `n` hits (it commits every 500 ms).
 pub async fn wait_indexed(archive: &Archive, query: &str, n: usize) {
     for _ in 0..100 {
-        if archive.search(query, n).map(|h| h.len() >= n).unwrap_or(false) {
+        if archive
+            .search(query, n)
+            .map(|h| h.len() >= n)
+            .unwrap_or(false)
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
