@@ -40,6 +40,7 @@ pub mod pipeline;
 pub mod reply;
 pub mod server;
 mod session;
+pub mod sm;
 pub mod stanza;
 pub mod stream;
 pub mod tls;

@@ -131,6 +131,7 @@ impl BoundProxy {
             config: Arc::new(self.config),
             inspector,
             shutdown: shutdown.clone(),
+            resumable: std::sync::Mutex::new(crate::sm::Resumable::default()),
         });
         let next_id = Arc::new(AtomicU64::new(1));
         let mut accept_loops = JoinSet::new();

@@ -33,14 +33,17 @@ use crate::negotiation::{
     Action, ClientStream, Event, Leg, Negotiation, NegotiationConfig, UpstreamTls,
 };
 use crate::server::{ListenerMode, ProxyConfig};
+use crate::sm::{self, Resumable, SmCounter};
 use crate::stanza::{StanzaKind, StanzaView};
-use crate::stream::{self, HeaderAttrs, NS_BIND, NS_SASL, NS_STREAMS};
+use crate::stream::{self, HeaderAttrs, NS_BIND, NS_SASL, NS_SM, NS_STREAMS};
 
 /// Everything a session needs from the server that accepted it.
 pub(crate) struct Shared<I> {
     pub config: Arc<ProxyConfig>,
     pub inspector: Arc<I>,
     pub shutdown: CancellationToken,
+    /// Stream management counters of detached sessions, for resumption.
+    pub resumable: std::sync::Mutex<Resumable>,
 }
 
 /// Runs one connection to its end. Never returns an error: the outcome is logged in the
@@ -370,10 +373,49 @@ impl Ended {
     }
 }
 
+/// One leg's write side with its stream management counter: both change under one lock,
+/// so counted positions follow the order in which the receiver gets the stanzas.
+struct LegWriter {
+    w: WriteHalf<Conn>,
+    sm: SmCounter,
+    /// Which way bytes written here travel (`Inbound`: toward the client).
+    toward: Direction,
+}
+
+/// What a write on a leg means to stream management.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counted {
+    /// Not a stanza (whitespace, headers, nonzas).
+    No,
+    /// A stanza from the other side.
+    Forwarded,
+    /// A stanza Custos made (an error reply, a notice).
+    Injected,
+}
+
+impl LegWriter {
+    async fn write(&mut self, bytes: &[u8], counted: Counted) -> Result<(), Ended> {
+        send(&mut self.w, bytes)
+            .await
+            .map_err(|_| match self.toward {
+                Direction::Inbound => Ended::ClientGone,
+                Direction::Outbound => Ended::UpstreamGone,
+            })?;
+        match counted {
+            Counted::No => {}
+            Counted::Forwarded => self.sm.forwarded(),
+            Counted::Injected => self.sm.injected(),
+        }
+        Ok(())
+    }
+}
+
 struct Relay<'a, I> {
     shared: &'a Shared<I>,
-    client_w: Mutex<WriteHalf<Conn>>,
-    upstream_w: Mutex<WriteHalf<Conn>>,
+    client_w: Mutex<LegWriter>,
+    upstream_w: Mutex<LegWriter>,
+    /// The XEP-0198 id from `<enabled/>`, under which the counters are kept for resumption.
+    sm_id: std::sync::Mutex<Option<String>>,
     client_r: Option<ReadHalf<Conn>>,
     upstream_r: Option<ReadHalf<Conn>>,
     stream: ClientStream,
@@ -400,8 +442,17 @@ impl<'a, I: Inspector> Relay<'a, I> {
         let (upstream_r, upstream_w) = split(upstream);
         Relay {
             shared,
-            client_w: Mutex::new(client_w),
-            upstream_w: Mutex::new(upstream_w),
+            client_w: Mutex::new(LegWriter {
+                w: client_w,
+                sm: SmCounter::default(),
+                toward: Direction::Inbound,
+            }),
+            upstream_w: Mutex::new(LegWriter {
+                w: upstream_w,
+                sm: SmCounter::default(),
+                toward: Direction::Outbound,
+            }),
+            sm_id: std::sync::Mutex::new(None),
             client_r: Some(client_r),
             upstream_r: Some(upstream_r),
             stream,
@@ -440,8 +491,9 @@ impl<'a, I: Inspector> Relay<'a, I> {
         };
         self.finish_client(stream::CLOSE).await;
         self.finish_upstream().await;
-        let _ = self.client_w.lock().await.shutdown().await;
-        let _ = self.upstream_w.lock().await.shutdown().await;
+        self.keep_for_resumption().await;
+        let _ = self.client_w.lock().await.w.shutdown().await;
+        let _ = self.upstream_w.lock().await.w.shutdown().await;
         (first.describe(), self.snapshot())
     }
 
@@ -455,27 +507,109 @@ impl<'a, I: Inspector> Relay<'a, I> {
     /// Writes the last bytes the client gets (a close tag or a stream error), once.
     async fn finish_client(&self, bytes: &[u8]) {
         if !self.client_finished.swap(true, Ordering::AcqRel) {
-            let mut w = self.client_w.lock().await;
-            let _ = tokio::time::timeout(Duration::from_secs(2), send(&mut *w, bytes)).await;
+            let mut leg = self.client_w.lock().await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), send(&mut leg.w, bytes)).await;
         }
     }
 
     async fn finish_upstream(&self) {
         if !self.upstream_finished.swap(true, Ordering::AcqRel) {
-            let mut w = self.upstream_w.lock().await;
+            let mut leg = self.upstream_w.lock().await;
             let _ =
-                tokio::time::timeout(Duration::from_secs(2), send(&mut *w, stream::CLOSE)).await;
+                tokio::time::timeout(Duration::from_secs(2), send(&mut leg.w, stream::CLOSE)).await;
         }
     }
 
     async fn to_client(&self, bytes: &[u8]) -> Result<(), Ended> {
-        let mut w = self.client_w.lock().await;
-        send(&mut *w, bytes).await.map_err(|_| Ended::ClientGone)
+        self.client_w.lock().await.write(bytes, Counted::No).await
     }
 
     async fn to_upstream(&self, bytes: &[u8]) -> Result<(), Ended> {
-        let mut w = self.upstream_w.lock().await;
-        send(&mut *w, bytes).await.map_err(|_| Ended::UpstreamGone)
+        self.upstream_w.lock().await.write(bytes, Counted::No).await
+    }
+
+    /// A session that enabled stream management may be resumed on a new connection:
+    /// keep its counters so the `h` values exchanged then can be translated too.
+    async fn keep_for_resumption(&self) {
+        let id = self.sm_id.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(id) = id {
+            let to_client = self.client_w.lock().await.sm.clone();
+            let to_upstream = self.upstream_w.lock().await.sm.clone();
+            self.shared
+                .resumable
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .store(id, to_client, to_upstream, Instant::now());
+        }
+    }
+
+    /// XEP-0198 elements: start counting on enable, translate `h` in acks and
+    /// resumptions. Returns the bytes to forward.
+    async fn stream_management(&self, direction: Direction, stanza: &Stanza) -> Option<Vec<u8>> {
+        let root = &stanza.root;
+        if root.ns != NS_SM {
+            return None;
+        }
+        // The counter of the leg whose receiver produced the `h` being translated.
+        let (name, from_client) = (root.name.as_str(), direction == Direction::Outbound);
+        match (name, from_client) {
+            ("enable", true) => {
+                let mut up = self.upstream_w.lock().await;
+                let r = up.write(&stanza.raw, Counted::No).await;
+                up.sm.start();
+                return Some(if r.is_ok() {
+                    Vec::new()
+                } else {
+                    stanza.raw.to_vec()
+                });
+            }
+            ("enabled", false) => {
+                if let Some(id) = root.attr("id") {
+                    *self.sm_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.to_owned());
+                }
+                let mut client = self.client_w.lock().await;
+                let r = client.write(&stanza.raw, Counted::No).await;
+                client.sm.start();
+                return Some(if r.is_ok() {
+                    Vec::new()
+                } else {
+                    stanza.raw.to_vec()
+                });
+            }
+            ("resume", true) => {
+                let previous = root.attr("previd").and_then(|id| {
+                    self.shared
+                        .resumable
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .take(id)
+                });
+                if let Some((to_client, to_upstream)) = previous {
+                    self.client_w.lock().await.sm = to_client;
+                    self.upstream_w.lock().await.sm = to_upstream;
+                }
+                if let Some(id) = root.attr("previd") {
+                    *self.sm_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.to_owned());
+                }
+            }
+            _ => {}
+        }
+        let h = root.attr("h").and_then(sm::parse_h)?;
+        let translated = match (name, from_client) {
+            // The client acknowledges what it received: client-leg numbering.
+            ("a", true) | ("resume", true) => self.client_w.lock().await.sm.to_sender(h),
+            // The server acknowledges what it received: upstream-leg numbering.
+            ("a", false) | ("resumed", false) => self.upstream_w.lock().await.sm.to_sender(h),
+            _ => return None,
+        };
+        if translated == h {
+            return None;
+        }
+        let mut rewritten = root.clone();
+        rewritten.set_attr("h", sm::format_h(translated));
+        let mut out = Vec::with_capacity(stanza.raw.len());
+        rewritten.write_to(&mut out);
+        Some(out)
     }
 
     async fn client_to_upstream(&self, mut reader: ReadHalf<Conn>, mut framer: Framer) -> Ended {
@@ -672,9 +806,13 @@ impl<'a, I: Inspector> Relay<'a, I> {
         };
         let mut view = StanzaView::of(&stanza.root);
         if view.kind == StanzaKind::Nonza {
-            // Stream-level elements (SASL exchanges, stream management) pass untouched and
-            // unlogged: SASL payloads carry credentials.
-            return write(to_peer, &stanza.raw, direction).await;
+            // Stream-level elements (SASL exchanges, stream management) pass unlogged:
+            // SASL payloads carry credentials. Only XEP-0198 counts are rewritten.
+            return match self.stream_management(direction, &stanza).await {
+                Some(bytes) if bytes.is_empty() => Ok(()),
+                Some(bytes) => to_peer.lock().await.write(&bytes, Counted::No).await,
+                None => to_peer.lock().await.write(&stanza.raw, Counted::No).await,
+            };
         }
         let info = self.snapshot();
         fill_addresses(&mut view, direction, info.jid.as_deref());
@@ -689,38 +827,47 @@ impl<'a, I: Inspector> Relay<'a, I> {
             })
             .await;
         match outcome.decision {
-            Decision::Forward => write(to_peer, &stanza.raw, direction).await?,
-            Decision::Replace(bytes) => write(to_peer, &bytes, direction).await?,
+            Decision::Forward => {
+                to_peer
+                    .lock()
+                    .await
+                    .write(&stanza.raw, Counted::Forwarded)
+                    .await?
+            }
+            Decision::Replace(bytes) => {
+                to_peer
+                    .lock()
+                    .await
+                    .write(&bytes, Counted::Forwarded)
+                    .await?
+            }
             Decision::Refuse { error } => {
+                to_peer.lock().await.sm.dropped();
                 if let Some(error) = error {
-                    write(to_sender, &error, opposite(direction)).await?;
+                    to_sender
+                        .lock()
+                        .await
+                        .write(&error, Counted::Injected)
+                        .await?;
                 }
             }
         }
         for bytes in &outcome.inject.to_client {
-            write(&self.client_w, bytes, Direction::Inbound).await?;
+            self.client_w
+                .lock()
+                .await
+                .write(bytes, Counted::Injected)
+                .await?;
         }
         for bytes in &outcome.inject.to_upstream {
-            write(&self.upstream_w, bytes, Direction::Outbound).await?;
+            self.upstream_w
+                .lock()
+                .await
+                .write(bytes, Counted::Injected)
+                .await?;
         }
         Ok(())
     }
-}
-
-fn opposite(direction: Direction) -> Direction {
-    match direction {
-        Direction::Outbound => Direction::Inbound,
-        Direction::Inbound => Direction::Outbound,
-    }
-}
-
-/// Writes toward the client (`Inbound`) or the upstream (`Outbound`).
-async fn write(w: &Mutex<WriteHalf<Conn>>, bytes: &[u8], toward: Direction) -> Result<(), Ended> {
-    let mut w = w.lock().await;
-    send(&mut *w, bytes).await.map_err(|_| match toward {
-        Direction::Inbound => Ended::ClientGone,
-        Direction::Outbound => Ended::UpstreamGone,
-    })
 }
 
 /// Fills in the addresses the wire leaves implicit (RFC 6120 §8.1.2.1 and §10.3).

@@ -470,3 +470,67 @@ fn wait_for_log(rig: &Rig, needle: &str, limit: Duration) -> Result<(), BoxError
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_management_counts_stay_consistent_when_stanzas_are_dropped_or_injected(
+) -> TestResult {
+    let rig = Rig::start(
+        "pipeline-sm",
+        RigOptions {
+            rules: Some(
+                "[[rule]]\nid = \"no-out\"\nwhen = { direction = \"outbound\", body = { regex = \"forbidden-out\" } }\naction = \"block\"\n\n\
+                 [[rule]]\nid = \"no-in\"\nwhen = { direction = \"inbound\", body = { regex = \"forbidden-in\" } }\naction = \"block\"\n"
+                    .into(),
+            ),
+            ..RigOptions::default()
+        },
+    )?;
+    let mut alice_opts = rig.client("alice", "laptop", Tls::StartTls);
+    alice_opts.stream_management = true;
+    let mut alice = SlixClient::connect(alice_opts).await?;
+    let mut bob_opts = rig.client("bob", "phone", Tls::Direct);
+    bob_opts.stream_management = true;
+    let mut bob = SlixClient::connect(bob_opts).await?;
+    let mut carol = rig.connect("carol", "desk", Tls::StartTls).await?;
+    assert!(
+        alice.sm_state().await?.enabled,
+        "stream management not enabled through Custos"
+    );
+
+    // Outbound drop plus an injected error reply on alice's stream.
+    let id = alice.send_chat("bob@example.test", "forbidden-out").await?;
+    alice.wait_stanza_error(&id).await?;
+    alice.send_chat("bob@example.test", "fine 1").await?;
+    assert_eq!(bob.next_message().await?.body, "fine 1");
+
+    // Inbound drop on bob's stream (carol's copy passes outbound, bob's inbound copy is
+    // refused), with the error injected toward the server.
+    let id = carol.send_chat("bob@example.test", "forbidden-in").await?;
+    carol.wait_stanza_error(&id).await?;
+    carol.send_chat("bob@example.test", "fine 2").await?;
+    assert_eq!(bob.next_message().await?.body, "fine 2");
+
+    // Alice asks the server what it has handled: every stanza she sent is accounted for,
+    // the refused one included (the server never saw it).
+    alice.sm_request_ack().await?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let state = loop {
+        let state = alice.sm_state().await?;
+        if state.unacked == 0 || Instant::now() > deadline {
+            break state;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(state.unacked, 0, "{state:?}\n{}", rig.context());
+    assert_eq!(state.acked, state.sent, "{state:?}");
+
+    // Bob's acks (Prosody asks for one after each stanza) were translated: had they not
+    // been, Prosody would close his stream for acknowledging more than it sent.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    alice.send_chat("bob@example.test", "fine 3").await?;
+    assert_eq!(bob.next_message().await?.body, "fine 3");
+    let prosody_log = rig.prosody.log_tail();
+    assert!(!prosody_log.contains("acknowledged more"), "{prosody_log}");
+    assert!(!prosody_log.contains("handled-count"), "{prosody_log}");
+    Ok(())
+}
