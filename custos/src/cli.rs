@@ -64,6 +64,28 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Review web UI accounts.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add an account; the password is read from standard input (one line).
+    Add {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// admin (manages accounts), officer (reviews), auditor (reads, changes nothing).
+        #[arg(long)]
+        role: String,
+        /// The account's own XMPP address(es): messages to or from them are never
+        /// reviewed by this account.
+        #[arg(long = "jid", value_name = "JID")]
+        jids: Vec<String>,
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,6 +135,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => crate::archive_cmds::search(&config, &query.join(" "), limit, json),
         Command::Verify { config } => crate::archive_cmds::verify(&config),
         Command::Reindex { config } => crate::archive_cmds::reindex(&config),
+        Command::User {
+            command: UserCommand::Add { config, role, jids, name },
+        } => crate::user_cmds::add(&config, &role, &jids, &name),
         Command::Policy { command } => match command {
             PolicyCommand::Check { rules } => crate::policy_cmds::check(&rules),
             PolicyCommand::Test { rules, input } => {

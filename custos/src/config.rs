@@ -88,6 +88,12 @@ pub struct RawPolicy {
 #[serde(deny_unknown_fields)]
 pub struct RawWeb {
     pub bind: Spanned<String>,
+    /// Accounts file; default `users.json` next to the config file.
+    pub users: Option<Spanned<PathBuf>>,
+    /// Fraction of unflagged messages drawn for sampling review (0.0–1.0, default 0.01).
+    pub sample_rate: Option<Spanned<f64>>,
+    /// Idle minutes before a reviewer's session expires (default 30).
+    pub session_minutes: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +133,9 @@ pub struct PolicySettings {
 #[derive(Debug, Clone)]
 pub struct WebSettings {
     pub bind: SocketAddr,
+    pub users: PathBuf,
+    pub sample_rate: Option<f64>,
+    pub session_ttl: Option<std::time::Duration>,
 }
 
 /// The validated configuration.
@@ -253,20 +262,7 @@ impl Validator<'_> {
             let rules = self.existing_file(&p.get_ref().rules, "policy.rules")?;
             Some(PolicySettings { rules })
         });
-        let web = raw.web.as_ref().and_then(|w| {
-            let bind = &w.get_ref().bind;
-            match bind.get_ref().parse::<SocketAddr>() {
-                Ok(addr) => Some(WebSettings { bind: addr }),
-                Err(_) => {
-                    self.fail(
-                        &bind.span(),
-                        "web.bind",
-                        "expected an address like 127.0.0.1:8080",
-                    );
-                    None
-                }
-            }
-        });
+        let web = raw.web.as_ref().and_then(|w| self.web(w, archive.is_some()));
         Config {
             file: self.locate.file.to_owned(),
             proxy,
@@ -274,6 +270,46 @@ impl Validator<'_> {
             policy,
             web,
         }
+    }
+
+    fn web(&mut self, w: &Spanned<RawWeb>, has_archive: bool) -> Option<WebSettings> {
+        if !has_archive {
+            self.fail(&w.span(), "web", "the review UI needs an [archive] section");
+        }
+        let w = w.get_ref();
+        let bind = match w.bind.get_ref().parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.fail(&w.bind.span(), "web.bind", "expected an address like 127.0.0.1:8080");
+                None
+            }
+        };
+        let users = match &w.users {
+            Some(p) => self.path(p),
+            None => self.base.join("users.json"),
+        };
+        let sample_rate = match &w.sample_rate {
+            Some(r) if !(0.0..=1.0).contains(r.get_ref()) => {
+                self.fail(&r.span(), "web.sample_rate", "must be between 0.0 and 1.0");
+                None
+            }
+            Some(r) => Some(*r.get_ref()),
+            None => None,
+        };
+        let session_ttl = match &w.session_minutes {
+            Some(m) if *m.get_ref() <= 0 || *m.get_ref() > 24 * 60 => {
+                self.fail(&m.span(), "web.session_minutes", "must be between 1 and 1440");
+                None
+            }
+            Some(m) => u64::try_from(*m.get_ref()).ok().map(|m| std::time::Duration::from_secs(m * 60)),
+            None => None,
+        };
+        Some(WebSettings {
+            bind: bind?,
+            users,
+            sample_rate,
+            session_ttl,
+        })
     }
 
     fn proxy(&mut self, raw: &RawConfig) -> Option<ProxyConfig> {

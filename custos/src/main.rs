@@ -8,6 +8,7 @@ mod cli;
 mod config;
 mod policy_cmds;
 mod serve;
+mod user_cmds;
 
 use std::process::ExitCode;
 

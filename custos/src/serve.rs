@@ -97,6 +97,25 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
     };
     let pipeline = Arc::new(Pipeline::new(policy, archive.clone(), on_failure, alerts));
 
+    let web = match (&cfg.web, &archive) {
+        (Some(w), Some(archive)) => {
+            let mut web_config = custos_web_ui::WebConfig::new(w.bind, w.users.clone());
+            if let Some(rate) = w.sample_rate {
+                web_config.sample_rate = rate;
+            }
+            if let Some(ttl) = w.session_ttl {
+                web_config.session_ttl = ttl;
+            }
+            let bound = custos_web_ui::bind(web_config, archive.clone())
+                .await
+                .context("starting the review web UI")?;
+            info!(addr = %bound.local_addr(), "web UI listening");
+            let stop = shutdown.clone();
+            Some(tokio::spawn(bound.run(async move { stop.cancelled().await })))
+        }
+        _ => None,
+    };
+
     if let Some(proxy_config) = cfg.proxy {
         let proxy = Proxy::bind(proxy_config).await?;
         for addr in proxy.local_addrs() {
@@ -104,6 +123,15 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
             info!(%addr, "proxy listening");
         }
         proxy.run(pipeline.clone(), shutdown.clone()).await;
+    } else {
+        shutdown.cancelled().await;
+    }
+    if let Some(web) = web {
+        match web.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => error!(cause = %err, "web UI failed"),
+            Err(err) => error!(cause = %err, "web UI task failed"),
+        }
     }
 
     if let Some(w) = watcher {
