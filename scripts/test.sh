@@ -18,7 +18,14 @@ fi
 export CUSTOS_TEST_PYTHON="${CUSTOS_TEST_PYTHON:-$ROOT/.venv/bin/python}"
 
 if [ "$#" -gt 0 ]; then
+    cargo build "${locked[@]}" --workspace --bins
     cargo test "${locked[@]}" "$@"
 else
+    # The scenarios run the real `custos` binary: build it first (`cargo test` alone
+    # builds only test harnesses for a package without integration tests).
+    cargo build "${locked[@]}" --workspace --bins
     cargo test "${locked[@]}" --workspace
+    # The review UI in a real Chromium (feature-gated so the served binary carries no
+    # browser client).
+    cargo test "${locked[@]}" -p custos-web-ui --features browser --test browser
 fi
