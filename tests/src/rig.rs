@@ -34,6 +34,8 @@ pub struct RigOptions {
     pub run_as: Option<(u32, u32)>,
     /// Extra keys for the `[archive]` section.
     pub archive_extra: String,
+    /// Serve the review web UI (needs `archive`); its address is [`Rig::web`].
+    pub web: bool,
 }
 
 impl RigOptions {
@@ -50,6 +52,8 @@ pub struct Rig {
     pub custos_dir: PathBuf,
     pub rules_path: Option<PathBuf>,
     pub archive_dir: Option<PathBuf>,
+    /// The review web UI's address, when started.
+    pub web: Option<SocketAddr>,
     // Last: files outlive the processes that use them.
     pub dir: TestDir,
 }
@@ -90,6 +94,12 @@ fn write_config(
     Ok((config, rules_path, archive_dir))
 }
 
+fn web_section(custos_dir: &std::path::Path) -> Result<(String, SocketAddr), BoxError> {
+    let addr: SocketAddr = ([127, 0, 0, 1], crate::free_port()?).into();
+    let users = custos_dir.join("users.json");
+    Ok((format!("\n[web]\nbind = \"{addr}\"\nusers = \"{}\"\nsample_rate = 0.0\n", users.display()), addr))
+}
+
 impl Rig {
     pub fn start(label: &str, opts: RigOptions) -> Result<Rig, BoxError> {
         let dir = TestDir::new(label)?;
@@ -107,8 +117,15 @@ impl Rig {
         let prosody = Prosody::start(dir.path(), &ca, popts)?;
         let custos_dir = dir.join("custos");
         std::fs::create_dir_all(&custos_dir)?;
-        let (config, rules_path, archive_dir) =
+        let (mut config, rules_path, archive_dir) =
             write_config(&custos_dir, &ca, prosody.c2s_addr(), &opts)?;
+        let web = if opts.web {
+            let (section, addr) = web_section(&custos_dir)?;
+            config.push_str(&section);
+            Some(addr)
+        } else {
+            None
+        };
         let leaf = ca.leaf(&custos_dir, "example.test")?;
         if opts.archive {
             // `keys init` needs only [archive]: give it just that section.
@@ -138,6 +155,11 @@ impl Rig {
             &config,
             opts.run_as,
         )?;
+        if let Some(addr) = web {
+            if !crate::wait_for_port(addr.port(), std::time::Duration::from_secs(15)) {
+                return Err(format!("web UI did not listen on {addr}\n{}", custos.log_tail()).into());
+            }
+        }
         Ok(Rig {
             custos,
             prosody,
@@ -145,6 +167,7 @@ impl Rig {
             custos_dir,
             rules_path,
             archive_dir,
+            web,
             dir,
         })
     }
@@ -208,6 +231,29 @@ impl Rig {
             .lines()
             .map(serde_json::from_str)
             .collect::<Result<_, _>>()?)
+    }
+
+    /// `custos user add` with the password on stdin.
+    pub fn add_user(&self, name: &str, role: &str, password: &str) -> Result<(), BoxError> {
+        use std::io::Write;
+        let mut child = std::process::Command::new(crate::custos::custos_bin())
+            .args(["user", "add", "--config"])
+            .arg(self.custos.config_path())
+            .args(["--role", role, name])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .ok_or("no stdin")?
+            .write_all(format!("{password}\n").as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            return Err(format!("custos user add failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+        }
+        Ok(())
     }
 
     /// Both logs, for assertion messages.
