@@ -401,7 +401,7 @@ fn writer_loop(mut log: LogWriter, rx: Receiver<Cmd>, itx: Sender<IndexCmd>) {
             Ok(c) => c,
             Err(RecvTimeoutError::Timeout) => {
                 if failed.is_none() {
-                    if let Err(e) = log.maybe_roll() {
+                    if let Err(e) = log.checkpoint_if_pending().and_then(|_| log.maybe_roll()) {
                         failed = Some(e.to_string());
                     }
                 }

@@ -331,3 +331,30 @@ fn refuses_master_key_inside_archive_dir_and_wrong_key() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_writer_signs_a_checkpoint_covering_the_newest_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("archive");
+    let (master, signing, public) = keys(tmp.path());
+    let archive = Archive::open(ArchiveConfig::new(dir.clone(), master.clone(), signing)).unwrap();
+    for i in 0..3 {
+        archive
+            .append(msg("a@x/r", "b@x", Direction::Outbound, &format!("m{i}"), Action::Allow, &[]))
+            .await
+            .unwrap();
+    }
+    // Far fewer than `checkpoint_every` records, but the writer goes quiet: within a
+    // couple of seconds a checkpoint covers the last seq, with the archive still open.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let report = loop {
+        let report = verify(&dir, Some(&master), &public, |_, _| {});
+        if report.checkpoints >= 1 || Instant::now() > deadline {
+            break report;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert!(report.checkpoints >= 1, "no checkpoint while idle: {report:?}");
+    archive.close().await.unwrap();
+}
