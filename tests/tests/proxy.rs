@@ -531,3 +531,27 @@ async fn sigterm_sends_system_shutdown_and_exits() -> TestResult {
     assert!(TcpStream::connect(rig.custos.listener(0)).await.is_err());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_timed_out_during_negotiation() -> TestResult {
+    let rig = rig("proxy-timeout", "[limits]\nhandshake_timeout_secs = 1\n")?;
+    // Connects and says nothing: a slowloris. Another client is unaffected meanwhile.
+    let mut silent = TcpStream::connect(rig.custos.listener(0)).await?;
+    let mut alice = rig.alice().await?;
+    let mut got = String::new();
+    let mut buf = vec![0u8; 4096];
+    let started = std::time::Instant::now();
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf)).await??;
+        if n == 0 {
+            break;
+        }
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(got.contains("<connection-timeout xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"), "{got}");
+    assert!(got.starts_with("<stream:stream"), "a header precedes the error: {got}");
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    alice.send_chat("alice@example.test", "note to self").await?;
+    assert_eq!(alice.next_message().await?.body, "note to self");
+    Ok(())
+}
