@@ -340,7 +340,14 @@ async fn an_idle_writer_signs_a_checkpoint_covering_the_newest_records() {
     let archive = Archive::open(ArchiveConfig::new(dir.clone(), master.clone(), signing)).unwrap();
     for i in 0..3 {
         archive
-            .append(msg("a@x/r", "b@x", Direction::Outbound, &format!("m{i}"), Action::Allow, &[]))
+            .append(msg(
+                "a@x/r",
+                "b@x",
+                Direction::Outbound,
+                &format!("m{i}"),
+                Action::Allow,
+                &[],
+            ))
             .await
             .unwrap();
     }
@@ -355,6 +362,9 @@ async fn an_idle_writer_signs_a_checkpoint_covering_the_newest_records() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!(report.problems.is_empty(), "{:?}", report.problems);
-    assert!(report.checkpoints >= 1, "no checkpoint while idle: {report:?}");
+    assert!(
+        report.checkpoints >= 1,
+        "no checkpoint while idle: {report:?}"
+    );
     archive.close().await.unwrap();
 }

@@ -136,7 +136,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Verify { config } => crate::archive_cmds::verify(&config),
         Command::Reindex { config } => crate::archive_cmds::reindex(&config),
         Command::User {
-            command: UserCommand::Add { config, role, jids, name },
+            command:
+                UserCommand::Add {
+                    config,
+                    role,
+                    jids,
+                    name,
+                },
         } => crate::user_cmds::add(&config, &role, &jids, &name),
         Command::Policy { command } => match command {
             PolicyCommand::Check { rules } => crate::policy_cmds::check(&rules),

@@ -262,7 +262,10 @@ impl Validator<'_> {
             let rules = self.existing_file(&p.get_ref().rules, "policy.rules")?;
             Some(PolicySettings { rules })
         });
-        let web = raw.web.as_ref().and_then(|w| self.web(w, archive.is_some()));
+        let web = raw
+            .web
+            .as_ref()
+            .and_then(|w| self.web(w, archive.is_some()));
         Config {
             file: self.locate.file.to_owned(),
             proxy,
@@ -280,7 +283,11 @@ impl Validator<'_> {
         let bind = match w.bind.get_ref().parse::<SocketAddr>() {
             Ok(addr) => Some(addr),
             Err(_) => {
-                self.fail(&w.bind.span(), "web.bind", "expected an address like 127.0.0.1:8080");
+                self.fail(
+                    &w.bind.span(),
+                    "web.bind",
+                    "expected an address like 127.0.0.1:8080",
+                );
                 None
             }
         };
@@ -298,10 +305,16 @@ impl Validator<'_> {
         };
         let session_ttl = match &w.session_minutes {
             Some(m) if *m.get_ref() <= 0 || *m.get_ref() > 24 * 60 => {
-                self.fail(&m.span(), "web.session_minutes", "must be between 1 and 1440");
+                self.fail(
+                    &m.span(),
+                    "web.session_minutes",
+                    "must be between 1 and 1440",
+                );
                 None
             }
-            Some(m) => u64::try_from(*m.get_ref()).ok().map(|m| std::time::Duration::from_secs(m * 60)),
+            Some(m) => u64::try_from(*m.get_ref())
+                .ok()
+                .map(|m| std::time::Duration::from_secs(m * 60)),
             None => None,
         };
         Some(WebSettings {

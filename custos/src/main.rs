@@ -2,6 +2,8 @@
 //! and stops the parts; every piece of business logic lives in the library crates.
 
 #![forbid(unsafe_code)]
+// Tests may unwrap: a panic there is a failed assertion, not a crash on user input.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod archive_cmds;
 mod cli;

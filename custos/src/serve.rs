@@ -111,7 +111,9 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
                 .context("starting the review web UI")?;
             info!(addr = %bound.local_addr(), "web UI listening");
             let stop = shutdown.clone();
-            Some(tokio::spawn(bound.run(async move { stop.cancelled().await })))
+            Some(tokio::spawn(
+                bound.run(async move { stop.cancelled().await }),
+            ))
         }
         _ => None,
     };

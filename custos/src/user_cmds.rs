@@ -9,16 +9,28 @@ use custos_web_ui::Role;
 
 use crate::config;
 
-pub fn add(config_path: &Path, role: &str, jids: &[String], name: &str) -> anyhow::Result<ExitCode> {
+pub fn add(
+    config_path: &Path,
+    role: &str,
+    jids: &[String],
+    name: &str,
+) -> anyhow::Result<ExitCode> {
     let cfg = config::load(config_path).map_err(|errors| {
-        anyhow::anyhow!(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+        anyhow::anyhow!(errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n"))
     })?;
     let Some(web) = cfg.web else {
-        bail!("{}: no [web] section: accounts belong to the review web UI", config_path.display());
+        bail!(
+            "{}: no [web] section: accounts belong to the review web UI",
+            config_path.display()
+        );
     };
-    let role: Role = role
-        .parse()
-        .map_err(|_| anyhow::anyhow!("unknown role {role:?}: expected admin, officer or auditor"))?;
+    let role: Role = role.parse().map_err(|_| {
+        anyhow::anyhow!("unknown role {role:?}: expected admin, officer or auditor")
+    })?;
     // The password comes from stdin so it never appears in the process list or history.
     let mut password = String::new();
     std::io::stdin()

@@ -27,6 +27,8 @@
 //! - [`error`]: why a session ended, by whose fault, and the stream error it maps to.
 
 #![forbid(unsafe_code)]
+// Tests may unwrap: a panic there is a failed assertion, not a crash on peer data.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod alerts;
 mod conn;

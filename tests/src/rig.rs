@@ -97,7 +97,13 @@ fn write_config(
 fn web_section(custos_dir: &std::path::Path) -> Result<(String, SocketAddr), BoxError> {
     let addr: SocketAddr = ([127, 0, 0, 1], crate::free_port()?).into();
     let users = custos_dir.join("users.json");
-    Ok((format!("\n[web]\nbind = \"{addr}\"\nusers = \"{}\"\nsample_rate = 0.0\n", users.display()), addr))
+    Ok((
+        format!(
+            "\n[web]\nbind = \"{addr}\"\nusers = \"{}\"\nsample_rate = 0.0\n",
+            users.display()
+        ),
+        addr,
+    ))
 }
 
 impl Rig {
@@ -157,7 +163,9 @@ impl Rig {
         )?;
         if let Some(addr) = web {
             if !crate::wait_for_port(addr.port(), std::time::Duration::from_secs(15)) {
-                return Err(format!("web UI did not listen on {addr}\n{}", custos.log_tail()).into());
+                return Err(
+                    format!("web UI did not listen on {addr}\n{}", custos.log_tail()).into(),
+                );
             }
         }
         Ok(Rig {
@@ -251,7 +259,11 @@ impl Rig {
             .write_all(format!("{password}\n").as_bytes())?;
         let out = child.wait_with_output()?;
         if !out.status.success() {
-            return Err(format!("custos user add failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+            return Err(format!(
+                "custos user add failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
         }
         Ok(())
     }

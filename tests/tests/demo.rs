@@ -19,14 +19,22 @@ fn the_demo_runs_end_to_end() {
         .arg("--web-port")
         .arg("0")
         .output()
-        .unwrap_or_else(|e| panic!("running {}: {e} (build it with cargo build --workspace --bins)", bin.display()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "running {}: {e} (build it with cargo build --workspace --bins)",
+                bin.display()
+            )
+        });
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "demo failed\n--- stdout ---\n{stdout}\n--- stderr ---\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("refused: <policy-violation/> Card numbers may not be sent over chat."), "{stdout}");
+    assert!(
+        stdout.contains("refused: <policy-violation/> Card numbers may not be sent over chat."),
+        "{stdout}"
+    );
     assert!(stdout.contains("Project ██████ review"), "{stdout}");
     assert!(stdout.contains("recorded by Example Corp"), "{stdout}");
     assert!(stdout.contains("demo check passed"), "{stdout}");

@@ -24,13 +24,13 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 const ALICE_PW: &str = "alice-secret";
 
 fn rig(label: &str, extra: &str) -> Result<Rig, BoxError> {
-    Ok(Rig::start(
+    Rig::start(
         label,
         RigOptions {
             extra: extra.to_owned(),
             ..RigOptions::default()
         },
-    )?)
+    )
 }
 
 /// Custos alone in front of `upstream` (which may be down or untrusted).
@@ -63,10 +63,10 @@ trait Users {
 
 impl Users for Rig {
     async fn alice(&self) -> Result<SlixClient, BoxError> {
-        Ok(self.connect("alice", "laptop", Tls::StartTls).await?)
+        self.connect("alice", "laptop", Tls::StartTls).await
     }
     async fn bob(&self) -> Result<SlixClient, BoxError> {
-        Ok(self.connect("bob", "phone", Tls::Direct).await?)
+        self.connect("bob", "phone", Tls::Direct).await
     }
 }
 
@@ -548,10 +548,22 @@ async fn a_silent_client_is_timed_out_during_negotiation() -> TestResult {
         }
         got.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
-    assert!(got.contains("<connection-timeout xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"), "{got}");
-    assert!(got.starts_with("<stream:stream"), "a header precedes the error: {got}");
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
-    alice.send_chat("alice@example.test", "note to self").await?;
+    assert!(
+        got.contains("<connection-timeout xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"),
+        "{got}"
+    );
+    assert!(
+        got.starts_with("<stream:stream"),
+        "a header precedes the error: {got}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    alice
+        .send_chat("alice@example.test", "note to self")
+        .await?;
     assert_eq!(alice.next_message().await?.body, "note to self");
     Ok(())
 }

@@ -33,10 +33,22 @@ async fn officer_reviews_a_message_sent_through_custos_a_moment_ago() -> TestRes
 
     let mut alice = rig.connect("alice", "laptop", Tls::StartTls).await?;
     let mut bob = rig.connect("bob", "phone", Tls::Direct).await?;
-    alice.send_chat("bob@example.test", "lunch at the zanzibar place?").await?;
-    assert_eq!(bob.next_message().await?.body, "lunch at the zanzibar place?");
-    bob.send_chat("alice@example.test", "zanzibar returns are guaranteed, promise <b>").await?;
-    assert_eq!(alice.next_message().await?.body, "zanzibar returns are guaranteed, promise <b>");
+    alice
+        .send_chat("bob@example.test", "lunch at the zanzibar place?")
+        .await?;
+    assert_eq!(
+        bob.next_message().await?.body,
+        "lunch at the zanzibar place?"
+    );
+    bob.send_chat(
+        "alice@example.test",
+        "zanzibar returns are guaranteed, promise <b>",
+    )
+    .await?;
+    assert_eq!(
+        alice.next_message().await?.body,
+        "zanzibar returns are guaranteed, promise <b>"
+    );
     let sent = Instant::now();
 
     let profile = tempfile::tempdir()?;
@@ -49,19 +61,29 @@ async fn officer_reviews_a_message_sent_through_custos_a_moment_ago() -> TestRes
         let mut found = false;
         while sent.elapsed() < Duration::from_secs(5) {
             c.goto(&format!("{base}/search?q=zanzibar")).await?;
-            if c.find_all(Locator::Css("table.results tbody tr")).await?.len() == 2 {
+            if c.find_all(Locator::Css("table.results tbody tr"))
+                .await?
+                .len()
+                == 2
+            {
                 found = true;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(found, "both messages searchable in the UI\n{}", rig.context());
+        assert!(
+            found,
+            "both messages searchable in the UI\n{}",
+            rig.context()
+        );
         let found_after = sent.elapsed();
         let results = c.find(Locator::Css("table.results")).await?.text().await?;
         assert!(results.contains("alice@example.test/laptop"), "{results}");
         // Hostile markup in a body is shown as text.
         assert!(results.contains("promise <b>"), "{results}");
-        browser.screenshot(&shots.join("pipeline-1-search.png")).await?;
+        browser
+            .screenshot(&shots.join("pipeline-1-search.png"))
+            .await?;
 
         // Open the flagged one in its conversation and review it.
         c.goto(&format!("{base}/search?q=guaranteed")).await?;
@@ -71,10 +93,22 @@ async fn officer_reviews_a_message_sent_through_custos_a_moment_ago() -> TestRes
             .await?
             .click()
             .await?;
-        c.wait().at_most(Duration::from_secs(10)).for_element(Locator::Css("article.msg.hit")).await?;
-        let conversation = c.find(Locator::Css("div.conversation")).await?.text().await?;
-        assert!(conversation.contains("lunch at the zanzibar place?"), "context around the hit: {conversation}");
-        browser.screenshot(&shots.join("pipeline-2-conversation.png")).await?;
+        c.wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(Locator::Css("article.msg.hit"))
+            .await?;
+        let conversation = c
+            .find(Locator::Css("div.conversation"))
+            .await?
+            .text()
+            .await?;
+        assert!(
+            conversation.contains("lunch at the zanzibar place?"),
+            "context around the hit: {conversation}"
+        );
+        browser
+            .screenshot(&shots.join("pipeline-2-conversation.png"))
+            .await?;
         c.find(Locator::Id("comment"))
             .await?
             .send_keys("Performance promise to a colleague; discussed with the desk head.")
@@ -87,7 +121,10 @@ async fn officer_reviews_a_message_sent_through_custos_a_moment_ago() -> TestRes
             .await?
             .text()
             .await?;
-        assert!(history.contains("olivia") && history.contains("marked reviewed"), "{history}");
+        assert!(
+            history.contains("olivia") && history.contains("marked reviewed"),
+            "{history}"
+        );
 
         // The auditor sees the review in the audit trail.
         browser.sign_in(&base, "audrey", PASSWORD).await?;
@@ -99,10 +136,22 @@ async fn officer_reviews_a_message_sent_through_custos_a_moment_ago() -> TestRes
             .await?
             .text()
             .await?;
-        for needle in ["olivia", "search", "zanzibar", "view-conversation", "review", "\"status\":\"reviewed\""] {
-            assert!(audit.contains(needle), "audit page lacks {needle:?}:\n{audit}");
+        for needle in [
+            "olivia",
+            "search",
+            "zanzibar",
+            "view-conversation",
+            "review",
+            "\"status\":\"reviewed\"",
+        ] {
+            assert!(
+                audit.contains(needle),
+                "audit page lacks {needle:?}:\n{audit}"
+            );
         }
-        browser.screenshot(&shots.join("pipeline-3-audit.png")).await?;
+        browser
+            .screenshot(&shots.join("pipeline-3-audit.png"))
+            .await?;
         Ok::<Duration, BoxError>(found_after)
     }
     .await;
@@ -112,6 +161,10 @@ async fn officer_reviews_a_message_sent_through_custos_a_moment_ago() -> TestRes
 
     // The audit records are in the same tamper-evident archive as the messages.
     let out = rig.cli(&["verify"])?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     Ok(())
 }

@@ -88,7 +88,11 @@ fn args() -> Result<Args, BoxError> {
             other => return Err(format!("unknown argument {other:?} (try --help)").into()),
         }
     }
-    Ok(Args { dir, check, web_port })
+    Ok(Args {
+        dir,
+        check,
+        web_port,
+    })
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -110,13 +114,20 @@ async fn run() -> Result<(), BoxError> {
 
     let ca = TestCa::generate(&dir)?;
     let mut opts = ProsodyOptions::default();
-    for (name, pw) in [("alice", "alice-pw"), ("bob", "bob-pw"), ("carol", "carol-pw")] {
+    for (name, pw) in [
+        ("alice", "alice-pw"),
+        ("bob", "bob-pw"),
+        ("carol", "carol-pw"),
+    ] {
         opts.users.push(User::new(name, "example.test", pw));
     }
     opts.external_domain = Some("example.org".into());
     opts.users.push(User::new("dave", "example.org", "dave-pw"));
     let prosody = Prosody::start(&dir, &ca, opts)?;
-    println!("prosody (the unmodified upstream) on {}", prosody.c2s_addr());
+    println!(
+        "prosody (the unmodified upstream) on {}",
+        prosody.c2s_addr()
+    );
 
     let custos_dir = dir.join("custos");
     let secrets = dir.join("secrets");
@@ -125,7 +136,9 @@ async fn run() -> Result<(), BoxError> {
     let leaf = ca.leaf(&custos_dir, "example.test")?;
     std::fs::write(custos_dir.join("rules.toml"), RULES)?;
     // Port 8080 unless taken (or 0 asked for): then any free one.
-    let web_port = if args.web_port != 0 && std::net::TcpListener::bind(("127.0.0.1", args.web_port)).is_ok() {
+    let web_port = if args.web_port != 0
+        && std::net::TcpListener::bind(("127.0.0.1", args.web_port)).is_ok()
+    {
         args.web_port
     } else {
         free_port()?
@@ -173,8 +186,14 @@ sample_rate = 0.2
     );
     let config_path = custos_dir.join("custos.toml");
     std::fs::write(&config_path, config)?;
-    must(run_custos(&["config", "check"], Some(&config_path))?, "config check")?;
-    must(run_custos(&["keys", "init"], Some(&config_path))?, "keys init")?;
+    must(
+        run_custos(&["config", "check"], Some(&config_path))?,
+        "config check",
+    )?;
+    must(
+        run_custos(&["keys", "init"], Some(&config_path))?,
+        "keys init",
+    )?;
     add_user(&config_path, "officer", "officer", OFFICER_PASSWORD)?;
     add_user(&config_path, "admin", "admin", ADMIN_PASSWORD)?;
 
@@ -186,7 +205,10 @@ sample_rate = 0.2
     tokio::time::sleep(Duration::from_millis(1200)).await;
 
     let search = run_custos(&["search", "with:alice@example.test"], Some(&config_path))?;
-    println!("\n$ custos search --config {} with:alice@example.test", config_path.display());
+    println!(
+        "\n$ custos search --config {} with:alice@example.test",
+        config_path.display()
+    );
     print!("{}", String::from_utf8_lossy(&search.stdout));
     let verify = run_custos(&["verify"], Some(&config_path))?;
     println!("\n$ custos verify --config {}", config_path.display());
@@ -228,7 +250,12 @@ fn must(out: std::process::Output, what: &str) -> Result<(), BoxError> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("custos {what} failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)).into())
+        Err(format!(
+            "custos {what} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into())
     }
 }
 
@@ -253,44 +280,94 @@ fn add_user(config: &Path, name: &str, role: &str, password: &str) -> Result<(),
 /// Sample traffic from real clients: ordinary chat, a blocked card number, a redacted
 /// code name, a flagged promise, an information barrier, and an external party who gets
 /// the recording notice.
-async fn traffic(ca: &TestCa, starttls: SocketAddr, direct: SocketAddr, prosody: SocketAddr) -> Result<(), BoxError> {
+async fn traffic(
+    ca: &TestCa,
+    starttls: SocketAddr,
+    direct: SocketAddr,
+    prosody: SocketAddr,
+) -> Result<(), BoxError> {
     let connect = |jid: &str, pw: &str, addr: SocketAddr, tls: Tls| {
         let mut o = ConnectOptions::new(jid, pw, addr, ca.cert_path());
         o.tls = tls;
         o
     };
-    let mut alice = SlixClient::connect(connect("alice@example.test/laptop", "alice-pw", starttls, Tls::StartTls)).await?;
-    let mut bob = SlixClient::connect(connect("bob@example.test/phone", "bob-pw", direct, Tls::Direct)).await?;
-    let mut carol = SlixClient::connect(connect("carol@example.test/desk", "carol-pw", starttls, Tls::StartTls)).await?;
+    let mut alice = SlixClient::connect(connect(
+        "alice@example.test/laptop",
+        "alice-pw",
+        starttls,
+        Tls::StartTls,
+    ))
+    .await?;
+    let mut bob = SlixClient::connect(connect(
+        "bob@example.test/phone",
+        "bob-pw",
+        direct,
+        Tls::Direct,
+    ))
+    .await?;
+    let mut carol = SlixClient::connect(connect(
+        "carol@example.test/desk",
+        "carol-pw",
+        starttls,
+        Tls::StartTls,
+    ))
+    .await?;
     // dave is on "another server": he connects to Prosody directly, not through Custos.
-    let mut dave = SlixClient::connect(connect("dave@example.org/home", "dave-pw", prosody, Tls::StartTls)).await?;
+    let mut dave = SlixClient::connect(connect(
+        "dave@example.org/home",
+        "dave-pw",
+        prosody,
+        Tls::StartTls,
+    ))
+    .await?;
 
     let say = |who: &str, to: &str, body: &str| println!("  {who} -> {to}: {body}");
     for (from, to, body) in [
         ("alice", "bob", "Morning Bob, are the Q3 numbers final?"),
         ("bob", "alice", "Almost, I'll send them after lunch."),
         ("alice", "bob", "Great. Project Falcon review is at 3pm."),
-        ("bob", "alice", "This one is guaranteed to double, trust me."),
-        ("alice", "bob", "Use my card 4111 1111 1111 1111 for the booking"),
+        (
+            "bob",
+            "alice",
+            "This one is guaranteed to double, trust me.",
+        ),
+        (
+            "alice",
+            "bob",
+            "Use my card 4111 1111 1111 1111 for the booking",
+        ),
         ("alice", "carol", "Carol, any view on the Falcon trade?"),
         ("alice", "dave", "Hi Dave, thanks for the call earlier."),
     ] {
         say(from, to, body);
-        let to_jid = if to == "dave" { "dave@example.org".to_owned() } else { format!("{to}@example.test") };
+        let to_jid = if to == "dave" {
+            "dave@example.org".to_owned()
+        } else {
+            format!("{to}@example.test")
+        };
         let client = match from {
             "alice" => &mut alice,
             "bob" => &mut bob,
             _ => &mut carol,
         };
-        let id = client.send_message(OutgoingMessage::chat(&to_jid, body)).await?;
-        match tokio::time::timeout(Duration::from_millis(600), client.wait_stanza_error(&id)).await {
-            Ok(Ok(err)) => println!("    refused: <{}/> {}", err.condition, err.text),
-            _ => {}
+        let id = client
+            .send_message(OutgoingMessage::chat(&to_jid, body))
+            .await?;
+        if let Ok(Ok(err)) =
+            tokio::time::timeout(Duration::from_millis(600), client.wait_stanza_error(&id)).await
+        {
+            println!("    refused: <{}/> {}", err.condition, err.text);
         }
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    for (name, c) in [("bob", &mut bob), ("alice", &mut alice), ("dave", &mut dave)] {
-        while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(300), c.next_message()).await {
+    for (name, c) in [
+        ("bob", &mut bob),
+        ("alice", &mut alice),
+        ("dave", &mut dave),
+    ] {
+        while let Ok(Ok(m)) =
+            tokio::time::timeout(Duration::from_millis(300), c.next_message()).await
+        {
             println!("  {name} received from {}: {}", m.from, m.body);
         }
     }
