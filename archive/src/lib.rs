@@ -21,6 +21,7 @@
 //! The on-disk format is described in `docs/archive-format.md`.
 
 pub mod archive;
+pub mod export;
 pub mod index;
 pub mod keys;
 pub mod log;
@@ -36,6 +37,9 @@ pub use archive::{
     CloseError, Hit, OpenError, ReadError, ReindexError, SearchError,
 };
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
+pub use export::{
+    export, verify_export, ExportError, ExportProblem, ExportReport, ExportRequest, ExportSummary,
+};
 pub use keys::{keys_init, load_signing_key, load_verifying_key, KeyError, KeysCreated, MasterKey};
 pub use record::{
     Action, Direction, EventRecord, MessageRecord, NewRecord, Outcome, Record, RecordSeq, SessionId,

@@ -1,0 +1,486 @@
+//! Regulator export and its offline verification.
+//!
+//! ```text
+//!  segments ─▶ decrypt, recompute chain ─▶ filter (range, query)
+//!                   │ every record              │ selected
+//!                   ▼                           ├─▶ records/part-N.parquet (rows + proof columns)
+//!             chain.jsonl (links to the         └─▶ transcripts/*.html, index.html
+//!             signed checkpoints)
+//!  all files ─▶ SHA-256 ─▶ manifest.json ─▶ Ed25519 ─▶ manifest.sig ─▶ rename DIR.partial → DIR
+//!
+//!  verify_export(DIR, public key) ─▶ signature, file hashes, every row, every link
+//!                                 ─▶ ExportProblem{file, row, seq, what}
+//! ```
+//!
+//! Modules: [`row`] (what a row shows, derived from the canonical record),
+//! [`filter`] (time range and query), [`parquet_out`] (schema and writer),
+//! [`chain`] (chain links), [`transcripts`] (HTML), [`manifest`] (manifest and
+//! signature), [`verify_export`]. The format is described for third-party
+//! verifiers in `docs/export-format.md`.
+
+mod chain;
+mod filter;
+pub(crate) mod hex;
+pub mod manifest;
+mod parquet_out;
+mod row;
+pub mod transcripts;
+mod verify_export;
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::SigningKey;
+
+pub use chain::{ChainError, CoveringCheckpoint};
+pub use manifest::Manifest;
+pub use parquet_out::ParquetLimits;
+pub use verify_export::{verify_export, ExportProblem, ExportReport};
+
+use crate::keys::MasterKey;
+use crate::log::{self, LogOpenError};
+use crate::query::{self, QueryError};
+use crate::record::{EventRecord, NewRecord, Record};
+use crate::segment::{self, Frame, Parsed, SegmentHeader, HEADER_LEN};
+use crate::storage::{FileStorage, Storage};
+use crate::time::Timestamp;
+
+use chain::ProofBuilder;
+use filter::Filter;
+use manifest::{CheckpointSummary, FileEntry, PartEntry};
+use parquet_out::{ExportRow, PartsWriter};
+use row::{Conversation, Shown};
+use transcripts::Transcripts;
+
+/// Marks a `DIR.partial` directory as ours, so a rerun may clear it.
+const PARTIAL_MARKER: &str = ".custos-export-partial";
+/// Records between progress calls.
+const PROGRESS_EVERY: u64 = 10_000;
+
+/// What to export. `since` is inclusive, `until` exclusive; `query` uses
+/// the search syntax and selects messages only (no query: every record).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExportRequest {
+    pub query: Option<String>,
+    pub since: Option<Timestamp>,
+    pub until: Option<Timestamp>,
+}
+
+/// Tuning that does not change what is exported.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExportOptions {
+    pub parquet: ParquetLimits,
+}
+
+/// What an export wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportSummary {
+    pub out: PathBuf,
+    pub request: ExportRequest,
+    /// Rows exported.
+    pub records: u64,
+    /// Every file written, relative to `out`, manifest and signature last.
+    pub files: Vec<PathBuf>,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    /// The last checkpointed seq: records after it (appended since the last
+    /// checkpoint) were not read, and this export says so in its manifest.
+    pub through_seq: u64,
+    /// Records read (selected or not) up to `through_seq`.
+    pub scanned: u64,
+    /// Records whose segment key is destroyed: proven by leaf only, not exported.
+    pub shredded: u64,
+    /// Checkpoints that cover exported rows.
+    pub checkpoints: u64,
+    /// Hex SHA-256 of `manifest.json`.
+    pub manifest_sha256: String,
+}
+
+impl ExportSummary {
+    /// The audit record the caller appends to the archive (promise 5).
+    pub fn audit_record(&self, actor: &str) -> NewRecord {
+        let detail = serde_json::json!({
+            "query": self.request.query,
+            "since": self.request.since.map(|t| t.to_string()),
+            "until": self.request.until.map(|t| t.to_string()),
+            "records": self.records,
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "through_seq": self.through_seq,
+            "out": self.out.display().to_string(),
+            "manifest_sha256": self.manifest_sha256,
+        });
+        NewRecord::Event(EventRecord::Audit {
+            actor: actor.to_string(),
+            action: "export".into(),
+            detail: detail.to_string(),
+        })
+    }
+}
+
+/// An export failed; the output directory was not created (at most a
+/// `DIR.partial` remains, which a rerun clears).
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    // The request.
+    #[error("bad query: {0}")]
+    Query(#[from] QueryError),
+    // The output location.
+    #[error("output directory {0} exists and is not empty; choose a new one")]
+    OutExists(PathBuf),
+    #[error("{0} exists and was not left by an export; remove it or choose another output")]
+    PartialExists(PathBuf),
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("writing Parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    // The archive.
+    #[error(transparent)]
+    Open(#[from] LogOpenError),
+    #[error("reading segment {segment}: {what}")]
+    Read { segment: u64, what: String },
+    #[error("segment {segment} offset {offset}: {what}; run `custos verify`")]
+    Corrupt {
+        segment: u64,
+        offset: u64,
+        what: String,
+    },
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+}
+
+fn write_err(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
+    move |source| ExportError::Write {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Exports with default options; see [`export_with`].
+pub fn export(
+    archive_dir: &Path,
+    master_key: &MasterKey,
+    signing_key: &SigningKey,
+    out: &Path,
+    req: &ExportRequest,
+    progress: impl FnMut(u64, u64),
+) -> Result<ExportSummary, ExportError> {
+    export_with(
+        archive_dir,
+        master_key,
+        signing_key,
+        out,
+        req,
+        &ExportOptions::default(),
+        progress,
+    )
+}
+
+/// Exports the records of the archive in `archive_dir` selected by `req`
+/// into the new directory `out` (refused if it exists and is not empty).
+/// Safe beside a serving process: reads up to the last checkpoint.
+/// `progress(seq_read, through_seq)`. Memory is bounded by one segment, one
+/// row group and the per-conversation bookkeeping, not by the export size.
+pub fn export_with(
+    archive_dir: &Path,
+    master_key: &MasterKey,
+    signing_key: &SigningKey,
+    out: &Path,
+    req: &ExportRequest,
+    opts: &ExportOptions,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<ExportSummary, ExportError> {
+    let query = req.query.as_deref().map(query::parse).transpose()?;
+    let filter = Filter::new(query, req.since, req.until);
+    let storage = FileStorage::new(archive_dir);
+    let meta = log::open_meta(&storage, master_key)?;
+    let ids = log::segment_ids(&storage).map_err(|e| ExportError::Read {
+        segment: 0,
+        what: e.to_string(),
+    })?;
+    let through = last_checkpoint(&storage, &ids)?;
+    if dir_has_entries(out) {
+        return Err(ExportError::OutExists(out.to_path_buf()));
+    }
+    let partial = prepare_partial(out)?;
+
+    let chain_path = partial.join(manifest::CHAIN);
+    let chain_file = File::create(&chain_path).map_err(write_err(&chain_path))?;
+    let mut proofs = ProofBuilder::new(
+        BufWriter::with_capacity(1 << 20, chain_file),
+        signing_key.verifying_key(),
+    );
+    let mut parts = PartsWriter::new(&partial, opts.parquet)?;
+    let mut transcripts = Transcripts::new(&partial);
+    let mut st = Stats::default();
+
+    'segments: for &id in &ids {
+        let bytes = storage
+            .read(&segment::segment_name(id))
+            .map_err(|e| ExportError::Read {
+                segment: id,
+                what: e.to_string(),
+            })?;
+        let corrupt = |offset: usize, what: String| ExportError::Corrupt {
+            segment: id,
+            offset: offset as u64,
+            what,
+        };
+        let hb: [u8; HEADER_LEN] = match bytes.get(..HEADER_LEN).and_then(|h| h.try_into().ok()) {
+            Some(h) => h,
+            // A segment being created holds no checkpointed record yet.
+            None => break,
+        };
+        let header = SegmentHeader::decode(&hb).map_err(|w| corrupt(0, w))?;
+        if header.first_seq > through {
+            break;
+        }
+        let cipher = log::segment_cipher(&storage, master_key, &meta.archive_id, id)?;
+        proofs.begin_segment(id, hb, header.first_seq, header.prev_head)?;
+        let mut at = HEADER_LEN;
+        loop {
+            match segment::parse_frame(&bytes, at) {
+                Parsed::Incomplete => break,
+                Parsed::Malformed(what) => return Err(corrupt(at, what)),
+                Parsed::Frame(Frame::Checkpoint(cp), next) => {
+                    proofs.checkpoint(cp)?;
+                    at = next;
+                }
+                Parsed::Frame(
+                    Frame::Record {
+                        seq,
+                        content_hash,
+                        nonce,
+                        ciphertext,
+                    },
+                    next,
+                ) => {
+                    if seq > through {
+                        break 'segments;
+                    }
+                    st.scanned += 1;
+                    let cth = segment::ciphertext_hash(nonce, ciphertext);
+                    let leaf = segment::leaf(seq, &content_hash, &cth);
+                    let Some(c) = &cipher else {
+                        st.shredded += 1;
+                        proofs.gap(seq, leaf)?;
+                        at = next;
+                        continue;
+                    };
+                    let (salt, canonical) =
+                        segment::decrypt_record(c, &hb, seq, nonce, ciphertext)
+                            .ok_or_else(|| corrupt(at, "record does not authenticate".into()))?;
+                    if segment::content_hash(&salt, &canonical) != content_hash {
+                        return Err(corrupt(at, "content hash does not match the record".into()));
+                    }
+                    let rec = Record::decode(&canonical).map_err(|e| corrupt(at, e.to_string()))?;
+                    if rec.seq.0 != seq {
+                        return Err(corrupt(at, format!("frame seq {seq} holds record seq {}", rec.seq.0)));
+                    }
+                    if filter.selects(&rec) {
+                        proofs.exported(seq, leaf)?;
+                        let shown = Shown::from_record(&rec);
+                        transcripts
+                            .add(Conversation::of(&rec), &shown)
+                            .map_err(write_err(&partial))?;
+                        st.records += 1;
+                        st.first_seq.get_or_insert(seq);
+                        st.last_seq = Some(seq);
+                        parts.push(ExportRow {
+                            shown,
+                            record_hash: content_hash,
+                            ciphertext_hash: cth,
+                            salt,
+                            canonical,
+                            segment: id,
+                            offset: at as u64,
+                        })?;
+                    } else {
+                        proofs.gap(seq, leaf)?;
+                    }
+                    if seq % PROGRESS_EVERY == 0 {
+                        progress(seq, through);
+                    }
+                    at = next;
+                }
+            }
+        }
+    }
+
+    let checkpoints = CheckpointSummary {
+        count: proofs.covering,
+        first: proofs.first_covering.clone(),
+        last: proofs.last_covering.clone(),
+    };
+    let chain_out = proofs.finish()?;
+    chain_out
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .and_then(|f| f.sync_all())
+        .map_err(write_err(&chain_path))?;
+    let parts = parts.finish()?;
+    let heading = describe(req, &st, through);
+    let html = transcripts.finish(&heading).map_err(write_err(&partial))?;
+
+    let mut rel: Vec<String> = parts.iter().map(|p| p.path.clone()).collect();
+    rel.push(manifest::CHAIN.into());
+    rel.extend(html);
+    let mut files = Vec::with_capacity(rel.len());
+    for p in &rel {
+        let full = partial.join(p);
+        let (h, bytes) = manifest::hash_file(&full).map_err(write_err(&full))?;
+        files.push(FileEntry {
+            path: p.clone(),
+            sha256: hex::encode(&h),
+            bytes,
+        });
+    }
+    let m = Manifest {
+        format: manifest::FORMAT.into(),
+        archive_id: hex::encode(&meta.archive_id),
+        signing_key: hex::encode(signing_key.verifying_key().as_bytes()),
+        created: Timestamp::now().to_string(),
+        query: req.query.clone(),
+        since_ms: req.since.map(Timestamp::millis),
+        until_ms: req.until.map(Timestamp::millis),
+        records: st.records,
+        first_seq: st.first_seq,
+        last_seq: st.last_seq,
+        through_seq: through,
+        checkpoints,
+        compression: "zstd(3)".into(),
+        parquet: parts
+            .iter()
+            .map(|p| PartEntry {
+                path: p.path.clone(),
+                rows: p.rows,
+                first_seq: p.first_seq,
+                last_seq: p.last_seq,
+            })
+            .collect(),
+        files,
+    };
+    let mbytes = serde_json::to_vec_pretty(&m).map_err(|e| write_err(&partial)(e.into()))?;
+    let sig = manifest::sign(signing_key, &mbytes);
+    // The signature is written last: a directory without it is not an export.
+    write_synced(&partial.join(manifest::MANIFEST), &mbytes)?;
+    write_synced(&partial.join(manifest::SIGNATURE), format!("{sig}\n").as_bytes())?;
+    let marker = partial.join(PARTIAL_MARKER);
+    fs::remove_file(&marker).map_err(write_err(&marker))?;
+    for d in ["records", "transcripts", ""] {
+        sync_dir(&partial.join(d))?;
+    }
+    if out.is_dir() {
+        // Checked empty above; `rename` needs it gone.
+        fs::remove_dir(out).map_err(write_err(out))?;
+    }
+    fs::rename(&partial, out).map_err(write_err(out))?;
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_dir(parent)?;
+    }
+    progress(through, through);
+    rel.push(manifest::MANIFEST.into());
+    rel.push(manifest::SIGNATURE.into());
+    Ok(ExportSummary {
+        out: out.to_path_buf(),
+        request: req.clone(),
+        records: st.records,
+        files: rel.into_iter().map(PathBuf::from).collect(),
+        first_seq: st.first_seq,
+        last_seq: st.last_seq,
+        through_seq: through,
+        scanned: st.scanned,
+        shredded: st.shredded,
+        checkpoints: m.checkpoints.count,
+        manifest_sha256: hex::encode(&segment::sha(&[&mbytes])),
+    })
+}
+
+#[derive(Default)]
+struct Stats {
+    records: u64,
+    scanned: u64,
+    shredded: u64,
+    first_seq: Option<u64>,
+    last_seq: Option<u64>,
+}
+
+fn describe(req: &ExportRequest, st: &Stats, through: u64) -> String {
+    let q = req.query.as_deref().map_or("all records".to_string(), |q| format!("query {q:?}"));
+    let since = req.since.map_or("the beginning".to_string(), |t| t.to_string());
+    let until = req.until.map_or("the last checkpoint".to_string(), |t| t.to_string());
+    format!(
+        "{} records exported ({q}, from {since} until {until}); archive read through seq {through}. \
+         The Parquet files are authoritative; these pages render them for reading.",
+        st.records
+    )
+}
+
+/// The seq of the newest checkpoint: records after it are not yet covered by
+/// a signature, so the export stops there.
+fn last_checkpoint(storage: &FileStorage, ids: &[u64]) -> Result<u64, ExportError> {
+    for &id in ids.iter().rev() {
+        let bytes = storage
+            .read(&segment::segment_name(id))
+            .map_err(|e| ExportError::Read {
+                segment: id,
+                what: e.to_string(),
+            })?;
+        let mut at = HEADER_LEN;
+        let mut last = None;
+        while let Parsed::Frame(f, next) = segment::parse_frame(&bytes, at) {
+            if let Frame::Checkpoint(cp) = f {
+                last = Some(cp.seq);
+            }
+            at = next;
+        }
+        if let Some(seq) = last {
+            return Ok(seq);
+        }
+    }
+    Ok(0)
+}
+
+fn dir_has_entries(p: &Path) -> bool {
+    match fs::read_dir(p) {
+        Ok(mut it) => it.next().is_some(),
+        // A file (not a directory) at `out` also counts as taken.
+        Err(_) => p.exists(),
+    }
+}
+
+fn prepare_partial(out: &Path) -> Result<PathBuf, ExportError> {
+    let mut name = out.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    let partial = out.with_file_name(name);
+    if partial.exists() {
+        if partial.join(PARTIAL_MARKER).is_file() {
+            fs::remove_dir_all(&partial).map_err(write_err(&partial))?;
+        } else {
+            return Err(ExportError::PartialExists(partial));
+        }
+    }
+    for d in ["records", "transcripts"] {
+        let p = partial.join(d);
+        fs::create_dir_all(&p).map_err(write_err(&p))?;
+    }
+    let marker = partial.join(PARTIAL_MARKER);
+    File::create(&marker).map_err(write_err(&marker))?;
+    Ok(partial)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
+    let mut f = File::create(path).map_err(write_err(path))?;
+    f.write_all(bytes).map_err(write_err(path))?;
+    f.sync_all().map_err(write_err(path))
+}
+
+fn sync_dir(path: &Path) -> Result<(), ExportError> {
+    File::open(path)
+        .and_then(|d| d.sync_all())
+        .map_err(write_err(path))
+}

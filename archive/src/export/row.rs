@@ -1,0 +1,171 @@
+//! What an exported row shows, derived from one record.
+//!
+//! The writer fills the Parquet columns from [`Shown::from_record`], and the
+//! verifier decodes each row's canonical encoding and calls the same function:
+//! a displayed value that differs from what the signed record says is found.
+
+use crate::query;
+use crate::record::{Direction, EventRecord, NewRecord, Record};
+use crate::segment::sha;
+
+/// The human-facing columns of one row (everything but the proof columns).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Shown {
+    pub seq: u64,
+    pub time: i64,
+    pub kind: String,
+    pub direction: Option<String>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub stanza_type: Option<String>,
+    pub thread: Option<String>,
+    pub subject: Option<String>,
+    pub body: Option<String>,
+    pub delivered_body: Option<String>,
+    pub action: Option<String>,
+    pub rules: Vec<String>,
+    pub session: Option<String>,
+    pub message_id: Option<String>,
+    pub origin_id: Option<String>,
+    pub stanza_id: Option<String>,
+    pub severity: Option<String>,
+    pub e2ee: Option<String>,
+    /// Event fields as a JSON object (event rows only).
+    pub event: Option<String>,
+    /// Path of the transcript holding this record, relative to the export.
+    pub transcript: String,
+}
+
+/// The conversation a record belongs to: its transcript key and title.
+pub(crate) struct Conversation {
+    pub key: String,
+    pub title: String,
+}
+
+impl Conversation {
+    pub fn of(rec: &Record) -> Conversation {
+        match &rec.content {
+            NewRecord::Message(m) if m.stanza_type.eq_ignore_ascii_case("groupchat") => {
+                // The room is the peer outside: the addressee of what a user
+                // sends, the sender of what a user receives.
+                let peer = match m.direction {
+                    Direction::Outbound => &m.to,
+                    Direction::Inbound => &m.from,
+                };
+                let room = query::bare_jid(&query::normalize_jid(peer)).to_string();
+                Conversation {
+                    title: format!("Group chat {room}"),
+                    key: format!("room:{room}"),
+                }
+            }
+            NewRecord::Message(m) => {
+                let a = query::bare_jid(&query::normalize_jid(&m.from)).to_string();
+                let b = query::bare_jid(&query::normalize_jid(&m.to)).to_string();
+                let (a, b) = if a <= b { (a, b) } else { (b, a) };
+                Conversation {
+                    title: format!("Conversation between {a} and {b}"),
+                    key: format!("chat:{a} {b}"),
+                }
+            }
+            NewRecord::Event(_) => Conversation {
+                key: "events".into(),
+                title: "Archive events (sessions, reviewer actions, recovery)".into(),
+            },
+        }
+    }
+
+    /// `transcripts/<first 16 hex digits of SHA-256(key)>.html`: a fixed,
+    /// recomputable name that no hostile JID can steer.
+    pub fn path(&self) -> String {
+        let h = sha(&[self.key.as_bytes()]);
+        format!(
+            "transcripts/{}.html",
+            super::hex::encode(h.get(..8).unwrap_or_default())
+        )
+    }
+}
+
+impl Shown {
+    pub fn from_record(rec: &Record) -> Shown {
+        let mut s = Shown {
+            seq: rec.seq.0,
+            time: rec.time.0,
+            transcript: Conversation::of(rec).path(),
+            ..Shown::default()
+        };
+        match &rec.content {
+            NewRecord::Message(m) => {
+                s.kind = "message".into();
+                s.direction = Some(m.direction.as_str().into());
+                s.from = Some(m.from.clone());
+                s.to = Some(m.to.clone());
+                s.stanza_type = Some(m.stanza_type.clone());
+                s.thread = m.thread.clone();
+                s.subject = m.subject.clone();
+                s.body = m.body.clone();
+                s.delivered_body = m.outcome.delivered_body.clone();
+                s.action = Some(m.outcome.action.as_str().into());
+                s.rules = m.outcome.rules.clone();
+                s.session = Some(m.session.0.clone());
+                s.message_id = m.id.clone();
+                s.origin_id = m.origin_id.clone();
+                s.stanza_id = m.stanza_id.clone();
+                s.severity = m.outcome.severity.clone();
+                s.e2ee = m.outcome.e2ee.clone();
+            }
+            NewRecord::Event(e) => {
+                let (kind, session, json) = event_json(e);
+                s.kind = kind.into();
+                s.session = session;
+                s.event = Some(json.to_string());
+            }
+        }
+        s
+    }
+}
+
+fn event_json(e: &EventRecord) -> (&'static str, Option<String>, serde_json::Value) {
+    use serde_json::json;
+    match e {
+        EventRecord::SessionStart {
+            session,
+            jid,
+            client_addr,
+            resource,
+        } => (
+            "session_start",
+            Some(session.0.clone()),
+            json!({"jid": jid, "client_addr": client_addr, "resource": resource}),
+        ),
+        EventRecord::SessionEnd {
+            session,
+            jid,
+            client_addr,
+            resource,
+            reason,
+        } => (
+            "session_end",
+            Some(session.0.clone()),
+            json!({"jid": jid, "client_addr": client_addr, "resource": resource, "reason": reason}),
+        ),
+        EventRecord::Recovery {
+            segment,
+            offset,
+            bytes_cut,
+            detail,
+        } => (
+            "recovery",
+            None,
+            json!({"segment": segment, "offset": offset, "bytes_cut": bytes_cut, "detail": detail}),
+        ),
+        EventRecord::Audit {
+            actor,
+            action,
+            detail,
+        } => (
+            "audit",
+            None,
+            json!({"actor": actor, "action": action, "detail": detail}),
+        ),
+    }
+}
