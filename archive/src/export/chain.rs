@@ -89,7 +89,9 @@ pub enum ChainError {
     BadSignature { segment: u64, seq: u64 },
     #[error("segment {segment}: seq {seq} does not follow seq {prev}; run `custos verify`")]
     Gap { segment: u64, seq: u64, prev: u64 },
-    #[error("segment {segment} ends at seq {seq} without a checkpoint covering it; run `custos verify`")]
+    #[error(
+        "segment {segment} ends at seq {seq} without a checkpoint covering it; run `custos verify`"
+    )]
     Uncovered { segment: u64, seq: u64 },
     #[error("writing chain.jsonl: {0}")]
     Io(#[from] std::io::Error),
@@ -150,7 +152,13 @@ impl<W: Write> ProofBuilder<W> {
         self.seg.as_ref().map_or(0, |s| s.id)
     }
 
-    pub fn begin_segment(&mut self, id: u64, header: [u8; HEADER_LEN], first_seq: u64, prev_head: Hash) -> Result<(), ChainError> {
+    pub fn begin_segment(
+        &mut self,
+        id: u64,
+        header: [u8; HEADER_LEN],
+        first_seq: u64,
+        prev_head: Hash,
+    ) -> Result<(), ChainError> {
         if self.active {
             return Err(ChainError::Uncovered {
                 segment: self.seg_id(),

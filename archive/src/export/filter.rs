@@ -126,7 +126,12 @@ mod tests {
 
     #[test]
     fn query_clauses_match_like_search() {
-        let r = msg("Alice@Example.test/laptop", "bob@example.test", "Wire the FUNDS today", 5);
+        let r = msg(
+            "Alice@Example.test/laptop",
+            "bob@example.test",
+            "Wire the FUNDS today",
+            5,
+        );
         assert!(sel("funds", &r));
         assert!(sel("\"wire the funds\"", &r));
         assert!(!sel("\"the wire\"", &r));
@@ -137,7 +142,10 @@ mod tests {
         assert!(!sel("from:alice@example.test/phone", &r));
         assert!(sel("with:bob@example.test", &r));
         assert!(!sel("to:alice@example.test", &r));
-        assert!(sel("type:chat direction:outbound action:flag rule:pci-card", &r));
+        assert!(sel(
+            "type:chat direction:outbound action:flag rule:pci-card",
+            &r
+        ));
         assert!(!sel("rule:pci", &r));
         assert!(!sel("funds -today", &r));
         assert!(sel("after:1970-01-01 -before:1970-01-01", &r));
@@ -160,6 +168,9 @@ mod tests {
             }),
         };
         assert!(f(None, None).selects(&ev));
-        assert!(!sel("", &ev), "a query selects messages only, as search does");
+        assert!(
+            !sel("", &ev),
+            "a query selects messages only, as search does"
+        );
     }
 }

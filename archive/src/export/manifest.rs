@@ -106,7 +106,10 @@ pub fn sign(key: &SigningKey, manifest: &[u8]) -> String {
 /// Whether `sig_file` (hex, surrounding whitespace ignored) signs `manifest`.
 pub fn signature_valid(key: &VerifyingKey, manifest: &[u8], sig_file: &str) -> bool {
     hex::decode::<64>(sig_file.trim())
-        .map(|s| key.verify(&signed_message(manifest), &Signature::from_bytes(&s)).is_ok())
+        .map(|s| {
+            key.verify(&signed_message(manifest), &Signature::from_bytes(&s))
+                .is_ok()
+        })
         .unwrap_or(false)
 }
 
@@ -120,7 +123,8 @@ pub fn safe_relative(p: &str) -> bool {
             !c.is_empty()
                 && c != "."
                 && c != ".."
-                && c.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+                && c.chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
         })
 }
 
@@ -132,7 +136,11 @@ mod tests {
     fn signature_binds_bytes_and_context() {
         let k = SigningKey::from_bytes(&[7; 32]);
         let sig = sign(&k, b"{}");
-        assert!(signature_valid(&k.verifying_key(), b"{}", &format!("{sig}\n")));
+        assert!(signature_valid(
+            &k.verifying_key(),
+            b"{}",
+            &format!("{sig}\n")
+        ));
         assert!(!signature_valid(&k.verifying_key(), b"{ }", &sig));
         let other = SigningKey::from_bytes(&[8; 32]);
         assert!(!signature_valid(&other.verifying_key(), b"{}", &sig));
@@ -145,7 +153,16 @@ mod tests {
     fn paths_stay_inside() {
         assert!(safe_relative("records/part-00000.parquet"));
         assert!(safe_relative("index.html"));
-        for bad in ["", "/etc/passwd", "../x", "a/../b", "a//b", "a\\b", "./a", "a b"] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../b",
+            "a//b",
+            "a\\b",
+            "./a",
+            "a b",
+        ] {
             assert!(!safe_relative(bad), "{bad}");
         }
     }

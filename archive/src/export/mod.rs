@@ -271,15 +271,17 @@ pub fn export_with(
                         at = next;
                         continue;
                     };
-                    let (salt, canonical) =
-                        segment::decrypt_record(c, &hb, seq, nonce, ciphertext)
-                            .ok_or_else(|| corrupt(at, "record does not authenticate".into()))?;
+                    let (salt, canonical) = segment::decrypt_record(c, &hb, seq, nonce, ciphertext)
+                        .ok_or_else(|| corrupt(at, "record does not authenticate".into()))?;
                     if segment::content_hash(&salt, &canonical) != content_hash {
                         return Err(corrupt(at, "content hash does not match the record".into()));
                     }
                     let rec = Record::decode(&canonical).map_err(|e| corrupt(at, e.to_string()))?;
                     if rec.seq.0 != seq {
-                        return Err(corrupt(at, format!("frame seq {seq} holds record seq {}", rec.seq.0)));
+                        return Err(corrupt(
+                            at,
+                            format!("frame seq {seq} holds record seq {}", rec.seq.0),
+                        ));
                     }
                     if filter.selects(&rec) {
                         proofs.exported(seq, leaf)?;
@@ -368,7 +370,10 @@ pub fn export_with(
     let sig = manifest::sign(signing_key, &mbytes);
     // The signature is written last: a directory without it is not an export.
     write_synced(&partial.join(manifest::MANIFEST), &mbytes)?;
-    write_synced(&partial.join(manifest::SIGNATURE), format!("{sig}\n").as_bytes())?;
+    write_synced(
+        &partial.join(manifest::SIGNATURE),
+        format!("{sig}\n").as_bytes(),
+    )?;
     let marker = partial.join(PARTIAL_MARKER);
     fs::remove_file(&marker).map_err(write_err(&marker))?;
     for d in ["records", "transcripts", ""] {
@@ -410,9 +415,16 @@ struct Stats {
 }
 
 fn describe(req: &ExportRequest, st: &Stats, through: u64) -> String {
-    let q = req.query.as_deref().map_or("all records".to_string(), |q| format!("query {q:?}"));
-    let since = req.since.map_or("the beginning".to_string(), |t| t.to_string());
-    let until = req.until.map_or("the last checkpoint".to_string(), |t| t.to_string());
+    let q = req
+        .query
+        .as_deref()
+        .map_or("all records".to_string(), |q| format!("query {q:?}"));
+    let since = req
+        .since
+        .map_or("the beginning".to_string(), |t| t.to_string());
+    let until = req
+        .until
+        .map_or("the last checkpoint".to_string(), |t| t.to_string());
     format!(
         "{} records exported ({q}, from {since} until {until}); archive read through seq {through}. \
          The Parquet files are authoritative; these pages render them for reading.",
@@ -484,3 +496,6 @@ fn sync_dir(path: &Path) -> Result<(), ExportError> {
         .and_then(|d| d.sync_all())
         .map_err(write_err(path))
 }
+
+#[cfg(test)]
+mod tests;

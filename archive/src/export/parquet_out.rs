@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::data_type::{ByteArray, ByteArrayType, FixedLenByteArray, FixedLenByteArrayType, Int64Type};
+use parquet::data_type::{
+    ByteArray, ByteArrayType, FixedLenByteArray, FixedLenByteArrayType, Int64Type,
+};
 use parquet::file::properties::{WriterProperties, WriterVersion};
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::parser::parse_message_type;
@@ -217,9 +219,12 @@ impl Columns {
         }
         n += self.event.push(&s.event);
         n += s.transcript.len();
-        self.transcript.push(ByteArray::from(s.transcript.into_bytes()));
-        self.record_hash.push(FixedLenByteArray::from(r.record_hash.to_vec()));
-        self.ciphertext_hash.push(FixedLenByteArray::from(r.ciphertext_hash.to_vec()));
+        self.transcript
+            .push(ByteArray::from(s.transcript.into_bytes()));
+        self.record_hash
+            .push(FixedLenByteArray::from(r.record_hash.to_vec()));
+        self.ciphertext_hash
+            .push(FixedLenByteArray::from(r.ciphertext_hash.to_vec()));
         self.salt.push(FixedLenByteArray::from(r.salt.to_vec()));
         n += r.canonical.len();
         self.canonical.push(ByteArray::from(r.canonical));
@@ -363,9 +368,9 @@ impl PartsWriter {
                 "ciphertext_hash" => write_fixed(&mut col, &c.ciphertext_hash)?,
                 "salt" => write_fixed(&mut col, &c.salt)?,
                 other => {
-                    let o = c.optional(other).ok_or_else(|| {
-                        PqError::General(format!("no buffer for column {other}"))
-                    })?;
+                    let o = c
+                        .optional(other)
+                        .ok_or_else(|| PqError::General(format!("no buffer for column {other}")))?;
                     write_bytes(&mut col, &o.values, Some(&o.defs), None)?;
                 }
             }
@@ -380,7 +385,9 @@ impl PartsWriter {
         self.flush_group()?;
         if let Some(open) = self.open.take() {
             let file = open.writer.into_inner()?;
-            let file = file.into_inner().map_err(|e| PqError::External(Box::new(e.into_error())))?;
+            let file = file
+                .into_inner()
+                .map_err(|e| PqError::External(Box::new(e.into_error())))?;
             file.sync_all()?;
             self.done.push(open.part);
         }
@@ -421,7 +428,10 @@ impl Columns {
     }
 }
 
-fn write_i64(col: &mut parquet::file::writer::SerializedColumnWriter<'_>, v: &[i64]) -> Result<(), PqError> {
+fn write_i64(
+    col: &mut parquet::file::writer::SerializedColumnWriter<'_>,
+    v: &[i64],
+) -> Result<(), PqError> {
     col.typed::<Int64Type>().write_batch(v, None, None)?;
     Ok(())
 }
@@ -440,6 +450,7 @@ fn write_fixed(
     col: &mut parquet::file::writer::SerializedColumnWriter<'_>,
     v: &[FixedLenByteArray],
 ) -> Result<(), PqError> {
-    col.typed::<FixedLenByteArrayType>().write_batch(v, None, None)?;
+    col.typed::<FixedLenByteArrayType>()
+        .write_batch(v, None, None)?;
     Ok(())
 }

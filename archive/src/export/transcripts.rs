@@ -111,7 +111,9 @@ impl Transcripts {
                 self.close_lru()?;
             }
             if let Some(c) = self.convs.get_mut(idx) {
-                let f = OpenOptions::new().append(true).open(self.root.join(&c.path))?;
+                let f = OpenOptions::new()
+                    .append(true)
+                    .open(self.root.join(&c.path))?;
                 c.out = Some(BufWriter::with_capacity(16 << 10, f));
                 self.open += 1;
             }
@@ -152,7 +154,11 @@ impl Transcripts {
         for c in &mut self.convs {
             let mut out = match c.out.take() {
                 Some(o) => o,
-                None => BufWriter::new(OpenOptions::new().append(true).open(self.root.join(&c.path))?),
+                None => BufWriter::new(
+                    OpenOptions::new()
+                        .append(true)
+                        .open(self.root.join(&c.path))?,
+                ),
             };
             out.write_all(b"</table>\n<p class=\"meta\"><a href=\"../index.html\">All conversations</a></p>\n</body></html>\n")?;
             out.into_inner().map_err(|e| e.into_error())?.sync_all()?;

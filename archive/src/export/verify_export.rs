@@ -20,10 +20,10 @@ use parquet::record::{Field, Row};
 
 use super::chain::ProofLine;
 use super::filter::Filter;
+use super::hex;
 use super::manifest::{self, Manifest, PartEntry};
 use super::parquet_out::COLUMNS;
 use super::row::Shown;
-use super::hex;
 use crate::query;
 use crate::record::{Record, RecordSeq};
 use crate::segment::{self, Hash, SegmentHeader, HEADER_LEN, SALT_LEN};
@@ -51,7 +51,11 @@ impl std::fmt::Display for ExportProblem {
             write!(f, "{file}: ")?;
         }
         if let Some(r) = self.row {
-            let unit = if self.file.as_deref() == Some(manifest::CHAIN) { "line" } else { "row" };
+            let unit = if self.file.as_deref() == Some(manifest::CHAIN) {
+                "line"
+            } else {
+                "row"
+            };
             write!(f, "{unit} {r}: ")?;
         }
         if let Some(s) = self.seq {
@@ -83,7 +87,13 @@ impl ExportReport {
         self.problems.is_empty()
     }
 
-    fn problem(&mut self, file: Option<&str>, row: Option<u64>, seq: Option<u64>, what: impl Into<String>) {
+    fn problem(
+        &mut self,
+        file: Option<&str>,
+        row: Option<u64>,
+        seq: Option<u64>,
+        what: impl Into<String>,
+    ) {
         self.problems.push(ExportProblem {
             file: file.map(str::to_string),
             row,
@@ -118,7 +128,12 @@ fn check_manifest(dir: &Path, key: &VerifyingKey, r: &mut ExportReport) -> Optio
     let mbytes = match read_capped(&dir.join(manifest::MANIFEST), MAX_MANIFEST) {
         Ok(b) => b,
         Err(e) => {
-            r.problem(Some(manifest::MANIFEST), None, None, format!("cannot read: {e}"));
+            r.problem(
+                Some(manifest::MANIFEST),
+                None,
+                None,
+                format!("cannot read: {e}"),
+            );
             return None;
         }
     };
@@ -134,21 +149,41 @@ fn check_manifest(dir: &Path, key: &VerifyingKey, r: &mut ExportReport) -> Optio
                 );
             }
         }
-        Err(e) => r.problem(Some(manifest::SIGNATURE), None, None, format!("cannot read: {e}")),
+        Err(e) => r.problem(
+            Some(manifest::SIGNATURE),
+            None,
+            None,
+            format!("cannot read: {e}"),
+        ),
     }
     let m: Manifest = match serde_json::from_slice(&mbytes) {
         Ok(m) => m,
         Err(e) => {
-            r.problem(Some(manifest::MANIFEST), None, None, format!("not a valid manifest: {e}"));
+            r.problem(
+                Some(manifest::MANIFEST),
+                None,
+                None,
+                format!("not a valid manifest: {e}"),
+            );
             return None;
         }
     };
     if m.format != manifest::FORMAT {
-        r.problem(Some(manifest::MANIFEST), None, None, format!("unsupported format {:?}", m.format));
+        r.problem(
+            Some(manifest::MANIFEST),
+            None,
+            None,
+            format!("unsupported format {:?}", m.format),
+        );
         return None;
     }
     if hex::decode::<16>(&m.archive_id).is_none() {
-        r.problem(Some(manifest::MANIFEST), None, None, "archive_id is not 16 bytes of hex");
+        r.problem(
+            Some(manifest::MANIFEST),
+            None,
+            None,
+            "archive_id is not 16 bytes of hex",
+        );
     }
     Some(m)
 }
@@ -157,12 +192,25 @@ fn check_files(dir: &Path, m: &Manifest, r: &mut ExportReport) {
     let mut listed = HashSet::new();
     for f in &m.files {
         r.files += 1;
-        if !manifest::safe_relative(&f.path) || f.path == manifest::MANIFEST || f.path == manifest::SIGNATURE {
-            r.problem(Some(manifest::MANIFEST), None, None, format!("file entry {:?} is not an allowed path", f.path));
+        if !manifest::safe_relative(&f.path)
+            || f.path == manifest::MANIFEST
+            || f.path == manifest::SIGNATURE
+        {
+            r.problem(
+                Some(manifest::MANIFEST),
+                None,
+                None,
+                format!("file entry {:?} is not an allowed path", f.path),
+            );
             continue;
         }
         if !listed.insert(f.path.clone()) {
-            r.problem(Some(manifest::MANIFEST), None, None, format!("file {:?} listed twice", f.path));
+            r.problem(
+                Some(manifest::MANIFEST),
+                None,
+                None,
+                format!("file {:?} listed twice", f.path),
+            );
             continue;
         }
         match manifest::hash_file(&dir.join(&f.path)) {
@@ -172,22 +220,39 @@ fn check_files(dir: &Path, m: &Manifest, r: &mut ExportReport) {
                         Some(&f.path),
                         None,
                         None,
-                        format!("SHA-256 {} ({n} bytes) differs from the manifest's {} ({} bytes)", hex::encode(&h), f.sha256, f.bytes),
+                        format!(
+                            "SHA-256 {} ({n} bytes) differs from the manifest's {} ({} bytes)",
+                            hex::encode(&h),
+                            f.sha256,
+                            f.bytes
+                        ),
                     );
                 }
             }
             Err(e) => r.problem(Some(&f.path), None, None, format!("cannot read: {e}")),
         }
     }
-    for p in m.parquet.iter().map(|p| &p.path).chain(std::iter::once(&manifest::CHAIN.to_string())) {
+    for p in m
+        .parquet
+        .iter()
+        .map(|p| &p.path)
+        .chain(std::iter::once(&manifest::CHAIN.to_string()))
+    {
         if !listed.contains(p.as_str()) {
-            r.problem(Some(manifest::MANIFEST), None, None, format!("{p:?} is not in the signed file list"));
+            r.problem(
+                Some(manifest::MANIFEST),
+                None,
+                None,
+                format!("{p:?} is not in the signed file list"),
+            );
         }
     }
     // Walk at most two levels (the layout has no deeper directories).
     let mut stack = vec![(dir.to_path_buf(), String::new(), 0u8)];
     while let Some((d, prefix, depth)) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries.flatten() {
             let name = format!("{prefix}{}", e.file_name().to_string_lossy());
             if e.path().is_dir() {
@@ -196,8 +261,16 @@ fn check_files(dir: &Path, m: &Manifest, r: &mut ExportReport) {
                 } else {
                     r.problem(Some(&name), None, None, "unexpected directory");
                 }
-            } else if name != manifest::MANIFEST && name != manifest::SIGNATURE && !listed.contains(&name) {
-                r.problem(Some(&name), None, None, "file is not listed in the manifest");
+            } else if name != manifest::MANIFEST
+                && name != manifest::SIGNATURE
+                && !listed.contains(&name)
+            {
+                r.problem(
+                    Some(&name),
+                    None,
+                    None,
+                    "file is not listed in the manifest",
+                );
             }
         }
     }
@@ -215,7 +288,12 @@ struct RowItem {
 struct Rows<'a> {
     dir: &'a Path,
     parts: std::slice::Iter<'a, PartEntry>,
-    current: Option<(PartEntry, parquet::record::reader::RowIter<'static>, u64, Option<u64>)>,
+    current: Option<(
+        PartEntry,
+        parquet::record::reader::RowIter<'static>,
+        u64,
+        Option<u64>,
+    )>,
     peeked: Option<RowItem>,
     filter: Option<Filter>,
     since: Option<i64>,
@@ -226,7 +304,9 @@ struct Rows<'a> {
 impl<'a> Rows<'a> {
     fn new(dir: &'a Path, m: &'a Manifest) -> Rows<'a> {
         let filter = match &m.query {
-            Some(q) => query::parse(q).ok().map(|q| Filter::new(Some(q), None, None)),
+            Some(q) => query::parse(q)
+                .ok()
+                .map(|q| Filter::new(Some(q), None, None)),
             None => None,
         };
         Rows {
@@ -243,9 +323,16 @@ impl<'a> Rows<'a> {
 
     fn open_next(&mut self, r: &mut ExportReport) -> bool {
         loop {
-            let Some(p) = self.parts.next() else { return false };
+            let Some(p) = self.parts.next() else {
+                return false;
+            };
             if !manifest::safe_relative(&p.path) {
-                r.problem(Some(manifest::MANIFEST), None, None, format!("part {:?} is not an allowed path", p.path));
+                r.problem(
+                    Some(manifest::MANIFEST),
+                    None,
+                    None,
+                    format!("part {:?} is not an allowed path", p.path),
+                );
                 continue;
             }
             let reader = match File::open(self.dir.join(&p.path))
@@ -254,7 +341,12 @@ impl<'a> Rows<'a> {
             {
                 Ok(rd) => rd,
                 Err(e) => {
-                    r.problem(Some(&p.path), None, None, format!("cannot read Parquet: {e}"));
+                    r.problem(
+                        Some(&p.path),
+                        None,
+                        None,
+                        format!("cannot read Parquet: {e}"),
+                    );
                     continue;
                 }
             };
@@ -267,7 +359,12 @@ impl<'a> Rows<'a> {
                 .map(|f| f.name().to_string())
                 .collect();
             if names.iter().map(String::as_str).ne(COLUMNS.iter().copied()) {
-                r.problem(Some(&p.path), None, None, format!("schema columns {names:?} are not the export schema"));
+                r.problem(
+                    Some(&p.path),
+                    None,
+                    None,
+                    format!("schema columns {names:?} are not the export schema"),
+                );
                 continue;
             }
             self.current = Some((p.clone(), reader.into_iter(), 0, None));
@@ -317,7 +414,12 @@ impl<'a> Rows<'a> {
                     match check_row(&row, self.filter.as_ref(), self.since, self.until) {
                         Ok((seq, leaf, issues)) => {
                             if first && seq != part.first_seq {
-                                r.problem(Some(&file), Some(i), Some(seq), format!("first row should have seq {}", part.first_seq));
+                                r.problem(
+                                    Some(&file),
+                                    Some(i),
+                                    Some(seq),
+                                    format!("first row should have seq {}", part.first_seq),
+                                );
                             }
                             *last = Some(seq);
                             for what in issues {
@@ -325,12 +427,22 @@ impl<'a> Rows<'a> {
                             }
                             r.records += 1;
                             if let Some(p) = self.prev_seq.filter(|&p| seq <= p) {
-                                r.problem(Some(&file), Some(i), Some(seq), format!("rows out of order: comes after seq {p}"));
+                                r.problem(
+                                    Some(&file),
+                                    Some(i),
+                                    Some(seq),
+                                    format!("rows out of order: comes after seq {p}"),
+                                );
                             }
                             self.prev_seq = Some(seq);
                             r.first_seq = Some(r.first_seq.map_or(seq, |f| f.min(seq)));
                             r.last_seq = Some(r.last_seq.map_or(seq, |l| l.max(seq)));
-                            return Some(RowItem { file, row: i, seq, leaf });
+                            return Some(RowItem {
+                                file,
+                                row: i,
+                                seq,
+                                leaf,
+                            });
                         }
                         Err(what) => r.problem(Some(&file), Some(i), None, what),
                     }
@@ -340,7 +452,7 @@ impl<'a> Rows<'a> {
     }
 }
 
-fn col<'r>(fields: &'r [&'r Field], name: &str) -> Option<&'r Field> {
+pub(super) fn col<'r>(fields: &'r [&'r Field], name: &str) -> Option<&'r Field> {
     let i = COLUMNS.iter().position(|c| *c == name)?;
     fields.get(i).copied()
 }
@@ -353,7 +465,7 @@ fn opt_str(f: Option<&Field>) -> Result<Option<String>, ()> {
     }
 }
 
-fn bytes<const N: usize>(f: Option<&Field>) -> Option<[u8; N]> {
+pub(super) fn bytes<const N: usize>(f: Option<&Field>) -> Option<[u8; N]> {
     match f {
         Some(Field::Bytes(b)) => b.data().try_into().ok(),
         _ => None,
@@ -372,8 +484,10 @@ fn check_row(
         Some(Field::Long(s)) => u64::try_from(*s).map_err(|_| "negative seq".to_string())?,
         _ => return Err("seq column is not an integer".into()),
     };
-    let record_hash = bytes::<32>(col(&fields, "record_hash")).ok_or("record_hash is not 32 bytes")?;
-    let cth = bytes::<32>(col(&fields, "ciphertext_hash")).ok_or("ciphertext_hash is not 32 bytes")?;
+    let record_hash =
+        bytes::<32>(col(&fields, "record_hash")).ok_or("record_hash is not 32 bytes")?;
+    let cth =
+        bytes::<32>(col(&fields, "ciphertext_hash")).ok_or("ciphertext_hash is not 32 bytes")?;
     let salt = bytes::<SALT_LEN>(col(&fields, "salt")).ok_or("salt is not 16 bytes")?;
     let canonical = match col(&fields, "canonical") {
         Some(Field::Bytes(b)) => b.data().to_vec(),
@@ -382,7 +496,10 @@ fn check_row(
     let mut issues = Vec::new();
     let recomputed = segment::content_hash(&salt, &canonical);
     if recomputed != record_hash {
-        issues.push("record_hash does not match SHA-256(\"custos-record-v1\" ‖ salt ‖ canonical)".to_string());
+        issues.push(
+            "record_hash does not match SHA-256(\"custos-record-v1\" ‖ salt ‖ canonical)"
+                .to_string(),
+        );
     }
     // The chain decides with the recomputed hash: what the row shows must be
     // what the signed archive holds.
@@ -401,10 +518,16 @@ fn check_row(
     let shown = shown_of(&fields).map_err(|c| format!("column {c} has the wrong type"))?;
     let differs = differing_columns(&shown, &want);
     if !differs.is_empty() {
-        issues.push(format!("column(s) {} differ from the canonical record", differs.join(", ")));
+        issues.push(format!(
+            "column(s) {} differ from the canonical record",
+            differs.join(", ")
+        ));
     }
     if since.is_some_and(|s| rec.time.0 < s) || until.is_some_and(|u| rec.time.0 >= u) {
-        issues.push(format!("time {} is outside the export's time range", Timestamp(rec.time.0)));
+        issues.push(format!(
+            "time {} is outside the export's time range",
+            Timestamp(rec.time.0)
+        ));
     }
     if let Some(f) = filter {
         if !f.selects(&rec) {
@@ -414,7 +537,7 @@ fn check_row(
     Ok((seq, leaf, issues))
 }
 
-fn shown_of(fields: &[&Field]) -> Result<Shown, &'static str> {
+pub(super) fn shown_of(fields: &[&Field]) -> Result<Shown, &'static str> {
     let s = |name: &'static str| opt_str(col(fields, name)).map_err(|_| name);
     let req = |name: &'static str| s(name)?.ok_or(name);
     let time = match col(fields, "time") {
@@ -506,7 +629,13 @@ struct Walk {
 
 const CHAIN: Option<&str> = Some(manifest::CHAIN);
 
-fn check_chain(dir: &Path, m: &Manifest, key: &VerifyingKey, rows: &mut Rows<'_>, r: &mut ExportReport) {
+fn check_chain(
+    dir: &Path,
+    m: &Manifest,
+    key: &VerifyingKey,
+    rows: &mut Rows<'_>,
+    r: &mut ExportReport,
+) {
     let archive_id = hex::decode::<16>(&m.archive_id);
     let file = match File::open(dir.join(manifest::CHAIN)) {
         Ok(f) => f,
@@ -546,7 +675,11 @@ fn check_chain(dir: &Path, m: &Manifest, key: &VerifyingKey, rows: &mut Rows<'_>
         };
         match parsed {
             ProofLine::Segment { segment, header } => {
-                close_open(&mut w, r, "no checkpoint closes the interval before this segment");
+                close_open(
+                    &mut w,
+                    r,
+                    "no checkpoint closes the interval before this segment",
+                );
                 let h = hex::decode::<HEADER_LEN>(&header);
                 match h.as_ref().map(|h| SegmentHeader::decode(h)) {
                     Some(Ok(sh)) => {
@@ -554,33 +687,57 @@ fn check_chain(dir: &Path, m: &Manifest, key: &VerifyingKey, rows: &mut Rows<'_>
                             r.problem(CHAIN, at, None, "segment header belongs to another archive");
                         }
                         if sh.segment != segment {
-                            r.problem(CHAIN, at, None, format!("header is of segment {}, line says {segment}", sh.segment));
+                            r.problem(
+                                CHAIN,
+                                at,
+                                None,
+                                format!("header is of segment {}, line says {segment}", sh.segment),
+                            );
                         }
                         w.header = h;
                         w.state = Some((sh.first_seq.saturating_sub(1), sh.prev_head));
                         w.broken = false;
                     }
                     _ => {
-                        r.problem(CHAIN, at, None, "segment header is not a valid 82-byte header");
+                        r.problem(
+                            CHAIN,
+                            at,
+                            None,
+                            "segment header is not a valid 82-byte header",
+                        );
                         w.header = None;
                         w.broken = true;
                     }
                 }
             }
             ProofLine::Resume(cpj) => {
-                close_open(&mut w, r, "no checkpoint closes the interval before this resume");
+                close_open(
+                    &mut w,
+                    r,
+                    "no checkpoint closes the interval before this resume",
+                );
                 match (cpj.to_checkpoint(), &w.header) {
                     (Some(cp), Some(h)) => {
                         if !segment::checkpoint_valid(key, h, &cp) {
                             // Starting from an unsigned head is still sound (the end
                             // checkpoint fixes every leaf), but a bad one is reported.
-                            r.problem(CHAIN, at, Some(cp.seq), "resume checkpoint signature does not verify");
+                            r.problem(
+                                CHAIN,
+                                at,
+                                Some(cp.seq),
+                                "resume checkpoint signature does not verify",
+                            );
                         }
                         w.state = Some((cp.seq, cp.head));
                         w.broken = false;
                     }
                     _ => {
-                        r.problem(CHAIN, at, Some(cpj.seq), "resume line without a segment header or with bad hex");
+                        r.problem(
+                            CHAIN,
+                            at,
+                            Some(cpj.seq),
+                            "resume line without a segment header or with bad hex",
+                        );
                         w.broken = true;
                     }
                 }
@@ -603,7 +760,15 @@ fn check_chain(dir: &Path, m: &Manifest, key: &VerifyingKey, rows: &mut Rows<'_>
                 match hex::decode::<32>(&leaf) {
                     Some(l) if seq == s + 1 => w.state = Some((seq, segment::next_head(&head, &l))),
                     Some(_) => {
-                        r.problem(CHAIN, at, Some(seq), format!("seq {} is missing: neither a row nor a chain leaf gives it", s + 1));
+                        r.problem(
+                            CHAIN,
+                            at,
+                            Some(seq),
+                            format!(
+                                "seq {} is missing: neither a row nor a chain leaf gives it",
+                                s + 1
+                            ),
+                        );
                         w.broken = true;
                     }
                     None => {
@@ -615,18 +780,33 @@ fn check_chain(dir: &Path, m: &Manifest, key: &VerifyingKey, rows: &mut Rows<'_>
             ProofLine::Checkpoint(cpj) => {
                 consume_rows(&mut w, rows, r, cpj.seq.saturating_add(1));
                 let (Some(cp), Some(h)) = (cpj.to_checkpoint(), w.header) else {
-                    r.problem(CHAIN, at, Some(cpj.seq), "checkpoint line without a segment header or with bad hex");
+                    r.problem(
+                        CHAIN,
+                        at,
+                        Some(cpj.seq),
+                        "checkpoint line without a segment header or with bad hex",
+                    );
                     close_open(&mut w, r, "its checkpoint line is unreadable");
                     w.broken = true;
                     continue;
                 };
                 let signed = segment::checkpoint_valid(key, &h, &cp);
                 if !signed {
-                    r.problem(CHAIN, at, Some(cp.seq), "checkpoint signature does not verify with this public key");
+                    r.problem(
+                        CHAIN,
+                        at,
+                        Some(cp.seq),
+                        "checkpoint signature does not verify with this public key",
+                    );
                 }
                 let reached = !w.broken && w.state == Some((cp.seq, cp.head));
                 if !w.broken && !reached {
-                    r.problem(CHAIN, at, Some(cp.seq), "recomputed chain head does not match the signed checkpoint");
+                    r.problem(
+                        CHAIN,
+                        at,
+                        Some(cp.seq),
+                        "recomputed chain head does not match the signed checkpoint",
+                    );
                 }
                 if signed && reached {
                     r.proven += w.open.0;
@@ -642,7 +822,12 @@ fn check_chain(dir: &Path, m: &Manifest, key: &VerifyingKey, rows: &mut Rows<'_>
     }
     close_open(&mut w, r, "no checkpoint closes the last interval");
     while let Some(row) = rows.take(r) {
-        r.problem(Some(&row.file), Some(row.row), Some(row.seq), "row is not covered by any checkpoint in chain.jsonl");
+        r.problem(
+            Some(&row.file),
+            Some(row.row),
+            Some(row.seq),
+            "row is not covered by any checkpoint in chain.jsonl",
+        );
     }
 }
 
@@ -652,7 +837,12 @@ fn consume_rows(w: &mut Walk, rows: &mut Rows<'_>, r: &mut ExportReport, below: 
         let Some(row) = rows.take(r) else { break };
         let place = (Some(row.file.as_str()), Some(row.row), Some(row.seq));
         let Some((s, head)) = w.state else {
-            r.problem(place.0, place.1, place.2, "row lies before any chain interval");
+            r.problem(
+                place.0,
+                place.1,
+                place.2,
+                "row lies before any chain interval",
+            );
             continue;
         };
         if w.broken {
@@ -661,13 +851,26 @@ fn consume_rows(w: &mut Walk, rows: &mut Rows<'_>, r: &mut ExportReport, below: 
             continue;
         }
         if row.seq <= s {
-            r.problem(place.0, place.1, place.2, format!("seq out of order or repeated: the chain is already at seq {s}"));
+            r.problem(
+                place.0,
+                place.1,
+                place.2,
+                format!("seq out of order or repeated: the chain is already at seq {s}"),
+            );
             continue;
         }
         w.open.0 += 1;
         w.open.1.get_or_insert(row.seq);
         if row.seq != s + 1 {
-            r.problem(place.0, place.1, place.2, format!("seq {} is missing: neither a row nor a chain leaf gives it", s + 1));
+            r.problem(
+                place.0,
+                place.1,
+                place.2,
+                format!(
+                    "seq {} is missing: neither a row nor a chain leaf gives it",
+                    s + 1
+                ),
+            );
             w.broken = true;
             continue;
         }
@@ -677,7 +880,12 @@ fn consume_rows(w: &mut Walk, rows: &mut Rows<'_>, r: &mut ExportReport, below: 
 
 fn close_open(w: &mut Walk, r: &mut ExportReport, why: &str) {
     if let (n @ 1.., Some(first)) = w.open {
-        r.problem(CHAIN, None, Some(first), format!("{n} row(s) from seq {first} are not proven: {why}"));
+        r.problem(
+            CHAIN,
+            None,
+            Some(first),
+            format!("{n} row(s) from seq {first} are not proven: {why}"),
+        );
     }
     w.open = (0, None);
 }
