@@ -1,0 +1,126 @@
+//! Export benchmark: `export-bench [RECORDS]` (default 100000) generates an
+//! archive of that many messages, exports it, and prints records/s and the
+//! export's peak memory (VmHWM). The export runs in a child process so the
+//! peak covers the export alone.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use custos_archive::export::{export, ExportRequest};
+use custos_archive::log::{LogLimits, LogWriter};
+use custos_archive::storage::FileStorage;
+use custos_archive::*;
+
+fn vm_hwm_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn keys() -> (MasterKey, SigningKey) {
+    (MasterKey::from_bytes([1; 32]), SigningKey::from_bytes(&[2; 32]))
+}
+
+fn generate(dir: &Path, n: u64) -> Result<(), Box<dyn std::error::Error>> {
+    let (master, signing) = keys();
+    let storage: Arc<dyn storage::Storage> = Arc::new(FileStorage::new(dir));
+    let limits = LogLimits {
+        segment_max_bytes: 64 << 20,
+        segment_max_age: Duration::from_secs(86_400),
+        checkpoint_every: 1000,
+    };
+    let (mut log, _) = LogWriter::open(storage, master, signing, limits)?;
+    let mut i = 0u64;
+    while i < n {
+        let batch: Vec<NewRecord> = (i..n.min(i + 4096))
+            .map(|k| {
+                NewRecord::Message(MessageRecord {
+                    direction: Direction::Outbound,
+                    session: SessionId(format!("s{}", k % 50)),
+                    from: format!("user{}@example.test/desk", k % 100),
+                    to: format!("user{}@example.test", (k * 7) % 100),
+                    stanza_type: "chat".into(),
+                    id: Some(format!("id{k}")),
+                    origin_id: None,
+                    stanza_id: None,
+                    thread: None,
+                    subject: None,
+                    body: Some(format!("message {k}: please confirm the trade of {} shares at {}", k % 977, k % 113)),
+                    stanza: format!("<message to='user@example.test' id='id{k}' type='chat'><body>message {k}</body></message>").into_bytes(),
+                    outcome: Outcome {
+                        action: if k % 50 == 0 { Action::Flag } else { Action::Allow },
+                        rules: if k % 50 == 0 { vec!["insider".into()] } else { vec![] },
+                        delivered_body: None,
+                        severity: None,
+                        e2ee: None,
+                    },
+                })
+            })
+            .collect();
+        i += batch.len() as u64;
+        log.append_batch(batch)?;
+        log.maybe_roll()?;
+    }
+    log.finish()?;
+    Ok(())
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    if let (Some("--export"), Some(dir), Some(out)) = (
+        args.get(1).map(String::as_str),
+        args.get(2),
+        args.get(3),
+    ) {
+        let (master, signing) = keys();
+        let t = Instant::now();
+        let s = export(Path::new(dir), &master, &signing, Path::new(out), &ExportRequest::default(), |_, _| {})?;
+        let secs = t.elapsed().as_secs_f64();
+        let bytes: u64 = s
+            .files
+            .iter()
+            .filter_map(|p| std::fs::metadata(Path::new(out).join(p)).ok())
+            .map(|m| m.len())
+            .sum();
+        println!(
+            "exported {} records in {secs:.2} s: {:.0} records/s, {} files, {:.1} MiB, peak RSS (VmHWM) {} MiB",
+            s.records,
+            s.records as f64 / secs,
+            s.files.len(),
+            bytes as f64 / (1 << 20) as f64,
+            vm_hwm_kib() / 1024
+        );
+        let t = Instant::now();
+        let r = verify_export(Path::new(out), &signing.verifying_key());
+        println!(
+            "verified {} records in {:.2} s ({} problems), peak RSS (VmHWM) {} MiB",
+            r.records,
+            t.elapsed().as_secs_f64(),
+            r.problems.len(),
+            vm_hwm_kib() / 1024
+        );
+        return Ok(());
+    }
+    let n: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(100_000);
+    let tmp = std::env::temp_dir().join(format!("custos-export-bench-{}", std::process::id()));
+    let dir = tmp.join("archive");
+    let t = Instant::now();
+    generate(&dir, n)?;
+    println!("generated {n} records in {:.2} s", t.elapsed().as_secs_f64());
+    let status = std::process::Command::new(std::env::current_exe()?)
+        .arg("--export")
+        .arg(&dir)
+        .arg(tmp.join("out"))
+        .status()?;
+    std::fs::remove_dir_all(&tmp)?;
+    if !status.success() {
+        return Err("export child failed".into());
+    }
+    Ok(())
+}
