@@ -39,10 +39,23 @@ async fn pyarrow_reads_rows_that_match_search() {
     let dir = tmp.path().join("archive");
     let master = MasterKey::from_bytes([3; 32]);
     let signing = SigningKey::from_bytes(&[6; 32]);
-    let a = Archive::open(ArchiveConfig::new(dir.clone(), master.clone(), signing.clone())).unwrap();
+    let a = Archive::open(ArchiveConfig::new(
+        dir.clone(),
+        master.clone(),
+        signing.clone(),
+    ))
+    .unwrap();
     for i in 0..30u32 {
-        let from = if i % 3 == 0 { "alice@example.test/laptop" } else { "bob@example.test/phone" };
-        let action = if i % 5 == 0 { Action::Redact } else { Action::Allow };
+        let from = if i % 3 == 0 {
+            "alice@example.test/laptop"
+        } else {
+            "bob@example.test/phone"
+        };
+        let action = if i % 5 == 0 {
+            Action::Redact
+        } else {
+            Action::Allow
+        };
         a.append(NewRecord::Message(MessageRecord {
             direction: Direction::Outbound,
             session: SessionId("s".into()),
@@ -58,7 +71,11 @@ async fn pyarrow_reads_rows_that_match_search() {
             stanza: Vec::new(),
             outcome: Outcome {
                 action,
-                rules: if action == Action::Redact { vec!["pci-card".into()] } else { vec![] },
+                rules: if action == Action::Redact {
+                    vec!["pci-card".into()]
+                } else {
+                    vec![]
+                },
                 delivered_body: (action == Action::Redact).then(|| "████".into()),
                 severity: None,
                 e2ee: None,
@@ -70,13 +87,23 @@ async fn pyarrow_reads_rows_that_match_search() {
     a.close().await.unwrap();
     let query = "from:alice@example.test payment";
     let out = tmp.path().join("out");
-    let req = ExportRequest { query: Some(query.into()), ..ExportRequest::default() };
+    let req = ExportRequest {
+        query: Some(query.into()),
+        ..ExportRequest::default()
+    };
     let s = export(&dir, &master, &signing, &out, &req, |_, _| {}).unwrap();
-    let hits = ArchiveReader::open(&dir, &master).unwrap().search(query, 1000).unwrap();
+    let hits = ArchiveReader::open(&dir, &master)
+        .unwrap()
+        .search(query, 1000)
+        .unwrap();
     assert_eq!(hits.len(), 10);
     assert_eq!(s.records, 10);
 
-    let o = Command::new(&py).args(["-c", SCRIPT]).arg(out.join("records")).output().unwrap();
+    let o = Command::new(&py)
+        .args(["-c", SCRIPT])
+        .arg(out.join("records"))
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let rows: Vec<serde_json::Value> = String::from_utf8(o.stdout)
         .unwrap()

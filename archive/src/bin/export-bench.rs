@@ -24,7 +24,10 @@ fn vm_hwm_kib() -> u64 {
 }
 
 fn keys() -> (MasterKey, SigningKey) {
-    (MasterKey::from_bytes([1; 32]), SigningKey::from_bytes(&[2; 32]))
+    (
+        MasterKey::from_bytes([1; 32]),
+        SigningKey::from_bytes(&[2; 32]),
+    )
 }
 
 fn generate(dir: &Path, n: u64) -> Result<(), Box<dyn std::error::Error>> {
@@ -73,14 +76,19 @@ fn generate(dir: &Path, n: u64) -> Result<(), Box<dyn std::error::Error>> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    if let (Some("--export"), Some(dir), Some(out)) = (
-        args.get(1).map(String::as_str),
-        args.get(2),
-        args.get(3),
-    ) {
+    if let (Some("--export"), Some(dir), Some(out)) =
+        (args.get(1).map(String::as_str), args.get(2), args.get(3))
+    {
         let (master, signing) = keys();
         let t = Instant::now();
-        let s = export(Path::new(dir), &master, &signing, Path::new(out), &ExportRequest::default(), |_, _| {})?;
+        let s = export(
+            Path::new(dir),
+            &master,
+            &signing,
+            Path::new(out),
+            &ExportRequest::default(),
+            |_, _| {},
+        )?;
         let secs = t.elapsed().as_secs_f64();
         let bytes: u64 = s
             .files
@@ -112,7 +120,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tmp.join("archive");
     let t = Instant::now();
     generate(&dir, n)?;
-    println!("generated {n} records in {:.2} s", t.elapsed().as_secs_f64());
+    println!(
+        "generated {n} records in {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
     let status = std::process::Command::new(std::env::current_exe()?)
         .arg("--export")
         .arg(&dir)

@@ -185,13 +185,13 @@ fn fresh_export_verifies_and_is_complete() {
     }
     let chat = std::fs::read_to_string(
         out.join(
-            &s.files
+            s.files
                 .iter()
                 .find(|p| {
                     p.starts_with("transcripts")
-                        && std::fs::read_to_string(out.join(p))
-                        .unwrap()
-                        .contains("Conversation between alice@example.test and bob@example.test")
+                        && std::fs::read_to_string(out.join(p)).unwrap().contains(
+                            "Conversation between alice@example.test and bob@example.test",
+                        )
                 })
                 .unwrap(),
         ),
