@@ -24,8 +24,7 @@ else
     # The scenarios run the real `custos` binary: build it first (`cargo test` alone
     # builds only test harnesses for a package without integration tests).
     cargo build "${locked[@]}" --workspace --bins
+    # This includes the review UI in a real Chromium: the scenario crate enables the web
+    # UI's `browser` feature for tests (the served binary never carries a browser client).
     cargo test "${locked[@]}" --workspace
-    # The review UI in a real Chromium (feature-gated so the served binary carries no
-    # browser client).
-    cargo test "${locked[@]}" -p custos-web-ui --features browser --test browser
 fi

@@ -256,15 +256,11 @@ impl Inspector for Pipeline {
         }
         if let Some(archive) = &self.archive {
             if !c.replay && has_content(c.view) {
-                let key = {
-                    let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-                    message_key(&c, &seen.hasher)
+                let (key, first) = {
+                    let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+                    let key = message_key(&c, &seen.hasher);
+                    (key, seen.first_sighting(key, Instant::now()))
                 };
-                let first = self
-                    .seen
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .first_sighting(key, Instant::now());
                 if first {
                     let record = message_record(&item, &c, verdict.as_ref());
                     if let Err(err) = archive.append(NewRecord::Message(record)).await {
@@ -319,7 +315,8 @@ impl Inspector for Pipeline {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .should_send_request(request, Instant::now());
-            if due && outcome.decision != (Decision::Refuse { error: None }) {
+            // A refused message reaches nobody, so there is nobody to notify yet.
+            if due && !matches!(outcome.decision, Decision::Refuse { .. }) {
                 outcome
                     .inject
                     .to_upstream
@@ -330,32 +327,53 @@ impl Inspector for Pipeline {
     }
 
     async fn session_bound(&self, session: &SessionInfo) {
-        let Some(jid) = &session.jid else { return };
-        self.archive_event(EventRecord::SessionStart {
-            session: SessionId(session.id.to_string()),
-            jid: jid.clone(),
-            client_addr: session.client_addr.to_string(),
-            resource: jid
-                .split_once('/')
-                .map(|(_, r)| r.to_owned())
-                .unwrap_or_default(),
-        })
-        .await;
+        if let Some(id) = SessionIdentity::of(session) {
+            self.archive_event(EventRecord::SessionStart {
+                session: id.session,
+                jid: id.jid,
+                client_addr: id.client_addr,
+                resource: id.resource,
+            })
+            .await;
+        }
     }
 
     async fn session_ended(&self, session: &SessionInfo, reason: &str) {
-        let Some(jid) = &session.jid else { return };
-        self.archive_event(EventRecord::SessionEnd {
+        if let Some(id) = SessionIdentity::of(session) {
+            self.archive_event(EventRecord::SessionEnd {
+                session: id.session,
+                jid: id.jid,
+                client_addr: id.client_addr,
+                resource: id.resource,
+                reason: reason.to_owned(),
+            })
+            .await;
+        }
+    }
+}
+
+/// What session events record about a bound session.
+struct SessionIdentity {
+    session: SessionId,
+    jid: String,
+    client_addr: String,
+    resource: String,
+}
+
+impl SessionIdentity {
+    /// `None` before resource binding: a session that never bound has no one to record.
+    fn of(session: &SessionInfo) -> Option<SessionIdentity> {
+        let jid = session.jid.clone()?;
+        let resource = jid
+            .split_once('/')
+            .map(|(_, r)| r.to_owned())
+            .unwrap_or_default();
+        Some(SessionIdentity {
             session: SessionId(session.id.to_string()),
-            jid: jid.clone(),
+            jid,
             client_addr: session.client_addr.to_string(),
-            resource: jid
-                .split_once('/')
-                .map(|(_, r)| r.to_owned())
-                .unwrap_or_default(),
-            reason: reason.to_owned(),
+            resource,
         })
-        .await;
     }
 }
 

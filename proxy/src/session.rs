@@ -826,6 +826,22 @@ impl<'a, I: Inspector> Relay<'a, I> {
                 stanza: &stanza,
             })
             .await;
+        // Injected stanzas go first: a recording notice should reach the external party
+        // before the message it is about.
+        for bytes in &outcome.inject.to_client {
+            self.client_w
+                .lock()
+                .await
+                .write(bytes, Counted::Injected)
+                .await?;
+        }
+        for bytes in &outcome.inject.to_upstream {
+            self.upstream_w
+                .lock()
+                .await
+                .write(bytes, Counted::Injected)
+                .await?;
+        }
         match outcome.decision {
             Decision::Forward => {
                 to_peer
@@ -851,20 +867,6 @@ impl<'a, I: Inspector> Relay<'a, I> {
                         .await?;
                 }
             }
-        }
-        for bytes in &outcome.inject.to_client {
-            self.client_w
-                .lock()
-                .await
-                .write(bytes, Counted::Injected)
-                .await?;
-        }
-        for bytes in &outcome.inject.to_upstream {
-            self.upstream_w
-                .lock()
-                .await
-                .write(bytes, Counted::Injected)
-                .await?;
         }
         Ok(())
     }

@@ -248,3 +248,37 @@ impl Drop for Custos {
         }
     }
 }
+
+/// `custos user add --config FILE --role ROLE NAME`, with the password on stdin.
+pub fn add_user(config: &Path, name: &str, role: &str, password: &str) -> Result<(), CustosError> {
+    use std::io::Write;
+    let io = |what: &str| {
+        let what = what.to_owned();
+        move |source| CustosError::Io { what, source }
+    };
+    let mut child = Command::new(custos_bin())
+        .args(["user", "add", "--config"])
+        .arg(config)
+        .args(["--role", role, name])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io("starting custos user add"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(format!("{password}\n").as_bytes())
+            .map_err(io("writing the password"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(io("waiting for custos user add"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(CustosError::Start {
+            reason: "custos user add failed".into(),
+            log: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+}

@@ -243,29 +243,12 @@ impl Rig {
 
     /// `custos user add` with the password on stdin.
     pub fn add_user(&self, name: &str, role: &str, password: &str) -> Result<(), BoxError> {
-        use std::io::Write;
-        let mut child = std::process::Command::new(crate::custos::custos_bin())
-            .args(["user", "add", "--config"])
-            .arg(self.custos.config_path())
-            .args(["--role", role, name])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .ok_or("no stdin")?
-            .write_all(format!("{password}\n").as_bytes())?;
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            return Err(format!(
-                "custos user add failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-            .into());
-        }
-        Ok(())
+        Ok(crate::custos::add_user(
+            self.custos.config_path(),
+            name,
+            role,
+            password,
+        )?)
     }
 
     /// Both logs, for assertion messages.

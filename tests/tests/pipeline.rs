@@ -111,6 +111,22 @@ async fn delivered_messages_are_archived_once_and_searchable() -> TestResult {
     }
     alice.disconnect().await?;
     bob.disconnect().await?;
+    // Besides the two messages, each session's start (with its bound JID) and end are
+    // records too: 2 + 2 × 2.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let out = rig.cli(&["verify"])?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains(", 6 record(s),") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected 6 records: {text}\n{}",
+            rig.context()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     Ok(())
 }
 
@@ -387,13 +403,16 @@ async fn policy_blocks_redacts_separates_alerts_and_warns_on_real_traffic() -> T
         bodies.push(dave.next_message().await?.body);
     }
     dave.expect_no_message(Duration::from_millis(500)).await?;
-    assert!(
-        bodies.contains(&"This conversation is recorded by Example Corp.".to_owned()),
-        "{bodies:?}"
-    );
-    assert!(
-        bodies.contains(&"hi dave".to_owned()) && bodies.contains(&"second message".to_owned()),
-        "{bodies:?}"
+    // The notice comes first, once, then the messages in order.
+    assert_eq!(
+        bodies,
+        [
+            "This conversation is recorded by Example Corp.",
+            "hi dave",
+            "second message"
+        ],
+        "{}",
+        rig.context()
     );
 
     // The archive holds the verdicts: the blocked original, the redacted text as

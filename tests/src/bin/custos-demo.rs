@@ -260,21 +260,7 @@ fn must(out: std::process::Output, what: &str) -> Result<(), BoxError> {
 }
 
 fn add_user(config: &Path, name: &str, role: &str, password: &str) -> Result<(), BoxError> {
-    use std::io::Write;
-    let mut child = std::process::Command::new(custos_e2e::custos::custos_bin())
-        .args(["user", "add", "--config"])
-        .arg(config)
-        .args(["--role", role, name])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .ok_or("no stdin")?
-        .write_all(format!("{password}\n").as_bytes())?;
-    must(child.wait_with_output()?, "user add")
+    Ok(custos_e2e::custos::add_user(config, name, role, password)?)
 }
 
 /// Sample traffic from real clients: ordinary chat, a blocked card number, a redacted
