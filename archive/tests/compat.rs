@@ -18,9 +18,27 @@ fn fixture() -> PathBuf {
 
 /// The fixture's messages: (from, to, body, action, rules).
 const MESSAGES: &[(&str, &str, &str, Action, &[&str])] = &[
-    ("alice@example.test/laptop", "bob@example.test", "fixture: quarterly numbers attached", Action::Allow, &[]),
-    ("bob@example.test/phone", "alice@example.test", "fixture: thanks, card 4111 1111 1111 1111", Action::Block, &["pci-card"]),
-    ("alice@example.test/laptop", "dave@example.org", "fixture: project falcon kickoff", Action::Redact, &["codenames"]),
+    (
+        "alice@example.test/laptop",
+        "bob@example.test",
+        "fixture: quarterly numbers attached",
+        Action::Allow,
+        &[],
+    ),
+    (
+        "bob@example.test/phone",
+        "alice@example.test",
+        "fixture: thanks, card 4111 1111 1111 1111",
+        Action::Block,
+        &["pci-card"],
+    ),
+    (
+        "alice@example.test/laptop",
+        "dave@example.org",
+        "fixture: project falcon kickoff",
+        Action::Redact,
+        &["codenames"],
+    ),
 ];
 
 fn record(i: usize) -> NewRecord {
@@ -37,11 +55,13 @@ fn record(i: usize) -> NewRecord {
         thread: None,
         subject: None,
         body: Some(body.into()),
-        stanza: format!("<message to='{to}' type='chat'><body>{body}</body></message>").into_bytes(),
+        stanza: format!("<message to='{to}' type='chat'><body>{body}</body></message>")
+            .into_bytes(),
         outcome: Outcome {
             action,
             rules: rules.iter().map(|r| r.to_string()).collect(),
-            delivered_body: (action == Action::Redact).then(|| "fixture: project ██████ kickoff".to_string()),
+            delivered_body: (action == Action::Redact)
+                .then(|| "fixture: project ██████ kickoff".to_string()),
             severity: None,
             e2ee: None,
         },
@@ -55,7 +75,11 @@ async fn regenerate_v1_fixture() {
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).unwrap();
     let keys = tempfile::tempdir().unwrap();
-    let created = keys_init(&keys.path().join("master.key"), &keys.path().join("signing.key")).unwrap();
+    let created = keys_init(
+        &keys.path().join("master.key"),
+        &keys.path().join("signing.key"),
+    )
+    .unwrap();
     std::fs::copy(&created.master_key, root.join("master.key")).unwrap();
     std::fs::copy(&created.public_key, root.join("signing.key.pub")).unwrap();
     let master = MasterKey::from_file(&created.master_key).unwrap();
@@ -95,9 +119,15 @@ fn version_1_archive_still_reads_verifies_and_searches() {
     let report = verify(&dir, Some(&master), &public, |_, _| {});
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert_eq!(report.records, MESSAGES.len() as u64, "{report:?}");
-    assert!(report.checkpoints >= 1, "the sealed fixture ends with a signed checkpoint");
+    assert!(
+        report.checkpoints >= 1,
+        "the sealed fixture ends with a signed checkpoint"
+    );
 
-    assert_eq!(reindex(&dir, &master, |_, _| {}).unwrap(), MESSAGES.len() as u64);
+    assert_eq!(
+        reindex(&dir, &master, |_, _| {}).unwrap(),
+        MESSAGES.len() as u64
+    );
     let reader = ArchiveReader::open(&dir, &master).unwrap();
     let hits = reader.search("fixture", 10).unwrap();
     assert_eq!(hits.len(), MESSAGES.len());
@@ -105,7 +135,10 @@ fn version_1_archive_still_reads_verifies_and_searches() {
         assert_eq!((hit.from.as_str(), hit.to.as_str()), (*from, *to));
         assert_eq!(hit.body.as_deref(), Some(*body));
         assert_eq!(hit.action, *action);
-        assert_eq!(hit.rules, rules.iter().map(|r| r.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            hit.rules,
+            rules.iter().map(|r| r.to_string()).collect::<Vec<_>>()
+        );
     }
     assert_eq!(
         hits[2].delivered_body.as_deref(),
