@@ -12,6 +12,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use custos_archive::archive::TailCursor;
 use custos_archive::{Archive, ChainEntry, EventRecord, NewRecord, ReadError};
 
 use crate::auth::{cookie, Session, Sessions, Throttle, SESSION_COOKIE};
@@ -25,8 +26,9 @@ pub struct App {
     pub cfg: WebConfig,
     pub archive: Archive,
     pub store: RwLock<Store>,
-    /// Serialises tail scans so two never apply the same records concurrently.
-    tail: Mutex<()>,
+    /// Where following the archive left off. The lock also serialises catch-ups,
+    /// so two never apply the same records concurrently.
+    tail: Mutex<TailCursor>,
     pub sessions: Mutex<Sessions>,
     pub throttle: Mutex<Throttle>,
 }
@@ -52,7 +54,7 @@ impl App {
             sessions: Mutex::new(Sessions::new(cfg.session_ttl)),
             throttle: Mutex::new(Throttle::new()),
             store: RwLock::new(store),
-            tail: Mutex::new(()),
+            tail: Mutex::new(TailCursor::new()),
             cfg,
             archive,
         };
@@ -60,19 +62,21 @@ impl App {
         Ok(app)
     }
 
-    /// Applies every record appended since the last scan. Blocking file I/O.
+    /// Applies every record appended since the last catch-up, reading only
+    /// the bytes appended since. Blocking file I/O.
     pub fn catch_up_blocking(&self) -> Result<(), ReadError> {
-        let _serial = lock(&self.tail);
-        let from = read(&self.store).next_seq();
+        let mut cursor = lock(&self.tail);
         let mut entries: Vec<ChainEntry> = Vec::new();
-        self.archive.reader().scan(from, |e| {
+        let followed = self.archive.reader().tail(&mut cursor, |e| {
             entries.push(e);
             Ok::<(), ReadError>(())
-        })?;
+        });
+        // The cursor has moved past whatever was handed over before an error;
+        // those records would not be offered again, so apply them either way.
         if !entries.is_empty() {
             write(&self.store).apply(entries);
         }
-        Ok(())
+        followed
     }
 
     /// [`App::catch_up_blocking`] off the async executor.

@@ -1,0 +1,340 @@
+//! Following the log with `ArchiveReader::tail`: every record exactly once and
+//! in order while the writer appends and rolls segments, nothing of a frame
+//! still being written, and no re-reading of what the cursor has passed.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use custos_archive::archive::TailCursor;
+use custos_archive::segment::segment_name;
+use custos_archive::*;
+
+fn keys(tmp: &Path) -> (MasterKey, SigningKey) {
+    let c = keys_init(&tmp.join("master.key"), &tmp.join("signing.key")).unwrap();
+    (
+        MasterKey::from_file(&c.master_key).unwrap(),
+        load_signing_key(&c.signing_key).unwrap(),
+    )
+}
+
+fn note(i: u64, stanza_bytes: usize) -> NewRecord {
+    let body = format!("note number {i}");
+    let mut stanza = format!("<message><body>{body}</body></message>").into_bytes();
+    stanza.resize(stanza.len().max(stanza_bytes), b' ');
+    NewRecord::Message(MessageRecord {
+        direction: Direction::Outbound,
+        session: SessionId("s1".into()),
+        from: "alice@example.test/laptop".into(),
+        to: "bob@example.test".into(),
+        stanza_type: "chat".into(),
+        id: None,
+        origin_id: None,
+        stanza_id: None,
+        thread: None,
+        subject: None,
+        body: Some(body),
+        stanza,
+        outcome: Outcome {
+            action: Action::Allow,
+            rules: Vec::new(),
+            delivered_body: None,
+            severity: None,
+            e2ee: None,
+        },
+    })
+}
+
+fn body(e: &ChainEntry) -> Option<String> {
+    match &e.record.as_ref()?.content {
+        NewRecord::Message(m) => m.body.clone(),
+        NewRecord::Event(_) => None,
+    }
+}
+
+/// Small segments and frequent checkpoints, so a short test crosses many of both.
+fn small_config(dir: &Path, master: &MasterKey, signing: &SigningKey) -> ArchiveConfig {
+    let mut cfg = ArchiveConfig::new(dir.to_path_buf(), master.clone(), signing.clone());
+    cfg.segment_max_bytes = 2048;
+    cfg.checkpoint_every = 3;
+    cfg
+}
+
+fn tail_all(reader: &ArchiveReader, cursor: &mut TailCursor) -> Vec<ChainEntry> {
+    let mut out = Vec::new();
+    reader
+        .tail(cursor, |e| {
+            out.push(e);
+            Ok::<(), ReadError>(())
+        })
+        .unwrap();
+    out
+}
+
+fn scan_all(reader: &ArchiveReader) -> Vec<ChainEntry> {
+    let mut out = Vec::new();
+    reader
+        .scan(1, |e| {
+            out.push(e);
+            Ok::<(), ReadError>(())
+        })
+        .unwrap();
+    out
+}
+
+fn segment_count(dir: &Path) -> usize {
+    std::fs::read_dir(dir.join("segments")).unwrap().count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_interleaved_with_tail_calls_arrive_once_in_order_across_rollovers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("archive");
+    let (master, signing) = keys(tmp.path());
+    let archive = Archive::open(small_config(&dir, &master, &signing)).unwrap();
+    // One reader inside the writing process, one beside it as another process would.
+    let beside = ArchiveReader::open(&dir, &master).unwrap();
+    let mut inside_cursor = TailCursor::new();
+    let mut beside_cursor = TailCursor::new();
+    let mut inside = Vec::new();
+    let mut beside_got = Vec::new();
+
+    let mut appended = 0u64;
+    for round in 0..40u64 {
+        for _ in 0..(round % 4) {
+            appended += 1;
+            let r = archive.append(note(appended, 120)).await.unwrap();
+            assert_eq!(r.seq.0, appended);
+        }
+        inside.extend(tail_all(archive.reader(), &mut inside_cursor));
+        beside_got.extend(tail_all(&beside, &mut beside_cursor));
+        // Every acknowledged record is readable at once, and only once.
+        let want: Vec<u64> = (1..=appended).collect();
+        assert_eq!(inside.iter().map(|e| e.seq).collect::<Vec<_>>(), want);
+        assert_eq!(beside_got.iter().map(|e| e.seq).collect::<Vec<_>>(), want);
+        assert_eq!(inside_cursor.next_seq(), appended + 1);
+    }
+    assert!(
+        segment_count(&dir) >= 5,
+        "the test should cross several segment rollovers, made {}",
+        segment_count(&dir)
+    );
+
+    // Closing seals the last segment; reopening starts a new one. The cursor
+    // follows through both without repeating anything.
+    archive.close().await.unwrap();
+    assert!(tail_all(&beside, &mut beside_cursor).is_empty());
+    let archive = Archive::open(small_config(&dir, &master, &signing)).unwrap();
+    for _ in 0..5 {
+        appended += 1;
+        archive.append(note(appended, 120)).await.unwrap();
+    }
+    beside_got.extend(tail_all(&beside, &mut beside_cursor));
+    assert_eq!(
+        beside_got.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=appended).collect::<Vec<_>>()
+    );
+    for (i, e) in beside_got.iter().enumerate() {
+        assert_eq!(body(e), Some(format!("note number {}", i + 1)));
+    }
+
+    // What the cursor handed over is exactly what a full scan reads, chain data included.
+    let scanned = scan_all(&beside);
+    assert_eq!(scanned.len(), beside_got.len());
+    for (s, t) in scanned.iter().zip(&beside_got) {
+        assert_eq!(
+            (s.seq, s.segment, s.offset, s.leaf, s.head, s.salt),
+            (t.seq, t.segment, t.offset, t.leaf, t.head, t.salt)
+        );
+    }
+    assert_eq!(beside_cursor.head(), scanned.last().map(|e| e.head));
+
+    // A cursor started part-way hands over from there on, with the same chain heads.
+    let mut mid = TailCursor::from_seq(17);
+    let from_mid = tail_all(&beside, &mut mid);
+    assert_eq!(
+        from_mid.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (17..=appended).collect::<Vec<_>>()
+    );
+    assert_eq!(from_mid.first().map(|e| e.head), Some(scanned[16].head));
+    archive.close().await.unwrap();
+}
+
+/// Replays a finished archive's segment files into a fresh directory a few
+/// bytes at a time, as a writer would append them, tailing after every step:
+/// a record is handed over exactly when its last byte is there, never before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incomplete_frame_is_not_handed_over_until_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("source");
+    let (master, signing) = keys(tmp.path());
+    let archive = Archive::open(small_config(&src, &master, &signing)).unwrap();
+    for i in 1..=24 {
+        archive.append(note(i, 150)).await.unwrap();
+    }
+    archive.close().await.unwrap();
+    let source = ArchiveReader::open(&src, &master).unwrap();
+    let all = scan_all(&source);
+    assert_eq!(all.len(), 24);
+    // (segment, end of the record's frame, seq)
+    let ends: Vec<(u64, u64, u64)> = all
+        .iter()
+        .map(|e| {
+            let f = std::fs::File::open(src.join(segment_name(e.segment))).unwrap();
+            let mut len = [0u8; 4];
+            f.read_exact_at(&mut len, e.offset).unwrap();
+            (
+                e.segment,
+                e.offset + 4 + u64::from(u32::from_be_bytes(len)),
+                e.seq,
+            )
+        })
+        .collect();
+
+    let dst = tmp.path().join("replica");
+    std::fs::create_dir_all(dst.join("keys")).unwrap();
+    std::fs::create_dir_all(dst.join("segments")).unwrap();
+    std::fs::copy(src.join("archive.meta"), dst.join("archive.meta")).unwrap();
+    for k in std::fs::read_dir(src.join("keys")).unwrap() {
+        let k = k.unwrap();
+        std::fs::copy(k.path(), dst.join("keys").join(k.file_name())).unwrap();
+    }
+    let mut ids: Vec<u64> = all.iter().map(|e| e.segment).collect();
+    ids.dedup();
+    assert!(ids.len() >= 3, "the replay should cross segment boundaries");
+
+    let replica = ArchiveReader::open(&dst, &master).unwrap();
+    let mut cursor = TailCursor::new();
+    let mut got: Vec<u64> = Vec::new();
+    let mut steps = 0;
+    for &id in &ids {
+        let bytes = std::fs::read(src.join(segment_name(id))).unwrap();
+        let mut out = std::fs::File::create(dst.join(segment_name(id))).unwrap();
+        let mut written = 0usize;
+        while written < bytes.len() {
+            // Uneven steps land inside length fields, headers and bodies alike.
+            let step = 1 + steps % 7;
+            let upto = (written + step).min(bytes.len());
+            out.write_all(&bytes[written..upto]).unwrap();
+            written = upto;
+            steps += 1;
+            got.extend(tail_all(&replica, &mut cursor).iter().map(|e| e.seq));
+            let want: Vec<u64> = ends
+                .iter()
+                .filter(|&&(seg, end, _)| seg < id || (seg == id && end <= written as u64))
+                .map(|&(_, _, seq)| seq)
+                .collect();
+            assert_eq!(got, want, "segment {id} with {written} bytes written");
+        }
+    }
+    assert_eq!(got, (1..=24).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cursor_does_not_read_records_it_has_passed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("archive");
+    let (master, signing) = keys(tmp.path());
+    let archive = Archive::open(ArchiveConfig::new(dir.clone(), master, signing)).unwrap();
+    for i in 1..=20 {
+        archive.append(note(i, 100)).await.unwrap();
+    }
+    let reader = archive.reader();
+    let mut cursor = TailCursor::new();
+    let first = tail_all(reader, &mut cursor);
+    assert_eq!(first.len(), 20);
+
+    // Damage a record the cursor has passed, in the still-active segment: an
+    // unknown frame kind, which any reader walking the frames again (even
+    // one skipping decryption below a seq, as `scan` does) stops at.
+    let old = &first[4];
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join(segment_name(old.segment)))
+        .unwrap();
+    f.write_all_at(&[0x7f], old.offset + 4).unwrap();
+    let rescanned = reader.scan(21, |_| Ok::<(), ReadError>(()));
+    assert!(
+        matches!(rescanned, Err(ReadError::Corrupt { .. })),
+        "the damage must be visible to a reader that re-reads: {rescanned:?}"
+    );
+
+    for i in 21..=25 {
+        archive.append(note(i, 100)).await.unwrap();
+    }
+    let next = tail_all(reader, &mut cursor);
+    assert_eq!(
+        next.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (21..=25).collect::<Vec<_>>()
+    );
+    assert!(tail_all(reader, &mut cursor).is_empty());
+    archive.close().await.unwrap();
+}
+
+/// Prints what one idle catch-up costs on a large active segment, by `scan`
+/// from the next seq (the old way) and by `tail`. Slow to set up; run with
+/// `cargo test --release -p custos-archive --test tail -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn idle_catch_up_cost_on_a_large_active_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("archive");
+    let (master, signing) = keys(tmp.path());
+    let archive = Archive::open(ArchiveConfig::new(dir.clone(), master, signing)).unwrap();
+    let target: u64 = 48 << 20;
+    let per_record = 16 << 10;
+    let count = target / per_record as u64;
+    let mut next = 1;
+    while next <= count {
+        let tasks: Vec<_> = (next..(next + 256).min(count + 1))
+            .map(|i| {
+                let a = archive.clone();
+                tokio::spawn(async move { a.append(note(i, per_record)).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+            next += 1;
+        }
+    }
+    let active = std::fs::read_dir(dir.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .max()
+        .unwrap();
+    assert_eq!(segment_count(&dir), 1, "all in one active segment");
+
+    let reader = archive.reader();
+    let mut cursor = TailCursor::new();
+    assert_eq!(tail_all(reader, &mut cursor).len() as u64, count);
+
+    let runs = 20;
+    let started = Instant::now();
+    for _ in 0..runs {
+        let mut n = 0;
+        reader
+            .scan(count + 1, |_| {
+                n += 1;
+                Ok::<(), ReadError>(())
+            })
+            .unwrap();
+        assert_eq!(n, 0);
+    }
+    let scan = started.elapsed() / runs;
+    let runs = 2000;
+    let started = Instant::now();
+    for _ in 0..runs {
+        assert!(tail_all(reader, &mut cursor).is_empty());
+    }
+    let tail = started.elapsed() / runs;
+    println!(
+        "active segment {:.1} MiB, {count} records: idle scan(next) {scan:?}, idle tail {tail:?}",
+        active as f64 / f64::from(1 << 20)
+    );
+    assert!(tail * 100 < scan, "tail {tail:?} vs scan {scan:?}");
+    assert!(tail < Duration::from_millis(5));
+    archive.close().await.unwrap();
+}
