@@ -197,6 +197,7 @@ pub const ROUTES: &[(&str, &str, Option<Perm>)] = &[
     ("GET", "/", Some(Perm::Read)),
     ("GET", "/search", Some(Perm::Read)),
     ("GET", "/export", Some(Perm::Read)),
+    ("GET", "/export/regulator", Some(Perm::Read)),
     ("GET", "/conversation/{seq}", Some(Perm::Read)),
     ("GET", "/queue", Some(Perm::Read)),
     ("POST", "/queue", Some(Perm::Review)),
@@ -216,6 +217,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/", get(h::dashboard))
         .route("/search", get(h::search))
         .route("/export", get(h::export))
+        .route("/export/regulator", get(h::regulator_export))
         .route("/conversation/{seq}", get(h::conversation))
         .route("/queue", get(h::queue).post(h::queue_action))
         .route("/audit", get(h::audit))

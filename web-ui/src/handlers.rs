@@ -359,7 +359,11 @@ pub async fn search(
                         }
                     }
                     (pager("/search", &f.pairs(), page, *has_next))
-                    p.muted { a href=(format!("/export?{}", serde_urlencoded::to_string(f.pairs()).unwrap_or_default())) { "Export these results (JSON lines)" } }
+                    p.muted {
+                        a href=(format!("/export?{}", serde_urlencoded::to_string(f.pairs()).unwrap_or_default())) { "Export these results (JSON lines)" }
+                        " · "
+                        a href=(format!("/export/regulator?{}", serde_urlencoded::to_string(f.pairs()).unwrap_or_default())) { "Verifiable export (Parquet, transcripts, signed manifest)" }
+                    }
                 }
             }
         },
@@ -397,6 +401,63 @@ pub async fn export(
             ),
         ],
         out,
+    )
+        .into_response())
+}
+
+/// A regulator export of the current search (docs/export-format.md), as one tar file:
+/// Parquet rows, HTML transcripts and the signed manifest with every record's proof, so the
+/// receiver can check it offline with `custos verify-export` and the public key.
+pub async fn regulator_export(
+    State(app): State<Arc<App>>,
+    a: Authed,
+    Query(f): Query<SearchForm>,
+) -> Result<Response, AppError> {
+    a.require(Perm::Read)?;
+    let Some(keys) = app.cfg.export.clone() else {
+        return Err(AppError::NotFound);
+    };
+    let query = f.query()?;
+    let request = custos_archive::ExportRequest {
+        query: (!query.trim().is_empty()).then(|| query.clone()),
+        since: None,
+        until: None,
+    };
+    let (tar, summary) = tokio::task::spawn_blocking(move || -> Result<_, AppError> {
+        let tmp = tempfile::tempdir().map_err(|e| AppError::Internal(e.to_string()))?;
+        let out = tmp.path().join("export");
+        let summary = custos_archive::export(&keys.archive_dir, &keys.master_key, &keys.signing_key, &out, &request, |_, _| {})
+            .map_err(|e| AppError::Internal(format!("export failed: {e}")))?;
+        let mut tar = tar::Builder::new(Vec::new());
+        tar.append_dir_all("custos-export", &out)
+            .map_err(|e| AppError::Internal(format!("packing the export: {e}")))?;
+        let bytes = tar.into_inner().map_err(|e| AppError::Internal(e.to_string()))?;
+        Ok((bytes, summary))
+    })
+    .await
+    .map_err(|e| AppError::Internal(e.to_string()))??;
+    // Handing out records is itself recorded; no record, no download.
+    app.audit(
+        &a.session.user,
+        audit_action::EXPORT,
+        json!({
+            "query": query,
+            "kind": "regulator",
+            "count": summary.records,
+            "through_seq": summary.through_seq,
+            "manifest_sha256": summary.manifest_sha256,
+        }),
+    )
+    .await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-tar"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"custos-export.tar\"",
+            ),
+        ],
+        tar,
     )
         .into_response())
 }

@@ -55,6 +55,25 @@ pub struct WebConfig {
     pub sample_rate: f64,
     /// Mark cookies `Secure` (set when served over TLS, e.g. behind a TLS proxy).
     pub secure_cookies: bool,
+    /// What a regulator export needs; `None` disables export downloads.
+    pub export: Option<ExportKeys>,
+}
+
+/// The archive keys a verifiable export is written and signed with. The serving process
+/// holds them anyway (it opened the archive); they never leave it.
+#[derive(Clone)]
+pub struct ExportKeys {
+    pub archive_dir: PathBuf,
+    pub master_key: custos_archive::MasterKey,
+    pub signing_key: custos_archive::SigningKey,
+}
+
+impl std::fmt::Debug for ExportKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExportKeys")
+            .field("archive_dir", &self.archive_dir)
+            .finish_non_exhaustive()
+    }
 }
 
 impl WebConfig {
@@ -66,6 +85,7 @@ impl WebConfig {
             session_ttl: Duration::from_secs(30 * 60),
             sample_rate: 0.01,
             secure_cookies: false,
+            export: None,
         }
     }
 }

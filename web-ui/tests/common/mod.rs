@@ -57,6 +57,12 @@ pub fn fixture(sample_rate: f64) -> Fixture {
     add_user(&users, "oscar", Role::Officer, PASSWORD, &[]).unwrap();
     add_user(&users, "aud", Role::Auditor, PASSWORD, &[]).unwrap();
     let mut cfg = WebConfig::new("127.0.0.1:0".parse().unwrap(), users);
+    let keys = dir.path().join("secrets");
+    cfg.export = Some(custos_web_ui::ExportKeys {
+        archive_dir: archive_dir(&dir),
+        master_key: MasterKey::from_file(&keys.join("master.key")).unwrap(),
+        signing_key: custos_archive::load_signing_key(&keys.join("signing.key")).unwrap(),
+    });
     cfg.sample_rate = sample_rate;
     cfg.session_ttl = Duration::from_secs(600);
     Fixture { dir, archive, cfg }
