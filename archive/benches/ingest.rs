@@ -65,7 +65,7 @@ fn record(i: u64) -> NewRecord {
     let peer = (i * 7) % 500;
     let text = body(i);
     NewRecord::Message(MessageRecord {
-        direction: if i % 2 == 0 { Direction::Outbound } else { Direction::Inbound },
+        direction: if i.is_multiple_of(2) { Direction::Outbound } else { Direction::Inbound },
         session: SessionId(format!("sess-{u}")),
         from: format!("user{u}@corp.example/desktop"),
         to: format!("user{peer}@corp.example"),
@@ -78,8 +78,8 @@ fn record(i: u64) -> NewRecord {
         stanza: format!("<message from='user{u}@corp.example/desktop' to='user{peer}@corp.example' type='chat' id='id-{i}'><body>{text}</body><origin-id xmlns='urn:xmpp:sid:0' id='origin-{i}'/></message>").into_bytes(),
         body: Some(text),
         outcome: Outcome {
-            action: if i % 97 == 0 { Action::Flag } else { Action::Allow },
-            rules: if i % 97 == 0 { vec!["watch-list".into()] } else { vec![] },
+            action: if i.is_multiple_of(97) { Action::Flag } else { Action::Allow },
+            rules: if i.is_multiple_of(97) { vec!["watch-list".into()] } else { vec![] },
             delivered_body: None,
             severity: None,
             e2ee: None,

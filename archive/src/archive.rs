@@ -1,8 +1,14 @@
 //! The public façade: [`Archive`] (the serving process's writer, group commit
 //! and indexer threads), [`ArchiveReader`] (read-only, any process), and
 //! [`reindex`].
+//!
+//! One process writes: [`Archive::open`] and [`reindex`] hold an exclusive
+//! advisory lock on `<dir>/writer.lock` for as long as they write. Readers and
+//! `verify` take no lock. Other processes hand audit events to the writer
+//! through the inbox ([`crate::inbox`]).
 
 use std::collections::HashMap;
+use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -13,6 +19,7 @@ use aes_gcm::Aes256Gcm;
 use ed25519_dalek::SigningKey;
 use tokio::sync::oneshot;
 
+use crate::inbox::Drain;
 use crate::index::{BlindIndexReader, BlindIndexWriter, BlindKey, IndexError};
 use crate::keys::MasterKey;
 use crate::log::{self, Appended, LogLimits, LogOpenError, LogWriter, Meta};
@@ -54,11 +61,53 @@ impl ArchiveConfig {
     }
 }
 
+/// The lock file that makes one process at a time the writer of an archive.
+pub const WRITER_LOCK: &str = "writer.lock";
+
+/// An exclusive advisory lock on `<dir>/writer.lock` (`flock` on Unix,
+/// `LockFileEx` on Windows), released when dropped — including by the
+/// kernel when the process dies, so a crash never leaves a stale lock. The
+/// file itself stays: removing it would let two processes lock two different
+/// files of the same name.
+#[derive(Debug)]
+struct WriterLock {
+    _file: File,
+}
+
+enum LockError {
+    Held,
+    Io(std::io::Error),
+}
+
+impl WriterLock {
+    fn take(dir: &Path) -> Result<WriterLock, LockError> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(WRITER_LOCK))
+            .map_err(LockError::Io)?;
+        match file.try_lock() {
+            Ok(()) => Ok(WriterLock { _file: file }),
+            Err(TryLockError::WouldBlock) => Err(LockError::Held),
+            Err(TryLockError::Error(e)) => Err(LockError::Io(e)),
+        }
+    }
+}
+
 /// Opening the archive failed.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error("master key file {key} is inside the archive directory {dir}; keep it elsewhere")]
     KeyInsideArchive { key: PathBuf, dir: PathBuf },
+    /// Another process (or another `Archive` of this one) holds the writer lock.
+    #[error("another process is writing to this archive (custos serve?): {dir} is locked")]
+    Locked { dir: PathBuf },
+    #[error("cannot lock {dir}/writer.lock: {source}")]
+    Lock {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot create archive directory {dir}: {source}")]
     Dir {
         dir: PathBuf,
@@ -72,6 +121,8 @@ pub enum OpenError {
     Read(#[from] ReadError),
     #[error("writing the recovery record failed: {0}")]
     Recovery(#[from] log::LogWriteError),
+    #[error("appending inbox submissions failed: {0}")]
+    Inbox(log::LogWriteError),
     #[error("cannot start thread: {0}")]
     Thread(std::io::Error),
 }
@@ -127,6 +178,13 @@ pub enum SearchError {
 /// Rebuilding the index failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ReindexError {
+    #[error("another process is writing to this archive (custos serve?): {dir} is locked")]
+    Locked { dir: PathBuf },
+    #[error("cannot lock {dir}/writer.lock: {source}")]
+    Lock {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Log(#[from] LogOpenError),
     #[error(transparent)]
@@ -286,6 +344,7 @@ struct Inner {
     reader: ArchiveReader,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     index_health: Arc<Mutex<Option<String>>>,
+    inbox_health: Arc<Mutex<Option<String>>>,
 }
 
 /// The archive of the serving process. Clone freely; all clones share one
@@ -308,8 +367,11 @@ fn index_dir(dir: &Path) -> PathBuf {
 }
 
 impl Archive {
-    /// Opens or creates the archive: recovers a torn tail (recording the cut),
-    /// catches the index up with the log, and starts the writer and indexer.
+    /// Opens or creates the archive: takes the writer lock (held until the
+    /// writer thread ends, on close or when the last clone is dropped),
+    /// recovers a torn tail (recording the cut), catches the index up with the
+    /// log, appends what waits in the inbox, and starts the writer and indexer.
+    /// Fails with [`OpenError::Locked`] while another writer holds the lock.
     pub fn open(cfg: ArchiveConfig) -> Result<Archive, OpenError> {
         std::fs::create_dir_all(&cfg.dir).map_err(|source| OpenError::Dir {
             dir: cfg.dir.clone(),
@@ -325,6 +387,15 @@ impl Archive {
                 return Err(OpenError::KeyInsideArchive { key: origin, dir });
             }
         }
+        // Before recovery: recovery seals and truncates the active segment,
+        // which would destroy a running writer's tail.
+        let lock = WriterLock::take(&dir).map_err(|e| match e {
+            LockError::Held => OpenError::Locked { dir: dir.clone() },
+            LockError::Io(source) => OpenError::Lock {
+                dir: dir.clone(),
+                source,
+            },
+        })?;
         let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(&dir));
         let limits = LogLimits {
             segment_max_bytes: cfg.segment_max_bytes,
@@ -364,6 +435,14 @@ impl Archive {
         if let Some(cut) = &cut {
             first_batch = log.append_batch(vec![log::recovery_event(cut)])?;
         }
+        let mut inbox = Drain::new(
+            &dir,
+            cfg.master_key.clone(),
+            ArchiveReader::from_parts(dir.clone(), storage.clone(), cfg.master_key.clone())?,
+        );
+        let drained = inbox.drain(&mut log).map_err(OpenError::Inbox)?;
+        first_batch.extend(drained.appended);
+        let inbox_health = Arc::new(Mutex::new(drained.problem));
         let (tx, rx) = mpsc::channel::<Cmd>();
         let (itx, irx) = mpsc::channel::<IndexCmd>();
         if !first_batch.is_empty() {
@@ -375,9 +454,15 @@ impl Archive {
             .name("custos-indexer".into())
             .spawn(move || indexer_loop(indexer, irx, h2))
             .map_err(OpenError::Thread)?;
+        let ih = inbox_health.clone();
         let writer_thread = std::thread::Builder::new()
             .name("custos-archive-writer".into())
-            .spawn(move || writer_loop(log, rx, itx))
+            .spawn(move || {
+                writer_loop(log, rx, itx, inbox, ih);
+                // Only now, with the last segment sealed and the index
+                // finished, may another process write.
+                drop(lock);
+            })
             .map_err(OpenError::Thread)?;
         Ok(Archive {
             inner: Arc::new(Inner {
@@ -385,6 +470,7 @@ impl Archive {
                 reader,
                 writer_thread: Mutex::new(Some(writer_thread)),
                 index_health: health,
+                inbox_health,
             }),
         })
     }
@@ -422,7 +508,18 @@ impl Archive {
             .clone()
     }
 
-    /// Flushes, writes the final signed checkpoint, seals the active segment,
+    /// The last inbox problem (a file that could not be listed, claimed,
+    /// removed or moved aside), if the latest drain met one. Appends continue.
+    pub fn inbox_health(&self) -> Option<String> {
+        self.inner
+            .inbox_health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Appends what waits in the inbox, takes a last look at the inbox,
+    /// flushes, writes the final signed checkpoint, seals the active segment,
     /// commits the index and stops both threads. Later appends on any clone
     /// fail with [`AppendError::Closed`].
     pub async fn close(self) -> Result<(), CloseError> {
@@ -450,8 +547,32 @@ impl Archive {
     }
 }
 
-fn writer_loop(mut log: LogWriter, rx: Receiver<Cmd>, itx: Sender<IndexCmd>) {
+fn writer_loop(
+    mut log: LogWriter,
+    rx: Receiver<Cmd>,
+    itx: Sender<IndexCmd>,
+    mut inbox: Drain,
+    inbox_health: Arc<Mutex<Option<String>>>,
+) {
     let mut failed: Option<String> = None;
+    // Appends what waits in the inbox unless the writer already failed.
+    let drain = |inbox: &mut Drain, log: &mut LogWriter, failed: &mut Option<String>| {
+        if failed.is_some() {
+            return;
+        }
+        match inbox.drain(log) {
+            Ok(d) => {
+                *inbox_health.lock().unwrap_or_else(|p| p.into_inner()) = d.problem;
+                if !d.appended.is_empty() {
+                    let _ = itx.send(IndexCmd::Add(d.appended));
+                    if let Err(e) = log.maybe_roll() {
+                        *failed = Some(e.to_string());
+                    }
+                }
+            }
+            Err(e) => *failed = Some(e.to_string()),
+        }
+    };
     let finish = |log: LogWriter, itx: &Sender<IndexCmd>| -> Result<(), CloseError> {
         let sealed = log.finish().map_err(|e| CloseError::Seal(e.to_string()));
         let (dtx, drx) = mpsc::channel();
@@ -462,6 +583,10 @@ fn writer_loop(mut log: LogWriter, rx: Receiver<Cmd>, itx: Sender<IndexCmd>) {
         sealed.and(indexed)
     };
     loop {
+        // Checked every turn, not only when idle: a busy writer never times out.
+        if inbox.due() {
+            drain(&mut inbox, &mut log, &mut failed);
+        }
         let first = match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(c) => c,
             Err(RecvTimeoutError::Timeout) => {
@@ -473,6 +598,7 @@ fn writer_loop(mut log: LogWriter, rx: Receiver<Cmd>, itx: Sender<IndexCmd>) {
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => {
+                drain(&mut inbox, &mut log, &mut failed);
                 let _ = finish(log, &itx);
                 return;
             }
@@ -529,6 +655,9 @@ fn writer_loop(mut log: LogWriter, rx: Receiver<Cmd>, itx: Sender<IndexCmd>) {
             }
         }
         if let Some(done) = close {
+            // Whatever a submitter queued before the close goes in now rather
+            // than waiting for the next open.
+            drain(&mut inbox, &mut log, &mut failed);
             let r = if failed.is_some() {
                 let _ = itx.send(IndexCmd::Close(mpsc::channel().0));
                 Err(CloseError::Seal(failed.unwrap_or_default()))
@@ -1085,14 +1214,28 @@ impl ArchiveReader {
     }
 }
 
-/// Rebuilds the index of the archive in `dir` from the record log. Fails if
-/// a serving process holds the index writer. `progress(done_records, last_seq)`.
+/// Rebuilds the index of the archive in `dir` from the record log.
+/// `progress(done_records, last_seq)`.
+///
+/// Takes the writer lock, failing with [`ReindexError::Locked`] while a
+/// serving process writes: it would hold the index's own (tantivy) lock anyway,
+/// and a server started during the rebuild would fail to open the index
+/// instead of being told the archive is busy. Held until the rebuild ends.
 pub fn reindex(
     dir: &Path,
     master_key: &MasterKey,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<u64, ReindexError> {
     let reader = ArchiveReader::open(dir, master_key)?;
+    let _lock = WriterLock::take(dir).map_err(|e| match e {
+        LockError::Held => ReindexError::Locked {
+            dir: dir.to_path_buf(),
+        },
+        LockError::Io(source) => ReindexError::Lock {
+            dir: dir.to_path_buf(),
+            source,
+        },
+    })?;
     let archive_id = reader.archive_id();
     let mut w = BlindIndexWriter::open(
         &index_dir(dir),
@@ -1114,7 +1257,7 @@ pub fn reindex(
                 offset: e.offset,
             })?;
             n += 1;
-            if n % 10_000 == 0 {
+            if n.is_multiple_of(10_000) {
                 progress(e.seq, last);
             }
         }

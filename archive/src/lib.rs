@@ -11,17 +11,20 @@
 //!                     indexer thread: blind tokens ─▶ tantivy (commit every 500 ms)
 //!  search ─▶ query ─▶ blind index ─▶ (seq, segment, offset) ─▶ log ─▶ decrypt ─▶ Hit
 //!  verify ─▶ every frame, record, chain link, checkpoint ─▶ Problem{segment, offset, seq, what}
+//!  submit_audit (other process) ─▶ inbox/ (encrypted file) ─▶ writer thread drains ─▶ append
 //! ```
 //!
 //! Modules: [`record`] (model and canonical encoding), [`segment`] (file format,
 //! encryption, chain), [`keys`] (master, signing and data keys), [`storage`]
 //! (the byte-store trait and its file and memory implementations), [`log`]
 //! (recovery and the append path), [`index`] (blind tantivy index), [`query`]
-//! (search syntax), [`verify`], [`archive`] (the public façade and readers).
+//! (search syntax), [`verify`], [`archive`] (the public façade, readers and
+//! the writer lock), [`inbox`] (audit events handed over by other processes).
 //! The on-disk format is described in `docs/archive-format.md`.
 
 pub mod archive;
 pub mod export;
+pub mod inbox;
 pub mod index;
 pub mod keys;
 pub mod log;
@@ -34,12 +37,13 @@ pub mod verify;
 
 pub use archive::{
     reindex, AppendError, AppendReceipt, Archive, ArchiveConfig, ArchiveReader, ChainEntry,
-    CloseError, Hit, OpenError, ReadError, ReindexError, SearchError,
+    CloseError, Hit, OpenError, ReadError, ReindexError, SearchError, WRITER_LOCK,
 };
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use export::{
     export, verify_export, ExportError, ExportProblem, ExportReport, ExportRequest, ExportSummary,
 };
+pub use inbox::{submit_audit, AuditSubmitted, SubmitError};
 pub use keys::{keys_init, load_signing_key, load_verifying_key, KeyError, KeysCreated, MasterKey};
 pub use record::{
     Action, Direction, EventRecord, MessageRecord, NewRecord, Outcome, Record, RecordSeq, SessionId,
