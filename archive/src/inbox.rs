@@ -406,6 +406,10 @@ pub(crate) struct Drain {
     /// Claimed files whose record this process made durable but could not
     /// remove: only their removal is retried.
     appended: HashSet<String>,
+    /// Refused files whose refusal is recorded but which could not be moved
+    /// aside: only the move is retried, so the log is not flooded with one
+    /// refusal per drain.
+    refused: HashSet<String>,
     last: Option<Instant>,
 }
 
@@ -417,6 +421,7 @@ impl Drain {
             master,
             reader,
             appended: HashSet::new(),
+            refused: HashSet::new(),
             last: None,
         }
     }
@@ -444,7 +449,17 @@ impl Drain {
         let mut take: Vec<(String, String, Submission)> = Vec::new(); // (name, id, submission)
         let mut done: Vec<String> = Vec::new(); // already in the log: remove only
         let mut rejects: Vec<(String, String)> = Vec::new(); // (name, reason)
+        let mut move_aside: Vec<String> = Vec::new();
         for entry in entries.into_iter().take(MAX_PER_DRAIN) {
+            let name = match &entry {
+                Entry::Foreign { name }
+                | Entry::Pending { name, .. }
+                | Entry::Claimed { name, .. } => name,
+            };
+            if self.refused.contains(name) {
+                move_aside.push(name.clone());
+                continue;
+            }
             let (name, id, claimed) = match entry {
                 Entry::Foreign { name } => {
                     rejects.push((name, "not an inbox file name".into()));
@@ -523,15 +538,22 @@ impl Drain {
                 }
             }
         }
-        if !rejects.is_empty() {
+        move_aside.extend(rejects.into_iter().map(|(name, _)| name));
+        if !move_aside.is_empty() {
             let rejected = self.inbox.join(REJECTED_DIR);
             if let Err(e) = std::fs::create_dir_all(&rejected) {
                 out.problem = Some(format!("cannot create {}: {e}", rejected.display()));
             }
-            for (name, _) in &rejects {
-                match std::fs::rename(self.inbox.join(name), rejected.join(name)) {
-                    Ok(()) => changed = true,
-                    Err(e) => out.problem = Some(format!("cannot move {name} aside: {e}")),
+            for name in move_aside {
+                match std::fs::rename(self.inbox.join(&name), rejected.join(&name)) {
+                    Ok(()) => {
+                        self.refused.remove(&name);
+                        changed = true;
+                    }
+                    Err(e) => {
+                        out.problem = Some(format!("cannot move {name} aside: {e}"));
+                        self.refused.insert(name);
+                    }
                 }
             }
             if let Err(e) = sync_dir(&rejected) {

@@ -361,3 +361,41 @@ fn only_audit_events_are_accepted_and_the_archive_must_exist() {
     ));
     assert!(!dir.exists(), "a submission must not create an archive");
 }
+
+/// A refused file that cannot be moved aside is recorded once, not on every
+/// drain, and moved once that becomes possible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_file_that_cannot_be_moved_is_recorded_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("archive");
+    let k = keys(tmp.path());
+    let cfg = create(&dir, &k).await;
+    let inbox = dir.join(INBOX_DIR);
+    std::fs::create_dir_all(&inbox).unwrap();
+    // A file where the rejected directory should be: moving aside fails.
+    std::fs::write(inbox.join(REJECTED_DIR), b"in the way").unwrap();
+    std::fs::write(inbox.join("stray.bin"), b"junk").unwrap();
+    let archive = Archive::open(cfg).unwrap();
+    let refusals = || {
+        audits(&dir, &k.master)
+            .into_iter()
+            .filter(|a| a.2 == "inbox-rejected")
+            .count()
+    };
+    // The file in the way is itself refused, once, like the stray one.
+    assert_eq!(refusals(), 2);
+    assert!(archive.inbox_health().unwrap().contains("stray.bin"));
+    tokio::time::sleep(Duration::from_millis(2500)).await; // two more drains
+    assert_eq!(refusals(), 2);
+    assert!(inbox.join("stray.bin").exists());
+
+    std::fs::remove_file(inbox.join(REJECTED_DIR)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while inbox.join("stray.bin").exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(inbox.join(REJECTED_DIR).join("stray.bin").is_file());
+    assert_eq!(refusals(), 2);
+    archive.close().await.unwrap();
+    verify_clean(&dir, &k);
+}
