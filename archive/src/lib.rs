@@ -37,7 +37,7 @@ pub mod verify;
 
 pub use archive::{
     reindex, AppendError, AppendReceipt, Archive, ArchiveConfig, ArchiveReader, ChainEntry,
-    CloseError, Hit, OpenError, ReadError, ReindexError, SearchError, WRITER_LOCK,
+    CloseError, Hit, OpenError, ReadError, ReindexError, SearchError, TailCursor, WRITER_LOCK,
 };
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use export::{

@@ -94,7 +94,7 @@ pub fn search(config: &Path, query: &str, limit: usize, json: bool) -> anyhow::R
 }
 
 /// A progress bar on a terminal, nothing otherwise.
-fn progress(label: &'static str) -> impl FnMut(u64, u64) {
+pub fn progress(label: &'static str) -> impl FnMut(u64, u64) {
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(

@@ -64,6 +64,31 @@ pub enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Regulator export: Parquet rows, HTML transcripts and a signed manifest with the
+    /// proofs that tie every record to the signed archive (docs/export-format.md).
+    Export {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// A new (or empty) directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Only messages matching this search query.
+        #[arg(long, value_name = "Q")]
+        query: Option<String>,
+        /// From this time on (YYYY-MM-DD or RFC 3339).
+        #[arg(long, value_name = "T")]
+        since: Option<String>,
+        /// Before this time.
+        #[arg(long, value_name = "T")]
+        until: Option<String>,
+    },
+    /// Check an export offline: file hashes, the manifest signature and every record's
+    /// proof, using only the export directory and the archive's public key.
+    VerifyExport {
+        dir: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        public_key: PathBuf,
+    },
     /// Review web UI accounts.
     User {
         #[command(subcommand)]
@@ -135,6 +160,22 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => crate::archive_cmds::search(&config, &query.join(" "), limit, json),
         Command::Verify { config } => crate::archive_cmds::verify(&config),
         Command::Reindex { config } => crate::archive_cmds::reindex(&config),
+        Command::Export {
+            config,
+            out,
+            query,
+            since,
+            until,
+        } => crate::export_cmds::export(
+            &config,
+            &out,
+            query.as_deref(),
+            since.as_deref(),
+            until.as_deref(),
+        ),
+        Command::VerifyExport { dir, public_key } => {
+            crate::export_cmds::verify_export(&dir, &public_key)
+        }
         Command::User {
             command:
                 UserCommand::Add {

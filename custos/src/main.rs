@@ -8,6 +8,7 @@
 mod archive_cmds;
 mod cli;
 mod config;
+mod export_cmds;
 mod policy_cmds;
 mod serve;
 mod user_cmds;

@@ -106,6 +106,13 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
             if let Some(ttl) = w.session_ttl {
                 web_config.session_ttl = ttl;
             }
+            if let Some(a) = &cfg.archive {
+                web_config.export = Some(custos_web_ui::ExportKeys {
+                    archive_dir: a.dir.clone(),
+                    master_key: archive_cmds::master_key(a)?,
+                    signing_key: custos_archive::load_signing_key(&a.signing_key)?,
+                });
+            }
             let bound = custos_web_ui::bind(web_config, archive.clone())
                 .await
                 .context("starting the review web UI")?;

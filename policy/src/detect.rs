@@ -89,7 +89,7 @@ pub(crate) fn luhn_valid(digits: &[u8]) -> bool {
         }
         sum += v;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// A run of digit groups separated by single spaces or hyphens
