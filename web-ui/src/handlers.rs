@@ -426,12 +426,21 @@ pub async fn regulator_export(
     let (tar, summary) = tokio::task::spawn_blocking(move || -> Result<_, AppError> {
         let tmp = tempfile::tempdir().map_err(|e| AppError::Internal(e.to_string()))?;
         let out = tmp.path().join("export");
-        let summary = custos_archive::export(&keys.archive_dir, &keys.master_key, &keys.signing_key, &out, &request, |_, _| {})
-            .map_err(|e| AppError::Internal(format!("export failed: {e}")))?;
+        let summary = custos_archive::export(
+            &keys.archive_dir,
+            &keys.master_key,
+            &keys.signing_key,
+            &out,
+            &request,
+            |_, _| {},
+        )
+        .map_err(|e| AppError::Internal(format!("export failed: {e}")))?;
         let mut tar = tar::Builder::new(Vec::new());
         tar.append_dir_all("custos-export", &out)
             .map_err(|e| AppError::Internal(format!("packing the export: {e}")))?;
-        let bytes = tar.into_inner().map_err(|e| AppError::Internal(e.to_string()))?;
+        let bytes = tar
+            .into_inner()
+            .map_err(|e| AppError::Internal(e.to_string()))?;
         Ok((bytes, summary))
     })
     .await

@@ -759,15 +759,22 @@ async fn regulator_export_downloads_a_verifiable_archive_and_is_audited() {
     let res = w.app.clone().oneshot(req).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(res.headers()[header::CONTENT_TYPE], "application/x-tar");
-    let bytes = axum::body::to_bytes(res.into_body(), 256 << 20).await.unwrap();
+    let bytes = axum::body::to_bytes(res.into_body(), 256 << 20)
+        .await
+        .unwrap();
 
     // Unpacked, it verifies offline with nothing but the public key.
     let out = tempfile::tempdir().unwrap();
     tar::Archive::new(&bytes[..]).unpack(out.path()).unwrap();
-    let public = custos_archive::load_verifying_key(&w.fx.dir.path().join("secrets/signing.key.pub")).unwrap();
+    let public =
+        custos_archive::load_verifying_key(&w.fx.dir.path().join("secrets/signing.key.pub"))
+            .unwrap();
     let report = custos_archive::verify_export(&out.path().join("custos-export"), &public);
     assert!(report.is_clean(), "{:?}", report.problems);
-    assert!(report.records >= 1 && report.proven == report.records, "{report:?}");
+    assert!(
+        report.records >= 1 && report.proven == report.records,
+        "{report:?}"
+    );
 
     // And it is on the record: who exported what, how many.
     let (admin, _) = sign_in(&w.app, "ada").await;
