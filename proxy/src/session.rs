@@ -544,72 +544,77 @@ impl<'a, I: Inspector> Relay<'a, I> {
     }
 
     /// XEP-0198 elements: start counting on enable, translate `h` in acks and
-    /// resumptions. Returns the bytes to forward.
-    async fn stream_management(&self, direction: Direction, stanza: &Stanza) -> Option<Vec<u8>> {
+    /// resumptions, and forward the element (rewritten where a count changed).
+    /// `Ok(false)`: not a stream management element; nothing was written.
+    async fn stream_management(
+        &self,
+        direction: Direction,
+        stanza: &Stanza,
+    ) -> Result<bool, Ended> {
         let root = &stanza.root;
         if root.ns != NS_SM {
-            return None;
+            return Ok(false);
         }
-        // The counter of the leg whose receiver produced the `h` being translated.
         let (name, from_client) = (root.name.as_str(), direction == Direction::Outbound);
+        let to_peer = if from_client {
+            &self.upstream_w
+        } else {
+            &self.client_w
+        };
         match (name, from_client) {
-            ("enable", true) => {
-                let mut up = self.upstream_w.lock().await;
-                let r = up.write(&stanza.raw, Counted::No).await;
-                up.sm.start();
-                return Some(if r.is_ok() {
-                    Vec::new()
-                } else {
-                    stanza.raw.to_vec()
-                });
-            }
-            ("enabled", false) => {
-                if let Some(id) = root.attr("id") {
-                    *self.sm_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.to_owned());
+            // Both ends start counting at enable/enabled; so does the leg that carries it,
+            // under the same lock as the write.
+            ("enable", true) | ("enabled", false) => {
+                if name == "enabled" {
+                    if let Some(id) = root.attr("id") {
+                        *self.sm_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.to_owned());
+                    }
                 }
-                let mut client = self.client_w.lock().await;
-                let r = client.write(&stanza.raw, Counted::No).await;
-                client.sm.start();
-                return Some(if r.is_ok() {
-                    Vec::new()
-                } else {
-                    stanza.raw.to_vec()
-                });
+                let mut leg = to_peer.lock().await;
+                leg.write(&stanza.raw, Counted::No).await?;
+                leg.sm.start();
+                return Ok(true);
             }
             ("resume", true) => {
-                let previous = root.attr("previd").and_then(|id| {
-                    self.shared
+                if let Some(id) = root.attr("previd") {
+                    let previous = self
+                        .shared
                         .resumable
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .take(id)
-                });
-                if let Some((to_client, to_upstream)) = previous {
-                    self.client_w.lock().await.sm = to_client;
-                    self.upstream_w.lock().await.sm = to_upstream;
-                }
-                if let Some(id) = root.attr("previd") {
+                        .take(id);
+                    if let Some((to_client, to_upstream)) = previous {
+                        self.client_w.lock().await.sm = to_client;
+                        self.upstream_w.lock().await.sm = to_upstream;
+                    }
                     *self.sm_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.to_owned());
                 }
             }
             _ => {}
         }
-        let h = root.attr("h").and_then(sm::parse_h)?;
-        let translated = match (name, from_client) {
+        let h = root.attr("h").and_then(sm::parse_h);
+        let translated = match (h, name, from_client) {
             // The client acknowledges what it received: client-leg numbering.
-            ("a", true) | ("resume", true) => self.client_w.lock().await.sm.to_sender(h),
+            (Some(h), "a" | "resume", true) => {
+                Some((h, self.client_w.lock().await.sm.to_sender(h)))
+            }
             // The server acknowledges what it received: upstream-leg numbering.
-            ("a", false) | ("resumed", false) => self.upstream_w.lock().await.sm.to_sender(h),
-            _ => return None,
+            (Some(h), "a" | "resumed", false) => {
+                Some((h, self.upstream_w.lock().await.sm.to_sender(h)))
+            }
+            _ => None,
         };
-        if translated == h {
-            return None;
+        match translated {
+            Some((h, new)) if new != h => {
+                let mut rewritten = root.clone();
+                rewritten.set_attr("h", sm::format_h(new));
+                let mut out = Vec::with_capacity(stanza.raw.len());
+                rewritten.write_to(&mut out);
+                to_peer.lock().await.write(&out, Counted::No).await?;
+            }
+            _ => to_peer.lock().await.write(&stanza.raw, Counted::No).await?,
         }
-        let mut rewritten = root.clone();
-        rewritten.set_attr("h", sm::format_h(translated));
-        let mut out = Vec::with_capacity(stanza.raw.len());
-        rewritten.write_to(&mut out);
-        Some(out)
+        Ok(true)
     }
 
     async fn client_to_upstream(&self, mut reader: ReadHalf<Conn>, mut framer: Framer) -> Ended {
@@ -808,11 +813,10 @@ impl<'a, I: Inspector> Relay<'a, I> {
         if view.kind == StanzaKind::Nonza {
             // Stream-level elements (SASL exchanges, stream management) pass unlogged:
             // SASL payloads carry credentials. Only XEP-0198 counts are rewritten.
-            return match self.stream_management(direction, &stanza).await {
-                Some(bytes) if bytes.is_empty() => Ok(()),
-                Some(bytes) => to_peer.lock().await.write(&bytes, Counted::No).await,
-                None => to_peer.lock().await.write(&stanza.raw, Counted::No).await,
-            };
+            if self.stream_management(direction, &stanza).await? {
+                return Ok(());
+            }
+            return to_peer.lock().await.write(&stanza.raw, Counted::No).await;
         }
         let info = self.snapshot();
         fill_addresses(&mut view, direction, info.jid.as_deref());
