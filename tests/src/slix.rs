@@ -165,6 +165,8 @@ pub struct OutgoingMessage {
     pub subject: Option<String>,
     /// Optional `<thread/>`.
     pub thread: Option<String>,
+    /// Extra child elements, as XML text (each with its own `xmlns`).
+    pub payloads: Vec<String>,
 }
 
 impl OutgoingMessage {
@@ -440,7 +442,7 @@ impl SlixClient {
             "send_message",
             json!({
                 "to": msg.to, "body": msg.body, "type": kind, "msg_id": id,
-                "subject": msg.subject, "thread": msg.thread,
+                "subject": msg.subject, "thread": msg.thread, "payloads": msg.payloads,
             }),
         )
         .await?;

@@ -553,3 +553,48 @@ async fn stream_management_counts_stay_consistent_when_stanzas_are_dropped_or_in
     assert!(!prosody_log.contains("handled-count"), "{prosody_log}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_encrypted_messages_are_detected_flagged_and_archived() -> TestResult {
+    let rig = Rig::start(
+        "pipeline-e2ee",
+        RigOptions {
+            archive: true,
+            rules: Some("[[rule]]\nid = \"e2ee-message\"\nwhen = { kind = \"message\", e2ee = true }\naction = \"flag\"\nseverity = \"high\"\n".into()),
+            ..RigOptions::default()
+        },
+    )?;
+    let mut alice = rig.connect("alice", "laptop", Tls::StartTls).await?;
+    let mut bob = rig.connect("bob", "phone", Tls::Direct).await?;
+    // What an OMEMO client (XEP-0384, legacy namespace as deployed) sends: the payload is
+    // ciphertext; the body is only the fallback text for clients without OMEMO.
+    let omemo = "<encrypted xmlns='eu.siacs.conversations.axolotl'>\
+                 <header sid='27183'><key rid='31415'>MwohBQ==</key><iv>1234567890AB</iv></header>\
+                 <payload>c2VjcmV0IGNpcGhlcnRleHQ=</payload></encrypted>";
+    alice
+        .send_message(OutgoingMessage {
+            payloads: vec![omemo.into(), "<store xmlns='urn:xmpp:hints'/>".into()],
+            ..OutgoingMessage::chat("bob@example.test", "I sent you an OMEMO encrypted message but your client doesn't seem to support that.")
+        })
+        .await?;
+    // Flagged, not blocked: delivered untouched.
+    assert!(bob
+        .next_message()
+        .await?
+        .body
+        .starts_with("I sent you an OMEMO encrypted message"));
+    let hits = search_until(&rig, "rule:e2ee-message", 1, Duration::from_secs(3))?;
+    assert_eq!(hits.len(), 1, "{hits:?}\n{}", rig.context());
+    assert_eq!(hits[0]["action"], "flag");
+    assert_eq!(hits[0]["e2ee"], "omemo");
+    assert_eq!(hits[0]["severity"], "high");
+    // A plain message is not mistaken for one.
+    alice
+        .send_chat("bob@example.test", "plain text, no encryption")
+        .await?;
+    bob.next_message().await?;
+    let plain = search_until(&rig, "\"no encryption\"", 1, Duration::from_secs(3))?;
+    assert_eq!(plain[0]["action"], "allow");
+    assert!(plain[0].get("e2ee").is_none(), "{plain:?}");
+    Ok(())
+}
