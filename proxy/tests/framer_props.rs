@@ -127,10 +127,18 @@ fn write_gen(g: &Gen, out: &mut String) {
         return;
     }
     out.push('>');
+    // Adjacent text nodes are one run of character data in XML: escape them together,
+    // or "]]" followed by ">" would write the forbidden "]]>" (found by proptest).
+    let mut text = String::new();
     for c in &g.children {
+        if let GenNode::Text(t) = c {
+            text.push_str(t);
+            continue;
+        }
+        out.push_str(&escape_text(&std::mem::take(&mut text)));
         match c {
             GenNode::El(e) => write_gen(e, out),
-            GenNode::Text(t) => out.push_str(&escape_text(t)),
+            GenNode::Text(_) => {}
             GenNode::CData(t) => {
                 out.push_str("<![CDATA[");
                 out.push_str(t);
@@ -138,6 +146,7 @@ fn write_gen(g: &Gen, out: &mut String) {
             }
         }
     }
+    out.push_str(&escape_text(&text));
     out.push_str("</");
     out.push_str(g.name);
     out.push('>');
