@@ -470,7 +470,10 @@ async fn rules_reload_without_dropping_sessions() -> TestResult {
     wait_for_log(&rig, "policy reloaded", Duration::from_secs(5))?;
     // SIGHUP reloads on demand too (operators script it after deploying a file).
     let pid = rig.custos.pid().ok_or("custos not running")?;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(i32::try_from(pid)?), nix::sys::signal::Signal::SIGHUP)?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid)?),
+        nix::sys::signal::Signal::SIGHUP,
+    )?;
     wait_for_log(&rig, "SIGHUP: policy reloaded", Duration::from_secs(5))?;
     let id = alice
         .send_chat("bob@example.test", "gamma ray, third time")
