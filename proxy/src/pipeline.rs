@@ -309,14 +309,16 @@ impl Inspector for Pipeline {
                 refuse(&item, ErrorType::Modify, "policy-violation", text)
             }
         };
-        if let Some(request) = &verdict.disclaimer {
+        // A refused message reaches nobody, so there is nobody to notify yet; asking the
+        // tracker would mark the conversation as notified without a notice.
+        let delivered = !matches!(outcome.decision, Decision::Refuse { .. });
+        if let (Some(request), true) = (&verdict.disclaimer, delivered) {
             let due = self
                 .disclaimers
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .should_send_request(request, Instant::now());
-            // A refused message reaches nobody, so there is nobody to notify yet.
-            if due && !matches!(outcome.decision, Decision::Refuse { .. }) {
+            if due {
                 outcome
                     .inject
                     .to_upstream

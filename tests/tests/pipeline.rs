@@ -394,6 +394,14 @@ async fn policy_blocks_redacts_separates_alerts_and_warns_on_real_traffic() -> T
     let mut dave = rig
         .connect_direct("dave@example.org/home", "dave-secret")
         .await?;
+    // A blocked first message reaches nobody and must not use up the notice.
+    let id = alice
+        .send_chat("dave@example.org", "card 4111 1111 1111 1111")
+        .await?;
+    assert_eq!(
+        alice.wait_stanza_error(&id).await?.condition,
+        "policy-violation"
+    );
     alice.send_chat("dave@example.org", "hi dave").await?;
     alice
         .send_chat("dave@example.org", "second message")
@@ -417,10 +425,11 @@ async fn policy_blocks_redacts_separates_alerts_and_warns_on_real_traffic() -> T
 
     // The archive holds the verdicts: the blocked original, the redacted text as
     // delivered beside the original.
-    let blocked = search_until(&rig, "rule:pci-card", 1, Duration::from_secs(3))?;
-    assert_eq!(blocked.len(), 1, "{blocked:?}");
+    let blocked = search_until(&rig, "rule:pci-card", 2, Duration::from_secs(3))?;
+    assert_eq!(blocked.len(), 2, "{blocked:?}");
     assert_eq!(blocked[0]["action"], "block");
     assert_eq!(blocked[0]["body"], "my card is 4111 1111 1111 1111");
+    assert_eq!(blocked[1]["to"], "dave@example.org");
     let redacted = rig.search("action:redact")?;
     assert_eq!(redacted.len(), 1, "{redacted:?}");
     assert_eq!(redacted[0]["body"], "Project Kestrel starts monday");
