@@ -3,7 +3,9 @@
 //! archive writing and fsyncing every message before forwarding it, and the demo rules).
 //!
 //! `cargo run --release -p custos-e2e --bin custos-bench [MESSAGES]` (default 2000).
-//! Prints p50/p99 latency of sequential round trips and the rate of a pipelined burst.
+//! Prints p50/p99 latency of sequential round trips, the rate of a pipelined burst from
+//! one session, and the aggregate rate of eight sessions bursting at once (where the
+//! archive's group commit shares each fsync between sessions).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -116,6 +118,45 @@ impl Client {
     }
 }
 
+/// One session's pipelined burst of `n` messages to itself, at most 64 in flight.
+async fn burst(c: &mut Client, first: usize, n: usize) -> Result<(), BoxError> {
+    let (mut sent, mut received) = (0, 0);
+    while received < n {
+        while sent < n && sent - received < 64 {
+            let m = c.message(first + sent);
+            c.tls.write_all(m.as_bytes()).await?;
+            sent += 1;
+        }
+        c.tls.flush().await?;
+        c.until("message").await?;
+        received += 1;
+    }
+    Ok(())
+}
+
+/// Aggregate rate of `sessions` clients bursting `n` messages in total at once.
+async fn aggregate(
+    addr: SocketAddr,
+    ca: &std::path::Path,
+    sessions: usize,
+    n: usize,
+) -> Result<f64, BoxError> {
+    let mut clients = Vec::with_capacity(sessions);
+    for i in 0..sessions {
+        clients.push(Client::connect(addr, ca, &format!("user{i}"), "bench-pw").await?);
+    }
+    let per = n / sessions;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut c in clients {
+        tasks.spawn(async move { burst(&mut c, 0, per).await });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok((per * sessions) as f64 / started.elapsed().as_secs_f64())
+}
+
 struct Figures {
     p50: Duration,
     p99: Duration,
@@ -137,17 +178,7 @@ async fn measure(addr: SocketAddr, ca: &std::path::Path, n: usize) -> Result<Fig
     rtts.sort();
     // Pipelined burst with at most 64 in flight: throughput.
     let started = Instant::now();
-    let (mut sent, mut received) = (0, 0);
-    while received < n {
-        while sent < n && sent - received < 64 {
-            let m = c.message(rounds + sent);
-            c.tls.write_all(m.as_bytes()).await?;
-            sent += 1;
-        }
-        c.tls.flush().await?;
-        c.until("message").await?;
-        received += 1;
-    }
+    burst(&mut c, rounds, n).await?;
     let rate = n as f64 / started.elapsed().as_secs_f64();
     Ok(Figures {
         p50: rtts[rtts.len() / 2],
@@ -168,6 +199,10 @@ async fn main() -> Result<(), BoxError> {
     let mut opts = ProsodyOptions::default();
     opts.users
         .push(User::new("alice", "example.test", "alice-pw"));
+    for i in 0..8 {
+        opts.users
+            .push(User::new(&format!("user{i}"), "example.test", "bench-pw"));
+    }
     let prosody = Prosody::start(dir.path(), &ca, opts)?;
     let direct = prosody.direct_tls_addr().ok_or("no direct TLS port")?;
 
@@ -214,5 +249,8 @@ async fn main() -> Result<(), BoxError> {
         "through custos   : round trip p50 {:>7.2?}  p99 {:>7.2?}   burst {:>7.0} msg/s  (policy + archive fsync per message)",
         via.p50, via.p99, via.rate
     );
+    let direct8 = aggregate(direct, ca.cert_path(), 8, n * 4).await?;
+    let via8 = aggregate(custos.listener(0), ca.cert_path(), 8, n * 4).await?;
+    println!("8 sessions at once: prosody directly {direct8:>7.0} msg/s, through custos {via8:>7.0} msg/s");
     Ok(())
 }
