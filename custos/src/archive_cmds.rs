@@ -11,13 +11,7 @@ use crate::config::{self, ArchiveSettings};
 
 /// The validated `[archive]` section of a config file, or a located error.
 pub fn settings(path: &Path) -> anyhow::Result<ArchiveSettings> {
-    let cfg = config::load(path).map_err(|errors| {
-        anyhow::anyhow!(errors
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("\n"))
-    })?;
+    let cfg = config::load_or_fail(path)?;
     match cfg.archive {
         Some(a) => Ok(a),
         None => bail!("{}: no [archive] section", path.display()),

@@ -160,6 +160,17 @@ pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
     parse(path, &text)
 }
 
+/// [`load`] for commands that stop at the first problem: every located error, one per line.
+pub fn load_or_fail(path: &Path) -> anyhow::Result<Config> {
+    load(path).map_err(|errors| {
+        anyhow::anyhow!(errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n"))
+    })
+}
+
 pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<ConfigError>> {
     let locate = Locator { file: path, text };
     let raw: RawConfig = toml::from_str(text).map_err(|e| vec![locate.toml_error(&e)])?;

@@ -15,13 +15,7 @@ pub fn add(
     jids: &[String],
     name: &str,
 ) -> anyhow::Result<ExitCode> {
-    let cfg = config::load(config_path).map_err(|errors| {
-        anyhow::anyhow!(errors
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("\n"))
-    })?;
+    let cfg = config::load_or_fail(config_path)?;
     let Some(web) = cfg.web else {
         bail!(
             "{}: no [web] section: accounts belong to the review web UI",
