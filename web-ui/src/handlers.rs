@@ -435,13 +435,21 @@ pub async fn regulator_export(
             |_, _| {},
         )
         .map_err(|e| AppError::Internal(format!("export failed: {e}")))?;
-        let mut tar = tar::Builder::new(Vec::new());
+        // The tar goes to an unnamed temporary file and is streamed from there, so an
+        // export of the whole archive costs disk, not memory.
+        let file = tempfile::tempfile().map_err(|e| AppError::Internal(e.to_string()))?;
+        let mut tar = tar::Builder::new(file);
         tar.append_dir_all("custos-export", &out)
             .map_err(|e| AppError::Internal(format!("packing the export: {e}")))?;
-        let bytes = tar
+        let mut file = tar
             .into_inner()
             .map_err(|e| AppError::Internal(e.to_string()))?;
-        Ok((bytes, summary))
+        use std::io::{Seek, SeekFrom};
+        let len = file
+            .seek(SeekFrom::End(0))
+            .and_then(|len| file.seek(SeekFrom::Start(0)).map(|_| len))
+            .map_err(|e| AppError::Internal(e.to_string()))?;
+        Ok(((file, len), summary))
     })
     .await
     .map_err(|e| AppError::Internal(e.to_string()))??;
@@ -458,15 +466,20 @@ pub async fn regulator_export(
         }),
     )
     .await?;
+    let (file, len) = tar;
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(
+        tokio::fs::File::from_std(file),
+    ));
     Ok((
         [
-            (header::CONTENT_TYPE, "application/x-tar"),
+            (header::CONTENT_TYPE, "application/x-tar".to_owned()),
             (
                 header::CONTENT_DISPOSITION,
-                "attachment; filename=\"custos-export.tar\"",
+                "attachment; filename=\"custos-export.tar\"".to_owned(),
             ),
+            (header::CONTENT_LENGTH, len.to_string()),
         ],
-        tar,
+        body,
     )
         .into_response())
 }
