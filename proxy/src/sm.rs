@@ -11,7 +11,7 @@
 //! `h_sender = h − injections ≤ h + drops ≤ h`. Counters are pure; the relay updates them
 //! under the same lock as the write, so positions match the order the receiver sees.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// Bookkeeping for stanzas delivered on one leg, in the receiver's numbering.
@@ -22,9 +22,13 @@ pub struct SmCounter {
     /// Stanzas the receiver has been given (forwarded and injected).
     delivered: u64,
     /// Sender stanzas that never reached the receiver: each sits after `delivered` stanzas.
-    drops: Vec<u64>,
+    drops: VecDeque<u64>,
     /// Positions (1-based, in the receiver's numbering) of stanzas Custos injected.
-    injections: Vec<u64>,
+    injections: VecDeque<u64>,
+    /// Drops and injections at or before the last acknowledged `h`, folded into counts:
+    /// acknowledgements only grow, so memory stays bounded by what is in flight.
+    acked_drops: u64,
+    acked_injections: u64,
 }
 
 impl SmCounter {
@@ -50,7 +54,7 @@ impl SmCounter {
     /// A sender stanza was refused: the receiver never sees it.
     pub fn dropped(&mut self) {
         if self.counting {
-            self.drops.push(self.delivered);
+            self.drops.push_back(self.delivered);
         }
     }
 
@@ -58,15 +62,22 @@ impl SmCounter {
     pub fn injected(&mut self) {
         if self.counting {
             self.delivered += 1;
-            self.injections.push(self.delivered);
+            self.injections.push_back(self.delivered);
         }
     }
 
-    /// The sender's `h` for the receiver's acknowledged `h`.
-    pub fn to_sender(&self, receiver_h: u64) -> u64 {
-        let drops = self.drops.iter().filter(|&&p| p <= receiver_h).count() as u64;
-        let injected = self.injections.iter().filter(|&&p| p <= receiver_h).count() as u64;
-        (receiver_h + drops).saturating_sub(injected)
+    /// The sender's `h` for the receiver's acknowledged `h`. Everything at or before it
+    /// is folded away: a peer's acknowledgements never go back (XEP-0198 §4).
+    pub fn to_sender(&mut self, receiver_h: u64) -> u64 {
+        while self.drops.front().is_some_and(|&p| p <= receiver_h) {
+            self.drops.pop_front();
+            self.acked_drops += 1;
+        }
+        while self.injections.front().is_some_and(|&p| p <= receiver_h) {
+            self.injections.pop_front();
+            self.acked_injections += 1;
+        }
+        (receiver_h + self.acked_drops).saturating_sub(self.acked_injections)
     }
 }
 
@@ -153,6 +164,24 @@ mod tests {
         assert_eq!(c.to_sender(1), 1);
         assert_eq!(c.to_sender(2), 1);
         assert_eq!(c.to_sender(3), 2);
+    }
+
+    #[test]
+    fn acknowledged_positions_are_folded_so_memory_stays_bounded() {
+        let mut c = SmCounter::default();
+        c.start();
+        for _ in 0..10_000 {
+            c.forwarded();
+            c.dropped();
+            c.injected();
+        }
+        // Receiver numbering: each round delivers 2 (forwarded + injected); the drop sits
+        // after the forwarded one.
+        assert_eq!(c.to_sender(20_000), 20_000 + 10_000 - 10_000);
+        assert!(c.drops.is_empty() && c.injections.is_empty());
+        c.forwarded();
+        c.dropped();
+        assert_eq!(c.to_sender(20_001), 20_002);
     }
 
     #[test]
