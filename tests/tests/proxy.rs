@@ -23,6 +23,19 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const ALICE_PW: &str = "alice-secret";
 
+/// Everything a plain TCP peer sends until it closes, each read bounded by `limit`.
+async fn read_to_close(tcp: &mut TcpStream, limit: Duration) -> Result<String, BoxError> {
+    let mut got = String::new();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(limit, tcp.read(&mut buf)).await??;
+        if n == 0 {
+            return Ok(got);
+        }
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
 fn rig(label: &str, extra: &str) -> Result<Rig, BoxError> {
     Rig::start(
         label,
@@ -375,14 +388,7 @@ async fn starttls_is_required_on_the_starttls_listener() -> TestResult {
     assert!(!got.contains("mechanism"), "no SASL before TLS: {got}");
     // Trying to authenticate in clear is refused.
     tcp.write_all(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHNlY3JldA==</auth>").await?;
-    got.clear();
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await??;
-        if n == 0 {
-            break;
-        }
-        got.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    let got = read_to_close(&mut tcp, Duration::from_secs(5)).await?;
     assert!(
         got.contains("<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"),
         "{got}"
@@ -484,15 +490,7 @@ async fn connection_cap_refuses_with_resource_constraint() -> TestResult {
     }
     let first = first.ok_or("no connection got the single permit")?;
     let mut tcp = TcpStream::connect(rig.custos.listener(0)).await?;
-    let mut got = String::new();
-    let mut buf = vec![0u8; 4096];
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await??;
-        if n == 0 {
-            break;
-        }
-        got.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    let got = read_to_close(&mut tcp, Duration::from_secs(5)).await?;
     assert!(
         got.contains("<resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"),
         "{got}"
@@ -538,16 +536,8 @@ async fn a_silent_client_is_timed_out_during_negotiation() -> TestResult {
     // Connects and says nothing: a slowloris. Another client is unaffected meanwhile.
     let mut silent = TcpStream::connect(rig.custos.listener(0)).await?;
     let mut alice = rig.alice().await?;
-    let mut got = String::new();
-    let mut buf = vec![0u8; 4096];
     let started = std::time::Instant::now();
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf)).await??;
-        if n == 0 {
-            break;
-        }
-        got.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    let got = read_to_close(&mut silent, Duration::from_secs(10)).await?;
     assert!(
         got.contains("<connection-timeout xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"),
         "{got}"
