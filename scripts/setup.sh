@@ -12,7 +12,7 @@ PYARROW_VERSION=26.0.1
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
-PACKAGES=(prosody go-sendxmpp chromium chromium-driver python3-venv openssl)
+PACKAGES=(prosody go-sendxmpp chromium chromium-driver fonts-dejavu-core python3-venv openssl)
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
