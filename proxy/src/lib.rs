@@ -19,7 +19,8 @@
 //! - [`stanza`]: the parsed view of a stanza handed to inspection.
 //! - [`negotiation`]: the sans-I/O stream negotiation state machine.
 //! - [`features`]: which upstream stream features a client may see through the proxy.
-//! - [`session`]: the per-connection driver: negotiation I/O, then the two relay directions.
+//! - [`session`]: the per-connection driver: negotiation I/O, then hands over to `relay`.
+//! - `relay`: the two relay directions, stream management bookkeeping on each leg.
 //! - [`server`]: listeners, connection cap, shutdown and drain.
 //! - [`inspect`]: the inspection point ([`Inspector`], [`Decision`]).
 //! - [`stream`]: the stream-level elements Custos writes itself.
@@ -39,6 +40,7 @@ pub mod inspect;
 mod io;
 pub mod negotiation;
 pub mod pipeline;
+mod relay;
 pub mod reply;
 pub mod server;
 mod session;

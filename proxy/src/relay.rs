@@ -1,0 +1,578 @@
+//! Relaying after negotiation: two futures of one task, client→upstream and
+//! upstream→client, each framing what it reads, handing stanzas to the [`Inspector`] and
+//! writing the outcome.
+//!
+//! ```text
+//!  client ──▶ [client_loop: frame, inspect, forward] ──▶ LegWriter(upstream)
+//!  client ◀── LegWriter(client) ◀── [upstream_loop: frame, inspect, forward] ◀── upstream
+//! ```
+//! Reads are plain `read` calls, which are cancellation-safe, so each may be raced against
+//! shutdown. Both directions may write to either leg (a refused stanza's error goes back
+//! to its sender), so each write half sits behind an async mutex together with its stream
+//! management counter.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use tokio::io::{split, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::conn::Conn;
+use crate::error::{ClientFault, SessionError, UpstreamFault};
+use crate::features::filter_features;
+use crate::framer::{Frame, Framer, Stanza};
+use crate::inspect::{Decision, Direction, Inspected, Inspector, SessionInfo};
+use crate::io::{read_frame, send, ReadError, READ_CHUNK};
+use crate::negotiation::ClientStream;
+use crate::session::Shared;
+use crate::sm::{self, SmCounter};
+use crate::stanza::{StanzaKind, StanzaView};
+use crate::stream::{self, HeaderAttrs, NS_BIND, NS_SASL, NS_SM, NS_STREAMS};
+
+/// How one relay direction ended.
+#[derive(Debug)]
+enum Ended {
+    /// The client closed its stream with `</stream:stream>`.
+    ClientClosedStream,
+    /// The client's connection dropped.
+    ClientGone,
+    UpstreamClosedStream,
+    UpstreamGone,
+    Shutdown,
+    Failed(SessionError),
+}
+
+impl Ended {
+    fn describe(&self) -> String {
+        match self {
+            Ended::ClientClosedStream => "client closed the stream".into(),
+            Ended::ClientGone => "client connection dropped".into(),
+            Ended::UpstreamClosedStream => "upstream closed the stream".into(),
+            Ended::UpstreamGone => "upstream connection dropped".into(),
+            Ended::Shutdown => "proxy shutting down".into(),
+            Ended::Failed(e) => e.to_string(),
+        }
+    }
+}
+
+/// One leg's write side with its stream management counter: both change under one lock,
+/// so counted positions follow the order in which the receiver gets the stanzas.
+struct LegWriter {
+    w: WriteHalf<Conn>,
+    sm: SmCounter,
+    /// Which way bytes written here travel (`Inbound`: toward the client).
+    toward: Direction,
+}
+
+/// What a write on a leg means to stream management.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counted {
+    /// Not a stanza (whitespace, headers, nonzas).
+    No,
+    /// A stanza from the other side.
+    Forwarded,
+    /// A stanza Custos made (an error reply, a notice).
+    Injected,
+}
+
+impl LegWriter {
+    async fn write(&mut self, bytes: &[u8], counted: Counted) -> Result<(), Ended> {
+        send(&mut self.w, bytes)
+            .await
+            .map_err(|_| match self.toward {
+                Direction::Inbound => Ended::ClientGone,
+                Direction::Outbound => Ended::UpstreamGone,
+            })?;
+        match counted {
+            Counted::No => {}
+            Counted::Forwarded => self.sm.forwarded(),
+            Counted::Injected => self.sm.injected(),
+        }
+        Ok(())
+    }
+}
+
+pub(crate) struct Relay<'a, I> {
+    shared: &'a Shared<I>,
+    client_w: Mutex<LegWriter>,
+    upstream_w: Mutex<LegWriter>,
+    /// The XEP-0198 id from `<enabled/>`, under which the counters are kept for resumption.
+    sm_id: std::sync::Mutex<Option<String>>,
+    client_r: Option<ReadHalf<Conn>>,
+    upstream_r: Option<ReadHalf<Conn>>,
+    stream: ClientStream,
+    info: RwLock<SessionInfo>,
+    /// Set by upstream→client right before forwarding SASL `<success/>`: the client's next
+    /// bytes are a new stream header.
+    client_restart: AtomicBool,
+    authenticated: AtomicBool,
+    client_finished: AtomicBool,
+    upstream_finished: AtomicBool,
+    /// Cancels the other direction once one has ended.
+    done: CancellationToken,
+}
+
+impl<'a, I: Inspector> Relay<'a, I> {
+    pub(crate) fn new(
+        shared: &'a Shared<I>,
+        client: Conn,
+        upstream: Conn,
+        stream: ClientStream,
+        info: SessionInfo,
+    ) -> Self {
+        let (client_r, client_w) = split(client);
+        let (upstream_r, upstream_w) = split(upstream);
+        Relay {
+            shared,
+            client_w: Mutex::new(LegWriter {
+                w: client_w,
+                sm: SmCounter::default(),
+                toward: Direction::Inbound,
+            }),
+            upstream_w: Mutex::new(LegWriter {
+                w: upstream_w,
+                sm: SmCounter::default(),
+                toward: Direction::Outbound,
+            }),
+            sm_id: std::sync::Mutex::new(None),
+            client_r: Some(client_r),
+            upstream_r: Some(upstream_r),
+            stream,
+            info: RwLock::new(info),
+            client_restart: AtomicBool::new(false),
+            authenticated: AtomicBool::new(false),
+            client_finished: AtomicBool::new(false),
+            upstream_finished: AtomicBool::new(false),
+            done: CancellationToken::new(),
+        }
+    }
+
+    pub(crate) async fn run(
+        mut self,
+        client_framer: Framer,
+        upstream_framer: Framer,
+    ) -> (String, SessionInfo) {
+        let (Some(client_r), Some(upstream_r)) = (self.client_r.take(), self.upstream_r.take())
+        else {
+            return ("internal: relay started twice".into(), self.snapshot());
+        };
+        let c2u = self.client_to_upstream(client_r, client_framer);
+        let u2c = self.upstream_to_client(upstream_r, upstream_framer);
+        tokio::pin!(c2u, u2c);
+        // Give the other direction a moment to pass the peer's closing tag on.
+        let grace = Duration::from_secs(2);
+        let first = tokio::select! {
+            ended = &mut c2u => {
+                let _ = tokio::time::timeout(grace, &mut u2c).await;
+                ended
+            }
+            ended = &mut u2c => {
+                let _ = tokio::time::timeout(grace, &mut c2u).await;
+                ended
+            }
+        };
+        self.finish_client(stream::CLOSE).await;
+        self.finish_upstream().await;
+        self.keep_for_resumption().await;
+        let _ = self.client_w.lock().await.w.shutdown().await;
+        let _ = self.upstream_w.lock().await.w.shutdown().await;
+        (first.describe(), self.snapshot())
+    }
+
+    fn snapshot(&self) -> SessionInfo {
+        match self.info.read() {
+            Ok(info) => info.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Writes the last bytes the client gets (a close tag or a stream error), once.
+    async fn finish_client(&self, bytes: &[u8]) {
+        if !self.client_finished.swap(true, Ordering::AcqRel) {
+            let mut leg = self.client_w.lock().await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), send(&mut leg.w, bytes)).await;
+        }
+    }
+
+    async fn finish_upstream(&self) {
+        if !self.upstream_finished.swap(true, Ordering::AcqRel) {
+            let mut leg = self.upstream_w.lock().await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), send(&mut leg.w, stream::CLOSE)).await;
+        }
+    }
+
+    async fn to_client(&self, bytes: &[u8]) -> Result<(), Ended> {
+        self.client_w.lock().await.write(bytes, Counted::No).await
+    }
+
+    async fn to_upstream(&self, bytes: &[u8]) -> Result<(), Ended> {
+        self.upstream_w.lock().await.write(bytes, Counted::No).await
+    }
+
+    /// A session that enabled stream management may be resumed on a new connection:
+    /// keep its counters so the `h` values exchanged then can be translated too.
+    async fn keep_for_resumption(&self) {
+        let id = self.sm_id.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(id) = id {
+            let to_client = self.client_w.lock().await.sm.clone();
+            let to_upstream = self.upstream_w.lock().await.sm.clone();
+            self.shared
+                .resumable
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .store(id, to_client, to_upstream, Instant::now());
+        }
+    }
+
+    /// XEP-0198 elements: start counting on enable, translate `h` in acks and
+    /// resumptions, and forward the element (rewritten where a count changed).
+    /// `Ok(false)`: not a stream management element; nothing was written.
+    async fn stream_management(
+        &self,
+        direction: Direction,
+        stanza: &Stanza,
+    ) -> Result<bool, Ended> {
+        let root = &stanza.root;
+        if root.ns != NS_SM {
+            return Ok(false);
+        }
+        let (name, from_client) = (root.name.as_str(), direction == Direction::Outbound);
+        let to_peer = if from_client {
+            &self.upstream_w
+        } else {
+            &self.client_w
+        };
+        match (name, from_client) {
+            // Both ends start counting at enable/enabled; so does the leg that carries it,
+            // under the same lock as the write.
+            ("enable", true) | ("enabled", false) => {
+                if name == "enabled" {
+                    if let Some(id) = root.attr("id") {
+                        *self.sm_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.to_owned());
+                    }
+                }
+                let mut leg = to_peer.lock().await;
+                leg.write(&stanza.raw, Counted::No).await?;
+                leg.sm.start();
+                return Ok(true);
+            }
+            ("resume", true) => {
+                if let Some(id) = root.attr("previd") {
+                    let previous = self
+                        .shared
+                        .resumable
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .take(id);
+                    if let Some((to_client, to_upstream)) = previous {
+                        self.client_w.lock().await.sm = to_client;
+                        self.upstream_w.lock().await.sm = to_upstream;
+                    }
+                    *self.sm_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.to_owned());
+                }
+            }
+            _ => {}
+        }
+        let h = root.attr("h").and_then(sm::parse_h);
+        let translated = match (h, name, from_client) {
+            // The client acknowledges what it received: client-leg numbering.
+            (Some(h), "a" | "resume", true) => {
+                Some((h, self.client_w.lock().await.sm.to_sender(h)))
+            }
+            // The server acknowledges what it received: upstream-leg numbering.
+            (Some(h), "a" | "resumed", false) => {
+                Some((h, self.upstream_w.lock().await.sm.to_sender(h)))
+            }
+            _ => None,
+        };
+        match translated {
+            Some((h, new)) if new != h => {
+                let mut rewritten = root.clone();
+                rewritten.set_attr("h", sm::format_h(new));
+                let mut out = Vec::with_capacity(stanza.raw.len());
+                rewritten.write_to(&mut out);
+                to_peer.lock().await.write(&out, Counted::No).await?;
+            }
+            _ => to_peer.lock().await.write(&stanza.raw, Counted::No).await?,
+        }
+        Ok(true)
+    }
+
+    async fn client_to_upstream(&self, mut reader: ReadHalf<Conn>, mut framer: Framer) -> Ended {
+        let ended = self.client_loop(&mut reader, &mut framer).await;
+        match &ended {
+            Ended::ClientClosedStream | Ended::ClientGone => self.finish_upstream().await,
+            Ended::Shutdown => {
+                let err = SessionError::Shutdown;
+                if let Some((condition, text)) = err.client_condition() {
+                    self.finish_client(&stream::stream_error(condition, Some(&text)))
+                        .await;
+                }
+                self.finish_upstream().await;
+            }
+            Ended::Failed(err) => {
+                if let Some((condition, text)) = err.client_condition() {
+                    self.finish_client(&stream::stream_error(condition, Some(&text)))
+                        .await;
+                }
+                self.finish_upstream().await;
+                info!(cause = %err, "closing session");
+            }
+            Ended::UpstreamClosedStream | Ended::UpstreamGone => {}
+        }
+        // After a clean `</stream:stream>` the upstream still answers with its own closing
+        // tag, which upstream→client passes on; otherwise stop it now.
+        if !matches!(ended, Ended::ClientClosedStream) {
+            self.done.cancel();
+        }
+        ended
+    }
+
+    async fn client_loop(&self, reader: &mut ReadHalf<Conn>, framer: &mut Framer) -> Ended {
+        let mut buf = vec![0; READ_CHUNK];
+        let limits = &self.shared.config.limits;
+        let auth_deadline = Instant::now() + limits.auth_timeout;
+        loop {
+            // Until SASL succeeds a client gets a bounded time; afterwards idling is normal.
+            let timeout = if self.authenticated.load(Ordering::Acquire) {
+                None
+            } else {
+                Some(auth_deadline.saturating_duration_since(Instant::now()))
+            };
+            let read = read_frame(
+                reader,
+                framer,
+                &mut buf,
+                Some(&self.client_restart),
+                timeout,
+            );
+            let frame = tokio::select! {
+                r = read => r,
+                () = self.shared.shutdown.cancelled() => return Ended::Shutdown,
+                () = self.done.cancelled() => return Ended::UpstreamGone,
+            };
+            let frame = match frame {
+                Ok(Some(frame)) => frame,
+                Ok(None) | Err(ReadError::Io(_)) => return Ended::ClientGone,
+                Err(ReadError::Frame(e)) => return Ended::Failed(ClientFault::Frame(e).into()),
+                Err(ReadError::Timeout) => {
+                    return Ended::Failed(ClientFault::Timeout("authentication").into());
+                }
+            };
+            let result = match frame {
+                Frame::Whitespace(bytes) => self.to_upstream(&bytes).await,
+                Frame::StreamHeader(h) => {
+                    // Custos writes its own header on the upstream leg.
+                    let header = stream::header(&HeaderAttrs {
+                        to: Some(&self.stream.domain),
+                        lang: h.lang.as_deref().or(self.stream.lang.as_deref()),
+                        ..Default::default()
+                    });
+                    self.to_upstream(&header).await
+                }
+                Frame::StreamEnd(_) => return Ended::ClientClosedStream,
+                Frame::Stanza(stanza) => self.relay_stanza(Direction::Outbound, stanza).await,
+            };
+            if let Err(ended) = result {
+                return ended;
+            }
+        }
+    }
+
+    async fn upstream_to_client(&self, mut reader: ReadHalf<Conn>, mut framer: Framer) -> Ended {
+        let ended = self.upstream_loop(&mut reader, &mut framer).await;
+        match &ended {
+            Ended::UpstreamClosedStream => self.finish_client(stream::CLOSE).await,
+            Ended::UpstreamGone | Ended::Failed(_) => {
+                if let Ended::Failed(err) = &ended {
+                    warn!(cause = %err, "upstream failed");
+                }
+                let err = SessionError::Upstream(UpstreamFault::Closed);
+                if let Some((condition, text)) = err.client_condition() {
+                    self.finish_client(&stream::stream_error(condition, Some(&text)))
+                        .await;
+                }
+                self.finish_upstream().await;
+            }
+            _ => {}
+        }
+        self.done.cancel();
+        ended
+    }
+
+    async fn upstream_loop(&self, reader: &mut ReadHalf<Conn>, framer: &mut Framer) -> Ended {
+        let mut buf = vec![0; READ_CHUNK];
+        loop {
+            let read = read_frame(reader, framer, &mut buf, None, None);
+            let frame = tokio::select! {
+                r = read => r,
+                () = self.done.cancelled() => return Ended::ClientGone,
+            };
+            let frame = match frame {
+                Ok(Some(frame)) => frame,
+                Ok(None) | Err(ReadError::Io(_)) | Err(ReadError::Timeout) => {
+                    return Ended::UpstreamGone
+                }
+                Err(ReadError::Frame(e)) => return Ended::Failed(UpstreamFault::Frame(e).into()),
+            };
+            let result = match frame {
+                Frame::Whitespace(bytes) => self.to_client(&bytes).await,
+                Frame::StreamHeader(h) => {
+                    let header = stream::header(&HeaderAttrs {
+                        from: Some(&self.stream.domain),
+                        id: h.id.as_deref(),
+                        lang: h.lang.as_deref(),
+                        ..Default::default()
+                    });
+                    self.to_client(&header).await
+                }
+                Frame::StreamEnd(_) => return Ended::UpstreamClosedStream,
+                Frame::Stanza(stanza) => {
+                    let root = &stanza.root;
+                    if root.ns == NS_SASL && root.name == "success" {
+                        // Both streams restart after SASL success (RFC 6120 §6.4.6): the
+                        // flag must be up before the client can see <success/>.
+                        self.client_restart.store(true, Ordering::Release);
+                        self.authenticated.store(true, Ordering::Release);
+                        framer.restart();
+                        self.to_client(&stanza.raw).await
+                    } else if root.ns == NS_STREAMS && root.name == "features" {
+                        let mut features = stanza.root;
+                        if filter_features(&mut features) {
+                            let mut out = Vec::with_capacity(stanza.raw.len());
+                            features.write_to(&mut out);
+                            self.to_client(&out).await
+                        } else {
+                            self.to_client(&stanza.raw).await
+                        }
+                    } else {
+                        let bound = self.learn_jid(&stanza);
+                        let relayed = self.relay_stanza(Direction::Inbound, stanza).await;
+                        if bound {
+                            self.shared.inspector.session_bound(&self.snapshot()).await;
+                        }
+                        relayed
+                    }
+                }
+            };
+            if let Err(ended) = result {
+                return ended;
+            }
+        }
+    }
+
+    /// The session's full JID comes from the resource-binding result (RFC 6120 §7.6.1).
+    fn learn_jid(&self, stanza: &Stanza) -> bool {
+        let root = &stanza.root;
+        if root.name != "iq" || root.attr("type") != Some("result") {
+            return false;
+        }
+        let Some(jid) = root
+            .child("bind", NS_BIND)
+            .and_then(|b| b.children().find(|c| c.name == "jid"))
+        else {
+            return false;
+        };
+        let jid = jid.text().trim().to_owned();
+        if jid.is_empty() {
+            return false;
+        }
+        tracing::Span::current().record("jid", jid.as_str());
+        info!(jid = %jid, "resource bound");
+        if let Ok(mut info) = self.info.write() {
+            info.jid = Some(jid);
+        }
+        true
+    }
+
+    async fn relay_stanza(&self, direction: Direction, stanza: Stanza) -> Result<(), Ended> {
+        let (to_peer, to_sender) = match direction {
+            Direction::Outbound => (&self.upstream_w, &self.client_w),
+            Direction::Inbound => (&self.client_w, &self.upstream_w),
+        };
+        let mut view = StanzaView::of(&stanza.root);
+        if view.kind == StanzaKind::Nonza {
+            // Stream-level elements (SASL exchanges, stream management) pass unlogged:
+            // SASL payloads carry credentials. Only XEP-0198 counts are rewritten.
+            if self.stream_management(direction, &stanza).await? {
+                return Ok(());
+            }
+            return to_peer.lock().await.write(&stanza.raw, Counted::No).await;
+        }
+        let info = self.snapshot();
+        fill_addresses(&mut view, direction, info.jid.as_deref());
+        let outcome = self
+            .shared
+            .inspector
+            .inspect(Inspected {
+                direction,
+                session: &info,
+                view: &view,
+                stanza: &stanza,
+            })
+            .await;
+        // Injected stanzas go first: a recording notice should reach the external party
+        // before the message it is about.
+        for bytes in &outcome.inject.to_client {
+            self.client_w
+                .lock()
+                .await
+                .write(bytes, Counted::Injected)
+                .await?;
+        }
+        for bytes in &outcome.inject.to_upstream {
+            self.upstream_w
+                .lock()
+                .await
+                .write(bytes, Counted::Injected)
+                .await?;
+        }
+        match outcome.decision {
+            Decision::Forward => {
+                to_peer
+                    .lock()
+                    .await
+                    .write(&stanza.raw, Counted::Forwarded)
+                    .await?
+            }
+            Decision::Replace(bytes) => {
+                to_peer
+                    .lock()
+                    .await
+                    .write(&bytes, Counted::Forwarded)
+                    .await?
+            }
+            Decision::Refuse { error } => {
+                to_peer.lock().await.sm.dropped();
+                if let Some(error) = error {
+                    to_sender
+                        .lock()
+                        .await
+                        .write(&error, Counted::Injected)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Fills in the addresses the wire leaves implicit (RFC 6120 §8.1.2.1 and §10.3).
+pub(crate) fn fill_addresses(view: &mut StanzaView, direction: Direction, jid: Option<&str>) {
+    let Some(jid) = jid else { return };
+    let bare = jid.split('/').next().unwrap_or(jid);
+    match direction {
+        Direction::Outbound => {
+            view.from.get_or_insert_with(|| jid.to_owned());
+            view.to.get_or_insert_with(|| bare.to_owned());
+        }
+        Direction::Inbound => {
+            view.to.get_or_insert_with(|| jid.to_owned());
+            view.from.get_or_insert_with(|| bare.to_owned());
+        }
+    }
+}
