@@ -565,6 +565,14 @@ impl LogWriter {
         if self.since_checkpoint == 0 {
             return Ok(false);
         }
+        self.write_checkpoint(false)?;
+        self.since_checkpoint = 0;
+        Ok(true)
+    }
+
+    /// Appends and syncs a signed checkpoint of the current head; `sealed` marks the
+    /// segment's last frame.
+    fn write_checkpoint(&mut self, sealed: bool) -> Result<(), LogWriteError> {
         let t = Timestamp::now().0.max(self.last_time);
         let frame = segment::checkpoint_frame(
             &self.signer,
@@ -572,13 +580,12 @@ impl LogWriter {
             self.next_seq - 1,
             &self.head,
             t,
-            false,
+            sealed,
         );
         self.active.handle.append(&frame)?;
         self.active.handle.sync()?;
         self.active.len += frame.len() as u64;
-        self.since_checkpoint = 0;
-        Ok(true)
+        Ok(())
     }
 
     /// Seals the active segment and starts a new one if it reached its size or
@@ -605,18 +612,7 @@ impl LogWriter {
     }
 
     fn seal_active(&mut self) -> Result<(), LogWriteError> {
-        let t = Timestamp::now().0.max(self.last_time);
-        let f = segment::checkpoint_frame(
-            &self.signer,
-            &self.active.header,
-            self.next_seq - 1,
-            &self.head,
-            t,
-            true,
-        );
-        self.active.handle.append(&f)?;
-        self.active.handle.sync()?;
-        self.active.len += f.len() as u64;
+        self.write_checkpoint(true)?;
         self.storage.seal(&segment::segment_name(self.active.id))?;
         Ok(())
     }

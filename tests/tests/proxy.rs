@@ -120,6 +120,18 @@ impl RawClient {
         Ok(raw)
     }
 
+    /// [`RawClient::direct`], then waits for the stream features: the session is relaying.
+    async fn ready(addr: SocketAddr, ca: &Path) -> Result<RawClient, BoxError> {
+        let mut raw = RawClient::direct(addr, ca).await?;
+        if !raw
+            .read_until("</stream:features>", Duration::from_secs(10))
+            .await?
+        {
+            return Err(format!("no stream features: {}", raw.received).into());
+        }
+        Ok(raw)
+    }
+
     async fn send(&mut self, bytes: &[u8]) -> Result<(), BoxError> {
         self.tls.write_all(bytes).await?;
         self.tls.flush().await?;
@@ -314,11 +326,7 @@ async fn malformed_xml_ends_only_that_session() -> TestResult {
     );
 
     // Comments are restricted XML (RFC 6120 §11.1).
-    let mut raw = RawClient::direct(rig.custos.listener(1), rig.ca.cert_path()).await?;
-    assert!(
-        raw.read_until("</stream:features>", Duration::from_secs(10))
-            .await?
-    );
+    let mut raw = RawClient::ready(rig.custos.listener(1), rig.ca.cert_path()).await?;
     raw.send(b"<!-- hello -->").await?;
     assert!(
         raw.read_until(
@@ -342,11 +350,7 @@ async fn oversized_stanza_is_a_policy_violation() -> TestResult {
     let mut alice = rig.alice().await?;
     let mut bob = rig.bob().await?;
 
-    let mut raw = RawClient::direct(rig.custos.listener(1), rig.ca.cert_path()).await?;
-    assert!(
-        raw.read_until("</stream:features>", Duration::from_secs(10))
-            .await?
-    );
+    let mut raw = RawClient::ready(rig.custos.listener(1), rig.ca.cert_path()).await?;
     let body = "x".repeat(70 * 1024);
     raw.send(format!("<message to='bob@example.test'><body>{body}</body></message>").as_bytes())
         .await?;
@@ -506,11 +510,7 @@ async fn connection_cap_refuses_with_resource_constraint() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_sends_system_shutdown_and_exits() -> TestResult {
     let mut rig = rig("proxy-sigterm", "")?;
-    let mut raw = RawClient::direct(rig.custos.listener(1), rig.ca.cert_path()).await?;
-    assert!(
-        raw.read_until("</stream:features>", Duration::from_secs(10))
-            .await?
-    );
+    let mut raw = RawClient::ready(rig.custos.listener(1), rig.ca.cert_path()).await?;
     let status = rig
         .custos
         .terminate(Duration::from_secs(15))
