@@ -83,7 +83,9 @@ fn record(i: u64) -> NewRecord {
             delivered_body: None,
             severity: None,
             e2ee: None,
+            would_action: None,
         },
+        capture: Default::default(),
     })
 }
 

@@ -24,7 +24,7 @@ use crate::index::{BlindIndexReader, BlindIndexWriter, BlindKey, IndexError};
 use crate::keys::MasterKey;
 use crate::log::{self, Appended, LogLimits, LogOpenError, LogWriter, Meta};
 use crate::query::{self, QueryError};
-use crate::record::{Action, Direction, NewRecord, Record, RecordSeq};
+use crate::record::{Action, Direction, Edit, Leg, NewRecord, Record, RecordSeq, Text, Via};
 use crate::segment::{self, Frame, Hash, Parsed, SegmentHeader, HEADER_LEN};
 use crate::storage::{FileStorage, Storage};
 use crate::time::Timestamp;
@@ -225,6 +225,24 @@ pub struct Hit {
     /// The end-to-end encryption scheme detected (e.g. `omemo`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub e2ee: Option<String>,
+    /// What monitor-mode rules would have done.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_action: Option<Action>,
+    /// The logical-message identity this copy shares with the other copies.
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delivered_message: Option<String>,
+    pub via: Via,
+    pub leg: Leg,
+    /// The proven JID of the session whose stream carried this copy.
+    pub account: String,
+    pub session: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claimed_from: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub extra: Vec<Text>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edit: Option<Edit>,
 }
 
 impl Hit {
@@ -232,6 +250,8 @@ impl Hit {
         let NewRecord::Message(m) = r.content else {
             return None;
         };
+        let leg = m.leg();
+        let c = m.capture;
         Some(Hit {
             seq: r.seq,
             time: r.time,
@@ -247,6 +267,16 @@ impl Hit {
             delivered_body: m.outcome.delivered_body,
             severity: m.outcome.severity,
             e2ee: m.outcome.e2ee,
+            would_action: m.outcome.would_action,
+            message: c.identity,
+            delivered_message: c.delivered_identity,
+            via: c.via,
+            leg,
+            account: c.account,
+            session: m.session.0,
+            claimed_from: c.claimed_from,
+            extra: c.extra,
+            edit: c.edit,
         })
     }
 }
@@ -1309,7 +1339,9 @@ mod tests {
                     delivered_body: None,
                     severity: severity.map(str::to_string),
                     e2ee: e2ee.map(str::to_string),
+                    would_action: None,
                 },
+                capture: Default::default(),
             }),
         }
     }
@@ -1327,15 +1359,20 @@ mod tests {
         assert_eq!(
             keys(&plain),
             [
+                "account",
                 "action",
                 "body",
                 "direction",
                 "from",
+                "leg",
+                "message",
                 "rules",
                 "seq",
+                "session",
                 "time",
                 "to",
-                "type"
+                "type",
+                "via"
             ]
         );
         let marked = Hit::from_record(message(Some("high"), Some("omemo"))).unwrap();

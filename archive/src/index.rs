@@ -75,6 +75,12 @@ struct Fields {
     stanza_type: Field,
     action: Field,
     rule: Field,
+    /// Logical-message identities (the record's own and, when redacted, that of
+    /// the content delivered), so every copy of a message is found together.
+    msg: Field,
+    via: Field,
+    /// The proven JID of the session whose stream carried the copy.
+    account: Field,
 }
 
 fn schema() -> (Schema, Fields) {
@@ -92,6 +98,9 @@ fn schema() -> (Schema, Fields) {
         stanza_type: b.add_text_field("type", STRING),
         action: b.add_text_field("action", STRING),
         rule: b.add_text_field("rule", STRING),
+        msg: b.add_text_field("msg", STRING),
+        via: b.add_text_field("via", STRING),
+        account: b.add_text_field("account", STRING),
     };
     (b.build(), f)
 }
@@ -140,13 +149,25 @@ fn open_or_create(dir: &Path) -> Result<Index, IndexError> {
     Ok(Index::open_or_create(mmap, schema)?)
 }
 
+/// The writer's open: an index made with another schema (an older Custos) is
+/// derived data, so it is emptied and rebuilt from the log rather than refused.
+fn open_or_rebuild(dir: &Path) -> Result<Index, IndexError> {
+    match open_or_create(dir) {
+        Err(IndexError::Tantivy(tantivy::TantivyError::SchemaError(_))) => {
+            std::fs::remove_dir_all(dir)?;
+            open_or_create(dir)
+        }
+        other => other,
+    }
+}
+
 impl BlindIndexWriter {
     pub fn open(
         dir: &Path,
         key: BlindKey,
         archive_id: [u8; 16],
     ) -> Result<BlindIndexWriter, IndexError> {
-        let index = open_or_create(dir)?;
+        let index = open_or_rebuild(dir)?;
         let (_, fields) = schema();
         let last_seq = match index.load_metas()?.payload {
             Some(p) => parse_payload(&p, &archive_id)?,
@@ -192,7 +213,8 @@ impl BlindIndexWriter {
         doc.add_u64(f.seg, a.segment);
         doc.add_u64(f.off, a.offset);
         doc.add_i64(f.time, a.record.time.0);
-        for text in [&m.subject, &m.body].into_iter().flatten() {
+        let extra = m.capture.extra.iter().map(|t| &t.text);
+        for text in [&m.subject, &m.body].into_iter().flatten().chain(extra) {
             let blinded: Vec<String> = query::tokenize(text)
                 .iter()
                 .map(|t| k.term("text", t))
@@ -217,6 +239,17 @@ impl BlindIndexWriter {
         doc.add_text(f.action, k.term("action", m.outcome.action.as_str()));
         for r in &m.outcome.rules {
             doc.add_text(f.rule, k.term("rule", r));
+        }
+        let c = &m.capture;
+        for id in std::iter::once(&c.identity).chain(&c.delivered_identity) {
+            doc.add_text(f.msg, k.term("msg", id));
+        }
+        doc.add_text(f.via, k.term("via", c.via.as_str()));
+        let account = query::normalize_jid(&c.account);
+        doc.add_text(f.account, k.term("jid", &account));
+        let bare = query::bare_jid(&account);
+        if bare != account {
+            doc.add_text(f.account, k.term("jid", bare));
         }
         self.writer.add_document(doc)?;
         Ok(())
@@ -293,6 +326,7 @@ impl BlindIndexReader {
                     JidField::From => f.from,
                     JidField::To => f.to,
                     JidField::With => f.with,
+                    JidField::Account => f.account,
                 };
                 term(field, "jid", jid)
             }
@@ -300,6 +334,8 @@ impl BlindIndexReader {
             Clause::Type(t) => term(f.stanza_type, "type", t),
             Clause::Action(a) => term(f.action, "action", a.as_str()),
             Clause::Rule(r) => term(f.rule, "rule", r),
+            Clause::Message(id) => term(f.msg, "msg", id),
+            Clause::Via(v) => term(f.via, "via", v.as_str()),
             Clause::After(t) => Box::new(RangeQuery::new(
                 Bound::Included(Term::from_field_i64(f.time, t.0)),
                 Bound::Unbounded,

@@ -46,7 +46,8 @@ pub use export::{
 pub use inbox::{submit_audit, AuditSubmitted, SubmitError};
 pub use keys::{keys_init, load_signing_key, load_verifying_key, KeyError, KeysCreated, MasterKey};
 pub use record::{
-    Action, Direction, EventRecord, MessageRecord, NewRecord, Outcome, Record, RecordSeq, SessionId,
+    Action, Capture, Direction, Edit, EditKind, EventRecord, Leg, MessageRecord, NewRecord,
+    Outcome, Record, RecordSeq, SessionId, Text, Via,
 };
 pub use time::Timestamp;
 pub use verify::{verify, Problem, VerifyReport};

@@ -4,10 +4,11 @@
 //! ```text
 //! query  := term*            (all terms must match)
 //! term   := ["-"] ( word | "\"" phrase "\"" | field ":" value )
-//! field  := from | to | with | direction | type | action | rule | after | before
+//! field  := from | to | with | account | direction | type | action | rule | msg | via
+//!         | after | before
 //! ```
 
-use crate::record::{Action, Direction};
+use crate::record::{Action, Direction, Via};
 use crate::time::Timestamp;
 
 /// A JID-valued field.
@@ -17,6 +18,8 @@ pub enum JidField {
     To,
     /// Either participant.
     With,
+    /// The proven JID of the session whose stream carried the copy.
+    Account,
 }
 
 /// One condition.
@@ -30,6 +33,9 @@ pub enum Clause {
     Type(String),
     Action(Action),
     Rule(String),
+    /// A logical-message identity: every copy of one message.
+    Message(String),
+    Via(crate::record::Via),
     /// Record time ≥ this.
     After(Timestamp),
     /// Record time < this.
@@ -46,7 +52,7 @@ pub struct Query {
 /// A query that cannot be understood, naming the token at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QueryError {
-    #[error("unknown field in {token:?} (fields: from, to, with, direction, type, action, rule, after, before)")]
+    #[error("unknown field in {token:?} (fields: from, to, with, account, direction, type, action, rule, msg, via, after, before)")]
     UnknownField { token: String },
     #[error("bad value in {token:?}: {reason}")]
     BadValue { token: String, reason: String },
@@ -138,6 +144,15 @@ pub fn parse(q: &str) -> Result<Query, QueryError> {
                 "from" => Clause::Jid(JidField::From, normalize_jid(value)),
                 "to" => Clause::Jid(JidField::To, normalize_jid(value)),
                 "with" => Clause::Jid(JidField::With, normalize_jid(value)),
+                "account" => Clause::Jid(JidField::Account, normalize_jid(value)),
+                "msg" => Clause::Message(value.to_ascii_lowercase()),
+                "via" => match value.to_ascii_lowercase().as_str() {
+                    "direct" => Clause::Via(Via::Direct),
+                    "carbon-sent" => Clause::Via(Via::CarbonSent),
+                    "carbon-received" => Clause::Via(Via::CarbonReceived),
+                    "mam" => Clause::Via(Via::Mam),
+                    _ => return Err(bad("expected direct, carbon-sent, carbon-received or mam")),
+                },
                 "direction" => match value.to_ascii_lowercase().as_str() {
                     "inbound" => Clause::Direction(Direction::Inbound),
                     "outbound" => Clause::Direction(Direction::Outbound),
@@ -190,7 +205,13 @@ mod tests {
 
     #[test]
     fn parses_every_form() {
-        let q = parse(r#"Invoice "wire transfer" from:Alice@Example.test with:bob@example.test direction:outbound type:chat action:block rule:pci-card after:2026-11-01 before:2026-11-21T12:00:00Z -lunch"#).unwrap();
+        let q = parse(r#"Invoice "wire transfer" from:Alice@Example.test with:bob@example.test direction:outbound type:chat action:block rule:pci-card after:2026-11-01 before:2026-11-21T12:00:00Z -lunch account:Eve@example.test/x msg:ABC12 via:mam"#).unwrap();
+        assert_eq!(
+            q.must[10],
+            Clause::Jid(JidField::Account, "eve@example.test/x".into())
+        );
+        assert_eq!(q.must[11], Clause::Message("abc12".into()));
+        assert_eq!(q.must[12], Clause::Via(Via::Mam));
         assert_eq!(q.must[0], Clause::Text(vec!["invoice".into()]));
         assert_eq!(
             q.must[1],

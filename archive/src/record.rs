@@ -1,4 +1,5 @@
-//! The record model and its canonical binary encoding (format version 1).
+//! The record model and its canonical binary encoding (format version 2; version 1
+//! records still decode).
 //!
 //! The encoding is the "canonical plaintext" that the hash chain commits to, so
 //! it must be deterministic: fixed field order, big-endian integers, `u32`
@@ -8,8 +9,11 @@
 
 use crate::time::Timestamp;
 
-/// Format version of the canonical encoding.
-pub const RECORD_VERSION: u8 = 1;
+/// Format version of the canonical encoding written today.
+pub const RECORD_VERSION: u8 = 2;
+/// The first format: messages without [`Capture`] fields. Still decoded (as a
+/// message with `Capture::default()`), never written.
+pub const RECORD_VERSION_1: u8 = 1;
 
 /// Position of a record in the archive-wide sequence; the first record is 1.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -61,6 +65,112 @@ impl Action {
     }
 }
 
+/// How a copy of a message reached the stream it was seen on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Via {
+    /// The stanza itself, as its sender's client or the server sent it.
+    #[default]
+    Direct,
+    /// A XEP-0280 carbon of a message another client of the account sent.
+    CarbonSent,
+    /// A XEP-0280 carbon of a message another client of the account received.
+    CarbonReceived,
+    /// A XEP-0313 archive query result: history replayed to the client.
+    Mam,
+}
+
+impl Via {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Direct => "direct",
+            Via::CarbonSent => "carbon-sent",
+            Via::CarbonReceived => "carbon-received",
+            Via::Mam => "mam",
+        }
+    }
+}
+
+/// Which of the proxy's two streams a copy crossed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Leg {
+    ClientToServer,
+    ServerToClient,
+}
+
+impl Leg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Leg::ClientToServer => "client-to-server",
+            Leg::ServerToClient => "server-to-client",
+        }
+    }
+}
+
+/// Content beyond the primary body and subject: what a client may display
+/// instead of them (another language, XHTML-IM) or beside them (a link).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Text {
+    /// `body`, `subject`, `xhtml`, `oob-url`, `oob-desc`.
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lang: Option<String>,
+    pub text: String,
+}
+
+/// What kind of change a message makes to an earlier one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EditKind {
+    /// XEP-0308 last message correction.
+    Correction,
+    /// XEP-0424 retraction by the sender.
+    Retraction,
+    /// XEP-0425 moderation by a room moderator.
+    Moderation,
+}
+
+impl EditKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EditKind::Correction => "correction",
+            EditKind::Retraction => "retraction",
+            EditKind::Moderation => "moderation",
+        }
+    }
+}
+
+/// A message that changes another: recorded as an event of its own, never by
+/// changing the record of the message it targets.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Edit {
+    pub kind: EditKind,
+    /// The `id` (or stanza-id, for moderation) of the changed message.
+    pub target: String,
+}
+
+/// How a copy was captured: who proved to own the stream it crossed, how it
+/// got there, and the identity that groups it with the other copies of the
+/// same logical message (format version 2).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Capture {
+    pub via: Via,
+    /// The full JID the session proved (SASL, then bind or resumption) whose
+    /// stream carried this copy.
+    pub account: String,
+    /// Copies of one logical message share it (see `docs/capture.md`).
+    pub identity: String,
+    /// The identity of the content as delivered, when policy changed it
+    /// (redaction): the recipient's copy carries that content.
+    pub delivered_identity: Option<String>,
+    pub extra: Vec<Text>,
+    pub edit: Option<Edit>,
+    /// A `from` the client wrote that is not its session's JID (the stanza
+    /// was refused; `from` holds the proven sender).
+    pub claimed_from: Option<String>,
+}
+
 /// The policy outcome stored with a message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outcome {
@@ -72,6 +182,8 @@ pub struct Outcome {
     pub severity: Option<String>,
     /// The end-to-end encryption scheme detected, if any (e.g. `omemo`).
     pub e2ee: Option<String>,
+    /// What rules in monitor mode would have done, when more than `action`.
+    pub would_action: Option<Action>,
 }
 
 /// One archived message stanza.
@@ -94,6 +206,18 @@ pub struct MessageRecord {
     /// The original stanza bytes as received.
     pub stanza: Vec<u8>,
     pub outcome: Outcome,
+    pub capture: Capture,
+}
+
+impl MessageRecord {
+    /// The stream this copy crossed: only a message the user's own client sent
+    /// travels client to server; copies (carbons, replays) come from the server.
+    pub fn leg(&self) -> Leg {
+        match (self.direction, self.capture.via) {
+            (Direction::Outbound, Via::Direct) => Leg::ClientToServer,
+            _ => Leg::ServerToClient,
+        }
+    }
 }
 
 /// A non-message event.
@@ -195,12 +319,7 @@ impl Record {
                     put_opt(&mut w, o);
                 }
                 put_bytes(&mut w, &m.stanza);
-                w.push(match m.outcome.action {
-                    Action::Allow => 0,
-                    Action::Flag => 1,
-                    Action::Redact => 2,
-                    Action::Block => 3,
-                });
+                w.push(action_tag(m.outcome.action));
                 put_u32(&mut w, m.outcome.rules.len());
                 for r in &m.outcome.rules {
                     put_str(&mut w, r);
@@ -208,6 +327,7 @@ impl Record {
                 put_opt(&mut w, &m.outcome.delivered_body);
                 put_opt(&mut w, &m.outcome.severity);
                 put_opt(&mut w, &m.outcome.e2ee);
+                put_capture(&mut w, &m.outcome, &m.capture);
             }
             NewRecord::Event(EventRecord::SessionStart {
                 session,
@@ -262,7 +382,7 @@ impl Record {
     pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         let mut r = Reader { b: bytes };
         let version = r.u8()?;
-        if version != RECORD_VERSION {
+        if version != RECORD_VERSION && version != RECORD_VERSION_1 {
             return Err(DecodeError::Version(version));
         }
         let seq = RecordSeq(r.u64()?);
@@ -290,18 +410,7 @@ impl Record {
                 let subject = r.opt()?;
                 let body = r.opt()?;
                 let stanza = r.bytes()?.to_vec();
-                let action = match r.u8()? {
-                    0 => Action::Allow,
-                    1 => Action::Flag,
-                    2 => Action::Redact,
-                    3 => Action::Block,
-                    tag => {
-                        return Err(DecodeError::Tag {
-                            what: "action",
-                            tag,
-                        })
-                    }
-                };
+                let action = action_of(r.u8()?)?;
                 let n = r.u32()?;
                 // Each rule needs at least its 4-byte length; a bigger count is a lie.
                 if n as usize > r.b.len() / 4 {
@@ -311,12 +420,19 @@ impl Record {
                 for _ in 0..n {
                     rules.push(r.str()?);
                 }
-                let outcome = Outcome {
+                let mut outcome = Outcome {
                     action,
                     rules,
                     delivered_body: r.opt()?,
                     severity: r.opt()?,
                     e2ee: r.opt()?,
+                    would_action: None,
+                };
+                let capture = if version == RECORD_VERSION_1 {
+                    Capture::default()
+                } else {
+                    outcome.would_action = r.opt_action()?;
+                    r.capture()?
                 };
                 NewRecord::Message(MessageRecord {
                     direction,
@@ -332,6 +448,7 @@ impl Record {
                     body,
                     stanza,
                     outcome,
+                    capture,
                 })
             }
             K_SESSION_START => NewRecord::Event(EventRecord::SessionStart {
@@ -370,6 +487,67 @@ impl Record {
         }
         Ok(Record { seq, time, content })
     }
+}
+
+fn action_tag(a: Action) -> u8 {
+    match a {
+        Action::Allow => 0,
+        Action::Flag => 1,
+        Action::Redact => 2,
+        Action::Block => 3,
+    }
+}
+
+fn action_of(tag: u8) -> Result<Action, DecodeError> {
+    match tag {
+        0 => Ok(Action::Allow),
+        1 => Ok(Action::Flag),
+        2 => Ok(Action::Redact),
+        3 => Ok(Action::Block),
+        tag => Err(DecodeError::Tag {
+            what: "action",
+            tag,
+        }),
+    }
+}
+
+/// The version-2 tail of a message: `would_action` and the [`Capture`] fields.
+fn put_capture(w: &mut Vec<u8>, outcome: &Outcome, c: &Capture) {
+    match outcome.would_action {
+        None => w.push(0),
+        Some(a) => {
+            w.push(1);
+            w.push(action_tag(a));
+        }
+    }
+    w.push(match c.via {
+        Via::Direct => 0,
+        Via::CarbonSent => 1,
+        Via::CarbonReceived => 2,
+        Via::Mam => 3,
+    });
+    put_str(w, &c.account);
+    put_str(w, &c.identity);
+    put_opt(w, &c.delivered_identity);
+    put_u32(w, c.extra.len());
+    for t in &c.extra {
+        put_str(w, &t.kind);
+        put_opt(w, &t.lang);
+        put_str(w, &t.text);
+    }
+    match &c.edit {
+        None => w.push(0),
+        Some(e) => {
+            w.push(1);
+            w.push(match e.kind {
+                EditKind::Correction => 0,
+                EditKind::Retraction => 1,
+                EditKind::Moderation => 2,
+            });
+            put_str(w, &e.target);
+        }
+    }
+    put_opt(w, &c.claimed_from);
 }
 
 fn put_u32(w: &mut Vec<u8>, n: usize) {
@@ -429,6 +607,71 @@ impl<'a> Reader<'a> {
     fn str(&mut self) -> Result<String, DecodeError> {
         String::from_utf8(self.bytes()?.to_vec()).map_err(|_| DecodeError::Utf8)
     }
+    fn opt_action(&mut self) -> Result<Option<Action>, DecodeError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(action_of(self.u8()?)?)),
+            tag => Err(DecodeError::Tag {
+                what: "option",
+                tag,
+            }),
+        }
+    }
+    fn capture(&mut self) -> Result<Capture, DecodeError> {
+        let via = match self.u8()? {
+            0 => Via::Direct,
+            1 => Via::CarbonSent,
+            2 => Via::CarbonReceived,
+            3 => Via::Mam,
+            tag => return Err(DecodeError::Tag { what: "via", tag }),
+        };
+        let account = self.str()?;
+        let identity = self.str()?;
+        let delivered_identity = self.opt()?;
+        let n = self.u32()?;
+        // Each text needs at least 9 bytes (two lengths and an option tag).
+        if n as usize > self.b.len() / 9 {
+            return Err(DecodeError::Truncated);
+        }
+        let mut extra = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            extra.push(Text {
+                kind: self.str()?,
+                lang: self.opt()?,
+                text: self.str()?,
+            });
+        }
+        let edit = match self.u8()? {
+            0 => None,
+            1 => {
+                let kind = match self.u8()? {
+                    0 => EditKind::Correction,
+                    1 => EditKind::Retraction,
+                    2 => EditKind::Moderation,
+                    tag => return Err(DecodeError::Tag { what: "edit", tag }),
+                };
+                Some(Edit {
+                    kind,
+                    target: self.str()?,
+                })
+            }
+            tag => {
+                return Err(DecodeError::Tag {
+                    what: "option",
+                    tag,
+                })
+            }
+        };
+        Ok(Capture {
+            via,
+            account,
+            identity,
+            delivered_identity,
+            extra,
+            edit,
+            claimed_from: self.opt()?,
+        })
+    }
     fn opt(&mut self) -> Result<Option<String>, DecodeError> {
         match self.u8()? {
             0 => Ok(None),
@@ -459,13 +702,18 @@ pub(crate) mod tests {
                 0u8..4,
             ),
             (proptest::collection::vec(s(), 0..3), o(), o(), o()),
+            arb_capture(),
+            proptest::option::of(0u8..4),
         )
             .prop_map(
                 |(
                     (inb, session, from, to, ty, id, origin_id, stanza_id),
                     (thread, subject, body, stanza, a),
                     (rules, delivered_body, severity, e2ee),
+                    capture,
+                    would,
                 )| {
+                    let actions = [Action::Allow, Action::Flag, Action::Redact, Action::Block];
                     NewRecord::Message(MessageRecord {
                         direction: if inb {
                             Direction::Inbound
@@ -484,13 +732,14 @@ pub(crate) mod tests {
                         body,
                         stanza,
                         outcome: Outcome {
-                            action: [Action::Allow, Action::Flag, Action::Redact, Action::Block]
-                                [a as usize],
+                            action: actions[a as usize],
                             rules,
                             delivered_body,
                             severity,
                             e2ee,
+                            would_action: would.map(|w| actions[w as usize]),
                         },
+                        capture,
                     })
                 },
             );
@@ -526,6 +775,41 @@ pub(crate) mod tests {
         prop_oneof![3 => msg, 1 => ev]
     }
 
+    fn arb_capture() -> impl Strategy<Value = Capture> {
+        let s = || ".{0,12}";
+        let o = || proptest::option::of(".{0,12}");
+        let text = (s(), o(), s()).prop_map(|(kind, lang, text)| Text { kind, lang, text });
+        let edit = (0u8..3, s()).prop_map(|(k, target)| Edit {
+            kind: [
+                EditKind::Correction,
+                EditKind::Retraction,
+                EditKind::Moderation,
+            ][k as usize],
+            target,
+        });
+        (
+            0u8..4,
+            s(),
+            s(),
+            o(),
+            proptest::collection::vec(text, 0..3),
+            proptest::option::of(edit),
+            o(),
+        )
+            .prop_map(
+                |(via, account, identity, delivered_identity, extra, edit, claimed_from)| Capture {
+                    via: [Via::Direct, Via::CarbonSent, Via::CarbonReceived, Via::Mam]
+                        [via as usize],
+                    account,
+                    identity,
+                    delivered_identity,
+                    extra,
+                    edit,
+                    claimed_from,
+                },
+            )
+    }
+
     proptest! {
         #[test]
         fn encode_decode_round_trip(content in arb_new_record(), seq in any::<u64>(), t in any::<i64>()) {
@@ -536,11 +820,61 @@ pub(crate) mod tests {
 
         #[test]
         fn decode_never_panics_and_is_canonical(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-            // Whatever decodes must re-encode to exactly the same bytes.
+            // Whatever decodes as the current version must re-encode to exactly the
+            // same bytes (version 1 input decodes too, and is re-encoded as version 2).
             if let Ok(rec) = Record::decode(&bytes) {
-                prop_assert_eq!(rec.encode(), bytes);
+                if bytes.first() == Some(&RECORD_VERSION) {
+                    prop_assert_eq!(rec.encode(), bytes);
+                }
             }
         }
+    }
+
+    #[test]
+    fn version_1_messages_decode_with_default_capture() {
+        let mut rec = Record {
+            seq: RecordSeq(3),
+            time: Timestamp(5),
+            content: NewRecord::Message(MessageRecord {
+                direction: Direction::Inbound,
+                session: SessionId("s".into()),
+                from: "a@x".into(),
+                to: "b@x".into(),
+                stanza_type: "chat".into(),
+                id: Some("1".into()),
+                origin_id: None,
+                stanza_id: None,
+                thread: None,
+                subject: None,
+                body: Some("hi".into()),
+                stanza: b"<message/>".to_vec(),
+                outcome: Outcome {
+                    action: Action::Flag,
+                    rules: vec!["r".into()],
+                    delivered_body: None,
+                    severity: None,
+                    e2ee: None,
+                    would_action: None,
+                },
+                capture: Capture::default(),
+            }),
+        };
+        // A version 1 message is the version 2 one without its tail.
+        let mut v1 = rec.encode();
+        v1[0] = RECORD_VERSION_1;
+        let tail = 1 + 1 + 4 + 4 + 4 + 1 + 1; // would, via, account, identity, delivered_identity, extra, edit, claimed_from
+        v1.truncate(v1.len() - tail - 1);
+        assert_eq!(Record::decode(&v1).unwrap(), rec);
+        if let NewRecord::Message(m) = &mut rec.content {
+            m.capture.via = Via::Mam;
+        }
+        assert_ne!(Record::decode(&rec.encode()).unwrap().content, {
+            let mut r = rec.clone();
+            if let NewRecord::Message(m) = &mut r.content {
+                m.capture.via = Via::Direct;
+            }
+            r.content
+        });
     }
 
     #[test]

@@ -36,7 +36,9 @@ fn msg(
             delivered_body: (action == Action::Redact).then(|| "card ████".to_string()),
             severity: None,
             e2ee: None,
+            would_action: None,
         },
+        capture: Default::default(),
     })
 }
 

@@ -64,7 +64,9 @@ fn record(i: usize) -> NewRecord {
                 .then(|| "fixture: project ██████ kickoff".to_string()),
             severity: None,
             e2ee: None,
+            would_action: None,
         },
+        capture: Default::default(),
     })
 }
 

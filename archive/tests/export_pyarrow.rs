@@ -79,7 +79,9 @@ async fn pyarrow_reads_rows_that_match_search() {
                 delivered_body: (action == Action::Redact).then(|| "████".into()),
                 severity: None,
                 e2ee: None,
+                would_action: None,
             },
+            capture: Default::default(),
         }))
         .await
         .unwrap();

@@ -44,7 +44,9 @@ fn note(i: u64, stanza_bytes: usize) -> NewRecord {
             delivered_body: None,
             severity: None,
             e2ee: None,
+            would_action: None,
         },
+        capture: Default::default(),
     })
 }
 

@@ -395,7 +395,9 @@ mod tests {
                 delivered_body: None,
                 severity: None,
                 e2ee: None,
+                would_action: None,
             },
+            capture: Default::default(),
         };
         entry(seq, NewRecord::Message(m))
     }

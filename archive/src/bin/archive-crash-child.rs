@@ -82,7 +82,9 @@ fn main() {
                                 delivered_body: None,
                                 severity: None,
                                 e2ee: None,
+                                would_action: None,
                             },
+                            capture: Default::default(),
                         });
                         match block_on(a.append(rec)) {
                             Ok(r) => {

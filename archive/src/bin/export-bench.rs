@@ -62,7 +62,9 @@ fn generate(dir: &Path, n: u64) -> Result<(), Box<dyn std::error::Error>> {
                         delivered_body: None,
                         severity: None,
                         e2ee: None,
+                        would_action: None,
                     },
+                    capture: Default::default(),
                 })
             })
             .collect();

@@ -52,6 +52,7 @@ impl Words {
             [&m.subject, &m.body]
                 .into_iter()
                 .flatten()
+                .chain(m.capture.extra.iter().map(|t| &t.text))
                 .map(|t| query::tokenize(t))
                 .collect(),
         )
@@ -78,6 +79,11 @@ fn clause(c: &Clause, rec: &Record, m: &MessageRecord, words: &Words) -> bool {
         Clause::Jid(JidField::From, j) => jid_matches(&m.from, j),
         Clause::Jid(JidField::To, j) => jid_matches(&m.to, j),
         Clause::Jid(JidField::With, j) => jid_matches(&m.from, j) || jid_matches(&m.to, j),
+        Clause::Jid(JidField::Account, j) => jid_matches(&m.capture.account, j),
+        Clause::Message(id) => {
+            m.capture.identity == *id || m.capture.delivered_identity.as_ref() == Some(id)
+        }
+        Clause::Via(v) => m.capture.via == *v,
         Clause::Direction(d) => m.direction == *d,
         Clause::Type(t) => m.stanza_type.to_lowercase() == *t,
         Clause::Action(a) => m.outcome.action == *a,
@@ -115,7 +121,9 @@ mod tests {
                     delivered_body: None,
                     severity: None,
                     e2ee: None,
+                    would_action: None,
                 },
+                capture: Default::default(),
             }),
         }
     }

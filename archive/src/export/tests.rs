@@ -42,7 +42,9 @@ fn msg(from: &str, to: &str, ty: &str, body: &str, action: Action) -> NewRecord 
             delivered_body: (action == Action::Redact).then(|| "card ████".to_string()),
             severity: None,
             e2ee: None,
+            would_action: None,
         },
+        capture: Default::default(),
     })
 }
 

@@ -129,7 +129,9 @@ pub async fn append(archive: &Archive, m: Msg<'_>) -> u64 {
             delivered_body: m.delivered.map(String::from),
             severity: m.severity.map(String::from),
             e2ee: m.e2ee.map(String::from),
+            would_action: None,
         },
+        capture: Default::default(),
     });
     archive.append(rec).await.unwrap().seq.0
 }
