@@ -369,7 +369,37 @@ enum IndexCmd {
     Close(mpsc::Sender<Result<(), String>>),
 }
 
+/// Identities of the messages appended lately, oldest first, bounded: they bridge the
+/// time until the index commits them.
+#[derive(Default)]
+struct RecentIdentities {
+    set: std::collections::HashSet<String>,
+    order: std::collections::VecDeque<String>,
+}
+
+const RECENT_IDENTITIES: usize = 1 << 16;
+
+impl RecentIdentities {
+    fn insert(&mut self, id: &str) {
+        if self.set.contains(id) {
+            return;
+        }
+        if self.order.len() >= RECENT_IDENTITIES {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        self.set.insert(id.to_owned());
+        self.order.push_back(id.to_owned());
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.set.contains(id)
+    }
+}
+
 struct Inner {
+    recent: Mutex<RecentIdentities>,
     tx: Mutex<Option<Sender<Cmd>>>,
     reader: ArchiveReader,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
@@ -501,13 +531,46 @@ impl Archive {
                 writer_thread: Mutex::new(Some(writer_thread)),
                 index_health: health,
                 inbox_health,
+                recent: Mutex::new(RecentIdentities::default()),
             }),
         })
+    }
+
+    /// Whether a copy of the logical message `identity` other than an archive replay
+    /// has been recorded: the messages appended lately (the index sees them only after
+    /// its next commit), then the index. A failing index answers `false`: the caller
+    /// flags a replay it cannot place, it never drops one.
+    pub fn knows_message(&self, identity: &str) -> bool {
+        if self
+            .inner
+            .recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(identity)
+        {
+            return true;
+        }
+        if identity.is_empty() || !identity.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return false;
+        }
+        self.inner
+            .reader
+            .search(&format!("msg:{identity} -via:mam"), 1)
+            .is_ok_and(|hits| !hits.is_empty())
     }
 
     /// Appends a record; resolves only once it is durable (fsynced), with the
     /// seq and time the archive assigned.
     pub async fn append(&self, rec: NewRecord) -> Result<AppendReceipt, AppendError> {
+        if let NewRecord::Message(m) = &rec {
+            if m.capture.via != Via::Mam {
+                let mut recent = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
+                recent.insert(&m.capture.identity);
+                if let Some(d) = &m.capture.delivered_identity {
+                    recent.insert(d);
+                }
+            }
+        }
         let (ack_tx, ack_rx) = oneshot::channel();
         {
             let guard = self.inner.tx.lock().unwrap_or_else(|p| p.into_inner());

@@ -183,6 +183,44 @@ impl Verdict {
     pub fn matched(&self, id: &str) -> bool {
         self.rules.iter().any(|r| r.as_str() == id)
     }
+
+    /// Folds in the verdict on another text of the same stanza (a second-language body,
+    /// XHTML, a link): the stanza gets the most restrictive action and every rule that
+    /// matched anywhere. Delivered texts, the disclaimer and the block text of `self` are
+    /// kept (the first block text wins); the other text's redaction is the caller's to
+    /// apply.
+    pub fn absorb(&mut self, other: Verdict) {
+        self.action = self.action.max(other.action);
+        self.would_action = self.would_action.max(other.would_action);
+        self.severity = self.severity.max(other.severity);
+        for rule in other.rules {
+            if !self.rules.contains(&rule) {
+                self.rules.push(rule);
+            }
+        }
+        for rule in other.monitored {
+            if !self.monitored.contains(&rule) {
+                self.monitored.push(rule);
+            }
+        }
+        if self.block_text.is_none() {
+            self.block_text = other.block_text;
+        }
+        for alert in other.alerts {
+            if !self
+                .alerts
+                .iter()
+                .any(|a| a.rule == alert.rule && a.webhook == alert.webhook)
+            {
+                self.alerts.push(alert);
+            }
+        }
+        if self.disclaimer.is_none() {
+            self.disclaimer = other.disclaimer;
+        }
+        self.monitor_only =
+            !self.rules.is_empty() && self.rules.iter().all(|r| self.monitored.contains(r));
+    }
 }
 
 #[cfg(test)]
@@ -198,6 +236,40 @@ mod tests {
             [Action::Flag, Action::Block, Action::Redact].iter().max(),
             Some(&Action::Block)
         );
+    }
+
+    #[test]
+    fn absorbing_keeps_the_most_restrictive_and_every_rule() {
+        let mut a = Verdict::allow();
+        a.action = Action::Flag;
+        a.would_action = Action::Flag;
+        a.rules = vec![RuleId::new("watch")];
+        let mut b = Verdict::allow();
+        b.action = Action::Block;
+        b.would_action = Action::Block;
+        b.rules = vec![RuleId::new("watch"), RuleId::new("pci-card")];
+        b.block_text = Some("no cards".into());
+        b.severity = Some(Severity::High);
+        a.absorb(b);
+        assert_eq!(a.action, Action::Block);
+        assert_eq!(a.would_action, Action::Block);
+        assert_eq!(a.severity, Some(Severity::High));
+        assert_eq!(
+            a.rules.iter().map(RuleId::as_str).collect::<Vec<_>>(),
+            ["watch", "pci-card"]
+        );
+        assert_eq!(a.block_text.as_deref(), Some("no cards"));
+        assert!(!a.monitor_only);
+        // Only monitored rules anywhere: still monitor-only.
+        let mut m = Verdict::allow();
+        let mut n = Verdict::allow();
+        n.rules = vec![RuleId::new("m")];
+        n.monitored = vec![RuleId::new("m")];
+        n.would_action = Action::Block;
+        m.absorb(n);
+        assert!(m.monitor_only);
+        assert_eq!(m.action, Action::Allow);
+        assert_eq!(m.would_action, Action::Block);
     }
 
     #[test]

@@ -37,6 +37,12 @@ pub enum ClientFault {
     DataBeforeTls,
     #[error("asked for no domain and none is configured")]
     NoDomain,
+    /// A stanza before SASL success and resource binding (RFC 6120 §6.4.6, §7.1).
+    #[error("sent a {0} stanza before authenticating and binding a resource")]
+    NotAuthorized(String),
+    /// A `from` that is not the session's JID (RFC 6120 §4.9.3.9).
+    #[error("wrote from={claimed:?} while its session is {account}")]
+    InvalidFrom { claimed: String, account: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +96,14 @@ impl SessionError {
                 ClientFault::NoDomain => {
                     Some(("host-unknown", "the stream header names no domain".into()))
                 }
+                ClientFault::NotAuthorized(_) => Some((
+                    "not-authorized",
+                    "authenticate and bind a resource before sending stanzas".into(),
+                )),
+                ClientFault::InvalidFrom { .. } => Some((
+                    "invalid-from",
+                    "the from address is not this session's address".into(),
+                )),
                 ClientFault::Tls(_) | ClientFault::Closed | ClientFault::Io(_) => None,
             },
             // The cause (addresses, certificate details) goes to the operator's log, not to

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use crate::framer::Stanza;
+pub use crate::relay_state::Copy;
 use crate::stanza::StanzaView;
 
 /// Which way a stanza travels, seen from the users behind Custos.
@@ -34,7 +35,8 @@ pub struct SessionInfo {
     pub client_addr: SocketAddr,
     /// The domain the client asked for in its stream header.
     pub domain: String,
-    /// The full JID from the resource-binding result, once bound.
+    /// The full JID the session proved: the upstream's answer to this session's own
+    /// bind request, or the JID of the session it resumed. Never what a client wrote.
     pub jid: Option<String>,
 }
 
@@ -49,6 +51,12 @@ pub struct Inspected<'a> {
     pub view: &'a StanzaView,
     /// The stanza exactly as received, parsed tree included.
     pub stanza: &'a Stanza,
+    /// How far the upstream vouches for a carbon or archive-result wrapper in it; a
+    /// wrapper a client sends is never believed.
+    pub copy: Copy,
+    /// A `from` the client wrote that is not its session's JID. The stanza is refused and
+    /// the stream ends with `<invalid-from/>`; the inspector records the attempt.
+    pub claimed_from: Option<&'a str>,
 }
 
 /// What the proxy does with an inspected stanza.

@@ -20,7 +20,10 @@
 //! - [`negotiation`]: the sans-I/O stream negotiation state machine.
 //! - [`features`]: which upstream stream features a client may see through the proxy.
 //! - [`session`]: the per-connection driver: negotiation I/O, then hands over to `relay`.
-//! - `relay`: the two relay directions, stream management bookkeeping on each leg.
+//! - `relay`: the two relay directions and their sockets, stream management bookkeeping on
+//!   each leg.
+//! - [`relay_state`]: the relay's protocol decisions without I/O: proven identity,
+//!   what passes before bind, `from` checks, which wrappers the server vouches for.
 //! - [`server`]: listeners, connection cap, shutdown and drain.
 //! - [`inspect`]: the inspection point ([`Inspector`], [`Decision`]).
 //! - [`stream`]: the stream-level elements Custos writes itself.
@@ -41,6 +44,7 @@ mod io;
 pub mod negotiation;
 pub mod pipeline;
 mod relay;
+pub mod relay_state;
 pub mod reply;
 pub mod server;
 mod session;

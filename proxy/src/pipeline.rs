@@ -2,34 +2,48 @@
 //! the wire.
 //!
 //! ```text
-//!  stanza ──▶ policy.evaluate ──▶ archive.append (awaits the durable ack)
+//!  stanza ──▶ content (believed wrapper? inner message : the stanza itself)
+//!         ──▶ policy.evaluate (body, subject, then every other text) ──▶ Verdict
+//!         ──▶ archive.append, one record per copy as observed (awaits the durable ack)
 //!                                        │ ok                     │ failed
 //!                                        ▼                        ▼
 //!                          forward / redact / refuse     refuse with <internal-server-error/>
-//!                          + alert (async) + disclaimer  (on_failure = "block", the default)
-//!                                                        or deliver, loudly (on_failure = "deliver")
+//!                          + alert (once per message)    (on_failure = "block", the default)
+//!                          + disclaimer                  or deliver, loudly (on_failure = "deliver")
 //! ```
 //!
-//! What is archived: message stanzas that carry content — a body, a subject or an
-//! end-to-end-encrypted payload — in both directions, blocked ones included. Chat states,
-//! receipts and markers carry no content and are not. A message seen twice (carbons, two
-//! users both behind Custos, several resources of one user) is archived once; MAM query
-//! results are replays of history and never archived again.
+//! What is archived: every message stanza that carries content — a body or subject in any
+//! language, XHTML-IM text, an out-of-band link, an end-to-end-encrypted payload, a
+//! correction or retraction — in both directions, blocked and error ones included, once per
+//! session and stream it crossed. Nothing is dropped as a duplicate at capture: copies
+//! (carbons, archive replays, the recipient's copy of a message between two users behind
+//! Custos, room echoes) are each recorded with their own leg and verdict, and grouped into
+//! one logical message by [`identity`] in the views. Chat states, receipts and markers
+//! carry no content and are not recorded. `docs/capture.md` states the model.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use custos_archive::{Archive, EventRecord, MessageRecord, NewRecord, SessionId};
+use custos_archive::{
+    Archive, Capture, EventRecord, MessageRecord, NewRecord, SessionId, Text, Via,
+};
 use custos_policy::{DisclaimerTracker, PolicyHandle, Subject, Verdict};
+use sha2::{Digest, Sha256};
 use tracing::{error, info, warn};
 
 use crate::alerts::AlertSender;
 use crate::inspect::{Decision, Direction, Injections, Inspected, Inspector, Outcome, SessionInfo};
+use crate::relay_state::{bare, Copy};
 use crate::reply::{stanza_error, ErrorType};
-use crate::stanza::{E2ee, ForwardKind, StanzaKind, StanzaView};
-use crate::xml::{Element, Node};
+use crate::stanza::{E2ee, EditKind, ExtraText, StanzaKind, StanzaView};
+use crate::xml::Element;
+
+/// Rule ids Custos itself records beside policy's.
+pub const RULE_INVALID_FROM: &str = "custos:invalid-from";
+pub const RULE_FORGED_WRAPPER: &str = "custos:forged-wrapper";
+pub const RULE_REPLAY_ONLY: &str = "custos:replay-only";
 
 /// What to do with a message the archive could not write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +59,9 @@ pub struct Pipeline {
     archive: Option<Archive>,
     on_failure: OnArchiveFailure,
     alerts: Option<AlertSender>,
-    seen: Mutex<RecentMessages>,
+    /// Logical messages whose alerts went out: a message seen again (carbons, the
+    /// recipient's copy, a replay) alerts once.
+    alerted: Mutex<RecentMessages>,
     disclaimers: Mutex<DisclaimerTracker>,
 }
 
@@ -64,7 +80,7 @@ impl Pipeline {
             archive,
             on_failure,
             alerts,
-            seen: Mutex::new(RecentMessages::new(100_000, Duration::from_secs(600))),
+            alerted: Mutex::new(RecentMessages::new(100_000, Duration::from_secs(3600))),
             disclaimers: Mutex::new(DisclaimerTracker::new(100_000)),
         }
     }
@@ -78,38 +94,89 @@ impl Pipeline {
     }
 }
 
-/// The message a stanza carries and which way it went from the user's point of view: a
-/// carbon carries a copy of a message sent or received by another of the user's clients.
+/// The message a stanza carries, from the user's point of view: a believed carbon or
+/// archive result carries a copy of another message; anything else is its own content.
 struct Content<'a> {
     view: &'a StanzaView,
+    /// Sent (outbound) or received (inbound) by the user behind Custos.
     direction: Direction,
-    /// A MAM result: a replay of history, evaluated but never archived again.
-    replay: bool,
-    carbon: bool,
+    via: Via,
+    /// A wrapper nobody vouches for: recorded as the stanza itself, its wrapped text kept.
+    forged_wrapper: bool,
+    extra: Vec<ExtraText>,
 }
 
-fn content<'a>(view: &'a StanzaView, direction: Direction) -> Content<'a> {
-    match &view.forwarded {
-        Some(fwd) => Content {
-            view: &fwd.inner,
-            direction: match fwd.kind {
-                ForwardKind::CarbonSent => Direction::Outbound,
-                ForwardKind::CarbonReceived => Direction::Inbound,
-                ForwardKind::MamResult { .. } => direction,
-            },
-            replay: matches!(fwd.kind, ForwardKind::MamResult { .. }),
-            carbon: true,
-        },
-        None => Content {
-            view,
-            direction,
-            replay: false,
-            carbon: false,
-        },
+fn content<'a>(item: &Inspected<'a>) -> Content<'a> {
+    let outer = item.view;
+    let believed = |via| {
+        outer.forwarded.as_ref().map(|fwd| {
+            let inner: &StanzaView = &fwd.inner;
+            let direction = match via {
+                Via::CarbonSent => Direction::Outbound,
+                Via::CarbonReceived => Direction::Inbound,
+                // A replay of the user's own message is one they sent.
+                _ => match (&inner.from, &item.session.jid) {
+                    (Some(from), Some(jid)) if same_bare(from, jid) => Direction::Outbound,
+                    _ => Direction::Inbound,
+                },
+            };
+            Content {
+                view: inner,
+                direction,
+                via,
+                forged_wrapper: false,
+                extra: inner.extra.clone(),
+            }
+        })
+    };
+    let wrapped = match item.copy {
+        Copy::CarbonSent => believed(Via::CarbonSent),
+        Copy::CarbonReceived => believed(Via::CarbonReceived),
+        Copy::Mam => believed(Via::Mam),
+        Copy::Direct | Copy::ForgedWrapper => None,
+    };
+    if let Some(c) = wrapped {
+        return c;
+    }
+    let mut extra = outer.extra.clone();
+    let forged_wrapper = outer.forwarded.is_some();
+    if let Some(fwd) = &outer.forwarded {
+        let inner = &fwd.inner;
+        for (kind, text) in [("body", &inner.body), ("subject", &inner.subject)] {
+            if let Some(text) = text {
+                extra.push(ExtraText {
+                    kind: format!("forwarded-{kind}"),
+                    lang: None,
+                    text: text.clone(),
+                });
+            }
+        }
+        extra.extend(inner.extra.iter().map(|t| ExtraText {
+            kind: format!("forwarded-{}", t.kind),
+            lang: t.lang.clone(),
+            text: t.text.clone(),
+        }));
+    }
+    Content {
+        view: outer,
+        direction: item.direction,
+        via: Via::Direct,
+        forged_wrapper,
+        extra,
     }
 }
 
-fn subject<'a>(c: &Content<'a>) -> Option<Subject<'a>> {
+impl Content<'_> {
+    fn has_content(&self) -> bool {
+        self.view.has_content() || !self.extra.is_empty()
+    }
+}
+
+fn same_bare(a: &str, b: &str) -> bool {
+    bare(a).eq_ignore_ascii_case(bare(b))
+}
+
+fn subject<'a>(c: &'a Content<'a>) -> Option<Subject<'a>> {
     let kind = match c.view.kind {
         StanzaKind::Message => custos_policy::StanzaKind::Message,
         StanzaKind::Presence => custos_policy::StanzaKind::Presence,
@@ -133,6 +200,26 @@ fn subject<'a>(c: &Content<'a>) -> Option<Subject<'a>> {
             E2ee::Otr => custos_policy::E2ee::Otr,
         }),
     })
+}
+
+/// The verdict on every text of the stanza: body and subject, then each other text as a
+/// body of its own (a rule cannot be dodged by moving text into another language, XHTML
+/// or a link). Returns each other text's redacted form, where it was redacted.
+fn evaluate(policy: &PolicyHandle, c: &Content<'_>) -> Option<(Verdict, Vec<Option<String>>)> {
+    let subject = subject(c)?;
+    let policy = policy.current();
+    let mut verdict = policy.evaluate(&subject);
+    let mut delivered = Vec::with_capacity(c.extra.len());
+    for text in &c.extra {
+        let other = policy.evaluate(&Subject {
+            body: Some(&text.text),
+            subject: None,
+            ..subject
+        });
+        delivered.push(other.delivered_body.clone());
+        verdict.absorb(other);
+    }
+    Some((verdict, delivered))
 }
 
 fn e2ee_name(e: E2ee) -> &'static str {
@@ -161,43 +248,73 @@ fn severity(s: custos_policy::Severity) -> &'static str {
     }
 }
 
-fn bare(jid: &str) -> &str {
-    jid.split('/').next().unwrap_or(jid)
-}
-
-fn has_content(view: &StanzaView) -> bool {
-    view.kind == StanzaKind::Message
-        && view.stanza_type.as_deref() != Some("error")
-        && (view.body.is_some() || view.subject.is_some() || view.e2ee.is_some())
-}
-
-/// Identifies one message however it is seen again: from the sender's outbound stream,
-/// from each recipient's inbound stream, or as a carbon. Group chat echoes come back
-/// from the room with the sender's nickname, so a room message is keyed by the room.
-fn message_key(c: &Content<'_>, hasher: &RandomState) -> u64 {
-    let v = c.view;
-    let mut h = hasher.build_hasher();
-    let from = v.from.as_deref().map(bare).unwrap_or("");
-    let to = v.to.as_deref().map(bare).unwrap_or("");
-    if v.stanza_type.as_deref() == Some("groupchat") {
-        let room = match c.direction {
-            Direction::Outbound => to,
-            Direction::Inbound => from,
-        };
-        ("groupchat", room).hash(&mut h);
+/// The logical-message identity: every copy of one message computes the same value from
+/// what it carries — the sender's outbound stanza, each recipient's inbound copy, carbons,
+/// archive replays. It commits to the conversation (sender and recipient accounts, or the
+/// room for group chat, whose echoes come from the room), the sender's id (XEP-0359
+/// origin-id, else the stanza id) and the content, so two different messages never share
+/// one: an id reused for other text is another message. A copy whose content policy
+/// changed (redaction) reaches its recipient with other content; its record also carries
+/// the identity of what was delivered, which the recipient's copy then matches.
+pub fn identity(
+    view: &StanzaView,
+    direction: Direction,
+    body: Option<&str>,
+    subject: Option<&str>,
+    extra: &[(&str, Option<&str>, &str)],
+) -> String {
+    let mut h = Sha256::new();
+    let mut put = |s: &str| {
+        h.update((s.len() as u64).to_be_bytes());
+        h.update(s.as_bytes());
+    };
+    put("custos-message-v1");
+    let from = view.from.as_deref().map(bare).unwrap_or("").to_lowercase();
+    let to = view.to.as_deref().map(bare).unwrap_or("").to_lowercase();
+    if view.stanza_type.as_deref() == Some("groupchat") {
+        put("groupchat");
+        put(match direction {
+            Direction::Outbound => &to,
+            Direction::Inbound => &from,
+        });
     } else {
-        ("chat", from, to).hash(&mut h);
+        put(view.stanza_type.as_deref().unwrap_or("normal"));
+        put(&from);
+        put(&to);
     }
-    // With an id the content is left out: a redacted copy delivered to a recipient
-    // behind Custos is the same message as the sender's original.
-    match v.origin_id.as_deref().or(v.id.as_deref()) {
-        Some(id) => ("id", id).hash(&mut h),
-        None => ("content", &v.body, &v.subject).hash(&mut h),
+    put(view
+        .origin_id
+        .as_deref()
+        .or(view.id.as_deref())
+        .unwrap_or(""));
+    put(body.unwrap_or("\u{0}none"));
+    put(subject.unwrap_or("\u{0}none"));
+    for (kind, lang, text) in extra {
+        put(kind);
+        put(lang.unwrap_or(""));
+        put(text);
     }
-    h.finish()
+    put(view.e2ee.map_or("", e2ee_name));
+    match &view.edit {
+        Some((kind, target)) => {
+            put(edit_kind(*kind).as_str());
+            put(target);
+        }
+        None => put(""),
+    }
+    let digest = h.finalize();
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
 }
 
-/// Keys of recently archived messages, bounded in count and age.
+fn edit_kind(k: EditKind) -> custos_archive::EditKind {
+    match k {
+        EditKind::Correction => custos_archive::EditKind::Correction,
+        EditKind::Retraction => custos_archive::EditKind::Retraction,
+        EditKind::Moderation => custos_archive::EditKind::Moderation,
+    }
+}
+
+/// Keys of recently seen messages, bounded in count and age.
 struct RecentMessages {
     hasher: RandomState,
     seen: HashMap<u64, Instant>,
@@ -215,6 +332,12 @@ impl RecentMessages {
             capacity,
             ttl,
         }
+    }
+
+    fn key(&self, id: &str) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        id.hash(&mut h);
+        h.finish()
     }
 
     /// True the first time `key` is offered within the window.
@@ -235,56 +358,59 @@ impl RecentMessages {
         self.order.push_back((key, now));
         true
     }
-
-    /// Forgets `key` again (its archiving failed, so a retry must be archived).
-    fn forget(&mut self, key: u64) {
-        self.seen.remove(&key);
-    }
 }
 
 impl Inspector for Pipeline {
     async fn inspect(&self, item: Inspected<'_>) -> Outcome {
-        let c = content(item.view, item.direction);
-        let verdict: Option<Verdict> = match (&self.policy, subject(&c)) {
-            (Some(policy), Some(subject)) => Some(policy.current().evaluate(&subject)),
-            _ => None,
+        let c = content(&item);
+        let evaluated = match &self.policy {
+            Some(policy) => evaluate(policy, &c),
+            None => None,
         };
-        if let (Some(alerts), Some(v)) = (&self.alerts, &verdict) {
-            for alert in &v.alerts {
-                alerts.send(alert);
+        let (verdict, delivered_extra) = match evaluated {
+            Some((v, d)) => (Some(v), d),
+            None => (None, Vec::new()),
+        };
+        let recorded = c.has_content();
+        let ids = recorded.then(|| Identities::of(&c, verdict.as_ref(), &delivered_extra));
+        if let (Some(alerts), Some(v), Some(ids)) = (&self.alerts, &verdict, &ids) {
+            let first = {
+                let mut alerted = self.alerted.lock().unwrap_or_else(|p| p.into_inner());
+                let key = alerted.key(&ids.identity);
+                alerted.first_sighting(key, Instant::now())
+            };
+            if first {
+                for alert in &v.alerts {
+                    alerts.send(alert);
+                }
             }
         }
-        if let Some(archive) = &self.archive {
-            if !c.replay && has_content(c.view) {
-                let (key, first) = {
-                    let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-                    let key = message_key(&c, &seen.hasher);
-                    (key, seen.first_sighting(key, Instant::now()))
-                };
-                if first {
-                    let record = message_record(&item, &c, verdict.as_ref());
-                    if let Err(err) = archive.append(NewRecord::Message(record)).await {
-                        self.seen
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .forget(key);
-                        match self.on_failure {
-                            OnArchiveFailure::Block => {
-                                error!(cause = %err, "archive write failed; message refused, not delivered");
-                                return refuse(
-                                    &item,
-                                    ErrorType::Wait,
-                                    "internal-server-error",
-                                    "The message could not be archived and was not delivered. Try again later.",
-                                );
-                            }
-                            OnArchiveFailure::Deliver => {
-                                error!(cause = %err, "archive write failed; delivering UNARCHIVED message (archive.on_failure = \"deliver\")");
-                            }
-                        }
+        if let (Some(archive), Some(ids)) = (&self.archive, ids) {
+            let replay_only = c.via == Via::Mam && !archive.knows_message(&ids.identity);
+            let record = message_record(&item, &c, verdict.as_ref(), ids, replay_only);
+            if let Err(err) = archive.append(NewRecord::Message(record)).await {
+                match self.on_failure {
+                    OnArchiveFailure::Block => {
+                        error!(cause = %err, "archive write failed; message refused, not delivered");
+                        return refuse(
+                            &item,
+                            ErrorType::Wait,
+                            "internal-server-error",
+                            "The message could not be archived and was not delivered. Try again later.",
+                        );
+                    }
+                    OnArchiveFailure::Deliver => {
+                        error!(cause = %err, "archive write failed; delivering UNARCHIVED message (archive.on_failure = \"deliver\")");
                     }
                 }
             }
+        }
+        if item.claimed_from.is_some() {
+            // The relay ends the stream with <invalid-from/>; nothing is delivered.
+            return Outcome {
+                decision: Decision::Refuse { error: None },
+                inject: Injections::default(),
+            };
         }
         let Some(verdict) = verdict else {
             return Outcome::forward();
@@ -292,12 +418,7 @@ impl Inspector for Pipeline {
         let mut outcome = match verdict.action {
             custos_policy::Action::Allow | custos_policy::Action::Flag => Outcome::forward(),
             custos_policy::Action::Redact => Outcome {
-                decision: Decision::Replace(redact(
-                    &item.stanza.root,
-                    c.carbon,
-                    verdict.delivered_body.as_deref(),
-                    verdict.delivered_subject.as_deref(),
-                )),
+                decision: Decision::Replace(redact(&item, &c, &verdict, &delivered_extra)),
                 inject: Injections::default(),
             },
             custos_policy::Action::Block => {
@@ -379,13 +500,85 @@ impl SessionIdentity {
     }
 }
 
+/// The identity of a copy as observed and, when policy changed its content, of the
+/// content delivered.
+struct Identities {
+    identity: String,
+    delivered: Option<String>,
+}
+
+impl Identities {
+    fn of(
+        c: &Content<'_>,
+        verdict: Option<&Verdict>,
+        delivered_extra: &[Option<String>],
+    ) -> Identities {
+        let v = c.view;
+        let extra: Vec<(&str, Option<&str>, &str)> = c
+            .extra
+            .iter()
+            .map(|t| (t.kind.as_str(), t.lang.as_deref(), t.text.as_str()))
+            .collect();
+        let identity = identity(
+            v,
+            c.direction,
+            v.body.as_deref(),
+            v.subject.as_deref(),
+            &extra,
+        );
+        let delivered = verdict
+            .filter(|v| v.action == custos_policy::Action::Redact)
+            .map(|verdict| {
+                let extra: Vec<(&str, Option<&str>, &str)> = c
+                    .extra
+                    .iter()
+                    .zip(delivered_extra.iter().chain(std::iter::repeat(&None)))
+                    .map(|(t, d)| {
+                        (
+                            t.kind.as_str(),
+                            t.lang.as_deref(),
+                            d.as_deref().unwrap_or(&t.text),
+                        )
+                    })
+                    .collect();
+                identity_of_delivered(c, verdict, &extra)
+            })
+            .filter(|d| *d != identity);
+        Identities {
+            identity,
+            delivered,
+        }
+    }
+}
+
+fn identity_of_delivered(
+    c: &Content<'_>,
+    verdict: &Verdict,
+    extra: &[(&str, Option<&str>, &str)],
+) -> String {
+    let v = c.view;
+    identity(
+        v,
+        c.direction,
+        verdict.delivered_body.as_deref().or(v.body.as_deref()),
+        verdict
+            .delivered_subject
+            .as_deref()
+            .or(v.subject.as_deref()),
+        extra,
+    )
+}
+
 fn message_record(
     item: &Inspected<'_>,
     c: &Content<'_>,
     verdict: Option<&Verdict>,
+    ids: Identities,
+    replay_only: bool,
 ) -> MessageRecord {
     let v = c.view;
-    let outcome = match verdict {
+    let e2ee = v.e2ee.map(|e| e2ee_name(e).to_owned());
+    let mut outcome = match verdict {
         Some(verdict) => custos_archive::Outcome {
             action: action(verdict.action),
             rules: verdict
@@ -395,16 +588,33 @@ fn message_record(
                 .collect(),
             delivered_body: verdict.delivered_body.clone(),
             severity: verdict.severity.map(|s| severity(s).to_owned()),
-            e2ee: v.e2ee.map(|e| e2ee_name(e).to_owned()),
+            e2ee,
+            would_action: (verdict.would_action > verdict.action)
+                .then(|| action(verdict.would_action)),
         },
         None => custos_archive::Outcome {
             action: custos_archive::Action::Allow,
             rules: Vec::new(),
             delivered_body: None,
             severity: None,
-            e2ee: v.e2ee.map(|e| e2ee_name(e).to_owned()),
+            e2ee,
+            would_action: None,
         },
     };
+    let mut custos_rule = |rule: &str, at_least: custos_archive::Action| {
+        outcome.rules.push(rule.to_owned());
+        outcome.action = max_action(outcome.action, at_least);
+    };
+    if item.claimed_from.is_some() {
+        custos_rule(RULE_INVALID_FROM, custos_archive::Action::Block);
+    }
+    if c.forged_wrapper {
+        custos_rule(RULE_FORGED_WRAPPER, custos_archive::Action::Flag);
+    }
+    if replay_only {
+        custos_rule(RULE_REPLAY_ONLY, custos_archive::Action::Flag);
+    }
+    let account = item.session.jid.clone().unwrap_or_default();
     MessageRecord {
         direction: match c.direction {
             Direction::Outbound => custos_archive::Direction::Outbound,
@@ -422,6 +632,40 @@ fn message_record(
         body: v.body.clone(),
         stanza: item.stanza.raw.to_vec(),
         outcome,
+        capture: Capture {
+            via: c.via,
+            account,
+            identity: ids.identity,
+            delivered_identity: ids.delivered,
+            extra: c
+                .extra
+                .iter()
+                .map(|t| Text {
+                    kind: t.kind.clone(),
+                    lang: t.lang.clone(),
+                    text: t.text.clone(),
+                })
+                .collect(),
+            edit: v.edit.as_ref().map(|(kind, target)| custos_archive::Edit {
+                kind: edit_kind(*kind),
+                target: target.clone(),
+            }),
+            claimed_from: item.claimed_from.map(str::to_owned),
+        },
+    }
+}
+
+fn max_action(a: custos_archive::Action, b: custos_archive::Action) -> custos_archive::Action {
+    let rank = |a: custos_archive::Action| match a {
+        custos_archive::Action::Allow => 0,
+        custos_archive::Action::Flag => 1,
+        custos_archive::Action::Redact => 2,
+        custos_archive::Action::Block => 3,
+    };
+    if rank(b) > rank(a) {
+        b
+    } else {
+        a
     }
 }
 
@@ -441,32 +685,77 @@ fn refuse(item: &Inspected<'_>, error_type: ErrorType, condition: &str, text: &s
     }
 }
 
-/// The stanza with its body and subject replaced by the redacted text; for a carbon, the
-/// forwarded message inside it.
-fn redact(root: &Element, carbon: bool, body: Option<&str>, subject: Option<&str>) -> Vec<u8> {
-    let mut stanza = root.clone();
-    let target = if carbon {
-        forwarded_message(&mut stanza)
-    } else {
+/// The stanza with every redacted text replaced: the primary body and subject, each
+/// other-language body and subject and out-of-band link by its own redacted form; the
+/// XHTML-IM alternative is removed (it would deliver the unredacted text beside the
+/// redacted one). For a believed carbon or replay the forwarded message is changed; a
+/// wrapper nobody vouches for loses its wrapped message.
+fn redact(
+    item: &Inspected<'_>,
+    c: &Content<'_>,
+    verdict: &Verdict,
+    delivered_extra: &[Option<String>],
+) -> Vec<u8> {
+    let mut replace: HashMap<(&str, Option<&str>, &str), &str> = HashMap::new();
+    let v = c.view;
+    if let (Some(orig), Some(new)) = (&v.body, &verdict.delivered_body) {
+        replace.insert(("body", None, orig.as_str()), new.as_str());
+    }
+    if let (Some(orig), Some(new)) = (&v.subject, &verdict.delivered_subject) {
+        replace.insert(("subject", None, orig.as_str()), new.as_str());
+    }
+    for (t, d) in c.extra.iter().zip(delivered_extra) {
+        if let Some(d) = d {
+            replace.insert(
+                (t.kind.as_str(), t.lang.as_deref(), t.text.as_str()),
+                d.as_str(),
+            );
+        }
+    }
+    let mut stanza = item.stanza.root.clone();
+    if c.forged_wrapper {
+        stanza.retain_children(|child| {
+            child.name != "sent" && child.name != "received" && child.name != "result"
+        });
+    }
+    let target = if c.via == Via::Direct {
         Some(&mut stanza)
+    } else {
+        forwarded_message(&mut stanza)
     };
     if let Some(message) = target {
         let ns = message.ns.clone();
-        for node in message.children.iter_mut() {
-            if let Node::Element(child) = node {
-                if child.ns != ns {
+        for child in message.children_mut() {
+            let kind = match (child.name.as_str(), child.ns == ns, child.ns.as_str()) {
+                ("body", true, _) => "body",
+                ("subject", true, _) => "subject",
+                ("x", false, crate::stanza::NS_OOB) => {
+                    for part in child.children_mut() {
+                        let kind = match part.name.as_str() {
+                            "url" => "oob-url",
+                            "desc" => "oob-desc",
+                            _ => continue,
+                        };
+                        let text = part.text();
+                        if let Some(new) = replace.get(&(kind, None, text.as_str())) {
+                            part.set_text(*new);
+                        }
+                    }
                     continue;
                 }
-                match (child.name.as_str(), body, subject) {
-                    ("body", Some(text), _) => child.set_text(text),
-                    ("subject", _, Some(text)) => child.set_text(text),
-                    _ => {}
-                }
+                _ => continue,
+            };
+            let text = child.text();
+            let lang = child.lang().map(str::to_owned);
+            // The primary text was recorded without its language; try both.
+            let new = replace
+                .get(&(kind, lang.as_deref(), text.as_str()))
+                .or_else(|| replace.get(&(kind, None, text.as_str())));
+            if let Some(new) = new {
+                child.set_text(*new);
             }
         }
-        // An HTML body (XEP-0071) would deliver the unredacted text beside the redacted one.
-        message
-            .retain_children(|c| c.name != "html" || c.ns != "http://jabber.org/protocol/xhtml-im");
+        message.retain_children(|c| c.name != "html" || c.ns != crate::stanza::NS_XHTML_IM);
     }
     let mut out = Vec::new();
     stanza.write_to(&mut out);
@@ -498,9 +787,10 @@ fn disclaimer(to: &str, text: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::xml::{parse_element, NsScope};
 
     #[test]
-    fn recent_messages_dedup_within_window_and_evict() {
+    fn recent_messages_remember_within_window_and_evict() {
         let mut r = RecentMessages::new(2, Duration::from_secs(60));
         let t = Instant::now();
         assert!(r.first_sighting(1, t));
@@ -509,11 +799,69 @@ mod tests {
         // Capacity 2: a third key evicts the oldest.
         assert!(r.first_sighting(3, t));
         assert!(r.first_sighting(1, t));
-        r.forget(1);
-        assert!(r.first_sighting(1, t));
         // Age: everything older than the window is forgotten.
         let mut r = RecentMessages::new(10, Duration::from_secs(1));
         assert!(r.first_sighting(7, t));
         assert!(r.first_sighting(7, t + Duration::from_secs(2)));
+    }
+
+    fn view(s: &str) -> StanzaView {
+        let mut scope = NsScope::new();
+        scope.declare(vec![(None, crate::stanza::NS_CLIENT.to_owned())]);
+        StanzaView::of(&parse_element(s, &scope).unwrap())
+    }
+
+    fn id_of(s: &str, direction: Direction) -> String {
+        let v = view(s);
+        let extra: Vec<(&str, Option<&str>, &str)> = v
+            .extra
+            .iter()
+            .map(|t| (t.kind.as_str(), t.lang.as_deref(), t.text.as_str()))
+            .collect();
+        identity(
+            &v,
+            direction,
+            v.body.as_deref(),
+            v.subject.as_deref(),
+            &extra,
+        )
+    }
+
+    #[test]
+    fn copies_share_an_identity_and_different_messages_do_not() {
+        let sent = id_of(
+            "<message from='alice@x/laptop' to='bob@x' type='chat' id='m1'><body>hi</body></message>",
+            Direction::Outbound,
+        );
+        // The recipient's copy: full JID as `to`, a server-stamped stanza-id added.
+        let received = id_of(
+            "<message from='alice@x/laptop' to='bob@x/phone' type='chat' id='m1'><body>hi</body>\
+             <stanza-id xmlns='urn:xmpp:sid:0' id='s' by='bob@x'/></message>",
+            Direction::Inbound,
+        );
+        assert_eq!(sent, received);
+        // Same id, other text: another message.
+        let reused = id_of(
+            "<message from='alice@x/laptop' to='bob@x' type='chat' id='m1'><body>other</body></message>",
+            Direction::Outbound,
+        );
+        assert_ne!(sent, reused);
+        // A text hidden in a second-language body makes another message too.
+        let hidden = id_of(
+            "<message from='alice@x/laptop' to='bob@x' type='chat' id='m1'><body>hi</body>\
+             <body xml:lang='de'>geheim</body></message>",
+            Direction::Outbound,
+        );
+        assert_ne!(sent, hidden);
+        // Group chat: the outbound message to the room and each echo from room/nick.
+        let to_room = id_of(
+            "<message from='alice@x/l' to='room@muc.x' type='groupchat' id='g1'><body>all</body></message>",
+            Direction::Outbound,
+        );
+        let echo = id_of(
+            "<message from='room@muc.x/alice' to='carol@x/c' type='groupchat' id='g1'><body>all</body></message>",
+            Direction::Inbound,
+        );
+        assert_eq!(to_room, echo);
     }
 }

@@ -24,13 +24,14 @@ use crate::conn::Conn;
 use crate::error::{ClientFault, SessionError, UpstreamFault};
 use crate::features::filter_features;
 use crate::framer::{Frame, Framer, Stanza};
-use crate::inspect::{Decision, Direction, Inspected, Inspector, SessionInfo};
+use crate::inspect::{Copy, Decision, Direction, Inspected, Inspector, SessionInfo};
 use crate::io::{read_frame, send, ReadError, READ_CHUNK};
 use crate::negotiation::ClientStream;
+use crate::relay_state::{Account, ClientStanza, RelayState, UpstreamEvent};
 use crate::session::Shared;
 use crate::sm::{self, SmCounter};
 use crate::stanza::{StanzaKind, StanzaView};
-use crate::stream::{self, HeaderAttrs, NS_BIND, NS_SASL, NS_SM, NS_STREAMS};
+use crate::stream::{self, HeaderAttrs, NS_SM, NS_STREAMS};
 
 /// How one relay direction ended.
 #[derive(Debug)]
@@ -108,7 +109,11 @@ pub(crate) struct Relay<'a, I> {
     /// Set by upstream→client right before forwarding SASL `<success/>`: the client's next
     /// bytes are a new stream header.
     client_restart: AtomicBool,
-    authenticated: AtomicBool,
+    /// Who the session has proven to be, and the other protocol decisions (no I/O).
+    state: std::sync::Mutex<RelayState>,
+    /// The upstream enabled resumable stream management: if the client's connection
+    /// drops, the upstream stream is left unclosed so the client can resume it.
+    sm_resumable: AtomicBool,
     client_finished: AtomicBool,
     upstream_finished: AtomicBool,
     /// Cancels the other direction once one has ended.
@@ -143,7 +148,8 @@ impl<'a, I: Inspector> Relay<'a, I> {
             stream,
             info: RwLock::new(info),
             client_restart: AtomicBool::new(false),
-            authenticated: AtomicBool::new(false),
+            state: std::sync::Mutex::new(RelayState::default()),
+            sm_resumable: AtomicBool::new(false),
             client_finished: AtomicBool::new(false),
             upstream_finished: AtomicBool::new(false),
             done: CancellationToken::new(),
@@ -220,11 +226,12 @@ impl<'a, I: Inspector> Relay<'a, I> {
         if let Some(id) = id {
             let to_client = self.client_w.lock().await.sm.clone();
             let to_upstream = self.upstream_w.lock().await.sm.clone();
+            let jid = self.snapshot().jid;
             self.shared
                 .resumable
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .store(id, to_client, to_upstream, Instant::now());
+                .store(id, to_client, to_upstream, jid, Instant::now());
         }
     }
 
@@ -254,12 +261,18 @@ impl<'a, I: Inspector> Relay<'a, I> {
                     if let Some(id) = root.attr("id") {
                         *self.sm_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.to_owned());
                     }
+                    if matches!(root.attr("resume"), Some("true" | "1")) {
+                        self.sm_resumable.store(true, Ordering::Release);
+                    }
                 }
                 let mut leg = to_peer.lock().await;
                 leg.write(&stanza.raw, Counted::No).await?;
                 leg.sm.start();
                 return Ok(true);
             }
+            // The request's `h` is in the old session's numbering, so its counters are
+            // used from here on; the detached session itself (its account) is claimed
+            // only when the server answers `<resumed/>`.
             ("resume", true) => {
                 if let Some(id) = root.attr("previd") {
                     let previous = self
@@ -267,12 +280,17 @@ impl<'a, I: Inspector> Relay<'a, I> {
                         .resumable
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .take(id);
-                    if let Some((to_client, to_upstream)) = previous {
-                        self.client_w.lock().await.sm = to_client;
-                        self.upstream_w.lock().await.sm = to_upstream;
+                        .peek(id);
+                    if let Some(d) = previous {
+                        self.client_w.lock().await.sm = d.to_client;
+                        self.upstream_w.lock().await.sm = d.to_upstream;
                     }
+                }
+            }
+            ("resumed", false) => {
+                if let Some(id) = root.attr("previd") {
                     *self.sm_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.to_owned());
+                    self.sm_resumable.store(true, Ordering::Release);
                 }
             }
             _ => {}
@@ -305,7 +323,14 @@ impl<'a, I: Inspector> Relay<'a, I> {
     async fn client_to_upstream(&self, mut reader: ReadHalf<Conn>, mut framer: Framer) -> Ended {
         let ended = self.client_loop(&mut reader, &mut framer).await;
         match &ended {
-            Ended::ClientClosedStream | Ended::ClientGone => self.finish_upstream().await,
+            Ended::ClientClosedStream => self.finish_upstream().await,
+            // A dropped connection on a resumable session: the server must see the TCP
+            // close without `</stream:stream>`, or it ends the session and the client's
+            // `<resume/>` fails (XEP-0198 §5).
+            Ended::ClientGone if self.sm_resumable.load(Ordering::Acquire) => {
+                self.upstream_finished.store(true, Ordering::Release);
+            }
+            Ended::ClientGone => self.finish_upstream().await,
             Ended::Shutdown => {
                 let err = SessionError::Shutdown;
                 if let Some((condition, text)) = err.client_condition() {
@@ -338,7 +363,7 @@ impl<'a, I: Inspector> Relay<'a, I> {
         let auth_deadline = Instant::now() + limits.auth_timeout;
         loop {
             // Until SASL succeeds a client gets a bounded time; afterwards idling is normal.
-            let timeout = if self.authenticated.load(Ordering::Acquire) {
+            let timeout = if self.lock_state().authenticated() {
                 None
             } else {
                 Some(auth_deadline.saturating_duration_since(Instant::now()))
@@ -433,29 +458,50 @@ impl<'a, I: Inspector> Relay<'a, I> {
                 Frame::StreamEnd(_) => return Ended::UpstreamClosedStream,
                 Frame::Stanza(stanza) => {
                     let root = &stanza.root;
-                    if root.ns == NS_SASL && root.name == "success" {
-                        // Both streams restart after SASL success (RFC 6120 §6.4.6): the
-                        // flag must be up before the client can see <success/>.
-                        self.client_restart.store(true, Ordering::Release);
-                        self.authenticated.store(true, Ordering::Release);
-                        framer.restart();
-                        self.to_client(&stanza.raw).await
-                    } else if root.ns == NS_STREAMS && root.name == "features" {
-                        let mut features = stanza.root;
-                        if filter_features(&mut features) {
-                            let mut out = Vec::with_capacity(stanza.raw.len());
-                            features.write_to(&mut out);
-                            self.to_client(&out).await
-                        } else {
+                    let event = self.lock_state().upstream_element(root);
+                    match event {
+                        UpstreamEvent::AuthSucceeded => {
+                            // Both streams restart after SASL success (RFC 6120 §6.4.6):
+                            // the flag must be up before the client can see <success/>.
+                            self.client_restart.store(true, Ordering::Release);
+                            framer.restart();
                             self.to_client(&stanza.raw).await
                         }
-                    } else {
-                        let bound = self.learn_jid(&stanza);
-                        let relayed = self.relay_stanza(Direction::Inbound, stanza).await;
-                        if bound {
-                            self.shared.inspector.session_bound(&self.snapshot()).await;
+                        _ if root.ns == NS_STREAMS && root.name == "features" => {
+                            let mut features = stanza.root;
+                            if filter_features(&mut features) {
+                                let mut out = Vec::with_capacity(stanza.raw.len());
+                                features.write_to(&mut out);
+                                self.to_client(&out).await
+                            } else {
+                                self.to_client(&stanza.raw).await
+                            }
                         }
-                        relayed
+                        UpstreamEvent::Bound(account) => {
+                            self.learn_account(&account);
+                            let relayed = self.relay_stanza(Direction::Inbound, stanza).await;
+                            self.shared.inspector.session_bound(&self.snapshot()).await;
+                            relayed
+                        }
+                        UpstreamEvent::Resumed { previd } => {
+                            let detached = self
+                                .shared
+                                .resumable
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .take(&previd);
+                            let account = detached.and_then(|d| d.jid).map(|jid| Account { jid });
+                            match self.lock_state().resumed(account) {
+                                Some(account) => self.learn_account(&account),
+                                None => warn!("session resumed whose account this proxy never saw bound; its stanzas are refused"),
+                            }
+                            self.relay_stanza(Direction::Inbound, stanza).await
+                        }
+                        UpstreamEvent::UnsolicitedBind => {
+                            warn!("ignored a bind result that answers no bind request of this session");
+                            self.relay_stanza(Direction::Inbound, stanza).await
+                        }
+                        UpstreamEvent::Relay => self.relay_stanza(Direction::Inbound, stanza).await,
                     }
                 }
             };
@@ -465,28 +511,18 @@ impl<'a, I: Inspector> Relay<'a, I> {
         }
     }
 
-    /// The session's full JID comes from the resource-binding result (RFC 6120 §7.6.1).
-    fn learn_jid(&self, stanza: &Stanza) -> bool {
-        let root = &stanza.root;
-        if root.name != "iq" || root.attr("type") != Some("result") {
-            return false;
-        }
-        let Some(jid) = root
-            .child("bind", NS_BIND)
-            .and_then(|b| b.children().find(|c| c.name == "jid"))
-        else {
-            return false;
-        };
-        let jid = jid.text().trim().to_owned();
-        if jid.is_empty() {
-            return false;
-        }
-        tracing::Span::current().record("jid", jid.as_str());
-        info!(jid = %jid, "resource bound");
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, RelayState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The session's account is proven: the upstream answered this session's own bind
+    /// request (RFC 6120 §7.6.1) or resumed a session bound through this proxy.
+    fn learn_account(&self, account: &Account) {
+        tracing::Span::current().record("jid", account.jid.as_str());
+        info!(jid = %account.jid, "resource bound");
         if let Ok(mut info) = self.info.write() {
-            info.jid = Some(jid);
+            info.jid = Some(account.jid.clone());
         }
-        true
     }
 
     async fn relay_stanza(&self, direction: Direction, stanza: Stanza) -> Result<(), Ended> {
@@ -496,6 +532,9 @@ impl<'a, I: Inspector> Relay<'a, I> {
         };
         let mut view = StanzaView::of(&stanza.root);
         if view.kind == StanzaKind::Nonza {
+            if direction == Direction::Outbound {
+                self.lock_state().client_nonza(&stanza.root);
+            }
             // Stream-level elements (SASL exchanges, stream management) pass unlogged:
             // SASL payloads carry credentials. Only XEP-0198 counts are rewritten.
             if self.stream_management(direction, &stanza).await? {
@@ -503,6 +542,32 @@ impl<'a, I: Inspector> Relay<'a, I> {
             }
             return to_peer.lock().await.write(&stanza.raw, Counted::No).await;
         }
+        let (copy, claimed_from) = match direction {
+            Direction::Outbound => {
+                let decision = self.lock_state().client_stanza(&stanza.root, &view);
+                match decision {
+                    ClientStanza::NotAuthorized => {
+                        return Err(Ended::Failed(
+                            ClientFault::NotAuthorized(stanza.root.name.clone()).into(),
+                        ));
+                    }
+                    ClientStanza::PassBindRequest => {
+                        return to_peer
+                            .lock()
+                            .await
+                            .write(&stanza.raw, Counted::Forwarded)
+                            .await;
+                    }
+                    ClientStanza::InvalidFrom { claimed, .. } => (Copy::Direct, Some(claimed)),
+                    // A client never relays the server's carbons or archive results.
+                    ClientStanza::Inspect(_) if view.forwarded.is_some() => {
+                        (Copy::ForgedWrapper, None)
+                    }
+                    ClientStanza::Inspect(_) => (Copy::Direct, None),
+                }
+            }
+            Direction::Inbound => (self.lock_state().upstream_copy(&view), None),
+        };
         let info = self.snapshot();
         fill_addresses(&mut view, direction, info.jid.as_deref());
         let outcome = self
@@ -513,8 +578,21 @@ impl<'a, I: Inspector> Relay<'a, I> {
                 session: &info,
                 view: &view,
                 stanza: &stanza,
+                copy,
+                claimed_from: claimed_from.as_deref(),
             })
             .await;
+        if let Some(claimed) = claimed_from {
+            // Nothing of the stanza is delivered; the attempt is on the record.
+            to_peer.lock().await.sm.dropped();
+            return Err(Ended::Failed(
+                ClientFault::InvalidFrom {
+                    claimed,
+                    account: info.jid.unwrap_or_default(),
+                }
+                .into(),
+            ));
+        }
         // Injected stanzas go first: a recording notice should reach the external party
         // before the message it is about.
         for bytes in &outcome.inject.to_client {
@@ -561,13 +639,15 @@ impl<'a, I: Inspector> Relay<'a, I> {
     }
 }
 
-/// Fills in the addresses the wire leaves implicit (RFC 6120 §8.1.2.1 and §10.3).
+/// Fills in the addresses the wire leaves implicit (RFC 6120 §8.1.2.1 and §10.3). A
+/// client's stanza is from its session's proven JID whatever it wrote (a `from` that is
+/// not its own never gets this far).
 pub(crate) fn fill_addresses(view: &mut StanzaView, direction: Direction, jid: Option<&str>) {
     let Some(jid) = jid else { return };
     let bare = jid.split('/').next().unwrap_or(jid);
     match direction {
         Direction::Outbound => {
-            view.from.get_or_insert_with(|| jid.to_owned());
+            view.from = Some(jid.to_owned());
             view.to.get_or_insert_with(|| bare.to_owned());
         }
         Direction::Inbound => {

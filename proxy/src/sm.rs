@@ -91,10 +91,20 @@ pub fn format_h(h: u64) -> String {
     ((h % (1u64 << 32)) as u32).to_string()
 }
 
-/// Counters of sessions that may be resumed, by stream management id.
+/// Counters and proven account of sessions that may be resumed, by stream management id.
 #[derive(Debug, Default)]
 pub struct Resumable {
-    entries: HashMap<String, (SmCounter, SmCounter, Instant)>,
+    entries: HashMap<String, Detached>,
+}
+
+/// What a detached session leaves for its resumption.
+#[derive(Debug, Clone)]
+pub struct Detached {
+    pub to_client: SmCounter,
+    pub to_upstream: SmCounter,
+    /// The full JID the session had proven; a resumed session is the same account.
+    pub jid: Option<String>,
+    at: Instant,
 }
 
 /// How long a detached session's counters are kept for a resumption.
@@ -102,24 +112,40 @@ pub const RESUME_WINDOW: Duration = Duration::from_secs(900);
 const MAX_RESUMABLE: usize = 100_000;
 
 impl Resumable {
-    /// Keeps `(to_client, to_upstream)` counters for `id`.
+    /// Keeps `(to_client, to_upstream)` counters and the proven JID for `id`.
     pub fn store(
         &mut self,
         id: String,
         to_client: SmCounter,
         to_upstream: SmCounter,
+        jid: Option<String>,
         now: Instant,
     ) {
         self.entries
-            .retain(|_, (_, _, at)| now.duration_since(*at) < RESUME_WINDOW);
+            .retain(|_, d| now.duration_since(d.at) < RESUME_WINDOW);
         if self.entries.len() >= MAX_RESUMABLE {
             return;
         }
-        self.entries.insert(id, (to_client, to_upstream, now));
+        self.entries.insert(
+            id,
+            Detached {
+                to_client,
+                to_upstream,
+                jid,
+                at: now,
+            },
+        );
     }
 
-    pub fn take(&mut self, id: &str) -> Option<(SmCounter, SmCounter)> {
-        self.entries.remove(id).map(|(c, u, _)| (c, u))
+    /// A copy of what `id` left, without claiming it: a `<resume/>` is only a request,
+    /// which the server may refuse (another user naming someone else's id, say).
+    pub fn peek(&self, id: &str) -> Option<Detached> {
+        self.entries.get(id).cloned()
+    }
+
+    /// Claims what `id` left, once the server has resumed it.
+    pub fn take(&mut self, id: &str) -> Option<Detached> {
+        self.entries.remove(id)
     }
 }
 
@@ -206,15 +232,26 @@ mod tests {
     fn resumable_counters_expire() {
         let mut r = Resumable::default();
         let t = Instant::now();
-        r.store("a".into(), SmCounter::default(), SmCounter::default(), t);
+        r.store(
+            "a".into(),
+            SmCounter::default(),
+            SmCounter::default(),
+            None,
+            t,
+        );
         r.store(
             "b".into(),
             SmCounter::default(),
             SmCounter::default(),
+            Some("alice@x/r".into()),
             t + RESUME_WINDOW * 2,
         );
         assert!(r.take("a").is_none(), "expired entries are pruned");
-        assert!(r.take("b").is_some());
+        assert!(r.peek("b").is_some());
+        assert_eq!(
+            r.take("b").and_then(|d| d.jid).as_deref(),
+            Some("alice@x/r")
+        );
         assert!(r.take("b").is_none(), "taken once");
     }
 }

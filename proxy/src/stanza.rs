@@ -25,6 +25,39 @@ pub const NS_CARBONS: &str = "urn:xmpp:carbons:2";
 pub const NS_MAM: &str = "urn:xmpp:mam:2";
 pub const NS_FORWARD: &str = "urn:xmpp:forward:0";
 pub const NS_DELAY: &str = "urn:xmpp:delay";
+pub const NS_XHTML_IM: &str = "http://jabber.org/protocol/xhtml-im";
+pub const NS_XHTML: &str = "http://www.w3.org/1999/xhtml";
+pub const NS_OOB: &str = "jabber:x:oob";
+pub const NS_CORRECT: &str = "urn:xmpp:message-correct:0";
+pub const NS_RETRACT: &str = "urn:xmpp:message-retract:1";
+pub const NS_RETRACT_0: &str = "urn:xmpp:message-retract:0";
+pub const NS_FASTEN: &str = "urn:xmpp:fasten:0";
+pub const NS_MODERATE: &str = "urn:xmpp:message-moderate:1";
+pub const NS_MODERATE_0: &str = "urn:xmpp:message-moderate:0";
+
+/// Content a client may show besides (or instead of) the primary body and
+/// subject: every other `xml:lang` body and subject, the XHTML-IM text, and
+/// out-of-band links. An insider can hide text in any of these, so all of it
+/// is scanned and archived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraText {
+    /// `body`, `subject`, `xhtml`, `oob-url`, `oob-desc`; `forwarded-…` for the
+    /// same inside a wrapper that is not believed.
+    pub kind: String,
+    pub lang: Option<String>,
+    pub text: String,
+}
+
+/// How a message changes an earlier one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EditKind {
+    /// XEP-0308.
+    Correction,
+    /// XEP-0424.
+    Retraction,
+    /// XEP-0425.
+    Moderation,
+}
 
 /// What a top-level element is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +126,10 @@ pub struct StanzaView {
     pub stanza_ids: Vec<(String, String)>,
     pub e2ee: Option<E2ee>,
     pub forwarded: Option<Forwarded>,
+    /// Content besides the primary body and subject.
+    pub extra: Vec<ExtraText>,
+    /// A correction, retraction or moderation, with the id of the message it changes.
+    pub edit: Option<(EditKind, String)>,
 }
 
 impl StanzaView {
@@ -139,7 +176,29 @@ impl StanzaView {
             } else {
                 None
             },
+            extra: if kind == StanzaKind::Message {
+                extra_texts(el)
+            } else {
+                Vec::new()
+            },
+            edit: if kind == StanzaKind::Message {
+                edit(el)
+            } else {
+                None
+            },
         }
+    }
+
+    /// True for a message that carries something a person reads or that changes
+    /// what they read: a body or subject in any language, other displayable text,
+    /// an end-to-end-encrypted payload, or a correction or retraction.
+    pub fn has_content(&self) -> bool {
+        self.kind == StanzaKind::Message
+            && (self.body.is_some()
+                || self.subject.is_some()
+                || self.e2ee.is_some()
+                || !self.extra.is_empty()
+                || self.edit.is_some())
     }
 
     /// True for a message that carries a copy of another message.
@@ -158,6 +217,80 @@ fn localized_child(el: &Element, name: &str) -> Option<String> {
     }
     let chosen = candidates.find(|c| c.lang().is_none()).unwrap_or(first);
     Some(chosen.text())
+}
+
+/// Every displayable text but the primary body and subject (those the view holds).
+fn extra_texts(el: &Element) -> Vec<ExtraText> {
+    let mut out = Vec::new();
+    for name in ["body", "subject"] {
+        let all: Vec<&Element> = el.children().filter(|c| c.is(name, &el.ns)).collect();
+        // The primary one is the one `localized_child` picked: skip exactly that one.
+        let primary = all.iter().position(|c| c.lang().is_none()).unwrap_or(0);
+        for (i, c) in all.iter().enumerate() {
+            if i != primary {
+                out.push(ExtraText {
+                    kind: name.to_owned(),
+                    lang: c.lang().map(str::to_owned),
+                    text: c.text(),
+                });
+            }
+        }
+    }
+    if let Some(html) = el.child("html", NS_XHTML_IM) {
+        for body in html.children().filter(|c| c.is("body", NS_XHTML)) {
+            let text = body.deep_text();
+            let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            if !text.is_empty() {
+                out.push(ExtraText {
+                    kind: "xhtml".into(),
+                    lang: body.lang().map(str::to_owned),
+                    text,
+                });
+            }
+        }
+    }
+    for x in el.children().filter(|c| c.is("x", NS_OOB)) {
+        for (child, kind) in [("url", "oob-url"), ("desc", "oob-desc")] {
+            if let Some(c) = x.child(child, NS_OOB) {
+                out.push(ExtraText {
+                    kind: kind.into(),
+                    lang: None,
+                    text: c.text(),
+                });
+            }
+        }
+    }
+    out
+}
+
+fn edit(el: &Element) -> Option<(EditKind, String)> {
+    for child in el.children() {
+        let id = || child.attr("id").map(str::to_owned);
+        match (child.name.as_str(), child.ns.as_str()) {
+            ("replace", NS_CORRECT) => return id().map(|i| (EditKind::Correction, i)),
+            ("retract", NS_RETRACT) => {
+                let kind = if child.child("moderated", NS_MODERATE).is_some() {
+                    EditKind::Moderation
+                } else {
+                    EditKind::Retraction
+                };
+                return id().map(|i| (kind, i));
+            }
+            // The earlier wire forms: XEP-0422 fastening around the change.
+            ("apply-to", NS_FASTEN) => {
+                let kind = if child.child("moderated", NS_MODERATE_0).is_some() {
+                    EditKind::Moderation
+                } else if child.child("retract", NS_RETRACT_0).is_some() {
+                    EditKind::Retraction
+                } else {
+                    continue;
+                };
+                return id().map(|i| (kind, i));
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 fn e2ee(el: &Element, body: Option<&str>) -> Option<E2ee> {
@@ -267,6 +400,67 @@ mod tests {
         assert_eq!(v.body.as_deref(), Some("a"));
         let v = view("<message><body xmlns='urn:x'>foreign</body></message>")?;
         assert_eq!(v.body, None);
+        Ok(())
+    }
+
+    #[test]
+    fn every_displayable_text_is_kept() -> Result<(), FrameError> {
+        let v = view(
+            "<message><body>decoy</body><body xml:lang='de'>geheim 4111</body>\
+             <subject xml:lang='fr'>sujet</subject>\
+             <html xmlns='http://jabber.org/protocol/xhtml-im'><body xmlns='http://www.w3.org/1999/xhtml'>\
+             <p>rich<b>text</b></p></body></html>\
+             <x xmlns='jabber:x:oob'><url>https://files.example/leak.pdf</url><desc>the deal</desc></x>\
+             </message>",
+        )?;
+        assert_eq!(v.body.as_deref(), Some("decoy"));
+        // The only subject is the primary one, whatever its language.
+        assert_eq!(v.subject.as_deref(), Some("sujet"));
+        let got: Vec<(&str, Option<&str>, &str)> = v
+            .extra
+            .iter()
+            .map(|t| (t.kind.as_str(), t.lang.as_deref(), t.text.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("body", Some("de"), "geheim 4111"),
+                ("xhtml", None, "rich text"),
+                ("oob-url", None, "https://files.example/leak.pdf"),
+                ("oob-desc", None, "the deal"),
+            ]
+        );
+        assert!(v.has_content());
+        // XHTML alone is content.
+        let v = view(
+            "<message><html xmlns='http://jabber.org/protocol/xhtml-im'>\
+             <body xmlns='http://www.w3.org/1999/xhtml'>only here</body></html></message>",
+        )?;
+        assert!(v.has_content());
+        assert!(!view(
+            "<message><active xmlns='http://jabber.org/protocol/chatstates'/></message>"
+        )?
+        .has_content());
+        Ok(())
+    }
+
+    #[test]
+    fn corrections_retractions_and_moderation() -> Result<(), FrameError> {
+        let v = view("<message><body>fixed</body><replace xmlns='urn:xmpp:message-correct:0' id='m1'/></message>")?;
+        assert_eq!(v.edit, Some((EditKind::Correction, "m1".into())));
+        let v = view("<message><retract xmlns='urn:xmpp:message-retract:1' id='m2'/></message>")?;
+        assert_eq!(v.edit, Some((EditKind::Retraction, "m2".into())));
+        assert!(v.has_content());
+        let v = view(
+            "<message><retract xmlns='urn:xmpp:message-retract:1' id='s3'>\
+             <moderated xmlns='urn:xmpp:message-moderate:1' by='room@muc/mod'/></retract></message>",
+        )?;
+        assert_eq!(v.edit, Some((EditKind::Moderation, "s3".into())));
+        let v = view(
+            "<message><apply-to xmlns='urn:xmpp:fasten:0' id='m4'>\
+             <retract xmlns='urn:xmpp:message-retract:0'/></apply-to></message>",
+        )?;
+        assert_eq!(v.edit, Some((EditKind::Retraction, "m4".into())));
         Ok(())
     }
 

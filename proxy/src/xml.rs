@@ -150,6 +150,26 @@ impl Element {
         out
     }
 
+    /// All text content, descendants' included, in document order; element
+    /// boundaries become a space so words of adjacent elements stay apart.
+    pub fn deep_text(&self) -> String {
+        fn walk(el: &Element, out: &mut String) {
+            for node in &el.children {
+                match node {
+                    Node::Text(t) => out.push_str(t),
+                    Node::Element(e) => {
+                        out.push(' ');
+                        walk(e, out);
+                        out.push(' ');
+                    }
+                }
+            }
+        }
+        let mut out = String::new();
+        walk(self, &mut out);
+        out
+    }
+
     /// Keeps the child elements for which `keep` returns true; text is kept.
     pub fn retain_children(&mut self, mut keep: impl FnMut(&Element) -> bool) {
         self.children.retain(|n| match n {

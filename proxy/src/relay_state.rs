@@ -1,0 +1,527 @@
+//! The relay's protocol decisions, without I/O: who the session has proven to be, what a
+//! client may send before that, which `from` it may write, and which wrappers (carbons,
+//! archive query results) the server vouches for. The relay feeds it each stanza and acts
+//! on the answer; tests drive it with elements alone.
+//!
+//! ```text
+//!   ExpectAuth ──upstream <success/>──▶ ExpectBind ──upstream bind result (our request's id)──▶ Bound
+//!                                          └──────upstream <resumed previd> (our request)────────┘
+//!   client stanza before Bound ─▶ not-authorized (the bind request itself excepted)
+//!   client stanza in Bound      ─▶ from must be the session's JID, else invalid-from
+//!   upstream message            ─▶ Direct | a believed carbon / archive result | ForgedWrapper
+//! ```
+//!
+//! Identity is what the upstream answered to *this session's own* requests, never what
+//! either peer wrote elsewhere: a bind result that answers no bind request of ours (another
+//! user can route an iq result to any full JID) changes nothing.
+
+use std::collections::VecDeque;
+
+use crate::stanza::{ForwardKind, StanzaKind, StanzaView};
+use crate::stream::{NS_BIND, NS_SASL, NS_SM};
+use crate::xml::Element;
+
+pub const NS_MAM: &str = crate::stanza::NS_MAM;
+
+/// A session's proven account: the full JID the upstream bound or resumed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub jid: String,
+}
+
+impl Account {
+    pub fn bare(&self) -> &str {
+        bare(&self.jid)
+    }
+}
+
+/// Waiting for SASL to succeed: only stream-level elements pass.
+#[derive(Debug, Default)]
+pub struct ExpectAuth;
+
+/// Authenticated, not yet bound: the client's bind (or resume) request is the only
+/// stanza that passes; the upstream's answer to it proves the JID.
+#[derive(Debug, Default)]
+pub struct ExpectBind {
+    bind_request: Option<String>,
+    resume_request: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Bound {
+    account: Account,
+}
+
+#[derive(Debug)]
+pub enum Identity {
+    ExpectAuth(ExpectAuth),
+    ExpectBind(ExpectBind),
+    Bound(Bound),
+}
+
+/// What to do with a stanza (message, presence, iq) from the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientStanza {
+    /// Inspect it as sent by this account, then act on the outcome.
+    Inspect(Account),
+    /// Forward it uninspected: the bind request, which carries no content.
+    PassBindRequest,
+    /// Before authentication and bind a server would refuse it too (RFC 6120 §6.4.6,
+    /// §7.1): end the stream with `<not-authorized/>`; nothing is forwarded or archived.
+    NotAuthorized,
+    /// The client wrote a `from` that is not its session's JID (RFC 6120 §4.9.3.9,
+    /// §8.1.2.1): archive the attempt under the proven account, forward nothing, and end
+    /// the stream with `<invalid-from/>`.
+    InvalidFrom { account: Account, claimed: String },
+}
+
+/// What a server-to-client message is, as far as the server vouches for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Copy {
+    /// The stanza itself; any wrapper inside it is believed.
+    Direct,
+    /// A carbon from the user's own account.
+    CarbonSent,
+    CarbonReceived,
+    /// An archive query result answering a query this session sent.
+    Mam,
+    /// A carbon or archive-result wrapper that nobody vouches for (from another
+    /// address, or answering no query of ours): an ordinary message from its real
+    /// sender, whose wrapped content is scanned and kept as its own.
+    ForgedWrapper,
+}
+
+/// What the relay must do about a stanza from the upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamEvent {
+    /// Nothing special: relay it.
+    Relay,
+    /// SASL `<success/>`: both streams restart (RFC 6120 §6.4.6).
+    AuthSucceeded,
+    /// The answer to our bind request: this is the session's account from now on.
+    Bound(Account),
+    /// `<resumed/>` answering our `<resume previd>`: the caller looks the detached
+    /// session's account up by `previd` and calls [`RelayState::resumed`].
+    Resumed { previd: String },
+    /// A bind result that answers no request of this session: ignored (and logged).
+    UnsolicitedBind,
+}
+
+/// Pending XEP-0313 queries of this session: `queryid` → the archive queried.
+#[derive(Debug, Default)]
+struct MamQueries {
+    /// (iq id, query id, archive JID as bare, lowercased), oldest first.
+    pending: VecDeque<(String, String, String)>,
+}
+
+/// A client can have this many archive queries outstanding; past it the oldest is
+/// forgotten (its late results are then not believed: recorded and flagged, not lost).
+const MAX_MAM_QUERIES: usize = 32;
+
+impl MamQueries {
+    fn add(&mut self, iq_id: String, query_id: String, archive: String) {
+        if self.pending.len() >= MAX_MAM_QUERIES {
+            self.pending.pop_front();
+        }
+        self.pending.push_back((iq_id, query_id, archive));
+    }
+
+    fn answers(&self, query_id: &str, from_bare: &str) -> bool {
+        self.pending
+            .iter()
+            .any(|(_, q, archive)| q == query_id && archive == from_bare)
+    }
+
+    fn finished(&mut self, iq_id: &str) {
+        self.pending.retain(|(id, _, _)| id != iq_id);
+    }
+}
+
+#[derive(Debug)]
+pub struct RelayState {
+    identity: Identity,
+    mam: MamQueries,
+}
+
+impl Default for RelayState {
+    fn default() -> Self {
+        RelayState {
+            identity: Identity::ExpectAuth(ExpectAuth),
+            mam: MamQueries::default(),
+        }
+    }
+}
+
+impl RelayState {
+    pub fn account(&self) -> Option<&Account> {
+        match &self.identity {
+            Identity::Bound(b) => Some(&b.account),
+            _ => None,
+        }
+    }
+
+    pub fn authenticated(&self) -> bool {
+        !matches!(self.identity, Identity::ExpectAuth(_))
+    }
+
+    /// A stream-level element from the client: only `<resume previd>` matters here.
+    pub fn client_nonza(&mut self, el: &Element) {
+        if el.ns == NS_SM && el.name == "resume" {
+            if let (Identity::ExpectBind(e), Some(previd)) = (&mut self.identity, el.attr("previd"))
+            {
+                e.resume_request = Some(previd.to_owned());
+            }
+        }
+    }
+
+    /// A stanza from the client.
+    pub fn client_stanza(&mut self, el: &Element, view: &StanzaView) -> ClientStanza {
+        match &mut self.identity {
+            Identity::ExpectAuth(_) => ClientStanza::NotAuthorized,
+            Identity::ExpectBind(e) => {
+                let bind_request = view.kind == StanzaKind::Iq
+                    && view.stanza_type.as_deref() == Some("set")
+                    && el.child("bind", NS_BIND).is_some();
+                match (bind_request, &view.id) {
+                    (true, Some(id)) => {
+                        e.bind_request = Some(id.clone());
+                        ClientStanza::PassBindRequest
+                    }
+                    _ => ClientStanza::NotAuthorized,
+                }
+            }
+            Identity::Bound(b) => {
+                let account = b.account.clone();
+                if let Some(claimed) = view.from.as_deref() {
+                    if !same_sender(claimed, &account.jid) {
+                        return ClientStanza::InvalidFrom {
+                            account,
+                            claimed: claimed.to_owned(),
+                        };
+                    }
+                }
+                self.note_mam_query(el, view, &account);
+                ClientStanza::Inspect(account)
+            }
+        }
+    }
+
+    fn note_mam_query(&mut self, el: &Element, view: &StanzaView, account: &Account) {
+        if view.kind != StanzaKind::Iq || view.stanza_type.as_deref() != Some("set") {
+            return;
+        }
+        let (Some(query), Some(iq_id)) = (el.child("query", NS_MAM), &view.id) else {
+            return;
+        };
+        let Some(query_id) = query.attr("queryid") else {
+            return;
+        };
+        // A query without `to` asks the user's own archive (XEP-0313 §4).
+        let archive = view.to.as_deref().map_or(account.bare(), bare);
+        self.mam
+            .add(iq_id.clone(), query_id.to_owned(), normalize(archive));
+    }
+
+    /// A top-level element from the upstream, before it is relayed.
+    pub fn upstream_element(&mut self, el: &Element) -> UpstreamEvent {
+        if el.ns == NS_SASL && el.name == "success" {
+            if let Identity::ExpectAuth(_) = self.identity {
+                self.identity = Identity::ExpectBind(ExpectBind::default());
+            }
+            return UpstreamEvent::AuthSucceeded;
+        }
+        if el.ns == NS_SM {
+            if let Identity::ExpectBind(e) = &mut self.identity {
+                match (el.name.as_str(), el.attr("previd")) {
+                    ("resumed", Some(previd)) if e.resume_request.as_deref() == Some(previd) => {
+                        return UpstreamEvent::Resumed {
+                            previd: previd.to_owned(),
+                        };
+                    }
+                    ("failed", _) => e.resume_request = None,
+                    _ => {}
+                }
+            }
+            return UpstreamEvent::Relay;
+        }
+        if el.name != "iq" {
+            return UpstreamEvent::Relay;
+        }
+        let (id, kind) = (el.attr("id"), el.attr("type"));
+        if let Some(id) = id {
+            if matches!(kind, Some("result" | "error")) {
+                self.mam.finished(id);
+            }
+        }
+        let bind_jid = el
+            .child("bind", NS_BIND)
+            .and_then(|b| b.children().find(|c| c.name == "jid"))
+            .map(|j| j.text().trim().to_owned())
+            .filter(|j| !j.is_empty());
+        match &mut self.identity {
+            Identity::ExpectBind(e) if id.is_some() && e.bind_request.as_deref() == id => {
+                match (kind, bind_jid) {
+                    (Some("result"), Some(jid)) => {
+                        let account = Account { jid };
+                        self.identity = Identity::Bound(Bound {
+                            account: account.clone(),
+                        });
+                        UpstreamEvent::Bound(account)
+                    }
+                    _ => {
+                        e.bind_request = None;
+                        UpstreamEvent::Relay
+                    }
+                }
+            }
+            _ if bind_jid.is_some() && kind == Some("result") => UpstreamEvent::UnsolicitedBind,
+            _ => UpstreamEvent::Relay,
+        }
+    }
+
+    /// The upstream resumed the session `previd` named; `account` is what that session
+    /// had proven (kept with its stream management counters). Without it (the detached
+    /// session was never bound through this proxy) the session stays unbound.
+    pub fn resumed(&mut self, account: Option<Account>) -> Option<Account> {
+        let account = account?;
+        self.identity = Identity::Bound(Bound {
+            account: account.clone(),
+        });
+        Some(account)
+    }
+
+    /// How far the server vouches for a message it sends this session.
+    pub fn upstream_copy(&self, view: &StanzaView) -> Copy {
+        let Some(fwd) = &view.forwarded else {
+            return Copy::Direct;
+        };
+        let Some(account) = self.account() else {
+            return Copy::ForgedWrapper;
+        };
+        // A missing `from` is the user's own account (RFC 6120 §8.1.2.1). Carbons and
+        // archive results come from a bare JID; one with a resource is some client's
+        // message (another resource of the same account could forge the inner sender).
+        let from = view.from.as_deref().unwrap_or(account.bare());
+        if split(from).1.is_some() {
+            return Copy::ForgedWrapper;
+        }
+        let from = normalize(from);
+        let own = from == normalize(account.bare());
+        match &fwd.kind {
+            ForwardKind::CarbonSent if own => Copy::CarbonSent,
+            ForwardKind::CarbonReceived if own => Copy::CarbonReceived,
+            ForwardKind::MamResult {
+                query_id: Some(q), ..
+            } if self.mam.answers(q, &from) => Copy::Mam,
+            _ => Copy::ForgedWrapper,
+        }
+    }
+}
+
+/// A client may write its full JID or its bare JID as `from`; node and domain compare
+/// case-insensitively (their stringprep/PRECIS forms are lowercase), the resource exactly.
+fn same_sender(claimed: &str, jid: &str) -> bool {
+    let (c_bare, c_res) = split(claimed.trim());
+    let (j_bare, j_res) = split(jid);
+    normalize(c_bare) == normalize(j_bare) && (c_res.is_none() || c_res == j_res)
+}
+
+fn split(jid: &str) -> (&str, Option<&str>) {
+    match jid.split_once('/') {
+        Some((b, r)) => (b, Some(r)),
+        None => (jid, None),
+    }
+}
+
+pub fn bare(jid: &str) -> &str {
+    split(jid).0
+}
+
+fn normalize(bare: &str) -> String {
+    bare.to_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stanza::NS_CLIENT;
+    use crate::xml::{parse_element, NsScope};
+
+    fn el(s: &str) -> Element {
+        let mut scope = NsScope::new();
+        scope.declare(vec![(None, NS_CLIENT.to_owned())]);
+        parse_element(s, &scope).unwrap()
+    }
+
+    fn client(st: &mut RelayState, s: &str) -> ClientStanza {
+        let e = el(s);
+        let v = StanzaView::of(&e);
+        st.client_stanza(&e, &v)
+    }
+
+    const SUCCESS: &str = "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>";
+    const BIND_REQ: &str = "<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>r</resource></bind></iq>";
+    const BIND_RES: &str = "<iq type='result' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>alice@x/r</jid></bind></iq>";
+
+    fn bound() -> RelayState {
+        let mut st = RelayState::default();
+        st.upstream_element(&el(SUCCESS));
+        assert_eq!(client(&mut st, BIND_REQ), ClientStanza::PassBindRequest);
+        assert_eq!(
+            st.upstream_element(&el(BIND_RES)),
+            UpstreamEvent::Bound(Account {
+                jid: "alice@x/r".into()
+            })
+        );
+        st
+    }
+
+    #[test]
+    fn nothing_passes_before_auth_and_bind() {
+        let mut st = RelayState::default();
+        assert_eq!(
+            client(&mut st, "<message to='b@x'><body>hi</body></message>"),
+            ClientStanza::NotAuthorized
+        );
+        // A bind request before SASL success is refused too.
+        assert_eq!(client(&mut st, BIND_REQ), ClientStanza::NotAuthorized);
+        st.upstream_element(&el(SUCCESS));
+        assert!(st.authenticated());
+        assert_eq!(
+            client(&mut st, "<message to='b@x'><body>hi</body></message>"),
+            ClientStanza::NotAuthorized
+        );
+        assert_eq!(client(&mut st, "<presence/>"), ClientStanza::NotAuthorized);
+        assert_eq!(client(&mut st, BIND_REQ), ClientStanza::PassBindRequest);
+        assert_eq!(st.account(), None);
+    }
+
+    #[test]
+    fn the_jid_comes_only_from_the_answer_to_our_bind_request() {
+        let mut st = RelayState::default();
+        st.upstream_element(&el(SUCCESS));
+        client(&mut st, BIND_REQ);
+        // A bind result with another id (injected by another user) is not ours.
+        let injected = "<iq type='result' id='zz' from='eve@x/e'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>eve@x/e</jid></bind></iq>";
+        assert_eq!(
+            st.upstream_element(&el(injected)),
+            UpstreamEvent::UnsolicitedBind
+        );
+        assert_eq!(st.account(), None);
+        st.upstream_element(&el(BIND_RES));
+        assert_eq!(st.account().map(|a| a.jid.as_str()), Some("alice@x/r"));
+        // Once bound, a second bind result — even with our old id — changes nothing.
+        let again = "<iq type='result' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>eve@x/e</jid></bind></iq>";
+        assert_eq!(
+            st.upstream_element(&el(again)),
+            UpstreamEvent::UnsolicitedBind
+        );
+        assert_eq!(st.account().map(|a| a.jid.as_str()), Some("alice@x/r"));
+    }
+
+    #[test]
+    fn a_failed_bind_leaves_the_session_unbound() {
+        let mut st = RelayState::default();
+        st.upstream_element(&el(SUCCESS));
+        client(&mut st, BIND_REQ);
+        st.upstream_element(&el("<iq type='error' id='b1'><error type='cancel'><conflict xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"));
+        assert_eq!(st.account(), None);
+        assert_eq!(
+            st.upstream_element(&el(BIND_RES)),
+            UpstreamEvent::UnsolicitedBind
+        );
+    }
+
+    #[test]
+    fn a_forged_from_is_invalid_and_own_addresses_are_not() {
+        let mut st = bound();
+        assert_eq!(
+            client(
+                &mut st,
+                "<message from='bob@x/forged' to='c@x'><body>x</body></message>"
+            ),
+            ClientStanza::InvalidFrom {
+                account: Account {
+                    jid: "alice@x/r".into()
+                },
+                claimed: "bob@x/forged".into()
+            }
+        );
+        // Another resource of the same account is not this session either.
+        assert!(matches!(
+            client(
+                &mut st,
+                "<message from='alice@x/other'><body>x</body></message>"
+            ),
+            ClientStanza::InvalidFrom { .. }
+        ));
+        for ok in [
+            "<message to='c@x'><body>x</body></message>",
+            "<message from='alice@x/r' to='c@x'><body>x</body></message>",
+            "<message from='Alice@X' to='c@x'><body>x</body></message>",
+        ] {
+            assert!(
+                matches!(client(&mut st, ok), ClientStanza::Inspect(_)),
+                "{ok}"
+            );
+        }
+    }
+
+    #[test]
+    fn resumption_restores_the_account_only_when_the_upstream_resumes_our_request() {
+        let mut st = RelayState::default();
+        st.upstream_element(&el(SUCCESS));
+        // `<resumed>` for a previd the client never asked for is ignored.
+        let resumed = el("<resumed xmlns='urn:xmpp:sm:3' previd='sm1' h='0'/>");
+        assert_eq!(st.upstream_element(&resumed), UpstreamEvent::Relay);
+        st.client_nonza(&el("<resume xmlns='urn:xmpp:sm:3' previd='sm1' h='0'/>"));
+        assert_eq!(
+            st.upstream_element(&resumed),
+            UpstreamEvent::Resumed {
+                previd: "sm1".into()
+            }
+        );
+        let acc = Account {
+            jid: "alice@x/r".into(),
+        };
+        assert_eq!(st.resumed(Some(acc.clone())), Some(acc));
+        assert!(matches!(
+            client(&mut st, "<message to='c@x'><body>x</body></message>"),
+            ClientStanza::Inspect(_)
+        ));
+    }
+
+    #[test]
+    fn wrappers_are_believed_only_from_the_own_account_or_our_own_queries() {
+        let mut st = bound();
+        let up = |st: &RelayState, s: &str| st.upstream_copy(&StanzaView::of(&el(s)));
+        let carbon = |from: &str| {
+            format!("<message from='{from}' to='alice@x/r'><sent xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' from='alice@x/o' to='b@x'><body>hi</body></message></forwarded></sent></message>")
+        };
+        assert_eq!(up(&st, &carbon("alice@x")), Copy::CarbonSent);
+        assert_eq!(up(&st, &carbon("ALICE@x")), Copy::CarbonSent);
+        assert_eq!(up(&st, &carbon("mallory@evil")), Copy::ForgedWrapper);
+        assert_eq!(up(&st, &carbon("alice@x/other")), Copy::ForgedWrapper);
+        let result = |from: &str, q: &str| {
+            format!("<message from='{from}' to='alice@x/r'><result xmlns='urn:xmpp:mam:2' queryid='{q}' id='1'><forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' from='b@x/o' to='alice@x'><body>old</body></message></forwarded></result></message>")
+        };
+        // No query sent yet: not believed.
+        assert_eq!(up(&st, &result("alice@x", "q1")), Copy::ForgedWrapper);
+        client(
+            &mut st,
+            "<iq type='set' id='i1'><query xmlns='urn:xmpp:mam:2' queryid='q1'/></iq>",
+        );
+        assert_eq!(up(&st, &result("alice@x", "q1")), Copy::Mam);
+        assert_eq!(up(&st, &result("eve@x", "q1")), Copy::ForgedWrapper);
+        assert_eq!(up(&st, &result("alice@x", "q2")), Copy::ForgedWrapper);
+        // A room's archive, queried by address.
+        client(
+            &mut st,
+            "<iq type='set' id='i2' to='room@muc.x'><query xmlns='urn:xmpp:mam:2' queryid='q2'/></iq>",
+        );
+        assert_eq!(up(&st, &result("room@muc.x", "q2")), Copy::Mam);
+        // The query ends with its iq result; later results are not believed.
+        st.upstream_element(&el("<iq type='result' id='i1'/>"));
+        assert_eq!(up(&st, &result("alice@x", "q1")), Copy::ForgedWrapper);
+    }
+}
