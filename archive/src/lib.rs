@@ -19,11 +19,13 @@
 //! (the byte-store trait and its file and memory implementations), [`log`]
 //! (recovery and the append path), [`index`] (blind tantivy index), [`query`]
 //! (search syntax), [`verify`], [`archive`] (the public façade, readers and
-//! the writer lock), [`inbox`] (audit events handed over by other processes).
+//! the writer lock), [`inbox`] (audit events handed over by other processes),
+//! [`grouping`] (copies of one logical message, for the views).
 //! The on-disk format is described in `docs/archive-format.md`.
 
 pub mod archive;
 pub mod export;
+pub mod grouping;
 pub mod inbox;
 pub mod index;
 pub mod keys;
@@ -43,6 +45,7 @@ pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use export::{
     export, verify_export, ExportError, ExportProblem, ExportReport, ExportRequest, ExportSummary,
 };
+pub use grouping::{group, CopyRef, MessageHit};
 pub use inbox::{submit_audit, AuditSubmitted, SubmitError};
 pub use keys::{keys_init, load_signing_key, load_verifying_key, KeyError, KeysCreated, MasterKey};
 pub use record::{

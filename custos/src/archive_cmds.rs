@@ -50,41 +50,79 @@ pub fn keys_init(config: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn search(config: &Path, query: &str, limit: usize, json: bool) -> anyhow::Result<ExitCode> {
+/// Copies fetched per logical message wanted: a message seen by both parties, their
+/// second resources and a replay has a handful; the rest of the page is filled by others.
+const COPIES_PER_MESSAGE: usize = 8;
+
+pub fn search(
+    config: &Path,
+    query: &str,
+    limit: usize,
+    json: bool,
+    copies: bool,
+) -> anyhow::Result<ExitCode> {
     let a = settings(config)?;
     let key = master_key(&a)?;
     let reader = ArchiveReader::open(&a.dir, &key)?;
-    let hits = reader.search(query, limit)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    for hit in &hits {
-        if json {
-            serde_json::to_writer(&mut out, hit)?;
-            writeln!(out)?;
-        } else {
-            let verdict = if hit.rules.is_empty() {
-                format!("{:?}", hit.action).to_lowercase()
+    let count = if copies {
+        let hits = reader.search(query, limit)?;
+        for hit in &hits {
+            if json {
+                serde_json::to_writer(&mut out, hit)?;
+                writeln!(out)?;
             } else {
-                format!("{:?} [{}]", hit.action, hit.rules.join(",")).to_lowercase()
-            };
-            writeln!(
-                out,
-                "#{} {} {} {} -> {} ({}) {}: {}",
-                hit.seq.0,
-                hit.time,
-                hit.direction.as_str(),
-                hit.from,
-                hit.to,
-                hit.stanza_type,
-                verdict,
-                hit.body.as_deref().unwrap_or("")
-            )?;
+                writeln!(out, "{}", line(hit, 1))?;
+            }
         }
-    }
+        hits.len()
+    } else {
+        let hits = reader.search(query, limit.saturating_mul(COPIES_PER_MESSAGE))?;
+        let mut messages = custos_archive::group(hits);
+        messages.truncate(limit);
+        for m in &messages {
+            if json {
+                serde_json::to_writer(&mut out, m)?;
+                writeln!(out)?;
+            } else {
+                writeln!(out, "{}", line(&m.first, m.copies.len()))?;
+            }
+        }
+        messages.len()
+    };
     if !json {
-        eprintln!("{} hit(s)", hits.len());
+        eprintln!(
+            "{count} {}",
+            if copies { "record(s)" } else { "message(s)" }
+        );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn line(hit: &custos_archive::Hit, copies: usize) -> String {
+    let verdict = if hit.rules.is_empty() {
+        hit.action.as_str().to_owned()
+    } else {
+        format!("{} [{}]", hit.action.as_str(), hit.rules.join(","))
+    };
+    let copies = if copies > 1 {
+        format!(" ({copies} copies)")
+    } else {
+        String::new()
+    };
+    format!(
+        "#{} {} {} {} -> {} ({}) {}{}: {}",
+        hit.seq.0,
+        hit.time,
+        hit.direction.as_str(),
+        hit.from,
+        hit.to,
+        hit.stanza_type,
+        verdict,
+        copies,
+        hit.body.as_deref().unwrap_or("")
+    )
 }
 
 /// A progress bar on a terminal, nothing otherwise.

@@ -40,9 +40,14 @@ pub enum Command {
     Search {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
-        /// One JSON object per hit and line.
+        /// One JSON object per line: per logical message, with its copies listed.
         #[arg(long)]
         json: bool,
+        /// One line per record instead: every copy of a message (sender's, each
+        /// recipient's, carbons, replays) as it was observed, with its leg and verdict.
+        #[arg(long)]
+        copies: bool,
+        /// At most this many lines (logical messages, or records with --copies).
         #[arg(long, default_value_t = 100)]
         limit: usize,
         /// e.g. `from:alice@example.test after:2026-11-01 "project falcon"`
@@ -155,9 +160,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Search {
             config,
             json,
+            copies,
             limit,
             query,
-        } => crate::archive_cmds::search(&config, &query.join(" "), limit, json),
+        } => crate::archive_cmds::search(&config, &query.join(" "), limit, json, copies),
         Command::Verify { config } => crate::archive_cmds::verify(&config),
         Command::Reindex { config } => crate::archive_cmds::reindex(&config),
         Command::Export {

@@ -238,6 +238,11 @@ struct Scanner {
     /// closes the stream rather than an element).
     in_header_phase: bool,
     max_depth: usize,
+    /// Byte span in the unit of the tag name being read.
+    name: (usize, usize),
+    /// Spans of the names of the open elements: an end tag must close the innermost
+    /// (`<iq><query></iq>` is not well-formed, and must not swallow what follows).
+    open: Vec<(usize, usize)>,
 }
 
 /// Keywords that may follow `<!`.
@@ -285,6 +290,8 @@ impl Scanner {
             decl_ok: in_header_phase,
             in_header_phase,
             max_depth,
+            name: (0, 0),
+            open: Vec::new(),
         }
     }
 
@@ -309,7 +316,7 @@ impl Scanner {
             i += skip;
             let Some(&b) = unit.get(i) else { break };
             i += 1;
-            if let Step::Done(kind) = self.step(b)? {
+            if let Step::Done(kind) = self.step(b, i - 1, unit)? {
                 self.pos = i;
                 return Ok(Some((i, kind)));
             }
@@ -337,24 +344,37 @@ impl Scanner {
                     limit: self.max_depth,
                 });
             }
+            self.open.push(self.name);
         }
         self.lex = Lex::Content;
         Ok(Step::More)
     }
 
-    fn end_end_tag(&mut self) -> Step {
+    fn end_end_tag(&mut self, unit: &[u8]) -> Result<Step, FrameError> {
         if self.depth == 0 {
-            return Step::Done(Unit::StreamEnd);
+            return Ok(Step::Done(Unit::StreamEnd));
+        }
+        let span = |(a, b): (usize, usize)| unit.get(a..b).unwrap_or(&[]);
+        let opened = self.open.pop().map(span).unwrap_or(&[]);
+        let closing = span(self.name);
+        if opened != closing {
+            return Err(FrameError::NotWellFormed {
+                detail: format!(
+                    "end tag </{}> does not close <{}>",
+                    String::from_utf8_lossy(closing),
+                    String::from_utf8_lossy(opened)
+                ),
+            });
         }
         self.depth -= 1;
         if self.depth == 0 {
-            return Step::Done(Unit::Element);
+            return Ok(Step::Done(Unit::Element));
         }
         self.lex = Lex::Content;
-        Step::More
+        Ok(Step::More)
     }
 
-    fn step(&mut self, b: u8) -> Result<Step, FrameError> {
+    fn step(&mut self, b: u8, at: usize, unit: &[u8]) -> Result<Step, FrameError> {
         self.lex = match self.lex {
             Lex::Idle => match b {
                 b'<' => Lex::Lt,
@@ -373,7 +393,10 @@ impl Scanner {
                 },
                 b'/' if self.in_header_phase => return Err(nwf("end tag before stream header")),
                 b'/' => Lex::EndName { started: false },
-                b if is_name_start(b) => Lex::StartName,
+                b if is_name_start(b) => {
+                    self.name = (at, at);
+                    Lex::StartName
+                }
                 _ => return Err(nwf("bad character after '<'")),
             },
             Lex::PiTarget { matched } => match (matched, b) {
@@ -441,10 +464,19 @@ impl Scanner {
                 _ => Lex::Cdata { brackets: 0 },
             },
             Lex::StartName => match b {
-                b'>' => return self.end_start_tag(false),
-                b'/' => Lex::SlashGt,
-                b if is_ws(b) => Lex::TagSpace,
                 b if is_name_char(b) => Lex::StartName,
+                b'>' => {
+                    self.name.1 = at;
+                    return self.end_start_tag(false);
+                }
+                b'/' => {
+                    self.name.1 = at;
+                    Lex::SlashGt
+                }
+                b if is_ws(b) => {
+                    self.name.1 = at;
+                    Lex::TagSpace
+                }
                 _ => return Err(nwf("bad character in element name")),
             },
             Lex::TagSpace => match b {
@@ -490,14 +522,23 @@ impl Scanner {
                 _ => return Err(nwf("'/' not followed by '>' in start tag")),
             },
             Lex::EndName { started } => match b {
-                b'>' if started => return Ok(self.end_end_tag()),
-                b if is_ws(b) && started => Lex::EndSpace,
-                b if !started && is_name_start(b) => Lex::EndName { started: true },
+                b'>' if started => {
+                    self.name.1 = at;
+                    return self.end_end_tag(unit);
+                }
+                b if is_ws(b) && started => {
+                    self.name.1 = at;
+                    Lex::EndSpace
+                }
+                b if !started && is_name_start(b) => {
+                    self.name = (at, at);
+                    Lex::EndName { started: true }
+                }
                 b if started && is_name_char(b) => Lex::EndName { started: true },
                 _ => return Err(nwf("bad character in end tag")),
             },
             Lex::EndSpace => match b {
-                b'>' => return Ok(self.end_end_tag()),
+                b'>' => return self.end_end_tag(unit),
                 b if is_ws(b) => Lex::EndSpace,
                 _ => return Err(nwf("bad character in end tag")),
             },
@@ -952,6 +993,43 @@ mod tests {
 
     fn error_of(body: &str) -> Option<FrameError> {
         in_stream(body).1
+    }
+
+    #[test]
+    fn a_mismatched_end_tag_is_not_well_formed_and_swallows_nothing() {
+        // Byte by byte too: the name spans must survive resumption.
+        for chunk in [usize::MAX, 1] {
+            let mut f = Framer::new(FrameLimits::default());
+            f.push(HEADER.as_bytes());
+            let body = "<iq type='get' id='1'><query xmlns='urn:x'></iq><message><body>next</body></message>";
+            let mut err = None;
+            let mut got = Vec::new();
+            for piece in body.as_bytes().chunks(chunk.min(body.len())) {
+                f.push(piece);
+                let (frames, e) = frames(&mut f);
+                got.extend(frames);
+                if e.is_some() {
+                    err = e;
+                    break;
+                }
+            }
+            assert!(
+                matches!(&err, Some(FrameError::NotWellFormed { detail }) if detail.contains("</iq>") && detail.contains("<query>")),
+                "{err:?}"
+            );
+            assert!(
+                got.iter().all(|f| !matches!(f, Frame::Stanza(_))),
+                "{got:?}"
+            );
+        }
+        // Prefixed names compare as written; matching ones pass.
+        let (frames, err) = in_stream("<a:x xmlns:a='urn:a'><a:y/><b xmlns='urn:b'></b></a:x>");
+        assert_eq!(err, None);
+        assert_eq!(frames.len(), 1);
+        assert!(matches!(
+            error_of("<a:x xmlns:a='urn:a'></x>"),
+            Some(FrameError::NotWellFormed { .. })
+        ));
     }
 
     #[test]

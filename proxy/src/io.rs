@@ -37,6 +37,9 @@ pub async fn read_frame<R: AsyncRead + Unpin + ?Sized>(
     restart: Option<&AtomicBool>,
     timeout: Option<Duration>,
 ) -> Result<Option<Frame>, ReadError> {
+    // One deadline for the whole frame, not per read: a peer trickling a byte at a time
+    // would otherwise hold a handshake open indefinitely.
+    let deadline = timeout.map(|limit| tokio::time::Instant::now() + limit);
     loop {
         if let Some(flag) = restart {
             if flag.swap(false, Ordering::AcqRel) {
@@ -47,8 +50,8 @@ pub async fn read_frame<R: AsyncRead + Unpin + ?Sized>(
             return Ok(Some(frame));
         }
         let read = reader.read(buf);
-        let n = match timeout {
-            Some(limit) => tokio::time::timeout(limit, read)
+        let n = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, read)
                 .await
                 .map_err(|_| ReadError::Timeout)?,
             None => read.await,
@@ -68,4 +71,40 @@ pub async fn send<W: AsyncWrite + Unpin + ?Sized>(
 ) -> std::io::Result<()> {
     writer.write_all(bytes).await?;
     writer.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::framer::FrameLimits;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn a_trickled_header_times_out_as_a_whole() {
+        let (mut peer, mut ours) = tokio::io::duplex(64);
+        let trickle = tokio::spawn(async move {
+            // A well-formed header, one byte every 20 ms: each read succeeds in time.
+            let header = b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='example.test' version='1.0'>";
+            for b in header {
+                if peer.write_all(&[*b]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let mut framer = Framer::new(FrameLimits::default());
+        let mut buf = vec![0; 64];
+        let started = std::time::Instant::now();
+        let got = read_frame(
+            &mut ours,
+            &mut framer,
+            &mut buf,
+            None,
+            Some(Duration::from_millis(300)),
+        )
+        .await;
+        assert!(matches!(got, Err(ReadError::Timeout)), "{got:?}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        trickle.abort();
+    }
 }

@@ -22,7 +22,7 @@
 //! carry no content and are not recorded. `docs/capture.md` states the model.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -335,9 +335,7 @@ impl RecentMessages {
     }
 
     fn key(&self, id: &str) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        id.hash(&mut h);
-        h.finish()
+        self.hasher.hash_one(id)
     }
 
     /// True the first time `key` is offered within the window.

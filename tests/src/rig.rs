@@ -224,9 +224,19 @@ impl Rig {
         Ok(self.custos.command(args)?)
     }
 
-    /// `custos search --json QUERY`, parsed.
+    /// `custos search --json QUERY`, parsed: one object per logical message, its
+    /// copies under `copies`.
     pub fn search(&self, query: &str) -> Result<Vec<serde_json::Value>, BoxError> {
-        let out = self.cli(&["search", "--json", query])?;
+        self.search_with(&["search", "--json", query])
+    }
+
+    /// `custos search --json --copies QUERY`, parsed: one object per record (copy).
+    pub fn search_copies(&self, query: &str) -> Result<Vec<serde_json::Value>, BoxError> {
+        self.search_with(&["search", "--json", "--copies", query])
+    }
+
+    fn search_with(&self, args: &[&str]) -> Result<Vec<serde_json::Value>, BoxError> {
+        let out = self.cli(args)?;
         if !out.status.success() {
             return Err(format!(
                 "custos search failed: {}",

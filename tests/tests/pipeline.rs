@@ -11,6 +11,23 @@ use custos_e2e::{OutgoingMessage, SlixClient, Tls};
 
 type TestResult = Result<(), BoxError>;
 
+/// Polls `custos search --json --copies` until `want` records appear, bounded.
+fn search_copies_until(
+    rig: &Rig,
+    query: &str,
+    want: usize,
+    limit: Duration,
+) -> Result<Vec<serde_json::Value>, BoxError> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let hits = rig.search_copies(query)?;
+        if hits.len() >= want || Instant::now() > deadline {
+            return Ok(hits);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Polls `custos search --json` until `want` hits appear (near-real-time index), bounded.
 fn search_until(
     rig: &Rig,
@@ -58,10 +75,36 @@ async fn delivered_messages_are_archived_once_and_searchable() -> TestResult {
         "thanks, aardvark received"
     );
 
-    // Searchable within a second of delivery; both users are behind Custos, yet each
-    // message is one record (the sender's outbound copy), not two.
-    let hits = search_until(&rig, "aardvark", 2, Duration::from_secs(3))?;
+    // Searchable within a second of delivery. Both users are behind Custos: each message
+    // crossed two streams and is recorded twice (the sender's outbound copy and the
+    // recipient's inbound one, each with its own verdict), and search shows it once.
+    let copies = search_copies_until(&rig, "aardvark", 4, Duration::from_secs(3))?;
+    assert_eq!(copies.len(), 4, "{copies:#?}\n{}", rig.context());
+    let hits = rig.search("aardvark")?;
     assert_eq!(hits.len(), 2, "{hits:#?}\n{}", rig.context());
+    for hit in &hits {
+        let legs: Vec<(&str, &str)> = hit["copies"]
+            .as_array()
+            .ok_or("no copies")?
+            .iter()
+            .map(|c| {
+                (
+                    c["leg"].as_str().unwrap_or(""),
+                    c["direction"].as_str().unwrap_or(""),
+                )
+            })
+            .collect();
+        assert_eq!(
+            legs,
+            [
+                ("client-to-server", "outbound"),
+                ("server-to-client", "inbound")
+            ],
+            "{hit:#}"
+        );
+    }
+    assert_eq!(hits[0]["copies"][0]["account"], "alice@example.test/laptop");
+    assert_eq!(hits[0]["copies"][1]["account"], "bob@example.test/phone");
     let first = &hits[0];
     assert_eq!(first["direction"], "outbound");
     assert_eq!(first["from"], "alice@example.test/laptop");
@@ -111,18 +154,18 @@ async fn delivered_messages_are_archived_once_and_searchable() -> TestResult {
     }
     alice.disconnect().await?;
     bob.disconnect().await?;
-    // Besides the two messages, each session's start (with its bound JID) and end are
-    // records too: 2 + 2 × 2.
+    // Besides the four copies, each session's start (with its bound JID) and end are
+    // records too: 4 + 2 × 2.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let out = rig.cli(&["verify"])?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        if text.contains(", 6 record(s),") {
+        if text.contains(", 8 record(s),") {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "expected 6 records: {text}\n{}",
+            "expected 8 records: {text}\n{}",
             rig.context()
         );
         std::thread::sleep(Duration::from_millis(200));
