@@ -754,6 +754,18 @@ fn redact(
             }
         }
         message.retain_children(|c| c.name != "html" || c.ns != crate::stanza::NS_XHTML_IM);
+        // A shared file's name or address cannot be masked in place: it goes.
+        let file_redacted = c
+            .extra
+            .iter()
+            .zip(delivered_extra)
+            .any(|(t, d)| d.is_some() && t.kind.starts_with("file-"));
+        if file_redacted {
+            message.retain_children(|c| {
+                !c.is("file-sharing", crate::stanza::NS_SFS)
+                    && !c.is("reference", crate::stanza::NS_REFERENCE)
+            });
+        }
     }
     let mut out = Vec::new();
     stanza.write_to(&mut out);
@@ -823,6 +835,144 @@ mod tests {
             v.subject.as_deref(),
             &extra,
         )
+    }
+
+    fn pipeline(rules: &str) -> Pipeline {
+        let path = std::path::Path::new("rules.toml");
+        let policy = custos_policy::Policy::from_str(rules, path).unwrap();
+        Pipeline::new(
+            Some(PolicyHandle::new(path, policy)),
+            None,
+            OnArchiveFailure::Block,
+            None,
+        )
+    }
+
+    fn session() -> SessionInfo {
+        SessionInfo {
+            id: 1,
+            client_addr: "127.0.0.1:1".parse().unwrap(),
+            domain: "x".into(),
+            jid: Some("alice@x/r".into()),
+        }
+    }
+
+    fn stanza(s: &str) -> crate::framer::Stanza {
+        let mut scope = NsScope::new();
+        scope.declare(vec![(None, crate::stanza::NS_CLIENT.to_owned())]);
+        crate::framer::Stanza {
+            raw: bytes::Bytes::copy_from_slice(s.as_bytes()),
+            root: parse_element(s, &scope).unwrap(),
+        }
+    }
+
+    async fn outcome(p: &Pipeline, xml: &str, direction: Direction, copy: Copy) -> Outcome {
+        let st = stanza(xml);
+        let mut v = StanzaView::of(&st.root);
+        crate::relay::fill_addresses(&mut v, direction, Some("alice@x/r"));
+        let info = session();
+        p.inspect(Inspected {
+            direction,
+            session: &info,
+            view: &v,
+            stanza: &st,
+            copy,
+            claimed_from: None,
+        })
+        .await
+    }
+
+    const CARD_RULES: &str = "[[rule]]\nid = \"pci-card\"\nwhen = { body = { detector = \"payment-card\" } }\naction = \"block\"\n\n[[rule]]\nid = \"codename\"\nwhen = { body = { regex = \"(?i)falcon\" } }\naction = \"redact\"\n";
+
+    #[tokio::test]
+    async fn text_hidden_beside_the_body_is_judged_too() {
+        let p = pipeline(CARD_RULES);
+        for hidden in [
+            "<body>hello</body><body xml:lang='de'>karte 4111 1111 1111 1111</body>",
+            "<body>hello</body><html xmlns='http://jabber.org/protocol/xhtml-im'><body xmlns='http://www.w3.org/1999/xhtml'><p>4111 1111 1111 1111</p></body></html>",
+            "<x xmlns='jabber:x:oob'><url>https://x.example/?card=4111111111111111</url></x>",
+        ] {
+            let xml = format!("<message to='bob@x' type='chat' id='1'>{hidden}</message>");
+            let out = outcome(&p, &xml, Direction::Outbound, Copy::Direct).await;
+            assert!(matches!(out.decision, Decision::Refuse { .. }), "{hidden}");
+        }
+    }
+
+    #[tokio::test]
+    async fn redaction_reaches_every_text_and_drops_the_xhtml_copy() {
+        let p = pipeline(CARD_RULES);
+        let xml = "<message to='bob@x' type='chat' id='1'><body>falcon one</body>\
+                   <body xml:lang='de'>falcon zwei</body>\
+                   <html xmlns='http://jabber.org/protocol/xhtml-im'><body xmlns='http://www.w3.org/1999/xhtml'>falcon</body></html>\
+                   <x xmlns='jabber:x:oob'><url>https://x.example/falcon</url><desc>falcon plan</desc></x></message>";
+        let out = outcome(&p, xml, Direction::Outbound, Copy::Direct).await;
+        let Decision::Replace(bytes) = out.decision else {
+            panic!("not redacted: {:?}", out.decision);
+        };
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(!text.to_lowercase().contains("falcon"), "{text}");
+        assert!(!text.contains("xhtml-im"), "{text}");
+        assert!(
+            text.contains("xml:lang=\"de\"") || text.contains("xml:lang='de'"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_forged_wrapper_is_judged_by_what_it_wraps() {
+        let p = pipeline(CARD_RULES);
+        // An insider hides a card number inside a fake archive result.
+        let xml = "<message to='bob@x' id='w'><result xmlns='urn:xmpp:mam:2' queryid='q' id='1'>\
+                   <forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' from='carol@x' to='bob@x'>\
+                   <body>4111 1111 1111 1111</body></message></forwarded></result></message>";
+        let out = outcome(&p, xml, Direction::Outbound, Copy::ForgedWrapper).await;
+        assert!(matches!(out.decision, Decision::Refuse { .. }));
+        let st = stanza(xml);
+        let v = StanzaView::of(&st.root);
+        let info = session();
+        let item = Inspected {
+            direction: Direction::Outbound,
+            session: &info,
+            view: &v,
+            stanza: &st,
+            copy: Copy::ForgedWrapper,
+            claimed_from: None,
+        };
+        let c = content(&item);
+        assert!(c.forged_wrapper);
+        assert_eq!(c.via, Via::Direct);
+        assert!(c.has_content());
+        assert!(c.extra.iter().any(|t| t.kind == "forwarded-body"));
+    }
+
+    #[tokio::test]
+    async fn a_believed_carbon_is_the_message_it_carries() {
+        let xml = "<message from='alice@x' to='alice@x/r'><sent xmlns='urn:xmpp:carbons:2'>\
+                   <forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' from='alice@x/phone' to='bob@x' type='chat' id='m'>\
+                   <body>hi</body></message></forwarded></sent></message>";
+        let st = stanza(xml);
+        let v = StanzaView::of(&st.root);
+        let info = session();
+        let item = Inspected {
+            direction: Direction::Inbound,
+            session: &info,
+            view: &v,
+            stanza: &st,
+            copy: Copy::CarbonSent,
+            claimed_from: None,
+        };
+        let c = content(&item);
+        assert_eq!(c.via, Via::CarbonSent);
+        assert_eq!(c.direction, Direction::Outbound);
+        assert_eq!(c.view.from.as_deref(), Some("alice@x/phone"));
+        assert!(!c.forged_wrapper);
+        // It is the same logical message as the sender's own stanza.
+        let sent = id_of(
+            "<message from='alice@x/phone' to='bob@x' type='chat' id='m'><body>hi</body></message>",
+            Direction::Outbound,
+        );
+        let ids = Identities::of(&c, None, &[]);
+        assert_eq!(ids.identity, sent);
     }
 
     #[test]

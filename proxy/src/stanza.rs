@@ -28,6 +28,9 @@ pub const NS_DELAY: &str = "urn:xmpp:delay";
 pub const NS_XHTML_IM: &str = "http://jabber.org/protocol/xhtml-im";
 pub const NS_XHTML: &str = "http://www.w3.org/1999/xhtml";
 pub const NS_OOB: &str = "jabber:x:oob";
+pub const NS_SFS: &str = "urn:xmpp:sfs:0";
+pub const NS_SIMS: &str = "urn:xmpp:sims:1";
+pub const NS_REFERENCE: &str = "urn:xmpp:reference:0";
 pub const NS_CORRECT: &str = "urn:xmpp:message-correct:0";
 pub const NS_RETRACT: &str = "urn:xmpp:message-retract:1";
 pub const NS_RETRACT_0: &str = "urn:xmpp:message-retract:0";
@@ -41,8 +44,8 @@ pub const NS_MODERATE_0: &str = "urn:xmpp:message-moderate:0";
 /// is scanned and archived.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExtraText {
-    /// `body`, `subject`, `xhtml`, `oob-url`, `oob-desc`; `forwarded-…` for the
-    /// same inside a wrapper that is not believed.
+    /// `body`, `subject`, `xhtml`, `oob-url`, `oob-desc`, `file-name`, `file-desc`,
+    /// `file-url`; `forwarded-…` for the same inside a wrapper that is not believed.
     pub kind: String,
     pub lang: Option<String>,
     pub text: String,
@@ -260,7 +263,44 @@ fn extra_texts(el: &Element) -> Vec<ExtraText> {
             }
         }
     }
+    // Shared files (XEP-0447 stateless file sharing, XEP-0385 SIMS): the file's name and
+    // description are shown to people, and every source address is a way to the content.
+    for child in el.children() {
+        let sharing = match (child.name.as_str(), child.ns.as_str()) {
+            ("file-sharing", NS_SFS) => Some(child),
+            ("reference", NS_REFERENCE) => child.child("media-sharing", NS_SIMS),
+            _ => None,
+        };
+        if let Some(sharing) = sharing {
+            file_texts(sharing, &mut out);
+        }
+    }
     out
+}
+
+/// Names, descriptions and source addresses anywhere inside a file-sharing element.
+fn file_texts(el: &Element, out: &mut Vec<ExtraText>) {
+    for child in el.children() {
+        match child.name.as_str() {
+            "name" | "desc" => out.push(ExtraText {
+                kind: format!("file-{}", child.name),
+                lang: child.lang().map(str::to_owned),
+                text: child.text(),
+            }),
+            _ => {
+                for attr in ["target", "uri"] {
+                    if let Some(url) = child.attr(attr) {
+                        out.push(ExtraText {
+                            kind: "file-url".into(),
+                            lang: None,
+                            text: url.to_owned(),
+                        });
+                    }
+                }
+                file_texts(child, out);
+            }
+        }
+    }
 }
 
 fn edit(el: &Element) -> Option<(EditKind, String)> {
@@ -441,6 +481,35 @@ mod tests {
             "<message><active xmlns='http://jabber.org/protocol/chatstates'/></message>"
         )?
         .has_content());
+        Ok(())
+    }
+
+    #[test]
+    fn shared_files_names_and_sources_are_kept() -> Result<(), FrameError> {
+        let v = view(
+            "<message><file-sharing xmlns='urn:xmpp:sfs:0'>\
+             <file xmlns='urn:xmpp:file:metadata:0'><name>q3-forecast.xlsx</name><desc>numbers</desc></file>\
+             <sources><url-data xmlns='http://jabber.org/protocol/url-data' target='https://up.example/q3'/></sources>\
+             </file-sharing>\
+             <reference xmlns='urn:xmpp:reference:0' type='data' uri='urn:x'><media-sharing xmlns='urn:xmpp:sims:1'>\
+             <sources><reference xmlns='urn:xmpp:reference:0' type='data' uri='https://up.example/p'/></sources>\
+             </media-sharing></reference></message>",
+        )?;
+        let got: Vec<(&str, &str)> = v
+            .extra
+            .iter()
+            .map(|t| (t.kind.as_str(), t.text.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("file-name", "q3-forecast.xlsx"),
+                ("file-desc", "numbers"),
+                ("file-url", "https://up.example/q3"),
+                ("file-url", "https://up.example/p"),
+            ]
+        );
+        assert!(v.has_content());
         Ok(())
     }
 
