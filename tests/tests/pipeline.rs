@@ -46,7 +46,7 @@ fn search_until(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delivered_messages_are_archived_once_and_searchable() -> TestResult {
+async fn delivered_messages_are_archived_per_leg_and_shown_once_in_search() -> TestResult {
     let rig = Rig::start(
         "pipeline-archive",
         RigOptions {
