@@ -551,7 +551,7 @@ impl<'a, I: Inspector> Relay<'a, I> {
                             ClientFault::NotAuthorized(stanza.root.name.clone()).into(),
                         ));
                     }
-                    ClientStanza::PassBindRequest => {
+                    ClientStanza::PassUnrecorded => {
                         return to_peer
                             .lock()
                             .await

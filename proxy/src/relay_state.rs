@@ -64,8 +64,10 @@ pub enum Identity {
 pub enum ClientStanza {
     /// Inspect it as sent by this account, then act on the outcome.
     Inspect(Account),
-    /// Forward it uninspected: the bind request, which carries no content.
-    PassBindRequest,
+    /// Forward it unrecorded: the bind request, or an in-band registration request
+    /// (XEP-0077) before authentication, the one exception RFC 6120 makes; neither
+    /// carries a message, and registration carries a password that must not be kept.
+    PassUnrecorded,
     /// Before authentication and bind a server would refuse it too (RFC 6120 §6.4.6,
     /// §7.1): end the stream with `<not-authorized/>`; nothing is forwarded or archived.
     NotAuthorized,
@@ -177,6 +179,7 @@ impl RelayState {
     /// A stanza from the client.
     pub fn client_stanza(&mut self, el: &Element, view: &StanzaView) -> ClientStanza {
         match &mut self.identity {
+            Identity::ExpectAuth(_) if is_registration(el, view) => ClientStanza::PassUnrecorded,
             Identity::ExpectAuth(_) => ClientStanza::NotAuthorized,
             Identity::ExpectBind(e) => {
                 let bind_request = view.kind == StanzaKind::Iq
@@ -185,7 +188,7 @@ impl RelayState {
                 match (bind_request, &view.id) {
                     (true, Some(id)) => {
                         e.bind_request = Some(id.clone());
-                        ClientStanza::PassBindRequest
+                        ClientStanza::PassUnrecorded
                     }
                     _ => ClientStanza::NotAuthorized,
                 }
@@ -318,6 +321,15 @@ impl RelayState {
     }
 }
 
+fn is_registration(el: &Element, view: &StanzaView) -> bool {
+    view.kind == StanzaKind::Iq
+        && matches!(view.stanza_type.as_deref(), Some("get" | "set"))
+        && el.child("query", NS_REGISTER).is_some()
+        && el.children().count() == 1
+}
+
+const NS_REGISTER: &str = "jabber:iq:register";
+
 /// A client may write its full JID or its bare JID as `from`; node and domain compare
 /// case-insensitively (their stringprep/PRECIS forms are lowercase), the resource exactly.
 fn same_sender(claimed: &str, jid: &str) -> bool {
@@ -366,7 +378,7 @@ mod tests {
     fn bound() -> RelayState {
         let mut st = RelayState::default();
         st.upstream_element(&el(SUCCESS));
-        assert_eq!(client(&mut st, BIND_REQ), ClientStanza::PassBindRequest);
+        assert_eq!(client(&mut st, BIND_REQ), ClientStanza::PassUnrecorded);
         assert_eq!(
             st.upstream_element(&el(BIND_RES)),
             UpstreamEvent::Bound(Account {
@@ -385,6 +397,22 @@ mod tests {
         );
         // A bind request before SASL success is refused too.
         assert_eq!(client(&mut st, BIND_REQ), ClientStanza::NotAuthorized);
+        // In-band registration is the exception (RFC 6120 §6.4.6, XEP-0077); a message
+        // disguised beside it is not.
+        assert_eq!(
+            client(
+                &mut st,
+                "<iq type='get' id='r1'><query xmlns='jabber:iq:register'/></iq>"
+            ),
+            ClientStanza::PassUnrecorded
+        );
+        assert_eq!(
+            client(
+                &mut st,
+                "<iq type='set' id='r2'><query xmlns='jabber:iq:register'/><x xmlns='urn:x'/></iq>"
+            ),
+            ClientStanza::NotAuthorized
+        );
         st.upstream_element(&el(SUCCESS));
         assert!(st.authenticated());
         assert_eq!(
@@ -392,7 +420,7 @@ mod tests {
             ClientStanza::NotAuthorized
         );
         assert_eq!(client(&mut st, "<presence/>"), ClientStanza::NotAuthorized);
-        assert_eq!(client(&mut st, BIND_REQ), ClientStanza::PassBindRequest);
+        assert_eq!(client(&mut st, BIND_REQ), ClientStanza::PassUnrecorded);
         assert_eq!(st.account(), None);
     }
 
