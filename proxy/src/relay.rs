@@ -27,11 +27,11 @@ use crate::framer::{Frame, Framer, Stanza};
 use crate::inspect::{Copy, Decision, Direction, Inspected, Inspector, SessionInfo};
 use crate::io::{read_frame, send, ReadError, READ_CHUNK};
 use crate::negotiation::ClientStream;
-use crate::relay_state::{Account, ClientStanza, RelayState, UpstreamEvent};
+use crate::relay_state::{Account, ClientStanza, Numbering, RelayState, SmStep, UpstreamEvent};
 use crate::session::Shared;
 use crate::sm::{self, SmCounter};
 use crate::stanza::{StanzaKind, StanzaView};
-use crate::stream::{self, HeaderAttrs, NS_SM, NS_STREAMS};
+use crate::stream::{self, HeaderAttrs, NS_STREAMS};
 
 /// How one relay direction ended.
 #[derive(Debug)]
@@ -100,8 +100,6 @@ pub(crate) struct Relay<'a, I> {
     shared: &'a Shared<I>,
     client_w: Mutex<LegWriter>,
     upstream_w: Mutex<LegWriter>,
-    /// The XEP-0198 id from `<enabled/>`, under which the counters are kept for resumption.
-    sm_id: std::sync::Mutex<Option<String>>,
     client_r: Option<ReadHalf<Conn>>,
     upstream_r: Option<ReadHalf<Conn>>,
     stream: ClientStream,
@@ -109,11 +107,9 @@ pub(crate) struct Relay<'a, I> {
     /// Set by upstream→client right before forwarding SASL `<success/>`: the client's next
     /// bytes are a new stream header.
     client_restart: AtomicBool,
-    /// Who the session has proven to be, and the other protocol decisions (no I/O).
+    /// Who the session has proven to be, its stream management grant, and the other
+    /// protocol decisions (no I/O).
     state: std::sync::Mutex<RelayState>,
-    /// The upstream enabled resumable stream management: if the client's connection
-    /// drops, the upstream stream is left unclosed so the client can resume it.
-    sm_resumable: AtomicBool,
     client_finished: AtomicBool,
     upstream_finished: AtomicBool,
     /// Cancels the other direction once one has ended.
@@ -142,14 +138,12 @@ impl<'a, I: Inspector> Relay<'a, I> {
                 sm: SmCounter::default(),
                 toward: Direction::Outbound,
             }),
-            sm_id: std::sync::Mutex::new(None),
             client_r: Some(client_r),
             upstream_r: Some(upstream_r),
             stream,
             info: RwLock::new(info),
             client_restart: AtomicBool::new(false),
             state: std::sync::Mutex::new(RelayState::default()),
-            sm_resumable: AtomicBool::new(false),
             client_finished: AtomicBool::new(false),
             upstream_finished: AtomicBool::new(false),
             done: CancellationToken::new(),
@@ -222,7 +216,7 @@ impl<'a, I: Inspector> Relay<'a, I> {
     /// A session that enabled stream management may be resumed on a new connection:
     /// keep its counters so the `h` values exchanged then can be translated too.
     async fn keep_for_resumption(&self) {
-        let id = self.sm_id.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let id = self.lock_state().sm_id().map(str::to_owned);
         if let Some(id) = id {
             let to_client = self.client_w.lock().await.sm.clone();
             let to_upstream = self.upstream_w.lock().await.sm.clone();
@@ -235,77 +229,54 @@ impl<'a, I: Inspector> Relay<'a, I> {
         }
     }
 
-    /// XEP-0198 elements: start counting on enable, translate `h` in acks and
-    /// resumptions, and forward the element (rewritten where a count changed).
-    /// `Ok(false)`: not a stream management element; nothing was written.
+    /// XEP-0198 elements: what each means is decided in [`RelayState::stream_management`];
+    /// here the counters change and the element is forwarded (rewritten where a count
+    /// changed). `Ok(false)`: not a stream management element; nothing was written.
     async fn stream_management(
         &self,
         direction: Direction,
         stanza: &Stanza,
     ) -> Result<bool, Ended> {
         let root = &stanza.root;
-        if root.ns != NS_SM {
-            return Ok(false);
-        }
-        let (name, from_client) = (root.name.as_str(), direction == Direction::Outbound);
+        let from_client = direction == Direction::Outbound;
+        let step = self.lock_state().stream_management(root, from_client);
         let to_peer = if from_client {
             &self.upstream_w
         } else {
             &self.client_w
         };
-        match (name, from_client) {
-            // Both ends start counting at enable/enabled; so does the leg that carries it,
-            // under the same lock as the write.
-            ("enable", true) | ("enabled", false) => {
-                if name == "enabled" {
-                    if let Some(id) = root.attr("id") {
-                        *self.sm_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.to_owned());
-                    }
-                    if matches!(root.attr("resume"), Some("true" | "1")) {
-                        self.sm_resumable.store(true, Ordering::Release);
-                    }
-                }
+        let translate = match step {
+            SmStep::NotSm => return Ok(false),
+            SmStep::StartCounting => {
                 let mut leg = to_peer.lock().await;
                 leg.write(&stanza.raw, Counted::No).await?;
                 leg.sm.start();
                 return Ok(true);
             }
-            // The request's `h` is in the old session's numbering, so its counters are
-            // used from here on; the detached session itself (its account) is claimed
-            // only when the server answers `<resumed/>`.
-            ("resume", true) => {
-                if let Some(id) = root.attr("previd") {
-                    let previous = self
-                        .shared
-                        .resumable
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .peek(id);
-                    if let Some(d) = previous {
-                        self.client_w.lock().await.sm = d.to_client;
-                        self.upstream_w.lock().await.sm = d.to_upstream;
-                    }
+            SmStep::Forward => None,
+            // The detached session is only peeked at: the server may refuse the request
+            // (someone naming another user's id); its account is claimed on `<resumed/>`.
+            SmStep::Resume { previd, h } => {
+                let previous = self
+                    .shared
+                    .resumable
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .peek(&previd);
+                if let Some(d) = previous {
+                    self.client_w.lock().await.sm = d.to_client;
+                    self.upstream_w.lock().await.sm = d.to_upstream;
                 }
+                h.map(|h| (h, Numbering::ToClient))
             }
-            ("resumed", false) => {
-                if let Some(id) = root.attr("previd") {
-                    *self.sm_id.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.to_owned());
-                    self.sm_resumable.store(true, Ordering::Release);
-                }
-            }
-            _ => {}
-        }
-        let h = root.attr("h").and_then(sm::parse_h);
-        let translated = match (h, name, from_client) {
-            // The client acknowledges what it received: client-leg numbering.
-            (Some(h), "a" | "resume", true) => {
-                Some((h, self.client_w.lock().await.sm.to_sender(h)))
-            }
-            // The server acknowledges what it received: upstream-leg numbering.
-            (Some(h), "a" | "resumed", false) => {
+            SmStep::Translate { h, numbering } => Some((h, numbering)),
+        };
+        let translated = match translate {
+            Some((h, Numbering::ToClient)) => Some((h, self.client_w.lock().await.sm.to_sender(h))),
+            Some((h, Numbering::ToUpstream)) => {
                 Some((h, self.upstream_w.lock().await.sm.to_sender(h)))
             }
-            _ => None,
+            None => None,
         };
         match translated {
             Some((h, new)) if new != h => {
@@ -327,7 +298,7 @@ impl<'a, I: Inspector> Relay<'a, I> {
             // A dropped connection on a resumable session: the server must see the TCP
             // close without `</stream:stream>`, or it ends the session and the client's
             // `<resume/>` fails (XEP-0198 §5).
-            Ended::ClientGone if self.sm_resumable.load(Ordering::Acquire) => {
+            Ended::ClientGone if self.lock_state().sm_resumable() => {
                 self.upstream_finished.store(true, Ordering::Release);
             }
             Ended::ClientGone => self.finish_upstream().await,

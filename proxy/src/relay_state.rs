@@ -139,10 +139,47 @@ impl MamQueries {
     }
 }
 
+/// Which leg's stream-management numbering an `h` value is in: the leg whose stanzas the
+/// acknowledging peer received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Numbering {
+    /// Stanzas written toward the client (the client acknowledges them).
+    ToClient,
+    /// Stanzas written toward the server (the server acknowledges them).
+    ToUpstream,
+}
+
+/// What a XEP-0198 element asks of the relay, which owns the counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SmStep {
+    /// Not a stream management element.
+    NotSm,
+    /// `<enable/>` from the client or `<enabled/>` from the server: forward it, then the
+    /// leg that carried it starts counting, under the same lock as the write.
+    StartCounting,
+    /// `<resume previd h>`: its `h` is in the detached session's numbering, so adopt that
+    /// session's counters first, then translate `h` (to-client numbering).
+    Resume { previd: String, h: Option<u64> },
+    /// An acknowledgement (`<a/>`, `<resumed/>`): rewrite `h` into the sender's numbering.
+    Translate { h: u64, numbering: Numbering },
+    /// Forward unchanged (`<r/>`, `<failed/>`, …).
+    Forward,
+}
+
+/// The session's stream management as the server granted it.
+#[derive(Debug, Default)]
+struct SmSession {
+    /// The id from `<enabled/>` or `<resumed previd>`: the key of the detached session.
+    id: Option<String>,
+    /// The server allows resumption: a dropped client must leave the server's stream open.
+    resumable: bool,
+}
+
 #[derive(Debug)]
 pub struct RelayState {
     identity: Identity,
     mam: MamQueries,
+    sm: SmSession,
 }
 
 impl Default for RelayState {
@@ -150,11 +187,66 @@ impl Default for RelayState {
         RelayState {
             identity: Identity::ExpectAuth(ExpectAuth),
             mam: MamQueries::default(),
+            sm: SmSession::default(),
         }
     }
 }
 
 impl RelayState {
+    /// A XEP-0198 element from the client (`from_client`) or the server.
+    pub fn stream_management(&mut self, el: &Element, from_client: bool) -> SmStep {
+        if el.ns != NS_SM {
+            return SmStep::NotSm;
+        }
+        let h = el.attr("h").and_then(crate::sm::parse_h);
+        match (el.name.as_str(), from_client, h) {
+            ("enable", true, _) => SmStep::StartCounting,
+            ("enabled", false, _) => {
+                self.sm.id = el.attr("id").map(str::to_owned);
+                self.sm.resumable = matches!(el.attr("resume"), Some("true" | "1"));
+                SmStep::StartCounting
+            }
+            ("resume", true, h) => match el.attr("previd") {
+                Some(previd) => SmStep::Resume {
+                    previd: previd.to_owned(),
+                    h,
+                },
+                None => SmStep::Forward,
+            },
+            ("resumed", false, h) => {
+                if let Some(previd) = el.attr("previd") {
+                    self.sm.id = Some(previd.to_owned());
+                    self.sm.resumable = true;
+                }
+                match h {
+                    Some(h) => SmStep::Translate {
+                        h,
+                        numbering: Numbering::ToUpstream,
+                    },
+                    None => SmStep::Forward,
+                }
+            }
+            ("a", true, Some(h)) => SmStep::Translate {
+                h,
+                numbering: Numbering::ToClient,
+            },
+            ("a", false, Some(h)) => SmStep::Translate {
+                h,
+                numbering: Numbering::ToUpstream,
+            },
+            _ => SmStep::Forward,
+        }
+    }
+
+    /// The id under which a detached session's counters and account are kept.
+    pub fn sm_id(&self) -> Option<&str> {
+        self.sm.id.as_deref()
+    }
+
+    pub fn sm_resumable(&self) -> bool {
+        self.sm.resumable
+    }
+
     pub fn account(&self) -> Option<&Account> {
         match &self.identity {
             Identity::Bound(b) => Some(&b.account),
@@ -517,6 +609,80 @@ mod tests {
             client(&mut st, "<message to='c@x'><body>x</body></message>"),
             ClientStanza::Inspect(_)
         ));
+    }
+
+    #[test]
+    fn stream_management_steps() {
+        let mut st = bound();
+        let sm = |st: &mut RelayState, s: &str, from_client: bool| {
+            st.stream_management(&el(s), from_client)
+        };
+        assert_eq!(sm(&mut st, "<presence/>", true), SmStep::NotSm);
+        assert_eq!(
+            sm(
+                &mut st,
+                "<enable xmlns='urn:xmpp:sm:3' resume='true'/>",
+                true
+            ),
+            SmStep::StartCounting
+        );
+        assert!(!st.sm_resumable());
+        assert_eq!(
+            sm(
+                &mut st,
+                "<enabled xmlns='urn:xmpp:sm:3' id='sm1' resume='1'/>",
+                false
+            ),
+            SmStep::StartCounting
+        );
+        assert_eq!((st.sm_id(), st.sm_resumable()), (Some("sm1"), true));
+        assert_eq!(
+            sm(&mut st, "<a xmlns='urn:xmpp:sm:3' h='5'/>", true),
+            SmStep::Translate {
+                h: 5,
+                numbering: Numbering::ToClient
+            }
+        );
+        assert_eq!(
+            sm(&mut st, "<a xmlns='urn:xmpp:sm:3' h='4294967295'/>", false),
+            SmStep::Translate {
+                h: 4294967295,
+                numbering: Numbering::ToUpstream
+            }
+        );
+        assert_eq!(
+            sm(&mut st, "<a xmlns='urn:xmpp:sm:3' h='-1'/>", false),
+            SmStep::Forward
+        );
+        assert_eq!(
+            sm(&mut st, "<r xmlns='urn:xmpp:sm:3'/>", true),
+            SmStep::Forward
+        );
+        let mut fresh = RelayState::default();
+        assert_eq!(
+            sm(
+                &mut fresh,
+                "<resume xmlns='urn:xmpp:sm:3' previd='sm1' h='3'/>",
+                true
+            ),
+            SmStep::Resume {
+                previd: "sm1".into(),
+                h: Some(3)
+            }
+        );
+        assert_eq!(fresh.sm_id(), None, "a request claims nothing");
+        assert_eq!(
+            sm(
+                &mut fresh,
+                "<resumed xmlns='urn:xmpp:sm:3' previd='sm1' h='7'/>",
+                false
+            ),
+            SmStep::Translate {
+                h: 7,
+                numbering: Numbering::ToUpstream
+            }
+        );
+        assert_eq!((fresh.sm_id(), fresh.sm_resumable()), (Some("sm1"), true));
     }
 
     #[test]
