@@ -555,5 +555,36 @@ async fn a_silent_client_is_timed_out_during_negotiation() -> TestResult {
         .send_chat("alice@example.test", "note to self")
         .await?;
     assert_eq!(alice.next_message().await?.body, "note to self");
+
+    // A header trickled a byte at a time, each byte well inside the timeout, is still
+    // bounded as a whole.
+    let mut trickle = TcpStream::connect(rig.custos.listener(0)).await?;
+    let header = b"<?xml version='1.0'?><stream:stream to='example.test' version='1.0' \
+        xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
+    let started = std::time::Instant::now();
+    let mut refused = false;
+    for b in header {
+        if trickle.write_all(&[*b]).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if started.elapsed() > Duration::from_secs(8) {
+            break;
+        }
+    }
+    let got = read_to_close(&mut trickle, Duration::from_secs(10))
+        .await
+        .unwrap_or_default();
+    assert!(
+        refused || got.contains("connection-timeout"),
+        "a trickled header was not cut off: {got}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?} (timeout 1 s; the full header takes {} s to trickle)",
+        started.elapsed(),
+        header.len() / 10
+    );
     Ok(())
 }
