@@ -462,11 +462,18 @@ impl<'a, I: Inspector> Relay<'a, I> {
                                 .unwrap_or_else(|p| p.into_inner())
                                 .take(&previd);
                             let account = detached.and_then(|d| d.jid).map(|jid| Account { jid });
-                            match self.lock_state().resumed(account) {
-                                Some(account) => self.learn_account(&account),
+                            let resumed = self.lock_state().resumed(account);
+                            match &resumed {
+                                Some(account) => self.learn_account(account),
                                 None => warn!("session resumed whose account this proxy never saw bound; its stanzas are refused"),
                             }
-                            self.relay_stanza(Direction::Inbound, stanza).await
+                            let relayed = self.relay_stanza(Direction::Inbound, stanza).await;
+                            // A new connection of a known session: its start is on the
+                            // record like any other, so its end has a start to match.
+                            if resumed.is_some() {
+                                self.shared.inspector.session_bound(&self.snapshot()).await;
+                            }
+                            relayed
                         }
                         UpstreamEvent::UnsolicitedBind => {
                             warn!("ignored a bind result that answers no bind request of this session");
