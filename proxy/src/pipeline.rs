@@ -371,7 +371,16 @@ impl Inspector for Pipeline {
         };
         let recorded = c.has_content();
         let ids = recorded.then(|| Identities::of(&c, verdict.as_ref(), &delivered_extra));
-        if let (Some(alerts), Some(v), Some(ids)) = (&self.alerts, &verdict, &ids) {
+        let replay_only = match (&self.archive, &ids) {
+            (Some(archive), Some(ids)) => {
+                c.via == Via::Mam && !archive.knows_message(&ids.identity)
+            }
+            _ => false,
+        };
+        // History replayed alerts only when it never crossed Custos live: the live copy
+        // alerted already.
+        let alerting = c.via != Via::Mam || replay_only;
+        if let (Some(alerts), Some(v), Some(ids), true) = (&self.alerts, &verdict, &ids, alerting) {
             let first = {
                 let mut alerted = self.alerted.lock().unwrap_or_else(|p| p.into_inner());
                 let key = alerted.key(&ids.identity);
@@ -384,7 +393,6 @@ impl Inspector for Pipeline {
             }
         }
         if let (Some(archive), Some(ids)) = (&self.archive, ids) {
-            let replay_only = c.via == Via::Mam && !archive.knows_message(&ids.identity);
             let record = message_record(&item, &c, verdict.as_ref(), ids, replay_only);
             if let Err(err) = archive.append(NewRecord::Message(record)).await {
                 match self.on_failure {
