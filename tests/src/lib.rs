@@ -12,6 +12,8 @@
 //! - [`certs`]: a test CA and leaf certificates written as PEM files.
 //! - [`prosody`]: [`Prosody`], a private Prosody server per test.
 //! - [`slix`]: [`SlixClient`], a slixmpp client driven over JSON lines.
+//! - [`scripted`]: [`scripted::Scripted`], a raw client that writes whatever XML a test
+//!   gives it (forged senders, wrappers, stanzas before authentication).
 //! - [`sendxmpp`]: one-shot sends and a listener through `go-sendxmpp`.
 //! - [`process`]: stopping children by pid (SIGTERM, then SIGKILL).
 //!
@@ -36,6 +38,7 @@ pub mod net;
 pub mod process;
 pub mod prosody;
 pub mod rig;
+pub mod scripted;
 pub mod sendxmpp;
 pub mod slix;
 pub mod tools;

@@ -77,6 +77,9 @@ pub struct ProsodyOptions {
     pub direct_tls: bool,
     /// Load `mod_mam` (XEP-0313 message archive).
     pub mam: bool,
+    /// A multi-user chat component (XEP-0045) at this address, e.g.
+    /// `conference.example.test`; rooms are created unlocked on first join.
+    pub muc: Option<String>,
     /// Remove the SCRAM-*-PLUS mechanisms (see the comment in
     /// [`ProsodyOptions::default`]). Turn off only to show what breaks.
     pub disable_channel_binding: bool,
@@ -94,6 +97,7 @@ impl Default for ProsodyOptions {
             users: Vec::new(),
             direct_tls: true,
             mam: false,
+            muc: None,
             // On by default because Custos terminates TLS on each leg: a
             // client's SCRAM-*-PLUS binds the SASL exchange to *its* TLS
             // channel (tls-unique / tls-exporter), which the server sees as a
@@ -527,6 +531,12 @@ fn render_config(
             lua_path(&cert.chain_path),
             lua_path(&cert.key_path)
         );
+    }
+    if let Some(muc) = &opts.muc {
+        // An internal component: no port, no certificate of its own.
+        let _ = writeln!(c, "\nComponent {} \"muc\"", lua_str(muc));
+        let _ = writeln!(c, "  muc_room_locking = false");
+        let _ = writeln!(c, "  muc_room_default_persistent = false");
     }
     c
 }

@@ -36,6 +36,10 @@ pub struct RigOptions {
     pub archive_extra: String,
     /// Serve the review web UI (needs `archive`); its address is [`Rig::web`].
     pub web: bool,
+    /// Prosody keeps a message archive (XEP-0313).
+    pub mam: bool,
+    /// Prosody serves group chat at `conference.example.test`.
+    pub muc: bool,
 }
 
 impl RigOptions {
@@ -119,6 +123,10 @@ impl Rig {
             popts
                 .users
                 .push(User::new("dave", "example.org", "dave-secret"));
+        }
+        popts.mam = opts.mam;
+        if opts.muc {
+            popts.muc = Some("conference.example.test".into());
         }
         let prosody = Prosody::start(dir.path(), &ca, popts)?;
         let custos_dir = dir.join("custos");

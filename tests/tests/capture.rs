@@ -1,0 +1,715 @@
+//! Capture integrity against an adversarial insider: a scripted client (it writes any XML
+//! at any point of the stream) and a real Prosody with carbons, MAM, stream management
+//! and group chat, Custos in between with its archive. Each test tries one way to get a
+//! conversation off the record, or onto it under someone else's name, and asserts what
+//! the archive holds afterwards: how many records, from whom, on which leg, with which
+//! verdict. The honest paths show every copy grouped into one logical message.
+//! The model under test is docs/capture.md.
+
+use std::time::{Duration, Instant};
+
+use custos_e2e::rig::{BoxError, Rig, RigOptions, USERS};
+use custos_e2e::scripted::{Received, Scripted};
+use serde_json::Value;
+
+type TestResult = Result<(), BoxError>;
+
+const QUIET: Duration = Duration::from_millis(1500);
+const WAIT: Duration = Duration::from_secs(5);
+
+fn rig(label: &str, rules: Option<&str>) -> Result<Rig, BoxError> {
+    Rig::start(
+        label,
+        RigOptions {
+            archive: true,
+            rules: rules.map(str::to_owned),
+            mam: true,
+            muc: true,
+            ..RigOptions::default()
+        },
+    )
+}
+
+fn password(user: &str) -> &'static str {
+    USERS
+        .iter()
+        .find(|(n, _)| *n == user)
+        .map_or("", |(_, pw)| pw)
+}
+
+/// `user@example.test/resource` through Custos (Direct TLS listener).
+async fn login(rig: &Rig, user: &str, resource: &str) -> Result<Scripted, BoxError> {
+    Scripted::login(
+        rig.custos.listener(1),
+        rig.ca.cert_path(),
+        user,
+        password(user),
+        resource,
+    )
+    .await
+}
+
+/// The same account straight to Prosody, around Custos.
+async fn login_direct(rig: &Rig, user: &str, resource: &str) -> Result<Scripted, BoxError> {
+    let addr = rig.prosody.direct_tls_addr().ok_or("no direct TLS port")?;
+    Scripted::login(addr, rig.ca.cert_path(), user, password(user), resource).await
+}
+
+/// Polls `custos search --json --copies` until at least `want` records match, bounded.
+fn copies_until(rig: &Rig, query: &str, want: usize) -> Result<Vec<Value>, BoxError> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let hits = rig.search_copies(query)?;
+        if hits.len() >= want || Instant::now() > deadline {
+            return Ok(hits);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Records of `query` after the archive has had time to take in stragglers.
+fn settled_copies(rig: &Rig, query: &str, want: usize) -> Result<Vec<Value>, BoxError> {
+    copies_until(rig, query, want)?;
+    std::thread::sleep(Duration::from_millis(700));
+    rig.search_copies(query)
+}
+
+fn rules_of(hit: &Value) -> Vec<&str> {
+    hit["rules"]
+        .as_array()
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+fn legs(hit: &Value) -> Vec<(String, String)> {
+    hit["copies"]
+        .as_array()
+        .map(|c| {
+            c.iter()
+                .map(|c| {
+                    (
+                        c["leg"].as_str().unwrap_or("").to_owned(),
+                        c["account"].as_str().unwrap_or("").to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_sender_is_refused_and_recorded_under_the_real_one() -> TestResult {
+    let rig = rig("capture-forged-from", None)?;
+    let mut bob = login(&rig, "bob", "phone").await?;
+    let mut carol = login(&rig, "carol", "desk").await?;
+    carol
+        .send(
+            "<message from='alice@example.test/forged' to='bob@example.test/phone' type='chat' id='f1'>\
+             <body>forged sender text</body></message>",
+        )
+        .await?;
+    assert!(carol.closed_within(WAIT).await, "session kept open");
+    assert!(
+        carol.transcript.contains("<invalid-from"),
+        "{}",
+        carol.transcript
+    );
+    assert!(
+        bob.message_containing("forged sender", QUIET)
+            .await?
+            .is_none(),
+        "a forged message was delivered"
+    );
+    let hits = settled_copies(&rig, "forged sender", 1)?;
+    assert_eq!(hits.len(), 1, "{hits:#?}");
+    let h = &hits[0];
+    assert_eq!(h["from"], "carol@example.test/desk");
+    assert_eq!(h["account"], "carol@example.test/desk");
+    assert_eq!(h["claimed_from"], "alice@example.test/forged");
+    assert_eq!(h["action"], "block");
+    assert_eq!(h["leg"], "client-to-server");
+    assert!(rules_of(h).contains(&"custos:invalid-from"), "{h}");
+    assert!(rig.search_copies("from:alice@example.test")?.is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stanzas_before_authentication_or_bind_are_refused_and_never_recorded() -> TestResult {
+    let rig = rig("capture-preauth", None)?;
+    let mut bob = login(&rig, "bob", "phone").await?;
+    // No SASL at all.
+    let mut anon =
+        Scripted::connect(rig.custos.listener(1), rig.ca.cert_path(), "example.test").await?;
+    anon.send(
+        "<message to='bob@example.test/phone' type='chat'><body>preauth one</body></message>",
+    )
+    .await?;
+    assert!(anon.closed_within(WAIT).await);
+    assert!(
+        anon.transcript.contains("<not-authorized"),
+        "{}",
+        anon.transcript
+    );
+    // Authenticated, not bound.
+    let mut unbound =
+        Scripted::connect(rig.custos.listener(1), rig.ca.cert_path(), "example.test").await?;
+    unbound.authenticate("carol", password("carol")).await?;
+    unbound
+        .send("<message to='bob@example.test/phone' type='chat'><body>preauth two</body></message>")
+        .await?;
+    assert!(unbound.closed_within(WAIT).await);
+    assert!(
+        unbound.transcript.contains("<not-authorized"),
+        "{}",
+        unbound.transcript
+    );
+    assert!(bob.message_containing("preauth", QUIET).await?.is_none());
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(rig.search_copies("preauth")?.is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reused_ids_and_repeated_texts_are_all_recorded() -> TestResult {
+    let rig = rig("capture-dupes", None)?;
+    let mut alice = login(&rig, "alice", "laptop").await?;
+    let mut bob = login(&rig, "bob", "phone").await?;
+    for (id, text) in [
+        (Some("same"), "reuse first text"),
+        (Some("same"), "reuse second text"),
+        (None, "repeat identical text"),
+        (None, "repeat identical text"),
+    ] {
+        let id = id.map(|i| format!(" id='{i}'")).unwrap_or_default();
+        alice
+            .send(&format!(
+                "<message to='bob@example.test/phone' type='chat'{id}><body>{text}</body></message>"
+            ))
+            .await?;
+        assert!(
+            bob.message_containing(text, WAIT).await?.is_some(),
+            "{text}"
+        );
+    }
+    // Both users are behind Custos: every stanza is recorded on the sender's leg and on
+    // the recipient's, nothing dropped as a duplicate.
+    let reuse = settled_copies(&rig, "reuse", 4)?;
+    assert_eq!(reuse.len(), 4, "{reuse:#?}");
+    let repeat = settled_copies(&rig, "repeat", 4)?;
+    assert_eq!(repeat.len(), 4, "{repeat:#?}");
+    let sent = |hits: &[Value]| {
+        hits.iter()
+            .filter(|h| h["leg"] == "client-to-server")
+            .count()
+    };
+    assert_eq!(sent(&reuse), 2);
+    assert_eq!(sent(&repeat), 2);
+    // A reused id does not merge two different texts into one message.
+    let grouped = rig.search("reuse")?;
+    assert_eq!(grouped.len(), 2, "{grouped:#?}");
+    for m in &grouped {
+        assert_eq!(m["copies"].as_array().map(Vec::len), Some(2), "{m:#}");
+    }
+    // The same text twice without an id is one logical message whose copies show both sends.
+    let grouped = rig.search("repeat")?;
+    let copies: usize = grouped
+        .iter()
+        .filter_map(|m| m["copies"].as_array().map(Vec::len))
+        .sum();
+    assert_eq!(copies, 4, "{grouped:#?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_carbons_are_ordinary_messages_from_their_real_sender() -> TestResult {
+    let rig = rig("capture-forged-carbons", None)?;
+    let mut alice = login(&rig, "alice", "laptop").await?;
+    let mut carol = login(&rig, "carol", "desk").await?;
+    for (kind, text) in [
+        ("sent", "planted sent carbon"),
+        ("received", "planted received carbon"),
+    ] {
+        carol
+            .send(&format!(
+                "<message to='alice@example.test/laptop' id='pc-{kind}'><{kind} xmlns='urn:xmpp:carbons:2'>\
+                 <forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' \
+                 from='alice@example.test/laptop' to='bob@example.test' type='chat' id='x-{kind}'>\
+                 <body>{text}</body></message></forwarded></{kind}></message>"
+            ))
+            .await?;
+    }
+    // Whatever Prosody does with them, nothing may say alice sent or received this.
+    let _ = alice.message_containing("planted received", QUIET).await?;
+    let hits = settled_copies(&rig, "planted", 2)?;
+    assert!(hits.len() >= 2, "{hits:#?}");
+    for h in &hits {
+        assert!(
+            h["from"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("carol@example.test"),
+            "{h:#}"
+        );
+        assert_eq!(h["via"], "direct", "{h:#}");
+        assert!(rules_of(h).contains(&"custos:forged-wrapper"), "{h:#}");
+        assert_ne!(h["action"], "allow", "{h:#}");
+    }
+    // The wrapped text is searchable, kept as forwarded content.
+    assert!(hits.iter().any(|h| h["extra"]
+        .as_array()
+        .is_some_and(|x| x.iter().any(|t| t["kind"] == "forwarded-body"))));
+    assert!(rig
+        .search_copies("from:alice@example.test planted")?
+        .is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fake_archive_result_hides_nothing() -> TestResult {
+    let rig = rig(
+        "capture-fake-mam",
+        Some("[[rule]]\nid = \"watch-merger\"\nwhen = { body = { regex = \"(?i)merger\" } }\naction = \"flag\"\n"),
+    )?;
+    let mut bob = login(&rig, "bob", "phone").await?;
+    let mut carol = login(&rig, "carol", "desk").await?;
+    // The decoy is what policy would see if it read only the outer body.
+    carol
+        .send(
+            "<message to='bob@example.test/phone' type='chat' id='fm1'><body>lunch?</body>\
+             <result xmlns='urn:xmpp:mam:2' queryid='nothing' id='1'><forwarded xmlns='urn:xmpp:forward:0'>\
+             <message xmlns='jabber:client' from='alice@example.test/laptop' to='bob@example.test'>\
+             <body>secret merger terms</body></message></forwarded></result></message>",
+        )
+        .await?;
+    let _ = bob.message_containing("lunch", WAIT).await?;
+    let hits = settled_copies(&rig, "merger", 2)?;
+    // carol's copy and bob's copy, both from carol, both flagged by the rule on the
+    // wrapped text and as a forged wrapper.
+    assert_eq!(hits.len(), 2, "{hits:#?}");
+    for h in &hits {
+        assert_eq!(h["from"], "carol@example.test/desk", "{h:#}");
+        let rules = rules_of(h);
+        assert!(rules.contains(&"watch-merger"), "{h:#}");
+        assert!(rules.contains(&"custos:forged-wrapper"), "{h:#}");
+        assert_eq!(h["via"], "direct");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_session_keeps_its_proven_identity() -> TestResult {
+    let rig = rig("capture-resume", None)?;
+    let mut bob = login(&rig, "bob", "phone").await?;
+    let mut alice = login(&rig, "alice", "laptop").await?;
+    let previd = alice.enable_sm().await?;
+    let h = alice.handled;
+    alice.drop_connection();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut again =
+        Scripted::connect(rig.custos.listener(1), rig.ca.cert_path(), "example.test").await?;
+    again.authenticate("alice", password("alice")).await?;
+    let answer = again
+        .resume(&previd, h)
+        .await
+        .map_err(|e| format!("{e}\n{}", rig.context()))?;
+    assert_eq!(
+        answer.name,
+        "resumed",
+        "{}\n{}",
+        again.transcript,
+        rig.context()
+    );
+    again
+        .send("<message to='bob@example.test/phone' type='chat' id='after'><body>after resumption</body></message>")
+        .await?;
+    assert!(bob
+        .message_containing("after resumption", WAIT)
+        .await?
+        .is_some());
+    let hits = settled_copies(&rig, "resumption", 2)?;
+    let sent: Vec<&Value> = hits
+        .iter()
+        .filter(|h| h["leg"] == "client-to-server")
+        .collect();
+    assert_eq!(sent.len(), 1, "{hits:#?}");
+    assert_eq!(sent[0]["from"], "alice@example.test/laptop");
+    assert_eq!(sent[0]["account"], "alice@example.test/laptop");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_injected_bind_result_does_not_change_who_the_user_is() -> TestResult {
+    let rig = rig("capture-bind-injection", None)?;
+    let mut bob = login(&rig, "bob", "phone").await?;
+    let mut alice = login(&rig, "alice", "laptop").await?;
+    let mut carol = login(&rig, "carol", "desk").await?;
+    carol
+        .send(
+            "<iq type='result' id='bind-1' to='alice@example.test/laptop'>\
+             <bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>carol@example.test/evil</jid></bind></iq>",
+        )
+        .await?;
+    // Whether or not Prosody delivers it, alice stays alice.
+    let _ = alice.next_within(Duration::from_millis(500)).await?;
+    alice
+        .send("<message to='bob@example.test/phone' type='chat' id='b1'><body>still alice here</body></message>")
+        .await?;
+    assert!(bob.message_containing("still alice", WAIT).await?.is_some());
+    let hits = settled_copies(&rig, "\"still alice\"", 2)?;
+    assert_eq!(hits.len(), 2, "{hits:#?}");
+    for h in &hits {
+        assert_eq!(h["from"], "alice@example.test/laptop", "{h:#}");
+    }
+    let sent = hits
+        .iter()
+        .find(|h| h["leg"] == "client-to-server")
+        .ok_or("no sender copy")?;
+    assert_eq!(sent["account"], "alice@example.test/laptop");
+    Ok(())
+}
+
+const HIDDEN_RULES: &str = "[[rule]]\nid = \"no-codeword\"\nwhen = { body = { regex = \"(?i)bluebird\" } }\naction = \"block\"\ntext = \"codeword\"\n\n[[rule]]\nid = \"watch-links\"\nwhen = { body = { regex = \"(?i)leak\\\\.example\" } }\naction = \"flag\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_in_a_second_language_xhtml_or_a_link_is_scanned_and_kept() -> TestResult {
+    let rig = rig("capture-hidden-text", Some(HIDDEN_RULES))?;
+    let mut alice = login(&rig, "alice", "laptop").await?;
+    let mut bob = login(&rig, "bob", "phone").await?;
+    // A second-language body carrying the blocked codeword: refused as a whole.
+    alice
+        .send(
+            "<message to='bob@example.test/phone' type='chat' id='l1'><body>harmless hello</body>\
+             <body xml:lang='de'>bluebird kommt</body></message>",
+        )
+        .await?;
+    let err = alice
+        .until(|e| e.name == "message" && e.attr("type") == Some("error"))
+        .await?;
+    assert!(err.deep_text().contains("codeword"), "{err:?}");
+    assert!(bob
+        .message_containing("harmless hello", QUIET)
+        .await?
+        .is_none());
+    // XHTML only, no plain body: recorded and searchable.
+    alice
+        .send(
+            "<message to='bob@example.test/phone' type='chat' id='x1'>\
+             <html xmlns='http://jabber.org/protocol/xhtml-im'><body xmlns='http://www.w3.org/1999/xhtml'>\
+             <p>richtextonly plan</p></body></html></message>",
+        )
+        .await?;
+    assert!(bob
+        .message_containing("richtextonly", WAIT)
+        .await?
+        .is_some());
+    // A link out of band.
+    alice
+        .send(
+            "<message to='bob@example.test/phone' type='chat' id='o1'>\
+             <x xmlns='jabber:x:oob'><url>https://leak.example/oobfile</url><desc>oobdesc</desc></x></message>",
+        )
+        .await?;
+    assert!(bob.message_containing("oobfile", WAIT).await?.is_some());
+
+    let blocked = settled_copies(&rig, "bluebird", 1)?;
+    assert_eq!(blocked.len(), 1, "{blocked:#?}");
+    assert_eq!(blocked[0]["action"], "block");
+    assert_eq!(blocked[0]["body"], "harmless hello");
+    assert!(rules_of(&blocked[0]).contains(&"no-codeword"));
+    let xhtml = settled_copies(&rig, "richtextonly", 2)?;
+    assert_eq!(xhtml.len(), 2, "{xhtml:#?}");
+    assert!(xhtml[0]["extra"][0]["kind"] == "xhtml", "{xhtml:#?}");
+    let oob = settled_copies(&rig, "oobfile", 2)?;
+    assert_eq!(oob.len(), 2, "{oob:#?}");
+    for h in &oob {
+        assert_eq!(h["action"], "flag", "{h:#}");
+        assert!(rules_of(h).contains(&"watch-links"));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbound_leg_block_between_two_internal_users_is_on_the_record() -> TestResult {
+    let rig = rig(
+        "capture-inbound-block",
+        Some("[[rule]]\nid = \"inbound-only\"\nwhen = { direction = \"inbound\", body = { regex = \"(?i)quarantine\" } }\naction = \"block\"\n"),
+    )?;
+    let mut alice = login(&rig, "alice", "laptop").await?;
+    let mut bob = login(&rig, "bob", "phone").await?;
+    alice
+        .send("<message to='bob@example.test/phone' type='chat' id='q1'><body>quarantine this</body></message>")
+        .await?;
+    assert!(bob.message_containing("quarantine", QUIET).await?.is_none());
+    let hits = settled_copies(&rig, "quarantine", 2)?;
+    assert_eq!(hits.len(), 2, "{hits:#?}");
+    let leg = |l: &str| hits.iter().find(|h| h["leg"] == l).ok_or("missing leg");
+    let sent = leg("client-to-server")?;
+    assert_eq!(sent["action"], "allow");
+    assert_eq!(sent["account"], "alice@example.test/laptop");
+    let received = leg("server-to-client")?;
+    assert_eq!(received["action"], "block");
+    assert_eq!(received["account"], "bob@example.test/phone");
+    assert!(rules_of(received).contains(&"inbound-only"));
+    assert_eq!(sent["message"], received["message"]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrections_and_retractions_are_recorded_as_edits_never_deletions() -> TestResult {
+    let rig = rig("capture-edits", None)?;
+    let mut alice = login(&rig, "alice", "laptop").await?;
+    let mut bob = login(&rig, "bob", "phone").await?;
+    alice
+        .send("<message to='bob@example.test/phone' type='chat' id='orig'><body>original wording</body></message>")
+        .await?;
+    assert!(bob
+        .message_containing("original wording", WAIT)
+        .await?
+        .is_some());
+    alice
+        .send(
+            "<message to='bob@example.test/phone' type='chat' id='fix'><body>corrected wording</body>\
+             <replace xmlns='urn:xmpp:message-correct:0' id='orig'/></message>",
+        )
+        .await?;
+    assert!(bob
+        .message_containing("corrected wording", WAIT)
+        .await?
+        .is_some());
+    alice
+        .send(
+            "<message to='bob@example.test/phone' type='chat' id='gone'>\
+             <retract xmlns='urn:xmpp:message-retract:1' id='orig'/></message>",
+        )
+        .await?;
+    let _ = bob.next_within(QUIET).await?;
+    let original = settled_copies(&rig, "original wording", 2)?;
+    assert_eq!(
+        original.len(),
+        2,
+        "the original stays on the record: {original:#?}"
+    );
+    let corrected = copies_until(&rig, "corrected wording", 2)?;
+    assert!(corrected
+        .iter()
+        .all(|h| h["edit"]["kind"] == "correction" && h["edit"]["target"] == "orig"));
+    let alice_sent = rig.search_copies("from:alice@example.test direction:outbound")?;
+    let retractions: Vec<&Value> = alice_sent
+        .iter()
+        .filter(|h| h["edit"]["kind"] == "retraction")
+        .collect();
+    assert!(!retractions.is_empty(), "{alice_sent:#?}");
+    assert_eq!(retractions[0]["edit"]["target"], "orig");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_carbon_to_a_second_resource_is_a_copy_of_the_same_message() -> TestResult {
+    let rig = rig("capture-carbons", None)?;
+    let mut laptop = login(&rig, "alice", "laptop").await?;
+    let mut phone = login(&rig, "alice", "phone").await?;
+    for c in [&mut laptop, &mut phone] {
+        c.send("<iq type='set' id='carbons'><enable xmlns='urn:xmpp:carbons:2'/></iq>")
+            .await?;
+        c.until(|e| e.name == "iq" && e.attr("id") == Some("carbons"))
+            .await?;
+    }
+    let mut bob = login(&rig, "bob", "desk").await?;
+    laptop
+        .send("<message to='bob@example.test/desk' type='chat' id='cc1'><body>carbon copy check</body></message>")
+        .await?;
+    assert!(bob.message_containing("carbon copy", WAIT).await?.is_some());
+    assert!(phone
+        .message_containing("carbon copy", WAIT)
+        .await?
+        .is_some());
+    let grouped = {
+        settled_copies(&rig, "\"carbon copy\"", 3)?;
+        rig.search("\"carbon copy\"")?
+    };
+    assert_eq!(grouped.len(), 1, "{grouped:#?}");
+    let copies = grouped[0]["copies"].as_array().ok_or("no copies")?;
+    let vias: Vec<(&str, &str)> = copies
+        .iter()
+        .map(|c| {
+            (
+                c["via"].as_str().unwrap_or(""),
+                c["account"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(copies.len(), 3, "{grouped:#?}");
+    assert!(vias.contains(&("direct", "alice@example.test/laptop")));
+    assert!(vias.contains(&("carbon-sent", "alice@example.test/phone")));
+    assert!(vias.contains(&("direct", "bob@example.test/desk")));
+    for c in copies {
+        assert_eq!(
+            c["direction"],
+            if c["account"] == "bob@example.test/desk" {
+                "inbound"
+            } else {
+                "outbound"
+            }
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_message_is_one_logical_message_with_every_echo() -> TestResult {
+    let rig = rig("capture-muc", None)?;
+    let room = "deals@conference.example.test";
+    let mut members = Vec::new();
+    for user in ["alice", "bob", "carol"] {
+        let mut c = login(&rig, user, "desk").await?;
+        c.send(&format!(
+            "<presence to='{room}/{user}'><x xmlns='http://jabber.org/protocol/muc'><history maxstanzas='0'/></x></presence>"
+        ))
+        .await?;
+        c.until(|e| e.name == "presence" && e.attr("from") == Some(&format!("{room}/{user}")))
+            .await?;
+        members.push(c);
+    }
+    members[0]
+        .send(&format!(
+            "<message to='{room}' type='groupchat' id='g1'><body>room wide announcement</body></message>"
+        ))
+        .await?;
+    for m in members.iter_mut() {
+        assert!(
+            m.message_containing("room wide", WAIT).await?.is_some(),
+            "{}",
+            m.transcript
+        );
+    }
+    settled_copies(&rig, "announcement", 4)?;
+    let grouped = rig.search("announcement")?;
+    assert_eq!(grouped.len(), 1, "{grouped:#?}");
+    let l = legs(&grouped[0]);
+    assert_eq!(l.len(), 4, "{grouped:#?}");
+    assert!(l.contains(&("client-to-server".into(), "alice@example.test/desk".into())));
+    for user in ["alice", "bob", "carol"] {
+        assert!(
+            l.contains(&(
+                "server-to-client".into(),
+                format!("{user}@example.test/desk")
+            )),
+            "{user}: {l:?}"
+        );
+    }
+    Ok(())
+}
+
+/// Sends a XEP-0313 query for the whole archive and returns the results' inner bodies.
+async fn mam_query(c: &mut Scripted, queryid: &str) -> Result<Vec<String>, BoxError> {
+    c.send(&format!(
+        "<iq type='set' id='{queryid}-iq'><query xmlns='urn:xmpp:mam:2' queryid='{queryid}'/></iq>"
+    ))
+    .await?;
+    let mut bodies = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if let Some(Received::Element(e)) = c.next_within(Duration::from_secs(1)).await? {
+            if e.name == "iq" && e.attr("id") == Some(&format!("{queryid}-iq")) {
+                return Ok(bodies);
+            }
+            if e.name == "message" {
+                bodies.push(e.deep_text());
+            }
+        }
+    }
+    Err(format!("no end of query: {}", c.transcript).into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_replayed_by_mam_groups_with_the_live_copies() -> TestResult {
+    let rig = rig("capture-mam", None)?;
+    let mut alice = login(&rig, "alice", "laptop").await?;
+    let mut bob = login(&rig, "bob", "phone").await?;
+    alice
+        .send("<message to='bob@example.test' type='chat' id='h1'><body>archived history line</body></message>")
+        .await?;
+    assert!(bob
+        .message_containing("history line", WAIT)
+        .await?
+        .is_some());
+    settled_copies(&rig, "\"history line\"", 2)?;
+    let replayed = mam_query(&mut bob, "q1").await?;
+    assert!(
+        replayed.iter().any(|b| b.contains("history line")),
+        "{replayed:?}\n{}",
+        bob.transcript
+    );
+    let hits = settled_copies(&rig, "\"history line\"", 3)?;
+    let replays: Vec<&Value> = hits.iter().filter(|h| h["via"] == "mam").collect();
+    assert_eq!(replays.len(), 1, "{hits:#?}");
+    assert!(
+        !rules_of(replays[0]).contains(&"custos:replay-only"),
+        "{hits:#?}"
+    );
+    assert_eq!(replays[0]["account"], "bob@example.test/phone");
+    let grouped = rig.search("\"history line\"")?;
+    assert_eq!(grouped.len(), 1, "{grouped:#?}");
+    assert_eq!(grouped[0]["copies"].as_array().map(Vec::len), Some(3));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_bypassed_custos_is_flagged_when_replayed() -> TestResult {
+    let rig = rig("capture-bypass", None)?;
+    // alice talks to Prosody directly, around Custos.
+    let mut around = login_direct(&rig, "alice", "around").await?;
+    around
+        .send("<message to='bob@example.test' type='chat' id='by1'><body>bypass whisper</body></message>")
+        .await?;
+    let _ = around.next_within(Duration::from_millis(500)).await?;
+    let mut bob = login(&rig, "bob", "phone").await?;
+    let replayed = mam_query(&mut bob, "q2").await?;
+    assert!(
+        replayed.iter().any(|b| b.contains("bypass whisper")),
+        "{replayed:?}"
+    );
+    let hits = settled_copies(&rig, "bypass", 1)?;
+    // Offline delivery may also reach bob live; the replay is what must be flagged, and
+    // nothing says the message crossed Custos on alice's side.
+    let replays: Vec<&Value> = hits.iter().filter(|h| h["via"] == "mam").collect();
+    assert_eq!(replays.len(), 1, "{hits:#?}");
+    if hits.iter().all(|h| h["via"] == "mam") {
+        assert!(
+            rules_of(replays[0]).contains(&"custos:replay-only"),
+            "{hits:#?}"
+        );
+        assert_eq!(replays[0]["action"], "flag");
+    }
+    assert!(
+        hits.iter().all(|h| h["leg"] == "server-to-client"),
+        "{hits:#?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_mode_hits_record_what_they_would_have_done() -> TestResult {
+    let rig = rig(
+        "capture-monitor",
+        Some("[[rule]]\nid = \"trial-block\"\nmode = \"monitor\"\nwhen = { direction = \"outbound\", body = { regex = \"(?i)pilot\" } }\naction = \"block\"\n"),
+    )?;
+    let mut alice = login(&rig, "alice", "laptop").await?;
+    let mut bob = login(&rig, "bob", "phone").await?;
+    alice
+        .send("<message to='bob@example.test/phone' type='chat' id='m1'><body>pilot programme</body></message>")
+        .await?;
+    assert!(
+        bob.message_containing("pilot", WAIT).await?.is_some(),
+        "monitor mode delivers"
+    );
+    let hits = settled_copies(&rig, "pilot", 2)?;
+    let sent = hits
+        .iter()
+        .find(|h| h["leg"] == "client-to-server")
+        .ok_or("no sender copy")?;
+    assert_eq!(sent["action"], "allow");
+    assert_eq!(sent["would_action"], "block", "{sent:#}");
+    assert!(rules_of(sent).contains(&"trial-block"));
+    Ok(())
+}
