@@ -24,6 +24,8 @@ pub struct CopyRef {
     pub action: Action,
     pub rules: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_action: Option<Action>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub delivered_body: Option<String>,
 }
 
@@ -45,6 +47,7 @@ fn copy_ref(h: &Hit) -> CopyRef {
         via: h.via,
         action: h.action,
         rules: h.rules.clone(),
+        would_action: h.would_action,
         delivered_body: h.delivered_body.clone(),
     }
 }

@@ -10,7 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
-use custos_archive::{Action, Hit, NewRecord, Record, Timestamp};
+use custos_archive::{Action, EditKind, Hit, MessageHit, NewRecord, Record, Timestamp};
 use maud::html;
 use serde::Deserialize;
 use serde_json::json;
@@ -21,10 +21,11 @@ use crate::charts::{bar_chart, Bar};
 use crate::error::AppError;
 use crate::highlight;
 use crate::pages::{
-    self, layout, marked, pager, rules, short_time, status_badge, verdict, Nav, Page,
+    self, copies_badge, layout, marked, pager, rules, short_time, status_badge, verdict, would,
+    Nav, Page,
 };
 use crate::roles::{allows, Perm};
-use crate::store::{audit_action, ReviewChange, ReviewStatus};
+use crate::store::{self, audit_action, ReviewChange, ReviewStatus};
 use crate::users::{self, Role};
 
 const CSS: &str = include_str!("../static/app.css");
@@ -291,12 +292,16 @@ pub async fn search(
                     json!({ "query": query, "page": page }),
                 )
                 .await?;
-                match run_search(&app, query, (page + 1) * PAGE + 1).await {
+                // Copies of one message are separate records: fetch enough of them to
+                // fill the page with logical messages.
+                let want = ((page + 1) * PAGE + 1) * COPIES_PER_MESSAGE;
+                match run_search(&app, query, want).await {
                     Ok(mut hits) => {
                         hits.reverse();
-                        let has_next = hits.len() > (page + 1) * PAGE;
-                        let shown: Vec<Hit> =
-                            hits.into_iter().skip(page * PAGE).take(PAGE).collect();
+                        let messages = custos_archive::group(hits);
+                        let has_next = messages.len() > (page + 1) * PAGE;
+                        let shown: Vec<MessageHit> =
+                            messages.into_iter().skip(page * PAGE).take(PAGE).collect();
                         results = Some((shown, has_next));
                     }
                     Err(AppError::BadRequest(m)) => error = Some(m),
@@ -344,7 +349,11 @@ pub async fn search(
                     table.results {
                         thead { tr { th { "Time (UTC)" } th { "From" } th { "To" } th { "Message" } th { "Verdict" } } }
                         tbody {
-                            @for h in hits {
+                            @for mh in hits {
+                                @let h = &mh.first;
+                                @let strictest = mh.copies.iter().map(|c| c.action).max_by_key(|a| store::rank(*a)).unwrap_or(h.action);
+                                @let would_act = mh.copies.iter().filter_map(|c| c.would_action).max_by_key(|a| store::rank(*a));
+                                @let all_rules: Vec<String> = mh.copies.iter().flat_map(|c| c.rules.iter().cloned()).fold(Vec::new(), |mut v, r| { if !v.contains(&r) { v.push(r); } v });
                                 @let body = h.body.as_deref().unwrap_or("");
                                 @let m = highlight::marks(body, &terms);
                                 @let (ex, inside, before, after) = highlight::excerpt(body, &m);
@@ -353,7 +362,7 @@ pub async fn search(
                                     td.jid { (h.from) }
                                     td.jid { (h.to) }
                                     td.body { a.open href=(format!("/conversation/{}#m{}", h.seq.0, h.seq.0)) { @if before { "… " } (marked(ex, &inside)) @if after { " …" } } }
-                                    td { (verdict(h.action)) " " (rules(&h.rules)) }
+                                    td { (verdict(strictest)) " " (would(would_act)) " " (rules(&all_rules)) " " (copies_badge(mh.copies.len())) }
                                 }
                             }
                         }
@@ -369,6 +378,10 @@ pub async fn search(
         },
     ))
 }
+
+/// Records fetched per logical message wanted on a search page (a message seen by both
+/// parties, their other clients and a replay has a handful of copies).
+const COPIES_PER_MESSAGE: usize = 8;
 
 /// Up to this many hits per export download.
 const EXPORT_LIMIT: usize = 10_000;
@@ -504,16 +517,51 @@ pub async fn conversation(
             .iter()
             .map(|m| (m.seq, m.segment, m.offset))
             .collect();
-        let meta: BTreeMap<u64, (Option<String>, Option<String>)> = around
+        let meta: BTreeMap<u64, Shown> = around
             .iter()
             .filter_map(|&(s, _, _)| {
-                store
-                    .message(s)
-                    .map(|m| (s, (m.severity.clone(), m.e2ee.clone())))
+                let m = store.message(s)?;
+                let copies = store
+                    .copies(s)
+                    .iter()
+                    .map(|c| CopyRow {
+                        seq: c.seq,
+                        leg: c.leg.as_str(),
+                        via: c.via.as_str(),
+                        account: c.account.clone(),
+                        action: c.action,
+                        would_action: c.would_action,
+                        rules: c.rules.clone(),
+                    })
+                    .collect();
+                Some((
+                    s,
+                    Shown {
+                        severity: m.severity.clone(),
+                        e2ee: m.e2ee.clone(),
+                        verdict: store.verdict_of(s),
+                        copies,
+                        msg_id: m.msg_id.clone(),
+                        edit: m.edit.clone(),
+                    },
+                ))
             })
             .collect();
         (around, meta)
     };
+    // Which shown message a correction or retraction changes, and the reverse.
+    let by_msg_id: BTreeMap<&str, u64> = meta
+        .iter()
+        .filter_map(|(s, m)| m.msg_id.as_deref().map(|id| (id, *s)))
+        .collect();
+    let mut edited_by: BTreeMap<u64, Vec<(u64, EditKind)>> = BTreeMap::new();
+    for (s, m) in &meta {
+        if let Some((kind, target)) = &m.edit {
+            if let Some(t) = by_msg_id.get(target.as_str()) {
+                edited_by.entry(*t).or_default().push((*s, *kind));
+            }
+        }
+    }
     if around.is_empty() {
         return Err(AppError::NotFound);
     }
@@ -546,19 +594,32 @@ pub async fn conversation(
             p.muted.conv-key { (title.strip_prefix("chat ").unwrap_or(&title).replace(' ', " · ")) }
             div.conversation {
                 @for r in &records {
-                    @if let NewRecord::Message(m) = &r.content {
-                        @let is_hit = r.seq.0 == seq;
-                        @let (severity, e2ee) = meta.get(&r.seq.0).cloned().unwrap_or_default();
+                    @if let (NewRecord::Message(m), Some(shown)) = (&r.content, meta.get(&r.seq.0)) {
+                        @let is_hit = shown.copies.iter().any(|c| c.seq == seq);
                         article id=(format!("m{}", r.seq.0)) class=(format!("msg {} {}", m.direction.as_str(), if is_hit { "hit" } else { "" })) {
                             header {
                                 span.time { (short_time(r.time)) }
                                 span.jid { (m.from) } " → " span.jid { (m.to) }
                                 span.spacer {}
-                                @if let Some(s) = &severity { span.severity { (s) } }
-                                (verdict(m.outcome.action)) " " (rules(&m.outcome.rules))
+                                @if let Some(s) = &shown.severity { span.severity { (s) } }
+                                (verdict(shown.verdict.action)) " " (would(shown.verdict.would_action)) " " (rules(&shown.verdict.rules)) " " (copies_badge(shown.verdict.copies))
                                 @if is_hit { span.badge.hit-badge { "search hit" } }
                             }
-                            @if let Some(scheme) = &e2ee {
+                            @if let Some(claimed) = &m.capture.claimed_from {
+                                p.error.forged { "Refused: the sender's client wrote the sender as " span.jid { (claimed) } "; the account it had proven is " span.jid { (m.from) } "." }
+                            }
+                            @if let Some((kind, target)) = &shown.edit {
+                                p.edit {
+                                    span.badge.edit { (kind.as_str()) }
+                                    " of message " code { (target) }
+                                    @if let Some(t) = by_msg_id.get(target.as_str()) { " (" a href=(format!("#m{t}")) { "shown above" } ")" }
+                                }
+                            }
+                            @if let Some(later) = edited_by.get(&r.seq.0) {
+                                p.edit.muted { "Changed later: " @for (s, kind) in later { a href=(format!("#m{s}")) { (kind.as_str()) } " " } "— the original stays on the record." }
+                            }
+                            @let e2ee = &shown.e2ee;
+                            @if let Some(scheme) = e2ee {
                                 p.e2ee { span.badge.v-e2ee { "end-to-end encrypted" } " " (scheme) ": the content is not readable by Custos; the archived body is the client's fallback text." }
                             }
                             @if let Some(subject) = &m.subject { p.subject { "Subject: " (subject) } }
@@ -572,7 +633,28 @@ pub async fn conversation(
                                 (Some(body), _) => { p.body { (body) } }
                                 (None, _) => { p.body.muted { "(no body)" } }
                             }
+                            @if !m.capture.extra.is_empty() {
+                                dl.extra {
+                                    @for t in &m.capture.extra {
+                                        dt { (extra_label(&t.kind)) @if let Some(l) = &t.lang { " (" (l) ")" } }
+                                        dd { (t.text) }
+                                    }
+                                }
+                            }
                             @if m.outcome.action == Action::Block { p.muted.small { "Not delivered: blocked by policy." } }
+                            @if shown.copies.len() > 1 || shown.copies.iter().any(|c| c.via != "direct") {
+                                details.copies {
+                                    summary { "Recorded copies (" (shown.copies.len()) ")" }
+                                    table.results.compact {
+                                        thead { tr { th { "#" } th { "Stream" } th { "Account" } th { "How" } th { "Verdict" } } }
+                                        tbody {
+                                            @for c in &shown.copies {
+                                                tr { td { (c.seq) } td { (c.leg) } td.jid { (c.account) } td { (c.via) } td { (verdict(c.action)) " " (would(c.would_action)) " " (rules(&c.rules)) } }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
                         }
                     }
                 }
@@ -591,6 +673,50 @@ pub async fn conversation(
             }
         },
     ))
+}
+
+/// What the conversation view shows of one logical message besides its first record.
+struct Shown {
+    severity: Option<String>,
+    e2ee: Option<String>,
+    verdict: store::GroupVerdict,
+    copies: Vec<CopyRow>,
+    msg_id: Option<String>,
+    edit: Option<(EditKind, String)>,
+}
+
+struct CopyRow {
+    seq: u64,
+    leg: &'static str,
+    via: &'static str,
+    account: String,
+    action: Action,
+    would_action: Option<Action>,
+    rules: Vec<String>,
+}
+
+/// A reader's name for a kind of extra text (docs/capture.md).
+fn extra_label(kind: &str) -> String {
+    let (wrapped, kind) = match kind.strip_prefix("forwarded-") {
+        Some(k) => (true, k),
+        None => (false, kind),
+    };
+    let name = match kind {
+        "body" => "Other body",
+        "subject" => "Other subject",
+        "xhtml" => "Formatted text",
+        "oob-url" => "Link",
+        "oob-desc" => "Link description",
+        "file-name" => "Shared file",
+        "file-desc" => "File description",
+        "file-url" => "File address",
+        _ => "Text",
+    };
+    if wrapped {
+        format!("{name}, inside an unverified wrapper")
+    } else {
+        name.to_owned()
+    }
 }
 
 fn history(h: &[crate::store::ReviewEvent]) -> maud::Markup {
@@ -664,10 +790,14 @@ pub async fn queue(
                 "flagged" => !i.sampled,
                 _ => true,
             })
-            .filter_map(|i| store.message(i.seq).map(|m| (i.clone(), m.clone())))
-            .filter(|(_, m)| f.rule.is_empty() || m.rules.contains(&f.rule))
-            .filter(|(_, m)| {
-                f.severity.is_empty() || m.severity.as_deref() == Some(f.severity.as_str())
+            .filter_map(|i| {
+                store
+                    .message(i.seq)
+                    .map(|m| (i.clone(), m.clone(), store.verdict_of(i.seq)))
+            })
+            .filter(|(_, _, v)| f.rule.is_empty() || v.rules.contains(&f.rule))
+            .filter(|(_, _, v)| {
+                f.severity.is_empty() || v.severity.as_deref() == Some(f.severity.as_str())
             })
             .collect()
     };
@@ -676,10 +806,9 @@ pub async fn queue(
         let mut r: HashSet<String> = HashSet::new();
         let mut s: HashSet<String> = HashSet::new();
         for i in store.reviews() {
-            if let Some(m) = store.message(i.seq) {
-                r.extend(m.rules.iter().cloned());
-                s.extend(m.severity.iter().cloned());
-            }
+            let v = store.verdict_of(i.seq);
+            r.extend(v.rules);
+            s.extend(v.severity);
         }
         let mut r: Vec<_> = r.into_iter().collect();
         let mut s: Vec<_> = s.into_iter().collect();
@@ -739,15 +868,15 @@ pub async fn queue(
                             th { "Time (UTC)" } th { "From" } th { "To" } th { "Verdict" } th { "Severity" } th { "Status" } th { "Assignee" } th {}
                         } }
                         tbody {
-                            @for (item, m) in &rows {
+                            @for (item, m, v) in &rows {
                                 @let own = m.involves(&a.session.jids);
                                 tr id=(format!("q{}", item.seq)) {
                                     @if can_review { td.sel { @if !own { input type="checkbox" name="seq" value=(item.seq) aria-label="Select"; } } }
                                     td.time { (short_time(m.time)) }
                                     td.jid { (m.from) }
                                     td.jid { (m.to) }
-                                    td { (verdict(m.action)) " " (rules(&m.rules)) @if item.sampled { span.badge.sample { "sample" } } }
-                                    td { (m.severity.as_deref().unwrap_or("—")) }
+                                    td { (verdict(v.action)) " " (would(v.would_action)) " " (rules(&v.rules)) " " (copies_badge(v.copies)) @if item.sampled { span.badge.sample { "sample" } } }
+                                    td { (v.severity.as_deref().unwrap_or("—")) }
                                     td { (status_badge(item.status)) }
                                     td { (item.assignee.as_deref().unwrap_or("—")) }
                                     td { a.button.small href=(format!("/conversation/{}#m{}", item.seq, item.seq)) { "Open" } @if own { " " span.muted.small { "(own)" } } }
@@ -872,10 +1001,15 @@ pub async fn dashboard(State(app): State<Arc<App>>, a: Authed) -> Result<Page, A
     let (mut open, mut escalated, mut sampled_open) = (0u64, 0u64, 0u64);
     {
         let store = read(&app.store);
+        // Logical messages, counted once by their first copy; a message is a policy hit
+        // when any of its copies is.
         for m in store.messages().iter().rev() {
             let day = m.time.0.div_euclid(DAY_MS);
             if day < first {
                 break;
+            }
+            if m.group != m.seq {
+                continue;
             }
             let Some(slot) = usize::try_from(day - first)
                 .ok()
@@ -883,8 +1017,9 @@ pub async fn dashboard(State(app): State<Arc<App>>, a: Authed) -> Result<Page, A
             else {
                 continue;
             };
-            slot[usize::from(m.action != Action::Allow)] += 1;
-            for r in &m.rules {
+            let v = store.verdict_of(m.seq);
+            slot[usize::from(v.action != Action::Allow)] += 1;
+            for r in &v.rules {
                 if let Some(c) = hits
                     .entry(r.clone())
                     .or_insert_with(|| vec![0; DAYS as usize])
@@ -901,12 +1036,10 @@ pub async fn dashboard(State(app): State<Arc<App>>, a: Authed) -> Result<Page, A
                 sampled_open += 1;
                 continue;
             }
-            if let Some(m) = store.message(i.seq) {
-                for r in &m.rules {
-                    let e = open_by_rule.entry(r.clone()).or_default();
-                    e.0 += 1;
-                    e.1 += u64::from(i.status == ReviewStatus::Escalated);
-                }
+            for r in &store.verdict_of(i.seq).rules {
+                let e = open_by_rule.entry(r.clone()).or_default();
+                e.0 += 1;
+                e.1 += u64::from(i.status == ReviewStatus::Escalated);
             }
         }
     }

@@ -123,6 +123,16 @@ pub fn status_badge(status: ReviewStatus) -> Markup {
     html! { span class=(format!("badge st-{}", status.as_str())) { (status.label()) } }
 }
 
+/// What monitor-mode rules would have done, beside the enforced verdict.
+pub fn would(action: Option<Action>) -> Markup {
+    html! { @if let Some(a) = action { span class=(format!("badge would v-{}", a.as_str())) { "would " (a.as_str()) } } }
+}
+
+/// How many copies of a logical message were recorded, when more than one.
+pub fn copies_badge(n: usize) -> Markup {
+    html! { @if n > 1 { span.badge.copies title="recorded once per stream it crossed" { (n) " copies" } } }
+}
+
 pub fn rules(rules: &[String]) -> Markup {
     html! { @for r in rules { span.rule { (r) } " " } }
 }

@@ -10,10 +10,13 @@
 use std::collections::{BTreeMap, HashMap};
 
 use custos_archive::query::{bare_jid, normalize_jid};
-use custos_archive::{Action, ChainEntry, Direction, EventRecord, NewRecord, Timestamp};
+use custos_archive::{
+    Action, ChainEntry, Direction, EditKind, EventRecord, Leg, NewRecord, Timestamp, Via,
+};
 use serde::{Deserialize, Serialize};
 
-/// One archived message, minus its text.
+/// One archived copy of a message, minus its text. Copies of one logical message (the
+/// sender's, each recipient's, carbons, replays) share `group`, the seq of the first.
 #[derive(Clone, Debug)]
 pub struct MessageMeta {
     pub seq: u64,
@@ -31,6 +34,29 @@ pub struct MessageMeta {
     pub offset: u64,
     /// Messages with equal keys belong to one conversation.
     pub conversation: String,
+    /// The seq of the first copy of this logical message.
+    pub group: u64,
+    pub leg: Leg,
+    pub via: Via,
+    /// The JID the session proved whose stream carried this copy.
+    pub account: String,
+    pub would_action: Option<Action>,
+    /// The sender's id for the message (XEP-0359 origin-id, else the stanza id).
+    pub msg_id: Option<String>,
+    /// A correction or retraction: which message (by `msg_id`) it changes.
+    pub edit: Option<(EditKind, String)>,
+    /// A sender the client wrote that was not its own (a refused attempt).
+    pub claimed_from: Option<String>,
+}
+
+/// Restrictiveness, for the verdict of a logical message across its copies.
+pub fn rank(a: Action) -> u8 {
+    match a {
+        Action::Allow => 0,
+        Action::Flag => 1,
+        Action::Redact => 2,
+        Action::Block => 3,
+    }
 }
 
 impl MessageMeta {
@@ -57,6 +83,16 @@ pub fn conversation_key(direction: Direction, from: &str, to: &str, stanza_type:
     }
     let (a, b) = if from <= to { (from, to) } else { (to, from) };
     format!("chat {a} {b}")
+}
+
+/// What a logical message's copies add up to.
+#[derive(Clone, Debug)]
+pub struct GroupVerdict {
+    pub action: Action,
+    pub rules: Vec<String>,
+    pub would_action: Option<Action>,
+    pub severity: Option<String>,
+    pub copies: usize,
 }
 
 /// One reviewer action or other audited event.
@@ -168,6 +204,10 @@ pub struct ReviewItem {
 pub struct Store {
     messages: Vec<MessageMeta>,
     by_seq: HashMap<u64, usize>,
+    /// Message identity (and delivered identity) → the group it names.
+    identities: HashMap<String, u64>,
+    /// Group → the seqs of its copies, in order.
+    members: HashMap<u64, Vec<u64>>,
     audit: Vec<AuditEntry>,
     reviews: BTreeMap<u64, ReviewItem>,
     next_seq: u64,
@@ -202,6 +242,8 @@ impl Store {
         Store {
             messages: Vec::new(),
             by_seq: HashMap::new(),
+            identities: HashMap::new(),
+            members: HashMap::new(),
             audit: Vec::new(),
             reviews: BTreeMap::new(),
             next_seq: 1,
@@ -227,6 +269,21 @@ impl Store {
             let Some(record) = e.record else { continue };
             match record.content {
                 NewRecord::Message(m) => {
+                    let leg = m.leg();
+                    let c = m.capture;
+                    // Copies join the group of the first copy with either identity.
+                    let names: Vec<String> = std::iter::once(c.identity)
+                        .chain(c.delivered_identity)
+                        .filter(|n| !n.is_empty())
+                        .collect();
+                    let group = names
+                        .iter()
+                        .find_map(|n| self.identities.get(n).copied())
+                        .unwrap_or(e.seq);
+                    for n in names {
+                        self.identities.entry(n).or_insert(group);
+                    }
+                    self.members.entry(group).or_default().push(e.seq);
                     let meta = MessageMeta {
                         seq: e.seq,
                         time: record.time,
@@ -241,19 +298,42 @@ impl Store {
                         e2ee: m.outcome.e2ee,
                         segment: e.segment,
                         offset: e.offset,
+                        group,
+                        leg,
+                        via: c.via,
+                        account: c.account,
+                        would_action: m.outcome.would_action,
+                        msg_id: m.origin_id.or(m.id),
+                        edit: c.edit.map(|e| (e.kind, e.target)),
+                        claimed_from: c.claimed_from,
                     };
-                    let flagged = meta.action != Action::Allow;
-                    if flagged || sampled(self.sample_key, meta.seq, self.sample_rate) {
-                        self.reviews.insert(
-                            meta.seq,
-                            ReviewItem {
-                                seq: meta.seq,
-                                status: ReviewStatus::Open,
-                                assignee: None,
-                                sampled: !flagged,
-                                history: Vec::new(),
-                            },
-                        );
+                    // Anything a rule noticed is for review, enforced or not: a flag, a
+                    // redaction or block, a monitor-mode "would have", an alert-only hit.
+                    let flagged = meta.action != Action::Allow
+                        || meta.would_action.is_some()
+                        || !meta.rules.is_empty();
+                    let first_copy = group == e.seq;
+                    // One review item per logical message, keyed by its first copy.
+                    match self.reviews.get_mut(&group) {
+                        Some(item) if flagged => item.sampled = false,
+                        Some(_) => {}
+                        None => {
+                            if flagged
+                                || (first_copy
+                                    && sampled(self.sample_key, meta.seq, self.sample_rate))
+                            {
+                                self.reviews.insert(
+                                    group,
+                                    ReviewItem {
+                                        seq: group,
+                                        status: ReviewStatus::Open,
+                                        assignee: None,
+                                        sampled: !flagged,
+                                        history: Vec::new(),
+                                    },
+                                );
+                            }
+                        }
                     }
                     self.by_seq.insert(meta.seq, self.messages.len());
                     self.messages.push(meta);
@@ -303,8 +383,12 @@ impl Store {
                 String::new(),
             ),
         };
-        for seq in seqs {
-            let Some(item) = self.reviews.get_mut(seq) else {
+        // A review of any copy is a review of the logical message, once.
+        let mut groups: Vec<u64> = seqs.iter().map(|s| self.group_of(*s)).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        for group in groups {
+            let Some(item) = self.reviews.get_mut(&group) else {
                 continue;
             };
             match &change {
@@ -329,8 +413,54 @@ impl Store {
         &self.messages
     }
 
+    /// The review item of the logical message `seq` is a copy of.
     pub fn review(&self, seq: u64) -> Option<&ReviewItem> {
-        self.reviews.get(&seq)
+        self.reviews.get(&self.group_of(seq))
+    }
+
+    /// The first copy's seq of the logical message `seq` belongs to.
+    pub fn group_of(&self, seq: u64) -> u64 {
+        self.message(seq).map_or(seq, |m| m.group)
+    }
+
+    /// Every copy of the logical message `seq` belongs to, in order.
+    pub fn copies(&self, seq: u64) -> Vec<&MessageMeta> {
+        self.members
+            .get(&self.group_of(seq))
+            .map(|seqs| seqs.iter().filter_map(|s| self.message(*s)).collect())
+            .unwrap_or_default()
+    }
+
+    /// The logical message's verdict: the most restrictive of its copies, every rule
+    /// any copy matched, and what monitor-mode rules would have done.
+    pub fn verdict_of(&self, seq: u64) -> GroupVerdict {
+        let copies = self.copies(seq);
+        let mut v = GroupVerdict {
+            action: Action::Allow,
+            rules: Vec::new(),
+            would_action: None,
+            severity: None,
+            copies: copies.len(),
+        };
+        for c in copies {
+            if rank(c.action) > rank(v.action) {
+                v.action = c.action;
+            }
+            if let Some(w) = c.would_action {
+                if v.would_action.is_none_or(|cur| rank(w) > rank(cur)) {
+                    v.would_action = Some(w);
+                }
+            }
+            for r in &c.rules {
+                if !v.rules.contains(r) {
+                    v.rules.push(r.clone());
+                }
+            }
+            if v.severity.is_none() {
+                v.severity = c.severity.clone();
+            }
+        }
+        v
     }
 
     pub fn reviews(&self) -> impl DoubleEndedIterator<Item = &ReviewItem> {
@@ -341,26 +471,23 @@ impl Store {
         &self.audit
     }
 
-    /// Up to `before` and `after` messages of the same conversation around `seq`, in order.
+    /// Up to `before` and `after` logical messages of the same conversation around the
+    /// one `seq` is a copy of, each by its first copy, in order.
     pub fn conversation_around(&self, seq: u64, before: usize, after: usize) -> Vec<&MessageMeta> {
-        let Some(&at) = self.by_seq.get(&seq) else {
+        let Some(&at) = self.by_seq.get(&self.group_of(seq)) else {
             return Vec::new();
         };
         let Some(hit) = self.messages.get(at) else {
             return Vec::new();
         };
         let key = &hit.conversation;
+        let first = |m: &&MessageMeta| &m.conversation == key && m.group == m.seq;
         let head = self.messages.get(..at).unwrap_or_default();
         let tail = self.messages.get(at + 1..).unwrap_or_default();
-        let mut earlier: Vec<&MessageMeta> = head
-            .iter()
-            .rev()
-            .filter(|m| &m.conversation == key)
-            .take(before)
-            .collect();
+        let mut earlier: Vec<&MessageMeta> = head.iter().rev().filter(first).take(before).collect();
         earlier.reverse();
         earlier.push(hit);
-        earlier.extend(tail.iter().filter(|m| &m.conversation == key).take(after));
+        earlier.extend(tail.iter().filter(first).take(after));
         earlier
     }
 }
@@ -496,6 +623,106 @@ mod tests {
         assert!(s.conversation_around(99, 5, 5).is_empty());
         assert!(s.message(3).unwrap().involves(&["b@x".to_string()]));
         assert!(!s.message(2).unwrap().involves(&["b@x".to_string()]));
+    }
+
+    /// A copy of logical message `identity` on `leg`, seen by `account`.
+    fn copy(
+        seq: u64,
+        identity: &str,
+        delivered: Option<&str>,
+        leg: Leg,
+        action: Action,
+    ) -> ChainEntry {
+        let mut e = msg(seq, "a@x/1", "b@x", action);
+        if let Some(Record {
+            content: NewRecord::Message(m),
+            ..
+        }) = &mut e.record
+        {
+            m.capture.identity = identity.into();
+            m.capture.delivered_identity = delivered.map(str::to_owned);
+            m.capture.account = match leg {
+                Leg::ClientToServer => "a@x/1".into(),
+                Leg::ServerToClient => "b@x/2".into(),
+            };
+            if leg == Leg::ServerToClient {
+                m.direction = Direction::Inbound;
+            }
+        }
+        e
+    }
+
+    #[test]
+    fn copies_make_one_logical_message_with_one_review_item() {
+        let mut s = Store::new([1; 16], 0.0);
+        s.apply(vec![
+            // Allowed on the sender's leg, blocked on the recipient's.
+            copy(1, "m1", None, Leg::ClientToServer, Action::Allow),
+            copy(2, "m1", None, Leg::ServerToClient, Action::Block),
+            // Redacted on the sender's leg: the recipient's copy has the delivered identity.
+            copy(3, "m2", Some("m2r"), Leg::ClientToServer, Action::Redact),
+            copy(4, "m2r", None, Leg::ServerToClient, Action::Allow),
+            // Another message, with an id reused but other content: another identity.
+            copy(5, "m3", None, Leg::ClientToServer, Action::Allow),
+        ]);
+        assert_eq!(
+            s.copies(2).iter().map(|m| m.seq).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        assert_eq!(
+            s.copies(4).iter().map(|m| m.seq).collect::<Vec<_>>(),
+            [3, 4]
+        );
+        assert_eq!(s.copies(5).len(), 1);
+        // One item per logical message, keyed by its first copy, with the strictest verdict.
+        let items: Vec<u64> = s.reviews().map(|i| i.seq).collect();
+        assert_eq!(items, [1, 3]);
+        assert!(std::ptr::eq(s.review(2).unwrap(), s.review(1).unwrap()));
+        let v = s.verdict_of(1);
+        assert_eq!((v.action, v.copies), (Action::Block, 2));
+        // A review through any copy reviews the logical message, once.
+        s.apply(vec![audit(
+            6,
+            "olivia",
+            &ReviewChange::Status {
+                seqs: vec![1, 2],
+                status: ReviewStatus::Reviewed,
+                comment: "checked".into(),
+            },
+        )]);
+        assert_eq!(s.review(1).unwrap().status, ReviewStatus::Reviewed);
+        assert_eq!(s.review(1).unwrap().history.len(), 1);
+        // The conversation shows each logical message once.
+        let shown: Vec<u64> = s
+            .conversation_around(4, 10, 10)
+            .iter()
+            .map(|m| m.seq)
+            .collect();
+        assert_eq!(shown, [1, 3, 5]);
+    }
+
+    #[test]
+    fn monitor_and_alert_only_hits_are_review_items() {
+        let mut s = Store::new([1; 16], 0.0);
+        let mut would = msg(1, "a@x/1", "b@x", Action::Allow);
+        let mut alert_only = msg(2, "a@x/1", "b@x", Action::Allow);
+        for (e, would_action, rules) in [
+            (&mut would, Some(Action::Block), vec!["trial".to_string()]),
+            (&mut alert_only, None, vec!["notify".to_string()]),
+        ] {
+            if let Some(Record {
+                content: NewRecord::Message(m),
+                ..
+            }) = &mut e.record
+            {
+                m.outcome.would_action = would_action;
+                m.outcome.rules = rules;
+            }
+        }
+        s.apply(vec![would, alert_only]);
+        assert!(s.review(1).is_some_and(|i| !i.sampled));
+        assert!(s.review(2).is_some_and(|i| !i.sampled));
+        assert_eq!(s.verdict_of(1).would_action, Some(Action::Block));
     }
 
     #[test]

@@ -782,3 +782,156 @@ async fn regulator_export_downloads_a_verifiable_archive_and_is_audited() {
     assert!(audit.body.contains("regulator"), "export audited");
     assert!(audit.body.contains("aud"), "by whom");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_show_as_one_logical_message_with_each_legs_verdict() {
+    let w = world().await;
+    // The sender's copy, allowed on its leg; the recipient's copy, blocked on hers.
+    let sent = append(
+        &w.fx.archive,
+        Msg::chat(
+            "alice@example.test/laptop",
+            "carol@example.test",
+            "twofold quarterly memo",
+        )
+        .copy_of("m-two", "alice@example.test/laptop"),
+    )
+    .await;
+    let mut received = Msg::chat(
+        "alice@example.test/laptop",
+        "carol@example.test",
+        "twofold quarterly memo",
+    )
+    .copy_of("m-two", "carol@example.test/desk")
+    .flagged(Action::Block, &["inbound-only"], "high");
+    received.direction = custos_archive::Direction::Inbound;
+    let received = append(&w.fx.archive, received).await;
+    // A redacted original, and the recipient's copy that carries the delivered text.
+    let mut red = Msg::chat(
+        "alice@example.test/laptop",
+        "carol@example.test",
+        "falcon plan twofold",
+    )
+    .copy_of("m-red", "alice@example.test/laptop")
+    .flagged(Action::Redact, &["codename"], "low");
+    red.delivered = Some("██████ plan twofold");
+    red.capture.delivered_identity = Some("m-red-delivered".into());
+    let red = append(&w.fx.archive, red).await;
+    let mut red_copy = Msg::chat(
+        "alice@example.test/laptop",
+        "carol@example.test",
+        "██████ plan twofold",
+    )
+    .copy_of("m-red-delivered", "carol@example.test/desk");
+    red_copy.direction = custos_archive::Direction::Inbound;
+    let red_copy = append(&w.fx.archive, red_copy).await;
+    // Monitor mode: allowed, but would have been blocked.
+    let mut trial = Msg::chat(
+        "alice@example.test/laptop",
+        "carol@example.test",
+        "twofold pilot",
+    )
+    .copy_of("m-trial", "alice@example.test/laptop");
+    trial.rules = &["trial-block"];
+    trial.would_action = Some(Action::Block);
+    let trial = append(&w.fx.archive, trial).await;
+    // A correction of a message, with hostile text in another-language body.
+    let mut orig = Msg::chat(
+        "alice@example.test/laptop",
+        "carol@example.test",
+        "twofold first wording",
+    )
+    .copy_of("m-orig", "alice@example.test/laptop");
+    orig.id = Some("orig-1");
+    let orig = append(&w.fx.archive, orig).await;
+    let mut fix = Msg::chat(
+        "alice@example.test/laptop",
+        "carol@example.test",
+        "twofold second wording",
+    )
+    .copy_of("m-fix", "alice@example.test/laptop");
+    fix.capture.edit = Some(custos_archive::Edit {
+        kind: custos_archive::EditKind::Correction,
+        target: "orig-1".into(),
+    });
+    fix.capture.extra = vec![custos_archive::Text {
+        kind: "body".into(),
+        lang: Some("de".into()),
+        text: "<script>alert('x')</script><img src=x onerror=alert(1)>".into(),
+    }];
+    let fix = append(&w.fx.archive, fix).await;
+    wait_indexed(&w.fx.archive, "twofold", 7).await;
+    let (cookie, _) = sign_in(&w.app, "oscar").await;
+
+    // Search: one row per logical message, with its copies counted.
+    let page = send(
+        &w.app,
+        Method::GET,
+        "/search?q=twofold",
+        Some(&cookie),
+        None,
+    )
+    .await;
+    assert_eq!(page.status, StatusCode::OK);
+    let rows = page.body.matches("<td class=\"time\">").count();
+    assert_eq!(rows, 5, "{}", page.body);
+    assert_eq!(page.body.matches("2 copies").count(), 2, "{}", page.body);
+    assert!(page.body.contains("would block"), "{}", page.body);
+
+    // The conversation: each message once, its copies with their leg's verdict; the
+    // correction linked to what it changes; hostile text inert.
+    let conv = send(
+        &w.app,
+        Method::GET,
+        &format!("/conversation/{received}"),
+        Some(&cookie),
+        None,
+    )
+    .await;
+    assert_eq!(conv.status, StatusCode::OK);
+    assert!(conv.body.contains(&format!("id=\"m{sent}\"")));
+    assert!(
+        !conv.body.contains(&format!("id=\"m{received}\"")),
+        "a copy is not a message of its own"
+    );
+    assert!(
+        conv.body.contains("carol@example.test/desk") && conv.body.contains("server-to-client")
+    );
+    assert!(
+        conv.body.contains(&format!("id=\"m{orig}\""))
+            && conv.body.contains(&format!("id=\"m{fix}\""))
+    );
+    assert!(conv.body.contains("correction") && conv.body.contains("orig-1"));
+    assert!(
+        conv.body.contains("Changed later"),
+        "edit history on the original"
+    );
+    assert!(
+        !conv.body.contains("<script>alert"),
+        "hostile text rendered live"
+    );
+    assert!(!conv.body.contains("<img src=x"));
+    assert!(conv.body.contains("&lt;script&gt;"));
+
+    // The queue: one item per logical message, keyed by its first copy.
+    let queue = send(
+        &w.app,
+        Method::GET,
+        "/queue?status=all",
+        Some(&cookie),
+        None,
+    )
+    .await;
+    assert!(
+        queue.body.contains(&format!("id=\"q{sent}\"")),
+        "{}",
+        queue.body
+    );
+    assert!(!queue.body.contains(&format!("id=\"q{received}\"")));
+    assert!(queue.body.contains(&format!("id=\"q{red}\"")));
+    assert!(!queue.body.contains(&format!("id=\"q{red_copy}\"")));
+    assert!(
+        queue.body.contains(&format!("id=\"q{trial}\"")),
+        "a would-have item"
+    );
+}

@@ -79,6 +79,9 @@ pub struct Msg<'a> {
     pub severity: Option<&'a str>,
     pub direction: Direction,
     pub stanza_type: &'a str,
+    pub id: Option<&'a str>,
+    pub would_action: Option<Action>,
+    pub capture: custos_archive::Capture,
 }
 
 impl<'a> Msg<'a> {
@@ -94,7 +97,16 @@ impl<'a> Msg<'a> {
             severity: None,
             direction: Direction::Outbound,
             stanza_type: "chat",
+            id: None,
+            would_action: None,
+            capture: Default::default(),
         }
+    }
+    /// A copy of logical message `identity` seen on `account`'s stream.
+    pub fn copy_of(mut self, identity: &str, account: &str) -> Msg<'a> {
+        self.capture.identity = identity.into();
+        self.capture.account = account.into();
+        self
     }
     pub fn flagged(mut self, action: Action, rules: &'a [&'a str], severity: &'a str) -> Msg<'a> {
         self.action = action;
@@ -116,7 +128,7 @@ pub async fn append(archive: &Archive, m: Msg<'_>) -> u64 {
         from: m.from.into(),
         to: m.to.into(),
         stanza_type: m.stanza_type.into(),
-        id: None,
+        id: m.id.map(String::from),
         origin_id: None,
         stanza_id: None,
         thread: None,
@@ -129,9 +141,9 @@ pub async fn append(archive: &Archive, m: Msg<'_>) -> u64 {
             delivered_body: m.delivered.map(String::from),
             severity: m.severity.map(String::from),
             e2ee: m.e2ee.map(String::from),
-            would_action: None,
+            would_action: m.would_action,
         },
-        capture: Default::default(),
+        capture: m.capture,
     });
     archive.append(rec).await.unwrap().seq.0
 }
