@@ -77,6 +77,28 @@ async fn officer_reviews_a_message_sent_through_custos_a_moment_ago() -> TestRes
             rig.context()
         );
         let found_after = sent.elapsed();
+        // Both users are behind Custos: each message was recorded on the sender's stream
+        // and on the recipient's, and the page shows it once, with both copies counted.
+        let mut grouped = String::new();
+        while sent.elapsed() < Duration::from_secs(8) {
+            c.goto(&format!("{base}/search?q=zanzibar")).await?;
+            grouped = c.find(Locator::Css("table.results")).await?.text().await?;
+            if grouped.to_lowercase().matches("2 copies").count() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(
+            grouped.to_lowercase().matches("2 copies").count(),
+            2,
+            "each message once, with its two copies: {grouped}"
+        );
+        assert_eq!(
+            c.find_all(Locator::Css("table.results tbody tr"))
+                .await?
+                .len(),
+            2
+        );
         let results = c.find(Locator::Css("table.results")).await?.text().await?;
         assert!(results.contains("alice@example.test/laptop"), "{results}");
         // Hostile markup in a body is shown as text.
