@@ -90,7 +90,7 @@ import glob, json, sys
 import pyarrow.parquet as pq
 rows = []
 for part in sorted(glob.glob(sys.argv[1] + "/records/*.parquet")):
-    t = pq.read_table(part, columns=["seq", "direction", "from", "to", "type", "body", "delivered_body", "action", "rules"])
+    t = pq.read_table(part, columns=["seq", "direction", "from", "to", "type", "body", "delivered_body", "action", "rules", "logical_message", "delivered_logical_message", "leg", "account"])
     rows.extend(t.to_pylist())
 print(json.dumps(rows))
 "#;
@@ -132,6 +132,30 @@ print(json.dumps(rows))
             .any(|r| r["delivered_body"] == "export me: project ██████ <&>"),
         "{rows:#?}"
     );
+    // A regulator groups copies by logical message (a redacted original also names the
+    // identity of what it delivered): four messages, each seen on the sender's stream
+    // and on the recipient's.
+    let mut groups: Vec<Vec<&serde_json::Value>> = Vec::new();
+    for row in &rows {
+        let names = [&row["logical_message"], &row["delivered_logical_message"]];
+        match groups.iter_mut().find(|g| {
+            g.iter().any(|o| {
+                names.iter().any(|n| {
+                    !n.is_null()
+                        && (o["logical_message"] == **n || o["delivered_logical_message"] == **n)
+                })
+            })
+        }) {
+            Some(g) => g.push(row),
+            None => groups.push(vec![row]),
+        }
+    }
+    assert_eq!(groups.len(), 4, "{rows:#?}");
+    for g in &groups {
+        let mut legs: Vec<&str> = g.iter().map(|r| r["leg"].as_str().unwrap_or("")).collect();
+        legs.sort_unstable();
+        assert_eq!(legs, ["client-to-server", "server-to-client"], "{g:#?}");
+    }
 
     // Transcripts are self-contained HTML with bodies escaped and no script.
     let transcripts: Vec<_> =

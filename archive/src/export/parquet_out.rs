@@ -25,9 +25,10 @@ use parquet::schema::types::{ColumnPath, Type};
 use super::row::Shown;
 use crate::segment::{Hash, SALT_LEN};
 
-/// The schema, version 1. Column order is part of the format.
+/// The schema, version 2 (version 1 lacked the capture columns, from
+/// `logical_message` to `extra`). Column order is part of the format.
 pub(crate) const SCHEMA: &str = "
-message custos_record_v1 {
+message custos_record_v2 {
   REQUIRED INT64 seq;
   REQUIRED INT64 time (TIMESTAMP(MILLIS,true));
   REQUIRED BINARY kind (STRING);
@@ -51,6 +52,15 @@ message custos_record_v1 {
   OPTIONAL BINARY stanza_id (STRING);
   OPTIONAL BINARY severity (STRING);
   OPTIONAL BINARY e2ee (STRING);
+  OPTIONAL BINARY logical_message (STRING);
+  OPTIONAL BINARY delivered_logical_message (STRING);
+  OPTIONAL BINARY via (STRING);
+  OPTIONAL BINARY leg (STRING);
+  OPTIONAL BINARY account (STRING);
+  OPTIONAL BINARY claimed_from (STRING);
+  OPTIONAL BINARY would_action (STRING);
+  OPTIONAL BINARY edit (JSON);
+  OPTIONAL BINARY extra (JSON);
   OPTIONAL BINARY event (JSON);
   REQUIRED BINARY transcript (STRING);
   REQUIRED FIXED_LEN_BYTE_ARRAY (32) record_hash;
@@ -63,7 +73,7 @@ message custos_record_v1 {
 ";
 
 /// Column names in schema order.
-pub(crate) const COLUMNS: [&str; 27] = [
+pub(crate) const COLUMNS: [&str; 36] = [
     "seq",
     "time",
     "kind",
@@ -83,6 +93,15 @@ pub(crate) const COLUMNS: [&str; 27] = [
     "stanza_id",
     "severity",
     "e2ee",
+    "logical_message",
+    "delivered_logical_message",
+    "via",
+    "leg",
+    "account",
+    "claimed_from",
+    "would_action",
+    "edit",
+    "extra",
     "event",
     "transcript",
     "record_hash",
@@ -156,6 +175,7 @@ struct Columns {
     rules_def: Vec<i16>,
     rules_rep: Vec<i16>,
     more: [OptStr; 7],
+    capture: [OptStr; 9],
     event: OptStr,
     transcript: Vec<ByteArray>,
     record_hash: Vec<FixedLenByteArray>,
@@ -214,6 +234,19 @@ impl Columns {
             &s.stanza_id,
             &s.severity,
             &s.e2ee,
+        ]) {
+            n += col.push(v);
+        }
+        for (col, v) in self.capture.iter_mut().zip([
+            &s.logical_message,
+            &s.delivered_logical_message,
+            &s.via,
+            &s.leg,
+            &s.account,
+            &s.claimed_from,
+            &s.would_action,
+            &s.edit,
+            &s.extra,
         ]) {
             n += col.push(v);
         }
@@ -408,6 +441,8 @@ impl Columns {
         let [direction, from, to, stanza_type, thread, subject, body] = &self.opt;
         let [delivered_body, session, message_id, origin_id, stanza_id, severity, e2ee] =
             &self.more;
+        let [logical_message, delivered_logical_message, via, leg, account, claimed_from, would_action, edit, extra] =
+            &self.capture;
         Some(match name {
             "direction" => direction,
             "from" => from,
@@ -424,6 +459,15 @@ impl Columns {
             "stanza_id" => stanza_id,
             "severity" => severity,
             "e2ee" => e2ee,
+            "logical_message" => logical_message,
+            "delivered_logical_message" => delivered_logical_message,
+            "via" => via,
+            "leg" => leg,
+            "account" => account,
+            "claimed_from" => claimed_from,
+            "would_action" => would_action,
+            "edit" => edit,
+            "extra" => extra,
             "event" => &self.event,
             _ => return None,
         })

@@ -30,6 +30,18 @@ pub(crate) struct Shown {
     pub stanza_id: Option<String>,
     pub severity: Option<String>,
     pub e2ee: Option<String>,
+    /// How the copy was captured (docs/capture.md); message rows only.
+    pub logical_message: Option<String>,
+    pub delivered_logical_message: Option<String>,
+    pub via: Option<String>,
+    pub leg: Option<String>,
+    pub account: Option<String>,
+    pub claimed_from: Option<String>,
+    pub would_action: Option<String>,
+    /// `{"kind","target"}` of a correction, retraction or moderation.
+    pub edit: Option<String>,
+    /// `[{"kind","lang","text"}]`: content beyond the body and subject.
+    pub extra: Option<String>,
     /// Event fields as a JSON object (event rows only).
     pub event: Option<String>,
     /// Path of the transcript holding this record, relative to the export.
@@ -112,6 +124,19 @@ impl Shown {
                 s.stanza_id = m.stanza_id.clone();
                 s.severity = m.outcome.severity.clone();
                 s.e2ee = m.outcome.e2ee.clone();
+                let c = &m.capture;
+                s.logical_message = Some(c.identity.clone()).filter(|i| !i.is_empty());
+                s.delivered_logical_message = c.delivered_identity.clone();
+                s.via = Some(c.via.as_str().into());
+                s.leg = Some(m.leg().as_str().into());
+                s.account = Some(c.account.clone()).filter(|a| !a.is_empty());
+                s.claimed_from = c.claimed_from.clone();
+                s.would_action = m.outcome.would_action.map(|a| a.as_str().into());
+                s.edit = c.edit.as_ref().map(|e| {
+                    serde_json::json!({"kind": e.kind.as_str(), "target": e.target}).to_string()
+                });
+                s.extra = (!c.extra.is_empty())
+                    .then(|| serde_json::to_string(&c.extra).unwrap_or_default());
             }
             NewRecord::Event(e) => {
                 let (kind, session, json) = event_json(e);

@@ -44,7 +44,30 @@ fn msg(from: &str, to: &str, ty: &str, body: &str, action: Action) -> NewRecord 
             e2ee: None,
             would_action: None,
         },
-        capture: Default::default(),
+        capture: crate::record::Capture {
+            via: if action == Action::Flag {
+                crate::record::Via::CarbonReceived
+            } else {
+                crate::record::Via::Direct
+            },
+            account: format!("{}/r", crate::query::bare_jid(from)),
+            identity: format!("{:x}", body.len() * 7919 + from.len()),
+            delivered_identity: (action == Action::Redact).then(|| "delivered-id".to_string()),
+            extra: if action == Action::Flag {
+                vec![crate::record::Text {
+                    kind: "body".into(),
+                    lang: Some("de".into()),
+                    text: "<b>zweite</b> Sprache".into(),
+                }]
+            } else {
+                Vec::new()
+            },
+            edit: (action == Action::Block).then(|| crate::record::Edit {
+                kind: crate::record::EditKind::Correction,
+                target: "m0".into(),
+            }),
+            claimed_from: (action == Action::Block).then(|| "eve@example.test/forged".to_string()),
+        },
     })
 }
 
@@ -374,6 +397,74 @@ fn reordered_rows_are_found_and_located() {
         "{:#?}",
         r.problems
     );
+}
+
+#[test]
+fn capture_columns_show_the_record_and_changes_to_them_are_found() {
+    let f = fixture(6);
+    let out = f._tmp.path().join("out");
+    run_export(&f, &out, &ExportRequest::default());
+    let rows = read_part(&out.join("records/part-00000.parquet"));
+    let flagged = rows
+        .iter()
+        .find(|r| r.shown.action.as_deref() == Some("flag"))
+        .unwrap();
+    assert_eq!(flagged.shown.via.as_deref(), Some("carbon-received"));
+    assert_eq!(flagged.shown.leg.as_deref(), Some("server-to-client"));
+    assert_eq!(flagged.shown.account.as_deref(), Some("bob@example.test/r"));
+    assert!(flagged.shown.logical_message.is_some());
+    let extra: serde_json::Value =
+        serde_json::from_str(flagged.shown.extra.as_deref().unwrap()).unwrap();
+    assert_eq!(extra[0]["lang"], "de");
+    let blocked = rows
+        .iter()
+        .find(|r| r.shown.action.as_deref() == Some("block"))
+        .unwrap();
+    assert_eq!(
+        blocked.shown.claimed_from.as_deref(),
+        Some("eve@example.test/forged")
+    );
+    let edit: serde_json::Value =
+        serde_json::from_str(blocked.shown.edit.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        (edit["kind"].as_str(), edit["target"].as_str()),
+        (Some("correction"), Some("m0"))
+    );
+    let redacted = rows
+        .iter()
+        .find(|r| r.shown.action.as_deref() == Some("redact"))
+        .unwrap();
+    assert_eq!(
+        redacted.shown.delivered_logical_message.as_deref(),
+        Some("delivered-id")
+    );
+    // Whose stream carried a copy, and which message it is a copy of, are as signed.
+    for (column, edit) in [
+        (
+            "account",
+            Box::new(|r: &mut ExportRow| r.shown.account = Some("mallory@example.test/x".into()))
+                as Box<dyn Fn(&mut ExportRow)>,
+        ),
+        (
+            "logical_message",
+            Box::new(|r: &mut ExportRow| r.shown.logical_message = Some("0000".into())),
+        ),
+        (
+            "via",
+            Box::new(|r: &mut ExportRow| r.shown.via = Some("mam".into())),
+        ),
+    ] {
+        let out = f._tmp.path().join(format!("out-{column}"));
+        run_export(&f, &out, &ExportRequest::default());
+        let r = tamper_rows(&f, &out, |rows| edit(&mut rows[1]));
+        assert!(
+            r.problems
+                .iter()
+                .any(|p| p.row == Some(1) && p.what.contains(column)),
+            "{column}: {:#?}",
+            r.problems
+        );
+    }
 }
 
 #[test]

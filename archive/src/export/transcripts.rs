@@ -68,7 +68,13 @@ pub(crate) struct Transcripts {
     by_key: HashMap<String, usize>,
     open: usize,
     clock: u64,
+    /// Logical message → the seq of its first row, so later copies are shown as copies
+    /// (bounded: past the cap a copy is shown in full, never dropped).
+    first_copy: HashMap<String, u64>,
 }
+
+/// Logical messages remembered for showing copies as such.
+const MAX_REMEMBERED: usize = 200_000;
 
 impl Transcripts {
     pub fn new(root: &Path) -> Transcripts {
@@ -78,6 +84,7 @@ impl Transcripts {
             by_key: HashMap::new(),
             open: 0,
             clock: 0,
+            first_copy: HashMap::new(),
         }
     }
 
@@ -126,8 +133,21 @@ impl Transcripts {
         c.first = c.first.min(s.time);
         c.last = c.last.max(s.time);
         c.last_used = clock;
+        let names: Vec<&String> = s
+            .logical_message
+            .iter()
+            .chain(&s.delivered_logical_message)
+            .collect();
+        let copy_of = names
+            .iter()
+            .find_map(|n| self.first_copy.get(n.as_str()).copied());
+        if self.first_copy.len() < MAX_REMEMBERED {
+            for n in names {
+                self.first_copy.entry(n.clone()).or_insert(s.seq);
+            }
+        }
         if let Some(out) = &mut c.out {
-            out.write_all(row_html(s).as_bytes())?;
+            out.write_all(row_html(s, copy_of).as_bytes())?;
         }
         Ok(())
     }
@@ -195,7 +215,9 @@ fn opt(label: &str, v: &Option<String>) -> String {
         .unwrap_or_default()
 }
 
-fn row_html(s: &Shown) -> String {
+/// One record's row. A copy of a message shown earlier (the recipient's copy, a carbon, a
+/// replay) says so and shows only what differs: its stream, account and verdict.
+fn row_html(s: &Shown, copy_of: Option<u64>) -> String {
     let action = s.action.as_deref().unwrap_or("");
     let class = match action {
         "block" | "redact" | "flag" => action,
@@ -211,14 +233,53 @@ fn row_html(s: &Shown) -> String {
         _ => escape(&s.kind),
     };
     let mut msg = String::new();
-    msg.push_str(&opt("subject", &s.subject));
-    if let Some(b) = &s.body {
-        msg.push_str(&format!("<div class=\"body\">{}</div>", escape(b)));
+    if let Some(first) = copy_of {
+        msg.push_str(&format!(
+            "<div class=\"meta\">copy of the message at seq {first}</div>"
+        ));
+    } else {
+        msg.push_str(&opt("subject", &s.subject));
+        if let Some(b) = &s.body {
+            msg.push_str(&format!("<div class=\"body\">{}</div>", escape(b)));
+        }
+        if let Some(extra) = &s.extra {
+            for t in serde_json::from_str::<Vec<serde_json::Value>>(extra).unwrap_or_default() {
+                let label = match t["lang"].as_str() {
+                    Some(lang) => format!("{} ({lang})", t["kind"].as_str().unwrap_or("text")),
+                    None => t["kind"].as_str().unwrap_or("text").to_owned(),
+                };
+                msg.push_str(&format!(
+                    "<div class=\"meta\">{}: {}</div>",
+                    escape(&label),
+                    escape(t["text"].as_str().unwrap_or(""))
+                ));
+            }
+        }
     }
     msg.push_str(&opt("delivered as", &s.delivered_body));
+    msg.push_str(&opt("sender claimed to be (refused)", &s.claimed_from));
+    if let Some(edit) = &s.edit {
+        let e: serde_json::Value = serde_json::from_str(edit).unwrap_or_default();
+        msg.push_str(&format!(
+            "<div class=\"meta\">{} of message {}; that message stays on the record</div>",
+            escape(e["kind"].as_str().unwrap_or("edit")),
+            escape(e["target"].as_str().unwrap_or("?"))
+        ));
+    }
+    if let (Some(leg), Some(via)) = (&s.leg, &s.via) {
+        msg.push_str(&format!(
+            "<div class=\"meta\">recorded on the {} stream of {} ({})</div>",
+            escape(leg),
+            escape(s.account.as_deref().unwrap_or("an unbound session")),
+            escape(via)
+        ));
+    }
     msg.push_str(&opt("event", &s.event));
     msg.push_str(&opt("thread", &s.thread));
     let mut policy = escape(action);
+    if let Some(w) = &s.would_action {
+        policy.push_str(&format!("<div class=\"meta\">would {}</div>", escape(w)));
+    }
     if !s.rules.is_empty() {
         policy.push_str(&format!(
             "<div class=\"meta\">{}</div>",
@@ -260,9 +321,49 @@ mod tests {
             action: Some("allow".into()),
             ..Shown::default()
         };
-        let h = row_html(&s);
+        let h = row_html(&s, None);
         assert!(!h.contains("<script"), "{h}");
         assert!(!h.contains("<img"), "{h}");
         assert!(h.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    }
+
+    #[test]
+    fn copies_other_texts_and_edits_are_shown_as_text() {
+        let s = Shown {
+            seq: 7,
+            kind: "message".into(),
+            from: Some("a@x/1".into()),
+            to: Some("b@x".into()),
+            body: Some("hello".into()),
+            action: Some("flag".into()),
+            leg: Some("server-to-client".into()),
+            via: Some("carbon-received".into()),
+            account: Some("b@x/2".into()),
+            claimed_from: Some("<i>eve</i>@x".into()),
+            edit: Some(r#"{"kind":"correction","target":"<orig>"}"#.into()),
+            extra: Some(r#"[{"kind":"body","lang":"de","text":"<script>x()</script>"}]"#.into()),
+            would_action: Some("block".into()),
+            ..Shown::default()
+        };
+        let h = row_html(&s, None);
+        for hostile in ["<script", "<i>", "<orig>"] {
+            assert!(!h.contains(hostile), "{hostile}: {h}");
+        }
+        assert!(
+            h.contains("body (de): &lt;script&gt;x()&lt;/script&gt;"),
+            "{h}"
+        );
+        assert!(h.contains("correction of message &lt;orig&gt;"), "{h}");
+        assert!(
+            h.contains("server-to-client stream of b@x/2 (carbon-received)"),
+            "{h}"
+        );
+        assert!(h.contains("would block"), "{h}");
+        // A later copy refers to the first instead of repeating the text.
+        let c = row_html(&s, Some(3));
+        assert!(
+            c.contains("copy of the message at seq 3") && !c.contains("hello"),
+            "{c}"
+        );
     }
 }

@@ -579,6 +579,15 @@ pub(super) fn shown_of(fields: &[&Field]) -> Result<Shown, &'static str> {
         stanza_id: s("stanza_id")?,
         severity: s("severity")?,
         e2ee: s("e2ee")?,
+        logical_message: s("logical_message")?,
+        delivered_logical_message: s("delivered_logical_message")?,
+        via: s("via")?,
+        leg: s("leg")?,
+        account: s("account")?,
+        claimed_from: s("claimed_from")?,
+        would_action: s("would_action")?,
+        edit: s("edit")?,
+        extra: s("extra")?,
         event: s("event")?,
         transcript: req("transcript")?,
     })
@@ -610,6 +619,18 @@ fn differing_columns(a: &Shown, b: &Shown) -> Vec<&'static str> {
     cmp("stanza_id", a.stanza_id == b.stanza_id);
     cmp("severity", a.severity == b.severity);
     cmp("e2ee", a.e2ee == b.e2ee);
+    cmp("logical_message", a.logical_message == b.logical_message);
+    cmp(
+        "delivered_logical_message",
+        a.delivered_logical_message == b.delivered_logical_message,
+    );
+    cmp("via", a.via == b.via);
+    cmp("leg", a.leg == b.leg);
+    cmp("account", a.account == b.account);
+    cmp("claimed_from", a.claimed_from == b.claimed_from);
+    cmp("would_action", a.would_action == b.would_action);
+    cmp("edit", a.edit == b.edit);
+    cmp("extra", a.extra == b.extra);
     cmp("event", a.event == b.event);
     cmp("transcript", a.transcript == b.transcript);
     d
