@@ -160,6 +160,25 @@ fn write(path: &Path, contents: &str) -> Result<(), CertError> {
     })
 }
 
+/// A TLS client configuration that trusts only the test CA in `ca` (a PEM file) and
+/// offers ALPN `xmpp-client` (XEP-0368).
+pub fn client_tls_config(
+    ca: &std::path::Path,
+) -> Result<rustls::ClientConfig, Box<dyn std::error::Error + Send + Sync>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::pem::PemObject::pem_file_iter(ca)? {
+        roots.add(cert?)?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"xmpp-client".to_vec()];
+    Ok(config)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -232,6 +232,27 @@ impl Rig {
         Ok(self.custos.command(args)?)
     }
 
+    /// `custos search --json QUERY` polled every 100 ms until at least `want` logical
+    /// messages match or `limit` passes (the index is near-real-time); the last answer.
+    pub fn search_until(
+        &self,
+        query: &str,
+        want: usize,
+        limit: std::time::Duration,
+    ) -> Result<Vec<serde_json::Value>, BoxError> {
+        poll(want, limit, || self.search(query))
+    }
+
+    /// [`Rig::search_until`] over `--copies`: until `want` records match.
+    pub fn search_copies_until(
+        &self,
+        query: &str,
+        want: usize,
+        limit: std::time::Duration,
+    ) -> Result<Vec<serde_json::Value>, BoxError> {
+        poll(want, limit, || self.search_copies(query))
+    }
+
     /// `custos search --json QUERY`, parsed: one object per logical message, its
     /// copies under `copies`.
     pub fn search(&self, query: &str) -> Result<Vec<serde_json::Value>, BoxError> {
@@ -287,4 +308,19 @@ fn chown_tree(path: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<()>
         }
     }
     Ok(())
+}
+
+fn poll(
+    want: usize,
+    limit: std::time::Duration,
+    mut search: impl FnMut() -> Result<Vec<serde_json::Value>, BoxError>,
+) -> Result<Vec<serde_json::Value>, BoxError> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let hits = search()?;
+        if hits.len() >= want || std::time::Instant::now() > deadline {
+            return Ok(hits);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }

@@ -52,18 +52,7 @@ pub struct Scripted {
 impl Scripted {
     /// Direct TLS to `addr`, stream header, up to the first `<stream:features/>`.
     pub async fn connect(addr: SocketAddr, ca: &Path, domain: &str) -> Result<Scripted, BoxError> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls::pki_types::pem::PemObject::pem_file_iter(ca)? {
-            roots.add(cert?)?;
-        }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let mut config = config;
-        config.alpn_protocols = vec![b"xmpp-client".to_vec()];
+        let config = crate::certs::client_tls_config(ca)?;
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
         let tls = tokio_rustls::TlsConnector::from(Arc::new(config))

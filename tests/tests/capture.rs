@@ -57,14 +57,7 @@ async fn login_direct(rig: &Rig, user: &str, resource: &str) -> Result<Scripted,
 
 /// Polls `custos search --json --copies` until at least `want` records match, bounded.
 fn copies_until(rig: &Rig, query: &str, want: usize) -> Result<Vec<Value>, BoxError> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let hits = rig.search_copies(query)?;
-        if hits.len() >= want || Instant::now() > deadline {
-            return Ok(hits);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    rig.search_copies_until(query, want, WAIT)
 }
 
 /// Records of `query` after the archive has had time to take in stragglers.

@@ -11,38 +11,22 @@ use custos_e2e::{OutgoingMessage, SlixClient, Tls};
 
 type TestResult = Result<(), BoxError>;
 
-/// Polls `custos search --json --copies` until `want` records appear, bounded.
 fn search_copies_until(
     rig: &Rig,
     query: &str,
     want: usize,
     limit: Duration,
 ) -> Result<Vec<serde_json::Value>, BoxError> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let hits = rig.search_copies(query)?;
-        if hits.len() >= want || Instant::now() > deadline {
-            return Ok(hits);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    rig.search_copies_until(query, want, limit)
 }
 
-/// Polls `custos search --json` until `want` hits appear (near-real-time index), bounded.
 fn search_until(
     rig: &Rig,
     query: &str,
     want: usize,
     limit: Duration,
 ) -> Result<Vec<serde_json::Value>, BoxError> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let hits = rig.search(query)?;
-        if hits.len() >= want || Instant::now() > deadline {
-            return Ok(hits);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    rig.search_until(query, want, limit)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -95,18 +95,7 @@ const HEADER: &str = "<?xml version='1.0'?><stream:stream to='example.test' vers
 impl RawClient {
     /// Direct TLS to `addr`, trusting only `ca`, then the stream header.
     async fn direct(addr: SocketAddr, ca: &Path) -> Result<RawClient, BoxError> {
-        let mut roots = rustls::RootCertStore::empty();
-        let pem = std::fs::read(ca)?;
-        for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&pem) {
-            let cert: rustls::pki_types::CertificateDer<'static> = cert?;
-            roots.add(cert)?;
-        }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let config = custos_e2e::certs::client_tls_config(ca)?;
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let tcp = TcpStream::connect(addr).await?;
         let name = rustls::pki_types::ServerName::try_from("example.test")?;

@@ -38,16 +38,7 @@ impl Client {
         user: &str,
         password: &str,
     ) -> Result<Client, BoxError> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls::pki_types::pem::PemObject::pem_file_iter(ca)? {
-            roots.add(cert?)?;
-        }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let config = custos_e2e::certs::client_tls_config(ca)?;
         let tcp = TcpStream::connect(addr).await?;
         tcp.set_nodelay(true)?;
         let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
