@@ -289,7 +289,9 @@ pub fn identity(
         .unwrap_or(""));
     put(body.unwrap_or("\u{0}none"));
     put(subject.unwrap_or("\u{0}none"));
-    for (kind, lang, text) in extra {
+    // Unrecognised extensions are recorded and scanned, but left out: servers add their
+    // own to the copies they deliver, which must still meet the sender's copy.
+    for (kind, lang, text) in extra.iter().filter(|(kind, _, _)| *kind != "other") {
         put(kind);
         put(lang.unwrap_or(""));
         put(text);
@@ -996,6 +998,13 @@ mod tests {
             Direction::Inbound,
         );
         assert_eq!(sent, received);
+        // An extension the server adds to what it delivers changes nothing.
+        let stamped = id_of(
+            "<message from='alice@x/laptop' to='bob@x/phone' type='chat' id='m1'><body>hi</body>\
+             <x xmlns='urn:example:server-added' seen='1'/></message>",
+            Direction::Inbound,
+        );
+        assert_eq!(sent, stamped);
         // Same id, other text: another message.
         let reused = id_of(
             "<message from='alice@x/laptop' to='bob@x' type='chat' id='m1'><body>other</body></message>",

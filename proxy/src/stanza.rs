@@ -275,7 +275,102 @@ fn extra_texts(el: &Element) -> Vec<ExtraText> {
             file_texts(sharing, &mut out);
         }
     }
+    // A message forwarded on its own (XEP-0297), as clients show "forwarded" messages.
+    // (Carbons and archive results wrap theirs one level deeper; see `forwarded`.)
+    for fwd in el.children().filter(|c| c.is("forwarded", NS_FORWARD)) {
+        for inner in fwd
+            .children()
+            .filter(|c| c.name == "message" && (c.ns == NS_CLIENT || c.ns == NS_SERVER))
+        {
+            let v = StanzaView::of(inner);
+            for (kind, text) in [("body", v.body), ("subject", v.subject)] {
+                if let Some(text) = text {
+                    out.push(ExtraText {
+                        kind: format!("forwarded-{kind}"),
+                        lang: None,
+                        text,
+                    });
+                }
+            }
+            out.extend(v.extra.into_iter().map(|t| ExtraText {
+                kind: format!("forwarded-{}", t.kind),
+                ..t
+            }));
+        }
+    }
+    // Whatever else a client put in the message and someone could read: an extension
+    // Custos does not know (a custom client's element, a reaction) is content until shown
+    // otherwise, its text and attribute values scanned and kept.
+    for child in el.children().filter(|c| !understood(el, c)) {
+        let mut text = child.deep_text();
+        attribute_values(child, &mut text);
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        if !text.is_empty() {
+            out.push(ExtraText {
+                kind: "other".into(),
+                lang: child.lang().map(str::to_owned),
+                text,
+            });
+        }
+    }
     out
+}
+
+/// Extensions that carry no words of their own, or whose content the view reads
+/// elsewhere (bodies, subjects, XHTML, links, files, wrappers, edits, encryption).
+const UNDERSTOOD_NS: &[&str] = &[
+    "http://jabber.org/protocol/chatstates",
+    "urn:xmpp:receipts",
+    "urn:xmpp:chat-markers:0",
+    "urn:xmpp:hints",
+    NS_SID,
+    NS_DELAY,
+    "jabber:x:delay",
+    "jabber:x:event",
+    NS_CARBONS,
+    NS_MAM,
+    NS_FORWARD,
+    NS_XHTML_IM,
+    NS_OOB,
+    NS_SFS,
+    NS_REFERENCE,
+    NS_CORRECT,
+    NS_RETRACT,
+    NS_RETRACT_0,
+    NS_FASTEN,
+    NS_OMEMO_LEGACY,
+    NS_OMEMO,
+    NS_OX,
+    NS_PGP_LEGACY,
+    NS_EME,
+    "urn:xmpp:fallback:0",
+    "urn:xmpp:reply:0",
+    "urn:xmpp:message-attaching:1",
+    "urn:xmpp:styling:0",
+    "urn:xmpp:sm:3",
+    // Added by servers to copies they deliver: no words of the sender's.
+    "urn:xmpp:occupant-id:0",
+];
+
+fn understood(message: &Element, child: &Element) -> bool {
+    if child.ns == message.ns {
+        // body, subject and thread of the stanza's own namespace.
+        return matches!(child.name.as_str(), "body" | "subject" | "thread");
+    }
+    UNDERSTOOD_NS.contains(&child.ns.as_str())
+}
+
+/// Appends every attribute value below `el` (not namespace declarations).
+fn attribute_values(el: &Element, out: &mut String) {
+    for (name, value) in &el.attrs {
+        if name != "xmlns" && !name.starts_with("xmlns:") {
+            out.push(' ');
+            out.push_str(value);
+        }
+    }
+    for child in el.children() {
+        attribute_values(child, out);
+    }
 }
 
 /// Names, descriptions and source addresses anywhere inside a file-sharing element.
@@ -481,6 +576,53 @@ mod tests {
             "<message><active xmlns='http://jabber.org/protocol/chatstates'/></message>"
         )?
         .has_content());
+        Ok(())
+    }
+
+    #[test]
+    fn text_in_unrecognised_or_forwarding_payloads_is_content() -> Result<(), FrameError> {
+        // A custom client's own element, text or attributes: recorded and scanned.
+        let v =
+            view("<message><x xmlns='urn:example:custom'><note>hidden words</note></x></message>")?;
+        assert!(v.has_content());
+        assert!(
+            v.extra
+                .iter()
+                .any(|t| t.kind == "other" && t.text.contains("hidden words")),
+            "{:?}",
+            v.extra
+        );
+        let v = view("<message><x xmlns='urn:example:custom' data='in an attribute'/></message>")?;
+        assert!(
+            v.extra.iter().any(|t| t.text.contains("in an attribute")),
+            "{:?}",
+            v.extra
+        );
+        // XEP-0297 forwarding on its own, as a client shows a forwarded message.
+        let v = view(
+            "<message><forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' from='c@x'>\
+             <body>passed along</body></message></forwarded></message>",
+        )?;
+        assert!(
+            v.extra
+                .iter()
+                .any(|t| t.kind == "forwarded-body" && t.text == "passed along"),
+            "{:?}",
+            v.extra
+        );
+        // A reaction (XEP-0444) is something a person said.
+        let v = view("<message><reactions xmlns='urn:xmpp:reactions:0' id='m1'><reaction>👍</reaction></reactions></message>")?;
+        assert!(v.has_content());
+        // Content-free extensions stay content-free.
+        let v = view(
+            "<message><active xmlns='http://jabber.org/protocol/chatstates'/><request xmlns='urn:xmpp:receipts'/>\
+             <markable xmlns='urn:xmpp:chat-markers:0'/><store xmlns='urn:xmpp:hints'/>\
+             <origin-id xmlns='urn:xmpp:sid:0' id='o1'/><thread>t</thread></message>",
+        )?;
+        assert!(!v.has_content(), "{:?}", v.extra);
+        // An encrypted payload is recognised as such, not scanned as text.
+        let v = view("<message><encrypted xmlns='eu.siacs.conversations.axolotl'><payload>NDExMTExMTE=</payload></encrypted></message>")?;
+        assert!(v.extra.is_empty(), "{:?}", v.extra);
         Ok(())
     }
 

@@ -404,6 +404,21 @@ async fn text_in_a_second_language_xhtml_or_a_link_is_scanned_and_kept() -> Test
         .await?;
     assert!(bob.message_containing("oobfile", WAIT).await?.is_some());
 
+    // A custom client's own extension, no body at all.
+    alice
+        .send(
+            "<message to='bob@example.test/phone' type='chat' id='c1'>\
+             <x xmlns='urn:example:custom'><note>customsecret words</note></x></message>",
+        )
+        .await?;
+    assert!(bob
+        .message_containing("customsecret", WAIT)
+        .await?
+        .is_some());
+
+    let custom = settled_copies(&rig, "customsecret", 2)?;
+    assert_eq!(custom.len(), 2, "{custom:#?}");
+    assert_eq!(custom[0]["extra"][0]["kind"], "other", "{custom:#?}");
     let blocked = settled_copies(&rig, "bluebird", 1)?;
     assert_eq!(blocked.len(), 1, "{blocked:#?}");
     assert_eq!(blocked[0]["action"], "block");
