@@ -341,7 +341,7 @@ pub async fn search(
                     } }
                     label.check { input type="checkbox" name="flagged" value="1" checked[f.flagged.is_some()]; "Flagged only" }
                 }
-                p.help { "Fields: " code { "from: to: with: direction: type: action: rule: after: before:" } "; prefix " code { "-" } " to exclude." }
+                p.help { "Fields: " code { "from: to: with: account: direction: type: action: rule: msg: via: after: before:" } "; prefix " code { "-" } " to exclude." }
             }
             @if let Some(e) = &error { p.error role="alert" { (e) } }
             @if let Some((hits, has_next)) = &results {
