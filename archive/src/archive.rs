@@ -45,6 +45,9 @@ pub struct ArchiveConfig {
     pub segment_max_age: Duration,
     /// Write a signed checkpoint at least every this many records.
     pub checkpoint_every: u64,
+    /// A directory outside `dir` (another mount or host) where every signed checkpoint
+    /// is also appended; `verify` then finds a cut tail ([`crate::witness`]).
+    pub witness: Option<PathBuf>,
 }
 
 impl ArchiveConfig {
@@ -57,6 +60,7 @@ impl ArchiveConfig {
             segment_max_bytes: 64 << 20,
             segment_max_age: Duration::from_secs(24 * 3600),
             checkpoint_every: 1000,
+            witness: None,
         }
     }
 }
@@ -125,6 +129,8 @@ pub enum OpenError {
     Inbox(log::LogWriteError),
     #[error("cannot start thread: {0}")]
     Thread(std::io::Error),
+    #[error("the witness {witness} is inside the archive directory {dir}: whoever can cut the archive could cut the witness too")]
+    WitnessInsideArchive { witness: PathBuf, dir: PathBuf },
 }
 
 /// An append was not made durable. The proxy must not forward the message.
@@ -462,11 +468,22 @@ impl Archive {
             segment_max_age: cfg.segment_max_age,
             checkpoint_every: cfg.checkpoint_every.max(1),
         };
-        let (mut log, cut) = LogWriter::open(
+        if let Some(witness) = &cfg.witness {
+            std::fs::create_dir_all(witness).map_err(|source| OpenError::Dir {
+                dir: witness.clone(),
+                source,
+            })?;
+            let witness = std::fs::canonicalize(witness).unwrap_or_else(|_| witness.clone());
+            if witness.starts_with(&dir) {
+                return Err(OpenError::WitnessInsideArchive { witness, dir });
+            }
+        }
+        let (mut log, cut) = LogWriter::open_witnessed(
             storage.clone(),
             cfg.master_key.clone(),
             cfg.signing_key.clone(),
             limits,
+            cfg.witness.as_deref(),
         )?;
         let archive_id = log.archive_id();
         let mut indexer = BlindIndexWriter::open(

@@ -36,6 +36,7 @@ pub mod segment;
 pub mod storage;
 pub mod time;
 pub mod verify;
+pub mod witness;
 
 pub use archive::{
     reindex, AppendError, AppendReceipt, Archive, ArchiveConfig, ArchiveReader, ChainEntry,
@@ -53,4 +54,4 @@ pub use record::{
     Outcome, Record, RecordSeq, SessionId, Text, Via,
 };
 pub use time::Timestamp;
-pub use verify::{verify, Problem, VerifyReport};
+pub use verify::{verify, verify_witnessed, Problem, VerifyReport};

@@ -22,6 +22,7 @@ use crate::record::{EventRecord, NewRecord, Record, RecordSeq};
 use crate::segment::{self, Frame, Hash, Parsed, SegmentHeader, HEADER_LEN};
 use crate::storage::{self, AppendHandle, Storage};
 use crate::time::Timestamp;
+use crate::witness::{WitnessEntry, WitnessError, WitnessWriter};
 
 pub const META_NAME: &str = "archive.meta";
 const META_MAGIC: &[u8; 8] = b"CUSTOSAR";
@@ -102,6 +103,8 @@ pub enum LogOpenError {
     Put(#[from] storage::PutError),
     #[error(transparent)]
     Remove(#[from] storage::RemoveError),
+    #[error(transparent)]
+    Witness(#[from] WitnessError),
 }
 
 /// Why a batch could not be made durable.
@@ -121,6 +124,9 @@ pub enum LogWriteError {
     Create(#[from] storage::CreateError),
     #[error(transparent)]
     Put(#[from] storage::PutError),
+    /// A checkpoint reached the log but not the witness: it does not count as made.
+    #[error(transparent)]
+    Witness(#[from] WitnessError),
 }
 
 /// Limits that decide when a segment is sealed and checkpoints are written.
@@ -169,6 +175,8 @@ pub struct LogWriter {
     head: Hash,
     last_time: i64,
     since_checkpoint: u64,
+    /// Where every checkpoint is also appended, outside the archive directory.
+    witness: Option<WitnessWriter>,
 }
 
 pub(crate) fn read_meta(storage: &dyn Storage) -> Result<Option<Meta>, LogOpenError> {
@@ -327,6 +335,18 @@ impl LogWriter {
         signer: SigningKey,
         limits: LogLimits,
     ) -> Result<(LogWriter, Option<RecoveryCut>), LogOpenError> {
+        LogWriter::open_witnessed(storage, master, signer, limits, None)
+    }
+
+    /// [`LogWriter::open`] with a witness directory: every checkpoint written from
+    /// here on (recovery's sealing one included) is also appended to the witness file.
+    pub fn open_witnessed(
+        storage: Arc<dyn Storage>,
+        master: MasterKey,
+        signer: SigningKey,
+        limits: LogLimits,
+        witness_dir: Option<&std::path::Path>,
+    ) -> Result<(LogWriter, Option<RecoveryCut>), LogOpenError> {
         let ids = segment_ids(storage.as_ref())?;
         let meta = match read_meta(storage.as_ref())? {
             Some(m) => m,
@@ -344,6 +364,10 @@ impl LogWriter {
         if master.check_value(&meta.archive_id) != meta.key_check {
             return Err(LogOpenError::WrongMasterKey);
         }
+        let mut witness = match witness_dir {
+            Some(dir) => Some(WitnessWriter::open(dir, &meta.archive_id)?),
+            None => None,
+        };
         let archive_id = meta.archive_id;
         let mut next_seq = 1;
         let mut head = segment::genesis_head(&archive_id);
@@ -425,15 +449,18 @@ impl LogWriter {
                         let mut handle = storage.open_append(&name)?;
                         if !s.sealed_by_checkpoint {
                             let t = Timestamp::now().0.max(last_time);
-                            handle.append(&segment::checkpoint_frame(
+                            let header = h.encode();
+                            let frame = segment::checkpoint_frame(
                                 &signer,
-                                &h.encode(),
+                                &header,
                                 next_seq - 1,
                                 &head,
                                 t,
                                 true,
-                            ))?;
+                            );
+                            handle.append(&frame)?;
                             handle.sync()?;
+                            witness_frame(&mut witness, last, &header, &frame)?;
                         }
                         storage.seal(&name)?;
                     }
@@ -469,6 +496,7 @@ impl LogWriter {
             LogWriteError::Sync(s) => LogOpenError::Sync(s),
             LogWriteError::Seal(s) => LogOpenError::Seal(s),
             LogWriteError::Encrypt => LogOpenError::Random(getrandom::Error::UNSUPPORTED),
+            LogWriteError::Witness(w) => LogOpenError::Witness(w),
         })?;
         let writer = LogWriter {
             storage,
@@ -481,6 +509,7 @@ impl LogWriter {
             head,
             last_time,
             since_checkpoint: 0,
+            witness,
         };
         Ok((writer, cut))
     }
@@ -532,6 +561,7 @@ impl LogWriter {
         }
         let n = out.len() as u64;
         let checkpoint = self.since_checkpoint + n >= self.limits.checkpoint_every;
+        let checkpoint_at = buf.len();
         if checkpoint {
             buf.extend_from_slice(&segment::checkpoint_frame(
                 &self.signer,
@@ -544,6 +574,16 @@ impl LogWriter {
         }
         self.active.handle.append(&buf)?;
         self.active.handle.sync()?;
+        if checkpoint {
+            // Before the batch is acknowledged: a checkpoint is made once witnessed.
+            let frame = buf.get(checkpoint_at..).unwrap_or_default();
+            witness_frame(
+                &mut self.witness,
+                self.active.id,
+                &self.active.header,
+                frame,
+            )?;
+        }
         self.active.len += buf.len() as u64;
         self.next_seq = seq;
         self.head = head;
@@ -585,6 +625,12 @@ impl LogWriter {
         self.active.handle.append(&frame)?;
         self.active.handle.sync()?;
         self.active.len += frame.len() as u64;
+        witness_frame(
+            &mut self.witness,
+            self.active.id,
+            &self.active.header,
+            &frame,
+        )?;
         Ok(())
     }
 
@@ -620,6 +666,19 @@ impl LogWriter {
     /// Writes the final signed checkpoint and seals the active segment.
     pub fn finish(mut self) -> Result<(), LogWriteError> {
         self.seal_active()
+    }
+}
+
+/// Appends the checkpoint in `frame` to the witness, if there is one.
+fn witness_frame(
+    witness: &mut Option<WitnessWriter>,
+    segment: u64,
+    header: &[u8; HEADER_LEN],
+    frame: &[u8],
+) -> Result<(), WitnessError> {
+    match (witness, WitnessEntry::of_frame(segment, header, frame)) {
+        (Some(w), Some(entry)) => w.append(&entry),
+        _ => Ok(()),
     }
 }
 

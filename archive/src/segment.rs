@@ -304,9 +304,19 @@ fn checkpoint_message(
 ) -> Vec<u8> {
     // The header carries the archive id and segment id; hashing it in binds the
     // checkpoint to this exact segment.
+    checkpoint_message_for_hash(&sha(&[header]), seq, head, time_ms, sealed)
+}
+
+fn checkpoint_message_for_hash(
+    header_hash: &Hash,
+    seq: u64,
+    head: &Hash,
+    time_ms: i64,
+    sealed: bool,
+) -> Vec<u8> {
     let mut m = Vec::with_capacity(128);
     m.extend_from_slice(b"custos-checkpoint-v1");
-    m.extend_from_slice(&sha(&[header]));
+    m.extend_from_slice(header_hash);
     m.extend_from_slice(&seq.to_be_bytes());
     m.extend_from_slice(head);
     m.extend_from_slice(&time_ms.to_be_bytes());
@@ -336,6 +346,13 @@ pub fn checkpoint_frame(
 
 pub fn checkpoint_valid(key: &VerifyingKey, header: &[u8; HEADER_LEN], cp: &Checkpoint) -> bool {
     let msg = checkpoint_message(header, cp.seq, &cp.head, cp.time_ms, cp.sealed);
+    key.verify(&msg, &Signature::from_bytes(&cp.signature))
+        .is_ok()
+}
+
+/// [`checkpoint_valid`] given only the hash of the segment header (as a witness keeps it).
+pub fn checkpoint_valid_for_hash(key: &VerifyingKey, header_hash: &Hash, cp: &Checkpoint) -> bool {
+    let msg = checkpoint_message_for_hash(header_hash, cp.seq, &cp.head, cp.time_ms, cp.sealed);
     key.verify(&msg, &Signature::from_bytes(&cp.signature))
         .is_ok()
 }

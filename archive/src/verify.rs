@@ -57,6 +57,9 @@ pub struct VerifyReport {
     pub problems: Vec<Problem>,
     /// Not problems: e.g. an in-progress write at the tail of the active segment.
     pub notes: Vec<String>,
+    /// Checkpoints the log reaches intact: (segment, seq, head).
+    #[serde(skip)]
+    pub(crate) reached: Vec<(u64, u64, segment::Hash)>,
 }
 
 impl VerifyReport {
@@ -340,6 +343,8 @@ pub fn verify_storage(
                     } else if cp.head != head {
                         problem(&mut r, seg, off, Some(cp.seq), "chain head differs from the signed checkpoint: earlier records were changed".into());
                         head = cp.head;
+                    } else {
+                        r.reached.push((id, cp.seq, cp.head));
                     }
                     seal_seen = cp.sealed;
                     at = next;
@@ -360,6 +365,94 @@ pub fn verify_storage(
     }
     r.head = head.iter().map(|b| format!("{b:02x}")).collect();
     r
+}
+
+/// [`verify`], then the archive against its witness (see [`crate::witness`]): every
+/// witnessed checkpoint must still be reached by the log, or records were cut from it.
+/// The witness is read first: anything in it was synced to the log before, so a writer
+/// running meanwhile cannot make a checkpoint look lost.
+pub fn verify_witnessed(
+    dir: &Path,
+    master_key: Option<&MasterKey>,
+    public_key: &VerifyingKey,
+    witness_dir: &Path,
+    progress: impl FnMut(u64, u64),
+) -> VerifyReport {
+    let witnessed = match log::read_meta(&FileStorage::new(dir)) {
+        Ok(Some(meta)) => Some(crate::witness::read_witness(witness_dir, &meta.archive_id)),
+        _ => None,
+    };
+    let mut r = verify(dir, master_key, public_key, progress);
+    match witnessed {
+        Some(Ok(w)) => check_witness(&mut r, w, public_key),
+        Some(Err(e)) => r.problems.push(Problem {
+            segment: None,
+            offset: None,
+            seq: None,
+            what: e.to_string(),
+        }),
+        // verify has reported the missing or unreadable archive.meta.
+        None => {}
+    }
+    r
+}
+
+fn check_witness(
+    r: &mut VerifyReport,
+    witnessed: crate::witness::Witnessed,
+    public_key: &VerifyingKey,
+) {
+    if witnessed.torn_bytes > 0 {
+        r.notes.push(format!(
+            "the witness ends with {} bytes of an entry cut short (a crash while writing it)",
+            witnessed.torn_bytes
+        ));
+    }
+    let mut newest = 0;
+    for e in &witnessed.entries {
+        let cp = &e.checkpoint;
+        if !e.signature_valid(public_key) {
+            r.problems.push(Problem {
+                segment: Some(e.segment),
+                offset: None,
+                seq: Some(cp.seq),
+                what: "witness entry signature invalid (the witness was changed)".into(),
+            });
+            continue;
+        }
+        newest = newest.max(cp.seq);
+        if r.reached
+            .iter()
+            .any(|(s, q, h)| *s == e.segment && *q == cp.seq && *h == cp.head)
+        {
+            continue;
+        }
+        let lost = if cp.seq > r.last_seq {
+            format!(
+                "records {}..={} were removed (the log ends at seq {})",
+                r.last_seq + 1,
+                cp.seq,
+                r.last_seq
+            )
+        } else {
+            "the log no longer reaches it intact (records removed, replaced or reordered)".into()
+        };
+        r.problems.push(Problem {
+            segment: Some(e.segment),
+            offset: None,
+            seq: Some(cp.seq),
+            what: format!(
+                "witnessed {}checkpoint missing from the archive: {lost}",
+                if cp.sealed { "sealing " } else { "" }
+            ),
+        });
+    }
+    if r.last_seq > newest {
+        r.notes.push(format!(
+            "{} record(s) after seq {newest} are not witnessed yet (written after the last checkpoint)",
+            r.last_seq - newest
+        ));
+    }
 }
 
 #[cfg(test)]

@@ -156,7 +156,19 @@ pub fn verify(config: &Path) -> anyhow::Result<ExitCode> {
     if key.is_none() {
         eprintln!("note: master key unavailable; checking the chain and checkpoints but not record contents");
     }
-    let report = custos_archive::verify(&a.dir, key.as_ref(), &public, progress("verifying"));
+    let report = match &a.witness {
+        Some(witness) => custos_archive::verify_witnessed(
+            &a.dir,
+            key.as_ref(),
+            &public,
+            witness,
+            progress("verifying"),
+        ),
+        None => {
+            eprintln!("note: no [archive] witness configured: records cut from the end of the log cannot be detected");
+            custos_archive::verify(&a.dir, key.as_ref(), &public, progress("verifying"))
+        }
+    };
     for note in &report.notes {
         eprintln!("note: {note}");
     }

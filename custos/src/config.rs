@@ -76,6 +76,8 @@ pub struct RawArchive {
     pub on_failure: Option<Spanned<String>>,
     /// Seal the active segment past this size (default 64 MiB).
     pub segment_max_bytes: Option<Spanned<i64>>,
+    /// A directory outside `dir` where every signed checkpoint is also written.
+    pub witness: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -123,6 +125,7 @@ pub struct ArchiveSettings {
     pub signing_key: PathBuf,
     pub on_failure: OnFailure,
     pub segment_max_bytes: Option<u64>,
+    pub witness: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -530,12 +533,29 @@ impl Validator<'_> {
             Some(v) => u64::try_from(*v.get_ref()).ok(),
             None => None,
         };
+        let witness = a.witness.as_ref().map(|w| (self.path(w), w.span()));
+        if let Some((path, span)) = &witness {
+            // A witness the archive's owner can cut together with the archive proves
+            // nothing: it belongs on another mount or host.
+            if is_within(path, &dir) {
+                self.fail(
+                    span,
+                    "archive.witness",
+                    format!(
+                        "{} is inside the archive directory {}; put the witness on another mount or host",
+                        path.display(),
+                        dir.display()
+                    ),
+                );
+            }
+        }
         Some(ArchiveSettings {
             dir,
             master_key: master_key.map(|(p, _)| p),
             signing_key,
             on_failure,
             segment_max_bytes,
+            witness: witness.map(|(p, _)| p),
         })
     }
 
@@ -664,6 +684,17 @@ mod tests {
         assert!(v.errors[0]
             .to_string()
             .contains("upstream.tls: \"none\" is allowed only for a loopback upstream"));
+    }
+
+    #[test]
+    fn witness_inside_archive_dir_is_refused() {
+        let errs = errors(
+            "[archive]\ndir = \"data/archive\"\nsigning_key = \"secrets/s.key\"\nwitness = \"data/archive/witness\"\n",
+        );
+        assert!(
+            errs[0].starts_with("custos.toml:4: archive.witness:"),
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -61,6 +61,10 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
             if let Some(bytes) = a.segment_max_bytes {
                 archive_config.segment_max_bytes = bytes;
             }
+            archive_config.witness = a.witness.clone();
+            if a.witness.is_none() {
+                warn!("no [archive] witness configured: records cut from the end of the log cannot be detected by verify");
+            }
             let archive = Archive::open(archive_config)
                 .with_context(|| format!("opening the archive in {}", a.dir.display()))?;
             info!(dir = %a.dir.display(), "archive open");

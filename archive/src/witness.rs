@@ -1,0 +1,310 @@
+//! The witness: every signed checkpoint is also appended, and synced, to a file outside
+//! the archive directory (another mount or host), before the checkpoint counts as made.
+//! Whoever can write the archive directory can cut the end of the log, and nothing left in
+//! it would contradict the cut; the witness remembers how far the chain had grown.
+//!
+//! ```text
+//!  <witness dir>/<archive id, 32 hex>.witness
+//!    header  "CUSTOSWT" | version u16 | archive id [16]
+//!    entries segment u64 | seq u64 | head [32] | time ms i64 | sealed u8
+//!            | SHA-256(segment header) [32] | Ed25519 signature [64]      (153 bytes each)
+//! ```
+//!
+//! Each entry is the checkpoint as signed in the segment, with the hash of the segment
+//! header its signature covers, so the witness alone can be checked with the public key.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::VerifyingKey;
+
+use crate::segment::{self, Checkpoint, Frame, Hash, Parsed, HEADER_LEN};
+
+pub const MAGIC: &[u8; 8] = b"CUSTOSWT";
+pub const VERSION: u16 = 1;
+const HEADER: usize = 8 + 2 + 16;
+pub const ENTRY_LEN: usize = 8 + 8 + 32 + 8 + 1 + 32 + 64;
+
+/// One witnessed checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WitnessEntry {
+    pub segment: u64,
+    pub header_hash: Hash,
+    pub checkpoint: Checkpoint,
+}
+
+impl WitnessEntry {
+    /// The entry for a checkpoint frame just written to `segment` (whose header is
+    /// `header`); `None` if `frame` is not a checkpoint frame.
+    pub fn of_frame(segment: u64, header: &[u8; HEADER_LEN], frame: &[u8]) -> Option<Self> {
+        match segment::parse_frame(frame, 0) {
+            Parsed::Frame(Frame::Checkpoint(checkpoint), _) => Some(WitnessEntry {
+                segment,
+                header_hash: segment::sha(&[header]),
+                checkpoint,
+            }),
+            _ => None,
+        }
+    }
+
+    fn encode(&self) -> [u8; ENTRY_LEN] {
+        let c = &self.checkpoint;
+        let mut b = [0u8; ENTRY_LEN];
+        let mut w = &mut b[..];
+        // Writing into a fixed array of exactly ENTRY_LEN bytes cannot fail.
+        let _ = w.write_all(&self.segment.to_be_bytes());
+        let _ = w.write_all(&c.seq.to_be_bytes());
+        let _ = w.write_all(&c.head);
+        let _ = w.write_all(&c.time_ms.to_be_bytes());
+        let _ = w.write_all(&[u8::from(c.sealed)]);
+        let _ = w.write_all(&self.header_hash);
+        let _ = w.write_all(&c.signature);
+        b
+    }
+
+    fn decode(b: &[u8]) -> Option<WitnessEntry> {
+        let u64_at = |at: usize| -> Option<u64> {
+            Some(u64::from_be_bytes(b.get(at..at + 8)?.try_into().ok()?))
+        };
+        let sealed = match b.get(56)? {
+            0 => false,
+            1 => true,
+            _ => return None,
+        };
+        Some(WitnessEntry {
+            segment: u64_at(0)?,
+            header_hash: b.get(57..89)?.try_into().ok()?,
+            checkpoint: Checkpoint {
+                seq: u64_at(8)?,
+                head: b.get(16..48)?.try_into().ok()?,
+                time_ms: i64::from_be_bytes(b.get(48..56)?.try_into().ok()?),
+                sealed,
+                signature: b.get(89..153)?.try_into().ok()?,
+            },
+        })
+    }
+
+    /// Whether the archive's signing key signed this checkpoint.
+    pub fn signature_valid(&self, key: &VerifyingKey) -> bool {
+        segment::checkpoint_valid_for_hash(key, &self.header_hash, &self.checkpoint)
+    }
+}
+
+/// Why the witness could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum WitnessError {
+    #[error("witness {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("witness {path}: not a Custos witness file (bad magic or version)")]
+    Format { path: PathBuf },
+    #[error("witness {path} belongs to another archive")]
+    Foreign { path: PathBuf },
+    #[error("witness {path} is missing: it was removed, or the archive was never opened with this witness")]
+    Missing { path: PathBuf },
+}
+
+/// The witness file of archive `archive_id` in `dir`.
+pub fn witness_path(dir: &Path, archive_id: &[u8; 16]) -> PathBuf {
+    let id: String = archive_id.iter().map(|b| format!("{b:02x}")).collect();
+    dir.join(format!("{id}.witness"))
+}
+
+fn header(archive_id: &[u8; 16]) -> [u8; HEADER] {
+    let mut h = [0u8; HEADER];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..10].copy_from_slice(&VERSION.to_be_bytes());
+    h[10..].copy_from_slice(archive_id);
+    h
+}
+
+/// Appends entries; every append is synced before it returns.
+#[derive(Debug)]
+pub struct WitnessWriter {
+    file: File,
+    path: PathBuf,
+}
+
+impl WitnessWriter {
+    /// Opens the archive's witness file in `dir`, creating the directory and the file
+    /// (header synced, directory synced) the first time; refuses another archive's file.
+    pub fn open(dir: &Path, archive_id: &[u8; 16]) -> Result<WitnessWriter, WitnessError> {
+        let path = witness_path(dir, archive_id);
+        let io = |source| WitnessError::Io {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                check_header(&bytes, archive_id, &path)?;
+                let file = OpenOptions::new().append(true).open(&path).map_err(io)?;
+                // An entry torn by a crash is cut, so what follows stays aligned.
+                let torn = bytes.len().saturating_sub(HEADER) % ENTRY_LEN;
+                if torn > 0 {
+                    file.set_len((bytes.len() - torn) as u64).map_err(io)?;
+                    file.sync_all().map_err(io)?;
+                }
+                Ok(WitnessWriter { file, path })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let mut file = OpenOptions::new()
+                    .create_new(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(io)?;
+                file.write_all(&header(archive_id)).map_err(io)?;
+                file.sync_all().map_err(io)?;
+                File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+                Ok(WitnessWriter { file, path })
+            }
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    pub fn append(&mut self, entry: &WitnessEntry) -> Result<(), WitnessError> {
+        let io = |source| WitnessError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        self.file.write_all(&entry.encode()).map_err(io)?;
+        self.file.sync_data().map_err(io)
+    }
+}
+
+fn check_header(bytes: &[u8], archive_id: &[u8; 16], path: &Path) -> Result<(), WitnessError> {
+    let Some(h) = bytes.get(..HEADER) else {
+        return Err(WitnessError::Format { path: path.into() });
+    };
+    if h.get(..10) != header(archive_id).get(..10) {
+        return Err(WitnessError::Format { path: path.into() });
+    }
+    if h.get(10..) != Some(&archive_id[..]) {
+        return Err(WitnessError::Foreign { path: path.into() });
+    }
+    Ok(())
+}
+
+/// What a witness file holds.
+#[derive(Debug, Default)]
+pub struct Witnessed {
+    pub entries: Vec<WitnessEntry>,
+    /// Bytes after the last whole entry: a write cut short by a crash.
+    pub torn_bytes: usize,
+}
+
+/// Reads the witness of `archive_id` in `dir`.
+pub fn read_witness(dir: &Path, archive_id: &[u8; 16]) -> Result<Witnessed, WitnessError> {
+    let path = witness_path(dir, archive_id);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(WitnessError::Missing { path })
+        }
+        Err(source) => return Err(WitnessError::Io { path, source }),
+    };
+    check_header(&bytes, archive_id, &path)?;
+    let body = bytes.get(HEADER..).unwrap_or_default();
+    let mut w = Witnessed::default();
+    let mut chunks = body.chunks_exact(ENTRY_LEN);
+    for chunk in &mut chunks {
+        match WitnessEntry::decode(chunk) {
+            Some(e) => w.entries.push(e),
+            None => return Err(WitnessError::Format { path }),
+        }
+    }
+    w.torn_bytes = chunks.remainder().len();
+    Ok(w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+
+    fn entry(seq: u64, signer: &SigningKey) -> WitnessEntry {
+        let header = [7u8; HEADER_LEN];
+        let frame = segment::checkpoint_frame(
+            signer,
+            &header,
+            seq,
+            &[seq as u8; 32],
+            1000,
+            seq.is_multiple_of(2),
+        );
+        WitnessEntry::of_frame(3, &header, &frame).unwrap()
+    }
+
+    #[test]
+    fn entries_round_trip_and_verify_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = SigningKey::from_bytes(&[5; 32]);
+        let id = [1u8; 16];
+        let mut w = WitnessWriter::open(dir.path(), &id).unwrap();
+        let (a, b) = (entry(10, &signer), entry(11, &signer));
+        w.append(&a).unwrap();
+        w.append(&b).unwrap();
+        drop(w);
+        // Reopening appends after what is there.
+        let c = entry(12, &signer);
+        WitnessWriter::open(dir.path(), &id)
+            .unwrap()
+            .append(&c)
+            .unwrap();
+        let read = read_witness(dir.path(), &id).unwrap();
+        assert_eq!(read.entries, vec![a.clone(), b, c]);
+        assert_eq!(read.torn_bytes, 0);
+        assert!(read
+            .entries
+            .iter()
+            .all(|e| e.signature_valid(&signer.verifying_key())));
+        let other = SigningKey::from_bytes(&[6; 32]).verifying_key();
+        assert!(!a.signature_valid(&other));
+        let mut forged = a;
+        forged.checkpoint.seq += 1;
+        assert!(!forged.signature_valid(&signer.verifying_key()));
+    }
+
+    #[test]
+    fn foreign_missing_and_torn_files_are_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = SigningKey::from_bytes(&[5; 32]);
+        assert!(matches!(
+            read_witness(dir.path(), &[1; 16]),
+            Err(WitnessError::Missing { .. })
+        ));
+        let mut w = WitnessWriter::open(dir.path(), &[1; 16]).unwrap();
+        w.append(&entry(1, &signer)).unwrap();
+        drop(w);
+        // Another archive's file copied under this archive's name.
+        std::fs::copy(
+            witness_path(dir.path(), &[1; 16]),
+            witness_path(dir.path(), &[2; 16]),
+        )
+        .unwrap();
+        assert!(matches!(
+            read_witness(dir.path(), &[2; 16]),
+            Err(WitnessError::Foreign { .. })
+        ));
+        assert!(WitnessWriter::open(dir.path(), &[2; 16]).is_err());
+        // A torn last entry is counted, not fatal.
+        let path = witness_path(dir.path(), &[1; 16]);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(&[0u8; 40]);
+        std::fs::write(&path, &bytes).unwrap();
+        let read = read_witness(dir.path(), &[1; 16]).unwrap();
+        assert_eq!((read.entries.len(), read.torn_bytes), (1, 40));
+        // The writer cuts the torn entry before appending again.
+        WitnessWriter::open(dir.path(), &[1; 16])
+            .unwrap()
+            .append(&entry(2, &signer))
+            .unwrap();
+        let read = read_witness(dir.path(), &[1; 16]).unwrap();
+        assert_eq!((read.entries.len(), read.torn_bytes), (2, 0));
+        std::fs::write(&path, b"not a witness").unwrap();
+        assert!(matches!(
+            read_witness(dir.path(), &[1; 16]),
+            Err(WitnessError::Format { .. })
+        ));
+    }
+}
