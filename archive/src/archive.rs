@@ -24,7 +24,9 @@ use crate::index::{BlindIndexReader, BlindIndexWriter, BlindKey, IndexError};
 use crate::keys::MasterKey;
 use crate::log::{self, Appended, LogLimits, LogOpenError, LogWriter, Meta};
 use crate::query::{self, QueryError};
-use crate::record::{Action, Direction, Edit, Leg, NewRecord, Record, RecordSeq, Text, Via};
+use crate::record::{
+    Action, Direction, Edit, EventRecord, Leg, NewRecord, Record, RecordSeq, Text, Via,
+};
 use crate::segment::{self, Frame, Hash, Parsed, SegmentHeader, HEADER_LEN};
 use crate::storage::{FileStorage, Storage};
 use crate::time::Timestamp;
@@ -368,6 +370,32 @@ enum Cmd {
         oneshot::Sender<Result<AppendReceipt, AppendError>>,
     ),
     Close(oneshot::Sender<Result<(), CloseError>>),
+    Shred(
+        ShredRequest,
+        oneshot::Sender<Result<AppendReceipt, ShredError>>,
+    ),
+}
+
+/// What [`Archive::shred_segment`] asks of the writer.
+#[derive(Debug)]
+struct ShredRequest {
+    segment: u64,
+    reason: String,
+    authority: String,
+    actor: String,
+}
+
+/// Why a segment could not be shredded.
+#[derive(Debug, thiserror::Error)]
+pub enum ShredError {
+    #[error("segment {0} is the one being written; only a sealed segment can be shredded")]
+    Active(u64),
+    #[error("segment {0} has no data key (already shredded, or no such segment)")]
+    NoKey(u64),
+    #[error("the archive is closed")]
+    Closed,
+    #[error("shredding segment {segment} failed: {why}")]
+    Failed { segment: u64, why: String },
 }
 
 enum IndexCmd {
@@ -576,6 +604,36 @@ impl Archive {
             .is_ok_and(|hits| !hits.is_empty())
     }
 
+    /// Crypto-shreds a sealed segment: appends a signed-chain `Shred` record (segment,
+    /// reason, the authority that allows it, actor), durably, then destroys the
+    /// segment's data key. Its records become unreadable; the chain still verifies, and
+    /// `verify` accepts the missing key because of the record. Refuses the active
+    /// segment and a segment without a key.
+    pub async fn shred_segment(
+        &self,
+        segment: u64,
+        reason: &str,
+        authority: &str,
+        actor: &str,
+    ) -> Result<AppendReceipt, ShredError> {
+        let (ack_tx, ack_rx) = oneshot::channel();
+        {
+            let guard = self.inner.tx.lock().unwrap_or_else(|p| p.into_inner());
+            let tx = guard.as_ref().ok_or(ShredError::Closed)?;
+            tx.send(Cmd::Shred(
+                ShredRequest {
+                    segment,
+                    reason: reason.to_owned(),
+                    authority: authority.to_owned(),
+                    actor: actor.to_owned(),
+                },
+                ack_tx,
+            ))
+            .map_err(|_| ShredError::Closed)?;
+        }
+        ack_rx.await.map_err(|_| ShredError::Closed)?
+    }
+
     /// Appends a record; resolves only once it is durable (fsynced), with the
     /// seq and time the archive assigned.
     pub async fn append(&self, rec: NewRecord) -> Result<AppendReceipt, AppendError> {
@@ -716,6 +774,7 @@ fn writer_loop(
         let mut batch = Vec::new();
         let mut acks = Vec::new();
         let mut close = None;
+        let mut shred = None;
         let mut next = Some(first);
         while let Some(cmd) = next.take() {
             match cmd {
@@ -725,6 +784,10 @@ fn writer_loop(
                 }
                 Cmd::Close(done) => {
                     close = Some(done);
+                    break;
+                }
+                Cmd::Shred(req, ack) => {
+                    shred = Some((req, ack));
                     break;
                 }
             }
@@ -764,6 +827,19 @@ fn writer_loop(
                 },
             }
         }
+        if let Some((req, ack)) = shred {
+            let answer = match &failed {
+                Some(why) => Err(ShredError::Failed {
+                    segment: req.segment,
+                    why: why.clone(),
+                }),
+                None => shred_segment(&mut log, req, &itx),
+            };
+            if let Err(ShredError::Failed { why, .. }) = &answer {
+                failed.get_or_insert_with(|| why.clone());
+            }
+            let _ = ack.send(answer);
+        }
         if let Some(done) = close {
             // Whatever a submitter queued before the close goes in now rather
             // than waiting for the next open.
@@ -779,6 +855,40 @@ fn writer_loop(
             return;
         }
     }
+}
+
+/// Records the shred durably, then destroys the key: a key is never gone without the
+/// signed record that says why (a crash between the two leaves the key, and the record
+/// of an intent that a retry completes).
+fn shred_segment(
+    log: &mut LogWriter,
+    req: ShredRequest,
+    itx: &Sender<IndexCmd>,
+) -> Result<AppendReceipt, ShredError> {
+    let segment = req.segment;
+    if segment == log.active_segment() {
+        return Err(ShredError::Active(segment));
+    }
+    if !log.has_key(segment) {
+        return Err(ShredError::NoKey(segment));
+    }
+    let failed = |why: String| ShredError::Failed { segment, why };
+    let appended = log
+        .append_batch(vec![NewRecord::Event(EventRecord::Shred {
+            segment,
+            reason: req.reason,
+            authority: req.authority,
+            actor: req.actor,
+        })])
+        .map_err(|e| failed(e.to_string()))?;
+    let receipt = appended.first().map(|a| AppendReceipt {
+        seq: a.record.seq,
+        time: a.record.time,
+    });
+    let _ = itx.send(IndexCmd::Add(appended));
+    log.destroy_key(segment)
+        .map_err(|e| failed(e.to_string()))?;
+    receipt.ok_or_else(|| failed("no record appended".into()))
 }
 
 fn indexer_loop(

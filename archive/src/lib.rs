@@ -40,7 +40,8 @@ pub mod witness;
 
 pub use archive::{
     reindex, AppendError, AppendReceipt, Archive, ArchiveConfig, ArchiveReader, ChainEntry,
-    CloseError, Hit, OpenError, ReadError, ReindexError, SearchError, TailCursor, WRITER_LOCK,
+    CloseError, Hit, OpenError, ReadError, ReindexError, SearchError, ShredError, TailCursor,
+    WRITER_LOCK,
 };
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use export::{

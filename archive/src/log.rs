@@ -518,6 +518,22 @@ impl LogWriter {
         self.archive_id
     }
 
+    /// The id of the segment being written.
+    pub fn active_segment(&self) -> u64 {
+        self.active.id
+    }
+
+    /// Whether segment `id`'s data key file exists.
+    pub fn has_key(&self, id: u64) -> bool {
+        self.storage.read(&segment::key_name(id)).is_ok()
+    }
+
+    /// Removes segment `id`'s data key file (crypto-shredding). The caller has made the
+    /// `Shred` record durable first.
+    pub fn destroy_key(&mut self, id: u64) -> Result<(), storage::RemoveError> {
+        self.storage.remove(&segment::key_name(id))
+    }
+
     /// The seq the next record will get.
     pub fn next_seq(&self) -> u64 {
         self.next_seq

@@ -249,6 +249,17 @@ pub enum EventRecord {
         action: String,
         detail: String,
     },
+    /// A segment's data key is about to be destroyed (crypto-shredding): the only
+    /// legitimate way records become unreadable. Appended, durably, before the key file
+    /// is removed; `verify` reports a missing key without one as tampering.
+    Shred {
+        segment: u64,
+        /// Why, in words (e.g. "retention expired").
+        reason: String,
+        /// What allows it: the retention rule or erasure decision.
+        authority: String,
+        actor: String,
+    },
 }
 
 /// What a caller asks the archive to store.
@@ -289,6 +300,7 @@ const K_SESSION_START: u8 = 2;
 const K_SESSION_END: u8 = 3;
 const K_RECOVERY: u8 = 4;
 const K_AUDIT: u8 = 5;
+const K_SHRED: u8 = 6;
 
 impl Record {
     /// The canonical encoding.
@@ -371,6 +383,18 @@ impl Record {
             }) => {
                 w.push(K_AUDIT);
                 for s in [actor, action, detail] {
+                    put_str(&mut w, s);
+                }
+            }
+            NewRecord::Event(EventRecord::Shred {
+                segment,
+                reason,
+                authority,
+                actor,
+            }) => {
+                w.push(K_SHRED);
+                w.extend_from_slice(&segment.to_be_bytes());
+                for s in [reason, authority, actor] {
                     put_str(&mut w, s);
                 }
             }
@@ -474,6 +498,13 @@ impl Record {
                 actor: r.str()?,
                 action: r.str()?,
                 detail: r.str()?,
+            }),
+            // Shredding came with format 2: a version 1 record never holds one.
+            K_SHRED if version == RECORD_VERSION => NewRecord::Event(EventRecord::Shred {
+                segment: r.u64()?,
+                reason: r.str()?,
+                authority: r.str()?,
+                actor: r.str()?,
             }),
             tag => {
                 return Err(DecodeError::Tag {
@@ -769,6 +800,14 @@ pub(crate) mod tests {
                 actor,
                 action,
                 detail
+            }),
+            (any::<u64>(), s(), s(), s()).prop_map(|(segment, reason, authority, actor)| {
+                EventRecord::Shred {
+                    segment,
+                    reason,
+                    authority,
+                    actor,
+                }
             }),
         ]
         .prop_map(NewRecord::Event);

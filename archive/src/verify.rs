@@ -15,7 +15,7 @@ use ed25519_dalek::VerifyingKey;
 
 use crate::keys::MasterKey;
 use crate::log::{self, LogOpenError};
-use crate::record::Record;
+use crate::record::{EventRecord, NewRecord, Record};
 use crate::segment::{self, Frame, Parsed, SegmentHeader, HEADER_LEN};
 use crate::storage::{FileStorage, Storage};
 
@@ -149,6 +149,10 @@ pub fn verify_storage(
     let mut expected_seq = 1u64;
     let mut head = segment::genesis_head(&meta.archive_id);
     let last_id = ids.last().copied();
+    // Segments whose data key is gone (with their record counts), and the segments a
+    // signed shred record allows to be gone.
+    let mut unreadable: std::collections::BTreeMap<u64, u64> = Default::default();
+    let mut shred_records: std::collections::BTreeSet<u64> = Default::default();
     for (id, bytes) in segments {
         let Some(bytes) = bytes else { continue };
         r.segments += 1;
@@ -219,6 +223,9 @@ pub fn verify_storage(
             None => None,
         };
         let shredded = master.is_some() && cipher.is_none();
+        if shredded {
+            unreadable.entry(id).or_insert(0);
+        }
         let mut at = HEADER_LEN;
         let mut seal_seen = false;
         while at < bytes.len() {
@@ -292,7 +299,15 @@ pub fn verify_storage(
                                         Some(seq),
                                         format!("record body says seq {}", rec.seq.0),
                                     ),
-                                    Ok(_) => {}
+                                    Ok(rec) => {
+                                        if let NewRecord::Event(EventRecord::Shred {
+                                            segment,
+                                            ..
+                                        }) = rec.content
+                                        {
+                                            shred_records.insert(segment);
+                                        }
+                                    }
                                     Err(e) => problem(
                                         &mut r,
                                         seg,
@@ -305,6 +320,9 @@ pub fn verify_storage(
                         }
                     } else if shredded {
                         r.shredded_records += 1;
+                        if let Some(n) = unreadable.get_mut(&id) {
+                            *n += 1;
+                        }
                     }
                     head = segment::next_head(
                         &head,
@@ -364,6 +382,18 @@ pub fn verify_storage(
         progress(done, total);
     }
     r.head = head.iter().map(|b| format!("{b:02x}")).collect();
+    // Destroying a key is legitimate only as a signed act recorded in the chain.
+    for (segment, records) in unreadable {
+        if !shred_records.contains(&segment) {
+            problem(
+                &mut r,
+                Some(segment),
+                None,
+                None,
+                format!("data key missing without a signed shred record: {records} record(s) made unreadable (key file removed outside retention or erasure)"),
+            );
+        }
+    }
     r
 }
 
@@ -555,12 +585,31 @@ mod tests {
                 })
             })
             .collect();
-        let (s, m, k) = build(&[recs.clone(), recs]);
-        let seg = log::segment_ids(&s).unwrap()[0];
+        let seg = 1;
+        let shred = vec![NewRecord::Event(crate::record::EventRecord::Shred {
+            segment: seg,
+            reason: "retention expired".into(),
+            authority: "retention default 6y".into(),
+            actor: "custos".into(),
+        })];
+        // Two sessions: segment 1 holds both batches, segment 2 the shred record.
+        let (s, m, k) = build(&[recs.clone(), recs.clone(), shred]);
+        assert_eq!(log::segment_ids(&s).unwrap()[0], seg);
         s.remove(&segment::key_name(seg)).unwrap();
         let r = check(&s, &m, &k);
         assert!(r.is_clean(), "{:?}", r.problems);
-        assert_eq!(r.shredded_records, 4);
+        assert_eq!(r.shredded_records, 8);
+        // The same key destroyed without a shred record is tampering, located.
+        let (s, m, k) = build(&[recs.clone(), recs]);
+        s.remove(&segment::key_name(seg)).unwrap();
+        let r = check(&s, &m, &k);
+        assert!(
+            r.problems.iter().any(|p| p.segment == Some(seg)
+                && p.what.contains("without a signed shred record")
+                && p.what.contains("4 record(s)")),
+            "{:?}",
+            r.problems
+        );
     }
 
     proptest! {

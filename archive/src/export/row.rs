@@ -192,5 +192,15 @@ fn event_json(e: &EventRecord) -> (&'static str, Option<String>, serde_json::Val
             None,
             json!({"actor": actor, "action": action, "detail": detail}),
         ),
+        EventRecord::Shred {
+            segment,
+            reason,
+            authority,
+            actor,
+        } => (
+            "shred",
+            None,
+            json!({"segment": segment, "reason": reason, "authority": authority, "actor": actor}),
+        ),
     }
 }
