@@ -101,6 +101,12 @@ impl WriterLock {
     }
 }
 
+/// Whether a process holds the archive's writer lock now (a probe: the lock is taken and
+/// dropped at once when free).
+pub(crate) fn writer_running(dir: &Path) -> bool {
+    matches!(WriterLock::take(dir), Err(LockError::Held))
+}
+
 /// Opening the archive failed.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {

@@ -44,6 +44,8 @@ pub enum IndexError {
     Io(#[from] std::io::Error),
     #[error("the index was built for another archive or key; run reindex")]
     Foreign,
+    #[error("the search index is missing")]
+    Missing,
 }
 
 /// The key that blinds index terms.
@@ -147,6 +149,32 @@ fn open_or_create(dir: &Path) -> Result<Index, IndexError> {
     let (schema, _) = schema();
     let mmap = tantivy::directory::MmapDirectory::open(dir).map_err(tantivy::TantivyError::from)?;
     Ok(Index::open_or_create(mmap, schema)?)
+}
+
+/// What an index says it covers, read without opening a writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Coverage {
+    /// Every record with seq ≤ this is in the last commit.
+    pub through: u64,
+    /// Documents (one per message record) in the last commit.
+    pub docs: u64,
+}
+
+/// Reads the coverage of the index in `dir` for archive `archive_id`. An index that does
+/// not exist, belongs to another archive or cannot be opened is an error.
+pub fn coverage(dir: &Path, archive_id: &[u8; 16]) -> Result<Coverage, IndexError> {
+    if !dir.join("meta.json").exists() {
+        return Err(IndexError::Missing);
+    }
+    let mmap = tantivy::directory::MmapDirectory::open(dir).map_err(tantivy::TantivyError::from)?;
+    let index = Index::open(mmap)?;
+    let through = match index.load_metas()?.payload {
+        Some(p) => parse_payload(&p, archive_id)?,
+        None => 0,
+    };
+    let reader = index.reader()?;
+    let docs = reader.searcher().num_docs();
+    Ok(Coverage { through, docs })
 }
 
 /// The writer's open: an index made with another schema (an older Custos) is

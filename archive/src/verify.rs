@@ -60,6 +60,13 @@ pub struct VerifyReport {
     /// Checkpoints the log reaches intact: (segment, seq, head).
     #[serde(skip)]
     pub(crate) reached: Vec<(u64, u64, segment::Hash)>,
+    /// Message records up to the seq the index claims (decoded with the master key),
+    /// and records up to there that could not be read (shredded), so the index's
+    /// document count can be checked against that claim.
+    #[serde(skip)]
+    pub(crate) messages_upto: u64,
+    #[serde(skip)]
+    pub(crate) unreadable_upto: u64,
 }
 
 impl VerifyReport {
@@ -77,14 +84,100 @@ pub fn verify(
     public_key: &VerifyingKey,
     progress: impl FnMut(u64, u64),
 ) -> VerifyReport {
-    verify_storage(&FileStorage::new(dir), master_key, public_key, progress)
+    let storage = FileStorage::new(dir);
+    // Read before the log: a running writer only adds to what the index covers.
+    let coverage = match log::read_meta(&storage) {
+        Ok(Some(meta)) if master_key.is_some() => {
+            Some(crate::index::coverage(&dir.join("index"), &meta.archive_id))
+        }
+        _ => None,
+    };
+    let running = crate::archive::writer_running(dir);
+    let upto = coverage
+        .as_ref()
+        .and_then(|c| c.as_ref().ok())
+        .map(|c| c.through);
+    let mut r = walk(
+        &storage,
+        master_key,
+        public_key,
+        upto.unwrap_or(0),
+        progress,
+    );
+    if let Some(coverage) = coverage {
+        check_index(&mut r, coverage, running);
+    }
+    r
 }
 
-/// [`verify`] over any storage.
+/// The index must cover the log, and hold one document per message up to where it says
+/// it has indexed: search must never answer from less without saying so.
+fn check_index(
+    r: &mut VerifyReport,
+    coverage: Result<crate::index::Coverage, crate::index::IndexError>,
+    writer_running: bool,
+) {
+    let mut problem = |what: String| {
+        r.problems.push(Problem {
+            segment: None,
+            offset: None,
+            seq: None,
+            what: format!("search index: {what}"),
+        })
+    };
+    let c = match coverage {
+        Ok(c) => c,
+        Err(e) => return problem(format!("{e} (run custos reindex)")),
+    };
+    if c.through > r.last_seq {
+        return problem(format!(
+            "claims to cover seq {} but the log ends at seq {} (an index of another time or archive; run custos reindex)",
+            c.through, r.last_seq
+        ));
+    }
+    let messages = r.messages_upto;
+    // Shredded records cannot be told apart: their documents may or may not be there.
+    if c.docs < messages || c.docs > messages + r.unreadable_upto {
+        problem(format!(
+            "holds {} document(s) for the {messages} message(s) up to seq {} (damaged, rolled back or another archive's; run custos reindex)",
+            c.docs, c.through
+        ));
+    }
+    if c.through < r.last_seq {
+        let behind = format!(
+            "covers seqs up to {} but the log runs to {}",
+            c.through, r.last_seq
+        );
+        if writer_running {
+            r.notes.push(format!(
+                "search index {behind}: the running writer indexes the newest records within a second"
+            ));
+        } else {
+            problem(format!(
+                "{behind}: records {}..={} are missing from search (run custos reindex)",
+                c.through + 1,
+                r.last_seq
+            ));
+        }
+    }
+}
+
+/// [`verify`] over any storage (without the index check).
 pub fn verify_storage(
     storage: &dyn Storage,
     master_key: Option<&MasterKey>,
     public_key: &VerifyingKey,
+    progress: impl FnMut(u64, u64),
+) -> VerifyReport {
+    walk(storage, master_key, public_key, 0, progress)
+}
+
+/// The log walk; counts message records with seq ≤ `count_upto` for the index check.
+fn walk(
+    storage: &dyn Storage,
+    master_key: Option<&MasterKey>,
+    public_key: &VerifyingKey,
+    count_upto: u64,
     mut progress: impl FnMut(u64, u64),
 ) -> VerifyReport {
     let mut r = VerifyReport::default();
@@ -300,6 +393,11 @@ pub fn verify_storage(
                                         format!("record body says seq {}", rec.seq.0),
                                     ),
                                     Ok(rec) => {
+                                        if seq <= count_upto
+                                            && matches!(rec.content, NewRecord::Message(_))
+                                        {
+                                            r.messages_upto += 1;
+                                        }
                                         if let NewRecord::Event(EventRecord::Shred {
                                             segment,
                                             ..
@@ -320,6 +418,9 @@ pub fn verify_storage(
                         }
                     } else if shredded {
                         r.shredded_records += 1;
+                        if seq <= count_upto {
+                            r.unreadable_upto += 1;
+                        }
                         if let Some(n) = unreadable.get_mut(&id) {
                             *n += 1;
                         }
