@@ -46,6 +46,8 @@ pub enum IndexError {
     Foreign,
     #[error("the search index is missing")]
     Missing,
+    #[error("search index files fail their checksums: {0}")]
+    Damaged(String),
 }
 
 /// The key that blinds index terms.
@@ -172,6 +174,12 @@ pub fn coverage(dir: &Path, archive_id: &[u8; 16]) -> Result<Coverage, IndexErro
         Some(p) => parse_payload(&p, archive_id)?,
         None => 0,
     };
+    let damaged = index.validate_checksum()?;
+    if !damaged.is_empty() {
+        let mut names: Vec<String> = damaged.iter().map(|p| p.display().to_string()).collect();
+        names.sort();
+        return Err(IndexError::Damaged(names.join(", ")));
+    }
     let reader = index.reader()?;
     let docs = reader.searcher().num_docs();
     Ok(Coverage { through, docs })
