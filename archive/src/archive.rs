@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -439,6 +440,10 @@ impl RecentIdentities {
 }
 
 struct Inner {
+    /// Every record up to this seq is in the index's last commit.
+    indexed: Arc<AtomicU64>,
+    /// The last durable record's seq.
+    log_end: Arc<AtomicU64>,
     recent: Mutex<RecentIdentities>,
     tx: Mutex<Option<Sender<Cmd>>>,
     reader: ArchiveReader,
@@ -519,29 +524,39 @@ impl Archive {
             limits,
             cfg.witness.as_deref(),
         )?;
-        let archive_id = log.archive_id();
-        let mut indexer = BlindIndexWriter::open(
-            &index_dir(&dir),
-            BlindKey::derive(&cfg.master_key, &archive_id),
-            archive_id,
-        )?;
         let reader =
             ArchiveReader::from_parts(dir.clone(), storage.clone(), cfg.master_key.clone())?;
-        // The log is the source of truth: index whatever the last run did not commit.
-        let through = indexer.indexed_through();
-        if through + 1 < log.next_seq() {
-            reader.scan(through + 1, |e| {
-                if let Some(record) = e.record {
-                    indexer.add(&Appended {
-                        record,
-                        segment: e.segment,
-                        offset: e.offset,
-                    })?;
-                }
-                Ok::<(), OpenError>(())
-            })?;
-            indexer.commit()?;
+        // The index is derived data: one that cannot be opened is replaced.
+        let mut indexer = match index_writer(&dir, &reader, &cfg.master_key) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "search index cannot be opened; rebuilding it from the log");
+                std::fs::remove_dir_all(index_dir(&dir)).map_err(IndexError::Io)?;
+                index_writer(&dir, &reader, &cfg.master_key)?
+            }
+        };
+        // The log is the source of truth: index whatever the last run did not commit,
+        // and rebuild an index that is not this log's.
+        if let Err(why) = indexer.found() {
+            tracing::warn!(reason = %why, "search index rebuilding from the log");
         }
+        let done = catch_up::<OpenError>(&reader, &mut indexer, None, &mut |done, last| {
+            if done < last {
+                tracing::info!(done, last, "search index catching up with the log");
+            }
+        })?;
+        match &done.rebuilt {
+            Some(why) => {
+                tracing::warn!(reason = %why, records = done.indexed, "search index rebuilt from the log")
+            }
+            None if done.indexed > 0 => tracing::info!(
+                records = done.indexed,
+                "search index caught up with the log"
+            ),
+            None => {}
+        }
+        let indexed = Arc::new(AtomicU64::new(done.through));
+        let log_end = Arc::new(AtomicU64::new(log.next_seq() - 1));
         let mut first_batch = Vec::new();
         if let Some(cut) = &cut {
             first_batch = log.append_batch(vec![log::recovery_event(cut)])?;
@@ -553,6 +568,7 @@ impl Archive {
         );
         let drained = inbox.drain(&mut log).map_err(OpenError::Inbox)?;
         first_batch.extend(drained.appended);
+        log_end.store(log.next_seq() - 1, Ordering::Release);
         let inbox_health = Arc::new(Mutex::new(drained.problem));
         let (tx, rx) = mpsc::channel::<Cmd>();
         let (itx, irx) = mpsc::channel::<IndexCmd>();
@@ -563,13 +579,17 @@ impl Archive {
         let h2 = health.clone();
         std::thread::Builder::new()
             .name("custos-indexer".into())
-            .spawn(move || indexer_loop(indexer, irx, h2))
+            .spawn({
+                let indexed = indexed.clone();
+                move || indexer_loop(indexer, irx, h2, indexed)
+            })
             .map_err(OpenError::Thread)?;
         let ih = inbox_health.clone();
+        let le = log_end.clone();
         let writer_thread = std::thread::Builder::new()
             .name("custos-archive-writer".into())
             .spawn(move || {
-                writer_loop(log, rx, itx, inbox, ih);
+                writer_loop(log, rx, itx, inbox, ih, le);
                 // Only now, with the last segment sealed and the index
                 // finished, may another process write.
                 drop(lock);
@@ -583,6 +603,8 @@ impl Archive {
                 index_health: health,
                 inbox_health,
                 recent: Mutex::new(RecentIdentities::default()),
+                indexed,
+                log_end,
             }),
         })
     }
@@ -667,6 +689,22 @@ impl Archive {
         self.inner.reader.search(query, limit)
     }
 
+    /// Searches, saying which records the index has not taken in yet (the newest,
+    /// for up to a commit interval, or more while indexing fails).
+    pub fn search_covered(&self, query: &str, limit: usize) -> Result<Searched, SearchError> {
+        // Read before the search: the searcher reloads to a commit at least this new.
+        let through = self.inner.indexed.load(Ordering::Acquire);
+        let end = self.inner.log_end.load(Ordering::Acquire);
+        let why = match self.index_health() {
+            Some(e) => format!("indexing is failing: {e}"),
+            None => "not yet indexed".to_owned(),
+        };
+        Ok(Searched {
+            hits: self.search(query, limit)?,
+            uncovered: Uncovered::after(through, end, &why),
+        })
+    }
+
     /// Read access (records by seq, chain iteration).
     pub fn reader(&self) -> &ArchiveReader {
         &self.inner.reader
@@ -727,8 +765,11 @@ fn writer_loop(
     itx: Sender<IndexCmd>,
     mut inbox: Drain,
     inbox_health: Arc<Mutex<Option<String>>>,
+    log_end: Arc<AtomicU64>,
 ) {
     let mut failed: Option<String> = None;
+    // Before anything appended is acknowledged: a search that follows sees it counted.
+    let publish = |log: &LogWriter| log_end.store(log.next_seq() - 1, Ordering::Release);
     // Appends what waits in the inbox unless the writer already failed.
     let drain = |inbox: &mut Drain, log: &mut LogWriter, failed: &mut Option<String>| {
         if failed.is_some() {
@@ -736,6 +777,7 @@ fn writer_loop(
         }
         match inbox.drain(log) {
             Ok(d) => {
+                publish(log);
                 *inbox_health.lock().unwrap_or_else(|p| p.into_inner()) = d.problem;
                 if !d.appended.is_empty() {
                     let _ = itx.send(IndexCmd::Add(d.appended));
@@ -810,6 +852,7 @@ fn writer_loop(
                 }
                 None => match log.append_batch(batch) {
                     Ok(appended) => {
+                        publish(&log);
                         for (a, ack) in appended.iter().zip(acks) {
                             let _ = ack.send(Ok(AppendReceipt {
                                 seq: a.record.seq,
@@ -841,6 +884,7 @@ fn writer_loop(
                 }),
                 None => shred_segment(&mut log, req, &itx),
             };
+            publish(&log);
             if let Err(ShredError::Failed { why, .. }) = &answer {
                 failed.get_or_insert_with(|| why.clone());
             }
@@ -901,6 +945,7 @@ fn indexer_loop(
     mut idx: BlindIndexWriter,
     rx: Receiver<IndexCmd>,
     health: Arc<Mutex<Option<String>>>,
+    indexed: Arc<AtomicU64>,
 ) {
     let set = |e: Option<String>| *health.lock().unwrap_or_else(|p| p.into_inner()) = e;
     let mut last_commit = Instant::now();
@@ -925,7 +970,10 @@ fn indexer_loop(
         }
         if idx.is_dirty() && last_commit.elapsed() >= INDEX_COMMIT_INTERVAL {
             match idx.commit() {
-                Ok(()) => set(None),
+                Ok(()) => {
+                    indexed.store(idx.indexed_through(), Ordering::Release);
+                    set(None)
+                }
                 Err(e) => set(Some(e.to_string())),
             }
             last_commit = Instant::now();
@@ -1091,6 +1139,17 @@ impl ArchiveReader {
     pub fn scan<E: From<ReadError>>(
         &self,
         from: u64,
+        f: impl FnMut(ChainEntry) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.scan_chain(from, true, f)
+    }
+
+    /// [`ArchiveReader::scan`], decrypting records only when `decrypt` (otherwise
+    /// `salt` and `record` are `None`: the chain position alone is wanted).
+    fn scan_chain<E: From<ReadError>>(
+        &self,
+        from: u64,
+        decrypt: bool,
         mut f: impl FnMut(ChainEntry) -> Result<(), E>,
     ) -> Result<(), E> {
         let ids = log::segment_ids(self.storage.as_ref()).map_err(|e| ReadError::Log(e.into()))?;
@@ -1153,7 +1212,7 @@ impl ArchiveReader {
                         head = segment::next_head(&head, &leaf);
                         if seq >= from {
                             let (salt, record) = match &cipher {
-                                Some(c) => {
+                                Some(c) if decrypt => {
                                     let (salt, canonical) =
                                         segment::decrypt_record(c, &hb, seq, nonce, ciphertext)
                                             .ok_or_else(|| ReadError::Corrupt {
@@ -1170,7 +1229,7 @@ impl ArchiveReader {
                                     })?;
                                     (Some(salt), Some(rec))
                                 }
-                                None => (None, None),
+                                _ => (None, None),
                             };
                             f(ChainEntry {
                                 seq,
@@ -1438,10 +1497,237 @@ impl ArchiveReader {
     pub fn archive_id(&self) -> [u8; 16] {
         self.meta.archive_id
     }
+
+    /// The chain head after record `seq`, or `None` if the log has no such record.
+    pub fn head_at(&self, seq: u64) -> Result<Option<Hash>, ReadError> {
+        let mut found = None;
+        let r = self.scan_chain(seq, false, |e| {
+            if e.seq == seq {
+                found = Some(e.head);
+            }
+            Err(Stop::Done)
+        });
+        match r {
+            Ok(()) | Err(Stop::Done) => Ok(found),
+            Err(Stop::Failed(e)) => Err(e),
+        }
+    }
+
+    /// The seq of the last complete record in the log (0 for an empty log). Reads
+    /// only the last segment or two, without decrypting.
+    pub fn chain_end(&self) -> Result<u64, ReadError> {
+        let mut last = 0;
+        // A start past every record makes the scan skip to the last segment.
+        let ids = log::segment_ids(self.storage.as_ref()).map_err(|e| ReadError::Log(e.into()))?;
+        for &id in ids.iter().rev() {
+            let hb = self
+                .storage
+                .read_at(&segment::segment_name(id), 0, HEADER_LEN)?;
+            if let Ok(h) = SegmentHeader::decode(&hb) {
+                // Records before this segment end at first_seq - 1; the walk adds its own.
+                last = h.first_seq.saturating_sub(1);
+                self.scan_chain(h.first_seq, false, |e| {
+                    last = last.max(e.seq);
+                    Ok::<(), ReadError>(())
+                })?;
+                break;
+            }
+        }
+        Ok(last)
+    }
+
+    /// How far the index on disk covers this log: its authenticated mark checked
+    /// against the chain. `Err` says why none of it can be used.
+    pub fn index_coverage(&self) -> Result<u64, String> {
+        let mark =
+            crate::index::read_mark(&index_dir(&self.dir), &self.master, &self.meta.archive_id)
+                .map_err(|e| e.to_string())?;
+        if mark.through == 0 {
+            return Ok(0);
+        }
+        match self.head_at(mark.through) {
+            Ok(Some(head)) if head == mark.head => Ok(mark.through),
+            Ok(Some(_)) => Err(format!(
+                "the index's chain head at seq {} is not this log's",
+                mark.through
+            )),
+            Ok(None) => Err(format!(
+                "the index claims seq {} but the log has no such record",
+                mark.through
+            )),
+            Err(e) => Err(format!("cannot check the index against the log: {e}")),
+        }
+    }
+
+    /// [`ArchiveReader::search`], saying which records the index did not cover:
+    /// those after its mark, or all of them when the index cannot be used (then no
+    /// hits are returned: they would come from another log).
+    pub fn search_covered(&self, query: &str, limit: usize) -> Result<Searched, SearchError> {
+        query::parse(query)?;
+        // The mark before the search: the searcher reloads to a commit at least as new.
+        let coverage = self.index_coverage();
+        let end = self.chain_end()?;
+        match coverage {
+            Ok(through) => Ok(Searched {
+                hits: self.search(query, limit)?,
+                uncovered: Uncovered::after(through, end, "not yet indexed"),
+            }),
+            Err(why) => Ok(Searched {
+                hits: Vec::new(),
+                uncovered: Uncovered::after(0, end, &why),
+            }),
+        }
+    }
+}
+
+/// Records a search did not look at, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Uncovered {
+    pub from: u64,
+    pub to: u64,
+    pub why: String,
+}
+
+impl Uncovered {
+    fn after(through: u64, end: u64, why: &str) -> Option<Uncovered> {
+        (through < end).then(|| Uncovered {
+            from: through + 1,
+            to: end,
+            why: why.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for Uncovered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.to - self.from + 1;
+        write!(
+            f,
+            "{n} record(s), seq {}..={}, were not searched ({}): results may be incomplete",
+            self.from, self.to, self.why
+        )
+    }
+}
+
+/// A search's hits and what it could not see.
+#[derive(Debug, Clone)]
+pub struct Searched {
+    pub hits: Vec<Hit>,
+    pub uncovered: Option<Uncovered>,
+}
+
+/// Brings the index up to the log it belongs to. An index whose mark cannot be trusted
+/// (foreign, forged, unauthenticated), claims more than the log holds, or names a chain
+/// head that is not this log's at its seq is cleared first; `force` clears it anyway.
+/// Then every record after the mark is added and committed.
+/// `progress(done_seq, last_seq)` is called every 10,000 records and at the end.
+fn catch_up<E: From<ReadError> + From<IndexError>>(
+    reader: &ArchiveReader,
+    w: &mut BlindIndexWriter,
+    force: Option<&str>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<IndexCatchUp, E> {
+    let end = reader.chain_end()?;
+    let rebuilt = match (force, w.found()) {
+        (Some(why), _) => Some(why.to_owned()),
+        (None, Err(e)) => Some(e.to_string()),
+        (None, Ok(mark)) if mark.through > end => Some(format!(
+            "it claims seq {} but the log ends at seq {end}",
+            mark.through
+        )),
+        (None, Ok(mark))
+            if mark.through > 0 && reader.head_at(mark.through)? != Some(mark.head) =>
+        {
+            Some(format!(
+                "its chain head at seq {} is not this log's",
+                mark.through
+            ))
+        }
+        (None, Ok(_)) => None,
+    };
+    if rebuilt.is_some() {
+        w.clear()?;
+    }
+    let from = w.indexed_through() + 1;
+    let mut indexed = 0u64;
+    if from <= end {
+        reader.scan(from, |e| {
+            if let Some(record) = e.record {
+                w.add(&Appended {
+                    record,
+                    segment: e.segment,
+                    offset: e.offset,
+                    head: e.head,
+                })?;
+                indexed += 1;
+                if indexed.is_multiple_of(10_000) {
+                    progress(e.seq, end);
+                }
+            }
+            Ok::<(), E>(())
+        })?;
+    }
+    if w.is_dirty() || rebuilt.is_some() {
+        w.commit()?;
+    }
+    progress(end, end);
+    Ok(IndexCatchUp {
+        rebuilt,
+        indexed,
+        through: w.indexed_through(),
+    })
+}
+
+/// What bringing the index up to the log did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexCatchUp {
+    /// Why the index was cleared and rebuilt from the first record, if it was.
+    pub rebuilt: Option<String>,
+    /// Records added.
+    pub indexed: u64,
+    /// The index now covers every record up to this seq.
+    pub through: u64,
+}
+
+fn take_lock(dir: &Path) -> Result<WriterLock, ReindexError> {
+    WriterLock::take(dir).map_err(|e| match e {
+        LockError::Held => ReindexError::Locked {
+            dir: dir.to_path_buf(),
+        },
+        LockError::Io(source) => ReindexError::Lock {
+            dir: dir.to_path_buf(),
+            source,
+        },
+    })
+}
+
+fn index_writer(
+    dir: &Path,
+    reader: &ArchiveReader,
+    master: &MasterKey,
+) -> Result<BlindIndexWriter, IndexError> {
+    BlindIndexWriter::open(&index_dir(dir), master, reader.archive_id())
+}
+
+/// Brings the index of the archive in `dir` up to its log (see [`IndexCatchUp`]):
+/// what `custos search` does before it searches when no server is running.
+/// Takes the writer lock, failing with [`ReindexError::Locked`] while a serving
+/// process writes (its own indexer keeps the index current).
+pub fn update_index(
+    dir: &Path,
+    master_key: &MasterKey,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<IndexCatchUp, ReindexError> {
+    let reader = ArchiveReader::open(dir, master_key)?;
+    let _lock = take_lock(dir)?;
+    let mut w = index_writer(dir, &reader, master_key)?;
+    let done = catch_up::<ReindexError>(&reader, &mut w, None, &mut progress)?;
+    w.finish()?;
+    Ok(done)
 }
 
 /// Rebuilds the index of the archive in `dir` from the record log.
-/// `progress(done_records, last_seq)`.
+/// `progress(done_seq, last_seq)`. Returns the message records indexed.
 ///
 /// Takes the writer lock, failing with [`ReindexError::Locked`] while a
 /// serving process writes: it would hold the index's own (tantivy) lock anyway,
@@ -1453,46 +1739,18 @@ pub fn reindex(
     mut progress: impl FnMut(u64, u64),
 ) -> Result<u64, ReindexError> {
     let reader = ArchiveReader::open(dir, master_key)?;
-    let _lock = WriterLock::take(dir).map_err(|e| match e {
-        LockError::Held => ReindexError::Locked {
-            dir: dir.to_path_buf(),
-        },
-        LockError::Io(source) => ReindexError::Lock {
-            dir: dir.to_path_buf(),
-            source,
-        },
-    })?;
-    let archive_id = reader.archive_id();
-    let mut w = BlindIndexWriter::open(
-        &index_dir(dir),
-        BlindKey::derive(master_key, &archive_id),
-        archive_id,
-    )?;
-    w.clear()?;
-    let mut last = 0u64;
-    reader.scan(1, |e| {
-        last = e.seq;
-        Ok::<(), ReindexError>(())
-    })?;
-    let mut n = 0u64;
-    reader.scan(1, |e| {
-        if let Some(record) = e.record {
-            w.add(&Appended {
-                record,
-                segment: e.segment,
-                offset: e.offset,
-            })?;
-            n += 1;
-            if n.is_multiple_of(10_000) {
-                progress(e.seq, last);
-            }
+    let _lock = take_lock(dir)?;
+    let mut w = match index_writer(dir, &reader, master_key) {
+        Ok(w) => w,
+        // Whatever is there is being replaced: an index that cannot even be opened too.
+        Err(_) => {
+            std::fs::remove_dir_all(index_dir(dir)).map_err(IndexError::Io)?;
+            index_writer(dir, &reader, master_key)?
         }
-        Ok::<(), ReindexError>(())
-    })?;
-    w.commit()?;
+    };
+    let done = catch_up::<ReindexError>(&reader, &mut w, Some("requested"), &mut progress)?;
     w.finish()?;
-    progress(last, last);
-    Ok(n)
+    Ok(done.indexed)
 }
 
 /// Stops a scan early without an error.

@@ -31,6 +31,7 @@ use crate::keys::{hmac_sha256, MasterKey};
 use crate::log::Appended;
 use crate::query::{self, Clause, JidField, Query};
 use crate::record::NewRecord;
+use crate::segment::Hash;
 
 /// Memory budget for the single indexing thread (tantivy needs ≥ 15 MB).
 const WRITER_MEMORY: usize = 50_000_000;
@@ -44,9 +45,15 @@ pub enum IndexError {
     Io(#[from] std::io::Error),
     #[error("the index was built for another archive or key; run reindex")]
     Foreign,
+    #[error("the index's coverage mark does not authenticate with this archive's key (forged or damaged); run reindex")]
+    Forged,
+    #[error(
+        "the index carries no authenticated coverage mark (made by an older Custos); run reindex"
+    )]
+    Unauthenticated,
     #[error("the search index is missing")]
     Missing,
-    #[error("search index files fail their checksums: {0}")]
+    #[error("search index damaged: {0}")]
     Damaged(String),
 }
 
@@ -109,22 +116,122 @@ fn schema() -> (Schema, Fields) {
     (b.build(), f)
 }
 
-fn payload(archive_id: &[u8; 16], seq: u64) -> String {
-    let id: String = archive_id.iter().map(|b| format!("{b:02x}")).collect();
-    format!("custos-index-v1 {id} {seq}")
+/// How far an index has indexed the log: every record with seq ≤ `through` is in its
+/// last commit, and `head` is the chain head after record `through` (all zero for 0).
+/// Stored as the commit payload with an HMAC under a key derived from the master key,
+/// so an index cannot be made to claim another archive's or another chain's position
+/// without the key; whether that position is on *this* chain is checked against the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Mark {
+    pub through: u64,
+    pub head: Hash,
 }
 
-fn parse_payload(p: &str, archive_id: &[u8; 16]) -> Result<u64, IndexError> {
-    let mut parts = p.split(' ');
-    let id: String = archive_id.iter().map(|b| format!("{b:02x}")).collect();
-    match (
-        parts.next(),
-        parts.next(),
-        parts.next().and_then(|s| s.parse().ok()),
-    ) {
-        (Some("custos-index-v1"), Some(pid), Some(seq)) if pid == id => Ok(seq),
+const MARK_V2: &str = "custos-index-v2";
+
+fn mark_mac(master: &MasterKey, archive_id: &[u8; 16], mark: &Mark, opstamp: u64) -> [u8; 32] {
+    let key = master.derive("custos-index-mark-v1", archive_id);
+    hmac_sha256(
+        key.as_ref(),
+        &[
+            MARK_V2.as_bytes(),
+            archive_id,
+            &mark.through.to_be_bytes(),
+            &mark.head,
+            &opstamp.to_be_bytes(),
+        ],
+    )
+}
+
+/// The payload of the commit with tantivy's `opstamp`: that number is in the MAC too,
+/// so even it cannot be changed in `meta.json` unseen.
+fn payload(master: &MasterKey, archive_id: &[u8; 16], mark: &Mark, opstamp: u64) -> String {
+    format!(
+        "{MARK_V2} {} {} {} {opstamp} {}",
+        hex(archive_id),
+        mark.through,
+        hex(&mark.head),
+        hex(&mark_mac(master, archive_id, mark, opstamp))
+    )
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex32(s: &str) -> Option<Hash> {
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(i * 2..i * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The mark in the payload of commit `opstamp`; no payload is an index nothing was
+/// committed to.
+fn parse_payload(
+    p: Option<&str>,
+    opstamp: u64,
+    master: &MasterKey,
+    archive_id: &[u8; 16],
+) -> Result<Mark, IndexError> {
+    let Some(p) = p else {
+        return Ok(Mark::default());
+    };
+    let parts: Vec<&str> = p.split(' ').collect();
+    match parts.as_slice() {
+        [MARK_V2, id, seq, head, stamp, mac] => {
+            if *id != hex(archive_id) {
+                return Err(IndexError::Foreign);
+            }
+            let mark = Mark {
+                through: seq.parse().map_err(|_| IndexError::Forged)?,
+                head: unhex32(head).ok_or(IndexError::Forged)?,
+            };
+            if stamp.parse::<u64>().ok() != Some(opstamp) {
+                return Err(IndexError::Forged);
+            }
+            let want = mark_mac(master, archive_id, &mark, opstamp);
+            let got = unhex32(mac).ok_or(IndexError::Forged)?;
+            // Constant time: the comparison must not say how much of a forgery matched.
+            if want
+                .iter()
+                .zip(got.iter())
+                .fold(0u8, |a, (x, y)| a | (x ^ y))
+                != 0
+            {
+                return Err(IndexError::Forged);
+            }
+            Ok(mark)
+        }
+        ["custos-index-v1", ..] => Err(IndexError::Unauthenticated),
         _ => Err(IndexError::Foreign),
     }
+}
+
+fn meta_mark(
+    meta: &tantivy::IndexMeta,
+    master: &MasterKey,
+    archive_id: &[u8; 16],
+) -> Result<Mark, IndexError> {
+    parse_payload(meta.payload.as_deref(), meta.opstamp, master, archive_id)
+}
+
+/// The mark of the index in `dir`, as last committed (not checked against the log).
+pub fn read_mark(
+    dir: &Path,
+    master: &MasterKey,
+    archive_id: &[u8; 16],
+) -> Result<Mark, IndexError> {
+    if !dir.join("meta.json").exists() {
+        return Err(IndexError::Missing);
+    }
+    let mmap = tantivy::directory::MmapDirectory::open(dir).map_err(tantivy::TantivyError::from)?;
+    let index = Index::open(mmap)?;
+    meta_mark(&index.load_metas()?, master, archive_id)
 }
 
 /// Where a hit's record lives in the log.
@@ -141,8 +248,10 @@ pub struct BlindIndexWriter {
     index: Index,
     fields: Fields,
     key: BlindKey,
+    master: MasterKey,
     archive_id: [u8; 16],
-    last_seq: u64,
+    mark: Mark,
+    found: Result<Mark, IndexError>,
     dirty: bool,
 }
 
@@ -156,33 +265,126 @@ fn open_or_create(dir: &Path) -> Result<Index, IndexError> {
 /// What an index says it covers, read without opening a writer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Coverage {
-    /// Every record with seq ≤ this is in the last commit.
-    pub through: u64,
+    /// Every record with seq ≤ `mark.through` is in the last commit.
+    pub mark: Mark,
     /// Documents (one per message record) in the last commit.
     pub docs: u64,
 }
 
 /// Reads the coverage of the index in `dir` for archive `archive_id`. An index that does
 /// not exist, belongs to another archive or cannot be opened is an error.
-pub fn coverage(dir: &Path, archive_id: &[u8; 16]) -> Result<Coverage, IndexError> {
+pub fn coverage(
+    dir: &Path,
+    master: &MasterKey,
+    archive_id: &[u8; 16],
+    at_rest: bool,
+) -> Result<Coverage, IndexError> {
     if !dir.join("meta.json").exists() {
         return Err(IndexError::Missing);
     }
     let mmap = tantivy::directory::MmapDirectory::open(dir).map_err(tantivy::TantivyError::from)?;
     let index = Index::open(mmap)?;
-    let through = match index.load_metas()?.payload {
-        Some(p) => parse_payload(&p, archive_id)?,
-        None => 0,
-    };
+    let meta = index.load_metas()?;
+    let mark = meta_mark(&meta, master, archive_id)?;
+    check_files(dir, &meta, at_rest).map_err(IndexError::Damaged)?;
     let damaged = index.validate_checksum()?;
     if !damaged.is_empty() {
         let mut names: Vec<String> = damaged.iter().map(|p| p.display().to_string()).collect();
         names.sort();
-        return Err(IndexError::Damaged(names.join(", ")));
+        return Err(IndexError::Damaged(format!(
+            "{} fail their checksums",
+            names.join(", ")
+        )));
     }
     let reader = index.reader()?;
     let docs = reader.searcher().num_docs();
-    Ok(Coverage { through, docs })
+    Ok(Coverage { mark, docs })
+}
+
+/// What tantivy's own checksums do not cover, checked byte for byte: `meta.json` is
+/// exactly what tantivy writes for the metadata it holds, with Custos's schema and
+/// settings; every segment file's footer names this tantivy version; and, at rest (no
+/// writer between its steps), `.managed.json` lists exactly the files present.
+fn check_files(dir: &Path, meta: &tantivy::IndexMeta, at_rest: bool) -> Result<(), String> {
+    let mut canonical = serde_json::to_vec_pretty(meta).map_err(|e| e.to_string())?;
+    canonical.push(b'\n');
+    let on_disk = std::fs::read(dir.join("meta.json")).map_err(|e| format!("meta.json: {e}"))?;
+    if on_disk != canonical {
+        return Err("meta.json is not as tantivy wrote it".into());
+    }
+    if meta.schema != schema().0 {
+        return Err("meta.json holds another schema".into());
+    }
+    if meta.index_settings != tantivy::IndexSettings::default() {
+        return Err("meta.json holds other index settings".into());
+    }
+    let version = serde_json::to_string(tantivy::version()).map_err(|e| e.to_string())?;
+    let mut present = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| e.to_string())? {
+        let entry = entry.map_err(|e| e.to_string())?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".lock") || name == ".managed.json" {
+            continue;
+        }
+        if name != "meta.json" {
+            let bytes = std::fs::read(entry.path()).map_err(|e| format!("{name}: {e}"))?;
+            check_footer(&bytes, &version).map_err(|e| format!("{name}: {e}"))?;
+        }
+        present.insert(name);
+    }
+    if at_rest {
+        let managed =
+            std::fs::read(dir.join(".managed.json")).map_err(|e| format!(".managed.json: {e}"))?;
+        let listed: Vec<String> = serde_json::from_slice(&managed)
+            .map_err(|e| format!(".managed.json does not parse: {e}"))?;
+        let mut canonical = serde_json::to_vec(&listed).map_err(|e| e.to_string())?;
+        canonical.push(b'\n');
+        if managed != canonical {
+            return Err(".managed.json is not as tantivy wrote it".into());
+        }
+        let listed: std::collections::BTreeSet<String> = listed.into_iter().collect();
+        if listed != present {
+            let odd: Vec<&String> = listed.symmetric_difference(&present).collect();
+            return Err(format!(
+                ".managed.json and the directory disagree about {odd:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A tantivy file ends in a JSON footer `{"version":…,"crc":N}`, its length (u32 LE)
+/// and the magic number 1337 (u32 LE); the checksum covers the body only.
+fn check_footer(bytes: &[u8], version: &str) -> Result<(), String> {
+    let n = bytes.len();
+    let word = |at: usize| -> Option<u32> {
+        let b = bytes.get(at..at + 4)?;
+        Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let (len, magic) = match (
+        n.checked_sub(8).and_then(word),
+        n.checked_sub(4).and_then(word),
+    ) {
+        (Some(l), Some(m)) => (l as usize, m),
+        _ => return Err("too short for a footer".into()),
+    };
+    if magic != 1337 {
+        return Err("footer magic number missing".into());
+    }
+    let json = n
+        .checked_sub(8 + len)
+        .and_then(|start| bytes.get(start..n - 8))
+        .ok_or("footer longer than the file")?;
+    let value: serde_json::Value =
+        serde_json::from_slice(json).map_err(|e| format!("footer does not parse: {e}"))?;
+    let crc = value
+        .get("crc")
+        .and_then(|c| c.as_u64())
+        .ok_or("footer has no checksum")?;
+    if json != format!("{{\"version\":{version},\"crc\":{crc}}}").as_bytes() {
+        return Err("footer is not as this tantivy writes it".into());
+    }
+    Ok(())
 }
 
 /// The writer's open: an index made with another schema (an older Custos) is
@@ -198,46 +400,62 @@ fn open_or_rebuild(dir: &Path) -> Result<Index, IndexError> {
 }
 
 impl BlindIndexWriter {
+    /// Opens the index for writing. A mark that is foreign, forged or unauthenticated
+    /// does not fail the open: [`BlindIndexWriter::found`] says so, the writer starts
+    /// from mark 0, and the caller clears and rebuilds.
     pub fn open(
         dir: &Path,
-        key: BlindKey,
+        master: &MasterKey,
         archive_id: [u8; 16],
     ) -> Result<BlindIndexWriter, IndexError> {
         let index = open_or_rebuild(dir)?;
         let (_, fields) = schema();
-        let last_seq = match index.load_metas()?.payload {
-            Some(p) => parse_payload(&p, &archive_id)?,
-            None => 0,
-        };
+        let found = meta_mark(&index.load_metas()?, master, &archive_id);
         let writer = index.writer_with_num_threads(1, WRITER_MEMORY)?;
         Ok(BlindIndexWriter {
             writer,
             index,
             fields,
-            key,
+            key: BlindKey::derive(master, &archive_id),
+            master: master.clone(),
             archive_id,
-            last_seq,
+            mark: found.as_ref().copied().unwrap_or_default(),
+            found,
             dirty: false,
         })
     }
 
+    /// The mark the index carried when opened, or why it cannot be trusted.
+    pub fn found(&self) -> Result<Mark, &IndexError> {
+        self.found.as_ref().copied()
+    }
+
     /// Every record with seq ≤ this is in the last commit.
     pub fn indexed_through(&self) -> u64 {
-        self.last_seq
+        self.mark.through
+    }
+
+    /// The position added so far (committed or not).
+    pub fn mark(&self) -> Mark {
+        self.mark
     }
 
     /// Removes every document (reindex starts from nothing).
     pub fn clear(&mut self) -> Result<(), IndexError> {
         self.writer.delete_all_documents()?;
-        self.last_seq = 0;
+        self.mark = Mark::default();
         self.dirty = true;
         Ok(())
     }
 
-    /// Adds a record. Events are not indexed but still advance the
-    /// indexed-through mark.
+    /// Adds a record, in seq order. Events are not indexed but still advance the mark.
     pub fn add(&mut self, a: &Appended) -> Result<(), IndexError> {
-        self.last_seq = self.last_seq.max(a.record.seq.0);
+        if a.record.seq.0 > self.mark.through {
+            self.mark = Mark {
+                through: a.record.seq.0,
+                head: a.head,
+            };
+        }
         self.dirty = true;
         let NewRecord::Message(m) = &a.record.content else {
             return Ok(());
@@ -298,7 +516,13 @@ impl BlindIndexWriter {
     /// Commits what was added; readers see it after their next reload.
     pub fn commit(&mut self) -> Result<(), IndexError> {
         let mut pc = self.writer.prepare_commit()?;
-        pc.set_payload(&payload(&self.archive_id, self.last_seq));
+        let opstamp = pc.opstamp();
+        pc.set_payload(&payload(
+            &self.master,
+            &self.archive_id,
+            &self.mark,
+            opstamp,
+        ));
         pc.commit()?;
         self.dirty = false;
         Ok(())

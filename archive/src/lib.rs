@@ -39,9 +39,9 @@ pub mod verify;
 pub mod witness;
 
 pub use archive::{
-    reindex, AppendError, AppendReceipt, Archive, ArchiveConfig, ArchiveReader, ChainEntry,
-    CloseError, Hit, OpenError, ReadError, ReindexError, SearchError, ShredError, TailCursor,
-    WRITER_LOCK,
+    reindex, update_index, AppendError, AppendReceipt, Archive, ArchiveConfig, ArchiveReader,
+    ChainEntry, CloseError, Hit, IndexCatchUp, OpenError, ReadError, ReindexError, SearchError,
+    Searched, ShredError, TailCursor, Uncovered, WRITER_LOCK,
 };
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use export::{

@@ -143,6 +143,8 @@ pub struct Appended {
     pub record: Record,
     pub segment: u64,
     pub offset: u64,
+    /// The chain head after this record.
+    pub head: segment::Hash,
 }
 
 /// What recovery cut from a torn tail.
@@ -571,6 +573,7 @@ impl LogWriter {
                 record,
                 segment: self.active.id,
                 offset: self.active.len + buf.len() as u64,
+                head,
             });
             buf.extend_from_slice(&sealed.frame);
             seq += 1;

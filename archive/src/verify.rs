@@ -67,6 +67,9 @@ pub struct VerifyReport {
     pub(crate) messages_upto: u64,
     #[serde(skip)]
     pub(crate) unreadable_upto: u64,
+    /// The chain head after the record with seq equal to the index's mark.
+    #[serde(skip)]
+    pub(crate) head_at_upto: Option<segment::Hash>,
 }
 
 impl VerifyReport {
@@ -85,18 +88,21 @@ pub fn verify(
     progress: impl FnMut(u64, u64),
 ) -> VerifyReport {
     let storage = FileStorage::new(dir);
+    let running = crate::archive::writer_running(dir);
     // Read before the log: a running writer only adds to what the index covers.
-    let coverage = match log::read_meta(&storage) {
-        Ok(Some(meta)) if master_key.is_some() => {
-            Some(crate::index::coverage(&dir.join("index"), &meta.archive_id))
-        }
+    let coverage = match (log::read_meta(&storage), master_key) {
+        (Ok(Some(meta)), Some(key)) => Some(crate::index::coverage(
+            &dir.join("index"),
+            key,
+            &meta.archive_id,
+            !running,
+        )),
         _ => None,
     };
-    let running = crate::archive::writer_running(dir);
     let upto = coverage
         .as_ref()
         .and_then(|c| c.as_ref().ok())
-        .map(|c| c.through);
+        .map(|c| c.mark.through);
     let mut r = walk(
         &storage,
         master_key,
@@ -129,10 +135,21 @@ fn check_index(
         Ok(c) => c,
         Err(e) => return problem(format!("{e} (run custos reindex)")),
     };
-    if c.through > r.last_seq {
+    let through = c.mark.through;
+    if through > r.last_seq {
         return problem(format!(
-            "claims to cover seq {} but the log ends at seq {} (an index of another time or archive; run custos reindex)",
-            c.through, r.last_seq
+            "claims to cover seq {through} but the log ends at seq {} (an index of another time or archive; run custos reindex)",
+            r.last_seq
+        ));
+    }
+    let head = if through == 0 {
+        Some([0u8; 32])
+    } else {
+        r.head_at_upto
+    };
+    if head != Some(c.mark.head) {
+        return problem(format!(
+            "its chain head at seq {through} is not this log's (indexed from another chain, or the log was rewritten; run custos reindex)"
         ));
     }
     let messages = r.messages_upto;
@@ -140,13 +157,13 @@ fn check_index(
     if c.docs < messages || c.docs > messages + r.unreadable_upto {
         problem(format!(
             "holds {} document(s) for the {messages} message(s) up to seq {} (damaged, rolled back or another archive's; run custos reindex)",
-            c.docs, c.through
+            c.docs, through
         ));
     }
-    if c.through < r.last_seq {
+    if through < r.last_seq {
         let behind = format!(
-            "covers seqs up to {} but the log runs to {}",
-            c.through, r.last_seq
+            "covers seqs up to {through} but the log runs to {}",
+            r.last_seq
         );
         if writer_running {
             r.notes.push(format!(
@@ -155,7 +172,7 @@ fn check_index(
         } else {
             problem(format!(
                 "{behind}: records {}..={} are missing from search (run custos reindex)",
-                c.through + 1,
+                through + 1,
                 r.last_seq
             ));
         }
@@ -433,6 +450,9 @@ fn walk(
                             &segment::ciphertext_hash(nonce, ciphertext),
                         ),
                     );
+                    if seq == count_upto {
+                        r.head_at_upto = Some(head);
+                    }
                     r.last_seq = seq;
                     expected_seq = seq.max(expected_seq.saturating_sub(1)) + 1;
                     at = next;

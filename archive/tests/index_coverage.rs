@@ -132,3 +132,237 @@ async fn an_index_that_does_not_cover_the_log_is_found() {
     reindex(&m.dir, &m.master, |_, _| {}).unwrap();
     assert!(problems(&m).is_empty(), "{:?}", problems(&m));
 }
+
+/// Rewrites the commit payload (the coverage mark) in the index's meta.json.
+fn edit_mark(dir: &Path, f: impl FnOnce(&str) -> String) {
+    let path = dir.join("index/meta.json");
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let old = meta["payload"].as_str().unwrap().to_owned();
+    meta["payload"] = serde_json::Value::String(f(&old));
+    std::fs::write(&path, serde_json::to_vec(&meta).unwrap()).unwrap();
+}
+
+fn search(m: &Made) -> Searched {
+    ArchiveReader::open(&m.dir, &m.master)
+        .unwrap()
+        .search_covered("coverage", 100)
+        .unwrap()
+}
+
+fn chain_end(m: &Made) -> u64 {
+    ArchiveReader::open(&m.dir, &m.master)
+        .unwrap()
+        .chain_end()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_says_which_records_the_index_does_not_cover() {
+    let root = tempfile::tempdir().unwrap();
+    let m = make(root.path());
+    session(&m, 0..10).await;
+    let old_index = root.path().join("old-index");
+    copy_dir(&m.dir.join("index"), &old_index);
+    let covered_then = chain_end(&m);
+    session(&m, 10..20).await;
+    let end = chain_end(&m);
+    let s = search(&m);
+    assert_eq!(s.hits.len(), 20);
+    assert_eq!(s.uncovered, None);
+
+    // Rolled back: the ten older hits, and the range it could not see.
+    std::fs::remove_dir_all(m.dir.join("index")).unwrap();
+    copy_dir(&old_index, &m.dir.join("index"));
+    let s = search(&m);
+    assert_eq!(s.hits.len(), 10);
+    let u = s
+        .uncovered
+        .expect("a rolled-back index must say what it misses");
+    assert_eq!((u.from, u.to), (covered_then + 1, end));
+    assert!(u.to_string().contains("results may be incomplete"), "{u}");
+
+    // Bringing it up to the log adds just what is missing.
+    let done = update_index(&m.dir, &m.master, |_, _| {}).unwrap();
+    assert_eq!(done.rebuilt, None);
+    assert_eq!(done.through, end);
+    assert!(done.indexed >= 10, "{done:?}");
+    let s = search(&m);
+    assert_eq!((s.hits.len(), s.uncovered), (20, None));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_or_foreign_mark_is_refused_and_serving_rebuilds() {
+    let root = tempfile::tempdir().unwrap();
+    let m = make(root.path());
+    session(&m, 0..20).await;
+    let end = chain_end(&m);
+    let good = root.path().join("good-index");
+    copy_dir(&m.dir.join("index"), &good);
+
+    // The mark edited to claim less than it holds (hiding nothing from a count check)
+    // without the key: it no longer authenticates.
+    edit_mark(&m.dir, |p| {
+        let mut parts: Vec<String> = p.split(' ').map(str::to_owned).collect();
+        parts[2] = "3".into();
+        parts.join(" ")
+    });
+    let p = problems(&m);
+    assert!(
+        p.iter().any(|w| w.contains("does not authenticate")),
+        "{p:?}"
+    );
+    let s = search(&m);
+    assert!(s.hits.is_empty(), "hits from an unusable index");
+    let u = s.uncovered.unwrap();
+    assert_eq!((u.from, u.to), (1, end));
+
+    // Another archive's index, relabelled with this archive's id.
+    let other = make(root.path());
+    session(&other, 0..20).await;
+    let our_id = {
+        let mut id = String::new();
+        edit_mark(&m.dir, |p| {
+            id = p.split(' ').nth(1).unwrap().to_owned();
+            p.to_owned()
+        });
+        id
+    };
+    std::fs::remove_dir_all(m.dir.join("index")).unwrap();
+    copy_dir(&other.dir.join("index"), &m.dir.join("index"));
+    edit_mark(&m.dir, |p| {
+        let mut parts: Vec<String> = p.split(' ').map(str::to_owned).collect();
+        parts[1] = our_id.clone();
+        parts.join(" ")
+    });
+    let p = problems(&m);
+    assert!(
+        p.iter().any(|w| w.contains("does not authenticate")),
+        "{p:?}"
+    );
+
+    // An older index format without an authenticated mark.
+    edit_mark(&m.dir, |p| {
+        let parts: Vec<&str> = p.split(' ').collect();
+        format!("custos-index-v1 {} {}", parts[1], parts[2])
+    });
+    let p = problems(&m);
+    assert!(p.iter().any(|w| w.contains("older Custos")), "{p:?}");
+
+    // Serving opens the archive, finds the index unusable and rebuilds it from the log.
+    let a = Archive::open(ArchiveConfig::new(
+        m.dir.clone(),
+        m.master.clone(),
+        m.signing.clone(),
+    ))
+    .unwrap();
+    let s = a.search_covered("coverage", 100).unwrap();
+    assert_eq!((s.hits.len(), s.uncovered), (20, None));
+    a.close().await.unwrap();
+    assert!(problems(&m).is_empty(), "{:?}", problems(&m));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_of_another_branch_of_the_same_archive_is_found() {
+    // A copy of the archive taken at ten messages, then both grown differently: same
+    // archive id and key, same seqs, different chains.
+    let root = tempfile::tempdir().unwrap();
+    let m = make(root.path());
+    session(&m, 0..10).await;
+    let branch = Made {
+        _tmp: tempfile::tempdir_in(root.path()).unwrap(),
+        dir: root.path().join("branch"),
+        master: m.master.clone(),
+        signing: m.signing.clone(),
+        public: m.public,
+    };
+    copy_dir(&m.dir, &branch.dir);
+    session(&m, 10..20).await;
+    session(&branch, 100..110).await;
+    assert_eq!(chain_end(&m), chain_end(&branch));
+    std::fs::remove_dir_all(m.dir.join("index")).unwrap();
+    copy_dir(&branch.dir.join("index"), &m.dir.join("index"));
+
+    let p = problems(&m);
+    assert!(p.iter().any(|w| w.contains("is not this log's")), "{p:?}");
+    let s = search(&m);
+    assert!(s.hits.is_empty());
+    assert!(s.uncovered.unwrap().why.contains("is not this log's"));
+    // The CLI's catch-up rebuilds it.
+    let done = update_index(&m.dir, &m.master, |_, _| {}).unwrap();
+    assert!(done.rebuilt.unwrap().contains("is not this log's"));
+    let s = search(&m);
+    assert_eq!((s.hits.len(), s.uncovered), (20, None));
+    assert!(problems(&m).is_empty(), "{:?}", problems(&m));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serving_archive_reports_what_its_indexer_has_not_taken_in_and_catches_up() {
+    let root = tempfile::tempdir().unwrap();
+    let m = make(root.path());
+    let a = Archive::open(ArchiveConfig::new(
+        m.dir.clone(),
+        m.master.clone(),
+        m.signing.clone(),
+    ))
+    .unwrap();
+    let mut last = 0;
+    for i in 0..5 {
+        last = a.append(message(i)).await.unwrap().seq.0;
+    }
+    // Whatever the search sees, it never answers for more than the index holds.
+    let s = a.search_covered("coverage", 100).unwrap();
+    match &s.uncovered {
+        Some(u) => assert!(u.to == last && s.hits.len() as u64 + (u.to - u.from + 1) >= 5),
+        None => assert_eq!(s.hits.len(), 5),
+    }
+    let mut complete = false;
+    for _ in 0..50 {
+        let s = a.search_covered("coverage", 100).unwrap();
+        if s.uncovered.is_none() {
+            assert_eq!(s.hits.len(), 5);
+            complete = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(complete, "the indexer never caught up");
+    a.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_bit_anywhere_in_the_index_is_found() {
+    // Tantivy's checksums cover file bodies only; meta.json, .managed.json and every
+    // footer are checked byte for byte. Up to 80 evenly spread positions per file.
+    let root = tempfile::tempdir().unwrap();
+    let m = make(root.path());
+    session(&m, 0..30).await;
+    session(&m, 30..40).await;
+    let mut tried = 0;
+    for entry in std::fs::read_dir(m.dir.join("index")).unwrap() {
+        let path = entry.unwrap().path();
+        let orig = std::fs::read(&path).unwrap();
+        let step = orig.len().div_ceil(80).max(1);
+        let mut missed = Vec::new();
+        for at in (0..orig.len()).step_by(step) {
+            let mut b = orig.clone();
+            b[at] ^= 0x01;
+            std::fs::write(&path, &b).unwrap();
+            tried += 1;
+            if verify(&m.dir, Some(&m.master), &m.public, |_, _| {})
+                .problems
+                .is_empty()
+            {
+                missed.push(at);
+            }
+        }
+        std::fs::write(&path, &orig).unwrap();
+        assert!(
+            missed.is_empty(),
+            "{}: flips at {missed:?} pass verify",
+            path.display()
+        );
+    }
+    assert!(tried > 300, "{tried}");
+    assert!(problems(&m).is_empty(), "{:?}", problems(&m));
+}

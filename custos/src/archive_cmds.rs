@@ -63,11 +63,31 @@ pub fn search(
 ) -> anyhow::Result<ExitCode> {
     let a = settings(config)?;
     let key = master_key(&a)?;
+    custos_archive::query::parse(query).map_err(|e| anyhow::anyhow!("bad query: {e}"))?;
+    // With no server writing, bring the index up to the log first (a server's own
+    // indexer keeps it current, and holds the lock).
+    match custos_archive::update_index(&a.dir, &key, progress("indexing")) {
+        Ok(done) => match done.rebuilt {
+            Some(why) => eprintln!("search index rebuilt from the log ({why})"),
+            None if done.indexed > 0 => {
+                eprintln!("search index caught up: {} record(s) added", done.indexed)
+            }
+            None => {}
+        },
+        Err(custos_archive::ReindexError::Locked { .. }) => {}
+        Err(e) => eprintln!("warning: cannot bring the search index up to the log: {e}"),
+    }
     let reader = ArchiveReader::open(&a.dir, &key)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
+    let fetch = if copies {
+        limit
+    } else {
+        limit.saturating_mul(COPIES_PER_MESSAGE)
+    };
+    let searched = reader.search_covered(query, fetch)?;
     let count = if copies {
-        let hits = reader.search(query, limit)?;
+        let hits = searched.hits;
         for hit in &hits {
             if json {
                 serde_json::to_writer(&mut out, hit)?;
@@ -78,8 +98,7 @@ pub fn search(
         }
         hits.len()
     } else {
-        let hits = reader.search(query, limit.saturating_mul(COPIES_PER_MESSAGE))?;
-        let mut messages = custos_archive::group(hits);
+        let mut messages = custos_archive::group(searched.hits);
         messages.truncate(limit);
         for m in &messages {
             if json {
@@ -96,6 +115,9 @@ pub fn search(
             "{count} {}",
             if copies { "record(s)" } else { "message(s)" }
         );
+    }
+    if let Some(u) = &searched.uncovered {
+        eprintln!("warning: {u}");
     }
     Ok(ExitCode::SUCCESS)
 }

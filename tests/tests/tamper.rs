@@ -193,7 +193,8 @@ async fn every_mutation_of_the_archive_its_keys_or_its_index_is_found() -> TestR
         if !ok && text.contains(&s.archive.display().to_string()) {
             e.0 += 1;
         } else {
-            misses.push(format!("{kind} ({}): {text}", s.root.display()));
+            let what = std::fs::read_to_string(s.root.join("mutation.txt")).unwrap_or_default();
+            misses.push(format!("{kind} ({}) {what}: {text}", s.root.display()));
         }
         Ok(())
     };
@@ -215,7 +216,13 @@ async fn every_mutation_of_the_archive_its_keys_or_its_index_is_found() -> TestR
         let target = &pool[rng.below(pool.len() as u64) as usize];
         let mut bytes = std::fs::read(target)?;
         let at = rng.below(bytes.len() as u64) as usize;
-        bytes[at] ^= 1 + rng.below(255) as u8;
+        let mask = 1 + rng.below(255) as u8;
+        // Kept beside the copy, so a miss can be read.
+        std::fs::write(
+            s.root.join("mutation.txt"),
+            format!("{} byte {at} ^= {mask:#04x}", target.display()),
+        )?;
+        bytes[at] ^= mask;
         std::fs::write(target, &bytes)?;
         let kind = if target.starts_with(s.archive.join("index")) {
             "flip: index"
@@ -278,6 +285,37 @@ async fn every_mutation_of_the_archive_its_keys_or_its_index_is_found() -> TestR
         copy_dir(&old_index, &s.archive.join("index"))?;
         std::fs::remove_file(s.archive.join("index/.tantivy-writer.lock")).ok();
         tally("roll back index", &s, &mut results)?;
+        // `custos search` with no server running brings it up to the log first, says
+        // so, and answers from all of it; verify then passes.
+        let out = run_custos(&["search", "tamper"], Some(&s.config))?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(stderr.contains("search index caught up"), "{stderr}");
+        assert!(!stderr.contains("warning"), "{stderr}");
+        let lines = String::from_utf8_lossy(&out.stdout).lines().count();
+        assert_eq!(lines, 60, "every message, each once: {stderr}");
+        let (ok, text) = verify(&s)?;
+        assert!(ok, "an index brought up to the log must pass: {text}");
+    }
+    // An index copied from another archive (same keys, another archive id).
+    {
+        let other = elsewhere.path().join("other-archive");
+        let master = custos_archive::MasterKey::from_file(&secrets.join("master.key"))?;
+        let signing = custos_archive::load_signing_key(&secrets.join("signing.key"))?;
+        let a = custos_archive::Archive::open(custos_archive::ArchiveConfig::new(
+            other.clone(),
+            master,
+            signing,
+        ))?;
+        for i in 0..70 {
+            a.append(custos_archive::NewRecord::Message(other_message(i)))
+                .await?;
+        }
+        a.close().await?;
+        let s = next()?;
+        std::fs::remove_dir_all(s.archive.join("index"))?;
+        copy_dir(&other.join("index"), &s.archive.join("index"))?;
+        tally("foreign index", &s, &mut results)?;
     }
     // The witness removed.
     {
@@ -302,6 +340,28 @@ async fn every_mutation_of_the_archive_its_keys_or_its_index_is_found() -> TestR
         assert!(ok, "a rebuilt index must pass: {text}");
     }
 
+    // Legitimate: a sealed segment crypto-shredded through a signed shred record passes,
+    // and the same key deleted by hand in a copy made before the record does not.
+    {
+        let s = next()?;
+        let master = custos_archive::MasterKey::from_file(&secrets.join("master.key"))?;
+        let signing = custos_archive::load_signing_key(&secrets.join("signing.key"))?;
+        let mut cfg = custos_archive::ArchiveConfig::new(s.archive.clone(), master, signing);
+        cfg.witness = Some(s.root.join("witness"));
+        let a = custos_archive::Archive::open(cfg)?;
+        a.shred_segment(
+            1,
+            "retention expired",
+            "retention: default 6y",
+            "tamper-test",
+        )
+        .await?;
+        a.close().await?;
+        let (ok, text) = verify(&s)?;
+        assert!(ok, "a signed shred must pass: {text}");
+        assert!(text.contains("shredded"), "{text}");
+    }
+
     let (found, total) = results
         .values()
         .fold((0, 0), |(f, t), (a, b)| (f + a, t + b));
@@ -311,4 +371,31 @@ async fn every_mutation_of_the_archive_its_keys_or_its_index_is_found() -> TestR
     }
     assert!(misses.is_empty(), "undetected:\n{}", misses.join("\n---\n"));
     Ok(())
+}
+
+/// A message for the other archive whose index is copied in.
+fn other_message(i: u64) -> custos_archive::MessageRecord {
+    custos_archive::MessageRecord {
+        direction: custos_archive::Direction::Outbound,
+        session: custos_archive::SessionId("other".into()),
+        from: "mallory@example.test/x".into(),
+        to: "bob@example.test".into(),
+        stanza_type: "chat".into(),
+        id: None,
+        origin_id: None,
+        stanza_id: None,
+        thread: None,
+        subject: None,
+        body: Some(format!("tamper test message {i}")),
+        stanza: Vec::new(),
+        outcome: custos_archive::Outcome {
+            action: custos_archive::Action::Allow,
+            rules: Vec::new(),
+            delivered_body: None,
+            severity: None,
+            e2ee: None,
+            would_action: None,
+        },
+        capture: custos_archive::Capture::default(),
+    }
 }

@@ -10,7 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
-use custos_archive::{Action, EditKind, Hit, MessageHit, NewRecord, Record, Timestamp};
+use custos_archive::{Action, EditKind, MessageHit, NewRecord, Record, Timestamp};
 use maud::html;
 use serde::Deserialize;
 use serde_json::json;
@@ -266,9 +266,13 @@ const PAGE: usize = 25;
 /// hits, so deep pages cost N record reads.
 const MAX_PAGE: usize = 200;
 
-async fn run_search(app: &Arc<App>, query: String, limit: usize) -> Result<Vec<Hit>, AppError> {
+async fn run_search(
+    app: &Arc<App>,
+    query: String,
+    limit: usize,
+) -> Result<custos_archive::Searched, AppError> {
     let app = app.clone();
-    tokio::task::spawn_blocking(move || app.archive.search(&query, limit))
+    tokio::task::spawn_blocking(move || app.archive.search_covered(&query, limit))
         .await
         .map_err(|e| AppError::Internal(e.to_string()))?
         .map_err(AppError::from)
@@ -283,6 +287,7 @@ pub async fn search(
     let page = f.page.min(MAX_PAGE);
     let mut results = None;
     let mut error = None;
+    let mut uncovered = None;
     if !f.is_empty() {
         match f.query() {
             Ok(query) => {
@@ -296,7 +301,9 @@ pub async fn search(
                 // fill the page with logical messages.
                 let want = ((page + 1) * PAGE + 1) * COPIES_PER_MESSAGE;
                 match run_search(&app, query, want).await {
-                    Ok(mut hits) => {
+                    Ok(searched) => {
+                        uncovered = searched.uncovered;
+                        let mut hits = searched.hits;
                         hits.reverse();
                         let messages = custos_archive::group(hits);
                         let has_next = messages.len() > (page + 1) * PAGE;
@@ -344,6 +351,7 @@ pub async fn search(
                 p.help { "Fields: " code { "from: to: with: account: direction: type: action: rule: msg: via: after: before:" } "; prefix " code { "-" } " to exclude." }
             }
             @if let Some(e) = &error { p.error role="alert" { (e) } }
+            @if let Some(u) = &uncovered { p.warning.uncovered role="status" { "Incomplete: " (u) "." } }
             @if let Some((hits, has_next)) = &results {
                 @if hits.is_empty() { p.empty { "No messages match." } } @else {
                     table.results {
@@ -393,11 +401,12 @@ pub async fn export(
 ) -> Result<Response, AppError> {
     a.require(Perm::Read)?;
     let query = f.query()?;
-    let hits = run_search(&app, query.clone(), EXPORT_LIMIT).await?;
+    let searched = run_search(&app, query.clone(), EXPORT_LIMIT).await?;
+    let hits = searched.hits;
     app.audit(
         &a.session.user,
         audit_action::EXPORT,
-        json!({ "query": query, "count": hits.len() }),
+        json!({ "query": query, "count": hits.len(), "uncovered": searched.uncovered }),
     )
     .await?;
     let mut out = String::new();
@@ -405,7 +414,7 @@ pub async fn export(
         out.push_str(&serde_json::to_string(h).map_err(|e| AppError::Internal(e.to_string()))?);
         out.push('\n');
     }
-    Ok((
+    let mut resp = (
         [
             (header::CONTENT_TYPE, "application/x-ndjson"),
             (
@@ -415,7 +424,14 @@ pub async fn export(
         ],
         out,
     )
-        .into_response())
+        .into_response();
+    // An export that could not see every record says so where a script looks.
+    if let Some(u) = &searched.uncovered {
+        if let Ok(v) = header::HeaderValue::from_str(&format!("{}-{}", u.from, u.to)) {
+            resp.headers_mut().insert("x-custos-not-searched", v);
+        }
+    }
+    Ok(resp)
 }
 
 /// A regulator export of the current search (docs/export-format.md), as one tar file:
