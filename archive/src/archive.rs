@@ -1002,7 +1002,7 @@ impl ArchiveReader {
         ArchiveReader::from_parts(dir.to_path_buf(), storage, master_key.clone())
     }
 
-    fn from_parts(
+    pub(crate) fn from_parts(
         dir: PathBuf,
         storage: Arc<dyn Storage>,
         master: MasterKey,

@@ -25,6 +25,8 @@
 
 pub mod archive;
 pub mod export;
+#[cfg(test)]
+mod fault_tests;
 pub mod grouping;
 pub mod inbox;
 pub mod index;
