@@ -1,0 +1,404 @@
+//! [`ArchiveReader`]: read-only access from any process — records by position, the
+//! chain in order, the index's coverage and search.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use aes_gcm::Aes256Gcm;
+
+use crate::index::{BlindIndexReader, BlindKey};
+use crate::keys::MasterKey;
+use crate::log::{self, Meta};
+use crate::query;
+use crate::record::Record;
+use crate::segment::{self, Frame, Hash, Parsed, SegmentHeader, HEADER_LEN};
+use crate::storage::{FileStorage, Storage};
+
+use super::*;
+
+/// A record with the data that ties it to the signed chain (what an export
+/// needs to prove one record without revealing others).
+#[derive(Debug, Clone)]
+pub struct ChainEntry {
+    pub seq: u64,
+    pub segment: u64,
+    pub offset: u64,
+    pub content_hash: Hash,
+    pub ciphertext_hash: Hash,
+    pub leaf: Hash,
+    /// The chain head after this record.
+    pub head: Hash,
+    /// Salt and record; `None` when the segment's key was destroyed.
+    pub salt: Option<[u8; segment::SALT_LEN]>,
+    pub record: Option<Record>,
+}
+
+/// A segment's header bytes (the AAD prefix) and its cipher, `None` if shredded.
+pub(super) type SegmentAccess = ([u8; HEADER_LEN], Option<Aes256Gcm>);
+
+/// Read-only access to an archive, safe beside a serving process: it takes no
+/// lock and stops cleanly at the last complete record.
+pub struct ArchiveReader {
+    pub(super) dir: PathBuf,
+    pub(super) storage: Arc<dyn Storage>,
+    pub(super) master: MasterKey,
+    pub(super) meta: Meta,
+    pub(super) index: Mutex<Option<BlindIndexReader>>,
+    pub(super) segments: Mutex<HashMap<u64, SegmentAccess>>,
+}
+
+impl ArchiveReader {
+    /// Opens the archive in `dir` for reading; checks the master key.
+    pub fn open(dir: &Path, master_key: &MasterKey) -> Result<ArchiveReader, ReadError> {
+        let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(dir));
+        ArchiveReader::from_parts(dir.to_path_buf(), storage, master_key.clone())
+    }
+
+    pub(crate) fn from_parts(
+        dir: PathBuf,
+        storage: Arc<dyn Storage>,
+        master: MasterKey,
+    ) -> Result<ArchiveReader, ReadError> {
+        let meta = log::open_meta(storage.as_ref(), &master)?;
+        Ok(ArchiveReader {
+            dir,
+            storage,
+            master,
+            meta,
+            index: Mutex::new(None),
+            segments: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Searches (syntax in docs/search-syntax.md). Returns the newest `limit`
+    /// matching messages in chronological order, bodies decrypted from the log.
+    pub fn search(&self, query: &str, limit: usize) -> Result<Vec<Hit>, SearchError> {
+        let q = query::parse(query)?;
+        let located = {
+            let mut guard = self.index.lock().unwrap_or_else(|p| p.into_inner());
+            if guard.is_none() {
+                *guard = Some(BlindIndexReader::open(
+                    &index_dir(&self.dir),
+                    BlindKey::derive(&self.master, &self.meta.archive_id),
+                )?);
+            }
+            match guard.as_ref() {
+                Some(ix) => ix.search(&q, limit)?,
+                None => Vec::new(),
+            }
+        };
+        let mut hits = Vec::with_capacity(located.len());
+        for l in located.iter().rev() {
+            let rec = self.record_at(l.segment, l.offset)?;
+            if rec.seq.0 != l.seq {
+                return Err(ReadError::Corrupt {
+                    segment: l.segment,
+                    offset: l.offset,
+                    what: format!("index says seq {}, log has {}", l.seq, rec.seq.0),
+                }
+                .into());
+            }
+            hits.extend(Hit::from_record(rec));
+        }
+        Ok(hits)
+    }
+
+    pub(super) fn segment(&self, id: u64) -> Result<SegmentAccess, ReadError> {
+        let mut cache = self.segments.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = cache.get(&id) {
+            return Ok(s.clone());
+        }
+        let hb = self
+            .storage
+            .read_at(&segment::segment_name(id), 0, HEADER_LEN)?;
+        let header = SegmentHeader::decode(&hb).map_err(|what| ReadError::Corrupt {
+            segment: id,
+            offset: 0,
+            what,
+        })?;
+        let cipher = log::segment_cipher(
+            self.storage.as_ref(),
+            &self.master,
+            &self.meta.archive_id,
+            id,
+        )?;
+        let entry = (header.encode(), cipher);
+        cache.insert(id, entry.clone());
+        Ok(entry)
+    }
+
+    /// Reads and decrypts the record frame at `offset` of segment `segment`.
+    pub fn record_at(&self, segment_id: u64, offset: u64) -> Result<Record, ReadError> {
+        let (hb, cipher) = self.segment(segment_id)?;
+        let name = segment::segment_name(segment_id);
+        let corrupt = |what: &str| ReadError::Corrupt {
+            segment: segment_id,
+            offset,
+            what: what.to_string(),
+        };
+        let lb = self.storage.read_at(&name, offset, 4)?;
+        let len = match lb.as_slice() {
+            [a, b, c, d] => u32::from_be_bytes([*a, *b, *c, *d]),
+            _ => return Err(corrupt("frame beyond end of segment")),
+        };
+        if len > segment::MAX_FRAME {
+            return Err(corrupt("frame too long"));
+        }
+        let frame = self.storage.read_at(&name, offset, 4 + len as usize)?;
+        match segment::parse_frame(&frame, 0) {
+            Parsed::Frame(
+                Frame::Record {
+                    seq,
+                    nonce,
+                    ciphertext,
+                    ..
+                },
+                _,
+            ) => {
+                let cipher = cipher.ok_or(ReadError::Shredded {
+                    segment: segment_id,
+                })?;
+                let (_, canonical) = segment::decrypt_record(&cipher, &hb, seq, nonce, ciphertext)
+                    .ok_or_else(|| corrupt("record does not authenticate"))?;
+                Record::decode(&canonical).map_err(|e| corrupt(&e.to_string()))
+            }
+            _ => Err(corrupt("not a record frame")),
+        }
+    }
+
+    /// Records with seq in `range`, in order (shredded records are skipped).
+    pub fn records(&self, range: std::ops::RangeInclusive<u64>) -> Result<Vec<Record>, ReadError> {
+        let mut out = Vec::new();
+        self.scan(*range.start(), |e| {
+            if e.seq > *range.end() {
+                return Err(Stop::Done);
+            }
+            out.extend(e.record);
+            Ok(())
+        })
+        .or_else(|e| match e {
+            Stop::Done => Ok(()),
+            Stop::Failed(e) => Err(e),
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `f` with every record from seq `from` on, with its chain data,
+    /// stopping cleanly at the last complete frame. The `head` of each entry
+    /// is exact only when `from` is 1 (otherwise the scan skips whole
+    /// segments and starts from the segment header's head). An error from `f`
+    /// stops the scan and is returned.
+    pub fn scan<E: From<ReadError>>(
+        &self,
+        from: u64,
+        f: impl FnMut(ChainEntry) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.scan_chain(from, true, f)
+    }
+
+    /// [`ArchiveReader::scan`], decrypting records only when `decrypt` (otherwise
+    /// `salt` and `record` are `None`: the chain position alone is wanted).
+    fn scan_chain<E: From<ReadError>>(
+        &self,
+        from: u64,
+        decrypt: bool,
+        mut f: impl FnMut(ChainEntry) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let ids = log::segment_ids(self.storage.as_ref()).map_err(|e| ReadError::Log(e.into()))?;
+        for (i, &id) in ids.iter().enumerate() {
+            // Skip a segment wholly before `from`: the next one starts at or before it.
+            if let Some(&next) = ids.get(i + 1) {
+                let hb = self
+                    .storage
+                    .read_at(&segment::segment_name(next), 0, HEADER_LEN)
+                    .map_err(ReadError::from)?;
+                if let Ok(h) = SegmentHeader::decode(&hb) {
+                    if h.first_seq <= from {
+                        continue;
+                    }
+                }
+            }
+            let bytes = self
+                .storage
+                .read(&segment::segment_name(id))
+                .map_err(ReadError::from)?;
+            let header = match SegmentHeader::decode(&bytes) {
+                Ok(h) => h,
+                // A segment whose header is still being written holds no record yet.
+                Err(_) if bytes.len() < HEADER_LEN => continue,
+                Err(what) => {
+                    return Err(ReadError::Corrupt {
+                        segment: id,
+                        offset: 0,
+                        what,
+                    }
+                    .into())
+                }
+            };
+            let (hb, cipher) = self.segment(id)?;
+            let mut head = header.prev_head;
+            let mut at = HEADER_LEN;
+            loop {
+                match segment::parse_frame(&bytes, at) {
+                    Parsed::Incomplete => break,
+                    Parsed::Malformed(what) => {
+                        return Err(ReadError::Corrupt {
+                            segment: id,
+                            offset: at as u64,
+                            what,
+                        }
+                        .into())
+                    }
+                    Parsed::Frame(Frame::Checkpoint(_), next) => at = next,
+                    Parsed::Frame(
+                        Frame::Record {
+                            seq,
+                            content_hash,
+                            nonce,
+                            ciphertext,
+                        },
+                        next,
+                    ) => {
+                        let cth = segment::ciphertext_hash(nonce, ciphertext);
+                        let leaf = segment::leaf(seq, &content_hash, &cth);
+                        head = segment::next_head(&head, &leaf);
+                        if seq >= from {
+                            let (salt, record) = match &cipher {
+                                Some(c) if decrypt => {
+                                    let (salt, canonical) =
+                                        segment::decrypt_record(c, &hb, seq, nonce, ciphertext)
+                                            .ok_or_else(|| ReadError::Corrupt {
+                                                segment: id,
+                                                offset: at as u64,
+                                                what: "record does not authenticate".into(),
+                                            })?;
+                                    let rec = Record::decode(&canonical).map_err(|e| {
+                                        ReadError::Corrupt {
+                                            segment: id,
+                                            offset: at as u64,
+                                            what: e.to_string(),
+                                        }
+                                    })?;
+                                    (Some(salt), Some(rec))
+                                }
+                                _ => (None, None),
+                            };
+                            f(ChainEntry {
+                                seq,
+                                segment: id,
+                                offset: at as u64,
+                                content_hash,
+                                ciphertext_hash: cth,
+                                leaf,
+                                head,
+                                salt,
+                                record,
+                            })?;
+                        }
+                        at = next;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The archive's random identifier.
+    pub fn archive_id(&self) -> [u8; 16] {
+        self.meta.archive_id
+    }
+
+    /// The chain head after record `seq`, or `None` if the log has no such record.
+    pub fn head_at(&self, seq: u64) -> Result<Option<Hash>, ReadError> {
+        let mut found = None;
+        let r = self.scan_chain(seq, false, |e| {
+            if e.seq == seq {
+                found = Some(e.head);
+            }
+            Err(Stop::Done)
+        });
+        match r {
+            Ok(()) | Err(Stop::Done) => Ok(found),
+            Err(Stop::Failed(e)) => Err(e),
+        }
+    }
+
+    /// The seq of the last complete record in the log (0 for an empty log). Reads
+    /// only the last segment or two, without decrypting.
+    pub fn chain_end(&self) -> Result<u64, ReadError> {
+        let mut last = 0;
+        // A start past every record makes the scan skip to the last segment.
+        let ids = log::segment_ids(self.storage.as_ref()).map_err(|e| ReadError::Log(e.into()))?;
+        for &id in ids.iter().rev() {
+            let hb = self
+                .storage
+                .read_at(&segment::segment_name(id), 0, HEADER_LEN)?;
+            if let Ok(h) = SegmentHeader::decode(&hb) {
+                // Records before this segment end at first_seq - 1; the walk adds its own.
+                last = h.first_seq.saturating_sub(1);
+                self.scan_chain(h.first_seq, false, |e| {
+                    last = last.max(e.seq);
+                    Ok::<(), ReadError>(())
+                })?;
+                break;
+            }
+        }
+        Ok(last)
+    }
+
+    /// How far the index on disk covers this log: its authenticated mark checked
+    /// against the chain. `Err` says why none of it can be used.
+    pub fn index_coverage(&self) -> Result<u64, String> {
+        let mark =
+            crate::index::read_mark(&index_dir(&self.dir), &self.master, &self.meta.archive_id)
+                .map_err(|e| e.to_string())?;
+        if mark.through == 0 {
+            return Ok(0);
+        }
+        match self.head_at(mark.through) {
+            Ok(Some(head)) if head == mark.head => Ok(mark.through),
+            Ok(Some(_)) => Err(format!(
+                "the index's chain head at seq {} is not this log's",
+                mark.through
+            )),
+            Ok(None) => Err(format!(
+                "the index claims seq {} but the log has no such record",
+                mark.through
+            )),
+            Err(e) => Err(format!("cannot check the index against the log: {e}")),
+        }
+    }
+
+    /// [`ArchiveReader::search`], saying which records the index did not cover:
+    /// those after its mark, or all of them when the index cannot be used (then no
+    /// hits are returned: they would come from another log).
+    pub fn search_covered(&self, query: &str, limit: usize) -> Result<Searched, SearchError> {
+        query::parse(query)?;
+        // The mark before the search: the searcher reloads to a commit at least as new.
+        let coverage = self.index_coverage();
+        let end = self.chain_end()?;
+        match coverage {
+            Ok(through) => Ok(Searched {
+                hits: self.search(query, limit)?,
+                uncovered: Uncovered::after(through, end, "not yet indexed"),
+            }),
+            Err(why) => Ok(Searched {
+                hits: Vec::new(),
+                uncovered: Uncovered::after(0, end, &why),
+            }),
+        }
+    }
+}
+
+/// Stops a scan early without an error.
+pub(super) enum Stop {
+    Done,
+    Failed(ReadError),
+}
+
+impl From<ReadError> for Stop {
+    fn from(e: ReadError) -> Stop {
+        Stop::Failed(e)
+    }
+}

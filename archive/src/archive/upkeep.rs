@@ -1,0 +1,146 @@
+//! Keeping the index true to the log: catching up, rebuilding, and `reindex`.
+
+use std::path::Path;
+
+use crate::index::{BlindIndexWriter, IndexError};
+use crate::keys::MasterKey;
+use crate::log::Appended;
+
+use super::*;
+
+/// Brings the index up to the log it belongs to. An index whose mark cannot be trusted
+/// (foreign, forged, unauthenticated), claims more than the log holds, or names a chain
+/// head that is not this log's at its seq is cleared first; `force` clears it anyway.
+/// Then every record after the mark is added and committed.
+/// `progress(done_seq, last_seq)` is called every 10,000 records and at the end.
+pub(super) fn catch_up<E: From<ReadError> + From<IndexError>>(
+    reader: &ArchiveReader,
+    w: &mut BlindIndexWriter,
+    force: Option<&str>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<IndexCatchUp, E> {
+    let end = reader.chain_end()?;
+    let rebuilt = match (force, w.found()) {
+        (Some(why), _) => Some(why.to_owned()),
+        (None, Err(e)) => Some(e.to_string()),
+        (None, Ok(mark)) if mark.through > end => Some(format!(
+            "it claims seq {} but the log ends at seq {end}",
+            mark.through
+        )),
+        (None, Ok(mark))
+            if mark.through > 0 && reader.head_at(mark.through)? != Some(mark.head) =>
+        {
+            Some(format!(
+                "its chain head at seq {} is not this log's",
+                mark.through
+            ))
+        }
+        (None, Ok(_)) => None,
+    };
+    if rebuilt.is_some() {
+        w.clear()?;
+    }
+    let from = w.indexed_through() + 1;
+    let mut indexed = 0u64;
+    if from <= end {
+        reader.scan(from, |e| {
+            if let Some(record) = e.record {
+                w.add(&Appended {
+                    record,
+                    segment: e.segment,
+                    offset: e.offset,
+                    head: e.head,
+                })?;
+                indexed += 1;
+                if indexed.is_multiple_of(10_000) {
+                    progress(e.seq, end);
+                }
+            }
+            Ok::<(), E>(())
+        })?;
+    }
+    if w.is_dirty() || rebuilt.is_some() {
+        w.commit()?;
+    }
+    progress(end, end);
+    Ok(IndexCatchUp {
+        rebuilt,
+        indexed,
+        through: w.indexed_through(),
+    })
+}
+
+/// What bringing the index up to the log did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexCatchUp {
+    /// Why the index was cleared and rebuilt from the first record, if it was.
+    pub rebuilt: Option<String>,
+    /// Records added.
+    pub indexed: u64,
+    /// The index now covers every record up to this seq.
+    pub through: u64,
+}
+
+fn take_lock(dir: &Path) -> Result<WriterLock, ReindexError> {
+    WriterLock::take(dir).map_err(|e| match e {
+        LockError::Held => ReindexError::Locked {
+            dir: dir.to_path_buf(),
+        },
+        LockError::Io(source) => ReindexError::Lock {
+            dir: dir.to_path_buf(),
+            source,
+        },
+    })
+}
+
+pub(super) fn index_writer(
+    dir: &Path,
+    reader: &ArchiveReader,
+    master: &MasterKey,
+) -> Result<BlindIndexWriter, IndexError> {
+    BlindIndexWriter::open(&index_dir(dir), master, reader.archive_id())
+}
+
+/// Brings the index of the archive in `dir` up to its log (see [`IndexCatchUp`]):
+/// what `custos search` does before it searches when no server is running.
+/// Takes the writer lock, failing with [`ReindexError::Locked`] while a serving
+/// process writes (its own indexer keeps the index current).
+pub fn update_index(
+    dir: &Path,
+    master_key: &MasterKey,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<IndexCatchUp, ReindexError> {
+    let reader = ArchiveReader::open(dir, master_key)?;
+    let _lock = take_lock(dir)?;
+    let mut w = index_writer(dir, &reader, master_key)?;
+    let done = catch_up::<ReindexError>(&reader, &mut w, None, &mut progress)?;
+    w.finish()?;
+    Ok(done)
+}
+
+/// Rebuilds the index of the archive in `dir` from the record log.
+/// `progress(done_seq, last_seq)`. Returns the message records indexed.
+///
+/// Takes the writer lock, failing with [`ReindexError::Locked`] while a
+/// serving process writes: it would hold the index's own (tantivy) lock anyway,
+/// and a server started during the rebuild would fail to open the index
+/// instead of being told the archive is busy. Held until the rebuild ends.
+pub fn reindex(
+    dir: &Path,
+    master_key: &MasterKey,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<u64, ReindexError> {
+    let reader = ArchiveReader::open(dir, master_key)?;
+    let _lock = take_lock(dir)?;
+    let mut w = match index_writer(dir, &reader, master_key) {
+        Ok(w) => w,
+        // Whatever is there is being replaced: an index that cannot even be opened too.
+        Err(_) => {
+            std::fs::remove_dir_all(index_dir(dir)).map_err(IndexError::Io)?;
+            index_writer(dir, &reader, master_key)?
+        }
+    };
+    let done = catch_up::<ReindexError>(&reader, &mut w, Some("requested"), &mut progress)?;
+    w.finish()?;
+    Ok(done.indexed)
+}

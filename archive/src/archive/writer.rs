@@ -1,0 +1,676 @@
+//! The serving process's writer: [`Archive`] with its group-commit writer thread and
+//! indexer thread, appends, shredding and close.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use tokio::sync::oneshot;
+
+use crate::inbox::Drain;
+use crate::index::{BlindIndexWriter, IndexError};
+use crate::keys::MasterKey;
+use crate::log::{self, Appended, LogLimits, LogWriter};
+use crate::record::{EventRecord, NewRecord, RecordSeq, Via};
+use crate::storage::{FileStorage, Storage};
+use crate::time::Timestamp;
+
+use super::*;
+
+/// Most records committed by one write + fsync.
+const MAX_BATCH: usize = 4096;
+/// How often the indexer commits when it has new documents: keeps a new
+/// message searchable within a second.
+const INDEX_COMMIT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Everything `Archive::open` needs.
+#[derive(Debug, Clone)]
+pub struct ArchiveConfig {
+    pub dir: PathBuf,
+    pub master_key: MasterKey,
+    pub signing_key: SigningKey,
+    pub segment_max_bytes: u64,
+    pub segment_max_age: Duration,
+    /// Write a signed checkpoint at least every this many records.
+    pub checkpoint_every: u64,
+    /// A directory outside `dir` (another mount or host) where every signed checkpoint
+    /// is also appended; `verify` then finds a cut tail ([`crate::witness`]).
+    pub witness: Option<PathBuf>,
+}
+
+impl ArchiveConfig {
+    /// Defaults: 64 MiB segments, sealed after a day, checkpoint every 1000 records.
+    pub fn new(dir: PathBuf, master_key: MasterKey, signing_key: SigningKey) -> ArchiveConfig {
+        ArchiveConfig {
+            dir,
+            master_key,
+            signing_key,
+            segment_max_bytes: 64 << 20,
+            segment_max_age: Duration::from_secs(24 * 3600),
+            checkpoint_every: 1000,
+            witness: None,
+        }
+    }
+}
+
+/// What a durable append returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendReceipt {
+    pub seq: RecordSeq,
+    pub time: Timestamp,
+}
+
+#[allow(clippy::large_enum_variant)] // moved once through the channel; see NewRecord
+enum Cmd {
+    Append(
+        NewRecord,
+        oneshot::Sender<Result<AppendReceipt, AppendError>>,
+    ),
+    Close(oneshot::Sender<Result<(), CloseError>>),
+    Shred(
+        ShredRequest,
+        oneshot::Sender<Result<AppendReceipt, ShredError>>,
+    ),
+}
+
+/// What [`Archive::shred_segment`] asks of the writer.
+#[derive(Debug)]
+struct ShredRequest {
+    segment: u64,
+    reason: String,
+    authority: String,
+    actor: String,
+}
+
+/// Why a segment could not be shredded.
+#[derive(Debug, thiserror::Error)]
+pub enum ShredError {
+    #[error("segment {0} is the one being written; only a sealed segment can be shredded")]
+    Active(u64),
+    #[error("segment {0} has no data key (already shredded, or no such segment)")]
+    NoKey(u64),
+    #[error("the archive is closed")]
+    Closed,
+    #[error("shredding segment {segment} failed: {why}")]
+    Failed { segment: u64, why: String },
+}
+
+enum IndexCmd {
+    Add(Vec<Appended>),
+    Close(mpsc::Sender<Result<(), String>>),
+}
+
+/// Identities of the messages appended lately, oldest first, bounded: they bridge the
+/// time until the index commits them.
+#[derive(Default)]
+struct RecentIdentities {
+    set: std::collections::HashSet<String>,
+    order: std::collections::VecDeque<String>,
+}
+
+const RECENT_IDENTITIES: usize = 1 << 16;
+
+impl RecentIdentities {
+    fn insert(&mut self, id: &str) {
+        if self.set.contains(id) {
+            return;
+        }
+        if self.order.len() >= RECENT_IDENTITIES {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        self.set.insert(id.to_owned());
+        self.order.push_back(id.to_owned());
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.set.contains(id)
+    }
+}
+
+struct Inner {
+    /// Every record up to this seq is in the index's last commit.
+    indexed: Arc<AtomicU64>,
+    /// The last durable record's seq.
+    log_end: Arc<AtomicU64>,
+    recent: Mutex<RecentIdentities>,
+    tx: Mutex<Option<Sender<Cmd>>>,
+    reader: ArchiveReader,
+    writer_thread: Mutex<Option<JoinHandle<()>>>,
+    index_health: Arc<Mutex<Option<String>>>,
+    inbox_health: Arc<Mutex<Option<String>>>,
+}
+
+/// The archive of the serving process. Clone freely; all clones share one
+/// writer thread.
+#[derive(Clone)]
+pub struct Archive {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Archive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Archive")
+            .field("dir", &self.inner.reader.dir)
+            .finish()
+    }
+}
+
+pub(super) fn index_dir(dir: &Path) -> PathBuf {
+    dir.join("index")
+}
+
+impl Archive {
+    /// Opens or creates the archive: takes the writer lock (held until the
+    /// writer thread ends, on close or when the last clone is dropped),
+    /// recovers a torn tail (recording the cut), catches the index up with the
+    /// log, appends what waits in the inbox, and starts the writer and indexer.
+    /// Fails with [`OpenError::Locked`] while another writer holds the lock.
+    pub fn open(cfg: ArchiveConfig) -> Result<Archive, OpenError> {
+        std::fs::create_dir_all(&cfg.dir).map_err(|source| OpenError::Dir {
+            dir: cfg.dir.clone(),
+            source,
+        })?;
+        let dir = std::fs::canonicalize(&cfg.dir).map_err(|source| OpenError::Dir {
+            dir: cfg.dir.clone(),
+            source,
+        })?;
+        if let Some(origin) = cfg.master_key.origin() {
+            let origin = std::fs::canonicalize(origin).unwrap_or_else(|_| origin.to_path_buf());
+            if origin.starts_with(&dir) {
+                return Err(OpenError::KeyInsideArchive { key: origin, dir });
+            }
+        }
+        // Before recovery: recovery seals and truncates the active segment,
+        // which would destroy a running writer's tail.
+        let lock = WriterLock::take(&dir).map_err(|e| match e {
+            LockError::Held => OpenError::Locked { dir: dir.clone() },
+            LockError::Io(source) => OpenError::Lock {
+                dir: dir.clone(),
+                source,
+            },
+        })?;
+        let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(&dir));
+        let limits = LogLimits {
+            segment_max_bytes: cfg.segment_max_bytes,
+            segment_max_age: cfg.segment_max_age,
+            checkpoint_every: cfg.checkpoint_every.max(1),
+        };
+        if let Some(witness) = &cfg.witness {
+            std::fs::create_dir_all(witness).map_err(|source| OpenError::Dir {
+                dir: witness.clone(),
+                source,
+            })?;
+            let witness = std::fs::canonicalize(witness).unwrap_or_else(|_| witness.clone());
+            if witness.starts_with(&dir) {
+                return Err(OpenError::WitnessInsideArchive { witness, dir });
+            }
+        }
+        let (mut log, cut) = LogWriter::open_witnessed(
+            storage.clone(),
+            cfg.master_key.clone(),
+            cfg.signing_key.clone(),
+            limits,
+            cfg.witness.as_deref(),
+        )?;
+        let reader =
+            ArchiveReader::from_parts(dir.clone(), storage.clone(), cfg.master_key.clone())?;
+        // The index is derived data: one that cannot be opened is replaced.
+        let mut indexer = match index_writer(&dir, &reader, &cfg.master_key) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "search index cannot be opened; rebuilding it from the log");
+                std::fs::remove_dir_all(index_dir(&dir)).map_err(IndexError::Io)?;
+                index_writer(&dir, &reader, &cfg.master_key)?
+            }
+        };
+        // The log is the source of truth: index whatever the last run did not commit,
+        // and rebuild an index that is not this log's.
+        if let Err(why) = indexer.found() {
+            tracing::warn!(reason = %why, "search index rebuilding from the log");
+        }
+        let done = catch_up::<OpenError>(&reader, &mut indexer, None, &mut |done, last| {
+            if done < last {
+                tracing::info!(done, last, "search index catching up with the log");
+            }
+        })?;
+        match &done.rebuilt {
+            Some(why) => {
+                tracing::warn!(reason = %why, records = done.indexed, "search index rebuilt from the log")
+            }
+            None if done.indexed > 0 => tracing::info!(
+                records = done.indexed,
+                "search index caught up with the log"
+            ),
+            None => {}
+        }
+        let indexed = Arc::new(AtomicU64::new(done.through));
+        let log_end = Arc::new(AtomicU64::new(log.next_seq() - 1));
+        let mut first_batch = Vec::new();
+        if let Some(cut) = &cut {
+            first_batch = log.append_batch(vec![log::recovery_event(cut)])?;
+        }
+        let mut inbox = Drain::new(
+            &dir,
+            cfg.master_key.clone(),
+            ArchiveReader::from_parts(dir.clone(), storage.clone(), cfg.master_key.clone())?,
+        );
+        let drained = inbox.drain(&mut log).map_err(OpenError::Inbox)?;
+        first_batch.extend(drained.appended);
+        log_end.store(log.next_seq() - 1, Ordering::Release);
+        let inbox_health = Arc::new(Mutex::new(drained.problem));
+        let (tx, rx) = mpsc::channel::<Cmd>();
+        let (itx, irx) = mpsc::channel::<IndexCmd>();
+        if !first_batch.is_empty() {
+            let _ = itx.send(IndexCmd::Add(first_batch));
+        }
+        let health = Arc::new(Mutex::new(None));
+        let h2 = health.clone();
+        std::thread::Builder::new()
+            .name("custos-indexer".into())
+            .spawn({
+                let indexed = indexed.clone();
+                move || indexer_loop(indexer, irx, h2, indexed)
+            })
+            .map_err(OpenError::Thread)?;
+        let ih = inbox_health.clone();
+        let le = log_end.clone();
+        let writer_thread = std::thread::Builder::new()
+            .name("custos-archive-writer".into())
+            .spawn(move || {
+                writer_loop(log, rx, itx, inbox, ih, le);
+                // Only now, with the last segment sealed and the index
+                // finished, may another process write.
+                drop(lock);
+            })
+            .map_err(OpenError::Thread)?;
+        Ok(Archive {
+            inner: Arc::new(Inner {
+                tx: Mutex::new(Some(tx)),
+                reader,
+                writer_thread: Mutex::new(Some(writer_thread)),
+                index_health: health,
+                inbox_health,
+                recent: Mutex::new(RecentIdentities::default()),
+                indexed,
+                log_end,
+            }),
+        })
+    }
+
+    /// Whether a copy of the logical message `identity` other than an archive replay
+    /// has been recorded: the messages appended lately (the index sees them only after
+    /// its next commit), then the index. A failing index answers `false`: the caller
+    /// flags a replay it cannot place, it never drops one.
+    pub fn knows_message(&self, identity: &str) -> bool {
+        if self
+            .inner
+            .recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(identity)
+        {
+            return true;
+        }
+        if identity.is_empty() || !identity.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return false;
+        }
+        self.inner
+            .reader
+            .search(&format!("msg:{identity} -via:mam"), 1)
+            .is_ok_and(|hits| !hits.is_empty())
+    }
+
+    /// Crypto-shreds a sealed segment: appends a signed-chain `Shred` record (segment,
+    /// reason, the authority that allows it, actor), durably, then destroys the
+    /// segment's data key. Its records become unreadable; the chain still verifies, and
+    /// `verify` accepts the missing key because of the record. Refuses the active
+    /// segment and a segment without a key.
+    pub async fn shred_segment(
+        &self,
+        segment: u64,
+        reason: &str,
+        authority: &str,
+        actor: &str,
+    ) -> Result<AppendReceipt, ShredError> {
+        let (ack_tx, ack_rx) = oneshot::channel();
+        {
+            let guard = self.inner.tx.lock().unwrap_or_else(|p| p.into_inner());
+            let tx = guard.as_ref().ok_or(ShredError::Closed)?;
+            tx.send(Cmd::Shred(
+                ShredRequest {
+                    segment,
+                    reason: reason.to_owned(),
+                    authority: authority.to_owned(),
+                    actor: actor.to_owned(),
+                },
+                ack_tx,
+            ))
+            .map_err(|_| ShredError::Closed)?;
+        }
+        ack_rx.await.map_err(|_| ShredError::Closed)?
+    }
+
+    /// Appends a record; resolves only once it is durable (fsynced), with the
+    /// seq and time the archive assigned.
+    pub async fn append(&self, rec: NewRecord) -> Result<AppendReceipt, AppendError> {
+        if let NewRecord::Message(m) = &rec {
+            if m.capture.via != Via::Mam {
+                let mut recent = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
+                recent.insert(&m.capture.identity);
+                if let Some(d) = &m.capture.delivered_identity {
+                    recent.insert(d);
+                }
+            }
+        }
+        let (ack_tx, ack_rx) = oneshot::channel();
+        {
+            let guard = self.inner.tx.lock().unwrap_or_else(|p| p.into_inner());
+            let tx = guard.as_ref().ok_or(AppendError::Closed)?;
+            tx.send(Cmd::Append(rec, ack_tx))
+                .map_err(|_| AppendError::Closed)?;
+        }
+        ack_rx.await.map_err(|_| AppendError::Closed)?
+    }
+
+    /// Searches; see [`ArchiveReader::search`].
+    pub fn search(&self, query: &str, limit: usize) -> Result<Vec<Hit>, SearchError> {
+        self.inner.reader.search(query, limit)
+    }
+
+    /// Searches, saying which records the index has not taken in yet (the newest,
+    /// for up to a commit interval, or more while indexing fails).
+    pub fn search_covered(&self, query: &str, limit: usize) -> Result<Searched, SearchError> {
+        // Read before the search: the searcher reloads to a commit at least this new.
+        let through = self.inner.indexed.load(Ordering::Acquire);
+        let end = self.inner.log_end.load(Ordering::Acquire);
+        let why = match self.index_health() {
+            Some(e) => format!("indexing is failing: {e}"),
+            None => "not yet indexed".to_owned(),
+        };
+        Ok(Searched {
+            hits: self.search(query, limit)?,
+            uncovered: Uncovered::after(through, end, &why),
+        })
+    }
+
+    /// Read access (records by seq, chain iteration).
+    pub fn reader(&self) -> &ArchiveReader {
+        &self.inner.reader
+    }
+
+    /// The last indexer error, if indexing is failing (appends continue: the
+    /// log is the source of truth and `reindex` rebuilds the index).
+    pub fn index_health(&self) -> Option<String> {
+        self.inner
+            .index_health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The last inbox problem (a file that could not be listed, claimed,
+    /// removed or moved aside), if the latest drain met one. Appends continue.
+    pub fn inbox_health(&self) -> Option<String> {
+        self.inner
+            .inbox_health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Appends what waits in the inbox, takes a last look at the inbox,
+    /// flushes, writes the final signed checkpoint, seals the active segment,
+    /// commits the index and stops both threads. Later appends on any clone
+    /// fail with [`AppendError::Closed`].
+    pub async fn close(self) -> Result<(), CloseError> {
+        let (done_tx, done_rx) = oneshot::channel();
+        {
+            let mut guard = self.inner.tx.lock().unwrap_or_else(|p| p.into_inner());
+            let tx = guard.take().ok_or(CloseError::AlreadyClosed)?;
+            tx.send(Cmd::Close(done_tx))
+                .map_err(|_| CloseError::AlreadyClosed)?;
+        }
+        let result = done_rx
+            .await
+            .map_err(|_| CloseError::Seal("writer thread ended".into()))?;
+        let handle = self
+            .inner
+            .writer_thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(h) = handle {
+            // The writer has already answered; joining only reaps the thread.
+            let _ = h.join();
+        }
+        result
+    }
+}
+
+fn writer_loop(
+    mut log: LogWriter,
+    rx: Receiver<Cmd>,
+    itx: Sender<IndexCmd>,
+    mut inbox: Drain,
+    inbox_health: Arc<Mutex<Option<String>>>,
+    log_end: Arc<AtomicU64>,
+) {
+    let mut failed: Option<String> = None;
+    // Before anything appended is acknowledged: a search that follows sees it counted.
+    let publish = |log: &LogWriter| log_end.store(log.next_seq() - 1, Ordering::Release);
+    // Appends what waits in the inbox unless the writer already failed.
+    let drain = |inbox: &mut Drain, log: &mut LogWriter, failed: &mut Option<String>| {
+        if failed.is_some() {
+            return;
+        }
+        match inbox.drain(log) {
+            Ok(d) => {
+                publish(log);
+                *inbox_health.lock().unwrap_or_else(|p| p.into_inner()) = d.problem;
+                if !d.appended.is_empty() {
+                    let _ = itx.send(IndexCmd::Add(d.appended));
+                    if let Err(e) = log.maybe_roll() {
+                        *failed = Some(e.to_string());
+                    }
+                }
+            }
+            Err(e) => *failed = Some(e.to_string()),
+        }
+    };
+    let finish = |log: LogWriter, itx: &Sender<IndexCmd>| -> Result<(), CloseError> {
+        let sealed = log.finish().map_err(|e| CloseError::Seal(e.to_string()));
+        let (dtx, drx) = mpsc::channel();
+        let indexed = match itx.send(IndexCmd::Close(dtx)) {
+            Ok(()) => drx.recv().unwrap_or(Ok(())).map_err(CloseError::Index),
+            Err(_) => Ok(()),
+        };
+        sealed.and(indexed)
+    };
+    loop {
+        // Checked every turn, not only when idle: a busy writer never times out.
+        if inbox.due() {
+            drain(&mut inbox, &mut log, &mut failed);
+        }
+        let first = match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(c) => c,
+            Err(RecvTimeoutError::Timeout) => {
+                if failed.is_none() {
+                    if let Err(e) = log.checkpoint_if_pending().and_then(|_| log.maybe_roll()) {
+                        failed = Some(e.to_string());
+                    }
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                drain(&mut inbox, &mut log, &mut failed);
+                let _ = finish(log, &itx);
+                return;
+            }
+        };
+        let mut batch = Vec::new();
+        let mut acks = Vec::new();
+        let mut close = None;
+        let mut shred = None;
+        let mut next = Some(first);
+        while let Some(cmd) = next.take() {
+            match cmd {
+                Cmd::Append(rec, ack) => {
+                    batch.push(rec);
+                    acks.push(ack);
+                }
+                Cmd::Close(done) => {
+                    close = Some(done);
+                    break;
+                }
+                Cmd::Shred(req, ack) => {
+                    shred = Some((req, ack));
+                    break;
+                }
+            }
+            if batch.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            match &failed {
+                Some(why) => {
+                    for ack in acks {
+                        let _ = ack.send(Err(AppendError::Failed(why.clone())));
+                    }
+                }
+                None => match log.append_batch(batch) {
+                    Ok(appended) => {
+                        publish(&log);
+                        for (a, ack) in appended.iter().zip(acks) {
+                            let _ = ack.send(Ok(AppendReceipt {
+                                seq: a.record.seq,
+                                time: a.record.time,
+                            }));
+                        }
+                        let _ = itx.send(IndexCmd::Add(appended));
+                        if let Err(e) = log.maybe_roll() {
+                            failed = Some(e.to_string());
+                        }
+                    }
+                    Err(e) => {
+                        // The file may now hold part of this batch: refuse all
+                        // further writes (fail closed); reopening recovers.
+                        let why = e.to_string();
+                        for ack in acks {
+                            let _ = ack.send(Err(AppendError::Failed(why.clone())));
+                        }
+                        failed = Some(why);
+                    }
+                },
+            }
+        }
+        if let Some((req, ack)) = shred {
+            let answer = match &failed {
+                Some(why) => Err(ShredError::Failed {
+                    segment: req.segment,
+                    why: why.clone(),
+                }),
+                None => shred_segment(&mut log, req, &itx),
+            };
+            publish(&log);
+            if let Err(ShredError::Failed { why, .. }) = &answer {
+                failed.get_or_insert_with(|| why.clone());
+            }
+            let _ = ack.send(answer);
+        }
+        if let Some(done) = close {
+            // Whatever a submitter queued before the close goes in now rather
+            // than waiting for the next open.
+            drain(&mut inbox, &mut log, &mut failed);
+            let r = if failed.is_some() {
+                let _ = itx.send(IndexCmd::Close(mpsc::channel().0));
+                Err(CloseError::Seal(failed.unwrap_or_default()))
+            } else {
+                finish(log, &itx)
+            };
+            // Later commands on the channel are dropped, answering them Closed.
+            let _ = done.send(r);
+            return;
+        }
+    }
+}
+
+/// Records the shred durably, then destroys the key: a key is never gone without the
+/// signed record that says why (a crash between the two leaves the key, and the record
+/// of an intent that a retry completes).
+fn shred_segment(
+    log: &mut LogWriter,
+    req: ShredRequest,
+    itx: &Sender<IndexCmd>,
+) -> Result<AppendReceipt, ShredError> {
+    let segment = req.segment;
+    if segment == log.active_segment() {
+        return Err(ShredError::Active(segment));
+    }
+    if !log.has_key(segment) {
+        return Err(ShredError::NoKey(segment));
+    }
+    let failed = |why: String| ShredError::Failed { segment, why };
+    let appended = log
+        .append_batch(vec![NewRecord::Event(EventRecord::Shred {
+            segment,
+            reason: req.reason,
+            authority: req.authority,
+            actor: req.actor,
+        })])
+        .map_err(|e| failed(e.to_string()))?;
+    let receipt = appended.first().map(|a| AppendReceipt {
+        seq: a.record.seq,
+        time: a.record.time,
+    });
+    let _ = itx.send(IndexCmd::Add(appended));
+    log.destroy_key(segment)
+        .map_err(|e| failed(e.to_string()))?;
+    receipt.ok_or_else(|| failed("no record appended".into()))
+}
+
+fn indexer_loop(
+    mut idx: BlindIndexWriter,
+    rx: Receiver<IndexCmd>,
+    health: Arc<Mutex<Option<String>>>,
+    indexed: Arc<AtomicU64>,
+) {
+    let set = |e: Option<String>| *health.lock().unwrap_or_else(|p| p.into_inner()) = e;
+    let mut last_commit = Instant::now();
+    loop {
+        match rx.recv_timeout(INDEX_COMMIT_INTERVAL) {
+            Ok(IndexCmd::Add(v)) => {
+                for a in &v {
+                    if let Err(e) = idx.add(a) {
+                        set(Some(e.to_string()));
+                    }
+                }
+            }
+            Ok(IndexCmd::Close(done)) => {
+                let _ = done.send(idx.finish().map_err(|e| e.to_string()));
+                return;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                let _ = idx.finish();
+                return;
+            }
+        }
+        if idx.is_dirty() && last_commit.elapsed() >= INDEX_COMMIT_INTERVAL {
+            match idx.commit() {
+                Ok(()) => {
+                    indexed.store(idx.indexed_through(), Ordering::Release);
+                    set(None)
+                }
+                Err(e) => set(Some(e.to_string())),
+            }
+            last_commit = Instant::now();
+        }
+    }
+}
