@@ -38,6 +38,7 @@ pub mod segment;
 pub mod storage;
 pub mod time;
 pub mod verify;
+pub mod walk;
 pub mod witness;
 
 pub use archive::{

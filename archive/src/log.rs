@@ -19,9 +19,10 @@ use ed25519_dalek::SigningKey;
 
 use crate::keys::{random_bytes, unwrap_data_key, wrap_data_key, MasterKey, UnwrapError};
 use crate::record::{EventRecord, NewRecord, Record, RecordSeq};
-use crate::segment::{self, Frame, Hash, Parsed, SegmentHeader, HEADER_LEN};
+use crate::segment::{self, Hash, Parsed, SegmentHeader, HEADER_LEN};
 use crate::storage::{self, AppendHandle, Storage};
 use crate::time::Timestamp;
+use crate::walk::{self, SegmentWalk, Step};
 use crate::witness::{WitnessEntry, WitnessError, WitnessWriter};
 
 pub const META_NAME: &str = "archive.meta";
@@ -244,9 +245,8 @@ fn scan_tail(
     cipher: &Aes256Gcm,
 ) -> Result<Scan, (u64, String)> {
     let hb = header.encode();
-    let mut at = HEADER_LEN;
     let mut s = Scan {
-        valid_end: at,
+        valid_end: HEADER_LEN,
         next_seq: header.first_seq,
         head: header.prev_head,
         last_time: header.created_ms,
@@ -268,53 +268,46 @@ fn scan_tail(
             Err((at as u64, why.to_string()))
         }
     };
-    while at < bytes.len() {
-        match segment::parse_frame(bytes, at) {
-            Parsed::Incomplete => {
+    let mut w = SegmentWalk::segment(bytes, header);
+    loop {
+        let at = w.offset() as usize;
+        let step = match w.next() {
+            Ok(step) => step,
+            Err(b) => {
+                s.torn = Some(torn_here(at, &b.what)?);
+                break;
+            }
+        };
+        match step {
+            Step::End { left: 0, .. } => break,
+            Step::End { .. } => {
                 s.torn = Some(torn_here(at, "incomplete frame")?);
                 break;
             }
-            Parsed::Malformed(why) => {
-                s.torn = Some(torn_here(at, &why)?);
-                break;
+            Step::Record(r) => {
+                let opened = match r.flaw {
+                    Some(flaw) => Err(flaw),
+                    None => walk::open_frame(cipher, &hb, &r),
+                };
+                match opened {
+                    Ok(o) => s.last_time = s.last_time.max(o.record.time.0),
+                    Err(why) => {
+                        s.torn = Some(torn_here(at, &why)?);
+                        break;
+                    }
+                }
+                s.head = r.head;
+                s.next_seq = r.seq + 1;
+                s.valid_end = w.offset() as usize;
             }
-            Parsed::Frame(
-                Frame::Record {
-                    seq,
-                    content_hash,
-                    nonce,
-                    ciphertext,
-                },
-                next,
-            ) => {
-                let ok = seq == s.next_seq
-                    && segment::decrypt_record(cipher, &hb, seq, nonce, ciphertext)
-                        .and_then(|(salt, canonical)| {
-                            let rec = Record::decode(&canonical).ok()?;
-                            (segment::content_hash(&salt, &canonical) == content_hash)
-                                .then_some(rec)
-                        })
-                        .map(|rec| s.last_time = s.last_time.max(rec.time.0))
-                        .is_some();
-                if !ok {
-                    s.torn = Some(torn_here(at, "record does not authenticate")?);
+            Step::Checkpoint { cp, flaw, .. } => {
+                if let Some(flaw) = flaw {
+                    s.torn = Some(torn_here(at, &flaw)?);
                     break;
                 }
-                let l = segment::leaf(
-                    seq,
-                    &content_hash,
-                    &segment::ciphertext_hash(nonce, ciphertext),
-                );
-                s.head = segment::next_head(&s.head, &l);
-                s.next_seq = seq + 1;
-                at = next;
-                s.valid_end = at;
-            }
-            Parsed::Frame(Frame::Checkpoint(cp), next) => {
                 s.last_time = s.last_time.max(cp.time_ms);
                 s.sealed_by_checkpoint = cp.sealed;
-                at = next;
-                s.valid_end = at;
+                s.valid_end = w.offset() as usize;
             }
         }
     }

@@ -15,9 +15,10 @@ use ed25519_dalek::VerifyingKey;
 
 use crate::keys::MasterKey;
 use crate::log::{self, LogOpenError};
-use crate::record::{EventRecord, NewRecord, Record};
-use crate::segment::{self, Frame, Parsed, SegmentHeader, HEADER_LEN};
+use crate::record::{EventRecord, NewRecord};
+use crate::segment::{self, SegmentHeader};
 use crate::storage::{FileStorage, Storage};
+use crate::walk::{self, ChainPos, SegmentWalk, Step};
 
 /// One thing wrong, and where.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -256,8 +257,7 @@ fn walk(
         }
     }
     let mut done = 0u64;
-    let mut expected_seq = 1u64;
-    let mut head = segment::genesis_head(&meta.archive_id);
+    let mut pos = ChainPos::genesis(&meta.archive_id);
     let last_id = ids.last().copied();
     // Segments whose data key is gone (with their record counts), and the segments a
     // signed shred record allows to be gone.
@@ -280,46 +280,8 @@ fn walk(
                 continue;
             }
         };
-        if header.archive_id != meta.archive_id {
-            problem(
-                &mut r,
-                seg,
-                Some(0),
-                None,
-                "header names another archive".into(),
-            );
-        }
-        if header.segment != id {
-            problem(
-                &mut r,
-                seg,
-                Some(0),
-                None,
-                format!("header says segment {}", header.segment),
-            );
-        }
-        if header.first_seq != expected_seq {
-            problem(
-                &mut r,
-                seg,
-                Some(0),
-                None,
-                format!(
-                    "header first seq {} but expected {expected_seq} (segment missing or altered)",
-                    header.first_seq
-                ),
-            );
-        }
-        if header.prev_head != head {
-            problem(
-                &mut r,
-                seg,
-                Some(0),
-                None,
-                "header chain head does not continue the previous segment".into(),
-            );
-            // Continue from the header's claim so one break is reported once.
-            head = header.prev_head;
+        for flaw in walk::header_flaws(&header, id, &meta.archive_id, Some(pos)) {
+            problem(&mut r, seg, Some(0), None, flaw);
         }
         let hb = header.encode();
         let cipher = match master {
@@ -336,100 +298,45 @@ fn walk(
         if shredded {
             unreadable.entry(id).or_insert(0);
         }
-        let mut at = HEADER_LEN;
-        let mut seal_seen = false;
-        while at < bytes.len() {
-            let off = Some(at as u64);
-            if seal_seen {
-                problem(
-                    &mut r,
-                    seg,
-                    off,
-                    None,
-                    "data after the sealing checkpoint".into(),
-                );
-                break;
-            }
-            match segment::parse_frame(&bytes, at) {
-                Parsed::Incomplete if is_last && !sealed => {
-                    r.notes.push(format!("segment {id} offset {at}: {} bytes of an incomplete frame at the tail (write in progress or torn)", bytes.len() - at));
+        // Continue from the header's claim, so a break is reported once.
+        let mut w = SegmentWalk::segment(&bytes, &header);
+        loop {
+            let step = match w.next() {
+                Ok(s) => s,
+                Err(b) => {
+                    problem(&mut r, seg, Some(b.offset), None, b.what);
                     break;
                 }
-                Parsed::Incomplete => {
-                    problem(&mut r, seg, off, None, "truncated frame".into());
+            };
+            match step {
+                Step::End { left: 0, .. } => break,
+                Step::End { offset, left } if is_last && !sealed => {
+                    r.notes.push(format!("segment {id} offset {offset}: {left} bytes of an incomplete frame at the tail (write in progress or torn)"));
                     break;
                 }
-                Parsed::Malformed(w) => {
-                    problem(&mut r, seg, off, None, format!("malformed frame: {w}"));
+                Step::End { offset, .. } => {
+                    problem(&mut r, seg, Some(offset), None, "truncated frame".into());
                     break;
                 }
-                Parsed::Frame(
-                    Frame::Record {
-                        seq,
-                        content_hash,
-                        nonce,
-                        ciphertext,
-                    },
-                    next,
-                ) => {
+                Step::Record(f) => {
+                    let (off, seq) = (Some(f.offset), f.seq);
                     r.records += 1;
-                    if seq != expected_seq {
-                        let what = if seq < expected_seq {
-                            format!("seq {seq} repeats or goes back (expected {expected_seq}): duplicated or reordered record")
-                        } else {
-                            format!("expected seq {expected_seq}, found {seq}: records removed or reordered")
-                        };
-                        problem(&mut r, seg, off, Some(seq), what);
+                    if let Some(flaw) = &f.flaw {
+                        problem(&mut r, seg, off, Some(seq), flaw.clone());
                     }
                     if let Some(c) = &cipher {
-                        match segment::decrypt_record(c, &hb, seq, nonce, ciphertext) {
-                            None => problem(
-                                &mut r,
-                                seg,
-                                off,
-                                Some(seq),
-                                "record does not authenticate (record or segment header altered)"
-                                    .into(),
-                            ),
-                            Some((salt, canonical)) => {
-                                if segment::content_hash(&salt, &canonical) != content_hash {
-                                    problem(
-                                        &mut r,
-                                        seg,
-                                        off,
-                                        Some(seq),
-                                        "content hash does not match the record".into(),
-                                    );
+                        match walk::open_frame(c, &hb, &f) {
+                            Err(what) => problem(&mut r, seg, off, Some(seq), what),
+                            Ok(o) => {
+                                if seq <= count_upto
+                                    && matches!(o.record.content, NewRecord::Message(_))
+                                {
+                                    r.messages_upto += 1;
                                 }
-                                match Record::decode(&canonical) {
-                                    Ok(rec) if rec.seq.0 != seq => problem(
-                                        &mut r,
-                                        seg,
-                                        off,
-                                        Some(seq),
-                                        format!("record body says seq {}", rec.seq.0),
-                                    ),
-                                    Ok(rec) => {
-                                        if seq <= count_upto
-                                            && matches!(rec.content, NewRecord::Message(_))
-                                        {
-                                            r.messages_upto += 1;
-                                        }
-                                        if let NewRecord::Event(EventRecord::Shred {
-                                            segment,
-                                            ..
-                                        }) = rec.content
-                                        {
-                                            shred_records.insert(segment);
-                                        }
-                                    }
-                                    Err(e) => problem(
-                                        &mut r,
-                                        seg,
-                                        off,
-                                        Some(seq),
-                                        format!("record does not decode: {e}"),
-                                    ),
+                                if let NewRecord::Event(EventRecord::Shred { segment, .. }) =
+                                    o.record.content
+                                {
+                                    shred_records.insert(segment);
                                 }
                             }
                         }
@@ -442,22 +349,13 @@ fn walk(
                             *n += 1;
                         }
                     }
-                    head = segment::next_head(
-                        &head,
-                        &segment::leaf(
-                            seq,
-                            &content_hash,
-                            &segment::ciphertext_hash(nonce, ciphertext),
-                        ),
-                    );
                     if seq == count_upto {
-                        r.head_at_upto = Some(head);
+                        r.head_at_upto = Some(f.head);
                     }
                     r.last_seq = seq;
-                    expected_seq = seq.max(expected_seq.saturating_sub(1)) + 1;
-                    at = next;
                 }
-                Parsed::Frame(Frame::Checkpoint(cp), next) => {
+                Step::Checkpoint { offset, cp, flaw } => {
+                    let off = Some(offset);
                     r.checkpoints += 1;
                     if !segment::checkpoint_valid(public_key, &hb, &cp) {
                         problem(
@@ -467,29 +365,17 @@ fn walk(
                             Some(cp.seq),
                             "checkpoint signature invalid".into(),
                         );
-                    } else if cp.seq != expected_seq - 1 {
-                        problem(
-                            &mut r,
-                            seg,
-                            off,
-                            Some(cp.seq),
-                            format!(
-                                "checkpoint covers seq {} but the log is at {}",
-                                cp.seq,
-                                expected_seq - 1
-                            ),
-                        );
-                    } else if cp.head != head {
-                        problem(&mut r, seg, off, Some(cp.seq), "chain head differs from the signed checkpoint: earlier records were changed".into());
-                        head = cp.head;
+                    } else if let Some(flaw) = flaw {
+                        problem(&mut r, seg, off, Some(cp.seq), flaw);
+                        w.resync(cp.head);
                     } else {
                         r.reached.push((id, cp.seq, cp.head));
                     }
-                    seal_seen = cp.sealed;
-                    at = next;
                 }
             }
         }
+        pos = w.pos();
+        let seal_seen = w.sealed();
         if (sealed || !is_last) && !seal_seen {
             problem(
                 &mut r,
@@ -502,7 +388,7 @@ fn walk(
         done += bytes.len() as u64;
         progress(done, total);
     }
-    r.head = head.iter().map(|b| format!("{b:02x}")).collect();
+    r.head = pos.head.iter().map(|b| format!("{b:02x}")).collect();
     // Destroying a key is legitimate only as a signed act recorded in the chain.
     for (segment, records) in unreadable {
         if !shred_records.contains(&segment) {
@@ -612,6 +498,7 @@ mod tests {
     use crate::log::{LogLimits, LogWriter};
     use crate::record::tests::arb_new_record;
     use crate::record::NewRecord;
+    use crate::segment::{Frame, Parsed, HEADER_LEN};
     use crate::storage::MemStorage;
     use ed25519_dalek::SigningKey;
     use proptest::prelude::*;

@@ -14,6 +14,7 @@ use crate::query;
 use crate::record::Record;
 use crate::segment::{self, Frame, Hash, Parsed, SegmentHeader, HEADER_LEN};
 use crate::storage::{FileStorage, Storage};
+use crate::walk::{self, ChainPos, SegmentWalk, Step};
 
 use super::*;
 
@@ -150,18 +151,18 @@ impl ArchiveReader {
             Parsed::Frame(
                 Frame::Record {
                     seq,
+                    content_hash,
                     nonce,
                     ciphertext,
-                    ..
                 },
                 _,
             ) => {
                 let cipher = cipher.ok_or(ReadError::Shredded {
                     segment: segment_id,
                 })?;
-                let (_, canonical) = segment::decrypt_record(&cipher, &hb, seq, nonce, ciphertext)
-                    .ok_or_else(|| corrupt("record does not authenticate"))?;
-                Record::decode(&canonical).map_err(|e| corrupt(&e.to_string()))
+                walk::open_record(&cipher, &hb, seq, &content_hash, nonce, ciphertext)
+                    .map(|o| o.record)
+                    .map_err(|what| corrupt(&what))
             }
             _ => Err(corrupt("not a record frame")),
         }
@@ -206,6 +207,8 @@ impl ArchiveReader {
         mut f: impl FnMut(ChainEntry) -> Result<(), E>,
     ) -> Result<(), E> {
         let ids = log::segment_ids(self.storage.as_ref()).map_err(|e| ReadError::Log(e.into()))?;
+        // Where the previous segment walked left the chain (unknown for the first).
+        let mut after: Option<ChainPos> = None;
         for (i, &id) in ids.iter().enumerate() {
             // Skip a segment wholly before `from`: the next one starts at or before it.
             if let Some(&next) = ids.get(i + 1) {
@@ -223,83 +226,64 @@ impl ArchiveReader {
                 .storage
                 .read(&segment::segment_name(id))
                 .map_err(ReadError::from)?;
+            let corrupt = |offset: u64, what: String| ReadError::Corrupt {
+                segment: id,
+                offset,
+                what,
+            };
             let header = match SegmentHeader::decode(&bytes) {
                 Ok(h) => h,
                 // A segment whose header is still being written holds no record yet.
                 Err(_) if bytes.len() < HEADER_LEN => continue,
-                Err(what) => {
-                    return Err(ReadError::Corrupt {
-                        segment: id,
-                        offset: 0,
-                        what,
-                    }
-                    .into())
-                }
+                Err(what) => return Err(corrupt(0, what).into()),
             };
+            if let Some(flaw) = walk::header_flaws(&header, id, &self.meta.archive_id, after)
+                .into_iter()
+                .next()
+            {
+                return Err(corrupt(0, flaw).into());
+            }
             let (hb, cipher) = self.segment(id)?;
-            let mut head = header.prev_head;
-            let mut at = HEADER_LEN;
+            let mut w = SegmentWalk::segment(&bytes, &header);
             loop {
-                match segment::parse_frame(&bytes, at) {
-                    Parsed::Incomplete => break,
-                    Parsed::Malformed(what) => {
-                        return Err(ReadError::Corrupt {
-                            segment: id,
-                            offset: at as u64,
-                            what,
+                match w.next().map_err(|b| corrupt(b.offset, b.what))? {
+                    // A write in progress (or a torn tail `verify` reports) ends the walk.
+                    Step::End { .. } => break,
+                    Step::Checkpoint { offset, flaw, .. } => {
+                        if let Some(flaw) = flaw {
+                            return Err(corrupt(offset, flaw).into());
                         }
-                        .into())
                     }
-                    Parsed::Frame(Frame::Checkpoint(_), next) => at = next,
-                    Parsed::Frame(
-                        Frame::Record {
-                            seq,
-                            content_hash,
-                            nonce,
-                            ciphertext,
-                        },
-                        next,
-                    ) => {
-                        let cth = segment::ciphertext_hash(nonce, ciphertext);
-                        let leaf = segment::leaf(seq, &content_hash, &cth);
-                        head = segment::next_head(&head, &leaf);
-                        if seq >= from {
-                            let (salt, record) = match &cipher {
-                                Some(c) if decrypt => {
-                                    let (salt, canonical) =
-                                        segment::decrypt_record(c, &hb, seq, nonce, ciphertext)
-                                            .ok_or_else(|| ReadError::Corrupt {
-                                                segment: id,
-                                                offset: at as u64,
-                                                what: "record does not authenticate".into(),
-                                            })?;
-                                    let rec = Record::decode(&canonical).map_err(|e| {
-                                        ReadError::Corrupt {
-                                            segment: id,
-                                            offset: at as u64,
-                                            what: e.to_string(),
-                                        }
-                                    })?;
-                                    (Some(salt), Some(rec))
-                                }
-                                _ => (None, None),
-                            };
-                            f(ChainEntry {
-                                seq,
-                                segment: id,
-                                offset: at as u64,
-                                content_hash,
-                                ciphertext_hash: cth,
-                                leaf,
-                                head,
-                                salt,
-                                record,
-                            })?;
+                    Step::Record(r) => {
+                        if let Some(flaw) = r.flaw {
+                            return Err(corrupt(r.offset, flaw).into());
                         }
-                        at = next;
+                        if r.seq < from {
+                            continue;
+                        }
+                        let (salt, record) = match &cipher {
+                            Some(c) if decrypt => {
+                                let o = walk::open_frame(c, &hb, &r)
+                                    .map_err(|what| corrupt(r.offset, what))?;
+                                (Some(o.salt), Some(o.record))
+                            }
+                            _ => (None, None),
+                        };
+                        f(ChainEntry {
+                            seq: r.seq,
+                            segment: id,
+                            offset: r.offset,
+                            content_hash: r.content_hash,
+                            ciphertext_hash: r.ciphertext_hash,
+                            leaf: r.leaf,
+                            head: r.head,
+                            salt,
+                            record,
+                        })?;
                     }
                 }
             }
+            after = Some(w.pos());
         }
         Ok(())
     }

@@ -1,8 +1,8 @@
 //! [`ArchiveReader::tail`]: following the log as it grows, reading only new bytes.
 
 use crate::log;
-use crate::record::Record;
-use crate::segment::{self, Frame, Hash, Parsed, SegmentHeader, HEADER_LEN};
+use crate::segment::{self, Hash, SegmentHeader, HEADER_LEN};
+use crate::walk::{self, ChainPos, SegmentWalk, Step};
 
 use super::*;
 
@@ -134,10 +134,11 @@ impl ArchiveReader {
             what,
         };
         let header = SegmentHeader::decode(&hb).map_err(corrupt)?;
-        if header.segment != id || header.archive_id != self.meta.archive_id {
-            return Err(corrupt(
-                "segment header names another archive or segment".into(),
-            ));
+        if let Some(flaw) = walk::header_flaws(&header, id, &self.meta.archive_id, None)
+            .into_iter()
+            .next()
+        {
+            return Err(corrupt(flaw));
         }
         Ok(Some(TailPos {
             segment: id,
@@ -192,90 +193,65 @@ impl ArchiveReader {
                 .storage
                 .read_at(&name, base, want)
                 .map_err(ReadError::from)?;
-            let corrupt = |at: usize, what: String| ReadError::Corrupt {
+            let corrupt = |offset: u64, what: String| ReadError::Corrupt {
                 segment: id,
-                offset: base + at as u64,
+                offset,
                 what,
             };
-            let mut at = 0;
+            let mut w = SegmentWalk::window(
+                &bytes,
+                base,
+                ChainPos {
+                    next_seq: pos.next_seq,
+                    head: pos.head,
+                },
+            );
             loop {
-                match segment::parse_frame(&bytes, at) {
-                    Parsed::Incomplete => break,
-                    Parsed::Malformed(what) => return Err(corrupt(at, what).into()),
-                    Parsed::Frame(Frame::Checkpoint(cp), next) => {
-                        if cp.seq.checked_add(1) != Some(pos.next_seq) || cp.head != pos.head {
-                            return Err(corrupt(
-                                at,
-                                format!("checkpoint of seq {} does not match the chain", cp.seq),
-                            )
-                            .into());
+                let step = w.next().map_err(|b| corrupt(b.offset, b.what))?;
+                match step {
+                    Step::End { .. } => break,
+                    Step::Checkpoint { offset, cp, flaw } => {
+                        if let Some(flaw) = flaw {
+                            return Err(corrupt(offset, flaw).into());
                         }
-                        at = next;
-                        pos.offset = base + next as u64;
+                        pos.offset = w.offset();
                         if cp.sealed {
                             pos.done = true;
                             return Ok(());
                         }
                     }
-                    Parsed::Frame(
-                        Frame::Record {
-                            seq,
-                            content_hash,
-                            nonce,
-                            ciphertext,
-                        },
-                        next,
-                    ) => {
-                        if seq != pos.next_seq {
-                            return Err(corrupt(
-                                at,
-                                format!("record seq {seq}, expected {}", pos.next_seq),
-                            )
-                            .into());
+                    Step::Record(r) => {
+                        if let Some(flaw) = r.flaw {
+                            return Err(corrupt(r.offset, flaw).into());
                         }
-                        let cth = segment::ciphertext_hash(nonce, ciphertext);
-                        let leaf = segment::leaf(seq, &content_hash, &cth);
-                        let head = segment::next_head(&pos.head, &leaf);
-                        if seq >= from {
+                        if r.seq >= from {
                             let (salt, record) = match &cipher {
                                 Some(c) => {
-                                    let (salt, canonical) =
-                                        segment::decrypt_record(c, &hb, seq, nonce, ciphertext)
-                                            .ok_or_else(|| {
-                                                corrupt(at, "record does not authenticate".into())
-                                            })?;
-                                    if segment::content_hash(&salt, &canonical) != content_hash {
-                                        return Err(corrupt(
-                                            at,
-                                            "content hash does not match the record".into(),
-                                        )
-                                        .into());
-                                    }
-                                    let rec = Record::decode(&canonical)
-                                        .map_err(|e| corrupt(at, e.to_string()))?;
-                                    (Some(salt), Some(rec))
+                                    let o = walk::open_frame(c, &hb, &r)
+                                        .map_err(|what| corrupt(r.offset, what))?;
+                                    (Some(o.salt), Some(o.record))
                                 }
                                 None => (None, None),
                             };
                             f(ChainEntry {
-                                seq,
+                                seq: r.seq,
                                 segment: id,
-                                offset: base + at as u64,
-                                content_hash,
-                                ciphertext_hash: cth,
-                                leaf,
-                                head,
+                                offset: r.offset,
+                                content_hash: r.content_hash,
+                                ciphertext_hash: r.ciphertext_hash,
+                                leaf: r.leaf,
+                                head: r.head,
                                 salt,
                                 record,
                             })?;
                         }
-                        pos.next_seq = seq.saturating_add(1);
-                        pos.head = head;
-                        at = next;
-                        pos.offset = base + next as u64;
+                        pos.next_seq = w.pos().next_seq;
+                        pos.head = r.head;
+                        pos.offset = w.offset();
                     }
                 }
             }
+            let at = (pos.offset - base) as usize;
             if bytes.len() < want {
                 // The end of what is written so far.
                 if sealed_file {

@@ -41,10 +41,11 @@ pub use verify_export::{verify_export, ExportProblem, ExportReport};
 use crate::keys::MasterKey;
 use crate::log::{self, LogOpenError};
 use crate::query::{self, QueryError};
-use crate::record::{EventRecord, NewRecord, Record};
-use crate::segment::{self, Frame, Parsed, SegmentHeader, HEADER_LEN};
+use crate::record::{EventRecord, NewRecord};
+use crate::segment::{self, SegmentHeader, HEADER_LEN};
 use crate::storage::{FileStorage, Storage};
 use crate::time::Timestamp;
+use crate::walk::{self, ChainPos, SegmentWalk, Step};
 
 use chain::ProofBuilder;
 use filter::Filter;
@@ -218,6 +219,7 @@ pub fn export_with(
     let mut transcripts = Transcripts::new(&partial);
     let mut st = Stats::default();
 
+    let mut after = Some(ChainPos::genesis(&meta.archive_id));
     'segments: for &id in &ids {
         let bytes = storage
             .read(&segment::segment_name(id))
@@ -241,50 +243,41 @@ pub fn export_with(
         }
         let cipher = log::segment_cipher(&storage, master_key, &meta.archive_id, id)?;
         proofs.begin_segment(id, hb, header.first_seq, header.prev_head)?;
-        let mut at = HEADER_LEN;
+        if let Some(flaw) = walk::header_flaws(&header, id, &meta.archive_id, after)
+            .into_iter()
+            .next()
+        {
+            return Err(corrupt(0, flaw));
+        }
+        let mut w = SegmentWalk::segment(&bytes, &header);
         loop {
-            match segment::parse_frame(&bytes, at) {
-                Parsed::Incomplete => break,
-                Parsed::Malformed(what) => return Err(corrupt(at, what)),
-                Parsed::Frame(Frame::Checkpoint(cp), next) => {
+            let step = w.next().map_err(|b| corrupt(b.offset as usize, b.what))?;
+            match step {
+                Step::End { .. } => break,
+                Step::Checkpoint { offset, cp, flaw } => {
+                    if let Some(flaw) = flaw {
+                        return Err(corrupt(offset as usize, flaw));
+                    }
                     proofs.checkpoint(cp)?;
-                    at = next;
                 }
-                Parsed::Frame(
-                    Frame::Record {
-                        seq,
-                        content_hash,
-                        nonce,
-                        ciphertext,
-                    },
-                    next,
-                ) => {
+                Step::Record(r) => {
+                    let (at, seq) = (r.offset as usize, r.seq);
+                    if let Some(flaw) = r.flaw {
+                        return Err(corrupt(at, flaw));
+                    }
                     if seq > through {
                         break 'segments;
                     }
                     st.scanned += 1;
-                    let cth = segment::ciphertext_hash(nonce, ciphertext);
-                    let leaf = segment::leaf(seq, &content_hash, &cth);
                     let Some(c) = &cipher else {
                         st.shredded += 1;
-                        proofs.gap(seq, leaf)?;
-                        at = next;
+                        proofs.gap(seq, r.leaf)?;
                         continue;
                     };
-                    let (salt, canonical) = segment::decrypt_record(c, &hb, seq, nonce, ciphertext)
-                        .ok_or_else(|| corrupt(at, "record does not authenticate".into()))?;
-                    if segment::content_hash(&salt, &canonical) != content_hash {
-                        return Err(corrupt(at, "content hash does not match the record".into()));
-                    }
-                    let rec = Record::decode(&canonical).map_err(|e| corrupt(at, e.to_string()))?;
-                    if rec.seq.0 != seq {
-                        return Err(corrupt(
-                            at,
-                            format!("frame seq {seq} holds record seq {}", rec.seq.0),
-                        ));
-                    }
+                    let o = walk::open_frame(c, &hb, &r).map_err(|what| corrupt(at, what))?;
+                    let rec = o.record;
                     if filter.selects(&rec) {
-                        proofs.exported(seq, leaf)?;
+                        proofs.exported(seq, r.leaf)?;
                         let shown = Shown::from_record(&rec);
                         transcripts
                             .add(Conversation::of(&rec), &shown)
@@ -294,23 +287,23 @@ pub fn export_with(
                         st.last_seq = Some(seq);
                         parts.push(ExportRow {
                             shown,
-                            record_hash: content_hash,
-                            ciphertext_hash: cth,
-                            salt,
-                            canonical,
+                            record_hash: r.content_hash,
+                            ciphertext_hash: r.ciphertext_hash,
+                            salt: o.salt,
+                            canonical: o.canonical,
                             segment: id,
                             offset: at as u64,
                         })?;
                     } else {
-                        proofs.gap(seq, leaf)?;
+                        proofs.gap(seq, r.leaf)?;
                     }
                     if seq % PROGRESS_EVERY == 0 {
                         progress(seq, through);
                     }
-                    at = next;
                 }
             }
         }
+        after = Some(w.pos());
     }
 
     let checkpoints = CheckpointSummary {
@@ -442,13 +435,19 @@ fn last_checkpoint(storage: &FileStorage, ids: &[u64]) -> Result<u64, ExportErro
                 segment: id,
                 what: e.to_string(),
             })?;
-        let mut at = HEADER_LEN;
+        let Ok(header) = SegmentHeader::decode(&bytes) else {
+            continue;
+        };
+        let mut w = SegmentWalk::segment(&bytes, &header);
         let mut last = None;
-        while let Parsed::Frame(f, next) = segment::parse_frame(&bytes, at) {
-            if let Frame::Checkpoint(cp) = f {
-                last = Some(cp.seq);
+        // The walk is checked in full by the export itself; here only the newest
+        // checkpoint is wanted, up to the first frame that does not parse.
+        while let Ok(step) = w.next() {
+            match step {
+                Step::End { .. } => break,
+                Step::Checkpoint { cp, .. } => last = Some(cp.seq),
+                Step::Record(_) => {}
             }
-            at = next;
         }
         if let Some(seq) = last {
             return Ok(seq);
