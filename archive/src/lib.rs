@@ -11,6 +11,8 @@
 //!                     indexer thread: blind tokens ─▶ tantivy (commit every 500 ms)
 //!  search ─▶ query ─▶ blind index ─▶ (seq, segment, offset) ─▶ log ─▶ decrypt ─▶ Hit
 //!  verify ─▶ every frame, record, chain link, checkpoint ─▶ Problem{segment, offset, seq, what}
+//!  every reader (verify, recovery, scan, tail, export) ─▶ walk::SegmentWalk + walk::open_record
+//!  index commit ─▶ payload = HMAC'd mark (seq, chain head, opstamp); readers check it
 //!  submit_audit (other process) ─▶ inbox/ (encrypted file) ─▶ writer thread drains ─▶ append
 //! ```
 //!
@@ -18,8 +20,10 @@
 //! encryption, chain), [`keys`] (master, signing and data keys), [`storage`]
 //! (the byte-store trait and its file and memory implementations), [`log`]
 //! (recovery and the append path), [`index`] (blind tantivy index), [`query`]
-//! (search syntax), [`verify`], [`archive`] (the public façade, readers and
-//! the writer lock), [`inbox`] (audit events handed over by other processes),
+//! (search syntax), [`walk`] (the one segment walk and record check every reader
+//! uses), [`verify`], [`witness`] (checkpoints kept outside the archive),
+//! [`archive`] (the public façade: writer, readers, tail, index upkeep and the writer
+//! lock), [`inbox`] (audit events handed over by other processes),
 //! [`grouping`] (copies of one logical message, for the views).
 //! The on-disk format is described in `docs/archive-format.md`.
 
