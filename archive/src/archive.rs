@@ -7,9 +7,9 @@
 //! `verify` take no lock. Other processes hand audit events to the writer
 //! through the inbox ([`crate::inbox`]).
 //!
-//! Split by concept: [`writer`] (the serving writer and indexer threads), [`reader`]
-//! (read-only access and search), [`tail`] (following the log), [`upkeep`] (keeping the
-//! index true to the log), [`lock`], [`errors`], [`search`] (results).
+//! Split by concept into files: `writer` (the serving writer and indexer threads),
+//! `reader` (read-only access and search), `tail` (following the log), `upkeep` (keeping
+//! the index true to the log), `lock`, `errors`, `search` (results).
 
 mod errors;
 mod lock;
