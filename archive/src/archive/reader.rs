@@ -35,6 +35,40 @@ pub struct ChainEntry {
     pub record: Option<Record>,
 }
 
+impl ChainEntry {
+    /// The entry for a walked record frame of segment `id`, opened with `cipher` when
+    /// given (`salt` and `record` are `None` otherwise).
+    pub(super) fn of_frame(
+        id: u64,
+        r: &walk::RecordFrame<'_>,
+        cipher: Option<&Aes256Gcm>,
+        hb: &[u8; HEADER_LEN],
+    ) -> Result<ChainEntry, ReadError> {
+        let (salt, record) = match cipher {
+            Some(c) => {
+                let o = walk::open_frame(c, hb, r).map_err(|what| ReadError::Corrupt {
+                    segment: id,
+                    offset: r.offset,
+                    what,
+                })?;
+                (Some(o.salt), Some(o.record))
+            }
+            None => (None, None),
+        };
+        Ok(ChainEntry {
+            seq: r.seq,
+            segment: id,
+            offset: r.offset,
+            content_hash: r.content_hash,
+            ciphertext_hash: r.ciphertext_hash,
+            leaf: r.leaf,
+            head: r.head,
+            salt,
+            record,
+        })
+    }
+}
+
 /// A segment's header bytes (the AAD prefix) and its cipher, `None` if shredded.
 pub(super) type SegmentAccess = ([u8; HEADER_LEN], Option<Aes256Gcm>);
 
@@ -261,25 +295,8 @@ impl ArchiveReader {
                         if r.seq < from {
                             continue;
                         }
-                        let (salt, record) = match &cipher {
-                            Some(c) if decrypt => {
-                                let o = walk::open_frame(c, &hb, &r)
-                                    .map_err(|what| corrupt(r.offset, what))?;
-                                (Some(o.salt), Some(o.record))
-                            }
-                            _ => (None, None),
-                        };
-                        f(ChainEntry {
-                            seq: r.seq,
-                            segment: id,
-                            offset: r.offset,
-                            content_hash: r.content_hash,
-                            ciphertext_hash: r.ciphertext_hash,
-                            leaf: r.leaf,
-                            head: r.head,
-                            salt,
-                            record,
-                        })?;
+                        let cipher = cipher.as_ref().filter(|_| decrypt);
+                        f(ChainEntry::of_frame(id, &r, cipher, &hb)?)?;
                     }
                 }
             }

@@ -225,25 +225,7 @@ impl ArchiveReader {
                             return Err(corrupt(r.offset, flaw).into());
                         }
                         if r.seq >= from {
-                            let (salt, record) = match &cipher {
-                                Some(c) => {
-                                    let o = walk::open_frame(c, &hb, &r)
-                                        .map_err(|what| corrupt(r.offset, what))?;
-                                    (Some(o.salt), Some(o.record))
-                                }
-                                None => (None, None),
-                            };
-                            f(ChainEntry {
-                                seq: r.seq,
-                                segment: id,
-                                offset: r.offset,
-                                content_hash: r.content_hash,
-                                ciphertext_hash: r.ciphertext_hash,
-                                leaf: r.leaf,
-                                head: r.head,
-                                salt,
-                                record,
-                            })?;
+                            f(ChainEntry::of_frame(id, &r, cipher.as_ref(), &hb)?)?;
                         }
                         pos.next_seq = w.pos().next_seq;
                         pos.head = r.head;
