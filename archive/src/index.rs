@@ -449,15 +449,21 @@ impl BlindIndexWriter {
     }
 
     /// Adds a record, in seq order. Events are not indexed but still advance the mark.
+    ///
+    /// A record at or below the mark is already in: it is skipped (the live feed may
+    /// repeat what a catch-up from the log just added). The mark moves only once the
+    /// record is in.
     pub fn add(&mut self, a: &Appended) -> Result<(), IndexError> {
-        if a.record.seq.0 > self.mark.through {
-            self.mark = Mark {
-                through: a.record.seq.0,
-                head: a.head,
-            };
+        if a.record.seq.0 <= self.mark.through {
+            return Ok(());
         }
-        self.dirty = true;
+        let advance = Mark {
+            through: a.record.seq.0,
+            head: a.head,
+        };
         let NewRecord::Message(m) = &a.record.content else {
+            self.mark = advance;
+            self.dirty = true;
             return Ok(());
         };
         let f = self.fields;
@@ -506,6 +512,8 @@ impl BlindIndexWriter {
             doc.add_text(f.account, k.term("jid", bare));
         }
         self.writer.add_document(doc)?;
+        self.mark = advance;
+        self.dirty = true;
         Ok(())
     }
 

@@ -8,19 +8,34 @@ use crate::log::Appended;
 
 use super::*;
 
-/// Brings the index up to the log it belongs to. An index whose mark cannot be trusted
-/// (foreign, forged, unauthenticated), claims more than the log holds, or names a chain
-/// head that is not this log's at its seq is cleared first; `force` clears it anyway.
-/// Then every record after the mark is added and committed.
-/// `progress(done_seq, last_seq)` is called every 10,000 records and at the end.
+/// Brings the index up to the log it belongs to: [`trust_or_clear`], then [`fill`].
 pub(super) fn catch_up<E: From<ReadError> + From<IndexError>>(
     reader: &ArchiveReader,
     w: &mut BlindIndexWriter,
     force: Option<&str>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<IndexCatchUp, E> {
+    let rebuilt = trust_or_clear::<E>(reader, w, force)?;
+    let indexed = fill::<E>(reader, w, progress, &mut |_| {})?;
+    Ok(IndexCatchUp {
+        rebuilt,
+        indexed,
+        through: w.indexed_through(),
+    })
+}
+
+/// Keeps the index if its mark can be trusted for this log; otherwise — foreign, forged
+/// or unauthenticated, claiming more than the log holds, or naming a chain head that is
+/// not this log's at its seq, or `force` — empties it and commits the empty index at
+/// once, so no reader answers from it again. Returns why it was emptied. Cheap: it
+/// reads the last segment and the one holding the mark's seq.
+pub(super) fn trust_or_clear<E: From<ReadError> + From<IndexError>>(
+    reader: &ArchiveReader,
+    w: &mut BlindIndexWriter,
+    force: Option<&str>,
+) -> Result<Option<String>, E> {
     let end = reader.chain_end()?;
-    let rebuilt = match (force, w.found()) {
+    let why = match (force, w.found()) {
         (Some(why), _) => Some(why.to_owned()),
         (None, Err(e)) => Some(e.to_string()),
         (None, Ok(mark)) if mark.through > end => Some(format!(
@@ -37,13 +52,35 @@ pub(super) fn catch_up<E: From<ReadError> + From<IndexError>>(
         }
         (None, Ok(_)) => None,
     };
-    if rebuilt.is_some() {
+    if why.is_some() {
         w.clear()?;
+        w.commit()?;
     }
+    Ok(why)
+}
+
+/// Records indexed between commits while filling, so a long rebuild shows progress to
+/// searches as well as to the log.
+const FILL_COMMIT_EVERY: u64 = 10_000;
+
+/// Adds every record after the index's mark, up to the end of the log as it is now,
+/// committing every [`FILL_COMMIT_EVERY`] records (`committed(through)` after each) and
+/// at the end. `progress(done_seq, last_seq)` is called at each commit. Returns the
+/// records added.
+pub(super) fn fill<E: From<ReadError> + From<IndexError>>(
+    reader: &ArchiveReader,
+    w: &mut BlindIndexWriter,
+    progress: &mut dyn FnMut(u64, u64),
+    committed: &mut dyn FnMut(u64),
+) -> Result<u64, E> {
+    let end = reader.chain_end()?;
     let from = w.indexed_through() + 1;
     let mut indexed = 0u64;
     if from <= end {
         reader.scan(from, |e| {
+            if e.seq > end {
+                return Ok(());
+            }
             if let Some(record) = e.record {
                 w.add(&Appended {
                     record,
@@ -52,22 +89,21 @@ pub(super) fn catch_up<E: From<ReadError> + From<IndexError>>(
                     head: e.head,
                 })?;
                 indexed += 1;
-                if indexed.is_multiple_of(10_000) {
+                if indexed.is_multiple_of(FILL_COMMIT_EVERY) {
+                    w.commit()?;
+                    committed(w.indexed_through());
                     progress(e.seq, end);
                 }
             }
             Ok::<(), E>(())
         })?;
     }
-    if w.is_dirty() || rebuilt.is_some() {
+    if w.is_dirty() {
         w.commit()?;
     }
+    committed(w.indexed_through());
     progress(end, end);
-    Ok(IndexCatchUp {
-        rebuilt,
-        indexed,
-        through: w.indexed_through(),
-    })
+    Ok(indexed)
 }
 
 /// What bringing the index up to the log did.

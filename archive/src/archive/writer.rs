@@ -229,27 +229,16 @@ impl Archive {
                 index_writer(&dir, &reader, &cfg.master_key)?
             }
         };
-        // The log is the source of truth: index whatever the last run did not commit,
-        // and rebuild an index that is not this log's.
-        if let Err(why) = indexer.found() {
-            tracing::warn!(reason = %why, "search index rebuilding from the log");
+        // The log is the source of truth. An index that is not this log's is emptied
+        // here, at once; filling it (or catching up one that is behind) is the indexer
+        // thread's first job, while the archive already serves: until it is done,
+        // every search says which records it has not seen.
+        if let Some(why) = trust_or_clear::<OpenError>(&reader, &mut indexer, None)? {
+            tracing::warn!(reason = %why, "search index emptied; rebuilding it from the log");
         }
-        let done = catch_up::<OpenError>(&reader, &mut indexer, None, &mut |done, last| {
-            if done < last {
-                tracing::info!(done, last, "search index catching up with the log");
-            }
-        })?;
-        match &done.rebuilt {
-            Some(why) => {
-                tracing::warn!(reason = %why, records = done.indexed, "search index rebuilt from the log")
-            }
-            None if done.indexed > 0 => tracing::info!(
-                records = done.indexed,
-                "search index caught up with the log"
-            ),
-            None => {}
-        }
-        let indexed = Arc::new(AtomicU64::new(done.through));
+        let indexed = Arc::new(AtomicU64::new(indexer.indexed_through()));
+        let fill_reader =
+            ArchiveReader::from_parts(dir.clone(), storage.clone(), cfg.master_key.clone())?;
         let log_end = Arc::new(AtomicU64::new(log.next_seq() - 1));
         let mut first_batch = Vec::new();
         if let Some(cut) = &cut {
@@ -275,7 +264,7 @@ impl Archive {
             .name("custos-indexer".into())
             .spawn({
                 let indexed = indexed.clone();
-                move || indexer_loop(indexer, irx, h2, indexed)
+                move || indexer_loop(indexer, fill_reader, irx, h2, indexed)
             })
             .map_err(OpenError::Thread)?;
         let ih = inbox_health.clone();
@@ -637,32 +626,74 @@ fn shred_segment(
 
 fn indexer_loop(
     mut idx: BlindIndexWriter,
+    reader: ArchiveReader,
     rx: Receiver<IndexCmd>,
     health: Arc<Mutex<Option<String>>>,
     indexed: Arc<AtomicU64>,
 ) {
     let set = |e: Option<String>| *health.lock().unwrap_or_else(|p| p.into_inner()) = e;
+    // First what the log holds beyond the index's mark; appends queued meanwhile are
+    // skipped by `add` up to where the fill reached.
+    let started = Instant::now();
+    let filled = fill::<OpenError>(
+        &reader,
+        &mut idx,
+        &mut |done, last| {
+            if done < last {
+                tracing::info!(done, last, "search index catching up with the log");
+            }
+        },
+        &mut |through| indexed.store(through, Ordering::Release),
+    );
+    // After a failure nothing more is added: a later record must never move the mark
+    // past one that is missing. The next open catches up from the last commit.
+    let mut broken = match filled {
+        Ok(0) => false,
+        Ok(n) => {
+            tracing::info!(
+                records = n,
+                seconds = started.elapsed().as_secs_f64(),
+                "search index caught up with the log"
+            );
+            false
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "search index cannot catch up with the log");
+            set(Some(format!("catching up with the log: {e}")));
+            true
+        }
+    };
     let mut last_commit = Instant::now();
     loop {
         match rx.recv_timeout(INDEX_COMMIT_INTERVAL) {
-            Ok(IndexCmd::Add(v)) => {
+            Ok(IndexCmd::Add(v)) if !broken => {
                 for a in &v {
                     if let Err(e) = idx.add(a) {
                         set(Some(e.to_string()));
+                        broken = true;
+                        break;
                     }
                 }
             }
+            Ok(IndexCmd::Add(_)) => {}
             Ok(IndexCmd::Close(done)) => {
-                let _ = done.send(idx.finish().map_err(|e| e.to_string()));
+                let r = if broken {
+                    Ok(())
+                } else {
+                    idx.finish().map_err(|e| e.to_string())
+                };
+                let _ = done.send(r);
                 return;
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
-                let _ = idx.finish();
+                if !broken {
+                    let _ = idx.finish();
+                }
                 return;
             }
         }
-        if idx.is_dirty() && last_commit.elapsed() >= INDEX_COMMIT_INTERVAL {
+        if !broken && idx.is_dirty() && last_commit.elapsed() >= INDEX_COMMIT_INTERVAL {
             match idx.commit() {
                 Ok(()) => {
                     indexed.store(idx.indexed_through(), Ordering::Release);
