@@ -14,6 +14,7 @@
 //! query ─▶ parse ─▶ HMAC each term ─▶ tantivy query ─▶ (seq, seg, off) ─▶ log ─▶ decrypt
 //! ```
 
+use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::Path;
 
@@ -263,12 +264,14 @@ fn open_or_create(dir: &Path) -> Result<Index, IndexError> {
 }
 
 /// What an index says it covers, read without opening a writer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Coverage {
     /// Every record with seq ≤ `mark.through` is in the last commit.
     pub mark: Mark,
     /// Documents (one per message record) in the last commit.
     pub docs: u64,
+    /// The documents by the log segment they point into.
+    pub by_segment: BTreeMap<u64, Placed>,
 }
 
 /// Reads the coverage of the index in `dir` for archive `archive_id`. An index that does
@@ -297,14 +300,60 @@ pub fn coverage(
         )));
     }
     let reader = index.reader()?;
-    let docs = reader.searcher().num_docs();
-    Ok(Coverage { mark, docs })
+    let searcher = reader.searcher();
+    let docs = searcher.num_docs();
+    let (_, f) = schema();
+    let mut by_segment: BTreeMap<u64, Placed> = BTreeMap::new();
+    for (ord, sr) in searcher.segment_readers().iter().enumerate() {
+        for doc in sr.doc_ids_alive() {
+            let d: TantivyDocument = searcher.doc(tantivy::DocAddress::new(ord as u32, doc))?;
+            let get = |field: Field| d.get_first(field).and_then(|v| v.as_u64()).unwrap_or(0);
+            // Documents past the mark are counted in `docs` only (a writer may have
+            // committed since the mark was read).
+            if get(f.seq) > mark.through {
+                continue;
+            }
+            by_segment
+                .entry(get(f.seg))
+                .or_default()
+                .add(get(f.seq), get(f.seg), get(f.off));
+        }
+    }
+    Ok(Coverage {
+        mark,
+        docs,
+        by_segment,
+    })
+}
+
+/// The documents placed in one log segment: how many, and a multiset digest of their
+/// (seq, segment, offset) — the sum of a hash of each, so order does not matter and a
+/// missing, extra, duplicated or moved document changes it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Placed {
+    pub count: u64,
+    pub digest: u128,
+}
+
+impl Placed {
+    pub fn add(&mut self, seq: u64, segment: u64, offset: u64) {
+        let h = crate::segment::sha(&[
+            b"custos-index-placement",
+            &seq.to_be_bytes(),
+            &segment.to_be_bytes(),
+            &offset.to_be_bytes(),
+        ]);
+        let mut low = [0u8; 16];
+        low.copy_from_slice(&h[..16]);
+        self.count += 1;
+        self.digest = self.digest.wrapping_add(u128::from_be_bytes(low));
+    }
 }
 
 /// What tantivy's own checksums do not cover, checked byte for byte: `meta.json` is
 /// exactly what tantivy writes for the metadata it holds, with Custos's schema and
 /// settings; every segment file's footer names this tantivy version; and, at rest (no
-/// writer between its steps), `.managed.json` lists exactly the files present.
+/// writer between its steps), `.managed.json` lists every file present.
 fn check_files(dir: &Path, meta: &tantivy::IndexMeta, at_rest: bool) -> Result<(), String> {
     let mut canonical = serde_json::to_vec_pretty(meta).map_err(|e| e.to_string())?;
     canonical.push(b'\n');
@@ -342,12 +391,12 @@ fn check_files(dir: &Path, meta: &tantivy::IndexMeta, at_rest: bool) -> Result<(
         if managed != canonical {
             return Err(".managed.json is not as tantivy wrote it".into());
         }
+        // tantivy lists a file before it writes it and unlists it after deleting it,
+        // so a crash can leave a listed file missing; an unlisted file is never its own.
         let listed: std::collections::BTreeSet<String> = listed.into_iter().collect();
-        if listed != present {
-            let odd: Vec<&String> = listed.symmetric_difference(&present).collect();
-            return Err(format!(
-                ".managed.json and the directory disagree about {odd:?}"
-            ));
+        let unlisted: Vec<&String> = present.difference(&listed).collect();
+        if !unlisted.is_empty() {
+            return Err(format!(".managed.json does not list {unlisted:?}"));
         }
     }
     Ok(())
@@ -412,6 +461,8 @@ impl BlindIndexWriter {
         let (_, fields) = schema();
         let found = meta_mark(&index.load_metas()?, master, &archive_id);
         let writer = index.writer_with_num_threads(1, WRITER_MEMORY)?;
+        // Files a killed writer left behind (registered, never committed) go now.
+        writer.garbage_collect_files().wait()?;
         Ok(BlindIndexWriter {
             writer,
             index,

@@ -71,6 +71,12 @@ pub struct VerifyReport {
     /// The chain head after the record with seq equal to the index's mark.
     #[serde(skip)]
     pub(crate) head_at_upto: Option<segment::Hash>,
+    /// Message records up to the index's mark, by segment, as the index places them.
+    #[serde(skip)]
+    pub(crate) placed_upto: std::collections::BTreeMap<u64, crate::index::Placed>,
+    /// Segments whose data key is gone.
+    #[serde(skip)]
+    pub(crate) keyless: std::collections::BTreeSet<u64>,
 }
 
 impl VerifyReport {
@@ -124,21 +130,13 @@ fn check_index(
     coverage: Result<crate::index::Coverage, crate::index::IndexError>,
     writer_running: bool,
 ) {
-    let mut problem = |what: String| {
-        r.problems.push(Problem {
-            segment: None,
-            offset: None,
-            seq: None,
-            what: format!("search index: {what}"),
-        })
-    };
     let c = match coverage {
         Ok(c) => c,
-        Err(e) => return problem(format!("{e} (run custos reindex)")),
+        Err(e) => return index_problem(r, format!("{e} (run custos reindex)")),
     };
     let through = c.mark.through;
     if through > r.last_seq {
-        return problem(format!(
+        return index_problem(r, format!(
             "claims to cover seq {through} but the log ends at seq {} (an index of another time or archive; run custos reindex)",
             r.last_seq
         ));
@@ -149,14 +147,38 @@ fn check_index(
         r.head_at_upto
     };
     if head != Some(c.mark.head) {
-        return problem(format!(
+        return index_problem(r, format!(
             "its chain head at seq {through} is not this log's (indexed from another chain, or the log was rewritten; run custos reindex)"
         ));
+    }
+    // Per log segment, the documents must be exactly its messages up to the mark (a
+    // segment without its key cannot be checked: its records cannot be read).
+    let segments: std::collections::BTreeSet<u64> = c
+        .by_segment
+        .keys()
+        .chain(r.placed_upto.keys())
+        .copied()
+        .filter(|s| !r.keyless.contains(s))
+        .collect();
+    for seg in segments {
+        let index = c.by_segment.get(&seg).copied().unwrap_or_default();
+        let log = r.placed_upto.get(&seg).copied().unwrap_or_default();
+        if index != log {
+            r.problems.push(Problem {
+                segment: Some(seg),
+                offset: None,
+                seq: None,
+                what: format!(
+                    "search index: its {} document(s) for this segment are not the segment's {} message(s) up to seq {through} (documents removed, added, duplicated or moved; run custos reindex)",
+                    index.count, log.count
+                ),
+            });
+        }
     }
     let messages = r.messages_upto;
     // Shredded records cannot be told apart: their documents may or may not be there.
     if c.docs < messages || c.docs > messages + r.unreadable_upto {
-        problem(format!(
+        index_problem(r, format!(
             "holds {} document(s) for the {messages} message(s) up to seq {} (damaged, rolled back or another archive's; run custos reindex)",
             c.docs, through
         ));
@@ -171,13 +193,25 @@ fn check_index(
                 "search index {behind}: the running writer indexes the newest records within a second"
             ));
         } else {
-            problem(format!(
-                "{behind}: records {}..={} are missing from search (run custos reindex)",
-                through + 1,
-                r.last_seq
-            ));
+            index_problem(
+                r,
+                format!(
+                    "{behind}: records {}..={} are missing from search (run custos reindex)",
+                    through + 1,
+                    r.last_seq
+                ),
+            );
         }
     }
+}
+
+fn index_problem(r: &mut VerifyReport, what: String) {
+    r.problems.push(Problem {
+        segment: None,
+        offset: None,
+        seq: None,
+        what: format!("search index: {what}"),
+    })
 }
 
 /// [`verify`] over any storage (without the index check).
@@ -297,6 +331,7 @@ fn walk(
         let shredded = master.is_some() && cipher.is_none();
         if shredded {
             unreadable.entry(id).or_insert(0);
+            r.keyless.insert(id);
         }
         // Continue from the header's claim, so a break is reported once.
         let mut w = SegmentWalk::segment(&bytes, &header);
@@ -332,6 +367,7 @@ fn walk(
                                     && matches!(o.record.content, NewRecord::Message(_))
                                 {
                                     r.messages_upto += 1;
+                                    r.placed_upto.entry(id).or_default().add(seq, id, f.offset);
                                 }
                                 if let NewRecord::Event(EventRecord::Shred { segment, .. }) =
                                     o.record.content

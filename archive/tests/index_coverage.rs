@@ -383,3 +383,56 @@ async fn a_flipped_bit_anywhere_in_the_index_is_found() {
     assert!(tried > 300, "{tried}");
     assert!(problems(&m).is_empty(), "{:?}", problems(&m));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_replaced_inside_the_index_is_found() {
+    // The attacker drives tantivy itself: one message's document is deleted and a
+    // duplicate of another's placement added, so the count stays; then meta.json is
+    // rewritten, canonically, with the old opstamp and the old (authentic) mark.
+    use tantivy::schema::Value;
+    let root = tempfile::tempdir().unwrap();
+    let m = make(root.path());
+    session(&m, 0..20).await;
+    assert!(problems(&m).is_empty());
+    let dir = m.dir.join("index");
+    let index = tantivy::Index::open_in_dir(&dir).unwrap();
+    let old = index.load_metas().unwrap();
+    let schema = index.schema();
+    let (seq, seg, off) = (
+        schema.get_field("seq").unwrap(),
+        schema.get_field("seg").unwrap(),
+        schema.get_field("off").unwrap(),
+    );
+    let reader = index.reader().unwrap();
+    let searcher = reader.searcher();
+    let top = searcher
+        .search(
+            &tantivy::query::AllQuery,
+            &tantivy::collector::TopDocs::with_limit(2),
+        )
+        .unwrap();
+    let docs: Vec<tantivy::TantivyDocument> =
+        top.iter().map(|(_, a)| searcher.doc(*a).unwrap()).collect();
+    let victim = docs[0].get_first(seq).unwrap().as_u64().unwrap();
+    let mut writer: tantivy::IndexWriter = index.writer_with_num_threads(1, 15_000_000).unwrap();
+    writer.delete_term(tantivy::Term::from_field_u64(seq, victim));
+    let mut dup = tantivy::TantivyDocument::default();
+    for field in [seq, seg, off] {
+        dup.add_u64(field, docs[1].get_first(field).unwrap().as_u64().unwrap());
+    }
+    writer.add_document(dup).unwrap();
+    writer.commit().unwrap();
+    writer.wait_merging_threads().unwrap();
+    let mut meta = index.load_metas().unwrap();
+    meta.opstamp = old.opstamp;
+    meta.payload = old.payload.clone();
+    let mut bytes = serde_json::to_vec_pretty(&meta).unwrap();
+    bytes.push(b'\n');
+    std::fs::write(dir.join("meta.json"), bytes).unwrap();
+
+    let p = problems(&m);
+    assert!(
+        p.iter().any(|w| w.contains("are not the segment's")),
+        "{p:?}"
+    );
+}
