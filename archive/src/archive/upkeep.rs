@@ -147,6 +147,17 @@ pub fn update_index(
     mut progress: impl FnMut(u64, u64),
 ) -> Result<IndexCatchUp, ReindexError> {
     let reader = ArchiveReader::open(dir, master_key)?;
+    // An index already true to the whole log is left alone: nothing is written, no lock
+    // is taken (a search by another user leaves no files of theirs behind).
+    if let Ok(through) = reader.index_coverage() {
+        if through == reader.chain_end()? {
+            return Ok(IndexCatchUp {
+                rebuilt: None,
+                indexed: 0,
+                through,
+            });
+        }
+    }
     let _lock = take_lock(dir)?;
     let mut w = index_writer(dir, &reader, master_key)?;
     let done = catch_up::<ReindexError>(&reader, &mut w, None, &mut progress)?;
