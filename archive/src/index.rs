@@ -303,6 +303,7 @@ pub fn coverage(
     let searcher = reader.searcher();
     let docs = searcher.num_docs();
     let (_, f) = schema();
+    let key = placement_key(master, archive_id);
     let mut by_segment: BTreeMap<u64, Placed> = BTreeMap::new();
     for (ord, sr) in searcher.segment_readers().iter().enumerate() {
         for doc in sr.doc_ids_alive() {
@@ -316,7 +317,7 @@ pub fn coverage(
             by_segment
                 .entry(get(f.seg))
                 .or_default()
-                .add(get(f.seq), get(f.seg), get(f.off));
+                .add(&key, get(f.seq), get(f.seg), get(f.off));
         }
     }
     Ok(Coverage {
@@ -327,22 +328,30 @@ pub fn coverage(
 }
 
 /// The documents placed in one log segment: how many, and a multiset digest of their
-/// (seq, segment, offset) — the sum of a hash of each, so order does not matter and a
-/// missing, extra, duplicated or moved document changes it.
+/// (seq, segment, offset) — the sum of a keyed hash of each ([`placement_key`]), so order
+/// does not matter, a missing, extra, duplicated or moved document changes it, and
+/// without the master key nobody can compute the element hashes to make a sum match.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Placed {
     pub count: u64,
     pub digest: u128,
 }
 
+/// The key of the placement digest, derived from the master key.
+pub fn placement_key(master: &MasterKey, archive_id: &[u8; 16]) -> Zeroizing<[u8; 32]> {
+    master.derive("custos-index-placement-v1", archive_id)
+}
+
 impl Placed {
-    pub fn add(&mut self, seq: u64, segment: u64, offset: u64) {
-        let h = crate::segment::sha(&[
-            b"custos-index-placement",
-            &seq.to_be_bytes(),
-            &segment.to_be_bytes(),
-            &offset.to_be_bytes(),
-        ]);
+    pub fn add(&mut self, key: &[u8; 32], seq: u64, segment: u64, offset: u64) {
+        let h = hmac_sha256(
+            key,
+            &[
+                &seq.to_be_bytes(),
+                &segment.to_be_bytes(),
+                &offset.to_be_bytes(),
+            ],
+        );
         let mut low = [0u8; 16];
         low.copy_from_slice(&h[..16]);
         self.count += 1;

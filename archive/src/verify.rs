@@ -256,6 +256,7 @@ fn walk(
             return r;
         }
     };
+    let placement = master_key.map(|m| crate::index::placement_key(m, &meta.archive_id));
     let master = match master_key {
         Some(m) if m.check_value(&meta.archive_id) != meta.key_check => {
             problem(
@@ -367,7 +368,12 @@ fn walk(
                                     && matches!(o.record.content, NewRecord::Message(_))
                                 {
                                     r.messages_upto += 1;
-                                    r.placed_upto.entry(id).or_default().add(seq, id, f.offset);
+                                    if let Some(k) = &placement {
+                                        r.placed_upto
+                                            .entry(id)
+                                            .or_default()
+                                            .add(k, seq, id, f.offset);
+                                    }
                                 }
                                 if let NewRecord::Event(EventRecord::Shred { segment, .. }) =
                                     o.record.content
