@@ -436,3 +436,34 @@ async fn a_document_replaced_inside_the_index_is_found() {
         "{p:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_over_a_shredded_segment_shows_what_is_left() {
+    let root = tempfile::tempdir().unwrap();
+    let m = make(root.path());
+    session(&m, 0..5).await;
+    let a = Archive::open(ArchiveConfig::new(
+        m.dir.clone(),
+        m.master.clone(),
+        m.signing.clone(),
+    ))
+    .unwrap();
+    a.append(message(5)).await.unwrap();
+    a.shred_segment(1, "retention expired", "retention default 6y", "test")
+        .await
+        .unwrap();
+    // The shredded records' documents are still in the index: the search must not fail
+    // on them, and shows the one message that is left.
+    let mut left = Vec::new();
+    for _ in 0..100 {
+        let s = a.search_covered("coverage", 100).unwrap();
+        if s.uncovered.is_none() {
+            left = s.hits;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0].body.as_deref(), Some("coverage message 5"));
+    a.close().await.unwrap();
+}

@@ -125,7 +125,12 @@ impl ArchiveReader {
         };
         let mut hits = Vec::with_capacity(located.len());
         for l in located.iter().rev() {
-            let rec = self.record_at(l.segment, l.offset)?;
+            let rec = match self.record_at(l.segment, l.offset) {
+                // Crypto-shredded by a signed shred record: the record no longer exists
+                // to show, though its document may remain in the index.
+                Err(ReadError::Shredded { .. }) => continue,
+                other => other?,
+            };
             if rec.seq.0 != l.seq {
                 return Err(ReadError::Corrupt {
                     segment: l.segment,
@@ -137,6 +142,14 @@ impl ArchiveReader {
             hits.extend(Hit::from_record(rec));
         }
         Ok(hits)
+    }
+
+    /// Drops the cached header and cipher of segment `id` (after its key was destroyed).
+    pub(super) fn forget_segment(&self, id: u64) {
+        self.segments
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
     }
 
     pub(super) fn segment(&self, id: u64) -> Result<SegmentAccess, ReadError> {

@@ -342,7 +342,10 @@ impl Archive {
             ))
             .map_err(|_| ShredError::Closed)?;
         }
-        ack_rx.await.map_err(|_| ShredError::Closed)?
+        let receipt = ack_rx.await.map_err(|_| ShredError::Closed)??;
+        // The key is gone from disk; it must not live on in this process's cache either.
+        self.inner.reader.forget_segment(segment);
+        Ok(receipt)
     }
 
     /// Appends a record; resolves only once it is durable (fsynced), with the
