@@ -355,7 +355,18 @@ fn prosody_log_records_configuration_problems() -> TestResult {
     // Prosody logs the missing module but keeps running; the ports still
     // open, so this start succeeds and the log must name the module.
     let prosody = Prosody::start(dir.path(), &ca, opts)?;
-    assert!(prosody.log_tail().contains("custos_no_such_module"));
+    // The ports can open before the module error reaches the log file: wait for it, boundedly.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !prosody.log_tail().contains("custos_no_such_module")
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        prosody.log_tail().contains("custos_no_such_module"),
+        "{}",
+        prosody.log_tail()
+    );
     Ok(())
 }
 
