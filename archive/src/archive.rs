@@ -12,6 +12,7 @@
 //! the index true to the log), `lock`, `errors`, `search` (results).
 
 mod errors;
+mod expiry;
 mod lock;
 mod reader;
 mod search;
@@ -20,6 +21,7 @@ mod upkeep;
 mod writer;
 
 pub use errors::*;
+pub use expiry::*;
 pub use lock::*;
 pub use reader::*;
 pub use search::*;

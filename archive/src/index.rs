@@ -31,7 +31,7 @@ use zeroize::Zeroizing;
 use crate::keys::{hmac_sha256, MasterKey};
 use crate::log::Appended;
 use crate::query::{self, Clause, JidField, Query};
-use crate::record::NewRecord;
+use crate::record::{EventRecord, NewRecord};
 use crate::segment::Hash;
 
 /// Memory budget for the single indexing thread (tantivy needs ≥ 15 MB).
@@ -99,7 +99,8 @@ fn schema() -> (Schema, Fields) {
     let mut b = Schema::builder();
     let f = Fields {
         seq: b.add_u64_field("seq", INDEXED | STORED | FAST),
-        seg: b.add_u64_field("seg", STORED),
+        // Indexed so a shredded segment's documents can be deleted by one term.
+        seg: b.add_u64_field("seg", INDEXED | STORED),
         off: b.add_u64_field("off", STORED),
         time: b.add_i64_field("time", INDEXED | FAST),
         text: b.add_text_field("text", TEXT),
@@ -254,6 +255,8 @@ pub struct BlindIndexWriter {
     mark: Mark,
     found: Result<Mark, IndexError>,
     dirty: bool,
+    /// A shred was indexed: purge deleted documents after the next commit.
+    purge: bool,
 }
 
 fn open_or_create(dir: &Path) -> Result<Index, IndexError> {
@@ -482,6 +485,7 @@ impl BlindIndexWriter {
             mark: found.as_ref().copied().unwrap_or_default(),
             found,
             dirty: false,
+            purge: false,
         })
     }
 
@@ -521,6 +525,13 @@ impl BlindIndexWriter {
             through: a.record.seq.0,
             head: a.head,
         };
+        if let NewRecord::Event(EventRecord::Shred { segment, .. }) = &a.record.content {
+            // The shredded records go from the index too: deleted now, and their terms
+            // purged from the files by the merge after the next commit.
+            self.writer
+                .delete_term(Term::from_field_u64(self.fields.seg, *segment));
+            self.purge = true;
+        }
         let NewRecord::Message(m) = &a.record.content else {
             self.mark = advance;
             self.dirty = true;
@@ -593,6 +604,27 @@ impl BlindIndexWriter {
         ));
         pc.commit()?;
         self.dirty = false;
+        if std::mem::take(&mut self.purge) {
+            self.purge_deleted()?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites every index segment holding deleted documents without them (the merge
+    /// keeps the commit's opstamp and mark), then removes the old files: a shredded
+    /// record's blinded terms leave the disk, not just the results.
+    fn purge_deleted(&mut self) -> Result<(), IndexError> {
+        let ids: Vec<tantivy::index::SegmentId> = self
+            .index
+            .searchable_segment_metas()?
+            .iter()
+            .filter(|m| m.has_deletes())
+            .map(|m| m.id())
+            .collect();
+        if !ids.is_empty() {
+            self.writer.merge(&ids).wait()?;
+        }
+        self.writer.garbage_collect_files().wait()?;
         Ok(())
     }
 

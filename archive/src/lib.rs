@@ -38,6 +38,7 @@ pub mod keys;
 pub mod log;
 pub mod query;
 pub mod record;
+pub mod retention;
 pub mod segment;
 pub mod storage;
 pub mod time;
@@ -47,8 +48,9 @@ pub mod witness;
 
 pub use archive::{
     reindex, update_index, AppendError, AppendReceipt, Archive, ArchiveConfig, ArchiveReader,
-    ChainEntry, CloseError, Hit, IndexCatchUp, OpenError, ReadError, ReindexError, SearchError,
-    Searched, ShredError, TailCursor, Uncovered, WRITER_LOCK,
+    ChainEntry, CloseError, ErasureGroup, ErasureReport, ExpiryError, ExpiryPlan, ExpiryReport,
+    Hit, IndexCatchUp, OpenError, ReadError, ReindexError, SearchError, Searched, SegmentPlan,
+    ShredError, ShredSeen, TailCursor, Uncovered, WRITER_LOCK,
 };
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use export::{
@@ -62,4 +64,4 @@ pub use record::{
     Outcome, Record, RecordSeq, SessionId, Text, Via,
 };
 pub use time::Timestamp;
-pub use verify::{verify, verify_witnessed, Problem, VerifyReport};
+pub use verify::{verify, verify_witnessed, Problem, ShredReport, VerifyReport};

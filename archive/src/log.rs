@@ -11,7 +11,7 @@
 //! ```
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aes_gcm::aead::KeyInit;
 use aes_gcm::Aes256Gcm;
@@ -162,7 +162,10 @@ struct Active {
     header: [u8; HEADER_LEN],
     handle: Box<dyn AppendHandle>,
     len: u64,
-    created: Instant,
+    /// Milliseconds since the epoch when it was started: its time window.
+    created_ms: i64,
+    /// The retention class of its records (`None` until the first one).
+    class: Option<String>,
     cipher: Aes256Gcm,
 }
 
@@ -180,6 +183,8 @@ pub struct LogWriter {
     since_checkpoint: u64,
     /// Where every checkpoint is also appended, outside the archive directory.
     witness: Option<WitnessWriter>,
+    /// The seq of the last hold record this writer appended (0: none since open).
+    last_hold_seq: u64,
 }
 
 pub(crate) fn read_meta(storage: &dyn Storage) -> Result<Option<Meta>, LogOpenError> {
@@ -505,6 +510,7 @@ impl LogWriter {
             last_time,
             since_checkpoint: 0,
             witness,
+            last_hold_seq: 0,
         };
         Ok((writer, cut))
     }
@@ -530,20 +536,69 @@ impl LogWriter {
     }
 
     /// The seq the next record will get.
+    /// The seq of the last hold record appended since open (0 if none).
+    pub fn last_hold_seq(&self) -> u64 {
+        self.last_hold_seq
+    }
+
     pub fn next_seq(&self) -> u64 {
         self.next_seq
     }
 
     /// Encrypts, chains and durably appends a batch with one write and one
-    /// sync. On error nothing in the batch may be acknowledged and the writer
-    /// must not be used again (the file may hold part of the batch).
+    /// sync per segment it lands in. A segment holds records of one retention class
+    /// from one time window (`segment_max_age`, aligned to the epoch), so a record of
+    /// another class or a new window first seals the active segment and starts the
+    /// next. On error nothing in the batch may be acknowledged and the writer must not
+    /// be used again (the file may hold part of the batch).
     pub fn append_batch(&mut self, batch: Vec<NewRecord>) -> Result<Vec<Appended>, LogWriteError> {
+        let time = Timestamp(Timestamp::now().0.max(self.last_time));
+        if self.active.class.is_some() && self.window(time.0) != self.window(self.active.created_ms)
+        {
+            self.roll()?;
+        }
+        let mut out = Vec::with_capacity(batch.len());
+        let mut run = Vec::with_capacity(batch.len());
+        for content in batch {
+            let class = crate::retention::record_class(&content, self.active.class.as_deref());
+            if self.active.class.as_deref().is_some_and(|c| c != class) {
+                out.extend(self.append_run(std::mem::take(&mut run), time)?);
+                self.roll()?;
+            }
+            self.active.class = Some(class);
+            run.push(content);
+        }
+        out.extend(self.append_run(run, time)?);
+        Ok(out)
+    }
+
+    /// The time window a moment falls in.
+    fn window(&self, ms: i64) -> i64 {
+        let age = i64::try_from(self.limits.segment_max_age.as_millis())
+            .unwrap_or(i64::MAX)
+            .max(1);
+        ms.div_euclid(age)
+    }
+
+    /// Appends records that all go to the active segment: one write, one sync.
+    fn append_run(
+        &mut self,
+        batch: Vec<NewRecord>,
+        time: Timestamp,
+    ) -> Result<Vec<Appended>, LogWriteError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut buf = Vec::with_capacity(batch.len() * 512);
         let mut out = Vec::with_capacity(batch.len());
         let mut seq = self.next_seq;
         let mut head = self.head;
-        let time = Timestamp(Timestamp::now().0.max(self.last_time));
         for content in batch {
+            if let NewRecord::Event(EventRecord::Audit { action, .. }) = &content {
+                if action.starts_with("hold.") {
+                    self.last_hold_seq = seq;
+                }
+            }
             let record = Record {
                 seq: RecordSeq(seq),
                 time,
@@ -650,11 +705,17 @@ impl LogWriter {
     /// age limit. Returns whether it rolled.
     pub fn maybe_roll(&mut self) -> Result<bool, LogWriteError> {
         let full = self.active.len >= self.limits.segment_max_bytes;
-        let old = self.active.created.elapsed() >= self.limits.segment_max_age
+        let old = self.window(Timestamp::now().0) != self.window(self.active.created_ms)
             && self.active.len > HEADER_LEN as u64;
         if !(full || old) {
             return Ok(false);
         }
+        self.roll()?;
+        Ok(true)
+    }
+
+    /// Seals the active segment and starts the next.
+    fn roll(&mut self) -> Result<(), LogWriteError> {
         self.seal_active()?;
         let id = self.active.id + 1;
         self.active = start_segment(
@@ -666,7 +727,7 @@ impl LogWriter {
             &self.head,
         )?;
         self.since_checkpoint = 0;
-        Ok(true)
+        Ok(())
     }
 
     fn seal_active(&mut self) -> Result<(), LogWriteError> {
@@ -707,12 +768,13 @@ fn start_segment(
         wrap_data_key(master, archive_id, id, &data_key).map_err(LogWriteError::Random)?;
     // The key is durable before any record encrypted under it exists.
     storage.put_new(&segment::key_name(id), &wrapped)?;
+    let created_ms = Timestamp::now().0;
     let header = SegmentHeader {
         archive_id: *archive_id,
         segment: id,
         first_seq,
         prev_head: *prev_head,
-        created_ms: Timestamp::now().0,
+        created_ms,
     }
     .encode();
     let mut handle = storage.create(&segment::segment_name(id))?;
@@ -725,7 +787,8 @@ fn start_segment(
         header,
         handle,
         len: HEADER_LEN as u64,
-        created: Instant::now(),
+        created_ms,
+        class: None,
         cipher,
     })
 }

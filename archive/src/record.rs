@@ -1,5 +1,5 @@
-//! The record model and its canonical binary encoding (format version 2; version 1
-//! records still decode).
+//! The record model and its canonical binary encoding (format version 3; versions 1
+//! and 2 still decode).
 //!
 //! The encoding is the "canonical plaintext" that the hash chain commits to, so
 //! it must be deterministic: fixed field order, big-endian integers, `u32`
@@ -10,7 +10,10 @@
 use crate::time::Timestamp;
 
 /// Format version of the canonical encoding written today.
-pub const RECORD_VERSION: u8 = 2;
+pub const RECORD_VERSION: u8 = 3;
+/// Format 2: messages without a retention class. Still decoded (class empty, meaning
+/// `default`), never written.
+pub const RECORD_VERSION_2: u8 = 2;
 /// The first format: messages without [`Capture`] fields. Still decoded (as a
 /// message with `Capture::default()`), never written.
 pub const RECORD_VERSION_1: u8 = 1;
@@ -169,6 +172,9 @@ pub struct Capture {
     /// A `from` the client wrote that is not its session's JID (the stanza
     /// was refused; `from` holds the proven sender).
     pub claimed_from: Option<String>,
+    /// The retention class fixed when the copy was written (format 3; empty means
+    /// `default`). See `docs/retention.md`.
+    pub retention_class: String,
 }
 
 /// The policy outcome stored with a message.
@@ -406,7 +412,7 @@ impl Record {
     pub fn decode(bytes: &[u8]) -> Result<Record, DecodeError> {
         let mut r = Reader { b: bytes };
         let version = r.u8()?;
-        if version != RECORD_VERSION && version != RECORD_VERSION_1 {
+        if !(RECORD_VERSION_1..=RECORD_VERSION).contains(&version) {
             return Err(DecodeError::Version(version));
         }
         let seq = RecordSeq(r.u64()?);
@@ -456,7 +462,11 @@ impl Record {
                     Capture::default()
                 } else {
                     outcome.would_action = r.opt_action()?;
-                    r.capture()?
+                    let mut c = r.capture()?;
+                    if version >= RECORD_VERSION {
+                        c.retention_class = r.str()?;
+                    }
+                    c
                 };
                 NewRecord::Message(MessageRecord {
                     direction,
@@ -500,7 +510,7 @@ impl Record {
                 detail: r.str()?,
             }),
             // Shredding came with format 2: a version 1 record never holds one.
-            K_SHRED if version == RECORD_VERSION => NewRecord::Event(EventRecord::Shred {
+            K_SHRED if version >= RECORD_VERSION_2 => NewRecord::Event(EventRecord::Shred {
                 segment: r.u64()?,
                 reason: r.str()?,
                 authority: r.str()?,
@@ -579,6 +589,7 @@ fn put_capture(w: &mut Vec<u8>, outcome: &Outcome, c: &Capture) {
         }
     }
     put_opt(w, &c.claimed_from);
+    put_str(w, &c.retention_class);
 }
 
 fn put_u32(w: &mut Vec<u8>, n: usize) {
@@ -701,6 +712,7 @@ impl<'a> Reader<'a> {
             extra,
             edit,
             claimed_from: self.opt()?,
+            retention_class: String::new(),
         })
     }
     fn opt(&mut self) -> Result<Option<String>, DecodeError> {
@@ -833,10 +845,18 @@ pub(crate) mod tests {
             o(),
             proptest::collection::vec(text, 0..3),
             proptest::option::of(edit),
-            o(),
+            (o(), s()),
         )
             .prop_map(
-                |(via, account, identity, delivered_identity, extra, edit, claimed_from)| Capture {
+                |(
+                    via,
+                    account,
+                    identity,
+                    delivered_identity,
+                    extra,
+                    edit,
+                    (claimed_from, retention_class),
+                )| Capture {
                     via: [Via::Direct, Via::CarbonSent, Via::CarbonReceived, Via::Mam]
                         [via as usize],
                     account,
@@ -845,6 +865,7 @@ pub(crate) mod tests {
                     extra,
                     edit,
                     claimed_from,
+                    retention_class,
                 },
             )
     }
@@ -901,8 +922,9 @@ pub(crate) mod tests {
         // A version 1 message is the version 2 one without its tail.
         let mut v1 = rec.encode();
         v1[0] = RECORD_VERSION_1;
-        let tail = 1 + 1 + 4 + 4 + 4 + 1 + 1; // would, via, account, identity, delivered_identity, extra, edit, claimed_from
-        v1.truncate(v1.len() - tail - 1);
+        // would, via, account, identity, delivered_identity, extra, edit, claimed_from, class
+        let tail = 1 + 1 + 4 + 4 + 1 + 4 + 1 + 1 + 4;
+        v1.truncate(v1.len() - tail);
         assert_eq!(Record::decode(&v1).unwrap(), rec);
         if let NewRecord::Message(m) = &mut rec.content {
             m.capture.via = Via::Mam;

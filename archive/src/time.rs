@@ -31,6 +31,22 @@ impl Timestamp {
         self.0
     }
 
+    /// The same UTC date and time `years` later; 29 February becomes 1 March when the
+    /// later year has none (never earlier than a full count of years).
+    pub fn plus_years(self, years: u32) -> Timestamp {
+        let days = self.0.div_euclid(86_400_000);
+        let ms_of_day = self.0.rem_euclid(86_400_000);
+        let (y, m, d) = civil_from_days(days);
+        let y2 = y + i64::from(years);
+        let (m2, d2) = if d > days_in_month(y2, m) {
+            (m + 1, 1)
+        } else {
+            (m, d)
+        };
+        let day = days_from_civil(y2, m2, d2);
+        Timestamp(day.saturating_mul(86_400_000).saturating_add(ms_of_day))
+    }
+
     /// Parses `YYYY-MM-DD` (midnight UTC) or an RFC 3339 date-time with `Z` or
     /// a `±HH:MM` offset and optional fractional seconds (kept to milliseconds).
     pub fn parse(s: &str) -> Result<Timestamp, TimeParseError> {

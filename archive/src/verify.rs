@@ -58,6 +58,8 @@ pub struct VerifyReport {
     pub problems: Vec<Problem>,
     /// Not problems: e.g. an in-progress write at the tail of the active segment.
     pub notes: Vec<String>,
+    /// Shredded segments and the records that authorised them.
+    pub shreds: Vec<ShredReport>,
     /// Checkpoints the log reaches intact: (segment, seq, head).
     #[serde(skip)]
     pub(crate) reached: Vec<(u64, u64, segment::Hash)>,
@@ -296,8 +298,9 @@ fn walk(
     let last_id = ids.last().copied();
     // Segments whose data key is gone (with their record counts), and the segments a
     // signed shred record allows to be gone.
-    let mut unreadable: std::collections::BTreeMap<u64, u64> = Default::default();
-    let mut shred_records: std::collections::BTreeSet<u64> = Default::default();
+    let mut unreadable: std::collections::BTreeMap<u64, (u64, u64, u64)> = Default::default();
+    let mut shred_records: std::collections::BTreeMap<u64, (u64, crate::record::Record)> =
+        Default::default();
     for (id, bytes) in segments {
         let Some(bytes) = bytes else { continue };
         r.segments += 1;
@@ -331,7 +334,7 @@ fn walk(
         };
         let shredded = master.is_some() && cipher.is_none();
         if shredded {
-            unreadable.entry(id).or_insert(0);
+            unreadable.entry(id).or_insert((0, u64::MAX, 0));
             r.keyless.insert(id);
         }
         // Continue from the header's claim, so a break is reported once.
@@ -378,7 +381,7 @@ fn walk(
                                 if let NewRecord::Event(EventRecord::Shred { segment, .. }) =
                                     o.record.content
                                 {
-                                    shred_records.insert(segment);
+                                    shred_records.entry(segment).or_insert((seq, o.record));
                                 }
                             }
                         }
@@ -387,8 +390,10 @@ fn walk(
                         if seq <= count_upto {
                             r.unreadable_upto += 1;
                         }
-                        if let Some(n) = unreadable.get_mut(&id) {
+                        if let Some((n, first, last)) = unreadable.get_mut(&id) {
                             *n += 1;
+                            *first = (*first).min(seq);
+                            *last = seq;
                         }
                     }
                     if seq == count_upto {
@@ -432,8 +437,12 @@ fn walk(
     }
     r.head = pos.head.iter().map(|b| format!("{b:02x}")).collect();
     // Destroying a key is legitimate only as a signed act recorded in the chain.
-    for (segment, records) in unreadable {
-        if !shred_records.contains(&segment) {
+    for (segment, (records, first, last)) in unreadable {
+        if let Some((seq, rec)) = shred_records.get(&segment) {
+            check_shred(&mut r, segment, (records, first, last), *seq, rec);
+            continue;
+        }
+        {
             problem(
                 &mut r,
                 Some(segment),
@@ -444,6 +453,83 @@ fn walk(
         }
     }
     r
+}
+
+/// A shredded segment, with the signed record that authorised it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ShredReport {
+    pub segment: u64,
+    pub records: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// The seq of the signed shred record.
+    pub by_seq: u64,
+    pub time: String,
+    pub reason: String,
+    pub authority: String,
+    pub actor: String,
+}
+
+/// Records the shred and, for a retention shred, checks that its authority describes
+/// this segment (the seqs and record count the chain shows without the key) and that it
+/// was written no earlier than the due date it states.
+fn check_shred(
+    r: &mut VerifyReport,
+    segment: u64,
+    seen: (u64, u64, u64),
+    seq: u64,
+    rec: &crate::record::Record,
+) {
+    let NewRecord::Event(EventRecord::Shred {
+        reason,
+        authority,
+        actor,
+        ..
+    }) = &rec.content
+    else {
+        return;
+    };
+    let (records, first_seq, last_seq) = seen;
+    r.shreds.push(ShredReport {
+        segment,
+        records,
+        first_seq,
+        last_seq,
+        by_seq: seq,
+        time: rec.time.to_string(),
+        reason: reason.clone(),
+        authority: authority.clone(),
+        actor: actor.clone(),
+    });
+    if reason != crate::retention::EXPIRY_REASON {
+        return;
+    }
+    let mut bad = |what: String| {
+        r.problems.push(Problem {
+            segment: Some(segment),
+            offset: None,
+            seq: Some(seq),
+            what: format!("retention shred record: {what}"),
+        })
+    };
+    let a: crate::retention::ExpiryAuthority = match serde_json::from_str(&authority) {
+        Ok(a) => a,
+        Err(e) => return bad(format!("its authority is not readable ({e})")),
+    };
+    if (a.first_seq, a.last_seq, a.records) != (first_seq, last_seq, records) {
+        bad(format!(
+            "it names seq {}..={} ({} records) but the segment holds seq {first_seq}..={last_seq} ({records} records)",
+            a.first_seq, a.last_seq, a.records
+        ));
+    }
+    match crate::time::Timestamp::parse(&a.due) {
+        Ok(due) if rec.time >= due => {}
+        Ok(due) => bad(format!(
+            "written at {} before the due date {due} it states",
+            rec.time
+        )),
+        Err(_) => bad(format!("its due date {:?} is not a time", a.due)),
+    }
 }
 
 /// [`verify`], then the archive against its witness (see [`crate::witness`]): every

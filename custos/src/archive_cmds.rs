@@ -26,6 +26,23 @@ pub fn master_key(a: &ArchiveSettings) -> anyhow::Result<MasterKey> {
     })
 }
 
+/// The writer's configuration from `[archive]`: what `serve` and `retention run` open.
+pub fn archive_config(
+    a: &ArchiveSettings,
+    master: MasterKey,
+    signing: custos_archive::SigningKey,
+) -> custos_archive::ArchiveConfig {
+    let mut c = custos_archive::ArchiveConfig::new(a.dir.clone(), master, signing);
+    if let Some(bytes) = a.segment_max_bytes {
+        c.segment_max_bytes = bytes;
+    }
+    if let Some(age) = a.segment_max_age {
+        c.segment_max_age = age;
+    }
+    c.witness = a.witness.clone();
+    c
+}
+
 /// `<signing_key>.pub`, written by `keys init`.
 pub fn public_key(a: &ArchiveSettings) -> anyhow::Result<VerifyingKey> {
     let mut name = a.signing_key.clone().into_os_string();

@@ -99,6 +99,94 @@ pub enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Legal holds: records they cover are never shredded (docs/retention.md).
+    Hold {
+        #[command(subcommand)]
+        command: HoldCommand,
+    },
+    /// Expiry under `[retention]`: shred sealed segments past their retention.
+    Retention {
+        #[command(subcommand)]
+        command: RetentionCommand,
+    },
+    /// Data-subject erasure requests (GDPR Art. 17).
+    Erasure {
+        #[command(subcommand)]
+        command: ErasureCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HoldCommand {
+    /// Place a hold, or change the one of that matter. Criteria combine with AND; at
+    /// least one is needed. Covers messages written later too.
+    Add {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long, value_name = "NAME")]
+        matter: String,
+        /// A custodian (repeatable): messages they sent, received or whose session carried.
+        #[arg(long = "jid", value_name = "JID")]
+        jids: Vec<String>,
+        /// A search query (docs/search-syntax.md).
+        #[arg(long, value_name = "Q")]
+        query: Option<String>,
+        /// From this time on (YYYY-MM-DD or RFC 3339).
+        #[arg(long, value_name = "T")]
+        since: Option<String>,
+        /// Before this time.
+        #[arg(long, value_name = "T")]
+        until: Option<String>,
+        /// Who places it (recorded); default `cli:$USER`.
+        #[arg(long, value_name = "NAME")]
+        actor: Option<String>,
+    },
+    /// Every hold, active and released, with who placed, changed and released it.
+    List {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Release a hold: its records expire again under their retention.
+    Release {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long, value_name = "NAME")]
+        matter: String,
+        #[arg(long, value_name = "NAME")]
+        actor: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RetentionCommand {
+    /// Shred every sealed segment past its retention that no hold touches (the same job
+    /// `serve` runs every `[retention] run_every`). Needs the archive not to be served.
+    Run {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Print what would be shredded and what holds keep; change nothing. Works
+        /// while `serve` runs.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ErasureCommand {
+    /// Every record of a data subject, by retention class and hold, with the date each
+    /// becomes erasable and why it is kept until then. Recorded as an audit record.
+    Report {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long, value_name = "JID")]
+        jid: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_name = "NAME")]
+        actor: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -191,6 +279,43 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     name,
                 },
         } => crate::user_cmds::add(&config, &role, &jids, &name),
+        Command::Hold { command } => match command {
+            HoldCommand::Add {
+                config,
+                matter,
+                jids,
+                query,
+                since,
+                until,
+                actor,
+            } => crate::retention_cmds::hold_add(
+                &config,
+                &matter,
+                &jids,
+                query.as_deref(),
+                since.as_deref(),
+                until.as_deref(),
+                actor,
+            ),
+            HoldCommand::List { config, json } => crate::retention_cmds::hold_list(&config, json),
+            HoldCommand::Release {
+                config,
+                matter,
+                actor,
+            } => crate::retention_cmds::hold_release(&config, &matter, actor),
+        },
+        Command::Retention {
+            command: RetentionCommand::Run { config, dry_run },
+        } => crate::retention_cmds::run(&config, dry_run),
+        Command::Erasure {
+            command:
+                ErasureCommand::Report {
+                    config,
+                    jid,
+                    json,
+                    actor,
+                },
+        } => crate::retention_cmds::erasure_report(&config, &jid, json, actor),
         Command::Policy { command } => match command {
             PolicyCommand::Check { rules } => crate::policy_cmds::check(&rules),
             PolicyCommand::Test { rules, input } => {

@@ -8,6 +8,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use custos_archive::retention::{RetentionPolicy, Span};
 use custos_proxy::negotiation::UpstreamTls;
 use custos_proxy::{Limits, ListenerConfig, ListenerMode, ProxyConfig, UpstreamConfig};
 use serde::Deserialize;
@@ -47,6 +48,25 @@ pub struct RawConfig {
     pub policy: Option<Spanned<RawPolicy>>,
     pub web: Option<Spanned<RawWeb>>,
     pub limits: Option<Spanned<RawLimits>>,
+    pub retention: Option<Spanned<RawRetention>>,
+}
+
+/// A duration: `"90d"`, `"6y"`, `"forever"`, or a number of seconds.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawSpan {
+    Secs(i64),
+    Text(String),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    pub default: Spanned<RawSpan>,
+    #[serde(default)]
+    pub classes: std::collections::BTreeMap<String, Spanned<RawSpan>>,
+    /// How often `serve` runs expiry (default one hour).
+    pub run_every: Option<Spanned<RawSpan>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -78,6 +98,8 @@ pub struct RawArchive {
     pub segment_max_bytes: Option<Spanned<i64>>,
     /// A directory outside `dir` where every signed checkpoint is also written.
     pub witness: Option<Spanned<PathBuf>>,
+    /// Seal the active segment when its time window ends (default one day).
+    pub segment_max_age: Option<Spanned<RawSpan>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -125,7 +147,15 @@ pub struct ArchiveSettings {
     pub signing_key: PathBuf,
     pub on_failure: OnFailure,
     pub segment_max_bytes: Option<u64>,
+    pub segment_max_age: Option<std::time::Duration>,
     pub witness: Option<PathBuf>,
+}
+
+/// `[retention]`: the classes and how often `serve` runs expiry.
+#[derive(Debug, Clone)]
+pub struct RetentionSettings {
+    pub policy: RetentionPolicy,
+    pub run_every: std::time::Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -148,6 +178,8 @@ pub struct Config {
     pub archive: Option<ArchiveSettings>,
     pub policy: Option<PolicySettings>,
     pub web: Option<WebSettings>,
+    /// `None`: no `[retention]` section, so nothing ever expires.
+    pub retention: Option<RetentionSettings>,
 }
 
 /// Reads and validates a configuration file.
@@ -280,12 +312,66 @@ impl Validator<'_> {
             .web
             .as_ref()
             .and_then(|w| self.web(w, archive.is_some()));
+        let retention = raw.retention.as_ref().and_then(|r| self.retention(r));
         Config {
             file: self.locate.file.to_owned(),
             proxy,
             archive,
             policy,
             web,
+            retention,
+        }
+    }
+
+    fn span(&mut self, v: &Spanned<RawSpan>, key: &str) -> Option<Span> {
+        let parsed = match v.get_ref() {
+            RawSpan::Secs(n) if *n > 0 => Span::parse(&n.to_string()),
+            RawSpan::Secs(_) => Err("must be positive".into()),
+            RawSpan::Text(t) => Span::parse(t),
+        };
+        match parsed {
+            Ok(s) => Some(s),
+            Err(e) => {
+                self.fail(&v.span(), key, e);
+                None
+            }
+        }
+    }
+
+    fn seconds(&mut self, v: &Spanned<RawSpan>, key: &str) -> Option<std::time::Duration> {
+        match self.span(v, key)? {
+            Span::Secs(s) if s > 0 => Some(std::time::Duration::from_secs(s)),
+            _ => {
+                self.fail(
+                    &v.span(),
+                    key,
+                    "give seconds, minutes, hours or days (e.g. \"1h\", \"1d\")",
+                );
+                None
+            }
+        }
+    }
+
+    fn retention(&mut self, r: &Spanned<RawRetention>) -> Option<RetentionSettings> {
+        let r = r.get_ref();
+        let default = self.span(&r.default, "retention.default");
+        let mut classes = std::collections::BTreeMap::new();
+        for (name, v) in &r.classes {
+            if let Some(s) = self.span(v, &format!("retention.classes.{name}")) {
+                classes.insert(name.clone(), s);
+            }
+        }
+        let run_every = match &r.run_every {
+            Some(v) => self.seconds(v, "retention.run_every")?,
+            None => std::time::Duration::from_secs(3600),
+        };
+        match RetentionPolicy::new(default?, classes) {
+            Ok(policy) => Some(RetentionSettings { policy, run_every }),
+            Err(e) => {
+                let span = r.default.span();
+                self.fail(&span, "retention.classes", e);
+                None
+            }
         }
     }
 
@@ -533,6 +619,10 @@ impl Validator<'_> {
             Some(v) => u64::try_from(*v.get_ref()).ok(),
             None => None,
         };
+        let segment_max_age = a
+            .segment_max_age
+            .as_ref()
+            .and_then(|v| self.seconds(v, "archive.segment_max_age"));
         let witness = a.witness.as_ref().map(|w| (self.path(w), w.span()));
         if let Some((path, span)) = &witness {
             // A witness the archive's owner can cut together with the archive proves
@@ -555,6 +645,7 @@ impl Validator<'_> {
             signing_key,
             on_failure,
             segment_max_bytes,
+            segment_max_age,
             witness: witness.map(|(p, _)| p),
         })
     }

@@ -9,7 +9,7 @@ use custos_archive::{ExportRequest, NewRecord, Timestamp};
 use crate::archive_cmds::{self, progress};
 
 /// Who ran a command, for the audit trail: the operating-system account.
-fn cli_actor() -> String {
+pub(crate) fn cli_actor() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| format!("uid {}", nix_uid()));
@@ -28,7 +28,7 @@ fn nix_uid() -> u32 {
         .unwrap_or(u32::MAX)
 }
 
-fn time(value: Option<&str>, flag: &str) -> anyhow::Result<Option<Timestamp>> {
+pub(crate) fn time(value: Option<&str>, flag: &str) -> anyhow::Result<Option<Timestamp>> {
     value
         .map(|v| {
             Timestamp::parse(v).map_err(|_| {

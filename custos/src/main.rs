@@ -10,6 +10,7 @@ mod cli;
 mod config;
 mod export_cmds;
 mod policy_cmds;
+mod retention_cmds;
 mod serve;
 mod user_cmds;
 

@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use custos_archive::{Archive, ArchiveConfig};
+use custos_archive::retention::RetentionPolicy;
+use custos_archive::{Archive, Timestamp};
 use custos_policy::{PolicyHandle, Watcher};
 use custos_proxy::alerts::AlertSender;
 use custos_proxy::pipeline::{OnArchiveFailure, Pipeline};
@@ -57,11 +58,7 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
             let master = archive_cmds::master_key(a)?;
             let signing = custos_archive::load_signing_key(&a.signing_key)
                 .with_context(|| format!("reading the signing key {}", a.signing_key.display()))?;
-            let mut archive_config = ArchiveConfig::new(a.dir.clone(), master, signing);
-            if let Some(bytes) = a.segment_max_bytes {
-                archive_config.segment_max_bytes = bytes;
-            }
-            archive_config.witness = a.witness.clone();
+            let archive_config = archive_cmds::archive_config(a, master, signing);
             if a.witness.is_none() {
                 warn!("no [archive] witness configured: records cut from the end of the log cannot be detected by verify");
             }
@@ -99,7 +96,28 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
         Some(OnFailure::Deliver) => OnArchiveFailure::Deliver,
         _ => OnArchiveFailure::Block,
     };
-    let pipeline = Arc::new(Pipeline::new(policy, archive.clone(), on_failure, alerts));
+    let retention = cfg.retention.clone();
+    let pipeline = Arc::new(
+        Pipeline::new(policy, archive.clone(), on_failure, alerts).with_retention(
+            retention
+                .as_ref()
+                .map(|r| r.policy.clone())
+                .unwrap_or_else(RetentionPolicy::keep_forever),
+        ),
+    );
+    let expiry = match (&archive, &retention) {
+        (Some(archive), Some(r)) => Some(tokio::spawn(expiry_loop(
+            archive.clone(),
+            r.policy.clone(),
+            r.run_every,
+            shutdown.clone(),
+        ))),
+        (Some(_), None) => {
+            info!("no [retention] configured: records are kept forever");
+            None
+        }
+        _ => None,
+    };
 
     let web = match (&cfg.web, &archive) {
         (Some(w), Some(archive)) => {
@@ -150,12 +168,46 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
     if let Some(w) = watcher {
         w.stop();
     }
+    if let Some(e) = expiry {
+        let _ = e.await;
+    }
     drop(pipeline);
     if let Some(archive) = archive {
         archive.close().await.context("closing the archive")?;
         info!("archive closed");
     }
     Ok(())
+}
+
+/// Runs expiry every `every` (first a minute after start, so a restart loop cannot
+/// shred in a burst) until shutdown.
+async fn expiry_loop(
+    archive: Archive,
+    policy: RetentionPolicy,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut wait = every.min(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = every;
+        match archive
+            .run_expiry(&policy, Timestamp::now(), "custos:retention", false)
+            .await
+        {
+            Ok(r) if r.shredded.is_empty() && r.completed.is_empty() => {}
+            Ok(r) => info!(
+                shredded = r.shredded.len(),
+                completed = r.completed.len(),
+                segments = ?r.shredded.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+                "retention: expired segments shredded"
+            ),
+            Err(err) => error!(cause = %err, "retention run failed; retried at the next interval"),
+        }
+    }
 }
 
 fn spawn_signal_handler(

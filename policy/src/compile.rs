@@ -443,6 +443,7 @@ impl Builder<'_> {
             alert,
             monitor,
             barrier: true,
+            retention: None,
         })
     }
 
@@ -522,6 +523,21 @@ impl Builder<'_> {
                 DEFAULT_PERIOD
             }
         };
+        let retention = r.retention.as_ref().and_then(|c| {
+            let name = c.get_ref();
+            let ok = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+                && name != "permanent";
+            if !ok {
+                self.err(
+                    c.span(),
+                    format!("retention class `{name}`: use letters, digits, '-' and '_' (not `permanent`)"),
+                );
+            }
+            ok.then(|| Arc::from(name.as_str()))
+        });
         let condition = condition?;
         if redacting && !condition.has_positive_text() {
             self.err(
@@ -539,6 +555,7 @@ impl Builder<'_> {
             alert,
             monitor,
             barrier: false,
+            retention,
         })
     }
 

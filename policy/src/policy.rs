@@ -90,6 +90,8 @@ pub(crate) struct Rule {
     pub alert: bool,
     pub monitor: bool,
     pub barrier: bool,
+    /// The retention class the rule assigns to what it matches.
+    pub retention: Option<Arc<str>>,
 }
 
 #[derive(Debug)]
@@ -245,6 +247,12 @@ impl Policy {
             }
             let effect = rule.action.effect();
             v.rules.push(rule.id.clone());
+            // Retention applies in monitor mode too: it only ever keeps longer.
+            if let Some(class) = &rule.retention {
+                if !v.retention.contains(class) {
+                    v.retention.push(class.clone());
+                }
+            }
             v.would_action = v.would_action.max(effect);
             let severity = match rule.action {
                 RuleAction::Flag => Some(rule.severity.unwrap_or(Severity::Medium)),

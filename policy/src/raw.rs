@@ -52,6 +52,8 @@ pub(crate) struct RawRule {
     pub period: Option<Spanned<String>>,
     pub alert: Option<bool>,
     pub mode: Option<Spanned<String>>,
+    /// A retention class for the messages it matches (see the archive's `[retention]`).
+    pub retention: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -160,6 +160,9 @@ pub struct Verdict {
     pub disclaimer: Option<DisclaimerRequest>,
     /// True when rules matched and every one of them only monitors.
     pub monitor_only: bool,
+    /// Retention classes named by matched rules (`retention = "…"`); the archive keeps
+    /// the record under the one that keeps longest.
+    pub retention: Vec<Arc<str>>,
 }
 
 impl Verdict {
@@ -176,6 +179,7 @@ impl Verdict {
             alerts: Vec::new(),
             disclaimer: None,
             monitor_only: false,
+            retention: Vec::new(),
         }
     }
 
@@ -205,6 +209,11 @@ impl Verdict {
         }
         if self.block_text.is_none() {
             self.block_text = other.block_text;
+        }
+        for class in other.retention {
+            if !self.retention.contains(&class) {
+                self.retention.push(class);
+            }
         }
         for alert in other.alerts {
             if !self

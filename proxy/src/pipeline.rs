@@ -26,6 +26,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use custos_archive::retention::RetentionPolicy;
 use custos_archive::{
     Archive, Capture, EventRecord, MessageRecord, NewRecord, SessionId, Text, Via,
 };
@@ -63,6 +64,8 @@ pub struct Pipeline {
     /// recipient's copy, a replay) alerts once.
     alerted: Mutex<RecentMessages>,
     disclaimers: Mutex<DisclaimerTracker>,
+    /// The configured retention classes, to resolve the classes rules name.
+    retention: RetentionPolicy,
 }
 
 impl Pipeline {
@@ -82,7 +85,14 @@ impl Pipeline {
             alerts,
             alerted: Mutex::new(RecentMessages::new(100_000, Duration::from_secs(3600))),
             disclaimers: Mutex::new(DisclaimerTracker::new(100_000)),
+            retention: RetentionPolicy::keep_forever(),
         }
+    }
+
+    /// The retention classes rules may name (`[retention]`).
+    pub fn with_retention(mut self, retention: RetentionPolicy) -> Pipeline {
+        self.retention = retention;
+        self
     }
 
     async fn archive_event(&self, event: EventRecord) {
@@ -395,7 +405,13 @@ impl Inspector for Pipeline {
             }
         }
         if let (Some(archive), Some(ids)) = (&self.archive, ids) {
-            let record = message_record(&item, &c, verdict.as_ref(), ids, replay_only);
+            let mut record = message_record(&item, &c, verdict.as_ref(), ids, replay_only);
+            if let Some(v) = &verdict {
+                record.capture.retention_class = self
+                    .retention
+                    .choose(v.retention.iter().map(|c| &**c))
+                    .unwrap_or_default();
+            }
             if let Err(err) = archive.append(NewRecord::Message(record)).await {
                 match self.on_failure {
                     OnArchiveFailure::Block => {
@@ -659,6 +675,7 @@ fn message_record(
                 target: target.clone(),
             }),
             claimed_from: item.claimed_from.map(str::to_owned),
+            retention_class: String::new(),
         },
     }
 }

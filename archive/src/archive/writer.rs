@@ -84,6 +84,12 @@ struct ShredRequest {
     reason: String,
     authority: String,
     actor: String,
+    /// Refuse if a hold record was appended after this seq (the caller decided on
+    /// the holds up to it).
+    holds_through: Option<u64>,
+    /// The shred record already exists at this seq (an interrupted shred): only the
+    /// key is destroyed.
+    recorded: Option<u64>,
 }
 
 /// Why a segment could not be shredded.
@@ -97,6 +103,8 @@ pub enum ShredError {
     Closed,
     #[error("shredding segment {segment} failed: {why}")]
     Failed { segment: u64, why: String },
+    #[error("a hold was placed or changed (seq {0}) after the decision to shred segment {1}; the next run decides again")]
+    HoldsChanged(u64, u64),
 }
 
 enum IndexCmd {
@@ -327,20 +335,63 @@ impl Archive {
         authority: &str,
         actor: &str,
     ) -> Result<AppendReceipt, ShredError> {
+        self.request_shred(ShredRequest {
+            segment,
+            reason: reason.to_owned(),
+            authority: authority.to_owned(),
+            actor: actor.to_owned(),
+            holds_through: None,
+            recorded: None,
+        })
+        .await
+    }
+
+    /// [`Archive::shred_segment`] for the retention job: refused if any hold record was
+    /// appended after seq `holds_through`, the point up to which the job read the holds.
+    pub(super) async fn shred_expired(
+        &self,
+        segment: u64,
+        authority: &str,
+        actor: &str,
+        holds_through: u64,
+    ) -> Result<AppendReceipt, ShredError> {
+        self.request_shred(ShredRequest {
+            segment,
+            reason: crate::retention::EXPIRY_REASON.to_owned(),
+            authority: authority.to_owned(),
+            actor: actor.to_owned(),
+            holds_through: Some(holds_through),
+            recorded: None,
+        })
+        .await
+    }
+
+    /// Destroys the key of a segment whose shred record (at `recorded`) is already in the
+    /// chain: completes a shred interrupted between its record and the key's removal.
+    pub async fn complete_shred(
+        &self,
+        segment: u64,
+        recorded: u64,
+    ) -> Result<AppendReceipt, ShredError> {
+        self.request_shred(ShredRequest {
+            segment,
+            reason: String::new(),
+            authority: String::new(),
+            actor: String::new(),
+            holds_through: None,
+            recorded: Some(recorded),
+        })
+        .await
+    }
+
+    async fn request_shred(&self, req: ShredRequest) -> Result<AppendReceipt, ShredError> {
+        let segment = req.segment;
         let (ack_tx, ack_rx) = oneshot::channel();
         {
             let guard = self.inner.tx.lock().unwrap_or_else(|p| p.into_inner());
             let tx = guard.as_ref().ok_or(ShredError::Closed)?;
-            tx.send(Cmd::Shred(
-                ShredRequest {
-                    segment,
-                    reason: reason.to_owned(),
-                    authority: authority.to_owned(),
-                    actor: actor.to_owned(),
-                },
-                ack_tx,
-            ))
-            .map_err(|_| ShredError::Closed)?;
+            tx.send(Cmd::Shred(req, ack_tx))
+                .map_err(|_| ShredError::Closed)?;
         }
         let receipt = ack_rx.await.map_err(|_| ShredError::Closed)??;
         // The key is gone from disk; it must not live on in this process's cache either.
@@ -563,6 +614,9 @@ fn writer_loop(
             }
         }
         if let Some((req, ack)) = shred {
+            // A hold handed over by another process counts from the moment it was
+            // submitted: append what waits in the inbox before deciding.
+            drain(&mut inbox, &mut log, &mut failed);
             let answer = match &failed {
                 Some(why) => Err(ShredError::Failed {
                     segment: req.segment,
@@ -608,7 +662,20 @@ fn shred_segment(
     if !log.has_key(segment) {
         return Err(ShredError::NoKey(segment));
     }
+    if let Some(through) = req.holds_through {
+        if log.last_hold_seq() > through {
+            return Err(ShredError::HoldsChanged(log.last_hold_seq(), segment));
+        }
+    }
     let failed = |why: String| ShredError::Failed { segment, why };
+    if let Some(seq) = req.recorded {
+        log.destroy_key(segment)
+            .map_err(|e| failed(e.to_string()))?;
+        return Ok(AppendReceipt {
+            seq: RecordSeq(seq),
+            time: Timestamp::now(),
+        });
+    }
     let appended = log
         .append_batch(vec![NewRecord::Event(EventRecord::Shred {
             segment,
@@ -622,8 +689,10 @@ fn shred_segment(
         time: a.record.time,
     });
     let _ = itx.send(IndexCmd::Add(appended));
+    crash_point("shred-recorded");
     log.destroy_key(segment)
         .map_err(|e| failed(e.to_string()))?;
+    crash_point("shred-key-destroyed");
     receipt.ok_or_else(|| failed("no record appended".into()))
 }
 
@@ -706,5 +775,18 @@ fn indexer_loop(
             }
             last_commit = Instant::now();
         }
+    }
+}
+
+/// Test hook for crash-consistency tests: with `CUSTOS_CRASH_AT=<point>` in the
+/// environment the process kills itself with SIGKILL at that point (nothing flushed, no
+/// destructor run), exactly as `kill -9` would. Unset, it costs one environment lookup.
+fn crash_point(point: &str) {
+    if std::env::var_os("CUSTOS_CRASH_AT").is_some_and(|v| v == point) {
+        let pid = std::process::id().to_string();
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid])
+            .status();
+        std::process::abort();
     }
 }

@@ -26,9 +26,14 @@ impl Filter {
         }
     }
 
+    /// Whether the record is inside the time range only.
+    pub fn selects_time(&self, rec: &Record) -> bool {
+        !(self.since.is_some_and(|t| rec.time < t) || self.until.is_some_and(|t| rec.time >= t))
+    }
+
     /// `since` is inclusive and `until` exclusive, like `after:` / `before:`.
     pub fn selects(&self, rec: &Record) -> bool {
-        if self.since.is_some_and(|t| rec.time < t) || self.until.is_some_and(|t| rec.time >= t) {
+        if !self.selects_time(rec) {
             return false;
         }
         let Some(q) = &self.query else {

@@ -19,7 +19,7 @@
 //! verifiers in `docs/export-format.md`.
 
 mod chain;
-mod filter;
+pub(crate) mod filter;
 pub(crate) mod hex;
 pub mod manifest;
 mod parquet_out;

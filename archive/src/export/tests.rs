@@ -67,6 +67,7 @@ fn msg(from: &str, to: &str, ty: &str, body: &str, action: Action) -> NewRecord 
                 target: "m0".into(),
             }),
             claimed_from: (action == Action::Block).then(|| "eve@example.test/forged".to_string()),
+            retention_class: String::new(),
         },
     })
 }
