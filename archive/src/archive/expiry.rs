@@ -112,10 +112,23 @@ impl ArchiveReader {
         let mut facts: BTreeMap<u64, SegmentFacts> = BTreeMap::new();
         let mut shred_records: BTreeMap<u64, ShredSeen> = BTreeMap::new();
         let mut keyless: BTreeSet<u64> = BTreeSet::new();
-        let mut newest_segment = None;
+        // The newest segment may still be written to; only sealed ones can go.
+        let ids = crate::log::segment_ids(self.storage.as_ref())
+            .map_err(|e| ReadError::Log(e.into()))?;
+        let newest_segment = ids.last().copied();
+        let sealed: BTreeSet<u64> = ids
+            .iter()
+            .copied()
+            .filter(|&id| {
+                Some(id) != newest_segment
+                    && self
+                        .storage
+                        .is_sealed(&segment::segment_name(id))
+                        .unwrap_or(false)
+            })
+            .collect();
         let mut scanned_through = 0;
         self.scan(1, |e| {
-            newest_segment = Some(e.segment);
             scanned_through = e.seq;
             let Some(rec) = e.record else {
                 keyless.insert(e.segment);
@@ -145,10 +158,9 @@ impl ArchiveReader {
                 .observe(&rec, &[]);
             Ok(())
         })?;
-        // The newest segment may still be written to (or be the one a writer opened).
         let candidates: BTreeMap<u64, SegmentFacts> = facts
             .into_iter()
-            .filter(|(id, _)| Some(*id) != newest_segment && !shred_records.contains_key(id))
+            .filter(|(id, _)| sealed.contains(id) && !shred_records.contains_key(id))
             .collect();
         for s in shred_records.values_mut() {
             s.key_present = !keyless.contains(&s.segment) && self.has_key(s.segment);
