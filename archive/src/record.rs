@@ -260,7 +260,8 @@ pub enum EventRecord {
     /// is removed; `verify` reports a missing key without one as tampering.
     Shred {
         segment: u64,
-        /// Why, in words (e.g. "retention expired").
+        /// Why, in words (e.g. "retention expired", which requires an authority verify
+        /// can check: see `retention::ExpiryAuthority`).
         reason: String,
         /// What allows it: the retention rule or erasure decision.
         authority: String,

@@ -79,6 +79,12 @@ pub struct VerifyReport {
     /// Segments whose data key is gone.
     #[serde(skip)]
     pub(crate) keyless: std::collections::BTreeSet<u64>,
+    /// The time of the first record after the index's mark, and of the last record
+    /// (read with the master key).
+    #[serde(skip)]
+    pub(crate) first_unindexed_time: Option<i64>,
+    #[serde(skip)]
+    pub(crate) last_time: Option<i64>,
 }
 
 impl VerifyReport {
@@ -190,9 +196,20 @@ fn check_index(
             "covers seqs up to {through} but the log runs to {}",
             r.last_seq
         );
+        // A writer killed between an append and the index commit (at most a second
+        // apart) leaves exactly this: the next open or search adds them. A lag of older
+        // records is an index rolled back or damaged.
+        let crash_lag = matches!(
+            (r.first_unindexed_time, r.last_time),
+            (Some(first), Some(last)) if last - first <= CRASH_LAG_MS
+        );
         if writer_running {
             r.notes.push(format!(
                 "search index {behind}: the running writer indexes the newest records within a second"
+            ));
+        } else if crash_lag {
+            r.notes.push(format!(
+                "search index {behind}: records written in the last moment before the writer stopped (a crash); the next open or search adds them"
             ));
         } else {
             index_problem(
@@ -206,6 +223,10 @@ fn check_index(
         }
     }
 }
+
+/// How recent, relative to the log's last record, unindexed records may be and still be
+/// explained by a crash (the writer commits the index every 500 ms).
+const CRASH_LAG_MS: i64 = 3_000;
 
 fn index_problem(r: &mut VerifyReport, what: String) {
     r.problems.push(Problem {
@@ -367,6 +388,10 @@ fn walk(
                         match walk::open_frame(c, &hb, &f) {
                             Err(what) => problem(&mut r, seg, off, Some(seq), what),
                             Ok(o) => {
+                                r.last_time = Some(o.record.time.0);
+                                if seq == count_upto + 1 {
+                                    r.first_unindexed_time = Some(o.record.time.0);
+                                }
                                 if seq <= count_upto
                                     && matches!(o.record.content, NewRecord::Message(_))
                                 {
@@ -724,8 +749,8 @@ mod tests {
         let seg = 1;
         let shred = vec![NewRecord::Event(crate::record::EventRecord::Shred {
             segment: seg,
-            reason: "retention expired".into(),
-            authority: "retention default 6y".into(),
+            reason: "erasure ordered".into(),
+            authority: "court order 2026-17".into(),
             actor: "custos".into(),
         })];
         // Two sessions: segment 1 holds both batches, segment 2 the shred record.

@@ -449,7 +449,7 @@ async fn a_search_over_a_shredded_segment_shows_what_is_left() {
     ))
     .unwrap();
     a.append(message(5)).await.unwrap();
-    a.shred_segment(1, "retention expired", "retention default 6y", "test")
+    a.shred_segment(1, "erasure ordered", "court order 2026-17", "test")
         .await
         .unwrap();
     // The shredded records' documents are still in the index: the search must not fail

@@ -145,10 +145,17 @@ async fn expiry_shreds_only_due_unheld_segments_and_verify_names_the_authority()
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let later = Timestamp::now();
     let plan = a.reader().expiry_plan(&policy(), later).unwrap();
-    assert!(matches!(decision(&plan, 1), Decision::Keep(Keep::Forever { .. })));
+    assert!(matches!(
+        decision(&plan, 1),
+        Decision::Keep(Keep::Forever { .. })
+    ));
     assert!(matches!(decision(&plan, 2), Decision::Shred { class, .. } if class == "default"));
-    assert!(matches!(decision(&plan, 3), Decision::Keep(Keep::NotDue { class, .. }) if class == "research"));
-    assert!(matches!(decision(&plan, 4), Decision::Keep(Keep::Held(m)) if m.contains_key("acme v. firm")));
+    assert!(
+        matches!(decision(&plan, 3), Decision::Keep(Keep::NotDue { class, .. }) if class == "research")
+    );
+    assert!(
+        matches!(decision(&plan, 4), Decision::Keep(Keep::Held(m)) if m.contains_key("acme v. firm"))
+    );
 
     // A dry run changes nothing.
     let keys_before = s.keys();
@@ -219,7 +226,9 @@ async fn expiry_shreds_only_due_unheld_segments_and_verify_names_the_authority()
 async fn a_forged_retention_authority_fails_verify() {
     let s = Setup::new();
     let a = s.open();
-    a.append(msg("alice@x", "bob@x", "hello", "")).await.unwrap();
+    a.append(msg("alice@x", "bob@x", "hello", ""))
+        .await
+        .unwrap();
     a.close().await.unwrap();
     let a = s.open();
     // A shred that claims retention but was not due: written before its stated due date.
@@ -262,9 +271,13 @@ async fn segments_are_cut_per_class_and_window() {
     let a = Archive::open(cfg).unwrap();
     a.append(msg("a@x", "b@x", "one", "")).await.unwrap();
     a.append(msg("a@x", "b@x", "two", "")).await.unwrap();
-    a.append(msg("a@x", "b@x", "three", "research")).await.unwrap();
+    a.append(msg("a@x", "b@x", "three", "research"))
+        .await
+        .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    a.append(msg("a@x", "b@x", "four", "research")).await.unwrap();
+    a.append(msg("a@x", "b@x", "four", "research"))
+        .await
+        .unwrap();
     a.close().await.unwrap();
     let reader = ArchiveReader::open(&s.dir, &s.master).unwrap();
     let mut by_segment: std::collections::BTreeMap<u64, Vec<String>> = Default::default();

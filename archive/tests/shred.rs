@@ -38,22 +38,22 @@ async fn shredding_is_recorded_before_the_key_goes_and_verifies() {
     a.append(note(9)).await.unwrap();
 
     assert!(matches!(
-        a.shred_segment(2, "retention expired", "default 6y", "custos")
+        a.shred_segment(2, "erasure ordered", "court order 2026-17", "custos")
             .await,
         Err(ShredError::Active(2))
     ));
     assert!(matches!(
-        a.shred_segment(7, "retention expired", "default 6y", "custos")
+        a.shred_segment(7, "erasure ordered", "court order 2026-17", "custos")
             .await,
         Err(ShredError::NoKey(7))
     ));
     let receipt = a
-        .shred_segment(1, "retention expired", "retention default 6y", "custos")
+        .shred_segment(1, "erasure ordered", "court order 2026-17", "custos")
         .await
         .unwrap();
     assert!(!dir.join("keys/segment-0000000001.key").exists());
     assert!(matches!(
-        a.shred_segment(1, "again", "default 6y", "custos").await,
+        a.shred_segment(1, "again", "court order 2026-17", "custos").await,
         Err(ShredError::NoKey(1))
     ));
     // The record is in the chain, readable, naming what allowed it.
@@ -67,8 +67,8 @@ async fn shredding_is_recorded_before_the_key_goes_and_verifies() {
         rec.content,
         NewRecord::Event(EventRecord::Shred {
             segment: 1,
-            reason: "retention expired".into(),
-            authority: "retention default 6y".into(),
+            reason: "erasure ordered".into(),
+            authority: "court order 2026-17".into(),
             actor: "custos".into(),
         })
     );

@@ -10,8 +10,8 @@ use custos_archive::retention::{
     Decision, Hold, HoldSpec, Keep, Release, RetentionPolicy, HOLD_CHANGE, HOLD_PLACE, HOLD_RELEASE,
 };
 use custos_archive::{
-    Archive, ArchiveReader, AuditSubmitted, EventRecord, ExpiryPlan, MasterKey,
-    SigningKey, Timestamp,
+    Archive, ArchiveReader, AuditSubmitted, EventRecord, ExpiryPlan, MasterKey, SigningKey,
+    Timestamp,
 };
 
 use crate::archive_cmds;

@@ -128,6 +128,7 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
             if let Some(ttl) = w.session_ttl {
                 web_config.session_ttl = ttl;
             }
+            web_config.retention = retention.as_ref().map(|r| r.policy.clone());
             if let Some(a) = &cfg.archive {
                 web_config.export = Some(custos_web_ui::ExportKeys {
                     archive_dir: a.dir.clone(),

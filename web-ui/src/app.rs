@@ -205,12 +205,17 @@ pub const ROUTES: &[(&str, &str, Option<Perm>)] = &[
     ("GET", "/users", Some(Perm::ManageUsers)),
     ("POST", "/users", Some(Perm::ManageUsers)),
     ("POST", "/users/remove", Some(Perm::ManageUsers)),
+    ("GET", "/holds", Some(Perm::Read)),
+    ("POST", "/holds", Some(Perm::Hold)),
+    ("POST", "/holds/release", Some(Perm::Hold)),
+    ("GET", "/erasure", Some(Perm::Erasure)),
     ("GET", "/static/app.css", None),
     ("GET", "/static/app.js", None),
 ];
 
 pub fn router(app: Arc<App>) -> Router {
     use crate::handlers as h;
+    use crate::retention_pages as rp;
     Router::new()
         .route("/login", get(h::login_form).post(h::login))
         .route("/logout", post(h::logout))
@@ -223,6 +228,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/audit", get(h::audit))
         .route("/users", get(h::users).post(h::user_add))
         .route("/users/remove", post(h::user_remove))
+        .route("/holds", get(rp::holds).post(rp::hold_add))
+        .route("/holds/release", post(rp::hold_release))
+        .route("/erasure", get(rp::erasure))
         .route("/static/app.css", get(h::css))
         .route("/static/app.js", get(h::js))
         .fallback(|| async { AppError::NotFound.into_response() })

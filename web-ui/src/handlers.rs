@@ -592,6 +592,21 @@ pub async fn conversation(
     })
     .await
     .map_err(|e| AppError::Internal(e.to_string()))??;
+    // Which active legal holds cover each shown record.
+    let held: BTreeMap<u64, Vec<String>> = {
+        let matchers = read(&app.store).holds().matchers();
+        records
+            .iter()
+            .map(|r| {
+                let names = matchers
+                    .iter()
+                    .filter(|(_, m)| m.covers(r))
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                (r.seq.0, names)
+            })
+            .collect()
+    };
     let review = read(&app.store).review(seq).cloned();
     let hit_meta = read(&app.store).message(seq).cloned();
     let own = hit_meta
@@ -620,6 +635,10 @@ pub async fn conversation(
                                 @if let Some(s) = &shown.severity { span.severity { (s) } }
                                 (verdict(shown.verdict.action)) " " (would(shown.verdict.would_action)) " " (rules(&shown.verdict.rules)) " " (copies_badge(shown.verdict.copies))
                                 @if is_hit { span.badge.hit-badge { "search hit" } }
+                                span.badge.retention title="retention class" { "keep: " (custos_archive::retention::class_name(&m.capture.retention_class)) }
+                                @for matter in held.get(&r.seq.0).into_iter().flatten() {
+                                    span.badge.hold title="under legal hold" { "hold: " (matter) }
+                                }
                             }
                             @if let Some(claimed) = &m.capture.claimed_from {
                                 p.error.forged { "Refused: the sender's client wrote the sender as " span.jid { (claimed) } "; the account it had proven is " span.jid { (m.from) } "." }
@@ -1089,6 +1108,11 @@ pub async fn dashboard(State(app): State<Arc<App>>, a: Authed) -> Result<Page, A
                 .collect(),
         })
         .collect();
+    let retention = crate::retention_pages::overview(
+        &read(&app.store),
+        app.cfg.retention.as_ref(),
+        app.cfg.export.as_ref().map(|e| e.archive_dir.as_path()),
+    );
     let today_total: u64 = volume.last().map_or(0, |v| v[0] + v[1]);
     let today_flagged: u64 = volume.last().map_or(0, |v| v[1]);
     Ok(layout(
@@ -1124,6 +1148,7 @@ pub async fn dashboard(State(app): State<Arc<App>>, a: Authed) -> Result<Page, A
                     }
                 }
             }
+            (retention)
         },
     ))
 }

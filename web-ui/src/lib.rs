@@ -30,6 +30,7 @@ pub mod error;
 pub mod handlers;
 pub mod highlight;
 pub mod pages;
+pub mod retention_pages;
 pub mod roles;
 pub mod store;
 pub mod users;
@@ -57,6 +58,8 @@ pub struct WebConfig {
     pub secure_cookies: bool,
     /// What a regulator export needs; `None` disables export downloads.
     pub export: Option<ExportKeys>,
+    /// The retention classes (`[retention]`); `None`: everything is kept forever.
+    pub retention: Option<custos_archive::retention::RetentionPolicy>,
 }
 
 /// The archive keys a verifiable export is written and signed with. The serving process
@@ -86,6 +89,7 @@ impl WebConfig {
             sample_rate: 0.01,
             secure_cookies: false,
             export: None,
+            retention: None,
         }
     }
 }

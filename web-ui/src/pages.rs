@@ -29,6 +29,8 @@ pub enum Nav {
     Queue,
     Audit,
     Users,
+    Holds,
+    Erasure,
     None,
 }
 
@@ -52,6 +54,8 @@ pub fn layout(title: &str, session: Option<&Session>, nav: Nav, body: Markup) ->
                             (nav_link("/search", "Search", nav == Nav::Search))
                             (nav_link("/queue", "Review queue", nav == Nav::Queue))
                             @if allows(s.role, Perm::Audit) { (nav_link("/audit", "Audit trail", nav == Nav::Audit)) }
+                            (nav_link("/holds", "Legal holds", nav == Nav::Holds))
+                            @if allows(s.role, Perm::Erasure) { (nav_link("/erasure", "Erasure", nav == Nav::Erasure)) }
                             @if allows(s.role, Perm::ManageUsers) { (nav_link("/users", "Accounts", nav == Nav::Users)) }
                         }
                         div.who {

@@ -14,6 +14,10 @@ pub enum Perm {
     Audit,
     /// Add and remove accounts.
     ManageUsers,
+    /// Place, change and release legal holds.
+    Hold,
+    /// Run a data subject's erasure report.
+    Erasure,
 }
 
 /// Whether `role` holds `perm`.
@@ -27,6 +31,9 @@ pub fn allows(role: Role, perm: Perm) -> bool {
         Perm::Review => role == Role::Officer,
         Perm::Audit => matches!(role, Role::Admin | Role::Auditor),
         Perm::ManageUsers => role == Role::Admin,
+        // Officers run matters; admins may act for legal. Auditors only read.
+        Perm::Hold => matches!(role, Role::Officer | Role::Admin),
+        Perm::Erasure => role == Role::Admin,
     }
 }
 
@@ -43,5 +50,11 @@ mod tests {
         assert!(!allows(Role::Officer, Perm::Audit));
         assert!(allows(Role::Admin, Perm::ManageUsers));
         assert!(!allows(Role::Admin, Perm::Review));
+        assert!(allows(Role::Officer, Perm::Hold));
+        assert!(allows(Role::Admin, Perm::Hold));
+        assert!(!allows(Role::Auditor, Perm::Hold));
+        assert!(allows(Role::Admin, Perm::Erasure));
+        assert!(!allows(Role::Officer, Perm::Erasure));
+        assert!(!allows(Role::Auditor, Perm::Erasure));
     }
 }

@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use custos_archive::query::{bare_jid, normalize_jid};
+use custos_archive::retention::{self, Holds, SegmentFacts};
 use custos_archive::{
     Action, ChainEntry, Direction, EditKind, EventRecord, Leg, NewRecord, Timestamp, Via,
 };
@@ -47,6 +48,8 @@ pub struct MessageMeta {
     pub edit: Option<(EditKind, String)>,
     /// A sender the client wrote that was not its own (a refused attempt).
     pub claimed_from: Option<String>,
+    /// The retention class fixed when it was written.
+    pub retention_class: String,
 }
 
 /// Restrictiveness, for the verdict of a logical message across its copies.
@@ -213,6 +216,13 @@ pub struct Store {
     next_seq: u64,
     sample_key: u64,
     sample_rate: f64,
+    /// Legal holds, replayed from their records.
+    holds: Holds,
+    /// Per log segment still readable: newest record and classes (for the retention
+    /// overview).
+    segments: BTreeMap<u64, SegmentFacts>,
+    /// Shredded segments: the shred record's seq and time.
+    shredded: BTreeMap<u64, (u64, Timestamp)>,
 }
 
 /// splitmix64: a keyed, stable mix so the sample is the same after a restart
@@ -249,6 +259,9 @@ impl Store {
             next_seq: 1,
             sample_key: word(a) ^ word(b).rotate_left(17),
             sample_rate: sample_rate.clamp(0.0, 1.0),
+            holds: Holds::default(),
+            segments: BTreeMap::new(),
+            shredded: BTreeMap::new(),
         }
     }
 
@@ -267,6 +280,16 @@ impl Store {
             self.next_seq = e.seq + 1;
             // A shredded record has no content left to show.
             let Some(record) = e.record else { continue };
+            self.holds.observe(&record);
+            if !self.shredded.contains_key(&e.segment) {
+                self.segments
+                    .entry(e.segment)
+                    .or_insert_with(|| SegmentFacts::new(e.segment))
+                    .observe(&record, &[]);
+            }
+            if let NewRecord::Event(EventRecord::Shred { segment, .. }) = &record.content {
+                self.forget_segment(*segment, e.seq, record.time);
+            }
             match record.content {
                 NewRecord::Message(m) => {
                     let leg = m.leg();
@@ -306,6 +329,7 @@ impl Store {
                         msg_id: m.origin_id.or(m.id),
                         edit: c.edit.map(|e| (e.kind, e.target)),
                         claimed_from: c.claimed_from,
+                        retention_class: retention::class_name(&c.retention_class).to_string(),
                     };
                     // Anything a rule noticed is for review, enforced or not: a flag, a
                     // redaction or block, a monitor-mode "would have", an alert-only hit.
@@ -357,6 +381,47 @@ impl Store {
                 NewRecord::Event(_) => {}
             }
         }
+    }
+
+    /// Drops everything known about a shredded segment's messages: the UI must not
+    /// keep showing who wrote to whom and when after the records are gone.
+    fn forget_segment(&mut self, segment: u64, shred_seq: u64, time: Timestamp) {
+        self.shredded.insert(segment, (shred_seq, time));
+        self.segments.remove(&segment);
+        let before = self.messages.len();
+        self.messages.retain(|m| m.segment != segment);
+        if self.messages.len() == before {
+            return;
+        }
+        self.by_seq = self
+            .messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.seq, i))
+            .collect();
+        let by_seq = &self.by_seq;
+        self.members.retain(|_, seqs| {
+            seqs.retain(|s| by_seq.contains_key(s));
+            !seqs.is_empty()
+        });
+        let members = &self.members;
+        self.identities.retain(|_, g| members.contains_key(g));
+        self.reviews.retain(|g, _| members.contains_key(g));
+    }
+
+    /// Legal holds recorded in the chain.
+    pub fn holds(&self) -> &Holds {
+        &self.holds
+    }
+
+    /// Readable segments' facts, by segment id.
+    pub fn segments(&self) -> &BTreeMap<u64, SegmentFacts> {
+        &self.segments
+    }
+
+    /// Shredded segments: (shred record seq, its time).
+    pub fn shredded(&self) -> &BTreeMap<u64, (u64, Timestamp)> {
+        &self.shredded
     }
 
     fn apply_review(&mut self, audit_seq: u64, time: Timestamp, actor: &str, detail: &str) {

@@ -198,8 +198,31 @@ async fn every_route_for_every_role() {
                     enc(PASSWORD)
                 ),
                 "/users/remove" => format!("csrf={csrf}&name=removable"),
+                "/holds" => format!(
+                    "csrf={csrf}&matter=m-{}&jids=x%40example.test",
+                    role.as_str()
+                ),
+                "/holds/release" => format!("csrf={csrf}&matter=r-{}", role.as_str()),
                 _ => String::new(),
             };
+            if path == "/holds/release" {
+                let spec = custos_archive::retention::HoldSpec::new(
+                    &format!("r-{}", role.as_str()),
+                    &["y@example.test".to_string()],
+                    None,
+                    None,
+                    None,
+                )
+                .unwrap();
+                w.fx.archive
+                    .append(NewRecord::Event(EventRecord::Audit {
+                        actor: "setup".into(),
+                        action: custos_archive::retention::HOLD_PLACE.into(),
+                        detail: serde_json::to_string(&spec).unwrap(),
+                    }))
+                    .await
+                    .unwrap();
+            }
             if path == "/users/remove" {
                 let _ = custos_web_ui::add_user(
                     &w.fx.cfg.users_file,

@@ -113,8 +113,8 @@ impl ArchiveReader {
         let mut shred_records: BTreeMap<u64, ShredSeen> = BTreeMap::new();
         let mut keyless: BTreeSet<u64> = BTreeSet::new();
         // The newest segment may still be written to; only sealed ones can go.
-        let ids = crate::log::segment_ids(self.storage.as_ref())
-            .map_err(|e| ReadError::Log(e.into()))?;
+        let ids =
+            crate::log::segment_ids(self.storage.as_ref()).map_err(|e| ReadError::Log(e.into()))?;
         let newest_segment = ids.last().copied();
         let sealed: BTreeSet<u64> = ids
             .iter()
