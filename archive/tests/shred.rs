@@ -53,7 +53,8 @@ async fn shredding_is_recorded_before_the_key_goes_and_verifies() {
         .unwrap();
     assert!(!dir.join("keys/segment-0000000001.key").exists());
     assert!(matches!(
-        a.shred_segment(1, "again", "court order 2026-17", "custos").await,
+        a.shred_segment(1, "again", "court order 2026-17", "custos")
+            .await,
         Err(ShredError::NoKey(1))
     ));
     // The record is in the chain, readable, naming what allowed it.

@@ -211,6 +211,12 @@ pub fn verify(config: &Path) -> anyhow::Result<ExitCode> {
     for note in &report.notes {
         eprintln!("note: {note}");
     }
+    for s in &report.shreds {
+        println!(
+            "shredded: segment {} (seq {}..={}, {} record(s)) by record seq {} at {}: {} — {} (by {})",
+            s.segment, s.first_seq, s.last_seq, s.records, s.by_seq, s.time, s.reason, s.authority, s.actor
+        );
+    }
     for problem in &report.problems {
         println!("{}: {problem}", a.dir.display());
     }

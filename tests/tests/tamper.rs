@@ -351,13 +351,8 @@ async fn every_mutation_of_the_archive_its_keys_or_its_index_is_found() -> TestR
         let mut cfg = custos_archive::ArchiveConfig::new(s.archive.clone(), master, signing);
         cfg.witness = Some(s.root.join("witness"));
         let a = custos_archive::Archive::open(cfg)?;
-        a.shred_segment(
-            1,
-            "erasure ordered",
-            "retention: default 6y",
-            "tamper-test",
-        )
-        .await?;
+        a.shred_segment(1, "erasure ordered", "retention: default 6y", "tamper-test")
+            .await?;
         a.close().await?;
         let (ok, text) = verify(&s)?;
         assert!(ok, "a signed shred must pass: {text}");

@@ -55,7 +55,7 @@ pub struct ExpiryPlan {
     pub holds: Vec<Hold>,
     /// Hold records that could not be read: expiry stops while there are any.
     pub unreadable_holds: Vec<u64>,
-    /// The newest segment (being written, or the next to be): never shredded.
+    /// The newest segment file.
     pub newest_segment: Option<u64>,
     /// The last seq read: holds placed after it were not considered.
     pub scanned_through: u64,
@@ -112,7 +112,8 @@ impl ArchiveReader {
         let mut facts: BTreeMap<u64, SegmentFacts> = BTreeMap::new();
         let mut shred_records: BTreeMap<u64, ShredSeen> = BTreeMap::new();
         let mut keyless: BTreeSet<u64> = BTreeSet::new();
-        // The newest segment may still be written to; only sealed ones can go.
+        // Only sealed segments can go: the one being written never is (and the writer
+        // refuses to shred its active segment anyway).
         let ids =
             crate::log::segment_ids(self.storage.as_ref()).map_err(|e| ReadError::Log(e.into()))?;
         let newest_segment = ids.last().copied();
@@ -120,11 +121,9 @@ impl ArchiveReader {
             .iter()
             .copied()
             .filter(|&id| {
-                Some(id) != newest_segment
-                    && self
-                        .storage
-                        .is_sealed(&segment::segment_name(id))
-                        .unwrap_or(false)
+                self.storage
+                    .is_sealed(&segment::segment_name(id))
+                    .unwrap_or(false)
             })
             .collect();
         let mut scanned_through = 0;
