@@ -734,6 +734,33 @@ mod tests {
     }
 
     #[test]
+    fn retention_is_parsed_and_bad_durations_are_located() {
+        let cfg = parse(
+            Path::new("custos.toml"),
+            "[retention]\ndefault = \"6y\"\nrun_every = 30\n[retention.classes]\nresearch = \"7y\"\nchatter = \"90d\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let r = cfg.retention.unwrap();
+        assert_eq!(r.run_every, std::time::Duration::from_secs(30));
+        assert_eq!(r.policy.span("research"), Some(Span::Years(7)));
+        assert_eq!(r.policy.span("default"), Some(Span::Years(6)));
+        let errs = errors(
+            "[retention]\ndefault = \"6 years\"\n[retention.classes]\nresearch = \"7q\"\npermanent = \"1d\"\n",
+        )
+        .join("\n");
+        assert!(errs.contains("custos.toml:2: retention.default:"), "{errs}");
+        assert!(
+            errs.contains("custos.toml:4: retention.classes.research:"),
+            "{errs}"
+        );
+        let errs = errors("[retention]\ndefault = \"1d\"\nrun_every = \"1y\"\n").join("\n");
+        assert!(
+            errs.contains("custos.toml:3: retention.run_every:"),
+            "{errs}"
+        );
+    }
+
+    #[test]
     fn bad_values_are_located() {
         let errs = errors(
             "[[listener]]\nbind = \"nowhere\"\ntls = \"tls\"\ncert = \"missing.crt\"\nkey = \"missing.key\"\n\

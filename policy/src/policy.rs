@@ -246,13 +246,17 @@ impl Policy {
                 continue;
             }
             let effect = rule.action.effect();
-            v.rules.push(rule.id.clone());
             // Retention applies in monitor mode too: it only ever keeps longer.
             if let Some(class) = &rule.retention {
                 if !v.retention.contains(class) {
                     v.retention.push(class.clone());
                 }
+                // An allow rule that only assigns a class classifies; it is not a hit.
+                if rule.action == RuleAction::Allow && !rule.alert {
+                    continue;
+                }
             }
+            v.rules.push(rule.id.clone());
             v.would_action = v.would_action.max(effect);
             let severity = match rule.action {
                 RuleAction::Flag => Some(rule.severity.unwrap_or(Severity::Medium)),

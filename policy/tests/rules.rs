@@ -643,3 +643,48 @@ fn deep_nesting_is_refused_not_overflowed() {
     let e = errors(&format!("[[rule]]\nid='r'\nwhen={cond}\naction='flag'\n"));
     assert!(e.contains("nest deeper"), "{e}");
 }
+
+#[test]
+fn retention_classes_come_from_matched_rules_and_classifying_rules_are_not_hits() {
+    let p = policy(
+        r#"
+[groups]
+research = ["alice@example.test"]
+
+[[rule]]
+id = "research-records"
+when = { from = "group:research" }
+action = "allow"
+retention = "research"
+
+[[rule]]
+id = "deals"
+when = { body = { regex = "(?i)deal" } }
+action = "flag"
+retention = "deals"
+mode = "monitor"
+"#,
+    );
+    let v = out(&p, A, EXT, "lunch?");
+    let names = |v: &Verdict| {
+        v.retention
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&v), ["research"]);
+    assert!(v.rules.is_empty(), "a classifying allow rule is not a hit");
+    let v = out(&p, A, EXT, "the deal is on");
+    assert_eq!(
+        names(&v),
+        ["research", "deals"],
+        "monitor rules classify too"
+    );
+    assert!(v.matched("deals"));
+    let v = out(&p, "bob@example.test/x", EXT, "hello");
+    assert!(v.retention.is_empty());
+    let e = errors(
+        "[[rule]]\nid = \"x\"\nwhen = { body = { regex = \"a\" } }\naction = \"allow\"\nretention = \"permanent\"\n",
+    );
+    assert!(e.contains("rules.toml:5") && e.contains("permanent"), "{e}");
+}

@@ -58,6 +58,13 @@ between = ["research", "trading"]
 text = "Research and trading are separated by an information barrier."
 
 [[rule]]
+id = "research-records"
+description = "The research desk's messages are kept seven years"
+when = { any = [{ from = "group:research" }, { to = "group:research" }] }
+action = "allow"
+retention = "research"
+
+[[rule]]
 id = "external-notice"
 when = { kind = "message", to = "external" }
 action = "disclaimer"
@@ -176,6 +183,12 @@ rules = "rules.toml"
 [web]
 bind = "127.0.0.1:{web_port}"
 sample_rate = 0.2
+
+[retention]
+default = "6y"
+
+[retention.classes]
+research = "7y"
 "#,
         cert = leaf.chain_path.display(),
         key = leaf.key_path.display(),
