@@ -537,7 +537,7 @@ fn check_shred(
             what: format!("retention shred record: {what}"),
         })
     };
-    let a: crate::retention::ExpiryAuthority = match serde_json::from_str(&authority) {
+    let a: crate::retention::ExpiryAuthority = match serde_json::from_str(authority) {
         Ok(a) => a,
         Err(e) => return bad(format!("its authority is not readable ({e})")),
     };
