@@ -380,14 +380,21 @@ fn check_files(dir: &Path, meta: &tantivy::IndexMeta, at_rest: bool) -> Result<(
         return Err("meta.json holds other index settings".into());
     }
     let version = serde_json::to_string(tantivy::version()).map_err(|e| e.to_string())?;
+    // The segments the commit uses; other segment files are what a killed writer or
+    // merge left half-written (tantivy never reads them; the next writer collects them).
+    let used: std::collections::BTreeSet<String> =
+        meta.segments.iter().map(|s| s.id().uuid_string()).collect();
     let mut present = std::collections::BTreeSet::new();
     for entry in std::fs::read_dir(dir).map_err(|e| e.to_string())? {
         let entry = entry.map_err(|e| e.to_string())?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".lock") || name == ".managed.json" {
+        // `.tmp…`: an atomic write (meta.json, .managed.json) a crash interrupted before
+        // its rename. tantivy never reads it; the next writer removes it.
+        if name.ends_with(".lock") || name == ".managed.json" || is_interrupted_write(&name) {
             continue;
         }
-        if name != "meta.json" {
+        let segment = name.split('.').next().unwrap_or_default();
+        if name != "meta.json" && used.contains(segment) {
             let bytes = std::fs::read(entry.path()).map_err(|e| format!("{name}: {e}"))?;
             check_footer(&bytes, &version).map_err(|e| format!("{name}: {e}"))?;
         }
@@ -412,6 +419,11 @@ fn check_files(dir: &Path, meta: &tantivy::IndexMeta, at_rest: bool) -> Result<(
         }
     }
     Ok(())
+}
+
+/// A temporary file of tantivy's atomic writes, left by a crash.
+fn is_interrupted_write(name: &str) -> bool {
+    name.starts_with(".tmp")
 }
 
 /// A tantivy file ends in a JSON footer `{"version":…,"crc":N}`, its length (u32 LE)
@@ -473,8 +485,14 @@ impl BlindIndexWriter {
         let (_, fields) = schema();
         let found = meta_mark(&index.load_metas()?, master, &archive_id);
         let writer = index.writer_with_num_threads(1, WRITER_MEMORY)?;
-        // Files a killed writer left behind (registered, never committed) go now.
+        // Files a killed writer left behind (registered, never committed) go now, and
+        // so do the temporary files of atomic writes it was in the middle of.
         writer.garbage_collect_files().wait()?;
+        for entry in std::fs::read_dir(dir)?.flatten() {
+            if is_interrupted_write(&entry.file_name().to_string_lossy()) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         Ok(BlindIndexWriter {
             writer,
             index,

@@ -483,3 +483,18 @@ async fn a_search_over_a_shredded_segment_shows_what_is_left() {
     assert_eq!(left[0].body.as_deref(), Some("coverage message 5"));
     a.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_temporary_file_left_by_a_killed_index_write_is_not_tampering() {
+    let root = tempfile::tempdir().unwrap();
+    let m = make(root.path());
+    session(&m, 0..3).await;
+    // What tantivy's atomic write leaves when the process dies before the rename.
+    let tmp = m.dir.join("index/.tmpA1b2C3");
+    std::fs::write(&tmp, b"{\"partial\":").unwrap();
+    assert!(problems(&m).is_empty(), "{:?}", problems(&m));
+    // The next writer removes it.
+    session(&m, 3..4).await;
+    assert!(!tmp.exists());
+    assert!(problems(&m).is_empty(), "{:?}", problems(&m));
+}

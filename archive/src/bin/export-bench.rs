@@ -4,6 +4,9 @@
 //! peak covers the export alone. Then it removes the search index and opens the
 //! archive as `serve` does, printing how long the open took and how long until
 //! every search covers the whole log again (the rebuild runs in the background).
+//! Last, retention: how long the expiry job takes to plan over the archive (with and
+//! without a hold to check), to shred every segment, and what alternating retention
+//! classes cost the append path (each change of class starts a segment).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -30,6 +33,112 @@ fn keys() -> (MasterKey, SigningKey) {
         MasterKey::from_bytes([1; 32]),
         SigningKey::from_bytes(&[2; 32]),
     )
+}
+
+fn message(k: u64, class: &str) -> NewRecord {
+    NewRecord::Message(MessageRecord {
+        direction: Direction::Outbound,
+        session: SessionId(format!("s{}", k % 50)),
+        from: format!("user{}@example.test/desk", k % 100),
+        to: format!("user{}@example.test", (k * 7) % 100),
+        stanza_type: "chat".into(),
+        id: Some(format!("id{k}")),
+        origin_id: None,
+        stanza_id: None,
+        thread: None,
+        subject: None,
+        body: Some(format!("message {k}: retention bench")),
+        stanza: Vec::new(),
+        outcome: Outcome {
+            action: Action::Allow,
+            rules: vec![],
+            delivered_body: None,
+            severity: None,
+            e2ee: None,
+            would_action: None,
+        },
+        capture: Capture {
+            retention_class: class.into(),
+            ..Capture::default()
+        },
+    })
+}
+
+/// Expiry over the generated archive: planning (every segment due), planning with a
+/// hold that must be checked against every due segment's records, and shredding all.
+fn expiry(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    use custos_archive::retention::{HoldSpec, RetentionPolicy, Span, HOLD_PLACE};
+    let (master, signing) = keys();
+    let policy = RetentionPolicy::new(Span::Secs(1), Default::default())?;
+    std::thread::sleep(Duration::from_millis(1100));
+    let a = Archive::open(ArchiveConfig::new(dir.to_path_buf(), master, signing))?;
+    let t = Instant::now();
+    let plan = a.reader().expiry_plan(&policy, Timestamp::now())?;
+    println!(
+        "expiry plan, no hold: {:.2} s for {} sealed segment(s), {} due",
+        t.elapsed().as_secs_f64(),
+        plan.segments.len(),
+        plan.due().count()
+    );
+    let spec = HoldSpec::new(
+        "bench",
+        &["nobody@example.test".into()],
+        Some("trade"),
+        None,
+        None,
+    )?;
+    block_on(a.append(NewRecord::Event(EventRecord::Audit {
+        actor: "bench".into(),
+        action: HOLD_PLACE.into(),
+        detail: serde_json::to_string(&spec)?,
+    })))?;
+    let t = Instant::now();
+    let plan = a.reader().expiry_plan(&policy, Timestamp::now())?;
+    println!(
+        "expiry plan, one hold (custodian + query) checked: {:.2} s, {} due",
+        t.elapsed().as_secs_f64(),
+        plan.due().count()
+    );
+    let t = Instant::now();
+    let r = block_on(a.run_expiry(&policy, Timestamp::now(), "bench", false))?;
+    println!(
+        "expiry run: {} segment(s) shredded in {:.2} s (plan included)",
+        r.shredded.len(),
+        t.elapsed().as_secs_f64()
+    );
+    block_on(a.close())?;
+    Ok(())
+}
+
+/// Appends one record per batch, alternating classes or not: what a change of class
+/// costs the append path.
+fn class_switching(dir: &Path, n: u64) -> Result<(), Box<dyn std::error::Error>> {
+    for (label, classes) in [
+        ("one class", ["", ""]),
+        ("alternating classes", ["", "research"]),
+    ] {
+        let (master, signing) = keys();
+        let sub = dir.join(label.replace(' ', "-"));
+        let storage: Arc<dyn storage::Storage> = Arc::new(FileStorage::new(&sub));
+        let limits = LogLimits {
+            segment_max_bytes: 64 << 20,
+            segment_max_age: Duration::from_secs(86_400),
+            checkpoint_every: 1000,
+        };
+        let (mut log, _) = LogWriter::open(storage, master, signing, limits)?;
+        let t = Instant::now();
+        for k in 0..n {
+            log.append_batch(vec![message(k, classes[(k % 2) as usize])])?;
+        }
+        let secs = t.elapsed().as_secs_f64();
+        log.finish()?;
+        let segments = std::fs::read_dir(sub.join("segments"))?.count();
+        println!(
+            "append, one record per batch, {label}: {:.0} records/s, {segments} segment(s) for {n} records",
+            n as f64 / secs
+        );
+    }
+    Ok(())
 }
 
 fn generate(dir: &Path, n: u64) -> Result<(), Box<dyn std::error::Error>> {
@@ -176,6 +285,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .arg(tmp.join("out"))
         .status()?;
     open_with_rebuild(&dir)?;
+    expiry(&dir)?;
+    class_switching(&tmp.join("switching"), 2000)?;
     std::fs::remove_dir_all(&tmp)?;
     if !status.success() {
         return Err("export child failed".into());
