@@ -86,19 +86,42 @@ impl Span {
         }
     }
 
-    /// Which of two spans keeps longer (for a fixed instant every ordering agrees).
+    /// An upper bound in seconds: a year counts as 366 days, so a span in days is
+    /// "at least as long" as one in years only when it is for every record.
+    fn upper_secs(self) -> u64 {
+        match self {
+            Span::Secs(s) => s,
+            Span::Years(y) => u64::from(y) * 366 * 86_400,
+            Span::Forever => u64::MAX,
+        }
+    }
+
+    /// A lower bound in seconds (a year counts as 365 days).
+    fn lower_secs(self) -> u64 {
+        match self {
+            Span::Secs(s) => s,
+            Span::Years(y) => u64::from(y) * 365 * 86_400,
+            Span::Forever => u64::MAX,
+        }
+    }
+
+    /// Whether `self` keeps every record at least as long as `other` does.
+    pub fn at_least(self, other: Span) -> bool {
+        match (self, other) {
+            (Span::Years(a), Span::Years(b)) => a >= b,
+            _ => self.lower_secs() >= other.upper_secs(),
+        }
+    }
+
+    /// Of two spans, one that keeps every record at least as long as the other when
+    /// there is one; otherwise the one whose longest reading is longer.
     fn longer(self, other: Span) -> Span {
-        let probe = Timestamp(0);
-        match (self.due(probe), other.due(probe)) {
-            (None, _) => self,
-            (_, None) => other,
-            (Some(a), Some(b)) => {
-                if a >= b {
-                    self
-                } else {
-                    other
-                }
-            }
+        if self.at_least(other) {
+            self
+        } else if other.at_least(self) || other.upper_secs() > self.upper_secs() {
+            other
+        } else {
+            self
         }
     }
 }
@@ -119,14 +142,24 @@ impl fmt::Display for Span {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetentionPolicy {
     classes: BTreeMap<String, Span>,
+    /// False for [`RetentionPolicy::keep_forever`] (no `[retention]` section).
+    configured: bool,
 }
 
 impl RetentionPolicy {
     /// `default` keeps unclassed records; `classes` are the named ones. The name
-    /// `permanent` is reserved (governance records, kept forever).
+    /// `permanent` is reserved (governance records, kept forever). No class may keep
+    /// less than `default`: a rule could then shorten what the default requires, and a
+    /// rule testing text could let a sender shorten it for their own messages. Set the
+    /// default to the shortest retention and give longer classes by rule instead.
     pub fn new(default: Span, classes: BTreeMap<String, Span>) -> Result<RetentionPolicy, String> {
         let mut all = BTreeMap::new();
         for (name, span) in classes {
+            if !span.at_least(default) {
+                return Err(format!(
+                    "class {name:?} ({span}) keeps less than the default ({default}); make the default the shortest retention and give longer ones by class"
+                ));
+            }
             if name == PERMANENT_CLASS || name == DEFAULT_CLASS {
                 return Err(format!(
                     "class name {name:?} is reserved (set the default with `default = …`)"
@@ -145,7 +178,10 @@ impl RetentionPolicy {
         }
         all.insert(DEFAULT_CLASS.into(), default);
         all.insert(PERMANENT_CLASS.into(), Span::Forever);
-        Ok(RetentionPolicy { classes: all })
+        Ok(RetentionPolicy {
+            classes: all,
+            configured: true,
+        })
     }
 
     /// Keep everything forever: what an archive without `[retention]` does.
@@ -156,7 +192,13 @@ impl RetentionPolicy {
                 (PERMANENT_CLASS.to_string(), Span::Forever),
             ]
             .into(),
+            configured: false,
         }
+    }
+
+    /// Whether it came from a `[retention]` section.
+    pub fn is_configured(&self) -> bool {
+        self.configured
     }
 
     pub fn span(&self, class: &str) -> Option<Span> {
@@ -169,8 +211,16 @@ impl RetentionPolicy {
 
     /// The class to write for a record whose rules named `wanted` classes: the one that
     /// keeps longest among those configured; a name not configured counts as the
-    /// longest configured class (never keep less than asked). `None` = default.
+    /// longest configured class (never keep less than asked). `None` = default. Without
+    /// a `[retention]` section the first name is kept as written, so configuring classes
+    /// later applies them to what was already written.
     pub fn choose<'a>(&self, wanted: impl IntoIterator<Item = &'a str>) -> Option<String> {
+        if !self.configured {
+            return wanted
+                .into_iter()
+                .find(|n| *n != PERMANENT_CLASS && *n != DEFAULT_CLASS)
+                .map(str::to_string);
+        }
         let mut best: Option<(String, Span)> = None;
         for name in wanted {
             let (name, span) = match self.classes.get(name) {
@@ -196,6 +246,133 @@ impl RetentionPolicy {
                 Some((an, a)) if a.longer(s) == a => Some((an, a)),
                 _ => Some((n.clone(), s)),
             })
+    }
+}
+
+/// The audit action of a record stating the retention classes in force.
+pub const RETENTION_POLICY: &str = "retention.policy";
+
+/// The classes as a `retention.policy` record states them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct PolicyDetail {
+    default: String,
+    classes: BTreeMap<String, String>,
+}
+
+impl RetentionPolicy {
+    /// The `detail` of a `retention.policy` record.
+    pub fn record_detail(&self) -> String {
+        let span = |c: &str| self.span(c).unwrap_or(Span::Forever).to_string();
+        let d = PolicyDetail {
+            default: span(DEFAULT_CLASS),
+            classes: self
+                .classes()
+                .filter(|(n, _)| *n != DEFAULT_CLASS && *n != PERMANENT_CLASS)
+                .map(|(n, s)| (n.to_string(), s.to_string()))
+                .collect(),
+        };
+        serde_json::to_string(&d).unwrap_or_default()
+    }
+
+    /// Reads a `retention.policy` record's detail.
+    pub fn from_record_detail(detail: &str) -> Result<RetentionPolicy, String> {
+        let d: PolicyDetail = serde_json::from_str(detail).map_err(|e| e.to_string())?;
+        let classes = d
+            .classes
+            .iter()
+            .map(|(n, s)| Ok((n.clone(), Span::parse(s)?)))
+            .collect::<Result<BTreeMap<_, _>, String>>()?;
+        RetentionPolicy::new(Span::parse(&d.default)?, classes)
+    }
+
+    /// Per class, the longer of this policy's span and `other`'s (classes `other` lacks
+    /// keep this policy's span).
+    fn widen(&mut self, other: &RetentionPolicy) {
+        for (name, span) in self.classes.iter_mut() {
+            if let Some(o) = other.span(name) {
+                *span = span.longer(o);
+            }
+        }
+    }
+}
+
+/// The `retention.policy` records of the chain, in order: what retention was in force
+/// when. A configuration change can shorten retention only for records written after
+/// it: each record keeps the longest span any policy since its writing gave its class.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyHistory {
+    entries: Vec<(u64, RetentionPolicy)>,
+    /// Policy records that could not be read: expiry stops while there are any.
+    pub unreadable: Vec<u64>,
+}
+
+impl PolicyHistory {
+    /// Feeds one record; records must come in seq order.
+    pub fn observe(&mut self, rec: &Record) {
+        if let NewRecord::Event(EventRecord::Audit { action, detail, .. }) = &rec.content {
+            if action == RETENTION_POLICY {
+                match RetentionPolicy::from_record_detail(detail) {
+                    Ok(p) => self.entries.push((rec.seq.0, p)),
+                    Err(_) => self.unreadable.push(rec.seq.0),
+                }
+            }
+        }
+    }
+
+    /// The last policy recorded, if any.
+    pub fn last(&self) -> Option<&RetentionPolicy> {
+        self.entries.last().map(|(_, p)| p)
+    }
+
+    /// The longest span any recorded policy in force between `from_seq` and
+    /// `until_seq` gave `class` (see [`PolicyHistory::effective`]); `None` when no
+    /// recorded policy names the class.
+    pub fn longest_for(&self, class: &str, from_seq: u64, until_seq: u64) -> Option<(Span, u64)> {
+        let at_start = self
+            .entries
+            .iter()
+            .rev()
+            .find(|(seq, _)| *seq < from_seq)
+            .or_else(|| self.entries.first());
+        at_start
+            .into_iter()
+            .chain(
+                self.entries
+                    .iter()
+                    .filter(|(seq, _)| *seq >= from_seq && *seq <= until_seq),
+            )
+            .filter_map(|(seq, p)| p.span(class).map(|s| (s, *seq)))
+            .fold(None, |best: Option<(Span, u64)>, (s, seq)| match best {
+                Some((b, bs)) if b.longer(s) == b => Some((b, bs)),
+                _ => Some((s, seq)),
+            })
+    }
+
+    /// `current`, widened by every recorded policy in force at some time between
+    /// `from_seq` (the first record of a segment) and `until_seq`: the one in force at
+    /// `from_seq` (the last recorded before it, or the first recorded when none is) and
+    /// every one recorded after it.
+    pub fn effective(
+        &self,
+        current: &RetentionPolicy,
+        from_seq: u64,
+        until_seq: u64,
+    ) -> RetentionPolicy {
+        let mut eff = current.clone();
+        let at_start = self
+            .entries
+            .iter()
+            .rev()
+            .find(|(seq, _)| *seq < from_seq)
+            .or_else(|| self.entries.first());
+        for (_, p) in at_start.into_iter().chain(
+            self.entries
+                .iter()
+                .filter(|(seq, _)| *seq >= from_seq && *seq <= until_seq),
+        ) {
+            eff.widen(p);
+        }
+        eff
     }
 }
 
@@ -263,8 +440,13 @@ impl HoldSpec {
         until: Option<Timestamp>,
     ) -> Result<HoldSpec, String> {
         let matter = matter.trim();
-        if matter.is_empty() || matter.len() > 200 || matter.chars().any(char::is_control) {
-            return Err("the matter name must be 1 to 200 printable characters".into());
+        if matter.is_empty()
+            || matter.len() > 200
+            || matter.chars().any(|c| c.is_control() || is_invisible(c))
+        {
+            return Err(
+                "the matter name must be 1 to 200 printable characters, none invisible".into(),
+            );
         }
         let mut norm = Vec::new();
         for j in jids {
@@ -278,6 +460,15 @@ impl HoldSpec {
         }
         let query_text = query_text.map(str::trim).filter(|q| !q.is_empty());
         if let Some(q) = query_text {
+            // The query language ANDs every term: an operator word would be searched
+            // for as a word, and the hold would select far less than it reads.
+            if let Some(op) = q.split_whitespace().find(|t| {
+                matches!(*t, "OR" | "AND" | "NOT" | "||" | "&&") || t.starts_with("NEAR/")
+            }) {
+                return Err(format!(
+                    "query: {op:?} is not an operator here: every term must match (write `-word` to exclude, and one hold per alternative)"
+                ));
+            }
             query::parse(q).map_err(|e| format!("query: {e}"))?;
         }
         if let (Some(a), Some(b)) = (since, until) {
@@ -313,6 +504,12 @@ impl HoldSpec {
             has_query: self.query.is_some(),
         }
     }
+}
+
+/// Zero-width and direction-changing characters: two matter names that differ only by
+/// them look the same on every page.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}')
 }
 
 /// A [`HoldSpec`] ready to test records.
@@ -713,6 +910,30 @@ mod tests {
             RetentionPolicy::new(Span::Secs(1), [("permanent".into(), Span::Secs(1))].into())
                 .is_err()
         );
+        // No class may keep less than the default: a rule could shorten it.
+        let e = RetentionPolicy::new(
+            Span::Years(6),
+            [("chatter".into(), Span::Secs(90 * 86_400))].into(),
+        )
+        .unwrap_err();
+        assert!(e.contains("keeps less than the default"), "{e}");
+        assert!(
+            RetentionPolicy::new(
+                Span::Years(1),
+                [("d".into(), Span::Secs(365 * 86_400))].into()
+            )
+            .is_err(),
+            "365 days is a day short of a leap year"
+        );
+        assert!(RetentionPolicy::new(
+            Span::Years(1),
+            [("d".into(), Span::Secs(366 * 86_400))].into()
+        )
+        .is_ok());
+        // Without [retention], a rule's class is kept as written.
+        let none = RetentionPolicy::keep_forever();
+        assert_eq!(none.choose(["research"]).as_deref(), Some("research"));
+        assert_eq!(none.choose(["permanent"]), None);
     }
 
     #[test]
@@ -786,6 +1007,10 @@ mod tests {
         h.observe(&audit(3, HOLD_PLACE, "{not json".into()));
         assert_eq!(h.unreadable, vec![3]);
         assert!(HoldSpec::new("m", &[], None, None, None).is_err());
+        let e = HoldSpec::new("m", &[], Some("merger OR acquisition"), None, None).unwrap_err();
+        assert!(e.contains("\"OR\" is not an operator"), "{e}");
+        assert!(HoldSpec::new("acme\u{200B}", &["a@x".into()], None, None, None).is_err());
+        assert!(HoldSpec::new("acme \u{202E}mrif", &["a@x".into()], None, None, None).is_err());
         assert!(HoldSpec::new("m", &[], Some("from:"), None, None).is_err());
     }
 
@@ -824,8 +1049,8 @@ mod tests {
             now in 0i64..4_000,
         ) {
             let policy = RetentionPolicy::new(
-                Span::Secs(500),
-                [("research".to_string(), Span::Secs(1500)), ("short".to_string(), Span::Secs(10))].into(),
+                Span::Secs(10),
+                [("research".to_string(), Span::Secs(1500)), ("short".to_string(), Span::Secs(500))].into(),
             ).unwrap();
             let now = Timestamp(now * 1000);
             let matchers: Vec<(String, HoldMatcher)> = holds

@@ -81,6 +81,9 @@ pub struct VerifyReport {
     pub(crate) keyless: std::collections::BTreeSet<u64>,
     /// The time of the first record after the index's mark, and of the last record
     /// (read with the master key).
+    /// Segments a shred record names (their key may still be there: an interrupted shred).
+    #[serde(skip)]
+    pub(crate) shred_named: std::collections::BTreeSet<u64>,
     #[serde(skip)]
     pub(crate) first_unindexed_time: Option<i64>,
     #[serde(skip)]
@@ -166,7 +169,7 @@ fn check_index(
         .keys()
         .chain(r.placed_upto.keys())
         .copied()
-        .filter(|s| !r.keyless.contains(s))
+        .filter(|s| !r.keyless.contains(s) && !r.shred_named.contains(s))
         .collect();
     for seg in segments {
         let index = c.by_segment.get(&seg).copied().unwrap_or_default();
@@ -184,8 +187,17 @@ fn check_index(
         }
     }
     let messages = r.messages_upto;
+    // The documents of a segment being shredded (its record written, its key not yet
+    // gone) may already be deleted.
+    let being_shredded: u64 = r
+        .shred_named
+        .iter()
+        .filter(|s| !r.keyless.contains(s))
+        .filter_map(|s| r.placed_upto.get(s))
+        .map(|p| p.count)
+        .sum();
     // Shredded records cannot be told apart: their documents may or may not be there.
-    if c.docs < messages || c.docs > messages + r.unreadable_upto {
+    if c.docs + being_shredded < messages || c.docs > messages + r.unreadable_upto {
         index_problem(r, format!(
             "holds {} document(s) for the {messages} message(s) up to seq {} (damaged, rolled back or another archive's; run custos reindex)",
             c.docs, through
@@ -322,6 +334,10 @@ fn walk(
     let mut unreadable: std::collections::BTreeMap<u64, (u64, u64, u64)> = Default::default();
     let mut shred_records: std::collections::BTreeMap<u64, (u64, crate::record::Record)> =
         Default::default();
+    // Retention in force over time, and each segment's (created, last checkpoint) times,
+    // for checking retention shreds.
+    let mut policies = crate::retention::PolicyHistory::default();
+    let mut seg_times: std::collections::BTreeMap<u64, (i64, i64)> = Default::default();
     for (id, bytes) in segments {
         let Some(bytes) = bytes else { continue };
         r.segments += 1;
@@ -388,6 +404,7 @@ fn walk(
                         match walk::open_frame(c, &hb, &f) {
                             Err(what) => problem(&mut r, seg, off, Some(seq), what),
                             Ok(o) => {
+                                policies.observe(&o.record);
                                 r.last_time = Some(o.record.time.0);
                                 if seq == count_upto + 1 {
                                     r.first_unindexed_time = Some(o.record.time.0);
@@ -442,6 +459,10 @@ fn walk(
                         w.resync(cp.head);
                     } else {
                         r.reached.push((id, cp.seq, cp.head));
+                        seg_times
+                            .entry(id)
+                            .or_insert((header.created_ms, cp.time_ms))
+                            .1 = cp.time_ms;
                     }
                 }
             }
@@ -461,10 +482,15 @@ fn walk(
         progress(done, total);
     }
     r.head = pos.head.iter().map(|b| format!("{b:02x}")).collect();
+    r.shred_named = shred_records.keys().copied().collect();
     // Destroying a key is legitimate only as a signed act recorded in the chain.
     for (segment, (records, first, last)) in unreadable {
         if let Some((seq, rec)) = shred_records.get(&segment) {
-            check_shred(&mut r, segment, (records, first, last), *seq, rec);
+            let ctx = ShredContext {
+                policies: &policies,
+                times: seg_times.get(&segment).copied(),
+            };
+            check_shred(&mut r, segment, (records, first, last), *seq, rec, &ctx);
             continue;
         }
         {
@@ -495,15 +521,28 @@ pub struct ShredReport {
     pub actor: String,
 }
 
+/// What a retention shred is checked against besides its segment's frames.
+struct ShredContext<'a> {
+    /// The `retention.policy` records of the chain.
+    policies: &'a crate::retention::PolicyHistory,
+    /// The segment's creation time and its last checkpoint's time (both signed or
+    /// authenticated, readable without the key).
+    times: Option<(i64, i64)>,
+}
+
 /// Records the shred and, for a retention shred, checks that its authority describes
-/// this segment (the seqs and record count the chain shows without the key) and that it
-/// was written no earlier than the due date it states.
+/// this segment (the seqs and record count the chain shows without the key), that the
+/// newest record time it states lies within the segment's lifetime, that its due date is
+/// that time plus the retention it states, that this retention is no shorter than any
+/// recorded policy in force since the segment was written gave the class, and that the
+/// record was written no earlier than the due date and not in the future.
 fn check_shred(
     r: &mut VerifyReport,
     segment: u64,
     seen: (u64, u64, u64),
     seq: u64,
     rec: &crate::record::Record,
+    ctx: &ShredContext<'_>,
 ) {
     let NewRecord::Event(EventRecord::Shred {
         reason,
@@ -554,6 +593,47 @@ fn check_shred(
             rec.time
         )),
         Err(_) => bad(format!("its due date {:?} is not a time", a.due)),
+    }
+    let now = crate::time::Timestamp::now();
+    if rec.time.0 > now.0 + 86_400_000 {
+        bad(format!(
+            "written at {}, in the future (a clock set forward makes records look due)",
+            rec.time
+        ));
+    }
+    let (Ok(span), Ok(newest)) = (
+        crate::retention::Span::parse(&a.retention),
+        crate::time::Timestamp::parse(&a.newest),
+    ) else {
+        return bad(format!(
+            "its retention {:?} or newest time {:?} cannot be read",
+            a.retention, a.newest
+        ));
+    };
+    if let Some((created, sealed)) = ctx.times {
+        // A minute's slack below: a record's time never goes back, but the header's
+        // creation time is the raw clock.
+        if newest.0 < created - 60_000 || newest.0 > sealed {
+            bad(format!(
+                "it states the newest record at {newest}, outside the segment's lifetime {}..{}",
+                crate::time::Timestamp(created),
+                crate::time::Timestamp(sealed)
+            ));
+        }
+    }
+    if span.due(newest).map(|d| d.to_string()) != Some(a.due.clone()) {
+        bad(format!(
+            "its due date {} is not the newest record's time {newest} plus its retention {span}",
+            a.due
+        ));
+    }
+    if let Some((longest, policy_seq)) = ctx.policies.longest_for(&a.class, first_seq, seq) {
+        if !span.at_least(longest) {
+            bad(format!(
+                "class {} was kept {longest} (retention policy record seq {policy_seq}) since the segment was written, but it was shredded under {span}",
+                a.class
+            ));
+        }
     }
 }
 

@@ -302,3 +302,117 @@ async fn segments_are_cut_per_class_and_window() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shortening_the_configuration_applies_only_to_records_written_after_it() {
+    let s = Setup::new();
+    let hour = RetentionPolicy::new(Span::Secs(3600), Default::default()).unwrap();
+    let second = RetentionPolicy::new(Span::Secs(1), Default::default()).unwrap();
+    let a = s.open();
+    a.append(msg("alice@x", "bob@x", "written under an hour", ""))
+        .await
+        .unwrap();
+    a.close().await.unwrap();
+    let a = s.open();
+    // The first run records the hour in force.
+    let r = a
+        .run_expiry(&hour, Timestamp::now(), "custos:test", false)
+        .await
+        .unwrap();
+    assert!(r.shredded.is_empty());
+    a.close().await.unwrap();
+
+    // An administrator cuts the default to one second and restarts.
+    let a = s.open();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let r = a
+        .run_expiry(&second, Timestamp::now(), "custos:test", false)
+        .await
+        .unwrap();
+    assert!(
+        r.shredded.is_empty(),
+        "the old message keeps its hour: {r:#?}"
+    );
+    assert!(matches!(
+        r.plan
+            .segments
+            .iter()
+            .find(|p| p.facts.segment == 1)
+            .unwrap()
+            .decision,
+        Decision::Keep(Keep::NotDue { .. })
+    ));
+    // What is written from now on is kept a second.
+    a.append(msg("alice@x", "bob@x", "written under a second", ""))
+        .await
+        .unwrap();
+    a.close().await.unwrap();
+    let a = s.open();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let r = a
+        .run_expiry(&second, Timestamp::now(), "custos:test", false)
+        .await
+        .unwrap();
+    assert_eq!(r.shredded.len(), 1, "{r:#?}");
+    let newer = r.shredded[0].0;
+    assert!(newer > 1);
+
+    // A shred of the old segment claiming the shorter retention is caught by verify.
+    let plan = a.reader().expiry_plan(&hour, Timestamp::now()).unwrap();
+    let old = plan.segments.iter().find(|p| p.facts.segment == 1).unwrap();
+    let newest = old.facts.newest.unwrap();
+    let authority = retention::ExpiryAuthority {
+        rule: retention::EXPIRY_RULE.into(),
+        class: "default".into(),
+        retention: "1s".into(),
+        first_seq: old.facts.first_seq,
+        last_seq: old.facts.last_seq,
+        records: old.facts.records,
+        newest: newest.to_string(),
+        due: Span::Secs(1).due(newest).unwrap().to_string(),
+        holds_checked: Vec::new(),
+    };
+    a.shred_segment(
+        1,
+        retention::EXPIRY_REASON,
+        &serde_json::to_string(&authority).unwrap(),
+        "custos:test",
+    )
+    .await
+    .unwrap();
+    a.close().await.unwrap();
+    let v = s.verify();
+    let forged: Vec<&Problem> = v.problems.iter().filter(|p| p.segment == Some(1)).collect();
+    assert!(
+        forged.len() == 1 && forged[0].what.contains("was kept 1h"),
+        "{:#?}",
+        v.problems
+    );
+    assert!(
+        v.problems.iter().all(|p| p.segment == Some(1)),
+        "the legitimate shred passes: {:#?}",
+        v.problems
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_refuses_to_shred_an_archive_that_does_not_verify() {
+    let s = Setup::new();
+    let a = s.open();
+    let hold = HoldSpec::new("m", &["bob@x".into()], None, None, None).unwrap();
+    a.append(audit(HOLD_PLACE, serde_json::to_string(&hold).unwrap()))
+        .await
+        .unwrap();
+    a.append(msg("alice@x", "bob@x", "held", "")).await.unwrap();
+    a.close().await.unwrap();
+    // Someone removes the key of the segment holding the hold record.
+    std::fs::remove_file(s.dir.join("keys/segment-0000000001.key")).unwrap();
+    let a = s.open();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let r = a
+        .run_expiry(&policy(), Timestamp::now(), "custos:test", false)
+        .await;
+    assert!(matches!(r, Err(ExpiryError::Unverified(_))), "{r:?}");
+    assert!(s.dir.join("keys/segment-0000000002.key").exists());
+    a.close().await.unwrap();
+}

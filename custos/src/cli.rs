@@ -118,8 +118,8 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum HoldCommand {
-    /// Place a hold, or change the one of that matter. Criteria combine with AND; at
-    /// least one is needed. Covers messages written later too.
+    /// Place a hold (or with --change replace an active one's criteria). Criteria combine
+    /// with AND; at least one is needed. Covers messages written later too.
     Add {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
@@ -140,6 +140,10 @@ pub enum HoldCommand {
         /// Who places it (recorded); default `cli:$USER`.
         #[arg(long, value_name = "NAME")]
         actor: Option<String>,
+        /// Replace the criteria of the active hold of this matter (without it, an
+        /// active matter of that name is an error).
+        #[arg(long)]
+        change: bool,
     },
     /// Every hold, active and released, with who placed, changed and released it.
     List {
@@ -288,14 +292,15 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 since,
                 until,
                 actor,
+                change,
             } => crate::retention_cmds::hold_add(
                 &config,
                 &matter,
                 &jids,
                 query.as_deref(),
-                since.as_deref(),
-                until.as_deref(),
+                (since.as_deref(), until.as_deref()),
                 actor,
+                change,
             ),
             HoldCommand::List { config, json } => crate::retention_cmds::hold_list(&config, json),
             HoldCommand::Release {

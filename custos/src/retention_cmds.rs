@@ -93,9 +93,9 @@ pub fn hold_add(
     matter: &str,
     jids: &[String],
     query: Option<&str>,
-    since: Option<&str>,
-    until: Option<&str>,
+    (since, until): (Option<&str>, Option<&str>),
     actor: Option<String>,
+    change: bool,
 ) -> anyhow::Result<ExitCode> {
     let o = open(config)?;
     let spec = HoldSpec::new(
@@ -108,9 +108,15 @@ pub fn hold_add(
     .map_err(|e| anyhow::anyhow!("hold {matter:?}: {e}"))?;
     let reader = ArchiveReader::open(&o.settings.dir, &o.master)?;
     let existing = reader.holds()?;
-    let act = match existing.get(&spec.matter) {
-        Some(h) if h.active => HOLD_CHANGE,
-        _ => HOLD_PLACE,
+    let active = existing.get(&spec.matter).is_some_and(|h| h.active);
+    let act = match (active, change) {
+        (false, false) => HOLD_PLACE,
+        (true, true) => HOLD_CHANGE,
+        (true, false) => bail!(
+            "hold {:?} is active; pass --change to replace its criteria, or choose another matter name",
+            spec.matter
+        ),
+        (false, true) => bail!("no active hold {:?} to change", spec.matter),
     };
     let detail = serde_json::to_string(&spec)?;
     let seq = record(&o, actor.unwrap_or_else(cli_actor), act, detail)?;

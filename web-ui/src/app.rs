@@ -209,6 +209,7 @@ pub const ROUTES: &[(&str, &str, Option<Perm>)] = &[
     ("POST", "/holds", Some(Perm::Hold)),
     ("POST", "/holds/release", Some(Perm::Hold)),
     ("GET", "/erasure", Some(Perm::Erasure)),
+    ("POST", "/erasure", Some(Perm::Erasure)),
     ("GET", "/static/app.css", None),
     ("GET", "/static/app.js", None),
 ];
@@ -230,7 +231,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/users/remove", post(h::user_remove))
         .route("/holds", get(rp::holds).post(rp::hold_add))
         .route("/holds/release", post(rp::hold_release))
-        .route("/erasure", get(rp::erasure))
+        .route("/erasure", get(rp::erasure_form).post(rp::erasure))
         .route("/static/app.css", get(h::css))
         .route("/static/app.js", get(h::js))
         .fallback(|| async { AppError::NotFound.into_response() })

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
@@ -74,9 +74,10 @@ fn holds_page(app: &App, a: &Authed, error: Option<&str>) -> Page {
                         input type="hidden" name="csrf" value=(a.session.csrf);
                         label { "Matter" input name="matter" required maxlength="200"; }
                         label { "Custodians (XMPP addresses, comma-separated)" input name="jids" placeholder="alice@example.test"; }
-                        label { "Search query (optional)" input name="query" placeholder="merger OR from:bob@example.test"; }
+                        label { "Search query (optional; every term must match)" input name="query" placeholder="merger from:bob@example.test"; }
                         label { "From (YYYY-MM-DD, optional)" input name="since"; }
                         label { "Until (YYYY-MM-DD, optional)" input name="until"; }
+                        label.check { input type="checkbox" name="change" value="on"; " Replace the criteria of the active hold of this matter" }
                         button.primary type="submit" { "Place hold" }
                     }
                 }
@@ -106,6 +107,9 @@ pub struct HoldForm {
     since: String,
     #[serde(default)]
     until: String,
+    /// Replace the criteria of the active hold of this matter.
+    #[serde(default)]
+    change: Option<String>,
 }
 
 fn when(v: &str, what: &str) -> Result<Option<Timestamp>, String> {
@@ -142,9 +146,25 @@ pub async fn hold_add(
         }
     };
     app.catch_up().await?;
-    let act = match read(&app.store).holds().get(&spec.matter) {
-        Some(h) if h.active => HOLD_CHANGE,
-        _ => HOLD_PLACE,
+    let active = read(&app.store)
+        .holds()
+        .get(&spec.matter)
+        .is_some_and(|h| h.active);
+    // Changing a hold narrows or widens someone's matter: it must be meant.
+    let act = match (active, f.change.is_some()) {
+        (false, false) => HOLD_PLACE,
+        (true, true) => HOLD_CHANGE,
+        (true, false) => {
+            let e = format!(
+                "a hold {:?} is active: tick \"replace its criteria\" to change it, or choose another matter name",
+                spec.matter
+            );
+            return Ok((StatusCode::BAD_REQUEST, holds_page(&app, &a, Some(&e))).into_response());
+        }
+        (false, true) => {
+            let e = format!("no active hold {:?} to change", spec.matter);
+            return Ok((StatusCode::BAD_REQUEST, holds_page(&app, &a, Some(&e))).into_response());
+        }
     };
     let detail = serde_json::to_value(&spec).map_err(|e| AppError::Internal(e.to_string()))?;
     app.audit(&a.session.user, act, detail).await?;
@@ -184,17 +204,27 @@ pub async fn hold_release(
 }
 
 #[derive(Deserialize, Default)]
-pub struct ErasureQuery {
+pub struct ErasureForm {
+    #[serde(default)]
+    csrf: String,
     #[serde(default)]
     jid: String,
 }
 
+/// The request form.
+pub async fn erasure_form(State(app): State<Arc<App>>, a: Authed) -> Result<Page, AppError> {
+    a.require(Perm::Erasure)?;
+    erasure_page(&app, &a, String::new(), None)
+}
+
+/// Runs the report (a POST: it writes an audit record).
 pub async fn erasure(
     State(app): State<Arc<App>>,
     a: Authed,
-    Query(q): Query<ErasureQuery>,
+    Form(q): Form<ErasureForm>,
 ) -> Result<Page, AppError> {
     a.require(Perm::Erasure)?;
+    a.check_csrf(&q.csrf)?;
     let jid = q.jid.trim().to_string();
     let report = if jid.is_empty() {
         None
@@ -228,6 +258,15 @@ pub async fn erasure(
             .await?;
         Some(report)
     };
+    erasure_page(&app, &a, jid, report)
+}
+
+fn erasure_page(
+    app: &App,
+    a: &Authed,
+    jid: String,
+    report: Option<custos_archive::ErasureReport>,
+) -> Result<Page, AppError> {
     Ok(layout(
         "Erasure",
         Some(&a.session),
@@ -235,7 +274,8 @@ pub async fn erasure(
         html! {
             h1 { "Erasure requests" }
             p.muted { "Every record of a data subject, when each becomes erasable and why it is kept until then. Erasure happens by expiry, never by rewriting the archive; the report is recorded in the audit trail." }
-            form.search method="get" action="/erasure" {
+            form.search method="post" action="/erasure" {
+                input type="hidden" name="csrf" value=(a.session.csrf);
                 input name="jid" value=(jid) placeholder="alice@example.test" required;
                 button.primary type="submit" { "Report" }
             }

@@ -203,6 +203,7 @@ async fn every_route_for_every_role() {
                     role.as_str()
                 ),
                 "/holds/release" => format!("csrf={csrf}&matter=r-{}", role.as_str()),
+                "/erasure" => format!("csrf={csrf}&jid=bob%40example.test"),
                 _ => String::new(),
             };
             if path == "/holds/release" {

@@ -17,8 +17,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::record::{EventRecord, NewRecord};
 use crate::retention::{
-    self, Decision, ExpiryAuthority, Hold, HoldMatcher, Holds, Keep, RetentionPolicy, SegmentFacts,
-    EXPIRY_RULE,
+    self, Decision, ExpiryAuthority, Hold, HoldMatcher, Holds, Keep, PolicyHistory,
+    RetentionPolicy, SegmentFacts, EXPIRY_RULE, RETENTION_POLICY,
 };
 use crate::segment;
 use crate::time::Timestamp;
@@ -42,8 +42,10 @@ pub struct ShredSeen {
     pub reason: String,
     pub authority: String,
     pub actor: String,
-    /// The key file still exists: the shred was interrupted; the next run completes it.
+    /// The key file still exists: the shred was interrupted; the next run completes it
+    /// unless a hold placed since covers its records (`held_by`).
     pub key_present: bool,
+    pub held_by: BTreeMap<String, u64>,
 }
 
 /// Everything the retention job knows before acting.
@@ -53,12 +55,16 @@ pub struct ExpiryPlan {
     pub segments: Vec<SegmentPlan>,
     pub shredded: Vec<ShredSeen>,
     pub holds: Vec<Hold>,
-    /// Hold records that could not be read: expiry stops while there are any.
+    /// Hold and retention-policy records that could not be read: expiry stops while
+    /// there are any.
     pub unreadable_holds: Vec<u64>,
     /// The newest segment file.
     pub newest_segment: Option<u64>,
     /// The last seq read: holds placed after it were not considered.
     pub scanned_through: u64,
+    /// Whether the chain's last `retention.policy` record states the policy planned
+    /// with (a run records it before shredding if not).
+    pub policy_recorded: bool,
 }
 
 impl ExpiryPlan {
@@ -98,6 +104,8 @@ pub enum ExpiryError {
     UnreadableHolds(Vec<u64>),
     #[error("the retention job stopped: {0}")]
     Task(String),
+    #[error("the archive does not verify, so nothing is shredded (a key, a hold record or the log's tail may have been removed): {0}")]
+    Unverified(String),
 }
 
 impl ArchiveReader {
@@ -109,6 +117,7 @@ impl ArchiveReader {
         now: Timestamp,
     ) -> Result<ExpiryPlan, ReadError> {
         let mut holds = Holds::default();
+        let mut history = PolicyHistory::default();
         let mut facts: BTreeMap<u64, SegmentFacts> = BTreeMap::new();
         let mut shred_records: BTreeMap<u64, ShredSeen> = BTreeMap::new();
         let mut keyless: BTreeSet<u64> = BTreeSet::new();
@@ -134,6 +143,7 @@ impl ArchiveReader {
                 return Ok::<(), ReadError>(());
             };
             holds.observe(&rec);
+            history.observe(&rec);
             if let NewRecord::Event(EventRecord::Shred {
                 segment,
                 reason,
@@ -149,6 +159,7 @@ impl ArchiveReader {
                     authority: authority.clone(),
                     actor: actor.clone(),
                     key_present: false,
+                    held_by: BTreeMap::new(),
                 });
             }
             facts
@@ -157,6 +168,8 @@ impl ArchiveReader {
                 .observe(&rec, &[]);
             Ok(())
         })?;
+        let first_seqs: BTreeMap<u64, u64> =
+            facts.iter().map(|(id, f)| (*id, f.first_seq)).collect();
         let candidates: BTreeMap<u64, SegmentFacts> = facts
             .into_iter()
             .filter(|(id, _)| sealed.contains(id) && !shred_records.contains_key(id))
@@ -164,18 +177,33 @@ impl ArchiveReader {
         for s in shred_records.values_mut() {
             s.key_present = !keyless.contains(&s.segment) && self.has_key(s.segment);
         }
-        // Holds only matter for segments that would otherwise go: read those again.
+        // Holds only matter for segments that would otherwise go — due ones, and
+        // interrupted shreds whose key is still there: read those again.
         let matchers: Vec<(String, HoldMatcher)> = holds.matchers();
+        // What each segment is kept for: the longest retention in force for its classes
+        // at any time since it was written (recorded policies), never less than now.
+        let effective = |f: &SegmentFacts| history.effective(policy, f.first_seq, u64::MAX);
         let due: BTreeSet<u64> = candidates
             .iter()
-            .filter(|(_, f)| matches!(retention::decide(f, policy, now), Decision::Shred { .. }))
+            .filter(|(_, f)| {
+                matches!(
+                    retention::decide(f, &effective(f), now),
+                    Decision::Shred { .. }
+                )
+            })
             .map(|(id, _)| *id)
+            .chain(
+                shred_records
+                    .values()
+                    .filter(|s| s.key_present)
+                    .map(|s| s.segment),
+            )
             .collect();
         let mut held: BTreeMap<u64, SegmentFacts> = BTreeMap::new();
         if !due.is_empty() && !matchers.is_empty() {
             let from = due
                 .iter()
-                .filter_map(|id| candidates.get(id).map(|f| f.first_seq))
+                .filter_map(|id| first_seqs.get(id).copied())
                 .min()
                 .unwrap_or(1);
             self.scan(from, |e| {
@@ -190,13 +218,19 @@ impl ArchiveReader {
                 Ok(())
             })?;
         }
+        for s in shred_records.values_mut().filter(|s| s.key_present) {
+            s.held_by = held
+                .get(&s.segment)
+                .map(|f| f.held_by.clone())
+                .unwrap_or_default();
+        }
         let segments = candidates
             .into_iter()
             .map(|(id, f)| {
                 let f = held.remove(&id).unwrap_or(f);
                 SegmentPlan {
                     bytes: self.segment_len(id),
-                    decision: retention::decide(&f, policy, now),
+                    decision: retention::decide(&f, &effective(&f), now),
                     facts: f,
                 }
             })
@@ -206,7 +240,13 @@ impl ArchiveReader {
             segments,
             shredded: shred_records.into_values().collect(),
             holds: holds.all().cloned().collect(),
-            unreadable_holds: holds.unreadable.clone(),
+            unreadable_holds: holds
+                .unreadable
+                .iter()
+                .chain(&history.unreadable)
+                .copied()
+                .collect(),
+            policy_recorded: history.last() == Some(policy),
             newest_segment,
             scanned_through,
         })
@@ -249,15 +289,24 @@ impl Archive {
     ) -> Result<ExpiryReport, ExpiryError> {
         let this = self.clone();
         let p = policy.clone();
-        // Reading the chain is blocking work: off the caller's runtime threads.
+        // Reading the chain is blocking work: off the caller's runtime threads. Before
+        // anything is shredded the archive must verify: a hold record whose key was
+        // removed, or a tail with hold records cut off, would otherwise just vanish from
+        // the holds this run obeys.
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name("custos-expiry".into())
             .spawn(move || {
-                let _ = tx.send(this.reader().expiry_plan(&p, now));
+                let problems = if dry_run {
+                    Vec::new()
+                } else {
+                    this.verify_now().problems
+                };
+                let _ = tx.send((problems, this.reader().expiry_plan(&p, now)));
             })
             .map_err(|e| ExpiryError::Task(e.to_string()))?;
-        let plan = rx.await.map_err(|e| ExpiryError::Task(e.to_string()))??;
+        let (problems, plan) = rx.await.map_err(|e| ExpiryError::Task(e.to_string()))?;
+        let plan = plan?;
         let mut report = ExpiryReport {
             plan,
             ..ExpiryReport::default()
@@ -265,14 +314,40 @@ impl Archive {
         if dry_run {
             return Ok(report);
         }
+        if !problems.is_empty() {
+            let first: Vec<String> = problems.iter().take(3).map(ToString::to_string).collect();
+            return Err(ExpiryError::Unverified(format!(
+                "{} problem(s), first: {}",
+                problems.len(),
+                first.join("; ")
+            )));
+        }
         if !report.plan.unreadable_holds.is_empty() {
             return Err(ExpiryError::UnreadableHolds(
                 report.plan.unreadable_holds.clone(),
             ));
         }
         for s in report.plan.shredded.iter().filter(|s| s.key_present) {
-            self.complete_shred(s.segment, s.record_seq).await?;
+            // A hold placed after the shred was recorded still wins: the key stays (the
+            // record stands as an intent, which `verify` accepts) until it is released.
+            if !s.held_by.is_empty() {
+                continue;
+            }
+            self.complete_shred(s.segment, s.record_seq, report.plan.scanned_through)
+                .await?;
             report.completed.push(s.segment);
+        }
+        // The retention in force goes into the chain before anything is shredded under
+        // it: `verify` checks each shred against what was in force since its segment
+        // was written.
+        if !report.plan.policy_recorded {
+            self.append(NewRecord::Event(EventRecord::Audit {
+                actor: actor.to_owned(),
+                action: RETENTION_POLICY.into(),
+                detail: policy.record_detail(),
+            }))
+            .await
+            .map_err(|e| ExpiryError::Task(e.to_string()))?;
         }
         let holds_checked: Vec<String> = report
             .plan
@@ -359,6 +434,7 @@ impl ArchiveReader {
     ) -> Result<ErasureReport, ReadError> {
         let subject = crate::query::bare_jid(&crate::query::normalize_jid(jid)).to_string();
         let mut holds = Holds::default();
+        let mut history = PolicyHistory::default();
         let mut facts: BTreeMap<u64, SegmentFacts> = BTreeMap::new();
         let mut shredded: BTreeSet<u64> = BTreeSet::new();
         let mut first_subject_seq = None;
@@ -368,6 +444,7 @@ impl ArchiveReader {
                 return Ok::<(), ReadError>(());
             };
             holds.observe(&rec);
+            history.observe(&rec);
             facts
                 .entry(e.segment)
                 .or_insert_with(|| SegmentFacts::new(e.segment))
@@ -403,7 +480,9 @@ impl ArchiveReader {
                     .filter(|(_, m)| m.covers(&rec))
                     .map(|(n, _)| n.clone())
                     .collect();
-                let due = seg.map(|f| retention::segment_due(f, policy));
+                let due = seg.map(|f| {
+                    retention::segment_due(f, &history.effective(policy, f.first_seq, u64::MAX))
+                });
                 let g = groups
                     .entry((class.clone(), held.clone()))
                     .or_insert_with(|| ErasureGroup {
@@ -449,7 +528,7 @@ impl ArchiveReader {
                     g.class
                 ),
                 (Some(d), Some(s)) if *d <= now => format!(
-                    "retention class {} ({s}) has ended: the next expiry run erases them",
+                    "retention class {} ({s}) has ended: the next expiry run erases them, unless a hold on other records of the same segment keeps it",
                     g.class
                 ),
                 (Some(_), Some(s)) => format!(

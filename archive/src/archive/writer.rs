@@ -152,6 +152,9 @@ struct Inner {
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     index_health: Arc<Mutex<Option<String>>>,
     inbox_health: Arc<Mutex<Option<String>>>,
+    /// What the retention job verifies the archive with before it shreds anything.
+    public_key: ed25519_dalek::VerifyingKey,
+    witness: Option<PathBuf>,
 }
 
 /// The archive of the serving process. Clone freely; all clones share one
@@ -296,6 +299,8 @@ impl Archive {
                 recent: Mutex::new(RecentIdentities::default()),
                 indexed,
                 log_end,
+                public_key: cfg.signing_key.verifying_key(),
+                witness: cfg.witness.clone(),
             }),
         })
     }
@@ -304,6 +309,19 @@ impl Archive {
     /// has been recorded: the messages appended lately (the index sees them only after
     /// its next commit), then the index. A failing index answers `false`: the caller
     /// flags a replay it cannot place, it never drops one.
+    /// Verifies the archive as `custos verify` does (against the witness when one is
+    /// configured), as it is at this moment.
+    pub fn verify_now(&self) -> crate::verify::VerifyReport {
+        let dir = &self.inner.reader.dir;
+        let master = Some(&self.inner.reader.master);
+        match &self.inner.witness {
+            Some(w) => {
+                crate::verify::verify_witnessed(dir, master, &self.inner.public_key, w, |_, _| {})
+            }
+            None => crate::verify::verify(dir, master, &self.inner.public_key, |_, _| {}),
+        }
+    }
+
     pub fn knows_message(&self, identity: &str) -> bool {
         if self
             .inner
@@ -368,17 +386,20 @@ impl Archive {
 
     /// Destroys the key of a segment whose shred record (at `recorded`) is already in the
     /// chain: completes a shred interrupted between its record and the key's removal.
+    /// Refused, like [`Archive::shred_expired`], if a hold record was appended after
+    /// `holds_through`.
     pub async fn complete_shred(
         &self,
         segment: u64,
         recorded: u64,
+        holds_through: u64,
     ) -> Result<AppendReceipt, ShredError> {
         self.request_shred(ShredRequest {
             segment,
             reason: String::new(),
             authority: String::new(),
             actor: String::new(),
-            holds_through: None,
+            holds_through: Some(holds_through),
             recorded: Some(recorded),
         })
         .await
