@@ -357,8 +357,18 @@ impl Validator<'_> {
         let default = self.span(&r.default, "retention.default");
         let mut classes = std::collections::BTreeMap::new();
         for (name, v) in &r.classes {
-            if let Some(s) = self.span(v, &format!("retention.classes.{name}")) {
-                classes.insert(name.clone(), s);
+            let key = format!("retention.classes.{name}");
+            if let Some(s) = self.span(v, &key) {
+                match default {
+                    Some(d) if !s.at_least(d) => self.fail(
+                        &v.span(),
+                        &key,
+                        format!("{s} keeps less than the default ({d}); make the default the shortest retention and give longer ones by class"),
+                    ),
+                    _ => {
+                        classes.insert(name.clone(), s);
+                    }
+                }
             }
         }
         let run_every = match &r.run_every {
@@ -737,7 +747,7 @@ mod tests {
     fn retention_is_parsed_and_bad_durations_are_located() {
         let cfg = parse(
             Path::new("custos.toml"),
-            "[retention]\ndefault = \"6y\"\nrun_every = 30\n[retention.classes]\nresearch = \"7y\"\nchatter = \"90d\"\n",
+            "[retention]\ndefault = \"6y\"\nrun_every = 30\n[retention.classes]\nresearch = \"7y\"\nlegal = \"3660d\"\n",
         )
         .unwrap_or_else(|e| panic!("{e:?}"));
         let r = cfg.retention.unwrap();
@@ -751,6 +761,15 @@ mod tests {
         assert!(errs.contains("custos.toml:2: retention.default:"), "{errs}");
         assert!(
             errs.contains("custos.toml:4: retention.classes.research:"),
+            "{errs}"
+        );
+        let errs =
+            errors("[retention]\ndefault = \"6y\"\n[retention.classes]\nchatter = \"90d\"\n")
+                .join("\n");
+        assert!(
+            errs.contains(
+                "custos.toml:4: retention.classes.chatter: 90d keeps less than the default (6y)"
+            ),
             "{errs}"
         );
         let errs = errors("[retention]\ndefault = \"1d\"\nrun_every = \"1y\"\n").join("\n");
