@@ -119,6 +119,7 @@ mod tests {
             claimed_from: None,
             extra: Vec::new(),
             edit: None,
+            retention_class: "default".into(),
         }
     }
 

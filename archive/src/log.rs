@@ -162,8 +162,8 @@ struct Active {
     header: [u8; HEADER_LEN],
     handle: Box<dyn AppendHandle>,
     len: u64,
-    /// Milliseconds since the epoch when it was started: its time window.
-    created_ms: i64,
+    /// The time window of its first record (`None` while it has none).
+    window: Option<i64>,
     /// The retention class of its records (`None` until the first one).
     class: Option<String>,
     cipher: Aes256Gcm,
@@ -553,8 +553,8 @@ impl LogWriter {
     /// be used again (the file may hold part of the batch).
     pub fn append_batch(&mut self, batch: Vec<NewRecord>) -> Result<Vec<Appended>, LogWriteError> {
         let time = Timestamp(Timestamp::now().0.max(self.last_time));
-        if self.active.class.is_some() && self.window(time.0) != self.window(self.active.created_ms)
-        {
+        let window = self.window(time.0);
+        if self.active.window.is_some_and(|w| w != window) {
             self.roll()?;
         }
         let mut out = Vec::with_capacity(batch.len());
@@ -566,6 +566,7 @@ impl LogWriter {
                 self.roll()?;
             }
             self.active.class = Some(class);
+            self.active.window.get_or_insert(window);
             run.push(content);
         }
         out.extend(self.append_run(run, time)?);
@@ -705,8 +706,8 @@ impl LogWriter {
     /// age limit. Returns whether it rolled.
     pub fn maybe_roll(&mut self) -> Result<bool, LogWriteError> {
         let full = self.active.len >= self.limits.segment_max_bytes;
-        let old = self.window(Timestamp::now().0) != self.window(self.active.created_ms)
-            && self.active.len > HEADER_LEN as u64;
+        let now = self.window(Timestamp::now().0);
+        let old = self.active.window.is_some_and(|w| w != now);
         if !(full || old) {
             return Ok(false);
         }
@@ -787,7 +788,7 @@ fn start_segment(
         header,
         handle,
         len: HEADER_LEN as u64,
-        created_ms,
+        window: None,
         class: None,
         cipher,
     })

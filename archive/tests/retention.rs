@@ -267,14 +267,18 @@ async fn a_forged_retention_authority_fails_verify() {
 async fn segments_are_cut_per_class_and_window() {
     let s = Setup::new();
     let mut cfg = ArchiveConfig::new(s.dir.clone(), s.master.clone(), s.signing.clone());
-    cfg.segment_max_age = std::time::Duration::from_millis(500);
+    cfg.segment_max_age = std::time::Duration::from_secs(2);
     let a = Archive::open(cfg).unwrap();
+    // Start just after a window boundary (windows are aligned to the epoch), so the
+    // first three land in one window.
+    let into = Timestamp::now().0.rem_euclid(2000) as u64;
+    tokio::time::sleep(std::time::Duration::from_millis(2050 - into.min(2000))).await;
     a.append(msg("a@x", "b@x", "one", "")).await.unwrap();
     a.append(msg("a@x", "b@x", "two", "")).await.unwrap();
     a.append(msg("a@x", "b@x", "three", "research"))
         .await
         .unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     a.append(msg("a@x", "b@x", "four", "research"))
         .await
         .unwrap();

@@ -46,6 +46,8 @@ pub struct Hit {
     pub extra: Vec<Text>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub edit: Option<Edit>,
+    /// The retention class fixed when the copy was written.
+    pub retention_class: String,
 }
 
 impl Hit {
@@ -80,6 +82,7 @@ impl Hit {
             claimed_from: c.claimed_from,
             extra: c.extra,
             edit: c.edit,
+            retention_class: crate::retention::class_name(&c.retention_class).to_string(),
         })
     }
 }
@@ -175,6 +178,7 @@ mod tests {
                 "from",
                 "leg",
                 "message",
+                "retention_class",
                 "rules",
                 "seq",
                 "session",

@@ -59,6 +59,7 @@ message custos_record_v2 {
   OPTIONAL BINARY account (STRING);
   OPTIONAL BINARY claimed_from (STRING);
   OPTIONAL BINARY would_action (STRING);
+  OPTIONAL BINARY retention_class (STRING);
   OPTIONAL BINARY edit (JSON);
   OPTIONAL BINARY extra (JSON);
   OPTIONAL BINARY event (JSON);
@@ -73,7 +74,7 @@ message custos_record_v2 {
 ";
 
 /// Column names in schema order.
-pub(crate) const COLUMNS: [&str; 36] = [
+pub(crate) const COLUMNS: [&str; 37] = [
     "seq",
     "time",
     "kind",
@@ -100,6 +101,7 @@ pub(crate) const COLUMNS: [&str; 36] = [
     "account",
     "claimed_from",
     "would_action",
+    "retention_class",
     "edit",
     "extra",
     "event",
@@ -175,7 +177,7 @@ struct Columns {
     rules_def: Vec<i16>,
     rules_rep: Vec<i16>,
     more: [OptStr; 7],
-    capture: [OptStr; 9],
+    capture: [OptStr; 10],
     event: OptStr,
     transcript: Vec<ByteArray>,
     record_hash: Vec<FixedLenByteArray>,
@@ -245,6 +247,7 @@ impl Columns {
             &s.account,
             &s.claimed_from,
             &s.would_action,
+            &s.retention_class,
             &s.edit,
             &s.extra,
         ]) {
@@ -441,7 +444,7 @@ impl Columns {
         let [direction, from, to, stanza_type, thread, subject, body] = &self.opt;
         let [delivered_body, session, message_id, origin_id, stanza_id, severity, e2ee] =
             &self.more;
-        let [logical_message, delivered_logical_message, via, leg, account, claimed_from, would_action, edit, extra] =
+        let [logical_message, delivered_logical_message, via, leg, account, claimed_from, would_action, retention_class, edit, extra] =
             &self.capture;
         Some(match name {
             "direction" => direction,
@@ -466,6 +469,7 @@ impl Columns {
             "account" => account,
             "claimed_from" => claimed_from,
             "would_action" => would_action,
+            "retention_class" => retention_class,
             "edit" => edit,
             "extra" => extra,
             "event" => &self.event,

@@ -38,6 +38,8 @@ pub(crate) struct Shown {
     pub account: Option<String>,
     pub claimed_from: Option<String>,
     pub would_action: Option<String>,
+    /// The retention class fixed when the record was written (message rows).
+    pub retention_class: Option<String>,
     /// `{"kind","target"}` of a correction, retraction or moderation.
     pub edit: Option<String>,
     /// `[{"kind","lang","text"}]`: content beyond the body and subject.
@@ -132,6 +134,8 @@ impl Shown {
                 s.account = Some(c.account.clone()).filter(|a| !a.is_empty());
                 s.claimed_from = c.claimed_from.clone();
                 s.would_action = m.outcome.would_action.map(|a| a.as_str().into());
+                s.retention_class =
+                    Some(crate::retention::class_name(&c.retention_class).to_string());
                 s.edit = c.edit.as_ref().map(|e| {
                     serde_json::json!({"kind": e.kind.as_str(), "target": e.target}).to_string()
                 });

@@ -280,6 +280,9 @@ fn row_html(s: &Shown, copy_of: Option<u64>) -> String {
     if let Some(w) = &s.would_action {
         policy.push_str(&format!("<div class=\"meta\">would {}</div>", escape(w)));
     }
+    if let Some(c) = &s.retention_class {
+        policy.push_str(&format!("<div class=\"meta\">kept: {}</div>", escape(c)));
+    }
     if !s.rules.is_empty() {
         policy.push_str(&format!(
             "<div class=\"meta\">{}</div>",

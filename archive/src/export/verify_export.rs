@@ -586,6 +586,7 @@ pub(super) fn shown_of(fields: &[&Field]) -> Result<Shown, &'static str> {
         account: s("account")?,
         claimed_from: s("claimed_from")?,
         would_action: s("would_action")?,
+        retention_class: s("retention_class")?,
         edit: s("edit")?,
         extra: s("extra")?,
         event: s("event")?,
@@ -629,6 +630,7 @@ fn differing_columns(a: &Shown, b: &Shown) -> Vec<&'static str> {
     cmp("account", a.account == b.account);
     cmp("claimed_from", a.claimed_from == b.claimed_from);
     cmp("would_action", a.would_action == b.would_action);
+    cmp("retention_class", a.retention_class == b.retention_class);
     cmp("edit", a.edit == b.edit);
     cmp("extra", a.extra == b.extra);
     cmp("event", a.event == b.event);
