@@ -207,6 +207,10 @@ async fn expiry_shreds_what_is_due_and_a_hold_keeps_its_custodian() -> TestResul
         "kept messages are exported"
     );
     assert!(!transcripts.contains("expire-me"), "shredded ones are not");
+    assert!(
+        transcripts.contains("kept: research"),
+        "each row shows its retention class"
+    );
 
     // The erasure report for bob says why his records stay.
     let er = rig.cli(&["erasure", "report", "--jid", "bob@example.test"])?;
