@@ -14,6 +14,7 @@
 //!  every reader (verify, recovery, scan, tail, export) ─▶ walk::SegmentWalk + walk::open_record
 //!  index commit ─▶ payload = HMAC'd mark (seq, chain head, opstamp); readers check it
 //!  submit_audit (other process) ─▶ inbox/ (encrypted file) ─▶ writer thread drains ─▶ append
+//!  expiry ─▶ verify ─▶ plan (holds, policies, segments) ─▶ shred record ─▶ key gone ─▶ index purge
 //! ```
 //!
 //! Modules: [`record`] (model and canonical encoding), [`segment`] (file format,
@@ -24,7 +25,8 @@
 //! uses), [`verify`], [`witness`] (checkpoints kept outside the archive),
 //! [`archive`] (the public façade: writer, readers, tail, index upkeep and the writer
 //! lock), [`inbox`] (audit events handed over by other processes),
-//! [`grouping`] (copies of one logical message, for the views).
+//! [`grouping`] (copies of one logical message, for the views), [`retention`] (classes,
+//! legal holds and the expiry decision; the job is `archive::expiry`).
 //! The on-disk format is described in `docs/archive-format.md`.
 
 pub mod archive;
