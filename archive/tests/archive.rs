@@ -218,7 +218,7 @@ async fn append_search_verify_reopen() {
     let h = &archive.search("rule:pci-card", 1).unwrap()[0];
     let json = serde_json::to_string(h).unwrap();
     let expected = format!(
-        r#"{{"seq":3,"time":"{}","direction":"outbound","from":"alice@example.test/laptop","to":"carol@example.test/phone","type":"chat","body":"my card is 4111 1111","action":"redact","rules":["pci-card"],"delivered_body":"card ████","message":"","via":"direct","leg":"client-to-server","account":"","session":"s1"}}"#,
+        r#"{{"seq":3,"time":"{}","direction":"outbound","from":"alice@example.test/laptop","to":"carol@example.test/phone","type":"chat","body":"my card is 4111 1111","action":"redact","rules":["pci-card"],"delivered_body":"card ████","message":"","via":"direct","leg":"client-to-server","account":"","session":"s1","retention_class":"default"}}"#,
         r3.time
     );
     assert_eq!(json, expected);
