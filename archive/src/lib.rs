@@ -30,6 +30,7 @@
 //! The on-disk format is described in `docs/archive-format.md`.
 
 pub mod archive;
+pub mod bucket;
 pub mod export;
 #[cfg(test)]
 mod fault_tests;
@@ -66,4 +67,6 @@ pub use record::{
     Outcome, Record, RecordSeq, SessionId, Text, Via,
 };
 pub use time::Timestamp;
-pub use verify::{verify, verify_witnessed, Problem, ShredReport, VerifyReport};
+pub use verify::{
+    verify, verify_in, verify_witnessed, verify_witnessed_in, Problem, ShredReport, VerifyReport,
+};

@@ -74,6 +74,8 @@ pub enum LogOpenError {
     BadMeta,
     #[error("segments exist but archive.meta is missing")]
     MissingMeta,
+    #[error("no archive has been written here yet (no archive.meta)")]
+    NoArchive,
     #[error("segment {segment} is corrupt at offset {offset}: {what} (run verify)")]
     Corrupt {
         segment: u64,
@@ -197,7 +199,13 @@ pub(crate) fn read_meta(storage: &dyn Storage) -> Result<Option<Meta>, LogOpenEr
 
 /// Reads `archive.meta` and checks the master key against it.
 pub(crate) fn open_meta(storage: &dyn Storage, master: &MasterKey) -> Result<Meta, LogOpenError> {
-    let meta = read_meta(storage)?.ok_or(LogOpenError::MissingMeta)?;
+    let meta = match read_meta(storage)? {
+        Some(m) => m,
+        None if segment_ids(storage).is_ok_and(|ids| ids.is_empty()) => {
+            return Err(LogOpenError::NoArchive)
+        }
+        None => return Err(LogOpenError::MissingMeta),
+    };
     if master.check_value(&meta.archive_id) != meta.key_check {
         return Err(LogOpenError::WrongMasterKey);
     }

@@ -17,7 +17,7 @@ use crate::keys::MasterKey;
 use crate::log::{self, LogOpenError};
 use crate::record::{EventRecord, NewRecord};
 use crate::segment::{self, SegmentHeader};
-use crate::storage::{FileStorage, Storage};
+use crate::storage::Storage;
 use crate::walk::{self, ChainPos, SegmentWalk, Step};
 
 /// One thing wrong, and where.
@@ -105,10 +105,26 @@ pub fn verify(
     public_key: &VerifyingKey,
     progress: impl FnMut(u64, u64),
 ) -> VerifyReport {
-    let storage = FileStorage::new(dir);
+    let storage = crate::bucket::storage_for_dir(dir);
+    verify_in(dir, storage.as_ref(), master_key, public_key, progress)
+}
+
+/// [`verify`] reading the archive's files through `storage` (the directory in front of
+/// a bucket: [`crate::bucket::storage_for`]); the index is the one in `dir`.
+pub fn verify_in(
+    dir: &Path,
+    storage: &dyn Storage,
+    master_key: Option<&MasterKey>,
+    public_key: &VerifyingKey,
+    progress: impl FnMut(u64, u64),
+) -> VerifyReport {
     let running = crate::archive::writer_running(dir);
+    // A node reading the archive from a bucket, with nothing written locally, has no
+    // index until it builds one: that is not a lost index.
+    let reader_node = !dir.join(log::META_NAME).exists() && !dir.join("index").exists();
     // Read before the log: a running writer only adds to what the index covers.
-    let coverage = match (log::read_meta(&storage), master_key) {
+    let coverage = match (log::read_meta(storage), master_key) {
+        (Ok(Some(_)), Some(_)) if reader_node => None,
         (Ok(Some(meta)), Some(key)) => Some(crate::index::coverage(
             &dir.join("index"),
             key,
@@ -121,15 +137,13 @@ pub fn verify(
         .as_ref()
         .and_then(|c| c.as_ref().ok())
         .map(|c| c.mark.through);
-    let mut r = walk(
-        &storage,
-        master_key,
-        public_key,
-        upto.unwrap_or(0),
-        progress,
-    );
+    let mut r = walk(storage, master_key, public_key, upto.unwrap_or(0), progress);
     if let Some(coverage) = coverage {
         check_index(&mut r, coverage, running);
+    } else if reader_node && r.last_seq > 0 {
+        r.notes.push(
+            "no local search index (this directory only reads the archive from its bucket); `custos search` or `custos reindex` builds one".into(),
+        );
     }
     r
 }
@@ -648,11 +662,31 @@ pub fn verify_witnessed(
     witness_dir: &Path,
     progress: impl FnMut(u64, u64),
 ) -> VerifyReport {
-    let witnessed = match log::read_meta(&FileStorage::new(dir)) {
+    let storage = crate::bucket::storage_for_dir(dir);
+    verify_witnessed_in(
+        dir,
+        storage.as_ref(),
+        master_key,
+        public_key,
+        witness_dir,
+        progress,
+    )
+}
+
+/// [`verify_witnessed`] reading the archive's files through `storage`.
+pub fn verify_witnessed_in(
+    dir: &Path,
+    storage: &dyn Storage,
+    master_key: Option<&MasterKey>,
+    public_key: &VerifyingKey,
+    witness_dir: &Path,
+    progress: impl FnMut(u64, u64),
+) -> VerifyReport {
+    let witnessed = match log::read_meta(storage) {
         Ok(Some(meta)) => Some(crate::witness::read_witness(witness_dir, &meta.archive_id)),
         _ => None,
     };
-    let mut r = verify(dir, master_key, public_key, progress);
+    let mut r = verify_in(dir, storage, master_key, public_key, progress);
     match witnessed {
         Some(Ok(w)) => check_witness(&mut r, w, public_key),
         Some(Err(e)) => r.problems.push(Problem {

@@ -13,7 +13,10 @@ use crate::config::{self, ArchiveSettings};
 pub fn settings(path: &Path) -> anyhow::Result<ArchiveSettings> {
     let cfg = config::load_or_fail(path)?;
     match cfg.archive {
-        Some(a) => Ok(a),
+        Some(a) => {
+            crate::object_store_cmds::connect(&a)?;
+            Ok(a)
+        }
         None => bail!("{}: no [archive] section", path.display()),
     }
 }
@@ -208,6 +211,43 @@ pub fn verify(config: &Path) -> anyhow::Result<ExitCode> {
             custos_archive::verify(&a.dir, key.as_ref(), &public, progress("verifying"))
         }
     };
+    let mut report = report;
+    if let Some(remote) = custos_archive::bucket::registered(&a.dir) {
+        match &key {
+            None => report.notes.push(
+                "the bucket's objects are not checked without the master key (their records are encrypted)".into(),
+            ),
+            Some(key) => {
+                let checked = ArchiveReader::open(&a.dir, key)
+                    .map_err(custos_archive::bucket::SyncError::from)
+                    .and_then(|reader| custos_archive::bucket::verify_bucket(&reader, &remote));
+                match checked {
+                    Ok(check) => {
+                        report.notes.push(format!(
+                            "bucket {}: {} stored segment(s) checked",
+                            remote.client.endpoint().bucket,
+                            check.segments
+                        ));
+                        report.notes.extend(check.notes);
+                        for (segment, what) in check.problems {
+                            report.problems.push(custos_archive::Problem {
+                                segment,
+                                offset: None,
+                                seq: None,
+                                what: format!("object store: {what}"),
+                            });
+                        }
+                    }
+                    Err(e) => report.problems.push(custos_archive::Problem {
+                        segment: None,
+                        offset: None,
+                        seq: None,
+                        what: format!("object store: cannot be checked: {e}"),
+                    }),
+                }
+            }
+        }
+    }
     for note in &report.notes {
         eprintln!("note: {note}");
     }

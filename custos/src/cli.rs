@@ -114,6 +114,32 @@ pub enum Command {
         #[command(subcommand)]
         command: ErasureCommand,
     },
+    /// Sealed segments in an S3 bucket under Object Lock (docs/object-storage.md).
+    #[command(name = "object-store")]
+    ObjectStore {
+        #[command(subcommand)]
+        command: ObjectStoreCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ObjectStoreCommand {
+    /// Check that the bucket has versioning and Object Lock enabled.
+    Check {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Create the bucket with Object Lock enabled (versioning comes with it).
+    CreateBucket {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Upload sealed segments, set legal holds, delete shredded segments' key objects:
+    /// what `serve` does every `upload_every`. Needs the archive not to be served.
+    Sync {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -321,6 +347,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     actor,
                 },
         } => crate::retention_cmds::erasure_report(&config, &jid, json, actor),
+        Command::ObjectStore { command } => match command {
+            ObjectStoreCommand::Check { config } => crate::object_store_cmds::check(&config),
+            ObjectStoreCommand::CreateBucket { config } => {
+                crate::object_store_cmds::create_bucket(&config)
+            }
+            ObjectStoreCommand::Sync { config } => crate::object_store_cmds::sync(&config),
+        },
         Command::Policy { command } => match command {
             PolicyCommand::Check { rules } => crate::policy_cmds::check(&rules),
             PolicyCommand::Test { rules, input } => {

@@ -100,6 +100,25 @@ pub struct RawArchive {
     pub witness: Option<Spanned<PathBuf>>,
     /// Seal the active segment when its time window ends (default one day).
     pub segment_max_age: Option<Spanned<RawSpan>>,
+    /// Sealed segments in an S3 bucket under Object Lock.
+    pub object_store: Option<Spanned<RawObjectStore>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawObjectStore {
+    pub endpoint: Spanned<String>,
+    pub bucket: Spanned<String>,
+    pub region: Option<Spanned<String>>,
+    pub prefix: Option<Spanned<String>>,
+    pub path_style: Option<bool>,
+    pub lock_mode: Option<Spanned<String>>,
+    /// A TOML file with `access_key` and `secret_key`; without it the environment's
+    /// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`.
+    pub credentials: Option<Spanned<PathBuf>>,
+    pub keep_local: Option<bool>,
+    pub cache_mb: Option<Spanned<i64>>,
+    pub upload_every: Option<Spanned<RawSpan>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,6 +168,22 @@ pub struct ArchiveSettings {
     pub segment_max_bytes: Option<u64>,
     pub segment_max_age: Option<std::time::Duration>,
     pub witness: Option<PathBuf>,
+    pub object_store: Option<ObjectStoreSettings>,
+}
+
+/// `[archive.object_store]`, validated; credentials are read when connecting.
+#[derive(Debug, Clone)]
+pub struct ObjectStoreSettings {
+    pub endpoint: String,
+    pub bucket: String,
+    pub region: String,
+    pub prefix: String,
+    pub path_style: bool,
+    pub lock_mode: custos_archive::bucket::LockMode,
+    pub credentials: Option<PathBuf>,
+    pub keep_local: bool,
+    pub cache_bytes: u64,
+    pub upload_every: std::time::Duration,
 }
 
 /// `[retention]`: the classes and how often `serve` runs expiry.
@@ -649,6 +684,10 @@ impl Validator<'_> {
                 );
             }
         }
+        let object_store = a
+            .object_store
+            .as_ref()
+            .and_then(|o| self.object_store(o.get_ref(), &dir));
         Some(ArchiveSettings {
             dir,
             master_key: master_key.map(|(p, _)| p),
@@ -657,6 +696,112 @@ impl Validator<'_> {
             segment_max_bytes,
             segment_max_age,
             witness: witness.map(|(p, _)| p),
+            object_store,
+        })
+    }
+
+    fn object_store(&mut self, o: &RawObjectStore, dir: &Path) -> Option<ObjectStoreSettings> {
+        use custos_archive::bucket::LockMode;
+        let endpoint = o.endpoint.get_ref().trim_end_matches('/').to_string();
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+            || endpoint.splitn(4, '/').nth(3).is_some()
+        {
+            self.fail(
+                &o.endpoint.span(),
+                "archive.object_store.endpoint",
+                format!("expected http(s)://host[:port] without a path, got {endpoint:?}"),
+            );
+        }
+        let bucket = o.bucket.get_ref().clone();
+        let valid_bucket = (3..=63).contains(&bucket.len())
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        if !valid_bucket {
+            self.fail(
+                &o.bucket.span(),
+                "archive.object_store.bucket",
+                format!("{bucket:?} is not an S3 bucket name (3-63 of a-z, 0-9, '-', '.')"),
+            );
+        }
+        let lock_mode = match o
+            .lock_mode
+            .as_ref()
+            .map(|m| (m.get_ref().as_str(), m.span()))
+        {
+            None | Some(("compliance", _)) => LockMode::Compliance,
+            Some(("governance", _)) => LockMode::Governance,
+            Some((other, span)) => {
+                self.fail(
+                    &span,
+                    "archive.object_store.lock_mode",
+                    format!("expected \"compliance\" or \"governance\", got {other:?}"),
+                );
+                LockMode::Compliance
+            }
+        };
+        let credentials = o.credentials.as_ref().map(|c| (self.path(c), c.span()));
+        if let Some((path, span)) = &credentials {
+            if is_within(path, dir) {
+                self.fail(
+                    span,
+                    "archive.object_store.credentials",
+                    format!(
+                        "{} is inside the archive directory; keep credentials elsewhere",
+                        path.display()
+                    ),
+                );
+            }
+        }
+        let cache_bytes = match &o.cache_mb {
+            Some(v) if !(1..=65_536).contains(v.get_ref()) => {
+                self.fail(
+                    &v.span(),
+                    "archive.object_store.cache_mb",
+                    "must be between 1 and 65536",
+                );
+                0
+            }
+            Some(v) => u64::try_from(*v.get_ref()).unwrap_or(256) << 20,
+            None => 256 << 20,
+        };
+        let upload_every = o
+            .upload_every
+            .as_ref()
+            .and_then(|v| self.seconds(v, "archive.object_store.upload_every"))
+            .unwrap_or(std::time::Duration::from_secs(300));
+        let mut prefix = o
+            .prefix
+            .as_ref()
+            .map(|p| p.get_ref().clone())
+            .unwrap_or_else(|| "custos/".into());
+        if let Some(p) = &o.prefix {
+            if prefix.contains("//") || prefix.starts_with('/') {
+                self.fail(
+                    &p.span(),
+                    "archive.object_store.prefix",
+                    "must not start with '/' or contain '//'",
+                );
+            }
+        }
+        if !prefix.is_empty() && !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        Some(ObjectStoreSettings {
+            endpoint,
+            bucket,
+            region: o
+                .region
+                .as_ref()
+                .map(|r| r.get_ref().clone())
+                .unwrap_or_else(|| "us-east-1".into()),
+            prefix,
+            path_style: o.path_style.unwrap_or(true),
+            lock_mode,
+            credentials: credentials.map(|(p, _)| p),
+            keep_local: o.keep_local.unwrap_or(true),
+            cache_bytes,
+            upload_every,
         })
     }
 

@@ -30,6 +30,7 @@ fn open(config_path: &Path) -> anyhow::Result<Opened> {
     let Some(settings) = cfg.archive else {
         bail!("{}: no [archive] section", config_path.display());
     };
+    crate::object_store_cmds::connect(&settings)?;
     let master = archive_cmds::master_key(&settings)?;
     let signing = custos_archive::load_signing_key(&settings.signing_key)
         .with_context(|| format!("reading the signing key {}", settings.signing_key.display()))?;

@@ -53,8 +53,17 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
         );
     }
 
+    let mut object_store = None;
     let archive = match &cfg.archive {
         Some(a) => {
+            if let (Some(remote), Some(s)) =
+                (crate::object_store_cmds::connect(a)?, &a.object_store)
+            {
+                if let Err(e) = remote.check_bucket() {
+                    anyhow::bail!("[archive.object_store]: {e}");
+                }
+                object_store = Some((remote, s.upload_every));
+            }
             let master = archive_cmds::master_key(a)?;
             let signing = custos_archive::load_signing_key(&a.signing_key)
                 .with_context(|| format!("reading the signing key {}", a.signing_key.display()))?;
@@ -119,6 +128,20 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
         _ => None,
     };
 
+    let object_sync = match (&archive, object_store) {
+        (Some(archive), Some((remote, every))) => Some(tokio::spawn(object_sync_loop(
+            archive.clone(),
+            remote,
+            retention
+                .as_ref()
+                .map(|r| r.policy.clone())
+                .unwrap_or_else(RetentionPolicy::keep_forever),
+            every,
+            shutdown.clone(),
+        ))),
+        _ => None,
+    };
+
     let web = match (&cfg.web, &archive) {
         (Some(w), Some(archive)) => {
             let mut web_config = custos_web_ui::WebConfig::new(w.bind, w.users.clone());
@@ -172,6 +195,9 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
     if let Some(e) = expiry {
         let _ = e.await;
     }
+    if let Some(s) = object_sync {
+        let _ = s.await;
+    }
     drop(pipeline);
     if let Some(archive) = archive {
         archive.close().await.context("closing the archive")?;
@@ -207,6 +233,51 @@ async fn expiry_loop(
                 "retention: expired segments shredded"
             ),
             Err(err) => error!(cause = %err, "retention run failed; retried at the next interval"),
+        }
+    }
+}
+
+/// Syncs sealed segments to the bucket every `every` until shutdown.
+async fn object_sync_loop(
+    archive: Archive,
+    remote: custos_archive::bucket::Remote,
+    policy: RetentionPolicy,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut wait = every.min(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = every;
+        match archive
+            .sync_objects(&remote, &policy, Timestamp::now())
+            .await
+        {
+            Ok(r) => {
+                if !(r.stored.is_empty()
+                    && r.keys_deleted.is_empty()
+                    && r.holds_set.is_empty()
+                    && r.holds_cleared.is_empty())
+                {
+                    info!(
+                        stored = ?r.stored.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+                        dropped_local = r.dropped_local.len(),
+                        legal_holds_set = r.holds_set.len(),
+                        legal_holds_cleared = r.holds_cleared.len(),
+                        key_objects_deleted = r.keys_deleted.len(),
+                        "object store: synced"
+                    );
+                }
+                for (segment, why) in &r.keys_pending {
+                    warn!(segment, cause = %why, "object store: the key object of a shredded segment cannot be deleted yet");
+                }
+            }
+            Err(err) => {
+                error!(cause = %err, "object store sync failed; retried at the next interval")
+            }
         }
     }
 }

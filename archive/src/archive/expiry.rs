@@ -31,6 +31,9 @@ pub struct SegmentPlan {
     pub facts: SegmentFacts,
     pub bytes: u64,
     pub decision: Decision,
+    /// When its retention ends, holds aside (`None`: never, under the policies in
+    /// force): what the object store locks it until.
+    pub due: Option<Timestamp>,
 }
 
 /// A segment shredded before: its record and whether the key is really gone.
@@ -228,9 +231,13 @@ impl ArchiveReader {
             .into_iter()
             .map(|(id, f)| {
                 let f = held.remove(&id).unwrap_or(f);
+                let policy = effective(&f);
                 SegmentPlan {
                     bytes: self.segment_len(id),
-                    decision: retention::decide(&f, &effective(&f), now),
+                    decision: retention::decide(&f, &policy, now),
+                    due: retention::segment_due(&f, &policy)
+                        .ok()
+                        .map(|(_, _, due)| due),
                     facts: f,
                 }
             })

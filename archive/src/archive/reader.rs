@@ -13,7 +13,7 @@ use crate::log::{self, Meta};
 use crate::query;
 use crate::record::Record;
 use crate::segment::{self, Frame, Hash, Parsed, SegmentHeader, HEADER_LEN};
-use crate::storage::{FileStorage, Storage};
+use crate::storage::Storage;
 use crate::walk::{self, ChainPos, SegmentWalk, Step};
 
 use super::*;
@@ -86,8 +86,28 @@ pub struct ArchiveReader {
 impl ArchiveReader {
     /// Opens the archive in `dir` for reading; checks the master key.
     pub fn open(dir: &Path, master_key: &MasterKey) -> Result<ArchiveReader, ReadError> {
-        let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(dir));
+        let storage = crate::bucket::storage_for_dir(dir);
         ArchiveReader::from_parts(dir.to_path_buf(), storage, master_key.clone())
+    }
+
+    /// Opens the archive in `dir` for reading through `storage` (the directory alone,
+    /// or the directory in front of a bucket: [`crate::bucket::storage_for`]).
+    pub fn open_in(
+        dir: &Path,
+        storage: Arc<dyn Storage>,
+        master_key: &MasterKey,
+    ) -> Result<ArchiveReader, ReadError> {
+        ArchiveReader::from_parts(dir.to_path_buf(), storage, master_key.clone())
+    }
+
+    /// The local directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where its files are read from.
+    pub fn storage(&self) -> &dyn Storage {
+        self.storage.as_ref()
     }
 
     pub(crate) fn from_parts(

@@ -16,7 +16,7 @@ use crate::index::{BlindIndexWriter, IndexError};
 use crate::keys::MasterKey;
 use crate::log::{self, Appended, LogLimits, LogWriter};
 use crate::record::{EventRecord, NewRecord, RecordSeq, Via};
-use crate::storage::{FileStorage, Storage};
+
 use crate::time::Timestamp;
 
 use super::*;
@@ -40,6 +40,8 @@ pub struct ArchiveConfig {
     /// A directory outside `dir` (another mount or host) where every signed checkpoint
     /// is also appended; `verify` then finds a cut tail ([`crate::witness`]).
     pub witness: Option<PathBuf>,
+    /// A bucket that holds sealed segments ([`crate::bucket`]): reads fall back to it.
+    pub object_store: Option<crate::bucket::Remote>,
 }
 
 impl ArchiveConfig {
@@ -53,6 +55,7 @@ impl ArchiveConfig {
             segment_max_age: Duration::from_secs(24 * 3600),
             checkpoint_every: 1000,
             witness: None,
+            object_store: None,
         }
     }
 }
@@ -206,7 +209,11 @@ impl Archive {
                 source,
             },
         })?;
-        let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(&dir));
+        let remote = cfg
+            .object_store
+            .clone()
+            .or_else(|| crate::bucket::registered(&dir));
+        let storage = crate::bucket::storage_for(&dir, remote.as_ref());
         let limits = LogLimits {
             segment_max_bytes: cfg.segment_max_bytes,
             segment_max_age: cfg.segment_max_age,
@@ -313,12 +320,20 @@ impl Archive {
     /// configured), as it is at this moment.
     pub fn verify_now(&self) -> crate::verify::VerifyReport {
         let dir = &self.inner.reader.dir;
+        let storage = self.inner.reader.storage.as_ref();
         let master = Some(&self.inner.reader.master);
         match &self.inner.witness {
-            Some(w) => {
-                crate::verify::verify_witnessed(dir, master, &self.inner.public_key, w, |_, _| {})
+            Some(w) => crate::verify::verify_witnessed_in(
+                dir,
+                storage,
+                master,
+                &self.inner.public_key,
+                w,
+                |_, _| {},
+            ),
+            None => {
+                crate::verify::verify_in(dir, storage, master, &self.inner.public_key, |_, _| {})
             }
-            None => crate::verify::verify(dir, master, &self.inner.public_key, |_, _| {}),
         }
     }
 

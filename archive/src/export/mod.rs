@@ -43,7 +43,7 @@ use crate::log::{self, LogOpenError};
 use crate::query::{self, QueryError};
 use crate::record::{EventRecord, NewRecord};
 use crate::segment::{self, SegmentHeader, HEADER_LEN};
-use crate::storage::{FileStorage, Storage};
+use crate::storage::Storage;
 use crate::time::Timestamp;
 use crate::walk::{self, ChainPos, SegmentWalk, Step};
 
@@ -197,13 +197,14 @@ pub fn export_with(
 ) -> Result<ExportSummary, ExportError> {
     let query = req.query.as_deref().map(query::parse).transpose()?;
     let filter = Filter::new(query, req.since, req.until);
-    let storage = FileStorage::new(archive_dir);
-    let meta = log::open_meta(&storage, master_key)?;
-    let ids = log::segment_ids(&storage).map_err(|e| ExportError::Read {
+    let storage = crate::bucket::storage_for_dir(archive_dir);
+    let storage = storage.as_ref();
+    let meta = log::open_meta(storage, master_key)?;
+    let ids = log::segment_ids(storage).map_err(|e| ExportError::Read {
         segment: 0,
         what: e.to_string(),
     })?;
-    let through = last_checkpoint(&storage, &ids)?;
+    let through = last_checkpoint(storage, &ids)?;
     if dir_has_entries(out) {
         return Err(ExportError::OutExists(out.to_path_buf()));
     }
@@ -241,7 +242,7 @@ pub fn export_with(
         if header.first_seq > through {
             break;
         }
-        let cipher = log::segment_cipher(&storage, master_key, &meta.archive_id, id)?;
+        let cipher = log::segment_cipher(storage, master_key, &meta.archive_id, id)?;
         proofs.begin_segment(id, hb, header.first_seq, header.prev_head)?;
         if let Some(flaw) = walk::header_flaws(&header, id, &meta.archive_id, after)
             .into_iter()
@@ -427,7 +428,7 @@ fn describe(req: &ExportRequest, st: &Stats, through: u64) -> String {
 
 /// The seq of the newest checkpoint: records after it are not yet covered by
 /// a signature, so the export stops there.
-fn last_checkpoint(storage: &FileStorage, ids: &[u64]) -> Result<u64, ExportError> {
+fn last_checkpoint(storage: &dyn Storage, ids: &[u64]) -> Result<u64, ExportError> {
     for &id in ids.iter().rev() {
         let bytes = storage
             .read(&segment::segment_name(id))
