@@ -398,7 +398,8 @@ pub fn class_name(stored: &str) -> &str {
     }
 }
 
-/// Shred, recovery, hold, erasure and retention acts: evidence kept forever.
+/// Shred, recovery, hold, erasure, retention and object-store acts: evidence kept
+/// forever.
 pub fn is_governance(e: &EventRecord) -> bool {
     match e {
         EventRecord::Shred { .. } | EventRecord::Recovery { .. } => true,
@@ -406,6 +407,7 @@ pub fn is_governance(e: &EventRecord) -> bool {
             action.starts_with("hold.")
                 || action.starts_with("erasure.")
                 || action.starts_with("retention.")
+                || action.starts_with("object.")
         }
         EventRecord::SessionStart { .. } | EventRecord::SessionEnd { .. } => false,
     }

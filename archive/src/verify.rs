@@ -329,14 +329,19 @@ fn walk(
     let mut total = 0u64;
     let mut segments = Vec::with_capacity(ids.len());
     for &id in &ids {
+        // Sealed-ness first: a segment sealed after its bytes were read would look cut
+        // short (its sealing checkpoint arrived between the two).
+        let sealed = storage
+            .is_sealed(&segment::segment_name(id))
+            .unwrap_or(false);
         match storage.read(&segment::segment_name(id)) {
             Ok(b) => {
                 total += b.len() as u64;
-                segments.push((id, Some(b)));
+                segments.push((id, sealed, Some(b)));
             }
             Err(e) => {
                 problem(&mut r, Some(id), None, None, e.to_string());
-                segments.push((id, None));
+                segments.push((id, sealed, None));
             }
         }
     }
@@ -352,12 +357,9 @@ fn walk(
     // for checking retention shreds.
     let mut policies = crate::retention::PolicyHistory::default();
     let mut seg_times: std::collections::BTreeMap<u64, (i64, i64)> = Default::default();
-    for (id, bytes) in segments {
+    for (id, sealed, bytes) in segments {
         let Some(bytes) = bytes else { continue };
         r.segments += 1;
-        let sealed = storage
-            .is_sealed(&segment::segment_name(id))
-            .unwrap_or(false);
         let is_last = Some(id) == last_id;
         let seg = Some(id);
         let header = match SegmentHeader::decode(&bytes) {

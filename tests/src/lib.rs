@@ -16,6 +16,8 @@
 //!   gives it (forged senders, wrappers, stanzas before authentication).
 //! - [`sendxmpp`]: one-shot sends and a listener through `go-sendxmpp`.
 //! - [`process`]: stopping children by pid (SIGTERM, then SIGKILL).
+//! - [`s3`]: [`s3::S3Server`], a real S3 server with Object Lock (moto), and a boto3
+//!   probe that inspects and attacks its bucket.
 //!
 //! ```text
 //!   TestDir ──▶ TestCa ──▶ LeafCert (example.test, localhost, 127.0.0.1)
@@ -38,6 +40,7 @@ pub mod net;
 pub mod process;
 pub mod prosody;
 pub mod rig;
+pub mod s3;
 pub mod scripted;
 pub mod sendxmpp;
 pub mod slix;

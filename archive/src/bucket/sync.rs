@@ -28,9 +28,9 @@ pub const OBJECT_KEY_DELETED: &str = "object.key-deleted";
 /// Who the job's records name.
 const ACTOR: &str = "custos object sync";
 
-/// The least time a lock is set ahead: S3 refuses a retain-until in the past, and a
-/// segment already due is shredded by the next expiry run anyway.
-const MIN_LOCK_MS: i64 = 60_000;
+/// The least time a lock is set ahead: S3 refuses a retain-until in the past (a segment
+/// already due when it is uploaded is shredded by the next expiry run anyway).
+const MIN_LOCK_MS: i64 = 5_000;
 /// What "kept forever" (a permanent class, or one no longer configured) locks for.
 const FOREVER_YEARS: u32 = 100;
 
@@ -261,8 +261,19 @@ fn plan_and_upload(
             records.unreadable
         )));
     }
-    let plan = reader.expiry_plan(policy, now)?;
     let storage = reader.storage();
+    // Which segments are sealed is read before the plan: one sealed in between would
+    // be missing from the plan and be locked as if it were kept forever.
+    let sealed: Vec<u64> = crate::log::segment_ids(storage)
+        .map_err(|e| SyncError::Task(e.to_string()))?
+        .into_iter()
+        .filter(|id| {
+            storage
+                .is_sealed(&segment::segment_name(*id))
+                .unwrap_or(false)
+        })
+        .collect();
+    let plan = reader.expiry_plan(policy, now)?;
     let mut steps = Vec::new();
     let mut report = SyncReport::default();
     let mut droppable: Vec<u64> = records.stored.keys().copied().collect();
@@ -275,14 +286,8 @@ fn plan_and_upload(
     //    segment numbering must be complete for a node reading only the bucket).
     let planned: BTreeMap<u64, &crate::archive::SegmentPlan> =
         plan.segments.iter().map(|s| (s.facts.segment, s)).collect();
-    let ids = crate::log::segment_ids(storage).map_err(|e| SyncError::Task(e.to_string()))?;
-    for id in ids {
-        if records.stored.contains_key(&id)
-            || records.shredded.contains(&id)
-            || !storage
-                .is_sealed(&segment::segment_name(id))
-                .unwrap_or(false)
-        {
+    for id in sealed {
+        if records.stored.contains_key(&id) || records.shredded.contains(&id) {
             continue;
         }
         let s = planned.get(&id);
@@ -397,6 +402,14 @@ fn plan_and_upload(
         let Some(obj) = stored.objects.iter().find(|o| o.name == key_name) else {
             continue;
         };
+        if let Ok(until) = Timestamp::parse(&stored.retain_until) {
+            if until > now {
+                report
+                    .keys_pending
+                    .push((*id, format!("{} is locked until {until}", obj.key)));
+                continue;
+            }
+        }
         let versions: Vec<VersionEntry> = remote
             .client
             .list_versions(&obj.key)?

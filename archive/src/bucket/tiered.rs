@@ -23,6 +23,8 @@ struct Cache {
     order: VecDeque<String>,
     bytes: u64,
     listings: HashMap<String, (Instant, Arc<BTreeSet<String>>)>,
+    /// The last merged listing per directory.
+    merged: HashMap<String, BTreeSet<String>>,
 }
 
 /// Local files, then the bucket's copies.
@@ -63,11 +65,14 @@ impl TieredStorage {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Names directly in `dir` in the bucket.
-    fn remote_list(&self, dir: &str) -> Result<Arc<BTreeSet<String>>, ListError> {
-        if let Some((at, names)) = self.cache().listings.get(dir) {
-            if at.elapsed() < LISTING_TTL {
-                return Ok(names.clone());
+    /// Names directly in `dir` in the bucket; a listing younger than [`LISTING_TTL`]
+    /// is reused unless `fresh`.
+    fn remote_list(&self, dir: &str, fresh: bool) -> Result<Arc<BTreeSet<String>>, ListError> {
+        if !fresh {
+            if let Some((at, names)) = self.cache().listings.get(dir) {
+                if at.elapsed() < LISTING_TTL {
+                    return Ok(names.clone());
+                }
             }
         }
         let prefix = if dir.is_empty() {
@@ -99,8 +104,18 @@ impl TieredStorage {
 
     fn remote_has(&self, name: &str) -> Result<bool, ReadError> {
         let (dir, file) = name.rsplit_once('/').unwrap_or(("", name));
-        let names = self.remote_list(dir).map_err(|e| remote_error(name, e))?;
-        Ok(names.contains(file))
+        if self
+            .remote_list(dir, false)
+            .map_err(|e| remote_error(name, e))?
+            .contains(file)
+        {
+            return Ok(true);
+        }
+        // Uploaded since the cached listing, perhaps.
+        Ok(self
+            .remote_list(dir, true)
+            .map_err(|e| remote_error(name, e))?
+            .contains(file))
     }
 
     /// Whether a file missing locally may come from the bucket. Data keys may not where
@@ -151,8 +166,21 @@ impl TieredStorage {
 
 impl Storage for TieredStorage {
     fn list(&self, dir: &str) -> Result<Vec<String>, ListError> {
-        let mut names: BTreeSet<String> = self.local.list(dir)?.into_iter().collect();
-        names.extend(self.remote_list(dir)?.iter().cloned());
+        let local: BTreeSet<String> = self.local.list(dir)?.into_iter().collect();
+        let mut names = local.clone();
+        names.extend(self.remote_list(dir, false)?.iter().cloned());
+        // A file gone from the local directory since the last listing was uploaded (and
+        // its local copy dropped) after the cached bucket listing was taken: list again.
+        let vanished = self
+            .cache()
+            .merged
+            .get(dir)
+            .is_some_and(|before| !before.is_subset(&names));
+        if vanished {
+            names = local;
+            names.extend(self.remote_list(dir, true)?.iter().cloned());
+        }
+        self.cache().merged.insert(dir.to_string(), names.clone());
         Ok(names.into_iter().collect())
     }
 
