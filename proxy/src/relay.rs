@@ -263,10 +263,30 @@ impl<'a, I: Inspector> Relay<'a, I> {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .peek(&previd);
-                if let Some(d) = previous {
-                    self.client_w.lock().await.sm = d.to_client;
-                    self.upstream_w.lock().await.sm = d.to_upstream;
-                }
+                let Some(d) = previous else {
+                    // Not a session this process relayed: another node's behind the same
+                    // load balancer, or one from before a restart. The server would
+                    // resume it, but this node has neither the stanza counts to
+                    // translate `h` with (so it cannot tell which stanzas were archived
+                    // and delivered) nor the account the session proved at bind. Refuse
+                    // it here: the client binds afresh, and the server, when the old
+                    // session times out, redelivers what it held as offline messages,
+                    // through this node and into the archive.
+                    self.lock_state().resume_refused();
+                    let failed = format!(
+                        "<failed xmlns='{}'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></failed>",
+                        crate::stream::NS_SM
+                    );
+                    self.client_w
+                        .lock()
+                        .await
+                        .write(failed.as_bytes(), Counted::No)
+                        .await?;
+                    info!("refused to resume a stream-management session this node did not relay; the client binds afresh");
+                    return Ok(true);
+                };
+                self.client_w.lock().await.sm = d.to_client;
+                self.upstream_w.lock().await.sm = d.to_upstream;
                 h.map(|h| (h, Numbering::ToClient))
             }
             SmStep::Translate { h, numbering } => Some((h, numbering)),

@@ -268,6 +268,13 @@ impl RelayState {
         }
     }
 
+    /// The proxy answered the client's `<resume/>` with `<failed/>` itself.
+    pub fn resume_refused(&mut self) {
+        if let Identity::ExpectBind(e) = &mut self.identity {
+            e.resume_request = None;
+        }
+    }
+
     /// A stanza from the client.
     pub fn client_stanza(&mut self, el: &Element, view: &StanzaView) -> ClientStanza {
         match &mut self.identity {

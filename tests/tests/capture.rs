@@ -330,6 +330,90 @@ async fn a_resumed_session_keeps_its_proven_identity() -> TestResult {
     Ok(())
 }
 
+/// Two Custos nodes in front of one Prosody (as behind a TCP load balancer): a session
+/// that enabled stream management on one and lost its connection asks the other to
+/// resume it. The second node never relayed it (it has no counts to translate, and did
+/// not see the account bound), so it refuses with `<failed/>` itself instead of letting
+/// the server resume a session whose stanzas it could not attribute; the client binds
+/// afresh there, and what it says is archived by that node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumption_at_another_node_is_refused_and_the_client_binds_afresh() -> TestResult {
+    let rig = rig("capture-two-nodes", None)?;
+    // The second node: the same upstream and keys, its own archive directory.
+    let node2_dir = rig.dir.join("node2");
+    std::fs::create_dir_all(&node2_dir)?;
+    let config = std::fs::read_to_string(rig.custos.config_path())?;
+    let archive_dir = rig.archive_dir.clone().ok_or("no archive")?;
+    let sections: Vec<&str> = config
+        .split("\n\n")
+        .filter(|s| {
+            !s.trim_start().starts_with("[[listener]]") && !s.trim_start().starts_with("[web]")
+        })
+        .collect();
+    let extra = sections.join("\n\n").replace(
+        &archive_dir.display().to_string(),
+        &node2_dir.join("archive").display().to_string(),
+    );
+    let leaf = rig.ca.leaf(&node2_dir, "example.test")?;
+    let node2 = custos_e2e::custos::Custos::start(
+        &node2_dir,
+        &[
+            custos_e2e::custos::ListenerKind::StartTls,
+            custos_e2e::custos::ListenerKind::Direct,
+        ],
+        &leaf.chain_path,
+        &leaf.key_path,
+        &extra,
+    )?;
+
+    let mut bob = login(&rig, "bob", "phone").await?;
+    let mut alice = login(&rig, "alice", "laptop").await?;
+    let previd = alice.enable_sm().await?;
+    let h = alice.handled;
+    alice.drop_connection();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut again =
+        Scripted::connect(node2.listener(1), rig.ca.cert_path(), "example.test").await?;
+    again.authenticate("alice", password("alice")).await?;
+    let answer = again.resume(&previd, h).await?;
+    assert_eq!(
+        answer.name,
+        "failed",
+        "{}\n{}",
+        again.transcript,
+        node2.log_tail()
+    );
+    assert!(answer
+        .child("item-not-found", "urn:ietf:params:xml:ns:xmpp-stanzas")
+        .is_some());
+    let jid = again.bind("laptop2").await?;
+    assert!(jid.starts_with("alice@example.test/"), "{jid}");
+    again
+        .send("<message to='bob@example.test/phone' type='chat' id='n2'><body>bound afresh on the second node</body></message>")
+        .await?;
+    assert!(bob.message_containing("afresh", WAIT).await?.is_some());
+    // The second node archived what it relayed, under the account the new bind proved.
+    let start = Instant::now();
+    let hits = loop {
+        let out = node2.command(&["search", "--json", "--copies", "afresh"])?;
+        let hits: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        if !hits.is_empty() || start.elapsed() > WAIT {
+            break hits;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        hits.iter()
+            .any(|h| h["leg"] == "client-to-server" && h["account"] == jid.as_str()),
+        "{hits:#?}"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_injected_bind_result_does_not_change_who_the_user_is() -> TestResult {
     let rig = rig("capture-bind-injection", None)?;
