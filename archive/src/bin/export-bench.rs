@@ -110,6 +110,70 @@ fn expiry(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// With `CUSTOS_BENCH_S3=http://host:port` (an S3 server with Object Lock, e.g. moto's
+/// server mode): how long the object sync takes to store the generated archive, and how
+/// long a node with an empty directory takes to verify it and to build its index from
+/// the bucket.
+fn bucket(dir: &Path, fresh: &Path, endpoint: &str) -> Result<(), Box<dyn std::error::Error>> {
+    use custos_archive::bucket::{Credentials, Endpoint, LockMode, ObjectStoreConfig, Remote};
+    let cfg = ObjectStoreConfig {
+        endpoint: Endpoint {
+            url: endpoint.into(),
+            bucket: format!("custos-bench-{}", std::process::id()),
+            region: "us-east-1".into(),
+            path_style: true,
+        },
+        credentials: Credentials {
+            access_key: "bench".into(),
+            secret_key: zeroize::Zeroizing::new("bench-secret".into()),
+        },
+        prefix: "custos/".into(),
+        lock_mode: LockMode::Governance,
+        keep_local: true,
+        cache_bytes: 256 << 20,
+    };
+    let remote = Remote::connect(&cfg)?;
+    remote.client.create_bucket_with_lock()?;
+    let (master, signing) = keys();
+    let public = signing.verifying_key();
+    let mut c = ArchiveConfig::new(dir.to_path_buf(), master.clone(), signing);
+    c.object_store = Some(remote.clone());
+    let a = Archive::open(c)?;
+    let policy = custos_archive::retention::RetentionPolicy::keep_forever();
+    let bytes: u64 = std::fs::read_dir(dir.join("segments"))?
+        .filter_map(|e| e.ok()?.metadata().ok())
+        .map(|m| m.len())
+        .sum();
+    let t = Instant::now();
+    let r = block_on(a.sync_objects(&remote, &policy, Timestamp::now()))?;
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "object sync: {} segment(s), {:.1} MiB in {secs:.2} s ({:.1} MiB/s, chain read and plan included)",
+        r.stored.len(),
+        bytes as f64 / (1 << 20) as f64,
+        bytes as f64 / (1 << 20) as f64 / secs
+    );
+    block_on(a.close())?;
+    std::fs::create_dir_all(fresh)?;
+    let storage = custos_archive::bucket::storage_for(fresh, Some(&remote));
+    let t = Instant::now();
+    let v = verify_in(fresh, storage.as_ref(), Some(&master), &public, |_, _| {});
+    println!(
+        "verify from the bucket on an empty node: {} records in {:.2} s ({} problems)",
+        v.records,
+        t.elapsed().as_secs_f64(),
+        v.problems.len()
+    );
+    custos_archive::bucket::register(fresh, remote);
+    let t = Instant::now();
+    let n = reindex(fresh, &master, |_, _| {})?;
+    println!(
+        "index built from the bucket on an empty node: {n} messages in {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// Appends one record per batch, alternating classes or not: what a change of class
 /// costs the append path.
 fn class_switching(dir: &Path, n: u64) -> Result<(), Box<dyn std::error::Error>> {
@@ -285,6 +349,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .arg(tmp.join("out"))
         .status()?;
     open_with_rebuild(&dir)?;
+    if let Ok(endpoint) = std::env::var("CUSTOS_BENCH_S3") {
+        bucket(&dir, &tmp.join("fresh"), &endpoint)?;
+    }
     expiry(&dir)?;
     class_switching(&tmp.join("switching"), 2000)?;
     std::fs::remove_dir_all(&tmp)?;
