@@ -15,6 +15,8 @@ use crate::time::Timestamp;
 /// One copy of a logical message, as listed under it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct CopyRef {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     pub seq: RecordSeq,
     pub time: Timestamp,
     pub leg: Leg,
@@ -39,6 +41,7 @@ pub struct MessageHit {
 
 fn copy_ref(h: &Hit) -> CopyRef {
     CopyRef {
+        node: h.node.clone(),
         seq: h.seq,
         time: h.time,
         leg: h.leg,
@@ -84,7 +87,15 @@ pub fn group(hits: Vec<Hit>) -> Vec<MessageHit> {
         }
     }
     for g in &mut groups {
-        g.copies.sort_by_key(|c| c.seq);
+        // One chain's sequence is its order; copies from several nodes' chains are
+        // ordered by time.
+        let one_chain = g.copies.windows(2).all(|w| w[0].node == w[1].node);
+        if one_chain {
+            g.copies.sort_by_key(|c| c.seq);
+        } else {
+            g.copies
+                .sort_by(|a, b| (a.time, &a.node, a.seq).cmp(&(b.time, &b.node, b.seq)));
+        }
     }
     groups
 }
@@ -95,6 +106,7 @@ mod tests {
 
     fn hit(seq: u64, message: &str, delivered: Option<&str>, leg: Leg) -> Hit {
         Hit {
+            node: None,
             seq: RecordSeq(seq),
             time: Timestamp(seq as i64),
             direction: Direction::Outbound,

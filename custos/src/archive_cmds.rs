@@ -84,30 +84,64 @@ pub fn search(
     let a = settings(config)?;
     let key = master_key(&a)?;
     custos_archive::query::parse(query).map_err(|e| anyhow::anyhow!("bad query: {e}"))?;
-    // With no server writing, bring the index up to the log first (a server's own
-    // indexer keeps it current, and holds the lock).
-    match custos_archive::update_index(&a.dir, &key, progress("indexing")) {
-        Ok(done) => match done.rebuilt {
-            Some(why) => eprintln!("search index rebuilt from the log ({why})"),
-            None if done.indexed > 0 => {
-                eprintln!("search index caught up: {} record(s) added", done.indexed)
-            }
-            None => {}
-        },
-        Err(custos_archive::ReindexError::Locked { .. }) => {}
-        Err(e) => eprintln!("warning: cannot bring the search index up to the log: {e}"),
-    }
-    let reader = ArchiveReader::open(&a.dir, &key)?;
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    let chains = crate::nodes::chains(&a)?;
     let fetch = if copies {
         limit
     } else {
         limit.saturating_mul(COPIES_PER_MESSAGE)
     };
-    let searched = reader.search_covered(query, fetch)?;
+    let mut hits = Vec::new();
+    let mut uncovered = Vec::new();
+    for chain in &chains {
+        let label = |what: String| {
+            if chains.len() > 1 {
+                format!("{}: {what}", chain.label())
+            } else {
+                what
+            }
+        };
+        // With no server writing, bring the index up to the log first (a server's own
+        // indexer keeps it current, and holds the lock).
+        match custos_archive::update_index(&chain.dir, &key, progress("indexing")) {
+            Ok(done) => match done.rebuilt {
+                Some(why) => eprintln!(
+                    "{}",
+                    label(format!("search index rebuilt from the log ({why})"))
+                ),
+                None if done.indexed > 0 => eprintln!(
+                    "{}",
+                    label(format!(
+                        "search index caught up: {} record(s) added",
+                        done.indexed
+                    ))
+                ),
+                None => {}
+            },
+            Err(custos_archive::ReindexError::Locked { .. }) => {}
+            Err(e) => eprintln!(
+                "warning: {}",
+                label(format!("cannot bring the search index up to the log: {e}"))
+            ),
+        }
+        let reader = ArchiveReader::open(&chain.dir, &key)
+            .with_context(|| format!("opening {}", chain.label()))?;
+        let searched = reader.search_covered(query, fetch)?;
+        hits.extend(searched.hits.into_iter().map(|mut h| {
+            h.node.clone_from(&chain.node);
+            h
+        }));
+        if let Some(u) = searched.uncovered {
+            uncovered.push(label(u.to_string()));
+        }
+    }
+    if chains.len() > 1 {
+        // Each chain's hits come newest first; so do the merged ones.
+        hits.sort_by(|x, y| (y.time, &y.node, y.seq).cmp(&(x.time, &x.node, x.seq)));
+        hits.truncate(fetch);
+    }
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
     let count = if copies {
-        let hits = searched.hits;
         for hit in &hits {
             if json {
                 serde_json::to_writer(&mut out, hit)?;
@@ -118,7 +152,7 @@ pub fn search(
         }
         hits.len()
     } else {
-        let mut messages = custos_archive::group(searched.hits);
+        let mut messages = custos_archive::group(hits);
         messages.truncate(limit);
         for m in &messages {
             if json {
@@ -136,7 +170,7 @@ pub fn search(
             if copies { "record(s)" } else { "message(s)" }
         );
     }
-    if let Some(u) = &searched.uncovered {
+    for u in &uncovered {
         eprintln!("warning: {u}");
     }
     Ok(ExitCode::SUCCESS)
@@ -153,8 +187,9 @@ fn line(hit: &custos_archive::Hit, copies: usize) -> String {
     } else {
         String::new()
     };
+    let node = hit.node.as_deref().unwrap_or_default();
     format!(
-        "#{} {} {} {} -> {} ({}) {}{}: {}",
+        "{node}#{} {} {} {} -> {} ({}) {}{}: {}",
         hit.seq.0,
         hit.time,
         hit.direction.as_str(),
@@ -198,27 +233,127 @@ pub fn verify(config: &Path) -> anyhow::Result<ExitCode> {
     if key.is_none() {
         eprintln!("note: master key unavailable; checking the chain and checkpoints but not record contents");
     }
-    let report = match &a.witness {
+    let chains = crate::nodes::chains(&a)?;
+    let many = chains.len() > 1;
+    let mut problems = 0usize;
+    let mut archive_ids: Vec<([u8; 16], String)> = Vec::new();
+    for chain in &chains {
+        let mut report = verify_chain(&a, chain, key.as_ref(), &public);
+        if let Some(key) = &key {
+            if let Ok(reader) = ArchiveReader::open(&chain.dir, key) {
+                let id = reader.archive_id();
+                if let Some((_, other)) = archive_ids.iter().find(|(i, _)| *i == id) {
+                    // A copy of one node's chain placed under another name would
+                    // otherwise count its records twice.
+                    report.problems.push(custos_archive::Problem {
+                        segment: None,
+                        offset: None,
+                        seq: None,
+                        what: format!("holds the same archive (id) as {other}: a copy, not a chain of its own"),
+                    });
+                }
+                archive_ids.push((id, chain.label()));
+                if custos_archive::bucket::registered(&chain.dir).is_some() {
+                    match crate::nodes::check_node_records(&reader, chain.node.as_deref()) {
+                        Ok((_, found)) => report.problems.extend(found),
+                        Err(e) => report
+                            .notes
+                            .push(format!("node.start records not checked: {e}")),
+                    }
+                }
+            }
+        }
+        let prefix = if many {
+            format!("{}: ", chain.label())
+        } else {
+            String::new()
+        };
+        for note in &report.notes {
+            eprintln!("note: {prefix}{note}");
+        }
+        for s in &report.shreds {
+            println!(
+                "{prefix}shredded: segment {} (seq {}..={}, {} record(s)) by record seq {} at {}: {} — {} (by {})",
+                s.segment, s.first_seq, s.last_seq, s.records, s.by_seq, s.time, s.reason, s.authority, s.actor
+            );
+        }
+        let place = if many {
+            chain.label()
+        } else {
+            a.dir.display().to_string()
+        };
+        for problem in &report.problems {
+            println!("{place}: {problem}");
+        }
+        problems += report.problems.len();
+        println!(
+            "{prefix}{} segment(s), {} record(s), {} checkpoint(s), last seq {}, head {}{}: {}",
+            report.segments,
+            report.records,
+            report.checkpoints,
+            report.last_seq,
+            report.head,
+            if report.shredded_records > 0 {
+                format!(", {} shredded", report.shredded_records)
+            } else {
+                String::new()
+            },
+            if report.problems.is_empty() {
+                "ok".to_owned()
+            } else {
+                format!("{} problem(s)", report.problems.len())
+            }
+        );
+    }
+    if many {
+        println!(
+            "{} node chain(s): {}",
+            chains.len(),
+            if problems == 0 {
+                "ok".to_owned()
+            } else {
+                format!("{problems} problem(s)")
+            }
+        );
+    }
+    Ok(if problems == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Verifies one chain: its records, links and checkpoints; the witness where this node
+/// keeps one for it; its objects in the bucket.
+fn verify_chain(
+    a: &ArchiveSettings,
+    chain: &crate::nodes::Chain,
+    key: Option<&MasterKey>,
+    public: &VerifyingKey,
+) -> custos_archive::VerifyReport {
+    let witness = a.witness.as_ref().filter(|_| chain.own);
+    let mut report = match witness {
         Some(witness) => custos_archive::verify_witnessed(
-            &a.dir,
-            key.as_ref(),
-            &public,
+            &chain.dir,
+            key,
+            public,
             witness,
             progress("verifying"),
         ),
         None => {
-            eprintln!("note: no [archive] witness configured: records cut from the end of the log cannot be detected");
-            custos_archive::verify(&a.dir, key.as_ref(), &public, progress("verifying"))
+            if chain.own {
+                eprintln!("note: no [archive] witness configured: records cut from the end of the log cannot be detected");
+            }
+            custos_archive::verify(&chain.dir, key, public, progress("verifying"))
         }
     };
-    let mut report = report;
-    if let Some(remote) = custos_archive::bucket::registered(&a.dir) {
-        match &key {
+    if let Some(remote) = custos_archive::bucket::registered(&chain.dir) {
+        match key {
             None => report.notes.push(
                 "the bucket's objects are not checked without the master key (their records are encrypted)".into(),
             ),
             Some(key) => {
-                let checked = ArchiveReader::open(&a.dir, key)
+                let checked = ArchiveReader::open(&chain.dir, key)
                     .map_err(custos_archive::bucket::SyncError::from)
                     .and_then(|reader| custos_archive::bucket::verify_bucket(&reader, &remote));
                 match checked {
@@ -248,41 +383,7 @@ pub fn verify(config: &Path) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    for note in &report.notes {
-        eprintln!("note: {note}");
-    }
-    for s in &report.shreds {
-        println!(
-            "shredded: segment {} (seq {}..={}, {} record(s)) by record seq {} at {}: {} — {} (by {})",
-            s.segment, s.first_seq, s.last_seq, s.records, s.by_seq, s.time, s.reason, s.authority, s.actor
-        );
-    }
-    for problem in &report.problems {
-        println!("{}: {problem}", a.dir.display());
-    }
-    println!(
-        "{} segment(s), {} record(s), {} checkpoint(s), last seq {}, head {}{}: {}",
-        report.segments,
-        report.records,
-        report.checkpoints,
-        report.last_seq,
-        report.head,
-        if report.shredded_records > 0 {
-            format!(", {} shredded", report.shredded_records)
-        } else {
-            String::new()
-        },
-        if report.problems.is_empty() {
-            "ok".to_owned()
-        } else {
-            format!("{} problem(s)", report.problems.len())
-        }
-    );
-    Ok(if report.problems.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    report
 }
 
 pub fn reindex(config: &Path) -> anyhow::Result<ExitCode> {

@@ -102,6 +102,8 @@ pub struct RawArchive {
     pub segment_max_age: Option<Spanned<RawSpan>>,
     /// Sealed segments in an S3 bucket under Object Lock.
     pub object_store: Option<Spanned<RawObjectStore>>,
+    /// This node's name when several nodes share one bucket.
+    pub node: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -169,6 +171,9 @@ pub struct ArchiveSettings {
     pub segment_max_age: Option<std::time::Duration>,
     pub witness: Option<PathBuf>,
     pub object_store: Option<ObjectStoreSettings>,
+    /// This node's name (`[archive] node`): its chain's place in a shared bucket and
+    /// the name its records are shown under.
+    pub node: Option<String>,
 }
 
 /// `[archive.object_store]`, validated; credentials are read when connecting.
@@ -688,6 +693,21 @@ impl Validator<'_> {
             .object_store
             .as_ref()
             .and_then(|o| self.object_store(o.get_ref(), &dir));
+        let node = a.node.as_ref().and_then(|n| {
+            if custos_archive::bucket::valid_node_name(n.get_ref()) {
+                Some(n.get_ref().clone())
+            } else {
+                self.fail(
+                    &n.span(),
+                    "archive.node",
+                    format!(
+                        "{:?}: expected 1 to 32 of a-z, 0-9 and '-', not starting with '-'",
+                        n.get_ref()
+                    ),
+                );
+                None
+            }
+        });
         Some(ArchiveSettings {
             dir,
             master_key: master_key.map(|(p, _)| p),
@@ -697,6 +717,7 @@ impl Validator<'_> {
             segment_max_age,
             witness: witness.map(|(p, _)| p),
             object_store,
+            node,
         })
     }
 

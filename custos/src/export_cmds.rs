@@ -54,8 +54,14 @@ pub fn export(
         since: time(since, "--since")?,
         until: time(until, "--until")?,
     };
+    let chains = crate::nodes::chains(&a)?;
+    if chains.len() > 1 {
+        return export_nodes(&a, &chains, &master, &signing, out, &request);
+    }
+    let records = crate::nodes::own_chain_for_records(&a, &master, &signing)?;
+    let chain = chains.first().map_or(a.dir.as_path(), |c| c.dir.as_path());
     let summary = custos_archive::export(
-        &a.dir,
+        chain,
         &master,
         &signing,
         out,
@@ -64,24 +70,99 @@ pub fn export(
     )?;
     // The export is itself evidence: record who took what.
     if let NewRecord::Event(event) = summary.audit_record(&cli_actor()) {
-        custos_archive::submit_audit(&a.dir, &master, &signing, event)
+        custos_archive::submit_audit(&records, &master, &signing, event)
             .context("recording the export in the audit trail")?;
     }
+    print_summary("", &summary);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_summary(prefix: &str, summary: &custos_archive::ExportSummary) {
     println!(
-        "exported {} record(s) (seq {}..{}, covered by checkpoints through seq {}) into {}",
+        "{prefix}exported {} record(s) (seq {}..{}, covered by checkpoints through seq {}) into {}",
         summary.records,
         summary.first_seq.map_or("-".into(), |s| s.to_string()),
         summary.last_seq.map_or("-".into(), |s| s.to_string()),
         summary.through_seq,
         summary.out.display()
     );
-    println!("manifest sha256 {}", summary.manifest_sha256);
+    println!("{prefix}manifest sha256 {}", summary.manifest_sha256);
+}
+
+/// Several nodes' chains: one complete, separately verifiable export per chain under
+/// `OUT/nodes/<name>/`, listed and signed in `nodes.json` (see
+/// `custos_archive::export::nodes`).
+fn export_nodes(
+    a: &crate::config::ArchiveSettings,
+    chains: &[crate::nodes::Chain],
+    master: &custos_archive::MasterKey,
+    signing: &custos_archive::SigningKey,
+    out: &Path,
+    request: &ExportRequest,
+) -> anyhow::Result<ExitCode> {
+    use custos_archive::export::nodes::{write_node_list, NodePart};
+    if out.exists()
+        && std::fs::read_dir(out)
+            .with_context(|| format!("reading {}", out.display()))?
+            .next()
+            .is_some()
+    {
+        anyhow::bail!(
+            "output directory {} exists and is not empty; choose a new one",
+            out.display()
+        );
+    }
+    let records = crate::nodes::own_chain_for_records(a, master, signing)?;
+    let mut parts = Vec::new();
+    for chain in chains {
+        // Another node's part is named as its local directory is (its node name).
+        let name = if chain.own {
+            chain.node.clone().unwrap_or_else(|| "_unnamed".into())
+        } else {
+            chain
+                .dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "_unnamed".into())
+        };
+        let part = out.join("nodes").join(&name);
+        let summary = custos_archive::export(
+            &chain.dir,
+            master,
+            signing,
+            &part,
+            request,
+            progress("exporting"),
+        )
+        .with_context(|| format!("exporting {}", chain.label()))?;
+        if let NewRecord::Event(event) = summary.audit_record(&cli_actor()) {
+            custos_archive::submit_audit(&records, master, signing, event)
+                .context("recording the export in the audit trail")?;
+        }
+        print_summary(&format!("{}: ", chain.label()), &summary);
+        parts.push(NodePart {
+            node: chain.node.clone(),
+            dir: format!("nodes/{name}"),
+            manifest_sha256: summary.manifest_sha256.clone(),
+            records: summary.records,
+        });
+    }
+    let n = parts.len();
+    write_node_list(out, parts, signing)
+        .with_context(|| format!("writing the node list in {}", out.display()))?;
+    println!(
+        "{n} node export(s) listed in {}",
+        out.join("nodes.json").display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn verify_export(dir: &Path, public_key: &Path) -> anyhow::Result<ExitCode> {
     let key = custos_archive::load_verifying_key(public_key)
         .with_context(|| format!("reading the public key {}", public_key.display()))?;
+    if custos_archive::export::nodes::is_nodes_export(dir) {
+        return verify_nodes_export(dir, &key);
+    }
     let report = custos_archive::verify_export(dir, &key);
     for problem in &report.problems {
         println!("{}: {problem}", dir.display());
@@ -104,6 +185,49 @@ pub fn verify_export(dir: &Path, public_key: &Path) -> anyhow::Result<ExitCode> 
             "ok".to_owned()
         } else {
             format!("{} problem(s)", report.problems.len())
+        }
+    );
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// A multi-node export: the signed list and every part it names.
+fn verify_nodes_export(dir: &Path, key: &custos_archive::VerifyingKey) -> anyhow::Result<ExitCode> {
+    let report = custos_archive::export::nodes::verify_nodes_export(dir, key);
+    for (part, r) in &report.parts {
+        for problem in &r.problems {
+            println!("{}: {problem}", dir.join(&part.dir).display());
+        }
+        let label = match &part.node {
+            Some(n) => format!("node {n}"),
+            None => "unnamed node".into(),
+        };
+        println!(
+            "{label}: {} file(s), {} record(s), {} proven against {} signed checkpoint(s): {}",
+            r.files,
+            r.records,
+            r.proven,
+            r.checkpoints,
+            if r.is_clean() {
+                "ok".to_owned()
+            } else {
+                format!("{} problem(s)", r.problems.len())
+            }
+        );
+    }
+    for p in &report.problems {
+        println!("{}: {p}", dir.display());
+    }
+    println!(
+        "{} node export(s): {}",
+        report.parts.len(),
+        if report.is_clean() {
+            "ok"
+        } else {
+            "problem(s) found"
         }
     );
     Ok(if report.is_clean() {

@@ -9,6 +9,7 @@ mod archive_cmds;
 mod cli;
 mod config;
 mod export_cmds;
+mod nodes;
 mod object_store_cmds;
 mod policy_cmds;
 mod retention_cmds;

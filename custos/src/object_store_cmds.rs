@@ -69,6 +69,7 @@ pub fn connect(a: &ArchiveSettings) -> anyhow::Result<Option<Remote>> {
         },
         credentials: credentials(s)?,
         prefix: s.prefix.clone(),
+        node: a.node.clone(),
         lock_mode: s.lock_mode,
         keep_local: s.keep_local,
         cache_bytes: s.cache_bytes,

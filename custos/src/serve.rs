@@ -74,6 +74,21 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
             let archive = Archive::open(archive_config)
                 .with_context(|| format!("opening the archive in {}", a.dir.display()))?;
             info!(dir = %a.dir.display(), "archive open");
+            if let Some(node) = &a.node {
+                // The chain says whose it is: verify checks this against the folder the
+                // chain is kept in, so a chain cannot pass as another node's.
+                archive
+                    .append(custos_archive::NewRecord::Event(
+                        custos_archive::EventRecord::Audit {
+                            actor: "custos".into(),
+                            action: crate::nodes::NODE_START.into(),
+                            detail: serde_json::json!({ "node": node }).to_string(),
+                        },
+                    ))
+                    .await
+                    .context("recording this node's start in its chain")?;
+                info!(node = %node, "node start recorded");
+            }
             Some(archive)
         }
         None => {

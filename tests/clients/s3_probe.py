@@ -11,6 +11,9 @@ Usage: s3_probe.py ENDPOINT BUCKET COMMAND [ARGS]
   delete-marker KEY         delete without a version (adds a delete marker)
   overwrite KEY             put other bytes as a new version of KEY
   shorten KEY VERSION       try to move the retain-until date to one minute from now
+  copy-prefix SRC DST       copy the newest version of every object under SRC to the
+                            same name under DST (a chain passed off as another's);
+                            prints the number copied
 
 Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
 """
@@ -77,6 +80,16 @@ def main():
     elif command == "delete-bypass":
         attempt(lambda: s3.delete_object(
             Bucket=bucket, Key=args[0], VersionId=args[1], BypassGovernanceRetention=True))
+    elif command == "copy-prefix":
+        src, dst = args
+        copied = 0
+        paginator = s3.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=bucket, Prefix=src):
+            for o in page.get("Contents", []):
+                s3.copy_object(Bucket=bucket, Key=dst + o["Key"][len(src):],
+                               CopySource={"Bucket": bucket, "Key": o["Key"]})
+                copied += 1
+        print(copied)
     elif command == "delete-marker":
         attempt(lambda: s3.delete_object(Bucket=bucket, Key=args[0]))
     elif command == "overwrite":

@@ -236,7 +236,11 @@ async fn sealed_segments_are_locked_in_the_bucket_and_a_fresh_node_reads_them() 
         .replace(
             &archive_dir.display().to_string(),
             &fresh_archive.display().to_string(),
-        );
+        )
+        // A name of its own: the reader records its export in its own chain, never in
+        // the chain the serving node writes.
+        .replacen("[archive]\n", "[archive]\nnode = \"reader\"\n", 1);
+    assert!(body.contains("node = \"reader\""), "{body}");
     std::fs::write(&fresh_config, body)?;
     let v = run_custos(&["verify"], Some(&fresh_config))?;
     assert!(v.status.success(), "{}", text(&v));
@@ -387,5 +391,218 @@ fn verify_names_every_version_deleted_replaced_or_hidden() -> TestResult {
         "{}",
         text(&v)
     );
+    Ok(())
+}
+
+/// Two nodes in front of one Prosody share a bucket, each writing its own chain under
+/// its own name; a third node with only the config, the keys and an empty directory
+/// verifies both chains and finds every message with the copies each node carried. A
+/// chain copied under a third name is named by `verify`, not counted as a node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_keep_their_own_chains_and_a_reader_merges_them() -> TestResult {
+    let side = TestDir::new("object-store-nodes-side")?;
+    let s3 = S3Server::start(side.path())?;
+    let bucket = "custos-nodes";
+    assert!(s3.probe(bucket, &["create-bucket"])?.contains("created"));
+    let creds = side.join("s3.toml");
+    S3Server::write_credentials(&creds)?;
+    let rig = Rig::start(
+        "object-store-nodes",
+        RigOptions {
+            archive: true,
+            extra: object_store_section(
+                &s3,
+                bucket,
+                &creds,
+                "lock_mode = \"governance\"\nupload_every = 1",
+            ),
+            archive_extra: "node = \"n1\"\nsegment_max_age = 1\n".into(),
+            ..RigOptions::default()
+        },
+    )?;
+    // The second node: the same upstream, keys and bucket; its own directory and name.
+    let node2_dir = rig.dir.join("node2");
+    std::fs::create_dir_all(&node2_dir)?;
+    let config = std::fs::read_to_string(rig.custos.config_path())?;
+    let archive_dir = rig.archive_dir.clone().ok_or("no archive")?;
+    let shared: Vec<&str> = config
+        .split("\n\n")
+        .filter(|s| {
+            !s.trim_start().starts_with("[[listener]]") && !s.trim_start().starts_with("[web]")
+        })
+        .collect();
+    let node2_config = shared
+        .join("\n\n")
+        .replace(
+            &archive_dir.display().to_string(),
+            &node2_dir.join("archive").display().to_string(),
+        )
+        .replace("node = \"n1\"", "node = \"n2\"");
+    assert!(node2_config.contains("node = \"n2\""), "{node2_config}");
+    let leaf = rig.ca.leaf(&node2_dir, "example.test")?;
+    let node2 = custos_e2e::custos::Custos::start(
+        &node2_dir,
+        &[custos_e2e::custos::ListenerKind::StartTls],
+        &leaf.chain_path,
+        &leaf.key_path,
+        &node2_config,
+    )?;
+
+    let mut alice = rig.connect("alice", "laptop", Tls::StartTls).await?;
+    let mut bob_opts = rig.client("bob", "phone", Tls::StartTls);
+    bob_opts.addr = node2.listener(0);
+    let mut bob = custos_e2e::slix::SlixClient::connect(bob_opts).await?;
+    alice
+        .send_chat(
+            "bob@example.test",
+            "nodes-one: alice through the first node",
+        )
+        .await?;
+    bob.next_message().await?;
+    bob.send_chat(
+        "alice@example.test",
+        "nodes-two: bob through the second node",
+    )
+    .await?;
+    alice.next_message().await?;
+
+    // A node with an empty directory reads both chains from the bucket once their
+    // segments are sealed and stored.
+    let reader_dir = rig.dir.join("reader");
+    std::fs::create_dir_all(&reader_dir)?;
+    let reader_config = reader_dir.join("custos.toml");
+    let body: String = config
+        .split("\n\n")
+        .filter(|s| s.trim_start().starts_with("[archive]") || s.contains("[archive.object_store]"))
+        .collect::<Vec<_>>()
+        .join("\n\n")
+        .replace(
+            &archive_dir.display().to_string(),
+            &reader_dir.join("archive").display().to_string(),
+        )
+        .replace("node = \"n1\"\n", "");
+    std::fs::write(&reader_config, body)?;
+    let messages = wait_for(Duration::from_secs(40), || {
+        let s = run_custos(&["search", "--json", "nodes"], Some(&reader_config))?;
+        let found: Vec<serde_json::Value> = String::from_utf8_lossy(&s.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        // Each message has the sender's copy on one node and the recipient's on the other.
+        let both = |m: &serde_json::Value| {
+            let nodes: Vec<&str> = m["copies"]
+                .as_array()
+                .map(|c| c.iter().filter_map(|c| c["node"].as_str()).collect())
+                .unwrap_or_default();
+            nodes.contains(&"n1") && nodes.contains(&"n2")
+        };
+        Ok((found.len() == 2 && found.iter().all(both)).then_some(found))
+    })?
+    .ok_or_else(|| {
+        let s = run_custos(&["search", "--json", "nodes"], Some(&reader_config))
+            .map(|o| text(&o))
+            .unwrap_or_default();
+        format!(
+            "the reader did not find both messages on both nodes\n{s}\n{}\n{}",
+            rig.context(),
+            node2.log_tail()
+        )
+    })?;
+    // Newest first, across the nodes.
+    assert!(
+        messages[0]["body"]
+            .as_str()
+            .is_some_and(|b| b.contains("nodes-two")),
+        "{messages:#?}"
+    );
+    for m in &messages {
+        let copies = m["copies"].as_array().ok_or("copies")?;
+        for c in copies {
+            let want = if c["leg"] == "client-to-server" {
+                // The sender's own copy is on the node the sender connected to.
+                if m["from"].as_str().unwrap_or("").starts_with("alice") {
+                    "n1"
+                } else {
+                    "n2"
+                }
+            } else if m["from"].as_str().unwrap_or("").starts_with("alice") {
+                "n2"
+            } else {
+                "n1"
+            };
+            assert_eq!(c["node"], want, "{m:#?}");
+        }
+    }
+    let v = run_custos(&["verify"], Some(&reader_config))?;
+    let out = text(&v);
+    assert!(v.status.success(), "{out}");
+    assert!(
+        out.contains("node n1: ") && out.contains("node n2: "),
+        "{out}"
+    );
+    assert!(out.contains("2 node chain(s): ok"), "{out}");
+
+    // The reader exports both chains; the export proves each offline, and its signed
+    // list of parts notices one removed.
+    let out_dir = reader_dir.join("export");
+    let ex = run_custos(
+        &[
+            "export",
+            "--out",
+            out_dir.to_str().ok_or("path")?,
+            "--query",
+            "nodes",
+        ],
+        Some(&reader_config),
+    )?;
+    assert!(ex.status.success(), "{}", text(&ex));
+    let public = rig.custos_dir.join("secrets/signing.key.pub");
+    let verify_export = || {
+        run_custos(
+            &[
+                "verify-export",
+                out_dir.to_str().unwrap_or_default(),
+                "--public-key",
+                public.to_str().unwrap_or_default(),
+            ],
+            None,
+        )
+    };
+    let ve = verify_export()?;
+    let out = text(&ve);
+    assert!(ve.status.success(), "{out}");
+    assert!(
+        out.contains("node n1: ")
+            && out.contains("node n2: ")
+            && out.contains("2 node export(s): ok"),
+        "{out}"
+    );
+    std::fs::remove_dir_all(out_dir.join("nodes/n2"))?;
+    let ve = verify_export()?;
+    let out = text(&ve);
+    assert!(!ve.status.success(), "{out}");
+    assert!(
+        out.contains("nodes/n2: its manifest is not the one nodes.json lists"),
+        "{out}"
+    );
+
+    // Someone with write access copies the first node's chain under a third name.
+    let copied = s3.probe(
+        bucket,
+        &["copy-prefix", "custos/nodes/n1/", "custos/nodes/n3/"],
+    )?;
+    assert!(copied.trim().parse::<u32>()? > 0, "{copied}");
+    let v = run_custos(&["verify"], Some(&reader_config))?;
+    let out = text(&v);
+    assert!(!v.status.success(), "{out}");
+    assert!(
+        out.contains("node n3: ") && out.contains("holds the same archive (id) as node n1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("a node.start record names node n1, but this chain is kept as node n3's"),
+        "{out}"
+    );
+    drop((alice, bob, node2));
     Ok(())
 }

@@ -7,6 +7,10 @@ use crate::time::Timestamp;
 /// and `e2ee` are extra keys present only when the policy outcome has them.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Hit {
+    /// The node whose chain holds the record, when nodes are named (`seq` counts
+    /// within that chain).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     pub seq: RecordSeq,
     pub time: Timestamp,
     pub direction: Direction,
@@ -58,6 +62,7 @@ impl Hit {
         let leg = m.leg();
         let c = m.capture;
         Some(Hit {
+            node: None,
             seq: r.seq,
             time: r.time,
             direction: m.direction,

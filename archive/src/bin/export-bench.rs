@@ -128,6 +128,7 @@ fn bucket(dir: &Path, fresh: &Path, endpoint: &str) -> Result<(), Box<dyn std::e
             secret_key: zeroize::Zeroizing::new("bench-secret".into()),
         },
         prefix: "custos/".into(),
+        node: None,
         lock_mode: LockMode::Governance,
         keep_local: true,
         cache_bytes: 256 << 20,

@@ -42,6 +42,9 @@ pub struct ObjectStoreConfig {
     pub credentials: Credentials,
     /// Prepended to every object name; ends with `/` unless empty.
     pub prefix: String,
+    /// This node's name when several nodes share the bucket: its chain is then kept
+    /// under `<prefix>nodes/<node>/` ([`node_prefix`]).
+    pub node: Option<String>,
     pub lock_mode: LockMode,
     /// Keep sealed segments on the local disk after they are in the bucket.
     pub keep_local: bool,
@@ -49,10 +52,35 @@ pub struct ObjectStoreConfig {
     pub cache_bytes: u64,
 }
 
-/// A connected bucket.
+/// The folder of node `node`'s chain under the configured prefix `root`.
+pub fn node_prefix(root: &str, node: Option<&str>) -> String {
+    match node {
+        None => root.to_string(),
+        Some(n) => format!("{root}{NODES_FOLDER}{n}/"),
+    }
+}
+
+/// Where the nodes of a multi-node deployment keep their chains, under the prefix.
+pub const NODES_FOLDER: &str = "nodes/";
+
+/// Whether `name` can name a node: 1 to 32 of `a-z`, `0-9`, `-`, not starting with `-`.
+pub fn valid_node_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// A connected bucket, seen from one chain (one node's segment stream).
 #[derive(Debug, Clone)]
 pub struct Remote {
     pub client: S3Client,
+    /// The configured prefix: every node's chain is somewhere under it.
+    pub root: String,
+    /// The chain this handle reads and writes (`None`: the only one, at `root`).
+    pub node: Option<String>,
+    /// Where this chain's objects are: `root`, or `root` + `nodes/<node>/`.
     pub prefix: String,
     pub lock_mode: LockMode,
     pub keep_local: bool,
@@ -62,17 +90,70 @@ pub struct Remote {
 impl Remote {
     pub fn connect(cfg: &ObjectStoreConfig) -> Result<Remote, String> {
         let client = S3Client::new(cfg.endpoint.clone(), cfg.credentials.clone())?;
-        let mut prefix = cfg.prefix.trim_start_matches('/').to_string();
-        if !prefix.is_empty() && !prefix.ends_with('/') {
-            prefix.push('/');
+        let mut root = cfg.prefix.trim_start_matches('/').to_string();
+        if !root.is_empty() && !root.ends_with('/') {
+            root.push('/');
+        }
+        if let Some(n) = &cfg.node {
+            if !valid_node_name(n) {
+                return Err(format!(
+                    "node name {n:?}: expected 1 to 32 of a-z, 0-9 and '-', not starting with '-'"
+                ));
+            }
         }
         Ok(Remote {
             client,
-            prefix,
+            prefix: node_prefix(&root, cfg.node.as_deref()),
+            node: cfg.node.clone(),
+            root,
             lock_mode: cfg.lock_mode,
             keep_local: cfg.keep_local,
             cache_bytes: cfg.cache_bytes,
         })
+    }
+
+    /// The same bucket seen from another node's chain.
+    pub fn for_node(&self, node: Option<&str>) -> Remote {
+        Remote {
+            prefix: node_prefix(&self.root, node),
+            node: node.map(str::to_string),
+            ..self.clone()
+        }
+    }
+
+    /// The names of the nodes whose chains are in the bucket (`<root>nodes/<name>/`),
+    /// sorted. A folder there whose name cannot be a node's is reported, not skipped:
+    /// nothing else writes under the prefix.
+    pub fn nodes(&self) -> Result<Vec<String>, String> {
+        let base = format!("{}{NODES_FOLDER}", self.root);
+        let folders = self
+            .client
+            .list_folders(&base)
+            .map_err(|e| format!("listing the nodes under {base}: {e}"))?;
+        let mut out = Vec::new();
+        for f in folders {
+            let name = f
+                .strip_prefix(&base)
+                .and_then(|n| n.strip_suffix('/'))
+                .unwrap_or(&f);
+            if !valid_node_name(name) {
+                return Err(format!(
+                    "{f}: a folder under {base} that is not a node's (expected 1 to 32 of a-z, 0-9 and '-')"
+                ));
+            }
+            out.push(name.to_string());
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Whether this chain has been started in the bucket (its `archive.meta` is there).
+    pub fn has_chain(&self) -> Result<bool, String> {
+        let key = self.key(crate::log::META_NAME);
+        self.client
+            .head_object(&key, None)
+            .map(|h| h.is_some())
+            .map_err(|e| format!("{key}: {e}"))
     }
 
     /// The object name of archive file `name`.

@@ -450,6 +450,38 @@ impl S3Client {
         Ok(out)
     }
 
+    /// The "folders" directly under `prefix`: the common prefixes of a listing with
+    /// delimiter `/`, each ending in `/`.
+    pub fn list_folders(&self, prefix: &str) -> Result<Vec<String>, S3Error> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut query = vec![
+                ("list-type".to_string(), "2".to_string()),
+                ("prefix".to_string(), prefix.to_string()),
+                ("delimiter".to_string(), "/".to_string()),
+            ];
+            if let Some(t) = &token {
+                query.push(("continuation-token".into(), t.clone()));
+            }
+            let a = self.call("ListObjectsV2", "GET", "", &query, &[], &[])?;
+            let doc = Xml::parse(&a.body).map_err(|detail| S3Error::Malformed {
+                op: "ListObjectsV2",
+                key: prefix.to_string(),
+                detail,
+            })?;
+            for c in doc.children("CommonPrefixes") {
+                out.push(c.text("Prefix").to_string());
+            }
+            let next = doc.text("NextContinuationToken");
+            if doc.text("IsTruncated") != "true" || next.is_empty() {
+                break;
+            }
+            token = Some(next.to_string());
+        }
+        Ok(out)
+    }
+
     /// Every version and delete marker under `prefix`.
     pub fn list_versions(&self, prefix: &str) -> Result<Vec<VersionEntry>, S3Error> {
         let mut out = Vec::new();

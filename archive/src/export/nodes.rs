@@ -1,0 +1,214 @@
+//! An export of several nodes' chains: one complete export per chain under
+//! `nodes/<name>/` (each with its own manifest, proofs and signature, verifiable alone),
+//! and `nodes.json` naming every part with the SHA-256 of its manifest. `nodes.sig` is
+//! the hex Ed25519 signature, by the same key, of `"custos-export-nodes-v1\n" ‖
+//! nodes.json bytes`, so a part cannot be dropped, added or swapped unseen.
+//!
+//! Each chain's records keep their own sequence; merged views order by time and name
+//! the node beside the seq.
+
+use std::path::Path;
+
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use sha2::{Digest, Sha256};
+
+use super::hex;
+use super::manifest::{self, safe_relative};
+use super::{verify_export, ExportReport};
+
+pub const NODES: &str = "nodes.json";
+pub const NODES_SIGNATURE: &str = "nodes.sig";
+const FORMAT: &str = "custos-export-nodes-v1";
+const SIGNING_CONTEXT: &[u8] = b"custos-export-nodes-v1\n";
+
+/// One node's part of the export.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodePart {
+    /// The node that wrote the chain (`None`: a node without a name).
+    pub node: Option<String>,
+    /// The part's directory, relative to the export (`nodes/<name>`).
+    pub dir: String,
+    /// Hex SHA-256 of the part's `manifest.json`.
+    pub manifest_sha256: String,
+    pub records: u64,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeList {
+    format: String,
+    nodes: Vec<NodePart>,
+}
+
+fn signed_message(list: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(SIGNING_CONTEXT.len() + list.len());
+    m.extend_from_slice(SIGNING_CONTEXT);
+    m.extend_from_slice(list);
+    m
+}
+
+/// Whether `dir` holds a multi-node export (its `nodes.json`).
+pub fn is_nodes_export(dir: &Path) -> bool {
+    dir.join(NODES).exists()
+}
+
+/// Writes and signs the list of parts, once every part is complete.
+pub fn write_node_list(
+    out: &Path,
+    parts: Vec<NodePart>,
+    key: &SigningKey,
+) -> Result<(), std::io::Error> {
+    let list = NodeList {
+        format: FORMAT.into(),
+        nodes: parts,
+    };
+    let bytes = serde_json::to_vec_pretty(&list).map_err(std::io::Error::other)?;
+    std::fs::write(out.join(NODES), &bytes)?;
+    let sig = hex::encode(&key.sign(&signed_message(&bytes)).to_bytes());
+    std::fs::write(out.join(NODES_SIGNATURE), sig)?;
+    Ok(())
+}
+
+/// The outcome of [`verify_nodes_export`]: each listed part's own report, and what is
+/// wrong with the list itself.
+#[derive(Debug, Default)]
+pub struct NodesReport {
+    pub parts: Vec<(NodePart, ExportReport)>,
+    pub problems: Vec<String>,
+}
+
+impl NodesReport {
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty() && self.parts.iter().all(|(_, r)| r.is_clean())
+    }
+}
+
+/// Checks the signed list, every part it names (as a complete export, and its manifest
+/// the one listed), and that `nodes/` holds no part the list does not name.
+pub fn verify_nodes_export(dir: &Path, key: &VerifyingKey) -> NodesReport {
+    let mut r = NodesReport::default();
+    let bytes = match std::fs::read(dir.join(NODES)) {
+        Ok(b) => b,
+        Err(e) => {
+            r.problems.push(format!("{NODES}: {e}"));
+            return r;
+        }
+    };
+    let signed = std::fs::read_to_string(dir.join(NODES_SIGNATURE))
+        .ok()
+        .and_then(|s| hex::decode::<64>(s.trim()))
+        .is_some_and(|s| {
+            key.verify(&signed_message(&bytes), &Signature::from_bytes(&s))
+                .is_ok()
+        });
+    if !signed {
+        r.problems.push(format!(
+            "{NODES_SIGNATURE} is missing or does not sign {NODES} with this key (changed, or signed by another)"
+        ));
+    }
+    let list: NodeList = match serde_json::from_slice(&bytes) {
+        Ok(l) => l,
+        Err(e) => {
+            r.problems
+                .push(format!("{NODES}: not a list of node exports: {e}"));
+            return r;
+        }
+    };
+    if list.format != FORMAT {
+        r.problems.push(format!(
+            "{NODES}: format {:?}, expected {FORMAT:?}",
+            list.format
+        ));
+    }
+    let mut listed = Vec::new();
+    for part in list.nodes {
+        let Some(name) = part
+            .dir
+            .strip_prefix("nodes/")
+            .filter(|n| safe_relative(&part.dir) && !n.contains('/'))
+        else {
+            r.problems.push(format!(
+                "{NODES}: part directory {:?} is not nodes/<name>",
+                part.dir
+            ));
+            continue;
+        };
+        listed.push(name.to_string());
+        let at = dir.join(&part.dir);
+        let manifest_sha = std::fs::read(at.join(manifest::MANIFEST))
+            .map(|m| hex::encode(&Sha256::digest(&m)))
+            .unwrap_or_default();
+        if manifest_sha != part.manifest_sha256 {
+            r.problems.push(format!(
+                "{}: its manifest is not the one {NODES} lists",
+                part.dir
+            ));
+        }
+        let report = verify_export(&at, key);
+        r.parts.push((part, report));
+    }
+    match std::fs::read_dir(dir.join("nodes")) {
+        Ok(entries) => {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !listed.contains(&name) {
+                    r.problems
+                        .push(format!("nodes/{name} is not listed in {NODES}"));
+                }
+            }
+        }
+        Err(e) => r.problems.push(format!("nodes/: {e}")),
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_list_signature_binds_its_bytes() {
+        let key = SigningKey::from_bytes(&[7u8; 32]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let parts = vec![NodePart {
+            node: Some("n1".into()),
+            dir: "nodes/n1".into(),
+            manifest_sha256: "00".repeat(32),
+            records: 3,
+        }];
+        write_node_list(dir.path(), parts, &key).expect("write");
+        let r = verify_nodes_export(dir.path(), &key.verifying_key());
+        // The part itself is missing (its manifest), but the list verifies.
+        assert!(
+            !r.problems.iter().any(|p| p.contains(NODES_SIGNATURE)),
+            "{r:?}"
+        );
+        let path = dir.path().join(NODES);
+        let text = std::fs::read_to_string(&path).expect("read");
+        std::fs::write(&path, text.replace("\"records\": 3", "\"records\": 4")).expect("write");
+        let r = verify_nodes_export(dir.path(), &key.verifying_key());
+        assert!(
+            r.problems.iter().any(|p| p.contains(NODES_SIGNATURE)),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn a_part_outside_nodes_is_refused() {
+        let key = SigningKey::from_bytes(&[7u8; 32]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let parts = vec![NodePart {
+            node: None,
+            dir: "nodes/../../etc".into(),
+            manifest_sha256: String::new(),
+            records: 0,
+        }];
+        write_node_list(dir.path(), parts, &key).expect("write");
+        let r = verify_nodes_export(dir.path(), &key.verifying_key());
+        assert!(
+            r.problems.iter().any(|p| p.contains("is not nodes/<name>")),
+            "{r:?}"
+        );
+    }
+}
