@@ -117,13 +117,16 @@ fn export_nodes(
     for chain in chains {
         // Another node's part is named as its local directory is (its node name).
         let name = if chain.own {
-            chain.node.clone().unwrap_or_else(|| "_unnamed".into())
+            chain
+                .node
+                .clone()
+                .unwrap_or_else(|| custos_archive::bucket::UNNAMED.into())
         } else {
             chain
                 .dir
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "_unnamed".into())
+                .unwrap_or_else(|| custos_archive::bucket::UNNAMED.into())
         };
         let part = out.join("nodes").join(&name);
         let summary = custos_archive::export(

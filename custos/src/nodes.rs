@@ -13,12 +13,6 @@ use custos_archive::bucket;
 
 use crate::config::ArchiveSettings;
 
-/// The local folder (under the archive directory) of chains read from the bucket.
-pub const PEERS_DIR: &str = "nodes";
-/// The local name of a chain kept at the prefix itself (written by a node without a
-/// name) when this node has one; no node can be named so.
-const UNNAMED: &str = "_unnamed";
-
 /// The audit action with which a named node begins each run of its chain; its detail
 /// is `{"node": "<name>"}`.
 pub const NODE_START: &str = "node.start";
@@ -125,27 +119,15 @@ pub fn chains(a: &ArchiveSettings) -> anyhow::Result<Vec<Chain>> {
         return Ok(vec![own]);
     };
     let mut others = Vec::new();
-    let mut add = |node: Option<&str>, local: &str| -> anyhow::Result<()> {
-        let dir = a.dir.join(PEERS_DIR).join(local);
+    for (node, r) in bucket::other_chains(&remote).map_err(anyhow::Error::msg)? {
+        let dir = bucket::peer_dir(&a.dir, node.as_deref());
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        bucket::register(&dir, remote.for_node(node));
+        bucket::register(&dir, r);
         others.push(Chain {
-            node: node.map(str::to_string),
+            node,
             dir,
             own: false,
         });
-        Ok(())
-    };
-    if a.node.is_some() {
-        let unnamed = remote.for_node(None);
-        if unnamed.has_chain().map_err(anyhow::Error::msg)? {
-            add(None, UNNAMED)?;
-        }
-    }
-    for name in remote.nodes().map_err(anyhow::Error::msg)? {
-        if a.node.as_deref() != Some(name.as_str()) {
-            add(Some(&name), &name)?;
-        }
     }
     let own_written = a.dir.join(custos_archive::log::META_NAME).exists()
         || remote.has_chain().map_err(anyhow::Error::msg)?;

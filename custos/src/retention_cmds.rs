@@ -158,7 +158,13 @@ pub fn hold_list(config: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let o = open(config)?;
     let reader = ArchiveReader::open(&o.settings.dir, &o.master)?;
     let holds = reader.holds()?;
-    for h in holds.all() {
+    // Other nodes' holds bind this node's expiry too: listed with their node's name.
+    let others = match custos_archive::bucket::registered(&o.settings.dir) {
+        Some(remote) => custos_archive::bucket::peer_holds(&o.settings.dir, &remote, &o.master)
+            .map_err(anyhow::Error::msg)?,
+        None => Vec::new(),
+    };
+    for h in holds.all().chain(&others) {
         if json {
             println!("{}", serde_json::to_string(h)?);
         } else {

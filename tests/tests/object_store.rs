@@ -394,6 +394,52 @@ fn verify_names_every_version_deleted_replaced_or_hidden() -> TestResult {
     Ok(())
 }
 
+/// Starts another node in front of the rig's Prosody: the same upstream, keys, bucket
+/// and retention; its own directory and name (the rig's node is `n1`).
+fn second_node(rig: &Rig, name: &str) -> Result<custos_e2e::custos::Custos, BoxError> {
+    let dir = rig.dir.join(name);
+    std::fs::create_dir_all(&dir)?;
+    let config = std::fs::read_to_string(rig.custos.config_path())?;
+    let archive_dir = rig.archive_dir.clone().ok_or("no archive")?;
+    let shared: Vec<&str> = config
+        .split("\n\n")
+        .filter(|s| {
+            !s.trim_start().starts_with("[[listener]]") && !s.trim_start().starts_with("[web]")
+        })
+        .collect();
+    let node_config = shared
+        .join("\n\n")
+        .replace(
+            &archive_dir.display().to_string(),
+            &dir.join("archive").display().to_string(),
+        )
+        .replace("node = \"n1\"", &format!("node = \"{name}\""));
+    assert!(
+        node_config.contains(&format!("node = \"{name}\"")),
+        "{node_config}"
+    );
+    let leaf = rig.ca.leaf(&dir, "example.test")?;
+    Ok(custos_e2e::custos::Custos::start(
+        &dir,
+        &[custos_e2e::custos::ListenerKind::StartTls],
+        &leaf.chain_path,
+        &leaf.key_path,
+        &node_config,
+    )?)
+}
+
+/// Connects `user` through `node` instead of the rig's own node.
+async fn connect_via(
+    rig: &Rig,
+    node: &custos_e2e::custos::Custos,
+    user: &str,
+    resource: &str,
+) -> Result<custos_e2e::slix::SlixClient, BoxError> {
+    let mut opts = rig.client(user, resource, Tls::StartTls);
+    opts.addr = node.listener(0);
+    Ok(custos_e2e::slix::SlixClient::connect(opts).await?)
+}
+
 /// Two nodes in front of one Prosody share a bucket, each writing its own chain under
 /// its own name; a third node with only the config, the keys and an empty directory
 /// verifies both chains and finds every message with the copies each node carried. A
@@ -420,38 +466,11 @@ async fn nodes_keep_their_own_chains_and_a_reader_merges_them() -> TestResult {
             ..RigOptions::default()
         },
     )?;
-    // The second node: the same upstream, keys and bucket; its own directory and name.
-    let node2_dir = rig.dir.join("node2");
-    std::fs::create_dir_all(&node2_dir)?;
+    let node2 = second_node(&rig, "n2")?;
     let config = std::fs::read_to_string(rig.custos.config_path())?;
     let archive_dir = rig.archive_dir.clone().ok_or("no archive")?;
-    let shared: Vec<&str> = config
-        .split("\n\n")
-        .filter(|s| {
-            !s.trim_start().starts_with("[[listener]]") && !s.trim_start().starts_with("[web]")
-        })
-        .collect();
-    let node2_config = shared
-        .join("\n\n")
-        .replace(
-            &archive_dir.display().to_string(),
-            &node2_dir.join("archive").display().to_string(),
-        )
-        .replace("node = \"n1\"", "node = \"n2\"");
-    assert!(node2_config.contains("node = \"n2\""), "{node2_config}");
-    let leaf = rig.ca.leaf(&node2_dir, "example.test")?;
-    let node2 = custos_e2e::custos::Custos::start(
-        &node2_dir,
-        &[custos_e2e::custos::ListenerKind::StartTls],
-        &leaf.chain_path,
-        &leaf.key_path,
-        &node2_config,
-    )?;
-
     let mut alice = rig.connect("alice", "laptop", Tls::StartTls).await?;
-    let mut bob_opts = rig.client("bob", "phone", Tls::StartTls);
-    bob_opts.addr = node2.listener(0);
-    let mut bob = custos_e2e::slix::SlixClient::connect(bob_opts).await?;
+    let mut bob = connect_via(&rig, &node2, "bob", "phone").await?;
     alice
         .send_chat(
             "bob@example.test",
@@ -604,5 +623,94 @@ async fn nodes_keep_their_own_chains_and_a_reader_merges_them() -> TestResult {
         "{out}"
     );
     drop((alice, bob, node2));
+    Ok(())
+}
+
+/// A hold placed on one node keeps the records another node wrote: the second node's
+/// expiry reads every node's holds from the bucket, shreds what no hold covers and
+/// keeps the rest, and says which node's hold keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_placed_on_one_node_keeps_another_nodes_records() -> TestResult {
+    let side = TestDir::new("object-store-holds-side")?;
+    let s3 = S3Server::start(side.path())?;
+    let bucket = "custos-node-holds";
+    assert!(s3.probe(bucket, &["create-bucket"])?.contains("created"));
+    let creds = side.join("s3.toml");
+    S3Server::write_credentials(&creds)?;
+    let rig = Rig::start(
+        "object-store-node-holds",
+        RigOptions {
+            archive: true,
+            extra: format!(
+                "[retention]\ndefault = 6\nrun_every = 1\n{}",
+                object_store_section(
+                    &s3,
+                    bucket,
+                    &creds,
+                    "lock_mode = \"governance\"\nupload_every = 1"
+                )
+            ),
+            archive_extra: "node = \"n1\"\nsegment_max_age = 1\n".into(),
+            ..RigOptions::default()
+        },
+    )?;
+    // The hold goes to the first node's chain, and into the bucket once its segment is
+    // sealed and stored.
+    let hold = rig.cli(&[
+        "hold",
+        "add",
+        "--matter",
+        "bob matter",
+        "--jid",
+        "bob@example.test",
+    ])?;
+    assert!(hold.status.success(), "{}", text(&hold));
+    let node2 = second_node(&rig, "n2")?;
+    let node2_config = rig.dir.join("n2").join("custos.toml");
+    let seen = wait_for(Duration::from_secs(30), || {
+        let plan = run_custos(&["retention", "run", "--dry-run"], Some(&node2_config))?;
+        Ok(text(&plan).contains("n1: bob matter").then_some(()))
+    })?;
+    assert!(
+        seen.is_some(),
+        "the second node never saw the first node's hold\n{}\n{}",
+        rig.context(),
+        node2.log_tail()
+    );
+
+    // Bob and carol both write through the second node; only bob is held.
+    let mut alice = rig.connect("alice", "laptop", Tls::StartTls).await?;
+    let mut bob = connect_via(&rig, &node2, "bob", "phone").await?;
+    bob.send_chat(
+        "alice@example.test",
+        "held-across: the second node keeps this",
+    )
+    .await?;
+    alice.next_message().await?;
+    // Far enough from bob's records to land in a segment of its own.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut carol = connect_via(&rig, &node2, "carol", "desk").await?;
+    carol
+        .send_chat("erin@example.test", "expire-across: nobody holds this")
+        .await?;
+    let search2 = |q: &str| -> Result<usize, BoxError> {
+        let out = run_custos(&["search", "--json", q], Some(&node2_config))?;
+        Ok(String::from_utf8_lossy(&out.stdout).lines().count())
+    };
+    let shredded = wait_for(Duration::from_secs(40), || {
+        Ok((search2("\"expire across\"")? == 0).then_some(()))
+    })?;
+    assert!(
+        shredded.is_some(),
+        "the unheld message was never shredded\n{}",
+        node2.log_tail()
+    );
+    assert_eq!(search2("\"held across\"")?, 1, "{}", node2.log_tail());
+    let plan = run_custos(&["retention", "run", "--dry-run"], Some(&node2_config))?;
+    let plan = text(&plan);
+    assert!(plan.contains("n1: bob matter"), "{plan}");
+    let v = run_custos(&["verify"], Some(&node2_config))?;
+    assert!(v.status.success(), "{}", text(&v));
+    drop((alice, bob, carol, node2));
     Ok(())
 }

@@ -75,6 +75,9 @@ pub enum ReadError {
     },
     #[error("segment {segment}: data key destroyed (record shredded)")]
     Shredded { segment: u64 },
+    /// Another node's holds bind this node's expiry; unread, nothing may be shredded.
+    #[error("the holds recorded by other nodes cannot be read ({0}); nothing is shredded until they can")]
+    PeerHolds(String),
 }
 
 /// A search failed.

@@ -182,7 +182,19 @@ impl ArchiveReader {
         }
         // Holds only matter for segments that would otherwise go — due ones, and
         // interrupted shreds whose key is still there: read those again.
-        let matchers: Vec<(String, HoldMatcher)> = holds.matchers();
+        let mut matchers: Vec<(String, HoldMatcher)> = holds.matchers();
+        // With several nodes, a hold placed on any of them covers every node's records.
+        let peer_holds = match crate::bucket::registered(&self.dir) {
+            Some(remote) => crate::bucket::peer_holds(&self.dir, &remote, &self.master)
+                .map_err(ReadError::PeerHolds)?,
+            None => Vec::new(),
+        };
+        matchers.extend(
+            peer_holds
+                .iter()
+                .filter(|h| h.active)
+                .map(|h| (h.spec.matter.clone(), h.spec.matcher())),
+        );
         // What each segment is kept for: the longest retention in force for its classes
         // at any time since it was written (recorded policies), never less than now.
         let effective = |f: &SegmentFacts| history.effective(policy, f.first_seq, u64::MAX);
@@ -246,7 +258,7 @@ impl ArchiveReader {
             now: Some(now),
             segments,
             shredded: shred_records.into_values().collect(),
-            holds: holds.all().cloned().collect(),
+            holds: holds.all().cloned().chain(peer_holds).collect(),
             unreadable_holds: holds
                 .unreadable
                 .iter()
