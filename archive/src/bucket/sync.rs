@@ -82,6 +82,8 @@ pub struct ObjectRecords {
     pub keys_deleted: BTreeSet<u64>,
     /// Segments with a shred record.
     pub shredded: BTreeSet<u64>,
+    /// Per shredded segment, the segment that holds its (first) shred record.
+    pub shred_recorded_in: BTreeMap<u64, u64>,
     /// Object records whose detail cannot be read (seq).
     pub unreadable: Vec<u64>,
 }
@@ -99,6 +101,7 @@ pub fn object_records(reader: &ArchiveReader) -> Result<ObjectRecords, ReadError
         match ev {
             EventRecord::Shred { segment, .. } => {
                 out.shredded.insert(*segment);
+                out.shred_recorded_in.entry(*segment).or_insert(e.segment);
             }
             EventRecord::Audit { action, detail, .. } if action == OBJECT_STORED => {
                 match serde_json::from_str::<StoredObjects>(detail) {
@@ -402,6 +405,17 @@ fn plan_and_upload(
         let Some(obj) = stored.objects.iter().find(|o| o.name == key_name) else {
             continue;
         };
+        // Whoever reads only the bucket must find the shred record that allows the
+        // deletion: the key object goes once the segment recording the shred is stored.
+        if let Some(at) = records.shred_recorded_in.get(id) {
+            if !records.stored.contains_key(at) {
+                report.keys_pending.push((
+                    *id,
+                    format!("its shred record is in segment {at}, not in the bucket yet"),
+                ));
+                continue;
+            }
+        }
         if let Ok(until) = Timestamp::parse(&stored.retain_until) {
             if until > now {
                 report
@@ -546,6 +560,17 @@ pub fn verify_bucket(reader: &ArchiveReader, remote: &Remote) -> Result<BucketCh
             let recorded = present
                 .iter()
                 .find(|v| Some(&v.version_id) == o.version_id.as_ref() && !v.delete_marker);
+            // A shredded segment's key object may go once its lock lapsed, before the
+            // record of its deletion reaches the bucket (another node reading this
+            // chain sees the shred first).
+            let lapsed = until.is_some_and(|u| u <= Timestamp::now());
+            if recorded.is_none() && is_key && records.shredded.contains(id) && lapsed {
+                out.notes.push(format!(
+                    "{}: the key object of shredded segment {id} is gone; the record of its deletion is not in the bucket yet",
+                    o.key
+                ));
+                continue;
+            }
             let Some(recorded) = recorded else {
                 out.problems.push((
                     Some(*id),
