@@ -68,5 +68,6 @@ pub use record::{
 };
 pub use time::Timestamp;
 pub use verify::{
-    verify, verify_in, verify_witnessed, verify_witnessed_in, Problem, ShredReport, VerifyReport,
+    check_witness_entries, verify, verify_in, verify_witnessed, verify_witnessed_in, Problem,
+    ShredReport, VerifyReport,
 };

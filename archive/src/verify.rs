@@ -714,8 +714,22 @@ fn check_witness(
             witnessed.torn_bytes
         ));
     }
+    check_witness_entries(r, &witnessed.entries, public_key, false);
+}
+
+/// Checks witnessed checkpoints against a verified chain: each must be signed and
+/// reached by the log. With `unstored_is_note`, an entry past the log's end is a note,
+/// not a problem: the chain was read from a bucket that holds only sealed segments, and
+/// the witnessed checkpoint is in the writer's active one (see `docs/object-storage.md`).
+pub fn check_witness_entries(
+    r: &mut VerifyReport,
+    entries: &[crate::witness::WitnessEntry],
+    public_key: &VerifyingKey,
+    unstored_is_note: bool,
+) {
     let mut newest = 0;
-    for e in &witnessed.entries {
+    let mut unstored = 0;
+    for e in entries {
         let cp = &e.checkpoint;
         if !e.signature_valid(public_key) {
             r.problems.push(Problem {
@@ -731,6 +745,10 @@ fn check_witness(
             .iter()
             .any(|(s, q, h)| *s == e.segment && *q == cp.seq && *h == cp.head)
         {
+            continue;
+        }
+        if unstored_is_note && cp.seq > r.last_seq {
+            unstored = unstored.max(cp.seq);
             continue;
         }
         let lost = if cp.seq > r.last_seq {
@@ -753,7 +771,12 @@ fn check_witness(
             ),
         });
     }
-    if r.last_seq > newest {
+    if unstored > 0 {
+        r.notes.push(format!(
+            "witnessed through seq {unstored}; the records after seq {} are in a segment not in the bucket yet",
+            r.last_seq
+        ));
+    } else if r.last_seq > newest {
         r.notes.push(format!(
             "{} record(s) after seq {newest} are not witnessed yet (written after the last checkpoint)",
             r.last_seq - newest

@@ -48,6 +48,35 @@ impl WitnessEntry {
         }
     }
 
+    /// The entry's bytes as stored in a witness file or object.
+    pub fn to_bytes(&self) -> [u8; ENTRY_LEN] {
+        self.encode()
+    }
+
+    /// An entry from its stored bytes; `None` unless exactly one well-formed entry.
+    pub fn from_bytes(b: &[u8]) -> Option<WitnessEntry> {
+        if b.len() != ENTRY_LEN {
+            return None;
+        }
+        WitnessEntry::decode(b)
+    }
+
+    /// The newest checkpoint in a segment's bytes (header first), as a witness entry.
+    pub fn newest_in(segment: u64, bytes: &[u8]) -> Option<WitnessEntry> {
+        let header: &[u8; HEADER_LEN] = bytes.get(..HEADER_LEN)?.try_into().ok()?;
+        let mut at = HEADER_LEN;
+        let mut newest = None;
+        while let Parsed::Frame(frame, next) = segment::parse_frame(bytes, at) {
+            if let Frame::Checkpoint(_) = frame {
+                newest = bytes
+                    .get(at..next)
+                    .and_then(|f| WitnessEntry::of_frame(segment, header, f));
+            }
+            at = next;
+        }
+        newest
+    }
+
     fn encode(&self) -> [u8; ENTRY_LEN] {
         let c = &self.checkpoint;
         let mut b = [0u8; ENTRY_LEN];

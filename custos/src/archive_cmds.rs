@@ -382,6 +382,46 @@ fn verify_chain(
                 }
             }
         }
+        // The bucket's witness: every checkpoint the writer put there must still be
+        // reached. Read from another node, its active segment is not in the bucket yet.
+        match custos_archive::bucket::bucket_witness(&remote) {
+            Ok((entries, bad)) => {
+                for what in bad {
+                    report.problems.push(custos_archive::Problem {
+                        segment: None,
+                        offset: None,
+                        seq: None,
+                        what: format!("bucket witness: {what}"),
+                    });
+                }
+                if entries.is_empty() {
+                    report
+                        .notes
+                        .push("the bucket holds no witness entry for this chain yet".into());
+                } else {
+                    let before = report.problems.len();
+                    custos_archive::check_witness_entries(
+                        &mut report,
+                        &entries,
+                        public,
+                        !chain.own,
+                    );
+                    for p in report.problems.iter_mut().skip(before) {
+                        p.what = format!("bucket witness: {}", p.what);
+                    }
+                    report.notes.push(format!(
+                        "bucket witness: {} checkpoint(s) witnessed",
+                        entries.len()
+                    ));
+                }
+            }
+            Err(e) => report.problems.push(custos_archive::Problem {
+                segment: None,
+                offset: None,
+                seq: None,
+                what: format!("bucket witness: cannot be read: {e}"),
+            }),
+        }
     }
     report
 }

@@ -155,6 +155,9 @@ pub fn print_report(r: &SyncReport) {
     for (segment, why) in &r.keys_pending {
         println!("key object of shredded segment {segment} not deleted yet: {why}");
     }
+    if let Some(seq) = r.witnessed {
+        println!("witnessed the checkpoint at seq {seq} in the bucket");
+    }
     println!(
         "{} segment(s) stored, {} local cop(ies) removed, {} key object(s) deleted, {} pending",
         r.stored.len(),

@@ -714,3 +714,103 @@ async fn a_hold_placed_on_one_node_keeps_another_nodes_records() -> TestResult {
     drop((alice, bob, carol, node2));
     Ok(())
 }
+
+/// Root on the node cuts the end of the active segment — records not in the bucket yet,
+/// with no witness directory configured — and the log still reads as a clean, shorter
+/// chain. The checkpoints the sync put in the bucket's witness, locked, name the cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bucket_witness_names_records_cut_from_the_active_segment() -> TestResult {
+    let side = TestDir::new("object-store-witness-side")?;
+    let s3 = S3Server::start(side.path())?;
+    let bucket = "custos-witness";
+    assert!(s3.probe(bucket, &["create-bucket"])?.contains("created"));
+    let creds = side.join("s3.toml");
+    S3Server::write_credentials(&creds)?;
+    let mut rig = Rig::start(
+        "object-store-witness",
+        RigOptions {
+            archive: true,
+            extra: object_store_section(
+                &s3,
+                bucket,
+                &creds,
+                "lock_mode = \"compliance\"\nupload_every = 1",
+            ),
+            ..RigOptions::default()
+        },
+    )?;
+    let mut alice = rig.connect("alice", "laptop", Tls::StartTls).await?;
+    let mut bob = rig.connect("bob", "phone", Tls::StartTls).await?;
+    alice
+        .send_chat("bob@example.test", "cut-me: the record root wants gone")
+        .await?;
+    bob.next_message().await?;
+    let hits = rig.search_copies_until("\"cut me\"", 2, Duration::from_secs(20))?;
+    let newest = hits
+        .iter()
+        .filter_map(|h| h["seq"].as_u64())
+        .max()
+        .ok_or("no seq")?;
+    // The sync witnesses a checkpoint at or after the message.
+    let witnessed = wait_for(Duration::from_secs(30), || {
+        let v = s3.versions(bucket, "custos/witness/")?;
+        Ok(v.iter()
+            .filter_map(|o| {
+                o.key
+                    .rsplit('/')
+                    .next()?
+                    .strip_prefix("cp-")?
+                    .strip_suffix(".wit")?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .find(|seq| *seq >= newest))
+    })?
+    .ok_or_else(|| format!("no witness entry reached seq {newest}\n{}", rig.context()))?;
+    let versions = s3.versions(bucket, "custos/witness/")?;
+    assert!(
+        versions
+            .iter()
+            .all(|v| v.mode.as_deref() == Some("COMPLIANCE")
+                && years_ahead(v.until.as_deref().unwrap_or("")) > 50.0),
+        "{versions:?}"
+    );
+    drop((alice, bob));
+
+    // The node dies; its active segment is cut back to its first frame.
+    let pid = rig.custos.pid().ok_or("no pid")?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid)?),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    let dead = wait_for(Duration::from_secs(5), || {
+        Ok(rig.custos.has_exited().then_some(()))
+    })?;
+    assert!(dead.is_some(), "custos did not die");
+    let archive_dir = rig.archive_dir.clone().ok_or("no archive dir")?;
+    let mut segments: Vec<_> = std::fs::read_dir(archive_dir.join("segments"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    segments.sort();
+    let active = segments.last().ok_or("no segment")?;
+    let bytes = std::fs::read(active)?;
+    let header = custos_archive::segment::HEADER_LEN;
+    let first_frame = match custos_archive::segment::parse_frame(&bytes, header) {
+        custos_archive::segment::Parsed::Frame(_, next) => next,
+        _ => return Err("the active segment has no whole frame".into()),
+    };
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(active)?
+        .set_len(u64::try_from(first_frame)?)?;
+
+    let v = rig.cli(&["verify"])?;
+    let out = text(&v);
+    assert!(!v.status.success(), "{out}");
+    assert!(
+        out.contains("bucket witness: witnessed checkpoint missing from the archive: records")
+            && out.contains(&format!("..={witnessed} were removed")),
+        "{out}"
+    );
+    Ok(())
+}

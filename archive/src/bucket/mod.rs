@@ -30,8 +30,9 @@ pub use nodes::{other_chains, peer_dir, peer_holds, PEERS_DIR, UNNAMED};
 pub use s3::{Endpoint, LockMode, S3Client, S3Error};
 pub use sigv4::Credentials;
 pub use sync::{
-    object_records, verify_bucket, BucketCheck, ObjectRecords, StoredObject, StoredObjects,
-    SyncError, SyncReport, OBJECT_KEY_DELETED, OBJECT_LEGAL_HOLD, OBJECT_STORED,
+    bucket_witness, object_records, verify_bucket, witness_object_name, BucketCheck, ObjectRecords,
+    StoredObject, StoredObjects, SyncError, SyncReport, OBJECT_KEY_DELETED, OBJECT_LEGAL_HOLD,
+    OBJECT_STORED, WITNESS_FOLDER,
 };
 pub use tiered::TieredStorage;
 

@@ -17,6 +17,7 @@ use crate::record::{EventRecord, NewRecord};
 use crate::retention::{Decision, Keep, RetentionPolicy};
 use crate::segment;
 use crate::time::Timestamp;
+use crate::witness::WitnessEntry;
 
 /// Audit action: a sealed segment and its wrapped key are in the bucket, locked.
 pub const OBJECT_STORED: &str = "object.stored";
@@ -148,6 +149,39 @@ pub struct SyncReport {
     pub keys_deleted: Vec<u64>,
     /// Shredded segments whose key object the bucket still refuses to delete, and why.
     pub keys_pending: Vec<(u64, String)>,
+    /// The seq of the checkpoint put in the bucket's witness now, if a new one.
+    pub witnessed: Option<u64>,
+}
+
+/// Where the bucket witness keeps its entries, under a chain's prefix.
+pub const WITNESS_FOLDER: &str = "witness/";
+
+/// The object name (under the chain's prefix) of the witness entry for checkpoint `seq`.
+pub fn witness_object_name(seq: u64) -> String {
+    format!("{WITNESS_FOLDER}cp-{seq:020}.wit")
+}
+
+/// Every witness entry in the bucket for `remote`'s chain, oldest first. An object that
+/// is not one well-formed entry is a problem for `verify` to name, not a reason to stop.
+pub fn bucket_witness(remote: &Remote) -> Result<(Vec<WitnessEntry>, Vec<String>), SyncError> {
+    let base = remote.key(WITNESS_FOLDER);
+    let mut entries = Vec::new();
+    let mut bad = Vec::new();
+    for (key, size) in remote.client.list(&base)? {
+        if size != crate::witness::ENTRY_LEN as u64 {
+            bad.push(format!("{key}: {size} bytes, not a witness entry"));
+            continue;
+        }
+        match remote.client.get_object(&key, None)? {
+            Some(b) => match WitnessEntry::from_bytes(&b) {
+                Some(e) => entries.push(e),
+                None => bad.push(format!("{key}: not a witness entry")),
+            },
+            None => bad.push(format!("{key}: listed but gone")),
+        }
+    }
+    entries.sort_by_key(|e| e.checkpoint.seq);
+    Ok((entries, bad))
 }
 
 /// Why the sync stopped. What was recorded before stays recorded.
@@ -347,6 +381,31 @@ fn plan_and_upload(
                         remote.lock_mode,
                         until,
                     )?;
+                }
+            }
+        }
+    }
+    // 2b. The witness: the chain's newest signed checkpoint, off the host and locked,
+    //     so that cutting the active segment's tail (not in the bucket yet) is seen.
+    //     The chain's permanent records (holds, shreds, these object records) are kept
+    //     forever, and so is what witnesses them: each entry is locked as they are.
+    {
+        let until = now.plus_years(FOREVER_YEARS);
+        let newest = crate::log::segment_ids(storage)
+            .map_err(|e| SyncError::Task(e.to_string()))?
+            .last()
+            .copied();
+        if let Some(id) = newest {
+            let bytes = storage.read(&segment::segment_name(id))?;
+            if let Some(entry) = WitnessEntry::newest_in(id, &bytes) {
+                let name = witness_object_name(entry.checkpoint.seq);
+                if remote
+                    .client
+                    .head_object(&remote.key(&name), None)?
+                    .is_none()
+                {
+                    put_checked(remote, &name, &entry.to_bytes(), until, false)?;
+                    report.witnessed = Some(entry.checkpoint.seq);
                 }
             }
         }
