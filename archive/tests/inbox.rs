@@ -271,7 +271,13 @@ async fn unusable_inbox_files_are_moved_aside_and_the_refusal_recorded() {
         reason("notes.txt").contains("not an inbox file name"),
         "{rejected:?}"
     );
-    for name in [garbage, misfiled.as_str(), "notes.txt"] {
+    // Each refusal is recorded before its file is moved aside: wait for the moves.
+    let names = [garbage, misfiled.as_str(), "notes.txt"];
+    let start = Instant::now();
+    while names.iter().any(|n| inbox.join(n).exists()) && start.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for name in names {
         assert!(!inbox.join(name).exists(), "{name} left in the inbox");
         assert!(
             inbox.join(REJECTED_DIR).join(name).is_file(),
