@@ -55,6 +55,14 @@ fn copy_ref(h: &Hit) -> CopyRef {
     }
 }
 
+/// Merges hits from several nodes' chains as one chain's search returns them: the
+/// newest `limit`, in chronological order (time, then node, then seq).
+pub fn merge_newest(hits: &mut Vec<Hit>, limit: usize) {
+    hits.sort_by(|x, y| (x.time, &x.node, x.seq).cmp(&(y.time, &y.node, y.seq)));
+    let extra = hits.len().saturating_sub(limit);
+    hits.drain(..extra);
+}
+
 /// Groups hits by message identity, keeping the order in which each group's first hit
 /// came. Records written before identities existed (format 1) each stand alone.
 pub fn group(hits: Vec<Hit>) -> Vec<MessageHit> {

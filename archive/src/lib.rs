@@ -59,7 +59,7 @@ pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use export::{
     export, verify_export, ExportError, ExportProblem, ExportReport, ExportRequest, ExportSummary,
 };
-pub use grouping::{group, CopyRef, MessageHit};
+pub use grouping::{group, merge_newest, CopyRef, MessageHit};
 pub use inbox::{submit_audit, AuditSubmitted, SubmitError};
 pub use keys::{keys_init, load_signing_key, load_verifying_key, KeyError, KeysCreated, MasterKey};
 pub use record::{

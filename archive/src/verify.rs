@@ -138,8 +138,12 @@ pub fn verify_in(
         .and_then(|c| c.as_ref().ok())
         .map(|c| c.mark.through);
     let mut r = walk(storage, master_key, public_key, upto.unwrap_or(0), progress);
+    // Another node's chain read from the bucket grows as its segments are stored; this
+    // node's index of it catches up at its next search.
+    let from_bucket =
+        !dir.join(log::META_NAME).exists() && crate::bucket::registered(dir).is_some();
     if let Some(coverage) = coverage {
-        check_index(&mut r, coverage, running);
+        check_index(&mut r, coverage, running, from_bucket);
     } else if reader_node && r.last_seq > 0 {
         r.notes.push(
             "no local search index (this directory only reads the archive from its bucket); `custos search` or `custos reindex` builds one".into(),
@@ -154,6 +158,7 @@ fn check_index(
     r: &mut VerifyReport,
     coverage: Result<crate::index::Coverage, crate::index::IndexError>,
     writer_running: bool,
+    from_bucket: bool,
 ) {
     let c = match coverage {
         Ok(c) => c,
@@ -229,7 +234,11 @@ fn check_index(
             (r.first_unindexed_time, r.last_time),
             (Some(first), Some(last)) if last - first <= CRASH_LAG_MS
         );
-        if writer_running {
+        if from_bucket {
+            r.notes.push(format!(
+                "search index {behind}: segments stored since this node's last search; its next search indexes them"
+            ));
+        } else if writer_running {
             r.notes.push(format!(
                 "search index {behind}: the running writer indexes the newest records within a second"
             ));

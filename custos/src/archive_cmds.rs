@@ -135,9 +135,7 @@ pub fn search(
         }
     }
     if chains.len() > 1 {
-        // Each chain's hits come newest first; so do the merged ones.
-        hits.sort_by(|x, y| (y.time, &y.node, y.seq).cmp(&(x.time, &x.node, x.seq)));
-        hits.truncate(fetch);
+        custos_archive::merge_newest(&mut hits, fetch);
     }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -332,6 +330,11 @@ fn verify_chain(
     public: &VerifyingKey,
 ) -> custos_archive::VerifyReport {
     let witness = a.witness.as_ref().filter(|_| chain.own);
+    // The bucket's witness is read before the log, as the local one is: what it holds
+    // was in the log before it was put there, so a checkpoint written meanwhile cannot
+    // look missing.
+    let remote = custos_archive::bucket::registered(&chain.dir);
+    let bucket_witness = remote.as_ref().map(custos_archive::bucket::bucket_witness);
     let mut report = match witness {
         Some(witness) => custos_archive::verify_witnessed(
             &chain.dir,
@@ -347,7 +350,7 @@ fn verify_chain(
             custos_archive::verify(&chain.dir, key, public, progress("verifying"))
         }
     };
-    if let Some(remote) = custos_archive::bucket::registered(&chain.dir) {
+    if let Some(remote) = remote {
         match key {
             None => report.notes.push(
                 "the bucket's objects are not checked without the master key (their records are encrypted)".into(),
@@ -384,7 +387,7 @@ fn verify_chain(
         }
         // The bucket's witness: every checkpoint the writer put there must still be
         // reached. Read from another node, its active segment is not in the bucket yet.
-        match custos_archive::bucket::bucket_witness(&remote) {
+        match bucket_witness.unwrap_or_else(|| Ok((Vec::new(), Vec::new()))) {
             Ok((entries, bad)) => {
                 for what in bad {
                     report.problems.push(custos_archive::Problem {

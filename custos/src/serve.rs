@@ -143,6 +143,20 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
         _ => None,
     };
 
+    // Other nodes' chains in the shared bucket: found, and their indexes kept current,
+    // for the web UI's search.
+    let peers = custos_web_ui::Peers::default();
+    let peer_refresh = match (&cfg.archive, &object_store) {
+        (Some(a), Some((_, every))) => Some(tokio::spawn(peer_index_loop(
+            a.clone(),
+            archive_cmds::master_key(a)?,
+            peers.clone(),
+            *every,
+            shutdown.clone(),
+        ))),
+        _ => None,
+    };
+
     let object_sync = match (&archive, object_store) {
         (Some(archive), Some((remote, every))) => Some(tokio::spawn(object_sync_loop(
             archive.clone(),
@@ -167,7 +181,9 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
                 web_config.session_ttl = ttl;
             }
             web_config.retention = retention.as_ref().map(|r| r.policy.clone());
+            web_config.peers = peers.clone();
             if let Some(a) = &cfg.archive {
+                web_config.node.clone_from(&a.node);
                 web_config.export = Some(custos_web_ui::ExportKeys {
                     archive_dir: a.dir.clone(),
                     master_key: archive_cmds::master_key(a)?,
@@ -213,6 +229,9 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
     if let Some(s) = object_sync {
         let _ = s.await;
     }
+    if let Some(p) = peer_refresh {
+        let _ = p.await;
+    }
     drop(pipeline);
     if let Some(archive) = archive {
         archive.close().await.context("closing the archive")?;
@@ -253,6 +272,52 @@ async fn expiry_loop(
 }
 
 /// Syncs sealed segments to the bucket every `every` until shutdown.
+/// Every `every`: lists the other nodes' chains in the bucket, brings each one's local
+/// index up to what is stored, and hands the list to the web UI.
+async fn peer_index_loop(
+    a: config::ArchiveSettings,
+    master: custos_archive::MasterKey,
+    peers: custos_web_ui::Peers,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut wait = every.min(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = every;
+        let (a2, key) = (a.clone(), master.clone());
+        let found = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<custos_web_ui::PeerChain>> {
+            let mut out = Vec::new();
+            for chain in crate::nodes::chains(&a2)?.into_iter().filter(|c| !c.own) {
+                match custos_archive::update_index(&chain.dir, &key, |_, _| {}) {
+                    Ok(_) | Err(custos_archive::ReindexError::Locked { .. }) => {}
+                    Err(e) => warn!(node = ?chain.node, cause = %e, "another node's index cannot be brought up to date"),
+                }
+                out.push(custos_web_ui::PeerChain {
+                    node: chain.node,
+                    dir: chain.dir,
+                });
+            }
+            Ok(out)
+        })
+        .await;
+        match found {
+            Ok(Ok(list)) => {
+                let mut current = peers.write().unwrap_or_else(|p| p.into_inner());
+                if *current != list {
+                    info!(nodes = ?list.iter().map(|p| p.node.clone()).collect::<Vec<_>>(), "other nodes' chains found in the bucket");
+                    *current = list;
+                }
+            }
+            Ok(Err(e)) => warn!(cause = %e, "other nodes' chains cannot be listed"),
+            Err(e) => error!(cause = %e, "the other nodes' index refresh failed"),
+        }
+    }
+}
+
 async fn object_sync_loop(
     archive: Archive,
     remote: custos_archive::bucket::Remote,

@@ -463,6 +463,7 @@ async fn nodes_keep_their_own_chains_and_a_reader_merges_them() -> TestResult {
                 "lock_mode = \"governance\"\nupload_every = 1",
             ),
             archive_extra: "node = \"n1\"\nsegment_max_age = 1\n".into(),
+            web: true,
             ..RigOptions::default()
         },
     )?;
@@ -527,9 +528,9 @@ async fn nodes_keep_their_own_chains_and_a_reader_merges_them() -> TestResult {
             node2.log_tail()
         )
     })?;
-    // Newest first, across the nodes.
+    // In time order across the nodes, as one chain's are.
     assert!(
-        messages[0]["body"]
+        messages[1]["body"]
             .as_str()
             .is_some_and(|b| b.contains("nodes-two")),
         "{messages:#?}"
@@ -552,6 +553,50 @@ async fn nodes_keep_their_own_chains_and_a_reader_merges_them() -> TestResult {
             assert_eq!(c["node"], want, "{m:#?}");
         }
     }
+    // The first node's review UI finds both messages too, each copy's node named;
+    // only its own records open in its conversation view.
+    rig.add_user("olivia", "officer", "officer-password-1")?;
+    let base = format!("http://{}", rig.web.ok_or("no web UI")?);
+    let profile = tempfile::tempdir()?;
+    let browser = custos_web_ui::browser::Browser::start(profile.path()).await?;
+    let seen = async {
+        browser
+            .sign_in(&base, "olivia", "officer-password-1")
+            .await?;
+        let c = browser.client();
+        let start = Instant::now();
+        loop {
+            c.goto(&format!("{base}/search?q=nodes")).await?;
+            let rows = c
+                .find_all(fantoccini::Locator::Css("table.results tbody tr"))
+                .await?;
+            let mut texts = Vec::new();
+            for r in &rows {
+                // Badges are styled in capitals; the text is compared without case.
+                texts.push(r.text().await?.to_lowercase());
+            }
+            let both = texts.len() == 2
+                && texts
+                    .iter()
+                    .all(|t| t.contains("node n1") && t.contains("node n2"));
+            if both || start.elapsed() > Duration::from_secs(20) {
+                return Ok::<Vec<String>, BoxError>(texts);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    .await;
+    browser.close().await?;
+    let texts = seen?;
+    assert!(
+        texts.len() == 2
+            && texts
+                .iter()
+                .all(|t| t.contains("node n1") && t.contains("node n2")),
+        "{texts:?}\n{}",
+        rig.context()
+    );
+
     let v = run_custos(&["verify"], Some(&reader_config))?;
     let out = text(&v);
     assert!(v.status.success(), "{out}");

@@ -272,10 +272,58 @@ async fn run_search(
     limit: usize,
 ) -> Result<custos_archive::Searched, AppError> {
     let app = app.clone();
-    tokio::task::spawn_blocking(move || app.archive.search_covered(&query, limit))
+    tokio::task::spawn_blocking(move || search_all_nodes(&app, &query, limit))
         .await
         .map_err(|e| AppError::Internal(e.to_string()))?
-        .map_err(AppError::from)
+}
+
+/// This node's chain and, with several nodes, every other chain in the bucket: the
+/// newest `limit` hits of all, in time order, each naming its node.
+fn search_all_nodes(
+    app: &App,
+    query: &str,
+    limit: usize,
+) -> Result<custos_archive::Searched, AppError> {
+    let mut searched = app.archive.search_covered(query, limit)?;
+    let peers = crate::app::read(&app.cfg.peers).clone();
+    if peers.is_empty() {
+        return Ok(searched);
+    }
+    for h in &mut searched.hits {
+        h.node.clone_from(&app.cfg.node);
+    }
+    let reader = app.archive.reader();
+    for p in peers {
+        let name = p.node.as_deref().unwrap_or("(unnamed)").to_string();
+        let found = reader
+            .open_other(&p.dir)
+            .map_err(custos_archive::SearchError::from)
+            .and_then(|r| r.search_covered(query, limit));
+        match found {
+            Ok(s) => {
+                searched.hits.extend(s.hits.into_iter().map(|mut h| {
+                    h.node.clone_from(&p.node);
+                    h
+                }));
+                if searched.uncovered.is_none() {
+                    searched.uncovered = s.uncovered.map(|mut u| {
+                        u.why = format!("node {name}: {}", u.why);
+                        u
+                    });
+                }
+            }
+            // A node's chain that cannot be read is said, not hidden.
+            Err(e) => {
+                searched.uncovered = Some(custos_archive::Uncovered {
+                    from: 1,
+                    to: 0,
+                    why: format!("node {name} could not be searched: {e}"),
+                })
+            }
+        }
+    }
+    custos_archive::merge_newest(&mut searched.hits, limit);
+    Ok(searched)
 }
 
 pub async fn search(
@@ -365,12 +413,21 @@ pub async fn search(
                                 @let body = h.body.as_deref().unwrap_or("");
                                 @let m = highlight::marks(body, &terms);
                                 @let (ex, inside, before, after) = highlight::excerpt(body, &m);
+                                @let here = h.node == app.cfg.node;
                                 tr {
-                                    td.time { a href=(format!("/conversation/{}#m{}", h.seq.0, h.seq.0)) { (short_time(h.time)) } }
+                                    @if here {
+                                        td.time { a href=(format!("/conversation/{}#m{}", h.seq.0, h.seq.0)) { (short_time(h.time)) } }
+                                    } @else {
+                                        td.time { (short_time(h.time)) }
+                                    }
                                     td.jid { (h.from) }
                                     td.jid { (h.to) }
-                                    td.body { a.open href=(format!("/conversation/{}#m{}", h.seq.0, h.seq.0)) { @if before { "… " } (marked(ex, &inside)) @if after { " …" } } }
-                                    td { (verdict(strictest)) " " (would(would_act)) " " (rules(&all_rules)) " " (copies_badge(mh.copies.len())) }
+                                    @if here {
+                                        td.body { a.open href=(format!("/conversation/{}#m{}", h.seq.0, h.seq.0)) { @if before { "… " } (marked(ex, &inside)) @if after { " …" } } }
+                                    } @else {
+                                        td.body { @if before { "… " } (marked(ex, &inside)) @if after { " …" } }
+                                    }
+                                    td { (verdict(strictest)) " " (would(would_act)) " " (rules(&all_rules)) " " (copies_badge(mh.copies.len())) (node_badges(mh, &app.cfg.node)) }
                                 }
                             }
                         }
@@ -385,6 +442,23 @@ pub async fn search(
             }
         },
     ))
+}
+
+/// With several nodes, which nodes carried a message's copies (nothing with one node).
+fn node_badges(mh: &MessageHit, own: &Option<String>) -> maud::Markup {
+    let mut nodes: Vec<&str> = Vec::new();
+    for c in &mh.copies {
+        if let Some(n) = c.node.as_deref() {
+            if !nodes.contains(&n) {
+                nodes.push(n);
+            }
+        }
+    }
+    html! {
+        @for n in nodes {
+            " " span.badge.node title=(if Some(n) == own.as_deref() { "recorded by this node" } else { "recorded by another node; open it there" }) { "node " (n) }
+        }
+    }
 }
 
 /// Records fetched per logical message wanted on a search page (a message seen by both

@@ -60,7 +60,22 @@ pub struct WebConfig {
     pub export: Option<ExportKeys>,
     /// The retention classes (`[retention]`); `None`: everything is kept forever.
     pub retention: Option<custos_archive::retention::RetentionPolicy>,
+    /// This node's name, when nodes are named.
+    pub node: Option<String>,
+    /// Other nodes' chains that search covers too (read from the shared bucket), kept
+    /// current by the server as nodes appear.
+    pub peers: Peers,
 }
+
+/// Another node's chain, readable through a local directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerChain {
+    pub node: Option<String>,
+    pub dir: PathBuf,
+}
+
+/// The other nodes' chains, shared between the server's refresh loop and the web UI.
+pub type Peers = std::sync::Arc<std::sync::RwLock<Vec<PeerChain>>>;
 
 /// The archive keys a verifiable export is written and signed with. The serving process
 /// holds them anyway (it opened the archive); they never leave it.
@@ -90,6 +105,8 @@ impl WebConfig {
             secure_cookies: false,
             export: None,
             retention: None,
+            node: None,
+            peers: Peers::default(),
         }
     }
 }

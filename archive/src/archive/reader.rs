@@ -100,6 +100,12 @@ impl ArchiveReader {
         ArchiveReader::from_parts(dir.to_path_buf(), storage, master_key.clone())
     }
 
+    /// Opens another chain readable with this one's master key (another node's, read
+    /// from the bucket through `dir`).
+    pub fn open_other(&self, dir: &Path) -> Result<ArchiveReader, ReadError> {
+        ArchiveReader::open(dir, &self.master)
+    }
+
     /// The local directory.
     pub fn dir(&self) -> &Path {
         &self.dir

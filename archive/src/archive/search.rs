@@ -112,6 +112,10 @@ impl Uncovered {
 
 impl std::fmt::Display for Uncovered {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // An empty range: a whole chain was not searched (another node's, unreadable).
+        if self.to < self.from {
+            return write!(f, "{}: results may be incomplete", self.why);
+        }
         let n = self.to - self.from + 1;
         write!(
             f,

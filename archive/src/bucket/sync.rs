@@ -391,13 +391,18 @@ fn plan_and_upload(
     //     forever, and so is what witnesses them: each entry is locked as they are.
     {
         let until = now.plus_years(FOREVER_YEARS);
-        let newest = crate::log::segment_ids(storage)
-            .map_err(|e| SyncError::Task(e.to_string()))?
-            .last()
-            .copied();
-        if let Some(id) = newest {
+        let ids = crate::log::segment_ids(storage).map_err(|e| SyncError::Task(e.to_string()))?;
+        // The newest checkpoint: a segment just opened may have none yet.
+        let mut newest = None;
+        for &id in ids.iter().rev().take(3) {
             let bytes = storage.read(&segment::segment_name(id))?;
             if let Some(entry) = WitnessEntry::newest_in(id, &bytes) {
+                newest = Some(entry);
+                break;
+            }
+        }
+        {
+            if let Some(entry) = newest {
                 let name = witness_object_name(entry.checkpoint.seq);
                 if remote
                     .client
