@@ -650,6 +650,25 @@ async fn nodes_keep_their_own_chains_and_a_reader_merges_them() -> TestResult {
         "{out}"
     );
 
+    // Someone with governance-bypass rights deletes a version of the second node's.
+    let n2_versions = s3.versions(bucket, "custos/nodes/n2/segments/")?;
+    let victim = segment_objects(&n2_versions)
+        .into_iter()
+        .next()
+        .cloned()
+        .ok_or("no stored segment of n2")?;
+    let deleted = s3.probe(bucket, &["delete-bypass", &victim.key, &victim.version])?;
+    assert!(deleted.starts_with("deleted"), "{deleted}");
+    let v = run_custos(&["verify"], Some(&reader_config))?;
+    let out = text(&v);
+    assert!(!v.status.success(), "{out}");
+    assert!(
+        out.lines().any(|l| l.starts_with("node n2: ")
+            && l.contains(&victim.key)
+            && l.contains("gone from the bucket")),
+        "{out}"
+    );
+
     // Someone with write access copies the first node's chain under a third name.
     let copied = s3.probe(
         bucket,
