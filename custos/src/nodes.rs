@@ -99,10 +99,15 @@ pub fn own_chain_for_records(
         }
     }
     let cfg = crate::archive_cmds::archive_config(a, master.clone(), signing.clone());
-    drop(
-        custos_archive::Archive::open(cfg)
-            .with_context(|| format!("starting this node's chain in {}", a.dir.display()))?,
-    );
+    let archive = custos_archive::Archive::open(cfg)
+        .with_context(|| format!("starting this node's chain in {}", a.dir.display()))?;
+    // Closed, not dropped: the writer lock is free again before the caller appends.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime to close the new chain")?
+        .block_on(archive.close())
+        .context("closing the new chain")?;
     Ok(a.dir.clone())
 }
 
