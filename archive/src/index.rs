@@ -290,9 +290,21 @@ pub fn coverage(
     }
     let mmap = tantivy::directory::MmapDirectory::open(dir).map_err(tantivy::TantivyError::from)?;
     let index = Index::open(mmap)?;
-    let meta = index.load_metas()?;
-    let mark = meta_mark(&meta, master, archive_id)?;
-    check_files(dir, &meta, at_rest).map_err(IndexError::Damaged)?;
+    // Beside a running writer a commit can replace meta.json between loading it and
+    // checking its bytes: that is a newer commit, not damage, so look again.
+    let mut attempt = 0;
+    let mark = loop {
+        let meta = index.load_metas()?;
+        let mark = meta_mark(&meta, master, archive_id)?;
+        match check_files(dir, &meta, at_rest) {
+            Ok(()) => break mark,
+            Err(_) if !at_rest && attempt < 3 => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => return Err(IndexError::Damaged(e)),
+        }
+    };
     let damaged = index.validate_checksum()?;
     if !damaged.is_empty() {
         let mut names: Vec<String> = damaged.iter().map(|p| p.display().to_string()).collect();
