@@ -428,6 +428,9 @@ fn second_node(rig: &Rig, name: &str) -> Result<custos_e2e::custos::Custos, BoxE
     )?)
 }
 
+/// Flags what only the second node carries in the several-nodes test.
+const SECOND_ONLY_RULE: &str = "[[rule]]\nid = \"second-only\"\nwhen = { body = { regex = \"(?i)second-only\" } }\naction = \"flag\"\n";
+
 /// Connects `user` through `node` instead of the rig's own node.
 async fn connect_via(
     rig: &Rig,
@@ -464,6 +467,7 @@ async fn nodes_keep_their_own_chains_and_a_reader_merges_them() -> TestResult {
             ),
             archive_extra: "node = \"n1\"\nsegment_max_age = 1\n".into(),
             web: true,
+            rules: Some(SECOND_ONLY_RULE.into()),
             ..RigOptions::default()
         },
     )?;
@@ -485,6 +489,14 @@ async fn nodes_keep_their_own_chains_and_a_reader_merges_them() -> TestResult {
     )
     .await?;
     alice.next_message().await?;
+    // A flagged message between two users of the second node: no copy on the first.
+    let mut carol = connect_via(&rig, &node2, "carol", "desk").await?;
+    bob.send_chat(
+        "carol@example.test",
+        "second-only: bob tells carol through the second node",
+    )
+    .await?;
+    carol.next_message().await?;
 
     // A node with an empty directory reads both chains from the bucket once their
     // segments are sealed and stored.
@@ -553,8 +565,10 @@ async fn nodes_keep_their_own_chains_and_a_reader_merges_them() -> TestResult {
             assert_eq!(c["node"], want, "{m:#?}");
         }
     }
-    // The first node's review UI finds both messages too, each copy's node named;
-    // only its own records open in its conversation view.
+    // The first node's review UI finds both messages too, each copy's node named. Its
+    // review queue holds the second node's flagged message, which opens in the
+    // conversation view and is reviewed there; the review is a record of the first
+    // node's chain naming the second node's record, read back into the queue.
     rig.add_user("olivia", "officer", "officer-password-1")?;
     let base = format!("http://{}", rig.web.ok_or("no web UI")?);
     let profile = tempfile::tempdir()?;
@@ -565,7 +579,7 @@ async fn nodes_keep_their_own_chains_and_a_reader_merges_them() -> TestResult {
             .await?;
         let c = browser.client();
         let start = Instant::now();
-        loop {
+        let texts = loop {
             c.goto(&format!("{base}/search?q=nodes")).await?;
             let rows = c
                 .find_all(fantoccini::Locator::Css("table.results tbody tr"))
@@ -580,14 +594,69 @@ async fn nodes_keep_their_own_chains_and_a_reader_merges_them() -> TestResult {
                     .iter()
                     .all(|t| t.contains("node n1") && t.contains("node n2"));
             if both || start.elapsed() > Duration::from_secs(20) {
-                return Ok::<Vec<String>, BoxError>(texts);
+                break texts;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        };
+        let queued = loop {
+            c.goto(&format!("{base}/queue")).await?;
+            let rows = c
+                .find_all(fantoccini::Locator::Css("table.queue tbody tr"))
+                .await?;
+            let mut found = None;
+            for r in &rows {
+                let t = r.text().await?.to_lowercase();
+                if t.contains("carol@example.test") && t.contains("node n2") {
+                    found = Some(t);
+                    r.find(fantoccini::Locator::Css("a.button"))
+                        .await?
+                        .click()
+                        .await?;
+                    break;
+                }
+            }
+            if found.is_some() || start.elapsed() > Duration::from_secs(40) {
+                break found;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        let Some(queued) = queued else {
+            return Ok::<_, BoxError>((texts, None));
+        };
+        let shown = c
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(fantoccini::Locator::Css("article.msg.hit"))
+            .await?
+            .text()
+            .await?;
+        c.find(fantoccini::Locator::Id("comment"))
+            .await?
+            .send_keys("Read on the first node; nothing to escalate.")
+            .await?;
+        c.find(fantoccini::Locator::Id("mark-reviewed"))
+            .await?
+            .click()
+            .await?;
+        let history = c
+            .wait()
+            .at_most(Duration::from_secs(10))
+            .for_element(fantoccini::Locator::Css("ol.history li"))
+            .await?
+            .text()
+            .await?;
+        c.goto(&format!("{base}/queue?status=reviewed")).await?;
+        let reviewed = c
+            .find(fantoccini::Locator::Css("main"))
+            .await?
+            .text()
+            .await?
+            .to_lowercase();
+        Ok((texts, Some((queued, shown, history, reviewed))))
     }
     .await;
     browser.close().await?;
-    let texts = seen?;
+    let (texts, review) = seen?;
     assert!(
         texts.len() == 2
             && texts
@@ -595,6 +664,26 @@ async fn nodes_keep_their_own_chains_and_a_reader_merges_them() -> TestResult {
                 .all(|t| t.contains("node n1") && t.contains("node n2")),
         "{texts:?}\n{}",
         rig.context()
+    );
+    let (queued, shown, history, reviewed) = review.ok_or_else(|| {
+        format!(
+            "the second node's flagged message never reached the first node's queue\n{}\n{}",
+            rig.context(),
+            node2.log_tail()
+        )
+    })?;
+    assert!(queued.contains("bob@example.test"), "{queued}");
+    assert!(
+        shown.contains("bob tells carol") && shown.to_lowercase().contains("node n2"),
+        "{shown}"
+    );
+    assert!(
+        history.contains("olivia") && history.contains("marked reviewed"),
+        "{history}"
+    );
+    assert!(
+        reviewed.contains("carol@example.test") && reviewed.contains("node n2"),
+        "{reviewed}"
     );
 
     let v = run_custos(&["verify"], Some(&reader_config))?;

@@ -2,8 +2,11 @@
 //! request plumbing: the signed-in extractor, CSRF checks, security headers,
 //! audit writes and following the archive's tail.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -13,12 +16,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use custos_archive::archive::TailCursor;
-use custos_archive::{Archive, ChainEntry, EventRecord, NewRecord, ReadError};
+use custos_archive::{Archive, ArchiveReader, ChainEntry, EventRecord, NewRecord, ReadError};
 
 use crate::auth::{cookie, Session, Sessions, Throttle, SESSION_COOKIE};
 use crate::error::AppError;
 use crate::roles::{allows, Perm};
-use crate::store::Store;
+use crate::store::{ChainIdx, Store};
 use crate::WebConfig;
 
 /// Everything a handler can reach.
@@ -29,9 +32,30 @@ pub struct App {
     /// Where following the archive left off. The lock also serialises catch-ups,
     /// so two never apply the same records concurrently.
     tail: Mutex<TailCursor>,
+    /// Following other nodes' chains (read from the bucket), by local directory.
+    peer_tails: Mutex<PeerTails>,
     pub sessions: Mutex<Sessions>,
     pub throttle: Mutex<Throttle>,
 }
+
+/// Other nodes' chains as followed so far.
+#[derive(Default)]
+struct PeerTails {
+    chains: HashMap<PathBuf, PeerTail>,
+    last: Option<Instant>,
+}
+
+struct PeerTail {
+    chain: ChainIdx,
+    reader: Arc<ArchiveReader>,
+    cursor: TailCursor,
+    /// The last failure logged, so a lasting one is logged once.
+    failing: Option<String>,
+}
+
+/// How often other nodes' chains are looked at: their records arrive in sealed
+/// segments through the bucket, so more often would only cost requests.
+const PEER_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Locks a mutex; a panic elsewhere while holding it leaves plain data that is still usable.
 pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -49,8 +73,13 @@ pub fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 impl App {
     /// Builds the state, scanning the whole archive once (blocking).
     pub fn new(cfg: WebConfig, archive: Archive) -> Result<App, ReadError> {
-        let store = Store::new(archive.reader().archive_id(), cfg.sample_rate);
+        let store = Store::for_node(
+            archive.reader().archive_id(),
+            cfg.sample_rate,
+            cfg.node.clone(),
+        );
         let app = App {
+            peer_tails: Mutex::new(PeerTails::default()),
             sessions: Mutex::new(Sessions::new(cfg.session_ttl)),
             throttle: Mutex::new(Throttle::new()),
             store: RwLock::new(store),
@@ -76,7 +105,75 @@ impl App {
         if !entries.is_empty() {
             write(&self.store).apply(entries);
         }
-        followed
+        followed?;
+        self.follow_peers();
+        Ok(())
+    }
+
+    /// Applies what other nodes' chains gained since last time (at most every
+    /// [`PEER_INTERVAL`]). A chain that cannot be read is logged and tried again; it
+    /// never stops this node's own pages.
+    fn follow_peers(&self) {
+        let peers = read(&self.cfg.peers).clone();
+        if peers.is_empty() {
+            return;
+        }
+        let mut tails = lock(&self.peer_tails);
+        if tails.last.is_some_and(|t| t.elapsed() < PEER_INTERVAL) {
+            return;
+        }
+        tails.last = Some(Instant::now());
+        for p in peers {
+            let name = p
+                .node
+                .as_deref()
+                .unwrap_or(crate::store::UNNAMED)
+                .to_string();
+            let tail = match tails.chains.entry(p.dir.clone()) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    match self.archive.reader().open_other(&p.dir) {
+                        Ok(reader) => v.insert(PeerTail {
+                            chain: write(&self.store).chain_of(p.node.as_deref()),
+                            reader: Arc::new(reader),
+                            cursor: TailCursor::new(),
+                            failing: None,
+                        }),
+                        Err(e) => {
+                            tracing::warn!(node = %name, cause = %e, "another node's chain cannot be opened; its records are not in the queue yet");
+                            continue;
+                        }
+                    }
+                }
+            };
+            let mut entries: Vec<ChainEntry> = Vec::new();
+            let followed = tail.reader.tail(&mut tail.cursor, |e| {
+                entries.push(e);
+                Ok::<(), ReadError>(())
+            });
+            if !entries.is_empty() {
+                write(&self.store).apply_chain(tail.chain, entries);
+            }
+            match followed {
+                Ok(()) => tail.failing = None,
+                Err(e) => {
+                    let why = e.to_string();
+                    if tail.failing.as_deref() != Some(why.as_str()) {
+                        tracing::warn!(node = %name, cause = %why, "following another node's chain failed; retrying");
+                    }
+                    tail.failing = Some(why);
+                }
+            }
+        }
+    }
+
+    /// The reader of another node's chain, once it is followed.
+    pub fn peer_reader(&self, chain: ChainIdx) -> Option<Arc<ArchiveReader>> {
+        lock(&self.peer_tails)
+            .chains
+            .values()
+            .find(|t| t.chain == chain)
+            .map(|t| t.reader.clone())
     }
 
     /// [`App::catch_up_blocking`] off the async executor.

@@ -25,7 +25,7 @@ use crate::pages::{
     Nav, Page,
 };
 use crate::roles::{allows, Perm};
-use crate::store::{self, audit_action, ReviewChange, ReviewStatus};
+use crate::store::{self, audit_action, MsgRef, ReviewChange, ReviewStatus};
 use crate::users::{self, Role};
 
 const CSS: &str = include_str!("../static/app.css");
@@ -367,6 +367,31 @@ pub async fn search(
             Err(e) => return Err(e),
         }
     }
+    // Where each hit opens: its conversation, on whichever node's chain it is, once
+    // that chain is followed here.
+    let links: Vec<Option<String>> = {
+        let store = read(&app.store);
+        results
+            .iter()
+            .flat_map(|(hits, _)| hits.iter())
+            .map(|mh| {
+                let h = &mh.first;
+                let name = if h.node == app.cfg.node {
+                    h.seq.0.to_string()
+                } else {
+                    format!(
+                        "{}:{}",
+                        h.node.as_deref().unwrap_or(store::UNNAMED),
+                        h.seq.0
+                    )
+                };
+                let r = store.parse_ref(&name)?;
+                // This node's records are read at once; another node's once followed.
+                (r.chain == 0 || store.message(r).is_some())
+                    .then(|| format!("/conversation/{name}#{}", store.anchor(r)))
+            })
+            .collect()
+    };
     let terms = highlight::query_terms(&f.q);
     let sel = |v: &str, cur: &str| v == cur;
     Ok(layout(
@@ -405,7 +430,7 @@ pub async fn search(
                     table.results {
                         thead { tr { th { "Time (UTC)" } th { "From" } th { "To" } th { "Message" } th { "Verdict" } } }
                         tbody {
-                            @for mh in hits {
+                            @for (mh, link) in hits.iter().zip(&links) {
                                 @let h = &mh.first;
                                 @let strictest = mh.copies.iter().map(|c| c.action).max_by_key(|a| store::rank(*a)).unwrap_or(h.action);
                                 @let would_act = mh.copies.iter().filter_map(|c| c.would_action).max_by_key(|a| store::rank(*a));
@@ -413,17 +438,16 @@ pub async fn search(
                                 @let body = h.body.as_deref().unwrap_or("");
                                 @let m = highlight::marks(body, &terms);
                                 @let (ex, inside, before, after) = highlight::excerpt(body, &m);
-                                @let here = h.node == app.cfg.node;
                                 tr {
-                                    @if here {
-                                        td.time { a href=(format!("/conversation/{}#m{}", h.seq.0, h.seq.0)) { (short_time(h.time)) } }
+                                    @if let Some(link) = link {
+                                        td.time { a href=(link) { (short_time(h.time)) } }
                                     } @else {
                                         td.time { (short_time(h.time)) }
                                     }
                                     td.jid { (h.from) }
                                     td.jid { (h.to) }
-                                    @if here {
-                                        td.body { a.open href=(format!("/conversation/{}#m{}", h.seq.0, h.seq.0)) { @if before { "… " } (marked(ex, &inside)) @if after { " …" } } }
+                                    @if let Some(link) = link {
+                                        td.body { a.open href=(link) { @if before { "… " } (marked(ex, &inside)) @if after { " …" } } }
                                     } @else {
                                         td.body { @if before { "… " } (marked(ex, &inside)) @if after { " …" } }
                                     }
@@ -456,7 +480,7 @@ fn node_badges(mh: &MessageHit, own: &Option<String>) -> maud::Markup {
     }
     html! {
         @for n in nodes {
-            " " span.badge.node title=(if Some(n) == own.as_deref() { "recorded by this node" } else { "recorded by another node; open it there" }) { "node " (n) }
+            " " span.badge.node title=(if Some(n) == own.as_deref() { "recorded by this node" } else { "recorded by another node" }) { "node " (n) }
         }
     }
 }
@@ -595,19 +619,20 @@ const CONTEXT: usize = 25;
 pub async fn conversation(
     State(app): State<Arc<App>>,
     a: Authed,
-    Path(seq): Path<u64>,
+    Path(at): Path<String>,
 ) -> Result<Page, AppError> {
     a.require(Perm::Read)?;
     // The context may include messages sent since the last tail scan.
     app.catch_up().await?;
+    let seq = read(&app.store).parse_ref(&at).ok_or(AppError::NotFound)?;
     let (around, meta) = {
         let store = read(&app.store);
-        let around: Vec<(u64, u64, u64)> = store
+        let around: Vec<(MsgRef, u64, u64)> = store
             .conversation_around(seq, CONTEXT, CONTEXT)
             .iter()
-            .map(|m| (m.seq, m.segment, m.offset))
+            .map(|m| (m.key(), m.segment, m.offset))
             .collect();
-        let meta: BTreeMap<u64, Shown> = around
+        let meta: BTreeMap<MsgRef, Shown> = around
             .iter()
             .filter_map(|&(s, _, _)| {
                 let m = store.message(s)?;
@@ -615,7 +640,8 @@ pub async fn conversation(
                     .copies(s)
                     .iter()
                     .map(|c| CopyRow {
-                        seq: c.seq,
+                        key: c.key(),
+                        name: store.ref_name(c.key()),
                         leg: c.leg.as_str(),
                         via: c.via.as_str(),
                         account: c.account.clone(),
@@ -627,6 +653,9 @@ pub async fn conversation(
                 Some((
                     s,
                     Shown {
+                        anchor: store.anchor(s),
+                        node: (s.chain != 0)
+                            .then(|| store.node_of(s.chain).unwrap_or(store::UNNAMED).to_string()),
                         severity: m.severity.clone(),
                         e2ee: m.e2ee.clone(),
                         verdict: store.verdict_of(s),
@@ -640,44 +669,68 @@ pub async fn conversation(
         (around, meta)
     };
     // Which shown message a correction or retraction changes, and the reverse.
-    let by_msg_id: BTreeMap<&str, u64> = meta
-        .iter()
-        .filter_map(|(s, m)| m.msg_id.as_deref().map(|id| (id, *s)))
+    let by_msg_id: BTreeMap<&str, &str> = meta
+        .values()
+        .filter_map(|m| m.msg_id.as_deref().map(|id| (id, m.anchor.as_str())))
         .collect();
-    let mut edited_by: BTreeMap<u64, Vec<(u64, EditKind)>> = BTreeMap::new();
-    for (s, m) in &meta {
+    let mut edited_by: BTreeMap<MsgRef, Vec<(&str, EditKind)>> = BTreeMap::new();
+    for m in meta.values() {
         if let Some((kind, target)) = &m.edit {
-            if let Some(t) = by_msg_id.get(target.as_str()) {
-                edited_by.entry(*t).or_default().push((*s, *kind));
+            if let Some(t) = meta
+                .iter()
+                .find(|(_, o)| o.msg_id.as_deref() == Some(target.as_str()))
+            {
+                edited_by
+                    .entry(*t.0)
+                    .or_default()
+                    .push((m.anchor.as_str(), *kind));
             }
         }
     }
     if around.is_empty() {
         return Err(AppError::NotFound);
     }
-    app.audit(&a.session.user, audit_action::VIEW, json!({ "seq": seq }))
+    let viewed = match meta
+        .get(&read(&app.store).group_of(seq))
+        .and_then(|m| m.node.clone())
+    {
+        None => json!({ "seq": seq.seq }),
+        Some(node) => json!({ "seq": seq.seq, "node": node }),
+    };
+    app.audit(&a.session.user, audit_action::VIEW, viewed)
         .await?;
     let app2 = app.clone();
-    let records: Vec<Record> = tokio::task::spawn_blocking(move || {
+    let records: Vec<(MsgRef, Record)> = tokio::task::spawn_blocking(move || {
         around
             .iter()
-            .map(|&(_, seg, off)| app2.archive.reader().record_at(seg, off))
-            .collect::<Result<Vec<_>, _>>()
+            .map(|&(r, seg, off)| {
+                let record = if r.chain == 0 {
+                    app2.archive.reader().record_at(seg, off)?
+                } else {
+                    app2.peer_reader(r.chain)
+                        .ok_or_else(|| {
+                            AppError::Internal("another node's chain is not followed".into())
+                        })?
+                        .record_at(seg, off)?
+                };
+                Ok((r, record))
+            })
+            .collect::<Result<Vec<_>, AppError>>()
     })
     .await
     .map_err(|e| AppError::Internal(e.to_string()))??;
     // Which active legal holds cover each shown record.
-    let held: BTreeMap<u64, Vec<String>> = {
+    let held: BTreeMap<MsgRef, Vec<String>> = {
         let matchers = read(&app.store).holds().matchers();
         records
             .iter()
-            .map(|r| {
+            .map(|(k, r)| {
                 let names = matchers
                     .iter()
                     .filter(|(_, m)| m.covers(r))
                     .map(|(n, _)| n.clone())
                     .collect();
-                (r.seq.0, names)
+                (*k, names)
             })
             .collect()
     };
@@ -698,10 +751,10 @@ pub async fn conversation(
             h1 { "Conversation" }
             p.muted.conv-key { (title.strip_prefix("chat ").unwrap_or(&title).replace(' ', " · ")) }
             div.conversation {
-                @for r in &records {
-                    @if let (NewRecord::Message(m), Some(shown)) = (&r.content, meta.get(&r.seq.0)) {
-                        @let is_hit = shown.copies.iter().any(|c| c.seq == seq);
-                        article id=(format!("m{}", r.seq.0)) class=(format!("msg {} {}", m.direction.as_str(), if is_hit { "hit" } else { "" })) {
+                @for (key, r) in &records {
+                    @if let (NewRecord::Message(m), Some(shown)) = (&r.content, meta.get(key)) {
+                        @let is_hit = shown.copies.iter().any(|c| c.key == seq);
+                        article id=(shown.anchor) class=(format!("msg {} {}", m.direction.as_str(), if is_hit { "hit" } else { "" })) {
                             header {
                                 span.time { (short_time(r.time)) }
                                 span.jid { (m.from) } " → " span.jid { (m.to) }
@@ -709,8 +762,9 @@ pub async fn conversation(
                                 @if let Some(s) = &shown.severity { span.severity { (s) } }
                                 (verdict(shown.verdict.action)) " " (would(shown.verdict.would_action)) " " (rules(&shown.verdict.rules)) " " (copies_badge(shown.verdict.copies))
                                 @if is_hit { span.badge.hit-badge { "search hit" } }
+                                @if let Some(n) = &shown.node { span.badge.node title="recorded by another node" { "node " (n) } }
                                 span.badge.retention title="retention class" { "keep: " (custos_archive::retention::class_name(&m.capture.retention_class)) }
-                                @for matter in held.get(&r.seq.0).into_iter().flatten() {
+                                @for matter in held.get(key).into_iter().flatten() {
                                     span.badge.hold title="under legal hold" { "hold: " (matter) }
                                 }
                             }
@@ -721,11 +775,11 @@ pub async fn conversation(
                                 p.edit {
                                     span.badge.edit { (kind.as_str()) }
                                     " of message " code { (target) }
-                                    @if let Some(t) = by_msg_id.get(target.as_str()) { " (" a href=(format!("#m{t}")) { "shown above" } ")" }
+                                    @if let Some(t) = by_msg_id.get(target.as_str()) { " (" a href=(format!("#{t}")) { "shown above" } ")" }
                                 }
                             }
-                            @if let Some(later) = edited_by.get(&r.seq.0) {
-                                p.edit.muted { "Changed later: " @for (s, kind) in later { a href=(format!("#m{s}")) { (kind.as_str()) } " " } "— the original stays on the record." }
+                            @if let Some(later) = edited_by.get(key) {
+                                p.edit.muted { "Changed later: " @for (s, kind) in later { a href=(format!("#{s}")) { (kind.as_str()) } " " } "— the original stays on the record." }
                             }
                             @let e2ee = &shown.e2ee;
                             @if let Some(scheme) = e2ee {
@@ -758,7 +812,7 @@ pub async fn conversation(
                                         thead { tr { th { "#" } th { "Stream" } th { "Account" } th { "How" } th { "Verdict" } } }
                                         tbody {
                                             @for c in &shown.copies {
-                                                tr { td { (c.seq) } td { (c.leg) } td.jid { (c.account) } td { (c.via) } td { (verdict(c.action)) " " (would(c.would_action)) " " (rules(&c.rules)) } }
+                                                tr { td { (c.name) } td { (c.leg) } td.jid { (c.account) } td { (c.via) } td { (verdict(c.action)) " " (would(c.would_action)) " " (rules(&c.rules)) } }
                                             }
                                         }
                                     }
@@ -775,7 +829,7 @@ pub async fn conversation(
                     (history(&item.history))
                     @if allows(a.session.role, Perm::Review) {
                         @if own { p.error { "You sent or received this message, so another officer must review it." } } @else {
-                            (review_form(&a.session.csrf, &[seq], &format!("/conversation/{seq}")))
+                            (review_form(&a.session.csrf, std::slice::from_ref(&at), &format!("/conversation/{at}")))
                         }
                     }
                 }
@@ -786,6 +840,9 @@ pub async fn conversation(
 
 /// What the conversation view shows of one logical message besides its first record.
 struct Shown {
+    anchor: String,
+    /// Another node's record: that node's name.
+    node: Option<String>,
     severity: Option<String>,
     e2ee: Option<String>,
     verdict: store::GroupVerdict,
@@ -795,7 +852,9 @@ struct Shown {
 }
 
 struct CopyRow {
-    seq: u64,
+    key: MsgRef,
+    /// As shown and linked (`node:seq` for another node's).
+    name: String,
     leg: &'static str,
     via: &'static str,
     account: String,
@@ -840,7 +899,7 @@ fn history(h: &[crate::store::ReviewEvent]) -> maud::Markup {
     }
 }
 
-fn review_form(csrf: &str, seqs: &[u64], back: &str) -> maud::Markup {
+fn review_form(csrf: &str, seqs: &[String], back: &str) -> maud::Markup {
     html! {
         form.review method="post" action="/queue" {
             input type="hidden" name="csrf" value=(csrf);
@@ -887,8 +946,8 @@ pub async fn queue(
     let rows: Vec<_> = {
         let store = read(&app.store);
         store
-            .reviews()
-            .rev()
+            .reviews_newest_first()
+            .into_iter()
             .filter(|i| match status.as_str() {
                 "all" => true,
                 "open" => i.status.is_open(),
@@ -900,12 +959,25 @@ pub async fn queue(
                 _ => true,
             })
             .filter_map(|i| {
-                store
-                    .message(i.seq)
-                    .map(|m| (i.clone(), m.clone(), store.verdict_of(i.seq)))
+                store.message(i.seq).map(|m| {
+                    let name = store.ref_name(i.seq);
+                    let anchor = store.anchor(i.seq);
+                    let node = (i.seq.chain != 0).then(|| {
+                        store
+                            .node_of(i.seq.chain)
+                            .unwrap_or(store::UNNAMED)
+                            .to_string()
+                    });
+                    (
+                        i.clone(),
+                        m.clone(),
+                        store.verdict_of(i.seq),
+                        (name, anchor, node),
+                    )
+                })
             })
-            .filter(|(_, _, v)| f.rule.is_empty() || v.rules.contains(&f.rule))
-            .filter(|(_, _, v)| {
+            .filter(|(_, _, v, _)| f.rule.is_empty() || v.rules.contains(&f.rule))
+            .filter(|(_, _, v, _)| {
                 f.severity.is_empty() || v.severity.as_deref() == Some(f.severity.as_str())
             })
             .collect()
@@ -977,10 +1049,10 @@ pub async fn queue(
                             th { "Time (UTC)" } th { "From" } th { "To" } th { "Verdict" } th { "Severity" } th { "Status" } th { "Assignee" } th {}
                         } }
                         tbody {
-                            @for (item, m, v) in &rows {
+                            @for (item, m, v, (name, anchor, node)) in &rows {
                                 @let own = m.involves(&a.session.jids);
-                                tr id=(format!("q{}", item.seq)) {
-                                    @if can_review { td.sel { @if !own { input type="checkbox" name="seq" value=(item.seq) aria-label="Select"; } } }
+                                tr id=(format!("q{}", name.replace(':', "-"))) {
+                                    @if can_review { td.sel { @if !own { input type="checkbox" name="seq" value=(name) aria-label="Select"; } } }
                                     td.time { (short_time(m.time)) }
                                     td.jid { (m.from) }
                                     td.jid { (m.to) }
@@ -988,7 +1060,7 @@ pub async fn queue(
                                     td { (v.severity.as_deref().unwrap_or("—")) }
                                     td { (status_badge(item.status)) }
                                     td { (item.assignee.as_deref().unwrap_or("—")) }
-                                    td { a.button.small href=(format!("/conversation/{}#m{}", item.seq, item.seq)) { "Open" } @if own { " " span.muted.small { "(own)" } } }
+                                    td { a.button.small href=(format!("/conversation/{name}#{anchor}")) { "Open" } @if let Some(n) = node { " " span.badge.node title="recorded by another node" { "node " (n) } } @if own { " " span.muted.small { "(own)" } } }
                                 }
                             }
                         }
@@ -1023,17 +1095,21 @@ pub async fn queue_action(
     a.require(Perm::Review)?;
     let field = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     a.check_csrf(field("csrf").unwrap_or(""))?;
-    let mut seqs: Vec<u64> = pairs
-        .iter()
-        .filter(|(k, _)| k == "seq")
-        .map(|(_, v)| {
-            v.parse::<u64>()
-                .map_err(|_| AppError::BadRequest(format!("bad item {v:?}")))
-        })
-        .collect::<Result<_, _>>()?;
-    seqs.sort_unstable();
-    seqs.dedup();
-    if seqs.is_empty() {
+    let mut refs: Vec<MsgRef> = {
+        let store = read(&app.store);
+        pairs
+            .iter()
+            .filter(|(k, _)| k == "seq")
+            .map(|(_, v)| {
+                store
+                    .parse_ref(v)
+                    .ok_or_else(|| AppError::BadRequest(format!("bad item {v:?}")))
+            })
+            .collect::<Result<_, _>>()?
+    };
+    refs.sort_unstable();
+    refs.dedup();
+    if refs.is_empty() {
         return Err(AppError::BadRequest("select at least one item".into()));
     }
     let comment: String = field("comment")
@@ -1042,15 +1118,9 @@ pub async fn queue_action(
         .chars()
         .take(MAX_COMMENT)
         .collect();
-    let change = match field("op").unwrap_or("") {
-        "assign-me" => ReviewChange::Assign {
-            seqs: seqs.clone(),
-            assignee: Some(a.session.user.clone()),
-        },
-        "unassign" => ReviewChange::Assign {
-            seqs: seqs.clone(),
-            assignee: None,
-        },
+    let op = field("op").unwrap_or("");
+    let status = match op {
+        "assign-me" | "unassign" => None,
         op => {
             let status = ReviewStatus::parse(op)
                 .filter(|s| *s != ReviewStatus::Open)
@@ -1060,33 +1130,52 @@ pub async fn queue_action(
                     "a review needs a comment saying what was checked and decided".into(),
                 ));
             }
-            ReviewChange::Status {
-                seqs: seqs.clone(),
-                status,
-                comment,
-            }
+            Some(status)
         }
     };
+    // One audit record per chain the items are in: a record names its items by their
+    // seq in one chain.
+    let mut by_chain: BTreeMap<Option<String>, Vec<u64>> = BTreeMap::new();
     {
         let store = read(&app.store);
-        for s in &seqs {
-            if store.review(*s).is_none() {
+        for r in &refs {
+            let name = store.ref_name(*r);
+            if store.review(*r).is_none() {
                 return Err(AppError::BadRequest(format!(
-                    "message {s} is not in the review queue"
+                    "message {name} is not in the review queue"
                 )));
             }
             // Nobody reviews their own messages (FINRA 3110: independent review).
             if store
-                .message(*s)
+                .message(*r)
                 .is_some_and(|m| m.involves(&a.session.jids))
             {
                 return Err(AppError::SelfReview);
             }
+            let node = (r.chain != 0)
+                .then(|| store.node_of(r.chain).unwrap_or(store::UNNAMED).to_string());
+            by_chain.entry(node).or_default().push(r.seq);
         }
     }
-    let detail = serde_json::to_value(&change).map_err(|e| AppError::Internal(e.to_string()))?;
-    app.audit(&a.session.user, audit_action::REVIEW, detail)
-        .await?;
+    for (node, seqs) in by_chain {
+        let change = match status {
+            Some(status) => ReviewChange::Status {
+                seqs,
+                status,
+                comment: comment.clone(),
+                node,
+            },
+            None => ReviewChange::Assign {
+                seqs,
+                assignee: (op == "assign-me").then(|| a.session.user.clone()),
+                node,
+            },
+        };
+        let detail =
+            serde_json::to_value(&change).map_err(|e| AppError::Internal(e.to_string()))?;
+        app.audit(&a.session.user, audit_action::REVIEW, detail)
+            .await?;
+    }
     // State changes by reading the record back from the log, like at start.
     app.catch_up().await?;
     let back = field("back")
@@ -1112,12 +1201,15 @@ pub async fn dashboard(State(app): State<Arc<App>>, a: Authed) -> Result<Page, A
         let store = read(&app.store);
         // Logical messages, counted once by their first copy; a message is a policy hit
         // when any of its copies is.
-        for m in store.messages().iter().rev() {
+        // Each chain is in time order: walk back from its newest record.
+        let recent = store.chains().flat_map(|c| {
+            c.iter()
+                .rev()
+                .take_while(|m| m.time.0.div_euclid(DAY_MS) >= first)
+        });
+        for m in recent {
             let day = m.time.0.div_euclid(DAY_MS);
-            if day < first {
-                break;
-            }
-            if m.group != m.seq {
+            if !m.is_first_copy() {
                 continue;
             }
             let Some(slot) = usize::try_from(day - first)
@@ -1126,7 +1218,7 @@ pub async fn dashboard(State(app): State<Arc<App>>, a: Authed) -> Result<Page, A
             else {
                 continue;
             };
-            let v = store.verdict_of(m.seq);
+            let v = store.verdict_of(m.key());
             slot[usize::from(v.action != Action::Allow)] += 1;
             for r in &v.rules {
                 if let Some(c) = hits

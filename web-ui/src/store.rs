@@ -16,10 +16,30 @@ use custos_archive::{
 };
 use serde::{Deserialize, Serialize};
 
+/// Which chain a record is in: 0 is this node's own, others are other nodes' chains
+/// read from the shared bucket, numbered as this process first met them.
+pub type ChainIdx = u16;
+
+/// A record anywhere: its chain and its seq in that chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MsgRef {
+    pub chain: ChainIdx,
+    pub seq: u64,
+}
+
+impl MsgRef {
+    /// A record of this node's own chain.
+    pub fn own(seq: u64) -> MsgRef {
+        MsgRef { chain: 0, seq }
+    }
+}
+
 /// One archived copy of a message, minus its text. Copies of one logical message (the
-/// sender's, each recipient's, carbons, replays) share `group`, the seq of the first.
+/// sender's, each recipient's, carbons, replays, on any node) share `group`, the first
+/// copy this process saw.
 #[derive(Clone, Debug)]
 pub struct MessageMeta {
+    pub chain: ChainIdx,
     pub seq: u64,
     pub time: Timestamp,
     pub direction: Direction,
@@ -35,8 +55,8 @@ pub struct MessageMeta {
     pub offset: u64,
     /// Messages with equal keys belong to one conversation.
     pub conversation: String,
-    /// The seq of the first copy of this logical message.
-    pub group: u64,
+    /// The first copy of this logical message.
+    pub group: MsgRef,
     pub leg: Leg,
     pub via: Via,
     /// The JID the session proved whose stream carried this copy.
@@ -63,6 +83,18 @@ pub fn rank(a: Action) -> u8 {
 }
 
 impl MessageMeta {
+    pub fn key(&self) -> MsgRef {
+        MsgRef {
+            chain: self.chain,
+            seq: self.seq,
+        }
+    }
+
+    /// Whether this is the first copy of its logical message (the one it is shown by).
+    pub fn is_first_copy(&self) -> bool {
+        self.group == self.key()
+    }
+
     /// Whether `jids` (bare, lowercase) include a party of this message.
     pub fn involves(&self, jids: &[String]) -> bool {
         let from = normalize_jid(bare_jid(&self.from));
@@ -154,7 +186,9 @@ impl ReviewStatus {
     }
 }
 
-/// What the audit `detail` of a review change carries (JSON).
+/// What the audit `detail` of a review change carries (JSON). `seqs` are records of the
+/// chain `node` names (a node's name, or `_unnamed` for the chain of a node without one);
+/// without `node`, of the chain the audit record itself is in.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "change", rename_all = "kebab-case")]
 pub enum ReviewChange {
@@ -162,13 +196,32 @@ pub enum ReviewChange {
         seqs: Vec<u64>,
         status: ReviewStatus,
         comment: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
     },
     Assign {
         seqs: Vec<u64>,
         assignee: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
     },
 }
 
+impl ReviewChange {
+    fn seqs(&self) -> &[u64] {
+        match self {
+            ReviewChange::Status { seqs, .. } | ReviewChange::Assign { seqs, .. } => seqs,
+        }
+    }
+
+    fn node(&self) -> Option<&str> {
+        match self {
+            ReviewChange::Status { node, .. } | ReviewChange::Assign { node, .. } => {
+                node.as_deref()
+            }
+        }
+    }
+}
 /// Audit action names written by the UI.
 pub mod audit_action {
     pub const SIGN_IN: &str = "sign-in";
@@ -185,35 +238,109 @@ pub mod audit_action {
 /// One entry of an item's history.
 #[derive(Clone, Debug)]
 pub struct ReviewEvent {
-    pub audit_seq: u64,
+    /// The audit record that made the change: its chain and seq.
+    pub audit: MsgRef,
     pub time: Timestamp,
     pub actor: String,
     pub change: String,
     pub comment: String,
+    /// What it set: a status, or an assignee (`Some(None)`: unassigned).
+    status: Option<ReviewStatus>,
+    assignee: Option<Option<String>>,
 }
 
 /// A message in the review queue.
 #[derive(Clone, Debug)]
 pub struct ReviewItem {
-    pub seq: u64,
+    /// The logical message's first copy.
+    pub seq: MsgRef,
     pub status: ReviewStatus,
     pub assignee: Option<String>,
     /// In the queue because of sampling, not because policy flagged it.
     pub sampled: bool,
+    /// In time order (changes made on other nodes may be read late).
     pub history: Vec<ReviewEvent>,
 }
 
-/// Derived state; see the module docs.
-pub struct Store {
+impl ReviewItem {
+    /// Takes `event` into the history at its time; status and assignee are what the
+    /// latest changes set, whatever order the nodes' records were read in.
+    fn record(&mut self, event: ReviewEvent) {
+        let at = self
+            .history
+            .partition_point(|e| (e.time, e.audit) <= (event.time, event.audit));
+        self.history.insert(at, event);
+        self.status = self
+            .history
+            .iter()
+            .rev()
+            .find_map(|e| e.status)
+            .unwrap_or(ReviewStatus::Open);
+        self.assignee = self
+            .history
+            .iter()
+            .rev()
+            .find_map(|e| e.assignee.clone())
+            .flatten();
+    }
+}
+
+/// One chain's messages, in the order they were written.
+struct Chain {
+    /// The node that writes it (`None`: a node without a name).
+    node: Option<String>,
     messages: Vec<MessageMeta>,
     by_seq: HashMap<u64, usize>,
-    /// Message identity (and delivered identity) → the group it names.
-    identities: HashMap<String, u64>,
-    /// Group → the seqs of its copies, in order.
-    members: HashMap<u64, Vec<u64>>,
-    audit: Vec<AuditEntry>,
-    reviews: BTreeMap<u64, ReviewItem>,
+    /// The first seq not yet applied.
     next_seq: u64,
+    /// Mixed into the sample key, so other chains' seqs sample independently.
+    sample_salt: u64,
+}
+
+impl Chain {
+    fn new(node: Option<String>, own: bool) -> Chain {
+        let sample_salt = match (&node, own) {
+            (_, true) | (None, _) => 0,
+            (Some(n), false) => n.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            }),
+        };
+        Chain {
+            node,
+            messages: Vec::new(),
+            by_seq: HashMap::new(),
+            next_seq: 1,
+            sample_salt,
+        }
+    }
+
+    fn message(&self, seq: u64) -> Option<&MessageMeta> {
+        self.by_seq.get(&seq).and_then(|&i| self.messages.get(i))
+    }
+}
+
+/// What the name of an unnamed node's chain is in references and review records.
+pub const UNNAMED: &str = "_unnamed";
+
+/// A review change read from an audit record, waiting for the message it names.
+#[derive(Clone, Debug)]
+struct PendingReview {
+    event: ReviewEvent,
+}
+
+/// Derived state; see the module docs. Chain 0 is this node's; with several nodes, the
+/// other nodes' chains are applied too, so the queue, dashboard and conversations cover
+/// every node. The audit trail, holds and retention facts are this node's own.
+pub struct Store {
+    chains: Vec<Chain>,
+    /// Message identity (and delivered identity) → the group it names.
+    identities: HashMap<String, MsgRef>,
+    /// Group → its copies, in the order they were applied.
+    members: HashMap<MsgRef, Vec<MsgRef>>,
+    audit: Vec<AuditEntry>,
+    reviews: BTreeMap<MsgRef, ReviewItem>,
+    /// Review changes naming a record not read yet (another node's, read later).
+    pending: HashMap<MsgRef, Vec<PendingReview>>,
     sample_key: u64,
     sample_rate: f64,
     /// Legal holds, replayed from their records.
@@ -246,17 +373,21 @@ pub fn sampled(key: u64, seq: u64, rate: f64) -> bool {
 }
 
 impl Store {
+    /// A store for this node's chain (`node`: its name, if nodes are named).
     pub fn new(archive_id: [u8; 16], sample_rate: f64) -> Store {
+        Store::for_node(archive_id, sample_rate, None)
+    }
+
+    pub fn for_node(archive_id: [u8; 16], sample_rate: f64, node: Option<String>) -> Store {
         let (a, b) = archive_id.split_at(8);
         let word = |s: &[u8]| s.iter().fold(0u64, |acc, &x| (acc << 8) | u64::from(x));
         Store {
-            messages: Vec::new(),
-            by_seq: HashMap::new(),
+            chains: vec![Chain::new(node, true)],
             identities: HashMap::new(),
             members: HashMap::new(),
             audit: Vec::new(),
             reviews: BTreeMap::new(),
-            next_seq: 1,
+            pending: HashMap::new(),
             sample_key: word(a) ^ word(b).rotate_left(17),
             sample_rate: sample_rate.clamp(0.0, 1.0),
             holds: Holds::default(),
@@ -265,31 +396,97 @@ impl Store {
         }
     }
 
-    /// The first seq not yet applied.
+    /// The first seq of this node's chain not yet applied.
     pub fn next_seq(&self) -> u64 {
-        self.next_seq
+        self.chains.first().map_or(1, |c| c.next_seq)
     }
 
-    /// Applies scanned entries in order; entries already applied are skipped,
-    /// so overlapping scans are harmless.
+    /// The chain another node writes, numbered on first sight (`None`: the chain of
+    /// a node without a name). This node's own name gives its own chain.
+    pub fn chain_of(&mut self, node: Option<&str>) -> ChainIdx {
+        if let Some(i) = self.find_chain(node) {
+            return i;
+        }
+        let i = ChainIdx::try_from(self.chains.len()).unwrap_or(ChainIdx::MAX);
+        self.chains.push(Chain::new(node.map(str::to_owned), false));
+        i
+    }
+
+    fn find_chain(&self, node: Option<&str>) -> Option<ChainIdx> {
+        let node = node.filter(|n| *n != UNNAMED);
+        self.chains
+            .iter()
+            .position(|c| c.node.as_deref() == node)
+            .and_then(|i| ChainIdx::try_from(i).ok())
+    }
+
+    /// The node that writes chain `chain` (`None`: a node without a name).
+    pub fn node_of(&self, chain: ChainIdx) -> Option<&str> {
+        self.chains
+            .get(usize::from(chain))
+            .and_then(|c| c.node.as_deref())
+    }
+
+    /// How a record is named in links and forms: its seq for this node's records,
+    /// `node:seq` for another node's.
+    pub fn ref_name(&self, r: MsgRef) -> String {
+        if r.chain == 0 {
+            return r.seq.to_string();
+        }
+        format!("{}:{}", self.node_of(r.chain).unwrap_or(UNNAMED), r.seq)
+    }
+
+    /// An HTML id for a record (`m<seq>` for this node's).
+    pub fn anchor(&self, r: MsgRef) -> String {
+        if r.chain == 0 {
+            return format!("m{}", r.seq);
+        }
+        format!("m-{}-{}", self.node_of(r.chain).unwrap_or(UNNAMED), r.seq)
+    }
+
+    /// Reads a [`Store::ref_name`] back; `None` for a malformed one or an unknown node.
+    pub fn parse_ref(&self, s: &str) -> Option<MsgRef> {
+        match s.split_once(':') {
+            None => s.parse().ok().map(MsgRef::own),
+            Some((node, seq)) => Some(MsgRef {
+                chain: self.find_chain(Some(node))?,
+                seq: seq.parse().ok()?,
+            }),
+        }
+    }
+
+    /// Applies this node's scanned entries in order; entries already applied are
+    /// skipped, so overlapping scans are harmless.
     pub fn apply(&mut self, entries: Vec<ChainEntry>) {
+        self.apply_chain(0, entries);
+    }
+
+    /// [`Store::apply`] for chain `chain` (see [`Store::chain_of`]).
+    pub fn apply_chain(&mut self, chain: ChainIdx, entries: Vec<ChainEntry>) {
+        let own = chain == 0;
         for e in entries {
-            if e.seq < self.next_seq {
+            let Some(c) = self.chains.get_mut(usize::from(chain)) else {
+                return;
+            };
+            if e.seq < c.next_seq {
                 continue;
             }
-            self.next_seq = e.seq + 1;
+            c.next_seq = e.seq + 1;
             // A shredded record has no content left to show.
             let Some(record) = e.record else { continue };
-            self.holds.observe(&record);
-            if !self.shredded.contains_key(&e.segment) {
-                self.segments
-                    .entry(e.segment)
-                    .or_insert_with(|| SegmentFacts::new(e.segment))
-                    .observe(&record, &[]);
+            if own {
+                self.holds.observe(&record);
+                if !self.shredded.contains_key(&e.segment) {
+                    self.segments
+                        .entry(e.segment)
+                        .or_insert_with(|| SegmentFacts::new(e.segment))
+                        .observe(&record, &[]);
+                }
             }
             if let NewRecord::Event(EventRecord::Shred { segment, .. }) = &record.content {
-                self.forget_segment(*segment, e.seq, record.time);
+                self.forget_segment(chain, *segment, e.seq, record.time);
             }
+            let key = MsgRef { chain, seq: e.seq };
             match record.content {
                 NewRecord::Message(m) => {
                     let leg = m.leg();
@@ -302,12 +499,13 @@ impl Store {
                     let group = names
                         .iter()
                         .find_map(|n| self.identities.get(n).copied())
-                        .unwrap_or(e.seq);
+                        .unwrap_or(key);
                     for n in names {
                         self.identities.entry(n).or_insert(group);
                     }
-                    self.members.entry(group).or_default().push(e.seq);
+                    self.members.entry(group).or_default().push(key);
                     let meta = MessageMeta {
+                        chain,
                         seq: e.seq,
                         time: record.time,
                         direction: m.direction,
@@ -336,15 +534,18 @@ impl Store {
                     let flagged = meta.action != Action::Allow
                         || meta.would_action.is_some()
                         || !meta.rules.is_empty();
-                    let first_copy = group == e.seq;
+                    let salt = self
+                        .chains
+                        .get(usize::from(chain))
+                        .map_or(0, |c| c.sample_salt);
                     // One review item per logical message, keyed by its first copy.
                     match self.reviews.get_mut(&group) {
                         Some(item) if flagged => item.sampled = false,
                         Some(_) => {}
                         None => {
                             if flagged
-                                || (first_copy
-                                    && sampled(self.sample_key, meta.seq, self.sample_rate))
+                                || (group == key
+                                    && sampled(self.sample_key ^ salt, e.seq, self.sample_rate))
                             {
                                 self.reviews.insert(
                                     group,
@@ -359,8 +560,18 @@ impl Store {
                             }
                         }
                     }
-                    self.by_seq.insert(meta.seq, self.messages.len());
-                    self.messages.push(meta);
+                    if let Some(c) = self.chains.get_mut(usize::from(chain)) {
+                        c.by_seq.insert(meta.seq, c.messages.len());
+                        c.messages.push(meta);
+                    }
+                    // Changes made (on another node) before this copy was read.
+                    for p in self.pending.remove(&key).unwrap_or_default() {
+                        if let Some(item) = self.reviews.get_mut(&group) {
+                            if !item.history.iter().any(|h| h.audit == p.event.audit) {
+                                item.record(p.event);
+                            }
+                        }
+                    }
                 }
                 NewRecord::Event(EventRecord::Audit {
                     actor,
@@ -368,15 +579,17 @@ impl Store {
                     detail,
                 }) => {
                     if action == audit_action::REVIEW {
-                        self.apply_review(e.seq, record.time, &actor, &detail);
+                        self.apply_review(key, record.time, &actor, &detail);
                     }
-                    self.audit.push(AuditEntry {
-                        seq: e.seq,
-                        time: record.time,
-                        actor,
-                        action,
-                        detail,
-                    });
+                    if own {
+                        self.audit.push(AuditEntry {
+                            seq: e.seq,
+                            time: record.time,
+                            actor,
+                            action,
+                            detail,
+                        });
+                    }
                 }
                 NewRecord::Event(_) => {}
             }
@@ -385,24 +598,34 @@ impl Store {
 
     /// Drops everything known about a shredded segment's messages: the UI must not
     /// keep showing who wrote to whom and when after the records are gone.
-    fn forget_segment(&mut self, segment: u64, shred_seq: u64, time: Timestamp) {
-        self.shredded.insert(segment, (shred_seq, time));
-        self.segments.remove(&segment);
-        let before = self.messages.len();
-        self.messages.retain(|m| m.segment != segment);
-        if self.messages.len() == before {
+    fn forget_segment(&mut self, chain: ChainIdx, segment: u64, shred_seq: u64, time: Timestamp) {
+        if chain == 0 {
+            self.shredded.insert(segment, (shred_seq, time));
+            self.segments.remove(&segment);
+        }
+        let Some(c) = self.chains.get_mut(usize::from(chain)) else {
+            return;
+        };
+        let before = c.messages.len();
+        c.messages.retain(|m| m.segment != segment);
+        if c.messages.len() == before {
             return;
         }
-        self.by_seq = self
+        c.by_seq = c
             .messages
             .iter()
             .enumerate()
             .map(|(i, m)| (m.seq, i))
             .collect();
-        let by_seq = &self.by_seq;
-        self.members.retain(|_, seqs| {
-            seqs.retain(|s| by_seq.contains_key(s));
-            !seqs.is_empty()
+        let chains = &self.chains;
+        let known = |r: &MsgRef| {
+            chains
+                .get(usize::from(r.chain))
+                .is_some_and(|c| c.by_seq.contains_key(&r.seq))
+        };
+        self.members.retain(|_, refs| {
+            refs.retain(known);
+            !refs.is_empty()
         });
         let members = &self.members;
         self.identities.retain(|_, g| members.contains_key(g));
@@ -424,82 +647,110 @@ impl Store {
         &self.shredded
     }
 
-    fn apply_review(&mut self, audit_seq: u64, time: Timestamp, actor: &str, detail: &str) {
+    /// Applies review audit record `audit` to the items it names, wherever they are.
+    fn apply_review(&mut self, audit: MsgRef, time: Timestamp, actor: &str, detail: &str) {
         // Audit records are written by this UI; one that does not parse is still
         // shown in the audit page but changes no state.
         let Ok(change) = serde_json::from_str::<ReviewChange>(detail) else {
             return;
         };
-        let (seqs, describe, comment) = match &change {
+        let (describe, comment, status, assignee) = match &change {
             ReviewChange::Status {
-                seqs,
-                status,
-                comment,
+                status, comment, ..
             } => (
-                seqs,
                 format!("marked {}", status.label().to_lowercase()),
                 comment.clone(),
+                Some(*status),
+                None,
             ),
-            ReviewChange::Assign { seqs, assignee } => (
-                seqs,
+            ReviewChange::Assign { assignee, .. } => (
                 assignee
                     .as_ref()
                     .map_or_else(|| "unassigned".to_string(), |a| format!("assigned to {a}")),
                 String::new(),
+                None,
+                Some(assignee.clone()),
             ),
         };
+        let target = match change.node() {
+            None => audit.chain,
+            Some(n) => self.chain_of(Some(n)),
+        };
+        let event = ReviewEvent {
+            audit,
+            time,
+            actor: actor.to_string(),
+            change: describe,
+            comment,
+            status,
+            assignee,
+        };
         // A review of any copy is a review of the logical message, once.
-        let mut groups: Vec<u64> = seqs.iter().map(|s| self.group_of(*s)).collect();
+        let mut groups: Vec<MsgRef> = Vec::new();
+        for &seq in change.seqs() {
+            let r = MsgRef { chain: target, seq };
+            match self.message(r) {
+                Some(m) => groups.push(m.group),
+                // Not read yet: another node's record this process has still to read.
+                None if self
+                    .chains
+                    .get(usize::from(target))
+                    .is_some_and(|c| seq >= c.next_seq) =>
+                {
+                    self.pending.entry(r).or_default().push(PendingReview {
+                        event: event.clone(),
+                    });
+                }
+                None => {}
+            }
+        }
         groups.sort_unstable();
         groups.dedup();
         for group in groups {
-            let Some(item) = self.reviews.get_mut(&group) else {
-                continue;
-            };
-            match &change {
-                ReviewChange::Status { status, .. } => item.status = *status,
-                ReviewChange::Assign { assignee, .. } => item.assignee = assignee.clone(),
+            if let Some(item) = self.reviews.get_mut(&group) {
+                item.record(event.clone());
             }
-            item.history.push(ReviewEvent {
-                audit_seq,
-                time,
-                actor: actor.to_string(),
-                change: describe.clone(),
-                comment: comment.clone(),
-            });
         }
     }
 
-    pub fn message(&self, seq: u64) -> Option<&MessageMeta> {
-        self.by_seq.get(&seq).and_then(|&i| self.messages.get(i))
+    pub fn message(&self, r: MsgRef) -> Option<&MessageMeta> {
+        self.chains
+            .get(usize::from(r.chain))
+            .and_then(|c| c.message(r.seq))
     }
 
+    /// This node's messages, in the order they were written.
     pub fn messages(&self) -> &[MessageMeta] {
-        &self.messages
+        self.chains.first().map_or(&[], |c| c.messages.as_slice())
     }
 
-    /// The review item of the logical message `seq` is a copy of.
-    pub fn review(&self, seq: u64) -> Option<&ReviewItem> {
-        self.reviews.get(&self.group_of(seq))
+    /// Every chain's messages, each chain in the order it was written.
+    pub fn chains(&self) -> impl Iterator<Item = &[MessageMeta]> {
+        self.chains.iter().map(|c| c.messages.as_slice())
     }
 
-    /// The first copy's seq of the logical message `seq` belongs to.
-    pub fn group_of(&self, seq: u64) -> u64 {
-        self.message(seq).map_or(seq, |m| m.group)
+    /// The review item of the logical message `r` is a copy of.
+    pub fn review(&self, r: MsgRef) -> Option<&ReviewItem> {
+        self.reviews.get(&self.group_of(r))
     }
 
-    /// Every copy of the logical message `seq` belongs to, in order.
-    pub fn copies(&self, seq: u64) -> Vec<&MessageMeta> {
+    /// The first copy of the logical message `r` belongs to.
+    pub fn group_of(&self, r: MsgRef) -> MsgRef {
+        self.message(r).map_or(r, |m| m.group)
+    }
+
+    /// Every copy of the logical message `r` belongs to, in the order read.
+    pub fn copies(&self, r: MsgRef) -> Vec<&MessageMeta> {
         self.members
-            .get(&self.group_of(seq))
-            .map(|seqs| seqs.iter().filter_map(|s| self.message(*s)).collect())
+            .get(&self.group_of(r))
+            .map(|refs| refs.iter().filter_map(|s| self.message(*s)).collect())
             .unwrap_or_default()
     }
 
     /// The logical message's verdict: the most restrictive of its copies, every rule
     /// any copy matched, and what monitor-mode rules would have done.
-    pub fn verdict_of(&self, seq: u64) -> GroupVerdict {
-        let copies = self.copies(seq);
+    pub fn verdict_of(&self, r: MsgRef) -> GroupVerdict {
+        let copies = self.copies(r);
         let mut v = GroupVerdict {
             action: Action::Allow,
             rules: Vec::new(),
@@ -528,6 +779,17 @@ impl Store {
         v
     }
 
+    /// The review items, newest message first.
+    pub fn reviews_newest_first(&self) -> Vec<&ReviewItem> {
+        let mut items: Vec<(&ReviewItem, Timestamp)> = self
+            .reviews
+            .values()
+            .map(|i| (i, self.message(i.seq).map_or(Timestamp(0), |m| m.time)))
+            .collect();
+        items.sort_by_key(|i| std::cmp::Reverse((i.1, i.0.seq)));
+        items.into_iter().map(|(i, _)| i).collect()
+    }
+
     pub fn reviews(&self) -> impl DoubleEndedIterator<Item = &ReviewItem> {
         self.reviews.values()
     }
@@ -537,26 +799,28 @@ impl Store {
     }
 
     /// Up to `before` and `after` logical messages of the same conversation around the
-    /// one `seq` is a copy of, each by its first copy, in order.
-    pub fn conversation_around(&self, seq: u64, before: usize, after: usize) -> Vec<&MessageMeta> {
-        let Some(&at) = self.by_seq.get(&self.group_of(seq)) else {
-            return Vec::new();
-        };
-        let Some(hit) = self.messages.get(at) else {
+    /// one `r` is a copy of, each by its first copy, in time order across every node.
+    pub fn conversation_around(&self, r: MsgRef, before: usize, after: usize) -> Vec<&MessageMeta> {
+        let Some(hit) = self.message(self.group_of(r)) else {
             return Vec::new();
         };
         let key = &hit.conversation;
-        let first = |m: &&MessageMeta| &m.conversation == key && m.group == m.seq;
-        let head = self.messages.get(..at).unwrap_or_default();
-        let tail = self.messages.get(at + 1..).unwrap_or_default();
-        let mut earlier: Vec<&MessageMeta> = head.iter().rev().filter(first).take(before).collect();
-        earlier.reverse();
-        earlier.push(hit);
-        earlier.extend(tail.iter().filter(first).take(after));
-        earlier
+        let mut all: Vec<&MessageMeta> = self
+            .chains
+            .iter()
+            .flat_map(|c| c.messages.iter())
+            .filter(|m| &m.conversation == key && m.is_first_copy())
+            .collect();
+        // Each chain is in time order already; a stable sort keeps ties in chain order.
+        all.sort_by_key(|m| (m.time, m.chain, m.seq));
+        let Some(at) = all.iter().position(|m| m.key() == hit.key()) else {
+            return Vec::new();
+        };
+        let from = at.saturating_sub(before);
+        let to = at.saturating_add(after).saturating_add(1).min(all.len());
+        all.get(from..to).map(<[_]>::to_vec).unwrap_or_default()
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -638,6 +902,7 @@ mod tests {
             &ReviewChange::Assign {
                 seqs: vec![1, 3],
                 assignee: Some("olivia".into()),
+                node: None,
             },
         ));
         log.push(audit(
@@ -647,19 +912,23 @@ mod tests {
                 seqs: vec![1],
                 status: ReviewStatus::FalsePositive,
                 comment: "test".into(),
+                node: None,
             },
         ));
         s.apply(log.clone());
-        assert!(s.review(2).is_none(), "unflagged and unsampled");
-        let one = s.review(1).unwrap();
+        assert!(
+            s.review(MsgRef::own(2)).is_none(),
+            "unflagged and unsampled"
+        );
+        let one = s.review(MsgRef::own(1)).unwrap();
         assert_eq!(one.status, ReviewStatus::FalsePositive);
         assert_eq!(one.assignee.as_deref(), Some("olivia"));
         assert_eq!(one.history.len(), 2);
-        assert_eq!(s.review(3).unwrap().status, ReviewStatus::Open);
+        assert_eq!(s.review(MsgRef::own(3)).unwrap().status, ReviewStatus::Open);
         assert_eq!(s.audit().len(), 2);
         // Applying the same entries again (an overlapping tail scan) changes nothing.
         s.apply(log);
-        assert_eq!(s.review(1).unwrap().history.len(), 2);
+        assert_eq!(s.review(MsgRef::own(1)).unwrap().history.len(), 2);
         assert_eq!(s.audit().len(), 2);
         assert_eq!(s.next_seq(), 6);
     }
@@ -674,20 +943,26 @@ mod tests {
             msg(4, "a@x/2", "b@x", Action::Allow),
         ]);
         let seqs: Vec<u64> = s
-            .conversation_around(3, 10, 10)
+            .conversation_around(MsgRef::own(3), 10, 10)
             .iter()
             .map(|m| m.seq)
             .collect();
         assert_eq!(seqs, vec![1, 3, 4]);
         let seqs: Vec<u64> = s
-            .conversation_around(3, 0, 1)
+            .conversation_around(MsgRef::own(3), 0, 1)
             .iter()
             .map(|m| m.seq)
             .collect();
         assert_eq!(seqs, vec![3, 4]);
-        assert!(s.conversation_around(99, 5, 5).is_empty());
-        assert!(s.message(3).unwrap().involves(&["b@x".to_string()]));
-        assert!(!s.message(2).unwrap().involves(&["b@x".to_string()]));
+        assert!(s.conversation_around(MsgRef::own(99), 5, 5).is_empty());
+        assert!(s
+            .message(MsgRef::own(3))
+            .unwrap()
+            .involves(&["b@x".to_string()]));
+        assert!(!s
+            .message(MsgRef::own(2))
+            .unwrap()
+            .involves(&["b@x".to_string()]));
     }
 
     /// A copy of logical message `identity` on `leg`, seen by `account`.
@@ -731,19 +1006,28 @@ mod tests {
             copy(5, "m3", None, Leg::ClientToServer, Action::Allow),
         ]);
         assert_eq!(
-            s.copies(2).iter().map(|m| m.seq).collect::<Vec<_>>(),
+            s.copies(MsgRef::own(2))
+                .iter()
+                .map(|m| m.seq)
+                .collect::<Vec<_>>(),
             [1, 2]
         );
         assert_eq!(
-            s.copies(4).iter().map(|m| m.seq).collect::<Vec<_>>(),
+            s.copies(MsgRef::own(4))
+                .iter()
+                .map(|m| m.seq)
+                .collect::<Vec<_>>(),
             [3, 4]
         );
-        assert_eq!(s.copies(5).len(), 1);
+        assert_eq!(s.copies(MsgRef::own(5)).len(), 1);
         // One item per logical message, keyed by its first copy, with the strictest verdict.
-        let items: Vec<u64> = s.reviews().map(|i| i.seq).collect();
+        let items: Vec<u64> = s.reviews().map(|i| i.seq.seq).collect();
         assert_eq!(items, [1, 3]);
-        assert!(std::ptr::eq(s.review(2).unwrap(), s.review(1).unwrap()));
-        let v = s.verdict_of(1);
+        assert!(std::ptr::eq(
+            s.review(MsgRef::own(2)).unwrap(),
+            s.review(MsgRef::own(1)).unwrap()
+        ));
+        let v = s.verdict_of(MsgRef::own(1));
         assert_eq!((v.action, v.copies), (Action::Block, 2));
         // A review through any copy reviews the logical message, once.
         s.apply(vec![audit(
@@ -753,13 +1037,17 @@ mod tests {
                 seqs: vec![1, 2],
                 status: ReviewStatus::Reviewed,
                 comment: "checked".into(),
+                node: None,
             },
         )]);
-        assert_eq!(s.review(1).unwrap().status, ReviewStatus::Reviewed);
-        assert_eq!(s.review(1).unwrap().history.len(), 1);
+        assert_eq!(
+            s.review(MsgRef::own(1)).unwrap().status,
+            ReviewStatus::Reviewed
+        );
+        assert_eq!(s.review(MsgRef::own(1)).unwrap().history.len(), 1);
         // The conversation shows each logical message once.
         let shown: Vec<u64> = s
-            .conversation_around(4, 10, 10)
+            .conversation_around(MsgRef::own(4), 10, 10)
             .iter()
             .map(|m| m.seq)
             .collect();
@@ -785,9 +1073,108 @@ mod tests {
             }
         }
         s.apply(vec![would, alert_only]);
-        assert!(s.review(1).is_some_and(|i| !i.sampled));
-        assert!(s.review(2).is_some_and(|i| !i.sampled));
-        assert_eq!(s.verdict_of(1).would_action, Some(Action::Block));
+        assert!(s.review(MsgRef::own(1)).is_some_and(|i| !i.sampled));
+        assert!(s.review(MsgRef::own(2)).is_some_and(|i| !i.sampled));
+        assert_eq!(
+            s.verdict_of(MsgRef::own(1)).would_action,
+            Some(Action::Block)
+        );
+    }
+
+    fn at(mut e: ChainEntry, time: i64) -> ChainEntry {
+        if let Some(r) = &mut e.record {
+            r.time = Timestamp(time);
+        }
+        e
+    }
+
+    #[test]
+    fn other_nodes_copies_and_reviews_join_this_nodes_items_in_time_order() {
+        let mut s = Store::for_node([2; 16], 0.0, Some("n1".into()));
+        let n2 = s.chain_of(Some("n2"));
+        assert_eq!(
+            s.chain_of(Some("n1")),
+            0,
+            "this node's name is its own chain"
+        );
+        // n2's reviewer marked n1's message reviewed (at t=5000) before this process has
+        // read that message: the change waits for it.
+        s.apply_chain(
+            n2,
+            vec![at(
+                audit(
+                    1,
+                    "rita",
+                    &ReviewChange::Status {
+                        seqs: vec![1],
+                        status: ReviewStatus::Reviewed,
+                        comment: "checked on n2".into(),
+                        node: Some("n1".into()),
+                    },
+                ),
+                5000,
+            )],
+        );
+        // The sender's copy is on n1, the recipient's on n2: one logical message.
+        s.apply(vec![at(
+            copy(1, "m1", None, Leg::ClientToServer, Action::Flag),
+            1000,
+        )]);
+        s.apply_chain(
+            n2,
+            vec![at(
+                copy(2, "m1", None, Leg::ServerToClient, Action::Block),
+                1001,
+            )],
+        );
+        // An escalation written on n1 earlier than n2's review, read after it.
+        s.apply(vec![at(
+            audit(
+                2,
+                "olivia",
+                &ReviewChange::Status {
+                    seqs: vec![1],
+                    status: ReviewStatus::Escalated,
+                    comment: "look again".into(),
+                    node: None,
+                },
+            ),
+            4000,
+        )]);
+        let peer_copy = MsgRef { chain: n2, seq: 2 };
+        let item = s.review(peer_copy).unwrap();
+        assert_eq!(item.seq, MsgRef::own(1));
+        assert_eq!(s.reviews().count(), 1);
+        assert_eq!(
+            item.history
+                .iter()
+                .map(|h| h.actor.as_str())
+                .collect::<Vec<_>>(),
+            ["olivia", "rita"]
+        );
+        assert_eq!(
+            item.status,
+            ReviewStatus::Reviewed,
+            "the latest change wins"
+        );
+        assert_eq!(s.verdict_of(peer_copy).action, Action::Block);
+        assert_eq!(s.verdict_of(peer_copy).copies, 2);
+        // Names of records round-trip; an unknown node's do not parse.
+        assert_eq!(s.ref_name(peer_copy), "n2:2");
+        assert_eq!(s.parse_ref("n2:2"), Some(peer_copy));
+        assert_eq!(s.parse_ref("n1:7"), Some(MsgRef::own(7)));
+        assert_eq!(s.parse_ref("7"), Some(MsgRef::own(7)));
+        assert_eq!(s.parse_ref("n9:7"), None);
+        assert_eq!(s.parse_ref("n2:x"), None);
+        // A conversation interleaves both nodes' messages by time.
+        s.apply(vec![at(msg(3, "a@x/1", "b@x", Action::Allow), 3000)]);
+        s.apply_chain(n2, vec![at(msg(3, "b@x/1", "a@x", Action::Allow), 2000)]);
+        let shown: Vec<(ChainIdx, u64)> = s
+            .conversation_around(MsgRef::own(3), 10, 10)
+            .iter()
+            .map(|m| (m.chain, m.seq))
+            .collect();
+        assert_eq!(shown, [(0, 1), (n2, 3), (0, 3)]);
     }
 
     #[test]
