@@ -100,59 +100,51 @@ fn export_nodes(
     out: &Path,
     request: &ExportRequest,
 ) -> anyhow::Result<ExitCode> {
-    use custos_archive::export::nodes::{write_node_list, NodePart};
-    if out.exists()
-        && std::fs::read_dir(out)
-            .with_context(|| format!("reading {}", out.display()))?
-            .next()
-            .is_some()
-    {
-        anyhow::bail!(
-            "output directory {} exists and is not empty; choose a new one",
-            out.display()
-        );
-    }
+    use custos_archive::export::nodes::{export_chains, ChainSource};
     let records = crate::nodes::own_chain_for_records(a, master, signing)?;
-    let mut parts = Vec::new();
-    for chain in chains {
-        // Another node's part is named as its local directory is (its node name).
-        let name = if chain.own {
-            chain
-                .node
-                .clone()
-                .unwrap_or_else(|| custos_archive::bucket::UNNAMED.into())
-        } else {
-            chain
-                .dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| custos_archive::bucket::UNNAMED.into())
-        };
-        let part = out.join("nodes").join(&name);
-        let summary = custos_archive::export(
-            &chain.dir,
-            master,
-            signing,
-            &part,
-            request,
-            progress("exporting"),
-        )
-        .with_context(|| format!("exporting {}", chain.label()))?;
-        if let NewRecord::Event(event) = summary.audit_record(&cli_actor()) {
-            custos_archive::submit_audit(&records, master, signing, event)
-                .context("recording the export in the audit trail")?;
-        }
-        print_summary(&format!("{}: ", chain.label()), &summary);
-        parts.push(NodePart {
+    let sources: Vec<ChainSource> = chains
+        .iter()
+        .map(|chain| ChainSource {
             node: chain.node.clone(),
-            dir: format!("nodes/{name}"),
-            manifest_sha256: summary.manifest_sha256.clone(),
-            records: summary.records,
-        });
-    }
+            // Another node's part is named as its local directory is (its node name).
+            name: if chain.own {
+                chain
+                    .node
+                    .clone()
+                    .unwrap_or_else(|| custos_archive::bucket::UNNAMED.into())
+            } else {
+                chain
+                    .dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| custos_archive::bucket::UNNAMED.into())
+            },
+            dir: chain.dir.clone(),
+        })
+        .collect();
+    let mut bar = progress("exporting");
+    let parts = export_chains(
+        &sources,
+        master,
+        signing,
+        out,
+        request,
+        |_, read, through| bar(read, through),
+        |c, summary| {
+            // The export is itself evidence: record who took what, part by part.
+            if let NewRecord::Event(event) = summary.audit_record(&cli_actor()) {
+                custos_archive::submit_audit(&records, master, signing, event)
+                    .map_err(|e| e.to_string())?;
+            }
+            let label = chains
+                .iter()
+                .find(|ch| ch.dir == c.dir)
+                .map_or_else(|| c.name.clone(), |ch| ch.label());
+            print_summary(&format!("{label}: "), summary);
+            Ok(())
+        },
+    )?;
     let n = parts.len();
-    write_node_list(out, parts, signing)
-        .with_context(|| format!("writing the node list in {}", out.display()))?;
     println!(
         "{n} node export(s) listed in {}",
         out.join("nodes.json").display()

@@ -428,6 +428,34 @@ fn second_node(rig: &Rig, name: &str) -> Result<custos_e2e::custos::Custos, BoxE
     )?)
 }
 
+/// The body of a plain HTTP/1.1 GET with a cookie (the UI's downloads have a length).
+async fn http_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    cookie: &str,
+) -> Result<Vec<u8>, BoxError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut all = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut all)).await??;
+    let split = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no end of headers")?;
+    let head = String::from_utf8_lossy(&all[..split]).to_string();
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("GET {path}: {head}").into());
+    }
+    Ok(all.split_off(split + 4))
+}
+
 /// Flags what only the second node carries in the several-nodes test.
 const SECOND_ONLY_RULE: &str = "[[rule]]\nid = \"second-only\"\nwhen = { body = { regex = \"(?i)second-only\" } }\naction = \"flag\"\n";
 
@@ -652,7 +680,12 @@ async fn nodes_keep_their_own_chains_and_a_reader_merges_them() -> TestResult {
             .text()
             .await?
             .to_lowercase();
-        Ok((texts, Some((queued, shown, history, reviewed))))
+        let session = c
+            .get_named_cookie(custos_web_ui::auth::SESSION_COOKIE)
+            .await?
+            .value()
+            .to_string();
+        Ok((texts, Some((queued, shown, history, reviewed, session))))
     }
     .await;
     browser.close().await?;
@@ -665,7 +698,7 @@ async fn nodes_keep_their_own_chains_and_a_reader_merges_them() -> TestResult {
         "{texts:?}\n{}",
         rig.context()
     );
-    let (queued, shown, history, reviewed) = review.ok_or_else(|| {
+    let (queued, shown, history, reviewed, session) = review.ok_or_else(|| {
         format!(
             "the second node's flagged message never reached the first node's queue\n{}\n{}",
             rig.context(),
@@ -684,6 +717,48 @@ async fn nodes_keep_their_own_chains_and_a_reader_merges_them() -> TestResult {
     assert!(
         reviewed.contains("carol@example.test") && reviewed.contains("node n2"),
         "{reviewed}"
+    );
+    // The UI's verifiable export holds both nodes' parts under a signed list, and
+    // verifies offline with the public key alone.
+    let web_export = rig.dir.join("web-export");
+    std::fs::create_dir_all(&web_export)?;
+    let tar_path = web_export.join("custos-export.tar");
+    let tar = http_get(
+        rig.web.ok_or("no web UI")?,
+        "/export/regulator?q=second-only",
+        &format!("{}={session}", custos_web_ui::auth::SESSION_COOKIE),
+    )
+    .await?;
+    std::fs::write(&tar_path, tar)?;
+    let untar = std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(&tar_path)
+        .arg("-C")
+        .arg(&web_export)
+        .status()?;
+    assert!(untar.success(), "tar -xf {}", tar_path.display());
+    let unpacked = web_export.join("custos-export");
+    assert!(
+        unpacked.join("nodes.json").exists(),
+        "a several-node export"
+    );
+    let ve = run_custos(
+        &[
+            "verify-export",
+            unpacked.to_str().ok_or("path")?,
+            "--public-key",
+            rig.custos_dir
+                .join("secrets/signing.key.pub")
+                .to_str()
+                .ok_or("path")?,
+        ],
+        None,
+    )?;
+    let out = text(&ve);
+    assert!(ve.status.success(), "{out}");
+    assert!(
+        out.contains("node n1: ") && out.contains("node n2: "),
+        "{out}"
     );
 
     let v = run_custos(&["verify"], Some(&reader_config))?;

@@ -550,18 +550,70 @@ pub async fn regulator_export(
         since: None,
         until: None,
     };
-    let (tar, summary) = tokio::task::spawn_blocking(move || -> Result<_, AppError> {
+    // With several nodes: one part per chain and the signed list of parts, as
+    // `custos export` writes it.
+    let peers = read(&app.cfg.peers).clone();
+    let own_node = app.cfg.node.clone();
+    let (tar, recorded) = tokio::task::spawn_blocking(move || -> Result<_, AppError> {
         let tmp = tempfile::tempdir().map_err(|e| AppError::Internal(e.to_string()))?;
         let out = tmp.path().join("export");
-        let summary = custos_archive::export(
-            &keys.archive_dir,
-            &keys.master_key,
-            &keys.signing_key,
-            &out,
-            &request,
-            |_, _| {},
-        )
-        .map_err(|e| AppError::Internal(format!("export failed: {e}")))?;
+        let recorded = if peers.is_empty() {
+            let summary = custos_archive::export(
+                &keys.archive_dir,
+                &keys.master_key,
+                &keys.signing_key,
+                &out,
+                &request,
+                |_, _| {},
+            )
+            .map_err(|e| AppError::Internal(format!("export failed: {e}")))?;
+            json!({
+                "count": summary.records,
+                "through_seq": summary.through_seq,
+                "manifest_sha256": summary.manifest_sha256,
+            })
+        } else {
+            use custos_archive::export::nodes::{export_chains, ChainSource};
+            let mut sources = vec![ChainSource {
+                name: own_node.clone().unwrap_or_else(|| store::UNNAMED.into()),
+                node: own_node,
+                dir: keys.archive_dir.clone(),
+            }];
+            sources.extend(peers.into_iter().map(|p| {
+                ChainSource {
+                    name: p
+                        .dir
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| store::UNNAMED.into()),
+                    node: p.node,
+                    dir: p.dir,
+                }
+            }));
+            let parts = export_chains(
+                &sources,
+                &keys.master_key,
+                &keys.signing_key,
+                &out,
+                &request,
+                |_, _, _| {},
+                |_, _| Ok(()),
+            )
+            .map_err(|e| AppError::Internal(format!("export failed: {e}")))?;
+            let count: u64 = parts.iter().map(|(p, _)| p.records).sum();
+            let nodes: Vec<serde_json::Value> = parts
+                .iter()
+                .map(|(p, s)| {
+                    json!({
+                        "node": p.node,
+                        "count": s.records,
+                        "through_seq": s.through_seq,
+                        "manifest_sha256": s.manifest_sha256,
+                    })
+                })
+                .collect();
+            json!({ "count": count, "nodes": nodes })
+        };
         // The tar goes to an unnamed temporary file and is streamed from there, so an
         // export of the whole archive costs disk, not memory.
         let file = tempfile::tempfile().map_err(|e| AppError::Internal(e.to_string()))?;
@@ -576,22 +628,18 @@ pub async fn regulator_export(
             .seek(SeekFrom::End(0))
             .and_then(|len| file.seek(SeekFrom::Start(0)).map(|_| len))
             .map_err(|e| AppError::Internal(e.to_string()))?;
-        Ok(((file, len), summary))
+        Ok(((file, len), recorded))
     })
     .await
     .map_err(|e| AppError::Internal(e.to_string()))??;
     // Handing out records is itself recorded; no record, no download.
-    app.audit(
-        &a.session.user,
-        audit_action::EXPORT,
-        json!({
-            "query": query,
-            "kind": "regulator",
-            "count": summary.records,
-            "through_seq": summary.through_seq,
-            "manifest_sha256": summary.manifest_sha256,
-        }),
-    )
+    app.audit(&a.session.user, audit_action::EXPORT, {
+        let mut detail = json!({ "query": query, "kind": "regulator" });
+        if let (Some(d), serde_json::Value::Object(r)) = (detail.as_object_mut(), recorded) {
+            d.extend(r);
+        }
+        detail
+    })
     .await?;
     let (file, len) = tar;
     let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(

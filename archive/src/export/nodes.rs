@@ -14,7 +14,8 @@ use sha2::{Digest, Sha256};
 
 use super::hex;
 use super::manifest::{self, safe_relative};
-use super::{verify_export, ExportReport};
+use super::{verify_export, ExportError, ExportReport, ExportRequest, ExportSummary};
+use crate::keys::MasterKey;
 
 pub const NODES: &str = "nodes.json";
 pub const NODES_SIGNATURE: &str = "nodes.sig";
@@ -68,6 +69,90 @@ pub fn write_node_list(
     let sig = hex::encode(&key.sign(&signed_message(&bytes)).to_bytes());
     std::fs::write(out.join(NODES_SIGNATURE), sig)?;
     Ok(())
+}
+
+/// One chain to export: the node that writes it, the part's directory name and where
+/// the chain is read from (a node's own directory, or another node's local directory in
+/// front of the bucket).
+#[derive(Debug, Clone)]
+pub struct ChainSource {
+    pub node: Option<String>,
+    /// `nodes/<name>` in the export: the node's name (`_unnamed` for a node without).
+    pub name: String,
+    pub dir: std::path::PathBuf,
+}
+
+/// Why a several-node export stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum NodesExportError {
+    #[error("output directory {0} exists and is not empty; choose a new one")]
+    OutExists(std::path::PathBuf),
+    #[error("exporting node {name}: {source}")]
+    Part { name: String, source: ExportError },
+    #[error("recording the export of node {name}: {why}")]
+    Record { name: String, why: String },
+    #[error("writing the node list in {path}: {source}")]
+    List {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Exports every chain of `chains` into `out/nodes/<name>/` (each a complete export,
+/// verifiable alone) and then writes the signed list. `recorded` is called once per
+/// part as it completes, to record the export in the audit trail; a failure there stops
+/// the export before the next part.
+pub fn export_chains(
+    chains: &[ChainSource],
+    master_key: &MasterKey,
+    signing_key: &SigningKey,
+    out: &Path,
+    req: &ExportRequest,
+    mut progress: impl FnMut(&ChainSource, u64, u64),
+    mut recorded: impl FnMut(&ChainSource, &ExportSummary) -> Result<(), String>,
+) -> Result<Vec<(NodePart, ExportSummary)>, NodesExportError> {
+    let not_empty = std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some());
+    if not_empty {
+        return Err(NodesExportError::OutExists(out.to_path_buf()));
+    }
+    let mut parts = Vec::new();
+    for chain in chains {
+        let summary = super::export(
+            &chain.dir,
+            master_key,
+            signing_key,
+            &out.join("nodes").join(&chain.name),
+            req,
+            |read, through| progress(chain, read, through),
+        )
+        .map_err(|source| NodesExportError::Part {
+            name: chain.name.clone(),
+            source,
+        })?;
+        recorded(chain, &summary).map_err(|why| NodesExportError::Record {
+            name: chain.name.clone(),
+            why,
+        })?;
+        parts.push((
+            NodePart {
+                node: chain.node.clone(),
+                dir: format!("nodes/{}", chain.name),
+                manifest_sha256: summary.manifest_sha256.clone(),
+                records: summary.records,
+            },
+            summary,
+        ));
+    }
+    write_node_list(
+        out,
+        parts.iter().map(|(p, _)| p.clone()).collect(),
+        signing_key,
+    )
+    .map_err(|source| NodesExportError::List {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    Ok(parts)
 }
 
 /// The outcome of [`verify_nodes_export`]: each listed part's own report, and what is
