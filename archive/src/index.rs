@@ -222,6 +222,27 @@ fn meta_mark(
     parse_payload(meta.payload.as_deref(), meta.opstamp, master, archive_id)
 }
 
+/// The mark of the commit a `meta.json` text describes (a copy of an index, checked
+/// before it is used).
+pub(crate) fn mark_of_meta(
+    meta: &str,
+    master: &MasterKey,
+    archive_id: &[u8; 16],
+) -> Result<Mark, IndexError> {
+    let v: serde_json::Value =
+        serde_json::from_str(meta).map_err(|e| IndexError::Damaged(format!("meta.json: {e}")))?;
+    let opstamp = v
+        .get("opstamp")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or_else(|| IndexError::Damaged("meta.json: no opstamp".into()))?;
+    parse_payload(
+        v.get("payload").and_then(serde_json::Value::as_str),
+        opstamp,
+        master,
+        archive_id,
+    )
+}
+
 /// The mark of the index in `dir`, as last committed (not checked against the log).
 pub fn read_mark(
     dir: &Path,

@@ -158,6 +158,14 @@ pub fn print_report(r: &SyncReport) {
     if let Some(seq) = r.witnessed {
         println!("witnessed the checkpoint at seq {seq} in the bucket");
     }
+    match &r.index {
+        Some(Ok(u)) => println!(
+            "index copy: {} file(s) put ({} bytes), {} old object(s) deleted",
+            u.files, u.bytes, u.deleted
+        ),
+        Some(Err(why)) => println!("index copy not updated: {why}"),
+        None => {}
+    }
     println!(
         "{} segment(s) stored, {} local cop(ies) removed, {} key object(s) deleted, {} pending",
         r.stored.len(),

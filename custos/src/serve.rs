@@ -354,6 +354,20 @@ async fn object_sync_loop(
                 for (segment, why) in &r.keys_pending {
                     warn!(segment, cause = %why, "object store: the key object of a shredded segment cannot be deleted yet");
                 }
+                match &r.index {
+                    Some(Ok(u)) if u.files > 0 || u.deleted > 0 => {
+                        info!(
+                            files = u.files,
+                            bytes = u.bytes,
+                            deleted = u.deleted,
+                            "object store: index copy updated"
+                        );
+                    }
+                    Some(Err(why)) => {
+                        warn!(cause = %why, "object store: the index copy was not updated; other nodes index from the segments meanwhile");
+                    }
+                    _ => {}
+                }
             }
             Err(err) => {
                 error!(cause = %err, "object store sync failed; retried at the next interval")

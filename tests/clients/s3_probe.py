@@ -34,7 +34,14 @@ def versions(s3, bucket, prefix):
     paginator = s3.get_paginator("list_object_versions")
     for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
         for v in page.get("Versions", []):
-            head = s3.head_object(Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"])
+            try:
+                head = s3.head_object(Bucket=bucket, Key=v["Key"], VersionId=v["VersionId"])
+            except ClientError as e:
+                # Deleted between the listing and this look (an old index copy the
+                # serving node removes): not a version any more.
+                if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NoSuchVersion"):
+                    continue
+                raise
             until = head.get("ObjectLockRetainUntilDate")
             print(json.dumps({
                 "key": v["Key"],

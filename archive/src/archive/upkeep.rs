@@ -159,6 +159,27 @@ pub fn update_index(
         }
     }
     let _lock = take_lock(dir)?;
+    // A chain in a bucket: start from the bucket's copy of its index when that covers
+    // more than the local one (another node's chain, or a fresh directory).
+    if let Some(remote) = crate::bucket::registered(dir) {
+        let readable_end = reader.chain_end()?;
+        match crate::bucket::fetch_index(
+            dir,
+            &remote,
+            master_key,
+            &reader.archive_id(),
+            readable_end,
+        ) {
+            Ok(crate::bucket::IndexFetch::Fetched { through, files }) => {
+                tracing::info!(dir = %dir.display(), through, files, "took the bucket's copy of the index");
+            }
+            Ok(crate::bucket::IndexFetch::Kept) => {}
+            // The local index is built from the segments instead.
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), cause = %e, "the bucket's copy of the index cannot be used; indexing from the segments")
+            }
+        }
+    }
     let mut w = index_writer(dir, &reader, master_key)?;
     let done = catch_up::<ReindexError>(&reader, &mut w, None, &mut progress)?;
     w.finish()?;

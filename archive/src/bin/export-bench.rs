@@ -165,12 +165,32 @@ fn bucket(dir: &Path, fresh: &Path, endpoint: &str) -> Result<(), Box<dyn std::e
         t.elapsed().as_secs_f64(),
         v.problems.len()
     );
-    custos_archive::bucket::register(fresh, remote);
+    match &r.index {
+        Some(Ok(u)) => println!(
+            "  of which the index copy: {} file(s), {:.1} MiB",
+            u.files,
+            u.bytes as f64 / (1 << 20) as f64
+        ),
+        Some(Err(e)) => println!("  the index copy was not put: {e}"),
+        None => println!("  no index copy"),
+    }
+    custos_archive::bucket::register(fresh, remote.clone());
     let t = Instant::now();
     let n = reindex(fresh, &master, |_, _| {})?;
     println!(
-        "index built from the bucket on an empty node: {n} messages in {:.2} s",
+        "index built from the bucket's segments on an empty node: {n} messages in {:.2} s",
         t.elapsed().as_secs_f64()
+    );
+    let copy = fresh.with_extension("copy");
+    std::fs::create_dir_all(&copy)?;
+    custos_archive::bucket::register(&copy, remote);
+    let t = Instant::now();
+    let done = custos_archive::update_index(&copy, &master, |_, _| {})?;
+    println!(
+        "index taken from the bucket's copy on an empty node: covers seq {} in {:.2} s ({} record(s) indexed from the segments after it)",
+        done.through,
+        t.elapsed().as_secs_f64(),
+        done.indexed
     );
     Ok(())
 }

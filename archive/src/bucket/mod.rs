@@ -17,6 +17,7 @@
 //! (`custos/segments/seg-0000000001.log`). The lock is per object version, set at
 //! upload; the bucket's default retention is not relied on (docs/object-storage.md).
 
+mod index;
 mod nodes;
 pub mod s3;
 pub mod sigv4;
@@ -26,6 +27,8 @@ mod tiered;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
+pub(crate) use index::fetch_index;
+pub use index::{upload_index, IndexFetch, IndexUpload, INDEX_FOLDER};
 pub use nodes::{other_chains, peer_dir, peer_holds, PEERS_DIR, UNNAMED};
 pub use s3::{Endpoint, LockMode, S3Client, S3Error};
 pub use sigv4::Credentials;

@@ -151,6 +151,8 @@ pub struct SyncReport {
     pub keys_pending: Vec<(u64, String)>,
     /// The seq of the checkpoint put in the bucket's witness now, if a new one.
     pub witnessed: Option<u64>,
+    /// The index copy put in the bucket (or why not).
+    pub index: Option<Result<super::IndexUpload, String>>,
 }
 
 /// Where the bucket witness keeps its entries, under a chain's prefix.
@@ -525,11 +527,45 @@ fn plan_and_upload(
         }
     }
     droppable.retain(|id| !records.shredded.contains(id));
+    // 5. A copy of the index for other nodes and fresh ones: derived data, so a failure
+    //    is reported, not a reason to stop.
+    let newest_stored = records
+        .stored
+        .keys()
+        .copied()
+        .chain(report.stored.iter().map(|(id, _)| *id))
+        .max();
+    if let Some(m) = newest_stored {
+        let end = stored_end(reader, m);
+        report.index = Some(end.map_err(|e| e.to_string()).and_then(|end| {
+            super::index::upload_index(reader.dir(), remote, end).map_err(|e| e.to_string())
+        }));
+    }
     Ok(Planned {
         steps,
         report,
         droppable,
     })
+}
+
+/// The last seq of stored segment `newest` (the chain up to it is in the bucket).
+fn stored_end(reader: &ArchiveReader, newest: u64) -> Result<u64, ReadError> {
+    let storage = reader.storage();
+    let ids = crate::log::segment_ids(storage).map_err(|e| ReadError::Log(e.into()))?;
+    match ids.iter().find(|&&id| id > newest) {
+        Some(&next) => {
+            let hb = storage.read_at(&segment::segment_name(next), 0, segment::HEADER_LEN)?;
+            segment::SegmentHeader::decode(&hb)
+                .map(|h| h.first_seq.saturating_sub(1))
+                .map_err(|what| ReadError::Corrupt {
+                    segment: next,
+                    offset: 0,
+                    what,
+                })
+        }
+        // Nothing after it yet: the chain ends in it.
+        None => reader.chain_end(),
+    }
 }
 
 impl Archive {
