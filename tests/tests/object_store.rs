@@ -825,6 +825,35 @@ async fn nodes_keep_their_own_chains_and_a_reader_merges_them() -> TestResult {
             && out.contains("2 node export(s): ok"),
         "{out}"
     );
+    // The reading view merges both nodes' copies of the conversation in time order,
+    // each row naming its node; it is signed with the list, so a change is named.
+    let transcripts: Vec<String> = std::fs::read_dir(out_dir.join("transcripts"))?
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .collect();
+    let both = transcripts
+        .iter()
+        .find(|t| t.contains("nodes-one") && t.contains("nodes-two"))
+        .ok_or("no transcript holds both messages")?;
+    let (one, two) = (
+        both.find("nodes-one").unwrap_or(usize::MAX),
+        both.find("nodes-two").unwrap_or(0),
+    );
+    assert!(one < two, "in time order: {both}");
+    assert!(
+        both.contains("<td>n1:") && both.contains("<td>n2:"),
+        "rows name their node: {both}"
+    );
+    let index = out_dir.join("index.html");
+    let original = std::fs::read(&index)?;
+    std::fs::write(&index, [original.as_slice(), b"<p>added</p>"].concat())?;
+    let ve = verify_export()?;
+    let out = text(&ve);
+    assert!(!ve.status.success(), "{out}");
+    assert!(
+        out.contains("index.html: changed since the export was signed"),
+        "{out}"
+    );
+    std::fs::write(&index, original)?;
     std::fs::remove_dir_all(out_dir.join("nodes/n2"))?;
     let ve = verify_export()?;
     let out = text(&ve);

@@ -22,6 +22,7 @@ mod chain;
 pub(crate) mod filter;
 pub(crate) mod hex;
 pub mod manifest;
+mod merged;
 pub mod nodes;
 mod parquet_out;
 mod row;

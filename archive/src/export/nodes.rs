@@ -14,6 +14,8 @@ use sha2::{Digest, Sha256};
 
 use super::hex;
 use super::manifest::{self, safe_relative};
+pub use super::merged::ViewFile;
+use super::merged::{check_view, write_view};
 use super::{verify_export, ExportError, ExportReport, ExportRequest, ExportSummary};
 use crate::keys::MasterKey;
 
@@ -40,6 +42,9 @@ pub struct NodePart {
 struct NodeList {
     format: String,
     nodes: Vec<NodePart>,
+    /// The reading view across the parts (`index.html`, `transcripts/`), if written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    view: Vec<ViewFile>,
 }
 
 fn signed_message(list: &[u8]) -> Vec<u8> {
@@ -58,11 +63,13 @@ pub fn is_nodes_export(dir: &Path) -> bool {
 pub fn write_node_list(
     out: &Path,
     parts: Vec<NodePart>,
+    view: Vec<ViewFile>,
     key: &SigningKey,
 ) -> Result<(), std::io::Error> {
     let list = NodeList {
         format: FORMAT.into(),
         nodes: parts,
+        view,
     };
     let bytes = serde_json::to_vec_pretty(&list).map_err(std::io::Error::other)?;
     std::fs::write(out.join(NODES), &bytes)?;
@@ -91,7 +98,7 @@ pub enum NodesExportError {
     Part { name: String, source: ExportError },
     #[error("recording the export of node {name}: {why}")]
     Record { name: String, why: String },
-    #[error("writing the node list in {path}: {source}")]
+    #[error("writing the node list and the view across nodes in {path}: {source}")]
     List {
         path: std::path::PathBuf,
         source: std::io::Error,
@@ -143,15 +150,28 @@ pub fn export_chains(
             summary,
         ));
     }
+    // Every node's rows in one time order, for reading; the parts are the proof.
+    let dirs: Vec<(Option<String>, std::path::PathBuf)> = parts
+        .iter()
+        .map(|(p, _)| (p.node.clone(), out.join(&p.dir)))
+        .collect();
+    let names: Vec<&str> = chains.iter().map(|c| c.name.as_str()).collect();
+    let heading = format!(
+        "Every node's exported records in time order (nodes {}); each row names its node and seq. The proof of each record is in its node's part under nodes/.",
+        names.join(", ")
+    );
+    let list_error = |source| NodesExportError::List {
+        path: out.to_path_buf(),
+        source,
+    };
+    let view = write_view(out, &dirs, &heading).map_err(list_error)?;
     write_node_list(
         out,
         parts.iter().map(|(p, _)| p.clone()).collect(),
+        view,
         signing_key,
     )
-    .map_err(|source| NodesExportError::List {
-        path: out.to_path_buf(),
-        source,
-    })?;
+    .map_err(list_error)?;
     Ok(parts)
 }
 
@@ -233,6 +253,7 @@ pub fn verify_nodes_export(dir: &Path, key: &VerifyingKey) -> NodesReport {
         let report = verify_export(&at, key);
         r.parts.push((part, report));
     }
+    check_view(dir, &list.view, &mut r.problems);
     match std::fs::read_dir(dir.join("nodes")) {
         Ok(entries) => {
             for e in entries.flatten() {
@@ -262,7 +283,7 @@ mod tests {
             manifest_sha256: "00".repeat(32),
             records: 3,
         }];
-        write_node_list(dir.path(), parts, &key).expect("write");
+        write_node_list(dir.path(), parts, Vec::new(), &key).expect("write");
         let r = verify_nodes_export(dir.path(), &key.verifying_key());
         // The part itself is missing (its manifest), but the list verifies.
         assert!(
@@ -289,7 +310,7 @@ mod tests {
             manifest_sha256: String::new(),
             records: 0,
         }];
-        write_node_list(dir.path(), parts, &key).expect("write");
+        write_node_list(dir.path(), parts, Vec::new(), &key).expect("write");
         let r = verify_nodes_export(dir.path(), &key.verifying_key());
         assert!(
             r.problems.iter().any(|p| p.contains("is not nodes/<name>")),

@@ -48,6 +48,9 @@ pub(crate) struct Shown {
     pub event: Option<String>,
     /// Path of the transcript holding this record, relative to the export.
     pub transcript: String,
+    /// In a view across several nodes' parts: the node whose chain holds the record
+    /// (not a column: each part is one node's chain).
+    pub node: Option<String>,
 }
 
 /// The conversation a record belongs to: its transcript key and title.
@@ -59,32 +62,40 @@ pub(crate) struct Conversation {
 impl Conversation {
     pub fn of(rec: &Record) -> Conversation {
         match &rec.content {
-            NewRecord::Message(m) if m.stanza_type.eq_ignore_ascii_case("groupchat") => {
-                // The room is the peer outside: the addressee of what a user
-                // sends, the sender of what a user receives.
-                let peer = match m.direction {
-                    Direction::Outbound => &m.to,
-                    Direction::Inbound => &m.from,
-                };
-                let room = query::bare_jid(&query::normalize_jid(peer)).to_string();
-                Conversation {
-                    title: format!("Group chat {room}"),
-                    key: format!("room:{room}"),
-                }
-            }
-            NewRecord::Message(m) => {
-                let a = query::bare_jid(&query::normalize_jid(&m.from)).to_string();
-                let b = query::bare_jid(&query::normalize_jid(&m.to)).to_string();
-                let (a, b) = if a <= b { (a, b) } else { (b, a) };
-                Conversation {
-                    title: format!("Conversation between {a} and {b}"),
-                    key: format!("chat:{a} {b}"),
-                }
-            }
-            NewRecord::Event(_) => Conversation {
-                key: "events".into(),
-                title: "Archive events (sessions, reviewer actions, recovery)".into(),
-            },
+            NewRecord::Message(m) => Conversation::between(
+                m.stanza_type.eq_ignore_ascii_case("groupchat"),
+                m.direction == Direction::Outbound,
+                &m.from,
+                &m.to,
+            ),
+            NewRecord::Event(_) => Conversation::events(),
+        }
+    }
+
+    fn between(groupchat: bool, outbound: bool, from: &str, to: &str) -> Conversation {
+        if groupchat {
+            // The room is the peer outside: the addressee of what a user sends, the
+            // sender of what a user receives.
+            let peer = if outbound { to } else { from };
+            let room = query::bare_jid(&query::normalize_jid(peer)).to_string();
+            return Conversation {
+                title: format!("Group chat {room}"),
+                key: format!("room:{room}"),
+            };
+        }
+        let a = query::bare_jid(&query::normalize_jid(from)).to_string();
+        let b = query::bare_jid(&query::normalize_jid(to)).to_string();
+        let (a, b) = if a <= b { (a, b) } else { (b, a) };
+        Conversation {
+            title: format!("Conversation between {a} and {b}"),
+            key: format!("chat:{a} {b}"),
+        }
+    }
+
+    fn events() -> Conversation {
+        Conversation {
+            key: "events".into(),
+            title: "Archive events (sessions, reviewer actions, recovery)".into(),
         }
     }
 
@@ -100,6 +111,32 @@ impl Conversation {
 }
 
 impl Shown {
+    /// The record's seq as shown: `node:seq` in a view across several nodes.
+    pub fn seq_label(&self) -> String {
+        match &self.node {
+            Some(n) => format!("{n}:{}", self.seq),
+            None => self.seq.to_string(),
+        }
+    }
+
+    /// The conversation of a row read back from an export (as [`Conversation::of`]
+    /// names it for the record).
+    pub fn conversation(&self) -> Conversation {
+        if self.kind != "message" {
+            return Conversation::events();
+        }
+        let (from, to) = (
+            self.from.as_deref().unwrap_or(""),
+            self.to.as_deref().unwrap_or(""),
+        );
+        let outbound = self.direction.as_deref() != Some("inbound");
+        let groupchat = self
+            .stanza_type
+            .as_deref()
+            .is_some_and(|t| t.eq_ignore_ascii_case("groupchat"));
+        Conversation::between(groupchat, outbound, from, to)
+    }
+
     pub fn from_record(rec: &Record) -> Shown {
         let mut s = Shown {
             seq: rec.seq.0,

@@ -68,9 +68,9 @@ pub(crate) struct Transcripts {
     by_key: HashMap<String, usize>,
     open: usize,
     clock: u64,
-    /// Logical message → the seq of its first row, so later copies are shown as copies
-    /// (bounded: past the cap a copy is shown in full, never dropped).
-    first_copy: HashMap<String, u64>,
+    /// Logical message → the seq (as shown) of its first row, so later copies are shown
+    /// as copies (bounded: past the cap a copy is shown in full, never dropped).
+    first_copy: HashMap<String, String>,
 }
 
 /// Logical messages remembered for showing copies as such.
@@ -140,14 +140,16 @@ impl Transcripts {
             .collect();
         let copy_of = names
             .iter()
-            .find_map(|n| self.first_copy.get(n.as_str()).copied());
+            .find_map(|n| self.first_copy.get(n.as_str()).cloned());
         if self.first_copy.len() < MAX_REMEMBERED {
             for n in names {
-                self.first_copy.entry(n.clone()).or_insert(s.seq);
+                self.first_copy
+                    .entry(n.clone())
+                    .or_insert_with(|| s.seq_label());
             }
         }
         if let Some(out) = &mut c.out {
-            out.write_all(row_html(s, copy_of).as_bytes())?;
+            out.write_all(row_html(s, copy_of.as_deref()).as_bytes())?;
         }
         Ok(())
     }
@@ -217,7 +219,7 @@ fn opt(label: &str, v: &Option<String>) -> String {
 
 /// One record's row. A copy of a message shown earlier (the recipient's copy, a carbon, a
 /// replay) says so and shows only what differs: its stream, account and verdict.
-fn row_html(s: &Shown, copy_of: Option<u64>) -> String {
+fn row_html(s: &Shown, copy_of: Option<&str>) -> String {
     let action = s.action.as_deref().unwrap_or("");
     let class = match action {
         "block" | "redact" | "flag" => action,
@@ -235,7 +237,8 @@ fn row_html(s: &Shown, copy_of: Option<u64>) -> String {
     let mut msg = String::new();
     if let Some(first) = copy_of {
         msg.push_str(&format!(
-            "<div class=\"meta\">copy of the message at seq {first}</div>"
+            "<div class=\"meta\">copy of the message at seq {}</div>",
+            escape(first)
         ));
     } else {
         msg.push_str(&opt("subject", &s.subject));
@@ -291,7 +294,7 @@ fn row_html(s: &Shown, copy_of: Option<u64>) -> String {
     }
     format!(
         "<tr class=\"{class}\"><td>{}</td><td>{}</td><td>{who}</td><td>{msg}</td><td>{policy}</td></tr>\n",
-        s.seq,
+        escape(&s.seq_label()),
         Timestamp(s.time)
     )
 }
@@ -363,7 +366,7 @@ mod tests {
         );
         assert!(h.contains("would block"), "{h}");
         // A later copy refers to the first instead of repeating the text.
-        let c = row_html(&s, Some(3));
+        let c = row_html(&s, Some("3"));
         assert!(
             c.contains("copy of the message at seq 3") && !c.contains("hello"),
             "{c}"

@@ -591,6 +591,7 @@ pub(super) fn shown_of(fields: &[&Field]) -> Result<Shown, &'static str> {
         extra: s("extra")?,
         event: s("event")?,
         transcript: req("transcript")?,
+        node: None,
     })
 }
 
