@@ -126,11 +126,14 @@ impl Watcher {
         F: Fn(Result<ReloadSummary, RulesError>) + Send + 'static,
     {
         let (tx, rx) = mpsc::channel::<()>();
+        // Taken before returning, not when the thread first runs: a change made right
+        // after `spawn` returns (before a busy machine schedules the thread) would
+        // otherwise become the baseline and never be reloaded.
+        let mut sources = handle.current().sources().to_vec();
+        let mut seen = fingerprint(&sources);
         let thread = std::thread::Builder::new()
             .name("custos-policy-watch".into())
             .spawn(move || {
-                let mut sources = handle.current().sources().to_vec();
-                let mut seen = fingerprint(&sources);
                 // Ends when `stop()` sends or the Watcher is dropped.
                 loop {
                     match rx.recv_timeout(interval) {
