@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end tests need on Debian 12 (bookworm):
-# Prosody, go-sendxmpp, Chromium + chromedriver, openssl, and a Python venv
+# Prosody, go-sendxmpp, Chromium + chromedriver, openssl, Prometheus,
+# systemd-analyze (package systemd), and a Python venv
 # at <repo>/.venv with pinned slixmpp and pyarrow. Idempotent; a second run
 # only checks and returns in about a second.
 #
@@ -14,7 +15,8 @@ MOTO_VERSION=5.2.5
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
-PACKAGES=(prosody go-sendxmpp chromium chromium-driver fonts-dejavu-core python3-venv openssl)
+PACKAGES=(prosody go-sendxmpp chromium chromium-driver fonts-dejavu-core python3-venv openssl
+    prometheus systemd)
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
@@ -40,23 +42,33 @@ if [ "${#missing[@]}" -gt 0 ]; then
     log "installing: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     as_root apt-get update -q
-    # Keep the package's own Prosody from starting at install time where
-    # policy-rc.d is honoured; it is stopped below either way.
+    # Keep the packages' own services (Prosody on 5222, Prometheus on *:9090) from
+    # starting at install time where policy-rc.d is honoured; they are stopped below
+    # either way. A policy-rc.d the host had is left alone.
+    own_policy=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
+        as_root chmod 755 /usr/sbin/policy-rc.d
+        own_policy=1
+    fi
     as_root apt-get install -y -q --no-install-recommends "${missing[@]}"
+    if [ -n "$own_policy" ]; then
+        as_root rm -f /usr/sbin/policy-rc.d
+    fi
 fi
 
 # --- The system Prosody service ----------------------------------------------
 # The Debian package starts a Prosody on 5222/5269. Tests never use those
 # ports, but a stray server owned by the package is noise at best; stop it
 # and keep it from starting at boot. No-ops where it is not running.
-if [ -x /etc/init.d/prosody ] || command -v systemctl >/dev/null 2>&1; then
+for svc in prosody prometheus; do
     if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-        as_root systemctl disable --now prosody >/dev/null 2>&1 || true
+        as_root systemctl disable --now "$svc" >/dev/null 2>&1 || true
     fi
-    if command -v service >/dev/null 2>&1; then
-        as_root service prosody stop >/dev/null 2>&1 || true
+    if [ -x "/etc/init.d/$svc" ] && command -v service >/dev/null 2>&1; then
+        as_root service "$svc" stop >/dev/null 2>&1 || true
     fi
-fi
+done
 
 # --- Python venv for the slixmpp client and export checks --------------------
 want="slixmpp==$SLIXMPP_VERSION pyarrow==$PYARROW_VERSION moto[server]==$MOTO_VERSION"

@@ -120,6 +120,12 @@ pub enum Command {
         #[command(subcommand)]
         command: ObjectStoreCommand,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout,
+    /// e.g. `custos completions bash > /etc/bash_completion.d/custos`.
+    Completions {
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -269,6 +275,11 @@ pub enum ConfigCommand {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => crate::serve::run(&config),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "custos", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Config {
             command: ConfigCommand::Check { config },
         } => Ok(check_config(&config)),

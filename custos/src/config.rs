@@ -47,6 +47,7 @@ pub struct RawConfig {
     pub archive: Option<Spanned<RawArchive>>,
     pub policy: Option<Spanned<RawPolicy>>,
     pub web: Option<Spanned<RawWeb>>,
+    pub admin: Option<Spanned<RawAdmin>>,
     pub limits: Option<Spanned<RawLimits>>,
     pub retention: Option<Spanned<RawRetention>>,
 }
@@ -127,6 +128,14 @@ pub struct RawObjectStore {
 #[serde(deny_unknown_fields)]
 pub struct RawPolicy {
     pub rules: Spanned<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (plain HTTP; keep it on
+    /// loopback or a management network).
+    pub bind: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -218,6 +227,8 @@ pub struct Config {
     pub archive: Option<ArchiveSettings>,
     pub policy: Option<PolicySettings>,
     pub web: Option<WebSettings>,
+    /// `[admin] bind`: metrics and health.
+    pub admin: Option<SocketAddr>,
     /// `None`: no `[retention]` section, so nothing ever expires.
     pub retention: Option<RetentionSettings>,
 }
@@ -353,12 +364,27 @@ impl Validator<'_> {
             .as_ref()
             .and_then(|w| self.web(w, archive.is_some()));
         let retention = raw.retention.as_ref().and_then(|r| self.retention(r));
+        let admin = raw.admin.as_ref().and_then(|a| {
+            let bind = &a.get_ref().bind;
+            match bind.get_ref().parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    self.fail(
+                        &bind.span(),
+                        "admin.bind",
+                        "expected an address like 127.0.0.1:9464",
+                    );
+                    None
+                }
+            }
+        });
         Config {
             file: self.locate.file.to_owned(),
             proxy,
             archive,
             policy,
             web,
+            admin,
             retention,
         }
     }

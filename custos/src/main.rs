@@ -5,6 +5,7 @@
 // Tests may unwrap: a panic there is a failed assertion, not a crash on user input.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod admin;
 mod archive_cmds;
 mod cli;
 mod config;

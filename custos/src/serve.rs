@@ -52,6 +52,25 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
             cfg.file.display()
         );
     }
+    // Metrics and health first: the process answers /healthz while the rest starts.
+    let readiness = crate::admin::Readiness {
+        listening: Arc::default(),
+        archive: Arc::default(),
+        archive_configured: cfg.archive.is_some(),
+        upstream: cfg.proxy.as_ref().map(|p| p.upstream.address.clone()),
+    };
+    let admin = match cfg.admin {
+        Some(bind) => Some(
+            crate::admin::start(
+                bind,
+                crate::admin::install_recorder()?,
+                readiness.clone(),
+                shutdown.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
 
     let mut object_store = None;
     let archive = match &cfg.archive {
@@ -89,6 +108,7 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
                     .context("recording this node's start in its chain")?;
                 info!(node = %node, "node start recorded");
             }
+            let _ = readiness.archive.set(archive.clone());
             Some(archive)
         }
         None => {
@@ -102,8 +122,14 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
             let handle = PolicyHandle::open(&p.rules).map_err(|e| anyhow::anyhow!("{e}"))?;
             info!(summary = %handle.current().summary(), "policy loaded");
             let watcher = Watcher::spawn(handle.clone(), Duration::from_secs(1), |result| match result {
-                Ok(r) => info!(summary = %r.summary, "policy reloaded"),
-                Err(err) => error!(cause = %err, "policy file changed but is invalid; previous rules stay in force"),
+                Ok(r) => {
+                    metrics::counter!("custos_policy_reloads_total", "result" => "ok").increment(1);
+                    info!(summary = %r.summary, "policy reloaded")
+                }
+                Err(err) => {
+                    metrics::counter!("custos_policy_reloads_total", "result" => "invalid").increment(1);
+                    error!(cause = %err, "policy file changed but is invalid; previous rules stay in force")
+                }
             })
             .context("starting the policy file watcher")?;
             (Some(handle), Some(watcher))
@@ -208,6 +234,9 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
             // A line scripts and tests can wait for.
             info!(%addr, "proxy listening");
         }
+        readiness
+            .listening
+            .store(true, std::sync::atomic::Ordering::Release);
         proxy.run(pipeline.clone(), shutdown.clone()).await;
     } else {
         shutdown.cancelled().await;
@@ -231,6 +260,9 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
     }
     if let Some(p) = peer_refresh {
         let _ = p.await;
+    }
+    if let Some(a) = admin {
+        let _ = a.await;
     }
     drop(pipeline);
     if let Some(archive) = archive {
@@ -391,8 +423,14 @@ fn spawn_signal_handler(
                 _ = int.recv() => { info!("SIGINT: shutting down"); break; }
                 _ = hup.recv() => match &policy {
                     Some(handle) => match handle.reload() {
-                        Ok(r) => info!(summary = %r.summary, "SIGHUP: policy reloaded"),
-                        Err(err) => error!(cause = %err, "SIGHUP: policy file invalid; previous rules stay in force"),
+                        Ok(r) => {
+                            metrics::counter!("custos_policy_reloads_total", "result" => "ok").increment(1);
+                            info!(summary = %r.summary, "SIGHUP: policy reloaded")
+                        }
+                        Err(err) => {
+                            metrics::counter!("custos_policy_reloads_total", "result" => "invalid").increment(1);
+                            error!(cause = %err, "SIGHUP: policy file invalid; previous rules stay in force")
+                        }
                     },
                     None => info!("SIGHUP: no policy configured; nothing to reload"),
                 },
@@ -403,13 +441,25 @@ fn spawn_signal_handler(
     Ok(())
 }
 
+/// Logs to standard error: `CUSTOS_LOG` filters (default `info`); with
+/// `CUSTOS_LOG_FORMAT=json` each event is one JSON object per line (for journald or a log
+/// shipper), otherwise readable text.
 fn init_tracing() {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("CUSTOS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let json = std::env::var("CUSTOS_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
 }

@@ -46,6 +46,7 @@ impl AlertSender {
     /// Queues an alert; never waits.
     pub fn send(&self, alert: &AlertEvent) {
         if self.tx.try_send(alert.clone()).is_err() {
+            metrics::counter!("custos_alerts_dropped_total").increment(1);
             warn!(rule = %alert.rule, "alert queue full; alert dropped");
         }
     }

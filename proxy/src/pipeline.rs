@@ -232,6 +232,20 @@ fn evaluate(policy: &PolicyHandle, c: &Content<'_>) -> Option<(Verdict, Vec<Opti
     Some((verdict, delivered))
 }
 
+/// A message with content crossed a leg: its direction, its verdict and each rule hit.
+fn count_message(direction: Direction, verdict: Option<&Verdict>) {
+    let direction = match direction {
+        Direction::Outbound => "outbound",
+        Direction::Inbound => "inbound",
+    };
+    let action = verdict.map_or(custos_archive::Action::Allow, |v| action(v.action));
+    metrics::counter!("custos_messages_total", "direction" => direction, "action" => action.as_str())
+        .increment(1);
+    for rule in verdict.iter().flat_map(|v| v.rules.iter()) {
+        metrics::counter!("custos_rule_hits_total", "rule" => rule.to_string()).increment(1);
+    }
+}
+
 fn e2ee_name(e: E2ee) -> &'static str {
     match e {
         E2ee::Omemo => "omemo",
@@ -382,6 +396,9 @@ impl Inspector for Pipeline {
             None => (None, Vec::new()),
         };
         let recorded = c.has_content();
+        if recorded {
+            count_message(item.direction, verdict.as_ref());
+        }
         let ids = recorded.then(|| Identities::of(&c, verdict.as_ref(), &delivered_extra));
         let replay_only = match (&self.archive, &ids) {
             (Some(archive), Some(ids)) => {

@@ -197,6 +197,7 @@ async fn accept_loop<I: Inspector>(
         let id = next_id.fetch_add(1, Ordering::Relaxed);
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             warn!(conn = id, client = %client_addr, "connection cap reached; refusing");
+            metrics::counter!("custos_connections_refused_total").increment(1);
             sessions.spawn(refuse_over_cap(tcp, spec.mode));
             continue;
         };
@@ -206,13 +207,33 @@ async fn accept_loop<I: Inspector>(
         let mode = spec.mode;
         sessions.spawn(
             async move {
+                let live = Live::start();
                 session::run(tcp, client_addr, id, mode, acceptor, shared).await;
+                drop(live);
                 drop(permit);
             }
             .instrument(span),
         );
     }
     sessions
+}
+
+/// A session in the `custos_connections_open` gauge for as long as it lives (aborted
+/// sessions too: the gauge goes down on drop).
+struct Live;
+
+impl Live {
+    fn start() -> Live {
+        metrics::gauge!("custos_connections_open").increment(1.0);
+        metrics::counter!("custos_connections_total").increment(1);
+        Live
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        metrics::gauge!("custos_connections_open").decrement(1.0);
+    }
 }
 
 /// Over the cap a STARTTLS listener still answers in XMPP, so the client shows a reason

@@ -16,6 +16,7 @@
 //!   gives it (forged senders, wrappers, stanzas before authentication).
 //! - [`sendxmpp`]: one-shot sends and a listener through `go-sendxmpp`.
 //! - [`process`]: stopping children by pid (SIGTERM, then SIGKILL).
+//! - [`prometheus`]: [`prometheus::Prometheus`], a real Prometheus scraping a target.
 //! - [`s3`]: [`s3::S3Server`], a real S3 server with Object Lock (moto), and a boto3
 //!   probe that inspects and attacks its bucket.
 //!
@@ -38,6 +39,7 @@ pub mod custos;
 pub mod dir;
 pub mod net;
 pub mod process;
+pub mod prometheus;
 pub mod prosody;
 pub mod rig;
 pub mod s3;

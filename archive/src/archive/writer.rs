@@ -155,6 +155,8 @@ struct Inner {
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     index_health: Arc<Mutex<Option<String>>>,
     inbox_health: Arc<Mutex<Option<String>>>,
+    /// Why the writer refuses appends, once it does (it stays so until reopened).
+    write_health: Arc<Mutex<Option<String>>>,
     /// What the retention job verifies the archive with before it shreds anything.
     public_key: ed25519_dalek::VerifyingKey,
     witness: Option<PathBuf>,
@@ -287,10 +289,12 @@ impl Archive {
             .map_err(OpenError::Thread)?;
         let ih = inbox_health.clone();
         let le = log_end.clone();
+        let write_health: Arc<Mutex<Option<String>>> = Arc::default();
+        let wh = write_health.clone();
         let writer_thread = std::thread::Builder::new()
             .name("custos-archive-writer".into())
             .spawn(move || {
-                writer_loop(log, rx, itx, inbox, ih, le);
+                writer_loop(log, rx, itx, inbox, ih, le, wh);
                 // Only now, with the last segment sealed and the index
                 // finished, may another process write.
                 drop(lock);
@@ -303,6 +307,7 @@ impl Archive {
                 writer_thread: Mutex::new(Some(writer_thread)),
                 index_health: health,
                 inbox_health,
+                write_health,
                 recent: Mutex::new(RecentIdentities::default()),
                 indexed,
                 log_end,
@@ -448,13 +453,39 @@ impl Archive {
             }
         }
         let (ack_tx, ack_rx) = oneshot::channel();
+        let started = std::time::Instant::now();
         {
             let guard = self.inner.tx.lock().unwrap_or_else(|p| p.into_inner());
             let tx = guard.as_ref().ok_or(AppendError::Closed)?;
             tx.send(Cmd::Append(rec, ack_tx))
                 .map_err(|_| AppendError::Closed)?;
         }
-        ack_rx.await.map_err(|_| AppendError::Closed)?
+        let done = ack_rx.await.map_err(|_| AppendError::Closed)?;
+        // From submission to the durable acknowledgement (or the refusal).
+        metrics::histogram!("custos_archive_append_seconds")
+            .record(started.elapsed().as_secs_f64());
+        if done.is_err() {
+            metrics::counter!("custos_archive_append_failures_total").increment(1);
+        }
+        done
+    }
+
+    /// Why the archive refuses appends, if it does (a write or fsync failed; reopening
+    /// recovers). `None`: writable.
+    pub fn write_health(&self) -> Option<String> {
+        self.inner
+            .write_health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records durable in the log but not yet in the index's last commit.
+    pub fn index_lag(&self) -> u64 {
+        self.inner
+            .log_end
+            .load(Ordering::Acquire)
+            .saturating_sub(self.inner.indexed.load(Ordering::Acquire))
     }
 
     /// Searches; see [`ArchiveReader::search`].
@@ -532,6 +563,18 @@ impl Archive {
     }
 }
 
+/// One write and one fsync for `batch`, timed and counted.
+fn write_batch(
+    log: &mut LogWriter,
+    batch: Vec<NewRecord>,
+) -> Result<Vec<crate::log::Appended>, crate::log::LogWriteError> {
+    metrics::histogram!("custos_archive_batch_records").record(batch.len() as f64);
+    let written = std::time::Instant::now();
+    let r = log.append_batch(batch);
+    metrics::histogram!("custos_archive_write_seconds").record(written.elapsed().as_secs_f64());
+    r
+}
+
 fn writer_loop(
     mut log: LogWriter,
     rx: Receiver<Cmd>,
@@ -539,8 +582,10 @@ fn writer_loop(
     mut inbox: Drain,
     inbox_health: Arc<Mutex<Option<String>>>,
     log_end: Arc<AtomicU64>,
+    write_health: Arc<Mutex<Option<String>>>,
 ) {
     let mut failed: Option<String> = None;
+    let mut failure_shown = false;
     // Before anything appended is acknowledged: a search that follows sees it counted.
     let publish = |log: &LogWriter| log_end.store(log.next_seq() - 1, Ordering::Release);
     // Appends what waits in the inbox unless the writer already failed.
@@ -572,6 +617,10 @@ fn writer_loop(
         sealed.and(indexed)
     };
     loop {
+        if !failure_shown && failed.is_some() {
+            *write_health.lock().unwrap_or_else(|p| p.into_inner()) = failed.clone();
+            failure_shown = true;
+        }
         // Checked every turn, not only when idle: a busy writer never times out.
         if inbox.due() {
             drain(&mut inbox, &mut log, &mut failed);
@@ -623,7 +672,7 @@ fn writer_loop(
                         let _ = ack.send(Err(AppendError::Failed(why.clone())));
                     }
                 }
-                None => match log.append_batch(batch) {
+                None => match write_batch(&mut log, batch) {
                     Ok(appended) => {
                         publish(&log);
                         for (a, ack) in appended.iter().zip(acks) {
