@@ -7,6 +7,7 @@ use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use custos_archive::retention::{RetentionPolicy, Span};
 use custos_proxy::negotiation::UpstreamTls;
@@ -148,6 +149,12 @@ pub struct RawWeb {
     pub sample_rate: Option<Spanned<f64>>,
     /// Idle minutes before a reviewer's session expires (default 30).
     pub session_minutes: Option<Spanned<i64>>,
+    /// Serve HTTPS with this certificate chain and key (PEM); both or neither.
+    pub cert: Option<Spanned<PathBuf>>,
+    pub key: Option<Spanned<PathBuf>>,
+    /// Mark session cookies `Secure`: on by default with `cert`; set it when a TLS
+    /// proxy in front serves the UI over HTTPS.
+    pub secure_cookies: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -218,6 +225,8 @@ pub struct WebSettings {
     pub users: PathBuf,
     pub sample_rate: Option<f64>,
     pub session_ttl: Option<std::time::Duration>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub secure_cookies: bool,
 }
 
 /// The validated configuration.
@@ -493,11 +502,46 @@ impl Validator<'_> {
                 .map(|m| std::time::Duration::from_secs(m * 60)),
             None => None,
         };
+        let tls = match (&w.cert, &w.key) {
+            (None, None) => None,
+            (Some(c), None) => {
+                self.fail(&c.span(), "web.cert", "needs web.key too");
+                None
+            }
+            (None, Some(k)) => {
+                self.fail(&k.span(), "web.key", "needs web.cert too");
+                None
+            }
+            (Some(c), Some(k)) => {
+                let cert = self.existing_file(c, "web.cert");
+                let key = self.existing_file(k, "web.key");
+                match (cert, key) {
+                    (Some(cert), Some(key)) => {
+                        match custos_proxy::tls::server_config(&cert, &key) {
+                            Ok(tls) => {
+                                // The same identity as a listener's, speaking HTTP.
+                                let mut config = (*tls).clone();
+                                config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                                Some(Arc::new(config))
+                            }
+                            Err(e) => {
+                                self.fail(&c.span(), "web.cert", e.to_string());
+                                None
+                            }
+                        }
+                    }
+                    _ => None,
+                }
+            }
+        };
+        let secure_cookies = w.secure_cookies.unwrap_or(tls.is_some());
         Some(WebSettings {
             bind: bind?,
             users,
             sample_rate,
             session_ttl,
+            tls,
+            secure_cookies,
         })
     }
 

@@ -206,6 +206,8 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
             if let Some(ttl) = w.session_ttl {
                 web_config.session_ttl = ttl;
             }
+            web_config.tls.clone_from(&w.tls);
+            web_config.secure_cookies = w.secure_cookies;
             web_config.retention = retention.as_ref().map(|r| r.policy.clone());
             web_config.peers = peers.clone();
             if let Some(a) = &cfg.archive {
@@ -219,7 +221,7 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
             let bound = custos_web_ui::bind(web_config, archive.clone())
                 .await
                 .context("starting the review web UI")?;
-            info!(addr = %bound.local_addr(), "web UI listening");
+            info!(addr = %bound.local_addr(), https = w.tls.is_some(), "web UI listening");
             let stop = shutdown.clone();
             Some(tokio::spawn(
                 bound.run(async move { stop.cancelled().await }),

@@ -36,6 +36,8 @@ pub struct RigOptions {
     pub archive_extra: String,
     /// Serve the review web UI (needs `archive`); its address is [`Rig::web`].
     pub web: bool,
+    /// Serve it over HTTPS with the test CA's `example.test` certificate.
+    pub web_tls: bool,
     /// Prosody keeps a message archive (XEP-0313).
     pub mam: bool,
     /// Prosody serves group chat at `conference.example.test`.
@@ -133,14 +135,21 @@ impl Rig {
         std::fs::create_dir_all(&custos_dir)?;
         let (mut config, rules_path, archive_dir) =
             write_config(&custos_dir, &ca, prosody.c2s_addr(), &opts)?;
+        let leaf = ca.leaf(&custos_dir, "example.test")?;
         let web = if opts.web {
             let (section, addr) = web_section(&custos_dir)?;
             config.push_str(&section);
+            if opts.web_tls {
+                config.push_str(&format!(
+                    "cert = \"{}\"\nkey = \"{}\"\n",
+                    leaf.chain_path.display(),
+                    leaf.key_path.display()
+                ));
+            }
             Some(addr)
         } else {
             None
         };
-        let leaf = ca.leaf(&custos_dir, "example.test")?;
         if opts.archive {
             // `keys init` needs only [archive]: give it just that section.
             let archive_only = config

@@ -109,6 +109,48 @@ async fn prometheus_counts_the_messages_sent_and_readyz_follows_the_upstream() -
     Ok(())
 }
 
+/// With `[web] cert` and `key` the review UI speaks HTTPS only, and its session cookie is
+/// `Secure` without being asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_review_ui_serves_https_with_secure_cookies() -> TestResult {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rig = Rig::start(
+        "operations-web-tls",
+        RigOptions {
+            archive: true,
+            web: true,
+            web_tls: true,
+            ..RigOptions::default()
+        },
+    )?;
+    let addr = rig.web.ok_or("no web UI")?;
+    let mut config = custos_e2e::certs::client_tls_config(rig.ca.cert_path())?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let mut tls = connector.connect(name, tcp).await?;
+    tls.write_all(b"GET /login HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer)).await??;
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    // The sign-in form's token cookie is the first cookie it sets.
+    let cookie = answer
+        .lines()
+        .find(|l| l.starts_with("set-cookie:"))
+        .ok_or("no cookie set")?;
+    assert!(cookie.contains("; secure"), "{cookie}");
+    // Plain HTTP on the same port gets no page.
+    let plain = http_get(addr, "/login");
+    assert!(
+        plain.as_ref().map_or(true, |(status, _)| *status != 200),
+        "{plain:?}"
+    );
+    Ok(())
+}
+
 /// The unit in `dist/` as an operator installs it (with this build's binary and a
 /// config in place of the packaged paths) passes `systemd-analyze verify`.
 #[test]

@@ -251,12 +251,17 @@ pub struct ClientAddr(pub Option<SocketAddr>);
 impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
     type Rejection = std::convert::Infallible;
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<ClientAddr, Self::Rejection> {
-        Ok(ClientAddr(
+        let plain = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0);
+        let tls = || {
             parts
                 .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|c| c.0),
-        ))
+                .get::<ConnectInfo<crate::tls::TlsPeer>>()
+                .map(|c| c.0 .0)
+        };
+        Ok(ClientAddr(plain.or_else(tls)))
     }
 }
 

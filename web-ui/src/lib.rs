@@ -33,6 +33,7 @@ pub mod pages;
 pub mod retention_pages;
 pub mod roles;
 pub mod store;
+pub mod tls;
 pub mod users;
 
 use std::future::Future;
@@ -54,8 +55,10 @@ pub struct WebConfig {
     pub session_ttl: Duration,
     /// Fraction (0..=1) of unflagged messages put in the queue for sampling review.
     pub sample_rate: f64,
-    /// Mark cookies `Secure` (set when served over TLS, e.g. behind a TLS proxy).
+    /// Mark cookies `Secure` (on when served over TLS, here or behind a TLS proxy).
     pub secure_cookies: bool,
+    /// Serve HTTPS with this configuration (`[web] cert`, `key`).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// What a regulator export needs; `None` disables export downloads.
     pub export: Option<ExportKeys>,
     /// The retention classes (`[retention]`); `None`: everything is kept forever.
@@ -103,6 +106,7 @@ impl WebConfig {
             session_ttl: Duration::from_secs(30 * 60),
             sample_rate: 0.01,
             secure_cookies: false,
+            tls: None,
             export: None,
             retention: None,
             node: None,
@@ -163,11 +167,23 @@ impl BoundWeb {
                 }
             }
         });
-        let service = app::router(self.app).into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(self.listener, service)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(WebError::Serve);
+        let tls = self.app.cfg.tls.clone();
+        let router = app::router(self.app);
+        let served = match tls {
+            Some(config) => {
+                let service = router.into_make_service_with_connect_info::<tls::TlsPeer>();
+                axum::serve(tls::TlsListener::new(self.listener, config), service)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+            None => {
+                let service = router.into_make_service_with_connect_info::<SocketAddr>();
+                axum::serve(self.listener, service)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+            }
+        }
+        .map_err(WebError::Serve);
         tail.abort();
         served
     }
