@@ -93,8 +93,14 @@ def main():
         paginator = s3.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=bucket, Prefix=src):
             for o in page.get("Contents", []):
-                s3.copy_object(Bucket=bucket, Key=dst + o["Key"][len(src):],
-                               CopySource={"Bucket": bucket, "Key": o["Key"]})
+                try:
+                    s3.copy_object(Bucket=bucket, Key=dst + o["Key"][len(src):],
+                                   CopySource={"Bucket": bucket, "Key": o["Key"]})
+                except ClientError as e:
+                    # Gone since the listing (an old index copy the node removed).
+                    if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                        continue
+                    raise
                 copied += 1
         print(copied)
     elif command == "delete-marker":
