@@ -322,6 +322,12 @@ impl Chain {
 /// What the name of an unnamed node's chain is in references and review records.
 pub const UNNAMED: &str = "_unnamed";
 
+/// Chains followed at most (nodes sharing one bucket are a handful).
+const MAX_CHAINS: usize = 1024;
+/// Records named by reviews but not read yet, at most; a review naming more is applied
+/// to those already read only.
+const MAX_PENDING: usize = 65_536;
+
 /// A review change read from an audit record, waiting for the message it names.
 #[derive(Clone, Debug)]
 struct PendingReview {
@@ -407,7 +413,11 @@ impl Store {
         if let Some(i) = self.find_chain(node) {
             return i;
         }
-        let i = ChainIdx::try_from(self.chains.len()).unwrap_or(ChainIdx::MAX);
+        // Bounded by MAX_CHAINS where names come from records; the server's own list of
+        // peers is the bucket's folders.
+        let Ok(i) = ChainIdx::try_from(self.chains.len()) else {
+            return ChainIdx::MAX;
+        };
         self.chains.push(Chain::new(node.map(str::to_owned), false));
         i
     }
@@ -674,7 +684,17 @@ impl Store {
         };
         let target = match change.node() {
             None => audit.chain,
-            Some(n) => self.chain_of(Some(n)),
+            Some(n) => match self.find_chain(Some(n)) {
+                Some(i) => i,
+                // A chain not followed yet: only a name a node can have, and only so many.
+                None if n == UNNAMED || custos_archive::bucket::valid_node_name(n) => {
+                    if self.chains.len() >= MAX_CHAINS {
+                        return;
+                    }
+                    self.chain_of(Some(n))
+                }
+                None => return,
+            },
         };
         let event = ReviewEvent {
             audit,
@@ -692,10 +712,11 @@ impl Store {
             match self.message(r) {
                 Some(m) => groups.push(m.group),
                 // Not read yet: another node's record this process has still to read.
-                None if self
-                    .chains
-                    .get(usize::from(target))
-                    .is_some_and(|c| seq >= c.next_seq) =>
+                None if self.pending.len() < MAX_PENDING
+                    && self
+                        .chains
+                        .get(usize::from(target))
+                        .is_some_and(|c| seq >= c.next_seq) =>
                 {
                     self.pending.entry(r).or_default().push(PendingReview {
                         event: event.clone(),
@@ -1175,6 +1196,26 @@ mod tests {
             .map(|m| (m.chain, m.seq))
             .collect();
         assert_eq!(shown, [(0, 1), (n2, 3), (0, 3)]);
+    }
+
+    #[test]
+    fn a_review_naming_a_chain_no_node_can_have_changes_nothing() {
+        let mut s = Store::for_node([3; 16], 0.0, Some("n1".into()));
+        s.apply(vec![msg(1, "a@x/1", "b@x", Action::Flag)]);
+        for (seq, node) in (2..).zip(["../x", "N2", "<b>", ""]) {
+            s.apply(vec![audit(
+                seq,
+                "mallory",
+                &ReviewChange::Status {
+                    seqs: vec![1],
+                    status: ReviewStatus::Reviewed,
+                    comment: "hidden".into(),
+                    node: Some(node.into()),
+                },
+            )]);
+        }
+        assert_eq!(s.chains().count(), 1, "no chain made up from a record");
+        assert_eq!(s.review(MsgRef::own(1)).unwrap().status, ReviewStatus::Open);
     }
 
     #[test]
