@@ -57,7 +57,19 @@ impl Prometheus {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
         };
-        if !wait_for_port(port, Duration::from_secs(30)) {
+        // The port opens before the storage is: its API answers 503 until `/-/ready` is 200.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let ready = wait_for_port(port, Duration::from_secs(30))
+            && loop {
+                if matches!(http_get(p.addr, "/-/ready"), Ok((200, _))) {
+                    break true;
+                }
+                if std::time::Instant::now() > deadline {
+                    break false;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            };
+        if !ready {
             let log = std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default();
             terminate_child(&mut p.child, DEFAULT_GRACE);
             return Err(PrometheusError::Start(crate::process::tail(&log, 2000)));
