@@ -12,6 +12,8 @@ SLIXMPP_VERSION=1.17.0
 PYARROW_VERSION=26.0.1
 # moto's server mode: a real S3 API with versioning and Object Lock (tests/src/s3.rs).
 MOTO_VERSION=5.2.5
+# A real SMTP server for the journaling tests (tests/src/smtp.rs).
+AIOSMTPD_VERSION=1.4.6
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
@@ -71,19 +73,19 @@ for svc in prosody prometheus; do
 done
 
 # --- Python venv for the slixmpp client and export checks --------------------
-want="slixmpp==$SLIXMPP_VERSION pyarrow==$PYARROW_VERSION moto[server]==$MOTO_VERSION"
+want="slixmpp==$SLIXMPP_VERSION pyarrow==$PYARROW_VERSION moto[server]==$MOTO_VERSION aiosmtpd==$AIOSMTPD_VERSION"
 stamp="$VENV/.custos-requirements"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     log "creating $VENV ($want)"
     /usr/bin/python3 -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-input \
         --only-binary=:all: "slixmpp==$SLIXMPP_VERSION" "pyarrow==$PYARROW_VERSION" \
-        "moto[server]==$MOTO_VERSION"
+        "moto[server]==$MOTO_VERSION" "aiosmtpd==$AIOSMTPD_VERSION"
     echo "$want" >"$stamp"
 fi
 # Keep the venv out of git without touching the repository's .gitignore.
 [ -f "$VENV/.gitignore" ] || echo '*' >"$VENV/.gitignore"
-"$VENV/bin/python" -c 'import slixmpp, pyarrow, boto3, moto.server' \
+"$VENV/bin/python" -c 'import slixmpp, pyarrow, boto3, moto.server, aiosmtpd' \
     || { log "venv at $VENV is broken; remove it and re-run"; exit 1; }
 
 log "ok"

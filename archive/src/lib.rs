@@ -37,6 +37,7 @@ mod fault_tests;
 pub mod grouping;
 pub mod inbox;
 pub mod index;
+pub mod journal;
 pub mod keys;
 pub mod log;
 pub mod query;

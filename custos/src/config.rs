@@ -49,6 +49,7 @@ pub struct RawConfig {
     pub policy: Option<Spanned<RawPolicy>>,
     pub web: Option<Spanned<RawWeb>>,
     pub admin: Option<Spanned<RawAdmin>>,
+    pub journal: Option<Spanned<RawJournal>>,
     pub limits: Option<Spanned<RawLimits>>,
     pub retention: Option<Spanned<RawRetention>>,
 }
@@ -129,6 +130,29 @@ pub struct RawObjectStore {
 #[serde(deny_unknown_fields)]
 pub struct RawPolicy {
     pub rules: Spanned<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJournal {
+    /// `host:port` of the archiver's SMTP endpoint; or `dir` for a directory drop.
+    pub smtp: Option<Spanned<String>>,
+    pub dir: Option<Spanned<PathBuf>>,
+    /// Upgrade the SMTP connection with STARTTLS (default true).
+    pub starttls: Option<bool>,
+    /// Extra trust anchor (PEM) for the SMTP server's certificate.
+    pub ca: Option<Spanned<PathBuf>>,
+    pub username: Option<Spanned<String>>,
+    /// A file holding the SMTP password (outside the archive directory).
+    pub password_file: Option<Spanned<PathBuf>>,
+    pub from: Spanned<String>,
+    pub to: Spanned<Vec<String>>,
+    /// One journal message per conversation per this long (default 1 h).
+    pub period: Option<Spanned<RawSpan>>,
+    /// Seconds between delivery runs (default 60).
+    pub every: Option<Spanned<i64>>,
+    /// The durable cursor file (outside the archive directory).
+    pub state: Spanned<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -229,6 +253,29 @@ pub struct WebSettings {
     pub secure_cookies: bool,
 }
 
+/// Where journal messages go.
+#[derive(Debug, Clone)]
+pub enum JournalTarget {
+    Smtp {
+        host: String,
+        port: u16,
+        starttls: bool,
+        ca: Option<PathBuf>,
+        credentials: Option<(String, PathBuf)>,
+    },
+    Dir(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct JournalSettings {
+    pub target: JournalTarget,
+    pub from: String,
+    pub to: Vec<String>,
+    pub period: std::time::Duration,
+    pub every: std::time::Duration,
+    pub state: PathBuf,
+}
+
 /// The validated configuration.
 pub struct Config {
     pub file: PathBuf,
@@ -238,6 +285,7 @@ pub struct Config {
     pub web: Option<WebSettings>,
     /// `[admin] bind`: metrics and health.
     pub admin: Option<SocketAddr>,
+    pub journal: Option<JournalSettings>,
     /// `None`: no `[retention]` section, so nothing ever expires.
     pub retention: Option<RetentionSettings>,
 }
@@ -387,6 +435,10 @@ impl Validator<'_> {
                 }
             }
         });
+        let journal = raw
+            .journal
+            .as_ref()
+            .and_then(|j| self.journal(j, archive.as_ref()));
         Config {
             file: self.locate.file.to_owned(),
             proxy,
@@ -394,6 +446,7 @@ impl Validator<'_> {
             policy,
             web,
             admin,
+            journal,
             retention,
         }
     }
@@ -458,6 +511,161 @@ impl Validator<'_> {
                 None
             }
         }
+    }
+
+    fn journal(
+        &mut self,
+        j: &Spanned<RawJournal>,
+        archive: Option<&ArchiveSettings>,
+    ) -> Option<JournalSettings> {
+        let Some(archive) = archive else {
+            self.fail(
+                &j.span(),
+                "journal",
+                "journaling needs an [archive] section",
+            );
+            return None;
+        };
+        let j = j.get_ref();
+        let target = match (&j.smtp, &j.dir) {
+            (Some(a), None) => {
+                let text = a.get_ref();
+                let parsed = text
+                    .rsplit_once(':')
+                    .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+                    .filter(|(h, _)| !h.is_empty());
+                match parsed {
+                    Some((host, port)) => Some(JournalTarget::Smtp {
+                        host,
+                        port,
+                        starttls: j.starttls.unwrap_or(true),
+                        ca: j
+                            .ca
+                            .as_ref()
+                            .and_then(|c| self.existing_file(c, "journal.ca")),
+                        credentials: match (&j.username, &j.password_file) {
+                            (Some(u), Some(p)) => self
+                                .existing_file(p, "journal.password_file")
+                                .map(|p| (u.get_ref().clone(), p)),
+                            (None, None) => None,
+                            (Some(u), None) => {
+                                self.fail(
+                                    &u.span(),
+                                    "journal.username",
+                                    "needs journal.password_file too",
+                                );
+                                None
+                            }
+                            (None, Some(p)) => {
+                                self.fail(
+                                    &p.span(),
+                                    "journal.password_file",
+                                    "needs journal.username too",
+                                );
+                                None
+                            }
+                        },
+                    }),
+                    None => {
+                        self.fail(
+                            &a.span(),
+                            "journal.smtp",
+                            "expected host:port, like smtp.example.com:587",
+                        );
+                        None
+                    }
+                }
+            }
+            (None, Some(d)) => Some(JournalTarget::Dir(self.path(d))),
+            _ => {
+                self.fail(
+                    &j.from.span(),
+                    "journal",
+                    "set exactly one of smtp (an SMTP endpoint) and dir (a directory drop)",
+                );
+                None
+            }
+        };
+        let address = |s: &str| s.parse::<lettre::Address>().is_ok();
+        if !address(j.from.get_ref()) {
+            self.fail(
+                &j.from.span(),
+                "journal.from",
+                format!("{:?} is not a mail address", j.from.get_ref()),
+            );
+        }
+        if j.to.get_ref().is_empty() {
+            self.fail(&j.to.span(), "journal.to", "name at least one recipient");
+        }
+        for t in j.to.get_ref() {
+            if !address(t) {
+                self.fail(
+                    &j.to.span(),
+                    "journal.to",
+                    format!("{t:?} is not a mail address"),
+                );
+            }
+        }
+        let period = match &j.period {
+            Some(p) => match self.span(p, "journal.period") {
+                Some(custos_archive::retention::Span::Secs(n)) if n > 0 && n <= 31 * 86_400 => {
+                    Some(std::time::Duration::from_secs(n))
+                }
+                Some(_) => {
+                    self.fail(
+                        &p.span(),
+                        "journal.period",
+                        "must be between 1 second and 31 days",
+                    );
+                    None
+                }
+                None => None,
+            },
+            None => Some(std::time::Duration::from_secs(3600)),
+        };
+        let every = match &j.every {
+            Some(e) if *e.get_ref() <= 0 || *e.get_ref() > 86_400 => {
+                self.fail(
+                    &e.span(),
+                    "journal.every",
+                    "must be between 1 and 86400 seconds",
+                );
+                None
+            }
+            Some(e) => u64::try_from(*e.get_ref())
+                .ok()
+                .map(std::time::Duration::from_secs),
+            None => Some(std::time::Duration::from_secs(60)),
+        };
+        let state = self.path(&j.state);
+        if is_within(&state, &archive.dir) {
+            self.fail(
+                &j.state.span(),
+                "journal.state",
+                format!(
+                    "{} is inside the archive directory {}; keep the cursor elsewhere",
+                    state.display(),
+                    archive.dir.display()
+                ),
+            );
+        }
+        if let Some(p) = &j.password_file {
+            if is_within(&self.path(p), &archive.dir) {
+                self.fail(
+                    &p.span(),
+                    "journal.password_file",
+                    "is inside the archive directory; keep secrets elsewhere",
+                );
+            }
+        }
+        Some(JournalSettings {
+            target: target?,
+            from: j.from.get_ref().clone(),
+            to: j.to.get_ref().clone(),
+            period: period?,
+            every: every?,
+            state,
+        })
     }
 
     fn web(&mut self, w: &Spanned<RawWeb>, has_archive: bool) -> Option<WebSettings> {
@@ -1080,6 +1288,30 @@ mod tests {
             errs[0].starts_with("custos.toml:3: archive.master_key:"),
             "{}",
             errs[0]
+        );
+    }
+
+    #[test]
+    fn journal_settings_are_checked_and_located() {
+        let errs = errors(
+            "[archive]\ndir = \"data/archive\"\nsigning_key = \"secrets/s.key\"\n\n[journal]\nsmtp = \"mail.example\"\nfrom = \"not an address\"\nto = []\nstate = \"data/archive/../archive/journal.state\"\nperiod = \"0\"\n",
+        );
+        let all = errs.join("\n");
+        for want in [
+            "custos.toml:6: journal.smtp: expected host:port",
+            "custos.toml:7: journal.from: \"not an address\" is not a mail address",
+            "custos.toml:8: journal.to: name at least one recipient",
+            "custos.toml:9: journal.state:",
+            "custos.toml:10: journal.period:",
+        ] {
+            assert!(all.contains(want), "{want}\n{all}");
+        }
+        let errs = errors(
+            "[archive]\ndir = \"data/archive\"\nsigning_key = \"secrets/s.key\"\n\n[journal]\nsmtp = \"mail.example:25\"\ndir = \"spool\"\nfrom = \"c@example.test\"\nto = [\"j@example.test\"]\nstate = \"journal.state\"\n",
+        );
+        assert!(
+            errs.join("\n").contains("journal: set exactly one of smtp"),
+            "{errs:?}"
         );
     }
 

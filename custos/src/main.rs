@@ -10,6 +10,7 @@ mod archive_cmds;
 mod cli;
 mod config;
 mod export_cmds;
+mod journal;
 mod nodes;
 mod object_store_cmds;
 mod policy_cmds;

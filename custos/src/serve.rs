@@ -183,6 +183,15 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
         _ => None,
     };
 
+    let journal = match (&archive, &cfg.journal) {
+        (Some(archive), Some(j)) => Some(tokio::spawn(crate::journal::journal_loop(
+            archive.clone(),
+            j.clone(),
+            shutdown.clone(),
+        ))),
+        _ => None,
+    };
+
     let object_sync = match (&archive, object_store) {
         (Some(archive), Some((remote, every))) => Some(tokio::spawn(object_sync_loop(
             archive.clone(),
@@ -265,6 +274,9 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
     }
     if let Some(a) = admin {
         let _ = a.await;
+    }
+    if let Some(j) = journal {
+        let _ = j.await;
     }
     drop(pipeline);
     if let Some(archive) = archive {

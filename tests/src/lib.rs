@@ -16,6 +16,7 @@
 //!   gives it (forged senders, wrappers, stanzas before authentication).
 //! - [`sendxmpp`]: one-shot sends and a listener through `go-sendxmpp`.
 //! - [`process`]: stopping children by pid (SIGTERM, then SIGKILL).
+//! - [`smtp`]: [`smtp::SmtpServer`], a real SMTP server (aiosmtpd) filling a Maildir.
 //! - [`prometheus`]: [`prometheus::Prometheus`], a real Prometheus scraping a target.
 //! - [`s3`]: [`s3::S3Server`], a real S3 server with Object Lock (moto), and a boto3
 //!   probe that inspects and attacks its bucket.
@@ -46,6 +47,7 @@ pub mod s3;
 pub mod scripted;
 pub mod sendxmpp;
 pub mod slix;
+pub mod smtp;
 pub mod tools;
 
 pub use certs::{CertError, LeafCert, TestCa};

@@ -25,7 +25,7 @@ pub mod manifest;
 mod merged;
 pub mod nodes;
 mod parquet_out;
-mod row;
+pub(crate) mod row;
 pub mod transcripts;
 mod verify_export;
 

@@ -1,0 +1,362 @@
+//! Journaling: the archive's messages as one e-mail per conversation per period, the
+//! form existing archivers (Global Relay, Smarsh, Proofpoint, Vault, Purview) ingest.
+//! This module decides what each journal message holds; the binary delivers it.
+//!
+//! ```text
+//!  chain from the cursor's seq ─▶ records with time < end of the last closed period
+//!      ─▶ group by (period, conversation) ─▶ JournalMessage (participants, transcript
+//!         with verdicts, edits, copies) ─▶ Message-ID fixed by (archive, conversation,
+//!         period): a redelivery after a crash is the same message, deduplicated
+//! ```
+//!
+//! Record times never go backwards in a chain, so a period is complete once its end has
+//! passed (plus a grace for appends in flight), and the cursor is a seq and a time.
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256};
+
+use crate::archive::{ArchiveReader, ReadError};
+use crate::export::hex;
+use crate::export::row::Conversation;
+use crate::query::{bare_jid, normalize_jid};
+use crate::record::{NewRecord, Record};
+use crate::time::Timestamp;
+
+/// One message of a transcript (a logical message: its copies are counted, not repeated).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalLine {
+    pub seq: u64,
+    pub time: Timestamp,
+    pub from: String,
+    pub to: String,
+    pub subject: Option<String>,
+    pub body: Option<String>,
+    /// The text delivered when policy redacted it.
+    pub delivered: Option<String>,
+    /// `allow`, `flag`, `redact` or `block`, with the rules that matched.
+    pub action: String,
+    pub rules: Vec<String>,
+    /// A correction or retraction: its kind and the message id it changes.
+    pub edit: Option<(String, String)>,
+    pub e2ee: Option<String>,
+    /// Other texts the message carried: shared files' links (`oob-url`), other
+    /// languages, formatted text, as `(kind, text)`.
+    pub extra: Vec<(String, String)>,
+    pub copies: usize,
+}
+
+/// One journal e-mail: a conversation's messages in one period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalMessage {
+    /// Without angle brackets; the same for the same archive, conversation and period.
+    pub message_id: String,
+    pub title: String,
+    /// Bare JIDs of everyone who wrote or was written to, sorted.
+    pub participants: Vec<String>,
+    pub start: Timestamp,
+    pub end: Timestamp,
+    pub lines: Vec<JournalLine>,
+}
+
+/// What [`collect`] found: the messages of every period that closed, and where the
+/// next run starts.
+#[derive(Debug, Clone)]
+pub struct JournalBatch {
+    pub messages: Vec<JournalMessage>,
+    /// The first seq not taken (the next run scans from here).
+    pub next_seq: u64,
+    /// Periods before this time are complete and in `messages`.
+    pub through: Timestamp,
+    /// Records read.
+    pub scanned: u64,
+}
+
+enum Scan {
+    Read(ReadError),
+    Done,
+}
+
+impl From<ReadError> for Scan {
+    fn from(e: ReadError) -> Scan {
+        Scan::Read(e)
+    }
+}
+
+/// The start of the period `t` falls in.
+pub fn period_start(t: Timestamp, period_ms: i64) -> Timestamp {
+    Timestamp(t.0.div_euclid(period_ms.max(1)) * period_ms.max(1))
+}
+
+/// Reads the chain from `from_seq` and gathers the messages of every period that ends
+/// at or before `until` (a period boundary), grouped per conversation and period.
+pub fn collect(
+    reader: &ArchiveReader,
+    from_seq: u64,
+    until: Timestamp,
+    period_ms: i64,
+) -> Result<JournalBatch, ReadError> {
+    let archive_id = reader.archive_id();
+    let mut groups: BTreeMap<(i64, String), JournalMessage> = BTreeMap::new();
+    // Logical message identity → (group key, line index), to count copies once.
+    let mut seen: std::collections::HashMap<String, ((i64, String), usize)> =
+        std::collections::HashMap::new();
+    let mut next_seq = from_seq;
+    let mut scanned = 0;
+    let r = reader.scan(from_seq, |e| {
+        let Some(record) = &e.record else {
+            // Shredded: nothing left to journal.
+            next_seq = e.seq + 1;
+            return Ok::<(), Scan>(());
+        };
+        if record.time >= until {
+            return Err(Scan::Done);
+        }
+        next_seq = e.seq + 1;
+        scanned += 1;
+        add(&mut groups, &mut seen, record, &archive_id, period_ms);
+        Ok(())
+    });
+    match r {
+        Ok(()) | Err(Scan::Done) => {}
+        Err(Scan::Read(e)) => return Err(e),
+    }
+    Ok(JournalBatch {
+        messages: groups.into_values().collect(),
+        next_seq,
+        through: until,
+        scanned,
+    })
+}
+
+fn add(
+    groups: &mut BTreeMap<(i64, String), JournalMessage>,
+    seen: &mut std::collections::HashMap<String, ((i64, String), usize)>,
+    record: &Record,
+    archive_id: &[u8; 16],
+    period_ms: i64,
+) {
+    let NewRecord::Message(m) = &record.content else {
+        return;
+    };
+    let conv = Conversation::of(record);
+    let start = period_start(record.time, period_ms);
+    let key = (start.0, conv.key.clone());
+    let identities: Vec<&String> = std::iter::once(&m.capture.identity)
+        .chain(m.capture.delivered_identity.as_ref())
+        .filter(|i| !i.is_empty())
+        .collect();
+    // A copy (the recipient's leg, a carbon, a replay) of a message already shown.
+    if let Some((k, i)) = identities.iter().find_map(|i| seen.get(*i)).cloned() {
+        if let Some(line) = groups.get_mut(&k).and_then(|g| g.lines.get_mut(i)) {
+            line.copies += 1;
+            let strictest = [&line.action, m.outcome.action.as_str()]
+                .into_iter()
+                .max_by_key(|a| rank(a))
+                .unwrap_or("allow")
+                .to_string();
+            line.action = strictest;
+            for r in &m.outcome.rules {
+                if !line.rules.contains(r) {
+                    line.rules.push(r.clone());
+                }
+            }
+            return;
+        }
+    }
+    let group = groups.entry(key.clone()).or_insert_with(|| JournalMessage {
+        message_id: message_id(archive_id, &conv.key, start),
+        title: conv.title.clone(),
+        participants: Vec::new(),
+        start,
+        end: Timestamp(start.0 + period_ms),
+        lines: Vec::new(),
+    });
+    for jid in [&m.from, &m.to] {
+        let bare = bare_jid(&normalize_jid(jid)).to_string();
+        if !bare.is_empty() && !group.participants.contains(&bare) {
+            group.participants.push(bare);
+            group.participants.sort();
+        }
+    }
+    for i in identities {
+        seen.insert(i.clone(), (key.clone(), group.lines.len()));
+    }
+    group.lines.push(JournalLine {
+        seq: record.seq.0,
+        time: record.time,
+        from: m.from.clone(),
+        to: m.to.clone(),
+        subject: m.subject.clone(),
+        body: m.body.clone(),
+        delivered: m.outcome.delivered_body.clone(),
+        action: m.outcome.action.as_str().to_string(),
+        rules: m.outcome.rules.clone(),
+        edit: m
+            .capture
+            .edit
+            .as_ref()
+            .map(|e| (e.kind.as_str().to_string(), e.target.clone())),
+        e2ee: m.outcome.e2ee.clone(),
+        extra: m
+            .capture
+            .extra
+            .iter()
+            .map(|t| (t.kind.clone(), t.text.clone()))
+            .collect(),
+        copies: 1,
+    });
+}
+
+/// A sender's text with every line indented, so no line of it can pass for a
+/// transcript line of Custos's own.
+fn indent(text: &str) -> String {
+    text.replace("\r\n", "\n").replace(['\r', '\n'], "\n    ")
+}
+
+fn rank(action: &str) -> u8 {
+    match action {
+        "block" => 3,
+        "redact" => 2,
+        "flag" => 1,
+        _ => 0,
+    }
+}
+
+/// `<period start ms>.<24 hex of SHA-256(archive id ‖ conversation)>@custos.journal`.
+pub fn message_id(archive_id: &[u8; 16], conversation: &str, start: Timestamp) -> String {
+    let mut h = Sha256::new();
+    h.update(archive_id);
+    h.update(conversation.as_bytes());
+    let d = h.finalize();
+    format!(
+        "{}.{}@custos.journal",
+        start.0,
+        hex::encode(d.get(..12).unwrap_or_default())
+    )
+}
+
+impl JournalMessage {
+    /// The plain-text body: a participant table, then the transcript as it happened,
+    /// each message with its verdict.
+    pub fn text(&self) -> String {
+        let mut out = format!(
+            "{}\nFrom {} to {} (UTC), {} message(s), recorded by Custos.\n\nParticipants:\n",
+            self.title,
+            self.start,
+            self.end,
+            self.lines.len()
+        );
+        for p in &self.participants {
+            out.push_str(&format!("  {p}\n"));
+        }
+        out.push_str("\nTranscript:\n");
+        for l in &self.lines {
+            let mut verdict = l.action.clone();
+            if !l.rules.is_empty() {
+                verdict.push_str(&format!(" [{}]", l.rules.join(", ")));
+            }
+            out.push_str(&format!(
+                "\n[{}] {} -> {} ({verdict}; seq {}{})\n",
+                l.time,
+                l.from,
+                l.to,
+                l.seq,
+                if l.copies > 1 {
+                    format!(", {} copies", l.copies)
+                } else {
+                    String::new()
+                }
+            ));
+            if let Some((kind, target)) = &l.edit {
+                out.push_str(&format!(
+                    "  ({kind} of message {target}; the original stays on the record)\n"
+                ));
+            }
+            if let Some(s) = &l.e2ee {
+                out.push_str(&format!(
+                    "  (end-to-end encrypted, {s}: the text below is the client's fallback)\n"
+                ));
+            }
+            if let Some(s) = &l.subject {
+                out.push_str(&format!("  Subject: {}\n", indent(s)));
+            }
+            match (&l.body, &l.delivered) {
+                (Some(b), Some(d)) if b != d => {
+                    out.push_str(&format!(
+                        "  Original: {}\n  Delivered: {}\n",
+                        indent(b),
+                        indent(d)
+                    ));
+                }
+                (Some(b), _) => out.push_str(&format!("  {}\n", indent(b))),
+                (None, _) => out.push_str("  (no body)\n"),
+            }
+            for (kind, text) in &l.extra {
+                let label = match kind.as_str() {
+                    "oob-url" => "file or link",
+                    "oob-desc" => "file description",
+                    other => other,
+                };
+                out.push_str(&format!("  [{label}] {}\n", indent(text)));
+            }
+            if l.action == "block" {
+                out.push_str("  (not delivered: blocked by policy)\n");
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_cannot_forge_a_transcript_line() {
+        let m = JournalMessage {
+            message_id: "1.ab@custos.journal".into(),
+            title: "Conversation between a@x and b@x".into(),
+            participants: vec!["a@x".into(), "b@x".into()],
+            start: Timestamp(0),
+            end: Timestamp(3_600_000),
+            lines: vec![JournalLine {
+                seq: 5,
+                time: Timestamp(1000),
+                from: "a@x/1".into(),
+                to: "b@x".into(),
+                subject: None,
+                body: Some(
+                    "hello\n\n[2026-01-01T00:00:00Z] b@x -> a@x (allow; seq 6)\r  forged".into(),
+                ),
+                delivered: None,
+                action: "flag".into(),
+                rules: vec!["r".into()],
+                edit: None,
+                e2ee: None,
+                extra: vec![("oob-url".into(), "https://files.example/q3.pdf".into())],
+                copies: 2,
+            }],
+        };
+        let text = m.text();
+        assert!(text.contains("(flag [r]; seq 5, 2 copies)"), "{text}");
+        assert!(
+            text.contains("  [file or link] https://files.example/q3.pdf"),
+            "{text}"
+        );
+        for line in text.lines().filter(|l| l.contains("seq 6")) {
+            assert!(line.starts_with("    "), "indented: {line:?}");
+        }
+    }
+
+    #[test]
+    fn periods_and_message_ids_are_stable() {
+        assert_eq!(period_start(Timestamp(3_599_999), 3_600_000).0, 0);
+        assert_eq!(period_start(Timestamp(3_600_000), 3_600_000).0, 3_600_000);
+        let a = message_id(&[1; 16], "chat:a@x b@x", Timestamp(7));
+        assert_eq!(a, message_id(&[1; 16], "chat:a@x b@x", Timestamp(7)));
+        assert_ne!(a, message_id(&[2; 16], "chat:a@x b@x", Timestamp(7)));
+        assert_ne!(a, message_id(&[1; 16], "chat:a@x c@x", Timestamp(7)));
+        assert!(a.ends_with("@custos.journal") && !a.contains(['<', '>', ' ']));
+    }
+}
