@@ -74,9 +74,13 @@ pub enum Command {
     Export {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
-        /// A new (or empty) directory.
+        /// A new (or empty) directory; with `--format actiance`, a new file.
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
+        /// `verifiable` (Parquet, transcripts and proofs, docs/export-format.md) or
+        /// `actiance` (Actiance XML for archivers that ingest it, docs/journal.md).
+        #[arg(long, value_enum, default_value = "verifiable")]
+        format: ExportFormat,
         /// Only messages matching this search query.
         #[arg(long, value_name = "Q")]
         query: Option<String>,
@@ -126,6 +130,13 @@ pub enum Command {
         #[arg(value_name = "SHELL")]
         shell: clap_complete::Shell,
     },
+}
+
+/// What `custos export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    Verifiable,
+    Actiance,
 }
 
 #[derive(Debug, Subcommand)]
@@ -298,10 +309,25 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Export {
             config,
             out,
+            format: ExportFormat::Verifiable,
             query,
             since,
             until,
         } => crate::export_cmds::export(
+            &config,
+            &out,
+            query.as_deref(),
+            since.as_deref(),
+            until.as_deref(),
+        ),
+        Command::Export {
+            config,
+            out,
+            format: ExportFormat::Actiance,
+            query,
+            since,
+            until,
+        } => crate::export_cmds::export_actiance(
             &config,
             &out,
             query.as_deref(),

@@ -77,6 +77,73 @@ pub fn export(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `custos export --format actiance`: one Actiance XML file of the selected messages.
+pub fn export_actiance(
+    config: &Path,
+    out: &Path,
+    query: Option<&str>,
+    since: Option<&str>,
+    until: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let a = archive_cmds::settings(config)?;
+    let master = archive_cmds::master_key(&a)?;
+    let signing = custos_archive::load_signing_key(&a.signing_key)
+        .with_context(|| format!("reading the signing key {}", a.signing_key.display()))?;
+    let request = ExportRequest {
+        query: query.map(str::to_owned),
+        since: time(since, "--since")?,
+        until: time(until, "--until")?,
+    };
+    // Every node's chain: a conversation whose members sit behind different nodes is
+    // one conversation.
+    let chains = crate::nodes::chains(&a)?;
+    let dirs: Vec<&std::path::Path> = if chains.is_empty() {
+        vec![a.dir.as_path()]
+    } else {
+        chains.iter().map(|c| c.dir.as_path()).collect()
+    };
+    let records = crate::nodes::own_chain_for_records(&a, &master, &signing)?;
+    let summary = custos_archive::export::actiance::export_actiance(&dirs, &master, &request, out)?;
+    let sha = {
+        use sha2::Digest;
+        let bytes = std::fs::read(out).with_context(|| format!("reading {}", out.display()))?;
+        sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    // Handing out records is itself recorded.
+    let detail = serde_json::json!({
+        "format": "actiance",
+        "query": request.query,
+        "since": request.since.map(|t| t.to_string()),
+        "until": request.until.map(|t| t.to_string()),
+        "conversations": summary.conversations,
+        "messages": summary.messages,
+        "out": out.display().to_string(),
+        "sha256": sha,
+    });
+    custos_archive::submit_audit(
+        &records,
+        &master,
+        &signing,
+        custos_archive::EventRecord::Audit {
+            actor: cli_actor(),
+            action: "export".into(),
+            detail: detail.to_string(),
+        },
+    )
+    .context("recording the export in the audit trail")?;
+    println!(
+        "exported {} message(s) in {} conversation(s), {} file transfer(s), as Actiance XML into {} (sha256 {sha})",
+        summary.messages,
+        summary.conversations,
+        summary.file_transfers,
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn print_summary(prefix: &str, summary: &custos_archive::ExportSummary) {
     println!(
         "{prefix}exported {} record(s) (seq {}..{}, covered by checkpoints through seq {}) into {}",

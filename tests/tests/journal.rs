@@ -134,6 +134,82 @@ async fn the_journal_reaches_an_smtp_archiver_once_per_message_across_an_outage(
             rig.context()
         );
     }
+    // The same traffic as Actiance XML: a strict XML parser reads back every message
+    // once, each conversation with its participants entering before they speak.
+    let xml_path = side.join("actiance.xml");
+    let ex = custos_e2e::custos::run_custos(
+        &[
+            "export",
+            "--format",
+            "actiance",
+            "--out",
+            xml_path.to_str().ok_or("path")?,
+        ],
+        Some(rig.custos.config_path()),
+    )?;
+    assert!(
+        ex.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&ex.stdout),
+        String::from_utf8_lossy(&ex.stderr)
+    );
+    let probe = std::process::Command::new(custos_e2e::tools::python()?)
+        .arg(custos_e2e::tools::clients_dir().join("actiance_probe.py"))
+        .arg(&xml_path)
+        .output()?;
+    assert!(
+        probe.status.success(),
+        "{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+    let convs: serde_json::Value = serde_json::from_slice(&probe.stdout)?;
+    let convs = convs.as_array().ok_or("conversations")?;
+    for b in &all {
+        let n: usize = convs
+            .iter()
+            .flat_map(|c| c["messages"].as_array().into_iter().flatten())
+            .filter(|m| m["content"].as_str().is_some_and(|t| t.starts_with(*b)))
+            .count();
+        assert_eq!(n, 1, "{b:?} once in the Actiance XML\n{convs:#?}");
+    }
+    let ab = convs
+        .iter()
+        .find(|c| c["room"] == "alice@example.test bob@example.test")
+        .ok_or("the alice-bob conversation")?;
+    assert_eq!(
+        ab["entered"],
+        serde_json::json!(["alice@example.test", "bob@example.test"])
+    );
+    assert_eq!(ab["internal"]["bob@example.test"], "true");
+    let order: Vec<&str> = ab["order"]
+        .as_array()
+        .ok_or("order")?
+        .iter()
+        .filter_map(|t| t.as_str())
+        .collect();
+    assert_eq!(order.first(), Some(&"RoomID"));
+    assert_eq!(order.last(), Some(&"EndTimeUTC"));
+    let first_message = order
+        .iter()
+        .position(|t| *t == "Message")
+        .ok_or("messages")?;
+    assert!(
+        order
+            .get(..first_message)
+            .is_some_and(|head| head.contains(&"ParticipantEntered")),
+        "{order:?}"
+    );
+    let ac = convs
+        .iter()
+        .find(|c| c["room"] == "alice@example.test carol@example.test")
+        .ok_or("the alice-carol conversation")?;
+    assert!(
+        ac["messages"][0]["content"]
+            .as_str()
+            .is_some_and(|t| t.contains("[Custos: flag watch-ledger]")),
+        "{ac:#?}"
+    );
+
     // The cursor says where delivery stands.
     let cursor: serde_json::Value = serde_json::from_slice(&std::fs::read(&state)?)?;
     assert!(cursor["delivered"].as_u64().unwrap_or(0) >= 3, "{cursor}");

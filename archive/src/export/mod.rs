@@ -18,6 +18,7 @@
 //! signature), [`verify_export`]. The format is described for third-party
 //! verifiers in `docs/export-format.md`.
 
+pub mod actiance;
 mod chain;
 pub(crate) mod filter;
 pub(crate) mod hex;
