@@ -197,12 +197,13 @@ impl Sender {
     }
 }
 
-/// One delivery run: every closed period since the cursor. Returns the messages sent.
+/// One delivery run: every closed period since the cursor. Returns the messages sent
+/// and the cursor as saved.
 async fn run_once(
     archive: &Archive,
     s: &JournalSettings,
     sender: &Sender,
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<(usize, Cursor)> {
     let archive_id = hex(&archive.reader().archive_id());
     let mut cursor = load_cursor(&s.state, &archive_id)?;
     let period_ms = i64::try_from(s.period.as_millis()).unwrap_or(i64::MAX);
@@ -213,7 +214,7 @@ async fn run_once(
         (Timestamp::now().0 - cursor.through_ms.max(until.0 - period_ms)).max(0) as f64 / 1000.0,
     );
     if until.0 <= cursor.through_ms {
-        return Ok(0);
+        return Ok((0, cursor));
     }
     let reader_archive = archive.clone();
     let from = cursor.next_seq;
@@ -250,16 +251,37 @@ async fn run_once(
     save_cursor(&s.state, &cursor)?;
     metrics::gauge!("custos_journal_lag_seconds")
         .set((Timestamp::now().0 - until.0).max(0) as f64 / 1000.0);
-    Ok(n)
+    Ok((n, cursor))
 }
 
 /// Delivers every `every` until shutdown; after a failure waits twice as long each time
 /// (at most 15 min) and says so in the log and in `custos_journal_failures_total`.
-pub async fn journal_loop(archive: Archive, s: JournalSettings, shutdown: CancellationToken) {
+/// The dashboard reads `health`.
+pub async fn journal_loop(
+    archive: Archive,
+    s: JournalSettings,
+    health: custos_web_ui::JournalHealth,
+    shutdown: CancellationToken,
+) {
+    let mut status = custos_web_ui::JournalStatus {
+        target: match &s.target {
+            JournalTarget::Smtp { host, port, .. } => format!("smtp {host}:{port}"),
+            JournalTarget::Dir(d) => format!("dir {}", d.display()),
+        },
+        ..Default::default()
+    };
+    let publish = |status: &custos_web_ui::JournalStatus| {
+        if let Ok(mut h) = health.write() {
+            *h = Some(status.clone());
+        }
+    };
     let sender = match Sender::new(&s) {
         Ok(sender) => sender,
         Err(e) => {
             warn!(cause = %format!("{e:#}"), "journal: cannot be set up; nothing is journaled");
+            status.failures = 1;
+            status.last_error = Some(format!("cannot be set up: {e:#}"));
+            publish(&status);
             return;
         }
     };
@@ -271,12 +293,20 @@ pub async fn journal_loop(archive: Archive, s: JournalSettings, shutdown: Cancel
             _ = tokio::time::sleep(wait) => {}
         }
         match run_once(&archive, &s, &sender).await {
-            Ok(n) => {
+            Ok((n, cursor)) => {
                 if n > 0 || failures > 0 {
                     info!(messages = n, "journal: delivered");
                 }
                 failures = 0;
                 wait = s.every;
+                status.failures = 0;
+                status.last_error = None;
+                status.next_attempt = None;
+                status.last_success = Some(Timestamp::now());
+                status.delivered = cursor.delivered;
+                status.delivered_through =
+                    (cursor.through_ms > 0).then_some(Timestamp(cursor.through_ms));
+                publish(&status);
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
@@ -286,6 +316,13 @@ pub async fn journal_loop(archive: Archive, s: JournalSettings, shutdown: Cancel
                     .saturating_mul(2u32.saturating_pow(failures.min(10)))
                     .min(MAX_BACKOFF);
                 warn!(cause = %format!("{e:#}"), failures, retry_in_s = wait.as_secs(), "journal: delivery failed; retrying");
+                status.failures = failures;
+                status.last_error = Some(format!("{e:#}"));
+                status.next_attempt =
+                    Some(Timestamp(Timestamp::now().0.saturating_add(
+                        i64::try_from(wait.as_millis()).unwrap_or(i64::MAX),
+                    )));
+                publish(&status);
             }
         }
     }

@@ -183,10 +183,12 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
         _ => None,
     };
 
+    let journal_health = custos_web_ui::JournalHealth::default();
     let journal = match (&archive, &cfg.journal) {
         (Some(archive), Some(j)) => Some(tokio::spawn(crate::journal::journal_loop(
             archive.clone(),
             j.clone(),
+            journal_health.clone(),
             shutdown.clone(),
         ))),
         _ => None,
@@ -219,6 +221,7 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
             web_config.secure_cookies = w.secure_cookies;
             web_config.retention = retention.as_ref().map(|r| r.policy.clone());
             web_config.peers = peers.clone();
+            web_config.journal = journal_health.clone();
             if let Some(a) = &cfg.archive {
                 web_config.node.clone_from(&a.node);
                 web_config.export = Some(custos_web_ui::ExportKeys {

@@ -34,32 +34,116 @@ pub fn wait_for_port(port: u16, limit: Duration) -> bool {
 /// A plain HTTP/1.1 GET on loopback: the status and the body (the servers the tests
 /// talk to answer with a length or close the connection).
 pub fn http_get(addr: SocketAddr, path: &str) -> io::Result<(u16, String)> {
+    http_request(addr, "GET", path, &[], None).map(|r| (r.status, r.body))
+}
+
+/// An HTTP answer as [`http_request`] read it.
+#[derive(Debug, Clone)]
+pub struct HttpAnswer {
+    pub status: u16,
+    /// Header lines, names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpAnswer {
+    /// The `name=value` part of the cookie `name` the answer sets.
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .filter(|(h, _)| h == "set-cookie")
+            .filter_map(|(_, v)| v.split(';').next())
+            .find(|c| c.starts_with(&format!("{name}=")))
+            .map(str::to_string)
+    }
+}
+
+/// One plain HTTP/1.1 request on loopback (`Connection: close`) with the given extra
+/// headers and, for a form, an `application/x-www-form-urlencoded` body.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    form: Option<&str>,
+) -> io::Result<HttpAnswer> {
     use std::io::{Read, Write};
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        req.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if let Some(f) = form {
+        req.push_str(&format!(
+            "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{f}",
+            f.len()
+        ));
+    } else {
+        req.push_str("\r\n");
+    }
+    s.write_all(req.as_bytes())?;
     let mut all = Vec::new();
     s.read_to_end(&mut all)?;
     let text = String::from_utf8_lossy(&all).into_owned();
     let (head, body) = text
         .split_once("\r\n\r\n")
-        .ok_or_else(|| io::Error::other(format!("GET {path}: no end of headers")))?;
-    let status = head
-        .split(' ')
-        .nth(1)
+        .ok_or_else(|| io::Error::other(format!("{method} {path}: no end of headers")))?;
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| io::Error::other(format!("GET {path}: no status in {head:?}")))?;
+        .ok_or_else(|| io::Error::other(format!("{method} {path}: no status in {head:?}")))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
     // A chunked body is not expected from these servers; say so rather than misread it.
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
+    if headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"))
     {
-        return Err(io::Error::other(format!("GET {path}: chunked answer")));
+        return Err(io::Error::other(format!("{method} {path}: chunked answer")));
     }
-    Ok((status, body.to_string()))
+    Ok(HttpAnswer {
+        status,
+        headers,
+        body: body.to_string(),
+    })
+}
+
+/// Signs in to the review web UI at `addr` through its form, as a browser would; returns
+/// the session cookie (`name=value`).
+pub fn web_sign_in(addr: SocketAddr, user: &str, password: &str) -> io::Result<String> {
+    let form = http_request(addr, "GET", "/login", &[], None)?;
+    let login = form
+        .cookie("custos_login")
+        .ok_or_else(|| io::Error::other("GET /login set no custos_login cookie"))?;
+    let marker = "name=\"csrf\" value=\"";
+    let csrf = form
+        .body
+        .split_once(marker)
+        .and_then(|(_, rest)| rest.split('"').next())
+        .ok_or_else(|| io::Error::other("GET /login: no CSRF field"))?;
+    let answer = http_request(
+        addr,
+        "POST",
+        "/login",
+        &[("Cookie", &login)],
+        Some(&format!(
+            "user={}&password={}&csrf={}",
+            url_encode(user),
+            url_encode(password),
+            url_encode(csrf)
+        )),
+    )?;
+    answer.cookie("custos_session").ok_or_else(|| {
+        io::Error::other(format!(
+            "sign-in of {user} answered {} without a session",
+            answer.status
+        ))
+    })
 }
 
 /// `s` with everything but unreserved characters percent-encoded (a query value).

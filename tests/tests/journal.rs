@@ -48,6 +48,7 @@ async fn the_journal_reaches_an_smtp_archiver_once_per_message_across_an_outage(
         "journal",
         RigOptions {
             archive: true,
+            web: true,
             rules: Some(
                 "[[rule]]\nid = \"watch-ledger\"\nwhen = { body = { regex = \"(?i)ledger\" } }\naction = \"flag\"\n".into(),
             ),
@@ -121,7 +122,29 @@ async fn the_journal_reaches_an_smtp_archiver_once_per_message_across_an_outage(
     bob.next_message().await?;
     bob.send_chat("alice@example.test", second[1]).await?;
     alice.next_message().await?;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The failing delivery shows on the officers' dashboard, with the server's refusal.
+    rig.add_user("olivia", "officer", "officer-password-1")?;
+    let web = rig.web.ok_or("no web UI")?;
+    let session = custos_e2e::net::web_sign_in(web, "olivia", "officer-password-1")?;
+    let dashboard = || -> Result<String, BoxError> {
+        let d = custos_e2e::net::http_request(web, "GET", "/", &[("Cookie", &session)], None)?;
+        assert_eq!(d.status, 200, "{}", d.body);
+        Ok(d.body)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let failing = loop {
+        let d = dashboard()?;
+        if d.contains(">failing<") || Instant::now() > deadline {
+            break d;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(
+        failing.contains(">failing<") && failing.contains("Last error"),
+        "the dashboard shows the outage\n{failing}\n{}",
+        rig.context()
+    );
+    assert!(failing.contains(&format!("smtp 127.0.0.1:{}", smtp.port)));
     smtp.restart()?;
     let all: Vec<&'static str> = first.iter().chain(second.iter()).copied().collect();
     let mails = wait_all(&smtp, &all, Duration::from_secs(60))?;
@@ -209,6 +232,18 @@ async fn the_journal_reaches_an_smtp_archiver_once_per_message_across_an_outage(
             .is_some_and(|t| t.contains("[Custos: flag watch-ledger]")),
         "{ac:#?}"
     );
+
+    // Delivery resumed, and the dashboard says so.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let recovered = loop {
+        let d = dashboard()?;
+        if d.contains(">delivering<") || Instant::now() > deadline {
+            break d;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(recovered.contains(">delivering<"), "{recovered}");
+    assert!(!recovered.contains(">failing<"), "{recovered}");
 
     // The cursor says where delivery stands.
     let cursor: serde_json::Value = serde_json::from_slice(&std::fs::read(&state)?)?;

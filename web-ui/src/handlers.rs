@@ -1327,6 +1327,7 @@ pub async fn dashboard(State(app): State<Arc<App>>, a: Authed) -> Result<Page, A
         app.cfg.retention.as_ref(),
         app.cfg.export.as_ref().map(|e| e.archive_dir.as_path()),
     );
+    let journal = journal_card(app.cfg.journal.read().ok().and_then(|j| j.clone()));
     let today_total: u64 = volume.last().map_or(0, |v| v[0] + v[1]);
     let today_flagged: u64 = volume.last().map_or(0, |v| v[1]);
     Ok(layout(
@@ -1362,9 +1363,47 @@ pub async fn dashboard(State(app): State<Arc<App>>, a: Authed) -> Result<Page, A
                     }
                 }
             }
+            (journal)
             (retention)
         },
     ))
+}
+
+/// How journaling to the firm's archiver stands: delivered through when, and while
+/// delivery fails, why and when it is tried again. Nothing when no journal runs.
+fn journal_card(status: Option<crate::JournalStatus>) -> maud::Markup {
+    let Some(j) = status else {
+        return html! {};
+    };
+    let now = Timestamp::now();
+    let lag = j
+        .delivered_through
+        .map(|t| crate::pages::span_words((now.0 - t.0).max(0)));
+    html! {
+        section.card.journal {
+            h2 { "Journal to the archiver" }
+            @if j.failures > 0 {
+                p.journal-failing {
+                    span.badge.v-block { "failing" }
+                    " " (j.failures) " delivery run(s) in a row failed; nothing is lost, delivery resumes where it stopped."
+                }
+            } @else {
+                p { span.badge.v-allow { "delivering" } }
+            }
+            table.results.compact {
+                tbody {
+                    tr { th { "Target" } td.jid { (j.target) } }
+                    tr { th { "Delivered through" } td {
+                        @match j.delivered_through { Some(t) => { (t.to_string()) " (" (lag.unwrap_or_default()) " behind)" } None => { "nothing yet" } }
+                    } }
+                    tr { th { "Journal messages delivered" } td.num { (j.delivered) } }
+                    tr { th { "Last successful run" } td { (j.last_success.map_or("none yet".to_string(), |t| t.to_string())) } }
+                    @if let Some(e) = &j.last_error { tr { th { "Last error" } td.detail { code { (e) } } } }
+                    @if j.failures > 0 { @if let Some(t) = j.next_attempt { tr { th { "Next attempt" } td { (t.to_string()) } } } }
+                }
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------- audit

@@ -68,6 +68,9 @@ pub struct WebConfig {
     /// Other nodes' chains that search covers too (read from the shared bucket), kept
     /// current by the server as nodes appear.
     pub peers: Peers,
+    /// How delivery to the firm's archiver stands (`[journal]`), kept current by the
+    /// server's journal loop; shown on the dashboard.
+    pub journal: JournalHealth,
 }
 
 /// Another node's chain, readable through a local directory.
@@ -79,6 +82,29 @@ pub struct PeerChain {
 
 /// The other nodes' chains, shared between the server's refresh loop and the web UI.
 pub type Peers = std::sync::Arc<std::sync::RwLock<Vec<PeerChain>>>;
+
+/// Where journaling (`[journal]`) stands, as its delivery loop last saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JournalStatus {
+    /// Where the journal goes: `smtp host:port` or `dir /path`.
+    pub target: String,
+    /// Every period up to this time has been delivered.
+    pub delivered_through: Option<custos_archive::Timestamp>,
+    /// The last run that succeeded.
+    pub last_success: Option<custos_archive::Timestamp>,
+    /// Journal messages delivered since the cursor was created.
+    pub delivered: u64,
+    /// Runs that failed in a row (0: the last run succeeded).
+    pub failures: u32,
+    /// Why the last run failed, while failures last.
+    pub last_error: Option<String>,
+    /// When the next attempt is due.
+    pub next_attempt: Option<custos_archive::Timestamp>,
+}
+
+/// The journal's status, shared between the server's journal loop and the web UI;
+/// `None` while no journal is configured or it has not run yet.
+pub type JournalHealth = std::sync::Arc<std::sync::RwLock<Option<JournalStatus>>>;
 
 /// The archive keys a verifiable export is written and signed with. The serving process
 /// holds them anyway (it opened the archive); they never leave it.
@@ -111,6 +137,7 @@ impl WebConfig {
             retention: None,
             node: None,
             peers: Peers::default(),
+            journal: JournalHealth::default(),
         }
     }
 }

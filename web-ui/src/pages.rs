@@ -179,3 +179,29 @@ pub fn pager(path: &str, pairs: &[(String, String)], page: usize, has_next: bool
         }
     }
 }
+
+/// A span of milliseconds in words an operator reads at a glance: `42 s`, `7 min`,
+/// `3 h 5 min`, `2 d 4 h`.
+pub fn span_words(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    match s {
+        0..=59 => format!("{s} s"),
+        60..=3599 => format!("{} min", s / 60),
+        3600..=86_399 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        _ => format!("{} d {} h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+#[cfg(test)]
+mod span_tests {
+    use super::span_words;
+
+    #[test]
+    fn spans_read_in_the_largest_units() {
+        assert_eq!(span_words(-5), "0 s");
+        assert_eq!(span_words(42_000), "42 s");
+        assert_eq!(span_words(7 * 60_000 + 10), "7 min");
+        assert_eq!(span_words(3 * 3_600_000 + 5 * 60_000), "3 h 5 min");
+        assert_eq!(span_words(2 * 86_400_000 + 4 * 3_600_000), "2 d 4 h");
+    }
+}

@@ -768,6 +768,56 @@ async fn sampling_puts_unflagged_messages_in_the_queue_and_dashboard_counts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_says_when_journal_delivery_fails_and_when_it_recovers() {
+    let fx = fixture(0.0);
+    let app = custos_web_ui::bind(fx.cfg.clone(), fx.archive.clone())
+        .await
+        .unwrap()
+        .router();
+    let (cookie, _) = sign_in(&app, "oscar").await;
+    let d = send(&app, Method::GET, "/", Some(&cookie), None).await;
+    assert!(
+        !d.body.contains("Journal to the archiver"),
+        "no journal, no card"
+    );
+
+    // The SMTP server's answer is the server's text: shown, never as markup.
+    *fx.cfg.journal.write().unwrap() = Some(custos_web_ui::JournalStatus {
+        target: "smtp archiver.example:25".into(),
+        failures: 3,
+        last_error: Some("554 <script>alert(1)</script> rejected".into()),
+        next_attempt: Some(custos_archive::Timestamp(1_700_000_000_000)),
+        ..Default::default()
+    });
+    let d = send(&app, Method::GET, "/", Some(&cookie), None).await;
+    assert!(d.body.contains("Journal to the archiver"), "{}", d.body);
+    assert!(d.body.contains(">failing<"), "{}", d.body);
+    assert!(d.body.contains("3 delivery run(s) in a row failed"));
+    assert!(d
+        .body
+        .contains("554 &lt;script&gt;alert(1)&lt;/script&gt; rejected"));
+    assert!(!d.body.contains("<script>alert(1)"));
+    assert!(d.body.contains("smtp archiver.example:25"));
+
+    let through = custos_archive::Timestamp(custos_archive::Timestamp::now().0 - 90_000);
+    *fx.cfg.journal.write().unwrap() = Some(custos_web_ui::JournalStatus {
+        target: "smtp archiver.example:25".into(),
+        delivered: 12,
+        delivered_through: Some(through),
+        last_success: Some(custos_archive::Timestamp::now()),
+        ..Default::default()
+    });
+    let d = send(&app, Method::GET, "/", Some(&cookie), None).await;
+    assert!(d.body.contains(">delivering<"), "{}", d.body);
+    assert!(!d.body.contains(">failing<"));
+    assert!(
+        d.body.contains(&format!("{through} (1 min behind)")),
+        "{}",
+        d.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn regulator_export_downloads_a_verifiable_archive_and_is_audited() {
     let w = world().await;
     wait_indexed(&w.fx.archive, "card", 1).await;
