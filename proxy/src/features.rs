@@ -5,6 +5,8 @@
 //! negotiated:
 //! - SCRAM-*-PLUS and XEP-0440 channel-binding types: the client's channel binding data
 //!   describes the client↔proxy TLS session, which the server never sees.
+//! - SASL EXTERNAL: the client's certificate ends at Custos; the server would see only
+//!   Custos's side of the upstream TLS session.
 //! - Stream compression (XEP-0138): compressed stanzas cannot be framed or inspected.
 //! - SASL2 / Bind2 / FAST (XEP-0388, XEP-0386, XEP-0484): not handled yet, so clients fall
 //!   back to RFC 6120 SASL and resource binding, from which the session's JID is learned.
@@ -21,6 +23,17 @@ const NS_SASL_CB: &str = "urn:xmpp:sasl-cb:0";
 const NS_FAST: &str = "urn:xmpp:fast:0";
 const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
 
+/// Whether a SASL mechanism can authenticate across the two TLS sessions: not when it
+/// is bound to the client's TLS session (`-PLUS`) or its certificate (`EXTERNAL`).
+pub fn mechanism_crosses(name: &str) -> bool {
+    let name = name.trim();
+    !(name.eq_ignore_ascii_case("EXTERNAL")
+        || name.len() >= 5
+            && name
+                .get(name.len() - 5..)
+                .is_some_and(|t| t.eq_ignore_ascii_case("-PLUS")))
+}
+
 /// Removes the features Custos cannot carry. Returns whether anything was removed, so an
 /// unchanged element can still be forwarded as the bytes the server sent.
 pub fn filter_features(features: &mut Element) -> bool {
@@ -36,7 +49,7 @@ pub fn filter_features(features: &mut Element) -> bool {
         if let Node::Element(child) = node {
             if child.name == "mechanisms" && child.ns == NS_SASL {
                 child.children.retain(|m| match m {
-                    Node::Element(m) => !m.text().trim().ends_with("-PLUS"),
+                    Node::Element(m) => mechanism_crosses(&m.text()),
                     Node::Text(_) => true,
                 });
             }
@@ -73,6 +86,39 @@ mod tests {
             }
         }
         out.expect("a features element")
+    }
+
+    #[test]
+    fn mechanisms_bound_to_the_client_tls_session_do_not_cross() {
+        for m in [
+            "EXTERNAL",
+            "external",
+            " SCRAM-SHA-1-PLUS ",
+            "SCRAM-SHA-256-plus",
+        ] {
+            assert!(!mechanism_crosses(m), "{m}");
+        }
+        for m in [
+            "PLAIN",
+            "SCRAM-SHA-1",
+            "SCRAM-SHA-256",
+            "X-OAUTH2",
+            "PLUS",
+            "",
+        ] {
+            assert!(mechanism_crosses(m), "{m}");
+        }
+    }
+
+    #[test]
+    fn external_is_not_offered() {
+        let mut f = features(
+            "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>\
+             <mechanism>EXTERNAL</mechanism><mechanism>SCRAM-SHA-1</mechanism>\
+             </mechanisms></stream:features>",
+        );
+        assert!(filter_features(&mut f));
+        assert_eq!(mechanisms(&f), ["SCRAM-SHA-1"]);
     }
 
     fn mechanisms(el: &Element) -> Vec<String> {

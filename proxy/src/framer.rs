@@ -146,8 +146,13 @@ pub struct Stanza {
 enum Phase {
     /// Before the stream header (at start and after a restart).
     ExpectHeader,
-    /// Inside the stream; stanzas resolve names in `scope`.
-    InStream { scope: NsScope, qname: String },
+    /// Inside the stream; stanzas resolve names in `scope`. `foreign` holds the
+    /// header's prefix declarations other than `stream` (see [`Stanza::raw`]).
+    InStream {
+        scope: NsScope,
+        qname: String,
+        foreign: Vec<(String, String)>,
+    },
     /// After `</stream:stream>`: only whitespace may follow.
     Ended,
 }
@@ -771,8 +776,15 @@ impl Framer {
         match unit {
             Unit::Header => {
                 let (header, scope) = parse_header(text, raw.clone())?;
+                let foreign = header
+                    .namespaces
+                    .iter()
+                    .filter_map(|(p, uri)| Some((p.clone()?, uri.clone())))
+                    .filter(|(p, uri)| !(p == "stream" && uri == STREAMS_NS))
+                    .collect();
                 self.phase = Phase::InStream {
                     scope,
+                    foreign,
                     qname: match &header.stream_prefix {
                         Some(p) => format!("{p}:stream"),
                         None => "stream".to_owned(),
@@ -781,10 +793,14 @@ impl Framer {
                 Ok(Some(Frame::StreamHeader(header)))
             }
             Unit::Element => {
-                let Phase::InStream { scope, .. } = &self.phase else {
+                let Phase::InStream { scope, foreign, .. } = &self.phase else {
                     return Err(nwf("element outside a stream"));
                 };
-                let root = xml::parse_element(text, scope)?;
+                let mut root = xml::parse_element(text, scope)?;
+                let raw = match declare_foreign(&mut root, foreign) {
+                    Some(rewritten) => Bytes::from(rewritten),
+                    None => raw,
+                };
                 Ok(Some(Frame::Stanza(Stanza { raw, root })))
             }
             Unit::StreamEnd => {
@@ -806,6 +822,40 @@ impl Framer {
             }
         }
     }
+}
+
+/// A stanza that uses a prefix its stream header declared (jabberd2 declares
+/// `xmlns:ack` on its header and later sends `<ack:ack/>`) would be undeclared on the
+/// other leg, where Custos writes its own header: the declarations it uses are added to
+/// its root, and the stanza re-serialised. `None`: it needs none (the usual case).
+fn declare_foreign(root: &mut xml::Element, foreign: &[(String, String)]) -> Option<Vec<u8>> {
+    if foreign.is_empty() {
+        return None;
+    }
+    let mut used: Vec<&str> = Vec::new();
+    root.visit_prefixes(&mut |p| {
+        if !used.contains(&p) {
+            if let Some((prefix, _)) = foreign.iter().find(|(f, _)| f == p) {
+                used.push(prefix.as_str());
+            }
+        }
+    });
+    let missing: Vec<(String, String)> = foreign
+        .iter()
+        .filter(|(p, _)| used.contains(&p.as_str()))
+        .filter(|(p, _)| {
+            let attr = format!("xmlns:{p}");
+            !root.attrs.iter().any(|(k, _)| *k == attr)
+        })
+        .map(|(p, uri)| (format!("xmlns:{p}"), uri.clone()))
+        .collect();
+    if missing.is_empty() {
+        return None;
+    }
+    root.attrs.extend(missing);
+    let mut out = Vec::new();
+    root.write_to(&mut out);
+    Some(out)
 }
 
 /// Parses the declaration (if any) and the stream open tag.
@@ -993,6 +1043,46 @@ mod tests {
 
     fn error_of(body: &str) -> Option<FrameError> {
         in_stream(body).1
+    }
+
+    /// jabberd2 declares `xmlns:ack` on its stream header and then sends `<ack:ack/>`;
+    /// forwarded under Custos's own header, the prefix must come with the stanza.
+    #[test]
+    fn a_prefix_declared_on_the_header_travels_with_the_stanzas_that_use_it() {
+        let mut f = Framer::new(FrameLimits::default());
+        f.push(
+            b"<s:stream xmlns='jabber:client' xmlns:s='http://etherx.jabber.org/streams' \
+              xmlns:ack='http://www.xmpp.org/extensions/xep-0198.html#ns' version='1.0'>\
+              <ack:ack/><message to='a@x'><body>hi</body></message>\
+              <message to='a@x'><ack:r ack:h='1'/></message>\
+              <ack:ack xmlns:ack='urn:other'/><s:features/>",
+        );
+        let (frames, err) = frames(&mut f);
+        assert!(err.is_none(), "{err:?}");
+        let raws: Vec<String> = frames
+            .iter()
+            .filter_map(|f| match f {
+                Frame::Stanza(s) => Some(String::from_utf8_lossy(&s.raw).into_owned()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            raws,
+            [
+                "<ack:ack xmlns:ack='http://www.xmpp.org/extensions/xep-0198.html#ns'/>",
+                // Untouched: it needs nothing from the header.
+                "<message to='a@x'><body>hi</body></message>",
+                "<message to='a@x' xmlns:ack='http://www.xmpp.org/extensions/xep-0198.html#ns'><ack:r ack:h='1'/></message>",
+                // Declares its own.
+                "<ack:ack xmlns:ack='urn:other'/>",
+                "<s:features xmlns:s='http://etherx.jabber.org/streams'/>",
+            ]
+        );
+        // Each parses alone, in a stream with only the usual declarations.
+        for raw in &raws {
+            let (frames, err) = in_stream(raw);
+            assert!(err.is_none() && frames.len() == 1, "{raw}: {err:?}");
+        }
     }
 
     #[test]

@@ -531,6 +531,26 @@ impl<'a, I: Inspector> Relay<'a, I> {
         let mut view = StanzaView::of(&stanza.root);
         if view.kind == StanzaKind::Nonza {
             if direction == Direction::Outbound {
+                // Never offered, so only a scripted client asks; the server must not
+                // judge it by Custos's side of the upstream TLS session.
+                let root = &stanza.root;
+                if root.ns == stream::NS_SASL && root.name == "auth" {
+                    let mechanism = root.attr("mechanism").unwrap_or_default();
+                    if !crate::features::mechanism_crosses(mechanism) {
+                        info!(
+                            mechanism,
+                            "refused a SASL mechanism bound to the client's TLS session"
+                        );
+                        return to_sender
+                            .lock()
+                            .await
+                            .write(
+                                b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><invalid-mechanism/></failure>",
+                                Counted::No,
+                            )
+                            .await;
+                    }
+                }
                 self.lock_state().client_nonza(&stanza.root);
             }
             // Stream-level elements (SASL exchanges, stream management) pass unlogged:

@@ -196,6 +196,26 @@ impl Element {
         self.children.insert(at, Node::Text(text.into()));
     }
 
+    /// Calls `f` with every namespace prefix this element and its descendants use in
+    /// element or attribute names (`xml` and `xmlns` aside).
+    pub fn visit_prefixes<'a>(&'a self, f: &mut impl FnMut(&'a str)) {
+        if let Some(p) = &self.prefix {
+            f(p);
+        }
+        for (k, _) in &self.attrs {
+            if let Some((p, _)) = k.split_once(':') {
+                if p != "xml" && p != "xmlns" {
+                    f(p);
+                }
+            }
+        }
+        for child in &self.children {
+            if let Node::Element(e) = child {
+                e.visit_prefixes(f);
+            }
+        }
+    }
+
     /// The qualified name as written: `prefix:name` or `name`.
     pub fn qname(&self) -> String {
         match &self.prefix {
