@@ -238,6 +238,43 @@ class Driver:
         c.plugin["xep_0198"].request_ack()
         return {}
 
+    async def sm_drop(self, _req):
+        """Drops the TCP connection without closing the stream, as a network failure
+        would, keeping the stream-management state for a resumption."""
+        c = self.need()
+        sm = c.plugin["xep_0198"] if "xep_0198" in c.plugin else None
+        if sm is None or not sm.sm_id:
+            raise ValueError("no resumable stream-management session")
+        gone = asyncio.get_event_loop().create_future()
+
+        def on_gone(_event):
+            if not gone.done():
+                gone.set_result(None)
+        c.add_event_handler("disconnected", on_gone, disposable=True)
+        c.abort()
+        await asyncio.wait_for(gone, 10)
+        return {"id": sm.sm_id, "handled": sm.handled}
+
+    async def sm_resume(self, req):
+        """Connects again and waits for the session to be resumed, or says how it ended
+        instead: `failed` (the server refused) or `new-session` (a fresh login)."""
+        c = self.need()
+        outcome = asyncio.get_event_loop().create_future()
+
+        def settle(value):
+            def handler(_event):
+                if not outcome.done():
+                    outcome.set_result(value)
+            return handler
+        c.add_event_handler("session_resumed", settle("resumed"), disposable=True)
+        c.add_event_handler("sm_failed", settle("failed"), disposable=True)
+        c.add_event_handler("session_start", settle("new-session"), disposable=True)
+        c.add_event_handler("connection_failed", settle("connection-failed"), disposable=True)
+        c.connect(host=req["host"], port=int(req["port"]))
+        result = await asyncio.wait_for(outcome, req.get("timeout", 8))
+        sm = c.plugin["xep_0198"]
+        return {"result": result, "id": sm.sm_id, "handled": sm.handled}
+
     async def disconnect(self, _req):
         c = self.need()
         await c.disconnect()

@@ -586,6 +586,34 @@ impl SlixClient {
         self.command("sm_request_ack", json!({})).await.map(drop)
     }
 
+    /// Drops the TCP connection without closing the stream (a network failure), keeping
+    /// the stream-management session for [`SlixClient::sm_resume`]. Its id.
+    pub async fn sm_drop(&mut self) -> Result<String, ClientError> {
+        let reply = self.command("sm_drop", json!({})).await?;
+        Ok(reply
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned())
+    }
+
+    /// Connects to `addr` again after [`SlixClient::sm_drop`] and waits for the outcome:
+    /// `resumed`, `failed` (the server refused the resumption) or `new-session` (the
+    /// client logged in afresh).
+    pub async fn sm_resume(&mut self, addr: SocketAddr) -> Result<String, ClientError> {
+        let reply = self
+            .command(
+                "sm_resume",
+                json!({"host": addr.ip().to_string(), "port": addr.port()}),
+            )
+            .await?;
+        Ok(reply
+            .get("result")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned())
+    }
+
     /// Ends the stream cleanly and waits for the disconnect.
     pub async fn disconnect(&mut self) -> Result<(), ClientError> {
         self.command("disconnect", json!({})).await.map(drop)
