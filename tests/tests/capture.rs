@@ -805,3 +805,40 @@ async fn monitor_mode_hits_record_what_they_would_have_done() -> TestResult {
     assert!(rules_of(sent).contains(&"trial-block"));
     Ok(())
 }
+
+/// SASL EXTERNAL and channel-bound mechanisms cannot cross Custos (the client's TLS
+/// session and certificate end here): never offered, and a client that asks anyway is
+/// refused by Custos, so the server never judges Custos's side of the upstream TLS
+/// session as the client's. The same stream then logs in normally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_bound_to_the_client_tls_session_is_refused_at_custos() -> TestResult {
+    let rig = rig("capture-external", None)?;
+    let mut c =
+        Scripted::connect(rig.custos.listener(1), rig.ca.cert_path(), "example.test").await?;
+    let offered = c.transcript.clone();
+    assert!(offered.contains("PLAIN"), "{offered}");
+    assert!(!offered.contains("EXTERNAL"), "{offered}");
+    assert!(!offered.contains("-PLUS"), "{offered}");
+    for mechanism in ["EXTERNAL", "SCRAM-SHA-1-PLUS"] {
+        c.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{mechanism}'>=</auth>"
+        ))
+        .await?;
+        let answer = c
+            .until(|e| e.name == "success" || e.name == "failure")
+            .await?;
+        assert_eq!(answer.name, "failure", "{mechanism}");
+        assert!(
+            answer.children().any(|e| e.name == "invalid-mechanism"),
+            "{mechanism}: {answer:?}"
+        );
+    }
+    c.authenticate("alice", password("alice")).await?;
+    let jid = c.bind("laptop").await?;
+    assert_eq!(jid, "alice@example.test/laptop");
+    // Prosody never saw either request.
+    let log = rig.prosody.log_tail();
+    assert!(!log.contains("mechanism='EXTERNAL'"), "{log}");
+    assert!(!log.contains("SCRAM-SHA-1-PLUS'"), "{log}");
+    Ok(())
+}
