@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end tests need on Debian 12 (bookworm):
-# Prosody, go-sendxmpp, Chromium + chromedriver, openssl, Prometheus,
+# Prosody, jabberd2, go-sendxmpp, Chromium + chromedriver, openssl, Prometheus,
 # systemd-analyze (package systemd), and a Python venv
 # at <repo>/.venv with pinned slixmpp and pyarrow. Idempotent; a second run
 # only checks and returns in about a second.
@@ -17,8 +17,8 @@ AIOSMTPD_VERSION=1.4.6
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
-PACKAGES=(prosody go-sendxmpp chromium chromium-driver fonts-dejavu-core python3-venv openssl
-    prometheus systemd)
+PACKAGES=(prosody jabberd2 go-sendxmpp chromium chromium-driver fonts-dejavu-core python3-venv
+    openssl prometheus systemd)
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
@@ -44,9 +44,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
     log "installing: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     as_root apt-get update -q
-    # Keep the packages' own services (Prosody on 5222, Prometheus on *:9090) from
-    # starting at install time where policy-rc.d is honoured; they are stopped below
-    # either way. A policy-rc.d the host had is left alone.
+    # Keep the packages' own services (Prosody and jabberd2 on 5222, Prometheus on
+    # *:9090) from starting at install time where policy-rc.d is honoured; they are
+    # stopped below either way. A policy-rc.d the host had is left alone.
     own_policy=
     if [ ! -e /usr/sbin/policy-rc.d ]; then
         printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
@@ -71,6 +71,19 @@ for svc in prosody prometheus; do
         as_root service "$svc" stop >/dev/null 2>&1 || true
     fi
 done
+# jabberd2 runs as four units (router, sm, c2s, s2s) that jabberd.service ties
+# together, and as one init script named jabberd2. The tests start their own
+# from generated configs; the init script stops only the jabber user's
+# processes named in its pid files. Its component scripts take that user from
+# the environment, which `service` clears, so it is run directly.
+for unit in jabberd jabberd-c2s jabberd-s2s jabberd-sm jabberd-router; do
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+        as_root systemctl disable --now "$unit" >/dev/null 2>&1 || true
+    fi
+done
+if [ -x /etc/init.d/jabberd2 ]; then
+    as_root env USER=jabber GROUP=jabber /etc/init.d/jabberd2 stop >/dev/null 2>&1 || true
+fi
 
 # --- Python venv for the slixmpp client and export checks --------------------
 want="slixmpp==$SLIXMPP_VERSION pyarrow==$PYARROW_VERSION moto[server]==$MOTO_VERSION aiosmtpd==$AIOSMTPD_VERSION"

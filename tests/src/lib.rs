@@ -11,6 +11,8 @@
 //! - [`net`]: free loopback ports and "wait until this port accepts".
 //! - [`certs`]: a test CA and leaf certificates written as PEM files.
 //! - [`prosody`]: [`Prosody`], a private Prosody server per test.
+//! - [`jabberd2`]: [`jabberd2::Jabberd2`], a private jabberd2 server (router, session
+//!   manager, c2s) per test, a second server implementation behind the proxy.
 //! - [`slix`]: [`SlixClient`], a slixmpp client driven over JSON lines.
 //! - [`scripted`]: [`scripted::Scripted`], a raw client that writes whatever XML a test
 //!   gives it (forged senders, wrappers, stanzas before authentication).
@@ -38,6 +40,7 @@
 pub mod certs;
 pub mod custos;
 pub mod dir;
+pub mod jabberd2;
 pub mod net;
 pub mod process;
 pub mod prometheus;

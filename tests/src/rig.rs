@@ -1,9 +1,10 @@
 //! A complete deployment for a scenario: a real Prosody with accounts, and `custos serve`
 //! in front of it with a STARTTLS listener (index 0) and a Direct TLS listener (index 1),
 //! optionally with an archive (keys created by `custos keys init`) and a rules file.
+//! [`Front`] is the Custos half alone, for scenarios against another server.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use crate::custos::{run_custos, Custos, ListenerKind};
@@ -112,32 +113,33 @@ fn web_section(custos_dir: &std::path::Path) -> Result<(String, SocketAddr), Box
     ))
 }
 
-impl Rig {
-    pub fn start(label: &str, opts: RigOptions) -> Result<Rig, BoxError> {
-        let dir = TestDir::new(label)?;
-        let ca = TestCa::generate(dir.path())?;
-        let mut popts = ProsodyOptions::default();
-        for (name, pw) in USERS {
-            popts.users.push(User::new(name, "example.test", pw));
-        }
-        if opts.external_domain {
-            popts.external_domain = Some("example.org".into());
-            popts
-                .users
-                .push(User::new("dave", "example.org", "dave-secret"));
-        }
-        popts.mam = opts.mam;
-        if opts.muc {
-            popts.muc = Some("conference.example.test".into());
-        }
-        let prosody = Prosody::start(dir.path(), &ca, popts)?;
-        let custos_dir = dir.join("custos");
-        std::fs::create_dir_all(&custos_dir)?;
-        let (mut config, rules_path, archive_dir) =
-            write_config(&custos_dir, &ca, prosody.c2s_addr(), &opts)?;
-        let leaf = ca.leaf(&custos_dir, "example.test")?;
+/// `custos serve` as [`Rig::start`] sets it up, in front of any `upstream` server that
+/// offers STARTTLS with the test CA's `example.test` certificate; for scenarios against
+/// a server other than Prosody.
+pub struct Front {
+    pub custos: Custos,
+    pub custos_dir: PathBuf,
+    pub rules_path: Option<PathBuf>,
+    pub archive_dir: Option<PathBuf>,
+    /// The review web UI's address, when started.
+    pub web: Option<SocketAddr>,
+}
+
+impl Front {
+    /// Writes the config into `custos_dir` (created if needed) with `upstream` as the
+    /// server and the sections `opts` asks for (the Prosody options are ignored), and
+    /// starts Custos with a STARTTLS listener (index 0) and a Direct TLS one (index 1).
+    pub fn start(
+        custos_dir: &Path,
+        ca: &TestCa,
+        upstream: SocketAddr,
+        opts: &RigOptions,
+    ) -> Result<Front, BoxError> {
+        std::fs::create_dir_all(custos_dir)?;
+        let (mut config, rules_path, archive_dir) = write_config(custos_dir, ca, upstream, opts)?;
+        let leaf = ca.leaf(custos_dir, "example.test")?;
         let web = if opts.web {
-            let (section, addr) = web_section(&custos_dir)?;
+            let (section, addr) = web_section(custos_dir)?;
             config.push_str(&section);
             if opts.web_tls {
                 config.push_str(&format!(
@@ -168,10 +170,10 @@ impl Rig {
             }
         }
         if let Some((uid, gid)) = opts.run_as {
-            chown_tree(&custos_dir, uid, gid)?;
+            chown_tree(custos_dir, uid, gid)?;
         }
         let custos = Custos::start_as(
-            &custos_dir,
+            custos_dir,
             &[ListenerKind::StartTls, ListenerKind::Direct],
             &leaf.chain_path,
             &leaf.key_path,
@@ -185,6 +187,63 @@ impl Rig {
                 );
             }
         }
+        Ok(Front {
+            custos,
+            custos_dir: custos_dir.to_owned(),
+            rules_path,
+            archive_dir,
+            web,
+        })
+    }
+
+    /// [`Rig::search`] against this Custos.
+    pub fn search(&self, query: &str) -> Result<Vec<serde_json::Value>, BoxError> {
+        search_with(&self.custos, &["search", "--json", query])
+    }
+
+    /// [`Rig::search_copies`] against this Custos.
+    pub fn search_copies(&self, query: &str) -> Result<Vec<serde_json::Value>, BoxError> {
+        search_with(&self.custos, &["search", "--json", "--copies", query])
+    }
+
+    /// [`Rig::search_copies_until`] against this Custos.
+    pub fn search_copies_until(
+        &self,
+        query: &str,
+        want: usize,
+        limit: std::time::Duration,
+    ) -> Result<Vec<serde_json::Value>, BoxError> {
+        poll(want, limit, || self.search_copies(query))
+    }
+}
+
+impl Rig {
+    pub fn start(label: &str, opts: RigOptions) -> Result<Rig, BoxError> {
+        let dir = TestDir::new(label)?;
+        let ca = TestCa::generate(dir.path())?;
+        let mut popts = ProsodyOptions::default();
+        for (name, pw) in USERS {
+            popts.users.push(User::new(name, "example.test", pw));
+        }
+        if opts.external_domain {
+            popts.external_domain = Some("example.org".into());
+            popts
+                .users
+                .push(User::new("dave", "example.org", "dave-secret"));
+        }
+        popts.mam = opts.mam;
+        if opts.muc {
+            popts.muc = Some("conference.example.test".into());
+        }
+        let prosody = Prosody::start(dir.path(), &ca, popts)?;
+        let custos_dir = dir.join("custos");
+        let Front {
+            custos,
+            custos_dir,
+            rules_path,
+            archive_dir,
+            web,
+        } = Front::start(&custos_dir, &ca, prosody.c2s_addr(), &opts)?;
         Ok(Rig {
             custos,
             prosody,
@@ -265,28 +324,12 @@ impl Rig {
     /// `custos search --json QUERY`, parsed: one object per logical message, its
     /// copies under `copies`.
     pub fn search(&self, query: &str) -> Result<Vec<serde_json::Value>, BoxError> {
-        self.search_with(&["search", "--json", query])
+        search_with(&self.custos, &["search", "--json", query])
     }
 
     /// `custos search --json --copies QUERY`, parsed: one object per record (copy).
     pub fn search_copies(&self, query: &str) -> Result<Vec<serde_json::Value>, BoxError> {
-        self.search_with(&["search", "--json", "--copies", query])
-    }
-
-    fn search_with(&self, args: &[&str]) -> Result<Vec<serde_json::Value>, BoxError> {
-        let out = self.cli(args)?;
-        if !out.status.success() {
-            return Err(format!(
-                "custos search failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-            .into());
-        }
-        let text = String::from_utf8(out.stdout)?;
-        Ok(text
-            .lines()
-            .map(serde_json::from_str)
-            .collect::<Result<_, _>>()?)
+        search_with(&self.custos, &["search", "--json", "--copies", query])
     }
 
     /// `custos user add` with the password on stdin.
@@ -307,6 +350,23 @@ impl Rig {
             self.prosody.log_tail()
         )
     }
+}
+
+/// `custos ARGS --config …` whose stdout is one JSON object per line, parsed.
+fn search_with(custos: &Custos, args: &[&str]) -> Result<Vec<serde_json::Value>, BoxError> {
+    let out = custos.command(args)?;
+    if !out.status.success() {
+        return Err(format!(
+            "custos search failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    let text = String::from_utf8(out.stdout)?;
+    Ok(text
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?)
 }
 
 fn chown_tree(path: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<()> {

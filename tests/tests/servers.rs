@@ -1,0 +1,226 @@
+//! Custos in front of XMPP servers other than Prosody: real clients log in through the
+//! proxy to a real server of another implementation, chat, and every message is archived.
+//!
+//! Each test starts its own server and `custos serve` on loopback ports it picks, and
+//! stops both by pid.
+
+use std::time::Duration;
+
+use custos_e2e::jabberd2::Jabberd2;
+use custos_e2e::rig::{BoxError, Front, RigOptions, USERS};
+use custos_e2e::scripted::Scripted;
+use custos_e2e::{ConnectOptions, OutgoingMessage, SlixClient, TestCa, TestDir, User};
+use serde_json::Value;
+
+type TestResult = Result<(), BoxError>;
+
+/// The namespace jabberd2 binds to the `ack` prefix on its stream header.
+const NS_JABBERD2_ACK: &str = "http://www.xmpp.org/extensions/xep-0198.html#ns";
+
+/// Bound on a message showing up in search.
+const ARCHIVE_WAIT: Duration = Duration::from_secs(10);
+
+/// Custos's log and the server's logs, for assertion messages.
+fn context(front: &Front, server: &Jabberd2) -> String {
+    format!(
+        "--- custos log ---\n{}\n--- jabberd2 logs ---\n{}",
+        front.custos.log_tail(),
+        server.log_tail()
+    )
+}
+
+/// `user@example.test/resource` through Custos's STARTTLS listener.
+async fn connect(
+    front: &Front,
+    server: &Jabberd2,
+    ca: &TestCa,
+    user: &str,
+    resource: &str,
+) -> Result<SlixClient, BoxError> {
+    let password = USERS
+        .iter()
+        .find(|(name, _)| *name == user)
+        .map(|(_, pw)| *pw)
+        .ok_or("no such user")?;
+    let opts = ConnectOptions::new(
+        &format!("{user}@example.test/{resource}"),
+        password,
+        front.custos.listener(0),
+        ca.cert_path(),
+    );
+    SlixClient::connect(opts).await.map_err(|e| {
+        format!(
+            "{user} could not log in through Custos: {e}\n{}",
+            context(front, server)
+        )
+        .into()
+    })
+}
+
+/// `(leg, direction, account)` of each copy of a logical message.
+fn copies(hit: &Value) -> Vec<(String, String, String)> {
+    hit["copies"]
+        .as_array()
+        .map(|copies| {
+            copies
+                .iter()
+                .map(|c| {
+                    let field = |name: &str| c[name].as_str().unwrap_or("").to_owned();
+                    (field("leg"), field("direction"), field("account"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Asserts that the one message matching `word` is one logical message in the archive
+/// with `body`, sent by `from`, with exactly two copies: the sender's outbound one and
+/// the inbound one of the recipient's session `to`.
+fn assert_archived_once(
+    front: &Front,
+    server: &Jabberd2,
+    word: &str,
+    body: &str,
+    from: &str,
+    to: &str,
+) -> TestResult {
+    front.search_copies_until(word, 2, ARCHIVE_WAIT)?;
+    // Time for a duplicate, had one been recorded, to reach the index.
+    std::thread::sleep(Duration::from_millis(700));
+    let records = front.search_copies(word)?;
+    assert_eq!(
+        records.len(),
+        2,
+        "{word}: {records:#?}\n{}",
+        context(front, server)
+    );
+    let hits = front.search(word)?;
+    assert_eq!(
+        hits.len(),
+        1,
+        "{word}: {hits:#?}\n{}",
+        context(front, server)
+    );
+    let hit = &hits[0];
+    assert_eq!(hit["body"], body, "{hit:#}");
+    assert_eq!(hit["from"], from, "{hit:#}");
+    assert_eq!(hit["action"], "allow", "{hit:#}");
+    let expected = [
+        ("client-to-server", "outbound", from),
+        ("server-to-client", "inbound", to),
+    ]
+    .map(|(leg, direction, account)| (leg.to_owned(), direction.to_owned(), account.to_owned()));
+    assert_eq!(copies(hit), expected, "{hit:#}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slixmpp_through_custos_against_jabberd2() -> TestResult {
+    let dir = TestDir::new("servers-jabberd2")?;
+    let ca = TestCa::generate(dir.path())?;
+    let users: Vec<User> = USERS
+        .iter()
+        .map(|(name, pw)| User::new(name, "example.test", pw))
+        .collect();
+    let server = Jabberd2::start(dir.path(), &ca, &users)?;
+    let front = Front::start(
+        &dir.join("custos"),
+        &ca,
+        server.c2s_addr(),
+        &RigOptions {
+            archive: true,
+            ..RigOptions::default()
+        },
+    )?;
+
+    // jabberd2 declares `xmlns:ack` on its stream header and offers `<ack:ack/>` in the
+    // stream features after authentication; Custos writes its own header, so the
+    // declaration must travel with the features. slixmpp rejects the stream otherwise.
+    let mut carol =
+        Scripted::connect(front.custos.listener(1), ca.cert_path(), "example.test").await?;
+    carol.authenticate("carol", "carol-secret").await?;
+    let restarted = carol
+        .transcript
+        .rsplit("<stream:stream")
+        .next()
+        .unwrap_or_default();
+    let before_ack = restarted
+        .split_once("<ack:ack")
+        .map(|(before, _)| before)
+        .ok_or_else(|| format!("no <ack:ack/> feature: {}", carol.transcript))?;
+    assert!(
+        [
+            format!("xmlns:ack='{NS_JABBERD2_ACK}'"),
+            format!("xmlns:ack=\"{NS_JABBERD2_ACK}\""),
+        ]
+        .iter()
+        .any(|decl| before_ack.contains(decl.as_str())),
+        "ack prefix not declared: {}",
+        carol.transcript
+    );
+    drop(carol);
+
+    let mut alice = connect(&front, &server, &ca, "alice", "laptop").await?;
+    let mut bob = connect(&front, &server, &ca, "bob", "phone").await?;
+    assert_eq!(alice.jid(), "alice@example.test/laptop");
+    assert_eq!(bob.jid(), "bob@example.test/phone");
+
+    // Alice to Bob's bare JID, with subject and thread.
+    let to_bob = "jabberd2 relays the okapi report <&> ✓";
+    let id = alice
+        .send_message(OutgoingMessage {
+            subject: Some("via jabberd2".into()),
+            thread: Some("jd2-1".into()),
+            ..OutgoingMessage::chat("bob@example.test", to_bob)
+        })
+        .await?;
+    let got = bob
+        .next_message()
+        .await
+        .map_err(|e| format!("{e}\n{}", context(&front, &server)))?;
+    assert_eq!(got.body, to_bob);
+    assert_eq!(got.from, "alice@example.test/laptop");
+    assert_eq!(got.id.as_deref(), Some(id.as_str()));
+    assert_eq!(got.subject.as_deref(), Some("via jabberd2"));
+    assert_eq!(got.thread.as_deref(), Some("jd2-1"));
+
+    // Bob back to Alice's full JID.
+    let to_alice = "quokka says the report arrived";
+    bob.send_chat("alice@example.test/laptop", to_alice).await?;
+    let got = alice
+        .next_message()
+        .await
+        .map_err(|e| format!("{e}\n{}", context(&front, &server)))?;
+    assert_eq!(got.body, to_alice);
+    assert_eq!(got.from, "bob@example.test/phone");
+
+    // Each delivered once.
+    alice.expect_no_message(Duration::from_millis(500)).await?;
+    bob.expect_no_message(Duration::from_millis(500)).await?;
+
+    // Each archived once, as one logical message with the sender's and the recipient's
+    // copy.
+    assert_archived_once(
+        &front,
+        &server,
+        "okapi",
+        to_bob,
+        "alice@example.test/laptop",
+        "bob@example.test/phone",
+    )?;
+    assert_archived_once(
+        &front,
+        &server,
+        "quokka",
+        to_alice,
+        "bob@example.test/phone",
+        "alice@example.test/laptop",
+    )?;
+
+    // The sessions are still up after all of jabberd2's traffic (roster round trip).
+    alice.roster().await?;
+    bob.roster().await?;
+    alice.disconnect().await?;
+    bob.disconnect().await?;
+    Ok(())
+}
