@@ -75,10 +75,16 @@ pub struct RawRetention {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawListener {
+    /// `"xmpp"` (default) or `"websocket"`.
+    pub protocol: Option<Spanned<String>>,
     pub bind: Spanned<String>,
     pub tls: Spanned<String>,
-    pub cert: Spanned<PathBuf>,
-    pub key: Spanned<PathBuf>,
+    pub cert: Option<Spanned<PathBuf>>,
+    pub key: Option<Spanned<PathBuf>>,
+    /// WebSocket only: the endpoint's HTTP path (default `/xmpp-websocket`).
+    pub path: Option<Spanned<String>>,
+    /// WebSocket only: the page origins allowed to open it.
+    pub origins: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -803,10 +809,28 @@ impl Validator<'_> {
                 None
             }
         };
-        let mode = match l.tls.get_ref().as_str() {
-            "starttls" => Some(ListenerMode::StartTls),
-            "direct" => Some(ListenerMode::DirectTls),
-            other => {
+        let websocket = match l
+            .protocol
+            .as_ref()
+            .map(|p| (p.get_ref().as_str(), p.span()))
+        {
+            None | Some(("xmpp", _)) => false,
+            Some(("websocket", _)) => true,
+            Some((other, span)) => {
+                self.fail(
+                    &span,
+                    &key("protocol"),
+                    format!("expected \"xmpp\" or \"websocket\", got {other:?}"),
+                );
+                return None;
+            }
+        };
+        let tls_word = l.tls.get_ref().as_str();
+        let mode = match (websocket, tls_word) {
+            (false, "starttls") => Some(ListenerMode::StartTls),
+            (false, "direct") => Some(ListenerMode::DirectTls),
+            (true, "direct" | "none") => Some(ListenerMode::WebSocket),
+            (false, other) => {
                 self.fail(
                     &l.tls.span(),
                     &key("tls"),
@@ -814,23 +838,122 @@ impl Validator<'_> {
                 );
                 None
             }
+            (true, other) => {
+                self.fail(
+                    &l.tls.span(),
+                    &key("tls"),
+                    format!(
+                        "expected \"direct\" (wss://) or \"none\" (ws:// on loopback, behind a TLS-terminating proxy) for a WebSocket listener, got {other:?}"
+                    ),
+                );
+                None
+            }
         };
-        let cert = self.existing_file(&l.cert, &key("cert"));
-        let tls_key = self.existing_file(&l.key, &key("key"));
-        let tls = match (cert, tls_key) {
-            (Some(cert), Some(k)) => match custos_proxy::tls::server_config(&cert, &k) {
-                Ok(tls) => Some(tls),
-                Err(e) => {
-                    self.fail(&l.cert.span(), &key("cert"), e.to_string());
-                    None
+        let plain = websocket && tls_word == "none";
+        if plain {
+            if let Some(a) = bind {
+                if !a.ip().is_loopback() {
+                    self.fail(
+                        &l.tls.span(),
+                        &key("tls"),
+                        format!(
+                            "\"none\" is allowed only on a loopback address (a TLS-terminating reverse proxy in front), not {a}"
+                        ),
+                    );
+                    return None;
                 }
-            },
-            _ => None,
+            }
+        }
+        if !websocket {
+            for (name, given) in [
+                ("path", l.path.as_ref().map(|p| p.span())),
+                ("origins", l.origins.as_ref().map(|o| o.span())),
+            ] {
+                if let Some(span) = given {
+                    self.fail(
+                        &span,
+                        &key(name),
+                        "only a WebSocket listener (protocol = \"websocket\") has it",
+                    );
+                }
+            }
+        }
+        let ws_options = if websocket {
+            let path = l
+                .path
+                .as_ref()
+                .map_or_else(|| "/xmpp-websocket".to_owned(), |p| p.get_ref().clone());
+            if !path.starts_with('/') {
+                let span = l.path.as_ref().map_or(0..0, |p| p.span());
+                self.fail(
+                    &span,
+                    &key("path"),
+                    format!("expected a path starting with /, got {path:?}"),
+                );
+                return None;
+            }
+            let origins = l
+                .origins
+                .as_ref()
+                .map_or_else(Vec::new, |o| o.get_ref().clone());
+            for o in &origins {
+                if !(o.starts_with("https://") || o.starts_with("http://")) || o.ends_with('/') {
+                    let span = l.origins.as_ref().map_or(0..0, |o| o.span());
+                    self.fail(
+                        &span,
+                        &key("origins"),
+                        format!("expected origins like \"https://chat.example.test\" (scheme, host, optional port; no path), got {o:?}"),
+                    );
+                    return None;
+                }
+            }
+            Some(Arc::new(custos_proxy::websocket::WebSocketOptions {
+                path,
+                origins,
+            }))
+        } else {
+            None
+        };
+        let tls = if plain {
+            for (name, given) in [
+                ("cert", l.cert.as_ref().map(|c| c.span())),
+                ("key", l.key.as_ref().map(|k| k.span())),
+            ] {
+                if let Some(span) = given {
+                    self.fail(&span, &key(name), "tls = \"none\" takes no certificate");
+                }
+            }
+            None
+        } else {
+            let (Some(cert_path), Some(key_path)) = (&l.cert, &l.key) else {
+                let span = l.tls.span();
+                self.fail(&span, &key("cert"), "a TLS listener needs cert and key");
+                return None;
+            };
+            let cert = self.existing_file(cert_path, &key("cert"));
+            let tls_key = self.existing_file(key_path, &key("key"));
+            match (cert, tls_key) {
+                (Some(cert), Some(k)) => match custos_proxy::tls::server_config(&cert, &k) {
+                    Ok(tls) if websocket => {
+                        // Browsers offer ALPN http/1.1 for wss://.
+                        let mut config = (*tls).clone();
+                        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                        Some(Arc::new(config))
+                    }
+                    Ok(tls) => Some(tls),
+                    Err(e) => {
+                        self.fail(&cert_path.span(), &key("cert"), e.to_string());
+                        return None;
+                    }
+                },
+                _ => return None,
+            }
         };
         Some(ListenerConfig {
             bind: bind?,
             mode: mode?,
-            tls: tls?,
+            tls,
+            websocket: ws_options,
         })
     }
 
@@ -1246,6 +1369,60 @@ mod tests {
             joined.contains("custos.toml:5: listener[0].key: missing.key:"),
             "{joined}"
         );
+    }
+
+    #[test]
+    fn websocket_listeners_are_checked() {
+        let up = "[upstream]\naddress = \"127.0.0.1:5222\"\ntls = \"starttls\"\n";
+        let cfg = parse(
+            Path::new("custos.toml"),
+            &format!(
+                "[[listener]]\nprotocol = \"websocket\"\nbind = \"127.0.0.1:5280\"\ntls = \"none\"\n\
+                 origins = [\"https://chat.example.test\"]\n{up}"
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let proxy = cfg.proxy.unwrap();
+        let l = &proxy.listeners[0];
+        assert_eq!(l.mode, ListenerMode::WebSocket);
+        assert!(l.tls.is_none());
+        let ws = l.websocket.as_ref().unwrap();
+        assert_eq!(ws.path, "/xmpp-websocket");
+        assert_eq!(ws.origins, ["https://chat.example.test"]);
+
+        for (listener, want) in [
+            (
+                "protocol = \"websocket\"\nbind = \"0.0.0.0:5280\"\ntls = \"none\"\n",
+                "custos.toml:4: listener[0].tls: \"none\" is allowed only on a loopback address",
+            ),
+            (
+                "protocol = \"websocket\"\nbind = \"127.0.0.1:5280\"\ntls = \"starttls\"\n",
+                "custos.toml:4: listener[0].tls: expected \"direct\" (wss://) or \"none\"",
+            ),
+            (
+                "protocol = \"bosh\"\nbind = \"127.0.0.1:5280\"\ntls = \"none\"\n",
+                "custos.toml:2: listener[0].protocol: expected \"xmpp\" or \"websocket\"",
+            ),
+            (
+                "protocol = \"websocket\"\nbind = \"127.0.0.1:5280\"\ntls = \"none\"\npath = \"ws\"\n",
+                "custos.toml:5: listener[0].path: expected a path starting with /",
+            ),
+            (
+                "protocol = \"websocket\"\nbind = \"127.0.0.1:5280\"\ntls = \"none\"\norigins = [\"chat.example.test\"]\n",
+                "custos.toml:5: listener[0].origins: expected origins like",
+            ),
+            (
+                "bind = \"127.0.0.1:5222\"\ntls = \"direct\"\npath = \"/x\"\ncert = \"c\"\nkey = \"k\"\n",
+                "custos.toml:4: listener[0].path: only a WebSocket listener",
+            ),
+            (
+                "bind = \"127.0.0.1:5222\"\ntls = \"direct\"\n",
+                "custos.toml:3: listener[0].cert: a TLS listener needs cert and key",
+            ),
+        ] {
+            let errs = errors(&format!("[[listener]]\n{listener}{up}")).join("\n");
+            assert!(errs.contains(want), "{listener}: {errs}");
+        }
     }
 
     #[test]

@@ -52,6 +52,7 @@ pub mod sm;
 pub mod stanza;
 pub mod stream;
 pub mod tls;
+pub mod websocket;
 pub mod xml;
 
 pub use inspect::{Decision, Direction, Inspected, Inspector, Outcome, PassThrough, SessionInfo};

@@ -32,13 +32,19 @@ pub enum ListenerMode {
     StartTls,
     /// TLS from the first byte (XEP-0368).
     DirectTls,
+    /// XMPP over WebSocket (RFC 7395), over TLS when `tls` is set.
+    WebSocket,
 }
 
 #[derive(Clone)]
 pub struct ListenerConfig {
     pub bind: SocketAddr,
     pub mode: ListenerMode,
-    pub tls: Arc<rustls::ServerConfig>,
+    /// Always set for XMPP listeners; `None` only for a plain WebSocket listener on
+    /// loopback behind a TLS-terminating reverse proxy.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Set for [`ListenerMode::WebSocket`].
+    pub websocket: Option<Arc<crate::websocket::WebSocketOptions>>,
 }
 
 #[derive(Clone)]
@@ -176,7 +182,7 @@ async fn accept_loop<I: Inspector>(
     permits: Arc<Semaphore>,
     next_id: Arc<AtomicU64>,
 ) -> JoinSet<()> {
-    let acceptor = TlsAcceptor::from(spec.tls.clone());
+    let acceptor = spec.tls.clone().map(TlsAcceptor::from);
     let mut sessions = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -205,10 +211,19 @@ async fn accept_loop<I: Inspector>(
         let shared = shared.clone();
         let acceptor = acceptor.clone();
         let mode = spec.mode;
+        let websocket = spec.websocket.clone();
         sessions.spawn(
             async move {
                 let live = Live::start();
-                session::run(tcp, client_addr, id, mode, acceptor, shared).await;
+                match (websocket, acceptor) {
+                    (Some(ws), acceptor) => {
+                        crate::websocket::serve(tcp, client_addr, id, acceptor, ws, shared).await;
+                    }
+                    (None, Some(acceptor)) => {
+                        session::run(tcp, client_addr, id, mode, acceptor, shared).await;
+                    }
+                    (None, None) => warn!("an XMPP listener without TLS settings; closing"),
+                }
                 drop(live);
                 drop(permit);
             }

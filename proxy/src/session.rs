@@ -47,9 +47,54 @@ pub(crate) async fn run<I: Inspector>(
     shared: Arc<Shared<I>>,
 ) {
     let _ = tcp.set_nodelay(true);
+    let start = match mode {
+        ListenerMode::DirectTls => Start::TlsHandshake,
+        _ => Start::Plain,
+    };
+    run_conn(
+        Conn::Plain(tcp),
+        Some(acceptor),
+        start,
+        client_addr,
+        conn_id,
+        shared,
+    )
+    .await;
+}
+
+/// Runs a session whose client transport is already secured outside it (a WebSocket over
+/// TLS, or behind a TLS-terminating proxy): no STARTTLS is offered or accepted.
+pub(crate) async fn run_secured<I: Inspector>(
+    client: Conn,
+    client_addr: SocketAddr,
+    conn_id: u64,
+    shared: Arc<Shared<I>>,
+) {
+    run_conn(client, None, Start::Secured, client_addr, conn_id, shared).await;
+}
+
+/// How the client leg starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// Plain TCP: STARTTLS first.
+    Plain,
+    /// TLS from the first byte: the handshake first.
+    TlsHandshake,
+    /// Already secured by the caller.
+    Secured,
+}
+
+async fn run_conn<I: Inspector>(
+    client: Conn,
+    acceptor: Option<TlsAcceptor>,
+    start: Start,
+    client_addr: SocketAddr,
+    conn_id: u64,
+    shared: Arc<Shared<I>>,
+) {
     let mut negotiator = Negotiator {
         shared: &shared,
-        client: Conn::Plain(tcp),
+        client,
         client_framer: Framer::new(shared.config.limits.frame),
         upstream: None,
         upstream_framer: Framer::new(shared.config.limits.frame),
@@ -57,9 +102,8 @@ pub(crate) async fn run<I: Inspector>(
         buf: vec![0; READ_CHUNK],
         machine: None,
     };
-    let secured = mode == ListenerMode::DirectTls;
     let negotiated = tokio::select! {
-        r = negotiator.run(secured) => r,
+        r = negotiator.run(start) => r,
         () = shared.shutdown.cancelled() => Err(SessionError::Shutdown),
     };
     let relaying = match negotiated {
@@ -110,7 +154,8 @@ struct Negotiator<'a, I> {
     client_framer: Framer,
     upstream: Option<Conn>,
     upstream_framer: Framer,
-    acceptor: TlsAcceptor,
+    /// `None` for a client secured before the session started.
+    acceptor: Option<TlsAcceptor>,
     buf: Vec<u8>,
     /// The state, kept here so `fail` knows whether the client has a header yet.
     machine: Option<Negotiation>,
@@ -121,15 +166,15 @@ impl<I: Inspector> Negotiator<'_, I> {
         &self.shared.config.limits
     }
 
-    async fn run(&mut self, secured: bool) -> Result<ClientStream, SessionError> {
+    async fn run(&mut self, start: Start) -> Result<ClientStream, SessionError> {
         let config = NegotiationConfig {
             upstream_tls: self.shared.config.upstream.mode,
             default_domain: self.shared.config.upstream.server_name.clone(),
         };
-        if secured {
+        if start == Start::TlsHandshake {
             self.secure_client().await?;
         }
-        self.machine = Some(Negotiation::new(secured));
+        self.machine = Some(Negotiation::new(start != Start::Plain));
         loop {
             let leg = match &self.machine {
                 Some(Negotiation::Relaying(r)) => return Ok(r.stream.clone()),
@@ -212,7 +257,8 @@ impl<I: Inspector> Negotiator<'_, I> {
 
     async fn secure_client(&mut self) -> Result<(), SessionError> {
         let tcp = self.client.take_plain().ok_or(ClientFault::Closed)?;
-        let handshake = self.acceptor.accept(tcp);
+        let acceptor = self.acceptor.as_ref().ok_or(ClientFault::Closed)?;
+        let handshake = acceptor.accept(tcp);
         let tls = tokio::time::timeout(self.limits().handshake_timeout, handshake)
             .await
             .map_err(|_| ClientFault::Timeout("the TLS handshake"))?

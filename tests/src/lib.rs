@@ -52,6 +52,7 @@ pub mod sendxmpp;
 pub mod slix;
 pub mod smtp;
 pub mod tools;
+pub mod ws;
 
 pub use certs::{CertError, LeafCert, TestCa};
 pub use dir::TestDir;

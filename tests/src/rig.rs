@@ -43,6 +43,19 @@ pub struct RigOptions {
     pub mam: bool,
     /// Prosody serves group chat at `conference.example.test`.
     pub muc: bool,
+    /// A WebSocket listener (RFC 7395) besides the two XMPP ones; its address is
+    /// [`Rig::websocket`].
+    pub websocket: Option<WsListener>,
+}
+
+/// A `[[listener]] protocol = "websocket"`.
+#[derive(Debug, Clone, Default)]
+pub struct WsListener {
+    /// wss:// with the test CA's `example.test` certificate; otherwise plain ws:// on
+    /// loopback, as behind a TLS-terminating reverse proxy.
+    pub tls: bool,
+    /// `origins`; empty leaves the key out.
+    pub origins: Vec<String>,
 }
 
 impl RigOptions {
@@ -61,6 +74,8 @@ pub struct Rig {
     pub archive_dir: Option<PathBuf>,
     /// The review web UI's address, when started.
     pub web: Option<SocketAddr>,
+    /// The WebSocket listener's address, when configured.
+    pub websocket: Option<SocketAddr>,
     // Last: files outlive the processes that use them.
     pub dir: TestDir,
 }
@@ -123,6 +138,8 @@ pub struct Front {
     pub archive_dir: Option<PathBuf>,
     /// The review web UI's address, when started.
     pub web: Option<SocketAddr>,
+    /// The WebSocket listener's address, when configured.
+    pub websocket: Option<SocketAddr>,
 }
 
 impl Front {
@@ -172,6 +189,29 @@ impl Front {
         if let Some((uid, gid)) = opts.run_as {
             chown_tree(custos_dir, uid, gid)?;
         }
+        let websocket = match &opts.websocket {
+            Some(ws) => {
+                let addr: SocketAddr = ([127, 0, 0, 1], crate::free_port()?).into();
+                config.push_str(&format!(
+                    "\n[[listener]]\nprotocol = \"websocket\"\nbind = \"{addr}\"\n"
+                ));
+                if ws.tls {
+                    config.push_str(&format!(
+                        "tls = \"direct\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                        leaf.chain_path.display(),
+                        leaf.key_path.display()
+                    ));
+                } else {
+                    config.push_str("tls = \"none\"\n");
+                }
+                if !ws.origins.is_empty() {
+                    let list: Vec<String> = ws.origins.iter().map(|o| format!("{o:?}")).collect();
+                    config.push_str(&format!("origins = [{}]\n", list.join(", ")));
+                }
+                Some(addr)
+            }
+            None => None,
+        };
         let custos = Custos::start_as(
             custos_dir,
             &[ListenerKind::StartTls, ListenerKind::Direct],
@@ -180,6 +220,15 @@ impl Front {
             &config,
             opts.run_as,
         )?;
+        if let Some(addr) = websocket {
+            if !crate::wait_for_port(addr.port(), std::time::Duration::from_secs(15)) {
+                return Err(format!(
+                    "the WebSocket listener did not listen on {addr}\n{}",
+                    custos.log_tail()
+                )
+                .into());
+            }
+        }
         if let Some(addr) = web {
             if !crate::wait_for_port(addr.port(), std::time::Duration::from_secs(15)) {
                 return Err(
@@ -193,6 +242,7 @@ impl Front {
             rules_path,
             archive_dir,
             web,
+            websocket,
         })
     }
 
@@ -243,6 +293,7 @@ impl Rig {
             rules_path,
             archive_dir,
             web,
+            websocket,
         } = Front::start(&custos_dir, &ca, prosody.c2s_addr(), &opts)?;
         Ok(Rig {
             custos,
@@ -252,6 +303,7 @@ impl Rig {
             rules_path,
             archive_dir,
             web,
+            websocket,
             dir,
         })
     }
