@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end tests need on Debian 12 (bookworm):
 # Prosody, jabberd2, go-sendxmpp, Chromium + chromedriver, openssl, Prometheus,
-# systemd-analyze (package systemd), and a Python venv
+# systemd-analyze (package systemd), Converse.js (npm) under target/, and a Python venv
 # at <repo>/.venv with pinned slixmpp and pyarrow. Idempotent; a second run
 # only checks and returns in about a second.
 #
@@ -14,6 +14,9 @@ PYARROW_VERSION=26.0.1
 MOTO_VERSION=5.2.5
 # A real SMTP server for the journaling tests (tests/src/smtp.rs).
 AIOSMTPD_VERSION=1.4.6
+# Converse.js, the web XMPP client the WebSocket test runs in Chromium (its prebuilt
+# dist/ from the npm package; tests/src/converse.rs).
+CONVERSE_VERSION=12.0.0
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
@@ -100,5 +103,19 @@ fi
 [ -f "$VENV/.gitignore" ] || echo '*' >"$VENV/.gitignore"
 "$VENV/bin/python" -c 'import slixmpp, pyarrow, boto3, moto.server, aiosmtpd' \
     || { log "venv at $VENV is broken; remove it and re-run"; exit 1; }
+
+# --- Converse.js from the npm registry (no dependencies: dist/ is prebuilt) --------
+converse_dir="$ROOT/target/converse.js-$CONVERSE_VERSION"
+if [ ! -f "$converse_dir/dist/converse.min.js" ]; then
+    command -v npm >/dev/null 2>&1 || { log "npm is needed for Converse.js"; exit 1; }
+    log "fetching converse.js@$CONVERSE_VERSION"
+    tmp="$(mktemp -d)"
+    (cd "$tmp" && npm pack --silent "converse.js@$CONVERSE_VERSION" >/dev/null)
+    tar -xzf "$tmp/converse.js-$CONVERSE_VERSION.tgz" -C "$tmp"
+    mkdir -p "$converse_dir"
+    rm -rf "$converse_dir/dist"
+    mv "$tmp/package/dist" "$converse_dir/dist"
+    rm -rf "$tmp"
+fi
 
 log "ok"

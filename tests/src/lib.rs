@@ -38,6 +38,7 @@
 #![forbid(unsafe_code)]
 
 pub mod certs;
+pub mod converse;
 pub mod custos;
 pub mod dir;
 pub mod jabberd2;

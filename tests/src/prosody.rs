@@ -77,6 +77,9 @@ pub struct ProsodyOptions {
     pub direct_tls: bool,
     /// Load `mod_mam` (XEP-0313 message archive).
     pub mam: bool,
+    /// The modules a full web client such as Converse.js waits for at start (block
+    /// list, private XML storage, PEP, bookmarks), which the minimal set leaves out.
+    pub web_client: bool,
     /// A multi-user chat component (XEP-0045) at this address, e.g.
     /// `conference.example.test`; rooms are created unlocked on first join.
     pub muc: Option<String>,
@@ -97,6 +100,7 @@ impl Default for ProsodyOptions {
             users: Vec::new(),
             direct_tls: true,
             mam: false,
+            web_client: false,
             muc: None,
             // On by default because Custos terminates TLS on each leg: a
             // client's SCRAM-*-PLUS binds the SASL exchange to *its* TLS
@@ -463,6 +467,9 @@ fn render_config(
     ];
     if opts.mam {
         modules.push("mam");
+    }
+    if opts.web_client {
+        modules.extend(["blocklist", "private", "pep", "bookmarks"]);
     }
     let modules: Vec<String> = modules.iter().map(|m| lua_str(m)).collect();
 

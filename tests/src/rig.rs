@@ -43,6 +43,8 @@ pub struct RigOptions {
     pub mam: bool,
     /// Prosody serves group chat at `conference.example.test`.
     pub muc: bool,
+    /// Prosody loads what a full web client waits for at start (Converse.js).
+    pub web_client: bool,
     /// A WebSocket listener (RFC 7395) besides the two XMPP ones; its address is
     /// [`Rig::websocket`].
     pub websocket: Option<WsListener>,
@@ -282,6 +284,7 @@ impl Rig {
                 .push(User::new("dave", "example.org", "dave-secret"));
         }
         popts.mam = opts.mam;
+        popts.web_client = opts.web_client;
         if opts.muc {
             popts.muc = Some("conference.example.test".into());
         }

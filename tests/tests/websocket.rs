@@ -200,3 +200,157 @@ async fn the_websocket_listener_refuses_what_rfc_7395_and_its_origins_forbid() -
     assert!(!log.contains("ws-x"), "reached the server: {log}");
     Ok(())
 }
+
+/// Converse.js in a real Chromium signs in through Custos's WebSocket listener and chats
+/// with a slixmpp user: messages both ways are shown and archived once per stream, and a
+/// message the rules block is shown to its sender as refused, with the rule's text, and
+/// never delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converse_js_in_chromium_chats_through_custos() -> TestResult {
+    use custos_e2e::converse::{ConversePage, PageOptions};
+    use custos_web_ui::browser::Browser;
+    use fantoccini::key::Key;
+    use fantoccini::Locator;
+
+    let page_port = custos_e2e::net::free_port()?;
+    let rig = Rig::start(
+        "ws-converse",
+        RigOptions {
+            archive: true,
+            rules: Some(
+                "[[rule]]\nid = \"no-ledger\"\nwhen = { body = { regex = \"(?i)ledger\" } }\naction = \"block\"\ntext = \"Ledger talk is not allowed here\"\n"
+                    .into(),
+            ),
+            websocket: Some(WsListener {
+                tls: false,
+                origins: vec![ConversePage::origin(page_port)],
+            }),
+            web_client: true,
+            ..RigOptions::default()
+        },
+    )?;
+    let ws = rig.websocket.ok_or("no WebSocket listener")?;
+    let ws_url = format!("ws://{ws}/xmpp-websocket");
+    let _page = ConversePage::serve(
+        &rig.dir.join("converse"),
+        page_port,
+        &PageOptions {
+            websocket_url: &ws_url,
+            jid: "alice@example.test",
+            password: "alice-secret",
+        },
+    )?;
+    let mut bob = rig.connect("bob", "phone", Tls::StartTls).await?;
+
+    let profile = tempfile::tempdir()?;
+    let browser = Browser::start(profile.path()).await?;
+    let shots = custos_e2e::tools::workspace_root().join("target/screenshots");
+    let result = async {
+        let c = browser.client();
+        c.goto(&_page.url()).await?;
+        // Signed in through Custos: Converse says it is connected.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let up = c
+                .execute("return window.custos && window.custos.connected === true;", vec![])
+                .await?;
+            if up == serde_json::Value::Bool(true) {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!("Converse.js did not connect\n{}", rig.context()).into());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let jid = c
+            .execute("return window.custos.api.connection.get().jid;", vec![])
+            .await?;
+        let jid = jid.as_str().unwrap_or_default().to_owned();
+        assert!(jid.starts_with("alice@example.test/"), "{jid}");
+
+        // Bob writes first; Converse keeps the chat hidden until Alice opens it, as a
+        // user does from the unread notice.
+        bob.send_chat("alice@example.test", "cjs-1 hello <b>Alice</b>")
+            .await?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            c.execute(
+                "window.custos.api.chats.get('bob@example.test').then(ch => { window.custos.received = ch ? ch.messages.pluck('body') : []; });",
+                vec![],
+            )
+            .await?;
+            let got = c.execute("return window.custos.received || [];", vec![]).await?;
+            if got.as_array().is_some_and(|a| !a.is_empty()) {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                let log = c
+                    .execute("return window.custos.log.filter(l => !/<(auth|challenge|response|success)/.test(l)).join('\\n');", vec![])
+                    .await?;
+                return Err(format!(
+                    "Converse.js did not take Bob's message\n--- page log ---\n{}\n{}",
+                    log.as_str().unwrap_or_default(),
+                    rig.context()
+                )
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        c.execute("window.custos.api.chats.open('bob@example.test', {}, true);", vec![])
+            .await?;
+        assert!(
+            wait_text(c, "cjs-1 hello <b>Alice</b>", Duration::from_secs(10)).await?,
+            "Bob's message shown\n{}",
+            rig.context()
+        );
+        let say = |text: &'static str| async move {
+            let area = c
+                .wait()
+                .at_most(Duration::from_secs(10))
+                .for_element(Locator::Css("textarea.chat-textarea"))
+                .await?;
+            area.send_keys(text).await?;
+            area.send_keys(&char::from(Key::Enter).to_string()).await?;
+            Ok::<_, BoxError>(())
+        };
+        // Alice answers by typing; Bob's slixmpp client gets it.
+        say("cjs-2 hello from Converse").await?;
+        assert_eq!(bob.next_message().await?.body, "cjs-2 hello from Converse");
+        // Blocked: Converse shows the refusal, Bob gets nothing.
+        say("cjs-3 about the ledger").await?;
+        let refused = wait_text(c, "Ledger talk is not allowed here", Duration::from_secs(10)).await?;
+        assert!(refused, "the refusal on the page\n{}", rig.context());
+        bob.expect_no_message(Duration::from_millis(700)).await?;
+
+        for (text, copies) in [("cjs-1", 2), ("cjs-2", 2), ("cjs-3", 1)] {
+            let hits = rig.search_copies_until(text, copies, Duration::from_secs(10))?;
+            assert_eq!(hits.len(), copies, "{text}: {hits:#?}\n{}", rig.context());
+            assert!(
+                hits.iter().any(|h| h["account"].as_str() == Some(jid.as_str())),
+                "{text} on the WebSocket stream under {jid}: {hits:#?}"
+            );
+        }
+        Ok::<(), BoxError>(())
+    }
+    .await;
+    let _ = browser
+        .screenshot(&shots.join("converse-through-custos.png"))
+        .await;
+    let _ = browser.close().await;
+    result
+}
+
+/// Whether the page's visible text contains `text` within `limit`.
+async fn wait_text(c: &fantoccini::Client, text: &str, limit: Duration) -> Result<bool, BoxError> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let body = c.execute("return document.body.innerText;", vec![]).await?;
+        if body.as_str().is_some_and(|b| b.contains(text)) {
+            return Ok(true);
+        }
+        if std::time::Instant::now() > deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
