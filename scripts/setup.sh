@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end tests need on Debian 12 (bookworm):
-# Prosody, jabberd2, go-sendxmpp, Chromium + chromedriver, openssl, Prometheus,
-# systemd-analyze (package systemd), Converse.js (npm) under target/, and a Python venv
-# at <repo>/.venv with pinned slixmpp and pyarrow. Idempotent; a second run
-# only checks and returns in about a second.
+# Prosody, jabberd2, ejabberd, go-sendxmpp, Chromium + chromedriver, openssl,
+# Prometheus, systemd-analyze (package systemd), Converse.js (npm) under target/,
+# and a Python venv at <repo>/.venv with pinned slixmpp and pyarrow. Idempotent;
+# a second run only checks and returns in about a second.
 #
 # The Rust toolchain is expected to be installed already.
 set -euo pipefail
@@ -20,7 +20,7 @@ CONVERSE_VERSION=12.0.0
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
-PACKAGES=(prosody jabberd2 go-sendxmpp chromium chromium-driver fonts-dejavu-core python3-venv
+PACKAGES=(prosody jabberd2 ejabberd go-sendxmpp chromium chromium-driver fonts-dejavu-core python3-venv
     openssl prometheus systemd)
 
 log() { printf 'setup: %s\n' "$*" >&2; }
@@ -47,9 +47,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
     log "installing: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     as_root apt-get update -q
-    # Keep the packages' own services (Prosody and jabberd2 on 5222, Prometheus on
-    # *:9090) from starting at install time where policy-rc.d is honoured; they are
-    # stopped below either way. A policy-rc.d the host had is left alone.
+    # Keep the packages' own services (Prosody, jabberd2 and ejabberd on 5222,
+    # Prometheus on *:9090, epmd on *:4369) from starting at install time where
+    # policy-rc.d is honoured; they are stopped below either way. A policy-rc.d
+    # the host had is left alone.
     own_policy=
     if [ ! -e /usr/sbin/policy-rc.d ]; then
         printf '#!/bin/sh\nexit 101\n' | as_root tee /usr/sbin/policy-rc.d >/dev/null
@@ -86,6 +87,18 @@ for unit in jabberd jabberd-c2s jabberd-s2s jabberd-sm jabberd-router; do
 done
 if [ -x /etc/init.d/jabberd2 ]; then
     as_root env USER=jabber GROUP=jabber /etc/init.d/jabberd2 stop >/dev/null 2>&1 || true
+fi
+# ejabberd's unit requires epmd, whose socket unit (from erlang-base) listens on
+# *:4369. The tests run their own nodes without epmd. The init script is only
+# run when the packaged node (user ejabberd) is up: with nothing running, its
+# ejabberdctl status check starts an epmd on *:4369 and leaves it there.
+for unit in ejabberd epmd.socket epmd; do
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+        as_root systemctl disable --now "$unit" >/dev/null 2>&1 || true
+    fi
+done
+if [ -x /etc/init.d/ejabberd ] && pgrep -u ejabberd -x beam.smp >/dev/null 2>&1; then
+    as_root /etc/init.d/ejabberd stop >/dev/null 2>&1 || true
 fi
 
 # --- Python venv for the slixmpp client and export checks --------------------

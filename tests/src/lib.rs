@@ -13,6 +13,8 @@
 //! - [`prosody`]: [`Prosody`], a private Prosody server per test.
 //! - [`jabberd2`]: [`jabberd2::Jabberd2`], a private jabberd2 server (router, session
 //!   manager, c2s) per test, a second server implementation behind the proxy.
+//! - [`ejabberd`]: [`ejabberd::Ejabberd`], a private ejabberd node per test (c2s and the
+//!   Erlang distribution on loopback only, stream management with resumption), a third.
 //! - [`slix`]: [`SlixClient`], a slixmpp client driven over JSON lines.
 //! - [`scripted`]: [`scripted::Scripted`], a raw client that writes whatever XML a test
 //!   gives it (forged senders, wrappers, stanzas before authentication).
@@ -41,6 +43,7 @@ pub mod certs;
 pub mod converse;
 pub mod custos;
 pub mod dir;
+pub mod ejabberd;
 pub mod jabberd2;
 pub mod net;
 pub mod process;

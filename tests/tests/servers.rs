@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use custos_e2e::ejabberd::Ejabberd;
 use custos_e2e::jabberd2::Jabberd2;
 use custos_e2e::rig::{BoxError, Front, RigOptions, USERS};
 use custos_e2e::scripted::Scripted;
@@ -20,34 +21,76 @@ const NS_JABBERD2_ACK: &str = "http://www.xmpp.org/extensions/xep-0198.html#ns";
 /// Bound on a message showing up in search.
 const ARCHIVE_WAIT: Duration = Duration::from_secs(10);
 
+/// A server behind Custos, as assertion messages name it.
+trait Upstream {
+    /// Which implementation.
+    const NAME: &'static str;
+    /// The end of its logs.
+    fn logs(&self) -> String;
+}
+
+impl Upstream for Jabberd2 {
+    const NAME: &'static str = "jabberd2";
+    fn logs(&self) -> String {
+        self.log_tail()
+    }
+}
+
+impl Upstream for Ejabberd {
+    const NAME: &'static str = "ejabberd";
+    fn logs(&self) -> String {
+        self.log_tail()
+    }
+}
+
 /// Custos's log and the server's logs, for assertion messages.
-fn context(front: &Front, server: &Jabberd2) -> String {
+fn context<S: Upstream>(front: &Front, server: &S) -> String {
     format!(
-        "--- custos log ---\n{}\n--- jabberd2 logs ---\n{}",
+        "--- custos log ---\n{}\n--- {} logs ---\n{}",
         front.custos.log_tail(),
-        server.log_tail()
+        S::NAME,
+        server.logs()
     )
 }
 
-/// `user@example.test/resource` through Custos's STARTTLS listener.
-async fn connect(
+/// Options for `user@example.test/resource` through Custos's STARTTLS listener.
+fn client(
     front: &Front,
-    server: &Jabberd2,
     ca: &TestCa,
     user: &str,
     resource: &str,
-) -> Result<SlixClient, BoxError> {
+) -> Result<ConnectOptions, BoxError> {
     let password = USERS
         .iter()
         .find(|(name, _)| *name == user)
         .map(|(_, pw)| *pw)
         .ok_or("no such user")?;
-    let opts = ConnectOptions::new(
+    Ok(ConnectOptions::new(
         &format!("{user}@example.test/{resource}"),
         password,
         front.custos.listener(0),
         ca.cert_path(),
-    );
+    ))
+}
+
+/// `user@example.test/resource` through Custos's STARTTLS listener.
+async fn connect<S: Upstream>(
+    front: &Front,
+    server: &S,
+    ca: &TestCa,
+    user: &str,
+    resource: &str,
+) -> Result<SlixClient, BoxError> {
+    connect_with(front, server, client(front, ca, user, resource)?).await
+}
+
+/// Connects with `opts`, with the logs in the error if it fails.
+async fn connect_with<S: Upstream>(
+    front: &Front,
+    server: &S,
+    opts: ConnectOptions,
+) -> Result<SlixClient, BoxError> {
+    let user = opts.jid.clone();
     SlixClient::connect(opts).await.map_err(|e| {
         format!(
             "{user} could not log in through Custos: {e}\n{}",
@@ -76,9 +119,9 @@ fn copies(hit: &Value) -> Vec<(String, String, String)> {
 /// Asserts that the one message matching `word` is one logical message in the archive
 /// with `body`, sent by `from`, with exactly two copies: the sender's outbound one and
 /// the inbound one of the recipient's session `to`.
-fn assert_archived_once(
+fn assert_archived_once<S: Upstream>(
     front: &Front,
-    server: &Jabberd2,
+    server: &S,
     word: &str,
     body: &str,
     from: &str,
@@ -220,6 +263,194 @@ async fn slixmpp_through_custos_against_jabberd2() -> TestResult {
     // The sessions are still up after all of jabberd2's traffic (roster round trip).
     alice.roster().await?;
     bob.roster().await?;
+    alice.disconnect().await?;
+    bob.disconnect().await?;
+    Ok(())
+}
+
+/// The accounts of [`USERS`] on `example.test`.
+fn users() -> Vec<User> {
+    USERS
+        .iter()
+        .map(|(name, pw)| User::new(name, "example.test", pw))
+        .collect()
+}
+
+/// ejabberd and Custos in front of it, with an archive.
+fn ejabberd_front(dir: &TestDir, ca: &TestCa) -> Result<(Ejabberd, Front), BoxError> {
+    let server = Ejabberd::start(dir.path(), ca, &users())?;
+    let front = Front::start(
+        &dir.join("custos"),
+        ca,
+        server.c2s_addr(),
+        &RigOptions {
+            archive: true,
+            ..RigOptions::default()
+        },
+    )?;
+    Ok((server, front))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slixmpp_through_custos_against_ejabberd() -> TestResult {
+    let dir = TestDir::new("servers-ejabberd")?;
+    let ca = TestCa::generate(dir.path())?;
+    let (server, front) = ejabberd_front(&dir, &ca)?;
+
+    let mut alice = connect(&front, &server, &ca, "alice", "laptop").await?;
+    let mut bob = connect(&front, &server, &ca, "bob", "phone").await?;
+    assert_eq!(alice.jid(), "alice@example.test/laptop");
+    assert_eq!(bob.jid(), "bob@example.test/phone");
+
+    // Alice to Bob's bare JID, with subject and thread.
+    let to_bob = "ejabberd relays the okapi report <&> ✓";
+    let id = alice
+        .send_message(OutgoingMessage {
+            subject: Some("via ejabberd".into()),
+            thread: Some("ej-1".into()),
+            ..OutgoingMessage::chat("bob@example.test", to_bob)
+        })
+        .await?;
+    let got = bob
+        .next_message()
+        .await
+        .map_err(|e| format!("{e}\n{}", context(&front, &server)))?;
+    assert_eq!(got.body, to_bob);
+    assert_eq!(got.from, "alice@example.test/laptop");
+    assert_eq!(got.id.as_deref(), Some(id.as_str()));
+    assert_eq!(got.subject.as_deref(), Some("via ejabberd"));
+    assert_eq!(got.thread.as_deref(), Some("ej-1"));
+
+    // Bob back to Alice's full JID.
+    let to_alice = "quokka says the report arrived";
+    bob.send_chat("alice@example.test/laptop", to_alice).await?;
+    let got = alice
+        .next_message()
+        .await
+        .map_err(|e| format!("{e}\n{}", context(&front, &server)))?;
+    assert_eq!(got.body, to_alice);
+    assert_eq!(got.from, "bob@example.test/phone");
+
+    // Each delivered once.
+    alice.expect_no_message(Duration::from_millis(500)).await?;
+    bob.expect_no_message(Duration::from_millis(500)).await?;
+
+    // Each archived once, as one logical message with the sender's and the recipient's
+    // copy.
+    assert_archived_once(
+        &front,
+        &server,
+        "okapi",
+        to_bob,
+        "alice@example.test/laptop",
+        "bob@example.test/phone",
+    )?;
+    assert_archived_once(
+        &front,
+        &server,
+        "quokka",
+        to_alice,
+        "bob@example.test/phone",
+        "alice@example.test/laptop",
+    )?;
+
+    // The sessions are still up after all of ejabberd's traffic (roster round trip).
+    alice.roster().await?;
+    bob.roster().await?;
+    alice.disconnect().await?;
+    bob.disconnect().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slixmpp_client_resumes_through_custos_against_ejabberd() -> TestResult {
+    let dir = TestDir::new("servers-ejabberd-sm")?;
+    let ca = TestCa::generate(dir.path())?;
+    let (server, front) = ejabberd_front(&dir, &ca)?;
+
+    let mut opts = client(&front, &ca, "alice", "laptop")?;
+    opts.stream_management = true;
+    let addr = opts.addr;
+    let mut alice = connect_with(&front, &server, opts).await?;
+    let mut bob = connect(&front, &server, &ca, "bob", "phone").await?;
+    let alice_jid = alice.jid().to_owned();
+
+    alice
+        .send_chat("bob@example.test", "resume-1 before the drop")
+        .await?;
+    assert_eq!(bob.next_message().await?.body, "resume-1 before the drop");
+
+    let id = alice.sm_drop().await?;
+    assert!(!id.is_empty());
+    // Sent while Alice is away: ejabberd holds it in her hibernating session.
+    bob.send_chat(&alice_jid, "resume-2 while alice was away")
+        .await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let outcome = alice.sm_resume(addr).await?;
+    assert_eq!(
+        outcome,
+        "resumed",
+        "no new login\n{}",
+        context(&front, &server)
+    );
+    let got = alice
+        .next_message()
+        .await
+        .map_err(|e| format!("{e}\n{}", context(&front, &server)))?;
+    assert_eq!(got.body, "resume-2 while alice was away");
+
+    alice
+        .send_chat("bob@example.test", "resume-3 after resumption")
+        .await?;
+    assert_eq!(bob.next_message().await?.body, "resume-3 after resumption");
+    bob.send_chat(&alice_jid, "resume-4 to the resumed session")
+        .await?;
+    assert_eq!(
+        alice.next_message().await?.body,
+        "resume-4 to the resumed session"
+    );
+    // The server acknowledges everything Alice sent, across both connections.
+    alice.sm_request_ack().await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let state = loop {
+        let s = alice.sm_state().await?;
+        if (s.sent > 0 && s.acked == s.sent) || std::time::Instant::now() >= deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        state.acked,
+        state.sent,
+        "{state:?}\n{}",
+        context(&front, &server)
+    );
+    assert_eq!(state.unacked, 0, "{state:?}");
+    // Nothing twice: no message arrives again after resumption.
+    alice.expect_no_message(Duration::from_millis(700)).await?;
+    bob.expect_no_message(Duration::from_millis(300)).await?;
+
+    // Each message once per stream it crossed: the sender's and the recipient's.
+    for text in ["resume-1", "resume-2", "resume-3", "resume-4"] {
+        let hits = front.search_copies_until(text, 2, ARCHIVE_WAIT)?;
+        std::thread::sleep(Duration::from_millis(500));
+        let hits = if hits.len() == 2 {
+            front.search_copies(text)?
+        } else {
+            hits
+        };
+        assert_eq!(
+            hits.len(),
+            2,
+            "{text}: {hits:#?}\n{}",
+            context(&front, &server)
+        );
+        assert!(
+            hits.iter()
+                .any(|h| h["account"].as_str() == Some(alice_jid.as_str())),
+            "{text} on Alice's stream under her proven JID: {hits:#?}"
+        );
+    }
     alice.disconnect().await?;
     bob.disconnect().await?;
     Ok(())
