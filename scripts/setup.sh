@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end tests need on Debian 12 (bookworm):
-# Prosody, jabberd2, ejabberd, go-sendxmpp, Chromium + chromedriver, openssl,
-# Prometheus, systemd-analyze (package systemd), Converse.js (npm) under target/,
-# and a Python venv at <repo>/.venv with pinned slixmpp and pyarrow. Idempotent;
-# a second run only checks and returns in about a second.
+# Prosody (with prosody-modules for SASL2), jabberd2, ejabberd, go-sendxmpp,
+# Chromium + chromedriver, openssl, Prometheus, systemd-analyze (package systemd),
+# Converse.js (npm) under target/, and a Python venv at <repo>/.venv with pinned
+# slixmpp and pyarrow. Idempotent; a second run only checks and returns in about a
+# second.
 #
 # The Rust toolchain is expected to be installed already.
 set -euo pipefail
@@ -20,8 +21,8 @@ CONVERSE_VERSION=12.0.0
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
-PACKAGES=(prosody jabberd2 ejabberd go-sendxmpp chromium chromium-driver fonts-dejavu-core python3-venv
-    openssl prometheus systemd)
+PACKAGES=(prosody prosody-modules jabberd2 ejabberd go-sendxmpp chromium chromium-driver
+    fonts-dejavu-core python3-venv openssl prometheus systemd)
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 

@@ -8,8 +8,10 @@
 //! - SASL EXTERNAL: the client's certificate ends at Custos; the server would see only
 //!   Custos's side of the upstream TLS session.
 //! - Stream compression (XEP-0138): compressed stanzas cannot be framed or inspected.
-//! - SASL2 / Bind2 / FAST (XEP-0388, XEP-0386, XEP-0484): not handled yet, so clients fall
-//!   back to RFC 6120 SASL and resource binding, from which the session's JID is learned.
+//! - Inside SASL2's `<authentication/>` (XEP-0388), the same mechanisms, and the FAST
+//!   (XEP-0484) mechanisms bound to the TLS channel (`HT-*-UNIQ`, `-EXPR`, `-ENDP`); SASL2
+//!   itself, Bind2 (XEP-0386) and inline stream management pass, and the session's JID is
+//!   learnt from the SASL2 success (see `relay_state`).
 //! - STARTTLS: the client leg is already encrypted by Custos; an upstream offer only
 //!   describes the proxy's own leg.
 
@@ -18,7 +20,6 @@ use crate::xml::{Element, Node};
 const NS_COMPRESS_FEATURE: &str = "http://jabber.org/features/compress";
 const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 const NS_SASL2: &str = "urn:xmpp:sasl:2";
-const NS_BIND2: &str = "urn:xmpp:bind:0";
 const NS_SASL_CB: &str = "urn:xmpp:sasl-cb:0";
 const NS_FAST: &str = "urn:xmpp:fast:0";
 const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
@@ -39,19 +40,39 @@ pub fn mechanism_crosses(name: &str) -> bool {
 pub fn filter_features(features: &mut Element) -> bool {
     let before = count_elements(features);
     features.children.retain(|node| match node {
-        Node::Element(child) => !matches!(
-            child.ns.as_str(),
-            NS_COMPRESS_FEATURE | NS_SASL2 | NS_BIND2 | NS_SASL_CB | NS_FAST | NS_TLS
-        ),
+        Node::Element(child) => {
+            !matches!(child.ns.as_str(), NS_COMPRESS_FEATURE | NS_SASL_CB | NS_TLS)
+        }
         Node::Text(_) => true,
     });
     for node in features.children.iter_mut() {
         if let Node::Element(child) = node {
-            if child.name == "mechanisms" && child.ns == NS_SASL {
+            let sasl1 = child.name == "mechanisms" && child.ns == NS_SASL;
+            let sasl2 = child.name == "authentication" && child.ns == NS_SASL2;
+            if sasl1 || sasl2 {
                 child.children.retain(|m| match m {
-                    Node::Element(m) => mechanism_crosses(&m.text()),
-                    Node::Text(_) => true,
+                    Node::Element(m) if m.name == "mechanism" => mechanism_crosses(&m.text()),
+                    _ => true,
                 });
+            }
+            if sasl2 {
+                for inline in child.children_mut().filter(|c| c.name == "inline") {
+                    for fast in inline.children_mut().filter(|c| c.ns == NS_FAST) {
+                        fast.children.retain(|m| match m {
+                            Node::Element(m) if m.name == "mechanism" => {
+                                m.text().trim().ends_with("-NONE")
+                            }
+                            _ => true,
+                        });
+                    }
+                    // FAST without a mechanism that can cross is not offered at all.
+                    inline.children.retain(|n| match n {
+                        Node::Element(f) if f.ns == NS_FAST => {
+                            f.children().any(|m| m.name == "mechanism")
+                        }
+                        _ => true,
+                    });
+                }
             }
         }
     }
@@ -128,7 +149,7 @@ mod tests {
     }
 
     #[test]
-    fn strips_plus_mechanisms_compression_and_sasl2() {
+    fn strips_plus_mechanisms_compression_and_channel_binding() {
         let mut el = features(
             "<stream:features>\
                <mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>\
@@ -144,7 +165,50 @@ mod tests {
         assert!(filter_features(&mut el));
         assert_eq!(mechanisms(&el), vec!["SCRAM-SHA-256", "PLAIN"]);
         let names: Vec<_> = el.children().map(|c| c.name.clone()).collect();
-        assert_eq!(names, vec!["mechanisms", "sm"]);
+        assert_eq!(names, vec!["mechanisms", "authentication", "sm"]);
+    }
+
+    /// SASL2 passes with what can cross: its mechanisms filtered like SASL's, Bind2 and
+    /// inline stream management kept, FAST only with mechanisms not bound to the channel.
+    #[test]
+    fn sasl2_keeps_what_crosses() {
+        let mut el = features(
+            "<stream:features><authentication xmlns='urn:xmpp:sasl:2'>\
+               <mechanism>SCRAM-SHA-256-PLUS</mechanism><mechanism>SCRAM-SHA-256</mechanism>\
+               <mechanism>EXTERNAL</mechanism>\
+               <inline><bind xmlns='urn:xmpp:bind:0'><inline><feature var='urn:xmpp:sm:3'/></inline></bind>\
+                 <sm xmlns='urn:xmpp:sm:3'/>\
+                 <fast xmlns='urn:xmpp:fast:0'><mechanism>HT-SHA-256-EXPR</mechanism><mechanism>HT-SHA-256-NONE</mechanism></fast>\
+               </inline></authentication></stream:features>",
+        );
+        assert!(filter_features(&mut el));
+        let auth = el.child("authentication", NS_SASL2).expect("SASL2 kept");
+        let mechs: Vec<String> = auth
+            .children()
+            .filter(|c| c.name == "mechanism")
+            .map(|c| c.text())
+            .collect();
+        assert_eq!(mechs, ["SCRAM-SHA-256"]);
+        let inline = auth.child("inline", "urn:xmpp:sasl:2").expect("inline");
+        let kept: Vec<&str> = inline.children().map(|c| c.name.as_str()).collect();
+        assert_eq!(kept, ["bind", "sm", "fast"]);
+        let fast: Vec<String> = inline
+            .child("fast", NS_FAST)
+            .map(|f| f.children().map(|m| m.text()).collect())
+            .unwrap_or_default();
+        assert_eq!(fast, ["HT-SHA-256-NONE"]);
+
+        let mut only_bound = features(
+            "<stream:features><authentication xmlns='urn:xmpp:sasl:2'><mechanism>PLAIN</mechanism>\
+             <inline><fast xmlns='urn:xmpp:fast:0'><mechanism>HT-SHA-256-UNIQ</mechanism></fast></inline>\
+             </authentication></stream:features>",
+        );
+        assert!(filter_features(&mut only_bound));
+        let inline = only_bound
+            .child("authentication", NS_SASL2)
+            .and_then(|a| a.child("inline", "urn:xmpp:sasl:2"))
+            .expect("inline");
+        assert_eq!(inline.children().count(), 0, "no FAST left to offer");
     }
 
     #[test]

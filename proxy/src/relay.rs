@@ -27,11 +27,14 @@ use crate::framer::{Frame, Framer, Stanza};
 use crate::inspect::{Copy, Decision, Direction, Inspected, Inspector, SessionInfo};
 use crate::io::{read_frame, send, ReadError, READ_CHUNK};
 use crate::negotiation::ClientStream;
-use crate::relay_state::{Account, ClientStanza, Numbering, RelayState, SmStep, UpstreamEvent};
+use crate::relay_state::{
+    Account, ClientStanza, Numbering, RelayState, Sasl2Success, SmStep, UpstreamEvent, NS_SASL2,
+};
 use crate::session::Shared;
 use crate::sm::{self, SmCounter};
 use crate::stanza::{StanzaKind, StanzaView};
-use crate::stream::{self, HeaderAttrs, NS_STREAMS};
+use crate::stream::{self, HeaderAttrs, NS_SM, NS_STREAMS};
+use crate::xml::{Element, Node};
 
 /// How one relay direction ended.
 #[derive(Debug)]
@@ -107,6 +110,9 @@ pub(crate) struct Relay<'a, I> {
     /// Set by upstream→client right before forwarding SASL `<success/>`: the client's next
     /// bytes are a new stream header.
     client_restart: AtomicBool,
+    /// The client's SASL2 `<authenticate/>` asked to resume a session this node never
+    /// relayed: the request went on without it, and the success gets a `<failed/>` for it.
+    sasl2_resume_refused: AtomicBool,
     /// Who the session has proven to be, its stream management grant, and the other
     /// protocol decisions (no I/O).
     state: std::sync::Mutex<RelayState>,
@@ -143,6 +149,7 @@ impl<'a, I: Inspector> Relay<'a, I> {
             stream,
             info: RwLock::new(info),
             client_restart: AtomicBool::new(false),
+            sasl2_resume_refused: AtomicBool::new(false),
             state: std::sync::Mutex::new(RelayState::default()),
             client_finished: AtomicBool::new(false),
             upstream_finished: AtomicBool::new(false),
@@ -495,6 +502,9 @@ impl<'a, I: Inspector> Relay<'a, I> {
                             }
                             relayed
                         }
+                        UpstreamEvent::Sasl2Succeeded(outcome) => {
+                            self.sasl2_succeeded(stanza, outcome).await
+                        }
                         UpstreamEvent::UnsolicitedBind => {
                             warn!("ignored a bind result that answers no bind request of this session");
                             self.relay_stanza(Direction::Inbound, stanza).await
@@ -507,6 +517,142 @@ impl<'a, I: Inspector> Relay<'a, I> {
                 return ended;
             }
         }
+    }
+
+    /// The client's SASL2 `<authenticate/>`. An inline `<resume/>` of a session this
+    /// node relayed adopts its counters and has its `h` translated, as a `<resume/>`
+    /// after RFC 6120 SASL; one of a session it did not relay is taken out (the server
+    /// would resume what this node cannot attribute) and answered `<failed/>` in the
+    /// success.
+    async fn sasl2_authenticate(&self, stanza: Stanza) -> Result<(), Ended> {
+        let mut root = stanza.root;
+        let mut rewritten = false;
+        let resume = root.child("resume", NS_SM).map(|r| {
+            (
+                r.attr("previd").map(str::to_owned),
+                r.attr("h").and_then(sm::parse_h),
+            )
+        });
+        if let Some((previd, h)) = resume {
+            let detached = previd.as_deref().and_then(|p| {
+                self.shared
+                    .resumable
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .peek(p)
+            });
+            match detached {
+                Some(d) => {
+                    let mut client_leg = self.client_w.lock().await;
+                    client_leg.sm = d.to_client;
+                    self.upstream_w.lock().await.sm = d.to_upstream;
+                    if let Some(h) = h {
+                        let new = client_leg.sm.to_sender(h);
+                        if new != h {
+                            if let Some(r) = root
+                                .children_mut()
+                                .find(|c| c.name == "resume" && c.ns == NS_SM)
+                            {
+                                r.set_attr("h", sm::format_h(new));
+                                rewritten = true;
+                            }
+                        }
+                    }
+                }
+                None => {
+                    root.children.retain(
+                        |n| !matches!(n, Node::Element(e) if e.name == "resume" && e.ns == NS_SM),
+                    );
+                    rewritten = true;
+                    self.sasl2_resume_refused.store(true, Ordering::Release);
+                    info!("SASL2: not resuming a stream-management session this node did not relay; the client binds afresh");
+                }
+            }
+        }
+        self.lock_state().client_nonza(&root);
+        let bytes = if rewritten {
+            let mut out = Vec::with_capacity(stanza.raw.len());
+            root.write_to(&mut out);
+            bytes::Bytes::from(out)
+        } else {
+            stanza.raw
+        };
+        self.upstream_w
+            .lock()
+            .await
+            .write(&bytes, Counted::No)
+            .await
+    }
+
+    /// The upstream's SASL2 success for this session's `<authenticate/>`: the account
+    /// Bind2 bound, or the session resumed inline, is learnt; an inline resumption's `h`
+    /// is translated; stream management enabled inline starts both legs' counts once
+    /// the client has the success. No stream restart (XEP-0388).
+    async fn sasl2_succeeded(&self, stanza: Stanza, outcome: Sasl2Success) -> Result<(), Ended> {
+        let mut root = stanza.root;
+        let mut rewritten = false;
+        if let Some(previd) = &outcome.resumed {
+            let detached = self
+                .shared
+                .resumable
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(previd);
+            let account = detached.and_then(|d| d.jid).map(|jid| Account { jid });
+            match self.lock_state().resumed(account) {
+                Some(account) => self.learn_account(&account),
+                None => warn!("session resumed whose account this proxy never saw bound; its stanzas are refused"),
+            }
+            let h = root
+                .child("resumed", NS_SM)
+                .and_then(|r| r.attr("h"))
+                .and_then(sm::parse_h);
+            if let Some(h) = h {
+                let new = self.upstream_w.lock().await.sm.to_sender(h);
+                if new != h {
+                    if let Some(r) = root
+                        .children_mut()
+                        .find(|c| c.name == "resumed" && c.ns == NS_SM)
+                    {
+                        r.set_attr("h", sm::format_h(new));
+                        rewritten = true;
+                    }
+                }
+            }
+        }
+        if self.sasl2_resume_refused.swap(false, Ordering::AcqRel) && outcome.resumed.is_none() {
+            let mut failed = Element::new("failed", NS_SM);
+            failed.children.push(Node::Element(Element::new(
+                "item-not-found",
+                "urn:ietf:params:xml:ns:xmpp-stanzas",
+            )));
+            root.children.push(Node::Element(failed));
+            rewritten = true;
+        }
+        if let Some(account) = &outcome.bound {
+            self.learn_account(account);
+        }
+        let bytes = if rewritten {
+            let mut out = Vec::with_capacity(stanza.raw.len() + 100);
+            root.write_to(&mut out);
+            bytes::Bytes::from(out)
+        } else {
+            stanza.raw
+        };
+        {
+            let mut client_leg = self.client_w.lock().await;
+            client_leg.write(&bytes, Counted::No).await?;
+            if outcome.sm_enabled {
+                // Both ends count from here (the server finishes enabling after it
+                // has sent the success).
+                client_leg.sm.start();
+                self.upstream_w.lock().await.sm.start();
+            }
+        }
+        if outcome.bound.is_some() || outcome.resumed.is_some() {
+            self.shared.inspector.session_bound(&self.snapshot()).await;
+        }
+        Ok(())
     }
 
     fn lock_state(&self) -> std::sync::MutexGuard<'_, RelayState> {
@@ -534,22 +680,24 @@ impl<'a, I: Inspector> Relay<'a, I> {
                 // Never offered, so only a scripted client asks; the server must not
                 // judge it by Custos's side of the upstream TLS session.
                 let root = &stanza.root;
-                if root.ns == stream::NS_SASL && root.name == "auth" {
+                let sasl2 = root.ns == NS_SASL2 && root.name == "authenticate";
+                if (root.ns == stream::NS_SASL && root.name == "auth") || sasl2 {
                     let mechanism = root.attr("mechanism").unwrap_or_default();
                     if !crate::features::mechanism_crosses(mechanism) {
                         info!(
                             mechanism,
                             "refused a SASL mechanism bound to the client's TLS session"
                         );
-                        return to_sender
-                            .lock()
-                            .await
-                            .write(
-                                b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><invalid-mechanism/></failure>",
-                                Counted::No,
-                            )
-                            .await;
+                        let failure: &[u8] = if sasl2 {
+                            b"<failure xmlns='urn:xmpp:sasl:2'><invalid-mechanism xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/></failure>"
+                        } else {
+                            b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><invalid-mechanism/></failure>"
+                        };
+                        return to_sender.lock().await.write(failure, Counted::No).await;
                     }
+                }
+                if sasl2 {
+                    return self.sasl2_authenticate(stanza).await;
                 }
                 self.lock_state().client_nonza(&stanza.root);
             }

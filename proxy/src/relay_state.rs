@@ -5,7 +5,8 @@
 //!
 //! ```text
 //!   ExpectAuth ──upstream <success/>──▶ ExpectBind ──upstream bind result (our request's id)──▶ Bound
-//!                                          └──────upstream <resumed previd> (our request)────────┘
+//!       │                                  └──────upstream <resumed previd> (our request)────────┘
+//!       └──SASL2 <success> with <bound/> (Bind2) or <resumed/> answering our <authenticate>──▶ Bound
 //!   client stanza before Bound ─▶ not-authorized (the bind request itself excepted)
 //!   client stanza in Bound      ─▶ from must be the session's JID, else invalid-from
 //!   upstream message            ─▶ Direct | a believed carbon / archive result | ForgedWrapper
@@ -19,6 +20,10 @@ use std::collections::VecDeque;
 
 use crate::stanza::{ForwardKind, StanzaKind, StanzaView};
 use crate::stream::{NS_BIND, NS_SASL, NS_SM};
+
+/// XEP-0388 (SASL2) and XEP-0386 (Bind2).
+pub const NS_SASL2: &str = "urn:xmpp:sasl:2";
+pub const NS_BIND2: &str = "urn:xmpp:bind:0";
 use crate::xml::Element;
 
 pub const NS_MAM: &str = crate::stanza::NS_MAM;
@@ -37,7 +42,30 @@ impl Account {
 
 /// Waiting for SASL to succeed: only stream-level elements pass.
 #[derive(Debug, Default)]
-pub struct ExpectAuth;
+pub struct ExpectAuth {
+    /// The client's SASL2 `<authenticate/>` in flight.
+    sasl2: Option<Sasl2Request>,
+}
+
+/// What a client's SASL2 `<authenticate/>` asks for besides authentication.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Sasl2Request {
+    /// Bind2: bind a resource in the same round trip.
+    pub bind: bool,
+    /// XEP-0198 `<resume previd>` inline (its `h` is translated by the relay).
+    pub resume: Option<String>,
+}
+
+/// A SASL2 success answering this session's `<authenticate/>`: what it established.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Sasl2Success {
+    /// Bind2 bound a resource: the session's account (the authorization identifier).
+    pub bound: Option<Account>,
+    /// Stream management enabled inline (in Bind2's answer): both legs start counting.
+    pub sm_enabled: bool,
+    /// The session `previd` was resumed inline; the relay looks its account up.
+    pub resumed: Option<String>,
+}
 
 /// Authenticated, not yet bound: the client's bind (or resume) request is the only
 /// stanza that passes; the upstream's answer to it proves the JID.
@@ -107,6 +135,9 @@ pub enum UpstreamEvent {
     Resumed { previd: String },
     /// A bind result that answers no request of this session: ignored (and logged).
     UnsolicitedBind,
+    /// SASL2 `<success/>` answering this session's `<authenticate/>`: no stream restart
+    /// (XEP-0388); what it bound, enabled or resumed inline.
+    Sasl2Succeeded(Sasl2Success),
 }
 
 /// Pending XEP-0313 queries of this session: `queryid` → the archive queried.
@@ -185,7 +216,7 @@ pub struct RelayState {
 impl Default for RelayState {
     fn default() -> Self {
         RelayState {
-            identity: Identity::ExpectAuth(ExpectAuth),
+            identity: Identity::ExpectAuth(ExpectAuth::default()),
             mam: MamQueries::default(),
             sm: SmSession::default(),
         }
@@ -258,8 +289,21 @@ impl RelayState {
         !matches!(self.identity, Identity::ExpectAuth(_))
     }
 
-    /// A stream-level element from the client: only `<resume previd>` matters here.
+    /// A stream-level element from the client: `<resume previd>` and SASL2's
+    /// `<authenticate/>` matter here.
     pub fn client_nonza(&mut self, el: &Element) {
+        if el.ns == NS_SASL2 && el.name == "authenticate" {
+            if let Identity::ExpectAuth(a) = &mut self.identity {
+                a.sasl2 = Some(Sasl2Request {
+                    bind: el.child("bind", NS_BIND2).is_some(),
+                    resume: el
+                        .child("resume", NS_SM)
+                        .and_then(|r| r.attr("previd"))
+                        .map(str::to_owned),
+                });
+            }
+            return;
+        }
         if el.ns == NS_SM && el.name == "resume" {
             if let (Identity::ExpectBind(e), Some(previd)) = (&mut self.identity, el.attr("previd"))
             {
@@ -326,6 +370,23 @@ impl RelayState {
 
     /// A top-level element from the upstream, before it is relayed.
     pub fn upstream_element(&mut self, el: &Element) -> UpstreamEvent {
+        if el.ns == NS_SASL2 {
+            let Identity::ExpectAuth(a) = &mut self.identity else {
+                return UpstreamEvent::Relay;
+            };
+            return match el.name.as_str() {
+                "success" => match a.sasl2.take() {
+                    Some(request) => UpstreamEvent::Sasl2Succeeded(self.sasl2_success(el, request)),
+                    // A success answering no authenticate of ours proves nothing.
+                    None => UpstreamEvent::Relay,
+                },
+                "failure" => {
+                    a.sasl2 = None;
+                    UpstreamEvent::Relay
+                }
+                _ => UpstreamEvent::Relay,
+            };
+        }
         if el.ns == NS_SASL && el.name == "success" {
             if let Identity::ExpectAuth(_) = self.identity {
                 self.identity = Identity::ExpectBind(ExpectBind::default());
@@ -378,6 +439,57 @@ impl RelayState {
             }
             _ if bind_jid.is_some() && kind == Some("result") => UpstreamEvent::UnsolicitedBind,
             _ => UpstreamEvent::Relay,
+        }
+    }
+
+    /// The upstream's SASL2 success for `request`: the authorization identifier is the
+    /// session's account when Bind2 bound a resource; a resumption names its session;
+    /// otherwise the client binds next as after RFC 6120 SASL.
+    fn sasl2_success(&mut self, el: &Element, request: Sasl2Request) -> Sasl2Success {
+        let authz = el
+            .child("authorization-identifier", NS_SASL2)
+            .map(|a| a.text().trim().to_owned())
+            .filter(|j| !j.is_empty());
+        let resumed = el
+            .child("resumed", NS_SM)
+            .and_then(|r| r.attr("previd"))
+            .filter(|p| request.resume.as_deref() == Some(*p))
+            .map(str::to_owned);
+        if let Some(previd) = resumed {
+            self.sm.id = Some(previd.clone());
+            self.sm.resumable = true;
+            self.identity = Identity::ExpectBind(ExpectBind {
+                bind_request: None,
+                resume_request: Some(previd.clone()),
+            });
+            return Sasl2Success {
+                resumed: Some(previd),
+                ..Sasl2Success::default()
+            };
+        }
+        let bound = el.child("bound", NS_BIND2);
+        match (request.bind, bound, authz) {
+            // A full JID: the resource Bind2 bound.
+            (true, Some(bound), Some(jid)) if split(&jid).1.is_some() => {
+                let enabled = bound.child("enabled", NS_SM);
+                if let Some(e) = enabled {
+                    self.sm.id = e.attr("id").map(str::to_owned);
+                    self.sm.resumable = matches!(e.attr("resume"), Some("true" | "1"));
+                }
+                let account = Account { jid };
+                self.identity = Identity::Bound(Bound {
+                    account: account.clone(),
+                });
+                Sasl2Success {
+                    bound: Some(account),
+                    sm_enabled: enabled.is_some(),
+                    resumed: None,
+                }
+            }
+            _ => {
+                self.identity = Identity::ExpectBind(ExpectBind::default());
+                Sasl2Success::default()
+            }
         }
     }
 
@@ -473,6 +585,103 @@ mod tests {
     const SUCCESS: &str = "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>";
     const BIND_REQ: &str = "<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>r</resource></bind></iq>";
     const BIND_RES: &str = "<iq type='result' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>alice@x/r</jid></bind></iq>";
+
+    const AUTH2_BIND: &str = "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>x</initial-response>\
+        <bind xmlns='urn:xmpp:bind:0'><tag>t</tag><enable xmlns='urn:xmpp:sm:3'/></bind></authenticate>";
+
+    #[test]
+    fn sasl2_success_with_bind2_proves_the_full_jid_and_enables_sm() {
+        let mut st = RelayState::default();
+        st.client_nonza(&el(AUTH2_BIND));
+        assert_eq!(
+            client(&mut st, "<message to='b@x'><body>early</body></message>"),
+            ClientStanza::NotAuthorized
+        );
+        let success = "<success xmlns='urn:xmpp:sasl:2'><authorization-identifier>alice@x/t~1</authorization-identifier>\
+            <bound xmlns='urn:xmpp:bind:0'><enabled xmlns='urn:xmpp:sm:3' id='sm9' resume='1'/></bound></success>";
+        assert_eq!(
+            st.upstream_element(&el(success)),
+            UpstreamEvent::Sasl2Succeeded(Sasl2Success {
+                bound: Some(Account {
+                    jid: "alice@x/t~1".into()
+                }),
+                sm_enabled: true,
+                resumed: None,
+            })
+        );
+        assert_eq!((st.sm_id(), st.sm_resumable()), (Some("sm9"), true));
+        assert!(matches!(
+            client(&mut st, "<message to='b@x'><body>hi</body></message>"),
+            ClientStanza::Inspect(a) if a.jid == "alice@x/t~1"
+        ));
+    }
+
+    /// Identity comes only from an answer to this session's own `<authenticate/>`: an
+    /// unsolicited SASL2 success, a bare authorization identifier, or a `<resumed/>`
+    /// naming another session prove nothing.
+    #[test]
+    fn sasl2_success_proves_only_what_was_asked() {
+        let unasked = "<success xmlns='urn:xmpp:sasl:2'><authorization-identifier>mallory@x/r</authorization-identifier><bound xmlns='urn:xmpp:bind:0'/></success>";
+        let mut st = RelayState::default();
+        assert_eq!(st.upstream_element(&el(unasked)), UpstreamEvent::Relay);
+        assert!(!st.authenticated());
+
+        // Without Bind2 the client binds next, as after RFC 6120 SASL.
+        let mut st = RelayState::default();
+        st.client_nonza(&el(
+            "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>x</initial-response></authenticate>",
+        ));
+        let plain = "<success xmlns='urn:xmpp:sasl:2'><authorization-identifier>alice@x</authorization-identifier></success>";
+        assert_eq!(
+            st.upstream_element(&el(plain)),
+            UpstreamEvent::Sasl2Succeeded(Sasl2Success::default())
+        );
+        assert!(st.authenticated() && st.account().is_none());
+        assert_eq!(client(&mut st, BIND_REQ), ClientStanza::PassUnrecorded);
+
+        // A bare authorization identifier binds nothing.
+        let mut st = RelayState::default();
+        st.client_nonza(&el(AUTH2_BIND));
+        let bare = "<success xmlns='urn:xmpp:sasl:2'><authorization-identifier>alice@x</authorization-identifier><bound xmlns='urn:xmpp:bind:0'/></success>";
+        assert_eq!(
+            st.upstream_element(&el(bare)),
+            UpstreamEvent::Sasl2Succeeded(Sasl2Success::default())
+        );
+        assert!(st.account().is_none());
+
+        // A resumption answers only the previd this session asked for.
+        let mut st = RelayState::default();
+        st.client_nonza(&el(
+            "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>x</initial-response><resume xmlns='urn:xmpp:sm:3' previd='mine' h='3'/></authenticate>",
+        ));
+        let other = "<success xmlns='urn:xmpp:sasl:2'><authorization-identifier>alice@x/r</authorization-identifier><resumed xmlns='urn:xmpp:sm:3' previd='theirs' h='1'/></success>";
+        assert_eq!(
+            st.upstream_element(&el(other)),
+            UpstreamEvent::Sasl2Succeeded(Sasl2Success::default())
+        );
+        assert_eq!(st.sm_id(), None);
+        let mut st = RelayState::default();
+        st.client_nonza(&el(
+            "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>x</initial-response><resume xmlns='urn:xmpp:sm:3' previd='mine' h='3'/></authenticate>",
+        ));
+        let ours = "<success xmlns='urn:xmpp:sasl:2'><authorization-identifier>alice@x/r</authorization-identifier><resumed xmlns='urn:xmpp:sm:3' previd='mine' h='1'/></success>";
+        assert_eq!(
+            st.upstream_element(&el(ours)),
+            UpstreamEvent::Sasl2Succeeded(Sasl2Success {
+                resumed: Some("mine".into()),
+                ..Sasl2Success::default()
+            })
+        );
+        // The account is the resumed session's, looked up by the relay.
+        assert_eq!(
+            st.resumed(Some(Account {
+                jid: "alice@x/r".into()
+            })),
+            Some(Account {
+                jid: "alice@x/r".into()
+            })
+        );
+    }
 
     fn bound() -> RelayState {
         let mut st = RelayState::default();

@@ -80,6 +80,13 @@ pub struct ProsodyOptions {
     /// The modules a full web client such as Converse.js waits for at start (block
     /// list, private XML storage, PEP, bookmarks), which the minimal set leaves out.
     pub web_client: bool,
+    /// SASL2 and Bind2 (XEP-0388, XEP-0386) from Debian's `prosody-modules`. (Its
+    /// `mod_sasl2_sm`, inline stream management, needs a newer `mod_smacks` than
+    /// Prosody 0.12's and is left out.)
+    pub sasl2: bool,
+    /// Accept clients without TLS (for a proxy's plain loopback leg): encryption not
+    /// required and PLAIN allowed on it.
+    pub plaintext_clients: bool,
     /// A multi-user chat component (XEP-0045) at this address, e.g.
     /// `conference.example.test`; rooms are created unlocked on first join.
     pub muc: Option<String>,
@@ -101,6 +108,8 @@ impl Default for ProsodyOptions {
             direct_tls: true,
             mam: false,
             web_client: false,
+            sasl2: false,
+            plaintext_clients: false,
             muc: None,
             // On by default because Custos terminates TLS on each leg: a
             // client's SCRAM-*-PLUS binds the SASL exchange to *its* TLS
@@ -468,6 +477,9 @@ fn render_config(
     if opts.mam {
         modules.push("mam");
     }
+    if opts.sasl2 {
+        modules.extend(["sasl2", "sasl2_bind2"]);
+    }
     if opts.web_client {
         modules.extend(["blocklist", "private", "pep", "bookmarks"]);
     }
@@ -506,7 +518,12 @@ fn render_config(
     let _ = writeln!(c, "component_ports = {{ }}");
     let _ = writeln!(c, "modules_disabled = {{ \"s2s\", \"s2s_auth_certs\" }}");
     let _ = writeln!(c, "modules_enabled = {{ {} }}", modules.join(", "));
-    let _ = writeln!(c, "c2s_require_encryption = true");
+    if opts.plaintext_clients {
+        let _ = writeln!(c, "c2s_require_encryption = false");
+        let _ = writeln!(c, "allow_unencrypted_plain_auth = true");
+    } else {
+        let _ = writeln!(c, "c2s_require_encryption = true");
+    }
     let _ = writeln!(c, "allow_registration = false");
     let _ = writeln!(c, "authentication = \"internal_hashed\"");
     let _ = writeln!(c, "storage = \"internal\"");

@@ -45,6 +45,11 @@ pub struct RigOptions {
     pub muc: bool,
     /// Prosody loads what a full web client waits for at start (Converse.js).
     pub web_client: bool,
+    /// Prosody offers SASL2 with Bind2 (prosody-modules).
+    pub sasl2: bool,
+    /// Custos reaches Prosody over plain TCP on loopback (`upstream.tls = "none"`); the
+    /// deployment with both on one host.
+    pub upstream_plain: bool,
     /// A WebSocket listener (RFC 7395) besides the two XMPP ones; its address is
     /// [`Rig::websocket`].
     pub websocket: Option<WsListener>,
@@ -89,10 +94,14 @@ fn write_config(
     upstream: SocketAddr,
     opts: &RigOptions,
 ) -> Result<(String, Option<PathBuf>, Option<PathBuf>), BoxError> {
-    let mut config = format!(
-        "[upstream]\naddress = \"{upstream}\"\ntls = \"starttls\"\nca = \"{}\"\nserver_name = \"example.test\"\n\n",
-        ca.cert_path().display()
-    );
+    let mut config = if opts.upstream_plain {
+        format!("[upstream]\naddress = \"{upstream}\"\ntls = \"none\"\nserver_name = \"example.test\"\n\n")
+    } else {
+        format!(
+            "[upstream]\naddress = \"{upstream}\"\ntls = \"starttls\"\nca = \"{}\"\nserver_name = \"example.test\"\n\n",
+            ca.cert_path().display()
+        )
+    };
     let mut archive_dir = None;
     if opts.archive {
         let secrets = custos_dir.join("secrets");
@@ -285,6 +294,13 @@ impl Rig {
         }
         popts.mam = opts.mam;
         popts.web_client = opts.web_client;
+        popts.sasl2 = opts.sasl2;
+        if opts.upstream_plain {
+            // Prosody 0.12 has no `secure_interfaces`: a plain leg is accepted only with
+            // encryption not required (the listener is on loopback, reachable by Custos
+            // alone).
+            popts.plaintext_clients = true;
+        }
         if opts.muc {
             popts.muc = Some("conference.example.test".into());
         }

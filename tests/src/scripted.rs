@@ -95,6 +95,41 @@ impl Scripted {
         Ok(())
     }
 
+    /// SASL2 (XEP-0388) with PLAIN, `inline` (Bind2, an inline `<resume/>`…) inside the
+    /// `<authenticate/>`; returns the `<success/>` once the features that follow it (no
+    /// stream restart) have arrived. The bound JID, if the success names a full one,
+    /// becomes [`Scripted::jid`].
+    pub async fn authenticate_sasl2(
+        &mut self,
+        user: &str,
+        password: &str,
+        inline: &str,
+    ) -> Result<Element, BoxError> {
+        let token =
+            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+        self.send(&format!(
+            "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>{token}</initial-response>\
+             <user-agent id='3f0c2bde-5a51-4b8e-9d55-1c6a0f3f6c21'><software>custos-e2e</software></user-agent>{inline}</authenticate>"
+        ))
+        .await?;
+        let answer = self
+            .until(|e| e.ns == "urn:xmpp:sasl:2" && (e.name == "success" || e.name == "failure"))
+            .await?;
+        if answer.name != "success" {
+            return Err(format!("SASL2 authentication failed for {user}: {answer:?}").into());
+        }
+        self.until_name("features").await?;
+        let authz = answer
+            .children()
+            .find(|c| c.name == "authorization-identifier")
+            .map(|a| a.text().trim().to_owned())
+            .filter(|j| j.contains('/'));
+        if authz.is_some() {
+            self.jid = authz;
+        }
+        Ok(answer)
+    }
+
     /// Binds `resource`; returns the full JID the server bound.
     pub async fn bind(&mut self, resource: &str) -> Result<String, BoxError> {
         self.send(&format!(
