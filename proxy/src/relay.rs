@@ -62,6 +62,32 @@ impl Ended {
     }
 }
 
+/// A peer's `<stream:error/>`, named with its side. A client's usually objects to what
+/// it received, which includes the upstream's bytes as relayed: the log says so rather
+/// than blaming the client. The peer's text is quoted escaped and cut short.
+fn log_stream_error(direction: Direction, el: &Element) {
+    let condition = el
+        .children()
+        .find(|c| c.ns == stream::NS_STREAM_ERRORS && c.name != "text")
+        .map_or("(none)", |c| c.name.as_str())
+        .to_owned();
+    let text: String = el
+        .children()
+        .find(|c| c.ns == stream::NS_STREAM_ERRORS && c.name == "text")
+        .map(|t| t.text().chars().take(200).collect())
+        .unwrap_or_default();
+    match direction {
+        Direction::Outbound => warn!(
+            condition,
+            text = ?text,
+            "the client ended its stream with a stream error: it objected to what it received, which may be the upstream's bytes as relayed"
+        ),
+        Direction::Inbound => {
+            warn!(condition, text = ?text, "the upstream ended the stream with a stream error")
+        }
+    }
+}
+
 /// One leg's write side with its stream management counter: both change under one lock,
 /// so counted positions follow the order in which the receiver gets the stanzas.
 struct LegWriter {
@@ -675,6 +701,9 @@ impl<'a, I: Inspector> Relay<'a, I> {
             Direction::Inbound => (&self.client_w, &self.upstream_w),
         };
         let mut view = StanzaView::of(&stanza.root);
+        if stanza.root.ns == NS_STREAMS && stanza.root.name == "error" {
+            log_stream_error(direction, &stanza.root);
+        }
         if view.kind == StanzaKind::Nonza {
             if direction == Direction::Outbound {
                 // Never offered, so only a scripted client asks; the server must not

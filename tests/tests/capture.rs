@@ -938,3 +938,38 @@ async fn a_sasl2_bind2_session_is_archived_under_the_jid_it_proved() -> TestResu
     }
     Ok(())
 }
+
+/// A client that ends its stream with a stream error (as clients do when what they
+/// received is not well-formed) is logged as objecting, with its condition, not blamed
+/// as a faulty client; its text is quoted escaped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_stream_error_is_logged_with_its_condition() -> TestResult {
+    let rig = rig("capture-stream-error", None)?;
+    let mut alice = login(&rig, "alice", "laptop").await?;
+    alice
+        .send(
+            "<stream:error><not-well-formed xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>\
+               <text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>bad bytes\nforged: line</text>\
+               </stream:error></stream:stream>",
+        )
+        .await?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let log = rig.custos.log_tail();
+        if log.contains("the client ended its stream with a stream error") {
+            assert!(
+                log.contains("condition=\"not-well-formed\"")
+                    || log.contains("condition=not-well-formed"),
+                "{log}"
+            );
+            assert!(
+                log.contains("bad bytes\\nforged: line"),
+                "escaped text: {log}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "not logged\n{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
