@@ -304,25 +304,63 @@ impl Ejabberd {
     }
 
     /// Registers every account, each through its own hidden `ejabberd_ctl` node
-    /// (about half a second of VM start each), all at once.
+    /// (about half a second of VM start each), all at once. Mnesia may still be loading
+    /// the `passwd` table right after c2s accepts (`no_exists` under load): those
+    /// accounts are tried again, at most five times in all.
     fn register_all(&mut self, users: &[User]) -> Result<(), EjabberdError> {
+        let mut pending: Vec<&User> = users.iter().collect();
+        for attempt in 1..=5 {
+            let failures = match self.register_once(&pending) {
+                Ok(failures) => failures,
+                Err(e) => {
+                    self.stop();
+                    return Err(e);
+                }
+            };
+            let transient = failures
+                .iter()
+                .all(|(_, _, _, output)| output.contains("no_exists"));
+            match failures.first() {
+                None => return Ok(()),
+                Some(_) if transient && attempt < 5 => {
+                    pending = failures.iter().map(|(u, _, _, _)| *u).collect();
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                Some((_, jid, status, output)) => {
+                    let err = EjabberdError::Register {
+                        jid: jid.clone(),
+                        status: status.clone(),
+                        output: output.clone(),
+                        log_tail: self.log_tail(),
+                    };
+                    self.stop();
+                    return Err(err);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One round of registrations: the accounts that failed, with status and output.
+    fn register_once<'u>(
+        &self,
+        users: &[&'u User],
+    ) -> Result<Vec<(&'u User, String, String, String)>, EjabberdError> {
         let mut running = Vec::new();
         for (i, user) in users.iter().enumerate() {
             let out_path = self.layout.dir.join(format!("register-{i}.out"));
-            let spawned = self.spawn_register(i, user, &out_path);
-            match spawned {
-                Ok(child) => running.push((user, child, out_path)),
+            match self.spawn_register(i, user, &out_path) {
+                Ok(child) => running.push((*user, child, out_path)),
                 Err(e) => {
                     for (_, mut child, _) in running {
                         terminate_child(&mut child, Duration::from_secs(1));
                     }
-                    self.stop();
                     return Err(e);
                 }
             }
         }
         let deadline = Instant::now() + CTL_TIMEOUT;
-        let mut failure = None;
+        let mut failures = Vec::new();
         for (user, mut child, out_path) in running {
             let status = loop {
                 match child.try_wait() {
@@ -336,23 +374,12 @@ impl Ejabberd {
                     Err(e) => break Some(format!("waiting failed: {e}")),
                 }
             };
-            if let (Some(status), None) = (status, &failure) {
+            if let Some(status) = status {
                 let output = fs::read_to_string(&out_path).unwrap_or_default();
-                failure = Some((user.jid(), status, tail(&output, 2000)));
+                failures.push((user, user.jid(), status, tail(&output, 2000)));
             }
         }
-        match failure {
-            None => Ok(()),
-            Some((jid, status, output)) => {
-                self.stop();
-                Err(EjabberdError::Register {
-                    jid,
-                    status,
-                    output,
-                    log_tail: self.log_tail(),
-                })
-            }
-        }
+        Ok(failures)
     }
 
     fn spawn_register(
