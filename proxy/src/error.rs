@@ -43,6 +43,17 @@ pub enum ClientFault {
     /// A `from` that is not the session's JID (RFC 6120 §4.9.3.9).
     #[error("wrote from={claimed:?} while its session is {account}")]
     InvalidFrom { claimed: String, account: String },
+    /// A first-level element that is neither a stanza nor a stream-level element Custos
+    /// carries (RFC 6120 §4.9.3.24): passing it on unread could carry a message past
+    /// inspection.
+    #[error("sent an unsupported first-level element {0}")]
+    UnsupportedElement(String),
+    /// SASL again on a session that already authenticated.
+    #[error("tried to authenticate again on an authenticated session")]
+    Reauthentication,
+    /// A restarted stream's header names another domain than the stream it replaces.
+    #[error("restarted its stream for {got:?} instead of {expected:?}")]
+    OtherDomain { expected: String, got: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +114,18 @@ impl SessionError {
                 ClientFault::InvalidFrom { .. } => Some((
                     "invalid-from",
                     "the from address is not this session's address".into(),
+                )),
+                ClientFault::UnsupportedElement(_) => Some((
+                    "unsupported-stanza-type",
+                    "not a stanza or a stream-level element this service carries".into(),
+                )),
+                ClientFault::Reauthentication => Some((
+                    "policy-violation",
+                    "this session has already authenticated".into(),
+                )),
+                ClientFault::OtherDomain { .. } => Some((
+                    "host-unknown",
+                    "a restarted stream must name the same domain".into(),
                 )),
                 ClientFault::Tls(_) | ClientFault::Closed | ClientFault::Io(_) => None,
             },

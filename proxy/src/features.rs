@@ -25,14 +25,15 @@ const NS_FAST: &str = "urn:xmpp:fast:0";
 const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
 
 /// Whether a SASL mechanism can authenticate across the two TLS sessions: not when it
-/// is bound to the client's TLS session (`-PLUS`) or its certificate (`EXTERNAL`).
+/// is bound to the client's TLS session (`-PLUS`, FAST's `HT-*-UNIQ`/`-EXPR`/`-ENDP`) or
+/// its certificate (`EXTERNAL`); a missing name is refused too.
 pub fn mechanism_crosses(name: &str) -> bool {
-    let name = name.trim();
-    !(name.eq_ignore_ascii_case("EXTERNAL")
-        || name.len() >= 5
-            && name
-                .get(name.len() - 5..)
-                .is_some_and(|t| t.eq_ignore_ascii_case("-PLUS")))
+    let name = name.trim().to_ascii_uppercase();
+    let channel_bound_fast = name.starts_with("HT-")
+        && ["-UNIQ", "-EXPR", "-ENDP"]
+            .iter()
+            .any(|suffix| name.ends_with(suffix));
+    !(name.is_empty() || name == "EXTERNAL" || name.ends_with("-PLUS") || channel_bound_fast)
 }
 
 /// Removes the features Custos cannot carry. Returns whether anything was removed, so an
@@ -116,6 +117,10 @@ mod tests {
             "external",
             " SCRAM-SHA-1-PLUS ",
             "SCRAM-SHA-256-plus",
+            "HT-SHA-256-EXPR",
+            "ht-sha-256-uniq",
+            "HT-SHA-256-ENDP",
+            "",
         ] {
             assert!(!mechanism_crosses(m), "{m}");
         }
@@ -125,7 +130,7 @@ mod tests {
             "SCRAM-SHA-256",
             "X-OAUTH2",
             "PLUS",
-            "",
+            "HT-SHA-256-NONE",
         ] {
             assert!(mechanism_crosses(m), "{m}");
         }

@@ -62,6 +62,21 @@ impl Ended {
     }
 }
 
+/// Whether a first-level element from the client that is not a stanza is one Custos
+/// passes on: SASL and SASL2 exchanges, stream management, client state indication
+/// (XEP-0352) and a stream error. Anything else (another namespace wrapping a message,
+/// a `jabber:client` element that is not a stanza) would reach the server unread.
+fn client_nonza_carried(el: &Element) -> bool {
+    match el.ns.as_str() {
+        stream::NS_SASL | NS_SASL2 | NS_SM | NS_CSI => true,
+        NS_STREAMS => el.name == "error",
+        _ => false,
+    }
+}
+
+/// Client state indication (XEP-0352): `<active/>`, `<inactive/>`.
+const NS_CSI: &str = "urn:xmpp:csi:0";
+
 /// A peer's `<stream:error/>`, named with its side. A client's usually objects to what
 /// it received, which includes the upstream's bytes as relayed: the log says so rather
 /// than blaming the client. The peer's text is quoted escaped and cut short.
@@ -415,6 +430,33 @@ impl<'a, I: Inspector> Relay<'a, I> {
             let result = match frame {
                 Frame::Whitespace(bytes) => self.to_upstream(&bytes).await,
                 Frame::StreamHeader(h) => {
+                    // The restarted stream is the same stream: `jabber:client` content
+                    // (another default namespace would make every stanza an element
+                    // Custos does not read, while the server, under Custos's header,
+                    // reads messages) and the same domain.
+                    if h.default_ns.as_deref() != Some(stream::NS_CLIENT) {
+                        return Ended::Failed(
+                            ClientFault::Frame(crate::framer::FrameError::InvalidNamespace {
+                                detail: format!(
+                                    "a restarted stream's default namespace must be {}, got {}",
+                                    stream::NS_CLIENT,
+                                    h.default_ns.as_deref().unwrap_or("none")
+                                ),
+                            })
+                            .into(),
+                        );
+                    }
+                    if let Some(to) = h.to.as_deref() {
+                        if !to.trim().is_empty() && !to.eq_ignore_ascii_case(&self.stream.domain) {
+                            return Ended::Failed(
+                                ClientFault::OtherDomain {
+                                    expected: self.stream.domain.clone(),
+                                    got: to.to_owned(),
+                                }
+                                .into(),
+                            );
+                        }
+                    }
                     // Custos writes its own header on the upstream leg.
                     let header = stream::header(&HeaderAttrs {
                         to: Some(&self.stream.domain),
@@ -471,6 +513,18 @@ impl<'a, I: Inspector> Relay<'a, I> {
             let result = match frame {
                 Frame::Whitespace(bytes) => self.to_client(&bytes).await,
                 Frame::StreamHeader(h) => {
+                    if h.default_ns.as_deref() != Some(stream::NS_CLIENT) {
+                        return Ended::Failed(
+                            UpstreamFault::Frame(crate::framer::FrameError::InvalidNamespace {
+                                detail: format!(
+                                    "the upstream's stream content namespace is {}, not {}",
+                                    h.default_ns.as_deref().unwrap_or("none"),
+                                    stream::NS_CLIENT
+                                ),
+                            })
+                            .into(),
+                        );
+                    }
                     let header = stream::header(&HeaderAttrs {
                         from: Some(&self.stream.domain),
                         id: h.id.as_deref(),
@@ -482,6 +536,9 @@ impl<'a, I: Inspector> Relay<'a, I> {
                 Frame::StreamEnd(_) => return Ended::UpstreamClosedStream,
                 Frame::Stanza(stanza) => {
                     let root = &stanza.root;
+                    if root.ns == NS_SASL2 && root.name == "failure" {
+                        self.sasl2_resume_refused.store(false, Ordering::Release);
+                    }
                     let event = self.lock_state().upstream_element(root);
                     match event {
                         UpstreamEvent::AuthSucceeded => {
@@ -706,11 +763,24 @@ impl<'a, I: Inspector> Relay<'a, I> {
         }
         if view.kind == StanzaKind::Nonza {
             if direction == Direction::Outbound {
+                let root = &stanza.root;
+                if !client_nonza_carried(root) {
+                    return Err(Ended::Failed(
+                        ClientFault::UnsupportedElement(format!(
+                            "<{}/> in {:?}",
+                            root.name, root.ns
+                        ))
+                        .into(),
+                    ));
+                }
+                let sasl2 = root.ns == NS_SASL2 && root.name == "authenticate";
+                let sasl1 = root.ns == stream::NS_SASL && root.name == "auth";
+                if (sasl1 || sasl2) && self.lock_state().authenticated() {
+                    return Err(Ended::Failed(ClientFault::Reauthentication.into()));
+                }
                 // Never offered, so only a scripted client asks; the server must not
                 // judge it by Custos's side of the upstream TLS session.
-                let root = &stanza.root;
-                let sasl2 = root.ns == NS_SASL2 && root.name == "authenticate";
-                if (root.ns == stream::NS_SASL && root.name == "auth") || sasl2 {
+                if sasl1 || sasl2 {
                     let mechanism = root.attr("mechanism").unwrap_or_default();
                     if !crate::features::mechanism_crosses(mechanism) {
                         info!(

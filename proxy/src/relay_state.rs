@@ -237,12 +237,14 @@ impl RelayState {
                 self.sm.resumable = matches!(el.attr("resume"), Some("true" | "1"));
                 SmStep::StartCounting
             }
-            ("resume", true, h) => match el.attr("previd") {
-                Some(previd) => SmStep::Resume {
+            // Only a session not yet bound may resume another (its counters are
+            // adopted); a bound one's request goes on for the server to refuse.
+            ("resume", true, h) => match (el.attr("previd"), &self.identity) {
+                (Some(previd), Identity::ExpectBind(_)) => SmStep::Resume {
                     previd: previd.to_owned(),
                     h,
                 },
-                None => SmStep::Forward,
+                _ => SmStep::Forward,
             },
             ("resumed", false, h) => {
                 if let Some(previd) = el.attr("previd") {
@@ -874,7 +876,17 @@ mod tests {
             sm(&mut st, "<r xmlns='urn:xmpp:sm:3'/>", true),
             SmStep::Forward
         );
+        // A bound session's resume request adopts nothing; the server refuses it.
+        assert_eq!(
+            sm(
+                &mut st,
+                "<resume xmlns='urn:xmpp:sm:3' previd='other' h='3'/>",
+                true
+            ),
+            SmStep::Forward
+        );
         let mut fresh = RelayState::default();
+        fresh.upstream_element(&el(SUCCESS));
         assert_eq!(
             sm(
                 &mut fresh,

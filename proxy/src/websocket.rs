@@ -20,6 +20,7 @@
 //! element; anything else ends the connection with a `<not-well-formed/>` stream error.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
@@ -33,7 +34,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, info};
 
 use crate::conn::Conn;
-use crate::framer::{Frame, FrameError, FrameLimits, Framer};
+use crate::framer::{Frame, FrameError, FrameLimits, Framer, STREAMS_NS};
 use crate::inspect::Inspector;
 use crate::io::{BoxIo, READ_CHUNK};
 use crate::session::{self, Shared};
@@ -113,8 +114,20 @@ pub(crate) async fn serve<I: Inspector>(
         conn_id,
         shared.clone(),
     );
-    tokio::join!(session, pump(ws, pump_end, limits.frame));
+    let pump = pump(ws, pump_end, limits.frame);
+    tokio::pin!(session, pump);
+    tokio::select! {
+        () = &mut session => {
+            // The client gets the close handshake's time, no more: a peer that never
+            // answers must not keep its connection slot.
+            let _ = tokio::time::timeout(CLOSE_GRACE, &mut pump).await;
+        }
+        () = &mut pump => session.await,
+    }
 }
+
+/// How long a client has to finish the close handshake once its session has ended.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The upgrade request's checks: the configured path, the `xmpp` subprotocol (which the
 /// answer echoes, RFC 7395 §3.1), and the origin.
@@ -189,8 +202,10 @@ async fn pump<S>(
 {
     let (mut ws_tx, mut ws_rx) = ws.split();
     let (mut from_session, mut to_session) = tokio::io::split(pipe);
+    // A new <open/> is due at the start and after SASL <success/> (set by outbound).
+    let open_due = AtomicBool::new(true);
     let inbound = async {
-        let mut inbound = Inbound::new(limits);
+        let mut inbound = Inbound::new(limits, &open_due);
         while let Some(msg) = ws_rx.next().await {
             let bytes = match msg {
                 Ok(Message::Text(text)) => inbound.translate(text.as_str()),
@@ -218,7 +233,7 @@ async fn pump<S>(
         let _ = to_session.shutdown().await;
     };
     let outbound = async {
-        let mut outbound = Outbound::new(limits);
+        let mut outbound = Outbound::new(limits, &open_due);
         let mut buf = vec![0; READ_CHUNK];
         'read: loop {
             let n = match from_session.read(&mut buf).await {
@@ -251,16 +266,21 @@ const FRAME_SCOPE: &[u8] =
 
 /// Client → session: each text message checked to be one element and rewritten as a
 /// stream's bytes.
-struct Inbound {
+struct Inbound<'a> {
     limits: FrameLimits,
     opened: bool,
+    /// Whether an `<open/>` may come now (at the start, and after SASL `<success/>`):
+    /// elsewhere it would wrap the messages after it in one element the session does
+    /// not read as stanzas.
+    open_due: &'a AtomicBool,
 }
 
-impl Inbound {
-    fn new(limits: FrameLimits) -> Inbound {
+impl<'a> Inbound<'a> {
+    fn new(limits: FrameLimits, open_due: &'a AtomicBool) -> Inbound<'a> {
         Inbound {
             limits,
             opened: false,
+            open_due,
         }
     }
 
@@ -271,6 +291,11 @@ impl Inbound {
         }
         let (element, raw) = one_element(text, self.limits)?;
         if element.ns == NS_FRAMING && element.name == "open" {
+            if !self.open_due.swap(false, Ordering::AcqRel) {
+                return Err(FrameError::NotWellFormed {
+                    detail: "<open/> in the middle of a stream".into(),
+                });
+            }
             if element.attr("version") != Some("1.0") {
                 return Err(FrameError::NotWellFormed {
                     detail: "<open/> without version='1.0' (RFC 7395 §3.3.1)".into(),
@@ -295,6 +320,16 @@ impl Inbound {
         if element.ns == NS_FRAMING {
             return Err(FrameError::NotWellFormed {
                 detail: format!("unknown framing element <{}/>", element.name),
+            });
+        }
+        // RFC 7395 frames streams with <open/> and <close/>: of the streams namespace
+        // only an error may come (a <stream:stream> element would restart the stream).
+        if element.ns == STREAMS_NS && element.name != "error" {
+            return Err(FrameError::NotWellFormed {
+                detail: format!(
+                    "<{}/> of the streams namespace in a WebSocket message",
+                    element.name
+                ),
             });
         }
         Ok(raw)
@@ -332,17 +367,25 @@ fn one_element(text: &str, limits: FrameLimits) -> Result<(Element, Vec<u8>), Fr
 }
 
 /// Session → client: the bytes of an XMPP stream cut into RFC 7395 messages.
-struct Outbound {
+struct Outbound<'a> {
     framer: Framer,
     /// The stream ended (`</stream:stream>` went out as `<close/>`).
     ended: bool,
+    open_due: &'a AtomicBool,
 }
 
-impl Outbound {
-    fn new(limits: FrameLimits) -> Outbound {
+impl<'a> Outbound<'a> {
+    fn new(limits: FrameLimits, open_due: &'a AtomicBool) -> Outbound<'a> {
+        // These bytes are Custos's own, and a stanza it rewrote (escaped, redacted,
+        // declarations added) may be larger than the client could send.
+        let limits = FrameLimits {
+            max_stanza_bytes: limits.max_stanza_bytes.saturating_mul(8),
+            ..limits
+        };
         Outbound {
             framer: Framer::new(limits),
             ended: false,
+            open_due,
         }
     }
 
@@ -372,8 +415,10 @@ impl Outbound {
                     let restart = s.root.ns == NS_SASL && s.root.name == "success";
                     out.push(self_contained(s.root, &s.raw));
                     if restart {
-                        // The session writes a new stream header next (RFC 6120 §6.4.6).
+                        // The session writes a new stream header next (RFC 6120 §6.4.6),
+                        // and the client opens again.
                         self.framer.restart();
+                        self.open_due.store(true, Ordering::Release);
                     }
                 }
                 Ok(Some(Frame::StreamEnd(_))) => {
@@ -427,7 +472,8 @@ mod tests {
 
     #[test]
     fn open_stanzas_and_close_become_a_stream() {
-        let mut i = Inbound::new(limits());
+        let due = AtomicBool::new(true);
+        let mut i = Inbound::new(limits(), &due);
         let open = i
             .translate("<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='example.test' version='1.0' xml:lang='en'/>")
             .unwrap_or_default();
@@ -437,6 +483,11 @@ mod tests {
         let msg = "<message xmlns='jabber:client' to='b@example.test'><body>hi</body></message>";
         assert_eq!(i.translate(msg).ok(), Some(msg.as_bytes().to_vec()));
         assert_eq!(i.translate("  \n").ok(), Some(Vec::new()));
+        let again =
+            "<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='example.test' version='1.0'/>";
+        assert!(i.translate(again).is_err(), "not due mid-stream");
+        due.store(true, Ordering::Release);
+        assert!(i.translate(again).is_ok(), "due after SASL success");
         assert_eq!(
             i.translate("<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>")
                 .ok(),
@@ -446,9 +497,11 @@ mod tests {
 
     #[test]
     fn a_message_must_be_exactly_one_element_after_open() {
-        let mut i = Inbound::new(limits());
+        let due = AtomicBool::new(true);
+        let mut i = Inbound::new(limits(), &due);
         assert!(i.translate("<message/>").is_err(), "before <open/>");
-        let mut i = Inbound::new(limits());
+        let due = AtomicBool::new(true);
+        let mut i = Inbound::new(limits(), &due);
         assert!(i
             .translate("<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='x' version='1.0'/>")
             .is_ok());
@@ -460,8 +513,14 @@ mod tests {
             "text",
             "<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='x'/>",
             "<frob xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>",
+            // A second <open/> mid-stream would wrap what follows in one element.
+            "<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='x' version='1.0'/>",
+            // A whole stream element would restart the session's stream in it.
+            "<s:stream xmlns:s='http://etherx.jabber.org/streams' xmlns='urn:evil'><message/></s:stream>",
+            "<stream:features xmlns:stream='http://etherx.jabber.org/streams'/>",
         ] {
-            let mut i = Inbound::new(limits());
+            let due = AtomicBool::new(true);
+            let mut i = Inbound::new(limits(), &due);
             let _ = i.translate(
                 "<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='x' version='1.0'/>",
             );
@@ -471,7 +530,8 @@ mod tests {
 
     #[test]
     fn the_stream_toward_the_client_becomes_messages_each_a_document() {
-        let mut o = Outbound::new(limits());
+        let due = AtomicBool::new(false);
+        let mut o = Outbound::new(limits(), &due);
         let mut got = o.translate(
             b"<stream:stream from='example.test' id='s1' version='1.0' xmlns='jabber:client' \
               xmlns:stream='http://etherx.jabber.org/streams'><stream:features><mechanisms \
@@ -499,6 +559,10 @@ mod tests {
             ]
         );
         assert!(o.ended);
+        assert!(
+            due.load(Ordering::Acquire),
+            "after <success/> the client opens again"
+        );
         // Each message parses alone with no stream around it.
         for m in &got {
             let mut f = Framer::new(limits());

@@ -75,6 +75,30 @@ impl Scripted {
         Ok(c)
     }
 
+    /// SASL PLAIN, then the stream restart with `header` (whatever a test wants to
+    /// write there); returns without waiting for an answer.
+    pub async fn authenticate_restarting_with(
+        &mut self,
+        user: &str,
+        password: &str,
+        header: &str,
+    ) -> Result<(), BoxError> {
+        let token =
+            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+        self.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>"
+        ))
+        .await?;
+        let answer = self
+            .until(|e| e.name == "success" || e.name == "failure")
+            .await?;
+        if answer.name != "success" {
+            return Err(format!("authentication failed for {user}").into());
+        }
+        self.framer.restart();
+        self.send(header).await
+    }
+
     /// SASL PLAIN, then the stream restart, up to the new features.
     pub async fn authenticate(&mut self, user: &str, password: &str) -> Result<(), BoxError> {
         let token =

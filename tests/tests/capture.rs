@@ -973,3 +973,50 @@ async fn a_clients_stream_error_is_logged_with_its_condition() -> TestResult {
     }
     Ok(())
 }
+
+/// After SASL the client writes a new stream header. One that declares another default
+/// namespace would turn every stanza after it into an unknown element for Custos (not a
+/// message, so neither inspected nor archived) while the server, under Custos's own
+/// `jabber:client` header, reads a message and delivers it. Custos refuses the header;
+/// and an unknown top-level element is refused, never passed on unread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_header_or_element_in_another_namespace_cannot_take_messages_off_the_record(
+) -> TestResult {
+    let rig = rig("capture-restart-ns", None)?;
+    let mut bob = rig
+        .connect("bob", "phone", custos_e2e::Tls::StartTls)
+        .await?;
+
+    let mut c =
+        Scripted::connect(rig.custos.listener(1), rig.ca.cert_path(), "example.test").await?;
+    c.authenticate_restarting_with(
+        "alice",
+        password("alice"),
+        "<stream:stream xmlns='urn:evil' xmlns:stream='http://etherx.jabber.org/streams' to='example.test' version='1.0'>\
+         <iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>\
+         <message to='bob@example.test' type='chat'><body>offrecord-1 under another namespace</body></message>",
+    )
+    .await?;
+    assert!(c.closed_within(WAIT).await, "the stream is ended");
+    assert!(
+        c.transcript.contains("invalid-namespace"),
+        "{}",
+        c.transcript
+    );
+
+    // A message wrapped in an element of an unknown namespace, after a normal login.
+    let mut d = login(&rig, "alice", "desk").await?;
+    d.send("<x xmlns='urn:evil'><message xmlns='jabber:client' to='bob@example.test' type='chat'><body>offrecord-2 wrapped</body></message></x>")
+        .await?;
+    assert!(d.closed_within(WAIT).await, "the stream is ended");
+    assert!(
+        d.transcript.contains("unsupported-stanza-type"),
+        "{}",
+        d.transcript
+    );
+
+    bob.expect_no_message(Duration::from_millis(700)).await?;
+    let log = rig.prosody.log_tail();
+    assert!(!log.contains("offrecord-"), "reached the server: {log}");
+    Ok(())
+}
