@@ -14,6 +14,8 @@
 //!   learnt from the SASL2 success (see `relay_state`).
 //! - STARTTLS: the client leg is already encrypted by Custos; an upstream offer only
 //!   describes the proxy's own leg.
+//! - Stream management in its older namespace (`urn:xmpp:sm:2`): Custos translates the
+//!   counts of `urn:xmpp:sm:3` only (and refuses other stream-level elements).
 
 use crate::xml::{Element, Node};
 
@@ -23,6 +25,9 @@ const NS_SASL2: &str = "urn:xmpp:sasl:2";
 const NS_SASL_CB: &str = "urn:xmpp:sasl-cb:0";
 const NS_FAST: &str = "urn:xmpp:fast:0";
 const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
+/// XEP-0198's older namespace: Custos keeps counts right in `urn:xmpp:sm:3` only, so
+/// clients are offered that one.
+const NS_SM2: &str = "urn:xmpp:sm:2";
 
 /// Whether a SASL mechanism can authenticate across the two TLS sessions: not when it
 /// is bound to the client's TLS session (`-PLUS`, FAST's `HT-*-UNIQ`/`-EXPR`/`-ENDP`) or
@@ -41,9 +46,10 @@ pub fn mechanism_crosses(name: &str) -> bool {
 pub fn filter_features(features: &mut Element) -> bool {
     let before = count_elements(features);
     features.children.retain(|node| match node {
-        Node::Element(child) => {
-            !matches!(child.ns.as_str(), NS_COMPRESS_FEATURE | NS_SASL_CB | NS_TLS)
-        }
+        Node::Element(child) => !matches!(
+            child.ns.as_str(),
+            NS_COMPRESS_FEATURE | NS_SASL_CB | NS_TLS | NS_SM2
+        ),
         Node::Text(_) => true,
     });
     for node in features.children.iter_mut() {
@@ -164,13 +170,17 @@ mod tests {
                <compression xmlns='http://jabber.org/features/compress'><method>zlib</method></compression>\
                <authentication xmlns='urn:xmpp:sasl:2'><mechanism>PLAIN</mechanism></authentication>\
                <sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'><channel-binding type='tls-exporter'/></sasl-channel-binding>\
-               <sm xmlns='urn:xmpp:sm:3'/>\
+               <sm xmlns='urn:xmpp:sm:2'><optional/></sm><sm xmlns='urn:xmpp:sm:3'/>\
              </stream:features>",
         );
         assert!(filter_features(&mut el));
         assert_eq!(mechanisms(&el), vec!["SCRAM-SHA-256", "PLAIN"]);
         let names: Vec<_> = el.children().map(|c| c.name.clone()).collect();
         assert_eq!(names, vec!["mechanisms", "authentication", "sm"]);
+        assert!(
+            el.child("sm", "urn:xmpp:sm:2").is_none(),
+            "only sm:3 offered"
+        );
     }
 
     /// SASL2 passes with what can cross: its mechanisms filtered like SASL's, Bind2 and
