@@ -70,6 +70,7 @@ pub(crate) async fn serve<I: Inspector>(
 ) {
     let _ = tcp.set_nodelay(true);
     let limits = shared.config.limits;
+    let tls = acceptor.is_some();
     let io: BoxIo = match acceptor {
         Some(acceptor) => {
             match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
@@ -93,7 +94,7 @@ pub(crate) async fn serve<I: Inspector>(
         .max_frame_size(Some(limits.frame.max_stanza_bytes));
     let check = {
         let options = options.clone();
-        move |req: &Request, resp: Response| check_upgrade(&options, req, resp)
+        move |req: &Request, resp: Response| check_upgrade(&options, tls, req, resp)
     };
     let upgrade = tokio_tungstenite::accept_hdr_async_with_config(io, check, Some(config));
     let ws = match tokio::time::timeout(limits.handshake_timeout, upgrade).await {
@@ -134,6 +135,7 @@ const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 #[allow(clippy::result_large_err)] // the callback type tungstenite asks for
 fn check_upgrade(
     options: &WebSocketOptions,
+    tls: bool,
     req: &Request,
     mut resp: Response,
 ) -> Result<Response, ErrorResponse> {
@@ -165,7 +167,7 @@ fn check_upgrade(
     }
     let origin = req.headers().get("origin").and_then(|v| v.to_str().ok());
     let host = req.headers().get("host").and_then(|v| v.to_str().ok());
-    if !origin_allowed(origin, host, &options.origins) {
+    if !origin_allowed(origin, host, &options.origins, tls) {
         return Err(refuse(StatusCode::FORBIDDEN, "origin not allowed"));
     }
     resp.headers_mut()
@@ -176,7 +178,14 @@ fn check_upgrade(
 /// Whether a browser page at `origin` may open the endpoint. With a list, exactly its
 /// entries; without one, only a page served from the host the request was sent to (or a
 /// client that sends no `Origin`, which is not a browser).
-pub fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[String]) -> bool {
+/// On a wss:// listener (`tls`) that page must itself be https://; behind a
+/// TLS-terminating proxy the listener cannot tell, and either scheme is taken.
+pub fn origin_allowed(
+    origin: Option<&str>,
+    host: Option<&str>,
+    allowed: &[String],
+    tls: bool,
+) -> bool {
     let Some(origin) = origin else {
         return allowed.is_empty();
     };
@@ -186,9 +195,11 @@ pub fn origin_allowed(origin: Option<&str>, host: Option<&str>, allowed: &[Strin
     let Some(host) = host else {
         return false;
     };
-    let authority = origin
-        .strip_prefix("https://")
-        .or_else(|| origin.strip_prefix("http://"));
+    let authority = match origin.strip_prefix("https://") {
+        Some(a) => Some(a),
+        None if tls => None,
+        None => origin.strip_prefix("http://"),
+    };
     authority.is_some_and(|a| a.eq_ignore_ascii_case(host))
 }
 
@@ -577,24 +588,27 @@ mod tests {
     fn origins() {
         let none: Vec<String> = Vec::new();
         let list = vec!["https://chat.example.test".to_owned()];
-        assert!(origin_allowed(None, Some("x"), &none));
-        assert!(!origin_allowed(None, Some("x"), &list));
-        assert!(origin_allowed(
+        let ok = |o: Option<&str>, h: Option<&str>, l: &[String], tls: bool| {
+            origin_allowed(o, h, l, tls)
+        };
+        assert!(ok(None, Some("x"), &none, false));
+        assert!(!ok(None, Some("x"), &list, false));
+        assert!(ok(
             Some("https://chat.example.test"),
             Some("x"),
-            &list
+            &list,
+            true
         ));
-        assert!(!origin_allowed(Some("https://evil.test"), Some("x"), &list));
-        assert!(origin_allowed(
-            Some("http://127.0.0.1:8080"),
-            Some("127.0.0.1:8080"),
-            &none
-        ));
-        assert!(!origin_allowed(
-            Some("https://evil.test"),
-            Some("127.0.0.1:8080"),
-            &none
-        ));
-        assert!(!origin_allowed(Some("null"), Some("127.0.0.1"), &none));
+        assert!(!ok(Some("https://evil.test"), Some("x"), &list, true));
+        // Without a list: the host the request was sent to.
+        let host = Some("127.0.0.1:8080");
+        assert!(ok(Some("http://127.0.0.1:8080"), host, &none, false));
+        assert!(ok(Some("https://127.0.0.1:8080"), host, &none, true));
+        assert!(
+            !ok(Some("http://127.0.0.1:8080"), host, &none, true),
+            "an http page on wss"
+        );
+        assert!(!ok(Some("https://evil.test"), host, &none, false));
+        assert!(!ok(Some("null"), Some("127.0.0.1"), &none, false));
     }
 }
