@@ -200,6 +200,11 @@ pub enum SmStep {
 /// The session's stream management as the server granted it.
 #[derive(Debug, Default)]
 struct SmSession {
+    /// The client asked to enable it (once: a second request must not restart the
+    /// upstream leg's count, which the server keeps).
+    enable_requested: bool,
+    /// The server enabled it.
+    enabled: bool,
     /// The id from `<enabled/>` or `<resumed previd>`: the key of the detached session.
     id: Option<String>,
     /// The server allows resumption: a dropped client must leave the server's stream open.
@@ -231,8 +236,12 @@ impl RelayState {
         }
         let h = el.attr("h").and_then(crate::sm::parse_h);
         match (el.name.as_str(), from_client, h) {
-            ("enable", true, _) => SmStep::StartCounting,
-            ("enabled", false, _) => {
+            ("enable", true, _) if !self.sm.enable_requested => {
+                self.sm.enable_requested = true;
+                SmStep::StartCounting
+            }
+            ("enabled", false, _) if !self.sm.enabled => {
+                self.sm.enabled = true;
                 self.sm.id = el.attr("id").map(str::to_owned);
                 self.sm.resumable = matches!(el.attr("resume"), Some("true" | "1"));
                 SmStep::StartCounting
@@ -327,8 +336,17 @@ impl RelayState {
             Identity::ExpectAuth(_) if is_registration(el, view) => ClientStanza::PassUnrecorded,
             Identity::ExpectAuth(_) => ClientStanza::NotAuthorized,
             Identity::ExpectBind(e) => {
+                // Addressed to the server (no `to`, or a domain) and holding the bind
+                // request alone, as RFC 6120 §7.6 has it: nothing else rides along
+                // unrecorded, whatever the server would do with it.
+                let to_server = view
+                    .to
+                    .as_deref()
+                    .is_none_or(|to| !to.contains('@') && !to.contains('/'));
                 let bind_request = view.kind == StanzaKind::Iq
                     && view.stanza_type.as_deref() == Some("set")
+                    && to_server
+                    && el.children().count() == 1
                     && el.child("bind", NS_BIND).is_some();
                 match (bind_request, &view.id) {
                     (true, Some(id)) => {
@@ -738,6 +756,20 @@ mod tests {
     fn the_jid_comes_only_from_the_answer_to_our_bind_request() {
         let mut st = RelayState::default();
         st.upstream_element(&el(SUCCESS));
+        // Only a bind request addressed to the server and holding nothing else passes.
+        for smuggled in [
+            "<iq type='set' id='b0' to='bob@x/r'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>",
+            "<iq type='set' id='b0'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/><query xmlns='jabber:iq:private'/></iq>",
+        ] {
+            assert_eq!(client(&mut st, smuggled), ClientStanza::NotAuthorized, "{smuggled}");
+        }
+        assert_eq!(
+            client(
+                &mut st,
+                "<iq type='set' id='b9' to='x'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>"
+            ),
+            ClientStanza::PassUnrecorded
+        );
         client(&mut st, BIND_REQ);
         // A bind result with another id (injected by another user) is not ours.
         let injected = "<iq type='result' id='zz' from='eve@x/e'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>eve@x/e</jid></bind></iq>";
@@ -876,6 +908,16 @@ mod tests {
             sm(&mut st, "<r xmlns='urn:xmpp:sm:3'/>", true),
             SmStep::Forward
         );
+        // A second enable (the server answers <failed/>) does not restart the count.
+        assert_eq!(
+            sm(&mut st, "<enable xmlns='urn:xmpp:sm:3'/>", true),
+            SmStep::Forward
+        );
+        assert_eq!(
+            sm(&mut st, "<enabled xmlns='urn:xmpp:sm:3' id='sm2'/>", false),
+            SmStep::Forward
+        );
+        assert_eq!(st.sm_id(), Some("sm1"));
         // A bound session's resume request adopts nothing; the server refuses it.
         assert_eq!(
             sm(
