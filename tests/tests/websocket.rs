@@ -354,3 +354,36 @@ async fn wait_text(c: &fantoccini::Client, text: &str, limit: Duration) -> Resul
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A client that upgrades and then neither opens a stream nor answers the close
+/// handshake loses its connection slot when its session times out: with one slot, the
+/// next client gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_websocket_client_does_not_keep_its_slot() -> TestResult {
+    let rig = Rig::start(
+        "ws-silent",
+        RigOptions {
+            archive: true,
+            extra: "[limits]\nmax_connections = 1\nhandshake_timeout_secs = 2\n".into(),
+            websocket: Some(WsListener {
+                tls: false,
+                ..WsListener::default()
+            }),
+            ..RigOptions::default()
+        },
+    )?;
+    let target = WsTarget::new(rig.websocket.ok_or("no WebSocket listener")?, None);
+    // The start-up probes' connections hold the slot until their handshakes time out.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Upgrades, then reads nothing: it answers no close frame either.
+    let silent = WsClient::connect(&target).await?;
+    // The handshake timeout (2 s) ends its session; the close handshake gets 5 s more.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    let mut next = WsClient::connect(&target)
+        .await
+        .map_err(|e| format!("the slot is still held: {e}\n{}", rig.context()))?;
+    let jid = next.login("alice", "alice-secret", "web").await?;
+    assert_eq!(jid, "alice@example.test/web");
+    drop(silent);
+    Ok(())
+}
