@@ -196,6 +196,49 @@ impl Custos {
         tail(&self.log(), 6000)
     }
 
+    /// `custos search --json QUERY`, parsed: one object per logical message, its copies
+    /// under `copies`.
+    pub fn search(&self, query: &str) -> Result<Vec<serde_json::Value>, crate::rig::BoxError> {
+        self.json_lines(&["search", "--json", query])
+    }
+
+    /// `custos search --json --copies QUERY`, parsed: one object per record (copy).
+    pub fn search_copies(
+        &self,
+        query: &str,
+    ) -> Result<Vec<serde_json::Value>, crate::rig::BoxError> {
+        self.json_lines(&["search", "--json", "--copies", query])
+    }
+
+    /// [`Custos::search_copies`] polled every 100 ms until at least `want` records match
+    /// or `limit` passes (the index is near-real-time); the last answer.
+    pub fn search_copies_until(
+        &self,
+        query: &str,
+        want: usize,
+        limit: Duration,
+    ) -> Result<Vec<serde_json::Value>, crate::rig::BoxError> {
+        poll(want, limit, || self.search_copies(query))
+    }
+
+    /// `custos ARGS --config …` whose stdout is one JSON object per line, parsed.
+    fn json_lines(&self, args: &[&str]) -> Result<Vec<serde_json::Value>, crate::rig::BoxError> {
+        let out = self.command(args)?;
+        if !out.status.success() {
+            return Err(format!(
+                "custos {} failed: {}",
+                args.first().copied().unwrap_or_default(),
+                String::from_utf8_lossy(&out.stderr)
+            )
+            .into());
+        }
+        let text = String::from_utf8(out.stdout)?;
+        Ok(text
+            .lines()
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()?)
+    }
+
     /// Whether the process has exited (reaping it if so).
     pub fn has_exited(&mut self) -> bool {
         match self.child.as_mut() {
@@ -280,5 +323,22 @@ pub fn add_user(config: &Path, name: &str, role: &str, password: &str) -> Result
             reason: "custos user add failed".into(),
             log: String::from_utf8_lossy(&out.stderr).into_owned(),
         })
+    }
+}
+
+/// Calls `search` every 100 ms until it returns at least `want` hits or `limit` passes;
+/// the last answer.
+pub fn poll(
+    want: usize,
+    limit: Duration,
+    mut search: impl FnMut() -> Result<Vec<serde_json::Value>, crate::rig::BoxError>,
+) -> Result<Vec<serde_json::Value>, crate::rig::BoxError> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let hits = search()?;
+        if hits.len() >= want || std::time::Instant::now() > deadline {
+            return Ok(hits);
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -51,6 +51,7 @@ pub mod prometheus;
 pub mod prosody;
 pub mod rig;
 pub mod s3;
+pub mod scenarios;
 pub mod scripted;
 pub mod sendxmpp;
 pub mod slix;

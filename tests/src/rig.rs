@@ -259,12 +259,12 @@ impl Front {
 
     /// [`Rig::search`] against this Custos.
     pub fn search(&self, query: &str) -> Result<Vec<serde_json::Value>, BoxError> {
-        search_with(&self.custos, &["search", "--json", query])
+        self.custos.search(query)
     }
 
     /// [`Rig::search_copies`] against this Custos.
     pub fn search_copies(&self, query: &str) -> Result<Vec<serde_json::Value>, BoxError> {
-        search_with(&self.custos, &["search", "--json", "--copies", query])
+        self.custos.search_copies(query)
     }
 
     /// [`Rig::search_copies_until`] against this Custos.
@@ -274,7 +274,7 @@ impl Front {
         want: usize,
         limit: std::time::Duration,
     ) -> Result<Vec<serde_json::Value>, BoxError> {
-        poll(want, limit, || self.search_copies(query))
+        self.custos.search_copies_until(query, want, limit)
     }
 }
 
@@ -379,7 +379,7 @@ impl Rig {
         want: usize,
         limit: std::time::Duration,
     ) -> Result<Vec<serde_json::Value>, BoxError> {
-        poll(want, limit, || self.search(query))
+        crate::custos::poll(want, limit, || self.search(query))
     }
 
     /// [`Rig::search_until`] over `--copies`: until `want` records match.
@@ -389,18 +389,18 @@ impl Rig {
         want: usize,
         limit: std::time::Duration,
     ) -> Result<Vec<serde_json::Value>, BoxError> {
-        poll(want, limit, || self.search_copies(query))
+        self.custos.search_copies_until(query, want, limit)
     }
 
     /// `custos search --json QUERY`, parsed: one object per logical message, its
     /// copies under `copies`.
     pub fn search(&self, query: &str) -> Result<Vec<serde_json::Value>, BoxError> {
-        search_with(&self.custos, &["search", "--json", query])
+        self.custos.search(query)
     }
 
     /// `custos search --json --copies QUERY`, parsed: one object per record (copy).
     pub fn search_copies(&self, query: &str) -> Result<Vec<serde_json::Value>, BoxError> {
-        search_with(&self.custos, &["search", "--json", "--copies", query])
+        self.custos.search_copies(query)
     }
 
     /// `custos user add` with the password on stdin.
@@ -423,23 +423,6 @@ impl Rig {
     }
 }
 
-/// `custos ARGS --config …` whose stdout is one JSON object per line, parsed.
-fn search_with(custos: &Custos, args: &[&str]) -> Result<Vec<serde_json::Value>, BoxError> {
-    let out = custos.command(args)?;
-    if !out.status.success() {
-        return Err(format!(
-            "custos search failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
-    let text = String::from_utf8(out.stdout)?;
-    Ok(text
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()?)
-}
-
 fn chown_tree(path: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<()> {
     std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
     if path.is_dir() {
@@ -448,19 +431,4 @@ fn chown_tree(path: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<()>
         }
     }
     Ok(())
-}
-
-fn poll(
-    want: usize,
-    limit: std::time::Duration,
-    mut search: impl FnMut() -> Result<Vec<serde_json::Value>, BoxError>,
-) -> Result<Vec<serde_json::Value>, BoxError> {
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        let hits = search()?;
-        if hits.len() >= want || std::time::Instant::now() > deadline {
-            return Ok(hits);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
 }

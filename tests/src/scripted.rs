@@ -101,20 +101,9 @@ impl Scripted {
 
     /// SASL PLAIN, then the stream restart, up to the new features.
     pub async fn authenticate(&mut self, user: &str, password: &str) -> Result<(), BoxError> {
-        let token =
-            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
-        self.send(&format!(
-            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>"
-        ))
-        .await?;
-        let answer = self
-            .until(|e| e.name == "success" || e.name == "failure")
+        let restart = header(&self.domain);
+        self.authenticate_restarting_with(user, password, &restart)
             .await?;
-        if answer.name != "success" {
-            return Err(format!("authentication failed for {user}").into());
-        }
-        self.framer.restart();
-        self.send(&header(&self.domain.clone())).await?;
         self.until_name("features").await?;
         Ok(())
     }

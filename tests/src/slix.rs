@@ -586,6 +586,20 @@ impl SlixClient {
         self.command("sm_request_ack", json!({})).await.map(drop)
     }
 
+    /// Asks the server for an acknowledgement and waits (at most `limit`) until it has
+    /// acknowledged everything sent; the counters as they then stand.
+    pub async fn sm_acknowledged(&mut self, limit: Duration) -> Result<SmState, ClientError> {
+        self.sm_request_ack().await?;
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let s = self.sm_state().await?;
+            if (s.sent > 0 && s.acked == s.sent) || std::time::Instant::now() >= deadline {
+                return Ok(s);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Drops the TCP connection without closing the stream (a network failure), keeping
     /// the stream-management session for [`SlixClient::sm_resume`]. Its id.
     pub async fn sm_drop(&mut self) -> Result<String, ClientError> {

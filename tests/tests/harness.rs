@@ -253,15 +253,7 @@ async fn stream_management_counts_and_acks() -> TestResult {
     );
 
     // Alice asks for an ack; the server's h must catch up with what she sent.
-    alice.sm_request_ack().await?;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let state = loop {
-        let s = alice.sm_state().await?;
-        if (s.sent > 0 && s.acked == s.sent) || Instant::now() >= deadline {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let state = alice.sm_acknowledged(Duration::from_secs(5)).await?;
     assert!(state.sent >= 3, "{state:?}");
     assert_eq!(state.acked, state.sent, "{state:?}");
     assert_eq!(state.unacked, 0, "{state:?}");

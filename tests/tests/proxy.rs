@@ -597,66 +597,9 @@ async fn a_slixmpp_client_resumes_its_session_through_custos() -> TestResult {
     let addr = opts.addr;
     let mut alice = SlixClient::connect(opts).await?;
     let mut bob = rig.connect("bob", "phone", Tls::StartTls).await?;
-    let alice_jid = alice.jid().to_owned();
-
-    alice
-        .send_chat("bob@example.test", "resume-1 before the drop")
-        .await?;
-    assert_eq!(bob.next_message().await?.body, "resume-1 before the drop");
-
-    let id = alice.sm_drop().await?;
-    assert!(!id.is_empty());
-    // Sent while Alice is away: the server holds it in her hibernating session.
-    bob.send_chat(&alice_jid, "resume-2 while alice was away")
-        .await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let outcome = alice.sm_resume(addr).await?;
-    assert_eq!(outcome, "resumed", "no new login\n{}", rig.context());
-    assert_eq!(
-        alice.next_message().await?.body,
-        "resume-2 while alice was away"
-    );
-
-    alice
-        .send_chat("bob@example.test", "resume-3 after resumption")
-        .await?;
-    assert_eq!(bob.next_message().await?.body, "resume-3 after resumption");
-    bob.send_chat(&alice_jid, "resume-4 to the resumed session")
-        .await?;
-    assert_eq!(
-        alice.next_message().await?.body,
-        "resume-4 to the resumed session"
-    );
-    // The server acknowledges everything Alice sent, across both connections.
-    alice.sm_request_ack().await?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let state = loop {
-        let s = alice.sm_state().await?;
-        if (s.sent > 0 && s.acked == s.sent) || std::time::Instant::now() >= deadline {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(state.acked, state.sent, "{state:?}\n{}", rig.context());
-    assert_eq!(state.unacked, 0, "{state:?}");
-    // Nothing twice: no message arrives again after resumption.
-    alice.expect_no_message(Duration::from_millis(700)).await?;
-
-    // Each message once per stream it crossed: the sender's and the recipient's.
-    for text in ["resume-1", "resume-2", "resume-3", "resume-4"] {
-        let hits = rig.search_copies_until(text, 2, Duration::from_secs(10))?;
-        std::thread::sleep(Duration::from_millis(500));
-        let hits = if hits.len() == 2 {
-            rig.search_copies(text)?
-        } else {
-            hits
-        };
-        assert_eq!(hits.len(), 2, "{text}: {hits:#?}\n{}", rig.context());
-        assert!(
-            hits.iter()
-                .any(|h| h["account"].as_str() == Some(alice_jid.as_str())),
-            "{text} on Alice's stream under her proven JID: {hits:#?}"
-        );
-    }
+    custos_e2e::scenarios::drop_and_resume(&rig.custos, &mut alice, &mut bob, addr, &|| {
+        rig.context()
+    })
+    .await?;
     Ok(())
 }

@@ -157,15 +157,80 @@ fn assert_archived_once<S: Upstream>(
     Ok(())
 }
 
+/// Alice and Bob log in through Custos (STARTTLS on both legs) and chat both ways: each
+/// message delivered once, with its subject and thread, and archived once as one logical
+/// message with the sender's and the recipient's copy.
+async fn chat_both_ways<S: Upstream>(front: &Front, server: &S, ca: &TestCa) -> TestResult {
+    let mut alice = connect(front, server, ca, "alice", "laptop").await?;
+    let mut bob = connect(front, server, ca, "bob", "phone").await?;
+    assert_eq!(alice.jid(), "alice@example.test/laptop");
+    assert_eq!(bob.jid(), "bob@example.test/phone");
+
+    // Alice to Bob's bare JID, with subject and thread.
+    let to_bob = format!("{} relays the okapi report <&> ✓", S::NAME);
+    let id = alice
+        .send_message(OutgoingMessage {
+            subject: Some(format!("via {}", S::NAME)),
+            thread: Some(format!("{}-1", S::NAME)),
+            ..OutgoingMessage::chat("bob@example.test", to_bob.as_str())
+        })
+        .await?;
+    let got = bob
+        .next_message()
+        .await
+        .map_err(|e| format!("{e}\n{}", context(front, server)))?;
+    assert_eq!(got.body, to_bob);
+    assert_eq!(got.from, "alice@example.test/laptop");
+    assert_eq!(got.id.as_deref(), Some(id.as_str()));
+    assert_eq!(got.subject, Some(format!("via {}", S::NAME)));
+    assert_eq!(got.thread, Some(format!("{}-1", S::NAME)));
+
+    // Bob back to Alice's full JID.
+    let to_alice = "quokka says the report arrived";
+    bob.send_chat("alice@example.test/laptop", to_alice).await?;
+    let got = alice
+        .next_message()
+        .await
+        .map_err(|e| format!("{e}\n{}", context(front, server)))?;
+    assert_eq!(got.body, to_alice);
+    assert_eq!(got.from, "bob@example.test/phone");
+
+    // Each delivered once.
+    alice.expect_no_message(Duration::from_millis(500)).await?;
+    bob.expect_no_message(Duration::from_millis(500)).await?;
+
+    // Each archived once, as one logical message with the sender's and the recipient's
+    // copy.
+    assert_archived_once(
+        front,
+        server,
+        "okapi",
+        &to_bob,
+        "alice@example.test/laptop",
+        "bob@example.test/phone",
+    )?;
+    assert_archived_once(
+        front,
+        server,
+        "quokka",
+        to_alice,
+        "bob@example.test/phone",
+        "alice@example.test/laptop",
+    )?;
+
+    // The sessions are still up after all of the server's traffic (roster round trip).
+    alice.roster().await?;
+    bob.roster().await?;
+    alice.disconnect().await?;
+    bob.disconnect().await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slixmpp_through_custos_against_jabberd2() -> TestResult {
     let dir = TestDir::new("servers-jabberd2")?;
     let ca = TestCa::generate(dir.path())?;
-    let users: Vec<User> = USERS
-        .iter()
-        .map(|(name, pw)| User::new(name, "example.test", pw))
-        .collect();
-    let server = Jabberd2::start(dir.path(), &ca, &users)?;
+    let server = Jabberd2::start(dir.path(), &ca, &users())?;
     let front = Front::start(
         &dir.join("custos"),
         &ca,
@@ -203,69 +268,7 @@ async fn slixmpp_through_custos_against_jabberd2() -> TestResult {
     );
     drop(carol);
 
-    let mut alice = connect(&front, &server, &ca, "alice", "laptop").await?;
-    let mut bob = connect(&front, &server, &ca, "bob", "phone").await?;
-    assert_eq!(alice.jid(), "alice@example.test/laptop");
-    assert_eq!(bob.jid(), "bob@example.test/phone");
-
-    // Alice to Bob's bare JID, with subject and thread.
-    let to_bob = "jabberd2 relays the okapi report <&> ✓";
-    let id = alice
-        .send_message(OutgoingMessage {
-            subject: Some("via jabberd2".into()),
-            thread: Some("jd2-1".into()),
-            ..OutgoingMessage::chat("bob@example.test", to_bob)
-        })
-        .await?;
-    let got = bob
-        .next_message()
-        .await
-        .map_err(|e| format!("{e}\n{}", context(&front, &server)))?;
-    assert_eq!(got.body, to_bob);
-    assert_eq!(got.from, "alice@example.test/laptop");
-    assert_eq!(got.id.as_deref(), Some(id.as_str()));
-    assert_eq!(got.subject.as_deref(), Some("via jabberd2"));
-    assert_eq!(got.thread.as_deref(), Some("jd2-1"));
-
-    // Bob back to Alice's full JID.
-    let to_alice = "quokka says the report arrived";
-    bob.send_chat("alice@example.test/laptop", to_alice).await?;
-    let got = alice
-        .next_message()
-        .await
-        .map_err(|e| format!("{e}\n{}", context(&front, &server)))?;
-    assert_eq!(got.body, to_alice);
-    assert_eq!(got.from, "bob@example.test/phone");
-
-    // Each delivered once.
-    alice.expect_no_message(Duration::from_millis(500)).await?;
-    bob.expect_no_message(Duration::from_millis(500)).await?;
-
-    // Each archived once, as one logical message with the sender's and the recipient's
-    // copy.
-    assert_archived_once(
-        &front,
-        &server,
-        "okapi",
-        to_bob,
-        "alice@example.test/laptop",
-        "bob@example.test/phone",
-    )?;
-    assert_archived_once(
-        &front,
-        &server,
-        "quokka",
-        to_alice,
-        "bob@example.test/phone",
-        "alice@example.test/laptop",
-    )?;
-
-    // The sessions are still up after all of jabberd2's traffic (roster round trip).
-    alice.roster().await?;
-    bob.roster().await?;
-    alice.disconnect().await?;
-    bob.disconnect().await?;
-    Ok(())
+    chat_both_ways(&front, &server, &ca).await
 }
 
 /// The accounts of [`USERS`] on `example.test`.
@@ -297,69 +300,7 @@ async fn slixmpp_through_custos_against_ejabberd() -> TestResult {
     let ca = TestCa::generate(dir.path())?;
     let (server, front) = ejabberd_front(&dir, &ca)?;
 
-    let mut alice = connect(&front, &server, &ca, "alice", "laptop").await?;
-    let mut bob = connect(&front, &server, &ca, "bob", "phone").await?;
-    assert_eq!(alice.jid(), "alice@example.test/laptop");
-    assert_eq!(bob.jid(), "bob@example.test/phone");
-
-    // Alice to Bob's bare JID, with subject and thread.
-    let to_bob = "ejabberd relays the okapi report <&> ✓";
-    let id = alice
-        .send_message(OutgoingMessage {
-            subject: Some("via ejabberd".into()),
-            thread: Some("ej-1".into()),
-            ..OutgoingMessage::chat("bob@example.test", to_bob)
-        })
-        .await?;
-    let got = bob
-        .next_message()
-        .await
-        .map_err(|e| format!("{e}\n{}", context(&front, &server)))?;
-    assert_eq!(got.body, to_bob);
-    assert_eq!(got.from, "alice@example.test/laptop");
-    assert_eq!(got.id.as_deref(), Some(id.as_str()));
-    assert_eq!(got.subject.as_deref(), Some("via ejabberd"));
-    assert_eq!(got.thread.as_deref(), Some("ej-1"));
-
-    // Bob back to Alice's full JID.
-    let to_alice = "quokka says the report arrived";
-    bob.send_chat("alice@example.test/laptop", to_alice).await?;
-    let got = alice
-        .next_message()
-        .await
-        .map_err(|e| format!("{e}\n{}", context(&front, &server)))?;
-    assert_eq!(got.body, to_alice);
-    assert_eq!(got.from, "bob@example.test/phone");
-
-    // Each delivered once.
-    alice.expect_no_message(Duration::from_millis(500)).await?;
-    bob.expect_no_message(Duration::from_millis(500)).await?;
-
-    // Each archived once, as one logical message with the sender's and the recipient's
-    // copy.
-    assert_archived_once(
-        &front,
-        &server,
-        "okapi",
-        to_bob,
-        "alice@example.test/laptop",
-        "bob@example.test/phone",
-    )?;
-    assert_archived_once(
-        &front,
-        &server,
-        "quokka",
-        to_alice,
-        "bob@example.test/phone",
-        "alice@example.test/laptop",
-    )?;
-
-    // The sessions are still up after all of ejabberd's traffic (roster round trip).
-    alice.roster().await?;
-    bob.roster().await?;
-    alice.disconnect().await?;
-    bob.disconnect().await?;
-    Ok(())
+    chat_both_ways(&front, &server, &ca).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -373,84 +314,10 @@ async fn a_slixmpp_client_resumes_through_custos_against_ejabberd() -> TestResul
     let addr = opts.addr;
     let mut alice = connect_with(&front, &server, opts).await?;
     let mut bob = connect(&front, &server, &ca, "bob", "phone").await?;
-    let alice_jid = alice.jid().to_owned();
-
-    alice
-        .send_chat("bob@example.test", "resume-1 before the drop")
-        .await?;
-    assert_eq!(bob.next_message().await?.body, "resume-1 before the drop");
-
-    let id = alice.sm_drop().await?;
-    assert!(!id.is_empty());
-    // Sent while Alice is away: ejabberd holds it in her hibernating session.
-    bob.send_chat(&alice_jid, "resume-2 while alice was away")
-        .await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let outcome = alice.sm_resume(addr).await?;
-    assert_eq!(
-        outcome,
-        "resumed",
-        "no new login\n{}",
+    custos_e2e::scenarios::drop_and_resume(&front.custos, &mut alice, &mut bob, addr, &|| {
         context(&front, &server)
-    );
-    let got = alice
-        .next_message()
-        .await
-        .map_err(|e| format!("{e}\n{}", context(&front, &server)))?;
-    assert_eq!(got.body, "resume-2 while alice was away");
-
-    alice
-        .send_chat("bob@example.test", "resume-3 after resumption")
-        .await?;
-    assert_eq!(bob.next_message().await?.body, "resume-3 after resumption");
-    bob.send_chat(&alice_jid, "resume-4 to the resumed session")
-        .await?;
-    assert_eq!(
-        alice.next_message().await?.body,
-        "resume-4 to the resumed session"
-    );
-    // The server acknowledges everything Alice sent, across both connections.
-    alice.sm_request_ack().await?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let state = loop {
-        let s = alice.sm_state().await?;
-        if (s.sent > 0 && s.acked == s.sent) || std::time::Instant::now() >= deadline {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(
-        state.acked,
-        state.sent,
-        "{state:?}\n{}",
-        context(&front, &server)
-    );
-    assert_eq!(state.unacked, 0, "{state:?}");
-    // Nothing twice: no message arrives again after resumption.
-    alice.expect_no_message(Duration::from_millis(700)).await?;
-    bob.expect_no_message(Duration::from_millis(300)).await?;
-
-    // Each message once per stream it crossed: the sender's and the recipient's.
-    for text in ["resume-1", "resume-2", "resume-3", "resume-4"] {
-        let hits = front.search_copies_until(text, 2, ARCHIVE_WAIT)?;
-        std::thread::sleep(Duration::from_millis(500));
-        let hits = if hits.len() == 2 {
-            front.search_copies(text)?
-        } else {
-            hits
-        };
-        assert_eq!(
-            hits.len(),
-            2,
-            "{text}: {hits:#?}\n{}",
-            context(&front, &server)
-        );
-        assert!(
-            hits.iter()
-                .any(|h| h["account"].as_str() == Some(alice_jid.as_str())),
-            "{text} on Alice's stream under her proven JID: {hits:#?}"
-        );
-    }
+    })
+    .await?;
     alice.disconnect().await?;
     bob.disconnect().await?;
     Ok(())
