@@ -38,13 +38,18 @@ pub(crate) fn time(value: Option<&str>, flag: &str) -> anyhow::Result<Option<Tim
         .transpose()
 }
 
-pub fn export(
+/// What every export starts from: the archive's settings and keys, and the selection.
+fn setup(
     config: &Path,
-    out: &Path,
     query: Option<&str>,
     since: Option<&str>,
     until: Option<&str>,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<(
+    crate::config::ArchiveSettings,
+    custos_archive::MasterKey,
+    custos_archive::SigningKey,
+    ExportRequest,
+)> {
     let a = archive_cmds::settings(config)?;
     let master = archive_cmds::master_key(&a)?;
     let signing = custos_archive::load_signing_key(&a.signing_key)
@@ -54,6 +59,17 @@ pub fn export(
         since: time(since, "--since")?,
         until: time(until, "--until")?,
     };
+    Ok((a, master, signing, request))
+}
+
+pub fn export(
+    config: &Path,
+    out: &Path,
+    query: Option<&str>,
+    since: Option<&str>,
+    until: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let (a, master, signing, request) = setup(config, query, since, until)?;
     let chains = crate::nodes::chains(&a)?;
     if chains.len() > 1 {
         return export_nodes(&a, &chains, &master, &signing, out, &request);
@@ -85,15 +101,7 @@ pub fn export_actiance(
     since: Option<&str>,
     until: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
-    let a = archive_cmds::settings(config)?;
-    let master = archive_cmds::master_key(&a)?;
-    let signing = custos_archive::load_signing_key(&a.signing_key)
-        .with_context(|| format!("reading the signing key {}", a.signing_key.display()))?;
-    let request = ExportRequest {
-        query: query.map(str::to_owned),
-        since: time(since, "--since")?,
-        until: time(until, "--until")?,
-    };
+    let (a, master, signing, request) = setup(config, query, since, until)?;
     // Every node's chain: a conversation whose members sit behind different nodes is
     // one conversation.
     let chains = crate::nodes::chains(&a)?;

@@ -133,6 +133,25 @@ pub struct StreamHeader {
     pub attrs: Vec<(String, String)>,
 }
 
+impl StreamHeader {
+    /// The stream carries `jabber:client` content. Another default namespace would make
+    /// every stanza after it an element Custos does not read as a stanza, while the peer
+    /// on the other leg, reading under Custos's own header, would.
+    pub fn require_client_content(&self) -> Result<(), FrameError> {
+        let ns = self.default_ns.as_deref();
+        if ns == Some(crate::stream::NS_CLIENT) {
+            return Ok(());
+        }
+        Err(FrameError::InvalidNamespace {
+            detail: format!(
+                "default namespace must be {}, got {}",
+                crate::stream::NS_CLIENT,
+                ns.unwrap_or("none")
+            ),
+        })
+    }
+}
+
 /// One depth-1 element.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stanza {

@@ -22,7 +22,7 @@
 use crate::error::{ClientFault, SessionError, UpstreamFault};
 use crate::features::filter_features;
 use crate::framer::{Frame, StreamHeader};
-use crate::stream::{self, HeaderAttrs, NS_CLIENT, NS_TLS};
+use crate::stream::{self, HeaderAttrs, NS_TLS};
 
 /// How the proxy reaches the upstream server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,17 +218,9 @@ fn client_stream(
     header: &StreamHeader,
     config: &NegotiationConfig,
 ) -> Result<ClientStream, SessionError> {
-    if header.default_ns.as_deref() != Some(NS_CLIENT) {
-        return Err(
-            ClientFault::Frame(crate::framer::FrameError::InvalidNamespace {
-                detail: format!(
-                    "default namespace must be {NS_CLIENT}, got {}",
-                    header.default_ns.as_deref().unwrap_or("none")
-                ),
-            })
-            .into(),
-        );
-    }
+    header
+        .require_client_content()
+        .map_err(ClientFault::Frame)?;
     let domain = header
         .to
         .clone()
@@ -299,13 +291,16 @@ fn upstream_header(stream: ClientStream, needs_starttls: bool) -> (Negotiation, 
 impl ExpectUpstreamHeader {
     fn handle(self, event: Event) -> Step {
         match event {
-            Event::Upstream(Frame::StreamHeader(_)) => Ok((
-                Negotiation::ExpectUpstreamFeatures(ExpectUpstreamFeatures {
-                    stream: self.stream,
-                    needs_starttls: self.needs_starttls,
-                }),
-                Vec::new(),
-            )),
+            Event::Upstream(Frame::StreamHeader(h)) => {
+                h.require_client_content().map_err(UpstreamFault::Frame)?;
+                Ok((
+                    Negotiation::ExpectUpstreamFeatures(ExpectUpstreamFeatures {
+                        stream: self.stream,
+                        needs_starttls: self.needs_starttls,
+                    }),
+                    Vec::new(),
+                ))
+            }
             other => Err(upstream_unexpected("a stream header", &other)),
         }
     }

@@ -434,17 +434,8 @@ impl<'a, I: Inspector> Relay<'a, I> {
                     // (another default namespace would make every stanza an element
                     // Custos does not read, while the server, under Custos's header,
                     // reads messages) and the same domain.
-                    if h.default_ns.as_deref() != Some(stream::NS_CLIENT) {
-                        return Ended::Failed(
-                            ClientFault::Frame(crate::framer::FrameError::InvalidNamespace {
-                                detail: format!(
-                                    "a restarted stream's default namespace must be {}, got {}",
-                                    stream::NS_CLIENT,
-                                    h.default_ns.as_deref().unwrap_or("none")
-                                ),
-                            })
-                            .into(),
-                        );
+                    if let Err(e) = h.require_client_content() {
+                        return Ended::Failed(ClientFault::Frame(e).into());
                     }
                     if let Some(to) = h.to.as_deref() {
                         if !to.trim().is_empty() && !to.eq_ignore_ascii_case(&self.stream.domain) {
@@ -513,17 +504,8 @@ impl<'a, I: Inspector> Relay<'a, I> {
             let result = match frame {
                 Frame::Whitespace(bytes) => self.to_client(&bytes).await,
                 Frame::StreamHeader(h) => {
-                    if h.default_ns.as_deref() != Some(stream::NS_CLIENT) {
-                        return Ended::Failed(
-                            UpstreamFault::Frame(crate::framer::FrameError::InvalidNamespace {
-                                detail: format!(
-                                    "the upstream's stream content namespace is {}, not {}",
-                                    h.default_ns.as_deref().unwrap_or("none"),
-                                    stream::NS_CLIENT
-                                ),
-                            })
-                            .into(),
-                        );
+                    if let Err(e) = h.require_client_content() {
+                        return Ended::Failed(UpstreamFault::Frame(e).into());
                     }
                     let header = stream::header(&HeaderAttrs {
                         from: Some(&self.stream.domain),
