@@ -433,7 +433,11 @@ impl Builder<'_> {
         Some(Rule {
             id,
             condition: Condition::All(vec![
-                Condition::Kind(vec![StanzaKind::Message]),
+                // A message, or entering a room where the other side is.
+                Condition::Any(vec![
+                    Condition::Kind(vec![StanzaKind::Message]),
+                    Condition::RoomJoin,
+                ]),
                 Condition::Any(vec![pair(ga, gc), pair(gc, ga)]),
             ]),
             action: RuleAction::Block,

@@ -39,6 +39,8 @@ pub(crate) enum Condition {
     /// Holds when the party matches any of the references.
     Party(Side, Vec<PartyRef>),
     Kind(Vec<StanzaKind>),
+    /// An outbound presence entering a group-chat room.
+    RoomJoin,
     Type(Vec<String>),
     Text(Field, Probe),
     E2ee(E2eeCond),
@@ -52,6 +54,21 @@ pub(crate) struct PartyFacts {
     pub groups: Bits,
     /// `None` when the stanza has no such address.
     pub internal: Option<bool>,
+}
+
+impl PartyFacts {
+    /// Adds a party behind this one (an occupant behind a room's address): a condition
+    /// on the side holds when it holds for any of them, and the side is external as soon
+    /// as one of them is.
+    pub(crate) fn absorb(&mut self, other: PartyFacts) {
+        self.patterns.union(&other.patterns);
+        self.groups.union(&other.groups);
+        self.internal = match (self.internal, other.internal) {
+            (Some(false), _) | (_, Some(false)) => Some(false),
+            (Some(true), _) | (_, Some(true)) => Some(true),
+            (None, None) => None,
+        };
+    }
 }
 
 /// Everything a condition may read, gathered once per stanza.
@@ -96,6 +113,7 @@ impl Condition {
                 })
             }
             Condition::Kind(ks) => ks.contains(&f.subject.kind),
+            Condition::RoomJoin => f.subject.room.join,
             Condition::Type(ts) => f
                 .subject
                 .effective_type()

@@ -51,7 +51,7 @@ pub use disclaimer::DisclaimerTracker;
 pub use error::{Problem, RulesError, TestIoError};
 pub use policy::{Mode, Policy, PolicySummary, MASK};
 pub use reload::{PolicyHandle, ReloadSummary, Watcher};
-pub use subject::{Direction, E2ee, StanzaKind, Subject};
+pub use subject::{Direction, E2ee, RoomFacts, StanzaKind, Subject};
 pub use testrun::{check, run_test, LineError, TestStats, MAX_LINE};
 pub use verdict::{
     Action, AlertEvent, ConversationKey, DisclaimerRequest, RuleId, Severity, Verdict,

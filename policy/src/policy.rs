@@ -219,6 +219,15 @@ impl Policy {
         }
     }
 
+    /// One side of the stanza: its address, and the people behind it when it is a room's.
+    fn side(&self, jid: Option<&str>, behind: &[&str]) -> PartyFacts {
+        let mut facts = self.party(jid);
+        for real in behind {
+            facts.absorb(self.party(Some(real)));
+        }
+        facts
+    }
+
     fn facts<'a>(&'a self, msg: &'a Subject<'a>) -> Facts<'a> {
         let scan = |scanner: &FieldScanner, text: Option<&'a str>| {
             text.filter(|_| scanner.is_used())
@@ -226,8 +235,8 @@ impl Policy {
         };
         Facts {
             subject: msg,
-            from: self.party(msg.from),
-            to: self.party(msg.to),
+            from: self.side(msg.from, msg.room.from_real.as_slice()),
+            to: self.side(msg.to, msg.room.to_real),
             body: scan(&self.body, msg.body),
             subject_text: scan(&self.subject, msg.subject),
         }
@@ -420,9 +429,32 @@ fn disclaimer(rule: &Rule, facts: &Facts<'_>) -> Option<DisclaimerRequest> {
     } else {
         return None;
     };
-    let to = external.jid.as_ref()?.bare.clone();
-    let from = internal.jid.as_ref().map(|j| j.bare.clone());
     let text = rule.text.clone()?;
+    let room = facts.subject.room;
+    let external_jid = external.jid.as_ref()?;
+    if room.groupchat {
+        // Group chat: the notice goes to the room, once per room and period, whoever
+        // behind Custos speaks first.
+        let to = external_jid.bare.clone();
+        return Some(DisclaimerRequest {
+            conversation: ConversationKey(format!("{} room {}", rule.id, to)),
+            rule: rule.id.clone(),
+            text,
+            to,
+            from: None,
+            room: true,
+            period: rule.period,
+        });
+    }
+    // A private message in a room goes to the occupant's room address; anything else
+    // to the account.
+    let private_in_room = room.from_real.is_some() || !room.to_real.is_empty();
+    let to = if private_in_room {
+        external_jid.full()
+    } else {
+        external_jid.bare.clone()
+    };
+    let from = internal.jid.as_ref().map(|j| j.bare.clone());
     Some(DisclaimerRequest {
         conversation: ConversationKey(format!(
             "{} {} {}",
@@ -434,6 +466,7 @@ fn disclaimer(rule: &Rule, facts: &Facts<'_>) -> Option<DisclaimerRequest> {
         text,
         to,
         from,
+        room: false,
         period: rule.period,
     })
 }

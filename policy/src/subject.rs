@@ -59,6 +59,27 @@ pub struct Subject<'a> {
     pub body: Option<&'a str>,
     pub subject: Option<&'a str>,
     pub e2ee: Option<E2ee>,
+    /// The people behind a group-chat room's addresses, as far as Custos knows them.
+    pub room: RoomFacts<'a>,
+}
+
+/// What Custos knows about the people behind a group-chat room (XEP-0045) that a stanza
+/// goes to or comes from. A room hides its occupants behind `room@service/nick`; the
+/// proxy learns who they are from the presences the room sends to users behind Custos.
+/// `from` and `to` conditions see these parties beside the room's own address, so a
+/// barrier or an `external` condition holds in a room exactly as in a chat.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RoomFacts<'a> {
+    /// The real JID behind the occupant that sent the stanza, when the room revealed it.
+    pub from_real: Option<&'a str>,
+    /// The real JIDs the stanza reaches: every known occupant of the room (the sender
+    /// aside) for group chat and a join, the one occupant for a private message.
+    pub to_real: &'a [&'a str],
+    /// An outbound presence that enters a room (or would, were it let through).
+    pub join: bool,
+    /// The stanza is group chat in a room (`type='groupchat'`): a disclaimer goes to the
+    /// room, once per room and period.
+    pub groupchat: bool,
 }
 
 impl<'a> Subject<'a> {
@@ -73,6 +94,7 @@ impl<'a> Subject<'a> {
             body: Some(body),
             subject: None,
             e2ee: None,
+            room: RoomFacts::default(),
         }
     }
 

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{RulesError, TestIoError};
 use crate::policy::{Policy, PolicySummary};
-use crate::subject::{Direction, E2ee, StanzaKind, Subject};
+use crate::subject::{Direction, E2ee, RoomFacts, StanzaKind, Subject};
 use crate::verdict::{Action, AlertEvent, DisclaimerRequest, RuleId, Severity};
 
 /// Input lines longer than this are reported and skipped, not buffered without bound.
@@ -34,6 +34,14 @@ struct TestInput {
     #[allow(dead_code)] // accepted for completeness; threads do not change a verdict
     thread: Option<String>,
     e2ee: Option<E2ee>,
+    /// Group chat: the real JID behind the occupant that sent it.
+    from_real: Option<String>,
+    /// Group chat: the real JIDs of the room's occupants it reaches.
+    #[serde(default)]
+    to_real: Vec<String>,
+    /// An outbound presence that enters a room.
+    #[serde(default)]
+    join: bool,
 }
 
 fn message() -> StanzaKind {
@@ -139,6 +147,7 @@ pub fn run_test(
                 continue;
             }
         };
+        let to_real: Vec<&str> = parsed.to_real.iter().map(String::as_str).collect();
         let subject = Subject {
             direction: parsed.direction,
             kind: parsed.kind,
@@ -148,6 +157,12 @@ pub fn run_test(
             body: parsed.body.as_deref(),
             subject: parsed.subject.as_deref(),
             e2ee: parsed.e2ee,
+            room: RoomFacts {
+                from_real: parsed.from_real.as_deref(),
+                to_real: &to_real,
+                join: parsed.join,
+                groupchat: parsed.stanza_type.as_deref() == Some("groupchat"),
+            },
         };
         let v = policy.evaluate(&subject);
         let delivered = v.action != Action::Block;

@@ -122,8 +122,12 @@ pub struct ConversationKey(pub String);
 pub struct DisclaimerRequest {
     pub rule: RuleId,
     pub text: Arc<str>,
-    /// Bare JID of the external party, who receives the notice.
+    /// Who receives the notice: the external party's bare JID, a room (group chat with
+    /// an external occupant) or an occupant's room address (a private message in a room).
     pub to: String,
+    /// `to` is a room: the notice is sent as group chat.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub room: bool,
     /// Bare JID of the internal user on whose behalf it is sent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,

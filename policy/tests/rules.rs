@@ -688,3 +688,141 @@ mode = "monitor"
     );
     assert!(e.contains("rules.toml:5") && e.contains("permanent"), "{e}");
 }
+
+/// Research and trading may not meet; the room is on the firm's own service.
+const ROOM_RULES: &str = r#"
+internal_domains = ["example.test"]
+
+[groups]
+research = ["alice@example.test"]
+trading = ["bob@example.test"]
+
+[[barrier]]
+id = "research-trading"
+between = ["research", "trading"]
+text = "Research and trading may not talk."
+
+[[rule]]
+id = "room-notice"
+when = { to = "external", type = "groupchat" }
+action = "disclaimer"
+text = "This room is recorded."
+"#;
+
+const ROOM: &str = "deals@conference.example.test";
+
+fn in_room<'a>(base: Subject<'a>, room: custos_policy::RoomFacts<'a>) -> Subject<'a> {
+    Subject { room, ..base }
+}
+
+#[test]
+fn a_barrier_refuses_entering_a_room_where_the_other_side_is() {
+    let p = policy(ROOM_RULES);
+    let join = |occupants: &'static [&'static str]| Subject {
+        kind: StanzaKind::Presence,
+        stanza_type: None,
+        body: None,
+        room: custos_policy::RoomFacts {
+            to_real: occupants,
+            join: true,
+            ..Default::default()
+        },
+        ..Subject::outbound_chat(A, "deals@conference.example.test/alice", "")
+    };
+    let v = p.evaluate(&join(&["bob@example.test/desk", "dave@example.test/x"]));
+    assert_eq!(v.action, Action::Block);
+    assert!(v.matched("research-trading"));
+    assert_eq!(
+        v.block_text.as_deref(),
+        Some("Research and trading may not talk.")
+    );
+    // Nobody of the other side inside: the join passes.
+    assert_eq!(
+        p.evaluate(&join(&["dave@example.test/x"])).action,
+        Action::Allow
+    );
+    // A presence that is not a join (a status update in the room) is not a meeting.
+    let mut update = join(&["bob@example.test/desk"]);
+    update.room.join = false;
+    assert_eq!(p.evaluate(&update).action, Action::Allow);
+}
+
+#[test]
+fn a_barrier_holds_for_group_chat_and_private_messages_in_a_room() {
+    let p = policy(ROOM_RULES);
+    let to_room = Subject {
+        stanza_type: Some("groupchat"),
+        ..Subject::outbound_chat(A, ROOM, "shall we?")
+    };
+    // Speaking into a room the other side is in.
+    let v = p.evaluate(&in_room(
+        to_room,
+        custos_policy::RoomFacts {
+            to_real: &["bob@example.test/desk"],
+            groupchat: true,
+            ..Default::default()
+        },
+    ));
+    assert_eq!(v.action, Action::Block);
+    // Hearing the other side speak in a room.
+    let heard = Subject {
+        direction: Direction::Inbound,
+        stanza_type: Some("groupchat"),
+        ..Subject::outbound_chat("deals@conference.example.test/bobby", A, "buy")
+    };
+    let v = p.evaluate(&in_room(
+        heard,
+        custos_policy::RoomFacts {
+            from_real: Some("bob@example.test/desk"),
+            groupchat: true,
+            ..Default::default()
+        },
+    ));
+    assert_eq!(v.action, Action::Block);
+    // A private message to the other side's nickname.
+    let private = Subject::outbound_chat(A, "deals@conference.example.test/bobby", "psst");
+    let v = p.evaluate(&in_room(
+        private,
+        custos_policy::RoomFacts {
+            to_real: &["bob@example.test"],
+            ..Default::default()
+        },
+    ));
+    assert_eq!(v.action, Action::Block);
+    // Without knowing who is behind the nickname, nothing is inferred.
+    assert_eq!(p.evaluate(&private).action, Action::Allow);
+}
+
+#[test]
+fn a_room_with_an_external_occupant_gets_its_disclaimer_as_group_chat() {
+    let p = policy(ROOM_RULES);
+    let to_room = Subject {
+        stanza_type: Some("groupchat"),
+        ..Subject::outbound_chat("dave@example.test/x", ROOM, "hello all")
+    };
+    let facts = |to_real| custos_policy::RoomFacts {
+        to_real,
+        groupchat: true,
+        ..Default::default()
+    };
+    let v = p.evaluate(&in_room(to_room, facts(&["carol@example.org/pc"])));
+    assert_eq!(v.action, Action::Allow);
+    let d = v
+        .disclaimer
+        .unwrap_or_else(|| panic!("a room with an external occupant gets the notice"));
+    assert!(d.room);
+    assert_eq!(d.to, ROOM);
+    // One conversation per room, whoever speaks.
+    let other = Subject {
+        from: Some(A),
+        ..to_room
+    };
+    let d2 = p
+        .evaluate(&in_room(other, facts(&["carol@example.org/pc"])))
+        .disclaimer
+        .unwrap_or_else(|| panic!("notice requested"));
+    assert_eq!(d.conversation, d2.conversation);
+    // Only internal occupants: no notice.
+    let v = p.evaluate(&in_room(to_room, facts(&["alice@example.test/l"])));
+    assert!(v.disclaimer.is_none());
+}

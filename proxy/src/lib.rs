@@ -46,6 +46,7 @@ pub mod pipeline;
 mod relay;
 pub mod relay_state;
 pub mod reply;
+pub mod rooms;
 pub mod server;
 mod session;
 pub mod sm;

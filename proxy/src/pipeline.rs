@@ -38,6 +38,7 @@ use crate::alerts::AlertSender;
 use crate::inspect::{Decision, Direction, Injections, Inspected, Inspector, Outcome, SessionInfo};
 use crate::relay_state::{bare, Copy};
 use crate::reply::{stanza_error, ErrorType};
+use crate::rooms::{RoomContext, Rooms};
 use crate::stanza::{E2ee, EditKind, ExtraText, StanzaKind, StanzaView};
 use crate::xml::Element;
 
@@ -66,6 +67,8 @@ pub struct Pipeline {
     disclaimers: Mutex<DisclaimerTracker>,
     /// The configured retention classes, to resolve the classes rules name.
     retention: RetentionPolicy,
+    /// Who is behind the group-chat rooms sessions are in.
+    rooms: Rooms,
 }
 
 impl Pipeline {
@@ -86,6 +89,7 @@ impl Pipeline {
             alerted: Mutex::new(RecentMessages::new(100_000, Duration::from_secs(3600))),
             disclaimers: Mutex::new(DisclaimerTracker::new(100_000)),
             retention: RetentionPolicy::keep_forever(),
+            rooms: Rooms::new(),
         }
     }
 
@@ -186,7 +190,32 @@ fn same_bare(a: &str, b: &str) -> bool {
     bare(a).eq_ignore_ascii_case(bare(b))
 }
 
-fn subject<'a>(c: &'a Content<'a>) -> Option<Subject<'a>> {
+/// What the rooms say about the content: who is behind the room address it goes to or
+/// comes from.
+fn room_context(rooms: &Rooms, item: &Inspected<'_>, c: &Content<'_>) -> RoomContext {
+    let v = c.view;
+    let Some(account) = item.session.jid.as_deref() else {
+        return RoomContext::default();
+    };
+    let groupchat = v.stanza_type.as_deref() == Some("groupchat");
+    match c.direction {
+        Direction::Outbound => {
+            let Some(to) = v.to.as_deref() else {
+                return RoomContext::default();
+            };
+            let entering = v.kind == StanzaKind::Presence && v.stanza_type.is_none();
+            rooms.context(true, account, to, groupchat, entering)
+        }
+        Direction::Inbound => {
+            let Some(from) = v.from.as_deref() else {
+                return RoomContext::default();
+            };
+            rooms.context(false, account, from, groupchat, false)
+        }
+    }
+}
+
+fn subject<'a>(c: &'a Content<'a>, room: custos_policy::RoomFacts<'a>) -> Option<Subject<'a>> {
     let kind = match c.view.kind {
         StanzaKind::Message => custos_policy::StanzaKind::Message,
         StanzaKind::Presence => custos_policy::StanzaKind::Presence,
@@ -209,14 +238,26 @@ fn subject<'a>(c: &'a Content<'a>) -> Option<Subject<'a>> {
             E2ee::OpenPgp => custos_policy::E2ee::Openpgp,
             E2ee::Otr => custos_policy::E2ee::Otr,
         }),
+        room,
     })
 }
 
 /// The verdict on every text of the stanza: body and subject, then each other text as a
 /// body of its own (a rule cannot be dodged by moving text into another language, XHTML
 /// or a link). Returns each other text's redacted form, where it was redacted.
-fn evaluate(policy: &PolicyHandle, c: &Content<'_>) -> Option<(Verdict, Vec<Option<String>>)> {
-    let subject = subject(c)?;
+fn evaluate(
+    policy: &PolicyHandle,
+    c: &Content<'_>,
+    room: &RoomContext,
+) -> Option<(Verdict, Vec<Option<String>>)> {
+    let to_real: Vec<&str> = room.to_real.iter().map(String::as_str).collect();
+    let facts = custos_policy::RoomFacts {
+        from_real: room.from_real.as_deref(),
+        to_real: &to_real,
+        join: room.join,
+        groupchat: c.view.stanza_type.as_deref() == Some("groupchat"),
+    };
+    let subject = subject(c, facts)?;
     let policy = policy.current();
     let mut verdict = policy.evaluate(&subject);
     let mut delivered = Vec::with_capacity(c.extra.len());
@@ -387,8 +428,15 @@ impl RecentMessages {
 impl Inspector for Pipeline {
     async fn inspect(&self, item: Inspected<'_>) -> Outcome {
         let c = content(&item);
+        let direct_presence = item.view.kind == StanzaKind::Presence && item.copy == Copy::Direct;
+        if let (Direction::Inbound, true, Some(account)) =
+            (item.direction, direct_presence, &item.session.jid)
+        {
+            self.rooms.observe(account, &item.stanza.root);
+        }
+        let room = room_context(&self.rooms, &item, &c);
         let evaluated = match &self.policy {
-            Some(policy) => evaluate(policy, &c),
+            Some(policy) => evaluate(policy, &c, &room),
             None => None,
         };
         let (verdict, delivered_extra) = match evaluated {
@@ -474,6 +522,14 @@ impl Inspector for Pipeline {
         // A refused message reaches nobody, so there is nobody to notify yet; asking the
         // tracker would mark the conversation as notified without a notice.
         let delivered = !matches!(outcome.decision, Decision::Refuse { .. });
+        if let (Direction::Outbound, true, true, Some(account)) = (
+            item.direction,
+            direct_presence && item.view.stanza_type.is_none(),
+            delivered,
+            &item.session.jid,
+        ) {
+            self.rooms.entering(account, &item.stanza.root);
+        }
         if let (Some(request), true) = (&verdict.disclaimer, delivered) {
             let due = self
                 .disclaimers
@@ -481,10 +537,11 @@ impl Inspector for Pipeline {
                 .unwrap_or_else(|p| p.into_inner())
                 .should_send_request(request, Instant::now());
             if due {
-                outcome
-                    .inject
-                    .to_upstream
-                    .push(disclaimer(&request.to, &request.text));
+                outcome.inject.to_upstream.push(disclaimer(
+                    &request.to,
+                    &request.text,
+                    request.room,
+                ));
             }
         }
         outcome
@@ -503,6 +560,9 @@ impl Inspector for Pipeline {
     }
 
     async fn session_ended(&self, session: &SessionInfo, reason: &str) {
+        if let Some(jid) = &session.jid {
+            self.rooms.session_ended(jid);
+        }
         if let Some(id) = SessionIdentity::of(session) {
             self.archive_event(EventRecord::SessionEnd {
                 session: id.session,
@@ -826,11 +886,11 @@ fn forwarded_message(stanza: &mut Element) -> Option<&mut Element> {
         .find(|c| c.name == "message")
 }
 
-fn disclaimer(to: &str, text: &str) -> Vec<u8> {
+fn disclaimer(to: &str, text: &str, room: bool) -> Vec<u8> {
     let id = format!("custos-notice-{}", crate::stream::new_stream_id());
     let message = Element::new("message", crate::stream::NS_CLIENT)
         .with_attr("to", to)
-        .with_attr("type", "chat")
+        .with_attr("type", if room { "groupchat" } else { "chat" })
         .with_attr("id", id)
         .with_child(Element::new("body", crate::stream::NS_CLIENT).with_text(text));
     let mut out = Vec::new();
