@@ -31,7 +31,7 @@ use zeroize::Zeroizing;
 use crate::keys::{hmac_sha256, MasterKey};
 use crate::log::Appended;
 use crate::query::{self, Clause, JidField, Query};
-use crate::record::{EventRecord, NewRecord};
+use crate::record::{Direction, EventRecord, NewRecord};
 use crate::segment::Hash;
 
 /// Memory budget for the single indexing thread (tantivy needs ≥ 15 MB).
@@ -603,7 +603,16 @@ impl BlindIndexWriter {
                 .collect();
             doc.add_text(f.text, blinded.join(" "));
         }
-        for (field, jid) in [(f.from, &m.from), (f.to, &m.to)] {
+        // The person behind a room occupant is a party too: `from:` finds what they said
+        // in a room, as the copies others received it.
+        let occupant = m.capture.occupant.as_ref().map(|o| match m.direction {
+            Direction::Inbound => (f.from, o),
+            Direction::Outbound => (f.to, o),
+        });
+        for (field, jid) in [(f.from, &m.from), (f.to, &m.to)]
+            .into_iter()
+            .chain(occupant)
+        {
             let full = query::normalize_jid(jid);
             let bare = query::bare_jid(&full).to_string();
             for v in if bare == full {
@@ -741,6 +750,10 @@ impl BlindIndexReader {
                 };
                 term(field, "jid", jid)
             }
+            Clause::Room(room) => Box::new(BooleanQuery::new(vec![
+                (Occur::Must, term(f.stanza_type, "type", "groupchat")),
+                (Occur::Must, term(f.with, "jid", room)),
+            ])),
             Clause::Direction(d) => term(f.direction, "direction", d.as_str()),
             Clause::Type(t) => term(f.stanza_type, "type", t),
             Clause::Action(a) => term(f.action, "action", a.as_str()),

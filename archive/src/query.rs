@@ -4,8 +4,8 @@
 //! ```text
 //! query  := term*            (all terms must match)
 //! term   := ["-"] ( word | "\"" phrase "\"" | field ":" value )
-//! field  := from | to | with | account | direction | type | action | rule | msg | via
-//!         | after | before
+//! field  := from | to | with | account | room | direction | type | action | rule | msg
+//!         | via | after | before
 //! ```
 
 use crate::record::{Action, Direction, Via};
@@ -29,6 +29,8 @@ pub enum Clause {
     /// token = a plain word).
     Text(Vec<String>),
     Jid(JidField, String),
+    /// Group chat in this room (a bare JID): what was said to it and echoed from it.
+    Room(String),
     Direction(Direction),
     Type(String),
     Action(Action),
@@ -52,7 +54,7 @@ pub struct Query {
 /// A query that cannot be understood, naming the token at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QueryError {
-    #[error("unknown field in {token:?} (fields: from, to, with, account, direction, type, action, rule, msg, via, after, before)")]
+    #[error("unknown field in {token:?} (fields: from, to, with, account, room, direction, type, action, rule, msg, via, after, before)")]
     UnknownField { token: String },
     #[error("bad value in {token:?}: {reason}")]
     BadValue { token: String, reason: String },
@@ -145,6 +147,13 @@ pub fn parse(q: &str) -> Result<Query, QueryError> {
                 "to" => Clause::Jid(JidField::To, normalize_jid(value)),
                 "with" => Clause::Jid(JidField::With, normalize_jid(value)),
                 "account" => Clause::Jid(JidField::Account, normalize_jid(value)),
+                "room" => {
+                    let room = normalize_jid(value);
+                    if room.contains('/') {
+                        return Err(bad("a room is a bare JID (room@service), without /nick"));
+                    }
+                    Clause::Room(room)
+                }
                 "msg" => Clause::Message(value.to_ascii_lowercase()),
                 "via" => match value.to_ascii_lowercase().as_str() {
                     "direct" => Clause::Via(Via::Direct),

@@ -1,5 +1,5 @@
-//! The record model and its canonical binary encoding (format version 3; versions 1
-//! and 2 still decode).
+//! The record model and its canonical binary encoding (format version 4; versions 1
+//! to 3 still decode).
 //!
 //! The encoding is the "canonical plaintext" that the hash chain commits to, so
 //! it must be deterministic: fixed field order, big-endian integers, `u32`
@@ -10,7 +10,10 @@
 use crate::time::Timestamp;
 
 /// Format version of the canonical encoding written today.
-pub const RECORD_VERSION: u8 = 3;
+pub const RECORD_VERSION: u8 = 4;
+/// Format 3: messages without the room occupant behind them. Still decoded, never
+/// written.
+pub const RECORD_VERSION_3: u8 = 3;
 /// Format 2: messages without a retention class. Still decoded (class empty, meaning
 /// `default`), never written.
 pub const RECORD_VERSION_2: u8 = 2;
@@ -175,6 +178,10 @@ pub struct Capture {
     /// The retention class fixed when the copy was written (format 3; empty means
     /// `default`). See `docs/retention.md`.
     pub retention_class: String,
+    /// Group chat (format 4): the real JID behind the room occupant who sent this copy,
+    /// or whom a private message in a room went to, as the room revealed it or as the
+    /// occupant's own session proved it. `from`/`to` keep the room address.
+    pub occupant: Option<String>,
 }
 
 /// The policy outcome stored with a message.
@@ -464,8 +471,11 @@ impl Record {
                 } else {
                     outcome.would_action = r.opt_action()?;
                     let mut c = r.capture()?;
-                    if version >= RECORD_VERSION {
+                    if version >= RECORD_VERSION_3 {
                         c.retention_class = r.str()?;
+                    }
+                    if version >= RECORD_VERSION {
+                        c.occupant = r.opt()?;
                     }
                     c
                 };
@@ -591,6 +601,7 @@ fn put_capture(w: &mut Vec<u8>, outcome: &Outcome, c: &Capture) {
     }
     put_opt(w, &c.claimed_from);
     put_str(w, &c.retention_class);
+    put_opt(w, &c.occupant);
 }
 
 fn put_u32(w: &mut Vec<u8>, n: usize) {
@@ -714,6 +725,7 @@ impl<'a> Reader<'a> {
             edit,
             claimed_from: self.opt()?,
             retention_class: String::new(),
+            occupant: None,
         })
     }
     fn opt(&mut self) -> Result<Option<String>, DecodeError> {
@@ -846,7 +858,7 @@ pub(crate) mod tests {
             o(),
             proptest::collection::vec(text, 0..3),
             proptest::option::of(edit),
-            (o(), s()),
+            (o(), s(), o()),
         )
             .prop_map(
                 |(
@@ -856,7 +868,7 @@ pub(crate) mod tests {
                     delivered_identity,
                     extra,
                     edit,
-                    (claimed_from, retention_class),
+                    (claimed_from, retention_class, occupant),
                 )| Capture {
                     via: [Via::Direct, Via::CarbonSent, Via::CarbonReceived, Via::Mam]
                         [via as usize],
@@ -867,6 +879,7 @@ pub(crate) mod tests {
                     edit,
                     claimed_from,
                     retention_class,
+                    occupant,
                 },
             )
     }
@@ -923,10 +936,16 @@ pub(crate) mod tests {
         // A version 1 message is the version 2 one without its tail.
         let mut v1 = rec.encode();
         v1[0] = RECORD_VERSION_1;
-        // would, via, account, identity, delivered_identity, extra, edit, claimed_from, class
-        let tail = 1 + 1 + 4 + 4 + 1 + 4 + 1 + 1 + 4;
+        // would, via, account, identity, delivered_identity, extra, edit, claimed_from,
+        // class, occupant
+        let tail = 1 + 1 + 4 + 4 + 1 + 4 + 1 + 1 + 4 + 1;
+        let mut v3 = v1.clone();
         v1.truncate(v1.len() - tail);
         assert_eq!(Record::decode(&v1).unwrap(), rec);
+        // A version 3 message is the version 4 one without the occupant.
+        v3[0] = RECORD_VERSION_3;
+        v3.truncate(v3.len() - 1);
+        assert_eq!(Record::decode(&v3).unwrap(), rec);
         if let NewRecord::Message(m) = &mut rec.content {
             m.capture.via = Via::Mam;
         }

@@ -471,6 +471,7 @@ impl Inspector for Pipeline {
         }
         if let (Some(archive), Some(ids)) = (&self.archive, ids) {
             let mut record = message_record(&item, &c, verdict.as_ref(), ids, replay_only);
+            record.capture.occupant = occupant(&c, &room);
             if let Some(v) = &verdict {
                 record.capture.retention_class = self
                     .retention
@@ -753,7 +754,23 @@ fn message_record(
             }),
             claimed_from: item.claimed_from.map(str::to_owned),
             retention_class: String::new(),
+            occupant: None,
         },
+    }
+}
+
+/// The person behind the room address of a copy: who sent it, or whom a private message
+/// in the room went to.
+fn occupant(c: &Content<'_>, room: &RoomContext) -> Option<String> {
+    match c.direction {
+        Direction::Inbound => room.from_real.clone(),
+        Direction::Outbound if c.view.stanza_type.as_deref() != Some("groupchat") => {
+            match room.to_real.as_slice() {
+                [one] => Some(one.clone()),
+                _ => None,
+            }
+        }
+        Direction::Outbound => None,
     }
 }
 

@@ -8,7 +8,7 @@
 //! range is selected, events included, so the exported sequence has no gaps.
 
 use crate::query::{self, Clause, JidField, Query};
-use crate::record::{MessageRecord, NewRecord, Record};
+use crate::record::{Direction, MessageRecord, NewRecord, Record};
 use crate::time::Timestamp;
 
 pub(crate) struct Filter {
@@ -78,12 +78,37 @@ fn jid_matches(jid: &str, wanted: &str) -> bool {
     full == wanted || query::bare_jid(&full) == wanted
 }
 
+/// The person behind a room address on the given side of the copy (see the index).
+fn occupant(m: &MessageRecord, side: Direction) -> Option<&str> {
+    m.capture
+        .occupant
+        .as_deref()
+        .filter(|_| m.direction == side)
+}
+
 fn clause(c: &Clause, rec: &Record, m: &MessageRecord, words: &Words) -> bool {
     match c {
         Clause::Text(phrase) => words.has_phrase(phrase),
-        Clause::Jid(JidField::From, j) => jid_matches(&m.from, j),
-        Clause::Jid(JidField::To, j) => jid_matches(&m.to, j),
-        Clause::Jid(JidField::With, j) => jid_matches(&m.from, j) || jid_matches(&m.to, j),
+        Clause::Jid(JidField::From, j) => {
+            jid_matches(&m.from, j)
+                || occupant(m, Direction::Inbound).is_some_and(|o| jid_matches(o, j))
+        }
+        Clause::Jid(JidField::To, j) => {
+            jid_matches(&m.to, j)
+                || occupant(m, Direction::Outbound).is_some_and(|o| jid_matches(o, j))
+        }
+        Clause::Jid(JidField::With, j) => {
+            jid_matches(&m.from, j)
+                || jid_matches(&m.to, j)
+                || m.capture
+                    .occupant
+                    .as_deref()
+                    .is_some_and(|o| jid_matches(o, j))
+        }
+        Clause::Room(room) => {
+            m.stanza_type.eq_ignore_ascii_case("groupchat")
+                && (jid_matches(&m.from, room) || jid_matches(&m.to, room))
+        }
         Clause::Jid(JidField::Account, j) => jid_matches(&m.capture.account, j),
         Clause::Message(id) => {
             m.capture.identity == *id || m.capture.delivered_identity.as_ref() == Some(id)
@@ -162,6 +187,33 @@ mod tests {
         assert!(!sel("rule:pci", &r));
         assert!(!sel("funds -today", &r));
         assert!(sel("after:1970-01-01 -before:1970-01-01", &r));
+    }
+
+    #[test]
+    fn room_and_the_person_behind_an_occupant() {
+        let mut r = msg(
+            "deals@conference.example.test/bobby",
+            "alice@example.test/l",
+            "buy",
+            5,
+        );
+        if let NewRecord::Message(m) = &mut r.content {
+            m.direction = Direction::Inbound;
+            m.stanza_type = "groupchat".into();
+            m.capture.occupant = Some("bob@example.test/desk".into());
+        }
+        assert!(sel("room:deals@conference.example.test", &r));
+        assert!(sel("room:Deals@Conference.example.test buy", &r));
+        assert!(!sel("room:other@conference.example.test", &r));
+        assert!(sel("from:bob@example.test", &r));
+        assert!(sel("with:bob@example.test", &r));
+        assert!(!sel("to:bob@example.test", &r));
+        // A chat with the room's address is not group chat in the room.
+        if let NewRecord::Message(m) = &mut r.content {
+            m.stanza_type = "chat".into();
+        }
+        assert!(!sel("room:deals@conference.example.test", &r));
+        assert!(query::parse("room:deals@conference.example.test/bobby").is_err());
     }
 
     #[test]
