@@ -684,6 +684,7 @@ pub async fn conversation(
             .iter()
             .filter_map(|&(s, _, _)| {
                 let m = store.message(s)?;
+                let speaker = Speaker::of(store.copies(s));
                 let copies = store
                     .copies(s)
                     .iter()
@@ -710,6 +711,7 @@ pub async fn conversation(
                         copies,
                         msg_id: m.msg_id.clone(),
                         edit: m.edit.clone(),
+                        speaker,
                     },
                 ))
             })
@@ -791,13 +793,19 @@ pub async fn conversation(
         .as_ref()
         .map(|m| m.conversation.clone())
         .unwrap_or_default();
+    let room = title.strip_prefix("room ").map(str::to_owned);
     Ok(layout(
         "Conversation",
         Some(&a.session),
         Nav::Search,
         html! {
-            h1 { "Conversation" }
-            p.muted.conv-key { (title.strip_prefix("chat ").unwrap_or(&title).replace(' ', " · ")) }
+            @if let Some(room) = &room {
+                h1 { "Room transcript" }
+                p.muted.conv-key { "Group chat in " span.jid { (room) } " · each message once, however many copies were recorded" }
+            } @else {
+                h1 { "Conversation" }
+                p.muted.conv-key { (title.strip_prefix("chat ").unwrap_or(&title).replace(' ', " · ")) }
+            }
             div.conversation {
                 @for (key, r) in &records {
                     @if let (NewRecord::Message(m), Some(shown)) = (&r.content, meta.get(key)) {
@@ -805,7 +813,17 @@ pub async fn conversation(
                         article id=(shown.anchor) class=(format!("msg {} {}", m.direction.as_str(), if is_hit { "hit" } else { "" })) {
                             header {
                                 span.time { (short_time(r.time)) }
-                                span.jid { (m.from) } " → " span.jid { (m.to) }
+                                @if let Some(sp) = &shown.speaker {
+                                    span.speaker {
+                                        @if let Some(nick) = &sp.nick { span.nick { (nick) } " " }
+                                        @match &sp.real {
+                                            Some(real) => { "(" span.jid { (real) } ")" }
+                                            None => { span.muted.small { "(real JID not revealed by the room)" } }
+                                        }
+                                    }
+                                } @else {
+                                    span.jid { (m.from) } " → " span.jid { (m.to) }
+                                }
                                 span.spacer {}
                                 @if let Some(s) = &shown.severity { span.severity { (s) } }
                                 (verdict(shown.verdict.action)) " " (would(shown.verdict.would_action)) " " (rules(&shown.verdict.rules)) " " (copies_badge(shown.verdict.copies))
@@ -886,6 +904,33 @@ pub async fn conversation(
     ))
 }
 
+/// Who spoke a group-chat message: the nickname the room showed, and the person behind
+/// it — the sender's own proven account when the message left through Custos, else what
+/// the room revealed.
+struct Speaker {
+    nick: Option<String>,
+    real: Option<String>,
+}
+
+impl Speaker {
+    fn of(copies: Vec<&store::MessageMeta>) -> Option<Speaker> {
+        copies.first()?.room()?;
+        let nick = copies
+            .iter()
+            .filter(|c| c.direction == custos_archive::Direction::Inbound && c.room().is_some())
+            .find_map(|c| c.from.split_once('/').map(|(_, n)| n.to_owned()));
+        let real = copies
+            .iter()
+            .find(|c| {
+                c.direction == custos_archive::Direction::Outbound
+                    && c.via == custos_archive::Via::Direct
+            })
+            .map(|c| c.from.clone())
+            .or_else(|| copies.iter().find_map(|c| c.occupant.clone()));
+        Some(Speaker { nick, real })
+    }
+}
+
 /// What the conversation view shows of one logical message besides its first record.
 struct Shown {
     anchor: String,
@@ -897,6 +942,8 @@ struct Shown {
     copies: Vec<CopyRow>,
     msg_id: Option<String>,
     edit: Option<(EditKind, String)>,
+    /// Group chat: who spoke.
+    speaker: Option<Speaker>,
 }
 
 struct CopyRow {

@@ -70,6 +70,9 @@ pub struct MessageMeta {
     pub claimed_from: Option<String>,
     /// The retention class fixed when it was written.
     pub retention_class: String,
+    /// Group chat: the person behind the room occupant who sent it (or whom a private
+    /// message in a room went to).
+    pub occupant: Option<String>,
 }
 
 /// Restrictiveness, for the verdict of a logical message across its copies.
@@ -95,11 +98,22 @@ impl MessageMeta {
         self.group == self.key()
     }
 
-    /// Whether `jids` (bare, lowercase) include a party of this message.
+    /// Whether `jids` (bare, lowercase) include a party of this message, the person
+    /// behind a room occupant included.
     pub fn involves(&self, jids: &[String]) -> bool {
         let from = normalize_jid(bare_jid(&self.from));
         let to = normalize_jid(bare_jid(&self.to));
-        jids.iter().any(|j| *j == from || *j == to)
+        let behind = self.occupant.as_deref().map(|o| normalize_jid(bare_jid(o)));
+        jids.iter()
+            .any(|j| *j == from || *j == to || behind.as_ref() == Some(j))
+    }
+
+    /// Group chat: the room, when this copy is to or from one.
+    pub fn room(&self) -> Option<&str> {
+        (self.stanza_type == "groupchat").then(|| match self.direction {
+            Direction::Outbound => bare_jid(&self.to),
+            Direction::Inbound => bare_jid(&self.from),
+        })
     }
 }
 
@@ -538,6 +552,7 @@ impl Store {
                         edit: c.edit.map(|e| (e.kind, e.target)),
                         claimed_from: c.claimed_from,
                         retention_class: retention::class_name(&c.retention_class).to_string(),
+                        occupant: c.occupant,
                     };
                     // Anything a rule noticed is for review, enforced or not: a flag, a
                     // redaction or block, a monitor-mode "would have", an alert-only hit.
