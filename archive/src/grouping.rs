@@ -140,6 +140,7 @@ mod tests {
             extra: Vec::new(),
             edit: None,
             retention_class: "default".into(),
+            occupant: None,
         }
     }
 

@@ -32,7 +32,8 @@ import sys
 
 try:
     import slixmpp
-    from slixmpp.exceptions import IqError, IqTimeout
+    from slixmpp import JID
+    from slixmpp.exceptions import IqError, IqTimeout, PresenceError
 except ImportError as exc:  # pragma: no cover - environment problem
     sys.stderr.write(f"slixmpp is not importable ({exc}); run scripts/setup.sh\n")
     sys.exit(3)
@@ -70,6 +71,7 @@ class Client(slixmpp.ClientXMPP):
         self.ca_certs = ca_file
         self.register_plugin("xep_0030")
         self.register_plugin("xep_0199")
+        self.register_plugin("xep_0045")
         if sm:
             self.register_plugin("xep_0198")
         self.online = asyncio.get_event_loop().create_future()
@@ -182,6 +184,23 @@ class Driver:
         c = self.need()
         c.send_presence(pto=req.get("to"), ptype=req.get("type"),
                         pshow=req.get("show"), pstatus=req.get("status"))
+        return {}
+
+    async def join_room(self, req):
+        # XEP-0045 entry, waiting for the room's own presence (status 110) or its error.
+        c = self.need()
+        try:
+            await c.plugin["xep_0045"].join_muc_wait(
+                JID(req["room"]), req["nick"], maxstanzas=0, timeout=float(req.get("timeout", 10)))
+        except PresenceError as err:
+            result = {"joined": False}
+            result.update(stanza_error(err.presence))
+            return result
+        return {"joined": True}
+
+    async def leave_room(self, req):
+        c = self.need()
+        c.plugin["xep_0045"].leave_muc(JID(req["room"]), req["nick"])
         return {}
 
     async def roster_get(self, _req):

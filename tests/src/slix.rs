@@ -529,6 +529,43 @@ impl SlixClient {
         .await
     }
 
+    /// Enters a group-chat room (XEP-0045) as `nick` and waits for the room's answer:
+    /// `Ok(None)` once the room sent the entering occupant's own presence, `Ok(Some(e))`
+    /// when it answered with an error (a refused entry).
+    pub async fn join_room(
+        &mut self,
+        room: &str,
+        nick: &str,
+    ) -> Result<Option<StanzaError>, ClientError> {
+        let reply = self
+            .command("join_room", json!({"room": room, "nick": nick}))
+            .await?;
+        if reply.get("joined").and_then(Value::as_bool) == Some(true) {
+            return Ok(None);
+        }
+        let field = |name: &str| {
+            reply
+                .get(name)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        Ok(Some(StanzaError {
+            from: format!("{room}/{nick}"),
+            id: None,
+            condition: field("condition"),
+            text: field("text"),
+            error_type: field("error_type"),
+        }))
+    }
+
+    /// Leaves a group-chat room.
+    pub async fn leave_room(&mut self, room: &str, nick: &str) -> Result<(), ClientError> {
+        self.command("leave_room", json!({"room": room, "nick": nick}))
+            .await
+            .map(drop)
+    }
+
     /// Fetches the roster from the server.
     pub async fn roster(&mut self) -> Result<Vec<RosterItem>, ClientError> {
         let reply = self.command("roster_get", json!({})).await?;

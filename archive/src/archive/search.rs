@@ -52,6 +52,10 @@ pub struct Hit {
     pub edit: Option<Edit>,
     /// The retention class fixed when the copy was written.
     pub retention_class: String,
+    /// Group chat: the person behind the room occupant who sent the copy (or whom a
+    /// private message in a room went to).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub occupant: Option<String>,
 }
 
 impl Hit {
@@ -88,6 +92,7 @@ impl Hit {
             extra: c.extra,
             edit: c.edit,
             retention_class: crate::retention::class_name(&c.retention_class).to_string(),
+            occupant: c.occupant,
         })
     }
 }

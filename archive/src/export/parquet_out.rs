@@ -25,10 +25,11 @@ use parquet::schema::types::{ColumnPath, Type};
 use super::row::Shown;
 use crate::segment::{Hash, SALT_LEN};
 
-/// The schema, version 2 (version 1 lacked the capture columns, from
-/// `logical_message` to `extra`). Column order is part of the format.
+/// The schema, version 3 (version 1 lacked the capture columns, from
+/// `logical_message` to `extra`; version 2 the last, `occupant`). Column order is part
+/// of the format.
 pub(crate) const SCHEMA: &str = "
-message custos_record_v2 {
+message custos_record_v3 {
   REQUIRED INT64 seq;
   REQUIRED INT64 time (TIMESTAMP(MILLIS,true));
   REQUIRED BINARY kind (STRING);
@@ -70,11 +71,12 @@ message custos_record_v2 {
   REQUIRED BINARY canonical;
   REQUIRED INT64 segment;
   REQUIRED INT64 offset;
+  OPTIONAL BINARY occupant (STRING);
 }
 ";
 
 /// Column names in schema order.
-pub(crate) const COLUMNS: [&str; 37] = [
+pub(crate) const COLUMNS: [&str; 38] = [
     "seq",
     "time",
     "kind",
@@ -112,7 +114,11 @@ pub(crate) const COLUMNS: [&str; 37] = [
     "canonical",
     "segment",
     "offset",
+    "occupant",
 ];
+
+/// Columns written before `occupant` (schema version 2), which verify still reads.
+pub(crate) const COLUMNS_V2: usize = 37;
 
 /// Columns whose values are (nearly) all distinct: a dictionary only costs time.
 const NO_DICTIONARY: [&str; 10] = [
@@ -186,6 +192,7 @@ struct Columns {
     canonical: Vec<ByteArray>,
     segment: Vec<i64>,
     offset: Vec<i64>,
+    occupant: OptStr,
     bytes: usize,
 }
 
@@ -266,6 +273,7 @@ impl Columns {
         self.canonical.push(ByteArray::from(r.canonical));
         self.segment.push(i64_of(r.segment));
         self.offset.push(i64_of(r.offset));
+        n += self.occupant.push(&s.occupant);
         // Each buffered value costs a `Bytes` handle and a level beyond its data.
         self.bytes += n + COLUMNS.len() * 48;
     }
@@ -473,6 +481,7 @@ impl Columns {
             "edit" => edit,
             "extra" => extra,
             "event" => &self.event,
+            "occupant" => &self.occupant,
             _ => return None,
         })
     }

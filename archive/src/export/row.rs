@@ -46,6 +46,8 @@ pub(crate) struct Shown {
     pub extra: Option<String>,
     /// Event fields as a JSON object (event rows only).
     pub event: Option<String>,
+    /// Group chat: the person behind the room occupant (record format 4).
+    pub occupant: Option<String>,
     /// Path of the transcript holding this record, relative to the export.
     pub transcript: String,
     /// In a view across several nodes' parts: the node whose chain holds the record
@@ -170,6 +172,7 @@ impl Shown {
                 s.leg = Some(m.leg().as_str().into());
                 s.account = Some(c.account.clone()).filter(|a| !a.is_empty());
                 s.claimed_from = c.claimed_from.clone();
+                s.occupant = c.occupant.clone();
                 s.would_action = m.outcome.would_action.map(|a| a.as_str().into());
                 s.retention_class =
                     Some(crate::retention::class_name(&c.retention_class).to_string());

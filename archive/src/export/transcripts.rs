@@ -261,6 +261,7 @@ fn row_html(s: &Shown, copy_of: Option<&str>) -> String {
     }
     msg.push_str(&opt("delivered as", &s.delivered_body));
     msg.push_str(&opt("sender claimed to be (refused)", &s.claimed_from));
+    msg.push_str(&opt("person behind the room nickname", &s.occupant));
     if let Some(edit) = &s.edit {
         let e: serde_json::Value = serde_json::from_str(edit).unwrap_or_default();
         msg.push_str(&format!(

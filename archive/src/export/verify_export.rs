@@ -358,7 +358,13 @@ impl<'a> Rows<'a> {
                 .iter()
                 .map(|f| f.name().to_string())
                 .collect();
-            if names.iter().map(String::as_str).ne(COLUMNS.iter().copied()) {
+            // Parts written before the `occupant` column still verify.
+            let v2 = COLUMNS
+                .get(..super::parquet_out::COLUMNS_V2)
+                .unwrap_or(&COLUMNS);
+            let known = names.iter().map(String::as_str).eq(COLUMNS.iter().copied())
+                || names.iter().map(String::as_str).eq(v2.iter().copied());
+            if !known {
                 r.problem(
                     Some(&p.path),
                     None,
@@ -590,6 +596,11 @@ pub(super) fn shown_of(fields: &[&Field]) -> Result<Shown, &'static str> {
         edit: s("edit")?,
         extra: s("extra")?,
         event: s("event")?,
+        // Absent from a part written before the column existed.
+        occupant: match col(fields, "occupant") {
+            None => None,
+            f => opt_str(f).map_err(|_| "occupant")?,
+        },
         transcript: req("transcript")?,
         node: None,
     })
@@ -635,6 +646,7 @@ fn differing_columns(a: &Shown, b: &Shown) -> Vec<&'static str> {
     cmp("edit", a.edit == b.edit);
     cmp("extra", a.extra == b.extra);
     cmp("event", a.event == b.event);
+    cmp("occupant", a.occupant == b.occupant);
     cmp("transcript", a.transcript == b.transcript);
     d
 }
