@@ -67,6 +67,11 @@ pub fn stanza_error(
                 .with_text(text),
         );
     }
+    // A refused room entry keeps its MUC element (without its contents, a password
+    // among them), as rooms answer: clients match the error to their entry by it.
+    if kind == "presence" && original.child("x", crate::rooms::NS_MUC).is_some() {
+        reply.push_child(Element::new("x", crate::rooms::NS_MUC));
+    }
     reply.push_child(error);
     let mut out = Vec::with_capacity(256);
     reply.write_to(&mut out);

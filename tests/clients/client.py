@@ -188,14 +188,28 @@ class Driver:
 
     async def join_room(self, req):
         # XEP-0045 entry, waiting for the room's own presence (status 110) or its error.
+        # The error is read from the presence itself: slixmpp cannot build its exception
+        # for conditions outside its own list (policy-violation among them).
         c = self.need()
+        room = JID(req["room"])
+        refused = []
+
+        def on_error(pres):
+            if pres["from"].bare == room.bare:
+                refused.append(pres)
+
+        c.add_event_handler("presence_error", on_error)
         try:
             await c.plugin["xep_0045"].join_muc_wait(
-                JID(req["room"]), req["nick"], maxstanzas=0, timeout=float(req.get("timeout", 10)))
-        except PresenceError as err:
+                room, req["nick"], maxstanzas=0, timeout=float(req.get("timeout", 10)))
+        except (PresenceError, ValueError):
+            if not refused:
+                raise
             result = {"joined": False}
-            result.update(stanza_error(err.presence))
+            result.update(stanza_error(refused[-1]))
             return result
+        finally:
+            c.del_event_handler("presence_error", on_error)
         return {"joined": True}
 
     async def leave_room(self, req):

@@ -459,6 +459,24 @@ impl SlixClient {
         self.wait_for("a message", |q| q.messages.pop_front()).await
     }
 
+    /// Waits for a message matching `pred`, dropping the ones before it (a room's subject,
+    /// say), within the timeout.
+    pub async fn wait_message(
+        &mut self,
+        what: &str,
+        mut pred: impl FnMut(&IncomingMessage) -> bool,
+    ) -> Result<IncomingMessage, ClientError> {
+        self.wait_for(what, |q| {
+            while let Some(m) = q.messages.pop_front() {
+                if pred(&m) {
+                    return Some(m);
+                }
+            }
+            None
+        })
+        .await
+    }
+
     /// Waits the full `quiet` period and fails if a message arrives in it.
     /// For checking that something was *not* delivered.
     pub async fn expect_no_message(&mut self, quiet: Duration) -> Result<(), ClientError> {

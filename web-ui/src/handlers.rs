@@ -815,10 +815,15 @@ pub async fn conversation(
                                 span.time { (short_time(r.time)) }
                                 @if let Some(sp) = &shown.speaker {
                                     span.speaker {
-                                        @if let Some(nick) = &sp.nick { span.nick { (nick) } " " }
-                                        @match &sp.real {
-                                            Some(real) => { "(" span.jid { (real) } ")" }
-                                            None => { span.muted.small { "(real JID not revealed by the room)" } }
+                                        @match (&sp.nick, &sp.real) {
+                                            (None, None) => { span.muted { "the room" } }
+                                            (nick, real) => {
+                                                @if let Some(nick) = nick { span.nick { (nick) } " " }
+                                                @match real {
+                                                    Some(real) => { "(" span.jid { (real) } ")" }
+                                                    None => { span.muted.small { "(real JID not revealed by the room)" } }
+                                                }
+                                            }
                                         }
                                     }
                                 } @else {
