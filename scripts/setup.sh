@@ -15,6 +15,7 @@ PYARROW_VERSION=26.0.1
 MOTO_VERSION=5.2.5
 # A real SMTP server for the journaling tests (tests/src/smtp.rs).
 AIOSMTPD_VERSION=1.4.6
+AIOHTTP_VERSION=3.14.5
 # Converse.js, the web XMPP client the WebSocket test runs in Chromium (its prebuilt
 # dist/ from the npm package; tests/src/converse.rs).
 CONVERSE_VERSION=12.0.0
@@ -103,19 +104,19 @@ if [ -x /etc/init.d/ejabberd ] && pgrep -u ejabberd -x beam.smp >/dev/null 2>&1;
 fi
 
 # --- Python venv for the slixmpp client and export checks --------------------
-want="slixmpp==$SLIXMPP_VERSION pyarrow==$PYARROW_VERSION moto[server]==$MOTO_VERSION aiosmtpd==$AIOSMTPD_VERSION"
+want="slixmpp==$SLIXMPP_VERSION pyarrow==$PYARROW_VERSION moto[server]==$MOTO_VERSION aiosmtpd==$AIOSMTPD_VERSION aiohttp==$AIOHTTP_VERSION"
 stamp="$VENV/.custos-requirements"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     log "creating $VENV ($want)"
     /usr/bin/python3 -m venv "$VENV"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-input \
         --only-binary=:all: "slixmpp==$SLIXMPP_VERSION" "pyarrow==$PYARROW_VERSION" \
-        "moto[server]==$MOTO_VERSION" "aiosmtpd==$AIOSMTPD_VERSION"
+        "moto[server]==$MOTO_VERSION" "aiosmtpd==$AIOSMTPD_VERSION" "aiohttp==$AIOHTTP_VERSION"
     echo "$want" >"$stamp"
 fi
 # Keep the venv out of git without touching the repository's .gitignore.
 [ -f "$VENV/.gitignore" ] || echo '*' >"$VENV/.gitignore"
-"$VENV/bin/python" -c 'import slixmpp, pyarrow, boto3, moto.server, aiosmtpd' \
+"$VENV/bin/python" -c 'import slixmpp, pyarrow, boto3, moto.server, aiosmtpd, aiohttp' \
     || { log "venv at $VENV is broken; remove it and re-run"; exit 1; }
 
 # --- Converse.js from the npm registry (no dependencies: dist/ is prebuilt) --------

@@ -141,6 +141,7 @@ mod tests {
             edit: None,
             retention_class: "default".into(),
             occupant: None,
+            files: Vec::new(),
         }
     }
 

@@ -596,7 +596,18 @@ impl BlindIndexWriter {
         doc.add_u64(f.off, a.offset);
         doc.add_i64(f.time, a.record.time.0);
         let extra = m.capture.extra.iter().map(|t| &t.text);
-        for text in [&m.subject, &m.body].into_iter().flatten().chain(extra) {
+        // A shared file is found by its name and its media type.
+        let files = m
+            .capture
+            .files
+            .iter()
+            .flat_map(|f| [&f.name, &f.media_type]);
+        for text in [&m.subject, &m.body]
+            .into_iter()
+            .flatten()
+            .chain(extra)
+            .chain(files)
+        {
             let blinded: Vec<String> = query::tokenize(text)
                 .iter()
                 .map(|t| k.term("text", t))

@@ -65,7 +65,7 @@ pub use inbox::{submit_audit, AuditSubmitted, SubmitError};
 pub use keys::{keys_init, load_signing_key, load_verifying_key, KeyError, KeysCreated, MasterKey};
 pub use record::{
     Action, Capture, Direction, Edit, EditKind, EventRecord, Leg, MessageRecord, NewRecord,
-    Outcome, Record, RecordSeq, SessionId, Text, Via,
+    Outcome, Record, RecordSeq, SessionId, SharedFile, Text, Via,
 };
 pub use time::Timestamp;
 pub use verify::{

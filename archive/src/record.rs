@@ -182,6 +182,29 @@ pub struct Capture {
     /// or whom a private message in a room went to, as the room revealed it or as the
     /// occupant's own session proved it. `from`/`to` keep the room address.
     pub occupant: Option<String>,
+    /// Files the message shared by address, fetched from the firm's own upload service
+    /// when the copy passed (format 4; see `docs/capture.md`).
+    pub files: Vec<SharedFile>,
+}
+
+/// A file a message shared by address (XEP-0363 HTTP upload, XEP-0066 out-of-band data,
+/// XEP-0447 stateless file sharing), as Custos fetched it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SharedFile {
+    /// The address the message carried.
+    pub url: String,
+    /// The name: the address's last path segment, percent-decoded.
+    pub name: String,
+    /// The media type the upload service answered with (empty when not fetched).
+    pub media_type: String,
+    /// Bytes, and their SHA-256 in hex (empty when not fetched).
+    pub size: u64,
+    pub sha256: String,
+    /// The content. `None` when another copy of the same message holds it (the same
+    /// `sha256`), or when it could not be fetched.
+    pub content: Option<Vec<u8>>,
+    /// Why the file is not on the record, when it is not.
+    pub error: Option<String>,
 }
 
 /// The policy outcome stored with a message.
@@ -476,6 +499,7 @@ impl Record {
                     }
                     if version >= RECORD_VERSION {
                         c.occupant = r.opt()?;
+                        c.files = r.files()?;
                     }
                     c
                 };
@@ -602,6 +626,22 @@ fn put_capture(w: &mut Vec<u8>, outcome: &Outcome, c: &Capture) {
     put_opt(w, &c.claimed_from);
     put_str(w, &c.retention_class);
     put_opt(w, &c.occupant);
+    put_u32(w, c.files.len());
+    for f in &c.files {
+        put_str(w, &f.url);
+        put_str(w, &f.name);
+        put_str(w, &f.media_type);
+        w.extend_from_slice(&f.size.to_be_bytes());
+        put_str(w, &f.sha256);
+        match &f.content {
+            None => w.push(0),
+            Some(b) => {
+                w.push(1);
+                put_bytes(w, b);
+            }
+        }
+        put_opt(w, &f.error);
+    }
 }
 
 fn put_u32(w: &mut Vec<u8>, n: usize) {
@@ -660,6 +700,41 @@ impl<'a> Reader<'a> {
     }
     fn str(&mut self) -> Result<String, DecodeError> {
         String::from_utf8(self.bytes()?.to_vec()).map_err(|_| DecodeError::Utf8)
+    }
+    fn files(&mut self) -> Result<Vec<SharedFile>, DecodeError> {
+        let n = self.u32()?;
+        // Each file needs at least 30 bytes (four lengths, a size and two option tags).
+        if n as usize > self.b.len() / 30 {
+            return Err(DecodeError::Truncated);
+        }
+        let mut files = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let url = self.str()?;
+            let name = self.str()?;
+            let media_type = self.str()?;
+            let size = self.u64()?;
+            let sha256 = self.str()?;
+            let content = match self.u8()? {
+                0 => None,
+                1 => Some(self.bytes()?.to_vec()),
+                tag => {
+                    return Err(DecodeError::Tag {
+                        what: "option",
+                        tag,
+                    })
+                }
+            };
+            files.push(SharedFile {
+                url,
+                name,
+                media_type,
+                size,
+                sha256,
+                content,
+                error: self.opt()?,
+            });
+        }
+        Ok(files)
     }
     fn opt_action(&mut self) -> Result<Option<Action>, DecodeError> {
         match self.u8()? {
@@ -726,6 +801,7 @@ impl<'a> Reader<'a> {
             claimed_from: self.opt()?,
             retention_class: String::new(),
             occupant: None,
+            files: Vec::new(),
         })
     }
     fn opt(&mut self) -> Result<Option<String>, DecodeError> {
@@ -839,6 +915,26 @@ pub(crate) mod tests {
         prop_oneof![3 => msg, 1 => ev]
     }
 
+    fn arb_file() -> impl Strategy<Value = SharedFile> {
+        let s = || ".{0,12}";
+        (
+            (s(), s(), s(), any::<u64>(), s()),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..16)),
+            proptest::option::of(s()),
+        )
+            .prop_map(|((url, name, media_type, size, sha256), content, error)| {
+                SharedFile {
+                    url,
+                    name,
+                    media_type,
+                    size,
+                    sha256,
+                    content,
+                    error,
+                }
+            })
+    }
+
     fn arb_capture() -> impl Strategy<Value = Capture> {
         let s = || ".{0,12}";
         let o = || proptest::option::of(".{0,12}");
@@ -858,7 +954,7 @@ pub(crate) mod tests {
             o(),
             proptest::collection::vec(text, 0..3),
             proptest::option::of(edit),
-            (o(), s(), o()),
+            (o(), s(), o(), proptest::collection::vec(arb_file(), 0..2)),
         )
             .prop_map(
                 |(
@@ -868,7 +964,7 @@ pub(crate) mod tests {
                     delivered_identity,
                     extra,
                     edit,
-                    (claimed_from, retention_class, occupant),
+                    (claimed_from, retention_class, occupant, files),
                 )| Capture {
                     via: [Via::Direct, Via::CarbonSent, Via::CarbonReceived, Via::Mam]
                         [via as usize],
@@ -880,6 +976,7 @@ pub(crate) mod tests {
                     claimed_from,
                     retention_class,
                     occupant,
+                    files,
                 },
             )
     }
@@ -937,14 +1034,14 @@ pub(crate) mod tests {
         let mut v1 = rec.encode();
         v1[0] = RECORD_VERSION_1;
         // would, via, account, identity, delivered_identity, extra, edit, claimed_from,
-        // class, occupant
-        let tail = 1 + 1 + 4 + 4 + 1 + 4 + 1 + 1 + 4 + 1;
+        // class, occupant, files
+        let tail = 1 + 1 + 4 + 4 + 1 + 4 + 1 + 1 + 4 + 1 + 4;
         let mut v3 = v1.clone();
         v1.truncate(v1.len() - tail);
         assert_eq!(Record::decode(&v1).unwrap(), rec);
-        // A version 3 message is the version 4 one without the occupant.
+        // A version 3 message is the version 4 one without the occupant and files.
         v3[0] = RECORD_VERSION_3;
-        v3.truncate(v3.len() - 1);
+        v3.truncate(v3.len() - 5);
         assert_eq!(Record::decode(&v3).unwrap(), rec);
         if let NewRecord::Message(m) = &mut rec.content {
             m.capture.via = Via::Mam;

@@ -52,6 +52,23 @@ pub struct RawConfig {
     pub journal: Option<Spanned<RawJournal>>,
     pub limits: Option<Spanned<RawLimits>>,
     pub retention: Option<Spanned<RawRetention>>,
+    pub files: Option<Spanned<RawFiles>>,
+}
+
+/// `[files]`: archive the files messages share from the firm's own upload services.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFiles {
+    /// URL prefixes of the upload services, e.g. `https://upload.example.com/file_share/`.
+    pub sources: Spanned<Vec<String>>,
+    /// Largest file archived (default 16 MiB, at most 48 MiB).
+    pub max_bytes: Option<Spanned<i64>>,
+    /// Seconds a fetch may take (default 10).
+    pub timeout_secs: Option<Spanned<i64>>,
+    /// Extra trust anchor (PEM) for the upload service's certificate.
+    pub ca: Option<Spanned<PathBuf>>,
+    /// `"deliver"` (default: the message goes on, its record flagged) or `"block"`.
+    pub on_failure: Option<Spanned<String>>,
 }
 
 /// A duration: `"90d"`, `"6y"`, `"forever"`, or a number of seconds.
@@ -294,6 +311,8 @@ pub struct Config {
     pub journal: Option<JournalSettings>,
     /// `None`: no `[retention]` section, so nothing ever expires.
     pub retention: Option<RetentionSettings>,
+    /// `[files]`: shared files fetched and archived.
+    pub files: Option<custos_proxy::files::FilesConfig>,
 }
 
 /// Reads and validates a configuration file.
@@ -445,6 +464,10 @@ impl Validator<'_> {
             .journal
             .as_ref()
             .and_then(|j| self.journal(j, archive.as_ref()));
+        let files = raw
+            .files
+            .as_ref()
+            .and_then(|f| self.files(f, archive.is_some()));
         Config {
             file: self.locate.file.to_owned(),
             proxy,
@@ -454,7 +477,106 @@ impl Validator<'_> {
             admin,
             journal,
             retention,
+            files,
         }
+    }
+
+    fn files(
+        &mut self,
+        f: &Spanned<RawFiles>,
+        archive: bool,
+    ) -> Option<custos_proxy::files::FilesConfig> {
+        if !archive {
+            self.fail(
+                &f.span(),
+                "files",
+                "archiving files needs an [archive] section",
+            );
+            return None;
+        }
+        let f = f.get_ref();
+        let mut sources = Vec::new();
+        if f.sources.get_ref().is_empty() {
+            self.fail(
+                &f.sources.span(),
+                "files.sources",
+                "name at least one upload service, like \"https://upload.example.com/file_share/\"",
+            );
+        }
+        for s in f.sources.get_ref() {
+            match custos_proxy::files::Url::parse(s) {
+                Ok(u) if matches!(u.scheme(), "https" | "http") && u.host_str().is_some() => {
+                    let mut u = u;
+                    if !u.path().ends_with('/') {
+                        let path = format!("{}/", u.path());
+                        u.set_path(&path);
+                    }
+                    if u.query().is_some() || u.fragment().is_some() || !u.username().is_empty() {
+                        self.fail(
+                            &f.sources.span(),
+                            "files.sources",
+                            format!(
+                                "{s:?}: a source is a scheme, host, port and path, nothing more"
+                            ),
+                        );
+                    } else {
+                        sources.push(u);
+                    }
+                }
+                _ => self.fail(
+                    &f.sources.span(),
+                    "files.sources",
+                    format!("{s:?} is not an http(s) URL"),
+                ),
+            }
+        }
+        const MAX: i64 = 48 << 20;
+        let max_bytes = match &f.max_bytes {
+            None => 16 << 20,
+            Some(v) if (1..=MAX).contains(v.get_ref()) => *v.get_ref() as u64,
+            Some(v) => {
+                self.fail(
+                    &v.span(),
+                    "files.max_bytes",
+                    format!("must be between 1 and {MAX} (a file is stored in one record)"),
+                );
+                0
+            }
+        };
+        let timeout = match &f.timeout_secs {
+            None => 10,
+            Some(v) if (1..=300).contains(v.get_ref()) => *v.get_ref() as u64,
+            Some(v) => {
+                self.fail(&v.span(), "files.timeout_secs", "must be between 1 and 300");
+                0
+            }
+        };
+        let block_on_failure = match f
+            .on_failure
+            .as_ref()
+            .map(|o| (o.get_ref().as_str(), o.span()))
+        {
+            None | Some(("deliver", _)) => false,
+            Some(("block", _)) => true,
+            Some((other, span)) => {
+                self.fail(
+                    &span,
+                    "files.on_failure",
+                    format!("{other:?}: expected \"deliver\" or \"block\""),
+                );
+                false
+            }
+        };
+        let ca =
+            f.ca.as_ref()
+                .and_then(|c| self.existing_file(c, "files.ca"));
+        Some(custos_proxy::files::FilesConfig {
+            sources,
+            max_bytes,
+            timeout: std::time::Duration::from_secs(timeout),
+            ca,
+            block_on_failure,
+        })
     }
 
     fn span(&mut self, v: &Spanned<RawSpan>, key: &str) -> Option<Span> {

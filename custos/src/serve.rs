@@ -147,14 +147,19 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
         _ => OnArchiveFailure::Block,
     };
     let retention = cfg.retention.clone();
-    let pipeline = Arc::new(
-        Pipeline::new(policy, archive.clone(), on_failure, alerts).with_retention(
-            retention
-                .as_ref()
-                .map(|r| r.policy.clone())
-                .unwrap_or_else(RetentionPolicy::keep_forever),
-        ),
+    let mut pipeline = Pipeline::new(policy, archive.clone(), on_failure, alerts).with_retention(
+        retention
+            .as_ref()
+            .map(|r| r.policy.clone())
+            .unwrap_or_else(RetentionPolicy::keep_forever),
     );
+    if let Some(files) = &cfg.files {
+        info!(sources = ?files.sources.iter().map(|s| s.as_str()).collect::<Vec<_>>(), "shared files from these upload services are archived");
+        pipeline = pipeline.with_files(
+            custos_proxy::files::Files::new(files.clone()).context("starting the file fetcher")?,
+        );
+    }
+    let pipeline = Arc::new(pipeline);
     let expiry = match (&archive, &retention) {
         (Some(archive), Some(r)) => Some(tokio::spawn(expiry_loop(
             archive.clone(),

@@ -38,6 +38,7 @@ pub mod alerts;
 mod conn;
 pub mod error;
 pub mod features;
+pub mod files;
 pub mod framer;
 pub mod inspect;
 mod io;

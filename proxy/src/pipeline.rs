@@ -35,6 +35,7 @@ use sha2::{Digest, Sha256};
 use tracing::{error, info, warn};
 
 use crate::alerts::AlertSender;
+use crate::files::Files;
 use crate::inspect::{Decision, Direction, Injections, Inspected, Inspector, Outcome, SessionInfo};
 use crate::relay_state::{bare, Copy};
 use crate::reply::{stanza_error, ErrorType};
@@ -46,6 +47,7 @@ use crate::xml::Element;
 pub const RULE_INVALID_FROM: &str = "custos:invalid-from";
 pub const RULE_FORGED_WRAPPER: &str = "custos:forged-wrapper";
 pub const RULE_REPLAY_ONLY: &str = "custos:replay-only";
+pub const RULE_FILE_NOT_ARCHIVED: &str = "custos:file-not-archived";
 
 /// What to do with a message the archive could not write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +71,8 @@ pub struct Pipeline {
     retention: RetentionPolicy,
     /// Who is behind the group-chat rooms sessions are in.
     rooms: Rooms,
+    /// Fetches files shared from the firm's own upload services.
+    files: Option<Files>,
 }
 
 impl Pipeline {
@@ -90,7 +94,14 @@ impl Pipeline {
             disclaimers: Mutex::new(DisclaimerTracker::new(100_000)),
             retention: RetentionPolicy::keep_forever(),
             rooms: Rooms::new(),
+            files: None,
         }
+    }
+
+    /// Archive the files messages share from these upload services (`[files]`).
+    pub fn with_files(mut self, files: Files) -> Pipeline {
+        self.files = Some(files);
+        self
     }
 
     /// The retention classes rules may name (`[retention]`).
@@ -469,9 +480,35 @@ impl Inspector for Pipeline {
                 }
             }
         }
+        // The files the message shares from the firm's upload services, fetched before
+        // it goes on, so the record holds what the recipient can download.
+        let shared = match (&self.files, &self.archive, &ids) {
+            (Some(files), Some(_), Some(_)) => {
+                let urls = files.wanted(file_addresses(&c));
+                if urls.is_empty() {
+                    Vec::new()
+                } else {
+                    files.fetch_all(&urls).await
+                }
+            }
+            _ => Vec::new(),
+        };
+        let file_missing = shared.iter().any(|f| f.error.is_some());
+        let refuse_for_file =
+            file_missing && self.files.as_ref().is_some_and(Files::block_on_failure);
         if let (Some(archive), Some(ids)) = (&self.archive, ids) {
             let mut record = message_record(&item, &c, verdict.as_ref(), ids, replay_only);
             record.capture.occupant = occupant(&c, &room);
+            record.capture.files = shared;
+            if file_missing {
+                record.outcome.rules.push(RULE_FILE_NOT_ARCHIVED.to_owned());
+                let at_least = if refuse_for_file {
+                    custos_archive::Action::Block
+                } else {
+                    custos_archive::Action::Flag
+                };
+                record.outcome.action = max_action(record.outcome.action, at_least);
+            }
             if let Some(v) = &verdict {
                 record.capture.retention_class = self
                     .retention
@@ -494,6 +531,14 @@ impl Inspector for Pipeline {
                     }
                 }
             }
+        }
+        if refuse_for_file {
+            return refuse(
+                &item,
+                ErrorType::Wait,
+                "internal-server-error",
+                "The shared file could not be archived, so the message was not delivered. Try again later.",
+            );
         }
         if item.claimed_from.is_some() {
             // The relay ends the stream with <invalid-from/>; nothing is delivered.
@@ -755,8 +800,25 @@ fn message_record(
             claimed_from: item.claimed_from.map(str::to_owned),
             retention_class: String::new(),
             occupant: None,
+            files: Vec::new(),
         },
     }
+}
+
+/// Where the content says a file is: out-of-band and file-sharing addresses, and a body
+/// that is one address and nothing else (what clients send with an upload).
+fn file_addresses<'a>(c: &'a Content<'a>) -> impl Iterator<Item = &'a str> {
+    let body = c
+        .view
+        .body
+        .as_deref()
+        .map(str::trim)
+        .filter(|b| !b.contains(char::is_whitespace) && b.contains("://"));
+    c.extra
+        .iter()
+        .filter(|t| t.kind == "oob-url" || t.kind == "file-url")
+        .map(|t| t.text.as_str())
+        .chain(body)
 }
 
 /// The person behind the room address of a copy: who sent it, or whom a private message

@@ -212,6 +212,21 @@ class Driver:
             c.del_event_handler("presence_error", on_error)
         return {"joined": True}
 
+    async def share_file(self, req):
+        # XEP-0363: ask the upload service for a slot, PUT the file, then send its address
+        # as Conversations does (the body is the address, with an out-of-band element).
+        c = self.need()
+        if "xep_0363" not in c.plugin:
+            c.register_plugin("xep_0066")
+            c.register_plugin("xep_0363")
+        url = await c.plugin["xep_0363"].upload_file(
+            req["path"], content_type=req.get("content_type"),
+            domain=JID(req["service"]), timeout=10)
+        msg = c.make_message(mto=req["to"], mbody=url, mtype=req.get("type") or "chat")
+        msg["oob"]["url"] = url
+        msg.send()
+        return {"url": url, "msg_id": msg["id"]}
+
     async def leave_room(self, req):
         c = self.need()
         c.plugin["xep_0045"].leave_muc(JID(req["room"]), req["nick"])

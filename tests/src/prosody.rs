@@ -90,6 +90,10 @@ pub struct ProsodyOptions {
     /// A multi-user chat component (XEP-0045) at this address, e.g.
     /// `conference.example.test`; rooms are created unlocked on first join.
     pub muc: Option<String>,
+    /// HTTP file upload (XEP-0363, Prosody's `mod_http_file_share`) at
+    /// `upload.<domain>`, served over plain HTTP on a loopback port of its own; the
+    /// address files are offered under is [`Prosody::file_share_url`].
+    pub file_share: bool,
     /// Remove the SCRAM-*-PLUS mechanisms (see the comment in
     /// [`ProsodyOptions::default`]). Turn off only to show what breaks.
     pub disable_channel_binding: bool,
@@ -111,6 +115,7 @@ impl Default for ProsodyOptions {
             sasl2: false,
             plaintext_clients: false,
             muc: None,
+            file_share: false,
             // On by default because Custos terminates TLS on each leg: a
             // client's SCRAM-*-PLUS binds the SASL exchange to *its* TLS
             // channel (tls-unique / tls-exporter), which the server sees as a
@@ -179,6 +184,7 @@ pub struct Prosody {
     console_path: PathBuf,
     c2s_port: u16,
     direct_tls_port: Option<u16>,
+    http_port: Option<u16>,
     domain: String,
     external_domain: Option<String>,
     certs: Vec<LeafCert>,
@@ -194,6 +200,11 @@ impl Prosody {
         let c2s_port = free_port().map_err(io_err("picking c2s port"))?;
         let direct_tls_port = if opts.direct_tls {
             Some(free_port().map_err(io_err("picking direct TLS port"))?)
+        } else {
+            None
+        };
+        let http_port = if opts.file_share {
+            Some(free_port().map_err(io_err("picking HTTP port"))?)
         } else {
             None
         };
@@ -215,7 +226,12 @@ impl Prosody {
             log: dir.join("prosody.log"),
             certs: certs_dir,
         };
-        let config = render_config(&opts, &paths, c2s_port, direct_tls_port, &certs);
+        let ports = Ports {
+            c2s: c2s_port,
+            direct_tls: direct_tls_port,
+            http: http_port,
+        };
+        let config = render_config(&opts, &paths, &ports, &certs);
         let config_path = dir.join("prosody.cfg.lua");
         fs::write(&config_path, config).map_err(io_err("writing prosody config"))?;
 
@@ -229,6 +245,7 @@ impl Prosody {
             console_path,
             c2s_port,
             direct_tls_port,
+            http_port,
             domain: opts.domain.clone(),
             external_domain: opts.external_domain.clone(),
             certs,
@@ -259,6 +276,7 @@ impl Prosody {
         let deadline = Instant::now() + limit;
         let ports: Vec<u16> = std::iter::once(self.c2s_port)
             .chain(self.direct_tls_port)
+            .chain(self.http_port)
             .collect();
         let mut pending = ports;
         loop {
@@ -320,6 +338,13 @@ impl Prosody {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         cmd
+    }
+
+    /// The prefix of the addresses uploaded files are offered under, when
+    /// [`ProsodyOptions::file_share`] is on.
+    pub fn file_share_url(&self) -> Option<String> {
+        self.http_port
+            .map(|p| format!("http://127.0.0.1:{p}/file_share/"))
     }
 
     /// Creates an account while the server runs.
@@ -464,13 +489,21 @@ fn lua_path(p: &Path) -> String {
     lua_str(&p.to_string_lossy())
 }
 
+/// The loopback ports Prosody listens on.
+struct Ports {
+    c2s: u16,
+    direct_tls: Option<u16>,
+    http: Option<u16>,
+}
+
 fn render_config(
     opts: &ProsodyOptions,
     paths: &ConfigPaths,
-    c2s_port: u16,
-    direct_tls_port: Option<u16>,
+    ports: &Ports,
     certs: &[LeafCert],
 ) -> String {
+    let c2s_port = ports.c2s;
+    let direct_tls_port = ports.direct_tls;
     let mut modules = vec![
         "roster", "saslauth", "tls", "disco", "ping", "carbons", "smacks", "presence", "posix",
     ];
@@ -511,9 +544,25 @@ fn render_config(
             let _ = writeln!(c, "c2s_direct_tls_ports = {{ }}");
         }
     }
-    // No s2s (no federation, no DNS lookups), no HTTP, no components.
+    // No s2s (no federation, no DNS lookups), no HTTP but file upload, no components.
     let _ = writeln!(c, "s2s_ports = {{ }}");
-    let _ = writeln!(c, "http_ports = {{ }}");
+    match ports.http {
+        Some(p) => {
+            let _ = writeln!(c, "http_ports = {{ {p} }}");
+            let _ = writeln!(c, "http_interfaces = {{ \"127.0.0.1\" }}");
+            // Slots name the loopback address, which resolves without DNS.
+            let _ = writeln!(c, "http_external_url = \"http://127.0.0.1:{p}/\"");
+            // Requests name 127.0.0.1 as their host: route them to the upload service.
+            let _ = writeln!(
+                c,
+                "http_default_host = {}",
+                lua_str(&format!("upload.{}", opts.domain))
+            );
+        }
+        None => {
+            let _ = writeln!(c, "http_ports = {{ }}");
+        }
+    }
     let _ = writeln!(c, "https_ports = {{ }}");
     let _ = writeln!(c, "component_ports = {{ }}");
     let _ = writeln!(c, "modules_disabled = {{ \"s2s\", \"s2s_auth_certs\" }}");
@@ -562,6 +611,11 @@ fn render_config(
         let _ = writeln!(c, "  muc_room_locking = false");
         let _ = writeln!(c, "  muc_room_default_persistent = false");
     }
+    if ports.http.is_some() {
+        let upload = format!("upload.{}", opts.domain);
+        let _ = writeln!(c, "\nComponent {} \"http_file_share\"", lua_str(&upload));
+        let _ = writeln!(c, "  http_file_share_size_limit = 1048576");
+    }
     c
 }
 
@@ -585,13 +639,13 @@ mod tests {
             chain_pem: String::new(),
         };
         let opts = ProsodyOptions::default();
-        let text = render_config(
-            &opts,
-            &paths,
-            15222,
-            Some(15223),
-            std::slice::from_ref(&cert),
-        );
+        let ports = Ports {
+            c2s: 15222,
+            direct_tls: Some(15223),
+            http: None,
+        };
+        let text = render_config(&opts, &paths, &ports, std::slice::from_ref(&cert));
+        assert!(text.contains("http_ports = { }"));
         assert!(text.contains("\"SCRAM-SHA-1-PLUS\", \"SCRAM-SHA-256-PLUS\""));
         assert!(text.contains("c2s_ports = { 15222 }"));
         assert!(text.contains("c2s_direct_tls_ports = { 15223 }"));
@@ -603,7 +657,14 @@ mod tests {
             mam: true,
             ..ProsodyOptions::default()
         };
-        let text = render_config(&opts, &paths, 15222, None, &[cert]);
+        let ports = Ports {
+            c2s: 15222,
+            direct_tls: None,
+            http: Some(15280),
+        };
+        let text = render_config(&opts, &paths, &ports, &[cert]);
+        assert!(text.contains("http_ports = { 15280 }"));
+        assert!(text.contains("http_interfaces = { \"127.0.0.1\" }"));
         assert!(!text.contains("SCRAM-SHA-1-PLUS"));
         assert!(text.contains("\"mam\""));
         assert!(text.contains("c2s_direct_tls_ports = { }"));

@@ -577,6 +577,32 @@ impl SlixClient {
         }))
     }
 
+    /// Shares the file at `path` with `to` as a real client does (XEP-0363): a slot from
+    /// the upload service `service`, an HTTP PUT, then a message whose body is the file's
+    /// address, with an out-of-band element. Returns the address and the message id.
+    pub async fn share_file(
+        &mut self,
+        path: &std::path::Path,
+        content_type: &str,
+        service: &str,
+        to: &str,
+    ) -> Result<(String, String), ClientError> {
+        let reply = self
+            .command(
+                "share_file",
+                json!({"path": path, "content_type": content_type, "service": service, "to": to}),
+            )
+            .await?;
+        let field = |name: &str| {
+            reply
+                .get(name)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        Ok((field("url"), field("msg_id")))
+    }
+
     /// Leaves a group-chat room.
     pub async fn leave_room(&mut self, room: &str, nick: &str) -> Result<(), ClientError> {
         self.command("leave_room", json!({"room": room, "nick": nick}))

@@ -301,6 +301,7 @@ pub const ROUTES: &[(&str, &str, Option<Perm>)] = &[
     ("GET", "/export", Some(Perm::Read)),
     ("GET", "/export/regulator", Some(Perm::Read)),
     ("GET", "/conversation/{seq}", Some(Perm::Read)),
+    ("GET", "/file/{seq}/{n}", Some(Perm::Read)),
     ("GET", "/queue", Some(Perm::Read)),
     ("POST", "/queue", Some(Perm::Review)),
     ("GET", "/audit", Some(Perm::Audit)),
@@ -327,6 +328,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/export", get(h::export))
         .route("/export/regulator", get(h::regulator_export))
         .route("/conversation/{seq}", get(h::conversation))
+        .route("/file/{seq}/{n}", get(h::file_download))
         .route("/queue", get(h::queue).post(h::queue_action))
         .route("/audit", get(h::audit))
         .route("/users", get(h::users).post(h::user_add))

@@ -703,6 +703,7 @@ pub async fn conversation(
                     s,
                     Shown {
                         anchor: store.anchor(s),
+                        name: store.ref_name(s),
                         node: (s.chain != 0)
                             .then(|| store.node_of(s.chain).unwrap_or(store::UNNAMED).to_string()),
                         severity: m.severity.clone(),
@@ -875,6 +876,22 @@ pub async fn conversation(
                                     }
                                 }
                             }
+                            @if !m.capture.files.is_empty() {
+                                ul.files {
+                                    @for (i, f) in m.capture.files.iter().enumerate() {
+                                        li {
+                                            span.badge.file { "file" } " "
+                                            @match &f.error {
+                                                Some(e) => { span.jid { (f.url) } " " span.error { "not archived: " (e) } }
+                                                None => {
+                                                    a.download href=(format!("/file/{}/{i}", shown.name)) { (f.name) }
+                                                    " " span.muted.small { (f.media_type) ", " (f.size) " bytes, SHA-256 " code { (f.sha256.get(..16).unwrap_or(&f.sha256)) } "…" }
+                                                }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
                             @if m.outcome.action == Action::Block { p.muted.small { "Not delivered: blocked by policy." } }
                             @if shown.copies.len() > 1 || shown.copies.iter().any(|c| c.via != "direct") {
                                 details.copies {
@@ -909,6 +926,129 @@ pub async fn conversation(
     ))
 }
 
+// ---------------------------------------------------------------- shared files
+
+/// Reads one record of any followed chain.
+fn record_of(app: &App, r: MsgRef, segment: u64, offset: u64) -> Result<Record, AppError> {
+    if r.chain == 0 {
+        return Ok(app.archive.reader().record_at(segment, offset)?);
+    }
+    Ok(app
+        .peer_reader(r.chain)
+        .ok_or_else(|| AppError::Internal("another node's chain is not followed".into()))?
+        .record_at(segment, offset)?)
+}
+
+/// The `n`th file a message shared, as archived: always a download (`attachment`, opaque
+/// type, no sniffing), never shown in the page, whatever the sender called it.
+pub async fn file_download(
+    State(app): State<Arc<App>>,
+    a: Authed,
+    Path((at, n)): Path<(String, usize)>,
+) -> Result<Response, AppError> {
+    a.require(Perm::Read)?;
+    let (key, places) = {
+        let store = read(&app.store);
+        let key = store.parse_ref(&at).ok_or(AppError::NotFound)?;
+        let first = store.message(key).ok_or(AppError::NotFound)?;
+        // This copy first, then the other copies of the message: the bytes are stored
+        // with whichever copy fetched them.
+        let mut places = vec![(first.key(), first.segment, first.offset)];
+        places.extend(
+            store
+                .copies(key)
+                .iter()
+                .filter(|c| c.key() != key)
+                .map(|c| (c.key(), c.segment, c.offset)),
+        );
+        (key, places)
+    };
+    let app2 = app.clone();
+    let found = tokio::task::spawn_blocking(
+        move || -> Result<Option<custos_archive::SharedFile>, AppError> {
+            let NewRecord::Message(m) =
+                record_of(&app2, places[0].0, places[0].1, places[0].2)?.content
+            else {
+                return Ok(None);
+            };
+            let Some(wanted) = m.capture.files.get(n).cloned() else {
+                return Ok(None);
+            };
+            if wanted.content.is_some() || wanted.sha256.is_empty() {
+                return Ok(Some(wanted));
+            }
+            for &(r, seg, off) in places.iter().skip(1) {
+                if let NewRecord::Message(other) = record_of(&app2, r, seg, off)?.content {
+                    if let Some(f) = other
+                        .capture
+                        .files
+                        .into_iter()
+                        .find(|f| f.sha256 == wanted.sha256 && f.content.is_some())
+                    {
+                        return Ok(Some(f));
+                    }
+                }
+            }
+            Ok(Some(wanted))
+        },
+    )
+    .await
+    .map_err(|e| AppError::Internal(e.to_string()))??;
+    let file = found.ok_or(AppError::NotFound)?;
+    let Some(bytes) = file.content else {
+        return Err(AppError::NotFound);
+    };
+    app.audit(
+        &a.session.user,
+        audit_action::FILE_DOWNLOAD,
+        json!({ "seq": key.seq, "file": n, "name": file.name, "sha256": file.sha256 }),
+    )
+    .await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_DISPOSITION, attachment(&file.name)),
+            (
+                header::HeaderName::from_static("x-content-type-options"),
+                "nosniff".to_owned(),
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+/// `attachment` with the name as the sender gave it (RFC 6266 `filename*`) and a plain
+/// ASCII fallback; nothing in the name can break out of the header.
+fn attachment(name: &str) -> String {
+    let fallback: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ' ') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let fallback = if fallback.trim().is_empty() {
+        "file".to_owned()
+    } else {
+        fallback
+    };
+    let encoded: String = name
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    format!("attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}")
+}
+
 /// Who spoke a group-chat message: the nickname the room showed, and the person behind
 /// it — the sender's own proven account when the message left through Custos, else what
 /// the room revealed.
@@ -939,6 +1079,8 @@ impl Speaker {
 /// What the conversation view shows of one logical message besides its first record.
 struct Shown {
     anchor: String,
+    /// How links name the record (`/conversation/NAME`, `/file/NAME/N`).
+    name: String,
     /// Another node's record: that node's name.
     node: Option<String>,
     severity: Option<String>,

@@ -245,6 +245,7 @@ pub mod audit_action {
     pub const VIEW: &str = "view-conversation";
     pub const REVIEW: &str = "review";
     pub const EXPORT: &str = "export";
+    pub const FILE_DOWNLOAD: &str = "file-download";
     pub const USER_ADD: &str = "user-add";
     pub const USER_REMOVE: &str = "user-remove";
 }

@@ -56,6 +56,23 @@ pub struct Hit {
     /// private message in a room went to).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub occupant: Option<String>,
+    /// Files the message shared, without their bytes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<HitFile>,
+}
+
+/// A shared file as a search hit shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HitFile {
+    pub url: String,
+    pub name: String,
+    pub media_type: String,
+    pub size: u64,
+    pub sha256: String,
+    /// This copy's record holds the bytes (else another copy of the message does).
+    pub stored: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl Hit {
@@ -93,6 +110,19 @@ impl Hit {
             edit: c.edit,
             retention_class: crate::retention::class_name(&c.retention_class).to_string(),
             occupant: c.occupant,
+            files: c
+                .files
+                .into_iter()
+                .map(|f| HitFile {
+                    stored: f.content.is_some(),
+                    url: f.url,
+                    name: f.name,
+                    media_type: f.media_type,
+                    size: f.size,
+                    sha256: f.sha256,
+                    error: f.error,
+                })
+                .collect(),
         })
     }
 }

@@ -26,8 +26,8 @@ use super::row::Shown;
 use crate::segment::{Hash, SALT_LEN};
 
 /// The schema, version 3 (version 1 lacked the capture columns, from
-/// `logical_message` to `extra`; version 2 the last, `occupant`). Column order is part
-/// of the format.
+/// `logical_message` to `extra`; version 2 the last two, `occupant` and `files`). Column
+/// order is part of the format.
 pub(crate) const SCHEMA: &str = "
 message custos_record_v3 {
   REQUIRED INT64 seq;
@@ -72,11 +72,12 @@ message custos_record_v3 {
   REQUIRED INT64 segment;
   REQUIRED INT64 offset;
   OPTIONAL BINARY occupant (STRING);
+  OPTIONAL BINARY files (JSON);
 }
 ";
 
 /// Column names in schema order.
-pub(crate) const COLUMNS: [&str; 38] = [
+pub(crate) const COLUMNS: [&str; 39] = [
     "seq",
     "time",
     "kind",
@@ -115,9 +116,11 @@ pub(crate) const COLUMNS: [&str; 38] = [
     "segment",
     "offset",
     "occupant",
+    "files",
 ];
 
-/// Columns written before `occupant` (schema version 2), which verify still reads.
+/// Columns written before `occupant` and `files` (schema version 2), which verify still
+/// reads.
 pub(crate) const COLUMNS_V2: usize = 37;
 
 /// Columns whose values are (nearly) all distinct: a dictionary only costs time.
@@ -193,6 +196,7 @@ struct Columns {
     segment: Vec<i64>,
     offset: Vec<i64>,
     occupant: OptStr,
+    files: OptStr,
     bytes: usize,
 }
 
@@ -274,6 +278,7 @@ impl Columns {
         self.segment.push(i64_of(r.segment));
         self.offset.push(i64_of(r.offset));
         n += self.occupant.push(&s.occupant);
+        n += self.files.push(&s.files);
         // Each buffered value costs a `Bytes` handle and a level beyond its data.
         self.bytes += n + COLUMNS.len() * 48;
     }
@@ -482,6 +487,7 @@ impl Columns {
             "extra" => extra,
             "event" => &self.event,
             "occupant" => &self.occupant,
+            "files" => &self.files,
             _ => return None,
         })
     }

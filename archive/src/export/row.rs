@@ -48,6 +48,9 @@ pub(crate) struct Shown {
     pub event: Option<String>,
     /// Group chat: the person behind the room occupant (record format 4).
     pub occupant: Option<String>,
+    /// `[{"url","name","media_type","size","sha256","stored","error"?}]`: files the message
+    /// shared, without their bytes (those are in `canonical`).
+    pub files: Option<String>,
     /// Path of the transcript holding this record, relative to the export.
     pub transcript: String,
     /// In a view across several nodes' parts: the node whose chain holds the record
@@ -173,6 +176,24 @@ impl Shown {
                 s.account = Some(c.account.clone()).filter(|a| !a.is_empty());
                 s.claimed_from = c.claimed_from.clone();
                 s.occupant = c.occupant.clone();
+                s.files = (!c.files.is_empty()).then(|| {
+                    let files: Vec<serde_json::Value> = c
+                        .files
+                        .iter()
+                        .map(|f| {
+                            serde_json::json!({
+                                "url": f.url,
+                                "name": f.name,
+                                "media_type": f.media_type,
+                                "size": f.size,
+                                "sha256": f.sha256,
+                                "stored": f.content.is_some(),
+                                "error": f.error,
+                            })
+                        })
+                        .collect();
+                    serde_json::Value::Array(files).to_string()
+                });
                 s.would_action = m.outcome.would_action.map(|a| a.as_str().into());
                 s.retention_class =
                     Some(crate::retention::class_name(&c.retention_class).to_string());

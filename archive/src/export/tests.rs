@@ -69,6 +69,7 @@ fn msg(from: &str, to: &str, ty: &str, body: &str, action: Action) -> NewRecord 
             claimed_from: (action == Action::Block).then(|| "eve@example.test/forged".to_string()),
             retention_class: String::new(),
             occupant: None,
+            files: Vec::new(),
         },
     })
 }

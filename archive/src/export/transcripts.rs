@@ -262,6 +262,25 @@ fn row_html(s: &Shown, copy_of: Option<&str>) -> String {
     msg.push_str(&opt("delivered as", &s.delivered_body));
     msg.push_str(&opt("sender claimed to be (refused)", &s.claimed_from));
     msg.push_str(&opt("person behind the room nickname", &s.occupant));
+    if let Some(files) = &s.files {
+        let files: serde_json::Value = serde_json::from_str(files).unwrap_or_default();
+        for f in files.as_array().into_iter().flatten() {
+            let text = match f["error"].as_str() {
+                Some(e) => format!("{} — not archived: {e}", f["url"].as_str().unwrap_or("")),
+                None => format!(
+                    "{} ({}, {} bytes, SHA-256 {})",
+                    f["name"].as_str().unwrap_or(""),
+                    f["media_type"].as_str().unwrap_or(""),
+                    f["size"],
+                    f["sha256"].as_str().unwrap_or("")
+                ),
+            };
+            msg.push_str(&format!(
+                "<div class=\"meta\">shared file: {}</div>",
+                escape(&text)
+            ));
+        }
+    }
     if let Some(edit) = &s.edit {
         let e: serde_json::Value = serde_json::from_str(edit).unwrap_or_default();
         msg.push_str(&format!(

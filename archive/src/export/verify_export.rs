@@ -601,6 +601,10 @@ pub(super) fn shown_of(fields: &[&Field]) -> Result<Shown, &'static str> {
             None => None,
             f => opt_str(f).map_err(|_| "occupant")?,
         },
+        files: match col(fields, "files") {
+            None => None,
+            f => opt_str(f).map_err(|_| "files")?,
+        },
         transcript: req("transcript")?,
         node: None,
     })
@@ -647,6 +651,7 @@ fn differing_columns(a: &Shown, b: &Shown) -> Vec<&'static str> {
     cmp("extra", a.extra == b.extra);
     cmp("event", a.event == b.event);
     cmp("occupant", a.occupant == b.occupant);
+    cmp("files", a.files == b.files);
     cmp("transcript", a.transcript == b.transcript);
     d
 }
