@@ -201,29 +201,80 @@ fn same_bare(a: &str, b: &str) -> bool {
     bare(a).eq_ignore_ascii_case(bare(b))
 }
 
+/// Presence types that are not availability: anything else is taken as available, as
+/// some servers do with a type they do not know (an entry into a room).
+const NOT_AVAILABLE: [&str; 7] = [
+    "unavailable",
+    "error",
+    "probe",
+    "subscribe",
+    "subscribed",
+    "unsubscribe",
+    "unsubscribed",
+];
+
+/// Whether the stanza is an available presence addressed to someone (a room entry, a
+/// status update in a room, or a directed presence).
+fn directed_available(view: &StanzaView) -> bool {
+    view.kind == StanzaKind::Presence
+        && view
+            .stanza_type
+            .as_deref()
+            .is_none_or(|t| !NOT_AVAILABLE.contains(&t))
+}
+
 /// What the rooms say about the content: who is behind the room address it goes to or
-/// comes from.
+/// comes from. An outbound available presence to a full JID reserves its room entry (see
+/// [`Rooms::enter`]); the caller cancels it when the presence is refused.
 fn room_context(rooms: &Rooms, item: &Inspected<'_>, c: &Content<'_>) -> RoomContext {
     let v = c.view;
     let Some(account) = item.session.jid.as_deref() else {
         return RoomContext::default();
     };
     let groupchat = v.stanza_type.as_deref() == Some("groupchat");
-    match c.direction {
+    let mut ctx = match c.direction {
         Direction::Outbound => {
             let Some(to) = v.to.as_deref() else {
                 return RoomContext::default();
             };
-            let entering = v.kind == StanzaKind::Presence && v.stanza_type.is_none();
-            rooms.context(true, account, to, groupchat, entering)
+            if c.via == Via::Direct && directed_available(v) {
+                rooms.enter(account, to)
+            } else {
+                rooms.context(true, account, to, groupchat)
+            }
         }
         Direction::Inbound => {
             let Some(from) = v.from.as_deref() else {
                 return RoomContext::default();
             };
-            rooms.context(false, account, from, groupchat, false)
+            rooms.context(false, account, from, groupchat)
+        }
+    };
+    // Mediated invitations and declines (XEP-0045 §7.8) carry words between the inviter
+    // and the invitee through the room: the person on the other end is a party.
+    if c.via == Via::Direct && v.kind == StanzaKind::Message {
+        let x = item.stanza.root.child("x", crate::rooms::NS_MUC_USER);
+        for child in x.into_iter().flat_map(Element::children) {
+            if !(child.is("invite", crate::rooms::NS_MUC_USER)
+                || child.is("decline", crate::rooms::NS_MUC_USER))
+            {
+                continue;
+            }
+            match c.direction {
+                Direction::Outbound => {
+                    if let Some(to) = child.attr("to") {
+                        ctx.to_real.push(to.to_owned());
+                    }
+                }
+                Direction::Inbound => {
+                    if let (Some(from), None) = (child.attr("from"), &ctx.from_real) {
+                        ctx.from_real = Some(from.to_owned());
+                    }
+                }
+            }
         }
     }
+    ctx
 }
 
 fn subject<'a>(c: &'a Content<'a>, room: custos_policy::RoomFacts<'a>) -> Option<Subject<'a>> {
@@ -436,18 +487,12 @@ impl RecentMessages {
     }
 }
 
-impl Inspector for Pipeline {
-    async fn inspect(&self, item: Inspected<'_>) -> Outcome {
-        let c = content(&item);
-        let direct_presence = item.view.kind == StanzaKind::Presence && item.copy == Copy::Direct;
-        if let (Direction::Inbound, true, Some(account)) =
-            (item.direction, direct_presence, &item.session.jid)
-        {
-            self.rooms.observe(account, &item.stanza.root);
-        }
-        let room = room_context(&self.rooms, &item, &c);
+impl Pipeline {
+    /// Policy, the archive and the verdict on the wire for one stanza (see the module
+    /// documentation), given what the rooms say about it.
+    async fn decide(&self, item: &Inspected<'_>, c: &Content<'_>, room: &RoomContext) -> Outcome {
         let evaluated = match &self.policy {
-            Some(policy) => evaluate(policy, &c, &room),
+            Some(policy) => evaluate(policy, c, room),
             None => None,
         };
         let (verdict, delivered_extra) = match evaluated {
@@ -458,7 +503,7 @@ impl Inspector for Pipeline {
         if recorded {
             count_message(item.direction, verdict.as_ref());
         }
-        let ids = recorded.then(|| Identities::of(&c, verdict.as_ref(), &delivered_extra));
+        let ids = recorded.then(|| Identities::of(c, verdict.as_ref(), &delivered_extra));
         let replay_only = match (&self.archive, &ids) {
             (Some(archive), Some(ids)) => {
                 c.via == Via::Mam && !archive.knows_message(&ids.identity)
@@ -484,7 +529,7 @@ impl Inspector for Pipeline {
         // it goes on, so the record holds what the recipient can download.
         let shared = match (&self.files, &self.archive, &ids) {
             (Some(files), Some(_), Some(_)) => {
-                let urls = files.wanted(file_addresses(&c));
+                let urls = files.wanted(file_addresses(c));
                 if urls.is_empty() {
                     Vec::new()
                 } else {
@@ -497,8 +542,8 @@ impl Inspector for Pipeline {
         let refuse_for_file =
             file_missing && self.files.as_ref().is_some_and(Files::block_on_failure);
         if let (Some(archive), Some(ids)) = (&self.archive, ids) {
-            let mut record = message_record(&item, &c, verdict.as_ref(), ids, replay_only);
-            record.capture.occupant = occupant(&c, &room);
+            let mut record = message_record(item, c, verdict.as_ref(), ids, replay_only);
+            record.capture.occupant = occupant(c, room);
             record.capture.files = shared;
             if file_missing {
                 record.outcome.rules.push(RULE_FILE_NOT_ARCHIVED.to_owned());
@@ -520,7 +565,7 @@ impl Inspector for Pipeline {
                     OnArchiveFailure::Block => {
                         error!(cause = %err, "archive write failed; message refused, not delivered");
                         return refuse(
-                            &item,
+                            item,
                             ErrorType::Wait,
                             "internal-server-error",
                             "The message could not be archived and was not delivered. Try again later.",
@@ -534,7 +579,7 @@ impl Inspector for Pipeline {
         }
         if refuse_for_file {
             return refuse(
-                &item,
+                item,
                 ErrorType::Wait,
                 "internal-server-error",
                 "The shared file could not be archived, so the message was not delivered. Try again later.",
@@ -553,7 +598,7 @@ impl Inspector for Pipeline {
         let mut outcome = match verdict.action {
             custos_policy::Action::Allow | custos_policy::Action::Flag => Outcome::forward(),
             custos_policy::Action::Redact => Outcome {
-                decision: Decision::Replace(redact(&item, &c, &verdict, &delivered_extra)),
+                decision: Decision::Replace(redact(item, c, &verdict, &delivered_extra)),
                 inject: Injections::default(),
             },
             custos_policy::Action::Block => {
@@ -562,20 +607,12 @@ impl Inspector for Pipeline {
                     .block_text
                     .as_deref()
                     .unwrap_or("Blocked by policy.");
-                refuse(&item, ErrorType::Modify, "policy-violation", text)
+                refuse(item, ErrorType::Modify, "policy-violation", text)
             }
         };
         // A refused message reaches nobody, so there is nobody to notify yet; asking the
         // tracker would mark the conversation as notified without a notice.
         let delivered = !matches!(outcome.decision, Decision::Refuse { .. });
-        if let (Direction::Outbound, true, true, Some(account)) = (
-            item.direction,
-            direct_presence && item.view.stanza_type.is_none(),
-            delivered,
-            &item.session.jid,
-        ) {
-            self.rooms.entering(account, &item.stanza.root);
-        }
         if let (Some(request), true) = (&verdict.disclaimer, delivered) {
             let due = self
                 .disclaimers
@@ -592,8 +629,44 @@ impl Inspector for Pipeline {
         }
         outcome
     }
+}
+
+impl Inspector for Pipeline {
+    async fn inspect(&self, item: Inspected<'_>) -> Outcome {
+        let c = content(&item);
+        let direct_presence = item.view.kind == StanzaKind::Presence && item.copy == Copy::Direct;
+        if let (Direction::Inbound, true, Some(account)) =
+            (item.direction, direct_presence, &item.session.jid)
+        {
+            self.rooms.observe(account, &item.stanza.root);
+        }
+        let room = room_context(&self.rooms, &item, &c);
+        if room.full {
+            warn!("a room entry refused: this session, or Custos, follows as many rooms as it can");
+            return refuse(
+                &item,
+                ErrorType::Wait,
+                "resource-constraint",
+                "Custos cannot follow one more room for this session; leave a room first.",
+            );
+        }
+        let outcome = self.decide(&item, &c, &room).await;
+        if let (true, Decision::Refuse { .. }, Some(account), Some(to)) = (
+            room.reserved,
+            &outcome.decision,
+            &item.session.jid,
+            item.view.to.as_deref(),
+        ) {
+            // The entry did not go to the room: it reserves nothing.
+            self.rooms.cancel(account, to);
+        }
+        outcome
+    }
 
     async fn session_bound(&self, session: &SessionInfo) {
+        if let Some(jid) = &session.jid {
+            self.rooms.session_bound(jid);
+        }
         if let Some(id) = SessionIdentity::of(session) {
             self.archive_event(EventRecord::SessionStart {
                 session: id.session,
@@ -1201,5 +1274,137 @@ mod tests {
             Direction::Inbound,
         );
         assert_eq!(to_room, echo);
+    }
+}
+
+#[cfg(test)]
+mod room_tests {
+    use super::*;
+    use crate::xml::{parse_element, NsScope};
+    use custos_policy::{Policy, PolicyHandle};
+
+    const RULES: &str = "[groups]\nresearch = [\"alice@x\"]\ntrading = [\"bob@x\"]\n\n[[barrier]]\nid = \"rt\"\nbetween = [\"research\", \"trading\"]\n";
+
+    fn pipeline() -> Pipeline {
+        let path = std::path::PathBuf::from("rules.toml");
+        let policy = Policy::from_str(RULES, &path).unwrap();
+        Pipeline::new(
+            Some(PolicyHandle::new(&path, policy)),
+            None,
+            OnArchiveFailure::Block,
+            None,
+        )
+    }
+
+    async fn send(p: &Pipeline, jid: &str, xml: &str, direction: Direction) -> Outcome {
+        let mut scope = NsScope::new();
+        scope.declare(vec![(None, crate::stanza::NS_CLIENT.to_owned())]);
+        let st = crate::framer::Stanza {
+            raw: bytes::Bytes::copy_from_slice(xml.as_bytes()),
+            root: parse_element(xml, &scope).unwrap(),
+        };
+        let mut v = StanzaView::of(&st.root);
+        crate::relay::fill_addresses(&mut v, direction, Some(jid));
+        let info = SessionInfo {
+            id: 1,
+            client_addr: "127.0.0.1:1".parse().unwrap(),
+            domain: "x".into(),
+            jid: Some(jid.into()),
+        };
+        p.inspect(Inspected {
+            direction,
+            session: &info,
+            view: &v,
+            stanza: &st,
+            copy: Copy::Direct,
+            claimed_from: None,
+        })
+        .await
+    }
+
+    fn refused(o: &Outcome) -> bool {
+        matches!(o.decision, Decision::Refuse { .. })
+    }
+
+    /// Alice (research) enters r@muc.x as "al"; the room confirms it.
+    async fn alice_inside(p: &Pipeline) {
+        let o = send(
+            p,
+            "alice@x/r",
+            "<presence to='r@muc.x/al'><x xmlns='http://jabber.org/protocol/muc'/></presence>",
+            Direction::Outbound,
+        )
+        .await;
+        assert!(!refused(&o));
+        let own = "<presence from='r@muc.x/al' to='alice@x/r'><x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='owner' role='moderator'/><status code='110'/></x></presence>";
+        send(p, "alice@x/r", own, Direction::Inbound).await;
+    }
+
+    #[tokio::test]
+    async fn an_entry_with_any_availability_type_meets_the_barrier() {
+        let p = pipeline();
+        alice_inside(&p).await;
+        for entry in [
+            "<presence to='r@muc.x/bob'/>",
+            "<presence to='r@muc.x/bob' type='available'/>",
+            "<presence to='r@muc.x/bob' type='bogus'/>",
+            "<presence to='R@MUC.X./bob'><x xmlns='http://jabber.org/protocol/muc'/></presence>",
+        ] {
+            let o = send(&p, "bob@x/p", entry, Direction::Outbound).await;
+            assert!(refused(&o), "{entry}");
+            if let Decision::Refuse { error: Some(e) } = &o.decision {
+                assert!(
+                    String::from_utf8_lossy(e).contains("policy-violation"),
+                    "{entry}"
+                );
+            }
+        }
+        // Leaving is not entering.
+        let o = send(
+            &p,
+            "bob@x/p",
+            "<presence to='r@muc.x/bob' type='unavailable'/>",
+            Direction::Outbound,
+        )
+        .await;
+        assert!(!refused(&o));
+    }
+
+    #[tokio::test]
+    async fn an_invitation_through_the_room_meets_the_barrier() {
+        let p = pipeline();
+        alice_inside(&p).await;
+        let invite = "<message to='r@muc.x'><x xmlns='http://jabber.org/protocol/muc#user'><invite to='bob@x'><reason>buy it</reason></invite></x></message>";
+        assert!(refused(
+            &send(&p, "alice@x/r", invite, Direction::Outbound).await
+        ));
+        let declined = "<message from='r@muc.x' to='alice@x/r'><x xmlns='http://jabber.org/protocol/muc#user'><decline from='bob@x/p'><reason>sell it</reason></decline></x></message>";
+        assert!(refused(
+            &send(&p, "alice@x/r", declined, Direction::Inbound).await
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_refused_entry_reserves_nothing() {
+        let p = pipeline();
+        alice_inside(&p).await;
+        let o = send(
+            &p,
+            "bob@x/p",
+            "<presence to='r@muc.x/bob'/>",
+            Direction::Outbound,
+        )
+        .await;
+        assert!(refused(&o));
+        // Bob's refused entry left no trace that would keep anyone else out.
+        let o = send(
+            &p,
+            "carol@x/c",
+            "<presence to='r@muc.x/carol'/>",
+            Direction::Outbound,
+        )
+        .await;
+        assert!(!refused(&o));
+        assert!(!p.rooms.is_room("bob@x"));
     }
 }

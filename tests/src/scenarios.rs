@@ -157,6 +157,30 @@ pub async fn group_chat(
         .wait_presence("the refusal of a bare entry", |p| p.from == nick)
         .await?;
     assert_eq!(p.kind, "error", "{p:?}\n{}", context());
+    // Alice changes her nickname: she is still inside, and Erin still may not enter.
+    let renamed = format!("{ROOM}/alice-renamed");
+    m.alice
+        .send_presence(Some(&renamed), None, None, None)
+        .await?;
+    let echo = "room-echo alice speaks under her new nickname";
+    m.alice
+        .send_message(OutgoingMessage {
+            kind: "groupchat".into(),
+            ..OutgoingMessage::chat(ROOM, echo)
+        })
+        .await?;
+    m.alice
+        .wait_message("the echo under the new nickname", |msg| {
+            msg.body == echo && msg.from == renamed
+        })
+        .await
+        .map_err(|e| format!("{e}\n{}", context()))?;
+    let refused = m
+        .erin
+        .join_room(ROOM, "erin-later")
+        .await?
+        .ok_or_else(|| format!("Erin entered after Alice's nickname change\n{}", context()))?;
+    assert_eq!(refused.condition, "policy-violation", "{refused:?}");
     // Speaking into the room from outside is refused by Custos too (the server would
     // refuse a non-occupant anyway; the record says who tried).
     let id = m
@@ -229,7 +253,7 @@ pub async fn group_chat(
     said.sort_unstable();
     assert_eq!(
         said,
-        [alpha, bravo, "room-charlie erin slips a word in"],
+        [alpha, bravo, "room-charlie erin slips a word in", echo],
         "{room:#?}"
     );
 
