@@ -61,16 +61,16 @@ pub enum ListenerKind {
 }
 
 impl Custos {
-    /// Writes `custos.toml` in `dir` with one listener per `kinds` entry on fresh loopback
-    /// ports (certificate `cert`/`key`), then the `extra` TOML (the `[upstream]`,
-    /// `[archive]`… sections), and starts `custos serve`, waiting until every listener
-    /// accepts.
+    /// Writes `custos.toml` in `dir`: one listener per `kinds` entry on fresh loopback
+    /// ports (certificate `cert`/`key`), merged with `config` (the `[upstream]`,
+    /// `[archive]`… sections, and listeners of other kinds), and starts `custos serve`,
+    /// waiting until every listener of `kinds` accepts.
     pub fn start(
         dir: &Path,
         kinds: &[ListenerKind],
         cert: &Path,
         key: &Path,
-        extra: &str,
+        extra: &crate::config::Table,
     ) -> Result<Custos, CustosError> {
         Custos::start_as(dir, kinds, cert, key, extra, None)
     }
@@ -81,11 +81,12 @@ impl Custos {
         kinds: &[ListenerKind],
         cert: &Path,
         key: &Path,
-        extra: &str,
+        extra: &crate::config::Table,
         run_as: Option<(u32, u32)>,
     ) -> Result<Custos, CustosError> {
-        let mut config = String::new();
+        use crate::config::{merge, path, render, table, Table, Value};
         let mut listeners = Vec::new();
+        let mut tables = Vec::new();
         for kind in kinds {
             let port = free_port().map_err(|source| CustosError::Io {
                 what: "picking a port".into(),
@@ -93,19 +94,21 @@ impl Custos {
             })?;
             let addr: SocketAddr = ([127, 0, 0, 1], port).into();
             listeners.push(addr);
-            config.push_str(&format!(
-                "[[listener]]\nbind = \"{addr}\"\ntls = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n\n",
-                match kind {
-                    ListenerKind::StartTls => "starttls",
-                    ListenerKind::Direct => "direct",
-                },
-                cert.display(),
-                key.display()
-            ));
+            let tls = match kind {
+                ListenerKind::StartTls => "starttls",
+                ListenerKind::Direct => "direct",
+            };
+            tables.push(Value::Table(table([
+                ("bind", Value::String(addr.to_string())),
+                ("tls", Value::String(tls.into())),
+                ("cert", path(cert)),
+                ("key", path(key)),
+            ])));
         }
-        config.push_str(extra);
+        let mut config: Table = table([("listener", Value::Array(tables))]);
+        merge(&mut config, extra.clone());
         let config_path = dir.join("custos.toml");
-        std::fs::write(&config_path, config).map_err(|source| CustosError::Io {
+        std::fs::write(&config_path, render(&config)).map_err(|source| CustosError::Io {
             what: format!("writing {}", config_path.display()),
             source,
         })?;

@@ -40,6 +40,7 @@
 #![forbid(unsafe_code)]
 
 pub mod certs;
+pub mod config;
 pub mod converse;
 pub mod custos;
 pub mod dir;

@@ -43,7 +43,9 @@ pub struct HttpAnswer {
     pub status: u16,
     /// Header lines, names in lower case.
     pub headers: Vec<(String, String)>,
+    /// The body as text (lossy) and as the bytes sent.
     pub body: String,
+    pub bytes: Vec<u8>,
 }
 
 impl HttpAnswer {
@@ -85,10 +87,12 @@ pub fn http_request(
     s.write_all(req.as_bytes())?;
     let mut all = Vec::new();
     s.read_to_end(&mut all)?;
-    let text = String::from_utf8_lossy(&all).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
+    let split = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
         .ok_or_else(|| io::Error::other(format!("{method} {path}: no end of headers")))?;
+    let head = String::from_utf8_lossy(&all[..split]).into_owned();
+    let bytes = all.split_off(split + 4);
     let mut lines = head.split("\r\n");
     let status = lines
         .next()
@@ -109,7 +113,8 @@ pub fn http_request(
     Ok(HttpAnswer {
         status,
         headers,
-        body: body.to_string(),
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+        bytes,
     })
 }
 

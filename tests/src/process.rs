@@ -65,6 +65,15 @@ pub fn tail(text: &str, max: usize) -> String {
     text.get(start..).unwrap_or_default().to_string()
 }
 
+/// A finished command's stdout then stderr, as text (for assertion messages).
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,13 +1,18 @@
-//! A complete deployment for a scenario: a real Prosody with accounts, and `custos serve`
-//! in front of it with a STARTTLS listener (index 0) and a Direct TLS listener (index 1),
-//! optionally with an archive (keys created by `custos keys init`) and a rules file.
-//! [`Front`] is the Custos half alone, for scenarios against another server.
+//! One rig for every scenario: a real XMPP server (Prosody by default, or ejabberd or
+//! jabberd2) with accounts, and `custos serve` in front of it with a STARTTLS listener
+//! (index 0) and a Direct TLS listener (index 1), optionally with an archive (keys created
+//! by `custos keys init`), a rules file, the review web UI and a WebSocket listener. The
+//! configuration is built as TOML values ([`crate::config`]); [`Rig::another_node`] starts a
+//! second Custos node from the same values.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use crate::config::{merge, path, render, section, strings, table, Table, Value};
 use crate::custos::{run_custos, Custos, ListenerKind};
+use crate::ejabberd::Ejabberd;
+use crate::jabberd2::Jabberd2;
 use crate::slix::{ConnectOptions, SlixClient, Tls};
 use crate::{Prosody, ProsodyOptions, TestCa, TestDir, User};
 
@@ -20,21 +25,40 @@ pub const USERS: &[(&str, &str)] = &[
     ("carol", "carol-secret"),
 ];
 
-/// What to start besides Prosody and the proxy.
+/// Which XMPP server a rig starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ServerKind {
+    #[default]
+    Prosody,
+    /// Debian's ejabberd (23.01), with group chat and stream management.
+    Ejabberd,
+    /// Debian's jabberd2 (2.7).
+    Jabberd2,
+}
+
+/// What to start besides the server and the proxy.
 #[derive(Debug, Clone, Default)]
 pub struct RigOptions {
+    /// The server behind Custos.
+    pub server: ServerKind,
+    /// Accounts on `example.test` besides [`USERS`].
+    pub users: Vec<(&'static str, &'static str)>,
+    /// Prosody offers HTTP file upload (XEP-0363) at `upload.example.test`, and Custos
+    /// archives the files shared from it (`[files] sources`; more `[files]` keys may come
+    /// in `extra`).
+    pub file_share: bool,
     /// Add `[archive]` with fresh keys.
     pub archive: bool,
     /// Rules file content; adds `[policy]`.
     pub rules: Option<String>,
-    /// TOML appended to the config (e.g. `[limits]`).
-    pub extra: String,
+    /// More configuration merged in (e.g. a `[limits]` section).
+    pub extra: Table,
     /// A second Prosody host for external users (`dave@example.org`).
     pub external_domain: bool,
     /// Run `custos serve` under this uid/gid (via `setpriv`) instead of as the caller.
     pub run_as: Option<(u32, u32)>,
     /// Extra keys for the `[archive]` section.
-    pub archive_extra: String,
+    pub archive_extra: Table,
     /// Serve the review web UI (needs `archive`); its address is [`Rig::web`].
     pub web: bool,
     /// Serve it over HTTPS with the test CA's `example.test` certificate.
@@ -66,15 +90,15 @@ pub struct WsListener {
 }
 
 impl RigOptions {
-    pub fn with_archive_extra(mut self, toml: &str) -> Self {
-        self.archive_extra.push_str(toml);
+    pub fn with_archive_extra(mut self, keys: Table) -> Self {
+        merge(&mut self.archive_extra, keys);
         self
     }
 }
 
 pub struct Rig {
     pub custos: Custos,
-    pub prosody: Prosody,
+    pub server: Server,
     pub ca: TestCa,
     pub custos_dir: PathBuf,
     pub rules_path: Option<PathBuf>,
@@ -83,66 +107,135 @@ pub struct Rig {
     pub web: Option<SocketAddr>,
     /// The WebSocket listener's address, when configured.
     pub websocket: Option<SocketAddr>,
+    /// Custos's configuration besides its XMPP listeners.
+    pub config: Table,
+    /// Passwords of every account on `example.test`.
+    accounts: Vec<(&'static str, &'static str)>,
     // Last: files outlive the processes that use them.
     pub dir: TestDir,
 }
 
-/// Writes the config without starting anything (keys are created when `opts.archive`).
+/// The server a rig runs behind Custos.
+pub enum Server {
+    Prosody(Prosody),
+    Ejabberd(Ejabberd),
+    Jabberd2(Jabberd2),
+}
+
+impl Server {
+    /// Which implementation, as logs and messages name it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Server::Prosody(_) => "prosody",
+            Server::Ejabberd(_) => "ejabberd",
+            Server::Jabberd2(_) => "jabberd2",
+        }
+    }
+
+    /// The client (STARTTLS) port.
+    pub fn c2s_addr(&self) -> SocketAddr {
+        match self {
+            Server::Prosody(s) => s.c2s_addr(),
+            Server::Ejabberd(s) => s.c2s_addr(),
+            Server::Jabberd2(s) => s.c2s_addr(),
+        }
+    }
+
+    /// The Direct TLS port, where the server has one.
+    pub fn direct_tls_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Server::Prosody(s) => s.direct_tls_addr(),
+            _ => None,
+        }
+    }
+
+    /// The end of the server's logs.
+    pub fn log_tail(&self) -> String {
+        match self {
+            Server::Prosody(s) => s.log_tail(),
+            Server::Ejabberd(s) => s.log_tail(),
+            Server::Jabberd2(s) => s.log_tail(),
+        }
+    }
+
+    /// Stops the server; whether it was running.
+    pub fn stop(&mut self) -> bool {
+        match self {
+            Server::Prosody(s) => s.stop(),
+            Server::Ejabberd(s) => s.stop(),
+            Server::Jabberd2(s) => s.stop(),
+        }
+    }
+
+    /// Prosody's own handle, when the rig runs Prosody.
+    pub fn prosody(&self) -> Option<&Prosody> {
+        match self {
+            Server::Prosody(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// The configuration besides the listeners Custos is started with (keys are created
+/// when `opts.archive`).
 fn write_config(
     custos_dir: &std::path::Path,
     ca: &TestCa,
     upstream: SocketAddr,
     opts: &RigOptions,
-) -> Result<(String, Option<PathBuf>, Option<PathBuf>), BoxError> {
-    let mut config = if opts.upstream_plain {
-        format!("[upstream]\naddress = \"{upstream}\"\ntls = \"none\"\nserver_name = \"example.test\"\n\n")
+) -> Result<(Table, Option<PathBuf>, Option<PathBuf>), BoxError> {
+    let mut upstream_keys = table([
+        ("address", Value::String(upstream.to_string())),
+        ("server_name", Value::String("example.test".into())),
+    ]);
+    if opts.upstream_plain {
+        upstream_keys.insert("tls".into(), "none".into());
     } else {
-        format!(
-            "[upstream]\naddress = \"{upstream}\"\ntls = \"starttls\"\nca = \"{}\"\nserver_name = \"example.test\"\n\n",
-            ca.cert_path().display()
-        )
-    };
+        upstream_keys.insert("tls".into(), "starttls".into());
+        upstream_keys.insert("ca".into(), path(ca.cert_path()));
+    }
+    let mut config = table([("upstream", Value::Table(upstream_keys))]);
     let mut archive_dir = None;
     if opts.archive {
         let secrets = custos_dir.join("secrets");
         std::fs::create_dir_all(&secrets)?;
         let dir = custos_dir.join("archive");
-        config.push_str(&format!(
-            "[archive]\ndir = \"{}\"\nmaster_key = \"{}\"\nsigning_key = \"{}\"\n{}\n",
-            dir.display(),
-            secrets.join("master.key").display(),
-            secrets.join("signing.key").display(),
-            opts.archive_extra
-        ));
+        let mut archive = table([
+            ("dir", path(&dir)),
+            ("master_key", path(&secrets.join("master.key"))),
+            ("signing_key", path(&secrets.join("signing.key"))),
+        ]);
+        merge(&mut archive, opts.archive_extra.clone());
+        config.insert("archive".into(), Value::Table(archive));
         archive_dir = Some(dir);
     }
     let mut rules_path = None;
     if let Some(rules) = &opts.rules {
-        let path = custos_dir.join("rules.toml");
-        std::fs::write(&path, rules)?;
-        config.push_str(&format!("[policy]\nrules = \"{}\"\n\n", path.display()));
-        rules_path = Some(path);
+        let p = custos_dir.join("rules.toml");
+        std::fs::write(&p, rules)?;
+        merge(&mut config, section("policy", [("rules", path(&p))]));
+        rules_path = Some(p);
     }
-    config.push_str(&opts.extra);
+    merge(&mut config, opts.extra.clone());
     Ok((config, rules_path, archive_dir))
 }
 
-fn web_section(custos_dir: &std::path::Path) -> Result<(String, SocketAddr), BoxError> {
+fn web_section(custos_dir: &std::path::Path) -> Result<(Table, SocketAddr), BoxError> {
     let addr: SocketAddr = ([127, 0, 0, 1], crate::free_port()?).into();
     let users = custos_dir.join("users.json");
     Ok((
-        format!(
-            "\n[web]\nbind = \"{addr}\"\nusers = \"{}\"\nsample_rate = 0.0\n",
-            users.display()
-        ),
+        table([
+            ("bind", Value::String(addr.to_string())),
+            ("users", path(&users)),
+            ("sample_rate", Value::Float(0.0)),
+        ]),
         addr,
     ))
 }
 
-/// `custos serve` as [`Rig::start`] sets it up, in front of any `upstream` server that
-/// offers STARTTLS with the test CA's `example.test` certificate; for scenarios against
-/// a server other than Prosody.
-pub struct Front {
+/// The Custos half of a [`Rig`]: `custos serve` in front of any `upstream` server that
+/// offers STARTTLS with the test CA's `example.test` certificate.
+struct Front {
     pub custos: Custos,
     pub custos_dir: PathBuf,
     pub rules_path: Option<PathBuf>,
@@ -151,13 +244,15 @@ pub struct Front {
     pub web: Option<SocketAddr>,
     /// The WebSocket listener's address, when configured.
     pub websocket: Option<SocketAddr>,
+    /// The configuration besides the XMPP listeners Custos was started with.
+    pub config: Table,
 }
 
 impl Front {
     /// Writes the config into `custos_dir` (created if needed) with `upstream` as the
     /// server and the sections `opts` asks for (the Prosody options are ignored), and
     /// starts Custos with a STARTTLS listener (index 0) and a Direct TLS one (index 1).
-    pub fn start(
+    fn start(
         custos_dir: &Path,
         ca: &TestCa,
         upstream: SocketAddr,
@@ -167,27 +262,21 @@ impl Front {
         let (mut config, rules_path, archive_dir) = write_config(custos_dir, ca, upstream, opts)?;
         let leaf = ca.leaf(custos_dir, "example.test")?;
         let web = if opts.web {
-            let (section, addr) = web_section(custos_dir)?;
-            config.push_str(&section);
+            let (mut web, addr) = web_section(custos_dir)?;
             if opts.web_tls {
-                config.push_str(&format!(
-                    "cert = \"{}\"\nkey = \"{}\"\n",
-                    leaf.chain_path.display(),
-                    leaf.key_path.display()
-                ));
+                web.insert("cert".into(), path(&leaf.chain_path));
+                web.insert("key".into(), path(&leaf.key_path));
             }
+            config.insert("web".into(), Value::Table(web));
             Some(addr)
         } else {
             None
         };
         if opts.archive {
             // `keys init` needs only [archive]: give it just that section.
-            let archive_only = config
-                .split("\n\n")
-                .find(|section| section.starts_with("[archive]"))
-                .unwrap_or_default();
+            let archive_only = table(config.get("archive").cloned().map(|a| ("archive", a)));
             let keys_config = custos_dir.join("keys.toml");
-            std::fs::write(&keys_config, archive_only)?;
+            std::fs::write(&keys_config, render(&archive_only))?;
             let out = run_custos(&["keys", "init"], Some(&keys_config))?;
             if !out.status.success() {
                 return Err(format!(
@@ -203,22 +292,24 @@ impl Front {
         let websocket = match &opts.websocket {
             Some(ws) => {
                 let addr: SocketAddr = ([127, 0, 0, 1], crate::free_port()?).into();
-                config.push_str(&format!(
-                    "\n[[listener]]\nprotocol = \"websocket\"\nbind = \"{addr}\"\n"
-                ));
+                let mut listener = table([
+                    ("protocol", Value::String("websocket".into())),
+                    ("bind", Value::String(addr.to_string())),
+                ]);
                 if ws.tls {
-                    config.push_str(&format!(
-                        "tls = \"direct\"\ncert = \"{}\"\nkey = \"{}\"\n",
-                        leaf.chain_path.display(),
-                        leaf.key_path.display()
-                    ));
+                    listener.insert("tls".into(), "direct".into());
+                    listener.insert("cert".into(), path(&leaf.chain_path));
+                    listener.insert("key".into(), path(&leaf.key_path));
                 } else {
-                    config.push_str("tls = \"none\"\n");
+                    listener.insert("tls".into(), "none".into());
                 }
                 if !ws.origins.is_empty() {
-                    let list: Vec<String> = ws.origins.iter().map(|o| format!("{o:?}")).collect();
-                    config.push_str(&format!("origins = [{}]\n", list.join(", ")));
+                    listener.insert("origins".into(), strings(&ws.origins));
                 }
+                merge(
+                    &mut config,
+                    table([("listener", Value::Array(vec![Value::Table(listener)]))]),
+                );
                 Some(addr)
             }
             None => None,
@@ -254,57 +345,72 @@ impl Front {
             archive_dir,
             web,
             websocket,
+            config,
         })
-    }
-
-    /// [`Rig::search`] against this Custos.
-    pub fn search(&self, query: &str) -> Result<Vec<serde_json::Value>, BoxError> {
-        self.custos.search(query)
-    }
-
-    /// [`Rig::search_copies`] against this Custos.
-    pub fn search_copies(&self, query: &str) -> Result<Vec<serde_json::Value>, BoxError> {
-        self.custos.search_copies(query)
-    }
-
-    /// [`Rig::search_copies_until`] against this Custos.
-    pub fn search_copies_until(
-        &self,
-        query: &str,
-        want: usize,
-        limit: std::time::Duration,
-    ) -> Result<Vec<serde_json::Value>, BoxError> {
-        self.custos.search_copies_until(query, want, limit)
     }
 }
 
 impl Rig {
+    /// Starts the server `opts.server` names with the accounts of [`USERS`] and
+    /// `opts.users`, and Custos in front of it as `opts` asks.
     pub fn start(label: &str, opts: RigOptions) -> Result<Rig, BoxError> {
         let dir = TestDir::new(label)?;
         let ca = TestCa::generate(dir.path())?;
-        let mut popts = ProsodyOptions::default();
-        for (name, pw) in USERS {
-            popts.users.push(User::new(name, "example.test", pw));
+        let accounts: Vec<(&'static str, &'static str)> = USERS
+            .iter()
+            .copied()
+            .chain(opts.users.iter().copied())
+            .collect();
+        let users: Vec<User> = accounts
+            .iter()
+            .map(|(name, pw)| User::new(name, "example.test", pw))
+            .collect();
+        let prosody_only = [
+            ("external_domain", opts.external_domain),
+            ("mam", opts.mam),
+            ("web_client", opts.web_client),
+            ("sasl2", opts.sasl2),
+            ("upstream_plain", opts.upstream_plain),
+            ("file_share", opts.file_share),
+        ];
+        if opts.server != ServerKind::Prosody {
+            if let Some((what, _)) = prosody_only.iter().find(|(_, on)| *on) {
+                return Err(format!("{what} is set up on Prosody only").into());
+            }
         }
-        if opts.external_domain {
-            popts.external_domain = Some("example.org".into());
-            popts
-                .users
-                .push(User::new("dave", "example.org", "dave-secret"));
+        let server = match opts.server {
+            ServerKind::Prosody => {
+                let mut popts = ProsodyOptions {
+                    users,
+                    mam: opts.mam,
+                    web_client: opts.web_client,
+                    sasl2: opts.sasl2,
+                    file_share: opts.file_share,
+                    // Prosody 0.12 has no `secure_interfaces`: a plain leg is accepted
+                    // only with encryption not required (the listener is on loopback,
+                    // reachable by Custos alone).
+                    plaintext_clients: opts.upstream_plain,
+                    muc: opts.muc.then(|| "conference.example.test".into()),
+                    ..ProsodyOptions::default()
+                };
+                if opts.external_domain {
+                    popts.external_domain = Some("example.org".into());
+                    popts
+                        .users
+                        .push(User::new("dave", "example.org", "dave-secret"));
+                }
+                Server::Prosody(Prosody::start(dir.path(), &ca, popts)?)
+            }
+            ServerKind::Ejabberd => Server::Ejabberd(Ejabberd::start(dir.path(), &ca, &users)?),
+            ServerKind::Jabberd2 => Server::Jabberd2(Jabberd2::start(dir.path(), &ca, &users)?),
+        };
+        let mut opts = opts;
+        if let Some(url) = server.prosody().and_then(Prosody::file_share_url) {
+            let files = section("files", [("sources", strings([url]))]);
+            let extra = std::mem::take(&mut opts.extra);
+            opts.extra = files;
+            merge(&mut opts.extra, extra);
         }
-        popts.mam = opts.mam;
-        popts.web_client = opts.web_client;
-        popts.sasl2 = opts.sasl2;
-        if opts.upstream_plain {
-            // Prosody 0.12 has no `secure_interfaces`: a plain leg is accepted only with
-            // encryption not required (the listener is on loopback, reachable by Custos
-            // alone).
-            popts.plaintext_clients = true;
-        }
-        if opts.muc {
-            popts.muc = Some("conference.example.test".into());
-        }
-        let prosody = Prosody::start(dir.path(), &ca, popts)?;
         let custos_dir = dir.join("custos");
         let Front {
             custos,
@@ -313,23 +419,71 @@ impl Rig {
             archive_dir,
             web,
             websocket,
-        } = Front::start(&custos_dir, &ca, prosody.c2s_addr(), &opts)?;
+            config,
+        } = Front::start(&custos_dir, &ca, server.c2s_addr(), &opts)?;
         Ok(Rig {
             custos,
-            prosody,
+            server,
             ca,
             custos_dir,
             rules_path,
             archive_dir,
             web,
             websocket,
+            config,
+            accounts,
             dir,
         })
     }
 
+    /// The prefix of the upload service's file addresses, with `file_share`.
+    pub fn file_share_url(&self) -> Option<String> {
+        self.server.prosody().and_then(Prosody::file_share_url)
+    }
+
+    /// The password of `user@example.test`.
+    pub fn password(&self, user: &str) -> Result<&'static str, BoxError> {
+        self.accounts
+            .iter()
+            .find(|(name, _)| *name == user)
+            .map(|(_, pw)| *pw)
+            .ok_or_else(|| format!("no account {user}@example.test in this rig").into())
+    }
+
+    /// Another Custos node in front of the same server, in `dir` below the rig's: the
+    /// same upstream, keys, rules, bucket and retention, its own archive directory, no
+    /// web UI or WebSocket listener, and the node name `name` when given. Listeners as
+    /// `kinds`.
+    pub fn another_node(
+        &self,
+        name: &str,
+        node_name: Option<&str>,
+        kinds: &[ListenerKind],
+    ) -> Result<Custos, BoxError> {
+        let dir = self.dir.join(name);
+        std::fs::create_dir_all(&dir)?;
+        let mut config = self.config.clone();
+        config.remove("listener");
+        config.remove("web");
+        if let Some(Value::Table(archive)) = config.get_mut("archive") {
+            archive.insert("dir".into(), path(&dir.join("archive")));
+            if let Some(n) = node_name {
+                archive.insert("node".into(), Value::String(n.to_owned()));
+            }
+        }
+        let leaf = self.ca.leaf(&dir, "example.test")?;
+        Ok(Custos::start(
+            &dir,
+            kinds,
+            &leaf.chain_path,
+            &leaf.key_path,
+            &config,
+        )?)
+    }
+
     /// Connection options for `user@example.test/resource` through Custos.
     pub fn client(&self, user: &str, resource: &str, tls: Tls) -> ConnectOptions {
-        let (domain, password) = match USERS.iter().find(|(n, _)| *n == user) {
+        let (domain, password) = match self.accounts.iter().find(|(n, _)| *n == user) {
             Some((_, pw)) => ("example.test", *pw),
             None => ("example.org", "dave-secret"),
         };
@@ -362,7 +516,7 @@ impl Rig {
     /// Connects an external user directly to Prosody (not through Custos), as a party on
     /// another server would be.
     pub async fn connect_direct(&self, jid: &str, password: &str) -> Result<SlixClient, BoxError> {
-        let opts = ConnectOptions::new(jid, password, self.prosody.c2s_addr(), self.ca.cert_path());
+        let opts = ConnectOptions::new(jid, password, self.server.c2s_addr(), self.ca.cert_path());
         Ok(SlixClient::connect(opts).await?)
     }
 
@@ -413,12 +567,25 @@ impl Rig {
         )?)
     }
 
+    /// Waits until Custos's log says `needle`, at most `limit`.
+    pub fn wait_for_log(&self, needle: &str, limit: std::time::Duration) -> Result<(), BoxError> {
+        let deadline = std::time::Instant::now() + limit;
+        while !self.custos.log().contains(needle) {
+            if std::time::Instant::now() > deadline {
+                return Err(format!("log never said {needle:?}\n{}", self.context()).into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
     /// Both logs, for assertion messages.
     pub fn context(&self) -> String {
         format!(
-            "--- custos log ---\n{}\n--- prosody log ---\n{}",
+            "--- custos log ---\n{}\n--- {} log ---\n{}",
             self.custos.log_tail(),
-            self.prosody.log_tail()
+            self.server.name(),
+            self.server.log_tail()
         )
     }
 }

@@ -51,7 +51,7 @@ async fn login(rig: &Rig, user: &str, resource: &str) -> Result<Scripted, BoxErr
 
 /// The same account straight to Prosody, around Custos.
 async fn login_direct(rig: &Rig, user: &str, resource: &str) -> Result<Scripted, BoxError> {
-    let addr = rig.prosody.direct_tls_addr().ok_or("no direct TLS port")?;
+    let addr = rig.server.direct_tls_addr().ok_or("no direct TLS port")?;
     Scripted::login(addr, rig.ca.cert_path(), user, password(user), resource).await
 }
 
@@ -340,30 +340,13 @@ async fn a_resumed_session_keeps_its_proven_identity() -> TestResult {
 async fn resumption_at_another_node_is_refused_and_the_client_binds_afresh() -> TestResult {
     let rig = rig("capture-two-nodes", None)?;
     // The second node: the same upstream and keys, its own archive directory.
-    let node2_dir = rig.dir.join("node2");
-    std::fs::create_dir_all(&node2_dir)?;
-    let config = std::fs::read_to_string(rig.custos.config_path())?;
-    let archive_dir = rig.archive_dir.clone().ok_or("no archive")?;
-    let sections: Vec<&str> = config
-        .split("\n\n")
-        .filter(|s| {
-            !s.trim_start().starts_with("[[listener]]") && !s.trim_start().starts_with("[web]")
-        })
-        .collect();
-    let extra = sections.join("\n\n").replace(
-        &archive_dir.display().to_string(),
-        &node2_dir.join("archive").display().to_string(),
-    );
-    let leaf = rig.ca.leaf(&node2_dir, "example.test")?;
-    let node2 = custos_e2e::custos::Custos::start(
-        &node2_dir,
+    let node2 = rig.another_node(
+        "node2",
+        None,
         &[
             custos_e2e::custos::ListenerKind::StartTls,
             custos_e2e::custos::ListenerKind::Direct,
         ],
-        &leaf.chain_path,
-        &leaf.key_path,
-        &extra,
     )?;
 
     let mut bob = login(&rig, "bob", "phone").await?;
@@ -837,7 +820,7 @@ async fn sasl_bound_to_the_client_tls_session_is_refused_at_custos() -> TestResu
     let jid = c.bind("laptop").await?;
     assert_eq!(jid, "alice@example.test/laptop");
     // Prosody never saw either request.
-    let log = rig.prosody.log_tail();
+    let log = rig.server.log_tail();
     assert!(!log.contains("mechanism='EXTERNAL'"), "{log}");
     assert!(!log.contains("SCRAM-SHA-1-PLUS'"), "{log}");
     Ok(())
@@ -1016,7 +999,7 @@ async fn a_restart_header_or_element_in_another_namespace_cannot_take_messages_o
     );
 
     bob.expect_no_message(Duration::from_millis(700)).await?;
-    let log = rig.prosody.log_tail();
+    let log = rig.server.log_tail();
     assert!(!log.contains("offrecord-"), "reached the server: {log}");
     Ok(())
 }

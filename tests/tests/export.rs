@@ -173,7 +173,7 @@ print(json.dumps(rows))
 
     // One changed byte in a Parquet part: found, and the file named.
     let tampered = rig.dir.join("export-tampered");
-    copy_dir(&out_dir, &tampered)?;
+    custos_e2e::dir::copy_dir(&out_dir, &tampered)?;
     let part = std::fs::read_dir(tampered.join("records"))?
         .filter_map(Result::ok)
         .map(|e| e.path())
@@ -208,20 +208,6 @@ print(json.dumps(rows))
             rig.context()
         );
         std::thread::sleep(Duration::from_millis(200));
-    }
-    Ok(())
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), &target)?;
-        }
     }
     Ok(())
 }

@@ -16,14 +16,15 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 const ALICE_PW: &str = "alice-secret";
 const BOB_PW: &str = "bob-secret";
 
-struct Rig {
+/// Prosody alone, for the harness's own clients (no Custos).
+struct Bare {
     prosody: Prosody,
     ca: TestCa,
     // Last: files outlive the processes that use them.
     _dir: TestDir,
 }
 
-fn rig(label: &str, opts: ProsodyOptions) -> Result<Rig, Box<dyn std::error::Error>> {
+fn bare(label: &str, opts: ProsodyOptions) -> Result<Bare, Box<dyn std::error::Error>> {
     let dir = TestDir::new(label)?;
     let ca = TestCa::generate(dir.path())?;
     let mut opts = opts;
@@ -32,14 +33,14 @@ fn rig(label: &str, opts: ProsodyOptions) -> Result<Rig, Box<dyn std::error::Err
         User::new("bob", "example.test", BOB_PW),
     ]);
     let prosody = Prosody::start(dir.path(), &ca, opts)?;
-    Ok(Rig {
+    Ok(Bare {
         prosody,
         ca,
         _dir: dir,
     })
 }
 
-impl Rig {
+impl Bare {
     fn alice_starttls(&self) -> ConnectOptions {
         ConnectOptions::new(
             "alice@example.test/laptop",
@@ -63,7 +64,7 @@ impl Rig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alice_starttls_and_bob_direct_tls_exchange_messages() -> TestResult {
-    let rig = rig("exchange", ProsodyOptions::default())?;
+    let rig = bare("exchange", ProsodyOptions::default())?;
     let mut alice = SlixClient::connect(rig.alice_starttls()).await?;
     let mut bob = SlixClient::connect(rig.bob_direct()?).await?;
     assert_eq!(alice.jid(), "alice@example.test/laptop");
@@ -107,7 +108,7 @@ async fn alice_starttls_and_bob_direct_tls_exchange_messages() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_to_unreachable_domain_returns_a_stanza_error() -> TestResult {
-    let rig = rig("error", ProsodyOptions::default())?;
+    let rig = bare("error", ProsodyOptions::default())?;
     let mut alice = SlixClient::connect(rig.alice_starttls()).await?;
     let id = alice
         .send_chat("nobody@elsewhere.invalid", "is anyone there?")
@@ -128,7 +129,7 @@ async fn message_to_unreachable_domain_returns_a_stanza_error() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_is_refused() -> TestResult {
-    let rig = rig("badauth", ProsodyOptions::default())?;
+    let rig = bare("badauth", ProsodyOptions::default())?;
     let mut opts = rig.alice_starttls();
     opts.password = "not-the-password".into();
     let err = SlixClient::connect(opts)
@@ -141,7 +142,7 @@ async fn wrong_password_is_refused() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn untrusted_ca_is_rejected() -> TestResult {
-    let rig = rig("badca", ProsodyOptions::default())?;
+    let rig = bare("badca", ProsodyOptions::default())?;
     let other_dir = TestDir::new("otherca")?;
     let other = TestCa::generate(other_dir.path())?;
     let mut opts = rig.alice_starttls();
@@ -154,7 +155,7 @@ async fn untrusted_ca_is_rejected() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscription_roster_and_presence() -> TestResult {
-    let rig = rig("presence", ProsodyOptions::default())?;
+    let rig = bare("presence", ProsodyOptions::default())?;
     let mut alice = SlixClient::connect(rig.alice_starttls()).await?;
     let mut bob = SlixClient::connect(rig.bob_direct()?).await?;
 
@@ -206,7 +207,7 @@ async fn subscription_roster_and_presence() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ping_server_and_peer() -> TestResult {
-    let rig = rig("ping", ProsodyOptions::default())?;
+    let rig = bare("ping", ProsodyOptions::default())?;
     let mut alice = SlixClient::connect(rig.alice_starttls()).await?;
     let bob = SlixClient::connect(rig.bob_direct()?).await?;
 
@@ -228,7 +229,7 @@ async fn ping_server_and_peer() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_management_counts_and_acks() -> TestResult {
-    let rig = rig("smacks", ProsodyOptions::default())?;
+    let rig = bare("smacks", ProsodyOptions::default())?;
     let mut opts = rig.alice_starttls();
     opts.stream_management = true;
     let mut alice = SlixClient::connect(opts).await?;
@@ -262,7 +263,7 @@ async fn stream_management_counts_and_acks() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_sendxmpp_reaches_slixmpp_over_both_tls_modes() -> TestResult {
-    let rig = rig("sendxmpp", ProsodyOptions::default())?;
+    let rig = bare("sendxmpp", ProsodyOptions::default())?;
     let mut bob = SlixClient::connect(rig.bob_direct()?).await?;
 
     let mut opts = SendxmppOptions {
@@ -295,7 +296,7 @@ async fn go_sendxmpp_reaches_slixmpp_over_both_tls_modes() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_sendxmpp_refuses_an_untrusted_server() -> TestResult {
-    let rig = rig("sendxmpp-badca", ProsodyOptions::default())?;
+    let rig = bare("sendxmpp-badca", ProsodyOptions::default())?;
     let other_dir = TestDir::new("otherca")?;
     let other = TestCa::generate(other_dir.path())?;
     let opts = SendxmppOptions {
@@ -313,7 +314,7 @@ async fn go_sendxmpp_refuses_an_untrusted_server() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_sendxmpp_listener_prints_received_messages() -> TestResult {
-    let rig = rig("listener", ProsodyOptions::default())?;
+    let rig = bare("listener", ProsodyOptions::default())?;
     let opts = SendxmppOptions {
         jid: "bob@example.test".into(),
         password: BOB_PW.into(),

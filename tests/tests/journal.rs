@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use custos_e2e::config::{path, section, strings, Value};
 use custos_e2e::rig::{BoxError, Rig, RigOptions};
 use custos_e2e::smtp::{Mail, SmtpServer};
 use custos_e2e::{TestDir, Tls};
@@ -52,10 +53,17 @@ async fn the_journal_reaches_an_smtp_archiver_once_per_message_across_an_outage(
             rules: Some(
                 "[[rule]]\nid = \"watch-ledger\"\nwhen = { body = { regex = \"(?i)ledger\" } }\naction = \"flag\"\n".into(),
             ),
-            extra: format!(
-                "[journal]\nsmtp = \"127.0.0.1:{}\"\nstarttls = false\nfrom = \"custos@example.test\"\nto = [\"journal@archiver.example\"]\nperiod = 2\nevery = 1\nstate = \"{}\"\n",
-                smtp.port,
-                state.display()
+            extra: section(
+                "journal",
+                [
+                    ("smtp", Value::from(format!("127.0.0.1:{}", smtp.port))),
+                    ("starttls", Value::from(false)),
+                    ("from", Value::from("custos@example.test")),
+                    ("to", strings(["journal@archiver.example"])),
+                    ("period", Value::from(2)),
+                    ("every", Value::from(1)),
+                    ("state", path(&state)),
+                ],
             ),
             ..RigOptions::default()
         },

@@ -10,27 +10,36 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use custos_e2e::config::{merge, path, table, Table, Value};
 use custos_e2e::custos::run_custos;
+use custos_e2e::process::output_text;
 use custos_e2e::rig::{BoxError, Rig, RigOptions};
 use custos_e2e::s3::{S3Server, Version};
 use custos_e2e::{TestDir, Tls};
 
 type TestResult = Result<(), BoxError>;
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+/// `[archive.object_store]` for the bucket, with `extra` keys.
+fn object_store(s3: &S3Server, bucket: &str, creds: &Path, extra: Table) -> Table {
+    let mut store = table([
+        ("endpoint", Value::from(s3.endpoint())),
+        ("bucket", Value::from(bucket)),
+        ("credentials", path(creds)),
+    ]);
+    merge(&mut store, extra);
+    table([("object_store", Value::Table(store))])
 }
 
-fn object_store_section(s3: &S3Server, bucket: &str, creds: &Path, extra: &str) -> String {
-    format!(
-        "\n[archive.object_store]\nendpoint = \"{}\"\nbucket = \"{bucket}\"\ncredentials = \"{}\"\n{extra}\n",
-        s3.endpoint(),
-        creds.display()
-    )
+/// `[retention]` with a default in seconds, run every second, and the `research` class.
+fn retention(default_secs: i64, research: bool) -> Table {
+    let mut r = table([
+        ("default", Value::from(default_secs)),
+        ("run_every", Value::from(1)),
+    ]);
+    if research {
+        r.insert("classes".into(), Value::Table(table([("research", "1y")])));
+    }
+    table([("retention", Value::Table(r))])
 }
 
 /// Years from now until an RFC 3339 time (negative if past).
@@ -82,16 +91,21 @@ async fn sealed_segments_are_locked_in_the_bucket_and_a_fresh_node_reads_them() 
             rules: Some(
                 "[[rule]]\nid = \"research-desk\"\nwhen = { any = [{ from = \"carol@example.test\" }, { to = \"carol@example.test\" }] }\naction = \"allow\"\nretention = \"research\"\n".into(),
             ),
-            extra: format!(
-                "[retention]\ndefault = 8\nrun_every = 1\n[retention.classes]\nresearch = \"1y\"\n{}",
-                object_store_section(
+            extra: retention(8, true),
+            archive_extra: {
+                let mut a = object_store(
                     &s3,
                     bucket,
                     &creds,
-                    "lock_mode = \"compliance\"\nkeep_local = false\nupload_every = 1"
-                )
-            ),
-            archive_extra: "segment_max_age = 1\n".into(),
+                    table([
+                        ("lock_mode", Value::from("compliance")),
+                        ("keep_local", Value::from(false)),
+                        ("upload_every", Value::from(1)),
+                    ]),
+                );
+                a.insert("segment_max_age".into(), Value::from(1));
+                a
+            },
             ..RigOptions::default()
         },
     )?;
@@ -103,7 +117,7 @@ async fn sealed_segments_are_locked_in_the_bucket_and_a_fresh_node_reads_them() 
         "--jid",
         "bob@example.test",
     ])?;
-    assert!(hold.status.success(), "{}", text(&hold));
+    assert!(hold.status.success(), "{}", output_text(&hold));
 
     let mut alice = rig.connect("alice", "laptop", Tls::StartTls).await?;
     let mut bob = rig.connect("bob", "phone", Tls::Direct).await?;
@@ -179,7 +193,7 @@ async fn sealed_segments_are_locked_in_the_bucket_and_a_fresh_node_reads_them() 
     // The expired message is shredded, and its key object deleted once the lock lapsed.
     let gone = wait_for(Duration::from_secs(40), || {
         let v = rig.cli(&["verify"])?;
-        let t = text(&v);
+        let t = output_text(&v);
         Ok((t.contains("shredded: segment")
             && !t.contains("is deleted from the bucket by the next object sync"))
         .then_some(t))
@@ -247,17 +261,17 @@ async fn sealed_segments_are_locked_in_the_bucket_and_a_fresh_node_reads_them() 
     assert!(body.contains("node = \"reader\""), "{body}");
     std::fs::write(&fresh_config, body)?;
     let v = run_custos(&["verify"], Some(&fresh_config))?;
-    assert!(v.status.success(), "{}", text(&v));
+    assert!(v.status.success(), "{}", output_text(&v));
     let s = run_custos(
         &["search", "--json", "\"research keep\""],
         Some(&fresh_config),
     )?;
-    assert!(s.status.success(), "{}", text(&s));
+    assert!(s.status.success(), "{}", output_text(&s));
     assert_eq!(
         String::from_utf8_lossy(&s.stdout).lines().count(),
         1,
         "{}",
-        text(&s)
+        output_text(&s)
     );
     // It searched from the serving node's copy of the index in the bucket, not from an
     // index of its own built from every segment: its index holds files put there.
@@ -281,7 +295,7 @@ async fn sealed_segments_are_locked_in_the_bucket_and_a_fresh_node_reads_them() 
         &["export", "--out", out.to_str().ok_or("path")?],
         Some(&fresh_config),
     )?;
-    assert!(ex.status.success(), "{}", text(&ex));
+    assert!(ex.status.success(), "{}", output_text(&ex));
     let public = rig.custos_dir.join("secrets/signing.key.pub");
     let ve = run_custos(
         &[
@@ -292,7 +306,7 @@ async fn sealed_segments_are_locked_in_the_bucket_and_a_fresh_node_reads_them() 
         ],
         None,
     )?;
-    assert!(ve.status.success(), "{}", text(&ve));
+    assert!(ve.status.success(), "{}", output_text(&ve));
     drop((alice, bob, carol));
     Ok(())
 }
@@ -310,40 +324,43 @@ fn verify_names_every_version_deleted_replaced_or_hidden() -> TestResult {
     let secrets = dir.join("secrets");
     std::fs::create_dir_all(&secrets)?;
     let config = dir.join("custos.toml");
+    let mut archive = table([
+        ("dir", path(&dir.join("archive"))),
+        ("master_key", path(&secrets.join("master.key"))),
+        ("signing_key", path(&secrets.join("signing.key"))),
+    ]);
+    merge(
+        &mut archive,
+        object_store(&s3, bucket, &creds, table([("lock_mode", "governance")])),
+    );
     std::fs::write(
         &config,
-        format!(
-            "[archive]\ndir = \"{}\"\nmaster_key = \"{}\"\nsigning_key = \"{}\"\n{}",
-            dir.join("archive").display(),
-            secrets.join("master.key").display(),
-            secrets.join("signing.key").display(),
-            object_store_section(&s3, bucket, &creds, "lock_mode = \"governance\"")
-        ),
+        custos_e2e::config::render(&table([("archive", Value::Table(archive))])),
     )?;
     let run = |args: &[&str]| -> Result<Output, BoxError> { Ok(run_custos(args, Some(&config))?) };
     assert!(run(&["keys", "init"])?.status.success());
     let check = run(&["object-store", "check"])?;
-    assert!(check.status.success(), "{}", text(&check));
+    assert!(check.status.success(), "{}", output_text(&check));
     // Each command opens the archive and seals a segment when it closes.
     let first = run(&["object-store", "sync"])?;
-    assert!(first.status.success(), "{}", text(&first));
+    assert!(first.status.success(), "{}", output_text(&first));
     for matter in ["m1", "m2", "m3"] {
         let h = run(&["hold", "add", "--matter", matter, "--jid", "x@example.test"])?;
-        assert!(h.status.success(), "{}", text(&h));
+        assert!(h.status.success(), "{}", output_text(&h));
     }
     let sync = run(&["object-store", "sync"])?;
-    assert!(sync.status.success(), "{}", text(&sync));
+    assert!(sync.status.success(), "{}", output_text(&sync));
     assert!(
-        text(&sync).contains("4 segment(s) stored"),
+        output_text(&sync).contains("4 segment(s) stored"),
         "{}",
-        text(&sync)
+        output_text(&sync)
     );
     let clean = run(&["verify"])?;
-    assert!(clean.status.success(), "{}", text(&clean));
+    assert!(clean.status.success(), "{}", output_text(&clean));
     assert!(
-        text(&clean).contains("stored segment(s) checked"),
+        output_text(&clean).contains("stored segment(s) checked"),
         "{}",
-        text(&clean)
+        output_text(&clean)
     );
 
     let versions = s3.versions(bucket, "custos/segments/")?;
@@ -359,12 +376,12 @@ fn verify_names_every_version_deleted_replaced_or_hidden() -> TestResult {
     let yes = s3.probe(bucket, &["delete-bypass", &target.key, &target.version])?;
     assert_eq!(yes.trim(), "deleted");
     let v = run(&["verify"])?;
-    assert!(!v.status.success(), "{}", text(&v));
+    assert!(!v.status.success(), "{}", output_text(&v));
     assert!(
-        text(&v).contains(&format!("{} version {}", target.key, target.version))
-            && text(&v).contains("gone from the bucket"),
+        output_text(&v).contains(&format!("{} version {}", target.key, target.version))
+            && output_text(&v).contains("gone from the bucket"),
         "{}",
-        text(&v)
+        output_text(&v)
     );
 
     // Someone with only write rights: another version with other bytes, and a delete
@@ -377,9 +394,9 @@ fn verify_names_every_version_deleted_replaced_or_hidden() -> TestResult {
     s3.probe(bucket, &["overwrite", &other.key])?;
     let v = run(&["verify"])?;
     assert!(
-        text(&v).contains(&other.key) && text(&v).contains("holds other bytes"),
+        output_text(&v).contains(&other.key) && output_text(&v).contains("holds other bytes"),
         "{}",
-        text(&v)
+        output_text(&v)
     );
     let third = versions
         .iter()
@@ -389,9 +406,9 @@ fn verify_names_every_version_deleted_replaced_or_hidden() -> TestResult {
     s3.probe(bucket, &["delete-marker", &third.key])?;
     let v = run(&["verify"])?;
     assert!(
-        text(&v).contains(&third.key) && text(&v).contains("delete marker"),
+        output_text(&v).contains(&third.key) && output_text(&v).contains("delete marker"),
         "{}",
-        text(&v)
+        output_text(&v)
     );
 
     // Moving a lock's date closer (AWS refuses it in compliance mode; moto does not, and
@@ -407,45 +424,22 @@ fn verify_names_every_version_deleted_replaced_or_hidden() -> TestResult {
     )?;
     let v = run(&["verify"])?;
     assert!(
-        text(&v).contains(&key_of_first.key) && text(&v).contains("lock was shortened"),
+        output_text(&v).contains(&key_of_first.key)
+            && output_text(&v).contains("lock was shortened"),
         "{}",
-        text(&v)
+        output_text(&v)
     );
     Ok(())
 }
 
-/// Starts another node in front of the rig's Prosody: the same upstream, keys, bucket
+/// Starts another node in front of the rig's server: the same upstream, keys, bucket
 /// and retention; its own directory and name (the rig's node is `n1`).
 fn second_node(rig: &Rig, name: &str) -> Result<custos_e2e::custos::Custos, BoxError> {
-    let dir = rig.dir.join(name);
-    std::fs::create_dir_all(&dir)?;
-    let config = std::fs::read_to_string(rig.custos.config_path())?;
-    let archive_dir = rig.archive_dir.clone().ok_or("no archive")?;
-    let shared: Vec<&str> = config
-        .split("\n\n")
-        .filter(|s| {
-            !s.trim_start().starts_with("[[listener]]") && !s.trim_start().starts_with("[web]")
-        })
-        .collect();
-    let node_config = shared
-        .join("\n\n")
-        .replace(
-            &archive_dir.display().to_string(),
-            &dir.join("archive").display().to_string(),
-        )
-        .replace("node = \"n1\"", &format!("node = \"{name}\""));
-    assert!(
-        node_config.contains(&format!("node = \"{name}\"")),
-        "{node_config}"
-    );
-    let leaf = rig.ca.leaf(&dir, "example.test")?;
-    Ok(custos_e2e::custos::Custos::start(
-        &dir,
+    rig.another_node(
+        name,
+        Some(name),
         &[custos_e2e::custos::ListenerKind::StartTls],
-        &leaf.chain_path,
-        &leaf.key_path,
-        &node_config,
-    )?)
+    )
 }
 
 /// The body of a plain HTTP/1.1 GET with a cookie (the UI's downloads have a length).
@@ -507,13 +501,20 @@ async fn nodes_keep_their_own_chains_and_a_reader_merges_them() -> TestResult {
         "object-store-nodes",
         RigOptions {
             archive: true,
-            extra: object_store_section(
-                &s3,
-                bucket,
-                &creds,
-                "lock_mode = \"governance\"\nupload_every = 1",
-            ),
-            archive_extra: "node = \"n1\"\nsegment_max_age = 1\n".into(),
+            archive_extra: {
+                let mut a = object_store(
+                    &s3,
+                    bucket,
+                    &creds,
+                    table([
+                        ("lock_mode", Value::from("governance")),
+                        ("upload_every", Value::from(1)),
+                    ]),
+                );
+                a.insert("node".into(), Value::from("n1"));
+                a.insert("segment_max_age".into(), Value::from(1));
+                a
+            },
             web: true,
             rules: Some(SECOND_ONLY_RULE.into()),
             ..RigOptions::default()
@@ -580,7 +581,7 @@ async fn nodes_keep_their_own_chains_and_a_reader_merges_them() -> TestResult {
     })?
     .ok_or_else(|| {
         let s = run_custos(&["search", "--json", "nodes"], Some(&reader_config))
-            .map(|o| text(&o))
+            .map(|o| output_text(&o))
             .unwrap_or_default();
         format!(
             "the reader did not find both messages on both nodes\n{s}\n{}\n{}",
@@ -774,7 +775,7 @@ async fn nodes_keep_their_own_chains_and_a_reader_merges_them() -> TestResult {
         ],
         None,
     )?;
-    let out = text(&ve);
+    let out = output_text(&ve);
     assert!(ve.status.success(), "{out}");
     assert!(
         out.contains("node n1: ") && out.contains("node n2: "),
@@ -782,7 +783,7 @@ async fn nodes_keep_their_own_chains_and_a_reader_merges_them() -> TestResult {
     );
 
     let v = run_custos(&["verify"], Some(&reader_config))?;
-    let out = text(&v);
+    let out = output_text(&v);
     assert!(v.status.success(), "{out}");
     assert!(
         out.contains("node n1: ") && out.contains("node n2: "),
@@ -803,7 +804,7 @@ async fn nodes_keep_their_own_chains_and_a_reader_merges_them() -> TestResult {
         ],
         Some(&reader_config),
     )?;
-    assert!(ex.status.success(), "{}", text(&ex));
+    assert!(ex.status.success(), "{}", output_text(&ex));
     let public = rig.custos_dir.join("secrets/signing.key.pub");
     let verify_export = || {
         run_custos(
@@ -817,7 +818,7 @@ async fn nodes_keep_their_own_chains_and_a_reader_merges_them() -> TestResult {
         )
     };
     let ve = verify_export()?;
-    let out = text(&ve);
+    let out = output_text(&ve);
     assert!(ve.status.success(), "{out}");
     assert!(
         out.contains("node n1: ")
@@ -847,7 +848,7 @@ async fn nodes_keep_their_own_chains_and_a_reader_merges_them() -> TestResult {
     let original = std::fs::read(&index)?;
     std::fs::write(&index, [original.as_slice(), b"<p>added</p>"].concat())?;
     let ve = verify_export()?;
-    let out = text(&ve);
+    let out = output_text(&ve);
     assert!(!ve.status.success(), "{out}");
     assert!(
         out.contains("index.html: changed since the export was signed"),
@@ -856,7 +857,7 @@ async fn nodes_keep_their_own_chains_and_a_reader_merges_them() -> TestResult {
     std::fs::write(&index, original)?;
     std::fs::remove_dir_all(out_dir.join("nodes/n2"))?;
     let ve = verify_export()?;
-    let out = text(&ve);
+    let out = output_text(&ve);
     assert!(!ve.status.success(), "{out}");
     assert!(
         out.contains("nodes/n2: its manifest is not the one nodes.json lists"),
@@ -873,7 +874,7 @@ async fn nodes_keep_their_own_chains_and_a_reader_merges_them() -> TestResult {
     let deleted = s3.probe(bucket, &["delete-bypass", &victim.key, &victim.version])?;
     assert!(deleted.starts_with("deleted"), "{deleted}");
     let v = run_custos(&["verify"], Some(&reader_config))?;
-    let out = text(&v);
+    let out = output_text(&v);
     assert!(!v.status.success(), "{out}");
     assert!(
         out.lines().any(|l| l.starts_with("node n2: ")
@@ -889,7 +890,7 @@ async fn nodes_keep_their_own_chains_and_a_reader_merges_them() -> TestResult {
     )?;
     assert!(copied.trim().parse::<u32>()? > 0, "{copied}");
     let v = run_custos(&["verify"], Some(&reader_config))?;
-    let out = text(&v);
+    let out = output_text(&v);
     assert!(!v.status.success(), "{out}");
     assert!(
         out.contains("node n3: ") && out.contains("holds the same archive (id) as node n1"),
@@ -918,16 +919,21 @@ async fn a_hold_placed_on_one_node_keeps_another_nodes_records() -> TestResult {
         "object-store-node-holds",
         RigOptions {
             archive: true,
-            extra: format!(
-                "[retention]\ndefault = 6\nrun_every = 1\n{}",
-                object_store_section(
+            extra: retention(6, false),
+            archive_extra: {
+                let mut a = object_store(
                     &s3,
                     bucket,
                     &creds,
-                    "lock_mode = \"governance\"\nupload_every = 1"
-                )
-            ),
-            archive_extra: "node = \"n1\"\nsegment_max_age = 1\n".into(),
+                    table([
+                        ("lock_mode", Value::from("governance")),
+                        ("upload_every", Value::from(1)),
+                    ]),
+                );
+                a.insert("node".into(), Value::from("n1"));
+                a.insert("segment_max_age".into(), Value::from(1));
+                a
+            },
             ..RigOptions::default()
         },
     )?;
@@ -941,12 +947,12 @@ async fn a_hold_placed_on_one_node_keeps_another_nodes_records() -> TestResult {
         "--jid",
         "bob@example.test",
     ])?;
-    assert!(hold.status.success(), "{}", text(&hold));
+    assert!(hold.status.success(), "{}", output_text(&hold));
     let node2 = second_node(&rig, "n2")?;
     let node2_config = rig.dir.join("n2").join("custos.toml");
     let seen = wait_for(Duration::from_secs(30), || {
         let plan = run_custos(&["retention", "run", "--dry-run"], Some(&node2_config))?;
-        Ok(text(&plan).contains("n1: bob matter").then_some(()))
+        Ok(output_text(&plan).contains("n1: bob matter").then_some(()))
     })?;
     assert!(
         seen.is_some(),
@@ -984,10 +990,10 @@ async fn a_hold_placed_on_one_node_keeps_another_nodes_records() -> TestResult {
     );
     assert_eq!(search2("\"held across\"")?, 1, "{}", node2.log_tail());
     let plan = run_custos(&["retention", "run", "--dry-run"], Some(&node2_config))?;
-    let plan = text(&plan);
+    let plan = output_text(&plan);
     assert!(plan.contains("n1: bob matter"), "{plan}");
     let v = run_custos(&["verify"], Some(&node2_config))?;
-    assert!(v.status.success(), "{}", text(&v));
+    assert!(v.status.success(), "{}", output_text(&v));
     drop((alice, bob, carol, node2));
     Ok(())
 }
@@ -1007,11 +1013,14 @@ async fn the_bucket_witness_names_records_cut_from_the_active_segment() -> TestR
         "object-store-witness",
         RigOptions {
             archive: true,
-            extra: object_store_section(
+            archive_extra: object_store(
                 &s3,
                 bucket,
                 &creds,
-                "lock_mode = \"compliance\"\nupload_every = 1",
+                table([
+                    ("lock_mode", Value::from("compliance")),
+                    ("upload_every", Value::from(1)),
+                ]),
             ),
             ..RigOptions::default()
         },
@@ -1082,7 +1091,7 @@ async fn the_bucket_witness_names_records_cut_from_the_active_segment() -> TestR
         .set_len(u64::try_from(first_frame)?)?;
 
     let v = rig.cli(&["verify"])?;
-    let out = text(&v);
+    let out = output_text(&v);
     assert!(!v.status.success(), "{out}");
     assert!(
         out.contains("bucket witness: witnessed checkpoint missing from the archive: records")

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use custos_e2e::config::section;
 use custos_e2e::net::{free_port, http_get};
 use custos_e2e::prometheus::Prometheus;
 use custos_e2e::rig::{BoxError, Rig, RigOptions};
@@ -23,7 +24,7 @@ async fn prometheus_counts_the_messages_sent_and_readyz_follows_the_upstream() -
             rules: Some(
                 "[[rule]]\nid = \"watch-ledger\"\nwhen = { body = { regex = \"(?i)ledger\" } }\naction = \"flag\"\n".into(),
             ),
-            extra: format!("[admin]\nbind = \"{admin}\"\n"),
+            extra: section("admin", [("bind", admin.to_string())]),
             ..RigOptions::default()
         },
     )?;
@@ -97,7 +98,7 @@ async fn prometheus_counts_the_messages_sent_and_readyz_follows_the_upstream() -
 
     // The upstream server goes away: the process is alive, but not ready.
     drop((alice, bob));
-    assert!(rig.prosody.stop(), "prosody stopped");
+    assert!(rig.server.stop(), "prosody stopped");
     let (status, body) = http_get(admin, "/readyz")?;
     assert_eq!(status, 503, "{body}");
     assert!(

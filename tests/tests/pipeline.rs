@@ -11,24 +11,6 @@ use custos_e2e::{OutgoingMessage, SlixClient, Tls};
 
 type TestResult = Result<(), BoxError>;
 
-fn search_copies_until(
-    rig: &Rig,
-    query: &str,
-    want: usize,
-    limit: Duration,
-) -> Result<Vec<serde_json::Value>, BoxError> {
-    rig.search_copies_until(query, want, limit)
-}
-
-fn search_until(
-    rig: &Rig,
-    query: &str,
-    want: usize,
-    limit: Duration,
-) -> Result<Vec<serde_json::Value>, BoxError> {
-    rig.search_until(query, want, limit)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivered_messages_are_archived_per_leg_and_shown_once_in_search() -> TestResult {
     let rig = Rig::start(
@@ -62,7 +44,7 @@ async fn delivered_messages_are_archived_per_leg_and_shown_once_in_search() -> T
     // Searchable within a second of delivery. Both users are behind Custos: each message
     // crossed two streams and is recorded twice (the sender's outbound copy and the
     // recipient's inbound one, each with its own verdict), and search shows it once.
-    let copies = search_copies_until(&rig, "aardvark", 4, Duration::from_secs(3))?;
+    let copies = rig.search_copies_until("aardvark", 4, Duration::from_secs(3))?;
     assert_eq!(copies.len(), 4, "{copies:#?}\n{}", rig.context());
     let hits = rig.search("aardvark")?;
     assert_eq!(hits.len(), 2, "{hits:#?}\n{}", rig.context());
@@ -179,11 +161,10 @@ async fn nothing_is_delivered_when_the_archive_cannot_write() -> TestResult {
         RigOptions {
             archive: true,
             // Every batch fills a segment, so each append must create a new file.
-            extra: String::new(),
             run_as: root.then_some((65534, 65534)),
             ..RigOptions::default()
         }
-        .with_archive_extra("segment_max_bytes = 1\n"),
+        .with_archive_extra(custos_e2e::config::table([("segment_max_bytes", 1)])),
     )?;
     let mut alice = rig.connect("alice", "laptop", Tls::StartTls).await?;
     let mut bob = rig.connect("bob", "phone", Tls::Direct).await?;
@@ -452,7 +433,7 @@ async fn policy_blocks_redacts_separates_alerts_and_warns_on_real_traffic() -> T
 
     // The archive holds the verdicts: the blocked original, the redacted text as
     // delivered beside the original.
-    let blocked = search_until(&rig, "rule:pci-card", 2, Duration::from_secs(3))?;
+    let blocked = rig.search_until("rule:pci-card", 2, Duration::from_secs(3))?;
     assert_eq!(blocked.len(), 2, "{blocked:?}");
     assert_eq!(blocked[0]["action"], "block");
     assert_eq!(blocked[0]["body"], "my card is 4111 1111 1111 1111");
@@ -492,7 +473,7 @@ async fn rules_reload_without_dropping_sessions() -> TestResult {
         &rules_path,
         "[[rule]]\nid = \"broken\"\naction = \"explode\"\n",
     )?;
-    wait_for_log(&rig, "previous rules stay in force", Duration::from_secs(5))?;
+    rig.wait_for_log("previous rules stay in force", Duration::from_secs(5))?;
     alice
         .send_chat("bob@example.test", "gamma ray again")
         .await?;
@@ -503,14 +484,14 @@ async fn rules_reload_without_dropping_sessions() -> TestResult {
         &rules_path,
         "[[rule]]\nid = \"no-gamma\"\nwhen = { body = { regex = \"(?i)gamma\" } }\naction = \"block\"\ntext = \"No gamma.\"\n",
     )?;
-    wait_for_log(&rig, "policy reloaded", Duration::from_secs(5))?;
+    rig.wait_for_log("policy reloaded", Duration::from_secs(5))?;
     // SIGHUP reloads on demand too (operators script it after deploying a file).
     let pid = rig.custos.pid().ok_or("custos not running")?;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(pid)?),
         nix::sys::signal::Signal::SIGHUP,
     )?;
-    wait_for_log(&rig, "SIGHUP: policy reloaded", Duration::from_secs(5))?;
+    rig.wait_for_log("SIGHUP: policy reloaded", Duration::from_secs(5))?;
     let id = alice
         .send_chat("bob@example.test", "gamma ray, third time")
         .await?;
@@ -519,17 +500,6 @@ async fn rules_reload_without_dropping_sessions() -> TestResult {
     bob.expect_no_message(Duration::from_millis(300)).await?;
     alice.send_chat("bob@example.test", "delta is fine").await?;
     assert_eq!(bob.next_message().await?.body, "delta is fine");
-    Ok(())
-}
-
-fn wait_for_log(rig: &Rig, needle: &str, limit: Duration) -> Result<(), BoxError> {
-    let deadline = Instant::now() + limit;
-    while !rig.custos.log().contains(needle) {
-        if Instant::now() > deadline {
-            return Err(format!("log never said {needle:?}\n{}", rig.context()).into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
     Ok(())
 }
 
@@ -591,7 +561,7 @@ async fn stream_management_counts_stay_consistent_when_stanzas_are_dropped_or_in
     tokio::time::sleep(Duration::from_secs(1)).await;
     alice.send_chat("bob@example.test", "fine 3").await?;
     assert_eq!(bob.next_message().await?.body, "fine 3");
-    let prosody_log = rig.prosody.log_tail();
+    let prosody_log = rig.server.log_tail();
     assert!(!prosody_log.contains("acknowledged more"), "{prosody_log}");
     assert!(!prosody_log.contains("handled-count"), "{prosody_log}");
     Ok(())
@@ -626,7 +596,7 @@ async fn end_to_end_encrypted_messages_are_detected_flagged_and_archived() -> Te
         .await?
         .body
         .starts_with("I sent you an OMEMO encrypted message"));
-    let hits = search_until(&rig, "rule:e2ee-message", 1, Duration::from_secs(3))?;
+    let hits = rig.search_until("rule:e2ee-message", 1, Duration::from_secs(3))?;
     assert_eq!(hits.len(), 1, "{hits:?}\n{}", rig.context());
     assert_eq!(hits[0]["action"], "flag");
     assert_eq!(hits[0]["e2ee"], "omemo");
@@ -636,7 +606,7 @@ async fn end_to_end_encrypted_messages_are_detected_flagged_and_archived() -> Te
         .send_chat("bob@example.test", "plain text, no encryption")
         .await?;
     bob.next_message().await?;
-    let plain = search_until(&rig, "\"no encryption\"", 1, Duration::from_secs(3))?;
+    let plain = rig.search_until("\"no encryption\"", 1, Duration::from_secs(3))?;
     assert_eq!(plain[0]["action"], "allow");
     assert!(plain[0].get("e2ee").is_none(), "{plain:?}");
     Ok(())

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use custos_e2e::config::{path, section, Table, Value};
 use custos_e2e::custos::{Custos, ListenerKind};
 use custos_e2e::rig::{Rig, RigOptions};
 use custos_e2e::{
@@ -36,29 +37,34 @@ async fn read_to_close(tcp: &mut TcpStream, limit: Duration) -> Result<String, B
     }
 }
 
-fn rig(label: &str, extra: &str) -> Result<Rig, BoxError> {
+fn rig(label: &str, extra: Table) -> Result<Rig, BoxError> {
     Rig::start(
         label,
         RigOptions {
-            extra: extra.to_owned(),
+            extra,
             ..RigOptions::default()
         },
     )
 }
 
+/// A `[limits]` section with one key.
+fn limit(key: &str, value: i64) -> Table {
+    section("limits", [(key, value)])
+}
+
 /// Custos alone in front of `upstream` (which may be down or untrusted).
-fn start_custos(
-    dir: &TestDir,
-    ca: &TestCa,
-    upstream: SocketAddr,
-    extra: &str,
-) -> Result<Custos, BoxError> {
+fn start_custos(dir: &TestDir, ca: &TestCa, upstream: SocketAddr) -> Result<Custos, BoxError> {
     let custos_dir = dir.join("custos");
     std::fs::create_dir_all(&custos_dir)?;
     let leaf = ca.leaf(&custos_dir, "example.test")?;
-    let config = format!(
-        "[upstream]\naddress = \"{upstream}\"\ntls = \"starttls\"\nca = \"{}\"\nserver_name = \"example.test\"\n\n{extra}",
-        ca.cert_path().display()
+    let config = section(
+        "upstream",
+        [
+            ("address", Value::from(upstream.to_string())),
+            ("tls", Value::from("starttls")),
+            ("ca", path(ca.cert_path())),
+            ("server_name", Value::from("example.test")),
+        ],
     );
     Ok(Custos::start(
         &custos_dir,
@@ -160,7 +166,7 @@ impl RawClient {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_clients_chat_through_custos_over_both_listeners() -> TestResult {
-    let rig = rig("proxy-chat", "")?;
+    let rig = rig("proxy-chat", Table::new())?;
     let mut alice = rig
         .alice()
         .await
@@ -256,7 +262,7 @@ async fn real_clients_chat_through_custos_over_both_listeners() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_sendxmpp_sends_through_both_listeners() -> TestResult {
-    let rig = rig("proxy-sendxmpp", "")?;
+    let rig = rig("proxy-sendxmpp", Table::new())?;
     let mut bob = rig.bob().await?;
     for (tls, body) in [
         (Tls::StartTls, "from go-sendxmpp over STARTTLS"),
@@ -286,7 +292,7 @@ async fn go_sendxmpp_sends_through_both_listeners() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_xml_ends_only_that_session() -> TestResult {
-    let rig = rig("proxy-malformed", "")?;
+    let rig = rig("proxy-malformed", Table::new())?;
     let mut alice = rig.alice().await?;
     let mut bob = rig.bob().await?;
 
@@ -335,7 +341,7 @@ async fn malformed_xml_ends_only_that_session() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_stanza_is_a_policy_violation() -> TestResult {
-    let rig = rig("proxy-oversize", "[limits]\nmax_stanza_bytes = 65536\n")?;
+    let rig = rig("proxy-oversize", limit("max_stanza_bytes", 65536))?;
     let mut alice = rig.alice().await?;
     let mut bob = rig.bob().await?;
 
@@ -364,7 +370,7 @@ async fn oversized_stanza_is_a_policy_violation() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starttls_is_required_on_the_starttls_listener() -> TestResult {
-    let rig = rig("proxy-starttls-required", "")?;
+    let rig = rig("proxy-starttls-required", Table::new())?;
     let mut tcp = TcpStream::connect(rig.custos.listener(0)).await?;
     tcp.write_all(HEADER.as_bytes()).await?;
     let mut got = String::new();
@@ -395,7 +401,7 @@ async fn unreachable_upstream_is_remote_connection_failed() -> TestResult {
     let ca = TestCa::generate(dir.path())?;
     // A port nothing listens on.
     let dead = SocketAddr::from(([127, 0, 0, 1], custos_e2e::free_port()?));
-    let custos = start_custos(&dir, &ca, dead, "")?;
+    let custos = start_custos(&dir, &ca, dead)?;
     let mut raw = RawClient::direct(custos.listener(1), ca.cert_path()).await?;
     assert!(
         raw.read_until(
@@ -443,7 +449,7 @@ async fn upstream_with_an_untrusted_certificate_is_refused() -> TestResult {
     let other_dir = dir.join("other-ca");
     std::fs::create_dir_all(&other_dir)?;
     let other_ca = TestCa::generate(&other_dir)?;
-    let custos = start_custos(&dir, &other_ca, prosody.c2s_addr(), "")?;
+    let custos = start_custos(&dir, &other_ca, prosody.c2s_addr())?;
     let mut raw = RawClient::direct(custos.listener(1), other_ca.cert_path()).await?;
     assert!(
         raw.read_until(
@@ -465,7 +471,7 @@ async fn upstream_with_an_untrusted_certificate_is_refused() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_cap_refuses_with_resource_constraint() -> TestResult {
-    let rig = rig("proxy-cap", "[limits]\nmax_connections = 1\n")?;
+    let rig = rig("proxy-cap", limit("max_connections", 1))?;
     // The harness's readiness probes hold the one permit for a moment; retry until the
     // first real connection gets it.
     let mut first = None;
@@ -498,7 +504,7 @@ async fn connection_cap_refuses_with_resource_constraint() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_sends_system_shutdown_and_exits() -> TestResult {
-    let mut rig = rig("proxy-sigterm", "")?;
+    let mut rig = rig("proxy-sigterm", Table::new())?;
     let mut raw = RawClient::ready(rig.custos.listener(1), rig.ca.cert_path()).await?;
     let status = rig
         .custos
@@ -521,7 +527,7 @@ async fn sigterm_sends_system_shutdown_and_exits() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_client_is_timed_out_during_negotiation() -> TestResult {
-    let rig = rig("proxy-timeout", "[limits]\nhandshake_timeout_secs = 1\n")?;
+    let rig = rig("proxy-timeout", limit("handshake_timeout_secs", 1))?;
     // Connects and says nothing: a slowloris. Another client is unaffected meanwhile.
     let mut silent = TcpStream::connect(rig.custos.listener(0)).await?;
     let mut alice = rig.alice().await?;

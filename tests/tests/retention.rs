@@ -9,7 +9,9 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use custos_e2e::config::{section, table, Value};
 use custos_e2e::custos::{custos_bin, run_custos};
+use custos_e2e::process::output_text;
 use custos_e2e::rig::{BoxError, Rig, RigOptions};
 use custos_e2e::{TestDir, Tls};
 use custos_web_ui::browser::Browser;
@@ -18,14 +20,6 @@ use fantoccini::Locator;
 type TestResult = Result<(), BoxError>;
 
 const PASSWORD: &str = "officer-password-1";
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// Polls `custos search` until `query` finds exactly `want` messages.
 fn search_settles(rig: &Rig, query: &str, want: usize, limit: Duration) -> Result<usize, BoxError> {
@@ -50,8 +44,15 @@ async fn expiry_shreds_what_is_due_and_a_hold_keeps_its_custodian() -> TestResul
             rules: Some(
                 "[[rule]]\nid = \"research-desk\"\nwhen = { any = [{ from = \"carol@example.test\" }, { to = \"carol@example.test\" }] }\naction = \"allow\"\nretention = \"research\"\n".into(),
             ),
-            extra: "[retention]\ndefault = 4\nrun_every = 1\n[retention.classes]\nresearch = \"1y\"\n".into(),
-            archive_extra: "segment_max_age = 1\n".into(),
+            extra: section(
+                "retention",
+                [
+                    ("default", Value::from(4)),
+                    ("run_every", Value::from(1)),
+                    ("classes", Value::Table(table([("research", "1y")]))),
+                ],
+            ),
+            archive_extra: table([("segment_max_age", 1)]),
             ..RigOptions::default()
         },
     )?;
@@ -132,16 +133,16 @@ async fn expiry_shreds_what_is_due_and_a_hold_keeps_its_custodian() -> TestResul
 
     // A dry run while serving: what holds keep.
     let dry = rig.cli(&["retention", "run", "--dry-run"])?;
-    assert!(dry.status.success(), "{}", text(&dry));
+    assert!(dry.status.success(), "{}", output_text(&dry));
     assert!(
-        text(&dry).contains("held by \"bob matter\""),
+        output_text(&dry).contains("held by \"bob matter\""),
         "{}",
-        text(&dry)
+        output_text(&dry)
     );
 
     // verify passes and names each shred and what allowed it.
     let v = rig.cli(&["verify"])?;
-    let vt = text(&v);
+    let vt = output_text(&v);
     assert!(v.status.success(), "{vt}");
     assert!(
         vt.contains("shredded: segment") && vt.contains("retention expired"),
@@ -189,7 +190,7 @@ async fn expiry_shreds_what_is_due_and_a_hold_keeps_its_custodian() -> TestResul
     // An export proves what remains, offline, and holds nothing shredded.
     let out_dir = rig.dir.join("export");
     let ex = rig.cli(&["export", "--out", out_dir.to_str().ok_or("path")?])?;
-    assert!(ex.status.success(), "{}", text(&ex));
+    assert!(ex.status.success(), "{}", output_text(&ex));
     let public = rig.custos_dir.join("secrets/signing.key.pub");
     let ve = run_custos(
         &[
@@ -200,7 +201,7 @@ async fn expiry_shreds_what_is_due_and_a_hold_keeps_its_custodian() -> TestResul
         ],
         None,
     )?;
-    assert!(ve.status.success(), "{}", text(&ve));
+    assert!(ve.status.success(), "{}", output_text(&ve));
     let transcripts = read_tree(&out_dir)?;
     assert!(
         transcripts.contains("hold-me"),
@@ -214,12 +215,16 @@ async fn expiry_shreds_what_is_due_and_a_hold_keeps_its_custodian() -> TestResul
 
     // The erasure report for bob says why his records stay.
     let er = rig.cli(&["erasure", "report", "--jid", "bob@example.test"])?;
-    assert!(er.status.success(), "{}", text(&er));
-    assert!(text(&er).contains("held by bob matter"), "{}", text(&er));
+    assert!(er.status.success(), "{}", output_text(&er));
+    assert!(
+        output_text(&er).contains("held by bob matter"),
+        "{}",
+        output_text(&er)
+    );
 
     // Released, the next run shreds bob's segment.
     let rel = rig.cli(&["hold", "release", "--matter", "bob matter"])?;
-    assert!(rel.status.success(), "{}", text(&rel));
+    assert!(rel.status.success(), "{}", output_text(&rel));
     assert_eq!(
         search_settles(&rig, "\"hold me\"", 0, Duration::from_secs(30))?,
         0,
@@ -228,9 +233,13 @@ async fn expiry_shreds_what_is_due_and_a_hold_keeps_its_custodian() -> TestResul
     );
     assert_eq!(rig.search("\"research keep\"")?.len(), 1);
     let v = rig.cli(&["verify"])?;
-    assert!(v.status.success(), "{}", text(&v));
+    assert!(v.status.success(), "{}", output_text(&v));
     let list = rig.cli(&["hold", "list"])?;
-    assert!(text(&list).contains("released"), "{}", text(&list));
+    assert!(
+        output_text(&list).contains("released"),
+        "{}",
+        output_text(&list)
+    );
     drop((alice, bob, carol));
     Ok(())
 }
@@ -287,7 +296,7 @@ async fn a_shred_killed_at_each_step_verifies_and_the_next_run_completes_it() ->
         ),
     )?;
     let init = run_custos(&["keys", "init"], Some(&config))?;
-    assert!(init.status.success(), "{}", text(&init));
+    assert!(init.status.success(), "{}", output_text(&init));
     // Three sealed segments of one message each (every open starts a segment).
     let master = MasterKey::from_file(&secrets.join("master.key"))?;
     let signing = load_signing_key(&secrets.join("signing.key"))?;
@@ -332,29 +341,33 @@ async fn a_shred_killed_at_each_step_verifies_and_the_next_run_completes_it() ->
     // A dry run changes nothing.
     let before = keys(&archive)?;
     let dry = custos_with(&config, &["retention", "run", "--dry-run"], None)?;
-    assert!(dry.status.success(), "{}", text(&dry));
-    assert!(text(&dry).contains("3 segment(s) due"), "{}", text(&dry));
+    assert!(dry.status.success(), "{}", output_text(&dry));
+    assert!(
+        output_text(&dry).contains("3 segment(s) due"),
+        "{}",
+        output_text(&dry)
+    );
     assert_eq!(keys(&archive)?, before);
 
     // Killed after the first shred record, before its key is destroyed.
     let killed = custos_with(&config, &["retention", "run"], Some("shred-recorded"))?;
-    assert_eq!(killed.status.signal(), Some(9), "{}", text(&killed));
+    assert_eq!(killed.status.signal(), Some(9), "{}", output_text(&killed));
     let v = custos_with(&config, &["verify"], None)?;
     assert!(
         v.status.success(),
         "after a kill between record and key: {}",
-        text(&v)
+        output_text(&v)
     );
     assert!(archive.join("keys/segment-0000000001.key").exists());
 
     // Killed after the next key is destroyed, before anything else.
     let killed = custos_with(&config, &["retention", "run"], Some("shred-key-destroyed"))?;
-    assert_eq!(killed.status.signal(), Some(9), "{}", text(&killed));
+    assert_eq!(killed.status.signal(), Some(9), "{}", output_text(&killed));
     let v = custos_with(&config, &["verify"], None)?;
     assert!(
         v.status.success(),
         "after a kill after the key: {}",
-        text(&v)
+        output_text(&v)
     );
     assert!(
         !archive.join("keys/segment-0000000001.key").exists(),
@@ -363,9 +376,9 @@ async fn a_shred_killed_at_each_step_verifies_and_the_next_run_completes_it() ->
 
     // The next run completes the rest; verify names all three.
     let done = custos_with(&config, &["retention", "run"], None)?;
-    assert!(done.status.success(), "{}", text(&done));
+    assert!(done.status.success(), "{}", output_text(&done));
     let v = custos_with(&config, &["verify"], None)?;
-    let vt = text(&v);
+    let vt = output_text(&v);
     assert!(v.status.success(), "{vt}");
     for seg in 1..=3 {
         assert!(
@@ -375,7 +388,7 @@ async fn a_shred_killed_at_each_step_verifies_and_the_next_run_completes_it() ->
         assert!(!archive.join(format!("keys/segment-{seg:010}.key")).exists());
     }
     let found = custos_with(&config, &["search", "--json", "crash"], None)?;
-    assert!(found.status.success(), "{}", text(&found));
+    assert!(found.status.success(), "{}", output_text(&found));
     assert_eq!(String::from_utf8_lossy(&found.stdout).lines().count(), 0);
     Ok(())
 }

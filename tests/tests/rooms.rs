@@ -7,14 +7,11 @@
 //! Each test starts its own server and `custos serve` on loopback ports it picks, and
 //! stops both by pid.
 
-use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
-use custos_e2e::ejabberd::Ejabberd;
-use custos_e2e::rig::{BoxError, Front, RigOptions, USERS};
+use custos_e2e::rig::{BoxError, Rig, RigOptions, ServerKind};
 use custos_e2e::scenarios::{group_chat, RoomMembers, ROOM, ROOM_RULES, ROOM_USERS};
-use custos_e2e::{ConnectOptions, Prosody, ProsodyOptions, SlixClient, TestCa, TestDir, User};
+use custos_e2e::{ConnectOptions, SlixClient};
 use custos_web_ui::browser::Browser;
 use fantoccini::Locator;
 
@@ -22,54 +19,39 @@ type TestResult = Result<(), BoxError>;
 
 const OFFICER_PASSWORD: &str = "officer-password-1";
 
-fn password(user: &str) -> Result<&'static str, BoxError> {
-    USERS
-        .iter()
-        .chain(ROOM_USERS)
-        .find(|(name, _)| *name == user)
-        .map(|(_, pw)| *pw)
-        .ok_or_else(|| format!("no account {user}").into())
-}
-
-/// Every account the scenario uses, on `example.test`.
-fn users() -> Vec<User> {
-    USERS
-        .iter()
-        .chain(ROOM_USERS)
-        .map(|(name, pw)| User::new(name, "example.test", pw))
-        .collect()
-}
-
-async fn login(addr: SocketAddr, ca: &TestCa, user: &str) -> Result<SlixClient, BoxError> {
+/// `user@example.test/desk` at `addr` (Custos, or the server itself).
+async fn login(rig: &Rig, addr: std::net::SocketAddr, user: &str) -> Result<SlixClient, BoxError> {
     let opts = ConnectOptions::new(
         &format!("{user}@example.test/desk"),
-        password(user)?,
+        rig.password(user)?,
         addr,
-        ca.cert_path(),
+        rig.ca.cert_path(),
     );
     SlixClient::connect(opts)
         .await
-        .map_err(|e| format!("{user} could not log in at {addr}: {e}").into())
+        .map_err(|e| format!("{user} could not log in at {addr}: {e}\n{}", rig.context()).into())
 }
 
-/// Alice, Bob, Carol and Erin through Custos; Dave straight to the server at `server`.
-async fn members(front: &Front, server: SocketAddr, ca: &TestCa) -> Result<RoomMembers, BoxError> {
-    let through = front.custos.listener(0);
+/// Alice, Bob, Carol and Erin through Custos; Dave straight to the server.
+async fn members(rig: &Rig) -> Result<RoomMembers, BoxError> {
+    let through = rig.custos.listener(0);
     Ok(RoomMembers {
-        alice: login(through, ca, "alice").await?,
-        bob: login(through, ca, "bob").await?,
-        carol: login(through, ca, "carol").await?,
-        dave: login(server, ca, "dave").await?,
-        erin: login(through, ca, "erin").await?,
+        alice: login(rig, through, "alice").await?,
+        bob: login(rig, through, "bob").await?,
+        carol: login(rig, through, "carol").await?,
+        dave: login(rig, rig.server.c2s_addr(), "dave").await?,
+        erin: login(rig, through, "erin").await?,
     })
 }
 
-fn front(dir: &Path, ca: &TestCa, upstream: SocketAddr, web: bool) -> Result<Front, BoxError> {
-    Front::start(
-        &dir.join("custos"),
-        ca,
-        upstream,
-        &RigOptions {
+/// A rig with group chat, the room rules and the extra accounts, in front of `server`.
+fn rig(label: &str, server: ServerKind, web: bool) -> Result<Rig, BoxError> {
+    Rig::start(
+        label,
+        RigOptions {
+            server,
+            users: ROOM_USERS.to_vec(),
+            muc: true,
             archive: true,
             web,
             rules: Some(ROOM_RULES.into()),
@@ -80,37 +62,14 @@ fn front(dir: &Path, ca: &TestCa, upstream: SocketAddr, web: bool) -> Result<Fro
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_on_prosody_through_custos() -> TestResult {
-    let dir = TestDir::new("rooms-prosody")?;
-    let ca = TestCa::generate(dir.path())?;
-    let prosody = Prosody::start(
-        dir.path(),
-        &ca,
-        ProsodyOptions {
-            users: users(),
-            muc: Some("conference.example.test".into()),
-            ..ProsodyOptions::default()
-        },
-    )?;
-    let front = front(dir.path(), &ca, prosody.c2s_addr(), true)?;
-    let context = || {
-        format!(
-            "--- custos log ---\n{}\n--- prosody log ---\n{}",
-            front.custos.log_tail(),
-            prosody.log_tail()
-        )
-    };
-    let mut m = members(&front, prosody.c2s_addr(), &ca).await?;
-    group_chat(&front.custos, &mut m, &context).await?;
+    let rig = rig("rooms-prosody", ServerKind::Prosody, true)?;
+    let mut m = members(&rig).await?;
+    group_chat(&rig.custos, &mut m, &|| rig.context()).await?;
 
     // The officer reads the room as a transcript: each message once, by nickname and
     // the person behind it, Dave's words included though he never crossed Custos.
-    custos_e2e::custos::add_user(
-        front.custos.config_path(),
-        "olivia",
-        "officer",
-        OFFICER_PASSWORD,
-    )?;
-    let base = format!("http://{}", front.web.ok_or("no web UI")?);
+    rig.add_user("olivia", "officer", OFFICER_PASSWORD)?;
+    let base = format!("http://{}", rig.web.ok_or("no web UI")?);
     let profile = tempfile::tempdir()?;
     let browser = Browser::start(profile.path()).await?;
     let shots = custos_e2e::tools::workspace_root().join("target/screenshots");
@@ -166,17 +125,7 @@ async fn a_room_on_prosody_through_custos() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_on_ejabberd_through_custos() -> TestResult {
-    let dir = TestDir::new("rooms-ejabberd")?;
-    let ca = TestCa::generate(dir.path())?;
-    let server = Ejabberd::start(dir.path(), &ca, &users())?;
-    let front = front(dir.path(), &ca, server.c2s_addr(), false)?;
-    let context = || {
-        format!(
-            "--- custos log ---\n{}\n--- ejabberd logs ---\n{}",
-            front.custos.log_tail(),
-            server.log_tail()
-        )
-    };
-    let mut m = members(&front, server.c2s_addr(), &ca).await?;
-    group_chat(&front.custos, &mut m, &context).await
+    let rig = rig("rooms-ejabberd", ServerKind::Ejabberd, false)?;
+    let mut m = members(&rig).await?;
+    group_chat(&rig.custos, &mut m, &|| rig.context()).await
 }

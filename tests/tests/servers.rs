@@ -6,11 +6,9 @@
 
 use std::time::Duration;
 
-use custos_e2e::ejabberd::Ejabberd;
-use custos_e2e::jabberd2::Jabberd2;
-use custos_e2e::rig::{BoxError, Front, RigOptions, USERS};
+use custos_e2e::rig::{BoxError, Rig, RigOptions, ServerKind};
 use custos_e2e::scripted::Scripted;
-use custos_e2e::{ConnectOptions, OutgoingMessage, SlixClient, TestCa, TestDir, User};
+use custos_e2e::{ConnectOptions, OutgoingMessage, SlixClient, Tls};
 use serde_json::Value;
 
 type TestResult = Result<(), BoxError>;
@@ -21,80 +19,19 @@ const NS_JABBERD2_ACK: &str = "http://www.xmpp.org/extensions/xep-0198.html#ns";
 /// Bound on a message showing up in search.
 const ARCHIVE_WAIT: Duration = Duration::from_secs(10);
 
-/// A server behind Custos, as assertion messages name it.
-trait Upstream {
-    /// Which implementation.
-    const NAME: &'static str;
-    /// The end of its logs.
-    fn logs(&self) -> String;
-}
-
-impl Upstream for Jabberd2 {
-    const NAME: &'static str = "jabberd2";
-    fn logs(&self) -> String {
-        self.log_tail()
-    }
-}
-
-impl Upstream for Ejabberd {
-    const NAME: &'static str = "ejabberd";
-    fn logs(&self) -> String {
-        self.log_tail()
-    }
-}
-
-/// Custos's log and the server's logs, for assertion messages.
-fn context<S: Upstream>(front: &Front, server: &S) -> String {
-    format!(
-        "--- custos log ---\n{}\n--- {} logs ---\n{}",
-        front.custos.log_tail(),
-        S::NAME,
-        server.logs()
-    )
-}
-
-/// Options for `user@example.test/resource` through Custos's STARTTLS listener.
-fn client(
-    front: &Front,
-    ca: &TestCa,
-    user: &str,
-    resource: &str,
-) -> Result<ConnectOptions, BoxError> {
-    let password = USERS
-        .iter()
-        .find(|(name, _)| *name == user)
-        .map(|(_, pw)| *pw)
-        .ok_or("no such user")?;
-    Ok(ConnectOptions::new(
-        &format!("{user}@example.test/{resource}"),
-        password,
-        front.custos.listener(0),
-        ca.cert_path(),
-    ))
-}
-
-/// `user@example.test/resource` through Custos's STARTTLS listener.
-async fn connect<S: Upstream>(
-    front: &Front,
-    server: &S,
-    ca: &TestCa,
-    user: &str,
-    resource: &str,
-) -> Result<SlixClient, BoxError> {
-    connect_with(front, server, client(front, ca, user, resource)?).await
+/// `user@example.test/resource` through Custos's STARTTLS listener, with the logs in
+/// the error if it fails.
+async fn connect(rig: &Rig, user: &str, resource: &str) -> Result<SlixClient, BoxError> {
+    connect_with(rig, rig.client(user, resource, Tls::StartTls)).await
 }
 
 /// Connects with `opts`, with the logs in the error if it fails.
-async fn connect_with<S: Upstream>(
-    front: &Front,
-    server: &S,
-    opts: ConnectOptions,
-) -> Result<SlixClient, BoxError> {
+async fn connect_with(rig: &Rig, opts: ConnectOptions) -> Result<SlixClient, BoxError> {
     let user = opts.jid.clone();
     SlixClient::connect(opts).await.map_err(|e| {
         format!(
             "{user} could not log in through Custos: {e}\n{}",
-            context(front, server)
+            rig.context()
         )
         .into()
     })
@@ -119,31 +56,14 @@ fn copies(hit: &Value) -> Vec<(String, String, String)> {
 /// Asserts that the one message matching `word` is one logical message in the archive
 /// with `body`, sent by `from`, with exactly two copies: the sender's outbound one and
 /// the inbound one of the recipient's session `to`.
-fn assert_archived_once<S: Upstream>(
-    front: &Front,
-    server: &S,
-    word: &str,
-    body: &str,
-    from: &str,
-    to: &str,
-) -> TestResult {
-    front.search_copies_until(word, 2, ARCHIVE_WAIT)?;
+fn assert_archived_once(rig: &Rig, word: &str, body: &str, from: &str, to: &str) -> TestResult {
+    rig.search_copies_until(word, 2, ARCHIVE_WAIT)?;
     // Time for a duplicate, had one been recorded, to reach the index.
     std::thread::sleep(Duration::from_millis(700));
-    let records = front.search_copies(word)?;
-    assert_eq!(
-        records.len(),
-        2,
-        "{word}: {records:#?}\n{}",
-        context(front, server)
-    );
-    let hits = front.search(word)?;
-    assert_eq!(
-        hits.len(),
-        1,
-        "{word}: {hits:#?}\n{}",
-        context(front, server)
-    );
+    let records = rig.search_copies(word)?;
+    assert_eq!(records.len(), 2, "{word}: {records:#?}\n{}", rig.context());
+    let hits = rig.search(word)?;
+    assert_eq!(hits.len(), 1, "{word}: {hits:#?}\n{}", rig.context());
     let hit = &hits[0];
     assert_eq!(hit["body"], body, "{hit:#}");
     assert_eq!(hit["from"], from, "{hit:#}");
@@ -160,30 +80,31 @@ fn assert_archived_once<S: Upstream>(
 /// Alice and Bob log in through Custos (STARTTLS on both legs) and chat both ways: each
 /// message delivered once, with its subject and thread, and archived once as one logical
 /// message with the sender's and the recipient's copy.
-async fn chat_both_ways<S: Upstream>(front: &Front, server: &S, ca: &TestCa) -> TestResult {
-    let mut alice = connect(front, server, ca, "alice", "laptop").await?;
-    let mut bob = connect(front, server, ca, "bob", "phone").await?;
+async fn chat_both_ways(rig: &Rig) -> TestResult {
+    let name = rig.server.name();
+    let mut alice = connect(rig, "alice", "laptop").await?;
+    let mut bob = connect(rig, "bob", "phone").await?;
     assert_eq!(alice.jid(), "alice@example.test/laptop");
     assert_eq!(bob.jid(), "bob@example.test/phone");
 
     // Alice to Bob's bare JID, with subject and thread.
-    let to_bob = format!("{} relays the okapi report <&> ✓", S::NAME);
+    let to_bob = format!("{} relays the okapi report <&> ✓", name);
     let id = alice
         .send_message(OutgoingMessage {
-            subject: Some(format!("via {}", S::NAME)),
-            thread: Some(format!("{}-1", S::NAME)),
+            subject: Some(format!("via {}", name)),
+            thread: Some(format!("{}-1", name)),
             ..OutgoingMessage::chat("bob@example.test", to_bob.as_str())
         })
         .await?;
     let got = bob
         .next_message()
         .await
-        .map_err(|e| format!("{e}\n{}", context(front, server)))?;
+        .map_err(|e| format!("{e}\n{}", rig.context()))?;
     assert_eq!(got.body, to_bob);
     assert_eq!(got.from, "alice@example.test/laptop");
     assert_eq!(got.id.as_deref(), Some(id.as_str()));
-    assert_eq!(got.subject, Some(format!("via {}", S::NAME)));
-    assert_eq!(got.thread, Some(format!("{}-1", S::NAME)));
+    assert_eq!(got.subject, Some(format!("via {}", name)));
+    assert_eq!(got.thread, Some(format!("{}-1", name)));
 
     // Bob back to Alice's full JID.
     let to_alice = "quokka says the report arrived";
@@ -191,7 +112,7 @@ async fn chat_both_ways<S: Upstream>(front: &Front, server: &S, ca: &TestCa) -> 
     let got = alice
         .next_message()
         .await
-        .map_err(|e| format!("{e}\n{}", context(front, server)))?;
+        .map_err(|e| format!("{e}\n{}", rig.context()))?;
     assert_eq!(got.body, to_alice);
     assert_eq!(got.from, "bob@example.test/phone");
 
@@ -202,16 +123,14 @@ async fn chat_both_ways<S: Upstream>(front: &Front, server: &S, ca: &TestCa) -> 
     // Each archived once, as one logical message with the sender's and the recipient's
     // copy.
     assert_archived_once(
-        front,
-        server,
+        rig,
         "okapi",
         &to_bob,
         "alice@example.test/laptop",
         "bob@example.test/phone",
     )?;
     assert_archived_once(
-        front,
-        server,
+        rig,
         "quokka",
         to_alice,
         "bob@example.test/phone",
@@ -226,27 +145,28 @@ async fn chat_both_ways<S: Upstream>(front: &Front, server: &S, ca: &TestCa) -> 
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slixmpp_through_custos_against_jabberd2() -> TestResult {
-    let dir = TestDir::new("servers-jabberd2")?;
-    let ca = TestCa::generate(dir.path())?;
-    let server = Jabberd2::start(dir.path(), &ca, &users())?;
-    let front = Front::start(
-        &dir.join("custos"),
-        &ca,
-        server.c2s_addr(),
-        &RigOptions {
+/// `server` with Custos in front of it, archiving.
+fn archiving(label: &str, server: ServerKind) -> Result<Rig, BoxError> {
+    Rig::start(
+        label,
+        RigOptions {
+            server,
             archive: true,
             ..RigOptions::default()
         },
-    )?;
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slixmpp_through_custos_against_jabberd2() -> TestResult {
+    let rig = archiving("servers-jabberd2", ServerKind::Jabberd2)?;
 
     // jabberd2 declares `xmlns:ack` on its stream header and offers `<ack:ack/>` in the
     // stream features after authentication; Custos writes its own header, so the
     // declaration must travel with the features. slixmpp rejects the stream otherwise.
     let mut carol =
-        Scripted::connect(front.custos.listener(1), ca.cert_path(), "example.test").await?;
-    carol.authenticate("carol", "carol-secret").await?;
+        Scripted::connect(rig.custos.listener(1), rig.ca.cert_path(), "example.test").await?;
+    carol.authenticate("carol", rig.password("carol")?).await?;
     let restarted = carol
         .transcript
         .rsplit("<stream:stream")
@@ -268,54 +188,25 @@ async fn slixmpp_through_custos_against_jabberd2() -> TestResult {
     );
     drop(carol);
 
-    chat_both_ways(&front, &server, &ca).await
-}
-
-/// The accounts of [`USERS`] on `example.test`.
-fn users() -> Vec<User> {
-    USERS
-        .iter()
-        .map(|(name, pw)| User::new(name, "example.test", pw))
-        .collect()
-}
-
-/// ejabberd and Custos in front of it, with an archive.
-fn ejabberd_front(dir: &TestDir, ca: &TestCa) -> Result<(Ejabberd, Front), BoxError> {
-    let server = Ejabberd::start(dir.path(), ca, &users())?;
-    let front = Front::start(
-        &dir.join("custos"),
-        ca,
-        server.c2s_addr(),
-        &RigOptions {
-            archive: true,
-            ..RigOptions::default()
-        },
-    )?;
-    Ok((server, front))
+    chat_both_ways(&rig).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slixmpp_through_custos_against_ejabberd() -> TestResult {
-    let dir = TestDir::new("servers-ejabberd")?;
-    let ca = TestCa::generate(dir.path())?;
-    let (server, front) = ejabberd_front(&dir, &ca)?;
-
-    chat_both_ways(&front, &server, &ca).await
+    let rig = archiving("servers-ejabberd", ServerKind::Ejabberd)?;
+    chat_both_ways(&rig).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slixmpp_client_resumes_through_custos_against_ejabberd() -> TestResult {
-    let dir = TestDir::new("servers-ejabberd-sm")?;
-    let ca = TestCa::generate(dir.path())?;
-    let (server, front) = ejabberd_front(&dir, &ca)?;
-
-    let mut opts = client(&front, &ca, "alice", "laptop")?;
+    let rig = archiving("servers-ejabberd-sm", ServerKind::Ejabberd)?;
+    let mut opts = rig.client("alice", "laptop", Tls::StartTls);
     opts.stream_management = true;
     let addr = opts.addr;
-    let mut alice = connect_with(&front, &server, opts).await?;
-    let mut bob = connect(&front, &server, &ca, "bob", "phone").await?;
-    custos_e2e::scenarios::drop_and_resume(&front.custos, &mut alice, &mut bob, addr, &|| {
-        context(&front, &server)
+    let mut alice = connect_with(&rig, opts).await?;
+    let mut bob = connect(&rig, "bob", "phone").await?;
+    custos_e2e::scenarios::drop_and_resume(&rig.custos, &mut alice, &mut bob, addr, &|| {
+        rig.context()
     })
     .await?;
     alice.disconnect().await?;

@@ -33,24 +33,6 @@ impl Rng {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for e in std::fs::read_dir(from)? {
-        let e = e?;
-        let target = to.join(e.file_name());
-        if e.file_type()?.is_dir() {
-            copy_dir(&e.path(), &target)?;
-        } else {
-            std::fs::copy(e.path(), &target)?;
-            let mut p = std::fs::metadata(&target)?.permissions();
-            #[allow(clippy::permissions_set_readonly_false)]
-            p.set_readonly(false);
-            std::fs::set_permissions(&target, p)?;
-        }
-    }
-    Ok(())
-}
-
 fn files(dir: &Path) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect())
@@ -76,8 +58,8 @@ fn scratch(
     let root = base.join(format!("m{n}"));
     let a = root.join("archive");
     let w = root.join("witness");
-    copy_dir(archive, &a)?;
-    copy_dir(witness, &w)?;
+    custos_e2e::dir::copy_dir(archive, &a)?;
+    custos_e2e::dir::copy_dir(witness, &w)?;
     let config = root.join("verify.toml");
     std::fs::write(
         &config,
@@ -117,10 +99,10 @@ async fn every_mutation_of_the_archive_its_keys_or_its_index_is_found() -> TestR
         "tamper",
         RigOptions {
             archive: true,
-            archive_extra: format!(
-                "witness = \"{}\"\nsegment_max_bytes = 6000\n",
-                witness.display()
-            ),
+            archive_extra: custos_e2e::config::table([
+                ("witness", custos_e2e::config::path(&witness)),
+                ("segment_max_bytes", 6000.into()),
+            ]),
             ..RigOptions::default()
         },
     )?;
@@ -156,7 +138,7 @@ async fn every_mutation_of_the_archive_its_keys_or_its_index_is_found() -> TestR
         if i == 30 {
             // An older index, for rolling back to later.
             tokio::time::sleep(Duration::from_millis(800)).await;
-            copy_dir(&archive.join("index"), &old_index)?;
+            custos_e2e::dir::copy_dir(&archive.join("index"), &old_index)?;
         }
         if i == 45 {
             // The records it lacks then span more than a crash can leave unindexed
@@ -287,7 +269,7 @@ async fn every_mutation_of_the_archive_its_keys_or_its_index_is_found() -> TestR
         tally("delete index", &s, &mut results)?;
         let s = next()?;
         std::fs::remove_dir_all(s.archive.join("index"))?;
-        copy_dir(&old_index, &s.archive.join("index"))?;
+        custos_e2e::dir::copy_dir(&old_index, &s.archive.join("index"))?;
         std::fs::remove_file(s.archive.join("index/.tantivy-writer.lock")).ok();
         tally("roll back index", &s, &mut results)?;
         // `custos search` with no server running brings it up to the log first, says
@@ -319,7 +301,7 @@ async fn every_mutation_of_the_archive_its_keys_or_its_index_is_found() -> TestR
         a.close().await?;
         let s = next()?;
         std::fs::remove_dir_all(s.archive.join("index"))?;
-        copy_dir(&other.join("index"), &s.archive.join("index"))?;
+        custos_e2e::dir::copy_dir(&other.join("index"), &s.archive.join("index"))?;
         tally("foreign index", &s, &mut results)?;
     }
     // The witness removed.

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use custos_e2e::config::section;
 use custos_e2e::rig::{BoxError, Rig, RigOptions, WsListener};
 use custos_e2e::ws::{parse_alone, Upgrade, WsClient, WsTarget, NS_FRAMING};
 use custos_e2e::Tls;
@@ -196,7 +197,7 @@ async fn the_websocket_listener_refuses_what_rfc_7395_and_its_origins_forbid() -
     for text in ["ws-x1", "ws-x2", "ws-x3", "ws-x4"] {
         assert!(rig.search_copies(text)?.is_empty(), "{text} was archived");
     }
-    let log = rig.prosody.log_tail();
+    let log = rig.server.log_tail();
     assert!(!log.contains("ws-x"), "reached the server: {log}");
     Ok(())
 }
@@ -364,7 +365,10 @@ async fn a_silent_websocket_client_does_not_keep_its_slot() -> TestResult {
         "ws-silent",
         RigOptions {
             archive: true,
-            extra: "[limits]\nmax_connections = 1\nhandshake_timeout_secs = 2\n".into(),
+            extra: section(
+                "limits",
+                [("max_connections", 1), ("handshake_timeout_secs", 2)],
+            ),
             websocket: Some(WsListener {
                 tls: false,
                 ..WsListener::default()

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use custos_e2e::config::{merge, path, render, section, Value};
 use custos_e2e::custos::{run_custos, Custos, ListenerKind};
 use custos_e2e::{Prosody, ProsodyOptions, TestCa, TestDir, User};
 use custos_proxy::framer::{Frame, FrameLimits, Framer};
@@ -200,11 +201,15 @@ async fn main() -> Result<(), BoxError> {
     let custos_dir = dir.join("custos");
     std::fs::create_dir_all(custos_dir.join("secrets"))?;
     let leaf = ca.leaf(&custos_dir, "example.test")?;
-    let archive = format!(
-        "[archive]\ndir = \"{0}/archive\"\nmaster_key = \"{0}/secrets/master.key\"\nsigning_key = \"{0}/secrets/signing.key\"\n",
-        custos_dir.display()
+    let archive = section(
+        "archive",
+        [
+            ("dir", path(&custos_dir.join("archive"))),
+            ("master_key", path(&custos_dir.join("secrets/master.key"))),
+            ("signing_key", path(&custos_dir.join("secrets/signing.key"))),
+        ],
     );
-    std::fs::write(custos_dir.join("keys.toml"), &archive)?;
+    std::fs::write(custos_dir.join("keys.toml"), render(&archive))?;
     let out = run_custos(&["keys", "init"], Some(&custos_dir.join("keys.toml")))?;
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).into_owned().into());
@@ -215,11 +220,17 @@ async fn main() -> Result<(), BoxError> {
             .replace("lexicons/insider.txt", "insider.txt"),
     )?;
     std::fs::write(custos_dir.join("insider.txt"), "falcon\nkestrel\nosprey\n")?;
-    let config = format!(
-        "[upstream]\naddress = \"{}\"\ntls = \"starttls\"\nca = \"{}\"\nserver_name = \"example.test\"\n\n{archive}\n[policy]\nrules = \"rules.toml\"\n",
-        prosody.c2s_addr(),
-        ca.cert_path().display()
+    let mut config = section(
+        "upstream",
+        [
+            ("address", Value::from(prosody.c2s_addr().to_string())),
+            ("tls", Value::from("starttls")),
+            ("ca", path(ca.cert_path())),
+            ("server_name", Value::from("example.test")),
+        ],
     );
+    merge(&mut config, archive);
+    merge(&mut config, section("policy", [("rules", "rules.toml")]));
     std::env::set_var("CUSTOS_LOG", "warn");
     let custos = Custos::start(
         &custos_dir,
