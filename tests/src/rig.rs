@@ -67,7 +67,8 @@ pub struct RigOptions {
     pub mam: bool,
     /// Prosody serves group chat at `conference.example.test`.
     pub muc: bool,
-    /// Prosody loads what a full web client waits for at start (Converse.js).
+    /// Prosody loads what a full web client waits for at start (Converse.js); ejabberd
+    /// always does.
     pub web_client: bool,
     /// Prosody offers SASL2 with Bind2 (prosody-modules).
     pub sasl2: bool,
@@ -368,7 +369,6 @@ impl Rig {
         let prosody_only = [
             ("external_domain", opts.external_domain),
             ("mam", opts.mam),
-            ("web_client", opts.web_client),
             ("sasl2", opts.sasl2),
             ("upstream_plain", opts.upstream_plain),
             ("file_share", opts.file_share),

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use custos_e2e::config::section;
-use custos_e2e::rig::{BoxError, Rig, RigOptions, WsListener};
+use custos_e2e::rig::{BoxError, Rig, RigOptions, ServerKind, WsListener};
 use custos_e2e::ws::{parse_alone, Upgrade, WsClient, WsTarget, NS_FRAMING};
 use custos_e2e::Tls;
 
@@ -208,6 +208,16 @@ async fn the_websocket_listener_refuses_what_rfc_7395_and_its_origins_forbid() -
 /// never delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn converse_js_in_chromium_chats_through_custos() -> TestResult {
+    converse_chats("ws-converse", ServerKind::Prosody).await
+}
+
+/// The same in front of ejabberd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn converse_js_in_chromium_chats_through_custos_to_ejabberd() -> TestResult {
+    converse_chats("ws-converse-ejabberd", ServerKind::Ejabberd).await
+}
+
+async fn converse_chats(label: &str, server: ServerKind) -> TestResult {
     use custos_e2e::converse::{ConversePage, PageOptions};
     use custos_web_ui::browser::Browser;
     use fantoccini::key::Key;
@@ -215,8 +225,9 @@ async fn converse_js_in_chromium_chats_through_custos() -> TestResult {
 
     let page_port = custos_e2e::net::free_port()?;
     let rig = Rig::start(
-        "ws-converse",
+        label,
         RigOptions {
+            server,
             archive: true,
             rules: Some(
                 "[[rule]]\nid = \"no-ledger\"\nwhen = { body = { regex = \"(?i)ledger\" } }\naction = \"block\"\ntext = \"Ledger talk is not allowed here\"\n"
@@ -335,7 +346,7 @@ async fn converse_js_in_chromium_chats_through_custos() -> TestResult {
     }
     .await;
     let _ = browser
-        .screenshot(&shots.join("converse-through-custos.png"))
+        .screenshot(&shots.join(format!("{label}.png")))
         .await;
     let _ = browser.close().await;
     result

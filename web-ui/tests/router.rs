@@ -127,16 +127,23 @@ async fn world() -> World {
         ),
     )
     .await;
-    let flagged = append(
-        &fx.archive,
-        Msg::chat(
-            "bob@example.test/phone",
-            "alice@example.test",
-            "send the card 4111 1111 1111 1111",
-        )
-        .flagged(Action::Flag, &["pci-card"], "high"),
+    let mut card = Msg::chat(
+        "bob@example.test/phone",
+        "alice@example.test",
+        "send the card 4111 1111 1111 1111",
     )
-    .await;
+    .flagged(Action::Flag, &["pci-card"], "high");
+    // A file it shared, for the download route.
+    card.capture.files.push(custos_archive::SharedFile {
+        url: "https://upload.example.test/f/a/card.png".into(),
+        name: "card.png".into(),
+        media_type: "image/png".into(),
+        size: 4,
+        sha256: "00".repeat(32),
+        content: Some(b"\x89PNG".to_vec()),
+        error: None,
+    });
+    let flagged = append(&fx.archive, card).await;
     let own = append(
         &fx.archive,
         Msg::chat(
@@ -162,7 +169,7 @@ async fn world() -> World {
 }
 
 fn concrete(path: &str, seq: u64) -> String {
-    path.replace("{seq}", &seq.to_string())
+    path.replace("{seq}", &seq.to_string()).replace("{n}", "0")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
