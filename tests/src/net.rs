@@ -4,15 +4,50 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-/// A port on 127.0.0.1 that was free a moment ago: bind port 0, read the
-/// port the kernel picked, close.
+/// A port on 127.0.0.1 that was free a moment ago, never handed out before in this
+/// process.
 ///
-/// Another process may take the port before the caller binds it; the kernel
-/// hands out ephemeral ports round-robin, so that race is rare in practice,
-/// and a server that fails to bind reports it at start.
+/// It is taken from below the kernel's ephemeral range (`ip_local_port_range`), which
+/// outgoing connections draw their local ports from: a port picked there could be taken
+/// by any client's connection before the server binds it. Another process may still
+/// bind it first; a server that fails to bind reports it at start.
 pub fn free_port() -> io::Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-    Ok(listener.local_addr()?.port())
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low.max(10_001));
+    // A small xorshift seeded by time and pid: spread across processes and runs.
+    let mut x = u64::from(std::process::id())
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+        | 1;
+    for _ in 0..500 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let span = u64::from(high - low);
+        let port = low + u16::try_from(x % span).unwrap_or(0);
+        if given.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            given.insert(port);
+            return Ok(port);
+        }
+    }
+    // Everything below the ephemeral range is busy: fall back to the kernel's choice.
+    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port();
+    given.insert(port);
+    Ok(port)
 }
 
 /// Waits until `127.0.0.1:port` accepts a TCP connection, polling every

@@ -755,15 +755,14 @@ pub async fn conversation(
         around
             .iter()
             .map(|&(r, seg, off)| {
-                let record = if r.chain == 0 {
-                    app2.archive.reader().record_at(seg, off)?
-                } else {
-                    app2.peer_reader(r.chain)
-                        .ok_or_else(|| {
-                            AppError::Internal("another node's chain is not followed".into())
-                        })?
-                        .record_at(seg, off)?
-                };
+                let mut record = record_of(&app2, r, seg, off)?;
+                // The page lists shared files; their bytes are for the download route, not
+                // for holding a page's worth of them in memory.
+                if let NewRecord::Message(m) = &mut record.content {
+                    for f in &mut m.capture.files {
+                        f.content = None;
+                    }
+                }
                 Ok((r, record))
             })
             .collect::<Result<Vec<_>, AppError>>()
