@@ -239,26 +239,21 @@ async fn sealed_segments_are_locked_in_the_bucket_and_a_fresh_node_reads_them() 
     // everything from the bucket.
     let fresh = rig.dir.join("fresh");
     std::fs::create_dir_all(&fresh)?;
-    let config = std::fs::read_to_string(rig.custos_dir.join("custos.toml"))?;
     let fresh_config = fresh.join("custos.toml");
     let fresh_archive = fresh.join("archive");
-    let body: String = config
-        .split("\n\n")
-        .filter(|s| {
-            s.trim_start().starts_with("[archive]")
-                || s.contains("[archive.object_store]")
-                || s.contains("[retention")
-        })
-        .collect::<Vec<_>>()
-        .join("\n\n")
-        .replace(
-            &archive_dir.display().to_string(),
-            &fresh_archive.display().to_string(),
-        )
-        // A name of its own: the reader records its export in its own chain, never in
-        // the chain the serving node writes.
-        .replacen("[archive]\n", "[archive]\nnode = \"reader\"\n", 1);
-    assert!(body.contains("node = \"reader\""), "{body}");
+    // The serving node's archive and retention settings, with a directory and a name of
+    // its own: the reader records its export in its own chain, never in the chain the
+    // serving node writes.
+    let mut reader = Table::new();
+    for key in ["archive", "retention"] {
+        if let Some(v) = rig.config.get(key) {
+            reader.insert(key.into(), v.clone());
+        }
+    }
+    let archive = custos_e2e::config::section_mut(&mut reader, "archive");
+    archive.insert("dir".into(), path(&fresh_archive));
+    archive.insert("node".into(), Value::from("reader"));
+    let body = custos_e2e::config::render(&reader);
     std::fs::write(&fresh_config, body)?;
     let v = run_custos(&["verify"], Some(&fresh_config))?;
     assert!(v.status.success(), "{}", output_text(&v));
@@ -521,8 +516,6 @@ async fn nodes_keep_their_own_chains_and_a_reader_merges_them() -> TestResult {
         },
     )?;
     let node2 = second_node(&rig, "n2")?;
-    let config = std::fs::read_to_string(rig.custos.config_path())?;
-    let archive_dir = rig.archive_dir.clone().ok_or("no archive")?;
     let mut alice = rig.connect("alice", "laptop", Tls::StartTls).await?;
     let mut bob = connect_via(&rig, &node2, "bob", "phone").await?;
     alice
@@ -552,16 +545,15 @@ async fn nodes_keep_their_own_chains_and_a_reader_merges_them() -> TestResult {
     let reader_dir = rig.dir.join("reader");
     std::fs::create_dir_all(&reader_dir)?;
     let reader_config = reader_dir.join("custos.toml");
-    let body: String = config
-        .split("\n\n")
-        .filter(|s| s.trim_start().starts_with("[archive]") || s.contains("[archive.object_store]"))
-        .collect::<Vec<_>>()
-        .join("\n\n")
-        .replace(
-            &archive_dir.display().to_string(),
-            &reader_dir.join("archive").display().to_string(),
-        )
-        .replace("node = \"n1\"\n", "");
+    // The first node's archive settings, with a directory of its own and no node name.
+    let mut reader = Table::new();
+    if let Some(v) = rig.config.get("archive") {
+        reader.insert("archive".into(), v.clone());
+    }
+    let archive = custos_e2e::config::section_mut(&mut reader, "archive");
+    archive.insert("dir".into(), path(&reader_dir.join("archive")));
+    archive.remove("node");
+    let body = custos_e2e::config::render(&reader);
     std::fs::write(&reader_config, body)?;
     let messages = wait_for(Duration::from_secs(40), || {
         let s = run_custos(&["search", "--json", "nodes"], Some(&reader_config))?;

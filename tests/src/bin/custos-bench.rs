@@ -2,10 +2,13 @@
 //! client talking to itself through a real Prosody, directly and through Custos (with the
 //! archive writing and fsyncing every message before forwarding it, and the demo rules).
 //!
-//! `cargo run --release -p custos-e2e --bin custos-bench [MESSAGES]` (default 2000).
-//! Prints p50/p99 latency of sequential round trips, the rate of a pipelined burst from
-//! one session, and the aggregate rate of eight sessions bursting at once (where the
-//! archive's group commit shares each fsync between sessions).
+//! `cargo run --release -p custos-e2e --bin custos-bench -- [MESSAGES] [--sessions 1,8,64]
+//! [--rules FILE]` (default 2000 messages per session count, the demo rules).
+//!
+//! Prints, in one run, for one session: p50/p99 latency of sequential round trips; and for
+//! each session count: the aggregate rate of every session bursting at once, directly
+//! and through Custos, and the CPU time per message of Custos and of the Prosody behind
+//! it (from `/proc/PID/stat`), with the ratios to direct Prosody.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -126,18 +129,23 @@ async fn burst(c: &mut Client, first: usize, n: usize) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Aggregate rate of `sessions` clients bursting `n` messages in total at once.
-async fn aggregate(
+/// `sessions` clients, logged in.
+async fn clients(
     addr: SocketAddr,
     ca: &std::path::Path,
     sessions: usize,
-    n: usize,
-) -> Result<f64, BoxError> {
+) -> Result<Vec<Client>, BoxError> {
     let mut clients = Vec::with_capacity(sessions);
     for i in 0..sessions {
         clients.push(Client::connect(addr, ca, &format!("user{i}"), "bench-pw").await?);
     }
-    let per = n / sessions;
+    Ok(clients)
+}
+
+/// Aggregate rate of `clients` bursting `n` messages in total at once.
+async fn aggregate(clients: Vec<Client>, n: usize) -> Result<f64, BoxError> {
+    let per = n / clients.len().max(1);
+    let total = per * clients.len();
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for mut c in clients {
@@ -146,7 +154,7 @@ async fn aggregate(
     while let Some(done) = tasks.join_next().await {
         done??;
     }
-    Ok((per * sessions) as f64 / started.elapsed().as_secs_f64())
+    Ok(total as f64 / started.elapsed().as_secs_f64())
 }
 
 struct Figures {
@@ -179,19 +187,110 @@ async fn measure(addr: SocketAddr, ca: &std::path::Path, n: usize) -> Result<Fig
     })
 }
 
+/// User plus system CPU time of a process so far, from `/proc/PID/stat`.
+fn cpu_time(pid: u32) -> Result<Duration, BoxError> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or("odd /proc stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    let ticks: u64 = fields.get(11).ok_or("no utime")?.parse::<u64>()?
+        + fields.get(12).ok_or("no stime")?.parse::<u64>()?;
+    Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks()))
+}
+
+/// `sysconf(_SC_CLK_TCK)`, asked of `getconf` once.
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+struct Args {
+    messages: usize,
+    sessions: Vec<usize>,
+    rules: Option<std::path::PathBuf>,
+}
+
+fn args() -> Result<Args, BoxError> {
+    let mut a = Args {
+        messages: 2000,
+        sessions: vec![1, 8, 64],
+        rules: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--sessions" => {
+                let list = it.next().ok_or("--sessions needs a list, like 1,8,64")?;
+                a.sessions = list
+                    .split(',')
+                    .map(|n| n.trim().parse::<usize>())
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| format!("--sessions {list}: {e}"))?;
+                if a.sessions.iter().any(|&n| n == 0 || n > 64) {
+                    return Err("--sessions: each count between 1 and 64".into());
+                }
+            }
+            "--rules" => a.rules = Some(it.next().ok_or("--rules needs a file")?.into()),
+            n => a.messages = n.parse().map_err(|e| format!("messages {n:?}: {e}"))?,
+        }
+    }
+    Ok(a)
+}
+
+/// One session count, directly or through Custos: rate and CPU per message.
+struct Run {
+    rate: f64,
+    prosody_cpu: Duration,
+    custos_cpu: Option<Duration>,
+}
+
+async fn run(
+    addr: SocketAddr,
+    ca: &std::path::Path,
+    sessions: usize,
+    n: usize,
+    prosody: u32,
+    custos: Option<u32>,
+) -> Result<Run, BoxError> {
+    // Logins are not what is measured: connect first, then read the clocks.
+    let logged_in = clients(addr, ca, sessions).await?;
+    let p0 = cpu_time(prosody)?;
+    let c0 = custos.map(cpu_time).transpose()?;
+    let rate = aggregate(logged_in, n).await?;
+    let per = |d: Duration| d / u32::try_from(n).unwrap_or(u32::MAX);
+    let prosody_cpu = per(cpu_time(prosody)? - p0);
+    let custos_cpu = match (custos, c0) {
+        (Some(pid), Some(c0)) => Some(per(cpu_time(pid)? - c0)),
+        _ => None,
+    };
+    Ok(Run {
+        rate,
+        prosody_cpu,
+        custos_cpu,
+    })
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), BoxError> {
-    let n: usize = std::env::args()
-        .nth(1)
-        .map(|a| a.parse())
-        .transpose()?
-        .unwrap_or(2000);
+    let a = args()?;
+    let n = a.messages;
     let dir = TestDir::new("bench")?;
     let ca = TestCa::generate(dir.path())?;
     let mut opts = ProsodyOptions::default();
     opts.users
         .push(User::new("alice", "example.test", "alice-pw"));
-    for i in 0..8 {
+    for i in 0..64 {
         opts.users
             .push(User::new(&format!("user{i}"), "example.test", "bench-pw"));
     }
@@ -214,12 +313,18 @@ async fn main() -> Result<(), BoxError> {
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).into_owned().into());
     }
-    std::fs::write(
-        custos_dir.join("rules.toml"),
-        include_str!("../../../policy/examples/rules.toml")
-            .replace("lexicons/insider.txt", "insider.txt"),
-    )?;
-    std::fs::write(custos_dir.join("insider.txt"), "falcon\nkestrel\nosprey\n")?;
+    let rules = match &a.rules {
+        Some(file) => file.clone(),
+        None => {
+            std::fs::write(
+                custos_dir.join("rules.toml"),
+                include_str!("../../../policy/examples/rules.toml")
+                    .replace("lexicons/insider.txt", "insider.txt"),
+            )?;
+            std::fs::write(custos_dir.join("insider.txt"), "falcon\nkestrel\nosprey\n")?;
+            custos_dir.join("rules.toml")
+        }
+    };
     let mut config = section(
         "upstream",
         [
@@ -230,7 +335,7 @@ async fn main() -> Result<(), BoxError> {
         ],
     );
     merge(&mut config, archive);
-    merge(&mut config, section("policy", [("rules", "rules.toml")]));
+    merge(&mut config, section("policy", [("rules", path(&rules))]));
     std::env::set_var("CUSTOS_LOG", "warn");
     let custos = Custos::start(
         &custos_dir,
@@ -239,20 +344,65 @@ async fn main() -> Result<(), BoxError> {
         &leaf.key_path,
         &config,
     )?;
+    let custos_pid = custos.pid().ok_or("custos has no pid")?;
+    let via_addr = custos.listener(0);
 
-    println!("{n} messages, one client to itself, 1 KiB-ish stanzas, Direct TLS");
+    println!(
+        "{n} messages per run, each client to itself, ~150-byte bodies, Direct TLS; rules {}",
+        rules.display()
+    );
     let base = measure(direct, ca.cert_path(), n).await?;
+    let via = measure(via_addr, ca.cert_path(), n).await?;
     println!(
-        "prosody directly : round trip p50 {:>7.2?}  p99 {:>7.2?}   burst {:>7.0} msg/s",
-        base.p50, base.p99, base.rate
+        "one session, round trip: prosody directly p50 {:>7.2?} p99 {:>7.2?}; through custos p50 {:>7.2?} p99 {:>7.2?} (+{:.2?} at p99)",
+        base.p50,
+        base.p99,
+        via.p50,
+        via.p99,
+        via.p99.saturating_sub(base.p99)
     );
-    let via = measure(custos.listener(0), ca.cert_path(), n).await?;
     println!(
-        "through custos   : round trip p50 {:>7.2?}  p99 {:>7.2?}   burst {:>7.0} msg/s  (policy + archive fsync per message)",
-        via.p50, via.p99, via.rate
+        "one session, pipelined burst (64 in flight): prosody directly {:.0} msg/s, through custos {:.0} msg/s ({:.2}x)",
+        base.rate,
+        via.rate,
+        via.rate / base.rate
     );
-    let direct8 = aggregate(direct, ca.cert_path(), 8, n * 4).await?;
-    let via8 = aggregate(custos.listener(0), ca.cert_path(), 8, n * 4).await?;
-    println!("8 sessions at once: prosody directly {direct8:>7.0} msg/s, through custos {via8:>7.0} msg/s");
+    println!(
+        "{:>8} {:>12} {:>12} {:>7} {:>14} {:>14} {:>12} {:>9} {:>9}",
+        "sessions",
+        "direct msg/s",
+        "custos msg/s",
+        "ratio",
+        "prosody cpu/m",
+        "behind custos",
+        "custos cpu/m",
+        "p. ratio",
+        "c./direct"
+    );
+    for &sessions in &a.sessions {
+        let d = run(direct, ca.cert_path(), sessions, n, prosody.pid(), None).await?;
+        let v = run(
+            via_addr,
+            ca.cert_path(),
+            sessions,
+            n,
+            prosody.pid(),
+            Some(custos_pid),
+        )
+        .await?;
+        let custos_cpu = v.custos_cpu.unwrap_or_default();
+        println!(
+            "{:>8} {:>12.0} {:>12.0} {:>7.2} {:>14.1?} {:>14.1?} {:>12.1?} {:>9.2} {:>9.2}",
+            sessions,
+            d.rate,
+            v.rate,
+            v.rate / d.rate,
+            d.prosody_cpu,
+            v.prosody_cpu,
+            custos_cpu,
+            v.prosody_cpu.as_secs_f64() / d.prosody_cpu.as_secs_f64().max(1e-9),
+            custos_cpu.as_secs_f64() / d.prosody_cpu.as_secs_f64().max(1e-9),
+        );
+    }
     Ok(())
 }
