@@ -1615,6 +1615,40 @@ mod tests {
     }
 
     #[test]
+    fn files_settings_are_checked_and_located() {
+        let errs = errors(
+            "[archive]\ndir = \"data/archive\"\nsigning_key = \"secrets/s.key\"\n\n[files]\nsources = [\"ftp://upload.example\", \"https://u.example/f/?q=1\"]\nmax_bytes = 0\ntimeout_secs = 900\non_failure = \"maybe\"\n",
+        );
+        let all = errs.join("\n");
+        for want in [
+            "custos.toml:6: files.sources: \"ftp://upload.example\" is not an http(s) URL",
+            "custos.toml:6: files.sources: \"https://u.example/f/?q=1\": a source is a scheme, host, port and path",
+            "custos.toml:7: files.max_bytes: must be between 1 and",
+            "custos.toml:8: files.timeout_secs: must be between 1 and 300",
+            "custos.toml:9: files.on_failure: \"maybe\": expected \"deliver\" or \"block\"",
+        ] {
+            assert!(all.contains(want), "{want}\n{all}");
+        }
+        // Without an archive there is nowhere to keep a file.
+        let errs = errors("[files]\nsources = [\"https://u.example/f/\"]\n");
+        assert!(
+            errs.join("\n")
+                .contains("files: archiving files needs an [archive] section"),
+            "{errs:?}"
+        );
+        // A good section: the source gets its trailing slash, the defaults apply.
+        let cfg = parse(
+            Path::new("custos.toml"),
+            "[archive]\ndir = \"data/archive\"\nsigning_key = \"secrets/s.key\"\n\n[files]\nsources = [\"https://u.example/file_share\"]\n",
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let files = cfg.files.unwrap_or_else(|| panic!("no files settings"));
+        assert_eq!(files.sources[0].as_str(), "https://u.example/file_share/");
+        assert_eq!(files.max_bytes, 16 << 20);
+        assert!(!files.block_on_failure);
+    }
+
+    #[test]
     fn syntax_error_has_a_line() {
         let errs = errors("[web]\nbind = \n");
         assert!(errs[0].starts_with("custos.toml:2: "), "{}", errs[0]);

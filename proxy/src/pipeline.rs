@@ -1385,6 +1385,34 @@ mod room_tests {
     }
 
     #[tokio::test]
+    async fn past_its_bounds_an_entry_is_refused_not_let_through() {
+        let p = pipeline();
+        for i in 0..crate::rooms::MAX_ROOMS_PER_SESSION {
+            let o = send(
+                &p,
+                "carol@x/c",
+                &format!("<presence to='r{i}@muc.x/c'/>"),
+                Direction::Outbound,
+            )
+            .await;
+            assert!(!refused(&o), "{i}");
+        }
+        let o = send(
+            &p,
+            "carol@x/c",
+            "<presence to='r@muc.x/c'/>",
+            Direction::Outbound,
+        )
+        .await;
+        match &o.decision {
+            Decision::Refuse { error: Some(e) } => {
+                assert!(String::from_utf8_lossy(e).contains("resource-constraint"));
+            }
+            other => panic!("an entry past the bounds passed: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
     async fn a_refused_entry_reserves_nothing() {
         let p = pipeline();
         alice_inside(&p).await;

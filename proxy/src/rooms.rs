@@ -27,7 +27,7 @@
 //! through unseen.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use tracing::warn;
@@ -52,7 +52,9 @@ pub const RESUME_GRACE: Duration = Duration::from_secs(900);
 
 #[derive(Debug, Default)]
 pub struct Rooms {
-    state: Mutex<State>,
+    /// Read for every stanza's context, written by presences: a read lock keeps the
+    /// sessions' lookups from queuing behind each other.
+    state: RwLock<State>,
 }
 
 #[derive(Debug, Default)]
@@ -159,13 +161,17 @@ impl Rooms {
         Rooms::default()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether `jid`'s bare part is a room Custos follows.
     pub fn is_room(&self, jid: &str) -> bool {
-        self.lock()
+        self.read()
             .rooms
             .get(&room_key(jid))
             .is_some_and(|r| r.confirmed)
@@ -180,7 +186,10 @@ impl Rooms {
         peer: &str,
         groupchat: bool,
     ) -> RoomContext {
-        let state = self.lock();
+        let state = self.read();
+        if state.rooms.is_empty() {
+            return RoomContext::default();
+        }
         let Some(room) = state.rooms.get(&room_key(peer)).filter(|r| r.confirmed) else {
             return RoomContext::default();
         };

@@ -287,6 +287,16 @@ pub struct SmState {
     pub unacked: u32,
 }
 
+/// Drops the queued items before the first that `pred` accepts, and returns that one.
+fn pop_until<T>(queue: &mut VecDeque<T>, pred: &mut impl FnMut(&T) -> bool) -> Option<T> {
+    while let Some(item) = queue.pop_front() {
+        if pred(&item) {
+            return Some(item);
+        }
+    }
+    None
+}
+
 #[derive(Default)]
 struct Queues {
     messages: VecDeque<IncomingMessage>,
@@ -466,15 +476,8 @@ impl SlixClient {
         what: &str,
         mut pred: impl FnMut(&IncomingMessage) -> bool,
     ) -> Result<IncomingMessage, ClientError> {
-        self.wait_for(what, |q| {
-            while let Some(m) = q.messages.pop_front() {
-                if pred(&m) {
-                    return Some(m);
-                }
-            }
-            None
-        })
-        .await
+        self.wait_for(what, |q| pop_until(&mut q.messages, &mut pred))
+            .await
     }
 
     /// Waits the full `quiet` period and fails if a message arrives in it.
@@ -536,15 +539,8 @@ impl SlixClient {
         what: &str,
         mut pred: impl FnMut(&Presence) -> bool,
     ) -> Result<Presence, ClientError> {
-        self.wait_for(what, |q| {
-            while let Some(p) = q.presences.pop_front() {
-                if pred(&p) {
-                    return Some(p);
-                }
-            }
-            None
-        })
-        .await
+        self.wait_for(what, |q| pop_until(&mut q.presences, &mut pred))
+            .await
     }
 
     /// Enters a group-chat room (XEP-0045) as `nick` and waits for the room's answer:

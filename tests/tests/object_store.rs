@@ -19,15 +19,18 @@ use custos_e2e::{TestDir, Tls};
 
 type TestResult = Result<(), BoxError>;
 
-/// `[archive.object_store]` for the bucket, with `extra` keys.
-fn object_store(s3: &S3Server, bucket: &str, creds: &Path, extra: Table) -> Table {
-    let mut store = table([
+/// `[archive]` keys: `archive` beside an `[archive.object_store]` for the bucket with
+/// `store` keys.
+fn object_store(s3: &S3Server, bucket: &str, creds: &Path, store: Table, archive: Table) -> Table {
+    let mut o = table([
         ("endpoint", Value::from(s3.endpoint())),
         ("bucket", Value::from(bucket)),
         ("credentials", path(creds)),
     ]);
-    merge(&mut store, extra);
-    table([("object_store", Value::Table(store))])
+    merge(&mut o, store);
+    let mut a = table([("object_store", Value::Table(o))]);
+    merge(&mut a, archive);
+    a
 }
 
 /// `[retention]` with a default in seconds, run every second, and the `research` class.
@@ -92,20 +95,17 @@ async fn sealed_segments_are_locked_in_the_bucket_and_a_fresh_node_reads_them() 
                 "[[rule]]\nid = \"research-desk\"\nwhen = { any = [{ from = \"carol@example.test\" }, { to = \"carol@example.test\" }] }\naction = \"allow\"\nretention = \"research\"\n".into(),
             ),
             extra: retention(8, true),
-            archive_extra: {
-                let mut a = object_store(
-                    &s3,
-                    bucket,
-                    &creds,
-                    table([
-                        ("lock_mode", Value::from("compliance")),
-                        ("keep_local", Value::from(false)),
-                        ("upload_every", Value::from(1)),
-                    ]),
-                );
-                a.insert("segment_max_age".into(), Value::from(1));
-                a
-            },
+            archive_extra: object_store(
+                &s3,
+                bucket,
+                &creds,
+                table([
+                    ("lock_mode", Value::from("compliance")),
+                    ("keep_local", Value::from(false)),
+                    ("upload_every", Value::from(1)),
+                ]),
+                table([("segment_max_age", Value::from(1))]),
+            ),
             ..RigOptions::default()
         },
     )?;
@@ -326,7 +326,13 @@ fn verify_names_every_version_deleted_replaced_or_hidden() -> TestResult {
     ]);
     merge(
         &mut archive,
-        object_store(&s3, bucket, &creds, table([("lock_mode", "governance")])),
+        object_store(
+            &s3,
+            bucket,
+            &creds,
+            table([("lock_mode", "governance")]),
+            Table::new(),
+        ),
     );
     std::fs::write(
         &config,
@@ -496,20 +502,19 @@ async fn nodes_keep_their_own_chains_and_a_reader_merges_them() -> TestResult {
         "object-store-nodes",
         RigOptions {
             archive: true,
-            archive_extra: {
-                let mut a = object_store(
-                    &s3,
-                    bucket,
-                    &creds,
-                    table([
-                        ("lock_mode", Value::from("governance")),
-                        ("upload_every", Value::from(1)),
-                    ]),
-                );
-                a.insert("node".into(), Value::from("n1"));
-                a.insert("segment_max_age".into(), Value::from(1));
-                a
-            },
+            archive_extra: object_store(
+                &s3,
+                bucket,
+                &creds,
+                table([
+                    ("lock_mode", Value::from("governance")),
+                    ("upload_every", Value::from(1)),
+                ]),
+                table([
+                    ("node", Value::from("n1")),
+                    ("segment_max_age", Value::from(1)),
+                ]),
+            ),
             web: true,
             rules: Some(SECOND_ONLY_RULE.into()),
             ..RigOptions::default()
@@ -912,20 +917,19 @@ async fn a_hold_placed_on_one_node_keeps_another_nodes_records() -> TestResult {
         RigOptions {
             archive: true,
             extra: retention(6, false),
-            archive_extra: {
-                let mut a = object_store(
-                    &s3,
-                    bucket,
-                    &creds,
-                    table([
-                        ("lock_mode", Value::from("governance")),
-                        ("upload_every", Value::from(1)),
-                    ]),
-                );
-                a.insert("node".into(), Value::from("n1"));
-                a.insert("segment_max_age".into(), Value::from(1));
-                a
-            },
+            archive_extra: object_store(
+                &s3,
+                bucket,
+                &creds,
+                table([
+                    ("lock_mode", Value::from("governance")),
+                    ("upload_every", Value::from(1)),
+                ]),
+                table([
+                    ("node", Value::from("n1")),
+                    ("segment_max_age", Value::from(1)),
+                ]),
+            ),
             ..RigOptions::default()
         },
     )?;
@@ -1021,6 +1025,7 @@ async fn the_bucket_witness_names_records_cut_from_the_active_segment() -> TestR
                     ("lock_mode", Value::from("compliance")),
                     ("upload_every", Value::from(1)),
                 ]),
+                Table::new(),
             ),
             ..RigOptions::default()
         },
