@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 
 use crate::framer::Stanza;
 pub use crate::relay_state::Copy;
@@ -94,11 +95,64 @@ impl Outcome {
     }
 }
 
+/// What the sender of a stanza the archive could not write is told.
+pub const NOT_ARCHIVED: &str =
+    "The message could not be archived and was not delivered. Try again later.";
+
+/// Resolves once the stanza's record is durable; `Err` (the archive's reason) when it
+/// could not be written and the stanza must not be delivered.
+pub type Durable = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'static>>;
+
+/// The inspector's answer: the outcome, and whether it waits on a record.
+pub struct Inspection {
+    pub outcome: Outcome,
+    /// The stanza's record, queued in the log in the order stanzas were inspected: the
+    /// outcome holds once it resolves `Ok`; on `Err` the stanza is refused instead
+    /// (`internal-server-error` to its sender) and the injections are not sent.
+    pub durable: Option<Durable>,
+}
+
+impl From<Outcome> for Inspection {
+    fn from(outcome: Outcome) -> Inspection {
+        Inspection {
+            outcome,
+            durable: None,
+        }
+    }
+}
+
+impl Inspection {
+    /// The outcome once the record is durable: a stanza whose record failed is refused
+    /// without an error stanza (the relay, which knows the addresses, writes one).
+    pub async fn settled(self) -> Outcome {
+        if let Some(durable) = self.durable {
+            if durable.await.is_err() {
+                return Outcome {
+                    decision: Decision::Refuse { error: None },
+                    inject: Injections::default(),
+                };
+            }
+        }
+        self.outcome
+    }
+}
+
+impl std::fmt::Debug for Inspection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inspection")
+            .field("outcome", &self.outcome)
+            .field("durable", &self.durable.is_some())
+            .finish()
+    }
+}
+
 /// Decides the fate of every stanza. Implementations must be cheap to share between all
-/// sessions; `inspect` may await (the archive's durable acknowledgement), and the stanza is
-/// forwarded only after it returns.
+/// sessions. `inspect` is called for the stanzas of one direction in wire order and may
+/// await (a file fetch); it queues the stanza's record and returns without waiting for it
+/// to be durable, so the relay can read and inspect the next stanza meanwhile. The relay
+/// forwards each stanza only once its [`Inspection::durable`] resolved, in wire order.
 pub trait Inspector: Send + Sync + 'static {
-    fn inspect(&self, item: Inspected<'_>) -> impl Future<Output = Outcome> + Send;
+    fn inspect(&self, item: Inspected<'_>) -> impl Future<Output = Inspection> + Send;
 
     /// Called once negotiation succeeded and relaying starts.
     fn session_started(&self, _session: &SessionInfo) -> impl Future<Output = ()> + Send {
@@ -125,7 +179,7 @@ pub trait Inspector: Send + Sync + 'static {
 pub struct PassThrough;
 
 impl Inspector for PassThrough {
-    async fn inspect(&self, _item: Inspected<'_>) -> Outcome {
-        Outcome::forward()
+    async fn inspect(&self, _item: Inspected<'_>) -> Inspection {
+        Outcome::forward().into()
     }
 }

@@ -57,7 +57,10 @@ pub mod tls;
 pub mod websocket;
 pub mod xml;
 
-pub use inspect::{Decision, Direction, Inspected, Inspector, Outcome, PassThrough, SessionInfo};
+pub use inspect::{
+    Decision, Direction, Durable, Inspected, Inspection, Inspector, Outcome, PassThrough,
+    SessionInfo,
+};
 pub use server::{
     BoundProxy, Limits, ListenerConfig, ListenerMode, Proxy, ProxyConfig, UpstreamConfig,
 };

@@ -36,7 +36,10 @@ use tracing::{error, info, warn};
 
 use crate::alerts::AlertSender;
 use crate::files::Files;
-use crate::inspect::{Decision, Direction, Injections, Inspected, Inspector, Outcome, SessionInfo};
+use crate::inspect::{
+    Decision, Direction, Durable, Injections, Inspected, Inspection, Inspector, Outcome,
+    SessionInfo, NOT_ARCHIVED,
+};
 use crate::relay_state::{bare, Copy};
 use crate::reply::{stanza_error, ErrorType};
 use crate::rooms::{RoomContext, Rooms};
@@ -490,7 +493,26 @@ impl RecentMessages {
 impl Pipeline {
     /// Policy, the archive and the verdict on the wire for one stanza (see the module
     /// documentation), given what the rooms say about it.
-    async fn decide(&self, item: &Inspected<'_>, c: &Content<'_>, room: &RoomContext) -> Outcome {
+    async fn decide(
+        &self,
+        item: &Inspected<'_>,
+        c: &Content<'_>,
+        room: &RoomContext,
+    ) -> Inspection {
+        let mut durable: Option<Durable> = None;
+        let outcome = self.judge(item, c, room, &mut durable).await;
+        Inspection { outcome, durable }
+    }
+
+    /// [`Pipeline::decide`]'s outcome; the message's record, if it has one, is queued in
+    /// `durable`.
+    async fn judge(
+        &self,
+        item: &Inspected<'_>,
+        c: &Content<'_>,
+        room: &RoomContext,
+        durable: &mut Option<Durable>,
+    ) -> Outcome {
         let evaluated = match &self.policy {
             Some(policy) => evaluate(policy, c, room),
             None => None,
@@ -560,22 +582,23 @@ impl Pipeline {
                     .choose(v.retention.iter().map(|c| &**c))
                     .unwrap_or_default();
             }
-            if let Err(err) = archive.append(NewRecord::Message(record)).await {
-                match self.on_failure {
-                    OnArchiveFailure::Block => {
-                        error!(cause = %err, "archive write failed; message refused, not delivered");
-                        return refuse(
-                            item,
-                            ErrorType::Wait,
-                            "internal-server-error",
-                            "The message could not be archived and was not delivered. Try again later.",
-                        );
-                    }
-                    OnArchiveFailure::Deliver => {
-                        error!(cause = %err, "archive write failed; delivering UNARCHIVED message (archive.on_failure = \"deliver\")");
-                    }
+            let submitted = archive.submit(NewRecord::Message(record));
+            let on_failure = self.on_failure;
+            *durable = Some(Box::pin(async move {
+                match submitted.await {
+                    Ok(_) => Ok(()),
+                    Err(err) => match on_failure {
+                        OnArchiveFailure::Block => {
+                            error!(cause = %err, "archive write failed; message refused, not delivered");
+                            Err(err.to_string())
+                        }
+                        OnArchiveFailure::Deliver => {
+                            error!(cause = %err, "archive write failed; delivering UNARCHIVED message (archive.on_failure = \"deliver\")");
+                            Ok(())
+                        }
+                    },
                 }
-            }
+            }));
         }
         if refuse_for_file {
             return refuse(
@@ -632,7 +655,7 @@ impl Pipeline {
 }
 
 impl Inspector for Pipeline {
-    async fn inspect(&self, item: Inspected<'_>) -> Outcome {
+    async fn inspect(&self, item: Inspected<'_>) -> Inspection {
         let c = content(&item);
         let direct_presence = item.view.kind == StanzaKind::Presence && item.copy == Copy::Direct;
         if let (Direction::Inbound, true, Some(account)) =
@@ -648,19 +671,34 @@ impl Inspector for Pipeline {
                 ErrorType::Wait,
                 "resource-constraint",
                 "Custos cannot follow one more room for this session; leave a room first.",
-            );
+            )
+            .into();
         }
-        let outcome = self.decide(&item, &c, &room).await;
-        if let (true, Decision::Refuse { .. }, Some(account), Some(to)) = (
-            room.reserved,
-            &outcome.decision,
+        let mut inspection = self.decide(&item, &c, &room).await;
+        if !room.reserved {
+            return inspection;
+        }
+        // An entry reserved its place in the room: a refused one must give it back, so
+        // the rare entry that carries a record waits for it here.
+        if let Some(durable) = inspection.durable.take() {
+            if let Err(why) = durable.await {
+                inspection.outcome = refuse(
+                    &item,
+                    ErrorType::Wait,
+                    "internal-server-error",
+                    &format!("{NOT_ARCHIVED} ({why})"),
+                );
+            }
+        }
+        if let (Decision::Refuse { .. }, Some(account), Some(to)) = (
+            &inspection.outcome.decision,
             &item.session.jid,
             item.view.to.as_deref(),
         ) {
             // The entry did not go to the room: it reserves nothing.
             self.rooms.cancel(account, to);
         }
-        outcome
+        inspection
     }
 
     async fn session_bound(&self, session: &SessionInfo) {
@@ -1136,6 +1174,8 @@ mod tests {
             claimed_from: None,
         })
         .await
+        .settled()
+        .await
     }
 
     const CARD_RULES: &str = "[[rule]]\nid = \"pci-card\"\nwhen = { body = { detector = \"payment-card\" } }\naction = \"block\"\n\n[[rule]]\nid = \"codename\"\nwhen = { body = { regex = \"(?i)falcon\" } }\naction = \"redact\"\n";
@@ -1319,6 +1359,8 @@ mod room_tests {
             copy: Copy::Direct,
             claimed_from: None,
         })
+        .await
+        .settled()
         .await
     }
 

@@ -11,6 +11,7 @@
 //! to its sender), so each write half sits behind an async mutex together with its stream
 //! management counter.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
@@ -24,12 +25,13 @@ use crate::conn::Conn;
 use crate::error::{ClientFault, SessionError, UpstreamFault};
 use crate::features::filter_features;
 use crate::framer::{Frame, Framer, Stanza};
-use crate::inspect::{Copy, Decision, Direction, Inspected, Inspector, SessionInfo};
+use crate::inspect::{Copy, Decision, Direction, Inspected, Inspection, Inspector, SessionInfo};
 use crate::io::{read_frame, send, ReadError, READ_CHUNK};
 use crate::negotiation::ClientStream;
 use crate::relay_state::{
     Account, ClientStanza, Numbering, RelayState, Sasl2Success, SmStep, UpstreamEvent, NS_SASL2,
 };
+use crate::reply::{stanza_error, ErrorType};
 use crate::session::Shared;
 use crate::sm::{self, SmCounter};
 use crate::stanza::{StanzaKind, StanzaView};
@@ -121,6 +123,23 @@ enum Counted {
     Forwarded,
     /// A stanza Custos made (an error reply, a notice).
     Injected,
+    /// A stanza from the other side that Custos refused: nothing is written.
+    Dropped,
+}
+
+/// Bytes for one leg gathered from several settled stanzas, written at once, with what
+/// each write means to stream management in the order the receiver gets them.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    counts: Vec<Counted>,
+}
+
+impl Batch {
+    fn add(&mut self, bytes: &[u8], counted: Counted) {
+        self.bytes.extend_from_slice(bytes);
+        self.counts.push(counted);
+    }
 }
 
 impl LegWriter {
@@ -131,12 +150,108 @@ impl LegWriter {
                 Direction::Inbound => Ended::ClientGone,
                 Direction::Outbound => Ended::UpstreamGone,
             })?;
+        self.count(counted);
+        Ok(())
+    }
+
+    fn count(&mut self, counted: Counted) {
         match counted {
             Counted::No => {}
             Counted::Forwarded => self.sm.forwarded(),
             Counted::Injected => self.sm.injected(),
+            Counted::Dropped => self.sm.dropped(),
+        }
+    }
+
+    /// One write (and one flush, so one TLS record train) for the whole batch.
+    async fn write_batch(&mut self, batch: &Batch) -> Result<(), Ended> {
+        if !batch.bytes.is_empty() {
+            send(&mut self.w, &batch.bytes)
+                .await
+                .map_err(|_| match self.toward {
+                    Direction::Inbound => Ended::ClientGone,
+                    Direction::Outbound => Ended::UpstreamGone,
+                })?;
+        }
+        for counted in &batch.counts {
+            self.count(*counted);
         }
         Ok(())
+    }
+}
+
+/// Most stanzas one direction has read and inspected but not yet forwarded: their
+/// records are on their way to disk. Past this (or [`WINDOW_BYTES`]) the direction stops
+/// reading, so a slow disk fills the sender's socket, not memory.
+const WINDOW_STANZAS: usize = 256;
+const WINDOW_BYTES: usize = 1 << 20;
+
+/// A stanza waiting for its record to be durable before it goes on.
+struct InFlight {
+    stanza: Stanza,
+    /// Its sender and recipient, for the error its sender gets if the record fails.
+    from: Option<String>,
+    to: Option<String>,
+    inspection: Inspection,
+}
+
+/// One direction's stanzas in flight, in wire order: each is forwarded once its own
+/// record is durable and every stanza before it has gone on.
+#[derive(Default)]
+struct Window {
+    queue: VecDeque<InFlight>,
+    bytes: usize,
+}
+
+impl Window {
+    fn has_room(&self) -> bool {
+        self.queue.len() < WINDOW_STANZAS && self.bytes < WINDOW_BYTES
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    fn push(&mut self, item: InFlight) {
+        self.bytes += item.stanza.raw.len();
+        self.queue.push_back(item);
+    }
+
+    /// Waits for the first stanza's record. Cancellation-safe: the acknowledgement stays
+    /// in the stanza's future until it is taken by [`Window::take_settled`].
+    async fn head_settled(&mut self) -> Result<(), String> {
+        match self
+            .queue
+            .front_mut()
+            .and_then(|f| f.inspection.durable.as_mut())
+        {
+            Some(durable) => durable.await,
+            None => Ok(()),
+        }
+    }
+
+    /// The first stanza, whose record `head` settled, and every one after it whose record
+    /// is already settled too: one write forwards them all.
+    fn take_settled(&mut self, head: Result<(), String>) -> Vec<(InFlight, Result<(), String>)> {
+        use futures_util::FutureExt;
+        let mut settled = Vec::new();
+        let mut next = Some(head);
+        while let Some(result) = next.take() {
+            let Some(mut item) = self.queue.pop_front() else {
+                break;
+            };
+            self.bytes -= item.stanza.raw.len();
+            item.inspection.durable = None;
+            settled.push((item, result));
+            next = match self.queue.front_mut() {
+                Some(f) => match f.inspection.durable.as_mut() {
+                    None => Some(Ok(())),
+                    Some(durable) => durable.now_or_never(),
+                },
+                None => None,
+            };
+        }
+        settled
     }
 }
 
@@ -360,7 +475,12 @@ impl<'a, I: Inspector> Relay<'a, I> {
     }
 
     async fn client_to_upstream(&self, mut reader: ReadHalf<Conn>, mut framer: Framer) -> Ended {
-        let ended = self.client_loop(&mut reader, &mut framer).await;
+        let mut window = Window::default();
+        let ended = self
+            .client_loop(&mut reader, &mut framer, &mut window)
+            .await;
+        self.drain_at_end(Direction::Outbound, &mut window, &ended)
+            .await;
         match &ended {
             Ended::ClientClosedStream => self.finish_upstream().await,
             // A dropped connection on a resumable session: the server must see the TCP
@@ -396,7 +516,12 @@ impl<'a, I: Inspector> Relay<'a, I> {
         ended
     }
 
-    async fn client_loop(&self, reader: &mut ReadHalf<Conn>, framer: &mut Framer) -> Ended {
+    async fn client_loop(
+        &self,
+        reader: &mut ReadHalf<Conn>,
+        framer: &mut Framer,
+        window: &mut Window,
+    ) -> Ended {
         let mut buf = vec![0; READ_CHUNK];
         let limits = &self.shared.config.limits;
         let auth_deadline = Instant::now() + limits.auth_timeout;
@@ -415,7 +540,14 @@ impl<'a, I: Inspector> Relay<'a, I> {
                 timeout,
             );
             let frame = tokio::select! {
-                r = read => r,
+                biased;
+                head = window.head_settled(), if !window.is_empty() => {
+                    match self.forward_settled(Direction::Outbound, window, head).await {
+                        Ok(()) => continue,
+                        Err(ended) => return ended,
+                    }
+                }
+                r = read, if window.has_room() => r,
                 () = self.shared.shutdown.cancelled() => return Ended::Shutdown,
                 () = self.done.cancelled() => return Ended::UpstreamGone,
             };
@@ -427,6 +559,11 @@ impl<'a, I: Inspector> Relay<'a, I> {
                     return Ended::Failed(ClientFault::Timeout("authentication").into());
                 }
             };
+            if !matches!(frame, Frame::Stanza(_)) {
+                if let Err(ended) = self.drain(Direction::Outbound, window).await {
+                    return ended;
+                }
+            }
             let result = match frame {
                 Frame::Whitespace(bytes) => self.to_upstream(&bytes).await,
                 Frame::StreamHeader(h) => {
@@ -457,7 +594,9 @@ impl<'a, I: Inspector> Relay<'a, I> {
                     self.to_upstream(&header).await
                 }
                 Frame::StreamEnd(_) => return Ended::ClientClosedStream,
-                Frame::Stanza(stanza) => self.relay_stanza(Direction::Outbound, stanza).await,
+                Frame::Stanza(stanza) => {
+                    self.relay_stanza(Direction::Outbound, stanza, window).await
+                }
             };
             if let Err(ended) = result {
                 return ended;
@@ -466,7 +605,12 @@ impl<'a, I: Inspector> Relay<'a, I> {
     }
 
     async fn upstream_to_client(&self, mut reader: ReadHalf<Conn>, mut framer: Framer) -> Ended {
-        let ended = self.upstream_loop(&mut reader, &mut framer).await;
+        let mut window = Window::default();
+        let ended = self
+            .upstream_loop(&mut reader, &mut framer, &mut window)
+            .await;
+        self.drain_at_end(Direction::Inbound, &mut window, &ended)
+            .await;
         match &ended {
             Ended::UpstreamClosedStream => self.finish_client(stream::CLOSE).await,
             Ended::UpstreamGone | Ended::Failed(_) => {
@@ -486,12 +630,24 @@ impl<'a, I: Inspector> Relay<'a, I> {
         ended
     }
 
-    async fn upstream_loop(&self, reader: &mut ReadHalf<Conn>, framer: &mut Framer) -> Ended {
+    async fn upstream_loop(
+        &self,
+        reader: &mut ReadHalf<Conn>,
+        framer: &mut Framer,
+        window: &mut Window,
+    ) -> Ended {
         let mut buf = vec![0; READ_CHUNK];
         loop {
             let read = read_frame(reader, framer, &mut buf, None, None);
             let frame = tokio::select! {
-                r = read => r,
+                biased;
+                head = window.head_settled(), if !window.is_empty() => {
+                    match self.forward_settled(Direction::Inbound, window, head).await {
+                        Ok(()) => continue,
+                        Err(ended) => return ended,
+                    }
+                }
+                r = read, if window.has_room() => r,
                 () = self.done.cancelled() => return Ended::ClientGone,
             };
             let frame = match frame {
@@ -501,6 +657,11 @@ impl<'a, I: Inspector> Relay<'a, I> {
                 }
                 Err(ReadError::Frame(e)) => return Ended::Failed(UpstreamFault::Frame(e).into()),
             };
+            if !matches!(frame, Frame::Stanza(_)) {
+                if let Err(ended) = self.drain(Direction::Inbound, window).await {
+                    return ended;
+                }
+            }
             let result = match frame {
                 Frame::Whitespace(bytes) => self.to_client(&bytes).await,
                 Frame::StreamHeader(h) => {
@@ -522,6 +683,13 @@ impl<'a, I: Inspector> Relay<'a, I> {
                         self.sasl2_resume_refused.store(false, Ordering::Release);
                     }
                     let event = self.lock_state().upstream_element(root);
+                    let pipelined = matches!(event, UpstreamEvent::Relay)
+                        && !(root.ns == NS_STREAMS && root.name == "features");
+                    if !pipelined {
+                        if let Err(ended) = self.drain(Direction::Inbound, window).await {
+                            return ended;
+                        }
+                    }
                     match event {
                         UpstreamEvent::AuthSucceeded => {
                             // Both streams restart after SASL success (RFC 6120 §6.4.6):
@@ -542,7 +710,8 @@ impl<'a, I: Inspector> Relay<'a, I> {
                         }
                         UpstreamEvent::Bound(account) => {
                             self.learn_account(&account);
-                            let relayed = self.relay_stanza(Direction::Inbound, stanza).await;
+                            let relayed =
+                                self.relay_stanza(Direction::Inbound, stanza, window).await;
                             self.shared.inspector.session_bound(&self.snapshot()).await;
                             relayed
                         }
@@ -559,7 +728,8 @@ impl<'a, I: Inspector> Relay<'a, I> {
                                 Some(account) => self.learn_account(account),
                                 None => warn!("session resumed whose account this proxy never saw bound; its stanzas are refused"),
                             }
-                            let relayed = self.relay_stanza(Direction::Inbound, stanza).await;
+                            let relayed =
+                                self.relay_stanza(Direction::Inbound, stanza, window).await;
                             // A new connection of a known session: its start is on the
                             // record like any other, so its end has a start to match.
                             if resumed.is_some() {
@@ -572,9 +742,11 @@ impl<'a, I: Inspector> Relay<'a, I> {
                         }
                         UpstreamEvent::UnsolicitedBind => {
                             warn!("ignored a bind result that answers no bind request of this session");
-                            self.relay_stanza(Direction::Inbound, stanza).await
+                            self.relay_stanza(Direction::Inbound, stanza, window).await
                         }
-                        UpstreamEvent::Relay => self.relay_stanza(Direction::Inbound, stanza).await,
+                        UpstreamEvent::Relay => {
+                            self.relay_stanza(Direction::Inbound, stanza, window).await
+                        }
                     }
                 }
             };
@@ -734,16 +906,116 @@ impl<'a, I: Inspector> Relay<'a, I> {
         }
     }
 
-    async fn relay_stanza(&self, direction: Direction, stanza: Stanza) -> Result<(), Ended> {
-        let (to_peer, to_sender) = match direction {
+    /// The leg a direction's stanzas go to, and the leg back to their sender.
+    fn legs(&self, direction: Direction) -> (&Mutex<LegWriter>, &Mutex<LegWriter>) {
+        match direction {
             Direction::Outbound => (&self.upstream_w, &self.client_w),
             Direction::Inbound => (&self.client_w, &self.upstream_w),
-        };
-        let mut view = StanzaView::of(&stanza.root);
-        if stanza.root.ns == NS_STREAMS && stanza.root.name == "error" {
-            log_stream_error(direction, &stanza.root);
         }
+    }
+
+    /// Forwards the stanzas at the head of the window whose records are settled (the
+    /// first one's is `head`): what goes to the peer in one write, errors and notices for
+    /// the sender in another. A stanza whose record failed is refused.
+    async fn forward_settled(
+        &self,
+        direction: Direction,
+        window: &mut Window,
+        head: Result<(), String>,
+    ) -> Result<(), Ended> {
+        let mut peer = Batch::default();
+        let mut sender = Batch::default();
+        for (item, result) in window.take_settled(head) {
+            let outcome = match result {
+                Ok(()) => item.inspection.outcome,
+                // The inspector logged why.
+                Err(_) => crate::inspect::Outcome {
+                    decision: Decision::Refuse {
+                        error: stanza_error(
+                            &item.stanza.root,
+                            item.from.as_deref(),
+                            item.to.as_deref(),
+                            ErrorType::Wait,
+                            "internal-server-error",
+                            Some(crate::inspect::NOT_ARCHIVED),
+                        ),
+                    },
+                    inject: Default::default(),
+                },
+            };
+            // Injected stanzas go first: a recording notice should reach the external
+            // party before the message it is about.
+            let inject = outcome.inject;
+            let (to_peer, to_sender) = match direction {
+                Direction::Outbound => (inject.to_upstream, inject.to_client),
+                Direction::Inbound => (inject.to_client, inject.to_upstream),
+            };
+            for bytes in &to_sender {
+                sender.add(bytes, Counted::Injected);
+            }
+            for bytes in &to_peer {
+                peer.add(bytes, Counted::Injected);
+            }
+            match outcome.decision {
+                Decision::Forward => peer.add(&item.stanza.raw, Counted::Forwarded),
+                Decision::Replace(bytes) => peer.add(&bytes, Counted::Forwarded),
+                Decision::Refuse { error } => {
+                    peer.add(&[], Counted::Dropped);
+                    if let Some(error) = error {
+                        sender.add(&error, Counted::Injected);
+                    }
+                }
+            }
+        }
+        let (to_peer, to_sender) = self.legs(direction);
+        if !sender.counts.is_empty() {
+            to_sender.lock().await.write_batch(&sender).await?;
+        }
+        if !peer.counts.is_empty() {
+            to_peer.lock().await.write_batch(&peer).await?;
+        }
+        Ok(())
+    }
+
+    /// Forwards everything in the window, waiting for each record: before anything that
+    /// is not a stanza goes on, so the peer gets it in wire order, and stream management
+    /// and restarts see every earlier stanza written.
+    async fn drain(&self, direction: Direction, window: &mut Window) -> Result<(), Ended> {
+        while !window.is_empty() {
+            let head = window.head_settled().await;
+            self.forward_settled(direction, window, head).await?;
+        }
+        Ok(())
+    }
+
+    /// After a direction ended: what it read and inspected still goes on (its records are
+    /// in the log), within a bound, unless the leg it goes to is gone.
+    async fn drain_at_end(&self, direction: Direction, window: &mut Window, ended: &Ended) {
+        let peer_gone = match direction {
+            Direction::Outbound => matches!(ended, Ended::UpstreamGone),
+            Direction::Inbound => matches!(ended, Ended::ClientGone),
+        };
+        if window.is_empty() || peer_gone {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.drain(direction, window)).await;
+    }
+
+    /// One stanza or nonza, read in wire order: a stanza is inspected (its record queued)
+    /// and joins the window; anything else first drains the window.
+    async fn relay_stanza(
+        &self,
+        direction: Direction,
+        stanza: Stanza,
+        window: &mut Window,
+    ) -> Result<(), Ended> {
+        let (to_peer, to_sender) = self.legs(direction);
+        let mut view = StanzaView::of(&stanza.root);
         if view.kind == StanzaKind::Nonza {
+            self.drain(direction, window).await?;
+            if stanza.root.ns == NS_STREAMS && stanza.root.name == "error" {
+                log_stream_error(direction, &stanza.root);
+            }
             if direction == Direction::Outbound {
                 let root = &stanza.root;
                 if !client_nonza_carried(root) {
@@ -794,18 +1066,24 @@ impl<'a, I: Inspector> Relay<'a, I> {
                 let decision = self.lock_state().client_stanza(&stanza.root, &view);
                 match decision {
                     ClientStanza::NotAuthorized => {
+                        self.drain(direction, window).await?;
                         return Err(Ended::Failed(
                             ClientFault::NotAuthorized(stanza.root.name.clone()).into(),
                         ));
                     }
                     ClientStanza::PassUnrecorded => {
-                        return to_peer
-                            .lock()
-                            .await
-                            .write(&stanza.raw, Counted::Forwarded)
-                            .await;
+                        window.push(InFlight {
+                            stanza,
+                            from: None,
+                            to: None,
+                            inspection: crate::inspect::Outcome::forward().into(),
+                        });
+                        return Ok(());
                     }
-                    ClientStanza::InvalidFrom { claimed, .. } => (Copy::Direct, Some(claimed)),
+                    ClientStanza::InvalidFrom { claimed, .. } => {
+                        self.drain(direction, window).await?;
+                        (Copy::Direct, Some(claimed))
+                    }
                     // A client never relays the server's carbons or archive results.
                     ClientStanza::Inspect(_) if view.forwarded.is_some() => {
                         (Copy::ForgedWrapper, None)
@@ -817,7 +1095,7 @@ impl<'a, I: Inspector> Relay<'a, I> {
         };
         let info = self.snapshot();
         fill_addresses(&mut view, direction, info.jid.as_deref());
-        let outcome = self
+        let inspection = self
             .shared
             .inspector
             .inspect(Inspected {
@@ -831,6 +1109,7 @@ impl<'a, I: Inspector> Relay<'a, I> {
             .await;
         if let Some(claimed) = claimed_from {
             // Nothing of the stanza is delivered; the attempt is on the record.
+            let _ = inspection.settled().await;
             to_peer.lock().await.sm.dropped();
             return Err(Ended::Failed(
                 ClientFault::InvalidFrom {
@@ -840,48 +1119,12 @@ impl<'a, I: Inspector> Relay<'a, I> {
                 .into(),
             ));
         }
-        // Injected stanzas go first: a recording notice should reach the external party
-        // before the message it is about.
-        for bytes in &outcome.inject.to_client {
-            self.client_w
-                .lock()
-                .await
-                .write(bytes, Counted::Injected)
-                .await?;
-        }
-        for bytes in &outcome.inject.to_upstream {
-            self.upstream_w
-                .lock()
-                .await
-                .write(bytes, Counted::Injected)
-                .await?;
-        }
-        match outcome.decision {
-            Decision::Forward => {
-                to_peer
-                    .lock()
-                    .await
-                    .write(&stanza.raw, Counted::Forwarded)
-                    .await?
-            }
-            Decision::Replace(bytes) => {
-                to_peer
-                    .lock()
-                    .await
-                    .write(&bytes, Counted::Forwarded)
-                    .await?
-            }
-            Decision::Refuse { error } => {
-                to_peer.lock().await.sm.dropped();
-                if let Some(error) = error {
-                    to_sender
-                        .lock()
-                        .await
-                        .write(&error, Counted::Injected)
-                        .await?;
-                }
-            }
-        }
+        window.push(InFlight {
+            stanza,
+            from: view.from,
+            to: view.to,
+            inspection,
+        });
         Ok(())
     }
 }

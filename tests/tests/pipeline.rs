@@ -7,9 +7,12 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use custos_e2e::rig::{BoxError, Rig, RigOptions};
+use custos_e2e::scripted::{Received, Scripted};
 use custos_e2e::{OutgoingMessage, SlixClient, Tls};
 
 type TestResult = Result<(), BoxError>;
+
+const WAIT: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivered_messages_are_archived_per_leg_and_shown_once_in_search() -> TestResult {
@@ -609,5 +612,226 @@ async fn end_to_end_encrypted_messages_are_detected_flagged_and_archived() -> Te
     let plain = rig.search_until("\"no encryption\"", 1, Duration::from_secs(3))?;
     assert_eq!(plain[0]["action"], "allow");
     assert!(plain[0].get("e2ee").is_none(), "{plain:?}");
+    Ok(())
+}
+
+/// `n` chat messages to Bob numbered from `first`, as one write's worth of XML.
+fn burst(label: &str, first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| {
+            format!(
+                "<message to='bob@example.test' type='chat' id='{label}-{i}'><body>{label} {i} in order</body></message>"
+            )
+        })
+        .collect()
+}
+
+/// The number in a burst message's body or id (`label-17`, `label 17 in order`).
+fn burst_number(text: &str, label: &str) -> Option<usize> {
+    let rest = text.strip_prefix(label)?;
+    rest.trim_start_matches(['-', ' '])
+        .split(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// What a Scripted client receives until `want` burst messages came, or `quiet` passes
+/// with nothing new (at most `limit` in all): burst message numbers delivered, and the
+/// numbers and conditions of error replies.
+async fn receive_burst(
+    c: &mut Scripted,
+    label: &str,
+    want: usize,
+    quiet: Duration,
+    limit: Duration,
+) -> Result<(Vec<usize>, Vec<(usize, String)>), BoxError> {
+    let mut delivered = Vec::new();
+    let mut errors = Vec::new();
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline && delivered.len() < want {
+        let Some(Received::Element(e)) = c.next_within(quiet).await? else {
+            break;
+        };
+        if e.name != "message" {
+            continue;
+        }
+        if e.attr("type") == Some("error") {
+            let n = e.attr("id").and_then(|id| burst_number(id, label));
+            let condition = e
+                .child("error", NS_CLIENT)
+                .and_then(|err| err.children().next())
+                .map(|c| c.name.clone())
+                .unwrap_or_default();
+            if let Some(n) = n {
+                errors.push((n, condition));
+            }
+        } else if let Some(n) = e
+            .child("body", NS_CLIENT)
+            .and_then(|b| burst_number(&b.text(), label))
+        {
+            delivered.push(n);
+        }
+    }
+    Ok((delivered, errors))
+}
+
+const NS_CLIENT: &str = "jabber:client";
+
+/// Through Custos as alice (Direct TLS); straight to the server as bob.
+async fn burst_pair(rig: &Rig) -> Result<(Scripted, Scripted), BoxError> {
+    let bob = Scripted::login(
+        rig.server.direct_tls_addr().ok_or("no direct TLS port")?,
+        rig.ca.cert_path(),
+        "bob",
+        rig.password("bob")?,
+        "phone",
+    )
+    .await?;
+    let alice = Scripted::login(
+        rig.custos.listener(1),
+        rig.ca.cert_path(),
+        "alice",
+        rig.password("alice")?,
+        "laptop",
+    )
+    .await?;
+    Ok((alice, bob))
+}
+
+/// A client that writes without waiting has many stanzas in flight. When the disk fails
+/// among them, the ones whose records were written go on and every one after the first
+/// failure is refused, each with its own error: delivery is a prefix of what was sent,
+/// in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_failing_mid_burst_refuses_that_stanza_and_everything_after() -> TestResult {
+    let root = nix::unistd::geteuid().is_root();
+    let rig = Rig::start(
+        "pipeline-burst-fails",
+        RigOptions {
+            archive: true,
+            run_as: root.then_some((65534, 65534)),
+            ..RigOptions::default()
+        }
+        // Each batch fills its segment: the next one must create a file.
+        .with_archive_extra(custos_e2e::config::table([("segment_max_bytes", 1)])),
+    )?;
+    let (mut alice, mut bob) = burst_pair(&rig).await?;
+    alice.send(&burst("warmup", 0, 1)).await?;
+    let (got, _) = receive_burst(&mut bob, "warmup", 1, Duration::from_secs(3), WAIT).await?;
+    assert_eq!(got, vec![0], "{}", rig.context());
+
+    set_readonly(rig.archive_dir.as_deref().ok_or("no archive dir")?)?;
+    const N: usize = 200;
+    alice.send(&burst("doomed", 0, N)).await?;
+    let (errors_seen, delivered) = tokio::join!(
+        receive_burst(&mut alice, "doomed", N, Duration::from_secs(3), WAIT),
+        receive_burst(&mut bob, "doomed", N, Duration::from_secs(3), WAIT),
+    );
+    let (_, errors) = errors_seen?;
+    let (delivered, _) = delivered?;
+    let prefix: Vec<usize> = (0..delivered.len()).collect();
+    assert_eq!(delivered, prefix, "delivered out of order or with a gap");
+    let refused: Vec<usize> = errors.iter().map(|(n, _)| *n).collect();
+    let suffix: Vec<usize> = (delivered.len()..N).collect();
+    assert_eq!(
+        refused,
+        suffix,
+        "every stanza after the first failure is refused, in order\n{}",
+        rig.context()
+    );
+    assert!(
+        errors.iter().all(|(_, c)| c == "internal-server-error"),
+        "{errors:?}"
+    );
+    assert!(!refused.is_empty(), "the failing disk refused nothing");
+    Ok(())
+}
+
+/// kill -9 while a client's burst is in flight: every message the recipient got has its
+/// record in the archive when Custos comes back (a stanza goes on only after its record
+/// is durable), and the archive verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_during_a_pipelined_burst_delivers_nothing_unarchived() -> TestResult {
+    let mut rig = Rig::start(
+        "pipeline-kill",
+        RigOptions {
+            archive: true,
+            ..RigOptions::default()
+        },
+    )?;
+    let (mut alice, mut bob) = burst_pair(&rig).await?;
+    const N: usize = 3000;
+    let sender = tokio::spawn(async move {
+        for chunk in 0..N / 100 {
+            if alice
+                .send(&burst("killed", chunk * 100, 100))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        alice
+    });
+    // Kill once the burst is well under way.
+    let (mut delivered, _) =
+        receive_burst(&mut bob, "killed", 300, Duration::from_secs(3), WAIT).await?;
+    let pid = rig.custos.pid().ok_or("custos has no pid")?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid)?),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    let (rest, _) = receive_burst(&mut bob, "killed", N, Duration::from_secs(2), WAIT).await?;
+    delivered.extend(rest);
+    let _ = sender.await;
+    assert!(
+        delivered.len() >= 100 && delivered.len() < N,
+        "the kill should fall inside the burst: {} of {N} delivered",
+        delivered.len()
+    );
+    let prefix: Vec<usize> = (0..delivered.len()).collect();
+    assert_eq!(delivered, prefix, "delivered out of order or with a gap");
+
+    let listeners = vec![rig.custos.listener(0), rig.custos.listener(1)];
+    let config = rig.custos.config_path().to_owned();
+    let poll_until = Instant::now() + Duration::from_secs(5);
+    while !rig.custos.has_exited() && Instant::now() < poll_until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rig.custos = custos_e2e::custos::Custos::start_with_config(&config, listeners, None)?;
+    let limit = (N + 10).to_string();
+    let archived = custos_e2e::custos::poll(delivered.len(), WAIT, || {
+        let out = rig.cli(&["search", "--json", "--copies", "--limit", &limit, "killed"])?;
+        let text = String::from_utf8(out.stdout)?;
+        text.lines()
+            .map(|l| Ok(serde_json::from_str::<serde_json::Value>(l)?))
+            .collect::<Result<Vec<_>, BoxError>>()
+    })?;
+    let mut on_record: Vec<usize> = archived
+        .iter()
+        .filter_map(|h| h["body"].as_str().and_then(|b| burst_number(b, "killed")))
+        .collect();
+    on_record.sort_unstable();
+    on_record.dedup();
+    let missing: Vec<usize> = delivered
+        .iter()
+        .filter(|n| on_record.binary_search(n).is_err())
+        .copied()
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "delivered but not archived: {missing:?} ({} delivered, {} archived)\n{}",
+        delivered.len(),
+        on_record.len(),
+        rig.context()
+    );
+    let verify = rig.cli(&["verify"])?;
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
     Ok(())
 }

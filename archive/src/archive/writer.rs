@@ -67,6 +67,40 @@ pub struct AppendReceipt {
     pub time: Timestamp,
 }
 
+/// A record submitted to the log: awaiting it yields the durable acknowledgement (or
+/// the refusal). Dropping it does not withdraw the record.
+#[derive(Debug)]
+#[must_use = "the record is durable only once the acknowledgement arrives"]
+pub struct Submitted {
+    ack: Option<oneshot::Receiver<Result<AppendReceipt, AppendError>>>,
+    started: std::time::Instant,
+}
+
+impl std::future::Future for Submitted {
+    type Output = Result<AppendReceipt, AppendError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let Some(ack) = self.ack.as_mut() else {
+            return std::task::Poll::Ready(Err(AppendError::Closed));
+        };
+        let done = match std::pin::Pin::new(ack).poll(cx) {
+            std::task::Poll::Pending => return std::task::Poll::Pending,
+            std::task::Poll::Ready(r) => r.unwrap_or(Err(AppendError::Closed)),
+        };
+        self.ack = None;
+        // From submission to the durable acknowledgement (or the refusal).
+        metrics::histogram!("custos_archive_append_seconds")
+            .record(self.started.elapsed().as_secs_f64());
+        if done.is_err() {
+            metrics::counter!("custos_archive_append_failures_total").increment(1);
+        }
+        std::task::Poll::Ready(done)
+    }
+}
+
 #[allow(clippy::large_enum_variant)] // moved once through the channel; see NewRecord
 enum Cmd {
     Append(
@@ -443,6 +477,15 @@ impl Archive {
     /// Appends a record; resolves only once it is durable (fsynced), with the
     /// seq and time the archive assigned.
     pub async fn append(&self, rec: NewRecord) -> Result<AppendReceipt, AppendError> {
+        self.submit(rec).await
+    }
+
+    /// Queues a record for the log and returns at once; the [`Submitted`] resolves once it
+    /// is durable. Records enter the log in the order of their `submit` calls, so a
+    /// caller that submits several before awaiting any keeps its order on disk, and the
+    /// writer commits them together. A failed write fails every record queued after it
+    /// (the writer refuses all further appends until reopened).
+    pub fn submit(&self, rec: NewRecord) -> Submitted {
         if let NewRecord::Message(m) = &rec {
             if m.capture.via != Via::Mam {
                 let mut recent = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
@@ -454,20 +497,16 @@ impl Archive {
         }
         let (ack_tx, ack_rx) = oneshot::channel();
         let started = std::time::Instant::now();
-        {
+        let sent = {
             let guard = self.inner.tx.lock().unwrap_or_else(|p| p.into_inner());
-            let tx = guard.as_ref().ok_or(AppendError::Closed)?;
-            tx.send(Cmd::Append(rec, ack_tx))
-                .map_err(|_| AppendError::Closed)?;
+            guard
+                .as_ref()
+                .is_some_and(|tx| tx.send(Cmd::Append(rec, ack_tx)).is_ok())
+        };
+        Submitted {
+            ack: sent.then_some(ack_rx),
+            started,
         }
-        let done = ack_rx.await.map_err(|_| AppendError::Closed)?;
-        // From submission to the durable acknowledgement (or the refusal).
-        metrics::histogram!("custos_archive_append_seconds")
-            .record(started.elapsed().as_secs_f64());
-        if done.is_err() {
-            metrics::counter!("custos_archive_append_failures_total").increment(1);
-        }
-        done
     }
 
     /// Why the archive refuses appends, if it does (a write or fsync failed; reopening
