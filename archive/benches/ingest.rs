@@ -211,4 +211,43 @@ fn main() {
         report.is_clean(),
         s.elapsed().as_secs_f64()
     );
+
+    log_alone(n, &tmp.path().join("log-alone"), &master);
+}
+
+/// The log writer by itself (what the writer thread does, without the indexer beside it
+/// or appenders to answer): `n` records in batches of 256, one write and one fsync each.
+fn log_alone(n: u64, dir: &std::path::Path, master: &MasterKey) {
+    use custos_archive::log::{LogLimits, LogWriter};
+    let cfg = ArchiveConfig::new(
+        dir.to_owned(),
+        master.clone(),
+        SigningKey::from_bytes(&[8; 32]),
+    );
+    std::fs::create_dir_all(dir).expect("log dir");
+    let storage = std::sync::Arc::new(custos_archive::storage::FileStorage::new(dir));
+    let limits = LogLimits {
+        segment_max_bytes: cfg.segment_max_bytes,
+        segment_max_age: cfg.segment_max_age,
+        checkpoint_every: cfg.checkpoint_every,
+    };
+    let (mut log, _) =
+        LogWriter::open(storage, cfg.master_key, cfg.signing_key, limits).expect("open log");
+    let mut batches: Vec<Vec<NewRecord>> = Vec::new();
+    let mut i = 0;
+    while i < n {
+        let end = (i + 256).min(n);
+        batches.push((i..end).map(record).collect());
+        i = end;
+    }
+    let start = Instant::now();
+    for batch in batches {
+        log.append_batch(batch).expect("append");
+    }
+    let elapsed = start.elapsed();
+    log.finish().expect("seal");
+    println!(
+        "log writer alone: {n} records in batches of 256, {:.0} records/s",
+        n as f64 / elapsed.as_secs_f64()
+    );
 }

@@ -33,6 +33,14 @@ impl DisclaimerTracker {
         self.should_send(&request.conversation, request.period, now)
     }
 
+    /// Whether the notice for `request` would be sent at `now`; nothing is recorded.
+    pub fn is_due(&self, request: &DisclaimerRequest, now: Instant) -> bool {
+        match self.sent.get(&request.conversation) {
+            Some(&(at, p)) => now.saturating_duration_since(at) >= p,
+            None => true,
+        }
+    }
+
     /// Whether a notice for `key` should be sent at `now`, given it holds for `period`;
     /// if so it is recorded as sent.
     pub fn should_send(&mut self, key: &ConversationKey, period: Duration, now: Instant) -> bool {
@@ -97,6 +105,29 @@ mod tests {
         assert!(t.should_send(&key("b"), day, t0 + Duration::from_secs(1)));
         assert!(t.should_send(&key("a"), day, t0 + day));
         assert!(!t.should_send(&key("a"), day, t0 + day + Duration::from_secs(1)));
+    }
+
+    /// Asking whether a notice is due records nothing: a message refused after the
+    /// question still leaves the notice due for the next one.
+    #[test]
+    fn asking_whether_due_records_nothing() {
+        let mut t = DisclaimerTracker::new(10);
+        let t0 = Instant::now();
+        let day = Duration::from_secs(86_400);
+        let request = DisclaimerRequest {
+            rule: crate::verdict::RuleId::new("external"),
+            text: "recorded".into(),
+            to: "x@partner.example".into(),
+            room: false,
+            from: None,
+            conversation: key("a"),
+            period: day,
+        };
+        assert!(t.is_due(&request, t0));
+        assert!(t.is_due(&request, t0));
+        assert!(t.should_send_request(&request, t0));
+        assert!(!t.is_due(&request, t0 + Duration::from_secs(1)));
+        assert!(t.is_due(&request, t0 + day));
     }
 
     #[test]

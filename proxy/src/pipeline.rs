@@ -582,6 +582,9 @@ impl Pipeline {
                     .choose(v.retention.iter().map(|c| &**c))
                     .unwrap_or_default();
             }
+            // A record carrying file contents is awaited here: the relay's window bounds
+            // stanza bytes, not the files riding in their records.
+            let carries_files = record.capture.files.iter().any(|f| f.content.is_some());
             let submitted = archive.submit(NewRecord::Message(record));
             let on_failure = self.on_failure;
             *durable = Some(Box::pin(async move {
@@ -599,6 +602,18 @@ impl Pipeline {
                     },
                 }
             }));
+            if carries_files {
+                if let Some(pending) = durable.take() {
+                    if pending.await.is_err() {
+                        return refuse(
+                            item,
+                            ErrorType::Wait,
+                            "internal-server-error",
+                            NOT_ARCHIVED,
+                        );
+                    }
+                }
+            }
         }
         if refuse_for_file {
             return refuse(
@@ -637,11 +652,22 @@ impl Pipeline {
         // tracker would mark the conversation as notified without a notice.
         let delivered = !matches!(outcome.decision, Decision::Refuse { .. });
         if let (Some(request), true) = (&verdict.disclaimer, delivered) {
-            let due = self
-                .disclaimers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .should_send_request(request, Instant::now());
+            let tracker = || self.disclaimers.lock().unwrap_or_else(|p| p.into_inner());
+            // The notice counts as sent only once its message is on its way: when one is
+            // due, the message's record is awaited here rather than in the relay's window.
+            if tracker().is_due(request, Instant::now()) {
+                if let Some(pending) = durable.take() {
+                    if pending.await.is_err() {
+                        return refuse(
+                            item,
+                            ErrorType::Wait,
+                            "internal-server-error",
+                            NOT_ARCHIVED,
+                        );
+                    }
+                }
+            }
+            let due = tracker().should_send_request(request, Instant::now());
             if due {
                 outcome.inject.to_upstream.push(disclaimer(
                     &request.to,
@@ -681,12 +707,12 @@ impl Inspector for Pipeline {
         // An entry reserved its place in the room: a refused one must give it back, so
         // the rare entry that carries a record waits for it here.
         if let Some(durable) = inspection.durable.take() {
-            if let Err(why) = durable.await {
+            if durable.await.is_err() {
                 inspection.outcome = refuse(
                     &item,
                     ErrorType::Wait,
                     "internal-server-error",
-                    &format!("{NOT_ARCHIVED} ({why})"),
+                    NOT_ARCHIVED,
                 );
             }
         }

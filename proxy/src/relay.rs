@@ -47,6 +47,8 @@ enum Ended {
     ClientGone,
     UpstreamClosedStream,
     UpstreamGone,
+    /// The other direction ended first.
+    Cancelled,
     Shutdown,
     Failed(SessionError),
 }
@@ -58,6 +60,7 @@ impl Ended {
             Ended::ClientGone => "client connection dropped".into(),
             Ended::UpstreamClosedStream => "upstream closed the stream".into(),
             Ended::UpstreamGone => "upstream connection dropped".into(),
+            Ended::Cancelled => "the other direction ended".into(),
             Ended::Shutdown => "proxy shutting down".into(),
             Ended::Failed(e) => e.to_string(),
         }
@@ -163,8 +166,13 @@ impl LegWriter {
         }
     }
 
-    /// One write (and one flush, so one TLS record train) for the whole batch.
+    /// One write (and one flush, so one TLS record train) for the whole batch. The counts
+    /// go first: a receiver's `h` covers at most what was handed to its socket, so a
+    /// write that fails or is cut off part-way leaves them exact.
     async fn write_batch(&mut self, batch: &Batch) -> Result<(), Ended> {
+        for counted in &batch.counts {
+            self.count(*counted);
+        }
         if !batch.bytes.is_empty() {
             send(&mut self.w, &batch.bytes)
                 .await
@@ -172,9 +180,6 @@ impl LegWriter {
                     Direction::Inbound => Ended::ClientGone,
                     Direction::Outbound => Ended::UpstreamGone,
                 })?;
-        }
-        for counted in &batch.counts {
-            self.count(*counted);
         }
         Ok(())
     }
@@ -186,13 +191,44 @@ impl LegWriter {
 const WINDOW_STANZAS: usize = 256;
 const WINDOW_BYTES: usize = 1 << 20;
 
-/// A stanza waiting for its record to be durable before it goes on.
+/// A stanza waiting for its record to be durable before it goes on, or whitespace
+/// between stanzas waiting for the stanzas before it.
 struct InFlight {
-    stanza: Stanza,
-    /// Its sender and recipient, for the error its sender gets if the record fails.
+    raw: bytes::Bytes,
+    /// The stanza, for the error its sender gets if its record fails; `None` for
+    /// whitespace, which is not counted by stream management.
+    root: Option<Element>,
+    /// Its sender and recipient, for that error.
     from: Option<String>,
     to: Option<String>,
     inspection: Inspection,
+}
+
+impl InFlight {
+    fn whitespace(raw: bytes::Bytes) -> InFlight {
+        InFlight {
+            raw,
+            root: None,
+            from: None,
+            to: None,
+            inspection: crate::inspect::Outcome::forward().into(),
+        }
+    }
+
+    fn stanza(
+        stanza: Stanza,
+        from: Option<String>,
+        to: Option<String>,
+        inspection: Inspection,
+    ) -> InFlight {
+        InFlight {
+            raw: stanza.raw,
+            root: Some(stanza.root),
+            from,
+            to,
+            inspection,
+        }
+    }
 }
 
 /// One direction's stanzas in flight, in wire order: each is forwarded once its own
@@ -213,7 +249,7 @@ impl Window {
     }
 
     fn push(&mut self, item: InFlight) {
-        self.bytes += item.stanza.raw.len();
+        self.bytes += item.raw.len();
         self.queue.push_back(item);
     }
 
@@ -240,7 +276,7 @@ impl Window {
             let Some(mut item) = self.queue.pop_front() else {
                 break;
             };
-            self.bytes -= item.stanza.raw.len();
+            self.bytes -= item.raw.len();
             item.inspection.durable = None;
             settled.push((item, result));
             next = match self.queue.front_mut() {
@@ -322,9 +358,8 @@ impl<'a, I: Inspector> Relay<'a, I> {
         else {
             return ("internal: relay started twice".into(), self.snapshot());
         };
-        let c2u = self.client_to_upstream(client_r, client_framer);
-        let u2c = self.upstream_to_client(upstream_r, upstream_framer);
-        tokio::pin!(c2u, u2c);
+        let mut c2u = Box::pin(self.client_to_upstream(client_r, client_framer));
+        let mut u2c = Box::pin(self.upstream_to_client(upstream_r, upstream_framer));
         // Give the other direction a moment to pass the peer's closing tag on.
         let grace = Duration::from_secs(2);
         let first = tokio::select! {
@@ -337,6 +372,10 @@ impl<'a, I: Inspector> Relay<'a, I> {
                 ended
             }
         };
+        // A direction still running past the grace may be inside a write holding its
+        // leg: dropped here, it lets go, so the closing writes below cannot wait forever.
+        drop(c2u);
+        drop(u2c);
         self.finish_client(stream::CLOSE).await;
         self.finish_upstream().await;
         self.keep_for_resumption().await;
@@ -506,7 +545,7 @@ impl<'a, I: Inspector> Relay<'a, I> {
                 self.finish_upstream().await;
                 info!(cause = %err, "closing session");
             }
-            Ended::UpstreamClosedStream | Ended::UpstreamGone => {}
+            Ended::UpstreamClosedStream | Ended::UpstreamGone | Ended::Cancelled => {}
         }
         // After a clean `</stream:stream>` the upstream still answers with its own closing
         // tag, which upstream→client passes on; otherwise stop it now.
@@ -541,6 +580,8 @@ impl<'a, I: Inspector> Relay<'a, I> {
             );
             let frame = tokio::select! {
                 biased;
+                () = self.shared.shutdown.cancelled() => return Ended::Shutdown,
+                () = self.done.cancelled() => return Ended::Cancelled,
                 head = window.head_settled(), if !window.is_empty() => {
                     match self.forward_settled(Direction::Outbound, window, head).await {
                         Ok(()) => continue,
@@ -548,8 +589,6 @@ impl<'a, I: Inspector> Relay<'a, I> {
                     }
                 }
                 r = read, if window.has_room() => r,
-                () = self.shared.shutdown.cancelled() => return Ended::Shutdown,
-                () = self.done.cancelled() => return Ended::UpstreamGone,
             };
             let frame = match frame {
                 Ok(Some(frame)) => frame,
@@ -559,13 +598,18 @@ impl<'a, I: Inspector> Relay<'a, I> {
                     return Ended::Failed(ClientFault::Timeout("authentication").into());
                 }
             };
+            if let Frame::Whitespace(bytes) = frame {
+                // A keepalive keeps its place among the stanzas, without a drain.
+                window.push(InFlight::whitespace(bytes));
+                continue;
+            }
             if !matches!(frame, Frame::Stanza(_)) {
                 if let Err(ended) = self.drain(Direction::Outbound, window).await {
                     return ended;
                 }
             }
             let result = match frame {
-                Frame::Whitespace(bytes) => self.to_upstream(&bytes).await,
+                Frame::Whitespace(_) => Ok(()),
                 Frame::StreamHeader(h) => {
                     // The restarted stream is the same stream: `jabber:client` content
                     // (another default namespace would make every stanza an element
@@ -641,6 +685,7 @@ impl<'a, I: Inspector> Relay<'a, I> {
             let read = read_frame(reader, framer, &mut buf, None, None);
             let frame = tokio::select! {
                 biased;
+                () = self.done.cancelled() => return Ended::Cancelled,
                 head = window.head_settled(), if !window.is_empty() => {
                     match self.forward_settled(Direction::Inbound, window, head).await {
                         Ok(()) => continue,
@@ -648,7 +693,6 @@ impl<'a, I: Inspector> Relay<'a, I> {
                     }
                 }
                 r = read, if window.has_room() => r,
-                () = self.done.cancelled() => return Ended::ClientGone,
             };
             let frame = match frame {
                 Ok(Some(frame)) => frame,
@@ -657,13 +701,17 @@ impl<'a, I: Inspector> Relay<'a, I> {
                 }
                 Err(ReadError::Frame(e)) => return Ended::Failed(UpstreamFault::Frame(e).into()),
             };
+            if let Frame::Whitespace(bytes) = frame {
+                window.push(InFlight::whitespace(bytes));
+                continue;
+            }
             if !matches!(frame, Frame::Stanza(_)) {
                 if let Err(ended) = self.drain(Direction::Inbound, window).await {
                     return ended;
                 }
             }
             let result = match frame {
-                Frame::Whitespace(bytes) => self.to_client(&bytes).await,
+                Frame::Whitespace(_) => Ok(()),
                 Frame::StreamHeader(h) => {
                     if let Err(e) = h.require_client_content() {
                         return Ended::Failed(UpstreamFault::Frame(e).into());
@@ -931,14 +979,16 @@ impl<'a, I: Inspector> Relay<'a, I> {
                 // The inspector logged why.
                 Err(_) => crate::inspect::Outcome {
                     decision: Decision::Refuse {
-                        error: stanza_error(
-                            &item.stanza.root,
-                            item.from.as_deref(),
-                            item.to.as_deref(),
-                            ErrorType::Wait,
-                            "internal-server-error",
-                            Some(crate::inspect::NOT_ARCHIVED),
-                        ),
+                        error: item.root.as_ref().and_then(|root| {
+                            stanza_error(
+                                root,
+                                item.from.as_deref(),
+                                item.to.as_deref(),
+                                ErrorType::Wait,
+                                "internal-server-error",
+                                Some(crate::inspect::NOT_ARCHIVED),
+                            )
+                        }),
                     },
                     inject: Default::default(),
                 },
@@ -956,9 +1006,14 @@ impl<'a, I: Inspector> Relay<'a, I> {
             for bytes in &to_peer {
                 peer.add(bytes, Counted::Injected);
             }
+            let counted = if item.root.is_some() {
+                Counted::Forwarded
+            } else {
+                Counted::No
+            };
             match outcome.decision {
-                Decision::Forward => peer.add(&item.stanza.raw, Counted::Forwarded),
-                Decision::Replace(bytes) => peer.add(&bytes, Counted::Forwarded),
+                Decision::Forward => peer.add(&item.raw, counted),
+                Decision::Replace(bytes) => peer.add(&bytes, counted),
                 Decision::Refuse { error } => {
                     peer.add(&[], Counted::Dropped);
                     if let Some(error) = error {
@@ -967,12 +1022,14 @@ impl<'a, I: Inspector> Relay<'a, I> {
                 }
             }
         }
+        // The peer's batch first: a sender that cannot take its errors does not hold
+        // back the stanzas already archived before and after the refused one.
         let (to_peer, to_sender) = self.legs(direction);
-        if !sender.counts.is_empty() {
-            to_sender.lock().await.write_batch(&sender).await?;
-        }
         if !peer.counts.is_empty() {
             to_peer.lock().await.write_batch(&peer).await?;
+        }
+        if !sender.counts.is_empty() {
+            to_sender.lock().await.write_batch(&sender).await?;
         }
         Ok(())
     }
@@ -1072,18 +1129,15 @@ impl<'a, I: Inspector> Relay<'a, I> {
                         ));
                     }
                     ClientStanza::PassUnrecorded => {
-                        window.push(InFlight {
+                        window.push(InFlight::stanza(
                             stanza,
-                            from: None,
-                            to: None,
-                            inspection: crate::inspect::Outcome::forward().into(),
-                        });
+                            None,
+                            None,
+                            crate::inspect::Outcome::forward().into(),
+                        ));
                         return Ok(());
                     }
-                    ClientStanza::InvalidFrom { claimed, .. } => {
-                        self.drain(direction, window).await?;
-                        (Copy::Direct, Some(claimed))
-                    }
+                    ClientStanza::InvalidFrom { claimed, .. } => (Copy::Direct, Some(claimed)),
                     // A client never relays the server's carbons or archive results.
                     ClientStanza::Inspect(_) if view.forwarded.is_some() => {
                         (Copy::ForgedWrapper, None)
@@ -1108,7 +1162,9 @@ impl<'a, I: Inspector> Relay<'a, I> {
             })
             .await;
         if let Some(claimed) = claimed_from {
-            // Nothing of the stanza is delivered; the attempt is on the record.
+            // Nothing of the stanza is delivered; the attempt is on the record (queued
+            // before anything else can fail), and what came before it goes on first.
+            self.drain(direction, window).await?;
             let _ = inspection.settled().await;
             to_peer.lock().await.sm.dropped();
             return Err(Ended::Failed(
@@ -1119,12 +1175,7 @@ impl<'a, I: Inspector> Relay<'a, I> {
                 .into(),
             ));
         }
-        window.push(InFlight {
-            stanza,
-            from: view.from,
-            to: view.to,
-            inspection,
-        });
+        window.push(InFlight::stanza(stanza, view.from, view.to, inspection));
         Ok(())
     }
 }
@@ -1144,5 +1195,86 @@ pub(crate) fn fill_addresses(view: &mut StanzaView, direction: Direction, jid: O
             view.to.get_or_insert_with(|| jid.to_owned());
             view.from.get_or_insert_with(|| bare.to_owned());
         }
+    }
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+    use crate::inspect::Outcome;
+    use tokio::sync::oneshot;
+
+    fn pending() -> (oneshot::Sender<Result<(), String>>, InFlight) {
+        let (tx, rx) = oneshot::channel::<Result<(), String>>();
+        let durable: crate::inspect::Durable =
+            Box::pin(async move { rx.await.unwrap_or(Err("dropped".into())) });
+        let item = InFlight {
+            raw: bytes::Bytes::from_static(b"<message/>"),
+            root: None,
+            from: None,
+            to: None,
+            inspection: Inspection {
+                outcome: Outcome::forward(),
+                durable: Some(durable),
+            },
+        };
+        (tx, item)
+    }
+
+    /// A later record acknowledged first waits for the earlier one: nothing overtakes.
+    #[tokio::test]
+    async fn a_later_record_settled_first_does_not_overtake() {
+        let mut w = Window::default();
+        let (first, a) = pending();
+        let (second, b) = pending();
+        w.push(a);
+        w.push(b);
+        w.push(InFlight::whitespace(bytes::Bytes::from_static(b"\n")));
+        second.send(Ok(())).ok();
+        let early = tokio::time::timeout(Duration::from_millis(50), w.head_settled()).await;
+        assert!(early.is_err(), "the head is not settled yet");
+        assert_eq!(w.queue.len(), 3);
+        first.send(Ok(())).ok();
+        let head = w.head_settled().await;
+        let settled = w.take_settled(head);
+        // All three go in one write, in order: the head, the one settled before it, and
+        // the whitespace behind them.
+        assert_eq!(settled.len(), 3);
+        assert!(settled.iter().all(|(_, r)| r.is_ok()));
+        assert!(w.is_empty());
+        assert_eq!(w.bytes, 0);
+    }
+
+    /// A failed record is reported with its own stanza; what follows and is not settled
+    /// stays in the window, in order.
+    #[tokio::test]
+    async fn a_failed_record_settles_alone_and_in_order() {
+        let mut w = Window::default();
+        let (first, a) = pending();
+        let (_second, b) = pending();
+        w.push(a);
+        w.push(b);
+        first.send(Err("disk full".into())).ok();
+        let head = w.head_settled().await;
+        let settled = w.take_settled(head);
+        assert_eq!(settled.len(), 1);
+        assert_eq!(settled[0].1, Err("disk full".to_owned()));
+        assert_eq!(w.queue.len(), 1);
+    }
+
+    #[test]
+    fn the_window_is_bounded_in_stanzas_and_bytes() {
+        let mut w = Window::default();
+        for _ in 0..WINDOW_STANZAS {
+            assert!(w.has_room());
+            w.push(InFlight::whitespace(bytes::Bytes::from_static(b" ")));
+        }
+        assert!(!w.has_room());
+        let mut w = Window::default();
+        w.push(InFlight::whitespace(bytes::Bytes::from(vec![
+            b' ';
+            WINDOW_BYTES
+        ])));
+        assert!(!w.has_room());
     }
 }
