@@ -235,30 +235,37 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
                     signing_key: custos_archive::load_signing_key(&a.signing_key)?,
                 });
             }
-            let bound = custos_web_ui::bind(web_config, archive.clone())
+            // Configuration mistakes (the users file, the address) stop the start here;
+            // reading the archive for the review state waits until XMPP is served.
+            let prepared = custos_web_ui::prepare(web_config)
                 .await
                 .context("starting the review web UI")?;
-            info!(addr = %bound.local_addr(), https = w.tls.is_some(), "web UI listening");
-            let stop = shutdown.clone();
-            Some(tokio::spawn(
-                bound.run(async move { stop.cancelled().await }),
-            ))
+            Some((prepared, archive.clone(), w.tls.is_some()))
         }
         _ => None,
     };
 
-    if let Some(proxy_config) = cfg.proxy {
-        let proxy = Proxy::bind(proxy_config).await?;
-        for addr in proxy.local_addrs() {
-            // A line scripts and tests can wait for.
-            info!(%addr, "proxy listening");
+    let proxy = match cfg.proxy {
+        Some(proxy_config) => {
+            let proxy = Proxy::bind(proxy_config).await?;
+            for addr in proxy.local_addrs() {
+                // A line scripts and tests can wait for.
+                info!(%addr, "proxy listening");
+            }
+            readiness
+                .listening
+                .store(true, std::sync::atomic::Ordering::Release);
+            Some(proxy)
         }
-        readiness
-            .listening
-            .store(true, std::sync::atomic::Ordering::Release);
-        proxy.run(pipeline.clone(), shutdown.clone()).await;
-    } else {
-        shutdown.cancelled().await;
+        None => None,
+    };
+    let web = web.map(|(prepared, archive, https)| {
+        let stop = shutdown.clone();
+        tokio::spawn(serve_web(prepared, archive, https, stop))
+    });
+    match proxy {
+        Some(proxy) => proxy.run(pipeline.clone(), shutdown.clone()).await,
+        None => shutdown.cancelled().await,
     }
     if let Some(web) = web {
         match web.await {
@@ -292,6 +299,36 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
         info!("archive closed");
     }
     Ok(())
+}
+
+/// Loads the review UI's state from the archive, then serves it until shutdown; XMPP is
+/// served meanwhile. `custos_web_ui_ready` is 1 while it serves.
+async fn serve_web(
+    prepared: custos_web_ui::PreparedWeb,
+    archive: Archive,
+    https: bool,
+    stop: CancellationToken,
+) -> Result<(), custos_web_ui::WebError> {
+    let addr = prepared.local_addr();
+    let started = std::time::Instant::now();
+    metrics::gauge!("custos_web_ui_ready").set(0.0);
+    let bound = match prepared.load(archive).await {
+        Ok(bound) => bound,
+        Err(err) => {
+            error!(cause = %err, %addr, "the review web UI could not read the archive and is not served; XMPP is");
+            return Err(err);
+        }
+    };
+    info!(
+        %addr,
+        https,
+        seconds = started.elapsed().as_secs_f64(),
+        "web UI listening"
+    );
+    metrics::gauge!("custos_web_ui_ready").set(1.0);
+    let served = bound.run(async move { stop.cancelled().await }).await;
+    metrics::gauge!("custos_web_ui_ready").set(0.0);
+    served
 }
 
 /// Runs expiry every `every` (first a minute after start, so a restart loop cannot

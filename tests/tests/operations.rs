@@ -149,6 +149,16 @@ async fn the_review_ui_serves_https_with_secure_cookies() -> TestResult {
         plain.as_ref().map_or(true, |(status, _)| *status != 200),
         "{plain:?}"
     );
+    // XMPP is served before the review UI reads its state from the archive.
+    rig.wait_for_log("web UI listening", Duration::from_secs(10))?;
+    let log = rig.custos.log();
+    let proxy_at = log
+        .find("proxy listening")
+        .ok_or("no proxy listening line")?;
+    let web_at = log
+        .find("web UI listening")
+        .ok_or("no web UI listening line")?;
+    assert!(proxy_at < web_at, "{}", rig.context());
     Ok(())
 }
 

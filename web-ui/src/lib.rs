@@ -151,21 +151,47 @@ pub struct BoundWeb {
     app: Arc<app::App>,
 }
 
-/// Checks the users file, rebuilds review state from the archive and binds
-/// the socket, so every start-up error surfaces before serving.
-pub async fn bind(cfg: WebConfig, archive: custos_archive::Archive) -> Result<BoundWeb, WebError> {
+/// A web UI whose users file is checked and whose socket is bound, before anything is
+/// read from the archive: connections wait in the socket's backlog until
+/// [`PreparedWeb::load`] is done.
+pub struct PreparedWeb {
+    cfg: WebConfig,
+    listener: tokio::net::TcpListener,
+}
+
+/// Checks the users file and binds the socket: the quick part of [`bind`], where
+/// configuration mistakes show.
+pub async fn prepare(cfg: WebConfig) -> Result<PreparedWeb, WebError> {
     users::load_users(&cfg.users_file)?;
     let addr = cfg.bind;
-    let app = tokio::task::spawn_blocking(move || app::App::new(cfg, archive))
-        .await
-        .map_err(|e| WebError::Serve(std::io::Error::other(e.to_string())))??;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| WebError::Bind { addr, source })?;
-    Ok(BoundWeb {
-        listener,
-        app: Arc::new(app),
-    })
+    Ok(PreparedWeb { cfg, listener })
+}
+
+impl PreparedWeb {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.cfg.bind)
+    }
+
+    /// Rebuilds review state from the archive (the slow part, off the async threads).
+    pub async fn load(self, archive: custos_archive::Archive) -> Result<BoundWeb, WebError> {
+        let cfg = self.cfg;
+        let app = tokio::task::spawn_blocking(move || app::App::new(cfg, archive))
+            .await
+            .map_err(|e| WebError::Serve(std::io::Error::other(e.to_string())))??;
+        Ok(BoundWeb {
+            listener: self.listener,
+            app: Arc::new(app),
+        })
+    }
+}
+
+/// Checks the users file, binds the socket and rebuilds review state from the archive:
+/// [`prepare`] then [`PreparedWeb::load`].
+pub async fn bind(cfg: WebConfig, archive: custos_archive::Archive) -> Result<BoundWeb, WebError> {
+    prepare(cfg).await?.load(archive).await
 }
 
 impl BoundWeb {
