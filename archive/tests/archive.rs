@@ -370,3 +370,52 @@ async fn an_idle_writer_signs_a_checkpoint_covering_the_newest_records() {
     );
     archive.close().await.unwrap();
 }
+
+/// The indexer's queue is bounded and the writer never waits on it: with a queue of one
+/// batch, a burst makes the writer leave batches out, and the indexer reads what it
+/// missed from the log. Every record is found; none is skipped by the index's mark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_left_out_of_a_full_index_queue_are_read_from_the_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (master, signing, _) = keys(tmp.path());
+    let mut cfg = ArchiveConfig::new(tmp.path().join("archive"), master, signing);
+    cfg.index_queue = 1;
+    let archive = Archive::open(cfg).unwrap();
+    // A pipelined burst (few large batches keep the indexer busy), then appends one at
+    // a time (a batch each), which arrive while it is.
+    const BURST: usize = 4000;
+    const N: usize = BURST + 400;
+    let record = |i: usize| {
+        let mut rec = msg(
+            "alice@example.test/laptop",
+            "bob@example.test",
+            Direction::Outbound,
+            &format!("overflowing burst {i}"),
+            Action::Allow,
+            &[],
+        );
+        if let NewRecord::Message(m) = &mut rec {
+            m.id = Some(format!("burst-{i}"));
+        }
+        rec
+    };
+    let pending: Vec<_> = (0..BURST).map(|i| archive.submit(record(i))).collect();
+    for p in pending {
+        p.await.unwrap();
+    }
+    for i in BURST..N {
+        archive.append(record(i)).await.unwrap();
+    }
+    assert!(
+        archive.index_deferred() > 0,
+        "the queue of one never filled: the test proves nothing"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while archive.index_lag() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(archive.index_lag(), 0, "{:?}", archive.index_health());
+    let hits = archive.search("overflowing", N + 10).unwrap();
+    assert_eq!(hits.len(), N, "records the index never took in");
+    archive.close().await.unwrap();
+}

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -23,6 +23,8 @@ use super::*;
 
 /// Most records committed by one write + fsync.
 const MAX_BATCH: usize = 4096;
+/// [`ArchiveConfig::index_queue`] by default.
+const INDEX_QUEUE_BATCHES: usize = 256;
 /// How often the indexer commits when it has new documents: keeps a new
 /// message searchable within a second.
 const INDEX_COMMIT_INTERVAL: Duration = Duration::from_millis(500);
@@ -42,6 +44,10 @@ pub struct ArchiveConfig {
     pub witness: Option<PathBuf>,
     /// A bucket that holds sealed segments ([`crate::bucket`]): reads fall back to it.
     pub object_store: Option<crate::bucket::Remote>,
+    /// Batches of appended records that may wait for the indexer. Past this the writer
+    /// leaves batches out rather than wait or hold more records in memory; the indexer
+    /// reads what it missed from the log.
+    pub index_queue: usize,
 }
 
 impl ArchiveConfig {
@@ -56,6 +62,7 @@ impl ArchiveConfig {
             checkpoint_every: 1000,
             witness: None,
             object_store: None,
+            index_queue: INDEX_QUEUE_BATCHES,
         }
     }
 }
@@ -194,6 +201,8 @@ struct Inner {
     /// What the retention job verifies the archive with before it shreds anything.
     public_key: ed25519_dalek::VerifyingKey,
     witness: Option<PathBuf>,
+    /// Batches the writer left out of the indexer's full queue.
+    index_deferred: Arc<AtomicU64>,
 }
 
 /// The archive of the serving process. Clone freely; all clones share one
@@ -308,9 +317,13 @@ impl Archive {
         log_end.store(log.next_seq() - 1, Ordering::Release);
         let inbox_health = Arc::new(Mutex::new(drained.problem));
         let (tx, rx) = mpsc::channel::<Cmd>();
-        let (itx, irx) = mpsc::channel::<IndexCmd>();
+        let (itx, irx) = mpsc::sync_channel::<IndexCmd>(cfg.index_queue.max(1));
+        let itx = IndexQueue {
+            tx: itx,
+            deferred: Arc::default(),
+        };
         if !first_batch.is_empty() {
-            let _ = itx.send(IndexCmd::Add(first_batch));
+            to_indexer(&itx, first_batch);
         }
         let health = Arc::new(Mutex::new(None));
         let h2 = health.clone();
@@ -318,13 +331,15 @@ impl Archive {
             .name("custos-indexer".into())
             .spawn({
                 let indexed = indexed.clone();
-                move || indexer_loop(indexer, fill_reader, irx, h2, indexed)
+                let log_end = log_end.clone();
+                move || indexer_loop(indexer, fill_reader, irx, h2, indexed, log_end)
             })
             .map_err(OpenError::Thread)?;
         let ih = inbox_health.clone();
         let le = log_end.clone();
         let write_health: Arc<Mutex<Option<String>>> = Arc::default();
         let wh = write_health.clone();
+        let index_deferred = itx.deferred.clone();
         let writer_thread = std::thread::Builder::new()
             .name("custos-archive-writer".into())
             .spawn(move || {
@@ -347,8 +362,15 @@ impl Archive {
                 log_end,
                 public_key: cfg.signing_key.verifying_key(),
                 witness: cfg.witness.clone(),
+                index_deferred,
             }),
         })
+    }
+
+    /// How many batches of appended records the indexer's full queue made the writer
+    /// leave out since open (the indexer read them from the log).
+    pub fn index_deferred(&self) -> u64 {
+        self.inner.index_deferred.load(Ordering::Relaxed)
     }
 
     /// Whether a copy of the logical message `identity` other than an archive replay
@@ -602,6 +624,23 @@ impl Archive {
     }
 }
 
+/// Hands appended records to the indexer without ever waiting on it: with its queue
+/// full the batch is left out, and the indexer, finding the gap, reads those records
+/// from the log (the log is the record; the index follows it).
+fn to_indexer(itx: &IndexQueue, appended: Vec<Appended>) {
+    if let Err(TrySendError::Full(_)) = itx.tx.try_send(IndexCmd::Add(appended)) {
+        itx.deferred.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("custos_index_batches_deferred_total").increment(1);
+    }
+}
+
+/// The writer's side of the indexer's bounded queue.
+struct IndexQueue {
+    tx: SyncSender<IndexCmd>,
+    /// Batches left out because the queue was full.
+    deferred: Arc<AtomicU64>,
+}
+
 /// One write and one fsync for `batch`, timed and counted.
 fn write_batch(
     log: &mut LogWriter,
@@ -617,7 +656,7 @@ fn write_batch(
 fn writer_loop(
     mut log: LogWriter,
     rx: Receiver<Cmd>,
-    itx: Sender<IndexCmd>,
+    itx: IndexQueue,
     mut inbox: Drain,
     inbox_health: Arc<Mutex<Option<String>>>,
     log_end: Arc<AtomicU64>,
@@ -637,7 +676,7 @@ fn writer_loop(
                 publish(log);
                 *inbox_health.lock().unwrap_or_else(|p| p.into_inner()) = d.problem;
                 if !d.appended.is_empty() {
-                    let _ = itx.send(IndexCmd::Add(d.appended));
+                    to_indexer(&itx, d.appended);
                     if let Err(e) = log.maybe_roll() {
                         *failed = Some(e.to_string());
                     }
@@ -646,10 +685,10 @@ fn writer_loop(
             Err(e) => *failed = Some(e.to_string()),
         }
     };
-    let finish = |log: LogWriter, itx: &Sender<IndexCmd>| -> Result<(), CloseError> {
+    let finish = |log: LogWriter, itx: &IndexQueue| -> Result<(), CloseError> {
         let sealed = log.finish().map_err(|e| CloseError::Seal(e.to_string()));
         let (dtx, drx) = mpsc::channel();
-        let indexed = match itx.send(IndexCmd::Close(dtx)) {
+        let indexed = match itx.tx.send(IndexCmd::Close(dtx)) {
             Ok(()) => drx.recv().unwrap_or(Ok(())).map_err(CloseError::Index),
             Err(_) => Ok(()),
         };
@@ -720,7 +759,7 @@ fn writer_loop(
                                 time: a.record.time,
                             }));
                         }
-                        let _ = itx.send(IndexCmd::Add(appended));
+                        to_indexer(&itx, appended);
                         if let Err(e) = log.maybe_roll() {
                             failed = Some(e.to_string());
                         }
@@ -759,7 +798,7 @@ fn writer_loop(
             // than waiting for the next open.
             drain(&mut inbox, &mut log, &mut failed);
             let r = if failed.is_some() {
-                let _ = itx.send(IndexCmd::Close(mpsc::channel().0));
+                let _ = itx.tx.send(IndexCmd::Close(mpsc::channel().0));
                 Err(CloseError::Seal(failed.unwrap_or_default()))
             } else {
                 finish(log, &itx)
@@ -777,7 +816,7 @@ fn writer_loop(
 fn shred_segment(
     log: &mut LogWriter,
     req: ShredRequest,
-    itx: &Sender<IndexCmd>,
+    itx: &IndexQueue,
 ) -> Result<AppendReceipt, ShredError> {
     let segment = req.segment;
     if segment == log.active_segment() {
@@ -812,7 +851,7 @@ fn shred_segment(
         seq: a.record.seq,
         time: a.record.time,
     });
-    let _ = itx.send(IndexCmd::Add(appended));
+    to_indexer(itx, appended);
     crash_point("shred-recorded");
     log.destroy_key(segment)
         .map_err(|e| failed(e.to_string()))?;
@@ -826,6 +865,7 @@ fn indexer_loop(
     rx: Receiver<IndexCmd>,
     health: Arc<Mutex<Option<String>>>,
     indexed: Arc<AtomicU64>,
+    log_end: Arc<AtomicU64>,
 ) {
     let set = |e: Option<String>| *health.lock().unwrap_or_else(|p| p.into_inner()) = e;
     // First what the log holds beyond the index's mark; appends queued meanwhile are
@@ -860,9 +900,32 @@ fn indexer_loop(
         }
     };
     let mut last_commit = Instant::now();
+    // Reads from the log what the index is missing; false (and the index's health set)
+    // when it cannot.
+    let catch_up = |idx: &mut BlindIndexWriter| -> bool {
+        let caught_up = fill::<OpenError>(&reader, idx, &mut |_, _| {}, &mut |through| {
+            indexed.store(through, Ordering::Release)
+        });
+        match caught_up {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "search index cannot read the records it missed from the log");
+                set(Some(format!("catching up with the log: {e}")));
+                false
+            }
+        }
+    };
     loop {
         match rx.recv_timeout(INDEX_COMMIT_INTERVAL) {
             Ok(IndexCmd::Add(v)) if !broken => {
+                let first = v.first().map_or(0, |a| a.record.seq.0);
+                // Batches were left out while the queue was full: what lies between
+                // comes from the log first, so the mark never passes a record that is
+                // not in the index.
+                if first > idx.indexed_through() + 1 && !catch_up(&mut idx) {
+                    broken = true;
+                    continue;
+                }
                 for a in &v {
                     if let Err(e) = idx.add(a) {
                         set(Some(e.to_string()));
@@ -881,7 +944,16 @@ fn indexer_loop(
                 let _ = done.send(r);
                 return;
             }
-            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Timeout) => {
+                // Idle with records the queue left out (the last batches of a burst):
+                // nothing more will come to show the gap, so look at the log's end.
+                if !broken
+                    && log_end.load(Ordering::Acquire) > idx.indexed_through()
+                    && !catch_up(&mut idx)
+                {
+                    broken = true;
+                }
+            }
             Err(RecvTimeoutError::Disconnected) => {
                 if !broken {
                     let _ = idx.finish();
