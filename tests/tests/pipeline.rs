@@ -835,3 +835,81 @@ async fn a_kill_during_a_pipelined_burst_delivers_nothing_unarchived() -> TestRe
     );
     Ok(())
 }
+
+/// Stream management through the window: a burst written at once, some of it refused by
+/// policy (dropped toward the server, an error injected toward the client), then `<r/>`
+/// in the same write. The server's count comes back translated to exactly what the client
+/// sent, after every stanza before it went on, and the server never sees a count it
+/// did not earn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_management_stays_exact_across_a_pipelined_burst_with_refusals() -> TestResult {
+    let rig = Rig::start(
+        "pipeline-sm-burst",
+        RigOptions {
+            archive: true,
+            rules: Some(
+                "[[rule]]\nid = \"no-out\"\nwhen = { direction = \"outbound\", body = { regex = \"forbidden-out\" } }\naction = \"block\"\n".into(),
+            ),
+            ..RigOptions::default()
+        },
+    )?;
+    let (mut alice, mut bob) = burst_pair(&rig).await?;
+    alice.enable_sm().await?;
+    const N: usize = 60;
+    let refused = |i: usize| i % 5 == 2;
+    let mut xml = String::new();
+    for i in 0..N {
+        let body = if refused(i) {
+            format!("forbidden-out {i}")
+        } else {
+            format!("smburst {i} in order")
+        };
+        xml.push_str(&format!(
+            "<message to='bob@example.test' type='chat' id='smburst-{i}'><body>{body}</body></message>"
+        ));
+    }
+    xml.push_str("<r xmlns='urn:xmpp:sm:3'/>");
+    alice.send(&xml).await?;
+    let ack = alice
+        .until(|e| e.ns == "urn:xmpp:sm:3" && e.name == "a")
+        .await?;
+    assert_eq!(
+        ack.attr("h"),
+        Some(N.to_string().as_str()),
+        "{}\n{}",
+        alice.transcript,
+        rig.context()
+    );
+    // Every refusal was answered before the count, which covers them.
+    let errors = alice.transcript.matches("policy-violation").count();
+    assert_eq!(
+        errors,
+        (0..N).filter(|&i| refused(i)).count(),
+        "{}",
+        alice.transcript
+    );
+
+    let wanted: Vec<usize> = (0..N).filter(|&i| !refused(i)).collect();
+    let (delivered, _) = receive_burst(
+        &mut bob,
+        "smburst",
+        wanted.len(),
+        Duration::from_secs(3),
+        WAIT,
+    )
+    .await?;
+    assert_eq!(delivered, wanted, "delivered out of order or with a gap");
+
+    // A second round: the counts stay in step.
+    alice
+        .send("<message to='bob@example.test' type='chat' id='smburst-last'><body>smburst 60 in order</body></message><r xmlns='urn:xmpp:sm:3'/>")
+        .await?;
+    let ack = alice
+        .until(|e| e.ns == "urn:xmpp:sm:3" && e.name == "a")
+        .await?;
+    assert_eq!(ack.attr("h"), Some((N + 1).to_string().as_str()));
+    let prosody_log = rig.server.log_tail();
+    assert!(!prosody_log.contains("acknowledged more"), "{prosody_log}");
+    assert!(!prosody_log.contains("handled-count"), "{prosody_log}");
+    Ok(())
+}
