@@ -14,8 +14,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static> Io for T {}
 
 pub type BoxIo = Box<dyn Io>;
 
-/// Read size per call; TLS records are at most 16 KiB of plaintext.
-pub const READ_CHUNK: usize = 16 * 1024;
+/// Read size per call. A TLS record (up to 16 KiB of plaintext) that does not fit is
+/// handed out over several reads from the TLS layer's buffer, without more syscalls; the
+/// small size keeps each idle session's two read buffers small.
+pub const READ_CHUNK: usize = 4 * 1024;
 
 #[derive(Debug)]
 pub enum ReadError {

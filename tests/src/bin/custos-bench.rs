@@ -69,7 +69,10 @@ impl Client {
         c.framer.restart();
         c.send(HEADER).await?;
         c.until("features").await?;
-        c.send("<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>bench</resource></bind></iq>")
+        // A resource of its own, so sessions of one account do not replace each other.
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        c.send(&format!("<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>bench{n}</resource></bind></iq>"))
             .await?;
         let bound = c.until("iq").await?;
         c.jid = bound
@@ -203,6 +206,40 @@ fn cpu_time(pid: u32) -> Result<Duration, BoxError> {
 }
 
 /// `sysconf(_SC_CLK_TCK)`, asked of `getconf` once.
+/// Sessions held open for the idle-memory figure.
+const IDLE_SESSIONS: usize = 256;
+
+/// The growth of `pid`'s resident memory per session while `count` sessions are logged
+/// in and silent, in KiB.
+async fn idle_memory(
+    addr: SocketAddr,
+    ca: &std::path::Path,
+    pid: u32,
+    count: usize,
+) -> Result<f64, BoxError> {
+    let before = rss_kib(pid)?;
+    let mut held = Vec::with_capacity(count);
+    for i in 0..count {
+        held.push(Client::connect(addr, ca, &format!("user{}", i % 64), "bench-pw").await?);
+    }
+    // Let buffers the logins used settle.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss_kib(pid)?;
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok(after.saturating_sub(before) as f64 / count as f64)
+}
+
+/// Resident memory of `pid` from `/proc/PID/status`, in KiB.
+fn rss_kib(pid: u32) -> Result<u64, BoxError> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| format!("no VmRSS in /proc/{pid}/status").into())
+}
+
 fn clock_ticks() -> f64 {
     static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
     *TICKS.get_or_init(|| {
@@ -350,6 +387,12 @@ async fn main() -> Result<(), BoxError> {
     println!(
         "{n} messages per run, each client to itself, ~150-byte bodies, Direct TLS; rules {}",
         rules.display()
+    );
+    // First, while both heaps are fresh: what a logged-in session that stays silent costs.
+    let idle_via = idle_memory(via_addr, ca.cert_path(), custos_pid, IDLE_SESSIONS).await?;
+    let idle_direct = idle_memory(direct, ca.cert_path(), prosody.pid(), IDLE_SESSIONS).await?;
+    println!(
+        "idle sessions ({IDLE_SESSIONS}, logged in, silent): custos {idle_via:.1} KiB each; prosody directly {idle_direct:.1} KiB each"
     );
     let base = measure(direct, ca.cert_path(), n).await?;
     let via = measure(via_addr, ca.cert_path(), n).await?;
