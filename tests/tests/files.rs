@@ -147,3 +147,65 @@ async fn a_file_shared_by_http_upload_is_archived_and_an_officer_downloads_it() 
     let _ = browser.close().await;
     result
 }
+
+/// A file that cannot be fetched from the upload service (here: it is not there) is never
+/// silently missing: by default the message goes on and its record says why the file is
+/// not in it, flagged `custos:file-not-archived`; with `on_failure = "block"` the message
+/// is refused with an error to its sender, and the refusal is on the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_cannot_be_fetched_is_flagged_or_the_message_refused() -> TestResult {
+    for block in [false, true] {
+        let mut files = vec![("max_bytes", toml::Value::from(100_000))];
+        if block {
+            files.push(("on_failure", toml::Value::from("block")));
+        }
+        let rig = Rig::start(
+            if block {
+                "files-fail-block"
+            } else {
+                "files-fail-flag"
+            },
+            RigOptions {
+                archive: true,
+                file_share: true,
+                extra: section("files", files),
+                ..RigOptions::default()
+            },
+        )?;
+        let share = rig.file_share_url().ok_or("no upload service")?;
+        let mut alice = rig.connect("alice", "desk", Tls::StartTls).await?;
+        let mut bob = rig.connect("bob", "desk", Tls::StartTls).await?;
+        let url = format!(
+            "{}/never-uploaded/ghost-ledger.pdf",
+            share.trim_end_matches('/')
+        );
+        let id = alice.send_chat("bob@example.test", &url).await?;
+        if block {
+            let err = alice.wait_stanza_error(&id).await?;
+            assert_eq!(err.condition, "internal-server-error", "{err:?}");
+            assert!(err.text.contains("could not be archived"), "{}", err.text);
+            bob.expect_no_message(Duration::from_secs(1)).await?;
+        } else {
+            assert_eq!(bob.next_message().await?.body, url);
+        }
+        let want = if block { 1 } else { 2 };
+        let copies = rig.search_copies_until("ghost", want, Duration::from_secs(10))?;
+        assert_eq!(copies.len(), want, "{copies:#?}\n{}", rig.context());
+        for copy in &copies {
+            let rules = copy["rules"].as_array().ok_or("no rules")?;
+            assert!(
+                rules.iter().any(|r| r == "custos:file-not-archived"),
+                "{copy:#?}"
+            );
+            assert_eq!(
+                copy["action"],
+                if block { "block" } else { "flag" },
+                "{copy:#?}"
+            );
+            let error = copy["files"][0]["error"].as_str().unwrap_or_default();
+            assert!(!error.is_empty(), "the record says why: {copy:#?}");
+            assert_eq!(copy["files"][0]["stored"], false, "{copy:#?}");
+        }
+    }
+    Ok(())
+}
