@@ -338,20 +338,32 @@ pub fn coverage(
     let mmap = tantivy::directory::MmapDirectory::open(dir).map_err(tantivy::TantivyError::from)?;
     let index = Index::open(mmap)?;
     // Beside a running writer a commit can replace meta.json between loading it and
-    // checking its bytes: that is a newer commit, not damage, so look again.
+    // checking its bytes, and a merge can delete the files the loaded meta.json names
+    // before they are opened: that is a newer commit, not damage, so look again.
     let mut attempt = 0;
-    let mark = loop {
-        let meta = index.load_metas()?;
-        let mark = meta_mark(&meta, master, archive_id)?;
-        match check_files(dir, &meta, at_rest) {
-            Ok(()) => break mark,
+    loop {
+        match coverage_of(dir, &index, master, archive_id, at_rest) {
+            Ok(c) => return Ok(c),
             Err(_) if !at_rest && attempt < 3 => {
                 attempt += 1;
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
-            Err(e) => return Err(IndexError::Damaged(e)),
+            Err(e) => return Err(e),
         }
-    };
+    }
+}
+
+/// One reading of [`coverage`] from the commit `meta.json` names now.
+fn coverage_of(
+    dir: &Path,
+    index: &Index,
+    master: &MasterKey,
+    archive_id: &[u8; 16],
+    at_rest: bool,
+) -> Result<Coverage, IndexError> {
+    let meta = index.load_metas()?;
+    let mark = meta_mark(&meta, master, archive_id)?;
+    check_files(dir, &meta, at_rest).map_err(IndexError::Damaged)?;
     let damaged = index.validate_checksum()?;
     if !damaged.is_empty() {
         let mut names: Vec<String> = damaged.iter().map(|p| p.display().to_string()).collect();
