@@ -686,6 +686,15 @@ pub fn verify_bucket(reader: &ArchiveReader, remote: &Remote) -> Result<BucketCh
                 .client
                 .head_object(&o.key, Some(&recorded.version_id))?;
             match head {
+                // Listed a moment ago and gone now: for a shredded segment's key object
+                // past its lock, that is the shred's deletion landing while this check
+                // ran, as above.
+                None if is_key && records.shredded.contains(id) && lapsed => {
+                    out.notes.push(format!(
+                        "{}: the key object of shredded segment {id} went while the bucket was being checked; the record of its deletion is not in the bucket yet",
+                        o.key
+                    ));
+                }
                 None => out.problems.push((
                     Some(*id),
                     format!(
