@@ -1,15 +1,17 @@
 //! Relaying after negotiation: two futures of one task, client→upstream and
-//! upstream→client, each framing what it reads, handing stanzas to the [`Inspector`] and
-//! writing the outcome.
+//! upstream→client, each framing what it reads, handing stanzas to the [`Inspector`]
+//! (which queues their records) and writing the outcomes once the records are durable.
 //!
 //! ```text
-//!  client ──▶ [client_loop: frame, inspect, forward] ──▶ LegWriter(upstream)
-//!  client ◀── LegWriter(client) ◀── [upstream_loop: frame, inspect, forward] ◀── upstream
+//!  client ──▶ [client_loop: frame, inspect ─▶ window ─▶ forward when durable] ──▶ LegWriter(upstream)
+//!  client ◀── LegWriter(client) ◀── [upstream_loop: the same, the other way] ◀── upstream
 //! ```
-//! Reads are plain `read` calls, which are cancellation-safe, so each may be raced against
-//! shutdown. Both directions may write to either leg (a refused stanza's error goes back
-//! to its sender), so each write half sits behind an async mutex together with its stream
-//! management counter.
+//! Each direction's [`Window`] holds the stanzas whose records are in flight, in wire
+//! order; reading goes on while it has room, and what is not a stanza waits until it is
+//! empty. Reads are plain `read` calls, which are cancellation-safe, so each may be raced
+//! against shutdown and against the window's head settling. Both directions may write to
+//! either leg (a refused stanza's error goes back to its sender), so each write half sits
+//! behind an async mutex together with its stream management counter.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
