@@ -603,15 +603,8 @@ impl Pipeline {
                 }
             }));
             if carries_files {
-                if let Some(pending) = durable.take() {
-                    if pending.await.is_err() {
-                        return refuse(
-                            item,
-                            ErrorType::Wait,
-                            "internal-server-error",
-                            NOT_ARCHIVED,
-                        );
-                    }
+                if let Err(refused) = settle_now(item, durable).await {
+                    return refused;
                 }
             }
         }
@@ -656,15 +649,8 @@ impl Pipeline {
             // The notice counts as sent only once its message is on its way: when one is
             // due, the message's record is awaited here rather than in the relay's window.
             if tracker().is_due(request, Instant::now()) {
-                if let Some(pending) = durable.take() {
-                    if pending.await.is_err() {
-                        return refuse(
-                            item,
-                            ErrorType::Wait,
-                            "internal-server-error",
-                            NOT_ARCHIVED,
-                        );
-                    }
+                if let Err(refused) = settle_now(item, durable).await {
+                    return refused;
                 }
             }
             let due = tracker().should_send_request(request, Instant::now());
@@ -706,15 +692,8 @@ impl Inspector for Pipeline {
         }
         // An entry reserved its place in the room: a refused one must give it back, so
         // the rare entry that carries a record waits for it here.
-        if let Some(durable) = inspection.durable.take() {
-            if durable.await.is_err() {
-                inspection.outcome = refuse(
-                    &item,
-                    ErrorType::Wait,
-                    "internal-server-error",
-                    NOT_ARCHIVED,
-                );
-            }
+        if let Err(refused) = settle_now(&item, &mut inspection.durable).await {
+            inspection.outcome = refused;
         }
         if let (Decision::Refuse { .. }, Some(account), Some(to)) = (
             &inspection.outcome.decision,
@@ -988,6 +967,22 @@ fn max_action(a: custos_archive::Action, b: custos_archive::Action) -> custos_ar
 }
 
 /// The stanza error back to the sender, and nothing delivered.
+/// Waits here for the stanza's queued record instead of in the relay's window (`durable`
+/// is then empty); `Err` is the refusal when the record could not be written.
+async fn settle_now(item: &Inspected<'_>, durable: &mut Option<Durable>) -> Result<(), Outcome> {
+    if let Some(pending) = durable.take() {
+        if pending.await.is_err() {
+            return Err(refuse(
+                item,
+                ErrorType::Wait,
+                "internal-server-error",
+                NOT_ARCHIVED,
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn refuse(item: &Inspected<'_>, error_type: ErrorType, condition: &str, text: &str) -> Outcome {
     let error = stanza_error(
         &item.stanza.root,

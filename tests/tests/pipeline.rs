@@ -157,18 +157,7 @@ fn walk(dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_delivered_when_the_archive_cannot_write() -> TestResult {
-    // Root ignores directory permissions, so as root Custos runs as nobody here.
-    let root = nix::unistd::geteuid().is_root();
-    let rig = Rig::start(
-        "pipeline-archive-fails",
-        RigOptions {
-            archive: true,
-            // Every batch fills a segment, so each append must create a new file.
-            run_as: root.then_some((65534, 65534)),
-            ..RigOptions::default()
-        }
-        .with_archive_extra(custos_e2e::config::table([("segment_max_bytes", 1)])),
-    )?;
+    let rig = disk_that_can_fail("pipeline-archive-fails")?;
     let mut alice = rig.connect("alice", "laptop", Tls::StartTls).await?;
     let mut bob = rig.connect("bob", "phone", Tls::Direct).await?;
     alice
@@ -226,6 +215,22 @@ async fn nothing_is_delivered_when_the_archive_cannot_write() -> TestResult {
         rig.context()
     );
     Ok(())
+}
+
+/// A rig whose archive directory [`set_readonly`] can make unwritable: every batch
+/// fills its segment, so each append must create a new file. Root ignores directory
+/// permissions, so as root Custos runs as nobody here.
+fn disk_that_can_fail(label: &str) -> Result<Rig, BoxError> {
+    let root = nix::unistd::geteuid().is_root();
+    Rig::start(
+        label,
+        RigOptions {
+            archive: true,
+            run_as: root.then_some((65534, 65534)),
+            ..RigOptions::default()
+        }
+        .with_archive_extra(custos_e2e::config::table([("segment_max_bytes", 1)])),
+    )
 }
 
 fn set_readonly(dir: &std::path::Path) -> std::io::Result<()> {
@@ -705,17 +710,7 @@ async fn burst_pair(rig: &Rig) -> Result<(Scripted, Scripted), BoxError> {
 /// in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_failing_mid_burst_refuses_that_stanza_and_everything_after() -> TestResult {
-    let root = nix::unistd::geteuid().is_root();
-    let rig = Rig::start(
-        "pipeline-burst-fails",
-        RigOptions {
-            archive: true,
-            run_as: root.then_some((65534, 65534)),
-            ..RigOptions::default()
-        }
-        // Each batch fills its segment: the next one must create a file.
-        .with_archive_extra(custos_e2e::config::table([("segment_max_bytes", 1)])),
-    )?;
+    let rig = disk_that_can_fail("pipeline-burst-fails")?;
     let (mut alice, mut bob) = burst_pair(&rig).await?;
     alice.send(&burst("warmup", 0, 1)).await?;
     let (got, _) = receive_burst(&mut bob, "warmup", 1, Duration::from_secs(3), WAIT).await?;
