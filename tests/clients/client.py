@@ -106,6 +106,13 @@ class Client(slixmpp.ClientXMPP):
         except (IqError, IqTimeout):
             roster_ok = False
         self.send_presence()
+        # The server handles a stream's stanzas in order: once it answers a ping sent
+        # after the presence, the presence has been processed and messages to the bare
+        # JID reach this resource instead of the offline store.
+        try:
+            await self.plugin["xep_0199"].ping(jid=self.boundjid.domain, timeout=10)
+        except (IqError, IqTimeout):
+            pass
         if not self.online.done():
             self.online.set_result(None if roster_ok else "roster fetch failed")
 
