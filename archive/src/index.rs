@@ -22,20 +22,26 @@ use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tantivy::collector::TopDocs;
+use tantivy::postings::Postings;
 use tantivy::query::{
-    AllQuery, BooleanQuery, Occur, PhraseQuery, Query as TQuery, RangeQuery, TermQuery,
+    AllQuery, BooleanQuery, ConstScorer, EmptyQuery, EmptyScorer, EnableScoring, Explanation,
+    Occur, PhraseQuery, Query as TQuery, RangeQuery, Scorer, TermQuery, TermSetQuery, Weight,
 };
 use tantivy::schema::{
     Field, IndexRecordOption, Schema, Value, FAST, INDEXED, STORED, STRING, TEXT,
 };
-use tantivy::{Index, IndexReader, IndexWriter, Order, ReloadPolicy, TantivyDocument, Term};
+use tantivy::{
+    DocId, DocSet, Index, IndexReader, IndexWriter, Order, ReloadPolicy, Score, SegmentReader,
+    TantivyDocument, Term, TERMINATED,
+};
 use zeroize::Zeroizing;
 
 use crate::keys::{hmac_sha256, MasterKey};
 use crate::log::Appended;
-use crate::query::{self, Clause, JidField, Query};
+use crate::query::{self, Clause, Expr, JidField, Query};
 use crate::record::{Direction, EventRecord, NewRecord};
 use crate::segment::Hash;
+use crate::vocab::{vocab_dir, TooBroad, VocabWriter, Vocabulary};
 
 /// Memory budget for the single indexing thread (tantivy needs ≥ 15 MB).
 const WRITER_MEMORY: usize = 50_000_000;
@@ -59,6 +65,10 @@ pub enum IndexError {
     Missing,
     #[error("search index damaged: {0}")]
     Damaged(String),
+    #[error("bad query: {0}")]
+    TooBroad(#[from] TooBroad),
+    #[error("search vocabulary: {0}")]
+    Vocabulary(std::io::Error),
 }
 
 /// The key that blinds index terms, held as HMAC-SHA256 keyed once: each term then costs
@@ -304,6 +314,9 @@ pub struct BlindIndexWriter {
     dirty: bool,
     /// A shred was indexed: purge deleted documents after the next commit.
     purge: bool,
+    /// The words added, sealed per segment before each commit (prefix, wildcard and
+    /// fuzzy terms expand through them).
+    vocab: VocabWriter,
 }
 
 fn open_or_create(dir: &Path) -> Result<Index, IndexError> {
@@ -537,6 +550,10 @@ fn open_or_rebuild(dir: &Path) -> Result<Index, IndexError> {
     match open_or_create(dir) {
         Err(IndexError::Tantivy(tantivy::TantivyError::SchemaError(_))) => {
             std::fs::remove_dir_all(dir)?;
+            match std::fs::remove_dir_all(vocab_dir(dir)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
             open_or_create(dir)
         }
         other => other,
@@ -575,6 +592,7 @@ impl BlindIndexWriter {
             found,
             dirty: false,
             purge: false,
+            vocab: VocabWriter::open(&vocab_dir(dir), master, &archive_id),
         })
     }
 
@@ -596,6 +614,7 @@ impl BlindIndexWriter {
     /// Removes every document (reindex starts from nothing).
     pub fn clear(&mut self) -> Result<(), IndexError> {
         self.writer.delete_all_documents()?;
+        self.vocab.clear()?;
         self.mark = Mark::default();
         self.dirty = true;
         Ok(())
@@ -620,6 +639,7 @@ impl BlindIndexWriter {
             self.writer
                 .delete_term(Term::from_field_u64(self.fields.seg, *segment));
             self.purge = true;
+            self.vocab.forget(*segment)?;
         }
         let NewRecord::Message(m) = &a.record.content else {
             self.mark = advance;
@@ -633,19 +653,10 @@ impl BlindIndexWriter {
         doc.add_u64(f.seg, a.segment);
         doc.add_u64(f.off, a.offset);
         doc.add_i64(f.time, a.record.time.0);
-        let extra = m.capture.extra.iter().map(|t| &t.text);
-        // A shared file is found by its name and its media type.
-        let files = m
-            .capture
-            .files
-            .iter()
-            .flat_map(|f| [&f.name, &f.media_type]);
-        for text in [&m.subject, &m.body]
-            .into_iter()
-            .flatten()
-            .chain(extra)
-            .chain(files)
-        {
+        // Each part its own value: tantivy leaves a position between values, as the
+        // export filter does (query::PART_GAP). A shared file is found by its name and
+        // its media type.
+        for text in query::text_parts(m) {
             let tokens = query::tokenize(text);
             let mut blinded = String::with_capacity(tokens.len() * (2 * TERM_BYTES + 1));
             for t in &tokens {
@@ -653,6 +664,7 @@ impl BlindIndexWriter {
                     blinded.push(' ');
                 }
                 k.push_term("text", t, &mut blinded);
+                self.vocab.add(a.segment, t)?;
             }
             doc.add_text(f.text, blinded);
         }
@@ -707,6 +719,8 @@ impl BlindIndexWriter {
 
     /// Commits what was added; readers see it after their next reload.
     pub fn commit(&mut self) -> Result<(), IndexError> {
+        // The words first: a committed document's words are always in the vocabulary.
+        self.vocab.flush()?;
         let mut pc = self.writer.prepare_commit()?;
         let opstamp = pc.opstamp();
         pc.set_payload(&payload(
@@ -758,10 +772,16 @@ pub struct BlindIndexReader {
     reader: IndexReader,
     fields: Fields,
     key: BlindKey,
+    /// Loaded on the first prefix, wildcard or fuzzy term, then kept current.
+    vocab: std::sync::Mutex<Vocabulary>,
 }
 
 impl BlindIndexReader {
-    pub fn open(dir: &Path, key: BlindKey) -> Result<BlindIndexReader, IndexError> {
+    pub fn open(
+        dir: &Path,
+        master: &MasterKey,
+        archive_id: &[u8; 16],
+    ) -> Result<BlindIndexReader, IndexError> {
         let index = open_or_create(dir)?;
         let (_, fields) = schema();
         let reader = index
@@ -771,29 +791,81 @@ impl BlindIndexReader {
         Ok(BlindIndexReader {
             reader,
             fields,
-            key,
+            key: BlindKey::derive(master, archive_id),
+            vocab: std::sync::Mutex::new(Vocabulary::new(dir, master, archive_id)),
         })
     }
 
-    fn clause(&self, c: &Clause) -> Box<dyn TQuery> {
+    fn term(&self, field: Field, tag: &str, v: &str) -> Term {
+        Term::from_field_text(field, &self.key.term(tag, v))
+    }
+
+    /// The words of a prefix, wildcard, fuzzy or NEAR term, from the vocabulary
+    /// (read again if this search has not yet).
+    fn expand(
+        &self,
+        words: &[query::Word],
+        token: &str,
+        fresh: &mut bool,
+    ) -> Result<Vec<String>, IndexError> {
+        let mut v = self.vocab.lock().unwrap_or_else(|p| p.into_inner());
+        if !*fresh && words.iter().any(|w| !matches!(w, query::Word::Exact(_))) {
+            v.refresh().map_err(IndexError::Vocabulary)?;
+            *fresh = true;
+        }
+        Ok(v.expand(words, token)?)
+    }
+
+    fn any_word(&self, words: Vec<String>) -> Box<dyn TQuery> {
+        if words.is_empty() {
+            return Box::new(EmptyQuery);
+        }
+        Box::new(TermSetQuery::new(
+            words.iter().map(|w| self.term(self.fields.text, "text", w)),
+        ))
+    }
+
+    fn clause(&self, c: &Clause, fresh: &mut bool) -> Result<Box<dyn TQuery>, IndexError> {
         let f = self.fields;
-        let k = &self.key;
         let term = |field: Field, tag: &str, v: &str| -> Box<dyn TQuery> {
             Box::new(TermQuery::new(
-                Term::from_field_text(field, &k.term(tag, v)),
+                self.term(field, tag, v),
                 IndexRecordOption::Basic,
             ))
         };
-        match c {
+        Ok(match c {
             Clause::Text(words) if words.len() == 1 => {
                 term(f.text, "text", words.first().map_or("", String::as_str))
             }
             Clause::Text(words) => Box::new(PhraseQuery::new(
-                words
-                    .iter()
-                    .map(|w| Term::from_field_text(f.text, &k.term("text", w)))
-                    .collect(),
+                words.iter().map(|w| self.term(f.text, "text", w)).collect(),
             )),
+            Clause::Pattern { word, token } => {
+                self.any_word(self.expand(std::slice::from_ref(word), token, fresh)?)
+            }
+            Clause::Near {
+                left,
+                right,
+                within,
+                ordered,
+                token,
+            } => {
+                let left = self.expand(left, token, fresh)?;
+                let right = self.expand(right, token, fresh)?;
+                if left.is_empty() || right.is_empty() {
+                    return Ok(Box::new(EmptyQuery));
+                }
+                let terms = |w: Vec<String>| -> Vec<Term> {
+                    w.iter().map(|w| self.term(f.text, "text", w)).collect()
+                };
+                Box::new(NearQuery {
+                    field: f.text,
+                    left: terms(left),
+                    right: terms(right),
+                    within: *within,
+                    ordered: *ordered,
+                })
+            }
             Clause::Jid(which, jid) => {
                 let field = match which {
                     JidField::From => f.from,
@@ -821,20 +893,44 @@ impl BlindIndexReader {
                 Bound::Unbounded,
                 Bound::Excluded(Term::from_field_i64(f.time, t.0)),
             )),
-        }
+        })
+    }
+
+    fn expr(&self, e: &Expr, fresh: &mut bool) -> Result<Box<dyn TQuery>, IndexError> {
+        Ok(match e {
+            Expr::All => Box::new(AllQuery),
+            Expr::Clause(c) => self.clause(c, fresh)?,
+            Expr::Not(inner) => Box::new(BooleanQuery::new(vec![
+                (Occur::Must, Box::new(AllQuery) as Box<dyn TQuery>),
+                (Occur::MustNot, self.expr(inner, fresh)?),
+            ])),
+            Expr::And(parts) => {
+                let mut clauses = Vec::with_capacity(parts.len() + 1);
+                for p in parts {
+                    clauses.push(match p {
+                        Expr::Not(inner) => (Occur::MustNot, self.expr(inner, fresh)?),
+                        p => (Occur::Must, self.expr(p, fresh)?),
+                    });
+                }
+                if clauses.iter().all(|(o, _)| *o == Occur::MustNot) {
+                    clauses.push((Occur::Must, Box::new(AllQuery)));
+                }
+                Box::new(BooleanQuery::new(clauses))
+            }
+            Expr::Or(parts) => Box::new(BooleanQuery::new(
+                parts
+                    .iter()
+                    .map(|p| Ok((Occur::Should, self.expr(p, fresh)?)))
+                    .collect::<Result<Vec<_>, IndexError>>()?,
+            )),
+        })
     }
 
     /// The newest `limit` matches, newest first.
     pub fn search(&self, q: &Query, limit: usize) -> Result<Vec<Located>, IndexError> {
         self.reader.reload()?;
         let searcher = self.reader.searcher();
-        let mut clauses: Vec<(Occur, Box<dyn TQuery>)> = Vec::new();
-        if q.must.is_empty() {
-            clauses.push((Occur::Must, Box::new(AllQuery)));
-        }
-        clauses.extend(q.must.iter().map(|c| (Occur::Must, self.clause(c))));
-        clauses.extend(q.must_not.iter().map(|c| (Occur::MustNot, self.clause(c))));
-        let query = BooleanQuery::new(clauses);
+        let query = self.expr(&q.expr, &mut false)?;
         let top = searcher.search(
             &query,
             &TopDocs::with_limit(limit.max(1)).order_by_fast_field::<u64>("seq", Order::Desc),
@@ -850,6 +946,109 @@ impl BlindIndexReader {
             });
         }
         Ok(out)
+    }
+}
+
+/// Documents where a term of `left` stands within `within` positions of a term of
+/// `right` (`ordered`: after it). tantivy has no span queries; this reads the
+/// positions of each side's terms per index segment and keeps the documents where
+/// both sides meet, as [`query::near`] decides for the export filter.
+#[derive(Debug, Clone)]
+struct NearQuery {
+    field: Field,
+    left: Vec<Term>,
+    right: Vec<Term>,
+    within: u32,
+    ordered: bool,
+}
+
+impl NearQuery {
+    /// Each document's positions of any of `terms`, ascending; only documents in
+    /// `only` when given.
+    fn positions(
+        &self,
+        inv: &tantivy::InvertedIndexReader,
+        terms: &[Term],
+        only: Option<&BTreeMap<DocId, Vec<u32>>>,
+    ) -> tantivy::Result<BTreeMap<DocId, Vec<u32>>> {
+        let mut out: BTreeMap<DocId, Vec<u32>> = BTreeMap::new();
+        let mut buf = Vec::new();
+        for t in terms {
+            let Some(mut p) = inv.read_postings(t, IndexRecordOption::WithFreqsAndPositions)?
+            else {
+                continue;
+            };
+            while p.doc() != TERMINATED {
+                let doc = p.doc();
+                if only.is_none_or(|o| o.contains_key(&doc)) {
+                    p.positions(&mut buf);
+                    out.entry(doc).or_default().extend_from_slice(&buf);
+                }
+                p.advance();
+            }
+        }
+        for v in out.values_mut() {
+            v.sort_unstable();
+        }
+        Ok(out)
+    }
+}
+
+/// Ascending document ids as a [`DocSet`].
+struct DocList {
+    docs: Vec<DocId>,
+    at: usize,
+}
+
+impl DocSet for DocList {
+    fn advance(&mut self) -> DocId {
+        self.at = (self.at + 1).min(self.docs.len());
+        self.doc()
+    }
+
+    fn doc(&self) -> DocId {
+        self.docs.get(self.at).copied().unwrap_or(TERMINATED)
+    }
+
+    fn size_hint(&self) -> u32 {
+        u32::try_from(self.docs.len() - self.at).unwrap_or(u32::MAX)
+    }
+}
+
+impl TQuery for NearQuery {
+    fn weight(&self, _: EnableScoring<'_>) -> tantivy::Result<Box<dyn Weight>> {
+        Ok(Box::new(self.clone()))
+    }
+}
+
+impl Weight for NearQuery {
+    fn scorer(&self, reader: &SegmentReader, boost: Score) -> tantivy::Result<Box<dyn Scorer>> {
+        let inv = reader.inverted_index(self.field)?;
+        let left = self.positions(&inv, &self.left, None)?;
+        if left.is_empty() {
+            return Ok(Box::new(EmptyScorer));
+        }
+        let right = self.positions(&inv, &self.right, Some(&left))?;
+        let docs: Vec<DocId> = right
+            .iter()
+            .filter(|(doc, r)| {
+                left.get(doc)
+                    .is_some_and(|l| query::near(l, r, self.within, self.ordered))
+            })
+            .map(|(doc, _)| *doc)
+            .collect();
+        Ok(Box::new(ConstScorer::new(DocList { docs, at: 0 }, boost)))
+    }
+
+    fn explain(&self, reader: &SegmentReader, doc: DocId) -> tantivy::Result<Explanation> {
+        let mut s = self.scorer(reader, 1.0)?;
+        if s.seek(doc) == doc {
+            Ok(Explanation::new("near", 1.0))
+        } else {
+            Err(tantivy::TantivyError::InvalidArgument(format!(
+                "document {doc} does not match"
+            )))
+        }
     }
 }
 

@@ -47,6 +47,7 @@ pub mod segment;
 pub mod storage;
 pub mod time;
 pub mod verify;
+pub mod vocab;
 pub mod walk;
 pub mod witness;
 

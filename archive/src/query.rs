@@ -2,13 +2,26 @@
 //! knowledge (see docs/search-syntax.md).
 //!
 //! ```text
-//! query  := term*            (all terms must match)
-//! term   := ["-"] ( word | "\"" phrase "\"" | field ":" value )
-//! field  := from | to | with | account | room | direction | type | action | rule | msg
-//!         | via | after | before
+//! query    := all
+//! all      := any (["AND"] any)*          (juxtaposition is AND)
+//! any      := unary ("OR" unary)*         (OR binds tighter than AND)
+//! unary    := ("NOT" | "-") unary | near
+//! near     := primary [("NEAR/n" | "ONEAR/n") primary]
+//! primary  := "(" all ")" | term
+//! term     := word | prefix* | wild?card | word~[1|2] | "phrase" | field ":" value
+//! field    := from | to | with | account | room | direction | type | action | rule | msg
+//!           | via | after | before
 //! ```
+//!
+//! A saved lexicon (`@name`) is replaced by its terms, ORed, before parsing
+//! ([`Lexicons::expand`]), so what is stored and exported is the query that ran.
 
-use crate::record::{Action, Direction, Via};
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use levenshtein_automata::{Distance, LevenshteinAutomatonBuilder, DFA};
+
+use crate::record::{Action, Direction, MessageRecord, Via};
 use crate::time::Timestamp;
 
 /// A JID-valued field.
@@ -22,12 +35,39 @@ pub enum JidField {
     Account,
 }
 
+/// A one-word pattern: what a prefix, wildcard or fuzzy term matches, word by word.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Word {
+    /// Exactly this normalised word.
+    Exact(String),
+    /// Any word starting with this.
+    Prefix(String),
+    /// `*` any run of characters, `?` one character.
+    Wildcard(String),
+    /// Any word within this many edits (insert, delete, substitute, swap two neighbours).
+    Fuzzy(String, u8),
+}
+
 /// One condition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Clause {
     /// One or more normalised tokens that must appear consecutively (one
     /// token = a plain word).
     Text(Vec<String>),
+    /// A prefix, wildcard or fuzzy term; `token` is as the user wrote it.
+    Pattern {
+        word: Word,
+        token: String,
+    },
+    /// A word from `left` within `within` words of a word from `right` (`ordered`:
+    /// the left one first).
+    Near {
+        left: Vec<Word>,
+        right: Vec<Word>,
+        within: u32,
+        ordered: bool,
+        token: String,
+    },
     Jid(JidField, String),
     /// Group chat in this room (a bare JID): what was said to it and echoed from it.
     Room(String),
@@ -44,11 +84,50 @@ pub enum Clause {
     Before(Timestamp),
 }
 
-/// A parsed query: clauses that must hold and clauses that must not.
+/// A boolean combination of clauses.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Expr {
+    /// Every message (the empty query).
+    #[default]
+    All,
+    Clause(Clause),
+    Not(Box<Expr>),
+    And(Vec<Expr>),
+    Or(Vec<Expr>),
+}
+
+/// A parsed query.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Query {
-    pub must: Vec<Clause>,
-    pub must_not: Vec<Clause>,
+    pub expr: Expr,
+}
+
+impl Expr {
+    /// Every clause in the tree, in order.
+    pub fn clauses(&self) -> Vec<&Clause> {
+        let mut out = Vec::new();
+        fn walk<'a>(e: &'a Expr, out: &mut Vec<&'a Clause>) {
+            match e {
+                Expr::All => {}
+                Expr::Clause(c) => out.push(c),
+                Expr::Not(e) => walk(e, out),
+                Expr::And(v) | Expr::Or(v) => v.iter().for_each(|e| walk(e, out)),
+            }
+        }
+        walk(self, &mut out);
+        out
+    }
+
+    /// Evaluates the tree with `clause` deciding each leaf.
+    pub fn eval(&self, clause: &mut impl FnMut(&Clause) -> bool) -> bool {
+        match self {
+            Expr::All => true,
+            Expr::Clause(c) => clause(c),
+            Expr::Not(e) => !e.eval(clause),
+            Expr::And(v) => v.iter().all(|e| e.eval(clause)),
+            Expr::Or(v) => v.iter().any(|e| e.eval(clause)),
+        }
+    }
 }
 
 /// A query that cannot be understood, naming the token at fault.
@@ -62,6 +141,17 @@ pub enum QueryError {
     UnterminatedQuote { token: String },
     #[error("{token:?} contains nothing searchable")]
     Empty { token: String },
+    #[error("{token:?}: {reason}")]
+    Syntax { token: String, reason: String },
+    #[error("no lexicon named {token:?} ({known})")]
+    UnknownLexicon { token: String, known: String },
+}
+
+fn syntax(token: &str, reason: &str) -> QueryError {
+    QueryError::Syntax {
+        token: token.to_string(),
+        reason: reason.to_string(),
+    }
 }
 
 /// Lowercases and splits text into word tokens: runs of alphanumeric
@@ -73,6 +163,28 @@ pub fn tokenize(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// The texts of a message that word terms search, each its own part (a phrase or a
+/// NEAR never spans two): subject, body, other texts, and each archived file's name and
+/// media type. Index and export filter must use exactly this function.
+pub fn text_parts(m: &MessageRecord) -> impl Iterator<Item = &str> {
+    let extra = m.capture.extra.iter().map(|t| t.text.as_str());
+    let files = m
+        .capture
+        .files
+        .iter()
+        .flat_map(|f| [f.name.as_str(), f.media_type.as_str()]);
+    [&m.subject, &m.body]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .chain(extra)
+        .chain(files)
+}
+
+/// Positions left between two parts of a message's text, as the index leaves them:
+/// adjacent parts never form a phrase.
+pub const PART_GAP: u32 = 1;
+
 /// Normalises a JID for matching: lowercase, surrounding space trimmed.
 pub fn normalize_jid(jid: &str) -> String {
     jid.trim().to_lowercase()
@@ -83,32 +195,214 @@ pub fn bare_jid(jid: &str) -> &str {
     jid.split_once('/').map_or(jid, |(bare, _)| bare)
 }
 
-/// Splits on whitespace, keeping `"quoted phrases"` (also after `-` or `field:`) whole.
-fn split_tokens(q: &str) -> Result<Vec<String>, QueryError> {
+/// Most edits a fuzzy term may allow.
+pub const MAX_FUZZY: u8 = 2;
+/// Largest `n` in `NEAR/n`.
+pub const MAX_NEAR: u32 = 1000;
+
+fn automaton_builder(distance: u8) -> &'static LevenshteinAutomatonBuilder {
+    static ONE: OnceLock<LevenshteinAutomatonBuilder> = OnceLock::new();
+    static TWO: OnceLock<LevenshteinAutomatonBuilder> = OnceLock::new();
+    match distance {
+        0 | 1 => ONE.get_or_init(|| LevenshteinAutomatonBuilder::new(1, true)),
+        _ => TWO.get_or_init(|| LevenshteinAutomatonBuilder::new(MAX_FUZZY, true)),
+    }
+}
+
+/// A compiled [`Word`], matching normalised words.
+pub enum WordMatcher {
+    Exact(String),
+    Prefix(String),
+    Wildcard(Vec<char>),
+    Fuzzy(DFA, u8),
+}
+
+impl Word {
+    pub fn matcher(&self) -> WordMatcher {
+        match self {
+            Word::Exact(w) => WordMatcher::Exact(w.clone()),
+            Word::Prefix(p) => WordMatcher::Prefix(p.clone()),
+            Word::Wildcard(g) => WordMatcher::Wildcard(g.chars().collect()),
+            Word::Fuzzy(w, d) => WordMatcher::Fuzzy(automaton_builder(*d).build_dfa(w), *d),
+        }
+    }
+
+    /// The literal start every match shares (for narrowing a sorted word list).
+    pub fn literal_prefix(&self) -> &str {
+        match self {
+            Word::Exact(w) | Word::Prefix(w) => w,
+            Word::Wildcard(g) => g.split(['*', '?']).next().unwrap_or(""),
+            Word::Fuzzy(..) => "",
+        }
+    }
+}
+
+impl WordMatcher {
+    pub fn matches(&self, word: &str) -> bool {
+        match self {
+            WordMatcher::Exact(w) => w == word,
+            WordMatcher::Prefix(p) => word.starts_with(p.as_str()),
+            WordMatcher::Wildcard(g) => glob(g, &word.chars().collect::<Vec<_>>()),
+            WordMatcher::Fuzzy(dfa, d) => match dfa.eval(word) {
+                Distance::Exact(n) => n <= *d,
+                Distance::AtLeast(_) => false,
+            },
+        }
+    }
+}
+
+/// `*` matches any run of characters (also none), `?` exactly one.
+fn glob(pattern: &[char], text: &[char]) -> bool {
+    // Iterative matching with one backtrack point: linear for one `*`, and never
+    // exponential (each `*` resumes from the last one only).
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some('*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == '?' || c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    p = sp + 1;
+                    t = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == '*')
+}
+
+/// Whether some position in `a` and some position in `b` (each sorted ascending) are
+/// at most `within` apart, `ordered`: the one from `b` after the one from `a`. One
+/// position is one word, so a word never stands near itself.
+pub fn near(a: &[u32], b: &[u32], within: u32, ordered: bool) -> bool {
+    a.iter().any(|&p| {
+        let lo = if ordered {
+            p.saturating_add(1)
+        } else {
+            p.saturating_sub(within)
+        };
+        let hi = p.saturating_add(within);
+        let start = b.partition_point(|&q| q < lo);
+        b[start..].iter().take_while(|&&q| q <= hi).any(|&q| q != p)
+    })
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Tok {
+    Open,
+    Close,
+    And,
+    Or,
+    Not,
+    Near { within: u32, ordered: bool },
+    Term(String),
+}
+
+struct Lexed {
+    tok: Tok,
+    /// As written, for errors.
+    text: String,
+}
+
+/// Splits into tokens: parentheses, operators, and terms (whitespace separated, with
+/// `"quoted phrases"` kept whole, also after `-` or `field:`). A `-` directly before
+/// a term or `(` is NOT.
+fn lex(q: &str) -> Result<Vec<Lexed>, QueryError> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut in_quote = false;
+    let flush = |cur: &mut String, out: &mut Vec<Lexed>| -> Result<(), QueryError> {
+        if cur.is_empty() {
+            return Ok(());
+        }
+        let text = std::mem::take(cur);
+        let tok = match text.as_str() {
+            "AND" => Tok::And,
+            "OR" => Tok::Or,
+            "NOT" => Tok::Not,
+            t if t.starts_with("NEAR/")
+                || t.starts_with("ONEAR/")
+                || t == "NEAR"
+                || t == "ONEAR" =>
+            {
+                let (ordered, n) = match t.strip_prefix("ONEAR") {
+                    Some(n) => (true, n),
+                    None => (false, t.strip_prefix("NEAR").unwrap_or("")),
+                };
+                let within = n
+                    .strip_prefix('/')
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .filter(|n| (1..=MAX_NEAR).contains(n))
+                    .ok_or_else(|| {
+                        syntax(
+                            t,
+                            &format!("expected a distance 1..={MAX_NEAR} in words, as in NEAR/5"),
+                        )
+                    })?;
+                Tok::Near { within, ordered }
+            }
+            _ => Tok::Term(text.clone()),
+        };
+        out.push(Lexed { tok, text });
+        Ok(())
+    };
     for c in q.chars() {
         match c {
             '"' => {
                 in_quote = !in_quote;
                 cur.push(c);
             }
-            c if c.is_whitespace() && !in_quote => {
-                if !cur.is_empty() {
-                    out.push(std::mem::take(&mut cur));
+            _ if in_quote => cur.push(c),
+            '(' | ')' => {
+                if c == '(' && cur == "-" {
+                    cur.clear();
+                    out.push(Lexed {
+                        tok: Tok::Not,
+                        text: "-".into(),
+                    });
                 }
+                flush(&mut cur, &mut out)?;
+                out.push(Lexed {
+                    tok: if c == '(' { Tok::Open } else { Tok::Close },
+                    text: c.to_string(),
+                });
             }
+            c if c.is_whitespace() => flush(&mut cur, &mut out)?,
             c => cur.push(c),
         }
     }
     if in_quote {
         return Err(QueryError::UnterminatedQuote { token: cur });
     }
-    if !cur.is_empty() {
-        out.push(cur);
+    flush(&mut cur, &mut out)?;
+    // `-term` is NOT term.
+    let mut split = Vec::with_capacity(out.len());
+    for l in out {
+        match &l.tok {
+            Tok::Term(t) if t.len() > 1 && t.starts_with('-') => {
+                split.push(Lexed {
+                    tok: Tok::Not,
+                    text: "-".into(),
+                });
+                let rest = t[1..].to_string();
+                split.push(Lexed {
+                    tok: Tok::Term(rest.clone()),
+                    text: rest,
+                });
+            }
+            _ => split.push(l),
+        }
     }
-    Ok(out)
+    Ok(split)
 }
 
 fn unquote(v: &str) -> &str {
@@ -117,136 +411,527 @@ fn unquote(v: &str) -> &str {
         .unwrap_or(v)
 }
 
-/// Parses a query string.
+/// Parses a query string. A lexicon reference (`@name`) must have been expanded
+/// ([`Lexicons::expand`]); here it is an error.
 pub fn parse(q: &str) -> Result<Query, QueryError> {
-    let mut query = Query::default();
-    for token in split_tokens(q)? {
-        let (negated, body) = match token.strip_prefix('-') {
-            Some(rest) if !rest.is_empty() => (true, rest),
-            _ => (false, token.as_str()),
-        };
-        let bad = |reason: &str| QueryError::BadValue {
-            token: token.clone(),
-            reason: reason.to_string(),
-        };
-        let clause = if body.starts_with('"') {
-            let words = tokenize(unquote(body));
-            if words.is_empty() {
-                return Err(QueryError::Empty {
-                    token: token.clone(),
-                });
-            }
-            Clause::Text(words)
-        } else if let Some((field, value)) = body.split_once(':') {
-            let value = unquote(value);
-            if value.is_empty() {
-                return Err(bad("empty value"));
-            }
-            match field.to_ascii_lowercase().as_str() {
-                "from" => Clause::Jid(JidField::From, normalize_jid(value)),
-                "to" => Clause::Jid(JidField::To, normalize_jid(value)),
-                "with" => Clause::Jid(JidField::With, normalize_jid(value)),
-                "account" => Clause::Jid(JidField::Account, normalize_jid(value)),
-                "room" => {
-                    let room = normalize_jid(value);
-                    if room.contains('/') {
-                        return Err(bad("a room is a bare JID (room@service), without /nick"));
+    let toks = lex(q)?;
+    let mut p = Parser { toks, at: 0 };
+    if p.toks.is_empty() {
+        return Ok(Query::default());
+    }
+    let expr = p.all()?;
+    if let Some(l) = p.toks.get(p.at) {
+        return Err(syntax(&l.text, "unexpected here (a ')' without its '('?)"));
+    }
+    Ok(Query { expr })
+}
+
+struct Parser {
+    toks: Vec<Lexed>,
+    at: usize,
+}
+
+impl Parser {
+    fn peek(&self) -> Option<&Tok> {
+        self.toks.get(self.at).map(|l| &l.tok)
+    }
+
+    fn text(&self, at: usize) -> String {
+        self.toks
+            .get(at)
+            .map_or_else(|| "end of query".to_string(), |l| l.text.clone())
+    }
+
+    fn all(&mut self) -> Result<Expr, QueryError> {
+        let mut parts = vec![self.any()?];
+        loop {
+            match self.peek() {
+                None | Some(Tok::Close) => break,
+                Some(Tok::And) => {
+                    self.at += 1;
+                    if matches!(self.peek(), None | Some(Tok::Close)) {
+                        return Err(syntax(&self.text(self.at - 1), "AND needs a term after it"));
                     }
-                    Clause::Room(room)
                 }
-                "msg" => Clause::Message(value.to_ascii_lowercase()),
-                "via" => match value.to_ascii_lowercase().as_str() {
-                    "direct" => Clause::Via(Via::Direct),
-                    "carbon-sent" => Clause::Via(Via::CarbonSent),
-                    "carbon-received" => Clause::Via(Via::CarbonReceived),
-                    "mam" => Clause::Via(Via::Mam),
-                    _ => return Err(bad("expected direct, carbon-sent, carbon-received or mam")),
-                },
-                "direction" => match value.to_ascii_lowercase().as_str() {
-                    "inbound" => Clause::Direction(Direction::Inbound),
-                    "outbound" => Clause::Direction(Direction::Outbound),
-                    _ => return Err(bad("expected inbound or outbound")),
-                },
-                "type" => Clause::Type(value.to_lowercase()),
-                "action" => match value.to_ascii_lowercase().as_str() {
-                    "allow" => Clause::Action(Action::Allow),
-                    "flag" => Clause::Action(Action::Flag),
-                    "redact" => Clause::Action(Action::Redact),
-                    "block" => Clause::Action(Action::Block),
-                    _ => return Err(bad("expected allow, flag, redact or block")),
-                },
-                "rule" => Clause::Rule(value.to_string()),
-                "after" => Clause::After(
-                    Timestamp::parse(value)
-                        .map_err(|_| bad("expected YYYY-MM-DD or RFC 3339 time"))?,
-                ),
-                "before" => Clause::Before(
-                    Timestamp::parse(value)
-                        .map_err(|_| bad("expected YYYY-MM-DD or RFC 3339 time"))?,
-                ),
-                _ => {
-                    return Err(QueryError::UnknownField {
-                        token: token.clone(),
-                    })
-                }
+                _ => {}
             }
+            parts.push(self.any()?);
+        }
+        Ok(if parts.len() == 1 {
+            parts.remove(0)
         } else {
-            let words = tokenize(body);
-            if words.is_empty() {
-                return Err(QueryError::Empty {
-                    token: token.clone(),
-                });
-            }
-            Clause::Text(words)
+            Expr::And(parts)
+        })
+    }
+
+    fn any(&mut self) -> Result<Expr, QueryError> {
+        let mut parts = vec![self.unary()?];
+        while self.peek() == Some(&Tok::Or) {
+            self.at += 1;
+            parts.push(self.unary()?);
+        }
+        Ok(if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            Expr::Or(parts)
+        })
+    }
+
+    fn unary(&mut self) -> Result<Expr, QueryError> {
+        if self.peek() == Some(&Tok::Not) {
+            self.at += 1;
+            return Ok(Expr::Not(Box::new(self.unary()?)));
+        }
+        self.near()
+    }
+
+    fn near(&mut self) -> Result<Expr, QueryError> {
+        let left_at = self.at;
+        let left = self.primary()?;
+        let Some(&Tok::Near { within, ordered }) = self.peek() else {
+            return Ok(left);
         };
-        if negated {
-            query.must_not.push(clause);
-        } else {
-            query.must.push(clause);
+        let op_at = self.at;
+        self.at += 1;
+        let right_at = self.at;
+        let right = self.primary()?;
+        if let Some(Tok::Near { .. }) = self.peek() {
+            return Err(syntax(
+                &self.text(self.at),
+                "NEAR joins two terms; group the ones you mean with AND",
+            ));
+        }
+        let token = format!(
+            "{} {} {}",
+            self.text(left_at),
+            self.text(op_at),
+            self.text(right_at)
+        );
+        let words = |e: Expr, at: usize| -> Result<Vec<Word>, QueryError> {
+            near_words(e).ok_or_else(|| {
+                syntax(
+                    &self.text(at),
+                    "each side of NEAR is a word, prefix, wildcard or fuzzy term, or (a OR b …) of them",
+                )
+            })
+        };
+        Ok(Expr::Clause(Clause::Near {
+            left: words(left, left_at)?,
+            right: words(right, right_at)?,
+            within,
+            ordered,
+            token,
+        }))
+    }
+
+    fn primary(&mut self) -> Result<Expr, QueryError> {
+        let at = self.at;
+        match self.toks.get(at).map(|l| l.tok.clone()) {
+            None => Err(syntax(
+                &self.text(at.saturating_sub(1)),
+                "needs a term after it",
+            )),
+            Some(Tok::Open) => {
+                self.at += 1;
+                if self.peek() == Some(&Tok::Close) {
+                    return Err(syntax("()", "empty parentheses"));
+                }
+                let e = self.all()?;
+                if self.peek() != Some(&Tok::Close) {
+                    return Err(syntax("(", "this '(' is never closed"));
+                }
+                self.at += 1;
+                Ok(e)
+            }
+            Some(Tok::Term(t)) => {
+                self.at += 1;
+                Ok(Expr::Clause(term(&t)?))
+            }
+            Some(_) => Err(syntax(&self.text(at), "expected a term here")),
         }
     }
-    Ok(query)
+}
+
+/// The words of one side of a NEAR: a word pattern, or an OR of them.
+fn near_words(e: Expr) -> Option<Vec<Word>> {
+    match e {
+        Expr::Clause(Clause::Text(mut w)) if w.len() == 1 => {
+            w.pop().map(Word::Exact).map(|w| vec![w])
+        }
+        Expr::Clause(Clause::Pattern { word, .. }) => Some(vec![word]),
+        Expr::Or(v) => {
+            let mut out = Vec::new();
+            for e in v {
+                out.extend(near_words(e)?);
+            }
+            Some(out)
+        }
+        _ => None,
+    }
+}
+
+/// One search term.
+fn term(token: &str) -> Result<Clause, QueryError> {
+    let bad = |reason: &str| QueryError::BadValue {
+        token: token.to_string(),
+        reason: reason.to_string(),
+    };
+    if token.starts_with('@') {
+        return Err(QueryError::UnknownLexicon {
+            token: token.to_string(),
+            known: "no lexicons are defined here".into(),
+        });
+    }
+    if token.starts_with('"') {
+        let words = tokenize(unquote(token));
+        if words.is_empty() {
+            return Err(QueryError::Empty {
+                token: token.to_string(),
+            });
+        }
+        return Ok(Clause::Text(words));
+    }
+    if let Some((field, value)) = token.split_once(':') {
+        let value = unquote(value);
+        if value.is_empty() {
+            return Err(bad("empty value"));
+        }
+        return Ok(match field.to_ascii_lowercase().as_str() {
+            "from" => Clause::Jid(JidField::From, normalize_jid(value)),
+            "to" => Clause::Jid(JidField::To, normalize_jid(value)),
+            "with" => Clause::Jid(JidField::With, normalize_jid(value)),
+            "account" => Clause::Jid(JidField::Account, normalize_jid(value)),
+            "room" => {
+                let room = normalize_jid(value);
+                if room.contains('/') {
+                    return Err(bad("a room is a bare JID (room@service), without /nick"));
+                }
+                Clause::Room(room)
+            }
+            "msg" => Clause::Message(value.to_ascii_lowercase()),
+            "via" => match value.to_ascii_lowercase().as_str() {
+                "direct" => Clause::Via(Via::Direct),
+                "carbon-sent" => Clause::Via(Via::CarbonSent),
+                "carbon-received" => Clause::Via(Via::CarbonReceived),
+                "mam" => Clause::Via(Via::Mam),
+                _ => return Err(bad("expected direct, carbon-sent, carbon-received or mam")),
+            },
+            "direction" => match value.to_ascii_lowercase().as_str() {
+                "inbound" => Clause::Direction(Direction::Inbound),
+                "outbound" => Clause::Direction(Direction::Outbound),
+                _ => return Err(bad("expected inbound or outbound")),
+            },
+            "type" => Clause::Type(value.to_lowercase()),
+            "action" => match value.to_ascii_lowercase().as_str() {
+                "allow" => Clause::Action(Action::Allow),
+                "flag" => Clause::Action(Action::Flag),
+                "redact" => Clause::Action(Action::Redact),
+                "block" => Clause::Action(Action::Block),
+                _ => return Err(bad("expected allow, flag, redact or block")),
+            },
+            "rule" => Clause::Rule(value.to_string()),
+            "after" => Clause::After(
+                Timestamp::parse(value).map_err(|_| bad("expected YYYY-MM-DD or RFC 3339 time"))?,
+            ),
+            "before" => Clause::Before(
+                Timestamp::parse(value).map_err(|_| bad("expected YYYY-MM-DD or RFC 3339 time"))?,
+            ),
+            _ => {
+                return Err(QueryError::UnknownField {
+                    token: token.to_string(),
+                })
+            }
+        });
+    }
+    if let Some((base, distance)) = token.rsplit_once('~') {
+        let distance = match distance {
+            "" => 1,
+            "1" => 1,
+            "2" => 2,
+            _ => return Err(bad("a fuzzy term allows ~1 or ~2 edits")),
+        };
+        let word =
+            one_word(base).ok_or_else(|| bad("a fuzzy term is one word of letters and digits"))?;
+        return Ok(Clause::Pattern {
+            word: Word::Fuzzy(word, distance),
+            token: token.to_string(),
+        });
+    }
+    if token.contains(['*', '?']) {
+        let pattern = token.to_lowercase();
+        if !pattern
+            .chars()
+            .all(|c| c.is_alphanumeric() || c == '*' || c == '?')
+        {
+            return Err(bad(
+                "a wildcard term is one word: letters and digits with * or ?",
+            ));
+        }
+        if pattern.chars().all(|c| c == '*') {
+            return Err(bad("matches every word; leave it out"));
+        }
+        let stem = pattern.trim_end_matches('*');
+        let word = if !stem.contains(['*', '?']) {
+            Word::Prefix(stem.to_string())
+        } else {
+            Word::Wildcard(pattern.clone())
+        };
+        return Ok(Clause::Pattern {
+            word,
+            token: token.to_string(),
+        });
+    }
+    let words = tokenize(token);
+    if words.is_empty() {
+        return Err(QueryError::Empty {
+            token: token.to_string(),
+        });
+    }
+    Ok(Clause::Text(words))
+}
+
+/// `text` as exactly one normalised word, if it is one.
+fn one_word(text: &str) -> Option<String> {
+    let mut words = tokenize(text);
+    (words.len() == 1 && text.chars().all(char::is_alphanumeric))
+        .then(|| words.pop())
+        .flatten()
+}
+
+/// Saved lexicons: named lists of terms, each usable in a query as `@name` (any of
+/// its terms).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lexicons(BTreeMap<String, Vec<String>>);
+
+/// A lexicon that cannot be used, naming it and the term at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("lexicon {name:?}: {reason}")]
+pub struct LexiconError {
+    pub name: String,
+    pub reason: String,
+}
+
+impl Lexicons {
+    /// Checks every lexicon: a name of letters, digits, `-` and `_`; at least one
+    /// term; each term one word, prefix, wildcard, fuzzy term or quoted phrase.
+    pub fn new(map: BTreeMap<String, Vec<String>>) -> Result<Lexicons, LexiconError> {
+        for (name, terms) in &map {
+            let err = |reason: String| LexiconError {
+                name: name.clone(),
+                reason,
+            };
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(err("a name is letters, digits, '-' and '_'".into()));
+            }
+            if terms.is_empty() {
+                return Err(err("has no terms".into()));
+            }
+            for t in terms {
+                let ok = match lex(t) {
+                    Ok(toks) => match toks.as_slice() {
+                        [Lexed {
+                            tok: Tok::Term(text),
+                            ..
+                        }] if !text.starts_with('@') => match term(text) {
+                            Ok(Clause::Text(_) | Clause::Pattern { .. }) => Ok(()),
+                            Ok(_) => Err("a field term does not belong in a lexicon".to_string()),
+                            Err(e) => Err(e.to_string()),
+                        },
+                        _ => Err(
+                            "a term is one word, prefix, wildcard, fuzzy term or \"quoted phrase\""
+                                .to_string(),
+                        ),
+                    },
+                    Err(e) => Err(e.to_string()),
+                };
+                ok.map_err(|reason| err(format!("term {t:?}: {reason}")))?;
+            }
+        }
+        Ok(Lexicons(map))
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = (&str, &[String])> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The query with each `@name` (a whole term, outside quotes, possibly after `-`
+    /// or `(`) replaced by `(term1 OR term2 …)`.
+    pub fn expand(&self, q: &str) -> Result<String, QueryError> {
+        let mut out = String::with_capacity(q.len());
+        let mut chars = q.char_indices().peekable();
+        let mut in_quote = false;
+        let mut at_term_start = true;
+        while let Some((i, c)) = chars.next() {
+            if c == '"' {
+                in_quote = !in_quote;
+            }
+            if !in_quote && c == '@' && at_term_start {
+                let rest = &q[i + 1..];
+                let len = rest
+                    .find(|c: char| c.is_whitespace() || c == '(' || c == ')')
+                    .unwrap_or(rest.len());
+                let name = &rest[..len];
+                let token = format!("@{name}");
+                let Some(terms) = self.0.get(name) else {
+                    let known = if self.0.is_empty() {
+                        "no lexicons are defined".to_string()
+                    } else {
+                        format!(
+                            "defined: {}",
+                            self.0
+                                .keys()
+                                .map(|k| format!("@{k}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    };
+                    return Err(QueryError::UnknownLexicon { token, known });
+                };
+                out.push('(');
+                out.push_str(&terms.join(" OR "));
+                out.push(')');
+                for _ in 0..name.chars().count() {
+                    chars.next();
+                }
+                at_term_start = false;
+                continue;
+            }
+            out.push(c);
+            at_term_start = !in_quote && (c.is_whitespace() || c == '(' || c == '-');
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn musts(q: &str) -> Vec<Expr> {
+        match parse(q).unwrap().expr {
+            Expr::And(v) => v,
+            e => vec![e],
+        }
+    }
+
+    fn c(clause: Clause) -> Expr {
+        Expr::Clause(clause)
+    }
+
     #[test]
     fn parses_every_form() {
-        let q = parse(r#"Invoice "wire transfer" from:Alice@Example.test with:bob@example.test direction:outbound type:chat action:block rule:pci-card after:2026-11-01 before:2026-11-21T12:00:00Z -lunch account:Eve@example.test/x msg:ABC12 via:mam"#).unwrap();
-        assert_eq!(
-            q.must[10],
-            Clause::Jid(JidField::Account, "eve@example.test/x".into())
-        );
-        assert_eq!(q.must[11], Clause::Message("abc12".into()));
-        assert_eq!(q.must[12], Clause::Via(Via::Mam));
-        assert_eq!(q.must[0], Clause::Text(vec!["invoice".into()]));
-        assert_eq!(
-            q.must[1],
-            Clause::Text(vec!["wire".into(), "transfer".into()])
+        let q = musts(
+            r#"Invoice "wire transfer" from:Alice@Example.test with:bob@example.test direction:outbound type:chat action:block rule:pci-card after:2026-11-01 before:2026-11-21T12:00:00Z -lunch account:Eve@example.test/x msg:ABC12 via:mam"#,
         );
         assert_eq!(
-            q.must[2],
-            Clause::Jid(JidField::From, "alice@example.test".into())
+            q[11],
+            c(Clause::Jid(JidField::Account, "eve@example.test/x".into()))
+        );
+        assert_eq!(q[12], c(Clause::Message("abc12".into())));
+        assert_eq!(q[13], c(Clause::Via(Via::Mam)));
+        assert_eq!(q[0], c(Clause::Text(vec!["invoice".into()])));
+        assert_eq!(
+            q[1],
+            c(Clause::Text(vec!["wire".into(), "transfer".into()]))
         );
         assert_eq!(
-            q.must[3],
-            Clause::Jid(JidField::With, "bob@example.test".into())
-        );
-        assert_eq!(q.must[4], Clause::Direction(Direction::Outbound));
-        assert_eq!(q.must[5], Clause::Type("chat".into()));
-        assert_eq!(q.must[6], Clause::Action(Action::Block));
-        assert_eq!(q.must[7], Clause::Rule("pci-card".into()));
-        assert_eq!(
-            q.must[8],
-            Clause::After(Timestamp::parse("2026-11-01").unwrap())
+            q[2],
+            c(Clause::Jid(JidField::From, "alice@example.test".into()))
         );
         assert_eq!(
-            q.must[9],
-            Clause::Before(Timestamp::parse("2026-11-21T12:00:00Z").unwrap())
+            q[3],
+            c(Clause::Jid(JidField::With, "bob@example.test".into()))
         );
-        assert_eq!(q.must_not, vec![Clause::Text(vec!["lunch".into()])]);
+        assert_eq!(q[4], c(Clause::Direction(Direction::Outbound)));
+        assert_eq!(q[5], c(Clause::Type("chat".into())));
+        assert_eq!(q[6], c(Clause::Action(Action::Block)));
+        assert_eq!(q[7], c(Clause::Rule("pci-card".into())));
+        assert_eq!(
+            q[8],
+            c(Clause::After(Timestamp::parse("2026-11-01").unwrap()))
+        );
+        assert_eq!(
+            q[9],
+            c(Clause::Before(
+                Timestamp::parse("2026-11-21T12:00:00Z").unwrap()
+            ))
+        );
+        assert_eq!(
+            q[10],
+            Expr::Not(Box::new(c(Clause::Text(vec!["lunch".into()]))))
+        );
+    }
+
+    #[test]
+    fn or_binds_tighter_than_and_and_parentheses_group() {
+        let word = |w: &str| c(Clause::Text(vec![w.into()]));
+        assert_eq!(
+            parse("from:a@x bribe OR kickback").unwrap().expr,
+            Expr::And(vec![
+                c(Clause::Jid(JidField::From, "a@x".into())),
+                Expr::Or(vec![word("bribe"), word("kickback")]),
+            ])
+        );
+        assert_eq!(
+            parse("(a AND b) OR NOT c").unwrap().expr,
+            Expr::Or(vec![
+                Expr::And(vec![word("a"), word("b")]),
+                Expr::Not(Box::new(word("c"))),
+            ])
+        );
+        assert_eq!(
+            parse("-(a OR b)").unwrap().expr,
+            Expr::Not(Box::new(Expr::Or(vec![word("a"), word("b")])))
+        );
+        // Lowercase operator words are words.
+        assert_eq!(
+            parse("this or that").unwrap().expr,
+            Expr::And(vec![word("this"), word("or"), word("that")])
+        );
+    }
+
+    #[test]
+    fn patterns_and_near() {
+        let p = |q: &str| match parse(q).unwrap().expr {
+            Expr::Clause(Clause::Pattern { word, .. }) => word,
+            e => panic!("{q}: {e:?}"),
+        };
+        assert_eq!(p("Guarant*"), Word::Prefix("guarant".into()));
+        assert_eq!(p("gu?r*nt*"), Word::Wildcard("gu?r*nt*".into()));
+        assert_eq!(p("guarantee~"), Word::Fuzzy("guarantee".into(), 1));
+        assert_eq!(p("guarantee~2"), Word::Fuzzy("guarantee".into(), 2));
+        match parse("guarant* NEAR/5 (return* OR profit)").unwrap().expr {
+            Expr::Clause(Clause::Near {
+                left,
+                right,
+                within: 5,
+                ordered: false,
+                ..
+            }) => {
+                assert_eq!(left, vec![Word::Prefix("guarant".into())]);
+                assert_eq!(
+                    right,
+                    vec![Word::Prefix("return".into()), Word::Exact("profit".into())]
+                );
+            }
+            e => panic!("{e:?}"),
+        }
+        assert!(matches!(
+            parse("a ONEAR/2 b").unwrap().expr,
+            Expr::Clause(Clause::Near {
+                ordered: true,
+                within: 2,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -258,15 +943,95 @@ mod tests {
                 token: "colour:red".into()
             }
         );
-        let e = parse("direction:sideways").unwrap_err();
-        assert!(e.to_string().contains("direction:sideways"), "{e}");
-        let e = parse("after:yesterday").unwrap_err();
-        assert!(e.to_string().contains("after:yesterday"), "{e}");
+        for (q, token) in [
+            ("direction:sideways", "direction:sideways"),
+            ("after:yesterday", "after:yesterday"),
+            ("a NEAR/0 b", "NEAR/0"),
+            ("a NEAR b", "NEAR"),
+            ("a NEAR/3 \"two words\"", "\"two words\""),
+            ("a NEAR/3 b NEAR/3 c", "NEAR/3"),
+            ("(a OR b", "("),
+            ("a OR b)", ")"),
+            ("a OR", "OR"),
+            ("e-ma*", "e-ma*"),
+            ("word~3", "word~3"),
+            ("two-words~", "two-words~"),
+            ("***", "***"),
+            ("@bribery", "@bribery"),
+            ("a AND", "AND"),
+        ] {
+            let e = parse(q).unwrap_err().to_string();
+            assert!(e.contains(&format!("{token:?}")), "{q}: {e}");
+        }
         assert!(matches!(
             parse("\"open phrase"),
             Err(QueryError::UnterminatedQuote { .. })
         ));
         assert!(matches!(parse("!!!"), Err(QueryError::Empty { .. })));
+    }
+
+    #[test]
+    fn word_matchers() {
+        let m = |w: Word, s: &str| w.matcher().matches(s);
+        assert!(m(Word::Prefix("guarant".into()), "guaranteed"));
+        assert!(!m(Word::Prefix("guarant".into()), "guaran"));
+        assert!(m(Word::Wildcard("gu?r*nt*".into()), "guaranteed"));
+        assert!(m(Word::Wildcard("*tee".into()), "guarantee"));
+        assert!(!m(Word::Wildcard("*tee".into()), "guaranteed"));
+        assert!(m(Word::Wildcard("a*b*c".into()), "axxbyyc"));
+        assert!(!m(Word::Wildcard("a*b*c".into()), "axxbyy"));
+        assert!(m(Word::Fuzzy("guarantee".into(), 1), "garantee"));
+        assert!(
+            m(Word::Fuzzy("guarantee".into(), 1), "guarnatee"),
+            "a swap is one edit"
+        );
+        assert!(!m(Word::Fuzzy("guarantee".into(), 1), "garanty"));
+        assert!(m(Word::Fuzzy("guarantee".into(), 2), "garantie"));
+        assert!(m(Word::Fuzzy("über".into(), 1), "uber"));
+    }
+
+    #[test]
+    fn near_counts_words_between() {
+        // "guarantee a good return": 0 and 3.
+        assert!(near(&[0], &[3], 3, false));
+        assert!(!near(&[0], &[3], 2, false));
+        assert!(near(&[3], &[0], 3, false));
+        assert!(!near(&[3], &[0], 3, true));
+        assert!(near(&[0], &[3], 3, true));
+        assert!(!near(&[4], &[4], 3, false), "a word is not near itself");
+        assert!(near(&[4], &[4, 6], 3, false));
+    }
+
+    #[test]
+    fn lexicons_expand_outside_quotes_only() {
+        let lex = Lexicons::new(BTreeMap::from([(
+            "bribery".to_string(),
+            vec![
+                "bribe*".to_string(),
+                "kickback~".into(),
+                "\"under the table\"".into(),
+            ],
+        )]))
+        .unwrap();
+        assert_eq!(
+            lex.expand("from:a@x @bribery -(@bribery) \"@bribery\"").unwrap(),
+            "from:a@x (bribe* OR kickback~ OR \"under the table\") -((bribe* OR kickback~ OR \"under the table\")) \"@bribery\""
+        );
+        parse(&lex.expand("@bribery NEAR/3 cash").unwrap()).unwrap_err();
+        parse(&lex.expand("@bribery cash").unwrap()).unwrap();
+        let e = lex.expand("@graft").unwrap_err().to_string();
+        assert!(e.contains("\"@graft\"") && e.contains("@bribery"), "{e}");
+        let bad = |terms: &[&str]| {
+            Lexicons::new(BTreeMap::from([(
+                "x".to_string(),
+                terms.iter().map(|t| t.to_string()).collect(),
+            )]))
+            .unwrap_err()
+            .to_string()
+        };
+        assert!(bad(&["from:a@x"]).contains("from:a@x"));
+        assert!(bad(&["a OR b"]).contains("a OR b"));
+        assert!(bad(&[]).contains("no terms"));
     }
 
     #[test]

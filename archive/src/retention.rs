@@ -462,15 +462,6 @@ impl HoldSpec {
         }
         let query_text = query_text.map(str::trim).filter(|q| !q.is_empty());
         if let Some(q) = query_text {
-            // The query language ANDs every term: an operator word would be searched
-            // for as a word, and the hold would select far less than it reads.
-            if let Some(op) = q.split_whitespace().find(|t| {
-                matches!(*t, "OR" | "AND" | "NOT" | "||" | "&&") || t.starts_with("NEAR/")
-            }) {
-                return Err(format!(
-                    "query: {op:?} is not an operator here: every term must match (write `-word` to exclude, and one hold per alternative)"
-                ));
-            }
             query::parse(q).map_err(|e| format!("query: {e}"))?;
         }
         if let (Some(a), Some(b)) = (since, until) {
@@ -1009,8 +1000,12 @@ mod tests {
         h.observe(&audit(3, HOLD_PLACE, "{not json".into()));
         assert_eq!(h.unreadable, vec![3]);
         assert!(HoldSpec::new("m", &[], None, None, None).is_err());
-        let e = HoldSpec::new("m", &[], Some("merger OR acquisition"), None, None).unwrap_err();
-        assert!(e.contains("\"OR\" is not an operator"), "{e}");
+        // The full query language holds: OR, NEAR and prefixes select what search does.
+        assert!(HoldSpec::new("m", &[], Some("merger OR acquisit*"), None, None).is_ok());
+        let e = HoldSpec::new("m", &[], Some("merger NEAR acquisition"), None, None).unwrap_err();
+        assert!(e.contains("\"NEAR\""), "{e}");
+        let e = HoldSpec::new("m", &[], Some("@deals"), None, None).unwrap_err();
+        assert!(e.contains("\"@deals\""), "{e}");
         assert!(HoldSpec::new("acme\u{200B}", &["a@x".into()], None, None, None).is_err());
         assert!(HoldSpec::new("acme \u{202E}mrif", &["a@x".into()], None, None, None).is_err());
         assert!(HoldSpec::new("m", &[], Some("from:"), None, None).is_err());

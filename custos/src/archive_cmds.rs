@@ -83,6 +83,10 @@ pub fn search(
 ) -> anyhow::Result<ExitCode> {
     let a = settings(config)?;
     let key = master_key(&a)?;
+    let query = &a
+        .lexicons
+        .expand(query)
+        .map_err(|e| anyhow::anyhow!("bad query: {e}"))?;
     custos_archive::query::parse(query).map_err(|e| anyhow::anyhow!("bad query: {e}"))?;
     let chains = crate::nodes::chains(&a)?;
     let fetch = if copies {

@@ -53,6 +53,8 @@ pub struct RawConfig {
     pub limits: Option<Spanned<RawLimits>>,
     pub retention: Option<Spanned<RawRetention>>,
     pub files: Option<Spanned<RawFiles>>,
+    /// `[lexicons]`: named lists of search terms, used in queries as `@name`.
+    pub lexicons: Option<Spanned<std::collections::BTreeMap<String, Spanned<Vec<String>>>>>,
 }
 
 /// `[files]`: archive the files messages share from the firm's own upload services.
@@ -237,6 +239,8 @@ pub struct ArchiveSettings {
     /// This node's name (`[archive] node`): its chain's place in a shared bucket and
     /// the name its records are shown under.
     pub node: Option<String>,
+    /// `[lexicons]`: saved term lists that searches, exports and holds name as `@name`.
+    pub lexicons: custos_archive::query::Lexicons,
 }
 
 /// `[archive.object_store]`, validated; credentials are read when connecting.
@@ -436,7 +440,18 @@ impl Validator<'_> {
 
     fn config(&mut self, raw: RawConfig) -> Config {
         let proxy = self.proxy(&raw);
-        let archive = raw.archive.as_ref().and_then(|a| self.archive(a));
+        let mut archive = raw.archive.as_ref().and_then(|a| self.archive(a));
+        if let Some(l) = &raw.lexicons {
+            let lexicons = self.lexicons(l);
+            match archive.as_mut() {
+                Some(a) => a.lexicons = lexicons,
+                None => self.fail(
+                    &l.span(),
+                    "lexicons",
+                    "lexicons search an archive: add an [archive] section",
+                ),
+            }
+        }
         let policy = raw.policy.as_ref().and_then(|p| {
             let rules = self.existing_file(&p.get_ref().rules, "policy.rules")?;
             Some(PolicySettings { rules })
@@ -1241,7 +1256,25 @@ impl Validator<'_> {
             witness: witness.map(|(p, _)| p),
             object_store,
             node,
+            lexicons: Default::default(),
         })
+    }
+
+    fn lexicons(
+        &mut self,
+        raw: &Spanned<std::collections::BTreeMap<String, Spanned<Vec<String>>>>,
+    ) -> custos_archive::query::Lexicons {
+        let mut map = std::collections::BTreeMap::new();
+        for (name, terms) in raw.get_ref() {
+            let one = std::collections::BTreeMap::from([(name.clone(), terms.get_ref().clone())]);
+            match custos_archive::query::Lexicons::new(one) {
+                Ok(_) => {
+                    map.insert(name.clone(), terms.get_ref().clone());
+                }
+                Err(e) => self.fail(&terms.span(), &format!("lexicons.{name}"), e.reason),
+            }
+        }
+        custos_archive::query::Lexicons::new(map).unwrap_or_default()
     }
 
     fn object_store(&mut self, o: &RawObjectStore, dir: &Path) -> Option<ObjectStoreSettings> {

@@ -54,8 +54,14 @@ fn setup(
     let master = archive_cmds::master_key(&a)?;
     let signing = custos_archive::load_signing_key(&a.signing_key)
         .with_context(|| format!("reading the signing key {}", a.signing_key.display()))?;
+    // A lexicon is written out: the manifest names the query that ran, and an auditor
+    // checks it without this configuration.
+    let query = query
+        .map(|q| a.lexicons.expand(q))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("bad query: {e}"))?;
     let request = ExportRequest {
-        query: query.map(str::to_owned),
+        query,
         since: time(since, "--since")?,
         until: time(until, "--until")?,
     };

@@ -99,10 +99,16 @@ pub fn hold_add(
     change: bool,
 ) -> anyhow::Result<ExitCode> {
     let o = open(config)?;
+    // A hold keeps the terms a lexicon had when it was placed: editing the lexicon
+    // later does not silently change what is held.
+    let query = query
+        .map(|q| o.settings.lexicons.expand(q))
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("hold {matter:?}: query: {e}"))?;
     let spec = HoldSpec::new(
         matter,
         jids,
-        query,
+        query.as_deref(),
         time(since, "--since")?,
         time(until, "--until")?,
     )

@@ -229,6 +229,7 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
             web_config.journal = journal_health.clone();
             if let Some(a) = &cfg.archive {
                 web_config.node.clone_from(&a.node);
+                web_config.lexicons.clone_from(&a.lexicons);
                 web_config.export = Some(custos_web_ui::ExportKeys {
                     archive_dir: a.dir.clone(),
                     master_key: archive_cmds::master_key(a)?,

@@ -10,6 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
+use custos_archive::query::Lexicons;
 use custos_archive::{Action, EditKind, MessageHit, NewRecord, Record, Timestamp};
 use maud::html;
 use serde::Deserialize;
@@ -207,9 +208,17 @@ impl SearchForm {
             && self.flagged.is_none()
     }
 
-    /// The archive query the form stands for.
-    fn query(&self) -> Result<String, AppError> {
-        let mut q = vec![self.q.trim().to_string()];
+    /// The archive query the form stands for, its lexicons written out.
+    fn query(&self, lexicons: &Lexicons) -> Result<String, AppError> {
+        let typed = lexicons
+            .expand(self.q.trim())
+            .map_err(|e| AppError::BadRequest(format!("bad query: {e}")))?;
+        // Checked alone first: a whole query followed by more terms ANDs them with all
+        // of it, but a broken one ("a OR") could be completed by a filter into another
+        // meaning.
+        custos_archive::query::parse(&typed)
+            .map_err(|e| AppError::BadRequest(format!("bad query: {e}")))?;
+        let mut q = vec![typed];
         let mut add = |field: &str, v: &str| {
             let v = token(v);
             if !v.is_empty() {
@@ -337,7 +346,7 @@ pub async fn search(
     let mut error = None;
     let mut uncovered = None;
     if !f.is_empty() {
-        match f.query() {
+        match f.query(&app.cfg.lexicons) {
             Ok(query) => {
                 app.audit(
                     &a.session.user,
@@ -392,7 +401,12 @@ pub async fn search(
             })
             .collect()
     };
-    let terms = highlight::query_terms(&f.q);
+    let terms = highlight::Terms::of(
+        &app.cfg
+            .lexicons
+            .expand(&f.q)
+            .unwrap_or_else(|_| f.q.clone()),
+    );
     let sel = |v: &str, cur: &str| v == cur;
     Ok(layout(
         "Search",
@@ -498,7 +512,7 @@ pub async fn export(
     Query(f): Query<SearchForm>,
 ) -> Result<Response, AppError> {
     a.require(Perm::Read)?;
-    let query = f.query()?;
+    let query = f.query(&app.cfg.lexicons)?;
     let searched = run_search(&app, query.clone(), EXPORT_LIMIT).await?;
     let hits = searched.hits;
     app.audit(
@@ -544,7 +558,7 @@ pub async fn regulator_export(
     let Some(keys) = app.cfg.export.clone() else {
         return Err(AppError::NotFound);
     };
-    let query = f.query()?;
+    let query = f.query(&app.cfg.lexicons)?;
     let request = custos_archive::ExportRequest {
         query: (!query.trim().is_empty()).then(|| query.clone()),
         since: None,

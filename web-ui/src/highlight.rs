@@ -4,16 +4,56 @@
 
 use std::collections::HashSet;
 
-/// The plain words of a query (not `field:value`, not negated), lowercased.
-pub fn query_terms(q: &str) -> HashSet<String> {
-    q.split_whitespace()
-        .filter(|t| !t.starts_with('-') && !t.trim_start_matches('"').contains(':'))
-        .flat_map(custos_archive::query::tokenize)
-        .collect()
+use custos_archive::query::{self, Clause, Expr, Word, WordMatcher};
+
+/// The words a query looks for in text (not `field:value` terms, not what it excludes):
+/// exact words, and the prefix, wildcard and fuzzy terms as matchers.
+#[derive(Default)]
+pub struct Terms {
+    exact: HashSet<String>,
+    patterns: Vec<WordMatcher>,
+}
+
+impl Terms {
+    /// The terms of a query; one that does not parse marks nothing.
+    pub fn of(q: &str) -> Terms {
+        let mut t = Terms::default();
+        if let Ok(q) = query::parse(q) {
+            t.collect(&q.expr);
+        }
+        t
+    }
+
+    fn word(&mut self, w: &Word) {
+        match w {
+            Word::Exact(e) => {
+                self.exact.insert(e.clone());
+            }
+            w => self.patterns.push(w.matcher()),
+        }
+    }
+
+    fn collect(&mut self, e: &Expr) {
+        match e {
+            Expr::All | Expr::Not(_) => {}
+            Expr::And(v) | Expr::Or(v) => v.iter().for_each(|e| self.collect(e)),
+            Expr::Clause(Clause::Text(words)) => self.exact.extend(words.iter().cloned()),
+            Expr::Clause(Clause::Pattern { word, .. }) => self.word(word),
+            Expr::Clause(Clause::Near { left, right, .. }) => {
+                left.iter().chain(right).for_each(|w| self.word(w))
+            }
+            Expr::Clause(_) => {}
+        }
+    }
+
+    /// Whether a lowercased word is one the query looks for.
+    pub fn contains(&self, word: &str) -> bool {
+        self.exact.contains(word) || self.patterns.iter().any(|m| m.matches(word))
+    }
 }
 
 /// Byte ranges of the words of `text` that are in `terms`.
-pub fn marks(text: &str, terms: &HashSet<String>) -> Vec<(usize, usize)> {
+pub fn marks(text: &str, terms: &Terms) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let mut start: Option<usize> = None;
     let flush = |s: usize, e: usize, out: &mut Vec<(usize, usize)>| {
@@ -80,7 +120,7 @@ mod tests {
 
     #[test]
     fn marks_whole_words_case_insensitively() {
-        let terms = query_terms("Invoice from:alice@x -lunch \"wire transfer\"");
+        let terms = Terms::of("Invoice from:alice@x -lunch \"wire transfer\"");
         assert!(terms.contains("invoice") && terms.contains("wire") && terms.contains("transfer"));
         assert!(!terms.contains("lunch") && !terms.contains("alice"));
         let text = "INVOICE sent; invoices later. Wire it.";
@@ -90,9 +130,18 @@ mod tests {
     }
 
     #[test]
+    fn marks_what_patterns_and_near_matched() {
+        let terms = Terms::of("guarant* NEAR/5 (retrun~ OR profit) OR -lunch");
+        let text = "We guaranteed a return, not lunch.";
+        let m = marks(text, &terms);
+        let words: Vec<&str> = m.iter().map(|&(s, e)| &text[s..e]).collect();
+        assert_eq!(words, vec!["guaranteed", "return"]);
+    }
+
+    #[test]
     fn excerpt_centres_on_the_first_mark() {
         let text = format!("{}needle{}", "a ".repeat(300), " b".repeat(300));
-        let terms = query_terms("needle");
+        let terms = Terms::of("needle");
         let m = marks(&text, &terms);
         let (ex, inside, cut_before, cut_after) = excerpt(&text, &m);
         assert!(cut_before && cut_after);
@@ -103,7 +152,7 @@ mod tests {
     proptest! {
         #[test]
         fn marks_and_excerpts_stay_on_char_boundaries(text in "\\PC{0,400}", word in "[a-zé]{1,4}") {
-            let terms: HashSet<String> = [word].into_iter().collect();
+            let terms = Terms::of(&word);
             let m = marks(&text, &terms);
             for &(s, e) in &m {
                 prop_assert!(text.get(s..e).is_some());

@@ -71,6 +71,8 @@ pub struct WebConfig {
     /// How delivery to the firm's archiver stands (`[journal]`), kept current by the
     /// server's journal loop; shown on the dashboard.
     pub journal: JournalHealth,
+    /// Saved term lists (`[lexicons]`), used in queries as `@name`.
+    pub lexicons: custos_archive::query::Lexicons,
 }
 
 /// Another node's chain, readable through a local directory.
@@ -138,6 +140,7 @@ impl WebConfig {
             node: None,
             peers: Peers::default(),
             journal: JournalHealth::default(),
+            lexicons: Default::default(),
         }
     }
 }

@@ -138,7 +138,15 @@ pub async fn hold_add(
         .collect();
     let spec = when(&f.since, "from")
         .and_then(|since| Ok((since, when(&f.until, "until")?)))
-        .and_then(|(since, until)| HoldSpec::new(&f.matter, &jids, Some(&f.query), since, until));
+        .and_then(|(since, until)| {
+            // A hold keeps the terms a lexicon has now (see the CLI's hold add).
+            let query = app
+                .cfg
+                .lexicons
+                .expand(&f.query)
+                .map_err(|e| format!("query: {e}"))?;
+            HoldSpec::new(&f.matter, &jids, Some(&query), since, until)
+        });
     let spec = match spec {
         Ok(s) => s,
         Err(e) => {

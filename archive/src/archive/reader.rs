@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use aes_gcm::Aes256Gcm;
 
-use crate::index::{BlindIndexReader, BlindKey};
+use crate::index::BlindIndexReader;
 use crate::keys::MasterKey;
 use crate::log::{self, Meta};
 use crate::query;
@@ -141,7 +141,8 @@ impl ArchiveReader {
             if guard.is_none() {
                 *guard = Some(BlindIndexReader::open(
                     &index_dir(&self.dir),
-                    BlindKey::derive(&self.master, &self.meta.archive_id),
+                    &self.master,
+                    &self.meta.archive_id,
                 )?);
             }
             match guard.as_ref() {

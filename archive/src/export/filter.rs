@@ -7,7 +7,7 @@
 //! messages match a query, as in search; without a query every record in the
 //! range is selected, events included, so the exported sequence has no gaps.
 
-use crate::query::{self, Clause, JidField, Query};
+use crate::query::{self, Clause, JidField, Query, Word};
 use crate::record::{Direction, MessageRecord, NewRecord, Record};
 use crate::time::Timestamp;
 
@@ -43,33 +43,47 @@ impl Filter {
             return false;
         };
         let words = Words::of(m);
-        q.must.iter().all(|c| clause(c, rec, m, &words))
-            && !q.must_not.iter().any(|c| clause(c, rec, m, &words))
+        q.expr.eval(&mut |c| clause(c, rec, m, &words))
     }
 }
 
-/// The tokens of subject and body, kept apart so a phrase never spans the two.
-struct Words(Vec<Vec<String>>);
+/// The tokens of every text part, numbered as the index numbers them: one part
+/// after another, [`query::PART_GAP`] positions apart, so a phrase or NEAR never
+/// joins two parts, and agrees with search.
+struct Words(Vec<(String, u32)>);
 
 impl Words {
     fn of(m: &MessageRecord) -> Words {
-        Words(
-            [&m.subject, &m.body]
-                .into_iter()
-                .flatten()
-                .chain(m.capture.extra.iter().map(|t| &t.text))
-                .map(|t| query::tokenize(t))
-                .collect(),
-        )
+        let mut out = Vec::new();
+        let mut next = 0u32;
+        for part in query::text_parts(m) {
+            for t in query::tokenize(part) {
+                out.push((t, next));
+                next = next.saturating_add(1);
+            }
+            next = next.saturating_add(query::PART_GAP);
+        }
+        Words(out)
     }
 
     fn has_phrase(&self, phrase: &[String]) -> bool {
         if phrase.is_empty() {
             return false;
         }
+        self.0.windows(phrase.len()).any(|w| {
+            w.iter().zip(phrase).all(|((t, _), p)| t == p)
+                && w.windows(2).all(|p| p[1].1 == p[0].1 + 1)
+        })
+    }
+
+    /// Positions of the words any of `words` matches, ascending.
+    fn positions(&self, words: &[Word]) -> Vec<u32> {
+        let matchers: Vec<_> = words.iter().map(Word::matcher).collect();
         self.0
             .iter()
-            .any(|tokens| tokens.windows(phrase.len()).any(|w| w == phrase))
+            .filter(|(t, _)| matchers.iter().any(|m| m.matches(t)))
+            .map(|&(_, p)| p)
+            .collect()
     }
 }
 
@@ -89,6 +103,22 @@ fn occupant(m: &MessageRecord, side: Direction) -> Option<&str> {
 fn clause(c: &Clause, rec: &Record, m: &MessageRecord, words: &Words) -> bool {
     match c {
         Clause::Text(phrase) => words.has_phrase(phrase),
+        Clause::Pattern { word, .. } => {
+            let m = word.matcher();
+            words.0.iter().any(|(t, _)| m.matches(t))
+        }
+        Clause::Near {
+            left,
+            right,
+            within,
+            ordered,
+            ..
+        } => query::near(
+            &words.positions(left),
+            &words.positions(right),
+            *within,
+            *ordered,
+        ),
         Clause::Jid(JidField::From, j) => {
             jid_matches(&m.from, j)
                 || occupant(m, Direction::Inbound).is_some_and(|o| jid_matches(o, j))
@@ -187,6 +217,33 @@ mod tests {
         assert!(!sel("rule:pci", &r));
         assert!(!sel("funds -today", &r));
         assert!(sel("after:1970-01-01 -before:1970-01-01", &r));
+    }
+
+    #[test]
+    fn boolean_patterns_and_near() {
+        let r = msg(
+            "alice@example.test",
+            "bob@example.test",
+            "We guarantee a good return, honestly",
+            5,
+        );
+        assert!(sel("funds OR guarantee", &r));
+        assert!(!sel("funds OR lunch", &r));
+        assert!(sel("from:alice@example.test (lunch OR return)", &r));
+        assert!(!sel("NOT (lunch OR return)", &r));
+        assert!(sel("guarant*", &r));
+        assert!(sel("g?ar*ee", &r));
+        assert!(!sel("guarantees*", &r));
+        assert!(sel("garantee~", &r));
+        assert!(!sel("garanty~", &r));
+        assert!(sel("guarant* NEAR/3 return*", &r));
+        assert!(!sel("guarant* NEAR/2 return*", &r));
+        assert!(sel("return NEAR/3 guarantee", &r));
+        assert!(!sel("return ONEAR/3 guarantee", &r));
+        assert!(sel("guarantee ONEAR/3 (profit OR return)", &r));
+        // Subject "Quarterly" and body's first word are in different parts.
+        assert!(!sel("quarterly NEAR/1 we", &r));
+        assert!(sel("quarterly NEAR/2 we", &r));
     }
 
     #[test]

@@ -1,0 +1,435 @@
+//! The sealed vocabulary: every distinct word the index holds, per log segment,
+//! encrypted, so that prefix, wildcard and fuzzy terms can be expanded into the words
+//! they match before those words are blinded like any other term.
+//!
+//! The blind index cannot answer `guarant*` by itself: its terms are keyed hashes,
+//! unordered and unrelated to one another. The vocabulary supplies the words: one file
+//! per segment, `vocabulary/<segment>.words`, a sequence of AES-256-GCM chunks (each the
+//! new words of one index commit, newline-separated) under a key derived from the
+//! master key, bound to the archive and the segment. It is written before the commit
+//! that makes its words searchable, so every committed word is in it. When a segment is
+//! crypto-shredded, the indexer deletes that segment's file with its documents: what a
+//! shredded conversation said is not kept as a word list either.
+//!
+//! ```text
+//! chunk := len:u32be ‖ nonce:12 ‖ AES-GCM(key, nonce, words joined by '\n', aad)
+//! aad   := "custos-vocab-v1" ‖ archive id ‖ segment:u64be
+//! ```
+//!
+//! Someone who copies the directory learns its file sizes (roughly how many distinct
+//! words each segment added, and when), nothing of the words without the master key.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+
+use crate::keys::{random_bytes, MasterKey};
+use crate::query::Word;
+
+const LABEL: &str = "custos-vocab-v1";
+const SUFFIX: &str = ".words";
+/// Most words one prefix, wildcard or fuzzy term may expand to.
+pub const MAX_EXPANSION: usize = 4096;
+
+/// The vocabulary directory beside an index directory.
+pub fn vocab_dir(index_dir: &Path) -> PathBuf {
+    index_dir.with_file_name("vocabulary")
+}
+
+fn file_name(segment: u64) -> String {
+    format!("{segment:016x}{SUFFIX}")
+}
+
+fn segment_of(name: &str) -> Option<u64> {
+    let hex = name.strip_suffix(SUFFIX)?;
+    (hex.len() == 16)
+        .then(|| u64::from_str_radix(hex, 16).ok())
+        .flatten()
+}
+
+struct Seal {
+    cipher: Aes256Gcm,
+    archive_id: [u8; 16],
+}
+
+impl Seal {
+    fn new(master: &MasterKey, archive_id: &[u8; 16]) -> Seal {
+        let key = master.derive(LABEL, archive_id);
+        Seal {
+            // A 32-byte key is always accepted.
+            cipher: Aes256Gcm::new_from_slice(key.as_ref())
+                .unwrap_or_else(|_| Aes256Gcm::new(&Default::default())),
+            archive_id: *archive_id,
+        }
+    }
+
+    fn aad(&self, segment: u64) -> Vec<u8> {
+        let mut aad = Vec::with_capacity(LABEL.len() + 24);
+        aad.extend_from_slice(LABEL.as_bytes());
+        aad.extend_from_slice(&self.archive_id);
+        aad.extend_from_slice(&segment.to_be_bytes());
+        aad
+    }
+
+    fn seal(&self, segment: u64, words: &str) -> std::io::Result<Vec<u8>> {
+        let nonce = random_bytes::<12>().map_err(std::io::Error::other)?;
+        let aad = self.aad(segment);
+        let ct = self
+            .cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: words.as_bytes(),
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| std::io::Error::other("vocabulary encryption failed"))?;
+        let len = u32::try_from(12 + ct.len())
+            .map_err(|_| std::io::Error::other("vocabulary chunk too large"))?;
+        let mut out = Vec::with_capacity(4 + 12 + ct.len());
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ct);
+        Ok(out)
+    }
+
+    /// Opens the chunks of `bytes` from `at`, calling `word` for each word; returns
+    /// where the last whole, authentic chunk ended. A torn or foreign chunk ends the
+    /// file there (a crash mid-write; the index commit it preceded never happened).
+    fn open(
+        &self,
+        segment: u64,
+        bytes: &[u8],
+        mut at: usize,
+        word: &mut impl FnMut(&str),
+    ) -> usize {
+        let aad = self.aad(segment);
+        loop {
+            let Some(len) = bytes
+                .get(at..at + 4)
+                .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
+            else {
+                return at;
+            };
+            let Some(chunk) = bytes.get(at + 4..at + 4 + len).filter(|c| c.len() > 12) else {
+                return at;
+            };
+            let (nonce, ct) = chunk.split_at(12);
+            let Ok(pt) = self
+                .cipher
+                .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: &aad })
+            else {
+                return at;
+            };
+            let Ok(text) = std::str::from_utf8(&pt) else {
+                return at;
+            };
+            text.split('\n')
+                .filter(|w| !w.is_empty())
+                .for_each(&mut *word);
+            at += 4 + len;
+        }
+    }
+}
+
+/// Collects the words the indexer adds and seals them, per segment, at each commit.
+pub struct VocabWriter {
+    dir: PathBuf,
+    seal: Seal,
+    segment: Option<u64>,
+    /// Words of `segment` already sealed or pending (never two copies in a file).
+    seen: HashSet<String>,
+    pending: Vec<String>,
+}
+
+impl VocabWriter {
+    pub fn open(dir: &Path, master: &MasterKey, archive_id: &[u8; 16]) -> VocabWriter {
+        VocabWriter {
+            dir: dir.to_path_buf(),
+            seal: Seal::new(master, archive_id),
+            segment: None,
+            seen: HashSet::new(),
+            pending: Vec::new(),
+        }
+    }
+
+    /// Notes a word of a record in `segment` (records come in log order).
+    pub fn add(&mut self, segment: u64, word: &str) -> std::io::Result<()> {
+        if self.segment != Some(segment) {
+            self.flush()?;
+            self.segment = Some(segment);
+            self.seen.clear();
+            // After a restart the file may already hold words of this segment, and end
+            // in a chunk a crash tore: cut that, or chunks appended after it would be
+            // unreadable.
+            let path = self.dir.join(file_name(segment));
+            if let Ok(bytes) = std::fs::read(&path) {
+                let seen = &mut self.seen;
+                let end = self.seal.open(segment, &bytes, 0, &mut |w| {
+                    seen.insert(w.to_string());
+                });
+                if end < bytes.len() {
+                    let f = std::fs::OpenOptions::new().write(true).open(&path)?;
+                    f.set_len(end as u64)?;
+                    f.sync_data()?;
+                }
+            }
+        }
+        if !self.seen.contains(word) {
+            self.seen.insert(word.to_string());
+            self.pending.push(word.to_string());
+        }
+        Ok(())
+    }
+
+    /// Seals the pending words into their segment's file and syncs it.
+    pub fn flush(&mut self) -> std::io::Result<()> {
+        let (Some(segment), false) = (self.segment, self.pending.is_empty()) else {
+            return Ok(());
+        };
+        std::fs::create_dir_all(&self.dir)?;
+        let chunk = self.seal.seal(segment, &self.pending.join("\n"))?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(file_name(segment)))?;
+        f.write_all(&chunk)?;
+        f.sync_data()?;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// A shredded segment's words go with it.
+    pub fn forget(&mut self, segment: u64) -> std::io::Result<()> {
+        if self.segment == Some(segment) {
+            self.segment = None;
+            self.seen.clear();
+            self.pending.clear();
+        }
+        match std::fs::remove_file(self.dir.join(file_name(segment))) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes every word (the index is rebuilt from nothing).
+    pub fn clear(&mut self) -> std::io::Result<()> {
+        self.segment = None;
+        self.seen.clear();
+        self.pending.clear();
+        match std::fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A word term matched more words than a search expands to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{token:?} matches more than {MAX_EXPANSION} different words; make it narrower")]
+pub struct TooBroad {
+    pub token: String,
+}
+
+/// Every word of the vocabulary, kept current with the files as they grow.
+pub struct Vocabulary {
+    dir: PathBuf,
+    seal: Seal,
+    /// Bytes read of each segment's file (up to its last whole chunk).
+    read: HashMap<u64, usize>,
+    words: BTreeSet<String>,
+}
+
+impl Vocabulary {
+    pub fn new(index_dir: &Path, master: &MasterKey, archive_id: &[u8; 16]) -> Vocabulary {
+        Vocabulary {
+            dir: vocab_dir(index_dir),
+            seal: Seal::new(master, archive_id),
+            read: HashMap::new(),
+            words: BTreeSet::new(),
+        }
+    }
+
+    /// Takes in what the files gained; starts over when a file went (a shred or a
+    /// rebuild), so a forgotten segment's words are forgotten here too.
+    pub fn refresh(&mut self) -> std::io::Result<()> {
+        let mut present = HashMap::new();
+        match std::fs::read_dir(&self.dir) {
+            Ok(entries) => {
+                for e in entries {
+                    let e = e?;
+                    if let Some(seg) = segment_of(&e.file_name().to_string_lossy()) {
+                        present.insert(seg, e.metadata()?.len());
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let shrank = self.read.iter().any(|(seg, &at)| {
+            present
+                .get(seg)
+                .is_none_or(|&len| usize::try_from(len).unwrap_or(usize::MAX) < at)
+        });
+        if shrank {
+            self.read.clear();
+            self.words.clear();
+        }
+        for (seg, len) in present {
+            let at = self.read.get(&seg).copied().unwrap_or(0);
+            if usize::try_from(len).unwrap_or(usize::MAX) <= at {
+                continue;
+            }
+            let bytes = match std::fs::read(self.dir.join(file_name(seg))) {
+                Ok(b) => b,
+                // Forgotten between the listing and the read.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let words = &mut self.words;
+            let end = self.seal.open(seg, &bytes, at, &mut |w| {
+                if !words.contains(w) {
+                    words.insert(w.to_string());
+                }
+            });
+            self.read.insert(seg, end);
+        }
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.words.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.words.is_empty()
+    }
+
+    /// The words any of `words` matches (exact words as they are), at most
+    /// [`MAX_EXPANSION`] per pattern.
+    pub fn expand(&self, words: &[Word], token: &str) -> Result<Vec<String>, TooBroad> {
+        let mut out = BTreeSet::new();
+        for w in words {
+            let before = out.len();
+            if let Word::Exact(e) = w {
+                out.insert(e.clone());
+                continue;
+            }
+            let m = w.matcher();
+            let stem = w.literal_prefix();
+            let candidates: Box<dyn Iterator<Item = &String>> = match w {
+                Word::Fuzzy(word, d) => {
+                    let n = word.chars().count();
+                    let d = usize::from(*d);
+                    Box::new(self.words.iter().filter(move |c| {
+                        let k = c.chars().count();
+                        k + d >= n && k <= n + d
+                    }))
+                }
+                _ => Box::new(
+                    self.words
+                        .range::<str, _>((
+                            std::ops::Bound::Included(stem),
+                            std::ops::Bound::Unbounded,
+                        ))
+                        .take_while(|c| c.starts_with(stem)),
+                ),
+            };
+            for c in candidates {
+                if m.matches(c) {
+                    out.insert(c.clone());
+                    if out.len() - before > MAX_EXPANSION {
+                        return Err(TooBroad {
+                            token: token.to_string(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_are_sealed_per_segment_and_forgotten_with_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let index = tmp.path().join("index");
+        let master = MasterKey::from_bytes([9; 32]);
+        let id = [4; 16];
+        let mut w = VocabWriter::open(&vocab_dir(&index), &master, &id);
+        for word in ["guarantee", "guaranteed", "return", "guarantee"] {
+            w.add(1, word).unwrap();
+        }
+        w.add(2, "returns").unwrap();
+        w.flush().unwrap();
+        let on_disk = std::fs::read(vocab_dir(&index).join(file_name(1))).unwrap();
+        assert!(!on_disk.windows(6).any(|x| x == b"return"), "sealed");
+
+        let mut v = Vocabulary::new(&index, &master, &id);
+        v.refresh().unwrap();
+        assert_eq!(v.len(), 4);
+        let prefix = [Word::Prefix("guarant".into())];
+        assert_eq!(
+            v.expand(&prefix, "guarant*").unwrap(),
+            vec!["guarantee", "guaranteed"]
+        );
+        assert_eq!(
+            v.expand(&[Word::Fuzzy("retrun".into(), 1)], "retrun~")
+                .unwrap(),
+            vec!["return"]
+        );
+        // A restart does not write a word twice; a torn chunk is ignored.
+        let mut w = VocabWriter::open(&vocab_dir(&index), &master, &id);
+        w.add(2, "returns").unwrap();
+        w.add(2, "profit").unwrap();
+        w.flush().unwrap();
+        let path = vocab_dir(&index).join(file_name(2));
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(&[0, 0, 0, 40, 1, 2, 3]).unwrap();
+        v.refresh().unwrap();
+        assert_eq!(v.len(), 5);
+        // The next writer cuts the torn chunk before it appends.
+        let mut w = VocabWriter::open(&vocab_dir(&index), &master, &id);
+        w.add(2, "dividend").unwrap();
+        w.flush().unwrap();
+        let mut v = Vocabulary::new(&index, &master, &id);
+        v.refresh().unwrap();
+        assert_eq!(v.len(), 6);
+
+        w.forget(1).unwrap();
+        v.refresh().unwrap();
+        assert_eq!(v.expand(&prefix, "guarant*").unwrap(), Vec::<String>::new());
+        assert_eq!(v.len(), 3);
+
+        // Another key reads nothing.
+        let mut other = Vocabulary::new(&index, &MasterKey::from_bytes([1; 32]), &id);
+        other.refresh().unwrap();
+        assert!(other.is_empty());
+    }
+
+    #[test]
+    fn a_pattern_matching_too_many_words_is_refused_by_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let index = tmp.path().join("index");
+        let master = MasterKey::from_bytes([9; 32]);
+        let mut w = VocabWriter::open(&vocab_dir(&index), &master, &[0; 16]);
+        for i in 0..=MAX_EXPANSION {
+            w.add(0, &format!("w{i}")).unwrap();
+        }
+        w.flush().unwrap();
+        let mut v = Vocabulary::new(&index, &master, &[0; 16]);
+        v.refresh().unwrap();
+        let e = v.expand(&[Word::Prefix("w".into())], "w*").unwrap_err();
+        assert!(e.to_string().contains("\"w*\""), "{e}");
+    }
+}

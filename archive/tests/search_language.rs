@@ -1,0 +1,200 @@
+//! The compliance query language through the blind index: OR, NOT and groups,
+//! prefix, wildcard and fuzzy terms expanded through the sealed vocabulary, NEAR and
+//! ONEAR on word positions, lexicons; and a shredded segment's words leave the
+//! vocabulary with it.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use custos_archive::query::Lexicons;
+use custos_archive::*;
+
+fn chat(from: &str, to: &str, body: &str) -> NewRecord {
+    NewRecord::Message(MessageRecord {
+        direction: Direction::Outbound,
+        session: SessionId("s1".into()),
+        from: from.into(),
+        to: to.into(),
+        stanza_type: "chat".into(),
+        id: None,
+        origin_id: None,
+        stanza_id: None,
+        thread: None,
+        subject: None,
+        body: Some(body.into()),
+        stanza: Vec::new(),
+        outcome: Outcome {
+            action: Action::Allow,
+            rules: Vec::new(),
+            delivered_body: None,
+            severity: None,
+            e2ee: None,
+            would_action: None,
+        },
+        capture: Default::default(),
+    })
+}
+
+fn open(tmp: &Path) -> (Archive, MasterKey) {
+    let (master_key, signing_key) = (tmp.join("master.key"), tmp.join("signing.key"));
+    if !master_key.exists() {
+        keys_init(&master_key, &signing_key).unwrap();
+    }
+    let master = MasterKey::from_file(&master_key).unwrap();
+    let signing = load_signing_key(&signing_key).unwrap();
+    let a = Archive::open(ArchiveConfig::new(
+        tmp.join("archive"),
+        master.clone(),
+        signing,
+    ))
+    .unwrap();
+    (a, master)
+}
+
+/// Seqs the index finds for `q`, once everything up to `seq` is searchable.
+async fn found(a: &Archive, q: &str, through: u64) -> Vec<u64> {
+    let start = Instant::now();
+    loop {
+        let s = a.reader().search_covered(q, 100).unwrap();
+        if s.uncovered.as_ref().is_none_or(|u| u.from > through) {
+            let mut seqs: Vec<u64> = s.hits.iter().map(|h| h.seq.0).collect();
+            seqs.sort_unstable();
+            return seqs;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "never indexed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lexicon_searches_run_through_the_blind_index() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, _) = open(tmp.path());
+    let alice = "alice@example.test/laptop";
+    let bob = "bob@example.test";
+    let carol = "carol@example.test/desk";
+    let bodies = [
+        (alice, bob, "We guarantee a good return on this"),
+        (bob, alice, "No guarantees, but the returns are fine"),
+        (carol, "dave@example.test", "the garantee is void"),
+        (alice, carol, "lunch at noon"),
+        (alice, bob, "return the guarantee form"),
+    ];
+    let mut last = 0;
+    for (from, to, body) in bodies {
+        last = a.append(chat(from, to, body)).await.unwrap().seq.0;
+    }
+    assert_eq!(last, 5);
+    for (q, want) in [
+        ("guarant*", vec![1, 2, 5]),
+        ("g?arant*", vec![1, 2, 5]),
+        ("*ntee", vec![1, 3, 5]),
+        ("guarantee~", vec![1, 2, 3, 5]),
+        ("garantie~2", vec![1, 3, 5]),
+        ("guarant* NEAR/3 return*", vec![1, 2, 5]),
+        ("guarant* NEAR/2 return*", vec![5]),
+        ("guarant* ONEAR/3 return*", vec![1, 2]),
+        (
+            "(guarantee OR guarantees) NEAR/3 (return OR returns)",
+            vec![1, 2, 5],
+        ),
+        ("lunch OR garantee", vec![3, 4]),
+        ("from:alice@example.test NOT lunch", vec![1, 5]),
+        ("from:alice@example.test -lunch", vec![1, 5]),
+        ("(lunch OR void) from:carol@example.test", vec![3]),
+        ("-(guarant* OR lunch)", vec![3]),
+        ("\"good return\" OR noon", vec![1, 4]),
+        ("zzz*", vec![]),
+        ("zzz* NEAR/5 guarantee", vec![]),
+    ] {
+        assert_eq!(found(&a, q, last).await, want, "{q}");
+    }
+
+    // A lexicon is written out into the query that runs.
+    let lex = Lexicons::new(BTreeMap::from([(
+        "assurances".to_string(),
+        vec![
+            "guarant*".to_string(),
+            "\"good return\"".into(),
+            "promis*".into(),
+        ],
+    )]))
+    .unwrap();
+    let q = lex.expand("@assurances from:bob@example.test").unwrap();
+    assert_eq!(found(&a, &q, last).await, vec![2]);
+
+    // A term too broad for the vocabulary is refused by name, not silently cut.
+    let pending: Vec<_> = (0..4200)
+        .map(|i| a.submit(chat(alice, bob, &format!("ticket w{i}x"))))
+        .collect();
+    for p in pending {
+        p.await.unwrap();
+    }
+    let start = Instant::now();
+    let e = loop {
+        match a.reader().search_covered("w*", 10) {
+            Err(e) => break e.to_string(),
+            Ok(_) => {
+                assert!(start.elapsed() < Duration::from_secs(20), "never refused");
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+        }
+    };
+    assert!(e.contains("\"w*\"") && e.contains("narrower"), "{e}");
+    a.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shredded_segment_takes_its_words_out_of_the_vocabulary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, _) = open(tmp.path());
+    a.append(chat("a@x", "b@x", "zanzibarite shipment tonight"))
+        .await
+        .unwrap();
+    a.append(chat("a@x", "b@x", "quartz shipment"))
+        .await
+        .unwrap();
+    // The close seals segment 1; the next open writes segment 2.
+    a.close().await.unwrap();
+    let (a, _) = open(tmp.path());
+    let last = a
+        .append(chat("a@x", "b@x", "zanzibar holiday"))
+        .await
+        .unwrap()
+        .seq
+        .0;
+    assert_eq!(found(&a, "zanzib*", last).await, vec![1, 3]);
+
+    let vocab = tmp.path().join("archive/vocabulary");
+    let files: Vec<_> = std::fs::read_dir(&vocab).unwrap().flatten().collect();
+    assert_eq!(files.len(), 2, "one file per segment");
+    for f in &files {
+        let bytes = std::fs::read(f.path()).unwrap();
+        for word in [&b"zanzibar"[..], b"shipment", b"quartz"] {
+            assert!(
+                !bytes.windows(word.len()).any(|w| w == word),
+                "{} holds plaintext",
+                f.path().display()
+            );
+        }
+    }
+
+    let receipt = a
+        .shred_segment(1, "erasure ordered", "court order 2026-17", "custos")
+        .await
+        .unwrap();
+    let start = Instant::now();
+    while vocab.join(format!("{:016x}.words", 1)).exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the shredded segment's words stayed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(found(&a, "zanzib*", receipt.seq.0).await, vec![3]);
+    assert_eq!(found(&a, "quar*", receipt.seq.0).await, Vec::<u64>::new());
+    a.close().await.unwrap();
+}
