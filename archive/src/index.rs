@@ -31,8 +31,8 @@ use tantivy::schema::{
     Field, IndexRecordOption, Schema, Value, FAST, INDEXED, STORED, STRING, TEXT,
 };
 use tantivy::{
-    DocId, DocSet, Index, IndexReader, IndexWriter, Order, ReloadPolicy, Score, SegmentReader,
-    TantivyDocument, Term, TERMINATED,
+    DocId, DocSet, Index, IndexReader, IndexWriter, Order, ReloadPolicy, Score, Searcher,
+    SegmentReader, TantivyDocument, Term, TERMINATED,
 };
 use zeroize::Zeroizing;
 
@@ -69,6 +69,8 @@ pub enum IndexError {
     TooBroad(#[from] TooBroad),
     #[error("search vocabulary: {0}")]
     Vocabulary(std::io::Error),
+    #[error("the search vocabulary has no word list for log segment(s) {0:?} whose messages the index holds (deleted?): prefix, wildcard and fuzzy terms cannot be answered completely; run `custos reindex`")]
+    VocabularyMissing(Vec<u64>),
 }
 
 /// The key that blinds index terms, held as HMAC-SHA256 keyed once: each term then costs
@@ -317,6 +319,8 @@ pub struct BlindIndexWriter {
     /// The words added, sealed per segment before each commit (prefix, wildcard and
     /// fuzzy terms expand through them).
     vocab: VocabWriter,
+    /// Shredded segments whose word lists go after the next commit.
+    forget: Vec<u64>,
 }
 
 fn open_or_create(dir: &Path) -> Result<Index, IndexError> {
@@ -581,6 +585,16 @@ impl BlindIndexWriter {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
+        // A word list with no documents beside it is what a crash left: words sealed
+        // for a commit that never landed (added again as the log is caught up), or a
+        // shredded segment's, whose removal after the merge did not happen.
+        let mut vocab = VocabWriter::open(&vocab_dir(dir), master, &archive_id);
+        let indexed = segments_in(&index.reader()?.searcher(), fields.seg)?;
+        for s in vocab.segments()? {
+            if !indexed.contains(&s) {
+                vocab.forget(s)?;
+            }
+        }
         Ok(BlindIndexWriter {
             writer,
             index,
@@ -592,7 +606,8 @@ impl BlindIndexWriter {
             found,
             dirty: false,
             purge: false,
-            vocab: VocabWriter::open(&vocab_dir(dir), master, &archive_id),
+            vocab,
+            forget: Vec::new(),
         })
     }
 
@@ -639,7 +654,9 @@ impl BlindIndexWriter {
             self.writer
                 .delete_term(Term::from_field_u64(self.fields.seg, *segment));
             self.purge = true;
-            self.vocab.forget(*segment)?;
+            // Its word list goes once its documents have (after the commit's merge):
+            // until then a search still finds them, and expands terms for them.
+            self.forget.push(*segment);
         }
         let NewRecord::Message(m) = &a.record.content else {
             self.mark = advance;
@@ -734,6 +751,9 @@ impl BlindIndexWriter {
         if std::mem::take(&mut self.purge) {
             self.purge_deleted()?;
         }
+        for segment in std::mem::take(&mut self.forget) {
+            self.vocab.forget(segment)?;
+        }
         Ok(())
     }
 
@@ -806,12 +826,21 @@ impl BlindIndexReader {
         &self,
         words: &[query::Word],
         token: &str,
-        fresh: &mut bool,
+        b: &mut Build<'_>,
     ) -> Result<Vec<String>, IndexError> {
         let mut v = self.vocab.lock().unwrap_or_else(|p| p.into_inner());
-        if !*fresh && words.iter().any(|w| !matches!(w, query::Word::Exact(_))) {
+        if !b.fresh && words.iter().any(|w| !matches!(w, query::Word::Exact(_))) {
             v.refresh().map_err(IndexError::Vocabulary)?;
-            *fresh = true;
+            // Every segment the index holds messages of must have its word list, or
+            // these terms would silently miss its messages.
+            let missing: Vec<u64> = segments_in(b.searcher, self.fields.seg)?
+                .into_iter()
+                .filter(|s| !v.has_segment(*s))
+                .collect();
+            if !missing.is_empty() {
+                return Err(IndexError::VocabularyMissing(missing));
+            }
+            b.fresh = true;
         }
         Ok(v.expand(words, token)?)
     }
@@ -825,7 +854,7 @@ impl BlindIndexReader {
         ))
     }
 
-    fn clause(&self, c: &Clause, fresh: &mut bool) -> Result<Box<dyn TQuery>, IndexError> {
+    fn clause(&self, c: &Clause, b: &mut Build<'_>) -> Result<Box<dyn TQuery>, IndexError> {
         let f = self.fields;
         let term = |field: Field, tag: &str, v: &str| -> Box<dyn TQuery> {
             Box::new(TermQuery::new(
@@ -841,7 +870,7 @@ impl BlindIndexReader {
                 words.iter().map(|w| self.term(f.text, "text", w)).collect(),
             )),
             Clause::Pattern { word, token } => {
-                self.any_word(self.expand(std::slice::from_ref(word), token, fresh)?)
+                self.any_word(self.expand(std::slice::from_ref(word), token, b)?)
             }
             Clause::Near {
                 left,
@@ -850,8 +879,8 @@ impl BlindIndexReader {
                 ordered,
                 token,
             } => {
-                let left = self.expand(left, token, fresh)?;
-                let right = self.expand(right, token, fresh)?;
+                let left = self.expand(left, token, b)?;
+                let right = self.expand(right, token, b)?;
                 if left.is_empty() || right.is_empty() {
                     return Ok(Box::new(EmptyQuery));
                 }
@@ -896,20 +925,20 @@ impl BlindIndexReader {
         })
     }
 
-    fn expr(&self, e: &Expr, fresh: &mut bool) -> Result<Box<dyn TQuery>, IndexError> {
+    fn expr(&self, e: &Expr, b: &mut Build<'_>) -> Result<Box<dyn TQuery>, IndexError> {
         Ok(match e {
             Expr::All => Box::new(AllQuery),
-            Expr::Clause(c) => self.clause(c, fresh)?,
+            Expr::Clause(c) => self.clause(c, b)?,
             Expr::Not(inner) => Box::new(BooleanQuery::new(vec![
                 (Occur::Must, Box::new(AllQuery) as Box<dyn TQuery>),
-                (Occur::MustNot, self.expr(inner, fresh)?),
+                (Occur::MustNot, self.expr(inner, b)?),
             ])),
             Expr::And(parts) => {
                 let mut clauses = Vec::with_capacity(parts.len() + 1);
                 for p in parts {
                     clauses.push(match p {
-                        Expr::Not(inner) => (Occur::MustNot, self.expr(inner, fresh)?),
-                        p => (Occur::Must, self.expr(p, fresh)?),
+                        Expr::Not(inner) => (Occur::MustNot, self.expr(inner, b)?),
+                        p => (Occur::Must, self.expr(p, b)?),
                     });
                 }
                 if clauses.iter().all(|(o, _)| *o == Occur::MustNot) {
@@ -920,7 +949,7 @@ impl BlindIndexReader {
             Expr::Or(parts) => Box::new(BooleanQuery::new(
                 parts
                     .iter()
-                    .map(|p| Ok((Occur::Should, self.expr(p, fresh)?)))
+                    .map(|p| Ok((Occur::Should, self.expr(p, b)?)))
                     .collect::<Result<Vec<_>, IndexError>>()?,
             )),
         })
@@ -930,7 +959,13 @@ impl BlindIndexReader {
     pub fn search(&self, q: &Query, limit: usize) -> Result<Vec<Located>, IndexError> {
         self.reader.reload()?;
         let searcher = self.reader.searcher();
-        let query = self.expr(&q.expr, &mut false)?;
+        let query = self.expr(
+            &q.expr,
+            &mut Build {
+                searcher: &searcher,
+                fresh: false,
+            },
+        )?;
         let top = searcher.search(
             &query,
             &TopDocs::with_limit(limit.max(1)).order_by_fast_field::<u64>("seq", Order::Desc),
@@ -947,6 +982,32 @@ impl BlindIndexReader {
         }
         Ok(out)
     }
+}
+
+/// The log segments the index holds documents of (a shredded segment's stay until
+/// the merge after its deletion commits).
+fn segments_in(
+    searcher: &Searcher,
+    seg: Field,
+) -> Result<std::collections::BTreeSet<u64>, IndexError> {
+    let mut out = std::collections::BTreeSet::new();
+    for r in searcher.segment_readers() {
+        let inv = r.inverted_index(seg)?;
+        let mut terms = inv.terms().stream()?;
+        while terms.advance() {
+            if let Ok(b) = <[u8; 8]>::try_from(terms.key()) {
+                out.insert(u64::from_be_bytes(b));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What building one search's query needs beside the clauses.
+struct Build<'a> {
+    searcher: &'a Searcher,
+    /// The vocabulary has been read again for this search.
+    fresh: bool,
 }
 
 /// Documents where a term of `left` stands within `within` positions of a term of

@@ -215,6 +215,18 @@ impl VocabWriter {
         }
     }
 
+    /// The segments that have a word list.
+    pub fn segments(&self) -> std::io::Result<Vec<u64>> {
+        match std::fs::read_dir(&self.dir) {
+            Ok(entries) => Ok(entries
+                .flatten()
+                .filter_map(|e| segment_of(&e.file_name().to_string_lossy()))
+                .collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Removes every word (the index is rebuilt from nothing).
     pub fn clear(&mut self) -> std::io::Result<()> {
         self.segment = None;
@@ -279,7 +291,7 @@ impl Vocabulary {
             self.words.clear();
         }
         for (seg, len) in present {
-            let at = self.read.get(&seg).copied().unwrap_or(0);
+            let at = *self.read.entry(seg).or_insert(0);
             if usize::try_from(len).unwrap_or(usize::MAX) <= at {
                 continue;
             }
@@ -302,6 +314,11 @@ impl Vocabulary {
 
     pub fn len(&self) -> usize {
         self.words.len()
+    }
+
+    /// Whether the segment's word list was there at the last refresh.
+    pub fn has_segment(&self, segment: u64) -> bool {
+        self.read.contains_key(&segment)
     }
 
     pub fn is_empty(&self) -> bool {

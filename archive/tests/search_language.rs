@@ -197,4 +197,22 @@ async fn a_shredded_segment_takes_its_words_out_of_the_vocabulary() {
     assert_eq!(found(&a, "zanzib*", receipt.seq.0).await, vec![3]);
     assert_eq!(found(&a, "quar*", receipt.seq.0).await, Vec::<u64>::new());
     a.close().await.unwrap();
+
+    // Someone deletes a word list: prefix terms would silently miss that segment's
+    // messages, so they are refused with the way out, until a reindex.
+    std::fs::remove_file(vocab.join(format!("{:016x}.words", 2))).unwrap();
+    let (a, master) = open(tmp.path());
+    let e = a
+        .reader()
+        .search_covered("zanzib*", 10)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("[2]") && e.contains("custos reindex"), "{e}");
+    // Exact words do not need it.
+    assert_eq!(found(&a, "holiday", receipt.seq.0).await, vec![3]);
+    a.close().await.unwrap();
+    reindex(&tmp.path().join("archive"), &master, |_, _| {}).unwrap();
+    let (a, _) = open(tmp.path());
+    assert_eq!(found(&a, "zanzib*", receipt.seq.0).await, vec![3]);
+    a.close().await.unwrap();
 }
