@@ -1624,6 +1624,27 @@ mod tests {
     }
 
     #[test]
+    fn lexicons_are_checked_and_located() {
+        let errs = errors(
+            "[archive]\ndir = \"data/archive\"\nsigning_key = \"secrets/s.key\"\n\n[lexicons]\nbribery = [\"brib*\", \"from:x@y\"]\nsecrecy = []\n\"bad name\" = [\"a\"]\nfine = [\"kickback~\", \"\\\"under the table\\\"\"]\n",
+        );
+        let all = errs.join("\n");
+        for want in [
+            "custos.toml:6: lexicons.bribery: term \"from:x@y\": a field term does not belong in a lexicon",
+            "custos.toml:7: lexicons.secrecy: has no terms",
+            "custos.toml:8: lexicons.bad name: a name is letters, digits",
+        ] {
+            assert!(all.contains(want), "{want}\n{all}");
+        }
+        assert!(!all.contains("lexicons.fine"), "{all}");
+        let errs = errors("[lexicons]\nx = [\"a\"]\n");
+        assert!(
+            errs.join("\n").contains("add an [archive] section"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
     fn journal_settings_are_checked_and_located() {
         let errs = errors(
             "[archive]\ndir = \"data/archive\"\nsigning_key = \"secrets/s.key\"\n\n[journal]\nsmtp = \"mail.example\"\nfrom = \"not an address\"\nto = []\nstate = \"data/archive/../archive/journal.state\"\nperiod = \"0\"\n",
