@@ -372,7 +372,16 @@ pub async fn search(
                     Err(e) => return Err(e),
                 }
             }
-            Err(AppError::BadRequest(m)) => error = Some(m),
+            // A search that could not run is audited too, as typed.
+            Err(AppError::BadRequest(m)) => {
+                app.audit(
+                    &a.session.user,
+                    audit_action::SEARCH,
+                    json!({ "query": f.q, "page": page, "error": m }),
+                )
+                .await?;
+                error = Some(m);
+            }
             Err(e) => return Err(e),
         }
     }

@@ -17,6 +17,10 @@ use custos_archive::log::{LogLimits, LogWriter};
 use custos_archive::storage::FileStorage;
 use custos_archive::*;
 
+#[path = "shared/mod.rs"]
+mod shared;
+use shared::block_on;
+
 fn vm_hwm_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -273,24 +277,6 @@ fn generate(dir: &Path, n: u64) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Runs a future to completion on this thread (the archive's API needs no runtime).
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl std::task::Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = std::task::Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park();
-    }
-}
-
 /// Opens the archive with its index removed: the open's time, then the time until
 /// a search reports no uncovered records.
 fn open_with_rebuild(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {

@@ -1,0 +1,455 @@
+//! Search benchmark: `search-bench [RECORDS] [--python PATH] [--dir DIR]` (default
+//! 200000 records) generates an archive of chat among 1,000 users (a Zipf-distributed
+//! vocabulary of 30,000 words, 5–25 words a message, compliance terms in about one
+//! message in 200, a few percent flagged), appends it through `Archive` as the proxy
+//! does, waits until the index covers it, and then times searches of every kind the
+//! query language has — a word, a phrase, a prefix, an OR-list, NEAR, a fuzzy term —
+//! alone and combined with a participant and a date range: p50 and p99 of
+//! `ArchiveReader::search` (50 newest hits, decrypted from the log, as the CLI and web
+//! UI ask). The same corpus goes into SQLite FTS5 (Python's sqlite3, with a participant
+//! and time column) in the same run and the same queries run there, and the ratio is
+//! printed. Also printed: ingest rate, index and vocabulary size on disk, and how long
+//! the first pattern search takes to read the vocabulary.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use custos_archive::*;
+
+#[path = "shared/mod.rs"]
+mod shared;
+use shared::block_on;
+
+/// SplitMix64: deterministic, so every run generates the same corpus.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+const USERS: u64 = 1000;
+const VOCABULARY: usize = 30_000;
+const SYLLABLES: [&str; 24] = [
+    "ka", "lo", "mi", "ra", "te", "su", "no", "vi", "de", "pa", "zo", "ri", "ne", "ta", "gu", "be",
+    "fa", "ho", "ji", "xu", "mor", "lin", "vas", "tek",
+];
+/// Compliance terms, planted in about one message in 200, often in pairs a few words
+/// apart (what NEAR queries look for).
+const PLANTED: [(&str, &str); 5] = [
+    ("guarantee", "returns"),
+    ("guaranteed", "return"),
+    ("kickback", "cash"),
+    ("confidential", "delete"),
+    ("offline", "call"),
+];
+
+struct Corpus {
+    words: Vec<String>,
+    /// Cumulative Zipf weights over `words`.
+    cdf: Vec<f64>,
+}
+
+impl Corpus {
+    fn new(rng: &mut Rng) -> Corpus {
+        let mut words = std::collections::BTreeSet::new();
+        while words.len() < VOCABULARY {
+            let n = 2 + rng.below(3);
+            let w: String = (0..n)
+                .map(|_| SYLLABLES[rng.below(SYLLABLES.len() as u64) as usize])
+                .collect();
+            words.insert(w);
+        }
+        let mut words: Vec<String> = words.into_iter().collect();
+        // Shuffle so that rank does not follow spelling.
+        for i in (1..words.len()).rev() {
+            let j = rng.below(i as u64 + 1) as usize;
+            words.swap(i, j);
+        }
+        let mut cdf = Vec::with_capacity(words.len());
+        let mut sum = 0.0;
+        for rank in 1..=words.len() {
+            sum += 1.0 / (rank as f64).powf(1.07);
+            cdf.push(sum);
+        }
+        Corpus { words, cdf }
+    }
+
+    fn word(&self, rng: &mut Rng) -> &str {
+        let total = self.cdf.last().copied().unwrap_or(1.0);
+        let x = rng.unit() * total;
+        let i = self
+            .cdf
+            .partition_point(|&c| c < x)
+            .min(self.words.len() - 1);
+        &self.words[i]
+    }
+
+    fn body(&self, rng: &mut Rng) -> String {
+        let n = 5 + rng.below(21) as usize;
+        let mut w: Vec<&str> = (0..n).map(|_| self.word(rng)).collect();
+        if rng.below(200) == 0 {
+            let (a, b) = PLANTED[rng.below(PLANTED.len() as u64) as usize];
+            let at = rng.below(n as u64) as usize;
+            w[at] = a;
+            let to = (at + 1 + rng.below(4) as usize).min(n - 1);
+            if to != at {
+                w[to] = b;
+            }
+        }
+        w.join(" ")
+    }
+}
+
+fn message(from: u64, to: u64, body: String, flagged: bool) -> NewRecord {
+    NewRecord::Message(MessageRecord {
+        direction: Direction::Outbound,
+        session: SessionId(format!("s{from}")),
+        from: format!("user{from}@example.test/desk"),
+        to: format!("user{to}@example.test"),
+        stanza_type: "chat".into(),
+        id: None,
+        origin_id: None,
+        stanza_id: None,
+        thread: None,
+        subject: None,
+        body: Some(body),
+        stanza: Vec::new(),
+        outcome: Outcome {
+            action: if flagged { Action::Flag } else { Action::Allow },
+            rules: if flagged {
+                vec!["watch".into()]
+            } else {
+                Vec::new()
+            },
+            delivered_body: None,
+            severity: None,
+            e2ee: None,
+            would_action: None,
+        },
+        capture: Capture::default(),
+    })
+}
+
+fn du(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => du(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// One kind of query: its Custos form and its FTS5 form (`None`: FTS5 has no such
+/// operator), per sample.
+struct Kind {
+    name: &'static str,
+    queries: Vec<(String, Option<String>)>,
+}
+
+fn kinds(corpus: &Corpus, rng: &mut Rng, per_kind: usize) -> Vec<Kind> {
+    // Mid-frequency words: what an investigator's terms look like.
+    let mid = |rng: &mut Rng| corpus.words[100 + rng.below(1900) as usize].clone();
+    let mut kinds = vec![
+        Kind {
+            name: "word",
+            queries: (0..per_kind)
+                .map(|_| {
+                    let w = mid(rng);
+                    (w.clone(), Some(w))
+                })
+                .collect(),
+        },
+        Kind {
+            name: "phrase",
+            queries: (0..per_kind)
+                .map(|_| {
+                    let body = corpus.body(rng);
+                    let ws: Vec<&str> = body.split(' ').take(2).collect();
+                    let p = format!("\"{}\"", ws.join(" "));
+                    (p.clone(), Some(p))
+                })
+                .collect(),
+        },
+        Kind {
+            name: "prefix",
+            queries: (0..per_kind)
+                .map(|_| {
+                    let w = mid(rng);
+                    let stem: String = w.chars().take(5).collect();
+                    (format!("{stem}*"), Some(format!("{stem}*")))
+                })
+                .collect(),
+        },
+        Kind {
+            name: "OR-list (5)",
+            queries: (0..per_kind)
+                .map(|_| {
+                    let ws: Vec<String> = (0..5).map(|_| mid(rng)).collect();
+                    let q = ws.join(" OR ");
+                    (q.clone(), Some(q))
+                })
+                .collect(),
+        },
+        Kind {
+            name: "NEAR/5",
+            queries: (0..per_kind)
+                .map(|i| {
+                    let (a, b) = PLANTED[i % PLANTED.len()];
+                    let a: String = a.chars().take(6).collect();
+                    (
+                        format!("{a}* NEAR/5 {b}"),
+                        Some(format!("NEAR({a}* {b}, 4)")),
+                    )
+                })
+                .collect(),
+        },
+        Kind {
+            name: "fuzzy (~1)",
+            queries: (0..per_kind)
+                .map(|_| {
+                    let mut w: Vec<char> = mid(rng).chars().collect();
+                    let at = rng.below(w.len() as u64) as usize;
+                    w[at] = 'q';
+                    (format!("{}~", w.into_iter().collect::<String>()), None)
+                })
+                .collect(),
+        },
+    ];
+    let with_filters: Vec<Kind> = kinds
+        .iter()
+        .map(|k| Kind {
+            name: match k.name {
+                "word" => "word + who + when",
+                "phrase" => "phrase + who + when",
+                "prefix" => "prefix + who + when",
+                "OR-list (5)" => "OR-list + who + when",
+                "NEAR/5" => "NEAR + who + when",
+                _ => "fuzzy + who + when",
+            },
+            queries: k
+                .queries
+                .iter()
+                .map(|(c, f)| {
+                    let u = rng.below(USERS);
+                    (
+                        format!("({c}) with:user{u}@example.test __WHEN__"),
+                        f.as_ref().map(|f| format!("{f}\t{u}")),
+                    )
+                })
+                .collect(),
+        })
+        .collect();
+    kinds.extend(with_filters);
+    kinds
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut records: u64 = 200_000;
+    let mut python = PathBuf::from("python3");
+    let mut dir: Option<PathBuf> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--python" => python = args.next().ok_or("--python needs a path")?.into(),
+            "--dir" => dir = Some(args.next().ok_or("--dir needs a path")?.into()),
+            n => {
+                records = n
+                    .parse()
+                    .map_err(|_| format!("not a record count: {n:?}"))?
+            }
+        }
+    }
+    let tmp = tempfile_dir()?;
+    let dir = dir.unwrap_or_else(|| tmp.join("archive"));
+    let master = MasterKey::from_bytes([5; 32]);
+    let signing = SigningKey::from_bytes(&[6; 32]);
+
+    let mut rng = Rng(0x0c05_7005);
+    let corpus = Corpus::new(&mut rng);
+    let mut rows: Vec<(u64, u64, String)> = Vec::with_capacity(records as usize);
+
+    // Ingest, as the proxy submits: many appends in flight.
+    let archive = Archive::open(ArchiveConfig::new(dir.clone(), master.clone(), signing))?;
+    let started = Instant::now();
+    let mut times = Vec::with_capacity(records as usize);
+    block_on(async {
+        let mut inflight = std::collections::VecDeque::new();
+        for _ in 0..records {
+            let from = rng.below(USERS);
+            let to = (from + 1 + rng.below(USERS - 1)) % USERS;
+            let body = corpus.body(&mut rng);
+            let flagged = rng.below(40) == 0;
+            rows.push((from, to, body.clone()));
+            inflight.push_back(archive.submit(message(from, to, body, flagged)));
+            if inflight.len() >= 512 {
+                if let Some(s) = inflight.pop_front() {
+                    times.push(s.await?.time.0);
+                }
+            }
+        }
+        while let Some(s) = inflight.pop_front() {
+            times.push(s.await?.time.0);
+        }
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })?;
+    let ingest = started.elapsed();
+    // The same corpus for FTS5: acknowledgements came in submission order, so row i
+    // has time i.
+    let tsv_path = tmp.join("corpus.tsv");
+    {
+        let mut tsv = std::io::BufWriter::new(std::fs::File::create(&tsv_path)?);
+        for (i, ((from, to, body), t)) in rows.iter().zip(&times).enumerate() {
+            writeln!(tsv, "{}\t{from}\t{to}\t{t}\t{body}", i + 1)?;
+        }
+    }
+    drop(rows);
+    // Until the index covers every record.
+    loop {
+        let s = archive.reader().search_covered("kickback", 1)?;
+        if s.uncovered.is_none() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let indexed = started.elapsed();
+    block_on(archive.close())?;
+    println!(
+        "corpus: {records} messages; appended in {:.1} s ({:.0} msg/s), searchable after {:.1} s",
+        ingest.as_secs_f64(),
+        records as f64 / ingest.as_secs_f64(),
+        indexed.as_secs_f64()
+    );
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let (log, index, vocab) = (
+        du(&dir.join("segments")),
+        du(&dir.join("index")),
+        du(&dir.join("vocabulary")),
+    );
+    println!(
+        "on disk: log {:.1} MiB, blind index {:.1} MiB, sealed vocabulary {:.2} MiB",
+        mib(log),
+        mib(index),
+        mib(vocab)
+    );
+
+    // Date range: the middle half of the ingest.
+    times.sort_unstable();
+    let (t0, t1) = (
+        times[times.len() / 4],
+        times[times.len() * 3 / 4].saturating_add(1),
+    );
+    let when = format!("after:{} before:{}", Timestamp(t0), Timestamp(t1));
+    let kinds = kinds(&corpus, &mut rng, 40);
+
+    let reader = ArchiveReader::open(&dir, &master)?;
+    let t = Instant::now();
+    reader.search("zzzz*", 1)?;
+    println!(
+        "first pattern search (reads the vocabulary): {:.1} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+
+    // FTS5 over the same corpus, in the same run.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/fts5_search.py");
+    let queries_path = tmp.join("queries.tsv");
+    {
+        let mut q = std::io::BufWriter::new(std::fs::File::create(&queries_path)?);
+        for k in &kinds {
+            for (_, f) in &k.queries {
+                if let Some(f) = f {
+                    writeln!(q, "{}\t{}\t{t0}\t{t1}", k.name, f)?;
+                }
+            }
+        }
+    }
+    let fts = std::process::Command::new(&python)
+        .arg(&script)
+        .arg(&tsv_path)
+        .arg(&queries_path)
+        .output();
+    let fts = match fts {
+        Ok(o) if o.status.success() => {
+            serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap_or_default()
+        }
+        Ok(o) => {
+            eprintln!(
+                "FTS5 side failed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            serde_json::Value::Null
+        }
+        Err(e) => {
+            eprintln!("FTS5 side not run ({}): {e}", python.display());
+            serde_json::Value::Null
+        }
+    };
+
+    println!(
+        "{:<22} {:>8} {:>9} {:>8} {:>9} {:>10} {:>9}",
+        "query (40 each)", "p50 ms", "p99 ms", "hits", "FTS5 p50", "FTS5 p99", "p99 ratio"
+    );
+    for k in &kinds {
+        let mut ms = Vec::with_capacity(k.queries.len());
+        let mut hits = 0usize;
+        for (q, _) in &k.queries {
+            let q = q.replace("__WHEN__", &when);
+            let t = Instant::now();
+            let h = reader.search(&q, 50)?;
+            ms.push(t.elapsed().as_secs_f64() * 1e3);
+            hits += h.len();
+        }
+        ms.sort_by(|a, b| a.total_cmp(b));
+        let (p50, p99) = (percentile(&ms, 0.5), percentile(&ms, 0.99));
+        let f = fts.get(k.name);
+        let fp = |p: &str| f.and_then(|f| f.get(p)).and_then(|v| v.as_f64());
+        let (f50, f99) = (fp("p50"), fp("p99"));
+        let show = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.2}"));
+        println!(
+            "{:<22} {:>8.2} {:>9.2} {:>8.1} {:>9} {:>10} {:>9}",
+            k.name,
+            p50,
+            p99,
+            hits as f64 / k.queries.len() as f64,
+            show(f50),
+            show(f99),
+            f99.map_or("n/a".to_string(), |f| format!("{:.2}x", f / p99)),
+        );
+    }
+    println!("(ratio = FTS5 p99 / Custos p99: above 1 means Custos answers faster)");
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+fn tempfile_dir() -> std::io::Result<PathBuf> {
+    let p = std::env::temp_dir().join(format!("custos-search-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&p)?;
+    Ok(p)
+}
