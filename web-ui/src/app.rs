@@ -13,7 +13,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use custos_archive::archive::TailCursor;
 use custos_archive::{Archive, ArchiveReader, ChainEntry, EventRecord, NewRecord, ReadError};
@@ -290,8 +290,9 @@ async fn security_headers(req: Request, next: Next) -> Response {
     res
 }
 
-/// Every route, its method and the permission it needs; the router and the
-/// role tests are both built from this table.
+/// Every route, its method and the permission it needs: the one table the router is
+/// built from and [`guard`] checks every request against before its handler runs. A
+/// route is served only if it is here, and only to a session holding its permission.
 pub const ROUTES: &[(&str, &str, Option<Perm>)] = &[
     ("GET", "/login", None),
     ("POST", "/login", None),
@@ -317,28 +318,141 @@ pub const ROUTES: &[(&str, &str, Option<Perm>)] = &[
     ("GET", "/static/app.js", None),
 ];
 
-pub fn router(app: Arc<App>) -> Router {
+/// The handler of one row of [`ROUTES`].
+fn handler(method: &str, path: &str) -> Option<MethodRouter<Arc<App>>> {
     use crate::handlers as h;
     use crate::retention_pages as rp;
-    Router::new()
-        .route("/login", get(h::login_form).post(h::login))
-        .route("/logout", post(h::logout))
-        .route("/", get(h::dashboard))
-        .route("/search", get(h::search))
-        .route("/export", get(h::export))
-        .route("/export/regulator", get(h::regulator_export))
-        .route("/conversation/{seq}", get(h::conversation))
-        .route("/file/{seq}/{n}", get(h::file_download))
-        .route("/queue", get(h::queue).post(h::queue_action))
-        .route("/audit", get(h::audit))
-        .route("/users", get(h::users).post(h::user_add))
-        .route("/users/remove", post(h::user_remove))
-        .route("/holds", get(rp::holds).post(rp::hold_add))
-        .route("/holds/release", post(rp::hold_release))
-        .route("/erasure", get(rp::erasure_form).post(rp::erasure))
-        .route("/static/app.css", get(h::css))
-        .route("/static/app.js", get(h::js))
+    Some(match (method, path) {
+        ("GET", "/login") => get(h::login_form),
+        ("POST", "/login") => post(h::login),
+        ("POST", "/logout") => post(h::logout),
+        ("GET", "/") => get(h::dashboard),
+        ("GET", "/search") => get(h::search),
+        ("GET", "/export") => get(h::export),
+        ("GET", "/export/regulator") => get(h::regulator_export),
+        ("GET", "/conversation/{seq}") => get(h::conversation),
+        ("GET", "/file/{seq}/{n}") => get(h::file_download),
+        ("GET", "/queue") => get(h::queue),
+        ("POST", "/queue") => post(h::queue_action),
+        ("GET", "/audit") => get(h::audit),
+        ("GET", "/users") => get(h::users),
+        ("POST", "/users") => post(h::user_add),
+        ("POST", "/users/remove") => post(h::user_remove),
+        ("GET", "/holds") => get(rp::holds),
+        ("POST", "/holds") => post(rp::hold_add),
+        ("POST", "/holds/release") => post(rp::hold_release),
+        ("GET", "/erasure") => get(rp::erasure_form),
+        ("POST", "/erasure") => post(rp::erasure),
+        ("GET", "/static/app.css") => get(h::css),
+        ("GET", "/static/app.js") => get(h::js),
+        _ => return None,
+    })
+}
+
+/// The permission a request needs, from [`ROUTES`] (`HEAD` as `GET`); `None` when
+/// the route is not in the table.
+pub fn permission(method: &str, path: &str) -> Option<Option<Perm>> {
+    let method = if method == "HEAD" { "GET" } else { method };
+    ROUTES
+        .iter()
+        .find(|(m, p, _)| *m == method && *p == path)
+        .map(|&(_, _, perm)| perm)
+}
+
+/// Checks the request against its row of [`ROUTES`] before the handler runs: a
+/// protected route needs a live session with the permission (otherwise the sign-in
+/// page or 403), and a route missing from the table is refused.
+async fn guard(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let path = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str().to_string());
+    let Some(perm) = path.and_then(|p| permission(req.method().as_str(), &p)) else {
+        return AppError::NotFound.into_response();
+    };
+    let Some(perm) = perm else {
+        return next.run(req).await;
+    };
+    let (mut parts, body) = req.into_parts();
+    match Authed::from_request_parts(&mut parts, &app).await {
+        Ok(a) => {
+            if let Err(e) = a.require(perm) {
+                return e.into_response();
+            }
+        }
+        Err(e) => return e.into_response(),
+    }
+    next.run(Request::from_parts(parts, body)).await
+}
+
+/// Gives each request a tracing span (`request{id method path}`) its handler's events
+/// are logged in, and logs its status at DEBUG.
+async fn request_span(req: Request, next: Next) -> Response {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tracing::Instrument;
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let span = tracing::info_span!(
+        "request",
+        id = NEXT.fetch_add(1, Ordering::Relaxed),
+        method = %req.method(),
+        path = %req.uri().path(),
+    );
+    async move {
+        let started = Instant::now();
+        let res = next.run(req).await;
+        tracing::debug!(
+            status = res.status().as_u16(),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "served"
+        );
+        res
+    }
+    .instrument(span)
+    .await
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    let mut by_path: std::collections::BTreeMap<&str, MethodRouter<Arc<App>>> =
+        std::collections::BTreeMap::new();
+    for &(method, path, _) in ROUTES {
+        let Some(h) = handler(method, path) else {
+            // A row without a handler serves nothing (the route tests catch it).
+            tracing::error!(method, path, "route in ROUTES has no handler");
+            continue;
+        };
+        let merged = match by_path.remove(path) {
+            Some(existing) => existing.merge(h),
+            None => h,
+        };
+        by_path.insert(path, merged);
+    }
+    let mut r = Router::new();
+    for (path, methods) in by_path {
+        r = r.route(path, methods);
+    }
+    r.route_layer(axum::middleware::from_fn_with_state(app.clone(), guard))
         .fallback(|| async { AppError::NotFound.into_response() })
         .layer(axum::middleware::from_fn(security_headers))
+        .layer(axum::middleware::from_fn(request_span))
         .with_state(app)
+}
+
+#[cfg(test)]
+mod route_tests {
+    use super::*;
+
+    #[test]
+    fn every_row_of_the_table_has_its_handler_and_nothing_else_is_allowed() {
+        for &(method, path, _) in ROUTES {
+            assert!(handler(method, path).is_some(), "{method} {path}");
+        }
+        assert_eq!(permission("HEAD", "/"), Some(Some(Perm::Read)));
+        assert_eq!(permission("POST", "/"), None);
+        assert_eq!(permission("GET", "/admin"), None);
+        assert_eq!(permission("GET", "/login"), Some(None));
+    }
 }
