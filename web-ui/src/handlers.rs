@@ -1,6 +1,6 @@
-//! Route handlers. Each one first checks the permission its route carries in
-//! [`crate::app::ROUTES`], then (for POST) the CSRF token, then writes its
-//! audit record before doing or showing anything.
+//! Route handlers. The permission each route carries in [`crate::app::ROUTES`] is
+//! checked before its handler runs; a handler checks (for POST) the CSRF token, then
+//! writes its audit record before doing or showing anything.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -150,7 +150,6 @@ pub async fn logout(
     a: Authed,
     Form(f): Form<CsrfForm>,
 ) -> Result<Response, AppError> {
-    a.require(Perm::Read)?;
     a.check_csrf(&f.csrf)?;
     app.audit(&a.session.user, audit_action::SIGN_OUT, json!({}))
         .await?;
@@ -340,7 +339,6 @@ pub async fn search(
     a: Authed,
     Query(f): Query<SearchForm>,
 ) -> Result<Page, AppError> {
-    a.require(Perm::Read)?;
     let page = f.page.min(MAX_PAGE);
     let mut results = None;
     let mut error = None;
@@ -520,7 +518,6 @@ pub async fn export(
     a: Authed,
     Query(f): Query<SearchForm>,
 ) -> Result<Response, AppError> {
-    a.require(Perm::Read)?;
     let query = f.query(&app.cfg.lexicons)?;
     let searched = run_search(&app, query.clone(), EXPORT_LIMIT).await?;
     let hits = searched.hits;
@@ -563,7 +560,6 @@ pub async fn regulator_export(
     a: Authed,
     Query(f): Query<SearchForm>,
 ) -> Result<Response, AppError> {
-    a.require(Perm::Read)?;
     let Some(keys) = app.cfg.export.clone() else {
         return Err(AppError::NotFound);
     };
@@ -692,7 +688,6 @@ pub async fn conversation(
     a: Authed,
     Path(at): Path<String>,
 ) -> Result<Page, AppError> {
-    a.require(Perm::Read)?;
     // The context may include messages sent since the last tail scan.
     app.catch_up().await?;
     let seq = read(&app.store).parse_ref(&at).ok_or(AppError::NotFound)?;
@@ -968,7 +963,6 @@ pub async fn file_download(
     a: Authed,
     Path((at, n)): Path<(String, usize)>,
 ) -> Result<Response, AppError> {
-    a.require(Perm::Read)?;
     let (key, places) = {
         let store = read(&app.store);
         let key = store.parse_ref(&at).ok_or(AppError::NotFound)?;
@@ -1201,7 +1195,6 @@ pub async fn queue(
     a: Authed,
     Query(f): Query<QueueFilter>,
 ) -> Result<Page, AppError> {
-    a.require(Perm::Read)?;
     let status = if f.status.is_empty() {
         "open".to_string()
     } else {
@@ -1356,7 +1349,6 @@ pub async fn queue_action(
     a: Authed,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Result<Response, AppError> {
-    a.require(Perm::Review)?;
     let field = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     a.check_csrf(field("csrf").unwrap_or(""))?;
     let mut refs: Vec<MsgRef> = {
@@ -1454,7 +1446,6 @@ const DAY_MS: i64 = 86_400_000;
 const DAYS: i64 = 14;
 
 pub async fn dashboard(State(app): State<Arc<App>>, a: Authed) -> Result<Page, AppError> {
-    a.require(Perm::Read)?;
     let today = Timestamp::now().0.div_euclid(DAY_MS);
     let first = today - (DAYS - 1);
     let mut volume = vec![[0u64; 2]; DAYS as usize];
@@ -1635,7 +1626,6 @@ pub async fn audit(
     a: Authed,
     Query(p): Query<PageQuery>,
 ) -> Result<Page, AppError> {
-    a.require(Perm::Audit)?;
     app.catch_up().await?;
     const N: usize = 50;
     let (entries, has_next) = {
@@ -1674,7 +1664,6 @@ pub async fn audit(
 // ---------------------------------------------------------------- accounts
 
 pub async fn users(State(app): State<Arc<App>>, a: Authed) -> Result<Page, AppError> {
-    a.require(Perm::ManageUsers)?;
     let list =
         users::load_users(&app.cfg.users_file).map_err(|e| AppError::Internal(e.to_string()))?;
     Ok(users_page(&a, &list, None))
@@ -1735,7 +1724,6 @@ pub async fn user_add(
     a: Authed,
     Form(f): Form<UserForm>,
 ) -> Result<Response, AppError> {
-    a.require(Perm::ManageUsers)?;
     a.check_csrf(&f.csrf)?;
     let role: Role = f
         .role
@@ -1791,7 +1779,6 @@ pub async fn user_remove(
     a: Authed,
     Form(f): Form<RemoveForm>,
 ) -> Result<Response, AppError> {
-    a.require(Perm::ManageUsers)?;
     a.check_csrf(&f.csrf)?;
     if f.name == a.session.user {
         return Err(AppError::BadRequest(
