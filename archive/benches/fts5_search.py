@@ -58,6 +58,7 @@ def main():
                 )
 
         out = {"load_seconds": load}
+        timings.pop("warm-up", None)
         for kind, ms in timings.items():
             ms.sort()
             pick = lambda p: ms[min(len(ms) - 1, round((len(ms) - 1) * p))]

@@ -21,7 +21,6 @@ use std::path::Path;
 use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use tantivy::collector::TopDocs;
 use tantivy::postings::Postings;
 use tantivy::query::{
     AllQuery, BooleanQuery, ConstScorer, EmptyQuery, EmptyScorer, EnableScoring, Explanation,
@@ -31,8 +30,8 @@ use tantivy::schema::{
     Field, IndexRecordOption, Schema, Value, FAST, INDEXED, STORED, STRING, TEXT,
 };
 use tantivy::{
-    DocId, DocSet, Index, IndexReader, IndexWriter, Order, ReloadPolicy, Score, Searcher,
-    SegmentReader, TantivyDocument, Term, TERMINATED,
+    DocId, DocSet, Index, IndexReader, IndexWriter, ReloadPolicy, Score, Searcher, SegmentReader,
+    TantivyDocument, Term, TERMINATED,
 };
 use zeroize::Zeroizing;
 
@@ -138,8 +137,8 @@ fn schema() -> (Schema, Fields) {
     let f = Fields {
         seq: b.add_u64_field("seq", INDEXED | STORED | FAST),
         // Indexed so a shredded segment's documents can be deleted by one term.
-        seg: b.add_u64_field("seg", INDEXED | STORED),
-        off: b.add_u64_field("off", STORED),
+        seg: b.add_u64_field("seg", INDEXED | STORED | FAST),
+        off: b.add_u64_field("off", STORED | FAST),
         time: b.add_i64_field("time", INDEXED | FAST),
         text: b.add_text_field("text", TEXT),
         from: b.add_text_field("from", STRING),
@@ -956,6 +955,11 @@ impl BlindIndexReader {
     }
 
     /// The newest `limit` matches, newest first.
+    ///
+    /// Index segments are visited newest first (by the highest seq each holds, a column
+    /// statistic), and the walk stops once `limit` matches are held that are all newer
+    /// than anything a remaining segment holds: a common word is answered from the
+    /// small recent segments without reading its postings in the large old ones.
     pub fn search(&self, q: &Query, limit: usize) -> Result<Vec<Located>, IndexError> {
         self.reader.reload()?;
         let searcher = self.reader.searcher();
@@ -966,18 +970,57 @@ impl BlindIndexReader {
                 fresh: false,
             },
         )?;
-        let top = searcher.search(
-            &query,
-            &TopDocs::with_limit(limit.max(1)).order_by_fast_field::<u64>("seq", Order::Desc),
-        )?;
-        let mut out = Vec::with_capacity(top.len());
-        for (_, addr) in top.into_iter().take(limit) {
-            let doc: TantivyDocument = searcher.doc(addr)?;
-            let get = |field: Field| doc.get_first(field).and_then(|v| v.as_u64()).unwrap_or(0);
+        let weight = query.weight(EnableScoring::disabled_from_searcher(&searcher))?;
+        let limit = limit.max(1);
+        let mut segments = Vec::with_capacity(searcher.segment_readers().len());
+        for r in searcher.segment_readers() {
+            let seq = r.fast_fields().u64("seq")?;
+            segments.push((seq.max_value(), r, seq));
+        }
+        segments.sort_by(|a, b| b.0.cmp(&a.0));
+        // The `limit` highest seqs so far: a min-heap of (seq, segment, doc).
+        let mut top: std::collections::BinaryHeap<std::cmp::Reverse<(u64, usize, DocId)>> =
+            std::collections::BinaryHeap::with_capacity(limit + 1);
+        for (at, (newest, reader, seqs)) in segments.iter().enumerate() {
+            if top.len() >= limit && top.peek().is_some_and(|m| m.0 .0 >= *newest) {
+                break;
+            }
+            let mut scorer = weight.scorer(reader, 1.0)?;
+            let alive = reader.alive_bitset();
+            let mut doc = scorer.doc();
+            while doc != TERMINATED {
+                if alive.is_none_or(|a| a.is_alive(doc)) {
+                    if let Some(seq) = seqs.first(doc) {
+                        if top.len() < limit {
+                            top.push(std::cmp::Reverse((seq, at, doc)));
+                        } else if top.peek().is_some_and(|m| seq > m.0 .0) {
+                            top.pop();
+                            top.push(std::cmp::Reverse((seq, at, doc)));
+                        }
+                    }
+                }
+                doc = scorer.advance();
+            }
+        }
+        let mut newest: Vec<(u64, usize, DocId)> = top.into_iter().map(|r| r.0).collect();
+        newest.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        let mut columns = std::collections::HashMap::new();
+        let mut out = Vec::with_capacity(newest.len());
+        for (seq, at, doc) in newest {
+            let Some((_, reader, _)) = segments.get(at) else {
+                continue;
+            };
+            let (seg, off) = match columns.entry(at) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let ff = reader.fast_fields();
+                    e.insert((ff.u64("seg")?, ff.u64("off")?))
+                }
+            };
             out.push(Located {
-                seq: get(self.fields.seq),
-                segment: get(self.fields.seg),
-                offset: get(self.fields.off),
+                seq,
+                segment: seg.first(doc).unwrap_or(0),
+                offset: off.first(doc).unwrap_or(0),
             });
         }
         Ok(out)

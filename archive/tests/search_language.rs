@@ -216,3 +216,47 @@ async fn a_shredded_segment_takes_its_words_out_of_the_vocabulary() {
     assert_eq!(found(&a, "zanzib*", receipt.seq.0).await, vec![3]);
     a.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_matches_come_from_whichever_index_segment_holds_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, master) = open(tmp.path());
+    // Several index commits (each a segment of its own until merged), words in each.
+    let mut last = 0;
+    for round in 0..6u64 {
+        for i in 0..40u64 {
+            let body = if i % 3 == 0 {
+                format!("alpha note {round}-{i}")
+            } else {
+                format!("beta note {round}-{i}")
+            };
+            last = a.append(chat("a@x", "b@x", &body)).await.unwrap().seq.0;
+        }
+        found(&a, "note", last).await;
+    }
+    let alpha: Vec<u64> = (1..=last).filter(|s| (s - 1) % 40 % 3 == 0).collect();
+    for limit in [1usize, 7, 50, 500] {
+        let want: Vec<u64> = alpha[alpha.len().saturating_sub(limit)..].to_vec();
+        let got: Vec<u64> = a
+            .reader()
+            .search("alpha", limit)
+            .unwrap()
+            .iter()
+            .map(|h| h.seq.0)
+            .collect();
+        assert_eq!(got, want, "limit {limit}");
+    }
+    a.close().await.unwrap();
+    // The same after a rebuild merged them differently.
+    reindex(&tmp.path().join("archive"), &master, |_, _| {}).unwrap();
+    let (a, _) = open(tmp.path());
+    let got: Vec<u64> = a
+        .reader()
+        .search("alpha OR zzz", 7)
+        .unwrap()
+        .iter()
+        .map(|h| h.seq.0)
+        .collect();
+    assert_eq!(got, alpha[alpha.len() - 7..].to_vec());
+    a.close().await.unwrap();
+}
