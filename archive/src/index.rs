@@ -977,7 +977,7 @@ impl BlindIndexReader {
             let seq = r.fast_fields().u64("seq")?;
             segments.push((seq.max_value(), r, seq));
         }
-        segments.sort_by(|a, b| b.0.cmp(&a.0));
+        segments.sort_by_key(|s| std::cmp::Reverse(s.0));
         // The `limit` highest seqs so far: a min-heap of (seq, segment, doc).
         let mut top: std::collections::BinaryHeap<std::cmp::Reverse<(u64, usize, DocId)>> =
             std::collections::BinaryHeap::with_capacity(limit + 1);
@@ -1003,7 +1003,7 @@ impl BlindIndexReader {
             }
         }
         let mut newest: Vec<(u64, usize, DocId)> = top.into_iter().map(|r| r.0).collect();
-        newest.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        newest.sort_unstable_by_key(|n| std::cmp::Reverse(n.0));
         let mut columns = std::collections::HashMap::new();
         let mut out = Vec::with_capacity(newest.len());
         for (seq, at, doc) in newest {
