@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use custos_e2e::config::{section, strings};
 use custos_e2e::rig::{BoxError, Rig, RigOptions};
 use custos_e2e::Tls;
 use custos_web_ui::browser::Browser;
@@ -23,6 +24,10 @@ async fn officer_reviews_a_message_sent_through_custos_a_moment_ago() -> TestRes
             rules: Some(
                 "[[rule]]\nid = \"promise\"\nwhen = { body = { regex = \"(?i)guarantee\" } }\naction = \"flag\"\nseverity = \"medium\"\n"
                     .into(),
+            ),
+            extra: section(
+                "lexicons",
+                [("promises", strings(["guarant*", "promis*", "\"money back\""]))],
             ),
             ..RigOptions::default()
         },
@@ -106,6 +111,38 @@ async fn officer_reviews_a_message_sent_through_custos_a_moment_ago() -> TestRes
         browser
             .screenshot(&shots.join("pipeline-1-search.png"))
             .await?;
+
+        // The compliance language: a saved lexicon, a prefix NEAR a prefix, a
+        // misspelling; each finds Bob's message only, and the page marks the words.
+        for q in [
+            "%40promises",
+            "zanzib*+NEAR%2F3+guarant*",
+            "guarenteed~+-lunch",
+            "%28lunch+OR+promis*%29+from%3Abob%40example.test",
+        ] {
+            c.goto(&format!("{base}/search?q={q}")).await?;
+            let rows = c.find_all(Locator::Css("table.results tbody tr")).await?;
+            assert_eq!(rows.len(), 1, "{q}\n{}", c.source().await?);
+        }
+        c.goto(&format!("{base}/search?q=%40promises")).await?;
+        let mut marked = Vec::new();
+        for m in c.find_all(Locator::Css("table.results mark")).await? {
+            marked.push(m.text().await?);
+        }
+        assert!(
+            marked.iter().any(|m| m == "guaranteed") && marked.iter().any(|m| m == "promise"),
+            "{marked:?}"
+        );
+        // A lexicon that does not exist is named back, with the ones that do.
+        c.goto(&format!("{base}/search?q=%40graft")).await?;
+        let page = c.find(Locator::Css("main")).await?.text().await?;
+        assert!(
+            page.contains("\"@graft\"") && page.contains("@promises"),
+            "{page}"
+        );
+        // The same language from the command line, with the configuration's lexicons.
+        let hits = rig.custos.search("@promises from:bob@example.test")?;
+        assert_eq!(hits.len(), 1, "{hits:?}");
 
         // Open the flagged one in its conversation and review it.
         c.goto(&format!("{base}/search?q=guaranteed")).await?;
