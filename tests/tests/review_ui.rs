@@ -140,6 +140,11 @@ async fn officer_reviews_a_message_sent_through_custos_a_moment_ago() -> TestRes
             page.contains("\"@graft\"") && page.contains("@promises"),
             "{page}"
         );
+        // The search page lists the lexicons an officer can name.
+        assert!(
+            c.source().await?.contains("<code>@promises</code>"),
+            "lexicons listed"
+        );
         // The same language from the command line, with the configuration's lexicons.
         let hits = rig.custos.search("@promises from:bob@example.test")?;
         assert_eq!(hits.len(), 1, "{hits:?}");

@@ -264,7 +264,7 @@ pub async fn search(
             h1 { "Search" }
             form.card.search method="get" action="/search" {
                 div.row {
-                    input.grow type="search" name="q" id="q" value=(f.q) placeholder="Words, \"a phrase\", from:alice@example.test, -word …";
+                    input.grow type="search" name="q" id="q" value=(f.q) placeholder="Words, \"a phrase\", guarant* NEAR/5 return*, @lexicon, from:alice@example.test, -word …";
                     button.primary type="submit" id="search-button" { "Search" }
                 }
                 div.row.filters {
@@ -283,7 +283,18 @@ pub async fn search(
                     } }
                     label.check { input type="checkbox" name="flagged" value="1" checked[f.flagged.is_some()]; "Flagged only" }
                 }
-                p.help { "Fields: " code { "from: to: with: account: direction: type: action: rule: msg: via: after: before:" } "; prefix " code { "-" } " to exclude." }
+                p.help { "Fields: " code { "from: to: with: account: room: direction: type: action: rule: msg: via: after: before:" } "; " code { "OR" } ", " code { "NOT" } " or " code { "-" } ", " code { "( )" } ", " code { "guarant*" } ", " code { "garantee~" } ", " code { "a NEAR/5 b" } "." }
+                @if !app.cfg.lexicons.is_empty() {
+                    details.lexicons {
+                        summary { "Lexicons" }
+                        dl {
+                            @for (name, terms) in app.cfg.lexicons.names() {
+                                dt { code { "@" (name) } }
+                                dd { (terms.join(" · ")) }
+                            }
+                        }
+                    }
+                }
             }
             @if let Some(e) = &error { p.error role="alert" { (e) } }
             @if let Some(u) = &uncovered { p.warning.uncovered role="status" { "Incomplete: " (u) "." } }
