@@ -1067,34 +1067,56 @@ struct NearQuery {
 }
 
 impl NearQuery {
-    /// Each document's positions of any of `terms`, ascending; only documents in
-    /// `only` when given.
-    fn positions(
-        &self,
-        inv: &tantivy::InvertedIndexReader,
-        terms: &[Term],
-        only: Option<&BTreeMap<DocId, Vec<u32>>>,
-    ) -> tantivy::Result<BTreeMap<DocId, Vec<u32>>> {
-        let mut out: BTreeMap<DocId, Vec<u32>> = BTreeMap::new();
-        let mut buf = Vec::new();
+    /// The documents holding any of `terms`, ascending (4 bytes each, no positions).
+    fn docs(inv: &tantivy::InvertedIndexReader, terms: &[Term]) -> tantivy::Result<Vec<DocId>> {
+        let mut out = Vec::new();
         for t in terms {
-            let Some(mut p) = inv.read_postings(t, IndexRecordOption::WithFreqsAndPositions)?
-            else {
+            let Some(mut p) = inv.read_postings(t, IndexRecordOption::Basic)? else {
                 continue;
             };
             while p.doc() != TERMINATED {
-                let doc = p.doc();
-                if only.is_none_or(|o| o.contains_key(&doc)) {
-                    p.positions(&mut buf);
-                    out.entry(doc).or_default().extend_from_slice(&buf);
-                }
+                out.push(p.doc());
                 p.advance();
             }
         }
-        for v in out.values_mut() {
-            v.sort_unstable();
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Postings with positions of each of `terms` present in the segment.
+    fn postings(
+        inv: &tantivy::InvertedIndexReader,
+        terms: &[Term],
+    ) -> tantivy::Result<Vec<tantivy::postings::SegmentPostings>> {
+        let mut out = Vec::new();
+        for t in terms {
+            if let Some(p) = inv.read_postings(t, IndexRecordOption::WithFreqsAndPositions)? {
+                out.push(p);
+            }
         }
         Ok(out)
+    }
+
+    /// The positions in `doc` of any term of `side` (each postings list only moves
+    /// forward: documents are asked in ascending order), ascending.
+    fn positions_in(
+        side: &mut [tantivy::postings::SegmentPostings],
+        doc: DocId,
+        buf: &mut Vec<u32>,
+        out: &mut Vec<u32>,
+    ) {
+        out.clear();
+        for p in side.iter_mut() {
+            if p.doc() < doc {
+                p.seek(doc);
+            }
+            if p.doc() == doc {
+                p.positions(buf);
+                out.extend_from_slice(buf);
+            }
+        }
+        out.sort_unstable();
     }
 }
 
@@ -1127,19 +1149,35 @@ impl TQuery for NearQuery {
 
 impl Weight for NearQuery {
     fn scorer(&self, reader: &SegmentReader, boost: Score) -> tantivy::Result<Box<dyn Scorer>> {
+        // Documents first (both sides, no positions), then positions only of the
+        // documents holding both: memory is 4 bytes per document of a side, never the
+        // positions of every occurrence of a common word.
         let inv = reader.inverted_index(self.field)?;
-        let left = self.positions(&inv, &self.left, None)?;
-        if left.is_empty() {
+        let left_docs = Self::docs(&inv, &self.left)?;
+        if left_docs.is_empty() {
             return Ok(Box::new(EmptyScorer));
         }
-        let right = self.positions(&inv, &self.right, Some(&left))?;
-        let docs: Vec<DocId> = right
-            .iter()
-            .filter(|(doc, r)| {
-                left.get(doc)
-                    .is_some_and(|l| query::near(l, r, self.within, self.ordered))
+        let right_docs = Self::docs(&inv, &self.right)?;
+        let mut both = Vec::new();
+        let mut r = right_docs.iter().peekable();
+        for d in left_docs {
+            while r.next_if(|&&x| x < d).is_some() {}
+            if r.peek() == Some(&&d) {
+                both.push(d);
+            }
+        }
+        let (mut left, mut right) = (
+            Self::postings(&inv, &self.left)?,
+            Self::postings(&inv, &self.right)?,
+        );
+        let (mut buf, mut lp, mut rp) = (Vec::new(), Vec::new(), Vec::new());
+        let docs: Vec<DocId> = both
+            .into_iter()
+            .filter(|&d| {
+                Self::positions_in(&mut left, d, &mut buf, &mut lp);
+                Self::positions_in(&mut right, d, &mut buf, &mut rp);
+                query::near(&lp, &rp, self.within, self.ordered)
             })
-            .map(|(doc, _)| *doc)
             .collect();
         Ok(Box::new(ConstScorer::new(DocList { docs, at: 0 }, boost)))
     }

@@ -199,6 +199,9 @@ pub fn bare_jid(jid: &str) -> &str {
 pub const MAX_FUZZY: u8 = 2;
 /// Largest `n` in `NEAR/n`.
 pub const MAX_NEAR: u32 = 1000;
+/// Deepest nesting of parentheses and NOTs a query may have (parsing and evaluation
+/// recurse once per level).
+pub const MAX_DEPTH: usize = 64;
 
 fn automaton_builder(distance: u8) -> &'static LevenshteinAutomatonBuilder {
     static ONE: OnceLock<LevenshteinAutomatonBuilder> = OnceLock::new();
@@ -415,7 +418,11 @@ fn unquote(v: &str) -> &str {
 /// ([`Lexicons::expand`]); here it is an error.
 pub fn parse(q: &str) -> Result<Query, QueryError> {
     let toks = lex(q)?;
-    let mut p = Parser { toks, at: 0 };
+    let mut p = Parser {
+        toks,
+        at: 0,
+        depth: 0,
+    };
     if p.toks.is_empty() {
         return Ok(Query::default());
     }
@@ -429,6 +436,7 @@ pub fn parse(q: &str) -> Result<Query, QueryError> {
 struct Parser {
     toks: Vec<Lexed>,
     at: usize,
+    depth: usize,
 }
 
 impl Parser {
@@ -477,10 +485,25 @@ impl Parser {
         })
     }
 
+    /// One level deeper, refused past [`MAX_DEPTH`].
+    fn descend(&mut self) -> Result<(), QueryError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(syntax(
+                &self.text(self.at.saturating_sub(1)),
+                &format!("nested more than {MAX_DEPTH} levels deep"),
+            ));
+        }
+        Ok(())
+    }
+
     fn unary(&mut self) -> Result<Expr, QueryError> {
         if self.peek() == Some(&Tok::Not) {
             self.at += 1;
-            return Ok(Expr::Not(Box::new(self.unary()?)));
+            self.descend()?;
+            let inner = self.unary()?;
+            self.depth -= 1;
+            return Ok(Expr::Not(Box::new(inner)));
         }
         self.near()
     }
@@ -536,7 +559,9 @@ impl Parser {
                 if self.peek() == Some(&Tok::Close) {
                     return Err(syntax("()", "empty parentheses"));
                 }
+                self.descend()?;
                 let e = self.all()?;
+                self.depth -= 1;
                 if self.peek() != Some(&Tok::Close) {
                     return Err(syntax("(", "this '(' is never closed"));
                 }
@@ -968,6 +993,14 @@ mod tests {
             Err(QueryError::UnterminatedQuote { .. })
         ));
         assert!(matches!(parse("!!!"), Err(QueryError::Empty { .. })));
+        // Nesting is bounded before it can exhaust the stack.
+        let deep = format!("{}a{}", "(".repeat(100_000), ")".repeat(100_000));
+        assert!(parse(&deep).unwrap_err().to_string().contains("nested"));
+        let nots = format!("{}a", "NOT ".repeat(100_000));
+        assert!(parse(&nots).unwrap_err().to_string().contains("nested"));
+        let dashes = format!("{}(a)", "-(".repeat(50_000));
+        assert!(parse(&dashes).is_err());
+        assert!(parse(&format!("{}a{}", "(".repeat(60), ")".repeat(60))).is_ok());
     }
 
     #[test]
