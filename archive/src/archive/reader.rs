@@ -8,6 +8,10 @@ use std::sync::{Arc, Mutex};
 use aes_gcm::Aes256Gcm;
 
 use crate::index::BlindIndexReader;
+
+/// Bytes read at a record's offset in one go: its length and, for most records, all of
+/// it (a chat message's frame is a few hundred bytes).
+const FIRST_READ: usize = 4096;
 use crate::keys::MasterKey;
 use crate::log::{self, Meta};
 use crate::query;
@@ -212,15 +216,21 @@ impl ArchiveReader {
             offset,
             what: what.to_string(),
         };
-        let lb = self.storage.read_at(&name, offset, 4)?;
-        let len = match lb.as_slice() {
-            [a, b, c, d] => u32::from_be_bytes([*a, *b, *c, *d]),
+        // One read covers most records whole; a longer one is read again, exactly.
+        let mut frame = self.storage.read_at(&name, offset, FIRST_READ)?;
+        let len = match frame.get(..4) {
+            Some(&[a, b, c, d]) => u32::from_be_bytes([a, b, c, d]),
             _ => return Err(corrupt("frame beyond end of segment")),
         };
         if len > segment::MAX_FRAME {
             return Err(corrupt("frame too long"));
         }
-        let frame = self.storage.read_at(&name, offset, 4 + len as usize)?;
+        let whole = 4 + len as usize;
+        if frame.len() < whole {
+            frame = self.storage.read_at(&name, offset, whole)?;
+        } else {
+            frame.truncate(whole);
+        }
         match segment::parse_frame(&frame, 0) {
             Parsed::Frame(
                 Frame::Record {
