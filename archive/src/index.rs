@@ -40,7 +40,10 @@ use crate::log::Appended;
 use crate::query::{self, Clause, Expr, JidField, Query};
 use crate::record::{Direction, EventRecord, NewRecord};
 use crate::segment::Hash;
-use crate::vocab::{vocab_dir, TooBroad, VocabWriter, Vocabulary};
+use crate::vocab::{
+    vocab_dir, TooBroad, VocabWriter, Vocabulary, MAX_EXPANSION, MAX_NEAR_EXPANSION,
+    MAX_QUERY_EXPANSION,
+};
 
 /// Memory budget for the single indexing thread (tantivy needs ≥ 15 MB).
 const WRITER_MEMORY: usize = 50_000_000;
@@ -68,7 +71,7 @@ pub enum IndexError {
     TooBroad(#[from] TooBroad),
     #[error("search vocabulary: {0}")]
     Vocabulary(std::io::Error),
-    #[error("the search vocabulary has no word list for log segment(s) {0:?} whose messages the index holds (deleted?): prefix, wildcard and fuzzy terms cannot be answered completely; run `custos reindex`")]
+    #[error("the search vocabulary has no word list for log segment(s) {0:?} whose messages the index holds (deleted or damaged?): prefix, wildcard and fuzzy terms cannot be answered completely; run `custos reindex`")]
     VocabularyMissing(Vec<u64>),
 }
 
@@ -575,7 +578,7 @@ impl BlindIndexWriter {
         let index = open_or_rebuild(dir)?;
         let (_, fields) = schema();
         let found = meta_mark(&index.load_metas()?, master, &archive_id);
-        let writer = index.writer_with_num_threads(1, WRITER_MEMORY)?;
+        let mut writer = index.writer_with_num_threads(1, WRITER_MEMORY)?;
         // Files a killed writer left behind (registered, never committed) go now, and
         // so do the temporary files of atomic writes it was in the middle of.
         writer.garbage_collect_files().wait()?;
@@ -583,6 +586,19 @@ impl BlindIndexWriter {
             if is_interrupted_write(&entry.file_name().to_string_lossy()) {
                 let _ = std::fs::remove_file(entry.path());
             }
+        }
+        // Deletions a crash left unmerged (a shred committed, its merge not run) are
+        // merged out now, so their terms leave the files and the segment's word list
+        // can go below.
+        let pending: Vec<tantivy::index::SegmentId> = index
+            .searchable_segment_metas()?
+            .iter()
+            .filter(|m| m.has_deletes())
+            .map(|m| m.id())
+            .collect();
+        if !pending.is_empty() {
+            writer.merge(&pending).wait()?;
+            writer.garbage_collect_files().wait()?;
         }
         // A word list with no documents beside it is what a crash left: words sealed
         // for a commit that never landed (added again as the log is caught up), or a
@@ -669,21 +685,35 @@ impl BlindIndexWriter {
         doc.add_u64(f.seg, a.segment);
         doc.add_u64(f.off, a.offset);
         doc.add_i64(f.time, a.record.time.0);
-        // Each part its own value: tantivy leaves a position between values, as the
-        // export filter does (query::PART_GAP). A shared file is found by its name and
-        // its media type.
+        // Every part's words in one value with explicit positions, [`query::PART_GAP`]
+        // apart between parts (as the export filter numbers them): no phrase and no NEAR
+        // joins the subject to the body. A shared file is found by its name and its
+        // media type.
+        let mut tokens = Vec::new();
+        let mut next = 0u32;
         for text in query::text_parts(m) {
-            let tokens = query::tokenize(text);
-            let mut blinded = String::with_capacity(tokens.len() * (2 * TERM_BYTES + 1));
-            for t in &tokens {
-                if !blinded.is_empty() {
-                    blinded.push(' ');
-                }
-                k.push_term("text", t, &mut blinded);
-                self.vocab.add(a.segment, t)?;
+            for t in query::tokenize(text) {
+                let mut blinded = String::with_capacity(2 * TERM_BYTES);
+                k.push_term("text", &t, &mut blinded);
+                self.vocab.add(a.segment, &t)?;
+                tokens.push(tantivy::tokenizer::Token {
+                    offset_from: 0,
+                    offset_to: 0,
+                    position: next as usize,
+                    text: blinded,
+                    position_length: 1,
+                });
+                next = next.saturating_add(1);
             }
-            doc.add_text(f.text, blinded);
+            next = next.saturating_add(query::PART_GAP);
         }
+        doc.add_pre_tokenized_text(
+            f.text,
+            tantivy::tokenizer::PreTokenizedString {
+                text: String::new(),
+                tokens,
+            },
+        );
         // The person behind a room occupant is a party too: `from:` finds what they said
         // in a room, as the copies others received it.
         let occupant = m.capture.occupant.as_ref().map(|o| match m.direction {
@@ -747,8 +777,11 @@ impl BlindIndexWriter {
         ));
         pc.commit()?;
         self.dirty = false;
-        if std::mem::take(&mut self.purge) {
+        // A failed merge leaves `purge` set (the next commit tries again) and the word
+        // lists in place: they go only once their documents have.
+        if self.purge {
             self.purge_deleted()?;
+            self.purge = false;
         }
         for segment in std::mem::take(&mut self.forget) {
             self.vocab.forget(segment)?;
@@ -825,6 +858,7 @@ impl BlindIndexReader {
         &self,
         words: &[query::Word],
         token: &str,
+        limit: usize,
         b: &mut Build<'_>,
     ) -> Result<Vec<String>, IndexError> {
         let mut v = self.vocab.lock().unwrap_or_else(|p| p.into_inner());
@@ -841,7 +875,17 @@ impl BlindIndexReader {
             }
             b.fresh = true;
         }
-        Ok(v.expand(words, token)?)
+        let out = v.expand(words, token, limit)?;
+        // All of a query's terms together stay within a budget too.
+        b.expanded += out.len();
+        if b.expanded > MAX_QUERY_EXPANSION {
+            return Err(TooBroad {
+                token: token.to_string(),
+                limit: MAX_QUERY_EXPANSION,
+            }
+            .into());
+        }
+        Ok(out)
     }
 
     fn any_word(&self, words: Vec<String>) -> Box<dyn TQuery> {
@@ -869,7 +913,7 @@ impl BlindIndexReader {
                 words.iter().map(|w| self.term(f.text, "text", w)).collect(),
             )),
             Clause::Pattern { word, token } => {
-                self.any_word(self.expand(std::slice::from_ref(word), token, b)?)
+                self.any_word(self.expand(std::slice::from_ref(word), token, MAX_EXPANSION, b)?)
             }
             Clause::Near {
                 left,
@@ -878,8 +922,8 @@ impl BlindIndexReader {
                 ordered,
                 token,
             } => {
-                let left = self.expand(left, token, b)?;
-                let right = self.expand(right, token, b)?;
+                let left = self.expand(left, token, MAX_NEAR_EXPANSION, b)?;
+                let right = self.expand(right, token, MAX_NEAR_EXPANSION, b)?;
                 if left.is_empty() || right.is_empty() {
                     return Ok(Box::new(EmptyQuery));
                 }
@@ -968,10 +1012,13 @@ impl BlindIndexReader {
             &mut Build {
                 searcher: &searcher,
                 fresh: false,
+                expanded: 0,
             },
         )?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let weight = query.weight(EnableScoring::disabled_from_searcher(&searcher))?;
-        let limit = limit.max(1);
         let mut segments = Vec::with_capacity(searcher.segment_readers().len());
         for r in searcher.segment_readers() {
             let seq = r.fast_fields().u64("seq")?;
@@ -980,7 +1027,7 @@ impl BlindIndexReader {
         segments.sort_by_key(|s| std::cmp::Reverse(s.0));
         // The `limit` highest seqs so far: a min-heap of (seq, segment, doc).
         let mut top: std::collections::BinaryHeap<std::cmp::Reverse<(u64, usize, DocId)>> =
-            std::collections::BinaryHeap::with_capacity(limit + 1);
+            std::collections::BinaryHeap::with_capacity(limit.min(4096) + 1);
         for (at, (newest, reader, seqs)) in segments.iter().enumerate() {
             if top.len() >= limit && top.peek().is_some_and(|m| m.0 .0 >= *newest) {
                 break;
@@ -1051,6 +1098,8 @@ struct Build<'a> {
     searcher: &'a Searcher,
     /// The vocabulary has been read again for this search.
     fresh: bool,
+    /// Words the query's terms expanded to so far.
+    expanded: usize,
 }
 
 /// Documents where a term of `left` stands within `within` positions of a term of

@@ -36,7 +36,7 @@ pub enum JidField {
 }
 
 /// A one-word pattern: what a prefix, wildcard or fuzzy term matches, word by word.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Word {
     /// Exactly this normalised word.
     Exact(String),
@@ -181,9 +181,10 @@ pub fn text_parts(m: &MessageRecord) -> impl Iterator<Item = &str> {
         .chain(files)
 }
 
-/// Positions left between two parts of a message's text, as the index leaves them:
-/// adjacent parts never form a phrase.
-pub const PART_GAP: u32 = 1;
+/// Positions left between two parts of a message's text, in the index and the export
+/// filter alike: more than any `NEAR/n` spans, so neither a phrase nor a NEAR joins two
+/// parts.
+pub const PART_GAP: u32 = MAX_NEAR;
 
 /// Normalises a JID for matching: lowercase, surrounding space trimmed.
 pub fn normalize_jid(jid: &str) -> String {
@@ -202,6 +203,15 @@ pub const MAX_NEAR: u32 = 1000;
 /// Deepest nesting of parentheses and NOTs a query may have (parsing and evaluation
 /// recurse once per level).
 pub const MAX_DEPTH: usize = 64;
+/// Longest query, in bytes, lexicons written out.
+pub const MAX_QUERY_BYTES: usize = 16 * 1024;
+/// Longest word of a fuzzy term, in characters (its automaton grows with the square).
+pub const MAX_FUZZY_CHARS: usize = 64;
+/// Most prefix, wildcard and fuzzy terms in one query (NEAR's sides included).
+pub const MAX_PATTERNS: usize = 256;
+/// Most of those that must be checked against every word of the vocabulary (fuzzy
+/// terms, and wildcards with no literal start).
+pub const MAX_SCANS: usize = 16;
 
 fn automaton_builder(distance: u8) -> &'static LevenshteinAutomatonBuilder {
     static ONE: OnceLock<LevenshteinAutomatonBuilder> = OnceLock::new();
@@ -417,6 +427,13 @@ fn unquote(v: &str) -> &str {
 /// Parses a query string. A lexicon reference (`@name`) must have been expanded
 /// ([`Lexicons::expand`]); here it is an error.
 pub fn parse(q: &str) -> Result<Query, QueryError> {
+    if q.len() > MAX_QUERY_BYTES {
+        let start: String = q.chars().take(40).collect();
+        return Err(syntax(
+            &start,
+            &format!("the query is longer than {MAX_QUERY_BYTES} bytes"),
+        ));
+    }
     let toks = lex(q)?;
     let mut p = Parser {
         toks,
@@ -430,7 +447,46 @@ pub fn parse(q: &str) -> Result<Query, QueryError> {
     if let Some(l) = p.toks.get(p.at) {
         return Err(syntax(&l.text, "unexpected here (a ')' without its '('?)"));
     }
+    bound_patterns(&expr)?;
     Ok(Query { expr })
+}
+
+/// Bounds the work a query asks of the vocabulary.
+fn bound_patterns(expr: &Expr) -> Result<(), QueryError> {
+    let (mut patterns, mut scans) = (0usize, 0usize);
+    for c in expr.clauses() {
+        let (words, token): (Vec<&Word>, &str) = match c {
+            Clause::Pattern { word, token } => (vec![word], token),
+            Clause::Near {
+                left, right, token, ..
+            } => (left.iter().chain(right).collect(), token),
+            _ => continue,
+        };
+        for w in words {
+            if matches!(w, Word::Exact(_)) {
+                continue;
+            }
+            patterns += 1;
+            if w.literal_prefix().is_empty() {
+                scans += 1;
+            }
+            if patterns > MAX_PATTERNS {
+                return Err(syntax(
+                    token,
+                    &format!(
+                        "more than {MAX_PATTERNS} prefix, wildcard and fuzzy terms in one query"
+                    ),
+                ));
+            }
+            if scans > MAX_SCANS {
+                return Err(syntax(
+                    token,
+                    &format!("more than {MAX_SCANS} fuzzy terms and wildcards without a literal start in one query"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 struct Parser {
@@ -677,6 +733,11 @@ fn term(token: &str) -> Result<Clause, QueryError> {
         };
         let word =
             one_word(base).ok_or_else(|| bad("a fuzzy term is one word of letters and digits"))?;
+        if word.chars().count() > MAX_FUZZY_CHARS {
+            return Err(bad(&format!(
+                "a fuzzy term is at most {MAX_FUZZY_CHARS} characters"
+            )));
+        }
         return Ok(Clause::Pattern {
             word: Word::Fuzzy(word, distance),
             token: token.to_string(),
@@ -994,12 +1055,37 @@ mod tests {
         ));
         assert!(matches!(parse("!!!"), Err(QueryError::Empty { .. })));
         // Nesting is bounded before it can exhaust the stack.
-        let deep = format!("{}a{}", "(".repeat(100_000), ")".repeat(100_000));
+        let deep = format!("{}a{}", "(".repeat(1000), ")".repeat(1000));
         assert!(parse(&deep).unwrap_err().to_string().contains("nested"));
-        let nots = format!("{}a", "NOT ".repeat(100_000));
+        let nots = format!("{}a", "NOT ".repeat(1000));
         assert!(parse(&nots).unwrap_err().to_string().contains("nested"));
-        let dashes = format!("{}(a)", "-(".repeat(50_000));
+        let dashes = format!("{}(a)", "-(".repeat(1000));
         assert!(parse(&dashes).is_err());
+        // The work a query may ask is bounded, and the refusal names the term.
+        let long = format!("{}~2", "字".repeat(2000));
+        assert!(parse(&long).is_err());
+        let e = parse(&format!("{}~", "a".repeat(65)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at most 64"), "{e}");
+        let scans = (0..17)
+            .map(|i| format!("*x{i}"))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let e = parse(&scans).unwrap_err().to_string();
+        assert!(e.contains("\"*x16\"") && e.contains("literal start"), "{e}");
+        let prefixes = (0..257)
+            .map(|i| format!("p{i}*"))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        assert!(parse(&prefixes)
+            .unwrap_err()
+            .to_string()
+            .contains("\"p256*\""));
+        assert!(parse(&"a ".repeat(9000))
+            .unwrap_err()
+            .to_string()
+            .contains("longer than"));
         assert!(parse(&format!("{}a{}", "(".repeat(60), ")".repeat(60))).is_ok());
     }
 

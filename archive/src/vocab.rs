@@ -12,6 +12,7 @@
 //! shredded conversation said is not kept as a word list either.
 //!
 //! ```text
+//! file  := "custos-w" ‖ file id:16 (random, so a file written anew is told apart) ‖ chunk*
 //! chunk := len:u32be ‖ nonce:12 ‖ AES-GCM(key, nonce, words joined by '\n', aad)
 //! aad   := "custos-vocab-v1" ‖ archive id ‖ segment:u64be
 //! ```
@@ -31,8 +32,24 @@ use crate::query::Word;
 
 const LABEL: &str = "custos-vocab-v1";
 const SUFFIX: &str = ".words";
+const MAGIC: &[u8; 8] = b"custos-w";
+/// Magic and file id.
+const HEADER_LEN: usize = 24;
+
+/// The file id of a list's header, if it has a whole one.
+fn file_id(bytes: &[u8]) -> Option<[u8; 16]> {
+    if bytes.get(..8)? != MAGIC {
+        return None;
+    }
+    bytes.get(8..HEADER_LEN)?.try_into().ok()
+}
 /// Most words one prefix, wildcard or fuzzy term may expand to.
 pub const MAX_EXPANSION: usize = 4096;
+/// Most words each side of a NEAR may expand to (its positions are read per word for
+/// every document holding both sides).
+pub const MAX_NEAR_EXPANSION: usize = 256;
+/// Most words all of a query's terms may expand to together.
+pub const MAX_QUERY_EXPANSION: usize = 16_384;
 
 /// The vocabulary directory beside an index directory.
 pub fn vocab_dir(index_dir: &Path) -> PathBuf {
@@ -96,41 +113,44 @@ impl Seal {
         Ok(out)
     }
 
-    /// Opens the chunks of `bytes` from `at`, calling `word` for each word; returns
-    /// where the last whole, authentic chunk ended. A torn or foreign chunk ends the
-    /// file there (a crash mid-write; the index commit it preceded never happened).
+    /// Opens the chunks of `bytes` from `at`, calling `word` for each word. Returns
+    /// where the last whole chunk ended (a torn one at the end is what a crash mid-write
+    /// leaves; the index commit it preceded never happened) and whether a whole chunk
+    /// failed to open (damage: its words are lost until a reindex, and the chunks after
+    /// it are still read).
     fn open(
         &self,
         segment: u64,
         bytes: &[u8],
         mut at: usize,
         word: &mut impl FnMut(&str),
-    ) -> usize {
+    ) -> (usize, bool) {
         let aad = self.aad(segment);
+        let mut damaged = false;
         loop {
             let Some(len) = bytes
-                .get(at..at + 4)
+                .get(at..at.saturating_add(4))
                 .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
             else {
-                return at;
+                return (at, damaged);
             };
-            let Some(chunk) = bytes.get(at + 4..at + 4 + len).filter(|c| c.len() > 12) else {
-                return at;
+            let end = at.saturating_add(4).saturating_add(len);
+            let Some(chunk) = bytes.get(at + 4..end) else {
+                return (at, damaged);
             };
-            let (nonce, ct) = chunk.split_at(12);
-            let Ok(pt) = self
-                .cipher
-                .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: &aad })
-            else {
-                return at;
-            };
-            let Ok(text) = std::str::from_utf8(&pt) else {
-                return at;
-            };
-            text.split('\n')
-                .filter(|w| !w.is_empty())
-                .for_each(&mut *word);
-            at += 4 + len;
+            let opened = chunk.split_at_checked(12).and_then(|(nonce, ct)| {
+                self.cipher
+                    .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: &aad })
+                    .ok()
+            });
+            match opened.as_deref().map(std::str::from_utf8) {
+                Some(Ok(text)) => text
+                    .split('\n')
+                    .filter(|w| !w.is_empty())
+                    .for_each(&mut *word),
+                _ => damaged = true,
+            }
+            at = end;
         }
     }
 }
@@ -168,9 +188,17 @@ impl VocabWriter {
             let path = self.dir.join(file_name(segment));
             if let Ok(bytes) = std::fs::read(&path) {
                 let seen = &mut self.seen;
-                let end = self.seal.open(segment, &bytes, 0, &mut |w| {
-                    seen.insert(w.to_string());
-                });
+                // No whole header: nothing in it was ever committed; it is started anew.
+                let end = match file_id(&bytes) {
+                    Some(_) => {
+                        self.seal
+                            .open(segment, &bytes, HEADER_LEN, &mut |w| {
+                                seen.insert(w.to_string());
+                            })
+                            .0
+                    }
+                    None => 0,
+                };
                 if end < bytes.len() {
                     let f = std::fs::OpenOptions::new().write(true).open(&path)?;
                     f.set_len(end as u64)?;
@@ -192,12 +220,25 @@ impl VocabWriter {
         };
         std::fs::create_dir_all(&self.dir)?;
         let chunk = self.seal.seal(segment, &self.pending.join("\n"))?;
+        let path = self.dir.join(file_name(segment));
+        let new = std::fs::metadata(&path).map_or(true, |m| m.len() == 0);
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join(file_name(segment)))?;
-        f.write_all(&chunk)?;
+            .open(&path)?;
+        if new {
+            let mut header = Vec::with_capacity(HEADER_LEN + chunk.len());
+            header.extend_from_slice(MAGIC);
+            header.extend_from_slice(&random_bytes::<16>().map_err(std::io::Error::other)?);
+            header.extend_from_slice(&chunk);
+            f.write_all(&header)?;
+        } else {
+            f.write_all(&chunk)?;
+        }
         f.sync_data()?;
+        if new {
+            sync_dir(&self.dir)?;
+        }
         self.pending.clear();
         Ok(())
     }
@@ -211,7 +252,8 @@ impl VocabWriter {
         }
         match std::fs::remove_file(self.dir.join(file_name(segment))) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+            Err(_) => Ok(()),
+            Ok(()) => sync_dir(&self.dir),
         }
     }
 
@@ -239,20 +281,35 @@ impl VocabWriter {
     }
 }
 
+/// Makes a directory's entries (a file created or removed) durable.
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// A word term matched more words than a search expands to.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{token:?} matches more than {MAX_EXPANSION} different words; make it narrower")]
+#[error("{token:?} matches more than {limit} different words; make it narrower")]
 pub struct TooBroad {
     pub token: String,
+    pub limit: usize,
 }
 
 /// Every word of the vocabulary, kept current with the files as they grow.
 pub struct Vocabulary {
     dir: PathBuf,
     seal: Seal,
-    /// Bytes read of each segment's file (up to its last whole chunk).
-    read: HashMap<u64, usize>,
+    /// Of each segment's file: which file (its header's id), the bytes read (up to its
+    /// last whole chunk), and whether a chunk in them failed to open.
+    read: HashMap<u64, Read>,
     words: BTreeSet<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Read {
+    /// The header's file id.
+    file: [u8; 16],
+    at: usize,
+    damaged: bool,
 }
 
 impl Vocabulary {
@@ -281,56 +338,101 @@ impl Vocabulary {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        let shrank = self.read.iter().any(|(seg, &at)| {
-            present
-                .get(seg)
-                .is_none_or(|&len| usize::try_from(len).unwrap_or(usize::MAX) < at)
-        });
-        if shrank {
+        // Each present list's header, and all of it when it is new or has grown.
+        let mut seen: HashMap<u64, ([u8; 16], Option<Vec<u8>>)> = HashMap::new();
+        for (&seg, &len) in &present {
+            let len = usize::try_from(len).unwrap_or(usize::MAX);
+            let path = self.dir.join(file_name(seg));
+            let grown = self.read.get(&seg).is_none_or(|r| len > r.at);
+            let bytes = if grown {
+                match std::fs::read(&path) {
+                    Ok(b) => b,
+                    // Forgotten between the listing and the read.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
+            } else {
+                let mut head = [0u8; HEADER_LEN];
+                match std::fs::File::open(&path)
+                    .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
+                {
+                    Ok(()) => head.to_vec(),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            // A list without a whole header holds nothing committed yet.
+            let Some(id) = file_id(&bytes) else { continue };
+            seen.insert(seg, (id, grown.then_some(bytes)));
+        }
+        // A list gone, or written anew (another file id): start over.
+        let changed = self
+            .read
+            .iter()
+            .any(|(seg, r)| seen.get(seg).is_none_or(|(id, _)| *id != r.file));
+        if changed {
             self.read.clear();
             self.words.clear();
+            return self.refresh_from_scratch();
         }
-        for (seg, len) in present {
-            let at = *self.read.entry(seg).or_insert(0);
-            if usize::try_from(len).unwrap_or(usize::MAX) <= at {
-                continue;
-            }
-            let bytes = match std::fs::read(self.dir.join(file_name(seg))) {
-                Ok(b) => b,
-                // Forgotten between the listing and the read.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
+        for (seg, (id, bytes)) in seen {
+            let Some(bytes) = bytes else { continue };
+            let r = self.read.get(&seg).copied().unwrap_or(Read {
+                file: id,
+                at: HEADER_LEN,
+                damaged: false,
+            });
             let words = &mut self.words;
-            let end = self.seal.open(seg, &bytes, at, &mut |w| {
+            let (end, damaged) = self.seal.open(seg, &bytes, r.at, &mut |w| {
                 if !words.contains(w) {
                     words.insert(w.to_string());
                 }
             });
-            self.read.insert(seg, end);
+            self.read.insert(
+                seg,
+                Read {
+                    file: id,
+                    at: end,
+                    damaged: r.damaged || damaged,
+                },
+            );
         }
         Ok(())
+    }
+
+    /// [`Vocabulary::refresh`] with nothing read yet (every list is read whole).
+    fn refresh_from_scratch(&mut self) -> std::io::Result<()> {
+        debug_assert!(self.read.is_empty());
+        self.refresh()
     }
 
     pub fn len(&self) -> usize {
         self.words.len()
     }
 
-    /// Whether the segment's word list was there at the last refresh.
+    /// Whether the segment's word list was there, whole, at the last refresh.
     pub fn has_segment(&self, segment: u64) -> bool {
-        self.read.contains_key(&segment)
+        self.read.get(&segment).is_some_and(|r| !r.damaged)
     }
 
     pub fn is_empty(&self) -> bool {
         self.words.is_empty()
     }
 
-    /// The words any of `words` matches (exact words as they are), at most
-    /// [`MAX_EXPANSION`] per pattern.
-    pub fn expand(&self, words: &[Word], token: &str) -> Result<Vec<String>, TooBroad> {
+    /// The words any of `words` matches (exact words as they are), at most `limit` in
+    /// all.
+    pub fn expand(
+        &self,
+        words: &[Word],
+        token: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, TooBroad> {
         let mut out = BTreeSet::new();
+        let too_broad = || TooBroad {
+            token: token.to_string(),
+            limit,
+        };
         for w in words {
-            let before = out.len();
             if let Word::Exact(e) = w {
                 out.insert(e.clone());
                 continue;
@@ -358,10 +460,8 @@ impl Vocabulary {
             for c in candidates {
                 if m.matches(c) {
                     out.insert(c.clone());
-                    if out.len() - before > MAX_EXPANSION {
-                        return Err(TooBroad {
-                            token: token.to_string(),
-                        });
+                    if out.len() > limit {
+                        return Err(too_broad());
                     }
                 }
             }
@@ -394,11 +494,11 @@ mod tests {
         assert_eq!(v.len(), 4);
         let prefix = [Word::Prefix("guarant".into())];
         assert_eq!(
-            v.expand(&prefix, "guarant*").unwrap(),
+            v.expand(&prefix, "guarant*", MAX_EXPANSION).unwrap(),
             vec!["guarantee", "guaranteed"]
         );
         assert_eq!(
-            v.expand(&[Word::Fuzzy("retrun".into(), 1)], "retrun~")
+            v.expand(&[Word::Fuzzy("retrun".into(), 1)], "retrun~", MAX_EXPANSION)
                 .unwrap(),
             vec!["return"]
         );
@@ -425,13 +525,63 @@ mod tests {
 
         w.forget(1).unwrap();
         v.refresh().unwrap();
-        assert_eq!(v.expand(&prefix, "guarant*").unwrap(), Vec::<String>::new());
+        assert_eq!(
+            v.expand(&prefix, "guarant*", MAX_EXPANSION).unwrap(),
+            Vec::<String>::new()
+        );
         assert_eq!(v.len(), 3);
 
         // Another key reads nothing.
         let mut other = Vocabulary::new(&index, &MasterKey::from_bytes([1; 32]), &id);
         other.refresh().unwrap();
         assert!(other.is_empty());
+    }
+
+    #[test]
+    fn a_damaged_chunk_marks_its_list_and_keeps_the_rest_and_a_replaced_file_is_read_anew() {
+        let tmp = tempfile::tempdir().unwrap();
+        let index = tmp.path().join("index");
+        let master = MasterKey::from_bytes([9; 32]);
+        let id = [4; 16];
+        let mut w = VocabWriter::open(&vocab_dir(&index), &master, &id);
+        w.add(1, "alpha").unwrap();
+        w.flush().unwrap();
+        w.add(1, "bravo").unwrap();
+        w.flush().unwrap();
+        let path = vocab_dir(&index).join(file_name(1));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[HEADER_LEN + 20] ^= 1; // inside the first chunk's ciphertext
+        std::fs::write(&path, &bytes).unwrap();
+        let mut v = Vocabulary::new(&index, &master, &id);
+        v.refresh().unwrap();
+        assert_eq!(v.len(), 1, "the chunk after the damaged one is still read");
+        assert!(!v.has_segment(1), "a damaged list counts as missing");
+        // The next writer keeps every whole chunk, damaged or not.
+        let mut w = VocabWriter::open(&vocab_dir(&index), &master, &id);
+        w.add(1, "charlie").unwrap();
+        w.flush().unwrap();
+        assert!(std::fs::read(&path).unwrap().len() > bytes.len());
+
+        // Removed and written again, longer, between two refreshes: read from the start.
+        let mut v = Vocabulary::new(&index, &master, &id);
+        w.add(2, "delta").unwrap();
+        w.flush().unwrap();
+        v.refresh().unwrap();
+        w.forget(2).unwrap();
+        let mut w = VocabWriter::open(&vocab_dir(&index), &master, &id);
+        for word in ["echo", "foxtrot", "golf", "hotel"] {
+            w.add(2, word).unwrap();
+        }
+        w.flush().unwrap();
+        v.refresh().unwrap();
+        assert!(v.has_segment(2));
+        let all = v
+            .expand(&[Word::Wildcard("*".into())], "*", MAX_EXPANSION)
+            .unwrap();
+        assert!(
+            all.contains(&"hotel".to_string()) && !all.contains(&"delta".to_string()),
+            "{all:?}"
+        );
     }
 
     #[test]
@@ -446,7 +596,9 @@ mod tests {
         w.flush().unwrap();
         let mut v = Vocabulary::new(&index, &master, &[0; 16]);
         v.refresh().unwrap();
-        let e = v.expand(&[Word::Prefix("w".into())], "w*").unwrap_err();
+        let e = v
+            .expand(&[Word::Prefix("w".into())], "w*", MAX_EXPANSION)
+            .unwrap_err();
         assert!(e.to_string().contains("\"w*\""), "{e}");
     }
 }

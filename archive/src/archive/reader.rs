@@ -83,7 +83,9 @@ pub struct ArchiveReader {
     pub(super) storage: Arc<dyn Storage>,
     pub(super) master: MasterKey,
     pub(super) meta: Meta,
-    pub(super) index: Mutex<Option<BlindIndexReader>>,
+    /// Opened at the first search, then shared: searches run beside each other, the
+    /// lock is held only to open it.
+    pub(super) index: Mutex<Option<std::sync::Arc<BlindIndexReader>>>,
     pub(super) segments: Mutex<HashMap<u64, SegmentAccess>>,
 }
 
@@ -140,20 +142,22 @@ impl ArchiveReader {
     /// matching messages in chronological order, bodies decrypted from the log.
     pub fn search(&self, query: &str, limit: usize) -> Result<Vec<Hit>, SearchError> {
         let q = query::parse(query)?;
-        let located = {
+        let index = {
             let mut guard = self.index.lock().unwrap_or_else(|p| p.into_inner());
-            if guard.is_none() {
-                *guard = Some(BlindIndexReader::open(
-                    &index_dir(&self.dir),
-                    &self.master,
-                    &self.meta.archive_id,
-                )?);
-            }
             match guard.as_ref() {
-                Some(ix) => ix.search(&q, limit)?,
-                None => Vec::new(),
+                Some(ix) => ix.clone(),
+                None => {
+                    let ix = std::sync::Arc::new(BlindIndexReader::open(
+                        &index_dir(&self.dir),
+                        &self.master,
+                        &self.meta.archive_id,
+                    )?);
+                    *guard = Some(ix.clone());
+                    ix
+                }
             }
         };
+        let located = index.search(&q, limit)?;
         let mut hits = Vec::with_capacity(located.len());
         for l in located.iter().rev() {
             let rec = match self.record_at(l.segment, l.offset) {

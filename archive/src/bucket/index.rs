@@ -338,6 +338,16 @@ pub(crate) fn fetch_index(
     let wanted = files_of(&snap.meta).map_err(SyncError::Check)?;
     std::fs::create_dir_all(&index_dir)
         .map_err(|e| SyncError::Check(format!("{}: {e}", index_dir.display())))?;
+    // The local word lists describe the index being replaced, not the bucket's: they go
+    // first, so prefix, wildcard and fuzzy terms are refused (naming `custos reindex`)
+    // instead of silently missing what the fetched index holds and they do not.
+    let vocab = crate::vocab::vocab_dir(&index_dir);
+    match std::fs::remove_dir_all(&vocab) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(SyncError::Check(format!("{}: {e}", vocab.display())))
+        }
+        _ => {}
+    }
     let io = |p: &Path, e: std::io::Error| SyncError::Check(format!("{}: {e}", p.display()));
     let mut fetched = 0;
     for name in &wanted {

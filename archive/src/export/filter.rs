@@ -7,7 +7,9 @@
 //! messages match a query, as in search; without a query every record in the
 //! range is selected, events included, so the exported sequence has no gaps.
 
-use crate::query::{self, Clause, JidField, Query, Word};
+use std::collections::HashMap;
+
+use crate::query::{self, Clause, JidField, Query, Word, WordMatcher};
 use crate::record::{Direction, MessageRecord, NewRecord, Record};
 use crate::time::Timestamp;
 
@@ -15,14 +17,29 @@ pub(crate) struct Filter {
     query: Option<Query>,
     since: Option<Timestamp>,
     until: Option<Timestamp>,
+    /// Each prefix, wildcard and fuzzy word of the query, compiled once (a fuzzy
+    /// term's automaton is not rebuilt per record).
+    matchers: HashMap<Word, WordMatcher>,
 }
 
 impl Filter {
     pub fn new(query: Option<Query>, since: Option<Timestamp>, until: Option<Timestamp>) -> Filter {
+        let mut matchers = HashMap::new();
+        for c in query.iter().flat_map(|q| q.expr.clauses()) {
+            let words: Vec<&Word> = match c {
+                Clause::Pattern { word, .. } => vec![word],
+                Clause::Near { left, right, .. } => left.iter().chain(right).collect(),
+                _ => continue,
+            };
+            for w in words {
+                matchers.entry(w.clone()).or_insert_with(|| w.matcher());
+            }
+        }
         Filter {
             query,
             since,
             until,
+            matchers,
         }
     }
 
@@ -43,7 +60,8 @@ impl Filter {
             return false;
         };
         let words = Words::of(m);
-        q.expr.eval(&mut |c| clause(c, rec, m, &words))
+        q.expr
+            .eval(&mut |c| clause(c, rec, m, &words, &self.matchers))
     }
 }
 
@@ -77,8 +95,8 @@ impl Words {
     }
 
     /// Positions of the words any of `words` matches, ascending.
-    fn positions(&self, words: &[Word]) -> Vec<u32> {
-        let matchers: Vec<_> = words.iter().map(Word::matcher).collect();
+    fn positions(&self, words: &[Word], compiled: &HashMap<Word, WordMatcher>) -> Vec<u32> {
+        let matchers: Vec<&WordMatcher> = words.iter().filter_map(|w| compiled.get(w)).collect();
         self.0
             .iter()
             .filter(|(t, _)| matchers.iter().any(|m| m.matches(t)))
@@ -100,13 +118,18 @@ fn occupant(m: &MessageRecord, side: Direction) -> Option<&str> {
         .filter(|_| m.direction == side)
 }
 
-fn clause(c: &Clause, rec: &Record, m: &MessageRecord, words: &Words) -> bool {
+fn clause(
+    c: &Clause,
+    rec: &Record,
+    m: &MessageRecord,
+    words: &Words,
+    compiled: &HashMap<Word, WordMatcher>,
+) -> bool {
     match c {
         Clause::Text(phrase) => words.has_phrase(phrase),
-        Clause::Pattern { word, .. } => {
-            let m = word.matcher();
-            words.0.iter().any(|(t, _)| m.matches(t))
-        }
+        Clause::Pattern { word, .. } => compiled
+            .get(word)
+            .is_some_and(|m| words.0.iter().any(|(t, _)| m.matches(t))),
         Clause::Near {
             left,
             right,
@@ -114,8 +137,8 @@ fn clause(c: &Clause, rec: &Record, m: &MessageRecord, words: &Words) -> bool {
             ordered,
             ..
         } => query::near(
-            &words.positions(left),
-            &words.positions(right),
+            &words.positions(left, compiled),
+            &words.positions(right, compiled),
             *within,
             *ordered,
         ),
@@ -241,9 +264,10 @@ mod tests {
         assert!(sel("return NEAR/3 guarantee", &r));
         assert!(!sel("return ONEAR/3 guarantee", &r));
         assert!(sel("guarantee ONEAR/3 (profit OR return)", &r));
-        // Subject "Quarterly" and body's first word are in different parts.
+        // Subject "Quarterly" and body's first word are in different parts: never near.
         assert!(!sel("quarterly NEAR/1 we", &r));
-        assert!(sel("quarterly NEAR/2 we", &r));
+        assert!(!sel("quarterly NEAR/1000 we", &r));
+        assert!(!sel("\"quarterly we\"", &r));
     }
 
     #[test]
