@@ -25,11 +25,11 @@ pub struct SearchForm {
     page: usize,
 }
 
-/// A filter value as one query token: whitespace and quotes would let a
-/// value start a new clause, so they are dropped.
+/// A filter value as one query token: whitespace, quotes and parentheses would let a
+/// value start a new clause or regroup the query, so they are dropped.
 fn token(v: &str) -> String {
     v.chars()
-        .filter(|c| !c.is_whitespace() && *c != '"')
+        .filter(|c| !c.is_whitespace() && !matches!(c, '"' | '(' | ')'))
         .collect()
 }
 
