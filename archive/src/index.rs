@@ -133,6 +133,9 @@ struct Fields {
     via: Field,
     /// The proven JID of the session whose stream carried the copy.
     account: Field,
+    /// Group chat only: the room's bare address ([`query::room_of`]), so `room:`
+    /// matches the room and not the person behind a nickname.
+    room: Field,
 }
 
 fn schema() -> (Schema, Fields) {
@@ -154,6 +157,7 @@ fn schema() -> (Schema, Fields) {
         msg: b.add_text_field("msg", STRING),
         via: b.add_text_field("via", STRING),
         account: b.add_text_field("account", STRING),
+        room: b.add_text_field("room", STRING),
     };
     (b.build(), f)
 }
@@ -738,6 +742,9 @@ impl BlindIndexWriter {
         }
         doc.add_text(f.direction, k.term("direction", m.direction.as_str()));
         doc.add_text(f.stanza_type, k.term("type", &m.stanza_type.to_lowercase()));
+        if let Some(room) = query::room_of(m) {
+            doc.add_text(f.room, k.term("jid", &room));
+        }
         doc.add_text(f.action, k.term("action", m.outcome.action.as_str()));
         for r in &m.outcome.rules {
             doc.add_text(f.rule, k.term("rule", r));
@@ -947,10 +954,7 @@ impl BlindIndexReader {
                 };
                 term(field, "jid", jid)
             }
-            Clause::Room(room) => Box::new(BooleanQuery::new(vec![
-                (Occur::Must, term(f.stanza_type, "type", "groupchat")),
-                (Occur::Must, term(f.with, "jid", room)),
-            ])),
+            Clause::Room(room) => term(f.room, "jid", room),
             Clause::Direction(d) => term(f.direction, "direction", d.as_str()),
             Clause::Type(t) => term(f.stanza_type, "type", t),
             Clause::Action(a) => term(f.action, "action", a.as_str()),

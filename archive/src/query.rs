@@ -186,6 +186,20 @@ pub fn text_parts(m: &MessageRecord) -> impl Iterator<Item = &str> {
 /// parts.
 pub const PART_GAP: u32 = MAX_NEAR;
 
+/// The room of a group-chat copy, normalised and bare: its sender when it came from the
+/// room (inbound), its addressee when a user behind Custos sent it (outbound). `None`
+/// for anything but group chat.
+pub fn room_of(m: &MessageRecord) -> Option<String> {
+    if !m.stanza_type.eq_ignore_ascii_case("groupchat") {
+        return None;
+    }
+    let jid = match m.direction {
+        Direction::Inbound => &m.from,
+        Direction::Outbound => &m.to,
+    };
+    Some(bare_jid(&normalize_jid(jid)).to_string())
+}
+
 /// Normalises a JID for matching: lowercase, surrounding space trimmed.
 pub fn normalize_jid(jid: &str) -> String {
     jid.trim().to_lowercase()

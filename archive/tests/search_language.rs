@@ -260,3 +260,41 @@ async fn the_newest_matches_come_from_whichever_index_segment_holds_them() {
     assert_eq!(got, alpha[alpha.len() - 7..].to_vec());
     a.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_matches_the_room_not_the_person_behind_a_nickname() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, _) = open(tmp.path());
+    let mut rec = chat(
+        "deals@conference.example.test/bobby",
+        "alice@example.test/laptop",
+        "buy the dip",
+    );
+    if let NewRecord::Message(m) = &mut rec {
+        m.direction = Direction::Inbound;
+        m.stanza_type = "groupchat".into();
+        m.capture.occupant = Some("bob@example.test/desk".into());
+    }
+    let last = a.append(rec).await.unwrap().seq.0;
+    a.append(chat("bob@example.test/desk", "alice@example.test", "buy"))
+        .await
+        .unwrap();
+    assert_eq!(
+        found(&a, "room:deals@conference.example.test", last + 1).await,
+        vec![1]
+    );
+    assert_eq!(
+        found(&a, "room:bob@example.test", last + 1).await,
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        found(&a, "room:alice@example.test", last + 1).await,
+        Vec::<u64>::new(),
+        "the recipient of a group chat copy is not its room"
+    );
+    assert_eq!(
+        found(&a, "from:bob@example.test buy", last + 1).await,
+        vec![1, 2]
+    );
+    a.close().await.unwrap();
+}

@@ -158,10 +158,7 @@ fn clause(
                     .as_deref()
                     .is_some_and(|o| jid_matches(o, j))
         }
-        Clause::Room(room) => {
-            m.stanza_type.eq_ignore_ascii_case("groupchat")
-                && (jid_matches(&m.from, room) || jid_matches(&m.to, room))
-        }
+        Clause::Room(room) => query::room_of(m).as_ref() == Some(room),
         Clause::Jid(JidField::Account, j) => jid_matches(&m.capture.account, j),
         Clause::Message(id) => {
             m.capture.identity == *id || m.capture.delivered_identity.as_ref() == Some(id)
