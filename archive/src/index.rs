@@ -26,9 +26,7 @@ use tantivy::query::{
     AllQuery, BooleanQuery, ConstScorer, EmptyQuery, EmptyScorer, EnableScoring, Explanation,
     Occur, PhraseQuery, Query as TQuery, RangeQuery, Scorer, TermQuery, TermSetQuery, Weight,
 };
-use tantivy::schema::{
-    Field, IndexRecordOption, Schema, Value, FAST, INDEXED, STORED, STRING, TEXT,
-};
+use tantivy::schema::{Field, IndexRecordOption, Schema, FAST, INDEXED, STORED, STRING, TEXT};
 use tantivy::{
     DocId, DocSet, Index, IndexReader, IndexWriter, ReloadPolicy, Score, Searcher, SegmentReader,
     TantivyDocument, Term, TERMINATED,
@@ -345,6 +343,9 @@ pub struct Coverage {
     pub docs: u64,
     /// The documents by the log segment they point into.
     pub by_segment: BTreeMap<u64, Placed>,
+    /// Segments with documents but no whole sealed word list (deleted or damaged):
+    /// prefix, wildcard and fuzzy terms would be refused for them.
+    pub vocabulary_gaps: Vec<u64>,
 }
 
 /// Reads the coverage of the index in `dir` for archive `archive_id`. An index that does
@@ -399,28 +400,38 @@ fn coverage_of(
     let reader = index.reader()?;
     let searcher = reader.searcher();
     let docs = searcher.num_docs();
-    let (_, f) = schema();
     let key = placement_key(master, archive_id);
     let mut by_segment: BTreeMap<u64, Placed> = BTreeMap::new();
-    for (ord, sr) in searcher.segment_readers().iter().enumerate() {
+    for sr in searcher.segment_readers() {
+        let ff = sr.fast_fields();
+        let (seqs, segs, offs) = (ff.u64("seq")?, ff.u64("seg")?, ff.u64("off")?);
         for doc in sr.doc_ids_alive() {
-            let d: TantivyDocument = searcher.doc(tantivy::DocAddress::new(ord as u32, doc))?;
-            let get = |field: Field| d.get_first(field).and_then(|v| v.as_u64()).unwrap_or(0);
+            let get = |c: &tantivy::columnar::Column<u64>| c.first(doc).unwrap_or(0);
+            let (seq, seg) = (get(&seqs), get(&segs));
             // Documents past the mark are counted in `docs` only (a writer may have
             // committed since the mark was read).
-            if get(f.seq) > mark.through {
+            if seq > mark.through {
                 continue;
             }
             by_segment
-                .entry(get(f.seg))
+                .entry(seg)
                 .or_default()
-                .add(&key, get(f.seq), get(f.seg), get(f.off));
+                .add(&key, seq, seg, get(&offs));
         }
     }
+    // Every segment with documents needs its sealed word list, whole.
+    let mut vocab = Vocabulary::new(dir, master, archive_id);
+    vocab.refresh().map_err(IndexError::Vocabulary)?;
+    let vocabulary_gaps = by_segment
+        .keys()
+        .copied()
+        .filter(|s| !vocab.has_segment(*s))
+        .collect();
     Ok(Coverage {
         mark,
         docs,
         by_segment,
+        vocabulary_gaps,
     })
 }
 

@@ -371,9 +371,10 @@ impl Vocabulary {
             .iter()
             .any(|(seg, r)| seen.get(seg).is_none_or(|(id, _)| *id != r.file));
         if changed {
+            // Nothing read now: the second pass reads every list whole.
             self.read.clear();
             self.words.clear();
-            return self.refresh_from_scratch();
+            return self.refresh();
         }
         for (seg, (id, bytes)) in seen {
             let Some(bytes) = bytes else { continue };
@@ -398,12 +399,6 @@ impl Vocabulary {
             );
         }
         Ok(())
-    }
-
-    /// [`Vocabulary::refresh`] with nothing read yet (every list is read whole).
-    fn refresh_from_scratch(&mut self) -> std::io::Result<()> {
-        debug_assert!(self.read.is_empty());
-        self.refresh()
     }
 
     pub fn len(&self) -> usize {

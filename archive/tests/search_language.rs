@@ -211,6 +211,25 @@ async fn a_shredded_segment_takes_its_words_out_of_the_vocabulary() {
     // Exact words do not need it.
     assert_eq!(found(&a, "holiday", receipt.seq.0).await, vec![3]);
     a.close().await.unwrap();
+    // verify tells of it, naming the segment (the log itself is whole).
+    let public = load_verifying_key(&custos_archive::keys::public_key_path(
+        &tmp.path().join("signing.key"),
+    ))
+    .unwrap();
+    let r = verify(
+        &tmp.path().join("archive"),
+        Some(&master),
+        &public,
+        |_, _| {},
+    );
+    assert!(r.is_clean(), "{:#?}", r.problems);
+    assert!(
+        r.notes
+            .iter()
+            .any(|n| n.contains("search vocabulary") && n.contains("[2]")),
+        "{:#?}",
+        r.notes
+    );
     reindex(&tmp.path().join("archive"), &master, |_, _| {}).unwrap();
     let (a, _) = open(tmp.path());
     assert_eq!(found(&a, "zanzib*", receipt.seq.0).await, vec![3]);
