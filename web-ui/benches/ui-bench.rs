@@ -39,8 +39,8 @@ const RULES: [&str; 8] = [
     "pii",
 ];
 const WORDS: [&str; 16] = [
-    "lunch", "report", "client", "market", "order", "price", "meeting", "draft", "call",
-    "trade", "review", "budget", "desk", "risk", "quote", "memo",
+    "lunch", "report", "client", "market", "order", "price", "meeting", "draft", "call", "trade",
+    "review", "budget", "desk", "risk", "quote", "memo",
 ];
 
 /// SplitMix64: every run generates the same archive.
@@ -260,7 +260,13 @@ struct Page {
     body: String,
 }
 
-async fn send(app: &axum::Router, method: Method, uri: &str, cookie: &str, form: Option<String>) -> Page {
+async fn send(
+    app: &axum::Router,
+    method: Method,
+    uri: &str,
+    cookie: &str,
+    form: Option<String>,
+) -> Page {
     let mut b = Request::builder().method(method).uri(uri);
     if !cookie.is_empty() {
         b = b.header(header::COOKIE, cookie);
@@ -380,7 +386,10 @@ fn measure(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         let deep = items / 2 / 25;
         let pages: Vec<(&str, Vec<String>)> = vec![
             ("queue, first page", vec!["/queue".into()]),
-            ("queue, page filtered by rule", vec!["/queue?status=all&rule=insider".into()]),
+            (
+                "queue, page filtered by rule",
+                vec!["/queue?status=all&rule=insider".into()],
+            ),
             (
                 "queue, a deep page",
                 vec![format!("/queue?status=all&page={deep}")],
@@ -388,7 +397,10 @@ fn measure(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
             ("dashboard", vec!["/".into()]),
             (
                 "conversation",
-                targets.iter().map(|t| format!("/conversation/{t}")).collect(),
+                targets
+                    .iter()
+                    .map(|t| format!("/conversation/{t}"))
+                    .collect(),
             ),
             ("search, a word", vec!["/search?q=budget".into()]),
         ];
@@ -430,7 +442,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["generate", dir, n] => generate(
             &PathBuf::from(dir),
-            n.parse().map_err(|_| format!("not a record count: {n:?}"))?,
+            n.parse()
+                .map_err(|_| format!("not a record count: {n:?}"))?,
         ),
         ["measure", dir] => measure(&PathBuf::from(dir)),
         // `cargo test --benches` runs it without arguments: a small round trip.

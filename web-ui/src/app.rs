@@ -70,6 +70,9 @@ pub fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     m.write().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Records decoded before they are applied to the store, at most.
+const APPLY_BATCH: usize = 4096;
+
 impl App {
     /// Builds the state, scanning the whole archive once (blocking).
     pub fn new(cfg: WebConfig, archive: Archive) -> Result<App, ReadError> {
@@ -95,9 +98,13 @@ impl App {
     /// the bytes appended since. Blocking file I/O.
     pub fn catch_up_blocking(&self) -> Result<(), ReadError> {
         let mut cursor = lock(&self.tail);
+        // Applied in batches, so a long scan never holds many decoded records at once.
         let mut entries: Vec<ChainEntry> = Vec::new();
         let followed = self.archive.reader().tail(&mut cursor, |e| {
             entries.push(e);
+            if entries.len() >= APPLY_BATCH {
+                write(&self.store).apply(std::mem::take(&mut entries));
+            }
             Ok::<(), ReadError>(())
         });
         // The cursor has moved past whatever was handed over before an error;
@@ -147,8 +154,12 @@ impl App {
                 }
             };
             let mut entries: Vec<ChainEntry> = Vec::new();
+            let chain = tail.chain;
             let followed = tail.reader.tail(&mut tail.cursor, |e| {
                 entries.push(e);
+                if entries.len() >= APPLY_BATCH {
+                    write(&self.store).apply_chain(chain, std::mem::take(&mut entries));
+                }
                 Ok::<(), ReadError>(())
             });
             if !entries.is_empty() {

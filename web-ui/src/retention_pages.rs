@@ -3,7 +3,6 @@
 //! before the page answers; the page then shows the holds replayed from the chain, so
 //! what it shows is what expiry obeys.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -318,10 +317,7 @@ pub fn overview(
     policy: Option<&RetentionPolicy>,
     dir: Option<&std::path::Path>,
 ) -> Markup {
-    let mut per_class: BTreeMap<&str, u64> = BTreeMap::new();
-    for m in store.messages() {
-        *per_class.entry(m.retention_class.as_str()).or_default() += 1;
-    }
+    let per_class = store.class_counts();
     let newest = store.segments().keys().next_back().copied();
     let next_expiry = policy.and_then(|p| {
         store

@@ -7,13 +7,12 @@
 //! writing to memory directly, so a restart rebuilds exactly what was shown.
 //! Bodies stay encrypted at rest and are read per record when a page needs them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use custos_archive::query::{bare_jid, normalize_jid};
 use custos_archive::retention::{self, Holds, SegmentFacts};
-use custos_archive::{
-    Action, ChainEntry, Direction, EditKind, EventRecord, Leg, NewRecord, Timestamp, Via,
-};
+use custos_archive::{Action, ChainEntry, Direction, EventRecord, Leg, NewRecord, Timestamp, Via};
 use serde::{Deserialize, Serialize};
 
 /// Which chain a record is in: 0 is this node's own, others are other nodes' chains
@@ -62,10 +61,6 @@ pub struct MessageMeta {
     /// The JID the session proved whose stream carried this copy.
     pub account: String,
     pub would_action: Option<Action>,
-    /// The sender's id for the message (XEP-0359 origin-id, else the stanza id).
-    pub msg_id: Option<String>,
-    /// A correction or retraction: which message (by `msg_id`) it changes.
-    pub edit: Option<(EditKind, String)>,
     /// A sender the client wrote that was not its own (a refused attempt).
     pub claimed_from: Option<String>,
     /// The retention class fixed when it was written.
@@ -275,6 +270,8 @@ pub struct ReviewItem {
     pub sampled: bool,
     /// In time order (changes made on other nodes may be read late).
     pub history: Vec<ReviewEvent>,
+    /// What the logical message's copies read so far add up to.
+    pub verdict: GroupVerdict,
 }
 
 impl ReviewItem {
@@ -300,12 +297,100 @@ impl ReviewItem {
     }
 }
 
-/// One chain's messages, in the order they were written.
+/// Strings that repeat from message to message (JIDs, conversation keys, rule lists,
+/// labels), kept once each; a row holds their numbers. Number 0 is "none".
+struct Interner {
+    ids: HashMap<Arc<str>, u32>,
+    names: Vec<Arc<str>>,
+}
+
+impl Interner {
+    fn new() -> Interner {
+        Interner {
+            ids: HashMap::new(),
+            names: vec![Arc::from("")],
+        }
+    }
+
+    fn id(&mut self, s: &str) -> u32 {
+        if let Some(&i) = self.ids.get(s) {
+            return i;
+        }
+        // Four billion different strings would not fit in memory first.
+        let i = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
+        let name: Arc<str> = Arc::from(s);
+        self.names.push(name.clone());
+        self.ids.insert(name, i);
+        i
+    }
+
+    fn opt(&mut self, s: Option<&str>) -> u32 {
+        s.map_or(0, |s| self.id(s))
+    }
+
+    fn get(&self, i: u32) -> &str {
+        self.names.get(i as usize).map_or("", |s| s)
+    }
+
+    fn get_opt(&self, i: u32) -> Option<String> {
+        (i != 0).then(|| self.get(i).to_string())
+    }
+}
+
+/// Separates the rule names of one rule list in its interned form.
+const RULE_SEP: char = '\u{1f}';
+
+/// A [`MsgRef`] in one word: the chain in the top 16 bits, the seq below (a chain
+/// reaches 2^48 records after thousands of years at a million a second). 0 is "none".
+type Packed = u64;
+
+fn pack(r: MsgRef) -> Packed {
+    (u64::from(r.chain) << 48) | (r.seq & ((1 << 48) - 1))
+}
+
+fn unpack(p: Packed) -> MsgRef {
+    MsgRef {
+        chain: (p >> 48) as ChainIdx,
+        seq: p & ((1 << 48) - 1),
+    }
+}
+
+/// One archived copy as kept in memory: fixed-size, strings by number. What only a
+/// page about this very message shows (its sender's id, what it corrects) is read from
+/// the record when the page is built.
+#[derive(Clone, Copy)]
+struct Row {
+    seq: u64,
+    time: i64,
+    segment: u64,
+    offset: u64,
+    /// The group's first copy.
+    group: Packed,
+    /// The next copy of the same group (0: none); the first copy starts the list.
+    next: Packed,
+    from: u32,
+    to: u32,
+    account: u32,
+    conversation: u32,
+    occupant: u32,
+    claimed_from: u32,
+    rules: u32,
+    stanza_type: u32,
+    severity: u32,
+    e2ee: u32,
+    retention_class: u32,
+    direction: Direction,
+    action: Action,
+    would_action: Option<Action>,
+    leg: Leg,
+    via: Via,
+}
+
+/// One chain's copies, in the order they were written (seq order).
 struct Chain {
     /// The node that writes it (`None`: a node without a name).
     node: Option<String>,
-    messages: Vec<MessageMeta>,
-    by_seq: HashMap<u64, usize>,
+    rows: Vec<Row>,
     /// The first seq not yet applied.
     next_seq: u64,
     /// Mixed into the sample key, so other chains' seqs sample independently.
@@ -322,15 +407,82 @@ impl Chain {
         };
         Chain {
             node,
-            messages: Vec::new(),
-            by_seq: HashMap::new(),
+            rows: Vec::new(),
             next_seq: 1,
             sample_salt,
         }
     }
 
-    fn message(&self, seq: u64) -> Option<&MessageMeta> {
-        self.by_seq.get(&seq).and_then(|&i| self.messages.get(i))
+    fn row(&self, seq: u64) -> Option<&Row> {
+        self.rows
+            .binary_search_by_key(&seq, |r| r.seq)
+            .ok()
+            .and_then(|i| self.rows.get(i))
+    }
+
+    fn row_mut(&mut self, seq: u64) -> Option<&mut Row> {
+        match self.rows.binary_search_by_key(&seq, |r| r.seq) {
+            Ok(i) => self.rows.get_mut(i),
+            Err(_) => None,
+        }
+    }
+}
+
+/// A message identity in 16 bytes: identities the proxy writes are SHA-256 in hex, whose
+/// first half is taken as is; anything else is hashed twice with different prefixes.
+fn identity_key(s: &str) -> u128 {
+    if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if let Some(k) = s.get(..32).and_then(|h| u128::from_str_radix(h, 16).ok()) {
+            return k;
+        }
+    }
+    use std::hash::{Hash, Hasher};
+    let half = |salt: u8| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        salt.hash(&mut h);
+        s.hash(&mut h);
+        h.finish()
+    };
+    (u128::from(half(1)) << 64) | u128::from(half(2))
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Logical messages per day (by their first copy's time), counted as they are read, so
+/// the dashboard does not walk the messages.
+#[derive(Default)]
+struct Tally {
+    /// Day → [not flagged, flagged] (a message is flagged when any copy is).
+    volume: BTreeMap<i64, [u64; 2]>,
+    /// Rule → day → logical messages any copy of which it matched.
+    hits: HashMap<String, BTreeMap<i64, u64>>,
+}
+
+impl Tally {
+    /// Moves logical message `before` (its verdict as counted, `None` if not counted
+    /// yet) to `after`, both on `day`.
+    fn shift(&mut self, day: i64, before: Option<&GroupVerdict>, after: &GroupVerdict) {
+        let slot = self.volume.entry(day).or_default();
+        if let Some(b) = before {
+            let i = usize::from(b.action != Action::Allow);
+            if let Some(n) = slot.get_mut(i) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        if let Some(n) = slot.get_mut(usize::from(after.action != Action::Allow)) {
+            *n += 1;
+        }
+        for r in &after.rules {
+            if before.is_some_and(|b| b.rules.contains(r)) {
+                continue;
+            }
+            *self
+                .hits
+                .entry(r.clone())
+                .or_default()
+                .entry(day)
+                .or_default() += 1;
+        }
     }
 }
 
@@ -352,14 +504,29 @@ struct PendingReview {
 /// Derived state; see the module docs. Chain 0 is this node's; with several nodes, the
 /// other nodes' chains are applied too, so the queue, dashboard and conversations cover
 /// every node. The audit trail, holds and retention facts are this node's own.
+///
+/// Per copy it keeps one fixed-size row (about 100 bytes: strings are numbers into
+/// tables of the distinct JIDs and labels) and, per logical message, one identity
+/// entry and one place in its conversation's list. What pages count (the queue's
+/// order and filters, the dashboard's days, the retention overview's classes) is kept
+/// up to date as records are read, so no page walks every message.
 pub struct Store {
     chains: Vec<Chain>,
     /// Message identity (and delivered identity) → the group it names.
-    identities: HashMap<String, MsgRef>,
-    /// Group → its copies, in the order they were applied.
-    members: HashMap<MsgRef, Vec<MsgRef>>,
+    identities: HashMap<u128, Packed>,
+    /// Groups whose first copy was shredded while other copies remain: where their list
+    /// of copies starts now.
+    detached: HashMap<Packed, Packed>,
+    /// Conversation → its logical messages' first copies, in the order read.
+    conversations: HashMap<u32, Vec<Packed>>,
+    /// JIDs and conversation keys.
+    jids: Interner,
+    /// Stanza types, severities, end-to-end schemes, retention classes, rule lists.
+    labels: Interner,
     audit: Vec<AuditEntry>,
     reviews: BTreeMap<MsgRef, ReviewItem>,
+    /// The review items by their message's time: the queue's order.
+    queue: BTreeSet<(i64, MsgRef)>,
     /// Review changes naming a record not read yet (another node's, read later).
     pending: HashMap<MsgRef, Vec<PendingReview>>,
     sample_key: u64,
@@ -371,6 +538,9 @@ pub struct Store {
     segments: BTreeMap<u64, SegmentFacts>,
     /// Shredded segments: the shred record's seq and time.
     shredded: BTreeMap<u64, (u64, Timestamp)>,
+    tally: Tally,
+    /// This node's copies by retention class (interned).
+    classes: BTreeMap<u32, u64>,
 }
 
 /// splitmix64: a keyed, stable mix so the sample is the same after a restart
@@ -393,6 +563,41 @@ pub fn sampled(key: u64, seq: u64, rate: f64) -> bool {
     u < rate
 }
 
+impl GroupVerdict {
+    /// The verdict of a logical message none of whose copies is read yet.
+    fn empty() -> GroupVerdict {
+        GroupVerdict {
+            action: Action::Allow,
+            rules: Vec::new(),
+            would_action: None,
+            severity: None,
+            copies: 0,
+        }
+    }
+
+    /// Adds copy `c`'s verdict: the most restrictive action, every rule, the first
+    /// severity.
+    fn merge(&mut self, c: &GroupVerdict) {
+        if rank(c.action) > rank(self.action) {
+            self.action = c.action;
+        }
+        if let Some(w) = c.would_action {
+            if self.would_action.is_none_or(|cur| rank(w) > rank(cur)) {
+                self.would_action = Some(w);
+            }
+        }
+        for r in &c.rules {
+            if !self.rules.contains(r) {
+                self.rules.push(r.clone());
+            }
+        }
+        if self.severity.is_none() {
+            self.severity = c.severity.clone();
+        }
+        self.copies += c.copies;
+    }
+}
+
 impl Store {
     /// A store for this node's chain (`node`: its name, if nodes are named).
     pub fn new(archive_id: [u8; 16], sample_rate: f64) -> Store {
@@ -405,21 +610,32 @@ impl Store {
         Store {
             chains: vec![Chain::new(node, true)],
             identities: HashMap::new(),
-            members: HashMap::new(),
+            detached: HashMap::new(),
+            conversations: HashMap::new(),
+            jids: Interner::new(),
+            labels: Interner::new(),
             audit: Vec::new(),
             reviews: BTreeMap::new(),
+            queue: BTreeSet::new(),
             pending: HashMap::new(),
             sample_key: word(a) ^ word(b).rotate_left(17),
             sample_rate: sample_rate.clamp(0.0, 1.0),
             holds: Holds::default(),
             segments: BTreeMap::new(),
             shredded: BTreeMap::new(),
+            tally: Tally::default(),
+            classes: BTreeMap::new(),
         }
     }
 
     /// The first seq of this node's chain not yet applied.
     pub fn next_seq(&self) -> u64 {
         self.chains.first().map_or(1, |c| c.next_seq)
+    }
+
+    /// How many chains are followed (this node's included).
+    pub fn chain_count(&self) -> usize {
+        self.chains.len()
     }
 
     /// The chain another node writes, numbered on first sight (`None`: the chain of
@@ -480,6 +696,38 @@ impl Store {
         }
     }
 
+    fn row(&self, r: MsgRef) -> Option<&Row> {
+        self.chains
+            .get(usize::from(r.chain))
+            .and_then(|c| c.row(r.seq))
+    }
+
+    fn row_mut(&mut self, r: MsgRef) -> Option<&mut Row> {
+        self.chains
+            .get_mut(usize::from(r.chain))
+            .and_then(|c| c.row_mut(r.seq))
+    }
+
+    /// The verdict one copy contributes.
+    fn copy_verdict(&self, w: &Row) -> GroupVerdict {
+        let rules = match w.rules {
+            0 => Vec::new(),
+            n => self
+                .labels
+                .get(n)
+                .split(RULE_SEP)
+                .map(str::to_owned)
+                .collect(),
+        };
+        GroupVerdict {
+            action: w.action,
+            rules,
+            would_action: w.would_action,
+            severity: self.labels.get_opt(w.severity),
+            copies: 1,
+        }
+    }
+
     /// Applies this node's scanned entries in order; entries already applied are
     /// skipped, so overlapping scans are harmless.
     pub fn apply(&mut self, entries: Vec<ChainEntry>) {
@@ -517,79 +765,55 @@ impl Store {
                     let leg = m.leg();
                     let c = m.capture;
                     // Copies join the group of the first copy with either identity.
-                    let names: Vec<String> = std::iter::once(c.identity)
+                    let names: Vec<u128> = std::iter::once(c.identity)
                         .chain(c.delivered_identity)
                         .filter(|n| !n.is_empty())
+                        .map(|n| identity_key(&n))
                         .collect();
                     let group = names
                         .iter()
                         .find_map(|n| self.identities.get(n).copied())
-                        .unwrap_or(key);
+                        .map_or(key, unpack);
                     for n in names {
-                        self.identities.entry(n).or_insert(group);
+                        self.identities.entry(n).or_insert(pack(group));
                     }
-                    self.members.entry(group).or_default().push(key);
-                    let meta = MessageMeta {
-                        chain,
+                    let conversation = self.jids.id(&conversation_key(
+                        m.direction,
+                        &m.from,
+                        &m.to,
+                        &m.stanza_type,
+                    ));
+                    let rules = if m.outcome.rules.is_empty() {
+                        0
+                    } else {
+                        self.labels
+                            .id(&m.outcome.rules.join(RULE_SEP.encode_utf8(&mut [0; 4])))
+                    };
+                    let row = Row {
                         seq: e.seq,
-                        time: record.time,
-                        direction: m.direction,
-                        conversation: conversation_key(m.direction, &m.from, &m.to, &m.stanza_type),
-                        from: m.from,
-                        to: m.to,
-                        stanza_type: m.stanza_type,
-                        action: m.outcome.action,
-                        rules: m.outcome.rules,
-                        severity: m.outcome.severity,
-                        e2ee: m.outcome.e2ee,
+                        time: record.time.0,
                         segment: e.segment,
                         offset: e.offset,
-                        group,
+                        group: pack(group),
+                        next: 0,
+                        from: self.jids.id(&m.from),
+                        to: self.jids.id(&m.to),
+                        account: self.jids.id(&c.account),
+                        conversation,
+                        occupant: self.jids.opt(c.occupant.as_deref()),
+                        claimed_from: self.jids.opt(c.claimed_from.as_deref()),
+                        rules,
+                        stanza_type: self.labels.id(&m.stanza_type),
+                        severity: self.labels.opt(m.outcome.severity.as_deref()),
+                        e2ee: self.labels.opt(m.outcome.e2ee.as_deref()),
+                        retention_class: self.labels.id(retention::class_name(&c.retention_class)),
+                        direction: m.direction,
+                        action: m.outcome.action,
+                        would_action: m.outcome.would_action,
                         leg,
                         via: c.via,
-                        account: c.account,
-                        would_action: m.outcome.would_action,
-                        msg_id: m.origin_id.or(m.id),
-                        edit: c.edit.map(|e| (e.kind, e.target)),
-                        claimed_from: c.claimed_from,
-                        retention_class: retention::class_name(&c.retention_class).to_string(),
-                        occupant: c.occupant,
                     };
-                    // Anything a rule noticed is for review, enforced or not: a flag, a
-                    // redaction or block, a monitor-mode "would have", an alert-only hit.
-                    let flagged = meta.action != Action::Allow
-                        || meta.would_action.is_some()
-                        || !meta.rules.is_empty();
-                    let salt = self
-                        .chains
-                        .get(usize::from(chain))
-                        .map_or(0, |c| c.sample_salt);
-                    // One review item per logical message, keyed by its first copy.
-                    match self.reviews.get_mut(&group) {
-                        Some(item) if flagged => item.sampled = false,
-                        Some(_) => {}
-                        None => {
-                            if flagged
-                                || (group == key
-                                    && sampled(self.sample_key ^ salt, e.seq, self.sample_rate))
-                            {
-                                self.reviews.insert(
-                                    group,
-                                    ReviewItem {
-                                        seq: group,
-                                        status: ReviewStatus::Open,
-                                        assignee: None,
-                                        sampled: !flagged,
-                                        history: Vec::new(),
-                                    },
-                                );
-                            }
-                        }
-                    }
-                    if let Some(c) = self.chains.get_mut(usize::from(chain)) {
-                        c.by_seq.insert(meta.seq, c.messages.len());
-                        c.messages.push(meta);
-                    }
+                    self.add_row(chain, key, row);
                     // Changes made (on another node) before this copy was read.
                     for p in self.pending.remove(&key).unwrap_or_default() {
                         if let Some(item) = self.reviews.get_mut(&group) {
@@ -622,6 +846,96 @@ impl Store {
         }
     }
 
+    /// Takes copy `row` (record `key`) in: its chain, its group's list of copies, its
+    /// conversation, the counts, and the review queue.
+    fn add_row(&mut self, chain: ChainIdx, key: MsgRef, mut row: Row) {
+        let group = unpack(row.group);
+        let mine = self.copy_verdict(&row);
+        // The list of copies starts at the first copy (or, once that is shredded, at
+        // the first one left) and goes on with the others, newest first.
+        let start = if group == key {
+            None
+        } else if self.row(group).is_some() {
+            Some(group)
+        } else {
+            self.detached.get(&row.group).copied().map(unpack)
+        };
+        if let Some(s) = start.and_then(|s| self.row_mut(s)) {
+            row.next = s.next;
+            s.next = pack(key);
+        } else if group != key {
+            self.detached.insert(row.group, pack(key));
+        }
+        if chain == 0 {
+            *self.classes.entry(row.retention_class).or_default() += 1;
+        }
+        if group == key {
+            self.conversations
+                .entry(row.conversation)
+                .or_default()
+                .push(pack(key));
+        }
+        let time = row.time;
+        let Some(c) = self.chains.get_mut(usize::from(chain)) else {
+            return;
+        };
+        let salt = c.sample_salt;
+        c.rows.push(row);
+        // The dashboard counts each logical message once, on its first copy's day, with
+        // what its copies add up to so far.
+        let head_day = self.row(group).map(|h| h.time.div_euclid(DAY_MS));
+        let before = if group == key {
+            None
+        } else {
+            Some(
+                self.reviews
+                    .get(&group)
+                    .map(|i| i.verdict.clone())
+                    .unwrap_or_else(GroupVerdict::empty),
+            )
+        };
+        let mut after = before.clone().unwrap_or_else(GroupVerdict::empty);
+        after.merge(&mine);
+        if let Some(day) = head_day {
+            self.tally.shift(day, before.as_ref(), &after);
+        }
+        // Anything a rule noticed is for review, enforced or not: a flag, a redaction or
+        // block, a monitor-mode "would have", an alert-only hit. One review item per
+        // logical message, keyed by its first copy.
+        let flagged =
+            mine.action != Action::Allow || mine.would_action.is_some() || !mine.rules.is_empty();
+        match self.reviews.get_mut(&group) {
+            Some(item) => {
+                if flagged {
+                    item.sampled = false;
+                }
+                item.verdict = after;
+            }
+            None => {
+                if flagged
+                    || (group == key && sampled(self.sample_key ^ salt, key.seq, self.sample_rate))
+                {
+                    let verdict = self.verdict_of(group);
+                    let at = self
+                        .row(group)
+                        .map_or(if group == key { time } else { 0 }, |h| h.time);
+                    self.queue.insert((at, group));
+                    self.reviews.insert(
+                        group,
+                        ReviewItem {
+                            seq: group,
+                            status: ReviewStatus::Open,
+                            assignee: None,
+                            sampled: !flagged,
+                            history: Vec::new(),
+                            verdict,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
     /// Drops everything known about a shredded segment's messages: the UI must not
     /// keep showing who wrote to whom and when after the records are gone.
     fn forget_segment(&mut self, chain: ChainIdx, segment: u64, shred_seq: u64, time: Timestamp) {
@@ -632,30 +946,82 @@ impl Store {
         let Some(c) = self.chains.get_mut(usize::from(chain)) else {
             return;
         };
-        let before = c.messages.len();
-        c.messages.retain(|m| m.segment != segment);
-        if c.messages.len() == before {
+        let before = c.rows.len();
+        if chain == 0 {
+            for r in c.rows.iter().filter(|r| r.segment == segment) {
+                if let Some(n) = self.classes.get_mut(&r.retention_class) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            self.classes.retain(|_, n| *n > 0);
+        }
+        c.rows.retain(|r| r.segment != segment);
+        if c.rows.len() == before {
             return;
         }
-        c.by_seq = c
-            .messages
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (m.seq, i))
-            .collect();
+        self.relink();
+    }
+
+    /// Rebuilds what joins rows (lists of copies, identities, conversations, review
+    /// items, counts) from the rows left after a shred. Shreds are rare; this walks
+    /// every row once.
+    fn relink(&mut self) {
+        let mut members: HashMap<Packed, Vec<Packed>> = HashMap::new();
+        for (i, c) in self.chains.iter_mut().enumerate() {
+            let chain = ChainIdx::try_from(i).unwrap_or(ChainIdx::MAX);
+            for r in &mut c.rows {
+                r.next = 0;
+                members
+                    .entry(r.group)
+                    .or_default()
+                    .push(pack(MsgRef { chain, seq: r.seq }));
+            }
+        }
+        self.detached.clear();
+        for (g, refs) in &mut members {
+            refs.sort_unstable_by_key(|p| unpack(*p));
+            for pair in refs.windows(2) {
+                if let [a, b] = *pair {
+                    if let Some(w) = self.row_mut(unpack(a)) {
+                        w.next = b;
+                    }
+                }
+            }
+            if let Some(&first) = refs.first() {
+                if first != *g {
+                    self.detached.insert(*g, first);
+                }
+            }
+        }
+        self.identities.retain(|_, g| members.contains_key(g));
+        self.reviews.retain(|g, _| members.contains_key(&pack(*g)));
+        let groups: Vec<MsgRef> = self.reviews.keys().copied().collect();
+        for g in groups {
+            let v = self.verdict_of(g);
+            if let Some(item) = self.reviews.get_mut(&g) {
+                item.verdict = v;
+            }
+        }
+        let reviews = &self.reviews;
+        self.queue.retain(|(_, g)| reviews.contains_key(g));
         let chains = &self.chains;
-        let known = |r: &MsgRef| {
+        let known = |p: &Packed| {
+            let r = unpack(*p);
             chains
                 .get(usize::from(r.chain))
-                .is_some_and(|c| c.by_seq.contains_key(&r.seq))
+                .is_some_and(|c| c.row(r.seq).is_some())
         };
-        self.members.retain(|_, refs| {
+        self.conversations.retain(|_, refs| {
             refs.retain(known);
             !refs.is_empty()
         });
-        let members = &self.members;
-        self.identities.retain(|_, g| members.contains_key(g));
-        self.reviews.retain(|g, _| members.contains_key(g));
+        self.tally = Tally::default();
+        for g in members.keys().map(|p| unpack(*p)) {
+            if let Some(day) = self.row(g).map(|h| h.time.div_euclid(DAY_MS)) {
+                let v = self.verdict_of(g);
+                self.tally.shift(day, None, &v);
+            }
+        }
     }
 
     /// Legal holds recorded in the chain.
@@ -725,8 +1091,8 @@ impl Store {
         let mut groups: Vec<MsgRef> = Vec::new();
         for &seq in change.seqs() {
             let r = MsgRef { chain: target, seq };
-            match self.message(r) {
-                Some(m) => groups.push(m.group),
+            match self.row(r) {
+                Some(w) => groups.push(unpack(w.group)),
                 // Not read yet: another node's record this process has still to read.
                 None if self.pending.len() < MAX_PENDING
                     && self
@@ -750,20 +1116,42 @@ impl Store {
         }
     }
 
-    pub fn message(&self, r: MsgRef) -> Option<&MessageMeta> {
-        self.chains
-            .get(usize::from(r.chain))
-            .and_then(|c| c.message(r.seq))
+    /// Whether copy `r` is read and not shredded.
+    pub fn contains(&self, r: MsgRef) -> bool {
+        self.row(r).is_some()
     }
 
-    /// This node's messages, in the order they were written.
-    pub fn messages(&self) -> &[MessageMeta] {
-        self.chains.first().map_or(&[], |c| c.messages.as_slice())
+    /// The copy `r`, as pages show it.
+    pub fn message(&self, r: MsgRef) -> Option<MessageMeta> {
+        self.row(r).map(|w| self.meta(r.chain, w))
     }
 
-    /// Every chain's messages, each chain in the order it was written.
-    pub fn chains(&self) -> impl Iterator<Item = &[MessageMeta]> {
-        self.chains.iter().map(|c| c.messages.as_slice())
+    fn meta(&self, chain: ChainIdx, w: &Row) -> MessageMeta {
+        let j = |i: u32| self.jids.get(i).to_string();
+        MessageMeta {
+            chain,
+            seq: w.seq,
+            time: Timestamp(w.time),
+            direction: w.direction,
+            from: j(w.from),
+            to: j(w.to),
+            stanza_type: self.labels.get(w.stanza_type).to_string(),
+            action: w.action,
+            rules: self.copy_verdict(w).rules,
+            severity: self.labels.get_opt(w.severity),
+            e2ee: self.labels.get_opt(w.e2ee),
+            segment: w.segment,
+            offset: w.offset,
+            conversation: j(w.conversation),
+            group: unpack(w.group),
+            leg: w.leg,
+            via: w.via,
+            account: j(w.account),
+            would_action: w.would_action,
+            claimed_from: self.jids.get_opt(w.claimed_from),
+            retention_class: self.labels.get(w.retention_class).to_string(),
+            occupant: self.jids.get_opt(w.occupant),
+        }
     }
 
     /// The review item of the logical message `r` is a copy of.
@@ -773,58 +1161,62 @@ impl Store {
 
     /// The first copy of the logical message `r` belongs to.
     pub fn group_of(&self, r: MsgRef) -> MsgRef {
-        self.message(r).map_or(r, |m| m.group)
+        self.row(r).map_or(r, |w| unpack(w.group))
     }
 
-    /// Every copy of the logical message `r` belongs to, in the order read.
-    pub fn copies(&self, r: MsgRef) -> Vec<&MessageMeta> {
-        self.members
-            .get(&self.group_of(r))
-            .map(|refs| refs.iter().filter_map(|s| self.message(*s)).collect())
-            .unwrap_or_default()
+    /// Every copy of the logical message `r` belongs to, by chain and seq.
+    fn copy_refs(&self, r: MsgRef) -> Vec<MsgRef> {
+        let Some(w) = self.row(r) else {
+            return Vec::new();
+        };
+        let group = unpack(w.group);
+        let start = if self.row(group).is_some() {
+            Some(group)
+        } else {
+            self.detached.get(&w.group).copied().map(unpack)
+        };
+        let mut refs = Vec::new();
+        let mut at = start;
+        // Lists are built acyclic; the bound only makes sure of it.
+        let bound = self.chains.iter().map(|c| c.rows.len()).sum::<usize>();
+        while let Some(x) = at {
+            let Some(row) = self.row(x) else { break };
+            refs.push(x);
+            if refs.len() > bound {
+                break;
+            }
+            at = (row.next != 0).then(|| unpack(row.next));
+        }
+        refs.sort_unstable();
+        refs
+    }
+
+    /// Every copy of the logical message `r` belongs to, by chain and seq.
+    pub fn copies(&self, r: MsgRef) -> Vec<MessageMeta> {
+        self.copy_refs(r)
+            .into_iter()
+            .filter_map(|c| self.message(c))
+            .collect()
     }
 
     /// The logical message's verdict: the most restrictive of its copies, every rule
     /// any copy matched, and what monitor-mode rules would have done.
     pub fn verdict_of(&self, r: MsgRef) -> GroupVerdict {
-        let copies = self.copies(r);
-        let mut v = GroupVerdict {
-            action: Action::Allow,
-            rules: Vec::new(),
-            would_action: None,
-            severity: None,
-            copies: copies.len(),
-        };
-        for c in copies {
-            if rank(c.action) > rank(v.action) {
-                v.action = c.action;
-            }
-            if let Some(w) = c.would_action {
-                if v.would_action.is_none_or(|cur| rank(w) > rank(cur)) {
-                    v.would_action = Some(w);
-                }
-            }
-            for r in &c.rules {
-                if !v.rules.contains(r) {
-                    v.rules.push(r.clone());
-                }
-            }
-            if v.severity.is_none() {
-                v.severity = c.severity.clone();
+        let mut v = GroupVerdict::empty();
+        for c in self.copy_refs(r) {
+            if let Some(w) = self.row(c) {
+                v.merge(&self.copy_verdict(w));
             }
         }
         v
     }
 
     /// The review items, newest message first.
-    pub fn reviews_newest_first(&self) -> Vec<&ReviewItem> {
-        let mut items: Vec<(&ReviewItem, Timestamp)> = self
-            .reviews
-            .values()
-            .map(|i| (i, self.message(i.seq).map_or(Timestamp(0), |m| m.time)))
-            .collect();
-        items.sort_by_key(|i| std::cmp::Reverse((i.1, i.0.seq)));
-        items.into_iter().map(|(i, _)| i).collect()
+    pub fn reviews_newest_first(&self) -> impl Iterator<Item = &ReviewItem> {
+        self.queue
+            .iter()
+            .rev()
+            .filter_map(|(_, g)| self.reviews.get(g))
     }
 
     pub fn reviews(&self) -> impl DoubleEndedIterator<Item = &ReviewItem> {
@@ -835,27 +1227,70 @@ impl Store {
         &self.audit
     }
 
+    /// Logical messages per day for `days` days from day `first` (days since the epoch,
+    /// UTC): [not flagged, flagged].
+    pub fn volume_by_day(&self, first: i64, days: usize) -> Vec<[u64; 2]> {
+        (0..days)
+            .map(|i| {
+                self.tally
+                    .volume
+                    .get(&(first + i as i64))
+                    .copied()
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    /// Per rule, the logical messages it matched on each of `days` days from `first`;
+    /// rules without a hit in those days are left out.
+    pub fn hits_by_day(&self, first: i64, days: usize) -> BTreeMap<String, Vec<u64>> {
+        self.tally
+            .hits
+            .iter()
+            .map(|(rule, by_day)| {
+                let counts: Vec<u64> = (0..days)
+                    .map(|i| by_day.get(&(first + i as i64)).copied().unwrap_or(0))
+                    .collect();
+                (rule.clone(), counts)
+            })
+            .filter(|(_, counts)| counts.iter().any(|n| *n > 0))
+            .collect()
+    }
+
+    /// This node's readable copies by retention class.
+    pub fn class_counts(&self) -> BTreeMap<String, u64> {
+        self.classes
+            .iter()
+            .map(|(c, n)| (self.labels.get(*c).to_string(), *n))
+            .collect()
+    }
+
     /// Up to `before` and `after` logical messages of the same conversation around the
     /// one `r` is a copy of, each by its first copy, in time order across every node.
-    pub fn conversation_around(&self, r: MsgRef, before: usize, after: usize) -> Vec<&MessageMeta> {
-        let Some(hit) = self.message(self.group_of(r)) else {
+    pub fn conversation_around(&self, r: MsgRef, before: usize, after: usize) -> Vec<MessageMeta> {
+        let hit = self.group_of(r);
+        let Some(w) = self.row(hit) else {
             return Vec::new();
         };
-        let key = &hit.conversation;
-        let mut all: Vec<&MessageMeta> = self
-            .chains
+        let Some(list) = self.conversations.get(&w.conversation) else {
+            return Vec::new();
+        };
+        let mut all: Vec<(i64, MsgRef)> = list
             .iter()
-            .flat_map(|c| c.messages.iter())
-            .filter(|m| &m.conversation == key && m.is_first_copy())
+            .map(|p| unpack(*p))
+            .filter_map(|m| self.row(m).map(|x| (x.time, m)))
             .collect();
-        // Each chain is in time order already; a stable sort keeps ties in chain order.
-        all.sort_by_key(|m| (m.time, m.chain, m.seq));
-        let Some(at) = all.iter().position(|m| m.key() == hit.key()) else {
+        all.sort_unstable();
+        let Some(at) = all.iter().position(|(_, m)| *m == hit) else {
             return Vec::new();
         };
         let from = at.saturating_sub(before);
         let to = at.saturating_add(after).saturating_add(1).min(all.len());
-        all.get(from..to).map(<[_]>::to_vec).unwrap_or_default()
+        all.get(from..to)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|(_, m)| self.message(*m))
+            .collect()
     }
 }
 #[cfg(test)]
@@ -1230,7 +1665,7 @@ mod tests {
                 },
             )]);
         }
-        assert_eq!(s.chains().count(), 1, "no chain made up from a record");
+        assert_eq!(s.chain_count(), 1, "no chain made up from a record");
         assert_eq!(s.review(MsgRef::own(1)).unwrap().status, ReviewStatus::Open);
     }
 

@@ -13,7 +13,7 @@ pub async fn conversation(
     // The context may include messages sent since the last tail scan.
     app.catch_up().await?;
     let seq = read(&app.store).parse_ref(&at).ok_or(AppError::NotFound)?;
-    let (around, meta) = {
+    let (around, mut meta) = {
         let store = read(&app.store);
         let around: Vec<(MsgRef, u64, u64)> = store
             .conversation_around(seq, CONTEXT, CONTEXT)
@@ -24,9 +24,9 @@ pub async fn conversation(
             .iter()
             .filter_map(|&(s, _, _)| {
                 let m = store.message(s)?;
-                let speaker = Speaker::of(store.copies(s));
-                let copies = store
-                    .copies(s)
+                let all = store.copies(s);
+                let speaker = Speaker::of(&all);
+                let copies = all
                     .iter()
                     .map(|c| CopyRow {
                         key: c.key(),
@@ -50,8 +50,9 @@ pub async fn conversation(
                         e2ee: m.e2ee.clone(),
                         verdict: store.verdict_of(s),
                         copies,
-                        msg_id: m.msg_id.clone(),
-                        edit: m.edit.clone(),
+                        // From the record, once read.
+                        msg_id: None,
+                        edit: None,
                         speaker,
                     },
                 ))
@@ -59,25 +60,6 @@ pub async fn conversation(
             .collect();
         (around, meta)
     };
-    // Which shown message a correction or retraction changes, and the reverse.
-    let by_msg_id: BTreeMap<&str, &str> = meta
-        .values()
-        .filter_map(|m| m.msg_id.as_deref().map(|id| (id, m.anchor.as_str())))
-        .collect();
-    let mut edited_by: BTreeMap<MsgRef, Vec<(&str, EditKind)>> = BTreeMap::new();
-    for m in meta.values() {
-        if let Some((kind, target)) = &m.edit {
-            if let Some(t) = meta
-                .iter()
-                .find(|(_, o)| o.msg_id.as_deref() == Some(target.as_str()))
-            {
-                edited_by
-                    .entry(*t.0)
-                    .or_default()
-                    .push((m.anchor.as_str(), *kind));
-            }
-        }
-    }
     if around.is_empty() {
         return Err(AppError::NotFound);
     }
@@ -109,6 +91,32 @@ pub async fn conversation(
     })
     .await
     .map_err(|e| AppError::Internal(e.to_string()))??;
+    // The sender's id and what a correction changes are read from the records.
+    for (r, record) in &records {
+        if let (NewRecord::Message(m), Some(shown)) = (&record.content, meta.get_mut(r)) {
+            shown.msg_id = m.origin_id.clone().or_else(|| m.id.clone());
+            shown.edit = m.capture.edit.as_ref().map(|e| (e.kind, e.target.clone()));
+        }
+    }
+    // Which shown message a correction or retraction changes, and the reverse.
+    let by_msg_id: BTreeMap<&str, &str> = meta
+        .values()
+        .filter_map(|m| m.msg_id.as_deref().map(|id| (id, m.anchor.as_str())))
+        .collect();
+    let mut edited_by: BTreeMap<MsgRef, Vec<(&str, EditKind)>> = BTreeMap::new();
+    for m in meta.values() {
+        if let Some((kind, target)) = &m.edit {
+            if let Some(t) = meta
+                .iter()
+                .find(|(_, o)| o.msg_id.as_deref() == Some(target.as_str()))
+            {
+                edited_by
+                    .entry(*t.0)
+                    .or_default()
+                    .push((m.anchor.as_str(), *kind));
+            }
+        }
+    }
     // Which active legal holds cover each shown record.
     let held: BTreeMap<MsgRef, Vec<String>> = {
         let matchers = read(&app.store).holds().matchers();
@@ -125,7 +133,7 @@ pub async fn conversation(
             .collect()
     };
     let review = read(&app.store).review(seq).cloned();
-    let hit_meta = read(&app.store).message(seq).cloned();
+    let hit_meta = read(&app.store).message(seq);
     let own = hit_meta
         .as_ref()
         .is_some_and(|m| m.involves(&a.session.jids));
@@ -394,7 +402,7 @@ struct Speaker {
 }
 
 impl Speaker {
-    fn of(copies: Vec<&store::MessageMeta>) -> Option<Speaker> {
+    fn of(copies: &[store::MessageMeta]) -> Option<Speaker> {
         copies.first()?.room()?;
         let nick = copies
             .iter()

@@ -8,43 +8,14 @@ const DAYS: i64 = 14;
 pub async fn dashboard(State(app): State<Arc<App>>, a: Authed) -> Result<Page, AppError> {
     let today = Timestamp::now().0.div_euclid(DAY_MS);
     let first = today - (DAYS - 1);
-    let mut volume = vec![[0u64; 2]; DAYS as usize];
-    let mut hits: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     let mut open_by_rule: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let (mut open, mut escalated, mut sampled_open) = (0u64, 0u64, 0u64);
-    {
+    let (volume, hits) = {
         let store = read(&app.store);
-        // Logical messages, counted once by their first copy; a message is a policy hit
-        // when any of its copies is.
-        // Each chain is in time order: walk back from its newest record.
-        let recent = store.chains().flat_map(|c| {
-            c.iter()
-                .rev()
-                .take_while(|m| m.time.0.div_euclid(DAY_MS) >= first)
-        });
-        for m in recent {
-            let day = m.time.0.div_euclid(DAY_MS);
-            if !m.is_first_copy() {
-                continue;
-            }
-            let Some(slot) = usize::try_from(day - first)
-                .ok()
-                .and_then(|i| volume.get_mut(i))
-            else {
-                continue;
-            };
-            let v = store.verdict_of(m.key());
-            slot[usize::from(v.action != Action::Allow)] += 1;
-            for r in &v.rules {
-                if let Some(c) = hits
-                    .entry(r.clone())
-                    .or_insert_with(|| vec![0; DAYS as usize])
-                    .get_mut(usize::try_from(day - first).unwrap_or(0))
-                {
-                    *c += 1;
-                }
-            }
-        }
+        // Logical messages, counted once by their first copy's day; a message is a
+        // policy hit when any of its copies is. The store keeps these counts as it reads.
+        let volume = store.volume_by_day(first, DAYS as usize);
+        let hits = store.hits_by_day(first, DAYS as usize);
         for i in store.reviews().filter(|i| i.status.is_open()) {
             open += 1;
             escalated += u64::from(i.status == ReviewStatus::Escalated);
@@ -52,13 +23,14 @@ pub async fn dashboard(State(app): State<Arc<App>>, a: Authed) -> Result<Page, A
                 sampled_open += 1;
                 continue;
             }
-            for r in &store.verdict_of(i.seq).rules {
+            for r in &i.verdict.rules {
                 let e = open_by_rule.entry(r.clone()).or_default();
                 e.0 += 1;
                 e.1 += u64::from(i.status == ReviewStatus::Escalated);
             }
         }
-    }
+        (volume, hits)
+    };
     let label = |i: usize| {
         let t = Timestamp((first + i as i64) * DAY_MS).to_string();
         t.get(5..10).unwrap_or("").to_string()

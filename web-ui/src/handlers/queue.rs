@@ -26,11 +26,16 @@ pub async fn queue(
     } else {
         f.status.clone()
     };
-    let rows: Vec<_> = {
+    let page = f.page;
+    let start = page.saturating_mul(PAGE);
+    // Filters read each item's verdict as kept up to date by the store; only the shown
+    // page's messages are looked up.
+    let (rows, total) = {
         let store = read(&app.store);
-        store
+        let mut rows = Vec::new();
+        let mut total = 0usize;
+        let matching = store
             .reviews_newest_first()
-            .into_iter()
             .filter(|i| match status.as_str() {
                 "all" => true,
                 "open" => i.status.is_open(),
@@ -41,8 +46,14 @@ pub async fn queue(
                 "flagged" => !i.sampled,
                 _ => true,
             })
-            .filter_map(|i| {
-                store.message(i.seq).map(|m| {
+            .filter(|i| f.rule.is_empty() || i.verdict.rules.contains(&f.rule))
+            .filter(|i| {
+                f.severity.is_empty() || i.verdict.severity.as_deref() == Some(f.severity.as_str())
+            })
+            .filter(|i| store.contains(i.seq));
+        for i in matching {
+            if total >= start && rows.len() < PAGE {
+                if let Some(m) = store.message(i.seq) {
                     let name = store.ref_name(i.seq);
                     let anchor = store.anchor(i.seq);
                     let node = (i.seq.chain != 0).then(|| {
@@ -51,39 +62,28 @@ pub async fn queue(
                             .unwrap_or(store::UNNAMED)
                             .to_string()
                     });
-                    (
-                        i.clone(),
-                        m.clone(),
-                        store.verdict_of(i.seq),
-                        (name, anchor, node),
-                    )
-                })
-            })
-            .filter(|(_, _, v, _)| f.rule.is_empty() || v.rules.contains(&f.rule))
-            .filter(|(_, _, v, _)| {
-                f.severity.is_empty() || v.severity.as_deref() == Some(f.severity.as_str())
-            })
-            .collect()
+                    rows.push((i.clone(), m, i.verdict.clone(), (name, anchor, node)));
+                }
+            }
+            total += 1;
+        }
+        (rows, total)
     };
     let (all_rules, all_sev): (Vec<String>, Vec<String>) = {
         let store = read(&app.store);
-        let mut r: HashSet<String> = HashSet::new();
-        let mut s: HashSet<String> = HashSet::new();
+        let mut r: HashSet<&str> = HashSet::new();
+        let mut s: HashSet<&str> = HashSet::new();
         for i in store.reviews() {
-            let v = store.verdict_of(i.seq);
-            r.extend(v.rules);
-            s.extend(v.severity);
+            r.extend(i.verdict.rules.iter().map(String::as_str));
+            s.extend(i.verdict.severity.as_deref());
         }
-        let mut r: Vec<_> = r.into_iter().collect();
-        let mut s: Vec<_> = s.into_iter().collect();
+        let mut r: Vec<String> = r.into_iter().map(str::to_owned).collect();
+        let mut s: Vec<String> = s.into_iter().map(str::to_owned).collect();
         r.sort();
         s.sort();
         (r, s)
     };
-    let page = f.page;
-    let has_next = rows.len() > (page + 1) * PAGE;
-    let total = rows.len();
-    let rows: Vec<_> = rows.into_iter().skip(page * PAGE).take(PAGE).collect();
+    let has_next = total > start.saturating_add(PAGE);
     let can_review = allows(a.session.role, Perm::Review);
     let pairs: Vec<(String, String)> = [
         ("status", &status),

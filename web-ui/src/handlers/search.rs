@@ -244,7 +244,7 @@ pub async fn search(
                 };
                 let r = store.parse_ref(&name)?;
                 // This node's records are read at once; another node's once followed.
-                (r.chain == 0 || store.message(r).is_some())
+                (r.chain == 0 || store.contains(r))
                     .then(|| format!("/conversation/{name}#{}", store.anchor(r)))
             })
             .collect()
