@@ -62,8 +62,7 @@ impl Rng {
 
 fn copy(
     direction: Direction,
-    from: String,
-    to: String,
+    (from, to): (String, String),
     stanza_type: &str,
     body: &str,
     identity: &str,
@@ -149,8 +148,7 @@ fn generate(dir: &Path, records: u64) -> Result<(), Box<dyn std::error::Error>> 
                 [
                     copy(
                         Direction::Outbound,
-                        format!("{sender}/desk"),
-                        room.clone(),
+                        (format!("{sender}/desk"), room.clone()),
                         "groupchat",
                         &body,
                         &identity,
@@ -159,8 +157,7 @@ fn generate(dir: &Path, records: u64) -> Result<(), Box<dyn std::error::Error>> 
                     ),
                     copy(
                         Direction::Inbound,
-                        format!("{room}/user{a}"),
-                        format!("{sender}/desk"),
+                        (format!("{room}/user{a}"), format!("{sender}/desk")),
                         "groupchat",
                         &body,
                         &identity,
@@ -173,8 +170,7 @@ fn generate(dir: &Path, records: u64) -> Result<(), Box<dyn std::error::Error>> 
                 [
                     copy(
                         Direction::Outbound,
-                        format!("{sender}/desk"),
-                        recipient.clone(),
+                        (format!("{sender}/desk"), recipient.clone()),
                         "chat",
                         &body,
                         &identity,
@@ -183,8 +179,7 @@ fn generate(dir: &Path, records: u64) -> Result<(), Box<dyn std::error::Error>> 
                     ),
                     copy(
                         Direction::Inbound,
-                        format!("{sender}/desk"),
-                        format!("{recipient}/phone"),
+                        (format!("{sender}/desk"), format!("{recipient}/phone")),
                         "chat",
                         &body,
                         &identity,
