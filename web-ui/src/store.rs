@@ -1166,14 +1166,12 @@ impl Store {
 
     /// Every copy of the logical message `r` belongs to, by chain and seq.
     fn copy_refs(&self, r: MsgRef) -> Vec<MsgRef> {
-        let Some(w) = self.row(r) else {
-            return Vec::new();
-        };
-        let group = unpack(w.group);
+        // A group whose first copy is shredded is still named by it.
+        let group = self.group_of(r);
         let start = if self.row(group).is_some() {
             Some(group)
         } else {
-            self.detached.get(&w.group).copied().map(unpack)
+            self.detached.get(&pack(group)).copied().map(unpack)
         };
         let mut refs = Vec::new();
         let mut at = start;
@@ -1462,6 +1460,101 @@ mod tests {
             }
         }
         e
+    }
+
+    /// One step of a generated history: a copy (identity, action, rule mask, day,
+    /// segment) or the shred of a segment.
+    #[derive(Clone, Debug)]
+    enum Step {
+        Copy(u8, u8, u8, u8, u64),
+        Shred(u64),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            9 => (0u8..6, 0u8..4, 0u8..8, 0u8..3, 1u64..4)
+                .prop_map(|(i, a, r, d, g)| Step::Copy(i, a, r, d, g)),
+            1 => (1u64..4).prop_map(Step::Shred),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        /// What the store keeps up to date as it reads (each item's verdict, the lists
+        /// of copies, the dashboard's days, the classes) equals what is computed afresh
+        /// from the rows, through copies joining late and shreds of first copies.
+        #[test]
+        fn counts_kept_while_reading_equal_counts_made_afresh(steps in prop::collection::vec(step(), 1..60)) {
+            let mut s = Store::new([3; 16], 0.3);
+            let actions = [Action::Allow, Action::Flag, Action::Redact, Action::Block];
+            let rules = ["r-a", "r-b", "r-c"];
+            for (n, st) in steps.iter().enumerate() {
+                let seq = n as u64 + 1;
+                let mut e = match st {
+                    Step::Copy(id, a, mask, day, seg) => {
+                        let leg = if seq % 2 == 0 { Leg::ServerToClient } else { Leg::ClientToServer };
+                        let mut e = copy(seq, &format!("id{id}"), None, leg, actions[usize::from(*a) % 4]);
+                        if let Some(Record { content: NewRecord::Message(m), time, .. }) = &mut e.record {
+                            m.outcome.rules = rules
+                                .iter()
+                                .enumerate()
+                                .filter(|(i, _)| mask & (1 << i) != 0)
+                                .map(|(_, r)| r.to_string())
+                                .collect();
+                            m.outcome.severity = (mask % 3 == 1).then(|| "high".to_string());
+                            *time = Timestamp(i64::from(*day) * DAY_MS + seq as i64);
+                        }
+                        e.segment = *seg;
+                        e
+                    }
+                    Step::Shred(seg) => entry(seq, NewRecord::Event(EventRecord::Shred {
+                        segment: *seg,
+                        reason: "test".into(),
+                        authority: "test".into(),
+                        actor: "test".into(),
+                    })),
+                };
+                if matches!(st, Step::Shred(_)) {
+                    e.segment = 9;
+                }
+                s.apply(vec![e]);
+            }
+            let rows: Vec<(MsgRef, Row)> = s.chains[0].rows.iter().map(|r| (MsgRef::own(r.seq), *r)).collect();
+            for (key, r) in &rows {
+                // Every copy lists exactly the rows of its group.
+                let mut want: Vec<MsgRef> = rows.iter().filter(|(_, o)| o.group == r.group).map(|(k, _)| *k).collect();
+                want.sort_unstable();
+                prop_assert_eq!(s.copy_refs(*key), want);
+            }
+            for item in s.reviews.values() {
+                let fresh = s.verdict_of(item.seq);
+                prop_assert_eq!(item.verdict.action, fresh.action);
+                prop_assert_eq!(item.verdict.copies, fresh.copies);
+                let (mut a, mut b) = (item.verdict.rules.clone(), fresh.rules.clone());
+                a.sort();
+                b.sort();
+                prop_assert_eq!(a, b);
+            }
+            let mut volume = vec![[0u64; 2]; 3];
+            let mut hits: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+            for (key, r) in &rows {
+                if unpack(r.group) != *key {
+                    continue;
+                }
+                let day = usize::try_from(r.time.div_euclid(DAY_MS)).unwrap();
+                let v = s.verdict_of(*key);
+                volume[day][usize::from(v.action != Action::Allow)] += 1;
+                for rule in v.rules {
+                    hits.entry(rule).or_insert_with(|| vec![0; 3])[day] += 1;
+                }
+            }
+            prop_assert_eq!(s.volume_by_day(0, 3), volume);
+            prop_assert_eq!(s.hits_by_day(0, 3), hits);
+            let classes: u64 = s.class_counts().values().sum();
+            prop_assert_eq!(classes, rows.len() as u64);
+            // The queue holds each item once, and only items.
+            prop_assert_eq!(s.queue.len(), s.reviews.len());
+        }
     }
 
     #[test]
