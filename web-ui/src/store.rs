@@ -7,7 +7,7 @@
 //! writing to memory directly, so a restart rebuilds exactly what was shown.
 //! Bodies stay encrypted at rest and are read per record when a page needs them.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use custos_archive::query::{bare_jid, normalize_jid};
@@ -524,9 +524,12 @@ pub struct Store {
     /// Stanza types, severities, end-to-end schemes, retention classes, rule lists.
     labels: Interner,
     audit: Vec<AuditEntry>,
-    reviews: BTreeMap<MsgRef, ReviewItem>,
-    /// The review items by their message's time: the queue's order.
-    queue: BTreeSet<(i64, MsgRef)>,
+    /// The review items whose first copy is readable, by its time: the queue's order.
+    items: BTreeMap<(i64, MsgRef), ReviewItem>,
+    /// Where each of those is in `items`.
+    item_at: HashMap<MsgRef, i64>,
+    /// Review items whose first copy is shredded while other copies remain.
+    orphans: BTreeMap<MsgRef, ReviewItem>,
     /// Review changes naming a record not read yet (another node's, read later).
     pending: HashMap<MsgRef, Vec<PendingReview>>,
     sample_key: u64,
@@ -615,8 +618,9 @@ impl Store {
             jids: Interner::new(),
             labels: Interner::new(),
             audit: Vec::new(),
-            reviews: BTreeMap::new(),
-            queue: BTreeSet::new(),
+            items: BTreeMap::new(),
+            item_at: HashMap::new(),
+            orphans: BTreeMap::new(),
             pending: HashMap::new(),
             sample_key: word(a) ^ word(b).rotate_left(17),
             sample_rate: sample_rate.clamp(0.0, 1.0),
@@ -816,7 +820,7 @@ impl Store {
                     self.add_row(chain, key, row);
                     // Changes made (on another node) before this copy was read.
                     for p in self.pending.remove(&key).unwrap_or_default() {
-                        if let Some(item) = self.reviews.get_mut(&group) {
+                        if let Some(item) = self.item_mut(group) {
                             if !item.history.iter().any(|h| h.audit == p.event.audit) {
                                 item.record(p.event);
                             }
@@ -875,7 +879,6 @@ impl Store {
                 .or_default()
                 .push(pack(key));
         }
-        let time = row.time;
         let Some(c) = self.chains.get_mut(usize::from(chain)) else {
             return;
         };
@@ -888,8 +891,7 @@ impl Store {
             None
         } else {
             Some(
-                self.reviews
-                    .get(&group)
+                self.item(group)
                     .map(|i| i.verdict.clone())
                     .unwrap_or_else(GroupVerdict::empty),
             )
@@ -904,7 +906,7 @@ impl Store {
         // logical message, keyed by its first copy.
         let flagged =
             mine.action != Action::Allow || mine.would_action.is_some() || !mine.rules.is_empty();
-        match self.reviews.get_mut(&group) {
+        match self.item_mut(group) {
             Some(item) => {
                 if flagged {
                     item.sampled = false;
@@ -916,11 +918,7 @@ impl Store {
                     || (group == key && sampled(self.sample_key ^ salt, key.seq, self.sample_rate))
                 {
                     let verdict = self.verdict_of(group);
-                    let at = self
-                        .row(group)
-                        .map_or(if group == key { time } else { 0 }, |h| h.time);
-                    self.queue.insert((at, group));
-                    self.reviews.insert(
+                    self.insert_item(
                         group,
                         ReviewItem {
                             seq: group,
@@ -932,6 +930,34 @@ impl Store {
                         },
                     );
                 }
+            }
+        }
+    }
+
+    fn item(&self, group: MsgRef) -> Option<&ReviewItem> {
+        match self.item_at.get(&group) {
+            Some(t) => self.items.get(&(*t, group)),
+            None => self.orphans.get(&group),
+        }
+    }
+
+    fn item_mut(&mut self, group: MsgRef) -> Option<&mut ReviewItem> {
+        match self.item_at.get(&group) {
+            Some(t) => self.items.get_mut(&(*t, group)),
+            None => self.orphans.get_mut(&group),
+        }
+    }
+
+    /// Files a review item by its first copy's time, or with the orphans when that copy
+    /// is not readable.
+    fn insert_item(&mut self, group: MsgRef, item: ReviewItem) {
+        match self.row(group).map(|h| h.time) {
+            Some(t) => {
+                self.item_at.insert(group, t);
+                self.items.insert((t, group), item);
+            }
+            None => {
+                self.orphans.insert(group, item);
             }
         }
     }
@@ -994,16 +1020,16 @@ impl Store {
             }
         }
         self.identities.retain(|_, g| members.contains_key(g));
-        self.reviews.retain(|g, _| members.contains_key(&pack(*g)));
-        let groups: Vec<MsgRef> = self.reviews.keys().copied().collect();
-        for g in groups {
-            let v = self.verdict_of(g);
-            if let Some(item) = self.reviews.get_mut(&g) {
-                item.verdict = v;
-            }
+        let items: Vec<ReviewItem> = std::mem::take(&mut self.items)
+            .into_values()
+            .chain(std::mem::take(&mut self.orphans).into_values())
+            .filter(|i| members.contains_key(&pack(i.seq)))
+            .collect();
+        self.item_at.clear();
+        for mut item in items {
+            item.verdict = self.verdict_of(item.seq);
+            self.insert_item(item.seq, item);
         }
-        let reviews = &self.reviews;
-        self.queue.retain(|(_, g)| reviews.contains_key(g));
         let chains = &self.chains;
         let known = |p: &Packed| {
             let r = unpack(*p);
@@ -1110,7 +1136,7 @@ impl Store {
         groups.sort_unstable();
         groups.dedup();
         for group in groups {
-            if let Some(item) = self.reviews.get_mut(&group) {
+            if let Some(item) = self.item_mut(group) {
                 item.record(event.clone());
             }
         }
@@ -1156,7 +1182,7 @@ impl Store {
 
     /// The review item of the logical message `r` is a copy of.
     pub fn review(&self, r: MsgRef) -> Option<&ReviewItem> {
-        self.reviews.get(&self.group_of(r))
+        self.item(self.group_of(r))
     }
 
     /// The first copy of the logical message `r` belongs to.
@@ -1211,14 +1237,11 @@ impl Store {
 
     /// The review items, newest message first.
     pub fn reviews_newest_first(&self) -> impl Iterator<Item = &ReviewItem> {
-        self.queue
-            .iter()
-            .rev()
-            .filter_map(|(_, g)| self.reviews.get(g))
+        self.items.values().rev()
     }
 
     pub fn reviews(&self) -> impl DoubleEndedIterator<Item = &ReviewItem> {
-        self.reviews.values()
+        self.items.values().chain(self.orphans.values())
     }
 
     pub fn audit(&self) -> &[AuditEntry] {
@@ -1526,7 +1549,7 @@ mod tests {
                 want.sort_unstable();
                 prop_assert_eq!(s.copy_refs(*key), want);
             }
-            for item in s.reviews.values() {
+            for item in s.reviews() {
                 let fresh = s.verdict_of(item.seq);
                 prop_assert_eq!(item.verdict.action, fresh.action);
                 prop_assert_eq!(item.verdict.copies, fresh.copies);
@@ -1553,7 +1576,14 @@ mod tests {
             let classes: u64 = s.class_counts().values().sum();
             prop_assert_eq!(classes, rows.len() as u64);
             // The queue holds each item once, and only items.
-            prop_assert_eq!(s.queue.len(), s.reviews.len());
+            prop_assert_eq!(s.items.len(), s.item_at.len());
+            for (k, item) in &s.items {
+                prop_assert_eq!(k.1, item.seq);
+                prop_assert_eq!(Some(k.0), s.row(item.seq).map(|h| h.time));
+            }
+            for g in s.orphans.keys() {
+                prop_assert!(s.row(*g).is_none());
+            }
         }
     }
 

@@ -49,8 +49,7 @@ pub async fn queue(
             .filter(|i| f.rule.is_empty() || i.verdict.rules.contains(&f.rule))
             .filter(|i| {
                 f.severity.is_empty() || i.verdict.severity.as_deref() == Some(f.severity.as_str())
-            })
-            .filter(|i| store.contains(i.seq));
+            });
         for i in matching {
             if total >= start && rows.len() < PAGE {
                 if let Some(m) = store.message(i.seq) {
