@@ -1515,7 +1515,7 @@ mod tests {
                 let seq = n as u64 + 1;
                 let mut e = match st {
                     Step::Copy(id, a, mask, day, seg) => {
-                        let leg = if seq % 2 == 0 { Leg::ServerToClient } else { Leg::ClientToServer };
+                        let leg = if seq.is_multiple_of(2) { Leg::ServerToClient } else { Leg::ClientToServer };
                         let mut e = copy(seq, &format!("id{id}"), None, leg, actions[usize::from(*a) % 4]);
                         if let Some(Record { content: NewRecord::Message(m), time, .. }) = &mut e.record {
                             m.outcome.rules = rules
