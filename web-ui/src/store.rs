@@ -355,35 +355,103 @@ fn unpack(p: Packed) -> MsgRef {
     }
 }
 
-/// One archived copy as kept in memory: fixed-size, strings by number. What only a
-/// page about this very message shows (its sender's id, what it corrects) is read from
-/// the record when the page is built.
+/// One archived copy as kept in memory: 72 bytes, strings by number. What only a page
+/// about this very message shows (its sender's id, what it corrects) is read from the
+/// record when the page is built; what few copies carry is in [`Extra`].
 #[derive(Clone, Copy)]
 struct Row {
     seq: u64,
     time: i64,
-    segment: u64,
-    offset: u64,
+    /// Where the record is: the segment's number in its chain's list in the top 24
+    /// bits, the offset in the 40 below; [`FAR`] when either does not fit, with the
+    /// place in `Store::far`.
+    place: u64,
     /// The group's first copy.
     group: Packed,
     /// The next copy of the same group (0: none); the first copy starts the list.
     next: Packed,
     from: u32,
     to: u32,
-    account: u32,
     conversation: u32,
-    occupant: u32,
-    claimed_from: u32,
     rules: u32,
     stanza_type: u32,
-    severity: u32,
-    e2ee: u32,
     retention_class: u32,
-    direction: Direction,
-    action: Action,
-    would_action: Option<Action>,
-    leg: Leg,
-    via: Via,
+    /// Its entry in `Store::extras` (0: none).
+    extra: u32,
+    /// Direction, action, what monitor mode would have done, and how it was captured.
+    bits: u8,
+}
+
+/// What few copies carry: a session account other than the copy's own end, group chat's
+/// real JID, a claimed sender, end-to-end encryption, a severity.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+struct Extra {
+    /// 0: the copy's own end (its sender when outbound, its addressee when inbound).
+    account: u32,
+    occupant: u32,
+    claimed_from: u32,
+    e2ee: u32,
+    severity: u32,
+}
+
+const FAR: u64 = u64::MAX;
+const OFFSET_BITS: u32 = 40;
+
+const ACTIONS: [Action; 4] = [Action::Allow, Action::Flag, Action::Redact, Action::Block];
+const VIAS: [Via; 4] = [Via::Direct, Via::CarbonSent, Via::CarbonReceived, Via::Mam];
+
+fn action_bits(a: Action) -> u8 {
+    match a {
+        Action::Allow => 0,
+        Action::Flag => 1,
+        Action::Redact => 2,
+        Action::Block => 3,
+    }
+}
+
+fn pack_bits(direction: Direction, action: Action, would: Option<Action>, via: Via) -> u8 {
+    let d = u8::from(direction == Direction::Inbound);
+    let w = would.map_or(0, |w| action_bits(w) + 1);
+    let v = match via {
+        Via::Direct => 0,
+        Via::CarbonSent => 1,
+        Via::CarbonReceived => 2,
+        Via::Mam => 3,
+    };
+    d | (action_bits(action) << 1) | (w << 3) | (v << 6)
+}
+
+impl Row {
+    fn direction(&self) -> Direction {
+        if self.bits & 1 == 0 {
+            Direction::Outbound
+        } else {
+            Direction::Inbound
+        }
+    }
+
+    fn action(&self) -> Action {
+        ACTIONS[usize::from((self.bits >> 1) & 3)]
+    }
+
+    fn would_action(&self) -> Option<Action> {
+        match (self.bits >> 3) & 7 {
+            0 => None,
+            w => ACTIONS.get(usize::from(w - 1)).copied(),
+        }
+    }
+
+    fn via(&self) -> Via {
+        VIAS[usize::from((self.bits >> 6) & 3)]
+    }
+
+    /// Which stream it crossed, as [`custos_archive::MessageRecord::leg`] says.
+    fn leg(&self) -> Leg {
+        match (self.direction(), self.via()) {
+            (Direction::Outbound, Via::Direct) => Leg::ClientToServer,
+            _ => Leg::ServerToClient,
+        }
+    }
 }
 
 /// One chain's copies, in the order they were written (seq order).
@@ -391,6 +459,8 @@ struct Chain {
     /// The node that writes it (`None`: a node without a name).
     node: Option<String>,
     rows: Vec<Row>,
+    /// The segments its rows are in, numbered in the order met.
+    segments: Vec<u64>,
     /// The first seq not yet applied.
     next_seq: u64,
     /// Mixed into the sample key, so other chains' seqs sample independently.
@@ -408,6 +478,7 @@ impl Chain {
         Chain {
             node,
             rows: Vec::new(),
+            segments: Vec::new(),
             next_seq: 1,
             sample_salt,
         }
@@ -418,6 +489,17 @@ impl Chain {
             .binary_search_by_key(&seq, |r| r.seq)
             .ok()
             .and_then(|i| self.rows.get(i))
+    }
+
+    /// The number of segment `id` in this chain's list, added when new.
+    fn segment_number(&mut self, id: u64) -> usize {
+        match self.segments.iter().rposition(|s| *s == id) {
+            Some(i) => i,
+            None => {
+                self.segments.push(id);
+                self.segments.len() - 1
+            }
+        }
     }
 
     fn row_mut(&mut self, seq: u64) -> Option<&mut Row> {
@@ -544,6 +626,10 @@ pub struct Store {
     tally: Tally,
     /// This node's copies by retention class (interned).
     classes: BTreeMap<u32, u64>,
+    /// What rows' `extra` numbers name; entry 0 is unused.
+    extras: Vec<Extra>,
+    /// Places that do not fit a row's `place`: (segment, offset) by record.
+    far: HashMap<MsgRef, (u64, u64)>,
 }
 
 /// splitmix64: a keyed, stable mix so the sample is the same after a restart
@@ -629,6 +715,8 @@ impl Store {
             shredded: BTreeMap::new(),
             tally: Tally::default(),
             classes: BTreeMap::new(),
+            extras: vec![Extra::default()],
+            far: HashMap::new(),
         }
     }
 
@@ -712,6 +800,31 @@ impl Store {
             .and_then(|c| c.row_mut(r.seq))
     }
 
+    fn extra(&self, w: &Row) -> Extra {
+        self.extras
+            .get(w.extra as usize)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Where copy `w` of chain `chain` is: (segment, offset).
+    fn place(&self, chain: ChainIdx, w: &Row) -> (u64, u64) {
+        if w.place == FAR {
+            return self
+                .far
+                .get(&MsgRef { chain, seq: w.seq })
+                .copied()
+                .unwrap_or((u64::MAX, u64::MAX));
+        }
+        let segment = self
+            .chains
+            .get(usize::from(chain))
+            .and_then(|c| c.segments.get((w.place >> OFFSET_BITS) as usize))
+            .copied()
+            .unwrap_or(u64::MAX);
+        (segment, w.place & ((1 << OFFSET_BITS) - 1))
+    }
+
     /// The verdict one copy contributes.
     fn copy_verdict(&self, w: &Row) -> GroupVerdict {
         let rules = match w.rules {
@@ -724,10 +837,10 @@ impl Store {
                 .collect(),
         };
         GroupVerdict {
-            action: w.action,
+            action: w.action(),
             rules,
-            would_action: w.would_action,
-            severity: self.labels.get_opt(w.severity),
+            would_action: w.would_action(),
+            severity: self.labels.get_opt(self.extra(w).severity),
             copies: 1,
         }
     }
@@ -766,7 +879,6 @@ impl Store {
             let key = MsgRef { chain, seq: e.seq };
             match record.content {
                 NewRecord::Message(m) => {
-                    let leg = m.leg();
                     let c = m.capture;
                     // Copies join the group of the first copy with either identity.
                     let names: Vec<u128> = std::iter::once(c.identity)
@@ -793,29 +905,60 @@ impl Store {
                         self.labels
                             .id(&m.outcome.rules.join(RULE_SEP.encode_utf8(&mut [0; 4])))
                     };
+                    let own_end = match m.direction {
+                        Direction::Outbound => &m.from,
+                        Direction::Inbound => &m.to,
+                    };
+                    let extra = Extra {
+                        account: if c.account == *own_end {
+                            0
+                        } else {
+                            self.jids.id(&c.account)
+                        },
+                        occupant: self.jids.opt(c.occupant.as_deref()),
+                        claimed_from: self.jids.opt(c.claimed_from.as_deref()),
+                        e2ee: self.labels.opt(m.outcome.e2ee.as_deref()),
+                        severity: self.labels.opt(m.outcome.severity.as_deref()),
+                    };
+                    let extra = if extra == Extra::default() {
+                        0
+                    } else {
+                        self.extras.push(extra);
+                        u32::try_from(self.extras.len() - 1).unwrap_or(0)
+                    };
+                    let place = match self.chains.get_mut(usize::from(chain)) {
+                        Some(ch) => {
+                            let n = ch.segment_number(e.segment) as u64;
+                            if n < 1 << (64 - OFFSET_BITS) && e.offset < 1 << OFFSET_BITS {
+                                (n << OFFSET_BITS) | e.offset
+                            } else {
+                                FAR
+                            }
+                        }
+                        None => FAR,
+                    };
+                    if place == FAR {
+                        self.far.insert(key, (e.segment, e.offset));
+                    }
                     let row = Row {
                         seq: e.seq,
                         time: record.time.0,
-                        segment: e.segment,
-                        offset: e.offset,
+                        place,
                         group: pack(group),
                         next: 0,
                         from: self.jids.id(&m.from),
                         to: self.jids.id(&m.to),
-                        account: self.jids.id(&c.account),
                         conversation,
-                        occupant: self.jids.opt(c.occupant.as_deref()),
-                        claimed_from: self.jids.opt(c.claimed_from.as_deref()),
                         rules,
                         stanza_type: self.labels.id(&m.stanza_type),
-                        severity: self.labels.opt(m.outcome.severity.as_deref()),
-                        e2ee: self.labels.opt(m.outcome.e2ee.as_deref()),
                         retention_class: self.labels.id(retention::class_name(&c.retention_class)),
-                        direction: m.direction,
-                        action: m.outcome.action,
-                        would_action: m.outcome.would_action,
-                        leg,
-                        via: c.via,
+                        extra,
+                        bits: pack_bits(
+                            m.direction,
+                            m.outcome.action,
+                            m.outcome.would_action,
+                            c.via,
+                        ),
                     };
                     self.add_row(chain, key, row);
                     // Changes made (on another node) before this copy was read.
@@ -972,19 +1115,31 @@ impl Store {
         let Some(c) = self.chains.get_mut(usize::from(chain)) else {
             return;
         };
+        let number = c.segments.iter().position(|s| *s == segment);
+        let far = &self.far;
+        let gone = |r: &Row| {
+            if r.place == FAR {
+                far.get(&MsgRef { chain, seq: r.seq })
+                    .is_some_and(|(s, _)| *s == segment)
+            } else {
+                number == Some((r.place >> OFFSET_BITS) as usize)
+            }
+        };
         let before = c.rows.len();
         if chain == 0 {
-            for r in c.rows.iter().filter(|r| r.segment == segment) {
+            for r in c.rows.iter().filter(|r| gone(r)) {
                 if let Some(n) = self.classes.get_mut(&r.retention_class) {
                     *n = n.saturating_sub(1);
                 }
             }
             self.classes.retain(|_, n| *n > 0);
         }
-        c.rows.retain(|r| r.segment != segment);
+        c.rows.retain(|r| !gone(r));
         if c.rows.len() == before {
             return;
         }
+        self.far
+            .retain(|r, (s, _)| !(r.chain == chain && *s == segment));
         self.relink();
     }
 
@@ -1154,29 +1309,37 @@ impl Store {
 
     fn meta(&self, chain: ChainIdx, w: &Row) -> MessageMeta {
         let j = |i: u32| self.jids.get(i).to_string();
+        let x = self.extra(w);
+        let (segment, offset) = self.place(chain, w);
+        let direction = w.direction();
+        let account = match (x.account, direction) {
+            (0, Direction::Outbound) => j(w.from),
+            (0, Direction::Inbound) => j(w.to),
+            (a, _) => j(a),
+        };
         MessageMeta {
             chain,
             seq: w.seq,
             time: Timestamp(w.time),
-            direction: w.direction,
+            direction,
             from: j(w.from),
             to: j(w.to),
             stanza_type: self.labels.get(w.stanza_type).to_string(),
-            action: w.action,
+            action: w.action(),
             rules: self.copy_verdict(w).rules,
-            severity: self.labels.get_opt(w.severity),
-            e2ee: self.labels.get_opt(w.e2ee),
-            segment: w.segment,
-            offset: w.offset,
+            severity: self.labels.get_opt(x.severity),
+            e2ee: self.labels.get_opt(x.e2ee),
+            segment,
+            offset,
             conversation: j(w.conversation),
             group: unpack(w.group),
-            leg: w.leg,
-            via: w.via,
-            account: j(w.account),
-            would_action: w.would_action,
-            claimed_from: self.jids.get_opt(w.claimed_from),
+            leg: w.leg(),
+            via: w.via(),
+            account,
+            would_action: w.would_action(),
+            claimed_from: self.jids.get_opt(x.claimed_from),
             retention_class: self.labels.get(w.retention_class).to_string(),
-            occupant: self.jids.get_opt(w.occupant),
+            occupant: self.jids.get_opt(x.occupant),
         }
     }
 
@@ -1585,6 +1748,78 @@ mod tests {
                 prop_assert!(s.row(*g).is_none());
             }
         }
+    }
+
+    #[test]
+    fn a_row_is_72_bytes_and_gives_back_what_was_read() {
+        assert_eq!(std::mem::size_of::<Row>(), 72);
+        let directions = [Direction::Outbound, Direction::Inbound];
+        let woulds = [
+            None,
+            Some(Action::Allow),
+            Some(Action::Flag),
+            Some(Action::Redact),
+            Some(Action::Block),
+        ];
+        for d in directions {
+            for a in ACTIONS {
+                for w in woulds {
+                    for v in VIAS {
+                        let row = Row {
+                            seq: 1,
+                            time: 0,
+                            place: 0,
+                            group: 0,
+                            next: 0,
+                            from: 0,
+                            to: 0,
+                            conversation: 0,
+                            rules: 0,
+                            stanza_type: 0,
+                            retention_class: 0,
+                            extra: 0,
+                            bits: pack_bits(d, a, w, v),
+                        };
+                        assert_eq!(
+                            (row.direction(), row.action(), row.would_action(), row.via()),
+                            (d, a, w, v)
+                        );
+                    }
+                }
+            }
+        }
+        // Places past what a row holds, an account other than the copy's end, a
+        // severity: all read back as written.
+        let mut s = Store::new([1; 16], 0.0);
+        let mut far = msg(1, "a@x/1", "b@x", Action::Flag);
+        far.segment = 1 << 30;
+        far.offset = 1 << 41;
+        if let Some(Record {
+            content: NewRecord::Message(m),
+            ..
+        }) = &mut far.record
+        {
+            m.capture.account = "a@x/other".into();
+            m.outcome.severity = Some("high".into());
+        }
+        let mut near = msg(2, "b@x/2", "a@x", Action::Allow);
+        if let Some(Record {
+            content: NewRecord::Message(m),
+            ..
+        }) = &mut near.record
+        {
+            m.capture.account = "b@x/2".into();
+        }
+        // No account recorded at all.
+        let none = msg(3, "c@x/3", "a@x", Action::Allow);
+        s.apply(vec![far, near, none]);
+        let m = s.message(MsgRef::own(1)).unwrap();
+        assert_eq!((m.segment, m.offset), (1 << 30, 1 << 41));
+        assert_eq!(m.account, "a@x/other");
+        assert_eq!(m.severity.as_deref(), Some("high"));
+        let m = s.message(MsgRef::own(2)).unwrap();
+        assert_eq!((m.segment, m.offset, m.account.as_str()), (1, 200, "b@x/2"));
+        assert_eq!(s.message(MsgRef::own(3)).unwrap().account, "");
     }
 
     #[test]
