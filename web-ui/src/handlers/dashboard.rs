@@ -23,10 +23,17 @@ pub async fn dashboard(State(app): State<Arc<App>>, a: Authed) -> Result<Page, A
                 sampled_open += 1;
                 continue;
             }
+            let is_escalated = u64::from(i.status == ReviewStatus::Escalated);
             for r in &i.verdict.rules {
-                let e = open_by_rule.entry(r.clone()).or_default();
-                e.0 += 1;
-                e.1 += u64::from(i.status == ReviewStatus::Escalated);
+                match open_by_rule.get_mut(r) {
+                    Some(e) => {
+                        e.0 += 1;
+                        e.1 += is_escalated;
+                    }
+                    None => {
+                        open_by_rule.insert(r.clone(), (1, is_escalated));
+                    }
+                }
             }
         }
         (volume, hits)

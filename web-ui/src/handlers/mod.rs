@@ -2,7 +2,7 @@
 //! checked before its handler runs; a handler checks (for POST) the CSRF token, then
 //! writes its audit record before doing or showing anything.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 

@@ -68,19 +68,9 @@ pub async fn queue(
         }
         (rows, total)
     };
-    let (all_rules, all_sev): (Vec<String>, Vec<String>) = {
+    let (all_rules, all_sev) = {
         let store = read(&app.store);
-        let mut r: HashSet<&str> = HashSet::new();
-        let mut s: HashSet<&str> = HashSet::new();
-        for i in store.reviews() {
-            r.extend(i.verdict.rules.iter().map(String::as_str));
-            s.extend(i.verdict.severity.as_deref());
-        }
-        let mut r: Vec<String> = r.into_iter().map(str::to_owned).collect();
-        let mut s: Vec<String> = s.into_iter().map(str::to_owned).collect();
-        r.sort();
-        s.sort();
-        (r, s)
+        (store.rule_names(), store.severity_names())
     };
     let has_next = total > start.saturating_add(PAGE);
     let can_review = allows(a.session.role, Perm::Review);
