@@ -355,7 +355,7 @@ fn unpack(p: Packed) -> MsgRef {
     }
 }
 
-/// One archived copy as kept in memory: 72 bytes, strings by number. What only a page
+/// One archived copy as kept in memory: 64 bytes, strings by number. What only a page
 /// about this very message shows (its sender's id, what it corrects) is read from the
 /// record when the page is built; what few copies carry is in [`Extra`].
 #[derive(Clone, Copy)]
@@ -372,10 +372,10 @@ struct Row {
     next: Packed,
     from: u32,
     to: u32,
-    conversation: u32,
     rules: u32,
-    stanza_type: u32,
-    retention_class: u32,
+    /// The stanza type's number in the low 16 bits and the retention class's in the
+    /// high; [`IN_EXTRA`] in either half when the number is in the row's [`Extra`].
+    kind: u32,
     /// Its entry in `Store::extras` (0: none).
     extra: u32,
     /// Direction, action, what monitor mode would have done, and how it was captured.
@@ -392,7 +392,13 @@ struct Extra {
     claimed_from: u32,
     e2ee: u32,
     severity: u32,
+    /// Stanza type and class numbers too large for the row's `kind`.
+    stanza_type: u32,
+    retention_class: u32,
 }
+
+/// A half of `Row::kind` whose number is in the row's [`Extra`].
+const IN_EXTRA: u32 = 0xffff;
 
 const FAR: u64 = u64::MAX;
 const OFFSET_BITS: u32 = 40;
@@ -548,6 +554,18 @@ fn identity_key(s: &str) -> [u64; 2] {
     [half(1), half(2)]
 }
 
+/// A conversation key in 128 bits (see [`identity_key`]).
+fn conversation_hash(key: &str) -> [u64; 2] {
+    use std::hash::{Hash, Hasher};
+    let half = |salt: u8| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        salt.hash(&mut h);
+        key.hash(&mut h);
+        h.finish()
+    };
+    [half(3), half(4)]
+}
+
 const DAY_MS: i64 = 86_400_000;
 
 /// Logical messages per day (by their first copy's time), counted as they are read, so
@@ -619,10 +637,13 @@ pub struct Store {
     /// Groups whose first copy was shredded while other copies remain: where their list
     /// of copies starts now.
     detached: HashMap<Packed, Packed>,
-    /// Conversation → its logical messages' first copies, in the order read.
-    conversations: HashMap<u32, Vec<Packed>>,
-    /// JIDs and conversation keys.
+    /// Conversation (by a 128-bit hash of its key) → its logical messages' first
+    /// copies, in the order read.
+    conversations: HashMap<[u64; 2], Vec<Packed>>,
+    /// JIDs.
     jids: Interner,
+    /// Stanza types and retention classes (few: their numbers fit in 16 bits).
+    kinds: Interner,
     /// Stanza types, severities, end-to-end schemes, retention classes, rule lists.
     labels: Interner,
     audit: Vec<AuditEntry>,
@@ -724,6 +745,7 @@ impl Store {
             detached: HashMap::new(),
             conversations: HashMap::new(),
             jids: Interner::new(),
+            kinds: Interner::new(),
             labels: Interner::new(),
             audit: Vec::new(),
             items: BTreeMap::new(),
@@ -823,6 +845,20 @@ impl Store {
             .and_then(|c| c.row_mut(r.seq))
     }
 
+    fn class_of(&self, w: &Row) -> u32 {
+        match w.kind >> 16 {
+            IN_EXTRA => self.extra(w).retention_class,
+            n => n,
+        }
+    }
+
+    fn stanza_type_of(&self, w: &Row) -> u32 {
+        match w.kind & 0xffff {
+            IN_EXTRA => self.extra(w).stanza_type,
+            n => n,
+        }
+    }
+
     fn extra(&self, w: &Row) -> Extra {
         self.extras
             .get(w.extra as usize)
@@ -916,12 +952,16 @@ impl Store {
                     for n in names {
                         self.identities.entry(n).or_insert(pack(group));
                     }
-                    let conversation = self.jids.id(&conversation_key(
+                    let conversation = conversation_hash(&conversation_key(
                         m.direction,
                         &m.from,
                         &m.to,
                         &m.stanza_type,
                     ));
+                    let stanza_type = self.kinds.id(&m.stanza_type);
+                    let class = self.kinds.id(retention::class_name(&c.retention_class));
+                    let half = |n: u32| if n < IN_EXTRA { n } else { IN_EXTRA };
+                    let kind = half(stanza_type) | (half(class) << 16);
                     let rules = if m.outcome.rules.is_empty() {
                         0
                     } else {
@@ -942,6 +982,12 @@ impl Store {
                         claimed_from: self.jids.opt(c.claimed_from.as_deref()),
                         e2ee: self.labels.opt(m.outcome.e2ee.as_deref()),
                         severity: self.labels.opt(m.outcome.severity.as_deref()),
+                        stanza_type: if half(stanza_type) == IN_EXTRA {
+                            stanza_type
+                        } else {
+                            0
+                        },
+                        retention_class: if half(class) == IN_EXTRA { class } else { 0 },
                     };
                     if extra.severity != 0 {
                         self.severities.insert(extra.severity);
@@ -974,10 +1020,8 @@ impl Store {
                         next: 0,
                         from: self.jids.id(&m.from),
                         to: self.jids.id(&m.to),
-                        conversation,
                         rules,
-                        stanza_type: self.labels.id(&m.stanza_type),
-                        retention_class: self.labels.id(retention::class_name(&c.retention_class)),
+                        kind,
                         extra,
                         bits: pack_bits(
                             m.direction,
@@ -986,7 +1030,7 @@ impl Store {
                             c.via,
                         ),
                     };
-                    self.add_row(chain, key, row);
+                    self.add_row(chain, key, row, conversation);
                     // Changes made (on another node) before this copy was read.
                     for p in self.pending.remove(&key).unwrap_or_default() {
                         if let Some(item) = self.item_mut(group) {
@@ -1021,7 +1065,7 @@ impl Store {
 
     /// Takes copy `row` (record `key`) in: its chain, its group's list of copies, its
     /// conversation, the counts, and the review queue.
-    fn add_row(&mut self, chain: ChainIdx, key: MsgRef, mut row: Row) {
+    fn add_row(&mut self, chain: ChainIdx, key: MsgRef, mut row: Row, conversation: [u64; 2]) {
         let group = unpack(row.group);
         let mine = self.copy_verdict(&row);
         // The list of copies starts at the first copy (or, once that is shredded, at
@@ -1040,11 +1084,11 @@ impl Store {
             self.detached.insert(row.group, pack(key));
         }
         if chain == 0 {
-            *self.classes.entry(row.retention_class).or_default() += 1;
+            *self.classes.entry(self.class_of(&row)).or_default() += 1;
         }
         if group == key {
             self.conversations
-                .entry(row.conversation)
+                .entry(conversation)
                 .or_default()
                 .push(pack(key));
         }
@@ -1153,8 +1197,20 @@ impl Store {
         };
         let before = c.rows.len();
         if chain == 0 {
-            for r in c.rows.iter().filter(|r| gone(r)) {
-                if let Some(n) = self.classes.get_mut(&r.retention_class) {
+            let extras = &self.extras;
+            let classes: Vec<u32> = c
+                .rows
+                .iter()
+                .filter(|r| gone(r))
+                .map(|r| match r.kind >> 16 {
+                    IN_EXTRA => extras
+                        .get(r.extra as usize)
+                        .map_or(0, |x| x.retention_class),
+                    n => n,
+                })
+                .collect();
+            for class in classes {
+                if let Some(n) = self.classes.get_mut(&class) {
                     *n = n.saturating_sub(1);
                 }
             }
@@ -1338,6 +1394,9 @@ impl Store {
         let x = self.extra(w);
         let (segment, offset) = self.place(chain, w);
         let direction = w.direction();
+        let (from, to) = (j(w.from), j(w.to));
+        let stanza_type = self.kinds.get(self.stanza_type_of(w)).to_string();
+        let conversation = conversation_key(direction, &from, &to, &stanza_type);
         let account = match (x.account, direction) {
             (0, Direction::Outbound) => j(w.from),
             (0, Direction::Inbound) => j(w.to),
@@ -1348,23 +1407,23 @@ impl Store {
             seq: w.seq,
             time: Timestamp(w.time),
             direction,
-            from: j(w.from),
-            to: j(w.to),
-            stanza_type: self.labels.get(w.stanza_type).to_string(),
+            from,
+            to,
+            stanza_type: stanza_type.clone(),
             action: w.action(),
             rules: self.copy_verdict(w).rules,
             severity: self.labels.get_opt(x.severity),
             e2ee: self.labels.get_opt(x.e2ee),
             segment,
             offset,
-            conversation: j(w.conversation),
+            conversation,
             group: unpack(w.group),
             leg: w.leg(),
             via: w.via(),
             account,
             would_action: w.would_action(),
             claimed_from: self.jids.get_opt(x.claimed_from),
-            retention_class: self.labels.get(w.retention_class).to_string(),
+            retention_class: self.kinds.get(self.class_of(w)).to_string(),
             occupant: self.jids.get_opt(x.occupant),
         }
     }
@@ -1489,7 +1548,7 @@ impl Store {
     pub fn class_counts(&self) -> BTreeMap<String, u64> {
         self.classes
             .iter()
-            .map(|(c, n)| (self.labels.get(*c).to_string(), *n))
+            .map(|(c, n)| (self.kinds.get(*c).to_string(), *n))
             .collect()
     }
 
@@ -1500,7 +1559,8 @@ impl Store {
         let Some(w) = self.row(hit) else {
             return Vec::new();
         };
-        let Some(list) = self.conversations.get(&w.conversation) else {
+        let m = self.meta(hit.chain, w);
+        let Some(list) = self.conversations.get(&conversation_hash(&m.conversation)) else {
             return Vec::new();
         };
         let mut all: Vec<(i64, MsgRef)> = list
@@ -1795,8 +1855,8 @@ mod tests {
     }
 
     #[test]
-    fn a_row_is_72_bytes_and_gives_back_what_was_read() {
-        assert_eq!(std::mem::size_of::<Row>(), 72);
+    fn a_row_is_64_bytes_and_gives_back_what_was_read() {
+        assert_eq!(std::mem::size_of::<Row>(), 64);
         let directions = [Direction::Outbound, Direction::Inbound];
         let woulds = [
             None,
@@ -1817,10 +1877,8 @@ mod tests {
                             next: 0,
                             from: 0,
                             to: 0,
-                            conversation: 0,
                             rules: 0,
-                            stanza_type: 0,
-                            retention_class: 0,
+                            kind: 0,
                             extra: 0,
                             bits: pack_bits(d, a, w, v),
                         };
@@ -1881,10 +1939,8 @@ mod tests {
                     next: 0,
                     from: 0,
                     to: 0,
-                    conversation: 0,
                     rules: 0,
-                    stanza_type: 0,
-                    retention_class: 0,
+                    kind: 0,
                     extra: 0,
                     bits: 0,
                 });
@@ -1895,6 +1951,34 @@ mod tests {
                 prop_assert_eq!(c.index_of(probe), want);
             }
         }
+    }
+
+    #[test]
+    fn a_sender_inventing_stanza_types_cannot_make_rows_lie() {
+        // More distinct types than a row's 16 bits number: the rest go to the side
+        // table and still read back exactly.
+        let mut s = Store::new([1; 16], 0.0);
+        let n = 70_000u64;
+        let entries: Vec<ChainEntry> = (1..=n)
+            .map(|seq| {
+                let mut e = msg(seq, "a@x/1", "b@x", Action::Allow);
+                if let Some(Record {
+                    content: NewRecord::Message(m),
+                    ..
+                }) = &mut e.record
+                {
+                    m.stanza_type = format!("t{seq}");
+                }
+                e
+            })
+            .collect();
+        s.apply(entries);
+        for seq in [1, 65_000, 65_534, 65_535, 65_536, n] {
+            let m = s.message(MsgRef::own(seq)).unwrap();
+            assert_eq!(m.stanza_type, format!("t{seq}"));
+            assert_eq!(m.retention_class, "default");
+        }
+        assert_eq!(s.class_counts().get("default"), Some(&n));
     }
 
     #[test]
