@@ -366,8 +366,10 @@ struct Row {
     /// bits, the offset in the 40 below; [`FAR`] when either does not fit, with the
     /// place in `Store::far`.
     place: u64,
-    /// The group's first copy.
-    group: Packed,
+    /// For a copy that is not its group's first: that first copy. For a first copy
+    /// ([`HEAD`]): the first copy of the logical message before it in the same
+    /// conversation (0: none), so conversations are lists through their rows.
+    link: Packed,
     /// The next copy of the same group (0: none); the first copy starts the list.
     next: Packed,
     from: u32,
@@ -378,8 +380,9 @@ struct Row {
     kind: u32,
     /// Its entry in `Store::extras` (0: none).
     extra: u32,
-    /// Direction, action, what monitor mode would have done, and how it was captured.
-    bits: u8,
+    /// Direction, action, what monitor mode would have done, how it was captured, and
+    /// whether it is its group's first copy.
+    bits: u16,
 }
 
 /// What few copies carry: a session account other than the copy's own end, group chat's
@@ -415,7 +418,10 @@ fn action_bits(a: Action) -> u8 {
     }
 }
 
-fn pack_bits(direction: Direction, action: Action, would: Option<Action>, via: Via) -> u8 {
+/// `Row::bits`: the row is its group's first copy.
+const HEAD: u16 = 1 << 8;
+
+fn pack_bits(direction: Direction, action: Action, would: Option<Action>, via: Via) -> u16 {
     let d = u8::from(direction == Direction::Inbound);
     let w = would.map_or(0, |w| action_bits(w) + 1);
     let v = match via {
@@ -424,7 +430,7 @@ fn pack_bits(direction: Direction, action: Action, would: Option<Action>, via: V
         Via::CarbonReceived => 2,
         Via::Mam => 3,
     };
-    d | (action_bits(action) << 1) | (w << 3) | (v << 6)
+    u16::from(d | (action_bits(action) << 1) | (w << 3) | (v << 6))
 }
 
 impl Row {
@@ -449,6 +455,19 @@ impl Row {
 
     fn via(&self) -> Via {
         VIAS[usize::from((self.bits >> 6) & 3)]
+    }
+
+    fn is_head(&self) -> bool {
+        self.bits & HEAD != 0
+    }
+
+    /// The first copy of its group; `me` is the row's own reference.
+    fn group(&self, me: MsgRef) -> MsgRef {
+        if self.is_head() {
+            me
+        } else {
+            unpack(self.link)
+        }
     }
 
     /// Which stream it crossed, as [`custos_archive::MessageRecord::leg`] says.
@@ -637,9 +656,9 @@ pub struct Store {
     /// Groups whose first copy was shredded while other copies remain: where their list
     /// of copies starts now.
     detached: HashMap<Packed, Packed>,
-    /// Conversation (by a 128-bit hash of its key) → its logical messages' first
-    /// copies, in the order read.
-    conversations: HashMap<[u64; 2], Vec<Packed>>,
+    /// Conversation (by a 128-bit hash of its key) → the first copy of its newest
+    /// logical message, which links to the one before (`Row::link`).
+    conversations: HashMap<[u64; 2], Packed>,
     /// JIDs.
     jids: Interner,
     /// Stanza types and retention classes (few: their numbers fit in 16 bits).
@@ -1016,7 +1035,7 @@ impl Store {
                         seq: e.seq,
                         time: record.time.0,
                         place,
-                        group: pack(group),
+                        link: if group == key { 0 } else { pack(group) },
                         next: 0,
                         from: self.jids.id(&m.from),
                         to: self.jids.id(&m.to),
@@ -1030,7 +1049,7 @@ impl Store {
                             c.via,
                         ),
                     };
-                    self.add_row(chain, key, row, conversation);
+                    self.add_row(chain, key, group, row, conversation);
                     // Changes made (on another node) before this copy was read.
                     for p in self.pending.remove(&key).unwrap_or_default() {
                         if let Some(item) = self.item_mut(group) {
@@ -1065,8 +1084,14 @@ impl Store {
 
     /// Takes copy `row` (record `key`) in: its chain, its group's list of copies, its
     /// conversation, the counts, and the review queue.
-    fn add_row(&mut self, chain: ChainIdx, key: MsgRef, mut row: Row, conversation: [u64; 2]) {
-        let group = unpack(row.group);
+    fn add_row(
+        &mut self,
+        chain: ChainIdx,
+        key: MsgRef,
+        group: MsgRef,
+        mut row: Row,
+        conversation: [u64; 2],
+    ) {
         let mine = self.copy_verdict(&row);
         // The list of copies starts at the first copy (or, once that is shredded, at
         // the first one left) and goes on with the others, newest first.
@@ -1075,22 +1100,23 @@ impl Store {
         } else if self.row(group).is_some() {
             Some(group)
         } else {
-            self.detached.get(&row.group).copied().map(unpack)
+            self.detached.get(&pack(group)).copied().map(unpack)
         };
         if let Some(s) = start.and_then(|s| self.row_mut(s)) {
             row.next = s.next;
             s.next = pack(key);
         } else if group != key {
-            self.detached.insert(row.group, pack(key));
+            self.detached.insert(pack(group), pack(key));
         }
         if chain == 0 {
             *self.classes.entry(self.class_of(&row)).or_default() += 1;
         }
         if group == key {
-            self.conversations
-                .entry(conversation)
-                .or_default()
-                .push(pack(key));
+            row.bits |= HEAD;
+            row.link = self
+                .conversations
+                .insert(conversation, pack(key))
+                .unwrap_or(0);
         }
         let Some(c) = self.chains.get_mut(usize::from(chain)) else {
             return;
@@ -1234,10 +1260,8 @@ impl Store {
             let chain = ChainIdx::try_from(i).unwrap_or(ChainIdx::MAX);
             for r in &mut c.rows {
                 r.next = 0;
-                members
-                    .entry(r.group)
-                    .or_default()
-                    .push(pack(MsgRef { chain, seq: r.seq }));
+                let me = MsgRef { chain, seq: r.seq };
+                members.entry(pack(r.group(me))).or_default().push(pack(me));
             }
         }
         self.detached.clear();
@@ -1267,17 +1291,31 @@ impl Store {
             item.verdict = self.verdict_of(item.seq);
             self.insert_item(item.seq, item);
         }
-        let chains = &self.chains;
-        let known = |p: &Packed| {
-            let r = unpack(*p);
-            chains
-                .get(usize::from(r.chain))
-                .is_some_and(|c| c.row(r.seq).is_some())
-        };
-        self.conversations.retain(|_, refs| {
-            refs.retain(known);
-            !refs.is_empty()
-        });
+        // Conversations again, through the first copies left, oldest first.
+        let mut heads: Vec<(i64, MsgRef)> = Vec::new();
+        for (i, c) in self.chains.iter().enumerate() {
+            let chain = ChainIdx::try_from(i).unwrap_or(ChainIdx::MAX);
+            heads.extend(
+                c.rows
+                    .iter()
+                    .filter(|r| r.is_head())
+                    .map(|r| (r.time, MsgRef { chain, seq: r.seq })),
+            );
+        }
+        heads.sort_unstable();
+        self.conversations.clear();
+        for (_, h) in heads {
+            let Some(key) = self
+                .row(h)
+                .map(|w| conversation_hash(&self.meta(h.chain, w).conversation))
+            else {
+                continue;
+            };
+            let before = self.conversations.insert(key, pack(h)).unwrap_or(0);
+            if let Some(w) = self.row_mut(h) {
+                w.link = before;
+            }
+        }
         self.tally = Tally::default();
         for g in members.keys().map(|p| unpack(*p)) {
             if let Some(day) = self.row(g).map(|h| h.time.div_euclid(DAY_MS)) {
@@ -1355,7 +1393,7 @@ impl Store {
         for &seq in change.seqs() {
             let r = MsgRef { chain: target, seq };
             match self.row(r) {
-                Some(w) => groups.push(unpack(w.group)),
+                Some(w) => groups.push(w.group(r)),
                 // Not read yet: another node's record this process has still to read.
                 None if self.pending.len() < MAX_PENDING
                     && self
@@ -1417,7 +1455,7 @@ impl Store {
             segment,
             offset,
             conversation,
-            group: unpack(w.group),
+            group: w.group(MsgRef { chain, seq: w.seq }),
             leg: w.leg(),
             via: w.via(),
             account,
@@ -1435,7 +1473,7 @@ impl Store {
 
     /// The first copy of the logical message `r` belongs to.
     pub fn group_of(&self, r: MsgRef) -> MsgRef {
-        self.row(r).map_or(r, |w| unpack(w.group))
+        self.row(r).map_or(r, |w| w.group(r))
     }
 
     /// Every copy of the logical message `r` belongs to, by chain and seq.
@@ -1559,15 +1597,18 @@ impl Store {
         let Some(w) = self.row(hit) else {
             return Vec::new();
         };
-        let m = self.meta(hit.chain, w);
-        let Some(list) = self.conversations.get(&conversation_hash(&m.conversation)) else {
-            return Vec::new();
-        };
-        let mut all: Vec<(i64, MsgRef)> = list
-            .iter()
-            .map(|p| unpack(*p))
-            .filter_map(|m| self.row(m).map(|x| (x.time, m)))
-            .collect();
+        let key = conversation_hash(&self.meta(hit.chain, w).conversation);
+        // Each first copy links to the one before it in its conversation; the list is
+        // walked from the newest. Links only point back to rows read earlier.
+        let bound = self.chains.iter().map(|c| c.rows.len()).sum::<usize>();
+        let mut all: Vec<(i64, MsgRef)> = Vec::new();
+        let mut at = self.conversations.get(&key).copied().unwrap_or(0);
+        while at != 0 && all.len() <= bound {
+            let m = unpack(at);
+            let Some(x) = self.row(m) else { break };
+            all.push((x.time, m));
+            at = x.link;
+        }
         all.sort_unstable();
         let Some(at) = all.iter().position(|(_, m)| *m == hit) else {
             return Vec::new();
@@ -1812,7 +1853,7 @@ mod tests {
             let rows: Vec<(MsgRef, Row)> = s.chains[0].rows.iter().map(|r| (MsgRef::own(r.seq), *r)).collect();
             for (key, r) in &rows {
                 // Every copy lists exactly the rows of its group.
-                let mut want: Vec<MsgRef> = rows.iter().filter(|(_, o)| o.group == r.group).map(|(k, _)| *k).collect();
+                let mut want: Vec<MsgRef> = rows.iter().filter(|(k, o)| o.group(*k) == r.group(*key)).map(|(k, _)| *k).collect();
                 want.sort_unstable();
                 prop_assert_eq!(s.copy_refs(*key), want);
             }
@@ -1828,7 +1869,7 @@ mod tests {
             let mut volume = vec![[0u64; 2]; 3];
             let mut hits: BTreeMap<String, Vec<u64>> = BTreeMap::new();
             for (key, r) in &rows {
-                if unpack(r.group) != *key {
+                if !r.is_head() {
                     continue;
                 }
                 let day = usize::try_from(r.time.div_euclid(DAY_MS)).unwrap();
@@ -1840,6 +1881,14 @@ mod tests {
             }
             prop_assert_eq!(s.volume_by_day(0, 3), volume);
             prop_assert_eq!(s.hits_by_day(0, 3), hits);
+            // Every first copy left is in its conversation, in time order.
+            let mut heads: Vec<(i64, MsgRef)> = rows.iter().filter(|(_, r)| r.is_head()).map(|(k, r)| (r.time, *k)).collect();
+            heads.sort_unstable();
+            let heads: Vec<MsgRef> = heads.into_iter().map(|(_, k)| k).collect();
+            for h in &heads {
+                let around: Vec<MsgRef> = s.conversation_around(*h, 1000, 1000).iter().map(|m| m.key()).collect();
+                prop_assert_eq!(&around, &heads);
+            }
             let classes: u64 = s.class_counts().values().sum();
             prop_assert_eq!(classes, rows.len() as u64);
             // The queue holds each item once, and only items.
@@ -1873,7 +1922,7 @@ mod tests {
                             seq: 1,
                             time: 0,
                             place: 0,
-                            group: 0,
+                            link: 0,
                             next: 0,
                             from: 0,
                             to: 0,
@@ -1935,7 +1984,7 @@ mod tests {
                     seq,
                     time: 0,
                     place: 0,
-                    group: 0,
+                    link: 0,
                     next: 0,
                     from: 0,
                     to: 0,
