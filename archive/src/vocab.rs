@@ -60,6 +60,11 @@ fn file_name(segment: u64) -> String {
     format!("{segment:016x}{SUFFIX}")
 }
 
+/// Whether `name` is a word list's file name (`<segment, 16 hex digits>.words`).
+pub(crate) fn is_list_name(name: &str) -> bool {
+    segment_of(name).is_some()
+}
+
 fn segment_of(name: &str) -> Option<u64> {
     let hex = name.strip_suffix(SUFFIX)?;
     (hex.len() == 16)

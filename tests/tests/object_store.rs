@@ -284,6 +284,36 @@ async fn sealed_segments_are_locked_in_the_bucket_and_a_fresh_node_reads_them() 
         local.iter().any(|n| copied.contains(n)),
         "the reader's index {local:?} has none of the bucket's index files {copied:?}"
     );
+    // Prefix terms work there too: the copy brought the sealed word lists beside it.
+    let p = run_custos(&["search", "--json", "resear* keep"], Some(&fresh_config))?;
+    assert!(p.status.success(), "{}", output_text(&p));
+    assert_eq!(
+        String::from_utf8_lossy(&p.stdout).lines().count(),
+        1,
+        "{}",
+        output_text(&p)
+    );
+    let word_objects: Vec<String> = s3
+        .versions(bucket, "custos/index/words/")?
+        .iter()
+        .filter(|v| !v.delete_marker)
+        .filter_map(|v| v.key.strip_prefix("custos/index/words/").map(str::to_owned))
+        .collect();
+    let local_words: Vec<String> =
+        std::fs::read_dir(fresh_archive.join("nodes/_unnamed/vocabulary"))?
+            .filter_map(|e| std::fs::read(e.ok()?.path()).ok())
+            .map(|b| {
+                use sha2::Digest;
+                sha2::Sha256::digest(&b)
+                    .iter()
+                    .map(|x| format!("{x:02x}"))
+                    .collect()
+            })
+            .collect();
+    assert!(
+        local_words.iter().any(|h| word_objects.contains(h)),
+        "the reader's word lists {local_words:?} are none of the bucket's {word_objects:?}"
+    );
     // … and exports it: the export proves its records offline.
     let out = fresh.join("export");
     let ex = run_custos(

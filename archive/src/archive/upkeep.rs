@@ -170,8 +170,12 @@ pub fn update_index(
             &reader.archive_id(),
             readable_end,
         ) {
-            Ok(crate::bucket::IndexFetch::Fetched { through, files }) => {
-                tracing::info!(dir = %dir.display(), through, files, "took the bucket's copy of the index");
+            Ok(crate::bucket::IndexFetch::Fetched {
+                through,
+                files,
+                words,
+            }) => {
+                tracing::info!(dir = %dir.display(), through, files, words, "took the bucket's copy of the index");
             }
             Ok(crate::bucket::IndexFetch::Kept) => {}
             // The local index is built from the segments instead.

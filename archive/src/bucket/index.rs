@@ -6,7 +6,20 @@
 //!                                                  put once each
 //!  <chain prefix>index/snap-<through 20 digits>.json  {format, meta (meta.json's text),
 //!                                                  files: name, bytes, sha256}
+//!  <chain prefix>index/words/<sha256>              a sealed word list (docs/archive-format.md,
+//!                                                  "vocabulary"), by its content
+//!  <chain prefix>index/words-<through 20 digits>.json  {format, files: name, bytes, sha256}:
+//!                                                  the word lists beside that snapshot
 //! ```
+//!
+//! The word lists let a node that takes the copy answer prefix, wildcard and fuzzy terms
+//! without indexing the segments itself. They are read after the snapshot's `meta.json`,
+//! so they hold at least the words of what it covers (a list only grows, and is written
+//! before the index commit that makes its words searchable); a list deleted in between
+//! (a shred) is missing, and a search that needs it says so. They are sealed under the
+//! archive's key like the local ones: a copy reveals their sizes, no word. They sit in
+//! their own manifest so that a reader that does not know them takes the snapshot as
+//! before.
 //!
 //! A snapshot covers the chain through the seq in its name, which is usually past what
 //! is stored (the index follows the active segment). A reader can only check an index
@@ -36,6 +49,130 @@ use crate::keys::MasterKey;
 pub const INDEX_FOLDER: &str = "index/";
 const SNAPSHOT_PREFIX: &str = "index/snap-";
 const FORMAT: &str = "custos-index-snapshot-v1";
+const WORDS_PREFIX: &str = "index/words-";
+const WORDS_FOLDER: &str = "index/words/";
+const WORDS_FORMAT: &str = "custos-words-snapshot-v1";
+
+/// The word lists beside one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Words {
+    format: String,
+    /// `name` is the list's file name; the object is `index/words/<sha256>`.
+    files: Vec<IndexFile>,
+}
+
+fn words_name(through: u64) -> String {
+    format!("{WORDS_PREFIX}{through:020}.json")
+}
+
+fn get_words(remote: &Remote, through: u64) -> Result<Option<Words>, SyncError> {
+    let key = remote.key(&words_name(through));
+    let Some(bytes) = remote.client.get_object(&key, None)? else {
+        return Ok(None);
+    };
+    let words: Words =
+        serde_json::from_slice(&bytes).map_err(|e| SyncError::Check(format!("{key}: {e}")))?;
+    if words.format != WORDS_FORMAT {
+        return Err(SyncError::Check(format!(
+            "{key}: format {:?}, expected {WORDS_FORMAT:?}",
+            words.format
+        )));
+    }
+    Ok(Some(words))
+}
+
+/// Puts the word lists beside the index in `index_dir` (those not in the bucket yet)
+/// and their manifest for snapshot `through`. Returns (files put, bytes put).
+fn upload_words(
+    index_dir: &Path,
+    remote: &Remote,
+    through: u64,
+    newest: Option<u64>,
+) -> Result<(usize, u64), SyncError> {
+    let dir = crate::vocab::vocab_dir(index_dir);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
+        Err(e) => return Err(SyncError::Check(format!("{}: {e}", dir.display()))),
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| crate::vocab::is_list_name(n))
+        .collect();
+    names.sort();
+    let there: Vec<IndexFile> = match newest {
+        Some(t) => get_words(remote, t)?.map(|w| w.files).unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let (mut put, mut bytes) = (0, 0);
+    let mut files = Vec::new();
+    for name in names {
+        let path = dir.join(&name);
+        let body = match std::fs::read(&path) {
+            Ok(b) => b,
+            // Shredded since the listing: the snapshot's index may still hold its
+            // documents; a search that needs the list says it is missing.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(SyncError::Check(format!("{}: {e}", path.display()))),
+        };
+        let file = IndexFile {
+            name,
+            bytes: body.len() as u64,
+            sha256: hex::encode(&Sha256::digest(&body)),
+        };
+        if !there.iter().any(|f| f.sha256 == file.sha256) {
+            put_plain(remote, &format!("{WORDS_FOLDER}{}", file.sha256), &body)?;
+            put += 1;
+            bytes += file.bytes;
+        }
+        files.push(file);
+    }
+    let manifest = Words {
+        format: WORDS_FORMAT.into(),
+        files,
+    };
+    let body = serde_json::to_vec(&manifest).map_err(|e| SyncError::Check(e.to_string()))?;
+    put_plain(remote, &words_name(through), &body)?;
+    Ok((put, bytes))
+}
+
+/// Writes the word lists beside snapshot `through` into the vocabulary folder of
+/// `index_dir`, each checked against its manifest. Returns how many; 0 when the bucket
+/// has none for it (an uploader that did not put them).
+fn fetch_words(index_dir: &Path, remote: &Remote, through: u64) -> Result<usize, SyncError> {
+    let Some(words) = get_words(remote, through)? else {
+        return Ok(0);
+    };
+    let dir = crate::vocab::vocab_dir(index_dir);
+    let io = |p: &Path, e: std::io::Error| SyncError::Check(format!("{}: {e}", p.display()));
+    std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+    let manifest = remote.key(&words_name(through));
+    for f in &words.files {
+        if !crate::vocab::is_list_name(&f.name) || !plain_name(&f.sha256) {
+            return Err(SyncError::Check(format!(
+                "{manifest}: {:?} is not a word list's name",
+                f.name
+            )));
+        }
+        let object = remote.key(&format!("{WORDS_FOLDER}{}", f.sha256));
+        let body = remote
+            .client
+            .get_object(&object, None)?
+            .ok_or_else(|| SyncError::Check(format!("{object}: listed in {manifest} but gone")))?;
+        if hex::encode(&Sha256::digest(&body)) != f.sha256 {
+            return Err(SyncError::Check(format!(
+                "{object}: its content is not what {manifest} lists"
+            )));
+        }
+        let path = dir.join(&f.name);
+        let part = dir.join(format!("{}.part", f.name));
+        std::fs::write(&part, &body).map_err(|e| io(&part, e))?;
+        std::fs::rename(&part, &path).map_err(|e| io(&path, e))?;
+    }
+    Ok(words.files.len())
+}
 /// tantivy's files of one segment, besides its deletes (`<id>.<opstamp>.del`).
 const COMPONENTS: &[&str] = &["idx", "pos", "term", "store", "fast", "fieldnorm"];
 
@@ -240,6 +377,11 @@ pub fn upload_index(
             meta,
             files,
         };
+        // The word lists first: a reader that finds the snapshot finds its lists.
+        let (words, word_bytes) =
+            upload_words(&dir, remote, through, there.last().map(|(t, _)| *t))?;
+        done.files += words;
+        done.bytes += word_bytes;
         let body = serde_json::to_vec(&snap).map_err(|e| SyncError::Check(e.to_string()))?;
         put_plain(remote, &snapshot_name(through), &body)?;
         there.push((through, remote.key(&snapshot_name(through))));
@@ -258,12 +400,41 @@ pub fn upload_index(
         return Ok(done);
     }
     let mut named = std::collections::BTreeSet::new();
-    for (_, key) in &kept {
+    let mut named_words = std::collections::BTreeSet::new();
+    for (t, key) in &kept {
         // A snapshot that cannot be read keeps every file: nothing is deleted blind.
         let Some(s) = get_snapshot(remote, key)? else {
             return Ok(done);
         };
         named.extend(s.files.into_iter().map(|f| f.name));
+        let Ok(words) = get_words(remote, *t) else {
+            return Ok(done);
+        };
+        named_words.extend(words.into_iter().flat_map(|w| w.files).map(|f| f.sha256));
+    }
+    let mut unnamed_words = std::collections::BTreeSet::new();
+    for (t, _) in &old {
+        if let Ok(Some(w)) = get_words(remote, *t) {
+            unnamed_words.extend(w.files.into_iter().map(|f| f.sha256));
+        }
+    }
+    for sha in unnamed_words.difference(&named_words) {
+        if delete_all(remote, &remote.key(&format!("{WORDS_FOLDER}{sha}"))) {
+            done.deleted += 1;
+        }
+    }
+    for (t, _) in &old {
+        let key = remote.key(&words_name(*t));
+        if remote
+            .client
+            .head_object(&key, None)
+            .ok()
+            .flatten()
+            .is_some()
+            && delete_all(remote, &key)
+        {
+            done.deleted += 1;
+        }
     }
     let mut unnamed = std::collections::BTreeSet::new();
     for (_, key) in &old {
@@ -291,8 +462,13 @@ pub fn upload_index(
 pub enum IndexFetch {
     /// The bucket has no copy, or none covering more than the local index.
     Kept,
-    /// The bucket's copy, covering the chain through `through`, replaced the local index.
-    Fetched { through: u64, files: usize },
+    /// The bucket's copy, covering the chain through `through`, replaced the local index
+    /// (`files` fetched, the rest were here already), with `words` word lists.
+    Fetched {
+        through: u64,
+        files: usize,
+        words: usize,
+    },
 }
 
 /// Replaces the local index in `dir` with the bucket's newest snapshot within
@@ -411,9 +587,19 @@ pub(crate) fn fetch_index(
     let part = index_dir.join(".managed.json.part");
     std::fs::write(&part, &list).map_err(|e| io(&part, e))?;
     std::fs::rename(&part, &path).map_err(|e| io(&path, e))?;
+    // Without its word lists the copy still answers every other term; patterns are
+    // refused, naming `custos reindex`, as when the lists are lost.
+    let words = match fetch_words(&index_dir, remote, theirs.through) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(cause = %e, "the bucket's word lists cannot be used; prefix, wildcard and fuzzy terms need `custos reindex`");
+            0
+        }
+    };
     Ok(IndexFetch::Fetched {
         through: theirs.through,
         files: fetched,
+        words,
     })
 }
 
