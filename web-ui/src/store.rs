@@ -139,6 +139,15 @@ pub struct GroupVerdict {
     pub copies: usize,
 }
 
+/// Where one of this node's audit records is: the audit page reads the records it shows,
+/// so the trail costs 24 bytes an entry in memory, however long its details.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuditRef {
+    pub seq: u64,
+    pub segment: u64,
+    pub offset: u64,
+}
+
 /// One reviewer action or other audited event.
 #[derive(Clone, Debug)]
 pub struct AuditEntry {
@@ -665,7 +674,7 @@ pub struct Store {
     kinds: Interner,
     /// Stanza types, severities, end-to-end schemes, retention classes, rule lists.
     labels: Interner,
-    audit: Vec<AuditEntry>,
+    audit: Vec<AuditRef>,
     /// The review items whose first copy is readable, by its time: the queue's order.
     items: BTreeMap<(i64, MsgRef), ReviewItem>,
     /// Where each of those is in `items`.
@@ -1068,12 +1077,10 @@ impl Store {
                         self.apply_review(key, record.time, &actor, &detail);
                     }
                     if own {
-                        self.audit.push(AuditEntry {
+                        self.audit.push(AuditRef {
                             seq: e.seq,
-                            time: record.time,
-                            actor,
-                            action,
-                            detail,
+                            segment: e.segment,
+                            offset: e.offset,
                         });
                     }
                 }
@@ -1207,6 +1214,7 @@ impl Store {
         if chain == 0 {
             self.shredded.insert(segment, (shred_seq, time));
             self.segments.remove(&segment);
+            self.audit.retain(|a| a.segment != segment);
         }
         let Some(c) = self.chains.get_mut(usize::from(chain)) else {
             return;
@@ -1530,7 +1538,8 @@ impl Store {
         self.items.values().chain(self.orphans.values())
     }
 
-    pub fn audit(&self) -> &[AuditEntry] {
+    /// This node's audit records, oldest first.
+    pub fn audit(&self) -> &[AuditRef] {
         &self.audit
     }
 

@@ -1,6 +1,8 @@
 //! The audit trail.
 
 use super::*;
+use crate::store::AuditEntry;
+use custos_archive::EventRecord;
 
 #[derive(Deserialize, Default)]
 pub struct PageQuery {
@@ -15,19 +17,49 @@ pub async fn audit(
 ) -> Result<Page, AppError> {
     app.catch_up().await?;
     const N: usize = 50;
-    let (entries, has_next) = {
+    let (refs, has_next) = {
         let store = read(&app.store);
         let all = store.audit();
         (
             all.iter()
                 .rev()
-                .skip(p.page * N)
+                .skip(p.page.saturating_mul(N))
                 .take(N)
-                .cloned()
+                .copied()
                 .collect::<Vec<_>>(),
-            all.len() > (p.page + 1) * N,
+            all.len() > p.page.saturating_add(1).saturating_mul(N),
         )
     };
+    // The page's records, read from the log (the store keeps where they are).
+    let app2 = app.clone();
+    let entries: Vec<AuditEntry> = tokio::task::spawn_blocking(move || {
+        refs.iter()
+            .map(
+                |r| match app2.archive.reader().record_at(r.segment, r.offset) {
+                    Ok(Record {
+                        time,
+                        content:
+                            NewRecord::Event(EventRecord::Audit {
+                                actor,
+                                action,
+                                detail,
+                            }),
+                        ..
+                    }) => AuditEntry {
+                        seq: r.seq,
+                        time,
+                        actor,
+                        action,
+                        detail,
+                    },
+                    Ok(_) => unreadable(r.seq, "the record there is not an audit record".into()),
+                    Err(e) => unreadable(r.seq, e.to_string()),
+                },
+            )
+            .collect()
+    })
+    .await
+    .map_err(|e| AppError::Internal(e.to_string()))?;
     Ok(layout(
         "Audit trail",
         Some(&a.session),
@@ -46,4 +78,15 @@ pub async fn audit(
             (pager("/audit", &[], p.page, has_next))
         },
     ))
+}
+
+/// A row for an audit record that could not be read back (the page says why).
+fn unreadable(seq: u64, why: String) -> AuditEntry {
+    AuditEntry {
+        seq,
+        time: Timestamp(0),
+        actor: String::new(),
+        action: "unreadable".into(),
+        detail: why,
+    }
 }
