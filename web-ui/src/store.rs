@@ -7,7 +7,9 @@
 //! writing to memory directly, so a restart rebuilds exactly what was shown.
 //! Bodies stay encrypted at rest and are read per record when a page needs them.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use custos_archive::query::{bare_jid, normalize_jid};
@@ -563,8 +565,9 @@ impl Chain {
 
 /// A message identity in 16 bytes (as two words: half the alignment of a `u128`, so a
 /// table entry is 24 bytes rather than 32): identities the proxy writes are SHA-256 in hex, whose
-/// first half is taken as is; anything else is hashed twice with different prefixes.
-fn identity_key(s: &str) -> [u64; 2] {
+/// first half is taken as is; anything else is hashed twice with different prefixes,
+/// under this process's random key.
+fn identity_key(keys: &RandomState, s: &str) -> [u64; 2] {
     if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
         let word =
             |r: std::ops::Range<usize>| s.get(r).and_then(|h| u64::from_str_radix(h, 16).ok());
@@ -572,26 +575,14 @@ fn identity_key(s: &str) -> [u64; 2] {
             return [a, b];
         }
     }
-    use std::hash::{Hash, Hasher};
-    let half = |salt: u8| {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        salt.hash(&mut h);
-        s.hash(&mut h);
-        h.finish()
-    };
-    [half(1), half(2)]
+    [keys.hash_one((1u8, s)), keys.hash_one((2u8, s))]
 }
 
-/// A conversation key in 128 bits (see [`identity_key`]).
-fn conversation_hash(key: &str) -> [u64; 2] {
-    use std::hash::{Hash, Hasher};
-    let half = |salt: u8| {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        salt.hash(&mut h);
-        key.hash(&mut h);
-        h.finish()
-    };
-    [half(3), half(4)]
+/// A conversation key in 128 bits, under this process's random key: senders choose
+/// the addresses that make up keys, and must not be able to make two conversations
+/// share a list (pages check the key itself too).
+fn conversation_hash(keys: &RandomState, key: &str) -> [u64; 2] {
+    [keys.hash_one((3u8, key)), keys.hash_one((4u8, key))]
 }
 
 const DAY_MS: i64 = 86_400_000;
@@ -701,6 +692,8 @@ pub struct Store {
     far: HashMap<MsgRef, (u64, u64)>,
     /// Every severity a copy was given (the queue's filter lists them).
     severities: std::collections::BTreeSet<u32>,
+    /// The random key of `identity_key` and `conversation_hash`.
+    keys: RandomState,
 }
 
 /// splitmix64: a keyed, stable mix so the sample is the same after a restart
@@ -790,6 +783,7 @@ impl Store {
             extras: vec![Extra::default()],
             far: HashMap::new(),
             severities: std::collections::BTreeSet::new(),
+            keys: RandomState::new(),
         }
     }
 
@@ -871,6 +865,16 @@ impl Store {
         self.chains
             .get_mut(usize::from(r.chain))
             .and_then(|c| c.row_mut(r.seq))
+    }
+
+    /// The conversation key of copy `w` (see [`conversation_key`]).
+    fn conversation_of(&self, w: &Row) -> String {
+        conversation_key(
+            w.direction(),
+            self.jids.get(w.from),
+            self.jids.get(w.to),
+            self.kinds.get(self.stanza_type_of(w)),
+        )
     }
 
     fn class_of(&self, w: &Row) -> u32 {
@@ -971,7 +975,7 @@ impl Store {
                     let names: Vec<[u64; 2]> = std::iter::once(c.identity)
                         .chain(c.delivered_identity)
                         .filter(|n| !n.is_empty())
-                        .map(|n| identity_key(&n))
+                        .map(|n| identity_key(&self.keys, &n))
                         .collect();
                     let group = names
                         .iter()
@@ -980,12 +984,10 @@ impl Store {
                     for n in names {
                         self.identities.entry(n).or_insert(pack(group));
                     }
-                    let conversation = conversation_hash(&conversation_key(
-                        m.direction,
-                        &m.from,
-                        &m.to,
-                        &m.stanza_type,
-                    ));
+                    let conversation = conversation_hash(
+                        &self.keys,
+                        &conversation_key(m.direction, &m.from, &m.to, &m.stanza_type),
+                    );
                     let stanza_type = self.kinds.id(&m.stanza_type);
                     let class = self.kinds.id(retention::class_name(&c.retention_class));
                     let half = |n: u32| if n < IN_EXTRA { n } else { IN_EXTRA };
@@ -1315,7 +1317,7 @@ impl Store {
         for (_, h) in heads {
             let Some(key) = self
                 .row(h)
-                .map(|w| conversation_hash(&self.meta(h.chain, w).conversation))
+                .map(|w| conversation_hash(&self.keys, &self.conversation_of(w)))
             else {
                 continue;
             };
@@ -1606,16 +1608,22 @@ impl Store {
         let Some(w) = self.row(hit) else {
             return Vec::new();
         };
-        let key = conversation_hash(&self.meta(hit.chain, w).conversation);
+        let conversation = self.conversation_of(w);
+        let key = conversation_hash(&self.keys, &conversation);
         // Each first copy links to the one before it in its conversation; the list is
-        // walked from the newest. Links only point back to rows read earlier.
+        // walked from the newest. Links only point back to rows read earlier. Should two
+        // keys ever share a hash, their lists are one: each message's own key decides.
         let bound = self.chains.iter().map(|c| c.rows.len()).sum::<usize>();
         let mut all: Vec<(i64, MsgRef)> = Vec::new();
         let mut at = self.conversations.get(&key).copied().unwrap_or(0);
-        while at != 0 && all.len() <= bound {
+        let mut walked = 0usize;
+        while at != 0 && walked <= bound {
+            walked += 1;
             let m = unpack(at);
             let Some(x) = self.row(m) else { break };
-            all.push((x.time, m));
+            if self.conversation_of(x) == conversation {
+                all.push((x.time, m));
+            }
             at = x.link;
         }
         all.sort_unstable();
@@ -2037,6 +2045,29 @@ mod tests {
             assert_eq!(m.retention_class, "default");
         }
         assert_eq!(s.class_counts().get("default"), Some(&n));
+    }
+
+    #[test]
+    fn conversations_whose_hashes_collide_still_show_only_their_own_messages() {
+        let mut s = Store::new([1; 16], 0.0);
+        s.apply(vec![
+            msg(1, "a@x/1", "b@x", Action::Allow),
+            msg(2, "c@x/1", "d@x", Action::Allow),
+            msg(3, "b@x/1", "a@x", Action::Allow),
+        ]);
+        // What a collision would make: c–d's message in the middle of a–b's list.
+        let ab = conversation_hash(&s.keys, "chat a@x b@x");
+        assert_eq!(s.conversations.get(&ab), Some(&pack(MsgRef::own(3))));
+        s.chains[0].row_mut(3).unwrap().link = pack(MsgRef::own(2));
+        s.chains[0].row_mut(2).unwrap().link = pack(MsgRef::own(1));
+        let seqs = |r| -> Vec<u64> {
+            s.conversation_around(MsgRef::own(r), 10, 10)
+                .iter()
+                .map(|m| m.seq)
+                .collect()
+        };
+        assert_eq!(seqs(1), vec![1, 3]);
+        assert_eq!(seqs(3), vec![1, 3]);
     }
 
     #[test]
