@@ -11,6 +11,13 @@
 //!
 //! Record times never go backwards in a chain, so a period is complete once its end has
 //! passed (plus a grace for appends in flight), and the cursor is a seq and a time.
+//!
+//! The copies of one message (the sender's, the recipient's, carbons) are recorded
+//! moments apart, so a run's end can fall between them. A run therefore also reads the
+//! records of the [`copy_window`] after its end, counts those that are copies of its own
+//! messages, and names them in [`JournalBatch::taken_ahead`]; the next run skips them.
+//! A copy recorded later than that (an archive replay days after) is journaled again in
+//! its own period, as a message of its own.
 
 use std::collections::BTreeMap;
 
@@ -70,6 +77,15 @@ pub struct JournalBatch {
     pub through: Timestamp,
     /// Records read.
     pub scanned: u64,
+    /// Records at or past `next_seq` already counted here as copies of this run's
+    /// messages: the next run passes them to [`collect`] as `taken`.
+    pub taken_ahead: Vec<u64>,
+}
+
+/// How long after a message its other copies are still counted with it across a run's
+/// end, and the grace a run leaves for appends in flight: half a period, at most 30 s.
+pub fn copy_window(period_ms: i64) -> i64 {
+    (period_ms / 2).clamp(0, 30_000)
 }
 
 enum Scan {
@@ -90,11 +106,13 @@ pub fn period_start(t: Timestamp, period_ms: i64) -> Timestamp {
 
 /// Reads the chain from `from_seq` and gathers the messages of every period that ends
 /// at or before `until` (a period boundary), grouped per conversation and period.
+/// `taken`: records the previous run already counted (its `taken_ahead`).
 pub fn collect(
     reader: &ArchiveReader,
     from_seq: u64,
     until: Timestamp,
     period_ms: i64,
+    taken: &[u64],
 ) -> Result<JournalBatch, ReadError> {
     let archive_id = reader.archive_id();
     let mut groups: BTreeMap<(i64, String), JournalMessage> = BTreeMap::new();
@@ -103,18 +121,34 @@ pub fn collect(
         std::collections::HashMap::new();
     let mut next_seq = from_seq;
     let mut scanned = 0;
+    let mut taken_ahead = Vec::new();
+    let ahead_until = Timestamp(until.0.saturating_add(copy_window(period_ms)));
+    let mut ahead = false;
     let r = reader.scan(from_seq, |e| {
         let Some(record) = &e.record else {
             // Shredded: nothing left to journal.
-            next_seq = e.seq + 1;
+            if !ahead {
+                next_seq = e.seq + 1;
+            }
             return Ok::<(), Scan>(());
         };
         if record.time >= until {
-            return Err(Scan::Done);
+            // Past the run's end: only copies of this run's messages are counted.
+            ahead = true;
+            if record.time >= ahead_until {
+                return Err(Scan::Done);
+            }
+            scanned += 1;
+            if attach(&mut groups, &seen, record) {
+                taken_ahead.push(e.seq);
+            }
+            return Ok(());
         }
         next_seq = e.seq + 1;
         scanned += 1;
-        add(&mut groups, &mut seen, record, &archive_id, period_ms);
+        if !taken.contains(&e.seq) {
+            add(&mut groups, &mut seen, record, &archive_id, period_ms);
+        }
         Ok(())
     });
     match r {
@@ -126,6 +160,7 @@ pub fn collect(
         next_seq,
         through: until,
         scanned,
+        taken_ahead,
     })
 }
 
@@ -146,23 +181,8 @@ fn add(
         .chain(m.capture.delivered_identity.as_ref())
         .filter(|i| !i.is_empty())
         .collect();
-    // A copy (the recipient's leg, a carbon, a replay) of a message already shown.
-    if let Some((k, i)) = identities.iter().find_map(|i| seen.get(*i)).cloned() {
-        if let Some(line) = groups.get_mut(&k).and_then(|g| g.lines.get_mut(i)) {
-            line.copies += 1;
-            let strictest = [&line.action, m.outcome.action.as_str()]
-                .into_iter()
-                .max_by_key(|a| rank(a))
-                .unwrap_or("allow")
-                .to_string();
-            line.action = strictest;
-            for r in &m.outcome.rules {
-                if !line.rules.contains(r) {
-                    line.rules.push(r.clone());
-                }
-            }
-            return;
-        }
+    if attach(groups, seen, record) {
+        return;
     }
     let group = groups.entry(key.clone()).or_insert_with(|| JournalMessage {
         message_id: message_id(archive_id, &conv.key, start),
@@ -206,6 +226,39 @@ fn add(
             .collect(),
         copies: 1,
     });
+}
+
+/// Counts `record` with the message it is a copy of (the recipient's leg, a carbon, a
+/// replay), when that message is already in `groups`; says whether it was.
+fn attach(
+    groups: &mut BTreeMap<(i64, String), JournalMessage>,
+    seen: &std::collections::HashMap<String, ((i64, String), usize)>,
+    record: &Record,
+) -> bool {
+    let NewRecord::Message(m) = &record.content else {
+        return false;
+    };
+    let found = std::iter::once(&m.capture.identity)
+        .chain(m.capture.delivered_identity.as_ref())
+        .filter(|i| !i.is_empty())
+        .find_map(|i| seen.get(i));
+    let Some(line) = found.and_then(|(k, i)| groups.get_mut(k).and_then(|g| g.lines.get_mut(*i)))
+    else {
+        return false;
+    };
+    line.copies += 1;
+    let strictest = [&line.action, m.outcome.action.as_str()]
+        .into_iter()
+        .max_by_key(|a| rank(a))
+        .unwrap_or("allow")
+        .to_string();
+    line.action = strictest;
+    for r in &m.outcome.rules {
+        if !line.rules.contains(r) {
+            line.rules.push(r.clone());
+        }
+    }
+    true
 }
 
 /// A sender's text with every line indented, so no line of it can pass for a
@@ -347,6 +400,99 @@ mod tests {
         for line in text.lines().filter(|l| l.contains("seq 6")) {
             assert!(line.starts_with("    "), "indented: {line:?}");
         }
+    }
+
+    fn copy(from: &str, to: &str, direction: crate::record::Direction, body: &str) -> NewRecord {
+        NewRecord::Message(crate::record::MessageRecord {
+            direction,
+            session: crate::record::SessionId("s".into()),
+            from: from.into(),
+            to: to.into(),
+            stanza_type: "chat".into(),
+            id: Some("m1".into()),
+            origin_id: None,
+            stanza_id: None,
+            thread: None,
+            subject: None,
+            body: Some(body.into()),
+            stanza: Vec::new(),
+            outcome: crate::record::Outcome {
+                action: crate::record::Action::Allow,
+                rules: Vec::new(),
+                delivered_body: None,
+                severity: None,
+                e2ee: None,
+                would_action: None,
+            },
+            capture: crate::record::Capture {
+                identity: format!("identity of {body}"),
+                ..Default::default()
+            },
+        })
+    }
+
+    #[test]
+    fn copies_on_both_sides_of_a_runs_end_make_one_line_journaled_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = crate::ArchiveConfig::new(
+            tmp.path().join("archive"),
+            crate::MasterKey::from_bytes([3; 32]),
+            crate::SigningKey::from_bytes(&[4; 32]),
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let archive = crate::Archive::open(cfg).unwrap();
+        let period = 1_000;
+        use crate::record::Direction::{Inbound, Outbound};
+        // The sender's copy, then (once a period boundary has passed) the recipient's.
+        let sent = rt
+            .block_on(archive.append(copy("a@x/1", "b@x", Outbound, "hello")))
+            .unwrap();
+        let until = Timestamp(period_start(sent.time, period).0 + period);
+        while Timestamp::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let got = rt
+            .block_on(archive.append(copy("a@x/1", "b@x/2", Inbound, "hello")))
+            .unwrap();
+        assert!(got.time >= until && got.time.0 < until.0 + copy_window(period));
+        // A message of the next period, for the next run.
+        rt.block_on(archive.append(copy("b@x/2", "a@x", Outbound, "later")))
+            .unwrap();
+        let first = collect(archive.reader(), 1, until, period, &[]).unwrap();
+        let lines: Vec<(&str, usize)> = first
+            .messages
+            .iter()
+            .flat_map(|m| &m.lines)
+            .map(|l| (l.body.as_deref().unwrap_or(""), l.copies))
+            .collect();
+        assert_eq!(lines, vec![("hello", 2)]);
+        assert_eq!(first.taken_ahead, vec![got.seq.0]);
+        assert_eq!(
+            first.next_seq, got.seq.0,
+            "the next run starts at the first record past the end"
+        );
+        let next = collect(
+            archive.reader(),
+            first.next_seq,
+            Timestamp(until.0 + 10 * period),
+            period,
+            &first.taken_ahead,
+        )
+        .unwrap();
+        let lines: Vec<(&str, usize)> = next
+            .messages
+            .iter()
+            .flat_map(|m| &m.lines)
+            .map(|l| (l.body.as_deref().unwrap_or(""), l.copies))
+            .collect();
+        assert_eq!(
+            lines,
+            vec![("later", 1)],
+            "the recipient's copy is not journaled again"
+        );
     }
 
     #[test]

@@ -41,6 +41,9 @@ struct Cursor {
     /// Periods before this (ms since the epoch) are delivered.
     through_ms: i64,
     delivered: u64,
+    /// Records past `next_seq` already journaled as copies of earlier messages.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    taken: Vec<u64>,
 }
 
 fn hex(b: &[u8]) -> String {
@@ -66,6 +69,7 @@ fn load_cursor(path: &Path, archive_id: &str) -> anyhow::Result<Cursor> {
             next_seq: 1,
             through_ms: 0,
             delivered: 0,
+            taken: Vec::new(),
         }),
         Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
@@ -207,8 +211,9 @@ async fn run_once(
     let archive_id = hex(&archive.reader().archive_id());
     let mut cursor = load_cursor(&s.state, &archive_id)?;
     let period_ms = i64::try_from(s.period.as_millis()).unwrap_or(i64::MAX);
-    // Appends in flight when a period ends land within the grace.
-    let grace = (period_ms / 2).min(30_000);
+    // Appends in flight when a period ends land within the grace; so do the copies
+    // recorded just after a message (each run counts them with it).
+    let grace = journal::copy_window(period_ms);
     let until = journal::period_start(Timestamp(Timestamp::now().0 - grace), period_ms);
     metrics::gauge!("custos_journal_lag_seconds").set(
         (Timestamp::now().0 - cursor.through_ms.max(until.0 - period_ms)).max(0) as f64 / 1000.0,
@@ -218,8 +223,9 @@ async fn run_once(
     }
     let reader_archive = archive.clone();
     let from = cursor.next_seq;
+    let taken = cursor.taken.clone();
     let batch = tokio::task::spawn_blocking(move || {
-        journal::collect(reader_archive.reader(), from, until, period_ms)
+        journal::collect(reader_archive.reader(), from, until, period_ms, &taken)
     })
     .await??;
     for m in &batch.messages {
@@ -246,6 +252,7 @@ async fn run_once(
             .context("recording the delivery in the audit trail")?;
     }
     cursor.next_seq = batch.next_seq;
+    cursor.taken = batch.taken_ahead;
     cursor.through_ms = until.0;
     cursor.delivered += n as u64;
     save_cursor(&s.state, &cursor)?;
