@@ -72,6 +72,17 @@ pub struct MessageMeta {
     pub occupant: Option<String>,
 }
 
+/// How grave a rule's severity is (the policy's levels; any other name ranks below).
+fn severity_rank(s: &str) -> u8 {
+    match s {
+        "critical" => 4,
+        "high" => 3,
+        "medium" => 2,
+        "low" => 1,
+        _ => 0,
+    }
+}
+
 /// Restrictiveness, for the verdict of a logical message across its copies.
 pub fn rank(a: Action) -> u8 {
     match a {
@@ -398,7 +409,7 @@ struct Row {
 
 /// What few copies carry: a session account other than the copy's own end, group chat's
 /// real JID, a claimed sender, end-to-end encryption, a severity.
-#[derive(Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
 struct Extra {
     /// 0: the copy's own end (its sender when outbound, its addressee when inbound).
     account: u32,
@@ -686,8 +697,10 @@ pub struct Store {
     tally: Tally,
     /// This node's copies by retention class (interned).
     classes: BTreeMap<u32, u64>,
-    /// What rows' `extra` numbers name; entry 0 is unused.
+    /// What rows' `extra` numbers name; entry 0 is unused. Equal ones are kept once
+    /// (`extra_ids`): a recipient's copies all carry the same session account.
     extras: Vec<Extra>,
+    extra_ids: HashMap<Extra, u32>,
     /// Places that do not fit a row's `place`: (segment, offset) by record.
     far: HashMap<MsgRef, (u64, u64)>,
     /// Every severity a copy was given (the queue's filter lists them).
@@ -728,8 +741,9 @@ impl GroupVerdict {
         }
     }
 
-    /// Adds copy `c`'s verdict: the most restrictive action, every rule, the first
-    /// severity.
+    /// Adds copy `c`'s verdict: the most restrictive action, every rule, the highest
+    /// severity. Each is the same whatever order the copies are read in (other nodes'
+    /// copies arrive when they arrive).
     fn merge(&mut self, c: &GroupVerdict) {
         if rank(c.action) > rank(self.action) {
             self.action = c.action;
@@ -744,8 +758,16 @@ impl GroupVerdict {
                 self.rules.push(r.clone());
             }
         }
-        if self.severity.is_none() {
-            self.severity = c.severity.clone();
+        if let Some(sev) = &c.severity {
+            let higher = match &self.severity {
+                None => true,
+                Some(cur) => {
+                    (severity_rank(sev), sev.as_str()) > (severity_rank(cur), cur.as_str())
+                }
+            };
+            if higher {
+                self.severity = Some(sev.clone());
+            }
         }
         self.copies += c.copies;
     }
@@ -781,6 +803,7 @@ impl Store {
             tally: Tally::default(),
             classes: BTreeMap::new(),
             extras: vec![Extra::default()],
+            extra_ids: HashMap::new(),
             far: HashMap::new(),
             severities: std::collections::BTreeSet::new(),
             keys: RandomState::new(),
@@ -889,6 +912,20 @@ impl Store {
             IN_EXTRA => self.extra(w).stanza_type,
             n => n,
         }
+    }
+
+    /// The number of `x` in the side table, added when new (0: nothing to keep).
+    fn extra_id(&mut self, x: Extra) -> u32 {
+        if x == Extra::default() {
+            return 0;
+        }
+        if let Some(&i) = self.extra_ids.get(&x) {
+            return i;
+        }
+        let i = u32::try_from(self.extras.len()).unwrap_or(0);
+        self.extras.push(x);
+        self.extra_ids.insert(x, i);
+        i
     }
 
     fn extra(&self, w: &Row) -> Extra {
@@ -1022,12 +1059,7 @@ impl Store {
                     if extra.severity != 0 {
                         self.severities.insert(extra.severity);
                     }
-                    let extra = if extra == Extra::default() {
-                        0
-                    } else {
-                        self.extras.push(extra);
-                        u32::try_from(self.extras.len() - 1).unwrap_or(0)
-                    };
+                    let extra = self.extra_id(extra);
                     let place = match self.chains.get_mut(usize::from(chain)) {
                         Some(ch) => {
                             let n = ch.segment_number(e.segment) as u64;
@@ -1265,6 +1297,7 @@ impl Store {
     /// items, counts) from the rows left after a shred. Shreds are rare; this walks
     /// every row once.
     fn relink(&mut self) {
+        self.compact_tables();
         let mut members: HashMap<Packed, Vec<Packed>> = HashMap::new();
         for (i, c) in self.chains.iter_mut().enumerate() {
             let chain = ChainIdx::try_from(i).unwrap_or(ChainIdx::MAX);
@@ -1276,7 +1309,8 @@ impl Store {
         }
         self.detached.clear();
         for (g, refs) in &mut members {
-            refs.sort_unstable_by_key(|p| unpack(*p));
+            // The first copy starts its list (it may be on any chain), the rest follow.
+            refs.sort_unstable_by_key(|p| (*p != *g, unpack(*p)));
             for pair in refs.windows(2) {
                 if let [a, b] = *pair {
                     if let Some(w) = self.row_mut(unpack(a)) {
@@ -1331,6 +1365,78 @@ impl Store {
             if let Some(day) = self.row(g).map(|h| h.time.div_euclid(DAY_MS)) {
                 let v = self.verdict_of(g);
                 self.tally.shift(day, None, &v);
+            }
+        }
+    }
+
+    /// Rebuilds the tables of strings and extras from the rows left, renumbering the
+    /// rows: what only shredded records named (their JIDs among them) is not kept.
+    fn compact_tables(&mut self) {
+        let old_jids = std::mem::replace(&mut self.jids, Interner::new());
+        let old_labels = std::mem::replace(&mut self.labels, Interner::new());
+        let old_kinds = std::mem::replace(&mut self.kinds, Interner::new());
+        let old_extras = std::mem::replace(&mut self.extras, vec![Extra::default()]);
+        self.extra_ids.clear();
+        self.severities.clear();
+        self.classes.clear();
+        let half = |n: u32| if n < IN_EXTRA { n } else { IN_EXTRA };
+        for ci in 0..self.chains.len() {
+            let rows = match self.chains.get_mut(ci) {
+                Some(c) => std::mem::take(&mut c.rows),
+                None => continue,
+            };
+            let mut kept = Vec::with_capacity(rows.len());
+            for mut r in rows {
+                let x = old_extras
+                    .get(r.extra as usize)
+                    .copied()
+                    .unwrap_or_default();
+                let jid = |this: &mut Interner, i: u32| match i {
+                    0 => 0,
+                    i => this.id(old_jids.get(i)),
+                };
+                let label = |this: &mut Interner, i: u32| match i {
+                    0 => 0,
+                    i => this.id(old_labels.get(i)),
+                };
+                let old_type = match r.kind & 0xffff {
+                    IN_EXTRA => x.stanza_type,
+                    n => n,
+                };
+                let old_class = match r.kind >> 16 {
+                    IN_EXTRA => x.retention_class,
+                    n => n,
+                };
+                let stanza_type = self.kinds.id(old_kinds.get(old_type));
+                let class = self.kinds.id(old_kinds.get(old_class));
+                r.from = jid(&mut self.jids, r.from);
+                r.to = jid(&mut self.jids, r.to);
+                r.rules = label(&mut self.labels, r.rules);
+                r.kind = half(stanza_type) | (half(class) << 16);
+                let nx = Extra {
+                    account: jid(&mut self.jids, x.account),
+                    occupant: jid(&mut self.jids, x.occupant),
+                    claimed_from: jid(&mut self.jids, x.claimed_from),
+                    e2ee: label(&mut self.labels, x.e2ee),
+                    severity: label(&mut self.labels, x.severity),
+                    stanza_type: if half(stanza_type) == IN_EXTRA {
+                        stanza_type
+                    } else {
+                        0
+                    },
+                    retention_class: if half(class) == IN_EXTRA { class } else { 0 },
+                };
+                if nx.severity != 0 {
+                    self.severities.insert(nx.severity);
+                }
+                r.extra = self.extra_id(nx);
+                if ci == 0 {
+                    *self.classes.entry(class).or_default() += 1;
+                }
+                kept.push(r);
+            }
+            if let Some(c) = self.chains.get_mut(ci) {
+                c.rows = kept;
             }
         }
     }
@@ -1486,7 +1592,8 @@ impl Store {
         self.row(r).map_or(r, |w| w.group(r))
     }
 
-    /// Every copy of the logical message `r` belongs to, by chain and seq.
+    /// Every copy of the logical message `r` belongs to: its first copy, then the others
+    /// by chain and seq.
     fn copy_refs(&self, r: MsgRef) -> Vec<MsgRef> {
         // A group whose first copy is shredded is still named by it.
         let group = self.group_of(r);
@@ -1507,11 +1614,13 @@ impl Store {
             }
             at = (row.next != 0).then(|| unpack(row.next));
         }
-        refs.sort_unstable();
+        // The first copy (the one it is shown by), then the others by chain and seq.
+        refs.sort_unstable_by_key(|x| (*x != group, *x));
         refs
     }
 
-    /// Every copy of the logical message `r` belongs to, by chain and seq.
+    /// Every copy of the logical message `r` belongs to: its first copy, then the others
+    /// by chain and seq.
     pub fn copies(&self, r: MsgRef) -> Vec<MessageMeta> {
         self.copy_refs(r)
             .into_iter()
@@ -1814,15 +1923,17 @@ mod tests {
     /// segment) or the shred of a segment.
     #[derive(Clone, Debug)]
     enum Step {
-        Copy(u8, u8, u8, u8, u64),
-        Shred(u64),
+        /// identity, action, rule mask, day, segment, node (0: this one, 1: another)
+        Copy(u8, u8, u8, u8, u64, usize),
+        /// segment, node
+        Shred(u64, usize),
     }
 
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
-            9 => (0u8..6, 0u8..4, 0u8..8, 0u8..3, 1u64..4)
-                .prop_map(|(i, a, r, d, g)| Step::Copy(i, a, r, d, g)),
-            1 => (1u64..4).prop_map(Step::Shred),
+            9 => (0u8..6, 0u8..4, 0u8..8, 0u8..3, 1u64..4, 0usize..2)
+                .prop_map(|(i, a, r, d, g, n)| Step::Copy(i, a, r, d, g, n)),
+            1 => (1u64..4, 0usize..2).prop_map(|(g, n)| Step::Shred(g, n)),
         ]
     }
 
@@ -1834,12 +1945,18 @@ mod tests {
         #[test]
         fn counts_kept_while_reading_equal_counts_made_afresh(steps in prop::collection::vec(step(), 1..60)) {
             let mut s = Store::new([3; 16], 0.3);
+            let peer = s.chain_of(Some("n2"));
             let actions = [Action::Allow, Action::Flag, Action::Redact, Action::Block];
             let rules = ["r-a", "r-b", "r-c"];
+            let mut seqs = [0u64; 2];
             for (n, st) in steps.iter().enumerate() {
-                let seq = n as u64 + 1;
+                let node = match st {
+                    Step::Copy(.., node) | Step::Shred(_, node) => *node,
+                };
+                seqs[node] += 1;
+                let seq = seqs[node];
                 let mut e = match st {
-                    Step::Copy(id, a, mask, day, seg) => {
+                    Step::Copy(id, a, mask, day, seg, _) => {
                         let leg = if seq.is_multiple_of(2) { Leg::ServerToClient } else { Leg::ClientToServer };
                         let mut e = copy(seq, &format!("id{id}"), None, leg, actions[usize::from(*a) % 4]);
                         if let Some(Record { content: NewRecord::Message(m), time, .. }) = &mut e.record {
@@ -1850,34 +1967,44 @@ mod tests {
                                 .map(|(_, r)| r.to_string())
                                 .collect();
                             m.outcome.severity = (mask % 3 == 1).then(|| "high".to_string());
-                            *time = Timestamp(i64::from(*day) * DAY_MS + seq as i64);
+                            *time = Timestamp(i64::from(*day) * DAY_MS + n as i64);
                         }
                         e.segment = *seg;
                         e
                     }
-                    Step::Shred(seg) => entry(seq, NewRecord::Event(EventRecord::Shred {
+                    Step::Shred(seg, _) => entry(seq, NewRecord::Event(EventRecord::Shred {
                         segment: *seg,
                         reason: "test".into(),
                         authority: "test".into(),
                         actor: "test".into(),
                     })),
                 };
-                if matches!(st, Step::Shred(_)) {
+                if matches!(st, Step::Shred(..)) {
                     e.segment = 9;
                 }
-                s.apply(vec![e]);
+                s.apply_chain(if node == 0 { 0 } else { peer }, vec![e]);
             }
-            let rows: Vec<(MsgRef, Row)> = s.chains[0].rows.iter().map(|r| (MsgRef::own(r.seq), *r)).collect();
+            let rows: Vec<(MsgRef, Row)> = s
+                .chains
+                .iter()
+                .enumerate()
+                .flat_map(|(c, ch)| {
+                    let chain = ChainIdx::try_from(c).unwrap();
+                    ch.rows.iter().map(move |r| (MsgRef { chain, seq: r.seq }, *r))
+                })
+                .collect();
             for (key, r) in &rows {
-                // Every copy lists exactly the rows of its group.
-                let mut want: Vec<MsgRef> = rows.iter().filter(|(k, o)| o.group(*k) == r.group(*key)).map(|(k, _)| *k).collect();
-                want.sort_unstable();
+                // Every copy lists exactly the rows of its group, its first copy first.
+                let group = r.group(*key);
+                let mut want: Vec<MsgRef> = rows.iter().filter(|(k, o)| o.group(*k) == group).map(|(k, _)| *k).collect();
+                want.sort_unstable_by_key(|x| (*x != group, *x));
                 prop_assert_eq!(s.copy_refs(*key), want);
             }
             for item in s.reviews() {
                 let fresh = s.verdict_of(item.seq);
                 prop_assert_eq!(item.verdict.action, fresh.action);
                 prop_assert_eq!(item.verdict.copies, fresh.copies);
+                prop_assert_eq!(&item.verdict.severity, &fresh.severity);
                 let (mut a, mut b) = (item.verdict.rules.clone(), fresh.rules.clone());
                 a.sort();
                 b.sort();
@@ -1907,7 +2034,7 @@ mod tests {
                 prop_assert_eq!(&around, &heads);
             }
             let classes: u64 = s.class_counts().values().sum();
-            prop_assert_eq!(classes, rows.len() as u64);
+            prop_assert_eq!(classes, rows.iter().filter(|(k, _)| k.chain == 0).count() as u64);
             // The queue holds each item once, and only items.
             prop_assert_eq!(s.items.len(), s.item_at.len());
             for (k, item) in &s.items {
@@ -2068,6 +2195,156 @@ mod tests {
         };
         assert_eq!(seqs(1), vec![1, 3]);
         assert_eq!(seqs(3), vec![1, 3]);
+    }
+
+    fn shred(seq: u64, segment: u64) -> ChainEntry {
+        let mut e = entry(
+            seq,
+            NewRecord::Event(EventRecord::Shred {
+                segment,
+                reason: "retention".into(),
+                authority: "policy".into(),
+                actor: "admin".into(),
+            }),
+        );
+        e.segment = 9;
+        e
+    }
+
+    fn with_severity(mut e: ChainEntry, action: Action, severity: &str) -> ChainEntry {
+        if let Some(Record {
+            content: NewRecord::Message(m),
+            ..
+        }) = &mut e.record
+        {
+            m.outcome.action = action;
+            m.outcome.severity = Some(severity.into());
+        }
+        e
+    }
+
+    #[test]
+    fn a_shred_elsewhere_keeps_every_copy_of_a_message_first_read_on_another_node() {
+        let mut s = Store::for_node([4; 16], 0.0, Some("n1".into()));
+        let n2 = s.chain_of(Some("n2"));
+        // The other node's copy is read first (allowed there), then this node's (blocked).
+        s.apply_chain(
+            n2,
+            vec![copy(1, "m1", None, Leg::ServerToClient, Action::Allow)],
+        );
+        s.apply(vec![copy(
+            1,
+            "m1",
+            None,
+            Leg::ClientToServer,
+            Action::Block,
+        )]);
+        let head = MsgRef { chain: n2, seq: 1 };
+        assert_eq!(s.verdict_of(head).action, Action::Block);
+        // An unrelated segment is shredded: everything is relinked.
+        let mut other = msg(2, "c@x/1", "d@x", Action::Allow);
+        other.segment = 2;
+        s.apply(vec![other, shred(3, 2)]);
+        assert_eq!(s.copies(head).len(), 2);
+        assert_eq!(s.copies(head)[0].key(), head, "the first copy first");
+        assert_eq!(s.verdict_of(head).action, Action::Block);
+        assert_eq!(s.review(head).unwrap().verdict.action, Action::Block);
+        assert_eq!(s.volume_by_day(0, 1), vec![[0, 1]]);
+    }
+
+    #[test]
+    fn a_messages_severity_is_the_highest_of_its_copies_in_any_reading_order() {
+        let mut s = Store::for_node([4; 16], 0.0, Some("n1".into()));
+        let n2 = s.chain_of(Some("n2"));
+        s.apply_chain(
+            n2,
+            vec![with_severity(
+                copy(1, "m1", None, Leg::ServerToClient, Action::Allow),
+                Action::Allow,
+                "critical",
+            )],
+        );
+        s.apply(vec![with_severity(
+            copy(1, "m1", None, Leg::ClientToServer, Action::Flag),
+            Action::Flag,
+            "low",
+        )]);
+        let head = MsgRef { chain: n2, seq: 1 };
+        assert_eq!(s.verdict_of(head).severity.as_deref(), Some("critical"));
+        assert_eq!(
+            s.review(head).unwrap().verdict.severity.as_deref(),
+            Some("critical")
+        );
+        // Read the other way round: the same.
+        let mut t = Store::for_node([4; 16], 0.0, Some("n1".into()));
+        let n2 = t.chain_of(Some("n2"));
+        t.apply(vec![with_severity(
+            copy(1, "m1", None, Leg::ClientToServer, Action::Flag),
+            Action::Flag,
+            "low",
+        )]);
+        t.apply_chain(
+            n2,
+            vec![with_severity(
+                copy(1, "m1", None, Leg::ServerToClient, Action::Allow),
+                Action::Allow,
+                "critical",
+            )],
+        );
+        assert_eq!(
+            t.review(MsgRef::own(1))
+                .unwrap()
+                .verdict
+                .severity
+                .as_deref(),
+            Some("critical")
+        );
+    }
+
+    #[test]
+    fn equal_extras_are_kept_once_and_a_shred_takes_its_rows_strings_along() {
+        let mut s = Store::new([4; 16], 0.0);
+        let entries: Vec<ChainEntry> = (1..=1000)
+            .map(|seq| {
+                let mut e = copy(
+                    seq,
+                    &format!("m{seq}"),
+                    None,
+                    Leg::ServerToClient,
+                    Action::Allow,
+                );
+                e.segment = 2;
+                e
+            })
+            .collect();
+        s.apply(entries);
+        assert!(
+            s.extras.len() <= 2,
+            "{} extras for one distinct value",
+            s.extras.len()
+        );
+        let mut kept = msg(1001, "k@x/1", "l@x", Action::Allow);
+        kept.segment = 3;
+        if let Some(Record {
+            content: NewRecord::Message(m),
+            ..
+        }) = &mut kept.record
+        {
+            m.capture.account = "k@x/1".into();
+        }
+        s.apply(vec![kept, shred(1002, 2)]);
+        assert_eq!(s.extras.len(), 1, "extras of shredded rows kept");
+        assert_eq!(
+            s.jids.names.len(),
+            3,
+            "only k@x/1 and l@x are left besides the empty entry"
+        );
+        let m = s.message(MsgRef::own(1001)).unwrap();
+        assert_eq!(
+            (m.from.as_str(), m.to.as_str(), m.retention_class.as_str()),
+            ("k@x/1", "l@x", "default")
+        );
+        assert_eq!(s.class_counts().get("default"), Some(&1));
     }
 
     #[test]
