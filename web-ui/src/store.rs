@@ -655,9 +655,9 @@ struct PendingReview {
 /// other nodes' chains are applied too, so the queue, dashboard and conversations cover
 /// every node. The audit trail, holds and retention facts are this node's own.
 ///
-/// Per copy it keeps one fixed-size row (about 100 bytes: strings are numbers into
-/// tables of the distinct JIDs and labels) and, per logical message, one identity
-/// entry and one place in its conversation's list. What pages count (the queue's
+/// Per copy it keeps one 64-byte row (strings are numbers into tables of the distinct
+/// JIDs and labels; conversations are lists through their first copies' rows) and, per
+/// logical message, one identity entry. What pages count (the queue's
 /// order and filters, the dashboard's days, the retention overview's classes) is kept
 /// up to date as records are read, so no page walks every message.
 pub struct Store {
