@@ -425,6 +425,31 @@ struct Extra {
 /// A half of `Row::kind` whose number is in the row's [`Extra`].
 const IN_EXTRA: u32 = 0xffff;
 
+/// Packs stanza type and class numbers: (`Row::kind`, what goes to `Extra::stanza_type`,
+/// what goes to `Extra::retention_class`).
+fn pack_kind(stanza_type: u32, class: u32) -> (u32, u32, u32) {
+    let half = |n: u32| if n < IN_EXTRA { n } else { IN_EXTRA };
+    let spill = |n: u32| if half(n) == IN_EXTRA { n } else { 0 };
+    (
+        half(stanza_type) | (half(class) << 16),
+        spill(stanza_type),
+        spill(class),
+    )
+}
+
+/// Reads [`pack_kind`] back: (stanza type, class) of a row with `kind` and extra `x`.
+fn unpack_kind(kind: u32, x: &Extra) -> (u32, u32) {
+    let stanza_type = match kind & 0xffff {
+        IN_EXTRA => x.stanza_type,
+        n => n,
+    };
+    let class = match kind >> 16 {
+        IN_EXTRA => x.retention_class,
+        n => n,
+    };
+    (stanza_type, class)
+}
+
 const FAR: u64 = u64::MAX;
 const OFFSET_BITS: u32 = 40;
 
@@ -901,23 +926,21 @@ impl Store {
     }
 
     fn class_of(&self, w: &Row) -> u32 {
-        match w.kind >> 16 {
-            IN_EXTRA => self.extra(w).retention_class,
-            n => n,
-        }
+        unpack_kind(w.kind, &self.extra(w)).1
     }
 
     fn stanza_type_of(&self, w: &Row) -> u32 {
-        match w.kind & 0xffff {
-            IN_EXTRA => self.extra(w).stanza_type,
-            n => n,
-        }
+        unpack_kind(w.kind, &self.extra(w)).0
     }
 
-    /// The number of `x` in the side table, added when new (0: nothing to keep).
+    /// The number of `x` in the side table, added when new (0: nothing to keep); its
+    /// severity joins those the queue's filter lists.
     fn extra_id(&mut self, x: Extra) -> u32 {
         if x == Extra::default() {
             return 0;
+        }
+        if x.severity != 0 {
+            self.severities.insert(x.severity);
         }
         if let Some(&i) = self.extra_ids.get(&x) {
             return i;
@@ -1027,8 +1050,7 @@ impl Store {
                     );
                     let stanza_type = self.kinds.id(&m.stanza_type);
                     let class = self.kinds.id(retention::class_name(&c.retention_class));
-                    let half = |n: u32| if n < IN_EXTRA { n } else { IN_EXTRA };
-                    let kind = half(stanza_type) | (half(class) << 16);
+                    let (kind, spilled_type, spilled_class) = pack_kind(stanza_type, class);
                     let rules = if m.outcome.rules.is_empty() {
                         0
                     } else {
@@ -1049,16 +1071,9 @@ impl Store {
                         claimed_from: self.jids.opt(c.claimed_from.as_deref()),
                         e2ee: self.labels.opt(m.outcome.e2ee.as_deref()),
                         severity: self.labels.opt(m.outcome.severity.as_deref()),
-                        stanza_type: if half(stanza_type) == IN_EXTRA {
-                            stanza_type
-                        } else {
-                            0
-                        },
-                        retention_class: if half(class) == IN_EXTRA { class } else { 0 },
+                        stanza_type: spilled_type,
+                        retention_class: spilled_class,
                     };
-                    if extra.severity != 0 {
-                        self.severities.insert(extra.severity);
-                    }
                     let extra = self.extra_id(extra);
                     let place = match self.chains.get_mut(usize::from(chain)) {
                         Some(ch) => {
@@ -1264,32 +1279,13 @@ impl Store {
             }
         };
         let before = c.rows.len();
-        if chain == 0 {
-            let extras = &self.extras;
-            let classes: Vec<u32> = c
-                .rows
-                .iter()
-                .filter(|r| gone(r))
-                .map(|r| match r.kind >> 16 {
-                    IN_EXTRA => extras
-                        .get(r.extra as usize)
-                        .map_or(0, |x| x.retention_class),
-                    n => n,
-                })
-                .collect();
-            for class in classes {
-                if let Some(n) = self.classes.get_mut(&class) {
-                    *n = n.saturating_sub(1);
-                }
-            }
-            self.classes.retain(|_, n| *n > 0);
-        }
         c.rows.retain(|r| !gone(r));
         if c.rows.len() == before {
             return;
         }
         self.far
             .retain(|r, (s, _)| !(r.chain == chain && *s == segment));
+        // Counts per class, string tables and the rest are rebuilt from the rows left.
         self.relink();
     }
 
@@ -1379,7 +1375,6 @@ impl Store {
         self.extra_ids.clear();
         self.severities.clear();
         self.classes.clear();
-        let half = |n: u32| if n < IN_EXTRA { n } else { IN_EXTRA };
         for ci in 0..self.chains.len() {
             let rows = match self.chains.get_mut(ci) {
                 Some(c) => std::mem::take(&mut c.rows),
@@ -1399,36 +1394,23 @@ impl Store {
                     0 => 0,
                     i => this.id(old_labels.get(i)),
                 };
-                let old_type = match r.kind & 0xffff {
-                    IN_EXTRA => x.stanza_type,
-                    n => n,
-                };
-                let old_class = match r.kind >> 16 {
-                    IN_EXTRA => x.retention_class,
-                    n => n,
-                };
+                let (old_type, old_class) = unpack_kind(r.kind, &x);
                 let stanza_type = self.kinds.id(old_kinds.get(old_type));
                 let class = self.kinds.id(old_kinds.get(old_class));
                 r.from = jid(&mut self.jids, r.from);
                 r.to = jid(&mut self.jids, r.to);
                 r.rules = label(&mut self.labels, r.rules);
-                r.kind = half(stanza_type) | (half(class) << 16);
+                let (kind, spilled_type, spilled_class) = pack_kind(stanza_type, class);
+                r.kind = kind;
                 let nx = Extra {
                     account: jid(&mut self.jids, x.account),
                     occupant: jid(&mut self.jids, x.occupant),
                     claimed_from: jid(&mut self.jids, x.claimed_from),
                     e2ee: label(&mut self.labels, x.e2ee),
                     severity: label(&mut self.labels, x.severity),
-                    stanza_type: if half(stanza_type) == IN_EXTRA {
-                        stanza_type
-                    } else {
-                        0
-                    },
-                    retention_class: if half(class) == IN_EXTRA { class } else { 0 },
+                    stanza_type: spilled_type,
+                    retention_class: spilled_class,
                 };
-                if nx.severity != 0 {
-                    self.severities.insert(nx.severity);
-                }
                 r.extra = self.extra_id(nx);
                 if ci == 0 {
                     *self.classes.entry(class).or_default() += 1;
