@@ -122,6 +122,7 @@ pub fn collect(
     let mut next_seq = from_seq;
     let mut scanned = 0;
     let mut taken_ahead = Vec::new();
+    let taken: std::collections::HashSet<u64> = taken.iter().copied().collect();
     let ahead_until = Timestamp(until.0.saturating_add(copy_window(period_ms)));
     let mut ahead = false;
     let r = reader.scan(from_seq, |e| {
