@@ -340,3 +340,89 @@ async fn idle_catch_up_cost_on_a_large_active_segment() {
     assert!(tail < Duration::from_millis(5));
     archive.close().await.unwrap();
 }
+
+/// A cursor resuming from a saved state goes on only from the very record the state
+/// was read up to: on the same chain it hands over the rest, at a segment's start or
+/// inside one; on a log cut back below that record, or a different chain, it fails
+/// before handing anything over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_resumes_only_on_the_chain_its_state_was_read_from() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("archive");
+    let (master, signing) = keys(tmp.path());
+    let archive = Archive::open(small_config(&dir, &master, &signing)).unwrap();
+    for i in 1..=30 {
+        archive.append(note(i, 150)).await.unwrap();
+    }
+    archive.close().await.unwrap();
+    let reader = ArchiveReader::open(&dir, &master).unwrap();
+    let all = scan_all(&reader);
+    let last = all.len() as u64;
+    // Seqs that open a segment, and seqs inside one.
+    let starts: Vec<u64> = all
+        .windows(2)
+        .filter(|w| w[0].segment != w[1].segment)
+        .map(|w| w[1].seq)
+        .collect();
+    assert!(!starts.is_empty(), "the test must cross segments");
+    let mut froms = vec![2, 5, last, last + 1];
+    froms.extend(&starts);
+    for from in froms {
+        let head = all[from as usize - 2].head;
+        let mut cursor = TailCursor::resume(from, head);
+        let got = tail_all(&reader, &mut cursor);
+        assert_eq!(
+            got.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (from..=last).collect::<Vec<_>>(),
+            "resuming at {from}"
+        );
+        // Another head at the same place: a state of some other chain.
+        let mut wrong = head;
+        wrong[0] ^= 1;
+        let mut cursor = TailCursor::resume(from, wrong);
+        let mut handed = 0;
+        let err = reader
+            .tail(&mut cursor, |_| {
+                handed += 1;
+                Ok::<(), ReadError>(())
+            })
+            .unwrap_err();
+        assert!(
+            matches!(err, ReadError::Diverged { seq, .. } if seq == from - 1),
+            "{err}"
+        );
+        assert_eq!(handed, 0, "nothing handed over from a chain that differs");
+    }
+    // A state read further than the log now goes (its tail deleted, or cut back).
+    let mut cursor = TailCursor::resume(last + 5, all[0].head);
+    let err = reader
+        .tail(&mut cursor, |_| Ok::<(), ReadError>(()))
+        .unwrap_err();
+    assert!(err.to_string().contains("ends before"), "{err}");
+
+    // The same seqs on another archive's chain.
+    let other_dir = tmp.path().join("other");
+    let other = Archive::open(small_config(&other_dir, &master, &signing)).unwrap();
+    for i in 1..=30 {
+        other.append(note(i, 150)).await.unwrap();
+    }
+    other.close().await.unwrap();
+    let other = ArchiveReader::open(&other_dir, &master).unwrap();
+    let mut cursor = TailCursor::resume(10, all[8].head);
+    assert!(matches!(
+        other.tail(&mut cursor, |_| Ok::<(), ReadError>(())),
+        Err(ReadError::Diverged { seq: 9, .. })
+    ));
+
+    // Resumed at the end, the cursor hands over what is appended later.
+    let mut cursor = TailCursor::resume(last + 1, all[last as usize - 1].head);
+    assert!(tail_all(&reader, &mut cursor).is_empty());
+    let archive = Archive::open(small_config(&dir, &master, &signing)).unwrap();
+    archive.append(note(31, 150)).await.unwrap();
+    archive.close().await.unwrap();
+    let reader = ArchiveReader::open(&dir, &master).unwrap();
+    let more = tail_all(&reader, &mut cursor);
+    assert!(more
+        .iter()
+        .any(|e| body(e).as_deref() == Some("note number 31")));
+}

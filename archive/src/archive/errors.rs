@@ -75,6 +75,10 @@ pub enum ReadError {
     },
     #[error("segment {segment}: data key destroyed (record shredded)")]
     Shredded { segment: u64 },
+    /// A [`crate::TailCursor::resume`] found the log without the record its state was
+    /// derived up to.
+    #[error("the log does not hold record {seq} as the saved state read it: {what}")]
+    Diverged { seq: u64, what: String },
     /// Another node's holds bind this node's expiry; unread, nothing may be shredded.
     #[error("the holds recorded by other nodes cannot be read ({0}); nothing is shredded until they can")]
     PeerHolds(String),

@@ -15,6 +15,9 @@ pub struct TailCursor {
     from: u64,
     /// `None` until the first segment with a complete header has been found.
     at: Option<TailPos>,
+    /// The chain head the record before `from` must have ([`TailCursor::resume`]);
+    /// cleared once checked.
+    expect: Option<Hash>,
 }
 
 #[derive(Debug, Clone)]
@@ -39,7 +42,24 @@ impl TailCursor {
     /// A cursor that hands over records from seq `from` on. The first call
     /// still reads the segment holding `from` from its start, to follow the chain.
     pub fn from_seq(from: u64) -> TailCursor {
-        TailCursor { from, at: None }
+        TailCursor {
+            from,
+            at: None,
+            expect: None,
+        }
+    }
+
+    /// A cursor that goes on from a state derived from records `..from` whose last had
+    /// chain head `head`: it hands over records from seq `from` on, once it has found
+    /// that the log still holds that very record. A log cut back below `from`, or a
+    /// chain that differs there, fails with [`ReadError::Diverged`] before anything is
+    /// handed over: the saved state describes records this log does not have.
+    pub fn resume(from: u64, head: Hash) -> TailCursor {
+        TailCursor {
+            from,
+            at: None,
+            expect: (from > 1).then_some(head),
+        }
     }
 
     /// The seq of the next record the cursor will hand over.
@@ -88,19 +108,47 @@ impl ArchiveReader {
         loop {
             if cursor.at.is_none() {
                 cursor.at = self.tail_start(from)?;
+                if let (Some(pos), Some(want)) = (&cursor.at, cursor.expect) {
+                    // The segment begins at `from`: its header states the head before.
+                    if pos.next_seq == from {
+                        check_continues(from, pos.head, want)?;
+                        cursor.expect = None;
+                    }
+                }
             }
             let Some(pos) = cursor.at.as_mut() else {
-                return Ok(());
+                return match cursor.expect {
+                    Some(_) => Err(diverged(from, "the log has no segment").into()),
+                    None => Ok(()),
+                };
             };
             if !pos.done {
-                self.tail_segment(pos, from, &mut f)?;
+                self.tail_segment(pos, from, &mut cursor.expect, &mut f)?;
             }
             if !pos.done {
-                return Ok(());
+                return match cursor.expect {
+                    // Everything written so far is read, and the record before `from`
+                    // is not among it.
+                    Some(_) => Err(diverged(from, "the log ends before it").into()),
+                    None => Ok(()),
+                };
             }
             match self.tail_next_segment(pos)? {
-                Some(next) => *pos = next,
-                None => return Ok(()),
+                Some(next) => {
+                    *pos = next;
+                    if let Some(want) = cursor.expect {
+                        if pos.next_seq == from {
+                            check_continues(from, pos.head, want)?;
+                            cursor.expect = None;
+                        }
+                    }
+                }
+                None => {
+                    return match cursor.expect {
+                        Some(_) => Err(diverged(from, "the log ends before it").into()),
+                        None => Ok(()),
+                    }
+                }
             }
         }
     }
@@ -179,6 +227,7 @@ impl ArchiveReader {
         &self,
         pos: &mut TailPos,
         from: u64,
+        expect: &mut Option<Hash>,
         f: &mut impl FnMut(ChainEntry) -> Result<(), E>,
     ) -> Result<(), E> {
         let id = pos.segment;
@@ -224,6 +273,14 @@ impl ArchiveReader {
                         if let Some(flaw) = r.flaw {
                             return Err(corrupt(r.offset, flaw).into());
                         }
+                        if let Some(want) = *expect {
+                            if r.seq + 1 == from {
+                                check_continues(from, r.head, want)?;
+                                *expect = None;
+                            } else if r.seq >= from {
+                                return Err(diverged(from, "the log skips it").into());
+                            }
+                        }
                         if r.seq >= from {
                             f(ChainEntry::of_frame(id, &r, cipher.as_ref(), &hb)?)?;
                         }
@@ -262,5 +319,22 @@ impl ArchiveReader {
                 want = (want * 2).min(TAIL_MAX_READ);
             }
         }
+    }
+}
+
+/// [`ReadError::Diverged`] at `from` for reason `what`.
+fn diverged(from: u64, what: &str) -> ReadError {
+    ReadError::Diverged {
+        seq: from.saturating_sub(1),
+        what: what.to_string(),
+    }
+}
+
+/// Whether the head after record `from - 1` is the one a saved state was made from.
+fn check_continues(from: u64, found: Hash, want: Hash) -> Result<(), ReadError> {
+    if found == want {
+        Ok(())
+    } else {
+        Err(diverged(from, "its chain head differs"))
     }
 }
