@@ -44,6 +44,7 @@ pub mod query;
 pub mod record;
 pub mod retention;
 pub mod segment;
+pub mod state;
 pub mod storage;
 pub mod time;
 pub mod verify;

@@ -457,3 +457,16 @@ impl From<ReadError> for Stop {
         Stop::Failed(e)
     }
 }
+
+impl ArchiveReader {
+    /// Starts writing state file `name` (see [`crate::state`]), sealed under this
+    /// archive's master key.
+    pub fn write_state(&self, name: &str) -> std::io::Result<crate::state::StateWriter> {
+        crate::state::StateWriter::create(&self.dir, &self.master, &self.meta.archive_id, name)
+    }
+
+    /// Opens state file `name` for reading; `Ok(None)` when there is none.
+    pub fn read_state(&self, name: &str) -> std::io::Result<Option<crate::state::StateReader>> {
+        crate::state::StateReader::open(&self.dir, &self.master, &self.meta.archive_id, name)
+    }
+}
