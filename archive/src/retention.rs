@@ -546,7 +546,7 @@ pub fn party_jids(content: &NewRecord) -> impl Iterator<Item = String> + '_ {
 }
 
 /// One act on a hold, as recorded in the chain.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HoldAct {
     pub seq: u64,
     pub time: Timestamp,
@@ -556,7 +556,7 @@ pub struct HoldAct {
 }
 
 /// A hold with its history.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Hold {
     pub spec: HoldSpec,
     pub active: bool,
@@ -568,7 +568,8 @@ pub const HOLD_CHANGE: &str = "hold.change";
 pub const HOLD_RELEASE: &str = "hold.release";
 
 /// Every hold ever placed, by matter, replayed from hold records in chain order.
-#[derive(Debug, Clone, Default)]
+/// Serialized only into sealed state derived from those records.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Holds {
     by_matter: BTreeMap<String, Hold>,
     /// Hold records whose detail could not be read: a hold that cannot be read must

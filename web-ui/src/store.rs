@@ -16,6 +16,10 @@ use custos_archive::query::{bare_jid, normalize_jid};
 use custos_archive::retention::{self, Holds, SegmentFacts};
 use custos_archive::{Action, ChainEntry, Direction, EventRecord, Leg, NewRecord, Timestamp, Via};
 use serde::{Deserialize, Serialize};
+use siphasher::sip128::SipHasher13;
+
+mod snapshot;
+pub use snapshot::{Covered, SnapshotError};
 
 /// Which chain a record is in: 0 is this node's own, others are other nodes' chains
 /// read from the shared bucket, numbered as this process first met them.
@@ -380,7 +384,7 @@ fn unpack(p: Packed) -> MsgRef {
 /// One archived copy as kept in memory: 64 bytes, strings by number. What only a page
 /// about this very message shows (its sender's id, what it corrects) is read from the
 /// record when the page is built; what few copies carry is in [`Extra`].
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 struct Row {
     seq: u64,
     time: i64,
@@ -409,7 +413,7 @@ struct Row {
 
 /// What few copies carry: a session account other than the copy's own end, group chat's
 /// real JID, a claimed sender, end-to-end encryption, a severity.
-#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 struct Extra {
     /// 0: the copy's own end (its sender when outbound, its addressee when inbound).
     account: u32,
@@ -599,11 +603,34 @@ impl Chain {
     }
 }
 
+/// The keys of [`identity_key`] and [`conversation_hash`]: random for each new store,
+/// and kept in its saved state (sealed), so a store read back finds its own entries.
+/// SipHash is a fixed function, so the same keys give the same hashes on any machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct HashKeys([u64; 4]);
+
+impl HashKeys {
+    fn random() -> HashKeys {
+        let mut b = [0u8; 32];
+        if getrandom::getrandom(&mut b).is_err() {
+            // No system randomness: the process's own random hasher keys instead.
+            let r = RandomState::new();
+            return HashKeys([0u64, 1, 2, 3].map(|i| r.hash_one(i)));
+        }
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[i * 8..i * 8 + 8]);
+            u64::from_le_bytes(w)
+        };
+        HashKeys([word(0), word(1), word(2), word(3)])
+    }
+}
+
 /// A message identity in 16 bytes (as two words: half the alignment of a `u128`, so a
-/// table entry is 24 bytes rather than 32): identities the proxy writes are SHA-256 in hex, whose
-/// first half is taken as is; anything else is hashed twice with different prefixes,
-/// under this process's random key.
-fn identity_key(keys: &RandomState, s: &str) -> [u64; 2] {
+/// table entry is 24 bytes rather than 32): identities the proxy writes are SHA-256 in
+/// hex, whose first half is taken as is; anything else is hashed with SipHash-1-3-128
+/// under the store's key.
+fn identity_key(keys: &HashKeys, s: &str) -> [u64; 2] {
     if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
         let word =
             |r: std::ops::Range<usize>| s.get(r).and_then(|h| u64::from_str_radix(h, 16).ok());
@@ -611,14 +638,16 @@ fn identity_key(keys: &RandomState, s: &str) -> [u64; 2] {
             return [a, b];
         }
     }
-    [keys.hash_one((1u8, s)), keys.hash_one((2u8, s))]
+    let h = SipHasher13::new_with_keys(keys.0[0], keys.0[1]).hash(s.as_bytes());
+    [h.h1, h.h2]
 }
 
-/// A conversation key in 128 bits, under this process's random key: senders choose
-/// the addresses that make up keys, and must not be able to make two conversations
-/// share a list (pages check the key itself too).
-fn conversation_hash(keys: &RandomState, key: &str) -> [u64; 2] {
-    [keys.hash_one((3u8, key)), keys.hash_one((4u8, key))]
+/// A conversation key in 128 bits, under the store's other key: senders choose the
+/// addresses that make up keys, and must not be able to make two conversations share a
+/// list (pages check the key itself too).
+fn conversation_hash(keys: &HashKeys, key: &str) -> [u64; 2] {
+    let h = SipHasher13::new_with_keys(keys.0[2], keys.0[3]).hash(key.as_bytes());
+    [h.h1, h.h2]
 }
 
 const DAY_MS: i64 = 86_400_000;
@@ -730,8 +759,8 @@ pub struct Store {
     far: HashMap<MsgRef, (u64, u64)>,
     /// Every severity a copy was given (the queue's filter lists them).
     severities: std::collections::BTreeSet<u32>,
-    /// The random key of `identity_key` and `conversation_hash`.
-    keys: RandomState,
+    /// The keys of `identity_key` and `conversation_hash`.
+    keys: HashKeys,
 }
 
 /// splitmix64: a keyed, stable mix so the sample is the same after a restart
@@ -831,7 +860,7 @@ impl Store {
             extra_ids: HashMap::new(),
             far: HashMap::new(),
             severities: std::collections::BTreeSet::new(),
-            keys: RandomState::new(),
+            keys: HashKeys::random(),
         }
     }
 
@@ -1909,6 +1938,9 @@ mod tests {
         Copy(u8, u8, u8, u8, u64, usize),
         /// segment, node
         Shred(u64, usize),
+        /// A review change naming seq `target` of chain `on` (0: this node's, 1: the
+        /// other's), as a status (0..4) or an assignment (4), written on node `node`.
+        Review(u64, usize, u8, usize),
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -1916,7 +1948,218 @@ mod tests {
             9 => (0u8..6, 0u8..4, 0u8..8, 0u8..3, 1u64..4, 0usize..2)
                 .prop_map(|(i, a, r, d, g, n)| Step::Copy(i, a, r, d, g, n)),
             1 => (1u64..4, 0usize..2).prop_map(|(g, n)| Step::Shred(g, n)),
+            2 => (1u64..30, 0usize..2, 0u8..5, 0usize..2).prop_map(|(t, o, s, n)| Step::Review(t, o, s, n)),
         ]
+    }
+
+    /// The records `steps` make, each with the node whose chain it is on.
+    fn history(steps: &[Step]) -> Vec<(usize, ChainEntry)> {
+        let actions = [Action::Allow, Action::Flag, Action::Redact, Action::Block];
+        let rules = ["r-a", "r-b", "r-c"];
+        let mut seqs = [0u64; 2];
+        let mut out = Vec::new();
+        for (n, st) in steps.iter().enumerate() {
+            let node = match st {
+                Step::Copy(.., node) | Step::Shred(_, node) | Step::Review(.., node) => *node,
+            };
+            seqs[node] += 1;
+            let seq = seqs[node];
+            let mut e = match st {
+                Step::Copy(id, a, mask, day, seg, _) => {
+                    let leg = if seq.is_multiple_of(2) {
+                        Leg::ServerToClient
+                    } else {
+                        Leg::ClientToServer
+                    };
+                    let mut e = copy(
+                        seq,
+                        &format!("id{id}"),
+                        None,
+                        leg,
+                        actions[usize::from(*a) % 4],
+                    );
+                    if let Some(Record {
+                        content: NewRecord::Message(m),
+                        time,
+                        ..
+                    }) = &mut e.record
+                    {
+                        m.outcome.rules = rules
+                            .iter()
+                            .enumerate()
+                            .filter(|(i, _)| mask & (1 << i) != 0)
+                            .map(|(_, r)| r.to_string())
+                            .collect();
+                        m.outcome.severity = (mask % 3 == 1).then(|| "high".to_string());
+                        *time = Timestamp(i64::from(*day) * DAY_MS + n as i64);
+                    }
+                    e.segment = *seg;
+                    e
+                }
+                Step::Shred(seg, _) => {
+                    let mut e = entry(
+                        seq,
+                        NewRecord::Event(EventRecord::Shred {
+                            segment: *seg,
+                            reason: "test".into(),
+                            authority: "test".into(),
+                            actor: "test".into(),
+                        }),
+                    );
+                    e.segment = 9;
+                    e
+                }
+                Step::Review(target, on, status, _) => {
+                    let change = if *status == 4 {
+                        ReviewChange::Assign {
+                            seqs: vec![*target],
+                            assignee: Some(format!("officer{target}")),
+                            node: (*on == 1).then(|| "n2".to_string()),
+                        }
+                    } else {
+                        ReviewChange::Status {
+                            seqs: vec![*target],
+                            status: STATUSES_ALL[usize::from(*status) % 4],
+                            comment: format!("looked at {target}"),
+                            node: (*on == 1).then(|| "n2".to_string()),
+                        }
+                    };
+                    let mut e = audit(seq, "rita", &change);
+                    e.segment = 9;
+                    e
+                }
+            };
+            if let Some(r) = &mut e.record {
+                if !matches!(st, Step::Copy(..)) {
+                    r.time = Timestamp(n as i64);
+                }
+            }
+            out.push((node, e));
+        }
+        out
+    }
+
+    const STATUSES_ALL: [ReviewStatus; 4] = [
+        ReviewStatus::Open,
+        ReviewStatus::Reviewed,
+        ReviewStatus::Escalated,
+        ReviewStatus::FalsePositive,
+    ];
+
+    /// Everything a store holds, in an order that does not depend on its hash maps.
+    fn fingerprint(s: &Store) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let sorted = |v: Vec<String>| {
+            let mut v = v;
+            v.sort();
+            v.join("\n")
+        };
+        for c in &s.chains {
+            let _ = writeln!(
+                out,
+                "chain {:?} {} {:?} {}",
+                c.node, c.next_seq, c.segments, c.sample_salt
+            );
+            for r in &c.rows {
+                let _ = writeln!(out, "{r:?}");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "{}",
+            sorted(s.identities.iter().map(|e| format!("{e:?}")).collect())
+        );
+        let _ = writeln!(
+            out,
+            "{}",
+            sorted(s.detached.iter().map(|e| format!("{e:?}")).collect())
+        );
+        let _ = writeln!(
+            out,
+            "{}",
+            sorted(s.conversations.iter().map(|e| format!("{e:?}")).collect())
+        );
+        for t in [&s.jids, &s.kinds, &s.labels] {
+            let _ = writeln!(out, "{:?}", t.names);
+            let _ = writeln!(
+                out,
+                "{}",
+                sorted(t.ids.iter().map(|e| format!("{e:?}")).collect())
+            );
+        }
+        let _ = writeln!(out, "{:?}", s.audit);
+        let _ = writeln!(out, "{:?}", s.items);
+        let _ = writeln!(
+            out,
+            "{}",
+            sorted(s.item_at.iter().map(|e| format!("{e:?}")).collect())
+        );
+        let _ = writeln!(out, "{:?}", s.orphans);
+        let _ = writeln!(
+            out,
+            "{}",
+            sorted(s.pending.iter().map(|e| format!("{e:?}")).collect())
+        );
+        let _ = writeln!(out, "{:?} {:?} {:?}", s.holds, s.segments, s.shredded);
+        let _ = writeln!(out, "{:?}", s.tally.volume);
+        let _ = writeln!(
+            out,
+            "{}",
+            sorted(s.tally.hits.iter().map(|e| format!("{e:?}")).collect())
+        );
+        let _ = writeln!(out, "{:?} {:?} {:?}", s.classes, s.extras, s.severities);
+        let _ = writeln!(
+            out,
+            "{}",
+            sorted(s.extra_ids.iter().map(|e| format!("{e:?}")).collect())
+        );
+        let _ = writeln!(
+            out,
+            "{}",
+            sorted(s.far.iter().map(|e| format!("{e:?}")).collect())
+        );
+        let _ = writeln!(out, "{:?} {} {}", s.keys, s.sample_key, s.sample_rate);
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        /// A store saved part-way, read back and fed the rest of the records is the
+        /// store that read them all without stopping: every table, list, count and
+        /// review item, on both chains, through shreds and reviews read before the
+        /// messages they name.
+        #[test]
+        fn a_store_saved_and_read_back_goes_on_as_if_it_never_stopped(
+            steps in prop::collection::vec(step(), 1..60),
+            cut in 0usize..60,
+        ) {
+            let records = history(&steps);
+            let cut = cut.min(records.len());
+            let mut whole = Store::new([3; 16], 0.3);
+            let mut first = Store::new([3; 16], 0.3);
+            first.keys = whole.keys;
+            for s in [&mut whole, &mut first] {
+                s.chain_of(Some("n2"));
+            }
+            let on = |node: usize| -> ChainIdx { if node == 0 { 0 } else { 1 } };
+            for (node, e) in records.iter().cloned() {
+                whole.apply_chain(on(node), vec![e]);
+            }
+            for (node, e) in records.iter().take(cut).cloned() {
+                first.apply_chain(on(node), vec![e]);
+            }
+            let mut bytes = Vec::new();
+            let covered = Covered { next_seq: first.next_seq(), head: [7; 32] };
+            first.save(&mut bytes, covered).unwrap();
+            let (mut back, read) = Store::restore(&bytes[..], [3; 16], 0.3, None).unwrap();
+            prop_assert_eq!(read, covered);
+            prop_assert_eq!(fingerprint(&back), fingerprint(&first));
+            for (node, e) in records.iter().skip(cut).cloned() {
+                back.apply_chain(on(node), vec![e]);
+            }
+            prop_assert_eq!(fingerprint(&back), fingerprint(&whole));
+        }
     }
 
     proptest! {
@@ -1928,42 +2171,7 @@ mod tests {
         fn counts_kept_while_reading_equal_counts_made_afresh(steps in prop::collection::vec(step(), 1..60)) {
             let mut s = Store::new([3; 16], 0.3);
             let peer = s.chain_of(Some("n2"));
-            let actions = [Action::Allow, Action::Flag, Action::Redact, Action::Block];
-            let rules = ["r-a", "r-b", "r-c"];
-            let mut seqs = [0u64; 2];
-            for (n, st) in steps.iter().enumerate() {
-                let node = match st {
-                    Step::Copy(.., node) | Step::Shred(_, node) => *node,
-                };
-                seqs[node] += 1;
-                let seq = seqs[node];
-                let mut e = match st {
-                    Step::Copy(id, a, mask, day, seg, _) => {
-                        let leg = if seq.is_multiple_of(2) { Leg::ServerToClient } else { Leg::ClientToServer };
-                        let mut e = copy(seq, &format!("id{id}"), None, leg, actions[usize::from(*a) % 4]);
-                        if let Some(Record { content: NewRecord::Message(m), time, .. }) = &mut e.record {
-                            m.outcome.rules = rules
-                                .iter()
-                                .enumerate()
-                                .filter(|(i, _)| mask & (1 << i) != 0)
-                                .map(|(_, r)| r.to_string())
-                                .collect();
-                            m.outcome.severity = (mask % 3 == 1).then(|| "high".to_string());
-                            *time = Timestamp(i64::from(*day) * DAY_MS + n as i64);
-                        }
-                        e.segment = *seg;
-                        e
-                    }
-                    Step::Shred(seg, _) => entry(seq, NewRecord::Event(EventRecord::Shred {
-                        segment: *seg,
-                        reason: "test".into(),
-                        authority: "test".into(),
-                        actor: "test".into(),
-                    })),
-                };
-                if matches!(st, Step::Shred(..)) {
-                    e.segment = 9;
-                }
+            for (node, e) in history(&steps) {
                 s.apply_chain(if node == 0 { 0 } else { peer }, vec![e]);
             }
             let rows: Vec<(MsgRef, Row)> = s
