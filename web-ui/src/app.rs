@@ -34,6 +34,10 @@ pub struct App {
     tail: Mutex<TailCursor>,
     /// Following other nodes' chains (read from the bucket), by local directory.
     peer_tails: Mutex<PeerTails>,
+    /// When the store was last saved, and how far it had read then.
+    saved: Mutex<Saved>,
+    /// How the state was built at start.
+    pub started: Started,
     pub sessions: Mutex<Sessions>,
     pub throttle: Mutex<Throttle>,
 }
@@ -73,25 +77,152 @@ pub fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 /// Records decoded before they are applied to the store, at most.
 const APPLY_BATCH: usize = 4096;
 
+/// The store's saved copy: `state/web-ui.state` in the archive directory.
+pub const STATE_NAME: &str = "web-ui";
+/// The store is saved after reading at least this many records beyond its saved copy
+/// (at start, and then at most every [`SAVE_EVERY`]), and at shutdown.
+pub const SAVE_AFTER: u64 = 100_000;
+pub const SAVE_EVERY: Duration = Duration::from_secs(3600);
+
+/// How the review state was built at start.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Started {
+    /// The last record of this node's chain its saved copy covered, when that was read
+    /// back and the log continues it.
+    pub restored_through: Option<u64>,
+    /// Records of this node's chain read from the log.
+    pub records_read: u64,
+    pub seconds: f64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Saved {
+    /// This node's chain's next seq in the saved copy (1: none).
+    next_seq: u64,
+    at: Option<Instant>,
+}
+
 impl App {
-    /// Builds the state, scanning the whole archive once (blocking).
+    /// Builds the state: reads the store's saved copy back when there is one that this
+    /// log continues, then every record after it; otherwise every record (blocking).
     pub fn new(cfg: WebConfig, archive: Archive) -> Result<App, ReadError> {
-        let store = Store::for_node(
+        let started = Instant::now();
+        let (archive_id, sample_rate, node) = (
             archive.reader().archive_id(),
             cfg.sample_rate,
             cfg.node.clone(),
         );
-        let app = App {
+        let fresh = move || Store::for_node(archive_id, sample_rate, node.clone());
+        let restored = restore(&cfg, &archive);
+        let (store, cursor, saved) = match restored {
+            Some((store, covered)) => (
+                store,
+                TailCursor::resume(covered.next_seq, covered.head),
+                covered.next_seq,
+            ),
+            None => (fresh(), TailCursor::new(), 1),
+        };
+        let mut app = App {
             peer_tails: Mutex::new(PeerTails::default()),
+            saved: Mutex::new(Saved {
+                next_seq: saved,
+                at: None,
+            }),
+            started: Started {
+                restored_through: None,
+                records_read: 0,
+                seconds: 0.0,
+            },
             sessions: Mutex::new(Sessions::new(cfg.session_ttl)),
             throttle: Mutex::new(Throttle::new()),
             store: RwLock::new(store),
-            tail: Mutex::new(TailCursor::new()),
+            tail: Mutex::new(cursor),
             cfg,
             archive,
         };
-        app.catch_up_blocking()?;
+        let mut saved = saved;
+        match app.catch_up_blocking() {
+            Err(ReadError::Diverged { seq, what }) if saved > 1 => {
+                saved = 1;
+                tracing::warn!(
+                    seq,
+                    cause = %what,
+                    "the saved review state was read from records this log does not hold; reading the whole archive instead"
+                );
+                *write(&app.store) = fresh();
+                *lock(&app.tail) = TailCursor::new();
+                *lock(&app.peer_tails) = PeerTails::default();
+                *lock(&app.saved) = Saved {
+                    next_seq: 1,
+                    at: None,
+                };
+                app.catch_up_blocking()?;
+            }
+            other => other?,
+        }
+        let read = read(&app.store).next_seq().saturating_sub(saved);
+        app.started = Started {
+            restored_through: (saved > 1).then(|| saved - 1),
+            records_read: read,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        tracing::info!(
+            records = read,
+            restored = saved > 1,
+            seconds = app.started.seconds,
+            "review state built"
+        );
+        if read >= SAVE_AFTER {
+            app.save_blocking();
+        }
         Ok(app)
+    }
+
+    /// Saves the store (blocking) when it has read anything since its saved copy;
+    /// failures are logged: the saved copy only shortens the next start.
+    pub fn save_blocking(&self) {
+        let started = Instant::now();
+        let store = read(&self.store);
+        let covered = store.covered();
+        if covered.next_seq <= lock(&self.saved).next_seq {
+            return;
+        }
+        let written = self
+            .archive
+            .reader()
+            .write_state(STATE_NAME)
+            .map_err(crate::store::SnapshotError::from)
+            .and_then(|mut w| {
+                store.save(&mut w)?;
+                Ok(w.finish()?)
+            });
+        drop(store);
+        match written {
+            Ok(path) => {
+                *lock(&self.saved) = Saved {
+                    next_seq: covered.next_seq,
+                    at: Some(Instant::now()),
+                };
+                tracing::info!(
+                    path = %path.display(),
+                    through = covered.next_seq - 1,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "review state saved"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(cause = %e, "saving the review state failed; the next start reads more of the archive")
+            }
+        }
+    }
+
+    /// Whether the store is due a save: [`SAVE_AFTER`] records read since the last,
+    /// which was at least [`SAVE_EVERY`] ago. Saving holds the store for reading, so
+    /// catch-ups (and pages that wait for one) wait while it writes.
+    pub fn save_due(&self) -> bool {
+        let saved = *lock(&self.saved);
+        let read = read(&self.store).next_seq().saturating_sub(saved.next_seq);
+        read >= SAVE_AFTER && saved.at.is_none_or(|t| t.elapsed() >= SAVE_EVERY)
     }
 
     /// Applies every record appended since the last catch-up, reading only
@@ -140,12 +271,19 @@ impl App {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => {
                     match self.archive.reader().open_other(&p.dir) {
-                        Ok(reader) => v.insert(PeerTail {
-                            chain: write(&self.store).chain_of(p.node.as_deref()),
-                            reader: Arc::new(reader),
-                            cursor: TailCursor::new(),
-                            failing: None,
-                        }),
+                        Ok(reader) => {
+                            let mut store = write(&self.store);
+                            let chain = store.chain_of(p.node.as_deref());
+                            // A chain read before the store was saved goes on from there.
+                            let covered = store.covered_of(chain);
+                            drop(store);
+                            v.insert(PeerTail {
+                                chain,
+                                reader: Arc::new(reader),
+                                cursor: TailCursor::resume(covered.next_seq, covered.head),
+                                failing: None,
+                            })
+                        }
                         Err(e) => {
                             tracing::warn!(node = %name, cause = %e, "another node's chain cannot be opened; its records are not in the queue yet");
                             continue;
@@ -450,6 +588,44 @@ pub fn router(app: Arc<App>) -> Router {
         .layer(axum::middleware::from_fn(security_headers))
         .layer(axum::middleware::from_fn(request_span))
         .with_state(app)
+}
+
+/// The store's saved copy, when there is one made under these settings; anything
+/// else (none, damaged, another archive's or setting's) is logged and `None`.
+fn restore(cfg: &WebConfig, archive: &Archive) -> Option<(Store, crate::store::Covered)> {
+    let started = Instant::now();
+    let reader = archive.reader();
+    let state = match reader.read_state(STATE_NAME) {
+        Ok(Some(state)) => state,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::warn!(cause = %e, "the saved review state cannot be opened; reading the whole archive instead");
+            return None;
+        }
+    };
+    match Store::restore(
+        state,
+        reader.archive_id(),
+        cfg.sample_rate,
+        cfg.node.clone(),
+    ) {
+        Ok((store, covered)) => {
+            tracing::info!(
+                through = covered.next_seq - 1,
+                seconds = started.elapsed().as_secs_f64(),
+                "saved review state read back"
+            );
+            Some((store, covered))
+        }
+        Err(crate::store::SnapshotError::Stale(why)) => {
+            tracing::info!(%why, "the saved review state is not used; reading the whole archive");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(cause = %e, "the saved review state cannot be read; reading the whole archive instead");
+            None
+        }
+    }
 }
 
 #[cfg(test)]

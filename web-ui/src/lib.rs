@@ -207,11 +207,22 @@ impl BoundWeb {
         app::router(self.app.clone())
     }
 
+    /// How the review state was built: read back from its saved copy or from the log.
+    pub fn started(&self) -> app::Started {
+        self.app.started
+    }
+
+    /// Saves the review state now (blocking file I/O; `run` also saves at its end).
+    pub fn save_state_blocking(&self) {
+        self.app.save_blocking();
+    }
+
     /// Serves until `shutdown` resolves, then lets in-flight requests finish.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), WebError> {
+        let self_app = self.app.clone();
         let app = self.app.clone();
         let tail = tokio::spawn(async move {
             let mut tick = tokio::time::interval(TAIL_INTERVAL);
@@ -220,6 +231,10 @@ impl BoundWeb {
                 tick.tick().await;
                 if let Err(e) = app.catch_up().await {
                     tracing::warn!(cause = %e, "following the archive failed; retrying");
+                }
+                if app.save_due() {
+                    let app = app.clone();
+                    let _ = tokio::task::spawn_blocking(move || app.save_blocking()).await;
                 }
             }
         });
@@ -241,6 +256,15 @@ impl BoundWeb {
         }
         .map_err(WebError::Serve);
         tail.abort();
+        // What was read since the saved copy is saved, so the next start reads it back.
+        let app = self_app;
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(e) = app.catch_up_blocking() {
+                tracing::warn!(cause = %e, "following the archive before saving failed");
+            }
+            app.save_blocking();
+        })
+        .await;
         served
     }
 }

@@ -8,9 +8,9 @@
 //! layout carries a version: a file of another version is not read, and the store is
 //! rebuilt from the log.
 //!
-//! What the state covers is each chain's next seq, and for this node's chain the head
-//! after the last record read: the caller resumes its log cursor with it, which fails
-//! if the log no longer holds that very record.
+//! What the state covers is each chain's next seq and the chain head after the last
+//! record read: the caller resumes its log cursors with them, which fails if a log no
+//! longer holds that very record.
 
 use std::io::{Read, Write};
 
@@ -37,7 +37,7 @@ fn malformed(what: impl Into<String>) -> SnapshotError {
     SnapshotError::Malformed(what.into())
 }
 
-/// What a saved store was read up to in this node's chain.
+/// What a store was read up to in one chain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Covered {
     /// The first seq not applied.
@@ -370,23 +370,14 @@ fn status_bits(s: ReviewStatus) -> u8 {
 }
 
 impl Store {
-    /// Writes the whole store to `w`, with `covered`: what of this node's chain it was
-    /// read up to (the caller knows the head; the store does not keep one).
-    pub fn save(&self, w: impl Write, covered: Covered) -> Result<(), SnapshotError> {
-        if covered.next_seq != self.next_seq() {
-            return Err(malformed(format!(
-                "the store is at seq {} of this node's chain, not {}",
-                self.next_seq(),
-                covered.next_seq
-            )));
-        }
+    /// Writes the whole store to `w`.
+    pub fn save(&self, w: impl Write) -> Result<(), SnapshotError> {
         let mut e = Enc { w };
         e.raw(MAGIC)?;
         e.u32(VERSION)?;
         e.u64(self.sample_rate.to_bits())?;
         e.u64(self.sample_key)?;
         e.opt_str(self.chains.first().and_then(|c| c.node.as_deref()))?;
-        e.raw(&covered.head)?;
         for k in self.keys.0 {
             e.u64(k)?;
         }
@@ -394,6 +385,7 @@ impl Store {
         for c in &self.chains {
             e.opt_str(c.node.as_deref())?;
             e.u64(c.next_seq)?;
+            e.raw(&c.head)?;
             e.len(c.segments.len())?;
             for s in &c.segments {
                 e.u64(*s)?;
@@ -567,7 +559,6 @@ impl Store {
                 own.as_deref().unwrap_or("(unnamed)")
             )));
         }
-        let head: [u8; 32] = d.raw()?;
         s.keys = HashKeys([d.u64()?, d.u64()?, d.u64()?, d.u64()?]);
         let chains = d.len()?;
         if chains == 0 || chains > MAX_CHAINS {
@@ -577,6 +568,7 @@ impl Store {
         for i in 0..chains {
             let mut c = Chain::new(d.opt_str()?, i == 0);
             c.next_seq = d.u64()?;
+            c.head = d.raw()?;
             for _ in 0..d.len()? {
                 c.segments.push(d.u64()?);
             }
@@ -716,14 +708,26 @@ impl Store {
         if d.r.read(&mut rest)? != 0 {
             return Err(malformed("bytes after the end mark"));
         }
-        let next_seq = s.next_seq();
-        Ok((s, Covered { next_seq, head }))
+        let covered = s.covered();
+        Ok((s, covered))
     }
 
-    /// The first seq of chain `chain` not yet applied (1 for an unknown chain).
-    pub fn next_seq_of(&self, chain: ChainIdx) -> u64 {
-        self.chains
-            .get(usize::from(chain))
-            .map_or(1, |c| c.next_seq)
+    /// What of this node's chain the store has read.
+    pub fn covered(&self) -> Covered {
+        self.covered_of(0)
+    }
+
+    /// What of chain `chain` the store has read (nothing, for an unknown chain).
+    pub fn covered_of(&self, chain: ChainIdx) -> Covered {
+        self.chains.get(usize::from(chain)).map_or(
+            Covered {
+                next_seq: 1,
+                head: [0; 32],
+            },
+            |c| Covered {
+                next_seq: c.next_seq,
+                head: c.head,
+            },
+        )
     }
 }

@@ -5,11 +5,15 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use axum::Router;
 use custos_archive::{
     Action, Archive, ArchiveConfig, Direction, MasterKey, MessageRecord, NewRecord, Outcome,
     SessionId,
 };
 use custos_web_ui::{add_user, Role, WebConfig};
+use tower::ServiceExt;
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
@@ -161,4 +165,98 @@ pub async fn wait_indexed(archive: &Archive, query: &str, n: usize) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("{query:?} not indexed within 5 s");
+}
+
+/// A response as the router tests read it.
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: axum::http::HeaderMap,
+    pub body: String,
+}
+
+/// Sends one request through the router, with a session cookie and a form if given.
+pub async fn send(
+    app: &Router,
+    method: Method,
+    uri: &str,
+    cookie: Option<&str>,
+    form: Option<&str>,
+) -> Resp {
+    let mut b = Request::builder().method(method).uri(uri);
+    if let Some(c) = cookie {
+        b = b.header(header::COOKIE, c);
+    }
+    let req = match form {
+        Some(f) => b
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(f.to_string()))
+            .unwrap(),
+        None => b.body(Body::empty()).unwrap(),
+    };
+    let res = app.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let bytes = axum::body::to_bytes(res.into_body(), 16 << 20)
+        .await
+        .unwrap();
+    Resp {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&bytes).into_owned(),
+    }
+}
+
+pub fn csrf_of(html: &str) -> String {
+    let at = html
+        .find("name=\"csrf\" value=\"")
+        .expect("page has a CSRF field")
+        + "name=\"csrf\" value=\"".len();
+    html[at..].split('"').next().unwrap().to_string()
+}
+
+pub fn set_cookie(r: &Resp, name: &str) -> Option<String> {
+    r.headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(String::from)
+}
+
+pub fn enc(s: &str) -> String {
+    serde_urlencoded::to_string([("v", s)]).unwrap()[2..].to_string()
+}
+
+/// Signs in through the real form; returns (cookie header, csrf token).
+pub async fn sign_in(app: &Router, user: &str) -> (String, String) {
+    let form = send(app, Method::GET, "/login", None, None).await;
+    let login_cookie = set_cookie(&form, "custos_login").unwrap();
+    let login_cookie = login_cookie.split(';').next().unwrap().to_string();
+    let token = csrf_of(&form.body);
+    let r = send(
+        app,
+        Method::POST,
+        "/login",
+        Some(&login_cookie),
+        Some(&format!(
+            "user={user}&password={}&csrf={token}",
+            enc(PASSWORD)
+        )),
+    )
+    .await;
+    assert_eq!(
+        r.status,
+        StatusCode::SEE_OTHER,
+        "sign-in of {user}: {}",
+        r.body
+    );
+    let session = set_cookie(&r, "custos_session").unwrap();
+    assert!(
+        session.contains("HttpOnly") && session.contains("SameSite=Strict"),
+        "{session}"
+    );
+    let cookie = session.split(';').next().unwrap().to_string();
+    let home = send(app, Method::GET, "/", Some(&cookie), None).await;
+    assert_eq!(home.status, StatusCode::OK);
+    (cookie.clone(), csrf_of(&home.body))
 }

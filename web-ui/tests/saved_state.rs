@@ -1,0 +1,237 @@
+//! The review state's saved copy, against a real archive: a restart reads it back and
+//! reads only the records after it, and shows what a full read would; a copy that is
+//! damaged, made under other settings, or made from records this log does not hold is
+//! not believed, and the state is read from the log instead.
+
+#![allow(clippy::unwrap_used)] // a test panics on a broken expectation
+
+mod common;
+
+use axum::http::{Method, StatusCode};
+use axum::Router;
+use common::*;
+use custos_archive::Action;
+use custos_web_ui::BoundWeb;
+
+async fn page(app: &Router, cookie: &str, path: &str) -> String {
+    let r = send(app, Method::GET, path, Some(cookie), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{path}");
+    r.body
+}
+
+async fn bind(fx: &Fixture) -> BoundWeb {
+    custos_web_ui::bind(fx.cfg.clone(), fx.archive.clone())
+        .await
+        .unwrap()
+}
+
+fn state_file(fx: &Fixture) -> std::path::PathBuf {
+    archive_dir(&fx.dir).join("state").join("web-ui.state")
+}
+
+/// The queue's item ids, as the page lists them.
+fn queued(html: &str) -> Vec<String> {
+    html.match_indices("id=\"q")
+        .map(|(i, _)| {
+            html[i + 5..]
+                .chars()
+                .take_while(|c| *c != '"')
+                .collect::<String>()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_reads_the_saved_state_back_and_then_only_newer_records() {
+    let fx = fixture(0.0);
+    let first = append(
+        &fx.archive,
+        Msg::chat("bob@example.test/phone", "alice@example.test", "card 4111").flagged(
+            Action::Flag,
+            &["pci-card"],
+            "high",
+        ),
+    )
+    .await;
+    append(
+        &fx.archive,
+        Msg::chat("alice@example.test/laptop", "bob@example.test", "lunch?"),
+    )
+    .await;
+    let web = bind(&fx).await;
+    assert_eq!(web.started().restored_through, None, "nothing saved yet");
+    web.save_state_blocking();
+    assert!(state_file(&fx).exists());
+    // Nothing of what it says is readable in the file.
+    let raw = std::fs::read(state_file(&fx)).unwrap();
+    for plain in [&b"alice@example.test"[..], b"pci-card"] {
+        assert!(!raw.windows(plain.len()).any(|w| w == plain));
+    }
+    let covered = fx.archive.reader().records(1..=u64::MAX - 1).unwrap().len() as u64;
+    drop(web);
+
+    // Written after the save: read from the log at the next start.
+    let later = append(
+        &fx.archive,
+        Msg::chat(
+            "carol@example.test/desk",
+            "dave@example.test",
+            "insider tip",
+        )
+        .flagged(Action::Block, &["mnpi"], "critical"),
+    )
+    .await;
+    let web = bind(&fx).await;
+    let started = web.started();
+    assert_eq!(started.restored_through, Some(covered));
+    assert_eq!(
+        started.records_read, 1,
+        "only the record after the saved state"
+    );
+    let app = web.router();
+    let (cookie, _) = sign_in(&app, "oscar").await;
+    let q = page(&app, &cookie, "/queue").await;
+    assert_eq!(queued(&q), [later.to_string(), first.to_string()]);
+    assert!(q.contains("mnpi") && q.contains("pci-card"));
+    // The same pages a full read gives.
+    std::fs::remove_file(state_file(&fx)).unwrap();
+    let full = bind(&fx).await;
+    assert_eq!(full.started().restored_through, None);
+    let full_app = full.router();
+    let (cookie2, _) = sign_in(&full_app, "oscar").await;
+    for path in ["/queue", "/", "/holds", &format!("/conversation/{first}")] {
+        let a = page(&app, &cookie, path).await;
+        let b = page(&full_app, &cookie2, path).await;
+        let strip = |s: &str| {
+            // Session-specific tokens differ between the two servers.
+            s.lines()
+                .filter(|l| !l.contains("csrf"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(strip(&a), strip(&b), "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_state_that_is_damaged_or_made_under_other_settings_is_read_afresh() {
+    let mut fx = fixture(0.0);
+    let flagged = append(
+        &fx.archive,
+        Msg::chat("bob@example.test/phone", "alice@example.test", "card 4111").flagged(
+            Action::Flag,
+            &["pci-card"],
+            "high",
+        ),
+    )
+    .await;
+    let web = bind(&fx).await;
+    web.save_state_blocking();
+    drop(web);
+    let path = state_file(&fx);
+    let good = std::fs::read(&path).unwrap();
+    let mut bad = good.clone();
+    let at = bad.len() / 2;
+    bad[at] ^= 0x40;
+    std::fs::write(&path, &bad).unwrap();
+    let web = bind(&fx).await;
+    assert_eq!(web.started().restored_through, None, "damaged copy refused");
+    let app = web.router();
+    let (cookie, _) = sign_in(&app, "oscar").await;
+    assert_eq!(
+        queued(&page(&app, &cookie, "/queue").await),
+        [flagged.to_string()]
+    );
+    drop(web);
+    // Made at another sample rate: the sample would differ.
+    std::fs::write(&path, &good).unwrap();
+    fx.cfg.sample_rate = 1.0;
+    let web = bind(&fx).await;
+    assert_eq!(web.started().restored_through, None, "stale copy not used");
+    fx.cfg.sample_rate = 0.0;
+    std::fs::write(&path, &good).unwrap();
+    assert!(bind(&fx).await.started().restored_through.is_some());
+}
+
+/// An administrator keeps a copy of the archive directory, lets the original run on,
+/// and later puts the original's saved state beside the copy's diverging log: the
+/// state describes records the copy does not hold, and must not be shown for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_state_from_another_history_of_the_same_archive_is_not_believed() {
+    let fx = fixture(0.0);
+    append(
+        &fx.archive,
+        Msg::chat("bob@example.test/phone", "alice@example.test", "hello"),
+    )
+    .await;
+    let Fixture { dir, archive, cfg } = fx;
+    archive.close().await.unwrap();
+    // The copy: same archive id, same keys, same first record.
+    let twin = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), twin.path());
+    let mut twin_cfg = cfg.clone();
+    twin_cfg.users_file = twin.path().join("users.json");
+
+    // The original goes on with a flagged message and saves its state.
+    let original = open_archive(&dir);
+    append(
+        &original,
+        Msg::chat(
+            "mallory@example.test/x",
+            "eve@example.test",
+            "the original's",
+        )
+        .flagged(Action::Flag, &["original-rule"], "high"),
+    )
+    .await;
+    let web = custos_web_ui::bind(cfg.clone(), original.clone())
+        .await
+        .unwrap();
+    web.save_state_blocking();
+    drop(web);
+    original.close().await.unwrap();
+
+    // The copy goes on differently, to the same seq.
+    let copy = open_archive(&twin);
+    let seq = append(
+        &copy,
+        Msg::chat("carol@example.test/desk", "dave@example.test", "the copy's").flagged(
+            Action::Block,
+            &["copy-rule"],
+            "critical",
+        ),
+    )
+    .await;
+    std::fs::create_dir_all(archive_dir(&twin).join("state")).unwrap();
+    std::fs::copy(
+        archive_dir(&dir).join("state").join("web-ui.state"),
+        archive_dir(&twin).join("state").join("web-ui.state"),
+    )
+    .unwrap();
+    let web = custos_web_ui::bind(twin_cfg, copy.clone()).await.unwrap();
+    assert_eq!(
+        web.started().restored_through,
+        None,
+        "the log does not continue the saved state"
+    );
+    let app = web.router();
+    let (cookie, _) = sign_in(&app, "oscar").await;
+    let q = page(&app, &cookie, "/queue").await;
+    assert_eq!(queued(&q), [seq.to_string()]);
+    assert!(q.contains("copy-rule"));
+    assert!(!q.contains("original-rule"), "nothing of the other history");
+    copy.close().await.unwrap();
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else if entry.file_name() != "writer.lock" {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
