@@ -266,6 +266,26 @@ impl Custos {
         None
     }
 
+    /// Starts `custos serve` again with the same configuration and listeners, once the
+    /// previous process has exited (see [`Custos::terminate`]). The previous log is kept
+    /// as `custos.log.1`.
+    pub fn start_again(&mut self) -> Result<(), CustosError> {
+        if self.child.is_some() {
+            return Err(CustosError::Start {
+                reason: "the previous process is still running".into(),
+                log: self.log_tail(),
+            });
+        }
+        let kept = self.log_path.with_extension("log.1");
+        std::fs::rename(&self.log_path, &kept).map_err(|source| CustosError::Io {
+            what: format!("keeping {}", self.log_path.display()),
+            source,
+        })?;
+        let again = Custos::start_with_config(&self.config_path, self.listeners.clone(), None)?;
+        *self = again;
+        Ok(())
+    }
+
     /// Runs `custos ARGS… --config FILE` to completion.
     pub fn command(&self, args: &[&str]) -> Result<Output, CustosError> {
         run_custos(args, Some(&self.config_path))

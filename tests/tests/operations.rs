@@ -200,3 +200,52 @@ fn the_systemd_unit_passes_systemd_analyze_verify() -> TestResult {
     assert!(!said.contains("custos.service"), "{said}");
     Ok(())
 }
+
+/// A clean stop saves the review state beside the archive; the next start reads it back
+/// and only the records written after it, and the UI answers at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_reads_the_saved_review_state_back() -> TestResult {
+    let mut rig = Rig::start(
+        "operations-saved-state",
+        RigOptions {
+            archive: true,
+            web: true,
+            rules: Some(
+                "[[rule]]\nid = \"promise\"\nwhen = { body = { regex = \"(?i)guarantee\" } }\naction = \"flag\"\n"
+                    .into(),
+            ),
+            ..RigOptions::default()
+        },
+    )?;
+    let web = rig.web.ok_or("no web UI")?;
+    rig.wait_for_log("web UI listening", Duration::from_secs(10))?;
+    {
+        let mut alice = rig.connect("alice", "laptop", Tls::StartTls).await?;
+        let mut bob = rig.connect("bob", "phone", Tls::StartTls).await?;
+        alice
+            .send_chat("bob@example.test", "returns are guaranteed")
+            .await?;
+        assert_eq!(bob.next_message().await?.body, "returns are guaranteed");
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let stopped = rig.custos.terminate(Duration::from_secs(20));
+    assert!(stopped.is_some_and(|s| s.success()), "{}", rig.context());
+    let archive = rig.archive_dir.clone().ok_or("no archive")?;
+    let state = archive.join("state").join("web-ui.state");
+    assert!(state.exists(), "no saved state\n{}", rig.custos.log_tail());
+    assert!(rig.custos.log().contains("review state saved"));
+    // Nothing of the traffic is readable in it.
+    let raw = std::fs::read(&state)?;
+    for plain in [&b"alice@example.test"[..], b"promise", b"guaranteed"] {
+        assert!(!raw.windows(plain.len()).any(|w| w == plain));
+    }
+
+    rig.custos.start_again()?;
+    rig.wait_for_log("web UI listening", Duration::from_secs(10))?;
+    let log = rig.custos.log();
+    assert!(log.contains("saved review state read back"), "{log}");
+    assert!(!log.contains("reading the whole archive"), "{log}");
+    let (status, _) = http_get(web, "/login")?;
+    assert_eq!(status, 200);
+    Ok(())
+}

@@ -338,6 +338,17 @@ fn measure(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         peak as f64 / 1024.0,
         rss_before as f64 / 1024.0
     );
+    let how = bound.started();
+    let saved = std::fs::metadata(dir.join("archive/state/web-ui.state")).map_or(0, |m| m.len());
+    println!(
+        "  {}; {} records read from the log; saved state now {:.0} MiB",
+        match how.restored_through {
+            Some(n) => format!("saved state read back through record {n}"),
+            None => "no saved state used".to_string(),
+        },
+        how.records_read,
+        saved as f64 / (1 << 20) as f64
+    );
     rt.block_on(async {
         let form = send(&app, Method::GET, "/login", "", None).await;
         let login = form.cookies.join("; ");
