@@ -149,6 +149,10 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
     fn read(&self, name: &str) -> Result<Vec<u8>, ReadError>;
     /// Up to `len` bytes at `offset` (fewer at end of file).
     fn read_at(&self, name: &str, offset: u64, len: usize) -> Result<Vec<u8>, ReadError>;
+    /// The current length in bytes.
+    fn len(&self, name: &str) -> Result<u64, ReadError> {
+        self.read(name).map(|b| b.len() as u64)
+    }
     /// Whether the file is sealed (read-only).
     fn is_sealed(&self, name: &str) -> Result<bool, ReadError>;
     /// Creates an empty file for appending; fails if it exists. The name is
@@ -285,6 +289,19 @@ impl Storage for FileStorage {
         let mut buf = Vec::with_capacity(len);
         f.take(len as u64).read_to_end(&mut buf).map_err(io)?;
         Ok(buf)
+    }
+
+    fn len(&self, name: &str) -> Result<u64, ReadError> {
+        match std::fs::metadata(self.path(name)) {
+            Ok(m) => Ok(m.len()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ReadError::NotFound {
+                name: name.to_string(),
+            }),
+            Err(source) => Err(ReadError::Io {
+                name: name.to_string(),
+                source,
+            }),
+        }
     }
 
     fn is_sealed(&self, name: &str) -> Result<bool, ReadError> {

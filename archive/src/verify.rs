@@ -18,7 +18,7 @@ use crate::log::{self, LogOpenError};
 use crate::record::{EventRecord, NewRecord};
 use crate::segment::{self, SegmentHeader};
 use crate::storage::Storage;
-use crate::walk::{self, ChainPos, SegmentWalk, Step};
+use crate::walk::{self, ChainPos, Step};
 
 /// One thing wrong, and where.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -348,25 +348,12 @@ fn walk(
             return r;
         }
     };
-    let mut total = 0u64;
-    let mut segments = Vec::with_capacity(ids.len());
-    for &id in &ids {
-        // Sealed-ness first: a segment sealed after its bytes were read would look cut
-        // short (its sealing checkpoint arrived between the two).
-        let sealed = storage
-            .is_sealed(&segment::segment_name(id))
-            .unwrap_or(false);
-        match storage.read(&segment::segment_name(id)) {
-            Ok(b) => {
-                total += b.len() as u64;
-                segments.push((id, sealed, Some(b)));
-            }
-            Err(e) => {
-                problem(&mut r, Some(id), None, None, e.to_string());
-                segments.push((id, sealed, None));
-            }
-        }
-    }
+    // Segments are read one at a time, a window at a time: what verify holds is one
+    // window of the log, however large the archive.
+    let total: u64 = ids
+        .iter()
+        .filter_map(|&id| storage.len(&segment::segment_name(id)).ok())
+        .sum();
     let mut done = 0u64;
     let mut pos = ChainPos::genesis(&meta.archive_id);
     let last_id = ids.last().copied();
@@ -379,16 +366,26 @@ fn walk(
     // for checking retention shreds.
     let mut policies = crate::retention::PolicyHistory::default();
     let mut seg_times: std::collections::BTreeMap<u64, (i64, i64)> = Default::default();
-    for (id, sealed, bytes) in segments {
-        let Some(bytes) = bytes else { continue };
+    for &id in &ids {
+        let name = segment::segment_name(id);
+        // Sealed-ness first: a segment sealed after its bytes were read would look cut
+        // short (its sealing checkpoint arrived between the two).
+        let sealed = storage.is_sealed(&name).unwrap_or(false);
+        let head_bytes = match storage.read_at(&name, 0, segment::HEADER_LEN) {
+            Ok(b) => b,
+            Err(e) => {
+                problem(&mut r, Some(id), None, None, e.to_string());
+                continue;
+            }
+        };
         r.segments += 1;
         let is_last = Some(id) == last_id;
         let seg = Some(id);
-        let header = match SegmentHeader::decode(&bytes) {
+        let header = match SegmentHeader::decode(&head_bytes) {
             Ok(h) => h,
             Err(w) => {
                 problem(&mut r, seg, Some(0), None, w);
-                done += bytes.len() as u64;
+                done += storage.len(&name).unwrap_or(head_bytes.len() as u64);
                 progress(done, total);
                 continue;
             }
@@ -413,24 +410,23 @@ fn walk(
             r.keyless.insert(id);
         }
         // Continue from the header's claim, so a break is reported once.
-        let mut w = SegmentWalk::segment(&bytes, &header);
-        loop {
-            let step = match w.next() {
+        let walked = walk::walk_stored(storage, &name, &header, |w, step| {
+            let step = match step {
                 Ok(s) => s,
                 Err(b) => {
                     problem(&mut r, seg, Some(b.offset), None, b.what);
-                    break;
+                    return Ok(false);
                 }
             };
             match step {
-                Step::End { left: 0, .. } => break,
+                Step::End { left: 0, .. } => return Ok(false),
                 Step::End { offset, left } if is_last && !sealed => {
                     r.notes.push(format!("segment {id} offset {offset}: {left} bytes of an incomplete frame at the tail (write in progress or torn)"));
-                    break;
+                    return Ok(false);
                 }
                 Step::End { offset, .. } => {
                     problem(&mut r, seg, Some(offset), None, "truncated frame".into());
-                    break;
+                    return Ok(false);
                 }
                 Step::Record(f) => {
                     let (off, seq) = (Some(f.offset), f.seq);
@@ -504,19 +500,27 @@ fn walk(
                     }
                 }
             }
-        }
-        pos = w.pos();
-        let seal_seen = w.sealed();
-        if (sealed || !is_last) && !seal_seen {
+            Ok::<bool, std::convert::Infallible>(true)
+        });
+        let walked = match walked {
+            Ok(w) => w,
+            Err(walk::WalkError::Read(e)) => {
+                problem(&mut r, seg, None, None, e.to_string());
+                continue;
+            }
+            Err(walk::WalkError::Stopped(never)) => match never {},
+        };
+        pos = walked.pos;
+        if (sealed || !is_last) && !walked.sealed {
             problem(
                 &mut r,
                 seg,
-                Some(bytes.len() as u64),
+                Some(walked.len),
                 None,
                 "sealed segment does not end with a sealing checkpoint (truncated)".into(),
             );
         }
-        done += bytes.len() as u64;
+        done += walked.len;
         progress(done, total);
     }
     r.head = pos.head.iter().map(|b| format!("{b:02x}")).collect();

@@ -143,12 +143,23 @@ impl<'a> SegmentWalk<'a> {
 
     /// Walks `bytes`, which start at offset `base` of a segment, with the chain at `pos`.
     pub fn window(bytes: &'a [u8], base: u64, pos: ChainPos) -> SegmentWalk<'a> {
+        SegmentWalk::window_after(bytes, base, pos, false)
+    }
+
+    /// [`SegmentWalk::window`] going on from a window that ended past a sealing
+    /// checkpoint when `sealed` (anything here is then data after the seal).
+    pub fn window_after(
+        bytes: &'a [u8],
+        base: u64,
+        pos: ChainPos,
+        sealed: bool,
+    ) -> SegmentWalk<'a> {
         SegmentWalk {
             bytes,
             base,
             at: 0,
             pos,
-            sealed: false,
+            sealed,
         }
     }
 
@@ -250,6 +261,116 @@ impl<'a> SegmentWalk<'a> {
                 Ok(Step::Checkpoint { offset, cp, flaw })
             }
         }
+    }
+}
+
+/// Bytes [`walk_stored`] reads at a time; a longer frame is read whole (at most
+/// [`segment::MAX_FRAME`]).
+pub const WINDOW: usize = 4 << 20;
+
+/// Why [`walk_stored`] stopped with an error.
+#[derive(Debug)]
+pub enum WalkError<E> {
+    /// Reading the file failed.
+    Read(crate::storage::ReadError),
+    /// The function walking it did.
+    Stopped(E),
+}
+
+/// What [`walk_stored`] walked of a segment file.
+#[derive(Debug, Clone, Copy)]
+pub struct Walked {
+    /// The file's length (header included): as read to its end, or as it is when the
+    /// walk stopped before.
+    pub len: u64,
+    /// The chain after the last frame walked.
+    pub pos: ChainPos,
+    /// Whether a sealing checkpoint was passed.
+    pub sealed: bool,
+}
+
+/// Walks the frames of segment file `name`, whose header is `header`, reading it a
+/// window of about [`WINDOW`] bytes at a time rather than whole (a segment is up to
+/// 64 MiB). `f` gets every step as [`SegmentWalk::next`] gives it, with the walk (for
+/// [`SegmentWalk::resync`]), and says whether to go on. [`Step::End`] comes once, at
+/// what is the end of the file when it is read, with `left` the bytes of an incomplete
+/// frame there; a walk stops after an `End` or an `Err`.
+pub fn walk_stored<E>(
+    storage: &dyn crate::storage::Storage,
+    name: &str,
+    header: &SegmentHeader,
+    f: impl FnMut(&mut SegmentWalk<'_>, Result<Step<'_>, Broken>) -> Result<bool, E>,
+) -> Result<Walked, WalkError<E>> {
+    walk_stored_by(storage, name, header, WINDOW, f)
+}
+
+/// [`walk_stored`] reading `window` bytes at a time (at least one).
+pub fn walk_stored_by<E>(
+    storage: &dyn crate::storage::Storage,
+    name: &str,
+    header: &SegmentHeader,
+    window: usize,
+    mut f: impl FnMut(&mut SegmentWalk<'_>, Result<Step<'_>, Broken>) -> Result<bool, E>,
+) -> Result<Walked, WalkError<E>> {
+    let window = window.max(1);
+    let mut base = HEADER_LEN as u64;
+    let mut pos = ChainPos::of_header(header);
+    let mut sealed = false;
+    let mut want = window;
+    loop {
+        let bytes = storage.read_at(name, base, want).map_err(WalkError::Read)?;
+        let at_eof = bytes.len() < want;
+        let mut w = SegmentWalk::window_after(&bytes, base, pos, sealed);
+        let walked = |w: &SegmentWalk<'_>| {
+            let read = base + bytes.len() as u64;
+            Walked {
+                // Stopped before the end: the file goes on past this window.
+                len: if at_eof {
+                    read
+                } else {
+                    storage.len(name).unwrap_or(read).max(read)
+                },
+                pos: w.pos(),
+                sealed: w.sealed(),
+            }
+        };
+        loop {
+            let step = w.next();
+            let last = match &step {
+                Ok(Step::End { .. }) if !at_eof => break,
+                Ok(Step::End { .. }) | Err(_) => true,
+                Ok(_) => false,
+            };
+            if !f(&mut w, step).map_err(WalkError::Stopped)? || last {
+                return Ok(walked(&w));
+            }
+        }
+        if w.offset() == base {
+            // One frame longer than the window: read all of it next time.
+            let longer = match bytes.get(..4) {
+                Some(&[a, b, c, d]) => {
+                    (4 + u32::from_be_bytes([a, b, c, d]) as usize).max(want.saturating_mul(2))
+                }
+                _ => want.saturating_mul(2),
+            }
+            .min(4 + segment::MAX_FRAME as usize);
+            if longer <= want {
+                // No whole frame within the longest a frame can be (the file changed
+                // under the walk): what is there is an incomplete frame.
+                let end = Step::End {
+                    offset: base,
+                    left: bytes.len(),
+                };
+                f(&mut w, Ok(end)).map_err(WalkError::Stopped)?;
+                return Ok(walked(&w));
+            }
+            want = longer;
+        } else {
+            want = window;
+        }
+        base = w.offset();
+        pos = w.pos();
+        sealed = w.sealed();
     }
 }
 

@@ -18,7 +18,7 @@ use crate::query;
 use crate::record::Record;
 use crate::segment::{self, Frame, Hash, Parsed, SegmentHeader, HEADER_LEN};
 use crate::storage::Storage;
-use crate::walk::{self, ChainPos, SegmentWalk, Step};
+use crate::walk::{self, ChainPos, Step};
 
 use super::*;
 
@@ -310,9 +310,10 @@ impl ArchiveReader {
                     }
                 }
             }
+            let name = segment::segment_name(id);
             let bytes = self
                 .storage
-                .read(&segment::segment_name(id))
+                .read_at(&name, 0, HEADER_LEN)
                 .map_err(ReadError::from)?;
             let corrupt = |offset: u64, what: String| ReadError::Corrupt {
                 segment: id,
@@ -332,29 +333,35 @@ impl ArchiveReader {
                 return Err(corrupt(0, flaw).into());
             }
             let (hb, cipher) = self.segment(id)?;
-            let mut w = SegmentWalk::segment(&bytes, &header);
-            loop {
-                match w.next().map_err(|b| corrupt(b.offset, b.what))? {
+            // The segment is read a window at a time, not whole.
+            let walked = walk::walk_stored(self.storage.as_ref(), &name, &header, |_, step| {
+                match step.map_err(|b| Halt::Read(corrupt(b.offset, b.what)))? {
                     // A write in progress (or a torn tail `verify` reports) ends the walk.
-                    Step::End { .. } => break,
-                    Step::Checkpoint { offset, flaw, .. } => {
-                        if let Some(flaw) = flaw {
-                            return Err(corrupt(offset, flaw).into());
-                        }
-                    }
+                    Step::End { .. } => Ok(false),
+                    Step::Checkpoint { offset, flaw, .. } => match flaw {
+                        Some(flaw) => Err(Halt::Read(corrupt(offset, flaw))),
+                        None => Ok(true),
+                    },
                     Step::Record(r) => {
                         if let Some(flaw) = r.flaw {
-                            return Err(corrupt(r.offset, flaw).into());
+                            return Err(Halt::Read(corrupt(r.offset, flaw)));
                         }
-                        if r.seq < from {
-                            continue;
+                        if r.seq >= from {
+                            let cipher = cipher.as_ref().filter(|_| decrypt);
+                            let entry =
+                                ChainEntry::of_frame(id, &r, cipher, &hb).map_err(Halt::Read)?;
+                            f(entry).map_err(Halt::Caller)?;
                         }
-                        let cipher = cipher.as_ref().filter(|_| decrypt);
-                        f(ChainEntry::of_frame(id, &r, cipher, &hb)?)?;
+                        Ok(true)
                     }
                 }
-            }
-            after = Some(w.pos());
+            });
+            let walked = walked.map_err(|h| match h {
+                walk::WalkError::Read(e) => E::from(e.into()),
+                walk::WalkError::Stopped(Halt::Read(e)) => E::from(e),
+                walk::WalkError::Stopped(Halt::Caller(e)) => e,
+            })?;
+            after = Some(walked.pos);
         }
         Ok(())
     }
@@ -447,6 +454,12 @@ impl ArchiveReader {
 }
 
 /// Stops a scan early without an error.
+/// Why a walk of a segment stopped early: reading failed, or the caller's function did.
+enum Halt<E> {
+    Read(ReadError),
+    Caller(E),
+}
+
 pub(super) enum Stop {
     Done,
     Failed(ReadError),

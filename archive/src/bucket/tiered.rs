@@ -205,6 +205,15 @@ impl Storage for TieredStorage {
         }
     }
 
+    fn len(&self, name: &str) -> Result<u64, ReadError> {
+        match self.local.len(name) {
+            Err(ReadError::NotFound { .. }) if self.may_fetch(name) => {
+                Ok(self.remote_read(name)?.len() as u64)
+            }
+            other => other,
+        }
+    }
+
     fn is_sealed(&self, name: &str) -> Result<bool, ReadError> {
         match self.local.is_sealed(name) {
             // Only sealed files are ever uploaded.

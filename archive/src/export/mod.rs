@@ -48,7 +48,7 @@ use crate::record::{EventRecord, NewRecord};
 use crate::segment::{self, SegmentHeader, HEADER_LEN};
 use crate::storage::Storage;
 use crate::time::Timestamp;
-use crate::walk::{self, ChainPos, SegmentWalk, Step};
+use crate::walk::{self, ChainPos, Step};
 
 use chain::ProofBuilder;
 use filter::Filter;
@@ -224,13 +224,18 @@ pub fn export_with(
     let mut st = Stats::default();
 
     let mut after = Some(ChainPos::genesis(&meta.archive_id));
-    'segments: for &id in &ids {
-        let bytes = storage
-            .read(&segment::segment_name(id))
-            .map_err(|e| ExportError::Read {
-                segment: id,
-                what: e.to_string(),
-            })?;
+    // Set once a record past `through` is met: the export ends there.
+    let mut past = false;
+    for &id in &ids {
+        if past {
+            break;
+        }
+        let name = segment::segment_name(id);
+        let read_err = |e: crate::storage::ReadError| ExportError::Read {
+            segment: id,
+            what: e.to_string(),
+        };
+        let bytes = storage.read_at(&name, 0, HEADER_LEN).map_err(read_err)?;
         let corrupt = |offset: usize, what: String| ExportError::Corrupt {
             segment: id,
             offset: offset as u64,
@@ -253,11 +258,10 @@ pub fn export_with(
         {
             return Err(corrupt(0, flaw));
         }
-        let mut w = SegmentWalk::segment(&bytes, &header);
-        loop {
-            let step = w.next().map_err(|b| corrupt(b.offset as usize, b.what))?;
-            match step {
-                Step::End { .. } => break,
+        // The segment is read a window at a time, not whole.
+        let walked = walk::walk_stored(storage, &name, &header, |_, step| {
+            match step.map_err(|b| corrupt(b.offset as usize, b.what))? {
+                Step::End { .. } => return Ok(false),
                 Step::Checkpoint { offset, cp, flaw } => {
                     if let Some(flaw) = flaw {
                         return Err(corrupt(offset as usize, flaw));
@@ -270,13 +274,14 @@ pub fn export_with(
                         return Err(corrupt(at, flaw));
                     }
                     if seq > through {
-                        break 'segments;
+                        past = true;
+                        return Ok(false);
                     }
                     st.scanned += 1;
                     let Some(c) = &cipher else {
                         st.shredded += 1;
                         proofs.gap(seq, r.leaf)?;
-                        continue;
+                        return Ok(true);
                     };
                     let o = walk::open_frame(c, &hb, &r).map_err(|what| corrupt(at, what))?;
                     let rec = o.record;
@@ -306,8 +311,13 @@ pub fn export_with(
                     }
                 }
             }
-        }
-        after = Some(w.pos());
+            Ok(true)
+        });
+        let walked = walked.map_err(|e| match e {
+            walk::WalkError::Read(e) => read_err(e),
+            walk::WalkError::Stopped(e) => e,
+        })?;
+        after = Some(walked.pos);
     }
 
     let checkpoints = CheckpointSummary {
@@ -433,26 +443,28 @@ fn describe(req: &ExportRequest, st: &Stats, through: u64) -> String {
 /// a signature, so the export stops there.
 fn last_checkpoint(storage: &dyn Storage, ids: &[u64]) -> Result<u64, ExportError> {
     for &id in ids.iter().rev() {
-        let bytes = storage
-            .read(&segment::segment_name(id))
-            .map_err(|e| ExportError::Read {
-                segment: id,
-                what: e.to_string(),
-            })?;
+        let name = segment::segment_name(id);
+        let read_err = |e: crate::storage::ReadError| ExportError::Read {
+            segment: id,
+            what: e.to_string(),
+        };
+        let bytes = storage.read_at(&name, 0, HEADER_LEN).map_err(read_err)?;
         let Ok(header) = SegmentHeader::decode(&bytes) else {
             continue;
         };
-        let mut w = SegmentWalk::segment(&bytes, &header);
         let mut last = None;
         // The walk is checked in full by the export itself; here only the newest
         // checkpoint is wanted, up to the first frame that does not parse.
-        while let Ok(step) = w.next() {
-            match step {
-                Step::End { .. } => break,
-                Step::Checkpoint { cp, .. } => last = Some(cp.seq),
-                Step::Record(_) => {}
+        walk::walk_stored(storage, &name, &header, |_, step| {
+            if let Ok(Step::Checkpoint { cp, .. }) = &step {
+                last = Some(cp.seq);
             }
-        }
+            Ok::<bool, std::convert::Infallible>(step.is_ok())
+        })
+        .map_err(|e| match e {
+            walk::WalkError::Read(e) => read_err(e),
+            walk::WalkError::Stopped(never) => match never {},
+        })?;
         if let Some(seq) = last {
             return Ok(seq);
         }
