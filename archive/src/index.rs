@@ -39,8 +39,8 @@ use crate::query::{self, Clause, Expr, JidField, Query};
 use crate::record::{Direction, EventRecord, NewRecord};
 use crate::segment::Hash;
 use crate::vocab::{
-    vocab_dir, TooBroad, VocabWriter, Vocabulary, MAX_EXPANSION, MAX_NEAR_EXPANSION,
-    MAX_QUERY_EXPANSION,
+    vocab_dir, ListMark, ListMarks, TooBroad, VocabWriter, Vocabulary, MAX_EXPANSION,
+    MAX_NEAR_EXPANSION, MAX_QUERY_EXPANSION,
 };
 
 /// Memory budget for the single indexing thread (tantivy needs ≥ 15 MB).
@@ -71,6 +71,8 @@ pub enum IndexError {
     Vocabulary(std::io::Error),
     #[error("the search vocabulary has no word list for log segment(s) {0:?} whose messages the index holds (deleted or damaged?): prefix, wildcard and fuzzy terms cannot be answered completely; run `custos reindex`")]
     VocabularyMissing(Vec<u64>),
+    #[error("the word list(s) of log segment(s) {0:?} are not the ones the index committed (cut back, rolled back to an older copy, or replaced): prefix, wildcard and fuzzy terms would miss messages; run `custos reindex`")]
+    VocabularyNotBound(Vec<u64>),
 }
 
 /// The key that blinds index terms, held as HMAC-SHA256 keyed once: each term then costs
@@ -172,30 +174,84 @@ pub struct Mark {
 }
 
 const MARK_V2: &str = "custos-index-v2";
+/// A v2 mark and the word lists the commit binds.
+const MARK_V3: &str = "custos-index-v3";
 
-fn mark_mac(master: &MasterKey, archive_id: &[u8; 16], mark: &Mark, opstamp: u64) -> [u8; 32] {
+fn mark_mac(
+    master: &MasterKey,
+    archive_id: &[u8; 16],
+    mark: &Mark,
+    words: Option<&str>,
+    opstamp: u64,
+) -> [u8; 32] {
     let key = master.derive("custos-index-mark-v1", archive_id);
+    let version = if words.is_some() { MARK_V3 } else { MARK_V2 };
     hmac_sha256(
         key.as_ref(),
         &[
-            MARK_V2.as_bytes(),
+            version.as_bytes(),
             archive_id,
             &mark.through.to_be_bytes(),
             &mark.head,
             &opstamp.to_be_bytes(),
+            words.unwrap_or_default().as_bytes(),
         ],
     )
 }
 
+/// The word lists a commit binds, as its payload writes them: `-` for none, else
+/// `segment.len.file id.sha256` per list, comma-separated, in segment order.
+fn words_text(words: &ListMarks) -> String {
+    if words.is_empty() {
+        return "-".into();
+    }
+    words
+        .iter()
+        .map(|(seg, m)| format!("{seg}.{}.{}.{}", m.len, hex(&m.file), hex(&m.hash)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn parse_words(text: &str) -> Option<ListMarks> {
+    let mut out = ListMarks::new();
+    if text == "-" {
+        return Some(out);
+    }
+    for item in text.split(',') {
+        let mut parts = item.split('.');
+        let seg = parts.next()?.parse().ok()?;
+        let len = parts.next()?.parse().ok()?;
+        let file_hex = parts.next()?;
+        let hash = unhex32(parts.next()?)?;
+        if parts.next().is_some() || file_hex.len() != 32 {
+            return None;
+        }
+        let mut file = [0u8; 16];
+        for (i, f) in file.iter_mut().enumerate() {
+            *f = u8::from_str_radix(file_hex.get(i * 2..i * 2 + 2)?, 16).ok()?;
+        }
+        out.insert(seg, ListMark { file, len, hash });
+    }
+    Some(out)
+}
+
 /// The payload of the commit with tantivy's `opstamp`: that number is in the MAC too,
-/// so even it cannot be changed in `meta.json` unseen.
-fn payload(master: &MasterKey, archive_id: &[u8; 16], mark: &Mark, opstamp: u64) -> String {
+/// so even it cannot be changed in `meta.json` unseen; so are the word lists the
+/// commit binds.
+fn payload(
+    master: &MasterKey,
+    archive_id: &[u8; 16],
+    mark: &Mark,
+    words: &ListMarks,
+    opstamp: u64,
+) -> String {
+    let words = words_text(words);
     format!(
-        "{MARK_V2} {} {} {} {opstamp} {}",
+        "{MARK_V3} {} {} {} {opstamp} {words} {}",
         hex(archive_id),
         mark.through,
         hex(&mark.head),
-        hex(&mark_mac(master, archive_id, mark, opstamp))
+        hex(&mark_mac(master, archive_id, mark, Some(&words), opstamp))
     )
 }
 
@@ -214,46 +270,51 @@ fn unhex32(s: &str) -> Option<Hash> {
     Some(out)
 }
 
-/// The mark in the payload of commit `opstamp`; no payload is an index nothing was
-/// committed to.
+/// The mark in the payload of commit `opstamp`, and the word lists it binds (`None`
+/// for a commit by an older Custos, which bound none); no payload is an index nothing
+/// was committed to.
 fn parse_payload(
     p: Option<&str>,
     opstamp: u64,
     master: &MasterKey,
     archive_id: &[u8; 16],
-) -> Result<Mark, IndexError> {
+) -> Result<(Mark, Option<ListMarks>), IndexError> {
     let Some(p) = p else {
-        return Ok(Mark::default());
+        return Ok((Mark::default(), Some(ListMarks::new())));
     };
     let parts: Vec<&str> = p.split(' ').collect();
-    match parts.as_slice() {
-        [MARK_V2, id, seq, head, stamp, mac] => {
-            if *id != hex(archive_id) {
-                return Err(IndexError::Foreign);
-            }
-            let mark = Mark {
-                through: seq.parse().map_err(|_| IndexError::Forged)?,
-                head: unhex32(head).ok_or(IndexError::Forged)?,
-            };
-            if stamp.parse::<u64>().ok() != Some(opstamp) {
-                return Err(IndexError::Forged);
-            }
-            let want = mark_mac(master, archive_id, &mark, opstamp);
-            let got = unhex32(mac).ok_or(IndexError::Forged)?;
-            // Constant time: the comparison must not say how much of a forgery matched.
-            if want
-                .iter()
-                .zip(got.iter())
-                .fold(0u8, |a, (x, y)| a | (x ^ y))
-                != 0
-            {
-                return Err(IndexError::Forged);
-            }
-            Ok(mark)
-        }
-        ["custos-index-v1", ..] => Err(IndexError::Unauthenticated),
-        _ => Err(IndexError::Foreign),
+    let (id, seq, head, stamp, words, mac) = match parts.as_slice() {
+        [MARK_V2, id, seq, head, stamp, mac] => (id, seq, head, stamp, None, mac),
+        [MARK_V3, id, seq, head, stamp, words, mac] => (id, seq, head, stamp, Some(*words), mac),
+        ["custos-index-v1", ..] => return Err(IndexError::Unauthenticated),
+        _ => return Err(IndexError::Foreign),
+    };
+    if *id != hex(archive_id) {
+        return Err(IndexError::Foreign);
     }
+    let mark = Mark {
+        through: seq.parse().map_err(|_| IndexError::Forged)?,
+        head: unhex32(head).ok_or(IndexError::Forged)?,
+    };
+    if stamp.parse::<u64>().ok() != Some(opstamp) {
+        return Err(IndexError::Forged);
+    }
+    let want = mark_mac(master, archive_id, &mark, words, opstamp);
+    let got = unhex32(mac).ok_or(IndexError::Forged)?;
+    // Constant time: the comparison must not say how much of a forgery matched.
+    if want
+        .iter()
+        .zip(got.iter())
+        .fold(0u8, |a, (x, y)| a | (x ^ y))
+        != 0
+    {
+        return Err(IndexError::Forged);
+    }
+    let words = match words {
+        Some(w) => Some(parse_words(w).ok_or(IndexError::Forged)?),
+        None => None,
+    };
+    Ok((mark, words))
 }
 
 fn meta_mark(
@@ -261,6 +322,15 @@ fn meta_mark(
     master: &MasterKey,
     archive_id: &[u8; 16],
 ) -> Result<Mark, IndexError> {
+    meta_mark_words(meta, master, archive_id).map(|(m, _)| m)
+}
+
+/// [`meta_mark`] with the word lists the commit binds.
+fn meta_mark_words(
+    meta: &tantivy::IndexMeta,
+    master: &MasterKey,
+    archive_id: &[u8; 16],
+) -> Result<(Mark, Option<ListMarks>), IndexError> {
     parse_payload(meta.payload.as_deref(), meta.opstamp, master, archive_id)
 }
 
@@ -283,6 +353,7 @@ pub(crate) fn mark_of_meta(
         master,
         archive_id,
     )
+    .map(|(m, _)| m)
 }
 
 /// The mark of the index in `dir`, as last committed (not checked against the log).
@@ -346,6 +417,9 @@ pub struct Coverage {
     /// Segments with documents but no whole sealed word list (deleted or damaged):
     /// prefix, wildcard and fuzzy terms would be refused for them.
     pub vocabulary_gaps: Vec<u64>,
+    /// Segments whose word list is not the one the last commit bound (cut back, rolled
+    /// back, replaced): refused by search too, and no crash leaves one.
+    pub vocabulary_unbound: Vec<u64>,
 }
 
 /// Reads the coverage of the index in `dir` for archive `archive_id`. An index that does
@@ -386,7 +460,7 @@ fn coverage_of(
     at_rest: bool,
 ) -> Result<Coverage, IndexError> {
     let meta = index.load_metas()?;
-    let mark = meta_mark(&meta, master, archive_id)?;
+    let (mark, words) = meta_mark_words(&meta, master, archive_id)?;
     check_files(dir, &meta, at_rest).map_err(IndexError::Damaged)?;
     let damaged = index.validate_checksum()?;
     if !damaged.is_empty() {
@@ -422,16 +496,31 @@ fn coverage_of(
     // Every segment with documents needs its sealed word list, whole.
     let mut vocab = Vocabulary::new(dir, master, archive_id);
     vocab.refresh().map_err(IndexError::Vocabulary)?;
-    let vocabulary_gaps = by_segment
+    let vocabulary_gaps: Vec<u64> = by_segment
         .keys()
         .copied()
         .filter(|s| !vocab.has_segment(*s))
         .collect();
+    // A list that is there but is not what the commit bound (an index made by an older
+    // Custos bound none).
+    let vocabulary_unbound = match &words {
+        Some(words) => vocab
+            .unbound(
+                words,
+                by_segment
+                    .keys()
+                    .copied()
+                    .filter(|s| !vocabulary_gaps.contains(s)),
+            )
+            .map_err(IndexError::Vocabulary)?,
+        None => Vec::new(),
+    };
     Ok(Coverage {
         mark,
         docs,
         by_segment,
         vocabulary_gaps,
+        vocabulary_unbound,
     })
 }
 
@@ -625,6 +714,17 @@ impl BlindIndexWriter {
                 vocab.forget(s)?;
             }
         }
+        // A list changed while nothing ran stays refused: the next commit binds what the
+        // last one did for it, not what is there now.
+        if let Ok((_, Some(committed))) = meta_mark_words(&index.load_metas()?, master, &archive_id)
+        {
+            let held = vocab
+                .hold_committed(&committed)
+                .map_err(IndexError::Vocabulary)?;
+            if !held.is_empty() {
+                tracing::warn!(segments = ?held, "search word lists are not the ones the index committed (cut back, rolled back or replaced); prefix, wildcard and fuzzy search refuse them until custos reindex");
+            }
+        }
         Ok(BlindIndexWriter {
             writer,
             index,
@@ -785,12 +885,19 @@ impl BlindIndexWriter {
     pub fn commit(&mut self) -> Result<(), IndexError> {
         // The words first: a committed document's words are always in the vocabulary.
         self.vocab.flush()?;
+        // The lists as they stand, less those whose segment this commit shreds (they
+        // are deleted after it).
+        let mut words = self.vocab.marks().map_err(IndexError::Vocabulary)?;
+        for segment in &self.forget {
+            words.remove(segment);
+        }
         let mut pc = self.writer.prepare_commit()?;
         let opstamp = pc.opstamp();
         pc.set_payload(&payload(
             &self.master,
             &self.archive_id,
             &self.mark,
+            &words,
             opstamp,
         ));
         pc.commit()?;
@@ -842,6 +949,9 @@ pub struct BlindIndexReader {
     reader: IndexReader,
     fields: Fields,
     key: BlindKey,
+    /// To check a commit's mark and the word lists it binds.
+    master: MasterKey,
+    archive_id: [u8; 16],
     /// Loaded on the first prefix, wildcard or fuzzy term, then kept current.
     vocab: std::sync::Mutex<Vocabulary>,
 }
@@ -862,6 +972,8 @@ impl BlindIndexReader {
             reader,
             fields,
             key: BlindKey::derive(master, archive_id),
+            master: master.clone(),
+            archive_id: *archive_id,
             vocab: std::sync::Mutex::new(Vocabulary::new(dir, master, archive_id)),
         })
     }
@@ -881,15 +993,34 @@ impl BlindIndexReader {
     ) -> Result<Vec<String>, IndexError> {
         let mut v = self.vocab.lock().unwrap_or_else(|p| p.into_inner());
         if !b.fresh && words.iter().any(|w| !matches!(w, query::Word::Exact(_))) {
+            // The commit's mark first: the lists read after it hold at least what it
+            // binds (they are written before each commit).
+            let (_, bound) = meta_mark_words(
+                &b.searcher.index().load_metas()?,
+                &self.master,
+                &self.archive_id,
+            )?;
             v.refresh().map_err(IndexError::Vocabulary)?;
             // Every segment the index holds messages of must have its word list, or
             // these terms would silently miss its messages.
-            let missing: Vec<u64> = segments_in(b.searcher, self.fields.seg)?
-                .into_iter()
+            let segments = segments_in(b.searcher, self.fields.seg)?;
+            let missing: Vec<u64> = segments
+                .iter()
+                .copied()
                 .filter(|s| !v.has_segment(*s))
                 .collect();
             if !missing.is_empty() {
                 return Err(IndexError::VocabularyMissing(missing));
+            }
+            // And it must be the list the commit bound, not one cut back or rolled back
+            // to an older copy, which would expand terms to fewer words.
+            if let Some(bound) = bound {
+                let unbound = v
+                    .unbound(&bound, segments)
+                    .map_err(IndexError::Vocabulary)?;
+                if !unbound.is_empty() {
+                    return Err(IndexError::VocabularyNotBound(unbound));
+                }
             }
             b.fresh = true;
         }

@@ -205,6 +205,20 @@ fn check_index(
             });
         }
     }
+    // A word list that is not the one the index's commit bound was changed after it
+    // was written: no crash leaves one (lists are synced before the commit that binds
+    // them). Search refuses pattern terms for these segments.
+    for s in &c.vocabulary_unbound {
+        if r.keyless.contains(s) || r.shred_named.contains(s) {
+            continue;
+        }
+        r.problems.push(Problem {
+            segment: Some(*s),
+            offset: None,
+            seq: None,
+            what: "search vocabulary: the segment's sealed word list is not the one the index committed (cut back, rolled back to an older copy, or replaced); prefix, wildcard and fuzzy search refuse to run until custos reindex".into(),
+        });
+    }
     // Derived data whose loss hides nothing: search refuses pattern terms for these
     // segments rather than answer from less, so it is told, not failed.
     let gaps: Vec<u64> = c

@@ -20,12 +20,13 @@
 //! Someone who copies the directory learns its file sizes (roughly how many distinct
 //! words each segment added, and when), nothing of the words without the master key.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
+use sha2::{Digest, Sha256};
 
 use crate::keys::{random_bytes, MasterKey};
 use crate::query::Word;
@@ -160,6 +161,31 @@ impl Seal {
     }
 }
 
+/// What an index commit binds of one segment's word list: which file (its header's id),
+/// how many bytes of it, and their SHA-256. A list cut back, rolled back to an older
+/// copy, replaced or with a chunk swapped no longer matches, so a search refuses it
+/// rather than expand terms to fewer words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListMark {
+    pub file: [u8; 16],
+    pub len: u64,
+    pub hash: [u8; 32],
+}
+
+/// The lists a commit binds, by segment.
+pub type ListMarks = BTreeMap<u64, ListMark>;
+
+/// The mark of a list's first `len` bytes.
+fn list_mark(bytes: &[u8], len: usize) -> Option<ListMark> {
+    let file = file_id(bytes)?;
+    let prefix = bytes.get(..len)?;
+    Some(ListMark {
+        file,
+        len: len as u64,
+        hash: Sha256::digest(prefix).into(),
+    })
+}
+
 /// Collects the words the indexer adds and seals them, per segment, at each commit.
 pub struct VocabWriter {
     dir: PathBuf,
@@ -168,6 +194,15 @@ pub struct VocabWriter {
     /// Words of `segment` already sealed or pending (never two copies in a file).
     seen: HashSet<String>,
     pending: Vec<String>,
+    /// Every list's mark as written so far (read from the files at the first need).
+    marks: Option<ListMarks>,
+    /// The hash of `segment`'s list so far, carried on as chunks are appended.
+    hashing: Option<(Sha256, ListMark)>,
+    /// Lists found at open not to extend what the index last committed for them (cut
+    /// back, rolled back, replaced while nothing ran): that commit's marks are carried
+    /// on for them, so searches and `verify` keep refusing them until a reindex,
+    /// rather than the next commit binding what is there now.
+    held: ListMarks,
 }
 
 impl VocabWriter {
@@ -178,7 +213,58 @@ impl VocabWriter {
             segment: None,
             seen: HashSet::new(),
             pending: Vec::new(),
+            marks: None,
+            hashing: None,
+            held: ListMarks::new(),
         }
+    }
+
+    /// Checks the lists against `committed` (what the index's last commit bound) and
+    /// holds on to that commit's mark for each list that does not extend it; returns
+    /// those segments.
+    pub fn hold_committed(&mut self, committed: &ListMarks) -> std::io::Result<Vec<u64>> {
+        let mut held = Vec::new();
+        for (&segment, want) in committed {
+            let ok = match std::fs::read(self.dir.join(file_name(segment))) {
+                Ok(bytes) => usize::try_from(want.len)
+                    .ok()
+                    .and_then(|len| list_mark(&bytes, len))
+                    .is_some_and(|m| m == *want),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                Err(e) => return Err(e),
+            };
+            if !ok {
+                self.held.insert(segment, *want);
+                held.push(segment);
+            }
+        }
+        Ok(held)
+    }
+
+    /// The marks of every list as written so far: what the next commit binds.
+    pub fn marks(&mut self) -> std::io::Result<ListMarks> {
+        if self.marks.is_none() {
+            let mut marks = ListMarks::new();
+            for segment in self.segments()? {
+                let bytes = match std::fs::read(self.dir.join(file_name(segment))) {
+                    Ok(b) => b,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
+                // Only whole chunks count: a torn one is cut before anything follows it.
+                let end = match file_id(&bytes) {
+                    Some(_) => self.seal.open(segment, &bytes, HEADER_LEN, &mut |_| {}).0,
+                    None => continue,
+                };
+                if let Some(m) = list_mark(&bytes, end) {
+                    marks.insert(segment, m);
+                }
+            }
+            self.marks = Some(marks);
+        }
+        let mut marks = self.marks.clone().unwrap_or_default();
+        marks.extend(self.held.iter().map(|(s, m)| (*s, *m)));
+        Ok(marks)
     }
 
     /// Notes a word of a record in `segment` (records come in log order).
@@ -187,6 +273,7 @@ impl VocabWriter {
             self.flush()?;
             self.segment = Some(segment);
             self.seen.clear();
+            self.hashing = None;
             // After a restart the file may already hold words of this segment, and end
             // in a chunk a crash tore: cut that, or chunks appended after it would be
             // unreadable.
@@ -208,6 +295,11 @@ impl VocabWriter {
                     let f = std::fs::OpenOptions::new().write(true).open(&path)?;
                     f.set_len(end as u64)?;
                     f.sync_data()?;
+                }
+                if let (Some(m), Some(prefix)) = (list_mark(&bytes, end), bytes.get(..end)) {
+                    let mut h = Sha256::new();
+                    h.update(prefix);
+                    self.hashing = Some((h, m));
                 }
             }
         }
@@ -231,20 +323,47 @@ impl VocabWriter {
             .create(true)
             .append(true)
             .open(&path)?;
-        if new {
+        // The marks are read before this append, so they do not count it twice.
+        self.marks()?;
+        let written = if new {
+            let file = random_bytes::<16>().map_err(std::io::Error::other)?;
             let mut header = Vec::with_capacity(HEADER_LEN + chunk.len());
             header.extend_from_slice(MAGIC);
-            header.extend_from_slice(&random_bytes::<16>().map_err(std::io::Error::other)?);
+            header.extend_from_slice(&file);
             header.extend_from_slice(&chunk);
             f.write_all(&header)?;
+            self.hashing = Some((
+                Sha256::new(),
+                ListMark {
+                    file,
+                    len: 0,
+                    hash: [0; 32],
+                },
+            ));
+            header
         } else {
             f.write_all(&chunk)?;
-        }
+            chunk
+        };
         f.sync_data()?;
         if new {
             sync_dir(&self.dir)?;
         }
         self.pending.clear();
+        match self.hashing.as_mut() {
+            Some((h, m)) => {
+                h.update(&written);
+                m.len += written.len() as u64;
+                m.hash = h.clone().finalize().into();
+                let m = *m;
+                if let Some(marks) = self.marks.as_mut() {
+                    marks.insert(segment, m);
+                }
+            }
+            // Appended to a list this writer did not open (cannot happen: `add` opens
+            // it): read the marks from the files again.
+            None => self.marks = None,
+        }
         Ok(())
     }
 
@@ -254,7 +373,12 @@ impl VocabWriter {
             self.segment = None;
             self.seen.clear();
             self.pending.clear();
+            self.hashing = None;
         }
+        if let Some(marks) = self.marks.as_mut() {
+            marks.remove(&segment);
+        }
+        self.held.remove(&segment);
         match std::fs::remove_file(self.dir.join(file_name(segment))) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             Err(_) => Ok(()),
@@ -279,6 +403,9 @@ impl VocabWriter {
         self.segment = None;
         self.seen.clear();
         self.pending.clear();
+        self.marks = Some(ListMarks::new());
+        self.hashing = None;
+        self.held.clear();
         match std::fs::remove_dir_all(&self.dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -307,6 +434,9 @@ pub struct Vocabulary {
     /// last whole chunk), and whether a chunk in them failed to open.
     read: HashMap<u64, Read>,
     words: BTreeSet<String>,
+    /// Lists checked against a commit's marks: the mark, the file's size then, and
+    /// whether it matched.
+    checked: HashMap<u64, (ListMark, u64, bool)>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -324,7 +454,53 @@ impl Vocabulary {
             seal: Seal::new(master, archive_id),
             read: HashMap::new(),
             words: BTreeSet::new(),
+            checked: HashMap::new(),
         }
+    }
+
+    /// Of `segments`, those whose word list is not what `marks` (an index commit's)
+    /// binds: gone, another file, shorter, or other bytes in the bound part. A list is
+    /// read again only when its mark or its size changed since it was last checked.
+    /// Segments `marks` does not name are not checked here.
+    pub fn unbound(
+        &mut self,
+        marks: &ListMarks,
+        segments: impl IntoIterator<Item = u64>,
+    ) -> std::io::Result<Vec<u64>> {
+        let mut bad = Vec::new();
+        for segment in segments {
+            let Some(want) = marks.get(&segment) else {
+                continue;
+            };
+            let path = self.dir.join(file_name(segment));
+            let size = match std::fs::metadata(&path) {
+                Ok(m) => m.len(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    bad.push(segment);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let ok = match self.checked.get(&segment) {
+                Some((m, n, ok)) if m == want && *n == size => *ok,
+                _ => {
+                    let ok = match std::fs::read(&path) {
+                        Ok(bytes) => usize::try_from(want.len)
+                            .ok()
+                            .and_then(|len| list_mark(&bytes, len))
+                            .is_some_and(|m| m == *want),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                        Err(e) => return Err(e),
+                    };
+                    self.checked.insert(segment, (*want, size, ok));
+                    ok
+                }
+            };
+            if !ok {
+                bad.push(segment);
+            }
+        }
+        Ok(bad)
     }
 
     /// Takes in what the files gained; starts over when a file went (a shred or a

@@ -317,3 +317,98 @@ async fn room_matches_the_room_not_the_person_behind_a_nickname() {
     );
     a.close().await.unwrap();
 }
+
+/// An administrator puts back an older copy of a word list (or cuts it back by whole
+/// chunks, which is the same): every chunk still authenticates, but the words added
+/// since are gone, so `zanzib*` would silently skip the newer message. The index's
+/// commit binds each list's length and hash: search refuses the list, naming its
+/// segment, `verify` reports it, a restart does not bind the rolled-back list anew, and
+/// a reindex brings the words back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_word_list_rolled_back_to_an_older_copy_is_refused_not_trusted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, master) = open(tmp.path());
+    let first = a
+        .append(chat("a@x", "b@x", "zanzibarite shipment"))
+        .await
+        .unwrap()
+        .seq
+        .0;
+    assert_eq!(found(&a, "zanzib*", first).await, vec![first]);
+    let vocab = tmp.path().join("archive/vocabulary");
+    let list = std::fs::read_dir(&vocab)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .next()
+        .unwrap();
+    let older = std::fs::read(&list).unwrap();
+    let second = a
+        .append(chat("a@x", "b@x", "zanzibarian holiday"))
+        .await
+        .unwrap()
+        .seq
+        .0;
+    assert_eq!(found(&a, "zanzib*", second).await, vec![first, second]);
+    assert!(std::fs::read(&list).unwrap().len() > older.len());
+
+    // Rolled back while Custos runs: the next pattern search refuses it.
+    std::fs::write(&list, &older).unwrap();
+    let e = a
+        .reader()
+        .search_covered("zanzib*", 10)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("not the ones the index committed") && e.contains("custos reindex"),
+        "{e}"
+    );
+    // Exact words do not need the list.
+    assert_eq!(found(&a, "holiday", second).await, vec![second]);
+    a.close().await.unwrap();
+
+    // Rolled back while nothing runs: the restart does not bind it anew.
+    let (a, _) = open(tmp.path());
+    a.append(chat("a@x", "b@x", "more words, zanzibarese"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let e = a
+        .reader()
+        .search_covered("zanzib*", 10)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not the ones the index committed"), "{e}");
+    a.close().await.unwrap();
+    let public = load_verifying_key(&custos_archive::keys::public_key_path(
+        &tmp.path().join("signing.key"),
+    ))
+    .unwrap();
+    let r = verify(
+        &tmp.path().join("archive"),
+        Some(&master),
+        &public,
+        |_, _| {},
+    );
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.what.contains("not the one the index committed")),
+        "{:#?}",
+        r.problems
+    );
+
+    // A reindex writes the lists anew from the log.
+    reindex(&tmp.path().join("archive"), &master, |_, _| {}).unwrap();
+    let (a, _) = open(tmp.path());
+    let all = found(&a, "zanzib*", second + 1).await;
+    assert_eq!(all.len(), 3, "{all:?}");
+    a.close().await.unwrap();
+    let r = verify(
+        &tmp.path().join("archive"),
+        Some(&master),
+        &public,
+        |_, _| {},
+    );
+    assert!(r.is_clean(), "{:#?}", r.problems);
+}
