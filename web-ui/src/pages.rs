@@ -12,6 +12,8 @@ use crate::auth::Session;
 use crate::roles::{allows, Perm};
 use crate::store::ReviewStatus;
 
+pub mod queue;
+
 /// A rendered page.
 pub struct Page(pub Markup);
 

@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 use siphasher::sip128::SipHasher13;
 
 mod snapshot;
+mod views;
 pub use snapshot::{Covered, SnapshotError};
+pub use views::{QueuePage, QueueQuery, QueueRow};
 
 /// Which chain a record is in: 0 is this node's own, others are other nodes' chains
 /// read from the shared bucket, numbered as this process first met them.
@@ -2601,6 +2603,57 @@ mod tests {
             .map(|m| m.seq)
             .collect();
         assert_eq!(shown, [1, 3, 5]);
+    }
+
+    #[test]
+    fn the_queue_page_filters_by_status_source_rule_and_severity_and_pages() {
+        let mut s = Store::new([1; 16], 1.0);
+        s.apply(vec![
+            msg(1, "a@x/1", "b@x", Action::Flag),
+            with_severity(msg(2, "c@x/1", "d@x", Action::Block), Action::Block, "high"),
+            msg(3, "e@x/1", "f@x", Action::Allow),
+            audit(
+                4,
+                "rita",
+                &ReviewChange::Status {
+                    seqs: vec![1],
+                    status: ReviewStatus::Reviewed,
+                    comment: "fine".into(),
+                    node: None,
+                },
+            ),
+        ]);
+        let seqs = |status: &str, kind: &str, rule: &str, severity: &str, skip, take| {
+            let p = s.queue_page(&QueueQuery {
+                status,
+                kind,
+                rule,
+                severity,
+                skip,
+                take,
+            });
+            let seqs: Vec<u64> = p.rows.iter().map(|r| r.item.seq.seq).collect();
+            (seqs, p.total)
+        };
+        // Seq 3 is in the queue only as a sample (rate 1.0).
+        assert_eq!(seqs("all", "", "", "", 0, 10), (vec![3, 2, 1], 3));
+        assert_eq!(seqs("open", "", "", "", 0, 10), (vec![3, 2], 2));
+        assert_eq!(seqs("reviewed", "", "", "", 0, 10), (vec![1], 1));
+        assert_eq!(seqs("all", "flagged", "", "", 0, 10), (vec![2, 1], 2));
+        assert_eq!(seqs("all", "sample", "", "", 0, 10), (vec![3], 1));
+        assert_eq!(seqs("all", "", "r1", "", 0, 10), (vec![2, 1], 2));
+        assert_eq!(seqs("all", "", "", "high", 0, 10), (vec![2], 1));
+        assert_eq!(seqs("all", "", "r9", "", 0, 10), (vec![], 0));
+        // Pages: the total counts every page.
+        assert_eq!(seqs("all", "", "", "", 1, 1), (vec![2], 3));
+        assert_eq!(seqs("all", "", "", "", 3, 1), (vec![], 3));
+        let p = s.queue_page(&QueueQuery {
+            status: "all",
+            take: 1,
+            ..QueueQuery::default()
+        });
+        assert_eq!(p.rows[0].name, "3");
+        assert_eq!(p.rows[0].message.from, "e@x/1");
     }
 
     #[test]

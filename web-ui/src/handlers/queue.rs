@@ -1,6 +1,7 @@
 //! The review queue and review actions.
 
 use super::*;
+use crate::store::QueueQuery;
 
 #[derive(Deserialize, Default)]
 pub struct QueueFilter {
@@ -26,54 +27,20 @@ pub async fn queue(
     } else {
         f.status.clone()
     };
-    let page = f.page;
-    let start = page.saturating_mul(PAGE);
-    // Filters read each item's verdict as kept up to date by the store; only the shown
-    // page's messages are looked up.
-    let (rows, total) = {
+    let page_number = f.page;
+    let skip = page_number.saturating_mul(PAGE);
+    let (page, all_rules, all_severities) = {
         let store = read(&app.store);
-        let mut rows = Vec::new();
-        let mut total = 0usize;
-        let matching = store
-            .reviews_newest_first()
-            .filter(|i| match status.as_str() {
-                "all" => true,
-                "open" => i.status.is_open(),
-                s => ReviewStatus::parse(s) == Some(i.status),
-            })
-            .filter(|i| match f.kind.as_str() {
-                "sample" => i.sampled,
-                "flagged" => !i.sampled,
-                _ => true,
-            })
-            .filter(|i| f.rule.is_empty() || i.verdict.rules.contains(&f.rule))
-            .filter(|i| {
-                f.severity.is_empty() || i.verdict.severity.as_deref() == Some(f.severity.as_str())
-            });
-        for i in matching {
-            if total >= start && rows.len() < PAGE {
-                if let Some(m) = store.message(i.seq) {
-                    let name = store.ref_name(i.seq);
-                    let anchor = store.anchor(i.seq);
-                    let node = (i.seq.chain != 0).then(|| {
-                        store
-                            .node_of(i.seq.chain)
-                            .unwrap_or(store::UNNAMED)
-                            .to_string()
-                    });
-                    rows.push((i.clone(), m, i.verdict.clone(), (name, anchor, node)));
-                }
-            }
-            total += 1;
-        }
-        (rows, total)
+        let page = store.queue_page(&QueueQuery {
+            status: &status,
+            kind: &f.kind,
+            rule: &f.rule,
+            severity: &f.severity,
+            skip,
+            take: PAGE,
+        });
+        (page, store.rule_names(), store.severity_names())
     };
-    let (all_rules, all_sev) = {
-        let store = read(&app.store);
-        (store.rule_names(), store.severity_names())
-    };
-    let has_next = total > start.saturating_add(PAGE);
-    let can_review = allows(a.session.role, Perm::Review);
     let pairs: Vec<(String, String)> = [
         ("status", &status),
         ("rule", &f.rule),
@@ -88,72 +55,22 @@ pub async fn queue(
         "/queue?{}",
         serde_urlencoded::to_string(&pairs).unwrap_or_default()
     );
-    Ok(layout(
-        "Review queue",
-        Some(&a.session),
-        Nav::Queue,
-        html! {
-            h1 { "Review queue" span.count { (total) } }
-            form.card.filters method="get" action="/queue" {
-                div.row.filters {
-                    label { "Status" select name="status" {
-                        @for (v, l) in [("open", "Open and escalated"), ("escalated", "Escalated"), ("reviewed", "Reviewed"), ("false-positive", "False positive"), ("all", "All")] {
-                            option value=(v) selected[v == status] { (l) }
-                        }
-                    } }
-                    label { "Rule" select name="rule" { option value="" { "Any" } @for r in &all_rules { option value=(r) selected[*r == f.rule] { (r) } } } }
-                    label { "Severity" select name="severity" { option value="" { "Any" } @for s in &all_sev { option value=(s) selected[*s == f.severity] { (s) } } } }
-                    label { "Source" select name="kind" {
-                        option value="" { "Flagged and sampled" }
-                        option value="flagged" selected[f.kind == "flagged"] { "Flagged by policy" }
-                        option value="sample" selected[f.kind == "sample"] { "Random sample" }
-                    } }
-                    button type="submit" { "Filter" }
-                }
-            }
-            @if rows.is_empty() { p.empty { "Nothing to review here." } } @else {
-                form method="post" action="/queue" id="bulk" {
-                    input type="hidden" name="csrf" value=(a.session.csrf);
-                    input type="hidden" name="back" value=(back);
-                    table.results.queue {
-                        thead { tr {
-                            @if can_review { th.sel { input type="checkbox" data-select-all="seq" aria-label="Select all"; } }
-                            th { "Time (UTC)" } th { "From" } th { "To" } th { "Verdict" } th { "Severity" } th { "Status" } th { "Assignee" } th {}
-                        } }
-                        tbody {
-                            @for (item, m, v, (name, anchor, node)) in &rows {
-                                @let own = m.involves(&a.session.jids);
-                                tr id=(format!("q{}", name.replace(':', "-"))) {
-                                    @if can_review { td.sel { @if !own { input type="checkbox" name="seq" value=(name) aria-label="Select"; } } }
-                                    td.time { (short_time(m.time)) }
-                                    td.jid { (m.from) }
-                                    td.jid { (m.to) }
-                                    td { (verdict(v.action)) " " (would(v.would_action)) " " (rules(&v.rules)) " " (copies_badge(v.copies)) @if item.sampled { span.badge.sample { "sample" } } }
-                                    td { (v.severity.as_deref().unwrap_or("—")) }
-                                    td { (status_badge(item.status)) }
-                                    td { (item.assignee.as_deref().unwrap_or("—")) }
-                                    td { a.button.small href=(format!("/conversation/{name}#{anchor}")) { "Open" } @if let Some(n) = node { " " span.badge.node title="recorded by another node" { "node " (n) } } @if own { " " span.muted.small { "(own)" } } }
-                                }
-                            }
-                        }
-                    }
-                    @if can_review {
-                        div.card.bulk {
-                            label.grow { "Comment for the selected items" textarea name="comment" rows="2" {} }
-                            div.buttons {
-                                button.primary type="submit" name="op" value="reviewed" { "Mark reviewed" }
-                                button type="submit" name="op" value="escalated" { "Escalate" }
-                                button type="submit" name="op" value="false-positive" { "False positive" }
-                                button type="submit" name="op" value="assign-me" { "Assign to me" }
-                                button type="submit" name="op" value="unassign" { "Unassign" }
-                            }
-                        }
-                    }
-                }
-                (pager("/queue", &pairs, page, has_next))
-            }
-        },
-    ))
+    let body = pages::queue::queue(&pages::queue::QueueView {
+        session: &a.session,
+        status: &status,
+        rule: &f.rule,
+        severity: &f.severity,
+        kind: &f.kind,
+        all_rules: &all_rules,
+        all_severities: &all_severities,
+        page: &page,
+        page_number,
+        has_next: page.total > skip.saturating_add(PAGE),
+        can_review: allows(a.session.role, Perm::Review),
+        pairs: &pairs,
+        back: &back,
+    });
+    Ok(layout("Review queue", Some(&a.session), Nav::Queue, body))
 }
 
 /// Longest review comment kept.
