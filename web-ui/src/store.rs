@@ -21,7 +21,7 @@ use siphasher::sip128::SipHasher13;
 mod snapshot;
 mod views;
 pub use snapshot::{Covered, SnapshotError};
-pub use views::{QueuePage, QueueQuery, QueueRow};
+pub use views::{OpenItems, QueuePage, QueueQuery, QueueRow};
 
 /// Which chain a record is in: 0 is this node's own, others are other nodes' chains
 /// read from the shared bucket, numbered as this process first met them.
@@ -2606,7 +2606,7 @@ mod tests {
     }
 
     #[test]
-    fn the_queue_page_filters_by_status_source_rule_and_severity_and_pages() {
+    fn the_queue_page_and_the_dashboards_counts_come_from_the_same_items() {
         let mut s = Store::new([1; 16], 1.0);
         s.apply(vec![
             msg(1, "a@x/1", "b@x", Action::Flag),
@@ -2654,6 +2654,13 @@ mod tests {
         });
         assert_eq!(p.rows[0].name, "3");
         assert_eq!(p.rows[0].message.from, "e@x/1");
+        // The dashboard's count of the same queue: the reviewed item is not open.
+        let open = s.open_items();
+        assert_eq!((open.open, open.escalated, open.sampled), (2, 0, 1));
+        assert_eq!(
+            open.by_rule.into_iter().collect::<Vec<_>>(),
+            [("r1".to_string(), (1, 0))]
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use serde_json::json;
 
 use crate::app::{lock, read, App, Authed, ClientAddr};
 use crate::auth::{self, LOGIN_COOKIE, SESSION_COOKIE};
-use crate::charts::{bar_chart, Bar};
+use crate::charts::Bar;
 use crate::error::AppError;
 use crate::highlight;
 use crate::pages::{

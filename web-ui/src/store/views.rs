@@ -1,5 +1,5 @@
 //! What each page asks of the store, answered here so a handler only parses its request,
-//! asks, and renders: the queue's filtered page.
+//! asks, and renders: the queue's filtered page, the dashboard's open items.
 
 use super::*;
 
@@ -82,5 +82,44 @@ impl Store {
             page.total += 1;
         }
         page
+    }
+}
+
+/// The open review items (open and escalated) as the dashboard counts them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenItems {
+    pub open: u64,
+    pub escalated: u64,
+    /// Open items in the queue by sampling, not policy.
+    pub sampled: u64,
+    /// Flagged open items by each rule their copies matched: (open, escalated).
+    pub by_rule: BTreeMap<String, (u64, u64)>,
+}
+
+impl Store {
+    /// Counts the open review items.
+    pub fn open_items(&self) -> OpenItems {
+        let mut o = OpenItems::default();
+        for i in self.reviews().filter(|i| i.status.is_open()) {
+            let escalated = u64::from(i.status == ReviewStatus::Escalated);
+            o.open += 1;
+            o.escalated += escalated;
+            if i.sampled {
+                o.sampled += 1;
+                continue;
+            }
+            for r in &i.verdict.rules {
+                match o.by_rule.get_mut(r) {
+                    Some(e) => {
+                        e.0 += 1;
+                        e.1 += escalated;
+                    }
+                    None => {
+                        o.by_rule.insert(r.clone(), (1, escalated));
+                    }
+                }
+            }
+        }
+        o
     }
 }
