@@ -19,8 +19,9 @@
 //! reordered, or spliced from another state file does not open. Someone who copies the
 //! directory learns the file's size (roughly how many records the state covers), nothing
 //! of its content without the master key. Someone who can write the directory can delete
-//! the file or put back an older one, which costs a longer catch-up and changes nothing
-//! shown: the state is a function of the records it covers.
+//! the file or put back an older one, which costs a longer catch-up: the rest is read
+//! from the log. The temporary file is created anew for each write (a link in its place
+//! is removed, not followed), and writers of one state wait for each other.
 
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -109,6 +110,9 @@ pub struct StateWriter {
     index: u64,
     tmp: PathBuf,
     path: PathBuf,
+    /// The state directory, locked (exclusive) for as long as this writer lives: a
+    /// second writer waits instead of writing into the same temporary file.
+    _lock: File,
 }
 
 impl StateWriter {
@@ -123,8 +127,21 @@ impl StateWriter {
         std::fs::create_dir_all(&states)?;
         let path = states.join(format!("{name}.state"));
         let tmp = states.join(format!("{name}.state.tmp"));
+        let lock = File::open(&states)?;
+        lock.lock()?;
+        // What a crash or another process left there is removed, not written through
+        // (a link put in its place is not followed).
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
         let file_id = random_bytes::<16>().map_err(std::io::Error::other)?;
-        let mut out = BufWriter::with_capacity(CHUNK + 64, File::create(&tmp)?);
+        let mut out = BufWriter::with_capacity(CHUNK + 64, file);
         out.write_all(MAGIC)?;
         out.write_all(&[VERSION])?;
         out.write_all(&file_id)?;
@@ -135,6 +152,7 @@ impl StateWriter {
             index: 0,
             tmp,
             path,
+            _lock: lock,
         })
     }
 
@@ -389,5 +407,74 @@ mod tests {
         write(tmp.path(), &master, &id, "s", b"");
         assert_eq!(read(tmp.path(), &master, &id, "s").unwrap(), b"");
         assert!(StateWriter::create(tmp.path(), &master, &id, "../x").is_err());
+    }
+
+    /// Someone who can write the archive directory (and not the keys, kept outside it)
+    /// puts a link where the temporary file goes: the next save must not write through
+    /// it into the file it names (the master key, the accounts file).
+    #[cfg(unix)]
+    #[test]
+    fn a_link_in_place_of_the_temporary_file_is_not_written_through() {
+        let tmp = tempfile::tempdir().unwrap();
+        let master = MasterKey::from_bytes([7; 32]);
+        let id = [1u8; 16];
+        let outside = tmp.path().join("master.key");
+        std::fs::write(&outside, b"the master key").unwrap();
+        let dir = tmp.path().join("archive");
+        std::fs::create_dir_all(state_dir(&dir)).unwrap();
+        std::os::unix::fs::symlink(&outside, state_dir(&dir).join("s.state.tmp")).unwrap();
+        write(&dir, &master, &id, "s", b"state");
+        assert_eq!(std::fs::read(&outside).unwrap(), b"the master key");
+        assert_eq!(read(&dir, &master, &id, "s").unwrap(), b"state");
+    }
+
+    /// Two saves of one state at once (the web UI's hourly save still writing when the
+    /// shutdown save starts): each must either put a whole file in place or fail
+    /// leaving whatever was there whole; what ends up in place opens.
+    #[test]
+    fn two_writers_of_one_state_at_once_leave_a_whole_file() {
+        use std::sync::mpsc;
+        use std::time::Duration;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let master = MasterKey::from_bytes([7; 32]);
+        let id = [1u8; 16];
+        let a = vec![0xaa_u8; 3 * CHUNK + 17];
+        let b = vec![0xbb_u8; CHUNK / 2];
+        let (started_tx, started_rx) = mpsc::channel::<()>();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let first = {
+            let (dir, master, a) = (dir.clone(), master.clone(), a.clone());
+            std::thread::spawn(move || {
+                let mut w = StateWriter::create(&dir, &master, &id, "s").unwrap();
+                w.write_all(&a[..2 * CHUNK + 5]).unwrap();
+                started_tx.send(()).unwrap();
+                // Goes on once the second writer has started (or after a while, if
+                // the second writer waits for this one).
+                let _ = go_rx.recv_timeout(Duration::from_millis(500));
+                w.write_all(&a[2 * CHUNK + 5..]).unwrap();
+                w.finish().is_ok()
+            })
+        };
+        started_rx.recv().unwrap();
+        let second = {
+            let (dir, master, b) = (dir.clone(), master.clone(), b.clone());
+            std::thread::spawn(move || {
+                let mut w = StateWriter::create(&dir, &master, &id, "s").unwrap();
+                let _ = go_tx.send(());
+                w.write_all(&b).unwrap();
+                // Lets the first writer finish (and rename) before this one does.
+                std::thread::sleep(Duration::from_millis(100));
+                w.finish().is_ok()
+            })
+        };
+        let first_ok = first.join().unwrap();
+        let second_ok = second.join().unwrap();
+        assert!(first_ok || second_ok, "one of the two saves went through");
+        let back = read(&dir, &master, &id, "s").expect("the state in place opens");
+        assert!(
+            back == a || back == b,
+            "the state in place is one writer's, whole"
+        );
     }
 }

@@ -112,7 +112,7 @@ impl App {
             cfg.sample_rate,
             cfg.node.clone(),
         );
-        let fresh = move || Store::for_node(archive_id, sample_rate, node.clone());
+        let fresh = move || Store::for_node(archive_id, sample_rate, node);
         let restored = restore(&cfg, &archive);
         let (store, cursor, saved) = match restored {
             Some((store, covered)) => (
@@ -143,23 +143,19 @@ impl App {
         let mut saved = saved;
         match app.catch_up_blocking() {
             Err(ReadError::Diverged { seq, what }) if saved > 1 => {
-                saved = 1;
                 tracing::warn!(
                     seq,
                     cause = %what,
                     "the saved review state was read from records this log does not hold; reading the whole archive instead"
                 );
-                *write(&app.store) = fresh();
-                *lock(&app.tail) = TailCursor::new();
-                *lock(&app.peer_tails) = PeerTails::default();
-                *lock(&app.saved) = Saved {
-                    next_seq: 1,
-                    at: None,
-                };
+                app.start_over(&mut lock(&app.tail));
                 app.catch_up_blocking()?;
             }
             other => other?,
         }
+        // Nothing of the saved copy is kept when it was found not to continue (this
+        // node's chain, or another's).
+        saved = lock(&app.saved).next_seq;
         let read = read(&app.store).next_seq().saturating_sub(saved);
         app.started = Started {
             restored_through: (saved > 1).then(|| saved - 1),
@@ -196,13 +192,17 @@ impl App {
                 store.save(&mut w)?;
                 Ok(w.finish()?)
             });
+        if written.is_ok() {
+            // Noted while the store is still held, so that a start-over (which drops
+            // the store and what was saved of it) cannot come in between.
+            *lock(&self.saved) = Saved {
+                next_seq: covered.next_seq,
+                at: Some(Instant::now()),
+            };
+        }
         drop(store);
         match written {
             Ok(path) => {
-                *lock(&self.saved) = Saved {
-                    next_seq: covered.next_seq,
-                    at: Some(Instant::now()),
-                };
                 tracing::info!(
                     path = %path.display(),
                     through = covered.next_seq - 1,
@@ -225,13 +225,47 @@ impl App {
         read >= SAVE_AFTER && saved.at.is_none_or(|t| t.elapsed() >= SAVE_EVERY)
     }
 
+    /// Drops the whole state, so that `cursor` (this node's, locked by the caller) and
+    /// every other node's chain are read again from their first record.
+    fn start_over(&self, cursor: &mut TailCursor) {
+        *write(&self.store) = Store::for_node(
+            self.archive.reader().archive_id(),
+            self.cfg.sample_rate,
+            self.cfg.node.clone(),
+        );
+        *cursor = TailCursor::new();
+        *lock(&self.peer_tails) = PeerTails::default();
+        *lock(&self.saved) = Saved {
+            next_seq: 1,
+            at: None,
+        };
+    }
+
     /// Applies every record appended since the last catch-up, reading only
     /// the bytes appended since. Blocking file I/O.
     pub fn catch_up_blocking(&self) -> Result<(), ReadError> {
         let mut cursor = lock(&self.tail);
+        self.catch_up_own(&mut cursor)?;
+        if self.follow_peers() {
+            // Another node's chain does not hold what the state was read from (its
+            // saved part): the state would go on showing records that chain no longer
+            // has and never show the ones it has. Read every chain afresh, as at a start
+            // without a saved state; chains read from their first record cannot diverge.
+            tracing::warn!(
+                "another node's chain does not continue the saved review state; reading every chain afresh"
+            );
+            self.start_over(&mut cursor);
+            self.catch_up_own(&mut cursor)?;
+            self.follow_peers();
+        }
+        Ok(())
+    }
+
+    /// This node's part of [`App::catch_up_blocking`].
+    fn catch_up_own(&self, cursor: &mut TailCursor) -> Result<(), ReadError> {
         // Applied in batches, so a long scan never holds many decoded records at once.
         let mut entries: Vec<ChainEntry> = Vec::new();
-        let followed = self.archive.reader().tail(&mut cursor, |e| {
+        let followed = self.archive.reader().tail(cursor, |e| {
             entries.push(e);
             if entries.len() >= APPLY_BATCH {
                 write(&self.store).apply(std::mem::take(&mut entries));
@@ -243,22 +277,22 @@ impl App {
         if !entries.is_empty() {
             write(&self.store).apply(entries);
         }
-        followed?;
-        self.follow_peers();
-        Ok(())
+        followed
     }
 
     /// Applies what other nodes' chains gained since last time (at most every
     /// [`PEER_INTERVAL`]). A chain that cannot be read is logged and tried again; it
-    /// never stops this node's own pages.
-    fn follow_peers(&self) {
+    /// never stops this node's own pages. Returns whether a chain was found not to
+    /// hold the record the store's part of it was read up to.
+    fn follow_peers(&self) -> bool {
+        let mut diverged = false;
         let peers = read(&self.cfg.peers).clone();
         if peers.is_empty() {
-            return;
+            return diverged;
         }
         let mut tails = lock(&self.peer_tails);
         if tails.last.is_some_and(|t| t.elapsed() < PEER_INTERVAL) {
-            return;
+            return diverged;
         }
         tails.last = Some(Instant::now());
         for p in peers {
@@ -305,6 +339,10 @@ impl App {
             }
             match followed {
                 Ok(()) => tail.failing = None,
+                Err(ReadError::Diverged { seq, what }) => {
+                    tracing::warn!(node = %name, seq, cause = %what, "another node's chain does not hold the record the review state read it up to");
+                    diverged = true;
+                }
                 Err(e) => {
                     let why = e.to_string();
                     if tail.failing.as_deref() != Some(why.as_str()) {
@@ -314,6 +352,7 @@ impl App {
                 }
             }
         }
+        diverged
     }
 
     /// The reader of another node's chain, once it is followed.

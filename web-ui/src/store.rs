@@ -2806,6 +2806,59 @@ mod tests {
         assert_eq!(s.review(MsgRef::own(1)).unwrap().status, ReviewStatus::Open);
     }
 
+    /// The docs promise that a state read back "shows exactly what a full read shows",
+    /// and that deleting the saved file or putting back an older one "changes nothing
+    /// shown". A message's two copies straddle a segment boundary; retention shreds the
+    /// segment of the first copy. A store saved before the shred and read back keeps the
+    /// item under the shredded first copy (an orphan, not in the queue); a full read
+    /// after the shred never sees that copy and queues the surviving flagged copy.
+    #[test]
+    #[ignore = "fails: a restored store keeps the item of a shredded first copy as an orphan"]
+    fn a_store_read_back_across_a_shred_shows_the_queue_a_full_read_shows() {
+        let seg = |mut e: ChainEntry, s: u64| {
+            e.segment = s;
+            e
+        };
+        let first = seg(copy(1, "idX", None, Leg::ClientToServer, Action::Flag), 1);
+        let second = seg(copy(2, "idX", None, Leg::ServerToClient, Action::Flag), 2);
+        let shred = seg(
+            entry(
+                3,
+                NewRecord::Event(EventRecord::Shred {
+                    segment: 1,
+                    reason: "expired".into(),
+                    authority: "policy".into(),
+                    actor: "custos:retention".into(),
+                }),
+            ),
+            9,
+        );
+        // Saved before the shred, read back after it.
+        let mut before = Store::new([5; 16], 0.0);
+        before.apply(vec![first.clone(), second.clone()]);
+        let mut bytes = Vec::new();
+        before.save(&mut bytes).unwrap();
+        let (mut back, _) = Store::restore(&bytes[..], [5; 16], 0.0, None).unwrap();
+        back.apply(vec![shred.clone()]);
+        // A full read after the shred: segment 1's key is gone, its record does not open.
+        let mut gone = first;
+        gone.record = None;
+        let mut full = Store::new([5; 16], 0.0);
+        full.apply(vec![gone, second, shred]);
+        let queue =
+            |s: &Store| -> Vec<MsgRef> { s.reviews_newest_first().map(|i| i.seq).collect() };
+        assert_eq!(
+            queue(&full),
+            vec![MsgRef::own(2)],
+            "the surviving flagged copy is queued"
+        );
+        assert_eq!(
+            queue(&back),
+            queue(&full),
+            "the restored queue is the full read's"
+        );
+    }
+
     #[test]
     fn group_chat_is_keyed_by_room() {
         assert_eq!(

@@ -235,3 +235,85 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// Another node's chain is resumed from the saved state too. When that node's chain in
+/// the bucket is no longer the one the state was read from (the node was set up again
+/// under its name, or its folder put back from another copy), the restored UI must not
+/// go on showing the old chain's messages and leave out every message of the chain that
+/// is there now: it must show what a full read shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_chain_that_no_longer_continues_the_saved_state_is_read_afresh() {
+    let mut fx = fixture(0.0);
+    // The other node's chain: another archive under the same keys.
+    let peer_tmp = tempfile::tempdir().unwrap();
+    let secrets = peer_tmp.path().join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    copy_dir(&fx.dir.path().join("secrets"), &secrets);
+    let peer_dir = archive_dir(&peer_tmp);
+    let peer = open_archive(&peer_tmp);
+    append(
+        &peer,
+        Msg::chat("old@example.test/a", "x@example.test", "old").flagged(
+            Action::Flag,
+            &["peer-old-rule"],
+            "high",
+        ),
+    )
+    .await;
+    peer.close().await.unwrap();
+    fx.cfg.peers = std::sync::Arc::new(std::sync::RwLock::new(vec![custos_web_ui::PeerChain {
+        node: Some("n2".into()),
+        dir: peer_dir.clone(),
+    }]));
+    append(
+        &fx.archive,
+        Msg::chat("bob@example.test/phone", "alice@example.test", "hello"),
+    )
+    .await;
+    let web = bind(&fx).await;
+    {
+        let app = web.router();
+        let (cookie, _) = sign_in(&app, "oscar").await;
+        assert!(page(&app, &cookie, "/queue")
+            .await
+            .contains("peer-old-rule"));
+    }
+    web.save_state_blocking();
+    drop(web);
+
+    // The other node's chain is now another one, longer than the one the state read.
+    std::fs::remove_dir_all(&peer_dir).unwrap();
+    let peer = open_archive(&peer_tmp);
+    for body in ["new 1", "new 2", "new 3"] {
+        append(
+            &peer,
+            Msg::chat("new@example.test/a", "y@example.test", body).flagged(
+                Action::Block,
+                &["peer-new-rule"],
+                "critical",
+            ),
+        )
+        .await;
+    }
+    peer.close().await.unwrap();
+
+    let web = bind(&fx).await;
+    let app = web.router();
+    let (cookie, _) = sign_in(&app, "oscar").await;
+    let restored = page(&app, &cookie, "/queue").await;
+    drop(web);
+    std::fs::remove_file(state_file(&fx)).unwrap();
+    let full = bind(&fx).await;
+    let full_app = full.router();
+    let (cookie, _) = sign_in(&full_app, "oscar").await;
+    let full_queue = page(&full_app, &cookie, "/queue").await;
+    assert!(full_queue.contains("peer-new-rule") && !full_queue.contains("peer-old-rule"));
+    assert!(
+        restored.contains("peer-new-rule"),
+        "the other node's current messages are queued"
+    );
+    assert!(
+        !restored.contains("peer-old-rule"),
+        "nothing of the chain the other node no longer has"
+    );
+}

@@ -168,7 +168,7 @@ fn fetch_words(index_dir: &Path, remote: &Remote, through: u64) -> Result<usize,
         }
         let path = dir.join(&f.name);
         let part = dir.join(format!("{}.part", f.name));
-        std::fs::write(&part, &body).map_err(|e| io(&part, e))?;
+        write_new(&part, &body).map_err(|e| io(&part, e))?;
         std::fs::rename(&part, &path).map_err(|e| io(&path, e))?;
     }
     Ok(words.files.len())
@@ -555,13 +555,13 @@ pub(crate) fn fetch_index(
             )));
         }
         let part = index_dir.join(format!("{}.part", f.name));
-        std::fs::write(&part, &body).map_err(|e| io(&part, e))?;
+        write_new(&part, &body).map_err(|e| io(&part, e))?;
         std::fs::rename(&part, &path).map_err(|e| io(&path, e))?;
         fetched += 1;
     }
     let meta = index_dir.join("meta.json");
     let part = index_dir.join("meta.json.part");
-    std::fs::write(&part, snap.meta.as_bytes()).map_err(|e| io(&part, e))?;
+    write_new(&part, snap.meta.as_bytes()).map_err(|e| io(&part, e))?;
     std::fs::rename(&part, &meta).map_err(|e| io(&meta, e))?;
     // Segment files of the replaced commit: nothing names them any more. tantivy's list
     // of the files it manages is written anew, as tantivy writes it (compact JSON and a
@@ -585,7 +585,7 @@ pub(crate) fn fetch_index(
     list.push(b'\n');
     let path = index_dir.join(".managed.json");
     let part = index_dir.join(".managed.json.part");
-    std::fs::write(&part, &list).map_err(|e| io(&part, e))?;
+    write_new(&part, &list).map_err(|e| io(&part, e))?;
     std::fs::rename(&part, &path).map_err(|e| io(&path, e))?;
     // Without its word lists the copy still answers every other term; patterns are
     // refused, naming `custos reindex`, as when the lists are lost.
@@ -621,5 +621,37 @@ mod tests {
         assert!(plain_name("a5c4dfcbdfe645089129e308e26d5523.fieldnorm"));
         assert!(!plain_name("../meta.json"));
         assert!(!plain_name(".managed.json"));
+    }
+}
+
+/// Writes `bytes` to a file made anew at `path`: whatever is there (a crash's leftover,
+/// or a link someone with write access to the directory put there to have this write go
+/// elsewhere) is removed first, not written through.
+fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    std::io::Write::write_all(&mut f, bytes)
+}
+
+#[cfg(all(test, unix))]
+mod write_tests {
+    #![allow(clippy::unwrap_used)]
+
+    #[test]
+    fn a_link_in_place_of_a_part_file_is_not_written_through() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("master.key");
+        std::fs::write(&outside, b"the master key").unwrap();
+        let part = tmp.path().join("meta.json.part");
+        std::os::unix::fs::symlink(&outside, &part).unwrap();
+        super::write_new(&part, b"{}").unwrap();
+        assert_eq!(std::fs::read(&outside).unwrap(), b"the master key");
+        assert_eq!(std::fs::read(&part).unwrap(), b"{}");
     }
 }
