@@ -1,6 +1,7 @@
 //! A conversation, its copies, and the files it shared.
 
 use super::*;
+use crate::store::Shown;
 
 /// Messages shown on each side of the hit.
 const CONTEXT: usize = 25;
@@ -13,56 +14,15 @@ pub async fn conversation(
     // The context may include messages sent since the last tail scan.
     app.catch_up().await?;
     let seq = read(&app.store).parse_ref(&at).ok_or(AppError::NotFound)?;
-    let (around, mut meta) = {
-        let store = read(&app.store);
-        let around: Vec<(MsgRef, u64, u64)> = store
-            .conversation_around(seq, CONTEXT, CONTEXT)
-            .iter()
-            .map(|m| (m.key(), m.segment, m.offset))
-            .collect();
-        let meta: BTreeMap<MsgRef, Shown> = around
-            .iter()
-            .filter_map(|&(s, _, _)| {
-                let m = store.message(s)?;
-                let all = store.copies(s);
-                let speaker = Speaker::of(&all);
-                let copies = all
-                    .iter()
-                    .map(|c| CopyRow {
-                        key: c.key(),
-                        name: store.ref_name(c.key()),
-                        leg: c.leg.as_str(),
-                        via: c.via.as_str(),
-                        account: c.account.clone(),
-                        action: c.action,
-                        would_action: c.would_action,
-                        rules: c.rules.clone(),
-                    })
-                    .collect();
-                Some((
-                    s,
-                    Shown {
-                        anchor: store.anchor(s),
-                        name: store.ref_name(s),
-                        node: (s.chain != 0)
-                            .then(|| store.node_of(s.chain).unwrap_or(store::UNNAMED).to_string()),
-                        severity: m.severity.clone(),
-                        e2ee: m.e2ee.clone(),
-                        verdict: store.verdict_of(s),
-                        copies,
-                        // From the record, once read.
-                        msg_id: None,
-                        edit: None,
-                        speaker,
-                    },
-                ))
-            })
-            .collect();
-        (around, meta)
-    };
-    if around.is_empty() {
+    let shown_list = read(&app.store).conversation_view(seq, CONTEXT, CONTEXT);
+    if shown_list.is_empty() {
         return Err(AppError::NotFound);
     }
+    let around: Vec<(MsgRef, u64, u64)> = shown_list
+        .iter()
+        .map(|s| (s.key, s.segment, s.offset))
+        .collect();
+    let mut meta: BTreeMap<MsgRef, Shown> = shown_list.into_iter().map(|s| (s.key, s)).collect();
     let viewed = match meta
         .get(&read(&app.store).group_of(seq))
         .and_then(|m| m.node.clone())
@@ -141,136 +101,22 @@ pub async fn conversation(
         .as_ref()
         .map(|m| m.conversation.clone())
         .unwrap_or_default();
-    let room = title.strip_prefix("room ").map(str::to_owned);
-    Ok(layout(
-        "Conversation",
-        Some(&a.session),
-        Nav::Search,
-        html! {
-            @if let Some(room) = &room {
-                h1 { "Room transcript" }
-                p.muted.conv-key { "Group chat in " span.jid { (room) } " · each message once, however many copies were recorded" }
-            } @else {
-                h1 { "Conversation" }
-                p.muted.conv-key { (title.strip_prefix("chat ").unwrap_or(&title).replace(' ', " · ")) }
-            }
-            div.conversation {
-                @for (key, r) in &records {
-                    @if let (NewRecord::Message(m), Some(shown)) = (&r.content, meta.get(key)) {
-                        @let is_hit = shown.copies.iter().any(|c| c.key == seq);
-                        article id=(shown.anchor) class=(format!("msg {} {}", m.direction.as_str(), if is_hit { "hit" } else { "" })) {
-                            header {
-                                span.time { (short_time(r.time)) }
-                                @if let Some(sp) = &shown.speaker {
-                                    span.speaker {
-                                        @match (&sp.nick, &sp.real) {
-                                            (None, None) => { span.muted { "the room" } }
-                                            (nick, real) => {
-                                                @if let Some(nick) = nick { span.nick { (nick) } " " }
-                                                @match real {
-                                                    Some(real) => { "(" span.jid { (real) } ")" }
-                                                    None => { span.muted.small { "(real JID not revealed by the room)" } }
-                                                }
-                                            }
-                                        }
-                                    }
-                                } @else {
-                                    span.jid { (m.from) } " → " span.jid { (m.to) }
-                                }
-                                span.spacer {}
-                                @if let Some(s) = &shown.severity { span.severity { (s) } }
-                                (verdict(shown.verdict.action)) " " (would(shown.verdict.would_action)) " " (rules(&shown.verdict.rules)) " " (copies_badge(shown.verdict.copies))
-                                @if is_hit { span.badge.hit-badge { "search hit" } }
-                                @if let Some(n) = &shown.node { span.badge.node title="recorded by another node" { "node " (n) } }
-                                span.badge.retention title="retention class" { "keep: " (custos_archive::retention::class_name(&m.capture.retention_class)) }
-                                @for matter in held.get(key).into_iter().flatten() {
-                                    span.badge.hold title="under legal hold" { "hold: " (matter) }
-                                }
-                            }
-                            @if let Some(claimed) = &m.capture.claimed_from {
-                                p.error.forged { "Refused: the sender's client wrote the sender as " span.jid { (claimed) } "; the account it had proven is " span.jid { (m.from) } "." }
-                            }
-                            @if let Some((kind, target)) = &shown.edit {
-                                p.edit {
-                                    span.badge.edit { (kind.as_str()) }
-                                    " of message " code { (target) }
-                                    @if let Some(t) = by_msg_id.get(target.as_str()) { " (" a href=(format!("#{t}")) { "shown above" } ")" }
-                                }
-                            }
-                            @if let Some(later) = edited_by.get(key) {
-                                p.edit.muted { "Changed later: " @for (s, kind) in later { a href=(format!("#{s}")) { (kind.as_str()) } " " } "— the original stays on the record." }
-                            }
-                            @let e2ee = &shown.e2ee;
-                            @if let Some(scheme) = e2ee {
-                                p.e2ee { span.badge.v-e2ee { "end-to-end encrypted" } " " (scheme) ": the content is not readable by Custos; the archived body is the client's fallback text." }
-                            }
-                            @if let Some(subject) = &m.subject { p.subject { "Subject: " (subject) } }
-                            @match (&m.body, &m.outcome.delivered_body) {
-                                (Some(orig), Some(delivered)) if orig != delivered => {
-                                    div.sidebyside {
-                                        div { h4 { "Original" } p.body.original { (orig) } }
-                                        div { h4 { "Delivered" } p.body.delivered { (delivered) } }
-                                    }
-                                }
-                                (Some(body), _) => { p.body { (body) } }
-                                (None, _) => { p.body.muted { "(no body)" } }
-                            }
-                            @if !m.capture.extra.is_empty() {
-                                dl.extra {
-                                    @for t in &m.capture.extra {
-                                        dt { (extra_label(&t.kind)) @if let Some(l) = &t.lang { " (" (l) ")" } }
-                                        dd { (t.text) }
-                                    }
-                                }
-                            }
-                            @if !m.capture.files.is_empty() {
-                                ul.files {
-                                    @for (i, f) in m.capture.files.iter().enumerate() {
-                                        li {
-                                            span.badge.file { "file" } " "
-                                            @match &f.error {
-                                                Some(e) => { span.jid { (f.url) } " " span.error { "not archived: " (e) } }
-                                                None => {
-                                                    a.download href=(format!("/file/{}/{i}", shown.name)) { (f.name) }
-                                                    " " span.muted.small { (f.media_type) ", " (f.size) " bytes, SHA-256 " code { (f.sha256.get(..16).unwrap_or(&f.sha256)) } "…" }
-                                                }
-                                            }
-                                        }
-                                    }
-                                }
-                            }
-                            @if m.outcome.action == Action::Block { p.muted.small { "Not delivered: blocked by policy." } }
-                            @if shown.copies.len() > 1 || shown.copies.iter().any(|c| c.via != "direct") {
-                                details.copies {
-                                    summary { "Recorded copies (" (shown.copies.len()) ")" }
-                                    table.results.compact {
-                                        thead { tr { th { "#" } th { "Stream" } th { "Account" } th { "How" } th { "Verdict" } } }
-                                        tbody {
-                                            @for c in &shown.copies {
-                                                tr { td { (c.name) } td { (c.leg) } td.jid { (c.account) } td { (c.via) } td { (verdict(c.action)) " " (would(c.would_action)) " " (rules(&c.rules)) } }
-                                            }
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            @if let Some(item) = &review {
-                section.card.review-panel {
-                    h2 { "Review" }
-                    p { "Status: " (status_badge(item.status)) @if item.sampled { " " span.badge.sample { "sample" } } " · Assigned to: " (item.assignee.as_deref().unwrap_or("nobody")) }
-                    (history(&item.history))
-                    @if allows(a.session.role, Perm::Review) {
-                        @if own { p.error { "You sent or received this message, so another officer must review it." } } @else {
-                            (review_form(&a.session.csrf, std::slice::from_ref(&at), &format!("/conversation/{at}")))
-                        }
-                    }
-                }
-            }
-        },
-    ))
+    let body = pages::conversation::conversation(&pages::conversation::ConversationView {
+        session: &a.session,
+        seq,
+        at: &at,
+        title: &title,
+        room: title.strip_prefix("room ").map(str::to_owned),
+        records: &records,
+        shown: &meta,
+        held: &held,
+        by_msg_id: &by_msg_id,
+        edited_by: &edited_by,
+        review: review.as_ref(),
+        own,
+        can_review: allows(a.session.role, Perm::Review),
+    });
+    Ok(layout("Conversation", Some(&a.session), Nav::Search, body))
 }
 
 /// Reads one record of any followed chain.
@@ -391,113 +237,4 @@ fn attachment(name: &str) -> String {
         })
         .collect();
     format!("attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}")
-}
-
-/// Who spoke a group-chat message: the nickname the room showed, and the person behind
-/// it — the sender's own proven account when the message left through Custos, else what
-/// the room revealed.
-struct Speaker {
-    nick: Option<String>,
-    real: Option<String>,
-}
-
-impl Speaker {
-    fn of(copies: &[store::MessageMeta]) -> Option<Speaker> {
-        copies.first()?.room()?;
-        let nick = copies
-            .iter()
-            .filter(|c| c.direction == custos_archive::Direction::Inbound && c.room().is_some())
-            .find_map(|c| c.from.split_once('/').map(|(_, n)| n.to_owned()));
-        let real = copies
-            .iter()
-            .find(|c| {
-                c.direction == custos_archive::Direction::Outbound
-                    && c.via == custos_archive::Via::Direct
-            })
-            .map(|c| c.from.clone())
-            .or_else(|| copies.iter().find_map(|c| c.occupant.clone()));
-        Some(Speaker { nick, real })
-    }
-}
-
-/// What the conversation view shows of one logical message besides its first record.
-struct Shown {
-    anchor: String,
-    /// How links name the record (`/conversation/NAME`, `/file/NAME/N`).
-    name: String,
-    /// Another node's record: that node's name.
-    node: Option<String>,
-    severity: Option<String>,
-    e2ee: Option<String>,
-    verdict: store::GroupVerdict,
-    copies: Vec<CopyRow>,
-    msg_id: Option<String>,
-    edit: Option<(EditKind, String)>,
-    /// Group chat: who spoke.
-    speaker: Option<Speaker>,
-}
-
-struct CopyRow {
-    key: MsgRef,
-    /// As shown and linked (`node:seq` for another node's).
-    name: String,
-    leg: &'static str,
-    via: &'static str,
-    account: String,
-    action: Action,
-    would_action: Option<Action>,
-    rules: Vec<String>,
-}
-
-/// A reader's name for a kind of extra text (docs/capture.md).
-fn extra_label(kind: &str) -> String {
-    let (wrapped, kind) = match kind.strip_prefix("forwarded-") {
-        Some(k) => (true, k),
-        None => (false, kind),
-    };
-    let name = match kind {
-        "body" => "Other body",
-        "subject" => "Other subject",
-        "xhtml" => "Formatted text",
-        "oob-url" => "Link",
-        "oob-desc" => "Link description",
-        "file-name" => "Shared file",
-        "file-desc" => "File description",
-        "file-url" => "File address",
-        _ => "Text",
-    };
-    if wrapped {
-        format!("{name}, inside an unverified wrapper")
-    } else {
-        name.to_owned()
-    }
-}
-
-fn history(h: &[crate::store::ReviewEvent]) -> maud::Markup {
-    html! {
-        @if !h.is_empty() {
-            ol.history {
-                @for e in h {
-                    li { span.time { (short_time(e.time)) } " " strong { (e.actor) } " " (e.change) @if !e.comment.is_empty() { ": " q { (e.comment) } } }
-                }
-            }
-        }
-    }
-}
-
-fn review_form(csrf: &str, seqs: &[String], back: &str) -> maud::Markup {
-    html! {
-        form.review method="post" action="/queue" {
-            input type="hidden" name="csrf" value=(csrf);
-            input type="hidden" name="back" value=(back);
-            @for s in seqs { input type="hidden" name="seq" value=(s); }
-            label.grow { "Comment" textarea name="comment" id="comment" rows="2" placeholder="Why: what you checked, what you decided" {} }
-            div.buttons {
-                button.primary type="submit" name="op" value="reviewed" id="mark-reviewed" { "Mark reviewed" }
-                button type="submit" name="op" value="escalated" id="mark-escalated" { "Escalate" }
-                button type="submit" name="op" value="false-positive" id="mark-false-positive" { "False positive" }
-                button type="submit" name="op" value="assign-me" { "Assign to me" }
-            }
-        }
-    }
 }

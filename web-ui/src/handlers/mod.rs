@@ -11,7 +11,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use custos_archive::query::Lexicons;
-use custos_archive::{Action, EditKind, MessageHit, NewRecord, Record, Timestamp};
+use custos_archive::{EditKind, MessageHit, NewRecord, Record, Timestamp};
 use maud::html;
 use serde::Deserialize;
 use serde_json::json;
@@ -22,8 +22,7 @@ use crate::charts::Bar;
 use crate::error::AppError;
 use crate::highlight;
 use crate::pages::{
-    self, copies_badge, layout, marked, pager, rules, short_time, status_badge, verdict, would,
-    Nav, Page,
+    self, copies_badge, layout, marked, pager, rules, short_time, verdict, would, Nav, Page,
 };
 use crate::roles::{allows, Perm};
 use crate::store::{self, audit_action, MsgRef, ReviewChange, ReviewStatus};

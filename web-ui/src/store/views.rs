@@ -1,5 +1,6 @@
 //! What each page asks of the store, answered here so a handler only parses its request,
-//! asks, and renders: the queue's filtered page, the dashboard's open items.
+//! asks, and renders: the queue's filtered page, the dashboard's open items, the
+//! messages of a conversation around one.
 
 use super::*;
 
@@ -121,5 +122,112 @@ impl Store {
             }
         }
         o
+    }
+}
+
+/// Who spoke a group-chat message: the nickname the room showed, and the person behind
+/// it — the sender's own proven account when the message left through Custos, else what
+/// the room revealed.
+#[derive(Debug, Clone)]
+pub struct Speaker {
+    pub nick: Option<String>,
+    pub real: Option<String>,
+}
+
+impl Speaker {
+    fn of(copies: &[MessageMeta]) -> Option<Speaker> {
+        copies.first()?.room()?;
+        let nick = copies
+            .iter()
+            .filter(|c| c.direction == Direction::Inbound && c.room().is_some())
+            .find_map(|c| c.from.split_once('/').map(|(_, n)| n.to_owned()));
+        let real = copies
+            .iter()
+            .find(|c| c.direction == Direction::Outbound && c.via == Via::Direct)
+            .map(|c| c.from.clone())
+            .or_else(|| copies.iter().find_map(|c| c.occupant.clone()));
+        Some(Speaker { nick, real })
+    }
+}
+
+/// What the conversation page shows of one logical message besides its first record
+/// (which the page reads from the archive, at `segment` and `offset`).
+#[derive(Debug, Clone)]
+pub struct Shown {
+    /// Its first copy.
+    pub key: MsgRef,
+    pub segment: u64,
+    pub offset: u64,
+    pub anchor: String,
+    /// How links name the record (`/conversation/NAME`, `/file/NAME/N`).
+    pub name: String,
+    /// Another node's record: that node's name.
+    pub node: Option<String>,
+    pub severity: Option<String>,
+    pub e2ee: Option<String>,
+    pub verdict: GroupVerdict,
+    pub copies: Vec<CopyRow>,
+    /// The sender's id and what a correction changes: read from the record by the
+    /// page, not kept in memory.
+    pub msg_id: Option<String>,
+    pub edit: Option<(custos_archive::EditKind, String)>,
+    /// Group chat: who spoke.
+    pub speaker: Option<Speaker>,
+}
+
+/// One recorded copy of a shown message.
+#[derive(Debug, Clone)]
+pub struct CopyRow {
+    pub key: MsgRef,
+    /// As shown and linked (`node:seq` for another node's).
+    pub name: String,
+    pub leg: &'static str,
+    pub via: &'static str,
+    pub account: String,
+    pub action: Action,
+    pub would_action: Option<Action>,
+    pub rules: Vec<String>,
+}
+
+impl Store {
+    /// The logical messages of `r`'s conversation around it (at most `before` earlier
+    /// and `after` later), in time order, with their copies and verdicts.
+    pub fn conversation_view(&self, r: MsgRef, before: usize, after: usize) -> Vec<Shown> {
+        self.conversation_around(r, before, after)
+            .iter()
+            .map(|m| {
+                let s = m.key();
+                let all = self.copies(s);
+                let copies = all
+                    .iter()
+                    .map(|c| CopyRow {
+                        key: c.key(),
+                        name: self.ref_name(c.key()),
+                        leg: c.leg.as_str(),
+                        via: c.via.as_str(),
+                        account: c.account.clone(),
+                        action: c.action,
+                        would_action: c.would_action,
+                        rules: c.rules.clone(),
+                    })
+                    .collect();
+                Shown {
+                    key: s,
+                    segment: m.segment,
+                    offset: m.offset,
+                    anchor: self.anchor(s),
+                    name: self.ref_name(s),
+                    node: (s.chain != 0)
+                        .then(|| self.node_of(s.chain).unwrap_or(UNNAMED).to_string()),
+                    severity: m.severity.clone(),
+                    e2ee: m.e2ee.clone(),
+                    verdict: self.verdict_of(s),
+                    copies,
+                    msg_id: None,
+                    edit: None,
+                    speaker: Speaker::of(&all),
+                }
+            })
+            .collect()
     }
 }
