@@ -17,19 +17,7 @@ pub async fn audit(
 ) -> Result<Page, AppError> {
     app.catch_up().await?;
     const N: usize = 50;
-    let (refs, has_next) = {
-        let store = read(&app.store);
-        let all = store.audit();
-        (
-            all.iter()
-                .rev()
-                .skip(p.page.saturating_mul(N))
-                .take(N)
-                .copied()
-                .collect::<Vec<_>>(),
-            all.len() > p.page.saturating_add(1).saturating_mul(N),
-        )
-    };
+    let (refs, has_next) = read(&app.store).audit_page(p.page, N);
     // The page's records, read from the log (the store keeps where they are).
     let app2 = app.clone();
     let entries: Vec<AuditEntry> = tokio::task::spawn_blocking(move || {
@@ -64,19 +52,7 @@ pub async fn audit(
         "Audit trail",
         Some(&a.session),
         Nav::Audit,
-        html! {
-            h1 { "Audit trail" }
-            p.muted { "Every sign-in, search, conversation view, review action and export, as recorded in the tamper-evident archive. Newest first." }
-            table.results.audit {
-                thead { tr { th.num { "Seq" } th { "Time (UTC)" } th { "Who" } th { "Action" } th { "Detail" } } }
-                tbody {
-                    @for e in &entries {
-                        tr { td.num { (e.seq) } td.time { (short_time(e.time)) } td { (e.actor) } td { span class=(format!("act act-{}", e.action.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect::<String>())) { (e.action) } } td.detail { code { (e.detail) } } }
-                    }
-                }
-            }
-            (pager("/audit", &[], p.page, has_next))
-        },
+        pages::audit::audit(&entries, p.page, has_next),
     ))
 }
 

@@ -1,6 +1,6 @@
 //! What each page asks of the store, answered here so a handler only parses its request,
 //! asks, and renders: the queue's filtered page, the dashboard's open items, the
-//! messages of a conversation around one.
+//! messages of a conversation around one, a page of the audit trail.
 
 use super::*;
 
@@ -229,5 +229,24 @@ impl Store {
                 }
             })
             .collect()
+    }
+}
+
+impl Store {
+    /// Page `page` (newest first, `per_page` a page) of this node's audit records, and
+    /// whether there is a next page: where each record is, for the page to read.
+    pub fn audit_page(&self, page: usize, per_page: usize) -> (Vec<AuditRef>, bool) {
+        let all = self.audit();
+        let refs = all
+            .iter()
+            .rev()
+            .skip(page.saturating_mul(per_page))
+            .take(per_page)
+            .copied()
+            .collect();
+        (
+            refs,
+            all.len() > page.saturating_add(1).saturating_mul(per_page),
+        )
     }
 }
