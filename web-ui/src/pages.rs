@@ -16,6 +16,7 @@ pub mod audit;
 pub mod conversation;
 pub mod dashboard;
 pub mod queue;
+pub mod search;
 
 /// A rendered page.
 pub struct Page(pub Markup);

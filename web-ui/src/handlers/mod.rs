@@ -21,9 +21,7 @@ use crate::auth::{self, LOGIN_COOKIE, SESSION_COOKIE};
 use crate::charts::Bar;
 use crate::error::AppError;
 use crate::highlight;
-use crate::pages::{
-    self, copies_badge, layout, marked, pager, rules, short_time, verdict, would, Nav, Page,
-};
+use crate::pages::{self, layout, Nav, Page};
 use crate::roles::{allows, Perm};
 use crate::store::{self, audit_action, MsgRef, ReviewChange, ReviewStatus};
 use crate::users::{self, Role};

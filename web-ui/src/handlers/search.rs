@@ -6,23 +6,23 @@ use super::*;
 #[derive(Deserialize, Default, Clone)]
 pub struct SearchForm {
     #[serde(default)]
-    q: String,
+    pub(crate) q: String,
     #[serde(default)]
-    participant: String,
+    pub(crate) participant: String,
     #[serde(default)]
-    direction: String,
+    pub(crate) direction: String,
     #[serde(default)]
-    since: String,
+    pub(crate) since: String,
     #[serde(default)]
-    until: String,
+    pub(crate) until: String,
     #[serde(default)]
-    rule: String,
+    pub(crate) rule: String,
     #[serde(default)]
-    action: String,
+    pub(crate) action: String,
     #[serde(default)]
-    flagged: Option<String>,
+    pub(crate) flagged: Option<String>,
     #[serde(default)]
-    page: usize,
+    pub(crate) page: usize,
 }
 
 /// A filter value as one query token: whitespace, quotes and parentheses would let a
@@ -90,7 +90,7 @@ impl SearchForm {
             .join(" "))
     }
 
-    fn pairs(&self) -> Vec<(String, String)> {
+    pub(crate) fn pairs(&self) -> Vec<(String, String)> {
         let mut p: Vec<(String, String)> = [
             ("q", &self.q),
             ("participant", &self.participant),
@@ -232,20 +232,11 @@ pub async fn search(
             .iter()
             .flat_map(|(hits, _)| hits.iter())
             .map(|mh| {
-                let h = &mh.first;
-                let name = if h.node == app.cfg.node {
-                    h.seq.0.to_string()
-                } else {
-                    format!(
-                        "{}:{}",
-                        h.node.as_deref().unwrap_or(store::UNNAMED),
-                        h.seq.0
-                    )
-                };
-                let r = store.parse_ref(&name)?;
-                // This node's records are read at once; another node's once followed.
-                (r.chain == 0 || store.contains(r))
-                    .then(|| format!("/conversation/{name}#{}", store.anchor(r)))
+                store.conversation_link(
+                    mh.first.node.as_deref(),
+                    mh.first.seq.0,
+                    app.cfg.node.as_deref(),
+                )
             })
             .collect()
     };
@@ -255,107 +246,19 @@ pub async fn search(
             .expand(&f.q)
             .unwrap_or_else(|_| f.q.clone()),
     );
-    let sel = |v: &str, cur: &str| v == cur;
-    Ok(layout(
-        "Search",
-        Some(&a.session),
-        Nav::Search,
-        html! {
-            h1 { "Search" }
-            form.card.search method="get" action="/search" {
-                div.row {
-                    input.grow type="search" name="q" id="q" value=(f.q) placeholder="Words, \"a phrase\", guarant* NEAR/5 return*, @lexicon, from:alice@example.test, -word …";
-                    button.primary type="submit" id="search-button" { "Search" }
-                }
-                div.row.filters {
-                    label { "Participant" input name="participant" value=(f.participant) placeholder="user@example.test"; }
-                    label { "Direction" select name="direction" {
-                        option value="" { "Any" }
-                        option value="outbound" selected[sel("outbound", &f.direction)] { "Outbound" }
-                        option value="inbound" selected[sel("inbound", &f.direction)] { "Inbound" }
-                    } }
-                    label { "From" input type="date" name="since" value=(f.since); }
-                    label { "To" input type="date" name="until" value=(f.until); }
-                    label { "Rule" input name="rule" value=(f.rule) placeholder="rule id"; }
-                    label { "Action" select name="action" {
-                        option value="" { "Any" }
-                        @for act in ["allow", "flag", "redact", "block"] { option value=(act) selected[sel(act, &f.action)] { (act) } }
-                    } }
-                    label.check { input type="checkbox" name="flagged" value="1" checked[f.flagged.is_some()]; "Flagged only" }
-                }
-                p.help { "Fields: " code { "from: to: with: account: room: direction: type: action: rule: msg: via: after: before:" } "; " code { "OR" } ", " code { "NOT" } " or " code { "-" } ", " code { "( )" } ", " code { "guarant*" } ", " code { "garantee~" } ", " code { "a NEAR/5 b" } "." }
-                @if !app.cfg.lexicons.is_empty() {
-                    details.lexicons {
-                        summary { "Lexicons" }
-                        dl {
-                            @for (name, terms) in app.cfg.lexicons.names() {
-                                dt { code { "@" (name) } }
-                                dd { (terms.join(" · ")) }
-                            }
-                        }
-                    }
-                }
-            }
-            @if let Some(e) = &error { p.error role="alert" { (e) } }
-            @if let Some(u) = &uncovered { p.warning.uncovered role="status" { "Incomplete: " (u) "." } }
-            @if let Some((hits, has_next)) = &results {
-                @if hits.is_empty() { p.empty { "No messages match." } } @else {
-                    table.results {
-                        thead { tr { th { "Time (UTC)" } th { "From" } th { "To" } th { "Message" } th { "Verdict" } } }
-                        tbody {
-                            @for (mh, link) in hits.iter().zip(&links) {
-                                @let h = &mh.first;
-                                @let strictest = mh.copies.iter().map(|c| c.action).max_by_key(|a| store::rank(*a)).unwrap_or(h.action);
-                                @let would_act = mh.copies.iter().filter_map(|c| c.would_action).max_by_key(|a| store::rank(*a));
-                                @let all_rules: Vec<String> = mh.copies.iter().flat_map(|c| c.rules.iter().cloned()).fold(Vec::new(), |mut v, r| { if !v.contains(&r) { v.push(r); } v });
-                                @let body = h.body.as_deref().unwrap_or("");
-                                @let m = highlight::marks(body, &terms);
-                                @let (ex, inside, before, after) = highlight::excerpt(body, &m);
-                                tr {
-                                    @if let Some(link) = link {
-                                        td.time { a href=(link) { (short_time(h.time)) } }
-                                    } @else {
-                                        td.time { (short_time(h.time)) }
-                                    }
-                                    td.jid { (h.from) }
-                                    td.jid { (h.to) }
-                                    @if let Some(link) = link {
-                                        td.body { a.open href=(link) { @if before { "… " } (marked(ex, &inside)) @if after { " …" } } }
-                                    } @else {
-                                        td.body { @if before { "… " } (marked(ex, &inside)) @if after { " …" } }
-                                    }
-                                    td { (verdict(strictest)) " " (would(would_act)) " " (rules(&all_rules)) " " (copies_badge(mh.copies.len())) (node_badges(mh, &app.cfg.node)) }
-                                }
-                            }
-                        }
-                    }
-                    (pager("/search", &f.pairs(), page, *has_next))
-                    p.muted {
-                        a href=(format!("/export?{}", serde_urlencoded::to_string(f.pairs()).unwrap_or_default())) { "Export these results (JSON lines)" }
-                        " · "
-                        a href=(format!("/export/regulator?{}", serde_urlencoded::to_string(f.pairs()).unwrap_or_default())) { "Verifiable export (Parquet, transcripts, signed manifest)" }
-                    }
-                }
-            }
-        },
-    ))
-}
-
-/// With several nodes, which nodes carried a message's copies (nothing with one node).
-fn node_badges(mh: &MessageHit, own: &Option<String>) -> maud::Markup {
-    let mut nodes: Vec<&str> = Vec::new();
-    for c in &mh.copies {
-        if let Some(n) = c.node.as_deref() {
-            if !nodes.contains(&n) {
-                nodes.push(n);
-            }
-        }
-    }
-    html! {
-        @for n in nodes {
-            " " span.badge.node title=(if Some(n) == own.as_deref() { "recorded by this node" } else { "recorded by another node" }) { "node " (n) }
-        }
-    }
+    let uncovered = uncovered.map(|u| u.to_string());
+    let body = pages::search::search(&pages::search::SearchView {
+        form: &f,
+        lexicons: &app.cfg.lexicons,
+        error: error.as_deref(),
+        uncovered: uncovered.as_deref(),
+        results: results.as_ref(),
+        links: &links,
+        terms: &terms,
+        own_node: &app.cfg.node,
+        page,
+    });
+    Ok(layout("Search", Some(&a.session), Nav::Search, body))
 }
 
 /// Records fetched per logical message wanted on a search page (a message seen by both

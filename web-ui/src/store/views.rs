@@ -1,6 +1,7 @@
 //! What each page asks of the store, answered here so a handler only parses its request,
 //! asks, and renders: the queue's filtered page, the dashboard's open items, the
-//! messages of a conversation around one, a page of the audit trail.
+//! messages of a conversation around one, a page of the audit trail, where a search
+//! hit opens.
 
 use super::*;
 
@@ -248,5 +249,26 @@ impl Store {
             refs,
             all.len() > page.saturating_add(1).saturating_mul(per_page),
         )
+    }
+}
+
+impl Store {
+    /// Where a search hit (record `seq` of the chain node `node` writes; this node is
+    /// `own`) opens: its conversation, once that chain is followed here.
+    pub fn conversation_link(
+        &self,
+        node: Option<&str>,
+        seq: u64,
+        own: Option<&str>,
+    ) -> Option<String> {
+        let name = if node == own {
+            seq.to_string()
+        } else {
+            format!("{}:{seq}", node.unwrap_or(UNNAMED))
+        };
+        let r = self.parse_ref(&name)?;
+        // This node's records are read at once; another node's once followed.
+        (r.chain == 0 || self.contains(r))
+            .then(|| format!("/conversation/{name}#{}", self.anchor(r)))
     }
 }
