@@ -12,6 +12,7 @@ use crate::auth::Session;
 use crate::roles::{allows, Perm};
 use crate::store::ReviewStatus;
 
+pub mod accounts;
 pub mod audit;
 pub mod conversation;
 pub mod dashboard;

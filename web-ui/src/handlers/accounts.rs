@@ -13,38 +13,7 @@ fn users_page(a: &Authed, list: &[users::User], error: Option<&str>) -> Page {
         "Accounts",
         Some(&a.session),
         Nav::Users,
-        html! {
-            h1 { "Accounts" }
-            @if let Some(e) = error { p.error role="alert" { (e) } }
-            table.results.compact {
-                thead { tr { th { "Name" } th { "Role" } th { "Linked XMPP accounts" } th {} } }
-                tbody {
-                    @for u in list {
-                        tr {
-                            td { (u.name) } td { span.role { (u.role.as_str()) } } td.jid { (u.jids.join(", ")) }
-                            td { @if u.name != a.session.user {
-                                form.inline method="post" action="/users/remove" {
-                                    input type="hidden" name="csrf" value=(a.session.csrf);
-                                    input type="hidden" name="name" value=(u.name);
-                                    button.small.danger type="submit" { "Remove" }
-                                }
-                            } }
-                        }
-                    }
-                }
-            }
-            section.card.narrow {
-                h2 { "Add an account" }
-                form method="post" action="/users" {
-                    input type="hidden" name="csrf" value=(a.session.csrf);
-                    label { "Name" input name="name" required; }
-                    label { "Role" select name="role" { @for r in Role::ALL { option value=(r.as_str()) { (r.as_str()) } } } }
-                    label { "Password (at least " (users::MIN_PASSWORD_LEN) " characters)" input type="password" name="password" autocomplete="new-password" required; }
-                    label { "XMPP accounts this person uses (comma-separated; they cannot review these)" input name="jids" placeholder="alice@example.test"; }
-                    button.primary type="submit" { "Add account" }
-                }
-            }
-        },
+        pages::accounts::accounts(&a.session, list, error),
     )
 }
 

@@ -12,7 +12,6 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use custos_archive::query::Lexicons;
 use custos_archive::{EditKind, MessageHit, NewRecord, Record, Timestamp};
-use maud::html;
 use serde::Deserialize;
 use serde_json::json;
 
