@@ -317,9 +317,12 @@ impl Ejabberd {
                     return Err(e);
                 }
             };
-            let transient = failures
-                .iter()
-                .all(|(_, _, _, output)| output.contains("no_exists"));
+            // Tables and caches a node is still creating when its port first accepts:
+            // a missing table (`no_exists`), or the auth cache not started yet
+            // (`ets_cache:get_counter` on an `undefined` counter).
+            let transient = failures.iter().all(|(_, _, _, output)| {
+                output.contains("no_exists") || output.contains("ets_cache:")
+            });
             match failures.first() {
                 None => return Ok(()),
                 Some(_) if transient && attempt < 5 => {
