@@ -509,7 +509,7 @@ pub const ROUTES: &[(&str, &str, Option<Perm>)] = &[
 /// The handler of one row of [`ROUTES`].
 fn handler(method: &str, path: &str) -> Option<MethodRouter<Arc<App>>> {
     use crate::handlers as h;
-    use crate::retention_pages as rp;
+    use crate::handlers::retention as rp;
     Some(match (method, path) {
         ("GET", "/login") => get(h::login_form),
         ("POST", "/login") => post(h::login),

@@ -30,7 +30,6 @@ pub mod error;
 pub mod handlers;
 pub mod highlight;
 pub mod pages;
-pub mod retention_pages;
 pub mod roles;
 pub mod store;
 pub mod tls;

@@ -17,6 +17,7 @@ pub mod audit;
 pub mod conversation;
 pub mod dashboard;
 pub mod queue;
+pub mod retention;
 pub mod search;
 
 /// A rendered page.

@@ -21,7 +21,9 @@ use siphasher::sip128::SipHasher13;
 mod snapshot;
 mod views;
 pub use snapshot::{Covered, SnapshotError};
-pub use views::{CopyRow, OpenItems, QueuePage, QueueQuery, QueueRow, Shown, Speaker};
+pub use views::{
+    CopyRow, OpenItems, QueuePage, QueueQuery, QueueRow, RetentionOverview, Shown, Speaker,
+};
 
 /// Which chain a record is in: 0 is this node's own, others are other nodes' chains
 /// read from the shared bucket, numbered as this process first met them.

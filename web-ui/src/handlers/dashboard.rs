@@ -49,7 +49,7 @@ pub async fn dashboard(State(app): State<Arc<App>>, a: Authed) -> Result<Page, A
                 .collect(),
         })
         .collect();
-    let retention = crate::retention_pages::overview(
+    let retention = retention::overview(
         &read(&app.store),
         app.cfg.retention.as_ref(),
         app.cfg.export.as_ref().map(|e| e.archive_dir.as_path()),

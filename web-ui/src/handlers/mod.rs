@@ -33,6 +33,7 @@ mod audit;
 mod conversation;
 mod dashboard;
 mod queue;
+pub mod retention;
 mod search;
 mod signin;
 

@@ -1,7 +1,7 @@
 //! What each page asks of the store, answered here so a handler only parses its request,
 //! asks, and renders: the queue's filtered page, the dashboard's open items, the
 //! messages of a conversation around one, a page of the audit trail, where a search
-//! hit opens.
+//! hit opens, the retention overview.
 
 use super::*;
 
@@ -270,5 +270,42 @@ impl Store {
         // This node's records are read at once; another node's once followed.
         (r.chain == 0 || self.contains(r))
             .then(|| format!("/conversation/{name}#{}", self.anchor(r)))
+    }
+}
+
+/// What the dashboard's retention section counts.
+#[derive(Debug, Clone, Default)]
+pub struct RetentionOverview {
+    /// This node's copies by retention class.
+    pub per_class: BTreeMap<String, u64>,
+    /// When the next sealed segment is due for shredding under the policy.
+    pub next_expiry: Option<Timestamp>,
+    pub shredded: usize,
+    /// Filled by the caller, who knows where the segment files are.
+    pub shredded_bytes: u64,
+    pub active_holds: usize,
+}
+
+impl Store {
+    /// The retention overview under `policy` (none: everything is kept).
+    pub fn retention_overview(
+        &self,
+        policy: Option<&retention::RetentionPolicy>,
+    ) -> RetentionOverview {
+        let newest = self.segments().keys().next_back().copied();
+        RetentionOverview {
+            per_class: self.class_counts(),
+            // The newest segment is the one being written: not due while it grows.
+            next_expiry: policy.and_then(|p| {
+                self.segments()
+                    .iter()
+                    .filter(|(id, _)| Some(**id) != newest)
+                    .filter_map(|(_, f)| retention::segment_due(f, p).ok().map(|(_, _, due)| due))
+                    .min()
+            }),
+            shredded: self.shredded().len(),
+            shredded_bytes: 0,
+            active_holds: self.holds().active().count(),
+        }
     }
 }
