@@ -186,6 +186,14 @@ fn list_mark(bytes: &[u8], len: usize) -> Option<ListMark> {
     })
 }
 
+/// Whether `bytes` start with what `want` binds.
+fn extends(bytes: &[u8], want: &ListMark) -> bool {
+    usize::try_from(want.len)
+        .ok()
+        .and_then(|len| list_mark(bytes, len))
+        .is_some_and(|m| m == *want)
+}
+
 /// Collects the words the indexer adds and seals them, per segment, at each commit.
 pub struct VocabWriter {
     dir: PathBuf,
@@ -194,7 +202,9 @@ pub struct VocabWriter {
     /// Words of `segment` already sealed or pending (never two copies in a file).
     seen: HashSet<String>,
     pending: Vec<String>,
-    /// Every list's mark as written so far (read from the files at the first need).
+    /// Every list's mark as written so far: read from the files at the open
+    /// ([`VocabWriter::load`]), then carried on in memory. The files are never read for
+    /// it again: a list changed under a running writer must not be bound as it is.
     marks: Option<ListMarks>,
     /// The hash of `segment`'s list so far, carried on as chunks are appended.
     hashing: Option<(Sha256, ListMark)>,
@@ -219,52 +229,57 @@ impl VocabWriter {
         }
     }
 
-    /// Checks the lists against `committed` (what the index's last commit bound) and
-    /// holds on to that commit's mark for each list that does not extend it; returns
-    /// those segments.
-    pub fn hold_committed(&mut self, committed: &ListMarks) -> std::io::Result<Vec<u64>> {
+    /// Reads every list's mark (what the next commit binds of it), once, at the open,
+    /// and checks the lists against `committed` (what the index's last commit bound,
+    /// when it bound any): a list that does not extend its committed mark keeps that
+    /// mark, so searches and `verify` keep refusing it until a reindex. Returns those
+    /// segments. Both come from the same reading of each file.
+    pub fn load(&mut self, committed: Option<&ListMarks>) -> std::io::Result<Vec<u64>> {
+        let mut segments: BTreeSet<u64> = self.segments()?.into_iter().collect();
+        segments.extend(committed.into_iter().flat_map(|c| c.keys().copied()));
+        let mut marks = ListMarks::new();
         let mut held = Vec::new();
-        for (&segment, want) in committed {
-            let ok = match std::fs::read(self.dir.join(file_name(segment))) {
-                Ok(bytes) => usize::try_from(want.len)
-                    .ok()
-                    .and_then(|len| list_mark(&bytes, len))
-                    .is_some_and(|m| m == *want),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        for segment in segments {
+            let bytes = match std::fs::read(self.dir.join(file_name(segment))) {
+                Ok(b) => Some(b),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
                 Err(e) => return Err(e),
             };
-            if !ok {
-                self.held.insert(segment, *want);
-                held.push(segment);
+            // Only whole chunks count: a torn one is cut before anything follows it.
+            if let Some(bytes) = bytes.as_deref().filter(|b| file_id(b).is_some()) {
+                let end = self.seal.open(segment, bytes, HEADER_LEN, &mut |_| {}).0;
+                if let Some(m) = list_mark(bytes, end) {
+                    marks.insert(segment, m);
+                }
+            }
+            if let Some(want) = committed.and_then(|c| c.get(&segment)) {
+                if !bytes.as_deref().is_some_and(|b| extends(b, want)) {
+                    self.held.insert(segment, *want);
+                    held.push(segment);
+                }
             }
         }
+        self.marks = Some(marks);
         Ok(held)
     }
 
     /// The marks of every list as written so far: what the next commit binds.
     pub fn marks(&mut self) -> std::io::Result<ListMarks> {
         if self.marks.is_none() {
-            let mut marks = ListMarks::new();
-            for segment in self.segments()? {
-                let bytes = match std::fs::read(self.dir.join(file_name(segment))) {
-                    Ok(b) => b,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e),
-                };
-                // Only whole chunks count: a torn one is cut before anything follows it.
-                let end = match file_id(&bytes) {
-                    Some(_) => self.seal.open(segment, &bytes, HEADER_LEN, &mut |_| {}).0,
-                    None => continue,
-                };
-                if let Some(m) = list_mark(&bytes, end) {
-                    marks.insert(segment, m);
-                }
-            }
-            self.marks = Some(marks);
+            self.load(None)?;
         }
         let mut marks = self.marks.clone().unwrap_or_default();
         marks.extend(self.held.iter().map(|(s, m)| (*s, *m)));
         Ok(marks)
+    }
+
+    /// A list found not to be what this writer last knew of it (`known`): it keeps that
+    /// mark, so it is refused until a reindex instead of bound as it now is.
+    fn hold(&mut self, segment: u64, known: ListMark) {
+        if let std::collections::btree_map::Entry::Vacant(e) = self.held.entry(segment) {
+            tracing::warn!(segment, "a search word list changed under the indexer (cut back, rolled back, replaced or deleted); prefix, wildcard and fuzzy search refuse it until custos reindex");
+            e.insert(known);
+        }
     }
 
     /// Notes a word of a record in `segment` (records come in log order).
@@ -274,11 +289,27 @@ impl VocabWriter {
             self.segment = Some(segment);
             self.seen.clear();
             self.hashing = None;
+            // What this writer read of the list at its open, or wrote since: the file
+            // must still start with it.
+            if self.marks.is_none() {
+                self.load(None)?;
+            }
+            let known = self.marks.as_ref().and_then(|m| m.get(&segment)).copied();
             // After a restart the file may already hold words of this segment, and end
             // in a chunk a crash tore: cut that, or chunks appended after it would be
             // unreadable.
             let path = self.dir.join(file_name(segment));
-            if let Ok(bytes) = std::fs::read(&path) {
+            let read = match std::fs::read(&path) {
+                Ok(bytes) => Some(bytes),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(e),
+            };
+            if let Some(known) = known {
+                if !read.as_deref().is_some_and(|b| extends(b, &known)) {
+                    self.hold(segment, known);
+                }
+            }
+            if let Some(bytes) = read {
                 let seen = &mut self.seen;
                 // No whole header: nothing in it was ever committed; it is started anew.
                 let end = match file_id(&bytes) {
@@ -318,13 +349,41 @@ impl VocabWriter {
         std::fs::create_dir_all(&self.dir)?;
         let chunk = self.seal.seal(segment, &self.pending.join("\n"))?;
         let path = self.dir.join(file_name(segment));
-        let new = std::fs::metadata(&path).map_or(true, |m| m.len() == 0);
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)?;
         // The marks are read before this append, so they do not count it twice.
         self.marks()?;
+        let size = match std::fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e),
+        };
+        // The file must be what this writer last knew of it: appending to a list cut
+        // back, or starting a deleted one anew, would bind a list without the words
+        // before.
+        let new = match self.hashing.as_ref().map(|(_, m)| *m) {
+            // No list at `add`: whatever is there now is no commit's; started anew.
+            None => true,
+            Some(m) if size == m.len => false,
+            // An append of this writer that failed part way: cut back to its end.
+            Some(m) if size > m.len => {
+                let f = std::fs::OpenOptions::new().write(true).open(&path)?;
+                f.set_len(m.len)?;
+                false
+            }
+            // Cut back or deleted under the writer: refused from now on.
+            Some(m) => {
+                self.hold(segment, m);
+                true
+            }
+        };
+        let mut f = if new {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .open(&path)?
+        } else {
+            std::fs::OpenOptions::new().append(true).open(&path)?
+        };
         let written = if new {
             let file = random_bytes::<16>().map_err(std::io::Error::other)?;
             let mut header = Vec::with_capacity(HEADER_LEN + chunk.len());
@@ -360,9 +419,9 @@ impl VocabWriter {
                     marks.insert(segment, m);
                 }
             }
-            // Appended to a list this writer did not open (cannot happen: `add` opens
-            // it): read the marks from the files again.
-            None => self.marks = None,
+            // Cannot happen: a new list starts its hash above, and `add` starts it for
+            // a list already there.
+            None => return Err(std::io::Error::other("word list written without its hash")),
         }
         Ok(())
     }
@@ -459,9 +518,11 @@ impl Vocabulary {
     }
 
     /// Of `segments`, those whose word list is not what `marks` (an index commit's)
-    /// binds: gone, another file, shorter, or other bytes in the bound part. A list is
-    /// read again only when its mark or its size changed since it was last checked.
-    /// Segments `marks` does not name are not checked here.
+    /// binds: gone, another file, shorter, or other bytes in the bound part, or the words
+    /// held were not read from all of the bound part (call after [`Vocabulary::refresh`]).
+    /// A list is read again only when its mark or its size changed since it was last
+    /// checked, or the words were read anew. Segments `marks` does not name are not
+    /// checked here.
     pub fn unbound(
         &mut self,
         marks: &ListMarks,
@@ -496,7 +557,13 @@ impl Vocabulary {
                     ok
                 }
             };
-            if !ok {
+            // The words held are those of the bytes read: up to `at` of file `file`.
+            // They must cover the bound part too, not only the file as it is now.
+            let read = self
+                .read
+                .get(&segment)
+                .is_some_and(|r| r.file == want.file && r.at as u64 >= want.len);
+            if !ok || !read {
                 bad.push(segment);
             }
         }
@@ -552,9 +619,11 @@ impl Vocabulary {
             .iter()
             .any(|(seg, r)| seen.get(seg).is_none_or(|(id, _)| *id != r.file));
         if changed {
-            // Nothing read now: the second pass reads every list whole.
+            // Nothing read now: the second pass reads every list whole, and checks it
+            // against a commit's marks anew.
             self.read.clear();
             self.words.clear();
+            self.checked.clear();
             return self.refresh();
         }
         for (seg, (id, bytes)) in seen {
