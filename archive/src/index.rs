@@ -21,10 +21,10 @@ use std::path::Path;
 use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use tantivy::postings::Postings;
+use tantivy::postings::{Postings, SegmentPostings};
 use tantivy::query::{
-    AllQuery, BooleanQuery, ConstScorer, EmptyQuery, EmptyScorer, EnableScoring, Explanation,
-    Occur, PhraseQuery, Query as TQuery, RangeQuery, Scorer, TermQuery, TermSetQuery, Weight,
+    AllQuery, BooleanQuery, EmptyQuery, EmptyScorer, EnableScoring, Explanation, Occur,
+    PhraseQuery, Query as TQuery, RangeQuery, Scorer, TermQuery, TermSetQuery, Weight,
 };
 use tantivy::schema::{Field, IndexRecordOption, Schema, FAST, INDEXED, STORED, STRING, TEXT};
 use tantivy::{
@@ -1264,77 +1264,124 @@ struct NearQuery {
 }
 
 impl NearQuery {
-    /// The documents holding any of `terms`, ascending (4 bytes each, no positions).
-    fn docs(inv: &tantivy::InvertedIndexReader, terms: &[Term]) -> tantivy::Result<Vec<DocId>> {
-        let mut out = Vec::new();
-        for t in terms {
-            let Some(mut p) = inv.read_postings(t, IndexRecordOption::Basic)? else {
-                continue;
-            };
-            while p.doc() != TERMINATED {
-                out.push(p.doc());
-                p.advance();
-            }
-        }
-        out.sort_unstable();
-        out.dedup();
-        Ok(out)
-    }
-
-    /// Postings with positions of each of `terms` present in the segment.
+    /// Postings with positions of each of `terms` present in the segment, and the sum
+    /// of their document counts.
     fn postings(
         inv: &tantivy::InvertedIndexReader,
         terms: &[Term],
-    ) -> tantivy::Result<Vec<tantivy::postings::SegmentPostings>> {
-        let mut out = Vec::new();
+    ) -> tantivy::Result<(Vec<SegmentPostings>, u32)> {
+        let (mut out, mut docs) = (Vec::new(), 0u32);
         for t in terms {
             if let Some(p) = inv.read_postings(t, IndexRecordOption::WithFreqsAndPositions)? {
+                docs = docs.saturating_add(p.size_hint());
                 out.push(p);
             }
         }
-        Ok(out)
+        Ok((out, docs))
+    }
+}
+
+/// The documents of one index segment where a term of `left` stands near a term of
+/// `right`, found lazily: each step moves both sides' postings to the next document
+/// holding both and reads positions of that document only. Combined with a
+/// participant or a date range, the intersection seeks it to the few documents those
+/// allow, so it reads a skip block or two of each side per candidate instead of every
+/// document of a common word.
+struct NearScorer {
+    left: Vec<SegmentPostings>,
+    right: Vec<SegmentPostings>,
+    within: u32,
+    ordered: bool,
+    doc: DocId,
+    size_hint: u32,
+    boost: Score,
+    buf: Vec<u32>,
+    lp: Vec<u32>,
+    rp: Vec<u32>,
+}
+
+impl NearScorer {
+    /// The smallest document at or after `target` holding a term of `side`.
+    fn first_from(side: &mut [SegmentPostings], target: DocId) -> DocId {
+        let mut first = TERMINATED;
+        for p in side.iter_mut() {
+            if p.doc() < target {
+                p.seek(target);
+            }
+            first = first.min(p.doc());
+        }
+        first
     }
 
-    /// The positions in `doc` of any term of `side` (each postings list only moves
-    /// forward: documents are asked in ascending order), ascending.
+    /// The positions in `doc` of any term of `side` (every postings list is at or
+    /// after `doc`), ascending.
     fn positions_in(
-        side: &mut [tantivy::postings::SegmentPostings],
+        side: &mut [SegmentPostings],
         doc: DocId,
         buf: &mut Vec<u32>,
         out: &mut Vec<u32>,
     ) {
         out.clear();
-        for p in side.iter_mut() {
-            if p.doc() < doc {
-                p.seek(doc);
-            }
-            if p.doc() == doc {
-                p.positions(buf);
-                out.extend_from_slice(buf);
-            }
+        for p in side.iter_mut().filter(|p| p.doc() == doc) {
+            p.positions(buf);
+            out.extend_from_slice(buf);
         }
         out.sort_unstable();
     }
+
+    /// Moves to the first matching document at or after `target`.
+    fn settle(&mut self, mut target: DocId) -> DocId {
+        self.doc = loop {
+            if target >= TERMINATED {
+                break TERMINATED;
+            }
+            let l = Self::first_from(&mut self.left, target);
+            if l == TERMINATED {
+                break TERMINATED;
+            }
+            let r = Self::first_from(&mut self.right, l);
+            if r != l {
+                target = r;
+                continue;
+            }
+            Self::positions_in(&mut self.left, l, &mut self.buf, &mut self.lp);
+            Self::positions_in(&mut self.right, l, &mut self.buf, &mut self.rp);
+            if query::near(&self.lp, &self.rp, self.within, self.ordered) {
+                break l;
+            }
+            target = l + 1;
+        };
+        self.doc
+    }
 }
 
-/// Ascending document ids as a [`DocSet`].
-struct DocList {
-    docs: Vec<DocId>,
-    at: usize,
-}
-
-impl DocSet for DocList {
+impl DocSet for NearScorer {
     fn advance(&mut self) -> DocId {
-        self.at = (self.at + 1).min(self.docs.len());
-        self.doc()
+        if self.doc == TERMINATED {
+            return TERMINATED;
+        }
+        self.settle(self.doc + 1)
+    }
+
+    fn seek(&mut self, target: DocId) -> DocId {
+        if self.doc >= target {
+            return self.doc;
+        }
+        self.settle(target)
     }
 
     fn doc(&self) -> DocId {
-        self.docs.get(self.at).copied().unwrap_or(TERMINATED)
+        self.doc
     }
 
     fn size_hint(&self) -> u32 {
-        u32::try_from(self.docs.len() - self.at).unwrap_or(u32::MAX)
+        self.size_hint
+    }
+}
+
+impl Scorer for NearScorer {
+    fn score(&mut self) -> Score {
+        self.boost
     }
 }
 
@@ -1346,37 +1393,29 @@ impl TQuery for NearQuery {
 
 impl Weight for NearQuery {
     fn scorer(&self, reader: &SegmentReader, boost: Score) -> tantivy::Result<Box<dyn Scorer>> {
-        // Documents first (both sides, no positions), then positions only of the
-        // documents holding both: memory is 4 bytes per document of a side, never the
-        // positions of every occurrence of a common word.
         let inv = reader.inverted_index(self.field)?;
-        let left_docs = Self::docs(&inv, &self.left)?;
-        if left_docs.is_empty() {
+        let (left, left_docs) = Self::postings(&inv, &self.left)?;
+        if left.is_empty() {
             return Ok(Box::new(EmptyScorer));
         }
-        let right_docs = Self::docs(&inv, &self.right)?;
-        let mut both = Vec::new();
-        let mut r = right_docs.iter().peekable();
-        for d in left_docs {
-            while r.next_if(|&&x| x < d).is_some() {}
-            if r.peek() == Some(&&d) {
-                both.push(d);
-            }
+        let (right, right_docs) = Self::postings(&inv, &self.right)?;
+        if right.is_empty() {
+            return Ok(Box::new(EmptyScorer));
         }
-        let (mut left, mut right) = (
-            Self::postings(&inv, &self.left)?,
-            Self::postings(&inv, &self.right)?,
-        );
-        let (mut buf, mut lp, mut rp) = (Vec::new(), Vec::new(), Vec::new());
-        let docs: Vec<DocId> = both
-            .into_iter()
-            .filter(|&d| {
-                Self::positions_in(&mut left, d, &mut buf, &mut lp);
-                Self::positions_in(&mut right, d, &mut buf, &mut rp);
-                query::near(&lp, &rp, self.within, self.ordered)
-            })
-            .collect();
-        Ok(Box::new(ConstScorer::new(DocList { docs, at: 0 }, boost)))
+        let mut scorer = NearScorer {
+            left,
+            right,
+            within: self.within,
+            ordered: self.ordered,
+            doc: 0,
+            size_hint: left_docs.min(right_docs),
+            boost,
+            buf: Vec::new(),
+            lp: Vec::new(),
+            rp: Vec::new(),
+        };
+        scorer.settle(0);
+        Ok(Box::new(scorer))
     }
 
     fn explain(&self, reader: &SegmentReader, doc: DocId) -> tantivy::Result<Explanation> {

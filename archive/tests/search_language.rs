@@ -412,3 +412,113 @@ async fn a_word_list_rolled_back_to_an_older_copy_is_refused_not_trusted() {
     );
     assert!(r.is_clean(), "{:#?}", r.problems);
 }
+
+/// NEAR and ONEAR find exactly the messages where the words stand that close, alone
+/// and combined with a participant (which seeks the NEAR side to the few messages the
+/// participant allows, across skip blocks) or its negation: checked against the word
+/// positions of 3,000 generated messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_finds_exactly_the_messages_where_the_words_stand_that_close() {
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            (z ^ (z >> 31)) % n
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, _) = open(tmp.path());
+    let mut rng = Rng(42);
+    let words = ["alpha", "beta", "gamma", "delta"];
+    let mut messages: Vec<(u64, Vec<String>)> = Vec::new();
+    let mut pending = Vec::new();
+    for _ in 0..3000 {
+        let user = rng.below(7);
+        let body: Vec<String> = (0..3 + rng.below(8))
+            .map(|_| match rng.below(12) {
+                n @ 0..=3 => words[n as usize].to_string(),
+                n => format!("filler{n}"),
+            })
+            .collect();
+        messages.push((user, body.clone()));
+        pending.push(a.submit(chat(
+            &format!("u{user}@example.test"),
+            "desk@example.test",
+            &body.join(" "),
+        )));
+    }
+    let mut last = 0;
+    for p in pending {
+        last = p.await.unwrap().seq.0;
+    }
+    assert_eq!(last, 3000);
+    found(&a, "filler4", last).await;
+
+    let near = |body: &[String], l: &[&str], r: &[&str], within: usize, ordered: bool| {
+        let at = |side: &[&str]| -> Vec<usize> {
+            (0..body.len())
+                .filter(|&i| side.contains(&body[i].as_str()))
+                .collect()
+        };
+        let (ls, rs) = (at(l), at(r));
+        ls.iter().any(|&i| {
+            rs.iter().any(|&j| {
+                j != i
+                    && if ordered {
+                        j > i && j - i <= within
+                    } else {
+                        i.abs_diff(j) <= within
+                    }
+            })
+        })
+    };
+    type Case<'a> = (&'a str, &'a [&'a str], &'a [&'a str], usize, bool);
+    let cases: [Case<'_>; 5] = [
+        ("alpha NEAR/1 beta", &["alpha"], &["beta"], 1, false),
+        ("alpha NEAR/3 gamma", &["alpha"], &["gamma"], 3, false),
+        ("delta ONEAR/2 alpha", &["delta"], &["alpha"], 2, true),
+        (
+            "(alpha OR beta) ONEAR/1 gamma",
+            &["alpha", "beta"],
+            &["gamma"],
+            1,
+            true,
+        ),
+        ("gam* NEAR/2 del*", &["gamma"], &["delta"], 2, false),
+    ];
+    for (q, l, r, within, ordered) in cases {
+        for user in [None, Some((3u64, true)), Some((5, false))] {
+            let (query, keep): (String, Box<dyn Fn(u64) -> bool>) = match user {
+                None => (q.to_string(), Box::new(|_| true)),
+                Some((u, true)) => (
+                    format!("from:u{u}@example.test {q}"),
+                    Box::new(move |x| x == u),
+                ),
+                Some((u, false)) => (
+                    format!("{q} -from:u{u}@example.test"),
+                    Box::new(move |x| x != u),
+                ),
+            };
+            let want: Vec<u64> = messages
+                .iter()
+                .zip(1u64..)
+                .filter(|((who, body), _)| keep(*who) && near(body, l, r, within, ordered))
+                .map(|(_, seq)| seq)
+                .collect();
+            let mut got: Vec<u64> = a
+                .reader()
+                .search(&query, 5000)
+                .unwrap()
+                .iter()
+                .map(|h| h.seq.0)
+                .collect();
+            got.sort_unstable();
+            assert!(!want.is_empty(), "{query} should match something");
+            assert_eq!(got, want, "{query}");
+        }
+    }
+    a.close().await.unwrap();
+}
