@@ -522,3 +522,84 @@ async fn near_finds_exactly_the_messages_where_the_words_stand_that_close() {
     }
     a.close().await.unwrap();
 }
+
+/// `after:` and `before:` find exactly the messages of their times, alone, together,
+/// beside a participant or a word (which seek them once per message those allow), and
+/// at bounds that take in or leave out whole index segments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_date_range_finds_exactly_the_messages_of_its_times() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, _) = open(tmp.path());
+    let mut last = 0;
+    for batch in 0..8u64 {
+        let pending: Vec<_> = (0..250u64)
+            .map(|i| {
+                let n = batch * 250 + i;
+                a.submit(chat(
+                    &format!("u{}@example.test", n % 5),
+                    "desk@example.test",
+                    &format!("word{} filler", n % 3),
+                ))
+            })
+            .collect();
+        for p in pending {
+            last = p.await.unwrap().seq.0;
+        }
+        tokio::time::sleep(Duration::from_millis(15)).await;
+        // Several index commits, so several index segments.
+        found(&a, "filler", last).await;
+    }
+    let all = a.reader().search("filler", 5000).unwrap();
+    assert_eq!(all.len(), 2000);
+    let mut times: Vec<i64> = all.iter().map(|h| h.time.0).collect();
+    times.sort_unstable();
+    times.dedup();
+    let (first, last_time) = (times[0], times[times.len() - 1]);
+    let (t1, t2) = (times[times.len() / 3], times[times.len() * 2 / 3]);
+    let at = |t: i64| Timestamp(t).to_string();
+    type Keep = fn(i64, &str, &str) -> bool;
+    let ranges: Vec<(String, Box<dyn Fn(i64) -> bool>)> = vec![
+        (format!("after:{}", at(t1)), Box::new(move |t| t >= t1)),
+        (format!("before:{}", at(t2)), Box::new(move |t| t < t2)),
+        (
+            format!("after:{} before:{}", at(t1), at(t2)),
+            Box::new(move |t| t1 <= t && t < t2),
+        ),
+        (format!("after:{}", at(first)), Box::new(|_| true)),
+        (format!("before:{}", at(first)), Box::new(|_| false)),
+        (format!("after:{}", at(last_time + 1)), Box::new(|_| false)),
+    ];
+    let others: [(&str, Keep); 4] = [
+        ("", |_, _, _| true),
+        ("from:u2@example.test", |_, from, _| {
+            from == "u2@example.test"
+        }),
+        ("word1", |_, _, body| body.starts_with("word1 ")),
+        ("-from:u2@example.test word0", |_, from, body| {
+            from != "u2@example.test" && body.starts_with("word0 ")
+        }),
+    ];
+    for (range, in_range) in &ranges {
+        for (other, keep) in &others {
+            let q = format!("{range} {other}");
+            let mut want: Vec<u64> = all
+                .iter()
+                .filter(|h| {
+                    in_range(h.time.0) && keep(h.time.0, &h.from, h.body.as_deref().unwrap_or(""))
+                })
+                .map(|h| h.seq.0)
+                .collect();
+            want.sort_unstable();
+            let mut got: Vec<u64> = a
+                .reader()
+                .search(&q, 5000)
+                .unwrap()
+                .iter()
+                .map(|h| h.seq.0)
+                .collect();
+            got.sort_unstable();
+            assert_eq!(got, want, "{q}");
+        }
+    }
+    a.close().await.unwrap();
+}

@@ -1,5 +1,5 @@
-//! Search benchmark: `search-bench [RECORDS] [--python PATH] [--dir DIR]` (default
-//! 200000 records) generates an archive of chat among 1,000 users (a Zipf-distributed
+//! Search benchmark: `search-bench [RECORDS] [--python PATH] [--dir DIR] [--profile
+//! KIND SECONDS]` (default 200000 records) generates an archive of chat among 1,000 users (a Zipf-distributed
 //! vocabulary of 30,000 words, 5–25 words a message, compliance terms in about one
 //! message in 200, a few percent flagged), appends it through `Archive` as the proxy
 //! does, waits until the index covers it, and then times searches of every kind the
@@ -9,7 +9,9 @@
 //! UI ask). The same corpus goes into SQLite FTS5 (Python's sqlite3, with a participant
 //! and time column) in the same run and the same queries run there, and the ratio is
 //! printed. Also printed: ingest rate, index and vocabulary size on disk, and how long
-//! the first pattern search takes to read the vocabulary.
+//! the first pattern search takes to read the vocabulary. `--profile` then runs the
+//! queries of one kind (a name from the table) over and over for that many seconds,
+//! for a profiler to sample.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -275,11 +277,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut records: u64 = 200_000;
     let mut python = PathBuf::from("python3");
     let mut dir: Option<PathBuf> = None;
+    let mut profile: Option<(String, Duration)> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--python" => python = args.next().ok_or("--python needs a path")?.into(),
             "--dir" => dir = Some(args.next().ok_or("--dir needs a path")?.into()),
+            "--profile" => {
+                let kind = args.next().ok_or("--profile needs a kind and seconds")?;
+                let secs: u64 = args
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or("--profile needs a number of seconds after the kind")?;
+                profile = Some((kind, Duration::from_secs(secs)));
+            }
             n => {
                 records = n
                     .parse()
@@ -452,6 +463,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     println!("(ratio = FTS5 p99 / Custos p99: above 1 means Custos answers faster)");
+    if let Some((name, secs)) = profile {
+        let k = kinds
+            .iter()
+            .find(|k| k.name == name)
+            .ok_or_else(|| format!("--profile: no query kind named {name:?}"))?;
+        let (start, mut runs) = (Instant::now(), 0u64);
+        while start.elapsed() < secs {
+            for (q, _) in &k.queries {
+                reader.search(&q.replace("__WHEN__", &when), 50)?;
+                runs += 1;
+            }
+        }
+        println!(
+            "profile {name}: {runs} searches, {:.2} ms each",
+            start.elapsed().as_secs_f64() * 1e3 / runs.max(1) as f64
+        );
+    }
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(())
 }
