@@ -22,8 +22,8 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tantivy::postings::{Postings, SegmentPostings};
 use tantivy::query::{
-    AllQuery, AllScorer, BooleanQuery, ConstScorer, EmptyQuery, EmptyScorer, EnableScoring,
-    Explanation, Occur, PhraseQuery, Query as TQuery, Scorer, TermQuery, TermSetQuery, Weight,
+    AllQuery, BooleanQuery, EmptyQuery, EmptyScorer, EnableScoring, Explanation, Occur,
+    PhraseQuery, Query as TQuery, Scorer, TermQuery, TermSetQuery, Weight,
 };
 use tantivy::schema::{Field, IndexRecordOption, Schema, FAST, INDEXED, STORED, STRING, TEXT};
 use tantivy::{
@@ -1278,12 +1278,11 @@ impl Weight for TimeRange {
         {
             return Ok(Box::new(EmptyScorer));
         }
+        // Every document in range: a seek reads nothing (tantivy's `AllScorer` would
+        // step to its target one document at a time).
         let every = matches!(time.get_cardinality(), tantivy::columnar::Cardinality::Full)
             && time.min_value() >= self.from
             && time.max_value() <= self.until;
-        if every {
-            return Ok(Box::new(ConstScorer::new(AllScorer::new(max_doc), boost)));
-        }
         // The share of the segment's time span the range covers, as a size for the
         // intersection to order its clauses by.
         let span = (time.max_value() as i128 - time.min_value() as i128).max(1);
@@ -1293,12 +1292,14 @@ impl Weight for TimeRange {
         let size_hint = u32::try_from(i128::from(max_doc) * covered / span).unwrap_or(max_doc);
         let mut scorer = TimeRangeScorer {
             time,
+            every,
             from: self.from,
             until: self.until,
             max_doc,
             doc: 0,
             size_hint: size_hint.max(1),
             boost,
+            found: Vec::new(),
         };
         scorer.settle(0);
         Ok(Box::new(scorer))
@@ -1318,20 +1319,57 @@ impl Weight for TimeRange {
 
 struct TimeRangeScorer {
     time: tantivy::columnar::Column<i64>,
+    /// The whole segment is in range.
+    every: bool,
     from: i64,
     until: i64,
     max_doc: DocId,
     doc: DocId,
     size_hint: u32,
     boost: Score,
+    /// Matches of the last block looked at.
+    found: Vec<DocId>,
 }
 
 impl TimeRangeScorer {
     fn settle(&mut self, target: DocId) -> DocId {
         let (from, until) = (self.from, self.until);
-        self.doc = (target..self.max_doc)
-            .find(|&d| self.time.first(d).is_some_and(|t| from <= t && t <= until))
-            .unwrap_or(TERMINATED);
+        if self.every {
+            self.doc = if target < self.max_doc {
+                target
+            } else {
+                TERMINATED
+            };
+            return self.doc;
+        }
+        if target >= self.max_doc {
+            self.doc = TERMINATED;
+            return TERMINATED;
+        }
+        if self
+            .time
+            .first(target)
+            .is_some_and(|t| from <= t && t <= until)
+        {
+            self.doc = target;
+            return target;
+        }
+        // Not the sought one: look further a block of values at a time, each twice
+        // the last, as a lead over a range of sparse matches would.
+        let (mut start, mut block) = (target + 1, 128u32);
+        self.doc = loop {
+            if start >= self.max_doc {
+                break TERMINATED;
+            }
+            let end = start.saturating_add(block).min(self.max_doc);
+            self.found.clear();
+            self.time
+                .get_docids_for_value_range(from..=until, start..end, &mut self.found);
+            if let Some(&d) = self.found.first() {
+                break d;
+            }
+            (start, block) = (end, block.saturating_mul(2).min(1 << 16));
+        };
         self.doc
     }
 }
@@ -1549,6 +1587,52 @@ impl Weight for NearQuery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// A time range, walked document by document or sought at increasing targets,
+        /// stops at exactly the documents whose time is in range, whatever the times'
+        /// order (a lead scanning sparse matches a block at a time included).
+        #[test]
+        fn a_time_range_stops_at_exactly_the_documents_in_range(
+            times in proptest::collection::vec(0i64..400, 1..3000),
+            from in -10i64..410,
+            len in 0i64..420,
+            steps in proptest::collection::vec(1u32..300, 1..40),
+        ) {
+            let mut b = Schema::builder();
+            let time = b.add_i64_field("time", INDEXED | FAST);
+            let index = Index::create_in_ram(b.build());
+            let mut w: IndexWriter = index.writer_with_num_threads(1, 15_000_000).unwrap();
+            for t in &times {
+                w.add_document(tantivy::doc!(time => *t)).unwrap();
+            }
+            w.commit().unwrap();
+            let searcher = index.reader().unwrap().searcher();
+            let reader = searcher.segment_reader(0);
+            let range = TimeRange { from, until: from + len };
+            let inside = |d: u32| (from..=from + len).contains(&times[d as usize]);
+            let want: Vec<u32> = (0..times.len() as u32).filter(|&d| inside(d)).collect();
+
+            let mut s = range.scorer(reader, 1.0).unwrap();
+            let mut got = Vec::new();
+            while s.doc() != TERMINATED {
+                got.push(s.doc());
+                s.advance();
+            }
+            proptest::prop_assert_eq!(&got, &want);
+
+            let mut s = range.scorer(reader, 1.0).unwrap();
+            let mut target = 0u32;
+            for step in steps {
+                target = target.saturating_add(step);
+                let expect = want.iter().copied().find(|&d| d >= target).unwrap_or(TERMINATED);
+                let at = if s.doc() >= target { s.doc() } else { s.seek(target) };
+                proptest::prop_assert_eq!(at, expect, "seek {}", target);
+            }
+        }
+    }
 
     /// Terms already in an index were written as hex(HMAC(key, tag ‖ 0 ‖ value))[..24]:
     /// the keyed-once form must write exactly the same.
