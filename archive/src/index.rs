@@ -1154,8 +1154,16 @@ impl BlindIndexReader {
     pub fn search(&self, q: &Query, limit: usize) -> Result<Vec<Located>, IndexError> {
         self.reader.reload()?;
         let searcher = self.reader.searcher();
+        // A date range beside other terms is checked on the documents those find (one
+        // value read each) rather than intersected with them: a sought document outside
+        // the range would have the range look ahead for its next match, through every
+        // message before or after it in the segment.
+        let (window, rest) = match time_window(&q.expr) {
+            Some((window, rest)) if rest != Expr::All => (Some(window), rest),
+            _ => (None, q.expr.clone()),
+        };
         let query = self.expr(
-            &q.expr,
+            &rest,
             &mut Build {
                 searcher: &searcher,
                 fresh: false,
@@ -1179,11 +1187,24 @@ impl BlindIndexReader {
             if top.len() >= limit && top.peek().is_some_and(|m| m.0 .0 >= *newest) {
                 break;
             }
+            let within = match &window {
+                None => None,
+                Some(w) => {
+                    let time = reader.fast_fields().i64("time")?;
+                    if time.max_value() < w.from || time.min_value() > w.until {
+                        continue;
+                    }
+                    Some((time, w))
+                }
+            };
             let mut scorer = weight.scorer(reader, 1.0)?;
             let alive = reader.alive_bitset();
             let mut doc = scorer.doc();
             while doc != TERMINATED {
-                if alive.is_none_or(|a| a.is_alive(doc)) {
+                let in_window = within.as_ref().is_none_or(|(time, w)| {
+                    time.first(doc).is_some_and(|t| w.from <= t && t <= w.until)
+                });
+                if in_window && alive.is_none_or(|a| a.is_alive(doc)) {
                     if let Some(seq) = seqs.first(doc) {
                         if top.len() < limit {
                             top.push(std::cmp::Reverse((seq, at, doc)));
@@ -1247,6 +1268,39 @@ struct Build<'a> {
     fresh: bool,
     /// Words the query's terms expanded to so far.
     expanded: usize,
+}
+
+/// The `after:` and `before:` terms of a query's top level as one range, and the
+/// query without them (`Expr::All` when nothing else is left); `None` without any.
+fn time_window(e: &Expr) -> Option<(TimeRange, Expr)> {
+    let parts: &[Expr] = match e {
+        Expr::And(parts) => parts,
+        Expr::Clause(Clause::After(_) | Clause::Before(_)) => std::slice::from_ref(e),
+        _ => return None,
+    };
+    let mut window = TimeRange {
+        from: i64::MIN,
+        until: i64::MAX,
+    };
+    let mut rest = Vec::with_capacity(parts.len());
+    for p in parts {
+        match p {
+            Expr::Clause(Clause::After(t)) => window.from = window.from.max(t.0),
+            Expr::Clause(Clause::Before(t)) => {
+                window.until = window.until.min(t.0.saturating_sub(1));
+            }
+            other => rest.push(other.clone()),
+        }
+    }
+    if rest.len() == parts.len() {
+        return None;
+    }
+    let rest = match rest.len() {
+        0 => Expr::All,
+        1 => rest.pop().unwrap_or_default(),
+        _ => Expr::And(rest),
+    };
+    Some((window, rest))
 }
 
 /// Documents whose time is within `from..=until` (milliseconds). tantivy's own range
