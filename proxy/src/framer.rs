@@ -718,6 +718,18 @@ impl Framer {
         self.buf.extend_from_slice(data);
     }
 
+    /// The buffer to read received bytes into (appended to it, as [`Framer::push`]
+    /// does), with room for at least `room` more. A buffer holding nothing is let go
+    /// first when it is larger than `room`, so a session that went quiet after a burst
+    /// does not keep the burst's buffer (frames still held keep their own bytes).
+    pub fn read_buf(&mut self, room: usize) -> &mut BytesMut {
+        if self.buf.is_empty() && self.buf.capacity() > room {
+            self.buf = BytesMut::new();
+        }
+        self.buf.reserve(room);
+        &mut self.buf
+    }
+
     /// Bytes pushed but not yet returned in a frame.
     pub fn buffered_len(&self) -> usize {
         self.buf.len()

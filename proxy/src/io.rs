@@ -14,10 +14,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static> Io for T {}
 
 pub type BoxIo = Box<dyn Io>;
 
-/// Read size per call. A TLS record (up to 16 KiB of plaintext) that does not fit is
-/// handed out over several reads from the TLS layer's buffer, without more syscalls; the
-/// small size keeps each idle session's two read buffers small.
+/// The most one read asks for. A TLS record (up to 16 KiB of plaintext) that does not
+/// fit is handed out over several reads from the TLS layer's buffer, without more
+/// syscalls.
 pub const READ_CHUNK: usize = 4 * 1024;
+
+/// What a read asks for after a short one: a quiet session waits with this much room
+/// in its framer, and a read that fills it asks for twice as much next time.
+const READ_IDLE: usize = 512;
 
 #[derive(Debug)]
 pub enum ReadError {
@@ -32,10 +36,14 @@ pub enum ReadError {
 /// direction sets it when a stream restart is due (SASL success), and the first bytes the
 /// peer can send after it are the new stream header. Plain `read` is cancellation-safe, so
 /// callers may race this future against shutdown.
+///
+/// Bytes are read straight into the framer's buffer, `room` bytes at most (kept between
+/// calls: [`READ_IDLE`] after a short read, doubling up to [`READ_CHUNK`] while reads
+/// come back full), so an idle session holds no read buffer of its own.
 pub async fn read_frame<R: AsyncRead + Unpin + ?Sized>(
     reader: &mut R,
     framer: &mut Framer,
-    buf: &mut [u8],
+    room: &mut usize,
     restart: Option<&AtomicBool>,
     timeout: Option<Duration>,
 ) -> Result<Option<Frame>, ReadError> {
@@ -51,7 +59,8 @@ pub async fn read_frame<R: AsyncRead + Unpin + ?Sized>(
         if let Some(frame) = framer.next_frame().map_err(ReadError::Frame)? {
             return Ok(Some(frame));
         }
-        let read = reader.read(buf);
+        let want = (*room).clamp(READ_IDLE, READ_CHUNK);
+        let read = reader.read_buf(framer.read_buf(want));
         let n = match deadline {
             Some(deadline) => tokio::time::timeout_at(deadline, read)
                 .await
@@ -62,7 +71,7 @@ pub async fn read_frame<R: AsyncRead + Unpin + ?Sized>(
         if n == 0 {
             return Ok(None);
         }
-        framer.push(&buf[..n]);
+        *room = if n >= want { want * 2 } else { READ_IDLE };
     }
 }
 
@@ -95,12 +104,12 @@ mod tests {
             }
         });
         let mut framer = Framer::new(FrameLimits::default());
-        let mut buf = vec![0; 64];
+        let mut room = 64;
         let started = std::time::Instant::now();
         let got = read_frame(
             &mut ours,
             &mut framer,
-            &mut buf,
+            &mut room,
             None,
             Some(Duration::from_millis(300)),
         )

@@ -28,7 +28,7 @@ use crate::error::{ClientFault, SessionError, UpstreamFault};
 use crate::features::filter_features;
 use crate::framer::{Frame, Framer, Stanza};
 use crate::inspect::{Copy, Decision, Direction, Inspected, Inspection, Inspector, SessionInfo};
-use crate::io::{read_frame, send, ReadError, READ_CHUNK};
+use crate::io::{read_frame, send, ReadError};
 use crate::negotiation::ClientStream;
 use crate::relay_state::{
     Account, ClientStanza, Numbering, RelayState, Sasl2Success, SmStep, UpstreamEvent, NS_SASL2,
@@ -353,8 +353,7 @@ impl<'a, I: Inspector> Relay<'a, I> {
 
     pub(crate) async fn run(
         mut self,
-        client_framer: Framer,
-        upstream_framer: Framer,
+        (client_framer, upstream_framer): (Framer, Framer),
     ) -> (String, SessionInfo) {
         let (Some(client_r), Some(upstream_r)) = (self.client_r.take(), self.upstream_r.take())
         else {
@@ -378,12 +377,17 @@ impl<'a, I: Inspector> Relay<'a, I> {
         // leg: dropped here, it lets go, so the closing writes below cannot wait forever.
         drop(c2u);
         drop(u2c);
+        Box::pin(self.close()).await;
+        (first.describe(), self.snapshot())
+    }
+
+    /// The last writes on both legs, once both directions have stopped.
+    async fn close(&self) {
         self.finish_client(stream::CLOSE).await;
         self.finish_upstream().await;
         self.keep_for_resumption().await;
         let _ = self.client_w.lock().await.w.shutdown().await;
         let _ = self.upstream_w.lock().await.w.shutdown().await;
-        (first.describe(), self.snapshot())
     }
 
     fn snapshot(&self) -> SessionInfo {
@@ -520,8 +524,7 @@ impl<'a, I: Inspector> Relay<'a, I> {
         let ended = self
             .client_loop(&mut reader, &mut framer, &mut window)
             .await;
-        self.drain_at_end(Direction::Outbound, &mut window, &ended)
-            .await;
+        Box::pin(self.drain_at_end(Direction::Outbound, &mut window, &ended)).await;
         match &ended {
             Ended::ClientClosedStream => self.finish_upstream().await,
             // A dropped connection on a resumable session: the server must see the TCP
@@ -563,7 +566,7 @@ impl<'a, I: Inspector> Relay<'a, I> {
         framer: &mut Framer,
         window: &mut Window,
     ) -> Ended {
-        let mut buf = vec![0; READ_CHUNK];
+        let mut room = 0;
         let limits = &self.shared.config.limits;
         let auth_deadline = Instant::now() + limits.auth_timeout;
         loop {
@@ -576,7 +579,7 @@ impl<'a, I: Inspector> Relay<'a, I> {
             let read = read_frame(
                 reader,
                 framer,
-                &mut buf,
+                &mut room,
                 Some(&self.client_restart),
                 timeout,
             );
@@ -585,7 +588,7 @@ impl<'a, I: Inspector> Relay<'a, I> {
                 () = self.shared.shutdown.cancelled() => return Ended::Shutdown,
                 () = self.done.cancelled() => return Ended::Cancelled,
                 head = window.head_settled(), if !window.is_empty() => {
-                    match self.forward_settled(Direction::Outbound, window, head).await {
+                    match Box::pin(self.forward_settled(Direction::Outbound, window, head)).await {
                         Ok(()) => continue,
                         Err(ended) => return ended,
                     }
@@ -606,7 +609,7 @@ impl<'a, I: Inspector> Relay<'a, I> {
                 continue;
             }
             if !matches!(frame, Frame::Stanza(_)) {
-                if let Err(ended) = self.drain(Direction::Outbound, window).await {
+                if let Err(ended) = Box::pin(self.drain(Direction::Outbound, window)).await {
                     return ended;
                 }
             }
@@ -637,11 +640,11 @@ impl<'a, I: Inspector> Relay<'a, I> {
                         lang: h.lang.as_deref().or(self.stream.lang.as_deref()),
                         ..Default::default()
                     });
-                    self.to_upstream(&header).await
+                    Box::pin(self.to_upstream(&header)).await
                 }
                 Frame::StreamEnd(_) => return Ended::ClientClosedStream,
                 Frame::Stanza(stanza) => {
-                    self.relay_stanza(Direction::Outbound, stanza, window).await
+                    Box::pin(self.relay_stanza(Direction::Outbound, stanza, window)).await
                 }
             };
             if let Err(ended) = result {
@@ -655,8 +658,7 @@ impl<'a, I: Inspector> Relay<'a, I> {
         let ended = self
             .upstream_loop(&mut reader, &mut framer, &mut window)
             .await;
-        self.drain_at_end(Direction::Inbound, &mut window, &ended)
-            .await;
+        Box::pin(self.drain_at_end(Direction::Inbound, &mut window, &ended)).await;
         match &ended {
             Ended::UpstreamClosedStream => self.finish_client(stream::CLOSE).await,
             Ended::UpstreamGone | Ended::Failed(_) => {
@@ -682,14 +684,14 @@ impl<'a, I: Inspector> Relay<'a, I> {
         framer: &mut Framer,
         window: &mut Window,
     ) -> Ended {
-        let mut buf = vec![0; READ_CHUNK];
+        let mut room = 0;
         loop {
-            let read = read_frame(reader, framer, &mut buf, None, None);
+            let read = read_frame(reader, framer, &mut room, None, None);
             let frame = tokio::select! {
                 biased;
                 () = self.done.cancelled() => return Ended::Cancelled,
                 head = window.head_settled(), if !window.is_empty() => {
-                    match self.forward_settled(Direction::Inbound, window, head).await {
+                    match Box::pin(self.forward_settled(Direction::Inbound, window, head)).await {
                         Ok(()) => continue,
                         Err(ended) => return ended,
                     }
@@ -708,7 +710,7 @@ impl<'a, I: Inspector> Relay<'a, I> {
                 continue;
             }
             if !matches!(frame, Frame::Stanza(_)) {
-                if let Err(ended) = self.drain(Direction::Inbound, window).await {
+                if let Err(ended) = Box::pin(self.drain(Direction::Inbound, window)).await {
                     return ended;
                 }
             }
@@ -724,7 +726,7 @@ impl<'a, I: Inspector> Relay<'a, I> {
                         lang: h.lang.as_deref(),
                         ..Default::default()
                     });
-                    self.to_client(&header).await
+                    Box::pin(self.to_client(&header)).await
                 }
                 Frame::StreamEnd(_) => return Ended::UpstreamClosedStream,
                 Frame::Stanza(stanza) => {
@@ -736,7 +738,7 @@ impl<'a, I: Inspector> Relay<'a, I> {
                     let pipelined = matches!(event, UpstreamEvent::Relay)
                         && !(root.ns == NS_STREAMS && root.name == "features");
                     if !pipelined {
-                        if let Err(ended) = self.drain(Direction::Inbound, window).await {
+                        if let Err(ended) = Box::pin(self.drain(Direction::Inbound, window)).await {
                             return ended;
                         }
                     }
@@ -746,23 +748,24 @@ impl<'a, I: Inspector> Relay<'a, I> {
                             // the flag must be up before the client can see <success/>.
                             self.client_restart.store(true, Ordering::Release);
                             framer.restart();
-                            self.to_client(&stanza.raw).await
+                            Box::pin(self.to_client(&stanza.raw)).await
                         }
                         _ if root.ns == NS_STREAMS && root.name == "features" => {
                             let mut features = stanza.root;
                             if filter_features(&mut features) {
                                 let mut out = Vec::with_capacity(stanza.raw.len());
                                 features.write_to(&mut out);
-                                self.to_client(&out).await
+                                Box::pin(self.to_client(&out)).await
                             } else {
-                                self.to_client(&stanza.raw).await
+                                Box::pin(self.to_client(&stanza.raw)).await
                             }
                         }
                         UpstreamEvent::Bound(account) => {
                             self.learn_account(&account);
                             let relayed =
-                                self.relay_stanza(Direction::Inbound, stanza, window).await;
-                            self.shared.inspector.session_bound(&self.snapshot()).await;
+                                Box::pin(self.relay_stanza(Direction::Inbound, stanza, window))
+                                    .await;
+                            Box::pin(self.shared.inspector.session_bound(&self.snapshot())).await;
                             relayed
                         }
                         UpstreamEvent::Resumed { previd } => {
@@ -779,23 +782,25 @@ impl<'a, I: Inspector> Relay<'a, I> {
                                 None => warn!("session resumed whose account this proxy never saw bound; its stanzas are refused"),
                             }
                             let relayed =
-                                self.relay_stanza(Direction::Inbound, stanza, window).await;
+                                Box::pin(self.relay_stanza(Direction::Inbound, stanza, window))
+                                    .await;
                             // A new connection of a known session: its start is on the
                             // record like any other, so its end has a start to match.
                             if resumed.is_some() {
-                                self.shared.inspector.session_bound(&self.snapshot()).await;
+                                Box::pin(self.shared.inspector.session_bound(&self.snapshot()))
+                                    .await;
                             }
                             relayed
                         }
                         UpstreamEvent::Sasl2Succeeded(outcome) => {
-                            self.sasl2_succeeded(stanza, outcome).await
+                            Box::pin(self.sasl2_succeeded(stanza, outcome)).await
                         }
                         UpstreamEvent::UnsolicitedBind => {
                             warn!("ignored a bind result that answers no bind request of this session");
-                            self.relay_stanza(Direction::Inbound, stanza, window).await
+                            Box::pin(self.relay_stanza(Direction::Inbound, stanza, window)).await
                         }
                         UpstreamEvent::Relay => {
-                            self.relay_stanza(Direction::Inbound, stanza, window).await
+                            Box::pin(self.relay_stanza(Direction::Inbound, stanza, window)).await
                         }
                     }
                 }

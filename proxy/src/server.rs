@@ -216,11 +216,20 @@ async fn accept_loop<I: Inspector>(
             async move {
                 let live = Live::start();
                 match (websocket, acceptor) {
+                    // Each kind of session boxed: the task holds only the kind it runs.
                     (Some(ws), acceptor) => {
-                        crate::websocket::serve(tcp, client_addr, id, acceptor, ws, shared).await;
+                        Box::pin(crate::websocket::serve(
+                            tcp,
+                            client_addr,
+                            id,
+                            acceptor,
+                            ws,
+                            shared,
+                        ))
+                        .await;
                     }
                     (None, Some(acceptor)) => {
-                        session::run(tcp, client_addr, id, mode, acceptor, shared).await;
+                        Box::pin(session::run(tcp, client_addr, id, mode, acceptor, shared)).await;
                     }
                     (None, None) => warn!("an XMPP listener without TLS settings; closing"),
                 }

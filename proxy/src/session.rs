@@ -3,7 +3,9 @@
 //! errors, then hands both legs to the relay. Everything runs in the connection's task and
 //! log span.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +20,7 @@ use crate::conn::Conn;
 use crate::error::{ClientFault, SessionError, UpstreamFault};
 use crate::framer::{Frame, Framer};
 use crate::inspect::{Inspector, SessionInfo};
-use crate::io::{read_frame, send, ReadError, READ_CHUNK};
+use crate::io::{read_frame, send, ReadError};
 use crate::negotiation::{
     Action, ClientStream, Event, Leg, Negotiation, NegotiationConfig, UpstreamTls,
 };
@@ -84,14 +86,83 @@ enum Start {
     Secured,
 }
 
-async fn run_conn<I: Inspector>(
+fn run_conn<I: Inspector>(
     client: Conn,
     acceptor: Option<TlsAcceptor>,
     start: Start,
     client_addr: SocketAddr,
     conn_id: u64,
     shared: Arc<Shared<I>>,
+) -> impl Future<Output = ()> {
+    // Negotiation (both connections mid-handshake, its read buffer) is boxed here, before
+    // any future holds the client connection, and the connections go straight into the
+    // relay outside any await: an idle session's task keeps only what relaying needs.
+    let negotiation = Box::pin(negotiate(client, acceptor, start, shared.clone()));
+    relay_negotiated(negotiation, client_addr, conn_id, shared)
+}
+
+async fn relay_negotiated<I: Inspector>(
+    negotiation: Pin<Box<impl Future<Output = Option<Negotiated>>>>,
+    client_addr: SocketAddr,
+    conn_id: u64,
+    shared: Arc<Shared<I>>,
 ) {
+    let (relay, framers, info) = {
+        let Some(negotiated) = negotiation.await else {
+            return;
+        };
+        negotiated.into_relay(&shared, conn_id, client_addr)
+    };
+    debug!(domain = %info.domain, "negotiated; relaying");
+    shared.inspector.session_started(&info).await;
+    let (reason, info) = relay.run(framers).await;
+    // Boxed: what the inspector does at the end would otherwise size the whole session.
+    Box::pin(shared.inspector.session_ended(&info, &reason)).await;
+    info!(reason = %reason, "session ended");
+}
+
+/// What negotiation hands to relaying.
+struct Negotiated {
+    stream: ClientStream,
+    client: Conn,
+    client_framer: Framer,
+    upstream: Conn,
+    upstream_framer: Framer,
+}
+
+impl Negotiated {
+    fn into_relay<'a, I: Inspector>(
+        self,
+        shared: &'a Shared<I>,
+        conn_id: u64,
+        client_addr: SocketAddr,
+    ) -> (Relay<'a, I>, (Framer, Framer), SessionInfo) {
+        let info = SessionInfo {
+            id: conn_id,
+            client_addr,
+            domain: self.stream.domain.clone(),
+            jid: None,
+        };
+        let relay = Relay::new(
+            shared,
+            self.client,
+            self.upstream,
+            self.stream,
+            info.clone(),
+        );
+        (relay, (self.client_framer, self.upstream_framer), info)
+    }
+}
+
+/// Runs negotiation to its end: both connections and their framers once relaying can
+/// start, or `None` after failing the session (logged, and told to the client where it
+/// still listens).
+async fn negotiate<I: Inspector>(
+    client: Conn,
+    acceptor: Option<TlsAcceptor>,
+    start: Start,
+    shared: Arc<Shared<I>>,
+) -> Option<Negotiated> {
     let mut negotiator = Negotiator {
         shared: &shared,
         client,
@@ -99,7 +170,7 @@ async fn run_conn<I: Inspector>(
         upstream: None,
         upstream_framer: Framer::new(shared.config.limits.frame),
         acceptor,
-        buf: vec![0; READ_CHUNK],
+        room: 0,
         machine: None,
     };
     let negotiated = tokio::select! {
@@ -111,7 +182,7 @@ async fn run_conn<I: Inspector>(
         Err(err) => {
             log_end(&err);
             negotiator.fail(&err).await;
-            return;
+            return None;
         }
     };
     let Negotiator {
@@ -123,20 +194,15 @@ async fn run_conn<I: Inspector>(
     } = negotiator;
     let Some(upstream) = upstream else {
         warn!("negotiation finished without an upstream connection");
-        return;
+        return None;
     };
-    let info = SessionInfo {
-        id: conn_id,
-        client_addr,
-        domain: relaying.domain.clone(),
-        jid: None,
-    };
-    debug!(domain = %info.domain, "negotiated; relaying");
-    shared.inspector.session_started(&info).await;
-    let relay = Relay::new(&shared, client, upstream, relaying, info);
-    let (reason, info) = relay.run(client_framer, upstream_framer).await;
-    shared.inspector.session_ended(&info, &reason).await;
-    info!(reason = %reason, "session ended");
+    Some(Negotiated {
+        stream: relaying,
+        client,
+        client_framer,
+        upstream,
+        upstream_framer,
+    })
 }
 
 fn log_end(err: &SessionError) {
@@ -156,7 +222,8 @@ struct Negotiator<'a, I> {
     upstream_framer: Framer,
     /// `None` for a client secured before the session started.
     acceptor: Option<TlsAcceptor>,
-    buf: Vec<u8>,
+    /// How much the next read asks for (see [`read_frame`]).
+    room: usize,
     /// The state, kept here so `fail` knows whether the client has a header yet.
     machine: Option<Negotiation>,
 }
@@ -309,7 +376,7 @@ impl<I: Inspector> Negotiator<'_, I> {
         match read_frame(
             &mut self.client,
             &mut self.client_framer,
-            &mut self.buf,
+            &mut self.room,
             None,
             limit,
         )
@@ -329,7 +396,7 @@ impl<I: Inspector> Negotiator<'_, I> {
         match read_frame(
             upstream,
             &mut self.upstream_framer,
-            &mut self.buf,
+            &mut self.room,
             None,
             limit,
         )
