@@ -94,7 +94,7 @@ fn run_conn<I: Inspector>(
     conn_id: u64,
     shared: Arc<Shared<I>>,
 ) -> impl Future<Output = ()> {
-    // Negotiation (both connections mid-handshake, its read buffer) is boxed here, before
+    // Negotiation (both connections mid-handshake, the TLS handshakes) is boxed here, before
     // any future holds the client connection, and the connections go straight into the
     // relay outside any await: an idle session's task keeps only what relaying needs.
     let negotiation = Box::pin(negotiate(client, acceptor, start, shared.clone()));
