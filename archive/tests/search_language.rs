@@ -558,7 +558,8 @@ async fn a_date_range_finds_exactly_the_messages_of_its_times() {
     let (t1, t2) = (times[times.len() / 3], times[times.len() * 2 / 3]);
     let at = |t: i64| Timestamp(t).to_string();
     type Keep = fn(i64, &str, &str) -> bool;
-    let ranges: Vec<(String, Box<dyn Fn(i64) -> bool>)> = vec![
+    type InRange = Box<dyn Fn(i64) -> bool>;
+    let ranges: Vec<(String, InRange)> = vec![
         (format!("after:{}", at(t1)), Box::new(move |t| t >= t1)),
         (format!("before:{}", at(t2)), Box::new(move |t| t < t2)),
         (
