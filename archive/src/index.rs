@@ -1496,8 +1496,8 @@ impl NearQuery {
 /// allow, so it reads a skip block or two of each side per candidate instead of every
 /// document of a common word.
 struct NearScorer {
-    left: Vec<SegmentPostings>,
-    right: Vec<SegmentPostings>,
+    left: NearSide,
+    right: NearSide,
     within: u32,
     ordered: bool,
     doc: DocId,
@@ -1508,52 +1508,83 @@ struct NearScorer {
     rp: Vec<u32>,
 }
 
-impl NearScorer {
-    /// The smallest document at or after `target` holding a term of `side`.
-    fn first_from(side: &mut [SegmentPostings], target: DocId) -> DocId {
-        let mut first = TERMINATED;
-        for p in side.iter_mut() {
-            if p.doc() < target {
-                p.seek(target);
-            }
-            first = first.min(p.doc());
+/// The postings of one side of a NEAR, with the document each is at in a heap, so a step
+/// costs the lists it moves, not every list of a wide pattern's expansion.
+struct NearSide {
+    lists: Vec<SegmentPostings>,
+    /// `(document, list)`, the smallest document on top; finished lists leave it.
+    at: std::collections::BinaryHeap<std::cmp::Reverse<(DocId, usize)>>,
+    /// The lists at the document of the last [`NearSide::positions_in`].
+    here: Vec<usize>,
+}
+
+impl NearSide {
+    fn new(lists: Vec<SegmentPostings>) -> NearSide {
+        let at = lists
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.doc() != TERMINATED)
+            .map(|(i, p)| std::cmp::Reverse((p.doc(), i)))
+            .collect();
+        NearSide {
+            lists,
+            at,
+            here: Vec::new(),
         }
-        first
     }
 
-    /// The positions in `doc` of any term of `side` (every postings list is at or
-    /// after `doc`), ascending.
-    fn positions_in(
-        side: &mut [SegmentPostings],
-        doc: DocId,
-        buf: &mut Vec<u32>,
-        out: &mut Vec<u32>,
-    ) {
+    /// The smallest document at or after `target` holding a term of this side.
+    fn first_from(&mut self, target: DocId) -> DocId {
+        while let Some(&std::cmp::Reverse((doc, i))) = self.at.peek() {
+            if doc >= target {
+                return doc;
+            }
+            self.at.pop();
+            if let Some(p) = self.lists.get_mut(i) {
+                let next = p.seek(target);
+                if next != TERMINATED {
+                    self.at.push(std::cmp::Reverse((next, i)));
+                }
+            }
+        }
+        TERMINATED
+    }
+
+    /// The positions in `doc` (the smallest document of this side) of any of its
+    /// terms, ascending.
+    fn positions_in(&mut self, doc: DocId, buf: &mut Vec<u32>, out: &mut Vec<u32>) {
         out.clear();
-        for p in side.iter_mut().filter(|p| p.doc() == doc) {
-            p.positions(buf);
-            out.extend_from_slice(buf);
+        self.here.clear();
+        self.here
+            .extend(self.at.iter().filter(|r| r.0 .0 == doc).map(|r| r.0 .1));
+        for &i in &self.here {
+            if let Some(p) = self.lists.get_mut(i) {
+                p.positions(buf);
+                out.extend_from_slice(buf);
+            }
         }
         out.sort_unstable();
     }
+}
 
+impl NearScorer {
     /// Moves to the first matching document at or after `target`.
     fn settle(&mut self, mut target: DocId) -> DocId {
         self.doc = loop {
             if target >= TERMINATED {
                 break TERMINATED;
             }
-            let l = Self::first_from(&mut self.left, target);
+            let l = self.left.first_from(target);
             if l == TERMINATED {
                 break TERMINATED;
             }
-            let r = Self::first_from(&mut self.right, l);
+            let r = self.right.first_from(l);
             if r != l {
                 target = r;
                 continue;
             }
-            Self::positions_in(&mut self.left, l, &mut self.buf, &mut self.lp);
-            Self::positions_in(&mut self.right, l, &mut self.buf, &mut self.rp);
+            self.left.positions_in(l, &mut self.buf, &mut self.lp);
+            self.right.positions_in(l, &mut self.buf, &mut self.rp);
             if query::near(&self.lp, &self.rp, self.within, self.ordered) {
                 break l;
             }
@@ -1611,8 +1642,8 @@ impl Weight for NearQuery {
             return Ok(Box::new(EmptyScorer));
         }
         let mut scorer = NearScorer {
-            left,
-            right,
+            left: NearSide::new(left),
+            right: NearSide::new(right),
             within: self.within,
             ordered: self.ordered,
             doc: 0,

@@ -476,7 +476,9 @@ async fn near_finds_exactly_the_messages_where_the_words_stand_that_close() {
         })
     };
     type Case<'a> = (&'a str, &'a [&'a str], &'a [&'a str], usize, bool);
-    let cases: [Case<'_>; 5] = [
+    let fillers: Vec<String> = (4..12).map(|n| format!("filler{n}")).collect();
+    let fillers: Vec<&str> = fillers.iter().map(String::as_str).collect();
+    let cases: [Case<'_>; 6] = [
         ("alpha NEAR/1 beta", &["alpha"], &["beta"], 1, false),
         ("alpha NEAR/3 gamma", &["alpha"], &["gamma"], 3, false),
         ("delta ONEAR/2 alpha", &["delta"], &["alpha"], 2, true),
@@ -488,6 +490,8 @@ async fn near_finds_exactly_the_messages_where_the_words_stand_that_close() {
             true,
         ),
         ("gam* NEAR/2 del*", &["gamma"], &["delta"], 2, false),
+        // A side of eight words, each its own postings list.
+        ("fill* ONEAR/1 alpha", &fillers, &["alpha"], 1, true),
     ];
     for (q, l, r, within, ordered) in cases {
         for user in [None, Some((3u64, true)), Some((5, false))] {

@@ -14,9 +14,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static> Io for T {}
 
 pub type BoxIo = Box<dyn Io>;
 
-/// The most one read asks for. A TLS record (up to 16 KiB of plaintext) that does not
-/// fit is handed out over several reads from the TLS layer's buffer, without more
-/// syscalls.
+/// The most room a read makes in the framer's buffer. A read fills whatever spare room
+/// the buffer has, which can be more when the buffer grew for a long stanza; the
+/// framer's limits bound it either way. A TLS record (up to 16 KiB of plaintext) that
+/// does not fit is handed out over several reads from the TLS layer's buffer, without
+/// more syscalls.
 pub const READ_CHUNK: usize = 4 * 1024;
 
 /// What a read asks for after a short one: a quiet session waits with this much room
@@ -37,9 +39,10 @@ pub enum ReadError {
 /// peer can send after it are the new stream header. Plain `read` is cancellation-safe, so
 /// callers may race this future against shutdown.
 ///
-/// Bytes are read straight into the framer's buffer, `room` bytes at most (kept between
-/// calls: [`READ_IDLE`] after a short read, doubling up to [`READ_CHUNK`] while reads
-/// come back full), so an idle session holds no read buffer of its own.
+/// Bytes are read straight into the framer's buffer, with at least `room` bytes of
+/// room made first (kept between calls: [`READ_IDLE`] after a short read, doubling up
+/// to [`READ_CHUNK`] while reads come back full), so an idle session holds no read
+/// buffer of its own.
 pub async fn read_frame<R: AsyncRead + Unpin + ?Sized>(
     reader: &mut R,
     framer: &mut Framer,
