@@ -1306,9 +1306,10 @@ fn time_window(e: &Expr) -> Option<(TimeRange, Expr)> {
 /// Documents whose time is within `from..=until` (milliseconds). tantivy's own range
 /// query answers a seek by scanning the next 128 documents' values; beside a
 /// participant, which seeks it once per message of that person, that is most of a
-/// search's time. This one reads the sought document's value first and moves on one
-/// document at a time, and answers a segment wholly inside or outside the range
-/// without reading any.
+/// search's time. This one reads the sought document's value first and, when that is
+/// outside the range, looks ahead a block of values at a time; it answers a segment
+/// wholly inside or outside the range without reading any. (Beside other terms at a
+/// query's top level the range is not intersected at all: see [`time_window`].)
 #[derive(Debug, Clone)]
 struct TimeRange {
     from: i64,
