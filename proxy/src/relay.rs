@@ -560,6 +560,8 @@ impl<'a, I: Inspector> Relay<'a, I> {
         ended
     }
 
+    /// Every step but the read is boxed here and in [`Relay::upstream_loop`]: this
+    /// future is what an idle session holds, so it carries only what a read needs.
     async fn client_loop(
         &self,
         reader: &mut ReadHalf<Conn>,
