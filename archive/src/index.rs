@@ -1345,74 +1345,51 @@ impl Weight for TimeRange {
             - self.from.max(time.min_value()) as i128)
             .clamp(1, span);
         let size_hint = u32::try_from(i128::from(max_doc) * covered / span).unwrap_or(max_doc);
-        let mut scorer = TimeRangeScorer {
+        let matcher = TimeRangeMatch {
             time,
             every,
             from: self.from,
             until: self.until,
             max_doc,
-            doc: 0,
-            size_hint: size_hint.max(1),
-            boost,
             found: Vec::new(),
         };
-        scorer.settle(0);
-        Ok(Box::new(scorer))
+        Ok(Lazy::start(matcher, size_hint.max(1), boost))
     }
 
     fn explain(&self, reader: &SegmentReader, doc: DocId) -> tantivy::Result<Explanation> {
-        let mut s = self.scorer(reader, 1.0)?;
-        if s.seek(doc) == doc {
-            Ok(Explanation::new("time range", 1.0))
-        } else {
-            Err(tantivy::TantivyError::InvalidArgument(format!(
-                "document {doc} does not match"
-            )))
-        }
+        explain_by_seek(self.scorer(reader, 1.0)?, doc, "time range")
     }
 }
 
-struct TimeRangeScorer {
+struct TimeRangeMatch {
     time: tantivy::columnar::Column<i64>,
     /// The whole segment is in range.
     every: bool,
     from: i64,
     until: i64,
     max_doc: DocId,
-    doc: DocId,
-    size_hint: u32,
-    boost: Score,
     /// Matches of the last block looked at.
     found: Vec<DocId>,
 }
 
-impl TimeRangeScorer {
-    fn settle(&mut self, target: DocId) -> DocId {
+impl NextMatch for TimeRangeMatch {
+    fn next_from(&mut self, target: DocId) -> DocId {
         let (from, until) = (self.from, self.until);
-        if self.every {
-            self.doc = if target < self.max_doc {
-                target
-            } else {
-                TERMINATED
-            };
-            return self.doc;
-        }
         if target >= self.max_doc {
-            self.doc = TERMINATED;
             return TERMINATED;
         }
-        if self
-            .time
-            .first(target)
-            .is_some_and(|t| from <= t && t <= until)
+        if self.every
+            || self
+                .time
+                .first(target)
+                .is_some_and(|t| from <= t && t <= until)
         {
-            self.doc = target;
             return target;
         }
         // Not the sought one: look further a block of values at a time, each twice
         // the last, as a lead over a range of sparse matches would.
         let (mut start, mut block) = (target + 1, 128u32);
-        self.doc = loop {
+        loop {
             if start >= self.max_doc {
                 break TERMINATED;
             }
@@ -1424,24 +1401,51 @@ impl TimeRangeScorer {
                 break d;
             }
             (start, block) = (end, block.saturating_mul(2).min(1 << 16));
-        };
-        self.doc
+        }
     }
 }
 
-impl DocSet for TimeRangeScorer {
+/// What a lazy scorer needs of its query: the first matching document at or after a
+/// target (called with ascending targets), or [`TERMINATED`].
+trait NextMatch: Send + 'static {
+    fn next_from(&mut self, target: DocId) -> DocId;
+}
+
+/// A constant-score [`Scorer`] that asks its matcher for the next document only when
+/// advanced or sought.
+struct Lazy<M> {
+    matcher: M,
+    doc: DocId,
+    size_hint: u32,
+    boost: Score,
+}
+
+impl<M: NextMatch> Lazy<M> {
+    /// At its first document, as tantivy expects of a new scorer.
+    fn start(mut matcher: M, size_hint: u32, boost: Score) -> Box<dyn Scorer> {
+        let doc = matcher.next_from(0);
+        Box::new(Lazy {
+            matcher,
+            doc,
+            size_hint,
+            boost,
+        })
+    }
+}
+
+impl<M: NextMatch> DocSet for Lazy<M> {
     fn advance(&mut self) -> DocId {
-        if self.doc == TERMINATED {
-            return TERMINATED;
+        if self.doc != TERMINATED {
+            self.doc = self.matcher.next_from(self.doc + 1);
         }
-        self.settle(self.doc + 1)
+        self.doc
     }
 
     fn seek(&mut self, target: DocId) -> DocId {
-        if self.doc >= target {
-            return self.doc;
+        if self.doc < target {
+            self.doc = self.matcher.next_from(target);
         }
-        self.settle(target)
+        self.doc
     }
 
     fn doc(&self) -> DocId {
@@ -1453,9 +1457,24 @@ impl DocSet for TimeRangeScorer {
     }
 }
 
-impl Scorer for TimeRangeScorer {
+impl<M: NextMatch> Scorer for Lazy<M> {
     fn score(&mut self) -> Score {
         self.boost
+    }
+}
+
+/// `Weight::explain` for a constant-score query: whether `scorer` reaches `doc`.
+fn explain_by_seek(
+    mut scorer: Box<dyn Scorer>,
+    doc: DocId,
+    what: &'static str,
+) -> tantivy::Result<Explanation> {
+    if scorer.seek(doc) == doc {
+        Ok(Explanation::new(what, 1.0))
+    } else {
+        Err(tantivy::TantivyError::InvalidArgument(format!(
+            "document {doc} does not match"
+        )))
     }
 }
 
@@ -1496,14 +1515,11 @@ impl NearQuery {
 /// participant or a date range, the intersection seeks it to the few documents those
 /// allow, so it reads a skip block or two of each side per candidate instead of every
 /// document of a common word.
-struct NearScorer {
+struct NearMatch {
     left: NearSide,
     right: NearSide,
     within: u32,
     ordered: bool,
-    doc: DocId,
-    size_hint: u32,
-    boost: Score,
     buf: Vec<u32>,
     lp: Vec<u32>,
     rp: Vec<u32>,
@@ -1568,10 +1584,9 @@ impl NearSide {
     }
 }
 
-impl NearScorer {
-    /// Moves to the first matching document at or after `target`.
-    fn settle(&mut self, mut target: DocId) -> DocId {
-        self.doc = loop {
+impl NextMatch for NearMatch {
+    fn next_from(&mut self, mut target: DocId) -> DocId {
+        loop {
             if target >= TERMINATED {
                 break TERMINATED;
             }
@@ -1590,38 +1605,7 @@ impl NearScorer {
                 break l;
             }
             target = l + 1;
-        };
-        self.doc
-    }
-}
-
-impl DocSet for NearScorer {
-    fn advance(&mut self) -> DocId {
-        if self.doc == TERMINATED {
-            return TERMINATED;
         }
-        self.settle(self.doc + 1)
-    }
-
-    fn seek(&mut self, target: DocId) -> DocId {
-        if self.doc >= target {
-            return self.doc;
-        }
-        self.settle(target)
-    }
-
-    fn doc(&self) -> DocId {
-        self.doc
-    }
-
-    fn size_hint(&self) -> u32 {
-        self.size_hint
-    }
-}
-
-impl Scorer for NearScorer {
-    fn score(&mut self) -> Score {
-        self.boost
     }
 }
 
@@ -1642,31 +1626,20 @@ impl Weight for NearQuery {
         if right.is_empty() {
             return Ok(Box::new(EmptyScorer));
         }
-        let mut scorer = NearScorer {
+        let matcher = NearMatch {
             left: NearSide::new(left),
             right: NearSide::new(right),
             within: self.within,
             ordered: self.ordered,
-            doc: 0,
-            size_hint: left_docs.min(right_docs),
-            boost,
             buf: Vec::new(),
             lp: Vec::new(),
             rp: Vec::new(),
         };
-        scorer.settle(0);
-        Ok(Box::new(scorer))
+        Ok(Lazy::start(matcher, left_docs.min(right_docs), boost))
     }
 
     fn explain(&self, reader: &SegmentReader, doc: DocId) -> tantivy::Result<Explanation> {
-        let mut s = self.scorer(reader, 1.0)?;
-        if s.seek(doc) == doc {
-            Ok(Explanation::new("near", 1.0))
-        } else {
-            Err(tantivy::TantivyError::InvalidArgument(format!(
-                "document {doc} does not match"
-            )))
-        }
+        explain_by_seek(self.scorer(reader, 1.0)?, doc, "near")
     }
 }
 
