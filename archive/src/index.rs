@@ -1717,34 +1717,12 @@ mod tests {
     // long-lived reader. ----
 
     fn appended(seq: u64, segment: u64, body: &str) -> Appended {
-        use crate::record::{Action, MessageRecord, Outcome, Record, RecordSeq, SessionId};
+        use crate::record::{MessageRecord, Record, RecordSeq};
         Appended {
             record: Record {
                 seq: RecordSeq(seq),
                 time: crate::time::Timestamp(seq as i64),
-                content: NewRecord::Message(MessageRecord {
-                    direction: Direction::Outbound,
-                    session: SessionId("s".into()),
-                    from: "a@x".into(),
-                    to: "b@x".into(),
-                    stanza_type: "chat".into(),
-                    id: None,
-                    origin_id: None,
-                    stanza_id: None,
-                    thread: None,
-                    subject: None,
-                    body: Some(body.into()),
-                    stanza: Vec::new(),
-                    outcome: Outcome {
-                        action: Action::Allow,
-                        rules: Vec::new(),
-                        delivered_body: None,
-                        severity: None,
-                        e2ee: None,
-                        would_action: None,
-                    },
-                    capture: Default::default(),
-                }),
+                content: NewRecord::Message(MessageRecord::test_chat("a@x", "b@x", body)),
             },
             segment,
             offset: seq * 100,

@@ -245,6 +245,36 @@ pub struct MessageRecord {
     pub capture: Capture,
 }
 
+#[cfg(test)]
+impl MessageRecord {
+    /// An allowed outbound chat message with nothing else set, for tests.
+    pub(crate) fn test_chat(from: &str, to: &str, body: &str) -> MessageRecord {
+        MessageRecord {
+            direction: Direction::Outbound,
+            session: SessionId("s".into()),
+            from: from.into(),
+            to: to.into(),
+            stanza_type: "chat".into(),
+            id: None,
+            origin_id: None,
+            stanza_id: None,
+            thread: None,
+            subject: None,
+            body: Some(body.into()),
+            stanza: Vec::new(),
+            outcome: Outcome {
+                action: Action::Allow,
+                rules: Vec::new(),
+                delivered_body: None,
+                severity: None,
+                e2ee: None,
+                would_action: None,
+            },
+            capture: Capture::default(),
+        }
+    }
+}
+
 impl MessageRecord {
     /// The stream this copy crossed: only a message the user's own client sent
     /// travels client to server; copies (carbons, replays) come from the server.

@@ -827,7 +827,7 @@ pub const EXPIRY_RULE: &str = "custos:retention";
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Capture, Direction, MessageRecord, Outcome, RecordSeq, SessionId};
+    use crate::record::{Capture, MessageRecord, RecordSeq};
     use proptest::prelude::*;
 
     fn msg(seq: u64, t: i64, from: &str, to: &str, class: &str, body: &str) -> Record {
@@ -835,31 +835,12 @@ mod tests {
             seq: RecordSeq(seq),
             time: Timestamp(t),
             content: NewRecord::Message(MessageRecord {
-                direction: Direction::Outbound,
-                session: SessionId("s".into()),
-                from: from.into(),
-                to: to.into(),
-                stanza_type: "chat".into(),
-                id: None,
-                origin_id: None,
-                stanza_id: None,
-                thread: None,
-                subject: None,
-                body: Some(body.into()),
-                stanza: Vec::new(),
-                outcome: Outcome {
-                    action: crate::record::Action::Allow,
-                    rules: Vec::new(),
-                    delivered_body: None,
-                    severity: None,
-                    e2ee: None,
-                    would_action: None,
-                },
                 capture: Capture {
                     account: from.into(),
                     retention_class: class.into(),
                     ..Capture::default()
                 },
+                ..MessageRecord::test_chat(from, to, body)
             }),
         }
     }
