@@ -304,9 +304,9 @@ impl Ejabberd {
     }
 
     /// Registers every account, each through its own hidden `ejabberd_ctl` node
-    /// (about half a second of VM start each), all at once. Mnesia may still be loading
-    /// the `passwd` table right after c2s accepts (`no_exists` under load): those
-    /// accounts are tried again, at most five times in all.
+    /// (about half a second of VM start each), all at once. Mnesia may still be creating
+    /// the `passwd` or `reg_users_counter` table right after c2s accepts (under load):
+    /// those accounts are tried again, at most five times in all.
     fn register_all(&mut self, users: &[User]) -> Result<(), EjabberdError> {
         let mut pending: Vec<&User> = users.iter().collect();
         for attempt in 1..=5 {
@@ -318,10 +318,14 @@ impl Ejabberd {
                 }
             };
             // Tables and caches a node is still creating when its port first accepts:
-            // a missing table (`no_exists`), or the auth cache not started yet
-            // (`ets_cache:get_counter` on an `undefined` counter).
+            // a missing table (`no_exists`), the auth cache not started yet
+            // (`ets_cache:get_counter` on an `undefined` counter), or a registration
+            // transaction on a table not yet created, which `ejabberdctl` reports only
+            // as `Database failure` (its log says `no_exists,reg_users_counter`).
             let transient = failures.iter().all(|(_, _, _, output)| {
-                output.contains("no_exists") || output.contains("ets_cache:")
+                output.contains("no_exists")
+                    || output.contains("ets_cache:")
+                    || output.contains("Database failure")
             });
             match failures.first() {
                 None => return Ok(()),
