@@ -1152,6 +1152,105 @@ impl BlindIndexReader {
     /// than anything a remaining segment holds: a common word is answered from the
     /// small recent segments without reading its postings in the large old ones.
     pub fn search(&self, q: &Query, limit: usize) -> Result<Vec<Located>, IndexError> {
+        if limit == 0 {
+            // Still built: a query the index cannot run is an error at any limit.
+            return self
+                .matching(q, |_| Ok(Visit::Stop), |_, _| Ok(()))
+                .map(|_| Vec::new());
+        }
+        // The `limit` highest seqs so far: a min-heap of (seq, segment, doc).
+        let mut top: std::collections::BinaryHeap<std::cmp::Reverse<(u64, usize, DocId)>> =
+            std::collections::BinaryHeap::with_capacity(limit.min(4096) + 1);
+        let full = std::cell::Cell::new(None::<u64>);
+        let segments = self.matching(
+            q,
+            // Segments come newest first: once the heap is full and its lowest seq is
+            // above a segment's newest, no later segment can add a hit.
+            |newest| {
+                Ok(if full.get().is_some_and(|low| low >= newest) {
+                    Visit::Stop
+                } else {
+                    Visit::Enter
+                })
+            },
+            |m, _| {
+                if top.len() < limit {
+                    top.push(std::cmp::Reverse((m.seq, m.at, m.doc)));
+                } else if top.peek().is_some_and(|low| m.seq > low.0 .0) {
+                    top.pop();
+                    top.push(std::cmp::Reverse((m.seq, m.at, m.doc)));
+                }
+                if top.len() >= limit {
+                    full.set(top.peek().map(|low| low.0 .0));
+                }
+                Ok(())
+            },
+        )?;
+        let mut newest: Vec<(u64, usize, DocId)> = top.into_iter().map(|r| r.0).collect();
+        newest.sort_unstable_by_key(|n| std::cmp::Reverse(n.0));
+        let mut columns = std::collections::HashMap::new();
+        let mut out = Vec::with_capacity(newest.len());
+        for (seq, at, doc) in newest {
+            let Some(reader) = segments.get(at) else {
+                continue;
+            };
+            let (seg, off) = match columns.entry(at) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let ff = reader.fast_fields();
+                    e.insert((ff.u64("seg")?, ff.u64("off")?))
+                }
+            };
+            out.push(Located {
+                seq,
+                segment: seg.first(doc).unwrap_or(0),
+                offset: off.first(doc).unwrap_or(0),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every document `q` finds, with no limit, in no particular order: an export
+    /// selects with it. Documents past the index's mark may be among them (a commit
+    /// newer than the mark the caller read).
+    pub fn search_all(
+        &self,
+        q: &Query,
+        mut found: impl FnMut(Located) -> Result<(), IndexError>,
+    ) -> Result<(), IndexError> {
+        let mut columns = None;
+        let mut current = usize::MAX;
+        self.matching(
+            q,
+            |_| Ok(Visit::Enter),
+            |m, reader| {
+                if current != m.at || columns.is_none() {
+                    let ff = reader.fast_fields();
+                    columns = Some((ff.u64("seg")?, ff.u64("off")?));
+                    current = m.at;
+                }
+                let Some((seg, off)) = &columns else {
+                    return Ok(());
+                };
+                found(Located {
+                    seq: m.seq,
+                    segment: seg.first(m.doc).unwrap_or(0),
+                    offset: off.first(m.doc).unwrap_or(0),
+                })
+            },
+        )
+        .map(|_| ())
+    }
+
+    /// Runs `q` over the index's segments, newest first, handing each live matching
+    /// document to `each`; `enter(newest seq of a segment)` may stop before a segment.
+    /// Returns the segments in the order their `at` numbers them.
+    fn matching(
+        &self,
+        q: &Query,
+        mut enter: impl FnMut(u64) -> Result<Visit, IndexError>,
+        mut each: impl FnMut(Match, &SegmentReader) -> Result<(), IndexError>,
+    ) -> Result<Vec<SegmentReader>, IndexError> {
         self.reader.reload()?;
         let searcher = self.reader.searcher();
         // A date range beside other terms is checked on the documents those find (one
@@ -1170,21 +1269,15 @@ impl BlindIndexReader {
                 expanded: 0,
             },
         )?;
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
         let weight = query.weight(EnableScoring::disabled_from_searcher(&searcher))?;
         let mut segments = Vec::with_capacity(searcher.segment_readers().len());
         for r in searcher.segment_readers() {
             let seq = r.fast_fields().u64("seq")?;
-            segments.push((seq.max_value(), r, seq));
+            segments.push((seq.max_value(), r.clone(), seq));
         }
         segments.sort_by_key(|s| std::cmp::Reverse(s.0));
-        // The `limit` highest seqs so far: a min-heap of (seq, segment, doc).
-        let mut top: std::collections::BinaryHeap<std::cmp::Reverse<(u64, usize, DocId)>> =
-            std::collections::BinaryHeap::with_capacity(limit.min(4096) + 1);
         for (at, (newest, reader, seqs)) in segments.iter().enumerate() {
-            if top.len() >= limit && top.peek().is_some_and(|m| m.0 .0 >= *newest) {
+            if matches!(enter(*newest)?, Visit::Stop) {
                 break;
             }
             let within = match &window {
@@ -1206,40 +1299,29 @@ impl BlindIndexReader {
                 });
                 if in_window && alive.is_none_or(|a| a.is_alive(doc)) {
                     if let Some(seq) = seqs.first(doc) {
-                        if top.len() < limit {
-                            top.push(std::cmp::Reverse((seq, at, doc)));
-                        } else if top.peek().is_some_and(|m| seq > m.0 .0) {
-                            top.pop();
-                            top.push(std::cmp::Reverse((seq, at, doc)));
-                        }
+                        each(Match { at, doc, seq }, reader)?;
                     }
                 }
                 doc = scorer.advance();
             }
         }
-        let mut newest: Vec<(u64, usize, DocId)> = top.into_iter().map(|r| r.0).collect();
-        newest.sort_unstable_by_key(|n| std::cmp::Reverse(n.0));
-        let mut columns = std::collections::HashMap::new();
-        let mut out = Vec::with_capacity(newest.len());
-        for (seq, at, doc) in newest {
-            let Some((_, reader, _)) = segments.get(at) else {
-                continue;
-            };
-            let (seg, off) = match columns.entry(at) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    let ff = reader.fast_fields();
-                    e.insert((ff.u64("seg")?, ff.u64("off")?))
-                }
-            };
-            out.push(Located {
-                seq,
-                segment: seg.first(doc).unwrap_or(0),
-                offset: off.first(doc).unwrap_or(0),
-            });
-        }
-        Ok(out)
+        Ok(segments.into_iter().map(|s| s.1).collect())
     }
+}
+
+/// Whether [`BlindIndexReader::matching`] goes on into the next segment.
+enum Visit {
+    Enter,
+    Stop,
+}
+
+/// A live document a query found: its segment's place in the search order, the
+/// document, and its record's seq.
+#[derive(Clone, Copy)]
+struct Match {
+    at: usize,
+    doc: DocId,
+    seq: u64,
 }
 
 /// The log segments the index holds documents of (a shredded segment's stay until
