@@ -220,7 +220,7 @@ impl std::fmt::Debug for Archive {
     }
 }
 
-pub(super) fn index_dir(dir: &Path) -> PathBuf {
+pub(crate) fn index_dir(dir: &Path) -> PathBuf {
     dir.join("index")
 }
 

@@ -43,6 +43,11 @@ impl Filter {
         }
     }
 
+    /// The query, if the export has one.
+    pub fn query(&self) -> Option<&Query> {
+        self.query.as_ref()
+    }
+
     /// Whether the record is inside the time range only.
     pub fn selects_time(&self, rec: &Record) -> bool {
         !(self.since.is_some_and(|t| rec.time < t) || self.until.is_some_and(|t| rec.time >= t))

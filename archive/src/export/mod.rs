@@ -27,6 +27,7 @@ mod merged;
 pub mod nodes;
 mod parquet_out;
 pub(crate) mod row;
+mod select;
 pub mod transcripts;
 mod verify_export;
 
@@ -75,6 +76,9 @@ pub struct ExportRequest {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ExportOptions {
     pub parquet: ParquetLimits,
+    /// Select a query's records by decrypting and testing every record, not through
+    /// the search index (see [`select`]).
+    pub scan: bool,
 }
 
 /// What an export wrote.
@@ -93,6 +97,12 @@ pub struct ExportSummary {
     pub through_seq: u64,
     /// Records read (selected or not) up to `through_seq`.
     pub scanned: u64,
+    /// Records decrypted to be tested against the selection.
+    pub decrypted: u64,
+    /// Records in log segments not read at all: the index found nothing there.
+    pub skipped: u64,
+    /// How the query's records were found: through the index, or why not.
+    pub selected_by: SelectedBy,
     /// Records whose segment key is destroyed: proven by leaf only, not exported.
     pub shredded: u64,
     /// Checkpoints that cover exported rows.
@@ -120,6 +130,30 @@ impl ExportSummary {
             action: "export".into(),
             detail: detail.to_string(),
         })
+    }
+}
+
+/// How an export found the records its query selects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SelectedBy {
+    /// No query: every record in the time range.
+    Range,
+    /// The search index up to seq `through`, every record after it tested.
+    Index { through: u64 },
+    /// Every record decrypted and tested: asked for, or the index could not be used.
+    Scan { why: String },
+}
+
+impl std::fmt::Display for SelectedBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SelectedBy::Range => write!(f, "every record in the range"),
+            SelectedBy::Index { through } => write!(
+                f,
+                "the search index through seq {through}, every record after it tested"
+            ),
+            SelectedBy::Scan { why } => write!(f, "testing every record ({why})"),
+        }
     }
 }
 
@@ -211,6 +245,45 @@ pub fn export_with(
     if dir_has_entries(out) {
         return Err(ExportError::OutExists(out.to_path_buf()));
     }
+    let (selection, selected_by) = match filter.query() {
+        None => (None, SelectedBy::Range),
+        Some(_) if opts.scan => (
+            None,
+            SelectedBy::Scan {
+                why: "asked for".into(),
+            },
+        ),
+        Some(q) => match select::Selection::from_index(
+            archive_dir,
+            crate::bucket::storage_for_dir(archive_dir),
+            master_key,
+            &meta.archive_id,
+            q,
+            through,
+        ) {
+            Ok(s) if s.indexed() == 0 => (
+                None,
+                SelectedBy::Scan {
+                    why: "the search index holds nothing yet".into(),
+                },
+            ),
+            Ok(s) => {
+                let through = s.indexed();
+                (Some(s), SelectedBy::Index { through })
+            }
+            Err(why) => (
+                None,
+                SelectedBy::Scan {
+                    why: format!("the search index cannot be used: {why}"),
+                },
+            ),
+        },
+    };
+    // Where each segment's records end, for skipping one: the next one's first seq.
+    let ends = match &selection {
+        Some(_) => segment_ends(storage, &ids, through)?,
+        None => Vec::new(),
+    };
     let partial = prepare_partial(out)?;
 
     let chain_path = partial.join(manifest::CHAIN);
@@ -226,9 +299,18 @@ pub fn export_with(
     let mut after = Some(ChainPos::genesis(&meta.archive_id));
     // Set once a record past `through` is met: the export ends there.
     let mut past = false;
-    for &id in &ids {
+    for (i, &id) in ids.iter().enumerate() {
         if past {
             break;
+        }
+        if let (Some(sel), Some(Some((first, last)))) = (&selection, ends.get(i)) {
+            if sel.skips(id, *last) {
+                st.skipped += last + 1 - first;
+                // The next segment read cannot be checked against this one's end.
+                after = None;
+                progress(*last, through);
+                continue;
+            }
         }
         let name = segment::segment_name(id);
         let read_err = |e: crate::storage::ReadError| ExportError::Read {
@@ -283,6 +365,11 @@ pub fn export_with(
                         proofs.gap(seq, r.leaf)?;
                         return Ok(true);
                     };
+                    if selection.as_ref().is_some_and(|s| !s.opens(seq)) {
+                        proofs.gap(seq, r.leaf)?;
+                        return Ok(true);
+                    }
+                    st.decrypted += 1;
                     let o = walk::open_frame(c, &hb, &r).map_err(|what| corrupt(at, what))?;
                     let rec = o.record;
                     if filter.selects(&rec) {
@@ -406,6 +493,9 @@ pub fn export_with(
         last_seq: st.last_seq,
         through_seq: through,
         scanned: st.scanned,
+        decrypted: st.decrypted,
+        skipped: st.skipped,
+        selected_by,
         shredded: st.shredded,
         checkpoints: m.checkpoints.count,
         manifest_sha256: hex::encode(&segment::sha(&[&mbytes])),
@@ -416,6 +506,8 @@ pub fn export_with(
 struct Stats {
     records: u64,
     scanned: u64,
+    decrypted: u64,
+    skipped: u64,
     shredded: u64,
     first_seq: Option<u64>,
     last_seq: Option<u64>,
@@ -470,6 +562,38 @@ fn last_checkpoint(storage: &dyn Storage, ids: &[u64]) -> Result<u64, ExportErro
         }
     }
     Ok(0)
+}
+
+/// The first and last seq of each segment but the newest, from the headers alone:
+/// a segment ends where the next begins. `None` where that cannot be told (a header
+/// that does not decode, the newest segment): such a segment is read.
+fn segment_ends(
+    storage: &dyn Storage,
+    ids: &[u64],
+    through: u64,
+) -> Result<Vec<Option<(u64, u64)>>, ExportError> {
+    let mut firsts = Vec::with_capacity(ids.len());
+    for &id in ids {
+        let bytes = storage
+            .read_at(&segment::segment_name(id), 0, HEADER_LEN)
+            .map_err(|e| ExportError::Read {
+                segment: id,
+                what: e.to_string(),
+            })?;
+        let first = SegmentHeader::decode(&bytes).ok().map(|h| h.first_seq);
+        // Past the export's end nothing more is read.
+        let done = first.is_some_and(|f| f > through);
+        firsts.push(first);
+        if done {
+            break;
+        }
+    }
+    Ok((0..ids.len())
+        .map(|i| match (firsts.get(i), firsts.get(i + 1)) {
+            (Some(Some(first)), Some(Some(next))) if next > first => Some((*first, next - 1)),
+            _ => None,
+        })
+        .collect())
 }
 
 fn dir_has_entries(p: &Path) -> bool {
