@@ -60,7 +60,8 @@ pub use archive::{
 };
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use export::{
-    export, verify_export, ExportError, ExportProblem, ExportReport, ExportRequest, ExportSummary,
+    export, export_with, verify_export, ExportError, ExportOptions, ExportProblem, ExportReport,
+    ExportRequest, ExportSummary, SelectedBy,
 };
 pub use grouping::{group, merge_newest, CopyRef, MessageHit};
 pub use inbox::{submit_audit, AuditSubmitted, SubmitError};

@@ -90,6 +90,10 @@ pub enum Command {
         /// Before this time.
         #[arg(long, value_name = "T")]
         until: Option<String>,
+        /// Find the query's messages by decrypting and testing every record instead
+        /// of through the search index (verifiable format; Actiance always does).
+        #[arg(long)]
+        scan: bool,
     },
     /// Check an export offline: file hashes, the manifest signature and every record's
     /// proof, using only the export directory and the archive's public key.
@@ -313,12 +317,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             query,
             since,
             until,
+            scan,
         } => crate::export_cmds::export(
             &config,
             &out,
             query.as_deref(),
             since.as_deref(),
             until.as_deref(),
+            scan,
         ),
         Command::Export {
             config,
@@ -327,6 +333,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             query,
             since,
             until,
+            scan: _,
         } => crate::export_cmds::export_actiance(
             &config,
             &out,

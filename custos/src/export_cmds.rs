@@ -74,6 +74,7 @@ pub fn export(
     query: Option<&str>,
     since: Option<&str>,
     until: Option<&str>,
+    scan: bool,
 ) -> anyhow::Result<ExitCode> {
     let (a, master, signing, request) = setup(config, query, since, until)?;
     let chains = crate::nodes::chains(&a)?;
@@ -82,12 +83,17 @@ pub fn export(
     }
     let records = crate::nodes::own_chain_for_records(&a, &master, &signing)?;
     let chain = chains.first().map_or(a.dir.as_path(), |c| c.dir.as_path());
-    let summary = custos_archive::export(
+    let options = custos_archive::ExportOptions {
+        scan,
+        ..Default::default()
+    };
+    let summary = custos_archive::export_with(
         chain,
         &master,
         &signing,
         out,
         &request,
+        &options,
         progress("exporting"),
     )?;
     // The export is itself evidence: record who took what.
@@ -166,6 +172,10 @@ fn print_summary(prefix: &str, summary: &custos_archive::ExportSummary) {
         summary.last_seq.map_or("-".into(), |s| s.to_string()),
         summary.through_seq,
         summary.out.display()
+    );
+    println!(
+        "{prefix}selected by {}: {} record(s) read, {} decrypted, {} in segments not read",
+        summary.selected_by, summary.scanned, summary.decrypted, summary.skipped
     );
     println!("{prefix}manifest sha256 {}", summary.manifest_sha256);
 }

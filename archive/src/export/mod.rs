@@ -12,8 +12,12 @@
 //!                                 ─▶ ExportProblem{file, row, seq, what}
 //! ```
 //!
+//! A query export first asks the search index where its matches are (`select`): only
+//! those records are decrypted and tested, and segments without one are not read.
+//!
 //! Modules: [`row`] (what a row shows, derived from the canonical record),
-//! [`filter`] (time range and query), [`parquet_out`] (schema and writer),
+//! [`filter`] (time range and query), `select` (records found through the index),
+//! [`parquet_out`] (schema and writer),
 //! [`chain`] (chain links), [`transcripts`] (HTML), [`manifest`] (manifest and
 //! signature), [`verify_export`]. The format is described for third-party
 //! verifiers in `docs/export-format.md`.
@@ -122,6 +126,7 @@ impl ExportSummary {
             "first_seq": self.first_seq,
             "last_seq": self.last_seq,
             "through_seq": self.through_seq,
+            "selected_by": self.selected_by.to_string(),
             "out": self.out.display().to_string(),
             "manifest_sha256": self.manifest_sha256,
         });

@@ -11,7 +11,7 @@
 //! record, tested against the query (so nothing the query does not select can enter
 //! an export through the index). What the index can do, if it was altered, is leave a
 //! message out; `custos verify` checks that the index holds exactly the log's
-//! messages, and `ExportOptions::scan` exports without it.
+//! messages, and [`super::ExportOptions::scan`] exports without it.
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -344,6 +344,7 @@ pub async fn regulator_export(
             json!({
                 "count": summary.records,
                 "through_seq": summary.through_seq,
+                "selected_by": summary.selected_by.to_string(),
                 "manifest_sha256": summary.manifest_sha256,
             })
         } else {
