@@ -36,6 +36,8 @@ pub struct App {
     peer_tails: Mutex<PeerTails>,
     /// When the store was last saved, and how far it had read then.
     saved: Mutex<Saved>,
+    /// Records read while a save holds the store; see [`App::apply`].
+    deferred: Mutex<Deferred>,
     /// How the state was built at start.
     pub started: Started,
     pub sessions: Mutex<Sessions>,
@@ -55,6 +57,19 @@ struct PeerTail {
     cursor: TailCursor,
     /// The last failure logged, so a lasting one is logged once.
     failing: Option<String>,
+}
+
+/// This node's own chain in the store.
+const OWN_CHAIN: ChainIdx = 0;
+
+/// Ends a save however [`App::save_blocking`] returns: [`App::save_done`] after the
+/// store is let go (dropped after the guard, being declared before it).
+struct SaveDone<'a>(&'a App);
+
+impl Drop for SaveDone<'_> {
+    fn drop(&mut self) {
+        self.0.save_done();
+    }
 }
 
 /// How often other nodes' chains are looked at: their records arrive in sealed
@@ -95,6 +110,17 @@ pub struct Started {
     pub seconds: f64,
 }
 
+/// While the store is being saved (seconds at ten million records) it is held for
+/// reading; a catch-up that waited for it to write would hold up every page behind it
+/// (a waiting writer keeps new readers out). Records read meanwhile wait here, in the
+/// order they were read, and are applied when the save is done.
+#[derive(Default)]
+struct Deferred {
+    /// Saves in progress.
+    saving: u32,
+    entries: Vec<(ChainIdx, Vec<ChainEntry>)>,
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Saved {
     /// This node's chain's next seq in the saved copy (1: none).
@@ -128,6 +154,7 @@ impl App {
                 next_seq: saved,
                 at: None,
             }),
+            deferred: Mutex::new(Deferred::default()),
             started: Started {
                 restored_through: None,
                 records_read: 0,
@@ -178,6 +205,8 @@ impl App {
     /// failures are logged: the saved copy only shortens the next start.
     pub fn save_blocking(&self) {
         let started = Instant::now();
+        lock(&self.deferred).saving += 1;
+        let _done = SaveDone(self);
         let store = read(&self.store);
         let covered = store.covered();
         if covered.next_seq <= lock(&self.saved).next_seq {
@@ -216,9 +245,38 @@ impl App {
         }
     }
 
+    /// Applies entries of `chain` read from its log, in the order read: now, or once a
+    /// save in progress is done ([`Deferred`]).
+    fn apply(&self, chain: ChainIdx, entries: Vec<ChainEntry>) {
+        let mut deferred = lock(&self.deferred);
+        if deferred.saving > 0 {
+            deferred.entries.push((chain, entries));
+            return;
+        }
+        // Held while applying: entries read later wait for these.
+        let mut store = write(&self.store);
+        for (c, earlier) in std::mem::take(&mut deferred.entries) {
+            store.apply_chain(c, earlier);
+        }
+        store.apply_chain(chain, entries);
+    }
+
+    /// Ends a save: what was read meanwhile is applied.
+    fn save_done(&self) {
+        let mut deferred = lock(&self.deferred);
+        deferred.saving = deferred.saving.saturating_sub(1);
+        if deferred.saving > 0 || deferred.entries.is_empty() {
+            return;
+        }
+        let mut store = write(&self.store);
+        for (c, earlier) in std::mem::take(&mut deferred.entries) {
+            store.apply_chain(c, earlier);
+        }
+    }
+
     /// Whether the store is due a save: [`SAVE_AFTER`] records read since the last,
-    /// which was at least [`SAVE_EVERY`] ago. Saving holds the store for reading, so
-    /// catch-ups (and pages that wait for one) wait while it writes.
+    /// which was at least [`SAVE_EVERY`] ago. Saving holds the store for reading;
+    /// catch-ups meanwhile leave what they read for after it ([`Deferred`]).
     pub fn save_due(&self) -> bool {
         let saved = *lock(&self.saved);
         let read = read(&self.store).next_seq().saturating_sub(saved.next_seq);
@@ -228,6 +286,8 @@ impl App {
     /// Drops the whole state, so that `cursor` (this node's, locked by the caller) and
     /// every other node's chain are read again from their first record.
     fn start_over(&self, cursor: &mut TailCursor) {
+        // What was read from the old cursor is read again.
+        lock(&self.deferred).entries.clear();
         *write(&self.store) = Store::for_node(
             self.archive.reader().archive_id(),
             self.cfg.sample_rate,
@@ -268,14 +328,14 @@ impl App {
         let followed = self.archive.reader().tail(cursor, |e| {
             entries.push(e);
             if entries.len() >= APPLY_BATCH {
-                write(&self.store).apply(std::mem::take(&mut entries));
+                self.apply(OWN_CHAIN, std::mem::take(&mut entries));
             }
             Ok::<(), ReadError>(())
         });
         // The cursor has moved past whatever was handed over before an error;
         // those records would not be offered again, so apply them either way.
         if !entries.is_empty() {
-            write(&self.store).apply(entries);
+            self.apply(OWN_CHAIN, entries);
         }
         followed
     }
@@ -330,12 +390,12 @@ impl App {
             let followed = tail.reader.tail(&mut tail.cursor, |e| {
                 entries.push(e);
                 if entries.len() >= APPLY_BATCH {
-                    write(&self.store).apply_chain(chain, std::mem::take(&mut entries));
+                    self.apply(chain, std::mem::take(&mut entries));
                 }
                 Ok::<(), ReadError>(())
             });
             if !entries.is_empty() {
-                write(&self.store).apply_chain(tail.chain, entries);
+                self.apply(tail.chain, entries);
             }
             match followed {
                 Ok(()) => tail.failing = None,
@@ -680,5 +740,90 @@ mod route_tests {
         assert_eq!(permission("POST", "/"), None);
         assert_eq!(permission("GET", "/admin"), None);
         assert_eq!(permission("GET", "/login"), Some(None));
+    }
+}
+
+#[cfg(test)]
+mod save_tests {
+    use super::*;
+    use custos_archive::{
+        Action, ArchiveConfig, Direction, MasterKey, MessageRecord, Outcome, SessionId, SigningKey,
+    };
+
+    fn chat(body: &str) -> NewRecord {
+        NewRecord::Message(MessageRecord {
+            direction: Direction::Outbound,
+            session: SessionId("s1".into()),
+            from: "alice@example.test/laptop".into(),
+            to: "bob@example.test".into(),
+            stanza_type: "chat".into(),
+            id: None,
+            origin_id: None,
+            stanza_id: None,
+            thread: None,
+            subject: None,
+            body: Some(body.into()),
+            stanza: Vec::new(),
+            outcome: Outcome {
+                action: Action::Flag,
+                rules: vec!["watch".into()],
+                delivered_body: None,
+                severity: None,
+                e2ee: None,
+                would_action: None,
+            },
+            capture: Default::default(),
+        })
+    }
+
+    /// A save holds the store for reading for seconds at ten million records. A
+    /// catch-up meanwhile must not wait for it (a waiting writer would hold up every
+    /// page); what it read is applied, in order, once the save is done.
+    #[test]
+    fn a_catch_up_during_a_save_does_not_wait_for_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let archive = Archive::open(ArchiveConfig::new(
+            tmp.path().join("archive"),
+            MasterKey::from_bytes([3; 32]),
+            SigningKey::from_bytes(&[4; 32]),
+        ))
+        .unwrap();
+        rt.block_on(archive.append(chat("before"))).unwrap();
+        let cfg = crate::WebConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            tmp.path().join("users.json"),
+        );
+        let app = Arc::new(App::new(cfg, archive.clone()).unwrap());
+        let before = read(&app.store).next_seq();
+
+        // A save in progress, as `save_blocking` holds it.
+        lock(&app.deferred).saving += 1;
+        let saving = read(&app.store);
+        let during = rt.block_on(archive.append(chat("during"))).unwrap().seq.0;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let caught = app.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(caught.catch_up_blocking());
+        });
+        let done = rx.recv_timeout(Duration::from_secs(20));
+        assert!(
+            matches!(done, Ok(Ok(()))),
+            "the catch-up waited for the save: {done:?}"
+        );
+        assert_eq!(saving.next_seq(), before, "nothing applied under the save");
+        drop(saving);
+
+        app.save_done();
+        assert_eq!(read(&app.store).next_seq(), during + 1);
+        // And later records go on after the deferred ones.
+        let after = rt.block_on(archive.append(chat("after"))).unwrap().seq.0;
+        app.catch_up_blocking().unwrap();
+        assert_eq!(read(&app.store).next_seq(), after + 1);
+        rt.block_on(archive.close()).unwrap();
     }
 }
