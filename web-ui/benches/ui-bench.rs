@@ -326,7 +326,7 @@ fn measure(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let archive = Archive::open(ArchiveConfig::new(dir.join("archive"), master, signing))?;
     let mut cfg = WebConfig::new("127.0.0.1:0".parse()?, users);
     cfg.session_ttl = Duration::from_secs(3600);
-    let bound = rt.block_on(custos_web_ui::bind(cfg, archive))?;
+    let bound = rt.block_on(custos_web_ui::bind(cfg, archive.clone()))?;
     let built = started.elapsed();
     let app = bound.router();
     let rss_after = status_kib("VmRSS:");
@@ -349,7 +349,7 @@ fn measure(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         how.records_read,
         saved as f64 / (1 << 20) as f64
     );
-    rt.block_on(async {
+    let cookie = rt.block_on(async {
         let form = send(&app, Method::GET, "/login", "", None).await;
         let login = form.cookies.join("; ");
         let token = csrf_of(&form.body);
@@ -429,8 +429,55 @@ fn measure(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
                 percentile(&ms, 0.99)
             );
         }
-        Ok::<_, Box<dyn std::error::Error>>(())
+        Ok::<_, Box<dyn std::error::Error>>(cookie)
     })?;
+    // The queue while the state is saved (as `serve` does hourly), with a message
+    // arriving before each view, so each view has a record to catch up on.
+    let (saved_in, during) = std::thread::scope(|scope| {
+        let saver = scope.spawn(|| {
+            let t = Instant::now();
+            bound.save_state_blocking();
+            t.elapsed()
+        });
+        let mut ms = Vec::new();
+        let mut k = 0u64;
+        while !saver.is_finished() && ms.len() < 10_000 {
+            k += 1;
+            let record = copy(
+                Direction::Outbound,
+                ("bench@example.test/desk".into(), "peer@example.test".into()),
+                "chat",
+                "arriving while the state is saved",
+                &format!("{k:016x}{k:016x}"),
+                "bench@example.test/desk".into(),
+                None,
+            );
+            let t = Instant::now();
+            let status = rt.block_on(async {
+                archive.append(record).await?;
+                Ok::<_, custos_archive::AppendError>(
+                    send(&app, Method::GET, "/queue", &cookie, None)
+                        .await
+                        .status,
+                )
+            })?;
+            ms.push(t.elapsed().as_secs_f64() * 1e3);
+            if status != StatusCode::OK {
+                return Err(format!("/queue during the save: {status}").into());
+            }
+        }
+        let saved_in = saver.join().map_err(|_| "the save panicked")?;
+        ms.sort_by(f64::total_cmp);
+        Ok::<_, Box<dyn std::error::Error>>((saved_in, ms))
+    })?;
+    println!(
+        "queue while the state is saved ({:.2} s): {} views, p50 {:.2} ms, p99 {:.2} ms, slowest {:.2} ms (each after one append)",
+        saved_in.as_secs_f64(),
+        during.len(),
+        percentile(&during, 0.5),
+        percentile(&during, 0.99),
+        during.last().copied().unwrap_or(0.0)
+    );
     println!(
         "RSS after the pages: {:.0} MiB",
         status_kib("VmRSS:") as f64 / 1024.0
