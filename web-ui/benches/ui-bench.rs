@@ -349,7 +349,7 @@ fn measure(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         how.records_read,
         saved as f64 / (1 << 20) as f64
     );
-    let cookie = rt.block_on(async {
+    let (cookie, conversation) = rt.block_on(async {
         let form = send(&app, Method::GET, "/login", "", None).await;
         let login = form.cookies.join("; ");
         let token = csrf_of(&form.body);
@@ -429,10 +429,12 @@ fn measure(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
                 percentile(&ms, 0.99)
             );
         }
-        Ok::<_, Box<dyn std::error::Error>>(cookie)
+        let conversation = format!("/conversation/{}", targets[0]);
+        Ok::<_, Box<dyn std::error::Error>>((cookie, conversation))
     })?;
-    // The queue while the state is saved (as `serve` does hourly), with a message
-    // arriving before each view, so each view has a record to catch up on.
+    // A conversation while the state is saved (as `serve` does hourly), with a message
+    // arriving before each view: the page first applies what the log gained, as review
+    // actions do.
     let (saved_in, during) = std::thread::scope(|scope| {
         let saver = scope.spawn(|| {
             let t = Instant::now();
@@ -456,14 +458,14 @@ fn measure(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
             let status = rt.block_on(async {
                 archive.append(record).await?;
                 Ok::<_, custos_archive::AppendError>(
-                    send(&app, Method::GET, "/queue", &cookie, None)
+                    send(&app, Method::GET, &conversation, &cookie, None)
                         .await
                         .status,
                 )
             })?;
             ms.push(t.elapsed().as_secs_f64() * 1e3);
             if status != StatusCode::OK {
-                return Err(format!("/queue during the save: {status}").into());
+                return Err(format!("{conversation} during the save: {status}").into());
             }
         }
         let saved_in = saver.join().map_err(|_| "the save panicked")?;
@@ -471,7 +473,7 @@ fn measure(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         Ok::<_, Box<dyn std::error::Error>>((saved_in, ms))
     })?;
     println!(
-        "queue while the state is saved ({:.2} s): {} views, p50 {:.2} ms, p99 {:.2} ms, slowest {:.2} ms (each after one append)",
+        "conversation while the state is saved ({:.2} s): {} views, p50 {:.2} ms, p99 {:.2} ms, slowest {:.2} ms (each after one append)",
         saved_in.as_secs_f64(),
         during.len(),
         percentile(&during, 0.5),
