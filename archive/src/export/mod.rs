@@ -264,6 +264,7 @@ pub fn export_with(
             master_key,
             &meta.archive_id,
             q,
+            (req.since, req.until),
             through,
         ) {
             Ok(s) if s.indexed() == 0 => (

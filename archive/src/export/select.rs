@@ -20,8 +20,9 @@ use std::sync::Arc;
 use crate::archive::ArchiveReader;
 use crate::index::BlindIndexReader;
 use crate::keys::MasterKey;
-use crate::query::Query;
+use crate::query::{Clause, Expr, Query};
 use crate::storage::Storage;
+use crate::time::Timestamp;
 
 /// The records an index-driven export opens.
 #[derive(Debug)]
@@ -35,14 +36,16 @@ pub(crate) struct Selection {
 }
 
 impl Selection {
-    /// Asks the index of the archive in `dir` for every record `query` finds up to
-    /// seq `through`. `Err` says why the index cannot be used.
+    /// Asks the index of the archive in `dir` for every record `query` finds between
+    /// `since` (inclusive) and `until` up to seq `through`. `Err` says why the index
+    /// cannot be used.
     pub fn from_index(
         dir: &Path,
         storage: Arc<dyn Storage>,
         master: &MasterKey,
         archive_id: &[u8; 16],
         query: &Query,
+        (since, until): (Option<Timestamp>, Option<Timestamp>),
         through: u64,
     ) -> Result<Selection, String> {
         let reader = ArchiveReader::open_in(dir, storage, master).map_err(|e| e.to_string())?;
@@ -57,8 +60,16 @@ impl Selection {
             found: vec![0; words],
             segments: BTreeSet::new(),
         };
+        // The range as `after:` and `before:` terms, which mean the same: segments
+        // holding only matches outside it are then not read either.
+        let mut terms = vec![query.expr.clone()];
+        terms.extend(since.map(|t| Expr::Clause(Clause::After(t))));
+        terms.extend(until.map(|t| Expr::Clause(Clause::Before(t))));
+        let query = Query {
+            expr: Expr::And(terms),
+        };
         index
-            .search_all(query, |l| {
+            .search_all(&query, |l| {
                 if l.seq <= indexed {
                     sel.mark(l.seq);
                     sel.segments.insert(l.segment);

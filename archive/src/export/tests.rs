@@ -628,9 +628,20 @@ fn export_by(
     query: &str,
     scan: bool,
 ) -> (ExportSummary, Vec<u64>, Vec<u8>) {
+    export_range(f, out, query, (None, None), scan)
+}
+
+fn export_range(
+    f: &Fixture,
+    out: &Path,
+    query: &str,
+    (since, until): (Option<Timestamp>, Option<Timestamp>),
+    scan: bool,
+) -> (ExportSummary, Vec<u64>, Vec<u8>) {
     let req = ExportRequest {
         query: Some(query.into()),
-        ..ExportRequest::default()
+        since,
+        until,
     };
     let opts = ExportOptions {
         scan,
@@ -713,6 +724,32 @@ fn a_query_export_through_the_index_is_the_one_that_tests_every_record() {
         }
     }
     assert!(skipped_any, "some query left a segment unread");
+
+    // With a time range, segments whose matches all lie outside it are not read.
+    let reader = ArchiveReader::open(&f.archive, &f.master).unwrap();
+    let time = |seq: u64| reader.records(seq..=seq).unwrap()[0].time;
+    let range = (Some(time(150)), Some(time(250)));
+    for (i, q) in ["offshore", "-nothingsaidthis", "bribe OR table"]
+        .iter()
+        .enumerate()
+    {
+        let dir = f._tmp.path();
+        let (by_index, rows, chain) =
+            export_range(&f, &dir.join(format!("ri{i}")), q, range, false);
+        let (by_scan, want, want_chain) =
+            export_range(&f, &dir.join(format!("rs{i}")), q, range, true);
+        assert_eq!(rows, want, "{q} in a range: rows");
+        assert!(chain == want_chain, "{q} in a range: chain.jsonl differs");
+        assert!(!rows.is_empty(), "{q} in a range");
+        assert!(
+            by_index.skipped > by_index.scanned,
+            "{q} in a range: {} read, {} not",
+            by_index.scanned,
+            by_index.skipped
+        );
+        assert_eq!(by_index.decrypted, by_index.records, "{q} in a range");
+        assert_eq!(by_scan.records, by_index.records);
+    }
 }
 
 /// An index rolled back to an earlier commit of its own is authentic and on the
