@@ -38,6 +38,8 @@ pub struct App {
     saved: Mutex<Saved>,
     /// Records read while a save holds the store; see [`App::apply`].
     deferred: Mutex<Deferred>,
+    /// Signalled when a save is done and what was deferred is applied.
+    settled: std::sync::Condvar,
     /// How the state was built at start.
     pub started: Started,
     pub sessions: Mutex<Sessions>,
@@ -155,6 +157,7 @@ impl App {
                 at: None,
             }),
             deferred: Mutex::new(Deferred::default()),
+            settled: std::sync::Condvar::new(),
             started: Started {
                 restored_through: None,
                 records_read: 0,
@@ -265,12 +268,27 @@ impl App {
     fn save_done(&self) {
         let mut deferred = lock(&self.deferred);
         deferred.saving = deferred.saving.saturating_sub(1);
-        if deferred.saving > 0 || deferred.entries.is_empty() {
+        if deferred.saving > 0 {
             return;
         }
-        let mut store = write(&self.store);
-        for (c, earlier) in std::mem::take(&mut deferred.entries) {
-            store.apply_chain(c, earlier);
+        if !deferred.entries.is_empty() {
+            let mut store = write(&self.store);
+            for (c, earlier) in std::mem::take(&mut deferred.entries) {
+                store.apply_chain(c, earlier);
+            }
+        }
+        self.settled.notify_all();
+    }
+
+    /// Waits until no save is in progress, so that everything caught up is applied.
+    /// Only the caller waits: nothing asks for the store meanwhile.
+    fn wait_settled(&self) {
+        let mut deferred = lock(&self.deferred);
+        while deferred.saving > 0 {
+            deferred = self
+                .settled
+                .wait(deferred)
+                .unwrap_or_else(|p| p.into_inner());
         }
     }
 
@@ -422,6 +440,17 @@ impl App {
             .values()
             .find(|t| t.chain == chain)
             .map(|t| t.reader.clone())
+    }
+
+    /// [`App::catch_up`], and then, if a save is in progress, waiting for it to end so
+    /// that what was caught up is applied: for a change the caller has just written
+    /// and is about to show, or a check against the latest state (legal holds).
+    pub async fn catch_up_settled(self: &Arc<App>) -> Result<(), AppError> {
+        self.catch_up().await?;
+        let app = self.clone();
+        tokio::task::spawn_blocking(move || app.wait_settled())
+            .await
+            .map_err(|e| AppError::Internal(e.to_string()))
     }
 
     /// [`App::catch_up_blocking`] off the async executor.
@@ -818,7 +847,22 @@ mod save_tests {
         assert_eq!(saving.next_seq(), before, "nothing applied under the save");
         drop(saving);
 
+        // A change about to be shown waits for the save, and only that caller waits.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiting = app.clone();
+        std::thread::spawn(move || {
+            waiting.wait_settled();
+            let _ = tx.send(read(&waiting.store).next_seq());
+        });
+        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+        assert_eq!(read(&app.store).next_seq(), before, "pages still read");
+
         app.save_done();
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(20)),
+            Ok(during + 1),
+            "settled once the save is done, with what it deferred"
+        );
         assert_eq!(read(&app.store).next_seq(), during + 1);
         // And later records go on after the deferred ones.
         let after = rt.block_on(archive.append(chat("after"))).unwrap().seq.0;

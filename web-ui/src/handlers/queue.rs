@@ -165,7 +165,7 @@ pub async fn queue_action(
             .await?;
     }
     // State changes by reading the record back from the log, like at start.
-    app.catch_up().await?;
+    app.catch_up_settled().await?;
     let back = field("back")
         .filter(|b| b.starts_with('/') && !b.starts_with("//"))
         .unwrap_or("/queue");

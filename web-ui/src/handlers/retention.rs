@@ -102,7 +102,7 @@ pub async fn hold_add(
             return Ok((StatusCode::BAD_REQUEST, holds_page(&app, &a, Some(&e))).into_response());
         }
     };
-    app.catch_up().await?;
+    app.catch_up_settled().await?;
     let active = read(&app.store)
         .holds()
         .get(&spec.matter)
@@ -125,7 +125,7 @@ pub async fn hold_add(
     };
     let detail = serde_json::to_value(&spec).map_err(|e| AppError::Internal(e.to_string()))?;
     app.audit(&a.session.user, act, detail).await?;
-    app.catch_up().await?;
+    app.catch_up_settled().await?;
     Ok(Redirect::to("/holds").into_response())
 }
 
@@ -141,7 +141,7 @@ pub async fn hold_release(
     Form(f): Form<ReleaseForm>,
 ) -> Result<Response, AppError> {
     a.check_csrf(&f.csrf)?;
-    app.catch_up().await?;
+    app.catch_up_settled().await?;
     let active = read(&app.store)
         .holds()
         .get(&f.matter)
@@ -155,7 +155,7 @@ pub async fn hold_release(
     })
     .map_err(|e| AppError::Internal(e.to_string()))?;
     app.audit(&a.session.user, HOLD_RELEASE, detail).await?;
-    app.catch_up().await?;
+    app.catch_up_settled().await?;
     Ok(Redirect::to("/holds").into_response())
 }
 
