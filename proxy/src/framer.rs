@@ -1043,6 +1043,9 @@ pub fn fuzz_framer(data: &[u8]) {
 }
 
 #[cfg(test)]
+mod reference;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
