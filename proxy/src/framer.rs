@@ -668,25 +668,44 @@ fn check_chars(unit: &[u8]) -> Result<&str, FrameError> {
     let text = std::str::from_utf8(unit).map_err(|e| FrameError::NotWellFormed {
         detail: format!("invalid UTF-8 at byte {}", e.valid_up_to()),
     })?;
-    // In valid UTF-8 the only non-Chars are C0 controls other than tab, LF
-    // and CR, and U+FFFE / U+FFFF (EF BF BE / EF BF BF); surrogates cannot
-    // be encoded.
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        let bad = match b {
-            0x00..=0x08 | 0x0B | 0x0C | 0x0E..=0x1F => true,
-            0xEF => matches!(bytes.get(i + 1..i + 3), Some([0xBF, 0xBE | 0xBF])),
-            _ => false,
-        };
-        if bad {
-            return Err(FrameError::NotWellFormed {
-                detail: format!("character not allowed in XML at byte {i}"),
-            });
-        }
-        i += 1;
+    match first_non_char(text.as_bytes()) {
+        Some(i) => Err(FrameError::NotWellFormed {
+            detail: format!("character not allowed in XML at byte {i}"),
+        }),
+        None => Ok(text),
     }
-    Ok(text)
+}
+
+/// Where the first character that is not an XML 1.0 `Char` starts in valid
+/// UTF-8. There the only ones are C0 controls other than tab, LF and CR, and
+/// U+FFFE / U+FFFF (EF BF BE / EF BF BF); surrogates cannot be encoded.
+///
+/// Eight bytes are tested at once for any byte below 0x20 or equal to 0xEF,
+/// both rare in XMPP text; only a word holding one is looked at byte by byte.
+fn first_non_char(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::MAX / 0xFF;
+    const HIGH: u64 = ONES * 0x80;
+    let is_non_char = |i: usize| match bytes.get(i) {
+        Some(0x00..=0x08 | 0x0B | 0x0C | 0x0E..=0x1F) => true,
+        Some(0xEF) => matches!(bytes.get(i + 1..i + 3), Some([0xBF, 0xBE | 0xBF])),
+        _ => false,
+    };
+    let (words, _) = bytes.as_chunks::<8>();
+    for (n, word) in words.iter().enumerate() {
+        let x = u64::from_le_bytes(*word);
+        let ef = x ^ (ONES * 0xEF);
+        // A byte's high bit is set in `below` if some byte is under 0x20,
+        // and in `zero` if some byte of `ef` is zero (SWAR "has less than"
+        // and "has zero byte").
+        let below = x.wrapping_sub(ONES * 0x20) & !x;
+        let zero = ef.wrapping_sub(ONES) & !ef;
+        if (below | zero) & HIGH != 0 {
+            if let Some(i) = (n * 8..n * 8 + 8).find(|&i| is_non_char(i)) {
+                return Some(i);
+            }
+        }
+    }
+    (words.len() * 8..bytes.len()).find(|&i| is_non_char(i))
 }
 
 /// The incremental stanza framer for one direction of one stream.
