@@ -281,17 +281,64 @@ const BANG_WORDS: [(&[u8], Option<&str>); 6] = [
 const NOTATION: &[u8] = b"NOTATION";
 
 fn is_ws(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+    CLASS[usize::from(b)] & WS != 0
 }
 
 /// ASCII is checked exactly; any non-ASCII byte is let through here and
 /// the UTF-8 and Char checks of the complete unit judge it.
 fn is_name_start(b: u8) -> bool {
-    b.is_ascii_alphabetic() || b == b'_' || b == b':' || b >= 0x80
+    CLASS[usize::from(b)] & NAME_START != 0
 }
 
 fn is_name_char(b: u8) -> bool {
-    is_name_start(b) || b.is_ascii_digit() || b == b'-' || b == b'.'
+    CLASS[usize::from(b)] & NAME != 0
+}
+
+const WS: u8 = 1;
+const NAME_START: u8 = 2;
+const NAME: u8 = 4;
+
+/// What each byte can be, so a class test is one load.
+const CLASS: [u8; 256] = {
+    let mut class = [0; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        class[b] = if matches!(c, b' ' | b'\t' | b'\r' | b'\n') {
+            WS
+        } else if c.is_ascii_alphabetic() || c == b'_' || c == b':' || c >= 0x80 {
+            NAME_START | NAME
+        } else if c.is_ascii_digit() || c == b'-' || c == b'.' {
+            NAME
+        } else {
+            0
+        };
+        b += 1;
+    }
+    class
+};
+
+/// Most runs of text or of an attribute value between two bytes that matter
+/// are short: a plain loop over the first few bytes finds their end without
+/// memchr's set-up, which pays off only on longer runs.
+const SHORT_RUN: usize = 16;
+
+/// Where the next `<` or `&` is in character data.
+fn content_run(rest: &[u8]) -> Option<usize> {
+    let head = rest.get(..SHORT_RUN).unwrap_or(rest);
+    match head.iter().position(|&b| b == b'<' || b == b'&') {
+        Some(n) => Some(n),
+        None => memchr::memchr2(b'<', b'&', rest.get(head.len()..)?).map(|n| n + head.len()),
+    }
+}
+
+/// Where the closing quote `q`, a `<` or a `&` is in an attribute value.
+fn value_run(q: u8, rest: &[u8]) -> Option<usize> {
+    let head = rest.get(..SHORT_RUN).unwrap_or(rest);
+    match head.iter().position(|&b| b == q || b == b'<' || b == b'&') {
+        Some(n) => Some(n),
+        None => memchr::memchr3(q, b'<', b'&', rest.get(head.len()..)?).map(|n| n + head.len()),
+    }
 }
 
 fn nwf(detail: &str) -> FrameError {
@@ -319,14 +366,25 @@ impl Scanner {
         }
     }
 
+    /// Starts on the next unit; the allocation for open element names is
+    /// kept (it is bounded by the depth limit).
+    fn reset(&mut self, in_header_phase: bool) {
+        let mut open = std::mem::take(&mut self.open);
+        open.clear();
+        *self = Scanner {
+            open,
+            ..Scanner::new(in_header_phase, self.max_depth)
+        };
+    }
+
     /// Scans `unit[self.pos..]`; returns the length of the unit once complete.
     fn scan(&mut self, unit: &[u8]) -> Result<Option<(usize, Unit)>, FrameError> {
         let mut i = self.pos;
         while let Some(rest) = unit.get(i..) {
             // Fast paths over long runs that cannot change the state.
             let skip = match self.lex {
-                Lex::Content => memchr::memchr2(b'<', b'&', rest),
-                Lex::Value(q) => memchr::memchr3(q, b'<', b'&', rest),
+                Lex::Content => content_run(rest),
+                Lex::Value(q) => value_run(q, rest),
                 Lex::Cdata { brackets: 0 } => memchr::memchr(b']', rest),
                 Lex::StartName | Lex::AttrName | Lex::EndName { started: true } => {
                     rest.iter().position(|&b| !is_name_char(b))
@@ -821,7 +879,7 @@ impl Framer {
         }
         let raw = self.buf.split_to(len).freeze();
         self.ws_run = 0;
-        self.scanner = Scanner::new(false, self.limits.max_depth);
+        self.scanner.reset(false);
         let text = check_chars(&raw)?;
         match unit {
             Unit::Header => {
