@@ -901,10 +901,10 @@ impl Framer {
                 Ok(Some(Frame::StreamHeader(header)))
             }
             Unit::Element => {
-                let Phase::InStream { scope, foreign, .. } = &self.phase else {
+                let Phase::InStream { scope, foreign, .. } = &mut self.phase else {
                     return Err(nwf("element outside a stream"));
                 };
-                let mut root = xml::parse_element(text, scope)?;
+                let mut root = xml::parse_element_in(text, scope)?;
                 let raw = match declare_foreign(&mut root, foreign) {
                     Some(rewritten) => Bytes::from(rewritten),
                     None => raw,

@@ -386,6 +386,11 @@ impl NsScope {
                 Some(p) => {
                     if let Some(stack) = self.prefixes.get_mut(&p) {
                         stack.pop();
+                        // A scope that outlives its elements (the stream's)
+                        // keeps no trace of their prefixes.
+                        if stack.is_empty() {
+                            self.prefixes.remove(&p);
+                        }
                     }
                 }
             }
@@ -569,7 +574,22 @@ pub fn is_xml_char(c: char) -> bool {
 /// not well-formed. Comments, processing instructions and DTDs are
 /// restricted XML.
 pub fn parse_element(text: &str, scope: &NsScope) -> Result<Element, FrameError> {
-    let mut scope = scope.clone();
+    parse_element_in(text, &mut scope.clone())
+}
+
+/// [`parse_element`] in `scope` itself rather than a copy, for the framer,
+/// which parses every stanza of a stream in the header's scope. The scope is
+/// left as it was found, whether or not the element parses.
+pub(crate) fn parse_element_in(text: &str, scope: &mut NsScope) -> Result<Element, FrameError> {
+    let depth = scope.undo.len();
+    let parsed = parse_in(text, scope);
+    while scope.undo.len() > depth {
+        scope.leave();
+    }
+    parsed
+}
+
+fn parse_in(text: &str, scope: &mut NsScope) -> Result<Element, FrameError> {
     let mut reader = Reader::from_str(text);
     let config = reader.config_mut();
     config.check_end_names = true;
@@ -588,11 +608,11 @@ pub fn parse_element(text: &str, scope: &NsScope) -> Result<Element, FrameError>
         }
         match event {
             Event::Start(start) => {
-                let el = open_element(&start, &mut scope)?;
+                let el = open_element(&start, scope)?;
                 stack.push(el);
             }
             Event::Empty(start) => {
-                let el = open_element(&start, &mut scope)?;
+                let el = open_element(&start, scope)?;
                 scope.leave();
                 match stack.last_mut() {
                     Some(parent) => parent.push_child(el),
@@ -672,6 +692,31 @@ mod tests {
 
     fn parse(s: &str) -> Result<Element, FrameError> {
         parse_element(s, &client_scope())
+    }
+
+    /// The framer parses every stanza in the stream's own scope: declarations
+    /// inside one must not outlive it, whether it parses or not.
+    #[test]
+    fn parsing_in_place_leaves_the_scope_as_it_was() {
+        let mut scope = client_scope();
+        for text in [
+            "<a xmlns:p='urn:p'><p:b xmlns='urn:d' xmlns:stream='urn:s'/></a>",
+            "<a xmlns:p='urn:p'><p:b xmlns='urn:d' xmlns:stream='urn:s'>",
+            "<a xmlns:p='urn:p'><p:b xmlns='urn:d'></a>",
+            "<a xmlns='urn:d' xmlns:q='urn:q'><q:b/>&xxe;</a>",
+        ] {
+            let _ = parse_element_in(text, &mut scope);
+            assert_eq!(scope.resolve(None), Some("jabber:client"), "{text}");
+            assert_eq!(scope.resolve(Some("p")), None, "{text}");
+            assert_eq!(scope.resolve(Some("q")), None, "{text}");
+            assert_eq!(
+                scope.resolve(Some("stream")),
+                Some("http://etherx.jabber.org/streams"),
+                "{text}"
+            );
+            assert_eq!(scope.prefixes.len(), 2, "{text}");
+            assert_eq!(scope.undo.len(), 1, "{text}");
+        }
     }
 
     #[test]
