@@ -1019,7 +1019,7 @@ fn parse_header(text: &str, raw: Bytes) -> Result<(StreamHeader, NsScope), Frame
     let mut scope = NsScope::new();
     scope.declare(namespaces.clone());
     xml::check_attr_namespaces(&tag.attrs, &scope)?;
-    let (prefix, local) = xml::split_qname(&tag.qname)?;
+    let (prefix, local) = xml::split_qname(tag.qname)?;
     let ns = scope
         .resolve(prefix)
         .ok_or_else(|| FrameError::InvalidNamespace {

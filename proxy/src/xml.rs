@@ -419,17 +419,17 @@ pub(crate) fn split_qname(qname: &str) -> Result<(Option<&str>, &str), FrameErro
     }
 }
 
-/// A start tag read into owned parts, namespaces not yet resolved.
-pub(crate) struct RawTag {
-    pub qname: String,
+/// A start tag read into owned attributes, namespaces not yet resolved. The
+/// name is borrowed: the element keeps its parts, not the qualified name.
+pub(crate) struct RawTag<'a> {
+    pub qname: &'a str,
     pub attrs: Vec<(String, String)>,
 }
 
 /// Reads a start tag's name and attributes, checking for duplicates.
-pub(crate) fn read_tag(start: &BytesStart<'_>) -> Result<RawTag, FrameError> {
-    let qname = std::str::from_utf8(start.name().as_ref())
-        .map_err(|_| not_well_formed("element name is not UTF-8"))?
-        .to_owned();
+pub(crate) fn read_tag<'a>(start: &'a BytesStart<'_>) -> Result<RawTag<'a>, FrameError> {
+    let qname = std::str::from_utf8(start.name().into_inner())
+        .map_err(|_| not_well_formed("element name is not UTF-8"))?;
     let mut attrs = Vec::new();
     for attr in start.attributes().with_checks(true) {
         let attr = attr.map_err(|e| not_well_formed(format!("attribute: {e}")))?;
@@ -502,7 +502,7 @@ fn open_element(start: &BytesStart<'_>, scope: &mut NsScope) -> Result<Element, 
     let tag = read_tag(start)?;
     scope.enter(declarations(&tag.attrs)?);
     check_attr_namespaces(&tag.attrs, scope)?;
-    let (prefix, local) = split_qname(&tag.qname)?;
+    let (prefix, local) = split_qname(tag.qname)?;
     if prefix == Some("xmlns") {
         return Err(not_well_formed("element with the xmlns prefix"));
     }
