@@ -430,6 +430,16 @@ pub(crate) struct RawTag<'a> {
 pub(crate) fn read_tag<'a>(start: &'a BytesStart<'_>) -> Result<RawTag<'a>, FrameError> {
     let qname = std::str::from_utf8(start.name().into_inner())
         .map_err(|_| not_well_formed("element name is not UTF-8"))?;
+    let attrs = match plain_attrs(start.attributes_raw()) {
+        Some(attrs) => attrs,
+        None => checked_attrs(start)?,
+    };
+    Ok(RawTag { qname, attrs })
+}
+
+/// Reads attributes through quick-xml, which checks them and reports what is
+/// wrong.
+fn checked_attrs(start: &BytesStart<'_>) -> Result<Vec<(String, String)>, FrameError> {
     let mut attrs = Vec::new();
     for attr in start.attributes().with_checks(true) {
         let attr = attr.map_err(|e| not_well_formed(format!("attribute: {e}")))?;
@@ -442,7 +452,54 @@ pub(crate) fn read_tag<'a>(start: &'a BytesStart<'_>) -> Result<RawTag<'a>, Fram
             .into_owned();
         attrs.push((key, value));
     }
-    Ok(RawTag { qname, attrs })
+    Ok(attrs)
+}
+
+/// Reads attributes the way nearly every tag writes them, faster than
+/// [`checked_attrs`] and to the same result: a few `key='value'` or
+/// `key="value"` separated by whitespace, distinct keys, and values that
+/// normalisation leaves alone (no reference, tab or line end). `None` for
+/// anything else, which [`checked_attrs`] then reads and judges.
+fn plain_attrs(raw: &[u8]) -> Option<Vec<(String, String)>> {
+    /// Past this many, finding duplicates pair by pair is left to quick-xml.
+    const MAX_ATTRS: usize = 32;
+    let is_ws = |b: &u8| matches!(b, b' ' | b'\t' | b'\r' | b'\n');
+    let text = std::str::from_utf8(raw).ok()?;
+    let mut attrs: Vec<(String, String)> = Vec::new();
+    let mut i = 0;
+    loop {
+        let Some(skip) = raw.get(i..)?.iter().position(|b| !is_ws(b)) else {
+            return Some(attrs);
+        };
+        if attrs.len() == MAX_ATTRS || (i > 0 && skip == 0) {
+            return None;
+        }
+        i += skip;
+        let key_len = raw.get(i..)?.iter().position(|&b| b == b'=' || is_ws(&b))?;
+        let key = text.get(i..i + key_len).filter(|k| !k.is_empty())?;
+        i += key_len;
+        i += raw.get(i..)?.iter().position(|b| !is_ws(b))?;
+        if raw.get(i) != Some(&b'=') {
+            return None;
+        }
+        i += 1;
+        i += raw.get(i..)?.iter().position(|b| !is_ws(b))?;
+        let quote = raw.get(i).copied().filter(|&q| q == b'\'' || q == b'"')?;
+        i += 1;
+        let value_len = raw
+            .get(i..)?
+            .iter()
+            .position(|&b| matches!(b, b'&' | b'\t' | b'\r' | b'\n') || b == quote)?;
+        if raw.get(i + value_len) != Some(&quote) {
+            return None;
+        }
+        let value = text.get(i..i + value_len)?;
+        i += value_len + 1;
+        if attrs.iter().any(|(k, _)| k == key) {
+            return None;
+        }
+        attrs.push((key.to_owned(), value.to_owned()));
+    }
 }
 
 /// Namespace declarations carried by `attrs`, checked against the
@@ -676,6 +733,8 @@ fn parse_in(text: &str, scope: &mut NsScope) -> Result<Element, FrameError> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn client_scope() -> NsScope {
@@ -692,6 +751,51 @@ mod tests {
 
     fn parse(s: &str) -> Result<Element, FrameError> {
         parse_element(s, &client_scope())
+    }
+
+    /// Attribute text: whitespace, names, quotes, references, line ends.
+    const ATTR_PIECES: &[&str] = &[
+        " ", "  ", "\t", "\n", "\r\n", "x", "y", "b:c", "xmlns", "xml:lang", "=", "'", "\"", "v",
+        "a b", "&amp;", "&#x41;", "&", ";", "\u{E9}", ">", "/", "<",
+    ];
+
+    /// An attribute written out, sometimes with a stray piece in it.
+    fn attr_text() -> impl Strategy<Value = String> {
+        let ws = prop::sample::select(&["", " ", "\n", " \t"][..]);
+        (
+            prop::sample::select(&[" ", "  ", "\n", "\t", ""][..]),
+            prop::sample::select(&["x", "y", "b:c", "xmlns", "xml:lang", "\u{E9}", ""][..]),
+            ws.clone(),
+            ws,
+            prop::sample::select(&["'", "\""][..]),
+            prop::collection::vec(prop::sample::select(ATTR_PIECES), 0..4),
+            prop::option::of(prop::sample::select(ATTR_PIECES)),
+        )
+            .prop_map(|(lead, key, before, after, q, value, stray)| {
+                let value = value.concat();
+                let stray = stray.unwrap_or_default();
+                format!("{lead}{key}{before}={after}{q}{value}{q}{stray}")
+            })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        /// Whenever the fast reading of attributes answers, its answer is
+        /// quick-xml's.
+        #[test]
+        fn plain_attributes_read_as_quick_xml_reads_them(
+            attrs in prop::collection::vec(attr_text(), 0..6),
+            trailing in prop::sample::select(&["", " ", "\n", "/"][..]),
+        ) {
+            let tag = format!("<a{}{trailing}>", attrs.concat());
+            let mut reader = Reader::from_str(&tag);
+            if let Ok(Event::Start(start) | Event::Empty(start)) = reader.read_event() {
+                if let Some(fast) = plain_attrs(start.attributes_raw()) {
+                    prop_assert_eq!(Ok(fast), checked_attrs(&start), "{}", tag);
+                }
+            }
+        }
     }
 
     /// The framer parses every stanza in the stream's own scope: declarations
