@@ -57,7 +57,7 @@ pub enum IndexError {
     #[error("the index's coverage mark does not authenticate with this archive's key (forged or damaged); run reindex")]
     Forged,
     #[error(
-        "the index carries no authenticated coverage mark (made by an older Custos); run reindex"
+        "the index carries no coverage mark this Custos trusts (made by an older Custos); run reindex"
     )]
     Unauthenticated,
     #[error("the search index is missing")]
@@ -172,28 +172,29 @@ pub struct Mark {
     pub head: Hash,
 }
 
-const MARK_V2: &str = "custos-index-v2";
-/// A v2 mark and the word lists the commit binds.
+/// The mark with the word lists the commit binds. Marks of earlier versions are not
+/// trusted: v1 was not authenticated, and v2 bound no word lists, so a v2 commit
+/// restored beside rolled-back lists would have the writer bind those as they are.
 const MARK_V3: &str = "custos-index-v3";
+const UNTRUSTED_MARKS: [&str; 2] = ["custos-index-v1", "custos-index-v2"];
 
 fn mark_mac(
     master: &MasterKey,
     archive_id: &[u8; 16],
     mark: &Mark,
-    words: Option<&str>,
+    words: &str,
     opstamp: u64,
 ) -> [u8; 32] {
     let key = master.derive("custos-index-mark-v1", archive_id);
-    let version = if words.is_some() { MARK_V3 } else { MARK_V2 };
     hmac_sha256(
         key.as_ref(),
         &[
-            version.as_bytes(),
+            MARK_V3.as_bytes(),
             archive_id,
             &mark.through.to_be_bytes(),
             &mark.head,
             &opstamp.to_be_bytes(),
-            words.unwrap_or_default().as_bytes(),
+            words.as_bytes(),
         ],
     )
 }
@@ -250,7 +251,7 @@ fn payload(
         hex(archive_id),
         mark.through,
         hex(&mark.head),
-        hex(&mark_mac(master, archive_id, mark, Some(&words), opstamp))
+        hex(&mark_mac(master, archive_id, mark, &words, opstamp))
     )
 }
 
@@ -269,23 +270,21 @@ fn unhex32(s: &str) -> Option<Hash> {
     Some(out)
 }
 
-/// The mark in the payload of commit `opstamp`, and the word lists it binds (`None`
-/// for a commit by an older Custos, which bound none); no payload is an index nothing
-/// was committed to.
+/// The mark in the payload of commit `opstamp`, and the word lists it binds; no
+/// payload is an index nothing was committed to.
 fn parse_payload(
     p: Option<&str>,
     opstamp: u64,
     master: &MasterKey,
     archive_id: &[u8; 16],
-) -> Result<(Mark, Option<ListMarks>), IndexError> {
+) -> Result<(Mark, ListMarks), IndexError> {
     let Some(p) = p else {
-        return Ok((Mark::default(), Some(ListMarks::new())));
+        return Ok((Mark::default(), ListMarks::new()));
     };
     let parts: Vec<&str> = p.split(' ').collect();
     let (id, seq, head, stamp, words, mac) = match parts.as_slice() {
-        [MARK_V2, id, seq, head, stamp, mac] => (id, seq, head, stamp, None, mac),
-        [MARK_V3, id, seq, head, stamp, words, mac] => (id, seq, head, stamp, Some(*words), mac),
-        ["custos-index-v1", ..] => return Err(IndexError::Unauthenticated),
+        [MARK_V3, id, seq, head, stamp, words, mac] => (id, seq, head, stamp, *words, mac),
+        [v, ..] if UNTRUSTED_MARKS.contains(v) => return Err(IndexError::Unauthenticated),
         _ => return Err(IndexError::Foreign),
     };
     if *id != hex(archive_id) {
@@ -309,10 +308,7 @@ fn parse_payload(
     {
         return Err(IndexError::Forged);
     }
-    let words = match words {
-        Some(w) => Some(parse_words(w).ok_or(IndexError::Forged)?),
-        None => None,
-    };
+    let words = parse_words(words).ok_or(IndexError::Forged)?;
     Ok((mark, words))
 }
 
@@ -329,7 +325,7 @@ fn meta_mark_words(
     meta: &tantivy::IndexMeta,
     master: &MasterKey,
     archive_id: &[u8; 16],
-) -> Result<(Mark, Option<ListMarks>), IndexError> {
+) -> Result<(Mark, ListMarks), IndexError> {
     parse_payload(meta.payload.as_deref(), meta.opstamp, master, archive_id)
 }
 
@@ -500,20 +496,16 @@ fn coverage_of(
         .copied()
         .filter(|s| !vocab.has_segment(*s))
         .collect();
-    // A list that is there but is not what the commit bound (an index made by an older
-    // Custos bound none).
-    let vocabulary_unbound = match &words {
-        Some(words) => vocab
-            .unbound(
-                words,
-                by_segment
-                    .keys()
-                    .copied()
-                    .filter(|s| !vocabulary_gaps.contains(s)),
-            )
-            .map_err(IndexError::Vocabulary)?,
-        None => Vec::new(),
-    };
+    // A list that is there but is not what the commit bound.
+    let vocabulary_unbound = vocab
+        .unbound(
+            &words,
+            by_segment
+                .keys()
+                .copied()
+                .filter(|s| !vocabulary_gaps.contains(s)),
+        )
+        .map_err(IndexError::Vocabulary)?;
     Ok(Coverage {
         mark,
         docs,
@@ -719,7 +711,7 @@ impl BlindIndexWriter {
         // what is there now.
         let committed = meta_mark_words(&index.load_metas()?, master, &archive_id)
             .ok()
-            .and_then(|(_, words)| words);
+            .map(|(_, words)| words);
         let held = vocab
             .load(committed.as_ref())
             .map_err(IndexError::Vocabulary)?;
@@ -1015,13 +1007,11 @@ impl BlindIndexReader {
             }
             // And it must be the list the commit bound, not one cut back or rolled back
             // to an older copy, which would expand terms to fewer words.
-            if let Some(bound) = bound {
-                let unbound = v
-                    .unbound(&bound, segments)
-                    .map_err(IndexError::Vocabulary)?;
-                if !unbound.is_empty() {
-                    return Err(IndexError::VocabularyNotBound(unbound));
-                }
+            let unbound = v
+                .unbound(&bound, segments)
+                .map_err(IndexError::Vocabulary)?;
+            if !unbound.is_empty() {
+                return Err(IndexError::VocabularyNotBound(unbound));
             }
             b.fresh = true;
         }
@@ -1946,51 +1936,63 @@ mod tests {
         refused(seqs(&r, "zanzib*"), 1);
     }
 
-    /// An index committed by an older Custos (`custos-index-v2`) binds no list, and the
-    /// writer's next commit binds the lists as they are: an administrator who restores
-    /// a pre-upgrade copy of `index/` (its mark is on this chain, so it is trusted and
-    /// caught up) together with an older copy of a word list gets that list bound, and
-    /// the messages indexed between the two copies are silently missed by patterns.
-    /// Not fixed here (treating a v2 index as one to rebuild costs every upgrade a
-    /// rebuild): a writer that trusts a v2 index must not bind its lists as they are.
+    /// An index committed by an older Custos (`custos-index-v2`) binds no list. Were its
+    /// mark trusted, the writer's next commit would bind the lists as they are: an
+    /// administrator who restores a pre-upgrade copy of `index/` (its mark is on this
+    /// chain) together with an older copy of a word list would get that list bound,
+    /// and patterns would silently miss the messages indexed between the two copies.
+    /// So a v2 mark is not trusted: the index is rebuilt, as one of v1.
     #[test]
-    #[ignore = "finding: a v2 (pre-binding) index copy re-opens list rollback; fix is a design choice"]
-    fn a_restored_pre_upgrade_index_does_not_get_a_rolled_back_list_bound() {
+    fn a_restored_pre_upgrade_index_is_not_trusted() {
         let f = Fixture::new();
         let mut w = f.writer();
         w.add(&appended(1, 1, "zanzibarite shipment")).unwrap();
         w.commit().unwrap();
         let older = std::fs::read(f.list(1)).unwrap();
         w.add(&appended(2, 1, "zanzibarian holiday")).unwrap();
-        // Committed as an older Custos did: a v2 mark, no lists.
+        // Committed as an older Custos did: a v2 mark, authenticated, binding no lists.
         w.vocab.flush().unwrap();
         let mut pc = w.writer.prepare_commit().unwrap();
         let opstamp = pc.opstamp();
         let mark = w.mark;
+        let key = f.master.derive("custos-index-mark-v1", &f.id);
+        let mac = hmac_sha256(
+            key.as_ref(),
+            &[
+                b"custos-index-v2",
+                &f.id,
+                &mark.through.to_be_bytes(),
+                &mark.head,
+                &opstamp.to_be_bytes(),
+                b"",
+            ],
+        );
         pc.set_payload(&format!(
-            "{MARK_V2} {} {} {} {opstamp} {}",
+            "custos-index-v2 {} {} {} {opstamp} {}",
             hex(&f.id),
             mark.through,
             hex(&mark.head),
-            hex(&mark_mac(&f.master, &f.id, &mark, None, opstamp))
+            hex(&mac)
         ));
         pc.commit().unwrap();
         w.dirty = false;
         w.finish().unwrap();
-        assert!(
-            meta_mark_words(&f.writer().index.load_metas().unwrap(), &f.master, &f.id)
-                .unwrap()
-                .1
-                .is_none()
-        );
 
         std::fs::write(f.list(1), &older).unwrap();
-        let mut w = f.writer();
-        if w.found().is_ok() {
-            w.add(&appended(3, 2, "unrelated words")).unwrap();
-            w.commit().unwrap();
-            refused(seqs(&f.reader(), "zanzib*"), 1);
-        }
+        let w = f.writer();
+        assert!(
+            matches!(w.found(), Err(IndexError::Unauthenticated)),
+            "{:?}",
+            w.found()
+        );
+        assert!(matches!(
+            coverage(&f.index, &f.master, &f.id, true),
+            Err(IndexError::Unauthenticated)
+        ));
+        assert!(matches!(
+            read_mark(&f.index, &f.master, &f.id),
+            Err(IndexError::Unauthenticated)
+        ));
     }
 
     /// What a crash leaves is no tampering: words sealed (and a chunk torn after them)
