@@ -67,25 +67,19 @@ fn record(i: u64) -> NewRecord {
     NewRecord::Message(MessageRecord {
         direction: if i.is_multiple_of(2) { Direction::Outbound } else { Direction::Inbound },
         session: SessionId(format!("sess-{u}")),
-        from: format!("user{u}@corp.example/desktop"),
-        to: format!("user{peer}@corp.example"),
-        stanza_type: "chat".into(),
         id: Some(format!("id-{i}")),
         origin_id: Some(format!("origin-{i}")),
-        stanza_id: None,
-        thread: None,
-        subject: None,
         stanza: format!("<message from='user{u}@corp.example/desktop' to='user{peer}@corp.example' type='chat' id='id-{i}'><body>{text}</body><origin-id xmlns='urn:xmpp:sid:0' id='origin-{i}'/></message>").into_bytes(),
-        body: Some(text),
         outcome: Outcome {
             action: if i.is_multiple_of(97) { Action::Flag } else { Action::Allow },
             rules: if i.is_multiple_of(97) { vec!["watch-list".into()] } else { vec![] },
-            delivered_body: None,
-            severity: None,
-            e2ee: None,
-            would_action: None,
+            ..Outcome::allowed()
         },
-        capture: Default::default(),
+        ..MessageRecord::chat(
+            format!("user{u}@corp.example/desktop"),
+            format!("user{peer}@corp.example"),
+            text,
+        )
     })
 }
 

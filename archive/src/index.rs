@@ -1794,7 +1794,7 @@ mod tests {
             record: Record {
                 seq: RecordSeq(seq),
                 time: crate::time::Timestamp(seq as i64),
-                content: NewRecord::Message(MessageRecord::test_chat("a@x", "b@x", body)),
+                content: NewRecord::Message(MessageRecord::chat("a@x", "b@x", body)),
             },
             segment,
             offset: seq * 100,

@@ -406,29 +406,12 @@ mod tests {
     fn copy(from: &str, to: &str, direction: crate::record::Direction, body: &str) -> NewRecord {
         NewRecord::Message(crate::record::MessageRecord {
             direction,
-            session: crate::record::SessionId("s".into()),
-            from: from.into(),
-            to: to.into(),
-            stanza_type: "chat".into(),
             id: Some("m1".into()),
-            origin_id: None,
-            stanza_id: None,
-            thread: None,
-            subject: None,
-            body: Some(body.into()),
-            stanza: Vec::new(),
-            outcome: crate::record::Outcome {
-                action: crate::record::Action::Allow,
-                rules: Vec::new(),
-                delivered_body: None,
-                severity: None,
-                e2ee: None,
-                would_action: None,
-            },
             capture: crate::record::Capture {
                 identity: format!("identity of {body}"),
                 ..Default::default()
             },
+            ..crate::record::MessageRecord::chat(from, to, body)
         })
     }
 

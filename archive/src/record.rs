@@ -245,10 +245,34 @@ pub struct MessageRecord {
     pub capture: Capture,
 }
 
-#[cfg(test)]
+impl Outcome {
+    /// Policy let the message through as sent: no rule matched, nothing redacted, no
+    /// end-to-end encryption detected, nothing a monitor-mode rule would have done.
+    pub fn allowed() -> Outcome {
+        Outcome {
+            action: Action::Allow,
+            rules: Vec::new(),
+            delivered_body: None,
+            severity: None,
+            e2ee: None,
+            would_action: None,
+        }
+    }
+}
+
 impl MessageRecord {
-    /// An allowed outbound chat message with nothing else set, for tests.
-    pub(crate) fn test_chat(from: &str, to: &str, body: &str) -> MessageRecord {
+    /// An allowed outbound `chat` message from `from` to `to` with `body`, in session
+    /// `s`, and nothing else set: no ids, thread or subject, no stanza bytes, an
+    /// [`Outcome::allowed`] outcome and the default [`Capture`].
+    ///
+    /// The plain message record that tools, benches and tests generating archives
+    /// start from, setting the fields that differ with struct update syntax
+    /// (`MessageRecord { id: .., ..MessageRecord::chat(from, to, body) }`).
+    pub fn chat(
+        from: impl Into<String>,
+        to: impl Into<String>,
+        body: impl Into<String>,
+    ) -> MessageRecord {
         MessageRecord {
             direction: Direction::Outbound,
             session: SessionId("s".into()),
@@ -262,20 +286,11 @@ impl MessageRecord {
             subject: None,
             body: Some(body.into()),
             stanza: Vec::new(),
-            outcome: Outcome {
-                action: Action::Allow,
-                rules: Vec::new(),
-                delivered_body: None,
-                severity: None,
-                e2ee: None,
-                would_action: None,
-            },
+            outcome: Outcome::allowed(),
             capture: Capture::default(),
         }
     }
-}
 
-impl MessageRecord {
     /// The stream this copy crossed: only a message the user's own client sent
     /// travels client to server; copies (carbons, replays) come from the server.
     pub fn leg(&self) -> Leg {
@@ -1042,26 +1057,14 @@ pub(crate) mod tests {
             time: Timestamp(5),
             content: NewRecord::Message(MessageRecord {
                 direction: Direction::Inbound,
-                session: SessionId("s".into()),
-                from: "a@x".into(),
-                to: "b@x".into(),
-                stanza_type: "chat".into(),
                 id: Some("1".into()),
-                origin_id: None,
-                stanza_id: None,
-                thread: None,
-                subject: None,
-                body: Some("hi".into()),
                 stanza: b"<message/>".to_vec(),
                 outcome: Outcome {
                     action: Action::Flag,
                     rules: vec!["r".into()],
-                    delivered_body: None,
-                    severity: None,
-                    e2ee: None,
-                    would_action: None,
+                    ..Outcome::allowed()
                 },
-                capture: Capture::default(),
+                ..MessageRecord::chat("a@x", "b@x", "hi")
             }),
         };
         // A version 1 message is the version 2 one without its tail.
@@ -1107,27 +1110,11 @@ pub(crate) mod tests {
             seq: RecordSeq(1),
             time: Timestamp(0),
             content: NewRecord::Message(MessageRecord {
-                direction: Direction::Outbound,
                 session: SessionId(String::new()),
-                from: String::new(),
-                to: String::new(),
                 stanza_type: String::new(),
-                id: None,
-                origin_id: None,
-                stanza_id: None,
-                thread: None,
-                subject: None,
                 body: None,
-                stanza: Vec::new(),
-                outcome: Outcome {
-                    action: Action::Allow,
-                    rules: Vec::new(),
-                    delivered_body: None,
-                    severity: None,
-                    e2ee: None,
-                    would_action: None,
-                },
                 capture,
+                ..MessageRecord::chat("", "", "")
             }),
         };
         assert_eq!(Record::decode(&rec.encode()), Ok(rec));

@@ -840,7 +840,7 @@ mod tests {
                     retention_class: class.into(),
                     ..Capture::default()
                 },
-                ..MessageRecord::test_chat(from, to, body)
+                ..MessageRecord::chat(from, to, body)
             }),
         }
     }

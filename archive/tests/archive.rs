@@ -20,25 +20,15 @@ fn msg(
     NewRecord::Message(MessageRecord {
         direction: dir,
         session: SessionId("s1".into()),
-        from: from.into(),
-        to: to.into(),
-        stanza_type: "chat".into(),
         id: Some("m1".into()),
-        origin_id: None,
-        stanza_id: None,
-        thread: None,
-        subject: None,
-        body: Some(body.into()),
         stanza: format!("<message><body>{body}</body></message>").into_bytes(),
         outcome: Outcome {
             action,
             rules: rules.iter().map(|r| r.to_string()).collect(),
             delivered_body: (action == Action::Redact).then(|| "card ████".to_string()),
-            severity: None,
-            e2ee: None,
-            would_action: None,
+            ..Outcome::allowed()
         },
-        capture: Default::default(),
+        ..MessageRecord::chat(from, to, body)
     })
 }
 

@@ -44,17 +44,8 @@ const MESSAGES: &[(&str, &str, &str, Action, &[&str])] = &[
 fn record(i: usize) -> NewRecord {
     let (from, to, body, action, rules) = MESSAGES[i];
     NewRecord::Message(MessageRecord {
-        direction: Direction::Outbound,
         session: SessionId(format!("s{i}")),
-        from: from.into(),
-        to: to.into(),
-        stanza_type: "chat".into(),
         id: Some(format!("m{i}")),
-        origin_id: None,
-        stanza_id: None,
-        thread: None,
-        subject: None,
-        body: Some(body.into()),
         stanza: format!("<message to='{to}' type='chat'><body>{body}</body></message>")
             .into_bytes(),
         outcome: Outcome {
@@ -62,11 +53,9 @@ fn record(i: usize) -> NewRecord {
             rules: rules.iter().map(|r| r.to_string()).collect(),
             delivered_body: (action == Action::Redact)
                 .then(|| "fixture: project ██████ kickoff".to_string()),
-            severity: None,
-            e2ee: None,
-            would_action: None,
+            ..Outcome::allowed()
         },
-        capture: Default::default(),
+        ..MessageRecord::chat(from, to, body)
     })
 }
 

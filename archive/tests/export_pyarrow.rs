@@ -57,18 +57,6 @@ async fn pyarrow_reads_rows_that_match_search() {
             Action::Allow
         };
         a.append(NewRecord::Message(MessageRecord {
-            direction: Direction::Outbound,
-            session: SessionId("s".into()),
-            from: from.into(),
-            to: "carol@example.test".into(),
-            stanza_type: "chat".into(),
-            id: None,
-            origin_id: None,
-            stanza_id: None,
-            thread: None,
-            subject: None,
-            body: Some(format!("payment {i} ünïcödé <b>")),
-            stanza: Vec::new(),
             outcome: Outcome {
                 action,
                 rules: if action == Action::Redact {
@@ -77,11 +65,13 @@ async fn pyarrow_reads_rows_that_match_search() {
                     vec![]
                 },
                 delivered_body: (action == Action::Redact).then(|| "████".into()),
-                severity: None,
-                e2ee: None,
-                would_action: None,
+                ..Outcome::allowed()
             },
-            capture: Default::default(),
+            ..MessageRecord::chat(
+                from,
+                "carol@example.test",
+                format!("payment {i} ünïcödé <b>"),
+            )
         }))
         .await
         .unwrap();

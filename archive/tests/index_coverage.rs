@@ -8,29 +8,11 @@ use std::path::{Path, PathBuf};
 use custos_archive::*;
 
 fn message(i: u64) -> NewRecord {
-    NewRecord::Message(MessageRecord {
-        direction: Direction::Outbound,
-        session: SessionId("s".into()),
-        from: "alice@example.test/laptop".into(),
-        to: "bob@example.test".into(),
-        stanza_type: "chat".into(),
-        id: None,
-        origin_id: None,
-        stanza_id: None,
-        thread: None,
-        subject: None,
-        body: Some(format!("coverage message {i}")),
-        stanza: Vec::new(),
-        outcome: Outcome {
-            action: Action::Allow,
-            rules: Vec::new(),
-            delivered_body: None,
-            severity: None,
-            e2ee: None,
-            would_action: None,
-        },
-        capture: Capture::default(),
-    })
+    NewRecord::Message(MessageRecord::chat(
+        "alice@example.test/laptop",
+        "bob@example.test",
+        format!("coverage message {i}"),
+    ))
 }
 
 struct Made {

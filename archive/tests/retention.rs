@@ -12,32 +12,14 @@ use custos_archive::*;
 
 fn msg(from: &str, to: &str, body: &str, class: &str) -> NewRecord {
     NewRecord::Message(MessageRecord {
-        direction: Direction::Outbound,
         session: SessionId("s1".into()),
-        from: format!("{from}/desk"),
-        to: to.into(),
-        stanza_type: "chat".into(),
-        id: None,
-        origin_id: None,
-        stanza_id: None,
-        thread: None,
-        subject: None,
-        body: Some(body.into()),
-        stanza: Vec::new(),
-        outcome: Outcome {
-            action: Action::Allow,
-            rules: Vec::new(),
-            delivered_body: None,
-            severity: None,
-            e2ee: None,
-            would_action: None,
-        },
         capture: Capture {
             account: format!("{from}/desk"),
             identity: format!("{:032x}", body.len()),
             retention_class: class.into(),
             ..Capture::default()
         },
+        ..MessageRecord::chat(format!("{from}/desk"), to, body)
     })
 }
 

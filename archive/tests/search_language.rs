@@ -14,27 +14,8 @@ use custos_archive::*;
 
 fn chat(from: &str, to: &str, body: &str) -> NewRecord {
     NewRecord::Message(MessageRecord {
-        direction: Direction::Outbound,
         session: SessionId("s1".into()),
-        from: from.into(),
-        to: to.into(),
-        stanza_type: "chat".into(),
-        id: None,
-        origin_id: None,
-        stanza_id: None,
-        thread: None,
-        subject: None,
-        body: Some(body.into()),
-        stanza: Vec::new(),
-        outcome: Outcome {
-            action: Action::Allow,
-            rules: Vec::new(),
-            delivered_body: None,
-            severity: None,
-            e2ee: None,
-            would_action: None,
-        },
-        capture: Default::default(),
+        ..MessageRecord::chat(from, to, body)
     })
 }
 

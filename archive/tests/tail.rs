@@ -26,27 +26,9 @@ fn note(i: u64, stanza_bytes: usize) -> NewRecord {
     let mut stanza = format!("<message><body>{body}</body></message>").into_bytes();
     stanza.resize(stanza.len().max(stanza_bytes), b' ');
     NewRecord::Message(MessageRecord {
-        direction: Direction::Outbound,
         session: SessionId("s1".into()),
-        from: "alice@example.test/laptop".into(),
-        to: "bob@example.test".into(),
-        stanza_type: "chat".into(),
-        id: None,
-        origin_id: None,
-        stanza_id: None,
-        thread: None,
-        subject: None,
-        body: Some(body),
         stanza,
-        outcome: Outcome {
-            action: Action::Allow,
-            rules: Vec::new(),
-            delivered_body: None,
-            severity: None,
-            e2ee: None,
-            would_action: None,
-        },
-        capture: Default::default(),
+        ..MessageRecord::chat("alice@example.test/laptop", "bob@example.test", body)
     })
 }
 

@@ -17,27 +17,8 @@ fn note(i: u64) -> NewRecord {
     // Some records far longer than the smallest windows.
     let body = format!("note {i} {}", "x".repeat((i as usize * 97) % 1500));
     NewRecord::Message(MessageRecord {
-        direction: Direction::Outbound,
         session: SessionId("s1".into()),
-        from: "alice@example.test/laptop".into(),
-        to: "bob@example.test".into(),
-        stanza_type: "chat".into(),
-        id: None,
-        origin_id: None,
-        stanza_id: None,
-        thread: None,
-        subject: None,
-        body: Some(body),
-        stanza: Vec::new(),
-        outcome: Outcome {
-            action: Action::Allow,
-            rules: Vec::new(),
-            delivered_body: None,
-            severity: None,
-            e2ee: None,
-            would_action: None,
-        },
-        capture: Default::default(),
+        ..MessageRecord::chat("alice@example.test/laptop", "bob@example.test", body)
     })
 }
 

@@ -307,31 +307,16 @@ async fn a_shred_killed_at_each_step_verifies_and_the_next_run_completes_it() ->
             signing.clone(),
         ))?;
         a.append(NewRecord::Message(MessageRecord {
-            direction: Direction::Outbound,
-            session: SessionId("s".into()),
-            from: "alice@example.test/laptop".into(),
-            to: "bob@example.test".into(),
-            stanza_type: "chat".into(),
-            id: None,
-            origin_id: None,
-            stanza_id: None,
-            thread: None,
-            subject: None,
-            body: Some(format!("crash test message {i}")),
-            stanza: Vec::new(),
-            outcome: Outcome {
-                action: Action::Allow,
-                rules: Vec::new(),
-                delivered_body: None,
-                severity: None,
-                e2ee: None,
-                would_action: None,
-            },
             capture: Capture {
                 account: "alice@example.test/laptop".into(),
                 identity: format!("{i:032x}"),
                 ..Capture::default()
             },
+            ..MessageRecord::chat(
+                "alice@example.test/laptop",
+                "bob@example.test",
+                format!("crash test message {i}"),
+            )
         }))
         .await?;
         a.close().await?;

@@ -358,26 +358,11 @@ async fn every_mutation_of_the_archive_its_keys_or_its_index_is_found() -> TestR
 /// A message for the other archive whose index is copied in.
 fn other_message(i: u64) -> custos_archive::MessageRecord {
     custos_archive::MessageRecord {
-        direction: custos_archive::Direction::Outbound,
         session: custos_archive::SessionId("other".into()),
-        from: "mallory@example.test/x".into(),
-        to: "bob@example.test".into(),
-        stanza_type: "chat".into(),
-        id: None,
-        origin_id: None,
-        stanza_id: None,
-        thread: None,
-        subject: None,
-        body: Some(format!("tamper test message {i}")),
-        stanza: Vec::new(),
-        outcome: custos_archive::Outcome {
-            action: custos_archive::Action::Allow,
-            rules: Vec::new(),
-            delivered_body: None,
-            severity: None,
-            e2ee: None,
-            would_action: None,
-        },
-        capture: custos_archive::Capture::default(),
+        ..custos_archive::MessageRecord::chat(
+            "mallory@example.test/x",
+            "bob@example.test",
+            format!("tamper test message {i}"),
+        )
     }
 }

@@ -72,16 +72,8 @@ fn copy(
     NewRecord::Message(MessageRecord {
         direction,
         session: SessionId(account.clone()),
-        from,
-        to,
         stanza_type: stanza_type.into(),
         id: Some(identity[..12].to_string()),
-        origin_id: None,
-        stanza_id: None,
-        thread: None,
-        subject: None,
-        body: Some(body.to_string()),
-        stanza: Vec::new(),
         outcome: Outcome {
             action: if flag.is_some() {
                 Action::Flag
@@ -89,16 +81,15 @@ fn copy(
                 Action::Allow
             },
             rules: flag.map(|(r, _)| vec![r.to_string()]).unwrap_or_default(),
-            delivered_body: None,
             severity: flag.map(|(_, s)| s.to_string()),
-            e2ee: None,
-            would_action: None,
+            ..Outcome::allowed()
         },
         capture: Capture {
             account,
             identity: identity.to_string(),
             ..Capture::default()
         },
+        ..MessageRecord::chat(from, to, body)
     })
 }
 

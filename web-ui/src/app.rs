@@ -776,32 +776,18 @@ mod route_tests {
 mod save_tests {
     use super::*;
     use custos_archive::{
-        Action, ArchiveConfig, Direction, MasterKey, MessageRecord, Outcome, SessionId, SigningKey,
+        Action, ArchiveConfig, MasterKey, MessageRecord, Outcome, SessionId, SigningKey,
     };
 
     fn chat(body: &str) -> NewRecord {
         NewRecord::Message(MessageRecord {
-            direction: Direction::Outbound,
             session: SessionId("s1".into()),
-            from: "alice@example.test/laptop".into(),
-            to: "bob@example.test".into(),
-            stanza_type: "chat".into(),
-            id: None,
-            origin_id: None,
-            stanza_id: None,
-            thread: None,
-            subject: None,
-            body: Some(body.into()),
-            stanza: Vec::new(),
             outcome: Outcome {
                 action: Action::Flag,
                 rules: vec!["watch".into()],
-                delivered_body: None,
-                severity: None,
-                e2ee: None,
-                would_action: None,
+                ..Outcome::allowed()
             },
-            capture: Default::default(),
+            ..MessageRecord::chat("alice@example.test/laptop", "bob@example.test", body)
         })
     }
 

@@ -1809,23 +1809,11 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use custos_archive::{MessageRecord, Outcome, Record, RecordSeq, SessionId};
+    use custos_archive::{MessageRecord, Outcome, Record, RecordSeq};
     use proptest::prelude::*;
 
     fn msg(seq: u64, from: &str, to: &str, action: Action) -> ChainEntry {
         let m = MessageRecord {
-            direction: Direction::Outbound,
-            session: SessionId("s".into()),
-            from: from.into(),
-            to: to.into(),
-            stanza_type: "chat".into(),
-            id: None,
-            origin_id: None,
-            stanza_id: None,
-            thread: None,
-            subject: None,
-            body: Some("x".into()),
-            stanza: Vec::new(),
             outcome: Outcome {
                 action,
                 rules: if action == Action::Allow {
@@ -1833,12 +1821,9 @@ mod tests {
                 } else {
                     vec!["r1".into()]
                 },
-                delivered_body: None,
-                severity: None,
-                e2ee: None,
-                would_action: None,
+                ..Outcome::allowed()
             },
-            capture: Default::default(),
+            ..MessageRecord::chat(from, to, "x")
         };
         entry(seq, NewRecord::Message(m))
     }

@@ -170,34 +170,22 @@ pub struct Searched {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{MessageRecord, Outcome, SessionId};
+    use crate::record::{MessageRecord, Outcome};
 
     fn message(severity: Option<&str>, e2ee: Option<&str>) -> Record {
         Record {
             seq: RecordSeq(42),
             time: Timestamp(0),
             content: NewRecord::Message(MessageRecord {
-                direction: Direction::Outbound,
-                session: SessionId("s".into()),
-                from: "alice@example.test/laptop".into(),
-                to: "bob@example.test".into(),
-                stanza_type: "chat".into(),
-                id: None,
-                origin_id: None,
-                stanza_id: None,
-                thread: None,
-                subject: None,
-                body: Some("hi".into()),
                 stanza: b"<message/>".to_vec(),
                 outcome: Outcome {
                     action: Action::Flag,
                     rules: vec!["watch".into()],
-                    delivered_body: None,
                     severity: severity.map(str::to_string),
                     e2ee: e2ee.map(str::to_string),
-                    would_action: None,
+                    ..Outcome::allowed()
                 },
-                capture: Default::default(),
+                ..MessageRecord::chat("alice@example.test/laptop", "bob@example.test", "hi")
             }),
         }
     }

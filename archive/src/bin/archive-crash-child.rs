@@ -13,8 +13,7 @@ use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 use custos_archive::{
-    load_signing_key, Action, Archive, ArchiveConfig, Direction, MasterKey, MessageRecord,
-    NewRecord, Outcome, SessionId,
+    load_signing_key, Archive, ArchiveConfig, MasterKey, MessageRecord, NewRecord, SessionId,
 };
 
 struct ThreadWaker(Thread);
@@ -64,27 +63,14 @@ fn main() {
                     while Instant::now() < deadline {
                         i += 1;
                         let rec = NewRecord::Message(MessageRecord {
-                            direction: Direction::Outbound,
                             session: SessionId(format!("s{t}")),
-                            from: format!("user{t}@example.test/desk"),
-                            to: "bob@example.test".into(),
-                            stanza_type: "chat".into(),
                             id: Some(format!("{t}-{i}")),
-                            origin_id: None,
-                            stanza_id: None,
-                            thread: None,
-                            subject: None,
-                            body: Some(format!("crash test message {i} from worker {t}")),
                             stanza: b"<message/>".to_vec(),
-                            outcome: Outcome {
-                                action: Action::Allow,
-                                rules: vec![],
-                                delivered_body: None,
-                                severity: None,
-                                e2ee: None,
-                                would_action: None,
-                            },
-                            capture: Default::default(),
+                            ..MessageRecord::chat(
+                                format!("user{t}@example.test/desk"),
+                                "bob@example.test",
+                                format!("crash test message {i} from worker {t}"),
+                            )
                         });
                         match block_on(a.append(rec)) {
                             Ok(r) => {

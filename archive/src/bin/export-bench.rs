@@ -42,30 +42,17 @@ fn keys() -> (MasterKey, SigningKey) {
 
 fn message(k: u64, class: &str) -> NewRecord {
     NewRecord::Message(MessageRecord {
-        direction: Direction::Outbound,
         session: SessionId(format!("s{}", k % 50)),
-        from: format!("user{}@example.test/desk", k % 100),
-        to: format!("user{}@example.test", (k * 7) % 100),
-        stanza_type: "chat".into(),
         id: Some(format!("id{k}")),
-        origin_id: None,
-        stanza_id: None,
-        thread: None,
-        subject: None,
-        body: Some(format!("message {k}: retention bench")),
-        stanza: Vec::new(),
-        outcome: Outcome {
-            action: Action::Allow,
-            rules: vec![],
-            delivered_body: None,
-            severity: None,
-            e2ee: None,
-            would_action: None,
-        },
         capture: Capture {
             retention_class: class.into(),
             ..Capture::default()
         },
+        ..MessageRecord::chat(
+            format!("user{}@example.test/desk", k % 100),
+            format!("user{}@example.test", (k * 7) % 100),
+            format!("message {k}: retention bench"),
+        )
     })
 }
 
@@ -245,27 +232,19 @@ fn generate(dir: &Path, n: u64) -> Result<(), Box<dyn std::error::Error>> {
         let batch: Vec<NewRecord> = (i..n.min(i + 4096))
             .map(|k| {
                 NewRecord::Message(MessageRecord {
-                    direction: Direction::Outbound,
                     session: SessionId(format!("s{}", k % 50)),
-                    from: format!("user{}@example.test/desk", k % 100),
-                    to: format!("user{}@example.test", (k * 7) % 100),
-                    stanza_type: "chat".into(),
                     id: Some(format!("id{k}")),
-                    origin_id: None,
-                    stanza_id: None,
-                    thread: None,
-                    subject: None,
-                    body: Some(format!("message {k}: please confirm the trade of {} shares at {}", k % 977, k % 113)),
                     stanza: format!("<message to='user@example.test' id='id{k}' type='chat'><body>message {k}</body></message>").into_bytes(),
                     outcome: Outcome {
                         action: if k % 50 == 0 { Action::Flag } else { Action::Allow },
                         rules: if k % 50 == 0 { vec!["insider".into()] } else { vec![] },
-                        delivered_body: None,
-                        severity: None,
-                        e2ee: None,
-                        would_action: None,
+                        ..Outcome::allowed()
                     },
-                    capture: Default::default(),
+                    ..MessageRecord::chat(
+                        format!("user{}@example.test/desk", k % 100),
+                        format!("user{}@example.test", (k * 7) % 100),
+                        format!("message {k}: please confirm the trade of {} shares at {}", k % 977, k % 113),
+                    )
                 })
             })
             .collect();

@@ -119,18 +119,7 @@ impl Corpus {
 
 fn message(from: u64, to: u64, body: String, flagged: bool) -> NewRecord {
     NewRecord::Message(MessageRecord {
-        direction: Direction::Outbound,
         session: SessionId(format!("s{from}")),
-        from: format!("user{from}@example.test/desk"),
-        to: format!("user{to}@example.test"),
-        stanza_type: "chat".into(),
-        id: None,
-        origin_id: None,
-        stanza_id: None,
-        thread: None,
-        subject: None,
-        body: Some(body),
-        stanza: Vec::new(),
         outcome: Outcome {
             action: if flagged { Action::Flag } else { Action::Allow },
             rules: if flagged {
@@ -138,12 +127,13 @@ fn message(from: u64, to: u64, body: String, flagged: bool) -> NewRecord {
             } else {
                 Vec::new()
             },
-            delivered_body: None,
-            severity: None,
-            e2ee: None,
-            would_action: None,
+            ..Outcome::allowed()
         },
-        capture: Capture::default(),
+        ..MessageRecord::chat(
+            format!("user{from}@example.test/desk"),
+            format!("user{to}@example.test"),
+            body,
+        )
     })
 }
 

@@ -181,34 +181,21 @@ fn clause(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{Action, Direction, Outcome, RecordSeq, SessionId};
+    use crate::record::{Action, Direction, Outcome, RecordSeq};
 
     fn msg(from: &str, to: &str, body: &str, t: i64) -> Record {
         Record {
             seq: RecordSeq(1),
             time: Timestamp(t),
             content: NewRecord::Message(MessageRecord {
-                direction: Direction::Outbound,
-                session: SessionId("s".into()),
-                from: from.into(),
-                to: to.into(),
                 stanza_type: "Chat".into(),
-                id: None,
-                origin_id: None,
-                stanza_id: None,
-                thread: None,
                 subject: Some("Quarterly".into()),
-                body: Some(body.into()),
-                stanza: Vec::new(),
                 outcome: Outcome {
                     action: Action::Flag,
                     rules: vec!["pci-card".into()],
-                    delivered_body: None,
-                    severity: None,
-                    e2ee: None,
-                    would_action: None,
+                    ..Outcome::allowed()
                 },
-                capture: Default::default(),
+                ..MessageRecord::chat(from, to, body)
             }),
         }
     }

@@ -22,15 +22,8 @@ fn msg(from: &str, to: &str, ty: &str, body: &str, action: Action) -> NewRecord 
             Direction::Inbound
         },
         session: SessionId("s1".into()),
-        from: from.into(),
-        to: to.into(),
         stanza_type: ty.into(),
         id: Some("m1".into()),
-        origin_id: None,
-        stanza_id: None,
-        thread: None,
-        subject: None,
-        body: Some(body.into()),
         stanza: format!("<message><body>{body}</body></message>").into_bytes(),
         outcome: Outcome {
             action,
@@ -40,9 +33,7 @@ fn msg(from: &str, to: &str, ty: &str, body: &str, action: Action) -> NewRecord 
                 vec!["pci-card".into(), "r2".into()]
             },
             delivered_body: (action == Action::Redact).then(|| "card ████".to_string()),
-            severity: None,
-            e2ee: None,
-            would_action: None,
+            ..Outcome::allowed()
         },
         capture: crate::record::Capture {
             via: if action == Action::Flag {
@@ -71,6 +62,7 @@ fn msg(from: &str, to: &str, ty: &str, body: &str, action: Action) -> NewRecord 
             occupant: None,
             files: Vec::new(),
         },
+        ..MessageRecord::chat(from, to, body)
     })
 }
 

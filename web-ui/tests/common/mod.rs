@@ -129,15 +129,8 @@ pub async fn append(archive: &Archive, m: Msg<'_>) -> u64 {
     let rec = NewRecord::Message(MessageRecord {
         direction: m.direction,
         session: SessionId("test".into()),
-        from: m.from.into(),
-        to: m.to.into(),
         stanza_type: m.stanza_type.into(),
         id: m.id.map(String::from),
-        origin_id: None,
-        stanza_id: None,
-        thread: None,
-        subject: None,
-        body: Some(m.body.into()),
         stanza,
         outcome: Outcome {
             action: m.action,
@@ -148,6 +141,7 @@ pub async fn append(archive: &Archive, m: Msg<'_>) -> u64 {
             would_action: m.would_action,
         },
         capture: m.capture,
+        ..MessageRecord::chat(m.from, m.to, m.body)
     });
     archive.append(rec).await.unwrap().seq.0
 }
