@@ -22,6 +22,14 @@ use crate::walk::{self, ChainPos, Step};
 
 use super::*;
 
+/// How far the index covers the log: every message up to seq `through`, the last of
+/// them in log segment `segment` (`None` when the index holds nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct IndexReach {
+    pub through: u64,
+    pub segment: Option<u64>,
+}
+
 /// A record with the data that ties it to the signed chain (what an export
 /// needs to prove one record without revealing others).
 #[derive(Debug, Clone)]
@@ -373,10 +381,15 @@ impl ArchiveReader {
 
     /// The chain head after record `seq`, or `None` if the log has no such record.
     pub fn head_at(&self, seq: u64) -> Result<Option<Hash>, ReadError> {
+        Ok(self.place_of(seq)?.map(|(head, _)| head))
+    }
+
+    /// The chain head after record `seq` and the segment the log holds it in.
+    fn place_of(&self, seq: u64) -> Result<Option<(Hash, u64)>, ReadError> {
         let mut found = None;
         let r = self.scan_chain(seq, false, |e| {
             if e.seq == seq {
-                found = Some(e.head);
+                found = Some((e.head, e.segment));
             }
             Err(Stop::Done)
         });
@@ -412,14 +425,28 @@ impl ArchiveReader {
     /// How far the index on disk covers this log: its authenticated mark checked
     /// against the chain. `Err` says why none of it can be used.
     pub fn index_coverage(&self) -> Result<u64, String> {
+        Ok(self.index_reach()?.through)
+    }
+
+    /// [`ArchiveReader::index_coverage`], with the segment that holds the mark's
+    /// record. That segment is known from the chain, not from any header: the chain
+    /// head after it matched the mark's, so every record before it is in the index
+    /// and every record after it lies in that segment or a later one.
+    pub(crate) fn index_reach(&self) -> Result<IndexReach, String> {
         let mark =
             crate::index::read_mark(&index_dir(&self.dir), &self.master, &self.meta.archive_id)
                 .map_err(|e| e.to_string())?;
         if mark.through == 0 {
-            return Ok(0);
+            return Ok(IndexReach {
+                through: 0,
+                segment: None,
+            });
         }
-        match self.head_at(mark.through) {
-            Ok(Some(head)) if head == mark.head => Ok(mark.through),
+        match self.place_of(mark.through) {
+            Ok(Some((head, segment))) if head == mark.head => Ok(IndexReach {
+                through: mark.through,
+                segment: Some(segment),
+            }),
             Ok(Some(_)) => Err(format!(
                 "the index's chain head at seq {} is not this log's",
                 mark.through

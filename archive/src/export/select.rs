@@ -29,6 +29,10 @@ use crate::time::Timestamp;
 pub(crate) struct Selection {
     /// Every message with seq ≤ `indexed` is in the index.
     indexed: u64,
+    /// The log segment holding the index's last record, as the chain places it. Only
+    /// segments before it can go unread: the records after the mark lie in it or
+    /// later, whatever a header says.
+    reach: u64,
     /// One bit per seq ≤ `indexed`: the index found that record.
     found: Vec<u64>,
     /// Log segments holding a found record.
@@ -51,12 +55,14 @@ impl Selection {
         let reader = ArchiveReader::open_in(dir, storage, master).map_err(|e| e.to_string())?;
         // The mark is read before the search: the searcher reloads to a commit at
         // least as new, which holds every message up to the mark.
-        let indexed = reader.index_coverage()?.min(through);
+        let reach = reader.index_reach()?;
+        let indexed = reach.through.min(through);
         let index = BlindIndexReader::open(&crate::archive::index_dir(dir), master, archive_id)
             .map_err(|e| e.to_string())?;
         let words = usize::try_from(indexed / 64 + 1).map_err(|_| "too many records")?;
         let mut sel = Selection {
             indexed,
+            reach: reach.segment.unwrap_or(0),
             found: vec![0; words],
             segments: BTreeSet::new(),
         };
@@ -106,10 +112,12 @@ impl Selection {
             .is_some_and(|w| w & (1 << (seq % 64)) != 0)
     }
 
-    /// Whether log segment `id`, whose records end at seq `last`, can go unread: the
-    /// index reaches all of it and found nothing there.
+    /// Whether log segment `id`, whose records end at seq `last` by the next
+    /// segment's header, can go unread: it lies before the segment holding the
+    /// index's mark and the index found nothing there. (`last` is not trusted for
+    /// this: a forged header could claim anything. It only bounds the count.)
     pub fn skips(&self, id: u64, last: u64) -> bool {
-        last <= self.indexed && !self.segments.contains(&id)
+        id < self.reach && last <= self.indexed && !self.segments.contains(&id)
     }
 }
 
@@ -117,9 +125,10 @@ impl Selection {
 mod tests {
     use super::*;
 
-    fn selection(indexed: u64, found: &[(u64, u64)]) -> Selection {
+    fn selection(indexed: u64, reach: u64, found: &[(u64, u64)]) -> Selection {
         let mut s = Selection {
             indexed,
+            reach,
             found: vec![0; (indexed / 64 + 1) as usize],
             segments: BTreeSet::new(),
         };
@@ -132,7 +141,7 @@ mod tests {
 
     #[test]
     fn opens_what_the_index_found_and_everything_past_its_mark() {
-        let s = selection(130, &[(1, 1), (64, 1), (127, 2), (128, 2)]);
+        let s = selection(130, 3, &[(1, 1), (64, 1), (127, 2), (128, 2)]);
         let opened: Vec<u64> = (0..=200).filter(|&q| s.opens(q)).collect();
         let mut want = vec![1, 64, 127, 128];
         want.extend(131..=200);
@@ -140,10 +149,15 @@ mod tests {
     }
 
     #[test]
-    fn skips_only_segments_wholly_indexed_without_a_find() {
-        let s = selection(100, &[(5, 1)]);
+    fn skips_only_segments_before_the_mark_without_a_find() {
+        let s = selection(100, 4, &[(5, 1)]);
         assert!(!s.skips(1, 50), "a segment with a find is read");
         assert!(s.skips(2, 100), "indexed to its last record, nothing found");
         assert!(!s.skips(3, 101), "its last record is past the mark");
+        assert!(
+            !s.skips(4, 100),
+            "the segment holding the mark is read, whatever the next header says"
+        );
+        assert!(!s.skips(5, 90), "a later segment is read");
     }
 }

@@ -809,3 +809,113 @@ fn a_query_export_tests_what_the_index_does_not_hold() {
     );
     assert_eq!(rows, want);
 }
+
+/// The index naturally trails the log: its mark can fall inside a segment that goes
+/// on past it. An administrator who adds an empty segment file after that one, its
+/// header claiming the chain resumes right after the mark, must not make the export
+/// skip the segment's unindexed records: the export fails on the forged segment, as
+/// the scan does, instead of leaving them out.
+#[test]
+fn a_forged_segment_after_the_mark_does_not_hide_what_the_index_lacks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = Fixture {
+        archive: tmp.path().join("archive"),
+        _tmp: tmp,
+        master: MasterKey::from_bytes([7; 32]),
+        signing: SigningKey::from_bytes(&[5; 32]),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut cfg = ArchiveConfig::new(f.archive.clone(), f.master.clone(), f.signing.clone());
+    cfg.checkpoint_every = 4;
+    cfg.segment_max_age = Duration::from_secs(3600);
+    let a = Archive::open(cfg).unwrap();
+    let append = |n: usize, body: &str| {
+        rt.block_on(async {
+            let mut last = 0;
+            for i in 0..n {
+                let r = msg(
+                    "alice@example.test/laptop",
+                    "bob@example.test",
+                    "chat",
+                    &format!("{body} {i}"),
+                    Action::Allow,
+                );
+                last = a.append(r).await.unwrap().seq.0;
+            }
+            last
+        })
+    };
+    let mark = append(40, "offshore account");
+    let reader = ArchiveReader::open(&f.archive, &f.master).unwrap();
+    let start = std::time::Instant::now();
+    while reader.index_coverage() != Ok(mark) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "index never caught up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let index = f.archive.join("index");
+    let old = f._tmp.path().join("old-index");
+    copy_dir(&index, &old);
+    // Past the mark, in the same segment: words the index has not seen.
+    let last = append(20, "offshore again");
+    rt.block_on(a.close()).unwrap();
+    std::fs::remove_dir_all(&index).unwrap();
+    copy_dir(&old, &index);
+    let ids = log::segment_ids(&crate::storage::FileStorage::new(&f.archive)).unwrap();
+    let newest = *ids.last().unwrap();
+
+    let dir = f._tmp.path();
+    let (honest, rows, _) = export_by(&f, &dir.join("honest"), "again", false);
+    assert_eq!(honest.selected_by, SelectedBy::Index { through: mark });
+    assert_eq!(
+        rows.last(),
+        Some(&last),
+        "the records past the mark are exported"
+    );
+
+    let forged = SegmentHeader {
+        archive_id: ArchiveReader::open(&f.archive, &f.master)
+            .unwrap()
+            .archive_id(),
+        segment: newest + 1,
+        first_seq: mark + 1,
+        prev_head: [0; 32],
+        created_ms: 0,
+    };
+    std::fs::write(
+        f.archive.join(segment::segment_name(newest + 1)),
+        forged.encode(),
+    )
+    .unwrap();
+    for scan in [true, false] {
+        let out = dir.join(format!("forged-{scan}"));
+        let req = ExportRequest {
+            query: Some("again".into()),
+            ..ExportRequest::default()
+        };
+        let opts = ExportOptions {
+            scan,
+            ..ExportOptions::default()
+        };
+        match export_with(
+            &f.archive,
+            &f.master,
+            &f.signing,
+            &out,
+            &req,
+            &opts,
+            |_, _| {},
+        ) {
+            Err(ExportError::Corrupt { segment, what, .. }) => {
+                assert_eq!(segment, newest + 1, "scan {scan}: {what}");
+            }
+            other => panic!("scan {scan}: the forged segment went unnoticed: {other:?}"),
+        }
+    }
+}
