@@ -397,7 +397,89 @@ fn open_or_create(dir: &Path) -> Result<Index, IndexError> {
     std::fs::create_dir_all(dir)?;
     let (schema, _) = schema();
     let mmap = tantivy::directory::MmapDirectory::open(dir).map_err(tantivy::TantivyError::from)?;
-    Ok(Index::open_or_create(mmap, schema)?)
+    let index = Index::open_or_create(mmap, schema)?;
+    // The `text` field is the schema's one `TEXT` field, tokenized by the name
+    // `default`: its values are blinded words as [`BlindTokens`] reads them.
+    index.tokenizers().register("default", BlindTokens);
+    Ok(index)
+}
+
+/// The tokenizer of the `text` field: blinded words, each ended by
+/// [`BlindTokens::WORD_END`], each part of the message ended by
+/// [`BlindTokens::PART_END`]. Words take consecutive positions and each part end
+/// adds [`query::PART_GAP`], as the query side numbers them, so no phrase and no
+/// NEAR joins the subject to the body.
+#[derive(Clone, Copy, Debug, Default)]
+struct BlindTokens;
+
+impl BlindTokens {
+    const WORD_END: char = ' ';
+    const PART_END: char = '\n';
+}
+
+impl tantivy::tokenizer::Tokenizer for BlindTokens {
+    type TokenStream<'a> = BlindTokenStream<'a>;
+
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> BlindTokenStream<'a> {
+        BlindTokenStream {
+            text,
+            at: 0,
+            next: 0,
+            token: tantivy::tokenizer::Token::default(),
+        }
+    }
+}
+
+struct BlindTokenStream<'a> {
+    text: &'a str,
+    /// Byte offset of what is still to be read.
+    at: usize,
+    /// The position of the next word.
+    next: usize,
+    token: tantivy::tokenizer::Token,
+}
+
+impl tantivy::tokenizer::TokenStream for BlindTokenStream<'_> {
+    fn advance(&mut self) -> bool {
+        let rest = self.text.get(self.at..).unwrap_or("");
+        let mut skipped = 0;
+        for c in rest.chars() {
+            match c {
+                BlindTokens::PART_END => {
+                    self.next = self.next.saturating_add(query::PART_GAP as usize)
+                }
+                BlindTokens::WORD_END => {}
+                _ => break,
+            }
+            skipped += c.len_utf8();
+        }
+        let start = self.at + skipped;
+        let word = self.text.get(start..).unwrap_or("");
+        let len = word
+            .find([BlindTokens::WORD_END, BlindTokens::PART_END])
+            .unwrap_or(word.len());
+        if len == 0 {
+            self.at = self.text.len();
+            return false;
+        }
+        self.token.text.clear();
+        self.token.text.push_str(&word[..len]);
+        self.token.offset_from = start;
+        self.token.offset_to = start + len;
+        self.token.position = self.next;
+        self.token.position_length = 1;
+        self.next = self.next.saturating_add(1);
+        self.at = start + len;
+        true
+    }
+
+    fn token(&self) -> &tantivy::tokenizer::Token {
+        &self.token
+    }
+
+    fn token_mut(&mut self) -> &mut tantivy::tokenizer::Token {
+        &mut self.token
+    }
 }
 
 /// What an index says it covers, read without opening a writer.
@@ -797,31 +879,18 @@ impl BlindIndexWriter {
         // apart between parts (as the export filter numbers them): no phrase and no NEAR
         // joins the subject to the body. A shared file is found by its name and its
         // media type.
-        let mut tokens = Vec::new();
-        let mut next = 0u32;
-        for text in query::text_parts(m) {
-            for t in query::tokenize(text) {
-                let mut blinded = String::with_capacity(2 * TERM_BYTES);
-                k.push_term("text", &t, &mut blinded);
+        // (Written out as text that [`BlindTokens`] reads back: tantivy would put a
+        // pre-tokenized value through JSON and back.)
+        let mut text = String::new();
+        for part in query::text_parts(m) {
+            for t in query::tokenize(part) {
+                k.push_term("text", &t, &mut text);
+                text.push(BlindTokens::WORD_END);
                 self.vocab.add(a.segment, &t)?;
-                tokens.push(tantivy::tokenizer::Token {
-                    offset_from: 0,
-                    offset_to: 0,
-                    position: next as usize,
-                    text: blinded,
-                    position_length: 1,
-                });
-                next = next.saturating_add(1);
             }
-            next = next.saturating_add(query::PART_GAP);
+            text.push(BlindTokens::PART_END);
         }
-        doc.add_pre_tokenized_text(
-            f.text,
-            tantivy::tokenizer::PreTokenizedString {
-                text: String::new(),
-                tokens,
-            },
-        );
+        doc.add_text(f.text, text);
         // The person behind a room occupant is a party too: `from:` finds what they said
         // in a room, as the copies others received it.
         let occupant = m.capture.occupant.as_ref().map(|o| match m.direction {
@@ -1721,6 +1790,41 @@ mod tests {
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// The `text` field's tokens: each word at the position the query side gives
+        /// it (one apart within a part, [`query::PART_GAP`] more after each part, an
+        /// empty part included), with nothing lost or joined.
+        #[test]
+        fn blind_tokens_number_words_as_the_query_side_does(
+            parts in proptest::collection::vec(
+                proptest::collection::vec("[0-9a-f]{1,24}", 0..6),
+                0..5,
+            ),
+        ) {
+            use tantivy::tokenizer::{TokenStream as _, Tokenizer as _};
+            let mut text = String::new();
+            let mut want = Vec::new();
+            let mut next = 0usize;
+            for part in &parts {
+                for w in part {
+                    text.push_str(w);
+                    text.push(BlindTokens::WORD_END);
+                    want.push((w.clone(), next));
+                    next += 1;
+                }
+                text.push(BlindTokens::PART_END);
+                next += query::PART_GAP as usize;
+            }
+            let mut tokens = BlindTokens;
+            let mut stream = tokens.token_stream(&text);
+            let mut got = Vec::new();
+            while stream.advance() {
+                let t = stream.token();
+                proptest::prop_assert_eq!(&text[t.offset_from..t.offset_to], t.text.as_str());
+                got.push((t.text.clone(), t.position));
+            }
+            proptest::prop_assert_eq!(got, want);
+        }
 
         /// A time range, walked document by document or sought at increasing targets,
         /// stops at exactly the documents whose time is in range, whatever the times'

@@ -589,3 +589,34 @@ async fn a_date_range_finds_exactly_the_messages_of_its_times() {
     }
     a.close().await.unwrap();
 }
+
+/// Subject, body and every further text of a message are apart in the index: a
+/// phrase or a NEAR never joins the end of one to the start of the next, while
+/// each is found within its own part.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_phrase_or_near_does_not_join_two_parts_of_a_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, _) = open(tmp.path());
+    let split = NewRecord::Message(MessageRecord {
+        subject: Some("quarterly alpha".into()),
+        ..MessageRecord::chat("u1@example.test", "u2@example.test", "beta numbers gamma")
+    });
+    let joined = chat(
+        "u1@example.test",
+        "u2@example.test",
+        "quarterly alpha beta numbers",
+    );
+    let s = a.append(split).await.unwrap().seq.0;
+    let j = a.append(joined).await.unwrap().seq.0;
+    for (q, want) in [
+        ("\"alpha beta\"", vec![j]),
+        ("alpha NEAR/1 beta", vec![j]),
+        ("alpha NEAR/50 gamma", Vec::new()),
+        ("\"quarterly alpha\"", vec![s, j]),
+        ("\"beta numbers\"", vec![s, j]),
+        ("numbers ONEAR/1 gamma", vec![s]),
+    ] {
+        assert_eq!(found(&a, q, j).await, want, "{q}");
+    }
+    a.close().await.unwrap();
+}
