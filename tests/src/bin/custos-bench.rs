@@ -8,7 +8,8 @@
 //! Prints, in one run, for one session: p50/p99 latency of sequential round trips; and for
 //! each session count: the aggregate rate of every session bursting at once, directly
 //! and through Custos, and the CPU time per message of Custos and of the Prosody behind
-//! it (from `/proc/PID/stat`), with the ratios to direct Prosody.
+//! it (from `/proc/PID/stat`, read once both have gone quiet after the burst, so Custos's
+//! indexing in the background is counted), with the ratios to direct Prosody.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -230,6 +231,23 @@ async fn idle_memory(
     Ok(after.saturating_sub(before) as f64 / count as f64)
 }
 
+/// Waits until `pid` has gone quiet: less than 5 ms of CPU over 250 ms, which with
+/// `/proc`'s 10 ms clock ticks means not one tick (at most 30 s).
+async fn settle(pid: u32) -> Result<(), BoxError> {
+    const TICK: Duration = Duration::from_millis(250);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut last = cpu_time(pid)?;
+    while std::time::Instant::now() < deadline {
+        tokio::time::sleep(TICK).await;
+        let now = cpu_time(pid)?;
+        if now.saturating_sub(last) < TICK / 50 {
+            break;
+        }
+        last = now;
+    }
+    Ok(())
+}
+
 /// Resident memory of `pid` from `/proc/PID/status`, in KiB.
 fn rss_kib(pid: u32) -> Result<u64, BoxError> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -305,6 +323,12 @@ async fn run(
     let p0 = cpu_time(prosody)?;
     let c0 = custos.map(cpu_time).transpose()?;
     let rate = aggregate(logged_in, n).await?;
+    // The CPU a message costs includes what it leaves to do after the burst (Custos
+    // indexes and commits in the background): the clocks are read once both
+    // processes have gone quiet.
+    for pid in std::iter::once(prosody).chain(custos) {
+        settle(pid).await?;
+    }
     let per = |d: Duration| d / u32::try_from(n).unwrap_or(u32::MAX);
     let prosody_cpu = per(cpu_time(prosody)? - p0);
     let custos_cpu = match (custos, c0) {
