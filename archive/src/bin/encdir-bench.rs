@@ -10,7 +10,8 @@
 //! raw strings, time as a fast i64, and the record's place in the log — once in an
 //! [`EncryptedDirectory`] (AES-256-GCM blocks, keys from the master key) and once in
 //! tantivy's `MmapDirectory` (plaintext, for reference). Printed: size on disk, build
-//! rate, segments; the time of a fresh reader's first query; and p50/p99 of every
+//! rate, segments, the text field's share of the blind and the plain index (the blind
+//! schema indexes more fields); the time of a fresh reader's first query; and p50/p99 of every
 //! query kind of search-bench, alone and with a participant and a date range, each
 //! sample run `--rounds` times: 50 newest hits, which for the tantivy indexes means
 //! tantivy's own queries (term, phrase, regex prefix, union, regex phrase with slop 5,
@@ -312,6 +313,28 @@ fn files(dir: &Path) -> Vec<(String, u64)> {
     v
 }
 
+/// Bytes of the index in `dir` that hold the text field `text` (term dictionary,
+/// postings, positions, norms), and the whole index as tantivy counts it.
+fn text_share(
+    dir: Box<dyn Directory>,
+    text: &str,
+) -> Result<(u64, u64), Box<dyn std::error::Error>> {
+    let index = Index::open(dir)?;
+    let field = index.schema().get_field(text)?;
+    let usage = index.reader()?.searcher().space_usage()?;
+    let mut bytes = 0;
+    for s in usage.segments() {
+        for per_field in [s.termdict(), s.postings(), s.positions(), s.fieldnorms()] {
+            bytes += per_field
+                .fields()
+                .filter(|(f, _)| **f == field)
+                .map(|(_, u)| u.total().get_bytes())
+                .sum::<u64>();
+        }
+    }
+    Ok((bytes, usage.total().get_bytes()))
+}
+
 fn segments(dir: Box<dyn Directory>) -> usize {
     Index::open(dir)
         .and_then(|i| i.searchable_segment_ids())
@@ -455,6 +478,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "(blind size includes the sealed vocabulary, {:.2} MiB)",
         mib(vocab)
+    );
+    // The blind schema has more fields (from, to, with, direction, type, action, rule,
+    // msg, via, account, room; seq, seg and off stored too): the text field alone.
+    let (blind_text, blind_all) = text_share(Box::new(MmapDirectory::open(&blind_path)?), "text")?;
+    let (plain_text, plain_all) = text_share(Box::new(MmapDirectory::open(&plain_dir)?), "body")?;
+    println!(
+        "text field alone (terms, postings, positions, norms): blind {:.1} MiB of {:.1}, plain {:.1} MiB of {:.1} ({:.2}x)",
+        mib(blind_text),
+        mib(blind_all),
+        mib(plain_text),
+        mib(plain_all),
+        blind_text as f64 / plain_text.max(1) as f64
     );
     // What the files look like to someone holding a copy.
     let summarize = |dir: &Path| {
