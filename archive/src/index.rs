@@ -365,6 +365,16 @@ pub fn read_mark(
     meta_mark(&index.load_metas()?, master, archive_id)
 }
 
+/// The opstamp of the index's last commit in `dir`: it grows with every commit, so
+/// the same value read before and after a search says no commit came between.
+pub(crate) fn commit_opstamp(dir: &Path) -> Result<u64, IndexError> {
+    if !dir.join("meta.json").exists() {
+        return Err(IndexError::Missing);
+    }
+    let mmap = tantivy::directory::MmapDirectory::open(dir).map_err(tantivy::TantivyError::from)?;
+    Ok(Index::open(mmap)?.load_metas()?.opstamp)
+}
+
 /// Where a hit's record lives in the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Located {
@@ -1299,6 +1309,39 @@ impl BlindIndexReader {
             },
         )
         .map(|_| ())
+    }
+
+    /// The log segments the commit of the last search holds live documents of. A
+    /// segment whose documents a shred deleted is not among them, though its terms
+    /// stay in the files until a merge.
+    pub fn live_segments(&self) -> Result<std::collections::BTreeSet<u64>, IndexError> {
+        let searcher = self.reader.searcher();
+        let mut out = std::collections::BTreeSet::new();
+        for r in searcher.segment_readers() {
+            let inv = r.inverted_index(self.fields.seg)?;
+            let alive = r.alive_bitset();
+            let mut terms = inv.terms().stream()?;
+            while terms.advance() {
+                let Ok(b) = <[u8; 8]>::try_from(terms.key()) else {
+                    continue;
+                };
+                let id = u64::from_be_bytes(b);
+                if out.contains(&id) {
+                    continue;
+                }
+                let mut postings =
+                    inv.read_postings_from_terminfo(terms.value(), IndexRecordOption::Basic)?;
+                let mut doc = postings.doc();
+                while doc != TERMINATED {
+                    if alive.is_none_or(|a| a.is_alive(doc)) {
+                        out.insert(id);
+                        break;
+                    }
+                    doc = postings.advance();
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Runs `q` over the index's segments, newest first, handing each live matching

@@ -79,7 +79,7 @@ pub fn export(
     let (a, master, signing, request) = setup(config, query, since, until)?;
     let chains = crate::nodes::chains(&a)?;
     if chains.len() > 1 {
-        return export_nodes(&a, &chains, &master, &signing, out, &request);
+        return export_nodes(&a, &chains, &master, &signing, out, &request, scan);
     }
     let records = crate::nodes::own_chain_for_records(&a, &master, &signing)?;
     let chain = chains.first().map_or(a.dir.as_path(), |c| c.dir.as_path());
@@ -190,6 +190,7 @@ fn export_nodes(
     signing: &custos_archive::SigningKey,
     out: &Path,
     request: &ExportRequest,
+    scan: bool,
 ) -> anyhow::Result<ExitCode> {
     use custos_archive::export::nodes::{export_chains, ChainSource};
     let records = crate::nodes::own_chain_for_records(a, master, signing)?;
@@ -219,7 +220,13 @@ fn export_nodes(
         master,
         signing,
         out,
-        request,
+        (
+            request,
+            &custos_archive::ExportOptions {
+                scan,
+                ..Default::default()
+            },
+        ),
         |_, read, through| bar(read, through),
         |c, summary| {
             // The export is itself evidence: record who took what, part by part.

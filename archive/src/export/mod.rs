@@ -192,6 +192,16 @@ pub enum ExportError {
         offset: u64,
         what: String,
     },
+    #[error(
+        "{unmet} of the {found} records the search index found up to seq {indexed} \
+         are not where it places them in the log: the index does not match the log; \
+         run `custos verify`, or export with --scan"
+    )]
+    IndexUnmet {
+        found: u64,
+        unmet: u64,
+        indexed: u64,
+    },
     #[error(transparent)]
     Chain(#[from] ChainError),
 }
@@ -303,6 +313,11 @@ pub fn export_with(
     let mut st = Stats::default();
 
     let mut after = Some(ChainPos::genesis(&meta.archive_id));
+    // The seq the next segment must begin with: after a segment left unread, its
+    // chain head is not known, but where it ends is.
+    let mut next_seq = 1;
+    // Records the index found that the walk met.
+    let mut met = 0;
     // Set once a record past `through` is met: the export ends there.
     let mut past = false;
     for (i, &id) in ids.iter().enumerate() {
@@ -310,10 +325,17 @@ pub fn export_with(
             break;
         }
         if let (Some(sel), Some(Some((first, last)))) = (&selection, ends.get(i)) {
-            if sel.skips(id, *last) {
+            let keyless = || {
+                matches!(
+                    log::segment_cipher(storage, master_key, &meta.archive_id, id),
+                    Ok(None)
+                )
+            };
+            if *first == next_seq && sel.skips(id, *last, keyless) {
                 st.skipped += last + 1 - first;
-                // The next segment read cannot be checked against this one's end.
+                // The next segment read is checked against this one's end only.
                 after = None;
+                next_seq = last + 1;
                 progress(*last, through);
                 continue;
             }
@@ -346,6 +368,15 @@ pub fn export_with(
         {
             return Err(corrupt(0, flaw));
         }
+        if after.is_none() && header.first_seq != next_seq {
+            return Err(corrupt(
+                0,
+                format!(
+                    "header first seq {} but expected {next_seq} (segment missing or altered)",
+                    header.first_seq
+                ),
+            ));
+        }
         // The segment is read a window at a time, not whole.
         let walked = walk::walk_stored(storage, &name, &header, |_, step| {
             match step.map_err(|b| corrupt(b.offset as usize, b.what))? {
@@ -366,12 +397,15 @@ pub fn export_with(
                         return Ok(false);
                     }
                     st.scanned += 1;
+                    if selection.as_ref().is_some_and(|s| s.found_at(seq)) {
+                        met += 1;
+                    }
                     let Some(c) = &cipher else {
                         st.shredded += 1;
                         proofs.gap(seq, r.leaf)?;
                         return Ok(true);
                     };
-                    if selection.as_ref().is_some_and(|s| !s.opens(seq)) {
+                    if selection.as_ref().is_some_and(|s| !s.opens(seq, id)) {
                         proofs.gap(seq, r.leaf)?;
                         return Ok(true);
                     }
@@ -410,7 +444,20 @@ pub fn export_with(
             walk::WalkError::Read(e) => read_err(e),
             walk::WalkError::Stopped(e) => e,
         })?;
+        next_seq = walked.pos.next_seq;
         after = Some(walked.pos);
+    }
+    // Each record the index found lies in a segment it places there, and each such
+    // segment was read: a find not met means the index and the log disagree, and the
+    // export could lack what the index put elsewhere.
+    if let Some(sel) = &selection {
+        if met != sel.found_count() {
+            return Err(ExportError::IndexUnmet {
+                found: sel.found_count(),
+                unmet: sel.found_count().saturating_sub(met),
+                indexed: sel.indexed(),
+            });
+        }
     }
 
     let checkpoints = CheckpointSummary {
@@ -596,7 +643,12 @@ fn segment_ends(
     }
     Ok((0..ids.len())
         .map(|i| match (firsts.get(i), firsts.get(i + 1)) {
-            (Some(Some(first)), Some(Some(next))) if next > first => Some((*first, next - 1)),
+            // Only beside the next segment: a missing one would fall into the range.
+            (Some(Some(first)), Some(Some(next)))
+                if next > first && ids.get(i + 1).copied() == ids.get(i).map(|id| id + 1) =>
+            {
+                Some((*first, next - 1))
+            }
             _ => None,
         })
         .collect())

@@ -16,7 +16,9 @@ use super::hex;
 use super::manifest::{self, safe_relative};
 pub use super::merged::ViewFile;
 use super::merged::{check_view, write_view};
-use super::{verify_export, ExportError, ExportReport, ExportRequest, ExportSummary};
+use super::{
+    verify_export, ExportError, ExportOptions, ExportReport, ExportRequest, ExportSummary,
+};
 use crate::keys::MasterKey;
 
 pub const NODES: &str = "nodes.json";
@@ -108,13 +110,13 @@ pub enum NodesExportError {
 /// Exports every chain of `chains` into `out/nodes/<name>/` (each a complete export,
 /// verifiable alone) and then writes the signed list. `recorded` is called once per
 /// part as it completes, to record the export in the audit trail; a failure there stops
-/// the export before the next part.
+/// the export before the next part. Each part is selected by `req` as `opts` say.
 pub fn export_chains(
     chains: &[ChainSource],
     master_key: &MasterKey,
     signing_key: &SigningKey,
     out: &Path,
-    req: &ExportRequest,
+    (req, opts): (&ExportRequest, &ExportOptions),
     mut progress: impl FnMut(&ChainSource, u64, u64),
     mut recorded: impl FnMut(&ChainSource, &ExportSummary) -> Result<(), String>,
 ) -> Result<Vec<(NodePart, ExportSummary)>, NodesExportError> {
@@ -124,12 +126,13 @@ pub fn export_chains(
     }
     let mut parts = Vec::new();
     for chain in chains {
-        let summary = super::export(
+        let summary = super::export_with(
             &chain.dir,
             master_key,
             signing_key,
             &out.join("nodes").join(&chain.name),
             req,
+            opts,
             |read, through| progress(chain, read, through),
         )
         .map_err(|source| NodesExportError::Part {

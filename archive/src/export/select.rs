@@ -35,9 +35,19 @@ pub(crate) struct Selection {
     reach: u64,
     /// One bit per seq ≤ `indexed`: the index found that record.
     found: Vec<u64>,
+    /// How many bits of `found` are set.
+    found_count: u64,
     /// Log segments holding a found record.
     segments: BTreeSet<u64>,
+    /// Log segments the index holds live documents of. The index drops a segment's
+    /// documents when it meets its shred record; should the key outlive the record (a
+    /// shred cut short, a legal hold placed after it), the log still opens them, so a
+    /// segment the index does not hold is read whole.
+    held: BTreeSet<u64>,
 }
+
+/// Searches tried before an index that keeps committing under the export is given up.
+const TRIES: usize = 3;
 
 impl Selection {
     /// Asks the index of the archive in `dir` for every record `query` finds between
@@ -49,22 +59,47 @@ impl Selection {
         master: &MasterKey,
         archive_id: &[u8; 16],
         query: &Query,
-        (since, until): (Option<Timestamp>, Option<Timestamp>),
+        range: (Option<Timestamp>, Option<Timestamp>),
         through: u64,
     ) -> Result<Selection, String> {
         let reader = ArchiveReader::open_in(dir, storage, master).map_err(|e| e.to_string())?;
-        // The mark is read before the search: the searcher reloads to a commit at
-        // least as new, which holds every message up to the mark.
-        let reach = reader.index_reach()?;
-        let indexed = reach.through.min(through);
         let index = BlindIndexReader::open(&crate::archive::index_dir(dir), master, archive_id)
             .map_err(|e| e.to_string())?;
+        for _ in 0..TRIES {
+            if let Some(sel) = Selection::search(dir, &reader, &index, query, range, through)? {
+                return Ok(sel);
+            }
+        }
+        Err(format!(
+            "the index was committed again during each of {TRIES} searches (a reindex?)"
+        ))
+    }
+
+    /// One try of [`Selection::from_index`]: `None` if the index was committed
+    /// while it ran. The mark, the search and the segments held must come from one
+    /// commit: `custos reindex` commits an emptied index first, and a search of that
+    /// commit under the full index's mark would find nothing it claims to cover.
+    fn search(
+        dir: &Path,
+        reader: &ArchiveReader,
+        index: &BlindIndexReader,
+        query: &Query,
+        (since, until): (Option<Timestamp>, Option<Timestamp>),
+        through: u64,
+    ) -> Result<Option<Selection>, String> {
+        let index_dir = crate::archive::index_dir(dir);
+        let commit = || crate::index::commit_opstamp(&index_dir).map_err(|e| e.to_string());
+        let before = commit()?;
+        let reach = reader.index_reach()?;
+        let indexed = reach.through.min(through);
         let words = usize::try_from(indexed / 64 + 1).map_err(|_| "too many records")?;
         let mut sel = Selection {
             indexed,
             reach: reach.segment.unwrap_or(0),
             found: vec![0; words],
+            found_count: 0,
             segments: BTreeSet::new(),
+            held: BTreeSet::new(),
         };
         // The range as `after:` and `before:` terms, which mean the same: segments
         // holding only matches outside it are then not read either.
@@ -83,7 +118,13 @@ impl Selection {
                 Ok(())
             })
             .map_err(|e| e.to_string())?;
-        Ok(sel)
+        sel.held = index.live_segments().map_err(|e| e.to_string())?;
+        // No commit between the two reads: the mark read and the searcher reloaded
+        // in between are both of commit `before`.
+        if commit()? != before {
+            return Ok(None);
+        }
+        Ok(Some(sel))
     }
 
     fn mark(&mut self, seq: u64) {
@@ -91,7 +132,11 @@ impl Selection {
             .ok()
             .and_then(|i| self.found.get_mut(i))
         {
-            *w |= 1 << (seq % 64);
+            let bit = 1 << (seq % 64);
+            if *w & bit == 0 {
+                *w |= bit;
+                self.found_count += 1;
+            }
         }
     }
 
@@ -100,24 +145,38 @@ impl Selection {
         self.indexed
     }
 
-    /// Whether the record `seq` must be decrypted and tested: the index found it, or
-    /// the index does not reach it.
-    pub fn opens(&self, seq: u64) -> bool {
-        if seq > self.indexed {
-            return true;
-        }
-        usize::try_from(seq / 64)
-            .ok()
-            .and_then(|i| self.found.get(i))
-            .is_some_and(|w| w & (1 << (seq % 64)) != 0)
+    /// How many records up to [`Selection::indexed`] the index found. An export
+    /// meets every one of them in the log, or the index does not match the log.
+    pub fn found_count(&self) -> u64 {
+        self.found_count
+    }
+
+    /// Whether the index found the record `seq`.
+    pub fn found_at(&self, seq: u64) -> bool {
+        seq <= self.indexed
+            && usize::try_from(seq / 64)
+                .ok()
+                .and_then(|i| self.found.get(i))
+                .is_some_and(|w| w & (1 << (seq % 64)) != 0)
+    }
+
+    /// Whether the record `seq`, in log segment `segment`, must be decrypted and
+    /// tested: the index found it, does not reach it, or holds nothing of its segment.
+    pub fn opens(&self, seq: u64, segment: u64) -> bool {
+        seq > self.indexed || !self.held.contains(&segment) || self.found_at(seq)
     }
 
     /// Whether log segment `id`, whose records end at seq `last` by the next
     /// segment's header, can go unread: it lies before the segment holding the
-    /// index's mark and the index found nothing there. (`last` is not trusted for
-    /// this: a forged header could claim anything. It only bounds the count.)
-    pub fn skips(&self, id: u64, last: u64) -> bool {
-        id < self.reach && last <= self.indexed && !self.segments.contains(&id)
+    /// index's mark, the index found nothing there, and it holds the segment's
+    /// messages or `keyless()` says they cannot be opened anyway. (`last` is not
+    /// trusted for this: a forged header could claim anything. It only bounds the
+    /// count.)
+    pub fn skips(&self, id: u64, last: u64, keyless: impl FnOnce() -> bool) -> bool {
+        id < self.reach
+            && last <= self.indexed
+            && !self.segments.contains(&id)
+            && (self.held.contains(&id) || keyless())
     }
 }
 
@@ -130,7 +189,9 @@ mod tests {
             indexed,
             reach,
             found: vec![0; (indexed / 64 + 1) as usize],
+            found_count: 0,
             segments: BTreeSet::new(),
+            held: (1..=reach).collect(),
         };
         for &(seq, seg) in found {
             s.mark(seq);
@@ -142,22 +203,41 @@ mod tests {
     #[test]
     fn opens_what_the_index_found_and_everything_past_its_mark() {
         let s = selection(130, 3, &[(1, 1), (64, 1), (127, 2), (128, 2)]);
-        let opened: Vec<u64> = (0..=200).filter(|&q| s.opens(q)).collect();
+        let opened: Vec<u64> = (0..=200).filter(|&q| s.opens(q, 2)).collect();
         let mut want = vec![1, 64, 127, 128];
         want.extend(131..=200);
         assert_eq!(opened, want);
+        assert_eq!(s.found_count(), 4);
+    }
+
+    #[test]
+    fn opens_every_record_of_a_segment_the_index_does_not_hold() {
+        let mut s = selection(130, 3, &[(1, 1)]);
+        s.held.remove(&2);
+        assert!((2..=130).all(|q| s.opens(q, 2)));
+        assert!(!s.opens(2, 1));
     }
 
     #[test]
     fn skips_only_segments_before_the_mark_without_a_find() {
-        let s = selection(100, 4, &[(5, 1)]);
-        assert!(!s.skips(1, 50), "a segment with a find is read");
-        assert!(s.skips(2, 100), "indexed to its last record, nothing found");
-        assert!(!s.skips(3, 101), "its last record is past the mark");
+        let mut s = selection(100, 4, &[(5, 1)]);
+        let keyed = || false;
+        assert!(!s.skips(1, 50, keyed), "a segment with a find is read");
         assert!(
-            !s.skips(4, 100),
+            s.skips(2, 100, keyed),
+            "indexed to its last record, nothing found"
+        );
+        assert!(!s.skips(3, 101, keyed), "its last record is past the mark");
+        assert!(
+            !s.skips(4, 100, keyed),
             "the segment holding the mark is read, whatever the next header says"
         );
-        assert!(!s.skips(5, 90), "a later segment is read");
+        assert!(!s.skips(5, 90, keyed), "a later segment is read");
+        s.held.remove(&2);
+        assert!(
+            !s.skips(2, 100, keyed),
+            "a segment the index does not hold is read while its key stays"
+        );
+        assert!(s.skips(2, 100, || true), "unless its key is gone");
     }
 }

@@ -919,3 +919,371 @@ fn a_forged_segment_after_the_mark_does_not_hide_what_the_index_lacks() {
         }
     }
 }
+
+/// An archive of 4 KiB segments: `before` filler messages, three "needle" messages in
+/// one segment, `after` filler messages, every message indexed. Returned open.
+fn needles(before: usize, after: usize) -> (Fixture, Archive, tokio::runtime::Runtime) {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = Fixture {
+        archive: tmp.path().join("archive"),
+        _tmp: tmp,
+        master: MasterKey::from_bytes([7; 32]),
+        signing: SigningKey::from_bytes(&[5; 32]),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut cfg = ArchiveConfig::new(f.archive.clone(), f.master.clone(), f.signing.clone());
+    cfg.checkpoint_every = 4;
+    cfg.segment_max_bytes = 4 * 1024;
+    cfg.segment_max_age = Duration::from_secs(3600);
+    let a = Archive::open(cfg).unwrap();
+    let pad = "x".repeat(300);
+    let bodies = (0..before)
+        .map(|i| format!("filler {i} {pad}"))
+        .chain((0..3).map(|i| format!("needle {i} {pad}")))
+        .chain((0..after).map(|i| format!("filler {i} {pad}")));
+    let last = rt.block_on(async {
+        let mut last = 0;
+        for body in bodies {
+            let r = msg(
+                "alice@example.test/l",
+                "bob@example.test",
+                "chat",
+                &body,
+                Action::Allow,
+            );
+            last = a.append(r).await.unwrap().seq.0;
+        }
+        last
+    });
+    wait_indexed(&f, last);
+    (f, a, rt)
+}
+
+fn wait_indexed(f: &Fixture, through: u64) {
+    let reader = ArchiveReader::open(&f.archive, &f.master).unwrap();
+    let start = std::time::Instant::now();
+    while reader.index_coverage().map_or(true, |c| c < through) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "index never caught up: {:?}",
+            reader.index_coverage()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// (seq, segment) of every message whose body holds `word`, read from the log.
+fn placed(f: &Fixture, word: &str) -> Vec<(u64, u64)> {
+    let reader = ArchiveReader::open(&f.archive, &f.master).unwrap();
+    let mut out = Vec::new();
+    reader
+        .scan::<crate::archive::ReadError>(1, |e| {
+            if let Some(crate::Record {
+                content: NewRecord::Message(m),
+                ..
+            }) = &e.record
+            {
+                if m.body.as_deref().is_some_and(|b| b.contains(word)) {
+                    out.push((e.seq, e.segment));
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    out
+}
+
+fn export_query(
+    f: &Fixture,
+    out: &Path,
+    query: &str,
+    scan: bool,
+) -> Result<ExportSummary, ExportError> {
+    let req = ExportRequest {
+        query: Some(query.into()),
+        ..ExportRequest::default()
+    };
+    let opts = ExportOptions {
+        scan,
+        ..ExportOptions::default()
+    };
+    export_with(
+        &f.archive,
+        &f.master,
+        &f.signing,
+        out,
+        &req,
+        &opts,
+        |_, _| {},
+    )
+}
+
+/// A shred whose record is in the chain while its key is still on disk: a crash
+/// between the two, or a legal hold placed after the shred was recorded (the key then
+/// stays until the hold is released). The index dropped the segment's documents when
+/// it met the record; the log still decrypts them, and the export must hold them.
+#[test]
+fn a_segment_the_index_dropped_for_a_shred_is_read_while_its_key_stays() {
+    let (f, a, rt) = needles(30, 30);
+    let found = placed(&f, "needle");
+    let seg = found[0].1;
+    assert!(found.iter().all(|n| n.1 == seg), "{found:?}");
+    let key = f.archive.join(segment::key_name(seg));
+    let saved = std::fs::read(&key).unwrap();
+    rt.block_on(a.shred_segment(seg, "test", "{}", "officer"))
+        .unwrap();
+    let end = ArchiveReader::open(&f.archive, &f.master)
+        .unwrap()
+        .chain_end()
+        .unwrap();
+    wait_indexed(&f, end);
+    rt.block_on(a.close()).unwrap();
+    std::fs::write(&key, saved).unwrap();
+
+    let dir = f._tmp.path();
+    let (_, want, want_chain) = export_by(&f, &dir.join("scan"), "needle", true);
+    assert_eq!(
+        want.len(),
+        3,
+        "the scan reads the segment whose key is back"
+    );
+    let (s, rows, chain) = export_by(&f, &dir.join("index"), "needle", false);
+    assert!(
+        matches!(s.selected_by, SelectedBy::Index { .. }),
+        "{:?}",
+        s.selected_by
+    );
+    assert_eq!(
+        rows, want,
+        "the index-driven export left out rows --scan exports"
+    );
+    assert_eq!(chain, want_chain);
+}
+
+/// A log segment file is gone (deleted, or left out of a copy). The segment before it
+/// holds no match, so it could go unread; then nothing would check that the segment
+/// after it continues the chain. The export must fail as the scan does, not hand over
+/// an export without the missing segment's matches that verifies.
+#[test]
+fn a_missing_segment_fails_an_index_export_as_it_fails_a_scan() {
+    let (f, a, rt) = needles(30, 30);
+    rt.block_on(a.close()).unwrap();
+    let found = placed(&f, "needle");
+    let seg = found[0].1;
+    assert!(found.iter().all(|n| n.1 == seg) && seg > 2, "{found:?}");
+    std::fs::remove_file(f.archive.join(segment::segment_name(seg))).unwrap();
+    let dir = f._tmp.path();
+    for (scan, out) in [(true, "scan"), (false, "index")] {
+        match export_query(&f, &dir.join(out), "needle", scan) {
+            Err(ExportError::Corrupt { segment, what, .. }) => {
+                assert_eq!(segment, seg + 1, "scan {scan}: {what}");
+                assert!(what.contains("segment missing"), "scan {scan}: {what}");
+            }
+            other => panic!("scan {scan}: the missing segment went unnoticed: {other:?}"),
+        }
+    }
+    // Without a match anywhere near, the gap is still found.
+    match export_query(&f, &dir.join("none"), "nowhere", false) {
+        Err(ExportError::Corrupt { segment, .. }) => assert_eq!(segment, seg + 1),
+        other => panic!("the missing segment went unnoticed: {other:?}"),
+    }
+}
+
+/// An altered index that places its finds in the wrong log segment: the segment that
+/// holds them has no find, so it goes unread. The export must not end as if every
+/// find had been met.
+#[test]
+fn an_index_find_the_export_never_meets_fails_it() {
+    let (f, a, rt) = needles(30, 30);
+    rt.block_on(a.close()).unwrap();
+    let found = placed(&f, "needle");
+    let seg = found[0].1;
+    assert!(found.iter().all(|n| n.1 == seg) && seg > 1, "{found:?}");
+    let reader = ArchiveReader::open(&f.archive, &f.master).unwrap();
+    let index = crate::archive::index_dir(&f.archive);
+    let mut w =
+        crate::index::BlindIndexWriter::open(&index, &f.master, reader.archive_id()).unwrap();
+    w.clear().unwrap();
+    reader
+        .scan::<crate::archive::ReadError>(1, |e| {
+            let needle = found.iter().any(|n| n.0 == e.seq);
+            w.add(&crate::log::Appended {
+                record: e.record.unwrap(),
+                segment: if needle { seg - 1 } else { e.segment },
+                offset: e.offset,
+                head: e.head,
+            })
+            .unwrap();
+            Ok(())
+        })
+        .unwrap();
+    w.commit().unwrap();
+    w.finish().unwrap();
+
+    let dir = f._tmp.path();
+    let (_, want, _) = export_by(&f, &dir.join("scan"), "needle", true);
+    assert_eq!(want.len(), 3);
+    match export_query(&f, &dir.join("index"), "needle", false) {
+        Err(e @ ExportError::IndexUnmet { .. }) => {
+            let e = e.to_string();
+            assert!(e.contains("3 records") && e.contains("--scan"), "{e}");
+        }
+        other => panic!("the export ended without the index's finds: {other:?}"),
+    }
+}
+
+/// Storage that empties the index and commits that, as `custos reindex` does first,
+/// on its first read: after the export has read the index's mark, before its search.
+#[derive(Debug)]
+struct ReindexOnFirstRead {
+    inner: crate::storage::FileStorage,
+    fired: std::sync::atomic::AtomicBool,
+    dir: PathBuf,
+    master: MasterKey,
+    id: [u8; 16],
+}
+
+impl crate::storage::Storage for ReindexOnFirstRead {
+    fn list(&self, dir: &str) -> Result<Vec<String>, crate::storage::ListError> {
+        self.inner.list(dir)
+    }
+    fn read(&self, name: &str) -> Result<Vec<u8>, crate::storage::ReadError> {
+        self.inner.read(name)
+    }
+    fn read_at(
+        &self,
+        name: &str,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>, crate::storage::ReadError> {
+        if !self.fired.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let index = crate::archive::index_dir(&self.dir);
+            let mut w =
+                crate::index::BlindIndexWriter::open(&index, &self.master, self.id).unwrap();
+            w.clear().unwrap();
+            w.commit().unwrap();
+            w.finish().unwrap();
+        }
+        self.inner.read_at(name, offset, len)
+    }
+    fn len(&self, name: &str) -> Result<u64, crate::storage::ReadError> {
+        self.inner.len(name)
+    }
+    fn is_sealed(&self, name: &str) -> Result<bool, crate::storage::ReadError> {
+        self.inner.is_sealed(name)
+    }
+    fn create(
+        &self,
+        name: &str,
+    ) -> Result<Box<dyn crate::storage::AppendHandle>, crate::storage::CreateError> {
+        self.inner.create(name)
+    }
+    fn open_append(
+        &self,
+        name: &str,
+    ) -> Result<Box<dyn crate::storage::AppendHandle>, crate::storage::OpenAppendError> {
+        self.inner.open_append(name)
+    }
+    fn truncate(&self, name: &str, len: u64) -> Result<(), crate::storage::TruncateError> {
+        self.inner.truncate(name, len)
+    }
+    fn seal(&self, name: &str) -> Result<(), crate::storage::SealError> {
+        self.inner.seal(name)
+    }
+    fn put_new(&self, name: &str, bytes: &[u8]) -> Result<(), crate::storage::PutError> {
+        self.inner.put_new(name, bytes)
+    }
+    fn remove(&self, name: &str) -> Result<(), crate::storage::RemoveError> {
+        self.inner.remove(name)
+    }
+}
+
+/// `custos export` takes no lock, and `custos reindex` may run beside it. A reindex
+/// committing its emptied index between the export reading the mark and searching must
+/// not leave every record up to the old mark "not found" and unread.
+#[test]
+fn a_reindex_between_the_mark_and_the_search_does_not_empty_the_selection() {
+    let (f, a, rt) = needles(30, 30);
+    rt.block_on(a.close()).unwrap();
+    let found = placed(&f, "needle");
+    let reader = ArchiveReader::open(&f.archive, &f.master).unwrap();
+    let id = reader.archive_id();
+    let through = reader.chain_end().unwrap();
+    let storage = std::sync::Arc::new(ReindexOnFirstRead {
+        inner: crate::storage::FileStorage::new(&f.archive),
+        fired: std::sync::atomic::AtomicBool::new(false),
+        dir: f.archive.clone(),
+        master: f.master.clone(),
+        id,
+    });
+    let q = crate::query::parse("needle").unwrap();
+    let sel = super::select::Selection::from_index(
+        &f.archive,
+        storage.clone(),
+        &f.master,
+        &id,
+        &q,
+        (None, None),
+        through,
+    );
+    assert!(storage.fired.load(std::sync::atomic::Ordering::SeqCst));
+    if let Ok(sel) = sel {
+        let missed: Vec<_> = found.iter().filter(|n| !sel.opens(n.0, n.1)).collect();
+        assert!(
+            missed.is_empty(),
+            "indexed through {}: needles not opened {missed:?}",
+            sel.indexed()
+        );
+    }
+}
+
+/// `--scan` reaches every part of an export across nodes, not only a one-node export.
+#[test]
+fn a_scan_export_across_nodes_scans_every_part() {
+    let f = many_segments(60);
+    let sources: Vec<super::nodes::ChainSource> = ["a", "b"]
+        .iter()
+        .map(|n| super::nodes::ChainSource {
+            node: Some((*n).into()),
+            name: (*n).into(),
+            dir: f.archive.clone(),
+        })
+        .collect();
+    let req = ExportRequest {
+        query: Some("lunch".into()),
+        ..ExportRequest::default()
+    };
+    for scan in [true, false] {
+        let out = f._tmp.path().join(format!("nodes-{scan}"));
+        let parts = super::nodes::export_chains(
+            &sources,
+            &f.master,
+            &f.signing,
+            &out,
+            (
+                &req,
+                &ExportOptions {
+                    scan,
+                    ..ExportOptions::default()
+                },
+            ),
+            |_, _, _| {},
+            |_, _| Ok(()),
+        )
+        .unwrap();
+        assert_eq!(parts.len(), 2);
+        for (_, s) in parts {
+            assert_eq!(
+                matches!(s.selected_by, SelectedBy::Scan { .. }),
+                scan,
+                "{:?}",
+                s.selected_by
+            );
+            assert!(s.records > 0);
+        }
+    }
+}

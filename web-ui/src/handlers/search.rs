@@ -370,7 +370,7 @@ pub async fn regulator_export(
                 &keys.master_key,
                 &keys.signing_key,
                 &out,
-                &request,
+                (&request, &custos_archive::ExportOptions::default()),
                 |_, _, _| {},
                 |_, _| Ok(()),
             )
