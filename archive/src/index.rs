@@ -170,13 +170,19 @@ fn schema() -> (Schema, Fields) {
 pub struct Mark {
     pub through: u64,
     pub head: Hash,
+    /// The messages the commit holds (its live documents). An index that lost some
+    /// of them unseen (a tantivy segment dropped from `meta.json`, whose segment list
+    /// no MAC covers) holds fewer.
+    pub docs: u64,
 }
 
-/// The mark with the word lists the commit binds. Marks of earlier versions are not
-/// trusted: v1 was not authenticated, and v2 bound no word lists, so a v2 commit
-/// restored beside rolled-back lists would have the writer bind those as they are.
-const MARK_V3: &str = "custos-index-v3";
-const UNTRUSTED_MARKS: [&str; 2] = ["custos-index-v1", "custos-index-v2"];
+/// The mark with the word lists the commit binds and the messages it holds. Marks of
+/// earlier versions are not trusted: v1 was not authenticated, v2 bound no word lists
+/// (a v2 commit restored beside rolled-back lists would have the writer bind those as
+/// they are), and v3 did not count its messages (a v3 commit restored with a segment
+/// dropped would be trusted whole).
+const MARK_V4: &str = "custos-index-v4";
+const UNTRUSTED_MARKS: [&str; 3] = ["custos-index-v1", "custos-index-v2", "custos-index-v3"];
 
 fn mark_mac(
     master: &MasterKey,
@@ -189,10 +195,11 @@ fn mark_mac(
     hmac_sha256(
         key.as_ref(),
         &[
-            MARK_V3.as_bytes(),
+            MARK_V4.as_bytes(),
             archive_id,
             &mark.through.to_be_bytes(),
             &mark.head,
+            &mark.docs.to_be_bytes(),
             &opstamp.to_be_bytes(),
             words.as_bytes(),
         ],
@@ -247,10 +254,11 @@ fn payload(
 ) -> String {
     let words = words_text(words);
     format!(
-        "{MARK_V3} {} {} {} {opstamp} {words} {}",
+        "{MARK_V4} {} {} {} {} {opstamp} {words} {}",
         hex(archive_id),
         mark.through,
         hex(&mark.head),
+        mark.docs,
         hex(&mark_mac(master, archive_id, mark, &words, opstamp))
     )
 }
@@ -282,8 +290,10 @@ fn parse_payload(
         return Ok((Mark::default(), ListMarks::new()));
     };
     let parts: Vec<&str> = p.split(' ').collect();
-    let (id, seq, head, stamp, words, mac) = match parts.as_slice() {
-        [MARK_V3, id, seq, head, stamp, words, mac] => (id, seq, head, stamp, *words, mac),
+    let (id, seq, head, docs, stamp, words, mac) = match parts.as_slice() {
+        [MARK_V4, id, seq, head, docs, stamp, words, mac] => {
+            (id, seq, head, docs, stamp, *words, mac)
+        }
         [v, ..] if UNTRUSTED_MARKS.contains(v) => return Err(IndexError::Unauthenticated),
         _ => return Err(IndexError::Foreign),
     };
@@ -293,6 +303,7 @@ fn parse_payload(
     let mark = Mark {
         through: seq.parse().map_err(|_| IndexError::Forged)?,
         head: unhex32(head).ok_or(IndexError::Forged)?,
+        docs: docs.parse().map_err(|_| IndexError::Forged)?,
     };
     if stamp.parse::<u64>().ok() != Some(opstamp) {
         return Err(IndexError::Forged);
@@ -401,6 +412,9 @@ pub struct BlindIndexWriter {
     vocab: VocabWriter,
     /// Shredded segments whose word lists go after the next commit.
     forget: Vec<u64>,
+    /// Messages added since the last commit, per log segment: a shred deletes them
+    /// with the committed ones, and the mark's count must lose both.
+    pending: BTreeMap<u64, u64>,
 }
 
 fn open_or_create(dir: &Path) -> Result<Index, IndexError> {
@@ -804,6 +818,22 @@ impl BlindIndexWriter {
         let committed = meta_mark_words(&index.load_metas()?, master, &archive_id)
             .ok()
             .map(|(_, words)| words);
+        // An authentic commit whose files hold other than the messages it counts lost
+        // some (or was given some) outside Custos: it is rebuilt like an untrusted one.
+        let found = match found {
+            Ok(mark) => {
+                let held = index.reader()?.searcher().num_docs();
+                if held == mark.docs {
+                    Ok(mark)
+                } else {
+                    Err(IndexError::Damaged(format!(
+                        "it holds {held} messages where its last commit counts {}",
+                        mark.docs
+                    )))
+                }
+            }
+            Err(e) => Err(e),
+        };
         let held = vocab
             .load(committed.as_ref())
             .map_err(IndexError::Vocabulary)?;
@@ -823,6 +853,7 @@ impl BlindIndexWriter {
             purge: false,
             vocab,
             forget: Vec::new(),
+            pending: BTreeMap::new(),
         })
     }
 
@@ -845,6 +876,7 @@ impl BlindIndexWriter {
     pub fn clear(&mut self) -> Result<(), IndexError> {
         self.writer.delete_all_documents()?;
         self.vocab.clear()?;
+        self.pending.clear();
         self.mark = Mark::default();
         self.dirty = true;
         Ok(())
@@ -859,11 +891,14 @@ impl BlindIndexWriter {
         if a.record.seq.0 <= self.mark.through {
             return Ok(());
         }
-        let advance = Mark {
-            through: a.record.seq.0,
-            head: a.head,
-        };
         if let NewRecord::Event(EventRecord::Shred { segment, .. }) = &a.record.content {
+            // Counted out once: a second shred of the segment before the commit finds
+            // the same committed documents still there.
+            if !self.forget.contains(segment) {
+                let gone =
+                    self.committed_docs_of(*segment)? + self.pending.remove(segment).unwrap_or(0);
+                self.mark.docs = self.mark.docs.saturating_sub(gone);
+            }
             // The shredded records go from the index too: deleted now, and their terms
             // purged from the files by the merge after the next commit.
             self.writer
@@ -873,6 +908,11 @@ impl BlindIndexWriter {
             // until then a search still finds them, and expands terms for them.
             self.forget.push(*segment);
         }
+        let mut advance = Mark {
+            through: a.record.seq.0,
+            head: a.head,
+            docs: self.mark.docs,
+        };
         let NewRecord::Message(m) = &a.record.content else {
             self.mark = advance;
             self.dirty = true;
@@ -944,9 +984,26 @@ impl BlindIndexWriter {
             doc.add_text(f.account, k.term("jid", bare));
         }
         self.writer.add_document(doc)?;
+        advance.docs += 1;
+        *self.pending.entry(a.segment).or_default() += 1;
         self.mark = advance;
         self.dirty = true;
         Ok(())
+    }
+
+    /// The live documents of log segment `segment` in the last commit.
+    fn committed_docs_of(&self, segment: u64) -> Result<u64, IndexError> {
+        let reader: IndexReader = self
+            .index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
+        let term = Term::from_field_u64(self.fields.seg, segment);
+        let query = TermQuery::new(term, IndexRecordOption::Basic);
+        let n = reader
+            .searcher()
+            .search(&query, &tantivy::collector::Count)?;
+        Ok(n as u64)
     }
 
     pub fn is_dirty(&self) -> bool {
@@ -974,6 +1031,7 @@ impl BlindIndexWriter {
         ));
         pc.commit()?;
         self.dirty = false;
+        self.pending.clear();
         // A failed merge leaves `purge` set (the next commit tries again) and the word
         // lists in place: they go only once their documents have.
         if self.purge {
@@ -1309,6 +1367,11 @@ impl BlindIndexReader {
             },
         )
         .map(|_| ())
+    }
+
+    /// The messages the commit of the last search holds.
+    pub fn live_docs(&self) -> u64 {
+        self.reader.searcher().num_docs()
     }
 
     /// The log segments the commit of the last search holds live documents of. A
@@ -2200,5 +2263,62 @@ mod tests {
         assert_eq!(seqs(&early, "zanzib*").unwrap(), vec![3, 5]);
         let c = coverage(&f.index, &f.master, &f.id, false).unwrap();
         assert!(c.vocabulary_unbound.is_empty() && c.vocabulary_gaps.is_empty());
+    }
+
+    fn shred(seq: u64, segment: u64) -> Appended {
+        Appended {
+            record: crate::record::Record {
+                seq: crate::record::RecordSeq(seq),
+                time: crate::time::Timestamp(seq as i64),
+                content: NewRecord::Event(EventRecord::Shred {
+                    segment,
+                    reason: "expired".into(),
+                    authority: "policy".into(),
+                    actor: "test".into(),
+                }),
+            },
+            segment: 9,
+            offset: seq * 100,
+            head: [seq as u8; 32],
+        }
+    }
+
+    /// The count the mark carries follows the documents through shreds of committed
+    /// and uncommitted messages, a shred recorded twice before a commit, a reopen and
+    /// a clear: a writer that reopens trusts its own index.
+    #[test]
+    fn the_mark_counts_the_messages_its_commit_holds() {
+        let f = Fixture::new();
+        let mut w = f.writer();
+        let check = |w: &BlindIndexWriter| {
+            let held = f.reader().live_docs();
+            assert_eq!(read_mark(&f.index, &f.master, &f.id).unwrap().docs, held);
+            assert_eq!(w.mark().docs, held);
+            held
+        };
+        for seq in 1..=4 {
+            w.add(&appended(seq, 1 + seq / 3, "word")).unwrap();
+        }
+        w.commit().unwrap();
+        assert_eq!(check(&w), 4);
+        // Segment 2 holds seqs 3 and 4 committed and 5 not yet: the shred takes all.
+        w.add(&appended(5, 2, "word")).unwrap();
+        w.add(&appended(6, 3, "word")).unwrap();
+        w.add(&shred(7, 2)).unwrap();
+        w.add(&shred(8, 2)).unwrap();
+        w.add(&appended(9, 3, "word")).unwrap();
+        w.commit().unwrap();
+        assert_eq!(check(&w), 4, "seqs 1, 2, 6, 9");
+        w.finish().unwrap();
+        let mut w = f.writer();
+        assert!(w.found().is_ok(), "{:?}", w.found());
+        w.add(&shred(10, 1)).unwrap();
+        w.commit().unwrap();
+        assert_eq!(check(&w), 2);
+        w.clear().unwrap();
+        w.commit().unwrap();
+        assert_eq!(check(&w), 0);
+        w.finish().unwrap();
+        assert!(f.writer().found().is_ok());
     }
 }

@@ -23,11 +23,13 @@ use crate::walk::{self, ChainPos, Step};
 use super::*;
 
 /// How far the index covers the log: every message up to seq `through`, the last of
-/// them in log segment `segment` (`None` when the index holds nothing).
+/// them in log segment `segment` (`None` when the index holds nothing), `docs`
+/// messages in all as its commit counts them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct IndexReach {
     pub through: u64,
     pub segment: Option<u64>,
+    pub docs: u64,
 }
 
 /// A record with the data that ties it to the signed chain (what an export
@@ -440,12 +442,14 @@ impl ArchiveReader {
             return Ok(IndexReach {
                 through: 0,
                 segment: None,
+                docs: mark.docs,
             });
         }
         match self.place_of(mark.through) {
             Ok(Some((head, segment))) if head == mark.head => Ok(IndexReach {
                 through: mark.through,
                 segment: Some(segment),
+                docs: mark.docs,
             }),
             Ok(Some(_)) => Err(format!(
                 "the index's chain head at seq {} is not this log's",

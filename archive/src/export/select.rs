@@ -119,10 +119,19 @@ impl Selection {
             })
             .map_err(|e| e.to_string())?;
         sel.held = index.live_segments().map_err(|e| e.to_string())?;
+        let docs = index.live_docs();
         // No commit between the two reads: the mark read and the searcher reloaded
         // in between are both of commit `before`.
         if commit()? != before {
             return Ok(None);
+        }
+        // Messages lost from the index unseen (a tantivy segment dropped from its
+        // list) would be matches it cannot find.
+        if docs != reach.docs {
+            return Err(format!(
+                "it holds {docs} messages where its last commit counts {}",
+                reach.docs
+            ));
         }
         Ok(Some(sel))
     }

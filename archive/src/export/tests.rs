@@ -1287,3 +1287,74 @@ fn a_scan_export_across_nodes_scans_every_part() {
         }
     }
 }
+
+/// An index that lost messages unseen: a tantivy segment dropped from `meta.json`,
+/// whose segment list the commit's MAC does not cover. The log segment holding the
+/// needles still has messages in the index, so only the count the commit carries
+/// tells: the export must not take the index's word that there is nothing to find.
+#[test]
+fn an_index_with_a_segment_dropped_from_its_list_is_not_used() {
+    let (f, a, rt) = needles(30, 30);
+    rt.block_on(a.close()).unwrap();
+    let found = placed(&f, "needle");
+    let (split, seg) = (found[2].0, found[2].1);
+    assert!(
+        placed(&f, "filler")
+            .iter()
+            .any(|&(q, s)| q > split && s == seg),
+        "a filler after the needles shares their segment"
+    );
+    // Two commits: the needles and all before them, then the rest.
+    let reader = ArchiveReader::open(&f.archive, &f.master).unwrap();
+    let index = crate::archive::index_dir(&f.archive);
+    let mut w =
+        crate::index::BlindIndexWriter::open(&index, &f.master, reader.archive_id()).unwrap();
+    w.clear().unwrap();
+    let mut entries = Vec::new();
+    reader
+        .scan::<crate::archive::ReadError>(1, |e| {
+            entries.push(e);
+            Ok(())
+        })
+        .unwrap();
+    for e in entries {
+        let seq = e.seq;
+        w.add(&crate::log::Appended {
+            record: e.record.unwrap(),
+            segment: e.segment,
+            offset: e.offset,
+            head: e.head,
+        })
+        .unwrap();
+        if seq == split {
+            w.commit().unwrap();
+        }
+    }
+    w.finish().unwrap();
+    let meta_path = index.join("meta.json");
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+    let segments = meta["segments"].as_array_mut().unwrap();
+    assert_eq!(segments.len(), 2, "{segments:?}");
+    segments.retain(|s| s["max_doc"].as_u64() != Some(split));
+    assert_eq!(segments.len(), 1);
+    std::fs::write(&meta_path, serde_json::to_vec(&meta).unwrap()).unwrap();
+
+    let dir = f._tmp.path();
+    let (_, want, want_chain) = export_by(&f, &dir.join("scan"), "needle", true);
+    assert_eq!(want.len(), 3);
+    let (s, rows, chain) = export_by(&f, &dir.join("index"), "needle", false);
+    match &s.selected_by {
+        SelectedBy::Scan { why } => assert!(why.contains("where its last commit counts"), "{why}"),
+        other => panic!("the index that lost the needles was used: {other:?}"),
+    }
+    assert_eq!(rows, want);
+    assert_eq!(chain, want_chain);
+    // And the server's writer rebuilds it rather than carry on from it.
+    let w = crate::index::BlindIndexWriter::open(&index, &f.master, reader.archive_id()).unwrap();
+    assert!(
+        matches!(w.found(), Err(crate::index::IndexError::Damaged(_))),
+        "{:?}",
+        w.found()
+    );
+}
