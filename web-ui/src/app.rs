@@ -21,7 +21,7 @@ use custos_archive::{Archive, ArchiveReader, ChainEntry, EventRecord, NewRecord,
 use crate::auth::{cookie, Session, Sessions, Throttle, SESSION_COOKIE};
 use crate::error::AppError;
 use crate::roles::{allows, Perm};
-use crate::store::{ChainIdx, Store};
+use crate::store::{ChainIdx, MsgRef, Shown, Store};
 use crate::WebConfig;
 
 /// Everything a handler can reach.
@@ -283,6 +283,12 @@ impl App {
     /// Waits until no save is in progress, so that everything caught up is applied.
     /// Only the caller waits: nothing asks for the store meanwhile.
     fn wait_settled(&self) {
+        drop(self.settled_deferred());
+    }
+
+    /// [`App::wait_settled`], returning the deferred entries locked: no save starts
+    /// until they are dropped.
+    fn settled_deferred(&self) -> std::sync::MutexGuard<'_, Deferred> {
         let mut deferred = lock(&self.deferred);
         while deferred.saving > 0 {
             deferred = self
@@ -290,6 +296,7 @@ impl App {
                 .wait(deferred)
                 .unwrap_or_else(|p| p.into_inner());
         }
+        deferred
     }
 
     /// Whether the store is due a save: [`SAVE_AFTER`] records read since the last,
@@ -304,13 +311,17 @@ impl App {
     /// Drops the whole state, so that `cursor` (this node's, locked by the caller) and
     /// every other node's chain are read again from their first record.
     fn start_over(&self, cursor: &mut TailCursor) {
+        // Once no save holds the store (the store is not asked for meanwhile, so pages
+        // go on), and before another can begin: a save takes `deferred` to start.
+        let mut deferred = self.settled_deferred();
         // What was read from the old cursor is read again.
-        lock(&self.deferred).entries.clear();
+        deferred.entries.clear();
         *write(&self.store) = Store::for_node(
             self.archive.reader().archive_id(),
             self.cfg.sample_rate,
             self.cfg.node.clone(),
         );
+        drop(deferred);
         *cursor = TailCursor::new();
         *lock(&self.peer_tails) = PeerTails::default();
         *lock(&self.saved) = Saved {
@@ -382,6 +393,12 @@ impl App {
             let tail = match tails.chains.entry(p.dir.clone()) {
                 std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
                 std::collections::hash_map::Entry::Vacant(v) => {
+                    // Naming a new chain writes to the store: not under a save, which
+                    // would have every page wait behind this write. Tried next time.
+                    let deferred = lock(&self.deferred);
+                    if deferred.saving > 0 {
+                        continue;
+                    }
                     match self.archive.reader().open_other(&p.dir) {
                         Ok(reader) => {
                             let mut store = write(&self.store);
@@ -389,6 +406,7 @@ impl App {
                             // A chain read before the store was saved goes on from there.
                             let covered = store.covered_of(chain);
                             drop(store);
+                            drop(deferred);
                             v.insert(PeerTail {
                                 chain,
                                 reader: Arc::new(reader),
@@ -451,6 +469,30 @@ impl App {
         tokio::task::spawn_blocking(move || app.wait_settled())
             .await
             .map_err(|e| AppError::Internal(e.to_string()))
+    }
+
+    /// The message `at` names and up to `context` messages of its conversation on
+    /// each side, once caught up. A message archived while the review state is saved
+    /// is applied when the save ends: for a message not found, and only then, this
+    /// waits for that.
+    pub async fn conversation_around(
+        self: &Arc<App>,
+        at: &str,
+        context: usize,
+    ) -> Result<(MsgRef, Vec<Shown>), AppError> {
+        self.catch_up().await?;
+        if let Some(found) = self.around(at, context) {
+            return Ok(found);
+        }
+        self.catch_up_settled().await?;
+        self.around(at, context).ok_or(AppError::NotFound)
+    }
+
+    fn around(&self, at: &str, context: usize) -> Option<(MsgRef, Vec<Shown>)> {
+        let store = read(&self.store);
+        let seq = store.parse_ref(at)?;
+        let shown = store.conversation_view(seq, context, context);
+        (!shown.is_empty()).then_some((seq, shown))
     }
 
     /// [`App::catch_up_blocking`] off the async executor.
@@ -854,6 +896,68 @@ mod save_tests {
         let after = rt.block_on(archive.append(chat("after"))).unwrap().seq.0;
         app.catch_up_blocking().unwrap();
         assert_eq!(read(&app.store).next_seq(), after + 1);
+        rt.block_on(archive.close()).unwrap();
+    }
+
+    /// A message archived during a save is applied when the save ends. Its
+    /// conversation page is asked for at once (the link came in an alert, say): it
+    /// waits for the save instead of answering "not found", and a page of an older
+    /// message does not wait.
+    #[test]
+    fn a_message_archived_during_a_save_is_found_when_the_save_ends() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let archive = Archive::open(ArchiveConfig::new(
+            tmp.path().join("archive"),
+            MasterKey::from_bytes([3; 32]),
+            SigningKey::from_bytes(&[4; 32]),
+        ))
+        .unwrap();
+        let before = rt.block_on(archive.append(chat("before"))).unwrap().seq.0;
+        let cfg = crate::WebConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            tmp.path().join("users.json"),
+        );
+        let app = Arc::new(App::new(cfg, archive.clone()).unwrap());
+
+        lock(&app.deferred).saving += 1;
+        let saving = read(&app.store);
+        let during = rt.block_on(archive.append(chat("during"))).unwrap().seq.0;
+        let older = rt.block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(20),
+                app.conversation_around(&before.to_string(), 5),
+            )
+            .await
+        });
+        assert!(
+            matches!(older, Ok(Ok(_))),
+            "an older message waited for the save"
+        );
+        let asking = app.clone();
+        let page = rt.spawn(async move {
+            asking
+                .conversation_around(&during.to_string(), 5)
+                .await
+                .map(|(seq, shown)| (seq.seq, shown.len()))
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!page.is_finished(), "answered before the save ended");
+        drop(saving);
+        app.save_done();
+        let got = rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(20), page).await })
+            .expect("the page waited past the save")
+            .unwrap();
+        assert!(
+            matches!(got, Ok((seq, 2)) if seq == during),
+            "{:?}",
+            got.map_err(|e| e.to_string())
+        );
         rt.block_on(archive.close()).unwrap();
     }
 }

@@ -12,12 +12,7 @@ pub async fn conversation(
     Path(at): Path<String>,
 ) -> Result<Page, AppError> {
     // The context may include messages sent since the last tail scan.
-    app.catch_up().await?;
-    let seq = read(&app.store).parse_ref(&at).ok_or(AppError::NotFound)?;
-    let shown_list = read(&app.store).conversation_view(seq, CONTEXT, CONTEXT);
-    if shown_list.is_empty() {
-        return Err(AppError::NotFound);
-    }
+    let (seq, shown_list) = app.conversation_around(&at, CONTEXT).await?;
     let around: Vec<(MsgRef, u64, u64)> = shown_list
         .iter()
         .map(|s| (s.key, s.segment, s.offset))
