@@ -484,6 +484,11 @@ impl App {
         if let Some(found) = self.around(at, context) {
             return Ok(found);
         }
+        // Only a save holding back records read meanwhile can hide it.
+        let held_back = !lock(&self.deferred).entries.is_empty();
+        if !held_back || read(&self.store).parse_ref(at).is_none() {
+            return Err(AppError::NotFound);
+        }
         self.catch_up_settled().await?;
         self.around(at, context).ok_or(AppError::NotFound)
     }
@@ -926,6 +931,17 @@ mod save_tests {
 
         lock(&app.deferred).saving += 1;
         let saving = read(&app.store);
+        // Nothing read during the save yet: a ref to no message does not wait.
+        for none in ["999999", "not-a-ref"] {
+            let got = rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(3), app.conversation_around(none, 5)).await
+            });
+            assert!(
+                matches!(got, Ok(Err(AppError::NotFound))),
+                "{none}: {:?}",
+                got.map(|r| r.map(|_| ()).map_err(|e| e.to_string()))
+            );
+        }
         let during = rt.block_on(archive.append(chat("during"))).unwrap().seq.0;
         let older = rt.block_on(async {
             tokio::time::timeout(
