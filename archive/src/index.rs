@@ -1279,6 +1279,7 @@ impl BlindIndexReader {
     /// than anything a remaining segment holds: a common word is answered from the
     /// small recent segments without reading its postings in the large old ones.
     pub fn search(&self, q: &Query, limit: usize) -> Result<Vec<Located>, IndexError> {
+        self.reader.reload()?;
         if limit == 0 {
             // Still built: a query the index cannot run is an error at any limit.
             return self
@@ -1341,6 +1342,24 @@ impl BlindIndexReader {
     /// selects with it. Documents past the index's mark may be among them (a commit
     /// newer than the mark the caller read).
     pub fn search_all(
+        &self,
+        q: &Query,
+        found: impl FnMut(Located) -> Result<(), IndexError>,
+    ) -> Result<(), IndexError> {
+        self.reader.reload()?;
+        self.search_all_loaded(q, found)
+    }
+
+    /// Loads the index's last commit: [`BlindIndexReader::search_all_loaded`],
+    /// [`BlindIndexReader::live_segments`] and [`BlindIndexReader::live_docs`] then
+    /// read that commit until the next reload.
+    pub fn reload(&self) -> Result<(), IndexError> {
+        Ok(self.reader.reload()?)
+    }
+
+    /// [`BlindIndexReader::search_all`] of the commit last loaded, without loading a
+    /// newer one.
+    pub fn search_all_loaded(
         &self,
         q: &Query,
         mut found: impl FnMut(Located) -> Result<(), IndexError>,
@@ -1407,7 +1426,7 @@ impl BlindIndexReader {
         Ok(out)
     }
 
-    /// Runs `q` over the index's segments, newest first, handing each live matching
+    /// Runs `q` over the segments of the commit last loaded, newest first, handing each live matching
     /// document to `each`; `enter(newest seq of a segment)` may stop before a segment.
     /// Returns the segments in the order their `at` numbers them.
     fn matching(
@@ -1416,7 +1435,6 @@ impl BlindIndexReader {
         mut enter: impl FnMut(u64) -> Result<Visit, IndexError>,
         mut each: impl FnMut(Match, &SegmentReader) -> Result<(), IndexError>,
     ) -> Result<Vec<SegmentReader>, IndexError> {
-        self.reader.reload()?;
         let searcher = self.reader.searcher();
         // A date range beside other terms is checked on the documents those find (one
         // value read each) rather than intersected with them: a sought document outside

@@ -94,7 +94,7 @@ impl Selection {
     }
 
     /// One try of [`Selection::from_index`]: `None` if the index was committed
-    /// while it ran. The mark, the search and the segments held must come from one
+    /// between the reading of its mark and the loading of its last commit. The mark, the search and the segments held must come from one
     /// commit: `custos reindex` commits an emptied index first, and a search of that
     /// commit under the full index's mark would find nothing it claims to cover.
     fn search(
@@ -109,6 +109,13 @@ impl Selection {
         let commit = || crate::index::commit_opstamp(&index_dir).map_err(|e| e.to_string());
         let before = commit()?;
         let reach = reader.index_reach()?;
+        index.reload().map_err(|e| e.to_string())?;
+        // No commit between the two reads: the mark read and the commit loaded in
+        // between are both commit `before`, and the search, the segments held and
+        // the count below read that commit however long they take.
+        if commit()? != before {
+            return Ok(None);
+        }
         let indexed = reach.through.min(through);
         let words = usize::try_from(indexed / 64 + 1).map_err(|_| "too many records")?;
         let mut sel = Selection {
@@ -128,7 +135,7 @@ impl Selection {
             expr: Expr::And(terms),
         };
         index
-            .search_all(&query, |l| {
+            .search_all_loaded(&query, |l| {
                 if l.seq <= indexed {
                     sel.mark(l.seq);
                     sel.segments.insert(l.segment);
@@ -138,11 +145,6 @@ impl Selection {
             .map_err(|e| e.to_string())?;
         sel.held = index.live_segments().map_err(|e| e.to_string())?;
         let docs = index.live_docs();
-        // No commit between the two reads: the mark read and the searcher reloaded
-        // in between are both of commit `before`.
-        if commit()? != before {
-            return Ok(None);
-        }
         // Messages lost from the index unseen (a tantivy segment dropped from its
         // list) would be matches it cannot find.
         if docs != reach.docs {
