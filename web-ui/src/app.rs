@@ -838,14 +838,20 @@ mod save_tests {
         })
     }
 
-    /// A save holds the store for reading for seconds at ten million records. A
-    /// catch-up meanwhile must not wait for it (a waiting writer would hold up every
-    /// page); what it read is applied, in order, once the save is done.
-    #[test]
-    fn a_catch_up_during_a_save_does_not_wait_for_it() {
+    /// An archive holding one message (its seq returned), its review app, and a
+    /// runtime of `workers` threads.
+    fn app_with_one_message(
+        workers: usize,
+    ) -> (
+        tempfile::TempDir,
+        tokio::runtime::Runtime,
+        Archive,
+        Arc<App>,
+        u64,
+    ) {
         let tmp = tempfile::tempdir().unwrap();
         let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
+            .worker_threads(workers)
             .enable_all()
             .build()
             .unwrap();
@@ -855,12 +861,21 @@ mod save_tests {
             SigningKey::from_bytes(&[4; 32]),
         ))
         .unwrap();
-        rt.block_on(archive.append(chat("before"))).unwrap();
+        let seq = rt.block_on(archive.append(chat("before"))).unwrap().seq.0;
         let cfg = crate::WebConfig::new(
             "127.0.0.1:0".parse().unwrap(),
             tmp.path().join("users.json"),
         );
         let app = Arc::new(App::new(cfg, archive.clone()).unwrap());
+        (tmp, rt, archive, app, seq)
+    }
+
+    /// A save holds the store for reading for seconds at ten million records. A
+    /// catch-up meanwhile must not wait for it (a waiting writer would hold up every
+    /// page); what it read is applied, in order, once the save is done.
+    #[test]
+    fn a_catch_up_during_a_save_does_not_wait_for_it() {
+        let (_tmp, rt, archive, app, _) = app_with_one_message(1);
         let before = read(&app.store).next_seq();
 
         // A save in progress, as `save_blocking` holds it.
@@ -910,24 +925,7 @@ mod save_tests {
     /// message does not wait.
     #[test]
     fn a_message_archived_during_a_save_is_found_when_the_save_ends() {
-        let tmp = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let archive = Archive::open(ArchiveConfig::new(
-            tmp.path().join("archive"),
-            MasterKey::from_bytes([3; 32]),
-            SigningKey::from_bytes(&[4; 32]),
-        ))
-        .unwrap();
-        let before = rt.block_on(archive.append(chat("before"))).unwrap().seq.0;
-        let cfg = crate::WebConfig::new(
-            "127.0.0.1:0".parse().unwrap(),
-            tmp.path().join("users.json"),
-        );
-        let app = Arc::new(App::new(cfg, archive.clone()).unwrap());
+        let (_tmp, rt, archive, app, before) = app_with_one_message(2);
 
         lock(&app.deferred).saving += 1;
         let saving = read(&app.store);

@@ -64,26 +64,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Ingest, as the proxy submits: many appends in flight.
     let archive = Archive::open(ArchiveConfig::new(dir.clone(), master.clone(), signing))?;
     let started = Instant::now();
-    let mut times = Vec::with_capacity(records as usize);
-    block_on(async {
-        let mut inflight = std::collections::VecDeque::new();
-        for _ in 0..records {
-            let from = rng.below(USERS);
-            let to = (from + 1 + rng.below(USERS - 1)) % USERS;
-            let body = corpus.body(&mut rng);
-            let flagged = rng.below(40) == 0;
-            rows.push((from, to, body.clone()));
-            inflight.push_back(archive.submit(message(from, to, body, flagged)));
-            if inflight.len() >= 512 {
-                if let Some(s) = inflight.pop_front() {
-                    times.push(s.await?.time.0);
-                }
-            }
-        }
-        while let Some(s) = inflight.pop_front() {
-            times.push(s.await?.time.0);
-        }
-        Ok::<_, Box<dyn std::error::Error>>(())
+    let mut times = ingest(&archive, &corpus, &mut rng, records, |from, to, body| {
+        rows.push((from, to, body.to_owned()))
     })?;
     let ingest = started.elapsed();
     // The same corpus for FTS5: acknowledgements came in submission order, so row i

@@ -810,13 +810,9 @@ fn a_query_export_tests_what_the_index_does_not_hold() {
     assert_eq!(rows, want);
 }
 
-/// The index naturally trails the log: its mark can fall inside a segment that goes
-/// on past it. An administrator who adds an empty segment file after that one, its
-/// header claiming the chain resumes right after the mark, must not make the export
-/// skip the segment's unindexed records: the export fails on the forged segment, as
-/// the scan does, instead of leaving them out.
-#[test]
-fn a_forged_segment_after_the_mark_does_not_hide_what_the_index_lacks() {
+/// A new archive, open, with a checkpoint every 4 records, segments that do not roll
+/// by age and, if given, roll at `segment_max_bytes`; and a runtime to append with.
+fn open_fixture(segment_max_bytes: Option<u64>) -> (Fixture, Archive, tokio::runtime::Runtime) {
     let tmp = tempfile::tempdir().unwrap();
     let f = Fixture {
         archive: tmp.path().join("archive"),
@@ -831,8 +827,22 @@ fn a_forged_segment_after_the_mark_does_not_hide_what_the_index_lacks() {
         .unwrap();
     let mut cfg = ArchiveConfig::new(f.archive.clone(), f.master.clone(), f.signing.clone());
     cfg.checkpoint_every = 4;
+    if let Some(max) = segment_max_bytes {
+        cfg.segment_max_bytes = max;
+    }
     cfg.segment_max_age = Duration::from_secs(3600);
     let a = Archive::open(cfg).unwrap();
+    (f, a, rt)
+}
+
+/// The index naturally trails the log: its mark can fall inside a segment that goes
+/// on past it. An administrator who adds an empty segment file after that one, its
+/// header claiming the chain resumes right after the mark, must not make the export
+/// skip the segment's unindexed records: the export fails on the forged segment, as
+/// the scan does, instead of leaving them out.
+#[test]
+fn a_forged_segment_after_the_mark_does_not_hide_what_the_index_lacks() {
+    let (f, a, rt) = open_fixture(None);
     let append = |n: usize, body: &str| {
         rt.block_on(async {
             let mut last = 0;
@@ -923,23 +933,7 @@ fn a_forged_segment_after_the_mark_does_not_hide_what_the_index_lacks() {
 /// An archive of 4 KiB segments: `before` filler messages, three "needle" messages in
 /// one segment, `after` filler messages, every message indexed. Returned open.
 fn needles(before: usize, after: usize) -> (Fixture, Archive, tokio::runtime::Runtime) {
-    let tmp = tempfile::tempdir().unwrap();
-    let f = Fixture {
-        archive: tmp.path().join("archive"),
-        _tmp: tmp,
-        master: MasterKey::from_bytes([7; 32]),
-        signing: SigningKey::from_bytes(&[5; 32]),
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut cfg = ArchiveConfig::new(f.archive.clone(), f.master.clone(), f.signing.clone());
-    cfg.checkpoint_every = 4;
-    cfg.segment_max_bytes = 4 * 1024;
-    cfg.segment_max_age = Duration::from_secs(3600);
-    let a = Archive::open(cfg).unwrap();
+    let (f, a, rt) = open_fixture(Some(4 * 1024));
     let pad = "x".repeat(300);
     let bodies = (0..before)
         .map(|i| format!("filler {i} {pad}"))

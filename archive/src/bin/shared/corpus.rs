@@ -246,3 +246,37 @@ pub fn kinds(corpus: &Corpus, rng: &mut Rng, per_kind: usize) -> Vec<Kind> {
     kinds.extend(with_filters);
     kinds
 }
+
+/// Appends `records` messages drawn from `corpus` with `rng`, as the proxy submits
+/// them (512 in flight), handing each (from, to, body) to `row` as it is drawn.
+/// Returns the time the archive gave each, in submission order.
+pub fn ingest(
+    archive: &Archive,
+    corpus: &Corpus,
+    rng: &mut Rng,
+    records: u64,
+    mut row: impl FnMut(u64, u64, &str),
+) -> Result<Vec<i64>, Box<dyn std::error::Error>> {
+    let mut times = Vec::with_capacity(usize::try_from(records).unwrap_or(0));
+    crate::shared::block_on(async {
+        let mut inflight = std::collections::VecDeque::new();
+        for _ in 0..records {
+            let from = rng.below(USERS);
+            let to = (from + 1 + rng.below(USERS - 1)) % USERS;
+            let body = corpus.body(rng);
+            let flagged = rng.below(40) == 0;
+            row(from, to, &body);
+            inflight.push_back(archive.submit(message(from, to, body, flagged)));
+            if inflight.len() >= 512 {
+                if let Some(s) = inflight.pop_front() {
+                    times.push(s.await?.time.0);
+                }
+            }
+        }
+        while let Some(s) = inflight.pop_front() {
+            times.push(s.await?.time.0);
+        }
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })?;
+    Ok(times)
+}
