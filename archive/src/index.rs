@@ -14,7 +14,7 @@
 //! query ─▶ parse ─▶ HMAC each term ─▶ tantivy query ─▶ (seq, seg, off) ─▶ log ─▶ decrypt
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use hmac::digest::KeyInit;
@@ -170,19 +170,28 @@ fn schema() -> (Schema, Fields) {
 pub struct Mark {
     pub through: u64,
     pub head: Hash,
-    /// The messages the commit holds (its live documents). An index that lost some
-    /// of them unseen (a tantivy segment dropped from `meta.json`, whose segment list
-    /// no MAC covers) holds fewer.
-    pub docs: u64,
+    /// The messages the commit holds (its live documents): how many, and the sum of
+    /// their keyed placement hashes. tantivy's files are covered by no MAC: an index
+    /// that lost some messages unseen (a tantivy segment dropped from `meta.json`, a
+    /// deletion file written by hand that keeps the count) or was given some (a
+    /// segment copied in) holds another set, and without the key no set of other
+    /// messages can be made to sum as these do.
+    pub held: Placed,
 }
 
 /// The mark with the word lists the commit binds and the messages it holds. Marks of
 /// earlier versions are not trusted: v1 was not authenticated, v2 bound no word lists
 /// (a v2 commit restored beside rolled-back lists would have the writer bind those as
-/// they are), and v3 did not count its messages (a v3 commit restored with a segment
-/// dropped would be trusted whole).
-const MARK_V4: &str = "custos-index-v4";
-const UNTRUSTED_MARKS: [&str; 3] = ["custos-index-v1", "custos-index-v2", "custos-index-v3"];
+/// they are), v3 did not count its messages (a v3 commit restored with a segment
+/// dropped would be trusted whole), and v4 counted them without saying which (a
+/// deletion file hiding some beside bits set past the last document kept the count).
+const MARK_V5: &str = "custos-index-v5";
+const UNTRUSTED_MARKS: [&str; 4] = [
+    "custos-index-v1",
+    "custos-index-v2",
+    "custos-index-v3",
+    "custos-index-v4",
+];
 
 fn mark_mac(
     master: &MasterKey,
@@ -195,11 +204,12 @@ fn mark_mac(
     hmac_sha256(
         key.as_ref(),
         &[
-            MARK_V4.as_bytes(),
+            MARK_V5.as_bytes(),
             archive_id,
             &mark.through.to_be_bytes(),
             &mark.head,
-            &mark.docs.to_be_bytes(),
+            &mark.held.count.to_be_bytes(),
+            &mark.held.digest.to_be_bytes(),
             &opstamp.to_be_bytes(),
             words.as_bytes(),
         ],
@@ -254,11 +264,12 @@ fn payload(
 ) -> String {
     let words = words_text(words);
     format!(
-        "{MARK_V4} {} {} {} {} {opstamp} {words} {}",
+        "{MARK_V5} {} {} {} {} {:032x} {opstamp} {words} {}",
         hex(archive_id),
         mark.through,
         hex(&mark.head),
-        mark.docs,
+        mark.held.count,
+        mark.held.digest,
         hex(&mark_mac(master, archive_id, mark, &words, opstamp))
     )
 }
@@ -290,9 +301,9 @@ fn parse_payload(
         return Ok((Mark::default(), ListMarks::new()));
     };
     let parts: Vec<&str> = p.split(' ').collect();
-    let (id, seq, head, docs, stamp, words, mac) = match parts.as_slice() {
-        [MARK_V4, id, seq, head, docs, stamp, words, mac] => {
-            (id, seq, head, docs, stamp, *words, mac)
+    let (id, seq, head, docs, digest, stamp, words, mac) = match parts.as_slice() {
+        [MARK_V5, id, seq, head, docs, digest, stamp, words, mac] => {
+            (id, seq, head, docs, digest, stamp, *words, mac)
         }
         [v, ..] if UNTRUSTED_MARKS.contains(v) => return Err(IndexError::Unauthenticated),
         _ => return Err(IndexError::Foreign),
@@ -303,7 +314,13 @@ fn parse_payload(
     let mark = Mark {
         through: seq.parse().map_err(|_| IndexError::Forged)?,
         head: unhex32(head).ok_or(IndexError::Forged)?,
-        docs: docs.parse().map_err(|_| IndexError::Forged)?,
+        held: Placed {
+            count: docs.parse().map_err(|_| IndexError::Forged)?,
+            digest: (digest.len() == 32)
+                .then(|| u128::from_str_radix(digest, 16).ok())
+                .flatten()
+                .ok_or(IndexError::Forged)?,
+        },
     };
     if stamp.parse::<u64>().ok() != Some(opstamp) {
         return Err(IndexError::Forged);
@@ -413,8 +430,9 @@ pub struct BlindIndexWriter {
     /// Shredded segments whose word lists go after the next commit.
     forget: Vec<u64>,
     /// Messages added since the last commit, per log segment: a shred deletes them
-    /// with the committed ones, and the mark's count must lose both.
-    pending: BTreeMap<u64, u64>,
+    /// with the committed ones, and the mark must lose both.
+    pending: BTreeMap<u64, Placed>,
+    placer: Placer,
 }
 
 fn open_or_create(dir: &Path) -> Result<Index, IndexError> {
@@ -575,7 +593,7 @@ fn coverage_of(
     let reader = index.reader()?;
     let searcher = reader.searcher();
     let docs = searcher.num_docs();
-    let key = placement_key(master, archive_id);
+    let placer = Placer::derive(master, archive_id);
     let mut by_segment: BTreeMap<u64, Placed> = BTreeMap::new();
     for sr in searcher.segment_readers() {
         let ff = sr.fast_fields();
@@ -591,7 +609,7 @@ fn coverage_of(
             by_segment
                 .entry(seg)
                 .or_default()
-                .add(&key, seq, seg, get(&offs));
+                .add(&placer, seq, seg, get(&offs));
         }
     }
     // Every segment with documents needs its sealed word list, whole.
@@ -621,36 +639,94 @@ fn coverage_of(
     })
 }
 
-/// The documents placed in one log segment: how many, and a multiset digest of their
-/// (seq, segment, offset) — the sum of a keyed hash of each ([`placement_key`]), so order
-/// does not matter, a missing, extra, duplicated or moved document changes it, and
-/// without the master key nobody can compute the element hashes to make a sum match.
+/// Messages by their places in the log: how many, and a multiset digest of their
+/// (seq, segment, offset): the sum of a keyed hash of each ([`Placer`]), so order does
+/// not matter, a missing, extra, duplicated or moved message changes it, and without
+/// the master key nobody can compute the element hashes to make a sum match.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Placed {
     pub count: u64,
     pub digest: u128,
 }
 
-/// The key of the placement digest, derived from the master key.
-pub fn placement_key(master: &MasterKey, archive_id: &[u8; 16]) -> Zeroizing<[u8; 32]> {
-    master.derive("custos-index-placement-v1", archive_id)
+impl Placed {
+    pub fn add(&mut self, placer: &Placer, seq: u64, segment: u64, offset: u64) {
+        self.count += 1;
+        self.digest = self.digest.wrapping_add(placer.hash(seq, segment, offset));
+    }
+
+    /// Adds every message of `other`.
+    pub fn join(&mut self, other: Placed) {
+        self.count += other.count;
+        self.digest = self.digest.wrapping_add(other.digest);
+    }
+
+    /// Takes out every message of `other` (which these hold).
+    pub fn remove(&mut self, other: Placed) {
+        self.count = self.count.saturating_sub(other.count);
+        self.digest = self.digest.wrapping_sub(other.digest);
+    }
 }
 
-impl Placed {
-    pub fn add(&mut self, key: &[u8; 32], seq: u64, segment: u64, offset: u64) {
-        let h = hmac_sha256(
-            key,
-            &[
-                &seq.to_be_bytes(),
-                &segment.to_be_bytes(),
-                &offset.to_be_bytes(),
-            ],
-        );
+/// The keyed hash of a message's place in the log: HMAC-SHA256 under a key derived
+/// from the master key, keyed once (each hash then costs two blocks), cut to 128 bits.
+#[derive(Clone)]
+pub struct Placer(Hmac<Sha256>);
+
+impl Placer {
+    pub fn derive(master: &MasterKey, archive_id: &[u8; 16]) -> Placer {
+        let key: Zeroizing<[u8; 32]> = master.derive("custos-index-placement-v1", archive_id);
+        // HMAC accepts a key of any length.
+        let mac = <Hmac<Sha256> as Mac>::new_from_slice(key.as_ref())
+            .unwrap_or_else(|_| <Hmac<Sha256> as KeyInit>::new(&Default::default()));
+        Placer(mac)
+    }
+
+    fn hash(&self, seq: u64, segment: u64, offset: u64) -> u128 {
+        let mut m = self.0.clone();
+        m.update(&seq.to_be_bytes());
+        m.update(&segment.to_be_bytes());
+        m.update(&offset.to_be_bytes());
+        let h = m.finalize().into_bytes();
         let mut low = [0u8; 16];
         low.copy_from_slice(&h[..16]);
-        self.count += 1;
-        self.digest = self.digest.wrapping_add(u128::from_be_bytes(low));
+        u128::from_be_bytes(low)
     }
+}
+
+/// The live documents of `searcher`, placed, with the log segments they are in.
+fn placed_in(searcher: &Searcher, placer: &Placer) -> Result<(Placed, BTreeSet<u64>), IndexError> {
+    let mut all = Placed::default();
+    let mut segments = BTreeSet::new();
+    for sr in searcher.segment_readers() {
+        let ff = sr.fast_fields();
+        let (seqs, segs, offs) = (ff.u64("seq")?, ff.u64("seg")?, ff.u64("off")?);
+        for doc in sr.doc_ids_alive() {
+            let get = |c: &tantivy::columnar::Column<u64>| c.first(doc).unwrap_or(0);
+            let seg = get(&segs);
+            all.add(placer, get(&seqs), seg, get(&offs));
+            segments.insert(seg);
+        }
+    }
+    Ok((all, segments))
+}
+
+/// Whether the live documents `held` are the messages `mark` names.
+fn check_held(mark: &Mark, held: Placed) -> Result<(), IndexError> {
+    if held == mark.held {
+        return Ok(());
+    }
+    Err(IndexError::Damaged(if held.count == mark.held.count {
+        format!(
+            "its {} messages are not the messages its last commit names (documents hidden, copied in or moved)",
+            held.count
+        )
+    } else {
+        format!(
+            "it holds {} messages where its last commit counts {}",
+            held.count, mark.held.count
+        )
+    }))
 }
 
 /// What tantivy's own checksums do not cover, checked byte for byte: `meta.json` is
@@ -818,19 +894,13 @@ impl BlindIndexWriter {
         let committed = meta_mark_words(&index.load_metas()?, master, &archive_id)
             .ok()
             .map(|(_, words)| words);
-        // An authentic commit whose files hold other than the messages it counts lost
+        // An authentic commit whose files hold other than the messages it names lost
         // some (or was given some) outside Custos: it is rebuilt like an untrusted one.
+        let placer = Placer::derive(master, &archive_id);
         let found = match found {
             Ok(mark) => {
-                let held = index.reader()?.searcher().num_docs();
-                if held == mark.docs {
-                    Ok(mark)
-                } else {
-                    Err(IndexError::Damaged(format!(
-                        "it holds {held} messages where its last commit counts {}",
-                        mark.docs
-                    )))
-                }
+                let (held, _) = placed_in(&index.reader()?.searcher(), &placer)?;
+                check_held(&mark, held).map(|()| mark)
             }
             Err(e) => Err(e),
         };
@@ -854,6 +924,7 @@ impl BlindIndexWriter {
             vocab,
             forget: Vec::new(),
             pending: BTreeMap::new(),
+            placer,
         })
     }
 
@@ -895,9 +966,9 @@ impl BlindIndexWriter {
             // Counted out once: a second shred of the segment before the commit finds
             // the same committed documents still there.
             if !self.forget.contains(segment) {
-                let gone =
-                    self.committed_docs_of(*segment)? + self.pending.remove(segment).unwrap_or(0);
-                self.mark.docs = self.mark.docs.saturating_sub(gone);
+                let mut gone = self.committed_of(*segment)?;
+                gone.join(self.pending.remove(segment).unwrap_or_default());
+                self.mark.held.remove(gone);
             }
             // The shredded records go from the index too: deleted now, and their terms
             // purged from the files by the merge after the next commit.
@@ -911,7 +982,7 @@ impl BlindIndexWriter {
         let mut advance = Mark {
             through: a.record.seq.0,
             head: a.head,
-            docs: self.mark.docs,
+            held: self.mark.held,
         };
         let NewRecord::Message(m) = &a.record.content else {
             self.mark = advance;
@@ -984,26 +1055,46 @@ impl BlindIndexWriter {
             doc.add_text(f.account, k.term("jid", bare));
         }
         self.writer.add_document(doc)?;
-        advance.docs += 1;
-        *self.pending.entry(a.segment).or_default() += 1;
+        let seq = a.record.seq.0;
+        advance.held.add(&self.placer, seq, a.segment, a.offset);
+        self.pending
+            .entry(a.segment)
+            .or_default()
+            .add(&self.placer, seq, a.segment, a.offset);
         self.mark = advance;
         self.dirty = true;
         Ok(())
     }
 
-    /// The live documents of log segment `segment` in the last commit.
-    fn committed_docs_of(&self, segment: u64) -> Result<u64, IndexError> {
+    /// The live documents of log segment `segment` in the last commit, placed.
+    fn committed_of(&self, segment: u64) -> Result<Placed, IndexError> {
         let reader: IndexReader = self
             .index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
             .try_into()?;
         let term = Term::from_field_u64(self.fields.seg, segment);
-        let query = TermQuery::new(term, IndexRecordOption::Basic);
-        let n = reader
-            .searcher()
-            .search(&query, &tantivy::collector::Count)?;
-        Ok(n as u64)
+        let mut out = Placed::default();
+        for sr in reader.searcher().segment_readers() {
+            let Some(mut postings) = sr
+                .inverted_index(self.fields.seg)?
+                .read_postings(&term, IndexRecordOption::Basic)?
+            else {
+                continue;
+            };
+            let ff = sr.fast_fields();
+            let (seqs, offs) = (ff.u64("seq")?, ff.u64("off")?);
+            let alive = sr.alive_bitset();
+            let mut doc = postings.doc();
+            while doc != TERMINATED {
+                if alive.is_none_or(|a| a.is_alive(doc)) {
+                    let seq = seqs.first(doc).unwrap_or(0);
+                    out.add(&self.placer, seq, segment, offs.first(doc).unwrap_or(0));
+                }
+                doc = postings.advance();
+            }
+        }
+        Ok(out)
     }
 
     pub fn is_dirty(&self) -> bool {
@@ -1084,6 +1175,7 @@ pub struct BlindIndexReader {
     archive_id: [u8; 16],
     /// Loaded on the first prefix, wildcard or fuzzy term, then kept current.
     vocab: std::sync::Mutex<Vocabulary>,
+    placer: Placer,
 }
 
 impl BlindIndexReader {
@@ -1105,6 +1197,7 @@ impl BlindIndexReader {
             master: master.clone(),
             archive_id: *archive_id,
             vocab: std::sync::Mutex::new(Vocabulary::new(dir, master, archive_id)),
+            placer: Placer::derive(master, archive_id),
         })
     }
 
@@ -1350,9 +1443,8 @@ impl BlindIndexReader {
         self.search_all_loaded(q, found)
     }
 
-    /// Loads the index's last commit: [`BlindIndexReader::search_all_loaded`],
-    /// [`BlindIndexReader::live_segments`] and [`BlindIndexReader::live_docs`] then
-    /// read that commit until the next reload.
+    /// Loads the index's last commit: [`BlindIndexReader::search_all_loaded`] and
+    /// [`BlindIndexReader::held_segments`] then read that commit until the next reload.
     pub fn reload(&self) -> Result<(), IndexError> {
         Ok(self.reader.reload()?)
     }
@@ -1388,42 +1480,14 @@ impl BlindIndexReader {
         .map(|_| ())
     }
 
-    /// The messages the commit of the last search holds.
-    pub fn live_docs(&self) -> u64 {
-        self.reader.searcher().num_docs()
-    }
-
-    /// The log segments the commit of the last search holds live documents of. A
+    /// The log segments the commit last loaded holds live documents of, once its
+    /// live documents are checked to be the messages `mark` (that commit's) names. A
     /// segment whose documents a shred deleted is not among them, though its terms
     /// stay in the files until a merge.
-    pub fn live_segments(&self) -> Result<std::collections::BTreeSet<u64>, IndexError> {
-        let searcher = self.reader.searcher();
-        let mut out = std::collections::BTreeSet::new();
-        for r in searcher.segment_readers() {
-            let inv = r.inverted_index(self.fields.seg)?;
-            let alive = r.alive_bitset();
-            let mut terms = inv.terms().stream()?;
-            while terms.advance() {
-                let Ok(b) = <[u8; 8]>::try_from(terms.key()) else {
-                    continue;
-                };
-                let id = u64::from_be_bytes(b);
-                if out.contains(&id) {
-                    continue;
-                }
-                let mut postings =
-                    inv.read_postings_from_terminfo(terms.value(), IndexRecordOption::Basic)?;
-                let mut doc = postings.doc();
-                while doc != TERMINATED {
-                    if alive.is_none_or(|a| a.is_alive(doc)) {
-                        out.insert(id);
-                        break;
-                    }
-                    doc = postings.advance();
-                }
-            }
-        }
-        Ok(out)
+    pub fn held_segments(&self, mark: &Mark) -> Result<BTreeSet<u64>, IndexError> {
+        let (held, segments) = placed_in(&self.reader.searcher(), &self.placer)?;
+        check_held(mark, held)?;
+        Ok(segments)
     }
 
     /// Runs `q` over the segments of the commit last loaded, newest first, handing each live matching
@@ -2301,41 +2365,52 @@ mod tests {
         }
     }
 
-    /// The count the mark carries follows the documents through shreds of committed
+    /// The messages the mark names follow the documents through shreds of committed
     /// and uncommitted messages, a shred recorded twice before a commit, a reopen and
     /// a clear: a writer that reopens trusts its own index.
     #[test]
-    fn the_mark_counts_the_messages_its_commit_holds() {
+    fn the_mark_names_the_messages_its_commit_holds() {
         let f = Fixture::new();
         let mut w = f.writer();
-        let check = |w: &BlindIndexWriter| {
-            let held = f.reader().live_docs();
-            assert_eq!(read_mark(&f.index, &f.master, &f.id).unwrap().docs, held);
-            assert_eq!(w.mark().docs, held);
-            held
+        let placer = Placer::derive(&f.master, &f.id);
+        // `seqs` as `appended` places them, named as the mark names them.
+        let named = |seqs: &[u64]| {
+            let mut p = Placed::default();
+            for &seq in seqs {
+                p.add(&placer, seq, 1 + seq / 3, seq * 100);
+            }
+            p
+        };
+        let check = |w: &BlindIndexWriter, seqs: &[u64]| {
+            let r = f.reader();
+            r.reload().unwrap();
+            let (held, _) = placed_in(&r.reader.searcher(), &placer).unwrap();
+            assert_eq!(held, named(seqs));
+            assert_eq!(read_mark(&f.index, &f.master, &f.id).unwrap().held, held);
+            assert_eq!(w.mark().held, held);
         };
         for seq in 1..=4 {
             w.add(&appended(seq, 1 + seq / 3, "word")).unwrap();
         }
         w.commit().unwrap();
-        assert_eq!(check(&w), 4);
+        check(&w, &[1, 2, 3, 4]);
         // Segment 2 holds seqs 3 and 4 committed and 5 not yet: the shred takes all.
         w.add(&appended(5, 2, "word")).unwrap();
         w.add(&appended(6, 3, "word")).unwrap();
         w.add(&shred(7, 2)).unwrap();
         w.add(&shred(8, 2)).unwrap();
-        w.add(&appended(9, 3, "word")).unwrap();
+        w.add(&appended(9, 4, "word")).unwrap();
         w.commit().unwrap();
-        assert_eq!(check(&w), 4, "seqs 1, 2, 6, 9");
+        check(&w, &[1, 2, 6, 9]);
         w.finish().unwrap();
         let mut w = f.writer();
         assert!(w.found().is_ok(), "{:?}", w.found());
         w.add(&shred(10, 1)).unwrap();
         w.commit().unwrap();
-        assert_eq!(check(&w), 2);
+        check(&w, &[6, 9]);
         w.clear().unwrap();
         w.commit().unwrap();
-        assert_eq!(check(&w), 0);
+        check(&w, &[]);
         w.finish().unwrap();
         assert!(f.writer().found().is_ok());
     }

@@ -341,7 +341,7 @@ fn walk(
             return r;
         }
     };
-    let placement = master_key.map(|m| crate::index::placement_key(m, &meta.archive_id));
+    let placement = master_key.map(|m| crate::index::Placer::derive(m, &meta.archive_id));
     let master = match master_key {
         Some(m) if m.check_value(&meta.archive_id) != meta.key_check => {
             problem(

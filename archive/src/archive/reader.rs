@@ -29,7 +29,8 @@ use super::*;
 pub(crate) struct IndexReach {
     pub through: u64,
     pub segment: Option<u64>,
-    pub docs: u64,
+    /// The mark read, checked against the chain.
+    pub mark: crate::index::Mark,
 }
 
 /// A record with the data that ties it to the signed chain (what an export
@@ -442,14 +443,14 @@ impl ArchiveReader {
             return Ok(IndexReach {
                 through: 0,
                 segment: None,
-                docs: mark.docs,
+                mark,
             });
         }
         match self.place_of(mark.through) {
             Ok(Some((head, segment))) if head == mark.head => Ok(IndexReach {
                 through: mark.through,
                 segment: Some(segment),
-                docs: mark.docs,
+                mark,
             }),
             Ok(Some(_)) => Err(format!(
                 "the index's chain head at seq {} is not this log's",

@@ -143,16 +143,12 @@ impl Selection {
                 Ok(())
             })
             .map_err(|e| e.to_string())?;
-        sel.held = index.live_segments().map_err(|e| e.to_string())?;
-        let docs = index.live_docs();
-        // Messages lost from the index unseen (a tantivy segment dropped from its
-        // list) would be matches it cannot find.
-        if docs != reach.docs {
-            return Err(format!(
-                "it holds {docs} messages where its last commit counts {}",
-                reach.docs
-            ));
-        }
+        // The index's live documents must be the messages its commit names: one lost
+        // unseen (a tantivy segment dropped from its list, a deletion file written by
+        // hand) would be a match it cannot find.
+        sel.held = index
+            .held_segments(&reach.mark)
+            .map_err(|e| e.to_string())?;
         Ok(Some(sel))
     }
 

@@ -1383,3 +1383,86 @@ fn a_ragged_deletion_file_in_the_index_has_the_export_scan() {
     }
     assert_eq!(s.records, 3);
 }
+
+/// A deletion bitset written by hand (no key needed) that marks the needles deleted
+/// and sets as many bits past the segment's last document: tantivy counts the bits,
+/// so the index holds the number of messages its commit counts, less the needles.
+/// The export must not trust it, nor the server's writer carry on from it.
+#[test]
+fn a_deletion_file_that_hides_matches_and_keeps_the_count_is_not_used() {
+    let (f, a, rt) = needles(30, 30);
+    rt.block_on(a.close()).unwrap();
+    let needles: Vec<u64> = placed(&f, "needle").iter().map(|&(q, _)| q).collect();
+    let index = crate::archive::index_dir(&f.archive);
+    // The needles' tantivy segment and their documents in it.
+    let tantivy = tantivy::Index::open_in_dir(&index).unwrap();
+    let searcher = tantivy.reader().unwrap().searcher();
+    let (at, max_doc, hidden) = searcher
+        .segment_readers()
+        .iter()
+        .enumerate()
+        .find_map(|(i, r)| {
+            let seqs = r.fast_fields().u64("seq").unwrap();
+            let docs: Vec<u32> = (0..r.max_doc())
+                .filter(|&d| seqs.first(d).is_some_and(|s| needles.contains(&s)))
+                .collect();
+            (!docs.is_empty()).then(|| (i, r.max_doc(), docs))
+        })
+        .unwrap();
+    assert_eq!(hidden.len(), 3);
+    let id = searcher.segment_readers()[at].segment_id().uuid_string();
+    let meta_path = index.join("meta.json");
+    let mut meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+    let opstamp = meta["opstamp"].as_u64().unwrap();
+    let s = meta["segments"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|s| s["segment_id"].as_str().unwrap().replace('-', "") == id)
+        .unwrap();
+    assert!(s["deletes"].is_null(), "{s}");
+    s["deletes"] = serde_json::json!({"num_deleted_docs": 3, "opstamp": opstamp});
+    // Every document alive but the needles, and one more word with three bits set.
+    let words = max_doc.div_ceil(64) as usize;
+    let mut bits = vec![0u64; words + 1];
+    for d in 0..max_doc {
+        bits[(d / 64) as usize] |= 1 << (d % 64);
+    }
+    for d in &hidden {
+        bits[(d / 64) as usize] &= !(1 << (d % 64));
+    }
+    bits[words] = 0b111;
+    let mut body = max_doc.to_le_bytes().to_vec();
+    for w in bits {
+        body.extend_from_slice(&w.to_le_bytes());
+    }
+    // A footer tantivy accepts, copied from another file (no reader checks its sum).
+    let norms = std::fs::read(index.join(format!("{id}.fieldnorm"))).unwrap();
+    let n = norms.len();
+    let footer = u32::from_le_bytes(norms[n - 8..n - 4].try_into().unwrap()) as usize;
+    body.extend_from_slice(&norms[n - 8 - footer..]);
+    std::fs::write(index.join(format!("{id}.{opstamp}.del")), body).unwrap();
+    std::fs::write(&meta_path, serde_json::to_vec_pretty(&meta).unwrap()).unwrap();
+    let reader = ArchiveReader::open(&f.archive, &f.master).unwrap();
+    let forged = tantivy::Index::open_in_dir(&index).unwrap();
+    assert_eq!(
+        forged.reader().unwrap().searcher().num_docs(),
+        crate::index::read_mark(&index, &f.master, &reader.archive_id())
+            .unwrap()
+            .held
+            .count,
+        "the forged index holds the count its commit carries"
+    );
+
+    let dir = f._tmp.path();
+    let (_, want, want_chain) = export_by(&f, &dir.join("scan"), "needle", true);
+    assert_eq!(want.len(), 3);
+    let (s, rows, chain) = export_by(&f, &dir.join("index"), "needle", false);
+    match &s.selected_by {
+        SelectedBy::Scan { why } => assert!(why.contains("its last commit"), "{why}"),
+        other => panic!("the index that hides the needles was used: {other:?}"),
+    }
+    assert_eq!(rows, want);
+    assert_eq!(chain, want_chain);
+}
