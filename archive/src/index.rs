@@ -42,6 +42,10 @@ use crate::vocab::{
     MAX_NEAR_EXPANSION, MAX_QUERY_EXPANSION,
 };
 
+mod sealed;
+use sealed::SealedDirectory;
+pub(crate) use sealed::{SealKey, TRAILER as SEAL_TRAILER};
+
 /// Memory budget for the single indexing thread (tantivy needs ≥ 15 MB).
 const WRITER_MEMORY: usize = 50_000_000;
 
@@ -64,6 +68,10 @@ pub enum IndexError {
     Missing,
     #[error("search index damaged: {0}")]
     Damaged(String),
+    /// A file of the index fails its seal (changed outside Custos, another archive's,
+    /// or written by a version that did not seal them).
+    #[error("{0}")]
+    Unsealed(String),
     #[error("bad query: {0}")]
     TooBroad(#[from] TooBroad),
     #[error("search vocabulary: {0}")]
@@ -385,22 +393,44 @@ pub fn read_mark(
     master: &MasterKey,
     archive_id: &[u8; 16],
 ) -> Result<Mark, IndexError> {
-    if !dir.join("meta.json").exists() {
-        return Err(IndexError::Missing);
-    }
-    let mmap = tantivy::directory::MmapDirectory::open(dir).map_err(tantivy::TantivyError::from)?;
-    let index = Index::open(mmap)?;
-    meta_mark(&index.load_metas()?, master, archive_id)
+    let (index, sealed) = open_existing(dir, master, archive_id)?;
+    let metas = index.load_metas().map_err(|e| unsealed(&sealed, e))?;
+    meta_mark(&metas, master, archive_id)
 }
 
 /// The opstamp of the index's last commit in `dir`: it grows with every commit, so
 /// the same value read before and after a search says no commit came between.
-pub(crate) fn commit_opstamp(dir: &Path) -> Result<u64, IndexError> {
+pub(crate) fn commit_opstamp(
+    dir: &Path,
+    master: &MasterKey,
+    archive_id: &[u8; 16],
+) -> Result<u64, IndexError> {
+    let (index, sealed) = open_existing(dir, master, archive_id)?;
+    let metas = index.load_metas().map_err(|e| unsealed(&sealed, e))?;
+    Ok(metas.opstamp)
+}
+
+/// Opens the index in `dir` through its seals; no index there is [`IndexError::Missing`].
+pub(crate) fn open_existing(
+    dir: &Path,
+    master: &MasterKey,
+    archive_id: &[u8; 16],
+) -> Result<(Index, SealedDirectory), IndexError> {
     if !dir.join("meta.json").exists() {
         return Err(IndexError::Missing);
     }
-    let mmap = tantivy::directory::MmapDirectory::open(dir).map_err(tantivy::TantivyError::from)?;
-    Ok(Index::open(mmap)?.load_metas()?.opstamp)
+    let sealed = SealedDirectory::open(dir, master, archive_id)?;
+    let index = Index::open(sealed.clone()).map_err(|e| unsealed(&sealed, e))?;
+    index.tokenizers().register("default", BlindTokens);
+    Ok((index, sealed))
+}
+
+/// `e`, or the seal a file of `sealed` failed if that is what made it.
+fn unsealed(sealed: &SealedDirectory, e: impl Into<IndexError>) -> IndexError {
+    match sealed.refusal() {
+        Some(why) => IndexError::Unsealed(why),
+        None => e.into(),
+    }
 }
 
 /// Where a hit's record lives in the log.
@@ -435,15 +465,19 @@ pub struct BlindIndexWriter {
     placer: Placer,
 }
 
-fn open_or_create(dir: &Path) -> Result<Index, IndexError> {
+fn open_or_create(
+    dir: &Path,
+    master: &MasterKey,
+    archive_id: &[u8; 16],
+) -> Result<(Index, SealedDirectory), IndexError> {
     std::fs::create_dir_all(dir)?;
     let (schema, _) = schema();
-    let mmap = tantivy::directory::MmapDirectory::open(dir).map_err(tantivy::TantivyError::from)?;
-    let index = Index::open_or_create(mmap, schema)?;
+    let sealed = SealedDirectory::open(dir, master, archive_id)?;
+    let index = Index::open_or_create(sealed.clone(), schema).map_err(|e| unsealed(&sealed, e))?;
     // The `text` field is the schema's one `TEXT` field, tokenized by the name
     // `default`: its values are blinded words as [`BlindTokens`] reads them.
     index.tokenizers().register("default", BlindTokens);
-    Ok(index)
+    Ok((index, sealed))
 }
 
 /// The tokenizer of the `text` field: blinded words, each ended by
@@ -549,18 +583,16 @@ pub fn coverage(
     archive_id: &[u8; 16],
     at_rest: bool,
 ) -> Result<Coverage, IndexError> {
-    if !dir.join("meta.json").exists() {
-        return Err(IndexError::Missing);
-    }
-    let mmap = tantivy::directory::MmapDirectory::open(dir).map_err(tantivy::TantivyError::from)?;
-    let index = Index::open(mmap)?;
+    let (index, sealed) = open_existing(dir, master, archive_id)?;
     // Beside a running writer a commit can replace meta.json between loading it and
     // checking its bytes, and a merge can delete the files the loaded meta.json names
     // before they are opened: that is a newer commit, not damage, so look again.
     let mut attempt = 0;
     loop {
-        match coverage_of(dir, &index, master, archive_id, at_rest) {
+        match coverage_of(dir, &index, &sealed, master, archive_id, at_rest) {
             Ok(c) => return Ok(c),
+            // A file that fails its seal is not a commit in between.
+            Err(e @ IndexError::Unsealed(_)) => return Err(e),
             Err(_) if !at_rest && attempt < 3 => {
                 attempt += 1;
                 std::thread::sleep(std::time::Duration::from_millis(50));
@@ -574,14 +606,17 @@ pub fn coverage(
 fn coverage_of(
     dir: &Path,
     index: &Index,
+    sealed: &SealedDirectory,
     master: &MasterKey,
     archive_id: &[u8; 16],
     at_rest: bool,
 ) -> Result<Coverage, IndexError> {
-    let meta = index.load_metas()?;
+    let fail = |e: tantivy::TantivyError| unsealed(sealed, e);
+    let meta = index.load_metas().map_err(fail)?;
     let (mark, words) = meta_mark_words(&meta, master, archive_id)?;
-    check_files(dir, &meta, at_rest).map_err(IndexError::Damaged)?;
-    let damaged = index.validate_checksum()?;
+    check_files(dir, sealed, &meta, at_rest)
+        .map_err(|e| unsealed(sealed, IndexError::Damaged(e)))?;
+    let damaged = index.validate_checksum().map_err(fail)?;
     if !damaged.is_empty() {
         let mut names: Vec<String> = damaged.iter().map(|p| p.display().to_string()).collect();
         names.sort();
@@ -590,7 +625,7 @@ fn coverage_of(
             names.join(", ")
         )));
     }
-    let reader = index.reader()?;
+    let reader = index.reader().map_err(fail)?;
     let searcher = reader.searcher();
     let docs = searcher.num_docs();
     let placer = Placer::derive(master, archive_id);
@@ -733,10 +768,27 @@ fn check_held(mark: &Mark, held: Placed) -> Result<(), IndexError> {
 /// exactly what tantivy writes for the metadata it holds, with Custos's schema and
 /// settings; every segment file's footer names this tantivy version; and, at rest (no
 /// writer between its steps), `.managed.json` lists every file present.
-fn check_files(dir: &Path, meta: &tantivy::IndexMeta, at_rest: bool) -> Result<(), String> {
+fn check_files(
+    dir: &Path,
+    sealed: &SealedDirectory,
+    meta: &tantivy::IndexMeta,
+    at_rest: bool,
+) -> Result<(), String> {
+    use tantivy::directory::Directory;
+    let read = |name: &str| -> Result<Vec<u8>, String> {
+        let h = sealed
+            .get_file_handle(Path::new(name))
+            .map_err(|e| format!("{name}: {e}"))?;
+        let bytes = h
+            .read_bytes(0..h.len())
+            .map_err(|e| format!("{name}: {e}"))?;
+        Ok(bytes.as_slice().to_vec())
+    };
     let mut canonical = serde_json::to_vec_pretty(meta).map_err(|e| e.to_string())?;
     canonical.push(b'\n');
-    let on_disk = std::fs::read(dir.join("meta.json")).map_err(|e| format!("meta.json: {e}"))?;
+    let on_disk = sealed
+        .atomic_read(Path::new("meta.json"))
+        .map_err(|e| format!("meta.json: {e}"))?;
     if on_disk != canonical {
         return Err("meta.json is not as tantivy wrote it".into());
     }
@@ -762,14 +814,14 @@ fn check_files(dir: &Path, meta: &tantivy::IndexMeta, at_rest: bool) -> Result<(
         }
         let segment = name.split('.').next().unwrap_or_default();
         if name != "meta.json" && used.contains(segment) {
-            let bytes = std::fs::read(entry.path()).map_err(|e| format!("{name}: {e}"))?;
-            check_footer(&bytes, &version).map_err(|e| format!("{name}: {e}"))?;
+            check_footer(&read(&name)?, &version).map_err(|e| format!("{name}: {e}"))?;
         }
         present.insert(name);
     }
     if at_rest {
-        let managed =
-            std::fs::read(dir.join(".managed.json")).map_err(|e| format!(".managed.json: {e}"))?;
+        let managed = sealed
+            .atomic_read(Path::new(".managed.json"))
+            .map_err(|e| format!(".managed.json: {e}"))?;
         let listed: Vec<String> = serde_json::from_slice(&managed)
             .map_err(|e| format!(".managed.json does not parse: {e}"))?;
         let mut canonical = serde_json::to_vec(&listed).map_err(|e| e.to_string())?;
@@ -827,17 +879,28 @@ fn check_footer(bytes: &[u8], version: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Removes the index in `dir` and its word lists: derived data, rebuilt from the log.
+fn wipe(dir: &Path) -> Result<(), IndexError> {
+    for d in [dir.to_path_buf(), vocab_dir(dir)] {
+        match std::fs::remove_dir_all(&d) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// The writer's open: an index made with another schema (an older Custos) is
 /// derived data, so it is emptied and rebuilt from the log rather than refused.
-fn open_or_rebuild(dir: &Path) -> Result<Index, IndexError> {
-    match open_or_create(dir) {
+fn open_or_rebuild(
+    dir: &Path,
+    master: &MasterKey,
+    archive_id: &[u8; 16],
+) -> Result<(Index, SealedDirectory), IndexError> {
+    match open_or_create(dir, master, archive_id) {
         Err(IndexError::Tantivy(tantivy::TantivyError::SchemaError(_))) => {
-            std::fs::remove_dir_all(dir)?;
-            match std::fs::remove_dir_all(vocab_dir(dir)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
-                _ => {}
-            }
-            open_or_create(dir)
+            wipe(dir)?;
+            open_or_create(dir, master, archive_id)
         }
         other => other,
     }
@@ -846,13 +909,40 @@ fn open_or_rebuild(dir: &Path) -> Result<Index, IndexError> {
 impl BlindIndexWriter {
     /// Opens the index for writing. A mark that is foreign, forged or unauthenticated
     /// does not fail the open: [`BlindIndexWriter::found`] says so, the writer starts
-    /// from mark 0, and the caller clears and rebuilds.
+    /// from mark 0, and the caller clears and rebuilds. Nor does a file that fails its
+    /// seal: the index is removed and opened empty, and `found` says why.
     pub fn open(
         dir: &Path,
         master: &MasterKey,
         archive_id: [u8; 16],
     ) -> Result<BlindIndexWriter, IndexError> {
-        let index = open_or_rebuild(dir)?;
+        match BlindIndexWriter::open_sealed(dir, master, archive_id) {
+            Err(IndexError::Unsealed(why)) => {
+                wipe(dir)?;
+                let mut w = BlindIndexWriter::open_sealed(dir, master, archive_id)?;
+                w.found = Err(IndexError::Unsealed(why));
+                Ok(w)
+            }
+            other => other,
+        }
+    }
+
+    fn open_sealed(
+        dir: &Path,
+        master: &MasterKey,
+        archive_id: [u8; 16],
+    ) -> Result<BlindIndexWriter, IndexError> {
+        let (index, sealed) = open_or_rebuild(dir, master, &archive_id)?;
+        BlindIndexWriter::open_index(dir, index, master, archive_id)
+            .map_err(|e| unsealed(&sealed, e))
+    }
+
+    fn open_index(
+        dir: &Path,
+        index: Index,
+        master: &MasterKey,
+        archive_id: [u8; 16],
+    ) -> Result<BlindIndexWriter, IndexError> {
         let (_, fields) = schema();
         let found = meta_mark(&index.load_metas()?, master, &archive_id);
         let mut writer = index.writer_with_num_threads(1, WRITER_MEMORY)?;
@@ -1176,6 +1266,8 @@ pub struct BlindIndexReader {
     /// Loaded on the first prefix, wildcard or fuzzy term, then kept current.
     vocab: std::sync::Mutex<Vocabulary>,
     placer: Placer,
+    /// Says which file failed its seal when a load fails.
+    sealed: SealedDirectory,
 }
 
 impl BlindIndexReader {
@@ -1184,14 +1276,16 @@ impl BlindIndexReader {
         master: &MasterKey,
         archive_id: &[u8; 16],
     ) -> Result<BlindIndexReader, IndexError> {
-        let index = open_or_create(dir)?;
+        let (index, sealed) = open_or_create(dir, master, archive_id)?;
         let (_, fields) = schema();
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
-            .try_into()?;
+            .try_into()
+            .map_err(|e| unsealed(&sealed, e))?;
         Ok(BlindIndexReader {
             reader,
+            sealed,
             fields,
             key: BlindKey::derive(master, archive_id),
             master: master.clone(),
@@ -1372,7 +1466,7 @@ impl BlindIndexReader {
     /// than anything a remaining segment holds: a common word is answered from the
     /// small recent segments without reading its postings in the large old ones.
     pub fn search(&self, q: &Query, limit: usize) -> Result<Vec<Located>, IndexError> {
-        self.reader.reload()?;
+        self.reload()?;
         if limit == 0 {
             // Still built: a query the index cannot run is an error at any limit.
             return self
@@ -1439,14 +1533,14 @@ impl BlindIndexReader {
         q: &Query,
         found: impl FnMut(Located) -> Result<(), IndexError>,
     ) -> Result<(), IndexError> {
-        self.reader.reload()?;
+        self.reload()?;
         self.search_all_loaded(q, found)
     }
 
     /// Loads the index's last commit: [`BlindIndexReader::search_all_loaded`] and
     /// [`BlindIndexReader::held_segments`] then read that commit until the next reload.
     pub fn reload(&self) -> Result<(), IndexError> {
-        Ok(self.reader.reload()?)
+        self.reader.reload().map_err(|e| unsealed(&self.sealed, e))
     }
 
     /// [`BlindIndexReader::search_all`] of the commit last loaded, without loading a
@@ -2363,6 +2457,67 @@ mod tests {
             offset: seq * 100,
             head: [seq as u8; 32],
         }
+    }
+
+    /// A tantivy segment copied in under a new id in place of another as large (sealed,
+    /// as only a bug or a holder of the key could): the index holds as many messages as
+    /// its commit counts, but not the ones it names. Neither the reader's check nor the
+    /// writer trusts it.
+    #[test]
+    fn a_segment_copied_in_for_another_as_large_is_not_the_messages_the_mark_names() {
+        let f = Fixture::new();
+        let mut w = f.writer();
+        for seq in 1..=4 {
+            w.add(&appended(seq, 1, "word")).unwrap();
+            if seq % 2 == 0 {
+                w.commit().unwrap();
+            }
+        }
+        w.finish().unwrap();
+        let key = SealKey::derive(&f.master, &f.id);
+        let unsealed = |name: &str| {
+            let mut b = std::fs::read(f.index.join(name)).unwrap();
+            b.truncate(b.len() - SEAL_TRAILER);
+            b
+        };
+        let mut meta: serde_json::Value = serde_json::from_slice(&unsealed("meta.json")).unwrap();
+        let segments = meta["segments"].as_array_mut().unwrap();
+        assert_eq!(segments.len(), 2, "{segments:?}");
+        let first = segments[0]["segment_id"].as_str().unwrap().to_owned();
+        let copy = format!("{}0", &first[..first.len() - 1]);
+        assert_ne!(copy, first);
+        let plain = |id: &str| id.replace('-', "");
+        for entry in std::fs::read_dir(&f.index).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            if let Some(ext) = name.strip_prefix(&format!("{}.", plain(&first))) {
+                let to = format!("{}.{ext}", plain(&copy));
+                std::fs::write(f.index.join(&to), key.seal(&to, &unsealed(&name))).unwrap();
+            }
+        }
+        segments[1] = segments[0].clone();
+        segments[1]["segment_id"] = serde_json::Value::String(copy);
+        let mut text = serde_json::to_vec_pretty(&meta).unwrap();
+        text.push(b'\n');
+        std::fs::write(f.index.join("meta.json"), key.seal("meta.json", &text)).unwrap();
+
+        let r = f.reader();
+        r.reload().unwrap();
+        assert_eq!(r.reader.searcher().num_docs(), 4);
+        let mark = read_mark(&f.index, &f.master, &f.id).unwrap();
+        assert_eq!(mark.held.count, 4);
+        match r.held_segments(&mark) {
+            Err(IndexError::Damaged(why)) => {
+                assert!(
+                    why.contains("not the messages its last commit names"),
+                    "{why}"
+                )
+            }
+            other => panic!("the copied segment was trusted: {other:?}"),
+        }
+        assert!(
+            matches!(f.writer().found(), Err(IndexError::Damaged(_))),
+            "the writer carried on from it"
+        );
     }
 
     /// The messages the mark names follow the documents through shreds of committed

@@ -4,7 +4,7 @@
 //! ```text
 //!  <chain prefix>index/<file>                     tantivy's segment files, immutable:
 //!                                                  put once each
-//!  <chain prefix>index/snap-<through 20 digits>.json  {format, meta (meta.json's text),
+//!  <chain prefix>index/snap-<through 20 digits>.json  {format, meta (meta.json's text), meta_seal,
 //!                                                  files: name, bytes, sha256}
 //!  <chain prefix>index/words/<sha256>              a sealed word list (docs/archive-format.md,
 //!                                                  "vocabulary"), by its content
@@ -48,7 +48,7 @@ use crate::keys::MasterKey;
 /// Where the copy is, under a chain's prefix.
 pub const INDEX_FOLDER: &str = "index/";
 const SNAPSHOT_PREFIX: &str = "index/snap-";
-const FORMAT: &str = "custos-index-snapshot-v1";
+const FORMAT: &str = "custos-index-snapshot-v2";
 const WORDS_PREFIX: &str = "index/words-";
 const WORDS_FOLDER: &str = "index/words/";
 const WORDS_FORMAT: &str = "custos-words-snapshot-v1";
@@ -182,6 +182,11 @@ struct Snapshot {
     format: String,
     /// The text of tantivy's `meta.json` for this commit.
     meta: String,
+    /// The trailer that seals `meta.json` (hex): a copy is checked as the local file is.
+    /// (Absent from snapshots of the first format, so that they can still be read to
+    /// be pruned.)
+    #[serde(default)]
+    meta_seal: String,
     files: Vec<IndexFile>,
 }
 
@@ -336,10 +341,20 @@ pub fn upload_index(
 ) -> Result<IndexUpload, SyncError> {
     let dir = archive_dir.join("index");
     let mut done = IndexUpload::default();
-    let meta = match std::fs::read_to_string(dir.join("meta.json")) {
+    let sealed = match std::fs::read(dir.join("meta.json")) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(done),
         Err(e) => return Err(SyncError::Check(format!("{}: {e}", dir.display()))),
+    };
+    // The text and its seal, put apart (the seal is checked by the reader that takes
+    // the copy; an unsealed file is not an index this version writes).
+    let Some((meta, seal)) = sealed
+        .len()
+        .checked_sub(crate::index::SEAL_TRAILER)
+        .map(|at| sealed.split_at(at))
+        .and_then(|(m, t)| Some((String::from_utf8(m.to_vec()).ok()?, hex::encode(t))))
+    else {
+        return Ok(done);
     };
     let Some(through) = through_of(&meta) else {
         return Ok(done);
@@ -375,6 +390,7 @@ pub fn upload_index(
         let snap = Snapshot {
             format: FORMAT.into(),
             meta,
+            meta_seal: seal,
             files,
         };
         // The word lists first: a reader that finds the snapshot finds its lists.
@@ -503,6 +519,15 @@ pub(crate) fn fetch_index(
             snap.format
         )));
     }
+    // meta.json as the node that put it had it, sealed: its seal is checked now, and
+    // the file is written as it was.
+    let seal_key = crate::index::SealKey::derive(master, archive_id);
+    let trailer = hex::decode::<{ crate::index::SEAL_TRAILER }>(&snap.meta_seal)
+        .ok_or_else(|| SyncError::Check(format!("{key}: meta_seal is not a seal")))?;
+    let meta_file = [snap.meta.as_bytes(), &trailer[..]].concat();
+    seal_key
+        .open("meta.json", &meta_file)
+        .map_err(|e| SyncError::Check(format!("{key}: {e}")))?;
     let theirs = crate::index::mark_of_meta(&snap.meta, master, archive_id)
         .map_err(|e| SyncError::Check(format!("{key}: {e}")))?;
     if theirs.through > readable_end || theirs.through <= ours {
@@ -561,7 +586,7 @@ pub(crate) fn fetch_index(
     }
     let meta = index_dir.join("meta.json");
     let part = index_dir.join("meta.json.part");
-    write_new(&part, snap.meta.as_bytes()).map_err(|e| io(&part, e))?;
+    write_new(&part, &meta_file).map_err(|e| io(&part, e))?;
     std::fs::rename(&part, &meta).map_err(|e| io(&meta, e))?;
     // Segment files of the replaced commit: nothing names them any more. tantivy's list
     // of the files it manages is written anew, as tantivy writes it (compact JSON and a
@@ -583,6 +608,7 @@ pub(crate) fn fetch_index(
     managed.sort();
     let mut list = serde_json::to_vec(&managed).map_err(|e| SyncError::Check(e.to_string()))?;
     list.push(b'\n');
+    let list = seal_key.seal(".managed.json", &list);
     let path = index_dir.join(".managed.json");
     let part = index_dir.join(".managed.json.part");
     write_new(&part, &list).map_err(|e| io(&part, e))?;

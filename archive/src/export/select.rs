@@ -84,7 +84,15 @@ impl Selection {
         let index = BlindIndexReader::open(&crate::archive::index_dir(dir), master, archive_id)
             .map_err(|e| e.to_string())?;
         for _ in 0..TRIES {
-            if let Some(sel) = Selection::search(dir, &reader, &index, query, range, through)? {
+            if let Some(sel) = Selection::search(
+                dir,
+                (master, archive_id),
+                &reader,
+                &index,
+                query,
+                range,
+                through,
+            )? {
                 return Ok(sel);
             }
         }
@@ -99,6 +107,7 @@ impl Selection {
     /// commit under the full index's mark would find nothing it claims to cover.
     fn search(
         dir: &Path,
+        (master, archive_id): (&MasterKey, &[u8; 16]),
         reader: &ArchiveReader,
         index: &BlindIndexReader,
         query: &Query,
@@ -106,7 +115,9 @@ impl Selection {
         through: u64,
     ) -> Result<Option<Selection>, String> {
         let index_dir = crate::archive::index_dir(dir);
-        let commit = || crate::index::commit_opstamp(&index_dir).map_err(|e| e.to_string());
+        let commit = || {
+            crate::index::commit_opstamp(&index_dir, master, archive_id).map_err(|e| e.to_string())
+        };
         let before = commit()?;
         let reach = reader.index_reach()?;
         index.reload().map_err(|e| e.to_string())?;

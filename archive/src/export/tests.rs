@@ -1282,10 +1282,39 @@ fn a_scan_export_across_nodes_scans_every_part() {
     }
 }
 
-/// An index that lost messages unseen: a tantivy segment dropped from `meta.json`,
-/// whose segment list the commit's MAC does not cover. The log segment holding the
-/// needles still has messages in the index, so only the count the commit carries
-/// tells: the export must not take the index's word that there is nothing to find.
+/// The bytes of the index file `name`, without its seal.
+fn index_file(index: &Path, name: &str) -> Vec<u8> {
+    let mut b = std::fs::read(index.join(name)).unwrap();
+    b.truncate(b.len() - crate::index::SEAL_TRAILER);
+    b
+}
+
+/// Writes the index file `name`: sealed under the archive's key when `key` (what only a
+/// holder of the master key can do, or a bug of Custos's own), else with no seal.
+fn write_index_file(f: &Fixture, name: &str, data: &[u8], key: bool) {
+    let id = ArchiveReader::open(&f.archive, &f.master)
+        .unwrap()
+        .archive_id();
+    let bytes = if key {
+        crate::index::SealKey::derive(&f.master, &id).seal(name, data)
+    } else {
+        data.to_vec()
+    };
+    let index = crate::archive::index_dir(&f.archive);
+    std::fs::write(index.join(name), bytes).unwrap();
+}
+
+fn scanned_because(s: &ExportSummary) -> &str {
+    match &s.selected_by {
+        SelectedBy::Scan { why } => why,
+        other => panic!("the index was used: {other:?}"),
+    }
+}
+
+/// An index that lost messages unseen: a tantivy segment dropped from `meta.json`.
+/// Without the key the edit breaks meta.json's seal; sealed anew (a bug, or a holder
+/// of the key) it is what the commit's count is there for. The log segment holding the
+/// needles still has messages in the index, so only the count shows the loss.
 #[test]
 fn an_index_with_a_segment_dropped_from_its_list_is_not_used() {
     let (f, a, rt) = needles(30, 30);
@@ -1325,25 +1354,32 @@ fn an_index_with_a_segment_dropped_from_its_list_is_not_used() {
         }
     }
     w.finish().unwrap();
-    let meta_path = index.join("meta.json");
     let mut meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+        serde_json::from_slice(&index_file(&index, "meta.json")).unwrap();
     let segments = meta["segments"].as_array_mut().unwrap();
     assert_eq!(segments.len(), 2, "{segments:?}");
     segments.retain(|s| s["max_doc"].as_u64() != Some(split));
     assert_eq!(segments.len(), 1);
-    std::fs::write(&meta_path, serde_json::to_vec(&meta).unwrap()).unwrap();
+    let mut meta = serde_json::to_vec_pretty(&meta).unwrap();
+    meta.push(b'\n');
 
     let dir = f._tmp.path();
     let (_, want, want_chain) = export_by(&f, &dir.join("scan"), "needle", true);
     assert_eq!(want.len(), 3);
-    let (s, rows, chain) = export_by(&f, &dir.join("index"), "needle", false);
-    match &s.selected_by {
-        SelectedBy::Scan { why } => assert!(why.contains("where its last commit counts"), "{why}"),
-        other => panic!("the index that lost the needles was used: {other:?}"),
-    }
-    assert_eq!(rows, want);
-    assert_eq!(chain, want_chain);
+    write_index_file(&f, "meta.json", &meta, false);
+    let (s, rows, chain) = export_by(&f, &dir.join("unsealed"), "needle", false);
+    let why = scanned_because(&s);
+    assert!(
+        why.contains("meta.json") && why.contains("not sealed"),
+        "{why}"
+    );
+    assert_eq!((&rows, &chain), (&want, &want_chain));
+
+    write_index_file(&f, "meta.json", &meta, true);
+    let (s, rows, chain) = export_by(&f, &dir.join("sealed"), "needle", false);
+    let why = scanned_because(&s);
+    assert!(why.contains("where its last commit counts"), "{why}");
+    assert_eq!((&rows, &chain), (&want, &want_chain));
     // And the server's writer rebuilds it rather than carry on from it.
     let w = crate::index::BlindIndexWriter::open(&index, &f.master, reader.archive_id()).unwrap();
     assert!(
@@ -1353,49 +1389,48 @@ fn an_index_with_a_segment_dropped_from_its_list_is_not_used() {
     );
 }
 
-/// A deletion bitset of a ragged length written into the index (no key needed) makes
-/// tantivy panic when it opens the segment. The export must test every record instead.
+/// A deletion bitset of a ragged length makes tantivy panic when it opens the
+/// segment. Sealed as Custos's own (no attacker without the key gets one read), the
+/// export must still test every record rather than fail.
 #[test]
 fn a_ragged_deletion_file_in_the_index_has_the_export_scan() {
     let (f, a, rt) = needles(30, 30);
     rt.block_on(a.close()).unwrap();
     let index = crate::archive::index_dir(&f.archive);
-    let meta_path = index.join("meta.json");
     let mut meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+        serde_json::from_slice(&index_file(&index, "meta.json")).unwrap();
     let opstamp = meta["opstamp"].as_u64().unwrap();
     let s = &mut meta["segments"][0];
     let uuid = s["segment_id"].as_str().unwrap().replace('-', "");
     s["deletes"] = serde_json::json!({"num_deleted_docs": 1, "opstamp": opstamp});
     // Five bytes of bitset, then a footer tantivy accepts (copied from another file).
-    let norms = std::fs::read(index.join(format!("{uuid}.fieldnorm"))).unwrap();
+    let norms = index_file(&index, &format!("{uuid}.fieldnorm"));
     let n = norms.len();
     let footer = u32::from_le_bytes(norms[n - 8..n - 4].try_into().unwrap()) as usize;
     let mut body = vec![1, 0, 0, 0, 0xff];
     body.extend_from_slice(&norms[n - 8 - footer..]);
-    std::fs::write(index.join(format!("{uuid}.{opstamp}.del")), body).unwrap();
-    std::fs::write(&meta_path, serde_json::to_vec_pretty(&meta).unwrap()).unwrap();
+    write_index_file(&f, &format!("{uuid}.{opstamp}.del"), &body, true);
+    let mut meta = serde_json::to_vec_pretty(&meta).unwrap();
+    meta.push(b'\n');
+    write_index_file(&f, "meta.json", &meta, true);
 
     let s = export_query(&f, &f._tmp.path().join("index"), "needle", false).unwrap();
-    match &s.selected_by {
-        SelectedBy::Scan { why } => assert!(why.contains("damaged index files"), "{why}"),
-        other => panic!("{other:?}"),
-    }
+    let why = scanned_because(&s);
+    assert!(why.contains("damaged index files"), "{why}");
     assert_eq!(s.records, 3);
 }
 
-/// A deletion bitset written by hand (no key needed) that marks the needles deleted
-/// and sets as many bits past the segment's last document: tantivy counts the bits,
-/// so the index holds the number of messages its commit counts, less the needles.
-/// The export must not trust it, nor the server's writer carry on from it.
-#[test]
-fn a_deletion_file_that_hides_matches_and_keeps_the_count_is_not_used() {
-    let (f, a, rt) = needles(30, 30);
-    rt.block_on(a.close()).unwrap();
-    let needles: Vec<u64> = placed(&f, "needle").iter().map(|&(q, _)| q).collect();
+/// Writes a deletion bitset that marks the needles deleted and sets as many bits past
+/// their tantivy segment's last document (tantivy counts the bits, so the index holds
+/// the number of messages its commit counts), with `meta.json` naming it; sealed
+/// under the archive's key when `key`.
+fn hide_needles(f: &Fixture, key: bool) {
+    let needles: Vec<u64> = placed(f, "needle").iter().map(|&(q, _)| q).collect();
     let index = crate::archive::index_dir(&f.archive);
-    // The needles' tantivy segment and their documents in it.
-    let tantivy = tantivy::Index::open_in_dir(&index).unwrap();
+    let id = ArchiveReader::open(&f.archive, &f.master)
+        .unwrap()
+        .archive_id();
+    let (tantivy, _) = crate::index::open_existing(&index, &f.master, &id).unwrap();
     let searcher = tantivy.reader().unwrap().searcher();
     let (at, max_doc, hidden) = searcher
         .segment_readers()
@@ -1410,16 +1445,15 @@ fn a_deletion_file_that_hides_matches_and_keeps_the_count_is_not_used() {
         })
         .unwrap();
     assert_eq!(hidden.len(), 3);
-    let id = searcher.segment_readers()[at].segment_id().uuid_string();
-    let meta_path = index.join("meta.json");
+    let uuid = searcher.segment_readers()[at].segment_id().uuid_string();
     let mut meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&meta_path).unwrap()).unwrap();
+        serde_json::from_slice(&index_file(&index, "meta.json")).unwrap();
     let opstamp = meta["opstamp"].as_u64().unwrap();
     let s = meta["segments"]
         .as_array_mut()
         .unwrap()
         .iter_mut()
-        .find(|s| s["segment_id"].as_str().unwrap().replace('-', "") == id)
+        .find(|s| s["segment_id"].as_str().unwrap().replace('-', "") == uuid)
         .unwrap();
     assert!(s["deletes"].is_null(), "{s}");
     s["deletes"] = serde_json::json!({"num_deleted_docs": 3, "opstamp": opstamp});
@@ -1438,31 +1472,69 @@ fn a_deletion_file_that_hides_matches_and_keeps_the_count_is_not_used() {
         body.extend_from_slice(&w.to_le_bytes());
     }
     // A footer tantivy accepts, copied from another file (no reader checks its sum).
-    let norms = std::fs::read(index.join(format!("{id}.fieldnorm"))).unwrap();
+    let norms = index_file(&index, &format!("{uuid}.fieldnorm"));
     let n = norms.len();
     let footer = u32::from_le_bytes(norms[n - 8..n - 4].try_into().unwrap()) as usize;
     body.extend_from_slice(&norms[n - 8 - footer..]);
-    std::fs::write(index.join(format!("{id}.{opstamp}.del")), body).unwrap();
-    std::fs::write(&meta_path, serde_json::to_vec_pretty(&meta).unwrap()).unwrap();
-    let reader = ArchiveReader::open(&f.archive, &f.master).unwrap();
-    let forged = tantivy::Index::open_in_dir(&index).unwrap();
+    write_index_file(f, &format!("{uuid}.{opstamp}.del"), &body, key);
+    let mut meta = serde_json::to_vec_pretty(&meta).unwrap();
+    meta.push(b'\n');
+    write_index_file(f, "meta.json", &meta, key);
+}
+
+/// The deletion file written without the key: its seal (and meta.json's) fails, so
+/// the export does not use the index and the server's writer does not carry on from
+/// it (tantivy would merge the forged deletions away at the writer's open, and the
+/// merged segment keeps the needles' documents but not their words).
+#[test]
+fn a_deletion_file_written_without_the_key_is_refused_by_the_export_and_the_writer() {
+    let (f, a, rt) = needles(30, 30);
+    rt.block_on(a.close()).unwrap();
+    let dir = f._tmp.path();
+    let (_, want, want_chain) = export_by(&f, &dir.join("scan"), "needle", true);
+    assert_eq!(want.len(), 3);
+    hide_needles(&f, false);
+    let (s, rows, chain) = export_by(&f, &dir.join("index"), "needle", false);
+    let why = scanned_because(&s);
+    assert!(why.contains("not sealed"), "{why}");
+    assert_eq!((&rows, &chain), (&want, &want_chain));
+    let index = crate::archive::index_dir(&f.archive);
+    let id = ArchiveReader::open(&f.archive, &f.master)
+        .unwrap()
+        .archive_id();
+    let w = crate::index::BlindIndexWriter::open(&index, &f.master, id).unwrap();
+    match w.found() {
+        Err(crate::index::IndexError::Unsealed(why)) => assert!(why.contains("not sealed")),
+        other => panic!("the writer carried on from the forged index: {other:?}"),
+    }
+    assert_eq!(w.mark(), crate::index::Mark::default(), "it starts over");
+}
+
+/// The same deletion file sealed (a bug, or a holder of the key): tantivy counts the
+/// bits past the last document, so the index holds as many messages as its commit
+/// counts, but not the ones it names.
+#[test]
+fn a_sealed_deletion_file_that_keeps_the_count_is_not_used_by_an_export() {
+    let (f, a, rt) = needles(30, 30);
+    rt.block_on(a.close()).unwrap();
+    let dir = f._tmp.path();
+    let (_, want, want_chain) = export_by(&f, &dir.join("scan"), "needle", true);
+    hide_needles(&f, true);
+    let index = crate::archive::index_dir(&f.archive);
+    let id = ArchiveReader::open(&f.archive, &f.master)
+        .unwrap()
+        .archive_id();
+    let (forged, _) = crate::index::open_existing(&index, &f.master, &id).unwrap();
     assert_eq!(
         forged.reader().unwrap().searcher().num_docs(),
-        crate::index::read_mark(&index, &f.master, &reader.archive_id())
+        crate::index::read_mark(&index, &f.master, &id)
             .unwrap()
             .held
             .count,
         "the forged index holds the count its commit carries"
     );
-
-    let dir = f._tmp.path();
-    let (_, want, want_chain) = export_by(&f, &dir.join("scan"), "needle", true);
-    assert_eq!(want.len(), 3);
     let (s, rows, chain) = export_by(&f, &dir.join("index"), "needle", false);
-    match &s.selected_by {
-        SelectedBy::Scan { why } => assert!(why.contains("its last commit"), "{why}"),
-        other => panic!("the index that hides the needles was used: {other:?}"),
-    }
-    assert_eq!(rows, want);
-    assert_eq!(chain, want_chain);
+    let why = scanned_because(&s);
+    assert!(why.contains("its last commit"), "{why}");
+    assert_eq!((&rows, &chain), (&want, &want_chain));
 }
