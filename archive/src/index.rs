@@ -44,7 +44,7 @@ use crate::vocab::{
 
 mod sealed;
 use sealed::SealedDirectory;
-pub(crate) use sealed::{SealKey, TRAILER as SEAL_TRAILER};
+pub(crate) use sealed::{sealed_len, SealKey};
 
 /// Memory budget for the single indexing thread (tantivy needs ≥ 15 MB).
 const WRITER_MEMORY: usize = 50_000_000;
@@ -427,7 +427,7 @@ pub(crate) fn open_existing(
 
 /// `e`, or the seal a file of `sealed` failed if that is what made it.
 fn unsealed(sealed: &SealedDirectory, e: impl Into<IndexError>) -> IndexError {
-    match sealed.refusal() {
+    match sealed.take_refusal() {
         Some(why) => IndexError::Unsealed(why),
         None => e.into(),
     }
@@ -2477,7 +2477,7 @@ mod tests {
         let key = SealKey::derive(&f.master, &f.id);
         let unsealed = |name: &str| {
             let mut b = std::fs::read(f.index.join(name)).unwrap();
-            b.truncate(b.len() - SEAL_TRAILER);
+            b.truncate(sealed_len(&b).unwrap());
             b
         };
         let mut meta: serde_json::Value = serde_json::from_slice(&unsealed("meta.json")).unwrap();

@@ -131,15 +131,24 @@ async fn an_index_that_does_not_cover_the_log_is_found() {
     assert!(problems(&m).is_empty(), "{:?}", problems(&m));
 }
 
-/// What every index file ends with: the magic and the MAC that seal it.
-const SEAL: usize = 8 + 32;
+/// What every index file ends with: the data length, the magic and the MAC that seal
+/// it (after the hashes of its blocks).
+const SEAL: usize = 8 + 8 + 32;
+
+/// The length of an index file's trailer: a hash per 16 KiB block of the data it
+/// sealed (whose length it gives), then the length, magic and MAC.
+fn trailer_len(file: &[u8]) -> usize {
+    let at = file.len() - SEAL;
+    let sealed = u64::from_be_bytes(file[at..at + 8].try_into().unwrap()) as usize;
+    sealed.div_ceil(16 * 1024) * 32 + SEAL
+}
 
 /// Rewrites the commit payload (the coverage mark) in the index's meta.json, keeping
 /// the file's seal (the key that would make a new one is not the attacker's).
 fn edit_mark(dir: &Path, f: impl FnOnce(&str) -> String) {
     let path = dir.join("index/meta.json");
     let file = std::fs::read(&path).unwrap();
-    let (text, seal) = file.split_at(file.len() - SEAL);
+    let (text, seal) = file.split_at(file.len() - trailer_len(&file));
     let mut meta: serde_json::Value = serde_json::from_slice(text).unwrap();
     let old = meta["payload"].as_str().unwrap().to_owned();
     meta["payload"] = serde_json::Value::String(f(&old));
@@ -157,8 +166,8 @@ fn strip_seals(dir: &Path) {
             continue;
         }
         let b = std::fs::read(&path).unwrap();
-        if b.len() >= SEAL && &b[b.len() - SEAL..b.len() - 32] == b"custos-s" {
-            std::fs::write(&path, &b[..b.len() - SEAL]).unwrap();
+        if b.len() >= SEAL && &b[b.len() - 40..b.len() - 32] == b"custos-s" {
+            std::fs::write(&path, &b[..b.len() - trailer_len(&b)]).unwrap();
         }
     }
 }

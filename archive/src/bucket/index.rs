@@ -348,9 +348,7 @@ pub fn upload_index(
     };
     // The text and its seal, put apart (the seal is checked by the reader that takes
     // the copy; an unsealed file is not an index this version writes).
-    let Some((meta, seal)) = sealed
-        .len()
-        .checked_sub(crate::index::SEAL_TRAILER)
+    let Some((meta, seal)) = crate::index::sealed_len(&sealed)
         .map(|at| sealed.split_at(at))
         .and_then(|(m, t)| Some((String::from_utf8(m.to_vec()).ok()?, hex::encode(t))))
     else {
@@ -522,8 +520,8 @@ pub(crate) fn fetch_index(
     // meta.json as the node that put it had it, sealed: its seal is checked now, and
     // the file is written as it was.
     let seal_key = crate::index::SealKey::derive(master, archive_id);
-    let trailer = hex::decode::<{ crate::index::SEAL_TRAILER }>(&snap.meta_seal)
-        .ok_or_else(|| SyncError::Check(format!("{key}: meta_seal is not a seal")))?;
+    let trailer = hex::decode_vec(&snap.meta_seal)
+        .ok_or_else(|| SyncError::Check(format!("{key}: meta_seal is not hex")))?;
     let meta_file = [snap.meta.as_bytes(), &trailer[..]].concat();
     seal_key
         .open("meta.json", &meta_file)

@@ -12,11 +12,23 @@ pub(crate) fn encode(b: &[u8]) -> String {
 
 /// Decodes exactly `N` bytes of lower- or upper-case hex.
 pub(crate) fn decode<const N: usize>(s: &str) -> Option<[u8; N]> {
+    let mut out = [0u8; N];
+    decode_into(s, &mut out)?;
+    Some(out)
+}
+
+/// Decodes hex of any even length.
+pub(crate) fn decode_vec(s: &str) -> Option<Vec<u8>> {
+    let mut out = vec![0u8; s.len() / 2];
+    decode_into(s, &mut out)?;
+    Some(out)
+}
+
+fn decode_into(s: &str, out: &mut [u8]) -> Option<()> {
     let b = s.as_bytes();
-    if b.len() != N * 2 {
+    if b.len() != out.len() * 2 {
         return None;
     }
-    let mut out = [0u8; N];
     for (o, pair) in out.iter_mut().zip(b.chunks_exact(2)) {
         let digit = |c: u8| (c as char).to_digit(16);
         let (hi, lo) = match pair {
@@ -25,7 +37,7 @@ pub(crate) fn decode<const N: usize>(s: &str) -> Option<[u8; N]> {
         };
         *o = u8::try_from(hi * 16 + lo).ok()?;
     }
-    Some(out)
+    Some(())
 }
 
 #[cfg(test)]

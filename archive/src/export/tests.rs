@@ -1285,7 +1285,7 @@ fn a_scan_export_across_nodes_scans_every_part() {
 /// The bytes of the index file `name`, without its seal.
 fn index_file(index: &Path, name: &str) -> Vec<u8> {
     let mut b = std::fs::read(index.join(name)).unwrap();
-    b.truncate(b.len() - crate::index::SEAL_TRAILER);
+    b.truncate(crate::index::sealed_len(&b).unwrap());
     b
 }
 

@@ -7,16 +7,19 @@
 //! writes,
 //!
 //! ```text
-//! bytes ‖ "custos-s" ‖ HMAC-SHA256(HKDF(master, "custos-index-files-v1" ‖ archive id),
-//!                                  "custos-index-file-v1" ‖ name ‖ 0 ‖ bytes ‖ len u64)
+//! bytes ‖ SHA-256 of each 16 KiB block of bytes ‖ len u64 ‖ "custos-s"
+//!       ‖ HMAC-SHA256(HKDF(master, "custos-index-files-v1" ‖ archive id),
+//!                     "custos-index-file-v1" ‖ name ‖ 0 ‖ len u64 ‖ block hashes)
 //! ```
 //!
-//! and checks the whole file before tantivy reads a byte of it, handing it over without
-//! the trailer. A file changed, cut, extended, renamed to another file's name or taken
-//! from another archive's index fails its seal, and the open or search that needed it
-//! fails naming it. Segment files are written once under names tantivy never reuses,
-//! so an older copy of a file is the file itself; an older `meta.json` is an older
-//! commit, whose authenticated mark says what it covers (checked against the log).
+//! and hands the file to tantivy without it. The MAC is checked when the file is
+//! opened, and each block against its hash the first time tantivy reads from it: a
+//! search pays for the blocks it reads, not for the index. A file changed, cut,
+//! extended, renamed to another file's name or taken from another archive's index
+//! fails, and the open or read that met it fails naming it. Segment files are written
+//! once under names tantivy never reuses, so an older copy of a file is the file
+//! itself; an older `meta.json` is an older commit, whose authenticated mark says what
+//! it covers (checked against the log).
 //!
 //! A file is checked once per directory value and kept mapped while tantivy holds it;
 //! tantivy opens every segment anew on each reload, and those opens reuse the check.
@@ -29,7 +32,8 @@ use std::sync::{Arc, Mutex, Weak};
 
 use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
+use std::sync::atomic::{AtomicU64, Ordering};
 use tantivy::directory::error::{DeleteError, LockError, OpenReadError, OpenWriteError};
 use tantivy::directory::{
     AntiCallToken, Directory, DirectoryLock, FileHandle, Lock, MmapDirectory, OwnedBytes,
@@ -40,10 +44,23 @@ use zeroize::Zeroizing;
 
 use crate::keys::MasterKey;
 
-/// What a sealed file ends with: the magic and the MAC.
 const MAGIC: &[u8; 8] = b"custos-s";
-pub(crate) const TRAILER: usize = MAGIC.len() + 32;
+/// The data length, the magic and the MAC end every sealed file.
+const TAIL: usize = 8 + MAGIC.len() + 32;
 const DOMAIN: &[u8] = b"custos-index-file-v1";
+/// Bytes per hashed block: a first read of a few bytes checks at most this many.
+const BLOCK: usize = 16 * 1024;
+
+/// The length of the data a sealed file holds, as its trailer says (not checked).
+pub(crate) fn sealed_len(file: &[u8]) -> Option<usize> {
+    let n = file.len().checked_sub(TAIL)?;
+    let len = u64::from_be_bytes(file[n..n + 8].try_into().ok()?);
+    usize::try_from(len).ok().filter(|&l| l <= n)
+}
+
+fn blocks(len: usize) -> usize {
+    len.div_ceil(BLOCK)
+}
 
 /// Why a file was refused, as tantivy's error shows it (it prints the cause's `Debug`).
 struct Refused(String);
@@ -75,58 +92,85 @@ impl SealKey {
         SealKey(mac)
     }
 
-    fn start(&self, name: &str) -> Hmac<Sha256> {
+    fn mac(&self, name: &str, len: u64, table: &[u8]) -> [u8; 32] {
         let mut m = self.0.clone();
         m.update(DOMAIN);
         m.update(name.as_bytes());
         m.update(&[0]);
-        m
+        m.update(&len.to_be_bytes());
+        m.update(table);
+        m.finalize().into_bytes().into()
     }
 
-    fn finish(mut m: Hmac<Sha256>, len: u64) -> [u8; 32] {
-        m.update(&len.to_be_bytes());
-        m.finalize().into_bytes().into()
+    /// The trailer of `len` bytes whose block hashes are `table`, as the file `name`.
+    fn trailer(&self, name: &str, len: u64, table: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(table.len() + TAIL);
+        out.extend_from_slice(table);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&self.mac(name, len, table));
+        out
     }
 
     /// `data` with the trailer that seals it as the file `name`.
     pub(crate) fn seal(&self, name: &str, data: &[u8]) -> Vec<u8> {
-        let mut m = self.start(name);
-        m.update(data);
-        let mac = SealKey::finish(m, data.len() as u64);
-        let mut out = Vec::with_capacity(data.len() + TRAILER);
-        out.extend_from_slice(data);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&mac);
+        let table: Vec<u8> = data.chunks(BLOCK).flat_map(Sha256::digest).collect();
+        let mut out = data.to_vec();
+        out.extend(self.trailer(name, data.len() as u64, &table));
         out
     }
 
-    /// The bytes of the file `name` without its trailer, if it is sealed by this key.
-    pub(crate) fn open<'a>(&self, name: &str, file: &'a [u8]) -> Result<&'a [u8], String> {
-        let body = file
+    /// The data length and the block hashes of the file `name`, if its trailer is
+    /// sealed by this key (the blocks are not checked).
+    fn open_trailer(&self, name: &str, file: &[u8]) -> Result<(usize, Range<usize>), String> {
+        let at = file
             .len()
-            .checked_sub(TRAILER)
+            .checked_sub(TAIL)
             .ok_or_else(|| format!("search index file {name}: too short to carry a seal"))?;
-        let (data, trailer) = file.split_at(body);
-        if &trailer[..MAGIC.len()] != MAGIC {
+        if &file[at + 8..at + 8 + MAGIC.len()] != MAGIC {
             return Err(format!(
                 "search index file {name}: not sealed (written by an earlier Custos, or not by Custos); run `custos reindex`"
             ));
         }
-        let mut m = self.start(name);
-        m.update(data);
-        let want = SealKey::finish(m, data.len() as u64);
+        let mismatch = || {
+            format!(
+                "search index file {name}: its seal does not match (changed, cut or replaced after it was written, or another archive's); run `custos reindex`"
+            )
+        };
+        let len = sealed_len(file).ok_or_else(mismatch)?;
+        let table = len..len + blocks(len) * 32;
+        if table.end != at {
+            return Err(mismatch());
+        }
+        let want = self.mac(name, len as u64, &file[table.clone()]);
         // Constant time: the comparison must not say how much of a forgery matched.
         let diff = want
             .iter()
-            .zip(&trailer[MAGIC.len()..])
+            .zip(&file[at + 8 + MAGIC.len()..])
             .fold(0u8, |a, (x, y)| a | (x ^ y));
         if diff != 0 {
-            return Err(format!(
-                "search index file {name}: its seal does not match (changed, cut or replaced after it was written, or another archive's); run `custos reindex`"
-            ));
+            return Err(mismatch());
         }
-        Ok(data)
+        Ok((len, table))
     }
+
+    /// The data of the file `name` without its trailer, every block checked.
+    pub(crate) fn open<'a>(&self, name: &str, file: &'a [u8]) -> Result<&'a [u8], String> {
+        let (len, table) = self.open_trailer(name, file)?;
+        let hashes = &file[table];
+        for (i, block) in file[..len].chunks(BLOCK).enumerate() {
+            if Sha256::digest(block).as_slice() != &hashes[i * 32..i * 32 + 32] {
+                return Err(block_mismatch(name, i));
+            }
+        }
+        Ok(&file[..len])
+    }
+}
+
+fn block_mismatch(name: &str, block: usize) -> String {
+    format!(
+        "search index file {name}: block {block} does not match its seal (changed after it was written); run `custos reindex`"
+    )
 }
 
 /// tantivy's [`MmapDirectory`] with every file sealed on write and checked on read.
@@ -164,9 +208,10 @@ impl SealedDirectory {
         })
     }
 
-    /// Why a file was refused, if one was since this directory was opened.
-    pub(crate) fn refusal(&self) -> Option<String> {
-        self.refused.lock().ok()?.clone()
+    /// Why a file was refused, if one was since the last call: the error of the
+    /// operation that met it is then reported as that.
+    pub(crate) fn take_refusal(&self) -> Option<String> {
+        self.refused.lock().ok()?.take()
     }
 
     fn refuse(&self, path: &Path, why: String) -> OpenReadError {
@@ -185,46 +230,99 @@ impl SealedDirectory {
     }
 }
 
-/// A checked file's bytes, without the trailer.
-struct SealedFile(OwnedBytes);
+/// A file whose trailer was checked: its data, handed out block by block as each
+/// block is found to match its hash.
+struct SealedFile {
+    name: String,
+    /// The whole file, trailer included.
+    file: OwnedBytes,
+    len: usize,
+    table: Range<usize>,
+    /// One bit per block: checked already.
+    checked: Vec<AtomicU64>,
+    refused: Arc<Mutex<Option<String>>>,
+}
 
 impl std::fmt::Debug for SealedFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SealedFile({} bytes)", self.0.len())
+        write!(f, "SealedFile({}, {} bytes)", self.name, self.len)
     }
 }
 
 impl HasLen for SealedFile {
     fn len(&self) -> usize {
-        self.0.len()
+        self.len
+    }
+}
+
+impl SealedFile {
+    fn check(&self, block: usize) -> io::Result<()> {
+        let (word, bit) = (&self.checked[block / 64], 1u64 << (block % 64));
+        if word.load(Ordering::Acquire) & bit != 0 {
+            return Ok(());
+        }
+        let start = block * BLOCK;
+        let data = &self.file.as_slice()[start..self.len.min(start + BLOCK)];
+        let at = self.table.start + block * 32;
+        if Sha256::digest(data).as_slice() != &self.file.as_slice()[at..at + 32] {
+            let why = block_mismatch(&self.name, block);
+            if let Ok(mut r) = self.refused.lock() {
+                r.get_or_insert_with(|| why.clone());
+            }
+            return Err(io::Error::new(io::ErrorKind::InvalidData, Refused(why)));
+        }
+        word.fetch_or(bit, Ordering::Release);
+        Ok(())
     }
 }
 
 impl FileHandle for SealedFile {
     fn read_bytes(&self, range: Range<usize>) -> io::Result<OwnedBytes> {
-        if range.start > range.end || range.end > self.0.len() {
+        if range.start > range.end || range.end > self.len {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("read of {range:?} past the end ({})", self.0.len()),
+                format!(
+                    "search index file {}: read of {range:?} past its end ({})",
+                    self.name, self.len
+                ),
             ));
         }
-        Ok(self.0.slice(range))
+        if range.start < range.end {
+            for block in range.start / BLOCK..=(range.end - 1) / BLOCK {
+                self.check(block)?;
+            }
+        }
+        Ok(self.file.slice(range))
     }
 }
 
-/// A file being written: the bytes go through to the file and into its MAC; the
-/// trailer is written when tantivy ends the file.
+/// A file being written: the bytes go through to the file and into the hash of their
+/// block; the trailer is written when tantivy ends the file.
 struct SealingWriter {
     inner: WritePtr,
-    mac: Option<Hmac<Sha256>>,
+    key: SealKey,
+    name: String,
+    block: Sha256,
+    /// Bytes in the current block.
+    filled: usize,
+    table: Vec<u8>,
     len: u64,
+    ended: bool,
 }
 
 impl Write for SealingWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
-        if let Some(m) = &mut self.mac {
-            m.update(&buf[..n]);
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            let take = rest.len().min(BLOCK - self.filled);
+            self.block.update(&rest[..take]);
+            self.filled += take;
+            rest = &rest[take..];
+            if self.filled == BLOCK {
+                self.table.extend(self.block.finalize_reset());
+                self.filled = 0;
+            }
         }
         self.len += n as u64;
         Ok(n)
@@ -237,11 +335,14 @@ impl Write for SealingWriter {
 
 impl TerminatingWrite for SealingWriter {
     fn terminate_ref(&mut self, token: AntiCallToken) -> io::Result<()> {
-        let Some(m) = self.mac.take() else {
+        if std::mem::replace(&mut self.ended, true) {
             return Err(io::Error::other("the file was ended twice"));
-        };
-        self.inner.write_all(MAGIC)?;
-        self.inner.write_all(&SealKey::finish(m, self.len))?;
+        }
+        if self.filled > 0 {
+            self.table.extend(self.block.finalize_reset());
+        }
+        let trailer = self.key.trailer(&self.name, self.len, &self.table);
+        self.inner.write_all(&trailer)?;
         self.inner.terminate_ref(token)
     }
 }
@@ -252,14 +353,24 @@ impl Directory for SealedDirectory {
             return Ok(f);
         }
         let handle = self.inner.get_file_handle(path)?;
-        let bytes = handle
+        let file = handle
             .read_bytes(0..handle.len())
             .map_err(|e| OpenReadError::wrap_io_error(e, path.to_path_buf()))?;
-        let body = match self.key.open(&name_of(path), bytes.as_slice()) {
-            Ok(data) => data.len(),
+        let name = name_of(path);
+        let (len, table) = match self.key.open_trailer(&name, file.as_slice()) {
+            Ok(t) => t,
             Err(why) => return Err(self.refuse(path, why)),
         };
-        let file = Arc::new(SealedFile(bytes.slice(0..body)));
+        let file = Arc::new(SealedFile {
+            name,
+            file,
+            len,
+            table,
+            checked: (0..blocks(len).div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            refused: self.refused.clone(),
+        });
         let mut checked = self.checked();
         checked.retain(|_, f| f.strong_count() > 0);
         checked.insert(path.to_path_buf(), Arc::downgrade(&file));
@@ -279,8 +390,13 @@ impl Directory for SealedDirectory {
         let inner = self.inner.open_write(path)?;
         Ok(BufWriter::new(Box::new(SealingWriter {
             inner,
-            mac: Some(self.key.start(&name_of(path))),
+            key: self.key.clone(),
+            name: name_of(path),
+            block: Sha256::new(),
+            filled: 0,
+            table: Vec::new(),
             len: 0,
+            ended: false,
         })))
     }
 
@@ -337,7 +453,8 @@ mod tests {
         let h = d
             .get_file_handle(Path::new(name))
             .map_err(|e| e.to_string())?;
-        Ok(h.read_bytes(0..h.len()).unwrap().as_slice().to_vec())
+        let b = h.read_bytes(0..h.len()).map_err(|e| e.to_string())?;
+        Ok(b.as_slice().to_vec())
     }
 
     #[test]
@@ -346,10 +463,11 @@ mod tests {
         write(&d, "a.idx", b"postings of a segment");
         assert_eq!(read(&d, "a.idx").unwrap(), b"postings of a segment");
         let on_disk = std::fs::read(t.path().join("a.idx")).unwrap();
-        assert_eq!(on_disk.len(), 21 + TRAILER);
+        assert_eq!(on_disk.len(), 21 + 32 + TAIL);
+        assert_eq!(sealed_len(&on_disk), Some(21));
         d.atomic_write(Path::new("meta.json"), b"{}").unwrap();
         assert_eq!(d.atomic_read(Path::new("meta.json")).unwrap(), b"{}");
-        assert!(d.refusal().is_none());
+        assert!(d.take_refusal().is_none());
     }
 
     /// Every change an attacker without the key can make to a file is refused by name:
@@ -389,7 +507,7 @@ mod tests {
                 SealedDirectory::open(t.path(), &MasterKey::from_bytes([7; 32]), &[1; 16]).unwrap();
             let err = read(&d, "a.del").unwrap_err();
             assert!(err.contains("a.del") && err.contains(why), "{what}: {err}");
-            assert!(d.refusal().is_some_and(|r| r.contains(why)), "{what}");
+            assert!(d.take_refusal().is_some_and(|r| r.contains(why)), "{what}");
         }
         std::fs::write(t.path().join("meta.json"), b"{}").unwrap();
         let err = d
