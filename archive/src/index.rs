@@ -410,6 +410,16 @@ pub(crate) fn commit_opstamp(
     Ok(metas.opstamp)
 }
 
+/// tantivy's directory of the index in `dir`, read and written through its seals: for
+/// tools that open the index with tantivy itself (the benchmarks).
+pub fn sealed_directory(
+    dir: &Path,
+    master: &MasterKey,
+    archive_id: &[u8; 16],
+) -> Result<Box<dyn tantivy::Directory>, IndexError> {
+    Ok(Box::new(SealedDirectory::open(dir, master, archive_id)?))
+}
+
 /// Opens the index in `dir` through its seals; no index there is [`IndexError::Missing`].
 pub(crate) fn open_existing(
     dir: &Path,

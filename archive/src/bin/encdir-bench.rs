@@ -398,7 +398,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let blind_path = archive_dir.join("index");
     let blind_live = du(&blind_path);
     let vocab = du(&archive_dir.join("vocabulary"));
-    let blind_live_segments = segments(Box::new(MmapDirectory::open(&blind_path)?));
+    let id = ArchiveReader::open(&archive_dir, &master)?.archive_id();
+    let blind = || index::sealed_directory(&blind_path, &master, &id);
+    let blind_live_segments = segments(blind()?);
     println!(
         "corpus: {records} messages; appended in {:.1} s ({:.0} msg/s), blind index covers them after {:.1} s",
         ingest.as_secs_f64(),
@@ -429,7 +431,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("plain MmapDirectory", du(&plain_dir), plain_secs),
     ];
     let segs = [
-        segments(Box::new(MmapDirectory::open(&blind_path)?)),
+        segments(blind()?),
         segments(Box::new(EncryptedDirectory::open(
             &enc_dir,
             &master_bytes,
@@ -462,7 +464,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     // The blind schema has more fields (from, to, with, direction, type, action, rule,
     // msg, via, account, room; seq, seg and off stored too): the text field alone.
-    let (blind_text, blind_all) = text_share(Box::new(MmapDirectory::open(&blind_path)?), "text")?;
+    let (blind_text, blind_all) = text_share(blind()?, "text")?;
     let (plain_text, plain_all) = text_share(Box::new(MmapDirectory::open(&plain_dir)?), "body")?;
     println!(
         "text field alone (terms, postings, positions, norms): blind {:.1} MiB of {:.1}, plain {:.1} MiB of {:.1} ({:.2}x)",
