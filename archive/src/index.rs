@@ -812,10 +812,15 @@ fn check_files(
         return Err("meta.json holds other index settings".into());
     }
     let version = serde_json::to_string(tantivy::version()).map_err(|e| e.to_string())?;
-    // The segments the commit uses; other segment files are what a killed writer or
-    // merge left half-written (tantivy never reads them; the next writer collects them).
-    let used: std::collections::BTreeSet<String> =
-        meta.segments.iter().map(|s| s.id().uuid_string()).collect();
+    // The files the commit uses. Others are what a killed writer or merge left, or what
+    // a running writer is writing for its next commit (a shred's deletion file): tantivy
+    // never reads them for this commit.
+    let used: std::collections::BTreeSet<String> = meta
+        .segments
+        .iter()
+        .flat_map(|s| s.list_files())
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
     let mut present = std::collections::BTreeSet::new();
     for entry in std::fs::read_dir(dir).map_err(|e| e.to_string())? {
         let entry = entry.map_err(|e| e.to_string())?;
@@ -825,8 +830,7 @@ fn check_files(
         if name.ends_with(".lock") || name == ".managed.json" || is_interrupted_write(&name) {
             continue;
         }
-        let segment = name.split('.').next().unwrap_or_default();
-        if name != "meta.json" && used.contains(segment) {
+        if used.contains(&name) {
             check_footer(&read(&name)?, &version).map_err(|e| format!("{name}: {e}"))?;
         }
         present.insert(name);
@@ -892,6 +896,23 @@ fn check_footer(bytes: &[u8], version: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Reads every block of every file the last commit uses through its seal.
+fn check_every_block(index: &Index, sealed: &SealedDirectory) -> Result<(), IndexError> {
+    use tantivy::directory::Directory;
+    for segment in index.searchable_segment_metas()? {
+        for path in segment.list_files() {
+            if !sealed.exists(&path).map_err(tantivy::TantivyError::from)? {
+                continue;
+            }
+            let h = sealed
+                .get_file_handle(&path)
+                .map_err(tantivy::TantivyError::from)?;
+            h.read_bytes(0..h.len())?;
+        }
+    }
+    Ok(())
+}
+
 /// Removes the index in `dir` and its word lists: derived data, rebuilt from the log.
 fn wipe(dir: &Path) -> Result<(), IndexError> {
     for d in [dir.to_path_buf(), vocab_dir(dir)] {
@@ -946,6 +967,10 @@ impl BlindIndexWriter {
         archive_id: [u8; 16],
     ) -> Result<BlindIndexWriter, IndexError> {
         let (index, sealed) = open_or_rebuild(dir, master, &archive_id)?;
+        // Blocks are checked as they are first read, and an open reads few of them: a
+        // block changed in the middle of a large file would pass it and fail every later
+        // search and merge. The writer carries on only from an index it has read whole.
+        check_every_block(&index, &sealed).map_err(|e| unsealed(&sealed, e))?;
         BlindIndexWriter::open_index(dir, index, master, archive_id)
             .map_err(|e| unsealed(&sealed, e))
     }
@@ -1553,6 +1578,9 @@ impl BlindIndexReader {
     /// Loads the index's last commit: [`BlindIndexReader::search_all_loaded`] and
     /// [`BlindIndexReader::held_segments`] then read that commit until the next reload.
     pub fn reload(&self) -> Result<(), IndexError> {
+        // A refusal met by an earlier search was reported there: this load is told
+        // only of its own.
+        let _ = self.sealed.take_refusal();
         self.reader.reload().map_err(|e| unsealed(&self.sealed, e))
     }
 
@@ -2581,5 +2609,71 @@ mod tests {
         check(&w, &[]);
         w.finish().unwrap();
         assert!(f.writer().found().is_ok());
+    }
+    /// Flips `mask` into byte `at` of the file at `path` in place.
+    fn poke(path: &std::path::Path, at: u64, mask: u8) {
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let mut b = [0u8];
+        f.seek(SeekFrom::Start(at)).unwrap();
+        f.read_exact(&mut b).unwrap();
+        f.seek(SeekFrom::Start(at)).unwrap();
+        f.write_all(&[b[0] ^ mask]).unwrap();
+    }
+
+    /// A block changed in the middle of a large file passes an open that reads only a
+    /// few blocks: the writer must not carry on from it (every later search touching
+    /// the block, and every merge, would fail), but rebuild.
+    #[test]
+    fn the_writer_does_not_carry_on_from_a_file_with_a_changed_block() {
+        let f = Fixture::new();
+        let mut w = f.writer();
+        for seq in 1..=4000u64 {
+            let body = format!(
+                "q{:x}z k{:x}y",
+                seq.wrapping_mul(0x9e3779b97f4a7c15),
+                seq * 7919
+            );
+            w.add(&appended(seq, 1, &body)).unwrap();
+        }
+        w.finish().unwrap();
+        let term = std::fs::read_dir(&f.index)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().ends_with(".term"))
+            .unwrap();
+        let len = sealed_len(&std::fs::read(&term).unwrap()).unwrap();
+        assert!(len > 4 * 16 * 1024, "{len}");
+        poke(&term, (len / 2) as u64, 0x01);
+        let w = f.writer();
+        match w.found() {
+            Err(IndexError::Unsealed(why)) => assert!(why.contains(".term"), "{why}"),
+            other => panic!("the writer carried on from it: {other:?}"),
+        }
+        assert_eq!(w.mark(), Mark::default(), "it starts over");
+    }
+
+    /// Beside a running writer, a deletion file it is still writing for its next
+    /// commit (a shred's) is no file of the last commit: coverage does not read it.
+    #[test]
+    fn coverage_beside_a_writer_does_not_read_a_file_of_its_next_commit() {
+        let f = Fixture::new();
+        let mut w = f.writer();
+        w.add(&appended(1, 1, "alpha")).unwrap();
+        w.finish().unwrap();
+        let mut meta = std::fs::read(f.index.join("meta.json")).unwrap();
+        meta.truncate(sealed_len(&meta).unwrap());
+        let meta: serde_json::Value = serde_json::from_slice(&meta).unwrap();
+        let id = meta["segments"][0]["segment_id"]
+            .as_str()
+            .unwrap()
+            .replace('-', "");
+        std::fs::write(f.index.join(format!("{id}.999.del")), b"\x01\x00").unwrap();
+        let got = coverage(&f.index, &f.master, &f.id, false);
+        assert!(got.is_ok(), "{got:?}");
     }
 }
