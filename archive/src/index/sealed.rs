@@ -121,13 +121,16 @@ impl SealKey {
     }
 
     /// The data length and the block hashes of the file `name`, if its trailer is
-    /// sealed by this key (the blocks are not checked).
-    fn open_trailer(&self, name: &str, file: &[u8]) -> Result<(usize, Range<usize>), String> {
+    /// sealed by this key (the blocks are not checked). The trailer is copied before it
+    /// is checked: the hashes later blocks are checked against are the ones the MAC
+    /// covered, whatever happens to the file meanwhile.
+    fn open_trailer(&self, name: &str, file: &[u8]) -> Result<(usize, Vec<u8>), String> {
         let at = file
             .len()
             .checked_sub(TAIL)
             .ok_or_else(|| format!("search index file {name}: too short to carry a seal"))?;
-        if &file[at + 8..at + 8 + MAGIC.len()] != MAGIC {
+        let tail = file[at..].to_vec();
+        if &tail[8..8 + MAGIC.len()] != MAGIC {
             return Err(format!(
                 "search index file {name}: not sealed (written by an earlier Custos, or not by Custos); run `custos reindex`"
             ));
@@ -137,16 +140,17 @@ impl SealKey {
                 "search index file {name}: its seal does not match (changed, cut or replaced after it was written, or another archive's); run `custos reindex`"
             )
         };
-        let len = sealed_len(file).ok_or_else(mismatch)?;
-        let table = len..len + blocks(len) * 32;
-        if table.end != at {
-            return Err(mismatch());
-        }
-        let want = self.mac(name, len as u64, &file[table.clone()]);
+        let len = u64::from_be_bytes(tail[..8].try_into().map_err(|_| mismatch())?);
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&l| l <= at && l + blocks(l) * 32 == at)
+            .ok_or_else(mismatch)?;
+        let table = file[len..at].to_vec();
+        let want = self.mac(name, len as u64, &table);
         // Constant time: the comparison must not say how much of a forgery matched.
         let diff = want
             .iter()
-            .zip(&file[at + 8 + MAGIC.len()..])
+            .zip(&tail[8 + MAGIC.len()..])
             .fold(0u8, |a, (x, y)| a | (x ^ y));
         if diff != 0 {
             return Err(mismatch());
@@ -156,8 +160,7 @@ impl SealKey {
 
     /// The data of the file `name` without its trailer, every block checked.
     pub(crate) fn open<'a>(&self, name: &str, file: &'a [u8]) -> Result<&'a [u8], String> {
-        let (len, table) = self.open_trailer(name, file)?;
-        let hashes = &file[table];
+        let (len, hashes) = self.open_trailer(name, file)?;
         for (i, block) in file[..len].chunks(BLOCK).enumerate() {
             if Sha256::digest(block).as_slice() != &hashes[i * 32..i * 32 + 32] {
                 return Err(block_mismatch(name, i));
@@ -237,7 +240,8 @@ struct SealedFile {
     /// The whole file, trailer included.
     file: OwnedBytes,
     len: usize,
-    table: Range<usize>,
+    /// The block hashes, as the MAC covered them (a private copy).
+    table: Vec<u8>,
     /// One bit per block: checked already.
     checked: Vec<AtomicU64>,
     refused: Arc<Mutex<Option<String>>>,
@@ -263,8 +267,8 @@ impl SealedFile {
         }
         let start = block * BLOCK;
         let data = &self.file.as_slice()[start..self.len.min(start + BLOCK)];
-        let at = self.table.start + block * 32;
-        if Sha256::digest(data).as_slice() != &self.file.as_slice()[at..at + 32] {
+        let at = block * 32;
+        if Sha256::digest(data).as_slice() != &self.table[at..at + 32] {
             let why = block_mismatch(&self.name, block);
             if let Ok(mut r) = self.refused.lock() {
                 r.get_or_insert_with(|| why.clone());
@@ -518,5 +522,29 @@ mod tests {
             err.contains("meta.json") && err.contains("too short"),
             "{err}"
         );
+    }
+
+    /// A block not yet read, changed in place under an open file together with its
+    /// hash in the trailer: the hashes were copied when the MAC was checked, so the
+    /// change is still refused when the block is first read.
+    #[test]
+    fn a_block_and_its_hash_changed_in_place_after_the_open_are_refused() {
+        let (t, d) = dir();
+        let data: Vec<u8> = (0..2 * BLOCK).map(|i| (i % 239) as u8).collect();
+        write(&d, "s.idx", &data);
+        let d = SealedDirectory::open(t.path(), &MasterKey::from_bytes([7; 32]), &[1; 16]).unwrap();
+        let h = d.get_file_handle(Path::new("s.idx")).unwrap();
+        assert_eq!(h.read_bytes(0..10).unwrap().as_slice(), &data[..10]);
+        let path = t.path().join("s.idx");
+        let mut file = std::fs::read(&path).unwrap();
+        file[BLOCK + 3] ^= 1;
+        let hash = Sha256::digest(&file[BLOCK..2 * BLOCK]);
+        file[2 * BLOCK + 32..2 * BLOCK + 64].copy_from_slice(&hash);
+        // In place: the same file, as the open mapping sees it.
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all(&file).unwrap();
+        drop(f);
+        let err = h.read_bytes(BLOCK..BLOCK + 10).unwrap_err().to_string();
+        assert!(err.contains("block 1"), "{err}");
     }
 }
