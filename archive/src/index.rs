@@ -393,9 +393,7 @@ pub fn read_mark(
     master: &MasterKey,
     archive_id: &[u8; 16],
 ) -> Result<Mark, IndexError> {
-    let (index, sealed) = open_existing(dir, master, archive_id)?;
-    let metas = index.load_metas().map_err(|e| unsealed(&sealed, e))?;
-    meta_mark(&metas, master, archive_id)
+    meta_mark(&last_commit(dir, master, archive_id)?, master, archive_id)
 }
 
 /// The opstamp of the index's last commit in `dir`: it grows with every commit, so
@@ -405,9 +403,17 @@ pub(crate) fn commit_opstamp(
     master: &MasterKey,
     archive_id: &[u8; 16],
 ) -> Result<u64, IndexError> {
+    Ok(last_commit(dir, master, archive_id)?.opstamp)
+}
+
+/// The metadata of the last commit of the index in `dir`, read through its seal.
+fn last_commit(
+    dir: &Path,
+    master: &MasterKey,
+    archive_id: &[u8; 16],
+) -> Result<tantivy::IndexMeta, IndexError> {
     let (index, sealed) = open_existing(dir, master, archive_id)?;
-    let metas = index.load_metas().map_err(|e| unsealed(&sealed, e))?;
-    Ok(metas.opstamp)
+    index.load_metas().map_err(|e| unsealed(&sealed, e))
 }
 
 /// tantivy's directory of the index in `dir`, read and written through its seals: for

@@ -1282,6 +1282,12 @@ fn a_scan_export_across_nodes_scans_every_part() {
     }
 }
 
+fn archive_id(f: &Fixture) -> [u8; 16] {
+    ArchiveReader::open(&f.archive, &f.master)
+        .unwrap()
+        .archive_id()
+}
+
 /// The bytes of the index file `name`, without its seal.
 fn index_file(index: &Path, name: &str) -> Vec<u8> {
     let mut b = std::fs::read(index.join(name)).unwrap();
@@ -1292,9 +1298,7 @@ fn index_file(index: &Path, name: &str) -> Vec<u8> {
 /// Writes the index file `name`: sealed under the archive's key when `key` (what only a
 /// holder of the master key can do, or a bug of Custos's own), else with no seal.
 fn write_index_file(f: &Fixture, name: &str, data: &[u8], key: bool) {
-    let id = ArchiveReader::open(&f.archive, &f.master)
-        .unwrap()
-        .archive_id();
+    let id = archive_id(f);
     let bytes = if key {
         crate::index::SealKey::derive(&f.master, &id).seal(name, data)
     } else {
@@ -1427,9 +1431,7 @@ fn a_ragged_deletion_file_in_the_index_has_the_export_scan() {
 fn hide_needles(f: &Fixture, key: bool) {
     let needles: Vec<u64> = placed(f, "needle").iter().map(|&(q, _)| q).collect();
     let index = crate::archive::index_dir(&f.archive);
-    let id = ArchiveReader::open(&f.archive, &f.master)
-        .unwrap()
-        .archive_id();
+    let id = archive_id(f);
     let (tantivy, _) = crate::index::open_existing(&index, &f.master, &id).unwrap();
     let searcher = tantivy.reader().unwrap().searcher();
     let (at, max_doc, hidden) = searcher
@@ -1499,9 +1501,7 @@ fn a_deletion_file_written_without_the_key_is_refused_by_the_export_and_the_writ
     assert!(why.contains("not sealed"), "{why}");
     assert_eq!((&rows, &chain), (&want, &want_chain));
     let index = crate::archive::index_dir(&f.archive);
-    let id = ArchiveReader::open(&f.archive, &f.master)
-        .unwrap()
-        .archive_id();
+    let id = archive_id(&f);
     let w = crate::index::BlindIndexWriter::open(&index, &f.master, id).unwrap();
     match w.found() {
         Err(crate::index::IndexError::Unsealed(why)) => assert!(why.contains("not sealed")),
@@ -1521,9 +1521,7 @@ fn a_sealed_deletion_file_that_keeps_the_count_is_not_used_by_an_export() {
     let (_, want, want_chain) = export_by(&f, &dir.join("scan"), "needle", true);
     hide_needles(&f, true);
     let index = crate::archive::index_dir(&f.archive);
-    let id = ArchiveReader::open(&f.archive, &f.master)
-        .unwrap()
-        .archive_id();
+    let id = archive_id(&f);
     let (forged, _) = crate::index::open_existing(&index, &f.master, &id).unwrap();
     assert_eq!(
         forged.reader().unwrap().searcher().num_docs(),
