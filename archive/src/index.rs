@@ -2550,7 +2550,9 @@ mod tests {
         let segments = meta["segments"].as_array_mut().unwrap();
         assert_eq!(segments.len(), 2, "{segments:?}");
         let first = segments[0]["segment_id"].as_str().unwrap().to_owned();
-        let copy = format!("{}0", &first[..first.len() - 1]);
+        // Another id: the last hex digit changed.
+        let last = if first.ends_with('0') { '1' } else { '0' };
+        let copy = format!("{}{last}", &first[..first.len() - 1]);
         assert_ne!(copy, first);
         let plain = |id: &str| id.replace('-', "");
         for entry in std::fs::read_dir(&f.index).unwrap() {
