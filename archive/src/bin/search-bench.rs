@@ -8,10 +8,10 @@
 //! `ArchiveReader::search` (50 newest hits, decrypted from the log, as the CLI and web
 //! UI ask). The same corpus goes into SQLite FTS5 (Python's sqlite3, with a participant
 //! and time column) in the same run and the same queries run there, and the ratio is
-//! printed. Also printed: ingest rate, index and vocabulary size on disk, and how long
-//! the first pattern search takes to read the vocabulary. `--profile` then runs the
-//! queries of one kind (a name from the table) over and over for that many seconds,
-//! for a profiler to sample.
+//! printed. Also printed: ingest rate, index and vocabulary size on disk, how long the
+//! first pattern search takes to read the vocabulary, and the process's resident memory
+//! after the searches. `--profile` then runs the queries of one kind (a name from the
+//! table) over and over for that many seconds, for a profiler to sample.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -199,6 +199,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     println!("(ratio = FTS5 p99 / Custos p99: above 1 means Custos answers faster)");
+    println!("after the searches: {}", shared::resident());
     if let Some((name, secs)) = profile {
         let k = kinds
             .iter()

@@ -21,3 +21,24 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         std::thread::park();
     }
 }
+
+/// This process's resident memory, as `/proc/self/status` gives it: the whole, its
+/// anonymous part (heap, private copies) and its file-backed part (mapped files' pages
+/// in memory), in MiB.
+#[allow(dead_code)] // Not every benchmark prints it.
+pub fn resident() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let mib = |key: &str| -> String {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .map_or("?".into(), |kib| format!("{:.0}", kib as f64 / 1024.0))
+    };
+    format!(
+        "resident {} MiB (anonymous {}, file-backed {})",
+        mib("VmRSS:"),
+        mib("RssAnon:"),
+        mib("RssFile:")
+    )
+}
