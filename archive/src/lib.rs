@@ -75,3 +75,16 @@ pub use verify::{
     check_witness_entries, verify, verify_in, verify_witnessed, verify_witnessed_in, Problem,
     ShredReport, VerifyReport,
 };
+
+/// Test hook for crash-consistency tests: with `CUSTOS_CRASH_AT=<point>` in the
+/// environment the process kills itself with SIGKILL at that point (nothing flushed, no
+/// destructor run), exactly as `kill -9` would. Unset, it costs one environment lookup.
+pub(crate) fn crash_point(point: &str) {
+    if std::env::var_os("CUSTOS_CRASH_AT").is_some_and(|v| v == point) {
+        let pid = std::process::id().to_string();
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid])
+            .status();
+        std::process::abort();
+    }
+}

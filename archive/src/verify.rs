@@ -120,8 +120,10 @@ pub fn verify_in(
 ) -> VerifyReport {
     let running = crate::archive::writer_running(dir);
     // A node reading the archive from a bucket, with nothing written locally, has no
-    // index until it builds one: that is not a lost index.
-    let reader_node = !dir.join(log::META_NAME).exists() && !dir.join("index").exists();
+    // index until it builds or fetches one (a fetch cut short leaves files but no
+    // commit): that is not a lost index.
+    let reader_node =
+        !dir.join(log::META_NAME).exists() && !dir.join("index").join("meta.json").exists();
     // Read before the log: a running writer only adds to what the index covers.
     let coverage = match (log::read_meta(storage), master_key) {
         (Ok(Some(_)), Some(_)) if reader_node => None,

@@ -257,6 +257,24 @@ async fn sealed_segments_are_locked_in_the_bucket_and_a_fresh_node_reads_them() 
     std::fs::write(&fresh_config, body)?;
     let v = run_custos(&["verify"], Some(&fresh_config))?;
     assert!(v.status.success(), "{}", output_text(&v));
+    // The first search takes the bucket's copy of the index. Killed after it fetched the
+    // segment files, then again after it switched the commit, it leaves an index that
+    // verifies: tantivy's file list names every file present at each step.
+    for point in ["index-fetch-files", "index-fetch-meta"] {
+        let killed = std::process::Command::new(custos_e2e::custos::custos_bin())
+            .args(["search", "--json", "\"research keep\"", "--config"])
+            .arg(&fresh_config)
+            .env("CUSTOS_CRASH_AT", point)
+            .stdin(std::process::Stdio::null())
+            .output()?;
+        assert!(
+            killed.status.code().is_none(),
+            "not killed at {point}: {}",
+            output_text(&killed)
+        );
+        let v = run_custos(&["verify"], Some(&fresh_config))?;
+        assert!(v.status.success(), "after {point}: {}", output_text(&v));
+    }
     let s = run_custos(
         &["search", "--json", "\"research keep\""],
         Some(&fresh_config),

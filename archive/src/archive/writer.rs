@@ -852,10 +852,10 @@ fn shred_segment(
         time: a.record.time,
     });
     to_indexer(itx, appended);
-    crash_point("shred-recorded");
+    crate::crash_point("shred-recorded");
     log.destroy_key(segment)
         .map_err(|e| failed(e.to_string()))?;
-    crash_point("shred-key-destroyed");
+    crate::crash_point("shred-key-destroyed");
     receipt.ok_or_else(|| failed("no record appended".into()))
 }
 
@@ -971,18 +971,5 @@ fn indexer_loop(
             }
             last_commit = Instant::now();
         }
-    }
-}
-
-/// Test hook for crash-consistency tests: with `CUSTOS_CRASH_AT=<point>` in the
-/// environment the process kills itself with SIGKILL at that point (nothing flushed, no
-/// destructor run), exactly as `kill -9` would. Unset, it costs one environment lookup.
-fn crash_point(point: &str) {
-    if std::env::var_os("CUSTOS_CRASH_AT").is_some_and(|v| v == point) {
-        let pid = std::process::id().to_string();
-        let _ = std::process::Command::new("kill")
-            .args(["-9", &pid])
-            .status();
-        std::process::abort();
     }
 }

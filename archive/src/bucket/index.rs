@@ -548,6 +548,12 @@ pub(crate) fn fetch_index(
         _ => {}
     }
     let io = |p: &Path, e: std::io::Error| SyncError::Check(format!("{}: {e}", p.display()));
+    // tantivy's list of the files it manages is kept as tantivy keeps it: a file is
+    // listed before it is written and unlisted after it is deleted, so a crash at any
+    // step leaves no file present that the list does not name (which `verify` would
+    // report). So: list what is there and what comes, fetch, switch the commit, delete
+    // what the replaced commit alone used, list what is left.
+    list_managed(&index_dir, &seal_key, &wanted, true)?;
     let mut fetched = 0;
     for name in &wanted {
         let f = snap
@@ -582,35 +588,22 @@ pub(crate) fn fetch_index(
         std::fs::rename(&part, &path).map_err(|e| io(&path, e))?;
         fetched += 1;
     }
+    crate::crash_point("index-fetch-files");
     let meta = index_dir.join("meta.json");
     let part = index_dir.join("meta.json.part");
     write_new(&part, &meta_file).map_err(|e| io(&part, e))?;
     std::fs::rename(&part, &meta).map_err(|e| io(&meta, e))?;
-    // Segment files of the replaced commit: nothing names them any more. tantivy's list
-    // of the files it manages is written anew, as tantivy writes it (compact JSON and a
-    // newline), naming what is left.
-    let mut managed = Vec::new();
+    crate::crash_point("index-fetch-meta");
+    // Segment files of the replaced commit: nothing names them any more.
     let entries = std::fs::read_dir(&index_dir).map_err(|e| io(&index_dir, e))?;
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let segment_file = name
-            .split('.')
-            .next()
-            .is_some_and(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()));
-        if segment_file && !wanted.contains(&name) {
+        if segment_file(&name) && !wanted.contains(&name) {
             let _ = std::fs::remove_file(e.path());
-        } else if segment_file || name == "meta.json" {
-            managed.push(name);
         }
     }
-    managed.sort();
-    let mut list = serde_json::to_vec(&managed).map_err(|e| SyncError::Check(e.to_string()))?;
-    list.push(b'\n');
-    let list = seal_key.seal(".managed.json", &list);
-    let path = index_dir.join(".managed.json");
-    let part = index_dir.join(".managed.json.part");
-    write_new(&part, &list).map_err(|e| io(&part, e))?;
-    std::fs::rename(&part, &path).map_err(|e| io(&path, e))?;
+    crate::crash_point("index-fetch-deleted");
+    list_managed(&index_dir, &seal_key, &wanted, false)?;
     // Without its word lists the copy still answers every other term; patterns are
     // refused, naming `custos reindex`, as when the lists are lost.
     let words = match fetch_words(&index_dir, remote, theirs.through) {
@@ -625,6 +618,44 @@ pub(crate) fn fetch_index(
         files: fetched,
         words,
     })
+}
+
+/// Whether `name` is one of a tantivy segment's files (`<32 hex digits>.<ext>`).
+fn segment_file(name: &str) -> bool {
+    name.split('.')
+        .next()
+        .is_some_and(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Writes tantivy's list of the files it manages in `index_dir`, as tantivy writes it
+/// (compact JSON and a newline, sealed): `meta.json`, the segment files `wanted`, and,
+/// with `and_present`, every other segment file present.
+fn list_managed(
+    index_dir: &Path,
+    seal_key: &crate::index::SealKey,
+    wanted: &[String],
+    and_present: bool,
+) -> Result<(), SyncError> {
+    let io = |p: &Path, e: std::io::Error| SyncError::Check(format!("{}: {e}", p.display()));
+    let mut managed: std::collections::BTreeSet<String> = wanted.iter().cloned().collect();
+    managed.insert("meta.json".into());
+    if and_present {
+        let entries = std::fs::read_dir(index_dir).map_err(|e| io(index_dir, e))?;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if segment_file(&name) {
+                managed.insert(name);
+            }
+        }
+    }
+    let managed: Vec<String> = managed.into_iter().collect();
+    let mut list = serde_json::to_vec(&managed).map_err(|e| SyncError::Check(e.to_string()))?;
+    list.push(b'\n');
+    let list = seal_key.seal(".managed.json", &list);
+    let path = index_dir.join(".managed.json");
+    let part = index_dir.join(".managed.json.part");
+    write_new(&part, &list).map_err(|e| io(&part, e))?;
+    std::fs::rename(&part, &path).map_err(|e| io(&path, e))
 }
 
 #[cfg(test)]
