@@ -375,11 +375,16 @@ impl SealedDirectory {
     }
 
     /// Reads every block of the file at `path` from disk and checks it, a chunk at a
-    /// time (not through the cache, and not into memory whole).
-    pub(crate) fn check_whole(&self, path: &Path) -> Result<(), OpenReadError> {
+    /// time (not through the cache, and not into memory whole), handing each checked
+    /// chunk to `each` in order.
+    pub(crate) fn check_whole(
+        &self,
+        path: &Path,
+        each: impl FnMut(&[u8]),
+    ) -> Result<(), OpenReadError> {
         let handle = self.sealed_file(path)?;
         handle
-            .check_whole()
+            .check_whole(each)
             .map_err(|e| OpenReadError::wrap_io_error(e, path.to_path_buf()))
     }
 
@@ -481,10 +486,10 @@ impl SealedFile {
         io::Error::new(io::ErrorKind::InvalidData, Refused(why))
     }
 
-    fn check_whole(&self) -> io::Result<()> {
+    fn check_whole(&self, mut each: impl FnMut(&[u8])) -> io::Result<()> {
         let (n, step) = (blocks(self.len), CHECK_CHUNK);
         for first in (0..n).step_by(step) {
-            drop(self.copy(first, (first + step).min(n) - 1)?);
+            each(&self.copy(first, (first + step).min(n) - 1)?);
         }
         Ok(())
     }
