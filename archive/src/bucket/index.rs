@@ -588,6 +588,18 @@ pub(crate) fn fetch_index(
         std::fs::rename(&part, &path).map_err(|e| io(&path, e))?;
         fetched += 1;
     }
+    // The word lists come before the commit switches: once it has, this copy is the
+    // local index and is not fetched again. Lists of a commit not yet switched to are
+    // not the ones the local commit binds, and are refused until it is.
+    // Without its word lists the copy still answers every other term; patterns are
+    // refused, naming `custos reindex`, as when the lists are lost.
+    let words = match fetch_words(&index_dir, remote, theirs.through) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(cause = %e, "the bucket's word lists cannot be used; prefix, wildcard and fuzzy terms need `custos reindex`");
+            0
+        }
+    };
     crate::crash_point("index-fetch-files");
     let meta = index_dir.join("meta.json");
     let part = index_dir.join("meta.json.part");
@@ -604,15 +616,6 @@ pub(crate) fn fetch_index(
     }
     crate::crash_point("index-fetch-deleted");
     list_managed(&index_dir, &seal_key, &wanted, false)?;
-    // Without its word lists the copy still answers every other term; patterns are
-    // refused, naming `custos reindex`, as when the lists are lost.
-    let words = match fetch_words(&index_dir, remote, theirs.through) {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::warn!(cause = %e, "the bucket's word lists cannot be used; prefix, wildcard and fuzzy terms need `custos reindex`");
-            0
-        }
-    };
     Ok(IndexFetch::Fetched {
         through: theirs.through,
         files: fetched,
