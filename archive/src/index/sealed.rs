@@ -34,10 +34,9 @@
 //! under the reader is then an error, not a fault.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::ops::Range;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
@@ -65,6 +64,12 @@ const BLOCK: usize = 16 * 1024;
 const BUDGET: usize = 64 << 20;
 /// A whole-file check reads this many blocks at a time.
 const CHECK_CHUNK: usize = 64;
+/// The most data one sealed file may hold (its block hashes then take 128 MiB): far
+/// beyond any segment file of an archive, and a bound on what a forged trailer can make
+/// the open read and hold before its MAC is checked.
+const MAX_LEN: usize = 64 << 30;
+/// The most a file tantivy reads whole (`meta.json`, `.managed.json`) may hold.
+const MAX_SMALL: u64 = 64 << 20;
 
 /// The length of the data a sealed file holds, as its trailer says (not checked).
 pub(crate) fn sealed_len(file: &[u8]) -> Option<usize> {
@@ -162,9 +167,14 @@ impl SealKey {
             )
         };
         let len = u64::from_be_bytes(tail[..8].try_into().map_err(|_| mismatch())?);
+        if len > MAX_LEN as u64 {
+            return Err(format!(
+                "search index file {name}: its trailer claims {len} bytes, more than Custos writes to one file; run `custos reindex`"
+            ));
+        }
         let len = usize::try_from(len)
             .ok()
-            .filter(|&l| (l as u64) <= at && (l + blocks(l) * 32) as u64 == at)
+            .filter(|&l| (l + blocks(l) * 32) as u64 == at)
             .ok_or_else(mismatch)?;
         let table = read_at(len as u64, blocks(len) * 32).map_err(unreadable)?;
         let want = self.mac(name, len as u64, &table);
@@ -314,6 +324,10 @@ impl Verified {
             }
             keep
         });
+        // What the file's copies raised the limit by goes with them.
+        self.limit = self
+            .limit
+            .min(self.bytes.max(self.budget) + self.budget / 8);
     }
 }
 
@@ -392,18 +406,37 @@ impl SealedDirectory {
         if let Some(f) = self.open_files().get(path).and_then(Weak::upgrade) {
             return Ok(f);
         }
-        let file = match File::open(self.root.join(path)) {
+        let name = name_of(path);
+        // Not blocking: a FIFO put in a file's place must not hang the open.
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(self.root.join(path));
+        let file = match opened {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(OpenReadError::FileDoesNotExist(path.to_path_buf()))
+                // tantivy opens a segment without a positions file it cannot find, and
+                // its phrases then fail or miss: a load that met one must fail.
+                if is_segment_file(&name) {
+                    note_refusal(
+                        &self.refused,
+                        &format!("search index file {name} is missing; run `custos reindex`"),
+                    );
+                }
+                return Err(OpenReadError::FileDoesNotExist(path.to_path_buf()));
             }
             Err(e) => return Err(OpenReadError::wrap_io_error(e, path.to_path_buf())),
         };
-        let size = file
+        let stat = file
             .metadata()
-            .map_err(|e| OpenReadError::wrap_io_error(e, path.to_path_buf()))?
-            .len();
-        let name = name_of(path);
+            .map_err(|e| OpenReadError::wrap_io_error(e, path.to_path_buf()))?;
+        if !stat.is_file() {
+            return Err(self.refuse(
+                path,
+                format!("search index file {name}: not a regular file; run `custos reindex`"),
+            ));
+        }
+        let size = stat.len();
         let opened = self.key.open_trailer(&name, size, |at, n| {
             let mut buf = vec![0; n];
             file.read_exact_at(&mut buf, at)?;
@@ -428,6 +461,12 @@ impl SealedDirectory {
     }
 }
 
+/// A tantivy segment's file: `<32 hex digits>.<component>`.
+pub(crate) fn is_segment_file(name: &str) -> bool {
+    name.split_once('.')
+        .is_some_and(|(id, _)| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 fn note_refusal(refused: &Mutex<Option<String>>, why: &str) {
     if let Ok(mut r) = refused.lock() {
         r.get_or_insert_with(|| why.to_owned());
@@ -437,7 +476,7 @@ fn note_refusal(refused: &Mutex<Option<String>>, why: &str) {
 /// A file whose trailer was checked, read block by block into checked copies.
 struct SealedFile {
     name: String,
-    file: File,
+    file: std::fs::File,
     /// Names this open file's copies in [`Verified`].
     serial: u64,
     len: usize,
@@ -605,8 +644,32 @@ impl Directory for SealedDirectory {
     }
 
     fn atomic_read(&self, path: &Path) -> Result<Vec<u8>, OpenReadError> {
-        let mut file = self.inner.atomic_read(path)?;
-        match self.key.open(&name_of(path), &file) {
+        let name = name_of(path);
+        let wrap = |e: io::Error| OpenReadError::wrap_io_error(e, path.to_path_buf());
+        // Not blocking on a FIFO, and not reading a file of any size whole.
+        let opened = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(self.root.join(path))
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(OpenReadError::FileDoesNotExist(path.to_path_buf()))
+            }
+            Err(e) => return Err(wrap(e)),
+        };
+        let stat = opened.metadata().map_err(wrap)?;
+        if !stat.is_file() || stat.len() > MAX_SMALL {
+            return Err(self.refuse(
+                path,
+                format!(
+                    "search index file {name}: not a regular file of at most {MAX_SMALL} bytes; run `custos reindex`"
+                ),
+            ));
+        }
+        let mut file = Vec::new();
+        io::Read::read_to_end(&mut io::Read::take(opened, MAX_SMALL), &mut file).map_err(wrap)?;
+        match self.key.open(&name, &file) {
             Ok(data) => {
                 let n = data.len();
                 file.truncate(n);
@@ -813,5 +876,187 @@ mod tests {
         v.forget(1);
         v.forget(2);
         assert!(v.copies.is_empty() && v.order.is_empty() && v.bytes == 0);
+    }
+
+    /// A trailer that claims 16 TiB of data (as a sparse file of that size could, with
+    /// its length consistent): its block hashes, 34 GB, would be read and held before the
+    /// MAC is checked. The open refuses it naming the file, before reading them.
+    #[test]
+    fn a_trailer_claiming_more_than_custos_writes_is_refused_before_its_hashes_are_read() {
+        let (t, d) = dir();
+        let len: u64 = 16 << 40;
+        let mut file = vec![0u8; 64];
+        file.extend_from_slice(&len.to_be_bytes());
+        file.extend_from_slice(MAGIC);
+        file.extend_from_slice(&[0; 32]);
+        std::fs::write(t.path().join("x.idx"), &file).unwrap();
+        let err = d
+            .get_file_handle(Path::new("x.idx"))
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("x.idx") && err.contains("more than Custos writes"),
+            "{err}"
+        );
+    }
+
+    /// Copies a reader held raise the point of the next shrink; when their file is
+    /// closed and they are forgotten, that point comes down with them, so copies nobody
+    /// holds do not then grow to what was held.
+    #[test]
+    fn the_cache_keeps_to_its_budget_after_held_copies_are_forgotten() {
+        let budget = 4 * BLOCK;
+        let mut v = Verified::new(budget);
+        let copy = || -> Arc<[u8]> { std::iter::repeat_n(1u8, BLOCK).collect() };
+        let held: Vec<Arc<[u8]>> = (0..64).map(|_| copy()).collect();
+        for (i, c) in held.iter().enumerate() {
+            v.insert((1, i, i), c.clone());
+        }
+        // The reader lets go of file 1 (a reload after a merge): it is forgotten.
+        drop(held);
+        v.forget(1);
+        // Another file's reads, none held.
+        for i in 0..64 {
+            v.insert((2, i, i), copy());
+        }
+        assert!(
+            v.bytes <= budget + budget / 8 + BLOCK,
+            "{} bytes of copies nobody holds kept, budget {budget} (limit {})",
+            v.bytes,
+            v.limit
+        );
+    }
+
+    /// A FIFO put in place of an index file: the open is refused, naming it, and does
+    /// not block the reader forever.
+    #[test]
+    fn a_fifo_in_place_of_a_file_is_refused_without_hanging() {
+        let (t, d) = dir();
+        let p = t.path().join("f.idx");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&p)
+            .status()
+            .unwrap()
+            .success());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = d
+                .get_file_handle(Path::new("f.idx"))
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            let _ = tx.send(r);
+        });
+        let got = rx.recv_timeout(std::time::Duration::from_secs(3));
+        // Unblock the thread, if it is blocked, so the test process can end.
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&p);
+        let err = got
+            .expect("open of a FIFO still blocked after 3 s")
+            .unwrap_err();
+        assert!(
+            err.contains("f.idx") && err.contains("not a regular file"),
+            "{err}"
+        );
+        // The same for a file tantivy reads whole.
+        let meta = t.path().join("meta.json");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&meta)
+            .status()
+            .unwrap()
+            .success());
+        let d = SealedDirectory::open(t.path(), &MasterKey::from_bytes([7; 32]), &[1; 16]).unwrap();
+        let err = d
+            .atomic_read(Path::new("meta.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("meta.json") && err.contains("not a regular file"),
+            "{err}"
+        );
+    }
+
+    /// Every range around block boundaries reads as written, from many threads at once,
+    /// through the shared cache, with each file opened by two directory values.
+    #[test]
+    fn ranges_at_block_boundaries_read_as_written_from_many_threads() {
+        let (t, d) = dir();
+        let sizes = [0, 1, BLOCK - 1, BLOCK, BLOCK + 1, 2 * BLOCK, 3 * BLOCK + 5];
+        for (i, &n) in sizes.iter().enumerate() {
+            let data: Vec<u8> = (0..n).map(|j| (j * 7 + i) as u8).collect();
+            write(&d, &format!("f{i}.idx"), &data);
+        }
+        let d2 =
+            SealedDirectory::open(t.path(), &MasterKey::from_bytes([7; 32]), &[1; 16]).unwrap();
+        std::thread::scope(|s| {
+            for th in 0..4 {
+                let dd = if th % 2 == 0 { d.clone() } else { d2.clone() };
+                s.spawn(move || {
+                    for (i, &n) in sizes.iter().enumerate() {
+                        let data: Vec<u8> = (0..n).map(|j| (j * 7 + i) as u8).collect();
+                        let h = dd.get_file_handle(Path::new(&format!("f{i}.idx"))).unwrap();
+                        assert_eq!(h.len(), n);
+                        let pts: Vec<usize> = [
+                            0,
+                            1,
+                            BLOCK - 1,
+                            BLOCK,
+                            BLOCK + 1,
+                            2 * BLOCK - 1,
+                            2 * BLOCK,
+                            2 * BLOCK + 1,
+                            3 * BLOCK,
+                            n.saturating_sub(1),
+                            n,
+                        ]
+                        .into_iter()
+                        .filter(|&p| p <= n)
+                        .collect();
+                        for &a in &pts {
+                            for &b in &pts {
+                                if a <= b {
+                                    let got = h.read_bytes(a..b).unwrap();
+                                    assert_eq!(got.as_slice(), &data[a..b], "f{i} {a}..{b}");
+                                }
+                            }
+                        }
+                        assert!(h.read_bytes(0..n + 1).is_err());
+                        #[allow(clippy::reversed_empty_ranges)]
+                        let r = h.read_bytes(1..0);
+                        assert!(n == 0 || r.is_err());
+                    }
+                });
+            }
+        });
+    }
+
+    /// A file replaced by a rename while open is read as it was opened; once nothing
+    /// holds it, the next open meets the replacement and refuses it.
+    #[test]
+    fn a_file_replaced_by_rename_while_open_reads_as_opened() {
+        let (t, d) = dir();
+        let a: Vec<u8> = (0..2 * BLOCK + 3).map(|j| j as u8).collect();
+        write(&d, "r.idx", &a);
+        write(&d, "s.idx", &vec![9u8; 2 * BLOCK + 3]);
+        let h = d.get_file_handle(Path::new("r.idx")).unwrap();
+        std::fs::rename(t.path().join("s.idx"), t.path().join("r.idx")).unwrap();
+        assert_eq!(h.read_bytes(0..a.len()).unwrap().as_slice(), &a[..]);
+        let h2 = d.get_file_handle(Path::new("r.idx")).unwrap();
+        assert_eq!(
+            h2.read_bytes(BLOCK..a.len()).unwrap().as_slice(),
+            &a[BLOCK..]
+        );
+        drop((h, h2));
+        let err = d
+            .get_file_handle(Path::new("r.idx"))
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("r.idx") && err.contains("does not match"),
+            "{err}"
+        );
     }
 }
