@@ -1375,6 +1375,10 @@ pub struct BlindIndexReader {
     placer: Placer,
     /// Says which file failed its seal when a load fails.
     sealed: SealedDirectory,
+    /// `meta.json` as it was read before the last load: a reload finding it unchanged
+    /// keeps the commit loaded (and what its readers hold) instead of opening every
+    /// segment anew.
+    loaded: std::sync::Mutex<Vec<u8>>,
 }
 
 impl BlindIndexReader {
@@ -1403,6 +1407,7 @@ impl BlindIndexReader {
             archive_id: *archive_id,
             vocab: std::sync::Mutex::new(Vocabulary::new(dir, master, archive_id)),
             placer: Placer::derive(master, archive_id),
+            loaded: std::sync::Mutex::default(),
         })
     }
 
@@ -1660,15 +1665,28 @@ impl BlindIndexReader {
         // A refusal met by an earlier search was reported there: this load is told
         // only of its own.
         let _ = self.sealed.take_refusal();
+        let meta = {
+            use tantivy::directory::Directory;
+            self.sealed
+                .atomic_read(Path::new("meta.json"))
+                .map_err(|e| unsealed(&self.sealed, tantivy::TantivyError::from(e)))?
+        };
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        // The same bytes are the same commit (each names its opstamp and segments).
+        if *loaded == meta {
+            return Ok(());
+        }
         self.reader
             .reload()
             .map_err(|e| unsealed(&self.sealed, e))?;
         // tantivy loads a segment without a positions file it cannot open: a refusal it
         // passed over still fails the load.
-        match self.sealed.take_refusal() {
-            Some(why) => Err(IndexError::Unsealed(why)),
-            None => Ok(()),
+        if let Some(why) = self.sealed.take_refusal() {
+            return Err(IndexError::Unsealed(why));
         }
+        // Read before the load: if a commit came in between, the next reload loads it.
+        *loaded = meta;
+        Ok(())
     }
 
     /// [`BlindIndexReader::search_all`] of the commit last loaded, without loading a
@@ -2585,6 +2603,30 @@ mod tests {
             offset: seq * 100,
             head: [seq as u8; 32],
         }
+    }
+
+    /// A reader loads each commit once: a search after a commit sees it, and searches
+    /// with no commit between them keep the loaded one instead of opening every
+    /// segment anew.
+    #[test]
+    fn a_reader_loads_each_new_commit_and_keeps_the_loaded_one_otherwise() {
+        let f = Fixture::new();
+        let mut w = f.writer();
+        w.add(&appended(1, 1, "alpha")).unwrap();
+        w.commit().unwrap();
+        let r = f.reader();
+        let generation = |r: &BlindIndexReader| r.reader.searcher().generation().generation_id();
+        assert_eq!(seqs(&r, "alpha").unwrap(), vec![1]);
+        let first = generation(&r);
+        assert_eq!(seqs(&r, "alpha").unwrap(), vec![1]);
+        assert_eq!(generation(&r), first);
+        w.add(&appended(2, 1, "alpha")).unwrap();
+        w.commit().unwrap();
+        assert_eq!(seqs(&r, "alpha").unwrap(), vec![1, 2]);
+        let second = generation(&r);
+        assert_ne!(second, first);
+        assert_eq!(seqs(&r, "alpha").unwrap(), vec![1, 2]);
+        assert_eq!(generation(&r), second);
     }
 
     /// A file whose body tantivy's checksum does not match, sealed as if Custos had
