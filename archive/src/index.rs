@@ -44,7 +44,7 @@ use crate::vocab::{
 
 mod sealed;
 use sealed::SealedDirectory;
-pub(crate) use sealed::{sealed_len, SealKey};
+pub(crate) use sealed::{is_segment_file, sealed_len, SealKey};
 
 /// Memory budget for the single indexing thread (tantivy needs ≥ 15 MB).
 const WRITER_MEMORY: usize = 50_000_000;

@@ -43,6 +43,7 @@ use super::s3::PutOptions;
 use super::sync::SyncError;
 use super::Remote;
 use crate::export::hex;
+use crate::index::is_segment_file;
 use crate::keys::MasterKey;
 
 /// Where the copy is, under a chain's prefix.
@@ -610,7 +611,7 @@ pub(crate) fn fetch_index(
     let entries = std::fs::read_dir(&index_dir).map_err(|e| io(&index_dir, e))?;
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if segment_file(&name) && !wanted.contains(&name) {
+        if is_segment_file(&name) && !wanted.contains(&name) {
             let _ = std::fs::remove_file(e.path());
         }
     }
@@ -621,13 +622,6 @@ pub(crate) fn fetch_index(
         files: fetched,
         words,
     })
-}
-
-/// Whether `name` is one of a tantivy segment's files (`<32 hex digits>.<ext>`).
-fn segment_file(name: &str) -> bool {
-    name.split('.')
-        .next()
-        .is_some_and(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// Writes tantivy's list of the files it manages in `index_dir`, as tantivy writes it
@@ -646,7 +640,7 @@ fn list_managed(
         let entries = std::fs::read_dir(index_dir).map_err(|e| io(index_dir, e))?;
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if segment_file(&name) {
+            if is_segment_file(&name) {
                 managed.insert(name);
             }
         }

@@ -331,10 +331,11 @@ impl Verified {
     }
 }
 
-/// tantivy's [`MmapDirectory`] with every file sealed on write and checked on read.
+/// The index's directory as tantivy sees it: every file sealed as it is written, and
+/// read as checked private copies ([`SealedFile`]).
 #[derive(Clone)]
 pub(crate) struct SealedDirectory {
-    /// Writes, deletes, locks and watches; reads go through [`SealedFile`].
+    /// Writes, deletes, locks and watches.
     inner: MmapDirectory,
     root: PathBuf,
     key: SealKey,
