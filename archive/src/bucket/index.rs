@@ -615,7 +615,6 @@ pub(crate) fn fetch_index(
             let _ = std::fs::remove_file(e.path());
         }
     }
-    crate::crash_point("index-fetch-deleted");
     list_managed(&index_dir, &seal_key, &wanted, false)?;
     Ok(IndexFetch::Fetched {
         through: theirs.through,
