@@ -2361,6 +2361,14 @@ mod tests {
         fn list(&self, segment: u64) -> std::path::PathBuf {
             vocab_dir(&self.index).join(format!("{segment:016x}.words"))
         }
+        /// An index file whose name ends with `ending` (`.pos`, `.term`…).
+        fn file_ending(&self, ending: &str) -> std::path::PathBuf {
+            std::fs::read_dir(&self.index)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| p.to_string_lossy().ends_with(ending))
+                .unwrap()
+        }
     }
 
     fn seqs(r: &BlindIndexReader, q: &str) -> Result<Vec<u64>, IndexError> {
@@ -2641,11 +2649,12 @@ mod tests {
         w.finish().unwrap();
         coverage(&f.index, &f.master, &f.id, true).unwrap();
         let key = SealKey::derive(&f.master, &f.id);
-        let name = std::fs::read_dir(&f.index)
+        let name = f
+            .file_ending(".idx")
+            .file_name()
             .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .find(|n| n.ends_with(".idx"))
-            .unwrap();
+            .to_string_lossy()
+            .into_owned();
         let mut body = std::fs::read(f.index.join(&name)).unwrap();
         body.truncate(sealed_len(&body).unwrap());
         body[0] ^= 1;
@@ -2802,11 +2811,7 @@ mod tests {
             w.add(&appended(seq, 1, &body)).unwrap();
         }
         w.finish().unwrap();
-        let term = std::fs::read_dir(&f.index)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.to_string_lossy().ends_with(".term"))
-            .unwrap();
+        let term = f.file_ending(".term");
         let len = sealed_len(&std::fs::read(&term).unwrap()).unwrap();
         assert!(len > 4 * 16 * 1024, "{len}");
         poke(&term, (len / 2) as u64, 0x01);
@@ -2891,17 +2896,17 @@ mod tests {
         let mut w = f.writer();
         w.add(&appended(1, 1, "alpha")).unwrap();
         w.finish().unwrap();
-        let pos = std::fs::read_dir(&f.index)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.to_string_lossy().ends_with(".pos"))
-            .unwrap();
+        let pos = f.file_ending(".pos");
         poke(&pos, 0, 0x80);
         let r = BlindIndexReader::open(&f.index, &f.master, &f.id);
         let r = match r {
             Ok(r) => r,
             Err(e) => {
-                assert!(e.to_string().contains("search index file"), "open: {e}");
+                let e = e.to_string();
+                assert!(
+                    e.contains("search index file") && e.contains(".pos"),
+                    "open: {e}"
+                );
                 return;
             }
         };
@@ -2920,11 +2925,7 @@ mod tests {
         let mut w = f.writer();
         w.add(&appended(1, 1, "alpha")).unwrap();
         w.finish().unwrap();
-        let pos = std::fs::read_dir(&f.index)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.to_string_lossy().ends_with(".pos"))
-            .unwrap();
+        let pos = f.file_ending(".pos");
         std::fs::remove_file(&pos).unwrap();
         let name = pos.file_name().unwrap().to_string_lossy().into_owned();
         let search = match BlindIndexReader::open(&f.index, &f.master, &f.id) {

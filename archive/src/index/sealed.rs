@@ -704,8 +704,13 @@ mod tests {
 
     fn dir() -> (tempfile::TempDir, SealedDirectory) {
         let t = tempfile::tempdir().unwrap();
-        let d = SealedDirectory::open(t.path(), &MasterKey::from_bytes([7; 32]), &[1; 16]).unwrap();
+        let d = reopen(&t);
         (t, d)
+    }
+
+    /// A new directory value over `t`: nothing opened or checked before.
+    fn reopen(t: &tempfile::TempDir) -> SealedDirectory {
+        SealedDirectory::open(t.path(), &MasterKey::from_bytes([7; 32]), &[1; 16]).unwrap()
     }
 
     fn write(d: &SealedDirectory, name: &str, data: &[u8]) {
@@ -771,8 +776,7 @@ mod tests {
         for (what, bytes, why) in cases {
             std::fs::write(&path, &bytes).unwrap();
             // A new directory value: nothing checked before.
-            let d =
-                SealedDirectory::open(t.path(), &MasterKey::from_bytes([7; 32]), &[1; 16]).unwrap();
+            let d = reopen(&t);
             let err = read(&d, "a.del").unwrap_err();
             assert!(err.contains("a.del") && err.contains(why), "{what}: {err}");
             assert!(d.take_refusal().is_some_and(|r| r.contains(why)), "{what}");
@@ -796,7 +800,7 @@ mod tests {
         let (t, d) = dir();
         let data: Vec<u8> = (0..2 * BLOCK).map(|i| (i % 239) as u8).collect();
         write(&d, "s.idx", &data);
-        let d = SealedDirectory::open(t.path(), &MasterKey::from_bytes([7; 32]), &[1; 16]).unwrap();
+        let d = reopen(&t);
         let h = d.get_file_handle(Path::new("s.idx")).unwrap();
         assert_eq!(h.read_bytes(0..10).unwrap().as_slice(), &data[..10]);
         let path = t.path().join("s.idx");
@@ -820,7 +824,7 @@ mod tests {
         let (t, d) = dir();
         let data: Vec<u8> = (0..3 * BLOCK).map(|i| (i % 251) as u8).collect();
         write(&d, "s.idx", &data);
-        let d = SealedDirectory::open(t.path(), &MasterKey::from_bytes([7; 32]), &[1; 16]).unwrap();
+        let d = reopen(&t);
         let h = d.get_file_handle(Path::new("s.idx")).unwrap();
         let held = h.read_bytes(10..BLOCK + 20).unwrap();
         let path = t.path().join("s.idx");
@@ -968,7 +972,7 @@ mod tests {
             .status()
             .unwrap()
             .success());
-        let d = SealedDirectory::open(t.path(), &MasterKey::from_bytes([7; 32]), &[1; 16]).unwrap();
+        let d = reopen(&t);
         let err = d
             .atomic_read(Path::new("meta.json"))
             .unwrap_err()
@@ -989,8 +993,7 @@ mod tests {
             let data: Vec<u8> = (0..n).map(|j| (j * 7 + i) as u8).collect();
             write(&d, &format!("f{i}.idx"), &data);
         }
-        let d2 =
-            SealedDirectory::open(t.path(), &MasterKey::from_bytes([7; 32]), &[1; 16]).unwrap();
+        let d2 = reopen(&t);
         std::thread::scope(|s| {
             for th in 0..4 {
                 let dd = if th % 2 == 0 { d.clone() } else { d2.clone() };
