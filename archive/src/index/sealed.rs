@@ -33,7 +33,7 @@
 //! merged segment's files while older readers may still read them, and a file cut
 //! under the reader is then an error, not a fault.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::{self, BufWriter, Write};
 use std::ops::Range;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -230,9 +230,8 @@ type Span = (u64, usize, usize);
 struct Verified {
     /// Bytes of copies nobody holds that are kept: [`BUDGET`].
     budget: usize,
+    /// Each copy with its last use (a tick).
     copies: HashMap<Span, (Arc<[u8]>, u64)>,
-    /// Last use of each copy, oldest first.
-    order: BTreeMap<u64, Span>,
     tick: u64,
     bytes: usize,
     /// The next shrink is due when `bytes` passes this.
@@ -252,7 +251,6 @@ impl Verified {
         Verified {
             budget,
             copies: HashMap::new(),
-            order: BTreeMap::new(),
             tick: 0,
             bytes: 0,
             limit: budget,
@@ -262,20 +260,16 @@ impl Verified {
     fn get(&mut self, span: Span) -> Option<Arc<[u8]>> {
         self.tick += 1;
         let (data, used) = self.copies.get_mut(&span)?;
-        self.order.remove(used);
         *used = self.tick;
-        self.order.insert(self.tick, span);
         Some(data.clone())
     }
 
     fn insert(&mut self, span: Span, data: Arc<[u8]>) {
         self.tick += 1;
         self.bytes += data.len();
-        if let Some((old, used)) = self.copies.insert(span, (data, self.tick)) {
+        if let Some((old, _)) = self.copies.insert(span, (data, self.tick)) {
             self.bytes -= old.len();
-            self.order.remove(&used);
         }
-        self.order.insert(self.tick, span);
         if self.bytes > self.limit {
             self.shrink();
         }
@@ -284,29 +278,26 @@ impl Verified {
     /// Drops copies nobody holds, least recently used first, until those left fit the
     /// budget.
     fn shrink(&mut self) {
-        let held = |d: &Arc<[u8]>| Arc::strong_count(d) > 1;
-        let loose: usize = self
+        // Copies nobody holds, least recently used first.
+        let mut loose: Vec<(u64, Span, usize)> = self
             .copies
-            .values()
-            .filter(|(d, _)| !held(d))
-            .map(|(d, _)| d.len())
-            .sum();
-        let mut excess = loose.saturating_sub(self.budget);
-        let mut gone = Vec::new();
-        for (&used, span) in &self.order {
+            .iter()
+            .filter(|(_, (d, _))| Arc::strong_count(d) == 1)
+            .map(|(span, (d, used))| (*used, *span, d.len()))
+            .collect();
+        loose.sort_unstable();
+        let mut excess = loose
+            .iter()
+            .map(|c| c.2)
+            .sum::<usize>()
+            .saturating_sub(self.budget);
+        for (_, span, len) in loose {
             if excess == 0 {
                 break;
             }
-            if let Some((d, _)) = self.copies.get(span).filter(|(d, _)| !held(d)) {
-                excess = excess.saturating_sub(d.len());
-                gone.push((used, *span));
-            }
-        }
-        for (used, span) in gone {
-            self.order.remove(&used);
-            if let Some((d, _)) = self.copies.remove(&span) {
-                self.bytes -= d.len();
-            }
+            self.copies.remove(&span);
+            self.bytes -= len;
+            excess = excess.saturating_sub(len);
         }
         // What is held now may all be let go before the next shrink: that shrink comes
         // after an eighth of the budget more.
@@ -314,12 +305,10 @@ impl Verified {
     }
 
     fn forget(&mut self, file: u64) {
-        let order = &mut self.order;
         let bytes = &mut self.bytes;
-        self.copies.retain(|span, (d, used)| {
+        self.copies.retain(|span, (d, _)| {
             let keep = span.0 != file;
             if !keep {
-                order.remove(used);
                 *bytes -= d.len();
             }
             keep
@@ -880,7 +869,7 @@ mod tests {
         drop(held);
         v.forget(1);
         v.forget(2);
-        assert!(v.copies.is_empty() && v.order.is_empty() && v.bytes == 0);
+        assert!(v.copies.is_empty() && v.bytes == 0);
     }
 
     /// A trailer that claims 16 TiB of data (as a sparse file of that size could, with
