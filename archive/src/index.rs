@@ -20,6 +20,7 @@ use std::path::Path;
 use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use tantivy::indexer::UserOperation;
 use tantivy::postings::{Postings, SegmentPostings};
 use tantivy::query::{
     AllQuery, BooleanQuery, EmptyQuery, EmptyScorer, EnableScoring, Explanation, Occur,
@@ -117,6 +118,50 @@ impl BlindKey {
             out.push(char::from(DIGITS[usize::from(b >> 4)]));
             out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
         }
+    }
+}
+
+/// The blinded forms of the terms the writer met lately. Words and addresses repeat
+/// (a few thousand make up most of any traffic), and a look-up costs far less than the
+/// keyed hash. Held in memory only, beside the word list of the segment being written.
+struct TermCache {
+    /// `tag NUL value` → the blinded term's hex digits.
+    terms: std::collections::HashMap<Box<str>, [u8; 2 * TERM_BYTES]>,
+    /// The key being looked up, built without allocating.
+    scratch: String,
+}
+
+impl TermCache {
+    /// Terms kept before the cache starts again from nothing (about 3 MiB).
+    const MAX: usize = 32 * 1024;
+
+    fn new() -> TermCache {
+        TermCache {
+            terms: std::collections::HashMap::new(),
+            scratch: String::new(),
+        }
+    }
+
+    /// Appends the blinded form of `value` in the namespace `tag` to `out`, as
+    /// [`BlindKey::push_term`] does.
+    fn push_term(&mut self, key: &BlindKey, tag: &str, value: &str, out: &mut String) {
+        self.scratch.clear();
+        self.scratch.push_str(tag);
+        self.scratch.push('\0');
+        self.scratch.push_str(value);
+        if let Some(hex) = self.terms.get(self.scratch.as_str()) {
+            // Hex digits are ASCII.
+            out.extend(hex.iter().map(|&b| char::from(b)));
+            return;
+        }
+        let start = out.len();
+        key.push_term(tag, value, out);
+        let mut hex = [0u8; 2 * TERM_BYTES];
+        hex.copy_from_slice(&out.as_bytes()[start..]);
+        if self.terms.len() >= Self::MAX {
+            self.terms.clear();
+        }
+        self.terms.insert(self.scratch.as_str().into(), hex);
     }
 }
 
@@ -479,7 +524,17 @@ pub struct BlindIndexWriter {
     /// with the committed ones, and the mark must lose both.
     pending: BTreeMap<u64, Placed>,
     placer: Placer,
+    /// Documents and deletions added but not yet handed to tantivy: sent together, so
+    /// its indexing thread takes a batch per wake-up instead of one document.
+    ops: Vec<UserOperation<TantivyDocument>>,
+    terms: TermCache,
+    /// Why operations handed to tantivy were refused: the mark has moved past
+    /// documents that are not in, so no commit may record it.
+    lost: Option<String>,
 }
+
+/// Operations queued before they are handed to tantivy at once.
+const OPS_BATCH: usize = 128;
 
 fn open_or_create(
     dir: &Path,
@@ -1122,6 +1177,9 @@ impl BlindIndexWriter {
             forget: Vec::new(),
             pending: BTreeMap::new(),
             placer,
+            ops: Vec::with_capacity(OPS_BATCH),
+            terms: TermCache::new(),
+            lost: None,
         })
     }
 
@@ -1142,6 +1200,7 @@ impl BlindIndexWriter {
 
     /// Removes every document (reindex starts from nothing).
     pub fn clear(&mut self) -> Result<(), IndexError> {
+        self.send()?;
         self.writer.delete_all_documents()?;
         self.vocab.clear()?;
         self.pending.clear();
@@ -1169,8 +1228,10 @@ impl BlindIndexWriter {
             }
             // The shredded records go from the index too: deleted now, and their terms
             // purged from the files by the merge after the next commit.
-            self.writer
-                .delete_term(Term::from_field_u64(self.fields.seg, *segment));
+            self.ops.push(UserOperation::Delete(Term::from_field_u64(
+                self.fields.seg,
+                *segment,
+            )));
             self.purge = true;
             // Its word list goes once its documents have (after the commit's merge):
             // until then a search still finds them, and expands terms for them.
@@ -1200,15 +1261,30 @@ impl BlindIndexWriter {
         // (Written out as text that [`BlindTokens`] reads back: tantivy would put a
         // pre-tokenized value through JSON and back.)
         let mut text = String::new();
+        let mut unlisted = None;
+        let terms = &mut self.terms;
         for part in query::text_parts(m) {
-            for t in query::tokenize(part) {
-                k.push_term("text", &t, &mut text);
+            query::for_each_token(part, |t| {
+                terms.push_term(k, "text", t, &mut text);
                 text.push(BlindTokens::WORD_END);
-                self.vocab.add(a.segment, &t)?;
+                if unlisted.is_none() {
+                    unlisted = self.vocab.add(a.segment, t).err();
+                }
+            });
+            if let Some(e) = unlisted {
+                return Err(e.into());
             }
             text.push(BlindTokens::PART_END);
         }
         doc.add_text(f.text, text);
+        // One buffer for every blinded term of the record: tantivy copies each into the
+        // document.
+        let mut term = String::with_capacity(2 * TERM_BYTES);
+        let mut add = |doc: &mut TantivyDocument, field: Field, tag: &str, value: &str| {
+            term.clear();
+            terms.push_term(k, tag, value, &mut term);
+            doc.add_text(field, &term);
+        };
         // The person behind a room occupant is a party too: `from:` finds what they said
         // in a room, as the copies others received it.
         let occupant = m.capture.occupant.as_ref().map(|o| match m.direction {
@@ -1219,39 +1295,42 @@ impl BlindIndexWriter {
             .into_iter()
             .chain(occupant)
         {
-            let full = query::normalize_jid(jid);
-            let bare = query::bare_jid(&full).to_string();
-            for v in if bare == full {
-                vec![full]
-            } else {
-                vec![full, bare]
-            } {
-                let h = k.term("jid", &v);
-                doc.add_text(field, &h);
-                doc.add_text(f.with, &h);
+            let full = query::normalized_jid(jid);
+            let bare = query::bare_jid(&full);
+            for v in std::iter::once(&*full).chain((bare != full).then_some(bare)) {
+                add(&mut doc, field, "jid", v);
+                add(&mut doc, f.with, "jid", v);
             }
         }
-        doc.add_text(f.direction, k.term("direction", m.direction.as_str()));
-        doc.add_text(f.stanza_type, k.term("type", &m.stanza_type.to_lowercase()));
+        add(&mut doc, f.direction, "direction", m.direction.as_str());
+        add(
+            &mut doc,
+            f.stanza_type,
+            "type",
+            &m.stanza_type.to_lowercase(),
+        );
         if let Some(room) = query::room_of(m) {
-            doc.add_text(f.room, k.term("jid", &room));
+            add(&mut doc, f.room, "jid", &room);
         }
-        doc.add_text(f.action, k.term("action", m.outcome.action.as_str()));
+        add(&mut doc, f.action, "action", m.outcome.action.as_str());
         for r in &m.outcome.rules {
-            doc.add_text(f.rule, k.term("rule", r));
+            add(&mut doc, f.rule, "rule", r);
         }
         let c = &m.capture;
         for id in std::iter::once(&c.identity).chain(&c.delivered_identity) {
-            doc.add_text(f.msg, k.term("msg", id));
+            add(&mut doc, f.msg, "msg", id);
         }
-        doc.add_text(f.via, k.term("via", c.via.as_str()));
-        let account = query::normalize_jid(&c.account);
-        doc.add_text(f.account, k.term("jid", &account));
+        add(&mut doc, f.via, "via", c.via.as_str());
+        let account = query::normalized_jid(&c.account);
+        add(&mut doc, f.account, "jid", &account);
         let bare = query::bare_jid(&account);
         if bare != account {
-            doc.add_text(f.account, k.term("jid", bare));
+            add(&mut doc, f.account, "jid", bare);
         }
-        self.writer.add_document(doc)?;
+        self.ops.push(UserOperation::Add(doc));
+        if self.ops.len() >= OPS_BATCH {
+            self.send()?;
+        }
         let seq = a.record.seq.0;
         advance.held.add(&self.placer, seq, a.segment, a.offset);
         self.pending
@@ -1260,6 +1339,24 @@ impl BlindIndexWriter {
             .add(&self.placer, seq, a.segment, a.offset);
         self.mark = advance;
         self.dirty = true;
+        Ok(())
+    }
+
+    /// Hands the queued operations to tantivy. A refusal is kept: the mark has already
+    /// moved past those documents, so every later commit fails too.
+    fn send(&mut self) -> Result<(), IndexError> {
+        if let Some(why) = &self.lost {
+            return Err(IndexError::Damaged(why.clone()));
+        }
+        if self.ops.is_empty() {
+            return Ok(());
+        }
+        let ops = std::mem::replace(&mut self.ops, Vec::with_capacity(OPS_BATCH));
+        if let Err(e) = self.writer.run(ops) {
+            let why = format!("the index writer refused documents ({e}); the next open catches up from the last commit");
+            self.lost = Some(why.clone());
+            return Err(IndexError::Damaged(why));
+        }
         Ok(())
     }
 
@@ -1300,6 +1397,7 @@ impl BlindIndexWriter {
 
     /// Commits what was added; readers see it after their next reload.
     pub fn commit(&mut self) -> Result<(), IndexError> {
+        self.send()?;
         // The words first: a committed document's words are always in the vocabulary.
         self.vocab.flush()?;
         // The lists as they stand, less those whose segment this commit shreds (they
@@ -2215,6 +2313,31 @@ impl Weight for NearQuery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_term_cache_blinds_as_the_key_does_before_and_after_it_starts_again() {
+        let key = BlindKey::derive(&MasterKey::from_bytes([9; 32]), &[1; 16]);
+        let mut cache = TermCache::new();
+        let mut out = String::from("x");
+        // A tag and value that would join into another pair's key do not share a term.
+        for (tag, value) in [
+            ("jid", "a\0b"),
+            ("jid\0a", "b"),
+            ("text", "word"),
+            ("text", "word"),
+        ] {
+            out.truncate(1);
+            cache.push_term(&key, tag, value, &mut out);
+            assert_eq!(&out[1..], key.term(tag, value), "{tag:?} {value:?}");
+        }
+        for n in 0..TermCache::MAX + 10 {
+            let word = format!("w{}", n % (TermCache::MAX + 5));
+            out.clear();
+            cache.push_term(&key, "text", &word, &mut out);
+            assert_eq!(out, key.term("text", &word));
+        }
+        assert!(cache.terms.len() <= TermCache::MAX);
+    }
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]

@@ -155,12 +155,38 @@ fn syntax(token: &str, reason: &str) -> QueryError {
 }
 
 /// Lowercases and splits text into word tokens: runs of alphanumeric
-/// characters. Index and query must use exactly this function.
+/// characters. Index and query must use exactly this function (or
+/// [`for_each_token`], which yields the same tokens).
 pub fn tokenize(text: &str) -> Vec<String> {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|t| !t.is_empty())
-        .map(str::to_lowercase)
-        .collect()
+    let mut out = Vec::new();
+    for_each_token(text, |t| out.push(t.to_owned()));
+    out
+}
+
+/// Calls `f` with each token [`tokenize`] would return, in order, without allocating
+/// one string per token: a word already in lowercase ASCII is passed as it stands,
+/// others are lowercased into one reused buffer.
+pub fn for_each_token(text: &str, mut f: impl FnMut(&str)) {
+    let mut lower = String::new();
+    for t in text.split(|c: char| !c.is_alphanumeric()) {
+        if t.is_empty() {
+            continue;
+        }
+        if !t.is_ascii() {
+            // `str::to_lowercase` as `tokenize` always did: it knows the context rules
+            // (a final sigma) that per-character lowercasing does not.
+            lower.clear();
+            lower.push_str(&t.to_lowercase());
+            f(&lower);
+        } else if t.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower.clear();
+            lower.push_str(t);
+            lower.make_ascii_lowercase();
+            f(&lower);
+        } else {
+            f(t);
+        }
+    }
 }
 
 /// The texts of a message that word terms search, each its own part (a phrase or a
@@ -202,7 +228,18 @@ pub fn room_of(m: &MessageRecord) -> Option<String> {
 
 /// Normalises a JID for matching: lowercase, surrounding space trimmed.
 pub fn normalize_jid(jid: &str) -> String {
-    jid.trim().to_lowercase()
+    normalized_jid(jid).into_owned()
+}
+
+/// [`normalize_jid`], borrowing the JID when it is already normal (lowercase ASCII
+/// without surrounding space), as nearly every JID on the wire is.
+pub fn normalized_jid(jid: &str) -> std::borrow::Cow<'_, str> {
+    let jid = jid.trim();
+    if jid.is_ascii() && !jid.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Borrowed(jid)
+    } else {
+        std::borrow::Cow::Owned(jid.to_lowercase())
+    }
 }
 
 /// The bare form of a JID (without `/resource`).
@@ -924,6 +961,27 @@ mod tests {
 
     fn c(clause: Clause) -> Expr {
         Expr::Clause(clause)
+    }
+
+    proptest::proptest! {
+        /// The index takes its words through `for_each_token` and its parties through
+        /// `normalized_jid`; a search must find them as `tokenize` and `normalize_jid`
+        /// spell them, for any text (final sigmas, dotted capitals, mixed scripts).
+        #[test]
+        fn the_borrowing_tokenizer_and_jid_normaliser_agree_with_the_owning_ones(
+            text in "(?s)[a-zA-Z0-9 ΣσςİIıßẞ.,/@é\u{301}\t-]{0,40}",
+        ) {
+            let old: Vec<String> = text
+                .split(|c: char| !c.is_alphanumeric())
+                .filter(|t| !t.is_empty())
+                .map(str::to_lowercase)
+                .collect();
+            let mut new = Vec::new();
+            for_each_token(&text, |t| new.push(t.to_owned()));
+            proptest::prop_assert_eq!(&new, &old);
+            proptest::prop_assert_eq!(tokenize(&text), old);
+            proptest::prop_assert_eq!(normalized_jid(&text), text.trim().to_lowercase());
+        }
     }
 
     #[test]
