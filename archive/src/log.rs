@@ -602,7 +602,10 @@ impl LogWriter {
         let mut out = Vec::with_capacity(batch.len());
         let mut seq = self.next_seq;
         let mut head = self.head;
-        for content in batch {
+        // Every record's salt from one call for random bytes, not one call each.
+        let mut salts = vec![[0u8; segment::SALT_LEN]; batch.len()];
+        getrandom::getrandom(salts.as_flattened_mut()).map_err(LogWriteError::Random)?;
+        for (content, salt) in batch.into_iter().zip(&salts) {
             if let NewRecord::Event(EventRecord::Audit { action, .. }) = &content {
                 if action.starts_with("hold.") {
                     self.last_hold_seq = seq;
@@ -613,26 +616,23 @@ impl LogWriter {
                 time,
                 content,
             };
-            let salt = random_bytes::<{ segment::SALT_LEN }>().map_err(LogWriteError::Random)?;
-            let sealed = segment::encrypt_record(
+            let offset = self.active.len + buf.len() as u64;
+            let (content_hash, ciphertext_hash) = segment::append_record(
                 &self.active.cipher,
                 &self.active.header,
                 seq,
-                &salt,
+                salt,
                 &record.encode(),
+                &mut buf,
             )
             .map_err(|_| LogWriteError::Encrypt)?;
-            head = segment::next_head(
-                &head,
-                &segment::leaf(seq, &sealed.content_hash, &sealed.ciphertext_hash),
-            );
+            head = segment::next_head(&head, &segment::leaf(seq, &content_hash, &ciphertext_hash));
             out.push(Appended {
                 record,
                 segment: self.active.id,
-                offset: self.active.len + buf.len() as u64,
+                offset,
                 head,
             });
-            buf.extend_from_slice(&sealed.frame);
             seq += 1;
         }
         let n = out.len() as u64;
