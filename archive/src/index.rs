@@ -123,7 +123,9 @@ impl BlindKey {
 
 /// The blinded forms of the terms the writer met lately. Words and addresses repeat
 /// (a few thousand make up most of any traffic), and a look-up costs far less than the
-/// keyed hash. Held in memory only, beside the word list of the segment being written.
+/// keyed hash. Held in memory only, and only for short values: a sender's long made-up
+/// words would otherwise fill it with their plaintext. Emptied when a segment is
+/// shredded, so its words do not outlive it here.
 struct TermCache {
     /// `tag NUL value` → the blinded term's hex digits.
     terms: std::collections::HashMap<Box<str>, [u8; 2 * TERM_BYTES]>,
@@ -132,8 +134,11 @@ struct TermCache {
 }
 
 impl TermCache {
-    /// Terms kept before the cache starts again from nothing (about 3 MiB).
+    /// Terms kept before the cache starts again from nothing (at most about 5 MiB with
+    /// the map's own overhead).
     const MAX: usize = 32 * 1024;
+    /// Longest value kept, in bytes; longer ones (rare) are blinded each time.
+    const MAX_VALUE: usize = 64;
 
     fn new() -> TermCache {
         TermCache {
@@ -145,6 +150,10 @@ impl TermCache {
     /// Appends the blinded form of `value` in the namespace `tag` to `out`, as
     /// [`BlindKey::push_term`] does.
     fn push_term(&mut self, key: &BlindKey, tag: &str, value: &str, out: &mut String) {
+        if value.len() > Self::MAX_VALUE {
+            key.push_term(tag, value, out);
+            return;
+        }
         self.scratch.clear();
         self.scratch.push_str(tag);
         self.scratch.push('\0');
@@ -162,6 +171,10 @@ impl TermCache {
             self.terms.clear();
         }
         self.terms.insert(self.scratch.as_str().into(), hex);
+    }
+
+    fn clear(&mut self) {
+        self.terms.clear();
     }
 }
 
@@ -1200,7 +1213,9 @@ impl BlindIndexWriter {
 
     /// Removes every document (reindex starts from nothing).
     pub fn clear(&mut self) -> Result<(), IndexError> {
-        self.send()?;
+        // Queued documents go with the rest, unsent.
+        self.ops.clear();
+        self.terms.clear();
         self.writer.delete_all_documents()?;
         self.vocab.clear()?;
         self.pending.clear();
@@ -1233,6 +1248,8 @@ impl BlindIndexWriter {
                 *segment,
             )));
             self.purge = true;
+            // Nor do its words stay in the writer's memory.
+            self.terms.clear();
             // Its word list goes once its documents have (after the commit's merge):
             // until then a search still finds them, and expands terms for them.
             self.forget.push(*segment);
@@ -2319,7 +2336,8 @@ mod tests {
         let key = BlindKey::derive(&MasterKey::from_bytes([9; 32]), &[1; 16]);
         let mut cache = TermCache::new();
         let mut out = String::from("x");
-        // A tag and value that would join into another pair's key do not share a term.
+        // Pairs that join into one cache key are one HMAC input too, so one term: the
+        // cache is a memo of the keyed hash and nothing else.
         for (tag, value) in [
             ("jid", "a\0b"),
             ("jid\0a", "b"),
@@ -2337,6 +2355,74 @@ mod tests {
             assert_eq!(out, key.term("text", &word));
         }
         assert!(cache.terms.len() <= TermCache::MAX);
+    }
+
+    /// A hostile sender's long made-up words, many log segments apart: none is kept in
+    /// the cache (a segment's word list is dropped at the next segment; the cache is
+    /// not), so its memory stays bounded by its count of short terms.
+    #[test]
+    fn long_words_are_blinded_without_being_kept() {
+        let f = Fixture::new();
+        let mut w = f.writer();
+        for seq in 1..=20u64 {
+            let word = format!("{seq:08}").repeat(256);
+            w.add(&appended(seq, seq, &word)).unwrap();
+        }
+        w.commit().unwrap();
+        let longest = w.terms.terms.keys().map(|k| k.len()).max().unwrap_or(0);
+        assert!(longest <= "jid\0".len() + TermCache::MAX_VALUE, "{longest}");
+        assert!(w.terms.scratch.capacity() < 1024);
+        let word = format!("{:08}", 7).repeat(256);
+        assert_eq!(seqs(&f.reader(), &word).unwrap(), vec![7]);
+    }
+
+    /// Once a segment is shredded its words and parties are not kept in clear by the
+    /// writer either.
+    #[test]
+    fn a_shred_empties_the_term_cache() {
+        let f = Fixture::new();
+        let mut w = f.writer();
+        w.add(&appended(1, 1, "merger codename bluebird")).unwrap();
+        w.commit().unwrap();
+        w.add(&appended(2, 2, "hello")).unwrap();
+        assert!(w.terms.terms.keys().any(|k| k.contains("bluebird")));
+        w.add(&shred(3, 1)).unwrap();
+        assert!(w.terms.terms.is_empty());
+    }
+
+    /// Adds of a segment, its shred and adds after it, handed to tantivy together and
+    /// across a batch boundary: the shred removes the segment's documents queued before
+    /// it, committed or not, and none added after it.
+    #[test]
+    fn a_shred_queued_among_adds_removes_exactly_the_documents_before_it() {
+        for before in [3u64, OPS_BATCH as u64 - 1, 2 * OPS_BATCH as u64 + 5] {
+            let f = Fixture::new();
+            let mut w = f.writer();
+            w.add(&appended(1, 1, "word")).unwrap();
+            w.commit().unwrap();
+            let mut seq = 2;
+            for _ in 0..before {
+                w.add(&appended(seq, 1, "word")).unwrap();
+                seq += 1;
+            }
+            w.add(&shred(seq, 1)).unwrap();
+            seq += 1;
+            let after = seq;
+            for _ in 0..5 {
+                w.add(&appended(seq, 2, "word")).unwrap();
+                seq += 1;
+            }
+            w.finish().unwrap();
+            let mut got = f
+                .reader()
+                .search(&query::parse("word").unwrap(), 1000)
+                .unwrap()
+                .iter()
+                .map(|l| l.seq)
+                .collect::<Vec<_>>();
+            got.sort_unstable();
+            assert_eq!(got, (after..seq).collect::<Vec<_>>(), "{before} queued");
+        }
     }
 
     proptest::proptest! {

@@ -487,9 +487,36 @@ mod tests {
             let (s, pt) = decrypt_record(&key, &header, seq, nonce, ciphertext).unwrap();
             assert_eq!((s, pt.as_slice()), (salt, text));
         }
-        // The same record through the one-frame form is the same bytes.
-        let alone = encrypt_record(&key, &header, 6, &[3; 16], b"").unwrap();
-        assert_eq!(alone.frame, buf[second..]);
+        // Each frame is the format's bytes, built here the plain way: the salt and
+        // record sealed by AES-256-GCM with the tag after the ciphertext.
+        for (at, end, seq, salt, text, ch) in [
+            (6, second, 5u64, [2u8; 16], &b"five"[..], ch5),
+            (second, buf.len(), 6, [3; 16], &b""[..], ch6),
+        ] {
+            let nonce = nonce_for(seq);
+            let mut aad = b"custos-rec-v1".to_vec();
+            aad.extend_from_slice(&header);
+            aad.extend_from_slice(&seq.to_be_bytes());
+            let ct = key
+                .encrypt(
+                    Nonce::from_slice(&nonce),
+                    Payload {
+                        msg: &[&salt[..], text].concat(),
+                        aad: &aad,
+                    },
+                )
+                .unwrap();
+            let mut frame = u32::try_from(RECORD_FIXED + ct.len())
+                .unwrap()
+                .to_be_bytes()
+                .to_vec();
+            frame.push(KIND_RECORD);
+            frame.extend_from_slice(&seq.to_be_bytes());
+            frame.extend_from_slice(&ch);
+            frame.extend_from_slice(&nonce);
+            frame.extend_from_slice(&ct);
+            assert_eq!(buf[at..end], frame[..]);
+        }
     }
 
     #[test]
