@@ -5,6 +5,8 @@
 //! tasks, each keeping `CUSTOS_BENCH_WINDOW` (default 1) submissions in flight as a
 //! pipelining proxy direction does (1: each append awaited before the next); then
 //! records/s, ack latency percentiles and search latency are printed.
+//! `CUSTOS_BENCH_VOCAB=N` draws the bodies from N made-up words by Zipf's law
+//! instead of from a 34-word list.
 //! Run: `cargo bench -p custos-archive --bench ingest`.
 
 use std::time::{Duration, Instant};
@@ -48,6 +50,30 @@ const WORDS: &[&str] = &[
     "compliance",
 ];
 
+/// `CUSTOS_BENCH_VOCAB=N`: bodies draw from N made-up words by a Zipf law (rank r
+/// about as frequent as 1/r), as natural language does, instead of from [`WORDS`].
+fn vocabulary() -> Option<u64> {
+    static VOCAB: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *VOCAB.get_or_init(|| {
+        std::env::var("CUSTOS_BENCH_VOCAB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n| n > 1)
+    })
+}
+
+/// The made-up word of rank `r`: 3 to 10 lowercase letters.
+fn made_up(r: u64) -> String {
+    let mut x = r.wrapping_mul(0x9e3779b97f4a7c15) ^ 0x5851f42d4c957f2d;
+    let len = 3 + (x % 8) as usize;
+    (0..len)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            char::from(b'a' + ((x >> 33) % 26) as u8)
+        })
+        .collect()
+}
+
 fn body(i: u64) -> String {
     let mut x = i
         .wrapping_mul(6364136223846793005)
@@ -57,7 +83,14 @@ fn body(i: u64) -> String {
     for _ in 0..n {
         x ^= x >> 33;
         x = x.wrapping_mul(0xff51afd7ed558ccd);
-        words.push(WORDS[(x % WORDS.len() as u64) as usize]);
+        match vocabulary() {
+            Some(v) => {
+                // P(rank ≤ k) = ln k / ln v: Zipf's law with exponent 1.
+                let u = (x >> 11) as f64 / (1u64 << 53) as f64;
+                words.push(made_up((v as f64).powf(u) as u64));
+            }
+            None => words.push(WORDS[(x % WORDS.len() as u64) as usize].to_owned()),
+        }
     }
     words.join(" ")
 }
