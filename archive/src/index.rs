@@ -540,6 +540,10 @@ pub struct BlindIndexWriter {
     /// Documents and deletions added but not yet handed to tantivy: sent together, so
     /// its indexing thread takes a batch per wake-up instead of one document.
     ops: Vec<UserOperation<TantivyDocument>>,
+    /// Documents handed to tantivy since the last commit. tantivy's queue bounds the
+    /// batches it holds, not the documents in them: a commit, which waits for every one,
+    /// is due once this reaches [`MAX_UNCOMMITTED`].
+    sent: usize,
     terms: TermCache,
     /// Why operations handed to tantivy were refused: the mark has moved past
     /// documents that are not in, so no commit may record it.
@@ -548,6 +552,10 @@ pub struct BlindIndexWriter {
 
 /// Operations queued before they are handed to tantivy at once.
 const OPS_BATCH: usize = 128;
+
+/// Documents handed to tantivy after which a commit is due whatever the time: what its
+/// queue can hold (about 1 KiB each) stays bounded however fast records come.
+pub const MAX_UNCOMMITTED: usize = 32 * 1024;
 
 fn open_or_create(
     dir: &Path,
@@ -1191,6 +1199,7 @@ impl BlindIndexWriter {
             pending: BTreeMap::new(),
             placer,
             ops: Vec::with_capacity(OPS_BATCH),
+            sent: 0,
             terms: TermCache::new(),
             lost: None,
         })
@@ -1369,6 +1378,10 @@ impl BlindIndexWriter {
             return Ok(());
         }
         let ops = std::mem::replace(&mut self.ops, Vec::with_capacity(OPS_BATCH));
+        self.sent += ops
+            .iter()
+            .filter(|op| matches!(op, UserOperation::Add(_)))
+            .count();
         if let Err(e) = self.writer.run(ops) {
             let why = format!("the index writer refused documents ({e}); the next open catches up from the last commit");
             self.lost = Some(why.clone());
@@ -1412,6 +1425,12 @@ impl BlindIndexWriter {
         self.dirty
     }
 
+    /// Whether so many documents wait for a commit that one is due now, however soon
+    /// after the last.
+    pub fn commit_due(&self) -> bool {
+        self.sent + self.ops.len() >= MAX_UNCOMMITTED
+    }
+
     /// Commits what was added; readers see it after their next reload.
     pub fn commit(&mut self) -> Result<(), IndexError> {
         self.send()?;
@@ -1433,6 +1452,7 @@ impl BlindIndexWriter {
             opstamp,
         ));
         pc.commit()?;
+        self.sent = 0;
         self.dirty = false;
         self.pending.clear();
         // A failed merge leaves `purge` set (the next commit tries again) and the word
@@ -2388,6 +2408,22 @@ mod tests {
         assert!(w.terms.terms.keys().any(|k| k.contains("bluebird")));
         w.add(&shred(3, 1)).unwrap();
         assert!(w.terms.terms.is_empty());
+    }
+
+    /// However fast records come, a commit is due once the documents waiting for one
+    /// would fill what tantivy's queue may hold; a commit makes room again.
+    #[test]
+    fn a_commit_is_due_once_enough_documents_wait_for_one() {
+        let f = Fixture::new();
+        let mut w = f.writer();
+        for seq in 1..MAX_UNCOMMITTED as u64 {
+            w.add(&appended(seq, 1, "w")).unwrap();
+        }
+        assert!(!w.commit_due());
+        w.add(&appended(MAX_UNCOMMITTED as u64, 1, "w")).unwrap();
+        assert!(w.commit_due());
+        w.commit().unwrap();
+        assert!(!w.commit_due());
     }
 
     /// Adds of a segment, its shred and adds after it, handed to tantivy together and

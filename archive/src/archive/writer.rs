@@ -961,7 +961,10 @@ fn indexer_loop(
                 return;
             }
         }
-        if !broken && idx.is_dirty() && last_commit.elapsed() >= INDEX_COMMIT_INTERVAL {
+        if !broken
+            && idx.is_dirty()
+            && (last_commit.elapsed() >= INDEX_COMMIT_INTERVAL || idx.commit_due())
+        {
             match idx.commit() {
                 Ok(()) => {
                     indexed.store(idx.indexed_through(), Ordering::Release);
