@@ -165,7 +165,7 @@ pub fn tokenize(text: &str) -> Vec<String> {
 
 /// Calls `f` with each token [`tokenize`] would return, in order, without allocating
 /// one string per token: a word already in lowercase ASCII is passed as it stands,
-/// others are lowercased into one reused buffer.
+/// other ASCII words are lowercased into one reused buffer.
 pub fn for_each_token(text: &str, mut f: impl FnMut(&str)) {
     let mut lower = String::new();
     for t in text.split(|c: char| !c.is_alphanumeric()) {
@@ -175,9 +175,7 @@ pub fn for_each_token(text: &str, mut f: impl FnMut(&str)) {
         if !t.is_ascii() {
             // `str::to_lowercase` as `tokenize` always did: it knows the context rules
             // (a final sigma) that per-character lowercasing does not.
-            lower.clear();
-            lower.push_str(&t.to_lowercase());
-            f(&lower);
+            f(&t.to_lowercase());
         } else if t.bytes().any(|b| b.is_ascii_uppercase()) {
             lower.clear();
             lower.push_str(t);
