@@ -42,6 +42,9 @@ pub fn archive_config(
     if let Some(age) = a.segment_max_age {
         c.segment_max_age = age;
     }
+    if let Some(n) = a.index_niceness {
+        c.index_niceness = n;
+    }
     c.witness = a.witness.clone();
     c
 }

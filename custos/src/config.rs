@@ -132,6 +132,8 @@ pub struct RawArchive {
     pub object_store: Option<Spanned<RawObjectStore>>,
     /// This node's name when several nodes share one bucket.
     pub node: Option<Spanned<String>>,
+    /// How many `nice` steps below the relay index building runs (default 10).
+    pub index_niceness: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -239,6 +241,8 @@ pub struct ArchiveSettings {
     /// This node's name (`[archive] node`): its chain's place in a shared bucket and
     /// the name its records are shown under.
     pub node: Option<String>,
+    /// `[archive] index_niceness`, checked to be 0 to 19.
+    pub index_niceness: Option<i32>,
     /// `[lexicons]`: saved term lists that searches, exports and holds name as `@name`.
     pub lexicons: custos_archive::query::Lexicons,
 }
@@ -1246,6 +1250,23 @@ impl Validator<'_> {
                 None
             }
         });
+        let index_niceness =
+            a.index_niceness
+                .as_ref()
+                .and_then(|v| match i32::try_from(*v.get_ref()) {
+                    Ok(n) if (0..=19).contains(&n) => Some(n),
+                    _ => {
+                        self.fail(
+                            &v.span(),
+                            "archive.index_niceness",
+                            format!(
+                                "expected 0 to 19 (nice steps below the relay), got {}",
+                                v.get_ref()
+                            ),
+                        );
+                        None
+                    }
+                });
         Some(ArchiveSettings {
             dir,
             master_key: master_key.map(|(p, _)| p),
@@ -1256,6 +1277,7 @@ impl Validator<'_> {
             witness: witness.map(|(p, _)| p),
             object_store,
             node,
+            index_niceness,
             lexicons: Default::default(),
         })
     }
@@ -1608,6 +1630,28 @@ mod tests {
             errs[0].starts_with("custos.toml:4: archive.witness:"),
             "{errs:?}"
         );
+    }
+
+    #[test]
+    fn index_niceness_is_read_and_bad_values_are_located() {
+        let archive = "[archive]\ndir = \"data/archive\"\nsigning_key = \"secrets/s.key\"\n";
+        let cfg = parse(
+            Path::new("custos.toml"),
+            &format!("{archive}index_niceness = 0\n"),
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(cfg.archive.unwrap().index_niceness, Some(0));
+        for bad in ["-1", "20", "4294967306"] {
+            let errs = errors(&format!("{archive}index_niceness = {bad}\n"));
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert!(
+                errs[0].starts_with(&format!(
+                    "custos.toml:4: archive.index_niceness: expected 0 to 19 (nice steps below the relay), got {bad}"
+                )),
+                "{}",
+                errs[0]
+            );
+        }
     }
 
     #[test]

@@ -49,6 +49,41 @@ async fn delivered_messages_are_archived_per_leg_and_shown_once_in_search() -> T
     // recipient's inbound one, each with its own verdict), and search shows it once.
     let copies = rig.search_copies_until("aardvark", 4, Duration::from_secs(3))?;
     assert_eq!(copies.len(), 4, "{copies:#?}\n{}", rig.context());
+
+    // Index building runs below the relay's priority (`index_niceness`, 10 by default),
+    // tantivy's threads included; relaying and the log's writer do not.
+    let pid = rig.custos.pid().ok_or("custos has no pid")?;
+    let threads = thread_niceness(pid)?;
+    let base = threads
+        .iter()
+        .find(|(tid, _, _)| *tid == pid)
+        .map(|(_, _, n)| *n)
+        .ok_or("no main thread")?;
+    let lowered = (base + 10).min(19);
+    for name in [
+        "custos-indexer",
+        "segment_updater",
+        "merge_thread_",
+        "thrd-tantivy-in",
+    ] {
+        let found: Vec<_> = threads
+            .iter()
+            .filter(|(_, n, _)| n.starts_with(name))
+            .collect();
+        assert!(!found.is_empty(), "no {name} thread: {threads:?}");
+        assert!(
+            found.iter().all(|(_, _, n)| *n == lowered),
+            "{name}: {threads:?}"
+        );
+    }
+    for name in ["custos-archive-", "tokio-rt-worker"] {
+        let found: Vec<_> = threads.iter().filter(|(_, n, _)| n == name).collect();
+        assert!(!found.is_empty(), "no {name} thread: {threads:?}");
+        assert!(
+            found.iter().all(|(_, _, n)| *n == base),
+            "{name}: {threads:?}"
+        );
+    }
     let hits = rig.search("aardvark")?;
     assert_eq!(hits.len(), 2, "{hits:#?}\n{}", rig.context());
     for hit in &hits {
@@ -140,6 +175,34 @@ async fn delivered_messages_are_archived_per_leg_and_shown_once_in_search() -> T
         std::thread::sleep(Duration::from_millis(200));
     }
     Ok(())
+}
+
+/// Every thread of `pid`: its id, its name and its nice value (field 19 of
+/// `/proc/PID/task/TID/stat`).
+fn thread_niceness(pid: u32) -> Result<Vec<(u32, String, i32)>, BoxError> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let entry = entry?;
+        let Ok(tid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        // A thread may end between the listing and the read.
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(entry.path().join("comm")),
+            std::fs::read_to_string(entry.path().join("stat")),
+        ) else {
+            continue;
+        };
+        // The name in `stat` may hold spaces and parentheses: fields follow the last ')'.
+        let after = stat.rsplit_once(')').ok_or("stat without a name")?.1;
+        let nice = after
+            .split_whitespace()
+            .nth(16)
+            .ok_or("stat too short")?
+            .parse()?;
+        out.push((tid, comm.trim_end().to_string(), nice));
+    }
+    Ok(out)
 }
 
 fn walk(dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {

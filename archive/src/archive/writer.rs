@@ -25,6 +25,8 @@ use super::*;
 const MAX_BATCH: usize = 4096;
 /// [`ArchiveConfig::index_queue`] by default.
 const INDEX_QUEUE_BATCHES: usize = 256;
+/// [`ArchiveConfig::index_niceness`] by default.
+const INDEX_NICENESS: i32 = 10;
 /// How often the indexer commits when it has new documents: keeps a new
 /// message searchable within a second.
 const INDEX_COMMIT_INTERVAL: Duration = Duration::from_millis(500);
@@ -48,6 +50,11 @@ pub struct ArchiveConfig {
     /// leaves batches out rather than wait or hold more records in memory; the indexer
     /// reads what it missed from the log.
     pub index_queue: usize,
+    /// How far below the process's own scheduling priority index building runs (the
+    /// indexer thread and tantivy's threads under it), in `nice` steps, 0 to 19. When
+    /// the CPU is short, relaying and the log's appends go first and the index catches
+    /// up once there is room; with CPU to spare it changes nothing.
+    pub index_niceness: i32,
 }
 
 impl ArchiveConfig {
@@ -63,6 +70,7 @@ impl ArchiveConfig {
             witness: None,
             object_store: None,
             index_queue: INDEX_QUEUE_BATCHES,
+            index_niceness: INDEX_NICENESS,
         }
     }
 }
@@ -283,20 +291,27 @@ impl Archive {
         )?;
         let reader =
             ArchiveReader::from_parts(dir.clone(), storage.clone(), cfg.master_key.clone())?;
-        // The index is derived data: one that cannot be opened is replaced.
-        let mut indexer = match index_writer(&dir, &reader, &cfg.master_key) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!(error = %e, "search index cannot be opened; rebuilding it from the log");
-                std::fs::remove_dir_all(index_dir(&dir)).map_err(IndexError::Io)?;
-                index_writer(&dir, &reader, &cfg.master_key)?
-            }
-        };
-        // The log is the source of truth. An index that is not this log's is emptied
-        // here, at once; filling it (or catching up one that is behind) is the indexer
-        // thread's first job, while the archive already serves: until it is done,
-        // every search says which records it has not seen.
-        if let Some(why) = trust_or_clear::<OpenError>(&reader, &mut indexer, None)? {
+        // The index is derived data: one that cannot be opened is replaced. It is opened
+        // on a thread of lowered priority, so that tantivy's threads, started now, run
+        // at the indexer's priority and not at the relay's.
+        let (indexer, emptied) = with_lowered_priority(cfg.index_niceness, || {
+            let mut indexer = match index_writer(&dir, &reader, &cfg.master_key) {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::warn!(error = %e, "search index cannot be opened; rebuilding it from the log");
+                    std::fs::remove_dir_all(index_dir(&dir)).map_err(IndexError::Io)?;
+                    index_writer(&dir, &reader, &cfg.master_key)?
+                }
+            };
+            // The log is the source of truth. An index that is not this log's is emptied
+            // here, at once; filling it (or catching up one that is behind) is the
+            // indexer thread's first job, while the archive already serves: until it is
+            // done, every search says which records it has not seen.
+            let emptied = trust_or_clear::<OpenError>(&reader, &mut indexer, None)?;
+            Ok::<_, OpenError>((indexer, emptied))
+        })
+        .map_err(OpenError::Thread)??;
+        if let Some(why) = emptied {
             tracing::warn!(reason = %why, "search index emptied; rebuilding it from the log");
         }
         let indexed = Arc::new(AtomicU64::new(indexer.indexed_through()));
@@ -332,7 +347,11 @@ impl Archive {
             .spawn({
                 let indexed = indexed.clone();
                 let log_end = log_end.clone();
-                move || indexer_loop(indexer, fill_reader, irx, h2, indexed, log_end)
+                let niceness = cfg.index_niceness;
+                move || {
+                    lower_thread_priority(niceness);
+                    indexer_loop(indexer, fill_reader, irx, h2, indexed, log_end)
+                }
             })
             .map_err(OpenError::Thread)?;
         let ih = inbox_health.clone();
@@ -859,6 +878,42 @@ fn shred_segment(
     receipt.ok_or_else(|| failed("no record appended".into()))
 }
 
+/// Runs `f` on a thread of its own whose scheduling priority is `niceness` steps below
+/// the caller's, and returns what it returns. Threads that `f` starts inherit that
+/// priority: Linux keeps a nice value per thread and hands it to the threads a thread
+/// creates, which is how tantivy's merge and segment-updater threads get it.
+fn with_lowered_priority<T: Send>(
+    niceness: i32,
+    f: impl FnOnce() -> T + Send,
+) -> std::io::Result<T> {
+    std::thread::scope(|s| {
+        let opener = std::thread::Builder::new()
+            .name("custos-index-open".into())
+            .spawn_scoped(s, || {
+                lower_thread_priority(niceness);
+                f()
+            })?;
+        Ok(opener
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+    })
+}
+
+/// Lowers the calling thread's scheduling priority by `niceness` steps (its nice value
+/// rises, to at most 19). Best effort: where the system refuses, the thread keeps the
+/// priority it has, and a warning says so.
+pub(crate) fn lower_thread_priority(niceness: i32) {
+    if niceness <= 0 {
+        return;
+    }
+    let me = rustix::thread::gettid();
+    let lowered = rustix::process::getpriority_process(Some(me))
+        .and_then(|now| rustix::process::setpriority_process(Some(me), (now + niceness).min(19)));
+    if let Err(e) = lowered {
+        tracing::warn!(error = %e, niceness, "cannot lower the search index's scheduling priority; it runs at the relay's");
+    }
+}
+
 fn indexer_loop(
     mut idx: BlindIndexWriter,
     reader: ArchiveReader,
@@ -974,5 +1029,53 @@ fn indexer_loop(
             }
             last_commit = Instant::now();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn my_niceness() -> i32 {
+        rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap()
+    }
+
+    #[test]
+    fn lowering_a_threads_priority_leaves_the_thread_that_started_it_alone() {
+        let before = my_niceness();
+        let (inside_before, inside_after) = std::thread::spawn(|| {
+            let b = my_niceness();
+            lower_thread_priority(3);
+            (b, my_niceness())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(inside_before, before);
+        assert_eq!(inside_after, (before + 3).min(19));
+        assert_eq!(my_niceness(), before);
+        // Nothing asked, nothing changed; and never past 19.
+        let (none, capped) = std::thread::spawn(|| {
+            lower_thread_priority(0);
+            let none = my_niceness();
+            lower_thread_priority(40);
+            (none, my_niceness())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(none, before);
+        assert_eq!(capped, 19);
+    }
+
+    #[test]
+    fn threads_started_under_a_lowered_priority_inherit_it() {
+        let before = my_niceness();
+        let (opener, started) = with_lowered_priority(4, || {
+            let started = std::thread::spawn(my_niceness).join().unwrap();
+            (my_niceness(), started)
+        })
+        .unwrap();
+        assert_eq!(opener, (before + 4).min(19));
+        assert_eq!(started, opener);
+        assert_eq!(my_niceness(), before);
     }
 }
