@@ -9,7 +9,8 @@
 //! each session count: the aggregate rate of every session bursting at once, directly
 //! and through Custos, and the CPU time per message of Custos and of the Prosody behind
 //! it (from `/proc/PID/stat`, read once both have gone quiet after the burst, so Custos's
-//! indexing in the background is counted), with the ratios to direct Prosody.
+//! indexing in the background is counted), with the ratios to direct Prosody, and how
+//! long Custos stayed busy after the burst (mostly its search index catching up).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -233,7 +234,9 @@ async fn idle_memory(
 
 /// Waits until `pid` has gone quiet: less than 5 ms of CPU over 250 ms, which with
 /// `/proc`'s 10 ms clock ticks means not one tick (at most 30 s).
-async fn settle(pid: u32) -> Result<(), BoxError> {
+/// Waits until `pid` has gone quiet (under 2 % of a core for a quarter of a second), at
+/// most 30 s; returns when the quiet quarter began.
+async fn settle(pid: u32) -> Result<std::time::Instant, BoxError> {
     const TICK: Duration = Duration::from_millis(250);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut last = cpu_time(pid)?;
@@ -245,7 +248,7 @@ async fn settle(pid: u32) -> Result<(), BoxError> {
         }
         last = now;
     }
-    Ok(())
+    Ok(std::time::Instant::now() - TICK)
 }
 
 /// Resident memory of `pid` from `/proc/PID/status`, in KiB.
@@ -308,6 +311,9 @@ struct Run {
     rate: f64,
     prosody_cpu: Duration,
     custos_cpu: Option<Duration>,
+    /// From the end of the burst until Custos went quiet: mostly the search index
+    /// catching up and committing.
+    custos_busy_after: Duration,
 }
 
 async fn run(
@@ -323,12 +329,19 @@ async fn run(
     let p0 = cpu_time(prosody)?;
     let c0 = custos.map(cpu_time).transpose()?;
     let rate = aggregate(logged_in, n).await?;
+    let burst_end = std::time::Instant::now();
     // The CPU a message costs includes what it leaves to do after the burst (Custos
     // indexes and commits in the background): the clocks are read once both
     // processes have gone quiet.
-    for pid in std::iter::once(prosody).chain(custos) {
-        settle(pid).await?;
-    }
+    let custos_quiet = async {
+        match custos {
+            Some(pid) => Ok(settle(pid).await?.saturating_duration_since(burst_end)),
+            None => Ok::<_, BoxError>(Duration::ZERO),
+        }
+    };
+    let (prosody_quiet, custos_busy_after) = tokio::join!(settle(prosody), custos_quiet);
+    prosody_quiet?;
+    let custos_busy_after = custos_busy_after?;
     let per = |d: Duration| d / u32::try_from(n).unwrap_or(u32::MAX);
     let prosody_cpu = per(cpu_time(prosody)? - p0);
     let custos_cpu = match (custos, c0) {
@@ -339,6 +352,7 @@ async fn run(
         rate,
         prosody_cpu,
         custos_cpu,
+        custos_busy_after,
     })
 }
 
@@ -435,7 +449,7 @@ async fn main() -> Result<(), BoxError> {
         via.rate / base.rate
     );
     println!(
-        "{:>8} {:>12} {:>12} {:>7} {:>14} {:>14} {:>12} {:>9} {:>9}",
+        "{:>8} {:>12} {:>12} {:>7} {:>14} {:>14} {:>12} {:>9} {:>9} {:>11}",
         "sessions",
         "direct msg/s",
         "custos msg/s",
@@ -444,7 +458,8 @@ async fn main() -> Result<(), BoxError> {
         "behind custos",
         "custos cpu/m",
         "p. ratio",
-        "c./direct"
+        "c./direct",
+        "busy after"
     );
     for &sessions in &a.sessions {
         let d = run(direct, ca.cert_path(), sessions, n, prosody.pid(), None).await?;
@@ -459,7 +474,7 @@ async fn main() -> Result<(), BoxError> {
         .await?;
         let custos_cpu = v.custos_cpu.unwrap_or_default();
         println!(
-            "{:>8} {:>12.0} {:>12.0} {:>7.2} {:>14.1?} {:>14.1?} {:>12.1?} {:>9.2} {:>9.2}",
+            "{:>8} {:>12.0} {:>12.0} {:>7.2} {:>14.1?} {:>14.1?} {:>12.1?} {:>9.2} {:>9.2} {:>11.2?}",
             sessions,
             d.rate,
             v.rate,
@@ -469,6 +484,7 @@ async fn main() -> Result<(), BoxError> {
             custos_cpu,
             v.prosody_cpu.as_secs_f64() / d.prosody_cpu.as_secs_f64().max(1e-9),
             custos_cpu.as_secs_f64() / d.prosody_cpu.as_secs_f64().max(1e-9),
+            v.custos_busy_after,
         );
     }
     Ok(())
