@@ -232,23 +232,28 @@ async fn idle_memory(
     Ok(after.saturating_sub(before) as f64 / count as f64)
 }
 
-/// Waits until `pid` has gone quiet: less than 5 ms of CPU over 250 ms, which with
-/// `/proc`'s 10 ms clock ticks means not one tick (at most 30 s).
-/// Waits until `pid` has gone quiet (under 2 % of a core for a quarter of a second), at
-/// most 30 s; returns when the quiet quarter began.
-async fn settle(pid: u32) -> Result<std::time::Instant, BoxError> {
-    const TICK: Duration = Duration::from_millis(250);
+/// Waits until `pid` has gone quiet: less than 5 ms of CPU over a quarter of a second,
+/// which with `/proc`'s 10 ms clock ticks means not one tick, looked at every 50 ms.
+/// Returns when that quiet quarter began, or `None` after 30 s without one.
+async fn settle(pid: u32) -> Result<Option<std::time::Instant>, BoxError> {
+    const WINDOW: Duration = Duration::from_millis(250);
+    const STEP: Duration = Duration::from_millis(50);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let mut last = cpu_time(pid)?;
+    let mut seen = std::collections::VecDeque::from([(std::time::Instant::now(), cpu_time(pid)?)]);
     while std::time::Instant::now() < deadline {
-        tokio::time::sleep(TICK).await;
-        let now = cpu_time(pid)?;
-        if now.saturating_sub(last) < TICK / 50 {
-            break;
+        tokio::time::sleep(STEP).await;
+        let (at, cpu) = (std::time::Instant::now(), cpu_time(pid)?);
+        seen.push_back((at, cpu));
+        // Keep the newest sample at least a window old at the front.
+        while seen.len() > 2 && at.duration_since(seen[1].0) >= WINDOW {
+            seen.pop_front();
         }
-        last = now;
+        let (from, cpu_then) = seen[0];
+        if at.duration_since(from) >= WINDOW && cpu.saturating_sub(cpu_then) < WINDOW / 50 {
+            return Ok(Some(from));
+        }
     }
-    Ok(std::time::Instant::now() - TICK)
+    Ok(None)
 }
 
 /// Resident memory of `pid` from `/proc/PID/status`, in KiB.
@@ -311,9 +316,9 @@ struct Run {
     rate: f64,
     prosody_cpu: Duration,
     custos_cpu: Option<Duration>,
-    /// From the end of the burst until Custos went quiet: mostly the search index
-    /// catching up and committing.
-    custos_busy_after: Duration,
+    /// From the end of the burst until Custos went quiet (mostly the search index
+    /// catching up and committing); `None`: not quiet within 30 s.
+    custos_busy_after: Option<Duration>,
 }
 
 async fn run(
@@ -335,8 +340,10 @@ async fn run(
     // processes have gone quiet.
     let custos_quiet = async {
         match custos {
-            Some(pid) => Ok(settle(pid).await?.saturating_duration_since(burst_end)),
-            None => Ok::<_, BoxError>(Duration::ZERO),
+            Some(pid) => Ok(settle(pid)
+                .await?
+                .map(|quiet| quiet.saturating_duration_since(burst_end))),
+            None => Ok::<_, BoxError>(Some(Duration::ZERO)),
         }
     };
     let (prosody_quiet, custos_busy_after) = tokio::join!(settle(prosody), custos_quiet);
@@ -474,7 +481,7 @@ async fn main() -> Result<(), BoxError> {
         .await?;
         let custos_cpu = v.custos_cpu.unwrap_or_default();
         println!(
-            "{:>8} {:>12.0} {:>12.0} {:>7.2} {:>14.1?} {:>14.1?} {:>12.1?} {:>9.2} {:>9.2} {:>11.2?}",
+            "{:>8} {:>12.0} {:>12.0} {:>7.2} {:>14.1?} {:>14.1?} {:>12.1?} {:>9.2} {:>9.2} {:>11}",
             sessions,
             d.rate,
             v.rate,
@@ -484,7 +491,8 @@ async fn main() -> Result<(), BoxError> {
             custos_cpu,
             v.prosody_cpu.as_secs_f64() / d.prosody_cpu.as_secs_f64().max(1e-9),
             custos_cpu.as_secs_f64() / d.prosody_cpu.as_secs_f64().max(1e-9),
-            v.custos_busy_after,
+            v.custos_busy_after
+                .map_or_else(|| "> 30 s".to_string(), |d| format!("{:.2?}", d)),
         );
     }
     Ok(())
