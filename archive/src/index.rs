@@ -2,8 +2,8 @@
 //!
 //! Promise 3 says the index must not become a plaintext copy of the archive,
 //! so no plaintext reaches tantivy: every word token and every field value is
-//! replaced by `hex(HMAC-SHA256(blind key, field-tag ‖ 0 ‖ value))[..24]`
-//! (96 bits). Queries hash their terms the same way. Word positions are kept,
+//! replaced by the first 96 bits of `HMAC-SHA256(blind key, field-tag ‖ 0 ‖ value)`
+//! in unpadded URL-safe base64 (16 characters). Queries hash their terms the same way. Word positions are kept,
 //! so phrase queries work. Stored per document: only seq, segment and offset
 //! (to fetch and decrypt the record from the log) and a time fast field.
 //! Leakage (equal tokens hash equally, term frequencies, document lengths,
@@ -87,8 +87,10 @@ pub enum IndexError {
 /// the message's blocks only, not the key's two pads again.
 pub struct BlindKey(Hmac<Sha256>);
 
-/// Bytes of the MAC a blinded term keeps (24 hex digits).
+/// Bytes of the MAC a blinded term keeps.
 const TERM_BYTES: usize = 12;
+/// Characters of a blinded term: [`TERM_BYTES`] in base64, four for every three.
+const TERM_CHARS: usize = TERM_BYTES / 3 * 4;
 
 impl BlindKey {
     pub fn derive(master: &MasterKey, archive_id: &[u8; 16]) -> BlindKey {
@@ -101,22 +103,28 @@ impl BlindKey {
 
     /// The blinded form of `value` in the namespace `tag`.
     pub fn term(&self, tag: &str, value: &str) -> String {
-        let mut out = String::with_capacity(2 * TERM_BYTES);
+        let mut out = String::with_capacity(TERM_CHARS);
         self.push_term(tag, value, &mut out);
         out
     }
 
-    /// Appends the blinded form of `value` in the namespace `tag` to `out`.
+    /// Appends the blinded form of `value` in the namespace `tag` to `out`: the MAC's
+    /// first [`TERM_BYTES`] in unpadded URL-safe base64: 16 characters where hex took 24.
+    /// Blinded terms share no prefixes, so every character is a node of its own in the
+    /// term dictionary's automaton, and fewer make it cheaper to build.
     pub fn push_term(&self, tag: &str, value: &str, out: &mut String) {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        const DIGITS: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
         let mut m = self.0.clone();
         m.update(tag.as_bytes());
         m.update(&[0]);
         m.update(value.as_bytes());
         let mac = m.finalize().into_bytes();
-        for b in mac.iter().take(TERM_BYTES) {
-            out.push(char::from(DIGITS[usize::from(b >> 4)]));
-            out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+        for three in mac[..TERM_BYTES].chunks_exact(3) {
+            let n = u32::from_be_bytes([0, three[0], three[1], three[2]]);
+            for shift in [18, 12, 6, 0] {
+                out.push(char::from(DIGITS[((n >> shift) & 63) as usize]));
+            }
         }
     }
 }
@@ -127,8 +135,8 @@ impl BlindKey {
 /// words would otherwise fill it with their plaintext. Emptied when a segment is
 /// shredded, so its words do not outlive it here.
 struct TermCache {
-    /// `tag NUL value` → the blinded term's hex digits.
-    terms: std::collections::HashMap<Box<str>, [u8; 2 * TERM_BYTES]>,
+    /// `tag NUL value` → the blinded term's characters.
+    terms: std::collections::HashMap<Box<str>, [u8; TERM_CHARS]>,
     /// The key being looked up, built without allocating.
     scratch: String,
 }
@@ -158,19 +166,19 @@ impl TermCache {
         self.scratch.push_str(tag);
         self.scratch.push('\0');
         self.scratch.push_str(value);
-        if let Some(hex) = self.terms.get(self.scratch.as_str()) {
-            // Hex digits are ASCII.
-            out.extend(hex.iter().map(|&b| char::from(b)));
+        if let Some(chars) = self.terms.get(self.scratch.as_str()) {
+            // Base64 digits are ASCII.
+            out.extend(chars.iter().map(|&b| char::from(b)));
             return;
         }
         let start = out.len();
         key.push_term(tag, value, out);
-        let mut hex = [0u8; 2 * TERM_BYTES];
-        hex.copy_from_slice(&out.as_bytes()[start..]);
+        let mut chars = [0u8; TERM_CHARS];
+        chars.copy_from_slice(&out.as_bytes()[start..]);
         if self.terms.len() >= Self::MAX {
             self.terms.clear();
         }
-        self.terms.insert(self.scratch.as_str().into(), hex);
+        self.terms.insert(self.scratch.as_str().into(), chars);
     }
 
     fn clear(&mut self) {
@@ -251,12 +259,15 @@ pub struct Mark {
 /// they are), v3 did not count its messages (a v3 commit restored with a segment
 /// dropped would be trusted whole), and v4 counted them without saying which (a
 /// deletion file hiding some beside bits set past the last document kept the count).
-const MARK_V5: &str = "custos-index-v5";
-const UNTRUSTED_MARKS: [&str; 4] = [
+/// A v5 mark is sound, but a v5 index holds its terms in hex where they are base64
+/// now: no query would find them.
+const MARK_V6: &str = "custos-index-v6";
+const UNTRUSTED_MARKS: [&str; 5] = [
     "custos-index-v1",
     "custos-index-v2",
     "custos-index-v3",
     "custos-index-v4",
+    "custos-index-v5",
 ];
 
 fn mark_mac(
@@ -270,7 +281,7 @@ fn mark_mac(
     hmac_sha256(
         key.as_ref(),
         &[
-            MARK_V5.as_bytes(),
+            MARK_V6.as_bytes(),
             archive_id,
             &mark.through.to_be_bytes(),
             &mark.head,
@@ -330,7 +341,7 @@ fn payload(
 ) -> String {
     let words = words_text(words);
     format!(
-        "{MARK_V5} {} {} {} {} {:032x} {opstamp} {words} {}",
+        "{MARK_V6} {} {} {} {} {:032x} {opstamp} {words} {}",
         hex(archive_id),
         mark.through,
         hex(&mark.head),
@@ -368,7 +379,7 @@ fn parse_payload(
     };
     let parts: Vec<&str> = p.split(' ').collect();
     let (id, seq, head, docs, digest, stamp, words, mac) = match parts.as_slice() {
-        [MARK_V5, id, seq, head, docs, digest, stamp, words, mac] => {
+        [MARK_V6, id, seq, head, docs, digest, stamp, words, mac] => {
             (id, seq, head, docs, digest, stamp, *words, mac)
         }
         [v, ..] if UNTRUSTED_MARKS.contains(v) => return Err(IndexError::Unauthenticated),
@@ -1305,7 +1316,7 @@ impl BlindIndexWriter {
         doc.add_text(f.text, text);
         // One buffer for every blinded term of the record: tantivy copies each into the
         // document.
-        let mut term = String::with_capacity(2 * TERM_BYTES);
+        let mut term = String::with_capacity(TERM_CHARS);
         let mut add = |doc: &mut TantivyDocument, field: Field, tag: &str, value: &str| {
             term.clear();
             terms.push_term(k, tag, value, &mut term);
@@ -2542,10 +2553,11 @@ mod tests {
         }
     }
 
-    /// Terms already in an index were written as hex(HMAC(key, tag ‖ 0 ‖ value))[..24]:
-    /// the keyed-once form must write exactly the same.
+    /// Terms are written as base64url(HMAC(key, tag ‖ 0 ‖ value)[..12]), unpadded: the
+    /// keyed-once, hand-encoded form must write exactly that.
     #[test]
-    fn a_blinded_term_is_the_truncated_hmac_in_hex() {
+    fn a_blinded_term_is_the_truncated_hmac_in_base64url() {
+        use base64::Engine;
         let master = MasterKey::from_bytes([7; 32]);
         let id = [3; 16];
         let key = BlindKey::derive(&master, &id);
@@ -2556,9 +2568,19 @@ mod tests {
             ("msg", ""),
         ] {
             let mac = hmac_sha256(raw.as_ref(), &[tag.as_bytes(), &[0], value.as_bytes()]);
-            let want: String = mac.iter().take(12).map(|b| format!("{b:02x}")).collect();
+            let want = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&mac[..12]);
+            assert_eq!(want.len(), 16);
             assert_eq!(key.term(tag, value), want);
         }
+        // Every one of the 64 digits comes out somewhere, and nothing else does.
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..2000 {
+            seen.extend(key.term("text", &i.to_string()).chars());
+        }
+        assert_eq!(seen.len(), 64, "{seen:?}");
+        assert!(seen
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_'));
     }
 
     // ---- Word lists bound to commits: an administrator without the master key must
@@ -2719,6 +2741,39 @@ mod tests {
         let _ = seqs(&r, "zanzib*");
         std::fs::remove_file(&bogus).unwrap();
         refused(seqs(&r, "zanzib*"), 1);
+    }
+
+    /// An index of the hex-term format (`custos-index-v5`) is not trusted: its marks
+    /// were sound, but it holds no term in the base64 form queries now ask for, so every
+    /// search would come back empty while claiming the index complete. It is rebuilt,
+    /// as one of v1.
+    #[test]
+    fn an_index_of_hex_terms_is_not_trusted() {
+        let f = Fixture::new();
+        let mut w = f.writer();
+        w.add(&appended(1, 1, "zanzibarite shipment")).unwrap();
+        w.send().unwrap();
+        w.vocab.flush().unwrap();
+        let words = w.vocab.marks().unwrap();
+        let mut pc = w.writer.prepare_commit().unwrap();
+        let opstamp = pc.opstamp();
+        let current = payload(&f.master, &f.id, &w.mark, &words, opstamp);
+        let rest = current.strip_prefix("custos-index-v6 ").unwrap();
+        pc.set_payload(&format!("custos-index-v5 {rest}"));
+        pc.commit().unwrap();
+        w.dirty = false;
+        w.finish().unwrap();
+
+        let w = f.writer();
+        assert!(
+            matches!(w.found(), Err(IndexError::Unauthenticated)),
+            "{:?}",
+            w.found()
+        );
+        assert!(matches!(
+            read_mark(&f.index, &f.master, &f.id),
+            Err(IndexError::Unauthenticated)
+        ));
     }
 
     /// An index committed by an older Custos (`custos-index-v2`) binds no list. Were its
