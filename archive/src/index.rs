@@ -3,8 +3,8 @@
 //! Promise 3 says the index must not become a plaintext copy of the archive,
 //! so no plaintext reaches tantivy: every word token and every field value is
 //! replaced by the first 96 bits of `HMAC-SHA256(blind key, field-tag ‖ 0 ‖ value)`
-//! in unpadded URL-safe base64 (16 characters). Queries hash their terms the same way. Word positions are kept,
-//! so phrase queries work. Stored per document: only seq, segment and offset
+//! in unpadded URL-safe base64 (16 characters). Queries hash their terms the same
+//! way. Word positions are kept, so phrase queries work. Stored per document: only seq, segment and offset
 //! (to fetch and decrypt the record from the log) and a time fast field.
 //! Leakage (equal tokens hash equally, term frequencies, document lengths,
 //! times) is documented in docs/archive-format.md.
@@ -109,7 +109,7 @@ impl BlindKey {
     }
 
     /// Appends the blinded form of `value` in the namespace `tag` to `out`: the MAC's
-    /// first [`TERM_BYTES`] in unpadded URL-safe base64: 16 characters where hex took 24.
+    /// first [`TERM_BYTES`] in unpadded URL-safe base64, 16 characters where hex took 24.
     /// Blinded terms share no prefixes, so every character is a node of its own in the
     /// term dictionary's automaton, and fewer make it cheaper to build.
     pub fn push_term(&self, tag: &str, value: &str, out: &mut String) {
