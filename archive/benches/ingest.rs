@@ -110,6 +110,12 @@ fn record(i: u64) -> NewRecord {
             rules: if i.is_multiple_of(97) { vec!["watch-list".into()] } else { vec![] },
             ..Outcome::allowed()
         },
+        // Two copies of each logical message (the sender's leg, the recipient's), as the
+        // relay records them.
+        capture: Capture {
+            identity: format!("{:032x}", (i / 2).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            ..Capture::default()
+        },
         ..MessageRecord::chat(
             format!("user{u}@corp.example/desktop"),
             format!("user{peer}@corp.example"),
