@@ -15,6 +15,7 @@ mod errors;
 mod expiry;
 mod lock;
 mod reader;
+mod recent;
 mod search;
 mod tail;
 mod upkeep;

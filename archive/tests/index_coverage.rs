@@ -509,3 +509,51 @@ async fn a_temporary_file_left_by_a_killed_index_write_is_not_tampering() {
     assert!(!tmp.exists());
     assert!(problems(&m).is_empty(), "{:?}", problems(&m));
 }
+
+/// A message whose live copy crossed Custos, with its logical identity.
+fn live(i: u64, identity: &str, via: Via) -> NewRecord {
+    let NewRecord::Message(mut m) = message(i) else {
+        unreachable!("message() makes a message")
+    };
+    m.capture.identity = identity.to_owned();
+    m.capture.via = via;
+    NewRecord::Message(m)
+}
+
+/// An archive replay is flagged unless a live copy was recorded: the live copy must be
+/// known from its submission (a replay can follow it on the same stream before it is
+/// written), while it waits for the index, and then from the index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_copy_is_known_from_its_submission_on() {
+    let root = tempfile::tempdir().unwrap();
+    let m = make(root.path());
+    let a = Archive::open(ArchiveConfig::new(
+        m.dir.clone(),
+        m.master.clone(),
+        m.signing.clone(),
+    ))
+    .unwrap();
+    let known = "a1".repeat(32);
+    let submitted = a.submit(live(1, &known, Via::Direct));
+    assert!(a.knows_message(&known), "pending");
+    submitted.await.unwrap();
+    assert!(a.knows_message(&known), "written");
+    // A replay proves nothing: recording one leaves its identity unknown.
+    let replayed = "b2".repeat(32);
+    a.append(live(2, &replayed, Via::Mam)).await.unwrap();
+    assert!(!a.knows_message(&replayed));
+    for _ in 0..100 {
+        if a.index_lag() == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(a.index_lag(), 0, "the indexer never caught up");
+    // The next write lets go of what the index holds; the index answers for it now.
+    a.append(live(3, &"c3".repeat(32), Via::Direct))
+        .await
+        .unwrap();
+    assert!(a.knows_message(&known), "indexed");
+    assert!(!a.knows_message(&replayed));
+    a.close().await.unwrap();
+}

@@ -16,7 +16,7 @@ pub(super) fn catch_up<E: From<ReadError> + From<IndexError>>(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<IndexCatchUp, E> {
     let rebuilt = trust_or_clear::<E>(reader, w, force)?;
-    let indexed = fill::<E>(reader, w, progress, &mut |_| {})?;
+    let indexed = fill::<E>(reader, w, progress, &mut |_| {}, &mut |_| {})?;
     Ok(IndexCatchUp {
         rebuilt,
         indexed,
@@ -65,13 +65,14 @@ const FILL_COMMIT_EVERY: u64 = 10_000;
 
 /// Adds every record after the index's mark, up to the end of the log as it is now,
 /// committing every [`FILL_COMMIT_EVERY`] records (`committed(through)` after each) and
-/// at the end. `progress(done_seq, last_seq)` is called at each commit. Returns the
-/// records added.
+/// at the end. `progress(done_seq, last_seq)` is called at each commit, `added(record)`
+/// for each record added. Returns the records added.
 pub(super) fn fill<E: From<ReadError> + From<IndexError>>(
     reader: &ArchiveReader,
     w: &mut BlindIndexWriter,
     progress: &mut dyn FnMut(u64, u64),
     committed: &mut dyn FnMut(u64),
+    added: &mut dyn FnMut(&crate::record::Record),
 ) -> Result<u64, E> {
     let end = reader.chain_end()?;
     let from = w.indexed_through() + 1;
@@ -82,12 +83,14 @@ pub(super) fn fill<E: From<ReadError> + From<IndexError>>(
                 return Ok(());
             }
             if let Some(record) = e.record {
-                w.add(&Appended {
+                let a = Appended {
                     record,
                     segment: e.segment,
                     offset: e.offset,
                     head: e.head,
-                })?;
+                };
+                w.add(&a)?;
+                added(&a.record);
                 indexed += 1;
                 if indexed.is_multiple_of(FILL_COMMIT_EVERY) {
                     w.commit()?;

@@ -1,6 +1,7 @@
 //! The serving process's writer: [`Archive`] with its group-commit writer thread and
 //! indexer thread, appends, shredding and close.
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
@@ -15,10 +16,11 @@ use crate::inbox::Drain;
 use crate::index::{BlindIndexWriter, IndexError};
 use crate::keys::MasterKey;
 use crate::log::{self, Appended, LogLimits, LogWriter};
-use crate::record::{EventRecord, NewRecord, RecordSeq, Via};
+use crate::record::{EventRecord, NewRecord, Record, RecordSeq};
 
 use crate::time::Timestamp;
 
+use super::recent::{live_identities, RecentIdentities};
 use super::*;
 
 /// Most records committed by one write + fsync.
@@ -164,41 +166,13 @@ enum IndexCmd {
     Close(mpsc::Sender<Result<(), String>>),
 }
 
-/// Identities of the messages appended lately, oldest first, bounded: they bridge the
-/// time until the index commits them.
-#[derive(Default)]
-struct RecentIdentities {
-    set: std::collections::HashSet<String>,
-    order: std::collections::VecDeque<String>,
-}
-
-const RECENT_IDENTITIES: usize = 1 << 16;
-
-impl RecentIdentities {
-    fn insert(&mut self, id: &str) {
-        if self.set.contains(id) {
-            return;
-        }
-        if self.order.len() >= RECENT_IDENTITIES {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
-        }
-        self.set.insert(id.to_owned());
-        self.order.push_back(id.to_owned());
-    }
-
-    fn contains(&self, id: &str) -> bool {
-        self.set.contains(id)
-    }
-}
-
 struct Inner {
     /// Every record up to this seq is in the index's last commit.
     indexed: Arc<AtomicU64>,
     /// The last durable record's seq.
     log_end: Arc<AtomicU64>,
-    recent: Mutex<RecentIdentities>,
+    /// Live copies the index's last commit does not hold yet ([`super::recent`]).
+    recent: Arc<Mutex<RecentIdentities>>,
     tx: Mutex<Option<Sender<Cmd>>>,
     reader: ArchiveReader,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
@@ -342,15 +316,19 @@ impl Archive {
         }
         let health = Arc::new(Mutex::new(None));
         let h2 = health.clone();
+        let recent = Arc::new(Mutex::new(RecentIdentities::default()));
         std::thread::Builder::new()
             .name("custos-indexer".into())
             .spawn({
-                let indexed = indexed.clone();
-                let log_end = log_end.clone();
+                let marks = IndexMarks {
+                    indexed: indexed.clone(),
+                    log_end: log_end.clone(),
+                    recent: recent.clone(),
+                };
                 let niceness = cfg.index_niceness;
                 move || {
                     lower_thread_priority(niceness);
-                    indexer_loop(indexer, fill_reader, irx, h2, indexed, log_end)
+                    indexer_loop(indexer, fill_reader, irx, h2, marks)
                 }
             })
             .map_err(OpenError::Thread)?;
@@ -376,7 +354,7 @@ impl Archive {
                 index_health: health,
                 inbox_health,
                 write_health,
-                recent: Mutex::new(RecentIdentities::default()),
+                recent,
                 indexed,
                 log_end,
                 public_key: cfg.signing_key.verifying_key(),
@@ -392,10 +370,6 @@ impl Archive {
         self.inner.index_deferred.load(Ordering::Relaxed)
     }
 
-    /// Whether a copy of the logical message `identity` other than an archive replay
-    /// has been recorded: the messages appended lately (the index sees them only after
-    /// its next commit), then the index. A failing index answers `false`: the caller
-    /// flags a replay it cannot place, it never drops one.
     /// Verifies the archive as `custos verify` does (against the witness when one is
     /// configured), as it is at this moment.
     pub fn verify_now(&self) -> crate::verify::VerifyReport {
@@ -417,6 +391,10 @@ impl Archive {
         }
     }
 
+    /// Whether a copy of the logical message `identity` other than an archive replay
+    /// has been recorded: first the live copies submitted that the index's last commit
+    /// does not hold yet ([`super::recent`]), then the index. A failing index answers
+    /// `false`: the caller flags a replay it cannot place, it never drops one.
     pub fn knows_message(&self, identity: &str) -> bool {
         if self
             .inner
@@ -527,23 +505,36 @@ impl Archive {
     /// writer commits them together. A failed write fails every record queued after it
     /// (the writer refuses all further appends until reopened).
     pub fn submit(&self, rec: NewRecord) -> Submitted {
-        if let NewRecord::Message(m) = &rec {
-            if m.capture.via != Via::Mam {
-                let mut recent = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
-                recent.insert(&m.capture.identity);
-                if let Some(d) = &m.capture.delivered_identity {
-                    recent.insert(d);
-                }
+        // Known before the writer can take it, until the index has committed it.
+        let live = live_identities(&rec).next().is_some();
+        if live {
+            let mut recent = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
+            let unremembered = live_identities(&rec)
+                .filter(|id| !recent.submitted(id))
+                .count();
+            if unremembered > 0 {
+                metrics::counter!("custos_recent_identities_forgotten_total")
+                    .increment(unremembered as u64);
             }
         }
         let (ack_tx, ack_rx) = oneshot::channel();
         let started = std::time::Instant::now();
-        let sent = {
+        let refused = {
             let guard = self.inner.tx.lock().unwrap_or_else(|p| p.into_inner());
-            guard
-                .as_ref()
-                .is_some_and(|tx| tx.send(Cmd::Append(rec, ack_tx)).is_ok())
+            match guard.as_ref() {
+                Some(tx) => match tx.send(Cmd::Append(rec, ack_tx)) {
+                    Ok(()) => None,
+                    Err(mpsc::SendError(Cmd::Append(rec, _))) => Some(rec),
+                    Err(_) => None, // only an append was sent
+                },
+                None => Some(rec),
+            }
         };
+        let sent = refused.is_none();
+        if let (Some(rec), true) = (&refused, live) {
+            let mut recent = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
+            live_identities(rec).for_each(|id| recent.settled(id));
+        }
         Submitted {
             ack: sent.then_some(ack_rx),
             started,
@@ -785,7 +776,9 @@ fn writer_loop(
                     }
                     Err(e) => {
                         // The file may now hold part of this batch: refuse all
-                        // further writes (fail closed); reopening recovers.
+                        // further writes (fail closed); reopening recovers. The batch's
+                        // identities stay known until then: nothing is relayed
+                        // meanwhile, and the reopened archive starts afresh.
                         let why = e.to_string();
                         for ack in acks {
                             let _ = ack.send(Err(AppendError::Failed(why.clone())));
@@ -914,15 +907,45 @@ pub(crate) fn lower_thread_priority(niceness: i32) {
     }
 }
 
+/// What the indexer shares with the writer and the [`Archive`] handles.
+struct IndexMarks {
+    /// Every record up to this seq is in the index's last commit.
+    indexed: Arc<AtomicU64>,
+    /// The last durable record's seq.
+    log_end: Arc<AtomicU64>,
+    /// Live copies not yet in the index's last commit; the indexer lets go of each once
+    /// a commit holds it.
+    recent: Arc<Mutex<RecentIdentities>>,
+}
+
 fn indexer_loop(
     mut idx: BlindIndexWriter,
     reader: ArchiveReader,
     rx: Receiver<IndexCmd>,
     health: Arc<Mutex<Option<String>>>,
-    indexed: Arc<AtomicU64>,
-    log_end: Arc<AtomicU64>,
+    marks: IndexMarks,
 ) {
+    let IndexMarks {
+        indexed,
+        log_end,
+        recent,
+    } = marks;
     let set = |e: Option<String>| *health.lock().unwrap_or_else(|p| p.into_inner()) = e;
+    // Identities of the live copies added since the last commit. Once a commit holds
+    // them, the index answers for them: memory lets them go (after the mark is raised).
+    let uncommitted: RefCell<Vec<String>> = RefCell::default();
+    let added = |record: &Record| {
+        let mut u = uncommitted.borrow_mut();
+        u.extend(live_identities(&record.content).map(str::to_owned));
+    };
+    let committed = |through: u64| {
+        indexed.store(through, Ordering::Release);
+        let mut u = uncommitted.borrow_mut();
+        if !u.is_empty() {
+            let mut recent = recent.lock().unwrap_or_else(|p| p.into_inner());
+            u.drain(..).for_each(|id| recent.settled(&id));
+        }
+    };
     // First what the log holds beyond the index's mark; appends queued meanwhile are
     // skipped by `add` up to where the fill reached.
     let started = Instant::now();
@@ -934,7 +957,8 @@ fn indexer_loop(
                 tracing::info!(done, last, "search index catching up with the log");
             }
         },
-        &mut |through| indexed.store(through, Ordering::Release),
+        &mut |through| committed(through),
+        &mut |record| added(record),
     );
     // After a failure nothing more is added: a later record must never move the mark
     // past one that is missing. The next open catches up from the last commit.
@@ -958,9 +982,13 @@ fn indexer_loop(
     // Reads from the log what the index is missing; false (and the index's health set)
     // when it cannot.
     let catch_up = |idx: &mut BlindIndexWriter| -> bool {
-        let caught_up = fill::<OpenError>(&reader, idx, &mut |_, _| {}, &mut |through| {
-            indexed.store(through, Ordering::Release)
-        });
+        let caught_up = fill::<OpenError>(
+            &reader,
+            idx,
+            &mut |_, _| {},
+            &mut |through| committed(through),
+            &mut |record| added(record),
+        );
         match caught_up {
             Ok(_) => true,
             Err(e) => {
@@ -987,6 +1015,7 @@ fn indexer_loop(
                         broken = true;
                         break;
                     }
+                    added(&a.record);
                 }
             }
             Ok(IndexCmd::Add(_)) => {}
@@ -1022,7 +1051,7 @@ fn indexer_loop(
         {
             match idx.commit() {
                 Ok(()) => {
-                    indexed.store(idx.indexed_through(), Ordering::Release);
+                    committed(idx.indexed_through());
                     set(None)
                 }
                 Err(e) => set(Some(e.to_string())),
