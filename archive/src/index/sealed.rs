@@ -27,8 +27,7 @@
 //! Checked copies are kept in one cache for the process ([`Verified`]): what tantivy
 //! still holds (term dictionaries, fast-field columns) is shared, not counted, and up to
 //! [`BUDGET`] of what it let go is kept for the next read, so a reader's reload and a
-//! common word's postings are not copied and hashed again. A read never waits for the
-//! cache: one that finds it in use copies and checks its blocks itself.
+//! common word's postings are not copied and hashed again.
 //!
 //! A file opened is kept open (not mapped) while tantivy holds it: tantivy deletes a
 //! merged segment's files while older readers may still read them, and a file cut
@@ -40,7 +39,7 @@ use std::ops::Range;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, TryLockError, Weak};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
 
 use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
@@ -242,17 +241,9 @@ struct Verified {
 static VERIFIED: LazyLock<Mutex<Verified>> = LazyLock::new(|| Mutex::new(Verified::new(BUDGET)));
 static SERIAL: AtomicU64 = AtomicU64::new(0);
 
-/// The cache if nobody holds it now. Reads take it this way: index building, which runs
-/// at a lower priority, takes it too, and a relay thread that waited behind a holder
-/// the scheduler had set aside would wait at that holder's priority. A read that finds
-/// it taken copies and checks its blocks itself, which costs microseconds.
-fn verified_now() -> Option<MutexGuard<'static, Verified>> {
-    match VERIFIED.try_lock() {
-        Ok(v) => Some(v),
-        // Every update leaves the maps consistent before the next can panic.
-        Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
-        Err(TryLockError::WouldBlock) => None,
-    }
+fn verified() -> MutexGuard<'static, Verified> {
+    // Every update leaves the maps consistent before the next can panic.
+    VERIFIED.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Verified {
@@ -498,12 +489,7 @@ impl HasLen for SealedFile {
 
 impl Drop for SealedFile {
     fn drop(&mut self) {
-        // A reader's reload lets go of files too: it does not wait either. Copies left
-        // behind are never read again (serials are not reused) and are the first the
-        // cache drops when it next shrinks.
-        if let Some(mut v) = verified_now() {
-            v.forget(self.serial);
-        }
+        verified().forget(self.serial);
     }
 }
 
@@ -554,14 +540,12 @@ impl FileHandle for SealedFile {
         }
         let (first, last) = (range.start / BLOCK, (range.end - 1) / BLOCK);
         let span = (self.serial, first, last);
-        let cached = verified_now().and_then(|mut v| v.get(span));
+        let cached = verified().get(span);
         let data = match cached {
             Some(d) => d,
             None => {
                 let d = self.copy(first, last)?;
-                if let Some(mut v) = verified_now() {
-                    v.insert(span, d.clone());
-                }
+                verified().insert(span, d.clone());
                 d
             }
         };
@@ -862,28 +846,6 @@ mod tests {
 
     /// Copies a reader holds are never dropped; those let go are dropped least recently
     /// used first once they pass the budget, and a file closed takes its copies along.
-    /// Index building runs at a lower priority and takes the cache's lock too: a read
-    /// from a thread of the relay's (asking whether a replayed message is known) must
-    /// not wait behind a holder the scheduler has set aside.
-    #[test]
-    fn a_read_never_waits_for_the_cache() {
-        let (t, d) = dir();
-        let data: Vec<u8> = (0..2 * BLOCK).map(|i| (i % 241) as u8).collect();
-        write(&d, "w.idx", &data);
-        let d = reopen(&t);
-        let h = d.get_file_handle(Path::new("w.idx")).unwrap();
-        let held = VERIFIED.lock().unwrap_or_else(|e| e.into_inner());
-        let (tx, rx) = std::sync::mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            let _ = tx.send(h.read_bytes(5..BLOCK + 9).map(|b| b.as_slice().to_vec()));
-        });
-        let got = rx.recv_timeout(std::time::Duration::from_secs(10));
-        drop(held);
-        reader.join().unwrap();
-        let got = got.expect("the read waited for the cache's lock");
-        assert_eq!(got.unwrap(), data[5..BLOCK + 9]);
-    }
-
     #[test]
     fn the_cache_drops_only_copies_let_go_oldest_first() {
         let mut v = Verified::new(4 * BLOCK);
