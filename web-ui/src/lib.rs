@@ -222,27 +222,21 @@ impl BoundWeb {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), WebError> {
         let self_app = self.app.clone();
-        // The follower has a thread of its own, lowered to index building's priority:
-        // when the CPU is short, relaying goes first and the review state catches up
-        // after. Pages that need the latest state still catch up at their own priority.
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let app = self.app.clone();
-        let follower = std::thread::Builder::new()
-            .name("custos-web-tail".into())
-            .spawn(move || {
-                app.archive.lower_to_index_priority();
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                    stopped.recv_timeout(TAIL_INTERVAL)
-                {
-                    if let Err(e) = app.catch_up_blocking() {
-                        tracing::warn!(cause = %e, "following the archive failed; retrying");
-                    }
-                    if app.save_due() {
-                        app.save_blocking();
-                    }
+        let tail = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TAIL_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = app.catch_up().await {
+                    tracing::warn!(cause = %e, "following the archive failed; retrying");
                 }
-            })
-            .map_err(WebError::Serve)?;
+                if app.save_due() {
+                    let app = app.clone();
+                    let _ = tokio::task::spawn_blocking(move || app.save_blocking()).await;
+                }
+            }
+        });
         let tls = self.app.cfg.tls.clone();
         let router = app::router(self.app);
         let served = match tls {
@@ -260,8 +254,7 @@ impl BoundWeb {
             }
         }
         .map_err(WebError::Serve);
-        drop(stop);
-        let _ = tokio::task::spawn_blocking(move || follower.join()).await;
+        tail.abort();
         // What was read since the saved copy is saved, so the next start reads it back.
         let app = self_app;
         let _ = tokio::task::spawn_blocking(move || {

@@ -185,8 +185,6 @@ struct Inner {
     witness: Option<PathBuf>,
     /// Batches the writer left out of the indexer's full queue.
     index_deferred: Arc<AtomicU64>,
-    /// [`ArchiveConfig::index_niceness`].
-    index_niceness: i32,
 }
 
 /// The archive of the serving process. Clone freely; all clones share one
@@ -362,17 +360,8 @@ impl Archive {
                 public_key: cfg.signing_key.verifying_key(),
                 witness: cfg.witness.clone(),
                 index_deferred,
-                index_niceness: cfg.index_niceness,
             }),
         })
-    }
-
-    /// Lowers the calling thread to the priority index building runs at
-    /// ([`ArchiveConfig::index_niceness`]): for other work that follows the archive in
-    /// the background, such as the review UI's follower, so that it too gives way to
-    /// relaying when the CPU is short.
-    pub fn lower_to_index_priority(&self) {
-        lower_thread_priority(self.inner.index_niceness);
     }
 
     /// How many batches of appended records the indexer's full queue made the writer
