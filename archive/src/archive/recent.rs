@@ -13,9 +13,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-// Seeded per process: identities are digests of what peers send.
-use foldhash::fast::RandomState;
-
 use crate::record::{NewRecord, Via};
 
 /// Most identities remembered while the index lags: 29 MiB when full (measured, with
@@ -25,7 +22,8 @@ pub(super) const RECENT_IDENTITIES: usize = 1 << 18;
 #[derive(Debug)]
 pub(super) struct RecentIdentities {
     /// Copies submitted that no index commit is known to hold, by identity.
-    pending: HashMap<Arc<str>, u32, RandomState>,
+    /// SipHash, keyed per process: identities are digests of content peers choose.
+    pending: HashMap<Arc<str>, u32>,
     bound: usize,
 }
 
@@ -61,7 +59,7 @@ impl RecentIdentities {
     /// does not remember it.
     pub(super) fn submitted(&mut self, id: &str) -> bool {
         if let Some(n) = self.pending.get_mut(id) {
-            *n += 1;
+            *n = n.saturating_add(1);
             return true;
         }
         if self.pending.len() >= self.bound {
@@ -90,8 +88,7 @@ impl RecentIdentities {
         self.pending.contains_key(id)
     }
 
-    #[cfg(test)]
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.pending.len()
     }
 }

@@ -20,7 +20,7 @@ use crate::record::{EventRecord, NewRecord, Record, RecordSeq};
 
 use crate::time::Timestamp;
 
-use super::recent::{live_identities, RecentIdentities};
+use super::recent::{live_identities, RecentIdentities, RECENT_IDENTITIES};
 use super::*;
 
 /// Most records committed by one write + fsync.
@@ -368,6 +368,16 @@ impl Archive {
     /// leave out since open (the indexer read them from the log).
     pub fn index_deferred(&self) -> u64 {
         self.inner.index_deferred.load(Ordering::Relaxed)
+    }
+
+    /// How many identities of live copies are held in memory because no index commit
+    /// holds their records yet ([`Archive::knows_message`]).
+    pub fn unindexed_identities(&self) -> usize {
+        self.inner
+            .recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     /// Verifies the archive as `custos verify` does (against the witness when one is
@@ -777,8 +787,9 @@ fn writer_loop(
                     Err(e) => {
                         // The file may now hold part of this batch: refuse all
                         // further writes (fail closed); reopening recovers. The batch's
-                        // identities stay known until then: nothing is relayed
-                        // meanwhile, and the reopened archive starts afresh.
+                        // identities stay known until then (what is relayed meanwhile,
+                        // with `on_failure = "deliver"`, did cross Custos), and the
+                        // reopened archive starts afresh.
                         let why = e.to_string();
                         for ack in acks {
                             let _ = ack.send(Err(AppendError::Failed(why.clone())));
@@ -907,6 +918,9 @@ pub(crate) fn lower_thread_priority(niceness: i32) {
     }
 }
 
+/// Identities let go per taking of the recent set's lock.
+const SETTLE_CHUNK: usize = 256;
+
 /// What the indexer shares with the writer and the [`Archive`] handles.
 struct IndexMarks {
     /// Every record up to this seq is in the index's last commit.
@@ -933,18 +947,27 @@ fn indexer_loop(
     let set = |e: Option<String>| *health.lock().unwrap_or_else(|p| p.into_inner()) = e;
     // Identities of the live copies added since the last commit. Once a commit holds
     // them, the index answers for them: memory lets them go (after the mark is raised).
+    // Bounded as the set is: while commits fail, what is not listed stays remembered,
+    // which errs toward placing a replay, never toward flagging one wrongly.
     let uncommitted: RefCell<Vec<String>> = RefCell::default();
     let added = |record: &Record| {
         let mut u = uncommitted.borrow_mut();
-        u.extend(live_identities(&record.content).map(str::to_owned));
+        for id in live_identities(&record.content) {
+            if u.len() < RECENT_IDENTITIES {
+                u.push(id.to_owned());
+            }
+        }
     };
     let committed = |through: u64| {
         indexed.store(through, Ordering::Release);
         let mut u = uncommitted.borrow_mut();
-        if !u.is_empty() {
+        // A few at a time: submitters take the same lock at the relay's priority, and
+        // this thread runs below it.
+        for chunk in u.chunks(SETTLE_CHUNK) {
             let mut recent = recent.lock().unwrap_or_else(|p| p.into_inner());
-            u.drain(..).for_each(|id| recent.settled(&id));
+            chunk.iter().for_each(|id| recent.settled(id));
         }
+        u.clear();
     };
     // First what the log holds beyond the index's mark; appends queued meanwhile are
     // skipped by `add` up to where the fill reached.
