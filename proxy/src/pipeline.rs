@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use custos_archive::retention::RetentionPolicy;
 use custos_archive::{
-    Archive, Capture, EventRecord, MessageRecord, NewRecord, SessionId, Text, Via,
+    Archive, Capture, EventRecord, LiveCopy, MessageRecord, NewRecord, SessionId, Text, Via,
 };
 use custos_policy::{DisclaimerTracker, PolicyHandle, Subject, Verdict};
 use sha2::{Digest, Sha256};
@@ -50,6 +50,10 @@ use crate::xml::Element;
 pub const RULE_INVALID_FROM: &str = "custos:invalid-from";
 pub const RULE_FORGED_WRAPPER: &str = "custos:forged-wrapper";
 pub const RULE_REPLAY_ONLY: &str = "custos:replay-only";
+/// An archive replay whose live copy the archive could not look for yet (its index is
+/// catching up or lags past what memory holds): flagged as a replay-only one is, under
+/// a name that says it is not known to be one.
+pub const RULE_REPLAY_UNVERIFIED: &str = "custos:replay-unverified";
 pub const RULE_FILE_NOT_ARCHIVED: &str = "custos:file-not-archived";
 
 /// What to do with a message the archive could not write.
@@ -526,15 +530,13 @@ impl Pipeline {
             count_message(item.direction, verdict.as_ref());
         }
         let ids = recorded.then(|| Identities::of(c, verdict.as_ref(), &delivered_extra));
-        let replay_only = match (&self.archive, &ids) {
-            (Some(archive), Some(ids)) => {
-                c.via == Via::Mam && !archive.knows_message(&ids.identity)
-            }
-            _ => false,
+        let live_copy = match (&self.archive, &ids) {
+            (Some(archive), Some(ids)) if c.via == Via::Mam => archive.live_copy(&ids.identity),
+            _ => LiveCopy::Recorded,
         };
-        // History replayed alerts only when it never crossed Custos live: the live copy
-        // alerted already.
-        let alerting = c.via != Via::Mam || replay_only;
+        // History replayed alerts only when it is not known to have crossed Custos live
+        // (the live copy alerted already).
+        let alerting = c.via != Via::Mam || live_copy != LiveCopy::Recorded;
         if let (Some(alerts), Some(v), Some(ids), true) = (&self.alerts, &verdict, &ids, alerting) {
             let first = {
                 let mut alerted = self.alerted.lock().unwrap_or_else(|p| p.into_inner());
@@ -564,7 +566,7 @@ impl Pipeline {
         let refuse_for_file =
             file_missing && self.files.as_ref().is_some_and(Files::block_on_failure);
         if let (Some(archive), Some(ids)) = (&self.archive, ids) {
-            let mut record = message_record(item, c, verdict.as_ref(), ids, replay_only);
+            let mut record = message_record(item, c, verdict.as_ref(), ids, live_copy);
             record.capture.occupant = occupant(c, room);
             record.capture.files = shared;
             if file_missing {
@@ -837,7 +839,7 @@ fn message_record(
     c: &Content<'_>,
     verdict: Option<&Verdict>,
     ids: Identities,
-    replay_only: bool,
+    live_copy: LiveCopy,
 ) -> MessageRecord {
     let v = c.view;
     let e2ee = v.e2ee.map(|e| e2ee_name(e).to_owned());
@@ -874,8 +876,10 @@ fn message_record(
     if c.forged_wrapper {
         custos_rule(RULE_FORGED_WRAPPER, custos_archive::Action::Flag);
     }
-    if replay_only {
-        custos_rule(RULE_REPLAY_ONLY, custos_archive::Action::Flag);
+    match live_copy {
+        LiveCopy::Absent => custos_rule(RULE_REPLAY_ONLY, custos_archive::Action::Flag),
+        LiveCopy::Undetermined => custos_rule(RULE_REPLAY_UNVERIFIED, custos_archive::Action::Flag),
+        LiveCopy::Recorded => {}
     }
     let account = item.session.jid.clone().unwrap_or_default();
     MessageRecord {

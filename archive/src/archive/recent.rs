@@ -25,6 +25,8 @@ pub(super) struct RecentIdentities {
     /// SipHash, keyed per process: identities are digests of content peers choose.
     pending: HashMap<Arc<str>, u32>,
     bound: usize,
+    /// Identities not remembered because the set was full, since open.
+    forgotten: u64,
 }
 
 impl Default for RecentIdentities {
@@ -52,6 +54,7 @@ impl RecentIdentities {
         RecentIdentities {
             pending: HashMap::default(),
             bound,
+            forgotten: 0,
         }
     }
 
@@ -63,6 +66,7 @@ impl RecentIdentities {
             return true;
         }
         if self.pending.len() >= self.bound {
+            self.forgotten += 1;
             return false;
         }
         self.pending.insert(Arc::from(id), 1);
@@ -82,6 +86,11 @@ impl RecentIdentities {
                 self.pending.insert(key, n - 1);
             }
         }
+    }
+
+    /// Identities not remembered because the set was full, since open.
+    pub(super) fn forgotten(&self) -> u64 {
+        self.forgotten
     }
 
     pub(super) fn contains(&self, id: &str) -> bool {
@@ -148,6 +157,7 @@ mod tests {
         assert!((0..4).all(|i| recent.submitted(&id(i))));
         assert!(!recent.submitted(&id(4)));
         assert!(!recent.contains(&id(4)));
+        assert_eq!(recent.forgotten(), 1);
         assert!(
             recent.submitted(&id(0)),
             "another copy of a remembered message"

@@ -185,6 +185,24 @@ struct Inner {
     witness: Option<PathBuf>,
     /// Batches the writer left out of the indexer's full queue.
     index_deferred: Arc<AtomicU64>,
+    /// The last record in the log when this process opened it: memory knows nothing of
+    /// the messages up to it ([`Archive::live_copy`]).
+    opened_at: u64,
+}
+
+/// Whether a copy of a logical message that crossed Custos live is in the archive:
+/// [`Archive::live_copy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveCopy {
+    /// Recorded: in memory (submitted lately) or found by the index.
+    Recorded,
+    /// Not recorded: the index holds every record of the log and finds none, and memory
+    /// holds none.
+    Absent,
+    /// Neither can tell: the index has not taken in every record that memory does not
+    /// cover (it is catching up after a start, or lags past what memory holds), or it
+    /// cannot be searched.
+    Undetermined,
 }
 
 /// The archive of the serving process. Clone freely; all clones share one
@@ -346,6 +364,7 @@ impl Archive {
                 drop(lock);
             })
             .map_err(OpenError::Thread)?;
+        let opened_at = log_end.load(Ordering::Acquire);
         Ok(Archive {
             inner: Arc::new(Inner {
                 tx: Mutex::new(Some(tx)),
@@ -360,6 +379,7 @@ impl Archive {
                 public_key: cfg.signing_key.verifying_key(),
                 witness: cfg.witness.clone(),
                 index_deferred,
+                opened_at,
             }),
         })
     }
@@ -371,7 +391,7 @@ impl Archive {
     }
 
     /// How many identities of live copies are held in memory because no index commit
-    /// holds their records yet ([`Archive::knows_message`]).
+    /// holds their records yet ([`Archive::live_copy`]).
     pub fn unindexed_identities(&self) -> usize {
         self.inner
             .recent
@@ -401,27 +421,44 @@ impl Archive {
         }
     }
 
-    /// Whether a copy of the logical message `identity` other than an archive replay
-    /// has been recorded: first the live copies submitted that the index's last commit
-    /// does not hold yet ([`super::recent`]), then the index. A failing index answers
-    /// `false`: the caller flags a replay it cannot place, it never drops one.
-    pub fn knows_message(&self, identity: &str) -> bool {
-        if self
-            .inner
-            .recent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(identity)
-        {
-            return true;
-        }
+    /// Whether a copy of the logical message `identity` that crossed Custos live (not an
+    /// archive replay) has been recorded: first the live copies submitted that the
+    /// index's last commit does not hold yet ([`super::recent`]), then the index.
+    /// [`LiveCopy::Absent`] only when the index holds every record that memory does not
+    /// cover; otherwise a miss is [`LiveCopy::Undetermined`]. The caller flags both.
+    pub fn live_copy(&self, identity: &str) -> LiveCopy {
+        // Read before the look-ups: a record indexed meanwhile only makes them surer.
+        let indexed = self.inner.indexed.load(Ordering::Acquire);
+        let log_end = self.inner.log_end.load(Ordering::Acquire);
+        let forgotten = {
+            let recent = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
+            if recent.contains(identity) {
+                return LiveCopy::Recorded;
+            }
+            recent.forgotten()
+        };
         if identity.is_empty() || !identity.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return false;
+            return LiveCopy::Absent;
         }
-        self.inner
+        let found = self
+            .inner
             .reader
-            .search(&format!("msg:{identity} -via:mam"), 1)
-            .is_ok_and(|hits| !hits.is_empty())
+            .search(&format!("msg:{identity} -via:mam"), 1);
+        match found {
+            Ok(hits) if !hits.is_empty() => LiveCopy::Recorded,
+            Ok(_) => {
+                // Memory covers this process's submissions up to its bound; the index
+                // must cover the rest.
+                let covered =
+                    indexed >= log_end || (indexed >= self.inner.opened_at && forgotten == 0);
+                if covered {
+                    LiveCopy::Absent
+                } else {
+                    LiveCopy::Undetermined
+                }
+            }
+            Err(_) => LiveCopy::Undetermined,
+        }
     }
 
     /// Crypto-shreds a sealed segment: appends a signed-chain `Shred` record (segment,
