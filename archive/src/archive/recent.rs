@@ -8,7 +8,8 @@
 //! the index lags. The indexer, not the log's writer, lets them go, so the writer's path
 //! to the acknowledgement does no more work for it. Up to a bound: past
 //! [`RECENT_IDENTITIES`] a new identity is not remembered and is counted, since a replay
-//! of it may then be flagged wrongly.
+//! then cannot be placed until the index holds the whole log
+//! ([`super::Archive::live_copy`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
