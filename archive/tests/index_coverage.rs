@@ -40,13 +40,19 @@ fn make(root: &Path) -> Made {
     }
 }
 
+impl Made {
+    fn config(&self) -> ArchiveConfig {
+        ArchiveConfig::new(self.dir.clone(), self.master.clone(), self.signing.clone())
+    }
+
+    /// The serving archive over this directory.
+    fn open(&self) -> Archive {
+        Archive::open(self.config()).unwrap()
+    }
+}
+
 async fn session(m: &Made, range: std::ops::Range<u64>) {
-    let a = Archive::open(ArchiveConfig::new(
-        m.dir.clone(),
-        m.master.clone(),
-        m.signing.clone(),
-    ))
-    .unwrap();
+    let a = m.open();
     for i in range {
         a.append(message(i)).await.unwrap();
     }
@@ -280,12 +286,7 @@ async fn a_forged_or_foreign_mark_is_refused_and_serving_rebuilds() {
     // Serving opens the archive, finds the index unusable, empties it at once and
     // rebuilds it from the log in the background; meanwhile a search answers nothing
     // from the old index and says what it has not seen.
-    let a = Archive::open(ArchiveConfig::new(
-        m.dir.clone(),
-        m.master.clone(),
-        m.signing.clone(),
-    ))
-    .unwrap();
+    let a = m.open();
     let mut complete = false;
     for _ in 0..100 {
         let s = a.search_covered("coverage", 100).unwrap();
@@ -345,12 +346,7 @@ async fn an_index_of_another_branch_of_the_same_archive_is_found() {
 async fn a_serving_archive_reports_what_its_indexer_has_not_taken_in_and_catches_up() {
     let root = tempfile::tempdir().unwrap();
     let m = make(root.path());
-    let a = Archive::open(ArchiveConfig::new(
-        m.dir.clone(),
-        m.master.clone(),
-        m.signing.clone(),
-    ))
-    .unwrap();
+    let a = m.open();
     let mut last = 0;
     for i in 0..5 {
         last = a.append(message(i)).await.unwrap().seq.0;
@@ -469,12 +465,7 @@ async fn a_search_over_a_shredded_segment_shows_what_is_left() {
     let root = tempfile::tempdir().unwrap();
     let m = make(root.path());
     session(&m, 0..5).await;
-    let a = Archive::open(ArchiveConfig::new(
-        m.dir.clone(),
-        m.master.clone(),
-        m.signing.clone(),
-    ))
-    .unwrap();
+    let a = m.open();
     a.append(message(5)).await.unwrap();
     a.shred_segment(1, "erasure ordered", "court order 2026-17", "test")
         .await
@@ -527,12 +518,7 @@ fn live(i: u64, identity: &str, via: Via) -> NewRecord {
 async fn a_live_copy_is_known_from_its_submission_on() {
     let root = tempfile::tempdir().unwrap();
     let m = make(root.path());
-    let a = Archive::open(ArchiveConfig::new(
-        m.dir.clone(),
-        m.master.clone(),
-        m.signing.clone(),
-    ))
-    .unwrap();
+    let a = m.open();
     let known = "a1".repeat(32);
     let submitted = a.submit(live(1, &known, Via::Direct));
     assert_eq!(a.live_copy(&known), LiveCopy::Recorded, "pending");
@@ -562,7 +548,7 @@ async fn a_live_copy_is_known_from_its_submission_on() {
 async fn identities_are_let_go_once_a_commit_holds_their_records() {
     let root = tempfile::tempdir().unwrap();
     let m = make(root.path());
-    let mut cfg = ArchiveConfig::new(m.dir.clone(), m.master.clone(), m.signing.clone());
+    let mut cfg = m.config();
     // One batch may wait: a burst overflows it, and the indexer reads the rest back.
     cfg.index_queue = 1;
     let a = Archive::open(cfg).unwrap();
@@ -600,15 +586,7 @@ async fn identities_are_let_go_once_a_commit_holds_their_records() {
 async fn a_message_recorded_before_a_restart_is_never_absent_while_the_index_catches_up() {
     let root = tempfile::tempdir().unwrap();
     let m = make(root.path());
-    let open = || {
-        Archive::open(ArchiveConfig::new(
-            m.dir.clone(),
-            m.master.clone(),
-            m.signing.clone(),
-        ))
-        .unwrap()
-    };
-    let a = open();
+    let a = m.open();
     let first = "d4".repeat(16);
     a.append(live(0, &first, Via::Direct)).await.unwrap();
     let rest: Vec<_> = (1..20_000u64)
@@ -620,7 +598,7 @@ async fn a_message_recorded_before_a_restart_is_never_absent_while_the_index_cat
     a.close().await.unwrap();
     std::fs::remove_dir_all(m.dir.join("index")).unwrap();
 
-    let a = open();
+    let a = m.open();
     let mut seen = Vec::new();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
