@@ -1296,6 +1296,85 @@ mod tests {
         assert_eq!(ids.identity, sent);
     }
 
+    /// An archive result carrying a message nobody recorded live.
+    fn replayed(id: &str, body: &str) -> String {
+        format!(
+            "<message from='alice@x' to='alice@x/r'><result xmlns='urn:xmpp:mam:2' queryid='q' id='{id}'>\
+             <forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' from='bob@x/p' \
+             to='alice@x' type='chat' id='{id}'><body>{body}</body></message></forwarded></result></message>"
+        )
+    }
+
+    /// The rules on the newest record of the archive.
+    fn newest_rules(a: &Archive) -> Vec<String> {
+        let end = a.reader().chain_end().unwrap();
+        let mut rules = Vec::new();
+        a.reader()
+            .scan::<custos_archive::ReadError>(end, |e| {
+                if let Some(custos_archive::Record {
+                    content: NewRecord::Message(m),
+                    ..
+                }) = e.record
+                {
+                    assert_eq!(m.capture.via, Via::Mam);
+                    rules = m.outcome.rules;
+                }
+                Ok(())
+            })
+            .unwrap();
+        rules
+    }
+
+    /// After a start the index may still be catching up with the log, and memory knows
+    /// nothing of what was recorded before: a replay that cannot be placed is flagged
+    /// under a name that does not claim it bypassed Custos; once the index covers the
+    /// log, one that has no live copy is replay-only.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replay_is_flagged_for_what_the_archive_can_tell() {
+        let tmp = tempfile::tempdir().unwrap();
+        let keys = custos_archive::keys_init(
+            &tmp.path().join("master.key"),
+            &tmp.path().join("signing.key"),
+        )
+        .unwrap();
+        let cfg = custos_archive::ArchiveConfig::new(
+            tmp.path().join("archive"),
+            custos_archive::MasterKey::from_file(&keys.master_key).unwrap(),
+            custos_archive::load_signing_key(&keys.signing_key).unwrap(),
+        );
+        let a = Archive::open(cfg.clone()).unwrap();
+        let earlier: Vec<_> = (0..20_000)
+            .map(|i| {
+                a.submit(NewRecord::Message(MessageRecord::chat(
+                    "c@x/r",
+                    "d@x",
+                    format!("earlier {i}"),
+                )))
+            })
+            .collect();
+        for s in earlier {
+            s.await.unwrap();
+        }
+        a.close().await.unwrap();
+        // The index is lost: the archive serves at once and rebuilds it meanwhile.
+        std::fs::remove_dir_all(tmp.path().join("archive/index")).unwrap();
+        let a = Archive::open(cfg).unwrap();
+        let p = Pipeline::new(None, Some(a.clone()), OnArchiveFailure::Block, None);
+        outcome(&p, &replayed("r1", "first"), Direction::Inbound, Copy::Mam).await;
+        assert!(
+            a.index_lag() > 0,
+            "the index caught up before the replay was judged"
+        );
+        assert_eq!(newest_rules(&a), [RULE_REPLAY_UNVERIFIED]);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while a.index_lag() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        outcome(&p, &replayed("r2", "second"), Direction::Inbound, Copy::Mam).await;
+        assert_eq!(newest_rules(&a), [RULE_REPLAY_ONLY]);
+        a.close().await.unwrap();
+    }
+
     #[test]
     fn copies_share_an_identity_and_different_messages_do_not() {
         let sent = id_of(
