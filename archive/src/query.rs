@@ -196,7 +196,7 @@ pub fn text_parts(m: &MessageRecord) -> impl Iterator<Item = &str> {
         .capture
         .files
         .iter()
-        .flat_map(|f| [f.name.as_str(), f.media_type.as_str()]);
+        .flat_map(|f| [&*f.name, f.media_type.as_str()]);
     [&m.subject, &m.body]
         .into_iter()
         .flatten()

@@ -178,7 +178,7 @@ impl Policy {
 
     /// The group names defined in `[groups]`.
     pub fn group_names(&self) -> impl Iterator<Item = &str> {
-        self.groups.iter().map(|g| g.name.as_str())
+        self.groups.iter().map(|g| &*g.name)
     }
 
     pub fn summary(&self) -> PolicySummary {

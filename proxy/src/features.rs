@@ -47,7 +47,7 @@ pub fn filter_features(features: &mut Element) -> bool {
     let before = count_elements(features);
     features.children.retain(|node| match node {
         Node::Element(child) => !matches!(
-            child.ns.as_str(),
+            &*child.ns,
             NS_COMPRESS_FEATURE | NS_SASL_CB | NS_TLS | NS_SM2
         ),
         Node::Text(_) => true,
@@ -205,7 +205,7 @@ mod tests {
             .collect();
         assert_eq!(mechs, ["SCRAM-SHA-256"]);
         let inline = auth.child("inline", "urn:xmpp:sasl:2").expect("inline");
-        let kept: Vec<&str> = inline.children().map(|c| c.name.as_str()).collect();
+        let kept: Vec<&str> = inline.children().map(|c| &*c.name).collect();
         assert_eq!(kept, ["bind", "sm", "fast"]);
         let fast: Vec<String> = inline
             .child("fast", NS_FAST)

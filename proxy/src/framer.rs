@@ -130,7 +130,7 @@ pub struct StreamHeader {
     /// default namespace); stanzas are resolved in this scope.
     pub namespaces: Vec<(Option<String>, String)>,
     /// Every attribute as written, declarations included.
-    pub attrs: Vec<(String, String)>,
+    pub attrs: Vec<(xml::Name, String)>,
 }
 
 impl StreamHeader {
@@ -948,14 +948,14 @@ fn declare_foreign(root: &mut xml::Element, foreign: &[(String, String)]) -> Opt
             }
         }
     });
-    let missing: Vec<(String, String)> = foreign
+    let missing: Vec<(xml::Name, String)> = foreign
         .iter()
         .filter(|(p, _)| used.contains(&p.as_str()))
         .filter(|(p, _)| {
             let attr = format!("xmlns:{p}");
             !root.attrs.iter().any(|(k, _)| *k == attr)
         })
-        .map(|(p, uri)| (format!("xmlns:{p}"), uri.clone()))
+        .map(|(p, uri)| (format!("xmlns:{p}").into(), uri.clone()))
         .collect();
     if missing.is_empty() {
         return None;
@@ -1014,7 +1014,7 @@ fn parse_header(text: &str, raw: Bytes) -> Result<(StreamHeader, NsScope), Frame
             })
         }
     };
-    let tag = xml::read_tag(&start)?;
+    let tag = xml::read_tag(&start, tag)?;
     let namespaces = xml::declarations(&tag.attrs)?;
     let mut scope = NsScope::new();
     scope.declare(namespaces.clone());
@@ -1339,8 +1339,8 @@ mod tests {
         let kinds: Vec<String> = fr
             .iter()
             .map(|f| match f {
-                Frame::StreamHeader(_) => "header".into(),
-                Frame::Stanza(s) => s.root.name.clone(),
+                Frame::StreamHeader(_) => "header".to_owned(),
+                Frame::Stanza(s) => s.root.name.to_string(),
                 Frame::Whitespace(w) => format!("ws{}", w.len()),
                 Frame::StreamEnd(_) => "end".into(),
             })

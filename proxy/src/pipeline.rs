@@ -1043,12 +1043,12 @@ fn redact(
     if let Some(message) = target {
         let ns = message.ns.clone();
         for child in message.children_mut() {
-            let kind = match (child.name.as_str(), child.ns == ns, child.ns.as_str()) {
+            let kind = match (&*child.name, child.ns == ns, &*child.ns) {
                 ("body", true, _) => "body",
                 ("subject", true, _) => "subject",
                 ("x", false, crate::stanza::NS_OOB) => {
                     for part in child.children_mut() {
-                        let kind = match part.name.as_str() {
+                        let kind = match &*part.name {
                             "url" => "oob-url",
                             "desc" => "oob-desc",
                             _ => continue,

@@ -74,7 +74,7 @@ impl Ended {
 /// (XEP-0352) and a stream error. Anything else (another namespace wrapping a message,
 /// a `jabber:client` element that is not a stanza) would reach the server unread.
 fn client_nonza_carried(el: &Element) -> bool {
-    match el.ns.as_str() {
+    match &*el.ns {
         stream::NS_SASL | NS_SASL2 | NS_SM | NS_CSI => true,
         NS_STREAMS => el.name == "error",
         _ => false,
@@ -91,7 +91,7 @@ fn log_stream_error(direction: Direction, el: &Element) {
     let condition = el
         .children()
         .find(|c| c.ns == stream::NS_STREAM_ERRORS && c.name != "text")
-        .map_or("(none)", |c| c.name.as_str())
+        .map_or("(none)", |c| &*c.name)
         .to_owned();
     let text: String = el
         .children()
@@ -1134,7 +1134,7 @@ impl<'a, I: Inspector> Relay<'a, I> {
                     ClientStanza::NotAuthorized => {
                         self.drain(direction, window).await?;
                         return Err(Ended::Failed(
-                            ClientFault::NotAuthorized(stanza.root.name.clone()).into(),
+                            ClientFault::NotAuthorized(stanza.root.name.to_string()).into(),
                         ));
                     }
                     ClientStanza::PassUnrecorded => {

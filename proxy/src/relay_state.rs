@@ -235,7 +235,7 @@ impl RelayState {
             return SmStep::NotSm;
         }
         let h = el.attr("h").and_then(crate::sm::parse_h);
-        match (el.name.as_str(), from_client, h) {
+        match (&*el.name, from_client, h) {
             ("enable", true, _) if !self.sm.enable_requested => {
                 self.sm.enable_requested = true;
                 SmStep::StartCounting
@@ -394,7 +394,7 @@ impl RelayState {
             let Identity::ExpectAuth(a) = &mut self.identity else {
                 return UpstreamEvent::Relay;
             };
-            return match el.name.as_str() {
+            return match &*el.name {
                 "success" => match a.sasl2.take() {
                     Some(request) => UpstreamEvent::Sasl2Succeeded(self.sasl2_success(el, request)),
                     // A success answering no authenticate of ours proves nothing.
@@ -415,7 +415,7 @@ impl RelayState {
         }
         if el.ns == NS_SM {
             if let Identity::ExpectBind(e) = &mut self.identity {
-                match (el.name.as_str(), el.attr("previd")) {
+                match (&*el.name, el.attr("previd")) {
                     ("resumed", Some(previd)) if e.resume_request.as_deref() == Some(previd) => {
                         return UpstreamEvent::Resumed {
                             previd: previd.to_owned(),

@@ -39,7 +39,7 @@ pub fn stanza_error(
     condition: &str,
     text: Option<&str>,
 ) -> Option<Vec<u8>> {
-    let kind = original.name.as_str();
+    let kind = &*original.name;
     if !matches!(kind, "message" | "presence" | "iq") {
         return None;
     }
@@ -47,7 +47,8 @@ pub fn stanza_error(
     if original_type == Some("error") || (kind == "iq" && original_type == Some("result")) {
         return None;
     }
-    let mut reply = Element::new(kind, original.ns.clone()).with_attr("type", "error");
+    let mut reply =
+        Element::new(original.name.clone(), original.ns.clone()).with_attr("type", "error");
     if let Some(id) = original.attr("id") {
         reply.set_attr("id", id);
     }
@@ -59,7 +60,7 @@ pub fn stanza_error(
     }
     let mut error = Element::new("error", original.ns.clone())
         .with_attr("type", error_type.as_str())
-        .with_child(Element::new(condition, NS_STANZA_ERRORS));
+        .with_child(Element::new(condition.to_owned(), NS_STANZA_ERRORS));
     if let Some(text) = text {
         error.push_child(
             Element::new("text", NS_STANZA_ERRORS)
@@ -86,7 +87,7 @@ mod tests {
     fn message(attrs: &[(&str, &str)]) -> Element {
         let mut el = Element::new("message", NS_CLIENT);
         for (k, v) in attrs {
-            el.set_attr(*k, *v);
+            el.set_attr(k.to_string(), *v);
         }
         el
     }

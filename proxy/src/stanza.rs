@@ -10,7 +10,7 @@
 //! stanza the framer accepted is well-formed and anything the view does not
 //! recognise is simply absent.
 
-use crate::xml::Element;
+use crate::xml::{Element, Name};
 
 pub const NS_CLIENT: &str = "jabber:client";
 pub const NS_SERVER: &str = "jabber:server";
@@ -122,7 +122,7 @@ pub struct StanzaView {
     pub subject: Option<String>,
     pub thread: Option<String>,
     /// Distinct namespaces of the direct children, in document order.
-    pub child_namespaces: Vec<String>,
+    pub child_namespaces: Vec<Name>,
     /// XEP-0359 `<origin-id id>`, set by the sending client.
     pub origin_id: Option<String>,
     /// XEP-0359 `<stanza-id id by>` pairs, set by archiving servers.
@@ -139,7 +139,7 @@ impl StanzaView {
     /// Builds the view of a top-level element.
     pub fn of(el: &Element) -> StanzaView {
         let content_ns = el.ns == NS_CLIENT || el.ns == NS_SERVER;
-        let kind = match el.name.as_str() {
+        let kind = match &*el.name {
             "message" if content_ns => StanzaKind::Message,
             "presence" if content_ns => StanzaKind::Presence,
             "iq" if content_ns => StanzaKind::Iq,
@@ -147,7 +147,7 @@ impl StanzaView {
         };
         let attr = |name: &str| el.attr(name).map(str::to_owned);
         let body = localized_child(el, "body");
-        let mut child_namespaces: Vec<String> = Vec::new();
+        let mut child_namespaces: Vec<Name> = Vec::new();
         for child in el.children() {
             if !child_namespaces.contains(&child.ns) {
                 child_namespaces.push(child.ns.clone());
@@ -266,7 +266,7 @@ fn extra_texts(el: &Element) -> Vec<ExtraText> {
     // Shared files (XEP-0447 stateless file sharing, XEP-0385 SIMS): the file's name and
     // description are shown to people, and every source address is a way to the content.
     for child in el.children() {
-        let sharing = match (child.name.as_str(), child.ns.as_str()) {
+        let sharing = match (&*child.name, &*child.ns) {
             ("file-sharing", NS_SFS) => Some(child),
             ("reference", NS_REFERENCE) => child.child("media-sharing", NS_SIMS),
             _ => None,
@@ -355,9 +355,9 @@ const UNDERSTOOD_NS: &[&str] = &[
 fn understood(message: &Element, child: &Element) -> bool {
     if child.ns == message.ns {
         // body, subject and thread of the stanza's own namespace.
-        return matches!(child.name.as_str(), "body" | "subject" | "thread");
+        return matches!(&*child.name, "body" | "subject" | "thread");
     }
-    UNDERSTOOD_NS.contains(&child.ns.as_str())
+    UNDERSTOOD_NS.contains(&&*child.ns)
 }
 
 /// Appends every attribute value below `el` (not namespace declarations).
@@ -376,7 +376,7 @@ fn attribute_values(el: &Element, out: &mut String) {
 /// Names, descriptions and source addresses anywhere inside a file-sharing element.
 fn file_texts(el: &Element, out: &mut Vec<ExtraText>) {
     for child in el.children() {
-        match child.name.as_str() {
+        match &*child.name {
             "name" | "desc" => out.push(ExtraText {
                 kind: format!("file-{}", child.name),
                 lang: child.lang().map(str::to_owned),
@@ -401,7 +401,7 @@ fn file_texts(el: &Element, out: &mut Vec<ExtraText>) {
 fn edit(el: &Element) -> Option<(EditKind, String)> {
     for child in el.children() {
         let id = || child.attr("id").map(str::to_owned);
-        match (child.name.as_str(), child.ns.as_str()) {
+        match (&*child.name, &*child.ns) {
             ("replace", NS_CORRECT) => return id().map(|i| (EditKind::Correction, i)),
             ("retract", NS_RETRACT) => {
                 let kind = if child.child("moderated", NS_MODERATE).is_some() {
@@ -430,7 +430,7 @@ fn edit(el: &Element) -> Option<(EditKind, String)> {
 
 fn e2ee(el: &Element, body: Option<&str>) -> Option<E2ee> {
     for child in el.children() {
-        let found = match (child.name.as_str(), child.ns.as_str()) {
+        let found = match (&*child.name, &*child.ns) {
             ("encrypted", NS_OMEMO_LEGACY | NS_OMEMO) => Some(E2ee::Omemo),
             ("openpgp", NS_OX) | ("x", NS_PGP_LEGACY) => Some(E2ee::OpenPgp),
             _ => None,
@@ -454,7 +454,7 @@ fn e2ee(el: &Element, body: Option<&str>) -> Option<E2ee> {
 
 fn forwarded(el: &Element) -> Option<Forwarded> {
     for child in el.children() {
-        let kind = match (child.name.as_str(), child.ns.as_str()) {
+        let kind = match (&*child.name, &*child.ns) {
             ("sent", NS_CARBONS) => ForwardKind::CarbonSent,
             ("received", NS_CARBONS) => ForwardKind::CarbonReceived,
             ("result", NS_MAM) => ForwardKind::MamResult {

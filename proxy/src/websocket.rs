@@ -467,7 +467,7 @@ fn self_contained(mut root: Element, raw: &[u8]) -> String {
         None => "xmlns".to_owned(),
         Some(p) => format!("xmlns:{p}"),
     };
-    root.attrs.push((attr, ns));
+    root.attrs.push((attr.into(), ns.into_owned()));
     let mut out = Vec::with_capacity(raw.len() + 40);
     root.write_to(&mut out);
     String::from_utf8_lossy(&out).into_owned()

@@ -10,6 +10,7 @@
 //! namespace declarations and therefore means the same thing in the stream it
 //! came from.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use quick_xml::events::{BytesStart, Event};
@@ -31,26 +32,152 @@ pub enum Node {
     Text(String),
 }
 
+/// An element name, attribute name or namespace. The ones XMPP traffic is made of
+/// are borrowed from [`common`], so parsing a stanza allocates for none of them;
+/// any other is owned.
+pub type Name = Cow<'static, str>;
+
+/// The [`Name`] for `s`: borrowed when it is one of the names and namespaces common
+/// XMPP traffic uses, owned otherwise.
+pub fn name(s: &str) -> Name {
+    match common(s) {
+        Some(known) => Cow::Borrowed(known),
+        None => Cow::Owned(s.to_owned()),
+    }
+}
+
+/// The static copy of `s` if it is an element name, attribute name or namespace
+/// that most stanzas carry (RFC 6120/6121 and the XEPs of a modern client).
+pub fn common(s: &str) -> Option<&'static str> {
+    Some(match s {
+        // RFC 6120 / 6121
+        "message" => "message",
+        "presence" => "presence",
+        "iq" => "iq",
+        "body" => "body",
+        "subject" => "subject",
+        "thread" => "thread",
+        "show" => "show",
+        "status" => "status",
+        "priority" => "priority",
+        "error" => "error",
+        "text" => "text",
+        "query" => "query",
+        "item" => "item",
+        "group" => "group",
+        "bind" => "bind",
+        "resource" => "resource",
+        "jid" => "jid",
+        "jabber:client" => "jabber:client",
+        "jabber:server" => "jabber:server",
+        "jabber:iq:roster" => "jabber:iq:roster",
+        "urn:ietf:params:xml:ns:xmpp-stanzas" => "urn:ietf:params:xml:ns:xmpp-stanzas",
+        "urn:ietf:params:xml:ns:xmpp-bind" => "urn:ietf:params:xml:ns:xmpp-bind",
+        // attributes
+        "from" => "from",
+        "to" => "to",
+        "id" => "id",
+        "type" => "type",
+        "xmlns" => "xmlns",
+        "xml:lang" => "xml:lang",
+        "name" => "name",
+        "subscription" => "subscription",
+        "ask" => "ask",
+        "ver" => "ver",
+        "node" => "node",
+        "hash" => "hash",
+        "by" => "by",
+        "stamp" => "stamp",
+        "queryid" => "queryid",
+        "code" => "code",
+        "role" => "role",
+        "affiliation" => "affiliation",
+        "nick" => "nick",
+        "h" => "h",
+        // receipts, markers, stanza ids, chat states, hints
+        "request" => "request",
+        "received" => "received",
+        "urn:xmpp:receipts" => "urn:xmpp:receipts",
+        "markable" => "markable",
+        "displayed" => "displayed",
+        "acknowledged" => "acknowledged",
+        "urn:xmpp:chat-markers:0" => "urn:xmpp:chat-markers:0",
+        "origin-id" => "origin-id",
+        "stanza-id" => "stanza-id",
+        "urn:xmpp:sid:0" => "urn:xmpp:sid:0",
+        "active" => "active",
+        "composing" => "composing",
+        "paused" => "paused",
+        "inactive" => "inactive",
+        "gone" => "gone",
+        "http://jabber.org/protocol/chatstates" => "http://jabber.org/protocol/chatstates",
+        "store" => "store",
+        "no-store" => "no-store",
+        "no-copy" => "no-copy",
+        "no-permanent-store" => "no-permanent-store",
+        "urn:xmpp:hints" => "urn:xmpp:hints",
+        // carbons, forwarding, delay, archive
+        "sent" => "sent",
+        "private" => "private",
+        "urn:xmpp:carbons:2" => "urn:xmpp:carbons:2",
+        "forwarded" => "forwarded",
+        "urn:xmpp:forward:0" => "urn:xmpp:forward:0",
+        "delay" => "delay",
+        "urn:xmpp:delay" => "urn:xmpp:delay",
+        "result" => "result",
+        "fin" => "fin",
+        "urn:xmpp:mam:2" => "urn:xmpp:mam:2",
+        // presence extras, rooms, discovery
+        "c" => "c",
+        "http://jabber.org/protocol/caps" => "http://jabber.org/protocol/caps",
+        "x" => "x",
+        "photo" => "photo",
+        "vcard-temp:x:update" => "vcard-temp:x:update",
+        "http://jabber.org/protocol/muc" => "http://jabber.org/protocol/muc",
+        "http://jabber.org/protocol/muc#user" => "http://jabber.org/protocol/muc#user",
+        "http://jabber.org/protocol/disco#info" => "http://jabber.org/protocol/disco#info",
+        "http://jabber.org/protocol/disco#items" => "http://jabber.org/protocol/disco#items",
+        "identity" => "identity",
+        "feature" => "feature",
+        "var" => "var",
+        "urn:xmpp:ping" => "urn:xmpp:ping",
+        "ping" => "ping",
+        // stream management
+        "r" => "r",
+        "a" => "a",
+        "urn:xmpp:sm:3" => "urn:xmpp:sm:3",
+        // end-to-end encryption envelopes
+        "encrypted" => "encrypted",
+        "header" => "header",
+        "key" => "key",
+        "iv" => "iv",
+        "payload" => "payload",
+        "eu.siacs.conversations.axolotl" => "eu.siacs.conversations.axolotl",
+        "urn:xmpp:eme:0" => "urn:xmpp:eme:0",
+        _ => return None,
+    })
+}
+
 /// An XML element with its namespace resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Element {
     /// Prefix as written (`stream` in `<stream:features>`), `None` when unprefixed.
     pub prefix: Option<String>,
     /// Local name.
-    pub name: String,
+    pub name: Name,
     /// Resolved namespace; for an unprefixed element without its own `xmlns`
     /// this is inherited from the parent, ultimately from the stream header.
     /// Empty when the element is in no namespace.
-    pub ns: String,
+    pub ns: Name,
     /// Attributes in document order with their written (qualified) names,
     /// namespace declarations included, values unescaped and normalised.
-    pub attrs: Vec<(String, String)>,
+    pub attrs: Vec<(Name, String)>,
     pub children: Vec<Node>,
 }
 
 impl Element {
     /// A new, unprefixed element without attributes or children.
-    pub fn new(name: impl Into<String>, ns: impl Into<String>) -> Element {
+    pub fn new(name: impl Into<Name>, ns: impl Into<Name>) -> Element {
         Element {
             prefix: None,
             name: name.into(),
@@ -61,7 +188,7 @@ impl Element {
     }
 
     /// Builder form of [`Element::set_attr`].
-    pub fn with_attr(mut self, name: impl Into<String>, value: impl Into<String>) -> Element {
+    pub fn with_attr(mut self, name: impl Into<Name>, value: impl Into<String>) -> Element {
         self.set_attr(name, value);
         self
     }
@@ -93,7 +220,7 @@ impl Element {
 
     /// Sets an attribute, replacing an existing one of the same written name
     /// in place so attribute order is kept.
-    pub fn set_attr(&mut self, name: impl Into<String>, value: impl Into<String>) {
+    pub fn set_attr(&mut self, name: impl Into<Name>, value: impl Into<String>) {
         let name = name.into();
         let value = value.into();
         match self.attrs.iter_mut().find(|(k, _)| *k == name) {
@@ -220,7 +347,7 @@ impl Element {
     pub fn qname(&self) -> String {
         match &self.prefix {
             Some(p) => format!("{p}:{}", self.name),
-            None => self.name.clone(),
+            None => self.name.clone().into_owned(),
         }
     }
 
@@ -423,14 +550,30 @@ pub(crate) fn split_qname(qname: &str) -> Result<(Option<&str>, &str), FrameErro
 /// name is borrowed: the element keeps its parts, not the qualified name.
 pub(crate) struct RawTag<'a> {
     pub qname: &'a str,
-    pub attrs: Vec<(String, String)>,
+    pub attrs: Vec<(Name, String)>,
 }
 
-/// Reads a start tag's name and attributes, checking for duplicates.
-pub(crate) fn read_tag<'a>(start: &'a BytesStart<'_>) -> Result<RawTag<'a>, FrameError> {
-    let qname = std::str::from_utf8(start.name().into_inner())
-        .map_err(|_| not_well_formed("element name is not UTF-8"))?;
-    let attrs = match plain_attrs(start.attributes_raw()) {
+/// `part` as a `&str`. A slice of `text` (the string a reader was given, its UTF-8
+/// checked already) is found by address, and `str::get` then checks only that it
+/// starts and ends on character boundaries; any other slice is checked in full.
+fn str_within<'a>(text: &'a str, part: &'a [u8]) -> Option<&'a str> {
+    let start = part.as_ptr().addr().wrapping_sub(text.as_ptr().addr());
+    match text.get(start..start.saturating_add(part.len())) {
+        // Same address and length within `text`: these are `part`'s own bytes.
+        Some(s) if std::ptr::eq(s.as_ptr(), part.as_ptr()) => Some(s),
+        _ => std::str::from_utf8(part).ok(),
+    }
+}
+
+/// Reads a start tag's name and attributes, checking for duplicates. `text` is
+/// the string the tag was read from.
+pub(crate) fn read_tag<'a>(
+    start: &'a BytesStart<'_>,
+    text: &'a str,
+) -> Result<RawTag<'a>, FrameError> {
+    let qname = str_within(text, start.name().into_inner())
+        .ok_or_else(|| not_well_formed("element name is not UTF-8"))?;
+    let attrs = match str_within(text, start.attributes_raw()).and_then(plain_attrs) {
         Some(attrs) => attrs,
         None => checked_attrs(start)?,
     };
@@ -439,13 +582,13 @@ pub(crate) fn read_tag<'a>(start: &'a BytesStart<'_>) -> Result<RawTag<'a>, Fram
 
 /// Reads attributes through quick-xml, which checks them and reports what is
 /// wrong.
-fn checked_attrs(start: &BytesStart<'_>) -> Result<Vec<(String, String)>, FrameError> {
+fn checked_attrs(start: &BytesStart<'_>) -> Result<Vec<(Name, String)>, FrameError> {
     let mut attrs = Vec::new();
     for attr in start.attributes().with_checks(true) {
         let attr = attr.map_err(|e| not_well_formed(format!("attribute: {e}")))?;
         let key = std::str::from_utf8(attr.key.as_ref())
-            .map_err(|_| not_well_formed("attribute name is not UTF-8"))?
-            .to_owned();
+            .map_err(|_| not_well_formed("attribute name is not UTF-8"))?;
+        let key = name(key);
         let value = attr
             .normalized_value(XmlVersion::Implicit1_0)
             .map_err(|e| not_well_formed(format!("attribute {key:?}: {e}")))?
@@ -460,12 +603,12 @@ fn checked_attrs(start: &BytesStart<'_>) -> Result<Vec<(String, String)>, FrameE
 /// `key="value"` separated by whitespace, distinct keys, and values that
 /// normalisation leaves alone (no reference, tab or line end). `None` for
 /// anything else, which [`checked_attrs`] then reads and judges.
-fn plain_attrs(raw: &[u8]) -> Option<Vec<(String, String)>> {
+fn plain_attrs(text: &str) -> Option<Vec<(Name, String)>> {
     /// Past this many, finding duplicates pair by pair is left to quick-xml.
     const MAX_ATTRS: usize = 32;
     let is_ws = |b: &u8| matches!(b, b' ' | b'\t' | b'\r' | b'\n');
-    let text = std::str::from_utf8(raw).ok()?;
-    let mut attrs: Vec<(String, String)> = Vec::new();
+    let raw = text.as_bytes();
+    let mut attrs: Vec<(Name, String)> = Vec::new();
     let mut i = 0;
     loop {
         let Some(skip) = raw.get(i..)?.iter().position(|b| !is_ws(b)) else {
@@ -498,14 +641,14 @@ fn plain_attrs(raw: &[u8]) -> Option<Vec<(String, String)>> {
         if attrs.iter().any(|(k, _)| k == key) {
             return None;
         }
-        attrs.push((key.to_owned(), value.to_owned()));
+        attrs.push((name(key), value.to_owned()));
     }
 }
 
 /// Namespace declarations carried by `attrs`, checked against the
 /// Namespaces in XML constraints (reserved prefixes, no prefix undeclaring).
 pub(crate) fn declarations(
-    attrs: &[(String, String)],
+    attrs: &[(Name, String)],
 ) -> Result<Vec<(Option<String>, String)>, FrameError> {
     let mut decls = Vec::new();
     for (k, v) in attrs {
@@ -533,7 +676,7 @@ pub(crate) fn declarations(
 /// Checks that every prefixed attribute's prefix is bound and that no two
 /// attributes share an expanded name (Namespaces in XML §6.3).
 pub(crate) fn check_attr_namespaces(
-    attrs: &[(String, String)],
+    attrs: &[(Name, String)],
     scope: &NsScope,
 ) -> Result<(), FrameError> {
     let mut seen: HashSet<(&str, &str)> = HashSet::new();
@@ -555,8 +698,12 @@ pub(crate) fn check_attr_namespaces(
 }
 
 /// Builds an element for a start tag in `scope`, entering its scope.
-fn open_element(start: &BytesStart<'_>, scope: &mut NsScope) -> Result<Element, FrameError> {
-    let tag = read_tag(start)?;
+fn open_element(
+    start: &BytesStart<'_>,
+    text: &str,
+    scope: &mut NsScope,
+) -> Result<Element, FrameError> {
+    let tag = read_tag(start, text)?;
     scope.enter(declarations(&tag.attrs)?);
     check_attr_namespaces(&tag.attrs, scope)?;
     let (prefix, local) = split_qname(tag.qname)?;
@@ -565,11 +712,11 @@ fn open_element(start: &BytesStart<'_>, scope: &mut NsScope) -> Result<Element, 
     }
     let ns = scope
         .resolve(prefix)
-        .ok_or_else(|| not_well_formed(format!("unbound prefix in element {:?}", tag.qname)))?
-        .to_owned();
+        .ok_or_else(|| not_well_formed(format!("unbound prefix in element {:?}", tag.qname)))?;
+    let ns = name(ns);
     Ok(Element {
         prefix: prefix.map(str::to_owned),
-        name: local.to_owned(),
+        name: name(local),
         ns,
         attrs: tag.attrs,
         children: Vec::new(),
@@ -665,11 +812,11 @@ fn parse_in(text: &str, scope: &mut NsScope) -> Result<Element, FrameError> {
         }
         match event {
             Event::Start(start) => {
-                let el = open_element(&start, scope)?;
+                let el = open_element(&start, text, scope)?;
                 stack.push(el);
             }
             Event::Empty(start) => {
-                let el = open_element(&start, scope)?;
+                let el = open_element(&start, text, scope)?;
                 scope.leave();
                 match stack.last_mut() {
                     Some(parent) => parent.push_child(el),
@@ -778,6 +925,26 @@ mod tests {
             })
     }
 
+    /// A slice of the text is taken as it lies there; any other is checked, and a
+    /// slice that cuts a character is never a `str`.
+    #[test]
+    fn a_slice_is_text_only_where_its_bytes_are_valid() {
+        let text = "<a b='\u{E9}t\u{E9}'/>";
+        let bytes = text.as_bytes();
+        let value = bytes.get(6..11).unwrap_or_default();
+        assert_eq!(str_within(text, value), Some("\u{E9}t\u{E9}"));
+        assert!(std::ptr::eq(
+            str_within(text, value).unwrap_or_default().as_ptr(),
+            value.as_ptr()
+        ));
+        let cut = bytes.get(6..7).unwrap_or_default();
+        assert_eq!(str_within(text, cut), None);
+        let elsewhere = b"t\xC3\xA9".to_vec();
+        assert_eq!(str_within(text, &elsewhere), Some("t\u{E9}"));
+        assert_eq!(str_within(text, b"\xFF"), None);
+        assert_eq!(str_within(text, &[]), Some(""));
+    }
+
     proptest::proptest! {
         #![proptest_config(ProptestConfig::with_cases(2048))]
 
@@ -791,7 +958,8 @@ mod tests {
             let tag = format!("<a{}{trailing}>", attrs.concat());
             let mut reader = Reader::from_str(&tag);
             if let Ok(Event::Start(start) | Event::Empty(start)) = reader.read_event() {
-                if let Some(fast) = plain_attrs(start.attributes_raw()) {
+                let raw = str_within(&tag, start.attributes_raw());
+                if let Some(fast) = raw.and_then(plain_attrs) {
                     prop_assert_eq!(Ok(fast), checked_attrs(&start), "{}", tag);
                 }
             }
@@ -973,8 +1141,7 @@ mod tests {
         );
         let back = parse(&s)?;
         assert_eq!(
-            back.child("request", "urn:xmpp:receipts")
-                .map(|r| r.ns.as_str()),
+            back.child("request", "urn:xmpp:receipts").map(|r| &*r.ns),
             Some("urn:xmpp:receipts")
         );
         let mut sm = Vec::new();
@@ -1009,7 +1176,7 @@ mod tests {
         assert_eq!(el.attr("b"), None);
         el.retain_children(|c| c.name != "c");
         assert_eq!(
-            el.children().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+            el.children().map(|c| &*c.name).collect::<Vec<_>>(),
             vec!["d"]
         );
         assert_eq!(el.text(), "t");

@@ -285,15 +285,15 @@ fn cmp_from_rox(node: roxmltree::Node) -> Cmp {
 
 fn cmp_from_ours(el: &Element) -> Cmp {
     Cmp::El {
-        name: el.name.clone(),
-        ns: el.ns.clone(),
+        name: el.name.to_string(),
+        ns: el.ns.to_string(),
         attrs: el
             .attrs
             .iter()
             .filter(|(k, _)| k != "xmlns" && !k.starts_with("xmlns:"))
             .map(|(k, v)| match k.strip_prefix("xml:") {
                 Some(local) => (local.to_owned(), XML_NS.to_owned(), v.clone()),
-                None => (k.clone(), String::new(), v.clone()),
+                None => (k.to_string(), String::new(), v.clone()),
             })
             .collect(),
         children: el

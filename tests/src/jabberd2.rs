@@ -407,7 +407,7 @@ fn create_db(
 ) -> Result<(), Jabberd2Error> {
     let rows: Vec<[&str; 3]> = users
         .iter()
-        .map(|u| [u.name.as_str(), u.host.as_str(), u.password.as_str()])
+        .map(|u| [&*u.name, u.host.as_str(), u.password.as_str()])
         .collect();
     let users_path = dir.join("users.json");
     let json = serde_json::to_string(&rows).map_err(|e| Jabberd2Error::Database {

@@ -221,7 +221,7 @@ impl Scripted {
                         self.send(&format!("<a xmlns='{NS_SM}' h='{h}'/>")).await?;
                         continue;
                     }
-                    if matches!(s.root.name.as_str(), "message" | "presence" | "iq") {
+                    if matches!(&*s.root.name, "message" | "presence" | "iq") {
                         self.handled += 1;
                     }
                     return Ok(Some(Received::Element(s.root)));

@@ -740,7 +740,7 @@ async fn receive_burst(
             let condition = e
                 .child("error", NS_CLIENT)
                 .and_then(|err| err.children().next())
-                .map(|c| c.name.clone())
+                .map(|c| c.name.to_string())
                 .unwrap_or_default();
             if let Some(n) = n {
                 errors.push((n, condition));

@@ -502,7 +502,7 @@ impl S3Client {
                 detail,
             })?;
             for node in &doc.children {
-                let delete_marker = match node.name.as_str() {
+                let delete_marker = match &*node.name {
                     "Version" => false,
                     "DeleteMarker" => true,
                     _ => continue,

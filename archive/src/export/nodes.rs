@@ -158,7 +158,7 @@ pub fn export_chains(
         .iter()
         .map(|(p, _)| (p.node.clone(), out.join(&p.dir)))
         .collect();
-    let names: Vec<&str> = chains.iter().map(|c| c.name.as_str()).collect();
+    let names: Vec<&str> = chains.iter().map(|c| &*c.name).collect();
     let heading = format!(
         "Every node's exported records in time order (nodes {}); each row names its node and seq. The proof of each record is in its node's part under nodes/.",
         names.join(", ")
