@@ -460,53 +460,79 @@ fn escape_attr(value: &str, out: &mut Vec<u8>) {
 /// declare thousands of prefixes and then use one from thousands of elements.
 #[derive(Debug, Clone, Default)]
 pub struct NsScope {
-    prefixes: HashMap<String, Vec<String>>,
-    defaults: Vec<String>,
-    undo: Vec<Vec<Option<String>>>,
+    prefixes: HashMap<String, Vec<Name>>,
+    defaults: Vec<Name>,
+    /// What each open element declared, innermost last: the prefix, or `None`
+    /// for the default namespace.
+    undo: Vec<Option<String>>,
+    /// Where each open element's entries in `undo` begin.
+    marks: Vec<usize>,
 }
 
 impl NsScope {
     /// The scope every document starts with: `xml` bound, no default namespace.
     pub fn new() -> NsScope {
         let mut prefixes = HashMap::new();
-        prefixes.insert("xml".to_owned(), vec![XML_NS.to_owned()]);
+        prefixes.insert("xml".to_owned(), vec![Cow::Borrowed(XML_NS)]);
         NsScope {
             prefixes,
-            defaults: vec![String::new()],
+            defaults: vec![Cow::Borrowed("")],
             undo: Vec::new(),
+            marks: Vec::new(),
         }
     }
 
     /// The namespace bound to `prefix` (`None`: the default namespace, which
     /// is empty when none is declared).
     pub fn resolve(&self, prefix: Option<&str>) -> Option<&str> {
+        self.resolve_name(prefix).map(|n| &**n)
+    }
+
+    fn resolve_name(&self, prefix: Option<&str>) -> Option<&Name> {
         match prefix {
-            None => Some(self.defaults.last().map(String::as_str).unwrap_or("")),
-            Some(p) => self
-                .prefixes
-                .get(p)
-                .and_then(|v| v.last())
-                .map(String::as_str),
+            None => self.defaults.last(),
+            Some(p) => self.prefixes.get(p).and_then(|v| v.last()),
         }
     }
 
     /// Opens an element scope and applies its declarations.
     fn enter(&mut self, decls: Vec<(Option<String>, String)>) {
-        let mut undo = Vec::with_capacity(decls.len());
+        self.marks.push(self.undo.len());
         for (prefix, ns) in decls {
-            match &prefix {
-                None => self.defaults.push(ns),
-                Some(p) => self.prefixes.entry(p.clone()).or_default().push(ns),
-            }
-            undo.push(prefix);
+            self.bind(prefix, name(&ns));
         }
-        self.undo.push(undo);
+    }
+
+    /// Opens an element scope for the namespace declarations among `attrs`,
+    /// checked as [`declarations`] checks them.
+    fn enter_attrs(&mut self, attrs: &[(Name, String)]) -> Result<(), FrameError> {
+        self.marks.push(self.undo.len());
+        for (k, v) in attrs {
+            if let Some(prefix) = declared_prefix(k, v)? {
+                self.bind(prefix.map(str::to_owned), name(v));
+            }
+        }
+        Ok(())
+    }
+
+    fn bind(&mut self, prefix: Option<String>, ns: Name) {
+        match &prefix {
+            None => self.defaults.push(ns),
+            Some(p) => self.prefixes.entry(p.clone()).or_default().push(ns),
+        }
+        self.undo.push(prefix);
+    }
+
+    /// How many element scopes are open.
+    fn depth(&self) -> usize {
+        self.marks.len()
     }
 
     /// Closes the innermost element scope.
     fn leave(&mut self) {
-        for prefix in self.undo.pop().unwrap_or_default() {
-            match prefix {
+        let from = self.marks.pop().unwrap_or(0);
+        while self.undo.len() > from {
+            match self.undo.pop().flatten() {
                 None => {
                     self.defaults.pop();
                 }
@@ -652,25 +678,35 @@ pub(crate) fn declarations(
 ) -> Result<Vec<(Option<String>, String)>, FrameError> {
     let mut decls = Vec::new();
     for (k, v) in attrs {
-        if k == "xmlns" {
-            if v == XML_NS || v == XMLNS_NS {
-                return Err(not_well_formed("reserved namespace as default"));
-            }
-            decls.push((None, v.clone()));
-        } else if let Some(p) = k.strip_prefix("xmlns:") {
-            let bad = p.is_empty()
-                || p.contains(':')
-                || v.is_empty()
-                || p == "xmlns"
-                || (p == "xml") != (v == XML_NS)
-                || v == XMLNS_NS;
-            if bad {
-                return Err(not_well_formed(format!("bad namespace declaration {k:?}")));
-            }
-            decls.push((Some(p.to_owned()), v.clone()));
+        if let Some(prefix) = declared_prefix(k, v)? {
+            decls.push((prefix.map(str::to_owned), v.clone()));
         }
     }
     Ok(decls)
+}
+
+/// What the attribute `k='v'` declares: `Some(None)` the default namespace,
+/// `Some(Some(p))` the prefix `p`, `None` nothing (an ordinary attribute).
+fn declared_prefix<'k>(k: &'k str, v: &str) -> Result<Option<Option<&'k str>>, FrameError> {
+    if k == "xmlns" {
+        if v == XML_NS || v == XMLNS_NS {
+            return Err(not_well_formed("reserved namespace as default"));
+        }
+        return Ok(Some(None));
+    }
+    let Some(p) = k.strip_prefix("xmlns:") else {
+        return Ok(None);
+    };
+    let bad = p.is_empty()
+        || p.contains(':')
+        || v.is_empty()
+        || p == "xmlns"
+        || (p == "xml") != (v == XML_NS)
+        || v == XMLNS_NS;
+    if bad {
+        return Err(not_well_formed(format!("bad namespace declaration {k:?}")));
+    }
+    Ok(Some(Some(p)))
 }
 
 /// Checks that every prefixed attribute's prefix is bound and that no two
@@ -704,16 +740,16 @@ fn open_element(
     scope: &mut NsScope,
 ) -> Result<Element, FrameError> {
     let tag = read_tag(start, text)?;
-    scope.enter(declarations(&tag.attrs)?);
+    scope.enter_attrs(&tag.attrs)?;
     check_attr_namespaces(&tag.attrs, scope)?;
     let (prefix, local) = split_qname(tag.qname)?;
     if prefix == Some("xmlns") {
         return Err(not_well_formed("element with the xmlns prefix"));
     }
     let ns = scope
-        .resolve(prefix)
-        .ok_or_else(|| not_well_formed(format!("unbound prefix in element {:?}", tag.qname)))?;
-    let ns = name(ns);
+        .resolve_name(prefix)
+        .ok_or_else(|| not_well_formed(format!("unbound prefix in element {:?}", tag.qname)))?
+        .clone();
     Ok(Element {
         prefix: prefix.map(str::to_owned),
         name: name(local),
@@ -785,9 +821,9 @@ pub fn parse_element(text: &str, scope: &NsScope) -> Result<Element, FrameError>
 /// which parses every stanza of a stream in the header's scope. The scope is
 /// left as it was found, whether or not the element parses.
 pub(crate) fn parse_element_in(text: &str, scope: &mut NsScope) -> Result<Element, FrameError> {
-    let depth = scope.undo.len();
+    let depth = scope.depth();
     let parsed = parse_in(text, scope);
-    while scope.undo.len() > depth {
+    while scope.depth() > depth {
         scope.leave();
     }
     parsed
@@ -987,7 +1023,8 @@ mod tests {
                 "{text}"
             );
             assert_eq!(scope.prefixes.len(), 2, "{text}");
-            assert_eq!(scope.undo.len(), 1, "{text}");
+            assert_eq!(scope.depth(), 1, "{text}");
+            assert_eq!(scope.undo.len(), 2, "{text}");
         }
     }
 
