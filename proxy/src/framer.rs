@@ -341,6 +341,27 @@ fn value_run(q: u8, rest: &[u8]) -> Option<usize> {
     }
 }
 
+/// The length of one attribute written the plain way at the start of `rest`: white
+/// space (at least one byte when `space`), a name, `=`, a quoted value without `<`
+/// or a reference, and its closing quote, all of it already there. Its bytes would
+/// take the scanner, one by one, through the attribute's states to `AfterValue` and
+/// nowhere else, so [`Scanner::scan`] moves past them at once. `None` for anything
+/// else, which the byte-by-byte steps then read and judge.
+fn plain_attribute(rest: &[u8], space: bool) -> Option<usize> {
+    let name = rest.iter().position(|&b| !is_ws(b))?;
+    if (space && name == 0) || !is_name_start(*rest.get(name)?) {
+        return None;
+    }
+    let eq = name + rest.get(name..)?.iter().position(|&b| !is_name_char(b))?;
+    let quote = match rest.get(eq..eq + 2)? {
+        [b'=', q @ (b'\'' | b'"')] => *q,
+        _ => return None,
+    };
+    let value = eq + 2;
+    let end = value + value_run(quote, rest.get(value..)?)?;
+    (rest.get(end) == Some(&quote)).then_some(end + 1)
+}
+
 fn nwf(detail: &str) -> FrameError {
     FrameError::NotWellFormed {
         detail: detail.to_owned(),
@@ -383,6 +404,16 @@ impl Scanner {
         while let Some(rest) = unit.get(i..) {
             // Fast paths over long runs that cannot change the state.
             let skip = match self.lex {
+                Lex::TagSpace | Lex::AfterValue => {
+                    match plain_attribute(rest, self.lex == Lex::AfterValue) {
+                        Some(n) => {
+                            i += n;
+                            self.lex = Lex::AfterValue;
+                            continue;
+                        }
+                        None => Some(0),
+                    }
+                }
                 Lex::Content => content_run(rest),
                 Lex::Value(q) => value_run(q, rest),
                 Lex::Cdata { brackets: 0 } => memchr::memchr(b']', rest),
