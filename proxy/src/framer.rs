@@ -362,6 +362,37 @@ fn plain_attribute(rest: &[u8], space: bool) -> Option<usize> {
     (rest.get(end) == Some(&quote)).then_some(end + 1)
 }
 
+/// A tag's name read at once after its `<` (see [`plain_tag_name`]).
+enum TagName {
+    /// A start tag's name of `len` bytes, then white space, or `>` when `closed`.
+    Start { len: usize, closed: bool },
+    /// A whole end tag, `/`, a name of `len` bytes and `>`.
+    End { len: usize },
+}
+
+/// The name that follows a `<` at the start of `rest`, when it and the byte
+/// ending it are there and that byte is white space or `>`; or a whole end tag
+/// written without space before its `>` (never before the stream header, where
+/// an end tag is an error the steps report). `None` for anything else.
+fn plain_tag_name(rest: &[u8], in_header_phase: bool) -> Option<TagName> {
+    let end_tag = rest.first() == Some(&b'/');
+    if end_tag && in_header_phase {
+        return None;
+    }
+    let from = usize::from(end_tag);
+    if !is_name_start(*rest.get(from)?) {
+        return None;
+    }
+    let len = rest.get(from..)?.iter().position(|&b| !is_name_char(b))?;
+    let after = *rest.get(from + len)?;
+    match (end_tag, after) {
+        (true, b'>') => Some(TagName::End { len }),
+        (false, b'>') => Some(TagName::Start { len, closed: true }),
+        (false, b) if is_ws(b) => Some(TagName::Start { len, closed: false }),
+        _ => None,
+    }
+}
+
 fn nwf(detail: &str) -> FrameError {
     FrameError::NotWellFormed {
         detail: detail.to_owned(),
@@ -404,6 +435,35 @@ impl Scanner {
         while let Some(rest) = unit.get(i..) {
             // Fast paths over long runs that cannot change the state.
             let skip = match self.lex {
+                // After `<`: a name and what ends it, or a whole end tag `/name>`,
+                // when all of it is there and written the plain way. The steps
+                // would reach the same state through the same bytes.
+                Lex::Lt => match plain_tag_name(rest, self.in_header_phase) {
+                    Some(TagName::Start { len, closed }) => {
+                        self.name = (i, i + len);
+                        i += len + 1;
+                        if !closed {
+                            self.lex = Lex::TagSpace;
+                            continue;
+                        }
+                        self.lex = Lex::StartName;
+                        if let Step::Done(kind) = self.end_start_tag(false)? {
+                            self.pos = i;
+                            return Ok(Some((i, kind)));
+                        }
+                        continue;
+                    }
+                    Some(TagName::End { len }) => {
+                        self.name = (i + 1, i + 1 + len);
+                        i += len + 2;
+                        if let Step::Done(kind) = self.end_end_tag(unit)? {
+                            self.pos = i;
+                            return Ok(Some((i, kind)));
+                        }
+                        continue;
+                    }
+                    None => Some(0),
+                },
                 Lex::TagSpace | Lex::AfterValue => {
                     match plain_attribute(rest, self.lex == Lex::AfterValue) {
                         Some(n) => {
