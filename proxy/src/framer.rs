@@ -348,6 +348,8 @@ fn value_run(q: u8, rest: &[u8]) -> Option<usize> {
 /// nowhere else, so [`Scanner::scan`] moves past them at once. `None` for anything
 /// else, which the byte-by-byte steps then read and judge.
 fn plain_attribute(rest: &[u8], space: bool) -> Option<usize> {
+    #[cfg(test)]
+    tests::ATTRIBUTE_TRIES.with(|n| n.set(n.get() + 1));
     let name = rest.iter().position(|&b| !is_ws(b))?;
     if (space && name == 0) || !is_name_start(*rest.get(name)?) {
         return None;
@@ -471,6 +473,9 @@ impl Scanner {
                             self.lex = Lex::AfterValue;
                             continue;
                         }
+                        // White space keeps the state at TagSpace: passed here, so
+                        // a long run of it is not looked at again for each byte.
+                        None if self.lex == Lex::TagSpace => rest.iter().position(|&b| !is_ws(b)),
                         None => Some(0),
                     }
                 }
@@ -1667,6 +1672,60 @@ mod tests {
         let (fr, err) = frames(&mut f);
         assert_eq!(err, None);
         assert_eq!(fr.len(), 6);
+    }
+
+    thread_local! {
+        /// How often the scanner tried to read an attribute at once on this thread.
+        pub(super) static ATTRIBUTE_TRIES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// A peer that pads a start tag with white space the fast path cannot finish
+    /// (before `/>`, before an attribute it leaves to the steps, or at the end of
+    /// what has arrived) must not make the scanner look at the padding again for
+    /// every byte of it: that would be quadratic work from one stanza.
+    #[test]
+    fn white_space_in_a_tag_is_read_once() {
+        const PAD: usize = 100_000;
+        let pad = " ".repeat(PAD);
+        let newlines = "\n".repeat(PAD);
+        for stanza in [
+            format!("<message{pad}/>"),
+            format!("<message{pad}>x</message>"),
+            format!("<message id='1'{newlines}/>"),
+            format!("<message{pad}a='&amp;'/>"),
+            format!("<message{pad}a = '1'/>"),
+        ] {
+            let limits = FrameLimits {
+                max_stanza_bytes: 1 << 20,
+                ..FrameLimits::default()
+            };
+            let mut framer = Framer::new(limits);
+            framer.push(HEADER.as_bytes());
+            framer.push(stanza.as_bytes());
+            ATTRIBUTE_TRIES.with(|n| n.set(0));
+            let (frames, err) = frames(&mut framer);
+            assert_eq!(err, None);
+            assert!(matches!(frames.last(), Some(Frame::Stanza(_))));
+            let tries = ATTRIBUTE_TRIES.with(|n| n.get());
+            assert!(tries < 10, "{tries} tries for {} bytes", stanza.len());
+        }
+        // The padding arriving a little at a time: each push may look at it once.
+        let mut framer = Framer::new(FrameLimits {
+            max_stanza_bytes: 1 << 20,
+            ..FrameLimits::default()
+        });
+        framer.push(HEADER.as_bytes());
+        framer.push(b"<message");
+        ATTRIBUTE_TRIES.with(|n| n.set(0));
+        for _ in 0..1000 {
+            framer.push(&[b' '; 100]);
+            assert!(matches!(
+                framer.next_frame(),
+                Ok(Some(Frame::StreamHeader(_))) | Ok(None)
+            ));
+        }
+        let tries = ATTRIBUTE_TRIES.with(|n| n.get());
+        assert!(tries <= 2 * 1000 + 10, "{tries} tries for 1000 pushes");
     }
 
     #[test]
