@@ -454,6 +454,9 @@ fn escape_attr(value: &str, out: &mut Vec<u8>) {
     }
 }
 
+/// The namespace of an unprefixed element when no default is declared.
+static NO_NAMESPACE: Name = Cow::Borrowed("");
+
 /// Namespace bindings in scope, with an undo log per open element.
 ///
 /// A hash map keeps prefix look-ups constant-time: a hostile stanza can
@@ -490,7 +493,7 @@ impl NsScope {
 
     fn resolve_name(&self, prefix: Option<&str>) -> Option<&Name> {
         match prefix {
-            None => self.defaults.last(),
+            None => Some(self.defaults.last().unwrap_or(&NO_NAMESPACE)),
             Some(p) => self.prefixes.get(p).and_then(|v| v.last()),
         }
     }
@@ -1004,6 +1007,12 @@ mod tests {
 
     /// The framer parses every stanza in the stream's own scope: declarations
     /// inside one must not outlive it, whether it parses or not.
+    #[test]
+    fn an_empty_scope_has_no_default_namespace() {
+        assert_eq!(NsScope::default().resolve(None), Some(""));
+        assert_eq!(NsScope::new().resolve(None), Some(""));
+    }
+
     #[test]
     fn parsing_in_place_leaves_the_scope_as_it_was() {
         let mut scope = client_scope();
