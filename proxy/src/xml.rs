@@ -498,14 +498,6 @@ impl NsScope {
         }
     }
 
-    /// Opens an element scope and applies its declarations.
-    fn enter(&mut self, decls: Vec<(Option<String>, String)>) {
-        self.marks.push(self.undo.len());
-        for (prefix, ns) in decls {
-            self.bind(prefix, name(&ns));
-        }
-    }
-
     /// Opens an element scope for the namespace declarations among `attrs`,
     /// checked as [`declarations`] checks them.
     fn enter_attrs(&mut self, attrs: &[(Name, String)]) -> Result<(), FrameError> {
@@ -555,7 +547,10 @@ impl NsScope {
 
     /// Applies declarations permanently (the stream header's).
     pub(crate) fn declare(&mut self, decls: Vec<(Option<String>, String)>) {
-        self.enter(decls);
+        self.marks.push(self.undo.len());
+        for (prefix, ns) in decls {
+            self.bind(prefix, name(&ns));
+        }
     }
 }
 
