@@ -408,3 +408,87 @@ async fn a_cursor_resumes_only_on_the_chain_its_state_was_read_from() {
         .iter()
         .any(|e| body(e).as_deref() == Some("note number 31")));
 }
+
+/// Reads with `tail_at_most(max)` until a slice comes back short: the slices, in order.
+fn tail_in_slices(reader: &ArchiveReader, cursor: &mut TailCursor, max: usize) -> Vec<Vec<u64>> {
+    let mut slices = Vec::new();
+    loop {
+        let mut slice = Vec::new();
+        let handed = reader
+            .tail_at_most(cursor, max, |e| {
+                slice.push(e.seq);
+                Ok::<(), ReadError>(())
+            })
+            .unwrap();
+        assert_eq!(handed, slice.len(), "the count is what was handed over");
+        assert!(handed <= max, "a slice of {handed} past {max}");
+        let short = handed < max;
+        slices.push(slice);
+        if short {
+            return slices;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tail_read_in_slices_hands_over_what_one_read_does_and_no_more_per_slice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("archive");
+    let (master, signing) = keys(tmp.path());
+    let archive = Archive::open(small_config(&dir, &master, &signing)).unwrap();
+    for i in 1..=40 {
+        archive.append(note(i, 150)).await.unwrap();
+    }
+    let reader = ArchiveReader::open(&dir, &master).unwrap();
+    let all: Vec<u64> = scan_all(&reader).iter().map(|e| e.seq).collect();
+    assert!(segment_count(&dir) >= 4, "the test must cross segments");
+
+    for max in [1, 2, 3, 7, 40, 41, 1000] {
+        let mut cursor = TailCursor::new();
+        let slices = tail_in_slices(&reader, &mut cursor, max);
+        // Every slice but the last is full; together they are the log, once, in order.
+        let (last, full) = slices.split_last().unwrap();
+        assert!(full.iter().all(|s| s.len() == max), "max {max}: {slices:?}");
+        assert!(last.len() < max, "max {max}: {slices:?}");
+        assert_eq!(slices.concat(), all, "max {max}");
+        assert_eq!(cursor.next_seq(), all.len() as u64 + 1);
+    }
+    // Nothing is handed over for a slice of none, and the cursor stays.
+    let mut cursor = TailCursor::new();
+    let none = reader
+        .tail_at_most(&mut cursor, 0, |_| Ok::<(), ReadError>(()))
+        .unwrap();
+    assert_eq!(none, 0);
+    assert_eq!(tail_all(&reader, &mut cursor).len(), all.len());
+
+    // A resumed cursor counts only what it hands over, not the records before it that
+    // it reads to check the chain; and a slice that stops at a segment's end goes on
+    // into the next one.
+    let entries = scan_all(&reader);
+    let from = entries
+        .windows(2)
+        .find(|w| w[0].segment != w[1].segment && w[1].seq > 5)
+        .map(|w| w[1].seq)
+        .unwrap();
+    let mut cursor = TailCursor::resume(from - 2, entries[from as usize - 4].head);
+    let first = tail_in_slices(&reader, &mut cursor, 2);
+    assert_eq!(first[0], vec![from - 2, from - 1], "{first:?}");
+    assert_eq!(first[1][0], from, "{first:?}");
+    assert_eq!(
+        first.concat(),
+        (from - 2..=all.len() as u64).collect::<Vec<_>>()
+    );
+
+    // Records appended after a short slice arrive in the next ones.
+    for i in 41..=45 {
+        archive.append(note(i, 150)).await.unwrap();
+    }
+    let mut cursor = TailCursor::new();
+    tail_in_slices(&reader, &mut cursor, 1000);
+    for i in 46..=50 {
+        archive.append(note(i, 150)).await.unwrap();
+    }
+    let more = tail_in_slices(&reader, &mut cursor, 3);
+    assert_eq!(more.concat(), (46..=50).collect::<Vec<_>>());
+    archive.close().await.unwrap();
+}

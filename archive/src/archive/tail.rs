@@ -102,10 +102,29 @@ impl ArchiveReader {
     pub fn tail<E: From<ReadError>>(
         &self,
         cursor: &mut TailCursor,
-        mut f: impl FnMut(ChainEntry) -> Result<(), E>,
+        f: impl FnMut(ChainEntry) -> Result<(), E>,
     ) -> Result<(), E> {
+        self.tail_at_most(cursor, usize::MAX, f).map(drop)
+    }
+
+    /// [`ArchiveReader::tail`], handing over at most `max` records: for a reader that
+    /// follows in slices, letting go of whatever it holds between them. Returns how many
+    /// were handed over; fewer than `max` means everything written so far is read. The
+    /// next call goes on right after the last record handed over.
+    pub fn tail_at_most<E: From<ReadError>>(
+        &self,
+        cursor: &mut TailCursor,
+        max: usize,
+        mut f: impl FnMut(ChainEntry) -> Result<(), E>,
+    ) -> Result<usize, E> {
         let from = cursor.from;
+        let mut left = max;
         loop {
+            if left == 0 {
+                // Records are handed over only once `expect` is settled, so there is no
+                // divergence left to report.
+                return Ok(max);
+            }
             if cursor.at.is_none() {
                 cursor.at = self.tail_start(from)?;
                 if let (Some(pos), Some(want)) = (&cursor.at, cursor.expect) {
@@ -119,18 +138,21 @@ impl ArchiveReader {
             let Some(pos) = cursor.at.as_mut() else {
                 return match cursor.expect {
                     Some(_) => Err(diverged(from, "the log has no segment").into()),
-                    None => Ok(()),
+                    None => Ok(max - left),
                 };
             };
             if !pos.done {
-                self.tail_segment(pos, from, &mut cursor.expect, &mut f)?;
+                self.tail_segment(pos, from, &mut cursor.expect, &mut left, &mut f)?;
+                if left == 0 {
+                    return Ok(max);
+                }
             }
             if !pos.done {
                 return match cursor.expect {
                     // Everything written so far is read, and the record before `from`
                     // is not among it.
                     Some(_) => Err(diverged(from, "the log ends before it").into()),
-                    None => Ok(()),
+                    None => Ok(max - left),
                 };
             }
             match self.tail_next_segment(pos)? {
@@ -146,7 +168,7 @@ impl ArchiveReader {
                 None => {
                     return match cursor.expect {
                         Some(_) => Err(diverged(from, "the log ends before it").into()),
-                        None => Ok(()),
+                        None => Ok(max - left),
                     }
                 }
             }
@@ -222,12 +244,14 @@ impl ArchiveReader {
     }
 
     /// Consumes every whole frame of `pos.segment` after `pos.offset`, marking
-    /// the segment done at its sealing checkpoint.
+    /// the segment done at its sealing checkpoint, or stops once `left` records have
+    /// been handed over (counting it down).
     fn tail_segment<E: From<ReadError>>(
         &self,
         pos: &mut TailPos,
         from: u64,
         expect: &mut Option<Hash>,
+        left: &mut usize,
         f: &mut impl FnMut(ChainEntry) -> Result<(), E>,
     ) -> Result<(), E> {
         let id = pos.segment;
@@ -281,12 +305,19 @@ impl ArchiveReader {
                                 return Err(diverged(from, "the log skips it").into());
                             }
                         }
-                        if r.seq >= from {
+                        let handed = r.seq >= from;
+                        if handed {
                             f(ChainEntry::of_frame(id, &r, cipher.as_ref(), &hb)?)?;
                         }
                         pos.next_seq = w.pos().next_seq;
                         pos.head = r.head;
                         pos.offset = w.offset();
+                        if handed {
+                            *left = left.saturating_sub(1);
+                            if *left == 0 {
+                                return Ok(());
+                            }
+                        }
                     }
                 }
             }
