@@ -1,4 +1,4 @@
-//! Stopping child processes by pid, with a bound.
+//! Stopping child processes by pid, with a bound, and reading their threads.
 //!
 //! Every process the harness starts is stopped the same way: SIGTERM so it
 //! can flush logs and remove its pidfile, then SIGKILL if it is still alive
@@ -72,6 +72,34 @@ pub fn output_text(out: &std::process::Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// Every thread of `pid`: its id, its name and its nice value (field 19 of
+/// `/proc/PID/task/TID/stat`).
+pub fn thread_niceness(pid: u32) -> Result<Vec<(u32, String, i32)>, crate::rig::BoxError> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let entry = entry?;
+        let Ok(tid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        // A thread may end between the listing and the read.
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(entry.path().join("comm")),
+            std::fs::read_to_string(entry.path().join("stat")),
+        ) else {
+            continue;
+        };
+        // The name in `stat` may hold spaces and parentheses: fields follow the last ')'.
+        let after = stat.rsplit_once(')').ok_or("stat without a name")?.1;
+        let nice = after
+            .split_whitespace()
+            .nth(16)
+            .ok_or("stat too short")?
+            .parse()?;
+        out.push((tid, comm.trim_end().to_string(), nice));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

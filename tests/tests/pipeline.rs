@@ -6,6 +6,7 @@ use std::net::TcpListener;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use custos_e2e::process::thread_niceness;
 use custos_e2e::rig::{BoxError, Rig, RigOptions};
 use custos_e2e::scripted::{Received, Scripted};
 use custos_e2e::{OutgoingMessage, SlixClient, Tls};
@@ -186,34 +187,6 @@ async fn delivered_messages_are_archived_per_leg_and_shown_once_in_search() -> T
         std::thread::sleep(Duration::from_millis(200));
     }
     Ok(())
-}
-
-/// Every thread of `pid`: its id, its name and its nice value (field 19 of
-/// `/proc/PID/task/TID/stat`).
-fn thread_niceness(pid: u32) -> Result<Vec<(u32, String, i32)>, BoxError> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let entry = entry?;
-        let Ok(tid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        // A thread may end between the listing and the read.
-        let (Ok(comm), Ok(stat)) = (
-            std::fs::read_to_string(entry.path().join("comm")),
-            std::fs::read_to_string(entry.path().join("stat")),
-        ) else {
-            continue;
-        };
-        // The name in `stat` may hold spaces and parentheses: fields follow the last ')'.
-        let after = stat.rsplit_once(')').ok_or("stat without a name")?.1;
-        let nice = after
-            .split_whitespace()
-            .nth(16)
-            .ok_or("stat too short")?
-            .parse()?;
-        out.push((tid, comm.trim_end().to_string(), nice));
-    }
-    Ok(out)
 }
 
 fn walk(dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {

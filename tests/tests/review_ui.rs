@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use custos_e2e::config::{section, strings};
+use custos_e2e::process::thread_niceness;
 use custos_e2e::rig::{BoxError, Rig, RigOptions};
 use custos_e2e::Tls;
 use custos_web_ui::browser::Browser;
@@ -55,6 +56,22 @@ async fn officer_reviews_a_message_sent_through_custos_a_moment_ago() -> TestRes
         "zanzibar returns are guaranteed, promise <b>"
     );
     let sent = Instant::now();
+
+    // The review UI follows the archive on a thread of its own, at index building's
+    // priority (10 steps below by default): when the CPU is short, relaying goes first.
+    let pid = rig.custos.pid().ok_or("custos has no pid")?;
+    let threads = thread_niceness(pid)?;
+    let base_nice = threads
+        .iter()
+        .find(|(tid, _, _)| *tid == pid)
+        .map(|(_, _, n)| *n)
+        .ok_or("no main thread")?;
+    let follower: Vec<_> = threads
+        .iter()
+        .filter(|(_, name, _)| name == "custos-web-tail")
+        .collect();
+    assert_eq!(follower.len(), 1, "{threads:?}");
+    assert_eq!(follower[0].2, (base_nice + 10).min(19), "{threads:?}");
 
     let profile = tempfile::tempdir()?;
     let browser = Browser::start(profile.path()).await?;

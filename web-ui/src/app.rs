@@ -51,6 +51,17 @@ pub struct App {
 struct PeerTails {
     chains: HashMap<PathBuf, PeerTail>,
     last: Option<Instant>,
+    /// A chain gave a whole slice last time: look again without waiting.
+    behind: bool,
+}
+
+/// What [`App::follow_peers`] found.
+#[derive(Default)]
+struct PeersFollowed {
+    /// A chain does not hold the record the store's part of it was read up to.
+    diverged: bool,
+    /// A chain gave as many records as asked for: more may be waiting.
+    more: bool,
 }
 
 struct PeerTail {
@@ -93,6 +104,11 @@ pub fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 
 /// Records decoded before they are applied to the store, at most.
 const APPLY_BATCH: usize = 4096;
+
+/// Records of a chain the follower applies at most per hold of the tail
+/// ([`App::follow_slice`]): at a few microseconds each, a slice is about a millisecond
+/// of CPU, so a page behind the lowered thread waits little even when the CPU is short.
+pub const FOLLOW_SLICE: usize = 256;
 
 /// The store's saved copy: `state/web-ui.state` in the archive directory.
 pub const STATE_NAME: &str = "web-ui";
@@ -334,27 +350,44 @@ impl App {
     /// the bytes appended since. Blocking file I/O.
     pub fn catch_up_blocking(&self) -> Result<(), ReadError> {
         let mut cursor = lock(&self.tail);
-        self.catch_up_own(&mut cursor)?;
-        if self.follow_peers() {
-            // Another node's chain does not hold what the state was read from (its
-            // saved part): the state would go on showing records that chain no longer
-            // has and never show the ones it has. Read every chain afresh, as at a start
-            // without a saved state; chains read from their first record cannot diverge.
-            tracing::warn!(
-                "another node's chain does not continue the saved review state; reading every chain afresh"
-            );
-            self.start_over(&mut cursor);
-            self.catch_up_own(&mut cursor)?;
-            self.follow_peers();
-        }
-        Ok(())
+        self.catch_up_locked(&mut cursor, usize::MAX).map(drop)
     }
 
-    /// This node's part of [`App::catch_up_blocking`].
-    fn catch_up_own(&self, cursor: &mut TailCursor) -> Result<(), ReadError> {
+    /// Applies at most [`FOLLOW_SLICE`] records of each chain, holding the tail no longer
+    /// than that: the follower's step. It runs below the relay's priority, and a page
+    /// that must show the latest state catches up itself under the same lock, so it
+    /// waits for at most the slice in hand, never for the follower's whole backlog.
+    /// Returns whether more may be waiting (a slice came back full).
+    pub fn follow_slice(&self) -> Result<bool, ReadError> {
+        let mut cursor = lock(&self.tail);
+        self.catch_up_locked(&mut cursor, FOLLOW_SLICE)
+    }
+
+    /// Applies at most `max` records of this node's chain and of each other node's, with
+    /// the tail (`cursor`) locked by the caller. Returns whether a chain gave `max`.
+    fn catch_up_locked(&self, cursor: &mut TailCursor, max: usize) -> Result<bool, ReadError> {
+        let own = self.catch_up_own(cursor, max)?;
+        let peers = self.follow_peers(max);
+        if !peers.diverged {
+            return Ok(own || peers.more);
+        }
+        // Another node's chain does not hold what the state was read from (its saved
+        // part): the state would go on showing records that chain no longer has and
+        // never show the ones it has. Read every chain afresh, as at a start without a
+        // saved state; chains read from their first record cannot diverge.
+        tracing::warn!(
+            "another node's chain does not continue the saved review state; reading every chain afresh"
+        );
+        self.start_over(cursor);
+        let own = self.catch_up_own(cursor, max)?;
+        Ok(own || self.follow_peers(max).more)
+    }
+
+    /// This node's part of [`App::catch_up_locked`]: whether it applied `max` records.
+    fn catch_up_own(&self, cursor: &mut TailCursor, max: usize) -> Result<bool, ReadError> {
         // Applied in batches, so a long scan never holds many decoded records at once.
         let mut entries: Vec<ChainEntry> = Vec::new();
-        let followed = self.archive.reader().tail(cursor, |e| {
+        let followed = self.archive.reader().tail_at_most(cursor, max, |e| {
             entries.push(e);
             if entries.len() >= APPLY_BATCH {
                 self.apply(OWN_CHAIN, std::mem::take(&mut entries));
@@ -366,24 +399,25 @@ impl App {
         if !entries.is_empty() {
             self.apply(OWN_CHAIN, entries);
         }
-        followed
+        Ok(followed? == max)
     }
 
-    /// Applies what other nodes' chains gained since last time (at most every
-    /// [`PEER_INTERVAL`]). A chain that cannot be read is logged and tried again; it
-    /// never stops this node's own pages. Returns whether a chain was found not to
-    /// hold the record the store's part of it was read up to.
-    fn follow_peers(&self) -> bool {
-        let mut diverged = false;
+    /// Applies at most `max` records of each other node's chain gained since last time
+    /// (looked at every [`PEER_INTERVAL`], or at once while one is still behind). A
+    /// chain that cannot be read is logged and tried again; it never stops this node's
+    /// own pages.
+    fn follow_peers(&self, max: usize) -> PeersFollowed {
+        let mut done = PeersFollowed::default();
         let peers = read(&self.cfg.peers).clone();
         if peers.is_empty() {
-            return diverged;
+            return done;
         }
         let mut tails = lock(&self.peer_tails);
-        if tails.last.is_some_and(|t| t.elapsed() < PEER_INTERVAL) {
-            return diverged;
+        if !tails.behind && tails.last.is_some_and(|t| t.elapsed() < PEER_INTERVAL) {
+            return done;
         }
         tails.last = Some(Instant::now());
+        tails.behind = false;
         for p in peers {
             let name = p
                 .node
@@ -423,7 +457,7 @@ impl App {
             };
             let mut entries: Vec<ChainEntry> = Vec::new();
             let chain = tail.chain;
-            let followed = tail.reader.tail(&mut tail.cursor, |e| {
+            let followed = tail.reader.tail_at_most(&mut tail.cursor, max, |e| {
                 entries.push(e);
                 if entries.len() >= APPLY_BATCH {
                     self.apply(chain, std::mem::take(&mut entries));
@@ -434,10 +468,15 @@ impl App {
                 self.apply(tail.chain, entries);
             }
             match followed {
-                Ok(()) => tail.failing = None,
+                Ok(handed) => {
+                    tail.failing = None;
+                    if handed == max {
+                        done.more = true;
+                    }
+                }
                 Err(ReadError::Diverged { seq, what }) => {
                     tracing::warn!(node = %name, seq, cause = %what, "another node's chain does not hold the record the review state read it up to");
-                    diverged = true;
+                    done.diverged = true;
                 }
                 Err(e) => {
                     let why = e.to_string();
@@ -448,7 +487,8 @@ impl App {
                 }
             }
         }
-        diverged
+        tails.behind = done.more;
+        done
     }
 
     /// The reader of another node's chain, once it is followed.
@@ -868,6 +908,65 @@ mod save_tests {
         );
         let app = Arc::new(App::new(cfg, archive.clone()).unwrap());
         (tmp, rt, archive, app, seq)
+    }
+
+    /// The follower holds the tail for one slice at a time: each step applies at most
+    /// [`FOLLOW_SLICE`] records and says whether more wait, and the steps end where one
+    /// whole catch-up does. A page that catches up meanwhile takes the rest.
+    #[test]
+    fn the_follower_applies_a_slice_at_a_time_and_ends_where_a_whole_catch_up_does() {
+        let (tmp, rt, archive, app, first) = app_with_one_message(1);
+        let total = 2 * FOLLOW_SLICE + 10;
+        rt.block_on(async {
+            for i in 0..total {
+                archive.append(chat(&format!("note {i}"))).await.unwrap();
+            }
+        });
+        let last = first + total as u64;
+
+        let mut steps = Vec::new();
+        loop {
+            let before = read(&app.store).next_seq();
+            let more = app.follow_slice().unwrap();
+            let applied = read(&app.store).next_seq() - before;
+            steps.push(applied);
+            assert!(applied as usize <= FOLLOW_SLICE, "{steps:?}");
+            if !more {
+                break;
+            }
+            assert_eq!(applied as usize, FOLLOW_SLICE, "{steps:?}");
+        }
+        assert_eq!(steps, [FOLLOW_SLICE as u64, FOLLOW_SLICE as u64, 10]);
+        assert_eq!(read(&app.store).next_seq(), last + 1);
+
+        // The same state a whole catch-up builds.
+        let cfg = crate::WebConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            tmp.path().join("users.json"),
+        );
+        let whole = App::new(cfg, archive.clone()).unwrap();
+        whole.catch_up_blocking().unwrap();
+        let items = |a: &App| {
+            read(&a.store)
+                .reviews()
+                .map(|r| (r.seq, r.status))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(items(&app).len(), total + 1);
+        assert_eq!(items(&app), items(&whole));
+
+        // Half a slice arrives: a page takes it, and the follower's next step finds none.
+        rt.block_on(async {
+            for i in 0..FOLLOW_SLICE / 2 {
+                archive.append(chat(&format!("more {i}"))).await.unwrap();
+            }
+        });
+        app.catch_up_blocking().unwrap();
+        let caught = read(&app.store).next_seq();
+        assert_eq!(caught, last + 1 + FOLLOW_SLICE as u64 / 2);
+        assert!(!app.follow_slice().unwrap());
+        assert_eq!(read(&app.store).next_seq(), caught);
+        rt.block_on(archive.close()).unwrap();
     }
 
     /// A save holds the store for reading for seconds at ten million records. A

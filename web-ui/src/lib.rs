@@ -147,6 +147,28 @@ impl WebConfig {
 /// How often the server looks for records appended by others (the proxy).
 const TAIL_INTERVAL: Duration = Duration::from_millis(500);
 
+/// The follower (thread `custos-web-tail`): every [`TAIL_INTERVAL`], applies what the
+/// archive gained, one [`app::FOLLOW_SLICE`] at a time, until `stop` is dropped. It runs
+/// at index building's priority: when the CPU is short, relaying goes first and the
+/// review state catches up after. A page that must show the latest state catches up
+/// itself, at its own priority, waiting for at most the slice in hand.
+fn follow(app: &app::App, stop: &std::sync::mpsc::Receiver<()>) {
+    use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
+    app.archive.lower_to_index_priority();
+    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(TAIL_INTERVAL) {
+        loop {
+            match app.follow_slice() {
+                Ok(true) if matches!(stop.try_recv(), Err(TryRecvError::Empty)) => {}
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(cause = %e, "following the archive failed; retrying");
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// A web UI whose socket is bound and whose state is rebuilt; not serving yet.
 pub struct BoundWeb {
     listener: tokio::net::TcpListener,
@@ -222,15 +244,20 @@ impl BoundWeb {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), WebError> {
         let self_app = self.app.clone();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let app = self.app.clone();
-        let tail = tokio::spawn(async move {
+        let follower = std::thread::Builder::new()
+            .name("custos-web-tail".into())
+            .spawn(move || follow(&app, &stopped))
+            .map_err(WebError::Serve)?;
+        // Saving stays at the relay's priority: a review change made during a save waits
+        // for it to end.
+        let app = self.app.clone();
+        let saver = tokio::spawn(async move {
             let mut tick = tokio::time::interval(TAIL_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                if let Err(e) = app.catch_up().await {
-                    tracing::warn!(cause = %e, "following the archive failed; retrying");
-                }
                 if app.save_due() {
                     let app = app.clone();
                     let _ = tokio::task::spawn_blocking(move || app.save_blocking()).await;
@@ -254,7 +281,9 @@ impl BoundWeb {
             }
         }
         .map_err(WebError::Serve);
-        tail.abort();
+        saver.abort();
+        drop(stop);
+        let _ = tokio::task::spawn_blocking(move || follower.join()).await;
         // What was read since the saved copy is saved, so the next start reads it back.
         let app = self_app;
         let _ = tokio::task::spawn_blocking(move || {

@@ -188,6 +188,8 @@ struct Inner {
     /// The last record in the log when this process opened it: memory knows nothing of
     /// the messages up to it ([`Archive::live_copy`]).
     opened_at: u64,
+    /// [`ArchiveConfig::index_niceness`].
+    index_niceness: i32,
 }
 
 /// Whether a copy of a logical message that crossed Custos live is in the archive:
@@ -379,9 +381,18 @@ impl Archive {
                 public_key: cfg.signing_key.verifying_key(),
                 witness: cfg.witness.clone(),
                 index_deferred,
+                index_niceness: cfg.index_niceness,
                 opened_at,
             }),
         })
+    }
+
+    /// Lowers the calling thread to the priority index building runs at
+    /// ([`ArchiveConfig::index_niceness`]): for other work that follows the archive in
+    /// the background, such as the review UI's follower, so that it too gives way to
+    /// relaying when the CPU is short.
+    pub fn lower_to_index_priority(&self) {
+        lower_thread_priority(self.inner.index_niceness);
     }
 
     /// How many batches of appended records the indexer's full queue made the writer
