@@ -221,7 +221,9 @@ fn write_config(
     Ok((config, rules_path, archive_dir))
 }
 
-fn web_section(custos_dir: &std::path::Path) -> Result<(Table, SocketAddr), BoxError> {
+/// A `[web]` section that serves the review UI on a free loopback port, with its users
+/// file in `custos_dir` and no random sample: the section and the UI's address.
+pub fn web_section(custos_dir: &std::path::Path) -> Result<(Table, SocketAddr), BoxError> {
     let addr: SocketAddr = ([127, 0, 0, 1], crate::free_port()?).into();
     let users = custos_dir.join("users.json");
     Ok((

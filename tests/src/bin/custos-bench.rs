@@ -3,7 +3,8 @@
 //! archive writing and fsyncing every message before forwarding it, and the demo rules).
 //!
 //! `cargo run --release -p custos-e2e --bin custos-bench -- [MESSAGES] [--sessions 1,8,64]
-//! [--rules FILE]` (default 2000 messages per session count, the demo rules).
+//! [--rules FILE] [--web]` (default 2000 messages per session count, the demo rules;
+//! `--web` serves the review UI too, following the archive as it is written).
 //!
 //! Prints, in one run, for one session: p50/p99 latency of sequential round trips; and for
 //! each session count: the aggregate rate of every session bursting at once, directly
@@ -282,6 +283,8 @@ struct Args {
     messages: usize,
     sessions: Vec<usize>,
     rules: Option<std::path::PathBuf>,
+    /// Serve the review UI as well.
+    web: bool,
 }
 
 fn args() -> Result<Args, BoxError> {
@@ -289,6 +292,7 @@ fn args() -> Result<Args, BoxError> {
         messages: 2000,
         sessions: vec![1, 8, 64],
         rules: None,
+        web: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -305,6 +309,7 @@ fn args() -> Result<Args, BoxError> {
                 }
             }
             "--rules" => a.rules = Some(it.next().ok_or("--rules needs a file")?.into()),
+            "--web" => a.web = true,
             n => a.messages = n.parse().map_err(|e| format!("messages {n:?}: {e}"))?,
         }
     }
@@ -418,6 +423,10 @@ async fn main() -> Result<(), BoxError> {
     );
     merge(&mut config, archive);
     merge(&mut config, section("policy", [("rules", path(&rules))]));
+    if a.web {
+        let (web, _) = custos_e2e::rig::web_section(&custos_dir)?;
+        config.insert("web".into(), Value::Table(web));
+    }
     std::env::set_var("CUSTOS_LOG", "warn");
     let custos = Custos::start(
         &custos_dir,
@@ -430,8 +439,9 @@ async fn main() -> Result<(), BoxError> {
     let via_addr = custos.listener(0);
 
     println!(
-        "{n} messages per run, each client to itself, ~150-byte bodies, Direct TLS; rules {}",
-        rules.display()
+        "{n} messages per run, each client to itself, ~150-byte bodies, Direct TLS; rules {}; review UI {}",
+        rules.display(),
+        if a.web { "following" } else { "off" }
     );
     // First, while both heaps are fresh: what a logged-in session that stays silent costs.
     let idle_via = idle_memory(via_addr, ca.cert_path(), custos_pid, IDLE_SESSIONS).await?;
