@@ -763,6 +763,109 @@ async fn a_message_that_bypassed_custos_is_flagged_when_replayed() -> TestResult
     Ok(())
 }
 
+/// The hits of `query` that `account`'s archive queries replayed.
+fn replays_to<'a>(hits: &'a [Value], account: &str) -> Vec<&'a Value> {
+    hits.iter()
+        .filter(|h| h["via"] == "mam" && h["account"] == account)
+        .collect()
+}
+
+/// After a restart memory knows nothing of what was recorded before: the search index
+/// alone places a replay. A message that crossed Custos before the restart is believed
+/// when replayed; one sent around Custos is `custos:replay-only`. Then the administrator
+/// deletes the index as well: until the rebuilt index can tell, a replay is flagged, never
+/// believed, and the one that crossed Custos is never called replay-only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_the_index_alone_places_a_replay_and_a_deleted_one_places_none(
+) -> TestResult {
+    let mut rig = rig("capture-replay-restart", None)?;
+    {
+        let mut alice = login(&rig, "alice", "laptop").await?;
+        let mut bob = login(&rig, "bob", "phone").await?;
+        alice
+            .send("<message to='bob@example.test' type='chat' id='k1'><body>kept line crossed custos</body></message>")
+            .await?;
+        assert!(bob.message_containing("kept line", WAIT).await?.is_some());
+        settled_copies(&rig, "\"kept line\"", 2)?;
+    }
+    // alice and bob, both straight to Prosody: nothing of this crosses Custos.
+    {
+        let mut side = login_direct(&rig, "bob", "side").await?;
+        let mut around = login_direct(&rig, "alice", "around").await?;
+        around
+            .send("<message to='bob@example.test/side' type='chat' id='k2'><body>around line never crossed</body></message>")
+            .await?;
+        assert!(side
+            .message_containing("around line", WAIT)
+            .await?
+            .is_some());
+    }
+
+    let stopped = rig.custos.terminate(Duration::from_secs(20));
+    assert!(stopped.is_some_and(|s| s.success()), "{}", rig.context());
+    rig.custos.start_again()?;
+    let mut bob = login(&rig, "bob", "phone").await?;
+    let replayed = mam_query(&mut bob, "r1").await?;
+    for line in ["kept line", "around line"] {
+        assert!(
+            replayed.iter().any(|b| b.contains(line)),
+            "{line}: {replayed:?}"
+        );
+    }
+    drop(bob);
+    let kept = settled_copies(&rig, "\"kept line\"", 3)?;
+    let kept_replay = replays_to(&kept, "bob@example.test/phone");
+    assert_eq!(kept_replay.len(), 1, "{kept:#?}");
+    assert!(rules_of(kept_replay[0]).is_empty(), "{kept:#?}");
+    assert_eq!(kept_replay[0]["action"], "allow", "{kept:#?}");
+    let around = settled_copies(&rig, "\"around line\"", 1)?;
+    assert_eq!(around.len(), 1, "only the replay: {around:#?}");
+    assert_eq!(rules_of(&around[0]), ["custos:replay-only"], "{around:#?}");
+    assert_eq!(around[0]["action"], "flag");
+    // One logical message: the replay groups with the copies that crossed Custos.
+    let grouped = rig.search("\"kept line\"")?;
+    assert_eq!(grouped.len(), 1, "{grouped:#?}");
+    assert_eq!(grouped[0]["copies"].as_array().map(Vec::len), Some(3));
+
+    // The administrator deletes the search index while Custos is stopped.
+    let stopped = rig.custos.terminate(Duration::from_secs(20));
+    assert!(stopped.is_some_and(|s| s.success()), "{}", rig.context());
+    let archive = rig.archive_dir.clone().ok_or("no archive")?;
+    std::fs::remove_dir_all(archive.join("index"))?;
+    rig.custos.start_again()?;
+    let mut bob = login(&rig, "bob", "tablet").await?;
+    let replayed = mam_query(&mut bob, "r2").await?;
+    assert_eq!(
+        replayed.iter().filter(|b| b.contains(" line ")).count(),
+        2,
+        "{replayed:?}"
+    );
+    drop(bob);
+    let kept = settled_copies(&rig, "\"kept line\"", 4)?;
+    let around = settled_copies(&rig, "\"around line\"", 2)?;
+    let kept_replay = replays_to(&kept, "bob@example.test/tablet");
+    let around_replay = replays_to(&around, "bob@example.test/tablet");
+    assert_eq!(
+        (kept_replay.len(), around_replay.len()),
+        (1, 1),
+        "{kept:#?}\n{around:#?}"
+    );
+    // Whether the rebuilt index had caught up when the replays were judged is a race;
+    // what each may be called is not.
+    let kept_rules = rules_of(kept_replay[0]);
+    assert!(
+        kept_rules.is_empty() || kept_rules == ["custos:replay-unverified"],
+        "an honest replay called {kept_rules:?}"
+    );
+    let around_rules = rules_of(around_replay[0]);
+    assert!(
+        around_rules == ["custos:replay-only"] || around_rules == ["custos:replay-unverified"],
+        "a replay that went around Custos believed: {around_rules:?}"
+    );
+    assert_eq!(around_replay[0]["action"], "flag");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn monitor_mode_hits_record_what_they_would_have_done() -> TestResult {
     let rig = rig(
