@@ -492,3 +492,117 @@ async fn a_tail_read_in_slices_hands_over_what_one_read_does_and_no_more_per_sli
     assert_eq!(more.concat(), (46..=50).collect::<Vec<_>>());
     archive.close().await.unwrap();
 }
+
+/// Every resume point and slice size, with a chain that differs and an `f` that
+/// fails now and then: each slice goes on right after the last record handed over, the
+/// count is what was handed over, and nothing comes from a chain that differs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slices_from_every_resume_point_with_failures_and_diverged_chains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("archive");
+    let (master, signing) = keys(tmp.path());
+    let archive = Archive::open(small_config(&dir, &master, &signing)).unwrap();
+    for i in 1..=30 {
+        archive.append(note(i, 150)).await.unwrap();
+    }
+    archive.close().await.unwrap();
+    let reader = ArchiveReader::open(&dir, &master).unwrap();
+    let all = scan_all(&reader);
+    let last = all.len() as u64;
+    let head_before = |from: u64| {
+        if from > 1 {
+            all[from as usize - 2].head
+        } else {
+            [0; 32]
+        }
+    };
+    for from in 1..=last + 1 {
+        for max in 1..=7usize {
+            for fail_every in [0u32, 2, 3, 5] {
+                let mut cursor = TailCursor::resume(from, head_before(from));
+                let mut got = Vec::new();
+                let mut calls = 0u32;
+                let mut rounds = 0;
+                loop {
+                    rounds += 1;
+                    assert!(rounds < 1000, "from {from} max {max}: no progress");
+                    let mut slice = Vec::new();
+                    let r = reader.tail_at_most(&mut cursor, max, |e| {
+                        calls += 1;
+                        if fail_every > 0 && calls % fail_every == 0 {
+                            return Err(ReadError::Corrupt {
+                                segment: 0,
+                                offset: 0,
+                                what: "refused".into(),
+                            });
+                        }
+                        slice.push(e.seq);
+                        Ok(())
+                    });
+                    let n = slice.len();
+                    got.extend(slice);
+                    let expect_next = got.last().map_or(from, |s| s + 1);
+                    assert_eq!(cursor.next_seq(), expect_next, "from {from} max {max}");
+                    match r {
+                        Err(ReadError::Corrupt { what, .. }) if what == "refused" => continue,
+                        Err(e) => panic!("from {from} max {max}: {e}"),
+                        Ok(handed) => {
+                            assert_eq!(handed, n, "from {from} max {max} fail {fail_every}");
+                            assert!(handed <= max);
+                            if handed < max {
+                                break;
+                            }
+                        }
+                    }
+                }
+                assert_eq!(
+                    got,
+                    (from..=last).collect::<Vec<_>>(),
+                    "from {from} max {max} fail {fail_every}"
+                );
+            }
+            if from > 1 {
+                let mut wrong = head_before(from);
+                wrong[0] ^= 1;
+                let mut cursor = TailCursor::resume(from, wrong);
+                let mut handed = 0;
+                let r = reader.tail_at_most(&mut cursor, max, |_| {
+                    handed += 1;
+                    Ok::<(), ReadError>(())
+                });
+                assert!(
+                    matches!(r, Err(ReadError::Diverged { .. })),
+                    "from {from} max {max}: {r:?}"
+                );
+                assert_eq!(handed, 0);
+                // And again, once the cursor has been read with.
+                let r = reader.tail_at_most(&mut cursor, max, |_| {
+                    handed += 1;
+                    Ok::<(), ReadError>(())
+                });
+                assert!(
+                    matches!(r, Err(ReadError::Diverged { .. })),
+                    "again from {from} max {max}: {r:?}"
+                );
+                assert_eq!(handed, 0);
+            }
+        }
+        // A slice of none on a chain that differs: nothing handed, and the next real
+        // slice still refuses it.
+        if from > 1 {
+            let mut wrong = head_before(from);
+            wrong[0] ^= 1;
+            let mut cursor = TailCursor::resume(from, wrong);
+            let zero = reader.tail_at_most(&mut cursor, 0, |_| Ok::<(), ReadError>(()));
+            assert!(
+                matches!(zero, Ok(0) | Err(ReadError::Diverged { .. })),
+                "{zero:?}"
+            );
+            let r = reader.tail_at_most(&mut cursor, 3, |_| Ok::<(), ReadError>(()));
+            assert!(
+                matches!(r, Err(ReadError::Diverged { .. })),
+                "after zero, from {from}: {r:?}"
+            );
+        }
+    }
+}

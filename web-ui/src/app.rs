@@ -358,18 +358,27 @@ impl App {
     /// that must show the latest state catches up itself under the same lock, so it
     /// waits for at most the slice in hand, never for the follower's whole backlog.
     /// Returns whether more may be waiting (a slice came back full).
+    /// During a save it reads nothing: what is read then is held, decoded, until the
+    /// save ends, and the follower would pile its whole backlog up there.
     pub fn follow_slice(&self) -> Result<bool, ReadError> {
         let mut cursor = lock(&self.tail);
+        if lock(&self.deferred).saving > 0 {
+            return Ok(false);
+        }
         self.catch_up_locked(&mut cursor, FOLLOW_SLICE)
     }
 
-    /// Applies at most `max` records of this node's chain and of each other node's, with
-    /// the tail (`cursor`) locked by the caller. Returns whether a chain gave `max`.
+    /// Applies at most `max` records, in the order one whole catch-up reads them: this
+    /// node's chain first, then each other node's in turn (the copy read first keys a
+    /// logical message's review item, so the order is what a restart shows). The tail
+    /// (`cursor`) is locked by the caller. Returns whether a chain gave `max`.
     fn catch_up_locked(&self, cursor: &mut TailCursor, max: usize) -> Result<bool, ReadError> {
-        let own = self.catch_up_own(cursor, max)?;
+        if self.catch_up_own(cursor, max)? {
+            return Ok(true);
+        }
         let peers = self.follow_peers(max);
         if !peers.diverged {
-            return Ok(own || peers.more);
+            return Ok(peers.more);
         }
         // Another node's chain does not hold what the state was read from (its saved
         // part): the state would go on showing records that chain no longer has and
@@ -379,8 +388,10 @@ impl App {
             "another node's chain does not continue the saved review state; reading every chain afresh"
         );
         self.start_over(cursor);
-        let own = self.catch_up_own(cursor, max)?;
-        Ok(own || self.follow_peers(max).more)
+        if self.catch_up_own(cursor, max)? {
+            return Ok(true);
+        }
+        Ok(self.follow_peers(max).more)
     }
 
     /// This node's part of [`App::catch_up_locked`]: whether it applied `max` records.
@@ -402,10 +413,10 @@ impl App {
         Ok(followed? == max)
     }
 
-    /// Applies at most `max` records of each other node's chain gained since last time
-    /// (looked at every [`PEER_INTERVAL`], or at once while one is still behind). A
-    /// chain that cannot be read is logged and tried again; it never stops this node's
-    /// own pages.
+    /// Applies what other nodes' chains gained since last time, in turn, stopping after
+    /// the first that gives `max` records (looked at every [`PEER_INTERVAL`], or at once
+    /// while one is still behind). A chain that cannot be read is logged and tried
+    /// again; it never stops this node's own pages.
     fn follow_peers(&self, max: usize) -> PeersFollowed {
         let mut done = PeersFollowed::default();
         let peers = read(&self.cfg.peers).clone();
@@ -471,7 +482,9 @@ impl App {
                 Ok(handed) => {
                     tail.failing = None;
                     if handed == max {
+                        // The chains after it wait for it, as in a whole catch-up.
                         done.more = true;
+                        break;
                     }
                 }
                 Err(ReadError::Diverged { seq, what }) => {
@@ -966,6 +979,134 @@ mod save_tests {
         assert_eq!(caught, last + 1 + FOLLOW_SLICE as u64 / 2);
         assert!(!app.follow_slice().unwrap());
         assert_eq!(read(&app.store).next_seq(), caught);
+        rt.block_on(archive.close()).unwrap();
+    }
+
+    /// The copy read first keys a logical message's review item. One whole
+    /// catch-up (and a restart) reads this node's chain before other nodes'; the
+    /// follower's slices must not let another node's copy overtake this node's.
+    #[test]
+    fn slices_read_another_nodes_copy_no_earlier_than_a_whole_catch_up() {
+        let (tmp, rt, archive, app, _) = app_with_one_message(1);
+        let copy = |body: &str| {
+            let NewRecord::Message(mut m) = chat(body) else {
+                unreachable!()
+            };
+            m.capture.identity = "one-logical-message".into();
+            NewRecord::Message(m)
+        };
+        // This node's copy comes after more than a slice of other records.
+        rt.block_on(async {
+            for i in 0..FOLLOW_SLICE + 20 {
+                archive.append(chat(&format!("note {i}"))).await.unwrap();
+            }
+            archive.append(copy("ours")).await.unwrap();
+        });
+        // Another node's copy, early in its chain (same keys, as in a bucket).
+        let peer_dir = tmp.path().join("peer");
+        let peer = Archive::open(ArchiveConfig::new(
+            peer_dir.clone(),
+            MasterKey::from_bytes([3; 32]),
+            SigningKey::from_bytes(&[4; 32]),
+        ))
+        .unwrap();
+        rt.block_on(async {
+            peer.append(chat("peer note")).await.unwrap();
+            peer.append(copy("theirs")).await.unwrap();
+            peer.close().await.unwrap();
+        });
+        crate::app::write(&app.cfg.peers).push(crate::PeerChain {
+            node: Some("n2".into()),
+            dir: peer_dir,
+        });
+        while app.follow_slice().unwrap() {}
+
+        let whole = App::new(app.cfg.clone(), archive.clone()).unwrap();
+        // The last item: the logical message with a copy on both chains.
+        let last = |a: &App| {
+            read(&a.store)
+                .reviews()
+                .map(|r| r.seq)
+                .filter(|r| r.seq > 270 || r.chain != 0)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            last(&app),
+            last(&whole),
+            "keyed by another copy than a restart shows"
+        );
+        rt.block_on(archive.close()).unwrap();
+    }
+
+    /// A peer chain with exactly a slice of new records is behind once, then
+    /// not; `behind` does not stay set.
+    #[test]
+    fn behind_clears_after_a_chain_gives_exactly_a_slice() {
+        let (tmp, rt, _archive, app, _) = app_with_one_message(1);
+        let peer_dir = tmp.path().join("peer");
+        let peer = Archive::open(ArchiveConfig::new(
+            peer_dir.clone(),
+            MasterKey::from_bytes([3; 32]),
+            SigningKey::from_bytes(&[4; 32]),
+        ))
+        .unwrap();
+        rt.block_on(async {
+            for i in 0..FOLLOW_SLICE {
+                peer.append(chat(&format!("p {i}"))).await.unwrap();
+            }
+        });
+        crate::app::write(&app.cfg.peers).push(crate::PeerChain {
+            node: Some("n2".into()),
+            dir: peer_dir,
+        });
+        assert!(app.follow_slice().unwrap());
+        assert!(lock(&app.peer_tails).behind);
+        assert!(!app.follow_slice().unwrap());
+        assert!(!lock(&app.peer_tails).behind);
+        rt.block_on(peer.append(chat("late"))).unwrap();
+        // Within PEER_INTERVAL: not looked at again.
+        assert!(!app.follow_slice().unwrap());
+        let peer_chain = write(&app.store).chain_of(Some("n2"));
+        assert_eq!(
+            read(&app.store).covered_of(peer_chain).next_seq,
+            FOLLOW_SLICE as u64 + 1
+        );
+        // A page after the interval takes it.
+        std::thread::sleep(PEER_INTERVAL);
+        app.catch_up_blocking().unwrap();
+        assert_eq!(
+            read(&app.store).covered_of(peer_chain).next_seq,
+            FOLLOW_SLICE as u64 + 2
+        );
+        rt.block_on(peer.close()).unwrap();
+    }
+
+    /// A save holds what is read meanwhile in memory, decoded. The follower
+    /// must not read its whole backlog into that while a save runs.
+    #[test]
+    fn the_follower_does_not_pile_its_backlog_up_behind_a_save() {
+        let (_tmp, rt, archive, app, _) = app_with_one_message(1);
+        rt.block_on(async {
+            for i in 0..4 * FOLLOW_SLICE {
+                archive.append(chat(&format!("note {i}"))).await.unwrap();
+            }
+        });
+        lock(&app.deferred).saving += 1;
+        // The follower's loop (`follow` in lib.rs), bounded for the test.
+        let mut slices = 0;
+        while app.follow_slice().unwrap() && slices < 100 {
+            slices += 1;
+        }
+        let held: usize = lock(&app.deferred)
+            .entries
+            .iter()
+            .map(|(_, e)| e.len())
+            .sum();
+        app.save_done();
+        assert!(
+            held <= FOLLOW_SLICE,
+            "{held} decoded records held behind one save"
+        );
         rt.block_on(archive.close()).unwrap();
     }
 

@@ -296,3 +296,66 @@ impl BoundWeb {
         served
     }
 }
+
+#[cfg(test)]
+mod follow_tests {
+    use super::*;
+    use custos_archive::{Archive, ArchiveConfig, MasterKey, MessageRecord, NewRecord, SigningKey};
+
+    /// The follower catches up in slices, and ends promptly once its sender
+    /// is dropped, idle or in the middle of a backlog.
+    #[test]
+    fn the_follower_catches_up_and_ends_when_told() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let archive = Archive::open(ArchiveConfig::new(
+            tmp.path().join("archive"),
+            MasterKey::from_bytes([3; 32]),
+            SigningKey::from_bytes(&[4; 32]),
+        ))
+        .unwrap();
+        let cfg = WebConfig::new("127.0.0.1:0".parse().unwrap(), tmp.path().join("u.json"));
+        let app = Arc::new(app::App::new(cfg, archive.clone()).unwrap());
+        let add = |n: usize| {
+            rt.block_on(async {
+                for i in 0..n {
+                    let m =
+                        MessageRecord::chat("a@example.test/x", "b@example.test", &format!("{i}"));
+                    archive.append(NewRecord::Message(m)).await.unwrap();
+                }
+            })
+        };
+        let start = |app: &Arc<app::App>| {
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let a = app.clone();
+            (tx, std::thread::spawn(move || follow(&a, &rx)))
+        };
+        add(3 * app::FOLLOW_SLICE);
+        let end = archive.reader().records(1..=u64::MAX - 1).unwrap().len() as u64 + 1;
+        let (tx, t) = start(&app);
+        let began = std::time::Instant::now();
+        while app::read(&app.store).next_seq() < end {
+            assert!(began.elapsed() < Duration::from_secs(20), "not caught up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let stop = std::time::Instant::now();
+        drop(tx);
+        t.join().unwrap();
+        assert!(
+            stop.elapsed() < Duration::from_secs(10),
+            "idle follower ended late"
+        );
+
+        add(40 * app::FOLLOW_SLICE);
+        let (tx, t) = start(&app);
+        std::thread::sleep(Duration::from_millis(600));
+        let stop = std::time::Instant::now();
+        drop(tx);
+        t.join().unwrap();
+        assert!(
+            stop.elapsed() < Duration::from_secs(10),
+            "busy follower ended late"
+        );
+        rt.block_on(archive.close()).unwrap();
+    }
+}
