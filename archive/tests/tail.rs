@@ -529,7 +529,7 @@ async fn slices_from_every_resume_point_with_failures_and_diverged_chains() {
                     let mut slice = Vec::new();
                     let r = reader.tail_at_most(&mut cursor, max, |e| {
                         calls += 1;
-                        if fail_every > 0 && calls % fail_every == 0 {
+                        if fail_every > 0 && calls.is_multiple_of(fail_every) {
                             return Err(ReadError::Corrupt {
                                 segment: 0,
                                 offset: 0,

@@ -320,7 +320,7 @@ mod follow_tests {
             rt.block_on(async {
                 for i in 0..n {
                     let m =
-                        MessageRecord::chat("a@example.test/x", "b@example.test", &format!("{i}"));
+                        MessageRecord::chat("a@example.test/x", "b@example.test", format!("{i}"));
                     archive.append(NewRecord::Message(m)).await.unwrap();
                 }
             })
