@@ -126,6 +126,8 @@ pub struct SegmentWalk<'a> {
     at: usize,
     pos: ChainPos,
     sealed: bool,
+    /// [`SegmentWalk::skim`].
+    skim: bool,
 }
 
 impl<'a> SegmentWalk<'a> {
@@ -138,6 +140,7 @@ impl<'a> SegmentWalk<'a> {
             at: HEADER_LEN.min(bytes.len()),
             pos: ChainPos::of_header(header),
             sealed: false,
+            skim: false,
         }
     }
 
@@ -160,6 +163,7 @@ impl<'a> SegmentWalk<'a> {
             at: 0,
             pos,
             sealed,
+            skim: false,
         }
     }
 
@@ -182,6 +186,21 @@ impl<'a> SegmentWalk<'a> {
     /// is reported once.
     pub fn resync(&mut self, head: Hash) {
         self.pos.head = head;
+    }
+
+    /// Skims (`true`) or follows the chain again: a skimming walk still checks frames,
+    /// seqs and that a checkpoint covers the last record, but hashes nothing. Its record
+    /// frames carry no hashes (`ciphertext_hash`, `leaf` and `head` are all zero), the
+    /// head stays where it was, and a checkpoint's head goes unchecked: for a reader that
+    /// needs nothing of the records up to a checkpoint, and goes on from that
+    /// checkpoint's signed head ([`SegmentWalk::resync`]).
+    pub fn skim(&mut self, on: bool) {
+        self.skim = on;
+    }
+
+    /// Whether the walk skims ([`SegmentWalk::skim`]).
+    pub fn skimming(&self) -> bool {
+        self.skim
     }
 
     /// The next frame; `Err` for a frame that cannot be parsed or data after the seal.
@@ -221,9 +240,14 @@ impl<'a> SegmentWalk<'a> {
                         format!("expected seq {expected}, found {seq}: records removed or reordered")
                     }
                 });
-                let ciphertext_hash = segment::ciphertext_hash(nonce, ciphertext);
-                let leaf = segment::leaf(seq, &content_hash, &ciphertext_hash);
-                let head = segment::next_head(&self.pos.head, &leaf);
+                let (ciphertext_hash, leaf, head) = if self.skim {
+                    ([0; 32], [0; 32], self.pos.head)
+                } else {
+                    let ciphertext_hash = segment::ciphertext_hash(nonce, ciphertext);
+                    let leaf = segment::leaf(seq, &content_hash, &ciphertext_hash);
+                    let head = segment::next_head(&self.pos.head, &leaf);
+                    (ciphertext_hash, leaf, head)
+                };
                 self.pos = ChainPos {
                     next_seq: seq.max(expected.saturating_sub(1)).saturating_add(1),
                     head,
@@ -248,7 +272,7 @@ impl<'a> SegmentWalk<'a> {
                         "checkpoint covers seq {} but the log is at {last}",
                         cp.seq
                     ))
-                } else if cp.head != self.pos.head {
+                } else if !self.skim && cp.head != self.pos.head {
                     Some(
                         "chain head differs from the signed checkpoint: earlier records were changed"
                             .to_owned(),
@@ -292,7 +316,8 @@ pub struct Walked {
 /// Walks the frames of segment file `name`, whose header is `header`, reading it a
 /// window of about [`WINDOW`] bytes at a time rather than whole (a segment is up to
 /// 64 MiB). `f` gets every step as [`SegmentWalk::next`] gives it, with the walk (for
-/// [`SegmentWalk::resync`]), and says whether to go on. [`Step::End`] comes once, at
+/// [`SegmentWalk::resync`] and [`SegmentWalk::skim`], which holds from window to
+/// window), and says whether to go on. [`Step::End`] comes once, at
 /// what is the end of the file when it is read, with `left` the bytes of an incomplete
 /// frame there; a walk stops after an `End` or an `Err`.
 pub fn walk_stored<E>(
@@ -310,17 +335,30 @@ pub fn walk_stored_by<E>(
     name: &str,
     header: &SegmentHeader,
     window: usize,
+    f: impl FnMut(&mut SegmentWalk<'_>, Result<Step<'_>, Broken>) -> Result<bool, E>,
+) -> Result<Walked, WalkError<E>> {
+    let start = (HEADER_LEN as u64, ChainPos::of_header(header));
+    walk_stored_from(storage, name, start, window, f)
+}
+
+/// [`walk_stored_by`] from the frame at offset `start.0`, with the chain at `start.1`
+/// there (a frame boundary a walk reached before, and where it stood then).
+pub fn walk_stored_from<E>(
+    storage: &dyn crate::storage::Storage,
+    name: &str,
+    (mut base, mut pos): (u64, ChainPos),
+    window: usize,
     mut f: impl FnMut(&mut SegmentWalk<'_>, Result<Step<'_>, Broken>) -> Result<bool, E>,
 ) -> Result<Walked, WalkError<E>> {
     let window = window.max(1);
-    let mut base = HEADER_LEN as u64;
-    let mut pos = ChainPos::of_header(header);
     let mut sealed = false;
+    let mut skim = false;
     let mut want = window;
     loop {
         let bytes = storage.read_at(name, base, want).map_err(WalkError::Read)?;
         let at_eof = bytes.len() < want;
         let mut w = SegmentWalk::window_after(&bytes, base, pos, sealed);
+        w.skim(skim);
         let walked = |w: &SegmentWalk<'_>| {
             let read = base + bytes.len() as u64;
             Walked {
@@ -371,6 +409,7 @@ pub fn walk_stored_by<E>(
         base = w.offset();
         pos = w.pos();
         sealed = w.sealed();
+        skim = w.skimming();
     }
 }
 

@@ -174,8 +174,8 @@ fn print_summary(prefix: &str, summary: &custos_archive::ExportSummary) {
         summary.out.display()
     );
     println!(
-        "{prefix}selected by {}: {} record(s) read, {} decrypted, {} in segments not read",
-        summary.selected_by, summary.scanned, summary.decrypted, summary.skipped
+        "{prefix}selected by {}: {} record(s) read ({} of them not hashed: no exported row in their checkpoint interval), {} decrypted, {} in segments not read",
+        summary.selected_by, summary.scanned, summary.skimmed, summary.decrypted, summary.skipped
     );
     println!("{prefix}manifest sha256 {}", summary.manifest_sha256);
 }

@@ -314,11 +314,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let secs = t.elapsed().as_secs_f64();
         if let Some(q) = query {
             println!(
-                "export of {q:?}: {} records in {secs:.2} s, peak RSS (VmHWM) {} MiB; selected by {}: {} read, {} decrypted, {} in segments not read",
+                "export of {q:?}: {} records in {secs:.2} s, peak RSS (VmHWM) {} MiB; selected by {}: {} read ({} not hashed), {} decrypted, {} in segments not read",
                 s.records,
                 vm_hwm_kib() / 1024,
                 s.selected_by,
                 s.scanned,
+                s.skimmed,
                 s.decrypted,
                 s.skipped
             );

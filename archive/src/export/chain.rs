@@ -281,6 +281,44 @@ impl<W: Write> ProofBuilder<W> {
         Ok(())
     }
 
+    /// Whether the current interval has exported rows: its leaves are all needed.
+    pub fn is_active(&self) -> bool {
+        self.active
+    }
+
+    /// A checkpoint that ends an interval whose records were skimmed, not hashed: none
+    /// of them is exported, and no leaf of theirs is needed. Its signature is checked,
+    /// and the chain goes on from its head, as a verifier's does from a `resume` line.
+    pub fn skipped(&mut self, cp: Checkpoint) -> Result<(), ChainError> {
+        let Some(seg) = &self.seg else {
+            return Ok(());
+        };
+        if self.active {
+            return Err(ChainError::Uncovered {
+                segment: seg.id,
+                seq: self.state.0,
+            });
+        }
+        if cp.seq < self.state.0 {
+            return Err(ChainError::Gap {
+                segment: seg.id,
+                seq: cp.seq,
+                prev: self.state.0,
+            });
+        }
+        if !segment::checkpoint_valid(&self.verifying, &seg.header, &cp) {
+            return Err(ChainError::BadSignature {
+                segment: seg.id,
+                seq: cp.seq,
+            });
+        }
+        self.state = (cp.seq, cp.head);
+        self.continuous = false;
+        self.interval_start = Some(cp);
+        self.pending.clear();
+        Ok(())
+    }
+
     /// Ends the stream at the export limit (a checkpoint): nothing may be open.
     pub fn finish(mut self) -> Result<W, ChainError> {
         if self.active {

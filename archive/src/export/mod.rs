@@ -103,6 +103,10 @@ pub struct ExportSummary {
     pub scanned: u64,
     /// Records decrypted to be tested against the selection.
     pub decrypted: u64,
+    /// Records read but not hashed: no exported row is in their checkpoint interval, so
+    /// no leaf of theirs is needed, and the interval's signed checkpoint is where the
+    /// chain goes on (with the index choosing what is read only).
+    pub skimmed: u64,
     /// Records in log segments not read at all: the index found nothing there.
     pub skipped: u64,
     /// How the query's records were found: through the index, or why not.
@@ -304,20 +308,22 @@ pub fn export_with(
 
     let chain_path = partial.join(manifest::CHAIN);
     let chain_file = File::create(&chain_path).map_err(write_err(&chain_path))?;
-    let mut proofs = ProofBuilder::new(
-        BufWriter::with_capacity(1 << 20, chain_file),
-        signing_key.verifying_key(),
-    );
-    let mut parts = PartsWriter::new(&partial, opts.parquet)?;
-    let mut transcripts = Transcripts::new(&partial);
-    let mut st = Stats::default();
+    let mut sink = Sink {
+        proofs: ProofBuilder::new(
+            BufWriter::with_capacity(1 << 20, chain_file),
+            signing_key.verifying_key(),
+        ),
+        parts: PartsWriter::new(&partial, opts.parquet)?,
+        transcripts: Transcripts::new(&partial),
+        st: Stats::default(),
+        met: 0,
+        partial: &partial,
+    };
 
     let mut after = Some(ChainPos::genesis(&meta.archive_id));
     // The seq the next segment must begin with: after a segment left unread, its
     // chain head is not known, but where it ends is.
     let mut next_seq = 1;
-    // Records the index found that the walk met.
-    let mut met = 0;
     // Set once a record past `through` is met: the export ends there.
     let mut past = false;
     for (i, &id) in ids.iter().enumerate() {
@@ -332,7 +338,7 @@ pub fn export_with(
                 )
             };
             if *first == next_seq && sel.skips(id, *last, keyless) {
-                st.skipped += last + 1 - first;
+                sink.st.skipped += last + 1 - first;
                 // The next segment read is checked against this one's end only.
                 after = None;
                 next_seq = last + 1;
@@ -361,7 +367,8 @@ pub fn export_with(
             break;
         }
         let cipher = log::segment_cipher(storage, master_key, &meta.archive_id, id)?;
-        proofs.begin_segment(id, hb, header.first_seq, header.prev_head)?;
+        sink.proofs
+            .begin_segment(id, hb, header.first_seq, header.prev_head)?;
         if let Some(flaw) = walk::header_flaws(&header, id, &meta.archive_id, after)
             .into_iter()
             .next()
@@ -377,15 +384,39 @@ pub fn export_with(
                 ),
             ));
         }
+        let seg = SegmentCtx {
+            id,
+            hb,
+            cipher: cipher.as_ref(),
+            selection: selection.as_ref(),
+            filter: &filter,
+        };
+        // Where the walk began to skim: the next frame then, and the chain after the
+        // last record hashed; and how many records it skimmed since.
+        let mut skimmed_from = None;
+        let mut skimmed = 0;
+        // The end of the last record walked.
+        let mut walked_to = 0;
         // The segment is read a window at a time, not whole.
-        let walked = walk::walk_stored(storage, &name, &header, |_, step| {
+        let walked = walk::walk_stored(storage, &name, &header, |w, step| {
             match step.map_err(|b| corrupt(b.offset as usize, b.what))? {
                 Step::End { .. } => return Ok(false),
                 Step::Checkpoint { offset, cp, flaw } => {
                     if let Some(flaw) = flaw {
                         return Err(corrupt(offset as usize, flaw));
                     }
-                    proofs.checkpoint(cp)?;
+                    if w.skimming() {
+                        // Nothing of the interval is exported: its signed head is
+                        // where the chain goes on from.
+                        w.resync(cp.head);
+                        sink.proofs.skipped(cp)?;
+                        skimmed_from = Some((w.offset(), w.pos()));
+                        let n = std::mem::take(&mut skimmed);
+                        sink.st.scanned += n;
+                        sink.st.skimmed += n;
+                    } else {
+                        sink.proofs.checkpoint(cp)?;
+                    }
                 }
                 Step::Record(r) => {
                     let (at, seq) = (r.offset as usize, r.seq);
@@ -396,42 +427,27 @@ pub fn export_with(
                         past = true;
                         return Ok(false);
                     }
-                    st.scanned += 1;
-                    if selection.as_ref().is_some_and(|s| s.found_at(seq)) {
-                        met += 1;
-                    }
-                    let Some(c) = &cipher else {
-                        st.shredded += 1;
-                        proofs.gap(seq, r.leaf)?;
-                        return Ok(true);
-                    };
-                    if selection.as_ref().is_some_and(|s| !s.opens(seq, id)) {
-                        proofs.gap(seq, r.leaf)?;
-                        return Ok(true);
-                    }
-                    st.decrypted += 1;
-                    let o = walk::open_frame(c, &hb, &r).map_err(|what| corrupt(at, what))?;
-                    let rec = o.record;
-                    if filter.selects(&rec) {
-                        proofs.exported(seq, r.leaf)?;
-                        let shown = Shown::from_record(&rec);
-                        transcripts
-                            .add(Conversation::of(&rec), &shown)
-                            .map_err(write_err(&partial))?;
-                        st.records += 1;
-                        st.first_seq.get_or_insert(seq);
-                        st.last_seq = Some(seq);
-                        parts.push(ExportRow {
-                            shown,
-                            record_hash: r.content_hash,
-                            ciphertext_hash: r.ciphertext_hash,
-                            salt: o.salt,
-                            canonical: o.canonical,
-                            segment: id,
-                            offset: at as u64,
-                        })?;
+                    walked_to = w.offset();
+                    if w.skimming() && seg.opens(seq) {
+                        // Exported, perhaps: the records skimmed since `skimmed_from`
+                        // are leaves of its interval after all. They are read again and
+                        // hashed, this one last, and the interval is hashed to its end.
+                        let (from, pos) = skimmed_from
+                            .ok_or_else(|| corrupt(at, "skimming began nowhere".into()))?;
+                        let pos = sink.rehash(storage, &name, &seg, (from, pos), w.offset())?;
+                        w.resync(pos.head);
+                        w.skim(false);
+                        skimmed = 0;
+                    } else if w.skimming() {
+                        skimmed += 1;
                     } else {
-                        proofs.gap(seq, r.leaf)?;
+                        sink.record(&seg, &r)?;
+                        if seg.may_skim(seq) && !sink.proofs.is_active() {
+                            // No leaf of this interval is needed unless a record the
+                            // selection opens is met before its checkpoint.
+                            w.skim(true);
+                            skimmed_from = Some((w.offset(), w.pos()));
+                        }
                     }
                     if seq % PROGRESS_EVERY == 0 {
                         progress(seq, through);
@@ -444,12 +460,33 @@ pub fn export_with(
             walk::WalkError::Read(e) => read_err(e),
             walk::WalkError::Stopped(e) => e,
         })?;
-        next_seq = walked.pos.next_seq;
-        after = Some(walked.pos);
+        let mut end = walked.pos;
+        if skimmed > 0 && !past {
+            // The segment ended with records no checkpoint follows (a sealed file
+            // without its sealing checkpoint, which `verify` reports): they are hashed
+            // after all, so that the next segment's header is checked against the chain
+            // itself, not against a head the skim left behind.
+            let from = skimmed_from.ok_or_else(|| corrupt(0, "skimming began nowhere".into()))?;
+            end = sink.rehash(storage, &name, &seg, from, walked_to)?;
+            skimmed = 0;
+        }
+        // Records skimmed after the last checkpoint read (past the export's end).
+        sink.st.scanned += skimmed;
+        sink.st.skimmed += skimmed;
+        next_seq = end.next_seq;
+        after = Some(end);
     }
     // Each record the index found lies in a segment it places there, and each such
     // segment was read: a find not met means the index and the log disagree, and the
     // export could lack what the index put elsewhere.
+    let Sink {
+        proofs,
+        parts,
+        transcripts,
+        st,
+        met,
+        ..
+    } = sink;
     if let Some(sel) = &selection {
         if met != sel.found_count() {
             return Err(ExportError::IndexUnmet {
@@ -547,6 +584,7 @@ pub fn export_with(
         through_seq: through,
         scanned: st.scanned,
         decrypted: st.decrypted,
+        skimmed: st.skimmed,
         skipped: st.skipped,
         selected_by,
         shredded: st.shredded,
@@ -555,11 +593,146 @@ pub fn export_with(
     })
 }
 
+/// One log segment as the export walks it.
+struct SegmentCtx<'a> {
+    id: u64,
+    hb: [u8; HEADER_LEN],
+    /// `None`: the segment's key is destroyed (shredded).
+    cipher: Option<&'a aes_gcm::Aes256Gcm>,
+    selection: Option<&'a select::Selection>,
+    filter: &'a Filter,
+}
+
+impl SegmentCtx<'_> {
+    /// Whether record `seq` must be decrypted and tested.
+    fn opens(&self, seq: u64) -> bool {
+        self.selection.is_none_or(|s| s.opens(seq, self.id))
+    }
+
+    /// Whether, after record `seq`, the walk may skim: the index chose what is read,
+    /// and `seq` is not among it.
+    fn may_skim(&self, seq: u64) -> bool {
+        self.selection.is_some_and(|s| !s.opens(seq, self.id))
+    }
+}
+
+/// What the walk over the log writes to and counts.
+struct Sink<'p, W: Write> {
+    proofs: ProofBuilder<W>,
+    parts: PartsWriter,
+    transcripts: Transcripts,
+    st: Stats,
+    /// Records the index found that the walk met.
+    met: u64,
+    partial: &'p Path,
+}
+
+impl<W: Write> Sink<'_, W> {
+    /// A record of `seg` the walk hashed: exported when it opens and the filter
+    /// selects it, else a leaf of the proofs.
+    fn record(
+        &mut self,
+        seg: &SegmentCtx<'_>,
+        r: &walk::RecordFrame<'_>,
+    ) -> Result<(), ExportError> {
+        let (at, seq) = (r.offset, r.seq);
+        self.st.scanned += 1;
+        if seg.selection.is_some_and(|s| s.found_at(seq)) {
+            self.met += 1;
+        }
+        let Some(c) = seg.cipher else {
+            self.st.shredded += 1;
+            return Ok(self.proofs.gap(seq, r.leaf)?);
+        };
+        if !seg.opens(seq) {
+            return Ok(self.proofs.gap(seq, r.leaf)?);
+        }
+        self.st.decrypted += 1;
+        let o = walk::open_frame(c, &seg.hb, r).map_err(|what| ExportError::Corrupt {
+            segment: seg.id,
+            offset: at,
+            what,
+        })?;
+        let rec = o.record;
+        if !seg.filter.selects(&rec) {
+            return Ok(self.proofs.gap(seq, r.leaf)?);
+        }
+        self.proofs.exported(seq, r.leaf)?;
+        let shown = Shown::from_record(&rec);
+        self.transcripts
+            .add(Conversation::of(&rec), &shown)
+            .map_err(write_err(self.partial))?;
+        self.st.records += 1;
+        self.st.first_seq.get_or_insert(seq);
+        self.st.last_seq = Some(seq);
+        self.parts.push(ExportRow {
+            shown,
+            record_hash: r.content_hash,
+            ciphertext_hash: r.ciphertext_hash,
+            salt: o.salt,
+            canonical: o.canonical,
+            segment: seg.id,
+            offset: at,
+        })?;
+        Ok(())
+    }
+
+    /// Reads the frames of `seg` from `from` (with the chain at `pos` there) up to `to`
+    /// again, a window at a time, hashing each, and takes every record (the last is the
+    /// one that made the walk stop skimming). Returns the chain after the last.
+    fn rehash(
+        &mut self,
+        storage: &dyn Storage,
+        name: &str,
+        seg: &SegmentCtx<'_>,
+        (from, pos): (u64, ChainPos),
+        to: u64,
+    ) -> Result<ChainPos, ExportError> {
+        let corrupt = |offset: u64, what: String| ExportError::Corrupt {
+            segment: seg.id,
+            offset,
+            what,
+        };
+        let mut reached = None;
+        let walked = walk::walk_stored_from(storage, name, (from, pos), walk::WINDOW, |w, step| {
+            match step.map_err(|b| corrupt(b.offset, b.what))? {
+                Step::Record(r) => {
+                    if let Some(flaw) = r.flaw {
+                        return Err(corrupt(r.offset, flaw));
+                    }
+                    self.record(seg, &r)?;
+                }
+                // The first walk met whole records only up to `to`.
+                Step::Checkpoint { offset, .. } | Step::End { offset, .. } => {
+                    return Err(corrupt(offset, "changed while it was read".into()));
+                }
+            }
+            if w.offset() < to {
+                return Ok(true);
+            }
+            if w.offset() > to {
+                return Err(corrupt(to, "changed while it was read".into()));
+            }
+            reached = Some(w.pos());
+            Ok(false)
+        });
+        walked.map_err(|e| match e {
+            walk::WalkError::Read(e) => ExportError::Read {
+                segment: seg.id,
+                what: e.to_string(),
+            },
+            walk::WalkError::Stopped(e) => e,
+        })?;
+        reached.ok_or_else(|| corrupt(to, "changed while it was read".into()))
+    }
+}
+
 #[derive(Default)]
 struct Stats {
     records: u64,
     scanned: u64,
     decrypted: u64,
+    skimmed: u64,
     skipped: u64,
     shredded: u64,
     first_seq: Option<u64>,

@@ -1536,3 +1536,215 @@ fn a_sealed_deletion_file_that_keeps_the_count_is_not_used_by_an_export() {
     assert!(why.contains("its last commit"), "{why}");
     assert_eq!((&rows, &chain), (&want, &want_chain));
 }
+
+/// A checkpoint every 4 records, segments of at most `segment_max_bytes`: `before`
+/// fillers, two needles four records apart, `after` fillers. Closed, so its segments
+/// are sealed; indexed whole.
+fn two_needles(before: usize, after: usize, segment_max_bytes: Option<u64>) -> Fixture {
+    let (f, a, rt) = open_fixture(segment_max_bytes);
+    let bodies = (0..before)
+        .map(|i| format!("filler {i}"))
+        .chain(["needle one".to_string()])
+        .chain((0..3).map(|i| format!("between {i}")))
+        .chain(["needle two".to_string()])
+        .chain((0..after).map(|i| format!("filler after {i}")));
+    let last = rt.block_on(async {
+        let mut last = 0;
+        for body in bodies {
+            let r = msg(
+                "alice@example.test/l",
+                "bob@example.test",
+                "chat",
+                &body,
+                Action::Allow,
+            );
+            last = a.append(r).await.unwrap().seq.0;
+        }
+        last
+    });
+    wait_indexed(&f, last);
+    rt.block_on(a.close()).unwrap();
+    f
+}
+
+/// The segment file holding record `seq`, and its frames: (offset, end, seq, whether a
+/// checkpoint).
+fn frames_around(f: &Fixture, seq: u64) -> (PathBuf, Vec<(u64, u64, u64, bool)>) {
+    let logs = std::fs::read_dir(f.archive.join("segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"));
+    for path in logs {
+        let bytes = std::fs::read(&path).unwrap();
+        let header = SegmentHeader::decode(&bytes[..HEADER_LEN]).unwrap();
+        let mut w = walk::SegmentWalk::segment(&bytes, &header);
+        let mut out = Vec::new();
+        loop {
+            match w.next().unwrap() {
+                Step::Record(r) => out.push((r.offset, w.offset(), r.seq, false)),
+                Step::Checkpoint { offset, cp, .. } => {
+                    out.push((offset, w.offset(), cp.seq, true));
+                }
+                Step::End { .. } => break,
+            }
+        }
+        if out.iter().any(|x| !x.3 && x.2 == seq) {
+            return (path, out);
+        }
+    }
+    panic!("no segment holds seq {seq}")
+}
+
+/// Flips the byte at `at` of `path`, a sealed (read-only) segment.
+fn flip(path: &Path, at: u64) {
+    use std::os::unix::fs::{FileExt, PermissionsExt};
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8];
+    file.read_exact_at(&mut b, at).unwrap();
+    file.write_all_at(&[b[0] ^ 1], at).unwrap();
+}
+
+/// A narrow export hashes only the checkpoint intervals that hold its rows: the rest of
+/// a segment it reads is walked, frame by frame, and not hashed, and the chain goes on
+/// from each such interval's signed checkpoint. What it writes is the scan's, line for
+/// line, and verifies.
+#[test]
+fn a_narrow_export_hashes_only_the_checkpoint_intervals_of_its_rows() {
+    // Segments of 16 KiB: several, the needles' not the last (which holds the index's
+    // mark).
+    let f = two_needles(200, 100, Some(16 * 1024));
+    let dir = f._tmp.path();
+    let (by_index, rows, chain) = export_by(&f, &dir.join("index"), "needle", false);
+    let (by_scan, want, want_chain) = export_by(&f, &dir.join("scan"), "needle", true);
+    assert!(matches!(by_index.selected_by, SelectedBy::Index { .. }));
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows, want);
+    assert!(chain == want_chain, "chain.jsonl differs from the scan's");
+    assert_eq!(
+        by_index.scanned + by_index.skipped,
+        by_scan.scanned,
+        "every record of a segment read is walked"
+    );
+    assert!(by_index.skipped > 0, "some segment went unread");
+    assert_eq!(by_scan.skimmed, 0, "a scan hashes everything");
+    // Hashed: the segment's first record, and the two intervals of 4 with a needle (the
+    // needles are 4 apart, so in two intervals or, at most, three).
+    let hashed = by_index.scanned - by_index.skimmed;
+    assert!(hashed <= 1 + 3 * 4, "{hashed} records hashed");
+    assert_eq!(by_index.decrypted, 2);
+}
+
+/// What skimming leaves to `custos verify`, and what it does not: a record changed in an
+/// interval without exported rows goes unnoticed by the export (as in a segment it does
+/// not read), while its rows still verify; a checkpoint whose signature does not hold
+/// fails it, and so does a changed record the index found.
+#[test]
+fn a_narrow_export_checks_every_signature_and_every_row_but_hashes_no_other_interval() {
+    // Segments of 16 KiB; the index's mark is in a later one than the needles'.
+    let f = two_needles(60, 100, Some(16 * 1024));
+    let needles: Vec<u64> = placed(&f, "needle").iter().map(|p| p.0).collect();
+    assert_eq!(needles.len(), 2);
+    let first = needles[0];
+    let (path, fr) = frames_around(&f, first);
+    let pristine = std::fs::read(&path).unwrap();
+    let record = |seq: u64| *fr.iter().find(|x| !x.3 && x.2 == seq).unwrap();
+    let checkpoint_after = |seq: u64| *fr.iter().find(|x| x.3 && x.2 >= seq).unwrap();
+    let dir = f._tmp.path();
+    // A filler of the needle's segment, in an interval before it.
+    let filler = fr
+        .iter()
+        .find(|x| !x.3)
+        .map(|x| x.2)
+        .filter(|&s| checkpoint_after(s).2 < first)
+        .expect("the needle's segment begins with an interval without it");
+
+    // That filler's last byte (its tag) changed.
+    let (_, end, ..) = record(filler);
+    flip(&path, end - 1);
+    let s = export_query(&f, &dir.join("a"), "needle", false).unwrap();
+    assert_eq!(s.records, 2);
+    let r = verify_export(&dir.join("a"), &f.signing.verifying_key());
+    assert!(r.is_clean(), "{:#?}", r.problems);
+    let v = crate::verify::verify(
+        &f.archive,
+        Some(&f.master),
+        &f.signing.verifying_key(),
+        |_, _| {},
+    );
+    assert!(!v.is_clean(), "verify reads every interval");
+    std::fs::write(&path, &pristine).unwrap();
+
+    // The signature of the checkpoint that closes that filler's interval.
+    let (_, end, seq, _) = checkpoint_after(filler);
+    assert!(seq < first, "the interval holds no needle");
+    flip(&path, end - 1);
+    let err = export_query(&f, &dir.join("b"), "needle", false).unwrap_err();
+    assert!(err.to_string().contains("bad signature"), "{err}");
+    std::fs::write(&path, &pristine).unwrap();
+
+    // The first needle's own frame.
+    let (_, end, ..) = record(first);
+    flip(&path, end - 1);
+    let err = export_query(&f, &dir.join("c"), "needle", false).unwrap_err();
+    assert!(err.to_string().contains("authenticate"), "{err}");
+    std::fs::write(&path, &pristine).unwrap();
+
+    // And a record hashed for the needle's interval: its checkpoint no longer matches.
+    let (_, end, ..) = record(first + 1);
+    flip(&path, end - 1);
+    let err = export_query(&f, &dir.join("d"), "needle", false).unwrap_err();
+    assert!(err.to_string().contains("chain head differs"), "{err}");
+}
+
+/// A segment sealed without its sealing checkpoint (`verify` reports it) ends a walk
+/// that skims with records no checkpoint follows: they are hashed after all, so the
+/// next segment's header is checked against the chain, and the export goes on.
+#[test]
+fn a_segment_without_its_sealing_checkpoint_does_not_leave_the_skim_behind() {
+    // Two segments: the second holds the index's mark, so it is read, and its header
+    // checked against where the first left the chain.
+    let f = two_needles(2, 60, Some(16 * 1024));
+    let segments = std::fs::read_dir(f.archive.join("segments"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "log")
+        })
+        .count();
+    assert_eq!(segments, 2);
+    let needle = placed(&f, "needle")[0].0;
+    let (path, fr) = frames_around(&f, needle);
+    let (Some(seal), Some(before)) = (fr.last(), fr.iter().rev().nth(1)) else {
+        panic!("no frames")
+    };
+    assert!(seal.3, "the segment ends with its sealing checkpoint");
+    assert!(
+        !before.3,
+        "a record comes before it, not another checkpoint: {fr:?}"
+    );
+    assert!(
+        fr.iter().any(|x| !x.3 && x.2 > needle + 8),
+        "fillers follow the needles"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(seal.0).unwrap();
+    }
+    let dir = f._tmp.path();
+    let (by_index, rows, chain) = export_by(&f, &dir.join("index"), "needle", false);
+    let (_, want, want_chain) = export_by(&f, &dir.join("scan"), "needle", true);
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows, want);
+    assert!(chain == want_chain, "chain.jsonl differs from the scan's");
+    assert!(by_index.skimmed > 0);
+}
