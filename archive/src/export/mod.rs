@@ -412,8 +412,7 @@ pub fn export_with(
                         sink.proofs.skipped(cp)?;
                         skimmed_from = Some((w.offset(), w.pos()));
                         let n = std::mem::take(&mut skimmed);
-                        sink.st.scanned += n;
-                        sink.st.skimmed += n;
+                        sink.skimmed(&seg, n);
                     } else {
                         sink.proofs.checkpoint(cp)?;
                     }
@@ -471,8 +470,7 @@ pub fn export_with(
             skimmed = 0;
         }
         // Records skimmed after the last checkpoint read (past the export's end).
-        sink.st.scanned += skimmed;
-        sink.st.skimmed += skimmed;
+        sink.skimmed(&seg, skimmed);
         next_seq = end.next_seq;
         after = Some(end);
     }
@@ -677,6 +675,16 @@ impl<W: Write> Sink<'_, W> {
         Ok(())
     }
 
+    /// `n` records of `seg` the walk read but did not hash: shredded too, if its key is
+    /// gone (as each is, hashed, in a scan).
+    fn skimmed(&mut self, seg: &SegmentCtx<'_>, n: u64) {
+        self.st.scanned += n;
+        self.st.skimmed += n;
+        if seg.cipher.is_none() {
+            self.st.shredded += n;
+        }
+    }
+
     /// Reads the frames of `seg` from `from` (with the chain at `pos` there) up to `to`
     /// again, a window at a time, hashing each, and takes every record (the last is the
     /// one that made the walk stop skimming). Returns the chain after the last.
@@ -694,7 +702,11 @@ impl<W: Write> Sink<'_, W> {
             what,
         };
         let mut reached = None;
-        let walked = walk::walk_stored_from(storage, name, (from, pos), walk::WINDOW, |w, step| {
+        // The frames up to `to` and no more: a window from `from` would read up to 4 MiB
+        // each time a skim ends.
+        let window =
+            usize::try_from(to.saturating_sub(from)).map_or(walk::WINDOW, |n| n.min(walk::WINDOW));
+        let walked = walk::walk_stored_from(storage, name, (from, pos), window, |w, step| {
             match step.map_err(|b| corrupt(b.offset, b.what))? {
                 Step::Record(r) => {
                     if let Some(flaw) = r.flaw {

@@ -1748,3 +1748,104 @@ fn a_segment_without_its_sealing_checkpoint_does_not_leave_the_skim_behind() {
     assert!(chain == want_chain, "chain.jsonl differs from the scan's");
     assert!(by_index.skimmed > 0);
 }
+
+/// Bytes this thread has read through `read(2)` and kin so far (`rchar`).
+fn thread_rchar() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/io")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Records hashed again when a needle turns up in an interval that was being skimmed
+/// are a few frames; the export must read them, not a whole window (4 MiB) from where
+/// the skim began each time. With checkpoints every few records (the writer also
+/// writes one on each second of quiet) and a query with a hit in most intervals, one
+/// segment is otherwise read again once per interval: far more than the scan, which
+/// reads it once.
+#[test]
+fn a_narrow_export_reads_no_more_of_a_segment_than_the_scan() {
+    // One segment (64 MiB limit), a checkpoint every 4 records, a needle every 5th
+    // record: most intervals hold one, after a filler.
+    let (f, a, rt) = open_fixture(None);
+    let pad = "x".repeat(400);
+    let last = rt.block_on(async {
+        let mut last = 0;
+        for i in 0..600 {
+            let body = if i % 5 == 3 {
+                format!("needle {i} {pad}")
+            } else {
+                format!("filler {i} {pad}")
+            };
+            let r = msg(
+                "alice@example.test/l",
+                "bob@example.test",
+                "chat",
+                &body,
+                Action::Allow,
+            );
+            last = a.append(r).await.unwrap().seq.0;
+        }
+        last
+    });
+    wait_indexed(&f, last);
+    rt.block_on(a.close()).unwrap();
+    let dir = f._tmp.path();
+    // Bytes read by an export, its own output (hashed for the manifest) included.
+    let measured = |out: &str, query: &str, scan: bool| {
+        let before = thread_rchar();
+        let t = std::time::Instant::now();
+        let s = export_query(&f, &dir.join(out), query, scan).unwrap();
+        (s, thread_rchar() - before, t.elapsed())
+    };
+    let (by_scan, scan_read, scan_time) = measured("scan", "needle", true);
+    // What an index export reads besides hashing records again: opening the index,
+    // and the same walk, for a query without a hit.
+    let (none, base_read, _) = measured("none", "nothingsaidthis", false);
+    assert_eq!(
+        none.skimmed + 1,
+        none.scanned,
+        "all but the first record skimmed"
+    );
+    let (by_index, index_read, index_time) = measured("index", "needle", false);
+    assert_eq!(by_index.records, by_scan.records);
+    assert!(by_index.skimmed > 0, "{by_index:?}");
+    assert_eq!(by_index.scanned, by_scan.scanned);
+    // Each record is read again at most once, so the index export reads at most what
+    // the scan reads (the segment, twice, and the output) and that overhead.
+    assert!(
+        index_read <= scan_read + base_read,
+        "the index export read {index_read} bytes in {index_time:?} ({base_read} without \
+         a hit); the scan {scan_read} in {scan_time:?}"
+    );
+}
+
+/// A segment whose key is destroyed while the index still holds its messages (the
+/// index had not yet met the shred record): every record of it the export reads is
+/// proven by its leaf only, and the summary counts it as shredded, however the walk
+/// went over it.
+#[test]
+fn a_narrow_export_counts_every_shredded_record_it_reads() {
+    let (f, a, rt) = needles(30, 30);
+    rt.block_on(a.close()).unwrap();
+    let found = placed(&f, "needle");
+    let seg = found[0].1;
+    assert!(found.iter().all(|n| n.1 == seg), "{found:?}");
+    std::fs::remove_file(f.archive.join(segment::key_name(seg))).unwrap();
+    let dir = f._tmp.path();
+    let (by_scan, want, want_chain) = export_by(&f, &dir.join("scan"), "needle", true);
+    let (by_index, rows, chain) = export_by(&f, &dir.join("index"), "needle", false);
+    assert!(matches!(by_index.selected_by, SelectedBy::Index { .. }));
+    assert!(want.is_empty() && rows.is_empty());
+    assert_eq!(chain, want_chain);
+    assert!(by_scan.shredded > 3, "{by_scan:?}");
+    assert_eq!(
+        by_index.shredded, by_scan.shredded,
+        "the index export read the shredded segment ({} records read, {} skimmed)",
+        by_index.scanned, by_index.skimmed
+    );
+}
