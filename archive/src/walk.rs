@@ -12,7 +12,10 @@
 //! - a record authenticates under its segment key, its content hash matches its
 //!   plaintext, it decodes, and it carries the seq of its frame.
 //!
-//! Strict readers stop at the first flaw; `verify` reports each and walks on.
+//! Strict readers stop at the first flaw; `verify` reports each and walks on. An export
+//! skims the checkpoint intervals it needs no leaf of ([`SegmentWalk::skim`]): the
+//! frames and seqs are checked there, the hashes are not, and each such interval's
+//! checkpoint signature is checked instead.
 //!
 //! [`ArchiveReader`]: crate::archive::ArchiveReader
 
