@@ -353,11 +353,13 @@ impl App {
         self.catch_up_locked(&mut cursor, usize::MAX).map(drop)
     }
 
-    /// Applies at most [`FOLLOW_SLICE`] records of each chain, holding the tail no longer
-    /// than that: the follower's step. It runs below the relay's priority, and a page
-    /// that must show the latest state catches up itself under the same lock, so it
-    /// waits for at most the slice in hand, never for the follower's whole backlog.
-    /// Returns whether more may be waiting (a slice came back full).
+    /// The follower's step: applies at most [`FOLLOW_SLICE`] records of each chain it
+    /// reads, in a whole catch-up's order, and stops after the first chain that gives
+    /// that many, holding the tail no longer than that. It runs below the relay's
+    /// priority, and a page that must show the latest state catches up itself under the
+    /// same lock, so it waits for this step, never for the follower's whole backlog.
+    /// Returns whether more may be waiting (a chain gave a whole slice).
+    ///
     /// During a save it reads nothing: what is read then is held, decoded, until the
     /// save ends, and the follower would pile its whole backlog up there.
     pub fn follow_slice(&self) -> Result<bool, ReadError> {
