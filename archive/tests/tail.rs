@@ -69,6 +69,16 @@ fn scan_all(reader: &ArchiveReader) -> Vec<ChainEntry> {
     out
 }
 
+/// Notes 1 to 30 of 150 bytes in a new archive at `dir`, over many small segments;
+/// closed, so its last segment is sealed.
+async fn thirty_notes(dir: &Path, master: &MasterKey, signing: &SigningKey) {
+    let archive = Archive::open(small_config(dir, master, signing)).unwrap();
+    for i in 1..=30 {
+        archive.append(note(i, 150)).await.unwrap();
+    }
+    archive.close().await.unwrap();
+}
+
 fn segment_count(dir: &Path) -> usize {
     std::fs::read_dir(dir.join("segments")).unwrap().count()
 }
@@ -332,11 +342,7 @@ async fn a_cursor_resumes_only_on_the_chain_its_state_was_read_from() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("archive");
     let (master, signing) = keys(tmp.path());
-    let archive = Archive::open(small_config(&dir, &master, &signing)).unwrap();
-    for i in 1..=30 {
-        archive.append(note(i, 150)).await.unwrap();
-    }
-    archive.close().await.unwrap();
+    thirty_notes(&dir, &master, &signing).await;
     let reader = ArchiveReader::open(&dir, &master).unwrap();
     let all = scan_all(&reader);
     let last = all.len() as u64;
@@ -384,11 +390,7 @@ async fn a_cursor_resumes_only_on_the_chain_its_state_was_read_from() {
 
     // The same seqs on another archive's chain.
     let other_dir = tmp.path().join("other");
-    let other = Archive::open(small_config(&other_dir, &master, &signing)).unwrap();
-    for i in 1..=30 {
-        other.append(note(i, 150)).await.unwrap();
-    }
-    other.close().await.unwrap();
+    thirty_notes(&other_dir, &master, &signing).await;
     let other = ArchiveReader::open(&other_dir, &master).unwrap();
     let mut cursor = TailCursor::resume(10, all[8].head);
     assert!(matches!(
@@ -501,11 +503,7 @@ async fn slices_from_every_resume_point_with_failures_and_diverged_chains() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("archive");
     let (master, signing) = keys(tmp.path());
-    let archive = Archive::open(small_config(&dir, &master, &signing)).unwrap();
-    for i in 1..=30 {
-        archive.append(note(i, 150)).await.unwrap();
-    }
-    archive.close().await.unwrap();
+    thirty_notes(&dir, &master, &signing).await;
     let reader = ArchiveReader::open(&dir, &master).unwrap();
     let all = scan_all(&reader);
     let last = all.len() as u64;

@@ -102,6 +102,18 @@ pub fn thread_niceness(pid: u32) -> Result<Vec<(u32, String, i32)>, crate::rig::
     Ok(out)
 }
 
+/// The nice value of process `pid`'s main thread, from [`thread_niceness`]'s list.
+pub fn main_niceness(
+    threads: &[(u32, String, i32)],
+    pid: u32,
+) -> Result<i32, crate::rig::BoxError> {
+    threads
+        .iter()
+        .find(|(tid, _, _)| *tid == pid)
+        .map(|(_, _, n)| *n)
+        .ok_or_else(|| format!("no main thread among {threads:?}").into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

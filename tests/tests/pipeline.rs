@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use custos_e2e::process::thread_niceness;
+use custos_e2e::process::{main_niceness, thread_niceness};
 use custos_e2e::rig::{BoxError, Rig, RigOptions};
 use custos_e2e::scripted::{Received, Scripted};
 use custos_e2e::{OutgoingMessage, SlixClient, Tls};
@@ -55,11 +55,7 @@ async fn delivered_messages_are_archived_per_leg_and_shown_once_in_search() -> T
     // tantivy's threads included; relaying and the log's writer do not.
     let pid = rig.custos.pid().ok_or("custos has no pid")?;
     let threads = thread_niceness(pid)?;
-    let base = threads
-        .iter()
-        .find(|(tid, _, _)| *tid == pid)
-        .map(|(_, _, n)| *n)
-        .ok_or("no main thread")?;
+    let base = main_niceness(&threads, pid)?;
     assert!(
         base + 10 <= 19,
         "the tests run at nice {base}: 10 steps more would pass 19, and nothing could be told apart"

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use custos_e2e::config::{section, strings};
-use custos_e2e::process::thread_niceness;
+use custos_e2e::process::{main_niceness, thread_niceness};
 use custos_e2e::rig::{BoxError, Rig, RigOptions};
 use custos_e2e::Tls;
 use custos_web_ui::browser::Browser;
@@ -61,11 +61,7 @@ async fn officer_reviews_a_message_sent_through_custos_a_moment_ago() -> TestRes
     // priority (10 steps below by default): when the CPU is short, relaying goes first.
     let pid = rig.custos.pid().ok_or("custos has no pid")?;
     let threads = thread_niceness(pid)?;
-    let base_nice = threads
-        .iter()
-        .find(|(tid, _, _)| *tid == pid)
-        .map(|(_, _, n)| *n)
-        .ok_or("no main thread")?;
+    let base_nice = main_niceness(&threads, pid)?;
     let follower: Vec<_> = threads
         .iter()
         .filter(|(_, name, _)| name == "custos-web-tail")

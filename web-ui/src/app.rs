@@ -1005,21 +1005,11 @@ mod save_tests {
             archive.append(copy("ours")).await.unwrap();
         });
         // Another node's copy, early in its chain (same keys, as in a bucket).
-        let peer_dir = tmp.path().join("peer");
-        let peer = Archive::open(ArchiveConfig::new(
-            peer_dir.clone(),
-            MasterKey::from_bytes([3; 32]),
-            SigningKey::from_bytes(&[4; 32]),
-        ))
-        .unwrap();
+        let peer = peer_chain(&tmp, &app);
         rt.block_on(async {
             peer.append(chat("peer note")).await.unwrap();
             peer.append(copy("theirs")).await.unwrap();
             peer.close().await.unwrap();
-        });
-        crate::app::write(&app.cfg.peers).push(crate::PeerChain {
-            node: Some("n2".into()),
-            dir: peer_dir,
         });
         while app.follow_slice().unwrap() {}
 
@@ -1045,21 +1035,11 @@ mod save_tests {
     #[test]
     fn behind_clears_after_a_chain_gives_exactly_a_slice() {
         let (tmp, rt, _archive, app, _) = app_with_one_message(1);
-        let peer_dir = tmp.path().join("peer");
-        let peer = Archive::open(ArchiveConfig::new(
-            peer_dir.clone(),
-            MasterKey::from_bytes([3; 32]),
-            SigningKey::from_bytes(&[4; 32]),
-        ))
-        .unwrap();
+        let peer = peer_chain(&tmp, &app);
         rt.block_on(async {
             for i in 0..FOLLOW_SLICE {
                 peer.append(chat(&format!("p {i}"))).await.unwrap();
             }
-        });
-        crate::app::write(&app.cfg.peers).push(crate::PeerChain {
-            node: Some("n2".into()),
-            dir: peer_dir,
         });
         assert!(app.follow_slice().unwrap());
         assert!(lock(&app.peer_tails).behind);
@@ -1110,6 +1090,23 @@ mod save_tests {
             "{held} decoded records held behind one save"
         );
         rt.block_on(archive.close()).unwrap();
+    }
+
+    /// Another node's chain (node `n2`, the same keys, as in a bucket) in `tmp`, which
+    /// `app` follows: its writer.
+    fn peer_chain(tmp: &tempfile::TempDir, app: &App) -> Archive {
+        let dir = tmp.path().join("peer");
+        let peer = Archive::open(ArchiveConfig::new(
+            dir.clone(),
+            MasterKey::from_bytes([3; 32]),
+            SigningKey::from_bytes(&[4; 32]),
+        ))
+        .unwrap();
+        write(&app.cfg.peers).push(crate::PeerChain {
+            node: Some("n2".into()),
+            dir,
+        });
+        peer
     }
 
     /// A save holds the store for reading for seconds at ten million records. A

@@ -325,6 +325,17 @@ mod follow_tests {
                 }
             })
         };
+        // Drops the follower's sender and waits for it to end, boundedly.
+        let stop_within =
+            |tx: std::sync::mpsc::Sender<()>, t: std::thread::JoinHandle<()>, what: &str| {
+                let stop = std::time::Instant::now();
+                drop(tx);
+                t.join().unwrap();
+                assert!(
+                    stop.elapsed() < Duration::from_secs(10),
+                    "{what} follower ended late"
+                );
+            };
         let start = |app: &Arc<app::App>| {
             let (tx, rx) = std::sync::mpsc::channel::<()>();
             let a = app.clone();
@@ -338,24 +349,12 @@ mod follow_tests {
             assert!(began.elapsed() < Duration::from_secs(20), "not caught up");
             std::thread::sleep(Duration::from_millis(20));
         }
-        let stop = std::time::Instant::now();
-        drop(tx);
-        t.join().unwrap();
-        assert!(
-            stop.elapsed() < Duration::from_secs(10),
-            "idle follower ended late"
-        );
+        stop_within(tx, t, "idle");
 
         add(40 * app::FOLLOW_SLICE);
         let (tx, t) = start(&app);
         std::thread::sleep(Duration::from_millis(600));
-        let stop = std::time::Instant::now();
-        drop(tx);
-        t.join().unwrap();
-        assert!(
-            stop.elapsed() < Duration::from_secs(10),
-            "busy follower ended late"
-        );
+        stop_within(tx, t, "busy");
         rt.block_on(archive.close()).unwrap();
     }
 }

@@ -939,7 +939,18 @@ fn needles(before: usize, after: usize) -> (Fixture, Archive, tokio::runtime::Ru
         .map(|i| format!("filler {i} {pad}"))
         .chain((0..3).map(|i| format!("needle {i} {pad}")))
         .chain((0..after).map(|i| format!("filler {i} {pad}")));
-    let last = rt.block_on(async {
+    let last = chat_bodies(&a, &rt, bodies);
+    wait_indexed(&f, last);
+    (f, a, rt)
+}
+
+/// Appends one alice-to-bob chat message per body; returns the last seq.
+fn chat_bodies(
+    a: &Archive,
+    rt: &tokio::runtime::Runtime,
+    bodies: impl IntoIterator<Item = String>,
+) -> u64 {
+    rt.block_on(async {
         let mut last = 0;
         for body in bodies {
             let r = msg(
@@ -952,9 +963,7 @@ fn needles(before: usize, after: usize) -> (Fixture, Archive, tokio::runtime::Ru
             last = a.append(r).await.unwrap().seq.0;
         }
         last
-    });
-    wait_indexed(&f, last);
-    (f, a, rt)
+    })
 }
 
 fn wait_indexed(f: &Fixture, through: u64) {
@@ -1548,20 +1557,7 @@ fn two_needles(before: usize, after: usize, segment_max_bytes: Option<u64>) -> F
         .chain((0..3).map(|i| format!("between {i}")))
         .chain(["needle two".to_string()])
         .chain((0..after).map(|i| format!("filler after {i}")));
-    let last = rt.block_on(async {
-        let mut last = 0;
-        for body in bodies {
-            let r = msg(
-                "alice@example.test/l",
-                "bob@example.test",
-                "chat",
-                &body,
-                Action::Allow,
-            );
-            last = a.append(r).await.unwrap().seq.0;
-        }
-        last
-    });
+    let last = chat_bodies(&a, &rt, bodies);
     wait_indexed(&f, last);
     rt.block_on(a.close()).unwrap();
     f
@@ -1773,25 +1769,14 @@ fn a_narrow_export_reads_no_more_of_a_segment_than_the_scan() {
     // record: most intervals hold one, after a filler.
     let (f, a, rt) = open_fixture(None);
     let pad = "x".repeat(400);
-    let last = rt.block_on(async {
-        let mut last = 0;
-        for i in 0..600 {
-            let body = if i % 5 == 3 {
-                format!("needle {i} {pad}")
-            } else {
-                format!("filler {i} {pad}")
-            };
-            let r = msg(
-                "alice@example.test/l",
-                "bob@example.test",
-                "chat",
-                &body,
-                Action::Allow,
-            );
-            last = a.append(r).await.unwrap().seq.0;
+    let bodies = (0..600).map(|i| {
+        if i % 5 == 3 {
+            format!("needle {i} {pad}")
+        } else {
+            format!("filler {i} {pad}")
         }
-        last
     });
+    let last = chat_bodies(&a, &rt, bodies);
     wait_indexed(&f, last);
     rt.block_on(a.close()).unwrap();
     let dir = f._tmp.path();
