@@ -247,6 +247,12 @@ pub struct Mark {
     /// segment copied in) holds another set, and without the key no set of other
     /// messages can be made to sum as these do.
     pub held: Placed,
+    /// The last seq the log held, as far as the writer knew, when a commit was made
+    /// while the index was still catching up with it (a fill interrupted by a close, or
+    /// one that commits as it goes); 0 when the commit left nothing known behind. The
+    /// records after `through` up to here were missing knowingly: `verify` tells them
+    /// as a catch-up the next open finishes, not as an index rolled back.
+    pub owed: u64,
 }
 
 /// The mark with the word lists the commit binds and the messages it holds. Marks of
@@ -256,7 +262,9 @@ pub struct Mark {
 /// dropped would be trusted whole), and v4 counted them without saying which (a
 /// deletion file hiding some beside bits set past the last document kept the count).
 /// A v5 mark is sound, but a v5 index holds its terms in hex where they are base64
-/// now: no query would find them.
+/// now: no query would find them. A v6 mark is sound and read as it is: it says nothing
+/// of records owed ([`Mark::owed`] is 0).
+const MARK_V7: &str = "custos-index-v7";
 const MARK_V6: &str = "custos-index-v6";
 const UNTRUSTED_MARKS: [&str; 5] = [
     "custos-index-v1",
@@ -266,27 +274,34 @@ const UNTRUSTED_MARKS: [&str; 5] = [
     "custos-index-v5",
 ];
 
+/// The MAC of a mark in the format `version` names (v6 has no `owed`).
 fn mark_mac(
     master: &MasterKey,
     archive_id: &[u8; 16],
+    version: &str,
     mark: &Mark,
     words: &str,
     opstamp: u64,
 ) -> [u8; 32] {
     let key = master.derive("custos-index-mark-v1", archive_id);
-    hmac_sha256(
-        key.as_ref(),
-        &[
-            MARK_V6.as_bytes(),
-            archive_id,
-            &mark.through.to_be_bytes(),
-            &mark.head,
-            &mark.held.count.to_be_bytes(),
-            &mark.held.digest.to_be_bytes(),
-            &opstamp.to_be_bytes(),
-            words.as_bytes(),
-        ],
-    )
+    let owed = mark.owed.to_be_bytes();
+    let through = mark.through.to_be_bytes();
+    let count = mark.held.count.to_be_bytes();
+    let digest = mark.held.digest.to_be_bytes();
+    let stamp = opstamp.to_be_bytes();
+    let mut parts: Vec<&[u8]> = vec![
+        version.as_bytes(),
+        archive_id,
+        &through,
+        &mark.head,
+        &count,
+        &digest,
+    ];
+    if version != MARK_V6 {
+        parts.push(&owed);
+    }
+    parts.extend([&stamp[..], words.as_bytes()]);
+    hmac_sha256(key.as_ref(), &parts)
 }
 
 /// The word lists a commit binds, as its payload writes them: `-` for none, else
@@ -337,13 +352,16 @@ fn payload(
 ) -> String {
     let words = words_text(words);
     format!(
-        "{MARK_V6} {} {} {} {} {:032x} {opstamp} {words} {}",
+        "{MARK_V7} {} {} {} {} {:032x} {} {opstamp} {words} {}",
         hex(archive_id),
         mark.through,
         hex(&mark.head),
         mark.held.count,
         mark.held.digest,
-        hex(&mark_mac(master, archive_id, mark, &words, opstamp))
+        mark.owed,
+        hex(&mark_mac(
+            master, archive_id, MARK_V7, mark, &words, opstamp
+        ))
     )
 }
 
@@ -374,10 +392,13 @@ fn parse_payload(
         return Ok((Mark::default(), ListMarks::new()));
     };
     let parts: Vec<&str> = p.split(' ').collect();
-    let (id, seq, head, docs, digest, stamp, words, mac) = match parts.as_slice() {
-        [MARK_V6, id, seq, head, docs, digest, stamp, words, mac] => {
-            (id, seq, head, docs, digest, stamp, *words, mac)
-        }
+    let (version, id, seq, head, docs, digest, owed, stamp, words, mac) = match parts.as_slice() {
+        [MARK_V7, id, seq, head, docs, digest, owed, stamp, words, mac] => (
+            MARK_V7, id, seq, head, docs, digest, *owed, stamp, *words, mac,
+        ),
+        [MARK_V6, id, seq, head, docs, digest, stamp, words, mac] => (
+            MARK_V6, id, seq, head, docs, digest, "0", stamp, *words, mac,
+        ),
         [v, ..] if UNTRUSTED_MARKS.contains(v) => return Err(IndexError::Unauthenticated),
         _ => return Err(IndexError::Foreign),
     };
@@ -394,11 +415,12 @@ fn parse_payload(
                 .flatten()
                 .ok_or(IndexError::Forged)?,
         },
+        owed: owed.parse().map_err(|_| IndexError::Forged)?,
     };
     if stamp.parse::<u64>().ok() != Some(opstamp) {
         return Err(IndexError::Forged);
     }
-    let want = mark_mac(master, archive_id, &mark, words, opstamp);
+    let want = mark_mac(master, archive_id, version, &mark, words, opstamp);
     let got = unhex32(mac).ok_or(IndexError::Forged)?;
     // Constant time: the comparison must not say how much of a forgery matched.
     if want
@@ -1227,6 +1249,17 @@ impl BlindIndexWriter {
         self.mark
     }
 
+    /// Says, in the next commit's mark, that the log holds records up to `seq` that the
+    /// index does not have yet and is catching up to ([`Mark::owed`]): a commit made
+    /// before a catch-up is done. Nothing when `seq` is already indexed or already
+    /// owed.
+    pub fn owe(&mut self, seq: u64) {
+        if seq > self.mark.through && seq > self.mark.owed {
+            self.mark.owed = seq;
+            self.dirty = true;
+        }
+    }
+
     /// Removes every document (reindex starts from nothing).
     pub fn clear(&mut self) -> Result<(), IndexError> {
         // Queued documents go with the rest, unsent.
@@ -1274,6 +1307,10 @@ impl BlindIndexWriter {
             through: a.record.seq.0,
             head: a.head,
             held: self.mark.held,
+            // Paid once the index reaches it.
+            owed: Some(self.mark.owed)
+                .filter(|o| *o > a.record.seq.0)
+                .unwrap_or(0),
         };
         let NewRecord::Message(m) = &a.record.content else {
             self.mark = advance;
@@ -2754,7 +2791,7 @@ mod tests {
         let mut pc = w.writer.prepare_commit().unwrap();
         let opstamp = pc.opstamp();
         let current = payload(&f.master, &f.id, &w.mark, &words, opstamp);
-        let rest = current.strip_prefix("custos-index-v6 ").unwrap();
+        let rest = current.strip_prefix("custos-index-v7 ").unwrap();
         pc.set_payload(&format!("custos-index-v5 {rest}"));
         pc.commit().unwrap();
         w.dirty = false;
@@ -2770,6 +2807,65 @@ mod tests {
             read_mark(&f.index, &f.master, &f.id),
             Err(IndexError::Unauthenticated)
         ));
+    }
+
+    /// A `custos-index-v6` mark (written before marks said what they owe) is still
+    /// trusted as it is, owing nothing; a v7 mark whose `owed` is changed without the
+    /// key is a forgery, as any other changed field.
+    #[test]
+    fn a_v6_mark_is_trusted_and_what_a_v7_mark_owes_is_authenticated() {
+        let f = Fixture::new();
+        let mut w = f.writer();
+        w.add(&appended(1, 1, "zanzibarite shipment")).unwrap();
+        w.owe(9);
+        w.send().unwrap();
+        w.vocab.flush().unwrap();
+        let words = w.vocab.marks().unwrap();
+        let mut pc = w.writer.prepare_commit().unwrap();
+        let opstamp = pc.opstamp();
+        let text = words_text(&words);
+        let mac = mark_mac(&f.master, &f.id, MARK_V6, &w.mark, &text, opstamp);
+        pc.set_payload(&format!(
+            "{MARK_V6} {} {} {} {} {:032x} {opstamp} {text} {}",
+            hex(&f.id),
+            w.mark.through,
+            hex(&w.mark.head),
+            w.mark.held.count,
+            w.mark.held.digest,
+            hex(&mac)
+        ));
+        pc.commit().unwrap();
+        w.dirty = false;
+        w.finish().unwrap();
+        let found = read_mark(&f.index, &f.master, &f.id).unwrap();
+        assert_eq!((found.through, found.owed), (1, 0));
+
+        // Committed as v7 now, owing up to seq 9; then the debt rewritten.
+        let mut w = f.writer();
+        w.add(&appended(2, 1, "zanzibarian holiday")).unwrap();
+        w.owe(9);
+        w.commit().unwrap();
+        let payload = w.index.load_metas().unwrap().payload.unwrap();
+        w.finish().unwrap();
+        let found = read_mark(&f.index, &f.master, &f.id).unwrap();
+        assert_eq!((found.through, found.owed), (2, 9));
+        let opstamp = commit_opstamp(&f.index, &f.master, &f.id).unwrap();
+        let mut parts: Vec<&str> = payload.split(' ').collect();
+        assert_eq!(parts[6], "9");
+        assert!(parse_payload(Some(&payload), opstamp, &f.master, &f.id).is_ok());
+        parts[6] = "2";
+        let changed = parts.join(" ");
+        assert!(matches!(
+            parse_payload(Some(&changed), opstamp, &f.master, &f.id),
+            Err(IndexError::Forged)
+        ));
+        // Reaching what it owed settles it.
+        let mut w = f.writer();
+        for seq in 3..=9 {
+            w.add(&appended(seq, 1, "zanzibarite")).unwrap();
+        }
+        assert_eq!(w.mark().owed, 0);
+        w.finish().unwrap();
     }
 
     /// An index committed by an older Custos (`custos-index-v2`) binds no list. Were its

@@ -79,13 +79,14 @@ pub struct VerifyReport {
     /// Segments whose data key is gone.
     #[serde(skip)]
     pub(crate) keyless: std::collections::BTreeSet<u64>,
-    /// The time of the first record after the index's mark, and of the last record
-    /// (read with the master key).
     /// Segments a shred record names (their key may still be there: an interrupted shred).
     #[serde(skip)]
     pub(crate) shred_named: std::collections::BTreeSet<u64>,
+    /// The time of the first record past both the index's mark and what its commit
+    /// owes ([`crate::index::Mark::owed`]), and of the last record (read with the
+    /// master key).
     #[serde(skip)]
-    pub(crate) first_unindexed_time: Option<i64>,
+    pub(crate) first_unowed_time: Option<i64>,
     #[serde(skip)]
     pub(crate) last_time: Option<i64>,
 }
@@ -135,11 +136,18 @@ pub fn verify_in(
         )),
         _ => None,
     };
-    let upto = coverage
+    let mark = coverage
         .as_ref()
         .and_then(|c| c.as_ref().ok())
-        .map(|c| c.mark.through);
-    let mut r = walk(storage, master_key, public_key, upto.unwrap_or(0), progress);
+        .map(|c| c.mark)
+        .unwrap_or_default();
+    let mut r = walk(
+        storage,
+        master_key,
+        public_key,
+        (mark.through, mark.owed),
+        progress,
+    );
     // Another node's chain read from the bucket grows as its segments are stored; this
     // node's index of it catches up at its next search.
     let from_bucket =
@@ -251,16 +259,28 @@ fn check_index(
             c.docs, through
         ));
     }
+    // A commit owes only records the log held when it was made: owing more than the
+    // log now holds says the log lost its tail since (a cut, or a rollback of the whole
+    // directory to an older copy beside a newer index).
+    let owed = c.mark.owed;
+    if owed > r.last_seq && !from_bucket {
+        index_problem(r, format!(
+            "its last commit was made while the log ran to seq {owed}, but the log ends at seq {}: records {}..={owed} are gone from the log",
+            r.last_seq,
+            r.last_seq + 1
+        ));
+    }
     if through < r.last_seq {
         let behind = format!(
             "covers seqs up to {through} but the log runs to {}",
             r.last_seq
         );
         // A writer killed between an append and the index commit (at most a second
-        // apart) leaves exactly this: the next open or search adds them. A lag of older
-        // records is an index rolled back or damaged.
+        // apart) leaves exactly this: the next open or search adds them. So does one
+        // closed, or killed, while the index caught up with the log: its commit says
+        // up to where it owed. A lag of other records is an index rolled back or damaged.
         let crash_lag = matches!(
-            (r.first_unindexed_time, r.last_time),
+            (r.first_unowed_time, r.last_time),
             (Some(first), Some(last)) if last - first <= CRASH_LAG_MS
         );
         if from_bucket {
@@ -270,6 +290,12 @@ fn check_index(
         } else if writer_running {
             r.notes.push(format!(
                 "search index {behind}: the running writer indexes the newest records within a second"
+            ));
+        } else if owed >= r.last_seq {
+            r.notes.push(format!(
+                "search index {behind}: it was catching up with the log when its writer stopped (closed or killed during a rebuild); the next open or search adds records {}..={}",
+                through + 1,
+                r.last_seq
             ));
         } else if crash_lag {
             r.notes.push(format!(
@@ -308,17 +334,20 @@ pub fn verify_storage(
     public_key: &VerifyingKey,
     progress: impl FnMut(u64, u64),
 ) -> VerifyReport {
-    walk(storage, master_key, public_key, 0, progress)
+    walk(storage, master_key, public_key, (0, 0), progress)
 }
 
-/// The log walk; counts message records with seq ≤ `count_upto` for the index check.
+/// The log walk; for the index check, counts message records with seq ≤ the index's
+/// mark and takes the time of the first record past what its commit owes, given
+/// `(mark, owed)`.
 fn walk(
     storage: &dyn Storage,
     master_key: Option<&MasterKey>,
     public_key: &VerifyingKey,
-    count_upto: u64,
+    (count_upto, owed_upto): (u64, u64),
     mut progress: impl FnMut(u64, u64),
 ) -> VerifyReport {
+    let unowed_from = count_upto.max(owed_upto) + 1;
     let mut r = VerifyReport::default();
     let problem = |r: &mut VerifyReport,
                    segment: Option<u64>,
@@ -456,8 +485,8 @@ fn walk(
                             Ok(o) => {
                                 policies.observe(&o.record);
                                 r.last_time = Some(o.record.time.0);
-                                if seq == count_upto + 1 {
-                                    r.first_unindexed_time = Some(o.record.time.0);
+                                if seq == unowed_from {
+                                    r.first_unowed_time = Some(o.record.time.0);
                                 }
                                 if seq <= count_upto
                                     && matches!(o.record.content, NewRecord::Message(_))

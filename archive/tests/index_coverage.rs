@@ -621,3 +621,43 @@ async fn a_message_recorded_before_a_restart_is_never_absent_while_the_index_cat
     assert_eq!(a.live_copy(&never), LiveCopy::Absent);
     a.close().await.unwrap();
 }
+
+/// Closing an archive whose index is being rebuilt: the close stops the rebuild rather
+/// than wait for it (a CLI appending one audit record to a stopped archive, `serve`
+/// stopped by its service manager), the index's commit says what it still owes, and
+/// nothing about that is a problem for `verify`; the next catch-up completes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_during_a_rebuild_stops_it_and_leaves_no_problem() {
+    let root = tempfile::tempdir().unwrap();
+    let m = make(root.path());
+    let a = m.open();
+    let sent: Vec<_> = (0..30_000u64).map(|i| a.submit(message(i))).collect();
+    for s in sent {
+        s.await.unwrap();
+    }
+    a.close().await.unwrap();
+    // Records older than a crash could leave unindexed.
+    std::thread::sleep(std::time::Duration::from_millis(3200));
+    std::fs::remove_dir_all(m.dir.join("index")).unwrap();
+
+    let a = m.open();
+    a.append(message(30_000)).await.unwrap();
+    a.close().await.unwrap();
+    let end = chain_end(&m);
+    let r = verify(&m.dir, Some(&m.master), &m.public, |_, _| {});
+    assert!(r.problems.is_empty(), "{:?}", r.problems);
+    // Thirty thousand records take the rebuild far longer than the close takes to be
+    // asked for: it was stopped.
+    assert!(
+        r.notes
+            .iter()
+            .any(|n| n.contains("it was catching up with the log when its writer stopped")),
+        "{:?}",
+        r.notes
+    );
+
+    let done = update_index(&m.dir, &m.master, |_, _| {}).unwrap();
+    assert_eq!(done.through, end);
+    let r = verify(&m.dir, Some(&m.master), &m.public, |_, _| {});
+    assert!(r.problems.is_empty() && r.notes.is_empty(), "{r:?}");
+}

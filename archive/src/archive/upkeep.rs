@@ -1,6 +1,7 @@
 //! Keeping the index true to the log: catching up, rebuilding, and `reindex`.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::index::{BlindIndexWriter, IndexError};
 use crate::keys::MasterKey;
@@ -16,10 +17,21 @@ pub(super) fn catch_up<E: From<ReadError> + From<IndexError>>(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<IndexCatchUp, E> {
     let rebuilt = trust_or_clear::<E>(reader, w, force)?;
-    let indexed = fill::<E>(reader, w, progress, &mut |_| {}, &mut |_| {})?;
+    let never = AtomicBool::new(false);
+    let filled = fill::<E>(
+        reader,
+        w,
+        FillHooks {
+            progress,
+            committed: &mut |_| {},
+            added: &mut |_| {},
+            log_end: None,
+            stop: &never,
+        },
+    )?;
     Ok(IndexCatchUp {
         rebuilt,
-        indexed,
+        indexed: filled.added,
         through: w.indexed_through(),
     })
 }
@@ -63,24 +75,77 @@ pub(super) fn trust_or_clear<E: From<ReadError> + From<IndexError>>(
 /// searches as well as to the log.
 const FILL_COMMIT_EVERY: u64 = 10_000;
 
+/// What a [`fill`] is told, and tells, as it goes.
+pub(super) struct FillHooks<'a> {
+    /// `(done_seq, last_seq)` at each commit.
+    pub progress: &'a mut dyn FnMut(u64, u64),
+    /// The index's mark after each commit.
+    pub committed: &'a mut dyn FnMut(u64),
+    /// Each record added.
+    pub added: &'a mut dyn FnMut(&crate::record::Record),
+    /// The last durable seq as the log's writer knows it now, where one is running
+    /// (records appended since the fill began lie beyond the end it reads to): a
+    /// commit made before the fill is done owes the index up to there
+    /// ([`BlindIndexWriter::owe`]). Without a writer, up to the end the fill reads to.
+    pub log_end: Option<&'a dyn Fn() -> u64>,
+    /// Set to end the fill early (the archive is closing): what was added is
+    /// committed, owing the rest, and the next open goes on from there.
+    pub stop: &'a AtomicBool,
+}
+
+/// How a [`fill`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Filled {
+    /// Records added.
+    pub added: u64,
+    /// It was told to stop before it reached the end of the log.
+    pub stopped: bool,
+}
+
+/// Why a fill's scan of the log ended before the log did.
+enum Halt<E> {
+    /// Past the end it set out to reach.
+    Reached,
+    /// Told to stop.
+    Stopped,
+    Failed(E),
+}
+
+impl<E: From<ReadError>> From<ReadError> for Halt<E> {
+    fn from(e: ReadError) -> Self {
+        Halt::Failed(e.into())
+    }
+}
+
 /// Adds every record after the index's mark, up to the end of the log as it is now,
-/// committing every [`FILL_COMMIT_EVERY`] records (`committed(through)` after each) and
-/// at the end. `progress(done_seq, last_seq)` is called at each commit, `added(record)`
-/// for each record added. Returns the records added.
+/// committing every [`FILL_COMMIT_EVERY`] records and at the end (or where it was told
+/// to stop); each commit before the end owes the rest (see [`FillHooks`]).
 pub(super) fn fill<E: From<ReadError> + From<IndexError>>(
     reader: &ArchiveReader,
     w: &mut BlindIndexWriter,
-    progress: &mut dyn FnMut(u64, u64),
-    committed: &mut dyn FnMut(u64),
-    added: &mut dyn FnMut(&crate::record::Record),
-) -> Result<u64, E> {
+    hooks: FillHooks<'_>,
+) -> Result<Filled, E> {
+    let FillHooks {
+        progress,
+        committed,
+        added,
+        log_end,
+        stop,
+    } = hooks;
     let end = reader.chain_end()?;
     let from = w.indexed_through() + 1;
+    // Never more than is durable: the fill may read a record a running writer has not
+    // synced yet.
+    let owed = || log_end.map_or(end, |f| f());
     let mut indexed = 0u64;
+    let mut stopped = false;
     if from <= end {
-        reader.scan(from, |e| {
+        let scanned = reader.scan(from, |e| {
             if e.seq > end {
-                return Ok(());
+                return Err(Halt::Reached);
+            }
+            if stop.load(Ordering::Acquire) {
+                return Err(Halt::Stopped);
             }
             if let Some(record) = e.record {
                 let a = Appended {
@@ -89,24 +154,36 @@ pub(super) fn fill<E: From<ReadError> + From<IndexError>>(
                     offset: e.offset,
                     head: e.head,
                 };
-                w.add(&a)?;
+                w.add(&a).map_err(|e| Halt::Failed(e.into()))?;
                 added(&a.record);
                 indexed += 1;
                 if indexed.is_multiple_of(FILL_COMMIT_EVERY) {
-                    w.commit()?;
+                    w.owe(owed());
+                    w.commit().map_err(|e| Halt::Failed(e.into()))?;
                     committed(w.indexed_through());
                     progress(e.seq, end);
                 }
             }
-            Ok::<(), E>(())
-        })?;
+            Ok::<(), Halt<E>>(())
+        });
+        match scanned {
+            Ok(()) | Err(Halt::Reached) => {}
+            Err(Halt::Stopped) => stopped = true,
+            Err(Halt::Failed(e)) => return Err(e),
+        }
     }
+    // Whatever the log holds past the mark now is owed: records the fill was told to
+    // leave, and those appended while it ran (the live feed brings them next).
+    w.owe(owed());
     if w.is_dirty() {
         w.commit()?;
     }
     committed(w.indexed_through());
-    progress(end, end);
-    Ok(indexed)
+    progress(w.indexed_through().max(from - 1), end);
+    Ok(Filled {
+        added: indexed,
+        stopped,
+    })
 }
 
 /// What bringing the index up to the log did.
@@ -218,4 +295,235 @@ pub fn reindex(
     let done = catch_up::<ReindexError>(&reader, &mut w, Some("requested"), &mut progress)?;
     w.finish()?;
     Ok(done.indexed)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+
+    use ed25519_dalek::SigningKey;
+
+    use super::*;
+    use crate::keys::{keys_init, load_signing_key};
+    use crate::record::{MessageRecord, NewRecord};
+    use crate::verify::{verify, VerifyReport};
+
+    struct Made {
+        _tmp: tempfile::TempDir,
+        dir: std::path::PathBuf,
+        master: MasterKey,
+        signing: SigningKey,
+    }
+
+    impl Made {
+        fn new() -> Made {
+            let tmp = tempfile::tempdir().unwrap();
+            let c = keys_init(
+                &tmp.path().join("master.key"),
+                &tmp.path().join("signing.key"),
+            )
+            .unwrap();
+            Made {
+                dir: tmp.path().join("archive"),
+                master: MasterKey::from_file(&c.master_key).unwrap(),
+                signing: load_signing_key(&c.signing_key).unwrap(),
+                _tmp: tmp,
+            }
+        }
+
+        /// Appends `n` messages in one session, many in flight at a time.
+        async fn session(&self, n: u64) {
+            let mut cfg =
+                ArchiveConfig::new(self.dir.clone(), self.master.clone(), self.signing.clone());
+            cfg.segment_max_bytes = 256 << 10;
+            let a = Archive::open(cfg).unwrap();
+            let mut pending = Vec::new();
+            for i in 0..n {
+                pending.push(a.submit(NewRecord::Message(MessageRecord::chat(
+                    "alice@example.test/laptop",
+                    "bob@example.test",
+                    format!("rebuild message {i}"),
+                ))));
+                if pending.len() == 256 {
+                    for p in pending.drain(..) {
+                        p.await.unwrap();
+                    }
+                }
+            }
+            for p in pending {
+                p.await.unwrap();
+            }
+            a.close().await.unwrap();
+        }
+
+        fn reader(&self) -> ArchiveReader {
+            ArchiveReader::open(&self.dir, &self.master).unwrap()
+        }
+
+        fn writer(&self) -> BlindIndexWriter {
+            index_writer(&self.dir, &self.reader(), &self.master).unwrap()
+        }
+
+        fn verified(&self) -> VerifyReport {
+            verify(
+                &self.dir,
+                Some(&self.master),
+                &self.signing.verifying_key(),
+                |_, _| {},
+            )
+        }
+
+        fn mark(&self) -> crate::index::Mark {
+            crate::index::read_mark(
+                &index_dir(&self.dir),
+                &self.master,
+                &self.reader().archive_id(),
+            )
+            .unwrap()
+        }
+    }
+
+    /// A fill of the whole log, told to stop once `stop_after` records are in (never
+    /// when `None`), with a writer whose durable end is `log_end`.
+    fn fill_stopping(m: &Made, stop_after: Option<u64>, log_end: Option<u64>) -> Filled {
+        let reader = m.reader();
+        let mut w = m.writer();
+        let stop = AtomicBool::new(false);
+        let count = AtomicU64::new(0);
+        let end = log_end.map(|e| move || e);
+        let filled = fill::<ReindexError>(
+            &reader,
+            &mut w,
+            FillHooks {
+                progress: &mut |_, _| {},
+                committed: &mut |_| {},
+                added: &mut |_| {
+                    let n = count.fetch_add(1, Ordering::Relaxed) + 1;
+                    if Some(n) == stop_after {
+                        stop.store(true, Ordering::Release);
+                    }
+                },
+                log_end: end.as_ref().map(|f| f as &dyn Fn() -> u64),
+                stop: &stop,
+            },
+        )
+        .unwrap();
+        w.finish().unwrap();
+        filled
+    }
+
+    fn has(report: &[String], words: &str) -> bool {
+        report.iter().any(|w| w.contains(words))
+    }
+
+    fn problems(r: &VerifyReport) -> Vec<String> {
+        r.problems.iter().map(|p| p.what.clone()).collect()
+    }
+
+    /// A rebuild that is stopped (the archive closing, or the process killed between
+    /// its commits) leaves an index behind by records that may be old. Its commit says
+    /// what it owes, so `verify` tells it as a catch-up to finish, where an index rolled
+    /// back to the same position, owing nothing, stays a problem; and the next fill goes
+    /// on from where it stopped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stopped_rebuild_owes_the_rest_and_verify_tells_it_from_a_rollback() {
+        let m = Made::new();
+        m.session(25_000).await;
+        // Unindexed records older than any crash leaves, the log's last one 3 s later.
+        std::thread::sleep(std::time::Duration::from_millis(3200));
+        m.session(1).await;
+        let end = m.reader().chain_end().unwrap();
+        std::fs::remove_dir_all(index_dir(&m.dir)).unwrap();
+
+        let filled = fill_stopping(&m, Some(15_000), None);
+        assert_eq!(
+            filled,
+            Filled {
+                added: 15_000,
+                stopped: true
+            }
+        );
+        let mark = m.mark();
+        assert!(mark.through < end, "{mark:?}");
+        assert_eq!(mark.owed, end);
+        let r = m.verified();
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+        assert!(
+            has(&r.notes, "it was catching up with the log"),
+            "{:?}",
+            r.notes
+        );
+        let stopped_at = mark.through;
+
+        // The same position owing nothing: what an index rolled back looks like.
+        std::fs::remove_dir_all(index_dir(&m.dir)).unwrap();
+        let rolled_back = fill_stopping(&m, Some(15_000), Some(stopped_at));
+        assert!(rolled_back.stopped);
+        assert_eq!((m.mark().through, m.mark().owed), (stopped_at, 0));
+        let p = problems(&m.verified());
+        assert!(has(&p, "are missing from search"), "{p:?}");
+
+        // The next fill goes on from the stopped one and owes nothing once done.
+        std::fs::remove_dir_all(index_dir(&m.dir)).unwrap();
+        fill_stopping(&m, Some(15_000), None);
+        let rest = fill_stopping(&m, None, None);
+        assert_eq!(
+            rest,
+            Filled {
+                added: 25_001 - 15_000,
+                stopped: false
+            }
+        );
+        assert_eq!((m.mark().through, m.mark().owed), (end, 0));
+        let r = m.verified();
+        assert!(r.problems.is_empty() && r.notes.is_empty(), "{r:?}");
+    }
+
+    /// What a stopped commit owes covers only the records the log held then: a log that
+    /// grew afterwards, by records older than a crash leaves, with the index put back to
+    /// that commit is a rollback again; and a log that lost records the commit owed has
+    /// lost its tail.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_debt_explains_no_later_records_and_one_larger_than_the_log_is_a_cut_tail() {
+        let m = Made::new();
+        m.session(12_000).await;
+        std::fs::remove_dir_all(index_dir(&m.dir)).unwrap();
+        fill_stopping(&m, Some(11_000), None);
+        let owing = m._tmp.path().join("owing-index");
+        copy_dir(&index_dir(&m.dir), &owing);
+
+        // The log grows by records a crash cannot explain (3 s and more before its end).
+        m.session(10).await;
+        std::thread::sleep(std::time::Duration::from_millis(3200));
+        m.session(1).await;
+        std::fs::remove_dir_all(index_dir(&m.dir)).unwrap();
+        copy_dir(&owing, &index_dir(&m.dir));
+        let p = problems(&m.verified());
+        assert!(has(&p, "are missing from search"), "{p:?}");
+
+        // A commit owing more than the log now holds.
+        let end = m.reader().chain_end().unwrap();
+        std::fs::remove_dir_all(index_dir(&m.dir)).unwrap();
+        fill_stopping(&m, Some(11_000), Some(end + 40));
+        let p = problems(&m.verified());
+        assert!(
+            has(
+                &p,
+                &format!("records {}..={} are gone from the log", end + 1, end + 40)
+            ),
+            "{p:?}"
+        );
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                copy_dir(&e.path(), &to.join(e.file_name()));
+            } else {
+                std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -330,6 +330,7 @@ impl Archive {
         let itx = IndexQueue {
             tx: itx,
             deferred: Arc::default(),
+            stop: Arc::default(),
         };
         if !first_batch.is_empty() {
             to_indexer(&itx, first_batch);
@@ -344,6 +345,7 @@ impl Archive {
                     indexed: indexed.clone(),
                     log_end: log_end.clone(),
                     recent: recent.clone(),
+                    stop: itx.stop.clone(),
                 };
                 let niceness = cfg.index_niceness;
                 move || {
@@ -707,6 +709,9 @@ struct IndexQueue {
     tx: SyncSender<IndexCmd>,
     /// Batches left out because the queue was full.
     deferred: Arc<AtomicU64>,
+    /// Tells the indexer the archive is closing: a catch-up from the log (a rebuild,
+    /// or records the queue left out) stops where it is rather than hold the close.
+    stop: Arc<AtomicBool>,
 }
 
 /// One write and one fsync for `batch`, timed and counted.
@@ -754,6 +759,7 @@ fn writer_loop(
         }
     };
     let finish = |log: LogWriter, itx: &IndexQueue| -> Result<(), CloseError> {
+        itx.stop.store(true, Ordering::Release);
         let sealed = log.finish().map_err(|e| CloseError::Seal(e.to_string()));
         let (dtx, drx) = mpsc::channel();
         let indexed = match itx.tx.send(IndexCmd::Close(dtx)) {
@@ -869,6 +875,7 @@ fn writer_loop(
             // than waiting for the next open.
             drain(&mut inbox, &mut log, &mut failed);
             let r = if failed.is_some() {
+                itx.stop.store(true, Ordering::Release);
                 let _ = itx.tx.send(IndexCmd::Close(mpsc::channel().0));
                 Err(CloseError::Seal(failed.unwrap_or_default()))
             } else {
@@ -978,6 +985,8 @@ struct IndexMarks {
     /// Live copies not yet in the index's last commit; the indexer lets go of each once
     /// a commit holds it.
     recent: Arc<Mutex<RecentIdentities>>,
+    /// Set when the archive closes: a catch-up from the log stops where it is.
+    stop: Arc<AtomicBool>,
 }
 
 fn indexer_loop(
@@ -991,7 +1000,9 @@ fn indexer_loop(
         indexed,
         log_end,
         recent,
+        stop,
     } = marks;
+    let live_end = || log_end.load(Ordering::Acquire);
     let set = |e: Option<String>| *health.lock().unwrap_or_else(|p| p.into_inner()) = e;
     // Identities of the live copies added since the last commit. Once a commit holds
     // them, the index answers for them: memory lets them go (after the mark is raised).
@@ -1023,21 +1034,31 @@ fn indexer_loop(
     let filled = fill::<OpenError>(
         &reader,
         &mut idx,
-        &mut |done, last| {
-            if done < last {
-                tracing::info!(done, last, "search index catching up with the log");
-            }
+        FillHooks {
+            progress: &mut |done, last| {
+                if done < last {
+                    tracing::info!(done, last, "search index catching up with the log");
+                }
+            },
+            committed: &mut |through| committed(through),
+            added: &mut |record| added(record),
+            log_end: Some(&live_end),
+            stop: &stop,
         },
-        &mut |through| committed(through),
-        &mut |record| added(record),
     );
     // After a failure nothing more is added: a later record must never move the mark
-    // past one that is missing. The next open catches up from the last commit.
+    // past one that is missing. The next open catches up from the last commit. Nor
+    // after a fill told to stop: the archive is closing, and the next open goes on.
+    let mut stopped = false;
     let mut broken = match filled {
-        Ok(0) => false,
-        Ok(n) => {
+        Ok(f) if f.stopped => {
+            stopped = true;
+            false
+        }
+        Ok(Filled { added: 0, .. }) => false,
+        Ok(f) => {
             tracing::info!(
-                records = n,
+                records = f.added,
                 seconds = started.elapsed().as_secs_f64(),
                 "search index caught up with the log"
             );
@@ -1050,35 +1071,48 @@ fn indexer_loop(
         }
     };
     let mut last_commit = Instant::now();
-    // Reads from the log what the index is missing; false (and the index's health set)
-    // when it cannot.
-    let catch_up = |idx: &mut BlindIndexWriter| -> bool {
+    // Reads from the log what the index is missing: whether it was told to stop first,
+    // or `None` (and the index's health set) when it cannot.
+    let catch_up = |idx: &mut BlindIndexWriter| -> Option<bool> {
         let caught_up = fill::<OpenError>(
             &reader,
             idx,
-            &mut |_, _| {},
-            &mut |through| committed(through),
-            &mut |record| added(record),
+            FillHooks {
+                progress: &mut |_, _| {},
+                committed: &mut |through| committed(through),
+                added: &mut |record| added(record),
+                log_end: Some(&live_end),
+                stop: &stop,
+            },
         );
         match caught_up {
-            Ok(_) => true,
+            Ok(f) => Some(f.stopped),
             Err(e) => {
                 tracing::error!(error = %e, "search index cannot read the records it missed from the log");
                 set(Some(format!("catching up with the log: {e}")));
-                false
+                None
             }
         }
     };
     loop {
         match rx.recv_timeout(INDEX_COMMIT_INTERVAL) {
-            Ok(IndexCmd::Add(v)) if !broken => {
+            Ok(IndexCmd::Add(v)) if !broken && !stopped => {
                 let first = v.first().map_or(0, |a| a.record.seq.0);
                 // Batches were left out while the queue was full: what lies between
                 // comes from the log first, so the mark never passes a record that is
                 // not in the index.
-                if first > idx.indexed_through() + 1 && !catch_up(&mut idx) {
-                    broken = true;
-                    continue;
+                if first > idx.indexed_through() + 1 {
+                    match catch_up(&mut idx) {
+                        Some(false) => {}
+                        Some(true) => {
+                            stopped = true;
+                            continue;
+                        }
+                        None => {
+                            broken = true;
+                            continue;
+                        }
+                    }
                 }
                 for a in &v {
                     if let Err(e) = idx.add(a) {
@@ -1094,7 +1128,7 @@ fn indexer_loop(
                 let r = if broken {
                     Ok(())
                 } else {
-                    idx.finish().map_err(|e| e.to_string())
+                    close_index(idx, live_end(), stopped).map_err(|e| e.to_string())
                 };
                 let _ = done.send(r);
                 return;
@@ -1102,21 +1136,23 @@ fn indexer_loop(
             Err(RecvTimeoutError::Timeout) => {
                 // Idle with records the queue left out (the last batches of a burst):
                 // nothing more will come to show the gap, so look at the log's end.
-                if !broken
-                    && log_end.load(Ordering::Acquire) > idx.indexed_through()
-                    && !catch_up(&mut idx)
-                {
-                    broken = true;
+                if !broken && !stopped && live_end() > idx.indexed_through() {
+                    match catch_up(&mut idx) {
+                        Some(false) => {}
+                        Some(true) => stopped = true,
+                        None => broken = true,
+                    }
                 }
             }
             Err(RecvTimeoutError::Disconnected) => {
                 if !broken {
-                    let _ = idx.finish();
+                    let _ = close_index(idx, live_end(), stopped);
                 }
                 return;
             }
         }
         if !broken
+            && !stopped
             && idx.is_dirty()
             && (last_commit.elapsed() >= INDEX_COMMIT_INTERVAL || idx.commit_due())
         {
@@ -1132,12 +1168,102 @@ fn indexer_loop(
     }
 }
 
+/// The index's last commit at close: it owes whatever the log holds past its mark (a
+/// catch-up the close stopped, batches the full queue left out), so `verify` reads a
+/// lag the next open fills, not an index rolled back.
+fn close_index(mut idx: BlindIndexWriter, log_end: u64, stopped: bool) -> Result<(), IndexError> {
+    idx.owe(log_end);
+    if stopped {
+        tracing::info!(
+            through = idx.indexed_through(),
+            log_end,
+            "search index left behind the log at close; the next open catches up"
+        );
+    }
+    idx.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn my_niceness() -> i32 {
         rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap()
+    }
+
+    /// The indexer told to stop (the archive closing) while it catches up from the log
+    /// adds nothing more, not even what the queue brings after the gap, and its last
+    /// commit owes what the log holds: the close does not wait for the rebuild, and
+    /// `verify` reads the lag as one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_indexer_told_to_stop_while_catching_up_adds_nothing_more_and_owes_the_rest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = crate::keys::keys_init(
+            &tmp.path().join("master.key"),
+            &tmp.path().join("signing.key"),
+        )
+        .unwrap();
+        let master = MasterKey::from_file(&c.master_key).unwrap();
+        let signing = crate::keys::load_signing_key(&c.signing_key).unwrap();
+        let dir = tmp.path().join("archive");
+        let a = Archive::open(ArchiveConfig::new(dir.clone(), master.clone(), signing)).unwrap();
+        for i in 0..300 {
+            a.append(NewRecord::Message(crate::record::MessageRecord::chat(
+                "alice@example.test",
+                "bob@example.test",
+                format!("queued {i}"),
+            )))
+            .await
+            .unwrap();
+        }
+        a.close().await.unwrap();
+        std::fs::remove_dir_all(index_dir(&dir)).unwrap();
+
+        let reader = ArchiveReader::open(&dir, &master).unwrap();
+        let end = reader.chain_end().unwrap();
+        let idx = index_writer(&dir, &reader, &master).unwrap();
+        let (tx, rx) = mpsc::sync_channel(4);
+        // A batch of the live feed past the gap the fill was to close.
+        let mut later = Vec::new();
+        reader
+            .scan(end, |e| {
+                later.push(Appended {
+                    record: e.record.unwrap(),
+                    segment: e.segment,
+                    offset: e.offset,
+                    head: e.head,
+                });
+                Ok::<(), ReadError>(())
+            })
+            .unwrap();
+        tx.send(IndexCmd::Add(later)).unwrap();
+        let (done_tx, done_rx) = mpsc::channel();
+        tx.send(IndexCmd::Close(done_tx)).unwrap();
+        let marks = IndexMarks {
+            indexed: Arc::default(),
+            log_end: Arc::new(AtomicU64::new(end)),
+            recent: Arc::default(),
+            stop: Arc::new(AtomicBool::new(true)),
+        };
+        indexer_loop(idx, reader, rx, Arc::default(), marks);
+        assert_eq!(done_rx.recv().unwrap(), Ok(()));
+
+        let mark = crate::index::read_mark(
+            &index_dir(&dir),
+            &master,
+            &ArchiveReader::open(&dir, &master).unwrap().archive_id(),
+        )
+        .unwrap();
+        assert_eq!((mark.through, mark.owed), (0, end));
+        let r = crate::verify::verify(&dir, Some(&master), &c.verifying_key, |_, _| {});
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+        assert!(
+            r.notes
+                .iter()
+                .any(|n| n.contains("catching up with the log")),
+            "{:?}",
+            r.notes
+        );
     }
 
     #[test]
