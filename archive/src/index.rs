@@ -16,7 +16,7 @@
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
@@ -577,6 +577,10 @@ pub struct BlindIndexWriter {
     /// Why operations handed to tantivy were refused: the mark has moved past
     /// documents that are not in, so no commit may record it.
     lost: Option<String>,
+    /// Where the index is, for [`BlindIndexWriter::rebuild_from_nothing`].
+    dir: PathBuf,
+    /// The check an open left for later ([`BlindIndexWriter::open_checking_later`]).
+    unchecked: Option<SealedDirectory>,
 }
 
 /// Operations queued before they are handed to tantivy at once.
@@ -1145,15 +1149,76 @@ impl BlindIndexWriter {
         // block changed in the middle of a large file would pass it and fail every later
         // search and merge. The writer carries on only from an index it has read whole.
         check_every_block(&index, &sealed).map_err(|e| unsealed(&sealed, e))?;
-        BlindIndexWriter::open_index(dir, index, master, archive_id)
+        BlindIndexWriter::open_index(dir, index, master, archive_id, true)
             .map_err(|e| unsealed(&sealed, e))
     }
 
+    /// [`BlindIndexWriter::open`] that leaves reading the whole index for
+    /// [`BlindIndexWriter::check_deferred`]: every block against its seal, and the live
+    /// documents against the messages the last commit names. Both take time in
+    /// proportion to the index (a gigabyte at ten million messages); an archive that
+    /// serves opens this way and has its indexer thread check before it adds or
+    /// commits anything. Until then [`BlindIndexWriter::found`] is the mark as
+    /// authenticated, not yet checked against the documents; readers meanwhile check
+    /// every block they read, as always.
+    pub fn open_checking_later(
+        dir: &Path,
+        master: &MasterKey,
+        archive_id: [u8; 16],
+    ) -> Result<BlindIndexWriter, IndexError> {
+        let opened = open_or_rebuild(dir, master, &archive_id).and_then(|(index, sealed)| {
+            let mut w = BlindIndexWriter::open_index(dir, index, master, archive_id, false)
+                .map_err(|e| unsealed(&sealed, e))?;
+            w.unchecked = Some(sealed);
+            Ok(w)
+        });
+        match opened {
+            Err(IndexError::Unsealed(why)) => {
+                wipe(dir)?;
+                let mut w = BlindIndexWriter::open_sealed(dir, master, archive_id)?;
+                w.found = Err(IndexError::Unsealed(why));
+                Ok(w)
+            }
+            other => other,
+        }
+    }
+
+    /// The check [`BlindIndexWriter::open_checking_later`] left: every block of every
+    /// file the last commit uses, and its live documents against the messages its mark
+    /// names. Nothing to do after [`BlindIndexWriter::open`]. On failure the index is
+    /// not to be written to: [`BlindIndexWriter::rebuild_from_nothing`].
+    pub fn check_deferred(&mut self) -> Result<(), IndexError> {
+        let Some(sealed) = self.unchecked.take() else {
+            return Ok(());
+        };
+        check_every_block(&self.index, &sealed).map_err(|e| unsealed(&sealed, e))?;
+        if let Ok(mark) = &self.found {
+            let (held, _) = placed_in(&self.index.reader()?.searcher(), &self.placer)
+                .map_err(|e| unsealed(&sealed, e))?;
+            check_held(mark, held)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the index and its word lists and opens it empty, to be filled from the
+    /// log: after [`BlindIndexWriter::check_deferred`] failed.
+    pub fn rebuild_from_nothing(self) -> Result<BlindIndexWriter, IndexError> {
+        let (dir, master, archive_id) = (self.dir.clone(), self.master.clone(), self.archive_id);
+        // tantivy's lock goes with its writer.
+        drop(self);
+        wipe(&dir)?;
+        BlindIndexWriter::open(&dir, &master, archive_id)
+    }
+
+    /// The writer over `index`; `check_held` checks its live documents against the
+    /// messages its last commit names now (else [`BlindIndexWriter::check_deferred`]
+    /// does).
     fn open_index(
         dir: &Path,
         index: Index,
         master: &MasterKey,
         archive_id: [u8; 16],
+        check_held_now: bool,
     ) -> Result<BlindIndexWriter, IndexError> {
         let (_, fields) = schema();
         let found = meta_mark(&index.load_metas()?, master, &archive_id);
@@ -1200,11 +1265,11 @@ impl BlindIndexWriter {
         // some (or was given some) outside Custos: it is rebuilt like an untrusted one.
         let placer = Placer::derive(master, &archive_id);
         let found = match found {
-            Ok(mark) => {
+            Ok(mark) if check_held_now => {
                 let (held, _) = placed_in(&index.reader()?.searcher(), &placer)?;
                 check_held(&mark, held).map(|()| mark)
             }
-            Err(e) => Err(e),
+            other => other,
         };
         let held = vocab
             .load(committed.as_ref())
@@ -1231,6 +1296,8 @@ impl BlindIndexWriter {
             sent: 0,
             terms: TermCache::new(),
             lost: None,
+            dir: dir.to_path_buf(),
+            unchecked: None,
         })
     }
 
@@ -3121,6 +3188,13 @@ mod tests {
             matches!(f.writer().found(), Err(IndexError::Damaged(_))),
             "the writer carried on from it"
         );
+        // Nor does the writer of an archive that serves, once it made the check its
+        // open left for later.
+        let mut w = BlindIndexWriter::open_checking_later(&f.index, &f.master, f.id).unwrap();
+        assert!(matches!(
+            w.check_deferred(),
+            Err(IndexError::Damaged(why)) if why.contains("not the messages its last commit names")
+        ));
     }
 
     /// The messages the mark names follow the documents through shreds of committed
@@ -3213,6 +3287,46 @@ mod tests {
             other => panic!("the writer carried on from it: {other:?}"),
         }
         assert_eq!(w.mark(), Mark::default(), "it starts over");
+    }
+
+    /// An open that leaves the whole read for later (an archive that serves) takes the
+    /// same file as its mark says, but the check it left finds the block, and the
+    /// writer then starts over from an empty index rather than carry on from it.
+    #[test]
+    fn a_check_left_for_later_finds_the_changed_block_and_the_writer_starts_over() {
+        let f = Fixture::new();
+        let mut w = f.writer();
+        for seq in 1..=4000u64 {
+            let body = format!(
+                "q{:x}z k{:x}y",
+                seq.wrapping_mul(0x9e3779b97f4a7c15),
+                seq * 7919
+            );
+            w.add(&appended(seq, 1, &body)).unwrap();
+        }
+        w.finish().unwrap();
+        let term = f.file_ending(".term");
+        let len = sealed_len(&std::fs::read(&term).unwrap()).unwrap();
+        poke(&term, (len / 2) as u64, 0x01);
+
+        let mut w = BlindIndexWriter::open_checking_later(&f.index, &f.master, f.id).unwrap();
+        assert_eq!(w.found().unwrap().through, 4000, "the open read the block");
+        match w.check_deferred() {
+            Err(IndexError::Unsealed(why)) => assert!(why.contains(".term"), "{why}"),
+            other => panic!("the check passed the changed block: {other:?}"),
+        }
+        let mut w = w.rebuild_from_nothing().unwrap();
+        assert_eq!(w.mark(), Mark::default(), "it starts over");
+        assert_eq!(w.found().unwrap(), Mark::default());
+        w.check_deferred().unwrap();
+        w.add(&appended(1, 1, "qz")).unwrap();
+        w.finish().unwrap();
+        assert_eq!(read_mark(&f.index, &f.master, &f.id).unwrap().through, 1);
+
+        // An index that passes is checked once; the writer carries on from it.
+        let mut w = BlindIndexWriter::open_checking_later(&f.index, &f.master, f.id).unwrap();
+        w.check_deferred().unwrap();
+        assert_eq!(w.found().unwrap().through, 1);
     }
 
     /// Beside a running writer, a deletion file it is still writing for its next

@@ -293,7 +293,7 @@ fn check_index(
             ));
         } else if owed >= r.last_seq {
             r.notes.push(format!(
-                "search index {behind}: it was catching up with the log when its writer stopped (closed or killed during a rebuild); the next open or search adds records {}..={}",
+                "search index {behind}: it was catching up with the log when its writer stopped (a close does not wait for a rebuild or a backlog; or the writer was killed); the next open or search adds records {}..={}",
                 through + 1,
                 r.last_seq
             ));

@@ -661,3 +661,72 @@ async fn closing_during_a_rebuild_stops_it_and_leaves_no_problem() {
     let r = verify(&m.dir, Some(&m.master), &m.public, |_, _| {});
     assert!(r.problems.is_empty() && r.notes.is_empty(), "{r:?}");
 }
+
+/// A serving open no longer reads the whole index before it returns (that takes time in
+/// proportion to the archive): its indexer does, first. A block changed in the middle
+/// of a large file, which an open does not read, is found there; the index is rebuilt
+/// from the log, and no search meanwhile claims to have covered what it did not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_the_open_does_not_read_is_found_by_the_indexer_and_the_index_rebuilt() {
+    let root = tempfile::tempdir().unwrap();
+    let m = make(root.path());
+    let a = m.open();
+    let sent: Vec<_> = (0..6_000u64)
+        .map(|i| {
+            let marker = if i % 500 == 0 { " needle" } else { "" };
+            a.submit(NewRecord::Message(MessageRecord::chat(
+                "alice@example.test/laptop",
+                "bob@example.test",
+                format!(
+                    "q{:x}z k{:x}y{marker}",
+                    i.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                    i * 7919
+                ),
+            )))
+        })
+        .collect();
+    for s in sent {
+        s.await.unwrap();
+    }
+    a.close().await.unwrap();
+    let wanted = 12;
+    let before = ArchiveReader::open(&m.dir, &m.master)
+        .unwrap()
+        .search_covered("needle", 100)
+        .unwrap();
+    assert_eq!(before.hits.len(), wanted);
+
+    // The middle of the largest file, far from what an open reads.
+    let (path, len) = std::fs::read_dir(m.dir.join("index"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            let len = std::fs::metadata(&p).unwrap().len();
+            (p, len)
+        })
+        .max_by_key(|(_, len)| *len)
+        .unwrap();
+    assert!(len > 8 * 16 * 1024, "{} is {len} bytes", path.display());
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = (len as usize - trailer_len(&bytes)) / 2;
+    bytes[at] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let a = m.open();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut complete = false;
+    while !complete && std::time::Instant::now() < deadline {
+        match a.search_covered("needle", 100) {
+            Ok(s) if s.uncovered.is_none() => {
+                assert_eq!(s.hits.len(), wanted, "a search claimed the whole log");
+                complete = true;
+            }
+            // Not covered yet, or the changed block refused.
+            Ok(_) | Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
+    }
+    assert!(complete, "the index was never rebuilt");
+    assert!(!path.exists(), "the index with the changed block was kept");
+    a.close().await.unwrap();
+    assert!(problems(&m).is_empty(), "{:?}", problems(&m));
+}

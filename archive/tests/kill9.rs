@@ -88,3 +88,92 @@ fn kill_nine_under_load_loses_no_acknowledged_record() {
     assert!(missing.is_empty(), "acknowledged but missing: {missing:?}");
     assert_eq!(report.last_seq, *present.iter().max().unwrap());
 }
+
+/// A writer killed while it rebuilds a lost index, appending all the while: the index
+/// it leaves is far behind the log, by records older than a crash's last moment, yet
+/// `verify` reads that as the rebuild it is (its commits say what they owe), not as an
+/// index rolled back; and the next open finishes the rebuild.
+#[test]
+fn kill_nine_during_a_rebuild_is_not_a_rolled_back_index() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("archive");
+    let secrets = tmp.path().join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    let created = keys_init(&secrets.join("master.key"), &secrets.join("signing.key")).unwrap();
+    let master_b64 = std::fs::read_to_string(&created.master_key).unwrap();
+    let master = MasterKey::from_file(&created.master_key).unwrap();
+    let signing = custos_archive::load_signing_key(&created.signing_key).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cfg = custos_archive::ArchiveConfig::new(dir.clone(), master.clone(), signing.clone());
+    rt.block_on(async {
+        let a = custos_archive::Archive::open(cfg).unwrap();
+        let sent: Vec<_> = (0..30_000)
+            .map(|i| {
+                a.submit(custos_archive::NewRecord::Message(
+                    custos_archive::MessageRecord::chat(
+                        "alice@example.test/laptop",
+                        "bob@example.test",
+                        format!("before the rebuild {i}"),
+                    ),
+                ))
+            })
+            .collect();
+        for s in sent {
+            s.await.unwrap();
+        }
+        a.close().await.unwrap();
+    });
+    // Older than any crash's last moment, by the time of the kill.
+    std::thread::sleep(Duration::from_millis(3200));
+    std::fs::remove_dir_all(dir.join("index")).unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_archive-crash-child"))
+        .arg(&dir)
+        .arg(&created.signing_key)
+        .env("CUSTOS_MASTER_KEY", master_b64.trim())
+        .env("CUSTOS_CHILD_MAX_SECS", "60")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.starts_with("acked ") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("child acked nothing");
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    reader.join().unwrap();
+
+    let end = ArchiveReader::open(&dir, &master)
+        .unwrap()
+        .chain_end()
+        .unwrap();
+    let report = verify(&dir, Some(&master), &created.verifying_key, |_, _| {});
+    assert!(report.problems.is_empty(), "{:#?}", report.problems);
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains("search index covers seqs up to")),
+        "the rebuild was done before the kill: {:?}",
+        report.notes
+    );
+
+    let done = custos_archive::update_index(&dir, &master, |_, _| {}).unwrap();
+    assert_eq!(done.through, end);
+    let report = verify(&dir, Some(&master), &created.verifying_key, |_, _| {});
+    assert!(report.is_clean(), "{:#?}", report.problems);
+}

@@ -1,7 +1,6 @@
 //! Keeping the index true to the log: catching up, rebuilding, and `reindex`.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::index::{BlindIndexWriter, IndexError};
 use crate::keys::MasterKey;
@@ -17,7 +16,6 @@ pub(super) fn catch_up<E: From<ReadError> + From<IndexError>>(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<IndexCatchUp, E> {
     let rebuilt = trust_or_clear::<E>(reader, w, force)?;
-    let never = AtomicBool::new(false);
     let filled = fill::<E>(
         reader,
         w,
@@ -26,7 +24,7 @@ pub(super) fn catch_up<E: From<ReadError> + From<IndexError>>(
             committed: &mut |_| {},
             added: &mut |_| {},
             log_end: None,
-            stop: &never,
+            stop: &|| false,
         },
     )?;
     Ok(IndexCatchUp {
@@ -66,6 +64,8 @@ pub(super) fn trust_or_clear<E: From<ReadError> + From<IndexError>>(
     };
     if why.is_some() {
         w.clear()?;
+        // Owing the whole log: a rebuild interrupted before its first commit is one.
+        w.owe(end);
         w.commit()?;
     }
     Ok(why)
@@ -74,6 +74,12 @@ pub(super) fn trust_or_clear<E: From<ReadError> + From<IndexError>>(
 /// Records indexed between commits while filling, so a long rebuild shows progress to
 /// searches as well as to the log.
 const FILL_COMMIT_EVERY: u64 = 10_000;
+
+/// While a writer appends beside a fill, a commit at least this often once the log has
+/// grown past what the last one owed: a fill killed with its CPU short (it runs below
+/// the relay) leaves unowed only records of about the last second, which `verify`
+/// takes for a crash's (its window is 3 s), not an index rolled back.
+const FILL_COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What a [`fill`] is told, and tells, as it goes.
 pub(super) struct FillHooks<'a> {
@@ -88,9 +94,9 @@ pub(super) struct FillHooks<'a> {
     /// commit made before the fill is done owes the index up to there
     /// ([`BlindIndexWriter::owe`]). Without a writer, up to the end the fill reads to.
     pub log_end: Option<&'a dyn Fn() -> u64>,
-    /// Set to end the fill early (the archive is closing): what was added is
+    /// Whether to end the fill early (the archive is closing): what was added is
     /// committed, owing the rest, and the next open goes on from there.
-    pub stop: &'a AtomicBool,
+    pub stop: &'a dyn Fn() -> bool,
 }
 
 /// How a [`fill`] ended.
@@ -139,12 +145,13 @@ pub(super) fn fill<E: From<ReadError> + From<IndexError>>(
     let owed = || log_end.map_or(end, |f| f());
     let mut indexed = 0u64;
     let mut stopped = false;
+    let mut last_commit = std::time::Instant::now();
     if from <= end {
         let scanned = reader.scan(from, |e| {
             if e.seq > end {
                 return Err(Halt::Reached);
             }
-            if stop.load(Ordering::Acquire) {
+            if stop() {
                 return Err(Halt::Stopped);
             }
             if let Some(record) = e.record {
@@ -157,9 +164,15 @@ pub(super) fn fill<E: From<ReadError> + From<IndexError>>(
                 w.add(&a).map_err(|e| Halt::Failed(e.into()))?;
                 added(&a.record);
                 indexed += 1;
-                if indexed.is_multiple_of(FILL_COMMIT_EVERY) {
+                let log_grew = || {
+                    log_end.is_some()
+                        && last_commit.elapsed() >= FILL_COMMIT_INTERVAL
+                        && owed() > w.mark().owed
+                };
+                if indexed.is_multiple_of(FILL_COMMIT_EVERY) || log_grew() {
                     w.owe(owed());
                     w.commit().map_err(|e| Halt::Failed(e.into()))?;
+                    last_commit = std::time::Instant::now();
                     committed(w.indexed_through());
                     progress(e.seq, end);
                 }
@@ -215,6 +228,16 @@ pub(super) fn index_writer(
     master: &MasterKey,
 ) -> Result<BlindIndexWriter, IndexError> {
     BlindIndexWriter::open(&index_dir(dir), master, reader.archive_id())
+}
+
+/// [`index_writer`] that leaves reading the whole index to the indexer thread
+/// ([`BlindIndexWriter::open_checking_later`]), as an archive that serves opens it.
+pub(super) fn index_writer_checking_later(
+    dir: &Path,
+    reader: &ArchiveReader,
+    master: &MasterKey,
+) -> Result<BlindIndexWriter, IndexError> {
+    BlindIndexWriter::open_checking_later(&index_dir(dir), master, reader.archive_id())
 }
 
 /// Brings the index of the archive in `dir` up to its log (see [`IndexCatchUp`]):
@@ -299,7 +322,7 @@ pub fn reindex(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicU64;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
     use ed25519_dalek::SigningKey;
 
@@ -404,7 +427,7 @@ mod tests {
                     }
                 },
                 log_end: end.as_ref().map(|f| f as &dyn Fn() -> u64),
-                stop: &stop,
+                stop: &|| stop.load(Ordering::Acquire),
             },
         )
         .unwrap();
@@ -512,6 +535,103 @@ mod tests {
                 &format!("records {}..={} are gone from the log", end + 1, end + 40)
             ),
             "{p:?}"
+        );
+    }
+
+    /// Appends one message with the log's writer alone (the index untouched), as a
+    /// serving writer does while its indexer rebuilds; returns the log's new end.
+    fn append_to_log_only(m: &Made) -> u64 {
+        let (mut log, _) = crate::log::LogWriter::open(
+            crate::bucket::storage_for_dir(&m.dir),
+            m.master.clone(),
+            m.signing.clone(),
+            crate::log::LogLimits {
+                segment_max_bytes: 256 << 10,
+                segment_max_age: std::time::Duration::from_secs(24 * 3600),
+                checkpoint_every: 1000,
+            },
+        )
+        .unwrap();
+        let appended = log
+            .append_batch(vec![NewRecord::Message(MessageRecord::chat(
+                "alice@example.test/laptop",
+                "bob@example.test",
+                "live message",
+            ))])
+            .unwrap();
+        log.finish().unwrap();
+        appended[0].record.seq.0
+    }
+
+    /// A writer killed (-9) in the middle of a rebuild while records keep coming, its
+    /// fill starved of CPU so that 10,000 records take longer than a crash's window:
+    /// the fill commits within about a second of the log growing past what it owed, so
+    /// only the newest records are unowed, and `verify` notes the kill rather than
+    /// report an index rolled back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rebuild_killed_while_the_log_grows_is_not_a_rollback() {
+        let m = Made::new();
+        m.session(25_000).await;
+        std::thread::sleep(std::time::Duration::from_millis(3200));
+        std::fs::remove_dir_all(index_dir(&m.dir)).unwrap();
+
+        let reader = m.reader();
+        let mut w = m.writer();
+        let stop = AtomicBool::new(false);
+        let live = AtomicU64::new(reader.chain_end().unwrap());
+        let live_end = || live.load(Ordering::Acquire);
+        let killed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            fill::<ReindexError>(
+                &reader,
+                &mut w,
+                FillHooks {
+                    progress: &mut |_, _| {},
+                    committed: &mut |_| {},
+                    // The writer appends while the fill goes on, slowly; it is killed
+                    // right after two more appends.
+                    added: &mut |r| match r.seq.0 {
+                        11_000 | 12_500 | 12_600 => {
+                            live.store(append_to_log_only(&m), Ordering::Release)
+                        }
+                        12_000 => std::thread::sleep(std::time::Duration::from_millis(3200)),
+                        12_700 => panic!("kill -9"),
+                        _ => {}
+                    },
+                    log_end: Some(&live_end),
+                    stop: &|| stop.load(Ordering::Acquire),
+                },
+            )
+        }));
+        assert!(killed.is_err());
+        drop(w);
+        let mark = m.mark();
+        // The record appended before the starved stretch is owed; the last two are not.
+        assert!(mark.through >= 12_000 && mark.through < 12_500, "{mark:?}");
+        assert_eq!(mark.owed, 25_001, "{mark:?}");
+        let r = m.verified();
+        assert!(r.problems.is_empty(), "{:?}", problems(&r));
+        assert!(has(&r.notes, "a crash"), "{:?}", r.notes);
+    }
+
+    /// `custos reindex` (or an open that does not trust the index) interrupted before
+    /// the rebuild's first commit: the emptied index it committed owes the whole log.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reindex_interrupted_before_its_first_commit_is_not_a_rollback() {
+        let m = Made::new();
+        m.session(50).await;
+        std::thread::sleep(std::time::Duration::from_millis(3200));
+        m.session(1).await;
+        let reader = m.reader();
+        let mut w = m.writer();
+        trust_or_clear::<ReindexError>(&reader, &mut w, Some("requested")).unwrap();
+        drop(w);
+        assert_eq!(m.mark().owed, reader.chain_end().unwrap());
+        let r = m.verified();
+        assert!(r.problems.is_empty(), "{:?}", problems(&r));
+        assert!(
+            has(&r.notes, "it was catching up with the log"),
+            "{:?}",
+            r.notes
         );
     }
 

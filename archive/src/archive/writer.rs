@@ -169,6 +169,10 @@ enum IndexCmd {
 struct Inner {
     /// Every record up to this seq is in the index's last commit.
     indexed: Arc<AtomicU64>,
+    /// Raised before the index is removed to be rebuilt (it failed the check its
+    /// indexer makes first): an answer read from the index across a change of it may
+    /// have come from the emptied index, and is not trusted.
+    index_epoch: Arc<AtomicU64>,
     /// The last durable record's seq.
     log_end: Arc<AtomicU64>,
     /// Live copies the index's last commit does not hold yet ([`super::recent`]).
@@ -289,7 +293,10 @@ impl Archive {
         // on a thread of lowered priority, so that tantivy's threads, started now, run
         // at the indexer's priority and not at the relay's.
         let (indexer, emptied) = with_lowered_priority(cfg.index_niceness, || {
-            let mut indexer = match index_writer(&dir, &reader, &cfg.master_key) {
+            // Reading the whole index (every block against its seal, the documents
+            // against the commit's mark) is the indexer thread's first job: an open
+            // that did it would take time in proportion to the archive.
+            let mut indexer = match index_writer_checking_later(&dir, &reader, &cfg.master_key) {
                 Ok(w) => w,
                 Err(e) => {
                     tracing::warn!(error = %e, "search index cannot be opened; rebuilding it from the log");
@@ -302,6 +309,15 @@ impl Archive {
             // indexer thread's first job, while the archive already serves: until it is
             // done, every search says which records it has not seen.
             let emptied = trust_or_clear::<OpenError>(&reader, &mut indexer, None)?;
+            // An index behind the log (lost, emptied, or left at a crash) says so at
+            // once, before anything is appended: a kill before the indexer's first
+            // commit then leaves a catch-up for `verify` to note, not a lag it must
+            // take for an index rolled back.
+            let end = reader.chain_end()?;
+            if indexer.indexed_through() < end && indexer.mark().owed < end {
+                indexer.owe(end);
+                indexer.commit()?;
+            }
             Ok::<_, OpenError>((indexer, emptied))
         })
         .map_err(OpenError::Thread)??;
@@ -309,6 +325,7 @@ impl Archive {
             tracing::warn!(reason = %why, "search index emptied; rebuilding it from the log");
         }
         let indexed = Arc::new(AtomicU64::new(indexer.indexed_through()));
+        let index_epoch = Arc::new(AtomicU64::new(0));
         let fill_reader =
             ArchiveReader::from_parts(dir.clone(), storage.clone(), cfg.master_key.clone())?;
         let log_end = Arc::new(AtomicU64::new(log.next_seq() - 1));
@@ -343,9 +360,11 @@ impl Archive {
             .spawn({
                 let marks = IndexMarks {
                     indexed: indexed.clone(),
+                    epoch: index_epoch.clone(),
                     log_end: log_end.clone(),
                     recent: recent.clone(),
                     stop: itx.stop.clone(),
+                    close_budget: CLOSE_BUDGET,
                 };
                 let niceness = cfg.index_niceness;
                 move || {
@@ -379,6 +398,7 @@ impl Archive {
                 write_health,
                 recent,
                 indexed,
+                index_epoch,
                 log_end,
                 public_key: cfg.signing_key.verifying_key(),
                 witness: cfg.witness.clone(),
@@ -441,7 +461,8 @@ impl Archive {
     /// cover; otherwise a miss is [`LiveCopy::Undetermined`]. The caller flags both.
     pub fn live_copy(&self, identity: &str) -> LiveCopy {
         // Read before the look-ups: a record indexed meanwhile only makes them surer.
-        let indexed = self.inner.indexed.load(Ordering::Acquire);
+        let epoch = self.inner.index_epoch.load(Ordering::SeqCst);
+        let indexed = self.inner.indexed.load(Ordering::SeqCst);
         let log_end = self.inner.log_end.load(Ordering::Acquire);
         let forgotten = {
             let recent = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
@@ -459,6 +480,11 @@ impl Archive {
             .search(&format!("msg:{identity} -via:mam"), 1);
         match found {
             Ok(hits) if !hits.is_empty() => LiveCopy::Recorded,
+            // The index was removed to be rebuilt meanwhile: the search may have met it
+            // empty.
+            Ok(_) if self.inner.index_epoch.load(Ordering::SeqCst) != epoch => {
+                LiveCopy::Undetermined
+            }
             Ok(_) => {
                 // Memory covers this process's submissions up to its bound; the index
                 // must cover the rest.
@@ -628,14 +654,20 @@ impl Archive {
     /// for up to a commit interval, or more while indexing fails).
     pub fn search_covered(&self, query: &str, limit: usize) -> Result<Searched, SearchError> {
         // Read before the search: the searcher reloads to a commit at least this new.
-        let through = self.inner.indexed.load(Ordering::Acquire);
+        let epoch = self.inner.index_epoch.load(Ordering::SeqCst);
+        let mut through = self.inner.indexed.load(Ordering::SeqCst);
         let end = self.inner.log_end.load(Ordering::Acquire);
         let why = match self.index_health() {
             Some(e) => format!("indexing is failing: {e}"),
             None => "not yet indexed".to_owned(),
         };
+        let hits = self.search(query, limit)?;
+        // The index was removed to be rebuilt meanwhile: it answered for nothing.
+        if self.inner.index_epoch.load(Ordering::SeqCst) != epoch {
+            through = 0;
+        }
         Ok(Searched {
-            hits: self.search(query, limit)?,
+            hits,
             uncovered: Uncovered::after(through, end, &why),
         })
     }
@@ -980,6 +1012,8 @@ const SETTLE_CHUNK: usize = 256;
 struct IndexMarks {
     /// Every record up to this seq is in the index's last commit.
     indexed: Arc<AtomicU64>,
+    /// [`Inner::index_epoch`].
+    epoch: Arc<AtomicU64>,
     /// The last durable record's seq.
     log_end: Arc<AtomicU64>,
     /// Live copies not yet in the index's last commit; the indexer lets go of each once
@@ -987,7 +1021,16 @@ struct IndexMarks {
     recent: Arc<Mutex<RecentIdentities>>,
     /// Set when the archive closes: a catch-up from the log stops where it is.
     stop: Arc<AtomicBool>,
+    /// How long, once `stop` is set, batches already queued are still added before
+    /// the rest is left to the next open ([`CLOSE_BUDGET`]).
+    close_budget: Duration,
 }
+
+/// How long a closing archive's indexer still adds the batches queued before the
+/// close: a busy server's last half second or so goes in, so that a clean stop leaves
+/// a whole index, while a backlog (the queue holds up to [`INDEX_QUEUE_BATCHES`]
+/// batches) does not hold the close.
+const CLOSE_BUDGET: Duration = Duration::from_secs(1);
 
 fn indexer_loop(
     mut idx: BlindIndexWriter,
@@ -998,11 +1041,26 @@ fn indexer_loop(
 ) {
     let IndexMarks {
         indexed,
+        epoch,
         log_end,
         recent,
         stop,
+        close_budget,
     } = marks;
     let live_end = || log_end.load(Ordering::Acquire);
+    // When the indexer first saw the archive closing. What was appended before the close
+    // is still added, from the queue or the log, for a short while (a busy server's last
+    // moment, or what a short session appended before the first check was done); then
+    // the rest is left, owed, to the next open.
+    let closing: std::cell::Cell<Option<Instant>> = std::cell::Cell::new(None);
+    let past_budget = || {
+        if !stop.load(Ordering::Acquire) {
+            return false;
+        }
+        let since = closing.get().unwrap_or_else(Instant::now);
+        closing.set(Some(since));
+        since.elapsed() >= close_budget
+    };
     let set = |e: Option<String>| *health.lock().unwrap_or_else(|p| p.into_inner()) = e;
     // Identities of the live copies added since the last commit. Once a commit holds
     // them, the index answers for them: memory lets them go (after the mark is raised).
@@ -1028,6 +1086,28 @@ fn indexer_loop(
         }
         u.clear();
     };
+    // The check the open left: nothing is added to an index not read whole. One that
+    // fails it is removed and rebuilt from the log, as an open would have; searches and
+    // live-copy look-ups that straddle the removal see the epoch change.
+    // A close waits for it: stopped half way, it would leave records appended
+    // meanwhile neither indexed nor owed.
+    match idx.check_deferred() {
+        Ok(()) => {}
+        Err(why) => {
+            tracing::warn!(reason = %why, "search index failed its check; rebuilding it from the log");
+            epoch.fetch_add(1, Ordering::SeqCst);
+            indexed.store(0, Ordering::SeqCst);
+            idx = match idx.rebuild_from_nothing() {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::error!(error = %e, "search index cannot be rebuilt");
+                    set(Some(format!("rebuilding the index: {e}")));
+                    // Nothing more is written; the next open tries again.
+                    return drain_until_closed(rx);
+                }
+            };
+        }
+    }
     // First what the log holds beyond the index's mark; appends queued meanwhile are
     // skipped by `add` up to where the fill reached.
     let started = Instant::now();
@@ -1043,7 +1123,7 @@ fn indexer_loop(
             committed: &mut |through| committed(through),
             added: &mut |record| added(record),
             log_end: Some(&live_end),
-            stop: &stop,
+            stop: &past_budget,
         },
     );
     // After a failure nothing more is added: a later record must never move the mark
@@ -1082,7 +1162,7 @@ fn indexer_loop(
                 committed: &mut |through| committed(through),
                 added: &mut |record| added(record),
                 log_end: Some(&live_end),
-                stop: &stop,
+                stop: &past_budget,
             },
         );
         match caught_up {
@@ -1096,6 +1176,9 @@ fn indexer_loop(
     };
     loop {
         match rx.recv_timeout(INDEX_COMMIT_INTERVAL) {
+            Ok(IndexCmd::Add(_)) if !stopped && past_budget() => {
+                stopped = true;
+            }
             Ok(IndexCmd::Add(v)) if !broken && !stopped => {
                 let first = v.first().map_or(0, |a| a.record.seq.0);
                 // Batches were left out while the queue was full: what lies between
@@ -1164,6 +1247,16 @@ fn indexer_loop(
                 Err(e) => set(Some(e.to_string())),
             }
             last_commit = Instant::now();
+        }
+    }
+}
+
+/// An indexer that can write nothing: it takes what comes until the archive closes.
+fn drain_until_closed(rx: Receiver<IndexCmd>) {
+    while let Ok(cmd) = rx.recv() {
+        if let IndexCmd::Close(done) = cmd {
+            let _ = done.send(Ok(()));
+            return;
         }
     }
 }
@@ -1241,9 +1334,11 @@ mod tests {
         tx.send(IndexCmd::Close(done_tx)).unwrap();
         let marks = IndexMarks {
             indexed: Arc::default(),
+            epoch: Arc::default(),
             log_end: Arc::new(AtomicU64::new(end)),
             recent: Arc::default(),
             stop: Arc::new(AtomicBool::new(true)),
+            close_budget: Duration::ZERO,
         };
         indexer_loop(idx, reader, rx, Arc::default(), marks);
         assert_eq!(done_rx.recv().unwrap(), Ok(()));
@@ -1264,6 +1359,154 @@ mod tests {
             "{:?}",
             r.notes
         );
+    }
+
+    /// An indexer told to stop before it made the check its open left still makes it
+    /// (a close waits for it), and leaves a whole index as it was: no commit, and
+    /// tantivy's lock free once the close is answered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_indexer_told_to_stop_before_its_first_check_leaves_a_whole_index_as_it_was() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = crate::keys::keys_init(
+            &tmp.path().join("master.key"),
+            &tmp.path().join("signing.key"),
+        )
+        .unwrap();
+        let master = MasterKey::from_file(&c.master_key).unwrap();
+        let signing = crate::keys::load_signing_key(&c.signing_key).unwrap();
+        let dir = tmp.path().join("archive");
+        let a = Archive::open(ArchiveConfig::new(dir.clone(), master.clone(), signing)).unwrap();
+        for i in 0..50 {
+            a.append(NewRecord::Message(crate::record::MessageRecord::chat(
+                "alice@example.test",
+                "bob@example.test",
+                format!("checked {i}"),
+            )))
+            .await
+            .unwrap();
+        }
+        a.close().await.unwrap();
+        let reader = ArchiveReader::open(&dir, &master).unwrap();
+        let id = reader.archive_id();
+        let before = crate::index::read_mark(&index_dir(&dir), &master, &id).unwrap();
+        let meta = std::fs::read(index_dir(&dir).join("meta.json")).unwrap();
+
+        let idx = index_writer_checking_later(&dir, &reader, &master).unwrap();
+        let (tx, rx) = mpsc::sync_channel(4);
+        let (done_tx, done_rx) = mpsc::channel();
+        tx.send(IndexCmd::Close(done_tx)).unwrap();
+        let marks = IndexMarks {
+            indexed: Arc::default(),
+            epoch: Arc::default(),
+            log_end: Arc::new(AtomicU64::new(before.through)),
+            recent: Arc::default(),
+            stop: Arc::new(AtomicBool::new(true)),
+            close_budget: Duration::ZERO,
+        };
+        indexer_loop(idx, reader, rx, Arc::default(), marks);
+        assert_eq!(done_rx.recv().unwrap(), Ok(()));
+        assert_eq!(
+            std::fs::read(index_dir(&dir).join("meta.json")).unwrap(),
+            meta,
+            "a commit was made"
+        );
+        // The index's lock is free: another writer opens it, and finds it whole.
+        let reader = ArchiveReader::open(&dir, &master).unwrap();
+        let w = index_writer(&dir, &reader, &master).unwrap();
+        assert_eq!(w.found().unwrap(), before);
+    }
+
+    /// Told to stop (the archive closing) with a backlog of batches already queued,
+    /// the indexer adds them only for its close budget, then leaves the rest owed to the
+    /// next open: a close does not wait for the index to take in a backlog.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_closing_indexer_leaves_a_queued_backlog_owed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = crate::keys::keys_init(
+            &tmp.path().join("master.key"),
+            &tmp.path().join("signing.key"),
+        )
+        .unwrap();
+        let master = MasterKey::from_file(&c.master_key).unwrap();
+        let signing = crate::keys::load_signing_key(&c.signing_key).unwrap();
+        let dir = tmp.path().join("archive");
+        let cfg = ArchiveConfig::new(dir.clone(), master.clone(), signing.clone());
+        let a = Archive::open(cfg).unwrap();
+        for i in 0..30 {
+            a.append(NewRecord::Message(crate::record::MessageRecord::chat(
+                "alice@example.test",
+                "bob@example.test",
+                format!("indexed {i}"),
+            )))
+            .await
+            .unwrap();
+        }
+        a.close().await.unwrap();
+        std::fs::remove_dir_all(index_dir(&dir)).unwrap();
+
+        let reader = ArchiveReader::open(&dir, &master).unwrap();
+        let n = reader.chain_end().unwrap();
+        let idx = index_writer(&dir, &reader, &master).unwrap();
+        let (tx, rx) = mpsc::sync_channel(8);
+        let stop = Arc::new(AtomicBool::new(false));
+        let log_end = Arc::new(AtomicU64::new(n));
+        let indexed = Arc::new(AtomicU64::new(0));
+        let marks = IndexMarks {
+            indexed: indexed.clone(),
+            epoch: Arc::default(),
+            log_end: log_end.clone(),
+            recent: Arc::default(),
+            stop: stop.clone(),
+            close_budget: Duration::ZERO,
+        };
+        let indexer =
+            std::thread::spawn(move || indexer_loop(idx, reader, rx, Arc::default(), marks));
+        while indexed.load(Ordering::Acquire) < n {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // A burst the writer appended; its batches wait in the indexer's queue.
+        let (mut log, _) = crate::log::LogWriter::open(
+            crate::bucket::storage_for_dir(&dir),
+            master.clone(),
+            signing,
+            crate::log::LogLimits {
+                segment_max_bytes: 64 << 20,
+                segment_max_age: Duration::from_secs(24 * 3600),
+                checkpoint_every: 1000,
+            },
+        )
+        .unwrap();
+        let mut batches = Vec::new();
+        for b in 0..6 {
+            let batch = (0..1000)
+                .map(|i| {
+                    NewRecord::Message(crate::record::MessageRecord::chat(
+                        "alice@example.test",
+                        "bob@example.test",
+                        format!("burst {b} {i}"),
+                    ))
+                })
+                .collect();
+            batches.push(log.append_batch(batch).unwrap());
+        }
+        let end = log.next_seq() - 1;
+        log.finish().unwrap();
+        stop.store(true, Ordering::Release);
+        for b in batches {
+            tx.send(IndexCmd::Add(b)).unwrap();
+        }
+        log_end.store(end, Ordering::Release);
+        let (done_tx, done_rx) = mpsc::channel();
+        tx.send(IndexCmd::Close(done_tx)).unwrap();
+        assert_eq!(done_rx.recv().unwrap(), Ok(()));
+        indexer.join().unwrap();
+        let mark = crate::index::read_mark(
+            &index_dir(&dir),
+            &master,
+            &ArchiveReader::open(&dir, &master).unwrap().archive_id(),
+        )
+        .unwrap();
+        assert_eq!((mark.through, mark.owed), (n, end));
     }
 
     #[test]
