@@ -1192,22 +1192,33 @@ impl BlindIndexWriter {
             return Ok(());
         };
         check_every_block(&self.index, &sealed).map_err(|e| unsealed(&sealed, e))?;
-        if let Ok(mark) = &self.found {
+        // The last commit's mark, not the one the open found: the caller may have
+        // emptied and committed the index since ([`BlindIndexWriter::clear`]). An
+        // untrusted one names nothing to check against (and is cleared).
+        let metas = self.index.load_metas()?;
+        if let Ok(mark) = meta_mark(&metas, &self.master, &self.archive_id) {
             let (held, _) = placed_in(&self.index.reader()?.searcher(), &self.placer)
                 .map_err(|e| unsealed(&sealed, e))?;
-            check_held(mark, held)?;
+            check_held(&mark, held)?;
         }
         Ok(())
     }
 
     /// Removes the index and its word lists and opens it empty, to be filled from the
-    /// log: after [`BlindIndexWriter::check_deferred`] failed.
-    pub fn rebuild_from_nothing(self) -> Result<BlindIndexWriter, IndexError> {
+    /// log: after [`BlindIndexWriter::check_deferred`] failed. The empty index is
+    /// committed owing the log up to `owed` (its last durable seq), as an index emptied
+    /// at open is.
+    pub fn rebuild_from_nothing(self, owed: u64) -> Result<BlindIndexWriter, IndexError> {
         let (dir, master, archive_id) = (self.dir.clone(), self.master.clone(), self.archive_id);
         // tantivy's lock goes with its writer.
         drop(self);
         wipe(&dir)?;
-        BlindIndexWriter::open(&dir, &master, archive_id)
+        let mut w = BlindIndexWriter::open(&dir, &master, archive_id)?;
+        w.owe(owed);
+        if w.is_dirty() {
+            w.commit()?;
+        }
+        Ok(w)
     }
 
     /// The writer over `index`; `check_held` checks its live documents against the
@@ -3315,8 +3326,15 @@ mod tests {
             Err(IndexError::Unsealed(why)) => assert!(why.contains(".term"), "{why}"),
             other => panic!("the check passed the changed block: {other:?}"),
         }
-        let mut w = w.rebuild_from_nothing().unwrap();
-        assert_eq!(w.mark(), Mark::default(), "it starts over");
+        let mut w = w.rebuild_from_nothing(4000).unwrap();
+        assert_eq!(
+            w.mark(),
+            Mark {
+                owed: 4000,
+                ..Mark::default()
+            },
+            "it starts over, owing what it had"
+        );
         assert_eq!(w.found().unwrap(), Mark::default());
         w.check_deferred().unwrap();
         w.add(&appended(1, 1, "qz")).unwrap();

@@ -635,6 +635,128 @@ mod tests {
         );
     }
 
+    /// Flips a middle byte of the largest index file ending in `ending`, in place.
+    fn poke_middle(m: &Made, ending: &str) {
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let path = std::fs::read_dir(index_dir(&m.dir))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().ends_with(ending))
+            .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+            .unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let len = crate::index::sealed_len(&std::fs::read(&path).unwrap()).unwrap() as u64;
+        assert!(len > 4 * 16 * 1024, "{len}");
+        let at = len / 2;
+        let mut b = [0u8];
+        f.seek(SeekFrom::Start(at)).unwrap();
+        f.read_exact(&mut b).unwrap();
+        f.seek(SeekFrom::Start(at)).unwrap();
+        f.write_all(&[b[0] ^ 1]).unwrap();
+    }
+
+    /// An index whose authentic mark claims more than the log holds (a restore that
+    /// mixed two copies) is emptied by `trust_or_clear`, which commits it owing the log.
+    /// The check the open left for later is of that commit, not of the mark the open
+    /// found: it passes, and the debt stays.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_deferred_check_is_of_the_index_trust_or_clear_emptied() {
+        let m = Made::new();
+        m.session(50).await;
+        let t = tempfile::tempdir().unwrap();
+        let ahead = Made {
+            dir: t.path().join("archive"),
+            master: m.master.clone(),
+            signing: m.signing.clone(),
+            _tmp: t,
+        };
+        copy_dir(&m.dir, &ahead.dir);
+        ahead.session(10).await;
+        // The newer index beside the older log (a restore that mixed two copies).
+        for d in [
+            index_dir(&m.dir),
+            crate::vocab::vocab_dir(&index_dir(&m.dir)),
+        ] {
+            std::fs::remove_dir_all(&d).unwrap();
+            copy_dir(&ahead.dir.join(d.file_name().unwrap()), &d);
+        }
+        // Archive::open, as it opens the index now.
+        let reader = m.reader();
+        let mut w = index_writer_checking_later(&m.dir, &reader, &m.master).unwrap();
+        let why = trust_or_clear::<ReindexError>(&reader, &mut w, None).unwrap();
+        assert!(why.unwrap().contains("claims seq"));
+        assert_eq!(m.mark().owed, reader.chain_end().unwrap());
+        // The indexer thread's first job, on the index its own writer just emptied.
+        let checked = w.check_deferred();
+        assert!(
+            checked.is_ok(),
+            "the emptied index failed the check: {checked:?}"
+        );
+    }
+
+    /// An index that fails the deferred check is removed and opened empty owing the
+    /// whole log, as `trust_or_clear`'s rebuild does: a kill -9 before the fill's first
+    /// commit leaves a catch-up for `verify` to note, not an index rolled back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_kill_right_after_the_deferred_rebuild_is_not_a_rollback() {
+        let m = Made::new();
+        m.session(5000).await;
+        std::thread::sleep(std::time::Duration::from_millis(3200));
+        m.session(1).await;
+        // A block no open reads changed (a disk error; or an administrator).
+        poke_middle(&m, ".term");
+        // Archive::open, as it opens the index now.
+        let reader = m.reader();
+        let mut w = index_writer_checking_later(&m.dir, &reader, &m.master).unwrap();
+        assert_eq!(
+            trust_or_clear::<ReindexError>(&reader, &mut w, None).unwrap(),
+            None
+        );
+        // indexer_loop's first steps.
+        assert!(
+            w.check_deferred().is_err(),
+            "the check passed the changed block"
+        );
+        let w = w.rebuild_from_nothing(reader.chain_end().unwrap()).unwrap();
+        // kill -9 here, before the fill's first commit.
+        drop(w);
+        let r = m.verified();
+        assert!(
+            r.problems.is_empty(),
+            "{:?} (mark {:?})",
+            problems(&r),
+            m.mark()
+        );
+    }
+
+    /// The same damage and kill under the checked open (`custos search`, `reindex`):
+    /// the open wipes the index and `trust_or_clear` owes the whole log.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_kill_right_after_the_checked_opens_rebuild_is_not_a_rollback() {
+        let m = Made::new();
+        m.session(5000).await;
+        std::thread::sleep(std::time::Duration::from_millis(3200));
+        m.session(1).await;
+        poke_middle(&m, ".term");
+        let reader = m.reader();
+        let mut w = m.writer();
+        assert!(trust_or_clear::<ReindexError>(&reader, &mut w, None)
+            .unwrap()
+            .is_some());
+        drop(w);
+        let r = m.verified();
+        assert!(
+            r.problems.is_empty(),
+            "{:?} (mark {:?})",
+            problems(&r),
+            m.mark()
+        );
+    }
+
     fn copy_dir(from: &Path, to: &Path) {
         std::fs::create_dir_all(to).unwrap();
         for e in std::fs::read_dir(from).unwrap() {

@@ -1095,9 +1095,11 @@ fn indexer_loop(
         Ok(()) => {}
         Err(why) => {
             tracing::warn!(reason = %why, "search index failed its check; rebuilding it from the log");
-            epoch.fetch_add(1, Ordering::SeqCst);
+            // In this order: a reader that sees the old epoch and then the old mark sees
+            // the new epoch after its search.
             indexed.store(0, Ordering::SeqCst);
-            idx = match idx.rebuild_from_nothing() {
+            epoch.fetch_add(1, Ordering::SeqCst);
+            idx = match idx.rebuild_from_nothing(live_end()) {
                 Ok(w) => w,
                 Err(e) => {
                     tracing::error!(error = %e, "search index cannot be rebuilt");
