@@ -741,8 +741,9 @@ struct IndexQueue {
     tx: SyncSender<IndexCmd>,
     /// Batches left out because the queue was full.
     deferred: Arc<AtomicU64>,
-    /// Tells the indexer the archive is closing: a catch-up from the log (a rebuild,
-    /// or records the queue left out) stops where it is rather than hold the close.
+    /// Tells the indexer the archive is closing: after [`CLOSE_BUDGET`] it adds
+    /// nothing more, from its queue or the log (a rebuild, records the queue left
+    /// out), rather than hold the close.
     stop: Arc<AtomicBool>,
 }
 
@@ -1021,15 +1022,16 @@ struct IndexMarks {
     recent: Arc<Mutex<RecentIdentities>>,
     /// Set when the archive closes: a catch-up from the log stops where it is.
     stop: Arc<AtomicBool>,
-    /// How long, once `stop` is set, batches already queued are still added before
-    /// the rest is left to the next open ([`CLOSE_BUDGET`]).
+    /// How long, once `stop` is set, records appended before it are still added
+    /// (from the queue or the log) before the rest is left to the next open
+    /// ([`CLOSE_BUDGET`]).
     close_budget: Duration,
 }
 
-/// How long a closing archive's indexer still adds the batches queued before the
-/// close: a busy server's last half second or so goes in, so that a clean stop leaves
-/// a whole index, while a backlog (the queue holds up to [`INDEX_QUEUE_BATCHES`]
-/// batches) does not hold the close.
+/// How long a closing archive's indexer still adds what was appended before the close,
+/// from its queue or the log: a busy server's last half second or so goes in, so that
+/// a clean stop leaves a whole index, while a backlog (the queue holds up to
+/// [`INDEX_QUEUE_BATCHES`] batches) or a rebuild does not hold the close.
 const CLOSE_BUDGET: Duration = Duration::from_secs(1);
 
 fn indexer_loop(
@@ -1088,9 +1090,9 @@ fn indexer_loop(
     };
     // The check the open left: nothing is added to an index not read whole. One that
     // fails it is removed and rebuilt from the log, as an open would have; searches and
-    // live-copy look-ups that straddle the removal see the epoch change.
-    // A close waits for it: stopped half way, it would leave records appended
-    // meanwhile neither indexed nor owed.
+    // live-copy look-ups that straddle the removal see the epoch change. A close waits
+    // for it: stopped half way, it would leave records appended meanwhile neither
+    // indexed nor owed.
     match idx.check_deferred() {
         Ok(()) => {}
         Err(why) => {
