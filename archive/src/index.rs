@@ -3272,12 +3272,9 @@ mod tests {
         f.write_all(&[b[0] ^ mask]).unwrap();
     }
 
-    /// A block changed in the middle of a large file passes an open that reads only a
-    /// few blocks: the writer must not carry on from it (every later search touching
-    /// the block, and every merge, would fail), but rebuild.
-    #[test]
-    fn the_writer_does_not_carry_on_from_a_file_with_a_changed_block() {
-        let f = Fixture::new();
+    /// 4,000 messages of distinct words committed, then one byte changed in the middle
+    /// of the `.term` file, far from the few blocks an open reads.
+    fn changed_block_in_the_middle(f: &Fixture) {
         let mut w = f.writer();
         for seq in 1..=4000u64 {
             let body = format!(
@@ -3292,6 +3289,15 @@ mod tests {
         let len = sealed_len(&std::fs::read(&term).unwrap()).unwrap();
         assert!(len > 4 * 16 * 1024, "{len}");
         poke(&term, (len / 2) as u64, 0x01);
+    }
+
+    /// A block changed in the middle of a large file passes an open that reads only a
+    /// few blocks: the writer must not carry on from it (every later search touching
+    /// the block, and every merge, would fail), but rebuild.
+    #[test]
+    fn the_writer_does_not_carry_on_from_a_file_with_a_changed_block() {
+        let f = Fixture::new();
+        changed_block_in_the_middle(&f);
         let w = f.writer();
         match w.found() {
             Err(IndexError::Unsealed(why)) => assert!(why.contains(".term"), "{why}"),
@@ -3306,19 +3312,7 @@ mod tests {
     #[test]
     fn a_check_left_for_later_finds_the_changed_block_and_the_writer_starts_over() {
         let f = Fixture::new();
-        let mut w = f.writer();
-        for seq in 1..=4000u64 {
-            let body = format!(
-                "q{:x}z k{:x}y",
-                seq.wrapping_mul(0x9e3779b97f4a7c15),
-                seq * 7919
-            );
-            w.add(&appended(seq, 1, &body)).unwrap();
-        }
-        w.finish().unwrap();
-        let term = f.file_ending(".term");
-        let len = sealed_len(&std::fs::read(&term).unwrap()).unwrap();
-        poke(&term, (len / 2) as u64, 0x01);
+        changed_block_in_the_middle(&f);
 
         let mut w = BlindIndexWriter::open_checking_later(&f.index, &f.master, f.id).unwrap();
         assert_eq!(w.found().unwrap().through, 4000, "the open read the block");

@@ -5,10 +5,46 @@
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::Receiver;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use custos_archive::{keys_init, verify, ArchiveReader, MasterKey};
+
+/// The crash child appending to the archive in `dir` until killed (or `max_secs` pass),
+/// with the seqs it acknowledges and the thread that reads them from its output.
+fn appending_child(
+    dir: &Path,
+    signing_key: &Path,
+    master_b64: &str,
+    max_secs: u64,
+) -> (Child, Receiver<u64>, JoinHandle<()>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_archive-crash-child"))
+        .arg(dir)
+        .arg(signing_key)
+        .env("CUSTOS_MASTER_KEY", master_b64.trim())
+        .env("CUSTOS_CHILD_MAX_SECS", max_secs.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some(seq) = line
+                .strip_prefix("acked ")
+                .and_then(|s| s.parse::<u64>().ok())
+            {
+                let _ = tx.send(seq);
+            }
+        }
+    });
+    (child, rx, reader)
+}
 
 #[test]
 fn kill_nine_under_load_loses_no_acknowledged_record() {
@@ -22,28 +58,7 @@ fn kill_nine_under_load_loses_no_acknowledged_record() {
     let mut acked = BTreeSet::new();
     let rounds = 6;
     for round in 0..rounds {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_archive-crash-child"))
-            .arg(&dir)
-            .arg(&created.signing_key)
-            .env("CUSTOS_MASTER_KEY", master_b64.trim())
-            .env("CUSTOS_CHILD_MAX_SECS", "20")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(seq) = line
-                    .strip_prefix("acked ")
-                    .and_then(|s| s.parse::<u64>().ok())
-                {
-                    let _ = tx.send(seq);
-                }
-            }
-        });
+        let (mut child, rx, reader) = appending_child(&dir, &created.signing_key, &master_b64, 20);
         // Let it run a varying while after its first ack, then kill it hard.
         let first = rx
             .recv_timeout(Duration::from_secs(20))
@@ -131,25 +146,7 @@ fn kill_nine_during_a_rebuild_is_not_a_rolled_back_index() {
     std::thread::sleep(Duration::from_millis(3200));
     std::fs::remove_dir_all(dir.join("index")).unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_archive-crash-child"))
-        .arg(&dir)
-        .arg(&created.signing_key)
-        .env("CUSTOS_MASTER_KEY", master_b64.trim())
-        .env("CUSTOS_CHILD_MAX_SECS", "60")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if line.starts_with("acked ") {
-                let _ = tx.send(());
-            }
-        }
-    });
+    let (mut child, rx, reader) = appending_child(&dir, &created.signing_key, &master_b64, 60);
     rx.recv_timeout(Duration::from_secs(60))
         .expect("child acked nothing");
     std::thread::sleep(Duration::from_millis(300));

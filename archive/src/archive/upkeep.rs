@@ -379,6 +379,16 @@ mod tests {
             a.close().await.unwrap();
         }
 
+        /// `n` messages, then one more 3.2 s later: a lag of the first ones is older
+        /// than any crash leaves unindexed.
+        async fn aged(n: u64) -> Made {
+            let m = Made::new();
+            m.session(n).await;
+            std::thread::sleep(std::time::Duration::from_millis(3200));
+            m.session(1).await;
+            m
+        }
+
         fn reader(&self) -> ArchiveReader {
             ArchiveReader::open(&self.dir, &self.master).unwrap()
         }
@@ -450,11 +460,7 @@ mod tests {
     /// on from where it stopped.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stopped_rebuild_owes_the_rest_and_verify_tells_it_from_a_rollback() {
-        let m = Made::new();
-        m.session(25_000).await;
-        // Unindexed records older than any crash leaves, the log's last one 3 s later.
-        std::thread::sleep(std::time::Duration::from_millis(3200));
-        m.session(1).await;
+        let m = Made::aged(25_000).await;
         let end = m.reader().chain_end().unwrap();
         std::fs::remove_dir_all(index_dir(&m.dir)).unwrap();
 
@@ -617,10 +623,7 @@ mod tests {
     /// the rebuild's first commit: the emptied index it committed owes the whole log.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_reindex_interrupted_before_its_first_commit_is_not_a_rollback() {
-        let m = Made::new();
-        m.session(50).await;
-        std::thread::sleep(std::time::Duration::from_millis(3200));
-        m.session(1).await;
+        let m = Made::aged(50).await;
         let reader = m.reader();
         let mut w = m.writer();
         trust_or_clear::<ReindexError>(&reader, &mut w, Some("requested")).unwrap();
@@ -703,10 +706,7 @@ mod tests {
     /// commit leaves a catch-up for `verify` to note, not an index rolled back.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_kill_right_after_the_deferred_rebuild_is_not_a_rollback() {
-        let m = Made::new();
-        m.session(5000).await;
-        std::thread::sleep(std::time::Duration::from_millis(3200));
-        m.session(1).await;
+        let m = Made::aged(5000).await;
         // A block no open reads changed (a disk error; or an administrator).
         poke_middle(&m, ".term");
         // Archive::open, as it opens the index now.
@@ -737,10 +737,7 @@ mod tests {
     /// the open wipes the index and `trust_or_clear` owes the whole log.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_kill_right_after_the_checked_opens_rebuild_is_not_a_rollback() {
-        let m = Made::new();
-        m.session(5000).await;
-        std::thread::sleep(std::time::Duration::from_millis(3200));
-        m.session(1).await;
+        let m = Made::aged(5000).await;
         poke_middle(&m, ".term");
         let reader = m.reader();
         let mut w = m.writer();

@@ -1284,6 +1284,46 @@ fn close_index(mut idx: BlindIndexWriter, log_end: u64, stopped: bool) -> Result
 mod tests {
     use super::*;
 
+    /// An archive of `n` chat messages, closed (its index whole), with its keys.
+    struct Closed {
+        _tmp: tempfile::TempDir,
+        dir: PathBuf,
+        master: MasterKey,
+        signing: SigningKey,
+        public: ed25519_dalek::VerifyingKey,
+    }
+
+    async fn closed_archive(n: u64) -> Closed {
+        let tmp = tempfile::tempdir().unwrap();
+        let c = crate::keys::keys_init(
+            &tmp.path().join("master.key"),
+            &tmp.path().join("signing.key"),
+        )
+        .unwrap();
+        let master = MasterKey::from_file(&c.master_key).unwrap();
+        let signing = crate::keys::load_signing_key(&c.signing_key).unwrap();
+        let dir = tmp.path().join("archive");
+        let cfg = ArchiveConfig::new(dir.clone(), master.clone(), signing.clone());
+        let a = Archive::open(cfg).unwrap();
+        for i in 0..n {
+            a.append(NewRecord::Message(crate::record::MessageRecord::chat(
+                "alice@example.test",
+                "bob@example.test",
+                format!("message {i}"),
+            )))
+            .await
+            .unwrap();
+        }
+        a.close().await.unwrap();
+        Closed {
+            _tmp: tmp,
+            dir,
+            master,
+            public: c.verifying_key,
+            signing,
+        }
+    }
+
     fn my_niceness() -> i32 {
         rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap()
     }
@@ -1294,26 +1334,13 @@ mod tests {
     /// `verify` reads the lag as one.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_indexer_told_to_stop_while_catching_up_adds_nothing_more_and_owes_the_rest() {
-        let tmp = tempfile::tempdir().unwrap();
-        let c = crate::keys::keys_init(
-            &tmp.path().join("master.key"),
-            &tmp.path().join("signing.key"),
-        )
-        .unwrap();
-        let master = MasterKey::from_file(&c.master_key).unwrap();
-        let signing = crate::keys::load_signing_key(&c.signing_key).unwrap();
-        let dir = tmp.path().join("archive");
-        let a = Archive::open(ArchiveConfig::new(dir.clone(), master.clone(), signing)).unwrap();
-        for i in 0..300 {
-            a.append(NewRecord::Message(crate::record::MessageRecord::chat(
-                "alice@example.test",
-                "bob@example.test",
-                format!("queued {i}"),
-            )))
-            .await
-            .unwrap();
-        }
-        a.close().await.unwrap();
+        let Closed {
+            _tmp,
+            dir,
+            master,
+            signing: _,
+            public,
+        } = closed_archive(300).await;
         std::fs::remove_dir_all(index_dir(&dir)).unwrap();
 
         let reader = ArchiveReader::open(&dir, &master).unwrap();
@@ -1354,7 +1381,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!((mark.through, mark.owed), (0, end));
-        let r = crate::verify::verify(&dir, Some(&master), &c.verifying_key, |_, _| {});
+        let r = crate::verify::verify(&dir, Some(&master), &public, |_, _| {});
         assert!(r.problems.is_empty(), "{:?}", r.problems);
         assert!(
             r.notes
@@ -1370,26 +1397,13 @@ mod tests {
     /// tantivy's lock free once the close is answered.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_indexer_told_to_stop_before_its_first_check_leaves_a_whole_index_as_it_was() {
-        let tmp = tempfile::tempdir().unwrap();
-        let c = crate::keys::keys_init(
-            &tmp.path().join("master.key"),
-            &tmp.path().join("signing.key"),
-        )
-        .unwrap();
-        let master = MasterKey::from_file(&c.master_key).unwrap();
-        let signing = crate::keys::load_signing_key(&c.signing_key).unwrap();
-        let dir = tmp.path().join("archive");
-        let a = Archive::open(ArchiveConfig::new(dir.clone(), master.clone(), signing)).unwrap();
-        for i in 0..50 {
-            a.append(NewRecord::Message(crate::record::MessageRecord::chat(
-                "alice@example.test",
-                "bob@example.test",
-                format!("checked {i}"),
-            )))
-            .await
-            .unwrap();
-        }
-        a.close().await.unwrap();
+        let Closed {
+            _tmp,
+            dir,
+            master,
+            signing: _,
+            public: _,
+        } = closed_archive(50).await;
         let reader = ArchiveReader::open(&dir, &master).unwrap();
         let id = reader.archive_id();
         let before = crate::index::read_mark(&index_dir(&dir), &master, &id).unwrap();
@@ -1425,27 +1439,13 @@ mod tests {
     /// next open: a close does not wait for the index to take in a backlog.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_closing_indexer_leaves_a_queued_backlog_owed() {
-        let tmp = tempfile::tempdir().unwrap();
-        let c = crate::keys::keys_init(
-            &tmp.path().join("master.key"),
-            &tmp.path().join("signing.key"),
-        )
-        .unwrap();
-        let master = MasterKey::from_file(&c.master_key).unwrap();
-        let signing = crate::keys::load_signing_key(&c.signing_key).unwrap();
-        let dir = tmp.path().join("archive");
-        let cfg = ArchiveConfig::new(dir.clone(), master.clone(), signing.clone());
-        let a = Archive::open(cfg).unwrap();
-        for i in 0..30 {
-            a.append(NewRecord::Message(crate::record::MessageRecord::chat(
-                "alice@example.test",
-                "bob@example.test",
-                format!("indexed {i}"),
-            )))
-            .await
-            .unwrap();
-        }
-        a.close().await.unwrap();
+        let Closed {
+            _tmp,
+            dir,
+            master,
+            signing,
+            public: _,
+        } = closed_archive(30).await;
         std::fs::remove_dir_all(index_dir(&dir)).unwrap();
 
         let reader = ArchiveReader::open(&dir, &master).unwrap();
