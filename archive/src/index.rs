@@ -1620,6 +1620,24 @@ impl BlindIndexWriter {
 
 /// A reader of the index; needs no lock, so it works beside a writer in
 /// another process.
+/// How often [`BlindIndexReader::load_commit`] tries before it gives up on an index
+/// committed again during each load.
+const LOAD_TRIES: usize = 5;
+
+/// One commit of the index, held for searching (see [`BlindIndexReader::load_commit`]).
+pub struct Commit {
+    searcher: Searcher,
+    mark: Result<Mark, String>,
+}
+
+impl Commit {
+    /// The commit's mark, authenticated (not yet checked against the log); `Err` says
+    /// why it cannot be trusted.
+    pub fn mark(&self) -> Result<Mark, String> {
+        self.mark.clone()
+    }
+}
+
 pub struct BlindIndexReader {
     reader: IndexReader,
     fields: Fields,
@@ -1839,15 +1857,32 @@ impl BlindIndexReader {
     /// than anything a remaining segment holds: a common word is answered from the
     /// small recent segments without reading its postings in the large old ones.
     pub fn search(&self, q: &Query, limit: usize) -> Result<Vec<Located>, IndexError> {
-        guarded(|| self.search_newest(q, limit))
+        guarded(|| {
+            self.reload()?;
+            self.search_newest(&self.reader.searcher(), q, limit)
+        })
     }
 
-    fn search_newest(&self, q: &Query, limit: usize) -> Result<Vec<Located>, IndexError> {
-        self.reload()?;
+    /// [`BlindIndexReader::search`] of one commit held by [`BlindIndexReader::load_commit`].
+    pub fn search_commit(
+        &self,
+        commit: &Commit,
+        q: &Query,
+        limit: usize,
+    ) -> Result<Vec<Located>, IndexError> {
+        guarded(|| self.search_newest(&commit.searcher, q, limit))
+    }
+
+    fn search_newest(
+        &self,
+        searcher: &Searcher,
+        q: &Query,
+        limit: usize,
+    ) -> Result<Vec<Located>, IndexError> {
         if limit == 0 {
             // Still built: a query the index cannot run is an error at any limit.
             return self
-                .matching(q, |_| Ok(Visit::Stop), |_, _| Ok(()))
+                .matching(searcher, q, |_| Ok(Visit::Stop), |_, _| Ok(()))
                 .map(|_| Vec::new());
         }
         // The `limit` highest seqs so far: a min-heap of (seq, segment, doc).
@@ -1855,6 +1890,7 @@ impl BlindIndexReader {
             std::collections::BinaryHeap::with_capacity(limit.min(4096) + 1);
         let full = std::cell::Cell::new(None::<u64>);
         let segments = self.matching(
+            searcher,
             q,
             // Segments come newest first: once the heap is full and its lowest seq is
             // above a segment's newest, no later segment can add a hit.
@@ -1916,18 +1952,47 @@ impl BlindIndexReader {
         })
     }
 
+    /// Loads the index's last commit and holds it: what
+    /// [`BlindIndexReader::search_commit`] finds in it and the mark it carries are that
+    /// one commit's, however many commits come after, in this process or another (a
+    /// reindex first commits an emptied index: a search of that commit under the whole
+    /// index's mark would find nothing it claims to cover).
+    pub fn load_commit(&self) -> Result<Commit, IndexError> {
+        for _ in 0..LOAD_TRIES {
+            let before = self.read_meta()?;
+            self.reload()?;
+            let searcher = self.reader.searcher();
+            // No commit between the two reads: the searcher holds the one both read.
+            if self.read_meta()? == before {
+                let mark = mark_of_meta(
+                    &String::from_utf8_lossy(&before),
+                    &self.master,
+                    &self.archive_id,
+                )
+                .map_err(|e| e.to_string());
+                return Ok(Commit { searcher, mark });
+            }
+        }
+        Err(IndexError::Damaged(format!(
+            "it was committed again during each of {LOAD_TRIES} loads"
+        )))
+    }
+
+    /// The last commit's `meta.json`, read through its seal.
+    fn read_meta(&self) -> Result<Vec<u8>, IndexError> {
+        use tantivy::directory::Directory;
+        self.sealed
+            .atomic_read(Path::new("meta.json"))
+            .map_err(|e| unsealed(&self.sealed, tantivy::TantivyError::from(e)))
+    }
+
     /// Loads the index's last commit: [`BlindIndexReader::search_all_loaded`] and
     /// [`BlindIndexReader::held_segments`] then read that commit until the next reload.
     pub fn reload(&self) -> Result<(), IndexError> {
         // A refusal met by an earlier search was reported there: this load is told
         // only of its own.
         let _ = self.sealed.take_refusal();
-        let meta = {
-            use tantivy::directory::Directory;
-            self.sealed
-                .atomic_read(Path::new("meta.json"))
-                .map_err(|e| unsealed(&self.sealed, tantivy::TantivyError::from(e)))?
-        };
+        let meta = self.read_meta()?;
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         // The same bytes are the same commit (each names its opstamp and segments).
         if *loaded == meta {
@@ -1956,6 +2021,7 @@ impl BlindIndexReader {
         let mut columns = None;
         let mut current = usize::MAX;
         self.matching(
+            &self.reader.searcher(),
             q,
             |_| Ok(Visit::Enter),
             |m, reader| {
@@ -1992,11 +2058,11 @@ impl BlindIndexReader {
     /// Returns the segments in the order their `at` numbers them.
     fn matching(
         &self,
+        searcher: &Searcher,
         q: &Query,
         mut enter: impl FnMut(u64) -> Result<Visit, IndexError>,
         mut each: impl FnMut(Match, &SegmentReader) -> Result<(), IndexError>,
     ) -> Result<Vec<SegmentReader>, IndexError> {
-        let searcher = self.reader.searcher();
         // A date range beside other terms is checked on the documents those find (one
         // value read each) rather than intersected with them: a sought document outside
         // the range would have the range look ahead for its next match, through every
@@ -2008,12 +2074,12 @@ impl BlindIndexReader {
         let query = self.expr(
             &rest,
             &mut Build {
-                searcher: &searcher,
+                searcher,
                 fresh: false,
                 expanded: 0,
             },
         )?;
-        let weight = query.weight(EnableScoring::disabled_from_searcher(&searcher))?;
+        let weight = query.weight(EnableScoring::disabled_from_searcher(searcher))?;
         let mut segments = Vec::with_capacity(searcher.segment_readers().len());
         for r in searcher.segment_readers() {
             let seq = r.fast_fields().u64("seq")?;
@@ -3081,6 +3147,44 @@ mod tests {
             offset: seq * 100,
             head: [seq as u8; 32],
         }
+    }
+
+    /// A commit held by `load_commit` is searched as it was, under its own mark, when
+    /// the index is emptied and committed meanwhile (a reindex's first commit, in
+    /// another process): a search that read the whole index's mark and then searched
+    /// the emptied commit would claim messages it cannot find.
+    #[test]
+    fn a_loaded_commit_is_searched_under_its_own_mark_whatever_is_committed_after() {
+        let f = Fixture::new();
+        let mut w = f.writer();
+        for seq in 1..=3 {
+            w.add(&appended(seq, 1, "ledger entry")).unwrap();
+        }
+        w.commit().unwrap();
+        let r = f.reader();
+        let q = query::parse("ledger").unwrap();
+        let found = |c: &Commit| {
+            let mut s: Vec<u64> = r
+                .search_commit(c, &q, 100)
+                .unwrap()
+                .iter()
+                .map(|l| l.seq)
+                .collect();
+            s.sort_unstable();
+            s
+        };
+        let held = r.load_commit().unwrap();
+        w.clear().unwrap();
+        w.commit().unwrap();
+        assert_eq!(
+            (held.mark().unwrap().through, found(&held)),
+            (3, vec![1, 2, 3])
+        );
+
+        let now = r.load_commit().unwrap();
+        assert_eq!((now.mark().unwrap().through, found(&now)), (0, vec![]));
+        assert_eq!(found(&held), vec![1, 2, 3]);
+        w.finish().unwrap();
     }
 
     /// A reader loads each commit once: a search after a commit sees it, and searches

@@ -153,22 +153,35 @@ impl ArchiveReader {
     /// matching messages in chronological order, bodies decrypted from the log.
     pub fn search(&self, query: &str, limit: usize) -> Result<Vec<Hit>, SearchError> {
         let q = query::parse(query)?;
-        let index = {
-            let mut guard = self.index.lock().unwrap_or_else(|p| p.into_inner());
-            match guard.as_ref() {
-                Some(ix) => ix.clone(),
-                None => {
-                    let ix = std::sync::Arc::new(BlindIndexReader::open(
-                        &index_dir(&self.dir),
-                        &self.master,
-                        &self.meta.archive_id,
-                    )?);
-                    *guard = Some(ix.clone());
-                    ix
-                }
-            }
-        };
-        let located = index.search(&q, limit)?;
+        let located = self.index()?.search(&q, limit)?;
+        self.hits_at(&located)
+    }
+
+    /// The index's reader, opened on first use and kept.
+    fn index(&self) -> Result<std::sync::Arc<BlindIndexReader>, crate::index::IndexError> {
+        let mut guard = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ix) = guard.as_ref() {
+            return Ok(ix.clone());
+        }
+        let ix = std::sync::Arc::new(BlindIndexReader::open(
+            &index_dir(&self.dir),
+            &self.master,
+            &self.meta.archive_id,
+        )?);
+        *guard = Some(ix.clone());
+        Ok(ix)
+    }
+
+    /// [`ArchiveReader::index`] when the archive has one: a reader creates none.
+    fn existing_index(&self) -> Result<std::sync::Arc<BlindIndexReader>, String> {
+        if !index_dir(&self.dir).join("meta.json").exists() {
+            return Err(crate::index::IndexError::Missing.to_string());
+        }
+        self.index().map_err(|e| e.to_string())
+    }
+
+    /// The records the index placed, newest first, as hits.
+    fn hits_at(&self, located: &[crate::index::Located]) -> Result<Vec<Hit>, SearchError> {
         let mut hits = Vec::with_capacity(located.len());
         for l in located.iter().rev() {
             let rec = match self.record_at(l.segment, l.offset) {
@@ -439,6 +452,11 @@ impl ArchiveReader {
         let mark =
             crate::index::read_mark(&index_dir(&self.dir), &self.master, &self.meta.archive_id)
                 .map_err(|e| e.to_string())?;
+        self.reach_of(mark)
+    }
+
+    /// How far an index commit carrying `mark` covers this log.
+    fn reach_of(&self, mark: crate::index::Mark) -> Result<IndexReach, String> {
         if mark.through == 0 {
             return Ok(IndexReach {
                 through: 0,
@@ -468,13 +486,19 @@ impl ArchiveReader {
     /// those after its mark, or all of them when the index cannot be used (then no
     /// hits are returned: they would come from another log).
     pub fn search_covered(&self, query: &str, limit: usize) -> Result<Searched, SearchError> {
-        query::parse(query)?;
-        // The mark before the search: the searcher reloads to a commit at least as new.
-        let coverage = self.index_coverage();
+        let q = query::parse(query)?;
+        // The mark and the documents searched are one commit's: a commit made meanwhile
+        // (an emptied index's, by a reindex in another process) is not searched under
+        // the mark of the one before it.
+        let loaded = self.existing_index().and_then(|index| {
+            let commit = index.load_commit().map_err(|e| e.to_string())?;
+            let through = self.reach_of(commit.mark()?)?.through;
+            Ok((index, commit, through))
+        });
         let end = self.chain_end()?;
-        match coverage {
-            Ok(through) => Ok(Searched {
-                hits: self.search(query, limit)?,
+        match loaded {
+            Ok((index, commit, through)) => Ok(Searched {
+                hits: self.hits_at(&index.search_commit(&commit, &q, limit)?)?,
                 uncovered: Uncovered::after(through, end, "not yet indexed"),
             }),
             Err(why) => Ok(Searched {
