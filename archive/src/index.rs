@@ -474,6 +474,21 @@ pub(crate) fn mark_of_meta(
     .map(|(m, _)| m)
 }
 
+/// The word lists a commit's `meta.json` text binds, read without its MAC: for a copier
+/// that holds no key and only needs to know that the lists it copies go with the commit
+/// it copies (whoever uses the copy checks the MAC). `None` when it names none this
+/// version reads.
+pub(crate) fn lists_of_meta(meta: &str) -> Option<ListMarks> {
+    let v: serde_json::Value = serde_json::from_str(meta).ok()?;
+    let parts: Vec<&str> = v.get("payload")?.as_str()?.split(' ').collect();
+    let words = match parts.as_slice() {
+        [MARK_V7, .., words, _mac] if parts.len() == 10 => words,
+        [MARK_V6, .., words, _mac] if parts.len() == 9 => words,
+        _ => return None,
+    };
+    parse_words(words)
+}
+
 /// The mark of the index in `dir`, as last committed (not checked against the log).
 pub fn read_mark(
     dir: &Path,
@@ -3184,6 +3199,54 @@ mod tests {
         let now = r.load_commit().unwrap();
         assert_eq!((now.mark().unwrap().through, found(&now)), (0, vec![]));
         assert_eq!(found(&held), vec![1, 2, 3]);
+        w.finish().unwrap();
+    }
+
+    /// A copier of the index without the key (the bucket upload) reads the lists a
+    /// commit binds from its `meta.json`, and tells lists grown since that commit,
+    /// which go with it, from lists a rebuild started anew, which do not.
+    #[test]
+    fn a_commit_read_without_the_key_names_its_lists_and_a_rebuilt_list_is_not_one() {
+        let f = Fixture::new();
+        let meta = || {
+            let sealed = std::fs::read(f.index.join("meta.json")).unwrap();
+            let len = super::sealed::sealed_len(&sealed).unwrap();
+            String::from_utf8(sealed[..len].to_vec()).unwrap()
+        };
+        let list = || std::fs::read(f.list(1)).unwrap();
+        let name = f
+            .list(1)
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let mut w = f.writer();
+        w.add(&appended(1, 1, "zanzibarite shipment")).unwrap();
+        w.commit().unwrap();
+        let bound = lists_of_meta(&meta()).unwrap();
+        assert_eq!(bound.keys().copied().collect::<Vec<_>>(), vec![1]);
+        assert!(crate::vocab::list_goes_with(&name, &list(), &bound));
+
+        w.add(&appended(2, 1, "zanzibarian holiday")).unwrap();
+        w.commit().unwrap();
+        assert!(crate::vocab::list_goes_with(&name, &list(), &bound));
+
+        // Rebuilt from the log: the same words, in a list started anew.
+        w.clear().unwrap();
+        w.add(&appended(1, 1, "zanzibarite shipment")).unwrap();
+        w.commit().unwrap();
+        assert!(!crate::vocab::list_goes_with(&name, &list(), &bound));
+        assert!(crate::vocab::list_goes_with(
+            &name,
+            &list(),
+            &lists_of_meta(&meta()).unwrap()
+        ));
+        // A list of a segment the commit binds nothing of goes with it.
+        assert!(crate::vocab::list_goes_with(
+            "0000000000000009.words",
+            b"",
+            &bound
+        ));
         w.finish().unwrap();
     }
 

@@ -194,6 +194,15 @@ fn extends(bytes: &[u8], want: &ListMark) -> bool {
         .is_some_and(|m| m == *want)
 }
 
+/// Whether `body`, read from the list file `name`, still holds what a commit binding
+/// `bound` bound of it: not when the list was started anew since (a rebuild). A list
+/// the commit binds nothing of goes with it.
+pub(crate) fn list_goes_with(name: &str, body: &[u8], bound: &ListMarks) -> bool {
+    segment_of(name)
+        .and_then(|s| bound.get(&s))
+        .is_none_or(|want| extends(body, want))
+}
+
 /// Collects the words the indexer adds and seals them, per segment, at each commit.
 pub struct VocabWriter {
     dir: PathBuf,

@@ -84,17 +84,20 @@ fn get_words(remote: &Remote, through: u64) -> Result<Option<Words>, SyncError> 
 }
 
 /// Puts the word lists beside the index in `index_dir` (those not in the bucket yet)
-/// and their manifest for snapshot `through`. Returns (files put, bytes put).
+/// and their manifest for snapshot `through`, whose commit binds the lists `bound`.
+/// Returns (files put, bytes put), or `None` when a list is no longer the one the
+/// commit bound (the index was rebuilt since its `meta.json` was read): a snapshot of
+/// that commit with these lists would be refused by every reader, so none is put.
 fn upload_words(
     index_dir: &Path,
     remote: &Remote,
-    through: u64,
+    (through, bound): (u64, &crate::vocab::ListMarks),
     newest: Option<u64>,
-) -> Result<(usize, u64), SyncError> {
+) -> Result<Option<(usize, u64)>, SyncError> {
     let dir = crate::vocab::vocab_dir(index_dir);
     let entries = match std::fs::read_dir(&dir) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Some((0, 0))),
         Err(e) => return Err(SyncError::Check(format!("{}: {e}", dir.display()))),
     };
     let mut names: Vec<String> = entries
@@ -118,6 +121,9 @@ fn upload_words(
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(SyncError::Check(format!("{}: {e}", path.display()))),
         };
+        if !crate::vocab::list_goes_with(&name, &body, bound) {
+            return Ok(None);
+        }
         let file = IndexFile {
             name,
             bytes: body.len() as u64,
@@ -136,7 +142,7 @@ fn upload_words(
     };
     let body = serde_json::to_vec(&manifest).map_err(|e| SyncError::Check(e.to_string()))?;
     put_plain(remote, &words_name(through), &body)?;
-    Ok((put, bytes))
+    Ok(Some((put, bytes)))
 }
 
 /// Writes the word lists beside snapshot `through` into the vocabulary folder of
@@ -393,8 +399,13 @@ pub fn upload_index(
             files,
         };
         // The word lists first: a reader that finds the snapshot finds its lists.
-        let (words, word_bytes) =
-            upload_words(&dir, remote, through, there.last().map(|(t, _)| *t))?;
+        let bound = crate::index::lists_of_meta(&snap.meta).unwrap_or_default();
+        let newest = there.last().map(|(t, _)| *t);
+        let Some((words, word_bytes)) = upload_words(&dir, remote, (through, &bound), newest)?
+        else {
+            // Rebuilt since meta.json was read: the new commit is put next time.
+            return Ok(done);
+        };
         done.files += words;
         done.bytes += word_bytes;
         let body = serde_json::to_vec(&snap).map_err(|e| SyncError::Check(e.to_string()))?;
