@@ -459,6 +459,15 @@ pub(crate) fn mark_of_meta(
     master: &MasterKey,
     archive_id: &[u8; 16],
 ) -> Result<Mark, IndexError> {
+    marked_lists_of_meta(meta, master, archive_id).map(|(m, _)| m)
+}
+
+/// [`mark_of_meta`] with the word lists the commit binds.
+fn marked_lists_of_meta(
+    meta: &str,
+    master: &MasterKey,
+    archive_id: &[u8; 16],
+) -> Result<(Mark, ListMarks), IndexError> {
     let v: serde_json::Value =
         serde_json::from_str(meta).map_err(|e| IndexError::Damaged(format!("meta.json: {e}")))?;
     let opstamp = v
@@ -471,7 +480,6 @@ pub(crate) fn mark_of_meta(
         master,
         archive_id,
     )
-    .map(|(m, _)| m)
 }
 
 /// The word lists a commit's `meta.json` text binds, read without its MAC: for a copier
@@ -1642,14 +1650,15 @@ const LOAD_TRIES: usize = 5;
 /// One commit of the index, held for searching (see [`BlindIndexReader::load_commit`]).
 pub struct Commit {
     searcher: Searcher,
-    mark: Result<Mark, String>,
+    /// Its mark and the word lists it binds, authenticated.
+    marked: Result<(Mark, ListMarks), String>,
 }
 
 impl Commit {
     /// The commit's mark, authenticated (not yet checked against the log); `Err` says
     /// why it cannot be trusted.
     pub fn mark(&self) -> Result<Mark, String> {
-        self.mark.clone()
+        self.marked.as_ref().map(|(m, _)| *m).map_err(Clone::clone)
     }
 }
 
@@ -1678,6 +1687,27 @@ impl BlindIndexReader {
         archive_id: &[u8; 16],
     ) -> Result<BlindIndexReader, IndexError> {
         let (index, sealed) = open_or_create(dir, master, archive_id)?;
+        BlindIndexReader::on(index, sealed, dir, master, archive_id)
+    }
+
+    /// [`BlindIndexReader::open`] of an index that exists: [`IndexError::Missing`]
+    /// rather than a new empty one.
+    pub fn open_existing(
+        dir: &Path,
+        master: &MasterKey,
+        archive_id: &[u8; 16],
+    ) -> Result<BlindIndexReader, IndexError> {
+        let (index, sealed) = open_existing(dir, master, archive_id)?;
+        BlindIndexReader::on(index, sealed, dir, master, archive_id)
+    }
+
+    fn on(
+        index: Index,
+        sealed: SealedDirectory,
+        dir: &Path,
+        master: &MasterKey,
+        archive_id: &[u8; 16],
+    ) -> Result<BlindIndexReader, IndexError> {
         let (_, fields) = schema();
         let reader = index
             .reader_builder()
@@ -1717,12 +1747,21 @@ impl BlindIndexReader {
         let mut v = self.vocab.lock().unwrap_or_else(|p| p.into_inner());
         if !b.fresh && words.iter().any(|w| !matches!(w, query::Word::Exact(_))) {
             // The commit's mark first: the lists read after it hold at least what it
-            // binds (they are written before each commit).
-            let (_, bound) = meta_mark_words(
-                &b.searcher.index().load_metas()?,
-                &self.master,
-                &self.archive_id,
-            )?;
+            // binds (they are written before each commit). A held commit's own: the
+            // last commit's may be a rebuild's, whose lists hold fewer words.
+            let read;
+            let bound = match b.bound {
+                Some(bound) => bound,
+                None => {
+                    read = meta_mark_words(
+                        &b.searcher.index().load_metas()?,
+                        &self.master,
+                        &self.archive_id,
+                    )?
+                    .1;
+                    &read
+                }
+            };
             v.refresh().map_err(IndexError::Vocabulary)?;
             // Every segment the index holds messages of must have its word list, or
             // these terms would silently miss its messages.
@@ -1737,9 +1776,7 @@ impl BlindIndexReader {
             }
             // And it must be the list the commit bound, not one cut back or rolled back
             // to an older copy, which would expand terms to fewer words.
-            let unbound = v
-                .unbound(&bound, segments)
-                .map_err(IndexError::Vocabulary)?;
+            let unbound = v.unbound(bound, segments).map_err(IndexError::Vocabulary)?;
             if !unbound.is_empty() {
                 return Err(IndexError::VocabularyNotBound(unbound));
             }
@@ -1874,7 +1911,7 @@ impl BlindIndexReader {
     pub fn search(&self, q: &Query, limit: usize) -> Result<Vec<Located>, IndexError> {
         guarded(|| {
             self.reload()?;
-            self.search_newest(&self.reader.searcher(), q, limit)
+            self.search_newest((&self.reader.searcher(), None), q, limit)
         })
     }
 
@@ -1885,12 +1922,13 @@ impl BlindIndexReader {
         q: &Query,
         limit: usize,
     ) -> Result<Vec<Located>, IndexError> {
-        guarded(|| self.search_newest(&commit.searcher, q, limit))
+        let bound = commit.marked.as_ref().ok().map(|(_, lists)| lists);
+        guarded(|| self.search_newest((&commit.searcher, bound), q, limit))
     }
 
     fn search_newest(
         &self,
-        searcher: &Searcher,
+        searcher: (&Searcher, Option<&ListMarks>),
         q: &Query,
         limit: usize,
     ) -> Result<Vec<Located>, IndexError> {
@@ -1979,13 +2017,13 @@ impl BlindIndexReader {
             let searcher = self.reader.searcher();
             // No commit between the two reads: the searcher holds the one both read.
             if self.read_meta()? == before {
-                let mark = mark_of_meta(
+                let marked = marked_lists_of_meta(
                     &String::from_utf8_lossy(&before),
                     &self.master,
                     &self.archive_id,
                 )
                 .map_err(|e| e.to_string());
-                return Ok(Commit { searcher, mark });
+                return Ok(Commit { searcher, marked });
             }
         }
         Err(IndexError::Damaged(format!(
@@ -2004,15 +2042,17 @@ impl BlindIndexReader {
     /// Loads the index's last commit: [`BlindIndexReader::search_all_loaded`] and
     /// [`BlindIndexReader::held_segments`] then read that commit until the next reload.
     pub fn reload(&self) -> Result<(), IndexError> {
+        // One load at a time: another thread's load must not take this one's refusal.
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         // A refusal met by an earlier search was reported there: this load is told
         // only of its own.
         let _ = self.sealed.take_refusal();
         let meta = self.read_meta()?;
-        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         // The same bytes are the same commit (each names its opstamp and segments).
         if *loaded == meta {
             return Ok(());
         }
+        loaded.clear();
         self.reader
             .reload()
             .map_err(|e| unsealed(&self.sealed, e))?;
@@ -2021,8 +2061,12 @@ impl BlindIndexReader {
         if let Some(why) = self.sealed.take_refusal() {
             return Err(IndexError::Unsealed(why));
         }
-        // Read before the load: if a commit came in between, the next reload loads it.
-        *loaded = meta;
+        // The commit loaded is known only when no other came during the load: the
+        // same bytes coming back later (a copy of the index put back) must not pass
+        // for a load of a newer commit.
+        if self.read_meta()? == meta {
+            *loaded = meta;
+        }
         Ok(())
     }
 
@@ -2036,7 +2080,7 @@ impl BlindIndexReader {
         let mut columns = None;
         let mut current = usize::MAX;
         self.matching(
-            &self.reader.searcher(),
+            (&self.reader.searcher(), None),
             q,
             |_| Ok(Visit::Enter),
             |m, reader| {
@@ -2071,9 +2115,11 @@ impl BlindIndexReader {
     /// Runs `q` over the segments of the commit last loaded, newest first, handing each live matching
     /// document to `each`; `enter(newest seq of a segment)` may stop before a segment.
     /// Returns the segments in the order their `at` numbers them.
+    /// `bound`: the word lists the commit binds, when the caller holds them (else they
+    /// are read from the index's last commit).
     fn matching(
         &self,
-        searcher: &Searcher,
+        (searcher, bound): (&Searcher, Option<&ListMarks>),
         q: &Query,
         mut enter: impl FnMut(u64) -> Result<Visit, IndexError>,
         mut each: impl FnMut(Match, &SegmentReader) -> Result<(), IndexError>,
@@ -2090,6 +2136,7 @@ impl BlindIndexReader {
             &rest,
             &mut Build {
                 searcher,
+                bound,
                 fresh: false,
                 expanded: 0,
             },
@@ -2171,6 +2218,8 @@ fn segments_in(
 /// What building one search's query needs beside the clauses.
 struct Build<'a> {
     searcher: &'a Searcher,
+    /// The word lists the searched commit binds, when known.
+    bound: Option<&'a ListMarks>,
     /// The vocabulary has been read again for this search.
     fresh: bool,
     /// Words the query's terms expanded to so far.
@@ -3199,6 +3248,28 @@ mod tests {
         let now = r.load_commit().unwrap();
         assert_eq!((now.mark().unwrap().through, found(&now)), (0, vec![]));
         assert_eq!(found(&held), vec![1, 2, 3]);
+        w.finish().unwrap();
+    }
+
+    /// A held commit's prefix, wildcard and fuzzy terms expand from the word lists that
+    /// commit binds, or are refused: the lists on disk may be a rebuild's, holding the
+    /// words of fewer messages than the held commit claims.
+    #[test]
+    fn a_held_commit_expands_its_patterns_from_its_own_word_lists() {
+        let f = Fixture::new();
+        let mut w = f.writer();
+        w.add(&appended(1, 1, "zanzibarite shipment")).unwrap();
+        w.add(&appended(2, 1, "zanzibarian holiday")).unwrap();
+        w.commit().unwrap();
+        let r = f.reader();
+        let held = r.load_commit().unwrap();
+        // A rebuild beside the search: emptied, then part of the log again.
+        w.clear().unwrap();
+        w.commit().unwrap();
+        w.add(&appended(1, 1, "zanzibarite shipment")).unwrap();
+        w.commit().unwrap();
+        let got = r.search_commit(&held, &query::parse("zanzibar*").unwrap(), 100);
+        refused(got.map(|l| l.iter().map(|l| l.seq).collect()), 1);
         w.finish().unwrap();
     }
 

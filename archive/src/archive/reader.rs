@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use aes_gcm::Aes256Gcm;
 
-use crate::index::BlindIndexReader;
+use crate::index::{BlindIndexReader, IndexError};
 
 /// Bytes read at a record's offset in one go: its length and, for most records, all of
 /// it (a chat message's frame is a few hundred bytes).
@@ -153,31 +153,26 @@ impl ArchiveReader {
     /// matching messages in chronological order, bodies decrypted from the log.
     pub fn search(&self, query: &str, limit: usize) -> Result<Vec<Hit>, SearchError> {
         let q = query::parse(query)?;
-        let located = self.index()?.search(&q, limit)?;
+        let located = self.index(BlindIndexReader::open)?.search(&q, limit)?;
         self.hits_at(&located)
     }
 
-    /// The index's reader, opened on first use and kept.
-    fn index(&self) -> Result<std::sync::Arc<BlindIndexReader>, crate::index::IndexError> {
+    /// The index's reader, opened with `open` on first use and kept.
+    fn index(
+        &self,
+        open: fn(&Path, &MasterKey, &[u8; 16]) -> Result<BlindIndexReader, IndexError>,
+    ) -> Result<std::sync::Arc<BlindIndexReader>, IndexError> {
         let mut guard = self.index.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(ix) = guard.as_ref() {
             return Ok(ix.clone());
         }
-        let ix = std::sync::Arc::new(BlindIndexReader::open(
+        let ix = std::sync::Arc::new(open(
             &index_dir(&self.dir),
             &self.master,
             &self.meta.archive_id,
         )?);
         *guard = Some(ix.clone());
         Ok(ix)
-    }
-
-    /// [`ArchiveReader::index`] when the archive has one: a reader creates none.
-    fn existing_index(&self) -> Result<std::sync::Arc<BlindIndexReader>, String> {
-        if !index_dir(&self.dir).join("meta.json").exists() {
-            return Err(crate::index::IndexError::Missing.to_string());
-        }
-        self.index().map_err(|e| e.to_string())
     }
 
     /// The records the index placed, newest first, as hits.
@@ -490,7 +485,9 @@ impl ArchiveReader {
         // The mark and the documents searched are one commit's: a commit made meanwhile
         // (an emptied index's, by a reindex in another process) is not searched under
         // the mark of the one before it.
-        let loaded = self.existing_index().and_then(|index| {
+        // A reader that finds no index makes none.
+        let index = self.index(BlindIndexReader::open_existing);
+        let loaded = index.map_err(|e| e.to_string()).and_then(|index| {
             let commit = index.load_commit().map_err(|e| e.to_string())?;
             let through = self.reach_of(commit.mark()?)?.through;
             Ok((index, commit, through))
