@@ -3273,20 +3273,32 @@ mod tests {
         w.finish().unwrap();
     }
 
-    /// A copier of the index without the key (the bucket upload) reads the lists a
-    /// commit binds from its `meta.json`, and tells lists grown since that commit,
-    /// which go with it, from lists a rebuild started anew, which do not.
+    /// The bucket upload, which holds no key, reads the lists a commit binds from its
+    /// `meta.json` and puts with the commit only lists that go with it: grown since,
+    /// yes; started anew by a rebuild since, no (that commit is put next time); replaced
+    /// under the index, which still binds the old one, left out (never every snapshot
+    /// after it refused).
     #[test]
-    fn a_commit_read_without_the_key_names_its_lists_and_a_rebuilt_list_is_not_one() {
+    fn a_snapshot_takes_only_the_word_lists_its_commit_binds() {
         let f = Fixture::new();
         let meta = || {
             let sealed = std::fs::read(f.index.join("meta.json")).unwrap();
             let len = super::sealed::sealed_len(&sealed).unwrap();
             String::from_utf8(sealed[..len].to_vec()).unwrap()
         };
-        let list = || std::fs::read(f.list(1)).unwrap();
-        let name = f
+        let names = |m: &str| -> Option<Vec<String>> {
+            crate::bucket::read_words(&f.index, m)
+                .unwrap()
+                .map(|lists| lists.into_iter().map(|(n, _)| n).collect())
+        };
+        let one = f
             .list(1)
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let two = f
+            .list(2)
             .file_name()
             .unwrap()
             .to_string_lossy()
@@ -3294,31 +3306,38 @@ mod tests {
         let mut w = f.writer();
         w.add(&appended(1, 1, "zanzibarite shipment")).unwrap();
         w.commit().unwrap();
-        let bound = lists_of_meta(&meta()).unwrap();
-        assert_eq!(bound.keys().copied().collect::<Vec<_>>(), vec![1]);
-        assert!(crate::vocab::list_goes_with(&name, &list(), &bound));
-
+        let first = meta();
+        assert_eq!(
+            lists_of_meta(&first)
+                .unwrap()
+                .keys()
+                .copied()
+                .collect::<Vec<_>>(),
+            vec![1]
+        );
         w.add(&appended(2, 1, "zanzibarian holiday")).unwrap();
+        w.add(&appended(3, 2, "quarterly ledger")).unwrap();
         w.commit().unwrap();
-        assert!(crate::vocab::list_goes_with(&name, &list(), &bound));
+        assert_eq!(names(&first), Some(vec![one.clone(), two.clone()]));
 
-        // Rebuilt from the log: the same words, in a list started anew.
+        // Rebuilt from the log since `first` was read: the same words, in lists started
+        // anew; the newer commit is the one to put.
         w.clear().unwrap();
         w.add(&appended(1, 1, "zanzibarite shipment")).unwrap();
         w.commit().unwrap();
-        assert!(!crate::vocab::list_goes_with(&name, &list(), &bound));
-        assert!(crate::vocab::list_goes_with(
-            &name,
-            &list(),
-            &lists_of_meta(&meta()).unwrap()
-        ));
-        // A list of a segment the commit binds nothing of goes with it.
-        assert!(crate::vocab::list_goes_with(
-            "0000000000000009.words",
-            b"",
-            &bound
-        ));
+        assert_eq!(names(&first), None);
+        let rebuilt = meta();
+        assert_eq!(names(&rebuilt), Some(vec![one.clone()]));
         w.finish().unwrap();
+
+        // A list replaced under the index, whose last commit still binds the old one.
+        let held = meta();
+        std::fs::write(f.list(1), b"custos-w0123456789abcdef").unwrap();
+        assert_eq!(names(&held), Some(vec![]));
+        // And one deleted.
+        std::fs::remove_file(f.list(1)).unwrap();
+        assert_eq!(names(&held), Some(vec![]));
+        assert!(lists_of_meta("{\"payload\":\"custos-index-v7 x\"}").is_none());
     }
 
     /// A reader loads each commit once: a search after a commit sees it, and searches

@@ -57,7 +57,7 @@ pub fn vocab_dir(index_dir: &Path) -> PathBuf {
     index_dir.with_file_name("vocabulary")
 }
 
-fn file_name(segment: u64) -> String {
+pub(crate) fn file_name(segment: u64) -> String {
     format!("{segment:016x}{SUFFIX}")
 }
 
@@ -66,7 +66,7 @@ pub(crate) fn is_list_name(name: &str) -> bool {
     segment_of(name).is_some()
 }
 
-fn segment_of(name: &str) -> Option<u64> {
+pub(crate) fn segment_of(name: &str) -> Option<u64> {
     let hex = name.strip_suffix(SUFFIX)?;
     (hex.len() == 16)
         .then(|| u64::from_str_radix(hex, 16).ok())

@@ -83,54 +83,89 @@ fn get_words(remote: &Remote, through: u64) -> Result<Option<Words>, SyncError> 
     Ok(Some(words))
 }
 
-/// Puts the word lists beside the index in `index_dir` (those not in the bucket yet)
-/// and their manifest for snapshot `through`, whose commit binds the lists `bound`.
-/// Returns (files put, bytes put), or `None` when a list is no longer the one the
-/// commit bound (the index was rebuilt since its `meta.json` was read): a snapshot of
-/// that commit with these lists would be refused by every reader, so none is put.
-fn upload_words(
+/// Reads the word lists beside the index in `index_dir` for a snapshot of the commit
+/// whose `meta.json` text is `meta`: read after it, they hold at least what it binds.
+/// A list it binds that is gone or no longer extends what it bound is left out when
+/// the index's last commit still binds it so (a list cut back or replaced under the
+/// index: a reader refuses pattern terms over that segment, as the local index does);
+/// when a newer commit binds it otherwise, the index was rebuilt since `meta` was read,
+/// and `None` says to put that newer commit next time instead.
+pub(crate) fn read_words(
     index_dir: &Path,
-    remote: &Remote,
-    (through, bound): (u64, &crate::vocab::ListMarks),
-    newest: Option<u64>,
-) -> Result<Option<(usize, u64)>, SyncError> {
+    meta: &str,
+) -> Result<Option<Vec<(String, Vec<u8>)>>, SyncError> {
+    let bound = crate::index::lists_of_meta(meta).unwrap_or_default();
     let dir = crate::vocab::vocab_dir(index_dir);
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Some((0, 0))),
+    let mut names: Vec<String> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| crate::vocab::is_list_name(n))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(SyncError::Check(format!("{}: {e}", dir.display()))),
     };
-    let mut names: Vec<String> = entries
-        .flatten()
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| crate::vocab::is_list_name(n))
-        .collect();
     names.sort();
+    let mut lists = Vec::with_capacity(names.len());
+    let mut astray = Vec::new();
+    for name in names {
+        let path = dir.join(&name);
+        match std::fs::read(&path) {
+            Ok(body) if crate::vocab::list_goes_with(&name, &body, &bound) => {
+                lists.push((name, body));
+            }
+            Ok(_) => astray.push(name),
+            // Shredded since the listing: the snapshot's index may still hold its
+            // documents; a search that needs the list says it is missing.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => astray.push(name),
+            Err(e) => return Err(SyncError::Check(format!("{}: {e}", path.display()))),
+        }
+    }
+    let gone: Vec<String> = bound
+        .keys()
+        .map(|&s| crate::vocab::file_name(s))
+        .filter(|n| !lists.iter().any(|(l, _)| l == n) && !astray.contains(n))
+        .collect();
+    astray.extend(gone);
+    if astray.is_empty() {
+        return Ok(Some(lists));
+    }
+    let now = std::fs::read(index_dir.join("meta.json"))
+        .ok()
+        .and_then(|sealed| {
+            let at = crate::index::sealed_len(&sealed)?;
+            crate::index::lists_of_meta(std::str::from_utf8(sealed.get(..at)?).ok()?)
+        })
+        .unwrap_or_default();
+    let rebuilt = astray.iter().any(|n| {
+        let segment = crate::vocab::segment_of(n);
+        segment.and_then(|s| bound.get(&s)) != segment.and_then(|s| now.get(&s))
+    });
+    Ok((!rebuilt).then_some(lists))
+}
+
+/// Puts word lists (those not in the bucket yet) and their manifest for snapshot
+/// `through`. Returns (files put, bytes put).
+fn put_words(
+    remote: &Remote,
+    through: u64,
+    newest: Option<u64>,
+    lists: &[(String, Vec<u8>)],
+) -> Result<(usize, u64), SyncError> {
     let there: Vec<IndexFile> = match newest {
         Some(t) => get_words(remote, t)?.map(|w| w.files).unwrap_or_default(),
         None => Vec::new(),
     };
     let (mut put, mut bytes) = (0, 0);
-    let mut files = Vec::new();
-    for name in names {
-        let path = dir.join(&name);
-        let body = match std::fs::read(&path) {
-            Ok(b) => b,
-            // Shredded since the listing: the snapshot's index may still hold its
-            // documents; a search that needs the list says it is missing.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(SyncError::Check(format!("{}: {e}", path.display()))),
-        };
-        if !crate::vocab::list_goes_with(&name, &body, bound) {
-            return Ok(None);
-        }
+    let mut files = Vec::with_capacity(lists.len());
+    for (name, body) in lists {
         let file = IndexFile {
-            name,
+            name: name.clone(),
             bytes: body.len() as u64,
-            sha256: hex::encode(&Sha256::digest(&body)),
+            sha256: hex::encode(&Sha256::digest(body)),
         };
         if !there.iter().any(|f| f.sha256 == file.sha256) {
-            put_plain(remote, &format!("{WORDS_FOLDER}{}", file.sha256), &body)?;
+            put_plain(remote, &format!("{WORDS_FOLDER}{}", file.sha256), body)?;
             put += 1;
             bytes += file.bytes;
         }
@@ -142,7 +177,7 @@ fn upload_words(
     };
     let body = serde_json::to_vec(&manifest).map_err(|e| SyncError::Check(e.to_string()))?;
     put_plain(remote, &words_name(through), &body)?;
-    Ok(Some((put, bytes)))
+    Ok((put, bytes))
 }
 
 /// Writes the word lists beside snapshot `through` into the vocabulary folder of
@@ -366,6 +401,10 @@ pub fn upload_index(
     };
     let mut there = snapshots(remote)?;
     if through > 0 && !there.iter().any(|(t, _)| *t == through) {
+        // Read before any file is put: a commit that cannot be put leaves nothing.
+        let Some(lists) = read_words(&dir, &meta)? else {
+            return Ok(done);
+        };
         // Files already put for an earlier snapshot are not put again.
         let newest = match there.last() {
             Some((_, key)) => get_snapshot(remote, key)?,
@@ -399,13 +438,8 @@ pub fn upload_index(
             files,
         };
         // The word lists first: a reader that finds the snapshot finds its lists.
-        let bound = crate::index::lists_of_meta(&snap.meta).unwrap_or_default();
         let newest = there.last().map(|(t, _)| *t);
-        let Some((words, word_bytes)) = upload_words(&dir, remote, (through, &bound), newest)?
-        else {
-            // Rebuilt since meta.json was read: the new commit is put next time.
-            return Ok(done);
-        };
+        let (words, word_bytes) = put_words(remote, through, newest, &lists)?;
         done.files += words;
         done.bytes += word_bytes;
         let body = serde_json::to_vec(&snap).map_err(|e| SyncError::Check(e.to_string()))?;
