@@ -389,6 +389,15 @@ mod tests {
             m
         }
 
+        /// [`Made::aged`], its index then built again in one pass: one tantivy segment,
+        /// whose term dictionary is large enough to have blocks no open reads (an
+        /// indexer that commits as it goes leaves as many as tantivy has not merged).
+        async fn aged_whole(n: u64) -> Made {
+            let m = Made::aged(n).await;
+            reindex(&m.dir, &m.master, |_, _| {}).unwrap();
+            m
+        }
+
         fn reader(&self) -> ArchiveReader {
             ArchiveReader::open(&self.dir, &self.master).unwrap()
         }
@@ -706,7 +715,7 @@ mod tests {
     /// commit leaves a catch-up for `verify` to note, not an index rolled back.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_kill_right_after_the_deferred_rebuild_is_not_a_rollback() {
-        let m = Made::aged(5000).await;
+        let m = Made::aged_whole(5000).await;
         // A block no open reads changed (a disk error; or an administrator).
         poke_middle(&m, ".term");
         // Archive::open, as it opens the index now.
@@ -737,7 +746,7 @@ mod tests {
     /// the open wipes the index and `trust_or_clear` owes the whole log.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_kill_right_after_the_checked_opens_rebuild_is_not_a_rollback() {
-        let m = Made::aged(5000).await;
+        let m = Made::aged_whole(5000).await;
         poke_middle(&m, ".term");
         let reader = m.reader();
         let mut w = m.writer();
