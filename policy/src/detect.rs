@@ -92,9 +92,10 @@ pub(crate) fn luhn_valid(digits: &[u8]) -> bool {
     sum.is_multiple_of(10)
 }
 
-/// A run of digit groups separated by single spaces or hyphens
-/// (`4111 1111-1111 1111`): each group's byte range.
+/// A run of digit groups apart by one or two spaces, hyphens or dots
+/// (`4111 1111-1111.1111`, `4111  1111`): each group's byte range.
 fn digit_groups(bytes: &[u8], start: usize) -> (Vec<Range<usize>>, usize) {
+    let is_sep = |b: Option<&u8>| matches!(b, Some(b' ' | b'-' | b'.'));
     let mut groups = Vec::new();
     let mut i = start;
     loop {
@@ -103,16 +104,22 @@ fn digit_groups(bytes: &[u8], start: usize) -> (Vec<Range<usize>>, usize) {
             i += 1;
         }
         groups.push(g_start..i);
-        // Continue only across one separator that is followed by a digit.
-        match (bytes.get(i), bytes.get(i + 1)) {
-            (Some(b' ' | b'-'), Some(n)) if n.is_ascii_digit() => i += 1,
+        // Continue only across separators that are followed by a digit.
+        let gap = match (is_sep(bytes.get(i)), is_sep(bytes.get(i + 1))) {
+            (true, true) => 2,
+            (true, false) => 1,
             _ => return (groups, i),
+        };
+        if !bytes.get(i + gap).is_some_and(u8::is_ascii_digit) {
+            return (groups, i);
         }
+        i += gap;
     }
 }
 
 /// Card numbers: 13–19 digits, the first 2–6 (the issuer ranges of the card networks in
-/// use), passing Luhn, written plain or in groups separated by single spaces or hyphens.
+/// use), passing Luhn, written plain or in groups apart by one or two spaces, hyphens or
+/// dots.
 /// Every window of whole groups is tried, so a card followed or preceded by another
 /// number (`4111 1111 1111 1111 2027`) is still found; a run of more than 19 digits with
 /// no separator is not a card number.
@@ -326,8 +333,12 @@ mod tests {
             "20 digits, no separator"
         );
         assert!(
-            payment_cards("4111  1111 1111 1111").is_empty(),
-            "double space splits"
+            payment_cards("4111   1111 1111 1111").is_empty(),
+            "three spaces split"
+        );
+        assert!(
+            payment_cards("4111 -. 1111 1111 1111").is_empty(),
+            "three separators split"
         );
         assert!(payment_cards("79927398713").is_empty(), "too short");
         assert!(

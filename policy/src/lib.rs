@@ -44,6 +44,7 @@ mod reload;
 mod scan;
 mod subject;
 mod testrun;
+mod unmask;
 mod verdict;
 
 pub use detect::Detector;

@@ -11,6 +11,7 @@ use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 use crate::detect::{Detector, Detectors};
 use crate::jid::Bits;
 use crate::lexicon::{LexiconId, Lexicons};
+use crate::unmask::Unmasked;
 
 /// Which text field a condition reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -96,10 +97,20 @@ impl FieldScanner {
         n_lexicons: usize,
         detectors: &Detectors,
     ) -> FieldScan<'t> {
+        // The text, and where it hides words from a scanner, the view a reader sees.
+        let unmasked = Unmasked::of(text);
+        let views = || std::iter::once(text).chain(unmasked.as_ref().map(|u| u.text.as_str()));
         let regex_hits = match &self.set {
             Some(set) => {
-                let m = set.matches(text);
-                (0..self.regexes.len()).map(|i| m.matched(i)).collect()
+                let mut hits = vec![false; self.regexes.len()];
+                for view in views() {
+                    for i in set.matches(view).iter() {
+                        if let Some(h) = hits.get_mut(i) {
+                            *h = true;
+                        }
+                    }
+                }
+                hits
             }
             None => Vec::new(),
         };
@@ -107,6 +118,14 @@ impl FieldScanner {
         let mut lexicon_matched = Bits::new(n_lexicons);
         if self.lexicons {
             lexicons.scan(text, &mut lexicon_hits);
+            if let Some(u) = &unmasked {
+                let mut seen = Vec::new();
+                lexicons.scan(&u.text, &mut seen);
+                lexicon_hits.extend(
+                    seen.into_iter()
+                        .filter_map(|(id, r)| Some((id, u.original(text, r)?))),
+                );
+            }
             for (id, _) in &lexicon_hits {
                 lexicon_matched.set(*id);
             }
@@ -116,11 +135,16 @@ impl FieldScanner {
             if self.detectors.get(d.index()).copied().unwrap_or(false) {
                 if let Some(slot) = detector_hits.get_mut(d.index()) {
                     *slot = detectors.find(d, text);
+                    if let Some(u) = &unmasked {
+                        let seen = detectors.find(d, &u.text);
+                        slot.extend(seen.into_iter().filter_map(|r| u.original(text, r)));
+                    }
                 }
             }
         }
         FieldScan {
             text,
+            unmasked,
             regex_hits,
             lexicon_hits,
             lexicon_matched,
@@ -133,6 +157,8 @@ impl FieldScanner {
 #[derive(Debug)]
 pub(crate) struct FieldScan<'t> {
     pub text: &'t str,
+    /// The text as a reader sees it, where that differs (see [`Unmasked`]).
+    unmasked: Option<Unmasked>,
     regex_hits: Vec<bool>,
     lexicon_hits: Vec<(LexiconId, Range<usize>)>,
     lexicon_matched: Bits,
@@ -161,6 +187,14 @@ impl FieldScan<'_> {
                             .map(|m| m.range())
                             .filter(|r| !r.is_empty()),
                     );
+                    if let Some(u) = &self.unmasked {
+                        out.extend(
+                            re.find_iter(&u.text)
+                                .map(|m| m.range())
+                                .filter(|r| !r.is_empty())
+                                .filter_map(|r| u.original(self.text, r)),
+                        );
+                    }
                 }
             }
             Probe::Lexicon(id) => out.extend(

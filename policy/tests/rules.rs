@@ -826,3 +826,47 @@ fn a_room_with_an_external_occupant_gets_its_disclaimer_as_group_chat() {
     let v = p.evaluate(&in_room(to_room, facts(&["alice@example.test/l"])));
     assert!(v.disclaimer.is_none());
 }
+
+/// Words hidden from a scanner but not from a reader (an invisible character inside,
+/// fullwidth or mathematical letters, a Cyrillic letter drawn as a Latin one, digits
+/// apart by no-break spaces, dots or two spaces) are found, and redacted where they are
+/// written, the invisible characters with them.
+#[test]
+fn words_a_client_shows_are_found_however_they_are_written() {
+    let p = policy(
+        "[[lexicon]]\nid='l'\nterms=['falcon', 'сделка']\n[[rule]]\nid='words'\nwhen={body={lexicon='l'}}\naction='redact'\n[[rule]]\nid='cards'\nwhen={body={detector='payment-card'}}\naction='redact'\n",
+    );
+    let masked = |s: &str| MASK.to_string().repeat(s.chars().count());
+    for hidden in [
+        "fal\u{200B}con",
+        "fal\u{00AD}con",
+        "f\u{200D}a\u{2063}lcon",
+        "ｆａｌｃｏｎ",
+        "fаlcon",
+        "FАLCON",
+        "𝐟𝐚𝐥𝐜𝐨𝐧",
+        "сделка",
+    ] {
+        let v = out(&p, A, EXT, &format!("the {hidden} closes"));
+        assert_eq!(v.action, Action::Redact, "{hidden}");
+        let want = format!("the {} closes", masked(hidden));
+        assert_eq!(v.delivered_body.as_deref(), Some(want.as_str()), "{hidden}");
+    }
+    for card in [
+        "4111\u{00A0}1111\u{00A0}1111\u{00A0}1111",
+        "４１１１ １１１１ １１１１ １１１１",
+        "4111.1111.1111.1111",
+        "4111  1111  1111  1111",
+    ] {
+        let v = out(&p, A, EXT, &format!("card {card}, thanks"));
+        assert_eq!(v.action, Action::Redact, "{card}");
+        let body = v.delivered_body.unwrap_or_default();
+        assert!(
+            !body.chars().any(|c| c.is_numeric()),
+            "{card} left digits: {body}"
+        );
+    }
+    // Text that hides nothing is left as it is.
+    let v = out(&p, A, EXT, "falconry in Zürich, 東京 and Αθήνα");
+    assert_eq!((v.action, v.delivered_body), (Action::Allow, None));
+}

@@ -1,0 +1,176 @@
+//! A second view of a text for scanning, undoing what hides words from a scanner but
+//! not from a reader: invisible format characters are dropped (zero-width spaces and
+//! joiners, soft hyphens, bidirectional controls, variation selectors, tag characters),
+//! every character takes its compatibility form (NFKC: fullwidth letters and digits,
+//! mathematical alphanumerics, ligatures, circled digits), every space separator is a
+//! plain space, and Cyrillic and Greek letters drawn like Latin ones are those Latin
+//! letters. A client shows `fal\u{200B}con`, `ｆａｌｃｏｎ` or `fаlcon` (a Cyrillic `а`)
+//! as the word it hides; rules read both the text and this view, so a term written in
+//! either script is still found where it was written.
+
+use std::ops::Range;
+
+use unicode_normalization::UnicodeNormalization;
+
+/// The view, and for each of its bytes the byte offset in the original text of the
+/// character it came from.
+#[derive(Debug)]
+pub(crate) struct Unmasked {
+    pub text: String,
+    map: Vec<usize>,
+}
+
+impl Unmasked {
+    /// `None` when the view would be the text itself (every ASCII text).
+    pub(crate) fn of(text: &str) -> Option<Unmasked> {
+        if text.is_ascii() {
+            return None;
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut map = Vec::with_capacity(text.len());
+        let mut changed = false;
+        for (at, c) in text.char_indices() {
+            if is_invisible(c) {
+                changed = true;
+                continue;
+            }
+            let before = out.len();
+            if c.is_ascii() {
+                out.push(c);
+            } else {
+                for d in std::iter::once(c).nfkc() {
+                    out.push(latin_lookalike(if d.is_whitespace() { ' ' } else { d }));
+                }
+                changed |= out.get(before..).is_none_or(|s| s.chars().ne([c]));
+            }
+            map.extend(std::iter::repeat_n(at, out.len() - before));
+        }
+        changed.then_some(Unmasked { text: out, map })
+    }
+
+    /// The whole characters of `text` (this view's original) that `r` of the view came
+    /// from, the invisible ones between them included.
+    pub(crate) fn original(&self, text: &str, r: Range<usize>) -> Option<Range<usize>> {
+        let start = *self.map.get(r.start)?;
+        let last = *self.map.get(r.end.checked_sub(1)?)?;
+        let len = text.get(last..)?.chars().next()?.len_utf8();
+        Some(start..last + len)
+    }
+}
+
+/// Characters a client draws as nothing (Unicode's default-ignorable code points that
+/// are not whitespace): a word written with one inside reads as the word.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{17B4}'
+            | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    )
+}
+
+/// The Latin letter a Cyrillic or Greek letter is drawn as, in the common fonts (the
+/// pairs of Unicode's confusables list between those scripts that are one letter to
+/// one letter); any other character as it is.
+fn latin_lookalike(c: char) -> char {
+    match c {
+        'а' | 'α' => 'a',
+        'в' | 'β' => 'b',
+        'с' | 'ϲ' => 'c',
+        'ԁ' => 'd',
+        'е' | 'ε' => 'e',
+        'һ' => 'h',
+        'і' | 'ι' => 'i',
+        'ј' => 'j',
+        'κ' | 'к' => 'k',
+        'м' => 'm',
+        'ո' | 'η' => 'n',
+        'о' | 'ο' | 'σ' => 'o',
+        'р' | 'ρ' => 'p',
+        'ԛ' => 'q',
+        'ѕ' => 's',
+        'т' | 'τ' => 't',
+        'υ' | 'ս' => 'u',
+        'ν' | 'ѵ' => 'v',
+        'ԝ' | 'ω' => 'w',
+        'х' | 'χ' => 'x',
+        'у' | 'γ' => 'y',
+        'А' | 'Α' => 'A',
+        'В' | 'Β' => 'B',
+        'С' | 'Ϲ' => 'C',
+        'Е' | 'Ε' => 'E',
+        'Н' | 'Η' => 'H',
+        'І' | 'Ι' => 'I',
+        'Ј' => 'J',
+        'К' | 'Κ' => 'K',
+        'М' | 'Μ' => 'M',
+        'Ν' => 'N',
+        'О' | 'Ο' => 'O',
+        'Р' | 'Ρ' => 'P',
+        'Ѕ' => 'S',
+        'Т' | 'Τ' => 'T',
+        'Х' | 'Χ' => 'X',
+        'У' | 'Υ' => 'Y',
+        'Ζ' => 'Z',
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(text: &str) -> String {
+        Unmasked::of(text).map_or_else(|| text.to_owned(), |u| u.text)
+    }
+
+    #[test]
+    fn hidden_words_read_as_a_client_shows_them() {
+        assert_eq!(view("fal\u{200B}con"), "falcon");
+        assert_eq!(view("fal\u{00AD}con"), "falcon");
+        assert_eq!(view("f\u{200D}a\u{2063}l\u{FEFF}con"), "falcon");
+        assert_eq!(view("\u{202E}noclaf"), "noclaf");
+        assert_eq!(view("ｆａｌｃｏｎ"), "falcon");
+        assert_eq!(view("fаlcon"), "falcon");
+        assert_eq!(view("𝐟𝐚𝐥𝐜𝐨𝐧"), "falcon");
+        assert_eq!(
+            view("４111\u{00A0}1111\u{2009}1111 1111"),
+            "4111 1111 1111 1111"
+        );
+        assert_eq!(view("ﬁnance"), "finance");
+    }
+
+    #[test]
+    fn plain_text_has_no_second_view() {
+        assert!(Unmasked::of("plain ascii falcon").is_none());
+        assert!(Unmasked::of("straße café 東京").is_none());
+    }
+
+    #[test]
+    fn a_range_of_the_view_is_whole_characters_of_the_text() {
+        let text = "say fal\u{200B}con, ｆａｌｃｏｎ!";
+        let u = Unmasked::of(text).expect("a view");
+        let words: Vec<&str> = u
+            .text
+            .match_indices("falcon")
+            .filter_map(|(at, _)| text.get(u.original(text, at..at + 6)?))
+            .collect();
+        assert_eq!(words, ["fal\u{200B}con", "ｆａｌｃｏｎ"]);
+        assert_eq!(u.original(text, 0..0), None);
+    }
+}
