@@ -43,7 +43,7 @@ use crate::inspect::{
 use crate::relay_state::{bare, Copy};
 use crate::reply::{stanza_error, ErrorType};
 use crate::rooms::{RoomContext, Rooms};
-use crate::stanza::{E2ee, EditKind, ExtraText, StanzaKind, StanzaView};
+use crate::stanza::{forwarded_texts, E2ee, EditKind, ExtraText, StanzaKind, StanzaView};
 use crate::xml::Element;
 
 /// Rule ids Custos itself records beside policy's.
@@ -170,32 +170,23 @@ fn content<'a>(item: &Inspected<'a>) -> Content<'a> {
     if let Some(c) = wrapped {
         return c;
     }
-    let mut extra = outer.extra.clone();
-    let forged_wrapper = outer.forwarded.is_some();
-    if let Some(fwd) = &outer.forwarded {
-        let inner = &fwd.inner;
-        for (kind, text) in [("body", &inner.body), ("subject", &inner.subject)] {
-            if let Some(text) = text {
-                extra.push(ExtraText {
-                    kind: format!("forwarded-{kind}"),
-                    lang: None,
-                    text: text.clone(),
-                });
-            }
-        }
-        extra.extend(inner.extra.iter().map(|t| ExtraText {
-            kind: format!("forwarded-{}", t.kind),
-            lang: t.lang.clone(),
-            text: t.text.clone(),
-        }));
-    }
     Content {
         view: outer,
         direction: item.direction,
         via: Via::Direct,
-        forged_wrapper,
-        extra,
+        forged_wrapper: outer.forwarded.is_some(),
+        extra: texts_of(outer),
     }
+}
+
+/// Every text a message carries for people: its own, and those of a carbon or archive
+/// result wrapped in it that nobody vouches for, as `forwarded-…`.
+fn texts_of(view: &StanzaView) -> Vec<ExtraText> {
+    let mut out = view.extra.clone();
+    if let Some(fwd) = &view.forwarded {
+        forwarded_texts(&fwd.inner, fwd.child, &mut out);
+    }
+    out
 }
 
 impl Content<'_> {
@@ -521,15 +512,31 @@ impl Pipeline {
             Some(policy) => evaluate(policy, c, room),
             None => None,
         };
-        let (verdict, delivered_extra) = match evaluated {
+        let (mut verdict, delivered_extra) = match evaluated {
             Some((v, d)) => (Some(v), d),
             None => (None, Vec::new()),
         };
+        // The redacted stanza is settled before the record, which says what was delivered:
+        // a redaction that cannot keep every changed text out of the stanza is a block.
+        let mut redaction = None;
+        if let Some(v) = verdict
+            .as_mut()
+            .filter(|v| v.action == custos_policy::Action::Redact)
+        {
+            redaction = redact(item, c, v, &delivered_extra);
+            if redaction.is_none() {
+                warn!(rules = ?v.rules.iter().map(|r| r.as_str()).collect::<Vec<_>>(), "a redacted text could not be taken out of the stanza; refused instead");
+                v.action = custos_policy::Action::Block;
+                v.block_text = Some(UNREDACTABLE_TEXT.to_owned());
+                v.delivered_body = None;
+                v.delivered_subject = None;
+            }
+        }
         let recorded = c.has_content();
         if recorded {
             count_message(item.direction, verdict.as_ref());
         }
-        let ids = recorded.then(|| Identities::of(c, verdict.as_ref(), &delivered_extra));
+        let ids = recorded.then(|| Identities::of(c, redaction.as_ref().map(|r| &r.identity)));
         let live_copy = match (&self.archive, &ids) {
             (Some(archive), Some(ids)) if c.via == Via::Mam => archive.live_copy(&ids.identity),
             _ => LiveCopy::Recorded,
@@ -630,9 +637,18 @@ impl Pipeline {
         };
         let mut outcome = match verdict.action {
             custos_policy::Action::Allow | custos_policy::Action::Flag => Outcome::forward(),
-            custos_policy::Action::Redact => Outcome {
-                decision: Decision::Replace(redact(item, c, &verdict, &delivered_extra)),
-                inject: Injections::default(),
+            custos_policy::Action::Redact => match redaction {
+                Some(redaction) => Outcome {
+                    decision: Decision::Replace(redaction.bytes),
+                    inject: Injections::default(),
+                },
+                // Unreachable: a redaction that failed turned the verdict into a block.
+                None => refuse(
+                    item,
+                    ErrorType::Modify,
+                    "policy-violation",
+                    UNREDACTABLE_TEXT,
+                ),
             },
             custos_policy::Action::Block => {
                 info!(rules = ?verdict.rules.iter().map(|r| r.as_str()).collect::<Vec<_>>(), "stanza blocked by policy");
@@ -773,11 +789,8 @@ struct Identities {
 }
 
 impl Identities {
-    fn of(
-        c: &Content<'_>,
-        verdict: Option<&Verdict>,
-        delivered_extra: &[Option<String>],
-    ) -> Identities {
+    /// `delivered`: the identity of the redacted stanza, when policy changed the content.
+    fn of(c: &Content<'_>, delivered: Option<&String>) -> Identities {
         let v = c.view;
         let extra: Vec<(&str, Option<&str>, &str)> = c
             .extra
@@ -791,47 +804,12 @@ impl Identities {
             v.subject.as_deref(),
             &extra,
         );
-        let delivered = verdict
-            .filter(|v| v.action == custos_policy::Action::Redact)
-            .map(|verdict| {
-                let extra: Vec<(&str, Option<&str>, &str)> = c
-                    .extra
-                    .iter()
-                    .zip(delivered_extra.iter().chain(std::iter::repeat(&None)))
-                    .map(|(t, d)| {
-                        (
-                            t.kind.as_str(),
-                            t.lang.as_deref(),
-                            d.as_deref().unwrap_or(&t.text),
-                        )
-                    })
-                    .collect();
-                identity_of_delivered(c, verdict, &extra)
-            })
-            .filter(|d| *d != identity);
+        let delivered = delivered.filter(|d| **d != identity).cloned();
         Identities {
             identity,
             delivered,
         }
     }
-}
-
-fn identity_of_delivered(
-    c: &Content<'_>,
-    verdict: &Verdict,
-    extra: &[(&str, Option<&str>, &str)],
-) -> String {
-    let v = c.view;
-    identity(
-        v,
-        c.direction,
-        verdict.delivered_body.as_deref().or(v.body.as_deref()),
-        verdict
-            .delivered_subject
-            .as_deref()
-            .or(v.subject.as_deref()),
-        extra,
-    )
 }
 
 fn message_record(
@@ -1002,103 +980,165 @@ fn refuse(item: &Inspected<'_>, error_type: ErrorType, condition: &str, text: &s
     }
 }
 
+/// Why a stanza is refused when its redaction cannot be delivered safely.
+const UNREDACTABLE_TEXT: &str = "This message could not be redacted safely and was not delivered.";
+
+/// Texts a redaction rewrites where they stand; any other text policy changed goes with
+/// the child element of the message that carries it.
+const REWRITTEN_IN_PLACE: [&str; 4] = ["body", "subject", "oob-url", "oob-desc"];
+
+/// What a redaction delivers.
+struct Redaction {
+    bytes: Vec<u8>,
+    /// The identity of the delivered content, which the recipient's copy has.
+    identity: String,
+}
+
 /// The stanza with every redacted text replaced: the primary body and subject, each
-/// other-language body and subject and out-of-band link by its own redacted form; the
-/// XHTML-IM alternative is removed (it would deliver the unredacted text beside the
-/// redacted one). For a believed carbon or replay the forwarded message is changed; a
-/// wrapper nobody vouches for loses its wrapped message.
+/// other-language body and subject and out-of-band link by its own redacted form. A text
+/// that cannot be rewritten in place (a reaction, a custom element, an attribute, a
+/// forwarded message, a shared file) takes the whole child element that carries it out of
+/// the message; the XHTML-IM alternative is removed (it would deliver the unredacted text
+/// beside the redacted one). For a believed carbon or replay the forwarded message is
+/// changed; a wrapper nobody vouches for loses its wrapped message.
+///
+/// `None` when a text policy redacted would still be delivered: the caller refuses the
+/// stanza instead.
 fn redact(
     item: &Inspected<'_>,
     c: &Content<'_>,
     verdict: &Verdict,
     delivered_extra: &[Option<String>],
-) -> Vec<u8> {
+) -> Option<Redaction> {
     let mut replace: HashMap<(&str, Option<&str>, &str), &str> = HashMap::new();
+    // What policy took out: none of it may be in what is delivered.
+    let mut redacted: Vec<&str> = Vec::new();
     let v = c.view;
     if let (Some(orig), Some(new)) = (&v.body, &verdict.delivered_body) {
         replace.insert(("body", None, orig.as_str()), new.as_str());
+        redacted.push(orig);
     }
     if let (Some(orig), Some(new)) = (&v.subject, &verdict.delivered_subject) {
         replace.insert(("subject", None, orig.as_str()), new.as_str());
+        redacted.push(orig);
     }
+    let mut removed: Vec<usize> = Vec::new();
     for (t, d) in c.extra.iter().zip(delivered_extra) {
         if let Some(d) = d {
             replace.insert(
                 (t.kind.as_str(), t.lang.as_deref(), t.text.as_str()),
                 d.as_str(),
             );
+            redacted.push(&t.text);
+            if !REWRITTEN_IN_PLACE.contains(&t.kind.as_str()) {
+                removed.push(t.child);
+            }
         }
     }
     let mut stanza = item.stanza.root.clone();
+    let message = if c.via == Via::Direct {
+        &mut stanza
+    } else {
+        wrapped_message(&mut stanza, item.view.forwarded.as_ref()?.child)?
+    };
+    // By position, before anything else changes the positions.
+    let mut at = 0;
+    message.retain_children(|_| {
+        at += 1;
+        !removed.contains(&(at - 1))
+    });
     if c.forged_wrapper {
-        stanza.retain_children(|child| {
-            child.name != "sent" && child.name != "received" && child.name != "result"
+        message.retain_children(|child| {
+            !(child.is("sent", crate::stanza::NS_CARBONS)
+                || child.is("received", crate::stanza::NS_CARBONS)
+                || child.is("result", crate::stanza::NS_MAM))
         });
     }
-    let target = if c.via == Via::Direct {
-        Some(&mut stanza)
-    } else {
-        forwarded_message(&mut stanza)
-    };
-    if let Some(message) = target {
-        let ns = message.ns.clone();
-        for child in message.children_mut() {
-            let kind = match (&*child.name, child.ns == ns, &*child.ns) {
-                ("body", true, _) => "body",
-                ("subject", true, _) => "subject",
-                ("x", false, crate::stanza::NS_OOB) => {
-                    for part in child.children_mut() {
-                        let kind = match &*part.name {
-                            "url" => "oob-url",
-                            "desc" => "oob-desc",
-                            _ => continue,
-                        };
-                        let text = part.text();
-                        if let Some(new) = replace.get(&(kind, None, text.as_str())) {
-                            part.set_text(*new);
-                        }
+    let ns = message.ns.clone();
+    for child in message.children_mut() {
+        let kind = match (&*child.name, child.ns == ns, &*child.ns) {
+            ("body", true, _) => "body",
+            ("subject", true, _) => "subject",
+            ("x", false, crate::stanza::NS_OOB) => {
+                for part in child.children_mut() {
+                    let kind = match &*part.name {
+                        "url" => "oob-url",
+                        "desc" => "oob-desc",
+                        _ => continue,
+                    };
+                    let text = part.text();
+                    if let Some(new) = replace.get(&(kind, None, text.as_str())) {
+                        part.set_text(*new);
                     }
-                    continue;
                 }
-                _ => continue,
-            };
-            let text = child.text();
-            let lang = child.lang().map(str::to_owned);
-            // The primary text was recorded without its language; try both.
-            let new = replace
-                .get(&(kind, lang.as_deref(), text.as_str()))
-                .or_else(|| replace.get(&(kind, None, text.as_str())));
-            if let Some(new) = new {
-                child.set_text(*new);
+                continue;
             }
-        }
-        message.retain_children(|c| c.name != "html" || c.ns != crate::stanza::NS_XHTML_IM);
-        // A shared file's name or address cannot be masked in place: it goes.
-        let file_redacted = c
-            .extra
-            .iter()
-            .zip(delivered_extra)
-            .any(|(t, d)| d.is_some() && t.kind.starts_with("file-"));
-        if file_redacted {
-            message.retain_children(|c| {
-                !c.is("file-sharing", crate::stanza::NS_SFS)
-                    && !c.is("reference", crate::stanza::NS_REFERENCE)
-            });
+            _ => continue,
+        };
+        let text = child.text();
+        let lang = child.lang().map(str::to_owned);
+        // The primary text was recorded without its language; try both.
+        let new = replace
+            .get(&(kind, lang.as_deref(), text.as_str()))
+            .or_else(|| replace.get(&(kind, None, text.as_str())));
+        if let Some(new) = new {
+            child.set_text(*new);
         }
     }
-    let mut out = Vec::new();
-    stanza.write_to(&mut out);
-    out
+    message.retain_children(|c| c.name != "html" || c.ns != crate::stanza::NS_XHTML_IM);
+    // A shared file's name or address cannot be masked in place: it goes.
+    let file_redacted = c
+        .extra
+        .iter()
+        .zip(delivered_extra)
+        .any(|(t, d)| d.is_some() && t.kind.starts_with("file-"));
+    if file_redacted {
+        message.retain_children(|c| {
+            !c.is("file-sharing", crate::stanza::NS_SFS)
+                && !c.is("reference", crate::stanza::NS_REFERENCE)
+        });
+    }
+    // Read back what is delivered, as its recipient will.
+    let delivered = StanzaView::of(message);
+    let texts = texts_of(&delivered);
+    let left = [&delivered.body, &delivered.subject]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .chain(texts.iter().map(|t| t.text.as_str()));
+    for text in left {
+        if redacted.contains(&text) {
+            return None;
+        }
+    }
+    let extra: Vec<(&str, Option<&str>, &str)> = texts
+        .iter()
+        .map(|t| (t.kind.as_str(), t.lang.as_deref(), t.text.as_str()))
+        .collect();
+    let identity = identity(
+        v,
+        c.direction,
+        delivered.body.as_deref(),
+        delivered.subject.as_deref(),
+        &extra,
+    );
+    let mut bytes = Vec::new();
+    stanza.write_to(&mut bytes);
+    Some(Redaction { bytes, identity })
 }
 
-fn forwarded_message(stanza: &mut Element) -> Option<&mut Element> {
+/// The message a believed carbon or archive result carries: inside the wrapper at
+/// position `wrapper`, the one [`StanzaView`] read.
+fn wrapped_message(stanza: &mut Element, wrapper: usize) -> Option<&mut Element> {
     stanza
         .children_mut()
-        .find(|c| c.name == "sent" || c.name == "received" || c.name == "result")?
+        .nth(wrapper)?
+        .child_mut("forwarded", crate::stanza::NS_FORWARD)?
         .children_mut()
-        .find(|c| c.name == "forwarded")?
-        .children_mut()
-        .find(|c| c.name == "message")
+        .find(|c| {
+            c.name == "message"
+                && (c.ns == crate::stanza::NS_CLIENT || c.ns == crate::stanza::NS_SERVER)
+        })
 }
 
 fn disclaimer(to: &str, text: &str, room: bool) -> Vec<u8> {
@@ -1239,6 +1279,98 @@ mod tests {
         );
     }
 
+    /// Policy's verdict on `xml` as alice sends it, and the redaction it leads to.
+    fn redaction_of(rules: &str, xml: &str) -> (Verdict, Option<Redaction>) {
+        let p = pipeline(rules);
+        let st = stanza(xml);
+        let v = StanzaView::of(&st.root);
+        let info = session();
+        let item = Inspected {
+            direction: Direction::Outbound,
+            session: &info,
+            view: &v,
+            stanza: &st,
+            copy: Copy::Direct,
+            claimed_from: None,
+        };
+        let c = content(&item);
+        let policy = p.policy.as_ref().unwrap();
+        let (verdict, delivered) = evaluate(policy, &c, &RoomContext::default()).unwrap();
+        let redaction = redact(&item, &c, &verdict, &delivered);
+        (verdict, redaction)
+    }
+
+    #[tokio::test]
+    async fn a_redacted_text_that_cannot_be_masked_in_place_is_not_delivered() {
+        let p = pipeline(CARD_RULES);
+        for (part, gone) in [
+            (
+                "<x xmlns='jabber:x:conference' jid='r@muc.x' reason='falcon closes friday'/>",
+                "jabber:x:conference",
+            ),
+            (
+                "<forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' from='c@x'>\
+                 <body>falcon lands</body></message></forwarded>",
+                "urn:xmpp:forward:0",
+            ),
+            (
+                "<reactions xmlns='urn:xmpp:reactions:0' id='x'><reaction>falcon</reaction></reactions>",
+                "urn:xmpp:reactions:0",
+            ),
+        ] {
+            let xml = format!(
+                "<message from='alice@x/r' to='bob@x' type='chat' id='1'><body>see this</body>{part}\
+                 <active xmlns='http://jabber.org/protocol/chatstates'/></message>"
+            );
+            let out = outcome(&p, &xml, Direction::Outbound, Copy::Direct).await;
+            let Decision::Replace(bytes) = out.decision else {
+                panic!("not redacted: {:?}", out.decision);
+            };
+            let text = String::from_utf8(bytes).unwrap();
+            assert!(!text.to_lowercase().contains("falcon"), "{text}");
+            assert!(!text.contains(gone), "{text}");
+            // The rest of the message goes on as it was.
+            assert!(text.contains("see this"), "{text}");
+            assert!(text.contains("chatstates"), "{text}");
+            // The record's delivered identity is the one the recipient's copy computes.
+            let (verdict, redaction) = redaction_of(CARD_RULES, &xml);
+            assert_eq!(verdict.action, custos_policy::Action::Redact);
+            let redaction = redaction.unwrap();
+            let delivered = String::from_utf8(redaction.bytes).unwrap();
+            assert_eq!(redaction.identity, id_of(&delivered, Direction::Outbound));
+        }
+    }
+
+    #[test]
+    fn a_redaction_that_would_leave_a_redacted_text_is_refused() {
+        // Policy redacted a link description it was told is German; the stanza's only
+        // description has no language, so the rewrite in place finds nothing to change.
+        let xml = "<message from='alice@x/r' to='bob@x' type='chat' id='1'><body>hi</body>\
+                   <x xmlns='jabber:x:oob'><url>https://x.example/</url><desc>falcon plan</desc></x></message>";
+        let (mut verdict, _) = redaction_of(CARD_RULES, xml);
+        verdict.action = custos_policy::Action::Redact;
+        let st = stanza(xml);
+        let v = StanzaView::of(&st.root);
+        let info = session();
+        let item = Inspected {
+            direction: Direction::Outbound,
+            session: &info,
+            view: &v,
+            stanza: &st,
+            copy: Copy::Direct,
+            claimed_from: None,
+        };
+        let mut c = content(&item);
+        let desc = c.extra.iter_mut().find(|t| t.kind == "oob-desc").unwrap();
+        desc.lang = Some("de".into());
+        let delivered: Vec<Option<String>> = c
+            .extra
+            .iter()
+            .map(|t| (t.kind == "oob-desc").then(|| "████ plan".to_owned()))
+            .collect();
+        assert!(redact(&item, &c, &verdict, &delivered).is_none());
+    }
+
     #[tokio::test]
     async fn a_forged_wrapper_is_judged_by_what_it_wraps() {
         let p = pipeline(CARD_RULES);
@@ -1292,7 +1424,7 @@ mod tests {
             "<message from='alice@x/phone' to='bob@x' type='chat' id='m'><body>hi</body></message>",
             Direction::Outbound,
         );
-        let ids = Identities::of(&c, None, &[]);
+        let ids = Identities::of(&c, None);
         assert_eq!(ids.identity, sent);
     }
 

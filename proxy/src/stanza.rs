@@ -49,6 +49,9 @@ pub struct ExtraText {
     pub kind: String,
     pub lang: Option<String>,
     pub text: String,
+    /// Which of the message's child elements carries the text (its position among them):
+    /// the part a redaction removes whole when it cannot rewrite the text in place.
+    pub child: usize,
 }
 
 /// How a message changes an earlier one.
@@ -105,6 +108,8 @@ pub enum ForwardKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forwarded {
     pub kind: ForwardKind,
+    /// The wrapper's position among the message's child elements.
+    pub child: usize,
     /// XEP-0203 `<delay stamp>` on the forwarded wrapper.
     pub stamp: Option<String>,
     pub inner: Box<StanzaView>,
@@ -226,20 +231,32 @@ fn localized_child(el: &Element, name: &str) -> Option<String> {
 fn extra_texts(el: &Element) -> Vec<ExtraText> {
     let mut out = Vec::new();
     for name in ["body", "subject"] {
-        let all: Vec<&Element> = el.children().filter(|c| c.is(name, &el.ns)).collect();
+        let all: Vec<(usize, &Element)> = el
+            .children()
+            .enumerate()
+            .filter(|(_, c)| c.is(name, &el.ns))
+            .collect();
         // The primary one is the one `localized_child` picked: skip exactly that one.
-        let primary = all.iter().position(|c| c.lang().is_none()).unwrap_or(0);
-        for (i, c) in all.iter().enumerate() {
+        let primary = all
+            .iter()
+            .position(|(_, c)| c.lang().is_none())
+            .unwrap_or(0);
+        for (i, (child, c)) in all.iter().enumerate() {
             if i != primary {
                 out.push(ExtraText {
                     kind: name.to_owned(),
                     lang: c.lang().map(str::to_owned),
                     text: c.text(),
+                    child: *child,
                 });
             }
         }
     }
-    if let Some(html) = el.child("html", NS_XHTML_IM) {
+    let html = el
+        .children()
+        .enumerate()
+        .find(|(_, c)| c.is("html", NS_XHTML_IM));
+    if let Some((child, html)) = html {
         for body in html.children().filter(|c| c.is("body", NS_XHTML)) {
             let text = body.deep_text();
             let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -248,60 +265,56 @@ fn extra_texts(el: &Element) -> Vec<ExtraText> {
                     kind: "xhtml".into(),
                     lang: body.lang().map(str::to_owned),
                     text,
+                    child,
                 });
             }
         }
     }
-    for x in el.children().filter(|c| c.is("x", NS_OOB)) {
+    for (i, x) in el.children().enumerate().filter(|(_, c)| c.is("x", NS_OOB)) {
         for (child, kind) in [("url", "oob-url"), ("desc", "oob-desc")] {
             if let Some(c) = x.child(child, NS_OOB) {
                 out.push(ExtraText {
                     kind: kind.into(),
                     lang: None,
                     text: c.text(),
+                    child: i,
                 });
             }
         }
     }
     // Shared files (XEP-0447 stateless file sharing, XEP-0385 SIMS): the file's name and
     // description are shown to people, and every source address is a way to the content.
-    for child in el.children() {
+    for (i, child) in el.children().enumerate() {
         let sharing = match (&*child.name, &*child.ns) {
             ("file-sharing", NS_SFS) => Some(child),
             ("reference", NS_REFERENCE) => child.child("media-sharing", NS_SIMS),
             _ => None,
         };
         if let Some(sharing) = sharing {
-            file_texts(sharing, &mut out);
+            file_texts(sharing, i, &mut out);
         }
     }
     // A message forwarded on its own (XEP-0297), as clients show "forwarded" messages.
     // (Carbons and archive results wrap theirs one level deeper; see `forwarded`.)
-    for fwd in el.children().filter(|c| c.is("forwarded", NS_FORWARD)) {
+    for (i, fwd) in el
+        .children()
+        .enumerate()
+        .filter(|(_, c)| c.is("forwarded", NS_FORWARD))
+    {
         for inner in fwd
             .children()
             .filter(|c| c.name == "message" && (c.ns == NS_CLIENT || c.ns == NS_SERVER))
         {
-            let v = StanzaView::of(inner);
-            for (kind, text) in [("body", v.body), ("subject", v.subject)] {
-                if let Some(text) = text {
-                    out.push(ExtraText {
-                        kind: format!("forwarded-{kind}"),
-                        lang: None,
-                        text,
-                    });
-                }
-            }
-            out.extend(v.extra.into_iter().map(|t| ExtraText {
-                kind: format!("forwarded-{}", t.kind),
-                ..t
-            }));
+            forwarded_texts(&StanzaView::of(inner), i, &mut out);
         }
     }
     // Whatever else a client put in the message and someone could read: an extension
     // Custos does not know (a custom client's element, a reaction) is content until shown
     // otherwise, its text and attribute values scanned and kept.
-    for child in el.children().filter(|c| !understood(el, c)) {
+    for (i, child) in el.children().enumerate() {
+        if understood(el, child) {
+            continue;
+        }
         let mut text = child.deep_text();
         attribute_values(child, &mut text);
         let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -310,10 +323,32 @@ fn extra_texts(el: &Element) -> Vec<ExtraText> {
                 kind: "other".into(),
                 lang: child.lang().map(str::to_owned),
                 text,
+                child: i,
             });
         }
     }
     out
+}
+
+/// The texts of a message carried inside another one, as `forwarded-…` texts of the
+/// carrying message's child `child`: its body, subject and other texts.
+pub fn forwarded_texts(inner: &StanzaView, child: usize, out: &mut Vec<ExtraText>) {
+    for (kind, text) in [("body", &inner.body), ("subject", &inner.subject)] {
+        if let Some(text) = text {
+            out.push(ExtraText {
+                kind: format!("forwarded-{kind}"),
+                lang: None,
+                text: text.clone(),
+                child,
+            });
+        }
+    }
+    out.extend(inner.extra.iter().map(|t| ExtraText {
+        kind: format!("forwarded-{}", t.kind),
+        lang: t.lang.clone(),
+        text: t.text.clone(),
+        child,
+    }));
 }
 
 /// Extensions that carry no words of their own, or whose content the view reads
@@ -374,13 +409,14 @@ fn attribute_values(el: &Element, out: &mut String) {
 }
 
 /// Names, descriptions and source addresses anywhere inside a file-sharing element.
-fn file_texts(el: &Element, out: &mut Vec<ExtraText>) {
+fn file_texts(el: &Element, at: usize, out: &mut Vec<ExtraText>) {
     for child in el.children() {
         match &*child.name {
             "name" | "desc" => out.push(ExtraText {
                 kind: format!("file-{}", child.name),
                 lang: child.lang().map(str::to_owned),
                 text: child.text(),
+                child: at,
             }),
             _ => {
                 for attr in ["target", "uri"] {
@@ -389,10 +425,11 @@ fn file_texts(el: &Element, out: &mut Vec<ExtraText>) {
                             kind: "file-url".into(),
                             lang: None,
                             text: url.to_owned(),
+                            child: at,
                         });
                     }
                 }
-                file_texts(child, out);
+                file_texts(child, at, out);
             }
         }
     }
@@ -453,7 +490,7 @@ fn e2ee(el: &Element, body: Option<&str>) -> Option<E2ee> {
 }
 
 fn forwarded(el: &Element) -> Option<Forwarded> {
-    for child in el.children() {
+    for (at, child) in el.children().enumerate() {
         let kind = match (&*child.name, &*child.ns) {
             ("sent", NS_CARBONS) => ForwardKind::CarbonSent,
             ("received", NS_CARBONS) => ForwardKind::CarbonReceived,
@@ -472,6 +509,7 @@ fn forwarded(el: &Element) -> Option<Forwarded> {
         let Some(inner) = inner else { continue };
         return Some(Forwarded {
             kind,
+            child: at,
             stamp: fwd
                 .child("delay", NS_DELAY)
                 .and_then(|d| d.attr("stamp"))
