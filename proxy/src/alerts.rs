@@ -43,6 +43,13 @@ impl AlertSender {
         Ok(AlertSender { tx })
     }
 
+    /// A sender whose alerts are read from the returned queue instead of being POSTed.
+    #[cfg(test)]
+    pub(crate) fn queue() -> (AlertSender, mpsc::Receiver<AlertEvent>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        (AlertSender { tx }, rx)
+    }
+
     /// Queues an alert; never waits.
     pub fn send(&self, alert: &AlertEvent) {
         if self.tx.try_send(alert.clone()).is_err() {

@@ -70,8 +70,8 @@ pub struct Pipeline {
     archive: Option<Archive>,
     on_failure: OnArchiveFailure,
     alerts: Option<AlertSender>,
-    /// Logical messages whose alerts went out: a message seen again (carbons, the
-    /// recipient's copy, a replay) alerts once.
+    /// The alerts that went out, by logical message, rule and webhook: a message seen
+    /// again (carbons, the recipient's copy, a replay) raises each alert once.
     alerted: Mutex<RecentMessages>,
     disclaimers: Mutex<DisclaimerTracker>,
     /// The configured retention classes, to resolve the classes rules name.
@@ -461,7 +461,7 @@ impl RecentMessages {
         }
     }
 
-    fn key(&self, id: &str) -> u64 {
+    fn key(&self, id: impl std::hash::Hash) -> u64 {
         self.hasher.hash_one(id)
     }
 
@@ -545,13 +545,15 @@ impl Pipeline {
         // (the live copy alerted already).
         let alerting = c.via != Via::Mam || live_copy != LiveCopy::Recorded;
         if let (Some(alerts), Some(v), Some(ids), true) = (&self.alerts, &verdict, &ids, alerting) {
-            let first = {
-                let mut alerted = self.alerted.lock().unwrap_or_else(|p| p.into_inner());
-                let key = alerted.key(&ids.identity);
-                alerted.first_sighting(key, Instant::now())
-            };
-            if first {
-                for alert in &v.alerts {
+            // Each alert once per logical message, and only an alert that goes out marks it
+            // sent: a copy that raised none (or others) leaves the way open to a later copy
+            // with the same identity whose words the identity leaves out (an extension a
+            // server may add, so never part of the identity) and which do raise one.
+            let mut alerted = self.alerted.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            for alert in &v.alerts {
+                let key = alerted.key((&ids.identity, alert.rule.as_str(), &*alert.webhook));
+                if alerted.first_sighting(key, now) {
                     alerts.send(alert);
                 }
             }
@@ -1369,6 +1371,36 @@ mod tests {
             .map(|t| (t.kind == "oob-desc").then(|| "████ plan".to_owned()))
             .collect();
         assert!(redact(&item, &c, &verdict, &delivered).is_none());
+    }
+
+    #[tokio::test]
+    async fn an_alert_is_not_spent_by_a_copy_that_raised_none() {
+        let rules = "[alert]\nwebhook = \"https://alerts.example/hook\"\n\n\
+                     [[rule]]\nid = \"codename\"\nwhen = { body = { regex = \"(?i)falcon\" } }\n\
+                     action = \"flag\"\nalert = true\n";
+        let path = std::path::Path::new("rules.toml");
+        let policy = custos_policy::Policy::from_str(rules, path).unwrap();
+        let (sender, mut sent) = AlertSender::queue();
+        let p = Pipeline::new(
+            Some(PolicyHandle::new(path, policy)),
+            None,
+            OnArchiveFailure::Block,
+            Some(sender),
+        );
+        let harmless = "<message to='bob@x' type='chat' id='7'><body>lunch?</body></message>";
+        outcome(&p, harmless, Direction::Outbound, Copy::Direct).await;
+        assert!(sent.try_recv().is_err());
+        // Same id and body, so the same logical message; its words are in an extension.
+        let loaded = "<message to='bob@x' type='chat' id='7'><body>lunch?</body>\
+                      <x xmlns='urn:example:custom'>falcon</x></message>";
+        outcome(&p, loaded, Direction::Outbound, Copy::Direct).await;
+        assert_eq!(
+            sent.try_recv().map(|a| a.rule.to_string()).ok().as_deref(),
+            Some("codename")
+        );
+        // A copy of it alerts no more.
+        outcome(&p, loaded, Direction::Outbound, Copy::Direct).await;
+        assert!(sent.try_recv().is_err());
     }
 
     #[tokio::test]
