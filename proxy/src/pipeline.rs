@@ -14,11 +14,13 @@
 //!
 //! What is archived: every message stanza that carries content — a body or subject in any
 //! language, XHTML-IM text, an out-of-band link, an end-to-end-encrypted payload, a
-//! correction or retraction — in both directions, blocked and error ones included, once per
-//! session and stream it crossed. Nothing is dropped as a duplicate at capture: copies
-//! (carbons, archive replays, the recipient's copy of a message between two users behind
-//! Custos, room echoes) are each recorded with their own leg and verdict, and grouped into
-//! one logical message by [`identity`] in the views. Chat states, receipts and markers
+//! correction or retraction, a forwarded message at any depth, words in any other part
+//! (an extension Custos does not know, or words put where only ids belong) — in both
+//! directions, blocked and error ones included, once per session and stream it crossed.
+//! Nothing is dropped as a duplicate at capture: copies (carbons, archive replays, the
+//! recipient's copy of a message between two users behind Custos, room echoes) are each
+//! recorded with their own leg and verdict, and grouped into one logical message by
+//! [`identity`] in the views. Chat states, receipts and markers without words in them
 //! carry no content and are not recorded. `docs/capture.md` states the model.
 
 use std::collections::{HashMap, VecDeque};
@@ -156,8 +158,9 @@ fn content<'a>(item: &Inspected<'a>) -> Content<'a> {
                 view: inner,
                 direction,
                 via,
-                forged_wrapper: false,
-                extra: inner.extra.clone(),
+                // The server vouches for its wrapper, not for one a client put inside.
+                forged_wrapper: inner.forwarded.is_some(),
+                extra: texts_of(inner),
             }
         })
     };
@@ -180,7 +183,8 @@ fn content<'a>(item: &Inspected<'a>) -> Content<'a> {
 }
 
 /// Every text a message carries for people: its own, and those of a carbon or archive
-/// result wrapped in it that nobody vouches for, as `forwarded-…`.
+/// result wrapped in it that nobody vouches for (and of any wrapped in that one), as
+/// `forwarded-…`.
 fn texts_of(view: &StanzaView) -> Vec<ExtraText> {
     let mut out = view.extra.clone();
     if let Some(fwd) = &view.forwarded {
@@ -1401,6 +1405,111 @@ mod tests {
         // A copy of it alerts no more.
         outcome(&p, loaded, Direction::Outbound, Copy::Direct).await;
         assert!(sent.try_recv().is_err());
+    }
+
+    /// What the pipeline makes of `xml` as alice's client sends it.
+    fn content_of<T>(xml: &str, copy: Copy, f: impl FnOnce(&Content<'_>) -> T) -> T {
+        let st = stanza(xml);
+        let v = StanzaView::of(&st.root);
+        let info = session();
+        let item = Inspected {
+            direction: Direction::Outbound,
+            session: &info,
+            view: &v,
+            stanza: &st,
+            copy,
+            claimed_from: None,
+        };
+        f(&content(&item))
+    }
+
+    #[tokio::test]
+    async fn words_in_ids_and_states_are_recorded_and_judged() {
+        let p = pipeline(CARD_RULES);
+        let thread =
+            "<message to='bob@x' type='chat'><thread>4111 1111 1111 1111</thread></message>";
+        assert!(content_of(thread, Copy::Direct, |c| c.has_content()));
+        let out = outcome(&p, thread, Direction::Outbound, Copy::Direct).await;
+        assert!(matches!(out.decision, Decision::Refuse { .. }));
+        // A redacted word in a chat state takes the chat state out; the body goes on.
+        let state = "<message to='bob@x' type='chat'><body>hi</body>\
+                     <active xmlns='http://jabber.org/protocol/chatstates'>falcon</active></message>";
+        let out = outcome(&p, state, Direction::Outbound, Copy::Direct).await;
+        let Decision::Replace(bytes) = out.decision else {
+            panic!("not redacted: {:?}", out.decision);
+        };
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(!text.contains("falcon") && text.contains("hi"), "{text}");
+        // Ordinary chat states and receipts are no records.
+        for plain in [
+            "<message to='bob@x' type='chat'><active xmlns='http://jabber.org/protocol/chatstates'/><thread>t1</thread></message>",
+            "<message to='bob@x'><received xmlns='urn:xmpp:receipts' id='m1'/></message>",
+        ] {
+            assert!(!content_of(plain, Copy::Direct, |c| c.has_content()), "{plain}");
+        }
+        // A thread beside a body does not change the message's identity, words or not.
+        let alone = id_of(
+            "<message from='alice@x/r' to='bob@x' type='chat' id='m1'><body>hi</body></message>",
+            Direction::Outbound,
+        );
+        for thread in ["t-4711", "4111 1111 1111 1111"] {
+            let with = id_of(
+                &format!("<message from='alice@x/r' to='bob@x' type='chat' id='m1'><body>hi</body><thread>{thread}</thread></message>"),
+                Direction::Outbound,
+            );
+            assert_eq!(alone, with, "{thread}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_wrapper_inside_a_wrapper_is_read_and_flagged() {
+        let p = pipeline(CARD_RULES);
+        // A client forwards (XEP-0297) a carbon it made up.
+        let nested = "<message to='bob@x' id='n'><forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client'>\
+                      <sent xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client'>\
+                      <body>4111 1111 1111 1111</body></message></forwarded></sent></message></forwarded></message>";
+        let out = outcome(&p, nested, Direction::Outbound, Copy::Direct).await;
+        assert!(matches!(out.decision, Decision::Refuse { .. }));
+        // A carbon a client made up, inside another one.
+        let double = "<message to='bob@x' id='d'><sent xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'>\
+                      <message xmlns='jabber:client'><sent xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'>\
+                      <message xmlns='jabber:client'><body>falcon</body></message></forwarded></sent></message>\
+                      </forwarded></sent></message>";
+        content_of(double, Copy::ForgedWrapper, |c| {
+            assert!(c.has_content());
+            assert!(c.forged_wrapper);
+            assert!(c
+                .extra
+                .iter()
+                .any(|t| t.kind == "forwarded-body" && t.text == "falcon"));
+        });
+        // The same inside a carbon the server vouches for: the inner wrapper is nobody's.
+        let carbon = format!(
+            "<message from='alice@x' to='alice@x/r'><received xmlns='urn:xmpp:carbons:2'>\
+             <forwarded xmlns='urn:xmpp:forward:0'>{}</forwarded></received></message>",
+            double.replace(
+                "<message to='bob@x' id='d'>",
+                "<message xmlns='jabber:client' from='mallory@y/m' to='alice@x/p' id='d'>"
+            )
+        );
+        content_of(&carbon, Copy::CarbonReceived, |c| {
+            assert_eq!(c.via, Via::CarbonReceived);
+            assert!(c.forged_wrapper);
+            assert!(c
+                .extra
+                .iter()
+                .any(|t| t.kind == "forwarded-body" && t.text == "falcon"));
+        });
+        let out = outcome(&p, &carbon, Direction::Inbound, Copy::CarbonReceived).await;
+        let Decision::Replace(bytes) = out.decision else {
+            panic!("not redacted: {:?}", out.decision);
+        };
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(!text.contains("falcon"), "{text}");
+        assert!(
+            text.contains("carbons:2"),
+            "the server's own carbon went: {text}"
+        );
     }
 
     #[tokio::test]

@@ -45,7 +45,8 @@ pub const NS_MODERATE_0: &str = "urn:xmpp:message-moderate:0";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExtraText {
     /// `body`, `subject`, `xhtml`, `oob-url`, `oob-desc`, `file-name`, `file-desc`,
-    /// `file-url`; `forwarded-…` for the same inside a wrapper that is not believed.
+    /// `file-url`, `other` (words in any other part); `forwarded-…` for the same inside a
+    /// wrapper that is not believed or a message forwarded on its own.
     pub kind: String,
     pub lang: Option<String>,
     pub text: String,
@@ -163,6 +164,18 @@ impl StanzaView {
             .filter(|c| c.is("stanza-id", NS_SID))
             .filter_map(|c| Some((c.attr("id")?.to_owned(), c.attr("by")?.to_owned())))
             .collect();
+        // Wrapped messages are read as views of their own, as deep as they nest: the
+        // framer bounds the nesting of elements in a stanza.
+        let forwarded = if kind == StanzaKind::Message {
+            forwarded(el)
+        } else {
+            None
+        };
+        let extra = if kind == StanzaKind::Message {
+            extra_texts(el, forwarded.as_ref().map(|f| f.child))
+        } else {
+            Vec::new()
+        };
         StanzaView {
             kind,
             stanza_type: attr("type"),
@@ -179,16 +192,8 @@ impl StanzaView {
                 .and_then(|c| c.attr("id"))
                 .map(str::to_owned),
             stanza_ids,
-            forwarded: if kind == StanzaKind::Message {
-                forwarded(el)
-            } else {
-                None
-            },
-            extra: if kind == StanzaKind::Message {
-                extra_texts(el)
-            } else {
-                Vec::new()
-            },
+            forwarded,
+            extra,
             edit: if kind == StanzaKind::Message {
                 edit(el)
             } else {
@@ -228,7 +233,8 @@ fn localized_child(el: &Element, name: &str) -> Option<String> {
 }
 
 /// Every displayable text but the primary body and subject (those the view holds).
-fn extra_texts(el: &Element) -> Vec<ExtraText> {
+/// `wrapper`: the position of the carbon or archive-result wrapper `forwarded` read.
+fn extra_texts(el: &Element, wrapper: Option<usize>) -> Vec<ExtraText> {
     let mut out = Vec::new();
     for name in ["body", "subject"] {
         let all: Vec<(usize, &Element)> = el
@@ -295,28 +301,39 @@ fn extra_texts(el: &Element) -> Vec<ExtraText> {
         }
     }
     // A message forwarded on its own (XEP-0297), as clients show "forwarded" messages.
-    // (Carbons and archive results wrap theirs one level deeper; see `forwarded`.)
-    for (i, fwd) in el
-        .children()
-        .enumerate()
-        .filter(|(_, c)| c.is("forwarded", NS_FORWARD))
-    {
-        for inner in fwd
-            .children()
-            .filter(|c| c.name == "message" && (c.ns == NS_CLIENT || c.ns == NS_SERVER))
-        {
-            forwarded_texts(&StanzaView::of(inner), i, &mut out);
+    // (Carbons and archive results wrap theirs one level deeper; `forwarded` reads the
+    // first; any further one is read here.)
+    for (i, child) in el.children().enumerate() {
+        let wrappers: Vec<&Element> = if child.is("forwarded", NS_FORWARD) {
+            vec![child]
+        } else if Some(i) != wrapper && is_wrapper(child) {
+            child
+                .children()
+                .filter(|c| c.is("forwarded", NS_FORWARD))
+                .collect()
+        } else {
+            continue;
+        };
+        for fwd in wrappers {
+            for inner in fwd.children().filter(|c| is_message(c)) {
+                forwarded_texts(&StanzaView::of(inner), i, &mut out);
+            }
         }
     }
     // Whatever else a client put in the message and someone could read: an extension
     // Custos does not know (a custom client's element, a reaction) is content until shown
-    // otherwise, its text and attribute values scanned and kept.
+    // otherwise, its text and attribute values scanned and kept; an extension that holds
+    // ids, states or hints is content when words were put in it anyway.
     for (i, child) in el.children().enumerate() {
-        if understood(el, child) {
-            continue;
+        let mut text = String::new();
+        match part(el, child) {
+            Part::Read => continue,
+            Part::Wordless => stray_words(child, &mut text),
+            Part::Words => {
+                text = child.deep_text();
+                attribute_values(child, &mut text);
+            }
         }
-        let mut text = child.deep_text();
-        attribute_values(child, &mut text);
         let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
         if !text.is_empty() {
             out.push(ExtraText {
@@ -331,7 +348,8 @@ fn extra_texts(el: &Element) -> Vec<ExtraText> {
 }
 
 /// The texts of a message carried inside another one, as `forwarded-…` texts of the
-/// carrying message's child `child`: its body, subject and other texts.
+/// carrying message's child `child`: its body, subject and other texts, and those of any
+/// carbon or archive result wrapped in it in turn.
 pub fn forwarded_texts(inner: &StanzaView, child: usize, out: &mut Vec<ExtraText>) {
     for (kind, text) in [("body", &inner.body), ("subject", &inner.subject)] {
         if let Some(text) = text {
@@ -349,11 +367,14 @@ pub fn forwarded_texts(inner: &StanzaView, child: usize, out: &mut Vec<ExtraText
         text: t.text.clone(),
         child,
     }));
+    if let Some(fwd) = &inner.forwarded {
+        forwarded_texts(&fwd.inner, child, out);
+    }
 }
 
-/// Extensions that carry no words of their own, or whose content the view reads
-/// elsewhere (bodies, subjects, XHTML, links, files, wrappers, edits, encryption).
-const UNDERSTOOD_NS: &[&str] = &[
+/// Extensions that hold ids, states and hints, never words of their own; any words found
+/// in one anyway are content (see [`stray_words`]).
+const WORDLESS_NS: &[&str] = &[
     "http://jabber.org/protocol/chatstates",
     "urn:xmpp:receipts",
     "urn:xmpp:chat-markers:0",
@@ -362,22 +383,6 @@ const UNDERSTOOD_NS: &[&str] = &[
     NS_DELAY,
     "jabber:x:delay",
     "jabber:x:event",
-    NS_CARBONS,
-    NS_MAM,
-    NS_FORWARD,
-    NS_XHTML_IM,
-    NS_OOB,
-    NS_SFS,
-    NS_REFERENCE,
-    NS_CORRECT,
-    NS_RETRACT,
-    NS_RETRACT_0,
-    NS_FASTEN,
-    NS_OMEMO_LEGACY,
-    NS_OMEMO,
-    NS_OX,
-    NS_PGP_LEGACY,
-    NS_EME,
     "urn:xmpp:fallback:0",
     "urn:xmpp:reply:0",
     "urn:xmpp:message-attaching:1",
@@ -385,14 +390,104 @@ const UNDERSTOOD_NS: &[&str] = &[
     "urn:xmpp:sm:3",
     // Added by servers to copies they deliver: no words of the sender's.
     "urn:xmpp:occupant-id:0",
+    // Wrappers: the messages inside are read as messages; the wrapper holds no words.
+    NS_CARBONS,
+    NS_MAM,
+    NS_FORWARD,
+    // Edits name the message they change; a moderator's reason is words, though.
+    NS_CORRECT,
+    NS_RETRACT,
+    NS_RETRACT_0,
+    NS_FASTEN,
 ];
 
-fn understood(message: &Element, child: &Element) -> bool {
+/// Extensions whose content the view reads elsewhere (XHTML, links, files, encryption).
+const READ_NS: &[&str] = &[
+    NS_XHTML_IM,
+    NS_OOB,
+    NS_SFS,
+    NS_REFERENCE,
+    NS_OMEMO_LEGACY,
+    NS_OMEMO,
+    NS_OX,
+    NS_PGP_LEGACY,
+    NS_EME,
+];
+
+/// Attributes of the wordless extensions that hold an identifier, an address or a time.
+const ID_ATTRS: &[&str] = &[
+    "id", "by", "for", "from", "to", "stamp", "start", "end", "sender", "parent", "queryid",
+];
+
+/// How the view reads a child of a message.
+enum Part {
+    /// Its texts are read elsewhere.
+    Read,
+    /// Ids, states, hints or a wrapper: content only when it holds words anyway.
+    Wordless,
+    /// Unknown: all its text and attribute values are content.
+    Words,
+}
+
+fn part(message: &Element, child: &Element) -> Part {
     if child.ns == message.ns {
-        // body, subject and thread of the stanza's own namespace.
-        return matches!(&*child.name, "body" | "subject" | "thread");
+        return match &*child.name {
+            "body" | "subject" => Part::Read,
+            // A thread id, matched across the messages of a conversation.
+            "thread" => Part::Wordless,
+            _ => Part::Words,
+        };
     }
-    UNDERSTOOD_NS.contains(&&*child.ns)
+    if READ_NS.contains(&&*child.ns) {
+        Part::Read
+    } else if WORDLESS_NS.contains(&&*child.ns) {
+        Part::Wordless
+    } else {
+        Part::Words
+    }
+}
+
+fn is_message(el: &Element) -> bool {
+    el.name == "message" && (el.ns == NS_CLIENT || el.ns == NS_SERVER)
+}
+
+/// A XEP-0280 carbon or XEP-0313 archive result wrapper.
+fn is_wrapper(el: &Element) -> bool {
+    el.is("sent", NS_CARBONS) || el.is("received", NS_CARBONS) || el.is("result", NS_MAM)
+}
+
+/// Appends the words someone put where only identifiers belong: character data (in a
+/// thread id or an XEP-0022 event id, only text with a space in it, which no identifier
+/// has) and attribute values other than identifiers, or identifiers with a space in them.
+/// A server's own note in a delay it stamped (`from` a domain, as ejabberd's "Offline
+/// Storage") is the server's, not a person's. Messages wrapped inside are read as messages.
+fn stray_words(el: &Element, out: &mut String) {
+    for (name, value) in &el.attrs {
+        if name == "xmlns" || name.starts_with("xmlns:") || name == "xml:lang" {
+            continue;
+        }
+        if !ID_ATTRS.contains(&&**name) || value.trim().contains(char::is_whitespace) {
+            out.push(' ');
+            out.push_str(value);
+        }
+    }
+    let text = el.text();
+    let holds_id = (el.name == "thread" && (el.ns == NS_CLIENT || el.ns == NS_SERVER))
+        || el.is("id", "jabber:x:event");
+    let servers_note = (el.is("delay", NS_DELAY) || el.is("x", "jabber:x:delay"))
+        && el.attr("from").is_some_and(|f| !f.contains(['@', '/']));
+    let words = if holds_id {
+        text.trim().contains(char::is_whitespace)
+    } else {
+        !servers_note
+    };
+    if words {
+        out.push(' ');
+        out.push_str(&text);
+    }
+    for child in el.children().filter(|c| !is_message(c)) {
+        stray_words(child, out);
+    }
 }
 
 /// Appends every attribute value below `el` (not namespace declarations).
@@ -661,6 +756,117 @@ mod tests {
         // An encrypted payload is recognised as such, not scanned as text.
         let v = view("<message><encrypted xmlns='eu.siacs.conversations.axolotl'><payload>NDExMTExMTE=</payload></encrypted></message>")?;
         assert!(v.extra.is_empty(), "{:?}", v.extra);
+        Ok(())
+    }
+
+    fn others(v: &StanzaView) -> Vec<&str> {
+        v.extra
+            .iter()
+            .filter(|t| t.kind == "other")
+            .map(|t| t.text.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn words_put_where_only_ids_belong_are_content() -> Result<(), FrameError> {
+        for (xml, words) in [
+            (
+                "<message to='bob@x' type='chat'><thread>4111 1111 1111 1111</thread></message>",
+                "4111 1111 1111 1111",
+            ),
+            (
+                "<message to='bob@x'><active xmlns='http://jabber.org/protocol/chatstates'>secret text</active></message>",
+                "secret text",
+            ),
+            (
+                "<message to='bob@x'><received xmlns='urn:xmpp:receipts' id='m1' note='meet at noon'/></message>",
+                "meet at noon",
+            ),
+            (
+                "<message to='bob@x'><displayed xmlns='urn:xmpp:chat-markers:0' id='sell everything now'/></message>",
+                "sell everything now",
+            ),
+            (
+                "<message to='bob@x'><store xmlns='urn:xmpp:hints'><x>hidden</x></store></message>",
+                "hidden",
+            ),
+            (
+                "<message to='bob@x'><delay xmlns='urn:xmpp:delay' from='carol@x' stamp='2026-01-01T00:00:00Z'>the plan</delay></message>",
+                "the plan",
+            ),
+            (
+                "<message to='bob@x'><sent xmlns='urn:xmpp:carbons:2'>stray<forwarded xmlns='urn:xmpp:forward:0'/></sent></message>",
+                "stray",
+            ),
+        ] {
+            let v = view(xml)?;
+            assert!(v.has_content(), "{xml}");
+            assert_eq!(others(&v), [words], "{xml}");
+        }
+        // A moderator's reason is recorded with the moderation.
+        let v = view(
+            "<message><retract xmlns='urn:xmpp:message-retract:1' id='s3'>\
+             <moderated xmlns='urn:xmpp:message-moderate:1' by='room@muc/mod'/>\
+             <reason>insider tip</reason></retract></message>",
+        )?;
+        assert_eq!(others(&v), ["insider tip"]);
+        assert_eq!(v.edit, Some((EditKind::Moderation, "s3".into())));
+        // What these extensions ordinarily hold is no content.
+        for xml in [
+            "<message to='bob@x' type='chat'><active xmlns='http://jabber.org/protocol/chatstates'/><thread parent='p1'>t-4711</thread></message>",
+            "<message><received xmlns='urn:xmpp:receipts' id='m1'/></message>",
+            "<message><displayed xmlns='urn:xmpp:chat-markers:0' id='m1' sender='a@x/r'/><store xmlns='urn:xmpp:hints'/></message>",
+            "<message><displayed xmlns='urn:xmpp:chat-markers:0' id='m1'/>\
+             <delay xmlns='urn:xmpp:delay' from='x' stamp='2026-01-01T00:00:00Z'>Offline Storage</delay></message>",
+            "<message><x xmlns='jabber:x:event'><composing/><id>m-22</id></x></message>",
+            "<message><stanza-id xmlns='urn:xmpp:sid:0' id='s1' by='x'/><occupant-id xmlns='urn:xmpp:occupant-id:0' id='o1'/></message>",
+        ] {
+            let v = view(xml)?;
+            assert!(!v.has_content(), "{xml}: {:?}", v.extra);
+        }
+        // A thread id beside a body adds nothing; words in it are an `other` text.
+        let v = view("<message><body>hi</body><thread>t-4711</thread></message>")?;
+        assert!(v.extra.is_empty(), "{:?}", v.extra);
+        let v = view("<message><body>hi</body><thread>4111 1111 1111 1111</thread></message>")?;
+        assert_eq!(others(&v), ["4111 1111 1111 1111"]);
+        Ok(())
+    }
+
+    #[test]
+    fn messages_wrapped_at_any_depth_are_read() -> Result<(), FrameError> {
+        // A carbon inside a message forwarded on its own.
+        let v = view(
+            "<message to='bob@x' id='n'><forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client'>\
+             <sent xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client'>\
+             <body>secret</body></message></forwarded></sent></message></forwarded></message>",
+        )?;
+        assert!(v.has_content());
+        assert_eq!(
+            v.extra
+                .iter()
+                .map(|t| (t.kind.as_str(), t.text.as_str(), t.child))
+                .collect::<Vec<_>>(),
+            [("forwarded-body", "secret", 0)]
+        );
+        // A second carbon wrapper beside the one the view reads as the forwarded copy.
+        let v = view(
+            "<message><received xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'>\
+             <message xmlns='jabber:client'><body>decoy</body></message></forwarded></received>\
+             <sent xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'>\
+             <message xmlns='jabber:client'><body>second</body></message></forwarded></sent></message>",
+        )?;
+        let fwd = v
+            .forwarded
+            .as_ref()
+            .ok_or(FrameError::TooLarge { limit: 0 })?;
+        assert_eq!(fwd.inner.body.as_deref(), Some("decoy"));
+        assert!(
+            v.extra
+                .iter()
+                .any(|t| t.kind == "forwarded-body" && t.text == "second" && t.child == 1),
+            "{:?}",
+            v.extra
+        );
         Ok(())
     }
 
