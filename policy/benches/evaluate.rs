@@ -128,6 +128,21 @@ fn bench(c: &mut Criterion) {
             ))
         })
     });
+    // Text a client shows otherwise than it is written (here a heart emoji's variation
+    // selector) is read a second time, as shown; other non-ASCII text once.
+    let shown = format!("{clean} \u{2764}\u{FE0F}");
+    let accented = format!("{clean} Grüße aus Zürich");
+    for (name, body) in [("shown_200_chars", &shown), ("accented_200_chars", &accented)] {
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                policy.evaluate(&Subject::outbound_chat(
+                    "a@example.test/w",
+                    "b@example.org",
+                    body,
+                ))
+            })
+        });
+    }
     let long = clean.repeat(20);
     g.bench_function("clean_4kb", |b| {
         b.iter(|| {
