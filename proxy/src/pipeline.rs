@@ -1072,23 +1072,23 @@ fn redact(
                         "desc" => "oob-desc",
                         _ => continue,
                     };
-                    let text = part.text();
+                    let text = part.text_content();
                     if let Some(new) = replace.get(&(kind, None, text.as_str())) {
-                        part.set_text(*new);
+                        part.replace_content(*new);
                     }
                 }
                 continue;
             }
             _ => continue,
         };
-        let text = child.text();
+        let text = child.text_content();
         let lang = child.lang().map(str::to_owned);
         // The primary text was recorded without its language; try both.
         let new = replace
             .get(&(kind, lang.as_deref(), text.as_str()))
             .or_else(|| replace.get(&(kind, None, text.as_str())));
         if let Some(new) = new {
-            child.set_text(*new);
+            child.replace_content(*new);
         }
     }
     message.retain_children(|c| c.name != "html" || c.ns != crate::stanza::NS_XHTML_IM);
@@ -1345,6 +1345,34 @@ mod tests {
             let delivered = String::from_utf8(redaction.bytes).unwrap();
             assert_eq!(redaction.identity, id_of(&delivered, Direction::Outbound));
         }
+    }
+
+    /// A body is text, but a client that shows its text content shows the text of
+    /// elements put inside it too: policy reads and redaction replaces all of it, in
+    /// every language. A link's second description is read as its first.
+    #[tokio::test]
+    async fn words_inside_elements_inside_the_body_or_a_second_link_text_are_redacted() {
+        let p = pipeline(CARD_RULES);
+        for part in [
+            "<body>see <i>falcon</i> today</body>",
+            "<body>see fal<b>con</b> today</body>",
+            "<body>see today</body><body xml:lang='de'>der <em>falcon</em></body>",
+            "<body>see today</body><x xmlns='jabber:x:oob'><url>https://x.example/</url>\
+             <desc>a link</desc><desc>falcon plan</desc></x>",
+        ] {
+            let xml =
+                format!("<message from='alice@x/r' to='bob@x' type='chat' id='1'>{part}</message>");
+            let out = outcome(&p, &xml, Direction::Outbound, Copy::Direct).await;
+            let Decision::Replace(bytes) = out.decision else {
+                panic!("not redacted: {part}: {:?}", out.decision);
+            };
+            let text = String::from_utf8(bytes).unwrap();
+            assert!(!text.to_lowercase().contains("falcon"), "{text}");
+            assert!(!text.to_lowercase().contains("con</b>"), "{text}");
+            assert!(text.contains("today") || text.contains("a link"), "{text}");
+        }
+        let v = view("<message to='bob@x'><body>fal<b>con</b></body></message>");
+        assert_eq!(v.body.as_deref(), Some("falcon"));
     }
 
     #[test]

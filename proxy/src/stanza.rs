@@ -226,10 +226,10 @@ fn localized_child(el: &Element, name: &str) -> Option<String> {
     let mut candidates = el.children().filter(|c| c.is(name, &el.ns));
     let first = candidates.next()?;
     if first.lang().is_none() {
-        return Some(first.text());
+        return Some(first.text_content());
     }
     let chosen = candidates.find(|c| c.lang().is_none()).unwrap_or(first);
-    Some(chosen.text())
+    Some(chosen.text_content())
 }
 
 /// Every displayable text but the primary body and subject (those the view holds).
@@ -252,7 +252,7 @@ fn extra_texts(el: &Element, wrapper: Option<usize>) -> Vec<ExtraText> {
                 out.push(ExtraText {
                     kind: name.to_owned(),
                     lang: c.lang().map(str::to_owned),
-                    text: c.text(),
+                    text: c.text_content(),
                     child: *child,
                 });
             }
@@ -278,11 +278,11 @@ fn extra_texts(el: &Element, wrapper: Option<usize>) -> Vec<ExtraText> {
     }
     for (i, x) in el.children().enumerate().filter(|(_, c)| c.is("x", NS_OOB)) {
         for (child, kind) in [("url", "oob-url"), ("desc", "oob-desc")] {
-            if let Some(c) = x.child(child, NS_OOB) {
+            for c in x.children().filter(|c| c.is(child, NS_OOB)) {
                 out.push(ExtraText {
                     kind: kind.into(),
                     lang: None,
-                    text: c.text(),
+                    text: c.text_content(),
                     child: i,
                 });
             }
@@ -510,7 +510,7 @@ fn file_texts(el: &Element, at: usize, out: &mut Vec<ExtraText>) {
             "name" | "desc" => out.push(ExtraText {
                 kind: format!("file-{}", child.name),
                 lang: child.lang().map(str::to_owned),
-                text: child.text(),
+                text: child.text_content(),
                 child: at,
             }),
             _ => {

@@ -297,6 +297,29 @@ impl Element {
         out
     }
 
+    /// All text content, descendants' included, in document order and nothing
+    /// between: what a client that shows an element's text content shows
+    /// (`fal<i>con</i>` reads `falcon`).
+    pub fn text_content(&self) -> String {
+        fn walk(el: &Element, out: &mut String) {
+            for node in &el.children {
+                match node {
+                    Node::Text(t) => out.push_str(t),
+                    Node::Element(e) => walk(e, out),
+                }
+            }
+        }
+        let mut out = String::new();
+        walk(self, &mut out);
+        out
+    }
+
+    /// Replaces everything the element holds, child elements included, by `text`.
+    pub fn replace_content(&mut self, text: impl Into<String>) {
+        self.children.clear();
+        self.children.push(Node::Text(text.into()));
+    }
+
     /// Keeps the child elements for which `keep` returns true; text is kept.
     pub fn retain_children(&mut self, mut keep: impl FnMut(&Element) -> bool) {
         self.children.retain(|n| match n {
