@@ -83,6 +83,9 @@ fn get_words(remote: &Remote, through: u64) -> Result<Option<Words>, SyncError> 
     Ok(Some(words))
 }
 
+/// Word lists read for a snapshot: each file's name and bytes.
+pub(crate) type WordLists = Vec<(String, Vec<u8>)>;
+
 /// Reads the word lists beside the index in `index_dir` for a snapshot of the commit
 /// whose `meta.json` text is `meta`: read after it, they hold at least what it binds.
 /// A list it binds that is gone or no longer extends what it bound is left out when
@@ -90,10 +93,7 @@ fn get_words(remote: &Remote, through: u64) -> Result<Option<Words>, SyncError> 
 /// index: a reader refuses pattern terms over that segment, as the local index does);
 /// when a newer commit binds it otherwise, the index was rebuilt since `meta` was read,
 /// and `None` says to put that newer commit next time instead.
-pub(crate) fn read_words(
-    index_dir: &Path,
-    meta: &str,
-) -> Result<Option<Vec<(String, Vec<u8>)>>, SyncError> {
+pub(crate) fn read_words(index_dir: &Path, meta: &str) -> Result<Option<WordLists>, SyncError> {
     let bound = crate::index::lists_of_meta(meta).unwrap_or_default();
     let dir = crate::vocab::vocab_dir(index_dir);
     let mut names: Vec<String> = match std::fs::read_dir(&dir) {
@@ -150,7 +150,7 @@ fn put_words(
     remote: &Remote,
     through: u64,
     newest: Option<u64>,
-    lists: &[(String, Vec<u8>)],
+    lists: &WordLists,
 ) -> Result<(usize, u64), SyncError> {
     let there: Vec<IndexFile> = match newest {
         Some(t) => get_words(remote, t)?.map(|w| w.files).unwrap_or_default(),
