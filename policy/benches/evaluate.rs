@@ -132,7 +132,10 @@ fn bench(c: &mut Criterion) {
     // selector) is read a second time, as shown; other non-ASCII text once.
     let shown = format!("{clean} \u{2764}\u{FE0F}");
     let accented = format!("{clean} Grüße aus Zürich");
-    for (name, body) in [("shown_200_chars", &shown), ("accented_200_chars", &accented)] {
+    for (name, body) in [
+        ("shown_200_chars", &shown),
+        ("accented_200_chars", &accented),
+    ] {
         g.bench_function(name, |b| {
             b.iter(|| {
                 policy.evaluate(&Subject::outbound_chat(
