@@ -47,7 +47,7 @@ impl Meta {
         b
     }
 
-    fn decode(b: &[u8]) -> Option<Meta> {
+    pub(crate) fn decode(b: &[u8]) -> Option<Meta> {
         if b.len() != META_LEN
             || b.get(..8)? != META_MAGIC
             || b.get(8..10)? != META_VERSION.to_be_bytes()

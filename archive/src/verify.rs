@@ -47,6 +47,9 @@ impl fmt::Display for Problem {
 /// The result of a verification run.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct VerifyReport {
+    /// The archive id in `archive.meta` (32 hex digits), once it is read: what names the
+    /// archive's witness file, for an auditor to pin.
+    pub archive_id: Option<String>,
     pub segments: u64,
     pub records: u64,
     pub checkpoints: u64,
@@ -372,6 +375,7 @@ fn walk(
             return r;
         }
     };
+    r.archive_id = Some(crate::witness::hex_id(&meta.archive_id));
     let placement = master_key.map(|m| crate::index::Placer::derive(m, &meta.archive_id));
     let master = match master_key {
         Some(m) if m.check_value(&meta.archive_id) != meta.key_check => {
@@ -725,7 +729,9 @@ fn check_shred(
 }
 
 /// [`verify`], then the archive against its witness (see [`crate::witness`]): every
-/// witnessed checkpoint must still be reached by the log, or records were cut from it.
+/// witnessed checkpoint must still be reached by the log, or records were cut from it,
+/// and the witness directory must hold no other archive's witness but those of the
+/// other node chains in the archive's bucket.
 /// The witness is read first: anything in it was synced to the log before, so a writer
 /// running meanwhile cannot make a checkpoint look lost.
 pub fn verify_witnessed(
@@ -755,10 +761,11 @@ pub fn verify_witnessed_in(
     witness_dir: &Path,
     progress: impl FnMut(u64, u64),
 ) -> VerifyReport {
-    let witnessed = match log::read_meta(storage) {
-        Ok(Some(meta)) => Some(crate::witness::read_witness(witness_dir, &meta.archive_id)),
+    let archive_id = match log::read_meta(storage) {
+        Ok(Some(meta)) => Some(meta.archive_id),
         _ => None,
     };
+    let witnessed = archive_id.map(|id| crate::witness::read_witness(witness_dir, &id));
     let mut r = verify_in(dir, storage, master_key, public_key, progress);
     match witnessed {
         Some(Ok(w)) => check_witness(&mut r, w, public_key),
@@ -771,7 +778,102 @@ pub fn verify_witnessed_in(
         // verify has reported the missing or unreadable archive.meta.
         None => {}
     }
+    if let Some(id) = archive_id {
+        check_other_witnesses(&mut r, dir, witness_dir, &id);
+    }
     r
+}
+
+/// Reports each witness file in `witness_dir` that is not this archive's, unless it is
+/// another node chain's in the archive's bucket (nodes may share a witness directory).
+/// Whoever holds the keys can replace the whole archive by a new one, under a new id,
+/// keeping only the records they choose: the new archive's witness starts empty and the
+/// new log reaches all of it. The old archive's witness, left beside it, is then all
+/// that shows the records dropped.
+fn check_other_witnesses(
+    r: &mut VerifyReport,
+    dir: &Path,
+    witness_dir: &Path,
+    archive_id: &[u8; 16],
+) {
+    let problem = |r: &mut VerifyReport, what: String| {
+        r.problems.push(Problem {
+            segment: None,
+            offset: None,
+            seq: None,
+            what,
+        })
+    };
+    let files = match crate::witness::witness_files(witness_dir) {
+        Ok(f) => f,
+        Err(e) => {
+            return problem(
+                r,
+                format!(
+                    "the witness directory cannot be listed for other archives' witnesses: {e}"
+                ),
+            )
+        }
+    };
+    // The bucket is asked only when there is something to tell apart.
+    let mut peers: Option<Result<Vec<crate::bucket::PeerArchive>, String>> = None;
+    for file in files {
+        let id = match file.archive_id {
+            Ok(id) if id == *archive_id => continue,
+            Ok(id) => id,
+            Err(e) => {
+                problem(
+                    r,
+                    format!(
+                        "the witness directory holds a file that cannot be read as a witness: {e}"
+                    ),
+                );
+                continue;
+            }
+        };
+        let peers = peers.get_or_insert_with(|| match crate::bucket::registered(dir) {
+            Some(remote) => crate::bucket::peer_archive_ids(&remote),
+            None => Ok(Vec::new()),
+        });
+        let peer = peers
+            .as_ref()
+            .ok()
+            .and_then(|p| p.iter().find(|p| p.archive_id == id));
+        if let Some(peer) = peer {
+            r.notes.push(format!(
+                "the witness directory also holds {}, the witness of {} in the bucket",
+                file.path.display(),
+                match &peer.node {
+                    Some(n) => format!("node {n}'s chain"),
+                    None => "the unnamed node's chain".into(),
+                }
+            ));
+            continue;
+        }
+        let held = match crate::witness::read_witness_file(&file.path) {
+            Ok((_, w)) => match w.entries.iter().map(|e| e.checkpoint.seq).max() {
+                Some(newest) => format!(
+                    "{} checkpoint(s), the newest at seq {newest}",
+                    w.entries.len()
+                ),
+                None => "no checkpoint yet".into(),
+            },
+            Err(e) => format!("unreadable: {e}"),
+        };
+        let peers_unknown = match peers {
+            Err(e) => format!(" (the bucket's other node chains could not be read: {e})"),
+            Ok(_) => String::new(),
+        };
+        problem(
+            r,
+            format!(
+                "the witness directory also holds {}, the witness of archive {} ({held}); it is neither this archive ({}) nor another node chain in its bucket: this archive may have been started afresh in place of that one{peers_unknown}",
+                file.path.display(),
+                crate::witness::hex_id(&id),
+                crate::witness::hex_id(archive_id),
+            ),
+        );
+    }
 }
 
 fn check_witness(

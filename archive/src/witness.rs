@@ -12,6 +12,12 @@
 //!
 //! Each entry is the checkpoint as signed in the segment, with the hash of the segment
 //! header its signature covers, so the witness alone can be checked with the public key.
+//!
+//! A witness directory holds one archive's file (or the files of the node chains of one
+//! bucket). Whoever holds the keys could otherwise replace the whole archive by a new one
+//! under a new id: its file starts empty beside the old one's, and nothing in it
+//! contradicts the new log. So `verify` reports every other archive's file it finds
+//! there ([`witness_files`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -133,10 +139,14 @@ pub enum WitnessError {
     Missing { path: PathBuf },
 }
 
+/// An archive id as witness file names and reports spell it: 32 lowercase hex digits.
+pub fn hex_id(archive_id: &[u8; 16]) -> String {
+    archive_id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The witness file of archive `archive_id` in `dir`.
 pub fn witness_path(dir: &Path, archive_id: &[u8; 16]) -> PathBuf {
-    let id: String = archive_id.iter().map(|b| format!("{b:02x}")).collect();
-    dir.join(format!("{id}.witness"))
+    dir.join(format!("{}.witness", hex_id(archive_id)))
 }
 
 fn header(archive_id: &[u8; 16]) -> [u8; HEADER] {
@@ -202,16 +212,22 @@ impl WitnessWriter {
 }
 
 fn check_header(bytes: &[u8], archive_id: &[u8; 16], path: &Path) -> Result<(), WitnessError> {
-    let Some(h) = bytes.get(..HEADER) else {
-        return Err(WitnessError::Format { path: path.into() });
-    };
-    if h.get(..10) != header(archive_id).get(..10) {
-        return Err(WitnessError::Format { path: path.into() });
-    }
-    if h.get(10..) != Some(&archive_id[..]) {
+    if header_id(bytes, path)? != *archive_id {
         return Err(WitnessError::Foreign { path: path.into() });
     }
     Ok(())
+}
+
+/// The archive id a witness file's header names, once its magic and version are checked.
+fn header_id(bytes: &[u8], path: &Path) -> Result<[u8; 16], WitnessError> {
+    let format = || WitnessError::Format { path: path.into() };
+    let h = bytes.get(..HEADER).ok_or_else(format)?;
+    if h.get(..10) != header(&[0; 16]).get(..10) {
+        return Err(format());
+    }
+    h.get(10..)
+        .and_then(|id| id.try_into().ok())
+        .ok_or_else(format)
 }
 
 /// What a witness file holds.
@@ -233,17 +249,92 @@ pub fn read_witness(dir: &Path, archive_id: &[u8; 16]) -> Result<Witnessed, Witn
         Err(source) => return Err(WitnessError::Io { path, source }),
     };
     check_header(&bytes, archive_id, &path)?;
+    entries(&bytes, &path)
+}
+
+/// Reads the witness file at `path`, whichever archive's it is: its archive id and what
+/// it holds.
+pub fn read_witness_file(path: &Path) -> Result<([u8; 16], Witnessed), WitnessError> {
+    let bytes = std::fs::read(path).map_err(|source| WitnessError::Io {
+        path: path.into(),
+        source,
+    })?;
+    let id = header_id(&bytes, path)?;
+    Ok((id, entries(&bytes, path)?))
+}
+
+fn entries(bytes: &[u8], path: &Path) -> Result<Witnessed, WitnessError> {
     let body = bytes.get(HEADER..).unwrap_or_default();
     let mut w = Witnessed::default();
     let mut chunks = body.chunks_exact(ENTRY_LEN);
     for chunk in &mut chunks {
         match WitnessEntry::decode(chunk) {
             Some(e) => w.entries.push(e),
-            None => return Err(WitnessError::Format { path }),
+            None => return Err(WitnessError::Format { path: path.into() }),
         }
     }
     w.torn_bytes = chunks.remainder().len();
     Ok(w)
+}
+
+/// A file in a witness directory that is, or claims by its name to be, a witness file.
+#[derive(Debug)]
+pub struct WitnessFile {
+    pub path: PathBuf,
+    /// The archive id its header names, or why it cannot be read as a witness file.
+    pub archive_id: Result<[u8; 16], WitnessError>,
+}
+
+/// Every witness file in `dir`, sorted by path: each file named `*.witness`, and each
+/// other file that starts with a witness header (a witness renamed is still one).
+/// Subdirectories and other files are left alone: a mount's `lost+found` is not the
+/// archive's business. A directory that does not exist holds none.
+pub fn witness_files(dir: &Path) -> Result<Vec<WitnessFile>, WitnessError> {
+    let io = |source| WitnessError::Io {
+        path: dir.into(),
+        source,
+    };
+    let listing = match std::fs::read_dir(dir) {
+        Ok(l) => l,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(e)),
+    };
+    let mut out = Vec::new();
+    for entry in listing {
+        let entry = entry.map_err(io)?;
+        let path = entry.path();
+        if !entry.file_type().map_err(io)?.is_file() {
+            continue;
+        }
+        let named = path.extension().is_some_and(|e| e == "witness");
+        let archive_id = read_header(&path);
+        let looks_like_one = match &archive_id {
+            Ok(_) => true,
+            Err(WitnessError::Format { .. }) => false,
+            Err(_) => named,
+        };
+        if named || looks_like_one {
+            out.push(WitnessFile { path, archive_id });
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(out)
+}
+
+/// The archive id in the header of the file at `path`, reading no more than the header.
+fn read_header(path: &Path) -> Result<[u8; 16], WitnessError> {
+    use std::io::Read;
+    let io = |source| WitnessError::Io {
+        path: path.into(),
+        source,
+    };
+    let mut bytes = Vec::with_capacity(HEADER);
+    File::open(path)
+        .map_err(io)?
+        .take(HEADER as u64)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    header_id(&bytes, path)
 }
 
 #[cfg(test)]
@@ -335,5 +426,48 @@ mod tests {
             read_witness(dir.path(), &[1; 16]),
             Err(WitnessError::Format { .. })
         ));
+    }
+
+    #[test]
+    fn a_witness_directory_lists_its_witness_files_by_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = SigningKey::from_bytes(&[5; 32]);
+        WitnessWriter::open(dir.path(), &[1; 16])
+            .unwrap()
+            .append(&entry(1, &signer))
+            .unwrap();
+        WitnessWriter::open(dir.path(), &[2; 16]).unwrap();
+        // Files that are not witnesses are left alone.
+        std::fs::write(dir.path().join("README"), b"witness share").unwrap();
+        std::fs::create_dir(dir.path().join("lost+found")).unwrap();
+        // A renamed witness is still found by its header; a file named as a witness but
+        // not one is listed with the reason.
+        std::fs::rename(
+            witness_path(dir.path(), &[1; 16]),
+            dir.path().join("old.bak"),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("junk.witness"), b"not a witness").unwrap();
+        let found: Vec<(String, Option<[u8; 16]>)> = witness_files(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|f| {
+                let name = f.path.file_name().unwrap().to_string_lossy().into_owned();
+                (name, f.archive_id.ok())
+            })
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                (format!("{}.witness", hex_id(&[2; 16])), Some([2; 16])),
+                ("junk.witness".into(), None),
+                ("old.bak".into(), Some([1; 16])),
+            ]
+        );
+        let (id, read) = read_witness_file(&dir.path().join("old.bak")).unwrap();
+        assert_eq!((id, read.entries.len()), ([1; 16], 1));
+        assert!(witness_files(&dir.path().join("absent"))
+            .unwrap()
+            .is_empty());
     }
 }

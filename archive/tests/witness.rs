@@ -22,6 +22,7 @@ struct Made {
     dir: PathBuf,
     witness: PathBuf,
     master: MasterKey,
+    signing: SigningKey,
     public: VerifyingKey,
 }
 
@@ -59,6 +60,7 @@ fn archive_with_witness(records_per_session: u64) -> Made {
         dir,
         witness,
         master,
+        signing,
         public: c.verifying_key,
     }
 }
@@ -165,6 +167,75 @@ fn a_removed_or_foreign_witness_is_a_problem_not_a_pass() {
     let r = check(&m);
     assert!(
         r.problems.iter().any(|p| p.what.contains("is missing")),
+        "{:#?}",
+        r.problems
+    );
+}
+
+/// Root with the keys moves the whole archive away and starts a new one, under a new
+/// archive id, with the same configuration and witness directory, writing back only what
+/// it wants kept. The new log reaches every checkpoint of its own witness; what shows the
+/// replacement is the old archive's witness file, left in the directory.
+#[test]
+fn an_archive_started_afresh_beside_another_archives_witness_is_found() {
+    let m = archive_with_witness(10);
+    let before = check(&m);
+    assert!(before.is_clean(), "{:#?}", before.problems);
+    let old_id = before.archive_id.clone().unwrap();
+    let old_file = m.witness.join(format!("{old_id}.witness"));
+    assert!(old_file.exists(), "{}", old_file.display());
+    std::fs::rename(&m.dir, m.dir.with_file_name("moved-away")).unwrap();
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut cfg = ArchiveConfig::new(m.dir.clone(), m.master.clone(), m.signing.clone());
+    cfg.checkpoint_every = 5;
+    cfg.witness = Some(m.witness.clone());
+    let a = Archive::open(cfg).unwrap();
+    rt.block_on(async {
+        for i in 0..3 {
+            a.append(note(900 + i)).await.unwrap();
+        }
+        a.close().await.unwrap();
+    });
+    let r = check(&m);
+    let new_id = r.archive_id.clone().unwrap();
+    assert_ne!(new_id, old_id);
+    // Its own witness is complete: only the other file can show the replacement.
+    assert!(
+        !r.problems.iter().any(|p| p.what.contains("missing")),
+        "{:#?}",
+        r.problems
+    );
+    let named: Vec<_> = r
+        .problems
+        .iter()
+        .filter(|p| {
+            p.what.contains(&old_file.display().to_string())
+                && p.what.contains(&format!("archive {old_id}"))
+                && p.what.contains(&new_id)
+        })
+        .collect();
+    assert_eq!(named.len(), 1, "{:#?}", r.problems);
+    assert!(
+        named[0]
+            .what
+            .contains(&format!("the newest at seq {}", before.last_seq)),
+        "{}",
+        named[0].what
+    );
+    assert_eq!(r.problems.len(), 1, "{:#?}", r.problems);
+
+    // Renamed, the old witness is still found by its header.
+    let hidden = m.witness.join("old.bak");
+    std::fs::rename(&old_file, &hidden).unwrap();
+    let r = check(&m);
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.what.contains(&hidden.display().to_string())),
         "{:#?}",
         r.problems
     );

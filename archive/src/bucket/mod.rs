@@ -31,7 +31,9 @@ pub(crate) use index::fetch_index;
 #[cfg(test)]
 pub(crate) use index::read_words;
 pub use index::{upload_index, IndexFetch, IndexUpload, INDEX_FOLDER};
-pub use nodes::{other_chains, peer_dir, peer_holds, PEERS_DIR, UNNAMED};
+pub use nodes::{
+    other_chains, peer_archive_ids, peer_dir, peer_holds, PeerArchive, PEERS_DIR, UNNAMED,
+};
 pub use s3::{Endpoint, LockMode, S3Client, S3Error};
 pub use sigv4::Credentials;
 pub use sync::{

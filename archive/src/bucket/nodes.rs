@@ -40,6 +40,38 @@ pub fn other_chains(remote: &Remote) -> Result<Vec<(Option<String>, Remote)>, St
     Ok(out)
 }
 
+/// Another chain in the bucket and its archive id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerArchive {
+    /// The node that writes it (`None`: the unnamed one at the prefix).
+    pub node: Option<String>,
+    pub archive_id: [u8; 16],
+}
+
+/// The archive id of every other chain in the bucket (read from its `archive.meta`), by
+/// node: the witness files a shared witness directory may hold besides this chain's. A
+/// node whose `archive.meta` is not in the bucket yet has no id to give.
+pub fn peer_archive_ids(remote: &Remote) -> Result<Vec<PeerArchive>, String> {
+    let mut out = Vec::new();
+    for (node, r) in other_chains(remote)? {
+        let key = r.key(crate::log::META_NAME);
+        let Some(bytes) = r
+            .client
+            .get_object(&key, None)
+            .map_err(|e| format!("{key}: {e}"))?
+        else {
+            continue;
+        };
+        let meta = crate::log::Meta::decode(&bytes)
+            .ok_or_else(|| format!("{key}: not an archive.meta"))?;
+        out.push(PeerArchive {
+            node,
+            archive_id: meta.archive_id,
+        });
+    }
+    Ok(out)
+}
+
 /// The holds recorded in every other node's chain, as far as that chain is in the
 /// bucket (its sealed, stored segments), each matter prefixed with its node's name.
 /// An error when any of them cannot be read: a hold that cannot be read might cover
