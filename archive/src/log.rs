@@ -343,17 +343,20 @@ impl LogWriter {
         signer: SigningKey,
         limits: LogLimits,
     ) -> Result<(LogWriter, Option<RecoveryCut>), LogOpenError> {
-        LogWriter::open_witnessed(storage, master, signer, limits, None)
+        LogWriter::open_witnessed(storage, master, signer, limits, None, false)
     }
 
     /// [`LogWriter::open`] with a witness directory: every checkpoint written from
     /// here on (recovery's sealing one included) is also appended to the witness file.
+    /// `witness_shared`: the directory may hold other archives' witness files (the node
+    /// chains of one bucket), see [`WitnessWriter::open`].
     pub fn open_witnessed(
         storage: Arc<dyn Storage>,
         master: MasterKey,
         signer: SigningKey,
         limits: LogLimits,
         witness_dir: Option<&std::path::Path>,
+        witness_shared: bool,
     ) -> Result<(LogWriter, Option<RecoveryCut>), LogOpenError> {
         let ids = segment_ids(storage.as_ref())?;
         let meta = match read_meta(storage.as_ref())? {
@@ -373,7 +376,7 @@ impl LogWriter {
             return Err(LogOpenError::WrongMasterKey);
         }
         let mut witness = match witness_dir {
-            Some(dir) => Some(WitnessWriter::open(dir, &meta.archive_id)?),
+            Some(dir) => Some(WitnessWriter::open(dir, &meta.archive_id, witness_shared)?),
             None => None,
         };
         let archive_id = meta.archive_id;

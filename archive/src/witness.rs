@@ -13,10 +13,12 @@
 //! Each entry is the checkpoint as signed in the segment, with the hash of the segment
 //! header its signature covers, so the witness alone can be checked with the public key.
 //!
-//! A witness directory holds one archive's file (or the files of the node chains of one
-//! bucket). Whoever holds the keys could otherwise replace the whole archive by a new one
-//! under a new id: its file starts empty beside the old one's, and nothing in it
-//! contradicts the new log. So `verify` reports every other archive's file it finds
+//! A witness directory holds one archive's file (or, with `witness_shared`, the files of
+//! the node chains of one bucket). Whoever holds the keys could otherwise replace the
+//! whole archive by a new one under a new id: its file starts empty beside the old
+//! one's, and nothing in it contradicts the new log. So a new file is not started beside
+//! another archive's unless the writer is told the directory is shared
+//! ([`WitnessWriter::open`]), and `verify` reports every other archive's file it finds
 //! there ([`witness_files`]).
 
 use std::fs::{File, OpenOptions};
@@ -137,6 +139,12 @@ pub enum WitnessError {
     Foreign { path: PathBuf },
     #[error("witness {path} is missing: it was removed, or the archive was never opened with this witness")]
     Missing { path: PathBuf },
+    #[error("witness {path} not started: its directory already holds {other}, the witness of archive {other_id}, and verify reports another archive's witness there as one this archive may have replaced; give this archive a witness directory of its own, or set witness_shared when nodes of one bucket share the directory")]
+    Occupied {
+        path: PathBuf,
+        other: PathBuf,
+        other_id: String,
+    },
 }
 
 /// An archive id as witness file names and reports spell it: 32 lowercase hex digits.
@@ -167,7 +175,14 @@ pub struct WitnessWriter {
 impl WitnessWriter {
     /// Opens the archive's witness file in `dir`, creating the directory and the file
     /// (header synced, directory synced) the first time; refuses another archive's file.
-    pub fn open(dir: &Path, archive_id: &[u8; 16]) -> Result<WitnessWriter, WitnessError> {
+    /// A new file is refused ([`WitnessError::Occupied`]) where the directory already
+    /// holds another archive's witness, unless `shared` says that nodes of one bucket
+    /// keep their witness files there together.
+    pub fn open(
+        dir: &Path,
+        archive_id: &[u8; 16],
+        shared: bool,
+    ) -> Result<WitnessWriter, WitnessError> {
         let path = witness_path(dir, archive_id);
         let io = |source| WitnessError::Io {
             path: path.clone(),
@@ -187,6 +202,21 @@ impl WitnessWriter {
                 Ok(WitnessWriter { file, path })
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if !shared {
+                    let other = witness_files(dir)?
+                        .into_iter()
+                        .find_map(|f| match f.archive_id {
+                            Ok(id) if id != *archive_id => Some((f.path, id)),
+                            _ => None,
+                        });
+                    if let Some((other, id)) = other {
+                        return Err(WitnessError::Occupied {
+                            path,
+                            other,
+                            other_id: hex_id(&id),
+                        });
+                    }
+                }
                 let mut file = OpenOptions::new()
                     .create_new(true)
                     .append(true)
@@ -360,14 +390,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let signer = SigningKey::from_bytes(&[5; 32]);
         let id = [1u8; 16];
-        let mut w = WitnessWriter::open(dir.path(), &id).unwrap();
+        let mut w = WitnessWriter::open(dir.path(), &id, false).unwrap();
         let (a, b) = (entry(10, &signer), entry(11, &signer));
         w.append(&a).unwrap();
         w.append(&b).unwrap();
         drop(w);
         // Reopening appends after what is there.
         let c = entry(12, &signer);
-        WitnessWriter::open(dir.path(), &id)
+        WitnessWriter::open(dir.path(), &id, false)
             .unwrap()
             .append(&c)
             .unwrap();
@@ -393,7 +423,7 @@ mod tests {
             read_witness(dir.path(), &[1; 16]),
             Err(WitnessError::Missing { .. })
         ));
-        let mut w = WitnessWriter::open(dir.path(), &[1; 16]).unwrap();
+        let mut w = WitnessWriter::open(dir.path(), &[1; 16], false).unwrap();
         w.append(&entry(1, &signer)).unwrap();
         drop(w);
         // Another archive's file copied under this archive's name.
@@ -406,7 +436,7 @@ mod tests {
             read_witness(dir.path(), &[2; 16]),
             Err(WitnessError::Foreign { .. })
         ));
-        assert!(WitnessWriter::open(dir.path(), &[2; 16]).is_err());
+        assert!(WitnessWriter::open(dir.path(), &[2; 16], false).is_err());
         // A torn last entry is counted, not fatal.
         let path = witness_path(dir.path(), &[1; 16]);
         let mut bytes = std::fs::read(&path).unwrap();
@@ -415,7 +445,7 @@ mod tests {
         let read = read_witness(dir.path(), &[1; 16]).unwrap();
         assert_eq!((read.entries.len(), read.torn_bytes), (1, 40));
         // The writer cuts the torn entry before appending again.
-        WitnessWriter::open(dir.path(), &[1; 16])
+        WitnessWriter::open(dir.path(), &[1; 16], false)
             .unwrap()
             .append(&entry(2, &signer))
             .unwrap();
@@ -432,11 +462,11 @@ mod tests {
     fn a_witness_directory_lists_its_witness_files_by_header() {
         let dir = tempfile::tempdir().unwrap();
         let signer = SigningKey::from_bytes(&[5; 32]);
-        WitnessWriter::open(dir.path(), &[1; 16])
+        WitnessWriter::open(dir.path(), &[1; 16], true)
             .unwrap()
             .append(&entry(1, &signer))
             .unwrap();
-        WitnessWriter::open(dir.path(), &[2; 16]).unwrap();
+        WitnessWriter::open(dir.path(), &[2; 16], true).unwrap();
         // Files that are not witnesses are left alone.
         std::fs::write(dir.path().join("README"), b"witness share").unwrap();
         std::fs::create_dir(dir.path().join("lost+found")).unwrap();
@@ -469,5 +499,35 @@ mod tests {
         assert!(witness_files(&dir.path().join("absent"))
             .unwrap()
             .is_empty());
+    }
+
+    #[test]
+    fn a_new_file_is_not_started_beside_another_archives_unless_shared() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = SigningKey::from_bytes(&[5; 32]);
+        WitnessWriter::open(dir.path(), &[1; 16], false)
+            .unwrap()
+            .append(&entry(1, &signer))
+            .unwrap();
+        // Files that are not witnesses do not count.
+        std::fs::write(dir.path().join("README"), b"witness share").unwrap();
+        match WitnessWriter::open(dir.path(), &[2; 16], false) {
+            Err(WitnessError::Occupied {
+                path,
+                other,
+                other_id,
+            }) => {
+                assert_eq!(path, witness_path(dir.path(), &[2; 16]));
+                assert_eq!(other, witness_path(dir.path(), &[1; 16]));
+                assert_eq!(other_id, hex_id(&[1; 16]));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!witness_path(dir.path(), &[2; 16]).exists());
+        // The archive's own file reopens as before.
+        WitnessWriter::open(dir.path(), &[1; 16], false).unwrap();
+        // Told the directory is shared, the writer starts its file beside the other.
+        WitnessWriter::open(dir.path(), &[2; 16], true).unwrap();
+        assert!(witness_path(dir.path(), &[2; 16]).exists());
     }
 }

@@ -190,10 +190,27 @@ fn an_archive_started_afresh_beside_another_archives_witness_is_found() {
         .enable_all()
         .build()
         .unwrap();
-    let mut cfg = ArchiveConfig::new(m.dir.clone(), m.master.clone(), m.signing.clone());
-    cfg.checkpoint_every = 5;
-    cfg.witness = Some(m.witness.clone());
-    let a = Archive::open(cfg).unwrap();
+    let config = |shared: bool| {
+        let mut cfg = ArchiveConfig::new(m.dir.clone(), m.master.clone(), m.signing.clone());
+        cfg.checkpoint_every = 5;
+        cfg.witness = Some(m.witness.clone());
+        cfg.witness_shared = shared;
+        cfg
+    };
+    // The fresh archive does not start its witness beside the other archive's.
+    match Archive::open(config(false)) {
+        Err(OpenError::Log(log::LogOpenError::Witness(
+            e @ witness::WitnessError::Occupied { .. },
+        ))) => {
+            assert!(
+                e.to_string().contains(&old_file.display().to_string()),
+                "{e}"
+            );
+        }
+        other => panic!("a new archive started beside another's witness: {other:?}"),
+    }
+    // Told the directory is shared (root can edit the configuration), it starts.
+    let a = Archive::open(config(true)).unwrap();
     rt.block_on(async {
         for i in 0..3 {
             a.append(note(900 + i)).await.unwrap();

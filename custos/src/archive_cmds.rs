@@ -46,6 +46,7 @@ pub fn archive_config(
         c.index_niceness = n;
     }
     c.witness = a.witness.clone();
+    c.witness_shared = a.witness_shared;
     c
 }
 

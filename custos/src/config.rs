@@ -126,6 +126,8 @@ pub struct RawArchive {
     pub segment_max_bytes: Option<Spanned<i64>>,
     /// A directory outside `dir` where every signed checkpoint is also written.
     pub witness: Option<Spanned<PathBuf>>,
+    /// The witness directory is shared with the other nodes of this archive's bucket.
+    pub witness_shared: Option<Spanned<bool>>,
     /// Seal the active segment when its time window ends (default one day).
     pub segment_max_age: Option<Spanned<RawSpan>>,
     /// Sealed segments in an S3 bucket under Object Lock.
@@ -237,6 +239,9 @@ pub struct ArchiveSettings {
     pub segment_max_bytes: Option<u64>,
     pub segment_max_age: Option<std::time::Duration>,
     pub witness: Option<PathBuf>,
+    /// `[archive] witness_shared`: the nodes of one bucket keep their witness files in
+    /// the same directory, so a new chain may start its own beside theirs.
+    pub witness_shared: bool,
     pub object_store: Option<ObjectStoreSettings>,
     /// This node's name (`[archive] node`): its chain's place in a shared bucket and
     /// the name its records are shown under.
@@ -1231,6 +1236,18 @@ impl Validator<'_> {
                 );
             }
         }
+        let witness_shared = match &a.witness_shared {
+            Some(shared) if witness.is_none() => {
+                self.fail(
+                    &shared.span(),
+                    "archive.witness_shared",
+                    "set without archive.witness: there is no witness directory to share",
+                );
+                false
+            }
+            Some(shared) => *shared.get_ref(),
+            None => false,
+        };
         let object_store = a
             .object_store
             .as_ref()
@@ -1275,6 +1292,7 @@ impl Validator<'_> {
             segment_max_bytes,
             segment_max_age,
             witness: witness.map(|(p, _)| p),
+            witness_shared,
             object_store,
             node,
             index_niceness,
@@ -1628,6 +1646,30 @@ mod tests {
         );
         assert!(
             errs[0].starts_with("custos.toml:4: archive.witness:"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn witness_shared_is_read_and_needs_a_witness() {
+        let archive = "[archive]\ndir = \"data/archive\"\nsigning_key = \"secrets/s.key\"\n";
+        let cfg = parse(
+            Path::new("custos.toml"),
+            &format!("{archive}witness = \"/mnt/witness\"\nwitness_shared = true\n"),
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(cfg.archive.unwrap().witness_shared);
+        let cfg = parse(
+            Path::new("custos.toml"),
+            &format!("{archive}witness = \"/mnt/witness\"\n"),
+        )
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(!cfg.archive.unwrap().witness_shared);
+        let errs = errors(&format!("{archive}witness_shared = true\n"));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0]
+                .starts_with("custos.toml:4: archive.witness_shared: set without archive.witness"),
             "{errs:?}"
         );
     }

@@ -46,6 +46,10 @@ pub struct ArchiveConfig {
     /// A directory outside `dir` (another mount or host) where every signed checkpoint
     /// is also appended; `verify` then finds a cut tail ([`crate::witness`]).
     pub witness: Option<PathBuf>,
+    /// Whether the witness directory is shared with the other node chains of this
+    /// archive's bucket: without it, the archive does not start a witness file in a
+    /// directory that holds another archive's ([`crate::witness::WitnessWriter::open`]).
+    pub witness_shared: bool,
     /// A bucket that holds sealed segments ([`crate::bucket`]): reads fall back to it.
     pub object_store: Option<crate::bucket::Remote>,
     /// Batches of appended records that may wait for the indexer. Past this the writer
@@ -70,6 +74,7 @@ impl ArchiveConfig {
             segment_max_age: Duration::from_secs(24 * 3600),
             checkpoint_every: 1000,
             witness: None,
+            witness_shared: false,
             object_store: None,
             index_queue: INDEX_QUEUE_BATCHES,
             index_niceness: INDEX_NICENESS,
@@ -286,6 +291,7 @@ impl Archive {
             cfg.signing_key.clone(),
             limits,
             cfg.witness.as_deref(),
+            cfg.witness_shared,
         )?;
         let reader =
             ArchiveReader::from_parts(dir.clone(), storage.clone(), cfg.master_key.clone())?;
