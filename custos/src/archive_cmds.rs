@@ -292,6 +292,11 @@ pub fn verify(config: &Path) -> anyhow::Result<ExitCode> {
             println!("{place}: {problem}");
         }
         problems += report.problems.len();
+        if let Some(id) = &report.archive_id {
+            // What names the archive's witness file: an auditor who notes it can tell a
+            // later archive started afresh in this one's place.
+            println!("{prefix}archive id {id}");
+        }
         println!(
             "{prefix}{} segment(s), {} record(s), {} checkpoint(s), last seq {}, head {}{}: {}",
             report.segments,
