@@ -11,7 +11,8 @@ set -euo pipefail
 
 SLIXMPP_VERSION=1.17.0
 PYARROW_VERSION=26.0.1
-# moto's server mode: a real S3 API with versioning and Object Lock (tests/src/s3.rs).
+# moto's server mode: a real S3 API with versioning and Object Lock (tests/src/s3.rs,
+# archive/tests/bucket_witness.rs).
 MOTO_VERSION=5.2.5
 # A real SMTP server for the journaling tests (tests/src/smtp.rs).
 AIOSMTPD_VERSION=1.4.6

@@ -10,7 +10,8 @@
 //!      has lapsed ─▶ `object.key-deleted`
 //!  readers (verify, search, export, web UI) ─▶ TieredStorage: local file, else bucket
 //!  verify ─▶ every recorded version still there, same SHA-256, lock not shortened,
-//!      no version Custos did not write
+//!      no version Custos did not write; every version of every witness entry read,
+//!      all the same entry, each reached by the log
 //! ```
 //!
 //! Object names are the archive's own file names under a configured prefix

@@ -163,23 +163,90 @@ pub fn witness_object_name(seq: u64) -> String {
     format!("{WITNESS_FOLDER}cp-{seq:020}.wit")
 }
 
-/// Every witness entry in the bucket for `remote`'s chain, oldest first. An object that
-/// is not one well-formed entry is a problem for `verify` to name, not a reason to stop.
+/// The seq an object name under the witness folder says it holds (`cp-<20 digits>.wit`).
+fn witness_object_seq(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("cp-")?.strip_suffix(".wit")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Every witness entry in the bucket for `remote`'s chain, oldest first, read from every
+/// version of every object under the witness folder, not only the current one. Object
+/// Lock keeps a locked version, but anyone with `s3:PutObject` can put a new current
+/// version over it: an older genuine entry put over each newer one would hide records
+/// cut since, and a delete marker hides an entry from a plain listing. So each object's
+/// versions must all hold the same entry, of the seq its name says, and no delete marker
+/// may be over one; every distinct entry found is returned, so the log must reach the
+/// locked original too. What is wrong is a problem for `verify` to name (object and
+/// version), not a reason to stop.
 pub fn bucket_witness(remote: &Remote) -> Result<(Vec<WitnessEntry>, Vec<String>), SyncError> {
     let base = remote.key(WITNESS_FOLDER);
+    let mut objects: BTreeMap<String, Vec<VersionEntry>> = BTreeMap::new();
+    for v in remote.client.list_versions(&base)? {
+        objects.entry(v.key.clone()).or_default().push(v);
+    }
     let mut entries = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     let mut bad = Vec::new();
-    for (key, size) in remote.client.list(&base)? {
-        if size != crate::witness::ENTRY_LEN as u64 {
-            bad.push(format!("{key}: {size} bytes, not a witness entry"));
-            continue;
+    for (key, versions) in objects {
+        let named = key.strip_prefix(&base).and_then(witness_object_seq);
+        if named.is_none() {
+            bad.push(format!(
+                "{key}: not named as a witness entry (cp-<seq, 20 digits>.wit)"
+            ));
         }
-        match remote.client.get_object(&key, None)? {
-            Some(b) => match WitnessEntry::from_bytes(&b) {
-                Some(e) => entries.push(e),
-                None => bad.push(format!("{key}: not a witness entry")),
-            },
-            None => bad.push(format!("{key}: listed but gone")),
+        // (version, the entry it holds) for each version that holds one.
+        let mut held: Vec<(&str, WitnessEntry)> = Vec::new();
+        for v in &versions {
+            let version = v.version_id.as_str();
+            if v.delete_marker {
+                bad.push(format!(
+                    "{key}: delete marker {version} over a witness entry{}",
+                    if v.is_latest {
+                        " (it hides the entry from a plain listing; the locked versions are still there)"
+                    } else {
+                        ""
+                    }
+                ));
+                continue;
+            }
+            if v.size != crate::witness::ENTRY_LEN as u64 {
+                bad.push(format!(
+                    "{key} version {version}: {} bytes, not a witness entry",
+                    v.size
+                ));
+                continue;
+            }
+            let Some(bytes) = remote.client.get_object(&key, Some(version))? else {
+                bad.push(format!("{key} version {version}: listed but gone"));
+                continue;
+            };
+            let Some(entry) = WitnessEntry::from_bytes(&bytes) else {
+                bad.push(format!("{key} version {version}: not a witness entry"));
+                continue;
+            };
+            if named.is_some_and(|seq| seq != entry.checkpoint.seq) {
+                bad.push(format!(
+                    "{key} version {version}: holds the entry of seq {}, not the one its name says",
+                    entry.checkpoint.seq
+                ));
+            }
+            if seen.insert(bytes) {
+                entries.push(entry.clone());
+            }
+            held.push((version, entry));
+        }
+        // The sync puts an entry once (again only with the same bytes, after a crash):
+        // a version with other bytes was put over it by someone else.
+        if let Some((first, entry)) = held.first() {
+            for (other, e) in held.iter().skip(1).filter(|(_, e)| e != entry) {
+                bad.push(format!(
+                    "{key}: version {other} (seq {}) and version {first} (seq {}) hold different entries: each entry is written once, so one of them was put over the other",
+                    e.checkpoint.seq, entry.checkpoint.seq
+                ));
+            }
         }
     }
     entries.sort_by_key(|e| e.checkpoint.seq);
@@ -784,4 +851,27 @@ pub fn verify_bucket(reader: &ArchiveReader, remote: &Remote) -> Result<BucketCh
         ));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_witness_object_name_gives_its_seq_and_nothing_else_does() {
+        let name = witness_object_name(42);
+        assert_eq!(
+            witness_object_seq(name.strip_prefix(WITNESS_FOLDER).unwrap()),
+            Some(42)
+        );
+        for other in [
+            "cp-42.wit",
+            "cp-0000000000000000004x.wit",
+            "cp-00000000000000000042.wit.bak",
+            "xx-00000000000000000042.wit",
+            "cp-+0000000000000000042.wit",
+        ] {
+            assert_eq!(witness_object_seq(other), None, "{other}");
+        }
+    }
 }
