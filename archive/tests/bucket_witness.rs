@@ -1,12 +1,15 @@
+//! The witnesses of an archive kept in a bucket, against a real S3 server with Object
+//! Lock: moto's server mode from `<workspace>/.venv` (`bash scripts/setup.sh`) or
+//! `$CUSTOS_TEST_PYTHON`; fails, naming the script, if it is missing.
+//!
 //! The bucket's witness against someone who can write to the bucket what the object sync
 //! itself writes (`s3:PutObject`, `s3:DeleteObject` without a version) and who has cut
 //! the tail of the active segment, which is not in the bucket yet. Object Lock keeps
 //! every locked version of a witness entry; it does not stop a new current version being
 //! put over one, nor a delete marker. Neither may hide the cut.
 //!
-//! Runs against a real S3 server with Object Lock: moto's server mode from
-//! `<workspace>/.venv` (`bash scripts/setup.sh`) or `$CUSTOS_TEST_PYTHON`; fails, naming
-//! the script, if it is missing.
+//! A witness directory shared by the nodes of one bucket: each node's file is accepted
+//! by the others' `verify`, and any other archive's file is still reported.
 
 #![allow(clippy::unwrap_used)]
 
@@ -74,7 +77,7 @@ impl Moto {
         moto
     }
 
-    fn remote(&self, bucket: &str) -> Remote {
+    fn remote(&self, bucket: &str, node: Option<&str>) -> Remote {
         Remote::connect(&ObjectStoreConfig {
             endpoint: Endpoint {
                 url: format!("http://127.0.0.1:{}", self.port),
@@ -87,7 +90,7 @@ impl Moto {
                 secret_key: zeroize::Zeroizing::new("custos-test-secret".into()),
             },
             prefix: "custos/".into(),
-            node: None,
+            node: node.map(str::to_string),
             lock_mode: LockMode::Compliance,
             keep_local: true,
             cache_bytes: 64 << 20,
@@ -130,7 +133,7 @@ struct Cut {
 fn cut_after_two_syncs(bucket: &str) -> Cut {
     let tmp = tempfile::tempdir().unwrap();
     let moto = Moto::start(&tmp.path().join("moto.log"));
-    let remote = moto.remote(bucket);
+    let remote = moto.remote(bucket, None);
     remote.client.create_bucket_with_lock().unwrap();
     let dir = tmp.path().join("archive");
     let c = keys_init(&tmp.path().join("m.key"), &tmp.path().join("s.key")).unwrap();
@@ -310,4 +313,92 @@ fn a_delete_marker_over_a_witness_entry_does_not_hide_a_cut() {
         "{:#?}",
         r.problems
     );
+}
+
+/// Nodes n1 and n2 of one bucket keep their witness files in one directory. n2's chain
+/// is in the bucket (a sealed segment stored, so its `archive.meta` too); n1 starts
+/// beside it, told the directory is shared. n1's verify takes n2's file for what it is;
+/// a third archive's file, not a chain of the bucket, is a problem all the same.
+#[test]
+fn nodes_of_one_bucket_may_share_a_witness_directory_and_no_one_else() {
+    let tmp = tempfile::tempdir().unwrap();
+    let moto = Moto::start(&tmp.path().join("moto.log"));
+    let (n1, n2) = (
+        moto.remote("shared-witness", Some("n1")),
+        moto.remote("shared-witness", Some("n2")),
+    );
+    n1.client.create_bucket_with_lock().unwrap();
+    let witness = tmp.path().join("witness");
+    let c = keys_init(&tmp.path().join("m.key"), &tmp.path().join("s.key")).unwrap();
+    let master = MasterKey::from_file(&c.master_key).unwrap();
+    let signing = load_signing_key(&c.signing_key).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let config = |dir: &Path, remote: Option<&Remote>, shared: bool| {
+        let mut cfg = ArchiveConfig::new(dir.to_path_buf(), master.clone(), signing.clone());
+        cfg.witness = Some(witness.clone());
+        cfg.witness_shared = shared;
+        cfg.object_store = remote.cloned();
+        cfg
+    };
+    let session = |cfg: ArchiveConfig, remote: Option<&Remote>| {
+        let a = Archive::open(cfg).unwrap();
+        rt.block_on(async {
+            for i in 0..3 {
+                a.append(note(i)).await.unwrap();
+            }
+            if let Some(r) = remote {
+                a.sync_objects(r, &RetentionPolicy::keep_forever(), Timestamp::now())
+                    .await
+                    .unwrap();
+            }
+            a.close().await.unwrap();
+        });
+    };
+    let (dir1, dir2) = (tmp.path().join("n1"), tmp.path().join("n2"));
+    // The second session's sync stores the first session's sealed segment.
+    session(config(&dir2, Some(&n2), false), None);
+    session(config(&dir2, Some(&n2), false), Some(&n2));
+    assert!(n2.has_chain().unwrap());
+
+    // Not told the directory is shared, n1 does not start its witness beside n2's.
+    match Archive::open(config(&dir1, Some(&n1), false)) {
+        Err(OpenError::Log(log::LogOpenError::Witness(witness::WitnessError::Occupied {
+            ..
+        }))) => {}
+        other => panic!("n1 started beside n2's witness: {other:?}"),
+    }
+    session(config(&dir1, Some(&n1), true), None);
+    bucket::register(&dir1, n1.clone());
+    let r = verify_witnessed(&dir1, Some(&master), &c.verifying_key, &witness, |_, _| {});
+    assert!(r.is_clean(), "{:#?}", r.problems);
+    assert!(
+        r.notes.iter().any(|n| n.contains("node n2's chain")),
+        "{:?}",
+        r.notes
+    );
+
+    // An archive that is no chain of the bucket, started beside them.
+    let stranger = tmp.path().join("stranger");
+    session(config(&stranger, None, true), None);
+    let theirs = verify_witnessed(
+        &stranger,
+        Some(&master),
+        &c.verifying_key,
+        &witness,
+        |_, _| {},
+    )
+    .archive_id
+    .unwrap();
+    let r = verify_witnessed(&dir1, Some(&master), &c.verifying_key, &witness, |_, _| {});
+    let named: Vec<_> = r
+        .problems
+        .iter()
+        .filter(|p| p.what.contains(&format!("{theirs}.witness")))
+        .collect();
+    assert_eq!(named.len(), 1, "{:#?}", r.problems);
+    assert_eq!(r.problems.len(), 1, "{:#?}", r.problems);
 }
