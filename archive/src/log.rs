@@ -363,6 +363,10 @@ impl LogWriter {
             Some(m) => m,
             None if ids.is_empty() => {
                 let archive_id = random_bytes::<16>().map_err(LogOpenError::Random)?;
+                // Before archive.meta is written: a witness refused leaves no archive.
+                if let Some(dir) = witness_dir {
+                    crate::witness::may_start(dir, &archive_id, witness_shared)?;
+                }
                 let m = Meta {
                     archive_id,
                     key_check: master.check_value(&archive_id),

@@ -202,21 +202,7 @@ impl WitnessWriter {
                 Ok(WitnessWriter { file, path })
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                if !shared {
-                    let other = witness_files(dir)?
-                        .into_iter()
-                        .find_map(|f| match f.archive_id {
-                            Ok(id) if id != *archive_id => Some((f.path, id)),
-                            _ => None,
-                        });
-                    if let Some((other, id)) = other {
-                        return Err(WitnessError::Occupied {
-                            path,
-                            other,
-                            other_id: hex_id(&id),
-                        });
-                    }
-                }
+                may_start(dir, archive_id, shared)?;
                 let mut file = OpenOptions::new()
                     .create_new(true)
                     .append(true)
@@ -238,6 +224,32 @@ impl WitnessWriter {
         };
         self.file.write_all(&entry.encode()).map_err(io)?;
         self.file.sync_data().map_err(io)
+    }
+}
+
+/// Whether archive `archive_id` may have its witness file in `dir`: it has one there
+/// already, or the directory holds no other archive's, or `shared` says that nodes of
+/// one bucket keep their witness files there together. Else [`WitnessError::Occupied`].
+/// Creates nothing: a new archive asks before it writes its `archive.meta`, so that a
+/// refusal leaves no archive behind.
+pub fn may_start(dir: &Path, archive_id: &[u8; 16], shared: bool) -> Result<(), WitnessError> {
+    let path = witness_path(dir, archive_id);
+    if shared || path.exists() {
+        return Ok(());
+    }
+    let other = witness_files(dir)?
+        .into_iter()
+        .find_map(|f| match f.archive_id {
+            Ok(id) if id != *archive_id => Some((f.path, id)),
+            _ => None,
+        });
+    match other {
+        Some((other, id)) => Err(WitnessError::Occupied {
+            path,
+            other,
+            other_id: hex_id(&id),
+        }),
+        None => Ok(()),
     }
 }
 

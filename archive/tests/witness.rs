@@ -209,6 +209,10 @@ fn an_archive_started_afresh_beside_another_archives_witness_is_found() {
         }
         other => panic!("a new archive started beside another's witness: {other:?}"),
     }
+    assert!(
+        !m.dir.join(log::META_NAME).exists(),
+        "the refused archive was created"
+    );
     // Told the directory is shared (root can edit the configuration), it starts.
     let a = Archive::open(config(true)).unwrap();
     rt.block_on(async {
