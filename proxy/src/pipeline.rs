@@ -690,8 +690,50 @@ impl Pipeline {
     }
 }
 
+/// Why an iq that starts or carries a file transfer between two clients is refused: the
+/// file would cross without a record (it goes over a direct connection, a relay, or in
+/// pieces of its own), where a file shared through the server's upload is archived.
+const PEER_FILE_TEXT: &str = "Files sent directly between clients cannot be archived, so they \
+     are refused. Share the file through the server instead (HTTP upload).";
+
+/// The kind of file transfer between clients an iq starts or carries, if it does:
+/// XEP-0234 Jingle file transfer (an offer, or a content added to a session), XEP-0096
+/// stream initiation, XEP-0047 in-band bytestreams, XEP-0065 SOCKS5 bytestreams and
+/// XEP-0066 iq-based out-of-band data. Only requests (`set`) are refused; a Jingle call's
+/// audio and video are not files and pass.
+fn peer_file_transfer(view: &StanzaView, root: &Element) -> Option<&'static str> {
+    if view.kind != StanzaKind::Iq || view.stanza_type.as_deref() != Some("set") {
+        return None;
+    }
+    root.children().find_map(|payload| match &*payload.ns {
+        "urn:xmpp:jingle:1" if payload.name == "jingle" => payload
+            .children()
+            .filter(|c| c.is("content", "urn:xmpp:jingle:1"))
+            .flat_map(|c| c.children())
+            .any(|d| {
+                d.name == "description" && d.ns.starts_with("urn:xmpp:jingle:apps:file-transfer:")
+            })
+            .then_some("jingle-file-transfer"),
+        "http://jabber.org/protocol/si" => Some("stream-initiation"),
+        "http://jabber.org/protocol/ibb" => Some("in-band-bytestream"),
+        "http://jabber.org/protocol/bytestreams" => Some("socks5-bytestream"),
+        "jabber:iq:oob" => Some("iq-oob"),
+        _ => None,
+    })
+}
+
 impl Inspector for Pipeline {
     async fn inspect(&self, item: Inspected<'_>) -> Inspection {
+        if let Some(kind) = peer_file_transfer(item.view, &item.stanza.root) {
+            let direction = match item.direction {
+                Direction::Outbound => "outbound",
+                Direction::Inbound => "inbound",
+            };
+            info!(kind, direction, to = ?item.view.to, "a file transfer between clients refused: the file would cross unrecorded");
+            metrics::counter!("custos_peer_file_transfers_refused_total", "kind" => kind, "direction" => direction)
+                .increment(1);
+            return refuse(&item, ErrorType::Cancel, "not-acceptable", PEER_FILE_TEXT).into();
+        }
         let c = content(&item);
         let direct_presence = item.view.kind == StanzaKind::Presence && item.copy == Copy::Direct;
         if let (Direction::Inbound, true, Some(account)) =
@@ -1373,6 +1415,47 @@ mod tests {
         }
         let v = view("<message to='bob@x'><body>fal<b>con</b></body></message>");
         assert_eq!(v.body.as_deref(), Some("falcon"));
+    }
+
+    /// A file sent between clients crosses without a record (XEP-0234 Jingle over a
+    /// direct or relayed connection, in-band chunks, XEP-0096, XEP-0066 iq): the requests
+    /// that start or carry one are refused, either way; a Jingle call and the answers to a
+    /// request are not.
+    #[tokio::test]
+    async fn a_file_sent_between_clients_is_refused_and_a_call_is_not() {
+        let p = pipeline(CARD_RULES);
+        for payload in [
+            "<jingle xmlns='urn:xmpp:jingle:1' action='session-initiate' sid='s1'>\
+             <content creator='initiator' name='f'>\
+             <description xmlns='urn:xmpp:jingle:apps:file-transfer:5'><file><name>4111 1111 1111 1111.txt</name></file></description>\
+             <transport xmlns='urn:xmpp:jingle:transports:s5b:1' sid='t'/></content></jingle>",
+            "<jingle xmlns='urn:xmpp:jingle:1' action='content-add' sid='s1'><content creator='initiator' name='g'>\
+             <description xmlns='urn:xmpp:jingle:apps:file-transfer:4'/></content></jingle>",
+            "<open xmlns='http://jabber.org/protocol/ibb' block-size='4096' sid='i1' stanza='iq'/>",
+            "<data xmlns='http://jabber.org/protocol/ibb' seq='0' sid='i1'>c2VjcmV0</data>",
+            "<si xmlns='http://jabber.org/protocol/si' id='a' profile='http://jabber.org/protocol/si/profile/file-transfer'/>",
+            "<query xmlns='http://jabber.org/protocol/bytestreams' sid='b'><streamhost jid='p.x' host='10.0.0.1' port='7777'/></query>",
+            "<query xmlns='jabber:iq:oob'><url>http://10.0.0.1/ledger.xlsx</url></query>",
+        ] {
+            let xml = format!("<iq from='alice@x/r' to='bob@x/phone' type='set' id='j1'>{payload}</iq>");
+            for direction in [Direction::Outbound, Direction::Inbound] {
+                let out = outcome(&p, &xml, direction, Copy::Direct).await;
+                let Decision::Refuse { error: Some(error) } = out.decision else {
+                    panic!("passed: {payload}");
+                };
+                let error = String::from_utf8_lossy(&error).into_owned();
+                assert!(error.contains("not-acceptable") && error.contains("HTTP upload"), "{error}");
+            }
+        }
+        for passes in [
+            "<iq from='alice@x/r' to='bob@x/phone' type='set' id='c1'><jingle xmlns='urn:xmpp:jingle:1' action='session-initiate' sid='c'>\
+             <content creator='initiator' name='voice'><description xmlns='urn:xmpp:jingle:apps:rtp:1' media='audio'/></content></jingle></iq>",
+            "<iq from='alice@x/r' to='bob@x/phone' type='result' id='j1'/>",
+            "<iq from='alice@x/r' to='x' type='get' id='d1'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>",
+        ] {
+            let out = outcome(&p, passes, Direction::Outbound, Copy::Direct).await;
+            assert!(matches!(out.decision, Decision::Forward), "{passes}: {:?}", out.decision);
+        }
     }
 
     #[test]
