@@ -194,8 +194,9 @@ fn texts_of(view: &StanzaView) -> Vec<ExtraText> {
 }
 
 impl Content<'_> {
+    /// A message with something to record (a presence's status is judged, not recorded).
     fn has_content(&self) -> bool {
-        self.view.has_content() || !self.extra.is_empty()
+        self.view.kind == StanzaKind::Message && (self.view.has_content() || !self.extra.is_empty())
     }
 }
 
@@ -1456,6 +1457,55 @@ mod tests {
             let out = outcome(&p, passes, Direction::Outbound, Copy::Direct).await;
             assert!(matches!(out.decision, Decision::Forward), "{passes}: {:?}", out.decision);
         }
+    }
+
+    /// A presence's status is shown to everyone it reaches: policy judges it as a body.
+    /// A redaction takes the status out and the presence goes on; a block refuses it. It
+    /// is not recorded (a presence is not a message).
+    #[tokio::test]
+    async fn a_status_is_judged_redacted_or_refused_and_not_recorded() {
+        let p = pipeline(CARD_RULES);
+        let redacted = "<presence from='alice@x/r'><show>away</show><status>on falcon</status>\
+                        <status xml:lang='de'>bei falcon</status><priority>5</priority></presence>";
+        let out = outcome(&p, redacted, Direction::Outbound, Copy::Direct).await;
+        let Decision::Replace(bytes) = out.decision else {
+            panic!("not redacted: {:?}", out.decision);
+        };
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(
+            !text.contains("falcon") && !text.contains("<status"),
+            "{text}"
+        );
+        assert!(
+            text.contains("<show>away</show>") && text.contains("<priority>5"),
+            "{text}"
+        );
+        let blocked = "<presence from='alice@x/r' to='room@muc.x/al'><status>card 4111 1111 1111 1111</status></presence>";
+        let out = outcome(&p, blocked, Direction::Outbound, Copy::Direct).await;
+        assert!(
+            matches!(out.decision, Decision::Refuse { .. }),
+            "{:?}",
+            out.decision
+        );
+        let plain = "<presence from='alice@x/r'><status>in a meeting</status></presence>";
+        let out = outcome(&p, plain, Direction::Outbound, Copy::Direct).await;
+        assert!(
+            matches!(out.decision, Decision::Forward),
+            "{:?}",
+            out.decision
+        );
+        let st = stanza(redacted);
+        let v = StanzaView::of(&st.root);
+        let info = session();
+        let item = Inspected {
+            direction: Direction::Outbound,
+            session: &info,
+            view: &v,
+            stanza: &st,
+            copy: Copy::Direct,
+            claimed_from: None,
+        };
+        assert!(!content(&item).has_content());
     }
 
     #[test]

@@ -171,10 +171,10 @@ impl StanzaView {
         } else {
             None
         };
-        let extra = if kind == StanzaKind::Message {
-            extra_texts(el, forwarded.as_ref().map(|f| f.child))
-        } else {
-            Vec::new()
+        let extra = match kind {
+            StanzaKind::Message => extra_texts(el, forwarded.as_ref().map(|f| f.child)),
+            StanzaKind::Presence => statuses(el),
+            _ => Vec::new(),
         };
         StanzaView {
             kind,
@@ -230,6 +230,20 @@ fn localized_child(el: &Element, name: &str) -> Option<String> {
     }
     let chosen = candidates.find(|c| c.lang().is_none()).unwrap_or(first);
     Some(chosen.text_content())
+}
+
+/// A presence's status texts, each language's: shown to everyone it reaches.
+fn statuses(el: &Element) -> Vec<ExtraText> {
+    el.children()
+        .enumerate()
+        .filter(|(_, c)| c.is("status", &el.ns))
+        .map(|(child, c)| ExtraText {
+            kind: "status".into(),
+            lang: c.lang().map(str::to_owned),
+            text: c.text_content(),
+            child,
+        })
+        .collect()
 }
 
 /// Every displayable text but the primary body and subject (those the view holds).
