@@ -470,10 +470,14 @@ fn is_wrapper(el: &Element) -> bool {
     el.is("sent", NS_CARBONS) || el.is("received", NS_CARBONS) || el.is("result", NS_MAM)
 }
 
+/// The notes servers write in the delays they stamp on messages they kept (ejabberd,
+/// Openfire): any other text in a delay may be a sender's words, whoever it names.
+const SERVERS_DELAY_NOTES: [&str; 2] = ["Offline Storage", "Offline storage"];
+
 /// Appends the words someone put where only identifiers belong: character data (in a
 /// thread id or an XEP-0022 event id, only text with a space in it, which no identifier
 /// has) and attribute values other than identifiers, or identifiers with a space in them.
-/// A server's own note in a delay it stamped (`from` a domain, as ejabberd's "Offline
+/// A server's own note in a delay it stamped (`from` a domain, ejabberd's "Offline
 /// Storage") is the server's, not a person's. Messages wrapped inside are read as messages.
 fn stray_words(el: &Element, out: &mut String) {
     for (name, value) in &el.attrs {
@@ -489,7 +493,8 @@ fn stray_words(el: &Element, out: &mut String) {
     let holds_id = (el.name == "thread" && (el.ns == NS_CLIENT || el.ns == NS_SERVER))
         || el.is("id", "jabber:x:event");
     let servers_note = (el.is("delay", NS_DELAY) || el.is("x", "jabber:x:delay"))
-        && el.attr("from").is_some_and(|f| !f.contains(['@', '/']));
+        && el.attr("from").is_some_and(|f| !f.contains(['@', '/']))
+        && SERVERS_DELAY_NOTES.contains(&text.trim());
     let words = if holds_id {
         text.trim().contains(char::is_whitespace)
     } else {
@@ -843,6 +848,12 @@ mod tests {
         assert!(v.extra.is_empty(), "{:?}", v.extra);
         let v = view("<message><body>hi</body><thread>4111 1111 1111 1111</thread></message>")?;
         assert_eq!(others(&v), ["4111 1111 1111 1111"]);
+        // A delay naming a domain holds a server's note, and nothing else passes for one.
+        let v = view(
+            "<message><displayed xmlns='urn:xmpp:chat-markers:0' id='m1'/>\
+             <delay xmlns='urn:xmpp:delay' from='x' stamp='2026-01-01T00:00:00Z'>the plan is friday</delay></message>",
+        )?;
+        assert_eq!(others(&v), ["the plan is friday"]);
         Ok(())
     }
 
