@@ -113,6 +113,19 @@ pub fn submit_audit(
     signing_key: &SigningKey,
     event: EventRecord,
 ) -> Result<AuditSubmitted, SubmitError> {
+    let cfg = ArchiveConfig::new(dir.to_path_buf(), master_key.clone(), signing_key.clone());
+    submit_audit_in(cfg, event)
+}
+
+/// [`submit_audit`] opening the archive, when it is free, as `cfg` says: with the
+/// archive's witness, so a checkpoint it writes (at its close, over the event) is
+/// witnessed as the server's are, not left for a later `serve` to cover.
+pub fn submit_audit_in(
+    cfg: ArchiveConfig,
+    event: EventRecord,
+) -> Result<AuditSubmitted, SubmitError> {
+    let (dir, master_key) = (cfg.dir.clone(), cfg.master_key.clone());
+    let (dir, master_key) = (dir.as_path(), &master_key);
     let EventRecord::Audit {
         actor,
         action,
@@ -129,7 +142,6 @@ pub fn submit_audit(
         action,
         detail,
     };
-    let cfg = ArchiveConfig::new(dir.to_path_buf(), master_key.clone(), signing_key.clone());
     match Archive::open(cfg) {
         Ok(archive) => {
             let appended = block_on(archive.append(NewRecord::Event(event)));

@@ -64,7 +64,7 @@ pub use export::{
     ExportRequest, ExportSummary, SelectedBy,
 };
 pub use grouping::{group, merge_newest, CopyRef, MessageHit};
-pub use inbox::{submit_audit, AuditSubmitted, SubmitError};
+pub use inbox::{submit_audit, submit_audit_in, AuditSubmitted, SubmitError};
 pub use keys::{keys_init, load_signing_key, load_verifying_key, KeyError, KeysCreated, MasterKey};
 pub use record::{
     Action, Capture, Direction, Edit, EditKind, EventRecord, Leg, MessageRecord, NewRecord,

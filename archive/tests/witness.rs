@@ -277,3 +277,26 @@ fn a_witness_inside_the_archive_is_refused() {
         Err(OpenError::WitnessInsideArchive { .. })
     ));
 }
+
+/// A command that records an audit event while no server runs (`custos hold add`, an
+/// export) opens the archive with its witness: the checkpoint its close writes over the
+/// event is witnessed then, not left for the next `serve` to cover.
+#[test]
+fn an_audit_event_recorded_with_no_server_running_is_witnessed() {
+    let m = archive_with_witness(3);
+    let event = || EventRecord::Audit {
+        actor: "officer".into(),
+        action: "hold".into(),
+        detail: "add".into(),
+    };
+    let unwitnessed = |r: &VerifyReport| r.notes.iter().any(|n| n.contains("not witnessed"));
+    // Opened without it, as before: the event is past the witness's last entry.
+    submit_audit(&m.dir, &m.master, &m.signing, event()).unwrap();
+    assert!(unwitnessed(&check(&m)), "{:?}", check(&m).notes);
+
+    let mut cfg = ArchiveConfig::new(m.dir.clone(), m.master.clone(), m.signing.clone());
+    cfg.witness = Some(m.witness.clone());
+    submit_audit_in(cfg, event()).unwrap();
+    let r = check(&m);
+    assert!(r.is_clean() && !unwitnessed(&r), "{r:#?}");
+}

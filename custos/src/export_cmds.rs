@@ -98,7 +98,7 @@ pub fn export(
     )?;
     // The export is itself evidence: record who took what.
     if let NewRecord::Event(event) = summary.audit_record(&cli_actor()) {
-        custos_archive::submit_audit(&records, &master, &signing, event)
+        record_audit(&a, &records, &master, &signing, event)
             .context("recording the export in the audit trail")?;
     }
     print_summary("", &summary);
@@ -143,7 +143,8 @@ pub fn export_actiance(
         "out": out.display().to_string(),
         "sha256": sha,
     });
-    custos_archive::submit_audit(
+    record_audit(
+        &a,
         &records,
         &master,
         &signing,
@@ -231,8 +232,7 @@ fn export_nodes(
         |c, summary| {
             // The export is itself evidence: record who took what, part by part.
             if let NewRecord::Event(event) = summary.audit_record(&cli_actor()) {
-                custos_archive::submit_audit(&records, master, signing, event)
-                    .map_err(|e| e.to_string())?;
+                record_audit(a, &records, master, signing, event).map_err(|e| e.to_string())?;
             }
             let label = chains
                 .iter()
@@ -328,4 +328,18 @@ fn verify_nodes_export(dir: &Path, key: &custos_archive::VerifyingKey) -> anyhow
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Records an export in the audit trail of `records` (this node's chain), opened as the
+/// server opens it when no server is running: with the archive's witness.
+fn record_audit(
+    a: &crate::config::ArchiveSettings,
+    records: &Path,
+    master: &custos_archive::MasterKey,
+    signing: &custos_archive::SigningKey,
+    event: custos_archive::EventRecord,
+) -> Result<custos_archive::AuditSubmitted, custos_archive::SubmitError> {
+    let mut cfg = crate::archive_cmds::archive_config(a, master.clone(), signing.clone());
+    cfg.dir = records.to_path_buf();
+    custos_archive::submit_audit_in(cfg, event)
 }

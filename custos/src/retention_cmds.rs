@@ -50,7 +50,8 @@ fn record(o: &Opened, actor: String, action: &str, detail: String) -> anyhow::Re
         action: action.to_owned(),
         detail: detail.clone(),
     };
-    match custos_archive::submit_audit(&o.settings.dir, &o.master, &o.signing, event)? {
+    let cfg = crate::archive_cmds::archive_config(&o.settings, o.master.clone(), o.signing.clone());
+    match custos_archive::submit_audit_in(cfg, event)? {
         AuditSubmitted::Appended { seq } => Ok(seq.0),
         AuditSubmitted::Queued { path } => {
             // The running writer appends it within about a second; wait to confirm.
