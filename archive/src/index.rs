@@ -2011,12 +2011,24 @@ impl BlindIndexReader {
     /// reindex first commits an emptied index: a search of that commit under the whole
     /// index's mark would find nothing it claims to cover).
     pub fn load_commit(&self) -> Result<Commit, IndexError> {
-        for _ in 0..LOAD_TRIES {
+        // Which commit a `meta.json` is: a merge rewrites the segment list, not these.
+        let commit_of = |meta: &[u8]| -> Option<(u64, Option<String>)> {
+            let v: serde_json::Value = serde_json::from_slice(meta).ok()?;
+            let payload = v.get("payload").and_then(|p| p.as_str()).map(str::to_owned);
+            Some((v.get("opstamp")?.as_u64()?, payload))
+        };
+        for attempt in 1..=LOAD_TRIES {
             let before = self.read_meta()?;
-            self.reload()?;
+            match self.reload() {
+                Ok(()) => {}
+                // A merge's clean-up can take a file from under a load: load again.
+                Err(_) if attempt < LOAD_TRIES => continue,
+                Err(e) => return Err(e),
+            }
             let searcher = self.reader.searcher();
             // No commit between the two reads: the searcher holds the one both read.
-            if self.read_meta()? == before {
+            let after = self.read_meta()?;
+            if after == before || commit_of(&after).is_some_and(|c| Some(c) == commit_of(&before)) {
                 let marked = marked_lists_of_meta(
                     &String::from_utf8_lossy(&before),
                     &self.master,
