@@ -707,12 +707,17 @@ fn peer_file_transfer(view: &StanzaView, root: &Element) -> Option<&'static str>
         return None;
     }
     root.children().find_map(|payload| match &*payload.ns {
+        // A file-transfer application, or a transport that carries bytes between the two
+        // clients whatever application names them (a call's media go over ICE instead).
         "urn:xmpp:jingle:1" if payload.name == "jingle" => payload
             .children()
             .filter(|c| c.is("content", "urn:xmpp:jingle:1"))
             .flat_map(|c| c.children())
             .any(|d| {
-                d.name == "description" && d.ns.starts_with("urn:xmpp:jingle:apps:file-transfer:")
+                (d.name == "description" && d.ns.starts_with("urn:xmpp:jingle:apps:file-transfer:"))
+                    || (d.name == "transport"
+                        && (d.ns.starts_with("urn:xmpp:jingle:transports:s5b:")
+                            || d.ns.starts_with("urn:xmpp:jingle:transports:ibb:")))
             })
             .then_some("jingle-file-transfer"),
         "http://jabber.org/protocol/si" => Some("stream-initiation"),
@@ -1308,6 +1313,36 @@ mod tests {
         }
     }
 
+    /// Words a reader can get at in a part Custos reads only in part, or in a message
+    /// put where no message is read as one, are judged as any other text.
+    #[tokio::test]
+    async fn text_hidden_in_parts_read_in_part_or_in_a_misplaced_message_is_judged() {
+        let p = pipeline(CARD_RULES);
+        let card = "card 4111 1111 1111 1111";
+        for hidden in [
+            format!("<active xmlns='http://jabber.org/protocol/chatstates'><message xmlns='jabber:client'><body>{card}</body></message></active>"),
+            format!("<sent xmlns='urn:xmpp:carbons:2'><message xmlns='jabber:client'><body>{card}</body></message></sent>"),
+            format!("<sent xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client'/>\
+                     <message xmlns='jabber:client'><body>{card}</body></message></forwarded></sent>"),
+            format!("<reference xmlns='urn:xmpp:reference:0' type='data' uri='https://x.example/'>{card}</reference>"),
+            format!("<html xmlns='http://jabber.org/protocol/xhtml-im'><p>{card}</p></html>"),
+            "<body>see</body><html xmlns='http://jabber.org/protocol/xhtml-im'><body xmlns='http://www.w3.org/1999/xhtml'>\
+             <a href='https://x.example/?c=4111111111111111'>a link</a></body></html>".to_owned(),
+            format!("<x xmlns='jabber:x:oob'><url>https://x.example/</url><note>{card}</note></x>"),
+            format!("<displayed xmlns='urn:xmpp:chat-markers:0' id='m1'/><delay xmlns='urn:xmpp:delay' from='x' stamp='2026-01-01T00:00:00Z'>Offline Storage - {card}</delay>"),
+        ] {
+            let xml = format!("<message from='alice@x/r' to='bob@x' type='chat' id='1'>{hidden}</message>");
+            let out = outcome(&p, &xml, Direction::Outbound, Copy::Direct).await;
+            assert!(matches!(out.decision, Decision::Refuse { .. }), "{hidden}: {:?}", out.decision);
+        }
+        // The notes servers write in the delays they stamp are no content.
+        for note in ["Offline Storage", "Offline Storage - example.org", "Resent"] {
+            let xml = format!("<message><received xmlns='urn:xmpp:receipts' id='m1'/>\
+                               <delay xmlns='urn:xmpp:delay' from='example.org' stamp='2026-01-01T00:00:00Z'>{note}</delay></message>");
+            assert!(!view(&xml).has_content(), "{note}");
+        }
+    }
+
     #[tokio::test]
     async fn redaction_reaches_every_text_and_drops_the_xhtml_copy() {
         let p = pipeline(CARD_RULES);
@@ -1432,6 +1467,8 @@ mod tests {
              <transport xmlns='urn:xmpp:jingle:transports:s5b:1' sid='t'/></content></jingle>",
             "<jingle xmlns='urn:xmpp:jingle:1' action='content-add' sid='s1'><content creator='initiator' name='g'>\
              <description xmlns='urn:xmpp:jingle:apps:file-transfer:4'/></content></jingle>",
+            "<jingle xmlns='urn:xmpp:jingle:1' action='session-initiate' sid='s2'><content creator='initiator' name='h'>\
+             <description xmlns='urn:example:made-up'/><transport xmlns='urn:xmpp:jingle:transports:ibb:1' sid='t' block-size='4096'/></content></jingle>",
             "<open xmlns='http://jabber.org/protocol/ibb' block-size='4096' sid='i1' stanza='iq'/>",
             "<data xmlns='http://jabber.org/protocol/ibb' seq='0' sid='i1'>c2VjcmV0</data>",
             "<si xmlns='http://jabber.org/protocol/si' id='a' profile='http://jabber.org/protocol/si/profile/file-transfer'/>",
@@ -1487,7 +1524,15 @@ mod tests {
             "{:?}",
             out.decision
         );
-        let plain = "<presence from='alice@x/r'><status>in a meeting</status></presence>";
+        for hidden in [
+            "<presence from='alice@x/r' to='bob@x' type='subscribe'><nick xmlns='http://jabber.org/protocol/nick'>card 4111 1111 1111 1111</nick></presence>",
+            "<presence from='alice@x/r'><show>card 4111 1111 1111 1111</show></presence>",
+        ] {
+            let out = outcome(&p, hidden, Direction::Outbound, Copy::Direct).await;
+            assert!(matches!(out.decision, Decision::Refuse { .. }), "{hidden}");
+        }
+        let plain = "<presence from='alice@x/r'><show>dnd</show><status>in a meeting</status>\
+                     <nick xmlns='http://jabber.org/protocol/nick'>Alice</nick></presence>";
         let out = outcome(&p, plain, Direction::Outbound, Copy::Direct).await;
         assert!(
             matches!(out.decision, Decision::Forward),

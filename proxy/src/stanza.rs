@@ -232,16 +232,29 @@ fn localized_child(el: &Element, name: &str) -> Option<String> {
     Some(chosen.text_content())
 }
 
-/// A presence's status texts, each language's: shown to everyone it reaches.
+/// A presence's texts shown to those it reaches: each status (every language's), a
+/// XEP-0172 nickname, and a `<show>` that is not one of its four values.
 fn statuses(el: &Element) -> Vec<ExtraText> {
     el.children()
         .enumerate()
-        .filter(|(_, c)| c.is("status", &el.ns))
-        .map(|(child, c)| ExtraText {
-            kind: "status".into(),
-            lang: c.lang().map(str::to_owned),
-            text: c.text_content(),
-            child,
+        .filter_map(|(child, c)| {
+            let kind = if c.is("status", &el.ns) {
+                "status"
+            } else if c.is("nick", "http://jabber.org/protocol/nick") {
+                "nick"
+            } else if c.is("show", &el.ns)
+                && !matches!(c.text_content().trim(), "away" | "chat" | "dnd" | "xa")
+            {
+                "show"
+            } else {
+                return None;
+            };
+            Some(ExtraText {
+                kind: kind.into(),
+                lang: c.lang().map(str::to_owned),
+                text: c.text_content(),
+                child,
+            })
         })
         .collect()
 }
@@ -320,7 +333,7 @@ fn extra_texts(el: &Element, wrapper: Option<usize>) -> Vec<ExtraText> {
     for (i, child) in el.children().enumerate() {
         let wrappers: Vec<&Element> = if child.is("forwarded", NS_FORWARD) {
             vec![child]
-        } else if Some(i) != wrapper && is_wrapper(child) {
+        } else if is_wrapper(child) {
             child
                 .children()
                 .filter(|c| c.is("forwarded", NS_FORWARD))
@@ -328,8 +341,13 @@ fn extra_texts(el: &Element, wrapper: Option<usize>) -> Vec<ExtraText> {
         } else {
             continue;
         };
-        for fwd in wrappers {
-            for inner in fwd.children().filter(|c| is_message(c)) {
+        for (n, fwd) in wrappers.into_iter().enumerate() {
+            for (m, inner) in fwd.children().filter(|c| is_message(c)).enumerate() {
+                // The one `forwarded` reads: the first message of the wrapper's first
+                // `<forwarded>`. Any other beside it is read here.
+                if Some(i) == wrapper && n == 0 && m == 0 {
+                    continue;
+                }
                 forwarded_texts(&StanzaView::of(inner), i, &mut out);
             }
         }
@@ -341,7 +359,7 @@ fn extra_texts(el: &Element, wrapper: Option<usize>) -> Vec<ExtraText> {
     for (i, child) in el.children().enumerate() {
         let mut text = String::new();
         match part(el, child) {
-            Part::Read => continue,
+            Part::Read => unread_words(child, &mut text),
             Part::Wordless => stray_words(child, &mut text),
             Part::Words => {
                 text = child.deep_text();
@@ -452,7 +470,10 @@ fn part(message: &Element, child: &Element) -> Part {
             _ => Part::Words,
         };
     }
-    if READ_NS.contains(&&*child.ns) {
+    // A reference is read as a shared file only when it holds one.
+    if child.is("reference", NS_REFERENCE) && child.child("media-sharing", NS_SIMS).is_none() {
+        Part::Words
+    } else if READ_NS.contains(&&*child.ns) {
         Part::Read
     } else if WORDLESS_NS.contains(&&*child.ns) {
         Part::Wordless
@@ -472,13 +493,27 @@ fn is_wrapper(el: &Element) -> bool {
 
 /// The notes servers write in the delays they stamp on messages they kept (ejabberd,
 /// Openfire): any other text in a delay may be a sender's words, whoever it names.
-const SERVERS_DELAY_NOTES: [&str; 2] = ["Offline Storage", "Offline storage"];
+const SERVERS_DELAY_NOTES: [&str; 3] = ["Offline Storage", "Offline storage", "Resent"];
+
+/// Whether `note` is one servers write in a delay: one of [`SERVERS_DELAY_NOTES`], or
+/// one followed by the server's name (Tigase: "Offline Storage - example.org").
+fn is_servers_note(note: &str) -> bool {
+    SERVERS_DELAY_NOTES.iter().any(|n| {
+        note.strip_prefix(n).is_some_and(|rest| {
+            rest.is_empty()
+                || rest
+                    .strip_prefix(" - ")
+                    .is_some_and(|host| !host.is_empty() && !host.contains(char::is_whitespace))
+        })
+    })
+}
 
 /// Appends the words someone put where only identifiers belong: character data (in a
 /// thread id or an XEP-0022 event id, only text with a space in it, which no identifier
 /// has) and attribute values other than identifiers, or identifiers with a space in them.
 /// A server's own note in a delay it stamped (`from` a domain, ejabberd's "Offline
-/// Storage") is the server's, not a person's. Messages wrapped inside are read as messages.
+/// Storage") is the server's, not a person's. Messages in a `<forwarded>` are read as
+/// messages; a message put anywhere else is words of this part.
 fn stray_words(el: &Element, out: &mut String) {
     for (name, value) in &el.attrs {
         if name == "xmlns" || name.starts_with("xmlns:") || name == "xml:lang" {
@@ -494,7 +529,7 @@ fn stray_words(el: &Element, out: &mut String) {
         || el.is("id", "jabber:x:event");
     let servers_note = (el.is("delay", NS_DELAY) || el.is("x", "jabber:x:delay"))
         && el.attr("from").is_some_and(|f| !f.contains(['@', '/']))
-        && SERVERS_DELAY_NOTES.contains(&text.trim());
+        && is_servers_note(text.trim());
     let words = if holds_id {
         text.trim().contains(char::is_whitespace)
     } else {
@@ -504,8 +539,56 @@ fn stray_words(el: &Element, out: &mut String) {
         out.push(' ');
         out.push_str(&text);
     }
-    for child in el.children().filter(|c| !is_message(c)) {
-        stray_words(child, out);
+    for child in el.children() {
+        if !is_message(child) {
+            stray_words(child, out);
+        } else if !el.is("forwarded", NS_FORWARD) {
+            // A message anywhere but in a `<forwarded>` is read by nobody as a message:
+            // its words are this part's.
+            out.push(' ');
+            out.push_str(&child.deep_text());
+            attribute_values(child, out);
+        }
+    }
+}
+
+/// Appends what the readers of an XHTML-IM alternative or an out-of-band link leave:
+/// the addresses and captions of XHTML links and images (`href`, `src`, `alt`, `title`)
+/// and any text beside its bodies; a link's attributes and any part but its address and
+/// descriptions.
+fn unread_words(el: &Element, out: &mut String) {
+    fn link_words(el: &Element, out: &mut String) {
+        for (name, value) in &el.attrs {
+            if matches!(&**name, "href" | "src" | "alt" | "title" | "cite") {
+                out.push(' ');
+                out.push_str(value);
+            }
+        }
+        for child in el.children() {
+            link_words(child, out);
+        }
+    }
+    if el.is("html", NS_XHTML_IM) {
+        link_words(el, out);
+        for other in el.children().filter(|c| !c.is("body", NS_XHTML)) {
+            out.push(' ');
+            out.push_str(&other.deep_text());
+        }
+    } else if el.is("x", NS_OOB) {
+        for (name, value) in &el.attrs {
+            if name != "xmlns" && !name.starts_with("xmlns:") {
+                out.push(' ');
+                out.push_str(value);
+            }
+        }
+        for other in el
+            .children()
+            .filter(|c| !c.is("url", NS_OOB) && !c.is("desc", NS_OOB))
+        {
+            out.push(' ');
+            out.push_str(&other.deep_text());
+            attribute_values(other, out);
+        }
     }
 }
 
