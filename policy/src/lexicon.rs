@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use unicode_normalization::UnicodeNormalization;
 
 pub(crate) type LexiconId = usize;
 
@@ -92,10 +93,13 @@ impl Lexicons {
         let mut folded: HashMap<String, Vec<LexiconId>> = HashMap::new();
         for (id, spec) in specs.iter().enumerate() {
             for term in &spec.terms {
+                // Composed, as text is read a second time (`e` and a combining acute
+                // are `é`): a term written decomposed still meets it.
+                let term: String = term.nfc().collect();
                 let (map, key) = if spec.case_insensitive {
-                    (&mut folded, fold(term).0)
+                    (&mut folded, fold(&term).0)
                 } else {
-                    (&mut exact, term.clone())
+                    (&mut exact, term)
                 };
                 let owners = map.entry(key).or_default();
                 if owners.last() != Some(&id) {

@@ -3,13 +3,14 @@
 //! joiners, soft hyphens, bidirectional controls, variation selectors, tag characters),
 //! every character takes its compatibility form (NFKC: fullwidth letters and digits,
 //! mathematical alphanumerics, ligatures, circled digits), every space separator is a
-//! plain space, and Cyrillic and Greek letters drawn like Latin ones are those Latin
-//! letters. A client shows `fal\u{200B}con`, `ｆａｌｃｏｎ` or `fаlcon` (a Cyrillic `а`)
+//! plain space, and in a word with Latin letters, Cyrillic and Greek letters drawn like
+//! Latin ones are those Latin letters. A client shows `fal\u{200B}con`, `ｆａｌｃｏｎ` or `fаlcon` (a Cyrillic `а`)
 //! as the word it hides; rules read both the text and this view, so a term written in
 //! either script is still found where it was written.
 
 use std::ops::Range;
 
+use unicode_normalization::char::canonical_combining_class;
 use unicode_normalization::UnicodeNormalization;
 
 /// The view, and for each of its bytes the byte offset in the original text of the
@@ -26,26 +27,56 @@ impl Unmasked {
         if text.is_ascii() {
             return None;
         }
-        let mut out = String::with_capacity(text.len());
-        let mut map = Vec::with_capacity(text.len());
-        let mut changed = false;
+        // Each character with the combining marks after it, in its compatibility form
+        // and composed (`e` and a combining acute are `é`), invisible ones dropped; every
+        // character of the form is placed at the first of those it came from.
+        let mut chars: Vec<(char, usize)> = Vec::with_capacity(text.len());
+        let mut segment = String::new();
+        let mut segment_at = 0;
+        let mut flush = |segment: &mut String, at: usize| {
+            for d in segment.nfkc() {
+                chars.push((if d.is_whitespace() { ' ' } else { d }, at));
+            }
+            segment.clear();
+        };
         for (at, c) in text.char_indices() {
             if is_invisible(c) {
-                changed = true;
                 continue;
             }
-            let before = out.len();
-            if c.is_ascii() {
-                out.push(c);
-            } else {
-                for d in std::iter::once(c).nfkc() {
-                    out.push(latin_lookalike(if d.is_whitespace() { ' ' } else { d }));
-                }
-                changed |= out.get(before..).is_none_or(|s| s.chars().ne([c]));
+            if canonical_combining_class(c) == 0 && !segment.is_empty() {
+                flush(&mut segment, segment_at);
             }
-            map.extend(std::iter::repeat_n(at, out.len() - before));
+            if segment.is_empty() {
+                segment_at = at;
+            }
+            segment.push(c);
         }
-        changed.then_some(Unmasked { text: out, map })
+        flush(&mut segment, segment_at);
+        // Look-alike letters read as Latin inside a word that has Latin letters: a
+        // word wholly in Cyrillic or Greek stays as it is written.
+        let mut start = 0;
+        while start < chars.len() {
+            let end = chars
+                .get(start..)
+                .and_then(|rest| rest.iter().position(|(c, _)| !c.is_alphanumeric()))
+                .map_or(chars.len(), |n| start + n.max(1));
+            if let Some(word) = chars.get_mut(start..end) {
+                let latin = word.iter().any(|(c, _)| c.is_ascii_alphabetic());
+                if latin {
+                    for (c, _) in word.iter_mut() {
+                        *c = latin_lookalike(*c);
+                    }
+                }
+            }
+            start = end;
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut map = Vec::with_capacity(text.len());
+        for (c, at) in chars {
+            out.push(c);
+            map.extend(std::iter::repeat_n(at, c.len_utf8()));
+        }
+        (out != text).then_some(Unmasked { text: out, map })
     }
 
     /// The whole characters of `text` (this view's original) that `r` of the view came
@@ -53,7 +84,13 @@ impl Unmasked {
     pub(crate) fn original(&self, text: &str, r: Range<usize>) -> Option<Range<usize>> {
         let start = *self.map.get(r.start)?;
         let last = *self.map.get(r.end.checked_sub(1)?)?;
-        let len = text.get(last..)?.chars().next()?.len_utf8();
+        // The last character, with the combining marks and invisible characters after it.
+        let mut rest = text.get(last..)?.char_indices();
+        let (_, first) = rest.next()?;
+        let len = rest
+            .find(|&(_, c)| canonical_combining_class(c) == 0 && !is_invisible(c))
+            .map_or(text.len() - last, |(n, _)| n);
+        debug_assert!(len >= first.len_utf8());
         Some(start..last + len)
     }
 }
@@ -96,6 +133,7 @@ fn latin_lookalike(c: char) -> char {
         'е' | 'ε' => 'e',
         'һ' => 'h',
         'і' | 'ι' => 'i',
+        'ӏ' | 'Ӏ' => 'l',
         'ј' => 'j',
         'κ' | 'к' => 'k',
         'м' => 'm',
@@ -153,6 +191,11 @@ mod tests {
             "4111 1111 1111 1111"
         );
         assert_eq!(view("ﬁnance"), "finance");
+        assert_eq!(view("re\u{301}serve\u{301}"), "réservé");
+        assert_eq!(view("fa\u{4CF}con"), "falcon");
+        // A word wholly in another script is not read as Latin.
+        assert_eq!(view("сор мама ΚΑΙ"), "сор мама ΚΑΙ");
+        assert_eq!(view("сор fаlcon"), "сор falcon");
     }
 
     #[test]
@@ -171,6 +214,12 @@ mod tests {
             .filter_map(|(at, _)| text.get(u.original(text, at..at + 6)?))
             .collect();
         assert_eq!(words, ["fal\u{200B}con", "ｆａｌｃｏｎ"]);
+        // A composed letter covers the marks it was written with.
+        let text = "the re\u{301}serve\u{301}\u{200B} fund";
+        let u = Unmasked::of(text).expect("a view");
+        let at = u.text.find("réservé").expect("composed");
+        let r = u.original(text, at..at + "réservé".len()).expect("a range");
+        assert_eq!(&text[r], "re\u{301}serve\u{301}\u{200B}");
         assert_eq!(u.original(text, 0..0), None);
     }
 }

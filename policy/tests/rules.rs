@@ -866,6 +866,15 @@ fn words_a_client_shows_are_found_however_they_are_written() {
             "{card} left digits: {body}"
         );
     }
+    // Accents written as combining marks, in the text or in the term.
+    let p2 = policy("[[lexicon]]\nid='l'\nterms=['réservé', 'cafe\u{301}']\n[[rule]]\nid='r'\nwhen={body={lexicon='l'}}\naction='flag'\n");
+    for text in [
+        "le fonds re\u{301}serve\u{301}",
+        "le fonds réservé",
+        "au café",
+    ] {
+        assert_eq!(out(&p2, A, EXT, text).action, Action::Flag, "{text}");
+    }
     // Text that hides nothing is left as it is.
     let v = out(&p, A, EXT, "falconry in Zürich, 東京 and Αθήνα");
     assert_eq!((v.action, v.delivered_body), (Action::Allow, None));
