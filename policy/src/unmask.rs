@@ -11,7 +11,7 @@
 use std::ops::Range;
 
 use unicode_normalization::char::canonical_combining_class;
-use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
 
 /// The view, and for each of its bytes the byte offset in the original text of the
 /// character it came from.
@@ -24,7 +24,19 @@ pub(crate) struct Unmasked {
 impl Unmasked {
     /// `None` when the view would be the text itself (every ASCII text).
     pub(crate) fn of(text: &str) -> Option<Unmasked> {
-        if text.is_ascii() {
+        // Most text needs no second reading: checked at a glance first. An invisible
+        // character hides nothing unless it touches a letter or digit (an emoji's
+        // variation selector does not).
+        let hides = |(prev, c, next): (Option<char>, char, Option<char>)| {
+            let touches = |x: Option<char>| x.is_some_and(char::is_alphanumeric);
+            !c.is_ascii()
+                && ((is_invisible(c) && (touches(prev) || touches(next)))
+                    || c.is_whitespace()
+                    || latin_lookalike(c) != c)
+        };
+        let plain = text.is_ascii()
+            || (!neighbours(text).any(hides) && is_nfkc_quick(text.chars()) == IsNormalized::Yes);
+        if plain {
             return None;
         }
         // Each character with the combining marks after it, in its compatibility form
@@ -93,6 +105,18 @@ impl Unmasked {
         debug_assert!(len >= first.len_utf8());
         Some(start..last + len)
     }
+}
+
+/// Each character of `text` with the ones before and after it.
+fn neighbours(text: &str) -> impl Iterator<Item = (Option<char>, char, Option<char>)> + '_ {
+    let mut prev = None;
+    let mut rest = text.chars().peekable();
+    std::iter::from_fn(move || {
+        let c = rest.next()?;
+        let item = (prev, c, rest.peek().copied());
+        prev = Some(c);
+        Some(item)
+    })
 }
 
 /// Characters a client draws as nothing (Unicode's default-ignorable code points that
@@ -202,6 +226,8 @@ mod tests {
     fn plain_text_has_no_second_view() {
         assert!(Unmasked::of("plain ascii falcon").is_none());
         assert!(Unmasked::of("straße café 東京").is_none());
+        assert!(Unmasked::of("thanks \u{2764}\u{FE0F} see you").is_none());
+        assert!(Unmasked::of("\u{2764}\u{FE0F}fal\u{200B}con").is_some());
     }
 
     #[test]
