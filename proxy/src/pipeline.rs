@@ -216,6 +216,11 @@ const NOT_AVAILABLE: [&str; 7] = [
     "unsubscribed",
 ];
 
+/// Whether the stanza is a presence saying its sender is gone (offline, or out of a room).
+fn going_offline(view: &StanzaView) -> bool {
+    view.kind == StanzaKind::Presence && view.stanza_type.as_deref() == Some("unavailable")
+}
+
 /// Whether the stanza is an available presence addressed to someone (a room entry, a
 /// status update in a room, or a directed presence).
 fn directed_available(view: &StanzaView) -> bool {
@@ -657,6 +662,24 @@ impl Pipeline {
                     UNREDACTABLE_TEXT,
                 ),
             },
+            // Going offline is delivered whatever policy says, without its texts: a refused
+            // one would leave its sender shown online, in every roster and room, for good.
+            custos_policy::Action::Block if going_offline(item.view) => {
+                info!(rules = ?verdict.rules.iter().map(|r| r.as_str()).collect::<Vec<_>>(), "an unavailable presence blocked by policy goes without its texts");
+                let mut stanza = item.stanza.root.clone();
+                let texts: Vec<usize> = c.extra.iter().map(|t| t.child).collect();
+                let mut at = 0;
+                stanza.retain_children(|_| {
+                    at += 1;
+                    !texts.contains(&(at - 1))
+                });
+                let mut bytes = Vec::new();
+                stanza.write_to(&mut bytes);
+                Outcome {
+                    decision: Decision::Replace(bytes),
+                    inject: Injections::default(),
+                }
+            }
             custos_policy::Action::Block => {
                 info!(rules = ?verdict.rules.iter().map(|r| r.as_str()).collect::<Vec<_>>(), "stanza blocked by policy");
                 let text = verdict
@@ -1530,6 +1553,19 @@ mod tests {
         ] {
             let out = outcome(&p, hidden, Direction::Outbound, Copy::Direct).await;
             assert!(matches!(out.decision, Decision::Refuse { .. }), "{hidden}");
+        }
+        // Going offline is never refused: its texts go, it is delivered.
+        for direction in [Direction::Outbound, Direction::Inbound] {
+            let offline = "<presence from='alice@x/r' type='unavailable'><status>card 4111 1111 1111 1111</status></presence>";
+            let out = outcome(&p, offline, direction, Copy::Direct).await;
+            let Decision::Replace(bytes) = out.decision else {
+                panic!("not delivered: {:?}", out.decision);
+            };
+            let text = String::from_utf8(bytes).unwrap();
+            assert!(
+                text.contains("unavailable") && !text.contains("4111"),
+                "{text}"
+            );
         }
         let plain = "<presence from='alice@x/r'><show>dnd</show><status>in a meeting</status>\
                      <nick xmlns='http://jabber.org/protocol/nick'>Alice</nick></presence>";
