@@ -1106,3 +1106,43 @@ async fn a_restart_header_or_element_in_another_namespace_cannot_take_messages_o
     assert!(!log.contains("offrecord-"), "reached the server: {log}");
     Ok(())
 }
+
+/// A file sent straight to a colleague's client (a XEP-0234 Jingle offer, then its bytes
+/// in band) would cross unrecorded. Through a real Prosody the offer and the bytes are
+/// refused, with the reason, and never reach the colleague; a message beside them is
+/// delivered as ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_sent_between_clients_is_refused_and_never_reaches_the_other() -> TestResult {
+    let rig = rig("capture-peer-file", None)?;
+    let mut alice = login(&rig, "alice", "laptop").await?;
+    let mut bob = login(&rig, "bob", "phone").await?;
+    let offer = "<iq to='bob@example.test/phone' type='set' id='ft1'>\
+        <jingle xmlns='urn:xmpp:jingle:1' action='session-initiate' sid='s1' initiator='alice@example.test/laptop'>\
+        <content creator='initiator' name='f'><description xmlns='urn:xmpp:jingle:apps:file-transfer:5'>\
+        <file><name>ledger.xlsx</name><size>6</size></file></description>\
+        <transport xmlns='urn:xmpp:jingle:transports:ibb:1' sid='t1' block-size='4096'/></content></jingle></iq>";
+    let bytes = "<iq to='bob@example.test/phone' type='set' id='ft2'>\
+        <data xmlns='http://jabber.org/protocol/ibb' seq='0' sid='t1'>c2VjcmV0</data></iq>";
+    for (id, xml) in [("ft1", offer), ("ft2", bytes)] {
+        alice.send(xml).await?;
+        let reply = alice
+            .until(|e| e.name == "iq" && e.attr("id") == Some(id))
+            .await?;
+        assert_eq!(reply.attr("type"), Some("error"), "{}", alice.transcript);
+    }
+    assert!(
+        alice.transcript.contains("not-acceptable") && alice.transcript.contains("HTTP upload"),
+        "{}",
+        alice.transcript
+    );
+    alice
+        .send("<message to='bob@example.test/phone' type='chat' id='m1'><body>peer-file: use the upload</body></message>")
+        .await?;
+    assert!(bob.message_containing("peer-file", WAIT).await?.is_some());
+    assert!(
+        !bob.transcript.contains("jingle") && !bob.transcript.contains("c2VjcmV0"),
+        "{}",
+        bob.transcript
+    );
+    Ok(())
+}
