@@ -1387,19 +1387,39 @@ mod tests {
     }
 
     /// Policy's verdict on `xml` as alice sends it, and the redaction it leads to.
+    /// A stanza, its view and its session, for an [`Inspected`] to borrow.
+    struct Held {
+        stanza: crate::framer::Stanza,
+        view: StanzaView,
+        session: SessionInfo,
+    }
+
+    impl Held {
+        fn of(xml: &str) -> Held {
+            let stanza = stanza(xml);
+            Held {
+                view: StanzaView::of(&stanza.root),
+                stanza,
+                session: session(),
+            }
+        }
+
+        fn item(&self, direction: Direction, copy: Copy) -> Inspected<'_> {
+            Inspected {
+                direction,
+                session: &self.session,
+                view: &self.view,
+                stanza: &self.stanza,
+                copy,
+                claimed_from: None,
+            }
+        }
+    }
+
     fn redaction_of(rules: &str, xml: &str) -> (Verdict, Option<Redaction>) {
         let p = pipeline(rules);
-        let st = stanza(xml);
-        let v = StanzaView::of(&st.root);
-        let info = session();
-        let item = Inspected {
-            direction: Direction::Outbound,
-            session: &info,
-            view: &v,
-            stanza: &st,
-            copy: Copy::Direct,
-            claimed_from: None,
-        };
+        let held = Held::of(xml);
+        let item = held.item(Direction::Outbound, Copy::Direct);
         let c = content(&item);
         let policy = p.policy.as_ref().unwrap();
         let (verdict, delivered) = evaluate(policy, &c, &RoomContext::default()).unwrap();
@@ -1575,18 +1595,7 @@ mod tests {
             "{:?}",
             out.decision
         );
-        let st = stanza(redacted);
-        let v = StanzaView::of(&st.root);
-        let info = session();
-        let item = Inspected {
-            direction: Direction::Outbound,
-            session: &info,
-            view: &v,
-            stanza: &st,
-            copy: Copy::Direct,
-            claimed_from: None,
-        };
-        assert!(!content(&item).has_content());
+        assert!(!content_of(redacted, Copy::Direct, |c| c.has_content()));
     }
 
     #[test]
@@ -1597,17 +1606,8 @@ mod tests {
                    <x xmlns='jabber:x:oob'><url>https://x.example/</url><desc>falcon plan</desc></x></message>";
         let (mut verdict, _) = redaction_of(CARD_RULES, xml);
         verdict.action = custos_policy::Action::Redact;
-        let st = stanza(xml);
-        let v = StanzaView::of(&st.root);
-        let info = session();
-        let item = Inspected {
-            direction: Direction::Outbound,
-            session: &info,
-            view: &v,
-            stanza: &st,
-            copy: Copy::Direct,
-            claimed_from: None,
-        };
+        let held = Held::of(xml);
+        let item = held.item(Direction::Outbound, Copy::Direct);
         let mut c = content(&item);
         let desc = c.extra.iter_mut().find(|t| t.kind == "oob-desc").unwrap();
         desc.lang = Some("de".into());
@@ -1651,18 +1651,7 @@ mod tests {
 
     /// What the pipeline makes of `xml` as alice's client sends it.
     fn content_of<T>(xml: &str, copy: Copy, f: impl FnOnce(&Content<'_>) -> T) -> T {
-        let st = stanza(xml);
-        let v = StanzaView::of(&st.root);
-        let info = session();
-        let item = Inspected {
-            direction: Direction::Outbound,
-            session: &info,
-            view: &v,
-            stanza: &st,
-            copy,
-            claimed_from: None,
-        };
-        f(&content(&item))
+        f(&content(&Held::of(xml).item(Direction::Outbound, copy)))
     }
 
     #[tokio::test]
@@ -1763,17 +1752,8 @@ mod tests {
                    <body>4111 1111 1111 1111</body></message></forwarded></result></message>";
         let out = outcome(&p, xml, Direction::Outbound, Copy::ForgedWrapper).await;
         assert!(matches!(out.decision, Decision::Refuse { .. }));
-        let st = stanza(xml);
-        let v = StanzaView::of(&st.root);
-        let info = session();
-        let item = Inspected {
-            direction: Direction::Outbound,
-            session: &info,
-            view: &v,
-            stanza: &st,
-            copy: Copy::ForgedWrapper,
-            claimed_from: None,
-        };
+        let held = Held::of(xml);
+        let item = held.item(Direction::Outbound, Copy::ForgedWrapper);
         let c = content(&item);
         assert!(c.forged_wrapper);
         assert_eq!(c.via, Via::Direct);
@@ -1786,17 +1766,8 @@ mod tests {
         let xml = "<message from='alice@x' to='alice@x/r'><sent xmlns='urn:xmpp:carbons:2'>\
                    <forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' from='alice@x/phone' to='bob@x' type='chat' id='m'>\
                    <body>hi</body></message></forwarded></sent></message>";
-        let st = stanza(xml);
-        let v = StanzaView::of(&st.root);
-        let info = session();
-        let item = Inspected {
-            direction: Direction::Inbound,
-            session: &info,
-            view: &v,
-            stanza: &st,
-            copy: Copy::CarbonSent,
-            claimed_from: None,
-        };
+        let held = Held::of(xml);
+        let item = held.item(Direction::Inbound, Copy::CarbonSent);
         let c = content(&item);
         assert_eq!(c.via, Via::CarbonSent);
         assert_eq!(c.direction, Direction::Outbound);
