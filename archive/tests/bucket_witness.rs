@@ -114,6 +114,22 @@ fn note(i: u64) -> NewRecord {
     })
 }
 
+/// A master and a signing key made in `root`, and the signing key's public half.
+fn keys(root: &Path) -> (MasterKey, SigningKey, VerifyingKey) {
+    let c = keys_init(&root.join("m.key"), &root.join("s.key")).unwrap();
+    let master = MasterKey::from_file(&c.master_key).unwrap();
+    let signing = load_signing_key(&c.signing_key).unwrap();
+    (master, signing, c.verifying_key)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 struct Cut {
     _tmp: tempfile::TempDir,
     _moto: Moto,
@@ -136,14 +152,8 @@ fn cut_after_two_syncs(bucket: &str) -> Cut {
     let remote = moto.remote(bucket, None);
     remote.client.create_bucket_with_lock().unwrap();
     let dir = tmp.path().join("archive");
-    let c = keys_init(&tmp.path().join("m.key"), &tmp.path().join("s.key")).unwrap();
-    let master = MasterKey::from_file(&c.master_key).unwrap();
-    let signing = load_signing_key(&c.signing_key).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let (master, signing, public) = keys(tmp.path());
+    let rt = runtime();
     let policy = RetentionPolicy::keep_forever();
     rt.block_on(async {
         let mut cfg = ArchiveConfig::new(dir.clone(), master.clone(), signing);
@@ -169,7 +179,7 @@ fn cut_after_two_syncs(bucket: &str) -> Cut {
     assert_eq!(entries.len(), 2, "{entries:?}");
     let (first, newest) = (entries[0].clone(), entries[1].clone());
     assert_eq!(first.segment, newest.segment, "both in the active segment");
-    let before = check(&dir, &remote, &master, &c.verifying_key);
+    let before = check(&dir, &remote, &master, &public);
     assert!(before.is_clean(), "{:#?}", before.problems);
 
     // Root cuts the segment (never stored in the bucket) back to the first witnessed
@@ -205,7 +215,7 @@ fn cut_after_two_syncs(bucket: &str) -> Cut {
         dir,
         remote,
         master,
-        public: c.verifying_key,
+        public,
         first,
         newest,
     }
@@ -329,14 +339,8 @@ fn nodes_of_one_bucket_may_share_a_witness_directory_and_no_one_else() {
     );
     n1.client.create_bucket_with_lock().unwrap();
     let witness = tmp.path().join("witness");
-    let c = keys_init(&tmp.path().join("m.key"), &tmp.path().join("s.key")).unwrap();
-    let master = MasterKey::from_file(&c.master_key).unwrap();
-    let signing = load_signing_key(&c.signing_key).unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let (master, signing, public) = keys(tmp.path());
+    let rt = runtime();
     let config = |dir: &Path, remote: Option<&Remote>, shared: bool| {
         let mut cfg = ArchiveConfig::new(dir.to_path_buf(), master.clone(), signing.clone());
         cfg.witness = Some(witness.clone());
@@ -373,7 +377,7 @@ fn nodes_of_one_bucket_may_share_a_witness_directory_and_no_one_else() {
     }
     session(config(&dir1, Some(&n1), true), None);
     bucket::register(&dir1, n1.clone());
-    let r = verify_witnessed(&dir1, Some(&master), &c.verifying_key, &witness, |_, _| {});
+    let r = verify_witnessed(&dir1, Some(&master), &public, &witness, |_, _| {});
     assert!(r.is_clean(), "{:#?}", r.problems);
     assert!(
         r.notes.iter().any(|n| n.contains("node n2's chain")),
@@ -384,16 +388,10 @@ fn nodes_of_one_bucket_may_share_a_witness_directory_and_no_one_else() {
     // An archive that is no chain of the bucket, started beside them.
     let stranger = tmp.path().join("stranger");
     session(config(&stranger, None, true), None);
-    let theirs = verify_witnessed(
-        &stranger,
-        Some(&master),
-        &c.verifying_key,
-        &witness,
-        |_, _| {},
-    )
-    .archive_id
-    .unwrap();
-    let r = verify_witnessed(&dir1, Some(&master), &c.verifying_key, &witness, |_, _| {});
+    let theirs = verify_witnessed(&stranger, Some(&master), &public, &witness, |_, _| {})
+        .archive_id
+        .unwrap();
+    let r = verify_witnessed(&dir1, Some(&master), &public, &witness, |_, _| {});
     let named: Vec<_> = r
         .problems
         .iter()
