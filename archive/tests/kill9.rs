@@ -5,13 +5,13 @@
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use custos_archive::{keys_init, verify, ArchiveReader, MasterKey};
+use custos_archive::{keys_init, verify, ArchiveReader, KeysCreated, MasterKey};
 
 /// The crash child appending to the archive in `dir` until killed (or `max_secs` pass),
 /// with the seqs it acknowledges and the thread that reads them from its output.
@@ -46,15 +46,21 @@ fn appending_child(
     (child, rx, reader)
 }
 
-#[test]
-fn kill_nine_under_load_loses_no_acknowledged_record() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("archive");
-    let secrets = tmp.path().join("secrets");
+/// The archive's directory in `root`, and keys made outside it: as files, the master
+/// key as the child takes it (base64) and as loaded.
+fn keyed(root: &Path) -> (PathBuf, KeysCreated, String, MasterKey) {
+    let secrets = root.join("secrets");
     std::fs::create_dir_all(&secrets).unwrap();
     let created = keys_init(&secrets.join("master.key"), &secrets.join("signing.key")).unwrap();
     let master_b64 = std::fs::read_to_string(&created.master_key).unwrap();
     let master = MasterKey::from_file(&created.master_key).unwrap();
+    (root.join("archive"), created, master_b64, master)
+}
+
+#[test]
+fn kill_nine_under_load_loses_no_acknowledged_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, created, master_b64, master) = keyed(tmp.path());
     let mut acked = BTreeSet::new();
     let rounds = 6;
     for round in 0..rounds {
@@ -111,12 +117,7 @@ fn kill_nine_under_load_loses_no_acknowledged_record() {
 #[test]
 fn kill_nine_during_a_rebuild_is_not_a_rolled_back_index() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("archive");
-    let secrets = tmp.path().join("secrets");
-    std::fs::create_dir_all(&secrets).unwrap();
-    let created = keys_init(&secrets.join("master.key"), &secrets.join("signing.key")).unwrap();
-    let master_b64 = std::fs::read_to_string(&created.master_key).unwrap();
-    let master = MasterKey::from_file(&created.master_key).unwrap();
+    let (dir, created, master_b64, master) = keyed(tmp.path());
     let signing = custos_archive::load_signing_key(&created.signing_key).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
