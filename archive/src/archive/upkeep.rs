@@ -415,6 +415,17 @@ mod tests {
             )
         }
 
+        /// `verify` finds no problem; else fails naming them and the index's mark.
+        fn assert_no_problem(&self) {
+            let r = self.verified();
+            assert!(
+                r.problems.is_empty(),
+                "{:?} (mark {:?})",
+                problems(&r),
+                self.mark()
+            );
+        }
+
         fn mark(&self) -> crate::index::Mark {
             crate::index::read_mark(
                 &index_dir(&self.dir),
@@ -733,13 +744,7 @@ mod tests {
         let w = w.rebuild_from_nothing(reader.chain_end().unwrap()).unwrap();
         // kill -9 here, before the fill's first commit.
         drop(w);
-        let r = m.verified();
-        assert!(
-            r.problems.is_empty(),
-            "{:?} (mark {:?})",
-            problems(&r),
-            m.mark()
-        );
+        m.assert_no_problem();
     }
 
     /// The same damage and kill under the checked open (`custos search`, `reindex`):
@@ -754,13 +759,7 @@ mod tests {
             .unwrap()
             .is_some());
         drop(w);
-        let r = m.verified();
-        assert!(
-            r.problems.is_empty(),
-            "{:?} (mark {:?})",
-            problems(&r),
-            m.mark()
-        );
+        m.assert_no_problem();
     }
 
     fn copy_dir(from: &Path, to: &Path) {
