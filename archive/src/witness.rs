@@ -149,7 +149,7 @@ pub enum WitnessError {
 
 /// An archive id as witness file names and reports spell it: 32 lowercase hex digits.
 pub fn hex_id(archive_id: &[u8; 16]) -> String {
-    archive_id.iter().map(|b| format!("{b:02x}")).collect()
+    crate::export::hex::encode(archive_id)
 }
 
 /// The witness file of archive `archive_id` in `dir`.
