@@ -45,7 +45,7 @@ use crate::inspect::{
 use crate::relay_state::{bare, Copy};
 use crate::reply::{stanza_error, ErrorType};
 use crate::rooms::{RoomContext, Rooms};
-use crate::stanza::{forwarded_texts, E2ee, EditKind, ExtraText, StanzaKind, StanzaView};
+use crate::stanza::{forwarded_texts, E2ee, EditKind, ExtraText, StanzaKind, StanzaView, OWN_TEXT};
 use crate::xml::Element;
 
 /// Rule ids Custos itself records beside policy's.
@@ -668,11 +668,7 @@ impl Pipeline {
                 info!(rules = ?verdict.rules.iter().map(|r| r.as_str()).collect::<Vec<_>>(), "an unavailable presence blocked by policy goes without its texts");
                 let mut stanza = item.stanza.root.clone();
                 let texts: Vec<usize> = c.extra.iter().map(|t| t.child).collect();
-                let mut at = 0;
-                stanza.retain_children(|_| {
-                    at += 1;
-                    !texts.contains(&(at - 1))
-                });
+                take_out(&mut stanza, &texts);
                 let mut bytes = Vec::new();
                 stanza.write_to(&mut bytes);
                 Outcome {
@@ -1118,12 +1114,7 @@ fn redact(
     } else {
         wrapped_message(&mut stanza, item.view.forwarded.as_ref()?.child)?
     };
-    // By position, before anything else changes the positions.
-    let mut at = 0;
-    message.retain_children(|_| {
-        at += 1;
-        !removed.contains(&(at - 1))
-    });
+    take_out(message, &removed);
     if c.forged_wrapper {
         message.retain_children(|child| {
             !(child.is("sent", crate::stanza::NS_CARBONS)
@@ -1202,6 +1193,22 @@ fn redact(
     let mut bytes = Vec::new();
     stanza.write_to(&mut bytes);
     Some(Redaction { bytes, identity })
+}
+
+/// Removes the children of `stanza` at the positions `parts` names (by position, so
+/// before anything else changes them) and, when it names [`OWN_TEXT`], the text written
+/// directly in the stanza.
+fn take_out(stanza: &mut Element, parts: &[usize]) {
+    let mut at = 0;
+    stanza.retain_children(|_| {
+        at += 1;
+        !parts.contains(&(at - 1))
+    });
+    if parts.contains(&OWN_TEXT) {
+        stanza
+            .children
+            .retain(|n| !matches!(n, crate::xml::Node::Text(t) if !t.trim().is_empty()));
+    }
 }
 
 /// The message a believed carbon or archive result carries: inside the wrapper at
@@ -1466,6 +1473,54 @@ mod tests {
             let delivered = String::from_utf8(redaction.bytes).unwrap();
             assert_eq!(redaction.identity, id_of(&delivered, Direction::Outbound));
         }
+    }
+
+    /// Text written directly in a message or presence, between its children, reaches
+    /// whoever reads the stream: it is judged, and a redaction takes it out.
+    #[tokio::test]
+    async fn text_written_directly_in_a_stanza_is_judged_and_redacted() {
+        let p = pipeline(CARD_RULES);
+        for xml in [
+            "<message from='alice@x/r' to='bob@x' type='chat' id='1'><body>see this</body>\
+             falcon closes friday<active xmlns='http://jabber.org/protocol/chatstates'/></message>",
+            "<message from='alice@x/r' to='bob@x' type='chat' id='1'>falcon closes friday\
+             <active xmlns='http://jabber.org/protocol/chatstates'/><body>see this</body></message>",
+        ] {
+            let out = outcome(&p, xml, Direction::Outbound, Copy::Direct).await;
+            let Decision::Replace(bytes) = out.decision else {
+                panic!("not redacted: {xml}: {:?}", out.decision);
+            };
+            let text = String::from_utf8(bytes).unwrap();
+            assert!(!text.contains("falcon"), "{text}");
+            assert!(text.contains("see this") && text.contains("chatstates"), "{text}");
+            let (_, redaction) = redaction_of(CARD_RULES, xml);
+            let delivered = String::from_utf8(redaction.unwrap().bytes).unwrap();
+            assert_eq!(delivered, text);
+        }
+        // Alone, it makes a message worth recording.
+        let alone = "<message from='alice@x/r' to='bob@x' id='2'>meet me at noon</message>";
+        assert!(content_of(alone, Copy::Direct, |c| c.has_content()));
+        let presence = "<presence from='alice@x/r'>falcon lands<show>away</show></presence>";
+        let out = outcome(&p, presence, Direction::Outbound, Copy::Direct).await;
+        let Decision::Replace(bytes) = out.decision else {
+            panic!("not redacted: {:?}", out.decision);
+        };
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(
+            !text.contains("falcon") && text.contains("<show>away"),
+            "{text}"
+        );
+        let offline =
+            "<presence from='alice@x/r' type='unavailable'>card 4111 1111 1111 1111</presence>";
+        let out = outcome(&p, offline, Direction::Outbound, Copy::Direct).await;
+        let Decision::Replace(bytes) = out.decision else {
+            panic!("not delivered: {:?}", out.decision);
+        };
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(
+            text.contains("unavailable") && !text.contains("4111"),
+            "{text}"
+        );
     }
 
     /// A body is text, but a client that shows its text content shows the text of

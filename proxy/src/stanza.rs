@@ -51,8 +51,27 @@ pub struct ExtraText {
     pub lang: Option<String>,
     pub text: String,
     /// Which of the message's child elements carries the text (its position among them):
-    /// the part a redaction removes whole when it cannot rewrite the text in place.
+    /// the part a redaction removes whole when it cannot rewrite the text in place;
+    /// [`OWN_TEXT`] for text written directly in the stanza.
     pub child: usize,
+}
+
+/// The [`ExtraText::child`] of text written directly in a stanza, between its children:
+/// no client shows it, but any other reader of the stream reads it.
+pub const OWN_TEXT: usize = usize::MAX;
+
+/// Text written directly in `el`, as an `other` text.
+fn own_text(el: &Element, out: &mut Vec<ExtraText>) {
+    let text = el.text();
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if !text.is_empty() {
+        out.push(ExtraText {
+            kind: "other".into(),
+            lang: None,
+            text,
+            child: OWN_TEXT,
+        });
+    }
 }
 
 /// How a message changes an earlier one.
@@ -233,9 +252,11 @@ fn localized_child(el: &Element, name: &str) -> Option<String> {
 }
 
 /// A presence's texts shown to those it reaches: each status (every language's), a
-/// XEP-0172 nickname, and a `<show>` that is not one of its four values.
+/// XEP-0172 nickname, and a `<show>` that is not one of its four values; and text
+/// written directly in it.
 fn statuses(el: &Element) -> Vec<ExtraText> {
-    el.children()
+    let mut out: Vec<ExtraText> = el
+        .children()
         .enumerate()
         .filter_map(|(child, c)| {
             let kind = if c.is("status", &el.ns) {
@@ -256,7 +277,9 @@ fn statuses(el: &Element) -> Vec<ExtraText> {
                 child,
             })
         })
-        .collect()
+        .collect();
+    own_text(el, &mut out);
+    out
 }
 
 /// Every displayable text but the primary body and subject (those the view holds).
@@ -376,6 +399,7 @@ fn extra_texts(el: &Element, wrapper: Option<usize>) -> Vec<ExtraText> {
             });
         }
     }
+    own_text(el, &mut out);
     out
 }
 
@@ -552,10 +576,10 @@ fn stray_words(el: &Element, out: &mut String) {
     }
 }
 
-/// Appends what the readers of an XHTML-IM alternative or an out-of-band link leave:
-/// the addresses and captions of XHTML links and images (`href`, `src`, `alt`, `title`)
-/// and any text beside its bodies; a link's attributes and any part but its address and
-/// descriptions.
+/// Appends what the readers of an XHTML-IM alternative, an out-of-band link or an
+/// encryption hint leave: the addresses and captions of XHTML links and images (`href`,
+/// `src`, `alt`, `title`) and any text beside its bodies; a link's attributes and any
+/// part but its address and descriptions; a hint's name and anything but its namespace.
 fn unread_words(el: &Element, out: &mut String) {
     fn link_words(el: &Element, out: &mut String) {
         for (name, value) in &el.attrs {
@@ -589,6 +613,19 @@ fn unread_words(el: &Element, out: &mut String) {
             out.push_str(&other.deep_text());
             attribute_values(other, out);
         }
+    } else if el.is("encryption", NS_EME) {
+        // A client that does not know the scheme shows its `name`.
+        for (name, value) in &el.attrs {
+            if name != "xmlns" && !name.starts_with("xmlns:") && name != "namespace" {
+                out.push(' ');
+                out.push_str(value);
+            }
+        }
+        out.push(' ');
+        out.push_str(&el.deep_text());
+        for child in el.children() {
+            attribute_values(child, out);
+        }
     }
 }
 
@@ -605,29 +642,127 @@ fn attribute_values(el: &Element, out: &mut String) {
     }
 }
 
-/// Names, descriptions and source addresses anywhere inside a file-sharing element.
-fn file_texts(el: &Element, at: usize, out: &mut Vec<ExtraText>) {
+/// Names, descriptions and source addresses anywhere inside a file-sharing element, and
+/// as one `other` text whatever else in it holds words (see [`file_parts`]).
+fn file_texts(sharing: &Element, at: usize, out: &mut Vec<ExtraText>) {
+    let mut words = String::new();
+    file_parts(sharing, at, out, &mut words);
+    let words = words.split_whitespace().collect::<Vec<_>>().join(" ");
+    if !words.is_empty() {
+        out.push(ExtraText {
+            kind: "other".into(),
+            lang: None,
+            text: words,
+            child: at,
+        });
+    }
+}
+
+/// Appends the values of `el`'s attributes that are not [`FILE_ATTRS`], or are but hold
+/// a space.
+fn file_attr_words(el: &Element, words: &mut String) {
+    for (name, value) in &el.attrs {
+        let known = name == "xmlns" || name.starts_with("xmlns:") || FILE_ATTRS.contains(&&**name);
+        if !known || value.trim().contains(char::is_whitespace) {
+            words.push(' ');
+            words.push_str(value);
+        }
+    }
+}
+
+/// Elements of a shared file's description (XEP-0446, XEP-0234's `<file>`, XEP-0300)
+/// that hold one value: a type, a date, a number or a hash, never a space.
+const FILE_VALUES: &[&str] = &[
+    "media-type",
+    "date",
+    "size",
+    "hash",
+    "hash-used",
+    "height",
+    "width",
+    "length",
+];
+
+/// Elements that frame a shared file's description and sources.
+const FILE_FRAMES: &[&str] = &[
+    "file",
+    "sources",
+    "url-data",
+    "reference",
+    "jinglepub",
+    "thumbnail",
+    "range",
+    "media-sharing",
+    "file-sharing",
+];
+
+/// Attributes of those elements that hold a value, never words.
+const FILE_ATTRS: &[&str] = &[
+    "target",
+    "uri",
+    "id",
+    "disposition",
+    "type",
+    "algo",
+    "media-type",
+    "width",
+    "height",
+    "offset",
+    "length",
+    "begin",
+    "end",
+    "anchor",
+    "from",
+    "xml:lang",
+];
+
+/// Reads one element of a shared file: a name or description as such, a source address
+/// as `file-url`; words found anywhere else go into `words`: text in a value with a space
+/// in it, text between a frame's children, an attribute other than a value's, and all of
+/// an element no file description has (a `<note>`).
+fn file_parts(el: &Element, at: usize, out: &mut Vec<ExtraText>, words: &mut String) {
+    file_attr_words(el, words);
+    words.push(' ');
+    words.push_str(&el.text());
     for child in el.children() {
-        match &*child.name {
-            "name" | "desc" => out.push(ExtraText {
-                kind: format!("file-{}", child.name),
+        let name = &*child.name;
+        if matches!(name, "name" | "desc") {
+            out.push(ExtraText {
+                kind: format!("file-{name}"),
                 lang: child.lang().map(str::to_owned),
                 text: child.text_content(),
                 child: at,
-            }),
-            _ => {
-                for attr in ["target", "uri"] {
-                    if let Some(url) = child.attr(attr) {
-                        out.push(ExtraText {
-                            kind: "file-url".into(),
-                            lang: None,
-                            text: url.to_owned(),
-                            child: at,
-                        });
-                    }
-                }
-                file_texts(child, at, out);
+            });
+            file_attr_words(child, words);
+        } else if FILE_VALUES.contains(&name) {
+            let text = child.text_content();
+            if text.trim().contains(char::is_whitespace) {
+                words.push(' ');
+                words.push_str(&text);
             }
+            file_attr_words(child, words);
+            // A value holds no elements: any inside are words.
+            for inner in child.children() {
+                words.push(' ');
+                words.push_str(&inner.deep_text());
+                attribute_values(inner, words);
+            }
+        } else if FILE_FRAMES.contains(&name) {
+            for attr in ["target", "uri"] {
+                if let Some(url) = child.attr(attr) {
+                    out.push(ExtraText {
+                        kind: "file-url".into(),
+                        lang: None,
+                        text: url.to_owned(),
+                        child: at,
+                    });
+                }
+            }
+            file_parts(child, at, out, words);
+        } else {
+            words.push(' ');
+            words.push_str(&child.deep_text());
+            attribute_values(child, words);
         }
     }
 }
@@ -937,6 +1072,68 @@ mod tests {
              <delay xmlns='urn:xmpp:delay' from='x' stamp='2026-01-01T00:00:00Z'>the plan is friday</delay></message>",
         )?;
         assert_eq!(others(&v), ["the plan is friday"]);
+        Ok(())
+    }
+
+    #[test]
+    fn words_where_no_client_shows_them_are_content() -> Result<(), FrameError> {
+        // Text directly in the stanza, between its children.
+        let v = view("<message to='bob@x'>meet at <active xmlns='http://jabber.org/protocol/chatstates'/>noon</message>")?;
+        assert!(v.has_content());
+        assert_eq!(others(&v), ["meet at noon"]);
+        assert_eq!(v.extra[0].child, OWN_TEXT);
+        let v = view("<presence>the plan<show>away</show></presence>")?;
+        assert_eq!(others(&v), ["the plan"]);
+        // Parts of a shared file that are not its name, description or sources.
+        let file = |inner: &str| {
+            view(&format!(
+                "<message><file-sharing xmlns='urn:xmpp:sfs:0' disposition='inline'>\
+                 <file xmlns='urn:xmpp:file:metadata:0'><name>a.pdf</name>{inner}</file>\
+                 <sources><url-data xmlns='http://jabber.org/protocol/url-data' target='https://up.example/a'/></sources>\
+                 </file-sharing></message>"
+            ))
+        };
+        for (inner, words) in [
+            ("<note>sell before friday</note>", "sell before friday"),
+            (
+                "<media-type>sell before friday</media-type>",
+                "sell before friday",
+            ),
+            (
+                "<size note='sell before friday'>12</size>",
+                "sell before friday",
+            ),
+            (
+                "<hash xmlns='urn:xmpp:hashes:2' algo='sha-256'>x<b>sell</b></hash>",
+                "sell",
+            ),
+            (
+                "<name xml:lang='en' alt='sell now'>b.pdf</name>",
+                "sell now",
+            ),
+        ] {
+            let v = file(inner)?;
+            assert_eq!(others(&v), [words], "{inner}");
+            assert_eq!(v.extra.last().map(|t| t.child), Some(0), "{inner}");
+        }
+        // What a file description ordinarily holds is none.
+        let v = file(
+            "<media-type>application/pdf</media-type><size>3032449</size>\
+             <date>2026-01-01T00:00:00Z</date><width>10</width><height>20</height>\
+             <hash xmlns='urn:xmpp:hashes:2' algo='sha-256'>2XarmwTlNxDAMkvymloX3S5+VbylNrJt/l5QyPa+YoU=</hash>\
+             <desc xml:lang='en'>the report</desc>\
+             <thumbnail xmlns='urn:xmpp:thumbs:1' uri='cid:sha1+x@bob.xmpp.org' media-type='image/png' width='128' height='96'/>",
+        )?;
+        assert!(others(&v).is_empty(), "{:?}", v.extra);
+        // The name of an encryption scheme, shown by a client that does not know it.
+        let v = view(
+            "<message><encryption xmlns='urn:xmpp:eme:0' namespace='urn:x:custom' name='meet at noon'/>\
+             <body>This message is encrypted.</body></message>",
+        )?;
+        assert_eq!(others(&v), ["meet at noon"]);
+        // Pretty-printed whitespace is none.
+        let v = view("<message>\n  <body>hi</body>\n  <encryption xmlns='urn:xmpp:eme:0' namespace='eu.siacs.conversations.axolotl'/>\n</message>")?;
+        assert!(others(&v).is_empty(), "{:?}", v.extra);
         Ok(())
     }
 
