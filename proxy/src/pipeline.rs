@@ -45,7 +45,10 @@ use crate::inspect::{
 use crate::relay_state::{bare, Copy};
 use crate::reply::{stanza_error, ErrorType};
 use crate::rooms::{RoomContext, Rooms};
-use crate::stanza::{forwarded_texts, E2ee, EditKind, ExtraText, StanzaKind, StanzaView, OWN_TEXT};
+use crate::stanza::{
+    forwarded_texts, is_clients_address, E2ee, EditKind, ExtraText, StanzaKind, StanzaView,
+    OWN_TEXT,
+};
 use crate::xml::Element;
 
 /// Rule ids Custos itself records beside policy's.
@@ -173,12 +176,30 @@ fn content<'a>(item: &Inspected<'a>) -> Content<'a> {
     if let Some(c) = wrapped {
         return c;
     }
+    // An iq's words are another person's only when it goes to or comes from another
+    // account's client: not the server's answer on its user's behalf, nor one between the
+    // account's own clients.
+    let unread_iq = outer.kind == StanzaKind::Iq && {
+        let peer = match item.direction {
+            Direction::Outbound => &outer.to,
+            Direction::Inbound => &outer.from,
+        };
+        match (peer, &item.session.jid) {
+            (Some(peer), Some(jid)) => !is_clients_address(peer) || same_bare(peer, jid),
+            (Some(peer), None) => !is_clients_address(peer),
+            (None, _) => true,
+        }
+    };
     Content {
         view: outer,
         direction: item.direction,
         via: Via::Direct,
         forged_wrapper: outer.forwarded.is_some(),
-        extra: texts_of(outer),
+        extra: if unread_iq {
+            Vec::new()
+        } else {
+            texts_of(outer)
+        },
     }
 }
 
@@ -194,9 +215,14 @@ fn texts_of(view: &StanzaView) -> Vec<ExtraText> {
 }
 
 impl Content<'_> {
-    /// A message with something to record (a presence's status is judged, not recorded).
+    /// A message with something to record, or an iq between two clients with words in it
+    /// (a presence's status is judged, not recorded).
     fn has_content(&self) -> bool {
-        self.view.kind == StanzaKind::Message && (self.view.has_content() || !self.extra.is_empty())
+        match self.view.kind {
+            StanzaKind::Message => self.view.has_content() || !self.extra.is_empty(),
+            StanzaKind::Iq => !self.extra.is_empty(),
+            StanzaKind::Presence | StanzaKind::Nonza => false,
+        }
     }
 }
 
@@ -1520,6 +1546,94 @@ mod tests {
         assert!(
             text.contains("unavailable") && !text.contains("4111"),
             "{text}"
+        );
+    }
+
+    /// An iq between two clients is routed by the server without reading it: a scripted
+    /// client could talk through one past the message archive. Words in one are recorded
+    /// and judged; what clients ask each other (features, versions, pings, calls) and an
+    /// iq to a server or to the account's own clients is neither.
+    #[tokio::test]
+    async fn words_in_an_iq_between_clients_are_recorded_and_judged() {
+        let p = pipeline(CARD_RULES);
+        let talk = "<iq from='alice@x/r' to='bob@x/pc' type='set' id='q1'>\
+                    <note xmlns='urn:example:chat'>meet at noon</note></iq>";
+        assert!(content_of(talk, Copy::Direct, |c| c.has_content()));
+        let answer = "<iq from='bob@x/pc' to='alice@x/r' type='result' id='q1'>\
+                      <note xmlns='urn:example:chat' text='see you then'/></iq>";
+        let held = Held::of(answer);
+        let c = content(&held.item(Direction::Inbound, Copy::Direct));
+        assert!(c.has_content());
+        assert_eq!(c.extra[0].text, "see you then");
+        // Judged: a card is refused with an error to its sender, a code name taken out.
+        let card = "<iq from='alice@x/r' to='bob@x/pc' type='set' id='q2'>\
+                    <note xmlns='urn:example:chat'>4111 1111 1111 1111</note></iq>";
+        let out = outcome(&p, card, Direction::Outbound, Copy::Direct).await;
+        let Decision::Refuse { error: Some(error) } = out.decision else {
+            panic!("not refused: {:?}", out.decision);
+        };
+        assert!(String::from_utf8_lossy(&error).contains("policy-violation"));
+        let redacted = "<iq from='alice@x/r' to='bob@x/pc' type='set' id='q3'>\
+                        <note xmlns='urn:example:chat'>falcon</note><ping xmlns='urn:xmpp:ping'/></iq>";
+        let out = outcome(&p, redacted, Direction::Outbound, Copy::Direct).await;
+        let Decision::Replace(bytes) = out.decision else {
+            panic!("not redacted: {:?}", out.decision);
+        };
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(
+            !text.contains("falcon") && text.contains("urn:xmpp:ping"),
+            "{text}"
+        );
+        // A card in an answer goes nowhere; no error answers an answer.
+        let answer = "<iq from='bob@x/pc' to='alice@x/r' type='result' id='q4'>\
+                      <note xmlns='urn:example:chat'>4111 1111 1111 1111</note></iq>";
+        let out = outcome(&p, answer, Direction::Inbound, Copy::Direct).await;
+        assert!(
+            matches!(out.decision, Decision::Refuse { error: None }),
+            "{:?}",
+            out.decision
+        );
+        // Neither content nor judged on words.
+        for (xml, direction) in [
+            // To the account's own other client, and to the server or a bare JID.
+            ("<iq from='alice@x/r' to='alice@x/phone' type='set' id='o1'><note xmlns='urn:example:chat'>4111 1111 1111 1111</note></iq>", Direction::Outbound),
+            ("<iq from='alice@x/phone' to='alice@x/r' type='set' id='o2'><note xmlns='urn:example:chat'>4111 1111 1111 1111</note></iq>", Direction::Inbound),
+            ("<iq type='set' id='o3'><query xmlns='jabber:iq:roster'><item jid='bob@x' name='Bob Smith'/></query></iq>", Direction::Outbound),
+            ("<iq to='bob@x' type='get' id='o4'><vCard xmlns='vcard-temp'/></iq>", Direction::Outbound),
+            ("<iq from='bob@x' to='alice@x/r' type='result' id='o4'><vCard xmlns='vcard-temp'><FN>Bob Smith</FN></vCard></iq>", Direction::Inbound),
+            // What clients ask each other.
+            ("<iq from='bob@x/pc' to='alice@x/r' type='result' id='d1'><query xmlns='http://jabber.org/protocol/disco#info'>\
+              <identity category='client' type='pc' name='Gajim'/><feature var='urn:xmpp:ping'/></query></iq>", Direction::Inbound),
+            ("<iq from='bob@x/pc' to='alice@x/r' type='result' id='v1'><query xmlns='jabber:iq:version'><name>Gajim</name><version>1.9</version></query></iq>", Direction::Inbound),
+            ("<iq from='alice@x/r' to='bob@x/pc' type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>", Direction::Outbound),
+            ("<iq from='bob@x/pc' to='alice@x/r' type='error' id='p2'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
+              <text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>No such session</text></error></iq>", Direction::Inbound),
+        ] {
+            let held = Held::of(xml);
+            let c = content(&held.item(direction, Copy::Direct));
+            assert!(!c.has_content(), "{xml}: {:?}", c.extra);
+            let out = outcome(&p, xml, direction, Copy::Direct).await;
+            assert!(matches!(out.decision, Decision::Forward), "{xml}: {:?}", out.decision);
+        }
+        // A call's reason text is words; its codecs and addresses are not.
+        let call = |reason: &str| {
+            format!(
+                "<iq from='alice@x/r' to='bob@x/pc' type='set' id='j1'><jingle xmlns='urn:xmpp:jingle:1' action='session-terminate' sid='c'>\
+                 <reason><decline/>{reason}</reason></jingle></iq>"
+            )
+        };
+        assert!(!content_of(&call(""), Copy::Direct, |c| c.has_content()));
+        let out = outcome(
+            &p,
+            &call("<text>card 4111 1111 1111 1111</text>"),
+            Direction::Outbound,
+            Copy::Direct,
+        )
+        .await;
+        assert!(
+            matches!(out.decision, Decision::Refuse { .. }),
+            "{:?}",
+            out.decision
         );
     }
 

@@ -193,7 +193,8 @@ impl StanzaView {
         let extra = match kind {
             StanzaKind::Message => extra_texts(el, forwarded.as_ref().map(|f| f.child)),
             StanzaKind::Presence => statuses(el),
-            _ => Vec::new(),
+            StanzaKind::Iq => iq_texts(el),
+            StanzaKind::Nonza => Vec::new(),
         };
         StanzaView {
             kind,
@@ -278,6 +279,71 @@ fn statuses(el: &Element) -> Vec<ExtraText> {
             })
         })
         .collect();
+    own_text(el, &mut out);
+    out
+}
+
+/// Whether `jid` is a full JID with a node, `node@domain/resource`: a user's client (or a
+/// room occupant's, through the room), which answers an iq itself. A server answers one
+/// addressed to a domain or a bare JID on its own behalf or its user's.
+pub fn is_clients_address(jid: &str) -> bool {
+    jid.split_once('/')
+        .is_some_and(|(bare, _)| bare.contains('@'))
+}
+
+/// Payloads of an iq between two clients that hold what software writes (features, a
+/// time, a version, a call's codecs and addresses, a cached image), not a person's words.
+const MACHINE_IQ_NS: &[&str] = &[
+    "http://jabber.org/protocol/disco#info",
+    "http://jabber.org/protocol/disco#items",
+    "urn:xmpp:ping",
+    "urn:xmpp:time",
+    "jabber:iq:version",
+    "urn:xmpp:bob",
+    "urn:xmpp:jingle:1",
+];
+
+/// The words in an iq that may go between two clients (`to` or `from` one, see
+/// [`is_clients_address`]; the pipeline knows which end is the peer), which the server
+/// routes without reading: an iq is a way to
+/// talk past the message archive for a scripted client. Each payload but those of
+/// [`MACHINE_IQ_NS`] is an `other` text, its text and attribute values; a Jingle session's
+/// reason text is one too, and text written in the iq itself. An error's text is the
+/// answering entity's, often the server's, and not read.
+fn iq_texts(el: &Element) -> Vec<ExtraText> {
+    let between_clients = [el.attr("to"), el.attr("from")]
+        .into_iter()
+        .flatten()
+        .any(is_clients_address);
+    let mut out = Vec::new();
+    if !between_clients {
+        return out;
+    }
+    for (i, child) in el.children().enumerate() {
+        let mut text = String::new();
+        if child.name == "error" && child.ns == el.ns {
+            continue;
+        } else if child.is("jingle", "urn:xmpp:jingle:1") {
+            for reason in child.children().filter(|c| c.name == "reason") {
+                for t in reason.children().filter(|c| c.name == "text") {
+                    text.push(' ');
+                    text.push_str(&t.text_content());
+                }
+            }
+        } else if !MACHINE_IQ_NS.contains(&&*child.ns) {
+            text = child.deep_text();
+            attribute_values(child, &mut text);
+        }
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        if !text.is_empty() {
+            out.push(ExtraText {
+                kind: "other".into(),
+                lang: child.lang().map(str::to_owned),
+                text,
+                child: i,
+            });
+        }
+    }
     own_text(el, &mut out);
     out
 }

@@ -1146,3 +1146,46 @@ async fn a_file_sent_between_clients_is_refused_and_never_reaches_the_other() ->
     );
     Ok(())
 }
+
+/// An iq between two clients is routed by the server unread: a scripted client could hold
+/// a whole conversation in iqs. Their words are recorded on both legs, and judged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_held_in_iqs_between_clients_is_recorded() -> TestResult {
+    let rig = rig("capture-iq-talk", None)?;
+    let mut alice = login(&rig, "alice", "laptop").await?;
+    let mut bob = login(&rig, "bob", "phone").await?;
+    alice
+        .send(
+            "<iq to='bob@example.test/phone' type='set' id='q1'>\
+             <note xmlns='urn:example:chat'>iqtalk meet at the dock</note></iq>",
+        )
+        .await?;
+    let asked = bob
+        .until(|e| e.name == "iq" && e.attr("id") == Some("q1"))
+        .await?;
+    assert_eq!(asked.attr("type"), Some("set"), "{}", bob.transcript);
+    bob.send(
+        "<iq to='alice@example.test/laptop' type='result' id='q1'>\
+         <note xmlns='urn:example:chat'>iqtalk see you there</note></iq>",
+    )
+    .await?;
+    let answer = alice
+        .until(|e| e.name == "iq" && e.attr("id") == Some("q1"))
+        .await?;
+    assert_eq!(answer.attr("type"), Some("result"), "{}", alice.transcript);
+    // Each iq on its sender's leg and on its recipient's.
+    let hits = settled_copies(&rig, "iqtalk", 4)?;
+    assert_eq!(hits.len(), 4, "{hits:#?}");
+    for (text, from) in [
+        ("meet at the dock", "alice@example.test/laptop"),
+        ("see you there", "bob@example.test/phone"),
+    ] {
+        let copies: Vec<&Value> = hits
+            .iter()
+            .filter(|h| h.to_string().contains(text))
+            .collect();
+        assert_eq!(copies.len(), 2, "{text}: {hits:#?}");
+        assert!(copies.iter().all(|h| h["from"] == from), "{copies:#?}");
+    }
+    Ok(())
+}
