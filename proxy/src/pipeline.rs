@@ -1604,7 +1604,11 @@ mod tests {
             // What clients ask each other.
             ("<iq from='bob@x/pc' to='alice@x/r' type='result' id='d1'><query xmlns='http://jabber.org/protocol/disco#info'>\
               <identity category='client' type='pc' name='Gajim'/><feature var='urn:xmpp:ping'/></query></iq>", Direction::Inbound),
-            ("<iq from='bob@x/pc' to='alice@x/r' type='result' id='v1'><query xmlns='jabber:iq:version'><name>Gajim</name><version>1.9</version></query></iq>", Direction::Inbound),
+            ("<iq from='bob@x/pc' to='alice@x/r' type='result' id='v1'><query xmlns='jabber:iq:version'><name>Gajim</name><version>1.9</version><os>Linux</os></query></iq>", Direction::Inbound),
+            ("<iq from='bob@x/pc' to='alice@x/r' type='result' id='t1'><time xmlns='urn:xmpp:time'><tzo>-06:00</tzo><utc>2006-12-19T17:58:35Z</utc></time></iq>", Direction::Inbound),
+            ("<iq from='alice@x/r' to='bob@x/pc' type='set' id='j0'><jingle xmlns='urn:xmpp:jingle:1' action='session-initiate' sid='c'>\
+              <content creator='initiator' name='voice'><description xmlns='urn:xmpp:jingle:apps:rtp:1' media='audio'><payload-type id='111' name='opus' clockrate='48000' channels='2'/></description>\
+              <transport xmlns='urn:xmpp:jingle:transports:ice-udp:1' pwd='asd88fgpdd777uzjYhagZg' ufrag='8hhy'><candidate component='1' foundation='1' generation='0' id='el0747fg11' ip='10.0.1.1' network='1' port='8998' priority='2130706431' protocol='udp' type='host'/></transport></content></jingle></iq>", Direction::Outbound),
             ("<iq from='alice@x/r' to='bob@x/pc' type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>", Direction::Outbound),
             ("<iq from='bob@x/pc' to='alice@x/r' type='error' id='p2'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
               <text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>No such session</text></error></iq>", Direction::Inbound),
@@ -1635,6 +1639,17 @@ mod tests {
             "{:?}",
             out.decision
         );
+        // Words in what clients ask each other: a version's name, a discovered name, a ping.
+        for payload in [
+            "<query xmlns='jabber:iq:version'><name>card 4111 1111 1111 1111</name></query>",
+            "<query xmlns='http://jabber.org/protocol/disco#info'><identity category='client' type='pc' name='card 4111 1111 1111 1111'/></query>",
+            "<ping xmlns='urn:xmpp:ping'>card 4111 1111 1111 1111</ping>",
+        ] {
+            let xml = format!("<iq from='alice@x/r' to='bob@x/pc' type='result' id='w1'>{payload}</iq>");
+            assert!(content_of(&xml, Copy::Direct, |c| c.has_content()), "{payload}");
+            let out = outcome(&p, &xml, Direction::Outbound, Copy::Direct).await;
+            assert!(matches!(out.decision, Decision::Refuse { .. }), "{payload}: {:?}", out.decision);
+        }
     }
 
     /// A body is text, but a client that shows its text content shows the text of

@@ -292,7 +292,8 @@ pub fn is_clients_address(jid: &str) -> bool {
 }
 
 /// Payloads of an iq between two clients that hold what software writes (features, a
-/// time, a version, a call's codecs and addresses, a cached image), not a person's words.
+/// time, a version, a call's codecs and addresses, a cached image), not a person's words:
+/// only a value with a space in it is words there (see [`spaced_words`]).
 const MACHINE_IQ_NS: &[&str] = &[
     "http://jabber.org/protocol/disco#info",
     "http://jabber.org/protocol/disco#items",
@@ -307,9 +308,10 @@ const MACHINE_IQ_NS: &[&str] = &[
 /// [`is_clients_address`]; the pipeline knows which end is the peer), which the server
 /// routes without reading: an iq is a way to
 /// talk past the message archive for a scripted client. Each payload but those of
-/// [`MACHINE_IQ_NS`] is an `other` text, its text and attribute values; a Jingle session's
-/// reason text is one too, and text written in the iq itself. An error's text is the
-/// answering entity's, often the server's, and not read.
+/// [`MACHINE_IQ_NS`] is an `other` text, its text and attribute values; in those, a text
+/// or attribute value with a space in it (a Jingle session's reason text); and text
+/// written in the iq itself. An error's text is the answering entity's, often the
+/// server's, and not read.
 fn iq_texts(el: &Element) -> Vec<ExtraText> {
     let between_clients = [el.attr("to"), el.attr("from")]
         .into_iter()
@@ -323,14 +325,9 @@ fn iq_texts(el: &Element) -> Vec<ExtraText> {
         let mut text = String::new();
         if child.name == "error" && child.ns == el.ns {
             continue;
-        } else if child.is("jingle", "urn:xmpp:jingle:1") {
-            for reason in child.children().filter(|c| c.name == "reason") {
-                for t in reason.children().filter(|c| c.name == "text") {
-                    text.push(' ');
-                    text.push_str(&t.text_content());
-                }
-            }
-        } else if !MACHINE_IQ_NS.contains(&&*child.ns) {
+        } else if MACHINE_IQ_NS.contains(&&*child.ns) {
+            spaced_words(child, &mut text);
+        } else {
             text = child.deep_text();
             attribute_values(child, &mut text);
         }
@@ -346,6 +343,26 @@ fn iq_texts(el: &Element) -> Vec<ExtraText> {
     }
     own_text(el, &mut out);
     out
+}
+
+/// Appends each text and attribute value below `el` (namespace declarations aside) that
+/// has a space in it, which no token, number, address or hash has.
+fn spaced_words(el: &Element, out: &mut String) {
+    let spaced = |s: &str| s.trim().contains(char::is_whitespace);
+    for (name, value) in &el.attrs {
+        if name != "xmlns" && !name.starts_with("xmlns:") && spaced(value) {
+            out.push(' ');
+            out.push_str(value);
+        }
+    }
+    let text = el.text();
+    if spaced(&text) {
+        out.push(' ');
+        out.push_str(&text);
+    }
+    for child in el.children() {
+        spaced_words(child, out);
+    }
 }
 
 /// Every displayable text but the primary body and subject (those the view holds).
