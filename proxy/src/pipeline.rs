@@ -216,7 +216,7 @@ fn texts_of(view: &StanzaView) -> Vec<ExtraText> {
 
 impl Content<'_> {
     /// A message with something to record, or an iq between two clients with words in it
-    /// (a presence's status is judged, not recorded).
+    /// (a presence is recorded only when a rule matched its texts: see `judge`).
     fn has_content(&self) -> bool {
         match self.view.kind {
             StanzaKind::Message => self.view.has_content() || !self.extra.is_empty(),
@@ -568,8 +568,13 @@ impl Pipeline {
                 v.delivered_subject = None;
             }
         }
-        let recorded = c.has_content();
-        if recorded {
+        // A presence is recorded when a rule matched its texts: a flag, an alert, a
+        // redaction or a block on one is on the record like one on a message.
+        let recorded = c.has_content()
+            || (c.view.kind == StanzaKind::Presence
+                && !c.extra.is_empty()
+                && verdict.as_ref().is_some_and(|v| !v.rules.is_empty()));
+        if recorded && c.view.kind == StanzaKind::Message {
             count_message(item.direction, verdict.as_ref());
         }
         let ids = recorded.then(|| Identities::of(c, redaction.as_ref().map(|r| &r.identity)));
@@ -967,7 +972,13 @@ fn message_record(
         session: SessionId(item.session.id.to_string()),
         from: v.from.clone().unwrap_or_default(),
         to: v.to.clone().unwrap_or_default(),
-        stanza_type: v.stanza_type.clone().unwrap_or_else(|| "normal".into()),
+        stanza_type: v.stanza_type.clone().unwrap_or_else(|| {
+            match v.kind {
+                StanzaKind::Presence => "available",
+                _ => "normal",
+            }
+            .into()
+        }),
         id: v.id.clone(),
         origin_id: v.origin_id.clone(),
         stanza_id: v.stanza_ids.first().map(|(id, _)| id.clone()),
@@ -1724,10 +1735,9 @@ mod tests {
     }
 
     /// A presence's status is shown to everyone it reaches: policy judges it as a body.
-    /// A redaction takes the status out and the presence goes on; a block refuses it. It
-    /// is not recorded (a presence is not a message).
+    /// A redaction takes the status out and the presence goes on; a block refuses it.
     #[tokio::test]
-    async fn a_status_is_judged_redacted_or_refused_and_not_recorded() {
+    async fn a_status_is_judged_redacted_or_refused() {
         let p = pipeline(CARD_RULES);
         let redacted = "<presence from='alice@x/r'><show>away</show><status>on falcon</status>\
                         <status xml:lang='de'>bei falcon</status><priority>5</priority></presence>";
@@ -2042,6 +2052,76 @@ mod tests {
         }
         outcome(&p, &replayed("r2", "second"), Direction::Inbound, Copy::Mam).await;
         assert_eq!(newest_rules(&a), [RULE_REPLAY_ONLY]);
+        a.close().await.unwrap();
+    }
+
+    /// A presence whose texts a rule matched is on the record with its verdict, so a flag
+    /// or an alert on a status works as on a message; any other presence is not recorded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_presence_a_rule_matched_is_recorded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let keys = custos_archive::keys_init(
+            &tmp.path().join("master.key"),
+            &tmp.path().join("signing.key"),
+        )
+        .unwrap();
+        let a = Archive::open(custos_archive::ArchiveConfig::new(
+            tmp.path().join("archive"),
+            custos_archive::MasterKey::from_file(&keys.master_key).unwrap(),
+            custos_archive::load_signing_key(&keys.signing_key).unwrap(),
+        ))
+        .unwrap();
+        let rules = format!(
+            "{CARD_RULES}\n[[rule]]\nid = \"watch\"\nwhen = {{ body = {{ regex = \"(?i)kestrel\" }} }}\naction = \"flag\"\n"
+        );
+        let path = std::path::Path::new("rules.toml");
+        let policy = custos_policy::Policy::from_str(&rules, path).unwrap();
+        let p = Pipeline::new(
+            Some(PolicyHandle::new(path, policy)),
+            Some(a.clone()),
+            OnArchiveFailure::Block,
+            None,
+        );
+        let recorded = || {
+            let mut all = Vec::new();
+            a.reader()
+                .scan::<custos_archive::ReadError>(1, |e| {
+                    if let Some(custos_archive::Record {
+                        content: NewRecord::Message(m),
+                        ..
+                    }) = e.record
+                    {
+                        all.push(m);
+                    }
+                    Ok(())
+                })
+                .unwrap();
+            all
+        };
+        for plain in [
+            "<presence from='alice@x/r'><status>in a meeting</status></presence>",
+            "<presence from='alice@x/r'/>",
+        ] {
+            outcome(&p, plain, Direction::Outbound, Copy::Direct).await;
+        }
+        assert!(recorded().is_empty());
+        let flagged = "<presence from='alice@x/r'><show>away</show><status>kestrel at noon</status></presence>";
+        let out = outcome(&p, flagged, Direction::Outbound, Copy::Direct).await;
+        assert!(matches!(out.decision, Decision::Forward));
+        let blocked = "<presence from='alice@x/r' to='bob@x'><status>card 4111 1111 1111 1111</status></presence>";
+        let out = outcome(&p, blocked, Direction::Outbound, Copy::Direct).await;
+        assert!(matches!(out.decision, Decision::Refuse { .. }));
+        let all = recorded();
+        assert_eq!(all.len(), 2, "{all:#?}");
+        assert_eq!(all[0].stanza_type, "available");
+        assert_eq!(all[0].outcome.action, custos_archive::Action::Flag);
+        assert_eq!(all[0].outcome.rules, ["watch"]);
+        assert!(all[0]
+            .capture
+            .extra
+            .iter()
+            .any(|t| t.kind == "status" && t.text == "kestrel at noon"));
+        assert_eq!(all[1].outcome.action, custos_archive::Action::Block);
         a.close().await.unwrap();
     }
 
