@@ -1616,6 +1616,9 @@ mod tests {
             ("<iq from='bob@x/pc' to='alice@x/r' type='result' id='d1'><query xmlns='http://jabber.org/protocol/disco#info'>\
               <identity category='client' type='pc' name='Gajim'/><feature var='urn:xmpp:ping'/></query></iq>", Direction::Inbound),
             ("<iq from='bob@x/pc' to='alice@x/r' type='result' id='v1'><query xmlns='jabber:iq:version'><name>Gajim</name><version>1.9</version><os>Linux</os></query></iq>", Direction::Inbound),
+            ("<iq from='r@muc.x/bob' to='alice@x/r' type='result' id='c1'><vCard xmlns='vcard-temp'><FN>Bob</FN><PHOTO><TYPE>image/png</TYPE>\
+              <BINVAL>iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk\n+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==</BINVAL></PHOTO></vCard></iq>", Direction::Inbound),
+            ("<iq from='bob@x/pc' to='alice@x/r' type='result' id='l1'><query xmlns='jabber:iq:last' seconds='903'>Away</query></iq>", Direction::Inbound),
             ("<iq from='bob@x/pc' to='alice@x/r' type='result' id='t1'><time xmlns='urn:xmpp:time'><tzo>-06:00</tzo><utc>2006-12-19T17:58:35Z</utc></time></iq>", Direction::Inbound),
             ("<iq from='alice@x/r' to='bob@x/pc' type='set' id='j0'><jingle xmlns='urn:xmpp:jingle:1' action='session-initiate' sid='c'>\
               <content creator='initiator' name='voice'><description xmlns='urn:xmpp:jingle:apps:rtp:1' media='audio'><payload-type id='111' name='opus' clockrate='48000' channels='2'/></description>\
@@ -1655,6 +1658,7 @@ mod tests {
             "<query xmlns='jabber:iq:version'><name>card 4111 1111 1111 1111</name></query>",
             "<query xmlns='http://jabber.org/protocol/disco#info'><identity category='client' type='pc' name='card 4111 1111 1111 1111'/></query>",
             "<ping xmlns='urn:xmpp:ping'>card 4111 1111 1111 1111</ping>",
+            "<vCard xmlns='vcard-temp'><DESC>card 4111 1111 1111 1111</DESC></vCard>",
         ] {
             let xml = format!("<iq from='alice@x/r' to='bob@x/pc' type='result' id='w1'>{payload}</iq>");
             assert!(content_of(&xml, Copy::Direct, |c| c.has_content()), "{payload}");
