@@ -60,9 +60,30 @@ pub struct ExtraText {
 /// no client shows it, but any other reader of the stream reads it.
 pub const OWN_TEXT: usize = usize::MAX;
 
-/// Text written directly in `el`, as an `other` text.
+/// Attributes a stanza carries that hold an address, an identifier, a type or a
+/// language, never words.
+const STANZA_ATTRS: &[&str] = &["to", "from", "id", "type", "xml:lang"];
+
+/// Whether the stanza's attribute `name` holds words: one that is not an address,
+/// identifier, type or language (no server or client puts another on a stanza), or an
+/// identifier or type with a space in it, which none has. A resource may have spaces.
+pub fn stanza_attr_words(name: &str, value: &str) -> bool {
+    if name == "xmlns" || name.starts_with("xmlns:") {
+        return false;
+    }
+    !STANZA_ATTRS.contains(&name) || (matches!(name, "id" | "type") && has_space(value))
+}
+
+/// Text written directly in `el`, and the words in its own attributes (see
+/// [`stanza_attr_words`]), as one `other` text.
 fn own_text(el: &Element, out: &mut Vec<ExtraText>) {
-    let text = el.text();
+    let mut text = el.text();
+    for (name, value) in &el.attrs {
+        if stanza_attr_words(name, value) {
+            text.push(' ');
+            text.push_str(value);
+        }
+    }
     let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
     if !text.is_empty() {
         out.push(ExtraText {
@@ -72,6 +93,20 @@ fn own_text(el: &Element, out: &mut Vec<ExtraText>) {
             child: OWN_TEXT,
         });
     }
+}
+
+/// Characters that show as a gap, or as nothing, between words without being whitespace
+/// to [`char::is_whitespace`]: words joined by one read as words joined by a space.
+const BLANKS: &[char] = &[
+    '\u{115F}', '\u{1160}', '\u{180E}', '\u{200B}', '\u{2060}', '\u{2800}', '\u{3164}', '\u{FEFF}',
+    '\u{FFA0}',
+];
+
+/// Whether `s` has a space (or a blank, see [`BLANKS`]) between two of its characters:
+/// no name, number, address, identifier or hash has one.
+pub fn has_space(s: &str) -> bool {
+    s.trim_matches(|c: char| c.is_whitespace() || BLANKS.contains(&c))
+        .contains(|c: char| c.is_whitespace() || BLANKS.contains(&c))
 }
 
 /// How a message changes an earlier one.
@@ -268,6 +303,19 @@ fn statuses(el: &Element) -> Vec<ExtraText> {
                 && !matches!(c.text_content().trim(), "away" | "chat" | "dnd" | "xa")
             {
                 "show"
+            } else if presence_words(el, c) {
+                let mut text = c.deep_text();
+                attribute_values(c, &mut text);
+                let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+                if text.is_empty() {
+                    return None;
+                }
+                return Some(ExtraText {
+                    kind: "other".into(),
+                    lang: c.lang().map(str::to_owned),
+                    text,
+                    child,
+                });
             } else {
                 return None;
             };
@@ -281,6 +329,39 @@ fn statuses(el: &Element) -> Vec<ExtraText> {
         .collect();
     own_text(el, &mut out);
     out
+}
+
+/// Extensions clients and servers put in a presence that hold hashes, times, room
+/// requests and room roles, not words shown as such.
+const PRESENCE_NS: &[&str] = &[
+    "http://jabber.org/protocol/caps",
+    "urn:xmpp:caps",
+    "vcard-temp:x:update",
+    "jabber:x:avatar",
+    "urn:xmpp:idle:1",
+    NS_DELAY,
+    "jabber:x:delay",
+    "http://jabber.org/protocol/muc",
+    "http://jabber.org/protocol/muc#user",
+    "urn:xmpp:occupant-id:0",
+    "jabber:x:signed",
+];
+
+/// Whether the child `c` of presence `el` is an extension whose text and attribute values
+/// are an `other` text: anything but the presence's own priority and error and the
+/// extensions of [`PRESENCE_NS`] (a custom element reaches every contact's client,
+/// which a scripted one reads).
+fn presence_words(el: &Element, c: &Element) -> bool {
+    if c.ns == el.ns {
+        match &*c.name {
+            "status" | "show" => false,
+            "priority" => c.text_content().trim().parse::<i8>().is_err(),
+            "error" => el.attr("type") != Some("error"),
+            _ => true,
+        }
+    } else {
+        !PRESENCE_NS.contains(&&*c.ns)
+    }
 }
 
 /// Whether `jid` is a full JID with a node, `node@domain/resource`: a user's client (or a
@@ -297,7 +378,6 @@ pub fn is_clients_address(jid: &str) -> bool {
 const MACHINE_IQ_NS: &[&str] = &[
     "http://jabber.org/protocol/disco#info",
     "http://jabber.org/protocol/disco#items",
-    "urn:xmpp:ping",
     "urn:xmpp:time",
     "jabber:iq:version",
     "jabber:iq:last",
@@ -314,8 +394,9 @@ const MACHINE_IQ_NS: &[&str] = &[
 /// talk past the message archive for a scripted client. Each payload but those of
 /// [`MACHINE_IQ_NS`] is an `other` text, its text and attribute values; in those, a text
 /// or attribute value with a space in it (a Jingle session's reason text); and text
-/// written in the iq itself. An error's text is the answering entity's, often the
-/// server's, and not read.
+/// written in the iq itself. An error iq's `<error>` is read too (an `other` text of its
+/// own): the pipeline keeps it only for an error the user's client sends, as one coming
+/// in is often the server's. An `<error>` in any other iq is a payload like any other.
 fn iq_texts(el: &Element) -> Vec<ExtraText> {
     let between_clients = [el.attr("to"), el.attr("from")]
         .into_iter()
@@ -328,7 +409,9 @@ fn iq_texts(el: &Element) -> Vec<ExtraText> {
     for (i, child) in el.children().enumerate() {
         let mut text = String::new();
         if child.name == "error" && child.ns == el.ns {
-            continue;
+            // Its text; its type and conditions are tokens, an attribute with a space aside.
+            text = child.deep_text();
+            spaced_attrs(child, &mut text);
         } else if MACHINE_IQ_NS.contains(&&*child.ns) {
             spaced_words(child, &mut text);
         } else {
@@ -349,6 +432,20 @@ fn iq_texts(el: &Element) -> Vec<ExtraText> {
     out
 }
 
+/// Appends each attribute value below `el` (namespace declarations aside) that has a
+/// space in it.
+fn spaced_attrs(el: &Element, out: &mut String) {
+    for (name, value) in &el.attrs {
+        if name != "xmlns" && !name.starts_with("xmlns:") && has_space(value) {
+            out.push(' ');
+            out.push_str(value);
+        }
+    }
+    for child in el.children() {
+        spaced_attrs(child, out);
+    }
+}
+
 /// Appends each text and attribute value below `el` (namespace declarations aside) that
 /// has a space in it, which no token, number, address or hash has.
 fn spaced_words(el: &Element, out: &mut String) {
@@ -356,15 +453,14 @@ fn spaced_words(el: &Element, out: &mut String) {
     if el.is("BINVAL", "vcard-temp") || el.is("data", "urn:xmpp:bob") {
         return;
     }
-    let spaced = |s: &str| s.trim().contains(char::is_whitespace);
     for (name, value) in &el.attrs {
-        if name != "xmlns" && !name.starts_with("xmlns:") && spaced(value) {
+        if name != "xmlns" && !name.starts_with("xmlns:") && has_space(value) {
             out.push(' ');
             out.push_str(value);
         }
     }
     let text = el.text();
-    if spaced(&text) {
+    if has_space(&text) {
         out.push(' ');
         out.push_str(&text);
     }
@@ -634,7 +730,7 @@ fn stray_words(el: &Element, out: &mut String) {
         if name == "xmlns" || name.starts_with("xmlns:") || name == "xml:lang" {
             continue;
         }
-        if !ID_ATTRS.contains(&&**name) || value.trim().contains(char::is_whitespace) {
+        if !ID_ATTRS.contains(&&**name) || has_space(value) {
             out.push(' ');
             out.push_str(value);
         }
@@ -646,7 +742,7 @@ fn stray_words(el: &Element, out: &mut String) {
         && el.attr("from").is_some_and(|f| !f.contains(['@', '/']))
         && is_servers_note(text.trim());
     let words = if holds_id {
-        text.trim().contains(char::is_whitespace)
+        has_space(&text)
     } else {
         !servers_note
     };
@@ -754,7 +850,7 @@ fn file_texts(sharing: &Element, at: usize, out: &mut Vec<ExtraText>) {
 fn file_attr_words(el: &Element, words: &mut String) {
     for (name, value) in &el.attrs {
         let known = name == "xmlns" || name.starts_with("xmlns:") || FILE_ATTRS.contains(&&**name);
-        if !known || value.trim().contains(char::is_whitespace) {
+        if !known || has_space(value) {
             words.push(' ');
             words.push_str(value);
         }
@@ -827,7 +923,7 @@ fn file_parts(el: &Element, at: usize, out: &mut Vec<ExtraText>, words: &mut Str
             file_attr_words(child, words);
         } else if FILE_VALUES.contains(&name) {
             let text = child.text_content();
-            if text.trim().contains(char::is_whitespace) {
+            if has_space(&text) {
                 words.push(' ');
                 words.push_str(&text);
             }
