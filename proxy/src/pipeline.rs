@@ -1634,12 +1634,13 @@ mod tests {
             ("<iq from='bob@x/pc' to='alice@x/r' type='result' id='d1'><query xmlns='http://jabber.org/protocol/disco#info'>\
               <identity category='client' type='pc' name='Gajim'/><feature var='urn:xmpp:ping'/></query></iq>", Direction::Inbound),
             ("<iq from='bob@x/pc' to='alice@x/r' type='result' id='v1'><query xmlns='jabber:iq:version'><name>Gajim</name><version>1.9</version><os>Linux</os></query></iq>", Direction::Inbound),
-            ("<iq from='r@muc.x/bob' to='alice@x/r' type='result' id='c1'><vCard xmlns='vcard-temp'><FN>Bob</FN><PHOTO><TYPE>image/png</TYPE>\
+            ("<iq from='r@muc.x/bob' to='alice@x/r' type='result' id='c1'><vCard xmlns='vcard-temp'><FN>Bob Smith</FN><ORG><ORGNAME>Example Bank</ORGNAME></ORG><PHOTO><TYPE>image/png</TYPE>\
               <BINVAL>iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk\n+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==</BINVAL></PHOTO></vCard></iq>", Direction::Inbound),
             ("<iq from='bob@x/pc' to='alice@x/r' type='result' id='l1'><query xmlns='jabber:iq:last' seconds='903'>Away</query></iq>", Direction::Inbound),
             ("<iq from='bob@x/pc' to='alice@x/r' type='result' id='t1'><time xmlns='urn:xmpp:time'><tzo>-06:00</tzo><utc>2006-12-19T17:58:35Z</utc></time></iq>", Direction::Inbound),
             ("<iq from='alice@x/r' to='bob@x/pc' type='set' id='j0'><jingle xmlns='urn:xmpp:jingle:1' action='session-initiate' sid='c'>\
-              <content creator='initiator' name='voice'><description xmlns='urn:xmpp:jingle:apps:rtp:1' media='audio'><payload-type id='111' name='opus' clockrate='48000' channels='2'/></description>\
+              <content creator='initiator' name='voice'><description xmlns='urn:xmpp:jingle:apps:rtp:1' media='audio'><payload-type id='111' name='opus' clockrate='48000' channels='2'/>\
+              <source xmlns='urn:xmpp:jingle:apps:rtp:ssma:0' ssrc='1'><parameter name='msid' value='a3f1 9b2c'/></source></description>\
               <transport xmlns='urn:xmpp:jingle:transports:ice-udp:1' pwd='asd88fgpdd777uzjYhagZg' ufrag='8hhy'><candidate component='1' foundation='1' generation='0' id='el0747fg11' ip='10.0.1.1' network='1' port='8998' priority='2130706431' protocol='udp' type='host'/></transport></content></jingle></iq>", Direction::Outbound),
             ("<iq from='alice@x/r' to='bob@x/pc' type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>", Direction::Outbound),
             ("<iq from='bob@x/pc' to='alice@x/r' type='error' id='p2'><error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\

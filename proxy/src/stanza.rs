@@ -449,8 +449,23 @@ fn spaced_attrs(el: &Element, out: &mut String) {
 /// Appends each text and attribute value below `el` (namespace declarations aside) that
 /// has a space in it, which no token, number, address or hash has.
 fn spaced_words(el: &Element, out: &mut String) {
-    // Binary data in base64, which may be wrapped in lines.
-    if el.is("BINVAL", "vcard-temp") || el.is("data", "urn:xmpp:bob") {
+    // Binary data in base64, which may be wrapped in lines, and a media stream's ids,
+    // which WebRTC writes as two tokens with a space (XEP-0339 `msid`).
+    if el.is("BINVAL", "vcard-temp")
+        || el.is("data", "urn:xmpp:bob")
+        || el.ns == "urn:xmpp:jingle:apps:rtp:ssma:0"
+    {
+        return;
+    }
+    // A vCard's names, addresses and numbers are its owner's card, handed to every client
+    // that shows an avatar in a room; its description and note are free text.
+    if el.is("vCard", "vcard-temp") {
+        for free in el
+            .children()
+            .filter(|c| matches!(&*c.name, "DESC" | "NOTE"))
+        {
+            spaced_words(free, out);
+        }
         return;
     }
     for (name, value) in &el.attrs {
