@@ -1189,3 +1189,40 @@ async fn a_conversation_held_in_iqs_between_clients_is_recorded() -> TestResult 
     }
     Ok(())
 }
+
+/// A status is shown to every contact: one a flag rule matches is on the record with its
+/// verdict, on the sender's leg and on each contact's behind Custos, and found by search;
+/// one no rule matches is not recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flagged_status_is_on_the_record() -> TestResult {
+    let rig = rig(
+        "capture-status",
+        Some("[[rule]]\nid = \"watch-status\"\nwhen = { body = { regex = \"(?i)kestrel\" } }\naction = \"flag\"\n"),
+    )?;
+    let mut alice = login(&rig, "alice", "laptop").await?;
+    let mut bob = login(&rig, "bob", "phone").await?;
+    alice
+        .send("<presence to='bob@example.test/phone'><status>plain afternoon</status></presence>")
+        .await?;
+    bob.until(|e| e.name == "presence" && e.child("status", "jabber:client").is_some())
+        .await?;
+    alice
+        .send("<presence to='bob@example.test/phone'><status>kestrel statusword at noon</status></presence>")
+        .await?;
+    let seen = bob
+        .until(|e| {
+            e.name == "presence"
+                && e.child("status", "jabber:client")
+                    .is_some_and(|s| s.text().contains("statusword"))
+        })
+        .await?;
+    assert_eq!(seen.attr("type"), None, "{}", bob.transcript);
+    let hits = settled_copies(&rig, "statusword", 2)?;
+    assert_eq!(hits.len(), 2, "{hits:#?}");
+    for hit in &hits {
+        assert_eq!(hit["action"], "flag", "{hit:#}");
+        assert!(rules_of(hit).contains(&"watch-status"), "{hit:#}");
+    }
+    assert!(rig.search_copies("afternoon")?.is_empty());
+    Ok(())
+}
