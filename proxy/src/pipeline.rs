@@ -46,8 +46,8 @@ use crate::relay_state::{bare, Copy};
 use crate::reply::{stanza_error, ErrorType};
 use crate::rooms::{RoomContext, Rooms};
 use crate::stanza::{
-    forwarded_texts, is_clients_address, stanza_attr_words, E2ee, EditKind, ExtraText, StanzaKind,
-    StanzaView, OWN_TEXT,
+    forwarded_texts, is_clients_address, published_texts, stanza_attr_words, E2ee, EditKind,
+    ExtraText, StanzaKind, StanzaView, OWN_TEXT,
 };
 use crate::xml::Element;
 
@@ -190,10 +190,12 @@ fn content<'a>(item: &Inspected<'a>) -> Content<'a> {
             (None, _) => true,
         }
     };
-    let mut extra = if unread_iq {
-        Vec::new()
-    } else {
-        texts_of(outer)
+    // What the account publishes to a pubsub node (its own or a service's) is its words
+    // to every reader of the node.
+    let mut extra = match (unread_iq, item.direction) {
+        (false, _) => texts_of(outer),
+        (true, Direction::Outbound) => published_texts(&item.stanza.root),
+        (true, Direction::Inbound) => Vec::new(),
     };
     // An error coming in from a client's address is often its server's (a bounce): its
     // text is not read. One the user's client sends is its words.
@@ -1755,6 +1757,65 @@ mod tests {
             let c = content(&held.item(direction, Copy::Direct));
             assert!(c.extra.is_empty(), "{xml}: {:?}", c.extra);
         }
+    }
+
+    /// What an account publishes to a pubsub node reaches every reader of the node, inside
+    /// the firm or outside: its words are recorded and judged as the iq's. Keys, avatars,
+    /// read markers and bookmarks (a room's password) are not.
+    #[tokio::test]
+    async fn words_an_account_publishes_are_recorded_and_judged() {
+        let p = pipeline(CARD_RULES);
+        let publish = |to: &str, node: &str, payload: &str| {
+            format!(
+                "<iq type='set' id='pub1'{to}><pubsub xmlns='http://jabber.org/protocol/pubsub'>\
+                 <publish node='{node}'><item id='current'>{payload}</item></publish>\
+                 <publish-options><x xmlns='jabber:x:data' type='submit'><field var='pubsub#access_model'><value>open</value></field></x></publish-options>\
+                 </pubsub></iq>"
+            )
+        };
+        for to in ["", " to='pubsub.x'", " to='alice@x'"] {
+            let xml = publish(
+                to,
+                "urn:example:notes",
+                "<note xmlns='urn:example:notes'>card 4111 1111 1111 1111</note>",
+            );
+            assert!(content_of(&xml, Copy::Direct, |c| c.has_content()), "{xml}");
+            let out = outcome(&p, &xml, Direction::Outbound, Copy::Direct).await;
+            assert!(
+                matches!(out.decision, Decision::Refuse { error: Some(_) }),
+                "{xml}: {:?}",
+                out.decision
+            );
+        }
+        let nick = publish(
+            "",
+            "http://jabber.org/protocol/nick",
+            "<nick xmlns='http://jabber.org/protocol/nick'>falcon</nick>",
+        );
+        let out = outcome(&p, &nick, Direction::Outbound, Copy::Direct).await;
+        let Decision::Replace(bytes) = out.decision else {
+            panic!("not redacted: {:?}", out.decision);
+        };
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(
+            !text.contains("falcon") && !text.contains("pubsub"),
+            "{text}"
+        );
+        for (node, payload) in [
+            ("urn:xmpp:bookmarks:1", "<conference xmlns='urn:xmpp:bookmarks:1' name='Deals desk' autojoin='true'><password>4111 1111 1111 1111</password></conference>"),
+            ("urn:xmpp:avatar:data", "<data xmlns='urn:xmpp:avatar:data'>iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk</data>"),
+            ("urn:xmpp:omemo:2:bundles", "<bundle xmlns='urn:xmpp:omemo:2'><spk id='0'>BQ==</spk></bundle>"),
+        ] {
+            let xml = publish("", node, payload);
+            assert!(!content_of(&xml, Copy::Direct, |c| c.has_content()), "{node}");
+            let out = outcome(&p, &xml, Direction::Outbound, Copy::Direct).await;
+            assert!(matches!(out.decision, Decision::Forward), "{node}: {:?}", out.decision);
+        }
+        // What a server hands back is not read: a fetch of another account's items.
+        let fetched = "<iq from='bob@x' to='alice@x/r' type='result' id='f1'><pubsub xmlns='http://jabber.org/protocol/pubsub'>\
+                       <items node='urn:example:notes'><item id='1'><note xmlns='urn:example:notes'>card 4111 1111 1111 1111</note></item></items></pubsub></iq>";
+        let held = Held::of(fetched);
+        assert!(!content(&held.item(Direction::Inbound, Copy::Direct)).has_content());
     }
 
     /// A body is text, but a client that shows its text content shows the text of

@@ -37,6 +37,8 @@ pub const NS_RETRACT_0: &str = "urn:xmpp:message-retract:0";
 pub const NS_FASTEN: &str = "urn:xmpp:fasten:0";
 pub const NS_MODERATE: &str = "urn:xmpp:message-moderate:1";
 pub const NS_MODERATE_0: &str = "urn:xmpp:message-moderate:0";
+pub const NS_PUBSUB: &str = "http://jabber.org/protocol/pubsub";
+pub const NS_PUBSUB_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
 
 /// Content a client may show besides (or instead of) the primary body and
 /// subject: every other `xml:lang` body and subject, the XHTML-IM text, and
@@ -397,15 +399,17 @@ const MACHINE_IQ_NS: &[&str] = &[
 /// written in the iq itself. An error iq's `<error>` is read too (an `other` text of its
 /// own): the pipeline keeps it only for an error the user's client sends, as one coming
 /// in is often the server's. An `<error>` in any other iq is a payload like any other.
+/// Any other iq is read for the items it publishes ([`published_texts`]), which the
+/// pipeline keeps for one the user's client sends.
 fn iq_texts(el: &Element) -> Vec<ExtraText> {
     let between_clients = [el.attr("to"), el.attr("from")]
         .into_iter()
         .flatten()
         .any(is_clients_address);
-    let mut out = Vec::new();
     if !between_clients {
-        return out;
+        return published_texts(el);
     }
+    let mut out = Vec::new();
     for (i, child) in el.children().enumerate() {
         let mut text = String::new();
         if child.name == "error" && child.ns == el.ns {
@@ -659,17 +663,20 @@ const WORDLESS_NS: &[&str] = &[
     NS_FASTEN,
 ];
 
-/// Extensions whose content the view reads elsewhere (XHTML, links, files, encryption).
-const READ_NS: &[&str] = &[
-    NS_XHTML_IM,
-    NS_OOB,
-    NS_SFS,
-    NS_REFERENCE,
-    NS_OMEMO_LEGACY,
-    NS_OMEMO,
-    NS_OX,
-    NS_PGP_LEGACY,
-    NS_EME,
+/// Elements whose content the view reads elsewhere (XHTML, links, files, encryption, a
+/// pubsub notification), by name and namespace: any other element of their namespaces is
+/// words like an unknown one.
+const READ_PARTS: &[(&str, &str)] = &[
+    ("html", NS_XHTML_IM),
+    ("x", NS_OOB),
+    ("file-sharing", NS_SFS),
+    ("reference", NS_REFERENCE),
+    ("encrypted", NS_OMEMO_LEGACY),
+    ("encrypted", NS_OMEMO),
+    ("openpgp", NS_OX),
+    ("x", NS_PGP_LEGACY),
+    ("encryption", NS_EME),
+    ("event", NS_PUBSUB_EVENT),
 ];
 
 /// Attributes of the wordless extensions that hold an identifier, an address or a time.
@@ -699,7 +706,7 @@ fn part(message: &Element, child: &Element) -> Part {
     // A reference is read as a shared file only when it holds one.
     if child.is("reference", NS_REFERENCE) && child.child("media-sharing", NS_SIMS).is_none() {
         Part::Words
-    } else if READ_NS.contains(&&*child.ns) {
+    } else if READ_PARTS.contains(&(&*child.name, &*child.ns)) {
         Part::Read
     } else if WORDLESS_NS.contains(&&*child.ns) {
         Part::Wordless
@@ -815,6 +822,8 @@ fn unread_words(el: &Element, out: &mut String) {
             out.push_str(&other.deep_text());
             attribute_values(other, out);
         }
+    } else if el.is("event", NS_PUBSUB_EVENT) {
+        published_words(el, "items", out);
     } else if el.is("encryption", NS_EME) {
         // A client that does not know the scheme shows its `name`.
         for (name, value) in &el.attrs {
@@ -858,6 +867,76 @@ fn file_texts(sharing: &Element, at: usize, out: &mut Vec<ExtraText>) {
             child: at,
         });
     }
+}
+
+/// Payloads of pubsub items that hold keys, images, hashes, read markers, a player's
+/// track or a location, or a room's password (bookmarks): never read, never recorded.
+const UNREAD_ITEMS_NS: &[&str] = &[
+    "urn:xmpp:avatar:data",
+    "urn:xmpp:avatar:metadata",
+    NS_OMEMO_LEGACY,
+    NS_OMEMO,
+    NS_OX,
+    "urn:xmpp:bookmarks:1",
+    "storage:bookmarks",
+    "urn:xmpp:mds:displayed:0",
+    "http://jabber.org/protocol/tune",
+    "http://jabber.org/protocol/geoloc",
+];
+
+/// Appends the words of the items an account publishes (`<pubsub><publish>`, `list` =
+/// `"publish"`) or a notification carries (`<event><items>`, `"items"`): every payload's
+/// text and attribute values, but those of [`UNREAD_ITEMS_NS`]. A nickname, a mood's text,
+/// a post or a custom node's item reach whoever may read the node. Text beside the items
+/// is words too; node options and configuration forms are not read.
+fn published_words(el: &Element, list: &str, out: &mut String) {
+    out.push(' ');
+    out.push_str(&el.text());
+    for part in el.children() {
+        if part.name != list {
+            continue;
+        }
+        out.push(' ');
+        out.push_str(&part.text());
+        for item in part.children() {
+            if item.name != "item" {
+                continue;
+            }
+            out.push(' ');
+            out.push_str(&item.text());
+            for payload in item.children() {
+                if !UNREAD_ITEMS_NS.contains(&&*payload.ns) {
+                    out.push(' ');
+                    out.push_str(&payload.deep_text());
+                    attribute_values(payload, out);
+                }
+            }
+        }
+    }
+}
+
+/// The words of the items an iq publishes to a pubsub node (see [`published_words`]), an
+/// `other` text per `<pubsub>`: what an account publishes to its own PEP nodes or to a
+/// pubsub service reaches every reader of the node, inside the firm or outside it.
+pub fn published_texts(el: &Element) -> Vec<ExtraText> {
+    let mut out = Vec::new();
+    for (i, child) in el.children().enumerate() {
+        if !child.is("pubsub", NS_PUBSUB) {
+            continue;
+        }
+        let mut text = String::new();
+        published_words(child, "publish", &mut text);
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        if !text.is_empty() {
+            out.push(ExtraText {
+                kind: "other".into(),
+                lang: None,
+                text,
+                child: i,
+            });
+        }
+    }
+    out
 }
 
 /// Appends the values of `el`'s attributes that are not [`FILE_ATTRS`], or are but hold
@@ -1336,6 +1415,48 @@ mod tests {
         // Pretty-printed whitespace is none.
         let v = view("<message>\n  <body>hi</body>\n  <encryption xmlns='urn:xmpp:eme:0' namespace='eu.siacs.conversations.axolotl'/>\n</message>")?;
         assert!(others(&v).is_empty(), "{:?}", v.extra);
+        Ok(())
+    }
+
+    #[test]
+    fn a_pubsub_notification_is_read_for_words_and_not_for_keys_images_or_passwords(
+    ) -> Result<(), FrameError> {
+        let event = |node: &str, payload: &str| {
+            view(&format!(
+                "<message from='bob@x' to='alice@x/r' type='headline'>\
+                 <event xmlns='http://jabber.org/protocol/pubsub#event'><items node='{node}'>\
+                 <item id='current'>{payload}</item></items></event></message>"
+            ))
+        };
+        for (node, payload) in [
+            ("urn:xmpp:avatar:metadata", "<metadata xmlns='urn:xmpp:avatar:metadata'><info bytes='12345' id='111f4b3c50d7b0df729d299bc6f8e9ef9066971f' height='64' width='64' type='image/png'/></metadata>"),
+            ("eu.siacs.conversations.axolotl.devicelist", "<list xmlns='eu.siacs.conversations.axolotl'><device id='12345'/></list>"),
+            ("urn:xmpp:omemo:2:devices", "<devices xmlns='urn:xmpp:omemo:2'><device id='12345' label='Gajim on laptop'/></devices>"),
+            ("urn:xmpp:bookmarks:1", "<conference xmlns='urn:xmpp:bookmarks:1' name='Deals desk' autojoin='true'><nick>al</nick><password>hunter2 secret</password></conference>"),
+            ("urn:xmpp:mds:displayed:0", "<displayed xmlns='urn:xmpp:mds:displayed:0'><stanza-id xmlns='urn:xmpp:sid:0' id='s1' by='x'/></displayed>"),
+        ] {
+            let v = event(node, payload)?;
+            assert!(!v.has_content(), "{node}: {:?}", v.extra);
+        }
+        for (node, payload, words) in [
+            ("http://jabber.org/protocol/nick", "<nick xmlns='http://jabber.org/protocol/nick'>falcon desk</nick>", "falcon desk"),
+            ("http://jabber.org/protocol/mood", "<mood xmlns='http://jabber.org/protocol/mood'><happy/><text>deal closes friday</text></mood>", "deal closes friday"),
+            ("urn:example:notes", "<note xmlns='urn:example:notes' tag='q3'>sell before friday</note>", "sell before friday q3"),
+        ] {
+            let v = event(node, payload)?;
+            assert!(v.has_content(), "{node}");
+            assert_eq!(others(&v), [words], "{node}");
+        }
+        // Any other element of a namespace the view reads only in part is words.
+        for (part, words) in [
+            ("<y xmlns='jabber:x:oob'>sell before friday</y>", "sell before friday"),
+            ("<sources xmlns='urn:xmpp:sfs:0' id='f1'><url-data xmlns='http://jabber.org/protocol/url-data' target='https://files.example/plan'/></sources>", "f1 https://files.example/plan"),
+            ("<note xmlns='http://jabber.org/protocol/xhtml-im'>sell before friday</note>", "sell before friday"),
+            ("<header xmlns='urn:xmpp:omemo:2'>sell before friday</header>", "sell before friday"),
+        ] {
+            let v = view(&format!("<message to='bob@x'>{part}</message>"))?;
+            assert_eq!(others(&v), [words], "{part}");
+        }
         Ok(())
     }
 
