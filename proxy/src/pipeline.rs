@@ -2324,6 +2324,227 @@ mod tests {
         );
         assert_eq!(to_room, echo);
     }
+
+    /// Whether `xml`, crossing in `direction`, is recorded, and whether it is forwarded
+    /// unchanged under [`CARD_RULES`].
+    async fn recorded_and_forwarded(xml: &str, direction: Direction) -> (bool, bool) {
+        let held = Held::of(xml);
+        let recorded = content(&held.item(direction, Copy::Direct)).has_content();
+        let p = pipeline(CARD_RULES);
+        let out = outcome(&p, xml, direction, Copy::Direct).await;
+        (recorded, matches!(out.decision, Decision::Forward))
+    }
+
+    /// What common clients (Conversations, Gajim, Dino, Monal, Converse.js, Profanity,
+    /// slixmpp) and servers (Prosody, ejabberd) send in normal use without a person's
+    /// words in it is no record, and passes unchanged.
+    #[tokio::test]
+    async fn machinery_of_common_clients_and_servers_is_no_content() {
+        use Direction::{Inbound as In, Outbound as Out};
+        let machinery: &[(&str, Direction)] = &[
+            // Chat states, receipts, markers, ids, hints.
+            ("<message to='bob@x' type='chat' id='c1'><composing xmlns='http://jabber.org/protocol/chatstates'/>\
+              <no-store xmlns='urn:xmpp:hints'/></message>", Out),
+            ("<message from='bob@x/dino' to='alice@x/r' type='chat' id='r1'><received xmlns='urn:xmpp:receipts' id='m1'/>\
+              <origin-id xmlns='urn:xmpp:sid:0' id='r1'/><store xmlns='urn:xmpp:hints'/></message>", In),
+            ("<message to='bob@x' type='chat' id='d1'><displayed xmlns='urn:xmpp:chat-markers:0' id='m1'/>\
+              <store xmlns='urn:xmpp:hints'/></message>", Out),
+            ("<message to='room@muc.x' type='groupchat' id='d2'><displayed xmlns='urn:xmpp:chat-markers:0' id='2024-abc' sender='room@muc.x/bob'/></message>", Out),
+            ("<message from='bob@x/gajim' to='alice@x/r' type='chat' id='g1'><paused xmlns='http://jabber.org/protocol/chatstates'/>\
+              <stanza-id xmlns='urn:xmpp:sid:0' id='Zx1' by='alice@x'/></message>", In),
+            // A private message in a room carries an empty muc#user element.
+            ("<message to='room@muc.x/bob' type='chat' id='p1'><x xmlns='http://jabber.org/protocol/muc#user'/>\
+              <active xmlns='http://jabber.org/protocol/chatstates'/></message>", Out),
+            // A room tells its occupants its configuration changed (Prosody, ejabberd).
+            ("<message from='room@muc.x' to='alice@x/r' type='groupchat' id='cfg'><x xmlns='http://jabber.org/protocol/muc#user'>\
+              <status code='104'/></x></message>", In),
+            ("<message from='room@muc.x' to='alice@x/r' type='groupchat' id='cfg2'><x xmlns='http://jabber.org/protocol/muc#user'>\
+              <status code='170'/><status code='172'/></x><stanza-id xmlns='urn:xmpp:sid:0' id='s9' by='room@muc.x'/></message>", In),
+            // XEP-0353 call set-up (Conversations, Dino, Monal).
+            ("<message to='bob@x' type='chat' id='jm1'><propose xmlns='urn:xmpp:jingle-message:0' id='Kq2vZ1'>\
+              <description xmlns='urn:xmpp:jingle:apps:rtp:1' media='audio'/><description xmlns='urn:xmpp:jingle:apps:rtp:1' media='video'/>\
+              <device xmlns='http://gultsch.de/xmpp/drafts/omemo/dlts-srtp-verification' id='123456'/></propose>\
+              <request xmlns='urn:xmpp:receipts'/><store xmlns='urn:xmpp:hints'/></message>", Out),
+            ("<message from='bob@x/dino' to='alice@x/r' type='chat' id='jm2'><ringing xmlns='urn:xmpp:jingle-message:0' id='Kq2vZ1'/></message>", In),
+            ("<message from='bob@x/dino' to='alice@x/r' type='chat' id='jm3'><proceed xmlns='urn:xmpp:jingle-message:0' id='Kq2vZ1'>\
+              <device xmlns='http://gultsch.de/xmpp/drafts/omemo/dlts-srtp-verification' id='654321'/></proceed></message>", In),
+            ("<message to='alice@x' type='chat' id='jm4'><accept xmlns='urn:xmpp:jingle-message:0' id='Kq2vZ1'/><store xmlns='urn:xmpp:hints'/></message>", Out),
+            ("<message to='bob@x' type='chat' id='jm5'><reject xmlns='urn:xmpp:jingle-message:0' id='Kq2vZ1'>\
+              <reason xmlns='urn:xmpp:jingle:1'><busy/></reason></reject><store xmlns='urn:xmpp:hints'/></message>", Out),
+            ("<message to='bob@x' type='chat' id='jm6'><retract xmlns='urn:xmpp:jingle-message:0' id='Kq2vZ1'>\
+              <reason xmlns='urn:xmpp:jingle:1'><cancel/></reason></retract></message>", Out),
+            ("<message to='bob@x' type='chat' id='jm7'><finish xmlns='urn:xmpp:jingle-message:0' id='Kq2vZ1'>\
+              <reason xmlns='urn:xmpp:jingle:1'><success/></reason></finish><store xmlns='urn:xmpp:hints'/></message>", Out),
+            // PEP notifications (headline): avatar, OMEMO device lists, bookmarks, MDS; ejabberd
+            // adds the publisher's address (XEP-0033 replyto) and a delay to the last item.
+            ("<message from='bob@x' to='alice@x/r' type='headline' id='n1'><event xmlns='http://jabber.org/protocol/pubsub#event'>\
+              <items node='urn:xmpp:avatar:metadata'><item id='a1b2c3'><metadata xmlns='urn:xmpp:avatar:metadata'>\
+              <info bytes='12345' id='a1b2c3' height='64' width='64' type='image/png'/></metadata></item></items></event>\
+              <addresses xmlns='http://jabber.org/protocol/address'><address type='replyto' jid='bob@x/Conversations.AbCd'/></addresses></message>", In),
+            ("<message from='bob@x' to='alice@x/r' type='headline'><event xmlns='http://jabber.org/protocol/pubsub#event'>\
+              <items node='eu.siacs.conversations.axolotl.devicelist'><item id='current'><list xmlns='eu.siacs.conversations.axolotl'>\
+              <device id='1234'/><device id='5678'/></list></item></items></event>\
+              <delay xmlns='urn:xmpp:delay' stamp='2026-01-01T10:00:00.000Z'/>\
+              <addresses xmlns='http://jabber.org/protocol/address'><address type='replyto' jid='bob@x/gajim.XY12'/></addresses></message>", In),
+            ("<message from='bob@x' to='alice@x/r' type='headline' id='n3'><event xmlns='http://jabber.org/protocol/pubsub#event'>\
+              <items node='urn:xmpp:omemo:2:devices'><item id='current'><devices xmlns='urn:xmpp:omemo:2'>\
+              <device id='1234' label='Gajim on laptop'/></devices></item></items></event></message>", In),
+            ("<message from='alice@x' to='alice@x/r' type='headline' id='n4'><event xmlns='http://jabber.org/protocol/pubsub#event'>\
+              <items node='urn:xmpp:bookmarks:1'><item id='room@muc.x'><conference xmlns='urn:xmpp:bookmarks:1' name='Team room' autojoin='true'>\
+              <nick>alice</nick></conference></item></items></event></message>", In),
+            ("<message from='alice@x' to='alice@x/r' type='headline' id='n5'><event xmlns='http://jabber.org/protocol/pubsub#event'>\
+              <items node='urn:xmpp:mds:displayed:0'><item id='bob@x'><displayed xmlns='urn:xmpp:mds:displayed:0'>\
+              <stanza-id xmlns='urn:xmpp:sid:0' id='Zx1' by='alice@x'/></displayed></item></items></event></message>", In),
+            ("<message from='alice@x' to='alice@x/r' type='headline' id='n6'><event xmlns='http://jabber.org/protocol/pubsub#event'>\
+              <items node='urn:xmpp:bookmarks:1'><retract id='room@muc.x'/></items></event></message>", In),
+            // MUC self-ping (XEP-0410), and the room's answers.
+            ("<iq to='room@muc.x/alice' type='get' id='sp1'><ping xmlns='urn:xmpp:ping'/></iq>", Out),
+            ("<iq from='room@muc.x/alice' to='alice@x/r' type='result' id='sp1'/>", In),
+            ("<iq from='room@muc.x/alice' to='alice@x/r' type='error' id='sp1'><error type='cancel' by='room@muc.x'>\
+              <not-acceptable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>You are not currently connected to this chat</text></error></iq>", In),
+            // Jingle RTP call set-up between clients: codecs, ICE-UDP, DTLS, SSMA.
+            ("<iq to='bob@x/dino.abc' type='set' id='j1'><jingle xmlns='urn:xmpp:jingle:1' action='session-initiate' initiator='alice@x/r' sid='Kq2vZ1'>\
+              <content creator='initiator' name='0' senders='both'><description xmlns='urn:xmpp:jingle:apps:rtp:1' media='audio' ssrc='3735928559'>\
+              <payload-type id='111' name='opus' clockrate='48000' channels='2'><parameter name='minptime' value='10'/><parameter name='useinbandfec' value='1'/>\
+              <rtcp-fb xmlns='urn:xmpp:jingle:apps:rtp:rtcp-fb:0' type='transport-cc'/></payload-type>\
+              <payload-type id='126' name='telephone-event' clockrate='8000'/>\
+              <rtp-hdrext xmlns='urn:xmpp:jingle:apps:rtp:rtp-hdrext:0' id='1' uri='urn:ietf:params:rtp-hdrext:ssrc-audio-level'/>\
+              <source xmlns='urn:xmpp:jingle:apps:rtp:ssma:0' ssrc='3735928559'><parameter name='cname' value='4TOk42mSjXCkVIa6'/>\
+              <parameter name='msid' value='my-media-stream my-audio-track'/></source><rtcp-mux/></description>\
+              <transport xmlns='urn:xmpp:jingle:transports:ice-udp:1' ufrag='8hhy' pwd='asd88fgpdd777uzjYhagZg'>\
+              <fingerprint xmlns='urn:xmpp:jingle:apps:dtls:0' hash='sha-256' setup='actpass'>02:1A:CC:54:27:AB:EB:9C:53:3F:3E:4B:65:2E:7D:46:3F:54:42:CD:54:F1:7A:03:A2:7D:F9:B0:7F:46:19:B2</fingerprint>\
+              <candidate component='1' foundation='1' generation='0' id='el0747fg11' ip='10.0.1.1' network='1' port='8998' priority='2130706431' protocol='udp' type='host'/>\
+              </transport></content><group xmlns='urn:xmpp:jingle:apps:grouping:0' semantics='BUNDLE'><content name='0'/></group></jingle></iq>", Out),
+            ("<iq from='bob@x/dino.abc' to='alice@x/r' type='set' id='j2'><jingle xmlns='urn:xmpp:jingle:1' action='session-terminate' sid='Kq2vZ1'>\
+              <reason><success/></reason></jingle></iq>", In),
+            // What clients ask each other: capabilities, software, time, last activity, ping.
+            ("<iq from='bob@x/gajim' to='alice@x/r' type='get' id='q1'><query xmlns='http://jabber.org/protocol/disco#info' node='https://conversations.im#q07IKJEyjvHSyhy//CH0CxmKi8w='/></iq>", In),
+            ("<iq to='bob@x/gajim' type='result' id='q1'><query xmlns='http://jabber.org/protocol/disco#info' node='https://conversations.im#q07IKJEyjvHSyhy//CH0CxmKi8w='>\
+              <identity category='client' type='phone' name='Conversations'/><feature var='http://jabber.org/protocol/caps'/>\
+              <feature var='urn:xmpp:jingle-message:0'/><feature var='eu.siacs.conversations.axolotl.devicelist+notify'/>\
+              <x xmlns='jabber:x:data' type='result'><field var='FORM_TYPE' type='hidden'><value>urn:xmpp:dataforms:softwareinfo</value></field>\
+              <field var='os'><value>Android</value></field><field var='os_version'><value>14</value></field>\
+              <field var='software'><value>Conversations</value></field><field var='software_version'><value>2.16.7+free</value></field></x>\
+              </query></iq>", Out),
+            ("<iq to='bob@x/gajim' type='result' id='v1'><query xmlns='jabber:iq:version'><name>Conversations</name><version>2.16.7+free</version><os>Android</os></query></iq>", Out),
+            ("<iq from='bob@x/gajim' to='alice@x/r' type='result' id='t1'><time xmlns='urn:xmpp:time'><tzo>+01:00</tzo><utc>2026-01-01T10:00:00Z</utc></time></iq>", In),
+            ("<iq to='bob@x/gajim' type='result' id='l1'><query xmlns='jabber:iq:last' seconds='903'/></iq>", Out),
+            ("<iq from='bob@x/gajim' to='alice@x/r' type='get' id='pi'><ping xmlns='urn:xmpp:ping'/></iq>", In),
+            // What a client asks its server: roster, archive, PEP publishes, blocking, push,
+            // upload slots, carbons.
+            ("<iq type='set' id='r1'><query xmlns='jabber:iq:roster'><item jid='bob@x' name='Bob Smith'><group>Work friends</group></item></query></iq>", Out),
+            ("<iq type='set' id='m1'><query xmlns='urn:xmpp:mam:2' queryid='f27'><x xmlns='jabber:x:data' type='submit'>\
+              <field var='FORM_TYPE' type='hidden'><value>urn:xmpp:mam:2</value></field><field var='with'><value>bob@x</value></field></x>\
+              <set xmlns='http://jabber.org/protocol/rsm'><max>50</max><before/></set></query></iq>", Out),
+            ("<iq type='set' id='av'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='urn:xmpp:avatar:metadata'>\
+              <item id='a1b2c3'><metadata xmlns='urn:xmpp:avatar:metadata'><info bytes='12345' id='a1b2c3' height='64' width='64' type='image/png'/></metadata></item></publish>\
+              <publish-options><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#publish-options</value></field>\
+              <field var='pubsub#access_model'><value>open</value></field></x></publish-options></pubsub></iq>", Out),
+            ("<iq type='set' id='om'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='urn:xmpp:omemo:2:devices'>\
+              <item id='current'><devices xmlns='urn:xmpp:omemo:2'><device id='1234' label='Gajim on laptop'/></devices></item></publish></pubsub></iq>", Out),
+            ("<iq type='set' id='bm'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='urn:xmpp:bookmarks:1'>\
+              <item id='room@muc.x'><conference xmlns='urn:xmpp:bookmarks:1' name='Team room' autojoin='true'><nick>alice</nick></conference></item></publish>\
+              <publish-options><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#publish-options</value></field>\
+              <field var='pubsub#persist_items'><value>true</value></field><field var='pubsub#max_items'><value>max</value></field>\
+              <field var='pubsub#access_model'><value>whitelist</value></field></x></publish-options></pubsub></iq>", Out),
+            ("<iq type='set' id='md'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='urn:xmpp:mds:displayed:0'>\
+              <item id='bob@x'><displayed xmlns='urn:xmpp:mds:displayed:0'><stanza-id xmlns='urn:xmpp:sid:0' id='Zx1' by='alice@x'/></displayed></item></publish></pubsub></iq>", Out),
+            ("<iq type='set' id='bl'><block xmlns='urn:xmpp:blocking'><item jid='spam@y'/></block></iq>", Out),
+            ("<iq type='set' id='pu'><enable xmlns='urn:xmpp:push:0' jid='push.example' node='yxs32uqsflafdk3iuqo'>\
+              <x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/pubsub#publish-options</value></field>\
+              <field var='secret'><value>eruio234vzxc2kla-91</value></field></x></enable></iq>", Out),
+            ("<iq type='get' to='upload.x' id='up'><request xmlns='urn:xmpp:http:upload:0' filename='holiday photo.jpg' size='23456' content-type='image/jpeg'/></iq>", Out),
+            ("<iq type='set' id='cb'><enable xmlns='urn:xmpp:carbons:2'/></iq>", Out),
+            ("<iq from='alice@x' to='alice@x/r' type='set' id='rp'><query xmlns='jabber:iq:roster' ver='v2'><item jid='bob@x' name='Bob Smith' subscription='both'/></query></iq>", In),
+            // Presences: capabilities, idle, avatar hash, room entries and exits.
+            ("<presence><c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='https://dino.im' ver='Ty2ZBqVnmwq7FdzXoR4VMqZ3S4o='/>\
+              <x xmlns='vcard-temp:x:update'><photo>01b87fcd030b72895ff8e88db57ec525450f000d</photo></x></presence>", Out),
+            ("<presence from='bob@x/gajim' to='alice@x/r'><show>away</show><idle xmlns='urn:xmpp:idle:1' since='2026-01-01T10:00:00Z'/>\
+              <c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='https://gajim.org' ver='kfdh='/><delay xmlns='urn:xmpp:delay' from='bob@x/gajim' stamp='2026-01-01T10:00:00Z'/></presence>", In),
+            ("<presence to='room@muc.x/alice'><x xmlns='http://jabber.org/protocol/muc'><history maxstanzas='20'/></x>\
+              <c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='https://conversations.im' ver='q07='/></presence>", Out),
+            ("<presence from='room@muc.x/alice' to='alice@x/r'><x xmlns='http://jabber.org/protocol/muc#user'>\
+              <item affiliation='member' role='participant' jid='alice@x/r'/><status code='110'/><status code='100'/></x>\
+              <occupant-id xmlns='urn:xmpp:occupant-id:0' id='dd72603d'/></presence>", In),
+            ("<presence from='room@muc.x/bob' to='alice@x/r' type='unavailable'><x xmlns='http://jabber.org/protocol/muc#user'>\
+              <item affiliation='none' role='none'/></x></presence>", In),
+            ("<presence to='room@muc.x/alice' type='unavailable'/>", Out),
+        ];
+        let mut wrong = Vec::new();
+        for (xml, direction) in machinery {
+            let (recorded, forwarded) = recorded_and_forwarded(xml, *direction).await;
+            if recorded || !forwarded {
+                wrong.push(format!("recorded {recorded}, forwarded {forwarded}: {xml}"));
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
+    /// What people say, or share, with the same clients is content.
+    #[tokio::test]
+    async fn messages_of_common_clients_are_content() {
+        use Direction::{Inbound as In, Outbound as Out};
+        let said: &[(&str, Direction)] = &[
+            ("<message to='bob@x' type='chat' id='m1'><body>Lunch at noon?</body><active xmlns='http://jabber.org/protocol/chatstates'/>\
+              <markable xmlns='urn:xmpp:chat-markers:0'/><request xmlns='urn:xmpp:receipts'/><origin-id xmlns='urn:xmpp:sid:0' id='m1'/></message>", Out),
+            // A reply with its fallback (XEP-0461).
+            ("<message to='room@muc.x' type='groupchat' id='m2'><body>&gt; Lunch at noon?\nsure</body>\
+              <reply xmlns='urn:xmpp:reply:0' to='room@muc.x/bob' id='2024-abc'/>\
+              <fallback xmlns='urn:xmpp:fallback:0' for='urn:xmpp:reply:0'><body start='0' end='16'/></fallback></message>", Out),
+            // A reaction (XEP-0444).
+            ("<message to='bob@x' type='chat' id='m3'><reactions xmlns='urn:xmpp:reactions:0' id='m1'><reaction>👍</reaction></reactions>\
+              <store xmlns='urn:xmpp:hints'/></message>", Out),
+            // A shared file: HTTP upload link (XEP-0066), SIMS (XEP-0385), SFS (XEP-0447).
+            ("<message to='bob@x' type='chat' id='m4'><body>https://upload.x/abc/photo.jpg</body>\
+              <x xmlns='jabber:x:oob'><url>https://upload.x/abc/photo.jpg</url></x></message>", Out),
+            ("<message to='bob@x' type='chat' id='m5'><body>https://upload.x/abc/photo.jpg</body>\
+              <reference xmlns='urn:xmpp:reference:0' type='data' begin='0' end='30'><media-sharing xmlns='urn:xmpp:sims:1'>\
+              <file xmlns='urn:xmpp:jingle:apps:file-transfer:5'><media-type>image/jpeg</media-type><name>photo.jpg</name><size>23456</size>\
+              <hash xmlns='urn:xmpp:hashes:2' algo='sha-256'>2XarmwTlNxDAMkvymloX3S5+VbylNrJt/l5QyPa+YoU=</hash></file>\
+              <sources><reference xmlns='urn:xmpp:reference:0' type='data' uri='https://upload.x/abc/photo.jpg'/></sources></media-sharing></reference></message>", Out),
+            ("<message from='bob@x/dino' to='alice@x/r' type='chat' id='m6'><body>https://upload.x/abc/photo.jpg</body>\
+              <file-sharing xmlns='urn:xmpp:sfs:0' disposition='inline' id='fs1'><file xmlns='urn:xmpp:file:metadata:0'>\
+              <media-type>image/jpeg</media-type><name>photo.jpg</name><size>23456</size><width>1024</width><height>768</height>\
+              <date>2026-01-01T10:00:00Z</date><hash xmlns='urn:xmpp:hashes:2' algo='sha-256'>2XarmwTlNxDAMkvymloX3S5+VbylNrJt/l5QyPa+YoU=</hash>\
+              <thumbnail xmlns='urn:xmpp:thumbs:1' uri='data:image/png;base64,iVBORw0KGgo=' media-type='image/png' width='32' height='24'/></file>\
+              <sources><url-data xmlns='http://jabber.org/protocol/url-data' target='https://upload.x/abc/photo.jpg'/></sources></file-sharing>\
+              <fallback xmlns='urn:xmpp:fallback:0' for='urn:xmpp:sfs:0'><body/></fallback></message>", In),
+            // OMEMO 0.3 and OMEMO 2 messages.
+            ("<message to='bob@x' type='chat' id='m7'><encrypted xmlns='eu.siacs.conversations.axolotl'><header sid='27183'>\
+              <key rid='31415'>BASE64ENCODED=</key><key prekey='true' rid='12321'>BASE64ENCODED=</key><iv>BASE64IV==</iv></header>\
+              <payload>BASE64ENCODED</payload></encrypted><encryption xmlns='urn:xmpp:eme:0' name='OMEMO' namespace='eu.siacs.conversations.axolotl'/>\
+              <body>I sent you an OMEMO encrypted message but your client doesn’t seem to support that.</body><store xmlns='urn:xmpp:hints'/></message>", Out),
+            ("<message from='bob@x/gajim' to='alice@x/r' type='chat' id='m8'><encrypted xmlns='urn:xmpp:omemo:2'><header sid='27183'>\
+              <keys jid='alice@x'><key rid='31415' kex='true'>BASE64=</key></keys></header><payload>BASE64</payload></encrypted>\
+              <encryption xmlns='urn:xmpp:eme:0' namespace='urn:xmpp:omemo:2' name='OMEMO'/><store xmlns='urn:xmpp:hints'/></message>", In),
+            // Invitations: mediated (XEP-0045) and direct (XEP-0249).
+            ("<message to='room@muc.x' id='i1'><x xmlns='http://jabber.org/protocol/muc#user'><invite to='bob@x'><reason>Join the planning</reason></invite></x></message>", Out),
+            ("<message from='room@muc.x' to='alice@x/r' id='i2'><x xmlns='http://jabber.org/protocol/muc#user'><invite from='bob@x/gajim'/></x>\
+              <body>bob@x invited you to the room room@muc.x</body></message>", In),
+            ("<message to='bob@x' id='i3'><x xmlns='jabber:x:conference' jid='room@muc.x' reason='Join the planning'/></message>", Out),
+            // A room's subject.
+            ("<message from='room@muc.x/bob' to='alice@x/r' type='groupchat' id='s1'><subject>Quarterly planning</subject></message>", In),
+            // A ping carrying words.
+            ("<iq to='bob@x/gajim' type='get' id='pw'><ping xmlns='urn:xmpp:ping'>meet at noon</ping></iq>", Out),
+            // A Jingle call set-up carrying words in a reason's text.
+            ("<message to='bob@x' type='chat' id='jw'><reject xmlns='urn:xmpp:jingle-message:0' id='Kq2vZ1'>\
+              <reason xmlns='urn:xmpp:jingle:1'><busy/><text>meet me at noon</text></reason></reject></message>", Out),
+            // Words put in a room's status message, or in an address's description.
+            ("<message from='room@muc.x' to='alice@x/r' type='groupchat' id='sw'><x xmlns='http://jabber.org/protocol/muc#user'>\
+              <status code='104'>meet at noon</status></x></message>", In),
+            ("<message to='bob@x' type='headline' id='aw'><addresses xmlns='http://jabber.org/protocol/address'>\
+              <address type='replyto' jid='bob@x/r' desc='meet at noon'/></addresses></message>", Out),
+            ("<message to='bob@x' type='headline' id='aw2'><addresses xmlns='http://jabber.org/protocol/address'>\
+              <address type='meet-at-noon' jid='bob@x/r'/></addresses></message>", Out),
+        ];
+        for (xml, direction) in said {
+            let held = Held::of(xml);
+            assert!(
+                content(&held.item(*direction, Copy::Direct)).has_content(),
+                "not recorded: {xml}"
+            );
+        }
+    }
 }
 
 #[cfg(test)]

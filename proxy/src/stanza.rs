@@ -10,6 +10,7 @@
 //! stanza the framer accepted is well-formed and anything the view does not
 //! recognise is simply absent.
 
+use crate::rooms::NS_MUC_USER;
 use crate::xml::{Element, Name};
 
 pub const NS_CLIENT: &str = "jabber:client";
@@ -39,6 +40,8 @@ pub const NS_MODERATE: &str = "urn:xmpp:message-moderate:1";
 pub const NS_MODERATE_0: &str = "urn:xmpp:message-moderate:0";
 pub const NS_PUBSUB: &str = "http://jabber.org/protocol/pubsub";
 pub const NS_PUBSUB_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
+pub const NS_ADDRESS: &str = "http://jabber.org/protocol/address";
+pub const NS_JINGLE_MESSAGE: &str = "urn:xmpp:jingle-message:0";
 
 /// Content a client may show besides (or instead of) the primary body and
 /// subject: every other `xml:lang` body and subject, the XHTML-IM text, and
@@ -590,6 +593,7 @@ fn extra_texts(el: &Element, wrapper: Option<usize>) -> Vec<ExtraText> {
         match part(el, child) {
             Part::Read => unread_words(child, &mut text),
             Part::Wordless => stray_words(child, &mut text),
+            Part::Machine => spaced_words(child, &mut text),
             Part::Words => {
                 text = child.deep_text();
                 attribute_values(child, &mut text);
@@ -652,6 +656,9 @@ const WORDLESS_NS: &[&str] = &[
     "urn:xmpp:sm:3",
     // Added by servers to copies they deliver: no words of the sender's.
     "urn:xmpp:occupant-id:0",
+    // XEP-0033 addresses (ejabberd names a notification's publisher, a room message's
+    // sender): addresses and address types; a description is words.
+    NS_ADDRESS,
     // Wrappers: the messages inside are read as messages; the wrapper holds no words.
     NS_CARBONS,
     NS_MAM,
@@ -677,6 +684,7 @@ const READ_PARTS: &[(&str, &str)] = &[
     ("x", NS_PGP_LEGACY),
     ("encryption", NS_EME),
     ("event", NS_PUBSUB_EVENT),
+    ("x", NS_MUC_USER),
 ];
 
 /// Attributes of the wordless extensions that hold an identifier, an address or a time.
@@ -690,6 +698,9 @@ enum Part {
     Read,
     /// Ids, states, hints or a wrapper: content only when it holds words anyway.
     Wordless,
+    /// A call's set-up (XEP-0353), which software writes: only a text or value with a
+    /// space in it is words (see [`spaced_words`]), as in a Jingle iq.
+    Machine,
     /// Unknown: all its text and attribute values are content.
     Words,
 }
@@ -710,6 +721,8 @@ fn part(message: &Element, child: &Element) -> Part {
         Part::Read
     } else if WORDLESS_NS.contains(&&*child.ns) {
         Part::Wordless
+    } else if child.ns == NS_JINGLE_MESSAGE {
+        Part::Machine
     } else {
         Part::Words
     }
@@ -722,6 +735,44 @@ fn is_message(el: &Element) -> bool {
 /// A XEP-0280 carbon or XEP-0313 archive result wrapper.
 fn is_wrapper(el: &Element) -> bool {
     el.is("sent", NS_CARBONS) || el.is("received", NS_CARBONS) || el.is("result", NS_MAM)
+}
+
+/// The types of a XEP-0033 address.
+const ADDRESS_TYPES: &[&str] = &[
+    "to",
+    "cc",
+    "bcc",
+    "replyto",
+    "replyroom",
+    "noreply",
+    "ofrom",
+];
+
+/// Whether the attribute `name` of `el` is a XEP-0033 address's address (`jid`, `uri`,
+/// `node`), its type or its delivery mark; its `desc` is words.
+fn is_address_attr(el: &Element, name: &str, value: &str) -> bool {
+    el.is("address", NS_ADDRESS)
+        && match name {
+            "jid" | "uri" | "node" => true,
+            "type" => ADDRESS_TYPES.contains(&value),
+            "delivered" => value == "true",
+            _ => false,
+        }
+}
+
+/// Whether `el` is a room's status code (`<status code='104'/>`): a number, and nothing
+/// else in it.
+fn is_status_code(el: &Element) -> bool {
+    el.is("status", NS_MUC_USER)
+        && el.children().next().is_none()
+        && el.text().trim().is_empty()
+        && el.attrs.iter().all(|(name, value)| {
+            name == "xmlns"
+                || name.starts_with("xmlns:")
+                || (name == "code"
+                    && !value.is_empty()
+                    && value.bytes().all(|b| b.is_ascii_digit()))
+        })
 }
 
 /// The notes servers write in the delays they stamp on messages they kept (ejabberd,
@@ -752,7 +803,7 @@ fn stray_words(el: &Element, out: &mut String) {
         if name == "xmlns" || name.starts_with("xmlns:") || name == "xml:lang" {
             continue;
         }
-        if !ID_ATTRS.contains(&&**name) || has_space(value) {
+        if !(ID_ATTRS.contains(&&**name) || is_address_attr(el, name, value)) || has_space(value) {
             out.push(' ');
             out.push_str(value);
         }
@@ -785,10 +836,11 @@ fn stray_words(el: &Element, out: &mut String) {
     }
 }
 
-/// Appends what the readers of an XHTML-IM alternative, an out-of-band link or an
-/// encryption hint leave: the addresses and captions of XHTML links and images (`href`,
-/// `src`, `alt`, `title`) and any text beside its bodies; a link's attributes and any
-/// part but its address and descriptions; a hint's name and anything but its namespace.
+/// Appends what the readers of an XHTML-IM alternative, an out-of-band link, an
+/// encryption hint or a room's `<x>` leave: the addresses and captions of XHTML links and
+/// images (`href`, `src`, `alt`, `title`) and any text beside its bodies; a link's
+/// attributes and any part but its address and descriptions; a hint's name and anything
+/// but its namespace; a room's anything but its status codes.
 fn unread_words(el: &Element, out: &mut String) {
     fn link_words(el: &Element, out: &mut String) {
         for (name, value) in &el.attrs {
@@ -824,6 +876,22 @@ fn unread_words(el: &Element, out: &mut String) {
         }
     } else if el.is("event", NS_PUBSUB_EVENT) {
         published_words(el, "items", out);
+    } else if el.is("x", NS_MUC_USER) {
+        // A room's status codes (a configuration changed, a room now logged) are numbers;
+        // an invitation, a decline, its reason and password, and any other part are words.
+        for (name, value) in &el.attrs {
+            if name != "xmlns" && !name.starts_with("xmlns:") {
+                out.push(' ');
+                out.push_str(value);
+            }
+        }
+        out.push(' ');
+        out.push_str(&el.text());
+        for part in el.children().filter(|c| !is_status_code(c)) {
+            out.push(' ');
+            out.push_str(&part.deep_text());
+            attribute_values(part, out);
+        }
     } else if el.is("encryption", NS_EME) {
         // A client that does not know the scheme shows its `name`.
         for (name, value) in &el.attrs {
