@@ -2469,6 +2469,30 @@ mod tests {
             ("<presence from='room@muc.x/bob' to='alice@x/r' type='unavailable'><x xmlns='http://jabber.org/protocol/muc#user'>\
               <item affiliation='none' role='none'/></x></presence>", In),
             ("<presence to='room@muc.x/alice' type='unavailable'/>", Out),
+            ("<presence to='bob@x' type='subscribe'/>", Out),
+            ("<presence from='bob@x' to='alice@x' type='subscribed'/>", In),
+            // A room sends its subject on entry, empty when none is set (Prosody, ejabberd).
+            ("<message from='room@muc.x' to='alice@x/r' type='groupchat' id='sj'><subject/></message>", In),
+            // A message bounced by a server: a chat state to an unknown or blocked address.
+            ("<message from='bob@y' to='alice@x/r' type='error' id='c1'><active xmlns='http://jabber.org/protocol/chatstates'/>\
+              <error type='cancel' by='y'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>", In),
+            ("<message from='bob@z' to='alice@x/r' type='error' id='c2'><error type='cancel'>\
+              <remote-server-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>", In),
+            // An occupant's vCard (avatars in rooms), and more PEP publishes.
+            ("<iq to='room@muc.x/bob' type='get' id='vc'><vCard xmlns='vcard-temp'/></iq>", Out),
+            ("<iq from='room@muc.x/bob' to='alice@x/r' type='result' id='vc'><vCard xmlns='vcard-temp'><FN>Bob Smith</FN>\
+              <PHOTO><TYPE>image/png</TYPE><BINVAL>iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==</BINVAL></PHOTO></vCard></iq>", In),
+            ("<iq type='set' id='ad'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='urn:xmpp:avatar:data'>\
+              <item id='a1b2c3'><data xmlns='urn:xmpp:avatar:data'>iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJ</data></item></publish></pubsub></iq>", Out),
+            ("<iq type='set' id='ob'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='eu.siacs.conversations.axolotl.bundles:1234'>\
+              <item id='current'><bundle xmlns='eu.siacs.conversations.axolotl'><signedPreKeyPublic signedPreKeyId='1'>BASE64=</signedPreKeyPublic>\
+              <signedPreKeySignature>BASE64=</signedPreKeySignature><identityKey>BASE64=</identityKey>\
+              <prekeys><preKeyPublic preKeyId='1'>BASE64=</preKeyPublic></prekeys></bundle></item></publish></pubsub></iq>", Out),
+            ("<iq type='set' id='pv'><query xmlns='jabber:iq:private'><storage xmlns='storage:bookmarks'>\
+              <conference jid='room@muc.x' name='Team room' autojoin='true'><nick>alice</nick></conference></storage></query></iq>", Out),
+            ("<iq type='get' id='dq' to='room@muc.x'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>", Out),
+            ("<iq from='room@muc.x' to='alice@x/r' type='result' id='dq'><query xmlns='http://jabber.org/protocol/disco#info'>\
+              <identity category='conference' type='text' name='Team room'/><feature var='muc_membersonly'/></query></iq>", In),
         ];
         let mut wrong = Vec::new();
         for (xml, direction) in machinery {
@@ -2534,6 +2558,14 @@ mod tests {
               <status code='104'>meet at noon</status></x></message>", In),
             ("<message to='bob@x' type='headline' id='aw'><addresses xmlns='http://jabber.org/protocol/address'>\
               <address type='replyto' jid='bob@x/r' desc='meet at noon'/></addresses></message>", Out),
+            // A bounce's text, and words where no client shows them in a subject.
+            ("<message from='bob@y' to='alice@x/r' type='error' id='c3'><error type='cancel'>\
+              <service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>meet at noon</text></error></message>", In),
+            ("<message from='bob@y' to='alice@x/r' type='error' id='c4'><error type='cancel' by='meet at noon'/></message>", In),
+            ("<message to='bob@x' type='chat' id='c5'><error type='cancel'/></message>", Out),
+            ("<message to='room@muc.x' type='groupchat' id='e1'><subject note='meet-at-noon'/></message>", Out),
+            ("<message to='room@muc.x' type='groupchat' id='e2'><subject><b x='meet-at-noon'/></subject></message>", Out),
+            ("<message to='room@muc.x' type='groupchat' id='e3'><subject><b>noon</b></subject></message>", Out),
             ("<message to='bob@x' type='headline' id='aw2'><addresses xmlns='http://jabber.org/protocol/address'>\
               <address type='meet-at-noon' jid='bob@x/r'/></addresses></message>", Out),
         ];

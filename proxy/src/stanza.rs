@@ -268,7 +268,9 @@ impl StanzaView {
     pub fn has_content(&self) -> bool {
         self.kind == StanzaKind::Message
             && (self.body.is_some()
-                || self.subject.is_some()
+                // A room sends an empty subject on entry when none is set: nothing is
+                // said (words in its attributes or elements are an `other` text).
+                || self.subject.as_deref().is_some_and(|s| !s.is_empty())
                 || self.e2ee.is_some()
                 || !self.extra.is_empty()
                 || self.edit.is_some())
@@ -709,6 +711,9 @@ fn part(message: &Element, child: &Element) -> Part {
     if child.ns == message.ns {
         return match &*child.name {
             "body" | "subject" => Part::Read,
+            // A bounce's condition (a chat state to an address that does not exist); its
+            // text is words.
+            "error" if message.attr("type") == Some("error") => Part::Read,
             // A thread id, matched across the messages of a conversation.
             "thread" => Part::Wordless,
             _ => Part::Words,
@@ -836,8 +841,10 @@ fn stray_words(el: &Element, out: &mut String) {
     }
 }
 
-/// Appends what the readers of an XHTML-IM alternative, an out-of-band link, an
-/// encryption hint or a room's `<x>` leave: the addresses and captions of XHTML links and
+/// Appends what the readers of a body or subject, an error, an XHTML-IM alternative, an
+/// out-of-band link, an encryption hint or a room's `<x>` leave: a body's or subject's
+/// attributes but its language, and those of any element in it; an error's text and any
+/// attribute value in it with a space; the addresses and captions of XHTML links and
 /// images (`href`, `src`, `alt`, `title`) and any text beside its bodies; a link's
 /// attributes and any part but its address and descriptions; a hint's name and anything
 /// but its namespace; a room's anything but its status codes.
@@ -853,7 +860,22 @@ fn unread_words(el: &Element, out: &mut String) {
             link_words(child, out);
         }
     }
-    if el.is("html", NS_XHTML_IM) {
+    if matches!(&*el.name, "body" | "subject") && (el.ns == NS_CLIENT || el.ns == NS_SERVER) {
+        // Its text is read as such; what no client shows is words.
+        for (name, value) in &el.attrs {
+            if name != "xmlns" && !name.starts_with("xmlns:") && name != "xml:lang" {
+                out.push(' ');
+                out.push_str(value);
+            }
+        }
+        for child in el.children() {
+            attribute_values(child, out);
+        }
+    } else if el.name == "error" && (el.ns == NS_CLIENT || el.ns == NS_SERVER) {
+        // Its type and conditions are tokens, an attribute with a space aside.
+        out.push_str(&el.deep_text());
+        spaced_attrs(el, out);
+    } else if el.is("html", NS_XHTML_IM) {
         link_words(el, out);
         for other in el.children().filter(|c| !c.is("body", NS_XHTML)) {
             out.push(' ');
