@@ -2426,6 +2426,9 @@ mod tests {
               <field var='os'><value>Android</value></field><field var='os_version'><value>14</value></field>\
               <field var='software'><value>Conversations</value></field><field var='software_version'><value>2.16.7+free</value></field></x>\
               </query></iq>", Out),
+            // Profanity names its software and version in its identity.
+            ("<iq to='bob@x/gajim' type='result' id='q2'><query xmlns='http://jabber.org/protocol/disco#info' node='http://profanity-im.github.io#TB8mnKvWJ9dEf0vGYmNaHjLjE0M='>\
+              <identity category='client' type='console' name='Profanity 0.14.0dev.master.5b1e2f0'/><feature var='http://jabber.org/protocol/caps'/></query></iq>", Out),
             ("<iq to='bob@x/gajim' type='result' id='v1'><query xmlns='jabber:iq:version'><name>Conversations</name><version>2.16.7+free</version><os>Android</os></query></iq>", Out),
             ("<iq from='bob@x/gajim' to='alice@x/r' type='result' id='t1'><time xmlns='urn:xmpp:time'><tzo>+01:00</tzo><utc>2026-01-01T10:00:00Z</utc></time></iq>", In),
             ("<iq to='bob@x/gajim' type='result' id='l1'><query xmlns='jabber:iq:last' seconds='903'/></iq>", Out),
@@ -2470,6 +2473,9 @@ mod tests {
               <item affiliation='none' role='none'/></x></presence>", In),
             ("<presence to='room@muc.x/alice' type='unavailable'/>", Out),
             ("<presence to='bob@x' type='subscribe'/>", Out),
+            ("<presence to='bob@x' type='subscribe'><nick xmlns='http://jabber.org/protocol/nick'>Alice</nick></presence>", Out),
+            ("<presence><show>dnd</show><status>In a meeting</status><priority>5</priority>\
+              <c xmlns='http://jabber.org/protocol/caps' hash='sha-1' node='https://gajim.org' ver='kfdh='/></presence>", Out),
             ("<presence from='bob@x' to='alice@x' type='subscribed'/>", In),
             // A room sends its subject on entry, empty when none is set (Prosody, ejabberd).
             ("<message from='room@muc.x' to='alice@x/r' type='groupchat' id='sj'><subject/></message>", In),
@@ -2502,6 +2508,13 @@ mod tests {
             }
         }
         assert!(wrong.is_empty(), "{wrong:#?}");
+        // The server's carbon of a chat state or marker this account sent from another client.
+        let carbon = "<message from='alice@x' to='alice@x/r' type='chat'><sent xmlns='urn:xmpp:carbons:2'>\
+                      <forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' from='alice@x/phone' to='bob@x' type='chat' id='d9'>\
+                      <displayed xmlns='urn:xmpp:chat-markers:0' id='m1'/><active xmlns='http://jabber.org/protocol/chatstates'/>\
+                      </message></forwarded></sent></message>";
+        let held = Held::of(carbon);
+        assert!(!content(&held.item(In, Copy::CarbonSent)).has_content());
     }
 
     /// What people say, or share, with the same clients is content.
@@ -2558,6 +2571,13 @@ mod tests {
               <status code='104'>meet at noon</status></x></message>", In),
             ("<message to='bob@x' type='headline' id='aw'><addresses xmlns='http://jabber.org/protocol/address'>\
               <address type='replyto' jid='bob@x/r' desc='meet at noon'/></addresses></message>", Out),
+            // Words in a client's identity.
+            ("<iq to='bob@x/gajim' type='result' id='q3'><query xmlns='http://jabber.org/protocol/disco#info'>\
+              <identity category='client' type='pc' name='meet at noon'/></query></iq>", Out),
+            ("<iq to='bob@x/gajim' type='result' id='q4'><query xmlns='http://jabber.org/protocol/disco#info'>\
+              <identity category='client' type='pc' name='meet noon'/></query></iq>", Out),
+            ("<iq to='bob@x/gajim' type='result' id='q5'><query xmlns='http://jabber.org/protocol/disco#info'>\
+              <identity category='client' type='pc' name='Profanity\u{2800}0.14'/></query></iq>", Out),
             // A bounce's text, and words where no client shows them in a subject.
             ("<message from='bob@y' to='alice@x/r' type='error' id='c3'><error type='cancel'>\
               <service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>meet at noon</text></error></message>", In),

@@ -477,8 +477,14 @@ fn spaced_words(el: &Element, out: &mut String) {
         }
         return;
     }
+    // A client's identity names its software and version (Profanity: "Profanity 0.14.0").
+    let identity = el.is("identity", "http://jabber.org/protocol/disco#info");
     for (name, value) in &el.attrs {
-        if name != "xmlns" && !name.starts_with("xmlns:") && has_space(value) {
+        if name != "xmlns"
+            && !name.starts_with("xmlns:")
+            && has_space(value)
+            && !(identity && name == "name" && is_name_and_version(value))
+        {
             out.push(' ');
             out.push_str(value);
         }
@@ -491,6 +497,22 @@ fn spaced_words(el: &Element, out: &mut String) {
     for child in el.children() {
         spaced_words(child, out);
     }
+}
+
+/// Whether `s` is a name and a version, one space between: a version starts with a digit
+/// and holds letters, digits and `.+-_~` only.
+fn is_name_and_version(s: &str) -> bool {
+    let mut parts = s.split(' ');
+    let (Some(name), Some(version), None) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    !name.is_empty()
+        && !has_space(name)
+        && !name.contains(BLANKS)
+        && version.starts_with(|c: char| c.is_ascii_digit())
+        && version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".+-_~".contains(c))
 }
 
 /// Every displayable text but the primary body and subject (those the view holds).
