@@ -235,9 +235,10 @@ impl Content<'_> {
     /// A message with something to record, or an iq between two clients with words in it
     /// (a presence is recorded only when a rule matched its texts: see `judge`).
     fn has_content(&self) -> bool {
+        let texts = self.extra.iter().any(ExtraText::makes_content);
         match self.view.kind {
-            StanzaKind::Message => self.view.has_content() || !self.extra.is_empty(),
-            StanzaKind::Iq => !self.extra.is_empty(),
+            StanzaKind::Message => self.view.has_content() || texts,
+            StanzaKind::Iq => texts,
             StanzaKind::Presence | StanzaKind::Nonza => false,
         }
     }
@@ -585,10 +586,11 @@ impl Pipeline {
                 v.delivered_subject = None;
             }
         }
-        // A presence is recorded when a rule matched its texts: a flag, an alert, a
-        // redaction or a block on one is on the record like one on a message.
+        // A presence, or a nickname alone, is recorded when a rule matched its texts: a
+        // flag, an alert, a redaction or a block on one is on the record like one on a
+        // message.
         let recorded = c.has_content()
-            || (c.view.kind == StanzaKind::Presence
+            || (c.view.kind != StanzaKind::Nonza
                 && !c.extra.is_empty()
                 && verdict.as_ref().is_some_and(|v| !v.rules.is_empty()));
         if recorded && c.view.kind == StanzaKind::Message {
@@ -1787,6 +1789,13 @@ mod tests {
                 out.decision
             );
         }
+        // A nickname alone is judged, and recorded only when a rule matched it.
+        let plain = publish(
+            "",
+            "http://jabber.org/protocol/nick",
+            "<nick xmlns='http://jabber.org/protocol/nick'>Alice</nick>",
+        );
+        assert!(!content_of(&plain, Copy::Direct, |c| c.has_content()));
         let nick = publish(
             "",
             "http://jabber.org/protocol/nick",

@@ -40,6 +40,7 @@ pub const NS_MODERATE: &str = "urn:xmpp:message-moderate:1";
 pub const NS_MODERATE_0: &str = "urn:xmpp:message-moderate:0";
 pub const NS_PUBSUB: &str = "http://jabber.org/protocol/pubsub";
 pub const NS_PUBSUB_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
+pub const NS_NICK: &str = "http://jabber.org/protocol/nick";
 pub const NS_ADDRESS: &str = "http://jabber.org/protocol/address";
 pub const NS_JINGLE_MESSAGE: &str = "urn:xmpp:jingle-message:0";
 
@@ -59,6 +60,15 @@ pub struct ExtraText {
     /// the part a redaction removes whole when it cannot rewrite the text in place;
     /// [`OWN_TEXT`] for text written directly in the stanza.
     pub child: usize,
+}
+
+impl ExtraText {
+    /// Whether the text alone makes its stanza worth recording. A XEP-0172 nickname does
+    /// not: servers hand every contact's nickname to a client at each login. It is judged
+    /// like any text, and its stanza recorded when a rule matched it.
+    pub fn makes_content(&self) -> bool {
+        self.kind != "nick"
+    }
 }
 
 /// The [`ExtraText::child`] of text written directly in a stanza, between its children:
@@ -272,7 +282,7 @@ impl StanzaView {
                 // said (words in its attributes or elements are an `other` text).
                 || self.subject.as_deref().is_some_and(|s| !s.is_empty())
                 || self.e2ee.is_some()
-                || !self.extra.is_empty()
+                || self.extra.iter().any(ExtraText::makes_content)
                 || self.edit.is_some())
     }
 
@@ -304,7 +314,7 @@ fn statuses(el: &Element) -> Vec<ExtraText> {
         .filter_map(|(child, c)| {
             let kind = if c.is("status", &el.ns) {
                 "status"
-            } else if c.is("nick", "http://jabber.org/protocol/nick") {
+            } else if c.is("nick", NS_NICK) {
                 "nick"
             } else if c.is("show", &el.ns)
                 && !matches!(c.text_content().trim(), "away" | "chat" | "dnd" | "xa")
@@ -615,6 +625,11 @@ fn extra_texts(el: &Element, wrapper: Option<usize>) -> Vec<ExtraText> {
     for (i, child) in el.children().enumerate() {
         let mut text = String::new();
         match part(el, child) {
+            Part::Read if child.is("event", NS_PUBSUB_EVENT) => {
+                let mut nicks = Vec::new();
+                published_words(child, "items", &mut text, &mut nicks);
+                nick_texts(nicks, i, &mut out);
+            }
             Part::Read => unread_words(child, &mut text),
             Part::Wordless => stray_words(child, &mut text),
             Part::Machine => spaced_words(child, &mut text),
@@ -918,8 +933,6 @@ fn unread_words(el: &Element, out: &mut String) {
             out.push_str(&other.deep_text());
             attribute_values(other, out);
         }
-    } else if el.is("event", NS_PUBSUB_EVENT) {
-        published_words(el, "items", out);
     } else if el.is("x", NS_MUC_USER) {
         // A room's status codes (a configuration changed, a room now logged) are numbers;
         // an invitation, a decline, its reason and password, and any other part are words.
@@ -1001,7 +1014,7 @@ const UNREAD_ITEMS_NS: &[&str] = &[
 /// text and attribute values, but those of [`UNREAD_ITEMS_NS`]. A nickname, a mood's text,
 /// a post or a custom node's item reach whoever may read the node. Text beside the items
 /// is words too; node options and configuration forms are not read.
-fn published_words(el: &Element, list: &str, out: &mut String) {
+fn published_words(el: &Element, list: &str, out: &mut String, nicks: &mut Vec<String>) {
     out.push(' ');
     out.push_str(&el.text());
     for part in el.children() {
@@ -1017,12 +1030,40 @@ fn published_words(el: &Element, list: &str, out: &mut String) {
             out.push(' ');
             out.push_str(&item.text());
             for payload in item.children() {
-                if !UNREAD_ITEMS_NS.contains(&&*payload.ns) {
+                if is_plain_nick(payload) {
+                    nicks.push(payload.text());
+                } else if !UNREAD_ITEMS_NS.contains(&&*payload.ns) {
                     out.push(' ');
                     out.push_str(&payload.deep_text());
                     attribute_values(payload, out);
                 }
             }
+        }
+    }
+}
+
+/// Whether `el` is a XEP-0172 nickname and nothing else: its text alone, no attribute or
+/// element in it.
+fn is_plain_nick(el: &Element) -> bool {
+    el.is("nick", NS_NICK)
+        && el.children().next().is_none()
+        && el
+            .attrs
+            .iter()
+            .all(|(name, _)| name == "xmlns" || name.starts_with("xmlns:"))
+}
+
+/// Nicknames as `nick` texts of the child `child`.
+fn nick_texts(nicks: Vec<String>, child: usize, out: &mut Vec<ExtraText>) {
+    for nick in nicks {
+        let text = nick.split_whitespace().collect::<Vec<_>>().join(" ");
+        if !text.is_empty() {
+            out.push(ExtraText {
+                kind: "nick".into(),
+                lang: None,
+                text,
+                child,
+            });
         }
     }
 }
@@ -1037,7 +1078,9 @@ pub fn published_texts(el: &Element) -> Vec<ExtraText> {
             continue;
         }
         let mut text = String::new();
-        published_words(child, "publish", &mut text);
+        let mut nicks = Vec::new();
+        published_words(child, "publish", &mut text, &mut nicks);
+        nick_texts(nicks, i, &mut out);
         let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
         if !text.is_empty() {
             out.push(ExtraText {
@@ -1551,7 +1594,6 @@ mod tests {
             assert!(!v.has_content(), "{node}: {:?}", v.extra);
         }
         for (node, payload, words) in [
-            ("http://jabber.org/protocol/nick", "<nick xmlns='http://jabber.org/protocol/nick'>falcon desk</nick>", "falcon desk"),
             ("http://jabber.org/protocol/mood", "<mood xmlns='http://jabber.org/protocol/mood'><happy/><text>deal closes friday</text></mood>", "deal closes friday"),
             ("urn:example:notes", "<note xmlns='urn:example:notes' tag='q3'>sell before friday</note>", "sell before friday q3"),
         ] {
@@ -1559,6 +1601,26 @@ mod tests {
             assert!(v.has_content(), "{node}");
             assert_eq!(others(&v), [words], "{node}");
         }
+        // A nickname is judged but makes no record by itself: servers hand each contact's
+        // to a client at every login. One with anything else in it is words.
+        let v = event(
+            "http://jabber.org/protocol/nick",
+            "<nick xmlns='http://jabber.org/protocol/nick'>falcon desk</nick>",
+        )?;
+        assert!(!v.has_content(), "{:?}", v.extra);
+        assert_eq!(
+            v.extra
+                .iter()
+                .map(|t| (t.kind.as_str(), t.text.as_str()))
+                .collect::<Vec<_>>(),
+            [("nick", "falcon desk")]
+        );
+        let v = event(
+            "http://jabber.org/protocol/nick",
+            "<nick xmlns='http://jabber.org/protocol/nick' note='sell now'>al</nick>",
+        )?;
+        assert!(v.has_content());
+        assert_eq!(others(&v), ["al sell now"]);
         // Any other element of a namespace the view reads only in part is words.
         for (part, words) in [
             ("<y xmlns='jabber:x:oob'>sell before friday</y>", "sell before friday"),
