@@ -1918,6 +1918,17 @@ mod tests {
             text.contains("<show>away</show>") && text.contains("<priority>5"),
             "{text}"
         );
+        // Words no client shows in a presence's own texts.
+        for hidden in [
+            "<presence from='alice@x/r'><status note='card 4111 1111 1111 1111'>in a meeting</status></presence>",
+            "<presence from='alice@x/r'><show note='card 4111 1111 1111 1111'>away</show></presence>",
+            "<presence from='alice@x/r'><priority note='card 4111 1111 1111 1111'>5</priority></presence>",
+            "<presence from='alice@x/r'><nick xmlns='http://jabber.org/protocol/nick' note='card 4111 1111 1111 1111'>Al</nick></presence>",
+            "<presence from='alice@x/r'><status>in a <i title='card 4111 1111 1111 1111'>meeting</i></status></presence>",
+        ] {
+            let out = outcome(&p, hidden, Direction::Outbound, Copy::Direct).await;
+            assert!(matches!(out.decision, Decision::Refuse { .. }), "{hidden}: {:?}", out.decision);
+        }
         let blocked = "<presence from='alice@x/r' to='room@muc.x/al'><status>card 4111 1111 1111 1111</status></presence>";
         let out = outcome(&p, blocked, Direction::Outbound, Copy::Direct).await;
         assert!(

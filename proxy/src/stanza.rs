@@ -308,42 +308,58 @@ fn localized_child(el: &Element, name: &str) -> Option<String> {
 /// XEP-0172 nickname, and a `<show>` that is not one of its four values; and text
 /// written directly in it.
 fn statuses(el: &Element) -> Vec<ExtraText> {
-    let mut out: Vec<ExtraText> = el
-        .children()
-        .enumerate()
-        .filter_map(|(child, c)| {
-            let kind = if c.is("status", &el.ns) {
-                "status"
-            } else if c.is("nick", NS_NICK) {
-                "nick"
-            } else if c.is("show", &el.ns)
-                && !matches!(c.text_content().trim(), "away" | "chat" | "dnd" | "xa")
-            {
-                "show"
-            } else if presence_words(el, c) {
-                let mut text = c.deep_text();
-                attribute_values(c, &mut text);
-                let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-                if text.is_empty() {
-                    return None;
-                }
-                return Some(ExtraText {
-                    kind: "other".into(),
-                    lang: c.lang().map(str::to_owned),
-                    text,
-                    child,
-                });
-            } else {
-                return None;
-            };
-            Some(ExtraText {
+    let mut out = Vec::new();
+    for (child, c) in el.children().enumerate() {
+        let own = c.ns == el.ns;
+        let shown = if own && c.name == "status" {
+            Some("status")
+        } else if is_plain_nick(c) {
+            Some("nick")
+        } else if own
+            && c.name == "show"
+            && !matches!(c.text_content().trim(), "away" | "chat" | "dnd" | "xa")
+        {
+            Some("show")
+        } else {
+            None
+        };
+        if let Some(kind) = shown {
+            out.push(ExtraText {
                 kind: kind.into(),
                 lang: c.lang().map(str::to_owned),
                 text: c.text_content(),
                 child,
-            })
-        })
-        .collect();
+            });
+        }
+        let mut hidden = String::new();
+        if own && matches!(&*c.name, "status" | "show" | "priority") {
+            // What no client shows of them: attributes but a language, and those of any
+            // element inside.
+            for (name, value) in &c.attrs {
+                if name != "xmlns" && !name.starts_with("xmlns:") && name != "xml:lang" {
+                    hidden.push(' ');
+                    hidden.push_str(value);
+                }
+            }
+            for inner in c.children() {
+                attribute_values(inner, &mut hidden);
+            }
+        }
+        if shown.is_none() && presence_words(el, c) {
+            hidden.push(' ');
+            hidden.push_str(&c.deep_text());
+            attribute_values(c, &mut hidden);
+        }
+        let hidden = hidden.split_whitespace().collect::<Vec<_>>().join(" ");
+        if !hidden.is_empty() {
+            out.push(ExtraText {
+                kind: "other".into(),
+                lang: c.lang().map(str::to_owned),
+                text: hidden,
+                child,
+            });
+        }
+    }
     own_text(el, &mut out);
     out
 }
