@@ -1402,6 +1402,44 @@ mod tests {
         }
     }
 
+    /// A payload policy recognises, packed where only tokens are skipped (a room's status
+    /// code, an element inside a call's set-up or a bounce's error) or in what a user's
+    /// software publishes about them (a vCard's fields, a track, a location), is judged.
+    #[tokio::test]
+    async fn payloads_in_parts_read_in_part_are_judged() {
+        let p = pipeline(CARD_RULES);
+        let card = "card 4111 1111 1111 1111";
+        let messages = [
+            "<message to='bob@x' type='chat' id='1'><x xmlns='http://jabber.org/protocol/muc#user'>\
+             <status code='4111111111111111'/></x></message>".to_owned(),
+            "<message to='bob@x' type='chat' id='1'><propose xmlns='urn:xmpp:jingle-message:0' id='a'>\
+             <note xmlns='urn:x:custom'>4111111111111111</note></propose></message>".to_owned(),
+            "<message to='bob@x' type='chat' id='1'><propose xmlns='urn:xmpp:jingle-message:0' id='a'>\
+             <note xmlns='urn:x:custom' v='4111111111111111'/></propose></message>".to_owned(),
+            "<message to='bob@x' type='error' id='1'><error type='cancel'>\
+             <gone xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><x xmlns='urn:x:custom' v='4111111111111111'/></error></message>".to_owned(),
+            format!("<message to='bob@x' type='headline' id='1'><event xmlns='http://jabber.org/protocol/pubsub#event'>\
+             <items node='http://jabber.org/protocol/tune'><item id='t'><tune xmlns='http://jabber.org/protocol/tune'>\
+             <title>{card}</title></tune></item></items></event></message>"),
+            format!("<iq type='set' id='1'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='urn:x:notes'>\
+             <item id='t'><geoloc xmlns='http://jabber.org/protocol/geoloc'><text>{card}</text></geoloc></item></publish></pubsub></iq>"),
+            format!("<iq to='bob@x/pc' type='result' id='1'><vCard xmlns='vcard-temp'><FN>{card}</FN></vCard></iq>"),
+            format!("<iq to='bob@x/pc' type='result' id='1'><vCard xmlns='vcard-temp'><X-MEMO>{card}</X-MEMO></vCard></iq>"),
+        ];
+        for xml in &messages {
+            let out = outcome(&p, xml, Direction::Outbound, Copy::Direct).await;
+            assert!(matches!(out.decision, Decision::Refuse { .. }), "{xml}");
+        }
+        // Judged, a profile is recorded only when a rule matched it.
+        let held = Held::of(
+            "<iq from='bob@x/pc' to='alice@x/r' type='result' id='1'><vCard xmlns='vcard-temp'>\
+                             <FN>Bob Smith</FN><TITLE>Senior Engineer</TITLE></vCard></iq>",
+        );
+        let c = content(&held.item(Direction::Inbound, Copy::Direct));
+        assert!(!c.has_content());
+        assert_eq!(c.extra.len(), 1, "{:?}", c.extra);
+    }
+
     /// Words a reader can get at in a part Custos reads only in part, or in a message
     /// put where no message is read as one, are judged as any other text.
     #[tokio::test]

@@ -64,10 +64,12 @@ pub struct ExtraText {
 
 impl ExtraText {
     /// Whether the text alone makes its stanza worth recording. A XEP-0172 nickname does
-    /// not: servers hand every contact's nickname to a client at each login. It is judged
-    /// like any text, and its stanza recorded when a rule matched it.
+    /// not: servers hand every contact's nickname to a client at each login; nor does a
+    /// `profile` text, what a user's software tells about them (a vCard's fields, a
+    /// track, a location, bookmarks). Each is judged like any text, and its stanza
+    /// recorded when a rule matched it.
     pub fn makes_content(&self) -> bool {
-        self.kind != "nick"
+        !matches!(&*self.kind, "nick" | "profile")
     }
 }
 
@@ -444,11 +446,14 @@ fn iq_texts(el: &Element) -> Vec<ExtraText> {
     for (i, child) in el.children().enumerate() {
         let mut text = String::new();
         if child.name == "error" && child.ns == el.ns {
-            // Its text; its type and conditions are tokens, an attribute with a space aside.
-            text = child.deep_text();
-            spaced_attrs(child, &mut text);
+            error_words(child, &mut text);
         } else if MACHINE_IQ_NS.contains(&&*child.ns) {
             spaced_words(child, &mut text);
+            if child.is("vCard", "vcard-temp") {
+                let mut fields = String::new();
+                vcard_fields(child, &mut fields);
+                quiet_texts(vec![("profile", fields)], i, &mut out);
+            }
         } else {
             text = child.deep_text();
             attribute_values(child, &mut text);
@@ -467,17 +472,52 @@ fn iq_texts(el: &Element) -> Vec<ExtraText> {
     out
 }
 
-/// Appends each attribute value below `el` (namespace declarations aside) that has a
-/// space in it.
-fn spaced_attrs(el: &Element, out: &mut String) {
+/// Appends the words of an `<error>`: its text, an attribute of its own (its type, code
+/// and `by` are tokens) with a space in it, and any attribute of an element inside but a
+/// language (its conditions and text have none other).
+fn error_words(el: &Element, out: &mut String) {
+    out.push(' ');
+    out.push_str(&el.deep_text());
     for (name, value) in &el.attrs {
         if name != "xmlns" && !name.starts_with("xmlns:") && has_space(value) {
             out.push(' ');
             out.push_str(value);
         }
     }
+    fn inner(el: &Element, out: &mut String) {
+        for (name, value) in &el.attrs {
+            if name != "xmlns" && !name.starts_with("xmlns:") && name != "xml:lang" {
+                out.push(' ');
+                out.push_str(value);
+            }
+        }
+        for child in el.children() {
+            inner(child, out);
+        }
+    }
     for child in el.children() {
-        spaced_attrs(child, out);
+        inner(child, out);
+    }
+}
+
+/// Appends the texts and attribute values of a vCard's fields but its photo's data, and
+/// a description or note [`spaced_words`] did not take (one without a space).
+fn vcard_fields(el: &Element, out: &mut String) {
+    if el.is("BINVAL", "vcard-temp")
+        || (matches!(&*el.name, "DESC" | "NOTE") && has_space(&el.text_content()))
+    {
+        return;
+    }
+    for (name, value) in &el.attrs {
+        if name != "xmlns" && !name.starts_with("xmlns:") {
+            out.push(' ');
+            out.push_str(value);
+        }
+    }
+    out.push(' ');
+    out.push_str(&el.text());
+    for child in el.children() {
+        vcard_fields(child, out);
     }
 }
 
@@ -522,6 +562,37 @@ fn spaced_words(el: &Element, out: &mut String) {
     }
     for child in el.children() {
         spaced_words(child, out);
+    }
+}
+
+/// Appends the words of a call's set-up (XEP-0353): in its Jingle elements, any text (a
+/// reason's; no other has any) and an attribute value with a space in it; an element of
+/// another namespace inside (Conversations' `<device id>`) is read as an extension that
+/// holds ids (see [`stray_words`]).
+fn call_words(el: &Element, out: &mut String) {
+    if !el.ns.starts_with("urn:xmpp:jingle") {
+        stray_words(el, out);
+        return;
+    }
+    if el.ns == "urn:xmpp:jingle:apps:rtp:ssma:0" {
+        // A media stream's ids (see `spaced_words`); an element inside is no source's.
+        for child in el.children() {
+            if !child.ns.starts_with("urn:xmpp:jingle") {
+                stray_words(child, out);
+            }
+        }
+        return;
+    }
+    for (name, value) in &el.attrs {
+        if name != "xmlns" && !name.starts_with("xmlns:") && has_space(value) {
+            out.push(' ');
+            out.push_str(value);
+        }
+    }
+    out.push(' ');
+    out.push_str(&el.text());
+    for child in el.children() {
+        call_words(child, out);
     }
 }
 
@@ -642,13 +713,13 @@ fn extra_texts(el: &Element, wrapper: Option<usize>) -> Vec<ExtraText> {
         let mut text = String::new();
         match part(el, child) {
             Part::Read if child.is("event", NS_PUBSUB_EVENT) => {
-                let mut nicks = Vec::new();
-                published_words(child, "items", &mut text, &mut nicks);
-                nick_texts(nicks, i, &mut out);
+                let mut quiet = Vec::new();
+                published_words(child, "items", &mut text, &mut quiet);
+                quiet_texts(quiet, i, &mut out);
             }
             Part::Read => unread_words(child, &mut text),
             Part::Wordless => stray_words(child, &mut text),
-            Part::Machine => spaced_words(child, &mut text),
+            Part::Machine => call_words(child, &mut text),
             Part::Words => {
                 text = child.deep_text();
                 attribute_values(child, &mut text);
@@ -818,8 +889,8 @@ fn is_address_attr(el: &Element, name: &str, value: &str) -> bool {
         }
 }
 
-/// Whether `el` is a room's status code (`<status code='104'/>`): a number, and nothing
-/// else in it.
+/// Whether `el` is a room's status code (`<status code='104'/>`): three digits (XEP-0045
+/// defines no other), and nothing else in it.
 fn is_status_code(el: &Element) -> bool {
     el.is("status", NS_MUC_USER)
         && el.children().next().is_none()
@@ -827,9 +898,7 @@ fn is_status_code(el: &Element) -> bool {
         && el.attrs.iter().all(|(name, value)| {
             name == "xmlns"
                 || name.starts_with("xmlns:")
-                || (name == "code"
-                    && !value.is_empty()
-                    && value.bytes().all(|b| b.is_ascii_digit()))
+                || (name == "code" && value.len() == 3 && value.bytes().all(|b| b.is_ascii_digit()))
         })
 }
 
@@ -925,9 +994,7 @@ fn unread_words(el: &Element, out: &mut String) {
             attribute_values(child, out);
         }
     } else if el.name == "error" && (el.ns == NS_CLIENT || el.ns == NS_SERVER) {
-        // Its type and conditions are tokens, an attribute with a space aside.
-        out.push_str(&el.deep_text());
-        spaced_attrs(el, out);
+        error_words(el, out);
     } else if el.is("html", NS_XHTML_IM) {
         link_words(el, out);
         for other in el.children().filter(|c| !c.is("body", NS_XHTML)) {
@@ -1010,27 +1077,57 @@ fn file_texts(sharing: &Element, at: usize, out: &mut Vec<ExtraText>) {
     }
 }
 
-/// Payloads of pubsub items that hold keys, images, hashes, read markers, a player's
-/// track or a location, or a room's password (bookmarks): never read, never recorded.
+/// Payloads of pubsub items that hold keys, images, hashes and read markers: never read,
+/// never recorded.
 const UNREAD_ITEMS_NS: &[&str] = &[
     "urn:xmpp:avatar:data",
     "urn:xmpp:avatar:metadata",
     NS_OMEMO_LEGACY,
     NS_OMEMO,
     NS_OX,
+    "urn:xmpp:mds:displayed:0",
+];
+
+/// Payloads of pubsub items that a user's software publishes about them, a player's track,
+/// a location, bookmarks: a `profile` text, judged but recorded only when a rule matched
+/// it (see [`ExtraText::makes_content`]). A bookmark's room password is not read.
+const PROFILE_ITEMS_NS: &[&str] = &[
     "urn:xmpp:bookmarks:1",
     "storage:bookmarks",
-    "urn:xmpp:mds:displayed:0",
     "http://jabber.org/protocol/tune",
     "http://jabber.org/protocol/geoloc",
 ];
+
+/// Appends the texts and attribute values of a profile payload but a password.
+fn profile_words(el: &Element, out: &mut String) {
+    if el.name == "password" {
+        return;
+    }
+    for (name, value) in &el.attrs {
+        if name != "xmlns" && !name.starts_with("xmlns:") {
+            out.push(' ');
+            out.push_str(value);
+        }
+    }
+    out.push(' ');
+    out.push_str(&el.text());
+    for child in el.children() {
+        profile_words(child, out);
+    }
+}
 
 /// Appends the words of the items an account publishes (`<pubsub><publish>`, `list` =
 /// `"publish"`) or a notification carries (`<event><items>`, `"items"`): every payload's
 /// text and attribute values, but those of [`UNREAD_ITEMS_NS`]. A nickname, a mood's text,
 /// a post or a custom node's item reach whoever may read the node. Text beside the items
-/// is words too; node options and configuration forms are not read.
-fn published_words(el: &Element, list: &str, out: &mut String, nicks: &mut Vec<String>) {
+/// is words too; node options and configuration forms are not read. A nickname alone and
+/// a [`PROFILE_ITEMS_NS`] payload go into `quiet`, with their kinds.
+fn published_words(
+    el: &Element,
+    list: &str,
+    out: &mut String,
+    quiet: &mut Vec<(&'static str, String)>,
+) {
     out.push(' ');
     out.push_str(&el.text());
     for part in el.children() {
@@ -1047,7 +1144,11 @@ fn published_words(el: &Element, list: &str, out: &mut String, nicks: &mut Vec<S
             out.push_str(&item.text());
             for payload in item.children() {
                 if is_plain_nick(payload) {
-                    nicks.push(payload.text());
+                    quiet.push(("nick", payload.text()));
+                } else if PROFILE_ITEMS_NS.contains(&&*payload.ns) {
+                    let mut words = String::new();
+                    profile_words(payload, &mut words);
+                    quiet.push(("profile", words));
                 } else if !UNREAD_ITEMS_NS.contains(&&*payload.ns) {
                     out.push(' ');
                     out.push_str(&payload.deep_text());
@@ -1069,13 +1170,14 @@ fn is_plain_nick(el: &Element) -> bool {
             .all(|(name, _)| name == "xmlns" || name.starts_with("xmlns:"))
 }
 
-/// Nicknames as `nick` texts of the child `child`.
-fn nick_texts(nicks: Vec<String>, child: usize, out: &mut Vec<ExtraText>) {
-    for nick in nicks {
-        let text = nick.split_whitespace().collect::<Vec<_>>().join(" ");
+/// Texts that do not make content alone (nicknames, profiles) as texts of their kinds of
+/// the child `child`.
+fn quiet_texts(texts: Vec<(&'static str, String)>, child: usize, out: &mut Vec<ExtraText>) {
+    for (kind, text) in texts {
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
         if !text.is_empty() {
             out.push(ExtraText {
-                kind: "nick".into(),
+                kind: kind.into(),
                 lang: None,
                 text,
                 child,
@@ -1094,9 +1196,9 @@ pub fn published_texts(el: &Element) -> Vec<ExtraText> {
             continue;
         }
         let mut text = String::new();
-        let mut nicks = Vec::new();
-        published_words(child, "publish", &mut text, &mut nicks);
-        nick_texts(nicks, i, &mut out);
+        let mut quiet = Vec::new();
+        published_words(child, "publish", &mut text, &mut quiet);
+        quiet_texts(quiet, i, &mut out);
         let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
         if !text.is_empty() {
             out.push(ExtraText {
