@@ -1226,3 +1226,52 @@ async fn a_flagged_status_is_on_the_record() -> TestResult {
     assert!(rig.search_copies("afternoon")?.is_empty());
     Ok(())
 }
+
+/// Words published to a pubsub node reach every reader of the node, outside the firm
+/// too: the publish is recorded and found by search; a device list is not recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn words_published_to_a_pep_node_are_on_the_record() -> TestResult {
+    // PEP, which the minimal Prosody leaves out, as a full client's server has it.
+    let rig = Rig::start(
+        "capture-pep",
+        RigOptions {
+            archive: true,
+            web_client: true,
+            ..RigOptions::default()
+        },
+    )?;
+    let mut alice = login(&rig, "alice", "laptop").await?;
+    for (id, node, payload) in [
+        (
+            "pub1",
+            "urn:example:notes",
+            "<note xmlns='urn:example:notes'>pubword the plan is friday</note>",
+        ),
+        (
+            "pub2",
+            "urn:xmpp:omemo:2:devices",
+            "<devices xmlns='urn:xmpp:omemo:2'><device id='4711'/></devices>",
+        ),
+    ] {
+        alice
+            .send(&format!(
+                "<iq type='set' id='{id}'><pubsub xmlns='http://jabber.org/protocol/pubsub'>\
+                 <publish node='{node}'><item id='current'>{payload}</item></publish></pubsub></iq>"
+            ))
+            .await?;
+        let reply = alice
+            .until(|e| e.name == "iq" && e.attr("id") == Some(id))
+            .await?;
+        assert_eq!(reply.attr("type"), Some("result"), "{}", alice.transcript);
+    }
+    let hits = settled_copies(&rig, "pubword", 1)?;
+    assert_eq!(hits.len(), 1, "{hits:#?}");
+    assert_eq!(hits[0]["leg"], "client-to-server", "{:#}", hits[0]);
+    assert_eq!(
+        hits[0]["from"], "alice@example.test/laptop",
+        "{:#}",
+        hits[0]
+    );
+    assert!(rig.search_copies("4711")?.is_empty());
+    Ok(())
+}
