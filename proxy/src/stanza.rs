@@ -46,13 +46,16 @@ pub const NS_JINGLE_MESSAGE: &str = "urn:xmpp:jingle-message:0";
 
 /// Content a client may show besides (or instead of) the primary body and
 /// subject: every other `xml:lang` body and subject, the XHTML-IM text, and
-/// out-of-band links. An insider can hide text in any of these, so all of it
-/// is scanned and archived.
+/// out-of-band links; a presence's texts; and words a scripted client can read
+/// anywhere else in a stanza. An insider can hide text in any of these, so all of it
+/// is scanned, and archived with its stanza.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExtraText {
     /// `body`, `subject`, `xhtml`, `oob-url`, `oob-desc`, `file-name`, `file-desc`,
     /// `file-url`, `other` (words in any other part); `forwarded-…` for the same inside a
-    /// wrapper that is not believed or a message forwarded on its own.
+    /// wrapper that is not believed or a message forwarded on its own. A presence's:
+    /// `status`, `show`, `nick`, `other`. Judged but no content alone (see
+    /// [`ExtraText::makes_content`]): `nick` and `profile`.
     pub kind: String,
     pub lang: Option<String>,
     pub text: String,
