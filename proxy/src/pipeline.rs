@@ -1720,6 +1720,10 @@ mod tests {
             "<query xmlns='http://jabber.org/protocol/disco#info'><identity category='client' type='pc' name='card 4111 1111 1111 1111'/></query>",
             "<ping xmlns='urn:xmpp:ping'>card 4111 1111 1111 1111</ping>",
             "<vCard xmlns='vcard-temp'><DESC>card 4111 1111 1111 1111</DESC></vCard>",
+            "<jingle xmlns='urn:xmpp:jingle:1' action='session-info' sid='c'>\
+             <source xmlns='urn:xmpp:jingle:apps:rtp:ssma:0' ssrc='1'>card 4111 1111 1111 1111</source></jingle>",
+            "<jingle xmlns='urn:xmpp:jingle:1' action='session-info' sid='c'>\
+             <parameter xmlns='urn:xmpp:jingle:apps:rtp:ssma:0' name='msid' value='a b' note='card 4111 1111 1111 1111'/></jingle>",
         ] {
             let xml = format!("<iq from='alice@x/r' to='bob@x/pc' type='result' id='w1'>{payload}</iq>");
             assert!(content_of(&xml, Copy::Direct, |c| c.has_content()), "{payload}");

@@ -527,12 +527,8 @@ fn vcard_fields(el: &Element, out: &mut String) {
 /// Appends each text and attribute value below `el` (namespace declarations aside) that
 /// has a space in it, which no token, number, address or hash has.
 fn spaced_words(el: &Element, out: &mut String) {
-    // Binary data in base64, which may be wrapped in lines, and a media stream's ids,
-    // which WebRTC writes as two tokens with a space (XEP-0339 `msid`).
-    if el.is("BINVAL", "vcard-temp")
-        || el.is("data", "urn:xmpp:bob")
-        || el.ns == "urn:xmpp:jingle:apps:rtp:ssma:0"
-    {
+    // Binary data in base64, which may be wrapped in lines, and a media stream's ids.
+    if el.is("BINVAL", "vcard-temp") || el.is("data", "urn:xmpp:bob") || is_msid(el) {
         return;
     }
     // A vCard's names, addresses and numbers are its owner's card, handed to every client
@@ -568,6 +564,17 @@ fn spaced_words(el: &Element, out: &mut String) {
     }
 }
 
+/// Whether `el` is a media stream's ids (XEP-0339 `<parameter name='msid'/>`), which
+/// WebRTC writes as two tokens with a space, and nothing else.
+fn is_msid(el: &Element) -> bool {
+    el.is("parameter", "urn:xmpp:jingle:apps:rtp:ssma:0")
+        && el.children.is_empty()
+        && el.attr("name") == Some("msid")
+        && el.attrs.iter().all(|(name, _)| {
+            matches!(&**name, "name" | "value" | "xmlns") || name.starts_with("xmlns:")
+        })
+}
+
 /// Appends the words of a call's set-up (XEP-0353): in its Jingle elements, any text (a
 /// reason's; no other has any) and an attribute value with a space in it; an element of
 /// another namespace inside (Conversations' `<device id>`) is read as an extension that
@@ -577,13 +584,7 @@ fn call_words(el: &Element, out: &mut String) {
         stray_words(el, out);
         return;
     }
-    if el.ns == "urn:xmpp:jingle:apps:rtp:ssma:0" {
-        // A media stream's ids (see `spaced_words`); an element inside is no source's.
-        for child in el.children() {
-            if !child.ns.starts_with("urn:xmpp:jingle") {
-                stray_words(child, out);
-            }
-        }
+    if is_msid(el) {
         return;
     }
     for (name, value) in &el.attrs {
