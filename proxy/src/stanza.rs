@@ -104,13 +104,19 @@ fn own_text(el: &Element, out: &mut Vec<ExtraText>) {
             text.push_str(value);
         }
     }
+    push_folded(out, "other", None, &text, OWN_TEXT);
+}
+
+/// Pushes `text` with its whitespace folded to single spaces as a text of `kind`, unless
+/// nothing but whitespace is left.
+fn push_folded(out: &mut Vec<ExtraText>, kind: &str, lang: Option<&str>, text: &str, child: usize) {
     let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
     if !text.is_empty() {
         out.push(ExtraText {
-            kind: "other".into(),
-            lang: None,
+            kind: kind.to_owned(),
+            lang: lang.map(str::to_owned),
             text,
-            child: OWN_TEXT,
+            child,
         });
     }
 }
@@ -355,15 +361,7 @@ fn statuses(el: &Element) -> Vec<ExtraText> {
             hidden.push_str(&c.deep_text());
             attribute_values(c, &mut hidden);
         }
-        let hidden = hidden.split_whitespace().collect::<Vec<_>>().join(" ");
-        if !hidden.is_empty() {
-            out.push(ExtraText {
-                kind: "other".into(),
-                lang: c.lang().map(str::to_owned),
-                text: hidden,
-                child,
-            });
-        }
+        push_folded(&mut out, "other", c.lang(), &hidden, child);
     }
     own_text(el, &mut out);
     out
@@ -461,15 +459,7 @@ fn iq_texts(el: &Element) -> Vec<ExtraText> {
             text = child.deep_text();
             attribute_values(child, &mut text);
         }
-        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-        if !text.is_empty() {
-            out.push(ExtraText {
-                kind: "other".into(),
-                lang: child.lang().map(str::to_owned),
-                text,
-                child: i,
-            });
-        }
+        push_folded(&mut out, "other", child.lang(), &text, i);
     }
     own_text(el, &mut out);
     out
@@ -649,15 +639,7 @@ fn extra_texts(el: &Element, wrapper: Option<usize>) -> Vec<ExtraText> {
     if let Some((child, html)) = html {
         for body in html.children().filter(|c| c.is("body", NS_XHTML)) {
             let text = body.deep_text();
-            let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-            if !text.is_empty() {
-                out.push(ExtraText {
-                    kind: "xhtml".into(),
-                    lang: body.lang().map(str::to_owned),
-                    text,
-                    child,
-                });
-            }
+            push_folded(&mut out, "xhtml", body.lang(), &text, child);
         }
     }
     for (i, x) in el.children().enumerate().filter(|(_, c)| c.is("x", NS_OOB)) {
@@ -729,15 +711,7 @@ fn extra_texts(el: &Element, wrapper: Option<usize>) -> Vec<ExtraText> {
                 attribute_values(child, &mut text);
             }
         }
-        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-        if !text.is_empty() {
-            out.push(ExtraText {
-                kind: "other".into(),
-                lang: child.lang().map(str::to_owned),
-                text,
-                child: i,
-            });
-        }
+        push_folded(&mut out, "other", child.lang(), &text, i);
     }
     own_text(el, &mut out);
     out
@@ -1070,15 +1044,7 @@ fn attribute_values(el: &Element, out: &mut String) {
 fn file_texts(sharing: &Element, at: usize, out: &mut Vec<ExtraText>) {
     let mut words = String::new();
     file_parts(sharing, at, out, &mut words);
-    let words = words.split_whitespace().collect::<Vec<_>>().join(" ");
-    if !words.is_empty() {
-        out.push(ExtraText {
-            kind: "other".into(),
-            lang: None,
-            text: words,
-            child: at,
-        });
-    }
+    push_folded(out, "other", None, &words, at);
 }
 
 /// Payloads of pubsub items that hold keys, images, hashes and read markers: never read,
@@ -1178,15 +1144,7 @@ fn is_plain_nick(el: &Element) -> bool {
 /// the child `child`.
 fn quiet_texts(texts: Vec<(&'static str, String)>, child: usize, out: &mut Vec<ExtraText>) {
     for (kind, text) in texts {
-        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-        if !text.is_empty() {
-            out.push(ExtraText {
-                kind: kind.into(),
-                lang: None,
-                text,
-                child,
-            });
-        }
+        push_folded(out, kind, None, &text, child);
     }
 }
 
@@ -1203,15 +1161,7 @@ pub fn published_texts(el: &Element) -> Vec<ExtraText> {
         let mut quiet = Vec::new();
         published_words(child, "publish", &mut text, &mut quiet);
         quiet_texts(quiet, i, &mut out);
-        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
-        if !text.is_empty() {
-            out.push(ExtraText {
-                kind: "other".into(),
-                lang: None,
-                text,
-                child: i,
-            });
-        }
+        push_folded(&mut out, "other", None, &text, i);
     }
     out
 }
