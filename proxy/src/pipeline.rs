@@ -440,7 +440,7 @@ pub fn identity(
     direction: Direction,
     body: Option<&str>,
     subject: Option<&str>,
-    extra: &[(&str, Option<&str>, &str)],
+    extra: &[ExtraText],
 ) -> String {
     let mut h = Sha256::new();
     let mut put = |s: &str| {
@@ -470,10 +470,10 @@ pub fn identity(
     put(subject.unwrap_or("\u{0}none"));
     // Unrecognised extensions are recorded and scanned, but left out: servers add their
     // own to the copies they deliver, which must still meet the sender's copy.
-    for (kind, lang, text) in extra.iter().filter(|(kind, _, _)| *kind != "other") {
-        put(kind);
-        put(lang.unwrap_or(""));
-        put(text);
+    for t in extra.iter().filter(|t| t.kind != "other") {
+        put(&t.kind);
+        put(t.lang.as_deref().unwrap_or(""));
+        put(&t.text);
     }
     put(view.e2ee.map_or("", e2ee_name));
     match &view.edit {
@@ -915,17 +915,12 @@ impl Identities {
     /// `delivered`: the identity of the redacted stanza, when policy changed the content.
     fn of(c: &Content<'_>, delivered: Option<&String>) -> Identities {
         let v = c.view;
-        let extra: Vec<(&str, Option<&str>, &str)> = c
-            .extra
-            .iter()
-            .map(|t| (t.kind.as_str(), t.lang.as_deref(), t.text.as_str()))
-            .collect();
         let identity = identity(
             v,
             c.direction,
             v.body.as_deref(),
             v.subject.as_deref(),
-            &extra,
+            &c.extra,
         );
         let delivered = delivered.filter(|d| **d != identity).cloned();
         Identities {
@@ -1235,16 +1230,12 @@ fn redact(
             return None;
         }
     }
-    let extra: Vec<(&str, Option<&str>, &str)> = texts
-        .iter()
-        .map(|t| (t.kind.as_str(), t.lang.as_deref(), t.text.as_str()))
-        .collect();
     let identity = identity(
         v,
         c.direction,
         delivered.body.as_deref(),
         delivered.subject.as_deref(),
-        &extra,
+        &texts,
     );
     let mut bytes = Vec::new();
     stanza.write_to(&mut bytes);
@@ -1325,17 +1316,12 @@ mod tests {
 
     fn id_of(s: &str, direction: Direction) -> String {
         let v = view(s);
-        let extra: Vec<(&str, Option<&str>, &str)> = v
-            .extra
-            .iter()
-            .map(|t| (t.kind.as_str(), t.lang.as_deref(), t.text.as_str()))
-            .collect();
         identity(
             &v,
             direction,
             v.body.as_deref(),
             v.subject.as_deref(),
-            &extra,
+            &v.extra,
         )
     }
 
