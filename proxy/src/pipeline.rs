@@ -47,7 +47,7 @@ use crate::reply::{stanza_error, ErrorType};
 use crate::rooms::{RoomContext, Rooms};
 use crate::stanza::{
     forwarded_texts, is_clients_address, published_texts, stanza_attr_words, E2ee, EditKind,
-    ExtraText, StanzaKind, StanzaView, OWN_TEXT,
+    ExtraText, StanzaKind, StanzaView, OWN_TEXT, TO_RESOURCE,
 };
 use crate::xml::Element;
 
@@ -210,6 +210,13 @@ fn content<'a>(item: &Inspected<'a>) -> Content<'a> {
                 .nth(t.child)
                 .is_some_and(|c| c.is("error", &root.ns))
         });
+    }
+    // The resource a presence goes to is a nickname the user takes in a room only in an
+    // available presence the user sends; one coming in goes to the user's own resource.
+    if outer.kind == StanzaKind::Presence
+        && !(item.direction == Direction::Outbound && directed_available(outer))
+    {
+        extra.retain(|t| t.child != TO_RESOURCE);
     }
     Content {
         view: outer,
@@ -1785,7 +1792,12 @@ mod tests {
         ] {
             let held = Held::of(xml);
             let c = content(&held.item(direction, Copy::Direct));
-            assert!(c.extra.is_empty(), "{xml}: {:?}", c.extra);
+            // A room's entry is judged on the nickname it asks for, and nothing else.
+            assert!(
+                c.extra.iter().all(|t| t.child == TO_RESOURCE),
+                "{xml}: {:?}",
+                c.extra
+            );
         }
     }
 
@@ -1853,6 +1865,120 @@ mod tests {
                        <items node='urn:example:notes'><item id='1'><note xmlns='urn:example:notes'>card 4111 1111 1111 1111</note></item></items></pubsub></iq>";
         let held = Held::of(fetched);
         assert!(!content(&held.item(Direction::Inbound, Copy::Direct)).has_content());
+    }
+
+    /// What a user writes through the server for others to read, besides messages: a
+    /// room's name and description, a kick's or a room's end's reason, the user's own
+    /// vCard, and the nickname taken in a room. Each is judged; a password is not read.
+    #[tokio::test]
+    async fn words_written_for_a_room_or_a_profile_are_judged() {
+        let p = pipeline(CARD_RULES);
+        let card = "card 4111 1111 1111 1111";
+        let config = |fields: &str| {
+            format!(
+                "<iq to='deals@muc.x' type='set' id='c1'><query xmlns='http://jabber.org/protocol/muc#owner'>\
+                 <x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>\
+                 {fields}</x></query></iq>"
+            )
+        };
+        let admin = |item: &str| {
+            format!(
+                "<iq to='deals@muc.x' type='set' id='k1'><query xmlns='http://jabber.org/protocol/muc#admin'>{item}</query></iq>"
+            )
+        };
+        let destroy = |inner: &str| {
+            format!(
+                "<iq to='deals@muc.x' type='set' id='d1'><query xmlns='http://jabber.org/protocol/muc#owner'>\
+                 <destroy jid='other@muc.x'>{inner}</destroy></query></iq>"
+            )
+        };
+        let vcard = |fields: &str| {
+            format!("<iq type='set' id='v1'><vCard xmlns='vcard-temp'>{fields}</vCard></iq>")
+        };
+        let join = |nick: &str| {
+            format!("<presence to='deals@muc.x/{nick}'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
+        };
+        for xml in [
+            config(&format!(
+                "<field var='muc#roomconfig_roomname'><value>{card}</value></field>"
+            )),
+            config(&format!(
+                "<field var='muc#roomconfig_roomdesc'><value>{card}</value></field>"
+            )),
+            config(&format!(
+                "<field var='x-example#motto' label='{card}'><value>1</value></field>"
+            )),
+            config(&format!(
+                "<field var='x-example#motto'><value>{card}</value></field>"
+            )),
+            admin(&format!(
+                "<item nick='bob' role='none'><reason>{card}</reason></item>"
+            )),
+            destroy(&format!("<reason>{card}</reason>")),
+            vcard(&format!("<DESC>{card}</DESC>")),
+            vcard(&format!("<FN>{card}</FN>")),
+            join(card),
+            // A nickname cannot be taken out of the address: a redaction refuses the entry.
+            join("falcon"),
+        ] {
+            let out = outcome(&p, &xml, Direction::Outbound, Copy::Direct).await;
+            assert!(
+                matches!(out.decision, Decision::Refuse { .. }),
+                "{xml}: {:?}",
+                out.decision
+            );
+        }
+        // A redacted room name takes the configuration out: the room keeps its old one.
+        let redacted = config("<field var='muc#roomconfig_roomname'><value>falcon</value></field>");
+        let out = outcome(&p, &redacted, Direction::Outbound, Copy::Direct).await;
+        let Decision::Replace(bytes) = out.decision else {
+            panic!("not redacted: {:?}", out.decision);
+        };
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(
+            !text.contains("falcon") && !text.contains("muc#owner"),
+            "{text}"
+        );
+        // A room's name is its owner's words to everyone who finds the room: recorded.
+        let named = config("<field var='muc#roomconfig_roomname'><value>Deals</value></field>");
+        assert!(content_of(&named, Copy::Direct, |c| c.has_content()));
+        let described = vcard("<DESC>ask me about deals</DESC>");
+        assert!(content_of(&described, Copy::Direct, |c| c.has_content()));
+        // Passwords, settings, a plain nickname or vCard: judged on nothing, no record.
+        for xml in [
+            config(&format!(
+                "<field var='muc#roomconfig_roomsecret'><value>{card}</value></field>\
+                 <field var='x-example#password' type='text-private'><value>{card}</value></field>\
+                 <field var='muc#roomconfig_passwordprotectedroom'><value>1</value></field>\
+                 <field var='muc#roomconfig_whois'><value>moderators</value></field>"
+            )),
+            config(""),
+            admin("<item jid='bob@x' affiliation='member'/>"),
+            destroy(&format!("<password>{card}</password>")),
+            vcard("<FN>Alice Smith</FN><PHOTO><TYPE>image/png</TYPE><BINVAL>iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk</BINVAL></PHOTO>"),
+            join("Alice Smith"),
+            "<iq to='deals@muc.x' type='get' id='c0'><query xmlns='http://jabber.org/protocol/muc#owner'/></iq>".to_owned(),
+        ] {
+            assert!(!content_of(&xml, Copy::Direct, |c| c.has_content()), "{xml}");
+            let out = outcome(&p, &xml, Direction::Outbound, Copy::Direct).await;
+            assert!(matches!(out.decision, Decision::Forward), "{xml}: {:?}", out.decision);
+        }
+        // What comes in is addressed to the user's own resource, which is not a nickname.
+        let inbound = "<presence from='bob@x/pc' to='alice@x/falcon'/>";
+        let out = outcome(&p, inbound, Direction::Inbound, Copy::Direct).await;
+        assert!(
+            matches!(out.decision, Decision::Forward),
+            "{:?}",
+            out.decision
+        );
+        // Leaving a room under a nickname already taken is not refused.
+        let leave = "<presence to='deals@muc.x/falcon' type='unavailable'/>";
+        let out = outcome(&p, leave, Direction::Outbound, Copy::Direct).await;
+        assert!(
+            matches!(out.decision, Decision::Forward | Decision::Replace(_)),
+            "{:?}",
+            out.decision
+        );
     }
 
     /// A body is text, but a client that shows its text content shows the text of

@@ -43,6 +43,9 @@ pub const NS_PUBSUB_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
 pub const NS_NICK: &str = "http://jabber.org/protocol/nick";
 pub const NS_ADDRESS: &str = "http://jabber.org/protocol/address";
 pub const NS_JINGLE_MESSAGE: &str = "urn:xmpp:jingle-message:0";
+pub const NS_MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
+pub const NS_MUC_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
+pub const NS_DATA: &str = "jabber:x:data";
 
 /// Content a client may show besides (or instead of) the primary body and
 /// subject: every other `xml:lang` body and subject, the XHTML-IM text, and
@@ -79,6 +82,11 @@ impl ExtraText {
 /// The [`ExtraText::child`] of text written directly in a stanza, between its children:
 /// no client shows it, but any other reader of the stream reads it.
 pub const OWN_TEXT: usize = usize::MAX;
+
+/// The [`ExtraText::child`] of the resource of a presence's `to`: the nickname the
+/// sender takes in a room, which every occupant reads. It is in the address, so no
+/// redaction can take it out.
+pub const TO_RESOURCE: usize = usize::MAX - 1;
 
 /// Attributes a stanza carries that hold an address, an identifier, a type or a
 /// language, never words.
@@ -362,6 +370,15 @@ fn statuses(el: &Element) -> Vec<ExtraText> {
             attribute_values(c, &mut hidden);
         }
         push_folded(&mut out, "other", c.lang(), &hidden, child);
+    }
+    // To a room, the resource is the nickname asked for (the pipeline reads it only in
+    // what the user sends; what comes in is addressed to the user's own resource).
+    if let Some((_, nick)) = el
+        .attr("to")
+        .filter(|to| is_clients_address(to))
+        .and_then(|to| to.split_once('/'))
+    {
+        push_folded(&mut out, "nick", None, nick, TO_RESOURCE);
     }
     own_text(el, &mut out);
     out
@@ -1148,22 +1165,90 @@ fn quiet_texts(texts: Vec<(&'static str, String)>, child: usize, out: &mut Vec<E
     }
 }
 
-/// The words of the items an iq publishes to a pubsub node (see [`published_words`]), an
-/// `other` text per `<pubsub>`: what an account publishes to its own PEP nodes or to a
-/// pubsub service reaches every reader of the node, inside the firm or outside it.
+/// What an iq to the server or a bare JID writes for others to read, an `other` text per
+/// payload: the items it publishes to a pubsub node (see [`published_words`]), its own
+/// PEP nodes' or a service's, which reach every reader of the node, inside the firm or
+/// outside it; a room owner's or moderator's words (see [`room_words`]), which the room
+/// shows to whoever finds it or is in it; and the user's vCard, which the server hands
+/// to anyone who asks (read as one between clients: a description or note with a space
+/// in it is words, its other fields a `profile` text, its photo not read).
 pub fn published_texts(el: &Element) -> Vec<ExtraText> {
     let mut out = Vec::new();
     for (i, child) in el.children().enumerate() {
-        if !child.is("pubsub", NS_PUBSUB) {
-            continue;
-        }
         let mut text = String::new();
-        let mut quiet = Vec::new();
-        published_words(child, "publish", &mut text, &mut quiet);
-        quiet_texts(quiet, i, &mut out);
+        if child.is("pubsub", NS_PUBSUB) {
+            let mut quiet = Vec::new();
+            published_words(child, "publish", &mut text, &mut quiet);
+            quiet_texts(quiet, i, &mut out);
+        } else if child.is("query", NS_MUC_OWNER) || child.is("query", NS_MUC_ADMIN) {
+            room_words(child, &mut text);
+        } else if child.is("vCard", "vcard-temp") {
+            spaced_words(child, &mut text);
+            let mut fields = String::new();
+            vcard_fields(child, &mut fields);
+            quiet_texts(vec![("profile", fields)], i, &mut out);
+        }
         push_folded(&mut out, "other", None, &text, i);
     }
     out
+}
+
+/// Fields of a room's configuration form that hold its owner's words whole: the room's
+/// name and description, shown to everyone who finds the room.
+const ROOM_TEXT_FIELDS: &[&str] = &["muc#roomconfig_roomname", "muc#roomconfig_roomdesc"];
+
+/// Whether the form field `el` holds a password (a room's secret, or any other marked
+/// private or so named): never read.
+fn is_secret_field(el: &Element) -> bool {
+    el.attr("type") == Some("text-private")
+        || el.attr("var").is_some_and(|var| {
+            let var = var.to_ascii_lowercase();
+            var.contains("secret") || var.contains("password")
+        })
+}
+
+/// Appends the words of a room owner's or moderator's request (XEP-0045 `muc#owner`,
+/// `muc#admin`): a configuration form's name and description whole, a reason (a kick's,
+/// a ban's, the room's end) whole, and anything else with a space in it (as in what
+/// software writes, see [`spaced_words`]: a field's value or label). A password is not
+/// read, nor a setting, an address or a role, which have no space.
+fn room_words(el: &Element, out: &mut String) {
+    if el.name == "password" || (el.is("field", NS_DATA) && is_secret_field(el)) {
+        return;
+    }
+    if el.name == "reason" {
+        out.push(' ');
+        out.push_str(&el.deep_text());
+        attribute_values(el, out);
+        return;
+    }
+    for (name, value) in &el.attrs {
+        if name != "xmlns" && !name.starts_with("xmlns:") && has_space(value) {
+            out.push(' ');
+            out.push_str(value);
+        }
+    }
+    let whole = el.is("field", NS_DATA)
+        && el
+            .attr("var")
+            .is_some_and(|var| ROOM_TEXT_FIELDS.contains(&var));
+    if whole {
+        // Its values whole, and whatever is inside them.
+        out.push(' ');
+        out.push_str(&el.deep_text());
+        for child in el.children() {
+            attribute_values(child, out);
+        }
+        return;
+    }
+    let text = el.text();
+    if has_space(&text) {
+        out.push(' ');
+        out.push_str(&text);
+    }
+    for child in el.children() {
+        room_words(child, out);
+    }
 }
 
 /// Appends the values of `el`'s attributes that are not [`FILE_ATTRS`], or are but hold

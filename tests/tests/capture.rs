@@ -1275,3 +1275,55 @@ async fn words_published_to_a_pep_node_are_on_the_record() -> TestResult {
     assert!(rig.search_copies("4711")?.is_empty());
     Ok(())
 }
+
+/// A room's name and description reach everyone who finds the room, and the nickname
+/// taken in it everyone in it: the owner's configuration is on the record and found by
+/// search, and an entry whose nickname a flag rule matches is recorded with its verdict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn words_written_for_a_room_are_on_the_record() -> TestResult {
+    let rig = rig(
+        "capture-room-words",
+        Some("[[rule]]\nid = \"watch-nick\"\nwhen = { body = { regex = \"(?i)kestrel\" } }\naction = \"flag\"\n"),
+    )?;
+    let room = "plans@conference.example.test";
+    let nick = "kestrel watcher";
+    let mut alice = login(&rig, "alice", "desk").await?;
+    alice
+        .send(&format!(
+            "<presence to='{room}/{nick}'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+        ))
+        .await?;
+    let entered = alice
+        .until(|e| e.name == "presence" && e.attr("from") == Some(&format!("{room}/{nick}")))
+        .await?;
+    assert_eq!(entered.attr("type"), None, "{}", alice.transcript);
+    alice
+        .send(&format!(
+            "<iq to='{room}' type='set' id='cfg1'><query xmlns='http://jabber.org/protocol/muc#owner'>\
+             <x xmlns='jabber:x:data' type='submit'>\
+             <field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>\
+             <field var='muc#roomconfig_roomname'><value>Plans</value></field>\
+             <field var='muc#roomconfig_roomdesc'><value>roomword the merger closes friday</value></field>\
+             <field var='muc#roomconfig_roomsecret'><value>secretword</value></field>\
+             </x></query></iq>"
+        ))
+        .await?;
+    let reply = alice
+        .until(|e| e.name == "iq" && e.attr("id") == Some("cfg1"))
+        .await?;
+    assert_eq!(reply.attr("type"), Some("result"), "{}", alice.transcript);
+    let hits = settled_copies(&rig, "roomword", 1)?;
+    assert_eq!(hits.len(), 1, "{hits:#?}");
+    assert_eq!(hits[0]["leg"], "client-to-server", "{:#}", hits[0]);
+    assert_eq!(hits[0]["from"], "alice@example.test/desk", "{:#}", hits[0]);
+    assert!(rig.search_copies("secretword")?.is_empty());
+    let entries = settled_copies(&rig, "watcher", 1)?;
+    assert_eq!(entries.len(), 1, "{entries:#?}");
+    assert_eq!(entries[0]["action"], "flag", "{:#}", entries[0]);
+    assert!(
+        rules_of(&entries[0]).contains(&"watch-nick"),
+        "{:#}",
+        entries[0]
+    );
+    Ok(())
+}
