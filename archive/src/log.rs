@@ -187,6 +187,22 @@ pub struct LogWriter {
     witness: Option<WitnessWriter>,
     /// The seq of the last hold record this writer appended (0: none since open).
     last_hold_seq: u64,
+    /// A batch's frames and one record's canonical bytes, kept between batches so the
+    /// writer does not allocate and free them for every record (see [`KEPT_CAPACITY`]).
+    frames: Vec<u8>,
+    canonical: Vec<u8>,
+}
+
+/// The most capacity a reused buffer keeps after a batch: a batch of large stanzas does
+/// not hold its memory for good.
+const KEPT_CAPACITY: usize = 4 << 20;
+
+/// Hands `buf` back to be reused, emptied, unless it has grown past [`KEPT_CAPACITY`].
+fn keep(slot: &mut Vec<u8>, mut buf: Vec<u8>) {
+    if buf.capacity() <= KEPT_CAPACITY {
+        buf.clear();
+        *slot = buf;
+    }
 }
 
 pub(crate) fn read_meta(storage: &dyn Storage) -> Result<Option<Meta>, LogOpenError> {
@@ -526,6 +542,8 @@ impl LogWriter {
             since_checkpoint: 0,
             witness,
             last_hold_seq: 0,
+            frames: Vec::new(),
+            canonical: Vec::new(),
         };
         Ok((writer, cut))
     }
@@ -605,7 +623,10 @@ impl LogWriter {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let mut buf = Vec::with_capacity(batch.len() * 512);
+        let mut buf = std::mem::take(&mut self.frames);
+        buf.clear();
+        buf.reserve(batch.len() * 512);
+        let mut canonical = std::mem::take(&mut self.canonical);
         let mut out = Vec::with_capacity(batch.len());
         let mut seq = self.next_seq;
         let mut head = self.head;
@@ -624,12 +645,14 @@ impl LogWriter {
                 content,
             };
             let offset = self.active.len + buf.len() as u64;
+            canonical.clear();
+            record.encode_into(&mut canonical);
             let (content_hash, ciphertext_hash) = segment::append_record(
                 &self.active.cipher,
                 &self.active.header,
                 seq,
                 salt,
-                &record.encode(),
+                &canonical,
                 &mut buf,
             )
             .map_err(|_| LogWriteError::Encrypt)?;
@@ -668,6 +691,8 @@ impl LogWriter {
             )?;
         }
         self.active.len += buf.len() as u64;
+        keep(&mut self.frames, buf);
+        keep(&mut self.canonical, canonical);
         self.next_seq = seq;
         self.head = head;
         self.last_time = time.0;

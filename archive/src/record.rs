@@ -388,6 +388,12 @@ impl Record {
     /// The canonical encoding.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Vec::with_capacity(256);
+        self.encode_into(&mut w);
+        w
+    }
+
+    /// Appends the canonical encoding to `w` (a buffer the caller reuses).
+    pub fn encode_into(&self, w: &mut Vec<u8>) {
         w.push(RECORD_VERSION);
         w.extend_from_slice(&self.seq.0.to_be_bytes());
         w.extend_from_slice(&self.time.0.to_be_bytes());
@@ -398,10 +404,10 @@ impl Record {
                     Direction::Outbound => 0,
                     Direction::Inbound => 1,
                 });
-                put_str(&mut w, &m.session.0);
-                put_str(&mut w, &m.from);
-                put_str(&mut w, &m.to);
-                put_str(&mut w, &m.stanza_type);
+                put_str(w, &m.session.0);
+                put_str(w, &m.from);
+                put_str(w, &m.to);
+                put_str(w, &m.stanza_type);
                 for o in [
                     &m.id,
                     &m.origin_id,
@@ -410,18 +416,18 @@ impl Record {
                     &m.subject,
                     &m.body,
                 ] {
-                    put_opt(&mut w, o);
+                    put_opt(w, o);
                 }
-                put_bytes(&mut w, &m.stanza);
+                put_bytes(w, &m.stanza);
                 w.push(action_tag(m.outcome.action));
-                put_u32(&mut w, m.outcome.rules.len());
+                put_u32(w, m.outcome.rules.len());
                 for r in &m.outcome.rules {
-                    put_str(&mut w, r);
+                    put_str(w, r);
                 }
-                put_opt(&mut w, &m.outcome.delivered_body);
-                put_opt(&mut w, &m.outcome.severity);
-                put_opt(&mut w, &m.outcome.e2ee);
-                put_capture(&mut w, &m.outcome, &m.capture);
+                put_opt(w, &m.outcome.delivered_body);
+                put_opt(w, &m.outcome.severity);
+                put_opt(w, &m.outcome.e2ee);
+                put_capture(w, &m.outcome, &m.capture);
             }
             NewRecord::Event(EventRecord::SessionStart {
                 session,
@@ -431,7 +437,7 @@ impl Record {
             }) => {
                 w.push(K_SESSION_START);
                 for s in [&session.0, jid, client_addr, resource] {
-                    put_str(&mut w, s);
+                    put_str(w, s);
                 }
             }
             NewRecord::Event(EventRecord::SessionEnd {
@@ -443,7 +449,7 @@ impl Record {
             }) => {
                 w.push(K_SESSION_END);
                 for s in [&session.0, jid, client_addr, resource, reason] {
-                    put_str(&mut w, s);
+                    put_str(w, s);
                 }
             }
             NewRecord::Event(EventRecord::Recovery {
@@ -456,7 +462,7 @@ impl Record {
                 for v in [segment, offset, bytes_cut] {
                     w.extend_from_slice(&v.to_be_bytes());
                 }
-                put_str(&mut w, detail);
+                put_str(w, detail);
             }
             NewRecord::Event(EventRecord::Audit {
                 actor,
@@ -465,7 +471,7 @@ impl Record {
             }) => {
                 w.push(K_AUDIT);
                 for s in [actor, action, detail] {
-                    put_str(&mut w, s);
+                    put_str(w, s);
                 }
             }
             NewRecord::Event(EventRecord::Shred {
@@ -477,11 +483,10 @@ impl Record {
                 w.push(K_SHRED);
                 w.extend_from_slice(&segment.to_be_bytes());
                 for s in [reason, authority, actor] {
-                    put_str(&mut w, s);
+                    put_str(w, s);
                 }
             }
         }
-        w
     }
 
     /// Decodes a canonical encoding; anything non-canonical is an error.
