@@ -46,8 +46,8 @@ use crate::relay_state::{bare, Copy};
 use crate::reply::{stanza_error, ErrorType};
 use crate::rooms::{RoomContext, Rooms};
 use crate::stanza::{
-    forwarded_texts, is_clients_address, published_texts, stanza_attr_words, E2ee, EditKind,
-    ExtraText, StanzaKind, StanzaView, OWN_TEXT, TO_RESOURCE,
+    fetched_texts, forwarded_texts, is_clients_address, published_texts, stanza_attr_words, E2ee,
+    EditKind, ExtraText, StanzaKind, StanzaView, OWN_TEXT, TO_RESOURCE,
 };
 use crate::xml::Element;
 
@@ -191,11 +191,23 @@ fn content<'a>(item: &Inspected<'a>) -> Content<'a> {
         }
     };
     // What the account publishes to a pubsub node (its own or a service's) is its words
-    // to every reader of the node.
+    // to every reader of the node; what it fetches from another's node is that node's
+    // words to the user.
     let mut extra = match (unread_iq, item.direction) {
         (false, _) => texts_of(outer),
         (true, Direction::Outbound) => published_texts(&item.stanza.root),
-        (true, Direction::Inbound) => Vec::new(),
+        (true, Direction::Inbound) => {
+            let own = match (&outer.from, &item.session.jid) {
+                (Some(from), Some(jid)) => same_bare(from, jid),
+                (None, _) => true,
+                (Some(_), None) => false,
+            };
+            if own {
+                Vec::new()
+            } else {
+                fetched_texts(&item.stanza.root)
+            }
+        }
     };
     // An error coming in from a client's address is often its server's (a bounce): its
     // text is not read. One the user's client sends is its words.
@@ -1657,7 +1669,7 @@ mod tests {
             "{:?}",
             out.decision
         );
-        // Neither content nor judged on words.
+        // Not content (a vCard from a bare JID is judged, as a profile), and not refused.
         for (xml, direction) in [
             // To the account's own other client, and to the server or a bare JID.
             ("<iq from='alice@x/r' to='alice@x/phone' type='set' id='o1'><note xmlns='urn:example:chat'>4111 1111 1111 1111</note></iq>", Direction::Outbound),
@@ -1860,11 +1872,58 @@ mod tests {
             let out = outcome(&p, &xml, Direction::Outbound, Copy::Direct).await;
             assert!(matches!(out.decision, Decision::Forward), "{node}: {:?}", out.decision);
         }
-        // What a server hands back is not read: a fetch of another account's items.
-        let fetched = "<iq from='bob@x' to='alice@x/r' type='result' id='f1'><pubsub xmlns='http://jabber.org/protocol/pubsub'>\
-                       <items node='urn:example:notes'><item id='1'><note xmlns='urn:example:notes'>card 4111 1111 1111 1111</note></item></items></pubsub></iq>";
-        let held = Held::of(fetched);
-        assert!(!content(&held.item(Direction::Inbound, Copy::Direct)).has_content());
+        // Items fetched from another account's node or a service's are its words to the
+        // user as a notification's are: an outsider's node is a way in that no message
+        // crosses. A blocked answer is dropped.
+        let fetched = |from: &str, node: &str, payload: &str| {
+            format!(
+                "<iq{from} to='alice@x/r' type='result' id='f1'><pubsub xmlns='http://jabber.org/protocol/pubsub'>\
+                 <items node='{node}'><item id='1'>{payload}</item></items></pubsub></iq>"
+            )
+        };
+        let note = "<note xmlns='urn:example:notes'>card 4111 1111 1111 1111</note>";
+        for xml in [
+            fetched(" from='bob@ext.example'", "urn:example:notes", note),
+            fetched(" from='pubsub.x'", "urn:example:notes", note),
+            "<iq from='bob@ext.example' to='alice@x/r' type='result' id='v1'><vCard xmlns='vcard-temp'>\
+             <DESC>card 4111 1111 1111 1111</DESC></vCard></iq>"
+                .to_owned(),
+        ] {
+            let held = Held::of(&xml);
+            assert!(content(&held.item(Direction::Inbound, Copy::Direct)).has_content(), "{xml}");
+            let out = outcome(&p, &xml, Direction::Inbound, Copy::Direct).await;
+            assert!(
+                matches!(out.decision, Decision::Refuse { error: None }),
+                "{xml}: {:?}",
+                out.decision
+            );
+        }
+        // The account's own nodes, keys, avatars and a plain vCard are read as published.
+        for xml in [
+            fetched("", "urn:example:notes", note),
+            fetched(" from='alice@x'", "urn:example:notes", note),
+            fetched(
+                " from='bob@ext.example'",
+                "urn:xmpp:omemo:2:bundles",
+                "<bundle xmlns='urn:xmpp:omemo:2'><spk id='0'>BQ==</spk></bundle>",
+            ),
+            fetched(
+                " from='bob@ext.example'",
+                "urn:xmpp:avatar:data",
+                "<data xmlns='urn:xmpp:avatar:data'>iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk</data>",
+            ),
+            "<iq from='bob@ext.example' to='alice@x/r' type='result' id='v1'><vCard xmlns='vcard-temp'><FN>Bob Smith</FN></vCard></iq>".to_owned(),
+            fetched(
+                " from='bob@ext.example'",
+                "urn:xmpp:vcard4",
+                "<vcard xmlns='urn:ietf:params:xml:ns:vcard-4.0'><fn><text>Bob Smith</text></fn></vcard>",
+            ),
+        ] {
+            let held = Held::of(&xml);
+            assert!(!content(&held.item(Direction::Inbound, Copy::Direct)).has_content(), "{xml}");
+            let out = outcome(&p, &xml, Direction::Inbound, Copy::Direct).await;
+            assert!(matches!(out.decision, Decision::Forward), "{xml}: {:?}", out.decision);
+        }
     }
 
     /// What a user writes through the server for others to read, besides messages: a

@@ -1083,6 +1083,9 @@ const PROFILE_ITEMS_NS: &[&str] = &[
     "storage:bookmarks",
     "http://jabber.org/protocol/tune",
     "http://jabber.org/protocol/geoloc",
+    // A vCard published as a PEP item (XEP-0292), fetched whenever a client shows a
+    // contact's card.
+    "urn:ietf:params:xml:ns:vcard-4.0",
 ];
 
 /// Appends the texts and attribute values of a profile payload but a password.
@@ -1183,10 +1186,42 @@ pub fn published_texts(el: &Element) -> Vec<ExtraText> {
         } else if child.is("query", NS_MUC_OWNER) || child.is("query", NS_MUC_ADMIN) {
             room_words(child, &mut text);
         } else if child.is("vCard", "vcard-temp") {
-            spaced_words(child, &mut text);
-            let mut fields = String::new();
-            vcard_fields(child, &mut fields);
-            quiet_texts(vec![("profile", fields)], i, &mut out);
+            vcard_words(child, i, &mut text, &mut out);
+        }
+        push_folded(&mut out, "other", None, &text, i);
+    }
+    out
+}
+
+/// Reads the vCard `card`, the child `i` of its stanza, as one between clients: a
+/// description or note with a space in it is words (appended to `text`), its other
+/// fields a `profile` text, its photo not read.
+fn vcard_words(card: &Element, i: usize, text: &mut String, out: &mut Vec<ExtraText>) {
+    spaced_words(card, text);
+    let mut fields = String::new();
+    vcard_fields(card, &mut fields);
+    quiet_texts(vec![("profile", fields)], i, out);
+}
+
+/// The words of what a server hands back from another account or a service in a result:
+/// the items of a pubsub node (`<pubsub><items>`), read as a notification's items are
+/// (see [`published_words`]), an `other` text per `<pubsub>`, and a vCard, read as one
+/// between clients (see [`vcard_words`]). Another account's node or card, an outsider's
+/// too, reaches the user this way as well as in notifications. The pipeline reads it
+/// unless it is the user's own.
+pub fn fetched_texts(el: &Element) -> Vec<ExtraText> {
+    let mut out = Vec::new();
+    if el.attr("type") != Some("result") {
+        return out;
+    }
+    for (i, child) in el.children().enumerate() {
+        let mut text = String::new();
+        if child.is("pubsub", NS_PUBSUB) {
+            let mut quiet = Vec::new();
+            published_words(child, "items", &mut text, &mut quiet);
+            quiet_texts(quiet, i, &mut out);
+        } else if child.is("vCard", "vcard-temp") {
+            vcard_words(child, i, &mut text, &mut out);
         }
         push_folded(&mut out, "other", None, &text, i);
     }
