@@ -1327,3 +1327,51 @@ async fn words_written_for_a_room_are_on_the_record() -> TestResult {
     );
     Ok(())
 }
+
+/// Items on another account's node reach the user when fetched, which no message
+/// carries: a node written around Custos (an outsider's, say) and fetched through it is
+/// on the record as that account's words to the user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_fetched_from_another_accounts_node_are_on_the_record() -> TestResult {
+    let rig = Rig::start(
+        "capture-fetch",
+        RigOptions {
+            archive: true,
+            web_client: true,
+            ..RigOptions::default()
+        },
+    )?;
+    // Bob publishes straight to the server, to a node anyone may read.
+    let mut bob = login_direct(&rig, "bob", "phone").await?;
+    bob.send(
+        "<iq type='set' id='pub1'><pubsub xmlns='http://jabber.org/protocol/pubsub'>\
+         <publish node='urn:example:notes'><item id='current'>\
+         <note xmlns='urn:example:notes'>fetchword the plan is friday</note></item></publish>\
+         <publish-options><x xmlns='jabber:x:data' type='submit'>\
+         <field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#publish-options</value></field>\
+         <field var='pubsub#access_model'><value>open</value></field></x></publish-options>\
+         </pubsub></iq>",
+    )
+    .await?;
+    let reply = bob
+        .until(|e| e.name == "iq" && e.attr("id") == Some("pub1"))
+        .await?;
+    assert_eq!(reply.attr("type"), Some("result"), "{}", bob.transcript);
+    assert!(rig.search_copies("fetchword")?.is_empty());
+    let mut alice = login(&rig, "alice", "laptop").await?;
+    alice
+        .send(
+            "<iq to='bob@example.test' type='get' id='get1'><pubsub xmlns='http://jabber.org/protocol/pubsub'>\
+             <items node='urn:example:notes'/></pubsub></iq>",
+        )
+        .await?;
+    let items = alice
+        .until(|e| e.name == "iq" && e.attr("id") == Some("get1"))
+        .await?;
+    assert_eq!(items.attr("type"), Some("result"), "{}", alice.transcript);
+    let hits = settled_copies(&rig, "fetchword", 1)?;
+    assert_eq!(hits.len(), 1, "{hits:#?}");
+    assert_eq!(hits[0]["leg"], "server-to-client", "{:#}", hits[0]);
+    assert_eq!(hits[0]["from"], "bob@example.test", "{:#}", hits[0]);
+    Ok(())
+}
