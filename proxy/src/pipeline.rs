@@ -47,7 +47,7 @@ use crate::reply::{stanza_error, ErrorType};
 use crate::rooms::{RoomContext, Rooms};
 use crate::stanza::{
     fetched_texts, forwarded_texts, is_clients_address, published_texts, stanza_attr_words, E2ee,
-    EditKind, ExtraText, StanzaKind, StanzaView, OWN_TEXT, TO_RESOURCE,
+    EditKind, ExtraText, StanzaKind, StanzaView, NS_ADDRESS, OWN_TEXT, TO_RESOURCE,
 };
 use crate::xml::Element;
 
@@ -341,6 +341,24 @@ fn room_context(rooms: &Rooms, item: &Inspected<'_>, c: &Content<'_>) -> RoomCon
                     if let (Some(from), None) = (child.attr("from"), &ctx.from_real) {
                         ctx.from_real = Some(from.to_owned());
                     }
+                }
+            }
+        }
+    }
+    // A stanza sent through a multicast service (XEP-0033) reaches every recipient its
+    // addresses list, whatever they say was delivered already: each is a party.
+    if c.via == Via::Direct && c.direction == Direction::Outbound {
+        let addresses = item
+            .stanza
+            .root
+            .children()
+            .filter(|a| a.is("addresses", NS_ADDRESS));
+        for address in addresses.flat_map(Element::children) {
+            if address.is("address", NS_ADDRESS)
+                && matches!(address.attr("type"), Some("to" | "cc" | "bcc"))
+            {
+                if let Some(jid) = address.attr("jid") {
+                    ctx.to_real.push(jid.to_owned());
                 }
             }
         }
@@ -1923,6 +1941,50 @@ mod tests {
             assert!(!content(&held.item(Direction::Inbound, Copy::Direct)).has_content(), "{xml}");
             let out = outcome(&p, &xml, Direction::Inbound, Copy::Direct).await;
             assert!(matches!(out.decision, Decision::Forward), "{xml}: {:?}", out.decision);
+        }
+    }
+
+    /// A message addressed through a multicast service (XEP-0033) reaches every address
+    /// it lists: each is a party its rules and barriers see, as its `to` is.
+    #[tokio::test]
+    async fn every_address_a_multicast_message_lists_is_a_party() {
+        let p = pipeline(
+            "internal_domains = [\"x\"]\n\n[groups]\nresearch = [\"alice@x\"]\ntrading = [\"bob@x\"]\n\n\
+             [[barrier]]\nid = \"wall\"\nbetween = [\"research\", \"trading\"]\n\n\
+             [[rule]]\nid = \"no-outside\"\nwhen = { to = \"external\" }\naction = \"block\"\n",
+        );
+        let multicast = |addresses: &str| {
+            format!(
+                "<message from='alice@x/r' to='multicast.x' type='chat' id='m1'><body>hello</body>\
+                 <addresses xmlns='http://jabber.org/protocol/address'>{addresses}</addresses></message>"
+            )
+        };
+        for addresses in [
+            "<address type='to' jid='carol@x'/><address type='cc' jid='mallory@outside.example'/>",
+            "<address type='bcc' jid='mallory@outside.example'/>",
+            "<address type='to' jid='bob@x/desk'/>",
+            "<address type='cc' jid='bob@x' delivered='true'/>",
+        ] {
+            let xml = multicast(addresses);
+            let out = outcome(&p, &xml, Direction::Outbound, Copy::Direct).await;
+            assert!(
+                matches!(out.decision, Decision::Refuse { .. }),
+                "{addresses}: {:?}",
+                out.decision
+            );
+        }
+        // Colleagues on the same side, and a reply-to address, which receives nothing.
+        for addresses in [
+            "<address type='to' jid='carol@x'/><address type='cc' jid='dave@x'/>",
+            "<address type='replyto' jid='mallory@outside.example'/>",
+        ] {
+            let xml = multicast(addresses);
+            let out = outcome(&p, &xml, Direction::Outbound, Copy::Direct).await;
+            assert!(
+                matches!(out.decision, Decision::Forward),
+                "{addresses}: {:?}",
+                out.decision
+            );
         }
     }
 
