@@ -1916,6 +1916,33 @@ mod tests {
                 out.decision
             );
         }
+        // What a room says of itself when discovered (a room on an outsider's service has
+        // its owner's words there): its name, description and subject are judged.
+        let room_info = |name: &str, description: &str| {
+            format!(
+                "<iq from='plans@muc.ext.example' to='alice@x/r' type='result' id='i1'>\
+                 <query xmlns='http://jabber.org/protocol/disco#info'>\
+                 <identity category='conference' type='text' name='{name}'/><feature var='muc_open'/>\
+                 <x xmlns='jabber:x:data' type='result'><field var='FORM_TYPE' type='hidden'>\
+                 <value>http://jabber.org/protocol/muc#roominfo</value></field>\
+                 <field var='muc#roominfo_description' label='Description'><value>{description}</value></field>\
+                 <field var='muc#roominfo_occupants'><value>3</value></field></x></query></iq>"
+            )
+        };
+        for xml in [
+            room_info("Plans", "card 4111 1111 1111 1111"),
+            room_info("card 4111 1111 1111 1111", "Plans"),
+        ] {
+            let out = outcome(&p, &xml, Direction::Inbound, Copy::Direct).await;
+            assert!(
+                matches!(out.decision, Decision::Refuse { error: None }),
+                "{xml}: {:?}",
+                out.decision
+            );
+        }
+        let plain = room_info("Plans", "Where the plans are made");
+        let held = Held::of(&plain);
+        assert!(!content(&held.item(Direction::Inbound, Copy::Direct)).has_content());
         // The account's own nodes, keys, avatars and a plain vCard are read as published.
         for xml in [
             fetched("", "urn:example:notes", note),

@@ -1222,10 +1222,46 @@ pub fn fetched_texts(el: &Element) -> Vec<ExtraText> {
             quiet_texts(quiet, i, &mut out);
         } else if child.is("vCard", "vcard-temp") {
             vcard_words(child, i, &mut text, &mut out);
+        } else if child.is("query", "http://jabber.org/protocol/disco#info") {
+            let mut about = String::new();
+            discovered_words(child, &mut about);
+            quiet_texts(vec![("profile", about)], i, &mut out);
         }
         push_folded(&mut out, "other", None, &text, i);
     }
     out
+}
+
+/// Fields of what a room tells of itself when discovered (XEP-0045 `muc#roominfo`) that
+/// hold its owner's words whole.
+const ROOM_INFO_TEXT_FIELDS: &[&str] = &["muc#roominfo_description", "muc#roominfo_subject"];
+
+/// Appends what a discovered entity says of itself for people to read: each identity's
+/// name (a room's is its name), a room's description and subject, and any other form
+/// value with a space in it. A room on an outsider's service shows its owner's words
+/// there; read as a `profile` text, as a client discovers every room it enters.
+fn discovered_words(query: &Element, out: &mut String) {
+    for child in query.children() {
+        if child.is("identity", &query.ns) {
+            if let Some(name) = child.attr("name") {
+                out.push(' ');
+                out.push_str(name);
+            }
+        } else if child.is("x", NS_DATA) {
+            for field in child.children().filter(|f| f.is("field", NS_DATA)) {
+                let whole = field
+                    .attr("var")
+                    .is_some_and(|var| ROOM_INFO_TEXT_FIELDS.contains(&var));
+                for value in field.children() {
+                    let text = value.text_content();
+                    if whole || has_space(&text) {
+                        out.push(' ');
+                        out.push_str(&text);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Fields of a room's configuration form that hold its owner's words whole: the room's
