@@ -6,7 +6,8 @@
 //!  push(bytes) ──▶ buffer ──▶ scanner ──(unit complete)──▶ UTF-8 + Char check
 //!                              │ tag / quote / CDATA /            │
 //!                              │ reference state kept             ▼
-//!                              │ across pushes          quick-xml ──▶ xml::Element
+//!                              │ across pushes       one-pass reader, else
+//!                              │                     quick-xml ──▶ xml::Element
 //!                              ▼                                  │
 //!                     Ok(None): need more bytes        next_frame() ──▶ Frame
 //! ```
@@ -16,8 +17,10 @@
 //! reading as soon as the unit passes its size limit. It also enforces what
 //! RFC 6120 §11.1 forbids (comments, processing instructions, DTDs, entity
 //! references other than the predefined ones) the moment it sees them; only
-//! a complete unit is handed to quick-xml, which checks the rest of
-//! well-formedness and builds the tree.
+//! a complete unit is handed on to build the tree. A unit written the plain
+//! way is read in one pass that relies on what the scanner checked; any other
+//! is read by quick-xml, which checks the rest of well-formedness
+//! (see `xml::parse_framed_in`).
 //!
 //! The framer knows the stream wrapper and nothing else of XMPP: which
 //! elements may appear when is the stream state machine's business.
@@ -1000,7 +1003,7 @@ impl Framer {
                 let Phase::InStream { scope, foreign, .. } = &mut self.phase else {
                     return Err(nwf("element outside a stream"));
                 };
-                let mut root = xml::parse_element_in(text, scope)?;
+                let mut root = xml::parse_framed_in(text, scope)?;
                 let raw = match declare_foreign(&mut root, foreign) {
                     Some(rewritten) => Bytes::from(rewritten),
                     None => raw,

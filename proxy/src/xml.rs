@@ -1,9 +1,11 @@
 //! A small owned XML element tree with resolved namespaces.
 //!
-//! The framer hands each complete top-level unit to [`parse_element`], which
-//! runs quick-xml over the slice and builds an [`Element`]. Policy and archive
-//! code read the tree; only a stanza that policy changes is written back with
-//! [`Element::write_to`] (allowed stanzas are forwarded as the raw bytes).
+//! [`parse_element`] runs quick-xml over a slice and builds an [`Element`]. The
+//! framer hands each complete top-level unit to `parse_framed_in`, which reads
+//! a unit written the plain way in one pass of its own and any other as
+//! [`parse_element`] does. Policy and archive code read the tree; only a stanza
+//! that policy changes is written back with [`Element::write_to`] (allowed
+//! stanzas are forwarded as the raw bytes).
 //!
 //! Attributes are kept *as written*, including `xmlns` and `xmlns:p`
 //! declarations, so that writing a parsed tree back reproduces the same
@@ -651,17 +653,39 @@ fn checked_attrs(start: &BytesStart<'_>) -> Result<Vec<(Name, String)>, FrameErr
 /// normalisation leaves alone (no reference, tab or line end). `None` for
 /// anything else, which [`checked_attrs`] then reads and judges.
 fn plain_attrs(text: &str) -> Option<Vec<(Name, String)>> {
+    plain_attrs_from(text, 0, AttrsEnd::Text).map(|(attrs, _)| attrs)
+}
+
+/// Where a run of attributes read by [`plain_attrs_from`] ends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AttrsEnd {
+    /// At the end of the text (a tag's attributes as quick-xml hands them over).
+    Text,
+    /// At the `>` or `/` that ends a start tag, where a name would begin.
+    Tag,
+}
+
+/// [`plain_attrs`] on the text from `from` on, ending as `end` says; with the
+/// attributes, where they end (the text's length, or the index of the `>` or `/`).
+fn plain_attrs_from(
+    text: &str,
+    from: usize,
+    end: AttrsEnd,
+) -> Option<(Vec<(Name, String)>, usize)> {
     /// Past this many, finding duplicates pair by pair is left to quick-xml.
     const MAX_ATTRS: usize = 32;
     let is_ws = |b: &u8| matches!(b, b' ' | b'\t' | b'\r' | b'\n');
     let raw = text.as_bytes();
     let mut attrs: Vec<(Name, String)> = Vec::new();
-    let mut i = 0;
+    let mut i = from;
     loop {
         let Some(skip) = raw.get(i..)?.iter().position(|b| !is_ws(b)) else {
-            return Some(attrs);
+            return (end == AttrsEnd::Text).then_some((attrs, raw.len()));
         };
-        if attrs.len() == MAX_ATTRS || (i > 0 && skip == 0) {
+        if end == AttrsEnd::Tag && matches!(raw.get(i + skip), Some(b'>' | b'/')) {
+            return Some((attrs, i + skip));
+        }
+        if attrs.len() == MAX_ATTRS || (!attrs.is_empty() && skip == 0) {
             return None;
         }
         i += skip;
@@ -760,7 +784,11 @@ fn open_element(
     text: &str,
     scope: &mut NsScope,
 ) -> Result<Element, FrameError> {
-    let tag = read_tag(start, text)?;
+    new_element(read_tag(start, text)?, scope)
+}
+
+/// Builds the element for a tag read in `scope`, entering its scope.
+fn new_element(tag: RawTag<'_>, scope: &mut NsScope) -> Result<Element, FrameError> {
     scope.enter_attrs(&tag.attrs)?;
     check_attr_namespaces(&tag.attrs, scope)?;
     let (prefix, local) = split_qname(tag.qname)?;
@@ -848,6 +876,135 @@ pub(crate) fn parse_element_in(text: &str, scope: &mut NsScope) -> Result<Elemen
         scope.leave();
     }
     parsed
+}
+
+/// [`parse_element_in`] for a unit the framer's scanner has accepted: its tags
+/// balanced and matched, its names, attribute syntax and references checked,
+/// comments, processing instructions and DTDs refused, its UTF-8 and characters
+/// checked. Such a unit written the plain way is read by [`read_plain`] in one
+/// pass; anything else, and anything that pass is unsure of, is read by quick-xml
+/// as [`parse_element_in`] reads it, so the tree and every error are quick-xml's.
+pub(crate) fn parse_framed_in(text: &str, scope: &mut NsScope) -> Result<Element, FrameError> {
+    let depth = scope.depth();
+    let plain = read_plain(text, scope);
+    while scope.depth() > depth {
+        scope.leave();
+    }
+    match plain {
+        Some(el) => Ok(el),
+        None => parse_element_in(text, scope),
+    }
+}
+
+/// Reads one framed element (see [`parse_framed_in`]) whose start tags carry only
+/// attributes [`plain_attrs`] reads, whose text has no line end to normalise and
+/// no `]]>`, with no CDATA section, its references resolved as quick-xml's
+/// events are. The tree is the one [`parse_in`] builds from the same text.
+/// `None` for anything else, and wherever [`parse_in`] would fail; the scope may
+/// then be left with elements open.
+fn read_plain(text: &str, scope: &mut NsScope) -> Option<Element> {
+    let raw = text.as_bytes();
+    // quick-xml turns CR and CR LF in text into LF; such a rare stanza is left to it.
+    if memchr::memchr(b'\r', raw).is_some() {
+        return None;
+    }
+    // Open elements with their qualified names, innermost last.
+    let mut stack: Vec<(Element, &str)> = Vec::new();
+    let mut i = 0;
+    loop {
+        // Here `raw[i]` is the `<` of a tag.
+        if raw.get(i) != Some(&b'<') {
+            return None;
+        }
+        let closed = match raw.get(i + 1)? {
+            b'/' => {
+                let end = i + 2 + raw.get(i + 2..)?.iter().position(|&b| b == b'>')?;
+                let qname = text.get(i + 2..end)?.trim_end_matches([' ', '\t', '\n']);
+                let (el, opened) = stack.pop()?;
+                if qname != opened {
+                    return None;
+                }
+                scope.leave();
+                i = end + 1;
+                el
+            }
+            // CDATA (comments, PIs and DTDs never reach here).
+            b'!' | b'?' => return None,
+            _ => {
+                let name_len = raw
+                    .get(i + 1..)?
+                    .iter()
+                    .position(|&b| matches!(b, b' ' | b'\t' | b'\n' | b'/' | b'>'))?;
+                let qname = text.get(i + 1..i + 1 + name_len)?;
+                let (attrs, end) = plain_attrs_from(text, i + 1 + name_len, AttrsEnd::Tag)?;
+                let el = new_element(RawTag { qname, attrs }, scope).ok()?;
+                if raw.get(end) == Some(&b'>') {
+                    stack.push((el, qname));
+                    let (parent, _) = stack.last_mut()?;
+                    i = read_text(text, end + 1, parent)?;
+                    continue;
+                }
+                // `/>`: an empty element.
+                if raw.get(end + 1) != Some(&b'>') {
+                    return None;
+                }
+                scope.leave();
+                i = end + 2;
+                el
+            }
+        };
+        match stack.last_mut() {
+            Some((parent, _)) => {
+                parent.push_child(closed);
+                i = read_text(text, i, parent)?;
+            }
+            // The element is whole: it must be all of the text.
+            None => return (i == raw.len()).then_some(closed),
+        }
+    }
+}
+
+/// Reads character data from `i` to the next `<` into `el`, as [`parse_in`] adds
+/// quick-xml's text and reference events to it; returns where the `<` is. `None`
+/// for a `]]>`, which is left to [`parse_in`] to refuse.
+fn read_text(text: &str, mut i: usize, el: &mut Element) -> Option<usize> {
+    let raw = text.as_bytes();
+    loop {
+        let run = text_run(raw.get(i..)?)?;
+        push_text(el, text.get(i..i + run)?);
+        i += run;
+        match raw.get(i)? {
+            b'<' => return Some(i),
+            b'&' => {
+                let semi = i + raw.get(i..)?.iter().position(|&b| b == b';')?;
+                let c = resolve_ref(raw.get(i + 1..semi)?).ok()?;
+                let mut buf = [0u8; 4];
+                push_text(el, c.encode_utf8(&mut buf));
+                i = semi + 1;
+            }
+            // `]`
+            _ => {
+                if raw.get(i..i + 3) == Some(b"]]>") {
+                    return None;
+                }
+                push_text(el, "]");
+                i += 1;
+            }
+        }
+    }
+}
+
+/// Where the next `<`, `&` or `]` is in character data. Most runs between two
+/// tags are short: a plain loop over the first few bytes finds their end without
+/// memchr's set-up, which pays off only on longer runs.
+fn text_run(rest: &[u8]) -> Option<usize> {
+    const SHORT_RUN: usize = 16;
+    let stop = |b: &u8| matches!(b, b'<' | b'&' | b']');
+    let head = rest.get(..SHORT_RUN).unwrap_or(rest);
+    match head.iter().position(stop) {
+        Some(n) => Some(n),
+        None => memchr::memchr3(b'<', b'&', b']', rest.get(head.len()..)?).map(|n| n + head.len()),
+    }
 }
 
 fn parse_in(text: &str, scope: &mut NsScope) -> Result<Element, FrameError> {
@@ -1020,6 +1177,90 @@ mod tests {
                     prop_assert_eq!(Ok(fast), checked_attrs(&start), "{}", tag);
                 }
             }
+        }
+    }
+
+    /// Reads a framed unit both ways: the one-pass reading (when it takes the unit)
+    /// and quick-xml must give the same tree or the same error, and leave the
+    /// stream's scope as it was. Returns whether the one-pass reading took it.
+    fn read_both_ways(text: &str) -> bool {
+        let plain = read_plain(text, &mut client_scope()).is_some();
+        let mut scope = client_scope();
+        let framed = parse_framed_in(text, &mut scope);
+        assert_eq!(framed, parse(text), "{text}");
+        assert_eq!(scope.depth(), 1, "{text}");
+        assert_eq!(scope.undo.len(), 2, "{text}");
+        assert_eq!(scope.resolve(None), Some("jabber:client"), "{text}");
+        plain
+    }
+
+    /// Units the framer's scanner accepts, written the plain way: the one-pass
+    /// reading takes them and builds quick-xml's tree. Its runs of text stop at
+    /// `<`, `&` and `]` whether they lie in the first sixteen bytes or past them;
+    /// `>`, quotes and non-ASCII text are passed over.
+    #[test]
+    fn plain_units_are_read_in_one_pass_as_quick_xml_reads_them() {
+        let long = "0123456789abcdef";
+        for text in [
+            "<presence/>",
+            "<presence />",
+            "<message to='a@b' id=\"m1\"><body>hi</body></message>",
+            "<a><b/><c x='1' /></a >",
+            "<a\tb='1'\n></a\t\n>",
+            "<a b='x>y' c=\"it's\" d='say \"hi\"'/>",
+            "<a>\n\t text \"quoted\" 'single' > more\n</a>",
+            "<a>&amp;&lt;&gt;&quot;&apos;&#x41;&#66;&#x1F600;</a>",
+            "<a>x ] y ]] z ]>]</a>",
+            "<a>\u{E9}t\u{E9} \u{4E2D}\u{1F600}<b \u{E9}='\u{E9}'>\u{E9}</b>\u{E9}</a>",
+            "<a xmlns='urn:x' xmlns:p='urn:p'><p:b p:c='1'/><d/></a>",
+            "<a xml:lang='en'><b><c><d><e><f/></e></d></c></b></a>",
+            "<a></a>",
+            "<a> </a>",
+        ] {
+            assert!(read_both_ways(text), "{text}");
+        }
+        for (at, stop) in [(15, "<b/>"), (16, "<b/>"), (17, "<b/>"), (40, "<b/>")] {
+            for stop in [stop, "&amp;", "]", "]]&gt;"] {
+                let run = long.repeat(3).get(..at).unwrap_or_default().to_owned();
+                let text = format!("<a>{run}{stop}{run}</a>");
+                assert!(read_both_ways(&text), "{text}");
+            }
+        }
+    }
+
+    /// What the one-pass reading leaves to quick-xml, which then reads it or
+    /// reports what is wrong with it exactly as it does for any other text.
+    #[test]
+    fn units_not_written_the_plain_way_are_left_to_quick_xml() {
+        for text in [
+            // Line ends quick-xml normalises, in text or anywhere else.
+            "<a>x\r\ny\rz</a>",
+            "<a b='1'\r\n/>",
+            // `]]>` in text, at the start of a run and past sixteen bytes.
+            "<a>]]></a>",
+            "<a>x]]]>y</a>",
+            "<a>0123456789abcdefgh]]></a>",
+            // CDATA.
+            "<a><![CDATA[<x>&amp;]]></a>",
+            // Attribute values that normalisation changes.
+            "<a b='&amp;'/>",
+            "<a b='x\ty'/>",
+            "<a b='x\ny'/>",
+            // Errors quick-xml and the namespace checks report.
+            "<a b='1' b='2'/>",
+            "<p:a/>",
+            "<a p:b='1'/>",
+            "<xmlns:a/>",
+            "<a xmlns:p=''/>",
+            "<a xmlns:p='urn:p' xmlns:q='urn:p' p:x='1' q:x='2'/>",
+            // Not one whole element: the framer never hands these over.
+            "<a>",
+            "<a>text",
+            "<a/><b/>",
+            "<a></b>",
+            "<a/> ",
+        ] {
+            assert!(!read_both_ways(text), "{text}");
         }
     }
 
