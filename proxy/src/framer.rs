@@ -321,27 +321,56 @@ const CLASS: [u8; 256] = {
     class
 };
 
+/// Where the first of the bytes `stops` is in `rest`.
+///
 /// Most runs of text or of an attribute value between two bytes that matter
-/// are short: a plain loop over the first few bytes finds their end without
-/// memchr's set-up, which pays off only on longer runs.
-const SHORT_RUN: usize = 16;
+/// are short, where memchr's set-up costs more than the search. The first
+/// [`SHORT_WORDS`] words of eight bytes are therefore tested a word at a time
+/// (SWAR: a byte of `x ^ stop` is zero where `x` holds `stop`, and
+/// `(y - 0x01…01) & !y & 0x80…80` sets the high bit of each zero byte of `y`;
+/// a borrow can mark only bytes above a true zero, so the lowest mark is the
+/// first stop). What is left after them goes to memchr when it is long, and
+/// byte by byte when it is not.
+pub(crate) fn find_stop(rest: &[u8], stops: [u8; 3]) -> Option<usize> {
+    const ONES: u64 = u64::MAX / 0xFF;
+    const HIGH: u64 = ONES * 0x80;
+    let (words, _) = rest.as_chunks::<8>();
+    let words = words.get(..SHORT_WORDS).unwrap_or(words);
+    for (n, word) in words.iter().enumerate() {
+        let x = u64::from_le_bytes(*word);
+        let mut hits = 0;
+        for stop in stops {
+            let y = x ^ (ONES * u64::from(stop));
+            hits |= y.wrapping_sub(ONES) & !y;
+        }
+        let hits = hits & HIGH;
+        if hits != 0 {
+            // The lowest marked byte; its index within the word is below 8.
+            return Some(n * 8 + (hits.trailing_zeros() / 8) as usize);
+        }
+    }
+    let from = words.len() * 8;
+    let tail = rest.get(from..)?;
+    let [a, b, c] = stops;
+    let found = if tail.len() < 8 {
+        tail.iter().position(|&x| x == a || x == b || x == c)
+    } else {
+        memchr::memchr3(a, b, c, tail)
+    };
+    found.map(|n| n + from)
+}
+
+/// How many words [`find_stop`] tests itself before handing the rest to memchr.
+const SHORT_WORDS: usize = 4;
 
 /// Where the next `<` or `&` is in character data.
 fn content_run(rest: &[u8]) -> Option<usize> {
-    let head = rest.get(..SHORT_RUN).unwrap_or(rest);
-    match head.iter().position(|&b| b == b'<' || b == b'&') {
-        Some(n) => Some(n),
-        None => memchr::memchr2(b'<', b'&', rest.get(head.len()..)?).map(|n| n + head.len()),
-    }
+    find_stop(rest, [b'<', b'&', b'&'])
 }
 
 /// Where the closing quote `q`, a `<` or a `&` is in an attribute value.
 fn value_run(q: u8, rest: &[u8]) -> Option<usize> {
-    let head = rest.get(..SHORT_RUN).unwrap_or(rest);
-    match head.iter().position(|&b| b == q || b == b'<' || b == b'&') {
-        Some(n) => Some(n),
-        None => memchr::memchr3(q, b'<', b'&', rest.get(head.len()..)?).map(|n| n + head.len()),
-    }
+    find_stop(rest, [q, b'<', b'&'])
 }
 
 /// The length of one attribute written the plain way at the start of `rest`: white
@@ -1634,6 +1663,90 @@ mod tests {
         // Poisoned: the same error again, whatever is pushed.
         f.push(b"</body></message>");
         assert_eq!(f.next_frame(), Err(FrameError::TooLarge { limit: 100 }));
+    }
+
+    /// A run passed a word at a time, or handed to memchr, ends exactly where
+    /// the byte-by-byte steps would: a unit whose text or attribute value crosses
+    /// the limit is refused with the limit's error, whether it crosses it in the
+    /// first words of the run or far past them, and one that ends at the limit is
+    /// framed.
+    #[test]
+    fn a_limit_crossed_inside_a_run_is_raised() {
+        for run in [1, 7, 8, 9, 31, 32, 33, 40, 200] {
+            for (open, close) in [
+                ("<message><body>", "</body></message>"),
+                ("<message id='", "'/>"),
+            ] {
+                let limit = open.len() + run + close.len();
+                let limits = FrameLimits {
+                    max_stanza_bytes: limit,
+                    ..FrameLimits::default()
+                };
+                let mut f = Framer::new(limits);
+                f.push(HEADER.as_bytes());
+                assert!(matches!(f.next_frame(), Ok(Some(Frame::StreamHeader(_)))));
+                // Text of exactly `run` bytes with `>` and non-ASCII characters in it.
+                let mut text = String::new();
+                for c in ['a', '>', '\u{E9}'].into_iter().cycle() {
+                    if text.len() + c.len_utf8() > run {
+                        break;
+                    }
+                    text.push(c);
+                }
+                while text.len() < run {
+                    text.push('a');
+                }
+                let whole = format!("{open}{text}{close}");
+                assert_eq!(whole.len(), limit);
+                f.push(whole.as_bytes());
+                assert!(
+                    matches!(f.next_frame(), Ok(Some(Frame::Stanza(_)))),
+                    "{whole}"
+                );
+                f.push(open.as_bytes());
+                f.push(&vec![b'a'; run + close.len() + 1]);
+                assert_eq!(
+                    f.next_frame(),
+                    Err(FrameError::TooLarge { limit }),
+                    "{open} {run}"
+                );
+            }
+        }
+    }
+
+    /// [`find_stop`] answers as a plain search does: at every offset, in the words it
+    /// tests itself and past them, for stops next to non-ASCII bytes and to bytes
+    /// that differ from a stop only in their high bit (`<` is 0x3C, 0xBC is not),
+    /// and `None` at the end of any run that holds no stop.
+    #[test]
+    fn find_stop_finds_the_first_stop_a_plain_search_finds() {
+        let stops = [b'<', b'&', b'\''];
+        let plain = |rest: &[u8]| rest.iter().position(|b| stops.contains(b));
+        let fillers: [&[u8]; 4] = [
+            b"a",
+            b"\xBC\xA6\xA7",
+            "\u{E9}\u{4E2D}".as_bytes(),
+            b">\"=;]",
+        ];
+        for filler in fillers {
+            for len in 0..80 {
+                let run: Vec<u8> = filler.iter().copied().cycle().take(len).collect();
+                assert_eq!(find_stop(&run, stops), None, "{run:?}");
+                for at in 0..len {
+                    for stop in stops {
+                        let mut run = run.clone();
+                        if let Some(b) = run.get_mut(at) {
+                            *b = stop;
+                        }
+                        if let Some(b) = run.get_mut(at + 3) {
+                            *b = b'&';
+                        }
+                        assert_eq!(find_stop(&run, stops), plain(&run), "{run:?}");
+                        assert_eq!(find_stop(&run, stops), Some(at), "{run:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -994,17 +994,9 @@ fn read_text(text: &str, mut i: usize, el: &mut Element) -> Option<usize> {
     }
 }
 
-/// Where the next `<`, `&` or `]` is in character data. Most runs between two
-/// tags are short: a plain loop over the first few bytes finds their end without
-/// memchr's set-up, which pays off only on longer runs.
+/// Where the next `<`, `&` or `]` is in character data.
 fn text_run(rest: &[u8]) -> Option<usize> {
-    const SHORT_RUN: usize = 16;
-    let stop = |b: &u8| matches!(b, b'<' | b'&' | b']');
-    let head = rest.get(..SHORT_RUN).unwrap_or(rest);
-    match head.iter().position(stop) {
-        Some(n) => Some(n),
-        None => memchr::memchr3(b'<', b'&', b']', rest.get(head.len()..)?).map(|n| n + head.len()),
-    }
+    crate::framer::find_stop(rest, [b'<', b'&', b']'])
 }
 
 fn parse_in(text: &str, scope: &mut NsScope) -> Result<Element, FrameError> {
