@@ -588,11 +588,23 @@ fn not_well_formed(detail: impl Into<String>) -> FrameError {
 /// Splits a qualified name into prefix and local part (Namespaces in XML
 /// §4: at most one colon, neither part empty).
 pub(crate) fn split_qname(qname: &str) -> Result<(Option<&str>, &str), FrameError> {
-    match qname.split_once(':') {
-        None if !qname.is_empty() => Ok((None, qname)),
-        Some((p, l)) if !p.is_empty() && !l.is_empty() && !l.contains(':') => Ok((Some(p), l)),
-        _ => Err(not_well_formed(format!("bad qualified name {qname:?}"))),
+    let bad = || not_well_formed(format!("bad qualified name {qname:?}"));
+    // Names are a few bytes long: a plain loop finds the colon without the set-up
+    // of `split_once`'s memchr, which showed in profiles of framing.
+    let Some(colon) = qname.bytes().position(|b| b == b':') else {
+        return if qname.is_empty() {
+            Err(bad())
+        } else {
+            Ok((None, qname))
+        };
+    };
+    // The colon is ASCII, so both slices lie on character boundaries.
+    let prefix = qname.get(..colon).unwrap_or_default();
+    let local = qname.get(colon + 1..).unwrap_or_default();
+    if prefix.is_empty() || local.is_empty() || local.contains(':') {
+        return Err(bad());
     }
+    Ok((Some(prefix), local))
 }
 
 /// A start tag read into owned attributes, namespaces not yet resolved. The
@@ -1253,6 +1265,19 @@ mod tests {
             "<a/> ",
         ] {
             assert!(!read_both_ways(text), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_qualified_name_has_at_most_one_colon_and_no_empty_part() {
+        assert_eq!(split_qname("a"), Ok((None, "a")));
+        assert_eq!(split_qname("p:a"), Ok((Some("p"), "a")));
+        assert_eq!(
+            split_qname("\u{E9}:\u{4E2D}"),
+            Ok((Some("\u{E9}"), "\u{4E2D}"))
+        );
+        for bad in ["", ":", ":a", "p:", "p:a:b", "p::a"] {
+            assert!(split_qname(bad).is_err(), "{bad}");
         }
     }
 
