@@ -2129,6 +2129,65 @@ mod tests {
         );
     }
 
+    /// A room reads a configuration field by its name, whatever type the client gives it
+    /// (Prosody, ejabberd): a name or description marked private is read. ejabberd keeps
+    /// a value's or a reason's own text and drops an element inside it: a word split by
+    /// one is read as the room keeps it.
+    #[tokio::test]
+    async fn a_room_name_or_reason_is_read_as_the_room_reads_it() {
+        let p = pipeline(CARD_RULES);
+        let card = "4111111111111111";
+        let config = |fields: &str| {
+            format!(
+                "<iq to='deals@muc.x' type='set' id='c1'><query xmlns='http://jabber.org/protocol/muc#owner'>\
+                 <x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>\
+                 {fields}</x></query></iq>"
+            )
+        };
+        let admin = |item: &str| {
+            format!(
+                "<iq to='deals@muc.x' type='set' id='k1'><query xmlns='http://jabber.org/protocol/muc#admin'>{item}</query></iq>"
+            )
+        };
+        let destroy = |inner: &str| {
+            format!(
+                "<iq to='deals@muc.x' type='set' id='d1'><query xmlns='http://jabber.org/protocol/muc#owner'>\
+                 <destroy jid='other@muc.x'>{inner}</destroy></query></iq>"
+            )
+        };
+        for xml in [
+            config(&format!(
+                "<field var='muc#roomconfig_roomname' type='text-private'><value>{card}</value></field>"
+            )),
+            config(&format!(
+                "<field var='muc#roomconfig_roomdesc' type='text-private'><value>{card}</value></field>"
+            )),
+        ] {
+            let out = outcome(&p, &xml, Direction::Outbound, Copy::Direct).await;
+            assert!(
+                matches!(out.decision, Decision::Refuse { .. }),
+                "{xml}: {:?}",
+                out.decision
+            );
+        }
+        for xml in [
+            config("<field var='muc#roomconfig_roomname'><value>fal<b/>con</value></field>"),
+            config("<field var='muc#roomconfig_roomdesc'><value>fal<b>x</b>con</value></field>"),
+            admin("<item nick='bob' role='none'><reason>fal<b/>con</reason></item>"),
+            destroy("<reason>fal<b>x</b>con</reason>"),
+        ] {
+            let out = outcome(&p, &xml, Direction::Outbound, Copy::Direct).await;
+            match out.decision {
+                Decision::Refuse { .. } => {}
+                Decision::Replace(bytes) => {
+                    let text = String::from_utf8(bytes).unwrap();
+                    assert!(!text.contains("fal"), "{xml}: {text}");
+                }
+                other => panic!("{xml}: {other:?}"),
+            }
+        }
+    }
+
     /// A body is text, but a client that shows its text content shows the text of
     /// elements put inside it too: policy reads and redaction replaces all of it, in
     /// every language. A link's second description is read as its first.

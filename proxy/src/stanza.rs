@@ -1268,28 +1268,44 @@ fn discovered_words(query: &Element, out: &mut String) {
 /// name and description, shown to everyone who finds the room.
 const ROOM_TEXT_FIELDS: &[&str] = &["muc#roomconfig_roomname", "muc#roomconfig_roomdesc"];
 
-/// Whether the form field `el` holds a password (a room's secret, or any other marked
-/// private or so named): never read.
+/// Whether the form field `el` holds a password (a room's secret, or any other so named):
+/// never read. A field's `type` in a submitted form is the client's word, not the room's:
+/// the room reads a field by its name (Prosody, ejabberd), so a name or description
+/// marked `text-private` is still read.
 fn is_secret_field(el: &Element) -> bool {
-    el.attr("type") == Some("text-private")
-        || el.attr("var").is_some_and(|var| {
-            let var = var.to_ascii_lowercase();
-            var.contains("secret") || var.contains("password")
-        })
+    el.attr("var").is_some_and(|var| {
+        let var = var.to_ascii_lowercase();
+        var.contains("secret") || var.contains("password")
+    })
+}
+
+/// Appends the text of `el` whole: as a client that shows it reads it, the words of an
+/// element inside apart, and as a server that keeps an element's own text and drops
+/// what is inside it reads it (ejabberd: `fal<b/>con` is `falcon`).
+fn whole_text(el: &Element, out: &mut String) {
+    fn own(el: &Element, out: &mut String) {
+        out.push(' ');
+        out.push_str(&el.text());
+        for child in el.children() {
+            own(child, out);
+        }
+    }
+    out.push(' ');
+    out.push_str(&el.deep_text());
+    own(el, out);
 }
 
 /// Appends the words of a room owner's or moderator's request (XEP-0045 `muc#owner`,
 /// `muc#admin`): a configuration form's name and description whole, a reason (a kick's,
-/// a ban's, the room's end) whole, and anything else with a space in it (as in what
-/// software writes, see [`spaced_words`]: a field's value or label). A password is not
-/// read, nor a setting, an address or a role, which have no space.
+/// a ban's, the room's end) whole (see [`whole_text`]), and anything else with a space in
+/// it (as in what software writes, see [`spaced_words`]: a field's value or label). A
+/// password is not read, nor a setting, an address or a role, which have no space.
 fn room_words(el: &Element, out: &mut String) {
     if el.name == "password" || (el.is("field", NS_DATA) && is_secret_field(el)) {
         return;
     }
     if el.name == "reason" {
-        out.push(' ');
-        out.push_str(&el.deep_text());
+        whole_text(el, out);
         attribute_values(el, out);
         return;
     }
@@ -1305,8 +1321,7 @@ fn room_words(el: &Element, out: &mut String) {
             .is_some_and(|var| ROOM_TEXT_FIELDS.contains(&var));
     if whole {
         // Its values whole, and whatever is inside them.
-        out.push(' ');
-        out.push_str(&el.deep_text());
+        whole_text(el, out);
         for child in el.children() {
             attribute_values(child, out);
         }
