@@ -2102,7 +2102,6 @@ mod tests {
             )),
             config(""),
             admin("<item jid='bob@x' affiliation='member'/>"),
-            destroy(&format!("<password>{card}</password>")),
             vcard("<FN>Alice Smith</FN><PHOTO><TYPE>image/png</TYPE><BINVAL>iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk</BINVAL></PHOTO>"),
             join("Alice Smith"),
             "<iq to='deals@muc.x' type='get' id='c0'><query xmlns='http://jabber.org/protocol/muc#owner'/></iq>".to_owned(),
@@ -2185,6 +2184,66 @@ mod tests {
                 }
                 other => panic!("{xml}: {other:?}"),
             }
+        }
+    }
+
+    /// What a room shows as it was written without its request presenting it as words:
+    /// a setting's value (its language), the password a room's end hands to every
+    /// occupant (Prosody), the nickname reserved for a member (Prosody). Each is judged,
+    /// recorded only when a rule matched it; a kick of a nickname someone took, an
+    /// address and a role are not judged.
+    #[tokio::test]
+    async fn what_a_room_shows_as_written_is_judged() {
+        let p = pipeline(CARD_RULES);
+        let card = "4111111111111111";
+        let config = |fields: &str| {
+            format!(
+                "<iq to='deals@muc.x' type='set' id='c1'><query xmlns='http://jabber.org/protocol/muc#owner'>\
+                 <x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>\
+                 {fields}</x></query></iq>"
+            )
+        };
+        let admin = |item: &str| {
+            format!(
+                "<iq to='deals@muc.x' type='set' id='k1'><query xmlns='http://jabber.org/protocol/muc#admin'>{item}</query></iq>"
+            )
+        };
+        let destroy = |inner: &str| {
+            format!(
+                "<iq to='deals@muc.x' type='set' id='d1'><query xmlns='http://jabber.org/protocol/muc#owner'>\
+                 <destroy jid='other@muc.x'>{inner}</destroy></query></iq>"
+            )
+        };
+        for xml in [
+            config(&format!(
+                "<field var='muc#roomconfig_lang'><value>{card}</value></field>"
+            )),
+            destroy(&format!("<password>{card}</password>")),
+            admin(&format!(
+                "<item affiliation='member' jid='bob@x' nick='{card}'/>"
+            )),
+        ] {
+            let out = outcome(&p, &xml, Direction::Outbound, Copy::Direct).await;
+            assert!(
+                matches!(out.decision, Decision::Refuse { .. }),
+                "{xml}: {:?}",
+                out.decision
+            );
+        }
+        for xml in [
+            config(
+                "<field var='muc#roomconfig_lang'><value>en</value></field>\
+                 <field var='muc#roomconfig_whois'><value>moderators</value></field>\
+                 <field var='muc#roomconfig_presencebroadcast'><value>moderator</value><value>participant</value></field>",
+            ),
+            admin("<item nick='falcon' role='none'/>"),
+            admin("<item affiliation='member' jid='falcon@x'/>"),
+            admin("<item affiliation='outcast' jid='bob@x' nick='falcon'/>"),
+            destroy("<password>hunter2</password>"),
+        ] {
+            assert!(!content_of(&xml, Copy::Direct, |c| c.has_content()), "{xml}");
+            let out = outcome(&p, &xml, Direction::Outbound, Copy::Direct).await;
+            assert!(matches!(out.decision, Decision::Forward), "{xml}: {:?}", out.decision);
         }
     }
 

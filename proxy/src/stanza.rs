@@ -1184,7 +1184,9 @@ pub fn published_texts(el: &Element) -> Vec<ExtraText> {
             published_words(child, "publish", &mut text, &mut quiet);
             quiet_texts(quiet, i, &mut out);
         } else if child.is("query", NS_MUC_OWNER) || child.is("query", NS_MUC_ADMIN) {
-            room_words(child, &mut text);
+            let mut quiet = Vec::new();
+            room_words(child, &mut text, &mut quiet);
+            quiet_texts(quiet, i, &mut out);
         } else if child.is("vCard", "vcard-temp") {
             vcard_words(child, i, &mut text, &mut out);
         }
@@ -1299,8 +1301,13 @@ fn whole_text(el: &Element, out: &mut String) {
 /// `muc#admin`): a configuration form's name and description whole, a reason (a kick's,
 /// a ban's, the room's end) whole (see [`whole_text`]), and anything else with a space in
 /// it (as in what software writes, see [`spaced_words`]: a field's value or label). A
-/// password is not read, nor a setting, an address or a role, which have no space.
-fn room_words(el: &Element, out: &mut String) {
+/// room's password is not read, nor an address or a role, which have no space. Into
+/// `quiet`, as texts judged but recorded only when a rule matched them: every other value
+/// of the form (a setting, which a room may show as written: its language), the password
+/// of a room's end, which the room hands to every occupant (Prosody), and the nickname an
+/// affiliation reserves for a member, admin or owner (Prosody shows it in the room's
+/// lists; a ban's or a removal's is the nickname someone already took).
+fn room_words(el: &Element, out: &mut String, quiet: &mut Vec<(&'static str, String)>) {
     if el.name == "password" || (el.is("field", NS_DATA) && is_secret_field(el)) {
         return;
     }
@@ -1309,17 +1316,30 @@ fn room_words(el: &Element, out: &mut String) {
         attribute_values(el, out);
         return;
     }
+    if el.name == "destroy" {
+        for password in el.children().filter(|c| c.name == "password") {
+            let mut text = String::new();
+            whole_text(password, &mut text);
+            attribute_values(password, &mut text);
+            quiet.push(("profile", text));
+        }
+    }
+    if el.name == "item" && el.attr("jid").is_some() && el.attr("role").is_none() {
+        let reserving = el
+            .attr("affiliation")
+            .is_some_and(|a| !matches!(a, "outcast" | "none"));
+        if let (true, Some(nick)) = (reserving, el.attr("nick")) {
+            quiet.push(("nick", nick.to_owned()));
+        }
+    }
     for (name, value) in &el.attrs {
         if name != "xmlns" && !name.starts_with("xmlns:") && has_space(value) {
             out.push(' ');
             out.push_str(value);
         }
     }
-    let whole = el.is("field", NS_DATA)
-        && el
-            .attr("var")
-            .is_some_and(|var| ROOM_TEXT_FIELDS.contains(&var));
-    if whole {
+    let field = el.is("field", NS_DATA).then(|| el.attr("var")).flatten();
+    if field.is_some_and(|var| ROOM_TEXT_FIELDS.contains(&var)) {
         // Its values whole, and whatever is inside them.
         whole_text(el, out);
         for child in el.children() {
@@ -1327,13 +1347,20 @@ fn room_words(el: &Element, out: &mut String) {
         }
         return;
     }
+    if field.is_some_and(|var| var != "FORM_TYPE") {
+        let mut values = String::new();
+        for value in el.children().filter(|c| c.is("value", NS_DATA)) {
+            whole_text(value, &mut values);
+        }
+        quiet.push(("profile", values));
+    }
     let text = el.text();
     if has_space(&text) {
         out.push(' ');
         out.push_str(&text);
     }
     for child in el.children() {
-        room_words(child, out);
+        room_words(child, out, quiet);
     }
 }
 
