@@ -2247,6 +2247,29 @@ mod tests {
         }
     }
 
+    /// The server keeps a vCard as it was written: a description or note with an element
+    /// inside reaches whoever fetches it whole, its own text and the element's.
+    #[tokio::test]
+    async fn a_vcard_description_with_an_element_inside_is_judged() {
+        let p = pipeline(CARD_RULES);
+        let card = "4111111111111111";
+        let vcard = |fields: &str| {
+            format!("<iq type='set' id='v1'><vCard xmlns='vcard-temp'>{fields}</vCard></iq>")
+        };
+        for xml in [
+            vcard(&format!("<DESC>{card}<b>x y</b></DESC>")),
+            vcard(&format!("<DESC>see here<X>{card}</X></DESC>")),
+            vcard(&format!("<NOTE>{card}<b>x y</b></NOTE>")),
+        ] {
+            let out = outcome(&p, &xml, Direction::Outbound, Copy::Direct).await;
+            assert!(
+                matches!(out.decision, Decision::Refuse { .. }),
+                "{xml}: {:?}",
+                out.decision
+            );
+        }
+    }
+
     /// A body is text, but a client that shows its text content shows the text of
     /// elements put inside it too: policy reads and redaction replaces all of it, in
     /// every language. A link's second description is read as its first.

@@ -511,11 +511,11 @@ fn error_words(el: &Element, out: &mut String) {
 }
 
 /// Appends the texts and attribute values of a vCard's fields but its photo's data, and
-/// a description or note [`spaced_words`] did not take (one without a space).
+/// of a description or note what [`spaced_words`] did not take: its own text without a
+/// space, and whatever is inside it (the server keeps a vCard as it was written, so an
+/// element inside a description reaches whoever fetches it).
 fn vcard_fields(el: &Element, out: &mut String) {
-    if el.is("BINVAL", "vcard-temp")
-        || (matches!(&*el.name, "DESC" | "NOTE") && has_space(&el.text_content()))
-    {
+    if el.is("BINVAL", "vcard-temp") {
         return;
     }
     for (name, value) in &el.attrs {
@@ -524,8 +524,11 @@ fn vcard_fields(el: &Element, out: &mut String) {
             out.push_str(value);
         }
     }
-    out.push(' ');
-    out.push_str(&el.text());
+    let text = el.text();
+    if !(matches!(&*el.name, "DESC" | "NOTE") && has_space(&text)) {
+        out.push(' ');
+        out.push_str(&text);
+    }
     for child in el.children() {
         vcard_fields(child, out);
     }
