@@ -2270,6 +2270,75 @@ mod tests {
         }
     }
 
+    /// A command's form (XEP-0050) to the server or a room writes what the service shows
+    /// others: an announcement to every user online (XEP-0133), a hat's title beside an
+    /// occupant's nickname (ejabberd). Read as a room's configuration is; a password is
+    /// not read.
+    #[tokio::test]
+    async fn a_commands_form_to_a_service_is_judged() {
+        let p = pipeline(CARD_RULES);
+        let card = "4111111111111111";
+        let command = |to: &str, node: &str, fields: &str| {
+            format!(
+                "<iq to='{to}' type='set' id='a1'><command xmlns='http://jabber.org/protocol/commands' node='{node}' sessionid='s1'>\
+                 <x xmlns='jabber:x:data' type='submit'>{fields}</x></command></iq>"
+            )
+        };
+        let announce = "http://jabber.org/protocol/admin#announce";
+        for xml in [
+            command(
+                "x",
+                announce,
+                &format!(
+                    "<field var='announcement'><value>see</value><value>{card}</value></field>"
+                ),
+            ),
+            command(
+                "deals@muc.x",
+                "urn:xmpp:hats:commands:don",
+                &format!(
+                    "<field var='hats#jid'><value>bob@x</value></field>\
+                     <field var='hats#title'><value>{card}</value></field>"
+                ),
+            ),
+        ] {
+            let out = outcome(&p, &xml, Direction::Outbound, Copy::Direct).await;
+            assert!(
+                matches!(out.decision, Decision::Refuse { .. }),
+                "{xml}: {:?}",
+                out.decision
+            );
+        }
+        let words = command(
+            "x",
+            announce,
+            "<field var='announcement'><value>the deal is on</value></field>",
+        );
+        assert!(content_of(&words, Copy::Direct, |c| c.has_content()));
+        for xml in [
+            command(
+                "x",
+                "http://jabber.org/protocol/admin#change-user-password",
+                &format!(
+                    "<field var='accountjid'><value>bob@x</value></field>\
+                     <field var='password'><value>{card}</value></field>"
+                ),
+            ),
+            command("x", announce, ""),
+        ] {
+            assert!(
+                !content_of(&xml, Copy::Direct, |c| c.has_content()),
+                "{xml}"
+            );
+            let out = outcome(&p, &xml, Direction::Outbound, Copy::Direct).await;
+            assert!(
+                matches!(out.decision, Decision::Forward),
+                "{xml}: {:?}",
+                out.decision
+            );
+        }
+    }
+
     /// A body is text, but a client that shows its text content shows the text of
     /// elements put inside it too: policy reads and redaction replaces all of it, in
     /// every language. A link's second description is read as its first.

@@ -46,6 +46,7 @@ pub const NS_JINGLE_MESSAGE: &str = "urn:xmpp:jingle-message:0";
 pub const NS_MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
 pub const NS_MUC_ADMIN: &str = "http://jabber.org/protocol/muc#admin";
 pub const NS_DATA: &str = "jabber:x:data";
+pub const NS_COMMANDS: &str = "http://jabber.org/protocol/commands";
 
 /// Content a client may show besides (or instead of) the primary body and
 /// subject: every other `xml:lang` body and subject, the XHTML-IM text, and
@@ -1171,13 +1172,16 @@ fn quiet_texts(texts: Vec<(&'static str, String)>, child: usize, out: &mut Vec<E
     }
 }
 
-/// What an iq to the server or a bare JID writes for others to read, an `other` text per
-/// payload: the items it publishes to a pubsub node (see [`published_words`]), its own
-/// PEP nodes' or a service's, which reach every reader of the node, inside the firm or
-/// outside it; a room owner's or moderator's words (see [`room_words`]), which the room
-/// shows to whoever finds it or is in it; and the user's vCard, which the server hands
-/// to anyone who asks (read as one between clients: a description or note with a space
-/// in it is words, its other fields a `profile` text, its photo not read).
+/// What an iq to the server or a bare JID writes for others to read, an `other` text
+/// per payload: the items it publishes to a pubsub node (see [`published_words`]), its
+/// own PEP nodes' or a service's, which reach every reader of the node, inside the firm
+/// or outside it; a room owner's or moderator's words (see [`room_words`]), which the
+/// room shows to whoever finds it or is in it, and a command's form (XEP-0050), read
+/// the same way, which a service shows others (an announcement to every user online,
+/// XEP-0133; a hat's title beside a nickname in a room, ejabberd); and the user's
+/// vCard, which the server hands to anyone who asks (read as one between clients: a
+/// description or note with a space in it is words, its other fields a `profile` text,
+/// its photo not read).
 pub fn published_texts(el: &Element) -> Vec<ExtraText> {
     let mut out = Vec::new();
     for (i, child) in el.children().enumerate() {
@@ -1186,7 +1190,10 @@ pub fn published_texts(el: &Element) -> Vec<ExtraText> {
             let mut quiet = Vec::new();
             published_words(child, "publish", &mut text, &mut quiet);
             quiet_texts(quiet, i, &mut out);
-        } else if child.is("query", NS_MUC_OWNER) || child.is("query", NS_MUC_ADMIN) {
+        } else if child.is("query", NS_MUC_OWNER)
+            || child.is("query", NS_MUC_ADMIN)
+            || child.is("command", NS_COMMANDS)
+        {
             let mut quiet = Vec::new();
             room_words(child, &mut text, &mut quiet);
             quiet_texts(quiet, i, &mut out);
