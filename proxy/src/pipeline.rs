@@ -1254,9 +1254,13 @@ fn redact(
                 && !c.is("reference", crate::stanza::NS_REFERENCE)
         });
     }
-    // Read back what is delivered, as its recipient will.
+    // Read back what is delivered, as its recipient will: an address's resource only
+    // where it was read (the nickname a presence takes in a room).
     let delivered = StanzaView::of(message);
-    let texts = texts_of(&delivered);
+    let mut texts = texts_of(&delivered);
+    if !c.extra.iter().any(|t| t.child == TO_RESOURCE) {
+        texts.retain(|t| t.child != TO_RESOURCE);
+    }
     let left = [&delivered.body, &delivered.subject]
         .into_iter()
         .flatten()
@@ -2118,6 +2122,16 @@ mod tests {
             "{:?}",
             out.decision
         );
+        // Nor is it read back after a redaction: a status that happens to be the word of
+        // the resource it comes in to is taken out, and the presence delivered.
+        let inbound =
+            "<presence from='bob@x/pc' to='alice@x/falcon'><status>falcon</status></presence>";
+        let out = outcome(&p, inbound, Direction::Inbound, Copy::Direct).await;
+        let Decision::Replace(bytes) = out.decision else {
+            panic!("not redacted: {:?}", out.decision);
+        };
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(!text.contains("<status"), "{text}");
         // Leaving a room under a nickname already taken is not refused.
         let leave = "<presence to='deals@muc.x/falcon' type='unavailable'/>";
         let out = outcome(&p, leave, Direction::Outbound, Copy::Direct).await;
