@@ -122,7 +122,10 @@ fn digit_groups(bytes: &[u8], start: usize) -> (Vec<Range<usize>>, usize) {
 /// dots.
 /// Every window of whole groups is tried, so a card followed or preceded by another
 /// number (`4111 1111 1111 1111 2027`) is still found; a run of more than 19 digits with
-/// no separator is not a card number.
+/// no separator is not a card number. A run right after a `+` is a telephone number in
+/// international form (E.164: at most 15 digits, country code included): a window from
+/// its start of at most 15 digits is not a card (one in ten such numbers passes Luhn, as
+/// `+49 151 12345678` does), a longer one still is.
 pub(crate) fn payment_cards(text: &str) -> Vec<Range<usize>> {
     let bytes = text.as_bytes();
     let mut out: Vec<Range<usize>> = Vec::new();
@@ -135,6 +138,7 @@ pub(crate) fn payment_cards(text: &str) -> Vec<Range<usize>> {
             continue;
         }
         let (groups, end) = digit_groups(bytes, i);
+        let telephone = i > 0 && bytes.get(i - 1) == Some(&b'+');
         let mut digits: Vec<u8> = Vec::with_capacity(19);
         for a in 0..groups.len() {
             digits.clear();
@@ -144,7 +148,8 @@ pub(crate) fn payment_cards(text: &str) -> Vec<Range<usize>> {
                     break;
                 }
                 let first_ok = digits.first().is_some_and(|d| (b'2'..=b'6').contains(d));
-                if digits.len() >= 13 && first_ok && luhn_valid(&digits) {
+                let dialled = telephone && a == 0 && digits.len() <= 15;
+                if digits.len() >= 13 && first_ok && !dialled && luhn_valid(&digits) {
                     if let Some(first) = groups.get(a) {
                         push_merged(&mut out, first.start..g.end);
                     }
@@ -297,6 +302,21 @@ mod tests {
     }
 
     #[test]
+    fn cards_after_a_plus_longer_than_a_telephone_number() {
+        // Sixteen digits are no telephone number; nor is a card after a country code.
+        assert_eq!(
+            found("+4111111111111111", payment_cards),
+            ["4111111111111111"]
+        );
+        assert_eq!(
+            found("+49 4111 1111 1111 1111", payment_cards),
+            ["4111 1111 1111 1111"]
+        );
+        // Without the plus, the same digits are a card.
+        assert_eq!(found("4915112345678", payment_cards), ["4915112345678"]);
+    }
+
+    #[test]
     fn cards_plain_grouped_and_embedded() {
         assert_eq!(
             found("pay 4111111111111111 now", payment_cards),
@@ -341,6 +361,17 @@ mod tests {
             "three separators split"
         );
         assert!(payment_cards("79927398713").is_empty(), "too short");
+        for phone in [
+            "call +4915112345678",
+            "+49 151 12345678",
+            "+49-151-1234-5678",
+            "tel:+4915112345678",
+        ] {
+            assert!(
+                payment_cards(phone).is_empty(),
+                "{phone}: a telephone number"
+            );
+        }
         assert!(
             payment_cards("0000000000000000").is_empty(),
             "no issuer starts with 0"
