@@ -50,6 +50,10 @@ impl LockMode {
     }
 }
 
+/// How many times a read is sent at most when the server answers with an error it asks
+/// to be tried again (see `S3Client::call`).
+const READ_ATTEMPTS: u32 = 3;
+
 /// Why an S3 call failed. Never carries a credential or a body.
 #[derive(Debug, thiserror::Error)]
 pub enum S3Error {
@@ -226,8 +230,38 @@ impl S3Client {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Sends one request. A read (`GET`, `HEAD`) that meets a server error (`500`,
+    /// `502`, `503`, `504`: S3's `InternalError` and `SlowDown` ask the client to try
+    /// again) or a broken connection is tried again, up to [`READ_ATTEMPTS`] times in
+    /// all, after 0.1 s and then 0.4 s; a write never is, as a second `PUT` of a segment
+    /// would leave a second version of it in a versioned bucket.
     fn call(
+        &self,
+        op: &'static str,
+        method: &str,
+        key: &str,
+        query: &[(String, String)],
+        extra: &[(String, String)],
+        body: &[u8],
+    ) -> Result<Answer, S3Error> {
+        let mut attempt = 1;
+        loop {
+            let answer = self.call_once(op, method, key, query, extra, body);
+            let again = match &answer {
+                Ok(_) => false,
+                Err(S3Error::Transport { .. }) => true,
+                Err(e) => matches!(e.status(), Some(500 | 502 | 503 | 504)),
+            };
+            if !again || attempt >= READ_ATTEMPTS || !matches!(method, "GET" | "HEAD") {
+                return answer;
+            }
+            std::thread::sleep(Duration::from_millis(100 << (2 * (attempt - 1))));
+            attempt += 1;
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn call_once(
         &self,
         op: &'static str,
         method: &str,
@@ -775,6 +809,111 @@ impl Xml {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// A server that answers its first `failures` requests with `500 InternalError` and
+    /// every later one with `200` and an empty version listing; with the count of
+    /// requests it read.
+    fn flaky_server(failures: usize) -> (String, Arc<AtomicUsize>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(AtomicUsize::new(0));
+        let count = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut out) = conn else { return };
+                let count = count.clone();
+                std::thread::spawn(move || {
+                    let mut r = BufReader::new(out.try_clone().unwrap());
+                    loop {
+                        let mut line = String::new();
+                        if r.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut length = 0usize;
+                        loop {
+                            let mut header = String::new();
+                            if r.read_line(&mut header).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if header == "\r\n" {
+                                break;
+                            }
+                            let lower = header.to_ascii_lowercase();
+                            if let Some(v) = lower.strip_prefix("content-length:") {
+                                length = v.trim().parse().unwrap_or(0);
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        if std::io::Read::read_exact(&mut r, &mut body).is_err() {
+                            return;
+                        }
+                        let n = count.fetch_add(1, Ordering::SeqCst);
+                        let (status, body) = if n < failures {
+                            (
+                                "500 Internal Server Error",
+                                "<Error><Code>InternalError</Code><Message>try again</Message></Error>",
+                            )
+                        } else {
+                            (
+                                "200 OK",
+                                "<ListVersionsResult><IsTruncated>false</IsTruncated></ListVersionsResult>",
+                            )
+                        };
+                        let answer = format!(
+                            "HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if out.write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, seen)
+    }
+
+    fn client(url: String) -> S3Client {
+        S3Client::new(
+            Endpoint {
+                url,
+                bucket: "b".into(),
+                region: "us-east-1".into(),
+                path_style: true,
+            },
+            Credentials {
+                access_key: "a".into(),
+                secret_key: zeroize::Zeroizing::new("s".into()),
+            },
+        )
+        .unwrap()
+    }
+
+    /// S3 answers `500 InternalError` or `503 SlowDown` now and then and asks clients to
+    /// try again: a read is tried again, a few times; a write is not (a second PUT of a
+    /// segment would leave a second version of it in a versioned bucket).
+    #[test]
+    fn a_read_is_tried_again_after_a_server_error_and_a_write_is_not() {
+        let (url, seen) = flaky_server(2);
+        let listed = client(url).list_versions("p/").unwrap();
+        assert!(listed.is_empty());
+        assert_eq!(seen.load(Ordering::SeqCst), 3);
+
+        let (url, seen) = flaky_server(READ_ATTEMPTS as usize);
+        let err = client(url).list_versions("p/").unwrap_err();
+        assert_eq!(err.status(), Some(500), "{err}");
+        assert_eq!(seen.load(Ordering::SeqCst), READ_ATTEMPTS as usize);
+
+        let (url, seen) = flaky_server(1);
+        let err = client(url)
+            .put_object("p/a", b"x", &PutOptions::default())
+            .unwrap_err();
+        assert_eq!(err.status(), Some(500), "{err}");
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+    }
 
     #[test]
     fn reads_a_version_listing() {
