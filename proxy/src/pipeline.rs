@@ -2019,6 +2019,35 @@ mod tests {
         }
     }
 
+    /// A room owner's configuration of `deals@muc.x` submitting `fields`.
+    fn config(fields: &str) -> String {
+        format!(
+            "<iq to='deals@muc.x' type='set' id='c1'><query xmlns='http://jabber.org/protocol/muc#owner'>\
+             <x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>\
+             {fields}</x></query></iq>"
+        )
+    }
+
+    /// A moderator's request to `deals@muc.x` about `item`.
+    fn admin(item: &str) -> String {
+        format!(
+            "<iq to='deals@muc.x' type='set' id='k1'><query xmlns='http://jabber.org/protocol/muc#admin'>{item}</query></iq>"
+        )
+    }
+
+    /// The owner's end of `deals@muc.x`, with `inner` in its `<destroy>`.
+    fn destroy(inner: &str) -> String {
+        format!(
+            "<iq to='deals@muc.x' type='set' id='d1'><query xmlns='http://jabber.org/protocol/muc#owner'>\
+             <destroy jid='other@muc.x'>{inner}</destroy></query></iq>"
+        )
+    }
+
+    /// The user's own vCard set on the server, with `fields`.
+    fn vcard(fields: &str) -> String {
+        format!("<iq type='set' id='v1'><vCard xmlns='vcard-temp'>{fields}</vCard></iq>")
+    }
+
     /// What a user writes through the server for others to read, besides messages: a
     /// room's name and description, a kick's or a room's end's reason, the user's own
     /// vCard, and the nickname taken in a room. Each is judged; a password is not read.
@@ -2026,27 +2055,6 @@ mod tests {
     async fn words_written_for_a_room_or_a_profile_are_judged() {
         let p = pipeline(CARD_RULES);
         let card = "card 4111 1111 1111 1111";
-        let config = |fields: &str| {
-            format!(
-                "<iq to='deals@muc.x' type='set' id='c1'><query xmlns='http://jabber.org/protocol/muc#owner'>\
-                 <x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>\
-                 {fields}</x></query></iq>"
-            )
-        };
-        let admin = |item: &str| {
-            format!(
-                "<iq to='deals@muc.x' type='set' id='k1'><query xmlns='http://jabber.org/protocol/muc#admin'>{item}</query></iq>"
-            )
-        };
-        let destroy = |inner: &str| {
-            format!(
-                "<iq to='deals@muc.x' type='set' id='d1'><query xmlns='http://jabber.org/protocol/muc#owner'>\
-                 <destroy jid='other@muc.x'>{inner}</destroy></query></iq>"
-            )
-        };
-        let vcard = |fields: &str| {
-            format!("<iq type='set' id='v1'><vCard xmlns='vcard-temp'>{fields}</vCard></iq>")
-        };
         let join = |nick: &str| {
             format!("<presence to='deals@muc.x/{nick}'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
         };
@@ -2150,24 +2158,6 @@ mod tests {
     async fn a_room_name_or_reason_is_read_as_the_room_reads_it() {
         let p = pipeline(CARD_RULES);
         let card = "4111111111111111";
-        let config = |fields: &str| {
-            format!(
-                "<iq to='deals@muc.x' type='set' id='c1'><query xmlns='http://jabber.org/protocol/muc#owner'>\
-                 <x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>\
-                 {fields}</x></query></iq>"
-            )
-        };
-        let admin = |item: &str| {
-            format!(
-                "<iq to='deals@muc.x' type='set' id='k1'><query xmlns='http://jabber.org/protocol/muc#admin'>{item}</query></iq>"
-            )
-        };
-        let destroy = |inner: &str| {
-            format!(
-                "<iq to='deals@muc.x' type='set' id='d1'><query xmlns='http://jabber.org/protocol/muc#owner'>\
-                 <destroy jid='other@muc.x'>{inner}</destroy></query></iq>"
-            )
-        };
         for xml in [
             config(&format!(
                 "<field var='muc#roomconfig_roomname' type='text-private'><value>{card}</value></field>"
@@ -2210,24 +2200,6 @@ mod tests {
     async fn what_a_room_shows_as_written_is_judged() {
         let p = pipeline(CARD_RULES);
         let card = "4111111111111111";
-        let config = |fields: &str| {
-            format!(
-                "<iq to='deals@muc.x' type='set' id='c1'><query xmlns='http://jabber.org/protocol/muc#owner'>\
-                 <x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>\
-                 {fields}</x></query></iq>"
-            )
-        };
-        let admin = |item: &str| {
-            format!(
-                "<iq to='deals@muc.x' type='set' id='k1'><query xmlns='http://jabber.org/protocol/muc#admin'>{item}</query></iq>"
-            )
-        };
-        let destroy = |inner: &str| {
-            format!(
-                "<iq to='deals@muc.x' type='set' id='d1'><query xmlns='http://jabber.org/protocol/muc#owner'>\
-                 <destroy jid='other@muc.x'>{inner}</destroy></query></iq>"
-            )
-        };
         for xml in [
             config(&format!(
                 "<field var='muc#roomconfig_lang'><value>{card}</value></field>"
@@ -2267,9 +2239,6 @@ mod tests {
     async fn a_vcard_description_with_an_element_inside_is_judged() {
         let p = pipeline(CARD_RULES);
         let card = "4111111111111111";
-        let vcard = |fields: &str| {
-            format!("<iq type='set' id='v1'><vCard xmlns='vcard-temp'>{fields}</vCard></iq>")
-        };
         for xml in [
             vcard(&format!("<DESC>{card}<b>x y</b></DESC>")),
             vcard(&format!("<DESC>see here<X>{card}</X></DESC>")),
