@@ -355,12 +355,7 @@ fn statuses(el: &Element) -> Vec<ExtraText> {
         if own && matches!(&*c.name, "status" | "show" | "priority") {
             // What no client shows of them: attributes but a language, and those of any
             // element inside.
-            for (name, value) in &c.attrs {
-                if name != "xmlns" && !name.starts_with("xmlns:") && name != "xml:lang" {
-                    hidden.push(' ');
-                    hidden.push_str(value);
-                }
-            }
+            own_attr_values(c, &mut hidden, |name, _| name != "xml:lang");
             for inner in c.children() {
                 attribute_values(inner, &mut hidden);
             }
@@ -489,19 +484,9 @@ fn iq_texts(el: &Element) -> Vec<ExtraText> {
 fn error_words(el: &Element, out: &mut String) {
     out.push(' ');
     out.push_str(&el.deep_text());
-    for (name, value) in &el.attrs {
-        if name != "xmlns" && !name.starts_with("xmlns:") && has_space(value) {
-            out.push(' ');
-            out.push_str(value);
-        }
-    }
+    own_attr_values(el, out, |_, value| has_space(value));
     fn inner(el: &Element, out: &mut String) {
-        for (name, value) in &el.attrs {
-            if name != "xmlns" && !name.starts_with("xmlns:") && name != "xml:lang" {
-                out.push(' ');
-                out.push_str(value);
-            }
-        }
+        own_attr_values(el, out, |name, _| name != "xml:lang");
         for child in el.children() {
             inner(child, out);
         }
@@ -519,12 +504,7 @@ fn vcard_fields(el: &Element, out: &mut String) {
     if el.is("BINVAL", "vcard-temp") {
         return;
     }
-    for (name, value) in &el.attrs {
-        if name != "xmlns" && !name.starts_with("xmlns:") {
-            out.push(' ');
-            out.push_str(value);
-        }
-    }
+    own_attr_values(el, out, |_, _| true);
     let text = el.text();
     if !(matches!(&*el.name, "DESC" | "NOTE") && has_space(&text)) {
         out.push(' ');
@@ -555,16 +535,9 @@ fn spaced_words(el: &Element, out: &mut String) {
     }
     // A client's identity names its software and version (Profanity: "Profanity 0.14.0").
     let identity = el.is("identity", "http://jabber.org/protocol/disco#info");
-    for (name, value) in &el.attrs {
-        if name != "xmlns"
-            && !name.starts_with("xmlns:")
-            && has_space(value)
-            && !(identity && name == "name" && is_name_and_version(value))
-        {
-            out.push(' ');
-            out.push_str(value);
-        }
-    }
+    own_attr_values(el, out, |name, value| {
+        has_space(value) && !(identity && name == "name" && is_name_and_version(value))
+    });
     let text = el.text();
     if has_space(&text) {
         out.push(' ');
@@ -598,12 +571,7 @@ fn call_words(el: &Element, out: &mut String) {
     if is_msid(el) {
         return;
     }
-    for (name, value) in &el.attrs {
-        if name != "xmlns" && !name.starts_with("xmlns:") && has_space(value) {
-            out.push(' ');
-            out.push_str(value);
-        }
-    }
+    own_attr_values(el, out, |_, value| has_space(value));
     out.push(' ');
     out.push_str(&el.text());
     for child in el.children() {
@@ -983,12 +951,7 @@ fn unread_words(el: &Element, out: &mut String) {
     }
     if matches!(&*el.name, "body" | "subject") && (el.ns == NS_CLIENT || el.ns == NS_SERVER) {
         // Its text is read as such; what no client shows is words.
-        for (name, value) in &el.attrs {
-            if name != "xmlns" && !name.starts_with("xmlns:") && name != "xml:lang" {
-                out.push(' ');
-                out.push_str(value);
-            }
-        }
+        own_attr_values(el, out, |name, _| name != "xml:lang");
         for child in el.children() {
             attribute_values(child, out);
         }
@@ -1001,12 +964,7 @@ fn unread_words(el: &Element, out: &mut String) {
             out.push_str(&other.deep_text());
         }
     } else if el.is("x", NS_OOB) {
-        for (name, value) in &el.attrs {
-            if name != "xmlns" && !name.starts_with("xmlns:") {
-                out.push(' ');
-                out.push_str(value);
-            }
-        }
+        own_attr_values(el, out, |_, _| true);
         for other in el
             .children()
             .filter(|c| !c.is("url", NS_OOB) && !c.is("desc", NS_OOB))
@@ -1018,12 +976,7 @@ fn unread_words(el: &Element, out: &mut String) {
     } else if el.is("x", NS_MUC_USER) {
         // A room's status codes (a configuration changed, a room now logged) are numbers;
         // an invitation, a decline, its reason and password, and any other part are words.
-        for (name, value) in &el.attrs {
-            if name != "xmlns" && !name.starts_with("xmlns:") {
-                out.push(' ');
-                out.push_str(value);
-            }
-        }
+        own_attr_values(el, out, |_, _| true);
         out.push(' ');
         out.push_str(&el.text());
         for part in el.children().filter(|c| !is_status_code(c)) {
@@ -1033,12 +986,7 @@ fn unread_words(el: &Element, out: &mut String) {
         }
     } else if el.is("encryption", NS_EME) {
         // A client that does not know the scheme shows its `name`.
-        for (name, value) in &el.attrs {
-            if name != "xmlns" && !name.starts_with("xmlns:") && name != "namespace" {
-                out.push(' ');
-                out.push_str(value);
-            }
-        }
+        own_attr_values(el, out, |name, _| name != "namespace");
         out.push(' ');
         out.push_str(&el.deep_text());
         for child in el.children() {
@@ -1047,14 +995,20 @@ fn unread_words(el: &Element, out: &mut String) {
     }
 }
 
-/// Appends every attribute value below `el` (not namespace declarations).
-fn attribute_values(el: &Element, out: &mut String) {
+/// Appends the values of `el`'s own attributes, namespace declarations aside, that
+/// `keep` takes by name and value.
+fn own_attr_values(el: &Element, out: &mut String, keep: impl Fn(&str, &str) -> bool) {
     for (name, value) in &el.attrs {
-        if name != "xmlns" && !name.starts_with("xmlns:") {
+        if name != "xmlns" && !name.starts_with("xmlns:") && keep(name, value) {
             out.push(' ');
             out.push_str(value);
         }
     }
+}
+
+/// Appends every attribute value below `el` (not namespace declarations).
+fn attribute_values(el: &Element, out: &mut String) {
+    own_attr_values(el, out, |_, _| true);
     for child in el.children() {
         attribute_values(child, out);
     }
@@ -1097,12 +1051,7 @@ fn profile_words(el: &Element, out: &mut String) {
     if el.name == "password" {
         return;
     }
-    for (name, value) in &el.attrs {
-        if name != "xmlns" && !name.starts_with("xmlns:") {
-            out.push(' ');
-            out.push_str(value);
-        }
-    }
+    own_attr_values(el, out, |_, _| true);
     out.push(' ');
     out.push_str(&el.text());
     for child in el.children() {
@@ -1342,12 +1291,7 @@ fn room_words(el: &Element, out: &mut String, quiet: &mut Vec<(&'static str, Str
             quiet.push(("nick", nick.to_owned()));
         }
     }
-    for (name, value) in &el.attrs {
-        if name != "xmlns" && !name.starts_with("xmlns:") && has_space(value) {
-            out.push(' ');
-            out.push_str(value);
-        }
-    }
+    own_attr_values(el, out, |_, value| has_space(value));
     let field = el.is("field", NS_DATA).then(|| el.attr("var")).flatten();
     if field.is_some_and(|var| ROOM_TEXT_FIELDS.contains(&var)) {
         // Its values whole, and whatever is inside them.
