@@ -177,16 +177,22 @@ fn content<'a>(item: &Inspected<'a>) -> Content<'a> {
         return c;
     }
     // An iq's words are another person's only when it goes to or comes from another
-    // account's client: not the server's answer on its user's behalf, nor one between the
-    // account's own clients.
+    // account's client, or is a request from another account's bare JID (which its
+    // server, an outsider's too, writes as it likes): not the server's answer on its
+    // user's behalf, nor one between the account's own clients.
+    let request = matches!(outer.stanza_type.as_deref(), Some("get" | "set"));
+    let persons = |peer: &str| {
+        is_clients_address(peer)
+            || (item.direction == Direction::Inbound && request && bare(peer).contains('@'))
+    };
     let unread_iq = outer.kind == StanzaKind::Iq && {
         let peer = match item.direction {
             Direction::Outbound => &outer.to,
             Direction::Inbound => &outer.from,
         };
         match (peer, &item.session.jid) {
-            (Some(peer), Some(jid)) => !is_clients_address(peer) || same_bare(peer, jid),
-            (Some(peer), None) => !is_clients_address(peer),
+            (Some(peer), Some(jid)) => !persons(peer) || same_bare(peer, jid),
+            (Some(peer), None) => !persons(peer),
             (None, _) => true,
         }
     };
@@ -1682,6 +1688,19 @@ mod tests {
             !text.contains("falcon") && text.contains("urn:xmpp:ping"),
             "{text}"
         );
+        // A request from another account's bare JID (its server, an outsider's, writes
+        // what it likes there) reaches a scripted client as one from a client does.
+        for request in [
+            "<iq from='bob@ext.example' to='alice@x/r' type='set' id='b1'><note xmlns='urn:example:chat'>card 4111 1111 1111 1111</note></iq>",
+            "<iq from='bob@ext.example' to='alice@x/r' type='get' id='b2'><note xmlns='urn:example:chat'>card 4111 1111 1111 1111</note></iq>",
+        ] {
+            let out = outcome(&p, request, Direction::Inbound, Copy::Direct).await;
+            assert!(
+                matches!(out.decision, Decision::Refuse { .. }),
+                "{request}: {:?}",
+                out.decision
+            );
+        }
         // A card in an answer goes nowhere; no error answers an answer.
         let answer = "<iq from='bob@x/pc' to='alice@x/r' type='result' id='q4'>\
                       <note xmlns='urn:example:chat'>4111 1111 1111 1111</note></iq>";
