@@ -807,7 +807,7 @@ impl Xml {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::{BufRead, BufReader, Write};
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -876,7 +876,8 @@ mod tests {
         (url, seen)
     }
 
-    fn client(url: String) -> S3Client {
+    /// A client of bucket `b` at `url`, path style, with made-up credentials.
+    pub(crate) fn client(url: String) -> S3Client {
         S3Client::new(
             Endpoint {
                 url,

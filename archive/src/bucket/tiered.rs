@@ -290,8 +290,7 @@ impl Storage for TieredStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bucket::s3::{Endpoint, LockMode, S3Client};
-    use crate::bucket::sigv4::Credentials;
+    use crate::bucket::s3::LockMode;
     use crate::segment::SegmentHeader;
     use std::io::{BufRead, BufReader, Write};
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -373,19 +372,7 @@ mod tests {
     fn a_segment_read_a_window_at_a_time_is_downloaded_once() {
         let (header, bytes) = segment();
         let (url, gets, heads) = bucket(bytes.clone());
-        let client = S3Client::new(
-            Endpoint {
-                url,
-                bucket: "b".into(),
-                region: "us-east-1".into(),
-                path_style: true,
-            },
-            Credentials {
-                access_key: "a".into(),
-                secret_key: zeroize::Zeroizing::new("s".into()),
-            },
-        )
-        .unwrap();
+        let client = crate::bucket::s3::tests::client(url);
         let remote = Remote {
             client,
             root: String::new(),
