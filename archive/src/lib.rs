@@ -54,9 +54,9 @@ pub mod witness;
 
 pub use archive::{
     reindex, update_index, AppendError, AppendReceipt, Archive, ArchiveConfig, ArchiveReader,
-    ChainEntry, CloseError, ErasureGroup, ErasureReport, ExpiryError, ExpiryPlan, ExpiryReport,
-    Hit, IndexCatchUp, LiveCopy, OpenError, ReadError, ReindexError, SearchError, Searched,
-    SegmentPlan, ShredError, ShredSeen, Submitted, TailCursor, Uncovered, WRITER_LOCK,
+    BucketCopy, ChainEntry, CloseError, ErasureGroup, ErasureReport, ExpiryError, ExpiryPlan,
+    ExpiryReport, Hit, IndexCatchUp, LiveCopy, OpenError, ReadError, ReindexError, SearchError,
+    Searched, SegmentPlan, ShredError, ShredSeen, Submitted, TailCursor, Uncovered, WRITER_LOCK,
 };
 pub use ed25519_dalek::{SigningKey, VerifyingKey};
 pub use export::{

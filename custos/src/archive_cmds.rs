@@ -111,20 +111,30 @@ pub fn search(
         // With no server writing, bring the index up to the log first (a server's own
         // indexer keeps it current, and holds the lock).
         match custos_archive::update_index(&chain.dir, &key, progress("indexing")) {
-            Ok(done) => match done.rebuilt {
-                Some(why) => eprintln!(
-                    "{}",
-                    label(format!("search index rebuilt from the log ({why})"))
-                ),
-                None if done.indexed > 0 => eprintln!(
-                    "{}",
-                    label(format!(
-                        "search index caught up: {} record(s) added",
-                        done.indexed
-                    ))
-                ),
-                None => {}
-            },
+            Ok(done) => {
+                if let Some(custos_archive::BucketCopy::Unusable(why)) = &done.bucket_copy {
+                    eprintln!(
+                        "warning: {}",
+                        label(format!(
+                            "the bucket's copy of the search index cannot be used ({why}); the local index and its word lists are kept"
+                        ))
+                    );
+                }
+                match done.rebuilt {
+                    Some(why) => eprintln!(
+                        "{}",
+                        label(format!("search index rebuilt from the log ({why})"))
+                    ),
+                    None if done.indexed > 0 => eprintln!(
+                        "{}",
+                        label(format!(
+                            "search index caught up: {} record(s) added",
+                            done.indexed
+                        ))
+                    ),
+                    None => {}
+                }
+            }
             Err(custos_archive::ReindexError::Locked { .. }) => {}
             Err(e) => eprintln!(
                 "warning: {}",

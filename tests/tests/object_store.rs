@@ -86,7 +86,7 @@ async fn sealed_segments_are_locked_in_the_bucket_and_a_fresh_node_reads_them() 
     let creds = side.join("s3.toml");
     S3Server::write_credentials(&creds)?;
 
-    let rig = Rig::start(
+    let mut rig = Rig::start(
         "object-store",
         RigOptions {
             archive: true,
@@ -332,6 +332,85 @@ async fn sealed_segments_are_locked_in_the_bucket_and_a_fresh_node_reads_them() 
         local_words.iter().any(|h| word_objects.contains(h)),
         "the reader's word lists {local_words:?} are none of the bucket's {word_objects:?}"
     );
+    // The bucket's index copy is derived data, put without a lock, and pruned as the
+    // chain grows: a snapshot's files can go while a reader fetches it. The reader then
+    // keeps its own index and word lists, indexes the rest from the segments, and its
+    // prefix terms still work.
+    alice
+        .send_chat("carol@example.test", "research-more: a second sector note")
+        .await?;
+    carol.next_message().await?;
+    // The serving node stops, and a last sync stores its chain and index to the end,
+    // so that the reader's next search finds a copy past its own to fetch.
+    drop((alice, bob, carol));
+    rig.custos
+        .terminate(Duration::from_secs(20))
+        .ok_or("custos did not stop")?;
+    let sync = rig.cli(&["object-store", "sync"])?;
+    assert!(sync.status.success(), "{}", output_text(&sync));
+    let behind = |t: &str| -> Option<(u64, u64)> {
+        let at = t.find("search index covers seqs up to ")?;
+        let mut words = t[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|w| w.parse().ok());
+        Some((words.next()?, words.next()?))
+    };
+    let snapshots = || -> Result<Vec<u64>, BoxError> {
+        Ok(s3
+            .versions(bucket, "custos/index/snap-")?
+            .iter()
+            .filter(|v| !v.delete_marker)
+            .filter_map(|v| {
+                v.key
+                    .strip_prefix("custos/index/snap-")?
+                    .strip_suffix(".json")?
+                    .parse()
+                    .ok()
+            })
+            .collect())
+    };
+    // Until the bucket holds a snapshot past the reader's index and within what it reads.
+    wait_for(Duration::from_secs(40), || {
+        // Listed first: the segments a snapshot covers are stored before it is put.
+        let there = snapshots()?;
+        let v = run_custos(&["verify"], Some(&fresh_config))?;
+        let Some((ours, end)) = behind(&output_text(&v)) else {
+            return Ok(None);
+        };
+        Ok(there.iter().any(|t| *t > ours && *t <= end).then_some(()))
+    })?
+    .ok_or_else(|| {
+        let v = run_custos(&["verify"], Some(&fresh_config))
+            .map(|o| output_text(&o))
+            .unwrap_or_default();
+        format!(
+            "no snapshot of the index past the reader's was stored: {:?}\n{v}\n{}",
+            snapshots().unwrap_or_default(),
+            rig.context()
+        )
+    })?;
+    for v in s3.versions(bucket, "custos/index/")? {
+        let name = v.key.strip_prefix("custos/index/").unwrap_or_default();
+        if v.delete_marker || name.starts_with("snap-") || name.starts_with("words") {
+            continue;
+        }
+        let deleted = s3.probe(bucket, &["delete", &v.key, &v.version])?;
+        assert!(deleted.starts_with("deleted"), "{}: {deleted}", v.key);
+    }
+    let p = run_custos(&["search", "--json", "resear*"], Some(&fresh_config))?;
+    let out = output_text(&p);
+    assert!(p.status.success(), "{out}");
+    assert!(
+        out.contains("the bucket's copy of the search index cannot be used"),
+        "{out}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&p.stdout).lines().count(),
+        2,
+        "{out}"
+    );
+    let v = run_custos(&["verify"], Some(&fresh_config))?;
+    assert!(v.status.success(), "{}", output_text(&v));
     // … and exports it: the export proves its records offline.
     let out = fresh.join("export");
     let ex = run_custos(
@@ -350,7 +429,6 @@ async fn sealed_segments_are_locked_in_the_bucket_and_a_fresh_node_reads_them() 
         None,
     )?;
     assert!(ve.status.success(), "{}", output_text(&ve));
-    drop((alice, bob, carol));
     Ok(())
 }
 

@@ -31,6 +31,7 @@ pub(super) fn catch_up<E: From<ReadError> + From<IndexError>>(
         rebuilt,
         indexed: filled.added,
         through: w.indexed_through(),
+        bucket_copy: None,
     })
 }
 
@@ -208,6 +209,19 @@ pub struct IndexCatchUp {
     pub indexed: u64,
     /// The index now covers every record up to this seq.
     pub through: u64,
+    /// What became of the bucket's copy of the index, when one covered more of the
+    /// chain than the local index.
+    pub bucket_copy: Option<BucketCopy>,
+}
+
+/// The bucket's copy of a chain's index, as [`update_index`] found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BucketCopy {
+    /// It replaced the local index, which then covered the chain through `through`.
+    Taken { through: u64 },
+    /// It could not be fetched whole (why): the local index and its word lists were
+    /// kept, and the rest indexed from the segments.
+    Unusable(String),
 }
 
 fn take_lock(dir: &Path) -> Result<WriterLock, ReindexError> {
@@ -258,12 +272,14 @@ pub fn update_index(
                 rebuilt: None,
                 indexed: 0,
                 through,
+                bucket_copy: None,
             });
         }
     }
     let _lock = take_lock(dir)?;
     // A chain in a bucket: start from the bucket's copy of its index when that covers
     // more than the local one (another node's chain, or a fresh directory).
+    let mut bucket_copy = None;
     if let Some(remote) = crate::bucket::registered(dir) {
         let readable_end = reader.chain_end()?;
         match crate::bucket::fetch_index(
@@ -279,18 +295,23 @@ pub fn update_index(
                 words,
             }) => {
                 tracing::info!(dir = %dir.display(), through, files, words, "took the bucket's copy of the index");
+                bucket_copy = Some(BucketCopy::Taken { through });
             }
             Ok(crate::bucket::IndexFetch::Kept) => {}
             // The local index is built from the segments instead.
             Err(e) => {
-                tracing::warn!(dir = %dir.display(), cause = %e, "the bucket's copy of the index cannot be used; indexing from the segments")
+                tracing::warn!(dir = %dir.display(), cause = %e, "the bucket's copy of the index cannot be used; indexing from the segments");
+                bucket_copy = Some(BucketCopy::Unusable(e.to_string()));
             }
         }
     }
     let mut w = index_writer(dir, &reader, master_key)?;
     let done = catch_up::<ReindexError>(&reader, &mut w, None, &mut progress)?;
     w.finish()?;
-    Ok(done)
+    Ok(IndexCatchUp {
+        bucket_copy,
+        ..done
+    })
 }
 
 /// Rebuilds the index of the archive in `dir` from the record log.
