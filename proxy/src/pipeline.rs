@@ -215,19 +215,23 @@ fn content<'a>(item: &Inspected<'a>) -> Content<'a> {
             }
         }
     };
-    // An error coming in from a client's address is often its server's (a bounce): its
-    // text is not read. One the user's client sends is its words.
+    // An error coming in from a client's address is often its server's (a bounce), or
+    // the other client's words: its text is judged, and the error recorded when a rule
+    // matched it, as a profile's is. One the user's client sends is its words.
     if outer.kind == StanzaKind::Iq
         && item.direction == Direction::Inbound
         && outer.stanza_type.as_deref() == Some("error")
     {
         let root = &item.stanza.root;
-        extra.retain(|t| {
-            !root
+        for t in &mut extra {
+            if root
                 .children()
                 .nth(t.child)
                 .is_some_and(|c| c.is("error", &root.ns))
-        });
+            {
+                "profile".clone_into(&mut t.kind);
+            }
+        }
     }
     // The resource a presence goes to is a nickname the user takes in a room only in an
     // available presence the user sends; one coming in goes to the user's own resource.
@@ -1473,6 +1477,32 @@ mod tests {
         assert_eq!(c.extra.len(), 1, "{:?}", c.extra);
     }
 
+    /// An error coming in from another client's address is a server's bounce, in the
+    /// server's words, or an answer the other client wrote: a scripted client answers
+    /// any request with an error whose text is what it likes. Its text is judged, and
+    /// the error recorded when a rule matched it, so that bounces make no records.
+    #[tokio::test]
+    async fn an_error_coming_in_from_another_client_is_judged() {
+        let p = pipeline(CARD_RULES);
+        let words = "<iq from='bob@x/pc' to='alice@x/r' type='error' id='1'><error type='cancel'>\
+                     <undefined-condition xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
+                     <text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>card 4111 1111 1111 1111</text></error></iq>";
+        let out = outcome(&p, words, Direction::Inbound, Copy::Direct).await;
+        assert!(matches!(out.decision, Decision::Refuse { .. }), "{out:?}");
+        let bounce = Held::of(
+            "<iq from='bob@x/pc' to='alice@x/r' type='error' id='1'><ping xmlns='urn:xmpp:ping'/>\
+             <error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
+             <text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>The recipient is not online</text></error></iq>",
+        );
+        let c = content(&bounce.item(Direction::Inbound, Copy::Direct));
+        assert!(!c.has_content(), "{:?}", c.extra);
+        assert!(
+            c.extra.iter().any(|t| t.text.contains("not online")),
+            "{:?}",
+            c.extra
+        );
+    }
+
     /// Words a reader can get at in a part Custos reads only in part, or in a message
     /// put where no message is read as one, are judged as any other text.
     #[tokio::test]
@@ -1845,9 +1875,13 @@ mod tests {
         ] {
             let held = Held::of(xml);
             let c = content(&held.item(direction, Copy::Direct));
-            // A room's entry is judged on the nickname it asks for, and nothing else.
+            // A room's entry is judged on the nickname it asks for, and a bounce on its
+            // text, neither recorded unless a rule matched it; nothing else is read.
             assert!(
-                c.extra.iter().all(|t| t.child == TO_RESOURCE),
+                !c.has_content()
+                    && c.extra
+                        .iter()
+                        .all(|t| t.child == TO_RESOURCE || t.kind == "profile"),
                 "{xml}: {:?}",
                 c.extra
             );
