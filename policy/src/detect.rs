@@ -125,7 +125,8 @@ fn digit_groups(bytes: &[u8], start: usize) -> (Vec<Range<usize>>, usize) {
 /// no separator is not a card number. A run right after a `+` is a telephone number in
 /// international form (E.164: at most 15 digits, country code included): a window from
 /// its start of at most 15 digits is not a card (one in ten such numbers passes Luhn, as
-/// `+49 151 12345678` does), a longer one still is.
+/// `+49 151 12345678` does) unless it is an American Express number, a longer one still
+/// is.
 pub(crate) fn payment_cards(text: &str) -> Vec<Range<usize>> {
     let bytes = text.as_bytes();
     let mut out: Vec<Range<usize>> = Vec::new();
@@ -148,7 +149,7 @@ pub(crate) fn payment_cards(text: &str) -> Vec<Range<usize>> {
                     break;
                 }
                 let first_ok = digits.first().is_some_and(|d| (b'2'..=b'6').contains(d));
-                let dialled = telephone && a == 0 && digits.len() <= 15;
+                let dialled = telephone && a == 0 && digits.len() <= 15 && !amex(&digits);
                 if digits.len() >= 13 && first_ok && !dialled && luhn_valid(&digits) {
                     if let Some(first) = groups.get(a) {
                         push_merged(&mut out, first.start..g.end);
@@ -159,6 +160,13 @@ pub(crate) fn payment_cards(text: &str) -> Vec<Range<usize>> {
         i = end.max(i + 1);
     }
     out
+}
+
+/// Whether `digits` are an American Express number's length and range (15 digits from
+/// 34 or 37): no telephone number is, in international form, as the country codes
+/// starting 34 (Spain, 11 digits in all) and 37 (at most 13, San Marino's) are shorter.
+fn amex(digits: &[u8]) -> bool {
+    digits.len() == 15 && matches!(digits, [b'3', b'4' | b'7', ..])
 }
 
 /// Appends a range, merging it with the last one when they overlap.
@@ -314,6 +322,18 @@ mod tests {
         );
         // Without the plus, the same digits are a card.
         assert_eq!(found("4915112345678", payment_cards), ["4915112345678"]);
+        // Fifteen digits from 34 or 37 are an American Express number: no telephone
+        // number of those country codes is that long.
+        assert_eq!(
+            found("+378282246310005", payment_cards),
+            ["378282246310005"]
+        );
+        assert_eq!(
+            found("+3782 822463 10005", payment_cards),
+            ["3782 822463 10005"]
+        );
+        // A German mobile number is still a telephone number.
+        assert!(found("+4915112345678", payment_cards).is_empty());
     }
 
     #[test]
