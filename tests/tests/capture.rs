@@ -1190,6 +1190,46 @@ async fn a_conversation_held_in_iqs_between_clients_is_recorded() -> TestResult 
     Ok(())
 }
 
+/// An error is answered with text its sender writes: a client outside Custos sends the
+/// user one no request asked for, its words in the error's text. One a rule matches is
+/// on the record with its verdict; one no rule matches (a server's bounce reads so) is
+/// delivered unrecorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn words_in_an_error_from_another_client_are_judged() -> TestResult {
+    let rig = rig(
+        "capture-error-text",
+        Some("[[rule]]\nid = \"watch-errors\"\nwhen = { body = { regex = \"(?i)kestrel\" } }\naction = \"flag\"\n"),
+    )?;
+    let mut alice = login(&rig, "alice", "laptop").await?;
+    let mut bob = login_direct(&rig, "bob", "phone").await?;
+    for (id, text) in [
+        ("e1", "plain errortext at noon"),
+        ("e2", "kestrel errorword at noon"),
+    ] {
+        bob.send(&format!(
+            "<iq to='alice@example.test/laptop' type='error' id='{id}'><error type='cancel'>\
+             <undefined-condition xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
+             <text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>{text}</text></error></iq>"
+        ))
+        .await?;
+        let seen = alice
+            .until(|e| e.name == "iq" && e.attr("id") == Some(id))
+            .await?;
+        assert_eq!(seen.attr("type"), Some("error"), "{}", alice.transcript);
+    }
+    let hits = settled_copies(&rig, "errorword", 1)?;
+    assert_eq!(hits.len(), 1, "{hits:#?}");
+    assert_eq!(hits[0]["action"], "flag", "{:#}", hits[0]);
+    assert_eq!(hits[0]["from"], "bob@example.test/phone", "{:#}", hits[0]);
+    assert!(
+        rules_of(&hits[0]).contains(&"watch-errors"),
+        "{:#}",
+        hits[0]
+    );
+    assert!(rig.search_copies("errortext")?.is_empty());
+    Ok(())
+}
+
 /// A status is shown to every contact: one a flag rule matches is on the record with its
 /// verdict, on the sender's leg and on each contact's behind Custos, and found by search;
 /// one no rule matches is not recorded.
