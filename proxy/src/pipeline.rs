@@ -216,8 +216,9 @@ fn content<'a>(item: &Inspected<'a>) -> Content<'a> {
         }
     };
     // An error coming in from a client's address is often its server's (a bounce), or
-    // the other client's words: its text is judged, and the error recorded when a rule
-    // matched it, as a profile's is. One the user's client sends is its words.
+    // the other client's words: an `error` text, judged, and the error recorded when a
+    // rule matched it. One the user's client sends is its words. Neither is part of the
+    // identity, as no `other` text is, so both legs of one error are one message.
     if outer.kind == StanzaKind::Iq
         && item.direction == Direction::Inbound
         && outer.stanza_type.as_deref() == Some("error")
@@ -229,7 +230,7 @@ fn content<'a>(item: &Inspected<'a>) -> Content<'a> {
                 .nth(t.child)
                 .is_some_and(|c| c.is("error", &root.ns))
             {
-                "profile".clone_into(&mut t.kind);
+                "error".clone_into(&mut t.kind);
             }
         }
     }
@@ -517,7 +518,10 @@ pub fn identity(
     put(subject.unwrap_or("\u{0}none"));
     // Unrecognised extensions are recorded and scanned, but left out: servers add their
     // own to the copies they deliver, which must still meet the sender's copy.
-    for t in extra.iter().filter(|t| t.kind != "other") {
+    for t in extra
+        .iter()
+        .filter(|t| !matches!(&*t.kind, "other" | "error"))
+    {
         put(&t.kind);
         put(t.lang.as_deref().unwrap_or(""));
         put(&t.text);
@@ -1212,6 +1216,15 @@ fn redact(
     } else {
         wrapped_message(&mut stanza, item.view.forwarded.as_ref()?.child)?
     };
+    // An error's condition cannot go with its text: what is left would be no error.
+    if removed.iter().any(|&i| {
+        message
+            .children()
+            .nth(i)
+            .is_some_and(|child| child.is("error", &message.ns))
+    }) {
+        return None;
+    }
     take_out(message, &removed);
     if c.forged_wrapper {
         message.retain_children(|child| {
@@ -1489,6 +1502,18 @@ mod tests {
                      <text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>card 4111 1111 1111 1111</text></error></iq>";
         let out = outcome(&p, words, Direction::Inbound, Copy::Direct).await;
         assert!(matches!(out.decision, Decision::Refuse { .. }), "{out:?}");
+        // A redaction cannot take the text out and leave an error: it is refused.
+        let redacted = words.replace("card 4111 1111 1111 1111", "falcon at noon");
+        let out = outcome(&p, &redacted, Direction::Inbound, Copy::Direct).await;
+        assert!(matches!(out.decision, Decision::Refuse { .. }), "{out:?}");
+        // Both legs of one error are one message: its text is not part of the identity.
+        let sent = Held::of(words);
+        let outbound = content(&sent.item(Direction::Outbound, Copy::Direct));
+        let inbound = content(&sent.item(Direction::Inbound, Copy::Direct));
+        assert_eq!(
+            Identities::of(&outbound, None).identity,
+            Identities::of(&inbound, None).identity
+        );
         let bounce = Held::of(
             "<iq from='bob@x/pc' to='alice@x/r' type='error' id='1'><ping xmlns='urn:xmpp:ping'/>\
              <error type='cancel'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
@@ -1881,7 +1906,7 @@ mod tests {
                 !c.has_content()
                     && c.extra
                         .iter()
-                        .all(|t| t.child == TO_RESOURCE || t.kind == "profile"),
+                        .all(|t| t.child == TO_RESOURCE || t.kind == "error"),
                 "{xml}: {:?}",
                 c.extra
             );

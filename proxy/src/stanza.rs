@@ -59,7 +59,8 @@ pub struct ExtraText {
     /// `file-url`, `other` (words in any other part); `forwarded-…` for the same inside a
     /// wrapper that is not believed or a message forwarded on its own. A presence's:
     /// `status`, `show`, `nick`, `other`. Judged but no content alone (see
-    /// [`ExtraText::makes_content`]): `nick` and `profile`.
+    /// [`ExtraText::makes_content`]): `nick`, `profile`, and `error`, the text of an
+    /// error coming in from another client (a server's bounce reads so too).
     pub kind: String,
     pub lang: Option<String>,
     pub text: String,
@@ -76,7 +77,7 @@ impl ExtraText {
     /// track, a location, bookmarks). Each is judged like any text, and its stanza
     /// recorded when a rule matched it.
     pub fn makes_content(&self) -> bool {
-        !matches!(&*self.kind, "nick" | "profile")
+        !matches!(&*self.kind, "nick" | "profile" | "error")
     }
 }
 
@@ -444,8 +445,8 @@ const MACHINE_IQ_NS: &[&str] = &[
 /// [`MACHINE_IQ_NS`] is an `other` text, its text and attribute values; in those, a text
 /// or attribute value with a space in it (a Jingle session's reason text); and text
 /// written in the iq itself. An error iq's `<error>` is read too (an `other` text of its
-/// own): the pipeline keeps it only for an error the user's client sends, as one coming
-/// in is often the server's. An `<error>` in any other iq is a payload like any other.
+/// own): the pipeline makes it an `error` text in an error coming in, which is often the
+/// server's bounce. An `<error>` in any other iq is a payload like any other.
 /// Any other iq is read for the items it publishes ([`published_texts`]), which the
 /// pipeline keeps for one the user's client sends.
 fn iq_texts(el: &Element) -> Vec<ExtraText> {
