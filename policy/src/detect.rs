@@ -149,7 +149,13 @@ pub(crate) fn payment_cards(text: &str) -> Vec<Range<usize>> {
                     break;
                 }
                 let first_ok = digits.first().is_some_and(|d| (b'2'..=b'6').contains(d));
-                let dialled = telephone && a == 0 && digits.len() <= 15 && !amex(&digits);
+                let written = groups.get(a..).unwrap_or_default();
+                let shape: Vec<usize> = written
+                    .iter()
+                    .take_while(|w| w.start <= g.start)
+                    .map(|w| w.len())
+                    .collect();
+                let dialled = telephone && a == 0 && digits.len() <= 15 && !amex(&digits, &shape);
                 if digits.len() >= 13 && first_ok && !dialled && luhn_valid(&digits) {
                     if let Some(first) = groups.get(a) {
                         push_merged(&mut out, first.start..g.end);
@@ -162,11 +168,17 @@ pub(crate) fn payment_cards(text: &str) -> Vec<Range<usize>> {
     out
 }
 
-/// Whether `digits` are an American Express number's length and range (15 digits from
-/// 34 or 37): no telephone number is, in international form, as the country codes
-/// starting 34 (Spain, 11 digits in all) and 37 (at most 13, San Marino's) are shorter.
-fn amex(digits: &[u8]) -> bool {
-    digits.len() == 15 && matches!(digits, [b'3', b'4' | b'7', ..])
+/// Whether `digits`, written in groups of the lengths `shape`, are an American Express
+/// number as one is written (15 digits from 34 or 37, whole or as 4-6-5), which no
+/// telephone number is: the 37x country codes' numbers have at most 13 digits in all
+/// (San Marino's), and Spain's (+34) 11, but for its machine-to-machine range (+34 59…,
+/// 15 in all), which stays a telephone number. A telephone number followed by a short
+/// number (`+34 612 345 678 1234`) is grouped otherwise.
+fn amex(digits: &[u8], shape: &[usize]) -> bool {
+    digits.len() == 15
+        && matches!(digits, [b'3', b'4' | b'7', ..])
+        && !digits.starts_with(b"3459")
+        && matches!(shape, [15] | [4, 6, 5])
 }
 
 /// Appends a range, merging it with the last one when they overlap.
@@ -332,8 +344,21 @@ mod tests {
             found("+3782 822463 10005", payment_cards),
             ["3782 822463 10005"]
         );
-        // A German mobile number is still a telephone number.
+        // A German mobile number is still a telephone number, and so are Spain's
+        // machine-to-machine numbers and a number with a short one after it.
         assert!(found("+4915112345678", payment_cards).is_empty());
+        let m2m = b"34590123456789";
+        let check = (0..10u8)
+            .map(|d| [&m2m[..], &[b'0' + d]].concat())
+            .find(|n| luhn_valid(n))
+            .expect("one check digit passes Luhn");
+        let m2m = format!("+{}", String::from_utf8_lossy(&check));
+        assert!(found(&m2m, payment_cards).is_empty(), "{m2m}");
+        let extension = (0..10000)
+            .map(|n| format!("+34 612 345 678 {n:04}"))
+            .find(|t| luhn_valid(t.replace([' ', '+'], "").as_bytes()))
+            .expect("one extension passes Luhn");
+        assert!(found(&extension, payment_cards).is_empty(), "{extension}");
     }
 
     #[test]
