@@ -1278,6 +1278,9 @@ impl BlindIndexWriter {
             writer.merge(&pending).wait()?;
             writer.garbage_collect_files().wait()?;
         }
+        // Word lists a fetch of a bucket's index copy left half swapped are settled to
+        // those of the commit the index has.
+        crate::vocab::settle_fetch(dir).map_err(IndexError::Vocabulary)?;
         // A word list with no documents beside it is what a crash left: words sealed
         // for a commit that never landed (added again as the log is caught up), or a
         // shredded segment's, whose removal after the merge did not happen.

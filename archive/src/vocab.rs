@@ -57,6 +57,84 @@ pub fn vocab_dir(index_dir: &Path) -> PathBuf {
     index_dir.with_file_name("vocabulary")
 }
 
+/// Where word lists fetched with a bucket's index copy wait, beside the index in
+/// `index_dir`, until the whole copy is fetched.
+pub(crate) fn staged_lists(index_dir: &Path) -> PathBuf {
+    index_dir.with_file_name("vocabulary.fetched")
+}
+
+/// The name under which the lists a fetched copy replaces wait, ended by a tag of the
+/// commit they go with.
+const REPLACED: &str = "vocabulary.replaced-";
+
+/// A tag of the commit the index in `index_dir` has now: part of the SHA-256 of its
+/// `meta.json`, or `none`.
+fn commit_tag(index_dir: &Path) -> std::io::Result<String> {
+    match std::fs::read(index_dir.join("meta.json")) {
+        Ok(bytes) => Ok(crate::export::hex::encode(&Sha256::digest(&bytes)[..16])),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok("none".into()),
+        Err(e) => Err(e),
+    }
+}
+
+fn remove_dir(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Puts the fetched lists ([`staged_lists`]) in place of the index's, which wait under
+/// a name tagged with the commit they go with, the one the index has now. The caller
+/// then switches the commit, and [`settle_fetch`] removes them, or puts them back if
+/// the commit was not switched.
+pub(crate) fn swap_in_fetched(index_dir: &Path) -> std::io::Result<()> {
+    let vocab = vocab_dir(index_dir);
+    let replaced = index_dir.with_file_name(format!("{REPLACED}{}", commit_tag(index_dir)?));
+    remove_dir(&replaced)?;
+    match std::fs::rename(&vocab, &replaced) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(&replaced)?,
+        r => r?,
+    }
+    match std::fs::rename(staged_lists(index_dir), &vocab) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
+/// Leaves in place the word lists that go with the commit the index in `index_dir` has,
+/// whatever step a fetch of a bucket's copy stopped at: lists it replaced are put back
+/// when their commit is still the index's, and removed when it is not (the fetched
+/// commit replaced it, or a rebuild did since); half-fetched lists go. Run by the fetch
+/// and by every open of the index's writer, which hold the archive's writer lock.
+pub(crate) fn settle_fetch(index_dir: &Path) -> std::io::Result<()> {
+    remove_dir(&staged_lists(index_dir))?;
+    let Some(parent) = index_dir.parent() else {
+        return Ok(());
+    };
+    let entries = match std::fs::read_dir(parent) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let now = commit_tag(index_dir)?;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(tag) = name.strip_prefix(REPLACED) else {
+            continue;
+        };
+        if tag == now {
+            let vocab = vocab_dir(index_dir);
+            remove_dir(&vocab)?;
+            std::fs::rename(e.path(), &vocab)?;
+            tracing::info!(dir = %vocab.display(), "put back the word lists of the index's commit after a fetch of a bucket's copy stopped part way");
+        } else {
+            remove_dir(&e.path())?;
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn file_name(segment: u64) -> String {
     format!("{segment:016x}{SUFFIX}")
 }
@@ -727,6 +805,57 @@ impl Vocabulary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fetch of a bucket's index copy stopped while the word lists changed hands:
+    /// whichever go with the commit the index has are left in place, and nothing
+    /// half-fetched stays.
+    #[test]
+    fn a_fetch_stopped_part_way_leaves_the_lists_of_the_commit_in_place() {
+        let tmp = tempfile::tempdir().unwrap();
+        let index = tmp.path().join("index");
+        std::fs::create_dir_all(&index).unwrap();
+        let list = || std::fs::read_to_string(vocab_dir(&index).join(file_name(2))).ok();
+        let leftovers = || {
+            std::fs::read_dir(tmp.path())
+                .unwrap()
+                .flatten()
+                .filter(|e| !["index", "vocabulary"].contains(&&*e.file_name().to_string_lossy()))
+                .count()
+        };
+        let lay_out = |local: &str| {
+            std::fs::write(index.join("meta.json"), "local commit").unwrap();
+            let vocab = vocab_dir(&index);
+            std::fs::create_dir_all(&vocab).unwrap();
+            std::fs::write(vocab.join(file_name(2)), local).unwrap();
+            let staged = staged_lists(&index);
+            std::fs::create_dir_all(&staged).unwrap();
+            std::fs::write(staged.join(file_name(2)), "fetched").unwrap();
+            swap_in_fetched(&index).unwrap();
+            std::fs::create_dir_all(&staged).unwrap();
+            std::fs::write(staged.join(file_name(2)), "half").unwrap();
+        };
+        // Stopped before the commit switched: the local lists are put back.
+        lay_out("local");
+        assert_eq!(list().as_deref(), Some("fetched"));
+        settle_fetch(&index).unwrap();
+        assert_eq!(list().as_deref(), Some("local"));
+        assert_eq!(leftovers(), 0);
+        // Stopped after it switched: the fetched lists stay.
+        lay_out("local");
+        std::fs::write(index.join("meta.json"), "fetched commit").unwrap();
+        settle_fetch(&index).unwrap();
+        assert_eq!(list().as_deref(), Some("fetched"));
+        assert_eq!(leftovers(), 0);
+        // A rebuild since (another commit, lists written anew): it keeps its own.
+        lay_out("local");
+        std::fs::write(index.join("meta.json"), "rebuilt").unwrap();
+        std::fs::write(vocab_dir(&index).join(file_name(2)), "rebuilt").unwrap();
+        settle_fetch(&index).unwrap();
+        assert_eq!(list().as_deref(), Some("rebuilt"));
+        assert_eq!(leftovers(), 0);
+        // A fresh directory: nothing to settle.
+        settle_fetch(&tmp.path().join("none").join("index")).unwrap();
+    }
 
     #[test]
     fn words_are_sealed_per_segment_and_forgotten_with_it() {

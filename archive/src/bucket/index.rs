@@ -184,7 +184,9 @@ fn put_words(
 /// `bound`, into the folder `dir`, each checked against its manifest. Returns how many.
 /// No manifest is 0 for a commit that binds no list (an uploader that did not put
 /// them), and an error for one that does: the lists went (pruned by a newer sync while
-/// this one was read, or deleted).
+/// this one was read, or deleted). So is a manifest without a list the commit binds,
+/// or with one that does not hold what it binds: the rest of that segment would be
+/// indexed into a list started anew, which the commit does not bind.
 fn fetch_words(
     dir: &Path,
     remote: &Remote,
@@ -204,6 +206,7 @@ fn fetch_words(
     let io = |p: &Path, e: std::io::Error| SyncError::Check(format!("{}: {e}", p.display()));
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let manifest = remote.key(&words_name(through));
+    let mut whole = std::collections::BTreeSet::new();
     for f in &words.files {
         if !crate::vocab::is_list_name(&f.name) || !plain_name(&f.sha256) {
             return Err(SyncError::Check(format!(
@@ -221,10 +224,22 @@ fn fetch_words(
                 "{object}: its content is not what {manifest} lists"
             )));
         }
+        if !crate::vocab::list_goes_with(&f.name, &body, bound) {
+            return Err(SyncError::Check(format!(
+                "{object}: does not hold what the snapshot's commit binds of {}",
+                f.name
+            )));
+        }
+        whole.extend(crate::vocab::segment_of(&f.name));
         let path = dir.join(&f.name);
         let part = dir.join(format!("{}.part", f.name));
         write_new(&part, &body).map_err(|e| io(&part, e))?;
         std::fs::rename(&part, &path).map_err(|e| io(&path, e))?;
+    }
+    if let Some(missing) = bound.keys().find(|s| !whole.contains(s)) {
+        return Err(SyncError::Check(format!(
+            "{manifest}: no word list for segment {missing}, which the snapshot's commit binds"
+        )));
     }
     Ok(words.files.len())
 }
@@ -559,8 +574,8 @@ pub(crate) fn fetch_index(
     let ours = crate::index::read_mark(&index_dir, master, archive_id)
         .map(|m| m.through)
         .unwrap_or(0);
-    let vocab = crate::vocab::vocab_dir(&index_dir);
-    settle_word_lists(&vocab, ours)?;
+    let io = |p: &Path, e: std::io::Error| SyncError::Check(format!("{}: {e}", p.display()));
+    crate::vocab::settle_fetch(&index_dir).map_err(|e| io(&index_dir, e))?;
     // The newest snapshot within what can be read, if it covers more than ours.
     let Some((_, key)) = snapshots(remote)?
         .into_iter()
@@ -596,9 +611,7 @@ pub(crate) fn fetch_index(
         )));
     }
     let wanted = files_of(&snap.meta).map_err(SyncError::Check)?;
-    std::fs::create_dir_all(&index_dir)
-        .map_err(|e| SyncError::Check(format!("{}: {e}", index_dir.display())))?;
-    let io = |p: &Path, e: std::io::Error| SyncError::Check(format!("{}: {e}", p.display()));
+    std::fs::create_dir_all(&index_dir).map_err(|e| io(&index_dir, e))?;
     // tantivy's list of the files it manages is kept as tantivy keeps it: a file is
     // listed before it is written and unlisted after it is deleted, so a crash at any
     // step leaves no file present that the list does not name (which `verify` would
@@ -645,39 +658,28 @@ pub(crate) fn fetch_index(
     // and its lists as they were. A copy whose lists cannot be fetched whole is not
     // taken either: the rest of a segment it covers in part would be indexed into a
     // list started anew, which the copy's commit does not bind.
-    let staged = staged_word_lists(&vocab);
-    remove_dir(&staged)?;
+    let staged = crate::vocab::staged_lists(&index_dir);
     let bound = crate::index::lists_of_meta(&snap.meta).unwrap_or_default();
-    let words = match fetch_words(&staged, remote, theirs.through, &bound) {
-        Ok(n) => n,
-        Err(e) => {
-            remove_dir(&staged)?;
-            return Err(e);
-        }
-    };
-    // The lists change hands with the commit. The replaced ones are kept under a name
-    // that says which commit replaces them until it has: a crash in between is settled
-    // by the next fetch ([`settle_word_lists`]), which puts back whichever lists go with
-    // the commit it finds.
-    let replaced = replaced_word_lists(&vocab, theirs.through);
-    remove_dir(&replaced)?;
-    match std::fs::rename(&vocab, &replaced) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(&replaced).map_err(|e| io(&replaced, e))?
-        }
-        r => r.map_err(|e| io(&vocab, e))?,
+    let words = fetch_words(&staged, remote, theirs.through, &bound).and_then(|n| {
+        // The lists change hands with the commit: the replaced ones wait under a name
+        // that says which commit they go with until it is replaced, so a stop in
+        // between (a crash, an error) is settled by putting back whichever lists go
+        // with the commit the index has ([`crate::vocab::settle_fetch`]).
+        crate::vocab::swap_in_fetched(&index_dir).map_err(|e| io(&index_dir, e))?;
+        crate::crash_point("index-fetch-files");
+        let meta = index_dir.join("meta.json");
+        let part = index_dir.join("meta.json.part");
+        write_new(&part, &meta_file).map_err(|e| io(&part, e))?;
+        std::fs::rename(&part, &meta).map_err(|e| io(&meta, e))?;
+        crate::crash_point("index-fetch-meta");
+        Ok(n)
+    });
+    // Done or not, the lists left in place are those of the commit the index has.
+    let settled = crate::vocab::settle_fetch(&index_dir).map_err(|e| io(&index_dir, e));
+    let words = words?;
+    if let Err(e) = settled {
+        tracing::warn!(cause = %e, "a word list folder a fetch replaced could not be removed");
     }
-    match std::fs::rename(&staged, &vocab) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        r => r.map_err(|e| io(&staged, e))?,
-    }
-    crate::crash_point("index-fetch-files");
-    let meta = index_dir.join("meta.json");
-    let part = index_dir.join("meta.json.part");
-    write_new(&part, &meta_file).map_err(|e| io(&part, e))?;
-    std::fs::rename(&part, &meta).map_err(|e| io(&meta, e))?;
-    crate::crash_point("index-fetch-meta");
-    remove_dir(&replaced)?;
     // Segment files of the replaced commit: nothing names them any more.
     let entries = std::fs::read_dir(&index_dir).map_err(|e| io(&index_dir, e))?;
     for e in entries.flatten() {
@@ -692,63 +694,6 @@ pub(crate) fn fetch_index(
         files: fetched,
         words,
     })
-}
-
-/// Where the bucket's word lists wait, beside the local ones (`vocab`), until the whole
-/// copy is fetched.
-fn staged_word_lists(vocab: &Path) -> std::path::PathBuf {
-    vocab.with_file_name("vocabulary.fetched")
-}
-
-/// Where the local word lists wait while the commit fetched through `through` replaces
-/// the local one.
-fn replaced_word_lists(vocab: &Path, through: u64) -> std::path::PathBuf {
-    vocab.with_file_name(format!("vocabulary.replaced-{through:020}"))
-}
-
-/// Removes a directory and what is in it, if it is there.
-fn remove_dir(path: &Path) -> Result<(), SyncError> {
-    match std::fs::remove_dir_all(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(SyncError::Check(format!("{}: {e}", path.display())))
-        }
-        _ => Ok(()),
-    }
-}
-
-/// Settles a fetch that stopped while its word lists changed hands: the lists that go
-/// with the local commit (`ours`, the seq it covers through) are left in `vocab`. When
-/// the fetched commit had replaced the local one the fetched lists stay and the replaced
-/// ones go; when it had not, the replaced ones are put back.
-fn settle_word_lists(vocab: &Path, ours: u64) -> Result<(), SyncError> {
-    remove_dir(&staged_word_lists(vocab))?;
-    let Some(parent) = vocab.parent() else {
-        return Ok(());
-    };
-    let entries = match std::fs::read_dir(parent) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(SyncError::Check(format!("{}: {e}", parent.display()))),
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(through) = name
-            .strip_prefix("vocabulary.replaced-")
-            .and_then(|t| t.parse::<u64>().ok())
-        else {
-            continue;
-        };
-        let replaced = e.path();
-        if through != ours {
-            remove_dir(vocab)?;
-            std::fs::rename(&replaced, vocab)
-                .map_err(|e| SyncError::Check(format!("{}: {e}", replaced.display())))?;
-            tracing::info!(dir = %vocab.display(), "put back the word lists of the local index after a fetch of the bucket's copy stopped part way");
-        } else {
-            remove_dir(&replaced)?;
-        }
-    }
-    Ok(())
 }
 
 /// Writes tantivy's list of the files it manages in `index_dir`, as tantivy writes it
@@ -800,46 +745,6 @@ mod tests {
         assert!(plain_name("a5c4dfcbdfe645089129e308e26d5523.fieldnorm"));
         assert!(!plain_name("../meta.json"));
         assert!(!plain_name(".managed.json"));
-    }
-
-    /// The word lists of a fetch stopped while they changed hands: whichever go with
-    /// the commit the index has are left in place, and nothing half-fetched stays.
-    #[test]
-    fn a_fetch_stopped_part_way_leaves_the_lists_of_the_commit_in_place() {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let vocab = tmp.path().join("vocabulary");
-        let lay_out = || {
-            for (dir, list) in [
-                (vocab.clone(), "fetched"),
-                (replaced_word_lists(&vocab, 9), "local"),
-                (staged_word_lists(&vocab), "half"),
-            ] {
-                std::fs::create_dir_all(&dir).expect("mkdir");
-                std::fs::write(dir.join("0000000000000002.words"), list).expect("write");
-            }
-        };
-        let list = || std::fs::read_to_string(vocab.join("0000000000000002.words")).ok();
-        let leftovers = || {
-            std::fs::read_dir(tmp.path())
-                .expect("read_dir")
-                .filter(|e| e.as_ref().expect("entry").file_name() != "vocabulary")
-                .count()
-        };
-        // Stopped before the fetched commit replaced the local one (at seq 4): the
-        // local lists are put back.
-        lay_out();
-        settle_word_lists(&vocab, 4).expect("settles");
-        assert_eq!(list().as_deref(), Some("local"));
-        assert_eq!(leftovers(), 0);
-        // Stopped after it did (the index now covers through 9): the fetched stay.
-        std::fs::remove_dir_all(&vocab).expect("rm");
-        lay_out();
-        settle_word_lists(&vocab, 9).expect("settles");
-        assert_eq!(list().as_deref(), Some("fetched"));
-        assert_eq!(leftovers(), 0);
-        // A fresh directory: nothing to settle.
-        let empty = tmp.path().join("none").join("vocabulary");
-        settle_word_lists(&empty, 0).expect("nothing there");
     }
 }
 
