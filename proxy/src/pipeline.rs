@@ -1506,6 +1506,12 @@ mod tests {
         let redacted = words.replace("card 4111 1111 1111 1111", "falcon at noon");
         let out = outcome(&p, &redacted, Direction::Inbound, Copy::Direct).await;
         assert!(matches!(out.decision, Decision::Refuse { .. }), "{out:?}");
+        // So is a presence's error: a presence a client sends reaches its contact.
+        let presence = words
+            .replace("<iq ", "<presence ")
+            .replace("</iq>", "</presence>");
+        let out = outcome(&p, &presence, Direction::Inbound, Copy::Direct).await;
+        assert!(matches!(out.decision, Decision::Refuse { .. }), "{out:?}");
         // Both legs of one error are one message: its text is not part of the identity.
         let sent = Held::of(words);
         let outbound = content(&sent.item(Direction::Outbound, Copy::Direct));

@@ -398,15 +398,16 @@ const PRESENCE_NS: &[&str] = &[
 ];
 
 /// Whether the child `c` of presence `el` is an extension whose text and attribute values
-/// are an `other` text: anything but the presence's own priority and error and the
-/// extensions of [`PRESENCE_NS`] (a custom element reaches every contact's client,
-/// which a scripted one reads).
+/// are an `other` text: anything but the presence's own priority and the extensions of
+/// [`PRESENCE_NS`] (a custom element reaches every contact's client, which a scripted
+/// one reads). An error presence's `<error>` is its sender's words too (a room's or a
+/// server's when they send it); as any presence's texts, judged and recorded only when
+/// a rule matched them.
 fn presence_words(el: &Element, c: &Element) -> bool {
     if c.ns == el.ns {
         match &*c.name {
             "status" | "show" => false,
             "priority" => c.text_content().trim().parse::<i8>().is_err(),
-            "error" => el.attr("type") != Some("error"),
             _ => true,
         }
     } else {
