@@ -51,6 +51,10 @@ pub enum ClientFault {
     /// SASL again on a session that already authenticated.
     #[error("tried to authenticate again on an authenticated session")]
     Reauthentication,
+    /// The resource the server bound for the session is refused by policy: it is in
+    /// the address of everything the session sends.
+    #[error("bound the resource {0:?}, which policy refuses")]
+    ResourceRefused(String),
     /// A restarted stream's header names another domain than the stream it replaces.
     #[error("restarted its stream for {got:?} instead of {expected:?}")]
     OtherDomain { expected: String, got: String },
@@ -122,6 +126,10 @@ impl SessionError {
                 ClientFault::Reauthentication => Some((
                     "policy-violation",
                     "this session has already authenticated".into(),
+                )),
+                ClientFault::ResourceRefused(_) => Some((
+                    "policy-violation",
+                    "this resource is refused by the firm's policy: connect with another".into(),
                 )),
                 ClientFault::OtherDomain { .. } => Some((
                     "host-unknown",

@@ -46,8 +46,9 @@ use crate::relay_state::{bare, Copy};
 use crate::reply::{stanza_error, ErrorType};
 use crate::rooms::{RoomContext, Rooms};
 use crate::stanza::{
-    fetched_texts, forwarded_texts, is_clients_address, published_texts, stanza_attr_words, E2ee,
-    EditKind, ExtraText, StanzaKind, StanzaView, NS_ADDRESS, OWN_TEXT, TO_RESOURCE,
+    bound_resource, fetched_texts, forwarded_texts, is_clients_address, published_texts,
+    stanza_attr_words, E2ee, EditKind, ExtraText, StanzaKind, StanzaView, BOUND_RESOURCE,
+    NS_ADDRESS, OWN_TEXT, TO_RESOURCE,
 };
 use crate::xml::Element;
 
@@ -232,6 +233,13 @@ fn content<'a>(item: &Inspected<'a>) -> Content<'a> {
             {
                 "error".clone_into(&mut t.kind);
             }
+        }
+    }
+    // The resource the session binds is in the address of all it sends: the server's
+    // answer that binds it is judged on it, as a nickname is.
+    if item.direction == Direction::Inbound && outer.kind == StanzaKind::Iq {
+        if let (Some(jid), Some(asked)) = (&item.session.jid, &item.session.asked_resource) {
+            extra.extend(bound_resource(&item.stanza.root, jid, asked));
         }
     }
     // The resource a presence goes to is a nickname the user takes in a room only in an
@@ -1216,6 +1224,14 @@ fn redact(
     } else {
         wrapped_message(&mut stanza, item.view.forwarded.as_ref()?.child)?
     };
+    // No redaction takes a word out of the session's own address.
+    if c.extra
+        .iter()
+        .zip(delivered_extra)
+        .any(|(t, d)| d.is_some() && t.child == BOUND_RESOURCE)
+    {
+        return None;
+    }
     // An error's condition cannot go with its text: what is left would be no error.
     if removed.iter().any(|&i| {
         message
@@ -1406,6 +1422,7 @@ mod tests {
             client_addr: "127.0.0.1:1".parse().unwrap(),
             domain: "x".into(),
             jid: Some("alice@x/r".into()),
+            asked_resource: None,
         }
     }
 
@@ -1532,6 +1549,69 @@ mod tests {
             "{:?}",
             c.extra
         );
+    }
+
+    /// The resource a session binds is in the address of everything it sends: every
+    /// contact reads it in a presence, every recipient in a message. The server's answer
+    /// that binds it is judged on it, as a nickname is: recorded when a rule matched
+    /// it, and refused, redacted or blocked, since no redaction takes a word out of an
+    /// address.
+    #[tokio::test]
+    async fn the_resource_a_session_binds_is_judged() {
+        let p = pipeline(CARD_RULES);
+        let bound = |resource: &str| {
+            let jid = format!("alice@x/{resource}");
+            let xml = format!(
+                "<iq type='result' id='b1' to='{jid}'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
+                 <jid>{jid}</jid></bind></iq>"
+            );
+            let mut held = Held::of(&xml);
+            held.session.jid = Some(jid);
+            held.session.asked_resource = Some(resource.to_owned());
+            held
+        };
+        for resource in ["falcon-plans", "card 4111 1111 1111 1111"] {
+            let held = bound(resource);
+            let c = content(&held.item(Direction::Inbound, Copy::Direct));
+            assert!(
+                c.extra
+                    .iter()
+                    .any(|t| t.kind == "nick" && t.text == resource),
+                "{:?}",
+                c.extra
+            );
+            let out = p
+                .inspect(held.item(Direction::Inbound, Copy::Direct))
+                .await
+                .settled()
+                .await;
+            assert!(
+                matches!(out.decision, Decision::Refuse { .. }),
+                "{resource}: {out:?}"
+            );
+        }
+        // Judged, a plain one is no content: binding makes no record.
+        let held = bound("laptop");
+        let c = content(&held.item(Direction::Inbound, Copy::Direct));
+        assert!(!c.has_content(), "{:?}", c.extra);
+        let out = p
+            .inspect(held.item(Direction::Inbound, Copy::Direct))
+            .await
+            .settled()
+            .await;
+        assert!(matches!(out.decision, Decision::Forward), "{out:?}");
+        // Only the answer that binds the session's own address is read so, and only
+        // for a resource the client asked for: one the server picked is not its words
+        // (ejabberd picks digits, Prosody a UUID, which a card detector could take for
+        // a card number).
+        let mut other = bound("falcon-plans");
+        other.session.jid = Some("alice@x/laptop".into());
+        let c = content(&other.item(Direction::Inbound, Copy::Direct));
+        assert!(c.extra.is_empty(), "{:?}", c.extra);
+        let mut picked = bound("4111111111111111");
+        picked.session.asked_resource = None;
+        let c = content(&picked.item(Direction::Inbound, Copy::Direct));
+        assert!(c.extra.is_empty(), "{:?}", c.extra);
     }
 
     /// Words a reader can get at in a part Custos reads only in part, or in a message
@@ -3231,6 +3311,7 @@ mod room_tests {
             client_addr: "127.0.0.1:1".parse().unwrap(),
             domain: "x".into(),
             jid: Some(jid.into()),
+            asked_resource: None,
         };
         p.inspect(Inspected {
             direction,

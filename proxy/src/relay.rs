@@ -250,6 +250,16 @@ impl Window {
         self.queue.is_empty()
     }
 
+    /// Whether the stanza put in last is refused.
+    fn last_refused(&self) -> bool {
+        self.queue.back().is_some_and(|f| {
+            matches!(
+                f.inspection.outcome.decision,
+                crate::inspect::Decision::Refuse { .. }
+            )
+        })
+    }
+
     fn push(&mut self, item: InFlight) {
         self.bytes += item.raw.len();
         self.queue.push_back(item);
@@ -664,10 +674,19 @@ impl<'a, I: Inspector> Relay<'a, I> {
         match &ended {
             Ended::UpstreamClosedStream => self.finish_client(stream::CLOSE).await,
             Ended::UpstreamGone | Ended::Failed(_) => {
-                if let Ended::Failed(err) = &ended {
-                    warn!(cause = %err, "upstream failed");
-                }
-                let err = SessionError::Upstream(UpstreamFault::Closed);
+                let gone = SessionError::Upstream(UpstreamFault::Closed);
+                let err = match &ended {
+                    // What the client is told of its own session (a resource refused).
+                    Ended::Failed(err @ SessionError::Client(_)) => {
+                        info!(cause = %err, "closing session");
+                        err
+                    }
+                    Ended::Failed(err) => {
+                        warn!(cause = %err, "upstream failed");
+                        &gone
+                    }
+                    _ => &gone,
+                };
                 if let Some((condition, text)) = err.client_condition() {
                     self.finish_client(&stream::stream_error(condition, Some(&text)))
                         .await;
@@ -768,7 +787,23 @@ impl<'a, I: Inspector> Relay<'a, I> {
                                 Box::pin(self.relay_stanza(Direction::Inbound, stanza, window))
                                     .await;
                             Box::pin(self.shared.inspector.session_bound(&self.snapshot())).await;
-                            relayed
+                            // The resource is in the address of all the session would
+                            // send: one policy refused ends the session, its answer on
+                            // the record and not delivered.
+                            if relayed.is_ok() && window.last_refused() {
+                                let resource = account
+                                    .jid
+                                    .split_once('/')
+                                    .map(|(_, r)| r.to_owned())
+                                    .unwrap_or_default();
+                                Box::pin(self.drain(Direction::Inbound, window))
+                                    .await
+                                    .and(Err(Ended::Failed(
+                                        ClientFault::ResourceRefused(resource).into(),
+                                    )))
+                            } else {
+                                relayed
+                            }
                         }
                         UpstreamEvent::Resumed { previd } => {
                             let detached = self
@@ -958,8 +993,10 @@ impl<'a, I: Inspector> Relay<'a, I> {
     fn learn_account(&self, account: &Account) {
         tracing::Span::current().record("jid", account.jid.as_str());
         info!(jid = %account.jid, "resource bound");
+        let asked = self.lock_state().asked_resource().map(str::to_owned);
         if let Ok(mut info) = self.info.write() {
             info.jid = Some(account.jid.clone());
+            info.asked_resource = asked;
         }
     }
 

@@ -72,12 +72,16 @@ pub struct Sasl2Success {
 #[derive(Debug, Default)]
 pub struct ExpectBind {
     bind_request: Option<String>,
+    /// The resource the bind request asks for, if it names one.
+    asked: Option<String>,
     resume_request: Option<String>,
 }
 
 #[derive(Debug)]
 pub struct Bound {
     account: Account,
+    /// The resource the client asked for when it bound (not one the server picked).
+    asked: Option<String>,
 }
 
 #[derive(Debug)]
@@ -296,6 +300,15 @@ impl RelayState {
         }
     }
 
+    /// The resource the client asked for when it bound this session, if it named one
+    /// (RFC 6120 resource binding; not a resource the server picked, nor Bind2's).
+    pub fn asked_resource(&self) -> Option<&str> {
+        match &self.identity {
+            Identity::Bound(b) => b.asked.as_deref(),
+            _ => None,
+        }
+    }
+
     pub fn authenticated(&self) -> bool {
         !matches!(self.identity, Identity::ExpectAuth(_))
     }
@@ -351,6 +364,11 @@ impl RelayState {
                 match (bind_request, &view.id) {
                     (true, Some(id)) => {
                         e.bind_request = Some(id.clone());
+                        e.asked = el
+                            .child("bind", NS_BIND)
+                            .and_then(|b| b.children().find(|c| c.name == "resource"))
+                            .map(|r| r.text().trim().to_owned())
+                            .filter(|r| !r.is_empty());
                         ClientStanza::PassUnrecorded
                     }
                     _ => ClientStanza::NotAuthorized,
@@ -448,6 +466,7 @@ impl RelayState {
                         let account = Account { jid };
                         self.identity = Identity::Bound(Bound {
                             account: account.clone(),
+                            asked: e.asked.take(),
                         });
                         UpstreamEvent::Bound(account)
                     }
@@ -479,8 +498,8 @@ impl RelayState {
             self.sm.id = Some(previd.clone());
             self.sm.resumable = true;
             self.identity = Identity::ExpectBind(ExpectBind {
-                bind_request: None,
                 resume_request: Some(previd.clone()),
+                ..ExpectBind::default()
             });
             return Sasl2Success {
                 resumed: Some(previd),
@@ -497,8 +516,10 @@ impl RelayState {
                     self.sm.resumable = matches!(e.attr("resume"), Some("true" | "1"));
                 }
                 let account = Account { jid };
+                // Bind2's tag is not read: the resource is the server's.
                 self.identity = Identity::Bound(Bound {
                     account: account.clone(),
+                    asked: None,
                 });
                 Sasl2Success {
                     bound: Some(account),
@@ -520,6 +541,7 @@ impl RelayState {
         let account = account?;
         self.identity = Identity::Bound(Bound {
             account: account.clone(),
+            asked: None,
         });
         Some(account)
     }
@@ -713,6 +735,8 @@ mod tests {
                 jid: "alice@x/r".into()
             })
         );
+        // The resource the client asked for is kept with the account it proved.
+        assert_eq!(st.asked_resource(), Some("r"));
         st
     }
 

@@ -142,6 +142,7 @@ impl Negotiated {
             client_addr,
             domain: self.stream.domain.clone(),
             jid: None,
+            asked_resource: None,
         };
         let relay = Relay::new(
             shared,

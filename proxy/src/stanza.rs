@@ -90,6 +90,30 @@ pub const OWN_TEXT: usize = usize::MAX;
 /// redaction can take it out.
 pub const TO_RESOURCE: usize = usize::MAX - 1;
 
+/// The [`ExtraText::child`] of the resource a session binds, read in the server's
+/// answer that binds it: it is in the address of everything the session sends, so no
+/// redaction can take it out.
+pub const BOUND_RESOURCE: usize = usize::MAX - 2;
+
+/// The resource `asked` for in a bind request (RFC 6120 §7), read in the iq `el`, the
+/// server's answer that binds `jid`, the session's address, as a `nick` text: every
+/// contact reads the resource in a presence, every recipient in a message (a server
+/// that changes it on a conflict keeps the words asked for in it). Nothing for any
+/// other stanza, or an answer binding another address.
+pub fn bound_resource(el: &Element, jid: &str, asked: &str) -> Vec<ExtraText> {
+    let mut out = Vec::new();
+    let bound = el.name == "iq"
+        && el.attr("type") == Some("result")
+        && el
+            .child("bind", crate::stream::NS_BIND)
+            .and_then(|b| b.children().find(|c| c.name == "jid"))
+            .is_some_and(|j| j.text().trim() == jid);
+    if bound {
+        push_folded(&mut out, "nick", None, asked, BOUND_RESOURCE);
+    }
+    out
+}
+
 /// Attributes a stanza carries that hold an address, an identifier, a type or a
 /// language, never words.
 const STANZA_ATTRS: &[&str] = &["to", "from", "id", "type", "xml:lang"];

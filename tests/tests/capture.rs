@@ -1230,6 +1230,62 @@ async fn words_in_an_error_from_another_client_are_judged() -> TestResult {
     Ok(())
 }
 
+/// The resource a session binds is in the address of all it sends: every contact reads
+/// it in a presence. One a block rule matches ends the session before the client learns
+/// it is bound, and is on the record; one a flag rule matches is on the record and the
+/// session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resource_a_rule_matches_is_judged_and_recorded() -> TestResult {
+    let rig = rig(
+        "capture-resource",
+        Some(
+            "[[rule]]\nid = \"codename\"\nwhen = { body = { regex = \"(?i)falcon\" } }\naction = \"block\"\n\n\
+             [[rule]]\nid = \"watch\"\nwhen = { body = { regex = \"(?i)kestrel\" } }\naction = \"flag\"\n",
+        ),
+    )?;
+    let mut refused =
+        Scripted::connect(rig.custos.listener(1), rig.ca.cert_path(), "example.test").await?;
+    refused.authenticate("alice", password("alice")).await?;
+    refused
+        .send("<iq type='set' id='bind-1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>falcon-plans</resource></bind></iq>")
+        .await?;
+    let mut seen = Vec::new();
+    while let Some(Received::Element(e)) = refused.next_within(WAIT).await? {
+        seen.push(e);
+    }
+    assert!(
+        seen.iter().all(|e| e.attr("id") != Some("bind-1")),
+        "the bind result was delivered: {}",
+        refused.transcript
+    );
+    assert!(
+        seen.iter()
+            .any(|e| e.name == "error" && e.children().any(|c| c.name == "policy-violation")),
+        "{}",
+        refused.transcript
+    );
+    let hits = settled_copies(&rig, "falcon", 1)?;
+    assert_eq!(hits.len(), 1, "{hits:#?}");
+    assert_eq!(hits[0]["action"], "block", "{:#}", hits[0]);
+    assert!(rules_of(&hits[0]).contains(&"codename"), "{:#}", hits[0]);
+
+    let mut alice = login(&rig, "alice", "kestrel-desk").await?;
+    let mut bob = login(&rig, "bob", "phone").await?;
+    alice
+        .send("<message to='bob@example.test/phone' type='chat' id='m1'><body>resourceword hello</body></message>")
+        .await?;
+    bob.message_containing("resourceword", WAIT)
+        .await?
+        .ok_or("the message did not arrive")?;
+    let hits = settled_copies(&rig, "kestrel", 1)?;
+    assert_eq!(hits.len(), 1, "{hits:#?}");
+    assert_eq!(hits[0]["action"], "flag", "{:#}", hits[0]);
+    assert!(rules_of(&hits[0]).contains(&"watch"), "{:#}", hits[0]);
+    // A plain resource makes no record.
+    assert!(rig.search_copies("phone")?.is_empty());
+    Ok(())
+}
+
 /// A status is shown to every contact: one a flag rule matches is on the record with its
 /// verdict, on the sender's leg and on each contact's behind Custos, and found by search;
 /// one no rule matches is not recorded.
