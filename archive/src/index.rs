@@ -1254,6 +1254,9 @@ impl BlindIndexWriter {
         archive_id: [u8; 16],
         check_held_now: bool,
     ) -> Result<BlindIndexWriter, IndexError> {
+        // Word lists a fetch of a bucket's index copy left half swapped are settled to
+        // those of the commit the index has, before anything below commits another.
+        crate::vocab::settle_fetch(dir).map_err(IndexError::Vocabulary)?;
         let (_, fields) = schema();
         let found = meta_mark(&index.load_metas()?, master, &archive_id);
         let mut writer = index.writer_with_num_threads(1, WRITER_MEMORY)?;
@@ -1278,9 +1281,6 @@ impl BlindIndexWriter {
             writer.merge(&pending).wait()?;
             writer.garbage_collect_files().wait()?;
         }
-        // Word lists a fetch of a bucket's index copy left half swapped are settled to
-        // those of the commit the index has.
-        crate::vocab::settle_fetch(dir).map_err(IndexError::Vocabulary)?;
         // A word list with no documents beside it is what a crash left: words sealed
         // for a commit that never landed (added again as the log is caught up), or a
         // shredded segment's, whose removal after the merge did not happen.
