@@ -39,9 +39,10 @@ pub struct SessionInfo {
     /// The full JID the session proved: the upstream's answer to this session's own
     /// bind request, or the JID of the session it resumed. Never what a client wrote.
     pub jid: Option<String>,
-    /// The resource the client asked for in its bind request, once the server's answer
-    /// bound it (`None` for one the server picked, Bind2's or a resumed session's).
-    pub asked_resource: Option<String>,
+    /// The server's answer binding a resource the client named is being inspected:
+    /// that resource is the client's words (not one the server picked, Bind2's or a
+    /// resumed session's). Set for that answer alone.
+    pub chose_resource: bool,
 }
 
 /// One stanza offered for inspection.

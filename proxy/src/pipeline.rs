@@ -237,9 +237,12 @@ fn content<'a>(item: &Inspected<'a>) -> Content<'a> {
     }
     // The resource the session binds is in the address of all it sends: the server's
     // answer that binds it is judged on it, as a nickname is.
-    if item.direction == Direction::Inbound && outer.kind == StanzaKind::Iq {
-        if let (Some(jid), Some(asked)) = (&item.session.jid, &item.session.asked_resource) {
-            extra.extend(bound_resource(&item.stanza.root, jid, asked));
+    if item.direction == Direction::Inbound
+        && outer.kind == StanzaKind::Iq
+        && item.session.chose_resource
+    {
+        if let Some(jid) = &item.session.jid {
+            extra.extend(bound_resource(&item.stanza.root, jid));
         }
     }
     // The resource a presence goes to is a nickname the user takes in a room only in an
@@ -432,11 +435,24 @@ fn evaluate(
     let mut verdict = policy.evaluate(&subject);
     let mut delivered = Vec::with_capacity(c.extra.len());
     for text in &c.extra {
-        let other = policy.evaluate(&Subject {
-            body: Some(&text.text),
-            subject: None,
-            ..subject
-        });
+        // The resource a session binds goes out in every address it sends from: it is
+        // the user's words to the server and beyond, not the server's answer's.
+        let other = if text.child == BOUND_RESOURCE {
+            policy.evaluate(&Subject {
+                direction: custos_policy::Direction::Outbound,
+                from: subject.to,
+                to: subject.from,
+                body: Some(&text.text),
+                subject: None,
+                ..subject
+            })
+        } else {
+            policy.evaluate(&Subject {
+                body: Some(&text.text),
+                subject: None,
+                ..subject
+            })
+        };
         delivered.push(other.delivered_body.clone());
         verdict.absorb(other);
     }
@@ -1422,7 +1438,7 @@ mod tests {
             client_addr: "127.0.0.1:1".parse().unwrap(),
             domain: "x".into(),
             jid: Some("alice@x/r".into()),
-            asked_resource: None,
+            chose_resource: false,
         }
     }
 
@@ -1567,7 +1583,7 @@ mod tests {
             );
             let mut held = Held::of(&xml);
             held.session.jid = Some(jid);
-            held.session.asked_resource = Some(resource.to_owned());
+            held.session.chose_resource = true;
             held
         };
         for resource in ["falcon-plans", "card 4111 1111 1111 1111"] {
@@ -1590,6 +1606,16 @@ mod tests {
                 "{resource}: {out:?}"
             );
         }
+        // It is the user's words going out: a rule on what users send sees it.
+        let outbound = pipeline(
+            "[[rule]]\nid = \"dlp\"\nwhen = { direction = \"outbound\", body = { regex = \"(?i)osprey\" } }\naction = \"block\"\n",
+        );
+        let out = outbound
+            .inspect(bound("osprey-desk").item(Direction::Inbound, Copy::Direct))
+            .await
+            .settled()
+            .await;
+        assert!(matches!(out.decision, Decision::Refuse { .. }), "{out:?}");
         // Judged, a plain one is no content: binding makes no record.
         let held = bound("laptop");
         let c = content(&held.item(Direction::Inbound, Copy::Direct));
@@ -1609,7 +1635,7 @@ mod tests {
         let c = content(&other.item(Direction::Inbound, Copy::Direct));
         assert!(c.extra.is_empty(), "{:?}", c.extra);
         let mut picked = bound("4111111111111111");
-        picked.session.asked_resource = None;
+        picked.session.chose_resource = false;
         let c = content(&picked.item(Direction::Inbound, Copy::Direct));
         assert!(c.extra.is_empty(), "{:?}", c.extra);
     }
@@ -3311,7 +3337,7 @@ mod room_tests {
             client_addr: "127.0.0.1:1".parse().unwrap(),
             domain: "x".into(),
             jid: Some(jid.into()),
-            asked_resource: None,
+            chose_resource: false,
         };
         p.inspect(Inspected {
             direction,

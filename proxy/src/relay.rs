@@ -786,11 +786,20 @@ impl<'a, I: Inspector> Relay<'a, I> {
                             let relayed =
                                 Box::pin(self.relay_stanza(Direction::Inbound, stanza, window))
                                     .await;
+                            // The resource is judged once, on the answer that binds it.
+                            if let Ok(mut info) = self.info.write() {
+                                info.chose_resource = false;
+                            }
                             Box::pin(self.shared.inspector.session_bound(&self.snapshot())).await;
                             // The resource is in the address of all the session would
                             // send: one policy refused ends the session, its answer on
-                            // the record and not delivered.
-                            if relayed.is_ok() && window.last_refused() {
+                            // the record and not delivered; the client's stanzas are
+                            // refused until then.
+                            let refused = window.last_refused();
+                            if !refused {
+                                self.lock_state().confirm_bound();
+                            }
+                            if relayed.is_ok() && refused {
                                 let resource = account
                                     .jid
                                     .split_once('/')
@@ -993,10 +1002,10 @@ impl<'a, I: Inspector> Relay<'a, I> {
     fn learn_account(&self, account: &Account) {
         tracing::Span::current().record("jid", account.jid.as_str());
         info!(jid = %account.jid, "resource bound");
-        let asked = self.lock_state().asked_resource().map(str::to_owned);
+        let chose = self.lock_state().chose_resource();
         if let Ok(mut info) = self.info.write() {
             info.jid = Some(account.jid.clone());
-            info.asked_resource = asked;
+            info.chose_resource = chose;
         }
     }
 

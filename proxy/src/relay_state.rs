@@ -72,16 +72,19 @@ pub struct Sasl2Success {
 #[derive(Debug, Default)]
 pub struct ExpectBind {
     bind_request: Option<String>,
-    /// The resource the bind request asks for, if it names one.
-    asked: Option<String>,
+    /// The bind request names a resource: the one bound is the client's choice.
+    chose: bool,
     resume_request: Option<String>,
 }
 
 #[derive(Debug)]
 pub struct Bound {
     account: Account,
-    /// The resource the client asked for when it bound (not one the server picked).
-    asked: Option<String>,
+    /// The client named the resource it bound (the server did not pick it).
+    chose: bool,
+    /// The relay let the bind result through: until then, as before it came, the
+    /// client's stanzas are refused (a resource policy refuses ends the session).
+    confirmed: bool,
 }
 
 #[derive(Debug)]
@@ -300,12 +303,16 @@ impl RelayState {
         }
     }
 
-    /// The resource the client asked for when it bound this session, if it named one
-    /// (RFC 6120 resource binding; not a resource the server picked, nor Bind2's).
-    pub fn asked_resource(&self) -> Option<&str> {
-        match &self.identity {
-            Identity::Bound(b) => b.asked.as_deref(),
-            _ => None,
+    /// Whether the client named the resource it bound (RFC 6120 resource binding; not
+    /// one the server picked, nor Bind2's).
+    pub fn chose_resource(&self) -> bool {
+        matches!(&self.identity, Identity::Bound(b) if b.chose)
+    }
+
+    /// The relay let the bind result through to the client: its stanzas pass from now.
+    pub fn confirm_bound(&mut self) {
+        if let Identity::Bound(b) = &mut self.identity {
+            b.confirmed = true;
         }
     }
 
@@ -364,16 +371,19 @@ impl RelayState {
                 match (bind_request, &view.id) {
                     (true, Some(id)) => {
                         e.bind_request = Some(id.clone());
-                        e.asked = el
-                            .child("bind", NS_BIND)
-                            .and_then(|b| b.children().find(|c| c.name == "resource"))
-                            .map(|r| r.text().trim().to_owned())
-                            .filter(|r| !r.is_empty());
+                        // Any element named so, in any namespace: the resource bound
+                        // is judged, whichever the server read.
+                        e.chose = el.child("bind", NS_BIND).is_some_and(|b| {
+                            b.children()
+                                .any(|c| c.name == "resource" && !c.text().trim().is_empty())
+                        });
                         ClientStanza::PassUnrecorded
                     }
                     _ => ClientStanza::NotAuthorized,
                 }
             }
+            // The bind result is not through yet: the client has no resource to send from.
+            Identity::Bound(b) if !b.confirmed => ClientStanza::NotAuthorized,
             Identity::Bound(b) => {
                 let account = b.account.clone();
                 if let Some(claimed) = view.from.as_deref() {
@@ -466,7 +476,8 @@ impl RelayState {
                         let account = Account { jid };
                         self.identity = Identity::Bound(Bound {
                             account: account.clone(),
-                            asked: e.asked.take(),
+                            chose: e.chose,
+                            confirmed: false,
                         });
                         UpstreamEvent::Bound(account)
                     }
@@ -519,7 +530,8 @@ impl RelayState {
                 // Bind2's tag is not read: the resource is the server's.
                 self.identity = Identity::Bound(Bound {
                     account: account.clone(),
-                    asked: None,
+                    chose: false,
+                    confirmed: true,
                 });
                 Sasl2Success {
                     bound: Some(account),
@@ -541,7 +553,8 @@ impl RelayState {
         let account = account?;
         self.identity = Identity::Bound(Bound {
             account: account.clone(),
-            asked: None,
+            chose: false,
+            confirmed: true,
         });
         Some(account)
     }
@@ -735,8 +748,11 @@ mod tests {
                 jid: "alice@x/r".into()
             })
         );
-        // The resource the client asked for is kept with the account it proved.
-        assert_eq!(st.asked_resource(), Some("r"));
+        // The client named its resource; its stanzas wait for the relay to let the
+        // bind result through.
+        assert!(st.chose_resource());
+        assert_eq!(client(&mut st, "<presence/>"), ClientStanza::NotAuthorized);
+        st.confirm_bound();
         st
     }
 

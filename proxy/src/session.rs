@@ -142,7 +142,7 @@ impl Negotiated {
             client_addr,
             domain: self.stream.domain.clone(),
             jid: None,
-            asked_resource: None,
+            chose_resource: false,
         };
         let relay = Relay::new(
             shared,

@@ -95,12 +95,11 @@ pub const TO_RESOURCE: usize = usize::MAX - 1;
 /// redaction can take it out.
 pub const BOUND_RESOURCE: usize = usize::MAX - 2;
 
-/// The resource `asked` for in a bind request (RFC 6120 §7), read in the iq `el`, the
-/// server's answer that binds `jid`, the session's address, as a `nick` text: every
-/// contact reads the resource in a presence, every recipient in a message (a server
-/// that changes it on a conflict keeps the words asked for in it). Nothing for any
-/// other stanza, or an answer binding another address.
-pub fn bound_resource(el: &Element, jid: &str, asked: &str) -> Vec<ExtraText> {
+/// The resource of `jid`, the session's address, read in the iq `el`, the server's
+/// answer to a bind request (RFC 6120 §7) that binds it, as a `nick` text: every contact
+/// reads the resource in a presence, every recipient in a message. Nothing for any other
+/// stanza, or an answer binding another address.
+pub fn bound_resource(el: &Element, jid: &str) -> Vec<ExtraText> {
     let mut out = Vec::new();
     let bound = el.name == "iq"
         && el.attr("type") == Some("result")
@@ -108,8 +107,8 @@ pub fn bound_resource(el: &Element, jid: &str, asked: &str) -> Vec<ExtraText> {
             .child("bind", crate::stream::NS_BIND)
             .and_then(|b| b.children().find(|c| c.name == "jid"))
             .is_some_and(|j| j.text().trim() == jid);
-    if bound {
-        push_folded(&mut out, "nick", None, asked, BOUND_RESOURCE);
+    if let Some((_, resource)) = jid.split_once('/').filter(|_| bound) {
+        push_folded(&mut out, "nick", None, resource, BOUND_RESOURCE);
     }
     out
 }
