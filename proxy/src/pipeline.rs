@@ -306,6 +306,40 @@ fn going_offline(view: &StanzaView) -> bool {
     view.kind == StanzaKind::Presence && view.stanza_type.as_deref() == Some("unavailable")
 }
 
+/// Whether the stanza is an iq or presence error coming in to the user.
+fn error_coming_in(item: &Inspected<'_>) -> bool {
+    item.direction == Direction::Inbound
+        && matches!(item.view.kind, StanzaKind::Iq | StanzaKind::Presence)
+        && item.view.stanza_type.as_deref() == Some("error")
+        && item.copy == Copy::Direct
+}
+
+/// An error stanza with nothing but its addresses, id, type and error condition: the
+/// first element of the stanzas namespace in its `<error>` but a `<text>`, emptied.
+fn bare_error(stanza: &Element) -> Vec<u8> {
+    const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+    let mut out = Element::new(stanza.name.clone(), stanza.ns.clone());
+    for name in ["to", "from", "id", "type"] {
+        if let Some(value) = stanza.attr(name) {
+            out.set_attr(name, value);
+        }
+    }
+    let error = stanza.child("error", &stanza.ns);
+    let mut bare = Element::new("error", stanza.ns.clone());
+    if let Some(kind) = error.and_then(|e| e.attr("type")) {
+        bare.set_attr("type", kind);
+    }
+    let condition = error
+        .and_then(|e| {
+            e.children()
+                .find(|c| c.ns == NS_STANZAS && c.name != "text")
+        })
+        .map_or("undefined-condition", |c| &*c.name);
+    bare.push_child(Element::new(condition.to_owned(), NS_STANZAS));
+    out.push_child(bare);
+    out.to_bytes()
+}
+
 /// Whether the stanza is an available presence addressed to someone (a room entry, a
 /// status update in a room, or a directed presence).
 fn directed_available(view: &StanzaView) -> bool {
@@ -798,6 +832,16 @@ impl Pipeline {
                 stanza.write_to(&mut bytes);
                 Outcome {
                     decision: Decision::Replace(bytes),
+                    inject: Injections::default(),
+                }
+            }
+            // An error coming in is delivered without its words, its condition kept:
+            // dropped, a request would wait for its timeout, and a room's refused entry
+            // would show as joining for good.
+            custos_policy::Action::Block if error_coming_in(item) => {
+                info!(rules = ?verdict.rules.iter().map(|r| r.as_str()).collect::<Vec<_>>(), "an error blocked by policy goes without its words");
+                Outcome {
+                    decision: Decision::Replace(bare_error(&item.stanza.root)),
                     inject: Injections::default(),
                 }
             }
@@ -1533,17 +1577,43 @@ mod tests {
         let words = "<iq from='bob@x/pc' to='alice@x/r' type='error' id='1'><error type='cancel'>\
                      <undefined-condition xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
                      <text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>card 4111 1111 1111 1111</text></error></iq>";
-        let out = outcome(&p, words, Direction::Inbound, Copy::Direct).await;
-        assert!(matches!(out.decision, Decision::Refuse { .. }), "{out:?}");
-        // A redaction cannot take the text out and leave an error: it is refused.
+        // Blocked or redacted, an error coming in is delivered without its words, its
+        // condition kept: a request refused in silence would wait for its timeout, and
+        // a room's refused entry would show as joining for good.
+        let bare = |out: Outcome| {
+            let Decision::Replace(bytes) = out.decision else {
+                panic!("not delivered bare: {:?}", out.decision);
+            };
+            let text = String::from_utf8(bytes).unwrap();
+            assert!(
+                text.contains("<undefined-condition")
+                    && !text.contains("4111")
+                    && !text.contains("falcon")
+                    && !text.contains("<text"),
+                "{text}"
+            );
+        };
+        bare(outcome(&p, words, Direction::Inbound, Copy::Direct).await);
         let redacted = words.replace("card 4111 1111 1111 1111", "falcon at noon");
-        let out = outcome(&p, &redacted, Direction::Inbound, Copy::Direct).await;
-        assert!(matches!(out.decision, Decision::Refuse { .. }), "{out:?}");
+        bare(outcome(&p, &redacted, Direction::Inbound, Copy::Direct).await);
         // So is a presence's error: a presence a client sends reaches its contact.
         let presence = words
             .replace("<iq ", "<presence ")
             .replace("</iq>", "</presence>");
-        let out = outcome(&p, &presence, Direction::Inbound, Copy::Direct).await;
+        bare(outcome(&p, &presence, Direction::Inbound, Copy::Direct).await);
+        // Words in a condition's content or beside the error go with it.
+        let hidden = "<iq from='bob@x/pc' to='alice@x/r' type='error' id='1'><note xmlns='urn:x'>falcon</note>\
+                      <error type='cancel' by='bob@x'><gone xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>xmpp:falcon@x</gone>\
+                      <x xmlns='urn:x' v='falcon'/></error></iq>";
+        let out = outcome(&p, hidden, Direction::Inbound, Copy::Direct).await;
+        let Decision::Replace(bytes) = out.decision else {
+            panic!("not delivered bare: {:?}", out.decision);
+        };
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.contains("<gone") && !text.contains("falcon"), "{text}");
+        // One the user's client sends is refused, as any stanza is.
+        let sent = words.replace("from='bob@x/pc' to='alice@x/r'", "to='bob@x/pc'");
+        let out = outcome(&p, &sent, Direction::Outbound, Copy::Direct).await;
         assert!(matches!(out.decision, Decision::Refuse { .. }), "{out:?}");
         // Both legs of one error are one message: its text is not part of the identity.
         let sent = Held::of(words);

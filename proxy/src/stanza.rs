@@ -384,7 +384,9 @@ fn statuses(el: &Element) -> Vec<ExtraText> {
                 attribute_values(inner, &mut hidden);
             }
         }
-        if shown.is_none() && presence_words(el, c) {
+        if shown.is_none() && own && c.name == "error" {
+            error_words(c, &mut hidden);
+        } else if shown.is_none() && presence_words(el, c) {
             hidden.push(' ');
             hidden.push_str(&c.deep_text());
             attribute_values(c, &mut hidden);
