@@ -449,6 +449,26 @@ fn subject<'a>(c: &'a Content<'a>, room: custos_policy::RoomFacts<'a>) -> Option
     })
 }
 
+/// Whether policy blocks the stanza on its parties and kind alone, whatever it says (an
+/// information barrier between its sender and the user).
+fn blocked_without_texts(policy: &PolicyHandle, c: &Content<'_>, room: &RoomContext) -> bool {
+    let to_real: Vec<&str> = room.to_real.iter().map(String::as_str).collect();
+    let facts = custos_policy::RoomFacts {
+        from_real: room.from_real.as_deref(),
+        to_real: &to_real,
+        join: room.join,
+        groupchat: false,
+    };
+    subject(c, facts).is_some_and(|subject| {
+        let bare = Subject {
+            body: None,
+            subject: None,
+            ..subject
+        };
+        policy.current().evaluate(&bare).action == custos_policy::Action::Block
+    })
+}
+
 /// The verdict on every text of the stanza: body and subject, then each other text as a
 /// body of its own (a rule cannot be dodged by moving text into another language, XHTML
 /// or a link). Returns each other text's redacted form, where it was redacted.
@@ -838,7 +858,13 @@ impl Pipeline {
             // An error coming in is delivered without its words, its condition kept:
             // dropped, a request would wait for its timeout, and a room's refused entry
             // would show as joining for good.
-            custos_policy::Action::Block if error_coming_in(item) => {
+            custos_policy::Action::Block
+                if error_coming_in(item)
+                    && !self
+                        .policy
+                        .as_ref()
+                        .is_some_and(|p| blocked_without_texts(p, c, room)) =>
+            {
                 info!(rules = ?verdict.rules.iter().map(|r| r.as_str()).collect::<Vec<_>>(), "an error blocked by policy goes without its words");
                 Outcome {
                     decision: Decision::Replace(bare_error(&item.stanza.root)),
@@ -1611,6 +1637,12 @@ mod tests {
         };
         let text = String::from_utf8(bytes).unwrap();
         assert!(text.contains("<gone") && !text.contains("falcon"), "{text}");
+        // Blocked on its parties alone (a barrier), it does not cross, bare or not.
+        let barrier = pipeline(&format!(
+            "{CARD_RULES}\n[[rule]]\nid = \"wall\"\nwhen = {{ from = \"bob@x\" }}\naction = \"block\"\n"
+        ));
+        let out = outcome(&barrier, words, Direction::Inbound, Copy::Direct).await;
+        assert!(matches!(out.decision, Decision::Refuse { .. }), "{out:?}");
         // One the user's client sends is refused, as any stanza is.
         let sent = words.replace("from='bob@x/pc' to='alice@x/r'", "to='bob@x/pc'");
         let out = outcome(&p, &sent, Direction::Outbound, Copy::Direct).await;

@@ -790,15 +790,15 @@ impl<'a, I: Inspector> Relay<'a, I> {
                             if let Ok(mut info) = self.info.write() {
                                 info.chose_resource = false;
                             }
-                            Box::pin(self.shared.inspector.session_bound(&self.snapshot())).await;
                             // The resource is in the address of all the session would
                             // send: one policy refused ends the session, its answer on
                             // the record and not delivered; the client's stanzas are
-                            // refused until then.
+                            // refused until the answer is let through.
                             let refused = window.last_refused();
                             if !refused {
                                 self.lock_state().confirm_bound();
                             }
+                            Box::pin(self.shared.inspector.session_bound(&self.snapshot())).await;
                             if relayed.is_ok() && refused {
                                 let resource = account
                                     .jid
