@@ -163,6 +163,17 @@ pub trait Inspector: Send + Sync + 'static {
         async {}
     }
 
+    /// Whether policy refuses (blocks or redacts) `text` as words the user sends, before
+    /// any stanza carries them: a Bind2 tag, which the server makes part of the resource.
+    /// Nothing is recorded: the session has no account yet.
+    fn refuses_words(
+        &self,
+        _session: &SessionInfo,
+        _text: &str,
+    ) -> impl Future<Output = bool> + Send {
+        async { false }
+    }
+
     /// Called once the session's full JID is known (the resource-binding result).
     fn session_bound(&self, _session: &SessionInfo) -> impl Future<Output = ()> + Send {
         async {}

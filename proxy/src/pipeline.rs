@@ -943,6 +943,27 @@ fn peer_file_transfer(view: &StanzaView, root: &Element) -> Option<&'static str>
 }
 
 impl Inspector for Pipeline {
+    async fn refuses_words(&self, _session: &SessionInfo, text: &str) -> bool {
+        let Some(policy) = &self.policy else {
+            return false;
+        };
+        let verdict = policy.current().evaluate(&Subject {
+            direction: custos_policy::Direction::Outbound,
+            kind: custos_policy::StanzaKind::Iq,
+            stanza_type: None,
+            from: None,
+            to: None,
+            body: Some(text),
+            subject: None,
+            e2ee: None,
+            room: custos_policy::RoomFacts::default(),
+        });
+        matches!(
+            verdict.action,
+            custos_policy::Action::Block | custos_policy::Action::Redact
+        )
+    }
+
     async fn inspect(&self, item: Inspected<'_>) -> Inspection {
         if let Some(kind) = peer_file_transfer(item.view, &item.stanza.root) {
             let direction = match item.direction {
@@ -1740,6 +1761,25 @@ mod tests {
         picked.session.chose_resource = false;
         let c = content(&picked.item(Direction::Inbound, Copy::Direct));
         assert!(c.extra.is_empty(), "{:?}", c.extra);
+    }
+
+    /// A Bind2 tag (XEP-0386) becomes part of the resource the server binds: policy
+    /// judges it as words the user sends, before any stanza carries it.
+    #[tokio::test]
+    async fn a_bind2_tag_is_judged_as_words_the_user_sends() {
+        let p = pipeline(&format!(
+            "{CARD_RULES}\n[[rule]]\nid = \"watch\"\nwhen = {{ body = {{ regex = \"(?i)kestrel\" }} }}\naction = \"flag\"\n"
+        ));
+        let info = session();
+        assert!(p.refuses_words(&info, "falcon plans").await);
+        assert!(p.refuses_words(&info, "4111 1111 1111 1111").await);
+        assert!(!p.refuses_words(&info, "kestrel desk").await);
+        assert!(!p.refuses_words(&info, "Conversations.xK2a").await);
+        assert!(
+            !Pipeline::new(None, None, OnArchiveFailure::Block, None)
+                .refuses_words(&info, "falcon")
+                .await
+        );
     }
 
     /// Words a reader can get at in a part Custos reads only in part, or in a message

@@ -31,7 +31,8 @@ use crate::inspect::{Copy, Decision, Direction, Inspected, Inspection, Inspector
 use crate::io::{read_frame, send, ReadError};
 use crate::negotiation::ClientStream;
 use crate::relay_state::{
-    Account, ClientStanza, Numbering, RelayState, Sasl2Success, SmStep, UpstreamEvent, NS_SASL2,
+    Account, ClientStanza, Numbering, RelayState, Sasl2Success, SmStep, UpstreamEvent, NS_BIND2,
+    NS_SASL2,
 };
 use crate::reply::{stanza_error, ErrorType};
 use crate::session::Shared;
@@ -904,6 +905,26 @@ impl<'a, I: Inspector> Relay<'a, I> {
                     rewritten = true;
                     self.sasl2_resume_refused.store(true, Ordering::Release);
                     info!("SASL2: not resuming a stream-management session this node did not relay; the client binds afresh");
+                }
+            }
+        }
+        // A Bind2 tag becomes part of the resource, in the address of all the session
+        // sends: one policy refuses is taken out, and the server picks a resource.
+        let tag = root
+            .child("bind", NS_BIND2)
+            .and_then(|b| b.child("tag", NS_BIND2))
+            .map(|t| t.text().trim().to_owned())
+            .filter(|t| !t.is_empty());
+        if let Some(tag) = tag {
+            let info = self.snapshot();
+            if self.shared.inspector.refuses_words(&info, &tag).await {
+                if let Some(bind) = root
+                    .children_mut()
+                    .find(|c| c.name == "bind" && c.ns == NS_BIND2)
+                {
+                    bind.retain_children(|c| !(c.name == "tag" && c.ns == NS_BIND2));
+                    rewritten = true;
+                    info!("SASL2: took a Bind2 tag policy refuses out of the request; the server picks the resource");
                 }
             }
         }

@@ -1025,6 +1025,43 @@ async fn a_sasl2_bind2_session_is_archived_under_the_jid_it_proved() -> TestResu
     Ok(())
 }
 
+/// A Bind2 tag becomes part of the resource Prosody binds (`tag~suffix`), in the address
+/// of everything the session sends: one a rule blocks is taken out of the request and
+/// the server picks the resource; one no rule refuses is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bind2_tag_policy_refuses_never_becomes_the_resource() -> TestResult {
+    let rig = Rig::start(
+        "capture-bind2-tag",
+        RigOptions {
+            archive: true,
+            sasl2: true,
+            // As in the test above: Debian's mod_sasl2 works over loopback without TLS.
+            upstream_plain: true,
+            rules: Some(
+                "[[rule]]\nid = \"codename\"\nwhen = { body = { regex = \"(?i)falcon\" } }\naction = \"block\"\n"
+                    .into(),
+            ),
+            ..RigOptions::default()
+        },
+    )?;
+    for (tag, kept) in [("falcon-desk", false), ("osprey-desk", true)] {
+        let mut c = Scripted::connect(rig.custos.listener(1), rig.ca.cert_path(), "example.test")
+            .await
+            .map_err(|e| format!("{e}\n{}", rig.context()))?;
+        c.authenticate_sasl2(
+            "alice",
+            password("alice"),
+            &format!("<bind xmlns='urn:xmpp:bind:0'><tag>{tag}</tag></bind>"),
+        )
+        .await
+        .map_err(|e| format!("{e}\n{}", rig.context()))?;
+        let jid = c.jid.clone().ok_or("no full JID in the SASL2 success")?;
+        assert_eq!(jid.contains(tag), kept, "{tag}: {jid}");
+        assert!(jid.starts_with("alice@example.test/"), "{jid}");
+    }
+    Ok(())
+}
+
 /// A client that ends its stream with a stream error (as clients do when what they
 /// received is not well-formed) is logged as objecting, with its condition, not blamed
 /// as a faulty client; its text is quoted escaped.
