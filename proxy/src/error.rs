@@ -55,6 +55,11 @@ pub enum ClientFault {
     /// the address of everything the session sends.
     #[error("bound the resource {0:?}, which policy refuses")]
     ResourceRefused(String),
+    /// The record of the server's answer binding the session's resource could not be
+    /// written (a rule matched the resource, and the archive refuses writes): the
+    /// answer is not delivered.
+    #[error("bound the resource {0:?}, whose record the archive could not write")]
+    BindNotArchived(String),
     /// A restarted stream's header names another domain than the stream it replaces.
     #[error("restarted its stream for {got:?} instead of {expected:?}")]
     OtherDomain { expected: String, got: String },
@@ -130,6 +135,10 @@ impl SessionError {
                 ClientFault::ResourceRefused(_) => Some((
                     "policy-violation",
                     "this resource is refused by the firm's policy: connect with another".into(),
+                )),
+                ClientFault::BindNotArchived(_) => Some((
+                    "internal-server-error",
+                    "the archive could not record this session's resource; connect again".into(),
                 )),
                 ClientFault::OtherDomain { .. } => Some((
                     "host-unknown",

@@ -314,25 +314,55 @@ fn error_coming_in(item: &Inspected<'_>) -> bool {
         && item.copy == Copy::Direct
 }
 
-/// An error stanza with nothing but its addresses, id, type and error condition: the
-/// first element of the stanzas namespace in its `<error>` but a `<text>`, emptied.
+/// The defined conditions of a stanza error (RFC 6120 §8.3.3).
+const STANZA_CONDITIONS: &[&str] = &[
+    "bad-request",
+    "conflict",
+    "feature-not-implemented",
+    "forbidden",
+    "gone",
+    "internal-server-error",
+    "item-not-found",
+    "jid-malformed",
+    "not-acceptable",
+    "not-allowed",
+    "not-authorized",
+    "policy-violation",
+    "recipient-unavailable",
+    "redirect",
+    "registration-required",
+    "remote-server-not-found",
+    "remote-server-timeout",
+    "resource-constraint",
+    "service-unavailable",
+    "subscription-required",
+    "undefined-condition",
+    "unexpected-request",
+];
+
+/// An error stanza with nothing but its addresses, its id (unless it holds words), its
+/// type and its error's type and defined condition, emptied: no word of its sender's
+/// reaches the user.
 fn bare_error(stanza: &Element) -> Vec<u8> {
     const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
     let mut out = Element::new(stanza.name.clone(), stanza.ns.clone());
     for name in ["to", "from", "id", "type"] {
-        if let Some(value) = stanza.attr(name) {
+        if let Some(value) = stanza.attr(name).filter(|v| !stanza_attr_words(name, v)) {
             out.set_attr(name, value);
         }
     }
     let error = stanza.child("error", &stanza.ns);
     let mut bare = Element::new("error", stanza.ns.clone());
-    if let Some(kind) = error.and_then(|e| e.attr("type")) {
+    if let Some(kind) = error
+        .and_then(|e| e.attr("type"))
+        .filter(|t| ["auth", "cancel", "continue", "modify", "wait"].contains(t))
+    {
         bare.set_attr("type", kind);
     }
     let condition = error
         .and_then(|e| {
             e.children()
-                .find(|c| c.ns == NS_STANZAS && c.name != "text")
+                .find(|c| c.ns == NS_STANZAS && STANZA_CONDITIONS.contains(&&*c.name))
         })
         .map_or("undefined-condition", |c| &*c.name);
     bare.push_child(Element::new(condition.to_owned(), NS_STANZAS));
@@ -943,15 +973,16 @@ fn peer_file_transfer(view: &StanzaView, root: &Element) -> Option<&'static str>
 }
 
 impl Inspector for Pipeline {
-    async fn refuses_words(&self, _session: &SessionInfo, text: &str) -> bool {
+    async fn refuses_words(&self, session: &SessionInfo, text: &str) -> bool {
         let Some(policy) = &self.policy else {
             return false;
         };
+        // From the session's domain: its account is not known yet.
         let verdict = policy.current().evaluate(&Subject {
             direction: custos_policy::Direction::Outbound,
             kind: custos_policy::StanzaKind::Iq,
             stanza_type: None,
-            from: None,
+            from: Some(&session.domain),
             to: None,
             body: Some(text),
             subject: None,
@@ -1648,6 +1679,20 @@ mod tests {
             .replace("<iq ", "<presence ")
             .replace("</iq>", "</presence>");
         bare(outcome(&p, &presence, Direction::Inbound, Copy::Direct).await);
+        // Nor in its id, its error's type or a made-up condition.
+        let attrs = words
+            .replace("id='1'", "id='falcon at noon'")
+            .replace("type='cancel'", "type='falcon plans'")
+            .replace("undefined-condition", "falcon-at-noon");
+        let out = outcome(&p, &attrs, Direction::Inbound, Copy::Direct).await;
+        let Decision::Replace(bytes) = out.decision else {
+            panic!("not delivered bare: {:?}", out.decision);
+        };
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(
+            !text.contains("falcon") && text.contains("<undefined-condition"),
+            "{text}"
+        );
         // Words in a condition's content or beside the error go with it.
         let hidden = "<iq from='bob@x/pc' to='alice@x/r' type='error' id='1'><note xmlns='urn:x'>falcon</note>\
                       <error type='cancel' by='bob@x'><gone xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>xmpp:falcon@x</gone>\

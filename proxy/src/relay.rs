@@ -793,26 +793,46 @@ impl<'a, I: Inspector> Relay<'a, I> {
                             }
                             // The resource is in the address of all the session would
                             // send: one policy refused ends the session, its answer on
-                            // the record and not delivered; the client's stanzas are
-                            // refused until the answer is let through.
+                            // the record and not delivered. The client's stanzas are
+                            // refused until the answer is let through, once its record
+                            // (kept when a rule matched the resource) is durable; the
+                            // window holds the answer alone, as a bind is not pipelined.
                             let refused = window.last_refused();
-                            if !refused {
-                                self.lock_state().confirm_bound();
+                            let mut archived = Ok(());
+                            if relayed.is_ok() && !refused {
+                                let head = window.head_settled().await;
+                                archived.clone_from(&head);
+                                if head.is_ok() {
+                                    self.lock_state().confirm_bound();
+                                }
+                                if let Err(ended) =
+                                    Box::pin(self.forward_settled(Direction::Inbound, window, head))
+                                        .await
+                                {
+                                    return ended;
+                                }
                             }
                             Box::pin(self.shared.inspector.session_bound(&self.snapshot())).await;
-                            if relayed.is_ok() && refused {
-                                let resource = account
+                            let resource = || {
+                                account
                                     .jid
                                     .split_once('/')
                                     .map(|(_, r)| r.to_owned())
-                                    .unwrap_or_default();
-                                Box::pin(self.drain(Direction::Inbound, window))
-                                    .await
-                                    .and(Err(Ended::Failed(
-                                        ClientFault::ResourceRefused(resource).into(),
-                                    )))
-                            } else {
-                                relayed
+                                    .unwrap_or_default()
+                            };
+                            match (relayed, refused, archived) {
+                                (Err(ended), ..) => Err(ended),
+                                (Ok(()), true, _) => {
+                                    Box::pin(self.drain(Direction::Inbound, window))
+                                        .await
+                                        .and(Err(Ended::Failed(
+                                            ClientFault::ResourceRefused(resource()).into(),
+                                        )))
+                                }
+                                (Ok(()), false, Err(_)) => Err(Ended::Failed(
+                                    ClientFault::BindNotArchived(resource()).into(),
+                                )),
+                                (Ok(()), false, Ok(())) => Ok(()),
                             }
                         }
                         UpstreamEvent::Resumed { previd } => {

@@ -372,8 +372,9 @@ impl RelayState {
                     (true, Some(id)) => {
                         e.bind_request = Some(id.clone());
                         // Any element named so, in any namespace: the resource bound
-                        // is judged, whichever the server read.
-                        e.chose = el.child("bind", NS_BIND).is_some_and(|b| {
+                        // is judged, whichever the server read; and once any request
+                        // named one, whichever request the server answers.
+                        e.chose |= el.child("bind", NS_BIND).is_some_and(|b| {
                             b.children()
                                 .any(|c| c.name == "resource" && !c.text().trim().is_empty())
                         });
@@ -754,6 +755,19 @@ mod tests {
         assert_eq!(client(&mut st, "<presence/>"), ClientStanza::NotAuthorized);
         st.confirm_bound();
         st
+    }
+
+    /// A second bind request under the same id, naming no resource, does not make the
+    /// resource the first named the server's pick.
+    #[test]
+    fn a_resource_named_by_any_pending_bind_request_is_the_clients() {
+        let mut st = RelayState::default();
+        st.upstream_element(&el(SUCCESS));
+        assert_eq!(client(&mut st, BIND_REQ), ClientStanza::PassUnrecorded);
+        let again = "<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>";
+        assert_eq!(client(&mut st, again), ClientStanza::PassUnrecorded);
+        st.upstream_element(&el(BIND_RES));
+        assert!(st.chose_resource());
     }
 
     #[test]
