@@ -799,12 +799,19 @@ impl<'a, I: Inspector> Relay<'a, I> {
                             // window holds the answer alone, as a bind is not pipelined.
                             let refused = window.last_refused();
                             let mut archived = Ok(());
+                            let mut head = None;
                             if relayed.is_ok() && !refused {
-                                let head = window.head_settled().await;
-                                archived.clone_from(&head);
-                                if head.is_ok() {
+                                let settled = window.head_settled().await;
+                                archived.clone_from(&settled);
+                                if settled.is_ok() {
                                     self.lock_state().confirm_bound();
                                 }
+                                head = Some(settled);
+                            }
+                            // The session's start is on the record before the client can
+                            // send anything under it.
+                            Box::pin(self.shared.inspector.session_bound(&self.snapshot())).await;
+                            if let Some(head) = head {
                                 if let Err(ended) =
                                     Box::pin(self.forward_settled(Direction::Inbound, window, head))
                                         .await
@@ -812,7 +819,6 @@ impl<'a, I: Inspector> Relay<'a, I> {
                                     return ended;
                                 }
                             }
-                            Box::pin(self.shared.inspector.session_bound(&self.snapshot())).await;
                             let resource = || {
                                 account
                                     .jid
