@@ -482,14 +482,7 @@ fn subject<'a>(c: &'a Content<'a>, room: custos_policy::RoomFacts<'a>) -> Option
 /// Whether policy blocks the stanza on its parties and kind alone, whatever it says (an
 /// information barrier between its sender and the user).
 fn blocked_without_texts(policy: &PolicyHandle, c: &Content<'_>, room: &RoomContext) -> bool {
-    let to_real: Vec<&str> = room.to_real.iter().map(String::as_str).collect();
-    let facts = custos_policy::RoomFacts {
-        from_real: room.from_real.as_deref(),
-        to_real: &to_real,
-        join: room.join,
-        groupchat: false,
-    };
-    subject(c, facts).is_some_and(|subject| {
+    with_subject(c, room, |subject| {
         let bare = Subject {
             body: None,
             subject: None,
@@ -497,6 +490,24 @@ fn blocked_without_texts(policy: &PolicyHandle, c: &Content<'_>, room: &RoomCont
         };
         policy.current().evaluate(&bare).action == custos_policy::Action::Block
     })
+    .unwrap_or(false)
+}
+
+/// Calls `f` with what policy judges of the stanza ([`subject`]), the people behind a
+/// room it goes to or comes from included.
+fn with_subject<R>(
+    c: &Content<'_>,
+    room: &RoomContext,
+    f: impl FnOnce(Subject<'_>) -> R,
+) -> Option<R> {
+    let to_real: Vec<&str> = room.to_real.iter().map(String::as_str).collect();
+    let facts = custos_policy::RoomFacts {
+        from_real: room.from_real.as_deref(),
+        to_real: &to_real,
+        join: room.join,
+        groupchat: c.view.stanza_type.as_deref() == Some("groupchat"),
+    };
+    subject(c, facts).map(f)
 }
 
 /// The verdict on every text of the stanza: body and subject, then each other text as a
@@ -507,14 +518,15 @@ fn evaluate(
     c: &Content<'_>,
     room: &RoomContext,
 ) -> Option<(Verdict, Vec<Option<String>>)> {
-    let to_real: Vec<&str> = room.to_real.iter().map(String::as_str).collect();
-    let facts = custos_policy::RoomFacts {
-        from_real: room.from_real.as_deref(),
-        to_real: &to_real,
-        join: room.join,
-        groupchat: c.view.stanza_type.as_deref() == Some("groupchat"),
-    };
-    let subject = subject(c, facts)?;
+    with_subject(c, room, |subject| judge_texts(policy, c, subject))
+}
+
+/// [`evaluate`] once the stanza's subject is made.
+fn judge_texts(
+    policy: &PolicyHandle,
+    c: &Content<'_>,
+    subject: Subject<'_>,
+) -> (Verdict, Vec<Option<String>>) {
     let policy = policy.current();
     let mut verdict = policy.evaluate(&subject);
     let mut delivered = Vec::with_capacity(c.extra.len());
@@ -540,7 +552,7 @@ fn evaluate(
         delivered.push(other.delivered_body.clone());
         verdict.absorb(other);
     }
-    Some((verdict, delivered))
+    (verdict, delivered)
 }
 
 /// A message with content crossed a leg: its direction, its verdict and each rule hit.
