@@ -112,13 +112,20 @@ pub fn search(
         // indexer keeps it current, and holds the lock).
         match custos_archive::update_index(&chain.dir, &key, progress("indexing")) {
             Ok(done) => {
-                if let Some(custos_archive::BucketCopy::Unusable(why)) = &done.bucket_copy {
-                    eprintln!(
+                match &done.bucket_copy {
+                    Some(custos_archive::BucketCopy::Unusable(why)) => eprintln!(
                         "warning: {}",
                         label(format!(
                             "the bucket's copy of the search index cannot be used ({why}); the local index and its word lists are kept"
                         ))
-                    );
+                    ),
+                    Some(custos_archive::BucketCopy::Taken { through }) => eprintln!(
+                        "{}",
+                        label(format!(
+                            "search index taken from the bucket's copy (through seq {through})"
+                        ))
+                    ),
+                    None => {}
                 }
                 match done.rebuilt {
                     Some(why) => eprintln!(
