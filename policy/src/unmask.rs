@@ -3,10 +3,11 @@
 //! joiners, soft hyphens, bidirectional controls, variation selectors, tag characters),
 //! every character takes its compatibility form (NFKC: fullwidth letters and digits,
 //! mathematical alphanumerics, ligatures, circled digits), every space separator is a
-//! plain space, and in a word with Latin letters, Cyrillic and Greek letters drawn like
-//! Latin ones are those Latin letters. A client shows `fal\u{200B}con`, `ｆａｌｃｏｎ` or `fаlcon` (a Cyrillic `а`)
-//! as the word it hides; rules read both the text and this view, so a term written in
-//! either script is still found where it was written.
+//! plain space, and in a word with Latin letters, or whose every letter is drawn like a
+//! Latin one, Cyrillic and Greek letters drawn like Latin ones are those Latin letters.
+//! A client shows `fal\u{200B}con`, `ｆａｌｃｏｎ`, `fаlcon` (a Cyrillic `а`) or `рау`
+//! (all Cyrillic) as the word it hides; rules read both the text and this view, so a
+//! term written in either script is still found where it was written.
 
 use std::ops::Range;
 
@@ -64,8 +65,10 @@ impl Unmasked {
             segment.push(c);
         }
         flush(&mut segment, segment_at);
-        // Look-alike letters read as Latin inside a word that has Latin letters: a
-        // word wholly in Cyrillic or Greek stays as it is written.
+        // Look-alike letters read as Latin inside a word that has Latin letters, and in
+        // a word every letter of which is drawn like a Latin one (`рау` reads `pay`, as
+        // a reader sees it). A word with a letter no Latin one is drawn like (`мыла`)
+        // stays as it is written.
         let mut start = 0;
         while start < chars.len() {
             let end = chars
@@ -74,7 +77,12 @@ impl Unmasked {
                 .map_or(chars.len(), |n| start + n.max(1));
             if let Some(word) = chars.get_mut(start..end) {
                 let latin = word.iter().any(|(c, _)| c.is_ascii_alphabetic());
-                if latin {
+                let drawn_latin = || {
+                    word.iter()
+                        .filter(|(c, _)| c.is_alphabetic())
+                        .all(|(c, _)| latin_lookalike(*c) != *c)
+                };
+                if latin || drawn_latin() {
                     for (c, _) in word.iter_mut() {
                         *c = latin_lookalike(*c);
                     }
@@ -217,9 +225,12 @@ mod tests {
         assert_eq!(view("ﬁnance"), "finance");
         assert_eq!(view("re\u{301}serve\u{301}"), "réservé");
         assert_eq!(view("fa\u{4CF}con"), "falcon");
-        // A word wholly in another script is not read as Latin.
-        assert_eq!(view("сор мама ΚΑΙ"), "сор мама ΚΑΙ");
-        assert_eq!(view("сор fаlcon"), "сор falcon");
+        // A word wholly in letters drawn like Latin ones reads as Latin; one with a
+        // letter no Latin one is drawn like is read as written.
+        assert_eq!(view("сор мама ΚΑΙ"), "cop mama KAI");
+        assert_eq!(view("сор fаlcon"), "cop falcon");
+        assert_eq!(view("Мама мыла раму"), "Mama мыла pamy");
+        assert_eq!(view("Αθήνα δέκα"), "Αθήνα δέκα");
     }
 
     #[test]

@@ -866,6 +866,19 @@ fn words_a_client_shows_are_found_however_they_are_written() {
             "{card} left digits: {body}"
         );
     }
+    // A word written wholly in look-alike letters reads as the Latin word a reader
+    // sees; a term in Cyrillic is still found as written, and words with letters no
+    // Latin one is drawn like stay as they are.
+    let p3 = policy("[[lexicon]]\nid='l'\nterms=['pay', 'cash', 'сор']\n[[rule]]\nid='r'\nwhen={body={lexicon='l'}}\naction='redact'\n");
+    for hidden in ["рау", "РАУ", "саѕһ", "ραу", "сор"] {
+        let v = out(&p3, A, EXT, &format!("the {hidden} closes"));
+        assert_eq!(v.action, Action::Redact, "{hidden}");
+        let want = format!("the {} closes", masked(hidden));
+        assert_eq!(v.delivered_body.as_deref(), Some(want.as_str()), "{hidden}");
+    }
+    for plain in ["Мама мыла раму", "рауд", "payment"] {
+        assert_eq!(out(&p3, A, EXT, plain).action, Action::Allow, "{plain}");
+    }
     // Accents written as combining marks, in the text or in the term.
     let p2 = policy("[[lexicon]]\nid='l'\nterms=['réservé', 'cafe\u{301}']\n[[rule]]\nid='r'\nwhen={body={lexicon='l'}}\naction='flag'\n");
     for text in [
