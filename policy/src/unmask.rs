@@ -155,9 +155,41 @@ fn is_invisible(c: char) -> bool {
 
 /// The Latin letter a Cyrillic or Greek letter is drawn as, in the common fonts (the
 /// pairs of Unicode's confusables list between those scripts that are one letter to
-/// one letter); any other character as it is.
+/// one letter), and the letter a "fancy text" generator's small capital or letter in a
+/// black circle or square stands for (none has a compatibility form); any other
+/// character as it is.
 fn latin_lookalike(c: char) -> char {
+    let offset = |first: char| char::from(b'A' + (u32::from(c) - u32::from(first)) as u8);
     match c {
+        // Negative circled and negative squared capital letters.
+        '\u{1F150}'..='\u{1F169}' => offset('\u{1F150}'),
+        '\u{1F170}'..='\u{1F189}' => offset('\u{1F170}'),
+        // Small capitals (there is none for `x`).
+        'ᴀ' => 'a',
+        'ʙ' => 'b',
+        'ᴄ' => 'c',
+        'ᴅ' => 'd',
+        'ᴇ' => 'e',
+        'ꜰ' => 'f',
+        'ɢ' => 'g',
+        'ʜ' => 'h',
+        'ɪ' => 'i',
+        'ᴊ' => 'j',
+        'ᴋ' => 'k',
+        'ʟ' => 'l',
+        'ᴍ' => 'm',
+        'ɴ' => 'n',
+        'ᴏ' => 'o',
+        'ᴘ' => 'p',
+        'ǫ' => 'q',
+        'ʀ' => 'r',
+        'ꜱ' => 's',
+        'ᴛ' => 't',
+        'ᴜ' => 'u',
+        'ᴠ' => 'v',
+        'ᴡ' => 'w',
+        'ʏ' => 'y',
+        'ᴢ' => 'z',
         'а' | 'α' => 'a',
         'в' | 'β' => 'b',
         'с' | 'ϲ' => 'c',
@@ -231,6 +263,9 @@ mod tests {
         assert_eq!(view("сор fаlcon"), "cop falcon");
         assert_eq!(view("Мама мыла раму"), "Mama мыла pamy");
         assert_eq!(view("Αθήνα δέκα"), "Αθήνα δέκα");
+        // What "fancy text" generators write.
+        assert_eq!(view("ᴘᴀʏ ᴛʜᴇ ꜰᴇᴇ"), "pay the fee");
+        assert_eq!(view("🅟🅐🅨 🅿🅰🆈 🅩"), "PAY PAY Z");
     }
 
     #[test]

@@ -870,7 +870,17 @@ fn words_a_client_shows_are_found_however_they_are_written() {
     // sees; a term in Cyrillic is still found as written, and words with letters no
     // Latin one is drawn like stay as they are.
     let p3 = policy("[[lexicon]]\nid='l'\nterms=['pay', 'cash', 'сор']\n[[rule]]\nid='r'\nwhen={body={lexicon='l'}}\naction='redact'\n");
-    for hidden in ["рау", "РАУ", "саѕһ", "ραу", "сор"] {
+    for hidden in [
+        "рау",
+        "РАУ",
+        "саѕһ",
+        "ραу",
+        "сор",
+        "ᴘᴀʏ",
+        "ᴄᴀsʜ",
+        "🅟🅐🅨",
+        "🅿🅰🆈",
+    ] {
         let v = out(&p3, A, EXT, &format!("the {hidden} closes"));
         assert_eq!(v.action, Action::Redact, "{hidden}");
         let want = format!("the {} closes", masked(hidden));
