@@ -20,7 +20,8 @@
 //! - `jid` — JID normalisation, party patterns (JID, domain, glob), the party index.
 //! - `lexicon` — all keyword lexicons merged into Aho-Corasick automata.
 //! - `detect` — built-in detectors: payment card (Luhn), IBAN, US SSN, e-mail.
-//! - `scan` — one pass per text field; `condition` — the compiled condition tree.
+//! - `scan` — one pass per text field, and again over its view as a reader sees it
+//!   (`custos-text`) where that differs; `condition` — the compiled condition tree.
 //! - `policy` — [`Policy::evaluate`], combination of matches, redaction.
 //! - `verdict` — [`Verdict`], [`Action`], [`AlertEvent`], [`DisclaimerRequest`].
 //! - `disclaimer` — [`DisclaimerTracker`], once per conversation per period.
@@ -44,7 +45,6 @@ mod reload;
 mod scan;
 mod subject;
 mod testrun;
-mod unmask;
 mod verdict;
 
 pub use detect::Detector;

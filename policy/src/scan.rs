@@ -11,7 +11,7 @@ use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 use crate::detect::{Detector, Detectors};
 use crate::jid::Bits;
 use crate::lexicon::{LexiconId, Lexicons};
-use crate::unmask::Unmasked;
+use custos_text::Unmasked;
 
 /// Which text field a condition reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,13 +1,26 @@
-//! A second view of a text for scanning, undoing what hides words from a scanner but
-//! not from a reader: invisible format characters are dropped (zero-width spaces and
-//! joiners, soft hyphens, bidirectional controls, variation selectors, tag characters),
-//! every character takes its compatibility form (NFKC: fullwidth letters and digits,
-//! mathematical alphanumerics, ligatures, circled digits), every space separator is a
-//! plain space, and in a word with Latin letters, or whose every letter is drawn like a
-//! Latin one, Cyrillic and Greek letters drawn like Latin ones are those Latin letters.
-//! A client shows `fal\u{200B}con`, `ｆａｌｃｏｎ`, `fаlcon` (a Cyrillic `а`) or `рау`
-//! (all Cyrillic) as the word it hides; rules read both the text and this view, so a
-//! term written in either script is still found where it was written.
+//! `custos-text`: a text as a reader sees it. A second view of a text, undoing what
+//! hides words from a scanner but not from a reader: invisible format characters are
+//! dropped (zero-width spaces and joiners, soft hyphens, bidirectional controls,
+//! variation selectors, tag characters), every character takes its compatibility form
+//! (NFKC: fullwidth letters and digits, mathematical alphanumerics, ligatures, circled
+//! digits), every space separator is a plain space, and in a word with Latin letters, or
+//! whose every letter is drawn like a Latin one, Cyrillic and Greek letters drawn like
+//! Latin ones are those Latin letters. A client shows `fal\u{200B}con`, `ｆａｌｃｏｎ`,
+//! `fаlcon` (a Cyrillic `а`) or `рау` (all Cyrillic) as the word it hides.
+//!
+//! Both readers of words use it, so what the rules find, a search finds:
+//!
+//! ```text
+//!  a message's text ─┬─▶ as written ─────────────┬─▶ policy: rules read both
+//!                    └─▶ Unmasked::of (the view) ┘   archive: the index holds both
+//! ```
+//!
+//! One module: [`Unmasked`], with [`Unmasked::original`] taking a range of the view
+//! back to the characters as written (a redaction masks those).
+
+#![forbid(unsafe_code)]
+// Tests may unwrap: a panic there is a failed assertion, not a crash on peer data.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 use std::ops::Range;
 
@@ -17,14 +30,15 @@ use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
 /// The view, and for each of its bytes the byte offset in the original text of the
 /// character it came from.
 #[derive(Debug)]
-pub(crate) struct Unmasked {
+pub struct Unmasked {
+    /// The text as a reader sees it.
     pub text: String,
     map: Vec<usize>,
 }
 
 impl Unmasked {
     /// `None` when the view would be the text itself (every ASCII text).
-    pub(crate) fn of(text: &str) -> Option<Unmasked> {
+    pub fn of(text: &str) -> Option<Unmasked> {
         // Most text needs no second reading: checked at a glance first. An invisible
         // character hides nothing unless it touches a letter or digit (an emoji's
         // variation selector does not).
@@ -101,7 +115,7 @@ impl Unmasked {
 
     /// The whole characters of `text` (this view's original) that `r` of the view came
     /// from, the invisible ones between them included.
-    pub(crate) fn original(&self, text: &str, r: Range<usize>) -> Option<Range<usize>> {
+    pub fn original(&self, text: &str, r: Range<usize>) -> Option<Range<usize>> {
         let start = *self.map.get(r.start)?;
         let last = *self.map.get(r.end.checked_sub(1)?)?;
         // The last character, with the combining marks and invisible characters after it.
