@@ -262,19 +262,22 @@ pub struct Mark {
 /// dropped would be trusted whole), and v4 counted them without saying which (a
 /// deletion file hiding some beside bits set past the last document kept the count).
 /// A v5 mark is sound, but a v5 index holds its terms in hex where they are base64
-/// now: no query would find them. A v6 mark is sound and read as it is: it says nothing
-/// of records owed ([`Mark::owed`] is 0).
-const MARK_V7: &str = "custos-index-v7";
-const MARK_V6: &str = "custos-index-v6";
-const UNTRUSTED_MARKS: [&str; 5] = [
+/// now: no query would find them. v6 and v7 marks are sound, but their indexes hold
+/// only the words as written, not the view of a text as a reader sees it
+/// ([`query::text_parts`]): a search would miss `fаlcon` (a Cyrillic `а`) while
+/// claiming the index complete. Each of these is cleared and rebuilt from the log.
+const MARK_V8: &str = "custos-index-v8";
+const UNTRUSTED_MARKS: [&str; 7] = [
     "custos-index-v1",
     "custos-index-v2",
     "custos-index-v3",
     "custos-index-v4",
     "custos-index-v5",
+    "custos-index-v6",
+    "custos-index-v7",
 ];
 
-/// The MAC of a mark in the format `version` names (v6 has no `owed`).
+/// The MAC of a mark in the format `version` names.
 fn mark_mac(
     master: &MasterKey,
     archive_id: &[u8; 16],
@@ -289,19 +292,20 @@ fn mark_mac(
     let count = mark.held.count.to_be_bytes();
     let digest = mark.held.digest.to_be_bytes();
     let stamp = opstamp.to_be_bytes();
-    let mut parts: Vec<&[u8]> = vec![
-        version.as_bytes(),
-        archive_id,
-        &through,
-        &mark.head,
-        &count,
-        &digest,
-    ];
-    if version != MARK_V6 {
-        parts.push(&owed);
-    }
-    parts.extend([&stamp[..], words.as_bytes()]);
-    hmac_sha256(key.as_ref(), &parts)
+    hmac_sha256(
+        key.as_ref(),
+        &[
+            version.as_bytes(),
+            archive_id,
+            &through,
+            &mark.head,
+            &count,
+            &digest,
+            &owed,
+            &stamp,
+            words.as_bytes(),
+        ],
+    )
 }
 
 /// The word lists a commit binds, as its payload writes them: `-` for none, else
@@ -352,7 +356,7 @@ fn payload(
 ) -> String {
     let words = words_text(words);
     format!(
-        "{MARK_V7} {} {} {} {} {:032x} {} {opstamp} {words} {}",
+        "{MARK_V8} {} {} {} {} {:032x} {} {opstamp} {words} {}",
         hex(archive_id),
         mark.through,
         hex(&mark.head),
@@ -360,7 +364,7 @@ fn payload(
         mark.held.digest,
         mark.owed,
         hex(&mark_mac(
-            master, archive_id, MARK_V7, mark, &words, opstamp
+            master, archive_id, MARK_V8, mark, &words, opstamp
         ))
     )
 }
@@ -393,11 +397,8 @@ fn parse_payload(
     };
     let parts: Vec<&str> = p.split(' ').collect();
     let (version, id, seq, head, docs, digest, owed, stamp, words, mac) = match parts.as_slice() {
-        [MARK_V7, id, seq, head, docs, digest, owed, stamp, words, mac] => (
-            MARK_V7, id, seq, head, docs, digest, *owed, stamp, *words, mac,
-        ),
-        [MARK_V6, id, seq, head, docs, digest, stamp, words, mac] => (
-            MARK_V6, id, seq, head, docs, digest, "0", stamp, *words, mac,
+        [MARK_V8, id, seq, head, docs, digest, owed, stamp, words, mac] => (
+            MARK_V8, id, seq, head, docs, digest, *owed, stamp, *words, mac,
         ),
         [v, ..] if UNTRUSTED_MARKS.contains(v) => return Err(IndexError::Unauthenticated),
         _ => return Err(IndexError::Foreign),
@@ -490,8 +491,7 @@ pub(crate) fn lists_of_meta(meta: &str) -> Option<ListMarks> {
     let v: serde_json::Value = serde_json::from_str(meta).ok()?;
     let parts: Vec<&str> = v.get("payload")?.as_str()?.split(' ').collect();
     let words = match parts.as_slice() {
-        [MARK_V7, .., words, _mac] if parts.len() == 10 => words,
-        [MARK_V6, .., words, _mac] if parts.len() == 9 => words,
+        [MARK_V8, .., words, _mac] if parts.len() == 10 => words,
         _ => return None,
     };
     parse_words(words)
@@ -1438,7 +1438,7 @@ impl BlindIndexWriter {
         let mut unlisted = None;
         let terms = &mut self.terms;
         for part in query::text_parts(m) {
-            query::for_each_token(part, |t| {
+            query::for_each_token(&part, |t| {
                 terms.push_term(k, "text", t, &mut text);
                 text.push(BlindTokens::WORD_END);
                 if unlisted.is_none() {
@@ -2912,6 +2912,28 @@ mod tests {
         }
     }
 
+    /// Words hidden from a scanner but not from a reader are found as a reader sees
+    /// them (an invisible character inside, a letter drawn like a Latin one, small
+    /// capitals), by a word, a phrase, a prefix and NEAR, and as they are written.
+    #[test]
+    fn words_are_found_as_a_reader_sees_them() {
+        let f = Fixture::new();
+        let mut w = f.writer();
+        w.add(&appended(1, 1, "wire the fal\u{200B}con funds"))
+            .unwrap();
+        w.add(&appended(2, 1, "wire the fаlcon funds")).unwrap();
+        w.add(&appended(3, 1, "wire the ᴘᴀʏ funds")).unwrap();
+        w.add(&appended(4, 1, "the falconry club")).unwrap();
+        w.commit().unwrap();
+        let r = f.reader();
+        assert_eq!(seqs(&r, "falcon").unwrap(), vec![1, 2]);
+        assert_eq!(seqs(&r, "\"the falcon funds\"").unwrap(), vec![1, 2]);
+        assert_eq!(seqs(&r, "falc*").unwrap(), vec![1, 2, 4]);
+        assert_eq!(seqs(&r, "wire NEAR/2 falcon").unwrap(), vec![1, 2]);
+        assert_eq!(seqs(&r, "pay").unwrap(), vec![3]);
+        assert_eq!(seqs(&r, "fаlcon").unwrap(), vec![2]);
+    }
+
     /// Segment 1's list with one message's words, then with two; the older copy.
     fn two_messages(f: &Fixture, w: &mut BlindIndexWriter) -> Vec<u8> {
         w.add(&appended(1, 1, "zanzibarite shipment")).unwrap();
@@ -2999,72 +3021,59 @@ mod tests {
         refused(seqs(&r, "zanzib*"), 1);
     }
 
-    /// A `custos-index-v5` mark is not trusted, however it authenticates: an index of
-    /// that version holds its terms in hex, not in the base64 form queries now ask for,
-    /// so every search would come back empty while claiming the index complete. The
-    /// index is cleared and rebuilt, as one of v1 (`trust_or_clear`).
+    /// A `custos-index-v5`, `-v6` or `-v7` mark is not trusted, however it
+    /// authenticates: a v5 index holds its terms in hex, not in the base64 form queries
+    /// now ask for, and v6 and v7 indexes hold no words as a reader sees them, so
+    /// searches would miss messages while claiming the index complete. The index is
+    /// cleared and rebuilt, as one of v1 (`trust_or_clear`).
     #[test]
-    fn a_v5_mark_is_not_trusted() {
-        let f = Fixture::new();
-        let mut w = f.writer();
-        w.add(&appended(1, 1, "zanzibarite shipment")).unwrap();
-        w.send().unwrap();
-        w.vocab.flush().unwrap();
-        let words = w.vocab.marks().unwrap();
-        let mut pc = w.writer.prepare_commit().unwrap();
-        let opstamp = pc.opstamp();
-        let current = payload(&f.master, &f.id, &w.mark, &words, opstamp);
-        let rest = current.strip_prefix("custos-index-v7 ").unwrap();
-        pc.set_payload(&format!("custos-index-v5 {rest}"));
-        pc.commit().unwrap();
-        w.dirty = false;
-        w.finish().unwrap();
+    fn marks_of_indexes_that_would_miss_words_are_not_trusted() {
+        for version in ["custos-index-v5", "custos-index-v6", "custos-index-v7"] {
+            let f = Fixture::new();
+            let mut w = f.writer();
+            w.add(&appended(1, 1, "zanzibarite shipment")).unwrap();
+            w.send().unwrap();
+            w.vocab.flush().unwrap();
+            let words = w.vocab.marks().unwrap();
+            let mut pc = w.writer.prepare_commit().unwrap();
+            let opstamp = pc.opstamp();
+            // Authentic as that version's, the version's name under the MAC.
+            let text = words_text(&words);
+            let mac = mark_mac(&f.master, &f.id, version, &w.mark, &text, opstamp);
+            pc.set_payload(&format!(
+                "{version} {} {} {} {} {:032x} 0 {opstamp} {text} {}",
+                hex(&f.id),
+                w.mark.through,
+                hex(&w.mark.head),
+                w.mark.held.count,
+                w.mark.held.digest,
+                hex(&mac)
+            ));
+            pc.commit().unwrap();
+            w.dirty = false;
+            w.finish().unwrap();
 
-        let w = f.writer();
-        assert!(
-            matches!(w.found(), Err(IndexError::Unauthenticated)),
-            "{:?}",
-            w.found()
-        );
-        assert!(matches!(
-            read_mark(&f.index, &f.master, &f.id),
-            Err(IndexError::Unauthenticated)
-        ));
+            let w = f.writer();
+            assert!(
+                matches!(w.found(), Err(IndexError::Unauthenticated)),
+                "{version}: {:?}",
+                w.found()
+            );
+            assert!(matches!(
+                read_mark(&f.index, &f.master, &f.id),
+                Err(IndexError::Unauthenticated)
+            ));
+        }
     }
 
-    /// A `custos-index-v6` mark (written before marks said what they owe) is still
-    /// trusted as it is, owing nothing; a v7 mark whose `owed` is changed without the
-    /// key is a forgery, as any other changed field.
+    /// What a mark owes is authenticated: changed without the key, it is a forgery, as
+    /// any other changed field.
     #[test]
-    fn a_v6_mark_is_trusted_and_what_a_v7_mark_owes_is_authenticated() {
+    fn what_a_mark_owes_is_authenticated() {
         let f = Fixture::new();
+        // Committed owing up to seq 9; then the debt rewritten.
         let mut w = f.writer();
         w.add(&appended(1, 1, "zanzibarite shipment")).unwrap();
-        w.owe(9);
-        w.send().unwrap();
-        w.vocab.flush().unwrap();
-        let words = w.vocab.marks().unwrap();
-        let mut pc = w.writer.prepare_commit().unwrap();
-        let opstamp = pc.opstamp();
-        let text = words_text(&words);
-        let mac = mark_mac(&f.master, &f.id, MARK_V6, &w.mark, &text, opstamp);
-        pc.set_payload(&format!(
-            "{MARK_V6} {} {} {} {} {:032x} {opstamp} {text} {}",
-            hex(&f.id),
-            w.mark.through,
-            hex(&w.mark.head),
-            w.mark.held.count,
-            w.mark.held.digest,
-            hex(&mac)
-        ));
-        pc.commit().unwrap();
-        w.dirty = false;
-        w.finish().unwrap();
-        let found = read_mark(&f.index, &f.master, &f.id).unwrap();
-        assert_eq!((found.through, found.owed), (1, 0));
-
-        // Committed as v7 now, owing up to seq 9; then the debt rewritten.
-        let mut w = f.writer();
         w.add(&appended(2, 1, "zanzibarian holiday")).unwrap();
         w.owe(9);
         w.commit().unwrap();

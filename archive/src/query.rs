@@ -16,9 +16,11 @@
 //! A saved lexicon (`@name`) is replaced by its terms, ORed, before parsing
 //! ([`Lexicons::expand`]), so what is stored and exported is the query that ran.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
+use custos_text::Unmasked;
 use levenshtein_automata::{Distance, LevenshteinAutomatonBuilder, DFA};
 
 use crate::record::{Action, Direction, MessageRecord, Via};
@@ -189,8 +191,22 @@ pub fn for_each_token(text: &str, mut f: impl FnMut(&str)) {
 
 /// The texts of a message that word terms search, each its own part (a phrase or a
 /// NEAR never spans two): subject, body, other texts, and each archived file's name and
-/// media type. Index and export filter must use exactly this function.
-pub fn text_parts(m: &MessageRecord) -> impl Iterator<Item = &str> {
+/// media type, as written; then, for each of those that hides words from a scanner but
+/// not from a reader (an invisible character inside a word, fullwidth letters, letters
+/// drawn like Latin ones), the text as a reader sees it ([`custos_text::Unmasked`]), so
+/// a search finds what the rules found. Index and export filter must use exactly this
+/// function.
+pub fn text_parts(m: &MessageRecord) -> impl Iterator<Item = Cow<'_, str>> {
+    let written = written_parts(m);
+    let seen = written
+        .clone()
+        .filter_map(Unmasked::of)
+        .map(|u| Cow::Owned(u.text));
+    written.map(Cow::Borrowed).chain(seen)
+}
+
+/// The texts of [`text_parts`] as written.
+fn written_parts(m: &MessageRecord) -> impl Iterator<Item = &str> + Clone {
     let extra = m.capture.extra.iter().map(|t| t.text.as_str());
     let files = m
         .capture

@@ -80,7 +80,7 @@ impl Words {
         let mut out = Vec::new();
         let mut next = 0u32;
         for part in query::text_parts(m) {
-            for t in query::tokenize(part) {
+            for t in query::tokenize(&part) {
                 out.push((t, next));
                 next = next.saturating_add(1);
             }
@@ -229,6 +229,32 @@ mod tests {
         assert!(!sel("rule:pci", &r));
         assert!(!sel("funds -today", &r));
         assert!(sel("after:1970-01-01 -before:1970-01-01", &r));
+    }
+
+    /// Words hidden from a scanner but not from a reader (an invisible character
+    /// inside, letters drawn like Latin ones, fullwidth letters) are found as a reader
+    /// sees them, and as they are written.
+    #[test]
+    fn words_are_found_as_a_reader_sees_them() {
+        for body in [
+            "wire the fal\u{200B}con funds",
+            "wire the fаlcon funds",
+            "wire the ｆａｌｃｏｎ funds",
+            "wire the ᴘᴀʏ funds",
+        ] {
+            let r = msg("alice@example.test", "bob@example.test", body, 5);
+            let word = if body.contains('ᴘ') {
+                "pay"
+            } else {
+                "falcon"
+            };
+            assert!(sel(word, &r), "{body}");
+            assert!(sel(&format!("\"the {word} funds\""), &r), "{body}");
+            assert!(sel(&format!("{}*", &word[..3]), &r), "{body}");
+            assert!(sel(&format!("wire NEAR/2 {word}"), &r), "{body}");
+        }
+        let r = msg("alice@example.test", "bob@example.test", "the fаlcon", 5);
+        assert!(sel("fаlcon", &r), "as written");
     }
 
     #[test]
