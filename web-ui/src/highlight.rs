@@ -52,8 +52,34 @@ impl Terms {
     }
 }
 
-/// Byte ranges of the words of `text` that are in `terms`.
+/// Byte ranges of the words of `text` that are in `terms`, in order and apart: each
+/// word as written, and each word of the text as a reader sees it (the index holds both)
+/// as the characters it was written with, so `fal` + zero-width space + `con` is marked
+/// whole when the query asks for `falcon`.
 pub fn marks(text: &str, terms: &Terms) -> Vec<(usize, usize)> {
+    let mut out = words_in(text, terms);
+    if let Some(seen) = custos_text::Unmasked::of(text) {
+        out.extend(
+            words_in(&seen.text, terms)
+                .into_iter()
+                .filter_map(|(s, e)| seen.original(text, s..e))
+                .map(|r| (r.start, r.end)),
+        );
+        out.sort_unstable();
+        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(out.len());
+        for (s, e) in out {
+            match merged.last_mut() {
+                Some(last) if s < last.1 => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        out = merged;
+    }
+    out
+}
+
+/// Byte ranges of the words of `text` that are in `terms`.
+fn words_in(text: &str, terms: &Terms) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let mut start: Option<usize> = None;
     let flush = |s: usize, e: usize, out: &mut Vec<(usize, usize)>| {
@@ -136,6 +162,16 @@ mod tests {
         let m = marks(text, &terms);
         let words: Vec<&str> = m.iter().map(|&(s, e)| &text[s..e]).collect();
         assert_eq!(words, vec!["guaranteed", "return"]);
+    }
+
+    /// A word the index found as a reader sees it is marked as it is written.
+    #[test]
+    fn marks_words_as_a_reader_sees_them() {
+        let terms = Terms::of("falcon OR pay");
+        let text = "the fal\u{200B}con and fаlcon, ᴘᴀʏ now; falcon";
+        let m = marks(text, &terms);
+        let words: Vec<&str> = m.iter().map(|&(s, e)| &text[s..e]).collect();
+        assert_eq!(words, vec!["fal\u{200B}con", "fаlcon", "ᴘᴀʏ", "falcon"]);
     }
 
     #[test]
