@@ -410,6 +410,20 @@ async fn policy_blocks_redacts_separates_alerts_and_warns_on_real_traffic() -> T
         got.body, "Project ███████ starts monday",
         "the card message must not arrive first"
     );
+    // Written in small capitals, the term is read as a reader sees it: redacted where
+    // it is written. A word hidden by a zero-width space no rule names is delivered as
+    // sent, and found by its plain spelling in search (below).
+    alice
+        .send_chat("bob@example.test", "Project ᴋᴇsᴛʀᴇʟ starts tuesday")
+        .await?;
+    assert_eq!(
+        bob.next_message().await?.body,
+        "Project ███████ starts tuesday"
+    );
+    alice
+        .send_chat("bob@example.test", "the fal\u{200B}con report")
+        .await?;
+    assert_eq!(bob.next_message().await?.body, "the fal\u{200B}con report");
 
     // The information barrier holds both ways.
     let id = alice
@@ -490,12 +504,29 @@ async fn policy_blocks_redacts_separates_alerts_and_warns_on_real_traffic() -> T
     assert_eq!(blocked[0]["body"], "my card is 4111 1111 1111 1111");
     assert_eq!(blocked[1]["to"], "dave@example.org");
     let redacted = rig.search("action:redact")?;
-    assert_eq!(redacted.len(), 1, "{redacted:?}");
+    assert_eq!(redacted.len(), 2, "{redacted:?}");
     assert_eq!(redacted[0]["body"], "Project Kestrel starts monday");
     assert_eq!(
         redacted[0]["delivered_body"],
         "Project ███████ starts monday"
     );
+    // An officer's search finds both spellings of the term, and the hidden word.
+    let mut found: Vec<String> = rig
+        .search("kestrel")?
+        .iter()
+        .filter_map(|h| h["body"].as_str().map(str::to_owned))
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            "Project Kestrel starts monday",
+            "Project ᴋᴇsᴛʀᴇʟ starts tuesday"
+        ]
+    );
+    let hidden = rig.search("falcon")?;
+    assert_eq!(hidden.len(), 1, "{hidden:?}");
+    assert_eq!(hidden[0]["body"], "the fal\u{200B}con report");
     assert_eq!(rig.search("rule:research-trading")?.len(), 2);
 
     for c in [&mut alice, &mut bob, &mut carol, &mut dave] {
