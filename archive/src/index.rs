@@ -2914,7 +2914,8 @@ mod tests {
 
     /// Words hidden from a scanner but not from a reader are found as a reader sees
     /// them (an invisible character inside, a letter drawn like a Latin one, small
-    /// capitals), by a word, a phrase, a prefix and NEAR, and as they are written.
+    /// capitals, spelt out a letter at a time), by a word, a phrase, a prefix and NEAR,
+    /// and as they are written.
     #[test]
     fn words_are_found_as_a_reader_sees_them() {
         let f = Fixture::new();
@@ -2924,12 +2925,14 @@ mod tests {
         w.add(&appended(2, 1, "wire the fаlcon funds")).unwrap();
         w.add(&appended(3, 1, "wire the ᴘᴀʏ funds")).unwrap();
         w.add(&appended(4, 1, "the falconry club")).unwrap();
+        w.add(&appended(5, 1, "wire the f.a.l.c.o.n funds"))
+            .unwrap();
         w.commit().unwrap();
         let r = f.reader();
-        assert_eq!(seqs(&r, "falcon").unwrap(), vec![1, 2]);
-        assert_eq!(seqs(&r, "\"the falcon funds\"").unwrap(), vec![1, 2]);
-        assert_eq!(seqs(&r, "falc*").unwrap(), vec![1, 2, 4]);
-        assert_eq!(seqs(&r, "wire NEAR/2 falcon").unwrap(), vec![1, 2]);
+        assert_eq!(seqs(&r, "falcon").unwrap(), vec![1, 2, 5]);
+        assert_eq!(seqs(&r, "\"the falcon funds\"").unwrap(), vec![1, 2, 5]);
+        assert_eq!(seqs(&r, "falc*").unwrap(), vec![1, 2, 4, 5]);
+        assert_eq!(seqs(&r, "wire NEAR/2 falcon").unwrap(), vec![1, 2, 5]);
         assert_eq!(seqs(&r, "pay").unwrap(), vec![3]);
         assert_eq!(seqs(&r, "fаlcon").unwrap(), vec![2]);
     }

@@ -889,6 +889,29 @@ fn words_a_client_shows_are_found_however_they_are_written() {
     for plain in ["Мама мыла раму", "рауд", "payment"] {
         assert_eq!(out(&p3, A, EXT, plain).action, Action::Allow, "{plain}");
     }
+    // A word spelt out a letter at a time, as a reader reads it; a card number too.
+    for spaced in [
+        "f a l c o n",
+        "f.a.l.c.o.n",
+        "F-A-L-C-O-N",
+        "f  a  l  c  o  n",
+        "f. a. l. c. o. n.",
+        "f a l c о n",
+    ] {
+        let v = out(&p, A, EXT, &format!("the {spaced} closes"));
+        assert_eq!(v.action, Action::Redact, "{spaced}");
+        let body = v.delivered_body.unwrap_or_default();
+        assert!(!body.contains(['f', 'F']), "{spaced} left letters: {body}");
+        assert!(
+            body.starts_with("the ") && body.ends_with(" closes"),
+            "{body}"
+        );
+    }
+    let v = out(&p, A, EXT, "card 4 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 thanks");
+    assert_eq!(v.action, Action::Redact, "a card spelt out");
+    for plain in ["a b c d", "plan a b or c", "f a l c o n s", "fa l c o n"] {
+        assert_eq!(out(&p, A, EXT, plain).action, Action::Allow, "{plain}");
+    }
     // Accents written as combining marks, in the text or in the term.
     let p2 = policy("[[lexicon]]\nid='l'\nterms=['réservé', 'cafe\u{301}']\n[[rule]]\nid='r'\nwhen={body={lexicon='l'}}\naction='flag'\n");
     for text in [

@@ -5,8 +5,10 @@
 //! (NFKC: fullwidth letters and digits, mathematical alphanumerics, ligatures, circled
 //! digits), every space separator is a plain space, and in a word with Latin letters, or
 //! whose every letter is drawn like a Latin one, Cyrillic and Greek letters drawn like
-//! Latin ones are those Latin letters. A client shows `fal\u{200B}con`, `ｆａｌｃｏｎ`,
-//! `fаlcon` (a Cyrillic `а`) or `рау` (all Cyrillic) as the word it hides.
+//! Latin ones are those Latin letters, and a word spelt out a letter at a time
+//! (`f a l c o n`, `F-A-L-C-O-N`) is the word. A client shows `fal\u{200B}con`,
+//! `ｆａｌｃｏｎ`, `fаlcon` (a Cyrillic `а`) or `рау` (all Cyrillic) as the word it hides,
+//! and a reader reads a spelt-out word as one.
 //!
 //! Both readers of words use it, so what the rules find, a search finds:
 //!
@@ -37,7 +39,8 @@ pub struct Unmasked {
 }
 
 impl Unmasked {
-    /// `None` when the view would be the text itself (every ASCII text).
+    /// `None` when the view would be the text itself (most ASCII text: all but words
+    /// spelt out).
     pub fn of(text: &str) -> Option<Unmasked> {
         // Most text needs no second reading: checked at a glance first. An invisible
         // character hides nothing unless it touches a letter or digit (an emoji's
@@ -49,8 +52,9 @@ impl Unmasked {
                     || c.is_whitespace()
                     || latin_lookalike(c) != c)
         };
-        let plain = text.is_ascii()
-            || (!neighbours(text).any(hides) && is_nfkc_quick(text.chars()) == IsNormalized::Yes);
+        let plain = (text.is_ascii()
+            || (!neighbours(text).any(hides) && is_nfkc_quick(text.chars()) == IsNormalized::Yes))
+            && spelt_out(text.chars()).is_empty();
         if plain {
             return None;
         }
@@ -104,6 +108,18 @@ impl Unmasked {
             }
             start = end;
         }
+        // A word spelt out a letter at a time reads as the word.
+        let gaps = spelt_out(chars.iter().map(|&(c, _)| c));
+        if !gaps.is_empty() {
+            let mut i = 0;
+            let mut gaps = gaps.iter().peekable();
+            chars.retain(|_| {
+                while gaps.next_if(|g| g.end <= i).is_some() {}
+                let keep = !gaps.peek().is_some_and(|g| g.contains(&i));
+                i += 1;
+                keep
+            });
+        }
         let mut out = String::with_capacity(text.len());
         let mut map = Vec::with_capacity(text.len());
         for (c, at) in chars {
@@ -126,6 +142,103 @@ impl Unmasked {
             .map_or(text.len() - last, |(n, _)| n);
         debug_assert!(len >= first.len_utf8());
         Some(start..last + len)
+    }
+}
+
+/// Separators a word spelt out a letter at a time is written with (`f.a.l.c.o.n`),
+/// besides whitespace.
+const SPELLING_APART: &[char] = &['.', '-', '_', '*', '/', '|', '+', '~', '·', '•'];
+
+/// Where characters apart the letters of a word spelt out one at a time: a run of at
+/// least three single letters or digits, each apart from the next by one to three
+/// characters of whitespace or [`SPELLING_APART`] (`f a l c o n`, `F-A-L-C-O-N`,
+/// `f. a. l.`). A reader reads the word. Ranges of character positions, in order.
+fn spelt_out(chars: impl Iterator<Item = char>) -> Vec<Range<usize>> {
+    let mut runs = Runs::default();
+    // The token being read: where it started, whether it is a word.
+    let mut token: Option<(usize, bool)> = None;
+    let mut n = 0;
+    for (i, c) in chars.enumerate() {
+        n = i + 1;
+        let word = c.is_alphanumeric();
+        if !(word || c.is_whitespace() || SPELLING_APART.contains(&c)) {
+            // Anything else ends a run where it stands.
+            if let Some((start, w)) = token.take() {
+                runs.token(start..i, w);
+            }
+            runs.gap = None;
+            runs.end();
+            continue;
+        }
+        match token {
+            Some((_, w)) if w == word => {}
+            Some((start, w)) => {
+                runs.token(start..i, w);
+                token = Some((i, word));
+            }
+            None => token = Some((i, word)),
+        }
+    }
+    if let Some((start, w)) = token {
+        runs.token(start..n, w);
+    }
+    runs.end();
+    runs.out
+}
+
+/// The state of [`spelt_out`].
+#[derive(Default)]
+struct Runs {
+    /// The single letters of the current run, and the gaps between them.
+    letters: usize,
+    gaps: Vec<Range<usize>>,
+    /// The gap just read, when it can part two letters of a run.
+    gap: Option<Range<usize>>,
+    out: Vec<Range<usize>>,
+}
+
+impl Runs {
+    /// Letters a run has at least.
+    const MIN_LETTERS: usize = 3;
+    /// Characters between two of its letters at most.
+    const MAX_APART: usize = 3;
+
+    /// A word (`word`) or a gap of separators at positions `r` has been read.
+    fn token(&mut self, r: Range<usize>, word: bool) {
+        let len = r.end - r.start;
+        if !word {
+            if len <= Self::MAX_APART {
+                self.gap = Some(r);
+            } else {
+                self.gap = None;
+                self.end();
+            }
+            return;
+        }
+        if len != 1 {
+            self.gap = None;
+            self.end();
+            return;
+        }
+        match self.gap.take() {
+            Some(g) if self.letters > 0 => {
+                self.gaps.push(g);
+                self.letters += 1;
+            }
+            _ => {
+                self.end();
+                self.letters = 1;
+            }
+        }
+    }
+
+    /// The current run ends: its gaps are taken when it is long enough.
+    fn end(&mut self) {
+        if self.letters >= Self::MIN_LETTERS {
+            self.out.append(&mut self.gaps);
+        }
+        self.gaps.clear();
+        self.letters = 0;
     }
 }
 
@@ -283,8 +396,31 @@ mod tests {
     }
 
     #[test]
+    fn a_word_spelt_out_reads_as_the_word() {
+        assert_eq!(view("the f a l c o n lands"), "the falcon lands");
+        assert_eq!(view("f.a.l.c.o.n"), "falcon");
+        assert_eq!(view("f. a. l. c. o. n."), "falcon.");
+        assert_eq!(
+            view("F-A-L-C-O-N  and  f\u{3000}a\u{3000}l"),
+            "FALCON  and  fal"
+        );
+        assert_eq!(view("the U.S.A. team"), "the USA. team");
+        assert_eq!(view("x = a b c"), "x = abc");
+        // Two letters are no run; a longer word or a wider gap ends one.
+        assert_eq!(view("a b and ab c d"), "a b and ab c d");
+        assert_eq!(view("a b c    d e"), "abc    d e");
+        assert_eq!(view("a b c, d e f"), "abc, def");
+        let text = "say f a l c o n now";
+        let u = Unmasked::of(text).expect("a view");
+        let at = u.text.find("falcon").expect("the word");
+        let r = u.original(text, at..at + 6).expect("a range");
+        assert_eq!(&text[r], "f a l c o n");
+    }
+
+    #[test]
     fn plain_text_has_no_second_view() {
         assert!(Unmasked::of("plain ascii falcon").is_none());
+        assert!(Unmasked::of("a b, c d and e").is_none());
         assert!(Unmasked::of("straße café 東京").is_none());
         assert!(Unmasked::of("thanks \u{2764}\u{FE0F} see you").is_none());
         assert!(Unmasked::of("\u{2764}\u{FE0F}fal\u{200B}con").is_some());

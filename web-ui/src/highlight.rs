@@ -168,10 +168,13 @@ mod tests {
     #[test]
     fn marks_words_as_a_reader_sees_them() {
         let terms = Terms::of("falcon OR pay");
-        let text = "the fal\u{200B}con and fаlcon, ᴘᴀʏ now; falcon";
+        let text = "the fal\u{200B}con and fаlcon, ᴘᴀʏ now; falcon, f a l c o n";
         let m = marks(text, &terms);
         let words: Vec<&str> = m.iter().map(|&(s, e)| &text[s..e]).collect();
-        assert_eq!(words, vec!["fal\u{200B}con", "fаlcon", "ᴘᴀʏ", "falcon"]);
+        assert_eq!(
+            words,
+            vec!["fal\u{200B}con", "fаlcon", "ᴘᴀʏ", "falcon", "f a l c o n"]
+        );
     }
 
     #[test]

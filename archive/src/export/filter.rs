@@ -241,6 +241,7 @@ mod tests {
             "wire the fаlcon funds",
             "wire the ｆａｌｃｏｎ funds",
             "wire the ᴘᴀʏ funds",
+            "wire the f a l c o n funds",
         ] {
             let r = msg("alice@example.test", "bob@example.test", body, 5);
             let word = if body.contains('ᴘ') {
