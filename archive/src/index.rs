@@ -2927,6 +2927,8 @@ mod tests {
         w.add(&appended(4, 1, "the falconry club")).unwrap();
         w.add(&appended(5, 1, "wire the f.a.l.c.o.n funds"))
             .unwrap();
+        w.add(&appended(6, 1, "какой от\u{200B}кат, рау")).unwrap();
+        w.add(&appended(7, 1, "у него болит рот")).unwrap();
         w.commit().unwrap();
         let r = f.reader();
         assert_eq!(seqs(&r, "falcon").unwrap(), vec![1, 2, 5]);
@@ -2935,6 +2937,10 @@ mod tests {
         assert_eq!(seqs(&r, "wire NEAR/2 falcon").unwrap(), vec![1, 2, 5]);
         assert_eq!(seqs(&r, "pay").unwrap(), vec![3]);
         assert_eq!(seqs(&r, "fаlcon").unwrap(), vec![2]);
+        // A Cyrillic word hidden the same way is found in Cyrillic; a word drawn like
+        // a Latin one is read as Latin only beside Latin words, or alone.
+        assert_eq!(seqs(&r, "откат").unwrap(), vec![6]);
+        assert_eq!(seqs(&r, "pot").unwrap(), Vec::<u64>::new());
     }
 
     /// Segment 1's list with one message's words, then with two; the older copy.

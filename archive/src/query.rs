@@ -193,14 +193,14 @@ pub fn for_each_token(text: &str, mut f: impl FnMut(&str)) {
 /// NEAR never spans two): subject, body, other texts, and each archived file's name and
 /// media type, as written; then, for each of those that hides words from a scanner but
 /// not from a reader (an invisible character inside a word, fullwidth letters, letters
-/// drawn like Latin ones), the text as a reader sees it ([`custos_text::Unmasked`]), so
-/// a search finds what the rules found. Index and export filter must use exactly this
+/// drawn like Latin ones, a word spelt out), the text as a reader sees it, one part per
+/// view ([`custos_text::Unmasked::views`]), so a search finds what the rules found. Index and export filter must use exactly this
 /// function.
 pub fn text_parts(m: &MessageRecord) -> impl Iterator<Item = Cow<'_, str>> {
     let written = written_parts(m);
     let seen = written
         .clone()
-        .filter_map(Unmasked::of)
+        .flat_map(Unmasked::views)
         .map(|u| Cow::Owned(u.text));
     written.map(Cow::Borrowed).chain(seen)
 }

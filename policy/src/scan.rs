@@ -97,9 +97,9 @@ impl FieldScanner {
         n_lexicons: usize,
         detectors: &Detectors,
     ) -> FieldScan<'t> {
-        // The text, and where it hides words from a scanner, the view a reader sees.
-        let unmasked = Unmasked::of(text);
-        let views = || std::iter::once(text).chain(unmasked.as_ref().map(|u| u.text.as_str()));
+        // The text, and where it hides words from a scanner, the views a reader sees.
+        let unmasked = Unmasked::views(text);
+        let views = || std::iter::once(text).chain(unmasked.iter().map(|u| u.text.as_str()));
         let regex_hits = match &self.set {
             Some(set) => {
                 let mut hits = vec![false; self.regexes.len()];
@@ -118,7 +118,7 @@ impl FieldScanner {
         let mut lexicon_matched = Bits::new(n_lexicons);
         if self.lexicons {
             lexicons.scan(text, &mut lexicon_hits);
-            if let Some(u) = &unmasked {
+            for u in &unmasked {
                 let mut seen = Vec::new();
                 lexicons.scan(&u.text, &mut seen);
                 lexicon_hits.extend(
@@ -135,7 +135,7 @@ impl FieldScanner {
             if self.detectors.get(d.index()).copied().unwrap_or(false) {
                 if let Some(slot) = detector_hits.get_mut(d.index()) {
                     *slot = detectors.find(d, text);
-                    if let Some(u) = &unmasked {
+                    for u in &unmasked {
                         let seen = detectors.find(d, &u.text);
                         slot.extend(seen.into_iter().filter_map(|r| u.original(text, r)));
                     }
@@ -157,8 +157,8 @@ impl FieldScanner {
 #[derive(Debug)]
 pub(crate) struct FieldScan<'t> {
     pub text: &'t str,
-    /// The text as a reader sees it, where that differs (see [`Unmasked`]).
-    unmasked: Option<Unmasked>,
+    /// The text as a reader sees it, where that differs (see [`Unmasked::views`]).
+    unmasked: Vec<Unmasked>,
     regex_hits: Vec<bool>,
     lexicon_hits: Vec<(LexiconId, Range<usize>)>,
     lexicon_matched: Bits,
@@ -187,7 +187,7 @@ impl FieldScan<'_> {
                             .map(|m| m.range())
                             .filter(|r| !r.is_empty()),
                     );
-                    if let Some(u) = &self.unmasked {
+                    for u in &self.unmasked {
                         out.extend(
                             re.find_iter(&u.text)
                                 .map(|m| m.range())

@@ -827,6 +827,46 @@ fn a_room_with_an_external_occupant_gets_its_disclaimer_as_group_chat() {
     assert!(v.disclaimer.is_none());
 }
 
+/// A word in another script stays found in that script when it also hides, and a
+/// word in look-alike letters is read as Latin where the text around it is Latin, not
+/// in a Russian sentence; what "fancy text" generators write is read as plain letters.
+#[test]
+fn words_are_read_in_the_script_a_reader_sees() {
+    let p = policy(
+        "[[lexicon]]\nid='l'\nterms=['откат', 'pay', 'pot', 'coke', 'bitcoin', 'comisión']\n[[rule]]\nid='words'\nwhen={body={lexicon='l'}}\naction='redact'\n[[rule]]\nid='cards'\nwhen={body={detector='payment-card'}}\naction='redact'\n",
+    );
+    for hidden in [
+        "от\u{200B}кат",
+        "от\u{00AD}кат",
+        "откaт",
+        "send the рау now",
+        "раү",
+        "рɑу",
+        "bıtcoin",
+        "соміѕіóո",
+        "рау\u{0345}",
+        "p\u{336}a\u{336}y\u{336}",
+        "p\u{332}a\u{332}y\u{332}",
+        "⒫⒜⒴",
+        "🄟🄐🄨",
+    ] {
+        let v = out(&p, A, EXT, &format!("{hidden}!"));
+        assert_eq!(v.action, Action::Redact, "{hidden}");
+    }
+    for card in [
+        "❹❶❶❶ ❶❶❶❶ ❶❶❶❶ ❶❶❶❶",
+        "4\u{FE0F}\u{20E3}1\u{FE0F}\u{20E3}1\u{FE0F}\u{20E3}1\u{FE0F}\u{20E3}1\u{FE0F}\u{20E3}1\u{FE0F}\u{20E3}1\u{FE0F}\u{20E3}1\u{FE0F}\u{20E3}1\u{FE0F}\u{20E3}1\u{FE0F}\u{20E3}1\u{FE0F}\u{20E3}1\u{FE0F}\u{20E3}1\u{FE0F}\u{20E3}1\u{FE0F}\u{20E3}1\u{FE0F}\u{20E3}1\u{FE0F}\u{20E3}",
+    ] {
+        let v = out(&p, A, EXT, &format!("card {card} thanks"));
+        assert_eq!(v.action, Action::Redact, "{card}");
+    }
+    // Russian words drawn wholly in look-alike letters, in a Russian sentence.
+    for plain in ["у него болит рот", "Витамины в соке", "рот болит"]
+    {
+        assert_eq!(out(&p, A, EXT, plain).action, Action::Allow, "{plain}");
+    }
+}
+
 /// Words hidden from a scanner but not from a reader (an invisible character inside,
 /// fullwidth or mathematical letters, a Cyrillic letter drawn as a Latin one, digits
 /// apart by no-break spaces, dots or two spaces) are found, and redacted where they are

@@ -1,23 +1,25 @@
-//! `custos-text`: a text as a reader sees it. A second view of a text, undoing what
-//! hides words from a scanner but not from a reader: invisible format characters are
-//! dropped (zero-width spaces and joiners, soft hyphens, bidirectional controls,
-//! variation selectors, tag characters), every character takes its compatibility form
-//! (NFKC: fullwidth letters and digits, mathematical alphanumerics, ligatures, circled
-//! digits), every space separator is a plain space, and in a word with Latin letters, or
-//! whose every letter is drawn like a Latin one, Cyrillic and Greek letters drawn like
-//! Latin ones are those Latin letters, and a word spelt out a letter at a time
-//! (`f a l c o n`, `F-A-L-C-O-N`) is the word. A client shows `fal\u{200B}con`,
-//! `ｆａｌｃｏｎ`, `fаlcon` (a Cyrillic `а`) or `рау` (all Cyrillic) as the word it hides,
-//! and a reader reads a spelt-out word as one.
+//! `custos-text`: a text as a reader sees it. Views of a text that undo what hides
+//! words from a scanner but not from a reader: invisible format characters dropped
+//! (zero-width spaces and joiners, soft hyphens, bidirectional controls, variation
+//! selectors, tag characters) and decorations (strike-through, underline, keycap
+//! frames); every character in its compatibility form (NFKC: fullwidth letters and
+//! digits, mathematical alphanumerics, ligatures, circled digits) and what "fancy text"
+//! generators write with none (small capitals, letters in black circles and squares or
+//! in parentheses) as the plain letter; every space separator a plain space; a word
+//! spelt out a letter at a time (`f a l c o n`) as the word; a word in two scripts in
+//! the one most of its letters are in; and, in a second view, letters drawn like Latin
+//! ones as Latin where the text around them is Latin. A client shows
+//! `fal\u{200B}con`, `ｆａｌｃｏｎ`, `fаlcon` (a Cyrillic `а`) or `send the рау` (all
+//! Cyrillic) as the words they hide.
 //!
 //! Both readers of words use it, so what the rules find, a search finds:
 //!
 //! ```text
-//!  a message's text ─┬─▶ as written ─────────────┬─▶ policy: rules read both
-//!                    └─▶ Unmasked::of (the view) ┘   archive: the index holds both
+//!  a message's text ─┬─▶ as written ─────────┬─▶ policy: rules read every one
+//!                    └─▶ Unmasked::views ────┘   archive: the index holds every one
 //! ```
 //!
-//! One module: [`Unmasked`], with [`Unmasked::original`] taking a range of the view
+//! One module: [`Unmasked`], with [`Unmasked::original`] taking a range of a view
 //! back to the characters as written (a redaction masks those).
 
 #![forbid(unsafe_code)]
@@ -39,9 +41,21 @@ pub struct Unmasked {
 }
 
 impl Unmasked {
-    /// `None` when the view would be the text itself (most ASCII text: all but words
-    /// spelt out).
-    pub fn of(text: &str) -> Option<Unmasked> {
+    /// The views of `text` a reader may see where they differ from it, at most two,
+    /// each different from the other:
+    ///
+    /// - as shown: invisible characters and decorations (strike-through, underline,
+    ///   keycap frames) dropped, compatibility forms, "fancy text" letters and digits
+    ///   plain, a word spelt out a letter at a time as the word, and a word written in
+    ///   two scripts in the one most of its letters are in (`fаlcon` is `falcon`,
+    ///   `откaт` with a Latin `a` is `откат`);
+    /// - read as Latin: that, but a word in two scripts in Latin, a word every letter
+    ///   of which is drawn like a Latin one (`рау`) in Latin unless the words around it
+    ///   are in another script (`рот` in a Russian sentence stays `рот`), and a
+    ///   combining mark no letter has built in read past.
+    ///
+    /// Empty for most text (all ASCII text but words spelt out).
+    pub fn views(text: &str) -> Vec<Unmasked> {
         // Most text needs no second reading: checked at a glance first. An invisible
         // character hides nothing unless it touches a letter or digit (an emoji's
         // variation selector does not).
@@ -50,28 +64,32 @@ impl Unmasked {
             !c.is_ascii()
                 && ((is_invisible(c) && (touches(prev) || touches(next)))
                     || c.is_whitespace()
+                    || is_decoration(c)
+                    || unbracketed(c) != c
+                    || fancy(c) != c
                     || latin_lookalike(c) != c)
         };
         let plain = (text.is_ascii()
             || (!neighbours(text).any(hides) && is_nfkc_quick(text.chars()) == IsNormalized::Yes))
             && spelt_out(text.chars()).is_empty();
         if plain {
-            return None;
+            return Vec::new();
         }
         // Each character with the combining marks after it, in its compatibility form
-        // and composed (`e` and a combining acute are `é`), invisible ones dropped; every
-        // character of the form is placed at the first of those it came from.
+        // and composed (`e` and a combining acute are `é`), invisible ones and
+        // decorations dropped; every character of the form is placed at the first of
+        // those it came from.
         let mut chars: Vec<(char, usize)> = Vec::with_capacity(text.len());
         let mut segment = String::new();
         let mut segment_at = 0;
         let mut flush = |segment: &mut String, at: usize| {
             for d in segment.nfkc() {
-                chars.push((if d.is_whitespace() { ' ' } else { d }, at));
+                chars.push((if d.is_whitespace() { ' ' } else { fancy(d) }, at));
             }
             segment.clear();
         };
         for (at, c) in text.char_indices() {
-            if is_invisible(c) {
+            if is_invisible(c) || is_decoration(c) {
                 continue;
             }
             if canonical_combining_class(c) == 0 && !segment.is_empty() {
@@ -80,53 +98,77 @@ impl Unmasked {
             if segment.is_empty() {
                 segment_at = at;
             }
-            segment.push(c);
+            segment.push(unbracketed(c));
         }
         flush(&mut segment, segment_at);
-        // Look-alike letters read as Latin inside a word that has Latin letters, and in
-        // a word every letter of which is drawn like a Latin one (`рау` reads `pay`, as
-        // a reader sees it). A word with a letter no Latin one is drawn like (`мыла`)
-        // stays as it is written.
-        let mut start = 0;
-        while start < chars.len() {
-            let end = chars
-                .get(start..)
-                .and_then(|rest| rest.iter().position(|(c, _)| !c.is_alphanumeric()))
-                .map_or(chars.len(), |n| start + n.max(1));
-            if let Some(word) = chars.get_mut(start..end) {
-                let latin = word.iter().any(|(c, _)| c.is_ascii_alphabetic());
-                let drawn_latin = || {
-                    word.iter()
-                        .filter(|(c, _)| c.is_alphabetic())
-                        .all(|(c, _)| latin_lookalike(*c) != *c)
-                };
-                if latin || drawn_latin() {
-                    for (c, _) in word.iter_mut() {
+        // Words, and what each is: the letters of a word in two scripts take the script
+        // most of them are in, in both views; a word wholly in letters drawn like Latin
+        // ones is Latin in the second, where the text around it is.
+        let words = words_of(&chars);
+        let mut latin = chars.clone();
+        for (i, w) in words.iter().enumerate() {
+            let r = w.range.clone();
+            match w.kind {
+                Kind::Mixed { cyrillic: true } => {
+                    for (c, _) in chars.get_mut(r.clone()).into_iter().flatten() {
+                        *c = cyrillic_twin(*c);
+                    }
+                    for (c, _) in latin.get_mut(r).into_iter().flatten() {
                         *c = latin_lookalike(*c);
                     }
                 }
+                Kind::Mixed { cyrillic: false } => {
+                    for v in [&mut chars, &mut latin] {
+                        for (c, _) in v.get_mut(r.clone()).into_iter().flatten() {
+                            *c = latin_lookalike(*c);
+                        }
+                    }
+                }
+                Kind::Drawn if reads_latin(&words, i) => {
+                    for (c, _) in latin.get_mut(r).into_iter().flatten() {
+                        *c = latin_lookalike(*c);
+                    }
+                }
+                Kind::Drawn | Kind::Latin | Kind::Other | Kind::Unlettered => {}
             }
-            start = end;
         }
+        // A combining mark left on a Latin letter after composing (no letter has it
+        // built in: `y` and U+0345) is read past, in the second view.
+        let mut after_latin = false;
+        latin.retain(|&(c, _)| {
+            let mark = canonical_combining_class(c) != 0;
+            let keep = !(mark && after_latin);
+            if !mark {
+                after_latin = is_latin(c);
+            }
+            keep
+        });
         // A word spelt out a letter at a time reads as the word.
-        let gaps = spelt_out(chars.iter().map(|&(c, _)| c));
-        if !gaps.is_empty() {
-            let mut i = 0;
-            let mut gaps = gaps.iter().peekable();
-            chars.retain(|_| {
-                while gaps.next_if(|g| g.end <= i).is_some() {}
-                let keep = !gaps.peek().is_some_and(|g| g.contains(&i));
-                i += 1;
-                keep
-            });
+        let mut out: Vec<Unmasked> = Vec::new();
+        for v in [chars, latin] {
+            let gaps = spelt_out(v.iter().map(|&(c, _)| c));
+            let view = Unmasked::from_chars(v, &gaps);
+            if view.text != text && out.iter().all(|o| o.text != view.text) {
+                out.push(view);
+            }
         }
-        let mut out = String::with_capacity(text.len());
-        let mut map = Vec::with_capacity(text.len());
-        for (c, at) in chars {
-            out.push(c);
+        out
+    }
+
+    /// The view of `chars` with the characters at `gaps` left out.
+    fn from_chars(chars: Vec<(char, usize)>, gaps: &[Range<usize>]) -> Unmasked {
+        let mut text = String::with_capacity(chars.len());
+        let mut map = Vec::with_capacity(chars.len());
+        let mut gaps = gaps.iter().peekable();
+        for (i, (c, at)) in chars.into_iter().enumerate() {
+            while gaps.next_if(|g| g.end <= i).is_some() {}
+            if gaps.peek().is_some_and(|g| g.contains(&i)) {
+                continue;
+            }
+            text.push(c);
             map.extend(std::iter::repeat_n(at, c.len_utf8()));
         }
-        (out != text).then_some(Unmasked { text: out, map })
+        Unmasked { text, map }
     }
 
     /// The whole characters of `text` (this view's original) that `r` of the view came
@@ -242,6 +284,208 @@ impl Runs {
     }
 }
 
+/// What a word of a text is written in, for the views.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// No letter drawn like one of another script: read as written.
+    Latin,
+    /// Latin letters and letters drawn like Latin ones, Cyrillic the most of them
+    /// (`cyrillic`) or not.
+    Mixed { cyrillic: bool },
+    /// Every letter drawn like a Latin one, none Latin (`рау`, `рот`).
+    Drawn,
+    /// Letters of another script, some drawn like no Latin one (`мыла`, `Αθήνα`, `東京`).
+    Other,
+    /// No letter (digits, punctuation, spaces).
+    Unlettered,
+}
+
+/// A word of a view's characters: a run of letters and digits (or one other
+/// character), and what it is written in.
+struct Word {
+    range: Range<usize>,
+    kind: Kind,
+}
+
+fn words_of(chars: &[(char, usize)]) -> Vec<Word> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < chars.len() {
+        let end = chars
+            .get(start..)
+            .and_then(|rest| rest.iter().position(|(c, _)| !c.is_alphanumeric()))
+            .map_or(chars.len(), |n| start + n.max(1));
+        let letters = chars
+            .get(start..end)
+            .into_iter()
+            .flatten()
+            .map(|&(c, _)| c)
+            .filter(|&c| c.is_alphabetic() && canonical_combining_class(c) == 0);
+        let (mut latin, mut drawn, mut other, mut cyrillic) = (0usize, 0usize, 0usize, 0usize);
+        for c in letters {
+            if is_latin(c) {
+                latin += 1;
+            } else if latin_lookalike(c) != c {
+                drawn += 1;
+            } else {
+                other += 1;
+            }
+            if ('\u{0400}'..='\u{052F}').contains(&c) {
+                cyrillic += 1;
+            }
+        }
+        let kind = match (latin, drawn, other) {
+            (0, 0, 0) => Kind::Unlettered,
+            (_, 0, _) if latin > 0 => Kind::Latin,
+            (0, _, 0) => Kind::Drawn,
+            (0, _, _) => Kind::Other,
+            _ => Kind::Mixed {
+                cyrillic: cyrillic > latin,
+            },
+        };
+        out.push(Word {
+            range: start..end,
+            kind,
+        });
+        start = end;
+    }
+    out
+}
+
+/// Whether word `i`, drawn wholly in letters like Latin ones, reads as Latin: the
+/// nearest word with letters on either side that is not drawn so is Latin, or there
+/// is none on either side. In a Russian sentence `рот` is read as Russian.
+fn reads_latin(words: &[Word], i: usize) -> bool {
+    let nearest = |mut it: Box<dyn Iterator<Item = &Word> + '_>| {
+        it.find(|w| !matches!(w.kind, Kind::Drawn | Kind::Unlettered))
+            .map(|w| matches!(w.kind, Kind::Latin | Kind::Mixed { cyrillic: false }))
+    };
+    let before = nearest(Box::new(words.get(..i).into_iter().flatten().rev()));
+    let after = nearest(Box::new(words.get(i + 1..).into_iter().flatten()));
+    match (before, after) {
+        (None, None) => true,
+        (b, a) => b == Some(true) || a == Some(true),
+    }
+}
+
+/// A letter of the Latin script (ASCII, Latin-1, Latin Extended-A and -B, IPA's
+/// letters, Latin Extended Additional), not one drawn like another's.
+fn is_latin(c: char) -> bool {
+    c.is_ascii_alphabetic()
+        || (c.is_alphabetic()
+            && matches!(c, '\u{00C0}'..='\u{02AF}' | '\u{1E00}'..='\u{1EFF}')
+            && latin_lookalike(c) == c)
+}
+
+/// Marks a "fancy text" generator draws over, under or around a letter or digit
+/// (strike-through, slash, underline, overline, a keycap's frame): a reader reads the
+/// character under them.
+fn is_decoration(c: char) -> bool {
+    matches!(
+        c,
+        '\u{0305}' | '\u{0332}' | '\u{0333}' | '\u{0334}'
+            ..='\u{0338}'
+                | '\u{033D}'
+                | '\u{0359}'
+                | '\u{035F}'
+                | '\u{20D2}'
+                | '\u{20D3}'
+                | '\u{20DD}'
+                | '\u{20DE}'
+                | '\u{20E3}'
+                | '\u{20E5}'
+                | '\u{20E6}'
+    )
+}
+
+/// A letter in parentheses (`⒜`, `🄐`) as the letter, before its compatibility form
+/// (which is the letter between two parentheses, three characters).
+fn unbracketed(c: char) -> char {
+    let from = |first: char, to: u8| char::from(to + (u32::from(c) - u32::from(first)) as u8);
+    match c {
+        '\u{249C}'..='\u{24B5}' => from('\u{249C}', b'a'),
+        '\u{1F110}'..='\u{1F129}' => from('\u{1F110}', b'A'),
+        other => other,
+    }
+}
+
+/// The plain letter or digit a "fancy text" generator's character stands for where
+/// it has no compatibility form: small capitals, letters in black circles and squares,
+/// digits in black and sans-serif circles.
+fn fancy(c: char) -> char {
+    let from = |first: char, to: u8| char::from(to + (u32::from(c) - u32::from(first)) as u8);
+    match c {
+        '\u{1F150}'..='\u{1F169}' => from('\u{1F150}', b'A'),
+        '\u{1F170}'..='\u{1F189}' => from('\u{1F170}', b'A'),
+        '\u{2776}'..='\u{277E}' => from('\u{2776}', b'1'),
+        '\u{2780}'..='\u{2788}' => from('\u{2780}', b'1'),
+        '\u{278A}'..='\u{2792}' => from('\u{278A}', b'1'),
+        '\u{24F5}'..='\u{24FD}' => from('\u{24F5}', b'1'),
+        '\u{24FF}' | '\u{1F10C}' => '0',
+        // Small capitals (there is none for `x`).
+        'ᴀ' => 'a',
+        'ʙ' => 'b',
+        'ᴄ' => 'c',
+        'ᴅ' => 'd',
+        'ᴇ' => 'e',
+        'ꜰ' => 'f',
+        'ɢ' => 'g',
+        'ʜ' => 'h',
+        'ɪ' => 'i',
+        'ᴊ' => 'j',
+        'ᴋ' => 'k',
+        'ʟ' => 'l',
+        'ᴍ' => 'm',
+        'ɴ' => 'n',
+        'ᴏ' => 'o',
+        'ᴘ' => 'p',
+        'ǫ' | 'ꞯ' => 'q',
+        'ʀ' => 'r',
+        'ꜱ' => 's',
+        'ᴛ' => 't',
+        'ᴜ' => 'u',
+        'ᴠ' => 'v',
+        'ᴡ' => 'w',
+        'ʏ' => 'y',
+        'ᴢ' => 'z',
+        other => other,
+    }
+}
+
+/// The Cyrillic letter a Latin one is drawn as (the same glyph in the common fonts),
+/// for a word mostly in Cyrillic; any other character as it is.
+fn cyrillic_twin(c: char) -> char {
+    match c {
+        'a' => 'а',
+        'c' => 'с',
+        'e' => 'е',
+        'h' => 'һ',
+        'i' => 'і',
+        'j' => 'ј',
+        'o' => 'о',
+        'p' => 'р',
+        's' => 'ѕ',
+        'x' => 'х',
+        'y' => 'у',
+        'A' => 'А',
+        'B' => 'В',
+        'C' => 'С',
+        'E' => 'Е',
+        'H' => 'Н',
+        'I' => 'І',
+        'J' => 'Ј',
+        'K' => 'К',
+        'M' => 'М',
+        'O' => 'О',
+        'P' => 'Р',
+        'S' => 'Ѕ',
+        'T' => 'Т',
+        'X' => 'Х',
+        'Y' => 'У',
+        other => other,
+    }
+}
+
 /// Each character of `text` with the ones before and after it.
 fn neighbours(text: &str) -> impl Iterator<Item = (Option<char>, char, Option<char>)> + '_ {
     let mut prev = None;
@@ -280,56 +524,27 @@ fn is_invisible(c: char) -> bool {
     )
 }
 
-/// The Latin letter a Cyrillic or Greek letter is drawn as, in the common fonts (the
-/// pairs of Unicode's confusables list between those scripts that are one letter to
-/// one letter), and the letter a "fancy text" generator's small capital or letter in a
-/// black circle or square stands for (none has a compatibility form); any other
-/// character as it is.
+/// The Latin letter a letter of another script is drawn as, in the common fonts:
+/// Cyrillic, Greek and Armenian letters, and the Latin letters of other alphabets
+/// (`ı`, `ɑ`) drawn like a plain one, from Unicode's confusables list where it pairs
+/// one letter with one; any other character as it is. Not every pair of the list is
+/// here: a letter missing keeps a word from being read as Latin.
 fn latin_lookalike(c: char) -> char {
-    let offset = |first: char| char::from(b'A' + (u32::from(c) - u32::from(first)) as u8);
     match c {
-        // Negative circled and negative squared capital letters.
-        '\u{1F150}'..='\u{1F169}' => offset('\u{1F150}'),
-        '\u{1F170}'..='\u{1F189}' => offset('\u{1F170}'),
-        // Small capitals (there is none for `x`).
-        'ᴀ' => 'a',
-        'ʙ' => 'b',
-        'ᴄ' => 'c',
-        'ᴅ' => 'd',
-        'ᴇ' => 'e',
-        'ꜰ' => 'f',
-        'ɢ' => 'g',
-        'ʜ' => 'h',
-        'ɪ' => 'i',
-        'ᴊ' => 'j',
-        'ᴋ' => 'k',
-        'ʟ' => 'l',
-        'ᴍ' => 'm',
-        'ɴ' => 'n',
-        'ᴏ' => 'o',
-        'ᴘ' => 'p',
-        'ǫ' => 'q',
-        'ʀ' => 'r',
-        'ꜱ' => 's',
-        'ᴛ' => 't',
-        'ᴜ' => 'u',
-        'ᴠ' => 'v',
-        'ᴡ' => 'w',
-        'ʏ' => 'y',
-        'ᴢ' => 'z',
-        'а' | 'α' => 'a',
+        'а' | 'α' | 'ɑ' => 'a',
         'в' | 'β' => 'b',
         'с' | 'ϲ' => 'c',
         'ԁ' => 'd',
         'е' | 'ε' => 'e',
-        'һ' => 'h',
-        'і' | 'ι' => 'i',
+        'ɡ' => 'g',
+        'һ' | 'հ' => 'h',
+        'і' | 'ι' | 'ı' | 'ɩ' => 'i',
         'ӏ' | 'Ӏ' => 'l',
-        'ј' => 'j',
+        'ј' | 'ϳ' => 'j',
         'κ' | 'к' => 'k',
         'м' => 'm',
         'ո' | 'η' => 'n',
-        'о' | 'ο' | 'σ' => 'o',
+        'о' | 'ο' | 'σ' | 'օ' => 'o',
         'р' | 'ρ' => 'p',
         'ԛ' => 'q',
         'ѕ' => 's',
@@ -338,23 +553,25 @@ fn latin_lookalike(c: char) -> char {
         'ν' | 'ѵ' => 'v',
         'ԝ' | 'ω' => 'w',
         'х' | 'χ' => 'x',
-        'у' | 'γ' => 'y',
+        'у' | 'γ' | 'ү' => 'y',
         'А' | 'Α' => 'A',
         'В' | 'Β' => 'B',
         'С' | 'Ϲ' => 'C',
         'Е' | 'Ε' => 'E',
         'Н' | 'Η' => 'H',
         'І' | 'Ι' => 'I',
-        'Ј' => 'J',
+        'Ј' | 'Ϳ' => 'J',
         'К' | 'Κ' => 'K',
         'М' | 'Μ' => 'M',
         'Ν' => 'N',
-        'О' | 'Ο' => 'O',
+        'О' | 'Ο' | 'Օ' => 'O',
         'Р' | 'Ρ' => 'P',
+        'Ԛ' => 'Q',
         'Ѕ' => 'S',
         'Т' | 'Τ' => 'T',
+        'Ԝ' => 'W',
         'Х' | 'Χ' => 'X',
-        'У' | 'Υ' => 'Y',
+        'У' | 'Υ' | 'Ү' => 'Y',
         'Ζ' => 'Z',
         other => other,
     }
@@ -364,8 +581,23 @@ fn latin_lookalike(c: char) -> char {
 mod tests {
     use super::*;
 
+    /// The views' texts.
+    fn views(text: &str) -> Vec<String> {
+        Unmasked::views(text).into_iter().map(|u| u.text).collect()
+    }
+
+    /// The last view (read as Latin where that differs), or the text.
     fn view(text: &str) -> String {
-        Unmasked::of(text).map_or_else(|| text.to_owned(), |u| u.text)
+        Unmasked::views(text)
+            .pop()
+            .map_or_else(|| text.to_owned(), |u| u.text)
+    }
+
+    /// The one view of a text whose views are the same.
+    fn one(text: &str) -> Unmasked {
+        let mut v = Unmasked::views(text);
+        assert_eq!(v.len(), 1, "{text}: {:?}", views(text));
+        v.remove(0)
     }
 
     #[test]
@@ -384,15 +616,39 @@ mod tests {
         assert_eq!(view("ﬁnance"), "finance");
         assert_eq!(view("re\u{301}serve\u{301}"), "réservé");
         assert_eq!(view("fa\u{4CF}con"), "falcon");
-        // A word wholly in letters drawn like Latin ones reads as Latin; one with a
-        // letter no Latin one is drawn like is read as written.
-        assert_eq!(view("сор мама ΚΑΙ"), "cop mama KAI");
-        assert_eq!(view("сор fаlcon"), "cop falcon");
-        assert_eq!(view("Мама мыла раму"), "Mama мыла pamy");
-        assert_eq!(view("Αθήνα δέκα"), "Αθήνα δέκα");
         // What "fancy text" generators write.
         assert_eq!(view("ᴘᴀʏ ᴛʜᴇ ꜰᴇᴇ"), "pay the fee");
         assert_eq!(view("🅟🅐🅨 🅿🅰🆈 🅩"), "PAY PAY Z");
+        assert_eq!(view("⒫⒜⒴ 🄟🄐🄨"), "pay PAY");
+        assert_eq!(
+            view("p\u{336}a\u{336}y\u{336} p\u{332}a\u{332}y\u{332}"),
+            "pay pay"
+        );
+        assert_eq!(view("❹❶ ➍➊ 4\u{FE0F}\u{20E3}1\u{FE0F}\u{20E3}"), "41 41 41");
+        assert_eq!(view("bıtcoin pay\u{345}"), "bitcoin pay");
+    }
+
+    #[test]
+    fn a_word_in_two_scripts_takes_the_one_most_of_its_letters_are_in() {
+        assert_eq!(views("fаlcon"), ["falcon"]);
+        assert_eq!(views("откaт"), ["откат", "otkat"]);
+        // Hidden as well: still found in its own script.
+        assert_eq!(views("от\u{200B}кат"), ["откат", "otkat"]);
+        assert_eq!(views("соміѕіóո"), ["comisión"]);
+    }
+
+    #[test]
+    fn a_word_drawn_like_latin_is_read_as_latin_where_the_text_around_it_is() {
+        assert_eq!(views("send the рау now"), ["send the pay now"]);
+        assert_eq!(views("рау"), ["pay"]);
+        assert_eq!(views("сор fаlcon"), ["сор falcon", "cop falcon"]);
+        // In Russian or Greek it stays as written: no view at all.
+        assert!(views("у него болит рот").is_empty());
+        assert!(views("Витамины в соке").is_empty());
+        assert!(views("Мама мыла раму").is_empty());
+        assert!(views("Αθήνα δέκα").is_empty());
+        // Either side in Latin is enough.
+        assert_eq!(views("рот болит, рау now"), ["рот болит, pay now"]);
     }
 
     #[test]
@@ -411,7 +667,7 @@ mod tests {
         assert_eq!(view("a b c    d e"), "abc    d e");
         assert_eq!(view("a b c, d e f"), "abc, def");
         let text = "say f a l c o n now";
-        let u = Unmasked::of(text).expect("a view");
+        let u = one(text);
         let at = u.text.find("falcon").expect("the word");
         let r = u.original(text, at..at + 6).expect("a range");
         assert_eq!(&text[r], "f a l c o n");
@@ -419,17 +675,17 @@ mod tests {
 
     #[test]
     fn plain_text_has_no_second_view() {
-        assert!(Unmasked::of("plain ascii falcon").is_none());
-        assert!(Unmasked::of("a b, c d and e").is_none());
-        assert!(Unmasked::of("straße café 東京").is_none());
-        assert!(Unmasked::of("thanks \u{2764}\u{FE0F} see you").is_none());
-        assert!(Unmasked::of("\u{2764}\u{FE0F}fal\u{200B}con").is_some());
+        assert!(views("plain ascii falcon").is_empty());
+        assert!(views("a b, c d and e").is_empty());
+        assert!(views("straße café 東京").is_empty());
+        assert!(views("thanks \u{2764}\u{FE0F} see you").is_empty());
+        assert!(!views("\u{2764}\u{FE0F}fal\u{200B}con").is_empty());
     }
 
     #[test]
     fn a_range_of_the_view_is_whole_characters_of_the_text() {
         let text = "say fal\u{200B}con, ｆａｌｃｏｎ!";
-        let u = Unmasked::of(text).expect("a view");
+        let u = one(text);
         let words: Vec<&str> = u
             .text
             .match_indices("falcon")
@@ -438,10 +694,15 @@ mod tests {
         assert_eq!(words, ["fal\u{200B}con", "ｆａｌｃｏｎ"]);
         // A composed letter covers the marks it was written with.
         let text = "the re\u{301}serve\u{301}\u{200B} fund";
-        let u = Unmasked::of(text).expect("a view");
+        let u = one(text);
         let at = u.text.find("réservé").expect("composed");
         let r = u.original(text, at..at + "réservé".len()).expect("a range");
         assert_eq!(&text[r], "re\u{301}serve\u{301}\u{200B}");
         assert_eq!(u.original(text, 0..0), None);
+        // A decorated letter covers its decoration.
+        let text = "p\u{336}a\u{336}y\u{336}!";
+        let u = one(text);
+        let r = u.original(text, 0..3).expect("a range");
+        assert_eq!(&text[r], "p\u{336}a\u{336}y\u{336}");
     }
 }

@@ -58,13 +58,16 @@ impl Terms {
 /// whole when the query asks for `falcon`.
 pub fn marks(text: &str, terms: &Terms) -> Vec<(usize, usize)> {
     let mut out = words_in(text, terms);
-    if let Some(seen) = custos_text::Unmasked::of(text) {
-        out.extend(
-            words_in(&seen.text, terms)
-                .into_iter()
-                .filter_map(|(s, e)| seen.original(text, s..e))
-                .map(|r| (r.start, r.end)),
-        );
+    let views = custos_text::Unmasked::views(text);
+    if !views.is_empty() {
+        for seen in &views {
+            out.extend(
+                words_in(&seen.text, terms)
+                    .into_iter()
+                    .filter_map(|(s, e)| seen.original(text, s..e))
+                    .map(|r| (r.start, r.end)),
+            );
+        }
         out.sort_unstable();
         let mut merged: Vec<(usize, usize)> = Vec::with_capacity(out.len());
         for (s, e) in out {
