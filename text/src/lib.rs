@@ -6,9 +6,9 @@
 //! digits, mathematical alphanumerics, ligatures, circled digits) and what "fancy text"
 //! generators write with none (small capitals, letters in black circles and squares or
 //! in parentheses) as the plain letter; every space separator a plain space; a word
-//! spelt out a letter at a time (`f a l c o n`) as the word; a word in two scripts in
-//! the one most of its letters are in; and, in a second view, letters drawn like Latin
-//! ones as Latin where the text around them is Latin. A client shows
+//! spelt out a letter at a time (`f a l c o n`) as the word; a word in Latin and
+//! Cyrillic letters in whichever has more of them; and, in a second view, letters drawn
+//! like Latin ones as Latin where the text around them is Latin. A client shows
 //! `fal\u{200B}con`, `ｆａｌｃｏｎ`, `fаlcon` (a Cyrillic `а`) or `send the рау` (all
 //! Cyrillic) as the words they hide.
 //!
@@ -47,12 +47,13 @@ impl Unmasked {
     /// - as shown: invisible characters and decorations (strike-through, underline,
     ///   keycap frames) dropped, compatibility forms, "fancy text" letters and digits
     ///   plain, a word spelt out a letter at a time as the word, and a word written in
-    ///   two scripts in the one most of its letters are in (`fаlcon` is `falcon`,
-    ///   `откaт` with a Latin `a` is `откат`);
+    ///   Latin and Cyrillic in whichever has more of its letters, Latin on a tie
+    ///   (`fаlcon` is `falcon`, `откaт` with a Latin `a` is `откат`);
     /// - read as Latin: that, but a word in two scripts in Latin, a word every letter
-    ///   of which is drawn like a Latin one (`рау`) in Latin unless the words around it
-    ///   are in another script (`рот` in a Russian sentence stays `рот`), and a
-    ///   combining mark no letter has built in read past.
+    ///   of which is drawn like a Latin one (`рау`) in Latin unless the nearest words
+    ///   around it not drawn so are in another script (`рот` in a Russian sentence
+    ///   stays `рот`), and a combining mark no letter has built in read past after a
+    ///   Latin letter.
     ///
     /// Empty for most text (all ASCII text but words spelt out).
     pub fn views(text: &str) -> Vec<Unmasked> {
@@ -84,7 +85,12 @@ impl Unmasked {
         let mut segment_at = 0;
         let mut flush = |segment: &mut String, at: usize| {
             for d in segment.nfkc() {
-                chars.push((if d.is_whitespace() { ' ' } else { fancy(d) }, at));
+                let d = match d {
+                    d if is_line_break(d) => d,
+                    d if d.is_whitespace() => ' ',
+                    d => fancy(d),
+                };
+                chars.push((d, at));
             }
             segment.clear();
         };
@@ -105,6 +111,7 @@ impl Unmasked {
         // most of them are in, in both views; a word wholly in letters drawn like Latin
         // ones is Latin in the second, where the text around it is.
         let words = words_of(&chars);
+        let latin_around = reads_latin(&words);
         let mut latin = chars.clone();
         for (i, w) in words.iter().enumerate() {
             let r = w.range.clone();
@@ -124,7 +131,7 @@ impl Unmasked {
                         }
                     }
                 }
-                Kind::Drawn if reads_latin(&words, i) => {
+                Kind::Drawn if latin_around.get(i).copied().unwrap_or(false) => {
                     for (c, _) in latin.get_mut(r).into_iter().flatten() {
                         *c = latin_lookalike(*c);
                     }
@@ -176,11 +183,14 @@ impl Unmasked {
     pub fn original(&self, text: &str, r: Range<usize>) -> Option<Range<usize>> {
         let start = *self.map.get(r.start)?;
         let last = *self.map.get(r.end.checked_sub(1)?)?;
-        // The last character, with the combining marks and invisible characters after it.
+        // The last character, with the combining marks, invisible characters and
+        // decorations after it.
         let mut rest = text.get(last..)?.char_indices();
         let (_, first) = rest.next()?;
         let len = rest
-            .find(|&(_, c)| canonical_combining_class(c) == 0 && !is_invisible(c))
+            .find(|&(_, c)| {
+                canonical_combining_class(c) == 0 && !is_invisible(c) && !is_decoration(c)
+            })
             .map_or(text.len() - last, |(n, _)| n);
         debug_assert!(len >= first.len_utf8());
         Some(start..last + len)
@@ -189,12 +199,15 @@ impl Unmasked {
 
 /// Separators a word spelt out a letter at a time is written with (`f.a.l.c.o.n`),
 /// besides whitespace.
-const SPELLING_APART: &[char] = &['.', '-', '_', '*', '/', '|', '+', '~', '·', '•'];
+const SPELLING_APART: &[char] = &[
+    '.', '-', '_', '*', '/', '|', '+', '~', '·', '•', '∙', '⋅', '‐', '‑', '‒', '–', '—',
+];
 
 /// Where characters apart the letters of a word spelt out one at a time: a run of at
-/// least three single letters or digits, each apart from the next by one to three
-/// characters of whitespace or [`SPELLING_APART`] (`f a l c o n`, `F-A-L-C-O-N`,
-/// `f. a. l.`). A reader reads the word. Ranges of character positions, in order.
+/// least three single letters or digits on one line, each apart from the next by one
+/// to three characters of whitespace or [`SPELLING_APART`] (`f a l c o n`,
+/// `F-A-L-C-O-N`, `f. a. l.`). A reader reads the word. Ranges of character positions,
+/// in order.
 fn spelt_out(chars: impl Iterator<Item = char>) -> Vec<Range<usize>> {
     let mut runs = Runs::default();
     // The token being read: where it started, whether it is a word.
@@ -203,7 +216,8 @@ fn spelt_out(chars: impl Iterator<Item = char>) -> Vec<Range<usize>> {
     for (i, c) in chars.enumerate() {
         n = i + 1;
         let word = c.is_alphanumeric();
-        if !(word || c.is_whitespace() || SPELLING_APART.contains(&c)) {
+        let apart = (c.is_whitespace() && !is_line_break(c)) || SPELLING_APART.contains(&c);
+        if !(word || apart) {
             // Anything else ends a run where it stands.
             if let Some((start, w)) = token.take() {
                 runs.token(start..i, w);
@@ -352,20 +366,35 @@ fn words_of(chars: &[(char, usize)]) -> Vec<Word> {
     out
 }
 
-/// Whether word `i`, drawn wholly in letters like Latin ones, reads as Latin: the
-/// nearest word with letters on either side that is not drawn so is Latin, or there
-/// is none on either side. In a Russian sentence `рот` is read as Russian.
-fn reads_latin(words: &[Word], i: usize) -> bool {
-    let nearest = |mut it: Box<dyn Iterator<Item = &Word> + '_>| {
-        it.find(|w| !matches!(w.kind, Kind::Drawn | Kind::Unlettered))
-            .map(|w| matches!(w.kind, Kind::Latin | Kind::Mixed { cyrillic: false }))
+/// For each word, whether one drawn wholly in letters like Latin ones reads as Latin:
+/// the nearest word with letters on either side that is not drawn so is Latin, or
+/// there is none on either side. In a Russian sentence `рот` is read as Russian. Two
+/// passes over the words, whatever their number.
+fn reads_latin(words: &[Word]) -> Vec<bool> {
+    let script = |w: &Word| match w.kind {
+        Kind::Drawn | Kind::Unlettered => None,
+        Kind::Latin | Kind::Mixed { cyrillic: false } => Some(true),
+        Kind::Mixed { cyrillic: true } | Kind::Other => Some(false),
     };
-    let before = nearest(Box::new(words.get(..i).into_iter().flatten().rev()));
-    let after = nearest(Box::new(words.get(i + 1..).into_iter().flatten()));
-    match (before, after) {
-        (None, None) => true,
-        (b, a) => b == Some(true) || a == Some(true),
+    let mut before = Vec::with_capacity(words.len());
+    let mut nearest = None;
+    for w in words {
+        before.push(nearest);
+        nearest = script(w).or(nearest);
     }
+    let mut out = vec![false; words.len()];
+    let mut nearest = None;
+    for (i, w) in words.iter().enumerate().rev() {
+        let b = before.get(i).copied().flatten();
+        if let Some(o) = out.get_mut(i) {
+            *o = match (b, nearest) {
+                (None, None) => true,
+                (b, a) => b == Some(true) || a == Some(true),
+            };
+        }
+        nearest = script(w).or(nearest);
+    }
+    out
 }
 
 /// A letter of the Latin script (ASCII, Latin-1, Latin Extended-A and -B, IPA's
@@ -378,23 +407,36 @@ fn is_latin(c: char) -> bool {
 }
 
 /// Marks a "fancy text" generator draws over, under or around a letter or digit
-/// (strike-through, slash, underline, overline, a keycap's frame): a reader reads the
-/// character under them.
+/// (strike-through, slash, underline, overline, a keycap's or a circle's frame), and
+/// modifier letters drawn as punctuation beside one (`ʼ`, `ː`, Lisu's tone marks): a
+/// reader reads the character under or beside them.
 fn is_decoration(c: char) -> bool {
     matches!(
         c,
-        '\u{0305}' | '\u{0332}' | '\u{0333}' | '\u{0334}'
-            ..='\u{0338}'
-                | '\u{033D}'
-                | '\u{0359}'
-                | '\u{035F}'
-                | '\u{20D2}'
-                | '\u{20D3}'
-                | '\u{20DD}'
-                | '\u{20DE}'
-                | '\u{20E3}'
-                | '\u{20E5}'
-                | '\u{20E6}'
+        '\u{02B9}'..='\u{02BF}'
+            | '\u{02C8}'..='\u{02D1}'
+            | '\u{0305}'
+            | '\u{0332}'..='\u{0338}'
+            | '\u{033D}'
+            | '\u{0359}'
+            | '\u{035F}'
+            | '\u{0488}'
+            | '\u{0489}'
+            | '\u{20D2}'
+            | '\u{20D3}'
+            | '\u{20DD}'..='\u{20E6}'
+            | '\u{A670}'..='\u{A672}'
+            | '\u{A78F}'
+            | '\u{A4F8}'..='\u{A4FF}'
+    )
+}
+
+/// Whitespace that ends a line: a view keeps it (a word spelt out runs along a line,
+/// and a number's digit groups do not run over one).
+fn is_line_break(c: char) -> bool {
+    matches!(
+        c,
+        '\n' | '\r' | '\u{0B}' | '\u{0C}' | '\u{85}' | '\u{2028}' | '\u{2029}'
     )
 }
 
@@ -626,6 +668,25 @@ mod tests {
         );
         assert_eq!(view("❹❶ ➍➊ 4\u{FE0F}\u{20E3}1\u{FE0F}\u{20E3}"), "41 41 41");
         assert_eq!(view("bıtcoin pay\u{345}"), "bitcoin pay");
+        assert_eq!(view("payʼ payꓸ p\u{20E0}a\u{20E0}y\u{20E0}"), "pay pay pay");
+    }
+
+    /// The views of a long text take one pass over its words, however many are drawn
+    /// in look-alike letters (each looks for the nearest other word on either side).
+    #[test]
+    fn a_long_text_of_look_alike_words_is_read_in_linear_passes() {
+        let text = "рау ".repeat(64 * 1024);
+        let seen = views(&text);
+        assert!(seen.len() == 1 && seen[0] == "pay ".repeat(64 * 1024));
+        let text = format!("{}мыла", "рау ".repeat(64 * 1024));
+        assert!(views(&text).is_empty());
+    }
+
+    #[test]
+    fn a_spelt_out_word_runs_along_one_line() {
+        assert_eq!(views("4 3 3\n4 5 2"), ["433\n452"]);
+        assert_eq!(view("a b c\nd e f"), "abc\ndef");
+        assert_eq!(view("f–a–l–c—o—n"), "falcon");
     }
 
     #[test]
@@ -699,10 +760,14 @@ mod tests {
         let r = u.original(text, at..at + "réservé".len()).expect("a range");
         assert_eq!(&text[r], "re\u{301}serve\u{301}\u{200B}");
         assert_eq!(u.original(text, 0..0), None);
-        // A decorated letter covers its decoration.
+        // A decorated letter covers its decoration, a keycap's frame too.
         let text = "p\u{336}a\u{336}y\u{336}!";
         let u = one(text);
         let r = u.original(text, 0..3).expect("a range");
         assert_eq!(&text[r], "p\u{336}a\u{336}y\u{336}");
+        let text = "7\u{FE0F}\u{20E3}!";
+        let u = one(text);
+        let r = u.original(text, 0..1).expect("a range");
+        assert_eq!(&text[r], "7\u{FE0F}\u{20E3}");
     }
 }
