@@ -132,9 +132,16 @@ fn bench(c: &mut Criterion) {
     // selector) is read a second time, as shown; other non-ASCII text once.
     let shown = format!("{clean} \u{2764}\u{FE0F}");
     let accented = format!("{clean} Grüße aus Zürich");
+    // Russian, most of whose letters are drawn like Latin ones: read through the views
+    // (none differs from the text).
+    let russian = "Добрый день, пересылаю отчёт о продажах за третий квартал; \
+                   цифры по региону выросли, но маржа снизилась. Прошу посмотреть \
+                   таблицу до пятницы и сообщить, если есть вопросы по прогнозу."
+        .to_owned();
     for (name, body) in [
         ("shown_200_chars", &shown),
         ("accented_200_chars", &accented),
+        ("russian_200_chars", &russian),
     ] {
         g.bench_function(name, |b| {
             b.iter(|| {
