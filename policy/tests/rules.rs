@@ -937,6 +937,7 @@ fn words_a_client_shows_are_found_however_they_are_written() {
         "f  a  l  c  o  n",
         "f. a. l. c. o. n.",
         "f a l c о n",
+        "f\na\nl\nc\no\nn",
     ] {
         let v = out(&p, A, EXT, &format!("the {spaced} closes"));
         assert_eq!(v.action, Action::Redact, "{spaced}");

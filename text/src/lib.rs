@@ -204,23 +204,29 @@ const SPELLING_APART: &[char] = &[
 ];
 
 /// Where characters apart the letters of a word spelt out one at a time: a run of at
-/// least three single letters or digits on one line, each apart from the next by one
+/// least three single letters or digits along a line, each apart from the next by one
 /// to three characters of whitespace or [`SPELLING_APART`] (`f a l c o n`,
-/// `F-A-L-C-O-N`, `f. a. l.`). A reader reads the word. Ranges of character positions,
-/// in order.
+/// `F-A-L-C-O-N`, `f. a. l.`), or down a column, one a line. A reader reads the word.
+/// Ranges of character positions, in order.
 fn spelt_out(chars: impl Iterator<Item = char>) -> Vec<Range<usize>> {
     let mut runs = Runs::default();
-    // The token being read: where it started, whether it is a word.
+    // The token being read: where it started, whether it is a word; and of a gap, how
+    // many of its characters end a line.
     let mut token: Option<(usize, bool)> = None;
+    let mut breaks = 0;
+    let mut lines = 0;
+    let mut prev = '\0';
     let mut n = 0;
     for (i, c) in chars.enumerate() {
         n = i + 1;
+        let after = std::mem::replace(&mut prev, c);
         let word = is_word_char(c);
-        let apart = (c.is_whitespace() && !is_line_break(c)) || SPELLING_APART.contains(&c);
+        let line_break = is_line_break(c);
+        let apart = line_break || c.is_whitespace() || SPELLING_APART.contains(&c);
         if !(word || apart) {
             // Anything else ends a run where it stands.
             if let Some((start, w)) = token.take() {
-                runs.token(start..i, w);
+                runs.token(start..i, w, breaks, lines);
             }
             runs.gap = None;
             runs.end();
@@ -229,14 +235,21 @@ fn spelt_out(chars: impl Iterator<Item = char>) -> Vec<Range<usize>> {
         match token {
             Some((_, w)) if w == word => {}
             Some((start, w)) => {
-                runs.token(start..i, w);
+                runs.token(start..i, w, breaks, lines);
                 token = Some((i, word));
+                (breaks, lines) = (0, 0);
             }
-            None => token = Some((i, word)),
+            None => {
+                token = Some((i, word));
+                (breaks, lines) = (0, 0);
+            }
         }
+        breaks += usize::from(line_break);
+        // `\r\n` ends one line.
+        lines += usize::from(line_break && !(c == '\n' && after == '\r'));
     }
     if let Some((start, w)) = token {
-        runs.token(start..n, w);
+        runs.token(start..n, w, breaks, lines);
     }
     runs.end();
     runs.out
@@ -248,8 +261,12 @@ struct Runs {
     /// The single letters of the current run, and the gaps between them.
     letters: usize,
     gaps: Vec<Range<usize>>,
-    /// The gap just read, when it can part two letters of a run.
-    gap: Option<Range<usize>>,
+    /// Whether the current run goes down a column (its gaps are line breaks) rather
+    /// than along a line; `None` until its first gap.
+    down: Option<bool>,
+    /// The gap just read, when it can part two letters of a run, and whether it is a
+    /// line break.
+    gap: Option<(Range<usize>, bool)>,
     out: Vec<Range<usize>>,
 }
 
@@ -259,12 +276,21 @@ impl Runs {
     /// Characters between two of its letters at most.
     const MAX_APART: usize = 3;
 
-    /// A word (`word`) or a gap of separators at positions `r` has been read.
-    fn token(&mut self, r: Range<usize>, word: bool) {
+    /// A word (`word`) or a gap of separators (`breaks` of them line breaks, ending
+    /// `lines` lines) at positions `r` has been read. A gap is along a line (no line
+    /// break) or down a column (one line break, `\r\n` as one, and nothing else); a
+    /// run keeps to one of the two, so a table of digits is not read across its rows.
+    fn token(&mut self, r: Range<usize>, word: bool, breaks: usize, lines: usize) {
         let len = r.end - r.start;
         if !word {
-            if len <= Self::MAX_APART {
-                self.gap = Some(r);
+            let down = breaks > 0;
+            let fits = if down {
+                breaks == len && lines == 1
+            } else {
+                len <= Self::MAX_APART
+            };
+            if fits {
+                self.gap = Some((r, down));
             } else {
                 self.gap = None;
                 self.end();
@@ -277,9 +303,10 @@ impl Runs {
             return;
         }
         match self.gap.take() {
-            Some(g) if self.letters > 0 => {
+            Some((g, down)) if self.letters > 0 && self.down.is_none_or(|d| d == down) => {
                 self.gaps.push(g);
                 self.letters += 1;
+                self.down = Some(down);
             }
             _ => {
                 self.end();
@@ -295,6 +322,7 @@ impl Runs {
         }
         self.gaps.clear();
         self.letters = 0;
+        self.down = None;
     }
 }
 
@@ -462,15 +490,13 @@ fn is_latin(c: char) -> bool {
 }
 
 /// Marks a "fancy text" generator draws over, under or around a letter or digit
-/// (strike-through, slash, underline, overline, a keycap's or a circle's frame), and
-/// modifier letters drawn as punctuation beside one (`ʼ`, `ː`, Lisu's tone marks): a
-/// reader reads the character under or beside them.
+/// (strike-through, slash, underline, overline, a keycap's or a circle's frame): a
+/// reader reads the character under them. Modifier letters drawn as punctuation (`ʼ`,
+/// `ː`) are letters of words (Ukrainian `мʼясо`, Hawaiian `ʻokina`) and stay.
 fn is_decoration(c: char) -> bool {
     matches!(
         c,
-        '\u{02B9}'..='\u{02BF}'
-            | '\u{02C8}'..='\u{02D1}'
-            | '\u{0305}'
+        '\u{0305}'
             | '\u{0332}'..='\u{0338}'
             | '\u{033D}'
             | '\u{0359}'
@@ -481,8 +507,6 @@ fn is_decoration(c: char) -> bool {
             | '\u{20D3}'
             | '\u{20DD}'..='\u{20E6}'
             | '\u{A670}'..='\u{A672}'
-            | '\u{A78F}'
-            | '\u{A4F8}'..='\u{A4FF}'
     )
 }
 
@@ -723,7 +747,9 @@ mod tests {
         );
         assert_eq!(view("❹❶ ➍➊ 4\u{FE0F}\u{20E3}1\u{FE0F}\u{20E3}"), "41 41 41");
         assert_eq!(view("bıtcoin pay\u{345}"), "bitcoin pay");
-        assert_eq!(view("payʼ payꓸ p\u{20E0}a\u{20E0}y\u{20E0}"), "pay pay pay");
+        assert_eq!(view("p\u{20E0}a\u{20E0}y\u{20E0}"), "pay");
+        // A modifier letter is a letter of its word.
+        assert!(views("мʼя\u{200B}со").contains(&"мʼясо".to_owned()));
     }
 
     /// The views of a long text take one pass over its words, however many are drawn
@@ -738,9 +764,14 @@ mod tests {
     }
 
     #[test]
-    fn a_spelt_out_word_runs_along_one_line() {
+    fn a_spelt_out_word_runs_along_a_line_or_down_a_column() {
         assert_eq!(views("4 3 3\n4 5 2"), ["433\n452"]);
         assert_eq!(view("a b c\nd e f"), "abc\ndef");
+        // Down a column, one letter a line, it reads as the word too.
+        assert_eq!(view("f\na\nl\nc\no\nn"), "falcon");
+        assert_eq!(view("f\r\na\r\nl\r\n"), "fal\r\n");
+        assert_eq!(view("4\n1\n1\n1 2 3"), "4111\n23".replace("\n23", " 2 3"));
+        assert!(views("a\n\nb\n\nc").is_empty());
         assert_eq!(view("f–a–l–c—o—n"), "falcon");
     }
 
