@@ -65,6 +65,7 @@ impl Unmasked {
             let touches = |x: Option<char>| x.is_some_and(is_word_char);
             !c.is_ascii()
                 && ((is_invisible(c) && (touches(prev) || touches(next)))
+                    || c == '\u{202E}'
                     || c.is_whitespace()
                     || is_decoration(c)
                     || unbracketed(c) != c
@@ -757,6 +758,7 @@ mod tests {
         assert_eq!(view("\u{202E}noclaf"), "falcon");
         assert_eq!(view("say \u{202E}noclaf\u{202C} now"), "say falcon now");
         assert_eq!(view("\u{202E}ab\nc\u{202E}de"), "ba\nced");
+        assert_eq!(view("say\u{202E} noclaf"), "sayfalcon ");
         assert_eq!(view("ｆａｌｃｏｎ"), "falcon");
         assert_eq!(view("fаlcon"), "falcon");
         assert_eq!(view("𝐟𝐚𝐥𝐜𝐨𝐧"), "falcon");
