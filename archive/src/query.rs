@@ -194,8 +194,8 @@ pub fn for_each_token(text: &str, mut f: impl FnMut(&str)) {
 /// media type, as written; then, for each of those that hides words from a scanner but
 /// not from a reader (an invisible character inside a word, fullwidth letters, letters
 /// drawn like Latin ones, a word spelt out), the text as a reader sees it, one part per
-/// view ([`custos_text::Unmasked::views`]), so a search finds what the rules found. Index and export filter must use exactly this
-/// function.
+/// view ([`custos_text::Unmasked::views`]), so a search finds what the rules found.
+/// Index and export filter must use exactly this function.
 pub fn text_parts(m: &MessageRecord) -> impl Iterator<Item = Cow<'_, str>> {
     let written = written_parts(m);
     let seen = written
