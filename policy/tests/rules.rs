@@ -948,11 +948,6 @@ fn words_a_client_shows_are_found_however_they_are_written() {
             "{body}"
         );
     }
-    // Written backwards after a right-to-left override, which a client draws reversed.
-    let v = out(&p, A, EXT, "the \u{202E}noclaf\u{202C} closes");
-    assert_eq!(v.action, Action::Redact, "reversed");
-    let body = v.delivered_body.unwrap_or_default();
-    assert!(!body.contains(['n', 'f']), "reversed left letters: {body}");
     let v = out(&p, A, EXT, "card 4 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 thanks");
     assert_eq!(v.action, Action::Redact, "a card spelt out");
     for plain in ["a b c d", "plan a b or c", "f a l c o n s", "fa l c o n"] {

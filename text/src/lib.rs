@@ -2,8 +2,7 @@
 //! words from a scanner but not from a reader: invisible format characters dropped
 //! (zero-width spaces and joiners, soft hyphens, bidirectional controls, variation
 //! selectors, tag characters) and decorations (strike-through, underline, keycap
-//! frames); what a right-to-left override makes a client draw reversed, reversed;
-//! every character in its compatibility form (NFKC: fullwidth letters and
+//! frames); every character in its compatibility form (NFKC: fullwidth letters and
 //! digits, mathematical alphanumerics, ligatures, circled digits) and what "fancy text"
 //! generators write with none (small capitals, letters in black circles and squares or
 //! in parentheses) as the plain letter; every space separator a plain space; a word
@@ -65,7 +64,6 @@ impl Unmasked {
             let touches = |x: Option<char>| x.is_some_and(is_word_char);
             !c.is_ascii()
                 && ((is_invisible(c) && (touches(prev) || touches(next)))
-                    || c == '\u{202E}'
                     || c.is_whitespace()
                     || is_decoration(c)
                     || unbracketed(c) != c
@@ -85,38 +83,30 @@ impl Unmasked {
         let mut chars: Vec<(char, usize)> = Vec::with_capacity(text.len());
         let mut segment = String::new();
         let mut segment_at = 0;
-        // Where a right-to-left override began in `chars`: a client draws what follows
-        // it, up to the end of the override or of the line, in reverse (`\u{202E}noclaf`
-        // shows `falcon`).
-        let mut reversed_from: Option<usize> = None;
-        for (at, c) in text.char_indices() {
-            let override_ends = matches!(c, '\u{202C}' | '\u{202E}') || is_line_break(c);
-            if override_ends {
-                flush(&mut chars, &mut segment, segment_at);
-                if let Some(from) = reversed_from.take() {
-                    if let Some(run) = chars.get_mut(from..) {
-                        run.reverse();
-                    }
-                }
-                if c == '\u{202E}' {
-                    reversed_from = Some(chars.len());
-                }
+        let mut flush = |segment: &mut String, at: usize| {
+            for d in segment.nfkc() {
+                let d = match d {
+                    d if is_line_break(d) => d,
+                    d if d.is_whitespace() => ' ',
+                    d => fancy(d),
+                };
+                chars.push((d, at));
             }
+            segment.clear();
+        };
+        for (at, c) in text.char_indices() {
             if is_invisible(c) || is_decoration(c) {
                 continue;
             }
             if canonical_combining_class(c) == 0 && !segment.is_empty() {
-                flush(&mut chars, &mut segment, segment_at);
+                flush(&mut segment, segment_at);
             }
             if segment.is_empty() {
                 segment_at = at;
             }
             segment.push(unbracketed(c));
         }
-        flush(&mut chars, &mut segment, segment_at);
-        if let Some(run) = reversed_from.and_then(|from| chars.get_mut(from..)) {
-            run.reverse();
-        }
+        flush(&mut segment, segment_at);
         // Words, and what each is: the letters of a word in two scripts take the script
         // most of them are in, in both views; a word wholly in letters drawn like Latin
         // ones is Latin in the second, where the text around it is.
@@ -191,11 +181,8 @@ impl Unmasked {
     /// The whole characters of `text` (this view's original) that `r` of the view came
     /// from, the invisible ones between them included.
     pub fn original(&self, text: &str, r: Range<usize>) -> Option<Range<usize>> {
-        // A run a right-to-left override reversed is in the view backwards: the first
-        // and last characters as written are the least and greatest places.
-        let places = self.map.get(r)?;
-        let start = *places.iter().min()?;
-        let last = *places.iter().max()?;
+        let start = *self.map.get(r.start)?;
+        let last = *self.map.get(r.end.checked_sub(1)?)?;
         // The last character, with the combining marks, invisible characters and
         // decorations after it.
         let mut rest = text.get(last..)?.char_indices();
@@ -208,22 +195,6 @@ impl Unmasked {
         debug_assert!(len >= first.len_utf8());
         Some(start..last + len)
     }
-}
-
-/// The characters of `segment` (a character and the combining marks after it, which
-/// starts at byte `at` of the text) as a view reads them, onto `chars`: composed in
-/// their compatibility form, whitespace a space (a line break stays), fancy letters
-/// plain.
-fn flush(chars: &mut Vec<(char, usize)>, segment: &mut String, at: usize) {
-    for d in segment.nfkc() {
-        let d = match d {
-            d if is_line_break(d) => d,
-            d if d.is_whitespace() => ' ',
-            d => fancy(d),
-        };
-        chars.push((d, at));
-    }
-    segment.clear();
 }
 
 /// Separators a word spelt out a letter at a time is written with (`f.a.l.c.o.n`),
@@ -755,10 +726,7 @@ mod tests {
         assert_eq!(view("fal\u{200B}con"), "falcon");
         assert_eq!(view("fal\u{00AD}con"), "falcon");
         assert_eq!(view("f\u{200D}a\u{2063}l\u{FEFF}con"), "falcon");
-        assert_eq!(view("\u{202E}noclaf"), "falcon");
-        assert_eq!(view("say \u{202E}noclaf\u{202C} now"), "say falcon now");
-        assert_eq!(view("\u{202E}ab\nc\u{202E}de"), "ba\nced");
-        assert_eq!(view("say\u{202E} noclaf"), "sayfalcon ");
+        assert_eq!(view("\u{202E}noclaf"), "noclaf");
         assert_eq!(view("ｆａｌｃｏｎ"), "falcon");
         assert_eq!(view("fаlcon"), "falcon");
         assert_eq!(view("𝐟𝐚𝐥𝐜𝐨𝐧"), "falcon");
@@ -886,12 +854,6 @@ mod tests {
         let r = u.original(text, at..at + "réservé".len()).expect("a range");
         assert_eq!(&text[r], "re\u{301}serve\u{301}\u{200B}");
         assert_eq!(u.original(text, 0..0), None);
-        // A reversed word covers its characters as written.
-        let text = "say \u{202E}noclaf\u{202C}!";
-        let u = one(text);
-        let at = u.text.find("falcon").expect("the word");
-        let r = u.original(text, at..at + 6).expect("a range");
-        assert_eq!(&text[r], "noclaf\u{202C}");
         // A decorated letter covers its decoration, a keycap's frame too.
         let text = "p\u{336}a\u{336}y\u{336}!";
         let u = one(text);
