@@ -46,7 +46,8 @@ impl Unmasked {
     ///
     /// - as shown: invisible characters and decorations (strike-through, underline,
     ///   keycap frames) dropped, compatibility forms, "fancy text" letters and digits
-    ///   plain, a word spelt out a letter at a time as the word, and a word written in
+    ///   plain, a word spelt out a letter at a time (along a line or down a column)
+    ///   as the word, and a word written in
     ///   Latin and Cyrillic in whichever has more of its letters, Latin on a tie
     ///   (`fаlcon` is `falcon`, `откaт` with a Latin `a` is `откат`);
     /// - read as Latin: that, but a word in two scripts in Latin, a word every letter
@@ -215,18 +216,20 @@ fn spelt_out(chars: impl Iterator<Item = char>) -> Vec<Range<usize>> {
     let mut token: Option<(usize, bool)> = None;
     let mut breaks = 0;
     let mut lines = 0;
+    let mut marks = 0;
     let mut prev = '\0';
     let mut n = 0;
     for (i, c) in chars.enumerate() {
         n = i + 1;
         let after = std::mem::replace(&mut prev, c);
-        let word = is_word_char(c);
+        let drawn_apart = is_spacing_modifier(c);
+        let word = is_word_char(c) && !drawn_apart;
         let line_break = is_line_break(c);
-        let apart = line_break || c.is_whitespace() || SPELLING_APART.contains(&c);
+        let apart = line_break || c.is_whitespace() || drawn_apart || SPELLING_APART.contains(&c);
         if !(word || apart) {
             // Anything else ends a run where it stands.
             if let Some((start, w)) = token.take() {
-                runs.token(start..i, w, breaks, lines);
+                runs.token(start..i, w, (breaks, lines, marks));
             }
             runs.gap = None;
             runs.end();
@@ -235,21 +238,22 @@ fn spelt_out(chars: impl Iterator<Item = char>) -> Vec<Range<usize>> {
         match token {
             Some((_, w)) if w == word => {}
             Some((start, w)) => {
-                runs.token(start..i, w, breaks, lines);
+                runs.token(start..i, w, (breaks, lines, marks));
                 token = Some((i, word));
-                (breaks, lines) = (0, 0);
+                (breaks, lines, marks) = (0, 0, 0);
             }
             None => {
                 token = Some((i, word));
-                (breaks, lines) = (0, 0);
+                (breaks, lines, marks) = (0, 0, 0);
             }
         }
         breaks += usize::from(line_break);
+        marks += usize::from(!word && !c.is_whitespace());
         // `\r\n` ends one line.
         lines += usize::from(line_break && !(c == '\n' && after == '\r'));
     }
     if let Some((start, w)) = token {
-        runs.token(start..n, w, breaks, lines);
+        runs.token(start..n, w, (breaks, lines, marks));
     }
     runs.end();
     runs.out
@@ -276,16 +280,22 @@ impl Runs {
     /// Characters between two of its letters at most.
     const MAX_APART: usize = 3;
 
-    /// A word (`word`) or a gap of separators (`breaks` of them line breaks, ending
-    /// `lines` lines) at positions `r` has been read. A gap is along a line (no line
-    /// break) or down a column (one line break, `\r\n` as one, and nothing else); a
-    /// run keeps to one of the two, so a table of digits is not read across its rows.
-    fn token(&mut self, r: Range<usize>, word: bool, breaks: usize, lines: usize) {
+    /// A word (`word`) or a gap of separators at positions `r` has been read; of a
+    /// gap's characters, `breaks` are line breaks, ending `lines` lines, and `marks` are
+    /// not whitespace. A gap is along a line (no line break) or down a column (one line
+    /// break, `\r\n` as one, with at most a few spaces a reader cannot see around it);
+    /// a run keeps to one of the two, so a table of digits is not read across its rows.
+    fn token(
+        &mut self,
+        r: Range<usize>,
+        word: bool,
+        (breaks, lines, marks): (usize, usize, usize),
+    ) {
         let len = r.end - r.start;
         if !word {
             let down = breaks > 0;
             let fits = if down {
-                breaks == len && lines == 1
+                lines == 1 && marks == 0 && len - breaks <= Self::MAX_APART
             } else {
                 len <= Self::MAX_APART
             };
@@ -306,6 +316,15 @@ impl Runs {
             Some((g, down)) if self.letters > 0 && self.down.is_none_or(|d| d == down) => {
                 self.gaps.push(g);
                 self.letters += 1;
+                self.down = Some(down);
+            }
+            // A turn from a line to a column or back, after too few letters to be a
+            // run: the letter before the gap starts the new run with this one (`B` at
+            // a line's end does not take the `f` of `f a l c o n` below it).
+            Some((g, down)) if self.letters > 0 && self.letters < Self::MIN_LETTERS => {
+                self.gaps.clear();
+                self.gaps.push(g);
+                self.letters = 2;
                 self.down = Some(down);
             }
             _ => {
@@ -510,8 +529,18 @@ fn is_decoration(c: char) -> bool {
     )
 }
 
-/// Whitespace that ends a line: a view keeps it (a word spelt out runs along a line,
-/// and a number's digit groups do not run over one).
+/// Modifier letters drawn as a dot, a colon or a stroke (`ꓸ`, `ː`, `ˈ`, `ʼ`): letters
+/// of the words they are in (Ukrainian `мʼясо`), but between single letters they part
+/// a word spelt out (`fꓸaꓸlꓸcꓸoꓸn`), as punctuation would.
+fn is_spacing_modifier(c: char) -> bool {
+    matches!(
+        c,
+        '\u{02B9}'..='\u{02BF}' | '\u{02C8}'..='\u{02D1}' | '\u{A4F8}'..='\u{A4FF}' | '\u{A78F}'
+    )
+}
+
+/// Whitespace that ends a line: a view keeps it (a word spelt out runs along a line or
+/// down a column, not both, and a number's digit groups do not run over a line's end).
 fn is_line_break(c: char) -> bool {
     matches!(
         c,
@@ -772,6 +801,13 @@ mod tests {
         assert_eq!(view("f\r\na\r\nl\r\n"), "fal\r\n");
         assert_eq!(view("4\n1\n1\n1 2 3"), "4111\n23".replace("\n23", " 2 3"));
         assert!(views("a\n\nb\n\nc").is_empty());
+        // A single letter ending the line above does not take the word's first one.
+        assert_eq!(view("plan B\nf a l c o n"), "plan B\nfalcon");
+        assert_eq!(view("a b\nc\nd"), "a bcd");
+        // Spaces a reader cannot see at a line's end or start do not part a column.
+        assert_eq!(view("f \na\n l \nc"), "falc");
+        // Modifier letters drawn as dots or colons part the letters of a spelt word.
+        assert_eq!(view("fꓸaꓸlꓸcꓸoꓸn, pːaːy"), "falcon, pay");
         assert_eq!(view("f–a–l–c—o—n"), "falcon");
     }
 
