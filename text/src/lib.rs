@@ -548,13 +548,23 @@ fn is_line_break(c: char) -> bool {
     )
 }
 
+/// `c`, the character so far past `first` in a block of letters or digits, as the
+/// ASCII one as far past `to` (`c` itself should that not be one).
+fn in_block(c: char, first: char, to: u8) -> char {
+    u32::from(c)
+        .checked_sub(u32::from(first))
+        .and_then(|d| u8::try_from(d).ok())
+        .and_then(|d| to.checked_add(d))
+        .filter(u8::is_ascii_alphanumeric)
+        .map_or(c, char::from)
+}
+
 /// A letter in parentheses (`⒜`, `🄐`) as the letter, before its compatibility form
 /// (which is the letter between two parentheses, three characters).
 fn unbracketed(c: char) -> char {
-    let from = |first: char, to: u8| char::from(to + (u32::from(c) - u32::from(first)) as u8);
     match c {
-        '\u{249C}'..='\u{24B5}' => from('\u{249C}', b'a'),
-        '\u{1F110}'..='\u{1F129}' => from('\u{1F110}', b'A'),
+        '\u{249C}'..='\u{24B5}' => in_block(c, '\u{249C}', b'a'),
+        '\u{1F110}'..='\u{1F129}' => in_block(c, '\u{1F110}', b'A'),
         other => other,
     }
 }
@@ -563,14 +573,13 @@ fn unbracketed(c: char) -> char {
 /// it has no compatibility form: small capitals, letters in black circles and squares,
 /// digits in black and sans-serif circles.
 fn fancy(c: char) -> char {
-    let from = |first: char, to: u8| char::from(to + (u32::from(c) - u32::from(first)) as u8);
     match c {
-        '\u{1F150}'..='\u{1F169}' => from('\u{1F150}', b'A'),
-        '\u{1F170}'..='\u{1F189}' => from('\u{1F170}', b'A'),
-        '\u{2776}'..='\u{277E}' => from('\u{2776}', b'1'),
-        '\u{2780}'..='\u{2788}' => from('\u{2780}', b'1'),
-        '\u{278A}'..='\u{2792}' => from('\u{278A}', b'1'),
-        '\u{24F5}'..='\u{24FD}' => from('\u{24F5}', b'1'),
+        '\u{1F150}'..='\u{1F169}' => in_block(c, '\u{1F150}', b'A'),
+        '\u{1F170}'..='\u{1F189}' => in_block(c, '\u{1F170}', b'A'),
+        '\u{2776}'..='\u{277E}' => in_block(c, '\u{2776}', b'1'),
+        '\u{2780}'..='\u{2788}' => in_block(c, '\u{2780}', b'1'),
+        '\u{278A}'..='\u{2792}' => in_block(c, '\u{278A}', b'1'),
+        '\u{24F5}'..='\u{24FD}' => in_block(c, '\u{24F5}', b'1'),
         '\u{24FF}' | '\u{1F10C}' => '0',
         // Small capitals (there is none for `x`).
         'ᴀ' => 'a',
