@@ -265,9 +265,11 @@ pub struct Mark {
 /// now: no query would find them. v6 and v7 marks are sound, but their indexes hold
 /// only the words as written, not the view of a text as a reader sees it
 /// ([`query::text_parts`]): a search would miss `fаlcon` (a Cyrillic `а`) while
-/// claiming the index complete. Each of these is cleared and rebuilt from the log.
-const MARK_V8: &str = "custos-index-v8";
-const UNTRUSTED_MARKS: [&str; 7] = [
+/// claiming the index complete. A v8 index holds those views, but not text that
+/// directional controls draw otherwise than written (`\u{202E}noclaf` shows `falcon`).
+/// Each of these is cleared and rebuilt from the log.
+const MARK_V9: &str = "custos-index-v9";
+const UNTRUSTED_MARKS: [&str; 8] = [
     "custos-index-v1",
     "custos-index-v2",
     "custos-index-v3",
@@ -275,6 +277,7 @@ const UNTRUSTED_MARKS: [&str; 7] = [
     "custos-index-v5",
     "custos-index-v6",
     "custos-index-v7",
+    "custos-index-v8",
 ];
 
 /// The MAC of a mark in the format `version` names.
@@ -356,7 +359,7 @@ fn payload(
 ) -> String {
     let words = words_text(words);
     format!(
-        "{MARK_V8} {} {} {} {} {:032x} {} {opstamp} {words} {}",
+        "{MARK_V9} {} {} {} {} {:032x} {} {opstamp} {words} {}",
         hex(archive_id),
         mark.through,
         hex(&mark.head),
@@ -364,7 +367,7 @@ fn payload(
         mark.held.digest,
         mark.owed,
         hex(&mark_mac(
-            master, archive_id, MARK_V8, mark, &words, opstamp
+            master, archive_id, MARK_V9, mark, &words, opstamp
         ))
     )
 }
@@ -397,8 +400,8 @@ fn parse_payload(
     };
     let parts: Vec<&str> = p.split(' ').collect();
     let (version, id, seq, head, docs, digest, owed, stamp, words, mac) = match parts.as_slice() {
-        [MARK_V8, id, seq, head, docs, digest, owed, stamp, words, mac] => (
-            MARK_V8, id, seq, head, docs, digest, *owed, stamp, *words, mac,
+        [MARK_V9, id, seq, head, docs, digest, owed, stamp, words, mac] => (
+            MARK_V9, id, seq, head, docs, digest, *owed, stamp, *words, mac,
         ),
         [v, ..] if UNTRUSTED_MARKS.contains(v) => return Err(IndexError::Unauthenticated),
         _ => return Err(IndexError::Foreign),
@@ -491,7 +494,7 @@ pub(crate) fn lists_of_meta(meta: &str) -> Option<ListMarks> {
     let v: serde_json::Value = serde_json::from_str(meta).ok()?;
     let parts: Vec<&str> = v.get("payload")?.as_str()?.split(' ').collect();
     let words = match parts.as_slice() {
-        [MARK_V8, .., words, _mac] if parts.len() == 10 => words,
+        [MARK_V9, .., words, _mac] if parts.len() == 10 => words,
         _ => return None,
     };
     parse_words(words)
@@ -2929,12 +2932,14 @@ mod tests {
             .unwrap();
         w.add(&appended(6, 1, "какой от\u{200B}кат, рау")).unwrap();
         w.add(&appended(7, 1, "у него болит рот")).unwrap();
+        w.add(&appended(8, 1, "wire the \u{202E}noclaf\u{202C} funds"))
+            .unwrap();
         w.commit().unwrap();
         let r = f.reader();
-        assert_eq!(seqs(&r, "falcon").unwrap(), vec![1, 2, 5]);
-        assert_eq!(seqs(&r, "\"the falcon funds\"").unwrap(), vec![1, 2, 5]);
-        assert_eq!(seqs(&r, "falc*").unwrap(), vec![1, 2, 4, 5]);
-        assert_eq!(seqs(&r, "wire NEAR/2 falcon").unwrap(), vec![1, 2, 5]);
+        assert_eq!(seqs(&r, "falcon").unwrap(), vec![1, 2, 5, 8]);
+        assert_eq!(seqs(&r, "\"the falcon funds\"").unwrap(), vec![1, 2, 5, 8]);
+        assert_eq!(seqs(&r, "falc*").unwrap(), vec![1, 2, 4, 5, 8]);
+        assert_eq!(seqs(&r, "wire NEAR/2 falcon").unwrap(), vec![1, 2, 5, 8]);
         assert_eq!(seqs(&r, "pay").unwrap(), vec![3]);
         assert_eq!(seqs(&r, "fаlcon").unwrap(), vec![2]);
         // A Cyrillic word hidden the same way is found in Cyrillic; a word drawn like
@@ -3037,7 +3042,12 @@ mod tests {
     /// cleared and rebuilt, as one of v1 (`trust_or_clear`).
     #[test]
     fn marks_of_indexes_that_would_miss_words_are_not_trusted() {
-        for version in ["custos-index-v5", "custos-index-v6", "custos-index-v7"] {
+        for version in [
+            "custos-index-v5",
+            "custos-index-v6",
+            "custos-index-v7",
+            "custos-index-v8",
+        ] {
             let f = Fixture::new();
             let mut w = f.writer();
             w.add(&appended(1, 1, "zanzibarite shipment")).unwrap();
@@ -3370,7 +3380,7 @@ mod tests {
         // And one deleted.
         std::fs::remove_file(f.list(1)).unwrap();
         assert_eq!(names(&held), Some(vec![]));
-        assert!(lists_of_meta("{\"payload\":\"custos-index-v7 x\"}").is_none());
+        assert!(lists_of_meta("{\"payload\":\"custos-index-v8 x\"}").is_none());
     }
 
     /// A reader loads each commit once: a search after a commit sees it, and searches

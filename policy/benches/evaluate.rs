@@ -138,8 +138,15 @@ fn bench(c: &mut Criterion) {
                    цифры по региону выросли, но маржа снизилась. Прошу посмотреть \
                    таблицу до пятницы и сообщить, если есть вопросы по прогнозу."
         .to_owned();
+    // Hebrew with directional marks around a Latin word, as clients write it: laid out
+    // as a client draws it and read again.
+    let hebrew = "שלום לכולם, מצרף את הדוח על המכירות ברבעון השלישי; המספרים באזור \
+                  עלו אבל השוליים ירדו. נא לעבור על הטבלה \u{200E}sales.xlsx\u{200E} \
+                  עד יום שישי ולעדכן\u{200F} אם יש שאלות על התחזית."
+        .to_owned();
     for (name, body) in [
         ("shown_200_chars", &shown),
+        ("hebrew_marks_200_chars", &hebrew),
         ("accented_200_chars", &accented),
         ("russian_200_chars", &russian),
     ] {

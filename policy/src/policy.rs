@@ -484,8 +484,10 @@ pub(crate) fn merge(mut spans: Vec<Range<usize>>) -> Vec<Range<usize>> {
     out
 }
 
-/// Replaces every character that overlaps a span with [`MASK`]. Returns whether any
-/// character that was not already a mask changed.
+/// Replaces every character that overlaps a span with [`MASK`], but directional
+/// controls: a span read in the order a client draws it may cover the end of an
+/// override and not its start, and masking that end would turn the rest of the line
+/// around. Returns whether any character that was not already a mask changed.
 pub(crate) fn mask(text: &mut String, spans: &[Range<usize>]) -> bool {
     if spans.is_empty() {
         return false;
@@ -498,7 +500,8 @@ pub(crate) fn mask(text: &mut String, spans: &[Range<usize>]) -> bool {
         while spans.get(k).is_some_and(|s| s.end <= i) {
             k += 1;
         }
-        let hit = spans.get(k).is_some_and(|s| s.start < end && i < s.end);
+        let hit = spans.get(k).is_some_and(|s| s.start < end && i < s.end)
+            && !custos_text::is_directional_control(c);
         if hit {
             changed |= c != MASK;
             out.push(MASK);

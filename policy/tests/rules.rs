@@ -830,6 +830,70 @@ fn a_room_with_an_external_occupant_gets_its_disclaimer_as_group_chat() {
 /// A word in another script stays found in that script when it also hides, and a
 /// word in look-alike letters is read as Latin where the text around it is Latin, not
 /// in a Russian sentence; what "fancy text" generators write is read as plain letters.
+/// A directional override draws the letters after it in the other direction: written
+/// backwards after a right-to-left override, a word shows the right way round. Rules
+/// read it as drawn, and a redaction keeps the controls, so what follows the word is
+/// drawn as it was.
+#[test]
+fn words_turned_around_by_directional_controls_are_read_as_drawn() {
+    let p = policy(
+        "[[lexicon]]\nid='l'\nterms=['falcon', 'sell acme', '\u{5E9}\u{5D5}\u{5D7}\u{5D3}']\n[[rule]]\nid='words'\nwhen={body={lexicon='l'}}\naction='redact'\n",
+    );
+    let m = |n: usize| MASK.to_string().repeat(n);
+    for (body, want) in [
+        // Reversed after a right-to-left override, up to its end or the line's.
+        (
+            "the \u{202E}noclaf\u{202C} closes",
+            format!("the \u{202E}{}\u{202C} closes", m(6)),
+        ),
+        ("the \u{202E}noclaf", format!("the \u{202E}{}", m(6))),
+        // Half the word reversed: the override's end is kept though the mask covers it,
+        // so the rest of the line is not drawn backwards.
+        (
+            "fal\u{202E}noc\u{202C} now",
+            format!("{}\u{202E}{}\u{202C} now", m(3), m(3)),
+        ),
+        (
+            "\u{202E}laf\u{202C}con is here",
+            format!("\u{202E}{}\u{202C}{} is here", m(3), m(3)),
+        ),
+        // Nested: an embedding inside the override is drawn in its own direction, so
+        // the words read `sell acme`.
+        (
+            "\u{202E}emca \u{202A}sell\u{202C}\u{202C}",
+            format!("\u{202E}{}\u{202A}{}\u{202C}\u{202C}", m(5), m(4)),
+        ),
+        // A Hebrew word written backwards after a left-to-right override.
+        (
+            "\u{202D}\u{5D3}\u{5D7}\u{5D5}\u{5E9}\u{202C} ok",
+            format!("\u{202D}{}\u{202C} ok", m(4)),
+        ),
+        // Hebrew under a right-to-left override is drawn as ever; a zero-width space
+        // inside still hides nothing.
+        (
+            "\u{202E}\u{5E9}\u{5D5}\u{200B}\u{5D7}\u{5D3}\u{202C} ok",
+            format!("\u{202E}{}\u{202C} ok", m(5)),
+        ),
+        // Words put in the other order in a right-to-left isolate: a right-to-left mark
+        // between them draws `sell` at its left.
+        (
+            "\u{2067}acme\u{200F} sell\u{2069}",
+            format!("\u{2067}{}\u{200F}{}\u{2069}", m(4), m(5)),
+        ),
+    ] {
+        let v = out(&p, A, EXT, body);
+        assert_eq!(v.action, Action::Redact, "{body:?}");
+        assert_eq!(v.delivered_body.as_deref(), Some(want.as_str()), "{body:?}");
+    }
+    // Text in the order it is drawn is read as before.
+    for plain in [
+        "\u{5E9}\u{200F} \u{5D5}\u{5D7}\u{5D3}",
+        "acme \u{200F} sell",
+    ] {
+        assert_eq!(out(&p, A, EXT, plain).action, Action::Allow, "{plain:?}");
+    }
+}
+
 #[test]
 fn words_are_read_in_the_script_a_reader_sees() {
     let p = policy(

@@ -424,6 +424,19 @@ async fn policy_blocks_redacts_separates_alerts_and_warns_on_real_traffic() -> T
         .send_chat("bob@example.test", "the fal\u{200B}con report")
         .await?;
     assert_eq!(bob.next_message().await?.body, "the fal\u{200B}con report");
+    // Written backwards after a right-to-left override, the term shows the right way
+    // round: redacted, the override and its end kept so the rest of the line is drawn
+    // as it was.
+    alice
+        .send_chat(
+            "bob@example.test",
+            "Project \u{202E}lertsek\u{202C} starts wednesday",
+        )
+        .await?;
+    assert_eq!(
+        bob.next_message().await?.body,
+        "Project \u{202E}███████\u{202C} starts wednesday"
+    );
 
     // The information barrier holds both ways.
     let id = alice
@@ -504,13 +517,13 @@ async fn policy_blocks_redacts_separates_alerts_and_warns_on_real_traffic() -> T
     assert_eq!(blocked[0]["body"], "my card is 4111 1111 1111 1111");
     assert_eq!(blocked[1]["to"], "dave@example.org");
     let redacted = rig.search("action:redact")?;
-    assert_eq!(redacted.len(), 2, "{redacted:?}");
+    assert_eq!(redacted.len(), 3, "{redacted:?}");
     assert_eq!(redacted[0]["body"], "Project Kestrel starts monday");
     assert_eq!(
         redacted[0]["delivered_body"],
         "Project ███████ starts monday"
     );
-    // An officer's search finds both spellings of the term, and the hidden word.
+    // An officer's search finds every spelling of the term, and the hidden word.
     let mut found: Vec<String> = rig
         .search("kestrel")?
         .iter()
@@ -521,7 +534,8 @@ async fn policy_blocks_redacts_separates_alerts_and_warns_on_real_traffic() -> T
         found,
         [
             "Project Kestrel starts monday",
-            "Project ᴋᴇsᴛʀᴇʟ starts tuesday"
+            "Project ᴋᴇsᴛʀᴇʟ starts tuesday",
+            "Project \u{202E}lertsek\u{202C} starts wednesday",
         ]
     );
     let hidden = rig.search("falcon")?;

@@ -28,6 +28,7 @@
 
 use std::ops::Range;
 
+use unicode_bidi::{bidi_class, BidiClass, BidiInfo, Level};
 use unicode_normalization::char::canonical_combining_class;
 use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
 
@@ -65,6 +66,7 @@ impl Unmasked {
             let touches = |x: Option<char>| x.is_some_and(is_word_char);
             !c.is_ascii()
                 && ((is_invisible(c) && (touches(prev) || touches(next)))
+                    || lays_out(c)
                     || c.is_whitespace()
                     || is_decoration(c)
                     || unbracketed(c) != c
@@ -81,6 +83,19 @@ impl Unmasked {
         // and composed (`e` and a combining acute are `é`), invisible ones and
         // decorations dropped; every character of the form is placed at the first of
         // those it came from.
+        // In the order a reader reads it where directional controls turn it around.
+        let drawn = reading_order(text);
+        let (mut as_drawn, mut as_written);
+        let order: &mut dyn Iterator<Item = (usize, char)> = match &drawn {
+            Some(d) => {
+                as_drawn = d.iter().copied();
+                &mut as_drawn
+            }
+            None => {
+                as_written = text.char_indices();
+                &mut as_written
+            }
+        };
         let mut chars: Vec<(char, usize)> = Vec::with_capacity(text.len());
         let mut segment = String::new();
         let mut segment_at = 0;
@@ -95,7 +110,7 @@ impl Unmasked {
             }
             segment.clear();
         };
-        for (at, c) in text.char_indices() {
+        for (at, c) in order {
             if is_invisible(c) || is_decoration(c) {
                 continue;
             }
@@ -180,10 +195,14 @@ impl Unmasked {
     }
 
     /// The whole characters of `text` (this view's original) that `r` of the view came
-    /// from, the invisible ones between them included.
+    /// from, the invisible ones between them included. Where directional controls turned
+    /// the text around, the range runs from the first of them as written to the last;
+    /// masking it whole keeps the controls ([`is_directional_control`]), or what follows
+    /// would be drawn turned around.
     pub fn original(&self, text: &str, r: Range<usize>) -> Option<Range<usize>> {
-        let start = *self.map.get(r.start)?;
-        let last = *self.map.get(r.end.checked_sub(1)?)?;
+        let came_from = self.map.get(r)?;
+        let start = *came_from.iter().min()?;
+        let last = *came_from.iter().max()?;
         // The last character, with the combining marks, invisible characters and
         // decorations after it.
         let mut rest = text.get(last..)?.char_indices();
@@ -196,6 +215,192 @@ impl Unmasked {
         debug_assert!(len >= first.len_utf8());
         Some(start..last + len)
     }
+}
+
+/// Explicit directional formatting characters (UAX #9): the marks (LRM, RLM, ALM), the
+/// embeddings and overrides with their end (PDF), and the isolates with theirs (PDI).
+/// Drawn as nothing, they change the order in which a client draws what is around them;
+/// a redaction keeps them where they are.
+pub fn is_directional_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+    )
+}
+
+/// Directional controls that lay out what follows them until their end: embeddings,
+/// overrides and isolates. An override draws the letters of a word backwards; the others
+/// move whole words. The marks (LRM, RLM, ALM) move words only, and are common in text
+/// mixing Hebrew or Arabic with Latin: laying out every such text again would cost more
+/// than the words it finds.
+fn lays_out(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// The characters of `text`, each with its byte offset, in the order a reader reads
+/// them where directional controls that lay out text ([`lays_out`]) change how a
+/// client draws it; `None` where it has none of those. Each paragraph (line) is laid out as the Unicode bidirectional algorithm draws
+/// it, and what is drawn is then read as a reader reads plain text of that paragraph's
+/// direction: laid out again without the controls, whose effect the reader cannot see.
+/// So a word written backwards after a right-to-left override (`\u{202E}noclaf`) reads
+/// `falcon`, a Hebrew word backwards after a left-to-right override reads the right way
+/// round, and text whose controls change nothing reads as written. The controls
+/// themselves are left out.
+///
+/// Unicode's line wrapping is not known here: each paragraph is laid out as one line,
+/// and the reset of whitespace at a line's end to the paragraph's level (rule L1) is
+/// left out, as it moves no letter of a word.
+fn reading_order(text: &str) -> Option<Vec<(usize, char)>> {
+    if !text.chars().any(lays_out) {
+        return None;
+    }
+    let info = BidiInfo::new(text, None);
+    let mut out = Vec::with_capacity(text.len());
+    for para in &info.paragraphs {
+        let mut line = para.range.clone();
+        let separator = text
+            .get(line.clone())
+            .and_then(|t| t.chars().next_back())
+            .filter(|&c| bidi_class(c) == BidiClass::B);
+        if let Some(c) = separator {
+            line.end -= c.len_utf8();
+        }
+        // As drawn, without the controls; then read as plain text.
+        let seen: Vec<(usize, char)> =
+            drawn(text, line.clone(), &info.levels, &info.original_classes)
+                .into_iter()
+                .filter(|&(_, c)| !is_directional_control(c))
+                .collect();
+        let shown: String = seen.iter().map(|&(_, c)| c).collect();
+        let mut came_from = Vec::with_capacity(shown.len());
+        for &(at, c) in &seen {
+            came_from.extend(std::iter::repeat_n(at, c.len_utf8()));
+        }
+        let again = BidiInfo::new(&shown, Some(para.level));
+        for p in &again.paragraphs {
+            for (i, c) in drawn(
+                &shown,
+                p.range.clone(),
+                &again.levels,
+                &again.original_classes,
+            ) {
+                out.push((came_from.get(i).copied().unwrap_or(line.start), c));
+            }
+        }
+        if let Some(c) = separator {
+            out.push((line.end, c));
+        }
+    }
+    Some(out)
+}
+
+/// The characters of bytes `line` of `text`, each with its byte offset, in the left to
+/// right order a client draws them at their resolved `levels` (UAX #9 rule L2: from the
+/// highest level down to the lowest odd one, every run at that level or above
+/// reversed). A character keeps the combining marks after it and the characters the
+/// algorithm sets aside (rule X9: embedding and override controls, zero-width and
+/// other boundary-neutral characters), in the order written. `levels` and `classes`
+/// are per byte of `text`, as `unicode_bidi` gives them.
+fn drawn(
+    text: &str,
+    line: Range<usize>,
+    levels: &[Level],
+    classes: &[BidiClass],
+) -> Vec<(usize, char)> {
+    let Some(body) = text.get(line.clone()) else {
+        return Vec::new();
+    };
+    let chars: Vec<(usize, char)> = body
+        .char_indices()
+        .map(|(i, c)| (line.start + i, c))
+        .collect();
+    // (level, the characters' positions in `chars`).
+    let mut clusters: Vec<(u8, Range<usize>)> = Vec::with_capacity(chars.len());
+    for (k, &(at, c)) in chars.iter().enumerate() {
+        use BidiClass::{BN, LRE, LRO, NSM, PDF, RLE, RLO};
+        let class = classes.get(at).copied().unwrap_or(BidiClass::ON);
+        let attached = matches!(class, NSM | BN | LRE | RLE | LRO | RLO | PDF)
+            || canonical_combining_class(c) != 0
+            || is_decoration(c);
+        match clusters.last_mut() {
+            Some(last) if attached => last.1.end = k + 1,
+            _ => clusters.push((levels.get(at).map_or(0, |l| l.number()), k..k + 1)),
+        }
+    }
+    // Clusters in a row at one level move together: a block, whose clusters are drawn
+    // backwards after an odd number of reversals.
+    struct Block {
+        level: u8,
+        clusters: Range<usize>,
+        backwards: bool,
+    }
+    let mut blocks: Vec<Block> = Vec::new();
+    for (k, &(level, _)) in clusters.iter().enumerate() {
+        match blocks.last_mut() {
+            Some(b) if b.level == level => b.clusters.end = k + 1,
+            _ => blocks.push(Block {
+                level,
+                clusters: k..k + 1,
+                backwards: false,
+            }),
+        }
+    }
+    // Between two levels the text has, every level reverses the same runs: an even
+    // number of those reversals leaves them as they were. So each level the text has
+    // is one pass over the blocks at most, however deep the nesting.
+    let mut present = [false; 256];
+    for b in &blocks {
+        if let Some(p) = present.get_mut(usize::from(b.level)) {
+            *p = true;
+        }
+    }
+    let Some(lowest_odd) = (1..=u8::MAX)
+        .step_by(2)
+        .find(|&l| present.get(usize::from(l)) == Some(&true))
+    else {
+        return chars;
+    };
+    let mut below = lowest_odd - 1;
+    let mut passes: Vec<u8> = Vec::new();
+    for level in (lowest_odd..=u8::MAX).filter(|&l| present.get(usize::from(l)) == Some(&true)) {
+        // Levels `below + 1 ..= level` each reverse the runs at `level` and above.
+        if (level - below) % 2 == 1 {
+            passes.push(level);
+        }
+        below = level;
+    }
+    for &level in passes.iter().rev() {
+        let mut i = 0;
+        while i < blocks.len() {
+            let run = blocks.get(i..).map_or(0, |rest| {
+                rest.iter().take_while(|b| b.level >= level).count()
+            });
+            if let Some(r) = blocks.get_mut(i..i + run) {
+                r.reverse();
+                for b in r {
+                    b.backwards = !b.backwards;
+                }
+            }
+            i += run.max(1);
+        }
+    }
+    let cluster_chars = |k: usize| {
+        clusters
+            .get(k)
+            .and_then(|(_, r)| chars.get(r.clone()))
+            .unwrap_or_default()
+            .iter()
+            .copied()
+    };
+    let mut out = Vec::with_capacity(chars.len());
+    for b in blocks {
+        if b.backwards {
+            out.extend(b.clusters.rev().flat_map(cluster_chars));
+        } else {
+            out.extend(b.clusters.flat_map(cluster_chars));
+        }
+    }
+    out
 }
 
 /// Separators a word spelt out a letter at a time is written with (`f.a.l.c.o.n`),
@@ -764,7 +969,7 @@ mod tests {
         assert_eq!(view("fal\u{200B}con"), "falcon");
         assert_eq!(view("fal\u{00AD}con"), "falcon");
         assert_eq!(view("f\u{200D}a\u{2063}l\u{FEFF}con"), "falcon");
-        assert_eq!(view("\u{202E}noclaf"), "noclaf");
+        assert_eq!(view("\u{202E}noclaf"), "falcon");
         assert_eq!(view("ｆａｌｃｏｎ"), "falcon");
         assert_eq!(view("fаlcon"), "falcon");
         assert_eq!(view("𝐟𝐚𝐥𝐜𝐨𝐧"), "falcon");
@@ -788,6 +993,105 @@ mod tests {
         assert_eq!(view("p\u{20E0}a\u{20E0}y\u{20E0}"), "pay");
         // A modifier letter is a letter of its word.
         assert!(views("мʼя\u{200B}со").contains(&"мʼясо".to_owned()));
+    }
+
+    /// Directional controls: what they turn around reads as a client draws it; what
+    /// they leave in order reads as written.
+    #[test]
+    fn text_turned_around_by_directional_controls_reads_as_drawn() {
+        assert_eq!(view("say \u{202E}noclaf\u{202C} now"), "say falcon now");
+        assert_eq!(view("say\u{202E} noclaf"), "sayfalcon ");
+        // Up to the line's end, and each line on its own.
+        assert_eq!(view("\u{202E}ab\nc\u{202E}de"), "ba\nced");
+        // Nested: an embedding keeps its own direction inside the override.
+        assert_eq!(
+            view("\u{202E}emca \u{202A}sell\u{202C}\u{202C}"),
+            "sell acme"
+        );
+        // Combining marks stay on their letters.
+        assert_eq!(view("\u{202E}noc\u{301}laf"), "falćon");
+        // A Hebrew word backwards after a left-to-right override, and Hebrew as ever
+        // after a right-to-left one.
+        let shalom = "\u{5E9}\u{5DC}\u{5D5}\u{5DD}";
+        let backwards: String = shalom.chars().rev().collect();
+        assert_eq!(view(&format!("\u{202D}{backwards}\u{202C}")), shalom);
+        // The line is right to left (its first letter is Hebrew), and `ok` is drawn
+        // in one run with the word, at the line's right end: read first.
+        assert_eq!(
+            view(&format!("\u{202D}{backwards}\u{202C} ok")),
+            format!("ok {shalom}")
+        );
+        assert_eq!(
+            view(&format!("\u{202E}{shalom}\u{202C} ok")),
+            format!("{shalom} ok")
+        );
+        // An isolate drawn right to left puts the number in it at its left: read so.
+        assert_eq!(
+            view(&format!("abc \u{2067}{shalom} 12\u{2069} def")),
+            format!("abc 12 {shalom} def")
+        );
+        // Text the controls do not turn around reads as written, without them.
+        for natural in [
+            format!("\u{200F}{shalom} falcon 123, {shalom}."),
+            format!("abc \u{2067}{shalom}\u{2069} def"),
+            format!("\u{202B}{shalom} abc def\u{202C}"),
+            "x \u{2066}(1)\u{2069} falcon-plan".to_owned(),
+        ] {
+            let plain: String = natural
+                .chars()
+                .filter(|&c| !is_directional_control(c))
+                .collect();
+            assert_eq!(view(&natural), plain, "{natural:?}");
+        }
+        // The range of a word read turned around is the word as written.
+        let text = "so \u{202E}noclaf\u{202C}!";
+        let u = one(text);
+        let at = u.text.find("falcon").expect("read");
+        let r = u.original(text, at..at + 6).expect("a range");
+        assert_eq!(&text[r], "noclaf\u{202C}");
+        let text = "fal\u{202E}noc\u{202C}.";
+        let u = one(text);
+        let r = u.original(text, 0..6).expect("a range");
+        assert_eq!(&text[r], "fal\u{202E}noc\u{202C}");
+    }
+
+    /// Nesting as deep as the algorithm goes (125 levels, and a digit one above) and
+    /// more is read without a panic.
+    #[test]
+    fn the_deepest_nesting_is_read() {
+        let mut text: String = (0..140)
+            .map(|i| if i % 2 == 0 { '\u{2067}' } else { '\u{2066}' })
+            .collect();
+        text.push('9');
+        assert_eq!(view(&text), "9");
+        let text = format!("{}noclaf", "\u{202E}\u{202D}".repeat(100));
+        assert_eq!(views(&text).len(), 1);
+    }
+
+    proptest::proptest! {
+        /// Whatever mix of controls, scripts and marks a text holds, its reading order
+        /// holds each of its characters but the controls once, each at its own offset.
+        #[test]
+        fn the_reading_order_is_the_text_rearranged(
+            text in "[ab1 \n\u{5D0}\u{5D1}\u{627}\u{301}\u{200B}\u{061C}\u{200E}\u{200F}\u{202A}-\u{202E}\u{2066}-\u{2069}]{0,40}",
+        ) {
+            let Some(order) = reading_order(&text) else {
+                proptest::prop_assert!(!text.chars().any(lays_out));
+                return Ok(());
+            };
+            let mut seen: Vec<usize> = order.iter().map(|&(at, _)| at).collect();
+            for &(at, c) in &order {
+                proptest::prop_assert!(text.get(at..).is_some_and(|t| t.starts_with(c)));
+            }
+            seen.sort_unstable();
+            let want: Vec<usize> = text
+                .char_indices()
+                .filter(|&(_, c)| !is_directional_control(c))
+                .map(|(at, _)| at)
+                .collect();
+            proptest::prop_assert_eq!(seen, want);
+            let _ = Unmasked::views(&text);
+        }
     }
 
     /// The views of a long text take one pass over its words, however many are drawn

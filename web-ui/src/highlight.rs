@@ -171,12 +171,20 @@ mod tests {
     #[test]
     fn marks_words_as_a_reader_sees_them() {
         let terms = Terms::of("falcon OR pay");
-        let text = "the fal\u{200B}con and fаlcon, ᴘᴀʏ now; falcon, f a l c o n";
+        let text =
+            "the fal\u{200B}con and fаlcon, ᴘᴀʏ now; falcon, f a l c o n, \u{202E}noclaf\u{202C}";
         let m = marks(text, &terms);
         let words: Vec<&str> = m.iter().map(|&(s, e)| &text[s..e]).collect();
         assert_eq!(
             words,
-            vec!["fal\u{200B}con", "fаlcon", "ᴘᴀʏ", "falcon", "f a l c o n"]
+            vec![
+                "fal\u{200B}con",
+                "fаlcon",
+                "ᴘᴀʏ",
+                "falcon",
+                "f a l c o n",
+                "noclaf\u{202C}"
+            ]
         );
     }
 

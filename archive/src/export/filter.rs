@@ -242,6 +242,7 @@ mod tests {
             "wire the ｆａｌｃｏｎ funds",
             "wire the ᴘᴀʏ funds",
             "wire the f a l c o n funds",
+            "wire the \u{202E}noclaf\u{202C} funds",
         ] {
             let r = msg("alice@example.test", "bob@example.test", body, 5);
             let word = if body.contains('ᴘ') {
