@@ -874,6 +874,18 @@ fn words_turned_around_by_directional_controls_are_read_as_drawn() {
             "\u{202E}\u{5E9}\u{5D5}\u{200B}\u{5D7}\u{5D3}\u{202C} ok",
             format!("\u{202E}{}\u{202C} ok", m(5)),
         ),
+        // Pieces of a word that a right-to-left mark draws together.
+        (
+            "\u{200F}con\u{200F}fal",
+            format!("\u{200F}{}\u{200F}{}", m(3), m(3)),
+        ),
+        // Masking the first word leaves a Hebrew letter the line's first: the line is
+        // drawn right to left then, and its last word shows `falcon`. The masked text
+        // is read again, and that word masked too.
+        (
+            "falcon \u{5D0} con\u{200F}fal\u{2066}\u{2069}",
+            format!("{} \u{5D0} {}\u{200F}{}\u{2066}\u{2069}", m(6), m(3), m(3)),
+        ),
         // Words put in the other order in a right-to-left isolate: a right-to-left mark
         // between them draws `sell` at its left.
         (
