@@ -144,9 +144,12 @@ fn bench(c: &mut Criterion) {
                   עלו אבל השוליים ירדו. נא לעבור על הטבלה \u{200E}sales.xlsx\u{200E} \
                   עד יום שישי ולעדכן\u{200F} אם יש שאלות על התחזית."
         .to_owned();
+    // The same with the Latin word in an isolate: laid out and read again.
+    let isolated = hebrew.replace("\u{200E}sales.xlsx\u{200E}", "\u{2068}sales.xlsx\u{2069}");
     for (name, body) in [
         ("shown_200_chars", &shown),
         ("hebrew_marks_200_chars", &hebrew),
+        ("hebrew_isolate_200_chars", &isolated),
         ("accented_200_chars", &accented),
         ("russian_200_chars", &russian),
     ] {

@@ -837,7 +837,7 @@ fn a_room_with_an_external_occupant_gets_its_disclaimer_as_group_chat() {
 #[test]
 fn words_turned_around_by_directional_controls_are_read_as_drawn() {
     let p = policy(
-        "[[lexicon]]\nid='l'\nterms=['falcon', 'sell acme', '\u{5E9}\u{5D5}\u{5D7}\u{5D3}']\n[[rule]]\nid='words'\nwhen={body={lexicon='l'}}\naction='redact'\n",
+        "[[lexicon]]\nid='l'\nterms=['falcon', 'sell acme', '\u{5E9}\u{5D5}\u{5D7}\u{5D3}']\n[[rule]]\nid='words'\nwhen={body={lexicon='l'}}\naction='redact'\n[[rule]]\nid='cards'\nwhen={body={detector='payment-card'}}\naction='redact'\n",
     );
     let m = |n: usize| MASK.to_string().repeat(n);
     for (body, want) in [
@@ -878,6 +878,12 @@ fn words_turned_around_by_directional_controls_are_read_as_drawn() {
         (
             "\u{200F}con\u{200F}fal",
             format!("\u{200F}{}\u{200F}{}", m(3), m(3)),
+        ),
+        // Digits after a right-to-left mark are drawn before the stroke between: a
+        // card number a reader sees whole.
+        (
+            "card 45391488\u{200F}/03436467",
+            format!("card {}\u{200F}{}", m(8), m(9)),
         ),
         // Masking the first word leaves a Hebrew letter the line's first: the line is
         // drawn right to left then, and its last word shows `falcon`. The masked text
