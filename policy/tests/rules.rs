@@ -874,9 +874,14 @@ fn words_turned_around_by_directional_controls_are_read_as_drawn() {
             "\u{202E}\u{5E9}\u{5D5}\u{200B}\u{5D7}\u{5D3}\u{202C} ok",
             format!("\u{202E}{}\u{202C} ok", m(5)),
         ),
-        // Pieces of a word that a right-to-left mark draws together.
+        // Pieces of a word that a right-to-left mark draws together, in a line drawn
+        // right to left, or kept in order in a line drawn left to right.
         (
             "\u{200F}con\u{200F}fal",
+            format!("\u{200F}{}\u{200F}{}", m(3), m(3)),
+        ),
+        (
+            "\u{200F}fal\u{200F}con",
             format!("\u{200F}{}\u{200F}{}", m(3), m(3)),
         ),
         // Digits after a right-to-left mark are drawn before the stroke between: a
