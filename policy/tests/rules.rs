@@ -908,6 +908,22 @@ fn words_turned_around_by_directional_controls_are_read_as_drawn() {
         assert_eq!(v.action, Action::Redact, "{body:?}");
         assert_eq!(v.delivered_body.as_deref(), Some(want.as_str()), "{body:?}");
     }
+    // Card numbers whose groups a right-to-left mark or letter draws in another order
+    // than written: masked whole.
+    for body in [
+        "4539 1488 \u{200F} 0343 6467",
+        "\u{200F}1111 1111 1111 4111 \u{5D0}",
+        "\u{5D0} 1111 1111 1111 4111",
+        "card 41111111\u{5D0} 11111111",
+    ] {
+        let v = out(&p, A, EXT, body);
+        assert_eq!(v.action, Action::Redact, "{body:?}");
+        let delivered = v.delivered_body.unwrap_or_default();
+        assert!(
+            !delivered.chars().any(|c| c.is_ascii_digit()),
+            "{body:?}: {delivered:?}"
+        );
+    }
     // Text in the order it is drawn is read as before.
     for plain in [
         "\u{5E9}\u{200F} \u{5D5}\u{5D7}\u{5D3}",

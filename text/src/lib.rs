@@ -76,7 +76,9 @@ impl Unmasked {
                     || latin_lookalike(c) != c)
         };
         let plain = (text.is_ascii()
-            || (!neighbours(text).any(hides) && is_nfkc_quick(text.chars()) == IsNormalized::Yes))
+            || (!neighbours(text).any(hides)
+                && is_nfkc_quick(text.chars()) == IsNormalized::Yes
+                && !needs_layout(text)))
             && spelt_out(text.chars()).is_empty();
         if plain {
             return Vec::new();
@@ -244,22 +246,34 @@ fn is_mark(c: char) -> bool {
     matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}')
 }
 
-/// Whether directional controls may draw `text` otherwise than it is written: it holds
-/// an embedding, override or isolate, or a directional mark with a letter or digit on
-/// both sides of it (`con\u{200F}fal` in a right-to-left line draws `falcon`), or a
-/// digit after it before any letter (`4539\u{200F}/0343` draws `45390343/`: digits
-/// after a right-to-left mark are drawn in one right-to-left run with what is between,
-/// which then leaves it). What a client draws as nothing is looked past: invisible
-/// characters, combining marks, controls. A mark anywhere else moves whole words at
-/// most; such marks are common in text mixing Hebrew or Arabic with Latin
-/// (`\u{200E}sales.xlsx\u{200E}`), and laying all of it out would cost a message of
-/// it about twice the time its rules take.
+/// Whether directional controls or right-to-left letters may draw `text` otherwise
+/// than it is written, so that a word or number shows that is not written:
+///
+/// - it holds an embedding, override or isolate;
+/// - or a directional mark with a letter or digit on both sides of it
+///   (`con\u{200F}fal` in a right-to-left line draws `falcon`), or a digit after it
+///   before any letter (`4539\u{200F}/0343` draws `45390343/`: digits after a
+///   right-to-left mark are drawn in one right-to-left run with what is between, which
+///   then leaves it);
+/// - or two groups of digits apart by a right-to-left letter or mark, or by spaces or
+///   other punctuation than a number's own separators after one, with no
+///   left-to-right letter between (`\u{5D0} 1111 4111` draws `4111 1111 \u{5D0}` in a
+///   left-to-right line; `card 4111\u{5D0} 1111` draws `card 41111111 \u{5D0}`).
+///
+/// What a client draws as nothing is looked past: invisible characters, combining
+/// marks, controls. A mark anywhere else moves whole words at most; such marks are
+/// common in text mixing Hebrew or Arabic with Latin (`\u{200E}sales.xlsx\u{200E}`),
+/// and laying all of it out would cost a message of it about twice the time its rules
+/// take.
 fn needs_layout(text: &str) -> bool {
     let transparent =
         |c: char| is_invisible(c) || c.is_control() || canonical_combining_class(c) != 0;
     let mut after_word_char = false;
     // A mark met since the last letter, and whether a letter or digit touched it.
     let mut mark: Option<bool> = None;
+    // Since the last left-to-right letter: whether a right-to-left letter or mark was
+    // met, whether a group of digits was, and whether one is being read.
+    let (mut rtl, mut group_before, mut in_group) = (false, false, false);
     for c in text.chars() {
         if lays_out(c) {
             return true;
@@ -267,6 +281,10 @@ fn needs_layout(text: &str) -> bool {
         if is_mark(c) {
             let touched = after_word_char || mark == Some(true);
             mark = Some(touched);
+            if c != '\u{200E}' {
+                rtl = true;
+                in_group = false;
+            }
             continue;
         }
         if transparent(c) {
@@ -283,9 +301,37 @@ fn needs_layout(text: &str) -> bool {
                 mark = Some(false);
             }
         }
+        if c.is_numeric() {
+            if !in_group && group_before && rtl {
+                return true;
+            }
+            (group_before, in_group) = (true, true);
+        } else if is_letter(c) {
+            rtl = is_right_to_left(c);
+            group_before &= rtl;
+            in_group = false;
+        } else if in_group
+            && !matches!(bidi_class(c), BidiClass::CS | BidiClass::ES | BidiClass::ET)
+        {
+            in_group = false;
+        }
         after_word_char = is_word_char(c);
     }
     false
+}
+
+/// A letter of a right-to-left script (Hebrew, Arabic, Syriac, Thaana, N'Ko, and the
+/// others of bidirectional class R or AL).
+fn is_right_to_left(c: char) -> bool {
+    let rtl_block = matches!(
+        c,
+        '\u{0590}'..='\u{08FF}'
+            | '\u{FB1D}'..='\u{FDFF}'
+            | '\u{FE70}'..='\u{FEFF}'
+            | '\u{10800}'..='\u{10FFF}'
+            | '\u{1E800}'..='\u{1EFFF}'
+    );
+    rtl_block && matches!(bidi_class(c), BidiClass::R | BidiClass::AL)
 }
 
 /// The orders, each different from the others, in which a reader may read `text`
@@ -360,8 +406,13 @@ fn laid_out(text: &str, info: &BidiInfo<'_>) -> Vec<(usize, char)> {
 }
 
 /// Adds the characters of bytes `line` of `text` to `out` in the order a reader reads
-/// them (see [`laid_out`]): as drawn at the levels `info` resolved, without the
-/// controls, then laid out again as plain text of direction `level`.
+/// them (see [`laid_out`]): as drawn at the levels `info` resolved in a paragraph of
+/// `level`, without the controls, left to right, but each run of words in a
+/// right-to-left script (from a right-to-left letter to the last before a
+/// left-to-right letter or a digit) right to left. Digits keep the order they are drawn
+/// in: groups of digits apart by spaces after a right-to-left letter are drawn in the
+/// other order (`\u{5D0} 1111 4111` draws `4111 1111 \u{5D0}` in a left-to-right line),
+/// and a card number is read as it shows.
 fn read_line(
     text: &str,
     line: Range<usize>,
@@ -369,6 +420,7 @@ fn read_line(
     info: &BidiInfo<'_>,
     out: &mut Vec<(usize, char)>,
 ) {
+    use BidiClass::{AL, AN, BN, EN, L, NSM, R};
     let seen: Vec<(usize, char)> = drawn(
         text,
         line.clone(),
@@ -379,25 +431,39 @@ fn read_line(
     .into_iter()
     .filter(|&(_, c)| !is_directional_control(c))
     .collect();
-    if seen.is_empty() {
-        return;
-    }
-    let shown: String = seen.iter().map(|&(_, c)| c).collect();
-    let mut came_from = Vec::with_capacity(shown.len());
-    for &(at, c) in &seen {
-        came_from.extend(std::iter::repeat_n(at, c.len_utf8()));
-    }
-    let again = BidiInfo::new(&shown, Some(level));
-    for p in &again.paragraphs {
-        for (i, c) in drawn(
-            &shown,
-            p.range.clone(),
-            p.level,
-            &again.levels,
-            &again.original_classes,
-        ) {
-            out.push((came_from.get(i).copied().unwrap_or(line.start), c));
+    // Characters with the marks after them, and each one's class.
+    let mut clusters: Vec<(BidiClass, Range<usize>)> = Vec::with_capacity(seen.len());
+    for (k, &(_, c)) in seen.iter().enumerate() {
+        let class = bidi_class(c);
+        let joins =
+            matches!(class, NSM | BN) || canonical_combining_class(c) != 0 || is_decoration(c);
+        match clusters.last_mut() {
+            Some(last) if joins => last.1.end = k + 1,
+            _ => clusters.push((class, k..k + 1)),
         }
+    }
+    let mut k = 0;
+    while k < clusters.len() {
+        let rtl = |i: usize| clusters.get(i).is_some_and(|c| matches!(c.0, R | AL));
+        let mut last = k;
+        if rtl(k) {
+            let mut i = k + 1;
+            while let Some(c) = clusters.get(i) {
+                if matches!(c.0, L | EN | AN) {
+                    break;
+                }
+                if rtl(i) {
+                    last = i;
+                }
+                i += 1;
+            }
+        }
+        if let Some(run) = clusters.get(k..=last) {
+            for (_, r) in run.iter().rev() {
+                out.extend(seen.get(r.clone()).unwrap_or_default().iter().copied());
+            }
+        }
+        k = last + 1;
     }
 }
 
@@ -1149,11 +1215,9 @@ mod tests {
         let shalom = "\u{5E9}\u{5DC}\u{5D5}\u{5DD}";
         let backwards: String = shalom.chars().rev().collect();
         reads(&format!("\u{202D}{backwards}\u{202C}"), shalom);
-        // Drawn right to left, `ok` is in one run with the word, at the line's right
-        // end: read first.
         reads(
             &format!("\u{202D}{backwards}\u{202C} ok"),
-            &format!("ok {shalom}"),
+            &format!("{shalom} ok"),
         );
         reads(
             &format!("\u{202E}{shalom}\u{202C} ok"),
@@ -1173,13 +1237,26 @@ mod tests {
         // A mark between the pieces of a word draws them together in a right-to-left
         // line, and keeps them apart in a left-to-right one: both are read.
         reads("\u{200F}con\u{200F}fal", "falcon");
-        reads("\u{5D0} con\u{200F}fal", "\u{5D0} falcon");
+        reads("\u{5D0} con\u{200F}fal", "falcon \u{5D0}");
         reads("con\u{200F}fal", "falcon");
         reads("\u{200F}fal\u{200F}con", "falcon");
         // Marks beside a space or a stop are not laid out.
         assert!(reading_orders("\u{5D0} \u{200E}sales.xlsx\u{200E} \u{5D1}").is_empty());
         assert!(!reading_orders("con\u{200B}\u{200F}\u{200B}fal").is_empty());
         assert!(!reading_orders("con\u{200F}\u{301}fal").is_empty());
+        // Groups of digits after a right-to-left letter are drawn in the other order.
+        reads("\u{5D0} 1111 1111 1111 4111", "4111 1111 1111 1111 \u{5D0}");
+        reads(
+            "card 41111111\u{5D0} 11111111",
+            "card 4111111111111111 \u{5D0}",
+        );
+        reads(
+            "\u{200F}1111 1111 1111 4111 \u{5D0}",
+            "\u{5D0} 4111 1111 1111 1111",
+        );
+        // One number, its separators in it, is drawn whole.
+        assert!(reading_orders("\u{5D0} 1,000.50 \u{5D1}").is_empty());
+        assert!(reading_orders("\u{5D0} 2026-05-12 ok 7 \u{5D1}").is_empty());
         // Digits after a right-to-left mark are drawn before what is between.
         reads("agent\u{200F}.007", "agent007.");
         reads("card 4539\u{200F} / 0343", "card 45390343 / ");
