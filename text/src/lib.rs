@@ -91,8 +91,15 @@ impl Unmasked {
         // controls may turn it around.
         let mut out: Vec<Unmasked> = Vec::new();
         Unmasked::views_in_order(text, text.char_indices(), &mut out);
-        for order in reading_orders(text) {
-            Unmasked::views_in_order(text, order.into_iter(), &mut out);
+        let orders = reading_orders(text);
+        if !orders.is_empty() {
+            let as_written: Vec<(usize, char)> = text
+                .char_indices()
+                .filter(|&(_, c)| !is_directional_control(c))
+                .collect();
+            for order in orders.into_iter().filter(|o| *o != as_written) {
+                Unmasked::views_in_order(text, order.into_iter(), &mut out);
+            }
         }
         out
     }
@@ -255,10 +262,11 @@ fn is_mark(c: char) -> bool {
 ///   before any letter (`4539\u{200F}/0343` draws `45390343/`: digits after a
 ///   right-to-left mark are drawn in one right-to-left run with what is between, which
 ///   then leaves it);
-/// - or two groups of digits apart by a right-to-left letter or mark, or by spaces or
-///   other punctuation than a number's own separators after one, with no
-///   left-to-right letter between (`\u{5D0} 1111 4111` draws `4111 1111 \u{5D0}` in a
-///   left-to-right line; `card 4111\u{5D0} 1111` draws `card 41111111 \u{5D0}`).
+/// - or groups of digits apart by a right-to-left letter or mark, or by spaces or other
+///   punctuation than a number's own separators after one, with no left-to-right
+///   letter between, [`REORDERED_DIGITS`] digits in all at least
+///   (`\u{5D0} 1111 41111` draws `41111 1111 \u{5D0}` in a left-to-right line;
+///   `card 4111\u{5D0} 11111` draws `card 411111111 \u{5D0}`).
 ///
 /// What a client draws as nothing is looked past: invisible characters, combining
 /// marks, controls. A mark anywhere else moves whole words at most; such marks are
@@ -272,8 +280,10 @@ fn needs_layout(text: &str) -> bool {
     // A mark met since the last letter, and whether a letter or digit touched it.
     let mut mark: Option<bool> = None;
     // Since the last left-to-right letter: whether a right-to-left letter or mark was
-    // met, whether a group of digits was, and whether one is being read.
-    let (mut rtl, mut group_before, mut in_group) = (false, false, false);
+    // met, whether a group of digits was, whether one is being read, whether a group
+    // came after another and such a letter or mark, and how many digits were met.
+    let (mut rtl, mut group_before, mut in_group, mut reordered) = (false, false, false, false);
+    let mut digits = 0usize;
     for c in text.chars() {
         if lays_out(c) {
             return true;
@@ -302,13 +312,17 @@ fn needs_layout(text: &str) -> bool {
             }
         }
         if c.is_numeric() {
-            if !in_group && group_before && rtl {
+            reordered |= !in_group && group_before && rtl;
+            digits += 1;
+            if reordered && digits >= REORDERED_DIGITS {
                 return true;
             }
             (group_before, in_group) = (true, true);
         } else if is_letter(c) {
             rtl = is_right_to_left(c);
-            group_before &= rtl;
+            if !rtl {
+                (group_before, reordered, digits) = (false, false, 0);
+            }
             in_group = false;
         } else if in_group
             && !matches!(bidi_class(c), BidiClass::CS | BidiClass::ES | BidiClass::ET)
@@ -320,18 +334,25 @@ fn needs_layout(text: &str) -> bool {
     false
 }
 
-/// A letter of a right-to-left script (Hebrew, Arabic, Syriac, Thaana, N'Ko, and the
-/// others of bidirectional class R or AL).
+/// Digits in groups a right-to-left letter may draw in another order than written,
+/// from which the text is laid out: as many as the shortest number a rule is likely to
+/// look for (a national identity number; a card has 13 or more), and more than two
+/// years or a date and a time, which Hebrew and Arabic text holds often and which would
+/// cost laying that text out (about as much again as its rules).
+const REORDERED_DIGITS: usize = 9;
+
+/// Whether letter `c` is of a right-to-left script (Hebrew, Arabic, Syriac, Thaana,
+/// N'Ko and the others in Unicode's right-to-left blocks), by its block: every letter
+/// there is of bidirectional class R or AL.
 fn is_right_to_left(c: char) -> bool {
-    let rtl_block = matches!(
+    matches!(
         c,
         '\u{0590}'..='\u{08FF}'
             | '\u{FB1D}'..='\u{FDFF}'
             | '\u{FE70}'..='\u{FEFF}'
             | '\u{10800}'..='\u{10FFF}'
             | '\u{1E800}'..='\u{1EFFF}'
-    );
-    rtl_block && matches!(bidi_class(c), BidiClass::R | BidiClass::AL)
+    )
 }
 
 /// The orders, each different from the others, in which a reader may read `text`
@@ -433,8 +454,12 @@ fn read_line(
     .collect();
     // Characters with the marks after them, and each one's class.
     let mut clusters: Vec<(BidiClass, Range<usize>)> = Vec::with_capacity(seen.len());
-    for (k, &(_, c)) in seen.iter().enumerate() {
-        let class = bidi_class(c);
+    for (k, &(at, c)) in seen.iter().enumerate() {
+        let class = info
+            .original_classes
+            .get(at)
+            .copied()
+            .unwrap_or(BidiClass::ON);
         let joins =
             matches!(class, NSM | BN) || canonical_combining_class(c) != 0 || is_decoration(c);
         match clusters.last_mut() {
@@ -1254,6 +1279,9 @@ mod tests {
             "\u{200F}1111 1111 1111 4111 \u{5D0}",
             "\u{5D0} 4111 1111 1111 1111",
         );
+        // Two years are too few digits to lay a text out for.
+        assert!(reading_orders("\u{5D0} 2025 \u{5D1} 2026").is_empty());
+        assert!(!reading_orders("\u{5D0} 2025 \u{5D1} 20261").is_empty());
         // One number, its separators in it, is drawn whole.
         assert!(reading_orders("\u{5D0} 1,000.50 \u{5D1}").is_empty());
         assert!(reading_orders("\u{5D0} 2026-05-12 ok 7 \u{5D1}").is_empty());
