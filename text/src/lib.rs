@@ -274,6 +274,14 @@ fn is_mark(c: char) -> bool {
 /// and laying all of it out would cost a message of it about twice the time its rules
 /// take.
 fn needs_layout(text: &str) -> bool {
+    // Without a control, a mark or a right-to-left letter, every line is drawn as
+    // written, whichever its direction: checked at a glance first.
+    if !text
+        .chars()
+        .any(|c| lays_out(c) || is_mark(c) || is_right_to_left(c))
+    {
+        return false;
+    }
     let transparent =
         |c: char| is_invisible(c) || c.is_control() || canonical_combining_class(c) != 0;
     let mut after_word_char = false;
