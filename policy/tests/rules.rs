@@ -984,6 +984,8 @@ fn words_a_client_shows_are_found_however_they_are_written() {
         "fal\u{200B}con",
         "fal\u{00AD}con",
         "f\u{200D}a\u{2063}lcon",
+        "fal\u{7F}con",
+        "fa\u{80}l\u{9F}con",
         "ｆａｌｃｏｎ",
         "fаlcon",
         "FАLCON",

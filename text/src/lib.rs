@@ -66,7 +66,7 @@ impl Unmasked {
         // variation selector does not).
         let hides = |(prev, c, next): (Option<char>, char, Option<char>)| {
             let touches = |x: Option<char>| x.is_some_and(is_word_char);
-            !c.is_ascii()
+            (!c.is_ascii() || c == '\u{7F}')
                 && ((is_invisible(c) && (touches(prev) || touches(next)))
                     || lays_out(c)
                     || c.is_whitespace()
@@ -75,7 +75,7 @@ impl Unmasked {
                     || fancy(c) != c
                     || latin_lookalike(c) != c)
         };
-        let plain = (text.is_ascii()
+        let plain = ((text.is_ascii() && !text.contains('\u{7F}'))
             || (!neighbours(text).any(hides)
                 && is_nfkc_quick(text.chars()) == IsNormalized::Yes
                 && !needs_layout(text)))
@@ -1095,11 +1095,15 @@ fn neighbours(text: &str) -> impl Iterator<Item = (Option<char>, char, Option<ch
 }
 
 /// Characters a client draws as nothing (Unicode's default-ignorable code points that
-/// are not whitespace): a word written with one inside reads as the word.
+/// are not whitespace, and the delete and C1 control characters but the next-line one,
+/// which XML lets through and browsers do not draw): a word written with one inside
+/// reads as the word.
 fn is_invisible(c: char) -> bool {
     matches!(
         c,
-        '\u{00AD}'
+        '\u{007F}'..='\u{0084}'
+            | '\u{0086}'..='\u{009F}'
+            | '\u{00AD}'
             | '\u{034F}'
             | '\u{061C}'
             | '\u{115F}'
@@ -1201,6 +1205,8 @@ mod tests {
         assert_eq!(view("fal\u{200B}con"), "falcon");
         assert_eq!(view("fal\u{00AD}con"), "falcon");
         assert_eq!(view("f\u{200D}a\u{2063}l\u{FEFF}con"), "falcon");
+        assert_eq!(view("fa\u{7F}l\u{80}c\u{9F}on"), "falcon");
+        assert_eq!(view("one\u{85}two"), "one\u{85}two");
         assert_eq!(view("\u{202E}noclaf"), "falcon");
         assert_eq!(view("ｆａｌｃｏｎ"), "falcon");
         assert_eq!(view("fаlcon"), "falcon");
