@@ -8,9 +8,13 @@
 //! in parentheses) as the plain letter; every space separator a plain space; a word
 //! spelt out a letter at a time (`f a l c o n`) as the word; a word in Latin and
 //! Cyrillic letters in whichever has more of them; and, in a second view, letters drawn
-//! like Latin ones as Latin where the text around them is Latin. A client shows
-//! `fal\u{200B}con`, `ｆａｌｃｏｎ`, `fаlcon` (a Cyrillic `а`) or `send the рау` (all
-//! Cyrillic) as the words they hide.
+//! like Latin ones as Latin where the text around them is Latin. Where directional
+//! controls or right-to-left letters may draw a text otherwise than it is written, the
+//! same in each order a client may draw it (the Unicode bidirectional algorithm, left
+//! to right, right to left and each paragraph in its own direction). A client shows
+//! `fal\u{200B}con`, `ｆａｌｃｏｎ`, `fаlcon` (a Cyrillic `а`), `send the рау` (all
+//! Cyrillic) or `\u{202E}noclaf` (after a right-to-left override) as the words they
+//! hide.
 //!
 //! Both readers of words use it, so what the rules find, a search finds:
 //!
