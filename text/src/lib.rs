@@ -87,10 +87,6 @@ impl Unmasked {
         if plain {
             return Vec::new();
         }
-        // Each character with the combining marks after it, in its compatibility form
-        // and composed (`e` and a combining acute are `é`), invisible ones and
-        // decorations dropped; every character of the form is placed at the first of
-        // those it came from.
         // As written, and in each order a client may draw it where directional
         // controls may turn it around.
         let mut out: Vec<Unmasked> = Vec::new();
@@ -115,6 +111,10 @@ impl Unmasked {
         order: impl Iterator<Item = (usize, char)>,
         out: &mut Vec<Unmasked>,
     ) {
+        // Each character with the combining marks after it, in its compatibility form
+        // and composed (`e` and a combining acute are `é`), invisible ones and
+        // decorations dropped; every character of the form is placed at the first of
+        // those it came from.
         let mut chars: Vec<(char, usize)> = Vec::with_capacity(text.len());
         let mut segment = String::new();
         let mut segment_at = 0;
