@@ -403,13 +403,12 @@ fn reading_orders(text: &str) -> Vec<Vec<(usize, char)>> {
 /// in the order a reader reads them: each line laid out as the Unicode bidirectional
 /// algorithm draws it at the levels `info` resolved (UAX #9: a paragraph ends at a
 /// paragraph separator, and a line at that or a line separator, U+2028), and what is
-/// drawn then read as a reader reads plain text of the paragraph's direction: laid out
-/// again without the controls, whose effect the reader cannot see. So a word written
-/// backwards after a right-to-left override (`\u{202E}noclaf`) reads `falcon`, a
-/// Hebrew word backwards after a left-to-right override reads the right way round, and
-/// text whose controls change nothing reads as written. The controls themselves are
-/// left out. Where a client wraps a long line is not known here: each line is laid
-/// out whole.
+/// drawn then read left to right, but words of right-to-left scripts right to left
+/// ([`read_line`]). So a word written backwards after a right-to-left override
+/// (`\u{202E}noclaf`) reads `falcon`, a Hebrew word backwards after a left-to-right
+/// override reads the right way round, and text whose controls change nothing reads as
+/// written. The controls themselves are left out. Where a client wraps a long line is
+/// not known here: each line is laid out whole.
 fn laid_out(text: &str, info: &BidiInfo<'_>) -> Vec<(usize, char)> {
     let mut out = Vec::with_capacity(text.len());
     for para in &info.paragraphs {
@@ -508,10 +507,11 @@ fn read_line(
 /// right order a client draws them at their resolved `levels` in a paragraph of level
 /// `paragraph`: whitespace before a tab and at the line's end at the paragraph's level
 /// (UAX #9 rule L1), then from the highest level down to the lowest odd one, every run
-/// at that level or above reversed (rule L2). A character keeps the combining marks after it and the characters the
-/// algorithm sets aside (rule X9: embedding and override controls, zero-width and
-/// other boundary-neutral characters), in the order written. `levels` and `classes`
-/// are per byte of `text`, as `unicode_bidi` gives them.
+/// at that level or above reversed (rule L2). A character keeps the combining marks
+/// after it and the characters the algorithm sets aside (rule X9: embedding and
+/// override controls, zero-width and other boundary-neutral characters), in the order
+/// written. `levels` and `classes` are per byte of `text`, as `unicode_bidi` gives
+/// them.
 fn drawn(
     text: &str,
     line: Range<usize>,
