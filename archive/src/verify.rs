@@ -102,7 +102,9 @@ impl VerifyReport {
 
 /// Verifies the archive in `dir`. Safe to run while another process appends:
 /// an incomplete frame at the end of the last, unsealed segment is reported as
-/// a note. `progress(done_bytes, total_bytes)` is called after each segment.
+/// a note, and so is that segment shorter than its header where its bytes begin the
+/// header the writer writes (a crash while it was being created). `progress(done_bytes,
+/// total_bytes)` is called after each segment.
 pub fn verify(
     dir: &Path,
     master_key: Option<&MasterKey>,
@@ -440,6 +442,7 @@ fn walk(
                     "segment {id}: {} bytes, shorter than its header: the writer stopped while creating it; it holds no record",
                     head_bytes.len()
                 ));
+                done += head_bytes.len() as u64;
                 progress(done, total);
                 continue;
             }

@@ -1,7 +1,7 @@
 //! `custos-text`: a text as a reader sees it. Views of a text that undo what hides
 //! words from a scanner but not from a reader: invisible format characters dropped
 //! (zero-width spaces and joiners, soft hyphens, bidirectional controls, variation
-//! selectors, tag characters) and decorations (strike-through, underline, keycap
+//! selectors, tag characters, the delete and C1 control characters) and decorations (strike-through, underline, keycap
 //! frames); every character in its compatibility form (NFKC: fullwidth letters and
 //! digits, mathematical alphanumerics, ligatures, circled digits) and what "fancy text"
 //! generators write with none (small capitals, letters in black circles and squares or
@@ -63,7 +63,8 @@ impl Unmasked {
     ///   stays `рот`), and a combining mark no letter has built in read past after a
     ///   Latin letter.
     ///
-    /// Empty for most text (all ASCII text but words spelt out).
+    /// Empty for most text (all ASCII text but words spelt out or hidden by a delete
+    /// character).
     pub fn views(text: &str) -> Vec<Unmasked> {
         // Most text needs no second reading: checked at a glance first. An invisible
         // character hides nothing unless it touches a letter or digit (an emoji's
@@ -349,8 +350,9 @@ fn needs_layout(text: &str) -> bool {
 /// Digits in groups a right-to-left letter may draw in another order than written,
 /// from which the text is laid out: as many as the shortest number a rule is likely to
 /// look for (a national identity number; a card has 13 or more), and more than two
-/// years or a date and a time, which Hebrew and Arabic text holds often and which would
-/// cost laying that text out (about as much again as its rules).
+/// years, which Hebrew and Arabic text holds often and which would cost laying that
+/// text out (about as much again as its rules). A date with a time often has nine and
+/// is laid out: that costs time, not a reading.
 const REORDERED_DIGITS: usize = 9;
 
 /// Whether letter `c` is of a right-to-left script (Hebrew, Arabic, Syriac, Thaana,
@@ -361,7 +363,7 @@ fn is_right_to_left(c: char) -> bool {
         c,
         '\u{0590}'..='\u{08FF}'
             | '\u{FB1D}'..='\u{FDFF}'
-            | '\u{FE70}'..='\u{FEFF}'
+            | '\u{FE70}'..='\u{FEFE}'
             | '\u{10800}'..='\u{10FFF}'
             | '\u{1E800}'..='\u{1EFFF}'
     )
