@@ -974,13 +974,20 @@ pub fn check_witness_entries(
 /// Whether `bytes`, shorter than a segment header, are the start of segment `id`'s
 /// header as the writer writes it: what a crash while creating the segment leaves.
 fn being_created(bytes: &[u8], archive_id: &[u8; 16], id: u64) -> bool {
+    let start = header_start(archive_id, id);
+    let n = bytes.len().min(start.len());
+    bytes.len() < segment::HEADER_LEN && bytes.get(..n) == start.get(..n)
+}
+
+/// What segment `id`'s header begins with whenever it is written: magic, version,
+/// archive id and segment number.
+fn header_start(archive_id: &[u8; 16], id: u64) -> Vec<u8> {
     let mut start = Vec::with_capacity(segment::HEADER_LEN);
     start.extend_from_slice(segment::SEGMENT_MAGIC);
     start.extend_from_slice(&segment::SEGMENT_VERSION.to_be_bytes());
     start.extend_from_slice(archive_id);
     start.extend_from_slice(&id.to_be_bytes());
-    let n = bytes.len().min(start.len());
-    bytes.len() < segment::HEADER_LEN && bytes.get(..n) == start.get(..n)
+    start
 }
 
 #[cfg(test)]
@@ -1036,6 +1043,19 @@ mod tests {
         verify_storage(s, Some(m), &k.verifying_key(), |_, _| {})
     }
 
+    /// `n` audit records of `action`.
+    fn audits(n: usize, action: &str) -> Vec<NewRecord> {
+        (0..n)
+            .map(|i| {
+                NewRecord::Event(crate::record::EventRecord::Audit {
+                    actor: "o".into(),
+                    action: action.into(),
+                    detail: i.to_string(),
+                })
+            })
+            .collect()
+    }
+
     fn arb_batches() -> impl Strategy<Value = Vec<Vec<NewRecord>>> {
         proptest::collection::vec(proptest::collection::vec(arb_new_record(), 1..4), 2..5)
     }
@@ -1044,15 +1064,7 @@ mod tests {
     fn clean_archive_verifies_with_and_without_key() {
         let (s, m, k) = build(&[vec![]]);
         assert!(check(&s, &m, &k).is_clean());
-        let recs: Vec<NewRecord> = (0..5)
-            .map(|i| {
-                NewRecord::Event(crate::record::EventRecord::Audit {
-                    actor: "o".into(),
-                    action: "view".into(),
-                    detail: i.to_string(),
-                })
-            })
-            .collect();
+        let recs = audits(5, "view");
         let (s, m, k) = build(&[recs.clone(), recs]);
         let r = check(&s, &m, &k);
         assert!(r.is_clean(), "{:?}", r.problems);
@@ -1079,23 +1091,12 @@ mod tests {
     /// a problem.
     #[test]
     fn a_segment_cut_short_while_being_created_is_no_problem() {
-        let recs: Vec<NewRecord> = (0..5)
-            .map(|i| {
-                NewRecord::Event(crate::record::EventRecord::Audit {
-                    actor: "o".into(),
-                    action: "view".into(),
-                    detail: i.to_string(),
-                })
-            })
-            .collect();
+        let recs = audits(5, "view");
         let (s, m, k) = build(&[recs.clone(), recs]);
         let ids = log::segment_ids(&s).unwrap();
         let next = ids.last().copied().unwrap() + 1;
         let archive_id = log::read_meta(&s).unwrap().unwrap().archive_id;
-        let mut start = segment::SEGMENT_MAGIC.to_vec();
-        start.extend_from_slice(&segment::SEGMENT_VERSION.to_be_bytes());
-        start.extend_from_slice(&archive_id);
-        start.extend_from_slice(&next.to_be_bytes());
+        let start = header_start(&archive_id, next);
         for len in [0, 7, 30] {
             let name = segment::segment_name(next);
             let _ = s.remove(&name);
@@ -1131,15 +1132,7 @@ mod tests {
 
     #[test]
     fn shredded_segment_still_verifies_its_chain() {
-        let recs: Vec<NewRecord> = (0..4)
-            .map(|i| {
-                NewRecord::Event(crate::record::EventRecord::Audit {
-                    actor: "o".into(),
-                    action: "a".into(),
-                    detail: i.to_string(),
-                })
-            })
-            .collect();
+        let recs = audits(4, "a");
         let seg = 1;
         let shred = vec![NewRecord::Event(crate::record::EventRecord::Shred {
             segment: seg,
