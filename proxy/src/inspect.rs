@@ -39,9 +39,10 @@ pub struct SessionInfo {
     /// The full JID the session proved: the upstream's answer to this session's own
     /// bind request, or the JID of the session it resumed. Never what a client wrote.
     pub jid: Option<String>,
-    /// The server's answer binding a resource the client named is being inspected:
-    /// that resource is the client's words (not one the server picked, Bind2's or a
-    /// resumed session's). Set for that answer alone.
+    /// The server's answer binding a resource the client named is being inspected (an
+    /// RFC 6120 bind result, or Bind2's SASL2 success for a tag the client named): that
+    /// resource is the client's words, not one the server picked or a resumed session's.
+    /// Set for that answer alone.
     pub chose_resource: bool,
 }
 
@@ -165,7 +166,8 @@ pub trait Inspector: Send + Sync + 'static {
 
     /// Whether policy refuses (blocks or redacts) `text` as words the user sends, before
     /// any stanza carries them: a Bind2 tag, which the server makes part of the resource.
-    /// Nothing is recorded: the session has no account yet.
+    /// Nothing is recorded: the session has no account yet. The resource the server then
+    /// builds is inspected again, as the answer that binds it, once the account is known.
     fn refuses_words(
         &self,
         _session: &SessionInfo,

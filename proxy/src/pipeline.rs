@@ -236,9 +236,10 @@ fn content<'a>(item: &Inspected<'a>) -> Content<'a> {
         }
     }
     // The resource the session binds is in the address of all it sends: the server's
-    // answer that binds it is judged on it, as a nickname is.
+    // answer that binds it (an iq, or Bind2's SASL2 success) is judged on it, as a
+    // nickname is.
     if item.direction == Direction::Inbound
-        && outer.kind == StanzaKind::Iq
+        && matches!(outer.kind, StanzaKind::Iq | StanzaKind::Nonza)
         && item.session.chose_resource
     {
         if let Some(jid) = &item.session.jid {
@@ -282,6 +283,13 @@ impl Content<'_> {
             StanzaKind::Iq => texts,
             StanzaKind::Presence | StanzaKind::Nonza => false,
         }
+    }
+
+    /// Bind2's SASL2 success binding a resource the client named: no stanza, but the
+    /// answer that binds the session's address, judged and recorded as the iq result to
+    /// an RFC 6120 bind request is.
+    fn binds_by_sasl2(&self) -> bool {
+        self.view.kind == StanzaKind::Nonza && self.extra.iter().any(|t| t.child == BOUND_RESOURCE)
     }
 }
 
@@ -457,6 +465,7 @@ fn subject<'a>(c: &'a Content<'a>, room: custos_policy::RoomFacts<'a>) -> Option
         StanzaKind::Message => custos_policy::StanzaKind::Message,
         StanzaKind::Presence => custos_policy::StanzaKind::Presence,
         StanzaKind::Iq => custos_policy::StanzaKind::Iq,
+        StanzaKind::Nonza if c.binds_by_sasl2() => custos_policy::StanzaKind::Iq,
         StanzaKind::Nonza => return None,
     };
     Some(Subject {
@@ -761,7 +770,7 @@ impl Pipeline {
         // flag, an alert, a redaction or a block on one is on the record like one on a
         // message.
         let recorded = c.has_content()
-            || (c.view.kind != StanzaKind::Nonza
+            || ((c.view.kind != StanzaKind::Nonza || c.binds_by_sasl2())
                 && !c.extra.is_empty()
                 && verdict.as_ref().is_some_and(|v| !v.rules.is_empty()));
         if recorded && c.view.kind == StanzaKind::Message {
@@ -1198,6 +1207,8 @@ fn message_record(
         stanza_type: v.stanza_type.clone().unwrap_or_else(|| {
             match v.kind {
                 StanzaKind::Presence => "available",
+                // Bind2's SASL2 success, the answer that binds the session.
+                StanzaKind::Nonza => "result",
                 _ => "normal",
             }
             .into()
@@ -1818,6 +1829,72 @@ mod tests {
         picked.session.chose_resource = false;
         let c = content(&picked.item(Direction::Inbound, Copy::Direct));
         assert!(c.extra.is_empty(), "{:?}", c.extra);
+    }
+
+    /// Bind2's SASL2 success (XEP-0386) binds a resource built from the client's tag:
+    /// what the relay inspects of it (the authorization identifier and `<bound/>`) is
+    /// judged on the resource as the iq result to an RFC 6120 bind is, with the account
+    /// known: refused when a rule on that account blocks it, recorded when one flags it.
+    #[tokio::test]
+    async fn a_resource_bound_from_a_bind2_tag_is_judged_with_its_account() {
+        let p = pipeline(
+            "[[rule]]\nid = \"alice-osprey\"\nwhen = { from = \"alice@x\", body = { regex = \"(?i)osprey\" } }\naction = \"block\"\n\n\
+             [[rule]]\nid = \"watch\"\nwhen = { body = { regex = \"(?i)kestrel\" } }\naction = \"flag\"\n",
+        );
+        let bound = |jid: &str| {
+            let mut held = Held::of(&format!(
+                "<success xmlns='urn:xmpp:sasl:2'><authorization-identifier>{jid}</authorization-identifier>\
+                 <bound xmlns='urn:xmpp:bind:0'/></success>"
+            ));
+            crate::relay::fill_addresses(&mut held.view, Direction::Inbound, Some(jid));
+            held.session.jid = Some(jid.to_owned());
+            held.session.chose_resource = true;
+            held
+        };
+        let held = bound("alice@x/osprey-desk~a1B2");
+        let c = content(&held.item(Direction::Inbound, Copy::Direct));
+        assert!(
+            c.extra
+                .iter()
+                .any(|t| t.kind == "nick" && t.text == "osprey-desk~a1B2"),
+            "{:?}",
+            c.extra
+        );
+        let out = p
+            .inspect(held.item(Direction::Inbound, Copy::Direct))
+            .await
+            .settled()
+            .await;
+        assert!(matches!(out.decision, Decision::Refuse { .. }), "{out:?}");
+        // The rule is on Alice's account: another's resource passes.
+        let out = p
+            .inspect(bound("bob@x/osprey-desk~a1B2").item(Direction::Inbound, Copy::Direct))
+            .await
+            .settled()
+            .await;
+        assert!(matches!(out.decision, Decision::Forward), "{out:?}");
+        // A flagged one is delivered (its record is in the end-to-end test), as is a plain
+        // one.
+        for jid in ["alice@x/kestrel-desk~9x", "alice@x/laptop~9x"] {
+            let out = p
+                .inspect(bound(jid).item(Direction::Inbound, Copy::Direct))
+                .await
+                .settled()
+                .await;
+            assert!(matches!(out.decision, Decision::Forward), "{jid}: {out:?}");
+        }
+        // Only the success binding the session's own address, and only when the client
+        // named a tag.
+        let mut other = bound("alice@x/osprey-desk~a1B2");
+        other.session.jid = Some("alice@x/laptop".into());
+        assert!(content(&other.item(Direction::Inbound, Copy::Direct))
+            .extra
+            .is_empty());
+        let mut picked = bound("alice@x/osprey-desk~a1B2");
+        picked.session.chose_resource = false;
+        assert!(content(&picked.item(Direction::Inbound, Copy::Direct))
+            .extra
+            .is_empty());
     }
 
     /// A Bind2 tag (XEP-0386) becomes part of the resource the server binds: policy

@@ -1017,6 +1017,35 @@ impl<'a, I: Inspector> Relay<'a, I> {
         if let Some(account) = &outcome.bound {
             self.learn_account(account);
         }
+        // A resource built from the client's Bind2 tag is its words in the address of
+        // all the session would send. The tag was judged at the `<authenticate/>` from the
+        // session's domain; now the account is known, the resource is judged as an RFC
+        // 6120 bind result is, and one policy refuses ends the session before the client
+        // has the success.
+        if let (Some(account), true) = (&outcome.bound, outcome.chose) {
+            let judged = self.judge_bound_tag(account).await;
+            if let Ok(mut info) = self.info.write() {
+                info.chose_resource = false;
+            }
+            if judged == Ok(true) {
+                self.lock_state().confirm_bound();
+            }
+            // The session's start is on the record before the client can send under it,
+            // and before its end when it is refused.
+            self.shared.inspector.session_bound(&self.snapshot()).await;
+            let resource = account
+                .jid
+                .split_once('/')
+                .map(|(_, r)| r.to_owned())
+                .unwrap_or_default();
+            match judged {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(Ended::Failed(ClientFault::ResourceRefused(resource).into()))
+                }
+                Err(_) => return Err(Ended::Failed(ClientFault::BindNotArchived(resource).into())),
+            }
+        }
         let bytes = if rewritten {
             let mut out = Vec::with_capacity(stanza.raw.len() + 100);
             root.write_to(&mut out);
@@ -1034,10 +1063,50 @@ impl<'a, I: Inspector> Relay<'a, I> {
                 self.upstream_w.lock().await.sm.start();
             }
         }
-        if outcome.bound.is_some() || outcome.resumed.is_some() {
+        if (outcome.bound.is_some() && !outcome.chose) || outcome.resumed.is_some() {
             self.shared.inspector.session_bound(&self.snapshot()).await;
         }
         Ok(())
+    }
+
+    /// Judges the resource Bind2 bound from the client's tag, `account`'s, on what the
+    /// SASL2 success says of it alone: a success that holds the authorization identifier
+    /// and `<bound/>`, and nothing else it carried (the server's SASL data, a FAST
+    /// token). That success is what is recorded when a rule matched the resource.
+    /// `Ok(true)` to deliver the success; `Ok(false)` when policy refuses the resource;
+    /// `Err` when its record could not be written.
+    async fn judge_bound_tag(&self, account: &Account) -> Result<bool, String> {
+        let mut root = Element::new("success", NS_SASL2);
+        let mut authz = Element::new("authorization-identifier", NS_SASL2);
+        authz.children.push(Node::Text(account.jid.clone()));
+        root.children.push(Node::Element(authz));
+        root.children
+            .push(Node::Element(Element::new("bound", NS_BIND2)));
+        let mut raw = Vec::new();
+        root.write_to(&mut raw);
+        let stanza = Stanza {
+            raw: bytes::Bytes::from(raw),
+            root,
+        };
+        let info = self.snapshot();
+        let mut view = StanzaView::of(&stanza.root);
+        fill_addresses(&mut view, Direction::Inbound, info.jid.as_deref());
+        let inspection = self
+            .shared
+            .inspector
+            .inspect(Inspected {
+                direction: Direction::Inbound,
+                session: &info,
+                view: &view,
+                stanza: &stanza,
+                copy: Copy::Direct,
+                claimed_from: None,
+            })
+            .await;
+        if let Some(durable) = inspection.durable {
+            durable.await?;
+        }
+        Ok(inspection.outcome.decision == Decision::Forward)
     }
 
     fn lock_state(&self) -> std::sync::MutexGuard<'_, RelayState> {

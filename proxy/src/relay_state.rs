@@ -52,6 +52,8 @@ pub struct ExpectAuth {
 pub struct Sasl2Request {
     /// Bind2: bind a resource in the same round trip.
     pub bind: bool,
+    /// Bind2's request names a tag, which the server makes part of the resource.
+    pub tag: bool,
     /// XEP-0198 `<resume previd>` inline (its `h` is translated by the relay).
     pub resume: Option<String>,
 }
@@ -61,6 +63,9 @@ pub struct Sasl2Request {
 pub struct Sasl2Success {
     /// Bind2 bound a resource: the session's account (the authorization identifier).
     pub bound: Option<Account>,
+    /// The resource was bound from a tag the client named: the client's words, judged
+    /// before the success is delivered (until then, its stanzas are refused).
+    pub chose: bool,
     /// Stream management enabled inline (in Bind2's answer): both legs start counting.
     pub sm_enabled: bool,
     /// The session `previd` was resumed inline; the relay looks its account up.
@@ -325,8 +330,12 @@ impl RelayState {
     pub fn client_nonza(&mut self, el: &Element) {
         if el.ns == NS_SASL2 && el.name == "authenticate" {
             if let Identity::ExpectAuth(a) = &mut self.identity {
+                let bind = el.child("bind", NS_BIND2);
                 a.sasl2 = Some(Sasl2Request {
-                    bind: el.child("bind", NS_BIND2).is_some(),
+                    bind: bind.is_some(),
+                    tag: bind
+                        .and_then(|b| b.child("tag", NS_BIND2))
+                        .is_some_and(|t| !t.text().trim().is_empty()),
                     resume: el
                         .child("resume", NS_SM)
                         .and_then(|r| r.attr("previd"))
@@ -528,14 +537,17 @@ impl RelayState {
                     self.sm.resumable = matches!(e.attr("resume"), Some("true" | "1"));
                 }
                 let account = Account { jid };
-                // Bind2's tag is not read: the resource is the server's.
+                // A resource built from the client's tag is judged before the client has
+                // the success, as an RFC 6120 bind result is; one the server picked is
+                // its own.
                 self.identity = Identity::Bound(Bound {
                     account: account.clone(),
-                    chose: false,
-                    confirmed: true,
+                    chose: request.tag,
+                    confirmed: !request.tag,
                 });
                 Sasl2Success {
                     bound: Some(account),
+                    chose: request.tag,
                     sm_enabled: enabled.is_some(),
                     resumed: None,
                 }
@@ -661,15 +673,50 @@ mod tests {
                 bound: Some(Account {
                     jid: "alice@x/t~1".into()
                 }),
+                chose: true,
                 sm_enabled: true,
                 resumed: None,
             })
         );
         assert_eq!((st.sm_id(), st.sm_resumable()), (Some("sm9"), true));
+        // The resource was built from the client's tag: its stanzas wait for the relay
+        // to let the success through, as after an RFC 6120 bind result.
+        assert!(st.chose_resource());
+        assert_eq!(
+            client(&mut st, "<message to='b@x'><body>early</body></message>"),
+            ClientStanza::NotAuthorized
+        );
+        st.confirm_bound();
         assert!(matches!(
             client(&mut st, "<message to='b@x'><body>hi</body></message>"),
             ClientStanza::Inspect(a) if a.jid == "alice@x/t~1"
         ));
+
+        // Without a tag (or with an empty one), the server picked the resource.
+        for bind in [
+            "<bind xmlns='urn:xmpp:bind:0'/>",
+            "<bind xmlns='urn:xmpp:bind:0'><tag> </tag></bind>",
+        ] {
+            let mut st = RelayState::default();
+            st.client_nonza(&el(&format!(
+                "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>x</initial-response>{bind}</authenticate>"
+            )));
+            let success = "<success xmlns='urn:xmpp:sasl:2'><authorization-identifier>alice@x/9f2c</authorization-identifier>\
+                <bound xmlns='urn:xmpp:bind:0'/></success>";
+            assert!(matches!(
+                st.upstream_element(&el(success)),
+                UpstreamEvent::Sasl2Succeeded(Sasl2Success {
+                    chose: false,
+                    bound: Some(_),
+                    ..
+                })
+            ));
+            assert!(!st.chose_resource());
+            assert!(matches!(
+                client(&mut st, "<message to='b@x'><body>hi</body></message>"),
+                ClientStanza::Inspect(_)
+            ));
+        }
     }
 
     /// Identity comes only from an answer to this session's own `<authenticate/>`: an

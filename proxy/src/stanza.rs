@@ -95,18 +95,28 @@ pub const TO_RESOURCE: usize = usize::MAX - 1;
 /// redaction can take it out.
 pub const BOUND_RESOURCE: usize = usize::MAX - 2;
 
-/// The resource of `jid`, the session's address, read in the iq `el`, the server's
-/// answer to a bind request (RFC 6120 §7) that binds it, as a `nick` text: every contact
-/// reads the resource in a presence, every recipient in a message. Nothing for any other
-/// stanza, or an answer binding another address.
+/// The resource of `jid`, the session's address, read in `el`, the server's answer that
+/// binds it, as a `nick` text: every contact reads the resource in a presence, every
+/// recipient in a message. The answer is an iq result to a bind request (RFC 6120 §7), or
+/// a SASL2 success whose Bind2 `<bound/>` names the session by its authorization
+/// identifier (XEP-0386). Nothing for any other element, or an answer binding another
+/// address.
 pub fn bound_resource(el: &Element, jid: &str) -> Vec<ExtraText> {
     let mut out = Vec::new();
-    let bound = el.name == "iq"
-        && el.attr("type") == Some("result")
-        && el
-            .child("bind", crate::stream::NS_BIND)
-            .and_then(|b| b.children().find(|c| c.name == "jid"))
-            .is_some_and(|j| j.text().trim() == jid);
+    let bound = if el.ns == crate::relay_state::NS_SASL2 {
+        el.name == "success"
+            && el.child("bound", crate::relay_state::NS_BIND2).is_some()
+            && el
+                .child("authorization-identifier", crate::relay_state::NS_SASL2)
+                .is_some_and(|a| a.text().trim() == jid)
+    } else {
+        el.name == "iq"
+            && el.attr("type") == Some("result")
+            && el
+                .child("bind", crate::stream::NS_BIND)
+                .and_then(|b| b.children().find(|c| c.name == "jid"))
+                .is_some_and(|j| j.text().trim() == jid)
+    };
     if let Some((_, resource)) = jid.split_once('/').filter(|_| bound) {
         push_folded(&mut out, "nick", None, resource, BOUND_RESOURCE);
     }

@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use custos_e2e::rig::{BoxError, Rig, RigOptions, USERS};
 use custos_e2e::scripted::{Received, Scripted};
 use serde_json::Value;
@@ -1027,7 +1028,11 @@ async fn a_sasl2_bind2_session_is_archived_under_the_jid_it_proved() -> TestResu
 
 /// A Bind2 tag becomes part of the resource Prosody binds (`tag~suffix`), in the address
 /// of everything the session sends: one a rule blocks is taken out of the request and
-/// the server picks the resource; one no rule refuses is kept.
+/// the server picks the resource; one no rule refuses is kept. Once the server has bound
+/// the session, the resource is judged again with its account known, as an RFC 6120
+/// bind is: one a rule on that account refuses ends the session with
+/// `<policy-violation/>` before the client has the success, and one a rule flags is on
+/// the record with its flag, so no rule is dodged by binding through SASL2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bind2_tag_policy_refuses_never_becomes_the_resource() -> TestResult {
     let rig = Rig::start(
@@ -1038,27 +1043,89 @@ async fn a_bind2_tag_policy_refuses_never_becomes_the_resource() -> TestResult {
             // As in the test above: Debian's mod_sasl2 works over loopback without TLS.
             upstream_plain: true,
             rules: Some(
-                "[[rule]]\nid = \"codename\"\nwhen = { body = { regex = \"(?i)falcon\" } }\naction = \"block\"\n"
+                "[[rule]]\nid = \"codename\"\nwhen = { body = { regex = \"(?i)falcon\" } }\naction = \"block\"\n\n\
+                 [[rule]]\nid = \"alice-osprey\"\nwhen = { from = \"alice@example.test\", body = { regex = \"(?i)osprey\" } }\naction = \"block\"\n\n\
+                 [[rule]]\nid = \"watch\"\nwhen = { body = { regex = \"(?i)kestrel\" } }\naction = \"flag\"\n"
                     .into(),
             ),
             ..RigOptions::default()
         },
     )?;
-    for (tag, kept) in [("falcon-desk", false), ("osprey-desk", true)] {
+    for (user, tag, kept) in [
+        ("alice", "falcon-desk", false),
+        ("bob", "osprey-desk", true),
+        ("alice", "kestrel-desk", true),
+        ("alice", "plain-desk", true),
+    ] {
         let mut c = Scripted::connect(rig.custos.listener(1), rig.ca.cert_path(), "example.test")
             .await
             .map_err(|e| format!("{e}\n{}", rig.context()))?;
         c.authenticate_sasl2(
-            "alice",
-            password("alice"),
+            user,
+            password(user),
             &format!("<bind xmlns='urn:xmpp:bind:0'><tag>{tag}</tag></bind>"),
         )
         .await
         .map_err(|e| format!("{e}\n{}", rig.context()))?;
         let jid = c.jid.clone().ok_or("no full JID in the SASL2 success")?;
         assert_eq!(jid.contains(tag), kept, "{tag}: {jid}");
-        assert!(jid.starts_with("alice@example.test/"), "{jid}");
+        assert!(jid.starts_with(&format!("{user}@example.test/")), "{jid}");
     }
+
+    // A rule on Alice's account alone: judged from the session's domain at the
+    // `<authenticate/>`, the tag passes; once the account is known, it is refused.
+    let mut refused =
+        Scripted::connect(rig.custos.listener(1), rig.ca.cert_path(), "example.test").await?;
+    let token =
+        base64::engine::general_purpose::STANDARD.encode(format!("\0alice\0{}", password("alice")));
+    refused
+        .send(&format!(
+            "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>{token}</initial-response>\
+             <bind xmlns='urn:xmpp:bind:0'><tag>osprey-desk</tag></bind></authenticate>"
+        ))
+        .await?;
+    let mut seen = Vec::new();
+    while let Some(Received::Element(e)) = refused.next_within(WAIT).await? {
+        seen.push(e);
+    }
+    assert!(
+        seen.iter().all(|e| e.name != "success"),
+        "the SASL2 success was delivered: {}",
+        refused.transcript
+    );
+    assert!(
+        seen.iter()
+            .any(|e| e.name == "error" && e.children().any(|c| c.name == "policy-violation")),
+        "{}",
+        refused.transcript
+    );
+    assert!(
+        !refused.transcript.contains(&token),
+        "{}",
+        refused.transcript
+    );
+    let hits = settled_copies(&rig, "osprey", 1)?;
+    assert_eq!(hits.len(), 1, "{hits:#?}\n{}", rig.context());
+    assert_eq!(hits[0]["action"], "block", "{:#}", hits[0]);
+    assert!(
+        rules_of(&hits[0]).contains(&"alice-osprey"),
+        "{:#}",
+        hits[0]
+    );
+    assert!(
+        hits[0]["account"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("alice@example.test/osprey-desk")),
+        "{:#}",
+        hits[0]
+    );
+
+    // A flagged tag is on the record with its flag; a plain one makes no record.
+    let hits = settled_copies(&rig, "kestrel", 1)?;
+    assert_eq!(hits.len(), 1, "{hits:#?}");
+    assert_eq!(hits[0]["action"], "flag", "{:#}", hits[0]);
+    assert!(rules_of(&hits[0]).contains(&"watch"), "{:#}", hits[0]);
+    assert!(rig.search_copies("plain")?.is_empty());
     Ok(())
 }
 
