@@ -474,7 +474,12 @@ fn subject<'a>(c: &'a Content<'a>, room: custos_policy::RoomFacts<'a>) -> Option
             Direction::Inbound => custos_policy::Direction::Inbound,
         },
         kind,
-        stanza_type: c.view.stanza_type.as_deref(),
+        // Bind2's success is judged as the iq result it stands for.
+        stanza_type: c
+            .view
+            .stanza_type
+            .as_deref()
+            .or_else(|| c.binds_by_sasl2().then_some("result")),
         from: c.view.from.as_deref(),
         to: c.view.to.as_deref(),
         body: c.view.body.as_deref(),
@@ -1834,7 +1839,8 @@ mod tests {
     /// Bind2's SASL2 success (XEP-0386) binds a resource built from the client's tag:
     /// what the relay inspects of it (the authorization identifier and `<bound/>`) is
     /// judged on the resource as the iq result to an RFC 6120 bind is, with the account
-    /// known: refused when a rule on that account blocks it, recorded when one flags it.
+    /// known: refused when a rule on that account blocks it, delivered when one only
+    /// flags it (its record is checked end to end), and judged as a result.
     #[tokio::test]
     async fn a_resource_bound_from_a_bind2_tag_is_judged_with_its_account() {
         let p = pipeline(
@@ -1874,7 +1880,16 @@ mod tests {
             .await;
         assert!(matches!(out.decision, Decision::Forward), "{out:?}");
         // A flagged one is delivered (its record is in the end-to-end test), as is a plain
-        // one.
+        // one. A rule on bind results sees it as one.
+        let results = pipeline(
+            "[[rule]]\nid = \"results\"\nwhen = { kind = \"iq\", type = \"result\", body = { regex = \"(?i)laptop\" } }\naction = \"block\"\n",
+        );
+        let out = results
+            .inspect(bound("alice@x/laptop~9x").item(Direction::Inbound, Copy::Direct))
+            .await
+            .settled()
+            .await;
+        assert!(matches!(out.decision, Decision::Refuse { .. }), "{out:?}");
         for jid in ["alice@x/kestrel-desk~9x", "alice@x/laptop~9x"] {
             let out = p
                 .inspect(bound(jid).item(Direction::Inbound, Copy::Direct))

@@ -934,6 +934,25 @@ impl<'a, I: Inspector> Relay<'a, I> {
                 }
             }
         }
+        // The server reads the first element in Bind2's namespace whatever its name
+        // (Prosody's `mod_sasl2_bind2`), and the first tag in it: a request where it could
+        // read another tag than the one judged here is refused whole.
+        let odd = {
+            let mut bind2 = root.children().filter(|c| c.ns == NS_BIND2);
+            let first = bind2.next();
+            bind2.next().is_some()
+                || first.is_some_and(|b| {
+                    b.name != "bind" || b.children().filter(|c| c.name == "tag").count() > 1
+                })
+        };
+        if odd {
+            return Err(Ended::Failed(
+                ClientFault::UnsupportedElement(
+                    "<authenticate/> with other than one <bind/> holding at most one <tag/> in \"urn:xmpp:bind:0\"".into(),
+                )
+                .into(),
+            ));
+        }
         // A Bind2 tag becomes part of the resource, in the address of all the session
         // sends: one policy refuses is taken out, and the server picks a resource.
         let tag = root
