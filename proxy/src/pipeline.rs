@@ -46,9 +46,9 @@ use crate::relay_state::{bare, Copy};
 use crate::reply::{stanza_error, ErrorType};
 use crate::rooms::{RoomContext, Rooms};
 use crate::stanza::{
-    bound_resource, fetched_texts, forwarded_texts, is_clients_address, published_texts,
-    stanza_attr_words, E2ee, EditKind, ExtraText, StanzaKind, StanzaView, BOUND_RESOURCE,
-    NS_ADDRESS, OWN_TEXT, TO_RESOURCE,
+    bind2_tag, bound_resource, fetched_texts, forwarded_texts, is_clients_address, published_texts,
+    stanza_attr_words, E2ee, EditKind, ExtraText, StanzaKind, StanzaView, BIND2_TAG,
+    BOUND_RESOURCE, NS_ADDRESS, OWN_TEXT, TO_RESOURCE,
 };
 use crate::xml::Element;
 
@@ -246,6 +246,14 @@ fn content<'a>(item: &Inspected<'a>) -> Content<'a> {
             extra.extend(bound_resource(&item.stanza.root, jid));
         }
     }
+    // A Bind2 tag taken out of the user's request, once the session is bound: what the
+    // user tried to bind, on the record as words they sent.
+    if item.direction == Direction::Outbound
+        && outer.kind == StanzaKind::Nonza
+        && item.session.jid.is_some()
+    {
+        extra.extend(bind2_tag(&item.stanza.root));
+    }
     // The resource a presence goes to is a nickname the user takes in a room only in an
     // available presence the user sends; one coming in goes to the user's own resource.
     if outer.kind == StanzaKind::Presence
@@ -285,11 +293,20 @@ impl Content<'_> {
         }
     }
 
-    /// Bind2's SASL2 success binding a resource the client named: no stanza, but the
-    /// answer that binds the session's address, judged and recorded as the iq result to
-    /// an RFC 6120 bind request is.
-    fn binds_by_sasl2(&self) -> bool {
-        self.view.kind == StanzaKind::Nonza && self.extra.iter().any(|t| t.child == BOUND_RESOURCE)
+    /// What a Bind2 exchange stands for, as the iq type of its RFC 6120 counterpart: the
+    /// SASL2 success binding a resource the client named (`result`), judged and recorded
+    /// as the answer to a bind request is, or the client's request with a tag that was
+    /// taken out (`set`). No stanza, but the answer and request that bind the session's
+    /// address. `None` for anything else.
+    fn bind2(&self) -> Option<&'static str> {
+        if self.view.kind != StanzaKind::Nonza {
+            return None;
+        }
+        self.extra.iter().find_map(|t| match t.child {
+            BOUND_RESOURCE => Some("result"),
+            BIND2_TAG => Some("set"),
+            _ => None,
+        })
     }
 }
 
@@ -465,7 +482,7 @@ fn subject<'a>(c: &'a Content<'a>, room: custos_policy::RoomFacts<'a>) -> Option
         StanzaKind::Message => custos_policy::StanzaKind::Message,
         StanzaKind::Presence => custos_policy::StanzaKind::Presence,
         StanzaKind::Iq => custos_policy::StanzaKind::Iq,
-        StanzaKind::Nonza if c.binds_by_sasl2() => custos_policy::StanzaKind::Iq,
+        StanzaKind::Nonza if c.bind2().is_some() => custos_policy::StanzaKind::Iq,
         StanzaKind::Nonza => return None,
     };
     Some(Subject {
@@ -474,12 +491,8 @@ fn subject<'a>(c: &'a Content<'a>, room: custos_policy::RoomFacts<'a>) -> Option
             Direction::Inbound => custos_policy::Direction::Inbound,
         },
         kind,
-        // Bind2's success is judged as the iq result it stands for.
-        stanza_type: c
-            .view
-            .stanza_type
-            .as_deref()
-            .or_else(|| c.binds_by_sasl2().then_some("result")),
+        // Bind2's exchange is judged as the iq it stands for.
+        stanza_type: c.view.stanza_type.as_deref().or_else(|| c.bind2()),
         from: c.view.from.as_deref(),
         to: c.view.to.as_deref(),
         body: c.view.body.as_deref(),
@@ -775,7 +788,7 @@ impl Pipeline {
         // flag, an alert, a redaction or a block on one is on the record like one on a
         // message.
         let recorded = c.has_content()
-            || ((c.view.kind != StanzaKind::Nonza || c.binds_by_sasl2())
+            || ((c.view.kind != StanzaKind::Nonza || c.bind2().is_some())
                 && !c.extra.is_empty()
                 && verdict.as_ref().is_some_and(|v| !v.rules.is_empty()));
         if recorded && c.view.kind == StanzaKind::Message {
@@ -1212,8 +1225,8 @@ fn message_record(
         stanza_type: v.stanza_type.clone().unwrap_or_else(|| {
             match v.kind {
                 StanzaKind::Presence => "available",
-                // Bind2's SASL2 success, the answer that binds the session.
-                StanzaKind::Nonza => "result",
+                // A Bind2 request or answer: the iq it stands for.
+                StanzaKind::Nonza => c.bind2().unwrap_or("normal"),
                 _ => "normal",
             }
             .into()
@@ -1394,7 +1407,7 @@ fn redact(
     if c.extra
         .iter()
         .zip(delivered_extra)
-        .any(|(t, d)| d.is_some() && t.child == BOUND_RESOURCE)
+        .any(|(t, d)| d.is_some() && matches!(t.child, BOUND_RESOURCE | BIND2_TAG))
     {
         return None;
     }
@@ -1898,6 +1911,31 @@ mod tests {
                 .await;
             assert!(matches!(out.decision, Decision::Forward), "{jid}: {out:?}");
         }
+        // A tag taken out of the user's request is read, once the account is known, as
+        // words the user sent, in a request that stands for a bind set.
+        let mut request = Held::of("<bind xmlns='urn:xmpp:bind:0'><tag>osprey  desk</tag></bind>");
+        crate::relay::fill_addresses(&mut request.view, Direction::Outbound, Some("alice@x/9f2c"));
+        request.session.jid = Some("alice@x/9f2c".into());
+        let c = content(&request.item(Direction::Outbound, Copy::Direct));
+        assert_eq!(c.bind2(), Some("set"));
+        assert!(
+            c.extra
+                .iter()
+                .any(|t| t.kind == "nick" && t.text == "osprey desk"),
+            "{:?}",
+            c.extra
+        );
+        let out = p
+            .inspect(request.item(Direction::Outbound, Copy::Direct))
+            .await
+            .settled()
+            .await;
+        assert!(matches!(out.decision, Decision::Refuse { .. }), "{out:?}");
+        // Before the session is bound it is not read.
+        request.session.jid = None;
+        assert!(content(&request.item(Direction::Outbound, Copy::Direct))
+            .extra
+            .is_empty());
         // Only the success binding the session's own address, and only when the client
         // named a tag.
         let mut other = bound("alice@x/osprey-desk~a1B2");

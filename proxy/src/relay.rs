@@ -318,6 +318,9 @@ pub(crate) struct Relay<'a, I> {
     /// The client's SASL2 `<authenticate/>` asked to resume a session this node never
     /// relayed: the request went on without it, and the success gets a `<failed/>` for it.
     sasl2_resume_refused: AtomicBool,
+    /// The tag policy refused in the client's Bind2 request, taken out of it: recorded
+    /// once the success names the account.
+    sasl2_refused_tag: std::sync::Mutex<Option<String>>,
     /// Who the session has proven to be, its stream management grant, and the other
     /// protocol decisions (no I/O).
     state: std::sync::Mutex<RelayState>,
@@ -355,6 +358,7 @@ impl<'a, I: Inspector> Relay<'a, I> {
             info: RwLock::new(info),
             client_restart: AtomicBool::new(false),
             sasl2_resume_refused: AtomicBool::new(false),
+            sasl2_refused_tag: std::sync::Mutex::new(None),
             state: std::sync::Mutex::new(RelayState::default()),
             client_finished: AtomicBool::new(false),
             upstream_finished: AtomicBool::new(false),
@@ -969,6 +973,10 @@ impl<'a, I: Inspector> Relay<'a, I> {
                 {
                     bind.retain_children(|c| !(c.name == "tag" && c.ns == NS_BIND2));
                     rewritten = true;
+                    *self
+                        .sasl2_refused_tag
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(tag);
                     info!("SASL2: took a Bind2 tag policy refuses out of the request; the server picks the resource");
                 }
             }
@@ -1036,6 +1044,22 @@ impl<'a, I: Inspector> Relay<'a, I> {
         if let Some(account) = &outcome.bound {
             self.learn_account(account);
         }
+        let refused_tag = self
+            .sasl2_refused_tag
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let (Some(_), Some(tag)) = (&outcome.bound, refused_tag) {
+            if let Err(reason) = self.record_refused_tag(tag).await {
+                warn!(%reason, "the record of a Bind2 tag taken out of the request could not be written; the session ends");
+                let resource = self
+                    .snapshot()
+                    .jid
+                    .and_then(|j| j.split_once('/').map(|(_, r)| r.to_owned()))
+                    .unwrap_or_default();
+                return Err(Ended::Failed(ClientFault::BindNotArchived(resource).into()));
+            }
+        }
         // A resource built from the client's Bind2 tag is its words in the address of
         // all the session would send. The tag was judged at the `<authenticate/>` from the
         // session's domain; now the account is known, the resource is judged as an RFC
@@ -1086,6 +1110,42 @@ impl<'a, I: Inspector> Relay<'a, I> {
             self.shared.inspector.session_bound(&self.snapshot()).await;
         }
         Ok(())
+    }
+
+    /// Records the tag policy took out of the client's Bind2 request, now the session's
+    /// account is known: a request holding that tag alone, inspected as what the user
+    /// sent (it is judged again, with the account, and recorded when a rule matched).
+    /// `Err` when its record could not be written.
+    async fn record_refused_tag(&self, tag: String) -> Result<(), String> {
+        let mut root = Element::new("bind", NS_BIND2);
+        let mut t = Element::new("tag", NS_BIND2);
+        t.children.push(Node::Text(tag));
+        root.children.push(Node::Element(t));
+        let mut raw = Vec::new();
+        root.write_to(&mut raw);
+        let stanza = Stanza {
+            raw: bytes::Bytes::from(raw),
+            root,
+        };
+        let info = self.snapshot();
+        let mut view = StanzaView::of(&stanza.root);
+        fill_addresses(&mut view, Direction::Outbound, info.jid.as_deref());
+        let inspection = self
+            .shared
+            .inspector
+            .inspect(Inspected {
+                direction: Direction::Outbound,
+                session: &info,
+                view: &view,
+                stanza: &stanza,
+                copy: Copy::Direct,
+                claimed_from: None,
+            })
+            .await;
+        match inspection.durable {
+            Some(durable) => durable.await,
+            None => Ok(()),
+        }
     }
 
     /// Judges the resource Bind2 bound from the client's tag, `account`'s, on what the

@@ -95,6 +95,24 @@ pub const TO_RESOURCE: usize = usize::MAX - 1;
 /// redaction can take it out.
 pub const BOUND_RESOURCE: usize = usize::MAX - 2;
 
+/// The [`ExtraText::child`] of the tag in a client's Bind2 request (XEP-0386), which the
+/// server would make part of the session's resource: read once it was taken out of the
+/// request, to record what the user tried to bind.
+pub const BIND2_TAG: usize = usize::MAX - 3;
+
+/// The tag of the Bind2 request `el` (`<bind xmlns='urn:xmpp:bind:0'>`, as a client
+/// puts it in its SASL2 `<authenticate/>`), as a `nick` text. Nothing for any other
+/// element.
+pub fn bind2_tag(el: &Element) -> Vec<ExtraText> {
+    let mut out = Vec::new();
+    if el.is("bind", crate::relay_state::NS_BIND2) {
+        if let Some(tag) = el.child("tag", crate::relay_state::NS_BIND2) {
+            push_folded(&mut out, "nick", None, &tag.text(), BIND2_TAG);
+        }
+    }
+    out
+}
+
 /// The resource of `jid`, the session's address, read in `el`, the server's answer that
 /// binds it, as a `nick` text: every contact reads the resource in a presence, every
 /// recipient in a message. The answer is an iq result to a bind request (RFC 6120 §7), or

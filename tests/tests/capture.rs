@@ -1032,7 +1032,8 @@ async fn a_sasl2_bind2_session_is_archived_under_the_jid_it_proved() -> TestResu
 /// the session, the resource is judged again with its account known, as an RFC 6120
 /// bind is: one a rule on that account refuses ends the session with
 /// `<policy-violation/>` before the client has the success, and one a rule flags is on
-/// the record with its flag, so no rule is dodged by binding through SASL2.
+/// the record with its flag, so no rule is dodged by binding through SASL2. A tag taken
+/// out of the request is recorded, refused, once the account is known.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bind2_tag_policy_refuses_never_becomes_the_resource() -> TestResult {
     let rig = Rig::start(
@@ -1121,6 +1122,20 @@ async fn a_bind2_tag_policy_refuses_never_becomes_the_resource() -> TestResult {
     assert_eq!(hits[0]["action"], "flag", "{:#}", hits[0]);
     assert!(rules_of(&hits[0]).contains(&"watch"), "{:#}", hits[0]);
     assert!(rig.search_copies("plain")?.is_empty());
+    // The tag taken out at the `<authenticate/>` is on the record too, once the account
+    // is known: what the user tried to bind, refused.
+    let hits = settled_copies(&rig, "falcon", 1)?;
+    assert_eq!(hits.len(), 1, "{hits:#?}");
+    assert_eq!(hits[0]["action"], "block", "{:#}", hits[0]);
+    assert_eq!(hits[0]["direction"], "outbound", "{:#}", hits[0]);
+    assert!(rules_of(&hits[0]).contains(&"codename"), "{:#}", hits[0]);
+    assert!(
+        hits[0]["account"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("alice@example.test/") && !a.contains("falcon")),
+        "{:#}",
+        hits[0]
+    );
 
     // Prosody reads the first element in Bind2's namespace whatever its name, and the
     // first tag in it: a request that could make it read a tag Custos does not is
