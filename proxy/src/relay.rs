@@ -1121,31 +1121,9 @@ impl<'a, I: Inspector> Relay<'a, I> {
         let mut t = Element::new("tag", NS_BIND2);
         t.children.push(Node::Text(tag));
         root.children.push(Node::Element(t));
-        let mut raw = Vec::new();
-        root.write_to(&mut raw);
-        let stanza = Stanza {
-            raw: bytes::Bytes::from(raw),
-            root,
-        };
-        let info = self.snapshot();
-        let mut view = StanzaView::of(&stanza.root);
-        fill_addresses(&mut view, Direction::Outbound, info.jid.as_deref());
-        let inspection = self
-            .shared
-            .inspector
-            .inspect(Inspected {
-                direction: Direction::Outbound,
-                session: &info,
-                view: &view,
-                stanza: &stanza,
-                copy: Copy::Direct,
-                claimed_from: None,
-            })
-            .await;
-        match inspection.durable {
-            Some(durable) => durable.await,
-            None => Ok(()),
-        }
+        self.inspect_settled(Direction::Outbound, root)
+            .await
+            .map(|_| ())
     }
 
     /// Judges the resource Bind2 bound from the client's tag, `account`'s, on what the
@@ -1161,6 +1139,18 @@ impl<'a, I: Inspector> Relay<'a, I> {
         root.children.push(Node::Element(authz));
         root.children
             .push(Node::Element(Element::new("bound", NS_BIND2)));
+        let decision = self.inspect_settled(Direction::Inbound, root).await?;
+        Ok(decision == Decision::Forward)
+    }
+
+    /// Inspects `root`, an element this relay made of what a Bind2 exchange says of the
+    /// session's address, as crossing in `direction`, and waits for its record: the
+    /// decision, or `Err` when the record could not be written.
+    async fn inspect_settled(
+        &self,
+        direction: Direction,
+        root: Element,
+    ) -> Result<Decision, String> {
         let mut raw = Vec::new();
         root.write_to(&mut raw);
         let stanza = Stanza {
@@ -1169,12 +1159,12 @@ impl<'a, I: Inspector> Relay<'a, I> {
         };
         let info = self.snapshot();
         let mut view = StanzaView::of(&stanza.root);
-        fill_addresses(&mut view, Direction::Inbound, info.jid.as_deref());
+        fill_addresses(&mut view, direction, info.jid.as_deref());
         let inspection = self
             .shared
             .inspector
             .inspect(Inspected {
-                direction: Direction::Inbound,
+                direction,
                 session: &info,
                 view: &view,
                 stanza: &stanza,
@@ -1185,7 +1175,7 @@ impl<'a, I: Inspector> Relay<'a, I> {
         if let Some(durable) = inspection.durable {
             durable.await?;
         }
-        Ok(inspection.outcome.decision == Decision::Forward)
+        Ok(inspection.outcome.decision)
     }
 
     fn lock_state(&self) -> std::sync::MutexGuard<'_, RelayState> {
