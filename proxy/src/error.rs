@@ -60,6 +60,10 @@ pub enum ClientFault {
     /// answer is not delivered.
     #[error("bound the resource {0:?}, whose record the archive could not write")]
     BindNotArchived(String),
+    /// The record of the Bind2 tag policy took out of the client's SASL2 request could
+    /// not be written (the archive refuses writes): the success is not delivered.
+    #[error("named a Bind2 tag policy refused, whose record the archive could not write")]
+    Bind2TagNotArchived,
     /// A restarted stream's header names another domain than the stream it replaces.
     #[error("restarted its stream for {got:?} instead of {expected:?}")]
     OtherDomain { expected: String, got: String },
@@ -139,6 +143,11 @@ impl SessionError {
                 ClientFault::BindNotArchived(_) => Some((
                     "internal-server-error",
                     "the archive could not record this session's resource; connect again".into(),
+                )),
+                ClientFault::Bind2TagNotArchived => Some((
+                    "internal-server-error",
+                    "the archive could not record this session's bind request; connect again"
+                        .into(),
                 )),
                 ClientFault::OtherDomain { .. } => Some((
                     "host-unknown",

@@ -1853,7 +1853,9 @@ mod tests {
     /// what the relay inspects of it (the authorization identifier and `<bound/>`) is
     /// judged on the resource as the iq result to an RFC 6120 bind is, with the account
     /// known: refused when a rule on that account blocks it, delivered when one only
-    /// flags it (its record is checked end to end), and judged as a result.
+    /// flags it (its record is checked end to end), and judged as a result. A tag taken
+    /// out of the client's request is read, once the account is known, as words the
+    /// user sent in a request that stands for a bind set.
     #[tokio::test]
     async fn a_resource_bound_from_a_bind2_tag_is_judged_with_its_account() {
         let p = pipeline(

@@ -892,10 +892,17 @@ impl<'a, I: Inspector> Relay<'a, I> {
     /// node relayed adopts its counters and has its `h` translated, as a `<resume/>`
     /// after RFC 6120 SASL; one of a session it did not relay is taken out (the server
     /// would resume what this node cannot attribute) and answered `<failed/>` in the
-    /// success.
+    /// success. A Bind2 request the server could read otherwise than this relay is
+    /// refused; a tag policy refuses is taken out (and recorded at the success).
     async fn sasl2_authenticate(&self, stanza: Stanza) -> Result<(), Ended> {
         let mut root = stanza.root;
         let mut rewritten = false;
+        // Only this request's refused tag is recorded at its success (a failed attempt
+        // may have come before, under another account).
+        *self
+            .sasl2_refused_tag
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
         let resume = root.child("resume", NS_SM).map(|r| {
             (
                 r.attr("previd").map(str::to_owned),
@@ -997,7 +1004,9 @@ impl<'a, I: Inspector> Relay<'a, I> {
     }
 
     /// The upstream's SASL2 success for this session's `<authenticate/>`: the account
-    /// Bind2 bound, or the session resumed inline, is learnt; an inline resumption's `h`
+    /// Bind2 bound, or the session resumed inline, is learnt; a Bind2 tag policy took
+    /// out of the request is recorded, and a resource built from the client's tag is
+    /// judged, before the client has the success; an inline resumption's `h`
     /// is translated; stream management enabled inline starts both legs' counts once
     /// the client has the success. No stream restart (XEP-0388).
     async fn sasl2_succeeded(&self, stanza: Stanza, outcome: Sasl2Success) -> Result<(), Ended> {
@@ -1044,20 +1053,24 @@ impl<'a, I: Inspector> Relay<'a, I> {
         if let Some(account) = &outcome.bound {
             self.learn_account(account);
         }
+        let known = self.snapshot().jid;
+        let resource = known
+            .as_deref()
+            .and_then(|j| j.split_once('/'))
+            .map(|(_, r)| r.to_owned())
+            .unwrap_or_default();
+        let mut refused: Option<ClientFault> = None;
+        // A tag policy took out of the request is on the record, as what the user sent,
+        // once the account is known (bound, or a resumed session's).
         let refused_tag = self
             .sasl2_refused_tag
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let (Some(_), Some(tag)) = (&outcome.bound, refused_tag) {
+        if let (Some(_), Some(tag)) = (&known, refused_tag) {
             if let Err(reason) = self.record_refused_tag(tag).await {
                 warn!(%reason, "the record of a Bind2 tag taken out of the request could not be written; the session ends");
-                let resource = self
-                    .snapshot()
-                    .jid
-                    .and_then(|j| j.split_once('/').map(|(_, r)| r.to_owned()))
-                    .unwrap_or_default();
-                return Err(Ended::Failed(ClientFault::BindNotArchived(resource).into()));
+                refused = Some(ClientFault::Bind2TagNotArchived);
             }
         }
         // A resource built from the client's Bind2 tag is its words in the address of
@@ -1066,28 +1079,24 @@ impl<'a, I: Inspector> Relay<'a, I> {
         // 6120 bind result is, and one policy refuses ends the session before the client
         // has the success.
         if let (Some(account), true) = (&outcome.bound, outcome.chose) {
-            let judged = self.judge_bound_tag(account).await;
+            if refused.is_none() {
+                match self.judge_bound_tag(account).await {
+                    Ok(true) => self.lock_state().confirm_bound(),
+                    Ok(false) => refused = Some(ClientFault::ResourceRefused(resource.clone())),
+                    Err(_) => refused = Some(ClientFault::BindNotArchived(resource.clone())),
+                }
+            }
             if let Ok(mut info) = self.info.write() {
                 info.chose_resource = false;
             }
-            if judged == Ok(true) {
-                self.lock_state().confirm_bound();
-            }
-            // The session's start is on the record before the client can send under it,
-            // and before its end when it is refused.
+        }
+        // The session's start is on the record before the client can send under it,
+        // and before its end when it is refused here.
+        if known.is_some() {
             self.shared.inspector.session_bound(&self.snapshot()).await;
-            let resource = account
-                .jid
-                .split_once('/')
-                .map(|(_, r)| r.to_owned())
-                .unwrap_or_default();
-            match judged {
-                Ok(true) => {}
-                Ok(false) => {
-                    return Err(Ended::Failed(ClientFault::ResourceRefused(resource).into()))
-                }
-                Err(_) => return Err(Ended::Failed(ClientFault::BindNotArchived(resource).into())),
-            }
+        }
+        if let Some(fault) = refused {
+            return Err(Ended::Failed(fault.into()));
         }
         let bytes = if rewritten {
             let mut out = Vec::with_capacity(stanza.raw.len() + 100);
@@ -1096,18 +1105,13 @@ impl<'a, I: Inspector> Relay<'a, I> {
         } else {
             stanza.raw
         };
-        {
-            let mut client_leg = self.client_w.lock().await;
-            client_leg.write(&bytes, Counted::No).await?;
-            if outcome.sm_enabled {
-                // Both ends count from here (the server finishes enabling after it
-                // has sent the success).
-                client_leg.sm.start();
-                self.upstream_w.lock().await.sm.start();
-            }
-        }
-        if (outcome.bound.is_some() && !outcome.chose) || outcome.resumed.is_some() {
-            self.shared.inspector.session_bound(&self.snapshot()).await;
+        let mut client_leg = self.client_w.lock().await;
+        client_leg.write(&bytes, Counted::No).await?;
+        if outcome.sm_enabled {
+            // Both ends count from here (the server finishes enabling after it has sent
+            // the success).
+            client_leg.sm.start();
+            self.upstream_w.lock().await.sm.start();
         }
         Ok(())
     }
