@@ -310,6 +310,15 @@ impl Content<'_> {
     }
 }
 
+/// Whether a text redaction changed is the resource of the session's own address (the
+/// one it binds, or a Bind2 tag it asked for), which no redaction can change.
+fn in_own_address(c: &Content<'_>, delivered_extra: &[Option<String>]) -> bool {
+    c.extra
+        .iter()
+        .zip(delivered_extra)
+        .any(|(t, d)| d.is_some() && matches!(t.child, BOUND_RESOURCE | BIND2_TAG))
+}
+
 fn same_bare(a: &str, b: &str) -> bool {
     bare(a).eq_ignore_ascii_case(bare(b))
 }
@@ -777,7 +786,15 @@ impl Pipeline {
         {
             redaction = redact(item, c, v, &delivered_extra);
             if redaction.is_none() {
-                warn!(rules = ?v.rules.iter().map(|r| r.as_str()).collect::<Vec<_>>(), "a redacted text could not be taken out of the stanza; refused instead");
+                let rules: Vec<&str> = v.rules.iter().map(|r| r.as_str()).collect();
+                if in_own_address(c, &delivered_extra) {
+                    info!(?rules, "a redacted word is in the session's own address, which no redaction can change; refused instead");
+                } else {
+                    warn!(
+                        ?rules,
+                        "a redacted text could not be taken out of the stanza; refused instead"
+                    );
+                }
                 v.action = custos_policy::Action::Block;
                 v.block_text = Some(UNREDACTABLE_TEXT.to_owned());
                 v.delivered_body = None;
@@ -1016,6 +1033,8 @@ impl Inspector for Pipeline {
         let Some(policy) = &self.policy else {
             return false;
         };
+        // Read as the record of a refused tag reads it, its whitespace folded.
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
         // From the session's domain: its account is not known yet.
         let verdict = policy.current().evaluate(&Subject {
             direction: custos_policy::Direction::Outbound,
@@ -1023,7 +1042,7 @@ impl Inspector for Pipeline {
             stanza_type: None,
             from: Some(&session.domain),
             to: None,
-            body: Some(text),
+            body: Some(&text),
             subject: None,
             e2ee: None,
             room: custos_policy::RoomFacts::default(),
@@ -1404,11 +1423,7 @@ fn redact(
         wrapped_message(&mut stanza, item.view.forwarded.as_ref()?.child)?
     };
     // No redaction takes a word out of the session's own address.
-    if c.extra
-        .iter()
-        .zip(delivered_extra)
-        .any(|(t, d)| d.is_some() && matches!(t.child, BOUND_RESOURCE | BIND2_TAG))
-    {
+    if in_own_address(c, delivered_extra) {
         return None;
     }
     // An error's condition cannot go with its text: what is left would be no error.
