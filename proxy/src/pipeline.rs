@@ -46,9 +46,9 @@ use crate::relay_state::{bare, Copy};
 use crate::reply::{stanza_error, ErrorType};
 use crate::rooms::{RoomContext, Rooms};
 use crate::stanza::{
-    bind2_tag, bound_resource, fetched_texts, forwarded_texts, is_clients_address, published_texts,
-    stanza_attr_words, E2ee, EditKind, ExtraText, StanzaKind, StanzaView, BIND2_TAG,
-    BOUND_RESOURCE, NS_ADDRESS, OWN_TEXT, TO_RESOURCE,
+    bind2_tag, bound_resource, created_room, fetched_texts, forwarded_texts, is_clients_address,
+    published_texts, stanza_attr_words, E2ee, EditKind, ExtraText, StanzaKind, StanzaView,
+    BIND2_TAG, BOUND_RESOURCE, NS_ADDRESS, OWN_TEXT, ROOM_NODE, TO_RESOURCE,
 };
 use crate::xml::Element;
 
@@ -310,13 +310,58 @@ impl Content<'_> {
     }
 }
 
-/// Whether a text redaction changed is the resource of the session's own address (the
-/// one it binds, or a Bind2 tag it asked for), which no redaction can change.
+/// A room the user created whose name policy refuses: the user's client gets the entry's
+/// refusal from the room's address, and the room the user's unavailable presence.
+fn refused_room(item: &Inspected<'_>) -> Outcome {
+    let room = item.view.from.clone().unwrap_or_default();
+    let mut error = Element::new("presence", item.stanza.root.ns.clone())
+        .with_attr("type", "error")
+        .with_attr("from", &room);
+    if let Some(to) = item.view.to.as_deref() {
+        error.set_attr("to", to);
+    }
+    error.push_child(Element::new("x", crate::rooms::NS_MUC));
+    error.push_child(
+        Element::new("error", item.stanza.root.ns.clone())
+            .with_attr("type", "cancel")
+            .with_child(Element::new(
+                "policy-violation",
+                crate::stream::NS_STANZA_ERRORS,
+            ))
+            .with_child(
+                Element::new("text", crate::stream::NS_STANZA_ERRORS)
+                    .with_attr("xml:lang", "en")
+                    .with_text(ROOM_NAME_TEXT),
+            ),
+    );
+    let leave = Element::new("presence", item.stanza.root.ns.clone())
+        .with_attr("type", "unavailable")
+        .with_attr("to", &room);
+    let mut delivered = Vec::new();
+    error.write_to(&mut delivered);
+    let mut left = Vec::new();
+    leave.write_to(&mut left);
+    Outcome {
+        decision: Decision::Replace(delivered),
+        inject: Injections {
+            to_client: Vec::new(),
+            to_upstream: vec![left],
+        },
+    }
+}
+
+/// What a user whose new room's name policy refuses is told.
+const ROOM_NAME_TEXT: &str =
+    "This room's name is refused by the firm's policy; the room was left. Choose another name.";
+
+/// Whether a text redaction changed is in an address the user named: the resource of the
+/// session's own address (the one it binds, or a Bind2 tag it asked for), or the name
+/// of a room it created. No redaction can change an address.
 fn in_own_address(c: &Content<'_>, delivered_extra: &[Option<String>]) -> bool {
     c.extra
         .iter()
         .zip(delivered_extra)
-        .any(|(t, d)| d.is_some() && matches!(t.child, BOUND_RESOURCE | BIND2_TAG))
+        .any(|(t, d)| d.is_some() && matches!(t.child, BOUND_RESOURCE | BIND2_TAG | ROOM_NODE))
 }
 
 fn same_bare(a: &str, b: &str) -> bool {
@@ -567,9 +612,10 @@ fn judge_texts(
     let mut verdict = policy.evaluate(&subject);
     let mut delivered = Vec::with_capacity(c.extra.len());
     for text in &c.extra {
-        // The resource a session binds goes out in every address it sends from: it is
-        // the user's words to the server and beyond, not the server's answer's.
-        let other = if text.child == BOUND_RESOURCE {
+        // The resource a session binds goes out in every address it sends from, and the
+        // name of a room it created in the room's: they are the user's words to the
+        // server and beyond, not the words of the answer that reports them.
+        let other = if matches!(text.child, BOUND_RESOURCE | ROOM_NODE) {
             policy.evaluate(&Subject {
                 direction: custos_policy::Direction::Outbound,
                 from: subject.to,
@@ -788,7 +834,7 @@ impl Pipeline {
             if redaction.is_none() {
                 let rules: Vec<&str> = v.rules.iter().map(|r| r.as_str()).collect();
                 if in_own_address(c, &delivered_extra) {
-                    info!(?rules, "a redacted word is in the session's own address, which no redaction can change; refused instead");
+                    info!(?rules, "a redacted word is in an address the user named, which no redaction can change; refused instead");
                 } else {
                     warn!(
                         ?rules,
@@ -957,6 +1003,14 @@ impl Pipeline {
                     inject: Injections::default(),
                 }
             }
+            // A room whose name policy refuses was created all the same (the server
+            // answers the entry that creates it): the user leaves it at once, and the
+            // server destroys a new room nobody is in. The user's client is told the
+            // entry was refused.
+            custos_policy::Action::Block if c.extra.iter().any(|t| t.child == ROOM_NODE) => {
+                info!(rules = ?verdict.rules.iter().map(|r| r.as_str()).collect::<Vec<_>>(), "a room whose name policy refuses was created; its creator leaves it");
+                refused_room(item)
+            }
             custos_policy::Action::Block => {
                 info!(rules = ?verdict.rules.iter().map(|r| r.as_str()).collect::<Vec<_>>(), "stanza blocked by policy");
                 let text = verdict
@@ -1064,11 +1118,18 @@ impl Inspector for Pipeline {
                 .increment(1);
             return refuse(&item, ErrorType::Cancel, "not-acceptable", PEER_FILE_TEXT).into();
         }
-        let c = content(&item);
+        let mut c = content(&item);
         let direct_presence = item.view.kind == StanzaKind::Presence && item.copy == Copy::Direct;
         if let (Direction::Inbound, true, Some(account)) =
             (item.direction, direct_presence, &item.session.jid)
         {
+            // A room this session asked to enter says the session created it: its name
+            // is the user's words, shown to everyone who finds or enters the room.
+            if let Some(from) = item.view.from.as_deref() {
+                if self.rooms.asked(account, from) {
+                    c.extra.extend(created_room(&item.stanza.root));
+                }
+            }
             self.rooms.observe(account, &item.stanza.root);
         }
         let room = room_context(&self.rooms, &item, &c);
@@ -1965,6 +2026,59 @@ mod tests {
         assert!(content(&picked.item(Direction::Inbound, Copy::Direct))
             .extra
             .is_empty());
+    }
+
+    /// A room's name is picked by whoever creates it and read by everyone who finds or
+    /// enters it. The room's own presence telling a session that asked to enter it that
+    /// it created it (status codes 110 and 201) is judged on the room's name as the
+    /// user's words: refused, the entry is answered with its refusal from the room and
+    /// the user leaves the room. The same presence to a session that never asked to
+    /// enter the room (anyone may send a presence) names nothing.
+    #[tokio::test]
+    async fn a_room_the_user_created_is_judged_on_its_name() {
+        let p = pipeline(CARD_RULES);
+        let created = "<presence from='falcon-plans@muc.x/alice' to='alice@x/r'>\
+            <x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='owner' role='moderator'/>\
+            <status code='110'/><status code='201'/></x></presence>";
+        let out = outcome(&p, created, Direction::Inbound, Copy::Direct).await;
+        assert!(matches!(out.decision, Decision::Forward), "{out:?}");
+        // The entry names the room; its name is not read until the room says who made it.
+        let entry = "<presence to='falcon-plans@muc.x/alice'><x xmlns='http://jabber.org/protocol/muc'/></presence>";
+        let out = outcome(&p, entry, Direction::Outbound, Copy::Direct).await;
+        assert!(matches!(out.decision, Decision::Forward), "{out:?}");
+        let out = outcome(&p, created, Direction::Inbound, Copy::Direct).await;
+        let Decision::Replace(delivered) = &out.decision else {
+            panic!("{out:?}");
+        };
+        let delivered = String::from_utf8_lossy(delivered);
+        assert!(
+            delivered.contains("type='error'") || delivered.contains("type=\"error\""),
+            "{delivered}"
+        );
+        assert!(delivered.contains("policy-violation"), "{delivered}");
+        assert!(
+            delivered.contains("falcon-plans@muc.x/alice"),
+            "{delivered}"
+        );
+        let left: Vec<String> = out
+            .inject
+            .to_upstream
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect();
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert!(
+            left[0].contains("unavailable") && left[0].contains("falcon-plans@muc.x/alice"),
+            "{left:?}"
+        );
+        // Entering a room someone else made (no status 201) reads no name.
+        let entry = "<presence to='falcon-talk@muc.x/alice'><x xmlns='http://jabber.org/protocol/muc'/></presence>";
+        outcome(&p, entry, Direction::Outbound, Copy::Direct).await;
+        let joined = "<presence from='falcon-talk@muc.x/alice' to='alice@x/r'>\
+            <x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='none' role='participant'/>\
+            <status code='110'/></x></presence>";
+        let out = outcome(&p, joined, Direction::Inbound, Copy::Direct).await;
+        assert!(matches!(out.decision, Decision::Forward), "{out:?}");
     }
 
     /// A Bind2 tag (XEP-0386) becomes part of the resource the server binds: policy

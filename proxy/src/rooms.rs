@@ -177,6 +177,14 @@ impl Rooms {
             .is_some_and(|r| r.confirmed)
     }
 
+    /// Whether the session `account` asked to enter the room of `jid` (and has not left).
+    pub fn asked(&self, account: &str, jid: &str) -> bool {
+        self.read()
+            .by_account
+            .get(account)
+            .is_some_and(|rooms| rooms.contains(&room_key(jid)))
+    }
+
     /// What is known about an outbound stanza from `account` to `peer`, or an inbound one
     /// from `peer`, other than an entry (see [`Rooms::enter`]).
     pub fn context(

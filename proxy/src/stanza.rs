@@ -77,7 +77,7 @@ impl ExtraText {
     /// track, a location, bookmarks). Each is judged like any text, and its stanza
     /// recorded when a rule matched it.
     pub fn makes_content(&self) -> bool {
-        !matches!(&*self.kind, "nick" | "profile" | "error")
+        !matches!(&*self.kind, "nick" | "profile" | "error" | "room")
     }
 }
 
@@ -99,6 +99,38 @@ pub const BOUND_RESOURCE: usize = usize::MAX - 2;
 /// server would make part of the session's resource: read once it was taken out of the
 /// request, to record what the user tried to bind.
 pub const BIND2_TAG: usize = usize::MAX - 3;
+
+/// The [`ExtraText::child`] of the name of a room its creator picked: the node of the
+/// room's address, which everyone who finds or enters the room reads. In an address, so
+/// no redaction can take it out.
+pub const ROOM_NODE: usize = usize::MAX - 4;
+
+/// The node of the room that sent `el`, as a `room` text, when `el` is the room's own
+/// presence to its creator: available, with `muc#user` status codes 110 (the recipient's
+/// own presence) and 201 (the room was created). Nothing for any other element.
+pub fn created_room(el: &Element) -> Vec<ExtraText> {
+    let mut out = Vec::new();
+    let codes: Vec<&str> = el
+        .child("x", crate::rooms::NS_MUC_USER)
+        .into_iter()
+        .flat_map(Element::children)
+        .filter(|c| c.is("status", crate::rooms::NS_MUC_USER))
+        .filter_map(|c| c.attr("code"))
+        .collect();
+    let created = el.name == "presence"
+        && el.attr("type").is_none()
+        && codes.contains(&"110")
+        && codes.contains(&"201");
+    let node = el
+        .attr("from")
+        .and_then(|f| f.split('/').next())
+        .and_then(|bare| bare.split_once('@'))
+        .map(|(node, _)| node);
+    if let (true, Some(node)) = (created, node) {
+        push_folded(&mut out, "room", None, node, ROOM_NODE);
+    }
+    out
+}
 
 /// The tag of the Bind2 request `el` (`<bind xmlns='urn:xmpp:bind:0'>`, as a client
 /// puts it in its SASL2 `<authenticate/>`), as a `nick` text. Nothing for any other

@@ -1169,6 +1169,79 @@ async fn a_bind2_tag_policy_refuses_never_becomes_the_resource() -> TestResult {
     Ok(())
 }
 
+/// A room's address is named by whoever creates it and is shown to everyone who finds or
+/// enters the room. The room Custos sees a user create (the room's own presence to that
+/// user with status 201, answering an entry the session asked for) is judged on its name
+/// as words the user sends. One a rule refuses is left at once (the server destroys a
+/// new room nobody is in) and the user is told `<policy-violation/>`; one a rule flags is
+/// on the record. Entering a room that already exists reads no name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_named_by_its_creator_is_judged() -> TestResult {
+    let rig = rig(
+        "capture-room-name",
+        Some(
+            "[[rule]]\nid = \"codename\"\nwhen = { body = { regex = \"(?i)falcon\" } }\naction = \"block\"\n\n\
+             [[rule]]\nid = \"watch\"\nwhen = { body = { regex = \"(?i)kestrel\" } }\naction = \"flag\"\n",
+        ),
+    )?;
+    let mut alice = login(&rig, "alice", "laptop").await?;
+    let entry = |room: &str| {
+        format!("<presence to='{room}@conference.example.test/alice'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
+    };
+    let from_room = |room: &'static str| {
+        move |e: &custos_proxy::xml::Element| {
+            e.name == "presence"
+                && e.attr("from")
+                    .is_some_and(|f| f.starts_with(&format!("{room}@conference.example.test/")))
+        }
+    };
+    alice.send(&entry("falcon-plans")).await?;
+    let answer = alice.until(from_room("falcon-plans")).await?;
+    assert_eq!(answer.attr("type"), Some("error"), "{}", alice.transcript);
+    assert!(
+        alice.transcript.contains("policy-violation"),
+        "{}",
+        alice.transcript
+    );
+    let hits = settled_copies(&rig, "falcon", 1)?;
+    assert_eq!(hits.len(), 1, "{hits:#?}\n{}", rig.context());
+    assert_eq!(hits[0]["action"], "block", "{:#}", hits[0]);
+    assert!(rules_of(&hits[0]).contains(&"codename"), "{:#}", hits[0]);
+    // Alice left it: someone straight at the server who enters it creates it anew.
+    let mut carol = login_direct(&rig, "carol", "desk").await?;
+    carol.send("<presence to='falcon-plans@conference.example.test/carol'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
+        .await?;
+    let own = carol.until(from_room("falcon-plans")).await?;
+    assert!(
+        own.children()
+            .flat_map(|x| x.children())
+            .any(|c| c.name == "status" && c.attr("code") == Some("201")),
+        "the room was still there: {}",
+        carol.transcript
+    );
+
+    // A flagged name: the room is entered, and its creation is on the record.
+    alice.send(&entry("kestrel-desk")).await?;
+    let answer = alice.until(from_room("kestrel-desk")).await?;
+    assert_eq!(answer.attr("type"), None, "{}", alice.transcript);
+    let hits = settled_copies(&rig, "kestrel", 1)?;
+    assert_eq!(hits.len(), 1, "{hits:#?}");
+    assert_eq!(hits[0]["action"], "flag", "{:#}", hits[0]);
+    assert!(rules_of(&hits[0]).contains(&"watch"), "{:#}", hits[0]);
+    // Bob enters the room Alice made: he names nothing, and nothing more is recorded.
+    let mut bob = login(&rig, "bob", "phone").await?;
+    bob.send("<presence to='kestrel-desk@conference.example.test/bob'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
+        .await?;
+    bob.until(from_room("kestrel-desk")).await?;
+    // A plain name makes no record.
+    alice.send(&entry("lunch-orders")).await?;
+    alice.until(from_room("lunch-orders")).await?;
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(rig.search_copies("kestrel")?.len(), 1);
+    assert!(rig.search_copies("lunch")?.is_empty());
+    Ok(())
+}
+
 /// A client that ends its stream with a stream error (as clients do when what they
 /// received is not well-formed) is logged as objecting, with its condition, not blamed
 /// as a faulty client; its text is quoted escaped.
