@@ -310,10 +310,36 @@ impl Content<'_> {
     }
 }
 
+/// Whether policy refuses (blocks or redacts) the name of a room the user created, on
+/// its own, as words the user sends: the reason a presence that reports it is refused.
+fn room_name_refused(policy: &PolicyHandle, c: &Content<'_>, room: &RoomContext) -> bool {
+    let Some(name) = c.extra.iter().find(|t| t.child == ROOM_NODE) else {
+        return false;
+    };
+    with_subject(c, room, |subject| {
+        let verdict = policy.current().evaluate(&Subject {
+            direction: custos_policy::Direction::Outbound,
+            from: subject.to,
+            to: subject.from,
+            body: Some(&name.text),
+            subject: None,
+            ..subject
+        });
+        matches!(
+            verdict.action,
+            custos_policy::Action::Block | custos_policy::Action::Redact
+        )
+    })
+    .unwrap_or(false)
+}
+
 /// A room the user created whose name policy refuses: the user's client gets the entry's
-/// refusal from the room's address, and the room the user's unavailable presence.
+/// refusal from the room's address; the room gets its owner's request to destroy it (a
+/// script could have made it persistent before its answer reached Custos, or someone
+/// else could have entered it), then the user's unavailable presence.
 fn refused_room(item: &Inspected<'_>) -> Outcome {
     let room = item.view.from.clone().unwrap_or_default();
+    let bare = room.split('/').next().unwrap_or_default().to_owned();
     let mut error = Element::new("presence", item.stanza.root.ns.clone())
         .with_attr("type", "error")
         .with_attr("from", &room);
@@ -334,25 +360,37 @@ fn refused_room(item: &Inspected<'_>) -> Outcome {
                     .with_text(ROOM_NAME_TEXT),
             ),
     );
+    let destroy = Element::new("iq", item.stanza.root.ns.clone())
+        .with_attr("type", "set")
+        .with_attr("id", "custos-refused-room")
+        .with_attr("to", &bare)
+        .with_child(
+            Element::new("query", crate::stanza::NS_MUC_OWNER).with_child(
+                Element::new("destroy", crate::stanza::NS_MUC_OWNER).with_child(
+                    Element::new("reason", crate::stanza::NS_MUC_OWNER).with_text(ROOM_NAME_TEXT),
+                ),
+            ),
+        );
     let leave = Element::new("presence", item.stanza.root.ns.clone())
         .with_attr("type", "unavailable")
         .with_attr("to", &room);
-    let mut delivered = Vec::new();
-    error.write_to(&mut delivered);
-    let mut left = Vec::new();
-    leave.write_to(&mut left);
+    let bytes = |e: &Element| {
+        let mut out = Vec::new();
+        e.write_to(&mut out);
+        out
+    };
     Outcome {
-        decision: Decision::Replace(delivered),
+        decision: Decision::Replace(bytes(&error)),
         inject: Injections {
             to_client: Vec::new(),
-            to_upstream: vec![left],
+            to_upstream: vec![bytes(&destroy), bytes(&leave)],
         },
     }
 }
 
 /// What a user whose new room's name policy refuses is told.
 const ROOM_NAME_TEXT: &str =
-    "This room's name is refused by the firm's policy; the room was left. Choose another name.";
+    "This room's name is refused by the firm's policy; the room was closed. Choose another name.";
 
 /// Whether a text redaction changed is in an address the user named: the resource of the
 /// session's own address (the one it binds, or a Bind2 tag it asked for), or the name
@@ -1004,11 +1042,15 @@ impl Pipeline {
                 }
             }
             // A room whose name policy refuses was created all the same (the server
-            // answers the entry that creates it): the user leaves it at once, and the
-            // server destroys a new room nobody is in. The user's client is told the
-            // entry was refused.
-            custos_policy::Action::Block if c.extra.iter().any(|t| t.child == ROOM_NODE) => {
-                info!(rules = ?verdict.rules.iter().map(|r| r.as_str()).collect::<Vec<_>>(), "a room whose name policy refuses was created; its creator leaves it");
+            // answers the entry that creates it): it is destroyed at once, by its owner,
+            // and the user leaves it. The user's client is told the entry was refused.
+            custos_policy::Action::Block
+                if self
+                    .policy
+                    .as_ref()
+                    .is_some_and(|p| room_name_refused(p, c, room)) =>
+            {
+                info!(rules = ?verdict.rules.iter().map(|r| r.as_str()).collect::<Vec<_>>(), "a room whose name policy refuses was created; it is destroyed");
                 refused_room(item)
             }
             custos_policy::Action::Block => {
@@ -2066,11 +2108,25 @@ mod tests {
             .iter()
             .map(|b| String::from_utf8_lossy(b).into_owned())
             .collect();
-        assert_eq!(left.len(), 1, "{left:?}");
+        assert_eq!(left.len(), 2, "{left:?}");
         assert!(
-            left[0].contains("unavailable") && left[0].contains("falcon-plans@muc.x/alice"),
+            left[0].contains("<destroy") && left[0].contains("to='falcon-plans@muc.x'"),
             "{left:?}"
         );
+        assert!(
+            left[1].contains("unavailable") && left[1].contains("falcon-plans@muc.x/alice"),
+            "{left:?}"
+        );
+        // A created room's presence refused for another of its words is refused as any
+        // presence is: the room is not destroyed for a name nobody refused.
+        let entry = "<presence to='lunch@muc.x/alice'><x xmlns='http://jabber.org/protocol/muc'/></presence>";
+        outcome(&p, entry, Direction::Outbound, Copy::Direct).await;
+        let created = "<presence from='lunch@muc.x/alice' to='alice@x/r'><status>card 4111 1111 1111 1111</status>\
+            <x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='owner' role='moderator'/>\
+            <status code='110'/><status code='201'/></x></presence>";
+        let out = outcome(&p, created, Direction::Inbound, Copy::Direct).await;
+        assert!(matches!(out.decision, Decision::Refuse { .. }), "{out:?}");
+        assert!(out.inject.to_upstream.is_empty(), "{out:?}");
         // Entering a room someone else made (no status 201) reads no name.
         let entry = "<presence to='falcon-talk@muc.x/alice'><x xmlns='http://jabber.org/protocol/muc'/></presence>";
         outcome(&p, entry, Direction::Outbound, Copy::Direct).await;

@@ -127,8 +127,46 @@ pub fn created_room(el: &Element) -> Vec<ExtraText> {
         .and_then(|bare| bare.split_once('@'))
         .map(|(node, _)| node);
     if let (true, Some(node)) = (created, node) {
-        push_folded(&mut out, "room", None, node, ROOM_NODE);
+        push_folded(&mut out, "room", None, &unescape_node(node), ROOM_NODE);
     }
+    out
+}
+
+/// A JID node with the escapes of XEP-0106 undone (`falcon\20plans` is shown as
+/// `falcon plans`); any other backslash stays as written.
+fn unescape_node(node: &str) -> String {
+    const ESCAPES: [(&str, char); 10] = [
+        ("\\20", ' '),
+        ("\\22", '"'),
+        ("\\26", '&'),
+        ("\\27", '\''),
+        ("\\2f", '/'),
+        ("\\3a", ':'),
+        ("\\3c", '<'),
+        ("\\3e", '>'),
+        ("\\40", '@'),
+        ("\\5c", '\\'),
+    ];
+    let mut out = String::with_capacity(node.len());
+    let mut rest = node;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        match ESCAPES
+            .iter()
+            .find(|(e, _)| tail.get(..3).is_some_and(|t| t.eq_ignore_ascii_case(e)))
+        {
+            Some((_, c)) => {
+                out.push(*c);
+                rest = &tail[3..];
+            }
+            None => {
+                out.push('\\');
+                rest = &tail[1..];
+            }
+        }
+    }
+    out.push_str(rest);
     out
 }
 
@@ -1609,6 +1647,48 @@ mod tests {
         let mut scope = NsScope::new();
         scope.declare(vec![(None, NS_CLIENT.to_owned())]);
         Ok(StanzaView::of(&parse_element(s, &scope)?))
+    }
+
+    /// The name of a room the recipient created is read from the room's own presence,
+    /// with XEP-0106 escapes undone; a presence without both status codes, or of
+    /// another type, names nothing.
+    #[test]
+    fn a_created_rooms_name_is_read_with_its_escapes_undone() -> Result<(), FrameError> {
+        let mut scope = NsScope::new();
+        scope.declare(vec![(None, NS_CLIENT.to_owned())]);
+        let presence = |from: &str, codes: &str, kind: &str| {
+            parse_element(
+                &format!(
+                    "<presence from='{from}'{kind}><x xmlns='http://jabber.org/protocol/muc#user'>{codes}</x></presence>"
+                ),
+                &scope,
+            )
+        };
+        let both = "<status code='110'/><status code='201'/>";
+        let names = |el: &Element| -> Vec<String> {
+            created_room(el).into_iter().map(|t| t.text).collect()
+        };
+        assert_eq!(
+            names(&presence("falcon\\20plans@muc.x/a\\40b", both, "")?),
+            ["falcon plans"]
+        );
+        assert_eq!(
+            names(&presence("a\\5C27\\x\\@muc.x/n", both, "")?),
+            ["a\\27\\x\\"]
+        );
+        assert_eq!(
+            names(&presence("falcon@muc.x/n", "<status code='110'/>", "")?),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            names(&presence("falcon@muc.x/n", both, " type='unavailable'")?),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            names(&presence("muc.x/falcon@x", both, "")?),
+            Vec::<String>::new()
+        );
+        Ok(())
     }
 
     #[test]

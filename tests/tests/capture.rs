@@ -1180,8 +1180,9 @@ async fn a_room_named_by_its_creator_is_judged() -> TestResult {
     let rig = rig(
         "capture-room-name",
         Some(
-            "[[rule]]\nid = \"codename\"\nwhen = { body = { regex = \"(?i)falcon\" } }\naction = \"block\"\n\n\
-             [[rule]]\nid = \"watch\"\nwhen = { body = { regex = \"(?i)kestrel\" } }\naction = \"flag\"\n",
+            // What the user sends: a room's name is judged as the user's words.
+            "[[rule]]\nid = \"codename\"\nwhen = { direction = \"outbound\", body = { regex = \"(?i)falcon\" } }\naction = \"block\"\n\n\
+             [[rule]]\nid = \"watch\"\nwhen = { direction = \"outbound\", body = { regex = \"(?i)kestrel\" } }\naction = \"flag\"\n",
         ),
     )?;
     let mut alice = login(&rig, "alice", "laptop").await?;
@@ -1217,6 +1218,40 @@ async fn a_room_named_by_its_creator_is_judged() -> TestResult {
             .flat_map(|x| x.children())
             .any(|c| c.name == "status" && c.attr("code") == Some("201")),
         "the room was still there: {}",
+        carol.transcript
+    );
+
+    // A script that makes the room persistent before the room's answer reaches Custos
+    // does not keep it: the refused room is destroyed, not only left.
+    alice
+        .send(&format!(
+            "{}<iq type='set' id='keep' to='falcon-keep@conference.example.test'>\
+             <query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'>\
+             <field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>\
+             <field var='muc#roomconfig_persistentroom'><value>1</value></field></x></query></iq>",
+            entry("falcon-keep")
+        ))
+        .await?;
+    let answer = alice.until(from_room("falcon-keep")).await?;
+    assert_eq!(answer.attr("type"), Some("error"), "{}", alice.transcript);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    carol
+        .send("<presence to='falcon-keep@conference.example.test/carol'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
+        .await?;
+    // Prosody keeps a destroyed persistent room's tombstone: an entry gets `<gone/>`.
+    let own = carol.until(from_room("falcon-keep")).await?;
+    let created_anew = own
+        .children()
+        .flat_map(|x| x.children())
+        .any(|c| c.name == "status" && c.attr("code") == Some("201"));
+    let gone = own.attr("type") == Some("error")
+        && own
+            .children()
+            .flat_map(|x| x.children())
+            .any(|c| c.name == "gone");
+    assert!(
+        created_anew || gone,
+        "the persistent room was still there: {}",
         carol.transcript
     );
 
