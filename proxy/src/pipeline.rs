@@ -142,6 +142,9 @@ struct Content<'a> {
     /// A wrapper nobody vouches for: recorded as the stanza itself, its wrapped text kept.
     forged_wrapper: bool,
     extra: Vec<ExtraText>,
+    /// The room this presence says the user created is closed, as policy refuses its
+    /// name.
+    room_closed: bool,
 }
 
 fn content<'a>(item: &Inspected<'a>) -> Content<'a> {
@@ -165,6 +168,7 @@ fn content<'a>(item: &Inspected<'a>) -> Content<'a> {
                 // The server vouches for its wrapper, not for one a client put inside.
                 forged_wrapper: inner.forwarded.is_some(),
                 extra: texts_of(inner),
+                room_closed: false,
             }
         })
     };
@@ -267,6 +271,7 @@ fn content<'a>(item: &Inspected<'a>) -> Content<'a> {
         via: Via::Direct,
         forged_wrapper: outer.forwarded.is_some(),
         extra,
+        room_closed: false,
     }
 }
 
@@ -312,11 +317,11 @@ impl Content<'_> {
 
 /// Whether policy refuses (blocks or redacts) the name of a room the user created, on
 /// its own, as words the user sends: the reason a presence that reports it is refused.
-fn room_name_refused(policy: &PolicyHandle, c: &Content<'_>, room: &RoomContext) -> bool {
+fn room_name_refused(policy: &PolicyHandle, c: &Content<'_>) -> bool {
     let Some(name) = c.extra.iter().find(|t| t.child == ROOM_NODE) else {
         return false;
     };
-    with_subject(c, room, |subject| {
+    with_subject(c, &RoomContext::default(), |subject| {
         let verdict = policy.current().evaluate(&Subject {
             direction: custos_policy::Direction::Outbound,
             from: subject.to,
@@ -362,7 +367,7 @@ fn refused_room(item: &Inspected<'_>) -> Outcome {
     );
     let destroy = Element::new("iq", item.stanza.root.ns.clone())
         .with_attr("type", "set")
-        .with_attr("id", "custos-refused-room")
+        .with_attr("id", DESTROY_ID)
         .with_attr("to", &bare)
         .with_child(
             Element::new("query", crate::stanza::NS_MUC_OWNER).with_child(
@@ -387,6 +392,13 @@ fn refused_room(item: &Inspected<'_>) -> Outcome {
         },
     }
 }
+
+/// The id of the request destroying a room closed for its name; its answer is Custos's.
+const DESTROY_ID: &str = "custos-refused-room";
+
+/// What a client that configures a room too early, or one closed for its name, is told.
+const CONFIGURE_EARLY_TEXT: &str =
+    "Configure a room once it has answered your entry; a room closed by the firm's policy takes no configuration.";
 
 /// What a user whose new room's name policy refuses is told.
 const ROOM_NAME_TEXT: &str =
@@ -1044,12 +1056,7 @@ impl Pipeline {
             // A room whose name policy refuses was created all the same (the server
             // answers the entry that creates it): it is destroyed at once, by its owner,
             // and the user leaves it. The user's client is told the entry was refused.
-            custos_policy::Action::Block
-                if self
-                    .policy
-                    .as_ref()
-                    .is_some_and(|p| room_name_refused(p, c, room)) =>
-            {
+            _ if c.room_closed => {
                 info!(rules = ?verdict.rules.iter().map(|r| r.as_str()).collect::<Vec<_>>(), "a room whose name policy refuses was created; it is destroyed");
                 refused_room(item)
             }
@@ -1166,13 +1173,59 @@ impl Inspector for Pipeline {
             (item.direction, direct_presence, &item.session.jid)
         {
             // A room this session asked to enter says the session created it: its name
-            // is the user's words, shown to everyone who finds or enters the room.
+            // is the user's words, shown to everyone who finds or enters the room. One
+            // policy refuses is closed: not followed, and not to be configured, from
+            // here on.
             if let Some(from) = item.view.from.as_deref() {
                 if self.rooms.asked(account, from) {
                     c.extra.extend(created_room(&item.stanza.root));
+                    c.room_closed = self
+                        .policy
+                        .as_ref()
+                        .is_some_and(|p| room_name_refused(p, &c));
+                    if c.room_closed {
+                        self.rooms.close(account, from);
+                    }
                 }
             }
-            self.rooms.observe(account, &item.stanza.root);
+            if !c.room_closed {
+                self.rooms.observe(account, &item.stanza.root);
+            }
+        }
+        // A room's owner and administrator requests wait for the room's answer to the
+        // session's entry, and a room closed for its name takes none: a script could
+        // otherwise keep a room whose name policy refuses (made persistent, its
+        // ownership handed on) before Custos can close it.
+        if let (Direction::Outbound, StanzaKind::Iq, Some(account), Some(to)) = (
+            item.direction,
+            item.view.kind,
+            item.session.jid.as_deref(),
+            item.view.to.as_deref(),
+        ) {
+            let configures = item.stanza.root.children().any(|q| {
+                q.name == "query"
+                    && (q.ns == crate::stanza::NS_MUC_OWNER || q.ns == crate::stanza::NS_MUC_ADMIN)
+            });
+            if configures && !self.rooms.may_configure(account, to) {
+                info!(to, "a room's owner or administrator request refused: the room has not answered the entry, or is closed for its name");
+                return refuse(&item, ErrorType::Wait, "not-allowed", CONFIGURE_EARLY_TEXT).into();
+            }
+        }
+        // The answer to the request that destroys a room closed for its name is for
+        // Custos, not the client.
+        if item.direction == Direction::Inbound
+            && item.view.kind == StanzaKind::Iq
+            && item.view.id.as_deref() == Some(DESTROY_ID)
+            && matches!(item.view.stanza_type.as_deref(), Some("result" | "error"))
+        {
+            if item.view.stanza_type.as_deref() == Some("error") {
+                warn!(room = ?item.view.from, "a room closed for its name could not be destroyed; it stays, without this session");
+            }
+            return Outcome {
+                decision: Decision::Refuse { error: None },
+                inject: Injections::default(),
+            }
+            .into();
         }
         let room = room_context(&self.rooms, &item, &c);
         if room.full {
@@ -2117,6 +2170,32 @@ mod tests {
             left[1].contains("unavailable") && left[1].contains("falcon-plans@muc.x/alice"),
             "{left:?}"
         );
+        // The closed room takes no configuration, and its destruction's answer is
+        // Custos's.
+        let configure = "<iq to='falcon-plans@muc.x' type='set' id='k1'><query xmlns='http://jabber.org/protocol/muc#admin'>\
+            <item jid='mallory@elsewhere' affiliation='owner'/></query></iq>";
+        let out = outcome(&p, configure, Direction::Outbound, Copy::Direct).await;
+        assert!(matches!(out.decision, Decision::Refuse { .. }), "{out:?}");
+        let answer =
+            "<iq from='falcon-plans@muc.x' to='alice@x/r' type='result' id='custos-refused-room'/>";
+        let out = outcome(&p, answer, Direction::Inbound, Copy::Direct).await;
+        assert!(
+            matches!(out.decision, Decision::Refuse { error: None }),
+            "{out:?}"
+        );
+        // A room's owner requests wait for the room's answer to the entry.
+        let entry = "<presence to='osprey@muc.x/alice'><x xmlns='http://jabber.org/protocol/muc'/></presence>";
+        outcome(&p, entry, Direction::Outbound, Copy::Direct).await;
+        let configure = configure.replace("falcon-plans", "osprey");
+        let out = outcome(&p, &configure, Direction::Outbound, Copy::Direct).await;
+        assert!(matches!(out.decision, Decision::Refuse { .. }), "{out:?}");
+        let created = "<presence from='osprey@muc.x/alice' to='alice@x/r'>\
+            <x xmlns='http://jabber.org/protocol/muc#user'><item affiliation='owner' role='moderator'/>\
+            <status code='110'/><status code='201'/></x></presence>";
+        let out = outcome(&p, created, Direction::Inbound, Copy::Direct).await;
+        assert!(matches!(out.decision, Decision::Forward), "{out:?}");
+        let out = outcome(&p, &configure, Direction::Outbound, Copy::Direct).await;
+        assert!(matches!(out.decision, Decision::Forward), "{out:?}");
         // A created room's presence refused for another of its words is refused as any
         // presence is: the room is not destroyed for a name nobody refused.
         let entry = "<presence to='lunch@muc.x/alice'><x xmlns='http://jabber.org/protocol/muc'/></presence>";
@@ -2822,7 +2901,7 @@ mod tests {
             admin("<item jid='bob@x' affiliation='member'/>"),
             vcard("<FN>Alice Smith</FN><PHOTO><TYPE>image/png</TYPE><BINVAL>iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk</BINVAL></PHOTO>"),
             join("Alice Smith"),
-            "<iq to='deals@muc.x' type='get' id='c0'><query xmlns='http://jabber.org/protocol/muc#owner'/></iq>".to_owned(),
+            "<iq to='lounge@muc.x' type='get' id='c0'><query xmlns='http://jabber.org/protocol/muc#owner'/></iq>".to_owned(),
         ] {
             assert!(!content_of(&xml, Copy::Direct, |c| c.has_content()), "{xml}");
             let out = outcome(&p, &xml, Direction::Outbound, Copy::Direct).await;

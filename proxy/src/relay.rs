@@ -1266,13 +1266,18 @@ impl<'a, I: Inspector> Relay<'a, I> {
                 }
             }
         }
-        // The peer's batch first: a sender that cannot take its errors does not hold
-        // back the stanzas already archived before and after the refused one.
+        // Going out, the peer's batch first: a client that cannot take its errors does
+        // not hold back the stanzas already archived before and after the refused one.
+        // Coming in, the server's batch first: a client that stops reading does not hold
+        // back what Custos sends the server (a room closed for its name is destroyed).
         let (to_peer, to_sender) = self.legs(direction);
+        if direction == Direction::Inbound && !sender.counts.is_empty() {
+            to_sender.lock().await.write_batch(&sender).await?;
+        }
         if !peer.counts.is_empty() {
             to_peer.lock().await.write_batch(&peer).await?;
         }
-        if !sender.counts.is_empty() {
+        if direction == Direction::Outbound && !sender.counts.is_empty() {
             to_sender.lock().await.write_batch(&sender).await?;
         }
         Ok(())

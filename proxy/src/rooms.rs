@@ -49,6 +49,9 @@ const MAX_NICK: usize = 1023;
 const MAX_JID: usize = 3071;
 /// How long a session's rooms are kept after its connection ended, for resumption.
 pub const RESUME_GRACE: Duration = Duration::from_secs(900);
+/// How long a room closed for its name may not be configured: its destruction is on its
+/// way well before.
+const CLOSED_FOR: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Default)]
 pub struct Rooms {
@@ -67,6 +70,9 @@ struct State {
     /// Sessions whose connection ended, and when: their rooms go after [`RESUME_GRACE`]
     /// unless the session resumes.
     ended: HashMap<String, Instant>,
+    /// Rooms closed because policy refused their names, and when: no session may
+    /// configure them while their destruction is on its way.
+    closed: HashMap<String, Instant>,
     /// A warning was logged for reaching a limit.
     warned: bool,
 }
@@ -175,6 +181,46 @@ impl Rooms {
             .rooms
             .get(&room_key(jid))
             .is_some_and(|r| r.confirmed)
+    }
+
+    /// The room of `jid`, created by `account`, is closed because policy refused its
+    /// name: the session's entry is undone (the room is not followed), and no session
+    /// may configure the room for [`CLOSED_FOR`].
+    pub fn close(&self, account: &str, jid: &str) {
+        let key = room_key(jid);
+        let mut state = self.lock();
+        let now = Instant::now();
+        state
+            .closed
+            .retain(|_, at| now.duration_since(*at) < CLOSED_FOR);
+        if state.closed.len() < MAX_ROOMS {
+            state.closed.insert(key.clone(), now);
+        }
+        if let Some(n) = nick(jid) {
+            state.remove_account(&key, n, account);
+        }
+    }
+
+    /// Whether the session `account` may send a room's owner or administrator request
+    /// (XEP-0045 `muc#owner`, `muc#admin`) to `jid`: not while the room has not answered
+    /// the session's entry (until then Custos cannot know whether the session created
+    /// it, and what its name is worth), and not to a room closed for its name.
+    pub fn may_configure(&self, account: &str, jid: &str) -> bool {
+        let key = room_key(jid);
+        let state = self.read();
+        if state
+            .closed
+            .get(&key)
+            .is_some_and(|at| at.elapsed() < CLOSED_FOR)
+        {
+            return false;
+        }
+        let asked = state
+            .by_account
+            .get(account)
+            .is_some_and(|rooms| rooms.contains(&key));
+        let confirmed = state.rooms.get(&key).is_some_and(|r| r.confirmed);
+        !asked || confirmed
     }
 
     /// Whether the session `account` asked to enter the room of `jid` (and has not left).

@@ -1221,14 +1221,19 @@ async fn a_room_named_by_its_creator_is_judged() -> TestResult {
         carol.transcript
     );
 
-    // A script that makes the room persistent before the room's answer reaches Custos
-    // does not keep it: the refused room is destroyed, not only left.
+    // A script that makes the room persistent and hands its ownership on before the
+    // room's answer reaches Custos does not keep it: those requests wait for the answer,
+    // and the refused room is destroyed, not only left.
     alice
         .send(&format!(
             "{}<iq type='set' id='keep' to='falcon-keep@conference.example.test'>\
              <query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'>\
              <field var='FORM_TYPE'><value>http://jabber.org/protocol/muc#roomconfig</value></field>\
-             <field var='muc#roomconfig_persistentroom'><value>1</value></field></x></query></iq>",
+             <field var='muc#roomconfig_persistentroom'><value>1</value></field></x></query></iq>\
+             <iq type='set' id='hand-on' to='falcon-keep@conference.example.test'>\
+             <query xmlns='http://jabber.org/protocol/muc#admin'><item jid='bob@example.test' affiliation='owner'/></query></iq>\
+             <iq type='set' id='step-down' to='falcon-keep@conference.example.test'>\
+             <query xmlns='http://jabber.org/protocol/muc#admin'><item jid='alice@example.test' affiliation='member'/></query></iq>",
             entry("falcon-keep")
         ))
         .await?;
