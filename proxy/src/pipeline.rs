@@ -1008,6 +1008,13 @@ impl Pipeline {
         let Some(verdict) = verdict else {
             return Outcome::forward();
         };
+        // A room whose name policy refuses was created all the same (the server answers
+        // the entry that creates it): it is destroyed at once, by its owner, and the
+        // user leaves it. The user's client is told the entry was refused.
+        if c.room_closed {
+            info!(rules = ?verdict.rules.iter().map(|r| r.as_str()).collect::<Vec<_>>(), "a room whose name policy refuses was created; it is destroyed");
+            return refused_room(item);
+        }
         let mut outcome = match verdict.action {
             custos_policy::Action::Allow | custos_policy::Action::Flag => Outcome::forward(),
             custos_policy::Action::Redact => match redaction {
@@ -1052,13 +1059,6 @@ impl Pipeline {
                     decision: Decision::Replace(bare_error(&item.stanza.root)),
                     inject: Injections::default(),
                 }
-            }
-            // A room whose name policy refuses was created all the same (the server
-            // answers the entry that creates it): it is destroyed at once, by its owner,
-            // and the user leaves it. The user's client is told the entry was refused.
-            _ if c.room_closed => {
-                info!(rules = ?verdict.rules.iter().map(|r| r.as_str()).collect::<Vec<_>>(), "a room whose name policy refuses was created; it is destroyed");
-                refused_room(item)
             }
             custos_policy::Action::Block => {
                 info!(rules = ?verdict.rules.iter().map(|r| r.as_str()).collect::<Vec<_>>(), "stanza blocked by policy");
@@ -1217,6 +1217,11 @@ impl Inspector for Pipeline {
             && item.view.kind == StanzaKind::Iq
             && item.view.id.as_deref() == Some(DESTROY_ID)
             && matches!(item.view.stanza_type.as_deref(), Some("result" | "error"))
+            && item
+                .view
+                .from
+                .as_deref()
+                .is_some_and(|f| self.rooms.is_closed(f))
         {
             if item.view.stanza_type.as_deref() == Some("error") {
                 warn!(room = ?item.view.from, "a room closed for its name could not be destroyed; it stays, without this session");

@@ -130,8 +130,9 @@ pub struct RoomContext {
     pub full: bool,
 }
 
-/// The key a room is followed under: its bare JID lowercased, without the empty root
-/// label a trailing dot adds (servers strip it too).
+/// The key a room is followed under: its bare JID as the server reads it (compatibility
+/// forms and case folded, as nodeprep and nameprep do: `ＦALCON@muc.x` is `falcon@muc.x`),
+/// without the empty root label a trailing dot adds (servers strip it too).
 fn room_key(jid: &str) -> String {
     let b = bare(jid);
     let (local, domain) = match b.split_once('@') {
@@ -139,9 +140,15 @@ fn room_key(jid: &str) -> String {
         None => (None, b),
     };
     let domain = domain.trim_end_matches('.');
-    match local {
-        Some(l) => format!("{l}@{domain}").to_lowercase(),
-        None => domain.to_lowercase(),
+    let key = match local {
+        Some(l) => format!("{l}@{domain}"),
+        None => domain.to_owned(),
+    };
+    if key.is_ascii() {
+        key.to_lowercase()
+    } else {
+        use unicode_normalization::UnicodeNormalization;
+        key.nfkc().collect::<String>().to_lowercase()
     }
 }
 
@@ -195,10 +202,23 @@ impl Rooms {
             .retain(|_, at| now.duration_since(*at) < CLOSED_FOR);
         if state.closed.len() < MAX_ROOMS {
             state.closed.insert(key.clone(), now);
+        } else {
+            warn!("more rooms closed for their names within a minute than Custos follows; this one may be configured");
         }
+        // Every nickname the session holds or asked for there (the room may have given
+        // another than asked).
         if let Some(n) = nick(jid) {
+            state.drop_other_nicks(&key, account, n);
             state.remove_account(&key, n, account);
         }
+    }
+
+    /// Whether the room of `jid` was closed for its name within [`CLOSED_FOR`].
+    pub fn is_closed(&self, jid: &str) -> bool {
+        self.read()
+            .closed
+            .get(&room_key(jid))
+            .is_some_and(|at| at.elapsed() < CLOSED_FOR)
     }
 
     /// Whether the session `account` may send a room's owner or administrator request
@@ -215,12 +235,16 @@ impl Rooms {
         {
             return false;
         }
-        let asked = state
+        if state.rooms.get(&key).is_some_and(|r| r.confirmed) {
+            return true;
+        }
+        // The room grants ownership to the account, not the session: an entry any
+        // session of the account is waiting on holds every session's requests.
+        let account = room_key(account);
+        !state
             .by_account
-            .get(account)
-            .is_some_and(|rooms| rooms.contains(&key));
-        let confirmed = state.rooms.get(&key).is_some_and(|r| r.confirmed);
-        !asked || confirmed
+            .iter()
+            .any(|(session, rooms)| room_key(session) == account && rooms.contains(&key))
     }
 
     /// Whether the session `account` asked to enter the room of `jid` (and has not left).
@@ -675,6 +699,42 @@ mod tests {
         el(&format!(
             "<presence from='{ROOM}/{nick}'{kind}><x xmlns='{NS_MUC_USER}'><item affiliation='none' role='participant'{item}{renamed}/>{codes}</x></presence>"
         ))
+    }
+
+    /// A room's owner and administrator requests wait for the room to answer an entry
+    /// any session of the account is waiting on, under the address as the server reads
+    /// it; a room closed for its name takes none, from any session, nor does its
+    /// account follow it any more.
+    #[test]
+    fn configuring_waits_for_the_rooms_answer_and_a_closed_room_takes_none() {
+        let rooms = Rooms::new();
+        let phone = "alice@example.test/phone";
+        rooms.enter(ALICE, &format!("{ROOM}/al"));
+        let fullwidth = "\u{FF24}EALS@conference.example.test";
+        for (session, room) in [(ALICE, ROOM), (phone, ROOM), (phone, fullwidth)] {
+            assert!(!rooms.may_configure(session, room), "{session} {room}");
+        }
+        assert!(
+            rooms.may_configure(BOB, ROOM),
+            "another account is not held"
+        );
+        // The room gives another nickname than asked, then answers.
+        rooms.observe(ALICE, &presence("al2", None, &["110", "210"], None, None));
+        assert!(rooms.may_configure(phone, ROOM));
+        // A room the session created, under another nickname than asked, closed for its
+        // name instead of followed.
+        let other = "falcon@conference.example.test";
+        rooms.enter(ALICE, &format!("{other}/al"));
+        rooms.close(ALICE, &format!("{other}/al2"));
+        assert!(rooms.is_closed("\u{FF26}alcon@conference.example.test"));
+        for session in [ALICE, phone, BOB] {
+            assert!(!rooms.may_configure(session, other), "{session}");
+        }
+        assert!(
+            !rooms.asked(ALICE, other),
+            "every nickname of the session is let go"
+        );
+        assert!(!rooms.is_room(other));
     }
 
     #[test]

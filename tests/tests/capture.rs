@@ -1239,6 +1239,11 @@ async fn a_room_named_by_its_creator_is_judged() -> TestResult {
         .await?;
     let answer = alice.until(from_room("falcon-keep")).await?;
     assert_eq!(answer.attr("type"), Some("error"), "{}", alice.transcript);
+    assert!(
+        alice.transcript.contains("not-allowed"),
+        "the early requests were not refused: {}",
+        alice.transcript
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     carol
         .send("<presence to='falcon-keep@conference.example.test/carol'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
