@@ -1221,6 +1221,15 @@ async fn a_room_named_by_its_creator_is_judged() -> TestResult {
         carol.transcript
     );
 
+    // An address the server prepares (a soft hyphen that shows nothing taken out, a
+    // fullwidth letter folded) names the room the server creates.
+    alice.send(&entry("fal\u{AD}con-soft")).await?;
+    let answer = alice.until(from_room("falcon-soft")).await?;
+    assert_eq!(answer.attr("type"), Some("error"), "{}", alice.transcript);
+    alice.send(&entry("\u{FF46}alcon-wide")).await?;
+    let answer = alice.until(from_room("falcon-wide")).await?;
+    assert_eq!(answer.attr("type"), Some("error"), "{}", alice.transcript);
+
     // A script that makes the room persistent and hands its ownership on before the
     // room's answer reaches Custos does not keep it: those requests wait for the answer,
     // and the refused room is destroyed, not only left.
