@@ -322,18 +322,22 @@ fn room_name_refused(policy: &PolicyHandle, c: &Content<'_>) -> bool {
         return false;
     };
     with_subject(c, &RoomContext::default(), |subject| {
-        let verdict = policy.current().evaluate(&Subject {
-            direction: custos_policy::Direction::Outbound,
-            from: subject.to,
-            to: subject.from,
-            body: Some(&name.text),
-            subject: None,
-            ..subject
-        });
-        matches!(
-            verdict.action,
-            custos_policy::Action::Block | custos_policy::Action::Redact
-        )
+        let judged = |body: Option<&str>| {
+            let verdict = policy.current().evaluate(&Subject {
+                direction: custos_policy::Direction::Outbound,
+                from: subject.to,
+                to: subject.from,
+                body,
+                subject: None,
+                ..subject
+            });
+            matches!(
+                verdict.action,
+                custos_policy::Action::Block | custos_policy::Action::Redact
+            )
+        };
+        // Refused for the name, not for who the parties are.
+        judged(Some(&name.text)) && !judged(None)
     })
     .unwrap_or(false)
 }
@@ -407,7 +411,7 @@ const ROOM_NAME_TEXT: &str =
 /// Whether a text redaction changed is in an address the user named: the resource of the
 /// session's own address (the one it binds, or a Bind2 tag it asked for), or the name
 /// of a room it created. No redaction can change an address.
-fn in_own_address(c: &Content<'_>, delivered_extra: &[Option<String>]) -> bool {
+fn in_named_address(c: &Content<'_>, delivered_extra: &[Option<String>]) -> bool {
     c.extra
         .iter()
         .zip(delivered_extra)
@@ -883,7 +887,7 @@ impl Pipeline {
             redaction = redact(item, c, v, &delivered_extra);
             if redaction.is_none() {
                 let rules: Vec<&str> = v.rules.iter().map(|r| r.as_str()).collect();
-                if in_own_address(c, &delivered_extra) {
+                if in_named_address(c, &delivered_extra) {
                     info!(?rules, "a redacted word is in an address the user named, which no redaction can change; refused instead");
                 } else {
                     warn!(
@@ -1584,7 +1588,7 @@ fn redact(
         wrapped_message(&mut stanza, item.view.forwarded.as_ref()?.child)?
     };
     // No redaction takes a word out of the session's own address.
-    if in_own_address(c, delivered_extra) {
+    if in_named_address(c, delivered_extra) {
         return None;
     }
     // An error's condition cannot go with its text: what is left would be no error.

@@ -228,8 +228,9 @@ impl Rooms {
 
     /// Whether the session `account` may send a room's owner or administrator request
     /// (XEP-0045 `muc#owner`, `muc#admin`) to `jid`: not while the room has not answered
-    /// the session's entry (until then Custos cannot know whether the session created
-    /// it, and what its name is worth), and not to a room closed for its name.
+    /// an entry any session of the account awaits (until then Custos cannot know whether
+    /// the account created it, and what its name is worth), and not to a room closed for
+    /// its name.
     pub fn may_configure(&self, account: &str, jid: &str) -> bool {
         let key = room_key(jid);
         let state = self.read();
