@@ -76,6 +76,10 @@ pub(super) fn trust_or_clear<E: From<ReadError> + From<IndexError>>(
 /// searches as well as to the log.
 const FILL_COMMIT_EVERY: u64 = 10_000;
 
+/// Times a reader reads the bucket's newest index copy when objects it lists go while it
+/// is read (a newer sync pruned them).
+const FETCH_ATTEMPTS: u32 = 3;
+
 /// While a writer appends beside a fill, a commit at least this often once the log has
 /// grown past what the last one owed: a fill killed with its CPU short (it runs below
 /// the relay) leaves unowed only records of about the last second, which `verify`
@@ -282,13 +286,25 @@ pub fn update_index(
     let mut bucket_copy = None;
     if let Some(remote) = crate::bucket::registered(dir) {
         let readable_end = reader.chain_end()?;
-        match crate::bucket::fetch_index(
-            dir,
-            &remote,
-            master_key,
-            &reader.archive_id(),
-            readable_end,
-        ) {
+        // An object gone while the copy was read was most likely pruned by a newer sync
+        // of the node that puts it: the newest snapshot is read again, a few times.
+        let mut attempt = 1;
+        let fetched = loop {
+            match crate::bucket::fetch_index(
+                dir,
+                &remote,
+                master_key,
+                &reader.archive_id(),
+                readable_end,
+            ) {
+                Err(crate::bucket::SyncError::Gone(what)) if attempt < FETCH_ATTEMPTS => {
+                    tracing::info!(dir = %dir.display(), %what, attempt, "an object of the bucket's index copy went while it was read; reading the newest copy again");
+                    attempt += 1;
+                }
+                other => break other,
+            }
+        };
+        match fetched {
             Ok(crate::bucket::IndexFetch::Fetched {
                 through,
                 files,

@@ -197,7 +197,7 @@ fn fetch_words(
         if bound.is_empty() {
             return Ok(0);
         }
-        return Err(SyncError::Check(format!(
+        return Err(SyncError::Gone(format!(
             "{}: gone, though its snapshot's commit binds {} word list(s)",
             remote.key(&words_name(through)),
             bound.len()
@@ -218,7 +218,7 @@ fn fetch_words(
         let body = remote
             .client
             .get_object(&object, None)?
-            .ok_or_else(|| SyncError::Check(format!("{object}: listed in {manifest} but gone")))?;
+            .ok_or_else(|| SyncError::Gone(format!("{object}: listed in {manifest} but gone")))?;
         if hex::encode(&Sha256::digest(&body)) != f.sha256 {
             return Err(SyncError::Check(format!(
                 "{object}: its content is not what {manifest} lists"
@@ -641,7 +641,7 @@ pub(crate) fn fetch_index(
         let body = remote
             .client
             .get_object(&object, None)?
-            .ok_or_else(|| SyncError::Check(format!("{object}: listed in {key} but gone")))?;
+            .ok_or_else(|| SyncError::Gone(format!("{object}: listed in {key} but gone")))?;
         if hex::encode(&Sha256::digest(&body)) != f.sha256 {
             return Err(SyncError::Check(format!(
                 "{object}: its content is not what {key} lists"

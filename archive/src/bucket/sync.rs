@@ -264,6 +264,10 @@ pub enum SyncError {
     S3(#[from] super::S3Error),
     #[error("object store: {0}")]
     Check(String),
+    /// An object a snapshot lists is gone: pruned by a newer sync while it was read,
+    /// or deleted.
+    #[error("object store: {0}")]
+    Gone(String),
     #[error("object sync: {0}")]
     Task(String),
 }
