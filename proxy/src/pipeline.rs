@@ -1180,9 +1180,11 @@ impl Inspector for Pipeline {
             // is the user's words, shown to everyone who finds or enters the room. One
             // policy refuses is closed: not followed, and not to be configured, from
             // here on.
-            if let Some(from) = item.view.from.as_deref() {
+            // Read only where the room says so, so an ordinary presence takes no lock.
+            let created = created_room(&item.stanza.root);
+            if let (false, Some(from)) = (created.is_empty(), item.view.from.as_deref()) {
                 if self.rooms.asked(account, from) {
-                    c.extra.extend(created_room(&item.stanza.root));
+                    c.extra.extend(created);
                     c.room_closed = self
                         .policy
                         .as_ref()

@@ -168,7 +168,7 @@ fn same_account(a: &str, b: &str) -> bool {
 }
 
 /// Status codes in a `muc#user` element.
-fn statuses(x: &Element) -> impl Iterator<Item = &str> {
+pub(crate) fn statuses(x: &Element) -> impl Iterator<Item = &str> {
     x.children()
         .filter(|c| c.is("status", NS_MUC_USER))
         .filter_map(|c| c.attr("code"))

@@ -110,17 +110,12 @@ pub const ROOM_NODE: usize = usize::MAX - 4;
 /// own presence) and 201 (the room was created). Nothing for any other element.
 pub fn created_room(el: &Element) -> Vec<ExtraText> {
     let mut out = Vec::new();
-    let codes: Vec<&str> = el
-        .child("x", crate::rooms::NS_MUC_USER)
-        .into_iter()
-        .flat_map(Element::children)
-        .filter(|c| c.is("status", crate::rooms::NS_MUC_USER))
-        .filter_map(|c| c.attr("code"))
-        .collect();
-    let created = el.name == "presence"
-        && el.attr("type").is_none()
-        && codes.contains(&"110")
-        && codes.contains(&"201");
+    let coded = |code: &str| {
+        el.child("x", crate::rooms::NS_MUC_USER)
+            .is_some_and(|x| crate::rooms::statuses(x).any(|c| c == code))
+    };
+    let created =
+        el.name == "presence" && el.attr("type").is_none() && coded("110") && coded("201");
     let node = el
         .attr("from")
         .and_then(|f| f.split('/').next())
