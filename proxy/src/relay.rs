@@ -1163,23 +1163,38 @@ impl<'a, I: Inspector> Relay<'a, I> {
         };
         let info = self.snapshot();
         let mut view = StanzaView::of(&stanza.root);
-        fill_addresses(&mut view, direction, info.jid.as_deref());
         let inspection = self
-            .shared
-            .inspector
-            .inspect(Inspected {
-                direction,
-                session: &info,
-                view: &view,
-                stanza: &stanza,
-                copy: Copy::Direct,
-                claimed_from: None,
-            })
+            .inspect(direction, &info, &stanza, &mut view, Copy::Direct, None)
             .await;
         if let Some(durable) = inspection.durable {
             durable.await?;
         }
         Ok(inspection.outcome.decision)
+    }
+
+    /// Offers `stanza` to the inspector as crossing in `direction` in the session `info`,
+    /// its `view`'s implicit addresses filled in from the session first.
+    async fn inspect(
+        &self,
+        direction: Direction,
+        info: &SessionInfo,
+        stanza: &Stanza,
+        view: &mut StanzaView,
+        copy: Copy,
+        claimed_from: Option<&str>,
+    ) -> Inspection {
+        fill_addresses(view, direction, info.jid.as_deref());
+        self.shared
+            .inspector
+            .inspect(Inspected {
+                direction,
+                session: info,
+                view,
+                stanza,
+                copy,
+                claimed_from,
+            })
+            .await
     }
 
     fn lock_state(&self) -> std::sync::MutexGuard<'_, RelayState> {
@@ -1397,18 +1412,15 @@ impl<'a, I: Inspector> Relay<'a, I> {
             Direction::Inbound => (self.lock_state().upstream_copy(&view), None),
         };
         let info = self.snapshot();
-        fill_addresses(&mut view, direction, info.jid.as_deref());
         let inspection = self
-            .shared
-            .inspector
-            .inspect(Inspected {
+            .inspect(
                 direction,
-                session: &info,
-                view: &view,
-                stanza: &stanza,
+                &info,
+                &stanza,
+                &mut view,
                 copy,
-                claimed_from: claimed_from.as_deref(),
-            })
+                claimed_from.as_deref(),
+            )
             .await;
         if let Some(claimed) = claimed_from {
             // Nothing of the stanza is delivered; the attempt is on the record (queued
