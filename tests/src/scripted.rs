@@ -118,13 +118,7 @@ impl Scripted {
         password: &str,
         inline: &str,
     ) -> Result<Element, BoxError> {
-        let token =
-            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
-        self.send(&format!(
-            "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>{token}</initial-response>\
-             <user-agent id='3f0c2bde-5a51-4b8e-9d55-1c6a0f3f6c21'><software>custos-e2e</software></user-agent>{inline}</authenticate>"
-        ))
-        .await?;
+        self.send_authenticate_sasl2(user, password, inline).await?;
         let answer = self
             .until(|e| e.ns == "urn:xmpp:sasl:2" && (e.name == "success" || e.name == "failure"))
             .await?;
@@ -288,6 +282,32 @@ impl Scripted {
                 Some(Received::StreamEnd) | None => return Ok(None),
             }
         }
+    }
+
+    /// Sends a SASL2 PLAIN `<authenticate/>` for `user` with `inline` in it (Bind2, a
+    /// resumption), and nothing more: what answers it is the caller's to read.
+    pub async fn send_authenticate_sasl2(
+        &mut self,
+        user: &str,
+        password: &str,
+        inline: &str,
+    ) -> Result<(), BoxError> {
+        let token =
+            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+        self.send(&format!(
+            "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>{token}</initial-response>\
+             <user-agent id='3f0c2bde-5a51-4b8e-9d55-1c6a0f3f6c21'><software>custos-e2e</software></user-agent>{inline}</authenticate>"
+        ))
+        .await
+    }
+
+    /// Every element received until the stream ends or nothing comes within `limit`.
+    pub async fn rest_within(&mut self, limit: Duration) -> Result<Vec<Element>, BoxError> {
+        let mut seen = Vec::new();
+        while let Some(Received::Element(e)) = self.next_within(limit).await? {
+            seen.push(e);
+        }
+        Ok(seen)
     }
 
     /// Reads until the stream ends (or `limit`); true when the peer closed it.

@@ -8,7 +8,6 @@
 
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use custos_e2e::rig::{BoxError, Rig, RigOptions, USERS};
 use custos_e2e::scripted::{Received, Scripted};
 use serde_json::Value;
@@ -1077,18 +1076,14 @@ async fn a_bind2_tag_policy_refuses_never_becomes_the_resource() -> TestResult {
     // `<authenticate/>`, the tag passes; once the account is known, it is refused.
     let mut refused =
         Scripted::connect(rig.custos.listener(1), rig.ca.cert_path(), "example.test").await?;
-    let token =
-        base64::engine::general_purpose::STANDARD.encode(format!("\0alice\0{}", password("alice")));
     refused
-        .send(&format!(
-            "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>{token}</initial-response>\
-             <bind xmlns='urn:xmpp:bind:0'><tag>osprey-desk</tag></bind></authenticate>"
-        ))
+        .send_authenticate_sasl2(
+            "alice",
+            password("alice"),
+            "<bind xmlns='urn:xmpp:bind:0'><tag>osprey-desk</tag></bind>",
+        )
         .await?;
-    let mut seen = Vec::new();
-    while let Some(Received::Element(e)) = refused.next_within(WAIT).await? {
-        seen.push(e);
-    }
+    let seen = refused.rest_within(WAIT).await?;
     assert!(
         seen.iter().all(|e| e.name != "success"),
         "the SASL2 success was delivered: {}",
@@ -1147,14 +1142,9 @@ async fn a_bind2_tag_policy_refuses_never_becomes_the_resource() -> TestResult {
     ] {
         let mut odd =
             Scripted::connect(rig.custos.listener(1), rig.ca.cert_path(), "example.test").await?;
-        odd.send(&format!(
-            "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>{token}</initial-response>{inline}</authenticate>"
-        ))
-        .await?;
-        let mut seen = Vec::new();
-        while let Some(Received::Element(e)) = odd.next_within(WAIT).await? {
-            seen.push(e);
-        }
+        odd.send_authenticate_sasl2("alice", password("alice"), inline)
+            .await?;
+        let seen = odd.rest_within(WAIT).await?;
         assert!(
             seen.iter().all(|e| e.name != "success") && !odd.transcript.contains("falcon"),
             "{inline}: {}",
@@ -1520,10 +1510,7 @@ async fn a_resource_a_rule_matches_is_judged_and_recorded() -> TestResult {
     refused
         .send("<iq type='set' id='bind-1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>falcon-plans</resource></bind></iq>")
         .await?;
-    let mut seen = Vec::new();
-    while let Some(Received::Element(e)) = refused.next_within(WAIT).await? {
-        seen.push(e);
-    }
+    let seen = refused.rest_within(WAIT).await?;
     assert!(
         seen.iter().all(|e| e.attr("id") != Some("bind-1")),
         "the bind result was delivered: {}",
