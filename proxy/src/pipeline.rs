@@ -1987,11 +1987,7 @@ mod tests {
                 "{:?}",
                 c.extra
             );
-            let out = p
-                .inspect(held.item(Direction::Inbound, Copy::Direct))
-                .await
-                .settled()
-                .await;
+            let out = held.decided(&p, Direction::Inbound).await;
             assert!(
                 matches!(out.decision, Decision::Refuse { .. }),
                 "{resource}: {out:?}"
@@ -2001,21 +1997,15 @@ mod tests {
         let outbound = pipeline(
             "[[rule]]\nid = \"dlp\"\nwhen = { direction = \"outbound\", body = { regex = \"(?i)osprey\" } }\naction = \"block\"\n",
         );
-        let out = outbound
-            .inspect(bound("osprey-desk").item(Direction::Inbound, Copy::Direct))
-            .await
-            .settled()
+        let out = bound("osprey-desk")
+            .decided(&outbound, Direction::Inbound)
             .await;
         assert!(matches!(out.decision, Decision::Refuse { .. }), "{out:?}");
         // Judged, a plain one is no content: binding makes no record.
         let held = bound("laptop");
         let c = content(&held.item(Direction::Inbound, Copy::Direct));
         assert!(!c.has_content(), "{:?}", c.extra);
-        let out = p
-            .inspect(held.item(Direction::Inbound, Copy::Direct))
-            .await
-            .settled()
-            .await;
+        let out = held.decided(&p, Direction::Inbound).await;
         assert!(matches!(out.decision, Decision::Forward), "{out:?}");
         // Only the answer that binds the session's own address is read so, and only
         // for a resource the client asked for: one the server picked is not its words
@@ -2063,17 +2053,11 @@ mod tests {
             "{:?}",
             c.extra
         );
-        let out = p
-            .inspect(held.item(Direction::Inbound, Copy::Direct))
-            .await
-            .settled()
-            .await;
+        let out = held.decided(&p, Direction::Inbound).await;
         assert!(matches!(out.decision, Decision::Refuse { .. }), "{out:?}");
         // The rule is on Alice's account: another's resource passes.
-        let out = p
-            .inspect(bound("bob@x/osprey-desk~a1B2").item(Direction::Inbound, Copy::Direct))
-            .await
-            .settled()
+        let out = bound("bob@x/osprey-desk~a1B2")
+            .decided(&p, Direction::Inbound)
             .await;
         assert!(matches!(out.decision, Decision::Forward), "{out:?}");
         // A flagged one is delivered (its record is in the end-to-end test), as is a plain
@@ -2081,18 +2065,12 @@ mod tests {
         let results = pipeline(
             "[[rule]]\nid = \"results\"\nwhen = { kind = \"iq\", type = \"result\", body = { regex = \"(?i)laptop\" } }\naction = \"block\"\n",
         );
-        let out = results
-            .inspect(bound("alice@x/laptop~9x").item(Direction::Inbound, Copy::Direct))
-            .await
-            .settled()
+        let out = bound("alice@x/laptop~9x")
+            .decided(&results, Direction::Inbound)
             .await;
         assert!(matches!(out.decision, Decision::Refuse { .. }), "{out:?}");
         for jid in ["alice@x/kestrel-desk~9x", "alice@x/laptop~9x"] {
-            let out = p
-                .inspect(bound(jid).item(Direction::Inbound, Copy::Direct))
-                .await
-                .settled()
-                .await;
+            let out = bound(jid).decided(&p, Direction::Inbound).await;
             assert!(matches!(out.decision, Decision::Forward), "{jid}: {out:?}");
         }
         // A tag taken out of the user's request is read, once the account is known, as
@@ -2109,11 +2087,7 @@ mod tests {
             "{:?}",
             c.extra
         );
-        let out = p
-            .inspect(request.item(Direction::Outbound, Copy::Direct))
-            .await
-            .settled()
-            .await;
+        let out = request.decided(&p, Direction::Outbound).await;
         assert!(matches!(out.decision, Decision::Refuse { .. }), "{out:?}");
         // Before the session is bound it is not read.
         request.session.jid = None;
@@ -2312,6 +2286,15 @@ mod tests {
                 stanza,
                 session: session(),
             }
+        }
+
+        /// What `p` decides of it, crossing directly in `direction`, once its record
+        /// (if any) is settled.
+        async fn decided(&self, p: &Pipeline, direction: Direction) -> Outcome {
+            p.inspect(self.item(direction, Copy::Direct))
+                .await
+                .settled()
+                .await
         }
 
         fn item(&self, direction: Direction, copy: Copy) -> Inspected<'_> {
