@@ -178,7 +178,37 @@ fn print_summary(prefix: &str, summary: &custos_archive::ExportSummary) {
         "{prefix}selected by {}: {} record(s) read ({} of them not hashed: no exported row in their checkpoint interval), {} decrypted, {} in segments not read",
         summary.selected_by, summary.scanned, summary.skimmed, summary.decrypted, summary.skipped
     );
+    for seg in &summary.shredded_segments {
+        println!(
+            "{prefix}not exported: shredded segment {} (seq {}..={}), its key destroyed by shred record seq {}",
+            seg.segment, seg.first_seq, seg.last_seq, seg.shred_seq
+        );
+    }
     println!("{prefix}manifest sha256 {}", summary.manifest_sha256);
+}
+
+/// What an export's seq range lacks, as the verifier counted it: empty when nothing.
+fn withheld(report: &custos_archive::ExportReport) -> String {
+    if report.withheld_in_range == 0 {
+        return String::new();
+    }
+    let mut out = format!(
+        ", {} record(s) in the range not exported",
+        report.withheld_in_range
+    );
+    if report.shredded_in_range > 0 {
+        let segments: Vec<String> = report
+            .shredded
+            .iter()
+            .map(|s| format!("{} (shred record seq {})", s.segment, s.shred_seq))
+            .collect();
+        out.push_str(&format!(
+            " ({} of them in shredded segment(s) {})",
+            report.shredded_in_range,
+            segments.join(", ")
+        ));
+    }
+    out
 }
 
 /// Several nodes' chains: one complete, separately verifiable export per chain under
@@ -266,14 +296,7 @@ pub fn verify_export(dir: &Path, public_key: &Path) -> anyhow::Result<ExitCode> 
         report.records,
         report.proven,
         report.checkpoints,
-        if report.withheld_in_range > 0 {
-            format!(
-                ", {} record(s) in the range not exported",
-                report.withheld_in_range
-            )
-        } else {
-            String::new()
-        },
+        withheld(&report),
         if report.is_clean() {
             "ok".to_owned()
         } else {
@@ -299,11 +322,12 @@ fn verify_nodes_export(dir: &Path, key: &custos_archive::VerifyingKey) -> anyhow
             None => "unnamed node".into(),
         };
         println!(
-            "{label}: {} file(s), {} record(s), {} proven against {} signed checkpoint(s): {}",
+            "{label}: {} file(s), {} record(s), {} proven against {} signed checkpoint(s){}: {}",
             r.files,
             r.records,
             r.proven,
             r.checkpoints,
+            withheld(r),
             if r.is_clean() {
                 "ok".to_owned()
             } else {

@@ -44,6 +44,10 @@ pub struct Manifest {
     /// were not yet covered by a checkpoint and are not exported.
     pub through_seq: u64,
     pub checkpoints: CheckpointSummary,
+    /// Segments the export met whose data key was destroyed by a signed shred record
+    /// (retention, erasure): their records are not exported and not proven.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shredded: Vec<ShreddedSegment>,
     pub compression: String,
     pub parquet: Vec<PartEntry>,
     pub files: Vec<FileEntry>,
@@ -56,6 +60,19 @@ pub struct CheckpointSummary {
     pub count: u64,
     pub first: Option<CoveringCheckpoint>,
     pub last: Option<CoveringCheckpoint>,
+}
+
+/// A shredded segment an export met, and the shred record that destroyed its key.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShreddedSegment {
+    pub segment: u64,
+    /// The segment's first and last seq the export read (its first seq is in its
+    /// header; its last is where the next segment begins).
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// The seq of the signed shred record in the chain.
+    pub shred_seq: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

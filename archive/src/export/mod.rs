@@ -113,6 +113,9 @@ pub struct ExportSummary {
     pub selected_by: SelectedBy,
     /// Records whose segment key is destroyed: proven by leaf only, not exported.
     pub shredded: u64,
+    /// The shredded segments met, each with the shred record that destroyed its key
+    /// (also in the manifest).
+    pub shredded_segments: Vec<manifest::ShreddedSegment>,
     /// Checkpoints that cover exported rows.
     pub checkpoints: u64,
     /// Hex SHA-256 of `manifest.json`.
@@ -205,6 +208,17 @@ pub enum ExportError {
         found: u64,
         unmet: u64,
         indexed: u64,
+    },
+    #[error(
+        "segment {segment}: its data key is missing and no signed shred record in the \
+         chain names it ({records} record(s) from seq {first_seq} could not be read); \
+         the export would leave them out unannounced: put the key file back, or run \
+         `custos verify`"
+    )]
+    KeyMissing {
+        segment: u64,
+        first_seq: u64,
+        records: u64,
     },
     #[error(transparent)]
     Chain(#[from] ChainError),
@@ -331,14 +345,16 @@ pub fn export_with(
             break;
         }
         if let (Some(sel), Some(Some((first, last)))) = (&selection, ends.get(i)) {
-            let keyless = || {
-                matches!(
-                    log::segment_cipher(storage, master_key, &meta.archive_id, id),
-                    Ok(None)
-                )
-            };
-            if *first == next_seq && sel.skips(id, *last, keyless) {
+            let keyless = matches!(
+                log::segment_cipher(storage, master_key, &meta.archive_id, id),
+                Ok(None)
+            );
+            if *first == next_seq && sel.skips(id, *last, || keyless) {
                 sink.st.skipped += last + 1 - first;
+                if keyless {
+                    sink.st.shredded += last + 1 - first;
+                    sink.st.keyless.insert(id, (*first, *last));
+                }
                 // The next segment read is checked against this one's end only.
                 after = None;
                 next_seq = last + 1;
@@ -471,6 +487,11 @@ pub fn export_with(
         }
         // Records skimmed after the last checkpoint read (past the export's end).
         sink.skimmed(&seg, skimmed);
+        if cipher.is_none() && end.next_seq > header.first_seq {
+            sink.st
+                .keyless
+                .insert(id, (header.first_seq, end.next_seq - 1));
+        }
         next_seq = end.next_seq;
         after = Some(end);
     }
@@ -493,6 +514,43 @@ pub fn export_with(
                 indexed: sel.indexed(),
             });
         }
+    }
+
+    // A data key is destroyed legitimately only as a signed act recorded in the chain
+    // (retention, erasure): any other missing key would leave records out of the
+    // export with nothing in it to say so.
+    let mut shreds = st.shred_records.clone();
+    let unnamed: Vec<u64> = st
+        .keyless
+        .keys()
+        .filter(|s| !shreds.contains_key(s))
+        .copied()
+        .collect();
+    if let Some(&first) = unnamed.first() {
+        find_shred_records(
+            storage,
+            master_key,
+            &meta.archive_id,
+            (&ids, first),
+            &unnamed,
+            &mut shreds,
+        )?;
+    }
+    let mut shredded = Vec::with_capacity(st.keyless.len());
+    for (&segment, &(first_seq, last_seq)) in &st.keyless {
+        let Some(&shred_seq) = shreds.get(&segment) else {
+            return Err(ExportError::KeyMissing {
+                segment,
+                first_seq,
+                records: last_seq + 1 - first_seq,
+            });
+        };
+        shredded.push(manifest::ShreddedSegment {
+            segment,
+            first_seq,
+            last_seq,
+            shred_seq,
+        });
     }
 
     let checkpoints = CheckpointSummary {
@@ -536,6 +594,7 @@ pub fn export_with(
         last_seq: st.last_seq,
         through_seq: through,
         checkpoints,
+        shredded,
         compression: "zstd(3)".into(),
         parquet: parts
             .iter()
@@ -586,6 +645,7 @@ pub fn export_with(
         skipped: st.skipped,
         selected_by,
         shredded: st.shredded,
+        shredded_segments: m.shredded.clone(),
         checkpoints: m.checkpoints.count,
         manifest_sha256: hex::encode(&segment::sha(&[&mbytes])),
     })
@@ -652,6 +712,9 @@ impl<W: Write> Sink<'_, W> {
             what,
         })?;
         let rec = o.record;
+        if let NewRecord::Event(EventRecord::Shred { segment, .. }) = &rec.content {
+            self.st.shred_records.entry(*segment).or_insert(seq);
+        }
         if !seg.filter.selects(&rec) {
             return Ok(self.proofs.gap(seq, r.leaf)?);
         }
@@ -749,6 +812,11 @@ struct Stats {
     shredded: u64,
     first_seq: Option<u64>,
     last_seq: Option<u64>,
+    /// Segments read (or skipped) whose data key is gone: their first and last seq.
+    keyless: std::collections::BTreeMap<u64, (u64, u64)>,
+    /// The segments that the shred records decrypted on the way name, with each
+    /// record's seq.
+    shred_records: std::collections::BTreeMap<u64, u64>,
 }
 
 fn describe(req: &ExportRequest, st: &Stats, through: u64) -> String {
@@ -767,6 +835,72 @@ fn describe(req: &ExportRequest, st: &Stats, through: u64) -> String {
          The Parquet files are authoritative; these pages render them for reading.",
         st.records
     )
+}
+
+/// Reads the records of the segments after `first` (all of them, decrypted) for the
+/// shred records that name the `wanted` segments, adding each to `found`, until every
+/// one is named. Only met when an export reads a segment whose key is gone: the shred
+/// record is written after the segment, often far beyond the export's range.
+fn find_shred_records(
+    storage: &dyn Storage,
+    master_key: &MasterKey,
+    archive_id: &[u8; 16],
+    (ids, first): (&[u64], u64),
+    wanted: &[u64],
+    found: &mut std::collections::BTreeMap<u64, u64>,
+) -> Result<(), ExportError> {
+    let missing = |found: &std::collections::BTreeMap<u64, u64>| {
+        wanted.iter().filter(|s| !found.contains_key(s)).count()
+    };
+    for &id in ids.iter().filter(|&&id| id > first) {
+        if missing(found) == 0 {
+            break;
+        }
+        let Some(cipher) = log::segment_cipher(storage, master_key, archive_id, id)? else {
+            continue;
+        };
+        let name = segment::segment_name(id);
+        let read_err = |e: crate::storage::ReadError| ExportError::Read {
+            segment: id,
+            what: e.to_string(),
+        };
+        let corrupt = |offset: u64, what: String| ExportError::Corrupt {
+            segment: id,
+            offset,
+            what,
+        };
+        let bytes = storage.read_at(&name, 0, HEADER_LEN).map_err(read_err)?;
+        let Some(hb) = bytes
+            .get(..HEADER_LEN)
+            .and_then(|h| <[u8; HEADER_LEN]>::try_from(h).ok())
+        else {
+            break;
+        };
+        let header = SegmentHeader::decode(&hb).map_err(|w| corrupt(0, w))?;
+        walk::walk_stored(storage, &name, &header, |_, step| {
+            match step.map_err(|b| corrupt(b.offset, b.what))? {
+                Step::End { .. } => return Ok(false),
+                Step::Checkpoint { .. } => {}
+                Step::Record(r) => {
+                    if let Some(flaw) = r.flaw {
+                        return Err(corrupt(r.offset, flaw));
+                    }
+                    let o = walk::open_frame(&cipher, &hb, &r).map_err(|w| corrupt(r.offset, w))?;
+                    if let NewRecord::Event(EventRecord::Shred { segment, .. }) = o.record.content {
+                        if wanted.contains(&segment) {
+                            found.entry(segment).or_insert(r.seq);
+                        }
+                    }
+                }
+            }
+            Ok(missing(found) > 0)
+        })
+        .map_err(|e| match e {
+            walk::WalkError::Read(e) => read_err(e),
+            walk::WalkError::Stopped(e) => e,
+        })?;
+    }
+    Ok(())
 }
 
 /// The seq of the newest checkpoint: records after it are not yet covered by

@@ -1809,18 +1809,27 @@ fn a_narrow_export_reads_no_more_of_a_segment_than_the_scan() {
     );
 }
 
-/// A segment whose key is destroyed while the index still holds its messages (the
-/// index had not yet met the shred record): every record of it the export reads is
-/// proven by its leaf only, and the summary counts it as shredded, however the walk
-/// went over it.
+/// A segment shredded as retention and erasure shred one: its shred record in the
+/// chain, then its key destroyed. Every export counts its records as shredded,
+/// however the walk went over it (read and proven by leaf, or left unread), and names
+/// it with its shred record; the verifier counts what the range lacks and which
+/// segments the signed manifest says were shredded.
 #[test]
 fn a_narrow_export_counts_every_shredded_record_it_reads() {
     let (f, a, rt) = needles(30, 30);
-    rt.block_on(a.close()).unwrap();
     let found = placed(&f, "needle");
     let seg = found[0].1;
     assert!(found.iter().all(|n| n.1 == seg), "{found:?}");
-    std::fs::remove_file(f.archive.join(segment::key_name(seg))).unwrap();
+    let shred = rt
+        .block_on(a.shred_segment(seg, "test", "{}", "officer"))
+        .unwrap();
+    let end = ArchiveReader::open(&f.archive, &f.master)
+        .unwrap()
+        .chain_end()
+        .unwrap();
+    wait_indexed(&f, end);
+    rt.block_on(a.close()).unwrap();
+    assert!(!f.archive.join(segment::key_name(seg)).exists());
     let dir = f._tmp.path();
     let (by_scan, want, want_chain) = export_by(&f, &dir.join("scan"), "needle", true);
     let (by_index, rows, chain) = export_by(&f, &dir.join("index"), "needle", false);
@@ -1832,5 +1841,129 @@ fn a_narrow_export_counts_every_shredded_record_it_reads() {
         by_index.shredded, by_scan.shredded,
         "the index export read the shredded segment ({} records read, {} skimmed)",
         by_index.scanned, by_index.skimmed
+    );
+    for s in [&by_scan, &by_index] {
+        assert_eq!(s.shredded_segments.len(), 1, "{s:?}");
+        let named = &s.shredded_segments[0];
+        assert_eq!((named.segment, named.shred_seq), (seg, shred.seq.0));
+        assert_eq!(named.last_seq + 1 - named.first_seq, by_scan.shredded);
+    }
+    // Everything: the range lacks exactly the shredded segment's records.
+    let all = dir.join("all");
+    let s = run_export(&f, &all, &ExportRequest::default());
+    assert_eq!(s.shredded, by_scan.shredded);
+    let r = verify_export(&all, &f.signing.verifying_key());
+    assert!(r.is_clean(), "{:#?}", r.problems);
+    assert_eq!(
+        (r.withheld_in_range, r.shredded_in_range),
+        (s.shredded, s.shredded)
+    );
+    assert_eq!(r.shredded, s.shredded_segments);
+}
+
+/// An administrator moves a segment's key file away, exports, and puts it back, to
+/// hand over an export without that segment's records. No signed shred record names
+/// the segment, so the export refuses, whether it reads every record, tests a query's
+/// every record, or selects through the index; the first segment of the chain too.
+#[test]
+fn a_key_moved_away_without_a_shred_record_stops_every_export() {
+    let (f, a, rt) = needles(30, 30);
+    rt.block_on(a.close()).unwrap();
+    let found = placed(&f, "needle");
+    let seg = found[0].1;
+    let dir = f._tmp.path();
+    for (i, gone) in [seg, 1].into_iter().enumerate() {
+        let key = f.archive.join(segment::key_name(gone));
+        let saved = std::fs::read(&key).unwrap();
+        std::fs::remove_file(&key).unwrap();
+        for (j, (query, scan)) in [
+            (None, false),
+            (Some("needle"), true),
+            (Some("needle"), false),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let req = ExportRequest {
+                query: query.map(str::to_string),
+                ..ExportRequest::default()
+            };
+            let opts = ExportOptions {
+                scan,
+                ..ExportOptions::default()
+            };
+            let out = dir.join(format!("out-{i}-{j}"));
+            let e = export_with(
+                &f.archive,
+                &f.master,
+                &f.signing,
+                &out,
+                &req,
+                &opts,
+                |_, _| {},
+            )
+            .expect_err("an export without the segment's records");
+            assert!(
+                matches!(e, ExportError::KeyMissing { segment, .. } if segment == gone),
+                "{query:?} scan {scan}: {e}"
+            );
+            assert!(e.to_string().contains("no signed shred record"), "{e}");
+            assert!(!out.exists());
+        }
+        std::fs::write(&key, saved).unwrap();
+    }
+    let out = dir.join("whole");
+    run_export(&f, &out, &ExportRequest::default());
+    assert!(verify_export(&out, &f.signing.verifying_key()).is_clean());
+}
+
+/// Someone holding the signing key writes an export of their own that leaves a whole
+/// segment out: no row, no leaf and no line of its in the chain file, and the manifest
+/// signed again without naming it shredded. The rows around it still prove, so the
+/// verifier must count the records between them that the export lacks; and a manifest
+/// that declares shredded records where rows are is refused.
+#[test]
+fn a_segment_left_out_of_an_export_is_counted_by_the_verifier() {
+    let (f, a, rt) = needles(30, 30);
+    let seg = placed(&f, "needle")[0].1;
+    rt.block_on(a.shred_segment(seg, "test", "{}", "officer"))
+        .unwrap();
+    rt.block_on(a.close()).unwrap();
+    let out = f._tmp.path().join("all");
+    let s = run_export(&f, &out, &ExportRequest::default());
+    let records = s.shredded;
+    assert!(records > 3, "{s:?}");
+    let resign = |edit: &dyn Fn(&mut Manifest)| {
+        let path = out.join(manifest::MANIFEST);
+        let mut m: Manifest = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        edit(&mut m);
+        let bytes = serde_json::to_vec_pretty(&m).unwrap();
+        std::fs::write(&path, &bytes).unwrap();
+        let sig = manifest::sign(&f.signing, &bytes);
+        std::fs::write(out.join(manifest::SIGNATURE), format!("{sig}\n")).unwrap();
+        verify_export(&out, &f.signing.verifying_key())
+    };
+    let r = resign(&|m| m.shredded.clear());
+    assert!(r.is_clean(), "{:#?}", r.problems);
+    assert_eq!(
+        (r.withheld_in_range, r.shredded_in_range),
+        (records, 0),
+        "the segment's records are missing from the range, and nothing says why"
+    );
+    let first = s.first_seq.unwrap();
+    let r = resign(&|m| {
+        m.shredded = vec![manifest::ShreddedSegment {
+            segment: 1,
+            first_seq: first,
+            last_seq: first + records,
+            shred_seq: 1,
+        }]
+    });
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.what.contains("declares") && p.what.contains("shredded")),
+        "{:#?}",
+        r.problems
     );
 }

@@ -77,8 +77,13 @@ pub struct ExportReport {
     pub first_seq: Option<u64>,
     pub last_seq: Option<u64>,
     /// Records between the first and last exported seq that are not exported
-    /// (not selected, or shredded). 0 means the seq range is complete.
+    /// (not selected, or shredded), whether or not the chain file gives their leaves.
+    /// 0 means the seq range is complete.
     pub withheld_in_range: u64,
+    /// Of those, the records of segments the signed manifest declares shredded.
+    pub shredded_in_range: u64,
+    /// The shredded segments the manifest declares, each with its shred record's seq.
+    pub shredded: Vec<manifest::ShreddedSegment>,
     pub problems: Vec<ExportProblem>,
 }
 
@@ -112,7 +117,51 @@ pub fn verify_export(dir: &Path, public_key: &VerifyingKey) -> ExportReport {
     check_files(dir, &m, &mut r);
     let mut rows = Rows::new(dir, &m);
     check_chain(dir, &m, public_key, &mut rows, &mut r);
+    check_range(&m, &mut r);
     r
+}
+
+/// Counts what the seq range between the first and last row lacks. The rows' seqs are
+/// proven (each row's leaf is hashed into a signed head), so whatever the chain file
+/// leaves out between them (a leaf line, or a whole interval or segment it skips) is
+/// counted: an export without a query and without shredded segments lacks nothing.
+/// Shredded segments the manifest declares must lie in what is lacking.
+fn check_range(m: &Manifest, r: &mut ExportReport) {
+    let (Some(first), Some(last)) = (r.first_seq, r.last_seq) else {
+        return;
+    };
+    r.withheld_in_range = (last - first + 1).saturating_sub(r.records);
+    for s in &m.shredded {
+        if s.first_seq > s.last_seq {
+            r.problem(
+                Some(manifest::MANIFEST),
+                None,
+                Some(s.first_seq),
+                format!(
+                    "shredded segment {} is declared to end at seq {} before it begins",
+                    s.segment, s.last_seq
+                ),
+            );
+            continue;
+        }
+        let (a, b) = (s.first_seq.max(first), s.last_seq.min(last));
+        if a <= b {
+            r.shredded_in_range += b - a + 1;
+        }
+    }
+    if r.shredded_in_range > r.withheld_in_range {
+        r.problem(
+            Some(manifest::MANIFEST),
+            None,
+            None,
+            format!(
+                "the manifest declares {} shredded record(s) between seq {first} and {last}, \
+                 but only {} of that range are not exported",
+                r.shredded_in_range, r.withheld_in_range
+            ),
+        );
+    }
+    r.shredded = m.shredded.clone();
 }
 
 fn read_capped(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
@@ -785,11 +834,6 @@ fn check_chain(
             }
             ProofLine::Leaf { seq, leaf } => {
                 consume_rows(&mut w, rows, r, seq);
-                // Rows are consumed up to this seq: a row is still pending
-                // only if a later one exists, so the leaf is inside the range.
-                if r.first_seq.is_some_and(|f| seq > f) && rows.peek(r).is_some() {
-                    r.withheld_in_range += 1;
-                }
                 if w.broken {
                     continue;
                 }
