@@ -732,13 +732,22 @@ fn check_shred(
             a.due
         ));
     }
-    if let Some((longest, policy_seq)) = ctx.policies.longest_for(&a.class, first_seq, seq) {
-        if !span.at_least(longest) {
-            bad(format!(
-                "class {} was kept {longest} (retention policy record seq {policy_seq}) since the segment was written, but it was shredded under {span}",
-                a.class
-            ));
+    match ctx.policies.longest_for(&a.class, first_seq, seq) {
+        Some((longest, policy_seq)) => {
+            if !span.at_least(longest) {
+                bad(format!(
+                    "class {} was kept {longest} (retention policy record seq {policy_seq}) since the segment was written, but it was shredded under {span}",
+                    a.class
+                ));
+            }
         }
+        // Expiry records the policy in force before it shreds anything, and keeps a
+        // class that policy does not name: a class no recorded policy names (or one
+        // kept forever, as the permanent class holding legal holds is) was never due.
+        None => bad(format!(
+            "it names class {:?}, which no retention policy recorded before it gives a retention",
+            a.class
+        )),
     }
 }
 

@@ -381,6 +381,65 @@ async fn shortening_the_configuration_applies_only_to_records_written_after_it()
     );
 }
 
+/// An administrator shreds the segment that holds a legal hold, through the archive's
+/// own API, with an authority every stated figure of which is consistent: its seqs and
+/// count, its newest time, a due date one second after it, written after that date.
+/// Only its class is made up, so no recorded policy would have bounded its retention;
+/// with the hold's record gone, the next expiry would shred what the hold kept.
+/// `verify` must refuse a retention shred whose class no recorded policy names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retention_shred_naming_a_class_no_policy_gives_fails_verify() {
+    let s = Setup::new();
+    let hour = RetentionPolicy::new(Span::Secs(3600), Default::default()).unwrap();
+    let a = s.open();
+    let hold = HoldSpec::new("acme v. firm", &["frank@x".into()], None, None, None).unwrap();
+    a.append(audit(HOLD_PLACE, serde_json::to_string(&hold).unwrap()))
+        .await
+        .unwrap();
+    a.append(msg("erin@x", "frank@x", "merger plan", ""))
+        .await
+        .unwrap();
+    a.close().await.unwrap();
+    let a = s.open();
+    // A run records the policy in force, and shreds nothing.
+    let r = a
+        .run_expiry(&hour, Timestamp::now(), "custos:test", false)
+        .await
+        .unwrap();
+    assert!(r.shredded.is_empty(), "{r:#?}");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let plan = a.reader().expiry_plan(&hour, Timestamp::now()).unwrap();
+    let held = plan.segments.iter().find(|p| p.facts.segment == 1).unwrap();
+    let newest = held.facts.newest.unwrap();
+    let authority = retention::ExpiryAuthority {
+        rule: retention::EXPIRY_RULE.into(),
+        class: "x".into(),
+        retention: "1s".into(),
+        first_seq: held.facts.first_seq,
+        last_seq: held.facts.last_seq,
+        records: held.facts.records,
+        newest: newest.to_string(),
+        due: Span::Secs(1).due(newest).unwrap().to_string(),
+        holds_checked: Vec::new(),
+    };
+    a.shred_segment(
+        1,
+        retention::EXPIRY_REASON,
+        &serde_json::to_string(&authority).unwrap(),
+        "custos:test",
+    )
+    .await
+    .unwrap();
+    a.close().await.unwrap();
+    let v = s.verify();
+    let forged: Vec<&Problem> = v.problems.iter().filter(|p| p.segment == Some(1)).collect();
+    assert!(
+        forged.len() == 1 && forged[0].what.contains("no retention policy recorded"),
+        "{:#?}",
+        v.problems
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_refuses_to_shred_an_archive_that_does_not_verify() {
     let s = Setup::new();
