@@ -63,6 +63,9 @@ pub struct VerifyReport {
     pub notes: Vec<String>,
     /// Shredded segments and the records that authorised them.
     pub shreds: Vec<ShredReport>,
+    /// Without the master key: segments whose data key file is gone, which only a
+    /// verify with the key can tell shredded (by a signed record) from removed.
+    pub keys_unchecked: Vec<u64>,
     /// Checkpoints the log reaches intact: (segment, seq, head).
     #[serde(skip)]
     pub(crate) reached: Vec<(u64, u64, segment::Hash)>,
@@ -465,7 +468,17 @@ fn walk(
                     None
                 }
             },
-            None => None,
+            None => {
+                // No shred record can be read without the master key, but a key file's
+                // absence can still be seen.
+                if matches!(
+                    storage.len(&segment::key_name(id)),
+                    Err(crate::storage::ReadError::NotFound { .. })
+                ) {
+                    r.keys_unchecked.push(id);
+                }
+                None
+            }
         };
         let shredded = master.is_some() && cipher.is_none();
         if shredded {
@@ -587,6 +600,18 @@ fn walk(
         progress(done, total);
     }
     r.head = pos.head.iter().map(|b| format!("{b:02x}")).collect();
+    if !r.keys_unchecked.is_empty() {
+        r.notes.push(format!(
+            "{} segment(s) have no data key ({}): shredded by a signed record, or removed; \
+             only a verify with the master key reads the shred records and tells which",
+            r.keys_unchecked.len(),
+            r.keys_unchecked
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     r.shred_named = shred_records.keys().copied().collect();
     // Destroying a key is legitimate only as a signed act recorded in the chain.
     for (segment, (records, first, last)) in unreadable {
@@ -1166,6 +1191,18 @@ mod tests {
                 && p.what.contains("4 record(s)")),
             "{:?}",
             r.problems
+        );
+        // Without the master key the tampering cannot be told from a shred, but the
+        // segment without a key is named, not passed over.
+        let r = verify_storage(&s, None, &k.verifying_key(), |_, _| {});
+        assert!(r.is_clean(), "{:?}", r.problems);
+        assert_eq!(r.keys_unchecked, vec![seg]);
+        assert!(
+            r.notes
+                .iter()
+                .any(|n| n.contains("have no data key (1)") && n.contains("master key")),
+            "{:?}",
+            r.notes
         );
     }
 

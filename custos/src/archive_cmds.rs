@@ -252,10 +252,23 @@ pub fn verify(config: &Path) -> anyhow::Result<ExitCode> {
     let public = public_key(&a)?;
     // Without the master key the chain and checkpoints are still checked; with it, every
     // record's encryption tag too.
-    let key = master_key(&a).ok();
-    if key.is_none() {
-        eprintln!("note: master key unavailable; checking the chain and checkpoints but not record contents");
-    }
+    let key = match master_key(&a) {
+        Ok(k) => Some(k),
+        // A key file that is there but cannot be read is not an auditor's copy without
+        // the key: checking less would hide what only the key shows (a data key removed
+        // without a shred record).
+        Err(e) if a.master_key.as_deref().is_some_and(Path::exists) => {
+            return Err(e.context(format!(
+                "reading the master key {} (leave `master_key` out of the configuration to \
+                 verify the chain and checkpoints only)",
+                a.master_key.as_deref().unwrap_or(Path::new("")).display()
+            )));
+        }
+        Err(_) => {
+            eprintln!("note: master key unavailable; checking the chain and checkpoints but not record contents, nor that a missing data key was shredded by a signed record");
+            None
+        }
+    };
     let chains = crate::nodes::chains(&a)?;
     let many = chains.len() > 1;
     let mut problems = 0usize;
@@ -323,6 +336,11 @@ pub fn verify(config: &Path) -> anyhow::Result<ExitCode> {
             report.head,
             if report.shredded_records > 0 {
                 format!(", {} shredded", report.shredded_records)
+            } else if !report.keys_unchecked.is_empty() {
+                format!(
+                    ", {} segment(s) without a data key (shredded or removed: unchecked without the master key)",
+                    report.keys_unchecked.len()
+                )
             } else {
                 String::new()
             },
