@@ -229,7 +229,7 @@ impl Builder<'_> {
     fn internal_domains(&mut self, raw: &[Spanned<String>]) -> Vec<String> {
         let mut out = Vec::new();
         for d in raw {
-            let v = d.get_ref().trim().trim_end_matches('.').to_lowercase();
+            let v = crate::jid::prepare_domain(d.get_ref().trim());
             if v.is_empty() || v.contains(['@', '/', '*', '?', ' ']) {
                 self.err(
                     d.span(),

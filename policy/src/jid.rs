@@ -6,9 +6,11 @@ use std::collections::HashMap;
 
 use regex::RegexSet;
 
-/// A JID split into its parts, with localpart and domain lowercased (the simple case
-/// folding that nodeprep/idna amount to for the addresses seen in practice); the
-/// resource keeps its case, as RFC 7622 says.
+/// A JID split into its parts as a server reads them: localpart and domain prepared
+/// (see [`prepare_local`] and [`prepare_domain`]), so `ａnalyst@bigbank\u{AD}.com`, which
+/// the server routes to `analyst@bigbank.com`, matches a rule on that party; the
+/// resource keeps its case, as RFC 7622 says, with characters that show nothing taken
+/// out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Jid {
     /// `local@domain` or `domain`, lowercased.
@@ -28,19 +30,19 @@ impl Jid {
             Some((l, d)) => (Some(l), d),
             None => (None, bare),
         };
-        let domain = domain.trim_end_matches('.').to_lowercase();
+        let domain = prepare_domain(domain);
         if domain.is_empty() {
             return None;
         }
         let bare = match local {
-            Some(l) if !l.is_empty() => format!("{}@{domain}", l.to_lowercase()),
+            Some(l) if !l.is_empty() => format!("{}@{domain}", prepare_local(l)),
             Some(_) => return None,
             None => domain.clone(),
         };
         Some(Jid {
             bare,
             domain,
-            resource,
+            resource: resource.map(|r| prepared(&r, stringprep::resourceprep, true)),
         })
     }
 
@@ -50,6 +52,44 @@ impl Jid {
             None => self.bare.clone(),
         }
     }
+}
+
+/// A localpart as a server reads it (RFC 6122 nodeprep: compatibility forms and case
+/// folded, characters that show nothing, such as a soft hyphen, taken out). One that
+/// cannot be prepared, which a server refuses, is kept lowercased.
+pub fn prepare_local(local: &str) -> String {
+    prepared(local, stringprep::nodeprep, false)
+}
+
+/// A domain as a server reads it: nameprep, as [`prepare_local`], without the empty root
+/// label a trailing dot adds (servers strip it too).
+pub fn prepare_domain(domain: &str) -> String {
+    prepared(domain.trim_end_matches('.'), stringprep::nameprep, false)
+}
+
+/// `part` through `prep`. ASCII needs case folding at most (a server refuses every
+/// ASCII character `prep` prohibits), and a part `prep` refuses is kept, lowercased
+/// unless `keep_case`.
+fn prepared(
+    part: &str,
+    prep: fn(&str) -> Result<std::borrow::Cow<'_, str>, stringprep::Error>,
+    keep_case: bool,
+) -> String {
+    let kept = || {
+        if keep_case {
+            part.to_owned()
+        } else {
+            part.to_lowercase()
+        }
+    };
+    if part.is_ascii() {
+        return if keep_case {
+            part.to_owned()
+        } else {
+            part.to_ascii_lowercase()
+        };
+    }
+    prep(part).map_or_else(|_| kept(), std::borrow::Cow::into_owned)
 }
 
 /// A pattern naming parties, as written in `from`/`to` or a group's member list.
@@ -74,7 +114,7 @@ impl PartyPattern {
             return Err("empty JID pattern".into());
         }
         if let Some(d) = s.strip_prefix("domain:") {
-            let d = d.trim().trim_end_matches('.').to_lowercase();
+            let d = prepare_domain(d.trim());
             if d.is_empty() || d.contains(['@', '/', '*', '?']) {
                 return Err(format!("`{s}` is not a domain"));
             }

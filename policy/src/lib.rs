@@ -50,6 +50,7 @@ mod verdict;
 pub use detect::Detector;
 pub use disclaimer::DisclaimerTracker;
 pub use error::{Problem, RulesError, TestIoError};
+pub use jid::{prepare_domain, prepare_local};
 pub use policy::{Mode, Policy, PolicySummary, MASK};
 pub use reload::{PolicyHandle, ReloadSummary, Watcher};
 pub use subject::{Direction, E2ee, RoomFacts, StanzaKind, Subject};

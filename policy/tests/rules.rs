@@ -440,6 +440,51 @@ action = "block"
     );
 }
 
+/// A scripted client writes its addressee as the server does not: a soft hyphen in
+/// the domain or the localpart, fullwidth or capital letters. The server prepares the
+/// address (nodeprep, nameprep) and routes to the party the rule names, so the rule
+/// and the barrier must see that party too.
+#[test]
+fn an_address_written_otherwise_is_the_party_the_server_routes_to() {
+    let p = policy(
+        r#"
+[groups]
+red = ["r@example.test"]
+blue = ["b@example.test"]
+[[barrier]]
+id = "rb"
+between = ["red", "blue"]
+[[rule]]
+id = "rival"
+when = { to = ["*@bigbank.com", "domain:rival.example"] }
+action = "block"
+"#,
+    );
+    for to in [
+        "analyst@bigbank\u{AD}.com",
+        "\u{FF41}nalyst@bigbank.com",
+        "analyst@\u{FF22}IGBANK.com",
+        "analyst@bigbank.com.",
+        "analyst@riv\u{AD}al.example",
+    ] {
+        assert!(
+            out(&p, A, to, "hi").matched("rival"),
+            "{to:?} reaches the rival's server"
+        );
+    }
+    for to in [
+        "b\u{AD}@example.test",
+        "\u{FF42}@example.test",
+        "B@EXAMPLE.TEST",
+    ] {
+        assert!(
+            out(&p, "r@example.test/x", to, "hi").matched("rb"),
+            "{to:?} is blue's address"
+        );
+    }
+    assert!(out(&p, A, "analyst@otherbank.com", "hi").rules.is_empty());
+}
+
 #[test]
 fn disclaimer_goes_to_the_external_party_either_way() {
     let p = policy(

@@ -131,29 +131,17 @@ pub struct RoomContext {
 }
 
 /// The key a room is followed under: its bare JID as the server reads it, prepared with
-/// nodeprep and nameprep (RFC 6122: compatibility forms and case folded, characters
-/// that show nothing such as a soft hyphen taken out, so `ｆal\u{AD}con@muc.x` is
-/// `falcon@muc.x`), without the empty root label a trailing dot adds (servers strip it
-/// too). A part that cannot be prepared, which a server refuses, is kept lowercased.
+/// nodeprep and nameprep as policy reads a party (`ｆal\u{AD}con@muc.x` is
+/// `falcon@muc.x`; [`custos_policy::prepare_local`]).
 fn room_key(jid: &str) -> String {
     let b = bare(jid);
-    let (local, domain) = match b.split_once('@') {
-        Some((l, d)) => (Some(l), d),
-        None => (None, b),
-    };
-    let domain = domain.trim_end_matches('.');
-    let prepared =
-        |part: &str, prep: fn(&str) -> Result<std::borrow::Cow<'_, str>, stringprep::Error>| {
-            if part.is_ascii() {
-                part.to_ascii_lowercase()
-            } else {
-                prep(part).map_or_else(|_| part.to_lowercase(), |p| p.into_owned())
-            }
-        };
-    let domain = prepared(domain, stringprep::nameprep);
-    match local {
-        Some(l) => format!("{}@{domain}", prepared(l, stringprep::nodeprep)),
-        None => domain,
+    match b.split_once('@') {
+        Some((l, d)) => format!(
+            "{}@{}",
+            custos_policy::prepare_local(l),
+            custos_policy::prepare_domain(d)
+        ),
+        None => custos_policy::prepare_domain(b),
     }
 }
 
