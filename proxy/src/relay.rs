@@ -1327,10 +1327,16 @@ impl<'a, I: Inspector> Relay<'a, I> {
     async fn relay_stanza(
         &self,
         direction: Direction,
-        stanza: Stanza,
+        mut stanza: Stanza,
         window: &mut Window,
     ) -> Result<(), Ended> {
         let (to_peer, to_sender) = self.legs(direction);
+        if crate::stanza::flatten_mixed_text(&mut stanza.root) {
+            // What is judged and recorded is what is delivered.
+            let mut raw = Vec::with_capacity(stanza.raw.len());
+            stanza.root.write_to(&mut raw);
+            stanza.raw = raw.into();
+        }
         let mut view = StanzaView::of(&stanza.root);
         if view.kind == StanzaKind::Nonza {
             self.drain(direction, window).await?;

@@ -429,6 +429,87 @@ impl StanzaView {
     }
 }
 
+/// Elements a browser or an XHTML-IM client lays out as a block of their own, or as a
+/// break: a word never runs on across one.
+const XHTML_BLOCKS: &[&str] = &[
+    "address",
+    "blockquote",
+    "body",
+    "br",
+    "dd",
+    "div",
+    "dl",
+    "dt",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "hr",
+    "li",
+    "ol",
+    "p",
+    "pre",
+    "table",
+    "td",
+    "th",
+    "tr",
+    "ul",
+];
+
+/// Appends an XHTML-IM body's text as a client draws it: an inline element's text runs
+/// on from the text before it (`fal<span>con</span>` shows `falcon`), and a block
+/// element or a break stands apart.
+fn xhtml_shown(el: &Element, out: &mut String) {
+    for node in &el.children {
+        match node {
+            crate::xml::Node::Text(t) => out.push_str(t),
+            crate::xml::Node::Element(e) => {
+                let block = XHTML_BLOCKS.contains(&&*e.name);
+                if block {
+                    out.push(' ');
+                }
+                xhtml_shown(e, out);
+                if block {
+                    out.push(' ');
+                }
+            }
+        }
+    }
+}
+
+/// Makes every body and subject of a message in `root` (the stanza itself, or one it
+/// carries anywhere: a carbon, an archive's result) hold only its text, when one held an
+/// element. Returns whether anything changed.
+///
+/// RFC 6120's schema gives a body and a subject text only, and clients read one with an
+/// element inside in different ways: Conversations keeps the text before the first
+/// element, others all of it, so `falcon<x>zz</x>` shows as `falcon` to one reader and
+/// `falconzz` to another, and no single reading can be both. Custos judges and records
+/// the text whole, each run of it glued to the next (`fal<b>con</b>` is `falcon`), and
+/// this makes that the text delivered.
+pub fn flatten_mixed_text(root: &mut Element) -> bool {
+    let mut changed = false;
+    if root.name == "message" {
+        let ns = root.ns.clone();
+        for child in root.children_mut() {
+            if (child.name == "body" || child.name == "subject")
+                && child.ns == ns
+                && child.children().next().is_some()
+            {
+                let text = child.text_content();
+                child.replace_content(text);
+                changed = true;
+            }
+        }
+    }
+    for child in root.children_mut() {
+        changed |= flatten_mixed_text(child);
+    }
+    changed
+}
+
 /// The text of the child `name` in the stanza's own namespace: the one
 /// without `xml:lang`, else the first (RFC 6120 §8.3 allows one per language).
 fn localized_child(el: &Element, name: &str) -> Option<String> {
@@ -747,7 +828,8 @@ fn extra_texts(el: &Element, wrapper: Option<usize>) -> Vec<ExtraText> {
         .find(|(_, c)| c.is("html", NS_XHTML_IM));
     if let Some((child, html)) = html {
         for body in html.children().filter(|c| c.is("body", NS_XHTML)) {
-            let text = body.deep_text();
+            let mut text = String::new();
+            xhtml_shown(body, &mut text);
             push_folded(&mut out, "xhtml", body.lang(), &text, child);
         }
     }
@@ -1644,6 +1726,53 @@ mod tests {
         Ok(StanzaView::of(&parse_element(s, &scope)?))
     }
 
+    /// A body or subject with an element inside is delivered as the text it is judged
+    /// and recorded as, in the stanza and in a message it carries; XHTML-IM is read as
+    /// a client draws it, an inline element's text running on from the text before.
+    #[test]
+    fn text_split_by_markup_is_one_text() -> Result<(), FrameError> {
+        let mut scope = NsScope::new();
+        scope.declare(vec![(None, NS_CLIENT.to_owned())]);
+        let mut el = parse_element(
+            "<message to='b@x'><body>we buy falcon<x xmlns='urn:z'>zz</x> on friday</body>\
+             <subject>fal<b>con</b></subject><body xml:lang='de'>kein <i>falke</i></body>\
+             <sent xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'>\
+             <message xmlns='jabber:client'><body>4111111111111111<x xmlns='urn:z'>0</x></body></message>\
+             </forwarded></sent></message>",
+            &scope,
+        )?;
+        let judged = StanzaView::of(&el);
+        assert!(flatten_mixed_text(&mut el));
+        let mut bytes = Vec::new();
+        el.write_to(&mut bytes);
+        let again = parse_element(std::str::from_utf8(&bytes).unwrap_or_default(), &scope)?;
+        let delivered = StanzaView::of(&again);
+        assert_eq!(delivered.body.as_deref(), Some("we buy falconzz on friday"));
+        assert_eq!(delivered.body, judged.body);
+        assert_eq!(delivered.subject.as_deref(), Some("falcon"));
+        assert_eq!(delivered.extra, judged.extra);
+        let shown = std::str::from_utf8(&bytes).unwrap_or_default();
+        assert!(
+            !shown.contains("urn:z") && !shown.contains("<b>"),
+            "{shown}"
+        );
+        assert!(shown.contains("41111111111111110"), "{shown}");
+        // Nothing to change: the stanza is left as it came.
+        let mut plain = parse_element("<message><body>a <![CDATA[b]]></body></message>", &scope)?;
+        assert!(!flatten_mixed_text(&mut plain));
+
+        let v = view(
+            "<message><html xmlns='http://jabber.org/protocol/xhtml-im'>\
+             <body xmlns='http://www.w3.org/1999/xhtml'><p>the fal<span>con</span> deal \
+             closes fri<em>day</em></p><p>next</p>line<br/>break</body></html></message>",
+        )?;
+        assert_eq!(
+            v.extra.iter().map(|t| t.text.as_str()).collect::<Vec<_>>(),
+            ["the falcon deal closes friday next line break"]
+        );
+        Ok(())
+    }
+
     /// The name of a room the recipient created is read from the room's own presence,
     /// with XEP-0106 escapes undone; a presence without both status codes, or of
     /// another type, names nothing.
@@ -1752,7 +1881,7 @@ mod tests {
             got,
             vec![
                 ("body", Some("de"), "geheim 4111"),
-                ("xhtml", None, "rich text"),
+                ("xhtml", None, "richtext"),
                 ("oob-url", None, "https://files.example/leak.pdf"),
                 ("oob-desc", None, "the deal"),
             ]

@@ -503,6 +503,56 @@ async fn text_in_a_second_language_xhtml_or_a_link_is_scanned_and_kept() -> Test
     Ok(())
 }
 
+const SPLIT_RULES: &str = "[[lexicon]]\nid = \"codewords\"\nterms = [\"falcon\"]\n\n[[rule]]\nid = \"no-codeword\"\nwhen = { body = { lexicon = \"codewords\" } }\naction = \"block\"\ntext = \"codeword\"\n";
+
+/// Markup splits a word that the reader sees whole, or glues one the reader sees apart.
+/// A body with an element inside (`falcon<x>zz</x>`) reads `falcon` in Conversations,
+/// which keeps the text before the element, and `falconzz` where all of it is kept: it
+/// is delivered as the one text it was judged and recorded as. An XHTML-IM word split
+/// by an inline element (`fal<span>con</span>`) is judged as the client draws it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_split_by_markup_is_delivered_as_it_was_judged() -> TestResult {
+    let rig = rig("capture-split-markup", Some(SPLIT_RULES))?;
+    let mut alice = login(&rig, "alice", "laptop").await?;
+    let mut bob = login(&rig, "bob", "phone").await?;
+    alice
+        .send(
+            "<message to='bob@example.test/phone' type='chat' id='s1'>\
+             <body>we buy falcon<x xmlns='urn:example:z'>zz</x> on friday</body></message>",
+        )
+        .await?;
+    let got = bob
+        .message_containing("on friday", WAIT)
+        .await?
+        .ok_or("the message never came")?;
+    let body = got.child("body", "jabber:client").ok_or("no body")?;
+    assert_eq!(body.children().count(), 0, "{got:?}");
+    assert_eq!(body.text(), "we buy falconzz on friday");
+    let copies = settled_copies(&rig, "\"on friday\"", 2)?;
+    assert_eq!(copies.len(), 2, "{copies:#?}");
+    for c in &copies {
+        assert_eq!(c["body"], "we buy falconzz on friday", "{c:#}");
+    }
+
+    alice
+        .send(
+            "<message to='bob@example.test/phone' type='chat' id='s2'><body>see notes</body>\
+             <html xmlns='http://jabber.org/protocol/xhtml-im'><body xmlns='http://www.w3.org/1999/xhtml'>\
+             <p>the fal<span>con</span> deal closes friday</p></body></html></message>",
+        )
+        .await?;
+    let err = alice
+        .until(|e| e.name == "message" && e.attr("type") == Some("error"))
+        .await?;
+    assert!(err.deep_text().contains("codeword"), "{err:?}");
+    assert!(bob.message_containing("see notes", QUIET).await?.is_none());
+    let blocked = settled_copies(&rig, "\"see notes\"", 1)?;
+    assert_eq!(blocked.len(), 1, "{blocked:#?}");
+    assert_eq!(blocked[0]["action"], "block");
+    assert!(rules_of(&blocked[0]).contains(&"no-codeword"));
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_inbound_leg_block_between_two_internal_users_is_on_the_record() -> TestResult {
     let rig = rig(
