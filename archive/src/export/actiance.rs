@@ -107,11 +107,20 @@ pub fn export_actiance(
                 what: format!("{}: {other}", dir.display()),
             },
         })?;
+        // Segments whose key is gone (first seq, records), and those a shred record names.
+        let mut keyless: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+        let mut shred_named: HashSet<u64> = HashSet::new();
         reader
             .scan(1, |e| {
                 let Some(rec) = &e.record else {
+                    keyless.entry(e.segment).or_insert((e.seq, 0)).1 += 1;
                     return Ok::<(), ReadError>(());
                 };
+                if let NewRecord::Event(crate::record::EventRecord::Shred { segment, .. }) =
+                    &rec.content
+                {
+                    shred_named.insert(*segment);
+                }
                 let NewRecord::Message(m) = &rec.content else {
                     return Ok(());
                 };
@@ -209,6 +218,17 @@ pub fn export_actiance(
                 segment: 0,
                 what: format!("{}: {e}", dir.display()),
             })?;
+        // A key is destroyed legitimately only after a signed shred record naming its
+        // segment is in the chain: any other missing key would leave records out.
+        if let Some((&segment, &(first_seq, records))) =
+            keyless.iter().find(|(s, _)| !shred_named.contains(s))
+        {
+            return Err(ExportError::KeyMissing {
+                segment,
+                first_seq,
+                records,
+            });
+        }
     }
     let write_err = |source| ExportError::Write {
         path: out.to_path_buf(),

@@ -1917,6 +1917,33 @@ fn a_key_moved_away_without_a_shred_record_stops_every_export() {
     assert!(verify_export(&out, &f.signing.verifying_key()).is_clean());
 }
 
+/// The Actiance export, which reads every record of every chain, refuses a segment
+/// whose key is gone without a shred record as the verifiable export does, and goes
+/// on past a shredded one.
+#[test]
+fn the_actiance_export_refuses_a_key_moved_away_and_leaves_out_a_shredded_segment() {
+    let (f, a, rt) = needles(30, 30);
+    let seg = placed(&f, "needle")[0].1;
+    let dir = f._tmp.path();
+    let req = ExportRequest::default();
+    let key = f.archive.join(segment::key_name(seg));
+    let saved = std::fs::read(&key).unwrap();
+    std::fs::remove_file(&key).unwrap();
+    let e = actiance::export_actiance(&[&f.archive], &f.master, &req, &dir.join("a.xml"))
+        .expect_err("an export without the segment's records");
+    assert!(
+        matches!(e, ExportError::KeyMissing { segment, .. } if segment == seg),
+        "{e}"
+    );
+    assert!(!dir.join("a.xml").exists());
+    std::fs::write(&key, saved).unwrap();
+    actiance::export_actiance(&[&f.archive], &f.master, &req, &dir.join("b.xml")).unwrap();
+    rt.block_on(a.shred_segment(seg, "test", "{}", "officer"))
+        .unwrap();
+    rt.block_on(a.close()).unwrap();
+    actiance::export_actiance(&[&f.archive], &f.master, &req, &dir.join("c.xml")).unwrap();
+}
+
 /// Someone holding the signing key writes an export of their own that leaves a whole
 /// segment out: no row, no leaf and no line of its in the chain file, and the manifest
 /// signed again without naming it shredded. The rows around it still prove, so the
