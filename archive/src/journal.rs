@@ -125,9 +125,19 @@ pub fn collect(
     let taken: std::collections::HashSet<u64> = taken.iter().copied().collect();
     let ahead_until = Timestamp(until.0.saturating_add(copy_window(period_ms)));
     let mut ahead = false;
+    // Segments met without their key, each checked once for the shred record naming it.
+    let mut shredded: std::collections::HashSet<u64> = std::collections::HashSet::new();
     let r = reader.scan(from_seq, |e| {
         let Some(record) = &e.record else {
-            // Shredded: nothing left to journal.
+            // Shredded: nothing left to journal. A key gone without a shred record stops
+            // the run where it is, so the journal does not pass over the segment.
+            if shredded.insert(e.segment) && reader.shred_record_naming(e.segment, e.seq)?.is_none()
+            {
+                return Err(Scan::Read(ReadError::KeyMissing {
+                    segment: e.segment,
+                    seq: e.seq,
+                }));
+            }
             if !ahead {
                 next_seq = e.seq + 1;
             }
@@ -477,6 +487,55 @@ mod tests {
             vec![("later", 1)],
             "the recipient's copy is not journaled again"
         );
+    }
+
+    /// A data key moved away while the journal runs: the run stops at the segment, naming
+    /// it, and does not pass over its messages; a segment shredded by a signed record is
+    /// passed over.
+    #[test]
+    fn the_journal_stops_at_a_key_gone_without_a_shred_record() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("archive");
+        let master = crate::MasterKey::from_bytes([3; 32]);
+        let mut cfg = crate::ArchiveConfig::new(
+            dir.clone(),
+            master.clone(),
+            crate::SigningKey::from_bytes(&[4; 32]),
+        );
+        cfg.segment_max_bytes = 4 * 1024;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let archive = crate::Archive::open(cfg).unwrap();
+        use crate::record::Direction::Outbound;
+        let pad = "x".repeat(300);
+        for i in 0..40 {
+            rt.block_on(archive.append(copy("a@x/1", "b@x", Outbound, &format!("m{i} {pad}"))))
+                .unwrap();
+        }
+        let until = Timestamp(Timestamp::now().0 + 60_000);
+        let key = dir.join(crate::segment::key_name(1));
+        let saved = std::fs::read(&key).unwrap();
+        std::fs::remove_file(&key).unwrap();
+        let reader = crate::ArchiveReader::open(&dir, &master).unwrap();
+        let e =
+            collect(&reader, 1, until, 1_000, &[]).expect_err("the segment's messages passed over");
+        assert!(
+            matches!(e, ReadError::KeyMissing { segment: 1, seq: 1 }),
+            "{e}"
+        );
+        std::fs::write(&key, saved).unwrap();
+        rt.block_on(archive.shred_segment(1, "test", "{}", "officer"))
+            .unwrap();
+        let reader = crate::ArchiveReader::open(&dir, &master).unwrap();
+        let batch = collect(&reader, 1, until, 1_000, &[]).unwrap();
+        assert!(
+            batch.scanned > 0 && batch.next_seq > 1,
+            "{:?}",
+            batch.next_seq
+        );
+        rt.block_on(archive.close()).unwrap();
     }
 
     #[test]

@@ -75,6 +75,9 @@ pub enum ReadError {
     },
     #[error("segment {segment}: data key destroyed (record shredded)")]
     Shredded { segment: u64 },
+    /// A segment's data key is gone and no shred record authorised it.
+    #[error("segment {segment}: its data key is missing and no signed shred record in the chain names it (met at seq {seq}); put the key file back, or run `custos verify`")]
+    KeyMissing { segment: u64, seq: u64 },
     /// A [`crate::TailCursor::resume`] found the log without the record its state was
     /// derived up to.
     #[error("the log does not hold record {seq} as the saved state read it: {what}")]

@@ -275,6 +275,35 @@ impl ArchiveReader {
         }
     }
 
+    /// The seq of the signed shred record in the chain that names `segment`, read from
+    /// seq `from` on (a shred record is written after the segment it names); `None`
+    /// when there is none. A data key is destroyed legitimately only after such a record.
+    pub fn shred_record_naming(&self, segment: u64, from: u64) -> Result<Option<u64>, ReadError> {
+        let mut found = None;
+        self.scan(from, |e| {
+            if let Some(Record {
+                content:
+                    crate::record::NewRecord::Event(crate::record::EventRecord::Shred {
+                        segment: named,
+                        ..
+                    }),
+                ..
+            }) = &e.record
+            {
+                if *named == segment {
+                    found = Some(e.seq);
+                    return Err(Stop::Done);
+                }
+            }
+            Ok(())
+        })
+        .or_else(|e| match e {
+            Stop::Done => Ok(()),
+            Stop::Failed(e) => Err(e),
+        })?;
+        Ok(found)
+    }
+
     /// Records with seq in `range`, in order (shredded records are skipped).
     pub fn records(&self, range: std::ops::RangeInclusive<u64>) -> Result<Vec<Record>, ReadError> {
         let mut out = Vec::new();
