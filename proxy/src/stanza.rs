@@ -466,7 +466,7 @@ fn xhtml_shown(el: &Element, out: &mut String) {
         match node {
             crate::xml::Node::Text(t) => out.push_str(t),
             crate::xml::Node::Element(e) => {
-                let block = XHTML_BLOCKS.contains(&&*e.name);
+                let block = XHTML_BLOCKS.iter().any(|b| b.eq_ignore_ascii_case(&e.name));
                 if block {
                     out.push(' ');
                 }
@@ -479,33 +479,38 @@ fn xhtml_shown(el: &Element, out: &mut String) {
     }
 }
 
-/// Makes every body and subject of a message in `root` (the stanza itself, or one it
-/// carries anywhere: a carbon, an archive's result) hold only its text, when one held an
-/// element. Returns whether anything changed.
+/// Makes every text-only element in `root` hold only its text, when one held an element:
+/// a message's body, subject and thread and a presence's status, show and priority (the
+/// stanza's own, or those of one it carries anywhere: a carbon, an archive's result), a
+/// XEP-0172 nickname and an out-of-band link's address and description. Returns whether
+/// anything changed.
 ///
-/// RFC 6120's schema gives a body and a subject text only, and clients read one with an
-/// element inside in different ways: Conversations keeps the text before the first
-/// element, others all of it, so `falcon<x>zz</x>` shows as `falcon` to one reader and
-/// `falconzz` to another, and no single reading can be both. Custos judges and records
-/// the text whole, each run of it glued to the next (`fal<b>con</b>` is `falcon`), and
-/// this makes that the text delivered.
+/// RFC 6120's schema gives these text only, and clients read one with an element inside
+/// in different ways: Conversations keeps the text before the first element, others all
+/// of it, so `falcon<x>zz</x>` shows as `falcon` to one reader and `falconzz` to another,
+/// and no single reading can be both. Custos judges and records the text whole, each run
+/// of it glued to the next (`fal<b>con</b>` is `falcon`), and this makes that the text
+/// delivered.
 pub fn flatten_mixed_text(root: &mut Element) -> bool {
+    let own: &[&str] = match &*root.name {
+        "message" => &["body", "subject", "thread"],
+        "presence" => &["status", "show", "priority"],
+        _ => &[],
+    };
+    let ns = root.ns.clone();
+    let oob = root.is("x", NS_OOB);
     let mut changed = false;
-    if root.name == "message" {
-        let ns = root.ns.clone();
-        for child in root.children_mut() {
-            if (child.name == "body" || child.name == "subject")
-                && child.ns == ns
-                && child.children().next().is_some()
-            {
-                let text = child.text_content();
-                child.replace_content(text);
-                changed = true;
-            }
-        }
-    }
     for child in root.children_mut() {
-        changed |= flatten_mixed_text(child);
+        let text_only = (child.ns == ns && own.contains(&&*child.name))
+            || child.is("nick", NS_NICK)
+            || (oob && matches!(&*child.name, "url" | "desc"));
+        if text_only && child.children().next().is_some() {
+            let text = child.text_content();
+            child.replace_content(text);
+            changed = true;
+        } else {
+            changed |= flatten_mixed_text(child);
+        }
     }
     changed
 }
@@ -828,9 +833,17 @@ fn extra_texts(el: &Element, wrapper: Option<usize>) -> Vec<ExtraText> {
         .find(|(_, c)| c.is("html", NS_XHTML_IM));
     if let Some((child, html)) = html {
         for body in html.children().filter(|c| c.is("body", NS_XHTML)) {
-            let mut text = String::new();
-            xhtml_shown(body, &mut text);
-            push_folded(&mut out, "xhtml", body.lang(), &text, child);
+            // As a client draws it, and with every element's edge a gap (an image, a
+            // block this list does not know, a margin in a style): a word split by
+            // markup is read whole in the one, words markup keeps apart in the other.
+            let mut shown = String::new();
+            xhtml_shown(body, &mut shown);
+            let fold = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
+            let (shown, spaced) = (fold(&shown), fold(&body.deep_text()));
+            push_folded(&mut out, "xhtml", body.lang(), &shown, child);
+            if spaced != shown {
+                push_folded(&mut out, "xhtml", body.lang(), &spaced, child);
+            }
         }
     }
     for (i, x) in el.children().enumerate().filter(|(_, c)| c.is("x", NS_OOB)) {
@@ -1768,7 +1781,38 @@ mod tests {
         )?;
         assert_eq!(
             v.extra.iter().map(|t| t.text.as_str()).collect::<Vec<_>>(),
-            ["the falcon deal closes friday next line break"]
+            [
+                "the falcon deal closes friday next line break",
+                "the fal con deal closes fri day next line break"
+            ]
+        );
+        // An image between two words, and a break written in capitals.
+        let v = view(
+            "<message><html xmlns='http://jabber.org/protocol/xhtml-im'>\
+             <body xmlns='http://www.w3.org/1999/xhtml'>falcon<img src='x'/>deal \
+             kestrel<BR/>desk</body></html></message>",
+        )?;
+        assert_eq!(
+            v.extra
+                .iter()
+                .filter(|t| t.kind == "xhtml")
+                .map(|t| t.text.as_str())
+                .collect::<Vec<_>>(),
+            ["falcondeal kestrel desk", "falcon deal kestrel desk"]
+        );
+        // A status, a nickname and a link's description are flattened as a body is.
+        let mut el = parse_element(
+            "<presence><status>fal<b>con</b> here</status>\
+             <nick xmlns='http://jabber.org/protocol/nick'>fal<i>con</i></nick></presence>",
+            &scope,
+        )?;
+        assert!(flatten_mixed_text(&mut el));
+        let mut bytes = Vec::new();
+        el.write_to(&mut bytes);
+        let shown = String::from_utf8(bytes).unwrap_or_default();
+        assert!(
+            shown.contains(">falcon here</status>") && shown.contains(">falcon</nick>"),
+            "{shown}"
         );
         Ok(())
     }
@@ -1882,6 +1926,7 @@ mod tests {
             vec![
                 ("body", Some("de"), "geheim 4111"),
                 ("xhtml", None, "richtext"),
+                ("xhtml", None, "rich text"),
                 ("oob-url", None, "https://files.example/leak.pdf"),
                 ("oob-desc", None, "the deal"),
             ]
