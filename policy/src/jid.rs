@@ -121,7 +121,7 @@ impl PartyPattern {
             return Ok(PartyPattern::Domain(d));
         }
         if s.contains(['*', '?']) {
-            return Ok(PartyPattern::Glob(s.to_owned()));
+            return Ok(PartyPattern::Glob(prepare_glob(s)));
         }
         let jid = Jid::parse(s).ok_or_else(|| format!("`{s}` is not a JID"))?;
         Ok(match (&jid.resource, s.contains('@')) {
@@ -130,6 +130,55 @@ impl PartyPattern {
             (None, false) => PartyPattern::Domain(jid.domain),
         })
     }
+}
+
+/// A glob whose literal runs are prepared as the addresses it is matched against are:
+/// each run of the localpart with nodeprep, of the domain with nameprep, of the
+/// resource with resourceprep (`*@straße.de` is `*@strasse.de`). ASCII is left as
+/// written (the match ignores case).
+fn prepare_glob(glob: &str) -> String {
+    if glob.is_ascii() {
+        return glob.to_owned();
+    }
+    let (bare, resource) = match glob.split_once('/') {
+        Some((b, r)) => (b, Some(r)),
+        None => (glob, None),
+    };
+    let (local, domain) = match bare.split_once('@') {
+        Some((l, d)) => (Some(l), d),
+        None => (None, bare),
+    };
+    // The runs between wildcards, each prepared, the wildcards kept.
+    let runs = |part: &str, prep: &dyn Fn(&str) -> String| {
+        let mut out = String::new();
+        let mut run = String::new();
+        for c in part.chars() {
+            if matches!(c, '*' | '?') {
+                out.push_str(&prep(&run));
+                run.clear();
+                out.push(c);
+            } else {
+                run.push(c);
+            }
+        }
+        out.push_str(&prep(&run));
+        out
+    };
+    let mut out = String::new();
+    if let Some(l) = local {
+        out.push_str(&runs(l, &prepare_local));
+        out.push('@');
+    }
+    out.push_str(&runs(domain, &|d: &str| {
+        prepared(d, stringprep::nameprep, false)
+    }));
+    if let Some(r) = resource {
+        out.push('/');
+        out.push_str(&runs(r, &|r: &str| {
+            prepared(r, stringprep::resourceprep, true)
+        }));
+    }
+    out
 }
 
 /// Glob to an anchored, case-insensitive regex.
@@ -320,6 +369,15 @@ mod tests {
         assert_eq!(
             PartyPattern::parse("*@b.c"),
             Ok(PartyPattern::Glob("*@b.c".into()))
+        );
+        assert_eq!(
+            PartyPattern::parse("*@Straße.de"),
+            Ok(PartyPattern::Glob("*@strasse.de".into())),
+            "prepared as the address it meets is"
+        );
+        assert_eq!(
+            PartyPattern::parse("ｆ*@b\u{AD}ank.*/Téléphone*"),
+            Ok(PartyPattern::Glob("f*@bank.*/Téléphone*".into()))
         );
         assert!(PartyPattern::parse("domain:a@b").is_err());
         assert!(PartyPattern::parse(" ").is_err());
