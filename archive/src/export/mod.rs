@@ -530,6 +530,7 @@ pub fn export_with(
         find_shred_records(
             storage,
             master_key,
+            &signing_key.verifying_key(),
             &meta.archive_id,
             (&ids, first),
             &unnamed,
@@ -840,10 +841,14 @@ fn describe(req: &ExportRequest, st: &Stats, through: u64) -> String {
 /// Reads the records of the segments after `first` (all of them, decrypted) for the
 /// shred records that name the `wanted` segments, adding each to `found`, until every
 /// one is named. Only met when an export reads a segment whose key is gone: the shred
-/// record is written after the segment, often far beyond the export's range.
+/// record is written after the segment, often far beyond the export's range. A record
+/// counts once a checkpoint after it in its segment states the head the walk computed
+/// and bears a valid signature: one put in a segment of someone's own making, without
+/// the signing key, does not.
 fn find_shred_records(
     storage: &dyn Storage,
     master_key: &MasterKey,
+    verifying: &ed25519_dalek::VerifyingKey,
     archive_id: &[u8; 16],
     (ids, first): (&[u64], u64),
     wanted: &[u64],
@@ -877,10 +882,25 @@ fn find_shred_records(
             break;
         };
         let header = SegmentHeader::decode(&hb).map_err(|w| corrupt(0, w))?;
+        // Shred records met since the last checkpoint: they count once one covers them.
+        let mut pending: Vec<(u64, u64)> = Vec::new();
         walk::walk_stored(storage, &name, &header, |_, step| {
             match step.map_err(|b| corrupt(b.offset, b.what))? {
                 Step::End { .. } => return Ok(false),
-                Step::Checkpoint { .. } => {}
+                Step::Checkpoint { offset, cp, flaw } => {
+                    if let Some(flaw) = flaw {
+                        return Err(corrupt(offset, flaw));
+                    }
+                    if !segment::checkpoint_valid(verifying, &hb, &cp) {
+                        return Err(corrupt(
+                            offset,
+                            "checkpoint signature does not verify".into(),
+                        ));
+                    }
+                    for (segment, seq) in pending.drain(..) {
+                        found.entry(segment).or_insert(seq);
+                    }
+                }
                 Step::Record(r) => {
                     if let Some(flaw) = r.flaw {
                         return Err(corrupt(r.offset, flaw));
@@ -888,7 +908,7 @@ fn find_shred_records(
                     let o = walk::open_frame(&cipher, &hb, &r).map_err(|w| corrupt(r.offset, w))?;
                     if let NewRecord::Event(EventRecord::Shred { segment, .. }) = o.record.content {
                         if wanted.contains(&segment) {
-                            found.entry(segment).or_insert(r.seq);
+                            pending.push((segment, r.seq));
                         }
                     }
                 }
