@@ -149,6 +149,21 @@ fn check_range(m: &Manifest, r: &mut ExportReport) {
             r.shredded_in_range += b - a + 1;
         }
     }
+    // Without a query every record in the range is exported, and a record's time never
+    // goes back: what lies between the first and last row is in the range too, so only
+    // a declared shredded segment may be missing there.
+    if m.query.is_none() && r.withheld_in_range > r.shredded_in_range {
+        r.problem(
+            Some(manifest::MANIFEST),
+            None,
+            None,
+            format!(
+                "the export has no query, yet {} record(s) between seq {first} and {last} are \
+                 neither exported nor in a shredded segment the manifest declares",
+                r.withheld_in_range - r.shredded_in_range
+            ),
+        );
+    }
     if r.shredded_in_range > r.withheld_in_range {
         r.problem(
             Some(manifest::MANIFEST),
