@@ -1221,6 +1221,14 @@ fn own_attr_values(el: &Element, out: &mut String, keep: impl Fn(&str, &str) -> 
     }
 }
 
+/// Appends every attribute value with a space in it, in `el` and below.
+fn spaced_attrs(el: &Element, out: &mut String) {
+    own_attr_values(el, out, |_, value| has_space(value));
+    for child in el.children() {
+        spaced_attrs(child, out);
+    }
+}
+
 /// Appends every attribute value below `el` (not namespace declarations).
 fn attribute_values(el: &Element, out: &mut String) {
     own_attr_values(el, out, |_, _| true);
@@ -1294,12 +1302,15 @@ fn published_words(
         }
         out.push(' ');
         out.push_str(&part.text());
+        // A node's or an item's name is an identifier: one with a space in it is words.
+        own_attr_values(part, out, |_, value| has_space(value));
         for item in part.children() {
             if item.name != "item" {
                 continue;
             }
             out.push(' ');
             out.push_str(&item.text());
+            own_attr_values(item, out, |_, value| has_space(value));
             for payload in item.children() {
                 if is_plain_nick(payload) {
                     quiet.push(("nick", payload.text()));
@@ -1307,7 +1318,17 @@ fn published_words(
                     let mut words = String::new();
                     profile_words(payload, &mut words);
                     quiet.push(("profile", words));
-                } else if !UNREAD_ITEMS_NS.contains(&&*payload.ns) {
+                } else if UNREAD_ITEMS_NS.contains(&&*payload.ns) {
+                    // Keys, images and read markers hold base64 and identifiers, but an
+                    // attribute with a space in it (an OMEMO device's label, which some
+                    // clients show) is a `profile` text: judged, recorded when a rule
+                    // matched it, as software writes labels at every new device.
+                    let mut words = String::new();
+                    spaced_attrs(payload, &mut words);
+                    if !words.trim().is_empty() {
+                        quiet.push(("profile", words));
+                    }
+                } else {
                     out.push(' ');
                     out.push_str(&payload.deep_text());
                     attribute_values(payload, out);
@@ -2161,6 +2182,28 @@ mod tests {
             assert!(v.has_content(), "{node}");
             assert_eq!(others(&v), [words], "{node}");
         }
+        // A device's label is judged, and makes no record by itself; an item named with a
+        // space in it is words.
+        let v = event(
+            "urn:xmpp:omemo:2:devices",
+            "<devices xmlns='urn:xmpp:omemo:2'><device id='1' label='sell falcon friday'/></devices>",
+        )?;
+        assert!(!v.has_content(), "{:?}", v.extra);
+        assert_eq!(
+            v.extra
+                .iter()
+                .map(|t| (t.kind.as_str(), t.text.trim()))
+                .collect::<Vec<_>>(),
+            [("profile", "sell falcon friday")]
+        );
+        let v = view(
+            "<message from='bob@x' to='alice@x/r' type='headline'>\
+             <event xmlns='http://jabber.org/protocol/pubsub#event'><items node='urn:xmpp:avatar:metadata'>\
+             <item id='sell falcon before earnings'><metadata xmlns='urn:xmpp:avatar:metadata'/></item>\
+             </items></event></message>",
+        )?;
+        assert!(v.has_content());
+        assert_eq!(others(&v), ["sell falcon before earnings"]);
         // A nickname is judged but makes no record by itself: servers hand each contact's
         // to a client at every login. One with anything else in it is words.
         let v = event(
