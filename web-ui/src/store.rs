@@ -1686,6 +1686,19 @@ impl Store {
             .collect()
     }
 
+    /// Whether `jids` (bare, lowercase) include a party of any copy of the logical message
+    /// `r` belongs to. A review is of the whole message, so the check that nobody reviews
+    /// their own is too: the copy one node recorded may not name the party another
+    /// recorded (a room that hides who is behind a nickname).
+    pub fn involves(&self, r: MsgRef, jids: &[String]) -> bool {
+        !jids.is_empty()
+            && self
+                .copy_refs(r)
+                .into_iter()
+                .filter_map(|c| self.message(c))
+                .any(|m| m.involves(jids))
+    }
+
     /// The logical message's verdict: the most restrictive of its copies, every rule
     /// any copy matched, and what monitor-mode rules would have done.
     pub fn verdict_of(&self, r: MsgRef) -> GroupVerdict {
@@ -1933,6 +1946,43 @@ mod tests {
             .message(MsgRef::own(2))
             .unwrap()
             .involves(&["b@x".to_string()]));
+    }
+
+    /// A message is someone's own if any copy names them: the recipient's copy of a
+    /// room message may name only the sender's nickname, while the sender's own copy
+    /// names their account. Reviewing by the copy that does not name them is refused.
+    #[test]
+    fn a_message_is_ones_own_whichever_copy_names_it() {
+        let mut s = Store::new([0; 16], 0.0);
+        let mut own = copy(1, "id-1", None, Leg::ClientToServer, Action::Flag);
+        let mut echo = copy(2, "id-1", None, Leg::ServerToClient, Action::Flag);
+        if let (
+            Some(Record {
+                content: NewRecord::Message(o),
+                ..
+            }),
+            Some(Record {
+                content: NewRecord::Message(e),
+                ..
+            }),
+        ) = (&mut own.record, &mut echo.record)
+        {
+            o.from = "olivia@x/desk".into();
+            o.to = "room@conf.x".into();
+            o.capture.account = "olivia@x/desk".into();
+            o.stanza_type = "groupchat".into();
+            e.from = "room@conf.x/nick".into();
+            e.to = "bob@x/2".into();
+            e.capture.account = "bob@x/2".into();
+            e.stanza_type = "groupchat".into();
+        }
+        s.apply(vec![own, echo]);
+        let olivia = ["olivia@x".to_string()];
+        assert!(!s.message(MsgRef::own(2)).unwrap().involves(&olivia));
+        assert!(s.involves(MsgRef::own(2), &olivia));
+        assert!(s.involves(MsgRef::own(1), &olivia));
+        assert!(!s.involves(MsgRef::own(2), &["carol@x".to_string()]));
+        assert!(!s.involves(MsgRef::own(2), &[]));
     }
 
     /// A copy of logical message `identity` on `leg`, seen by `account`.

@@ -89,9 +89,7 @@ pub async fn conversation(
     };
     let review = read(&app.store).review(seq).cloned();
     let hit_meta = read(&app.store).message(seq);
-    let own = hit_meta
-        .as_ref()
-        .is_some_and(|m| m.involves(&a.session.jids));
+    let own = read(&app.store).involves(seq, &a.session.jids);
     let title = hit_meta
         .as_ref()
         .map(|m| m.conversation.clone())

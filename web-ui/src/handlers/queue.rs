@@ -29,7 +29,7 @@ pub async fn queue(
     };
     let page_number = f.page;
     let skip = page_number.saturating_mul(PAGE);
-    let (page, all_rules, all_severities) = {
+    let (page, own, all_rules, all_severities) = {
         let store = read(&app.store);
         let page = store.queue_page(&QueueQuery {
             status: &status,
@@ -39,7 +39,12 @@ pub async fn queue(
             skip,
             take: PAGE,
         });
-        (page, store.rule_names(), store.severity_names())
+        let own: Vec<bool> = page
+            .rows
+            .iter()
+            .map(|row| store.involves(row.message.key(), &a.session.jids))
+            .collect();
+        (page, own, store.rule_names(), store.severity_names())
     };
     let pairs: Vec<(String, String)> = [
         ("status", &status),
@@ -64,6 +69,7 @@ pub async fn queue(
         all_rules: &all_rules,
         all_severities: &all_severities,
         page: &page,
+        own: &own,
         page_number,
         has_next: page.total > skip.saturating_add(PAGE),
         can_review: allows(a.session.role, Perm::Review),
@@ -134,10 +140,7 @@ pub async fn queue_action(
                 )));
             }
             // Nobody reviews their own messages (FINRA 3110: independent review).
-            if store
-                .message(*r)
-                .is_some_and(|m| m.involves(&a.session.jids))
-            {
+            if store.involves(*r, &a.session.jids) {
                 return Err(AppError::SelfReview);
             }
             let node = (r.chain != 0)

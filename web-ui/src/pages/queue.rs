@@ -18,6 +18,8 @@ pub struct QueueView<'a> {
     pub all_rules: &'a [String],
     pub all_severities: &'a [String],
     pub page: &'a QueuePage,
+    /// For each row: whether the signed-in user is a party of the message (any copy).
+    pub own: &'a [bool],
     pub page_number: usize,
     pub has_next: bool,
     pub can_review: bool,
@@ -56,9 +58,9 @@ pub fn queue(v: &QueueView<'_>) -> Markup {
                         th { "Time (UTC)" } th { "From" } th { "To" } th { "Verdict" } th { "Severity" } th { "Status" } th { "Assignee" } th {}
                     } }
                     tbody {
-                        @for row in &v.page.rows {
+                        @for (i, row) in v.page.rows.iter().enumerate() {
                             @let (item, m, verdict_of) = (&row.item, &row.message, &row.item.verdict);
-                            @let own = m.involves(&v.session.jids);
+                            @let own = v.own.get(i).copied().unwrap_or(true);
                             tr id=(format!("q{}", row.name.replace(':', "-"))) {
                                 @if v.can_review { td.sel { @if !own { input type="checkbox" name="seq" value=(row.name) aria-label="Select"; } } }
                                 td.time { (short_time(m.time)) }
