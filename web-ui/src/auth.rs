@@ -128,10 +128,26 @@ pub fn set_cookie(name: &str, value: &str, secure: bool, max_age: Option<u64>) -
     c
 }
 
+/// The throttle's key for a client address: an IPv6 client is its /64, which one host
+/// commonly holds whole, so it cannot take a fresh address for every guess.
+pub fn client_key(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or_else(String::new, |v4| v4.to_string()),
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+    }
+}
+
 /// Failures allowed before a key is locked out.
 const FREE_FAILURES: u32 = 5;
-/// Failures are forgotten after this long without another.
-const FAILURE_MEMORY: Duration = Duration::from_secs(15 * 60);
+/// Failures are forgotten after this long without another: longer than the longest
+/// lock, so a key that keeps failing stays at the longest lock instead of starting over.
+const FAILURE_MEMORY: Duration = Duration::from_secs(24 * 60 * 60);
 const MAX_LOCK: Duration = Duration::from_secs(15 * 60);
 /// Bounds memory under a spray of distinct names or addresses.
 const MAX_TRACKED: usize = 10_000;
@@ -175,6 +191,13 @@ impl Throttle {
         if self.keys.len() >= MAX_TRACKED {
             self.keys
                 .retain(|_, f| now.duration_since(f.last) < FAILURE_MEMORY);
+        }
+        if self.keys.len() >= MAX_TRACKED {
+            // A spray of names or addresses: keep the keys it has locked, and those that
+            // failed in the last quarter hour.
+            self.keys.retain(|_, f| {
+                f.locked_until.is_some_and(|t| t > now) || now.duration_since(f.last) < MAX_LOCK
+            });
         }
         for k in keys {
             let f = self.keys.entry(k.clone()).or_insert(Failures {
@@ -227,6 +250,32 @@ mod tests {
         assert_eq!(t.locked(&k, now + Duration::from_secs(3)), None);
         t.succeed(&k);
         assert_eq!(t.locked(&k, now), None);
+    }
+
+    /// A key that goes on failing at the longest lock stays locked for the longest lock:
+    /// its failures are not forgotten when each lock ends. An IPv6 client is its /64.
+    #[test]
+    fn a_key_failing_at_the_longest_lock_stays_there() {
+        let mut t = Throttle::new();
+        let k = vec!["user:a".to_string()];
+        let mut now = Instant::now();
+        for _ in 0..40 {
+            t.fail(&k, now);
+            let wait = t.locked(&k, now).unwrap_or_default();
+            now += wait + Duration::from_secs(1);
+        }
+        t.fail(&k, now);
+        assert_eq!(t.locked(&k, now), Some(MAX_LOCK));
+        let a: std::net::IpAddr = "2001:db8:1:2:aaaa::1"
+            .parse()
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let b: std::net::IpAddr = "2001:db8:1:2:bbbb::9"
+            .parse()
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        assert_eq!(client_key(a), client_key(b));
+        assert_eq!(client_key(a), "2001:db8:1:2::/64");
+        let v4: std::net::IpAddr = "::ffff:192.0.2.7".parse().unwrap_or(a);
+        assert_eq!(client_key(v4), "192.0.2.7");
     }
 
     #[test]

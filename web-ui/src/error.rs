@@ -39,6 +39,8 @@ pub enum AppError {
     NotFound,
     #[error("you may not review messages you sent or received")]
     SelfReview,
+    #[error("you may not release or change a legal hold that names you as a custodian")]
+    OwnHold,
     #[error("too many failed sign-ins; try again in {0} seconds")]
     Throttled(u64),
     // The archive's.
@@ -67,7 +69,9 @@ impl AppError {
     pub fn status(&self) -> StatusCode {
         match self {
             AppError::Unauthenticated => StatusCode::SEE_OTHER,
-            AppError::Forbidden | AppError::Csrf | AppError::SelfReview => StatusCode::FORBIDDEN,
+            AppError::Forbidden | AppError::Csrf | AppError::SelfReview | AppError::OwnHold => {
+                StatusCode::FORBIDDEN
+            }
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::NotFound => StatusCode::NOT_FOUND,
             AppError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,

@@ -132,7 +132,9 @@ pub fn load_users(path: &Path) -> Result<Vec<User>, UserError> {
     Ok(file.users)
 }
 
-fn valid_name(name: &str) -> bool {
+/// Whether `name` is one an account can have: 1 to 64 characters of letters, digits and
+/// `.-_@`.
+pub fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
             .chars()

@@ -372,6 +372,56 @@ async fn review_is_audited_refuses_self_review_and_survives_restart() {
     assert!(open.body.contains("Escalated"));
 }
 
+/// Olivia is a custodian of a hold Oscar placed: it keeps her own messages, so she may
+/// neither release it nor change its criteria (say, take herself off it); Oscar may.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custodian_may_not_release_or_change_the_hold_that_keeps_their_messages() {
+    let w = world().await;
+    let (oscar, oscar_csrf) = sign_in(&w.app, "oscar").await;
+    let place = |csrf: &str, jids: &str, change: bool| {
+        format!(
+            "csrf={csrf}&matter={}&jids={}{}",
+            enc("acme v. firm"),
+            enc(jids),
+            if change { "&change=on" } else { "" }
+        )
+    };
+    let r = send(
+        &w.app,
+        Method::POST,
+        "/holds",
+        Some(&oscar),
+        Some(&place(
+            &oscar_csrf,
+            "olivia@example.test, carol@example.test",
+            false,
+        )),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let (olivia, csrf) = sign_in(&w.app, "olivia").await;
+    for (path, body) in [
+        ("/holds", place(&csrf, "carol@example.test", true)),
+        (
+            "/holds/release",
+            format!("csrf={csrf}&matter={}", enc("acme v. firm")),
+        ),
+    ] {
+        let r = send(&w.app, Method::POST, path, Some(&olivia), Some(&body)).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{path}: {}", r.body);
+        assert!(r.body.contains("custodian"), "{}", r.body);
+    }
+    let r = send(
+        &w.app,
+        Method::POST,
+        "/holds/release",
+        Some(&oscar),
+        Some(&format!("csrf={oscar_csrf}&matter={}", enc("acme v. firm"))),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn search_filters_highlight_escape_and_audit() {
     let w = world().await;
@@ -605,6 +655,38 @@ async fn sign_in_is_throttled_and_failures_audited() {
         .filter(|r| matches!(&r.content, NewRecord::Event(EventRecord::Audit { actor, action, .. }) if actor == "ada" && action == "sign-in-failed"))
         .count();
     assert_eq!(failures, 5);
+    // A name no account can have, as long as a request: refused as a wrong password,
+    // and the archive keeps a note of it, not the name.
+    let huge = format!("{}<script>", "x".repeat(100_000));
+    let r = send(
+        &w.app,
+        Method::POST,
+        "/login",
+        Some(&lc),
+        Some(&format!("user={}&password=wrong&csrf={token}", enc(&huge))),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let audits: Vec<String> =
+        w.fx.archive
+            .reader()
+            .records(1..=u64::MAX - 1)
+            .unwrap()
+            .into_iter()
+            .filter_map(|r| match r.content {
+                NewRecord::Event(EventRecord::Audit { actor, action, .. })
+                    if action == "sign-in-failed" =>
+                {
+                    Some(actor)
+                }
+                _ => None,
+            })
+            .collect();
+    assert!(
+        audits.iter().any(|a| a == "(not an account name)"),
+        "{audits:?}"
+    );
+    assert!(audits.iter().all(|a| a.len() <= 64), "{audits:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

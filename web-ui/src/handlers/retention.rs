@@ -103,10 +103,17 @@ pub async fn hold_add(
         }
     };
     app.catch_up_settled().await?;
-    let active = read(&app.store)
-        .holds()
-        .get(&spec.matter)
-        .is_some_and(|h| h.active);
+    let (active, custodian) = {
+        let store = read(&app.store);
+        let hold = store.holds().get(&spec.matter).filter(|h| h.active);
+        (
+            hold.is_some(),
+            hold.is_some_and(|h| names_user(&h.spec, &a)),
+        )
+    };
+    if custodian && f.change.is_some() {
+        return Err(AppError::OwnHold);
+    }
     // Changing a hold narrows or widens someone's matter: it must be meant.
     let act = match (active, f.change.is_some()) {
         (false, false) => HOLD_PLACE,
@@ -129,6 +136,15 @@ pub async fn hold_add(
     Ok(Redirect::to("/holds").into_response())
 }
 
+/// Whether the hold names one of the signed-in user's own addresses as a custodian: they
+/// may not release it or change it (it keeps their own messages), as nobody reviews
+/// their own messages.
+fn names_user(spec: &HoldSpec, a: &Authed) -> bool {
+    spec.jids
+        .iter()
+        .any(|j| a.session.jids.iter().any(|own| own.eq_ignore_ascii_case(j)))
+}
+
 #[derive(Deserialize)]
 pub struct ReleaseForm {
     csrf: String,
@@ -142,10 +158,17 @@ pub async fn hold_release(
 ) -> Result<Response, AppError> {
     a.check_csrf(&f.csrf)?;
     app.catch_up_settled().await?;
-    let active = read(&app.store)
-        .holds()
-        .get(&f.matter)
-        .is_some_and(|h| h.active);
+    let (active, custodian) = {
+        let store = read(&app.store);
+        let hold = store.holds().get(&f.matter).filter(|h| h.active);
+        (
+            hold.is_some(),
+            hold.is_some_and(|h| names_user(&h.spec, &a)),
+        )
+    };
+    if custodian {
+        return Err(AppError::OwnHold);
+    }
     if !active {
         let e = format!("no active hold {:?}", f.matter);
         return Ok((StatusCode::BAD_REQUEST, holds_page(&app, &a, Some(&e))).into_response());

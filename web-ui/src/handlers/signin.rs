@@ -27,8 +27,15 @@ pub async fn login(
     if !auth::same_token(expected, &f.csrf) {
         return Err(AppError::Csrf);
     }
-    let mut keys = vec![format!("user:{}", f.user)];
-    keys.extend(addr.map(|a| format!("ip:{}", a.ip())));
+    // A name no account can have is kept out of the throttle's table and the archive
+    // (an unauthenticated client chooses it, up to the size of a request): it fails as
+    // a wrong password does, counted against the client's address.
+    let valid = users::valid_name(&f.user);
+    let mut keys = Vec::with_capacity(2);
+    if valid {
+        keys.push(format!("user:{}", f.user));
+    }
+    keys.extend(addr.map(|a| format!("ip:{}", auth::client_key(a.ip()))));
     if let Some(wait) = lock(&app.throttle).locked(&keys, Instant::now()) {
         return Err(AppError::Throttled(wait.as_secs().max(1)));
     }
@@ -37,7 +44,7 @@ pub async fn login(
     let (name, password) = (f.user.clone(), f.password);
     let found = tokio::task::spawn_blocking(move || {
         let all = users::load_users(&path)?;
-        let user = all.into_iter().find(|u| u.name == name);
+        let user = all.into_iter().find(|u| valid && u.name == name);
         let ok = users::verify_password(user.as_ref(), &password);
         Ok::<_, users::UserError>(user.filter(|_| ok))
     })
@@ -46,12 +53,19 @@ pub async fn login(
     .map_err(|e| AppError::Internal(e.to_string()))?;
     let Some(user) = found else {
         lock(&app.throttle).fail(&keys, Instant::now());
-        app.audit(
-            &f.user,
-            audit_action::SIGN_IN_FAILED,
-            json!({ "client": addr.map(|a| a.ip().to_string()) }),
-        )
-        .await?;
+        let (actor, detail) = if valid {
+            (
+                f.user.as_str(),
+                json!({ "client": addr.map(|a| a.ip().to_string()) }),
+            )
+        } else {
+            (
+                "(not an account name)",
+                json!({ "client": addr.map(|a| a.ip().to_string()), "name_bytes": f.user.len() }),
+            )
+        };
+        app.audit(actor, audit_action::SIGN_IN_FAILED, detail)
+            .await?;
         return Ok((
             StatusCode::UNAUTHORIZED,
             pages::login(&f.csrf, Some("Unknown account or wrong password.")),
