@@ -65,7 +65,10 @@ pub use export::{
 };
 pub use grouping::{group, merge_newest, CopyRef, MessageHit};
 pub use inbox::{submit_audit, submit_audit_in, AuditSubmitted, SubmitError};
-pub use keys::{keys_init, load_signing_key, load_verifying_key, KeyError, KeysCreated, MasterKey};
+pub use keys::{
+    keys_init, load_signing_key, load_verifying_key, KeyError, KeysCreated, MasterKey,
+    MASTER_KEY_ENV,
+};
 pub use record::{
     Action, Capture, Direction, Edit, EditKind, EventRecord, Leg, MessageRecord, NewRecord,
     Outcome, Record, RecordSeq, SessionId, SharedFile, Text, Via,

@@ -257,7 +257,11 @@ pub fn verify(config: &Path) -> anyhow::Result<ExitCode> {
         // A key file that is there but cannot be read is not an auditor's copy without
         // the key: checking less would hide what only the key shows (a data key removed
         // without a shred record).
-        Err(e) if a.master_key.as_deref().is_some_and(Path::exists) => {
+        Err(e)
+            if a.master_key.as_deref().is_some_and(Path::exists)
+                || (a.master_key.is_none()
+                    && std::env::var_os(custos_archive::MASTER_KEY_ENV).is_some()) =>
+        {
             return Err(e.context(format!(
                 "reading the master key {} (leave `master_key` out of the configuration to \
                  verify the chain and checkpoints only)",
