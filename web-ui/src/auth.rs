@@ -145,9 +145,13 @@ pub fn client_key(ip: std::net::IpAddr) -> String {
 
 /// Failures allowed before a key is locked out.
 const FREE_FAILURES: u32 = 5;
-/// Failures are forgotten after this long without another: longer than the longest
-/// lock, so a key that keeps failing stays at the longest lock instead of starting over.
+/// A client address's failures are forgotten after this long without another: longer
+/// than the longest lock, so an address that keeps guessing stays at the longest lock
+/// instead of starting over.
 const FAILURE_MEMORY: Duration = Duration::from_secs(24 * 60 * 60);
+/// An account name's failures are forgotten sooner: anyone can fail in its name, and a
+/// day's memory would let one client keep the account's owner out for good.
+const NAME_FAILURE_MEMORY: Duration = Duration::from_secs(15 * 60);
 const MAX_LOCK: Duration = Duration::from_secs(15 * 60);
 /// Bounds memory under a spray of distinct names or addresses.
 const MAX_TRACKED: usize = 10_000;
@@ -205,7 +209,12 @@ impl Throttle {
                 last: now,
                 locked_until: None,
             });
-            if now.duration_since(f.last) >= FAILURE_MEMORY {
+            let memory = if k.starts_with("user:") {
+                NAME_FAILURE_MEMORY
+            } else {
+                FAILURE_MEMORY
+            };
+            if now.duration_since(f.last) >= memory {
                 f.count = 0;
             }
             f.count = f.count.saturating_add(1);
@@ -252,12 +261,22 @@ mod tests {
         assert_eq!(t.locked(&k, now), None);
     }
 
-    /// A key that goes on failing at the longest lock stays locked for the longest lock:
-    /// its failures are not forgotten when each lock ends. An IPv6 client is its /64.
+    /// An address that goes on failing at the longest lock stays locked for the longest
+    /// lock: its failures are not forgotten when each lock ends. An account name's are,
+    /// so no one client keeps its owner out for good. An IPv6 client is its /64.
     #[test]
     fn a_key_failing_at_the_longest_lock_stays_there() {
         let mut t = Throttle::new();
-        let k = vec!["user:a".to_string()];
+        let name = vec!["user:a".to_string()];
+        let start = Instant::now();
+        for _ in 0..20 {
+            t.fail(&name, start);
+        }
+        assert_eq!(t.locked(&name, start), Some(MAX_LOCK));
+        let after = start + MAX_LOCK + Duration::from_secs(1);
+        t.fail(&name, after);
+        assert_eq!(t.locked(&name, after), None, "an account name starts over");
+        let k = vec!["ip:192.0.2.7".to_string()];
         let mut now = Instant::now();
         for _ in 0..40 {
             t.fail(&k, now);

@@ -1686,17 +1686,31 @@ impl Store {
             .collect()
     }
 
-    /// Whether `jids` (bare, lowercase) include a party of any copy of the logical message
-    /// `r` belongs to. A review is of the whole message, so the check that nobody reviews
-    /// their own is too: the copy one node recorded may not name the party another
-    /// recorded (a room that hides who is behind a nickname).
+    /// Whether `jids` (bare, lowercase) include a party of the logical message `r` belongs
+    /// to: its sender or addressee as its first copy shows them, or the sender any other
+    /// copy shows. A review is of the whole message, so the check that nobody reviews
+    /// their own is too: a room's copy for another recipient may name the sender by
+    /// nickname only, while the sender's own copy names the account. (Another member
+    /// of the room who received it is not a party: the first copy is to the room.)
     pub fn involves(&self, r: MsgRef, jids: &[String]) -> bool {
-        !jids.is_empty()
-            && self
-                .copy_refs(r)
-                .into_iter()
-                .filter_map(|c| self.message(c))
-                .any(|m| m.involves(jids))
+        if jids.is_empty() {
+            return false;
+        }
+        let own = |i: u32| i != 0 && jids.contains(&normalize_jid(bare_jid(self.jids.get(i))));
+        let group = self.group_of(r);
+        self.copy_refs(r).into_iter().any(|c| {
+            let Some(w) = self.row(c) else {
+                return false;
+            };
+            let first = c == group;
+            let behind = self.extra(w).occupant;
+            match w.direction() {
+                // The user's own stream carried it from them.
+                Direction::Outbound => own(w.from) || (first && (own(w.to) || own(behind))),
+                // From someone, or from a room occupant whose account the room told.
+                Direction::Inbound => own(w.from) || own(behind) || (first && own(w.to)),
+            }
+        })
     }
 
     /// The logical message's verdict: the most restrictive of its copies, every rule
@@ -1983,6 +1997,8 @@ mod tests {
         assert!(s.involves(MsgRef::own(1), &olivia));
         assert!(!s.involves(MsgRef::own(2), &["carol@x".to_string()]));
         assert!(!s.involves(MsgRef::own(2), &[]));
+        // Bob received it in the room: he may review it (the first copy is to the room).
+        assert!(!s.involves(MsgRef::own(2), &["bob@x".to_string()]));
     }
 
     /// A copy of logical message `identity` on `leg`, seen by `account`.
