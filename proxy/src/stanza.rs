@@ -429,33 +429,85 @@ impl StanzaView {
     }
 }
 
-/// Elements a browser or an XHTML-IM client lays out as a block of their own, or as a
-/// break: a word never runs on across one.
+/// Elements a browser or an XHTML-IM client lays out as a block of their own, as a
+/// break, or as a box of their own (an image, a control, an embedded object): a word
+/// never runs on across one. Any other element, one unknown included, is laid out
+/// inline, as a browser lays out an element its stylesheet does not name.
 const XHTML_BLOCKS: &[&str] = &[
     "address",
+    "article",
+    "aside",
+    "audio",
     "blockquote",
     "body",
     "br",
+    "button",
+    "canvas",
+    "caption",
+    "center",
+    "col",
+    "colgroup",
     "dd",
+    "details",
+    "dialog",
+    "dir",
     "div",
     "dl",
     "dt",
+    "embed",
+    "fieldset",
+    "figcaption",
+    "figure",
+    "footer",
+    "form",
+    "frame",
+    "frameset",
     "h1",
     "h2",
     "h3",
     "h4",
     "h5",
     "h6",
+    "header",
+    "hgroup",
     "hr",
+    "html",
+    "iframe",
+    "img",
+    "input",
+    "legend",
     "li",
+    "listing",
+    "main",
+    "menu",
+    "meter",
+    "nav",
+    "noscript",
+    "object",
     "ol",
+    "optgroup",
+    "option",
     "p",
+    "plaintext",
     "pre",
+    "progress",
+    "search",
+    "section",
+    "select",
+    "summary",
+    "svg",
     "table",
+    "tbody",
     "td",
+    "textarea",
+    "tfoot",
     "th",
+    "thead",
     "tr",
     "ul",
+    "video",
+    "wbr",
+    "xmp",
 ];
 
 /// Appends an XHTML-IM body's text as a client draws it: an inline element's text runs
@@ -827,11 +879,12 @@ fn extra_texts(el: &Element, wrapper: Option<usize>) -> Vec<ExtraText> {
             }
         }
     }
-    let html = el
+    // Every XHTML-IM alternative, not only the first: a client may draw any of them.
+    for (child, html) in el
         .children()
         .enumerate()
-        .find(|(_, c)| c.is("html", NS_XHTML_IM));
-    if let Some((child, html)) = html {
+        .filter(|(_, c)| c.is("html", NS_XHTML_IM))
+    {
         for body in html.children().filter(|c| c.is("body", NS_XHTML)) {
             // As a client draws it, and with every element's edge a gap (an image, a
             // block this list does not know, a margin in a style): a word split by
@@ -1807,11 +1860,15 @@ mod tests {
                 "the fal con deal closes fri day next line break"
             ]
         );
-        // An image between two words, and a break written in capitals.
+        // An image between two words, a break written in capitals, a section; a word
+        // split by inline markup beside an image; an element no list names, drawn inline
+        // as a browser draws it; a second XHTML-IM alternative.
         let v = view(
             "<message><html xmlns='http://jabber.org/protocol/xhtml-im'>\
              <body xmlns='http://www.w3.org/1999/xhtml'>falcon<img src='x'/>deal \
-             kestrel<BR/>desk</body></html></message>",
+             kestrel<BR/>desk fal<b>con</b><img src='y'/>deal os<x-y>prey</x-y><section>now</section></body></html>\
+             <html xmlns='http://jabber.org/protocol/xhtml-im'><body xmlns='http://www.w3.org/1999/xhtml'>\
+             sec<i>ond</i></body></html></message>",
         )?;
         assert_eq!(
             v.extra
@@ -1819,7 +1876,12 @@ mod tests {
                 .filter(|t| t.kind == "xhtml")
                 .map(|t| t.text.as_str())
                 .collect::<Vec<_>>(),
-            ["falcondeal kestrel desk", "falcon deal kestrel desk"]
+            [
+                "falcon deal kestrel desk falcon deal osprey now",
+                "falcon deal kestrel desk fal con deal os prey now",
+                "second",
+                "sec ond"
+            ]
         );
         // A status, a nickname and a link's description are flattened as a body is.
         let mut el = parse_element(
