@@ -257,21 +257,26 @@ pub fn verify(config: &Path) -> anyhow::Result<ExitCode> {
         // A key file that is there but cannot be read is not an auditor's copy without
         // the key: checking less would hide what only the key shows (a data key removed
         // without a shred record).
-        Err(e)
-            if a.master_key.as_deref().is_some_and(Path::exists)
-                || (a.master_key.is_none()
-                    && std::env::var_os(custos_archive::MASTER_KEY_ENV).is_some()) =>
-        {
-            return Err(e.context(format!(
-                "reading the master key {} (leave `master_key` out of the configuration to \
-                 verify the chain and checkpoints only)",
-                a.master_key.as_deref().unwrap_or(Path::new("")).display()
-            )));
-        }
-        Err(_) => {
-            eprintln!("note: master key unavailable; checking the chain and checkpoints but not record contents, nor that a missing data key was shredded by a signed record");
-            None
-        }
+        Err(e) => match a.master_key.as_deref() {
+            Some(path) if path.exists() => {
+                return Err(e.context(format!(
+                    "reading the master key {} (leave `master_key` out of the configuration \
+                     to verify the chain and checkpoints only)",
+                    path.display()
+                )));
+            }
+            None if std::env::var_os(custos_archive::MASTER_KEY_ENV).is_some() => {
+                return Err(e.context(format!(
+                    "{} is set but does not hold a master key (unset it to verify the chain \
+                     and checkpoints only)",
+                    custos_archive::MASTER_KEY_ENV
+                )));
+            }
+            _ => {
+                eprintln!("note: master key unavailable; checking the chain and checkpoints but not record contents, nor that a missing data key was shredded by a signed record");
+                None
+            }
+        },
     };
     let chains = crate::nodes::chains(&a)?;
     let many = chains.len() > 1;
