@@ -515,8 +515,7 @@ impl LogWriter {
             storage.as_ref(),
             &master,
             &archive_id,
-            new_id,
-            next_seq,
+            (new_id, next_seq, last_time),
             &head,
         )
         .map_err(|e| match e {
@@ -763,8 +762,7 @@ impl LogWriter {
             self.storage.as_ref(),
             &self.master,
             &self.archive_id,
-            id,
-            self.next_seq,
+            (id, self.next_seq, self.last_time),
             &self.head,
         )?;
         self.since_checkpoint = 0;
@@ -800,8 +798,7 @@ fn start_segment(
     storage: &dyn Storage,
     master: &MasterKey,
     archive_id: &[u8; 16],
-    id: u64,
-    first_seq: u64,
+    (id, first_seq, not_before): (u64, u64, i64),
     prev_head: &Hash,
 ) -> Result<Active, LogWriteError> {
     let data_key = zeroize::Zeroizing::new(random_bytes::<32>().map_err(LogWriteError::Random)?);
@@ -809,7 +806,9 @@ fn start_segment(
         wrap_data_key(master, archive_id, id, &data_key).map_err(LogWriteError::Random)?;
     // The key is durable before any record encrypted under it exists.
     storage.put_new(&segment::key_name(id), &wrapped)?;
-    let created_ms = Timestamp::now().0;
+    // Never before the last record's time: a reopen after a crash resumes the records'
+    // clock from this header, and a record's time never goes back.
+    let created_ms = Timestamp::now().0.max(not_before);
     let header = SegmentHeader {
         archive_id: *archive_id,
         segment: id,
