@@ -1687,29 +1687,27 @@ impl Store {
     }
 
     /// Whether `jids` (bare, lowercase) include a party of the logical message `r` belongs
-    /// to: its sender or addressee as its first copy shows them, or the sender any other
-    /// copy shows. A review is of the whole message, so the check that nobody reviews
-    /// their own is too: a room's copy for another recipient may name the sender by
-    /// nickname only, while the sender's own copy names the account. (Another member
-    /// of the room who received it is not a party: the first copy is to the room.)
+    /// to: its sender, or whoever it was addressed to, as any copy shows them. A review is
+    /// of the whole message, so the check that nobody reviews their own is too: a room's
+    /// copy for another recipient may name the sender by nickname only, while the
+    /// sender's own copy names the account. A room message's copy for a member is not
+    /// addressed to that member (it was sent to the room), so its other members may
+    /// review it; a private message in a room is addressed to its recipient.
     pub fn involves(&self, r: MsgRef, jids: &[String]) -> bool {
         if jids.is_empty() {
             return false;
         }
         let own = |i: u32| i != 0 && jids.contains(&normalize_jid(bare_jid(self.jids.get(i))));
-        let group = self.group_of(r);
         self.copy_refs(r).into_iter().any(|c| {
             let Some(w) = self.row(c) else {
                 return false;
             };
-            let first = c == group;
+            // The person behind a room occupant: the sender of an inbound copy, the
+            // recipient of an outbound private message.
             let behind = self.extra(w).occupant;
-            match w.direction() {
-                // The user's own stream carried it from them.
-                Direction::Outbound => own(w.from) || (first && (own(w.to) || own(behind))),
-                // From someone, or from a room occupant whose account the room told.
-                Direction::Inbound => own(w.from) || own(behind) || (first && own(w.to)),
-            }
+            let to_room = w.direction() == Direction::Inbound
+                && self.kinds.get(self.stanza_type_of(w)) == "groupchat";
+            own(w.from) || own(behind) || (!to_room && own(w.to))
         })
     }
 
@@ -1997,8 +1995,32 @@ mod tests {
         assert!(s.involves(MsgRef::own(1), &olivia));
         assert!(!s.involves(MsgRef::own(2), &["carol@x".to_string()]));
         assert!(!s.involves(MsgRef::own(2), &[]));
-        // Bob received it in the room: he may review it (the first copy is to the room).
+        // Bob received it in the room: he may review it (it was sent to the room).
         assert!(!s.involves(MsgRef::own(2), &["bob@x".to_string()]));
+        // A message sent to Bob himself is his, whichever copy is named first.
+        let mut to_bob = copy(3, "id-2", None, Leg::ClientToServer, Action::Flag);
+        let mut bobs = copy(4, "id-2", None, Leg::ServerToClient, Action::Flag);
+        for e in [&mut to_bob, &mut bobs] {
+            if let Some(Record {
+                content: NewRecord::Message(m),
+                ..
+            }) = &mut e.record
+            {
+                m.to = "room@conf.x/bobnick".into();
+                m.stanza_type = "chat".into();
+            }
+        }
+        if let Some(Record {
+            content: NewRecord::Message(m),
+            ..
+        }) = &mut bobs.record
+        {
+            m.to = "bob@x/2".into();
+            m.from = "room@conf.x/alicenick".into();
+        }
+        s.apply(vec![to_bob, bobs]);
+        assert!(s.involves(MsgRef::own(3), &["bob@x".to_string()]));
+        assert!(s.involves(MsgRef::own(4), &["bob@x".to_string()]));
     }
 
     /// A copy of logical message `identity` on `leg`, seen by `account`.
