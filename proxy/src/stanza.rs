@@ -506,7 +506,6 @@ const XHTML_BLOCKS: &[&str] = &[
     "tr",
     "ul",
     "video",
-    "wbr",
     "xmp",
 ];
 
@@ -889,13 +888,23 @@ fn extra_texts(el: &Element, wrapper: Option<usize>) -> Vec<ExtraText> {
             // As a client draws it, and with every element's edge a gap (an image, a
             // block this list does not know, a margin in a style): a word split by
             // markup is read whole in the one, words markup keeps apart in the other.
+            // A third glues every element, for a box that draws nothing (an image of no
+            // size) and a block a client of XEP-0071's profile draws inline.
             let mut shown = String::new();
             xhtml_shown(body, &mut shown);
             let fold = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
-            let (shown, spaced) = (fold(&shown), fold(&body.deep_text()));
-            push_folded(&mut out, "xhtml", body.lang(), &shown, child);
-            if spaced != shown {
-                push_folded(&mut out, "xhtml", body.lang(), &spaced, child);
+            let mut readings: Vec<String> = Vec::with_capacity(3);
+            for text in [
+                fold(&shown),
+                fold(&body.deep_text()),
+                fold(&body.text_content()),
+            ] {
+                if !readings.contains(&text) {
+                    readings.push(text);
+                }
+            }
+            for text in &readings {
+                push_folded(&mut out, "xhtml", body.lang(), text, child);
             }
         }
     }
@@ -1857,7 +1866,8 @@ mod tests {
             v.extra.iter().map(|t| t.text.as_str()).collect::<Vec<_>>(),
             [
                 "the falcon deal closes friday next line break",
-                "the fal con deal closes fri day next line break"
+                "the fal con deal closes fri day next line break",
+                "the falcon deal closes fridaynextlinebreak"
             ]
         );
         // An image between two words, a break written in capitals, a section; a word
@@ -1879,6 +1889,7 @@ mod tests {
             [
                 "falcon deal kestrel desk falcon deal osprey now",
                 "falcon deal kestrel desk fal con deal os prey now",
+                "falcondeal kestreldesk falcondeal ospreynow",
                 "second",
                 "sec ond"
             ]
