@@ -83,11 +83,7 @@ fn prepared(
         }
     };
     if part.is_ascii() {
-        return if keep_case {
-            part.to_owned()
-        } else {
-            part.to_ascii_lowercase()
-        };
+        return kept();
     }
     prep(part).map_or_else(|_| kept(), std::borrow::Cow::into_owned)
 }
