@@ -420,6 +420,28 @@ async fn a_custodian_may_not_release_or_change_the_hold_that_keeps_their_message
     )
     .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    // A hold that reaches her through its query alone is hers as much.
+    let r = send(
+        &w.app,
+        Method::POST,
+        "/holds",
+        Some(&oscar),
+        Some(&format!(
+            "csrf={oscar_csrf}&matter=probe&jids=&query={}",
+            enc("from:Olivia@example.test")
+        )),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let r = send(
+        &w.app,
+        Method::POST,
+        "/holds/release",
+        Some(&olivia),
+        Some(&format!("csrf={csrf}&matter=probe")),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -136,13 +136,14 @@ pub async fn hold_add(
     Ok(Redirect::to("/holds").into_response())
 }
 
-/// Whether the hold names one of the signed-in user's own addresses as a custodian: they
-/// may not release it or change it (it keeps their own messages), as nobody reviews
-/// their own messages.
+/// Whether the hold names one of the signed-in user's own addresses, as a custodian or
+/// in its query (`from:olivia@example.test`): they may not release it or change it (it
+/// keeps their own messages), as nobody reviews their own messages.
 fn names_user(spec: &HoldSpec, a: &Authed) -> bool {
-    spec.jids
-        .iter()
-        .any(|j| a.session.jids.iter().any(|own| own.eq_ignore_ascii_case(j)))
+    let query = spec.query.as_deref().unwrap_or("").to_lowercase();
+    a.session.jids.iter().any(|own| {
+        spec.jids.iter().any(|j| own.eq_ignore_ascii_case(j)) || query.contains(own.as_str())
+    })
 }
 
 #[derive(Deserialize)]
