@@ -548,11 +548,16 @@ pub fn flatten_mixed_text(root: &mut Element) -> bool {
         "presence" => &["status", "show", "priority"],
         _ => &[],
     };
-    let ns = root.ns.clone();
     let oob = root.is("x", NS_OOB);
+    // The fields apart, so the namespace is read while the children change (this runs
+    // on every stanza: no copy of it).
+    let Element { ns, children, .. } = root;
     let mut changed = false;
-    for child in root.children_mut() {
-        let text_only = (child.ns == ns && own.contains(&&*child.name))
+    for child in children.iter_mut().filter_map(|n| match n {
+        crate::xml::Node::Element(e) => Some(e),
+        crate::xml::Node::Text(_) => None,
+    }) {
+        let text_only = (child.ns == *ns && own.contains(&&*child.name))
             || child.is("nick", NS_NICK)
             || (oob && matches!(&*child.name, "url" | "desc"));
         if text_only && child.children().next().is_some() {
