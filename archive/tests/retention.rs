@@ -88,6 +88,36 @@ impl Setup {
     }
 }
 
+/// Shreds the segment `facts` describes through the archive's own API, as a retention
+/// shred of `class` kept one second: every figure of its authority consistent with the
+/// segment, its newest record and its due date.
+async fn shred_as_expired_after_a_second(
+    a: &Archive,
+    facts: &retention::SegmentFacts,
+    class: &str,
+) {
+    let newest = facts.newest.unwrap();
+    let authority = retention::ExpiryAuthority {
+        rule: retention::EXPIRY_RULE.into(),
+        class: class.into(),
+        retention: "1s".into(),
+        first_seq: facts.first_seq,
+        last_seq: facts.last_seq,
+        records: facts.records,
+        newest: newest.to_string(),
+        due: Span::Secs(1).due(newest).unwrap().to_string(),
+        holds_checked: Vec::new(),
+    };
+    a.shred_segment(
+        facts.segment,
+        retention::EXPIRY_REASON,
+        &serde_json::to_string(&authority).unwrap(),
+        "custos:test",
+    )
+    .await
+    .unwrap();
+}
+
 fn decision(plan: &ExpiryPlan, segment: u64) -> &Decision {
     &plan
         .segments
@@ -346,26 +376,7 @@ async fn shortening_the_configuration_applies_only_to_records_written_after_it()
     // A shred of the old segment claiming the shorter retention is caught by verify.
     let plan = a.reader().expiry_plan(&hour, Timestamp::now()).unwrap();
     let old = plan.segments.iter().find(|p| p.facts.segment == 1).unwrap();
-    let newest = old.facts.newest.unwrap();
-    let authority = retention::ExpiryAuthority {
-        rule: retention::EXPIRY_RULE.into(),
-        class: "default".into(),
-        retention: "1s".into(),
-        first_seq: old.facts.first_seq,
-        last_seq: old.facts.last_seq,
-        records: old.facts.records,
-        newest: newest.to_string(),
-        due: Span::Secs(1).due(newest).unwrap().to_string(),
-        holds_checked: Vec::new(),
-    };
-    a.shred_segment(
-        1,
-        retention::EXPIRY_REASON,
-        &serde_json::to_string(&authority).unwrap(),
-        "custos:test",
-    )
-    .await
-    .unwrap();
+    shred_as_expired_after_a_second(&a, &old.facts, "default").await;
     a.close().await.unwrap();
     let v = s.verify();
     let forged: Vec<&Problem> = v.problems.iter().filter(|p| p.segment == Some(1)).collect();
@@ -410,26 +421,7 @@ async fn a_retention_shred_naming_a_class_no_policy_gives_fails_verify() {
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let plan = a.reader().expiry_plan(&hour, Timestamp::now()).unwrap();
     let held = plan.segments.iter().find(|p| p.facts.segment == 1).unwrap();
-    let newest = held.facts.newest.unwrap();
-    let authority = retention::ExpiryAuthority {
-        rule: retention::EXPIRY_RULE.into(),
-        class: "x".into(),
-        retention: "1s".into(),
-        first_seq: held.facts.first_seq,
-        last_seq: held.facts.last_seq,
-        records: held.facts.records,
-        newest: newest.to_string(),
-        due: Span::Secs(1).due(newest).unwrap().to_string(),
-        holds_checked: Vec::new(),
-    };
-    a.shred_segment(
-        1,
-        retention::EXPIRY_REASON,
-        &serde_json::to_string(&authority).unwrap(),
-        "custos:test",
-    )
-    .await
-    .unwrap();
+    shred_as_expired_after_a_second(&a, &held.facts, "x").await;
     a.close().await.unwrap();
     let v = s.verify();
     let forged: Vec<&Problem> = v.problems.iter().filter(|p| p.segment == Some(1)).collect();
