@@ -18,8 +18,10 @@ use custos_archive::{Action, ChainEntry, Direction, EventRecord, Leg, NewRecord,
 use serde::{Deserialize, Serialize};
 use siphasher::sip128::SipHasher13;
 
+mod rows;
 mod snapshot;
 mod views;
+use rows::Rows;
 pub use snapshot::{Covered, SnapshotError};
 pub use views::{
     CopyRow, OpenItems, QueuePage, QueueQuery, QueueRow, RetentionOverview, Shown, Speaker,
@@ -538,7 +540,7 @@ impl Row {
 struct Chain {
     /// The node that writes it (`None`: a node without a name).
     node: Option<String>,
-    rows: Vec<Row>,
+    rows: Rows,
     /// The segments its rows are in, numbered in the order met.
     segments: Vec<u64>,
     /// The first seq not yet applied.
@@ -559,7 +561,7 @@ impl Chain {
         };
         Chain {
             node,
-            rows: Vec::new(),
+            rows: Rows::default(),
             segments: Vec::new(),
             next_seq: 1,
             head: [0; 32],
@@ -573,7 +575,7 @@ impl Chain {
     /// where a plain binary search over millions touches two dozen.
     fn index_of(&self, seq: u64) -> Option<usize> {
         let first = self.rows.first()?.seq;
-        let last = self.rows.len() - 1;
+        let last = self.rows.len().checked_sub(1)?;
         let hi = usize::try_from(seq.checked_sub(first)?)
             .unwrap_or(usize::MAX)
             .min(last);
@@ -583,14 +585,20 @@ impl Chain {
             lo = hi.saturating_sub(step);
             step = step.saturating_mul(2);
         }
-        let window = self.rows.get(lo..=hi)?;
-        window
-            .binary_search_by_key(&seq, |r| r.seq)
-            .ok()
-            .map(|i| lo + i)
+        // Binary search in lo..=hi.
+        let (mut a, mut b) = (lo, hi + 1);
+        while a < b {
+            let mid = a + (b - a) / 2;
+            match self.rows.get(mid)?.seq.cmp(&seq) {
+                std::cmp::Ordering::Equal => return Some(mid),
+                std::cmp::Ordering::Less => a = mid + 1,
+                std::cmp::Ordering::Greater => b = mid,
+            }
+        }
+        None
     }
 
-    fn row(&self, seq: u64) -> Option<&Row> {
+    fn row(&self, seq: u64) -> Option<Row> {
         self.index_of(seq).and_then(|i| self.rows.get(i))
     }
 
@@ -605,8 +613,9 @@ impl Chain {
         }
     }
 
-    fn row_mut(&mut self, seq: u64) -> Option<&mut Row> {
-        self.index_of(seq).and_then(|i| self.rows.get_mut(i))
+    /// Changes row `seq` with `f`; false when there is none.
+    fn update(&mut self, seq: u64, f: impl FnOnce(&mut Row)) -> bool {
+        self.index_of(seq).is_some_and(|i| self.rows.update(i, f))
     }
 }
 
@@ -939,16 +948,17 @@ impl Store {
         }
     }
 
-    fn row(&self, r: MsgRef) -> Option<&Row> {
+    fn row(&self, r: MsgRef) -> Option<Row> {
         self.chains
             .get(usize::from(r.chain))
             .and_then(|c| c.row(r.seq))
     }
 
-    fn row_mut(&mut self, r: MsgRef) -> Option<&mut Row> {
+    /// Changes row `r` with `f`; false when there is none.
+    fn update_row(&mut self, r: MsgRef, f: impl FnOnce(&mut Row)) -> bool {
         self.chains
             .get_mut(usize::from(r.chain))
-            .and_then(|c| c.row_mut(r.seq))
+            .is_some_and(|c| c.update(r.seq, f))
     }
 
     /// The conversation key of copy `w` (see [`conversation_key`]).
@@ -1195,10 +1205,13 @@ impl Store {
         } else {
             self.detached.get(&pack(group)).copied().map(unpack)
         };
-        if let Some(s) = start.and_then(|s| self.row_mut(s)) {
-            row.next = s.next;
-            s.next = pack(key);
-        } else if group != key {
+        let linked = start.is_some_and(|s| {
+            self.update_row(s, |s| {
+                row.next = s.next;
+                s.next = pack(key);
+            })
+        });
+        if !linked && group != key {
             self.detached.insert(pack(group), pack(key));
         }
         if chain == 0 {
@@ -1334,11 +1347,11 @@ impl Store {
         let mut members: HashMap<Packed, Vec<Packed>> = HashMap::new();
         for (i, c) in self.chains.iter_mut().enumerate() {
             let chain = ChainIdx::try_from(i).unwrap_or(ChainIdx::MAX);
-            for r in &mut c.rows {
+            c.rows.update_all(|r| {
                 r.next = 0;
                 let me = MsgRef { chain, seq: r.seq };
                 members.entry(pack(r.group(me))).or_default().push(pack(me));
-            }
+            });
         }
         self.detached.clear();
         for (g, refs) in &mut members {
@@ -1346,9 +1359,7 @@ impl Store {
             refs.sort_unstable_by_key(|p| (*p != *g, unpack(*p)));
             for pair in refs.windows(2) {
                 if let [a, b] = *pair {
-                    if let Some(w) = self.row_mut(unpack(a)) {
-                        w.next = b;
-                    }
+                    self.update_row(unpack(a), |w| w.next = b);
                 }
             }
         }
@@ -1365,7 +1376,7 @@ impl Store {
                 continue;
             };
             for &r in &refs {
-                if let Some(w) = self.row_mut(unpack(r)) {
+                self.update_row(unpack(r), |w| {
                     if r == *h {
                         w.bits |= HEAD;
                         // Set below, with the conversation lists.
@@ -1373,7 +1384,7 @@ impl Store {
                     } else {
                         w.link = *h;
                     }
-                }
+                });
             }
             members.insert(*h, refs);
         }
@@ -1423,14 +1434,12 @@ impl Store {
         for (_, h) in heads {
             let Some(key) = self
                 .row(h)
-                .map(|w| conversation_hash(&self.keys, &self.conversation_of(w)))
+                .map(|w| conversation_hash(&self.keys, &self.conversation_of(&w)))
             else {
                 continue;
             };
             let before = self.conversations.insert(key, pack(h)).unwrap_or(0);
-            if let Some(w) = self.row_mut(h) {
-                w.link = before;
-            }
+            self.update_row(h, |w| w.link = before);
         }
         self.tally = Tally::default();
         for g in members.keys().map(|p| unpack(*p)) {
@@ -1452,12 +1461,11 @@ impl Store {
         self.severities.clear();
         self.classes.clear();
         for ci in 0..self.chains.len() {
-            let rows = match self.chains.get_mut(ci) {
-                Some(c) => std::mem::take(&mut c.rows),
+            let mut rows = match self.chains.get_mut(ci) {
+                Some(c) => c.rows.take(),
                 None => continue,
             };
-            let mut kept = Vec::with_capacity(rows.len());
-            for mut r in rows {
+            rows.update_all(|r| {
                 let x = old_extras
                     .get(r.extra as usize)
                     .copied()
@@ -1491,10 +1499,9 @@ impl Store {
                 if ci == 0 {
                     *self.classes.entry(class).or_default() += 1;
                 }
-                kept.push(r);
-            }
+            });
             if let Some(c) = self.chains.get_mut(ci) {
-                c.rows = kept;
+                c.rows = rows;
             }
         }
     }
@@ -1598,7 +1605,7 @@ impl Store {
 
     /// The copy `r`, as pages show it.
     pub fn message(&self, r: MsgRef) -> Option<MessageMeta> {
-        self.row(r).map(|w| self.meta(r.chain, w))
+        self.row(r).map(|w| self.meta(r.chain, &w))
     }
 
     fn meta(&self, chain: ChainIdx, w: &Row) -> MessageMeta {
@@ -1704,9 +1711,9 @@ impl Store {
             };
             // The person behind a room occupant: the sender of an inbound copy, the
             // recipient of an outbound private message.
-            let behind = self.extra(w).occupant;
+            let behind = self.extra(&w).occupant;
             let to_room = w.direction() == Direction::Inbound
-                && self.kinds.get(self.stanza_type_of(w)) == "groupchat";
+                && self.kinds.get(self.stanza_type_of(&w)) == "groupchat";
             own(w.from) || own(behind) || (!to_room && own(w.to))
         })
     }
@@ -1717,7 +1724,7 @@ impl Store {
         let mut v = GroupVerdict::empty();
         for c in self.copy_refs(r) {
             if let Some(w) = self.row(c) {
-                v.merge(&self.copy_verdict(w));
+                v.merge(&self.copy_verdict(&w));
             }
         }
         v
@@ -1800,7 +1807,7 @@ impl Store {
         let Some(w) = self.row(hit) else {
             return Vec::new();
         };
-        let conversation = self.conversation_of(w);
+        let conversation = self.conversation_of(&w);
         let key = conversation_hash(&self.keys, &conversation);
         // Each first copy links to the one before it in its conversation; the list is
         // walked from the newest. Links only point back to rows read earlier. Should two
@@ -1813,7 +1820,7 @@ impl Store {
             walked += 1;
             let m = unpack(at);
             let Some(x) = self.row(m) else { break };
-            if self.conversation_of(x) == conversation {
+            if self.conversation_of(&x) == conversation {
                 all.push((x.time, m));
             }
             at = x.link;
@@ -2182,7 +2189,7 @@ mod tests {
                 "chain {:?} {} {:?} {}",
                 c.node, c.next_seq, c.segments, c.sample_salt
             );
-            for r in &c.rows {
+            for r in c.rows.iter() {
                 let _ = writeln!(out, "{r:?}");
             }
         }
@@ -2300,7 +2307,7 @@ mod tests {
                 .enumerate()
                 .flat_map(|(c, ch)| {
                     let chain = ChainIdx::try_from(c).unwrap();
-                    ch.rows.iter().map(move |r| (MsgRef { chain, seq: r.seq }, *r))
+                    ch.rows.iter().map(move |r| (MsgRef { chain, seq: r.seq }, r))
                 })
                 .collect();
             for (key, r) in &rows {
@@ -2398,7 +2405,7 @@ mod tests {
             prop_assert_eq!(live.volume_by_day(0, 3), after.volume_by_day(0, 3));
             prop_assert_eq!(live.hits_by_day(0, 3), after.hits_by_day(0, 3));
             prop_assert_eq!(live.class_counts(), after.class_counts());
-            for c in &after.chains[0].rows {
+            for c in after.chains[0].rows.iter() {
                 let r = MsgRef::own(c.seq);
                 prop_assert_eq!(live.group_of(r), after.group_of(r));
                 let conv = |s: &Store| -> Vec<MsgRef> {
@@ -2547,8 +2554,8 @@ mod tests {
         // What a collision would make: c–d's message in the middle of a–b's list.
         let ab = conversation_hash(&s.keys, "chat a@x b@x");
         assert_eq!(s.conversations.get(&ab), Some(&pack(MsgRef::own(3))));
-        s.chains[0].row_mut(3).unwrap().link = pack(MsgRef::own(2));
-        s.chains[0].row_mut(2).unwrap().link = pack(MsgRef::own(1));
+        assert!(s.chains[0].update(3, |r| r.link = pack(MsgRef::own(2))));
+        assert!(s.chains[0].update(2, |r| r.link = pack(MsgRef::own(1))));
         let seqs = |r| -> Vec<u64> {
             s.conversation_around(MsgRef::own(r), 10, 10)
                 .iter()

@@ -99,24 +99,7 @@ impl<W: Write> Enc<W> {
         self.u8(status_bits(s))
     }
     fn row(&mut self, r: &Row) -> std::io::Result<()> {
-        let mut b = [0u8; ROW_BYTES];
-        let mut at = 0;
-        let mut put = |bytes: &[u8]| {
-            b[at..at + bytes.len()].copy_from_slice(bytes);
-            at += bytes.len();
-        };
-        put(&r.seq.to_le_bytes());
-        put(&r.time.to_le_bytes());
-        put(&r.place.to_le_bytes());
-        put(&r.link.to_le_bytes());
-        put(&r.next.to_le_bytes());
-        put(&r.from.to_le_bytes());
-        put(&r.to.to_le_bytes());
-        put(&r.rules.to_le_bytes());
-        put(&r.kind.to_le_bytes());
-        put(&r.extra.to_le_bytes());
-        put(&r.bits.to_le_bytes());
-        self.raw(&b)
+        self.raw(&r.to_bytes())
     }
     fn event(&mut self, e: &ReviewEvent) -> std::io::Result<()> {
         self.msg_ref(e.audit)?;
@@ -164,7 +147,6 @@ impl<W: Write> Enc<W> {
 }
 
 /// Bytes of a row as saved (its fields without padding).
-const ROW_BYTES: usize = 8 * 5 + 4 * 5 + 2;
 /// Most entries a saved list may claim before it is called malformed (a store of 2^40
 /// rows would not fit in memory first); lists are allocated as they are read, not from
 /// the length.
@@ -255,36 +237,7 @@ impl<R: Read> Dec<R> {
             .ok_or_else(|| malformed(format!("review status {b}")))
     }
     fn row(&mut self) -> Result<Row, SnapshotError> {
-        let b: [u8; ROW_BYTES] = self.raw()?;
-        let mut at = 0;
-        let mut take = |n: usize| {
-            let s = &b[at..at + n];
-            at += n;
-            s
-        };
-        let w8 = |s: &[u8]| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(s);
-            a
-        };
-        let w4 = |s: &[u8]| {
-            let mut a = [0u8; 4];
-            a.copy_from_slice(s);
-            a
-        };
-        Ok(Row {
-            seq: u64::from_le_bytes(w8(take(8))),
-            time: i64::from_le_bytes(w8(take(8))),
-            place: u64::from_le_bytes(w8(take(8))),
-            link: u64::from_le_bytes(w8(take(8))),
-            next: u64::from_le_bytes(w8(take(8))),
-            from: u32::from_le_bytes(w4(take(4))),
-            to: u32::from_le_bytes(w4(take(4))),
-            rules: u32::from_le_bytes(w4(take(4))),
-            kind: u32::from_le_bytes(w4(take(4))),
-            extra: u32::from_le_bytes(w4(take(4))),
-            bits: u16::from_le_bytes([b[ROW_BYTES - 2], b[ROW_BYTES - 1]]),
-        })
+        Ok(Row::from_bytes(&self.raw()?))
     }
     fn event(&mut self) -> Result<ReviewEvent, SnapshotError> {
         Ok(ReviewEvent {
@@ -391,8 +344,8 @@ impl Store {
                 e.u64(*s)?;
             }
             e.len(c.rows.len())?;
-            for r in &c.rows {
-                e.row(r)?;
+            for r in c.rows.iter() {
+                e.row(&r)?;
             }
         }
         e.len(self.identities.len())?;
@@ -573,7 +526,6 @@ impl Store {
                 c.segments.push(d.u64()?);
             }
             let n = d.len()?;
-            c.rows.reserve_exact(n.min(1 << 28));
             let mut last = 0;
             for _ in 0..n {
                 let r = d.row()?;
