@@ -21,7 +21,7 @@ use custos_archive::{Archive, ArchiveReader, ChainEntry, EventRecord, NewRecord,
 use crate::auth::{cookie, Session, Sessions, Throttle, SESSION_COOKIE};
 use crate::error::AppError;
 use crate::roles::{allows, Perm};
-use crate::store::{ChainIdx, MsgRef, Shown, Store};
+use crate::store::{ChainIdx, MsgRef, Shown, Spill, Store, CACHE_PAGES};
 use crate::WebConfig;
 
 /// Everything a handler can reach.
@@ -29,6 +29,8 @@ pub struct App {
     pub cfg: WebConfig,
     pub archive: Archive,
     pub store: RwLock<Store>,
+    /// Where the store keeps the rows it does not hold in memory.
+    spill: Arc<Spill>,
     /// Where following the archive left off. The lock also serialises catch-ups,
     /// so two never apply the same records concurrently.
     tail: Mutex<TailCursor>,
@@ -156,8 +158,16 @@ impl App {
             cfg.sample_rate,
             cfg.node.clone(),
         );
-        let fresh = move || Store::for_node(archive_id, sample_rate, node);
-        let restored = restore(&cfg, &archive);
+        // The store's rows beyond those in use go to scratch files beside its saved copy.
+        let spill = Spill::new(
+            Some(custos_archive::state::state_dir(archive.reader().dir())),
+            CACHE_PAGES,
+        );
+        let restored = restore(&cfg, &archive, spill.clone());
+        let fresh = {
+            let spill = spill.clone();
+            move || Store::spilling(archive_id, sample_rate, node, spill)
+        };
         let (store, cursor, saved) = match restored {
             Some((store, covered)) => (
                 store,
@@ -183,6 +193,7 @@ impl App {
             throttle: Mutex::new(Throttle::new()),
             store: RwLock::new(store),
             tail: Mutex::new(cursor),
+            spill,
             cfg,
             archive,
         };
@@ -332,10 +343,11 @@ impl App {
         let mut deferred = self.settled_deferred();
         // What was read from the old cursor is read again.
         deferred.entries.clear();
-        *write(&self.store) = Store::for_node(
+        *write(&self.store) = Store::spilling(
             self.archive.reader().archive_id(),
             self.cfg.sample_rate,
             self.cfg.node.clone(),
+            self.spill.clone(),
         );
         drop(deferred);
         *cursor = TailCursor::new();
@@ -822,7 +834,11 @@ pub fn router(app: Arc<App>) -> Router {
 
 /// The store's saved copy, when there is one made under these settings; anything
 /// else (none, damaged, another archive's or setting's) is logged and `None`.
-fn restore(cfg: &WebConfig, archive: &Archive) -> Option<(Store, crate::store::Covered)> {
+fn restore(
+    cfg: &WebConfig,
+    archive: &Archive,
+    spill: Arc<Spill>,
+) -> Option<(Store, crate::store::Covered)> {
     let started = Instant::now();
     let reader = archive.reader();
     let state = match reader.read_state(STATE_NAME) {
@@ -838,6 +854,7 @@ fn restore(cfg: &WebConfig, archive: &Archive) -> Option<(Store, crate::store::C
         reader.archive_id(),
         cfg.sample_rate,
         cfg.node.clone(),
+        spill,
     ) {
         Ok((store, covered)) => {
             tracing::info!(

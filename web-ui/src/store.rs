@@ -22,6 +22,7 @@ mod rows;
 mod snapshot;
 mod views;
 use rows::Rows;
+pub use rows::{Spill, CACHE_PAGES};
 pub use snapshot::{Covered, SnapshotError};
 pub use views::{
     CopyRow, OpenItems, QueuePage, QueueQuery, QueueRow, RetentionOverview, Shown, Speaker,
@@ -552,7 +553,7 @@ struct Chain {
 }
 
 impl Chain {
-    fn new(node: Option<String>, own: bool) -> Chain {
+    fn new(node: Option<String>, own: bool, spill: &Arc<Spill>) -> Chain {
         let sample_salt = match (&node, own) {
             (_, true) | (None, _) => 0,
             (Some(n), false) => n.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
@@ -561,7 +562,7 @@ impl Chain {
         };
         Chain {
             node,
-            rows: Rows::default(),
+            rows: Rows::new(spill.clone()),
             segments: Vec::new(),
             next_seq: 1,
             head: [0; 32],
@@ -777,6 +778,8 @@ pub struct Store {
     severities: std::collections::BTreeSet<u32>,
     /// The keys of `identity_key` and `conversation_hash`.
     keys: HashKeys,
+    /// Where chains keep the rows they do not hold in memory.
+    spill: Arc<Spill>,
 }
 
 /// splitmix64: a keyed, stable mix so the sample is the same after a restart
@@ -850,10 +853,20 @@ impl Store {
     }
 
     pub fn for_node(archive_id: [u8; 16], sample_rate: f64, node: Option<String>) -> Store {
+        Store::spilling(archive_id, sample_rate, node, Spill::new(None, CACHE_PAGES))
+    }
+
+    /// [`Store::for_node`] keeping the rows it does not hold in memory in `spill`.
+    pub fn spilling(
+        archive_id: [u8; 16],
+        sample_rate: f64,
+        node: Option<String>,
+        spill: Arc<Spill>,
+    ) -> Store {
         let (a, b) = archive_id.split_at(8);
         let word = |s: &[u8]| s.iter().fold(0u64, |acc, &x| (acc << 8) | u64::from(x));
         Store {
-            chains: vec![Chain::new(node, true)],
+            chains: vec![Chain::new(node, true, &spill)],
             identities: HashMap::new(),
             detached: HashMap::new(),
             conversations: HashMap::new(),
@@ -877,6 +890,7 @@ impl Store {
             far: HashMap::new(),
             severities: std::collections::BTreeSet::new(),
             keys: HashKeys::random(),
+            spill,
         }
     }
 
@@ -901,7 +915,8 @@ impl Store {
         let Ok(i) = ChainIdx::try_from(self.chains.len()) else {
             return ChainIdx::MAX;
         };
-        self.chains.push(Chain::new(node.map(str::to_owned), false));
+        let c = Chain::new(node.map(str::to_owned), false, &self.spill);
+        self.chains.push(c);
         i
     }
 
@@ -2264,7 +2279,8 @@ mod tests {
         ) {
             let records = history(&steps);
             let cut = cut.min(records.len());
-            let mut whole = Store::new([3; 16], 0.3);
+            // Rows in pages of two, one of them in memory: most of them leave it.
+            let mut whole = Store::spilling([3; 16], 0.3, None, Spill::tiny());
             let mut first = Store::new([3; 16], 0.3);
             first.keys = whole.keys;
             for s in [&mut whole, &mut first] {
@@ -2279,7 +2295,7 @@ mod tests {
             }
             let mut bytes = Vec::new();
             first.save(&mut bytes).unwrap();
-            let (mut back, read) = Store::restore(&bytes[..], [3; 16], 0.3, None).unwrap();
+            let (mut back, read) = Store::restore(&bytes[..], [3; 16], 0.3, None, Spill::tiny()).unwrap();
             prop_assert_eq!(read, first.covered());
             prop_assert_eq!(fingerprint(&back), fingerprint(&first));
             for (node, e) in records.iter().skip(cut).cloned() {
@@ -2383,7 +2399,8 @@ mod tests {
                 })
                 .collect();
             let records = history(&steps);
-            let mut live = Store::new([3; 16], 0.0);
+            // The shredding store's rows mostly out of memory: shreds rewrite them.
+            let mut live = Store::spilling([3; 16], 0.0, None, Spill::tiny());
             let mut after = Store::new([3; 16], 0.0);
             after.keys = live.keys;
             for (n, (_, e)) in records.into_iter().enumerate() {
@@ -2490,7 +2507,7 @@ mod tests {
         /// The widening search finds every row and nothing else, whatever the gaps.
         #[test]
         fn rows_are_found_by_seq_whatever_the_gaps(gaps in prop::collection::vec(1u64..50, 0..300), start in 1u64..1000) {
-            let mut c = Chain::new(None, true);
+            let mut c = Chain::new(None, true, &Spill::new(None, CACHE_PAGES));
             let mut seq = start;
             for g in &gaps {
                 c.rows.push(Row {
@@ -3009,7 +3026,7 @@ mod tests {
         before.apply(vec![first.clone(), second.clone()]);
         let mut bytes = Vec::new();
         before.save(&mut bytes).unwrap();
-        let (mut back, _) = Store::restore(&bytes[..], [5; 16], 0.0, None).unwrap();
+        let (mut back, _) = Store::restore(&bytes[..], [5; 16], 0.0, None, Spill::new(None, CACHE_PAGES)).unwrap();
         back.apply(vec![shred.clone()]);
         // A full read after the shred: segment 1's key is gone, its record does not open.
         let mut gone = first;

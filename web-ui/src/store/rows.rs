@@ -1,4 +1,22 @@
 //! A chain's rows, in seq order, read and changed by position.
+//!
+//! Rows are kept in pages of [`PAGE_ROWS`] (4 KiB). The pages in use stay in memory, a bounded
+//! number per chain; the rest are sealed (AES-256-GCM) into an unnamed scratch file
+//! under a key that exists only in this process's memory, so what the store keeps grows
+//! on disk, not in memory, with the archive. The file is gone when the process ends; the
+//! saved state (sealed under the master key) stays the only copy that outlives it.
+//! Each page's nonce is its number and how many times it has been sealed, a count kept
+//! in memory, so a page changed, moved or put back as it was before is refused when
+//! read, never taken for another.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use aes_gcm::aead::{AeadInPlace, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
 
 use super::Row;
 
@@ -62,20 +80,281 @@ impl Row {
     }
 }
 
+/// Rows to a page.
+const PAGE_ROWS: usize = 64;
+const TAG_BYTES: usize = 16;
+/// Pages each chain keeps in memory: 8 MiB of rows, the copies of the last 131,072.
+pub const CACHE_PAGES: usize = 2048;
+
+/// Where a store's chains put the pages they do not keep in memory, and the key that
+/// seals them. Without a key (no system randomness) every page stays in memory.
+pub struct Spill {
+    dir: Option<PathBuf>,
+    cipher: Option<Aes256Gcm>,
+    cache_pages: usize,
+    /// Rows to a page ([`PAGE_ROWS`] but in tests).
+    page_rows: usize,
+}
+
+impl Spill {
+    /// A spill keeping `cache_pages` pages per chain in memory and the rest in scratch
+    /// files in `dir` (`None`: the system's temporary directory).
+    pub fn new(dir: Option<PathBuf>, cache_pages: usize) -> Arc<Spill> {
+        let mut key = [0u8; 32];
+        let cipher = getrandom::getrandom(&mut key)
+            .ok()
+            .map(|()| Aes256Gcm::new(&key.into()));
+        key.fill(0);
+        if cipher.is_none() {
+            tracing::warn!("no system randomness for the review state's scratch key; its rows stay in memory");
+        }
+        Arc::new(Spill {
+            dir,
+            cipher,
+            cache_pages: cache_pages.max(1),
+            page_rows: PAGE_ROWS,
+        })
+    }
+
+    /// A spill of one page of two rows in memory, so that few rows exercise it.
+    #[cfg(test)]
+    pub(super) fn tiny() -> Arc<Spill> {
+        let mut s = Spill::new(None, 1);
+        if let Some(s) = Arc::get_mut(&mut s) {
+            s.page_rows = 2;
+        }
+        s
+    }
+
+    fn page_bytes(&self) -> usize {
+        self.page_rows * ROW_BYTES
+    }
+
+    fn scratch(&self) -> std::io::Result<File> {
+        let dir = self.dir.clone().unwrap_or_else(std::env::temp_dir);
+        std::fs::create_dir_all(&dir)?;
+        tempfile::tempfile_in(&dir).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("a scratch file in {}: {e}", dir.display()),
+            )
+        })
+    }
+}
+
 /// One chain's rows. Rows are handed out by value: where they are kept is this type's
 /// business alone.
-#[derive(Default)]
 pub(super) struct Rows {
+    len: usize,
+    spill: Arc<Spill>,
+    pages: Mutex<Pages>,
+}
+
+#[derive(Default)]
+struct Pages {
+    /// Made when the first page leaves memory.
+    file: Option<File>,
+    /// Per page, how many times it has been sealed into the file (0: never).
+    sealed: Vec<u32>,
+    cache: HashMap<usize, Cached>,
+    clock: u64,
+    /// Whether a failure of the scratch file has been logged.
+    reported: bool,
+}
+
+struct Cached {
     rows: Vec<Row>,
+    /// Changed since it was last sealed.
+    dirty: bool,
+    used: u64,
+}
+
+fn nonce(page: usize, count: u32) -> [u8; 12] {
+    let mut n = [0u8; 12];
+    n[..8].copy_from_slice(&(page as u64).to_le_bytes());
+    n[8..].copy_from_slice(&count.to_le_bytes());
+    n
+}
+
+impl Pages {
+    fn report(&mut self, what: &str, e: &dyn std::fmt::Display) {
+        if !self.reported {
+            self.reported = true;
+            tracing::error!(cause = %e, "{what} in the review state's scratch file; pages stay in memory or are missing until the next start");
+        }
+    }
+
+    /// Page `page` (`n` rows) read back from the file.
+    fn read(&mut self, spill: &Spill, page: usize, n: usize) -> Option<Vec<Row>> {
+        let count = self.sealed.get(page).copied().unwrap_or(0);
+        if count == 0 {
+            // Never sealed: a page begun now.
+            return Some(Vec::with_capacity(spill.page_rows));
+        }
+        let (Some(file), Some(cipher)) = (&self.file, &spill.cipher) else {
+            return None;
+        };
+        let slot = spill.page_bytes() + TAG_BYTES;
+        let mut buf = vec![0u8; slot];
+        let at = (page as u64).saturating_mul(slot as u64);
+        let opened = file
+            .read_exact_at(&mut buf, at)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                let (rows, tag) = buf.split_at_mut(spill.page_bytes());
+                cipher
+                    .decrypt_in_place_detached(
+                        Nonce::from_slice(&nonce(page, count)),
+                        b"",
+                        rows,
+                        Tag::from_slice(tag),
+                    )
+                    .map_err(|_| format!("page {page} does not open: changed since it was sealed"))
+            });
+        if let Err(e) = opened {
+            self.report("a page cannot be read", &e);
+            return None;
+        }
+        let rows = buf
+            .chunks_exact(ROW_BYTES)
+            .take(n)
+            .filter_map(|b| <&[u8; ROW_BYTES]>::try_from(b).ok())
+            .map(Row::from_bytes)
+            .collect();
+        Some(rows)
+    }
+
+    /// Seals `rows` as page `page` into the file.
+    fn seal(&mut self, spill: &Spill, page: usize, rows: &[Row]) -> Result<(), String> {
+        let cipher = spill.cipher.as_ref().ok_or("no scratch key")?;
+        let count = self
+            .sealed
+            .get(page)
+            .copied()
+            .unwrap_or(0)
+            .checked_add(1)
+            .ok_or("a page sealed too often")?;
+        if self.file.is_none() {
+            self.file = Some(spill.scratch().map_err(|e| e.to_string())?);
+        }
+        let file = self.file.as_ref().ok_or("no scratch file")?;
+        let slot = spill.page_bytes() + TAG_BYTES;
+        let mut buf = vec![0u8; slot];
+        for (r, b) in rows.iter().zip(buf.chunks_exact_mut(ROW_BYTES)) {
+            b.copy_from_slice(&r.to_bytes());
+        }
+        let (plain, tag) = buf.split_at_mut(spill.page_bytes());
+        let t = cipher
+            .encrypt_in_place_detached(Nonce::from_slice(&nonce(page, count)), b"", plain)
+            .map_err(|_| "sealing failed")?;
+        tag.copy_from_slice(&t);
+        let at = (page as u64).saturating_mul(slot as u64);
+        file.write_all_at(&buf, at).map_err(|e| e.to_string())?;
+        if self.sealed.len() <= page {
+            self.sealed.resize(page + 1, 0);
+        }
+        if let Some(c) = self.sealed.get_mut(page) {
+            *c = count;
+        }
+        Ok(())
+    }
+
+    /// Page `page` (`n` rows) in memory, read in when it is not.
+    fn load(&mut self, spill: &Spill, page: usize, n: usize) -> Option<&mut Cached> {
+        self.clock += 1;
+        let clock = self.clock;
+        if !self.cache.contains_key(&page) {
+            let rows = self.read(spill, page, n)?;
+            self.cache.insert(
+                page,
+                Cached {
+                    rows,
+                    dirty: false,
+                    used: clock,
+                },
+            );
+            self.shrink(spill);
+        }
+        let c = self.cache.get_mut(&page)?;
+        c.used = clock;
+        Some(c)
+    }
+
+    /// Seals the least recently used eighth of the pages out of memory when there are
+    /// more than the spill keeps. A page that cannot be sealed stays.
+    fn shrink(&mut self, spill: &Spill) {
+        let cap = spill.cache_pages;
+        if self.cache.len() <= cap || spill.cipher.is_none() {
+            return;
+        }
+        let excess = self.cache.len() - cap + cap / 8;
+        let mut used: Vec<u64> = self.cache.values().map(|c| c.used).collect();
+        let k = excess.min(used.len()).saturating_sub(1);
+        let limit = *used.select_nth_unstable(k).1;
+        let old: Vec<usize> = self
+            .cache
+            .iter()
+            .filter(|(_, c)| c.used <= limit)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in old {
+            let Some(c) = self.cache.remove(&p) else {
+                continue;
+            };
+            if c.dirty {
+                if let Err(e) = self.seal(spill, p, &c.rows) {
+                    self.report("a page cannot be written", &e);
+                    self.cache.insert(p, c);
+                }
+            }
+        }
+    }
+
+    /// A copy of page `page` (`n` rows), leaving the cache as it is.
+    fn copy(&mut self, spill: &Spill, page: usize, n: usize) -> Vec<Row> {
+        match self.cache.get(&page) {
+            Some(c) => c.rows.clone(),
+            None => self.read(spill, page, n).unwrap_or_default(),
+        }
+    }
 }
 
 impl Rows {
-    pub(super) fn len(&self) -> usize {
-        self.rows.len()
+    pub(super) fn new(spill: Arc<Spill>) -> Rows {
+        Rows {
+            len: 0,
+            spill,
+            pages: Mutex::new(Pages::default()),
+        }
     }
 
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Rows in page `page`.
+    fn page_len(&self, page: usize) -> usize {
+        self.len
+            .saturating_sub(page.saturating_mul(self.spill.page_rows))
+            .min(self.spill.page_rows)
+    }
+
+    fn page_count(&self) -> usize {
+        self.len.div_ceil(self.spill.page_rows)
+    }
+
+    /// Row `i`; `None` past the end, or when its page cannot be read back (logged).
     pub(super) fn get(&self, i: usize) -> Option<Row> {
-        self.rows.get(i).copied()
+        if i >= self.len {
+            return None;
+        }
+        let page = i / self.spill.page_rows;
+        let mut pages = self.pages.lock().unwrap_or_else(|e| e.into_inner());
+        pages
+            .load(&self.spill, page, self.page_len(page))?
+            .rows
+            .get(i % self.spill.page_rows)
+            .copied()
     }
 
     pub(super) fn first(&self) -> Option<Row> {
@@ -83,37 +362,259 @@ impl Rows {
     }
 
     pub(super) fn push(&mut self, r: Row) {
-        self.rows.push(r);
+        let page = self.len / self.spill.page_rows;
+        let n = self.page_len(page);
+        let spill = &*self.spill;
+        let pages = self.pages.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = pages.load(spill, page, n) {
+            c.rows.push(r);
+            c.dirty = true;
+            self.len += 1;
+        }
     }
 
-    /// Changes row `i` with `f`; false when there is no row `i`.
+    /// Changes row `i` with `f`; false when there is no row `i` (or it cannot be read).
     pub(super) fn update(&mut self, i: usize, f: impl FnOnce(&mut Row)) -> bool {
-        match self.rows.get_mut(i) {
+        if i >= self.len {
+            return false;
+        }
+        let page = i / self.spill.page_rows;
+        let n = self.page_len(page);
+        let spill = &*self.spill;
+        let pages = self.pages.get_mut().unwrap_or_else(|e| e.into_inner());
+        let Some(c) = pages.load(spill, page, n) else {
+            return false;
+        };
+        match c.rows.get_mut(i % spill.page_rows) {
             Some(r) => {
                 f(r);
+                c.dirty = true;
                 true
             }
             None => false,
         }
     }
 
-    /// Changes every row with `f`, in order.
-    pub(super) fn update_all(&mut self, f: impl FnMut(&mut Row)) {
-        self.rows.iter_mut().for_each(f);
+    /// Changes every row with `f`, in order, a page at a time; pages not in memory are
+    /// sealed back without joining it.
+    pub(super) fn update_all(&mut self, mut f: impl FnMut(&mut Row)) {
+        for page in 0..self.page_count() {
+            let n = self.page_len(page);
+            let spill = &*self.spill;
+            let pages = self.pages.get_mut().unwrap_or_else(|e| e.into_inner());
+            if let Some(c) = pages.cache.get_mut(&page) {
+                c.rows.iter_mut().for_each(&mut f);
+                c.dirty = true;
+                continue;
+            }
+            let Some(mut rows) = pages.read(spill, page, n) else {
+                continue;
+            };
+            rows.iter_mut().for_each(&mut f);
+            if let Err(e) = pages.seal(spill, page, &rows) {
+                pages.report("a page cannot be written", &e);
+                pages.clock += 1;
+                let used = pages.clock;
+                pages.cache.insert(
+                    page,
+                    Cached {
+                        rows,
+                        dirty: true,
+                        used,
+                    },
+                );
+            }
+        }
     }
 
-    /// Keeps the rows `keep` says yes to, in order.
-    pub(super) fn retain(&mut self, keep: impl FnMut(&Row) -> bool) {
-        self.rows.retain(keep);
+    /// Keeps the rows `keep` says yes to, in order (into a new scratch file).
+    pub(super) fn retain(&mut self, mut keep: impl FnMut(&Row) -> bool) {
+        let mut kept = Rows::new(self.spill.clone());
+        for r in self.iter() {
+            if keep(&r) {
+                kept.push(r);
+            }
+        }
+        *self = kept;
     }
 
     /// Moves the rows out, leaving none.
     pub(super) fn take(&mut self) -> Rows {
-        std::mem::take(self)
+        std::mem::replace(self, Rows::new(self.spill.clone()))
     }
 
-    /// Every row, in order.
+    /// Every row, in order; pages not in memory are read without joining it.
     pub(super) fn iter(&self) -> impl Iterator<Item = Row> + '_ {
-        self.rows.iter().copied()
+        (0..self.page_count()).flat_map(move |page| {
+            let mut pages = self.pages.lock().unwrap_or_else(|e| e.into_inner());
+            pages.copy(&self.spill, page, self.page_len(page))
+        })
+    }
+
+    /// Pages held in memory (for tests and figures).
+    #[cfg(test)]
+    fn cached(&self) -> usize {
+        self.pages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .cache
+            .len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn row(seq: u64) -> Row {
+        Row {
+            seq,
+            time: seq as i64 * 7,
+            place: seq << 3,
+            link: seq ^ 0xff,
+            next: 0,
+            from: seq as u32,
+            to: 3,
+            rules: 0,
+            kind: 1,
+            extra: 0,
+            bits: (seq % 512) as u16,
+        }
+    }
+
+    fn seqs(r: &Rows) -> Vec<u64> {
+        r.iter().map(|r| r.seq).collect()
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Push,
+        Get(usize),
+        Update(usize, u64),
+        UpdateAll(u64),
+        Retain(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            8 => Just(Op::Push),
+            4 => any::<usize>().prop_map(Op::Get),
+            3 => (any::<usize>(), any::<u64>()).prop_map(|(i, v)| Op::Update(i, v)),
+            1 => any::<u64>().prop_map(Op::UpdateAll),
+            1 => (2u64..5).prop_map(Op::Retain),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// With room for two pages in memory, rows read, changed, kept and walked are
+        /// those a plain list would give, wherever they are kept.
+        #[test]
+        fn rows_kept_out_of_memory_are_the_rows_put_in(ops in prop::collection::vec(op(), 1..80)) {
+            let mut rows = Rows::new(Spill::new(None, 2));
+            let mut model: Vec<Row> = Vec::new();
+            let mut seq = 0;
+            for op in ops {
+                match op {
+                    Op::Push => {
+                        // Pushes come in runs, so pages fill and leave memory.
+                        for _ in 0..30 {
+                            seq += 1;
+                            rows.push(row(seq));
+                            model.push(row(seq));
+                        }
+                    }
+                    Op::Get(i) => {
+                        let i = i % (model.len() + 1);
+                        prop_assert_eq!(rows.get(i).map(Row::to_bytes), model.get(i).map(|r| r.to_bytes()));
+                    }
+                    Op::Update(i, v) => {
+                        let i = i % (model.len() + 1);
+                        let done = rows.update(i, |r| r.next = v);
+                        prop_assert_eq!(done, i < model.len());
+                        if let Some(r) = model.get_mut(i) {
+                            r.next = v;
+                        }
+                    }
+                    Op::UpdateAll(v) => {
+                        rows.update_all(|r| r.link = r.link.wrapping_add(v));
+                        model.iter_mut().for_each(|r| r.link = r.link.wrapping_add(v));
+                    }
+                    Op::Retain(m) => {
+                        rows.retain(|r| r.seq % m != 0);
+                        model.retain(|r| r.seq % m != 0);
+                    }
+                }
+                prop_assert_eq!(rows.len(), model.len());
+                prop_assert!(rows.cached() <= 3, "{} pages in memory", rows.cached());
+            }
+            let all: Vec<_> = rows.iter().map(Row::to_bytes).collect();
+            let want: Vec<_> = model.iter().map(|r| r.to_bytes()).collect();
+            prop_assert_eq!(all, want);
+        }
+    }
+
+    /// Fills `rows` with `n` rows and writes every page out but the last one read.
+    fn spilled(n: u64) -> Rows {
+        let mut rows = Rows::new(Spill::new(None, 1));
+        for s in 1..=n {
+            rows.push(row(s));
+        }
+        assert_eq!(seqs(&rows).len() as u64, n);
+        rows
+    }
+
+    fn file(rows: &mut Rows) -> &File {
+        rows.pages
+            .get_mut()
+            .unwrap()
+            .file
+            .as_ref()
+            .expect("pages were written out")
+    }
+
+    #[test]
+    fn a_page_changed_in_the_scratch_file_is_refused_not_read() {
+        let mut rows = spilled(300);
+        let mut b = [0u8; 1];
+        file(&mut rows).read_exact_at(&mut b, 10).unwrap();
+        file(&mut rows).write_all_at(&[b[0] ^ 1], 10).unwrap();
+        // Page 0 (rows 0..64) is out of memory: reading it finds the change.
+        assert!(rows.get(0).is_none());
+        assert!(rows.get(63).is_none());
+        assert!(!rows.update(5, |r| r.next = 1));
+        // The others are untouched.
+        assert_eq!(rows.get(64).map(|r| r.seq), Some(65));
+        assert_eq!(rows.get(299).map(|r| r.seq), Some(300));
+    }
+
+    #[test]
+    fn a_page_put_back_as_it_was_before_is_refused() {
+        let mut rows = spilled(300);
+        let mut old = vec![0u8; PAGE_ROWS * ROW_BYTES + TAG_BYTES];
+        file(&mut rows).read_exact_at(&mut old, 0).unwrap();
+        assert!(rows.update(3, |r| r.next = 99));
+        // Two more pages read push page 0 out of memory again, sealed anew.
+        assert_eq!(rows.get(100).map(|r| r.seq), Some(101));
+        assert_eq!(rows.get(200).map(|r| r.seq), Some(201));
+        assert_eq!(rows.get(3).map(|r| r.next), Some(99));
+        assert_eq!(rows.get(200).map(|r| r.seq), Some(201));
+        // The page as first sealed, put back: a valid seal, but not the newest.
+        file(&mut rows).write_all_at(&old, 0).unwrap();
+        assert!(rows.get(3).is_none());
+    }
+
+    #[test]
+    fn the_scratch_file_holds_no_row_in_the_clear() {
+        let mut rows = spilled(300);
+        let len = file(&mut rows).metadata().unwrap().len();
+        let mut all = vec![0u8; len as usize];
+        file(&mut rows).read_exact_at(&mut all, 0).unwrap();
+        let needle = row(7).to_bytes();
+        assert!(!all.windows(needle.len()).any(|w| w == needle));
+        // Nor the first field of any row.
+        assert!(!all.windows(8).any(|w| w == 7u64.to_le_bytes()));
     }
 }

@@ -481,8 +481,9 @@ impl Store {
         archive_id: [u8; 16],
         sample_rate: f64,
         node: Option<String>,
+        spill: Arc<Spill>,
     ) -> Result<(Store, Covered), SnapshotError> {
-        let mut s = Store::for_node(archive_id, sample_rate, node);
+        let mut s = Store::spilling(archive_id, sample_rate, node, spill);
         let mut d = Dec { r };
         if &d.raw::<16>()? != MAGIC {
             return Err(malformed("not a saved review state"));
@@ -519,7 +520,7 @@ impl Store {
         }
         s.chains.clear();
         for i in 0..chains {
-            let mut c = Chain::new(d.opt_str()?, i == 0);
+            let mut c = Chain::new(d.opt_str()?, i == 0, &s.spill);
             c.next_seq = d.u64()?;
             c.head = d.raw()?;
             for _ in 0..d.len()? {
