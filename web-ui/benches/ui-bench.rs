@@ -302,6 +302,16 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// The first 20 conversations a queue page links to.
+fn conversation_links(page: &str) -> Vec<String> {
+    page.match_indices("href=\"/conversation/")
+        .filter_map(|(at, m)| page.get(at + m.len()..))
+        .filter_map(|rest| rest.split(['"', '#']).next())
+        .map(str::to_owned)
+        .take(20)
+        .collect()
+}
+
 fn measure(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let (master, signing) = keys(dir)?;
     let users = dir.join("users.json");
@@ -361,14 +371,7 @@ fn measure(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
             .ok_or("no session cookie")?;
         // Conversations to open: the queue's first items.
         let queue = send(&app, Method::GET, "/queue?status=all", &cookie, None).await;
-        let targets: Vec<String> = queue
-            .body
-            .match_indices("href=\"/conversation/")
-            .filter_map(|(at, m)| queue.body.get(at + m.len()..))
-            .filter_map(|rest| rest.split(['"', '#']).next())
-            .map(str::to_owned)
-            .take(20)
-            .collect();
+        let targets = conversation_links(&queue.body);
         if targets.is_empty() {
             return Err("the queue lists no conversation".into());
         }
@@ -381,6 +384,19 @@ fn measure(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);
         let deep = items / 2 / 25;
+        // Conversations of messages halfway back: their rows are long out of memory.
+        let deep_queue = send(
+            &app,
+            Method::GET,
+            &format!("/queue?status=all&page={deep}"),
+            &cookie,
+            None,
+        )
+        .await;
+        let old = conversation_links(&deep_queue.body);
+        if old.is_empty() {
+            return Err("the queue's deep page lists no conversation".into());
+        }
         let pages: Vec<(&str, Vec<String>)> = vec![
             ("queue, first page", vec!["/queue".into()]),
             (
@@ -398,6 +414,10 @@ fn measure(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
                     .iter()
                     .map(|t| format!("/conversation/{t}"))
                     .collect(),
+            ),
+            (
+                "conversation, halfway back",
+                old.iter().map(|t| format!("/conversation/{t}")).collect(),
             ),
             ("search, a word", vec!["/search?q=budget".into()]),
         ];

@@ -570,33 +570,9 @@ impl Chain {
         }
     }
 
-    /// Where row `seq` is. Seqs rise by at least one per row, so row `seq` is at most
-    /// `seq - first` rows in; the search starts there and widens backwards (events
-    /// between messages and shredded segments are the gap), touching a handful of rows
-    /// where a plain binary search over millions touches two dozen.
+    /// Where row `seq` is.
     fn index_of(&self, seq: u64) -> Option<usize> {
-        let first = self.rows.first()?.seq;
-        let last = self.rows.len().checked_sub(1)?;
-        let hi = usize::try_from(seq.checked_sub(first)?)
-            .unwrap_or(usize::MAX)
-            .min(last);
-        let mut step = 1usize;
-        let mut lo = hi;
-        while self.rows.get(lo).is_some_and(|r| r.seq > seq) && lo > 0 {
-            lo = hi.saturating_sub(step);
-            step = step.saturating_mul(2);
-        }
-        // Binary search in lo..=hi.
-        let (mut a, mut b) = (lo, hi + 1);
-        while a < b {
-            let mid = a + (b - a) / 2;
-            match self.rows.get(mid)?.seq.cmp(&seq) {
-                std::cmp::Ordering::Equal => return Some(mid),
-                std::cmp::Ordering::Less => a = mid + 1,
-                std::cmp::Ordering::Greater => b = mid,
-            }
-        }
-        None
+        self.rows.position(seq)
     }
 
     fn row(&self, seq: u64) -> Option<Row> {
@@ -3026,7 +3002,14 @@ mod tests {
         before.apply(vec![first.clone(), second.clone()]);
         let mut bytes = Vec::new();
         before.save(&mut bytes).unwrap();
-        let (mut back, _) = Store::restore(&bytes[..], [5; 16], 0.0, None, Spill::new(None, CACHE_PAGES)).unwrap();
+        let (mut back, _) = Store::restore(
+            &bytes[..],
+            [5; 16],
+            0.0,
+            None,
+            Spill::new(None, CACHE_PAGES),
+        )
+        .unwrap();
         back.apply(vec![shred.clone()]);
         // A full read after the shred: segment 1's key is gone, its record does not open.
         let mut gone = first;

@@ -106,7 +106,9 @@ impl Spill {
             .map(|()| Aes256Gcm::new(&key.into()));
         key.fill(0);
         if cipher.is_none() {
-            tracing::warn!("no system randomness for the review state's scratch key; its rows stay in memory");
+            tracing::warn!(
+                "no system randomness for the review state's scratch key; its rows stay in memory"
+            );
         }
         Arc::new(Spill {
             dir,
@@ -146,6 +148,9 @@ impl Spill {
 /// business alone.
 pub(super) struct Rows {
     len: usize,
+    /// Each page's first seq (rows are in seq order), so a seq is found by reading one
+    /// page: 8 bytes a page, kept in memory.
+    firsts: Vec<u64>,
     spill: Arc<Spill>,
     pages: Mutex<Pages>,
 }
@@ -153,7 +158,7 @@ pub(super) struct Rows {
 #[derive(Default)]
 struct Pages {
     /// Made when the first page leaves memory.
-    file: Option<File>,
+    file: Option<Arc<File>>,
     /// Per page, how many times it has been sealed into the file (0: never).
     sealed: Vec<u32>,
     cache: HashMap<usize, Cached>,
@@ -167,6 +172,37 @@ struct Cached {
     /// Changed since it was last sealed.
     dirty: bool,
     used: u64,
+}
+
+/// Reads page `page` (`n` rows), sealed for the `count`th time, from `file`.
+fn open_page(
+    spill: &Spill,
+    file: &File,
+    page: usize,
+    count: u32,
+    n: usize,
+) -> Result<Vec<Row>, String> {
+    let cipher = spill.cipher.as_ref().ok_or("no scratch key")?;
+    let slot = spill.page_bytes() + TAG_BYTES;
+    let mut buf = vec![0u8; slot];
+    let at = (page as u64).saturating_mul(slot as u64);
+    file.read_exact_at(&mut buf, at)
+        .map_err(|e| e.to_string())?;
+    let (rows, tag) = buf.split_at_mut(spill.page_bytes());
+    cipher
+        .decrypt_in_place_detached(
+            Nonce::from_slice(&nonce(page, count)),
+            b"",
+            rows,
+            Tag::from_slice(tag),
+        )
+        .map_err(|_| format!("page {page} does not open: changed since it was sealed"))?;
+    Ok(rows
+        .chunks_exact(ROW_BYTES)
+        .take(n)
+        .filter_map(|b| <&[u8; ROW_BYTES]>::try_from(b).ok())
+        .map(Row::from_bytes)
+        .collect())
 }
 
 fn nonce(page: usize, count: u32) -> [u8; 12] {
@@ -191,37 +227,14 @@ impl Pages {
             // Never sealed: a page begun now.
             return Some(Vec::with_capacity(spill.page_rows));
         }
-        let (Some(file), Some(cipher)) = (&self.file, &spill.cipher) else {
-            return None;
-        };
-        let slot = spill.page_bytes() + TAG_BYTES;
-        let mut buf = vec![0u8; slot];
-        let at = (page as u64).saturating_mul(slot as u64);
-        let opened = file
-            .read_exact_at(&mut buf, at)
-            .map_err(|e| e.to_string())
-            .and_then(|()| {
-                let (rows, tag) = buf.split_at_mut(spill.page_bytes());
-                cipher
-                    .decrypt_in_place_detached(
-                        Nonce::from_slice(&nonce(page, count)),
-                        b"",
-                        rows,
-                        Tag::from_slice(tag),
-                    )
-                    .map_err(|_| format!("page {page} does not open: changed since it was sealed"))
-            });
-        if let Err(e) = opened {
-            self.report("a page cannot be read", &e);
-            return None;
+        let file = self.file.clone()?;
+        match open_page(spill, &file, page, count, n) {
+            Ok(rows) => Some(rows),
+            Err(e) => {
+                self.report("a page cannot be read", &e);
+                None
+            }
         }
-        let rows = buf
-            .chunks_exact(ROW_BYTES)
-            .take(n)
-            .filter_map(|b| <&[u8; ROW_BYTES]>::try_from(b).ok())
-            .map(Row::from_bytes)
-            .collect();
-        Some(rows)
     }
 
     /// Seals `rows` as page `page` into the file.
@@ -235,7 +248,7 @@ impl Pages {
             .checked_add(1)
             .ok_or("a page sealed too often")?;
         if self.file.is_none() {
-            self.file = Some(spill.scratch().map_err(|e| e.to_string())?);
+            self.file = Some(Arc::new(spill.scratch().map_err(|e| e.to_string())?));
         }
         let file = self.file.as_ref().ok_or("no scratch file")?;
         let slot = spill.page_bytes() + TAG_BYTES;
@@ -309,20 +322,13 @@ impl Pages {
             }
         }
     }
-
-    /// A copy of page `page` (`n` rows), leaving the cache as it is.
-    fn copy(&mut self, spill: &Spill, page: usize, n: usize) -> Vec<Row> {
-        match self.cache.get(&page) {
-            Some(c) => c.rows.clone(),
-            None => self.read(spill, page, n).unwrap_or_default(),
-        }
-    }
 }
 
 impl Rows {
     pub(super) fn new(spill: Arc<Spill>) -> Rows {
         Rows {
             len: 0,
+            firsts: Vec::new(),
             spill,
             pages: Mutex::new(Pages::default()),
         }
@@ -343,26 +349,82 @@ impl Rows {
         self.len.div_ceil(self.spill.page_rows)
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pages> {
+        self.pages.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `f` of page `page`'s rows; `None` when it cannot be read (logged). A page not
+    /// in memory is read and opened without holding the lock, so readers (a page
+    /// view, a save walking every row) do not wait on each other's reads, and joins
+    /// the pages in memory when `keep`.
+    fn with_page<T>(&self, page: usize, keep: bool, f: impl FnOnce(&[Row]) -> T) -> Option<T> {
+        let n = self.page_len(page);
+        let (file, count) = {
+            let mut pages = self.lock();
+            pages.clock += 1;
+            let clock = pages.clock;
+            if let Some(c) = pages.cache.get_mut(&page) {
+                c.used = clock;
+                return Some(f(&c.rows));
+            }
+            let count = pages.sealed.get(page).copied().unwrap_or(0);
+            match (&pages.file, count) {
+                (Some(file), 1..) => (file.clone(), count),
+                _ => return pages.load(&self.spill, page, n).map(|c| f(&c.rows)),
+            }
+        };
+        let opened = open_page(&self.spill, &file, page, count, n);
+        let mut pages = self.lock();
+        let rows = match opened {
+            Ok(rows) => rows,
+            // Sealed anew meanwhile (another reader made room), or damaged: again,
+            // under the lock.
+            Err(_) => return pages.load(&self.spill, page, n).map(|c| f(&c.rows)),
+        };
+        // Rows change only through `&mut self`: what was read is current even if
+        // another reader brought the page in or sealed it anew meanwhile.
+        let out = f(&rows);
+        if keep && !pages.cache.contains_key(&page) {
+            pages.clock += 1;
+            let used = pages.clock;
+            pages.cache.insert(
+                page,
+                Cached {
+                    rows,
+                    dirty: false,
+                    used,
+                },
+            );
+            pages.shrink(&self.spill);
+        }
+        Some(out)
+    }
+
     /// Row `i`; `None` past the end, or when its page cannot be read back (logged).
     pub(super) fn get(&self, i: usize) -> Option<Row> {
         if i >= self.len {
             return None;
         }
-        let page = i / self.spill.page_rows;
-        let mut pages = self.pages.lock().unwrap_or_else(|e| e.into_inner());
-        pages
-            .load(&self.spill, page, self.page_len(page))?
-            .rows
-            .get(i % self.spill.page_rows)
-            .copied()
+        let (page, at) = (i / self.spill.page_rows, i % self.spill.page_rows);
+        self.with_page(page, true, |rows| rows.get(at).copied())
+            .flatten()
     }
 
-    pub(super) fn first(&self) -> Option<Row> {
-        self.get(0)
+    /// Where the row with `seq` is, reading the one page it can be in.
+    pub(super) fn position(&self, seq: u64) -> Option<usize> {
+        let page = self.firsts.partition_point(|f| *f <= seq).checked_sub(1)?;
+        let i = self
+            .with_page(page, true, |rows| {
+                rows.binary_search_by_key(&seq, |r| r.seq).ok()
+            })
+            .flatten()?;
+        Some(page * self.spill.page_rows + i)
     }
 
+    /// Adds `r` at the end; its seq must be above every other row's.
     pub(super) fn push(&mut self, r: Row) {
         let page = self.len / self.spill.page_rows;
+        let begun = self.len.is_multiple_of(self.spill.page_rows);
         let n = self.page_len(page);
         let spill = &*self.spill;
         let pages = self.pages.get_mut().unwrap_or_else(|e| e.into_inner());
@@ -370,6 +432,9 @@ impl Rows {
             c.rows.push(r);
             c.dirty = true;
             self.len += 1;
+            if begun {
+                self.firsts.push(r.seq);
+            }
         }
     }
 
@@ -387,7 +452,10 @@ impl Rows {
         };
         match c.rows.get_mut(i % spill.page_rows) {
             Some(r) => {
+                // A row's place follows from its seq, which stays.
+                let seq = r.seq;
                 f(r);
+                r.seq = seq;
                 c.dirty = true;
                 true
             }
@@ -398,6 +466,11 @@ impl Rows {
     /// Changes every row with `f`, in order, a page at a time; pages not in memory are
     /// sealed back without joining it.
     pub(super) fn update_all(&mut self, mut f: impl FnMut(&mut Row)) {
+        let mut f = |r: &mut Row| {
+            let seq = r.seq;
+            f(r);
+            r.seq = seq;
+        };
         for page in 0..self.page_count() {
             let n = self.page_len(page);
             let spill = &*self.spill;
@@ -446,19 +519,15 @@ impl Rows {
     /// Every row, in order; pages not in memory are read without joining it.
     pub(super) fn iter(&self) -> impl Iterator<Item = Row> + '_ {
         (0..self.page_count()).flat_map(move |page| {
-            let mut pages = self.pages.lock().unwrap_or_else(|e| e.into_inner());
-            pages.copy(&self.spill, page, self.page_len(page))
+            self.with_page(page, false, <[Row]>::to_vec)
+                .unwrap_or_default()
         })
     }
 
     /// Pages held in memory (for tests and figures).
     #[cfg(test)]
     fn cached(&self) -> usize {
-        self.pages
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .cache
-            .len()
+        self.lock().cache.len()
     }
 }
 
@@ -529,6 +598,11 @@ mod tests {
                     Op::Get(i) => {
                         let i = i % (model.len() + 1);
                         prop_assert_eq!(rows.get(i).map(Row::to_bytes), model.get(i).map(|r| r.to_bytes()));
+                        if let Some(m) = model.get(i) {
+                            prop_assert_eq!(rows.position(m.seq), Some(i));
+                        }
+                        prop_assert_eq!(rows.position(seq + 1), None);
+                        prop_assert_eq!(rows.position(0), None);
                     }
                     Op::Update(i, v) => {
                         let i = i % (model.len() + 1);
@@ -545,6 +619,9 @@ mod tests {
                     Op::Retain(m) => {
                         rows.retain(|r| r.seq % m != 0);
                         model.retain(|r| r.seq % m != 0);
+                        if seq >= m {
+                            prop_assert_eq!(rows.position(seq - seq % m), None);
+                        }
                     }
                 }
                 prop_assert_eq!(rows.len(), model.len());
