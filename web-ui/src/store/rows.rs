@@ -1,6 +1,6 @@
 //! A chain's rows, in seq order, read and changed by position.
 //!
-//! Rows are kept in pages of [`PAGE_ROWS`] (4 KiB). The pages in use stay in memory, a bounded
+//! Rows are kept in pages of [`PAGE_ROWS`] (1 KiB). The pages in use stay in memory, a bounded
 //! number per chain; the rest are sealed (AES-256-GCM) into an unnamed scratch file
 //! under a key that exists only in this process's memory, so what the store keeps grows
 //! on disk, not in memory, with the archive. The file is gone when the process ends; the
@@ -81,10 +81,10 @@ impl Row {
 }
 
 /// Rows to a page.
-const PAGE_ROWS: usize = 64;
+const PAGE_ROWS: usize = 16;
 const TAG_BYTES: usize = 16;
 /// Pages each chain keeps in memory: 8 MiB of rows, the copies of the last 131,072.
-pub const CACHE_PAGES: usize = 2048;
+pub const CACHE_PAGES: usize = 8192;
 
 /// Where a store's chains put the pages they do not keep in memory, and the key that
 /// seals them. Without a key (no system randomness) every page stays in memory.
@@ -162,6 +162,10 @@ struct Pages {
     /// Per page, how many times it has been sealed into the file (0: never).
     sealed: Vec<u32>,
     cache: HashMap<usize, Cached>,
+    /// Row buffers of pages that left memory, for the next ones to come in: pages
+    /// come and go without the allocator (whose freed pieces, scattered among
+    /// long-lived ones, would stay resident).
+    spare: Vec<Vec<Row>>,
     clock: u64,
     /// Whether a failure of the scratch file has been logged.
     reported: bool,
@@ -174,14 +178,13 @@ struct Cached {
     used: u64,
 }
 
-/// Reads page `page` (`n` rows), sealed for the `count`th time, from `file`.
+/// Reads page `page` (`n` rows), sealed for the `count`th time, from `file` into `out`.
 fn open_page(
     spill: &Spill,
     file: &File,
-    page: usize,
-    count: u32,
-    n: usize,
-) -> Result<Vec<Row>, String> {
+    (page, count, n): (usize, u32, usize),
+    out: &mut Vec<Row>,
+) -> Result<(), String> {
     let cipher = spill.cipher.as_ref().ok_or("no scratch key")?;
     let slot = spill.page_bytes() + TAG_BYTES;
     let mut buf = vec![0u8; slot];
@@ -197,12 +200,14 @@ fn open_page(
             Tag::from_slice(tag),
         )
         .map_err(|_| format!("page {page} does not open: changed since it was sealed"))?;
-    Ok(rows
-        .chunks_exact(ROW_BYTES)
-        .take(n)
-        .filter_map(|b| <&[u8; ROW_BYTES]>::try_from(b).ok())
-        .map(Row::from_bytes)
-        .collect())
+    out.clear();
+    out.extend(
+        rows.chunks_exact(ROW_BYTES)
+            .take(n)
+            .filter_map(|b| <&[u8; ROW_BYTES]>::try_from(b).ok())
+            .map(Row::from_bytes),
+    );
+    Ok(())
 }
 
 fn nonce(page: usize, count: u32) -> [u8; 12] {
@@ -222,19 +227,31 @@ impl Pages {
 
     /// Page `page` (`n` rows) read back from the file.
     fn read(&mut self, spill: &Spill, page: usize, n: usize) -> Option<Vec<Row>> {
+        let mut rows = self.buffer(spill);
         let count = self.sealed.get(page).copied().unwrap_or(0);
         if count == 0 {
             // Never sealed: a page begun now.
-            return Some(Vec::with_capacity(spill.page_rows));
+            return Some(rows);
         }
         let file = self.file.clone()?;
-        match open_page(spill, &file, page, count, n) {
-            Ok(rows) => Some(rows),
+        match open_page(spill, &file, (page, count, n), &mut rows) {
+            Ok(()) => Some(rows),
             Err(e) => {
+                self.spare.push(rows);
                 self.report("a page cannot be read", &e);
                 None
             }
         }
+    }
+
+    /// An empty row buffer for a page.
+    fn buffer(&mut self, spill: &Spill) -> Vec<Row> {
+        let mut b = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(spill.page_rows));
+        b.clear();
+        b
     }
 
     /// Seals `rows` as page `page` into the file.
@@ -318,8 +335,10 @@ impl Pages {
                 if let Err(e) = self.seal(spill, p, &c.rows) {
                     self.report("a page cannot be written", &e);
                     self.cache.insert(p, c);
+                    continue;
                 }
             }
+            self.spare.push(c.rows);
         }
     }
 }
@@ -359,7 +378,7 @@ impl Rows {
     /// the pages in memory when `keep`.
     fn with_page<T>(&self, page: usize, keep: bool, f: impl FnOnce(&[Row]) -> T) -> Option<T> {
         let n = self.page_len(page);
-        let (file, count) = {
+        let (file, count, mut rows) = {
             let mut pages = self.lock();
             pages.clock += 1;
             let clock = pages.clock;
@@ -369,18 +388,18 @@ impl Rows {
             }
             let count = pages.sealed.get(page).copied().unwrap_or(0);
             match (&pages.file, count) {
-                (Some(file), 1..) => (file.clone(), count),
+                (Some(file), 1..) => (file.clone(), count, pages.buffer(&self.spill)),
                 _ => return pages.load(&self.spill, page, n).map(|c| f(&c.rows)),
             }
         };
-        let opened = open_page(&self.spill, &file, page, count, n);
+        let opened = open_page(&self.spill, &file, (page, count, n), &mut rows);
         let mut pages = self.lock();
-        let rows = match opened {
-            Ok(rows) => rows,
+        if opened.is_err() {
+            pages.spare.push(rows);
             // Sealed anew meanwhile (another reader made room), or damaged: again,
             // under the lock.
-            Err(_) => return pages.load(&self.spill, page, n).map(|c| f(&c.rows)),
-        };
+            return pages.load(&self.spill, page, n).map(|c| f(&c.rows));
+        }
         // Rows change only through `&mut self`: what was read is current even if
         // another reader brought the page in or sealed it anew meanwhile.
         let out = f(&rows);
@@ -396,6 +415,8 @@ impl Rows {
                 },
             );
             pages.shrink(&self.spill);
+        } else {
+            pages.spare.push(rows);
         }
         Some(out)
     }
@@ -496,6 +517,8 @@ impl Rows {
                         used,
                     },
                 );
+            } else {
+                pages.spare.push(rows);
             }
         }
     }
@@ -658,12 +681,12 @@ mod tests {
         let mut b = [0u8; 1];
         file(&mut rows).read_exact_at(&mut b, 10).unwrap();
         file(&mut rows).write_all_at(&[b[0] ^ 1], 10).unwrap();
-        // Page 0 (rows 0..64) is out of memory: reading it finds the change.
+        // Page 0 is out of memory: reading it finds the change.
         assert!(rows.get(0).is_none());
-        assert!(rows.get(63).is_none());
+        assert!(rows.get(PAGE_ROWS - 1).is_none());
         assert!(!rows.update(5, |r| r.next = 1));
         // The others are untouched.
-        assert_eq!(rows.get(64).map(|r| r.seq), Some(65));
+        assert_eq!(rows.get(PAGE_ROWS).map(|r| r.seq), Some(PAGE_ROWS as u64 + 1));
         assert_eq!(rows.get(299).map(|r| r.seq), Some(300));
     }
 
