@@ -339,6 +339,13 @@ fn measure(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         peak as f64 / 1024.0,
         rss_before as f64 / 1024.0
     );
+    // Pages of mapped files (the search index's) count in RSS too, and the kernel takes
+    // them back under pressure; the heap is what the process holds.
+    println!(
+        "  of which anonymous (heap) {:.0} MiB, mapped files {:.0} MiB",
+        status_kib("RssAnon:") as f64 / 1024.0,
+        status_kib("RssFile:") as f64 / 1024.0
+    );
     let how = bound.started();
     let saved = std::fs::metadata(dir.join("archive/state/web-ui.state")).map_or(0, |m| m.len());
     println!(
@@ -492,8 +499,10 @@ fn measure(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
         during.last().copied().unwrap_or(0.0)
     );
     println!(
-        "RSS after the pages: {:.0} MiB",
-        status_kib("VmRSS:") as f64 / 1024.0
+        "RSS after the pages: {:.0} MiB (anonymous {:.0} MiB, mapped files {:.0} MiB)",
+        status_kib("VmRSS:") as f64 / 1024.0,
+        status_kib("RssAnon:") as f64 / 1024.0,
+        status_kib("RssFile:") as f64 / 1024.0
     );
     Ok(())
 }

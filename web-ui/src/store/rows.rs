@@ -1,12 +1,13 @@
 //! A chain's rows, in seq order, read and changed by position.
 //!
-//! Rows are kept in pages of [`PAGE_ROWS`] (1 KiB). The pages in use stay in memory, a bounded
-//! number per chain; the rest are sealed (AES-256-GCM) into an unnamed scratch file
-//! under a key that exists only in this process's memory, so what the store keeps grows
-//! on disk, not in memory, with the archive. The file is gone when the process ends; the
-//! saved state (sealed under the master key) stays the only copy that outlives it.
-//! Each page's nonce is its number and how many times it has been sealed, a count kept
-//! in memory, so a page changed, moved or put back as it was before is refused when
+//! Rows are kept in pages of [`PAGE_ROWS`] (1 KiB). The pages in use stay in memory, a
+//! bounded number per chain; the rest are sealed (AES-256-GCM) into an unnamed scratch
+//! file under a key drawn for that file alone, which exists only in this process's
+//! memory, so what the store keeps grows on disk, not in memory, with the archive. The
+//! file is gone when the process ends; the saved state (sealed under the master key)
+//! stays the only copy that outlives it. Within a file, a page's nonce is its number and
+//! how many times it has been sealed, a count kept in memory: no nonce is used twice
+//! under a key, and a page changed, moved or put back as it was before is refused when
 //! read, never taken for another.
 
 use std::collections::HashMap;
@@ -86,11 +87,10 @@ const TAG_BYTES: usize = 16;
 /// Pages each chain keeps in memory: 8 MiB of rows, the copies of the last 131,072.
 pub const CACHE_PAGES: usize = 8192;
 
-/// Where a store's chains put the pages they do not keep in memory, and the key that
-/// seals them. Without a key (no system randomness) every page stays in memory.
+/// Where a store's chains put the pages they do not keep in memory, and how many they
+/// keep. Where no scratch file can be made, pages stay in memory (logged).
 pub struct Spill {
     dir: Option<PathBuf>,
-    cipher: Option<Aes256Gcm>,
     cache_pages: usize,
     /// Rows to a page ([`PAGE_ROWS`] but in tests).
     page_rows: usize,
@@ -100,19 +100,8 @@ impl Spill {
     /// A spill keeping `cache_pages` pages per chain in memory and the rest in scratch
     /// files in `dir` (`None`: the system's temporary directory).
     pub fn new(dir: Option<PathBuf>, cache_pages: usize) -> Arc<Spill> {
-        let mut key = [0u8; 32];
-        let cipher = getrandom::getrandom(&mut key)
-            .ok()
-            .map(|()| Aes256Gcm::new(&key.into()));
-        key.fill(0);
-        if cipher.is_none() {
-            tracing::warn!(
-                "no system randomness for the review state's scratch key; its rows stay in memory"
-            );
-        }
         Arc::new(Spill {
             dir,
-            cipher,
             cache_pages: cache_pages.max(1),
             page_rows: PAGE_ROWS,
         })
@@ -132,16 +121,24 @@ impl Spill {
         self.page_rows * ROW_BYTES
     }
 
-    fn scratch(&self) -> std::io::Result<File> {
+    /// A new scratch file and its own key.
+    fn scratch(&self) -> Result<Scratch, String> {
         let dir = self.dir.clone().unwrap_or_else(std::env::temp_dir);
-        std::fs::create_dir_all(&dir)?;
-        tempfile::tempfile_in(&dir).map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("a scratch file in {}: {e}", dir.display()),
-            )
-        })
+        let mut key = [0u8; 32];
+        getrandom::getrandom(&mut key).map_err(|e| format!("no key for a scratch file: {e}"))?;
+        let cipher = Aes256Gcm::new(&key.into());
+        key.fill(0);
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| tempfile::tempfile_in(&dir))
+            .map(|file| Scratch { file, cipher })
+            .map_err(|e| format!("a scratch file in {}: {e}", dir.display()))
     }
+}
+
+/// A scratch file and the key its pages are sealed under, which seals nothing else.
+struct Scratch {
+    file: File,
+    cipher: Aes256Gcm,
 }
 
 /// One chain's rows. Rows are handed out by value: where they are kept is this type's
@@ -158,7 +155,7 @@ pub(super) struct Rows {
 #[derive(Default)]
 struct Pages {
     /// Made when the first page leaves memory.
-    file: Option<Arc<File>>,
+    file: Option<Arc<Scratch>>,
     /// Per page, how many times it has been sealed into the file (0: never).
     sealed: Vec<u32>,
     cache: HashMap<usize, Cached>,
@@ -181,18 +178,20 @@ struct Cached {
 /// Reads page `page` (`n` rows), sealed for the `count`th time, from `file` into `out`.
 fn open_page(
     spill: &Spill,
-    file: &File,
+    scratch: &Scratch,
     (page, count, n): (usize, u32, usize),
     out: &mut Vec<Row>,
 ) -> Result<(), String> {
-    let cipher = spill.cipher.as_ref().ok_or("no scratch key")?;
     let slot = spill.page_bytes() + TAG_BYTES;
     let mut buf = vec![0u8; slot];
     let at = (page as u64).saturating_mul(slot as u64);
-    file.read_exact_at(&mut buf, at)
+    scratch
+        .file
+        .read_exact_at(&mut buf, at)
         .map_err(|e| e.to_string())?;
     let (rows, tag) = buf.split_at_mut(spill.page_bytes());
-    cipher
+    scratch
+        .cipher
         .decrypt_in_place_detached(
             Nonce::from_slice(&nonce(page, count)),
             b"",
@@ -256,7 +255,6 @@ impl Pages {
 
     /// Seals `rows` as page `page` into the file.
     fn seal(&mut self, spill: &Spill, page: usize, rows: &[Row]) -> Result<(), String> {
-        let cipher = spill.cipher.as_ref().ok_or("no scratch key")?;
         let count = self
             .sealed
             .get(page)
@@ -265,21 +263,25 @@ impl Pages {
             .checked_add(1)
             .ok_or("a page sealed too often")?;
         if self.file.is_none() {
-            self.file = Some(Arc::new(spill.scratch().map_err(|e| e.to_string())?));
+            self.file = Some(Arc::new(spill.scratch()?));
         }
-        let file = self.file.as_ref().ok_or("no scratch file")?;
+        let scratch = self.file.as_ref().ok_or("no scratch file")?;
         let slot = spill.page_bytes() + TAG_BYTES;
         let mut buf = vec![0u8; slot];
         for (r, b) in rows.iter().zip(buf.chunks_exact_mut(ROW_BYTES)) {
             b.copy_from_slice(&r.to_bytes());
         }
         let (plain, tag) = buf.split_at_mut(spill.page_bytes());
-        let t = cipher
+        let t = scratch
+            .cipher
             .encrypt_in_place_detached(Nonce::from_slice(&nonce(page, count)), b"", plain)
             .map_err(|_| "sealing failed")?;
         tag.copy_from_slice(&t);
         let at = (page as u64).saturating_mul(slot as u64);
-        file.write_all_at(&buf, at).map_err(|e| e.to_string())?;
+        scratch
+            .file
+            .write_all_at(&buf, at)
+            .map_err(|e| e.to_string())?;
         if self.sealed.len() <= page {
             self.sealed.resize(page + 1, 0);
         }
@@ -314,7 +316,7 @@ impl Pages {
     /// more than the spill keeps. A page that cannot be sealed stays.
     fn shrink(&mut self, spill: &Spill) {
         let cap = spill.cache_pages;
-        if self.cache.len() <= cap || spill.cipher.is_none() {
+        if self.cache.len() <= cap {
             return;
         }
         let excess = self.cache.len() - cap + cap / 8;
@@ -333,9 +335,10 @@ impl Pages {
             };
             if c.dirty {
                 if let Err(e) = self.seal(spill, p, &c.rows) {
+                    // It and the rest stay; the next page read in tries again.
                     self.report("a page cannot be written", &e);
                     self.cache.insert(p, c);
-                    continue;
+                    break;
                 }
             }
             self.spare.push(c.rows);
@@ -667,12 +670,14 @@ mod tests {
     }
 
     fn file(rows: &mut Rows) -> &File {
-        rows.pages
+        &rows
+            .pages
             .get_mut()
             .unwrap()
             .file
             .as_ref()
             .expect("pages were written out")
+            .file
     }
 
     #[test]
@@ -686,7 +691,10 @@ mod tests {
         assert!(rows.get(PAGE_ROWS - 1).is_none());
         assert!(!rows.update(5, |r| r.next = 1));
         // The others are untouched.
-        assert_eq!(rows.get(PAGE_ROWS).map(|r| r.seq), Some(PAGE_ROWS as u64 + 1));
+        assert_eq!(
+            rows.get(PAGE_ROWS).map(|r| r.seq),
+            Some(PAGE_ROWS as u64 + 1)
+        );
         assert_eq!(rows.get(299).map(|r| r.seq), Some(300));
     }
 
@@ -716,5 +724,30 @@ mod tests {
         assert!(!all.windows(needle.len()).any(|w| w == needle));
         // Nor the first field of any row.
         assert!(!all.windows(8).any(|w| w == 7u64.to_le_bytes()));
+    }
+
+    #[test]
+    fn rows_rewritten_into_a_new_file_are_sealed_under_a_new_key() {
+        // A shred keeps some rows, writing them to a new file where page numbers and
+        // seal counts start again: under the same key, its first page would reuse the
+        // old file's first nonce.
+        let mut rows = spilled(300);
+        let mut before = vec![0u8; PAGE_ROWS * ROW_BYTES];
+        file(&mut rows).read_exact_at(&mut before, 0).unwrap();
+        let plain_before: Vec<u8> = (1..=PAGE_ROWS as u64)
+            .flat_map(|s| row(s).to_bytes())
+            .collect();
+        rows.retain(|r| r.seq % 2 == 0);
+        // Two rows read elsewhere push the new page 0 out of memory.
+        assert_eq!(rows.get(100).map(|r| r.seq), Some(202));
+        assert_eq!(rows.get(140).map(|r| r.seq), Some(282));
+        let mut after = vec![0u8; PAGE_ROWS * ROW_BYTES];
+        file(&mut rows).read_exact_at(&mut after, 0).unwrap();
+        let plain_after: Vec<u8> = (1..=PAGE_ROWS as u64)
+            .flat_map(|s| row(2 * s).to_bytes())
+            .collect();
+        let xor = |a: &[u8], b: &[u8]| -> Vec<u8> { a.iter().zip(b).map(|(x, y)| x ^ y).collect() };
+        // The same key stream would make the ciphertexts differ as the rows do.
+        assert_ne!(xor(&before, &after), xor(&plain_before, &plain_after));
     }
 }
