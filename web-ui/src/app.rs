@@ -387,6 +387,12 @@ impl App {
     /// logical message's review item, so the order is what a restart shows). The tail
     /// (`cursor`) is locked by the caller. Returns whether a chain gave `max`.
     fn catch_up_locked(&self, cursor: &mut TailCursor, max: usize) -> Result<bool, ReadError> {
+        if read(&self.store).damaged() {
+            // Rows it holds outside memory could not be read back (logged where it
+            // happened): build it again from the archive rather than show less.
+            tracing::warn!("the review state lost rows; reading every chain afresh");
+            self.start_over(cursor);
+        }
         if self.catch_up_own(cursor, max)? {
             return Ok(true);
         }

@@ -870,6 +870,12 @@ impl Store {
         }
     }
 
+    /// Whether rows were lost from memory and disk (a page of the scratch file could not
+    /// be read back): what the store shows is incomplete until it is built again.
+    pub fn damaged(&self) -> bool {
+        self.chains.iter().any(|c| c.rows.damaged())
+    }
+
     /// The first seq of this node's chain not yet applied.
     pub fn next_seq(&self) -> u64 {
         self.chains.first().map_or(1, |c| c.next_seq)
@@ -2534,6 +2540,48 @@ mod tests {
             assert_eq!(m.retention_class, "default");
         }
         assert_eq!(s.class_counts().get("default"), Some(&n));
+    }
+
+    #[test]
+    fn rows_that_cannot_be_read_back_mark_the_store_damaged_and_it_is_not_saved() {
+        use std::os::unix::fs::FileExt;
+        let mut s = Store::spilling([1; 16], 0.0, None, Spill::tiny());
+        s.apply(
+            (1..=40)
+                .map(|seq| msg(seq, "a@x/1", "b@x", Action::Allow))
+                .collect(),
+        );
+        assert!(s.message(MsgRef::own(1)).is_some());
+        assert!(!s.damaged());
+        let mut saved = Vec::new();
+        s.save(&mut saved).unwrap();
+        // Someone who can write the archive directory changes the scratch file.
+        let file = s.chains[0]
+            .rows
+            .scratch_file()
+            .expect("rows were written out");
+        let mut b = [0u8; 1];
+        file.read_exact_at(&mut b, 3).unwrap();
+        file.write_all_at(&[b[0] ^ 0x40], 3).unwrap();
+        // A message on another page takes the first page's place in memory.
+        assert!(s.message(MsgRef::own(40)).is_some());
+        assert!(!s.damaged());
+        // The first rows are gone from what the store can show, and it says so.
+        assert!(s.message(MsgRef::own(1)).is_none());
+        assert!(s.damaged());
+        assert!(s.save(&mut Vec::new()).is_err());
+        // A shred that rewrites the rows keeps the mark: the rows it could not read
+        // are not silently dropped from a store that looks whole.
+        s.apply(vec![entry(
+            41,
+            NewRecord::Event(EventRecord::Shred {
+                segment: 99,
+                reason: "retention expired".into(),
+                authority: "test".into(),
+                actor: "test".into(),
+            }),
+        )]);
+        assert!(s.damaged());
     }
 
     #[test]

@@ -166,6 +166,9 @@ struct Pages {
     clock: u64,
     /// Whether a failure of the scratch file has been logged.
     reported: bool,
+    /// A sealed page could not be read back (or a row not added): rows are missing,
+    /// and the store must be built again from the log.
+    damaged: bool,
 }
 
 struct Cached {
@@ -217,10 +220,19 @@ fn nonce(page: usize, count: u32) -> [u8; 12] {
 }
 
 impl Pages {
+    /// Logs the first failure to write: the page stays in memory, nothing is lost.
     fn report(&mut self, what: &str, e: &dyn std::fmt::Display) {
         if !self.reported {
             self.reported = true;
-            tracing::error!(cause = %e, "{what} in the review state's scratch file; pages stay in memory or are missing until the next start");
+            tracing::error!(cause = %e, "{what} in the review state's scratch file; pages stay in memory");
+        }
+    }
+
+    /// A page that was sealed cannot be read back: rows are missing.
+    fn lost(&mut self, e: &dyn std::fmt::Display) {
+        if !self.damaged {
+            self.damaged = true;
+            tracing::error!(cause = %e, "a page of the review state's scratch file cannot be read back; the state is built again from the archive");
         }
     }
 
@@ -232,12 +244,17 @@ impl Pages {
             // Never sealed: a page begun now.
             return Some(rows);
         }
-        let file = self.file.clone()?;
-        match open_page(spill, &file, (page, count, n), &mut rows) {
+        let opened = match self.file.clone() {
+            Some(file) => open_page(spill, &file, (page, count, n), &mut rows),
+            None => Err(format!(
+                "page {page} was sealed, but there is no scratch file"
+            )),
+        };
+        match opened {
             Ok(()) => Some(rows),
             Err(e) => {
                 self.spare.push(rows);
-                self.report("a page cannot be read", &e);
+                self.lost(&e);
                 None
             }
         }
@@ -278,17 +295,20 @@ impl Pages {
             .map_err(|_| "sealing failed")?;
         tag.copy_from_slice(&t);
         let at = (page as u64).saturating_mul(slot as u64);
-        scratch
-            .file
-            .write_all_at(&buf, at)
-            .map_err(|e| e.to_string())?;
+        // The count moves on before the write: a write that fails part-way leaves bytes
+        // under this nonce, and the next seal of this page must not use it again. The
+        // page stays in memory until a seal of it succeeds, so its slot is not read
+        // meanwhile.
         if self.sealed.len() <= page {
             self.sealed.resize(page + 1, 0);
         }
         if let Some(c) = self.sealed.get_mut(page) {
             *c = count;
         }
-        Ok(())
+        scratch
+            .file
+            .write_all_at(&buf, at)
+            .map_err(|e| e.to_string())
     }
 
     /// Page `page` (`n` rows) in memory, read in when it is not.
@@ -399,8 +419,7 @@ impl Rows {
         let mut pages = self.lock();
         if opened.is_err() {
             pages.spare.push(rows);
-            // Sealed anew meanwhile (another reader made room), or damaged: again,
-            // under the lock.
+            // Unreadable: once more under the lock, which marks the rows damaged.
             return pages.load(&self.spill, page, n).map(|c| f(&c.rows));
         }
         // Rows change only through `&mut self`: what was read is current even if
@@ -452,13 +471,17 @@ impl Rows {
         let n = self.page_len(page);
         let spill = &*self.spill;
         let pages = self.pages.get_mut().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = pages.load(spill, page, n) {
-            c.rows.push(r);
-            c.dirty = true;
-            self.len += 1;
-            if begun {
-                self.firsts.push(r.seq);
+        match pages.load(spill, page, n) {
+            Some(c) => {
+                c.rows.push(r);
+                c.dirty = true;
+                self.len += 1;
+                if begun {
+                    self.firsts.push(r.seq);
+                }
             }
+            // `load` has marked the rows damaged: the store is built again.
+            None => pages.damaged = true,
         }
     }
 
@@ -526,7 +549,8 @@ impl Rows {
         }
     }
 
-    /// Keeps the rows `keep` says yes to, in order (into a new scratch file).
+    /// Keeps the rows `keep` says yes to, in order (into a new scratch file). Rows
+    /// that could not be read leave the new rows damaged too.
     pub(super) fn retain(&mut self, mut keep: impl FnMut(&Row) -> bool) {
         let mut kept = Rows::new(self.spill.clone());
         for r in self.iter() {
@@ -534,7 +558,19 @@ impl Rows {
                 kept.push(r);
             }
         }
+        if self.damaged() {
+            kept.pages
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner())
+                .damaged = true;
+        }
         *self = kept;
+    }
+
+    /// Whether rows were lost: a page sealed out of memory could not be read back.
+    /// Everything built from these rows since is suspect.
+    pub(super) fn damaged(&self) -> bool {
+        self.lock().damaged
     }
 
     /// Moves the rows out, leaving none.
@@ -548,6 +584,13 @@ impl Rows {
             self.with_page(page, false, <[Row]>::to_vec)
                 .unwrap_or_default()
         })
+    }
+
+    /// The scratch file, once pages have left memory.
+    #[cfg(test)]
+    pub(super) fn scratch_file(&mut self) -> Option<&File> {
+        let pages = self.pages.get_mut().unwrap_or_else(|e| e.into_inner());
+        pages.file.as_ref().map(|s| &s.file)
     }
 
     /// Pages held in memory (for tests and figures).
@@ -687,7 +730,9 @@ mod tests {
         file(&mut rows).read_exact_at(&mut b, 10).unwrap();
         file(&mut rows).write_all_at(&[b[0] ^ 1], 10).unwrap();
         // Page 0 is out of memory: reading it finds the change.
+        assert!(!rows.damaged());
         assert!(rows.get(0).is_none());
+        assert!(rows.damaged());
         assert!(rows.get(PAGE_ROWS - 1).is_none());
         assert!(!rows.update(5, |r| r.next = 1));
         // The others are untouched.

@@ -325,6 +325,9 @@ fn status_bits(s: ReviewStatus) -> u8 {
 impl Store {
     /// Writes the whole store to `w`.
     pub fn save(&self, w: impl Write) -> Result<(), SnapshotError> {
+        if self.damaged() {
+            return Err(malformed("not saved: rows of it could not be read back"));
+        }
         let mut e = Enc { w };
         e.raw(MAGIC)?;
         e.u32(VERSION)?;
