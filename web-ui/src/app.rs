@@ -31,6 +31,8 @@ pub struct App {
     pub store: RwLock<Store>,
     /// Where the store keeps the rows it does not hold in memory.
     spill: Arc<Spill>,
+    /// When the store was last built again because it lost rows.
+    repaired: Mutex<Option<Instant>>,
     /// Where following the archive left off. The lock also serialises catch-ups,
     /// so two never apply the same records concurrently.
     tail: Mutex<TailCursor>,
@@ -111,6 +113,9 @@ const APPLY_BATCH: usize = 4096;
 /// ([`App::follow_slice`]): at a few microseconds each, a slice is about a millisecond
 /// of CPU, so a page behind the lowered thread waits little even when the CPU is short.
 pub const FOLLOW_SLICE: usize = 256;
+
+/// At most one rebuild of a store that lost rows in this long.
+const REPAIR_EVERY: Duration = Duration::from_secs(600);
 
 /// The store's saved copy: `state/web-ui.state` in the archive directory.
 pub const STATE_NAME: &str = "web-ui";
@@ -194,6 +199,7 @@ impl App {
             store: RwLock::new(store),
             tail: Mutex::new(cursor),
             spill,
+            repaired: Mutex::new(None),
             cfg,
             archive,
         };
@@ -389,9 +395,16 @@ impl App {
     fn catch_up_locked(&self, cursor: &mut TailCursor, max: usize) -> Result<bool, ReadError> {
         if read(&self.store).damaged() {
             // Rows it holds outside memory could not be read back (logged where it
-            // happened): build it again from the archive rather than show less.
-            tracing::warn!("the review state lost rows; reading every chain afresh");
-            self.start_over(cursor);
+            // happened): build it again from the archive rather than show less. Not more
+            // than once in REPAIR_EVERY, so a disk that keeps failing is not read
+            // again and again; meanwhile review actions are refused.
+            let mut repaired = lock(&self.repaired);
+            if repaired.is_none_or(|at| at.elapsed() >= REPAIR_EVERY) {
+                *repaired = Some(Instant::now());
+                drop(repaired);
+                tracing::warn!("the review state lost rows; reading every chain afresh");
+                self.start_over(cursor);
+            }
         }
         if self.catch_up_own(cursor, max)? {
             return Ok(true);

@@ -51,6 +51,8 @@ pub enum AppError {
     #[error("search failed: {0}")]
     Search(custos_archive::SearchError),
     // Ours.
+    #[error("the review state lost rows and is being built again from the archive; try again in a few minutes")]
+    Rebuilding,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -75,6 +77,7 @@ impl AppError {
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::NotFound => StatusCode::NOT_FOUND,
             AppError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
+            AppError::Rebuilding => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Append(_)
             | AppError::Read(_)
             | AppError::Search(_)

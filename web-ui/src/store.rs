@@ -1702,9 +1702,10 @@ impl Store {
             return false;
         }
         let own = |i: u32| i != 0 && jids.contains(&normalize_jid(bare_jid(self.jids.get(i))));
-        self.copy_refs(r).into_iter().any(|c| {
+        let found = self.copy_refs(r).into_iter().any(|c| {
+            // A copy that cannot be read is counted as theirs (the store is damaged).
             let Some(w) = self.row(c) else {
-                return false;
+                return true;
             };
             // The person behind a room occupant: the sender of an inbound copy, the
             // recipient of an outbound private message.
@@ -1712,7 +1713,10 @@ impl Store {
             let to_room = w.direction() == Direction::Inbound
                 && self.kinds.get(self.stanza_type_of(&w)) == "groupchat";
             own(w.from) || own(behind) || (!to_room && own(w.to))
-        })
+        });
+        // Copies past one that could not be read were not looked at: with rows lost,
+        // nobody is cleared of being a party.
+        found || self.damaged()
     }
 
     /// The logical message's verdict: the most restrictive of its copies, every rule
@@ -2553,6 +2557,7 @@ mod tests {
         );
         assert!(s.message(MsgRef::own(1)).is_some());
         assert!(!s.damaged());
+        assert!(!s.involves(MsgRef::own(40), &["z@x".to_string()]));
         let mut saved = Vec::new();
         s.save(&mut saved).unwrap();
         // Someone who can write the archive directory changes the scratch file.
@@ -2570,6 +2575,11 @@ mod tests {
         assert!(s.message(MsgRef::own(1)).is_none());
         assert!(s.damaged());
         assert!(s.save(&mut Vec::new()).is_err());
+        // Nobody is cleared of being a party to a message from what is left: the check
+        // that officers do not review their own messages fails closed.
+        let stranger = vec!["z@x".to_string()];
+        assert!(s.involves(MsgRef::own(1), &stranger));
+        assert!(s.involves(MsgRef::own(40), &stranger));
         // A shred that rewrites the rows keeps the mark: the rows it could not read
         // are not silently dropped from a store that looks whole.
         s.apply(vec![entry(

@@ -132,6 +132,9 @@ pub async fn queue_action(
     let mut by_chain: BTreeMap<Option<String>, Vec<u64>> = BTreeMap::new();
     {
         let store = read(&app.store);
+        if store.damaged() {
+            return Err(AppError::Rebuilding);
+        }
         for r in &refs {
             let name = store.ref_name(*r);
             if store.review(*r).is_none() {
@@ -146,6 +149,10 @@ pub async fn queue_action(
             let node = (r.chain != 0)
                 .then(|| store.node_of(r.chain).unwrap_or(store::UNNAMED).to_string());
             by_chain.entry(node).or_default().push(r.seq);
+        }
+        // Rows read for the checks above may have been found lost.
+        if store.damaged() {
+            return Err(AppError::Rebuilding);
         }
     }
     for (node, seqs) in by_chain {

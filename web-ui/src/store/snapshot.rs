@@ -350,6 +350,10 @@ impl Store {
             for r in c.rows.iter() {
                 e.row(&r)?;
             }
+            // A page that could not be read back was left out above.
+            if c.rows.damaged() {
+                return Err(malformed("not saved: rows of it could not be read back"));
+            }
         }
         e.len(self.identities.len())?;
         for (k, g) in &self.identities {
