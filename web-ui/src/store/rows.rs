@@ -317,19 +317,19 @@ impl Pages {
         let clock = self.clock;
         if !self.cache.contains_key(&page) {
             let rows = self.read(spill, page, n)?;
-            self.cache.insert(
-                page,
-                Cached {
-                    rows,
-                    dirty: false,
-                    used: clock,
-                },
-            );
+            self.keep(page, rows, false);
             self.shrink(spill);
         }
         let c = self.cache.get_mut(&page)?;
         c.used = clock;
         Some(c)
+    }
+
+    /// Puts page `page` in memory as the one used last.
+    fn keep(&mut self, page: usize, rows: Vec<Row>, dirty: bool) {
+        self.clock += 1;
+        let used = self.clock;
+        self.cache.insert(page, Cached { rows, dirty, used });
     }
 
     /// Seals the least recently used eighth of the pages out of memory when there are
@@ -422,20 +422,12 @@ impl Rows {
             // Unreadable: once more under the lock, which marks the rows damaged.
             return pages.load(&self.spill, page, n).map(|c| f(&c.rows));
         }
-        // Rows change only through `&mut self`: what was read is current even if
-        // another reader brought the page in or sealed it anew meanwhile.
+        // Rows change, and pages are sealed anew, only through `&mut self` or from
+        // memory: what was read is current even if another reader brought the page in
+        // meanwhile.
         let out = f(&rows);
         if keep && !pages.cache.contains_key(&page) {
-            pages.clock += 1;
-            let used = pages.clock;
-            pages.cache.insert(
-                page,
-                Cached {
-                    rows,
-                    dirty: false,
-                    used,
-                },
-            );
+            pages.keep(page, rows, false);
             pages.shrink(&self.spill);
         } else {
             pages.spare.push(rows);
@@ -533,16 +525,7 @@ impl Rows {
             rows.iter_mut().for_each(&mut f);
             if let Err(e) = pages.seal(spill, page, &rows) {
                 pages.report("a page cannot be written", &e);
-                pages.clock += 1;
-                let used = pages.clock;
-                pages.cache.insert(
-                    page,
-                    Cached {
-                        rows,
-                        dirty: true,
-                        used,
-                    },
-                );
+                pages.keep(page, rows, true);
             } else {
                 pages.spare.push(rows);
             }
