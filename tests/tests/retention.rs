@@ -278,6 +278,26 @@ fn keys(dir: &Path) -> Result<Vec<String>, BoxError> {
     Ok(v)
 }
 
+/// Opens the archive for writing. A `custos` child that a test running beside this one
+/// spawns holds a copy of every descriptor between its fork and its exec, the writer
+/// lock's among them, so for that moment the lock this process let go of is still held:
+/// a lock found held is tried again for a few seconds.
+async fn open_when_free(
+    cfg: impl Fn() -> custos_archive::ArchiveConfig,
+) -> Result<custos_archive::Archive, BoxError> {
+    let start = Instant::now();
+    loop {
+        match custos_archive::Archive::open(cfg()) {
+            Err(custos_archive::OpenError::Locked { .. })
+                if start.elapsed() < Duration::from_secs(5) =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shred_killed_at_each_step_verifies_and_the_next_run_completes_it() -> TestResult {
     use custos_archive::*;
@@ -301,11 +321,9 @@ async fn a_shred_killed_at_each_step_verifies_and_the_next_run_completes_it() ->
     let master = MasterKey::from_file(&secrets.join("master.key"))?;
     let signing = load_signing_key(&secrets.join("signing.key"))?;
     for i in 0..3 {
-        let a = Archive::open(ArchiveConfig::new(
-            archive.clone(),
-            master.clone(),
-            signing.clone(),
-        ))?;
+        let a =
+            open_when_free(|| ArchiveConfig::new(archive.clone(), master.clone(), signing.clone()))
+                .await?;
         a.append(NewRecord::Message(MessageRecord {
             capture: Capture {
                 account: "alice@example.test/laptop".into(),
