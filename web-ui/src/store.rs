@@ -18,9 +18,11 @@ use custos_archive::{Action, ChainEntry, Direction, EventRecord, Leg, NewRecord,
 use serde::{Deserialize, Serialize};
 use siphasher::sip128::SipHasher13;
 
+mod identities;
 mod rows;
 mod snapshot;
 mod views;
+use identities::Identities;
 use rows::Rows;
 pub use rows::{Spill, CACHE_PAGES};
 pub use snapshot::{Covered, SnapshotError};
@@ -709,8 +711,9 @@ struct PendingReview {
 /// up to date as records are read, so no page walks every message.
 pub struct Store {
     chains: Vec<Chain>,
-    /// Message identity (and delivered identity) → the group it names.
-    identities: HashMap<[u64; 2], Packed>,
+    /// Message identity (and delivered identity) → the group it names; the older
+    /// entries sealed on disk.
+    identities: Identities,
     /// Groups whose first copy was shredded while other copies remain: where their list
     /// of copies starts now.
     detached: HashMap<Packed, Packed>,
@@ -843,7 +846,7 @@ impl Store {
         let word = |s: &[u8]| s.iter().fold(0u64, |acc, &x| (acc << 8) | u64::from(x));
         Store {
             chains: vec![Chain::new(node, true, &spill)],
-            identities: HashMap::new(),
+            identities: Identities::new(spill.clone()),
             detached: HashMap::new(),
             conversations: HashMap::new(),
             jids: Interner::new(),
@@ -873,7 +876,7 @@ impl Store {
     /// Whether rows were lost from memory and disk (a page of the scratch file could not
     /// be read back): what the store shows is incomplete until it is built again.
     pub fn damaged(&self) -> bool {
-        self.chains.iter().any(|c| c.rows.damaged())
+        self.identities.damaged() || self.chains.iter().any(|c| c.rows.damaged())
     }
 
     /// The first seq of this node's chain not yet applied.
@@ -1081,12 +1084,13 @@ impl Store {
                         .filter(|n| !n.is_empty())
                         .map(|n| identity_key(&self.keys, &n))
                         .collect();
-                    let group = names
-                        .iter()
-                        .find_map(|n| self.identities.get(n).copied())
-                        .map_or(key, unpack);
-                    for n in names {
-                        self.identities.entry(n).or_insert(pack(group));
+                    let found: Vec<Option<Packed>> =
+                        names.iter().map(|n| self.identities.get(n)).collect();
+                    let group = found.iter().find_map(|g| *g).map_or(key, unpack);
+                    for (n, g) in names.into_iter().zip(found) {
+                        if g.is_none() {
+                            self.identities.insert_new(n, pack(group));
+                        }
                     }
                     let conversation = conversation_hash(
                         &self.keys,
@@ -1385,12 +1389,12 @@ impl Store {
             }
             members.insert(*h, refs);
         }
-        for g in self.identities.values_mut() {
+        self.identities.retain_map(|g| {
             if let Some(h) = reheaded.get(g) {
                 *g = *h;
             }
-        }
-        self.identities.retain(|_, g| members.contains_key(g));
+            members.contains_key(g)
+        });
         let items: Vec<ReviewItem> = std::mem::take(&mut self.items)
             .into_values()
             .chain(std::mem::take(&mut self.orphans).into_values())
@@ -2197,7 +2201,7 @@ mod tests {
         let _ = writeln!(
             out,
             "{}",
-            sorted(s.identities.iter().map(|e| format!("{e:?}")).collect())
+            sorted(s.identities.sorted().map(|e| format!("{e:?}")).collect())
         );
         let _ = writeln!(
             out,
@@ -2592,6 +2596,72 @@ mod tests {
             }),
         )]);
         assert!(s.damaged());
+    }
+
+    #[test]
+    fn a_late_copy_joins_its_message_through_identities_on_disk_and_a_changed_run_is_not_trusted() {
+        use std::os::unix::fs::FileExt;
+        let mut s = Store::spilling([1; 16], 0.0, None, Spill::tiny());
+        s.apply(
+            (1..=40)
+                .map(|seq| {
+                    copy(
+                        seq,
+                        &format!("id-{seq}"),
+                        None,
+                        Leg::ClientToServer,
+                        Action::Allow,
+                    )
+                })
+                .collect(),
+        );
+        // A replay of message 1 long after: its identity left memory long ago.
+        s.apply(vec![copy(
+            41,
+            "id-1",
+            None,
+            Leg::ServerToClient,
+            Action::Flag,
+        )]);
+        assert_eq!(s.group_of(MsgRef::own(41)), MsgRef::own(1));
+        assert_eq!(s.copies(MsgRef::own(1)).len(), 2);
+        assert!(!s.damaged());
+        let mut saved = Vec::new();
+        s.save(&mut saved).unwrap();
+        // Someone who can write the archive directory changes the identities on disk.
+        for f in s.identities.files() {
+            let mut b = [0u8; 1];
+            f.read_exact_at(&mut b, 5).unwrap();
+            f.write_all_at(&[b[0] ^ 0x10], 5).unwrap();
+        }
+        // A late copy of a message whose identity is on a changed page is not taken
+        // for a new message in a store that looks whole: the store says it is damaged,
+        // is not saved, and is built again.
+        let late: Vec<ChainEntry> = (1..=40)
+            .map(|i| {
+                copy(
+                    41 + i,
+                    &format!("id-{i}"),
+                    None,
+                    Leg::ServerToClient,
+                    Action::Allow,
+                )
+            })
+            .collect();
+        s.apply(late);
+        assert!(s.damaged());
+        assert!(s.save(&mut Vec::new()).is_err());
+        // What was saved before reads back whole, and joins the late copy.
+        let (mut back, _) = Store::restore(&saved[..], [1; 16], 0.0, None, Spill::tiny()).unwrap();
+        back.apply(vec![copy(
+            42,
+            "id-2",
+            None,
+            Leg::ServerToClient,
+            Action::Allow,
+        )]);
+        assert_eq!(back.group_of(MsgRef::own(42)), MsgRef::own(2));
+        assert!(!back.damaged());
     }
 
     #[test]

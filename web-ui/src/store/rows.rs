@@ -94,6 +94,10 @@ pub struct Spill {
     cache_pages: usize,
     /// Rows to a page ([`PAGE_ROWS`] but in tests).
     page_rows: usize,
+    /// Entries to a page of an identity run, and identities kept in memory before they
+    /// are written out (see `identities.rs`; smaller in tests).
+    pub(super) ident_page: usize,
+    pub(super) ident_recent: usize,
 }
 
 impl Spill {
@@ -104,15 +108,20 @@ impl Spill {
             dir,
             cache_pages: cache_pages.max(1),
             page_rows: PAGE_ROWS,
+            ident_page: super::identities::PAGE_ENTRIES,
+            ident_recent: super::identities::RECENT_ENTRIES,
         })
     }
 
-    /// A spill of one page of two rows in memory, so that few rows exercise it.
+    /// A spill of one page of two rows in memory, and identity runs of two to a page
+    /// written out every three identities, so that few messages exercise both.
     #[cfg(test)]
     pub(super) fn tiny() -> Arc<Spill> {
         let mut s = Spill::new(None, 1);
         if let Some(s) = Arc::get_mut(&mut s) {
             s.page_rows = 2;
+            s.ident_page = 2;
+            s.ident_recent = 3;
         }
         s
     }
@@ -122,7 +131,7 @@ impl Spill {
     }
 
     /// A new scratch file and its own key.
-    fn scratch(&self) -> Result<Scratch, String> {
+    pub(super) fn scratch(&self) -> Result<Scratch, String> {
         let dir = self.dir.clone().unwrap_or_else(std::env::temp_dir);
         let mut key = [0u8; 32];
         getrandom::getrandom(&mut key).map_err(|e| format!("no key for a scratch file: {e}"))?;
@@ -136,9 +145,9 @@ impl Spill {
 }
 
 /// A scratch file and the key its pages are sealed under, which seals nothing else.
-struct Scratch {
-    file: File,
-    cipher: Aes256Gcm,
+pub(super) struct Scratch {
+    pub(super) file: File,
+    pub(super) cipher: Aes256Gcm,
 }
 
 /// One chain's rows. Rows are handed out by value: where they are kept is this type's

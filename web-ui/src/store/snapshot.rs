@@ -17,7 +17,7 @@ use std::io::{Read, Write};
 use super::*;
 
 /// Bumped whenever the layout or the meaning of a field changes.
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 const MAGIC: &[u8; 16] = b"custos-web-ui-st";
 const END: u64 = 0x656e_6420_6f66_2073;
 
@@ -355,11 +355,20 @@ impl Store {
                 return Err(malformed("not saved: rows of it could not be read back"));
             }
         }
-        e.len(self.identities.len())?;
-        for (k, g) in &self.identities {
+        // In identity order, so that reading back writes them out as one run.
+        let n = self.identities.len();
+        e.len(n)?;
+        let mut written = 0;
+        for (k, g) in self.identities.sorted() {
             e.u64(k[0])?;
             e.u64(k[1])?;
-            e.u64(*g)?;
+            e.u64(g)?;
+            written += 1;
+        }
+        if written != n || self.identities.damaged() {
+            return Err(malformed(
+                "not saved: identities of it could not be read back",
+            ));
         }
         e.len(self.detached.len())?;
         for (g, first) in &self.detached {
@@ -546,11 +555,12 @@ impl Store {
             s.chains.push(c);
         }
         let n = d.len()?;
-        s.identities.reserve(n.min(1 << 28));
+        let mut table = Identities::loader(&s.spill, n);
         for _ in 0..n {
             let k = [d.u64()?, d.u64()?];
-            s.identities.insert(k, d.u64()?);
+            table.push(k, d.u64()?).map_err(malformed)?;
         }
+        s.identities = table.finish().map_err(malformed)?;
         for _ in 0..d.len()? {
             let g = d.u64()?;
             s.detached.insert(g, d.u64()?);
