@@ -706,7 +706,8 @@ struct PendingReview {
 ///
 /// Per copy it keeps one 64-byte row (strings are numbers into tables of the distinct
 /// JIDs and labels; conversations are lists through their first copies' rows) and, per
-/// logical message, one identity entry. What pages count (the queue's
+/// logical message, one identity entry; both mostly on disk (`rows.rs`, `identities.rs`).
+/// What pages count (the queue's
 /// order and filters, the dashboard's days, the retention overview's classes) is kept
 /// up to date as records are read, so no page walks every message.
 pub struct Store {

@@ -482,7 +482,9 @@ impl Identities {
                 .map(|r| Source::Run(RunReader::new(&self.spill, r)))
                 .collect();
             sources.push(Source::Sorted(fresh.clone().into_iter()));
-            Merge::new(sources).and_then(|m| write_run(&self.spill, m, total, |_| true))
+            Merge::new(sources)
+                .map_err(Failure::Read)
+                .and_then(|m| write_run(&self.spill, m, total, |_| true))
         };
         match written {
             Ok(run) => {
@@ -493,7 +495,10 @@ impl Identities {
                 self.runs.extend(old);
                 self.recent.extend(fresh);
                 self.limit = self.recent.len().saturating_mul(2);
-                if !self.reported {
+                if let Failure::Read(e) = &e {
+                    // A run that does not read back has lost what it held.
+                    self.lost(e);
+                } else if !self.reported {
                     self.reported = true;
                     tracing::error!(cause = %e, "the review state's identity table cannot be written to its scratch file; it stays in memory");
                 }
@@ -508,6 +513,7 @@ impl Identities {
         let runs = std::mem::take(&mut self.runs);
         for run in runs {
             let rewritten = Merge::new(vec![Source::Run(RunReader::new(&self.spill, &run))])
+                .map_err(Failure::Read)
                 .and_then(|m| write_run(&self.spill, m, run.len, &mut f));
             match rewritten {
                 Ok(r) => self.runs.extend(r),
@@ -577,20 +583,35 @@ impl Identities {
     }
 }
 
+/// Why a run could not be written: what it was made from could not be read (entries
+/// are lost), or it could not be written (they are still where they were).
+enum Failure {
+    Read(String),
+    Write(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Read(e) | Failure::Write(e) => f.write_str(e),
+        }
+    }
+}
+
 /// Writes what `m` yields and `f` keeps (changed as `f` changes it) as a new run.
 fn write_run(
     spill: &Spill,
     mut m: Merge<'_>,
     expected: usize,
     mut f: impl FnMut(&mut Packed) -> bool,
-) -> Result<Option<Run>, String> {
-    let mut w = RunWriter::new(spill, expected)?;
-    while let Some((k, mut g)) = m.next()? {
+) -> Result<Option<Run>, Failure> {
+    let mut w = RunWriter::new(spill, expected).map_err(Failure::Write)?;
+    while let Some((k, mut g)) = m.next().map_err(Failure::Read)? {
         if f(&mut g) {
-            w.push(k, g)?;
+            w.push(k, g).map_err(Failure::Write)?;
         }
     }
-    w.finish()
+    w.finish().map_err(Failure::Write)
 }
 
 /// Reads a saved table back; see [`Identities::loader`].
