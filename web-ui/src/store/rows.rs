@@ -84,6 +84,8 @@ impl Row {
 /// Rows to a page.
 const PAGE_ROWS: usize = 16;
 const TAG_BYTES: usize = 16;
+/// Pages written with one call at most.
+const WRITE_PAGES: usize = 64;
 /// Pages each chain keeps in memory: 8 MiB of rows, the copies of the last 131,072.
 pub const CACHE_PAGES: usize = 8192;
 
@@ -175,6 +177,8 @@ struct Pages {
     clock: u64,
     /// Whether a failure of the scratch file has been logged.
     reported: bool,
+    /// Sealed pages on their way to the file (kept for the next batch).
+    sealing: Vec<u8>,
     /// A sealed page could not be read back (or a row not added): rows are missing,
     /// and the store must be built again from the log.
     damaged: bool,
@@ -281,6 +285,30 @@ impl Pages {
 
     /// Seals `rows` as page `page` into the file.
     fn seal(&mut self, spill: &Spill, page: usize, rows: &[Row]) -> Result<(), String> {
+        let mut buf = Vec::new();
+        self.seal_into(spill, page, rows, &mut buf)?;
+        self.write(spill, page, &buf)
+    }
+
+    /// Writes sealed pages `buf`, the first of them page `page`, into their slots.
+    fn write(&self, spill: &Spill, page: usize, buf: &[u8]) -> Result<(), String> {
+        let scratch = self.file.as_ref().ok_or("no scratch file")?;
+        let slot = spill.page_bytes() + TAG_BYTES;
+        let at = (page as u64).saturating_mul(slot as u64);
+        scratch
+            .file
+            .write_all_at(buf, at)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Seals `rows` as page `page` and appends its slot to `out`, to be written there.
+    fn seal_into(
+        &mut self,
+        spill: &Spill,
+        page: usize,
+        rows: &[Row],
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
         let count = self
             .sealed
             .get(page)
@@ -293,7 +321,9 @@ impl Pages {
         }
         let scratch = self.file.as_ref().ok_or("no scratch file")?;
         let slot = spill.page_bytes() + TAG_BYTES;
-        let mut buf = vec![0u8; slot];
+        let start = out.len();
+        out.resize(start + slot, 0);
+        let buf = out.get_mut(start..).ok_or("no room")?;
         for (r, b) in rows.iter().zip(buf.chunks_exact_mut(ROW_BYTES)) {
             b.copy_from_slice(&r.to_bytes());
         }
@@ -303,7 +333,6 @@ impl Pages {
             .encrypt_in_place_detached(Nonce::from_slice(&nonce(page, count)), b"", plain)
             .map_err(|_| "sealing failed")?;
         tag.copy_from_slice(&t);
-        let at = (page as u64).saturating_mul(slot as u64);
         // The count moves on before the write: a write that fails part-way leaves bytes
         // under this nonce, and the next seal of this page must not use it again. The
         // page stays in memory until a seal of it succeeds, so its slot is not read
@@ -314,10 +343,7 @@ impl Pages {
         if let Some(c) = self.sealed.get_mut(page) {
             *c = count;
         }
-        scratch
-            .file
-            .write_all_at(&buf, at)
-            .map_err(|e| e.to_string())
+        Ok(())
     }
 
     /// Page `page` (`n` rows) in memory, read in when it is not.
@@ -352,26 +378,74 @@ impl Pages {
         let mut used: Vec<u64> = self.cache.values().map(|c| c.used).collect();
         let k = excess.min(used.len()).saturating_sub(1);
         let limit = *used.select_nth_unstable(k).1;
-        let old: Vec<usize> = self
+        let mut old: Vec<usize> = self
             .cache
             .iter()
             .filter(|(_, c)| c.used <= limit)
             .map(|(p, _)| *p)
             .collect();
+        // Pages of neighbouring numbers are written with one call: rows read in order
+        // (a start, a catch-up) leave memory in runs of consecutive pages.
+        old.sort_unstable();
+        let mut batch: Vec<(usize, Cached)> = Vec::new();
+        let mut sealed = std::mem::take(&mut self.sealing);
+        sealed.clear();
         for p in old {
             let Some(c) = self.cache.remove(&p) else {
                 continue;
             };
-            if c.dirty {
-                if let Err(e) = self.seal(spill, p, &c.rows) {
+            if !c.dirty {
+                self.spare.push(c.rows);
+                continue;
+            }
+            let follows = batch.last().is_some_and(|(q, _)| q + 1 == p);
+            if !follows || batch.len() >= WRITE_PAGES {
+                if let Err(e) = self.write_batch(spill, &mut batch, &sealed) {
                     // It and the rest stay; the next page read in tries again.
                     self.report("a page cannot be written", &e);
                     self.cache.insert(p, c);
-                    break;
+                    self.sealing = sealed;
+                    return;
                 }
+                sealed.clear();
             }
-            self.spare.push(c.rows);
+            let before = sealed.len();
+            if let Err(e) = self.seal_into(spill, p, &c.rows, &mut sealed) {
+                sealed.truncate(before);
+                self.report("a page cannot be sealed", &e);
+                self.cache.insert(p, c);
+                let _ = self.write_batch(spill, &mut batch, &sealed);
+                self.sealing = sealed;
+                return;
+            }
+            batch.push((p, c));
         }
+        if let Err(e) = self.write_batch(spill, &mut batch, &sealed) {
+            self.report("a page cannot be written", &e);
+        }
+        self.sealing = sealed;
+    }
+
+    /// Writes the sealed slots of `batch`'s consecutive pages; their rows leave memory
+    /// when written, and stay (to be sealed again) when not.
+    fn write_batch(
+        &mut self,
+        spill: &Spill,
+        batch: &mut Vec<(usize, Cached)>,
+        sealed: &[u8],
+    ) -> Result<(), String> {
+        let Some(&(first, _)) = batch.first() else {
+            return Ok(());
+        };
+        let written = self.write(spill, first, sealed);
+        for (p, c) in batch.drain(..) {
+            if written.is_ok() {
+                self.spare.push(c.rows);
+            } else {
+                self.cache.insert(p, c);
+            }
+        }
+        written
     }
 }
 
@@ -713,6 +787,41 @@ mod tests {
             .as_ref()
             .expect("pages were written out")
             .file
+    }
+
+    #[test]
+    fn pages_that_cannot_be_written_stay_in_memory_and_leave_it_once_they_can() {
+        use std::os::fd::AsRawFd;
+        let mut spill = Spill::new(None, 8);
+        Arc::get_mut(&mut spill).unwrap().page_rows = 2;
+        let mut rows = Rows::new(spill);
+        for s in 1..=40 {
+            rows.push(row(s));
+        }
+        assert!(rows.cached() <= 8);
+        // The scratch file, open for reading only: every write fails.
+        let writable = rows.pages.get_mut().unwrap().file.take().unwrap();
+        let read_only = File::open(format!("/proc/self/fd/{}", writable.file.as_raw_fd())).unwrap();
+        rows.pages.get_mut().unwrap().file = Some(Arc::new(Scratch {
+            file: read_only,
+            cipher: writable.cipher.clone(),
+        }));
+        for s in 41..=80 {
+            rows.push(row(s));
+        }
+        assert!(
+            rows.cached() > 8,
+            "pages that could not be written left memory"
+        );
+        assert_eq!(seqs(&rows), (1..=80).collect::<Vec<_>>());
+        assert!(!rows.damaged());
+        rows.pages.get_mut().unwrap().file = Some(writable);
+        for s in 81..=100 {
+            rows.push(row(s));
+        }
+        assert!(rows.cached() <= 8);
+        assert_eq!(seqs(&rows), (1..=100).collect::<Vec<_>>());
+        assert!(!rows.damaged());
     }
 
     #[test]
