@@ -1080,11 +1080,13 @@ impl Store {
                 NewRecord::Message(m) => {
                     let c = m.capture;
                     // Copies join the group of the first copy with either identity.
-                    let names: Vec<[u64; 2]> = std::iter::once(c.identity)
+                    let mut names: Vec<[u64; 2]> = std::iter::once(c.identity)
                         .chain(c.delivered_identity)
                         .filter(|n| !n.is_empty())
                         .map(|n| identity_key(&self.keys, &n))
                         .collect();
+                    // Two spellings of one identity are one entry.
+                    names.dedup();
                     let found: Vec<Option<Packed>> =
                         names.iter().map(|n| self.identities.get(n)).collect();
                     let group = found.iter().find_map(|g| *g).map_or(key, unpack);

@@ -57,7 +57,9 @@ fn mix(mut z: u64) -> u64 {
 impl Filter {
     fn new(entries: usize) -> Filter {
         Filter {
-            blocks: vec![[0; 8]; entries.saturating_mul(10).div_ceil(512).max(1)],
+            // Bounded whatever a caller claims: a smaller filter only answers "maybe"
+            // more often.
+            blocks: vec![[0; 8]; entries.min(1 << 28).saturating_mul(10).div_ceil(512).max(1)],
         }
     }
 
@@ -212,7 +214,7 @@ impl<'a> RunWriter<'a> {
             spill,
             scratch: spill.scratch()?,
             len: 0,
-            firsts: Vec::with_capacity(expected.div_ceil(spill.ident_page)),
+            firsts: Vec::with_capacity(expected.min(1 << 28).div_ceil(spill.ident_page)),
             filter: Filter::new(expected),
             page: Vec::with_capacity(spill.ident_page * ENTRY_BYTES),
             out: Vec::new(),
@@ -345,6 +347,7 @@ struct Merge<'a> {
 enum Source<'a> {
     Run(RunReader<'a>),
     Sorted(std::vec::IntoIter<(Key, Packed)>),
+    Slice(std::slice::Iter<'a, (Key, Packed)>),
 }
 
 impl Source<'_> {
@@ -352,6 +355,7 @@ impl Source<'_> {
         match self {
             Source::Run(r) => r.next(),
             Source::Sorted(v) => Ok(v.next()),
+            Source::Slice(v) => Ok(v.next().copied()),
         }
     }
 }
@@ -435,7 +439,8 @@ impl Identities {
         if let Some(g) = self.recent.get(k) {
             return Some(*g);
         }
-        for run in self.runs.iter().rev() {
+        // Oldest first, as a merge keeps the oldest entry of an identity.
+        for run in &self.runs {
             match run.get(&self.spill, k) {
                 Ok(Some(g)) => return Some(g),
                 Ok(None) => {}
@@ -481,7 +486,7 @@ impl Identities {
                 .iter()
                 .map(|r| Source::Run(RunReader::new(&self.spill, r)))
                 .collect();
-            sources.push(Source::Sorted(fresh.clone().into_iter()));
+            sources.push(Source::Slice(fresh.iter()));
             Merge::new(sources)
                 .map_err(Failure::Read)
                 .and_then(|m| write_run(&self.spill, m, total, |_| true))
@@ -517,8 +522,31 @@ impl Identities {
                 .and_then(|m| write_run(&self.spill, m, run.len, &mut f));
             match rewritten {
                 Ok(r) => self.runs.extend(r),
-                Err(e) => {
-                    // What it holds can no longer be trusted to name groups left.
+                Err(Failure::Write(e)) => {
+                    // Its entries, changed, stay in memory instead.
+                    let mut reader = RunReader::new(&self.spill, &run);
+                    loop {
+                        match reader.next() {
+                            Ok(Some((k, mut g))) => {
+                                if f(&mut g) {
+                                    self.recent.entry(k).or_insert(g);
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                self.lost(&e);
+                                break;
+                            }
+                        }
+                    }
+                    self.limit = self.limit.max(self.recent.len().saturating_mul(2));
+                    if !self.reported {
+                        self.reported = true;
+                        tracing::error!(cause = %e, "the review state's identity table cannot be written to its scratch file; it stays in memory");
+                    }
+                }
+                Err(Failure::Read(e)) => {
+                    // What it held is lost: the store is built again.
                     self.lost(&e);
                 }
             }
@@ -699,6 +727,34 @@ mod tests {
             }
             prop_assert!(!t.damaged() && !back.damaged());
         }
+    }
+
+    #[test]
+    fn when_runs_cannot_be_written_identities_stay_in_memory_and_nothing_is_lost() {
+        let mut t = Identities::new(Spill::tiny());
+        for i in 0..10 {
+            t.insert_new(key(i), i);
+        }
+        assert!(!t.runs.is_empty());
+        // The scratch directory is gone: no new run can be made.
+        let mut broken = Spill::new(Some("/proc/custos-no-such-dir".into()), 1);
+        if let Some(s) = Arc::get_mut(&mut broken) {
+            s.ident_page = 2;
+            s.ident_recent = 3;
+        }
+        t.spill = broken;
+        for i in 10..20 {
+            t.insert_new(key(i), i);
+        }
+        // A shred's rewrite keeps the even groups.
+        t.retain_map(|g| g.is_multiple_of(2));
+        assert!(t.runs.is_empty());
+        for i in 0..20 {
+            let want = (i % 2 == 0).then_some(i);
+            assert_eq!(t.get(&key(i)), want, "identity {i}");
+        }
+        assert_eq!(t.len(), 10);
+        assert!(!t.damaged());
     }
 
     #[test]
