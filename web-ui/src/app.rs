@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,9 @@ pub struct App {
     spill: Arc<Spill>,
     /// When the store was last built again because it lost rows.
     repaired: Mutex<Option<Instant>>,
+    /// The store was dropped while serving and is being read again from the first
+    /// record; cleared when a catch-up finds nothing more to read.
+    building: AtomicBool,
     /// Where following the archive left off. The lock also serialises catch-ups,
     /// so two never apply the same records concurrently.
     tail: Mutex<TailCursor>,
@@ -200,6 +204,7 @@ impl App {
             tail: Mutex::new(cursor),
             spill,
             repaired: Mutex::new(None),
+            building: AtomicBool::new(false),
             cfg,
             archive,
         };
@@ -341,6 +346,33 @@ impl App {
         read >= SAVE_AFTER && saved.at.is_none_or(|t| t.elapsed() >= SAVE_EVERY)
     }
 
+    /// What pages must say before anything else when the review state is not whole:
+    /// it lost rows and awaits being built again, or it is being built again and has
+    /// not caught up with the log yet.
+    pub fn state_notice(&self) -> Option<String> {
+        let (damaged, next) = {
+            let store = read(&self.store);
+            (store.damaged(), store.next_seq())
+        };
+        if damaged {
+            return Some(
+                "Part of the review state could not be read back from its scratch files and \
+                 it is being built again from the archive. Until then pages may show less than \
+                 the archive holds, and review actions are refused."
+                    .to_owned(),
+            );
+        }
+        if !self.building.load(Ordering::Relaxed) {
+            return None;
+        }
+        let durable = self.archive.durable_seq();
+        let read = next.saturating_sub(1).min(durable);
+        Some(format!(
+            "The review state is being built again from the archive: {read} of this node's \
+             {durable} records read so far. Pages show what has been read."
+        ))
+    }
+
     /// Drops the whole state, so that `cursor` (this node's, locked by the caller) and
     /// every other node's chain are read again from their first record.
     fn start_over(&self, cursor: &mut TailCursor) {
@@ -356,6 +388,7 @@ impl App {
             self.spill.clone(),
         );
         drop(deferred);
+        self.building.store(true, Ordering::Relaxed);
         *cursor = TailCursor::new();
         *lock(&self.peer_tails) = PeerTails::default();
         *lock(&self.saved) = Saved {
@@ -393,6 +426,16 @@ impl App {
     /// logical message's review item, so the order is what a restart shows). The tail
     /// (`cursor`) is locked by the caller. Returns whether a chain gave `max`.
     fn catch_up_locked(&self, cursor: &mut TailCursor, max: usize) -> Result<bool, ReadError> {
+        let more = self.catch_up_chains(cursor, max)?;
+        if !more {
+            // Nothing more to read: whatever was being built again has caught up.
+            self.building.store(false, Ordering::Relaxed);
+        }
+        Ok(more)
+    }
+
+    /// [`App::catch_up_locked`] but for what it says of being caught up.
+    fn catch_up_chains(&self, cursor: &mut TailCursor, max: usize) -> Result<bool, ReadError> {
         if read(&self.store).damaged() {
             // Rows it holds outside memory could not be read back (logged where it
             // happened): build it again from the archive rather than show less. Not more
@@ -614,10 +657,12 @@ impl App {
     }
 }
 
-/// A signed-in request: the session and its id.
+/// A signed-in request: the session and its id, and what every page must say first
+/// ([`App::state_notice`]).
 pub struct Authed {
     pub id: String,
     pub session: Session,
+    pub notice: Option<String>,
 }
 
 impl Authed {
@@ -650,6 +695,7 @@ impl FromRequestParts<Arc<App>> for Authed {
         Ok(Authed {
             id: id.to_string(),
             session,
+            notice: app.state_notice(),
         })
     }
 }
@@ -959,6 +1005,31 @@ mod save_tests {
         );
         let app = Arc::new(App::new(cfg, archive.clone()).unwrap());
         (tmp, rt, archive, app, seq)
+    }
+
+    /// A state dropped while serving is read again a slice at a time; until it has
+    /// caught up, pages say so (and how far it has read), and then they stop saying it.
+    #[test]
+    fn pages_say_the_state_is_being_built_again_until_it_has_caught_up() {
+        let (_tmp, rt, archive, app, _) = app_with_one_message(1);
+        rt.block_on(async {
+            for i in 0..FOLLOW_SLICE + 5 {
+                archive.append(chat(&format!("note {i}"))).await.unwrap();
+            }
+        });
+        app.catch_up_blocking().unwrap();
+        assert_eq!(app.state_notice(), None);
+        app.start_over(&mut lock(&app.tail));
+        let notice = app.state_notice().unwrap();
+        assert!(notice.contains("being built again"), "{notice}");
+        assert!(app.follow_slice().unwrap());
+        let notice = app.state_notice().unwrap();
+        assert!(
+            notice.contains(&format!("{FOLLOW_SLICE} of this node's")),
+            "{notice}"
+        );
+        assert!(!app.follow_slice().unwrap());
+        assert_eq!(app.state_notice(), None);
     }
 
     /// The follower holds the tail for one slice at a time: each step applies at most

@@ -8,7 +8,7 @@ use axum::response::{Html, IntoResponse, Response};
 use custos_archive::{Action, Timestamp};
 use maud::{html, Markup, DOCTYPE};
 
-use crate::auth::Session;
+use crate::app::Authed;
 use crate::roles::{allows, Perm};
 use crate::store::ReviewStatus;
 
@@ -42,7 +42,11 @@ pub enum Nav {
     None,
 }
 
-pub fn layout(title: &str, session: Option<&Session>, nav: Nav, body: Markup) -> Page {
+/// A page in the common frame; `who` is the signed-in request, if any, whose notice
+/// (the review state being built again, say) heads the page.
+pub fn layout(title: &str, who: Option<&Authed>, nav: Nav, body: Markup) -> Page {
+    let session = who.map(|a| &a.session);
+    let notice = who.and_then(|a| a.notice.as_deref());
     Page(html! {
         (DOCTYPE)
         html lang="en" {
@@ -75,7 +79,10 @@ pub fn layout(title: &str, session: Option<&Session>, nav: Nav, body: Markup) ->
                         }
                     }
                 }
-                main { (body) }
+                main {
+                    @if let Some(n) = notice { p.notice role="status" id="state-notice" { (n) } }
+                    (body)
+                }
             }
         }
     })

@@ -643,6 +643,11 @@ impl Archive {
             .clone()
     }
 
+    /// The seq of the last record durable in the log (0: none).
+    pub fn durable_seq(&self) -> u64 {
+        self.inner.log_end.load(Ordering::Acquire)
+    }
+
     /// Records durable in the log but not yet in the index's last commit.
     pub fn index_lag(&self) -> u64 {
         self.inner

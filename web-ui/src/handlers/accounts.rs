@@ -11,7 +11,7 @@ pub async fn users(State(app): State<Arc<App>>, a: Authed) -> Result<Page, AppEr
 fn users_page(a: &Authed, list: &[users::User], error: Option<&str>) -> Page {
     layout(
         "Accounts",
-        Some(&a.session),
+        Some(a),
         Nav::Users,
         pages::accounts::accounts(&a.session, list, error),
     )

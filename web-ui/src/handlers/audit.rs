@@ -50,7 +50,7 @@ pub async fn audit(
     .map_err(|e| AppError::Internal(e.to_string()))?;
     Ok(layout(
         "Audit trail",
-        Some(&a.session),
+        Some(&a),
         Nav::Audit,
         pages::audit::audit(&entries, p.page, has_next),
     ))

@@ -109,7 +109,7 @@ pub async fn conversation(
         own,
         can_review: allows(a.session.role, Perm::Review),
     });
-    Ok(layout("Conversation", Some(&a.session), Nav::Search, body))
+    Ok(layout("Conversation", Some(&a), Nav::Search, body))
 }
 
 /// Reads one record of any followed chain.

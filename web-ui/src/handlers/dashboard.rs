@@ -64,5 +64,5 @@ pub async fn dashboard(State(app): State<Arc<App>>, a: Authed) -> Result<Page, A
         journal: app.cfg.journal.read().ok().and_then(|j| j.clone()),
         retention,
     });
-    Ok(layout("Dashboard", Some(&a.session), Nav::Dashboard, body))
+    Ok(layout("Dashboard", Some(&a), Nav::Dashboard, body))
 }

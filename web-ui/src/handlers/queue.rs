@@ -76,7 +76,7 @@ pub async fn queue(
         pairs: &pairs,
         back: &back,
     });
-    Ok(layout("Review queue", Some(&a.session), Nav::Queue, body))
+    Ok(layout("Review queue", Some(&a), Nav::Queue, body))
 }
 
 /// Longest review comment kept.

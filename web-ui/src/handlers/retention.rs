@@ -33,7 +33,7 @@ fn holds_page(app: &App, a: &Authed, error: Option<&str>) -> Page {
     drop(store);
     layout(
         "Legal holds",
-        Some(&a.session),
+        Some(a),
         Nav::Holds,
         pages::retention::holds(
             &a.session,
@@ -247,7 +247,7 @@ fn erasure_page(
 ) -> Result<Page, AppError> {
     Ok(layout(
         "Erasure",
-        Some(&a.session),
+        Some(a),
         Nav::Erasure,
         pages::retention::erasure(
             &a.session,

@@ -258,7 +258,7 @@ pub async fn search(
         own_node: &app.cfg.node,
         page,
     });
-    Ok(layout("Search", Some(&a.session), Nav::Search, body))
+    Ok(layout("Search", Some(&a), Nav::Search, body))
 }
 
 /// Records fetched per logical message wanted on a search page (a message seen by both
