@@ -685,6 +685,36 @@ impl Tally {
     }
 }
 
+/// Messages of a conversation to a block (see [`Conversation`]).
+pub(crate) const CONVERSATION_BLOCK: usize = 64;
+
+/// A conversation's logical messages: a list through their first copies' rows, newest
+/// first, and, for every [`CONVERSATION_BLOCK`] of it counted from its oldest, where
+/// that block starts and the span of its messages' times. A view reads the newest part
+/// not yet in a block, and then only the blocks whose times can reach its window, not
+/// the whole list.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Conversation {
+    /// The first copy of its newest logical message, which links to the one before
+    /// (`Row::link`).
+    head: Packed,
+    /// Messages in the list.
+    len: u64,
+    /// Full blocks, oldest first.
+    blocks: Vec<Block>,
+}
+
+/// [`CONVERSATION_BLOCK`] messages of a conversation's list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Block {
+    /// Its newest message; the block is the list from there on.
+    top: Packed,
+    /// The earliest and latest time among its messages (a block one of whose rows could
+    /// not be read spans every time, so a view never skips what it holds).
+    min: i64,
+    max: i64,
+}
+
 /// What the name of an unnamed node's chain is in references and review records.
 pub const UNNAMED: &str = "_unnamed";
 
@@ -718,9 +748,8 @@ pub struct Store {
     /// Groups whose first copy was shredded while other copies remain: where their list
     /// of copies starts now.
     detached: HashMap<Packed, Packed>,
-    /// Conversation (by a 128-bit hash of its key) → the first copy of its newest
-    /// logical message, which links to the one before (`Row::link`).
-    conversations: HashMap<[u64; 2], Packed>,
+    /// Conversation (by a 128-bit hash of its key) → its list and blocks.
+    conversations: HashMap<[u64; 2], Conversation>,
     /// JIDs.
     jids: Interner,
     /// Stanza types and retention classes (few: their numbers fit in 16 bits).
@@ -960,6 +989,45 @@ impl Store {
         self.chains
             .get_mut(usize::from(r.chain))
             .is_some_and(|c| c.update(r.seq, f))
+    }
+
+    /// Closes the newest block of conversation `key` when its list has just reached a
+    /// whole number of blocks.
+    fn close_block(&mut self, key: [u64; 2]) {
+        let n = self.spill.conv_block.max(1);
+        let Some(c) = self.conversations.get(&key) else {
+            return;
+        };
+        if c.len % n as u64 != 0 {
+            return;
+        }
+        let block = self.span(c.head, n);
+        if let Some(c) = self.conversations.get_mut(&key) {
+            c.blocks.push(block);
+        }
+    }
+
+    /// The block of `n` list entries from `top`, with their span of times.
+    fn span(&self, top: Packed, n: usize) -> Block {
+        let (mut min, mut max) = (i64::MAX, i64::MIN);
+        let mut at = top;
+        for _ in 0..n {
+            if at == 0 {
+                break;
+            }
+            let Some(w) = self.row(unpack(at)) else {
+                // Unreadable (the store is damaged): a block that every view reads.
+                return Block {
+                    top,
+                    min: i64::MIN,
+                    max: i64::MAX,
+                };
+            };
+            min = min.min(w.time);
+            max = max.max(w.time);
+            at = w.link;
+        }
+        Block { top, min, max }
     }
 
     /// The conversation key of copy `w` (see [`conversation_key`]).
@@ -1223,16 +1291,18 @@ impl Store {
         }
         if group == key {
             row.bits |= HEAD;
-            row.link = self
-                .conversations
-                .insert(conversation, pack(key))
-                .unwrap_or(0);
+            let c = self.conversations.entry(conversation).or_default();
+            row.link = std::mem::replace(&mut c.head, pack(key));
+            c.len += 1;
         }
         let Some(c) = self.chains.get_mut(usize::from(chain)) else {
             return;
         };
         let salt = c.sample_salt;
         c.rows.push(row);
+        if group == key {
+            self.close_block(conversation);
+        }
         // The dashboard counts each logical message once, on its first copy's day, with
         // what its copies add up to so far.
         let head_day = self.row(group).map(|h| h.time.div_euclid(DAY_MS));
@@ -1442,8 +1512,11 @@ impl Store {
             else {
                 continue;
             };
-            let before = self.conversations.insert(key, pack(h)).unwrap_or(0);
+            let c = self.conversations.entry(key).or_default();
+            let before = std::mem::replace(&mut c.head, pack(h));
+            c.len += 1;
             self.update_row(h, |w| w.link = before);
+            self.close_block(key);
         }
         self.tally = Tally::default();
         for g in members.keys().map(|p| unpack(*p)) {
@@ -1810,6 +1883,12 @@ impl Store {
 
     /// Up to `before` and `after` logical messages of the same conversation around the
     /// one `r` is a copy of, each by its first copy, in time order across every node.
+    ///
+    /// Reads the conversation's newest part not yet in a block and the blocks whose span
+    /// of times holds the message's; then, while the window lacks messages on a side,
+    /// the nearest unread block on that side; and last every unread block whose span
+    /// reaches into the window. What is left unread then has no message that could be
+    /// in the window, so the result is the one a walk of the whole list gives.
     pub fn conversation_around(&self, r: MsgRef, before: usize, after: usize) -> Vec<MessageMeta> {
         let hit = self.group_of(r);
         let Some(w) = self.row(hit) else {
@@ -1817,24 +1896,78 @@ impl Store {
         };
         let conversation = self.conversation_of(&w);
         let key = conversation_hash(&self.keys, &conversation);
-        // Each first copy links to the one before it in its conversation; the list is
-        // walked from the newest. Links only point back to rows read earlier. Should two
-        // keys ever share a hash, their lists are one: each message's own key decides.
-        let bound = self.chains.iter().map(|c| c.rows.len()).sum::<usize>();
+        let Some(c) = self.conversations.get(&key) else {
+            return Vec::new();
+        };
+        let n = self.spill.conv_block.max(1);
+        let in_blocks = (c.blocks.len() as u64).saturating_mul(n as u64);
+        let newest = usize::try_from(c.len.saturating_sub(in_blocks)).unwrap_or(usize::MAX);
+        // Should two keys ever share a hash, their lists are one: each message's own key
+        // decides.
         let mut all: Vec<(i64, MsgRef)> = Vec::new();
-        let mut at = self.conversations.get(&key).copied().unwrap_or(0);
-        let mut walked = 0usize;
-        while at != 0 && walked <= bound {
-            walked += 1;
-            let m = unpack(at);
-            let Some(x) = self.row(m) else { break };
-            if self.conversation_of(&x) == conversation {
-                all.push((x.time, m));
+        self.walk(c.head, newest, &conversation, &mut all);
+        let mut unread: Vec<usize> = Vec::new();
+        for (i, b) in c.blocks.iter().enumerate() {
+            if b.min <= w.time && w.time <= b.max {
+                self.walk(b.top, n, &conversation, &mut all);
+            } else {
+                unread.push(i);
             }
-            at = x.link;
         }
-        all.sort_unstable();
-        let Some(at) = all.iter().position(|(_, m)| *m == hit) else {
+        let block = |i: &usize| c.blocks.get(*i).copied();
+        let at = loop {
+            all.sort_unstable();
+            all.dedup();
+            let at = all.iter().position(|(_, m)| *m == hit);
+            let mut next: Vec<usize> = Vec::new();
+            match at {
+                // Not in what was read: only the rest can hold it.
+                None => next.clone_from(&unread),
+                Some(p) => {
+                    if p < before {
+                        // The nearest block that can hold earlier messages.
+                        next.extend(
+                            unread
+                                .iter()
+                                .filter(|i| block(i).is_some_and(|b| b.min <= w.time))
+                                .max_by_key(|i| block(i).map(|b| b.max)),
+                        );
+                    }
+                    if p.saturating_add(after) >= all.len() {
+                        next.extend(
+                            unread
+                                .iter()
+                                .filter(|i| block(i).is_some_and(|b| b.max >= w.time))
+                                .min_by_key(|i| block(i).map(|b| b.min)),
+                        );
+                    }
+                    if next.is_empty() {
+                        let lo = p
+                            .checked_sub(before)
+                            .and_then(|i| all.get(i))
+                            .map_or(i64::MIN, |e| e.0);
+                        let hi = all.get(p.saturating_add(after)).map_or(i64::MAX, |e| e.0);
+                        next.extend(
+                            unread
+                                .iter()
+                                .filter(|i| block(i).is_some_and(|b| b.max >= lo && b.min <= hi)),
+                        );
+                    }
+                }
+            }
+            if next.is_empty() {
+                break at;
+            }
+            next.sort_unstable();
+            next.dedup();
+            for i in &next {
+                if let Some(b) = block(i) {
+                    self.walk(b.top, n, &conversation, &mut all);
+                }
+            }
+            unread.retain(|i| !next.contains(i));
+        };
+        let Some(at) = at else {
             return Vec::new();
         };
         let from = at.saturating_sub(before);
@@ -1844,6 +1977,22 @@ impl Store {
             .iter()
             .filter_map(|(_, m)| self.message(*m))
             .collect()
+    }
+
+    /// Adds the messages of `conversation` among `n` list entries from `top`.
+    fn walk(&self, top: Packed, n: usize, conversation: &str, out: &mut Vec<(i64, MsgRef)>) {
+        let mut at = top;
+        for _ in 0..n {
+            if at == 0 {
+                break;
+            }
+            let m = unpack(at);
+            let Some(x) = self.row(m) else { break };
+            if self.conversation_of(&x) == conversation {
+                out.push((x.time, m));
+            }
+            at = x.link;
+        }
     }
 }
 #[cfg(test)]
@@ -2274,7 +2423,7 @@ mod tests {
             let cut = cut.min(records.len());
             // Rows in pages of two, one of them in memory: most of them leave it.
             let mut whole = Store::spilling([3; 16], 0.3, None, Spill::tiny());
-            let mut first = Store::new([3; 16], 0.3);
+            let mut first = Store::spilling([3; 16], 0.3, None, Spill::tiny());
             first.keys = whole.keys;
             for s in [&mut whole, &mut first] {
                 s.chain_of(Some("n2"));
@@ -2667,6 +2816,92 @@ mod tests {
         assert!(!back.damaged());
     }
 
+    /// The view a walk of a conversation's whole list gives: every message of it,
+    /// sorted by time, and the window around the hit.
+    fn walked_around(s: &Store, r: MsgRef, before: usize, after: usize) -> Vec<MsgRef> {
+        let hit = s.group_of(r);
+        let Some(w) = s.row(hit) else {
+            return Vec::new();
+        };
+        let conversation = s.conversation_of(&w);
+        let key = conversation_hash(&s.keys, &conversation);
+        let mut all = Vec::new();
+        let mut at = s.conversations.get(&key).map_or(0, |c| c.head);
+        while at != 0 {
+            let m = unpack(at);
+            let Some(x) = s.row(m) else { break };
+            if s.conversation_of(&x) == conversation {
+                all.push((x.time, m));
+            }
+            at = x.link;
+        }
+        all.sort_unstable();
+        let Some(p) = all.iter().position(|(_, m)| *m == hit) else {
+            return Vec::new();
+        };
+        all[p.saturating_sub(before)..(p + after + 1).min(all.len())]
+            .iter()
+            .map(|(_, m)| *m)
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Messages of two conversations on two chains, their times out of order: the
+        /// view that reads only the blocks it needs (of two messages here) shows what a
+        /// walk of the whole list shows, for every message and window, also after a
+        /// shred rebuilt the lists, and after the store is saved and read back.
+        #[test]
+        fn a_conversation_view_reads_few_blocks_and_shows_what_a_whole_walk_shows(
+            msgs in prop::collection::vec((0i64..40, 0usize..2, 0u8..2, 1u64..3), 1..70),
+            before in 0usize..5,
+            after in 0usize..5,
+        ) {
+            let mut s = Store::spilling([1; 16], 0.0, None, Spill::tiny());
+            s.chain_of(Some("n2"));
+            let mut seqs = [0u64; 2];
+            for (i, (t, node, conv, seg)) in msgs.iter().enumerate() {
+                seqs[*node] += 1;
+                let (from, to) = if *conv == 0 { ("a@x/1", "b@x") } else { ("c@x/1", "d@x") };
+                let mut e = msg(seqs[*node], from, to, Action::Allow);
+                e.segment = *seg;
+                if let Some(Record { content: NewRecord::Message(m), time, .. }) = &mut e.record {
+                    m.capture.identity = format!("m{i}");
+                    *time = Timestamp(*t);
+                }
+                s.apply_chain(ChainIdx::try_from(*node).unwrap(), vec![e]);
+            }
+            let check = |s: &Store, seqs: [u64; 2]| -> Result<(), TestCaseError> {
+                for (chain, last) in seqs.iter().enumerate() {
+                    for seq in 1..=*last {
+                        let r = MsgRef { chain: ChainIdx::try_from(chain).unwrap(), seq };
+                        let shown: Vec<MsgRef> = s
+                            .conversation_around(r, before, after)
+                            .iter()
+                            .map(MessageMeta::key)
+                            .collect();
+                        prop_assert_eq!(shown, walked_around(s, r, before, after), "{:?}", r);
+                    }
+                }
+                Ok(())
+            };
+            check(&s, seqs)?;
+            let mut bytes = Vec::new();
+            s.save(&mut bytes).unwrap();
+            let (back, _) = Store::restore(&bytes[..], [1; 16], 0.0, None, Spill::tiny()).unwrap();
+            check(&back, seqs)?;
+            s.apply(vec![entry(seqs[0] + 1, NewRecord::Event(EventRecord::Shred {
+                segment: 1,
+                reason: "test".into(),
+                authority: "test".into(),
+                actor: "test".into(),
+            }))]);
+            seqs[0] += 1;
+            check(&s, seqs)?;
+        }
+    }
+
     #[test]
     fn conversations_whose_hashes_collide_still_show_only_their_own_messages() {
         let mut s = Store::new([1; 16], 0.0);
@@ -2677,9 +2912,15 @@ mod tests {
         ]);
         // What a collision would make: c–d's message in the middle of a–b's list.
         let ab = conversation_hash(&s.keys, "chat a@x b@x");
-        assert_eq!(s.conversations.get(&ab), Some(&pack(MsgRef::own(3))));
+        assert_eq!(
+            s.conversations.get(&ab).map(|c| c.head),
+            Some(pack(MsgRef::own(3)))
+        );
         assert!(s.chains[0].update(3, |r| r.link = pack(MsgRef::own(2))));
         assert!(s.chains[0].update(2, |r| r.link = pack(MsgRef::own(1))));
+        if let Some(c) = s.conversations.get_mut(&ab) {
+            c.len = 3;
+        }
         let seqs = |r| -> Vec<u64> {
             s.conversation_around(MsgRef::own(r), 10, 10)
                 .iter()

@@ -100,6 +100,8 @@ pub struct Spill {
     /// are written out (see `identities.rs`; smaller in tests).
     pub(super) ident_page: usize,
     pub(super) ident_recent: usize,
+    /// Messages to a conversation block (`store.rs`, `Conversation`).
+    pub(super) conv_block: usize,
 }
 
 impl Spill {
@@ -112,11 +114,13 @@ impl Spill {
             page_rows: PAGE_ROWS,
             ident_page: super::identities::PAGE_ENTRIES,
             ident_recent: super::identities::RECENT_ENTRIES,
+            conv_block: super::CONVERSATION_BLOCK,
         })
     }
 
-    /// A spill of one page of two rows in memory, and identity runs of two to a page
-    /// written out every three identities, so that few messages exercise both.
+    /// A spill of one page of two rows in memory, identity runs of two to a page
+    /// written out every three identities, and conversation blocks of two messages, so
+    /// that few messages exercise them all.
     #[cfg(test)]
     pub(super) fn tiny() -> Arc<Spill> {
         let mut s = Spill::new(None, 1);
@@ -124,6 +128,7 @@ impl Spill {
             s.page_rows = 2;
             s.ident_page = 2;
             s.ident_recent = 3;
+            s.conv_block = 2;
         }
         s
     }

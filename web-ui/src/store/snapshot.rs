@@ -376,10 +376,17 @@ impl Store {
             e.u64(*first)?;
         }
         e.len(self.conversations.len())?;
-        for (k, head) in &self.conversations {
+        for (k, c) in &self.conversations {
             e.u64(k[0])?;
             e.u64(k[1])?;
-            e.u64(*head)?;
+            e.u64(c.head)?;
+            e.u64(c.len)?;
+            e.len(c.blocks.len())?;
+            for b in &c.blocks {
+                e.u64(b.top)?;
+                e.i64(b.min)?;
+                e.i64(b.max)?;
+            }
         }
         e.interner(&self.jids)?;
         e.interner(&self.kinds)?;
@@ -569,7 +576,23 @@ impl Store {
         s.conversations.reserve(n.min(1 << 28));
         for _ in 0..n {
             let k = [d.u64()?, d.u64()?];
-            s.conversations.insert(k, d.u64()?);
+            let mut c = Conversation {
+                head: d.u64()?,
+                len: d.u64()?,
+                blocks: Vec::new(),
+            };
+            let blocks = d.len()?;
+            if blocks as u64 != c.len / s.spill.conv_block.max(1) as u64 {
+                return Err(malformed("a conversation's blocks do not match its length"));
+            }
+            for _ in 0..blocks {
+                c.blocks.push(Block {
+                    top: d.u64()?,
+                    min: d.i64()?,
+                    max: d.i64()?,
+                });
+            }
+            s.conversations.insert(k, c);
         }
         s.jids = d.interner()?;
         s.kinds = d.interner()?;
