@@ -690,7 +690,8 @@ pub(crate) const CONVERSATION_BLOCK: usize = 64;
 
 /// A conversation's logical messages: a list through their first copies' rows, newest
 /// first, and, for every [`CONVERSATION_BLOCK`] of it counted from its oldest, where
-/// that block starts and the span of its messages' times. A view reads the newest part
+/// that block starts and the span of its messages' times (`Store::blocks`, kept apart:
+/// most conversations have none). A view reads the newest part
 /// not yet in a block, and then only the blocks whose times can reach its window, not
 /// the whole list.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -700,8 +701,6 @@ struct Conversation {
     head: Packed,
     /// Messages in the list.
     len: u64,
-    /// Full blocks, oldest first.
-    blocks: Vec<Block>,
 }
 
 /// [`CONVERSATION_BLOCK`] messages of a conversation's list.
@@ -748,8 +747,10 @@ pub struct Store {
     /// Groups whose first copy was shredded while other copies remain: where their list
     /// of copies starts now.
     detached: HashMap<Packed, Packed>,
-    /// Conversation (by a 128-bit hash of its key) → its list and blocks.
+    /// Conversation (by a 128-bit hash of its key) → its list.
     conversations: HashMap<[u64; 2], Conversation>,
+    /// Conversation → its full blocks, oldest first (only those with one).
+    blocks: HashMap<[u64; 2], Vec<Block>>,
     /// JIDs.
     jids: Interner,
     /// Stanza types and retention classes (few: their numbers fit in 16 bits).
@@ -879,6 +880,7 @@ impl Store {
             identities: Identities::new(spill.clone()),
             detached: HashMap::new(),
             conversations: HashMap::new(),
+            blocks: HashMap::new(),
             jids: Interner::new(),
             kinds: Interner::new(),
             labels: Interner::new(),
@@ -1002,9 +1004,7 @@ impl Store {
             return;
         }
         let block = self.span(c.head, n);
-        if let Some(c) = self.conversations.get_mut(&key) {
-            c.blocks.push(block);
-        }
+        self.blocks.entry(key).or_default().push(block);
     }
 
     /// The block of `n` list entries from `top`, with their span of times.
@@ -1505,6 +1505,7 @@ impl Store {
         }
         heads.sort_unstable();
         self.conversations.clear();
+        self.blocks.clear();
         for (_, h) in heads {
             let Some(key) = self
                 .row(h)
@@ -1899,22 +1900,23 @@ impl Store {
         let Some(c) = self.conversations.get(&key) else {
             return Vec::new();
         };
+        let blocks: &[Block] = self.blocks.get(&key).map_or(&[], Vec::as_slice);
         let n = self.spill.conv_block.max(1);
-        let in_blocks = (c.blocks.len() as u64).saturating_mul(n as u64);
+        let in_blocks = (blocks.len() as u64).saturating_mul(n as u64);
         let newest = usize::try_from(c.len.saturating_sub(in_blocks)).unwrap_or(usize::MAX);
         // Should two keys ever share a hash, their lists are one: each message's own key
         // decides.
         let mut all: Vec<(i64, MsgRef)> = Vec::new();
         self.walk(c.head, newest, &conversation, &mut all);
         let mut unread: Vec<usize> = Vec::new();
-        for (i, b) in c.blocks.iter().enumerate() {
+        for (i, b) in blocks.iter().enumerate() {
             if b.min <= w.time && w.time <= b.max {
                 self.walk(b.top, n, &conversation, &mut all);
             } else {
                 unread.push(i);
             }
         }
-        let block = |i: &usize| c.blocks.get(*i).copied();
+        let block = |i: &usize| blocks.get(*i).copied();
         let at = loop {
             all.sort_unstable();
             all.dedup();
@@ -2364,6 +2366,11 @@ mod tests {
             out,
             "{}",
             sorted(s.conversations.iter().map(|e| format!("{e:?}")).collect())
+        );
+        let _ = writeln!(
+            out,
+            "{}",
+            sorted(s.blocks.iter().map(|e| format!("{e:?}")).collect())
         );
         for t in [&s.jids, &s.kinds, &s.labels] {
             let _ = writeln!(out, "{:?}", t.names);

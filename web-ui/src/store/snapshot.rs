@@ -3,8 +3,9 @@
 //!
 //! The bytes go into a sealed state file of the archive (`custos_archive::state`),
 //! which encrypts and authenticates them; this module only lays them out. Rows, the
-//! identity table and the conversations are fixed-size entries written field by field
-//! (little-endian); the rest (review items, counts, holds) is small beside them. The
+//! identity table (in identity order) and the conversations (each with its blocks) are
+//! fixed-size entries written field by field (little-endian); the rest (review items,
+//! counts, holds) is small beside them. The
 //! layout carries a version: a file of another version is not read, and the store is
 //! rebuilt from the log.
 //!
@@ -381,8 +382,9 @@ impl Store {
             e.u64(k[1])?;
             e.u64(c.head)?;
             e.u64(c.len)?;
-            e.len(c.blocks.len())?;
-            for b in &c.blocks {
+            let blocks: &[Block] = self.blocks.get(k).map_or(&[], Vec::as_slice);
+            e.len(blocks.len())?;
+            for b in blocks {
                 e.u64(b.top)?;
                 e.i64(b.min)?;
                 e.i64(b.max)?;
@@ -576,21 +578,24 @@ impl Store {
         s.conversations.reserve(n.min(1 << 28));
         for _ in 0..n {
             let k = [d.u64()?, d.u64()?];
-            let mut c = Conversation {
+            let c = Conversation {
                 head: d.u64()?,
                 len: d.u64()?,
-                blocks: Vec::new(),
             };
             let blocks = d.len()?;
             if blocks as u64 != c.len / s.spill.conv_block.max(1) as u64 {
                 return Err(malformed("a conversation's blocks do not match its length"));
             }
-            for _ in 0..blocks {
-                c.blocks.push(Block {
-                    top: d.u64()?,
-                    min: d.i64()?,
-                    max: d.i64()?,
-                });
+            if blocks > 0 {
+                let mut list = Vec::new();
+                for _ in 0..blocks {
+                    list.push(Block {
+                        top: d.u64()?,
+                        min: d.i64()?,
+                        max: d.i64()?,
+                    });
+                }
+                s.blocks.insert(k, list);
             }
             s.conversations.insert(k, c);
         }
