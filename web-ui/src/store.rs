@@ -694,13 +694,17 @@ pub(crate) const CONVERSATION_BLOCK: usize = 64;
 /// most conversations have none). A view reads the newest part
 /// not yet in a block, and then only the blocks whose times can reach its window, not
 /// the whole list.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Conversation {
     /// The first copy of its newest logical message, which links to the one before
     /// (`Row::link`).
     head: Packed,
     /// Messages in the list.
     len: u64,
+    /// The span of times of the messages not in a block yet (empty: `MAX`, `MIN`), so
+    /// that a block is closed without reading its rows.
+    min: i64,
+    max: i64,
 }
 
 /// [`CONVERSATION_BLOCK`] messages of a conversation's list.
@@ -708,8 +712,7 @@ struct Conversation {
 struct Block {
     /// Its newest message; the block is the list from there on.
     top: Packed,
-    /// The earliest and latest time among its messages (a block one of whose rows could
-    /// not be read spans every time, so a view never skips what it holds).
+    /// The earliest and latest time among its messages.
     min: i64,
     max: i64,
 }
@@ -993,41 +996,31 @@ impl Store {
             .is_some_and(|c| c.update(r.seq, f))
     }
 
-    /// Closes the newest block of conversation `key` when its list has just reached a
-    /// whole number of blocks.
-    fn close_block(&mut self, key: [u64; 2]) {
-        let n = self.spill.conv_block.max(1);
-        let Some(c) = self.conversations.get(&key) else {
-            return;
-        };
-        if c.len % n as u64 != 0 {
-            return;
-        }
-        let block = self.span(c.head, n);
-        self.blocks.entry(key).or_default().push(block);
-    }
-
-    /// The block of `n` list entries from `top`, with their span of times.
-    fn span(&self, top: Packed, n: usize) -> Block {
-        let (mut min, mut max) = (i64::MAX, i64::MIN);
-        let mut at = top;
-        for _ in 0..n {
-            if at == 0 {
-                break;
-            }
-            let Some(w) = self.row(unpack(at)) else {
-                // Unreadable (the store is damaged): a block that every view reads.
-                return Block {
-                    top,
-                    min: i64::MIN,
-                    max: i64::MAX,
-                };
+    /// Makes first copy `head` (its time `time`) the newest message of conversation
+    /// `key`, closing a block when the list reaches a whole number of them; returns the
+    /// head before, which the new head's row links to.
+    fn push_head(&mut self, key: [u64; 2], head: MsgRef, time: i64) -> Packed {
+        let n = self.spill.conv_block.max(1) as u64;
+        let c = self.conversations.entry(key).or_insert(Conversation {
+            head: 0,
+            len: 0,
+            min: i64::MAX,
+            max: i64::MIN,
+        });
+        let before = std::mem::replace(&mut c.head, pack(head));
+        c.len += 1;
+        c.min = c.min.min(time);
+        c.max = c.max.max(time);
+        if c.len.is_multiple_of(n) {
+            let block = Block {
+                top: c.head,
+                min: c.min,
+                max: c.max,
             };
-            min = min.min(w.time);
-            max = max.max(w.time);
-            at = w.link;
+            (c.min, c.max) = (i64::MAX, i64::MIN);
+            self.blocks.entry(key).or_default().push(block);
         }
-        Block { top, min, max }
+        before
     }
 
     /// The conversation key of copy `w` (see [`conversation_key`]).
@@ -1291,18 +1284,13 @@ impl Store {
         }
         if group == key {
             row.bits |= HEAD;
-            let c = self.conversations.entry(conversation).or_default();
-            row.link = std::mem::replace(&mut c.head, pack(key));
-            c.len += 1;
+            row.link = self.push_head(conversation, key, row.time);
         }
         let Some(c) = self.chains.get_mut(usize::from(chain)) else {
             return;
         };
         let salt = c.sample_salt;
         c.rows.push(row);
-        if group == key {
-            self.close_block(conversation);
-        }
         // The dashboard counts each logical message once, on its first copy's day, with
         // what its copies add up to so far.
         let head_day = self.row(group).map(|h| h.time.div_euclid(DAY_MS));
@@ -1506,18 +1494,15 @@ impl Store {
         heads.sort_unstable();
         self.conversations.clear();
         self.blocks.clear();
-        for (_, h) in heads {
+        for (time, h) in heads {
             let Some(key) = self
                 .row(h)
                 .map(|w| conversation_hash(&self.keys, &self.conversation_of(&w)))
             else {
                 continue;
             };
-            let c = self.conversations.entry(key).or_default();
-            let before = std::mem::replace(&mut c.head, pack(h));
-            c.len += 1;
+            let before = self.push_head(key, h, time);
             self.update_row(h, |w| w.link = before);
-            self.close_block(key);
         }
         self.tally = Tally::default();
         for g in members.keys().map(|p| unpack(*p)) {
@@ -1884,21 +1869,30 @@ impl Store {
 
     /// Up to `before` and `after` logical messages of the same conversation around the
     /// one `r` is a copy of, each by its first copy, in time order across every node.
+    pub fn conversation_around(&self, r: MsgRef, before: usize, after: usize) -> Vec<MessageMeta> {
+        self.around_reading(r, before, after).0
+    }
+
+    /// [`Store::conversation_around`], and how many blocks it read.
     ///
     /// Reads the conversation's newest part not yet in a block and the blocks whose span
-    /// of times holds the message's; then, while the window lacks messages on a side,
-    /// the nearest unread block on that side; and last every unread block whose span
-    /// reaches into the window. What is left unread then has no message that could be
-    /// in the window, so the result is the one a walk of the whole list gives.
-    pub fn conversation_around(&self, r: MsgRef, before: usize, after: usize) -> Vec<MessageMeta> {
+    /// of times holds the message's. Then, while an unread block's span reaches into the
+    /// window (from the `before`th message before it to the `after`th after it, or
+    /// without end on a side that lacks them), it reads the nearest such block on each
+    /// side: of those reaching past the message's time, the one that starts earliest;
+    /// of those reaching before it, the one that ends latest. The window narrows as it
+    /// fills. What is left unread then holds no message that could be in the window, so
+    /// the result is the one a walk of the whole list gives (in a store whose rows all
+    /// read back).
+    fn around_reading(&self, r: MsgRef, before: usize, after: usize) -> (Vec<MessageMeta>, usize) {
         let hit = self.group_of(r);
         let Some(w) = self.row(hit) else {
-            return Vec::new();
+            return (Vec::new(), 0);
         };
         let conversation = self.conversation_of(&w);
         let key = conversation_hash(&self.keys, &conversation);
         let Some(c) = self.conversations.get(&key) else {
-            return Vec::new();
+            return (Vec::new(), 0);
         };
         let blocks: &[Block] = self.blocks.get(&key).map_or(&[], Vec::as_slice);
         let n = self.spill.conv_block.max(1);
@@ -1908,77 +1902,64 @@ impl Store {
         // decides.
         let mut all: Vec<(i64, MsgRef)> = Vec::new();
         self.walk(c.head, newest, &conversation, &mut all);
-        let mut unread: Vec<usize> = Vec::new();
+        let mut unread = vec![true; blocks.len()];
+        let mut read = 0;
         for (i, b) in blocks.iter().enumerate() {
             if b.min <= w.time && w.time <= b.max {
                 self.walk(b.top, n, &conversation, &mut all);
-            } else {
-                unread.push(i);
+                unread[i] = false;
+                read += 1;
             }
         }
-        let block = |i: &usize| blocks.get(*i).copied();
         let at = loop {
             all.sort_unstable();
             all.dedup();
             let at = all.iter().position(|(_, m)| *m == hit);
-            let mut next: Vec<usize> = Vec::new();
-            match at {
+            let (lo, hi) = match at {
                 // Not in what was read: only the rest can hold it.
-                None => next.clone_from(&unread),
-                Some(p) => {
-                    if p < before {
-                        // The nearest block that can hold earlier messages.
-                        next.extend(
-                            unread
-                                .iter()
-                                .filter(|i| block(i).is_some_and(|b| b.min <= w.time))
-                                .max_by_key(|i| block(i).map(|b| b.max)),
-                        );
-                    }
-                    if p.saturating_add(after) >= all.len() {
-                        next.extend(
-                            unread
-                                .iter()
-                                .filter(|i| block(i).is_some_and(|b| b.max >= w.time))
-                                .min_by_key(|i| block(i).map(|b| b.min)),
-                        );
-                    }
-                    if next.is_empty() {
-                        let lo = p
-                            .checked_sub(before)
-                            .and_then(|i| all.get(i))
-                            .map_or(i64::MIN, |e| e.0);
-                        let hi = all.get(p.saturating_add(after)).map_or(i64::MAX, |e| e.0);
-                        next.extend(
-                            unread
-                                .iter()
-                                .filter(|i| block(i).is_some_and(|b| b.max >= lo && b.min <= hi)),
-                        );
-                    }
-                }
-            }
-            if next.is_empty() {
+                None => (i64::MIN, i64::MAX),
+                Some(p) => (
+                    p.checked_sub(before)
+                        .and_then(|i| all.get(i))
+                        .map_or(i64::MIN, |e| e.0),
+                    all.get(p.saturating_add(after)).map_or(i64::MAX, |e| e.0),
+                ),
+            };
+            let open = |i: &usize| {
+                unread.get(*i) == Some(&true)
+                    && blocks.get(*i).is_some_and(|b| b.max >= lo && b.min <= hi)
+            };
+            let later = (0..blocks.len())
+                .filter(|i| open(i) && blocks.get(*i).is_some_and(|b| b.max >= w.time))
+                .min_by_key(|i| blocks.get(*i).map(|b| b.min));
+            let earlier = (0..blocks.len())
+                .filter(|i| open(i) && blocks.get(*i).is_some_and(|b| b.min <= w.time))
+                .max_by_key(|i| blocks.get(*i).map(|b| b.max));
+            if later.is_none() && earlier.is_none() {
                 break at;
             }
-            next.sort_unstable();
-            next.dedup();
-            for i in &next {
-                if let Some(b) = block(i) {
-                    self.walk(b.top, n, &conversation, &mut all);
+            for i in later.into_iter().chain(earlier) {
+                if let (Some(b), Some(u)) = (blocks.get(i), unread.get_mut(i)) {
+                    if *u {
+                        *u = false;
+                        read += 1;
+                        self.walk(b.top, n, &conversation, &mut all);
+                    }
                 }
             }
-            unread.retain(|i| !next.contains(i));
         };
         let Some(at) = at else {
-            return Vec::new();
+            return (Vec::new(), read);
         };
         let from = at.saturating_sub(before);
         let to = at.saturating_add(after).saturating_add(1).min(all.len());
-        all.get(from..to)
+        let shown = all
+            .get(from..to)
             .unwrap_or_default()
             .iter()
             .filter_map(|(_, m)| self.message(*m))
-            .collect()
+            .collect();
+        (shown, read)
     }
 
     /// Adds the messages of `conversation` among `n` list entries from `top`.
@@ -2855,34 +2836,43 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
-        /// Messages of two conversations on two chains, their times out of order: the
-        /// view that reads only the blocks it needs (of two messages here) shows what a
-        /// walk of the whole list shows, for every message and window, also after a
-        /// shred rebuilt the lists, and after the store is saved and read back.
+        /// Messages of two conversations on two chains, their times out of order, some
+        /// with a second copy on the other chain: the view that reads only the blocks
+        /// it needs (of two messages here) shows what a walk of the whole list shows,
+        /// for every copy and window, after a save and read back, after a shred rebuilt
+        /// the lists, with messages applied after it, and read back again.
         #[test]
         fn a_conversation_view_reads_few_blocks_and_shows_what_a_whole_walk_shows(
-            msgs in prop::collection::vec((0i64..40, 0usize..2, 0u8..2, 1u64..3), 1..70),
+            msgs in prop::collection::vec((0i64..40, 0usize..2, 0u8..2, 1u64..3, 0u8..4), 1..70),
+            later in prop::collection::vec((0i64..40, 0usize..2, 0u8..2), 0..10),
             before in 0usize..5,
             after in 0usize..5,
         ) {
             let mut s = Store::spilling([1; 16], 0.0, None, Spill::tiny());
             s.chain_of(Some("n2"));
             let mut seqs = [0u64; 2];
-            for (i, (t, node, conv, seg)) in msgs.iter().enumerate() {
-                seqs[*node] += 1;
-                let (from, to) = if *conv == 0 { ("a@x/1", "b@x") } else { ("c@x/1", "d@x") };
-                let mut e = msg(seqs[*node], from, to, Action::Allow);
-                e.segment = *seg;
+            let put = |s: &mut Store, seqs: &mut [u64; 2], id: &str, t: i64, node: usize, conv: u8, seg: u64| {
+                seqs[node] += 1;
+                let (from, to) = if conv == 0 { ("a@x/1", "b@x") } else { ("c@x/1", "d@x") };
+                let mut e = msg(seqs[node], from, to, Action::Allow);
+                e.segment = seg;
                 if let Some(Record { content: NewRecord::Message(m), time, .. }) = &mut e.record {
-                    m.capture.identity = format!("m{i}");
-                    *time = Timestamp(*t);
+                    m.capture.identity = id.to_string();
+                    *time = Timestamp(t);
                 }
-                s.apply_chain(ChainIdx::try_from(*node).unwrap(), vec![e]);
+                s.apply_chain(ChainIdx::try_from(node).unwrap_or(0), vec![e]);
+            };
+            for (i, (t, node, conv, seg, copy)) in msgs.iter().enumerate() {
+                put(&mut s, &mut seqs, &format!("m{i}"), *t, *node, *conv, *seg);
+                if *copy == 0 {
+                    // The same message's copy on the other node's chain, a moment later.
+                    put(&mut s, &mut seqs, &format!("m{i}"), *t + 1, 1 - *node, *conv, 1);
+                }
             }
             let check = |s: &Store, seqs: [u64; 2]| -> Result<(), TestCaseError> {
                 for (chain, last) in seqs.iter().enumerate() {
                     for seq in 1..=*last {
-                        let r = MsgRef { chain: ChainIdx::try_from(chain).unwrap(), seq };
+                        let r = MsgRef { chain: ChainIdx::try_from(chain).unwrap_or(0), seq };
                         let shown: Vec<MsgRef> = s
                             .conversation_around(r, before, after)
                             .iter()
@@ -2898,14 +2888,57 @@ mod tests {
             s.save(&mut bytes).unwrap();
             let (back, _) = Store::restore(&bytes[..], [1; 16], 0.0, None, Spill::tiny()).unwrap();
             check(&back, seqs)?;
-            s.apply(vec![entry(seqs[0] + 1, NewRecord::Event(EventRecord::Shred {
+            seqs[0] += 1;
+            s.apply(vec![entry(seqs[0], NewRecord::Event(EventRecord::Shred {
                 segment: 1,
                 reason: "test".into(),
                 authority: "test".into(),
                 actor: "test".into(),
             }))]);
-            seqs[0] += 1;
             check(&s, seqs)?;
+            for (i, (t, node, conv)) in later.iter().enumerate() {
+                put(&mut s, &mut seqs, &format!("later{i}"), *t, *node, *conv, 2);
+            }
+            check(&s, seqs)?;
+            let mut bytes = Vec::new();
+            s.save(&mut bytes).unwrap();
+            let (back, _) = Store::restore(&bytes[..], [1; 16], 0.0, None, Spill::tiny()).unwrap();
+            check(&back, seqs)?;
+        }
+
+        /// One node's messages in time order, no two at the same time: a view of any of
+        /// them reads at most the blocks next to its own, however long the conversation.
+        /// (Messages at the same time as the window's first or last must all be read: any
+        /// of them may belong in it.)
+        #[test]
+        fn a_view_of_a_conversation_in_time_order_reads_only_the_blocks_beside_its_message(
+            len in 1u64..200,
+            gaps in prop::collection::vec(1i64..3, 200),
+            before in 0usize..4,
+            after in 0usize..4,
+        ) {
+            let mut s = Store::spilling([1; 16], 0.0, None, Spill::tiny());
+            let mut t = 0;
+            for seq in 1..=len {
+                t += gaps.get(seq as usize).copied().unwrap_or(1);
+                let mut e = msg(seq, "a@x/1", "b@x", Action::Allow);
+                if let Some(Record { time, .. }) = &mut e.record {
+                    *time = Timestamp(t);
+                }
+                s.apply(vec![e]);
+            }
+            for seq in 1..=len {
+                let (shown, read) = s.around_reading(MsgRef::own(seq), before, after);
+                prop_assert_eq!(
+                    shown.iter().map(MessageMeta::key).collect::<Vec<_>>(),
+                    walked_around(&s, MsgRef::own(seq), before, after)
+                );
+                // Blocks of two: those the window spans, and one more on each side.
+                prop_assert!(
+                    read <= (before + after) / 2 + 3,
+                    "read {} blocks for seq {} of {}", read, seq, len
+                );
+            }
         }
     }
 

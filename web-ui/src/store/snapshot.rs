@@ -18,7 +18,7 @@ use std::io::{Read, Write};
 use super::*;
 
 /// Bumped whenever the layout or the meaning of a field changes.
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 const MAGIC: &[u8; 16] = b"custos-web-ui-st";
 const END: u64 = 0x656e_6420_6f66_2073;
 
@@ -382,6 +382,8 @@ impl Store {
             e.u64(k[1])?;
             e.u64(c.head)?;
             e.u64(c.len)?;
+            e.i64(c.min)?;
+            e.i64(c.max)?;
             let blocks: &[Block] = self.blocks.get(k).map_or(&[], Vec::as_slice);
             e.len(blocks.len())?;
             for b in blocks {
@@ -575,12 +577,14 @@ impl Store {
             s.detached.insert(g, d.u64()?);
         }
         let n = d.len()?;
-        s.conversations.reserve(n.min(1 << 28));
+        s.conversations.reserve(n.min(1 << 20));
         for _ in 0..n {
             let k = [d.u64()?, d.u64()?];
             let c = Conversation {
                 head: d.u64()?,
                 len: d.u64()?,
+                min: d.i64()?,
+                max: d.i64()?,
             };
             let blocks = d.len()?;
             if blocks as u64 != c.len / s.spill.conv_block.max(1) as u64 {
@@ -597,7 +601,9 @@ impl Store {
                 }
                 s.blocks.insert(k, list);
             }
-            s.conversations.insert(k, c);
+            if s.conversations.insert(k, c).is_some() {
+                return Err(malformed("a conversation saved twice"));
+            }
         }
         s.jids = d.interner()?;
         s.kinds = d.interner()?;
