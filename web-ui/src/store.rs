@@ -165,6 +165,31 @@ pub struct GroupVerdict {
     pub copies: usize,
 }
 
+/// What the queue's filters and the dashboard's counts see of a review item. The store
+/// counts its items by facet as they change, so that neither page walks every item to
+/// count.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Facet {
+    /// In the queue's order (its first copy readable), or an orphan.
+    filed: bool,
+    status: ReviewStatus,
+    sampled: bool,
+    severity: Option<String>,
+    rules: Vec<String>,
+}
+
+impl Facet {
+    fn of(item: &ReviewItem, filed: bool) -> Facet {
+        Facet {
+            filed,
+            status: item.status,
+            sampled: item.sampled,
+            severity: item.verdict.severity.clone(),
+            rules: item.verdict.rules.clone(),
+        }
+    }
+}
+
 /// Where one of this node's audit records is: the audit page reads the records it shows,
 /// so the trail costs 24 bytes an entry in memory, however long its details.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -767,6 +792,8 @@ pub struct Store {
     item_at: HashMap<MsgRef, i64>,
     /// Review items whose first copy is shredded while other copies remain.
     orphans: BTreeMap<MsgRef, ReviewItem>,
+    /// The items (filed and orphans) counted by facet.
+    census: HashMap<Facet, u64>,
     /// Review changes naming a record not read yet (another node's, read later).
     pending: HashMap<MsgRef, Vec<PendingReview>>,
     sample_key: u64,
@@ -891,6 +918,7 @@ impl Store {
             items: BTreeMap::new(),
             item_at: HashMap::new(),
             orphans: BTreeMap::new(),
+            census: HashMap::new(),
             pending: HashMap::new(),
             sample_key: word(a) ^ word(b).rotate_left(17),
             sample_rate: sample_rate.clamp(0.0, 1.0),
@@ -1222,11 +1250,11 @@ impl Store {
                     self.add_row(chain, key, group, row, conversation);
                     // Changes made (on another node) before this copy was read.
                     for p in self.pending.remove(&key).unwrap_or_default() {
-                        if let Some(item) = self.item_mut(group) {
+                        self.change_item(group, |item| {
                             if !item.history.iter().any(|h| h.audit == p.event.audit) {
                                 item.record(p.event);
                             }
-                        }
+                        });
                     }
                 }
                 NewRecord::Event(EventRecord::Audit {
@@ -1313,31 +1341,29 @@ impl Store {
         // logical message, keyed by its first copy.
         let flagged =
             mine.action != Action::Allow || mine.would_action.is_some() || !mine.rules.is_empty();
-        match self.item_mut(group) {
-            Some(item) => {
-                if flagged {
-                    item.sampled = false;
-                }
-                item.verdict = after;
+        let mut after = Some(after);
+        let changed = self.change_item(group, |item| {
+            if flagged {
+                item.sampled = false;
             }
-            None => {
-                if flagged
-                    || (group == key && sampled(self.sample_key ^ salt, key.seq, self.sample_rate))
-                {
-                    let verdict = self.verdict_of(group);
-                    self.insert_item(
-                        group,
-                        ReviewItem {
-                            seq: group,
-                            status: ReviewStatus::Open,
-                            assignee: None,
-                            sampled: !flagged,
-                            history: Vec::new(),
-                            verdict,
-                        },
-                    );
-                }
+            if let Some(a) = after.take() {
+                item.verdict = a;
             }
+        });
+        let sample = || sampled(self.sample_key ^ salt, key.seq, self.sample_rate);
+        if !changed && (flagged || (group == key && sample())) {
+            let verdict = self.verdict_of(group);
+            self.insert_item(
+                group,
+                ReviewItem {
+                    seq: group,
+                    status: ReviewStatus::Open,
+                    assignee: None,
+                    sampled: !flagged,
+                    history: Vec::new(),
+                    verdict,
+                },
+            );
         }
     }
 
@@ -1355,17 +1381,66 @@ impl Store {
         }
     }
 
+    /// Changes the review item of `group` with `f`, keeping the census; false when
+    /// there is none.
+    fn change_item(&mut self, group: MsgRef, f: impl FnOnce(&mut ReviewItem)) -> bool {
+        let filed = self.item_at.contains_key(&group);
+        let Some(item) = self.item_mut(group) else {
+            return false;
+        };
+        let before = Facet::of(item, filed);
+        f(item);
+        let after = Facet::of(item, filed);
+        if before != after {
+            self.uncount(&before);
+            *self.census.entry(after).or_default() += 1;
+        }
+        true
+    }
+
+    fn uncount(&mut self, facet: &Facet) {
+        if let Some(n) = self.census.get_mut(facet) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.census.remove(facet);
+            }
+        }
+    }
+
+    /// Counts every item afresh (after a saved state is read back).
+    fn recount(&mut self) {
+        self.census = self.counted();
+    }
+
+    /// The census as counting every item gives it.
+    fn counted(&self) -> HashMap<Facet, u64> {
+        let mut census: HashMap<Facet, u64> = HashMap::new();
+        let filed = self.items.values().map(|i| Facet::of(i, true));
+        let orphans = self.orphans.values().map(|i| Facet::of(i, false));
+        for f in filed.chain(orphans) {
+            *census.entry(f).or_default() += 1;
+        }
+        census
+    }
+
     /// Files a review item by its first copy's time, or with the orphans when that copy
     /// is not readable.
     fn insert_item(&mut self, group: MsgRef, item: ReviewItem) {
-        match self.row(group).map(|h| h.time) {
+        let replaced = match self.row(group).map(|h| h.time) {
             Some(t) => {
-                self.item_at.insert(group, t);
-                self.items.insert((t, group), item);
+                *self.census.entry(Facet::of(&item, true)).or_default() += 1;
+                let old = self.item_at.insert(group, t).filter(|o| *o != t);
+                let gone = old.and_then(|o| self.items.remove(&(o, group)));
+                let same = self.items.insert((t, group), item);
+                gone.or(same).map(|i| (i, true))
             }
             None => {
-                self.orphans.insert(group, item);
+                *self.census.entry(Facet::of(&item, false)).or_default() += 1;
+                self.orphans.insert(group, item).map(|i| (i, false))
             }
+        };
+        if let Some((old, filed)) = replaced {
+            self.uncount(&Facet::of(&old, filed));
         }
     }
 
@@ -1456,6 +1531,7 @@ impl Store {
             }
             members.contains_key(g)
         });
+        self.census.clear();
         let items: Vec<ReviewItem> = std::mem::take(&mut self.items)
             .into_values()
             .chain(std::mem::take(&mut self.orphans).into_values())
@@ -1655,9 +1731,7 @@ impl Store {
         groups.sort_unstable();
         groups.dedup();
         for group in groups {
-            if let Some(item) = self.item_mut(group) {
-                item.record(event.clone());
-            }
+            self.change_item(group, |item| item.record(event.clone()));
         }
     }
 
@@ -2369,6 +2443,13 @@ mod tests {
             sorted(s.item_at.iter().map(|e| format!("{e:?}")).collect())
         );
         let _ = writeln!(out, "{:?}", s.orphans);
+        // The census kept as items changed is the one counting them gives.
+        let _ = writeln!(
+            out,
+            "{}",
+            sorted(s.census.iter().map(|e| format!("{e:?}")).collect())
+        );
+        assert_eq!(s.census, s.counted(), "census");
         let _ = writeln!(
             out,
             "{}",
@@ -2498,8 +2579,9 @@ mod tests {
             }
             let classes: u64 = s.class_counts().values().sum();
             prop_assert_eq!(classes, rows.iter().filter(|(k, _)| k.chain == 0).count() as u64);
-            // The queue holds each item once, and only items.
+            // The queue holds each item once, and only items, and counts them as they are.
             prop_assert_eq!(s.items.len(), s.item_at.len());
+            prop_assert_eq!(&s.census, &s.counted());
             for (k, item) in &s.items {
                 prop_assert_eq!(k.1, item.seq);
                 prop_assert_eq!(Some(k.0), s.row(item.seq).map(|h| h.time));

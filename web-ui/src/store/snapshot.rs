@@ -712,6 +712,7 @@ impl Store {
         if d.r.read(&mut rest)? != 0 {
             return Err(malformed("bytes after the end mark"));
         }
+        s.recount();
         let covered = s.covered();
         Ok((s, covered))
     }

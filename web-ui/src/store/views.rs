@@ -46,20 +46,38 @@ pub struct QueuePage {
 impl ReviewItem {
     /// Whether the item is one `q` asks for (its paging aside).
     fn selected(&self, q: &QueueQuery<'_>) -> bool {
-        let status = match q.status {
+        q.selects(
+            self.status,
+            self.sampled,
+            self.verdict.severity.as_deref(),
+            &self.verdict.rules,
+        )
+    }
+}
+
+impl QueueQuery<'_> {
+    /// Whether an item of this status, kind, severity and rules is in the query.
+    fn selects(
+        &self,
+        status: ReviewStatus,
+        sampled: bool,
+        severity: Option<&str>,
+        rules: &[String],
+    ) -> bool {
+        let status = match self.status {
             "all" => true,
-            "open" => self.status.is_open(),
-            s => ReviewStatus::parse(s) == Some(self.status),
+            "open" => status.is_open(),
+            s => ReviewStatus::parse(s) == Some(status),
         };
-        let kind = match q.kind {
-            "sample" => self.sampled,
-            "flagged" => !self.sampled,
+        let kind = match self.kind {
+            "sample" => sampled,
+            "flagged" => !sampled,
             _ => true,
         };
         status
             && kind
-            && (q.rule.is_empty() || self.verdict.rules.iter().any(|r| r == q.rule))
-            && (q.severity.is_empty() || self.verdict.severity.as_deref() == Some(q.severity))
+            && (self.rule.is_empty() || rules.iter().any(|r| r == self.rule))
+            && (self.severity.is_empty() || severity == Some(self.severity))
     }
 }
 
@@ -68,8 +86,22 @@ impl Store {
     /// while reading; only the returned rows' messages are looked up.
     pub fn queue_page(&self, q: &QueueQuery<'_>) -> QueuePage {
         let mut page = QueuePage::default();
-        for item in self.reviews_newest_first().filter(|i| i.selected(q)) {
-            if page.total >= q.skip && page.rows.len() < q.take {
+        // How many there are comes from the census; the items are walked only as far
+        // as the page.
+        let total: u64 = self
+            .census
+            .iter()
+            .filter(|(f, _)| {
+                f.filed && q.selects(f.status, f.sampled, f.severity.as_deref(), &f.rules)
+            })
+            .map(|(_, n)| *n)
+            .sum();
+        let selected = self.reviews_newest_first().filter(|i| i.selected(q));
+        for (seen, item) in selected.enumerate() {
+            if seen >= q.skip.saturating_add(q.take) {
+                break;
+            }
+            if seen >= q.skip && page.rows.len() < q.take {
                 if let Some(message) = self.message(item.seq) {
                     page.rows.push(QueueRow {
                         item: item.clone(),
@@ -81,8 +113,8 @@ impl Store {
                     });
                 }
             }
-            page.total += 1;
         }
+        page.total = usize::try_from(total).unwrap_or(usize::MAX);
         page
     }
 }
@@ -102,22 +134,27 @@ impl Store {
     /// Counts the open review items.
     pub fn open_items(&self) -> OpenItems {
         let mut o = OpenItems::default();
-        for i in self.reviews().filter(|i| i.status.is_open()) {
-            let escalated = u64::from(i.status == ReviewStatus::Escalated);
-            o.open += 1;
+        // From the census: items of one facet count alike.
+        for (f, &n) in self.census.iter().filter(|(f, _)| f.status.is_open()) {
+            let escalated = if f.status == ReviewStatus::Escalated {
+                n
+            } else {
+                0
+            };
+            o.open += n;
             o.escalated += escalated;
-            if i.sampled {
-                o.sampled += 1;
+            if f.sampled {
+                o.sampled += n;
                 continue;
             }
-            for r in &i.verdict.rules {
+            for r in &f.rules {
                 match o.by_rule.get_mut(r) {
                     Some(e) => {
-                        e.0 += 1;
+                        e.0 += n;
                         e.1 += escalated;
                     }
                     None => {
-                        o.by_rule.insert(r.clone(), (1, escalated));
+                        o.by_rule.insert(r.clone(), (n, escalated));
                     }
                 }
             }
