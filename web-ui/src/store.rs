@@ -3025,6 +3025,51 @@ mod tests {
     }
 
     #[test]
+    fn the_queue_counts_and_pages_what_its_filters_select_however_rare() {
+        let mut s = Store::new([1; 16], 0.0);
+        for seq in 1..=40u64 {
+            let mut e = msg(seq, "a@x/1", "b@x", Action::Flag);
+            if let Some(Record {
+                content: NewRecord::Message(m),
+                ..
+            }) = &mut e.record
+            {
+                m.capture.identity = format!("q{seq}");
+                m.outcome.rules = vec![if seq % 7 == 0 { "rare" } else { "common" }.into()];
+            }
+            s.apply(vec![e]);
+        }
+        for (rule, skip) in [
+            ("rare", 0),
+            ("rare", 3),
+            ("rare", 25),
+            ("common", 0),
+            ("common", 30),
+            ("", 35),
+        ] {
+            let q = QueueQuery {
+                status: "open",
+                kind: "",
+                rule,
+                severity: "",
+                skip,
+                take: 4,
+            };
+            let page = s.queue_page(&q);
+            let selected: Vec<MsgRef> = s
+                .reviews_newest_first()
+                .filter(|i| rule.is_empty() || i.verdict.rules.iter().any(|r| r == rule))
+                .map(|i| i.seq)
+                .collect();
+            assert_eq!(page.total, selected.len(), "{rule} {skip}");
+            let rows: Vec<MsgRef> = page.rows.iter().map(|r| r.item.seq).collect();
+            let want: Vec<MsgRef> = selected.iter().skip(skip).take(4).copied().collect();
+            assert_eq!(rows, want, "{rule} {skip}");
+        }
+        assert_eq!(s.open_items().by_rule.get("rare"), Some(&(5, 0)));
+    }
+
+    #[test]
     fn conversations_whose_hashes_collide_still_show_only_their_own_messages() {
         let mut s = Store::new([1; 16], 0.0);
         s.apply(vec![

@@ -96,9 +96,14 @@ impl Store {
             })
             .map(|(_, n)| *n)
             .sum();
+        // Past the page, or past the last item the query selects: nothing more to show.
+        let end = q
+            .skip
+            .saturating_add(q.take)
+            .min(usize::try_from(total).unwrap_or(usize::MAX));
         let selected = self.reviews_newest_first().filter(|i| i.selected(q));
         for (seen, item) in selected.enumerate() {
-            if seen >= q.skip.saturating_add(q.take) {
+            if seen >= end {
                 break;
             }
             if seen >= q.skip && page.rows.len() < q.take {
