@@ -20,17 +20,13 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use aes_gcm::aead::AeadInPlace;
-use aes_gcm::{Nonce, Tag};
-
-use super::rows::{Scratch, Spill};
+use super::rows::{Scratch, Spill, TAG_BYTES};
 use super::Packed;
 
 /// An identity as the store keys it (`identity_key`).
 pub(super) type Key = [u64; 2];
 
 const ENTRY_BYTES: usize = 24;
-const TAG_BYTES: usize = 16;
 /// Entries to a page: 42 of 24 bytes and the tag fill 1 KiB.
 pub(super) const PAGE_ENTRIES: usize = 42;
 /// Identities kept in memory before they are written out: 196,608 entries fill a hash
@@ -106,11 +102,8 @@ struct Run {
     filter: Filter,
 }
 
-fn nonce(page: usize) -> [u8; 12] {
-    let mut n = [0u8; 12];
-    n[..8].copy_from_slice(&(page as u64).to_le_bytes());
-    n
-}
+/// A run's pages are each sealed once: their seal count is always this.
+const SEALED_ONCE: u32 = 0;
 
 fn slot(spill: &Spill) -> usize {
     spill.ident_page * ENTRY_BYTES + TAG_BYTES
@@ -141,25 +134,14 @@ impl Run {
         buf: &mut [u8],
         out: &mut Vec<(Key, Packed)>,
     ) -> Result<(), String> {
-        let body = spill.ident_page * ENTRY_BYTES;
-        if buf.len() != body + TAG_BYTES {
+        if buf.len() != slot(spill) {
             return Err(format!("identity page {page} cut short"));
         }
-        let (plain, tag) = buf.split_at_mut(body);
         self.scratch
-            .cipher
-            .decrypt_in_place_detached(
-                Nonce::from_slice(&nonce(page)),
-                b"",
-                plain,
-                Tag::from_slice(tag),
-            )
-            .map_err(|_| {
-                format!("identity page {page} does not open: changed since it was sealed")
-            })?;
+            .open(page, SEALED_ONCE, buf)
+            .map_err(|e| format!("identity {e}"))?;
         out.extend(
-            plain
-                .chunks_exact(ENTRY_BYTES)
+            buf.chunks_exact(ENTRY_BYTES)
                 .take(self.page_len(spill, page))
                 .filter_map(decode),
         );
@@ -244,15 +226,9 @@ impl<'a> RunWriter<'a> {
     }
 
     fn seal(&mut self) -> Result<(), String> {
-        let body = self.spill.ident_page * ENTRY_BYTES;
-        self.page.resize(body, 0);
-        let tag = self
-            .scratch
-            .cipher
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce(self.pages)), b"", &mut self.page)
-            .map_err(|_| "sealing failed")?;
+        self.page.resize(slot(self.spill), 0);
+        self.scratch.seal(self.pages, SEALED_ONCE, &mut self.page)?;
         self.out.extend_from_slice(&self.page);
-        self.out.extend_from_slice(&tag);
         self.page.clear();
         self.pages += 1;
         if self.out.len() >= BATCH_PAGES * slot(self.spill) {

@@ -83,7 +83,7 @@ impl Row {
 
 /// Rows to a page.
 const PAGE_ROWS: usize = 16;
-const TAG_BYTES: usize = 16;
+pub(super) const TAG_BYTES: usize = 16;
 /// Pages written with one call at most.
 const WRITE_PAGES: usize = 64;
 /// Pages each chain keeps in memory: 8 MiB of rows, the copies of the last 131,072.
@@ -154,7 +154,42 @@ impl Spill {
 /// A scratch file and the key its pages are sealed under, which seals nothing else.
 pub(super) struct Scratch {
     pub(super) file: File,
-    pub(super) cipher: Aes256Gcm,
+    cipher: Aes256Gcm,
+}
+
+impl Scratch {
+    /// Seals `slot` in place (its body, then [`TAG_BYTES`] the tag goes into) as the
+    /// `count`th sealing of page `page`. A file's page and count never repeat.
+    pub(super) fn seal(&self, page: usize, count: u32, slot: &mut [u8]) -> Result<(), String> {
+        let body = slot
+            .len()
+            .checked_sub(TAG_BYTES)
+            .ok_or("no room for a tag")?;
+        let (plain, tag) = slot.split_at_mut(body);
+        let t = self
+            .cipher
+            .encrypt_in_place_detached(Nonce::from_slice(&nonce(page, count)), b"", plain)
+            .map_err(|_| "sealing failed")?;
+        tag.copy_from_slice(&t);
+        Ok(())
+    }
+
+    /// Opens a slot [`Scratch::seal`] made, in place; its body is then in the clear.
+    pub(super) fn open(&self, page: usize, count: u32, slot: &mut [u8]) -> Result<(), String> {
+        let body = slot
+            .len()
+            .checked_sub(TAG_BYTES)
+            .ok_or_else(|| format!("page {page} cut short"))?;
+        let (plain, tag) = slot.split_at_mut(body);
+        self.cipher
+            .decrypt_in_place_detached(
+                Nonce::from_slice(&nonce(page, count)),
+                b"",
+                plain,
+                Tag::from_slice(tag),
+            )
+            .map_err(|_| format!("page {page} does not open: changed since it was sealed"))
+    }
 }
 
 /// One chain's rows. Rows are handed out by value: where they are kept is this type's
@@ -210,19 +245,10 @@ fn open_page(
         .file
         .read_exact_at(&mut buf, at)
         .map_err(|e| e.to_string())?;
-    let (rows, tag) = buf.split_at_mut(spill.page_bytes());
-    scratch
-        .cipher
-        .decrypt_in_place_detached(
-            Nonce::from_slice(&nonce(page, count)),
-            b"",
-            rows,
-            Tag::from_slice(tag),
-        )
-        .map_err(|_| format!("page {page} does not open: changed since it was sealed"))?;
+    scratch.open(page, count, &mut buf)?;
     out.clear();
     out.extend(
-        rows.chunks_exact(ROW_BYTES)
+        buf.chunks_exact(ROW_BYTES)
             .take(n)
             .filter_map(|b| <&[u8; ROW_BYTES]>::try_from(b).ok())
             .map(Row::from_bytes),
@@ -332,12 +358,7 @@ impl Pages {
         for (r, b) in rows.iter().zip(buf.chunks_exact_mut(ROW_BYTES)) {
             b.copy_from_slice(&r.to_bytes());
         }
-        let (plain, tag) = buf.split_at_mut(spill.page_bytes());
-        let t = scratch
-            .cipher
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce(page, count)), b"", plain)
-            .map_err(|_| "sealing failed")?;
-        tag.copy_from_slice(&t);
+        scratch.seal(page, count, buf)?;
         // The count moves on before the write: a write that fails part-way leaves bytes
         // under this nonce, and the next seal of this page must not use it again. The
         // page stays in memory until a seal of it succeeds, so its slot is not read
