@@ -179,6 +179,14 @@ struct Facet {
 }
 
 impl Facet {
+    /// Whether `item` (filed as this facet is) still has this facet.
+    fn counts(&self, item: &ReviewItem) -> bool {
+        self.status == item.status
+            && self.sampled == item.sampled
+            && self.severity == item.verdict.severity
+            && self.rules == item.verdict.rules
+    }
+
     fn of(item: &ReviewItem, filed: bool) -> Facet {
         Facet {
             filed,
@@ -1169,18 +1177,19 @@ impl Store {
                 NewRecord::Message(m) => {
                     let c = m.capture;
                     // Copies join the group of the first copy with either identity.
-                    let mut names: Vec<[u64; 2]> = std::iter::once(c.identity)
-                        .chain(c.delivered_identity)
-                        .filter(|n| !n.is_empty())
-                        .map(|n| identity_key(&self.keys, &n))
-                        .collect();
+                    let mut names = [
+                        &c.identity,
+                        c.delivered_identity.as_ref().unwrap_or(&c.identity),
+                    ]
+                    .map(|n| (!n.is_empty()).then(|| identity_key(&self.keys, n)));
                     // Two spellings of one identity are one entry.
-                    names.dedup();
-                    let found: Vec<Option<Packed>> =
-                        names.iter().map(|n| self.identities.get(n)).collect();
-                    let group = found.iter().find_map(|g| *g).map_or(key, unpack);
+                    if names[0] == names[1] {
+                        names[1] = None;
+                    }
+                    let found = names.map(|n| n.and_then(|n| self.identities.get(&n)));
+                    let group = found.iter().flatten().next().copied().map_or(key, unpack);
                     for (n, g) in names.into_iter().zip(found) {
-                        if g.is_none() {
+                        if let (Some(n), None) = (n, g) {
                             self.identities.insert_new(n, pack(group));
                         }
                     }
@@ -1390,11 +1399,12 @@ impl Store {
         };
         let before = Facet::of(item, filed);
         f(item);
-        let after = Facet::of(item, filed);
-        if before != after {
-            self.uncount(&before);
-            *self.census.entry(after).or_default() += 1;
+        if before.counts(item) {
+            return true;
         }
+        let after = Facet::of(item, filed);
+        self.uncount(&before);
+        *self.census.entry(after).or_default() += 1;
         true
     }
 
