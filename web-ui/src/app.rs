@@ -259,8 +259,11 @@ impl App {
             .write_state(STATE_NAME)
             .map_err(crate::store::SnapshotError::from)
             .and_then(|mut w| {
-                store.save(&mut w)?;
-                Ok(w.finish()?)
+                let pages = store.save(&mut w)?;
+                let path = w.finish()?;
+                // The state in place names these pages; earlier saves' can go.
+                crate::store::remove_other_pages(&self.spill.dir(), &pages);
+                Ok(path)
             });
         if written.is_ok() {
             // Noted while the store is still held, so that a start-over (which drops

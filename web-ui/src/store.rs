@@ -20,12 +20,13 @@ use siphasher::sip128::SipHasher13;
 
 mod identities;
 mod rows;
+mod sealed;
 mod snapshot;
 mod views;
 use identities::Identities;
 use rows::Rows;
 pub use rows::{Spill, CACHE_PAGES};
-pub use snapshot::{Covered, SnapshotError};
+pub use snapshot::{remove_other_pages, Covered, SnapshotError};
 pub use views::{
     CopyRow, OpenItems, QueuePage, QueueQuery, QueueRow, RetentionOverview, Shown, Speaker,
 };
@@ -2399,6 +2400,22 @@ mod tests {
     ];
 
     /// Everything a store holds, in an order that does not depend on its hash maps.
+    /// `s` saved and read back under `id` and `rate`, as a restart does. The pages
+    /// file is removed once read back (the store read back keeps it open), so that
+    /// tests leave nothing behind.
+    fn saved_and_back(
+        s: &Store,
+        id: [u8; 16],
+        rate: f64,
+        spill: Arc<Spill>,
+    ) -> Result<(Store, Covered), SnapshotError> {
+        let mut bytes = Vec::new();
+        let name = s.save(&mut bytes)?;
+        let back = Store::restore(&bytes[..], id, rate, None, spill);
+        let _ = std::fs::remove_file(s.spill.dir().join(name));
+        back
+    }
+
     fn fingerprint(s: &Store) -> String {
         use std::fmt::Write as _;
         let mut out = String::new();
@@ -2514,9 +2531,7 @@ mod tests {
             for (node, e) in records.iter().take(cut).cloned() {
                 first.apply_chain(on(node), vec![e]);
             }
-            let mut bytes = Vec::new();
-            first.save(&mut bytes).unwrap();
-            let (mut back, read) = Store::restore(&bytes[..], [3; 16], 0.3, None, Spill::tiny()).unwrap();
+            let (mut back, read) = saved_and_back(&first, [3; 16], 0.3, Spill::tiny()).unwrap();
             prop_assert_eq!(read, first.covered());
             prop_assert_eq!(fingerprint(&back), fingerprint(&first));
             for (node, e) in records.iter().skip(cut).cloned() {
@@ -2794,8 +2809,7 @@ mod tests {
         assert!(s.message(MsgRef::own(1)).is_some());
         assert!(!s.damaged());
         assert!(!s.involves(MsgRef::own(40), &["z@x".to_string()]));
-        let mut saved = Vec::new();
-        s.save(&mut saved).unwrap();
+        saved_and_back(&s, [1; 16], 0.0, Spill::tiny()).unwrap();
         // Someone who can write the archive directory changes the scratch file.
         let file = s.chains[0]
             .rows
@@ -2859,7 +2873,7 @@ mod tests {
         assert_eq!(s.copies(MsgRef::own(1)).len(), 2);
         assert!(!s.damaged());
         let mut saved = Vec::new();
-        s.save(&mut saved).unwrap();
+        let pages = s.save(&mut saved).unwrap();
         // Someone who can write the archive directory changes the identities on disk.
         for f in s.identities.files() {
             let mut b = [0u8; 1];
@@ -2885,6 +2899,7 @@ mod tests {
         assert!(s.save(&mut Vec::new()).is_err());
         // What was saved before reads back whole, and joins the late copy.
         let (mut back, _) = Store::restore(&saved[..], [1; 16], 0.0, None, Spill::tiny()).unwrap();
+        let _ = std::fs::remove_file(s.spill.dir().join(pages));
         back.apply(vec![copy(
             42,
             "id-2",
@@ -2976,9 +2991,7 @@ mod tests {
                 Ok(())
             };
             check(&s, seqs)?;
-            let mut bytes = Vec::new();
-            s.save(&mut bytes).unwrap();
-            let (back, _) = Store::restore(&bytes[..], [1; 16], 0.0, None, Spill::tiny()).unwrap();
+            let (back, _) = saved_and_back(&s, [1; 16], 0.0, Spill::tiny()).unwrap();
             check(&back, seqs)?;
             seqs[0] += 1;
             s.apply(vec![entry(seqs[0], NewRecord::Event(EventRecord::Shred {
@@ -2992,9 +3005,7 @@ mod tests {
                 put(&mut s, &mut seqs, &format!("later{i}"), *t, *node, *conv, 2);
             }
             check(&s, seqs)?;
-            let mut bytes = Vec::new();
-            s.save(&mut bytes).unwrap();
-            let (back, _) = Store::restore(&bytes[..], [1; 16], 0.0, None, Spill::tiny()).unwrap();
+            let (back, _) = saved_and_back(&s, [1; 16], 0.0, Spill::tiny()).unwrap();
             check(&back, seqs)?;
         }
 
@@ -3549,16 +3560,8 @@ mod tests {
         // Saved before the shred, read back after it.
         let mut before = Store::new([5; 16], 0.0);
         before.apply(vec![first.clone(), second.clone()]);
-        let mut bytes = Vec::new();
-        before.save(&mut bytes).unwrap();
-        let (mut back, _) = Store::restore(
-            &bytes[..],
-            [5; 16],
-            0.0,
-            None,
-            Spill::new(None, CACHE_PAGES),
-        )
-        .unwrap();
+        let (mut back, _) =
+            saved_and_back(&before, [5; 16], 0.0, Spill::new(None, CACHE_PAGES)).unwrap();
         back.apply(vec![shred.clone()]);
         // A full read after the shred: segment 1's key is gone, its record does not open.
         let mut gone = first;

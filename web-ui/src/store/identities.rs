@@ -16,11 +16,11 @@
 //! from the server's archive, say) reads one page of the run that holds it.
 
 use std::collections::HashMap;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::rows::{Scratch, Spill, TAG_BYTES};
+use super::sealed::{Region, Sealer};
 use super::Packed;
 
 /// An identity as the store keys it (`identity_key`).
@@ -53,10 +53,14 @@ fn mix(mut z: u64) -> u64 {
 impl Filter {
     fn new(entries: usize) -> Filter {
         Filter {
-            // Bounded whatever a caller claims: a smaller filter only answers "maybe"
-            // more often.
-            blocks: vec![[0; 8]; entries.min(1 << 28).saturating_mul(10).div_ceil(512).max(1)],
+            blocks: vec![[0; 8]; Filter::blocks_for(entries)],
         }
+    }
+
+    /// Blocks of a filter for `entries`: bounded whatever a caller claims, since a
+    /// smaller filter only answers "maybe" more often.
+    fn blocks_for(entries: usize) -> usize {
+        entries.min(1 << 28).saturating_mul(10).div_ceil(512).max(1)
     }
 
     /// The block of `k` and its seven bits in it (9 bits of hash each).
@@ -93,17 +97,14 @@ impl Filter {
     }
 }
 
-/// A sorted run of entries in its own scratch file.
+/// A sorted run of entries in its own scratch file, or in a saved state's pages file.
 struct Run {
-    scratch: Scratch,
+    region: Region,
     len: usize,
     /// Each page's first identity.
     firsts: Vec<Key>,
     filter: Filter,
 }
-
-/// A run's pages are each sealed once: their seal count is always this.
-const SEALED_ONCE: u32 = 0;
 
 fn slot(spill: &Spill) -> usize {
     spill.ident_page * ENTRY_BYTES + TAG_BYTES
@@ -137,8 +138,8 @@ impl Run {
         if buf.len() != slot(spill) {
             return Err(format!("identity page {page} cut short"));
         }
-        self.scratch
-            .open(page, SEALED_ONCE, buf)
+        self.region
+            .open(page, buf)
             .map_err(|e| format!("identity {e}"))?;
         out.extend(
             buf.chunks_exact(ENTRY_BYTES)
@@ -157,12 +158,10 @@ impl Run {
         let Some(page) = self.firsts.partition_point(|f| f <= k).checked_sub(1) else {
             return Ok(None);
         };
-        let slot = slot(spill);
-        let mut buf = vec![0u8; slot];
-        self.scratch
-            .file
-            .read_exact_at(&mut buf, (page as u64).saturating_mul(slot as u64))
-            .map_err(|e| format!("identity page {page}: {e}"))?;
+        let mut buf = vec![0u8; slot(spill)];
+        self.region
+            .read(page, &mut buf)
+            .map_err(|e| format!("identity {e}"))?;
         let mut entries = Vec::with_capacity(spill.ident_page);
         self.open(spill, page, &mut buf, &mut entries)?;
         Ok(entries
@@ -176,34 +175,39 @@ impl Run {
 /// Writes a run, entries in increasing order, pages sealed in batches.
 struct RunWriter<'a> {
     spill: &'a Spill,
-    scratch: Scratch,
+    out: Sealer,
+    region: Region,
     len: usize,
     firsts: Vec<Key>,
     filter: Filter,
     /// The page being filled, in the clear.
     page: Vec<u8>,
-    /// Sealed pages not written yet, and where they go.
-    out: Vec<u8>,
-    out_at: u64,
-    pages: usize,
     last: Option<Key>,
 }
 
 impl<'a> RunWriter<'a> {
-    /// A writer for about `expected` entries (the filter is sized for them).
+    /// A writer for about `expected` entries (the filter is sized for them) into a
+    /// new scratch file.
     fn new(spill: &'a Spill, expected: usize) -> Result<RunWriter<'a>, String> {
-        Ok(RunWriter {
+        Ok(RunWriter::into(
             spill,
-            scratch: spill.scratch()?,
+            Sealer::new(Arc::new(spill.scratch()?)),
+            expected,
+        ))
+    }
+
+    /// A writer for about `expected` entries into `out`, from where it stands.
+    fn into(spill: &'a Spill, out: Sealer, expected: usize) -> RunWriter<'a> {
+        RunWriter {
+            spill,
+            region: out.region(slot(spill)),
+            out,
             len: 0,
             firsts: Vec::with_capacity(expected.min(1 << 28).div_ceil(spill.ident_page)),
             filter: Filter::new(expected),
-            page: Vec::with_capacity(spill.ident_page * ENTRY_BYTES),
-            out: Vec::new(),
-            out_at: 0,
-            pages: 0,
+            page: Vec::with_capacity(slot(spill)),
             last: None,
-        })
+        }
     }
 
     fn push(&mut self, k: Key, g: Packed) -> Result<(), String> {
@@ -227,38 +231,29 @@ impl<'a> RunWriter<'a> {
 
     fn seal(&mut self) -> Result<(), String> {
         self.page.resize(slot(self.spill), 0);
-        self.scratch.seal(self.pages, SEALED_ONCE, &mut self.page)?;
-        self.out.extend_from_slice(&self.page);
+        let sealed = self.out.push(&mut self.page);
         self.page.clear();
-        self.pages += 1;
-        if self.out.len() >= BATCH_PAGES * slot(self.spill) {
-            self.flush()?;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<(), String> {
-        self.scratch
-            .file
-            .write_all_at(&self.out, self.out_at)
-            .map_err(|e| e.to_string())?;
-        self.out_at += self.out.len() as u64;
-        self.out.clear();
-        Ok(())
+        sealed
     }
 
     /// The run written, or `None` if it is empty.
-    fn finish(mut self) -> Result<Option<Run>, String> {
+    fn finish(self) -> Result<Option<Run>, String> {
+        self.finish_into().map(|(run, _)| run)
+    }
+
+    /// [`RunWriter::finish`], and what it wrote into, to go on writing.
+    fn finish_into(mut self) -> Result<(Option<Run>, Sealer), String> {
         if !self.page.is_empty() {
             self.seal()?;
         }
-        self.flush()?;
-        Ok((self.len > 0).then_some(Run {
-            scratch: self.scratch,
+        self.out.flush()?;
+        let run = (self.len > 0).then_some(Run {
+            region: self.region,
             len: self.len,
             firsts: self.firsts,
             filter: self.filter,
-        }))
+        });
+        Ok((run, self.out))
     }
 }
 
@@ -294,10 +289,9 @@ impl<'a> RunReader<'a> {
             let slot = slot(self.spill);
             self.buf.resize(n * slot, 0);
             self.run
-                .scratch
-                .file
-                .read_exact_at(&mut self.buf, (self.page * slot) as u64)
-                .map_err(|e| format!("identity page {}: {e}", self.page))?;
+                .region
+                .read(self.page, &mut self.buf)
+                .map_err(|e| format!("identity {e}"))?;
             self.entries.clear();
             self.at = 0;
             for (i, b) in self.buf.chunks_exact_mut(slot).enumerate() {
@@ -556,25 +550,103 @@ impl Identities {
         })
     }
 
-    /// A table read back from `n` entries in increasing order: [`Loader::push`] each,
-    /// then [`Loader::finish`].
-    pub(super) fn loader(spill: &Arc<Spill>, n: usize) -> Loader<'_> {
-        let disk = if n > spill.ident_recent {
-            match RunWriter::new(spill, n) {
-                Ok(w) => Some(w),
-                Err(e) => {
-                    tracing::error!(cause = %e, "the review state's identity table cannot be written to its scratch file; it stays in memory");
-                    None
-                }
-            }
-        } else {
-            None
+    /// Writes every entry, in identity order, into `out` as one run, and says where
+    /// it went (see `sealed.rs`).
+    pub(super) fn save_into(&self, out: Sealer) -> Result<(Saved, Sealer), String> {
+        let n = self.len();
+        let mut w = RunWriter::into(&self.spill, out, n);
+        let mut written = 0;
+        for (k, g) in self.sorted() {
+            w.push(k, g)?;
+            written += 1;
+        }
+        if written != n || self.damaged() {
+            return Err("identities of it could not be read back".into());
+        }
+        let (at, first) = (w.region.at, w.region.first);
+        let (run, out) = w.finish_into()?;
+        let saved = match run {
+            Some(r) => Saved {
+                at,
+                first,
+                len: r.len,
+                firsts: r.firsts,
+                filter: r.filter.blocks,
+            },
+            None => Saved {
+                at,
+                first,
+                len: 0,
+                firsts: Vec::new(),
+                filter: Vec::new(),
+            },
         };
-        Loader {
-            spill,
-            disk,
-            memory: HashMap::new(),
-            last: None,
+        Ok((saved, out))
+    }
+
+    /// The table [`Identities::save_into`] wrote into the pages file `file`. Nothing
+    /// is read now; a page that does not open when read marks the table damaged.
+    pub(super) fn adopt(
+        spill: &Arc<Spill>,
+        file: &Arc<Scratch>,
+        saved: Saved,
+    ) -> Result<Identities, String> {
+        let mut t = Identities::new(spill.clone());
+        if saved.len == 0 {
+            return Ok(t);
+        }
+        let pages = saved.len.div_ceil(spill.ident_page.max(1));
+        if saved.firsts.len() != pages || saved.filter.len() != Filter::blocks_for(saved.len) {
+            return Err(format!(
+                "{} identities with {} pages and {} filter blocks",
+                saved.len,
+                saved.firsts.len(),
+                saved.filter.len()
+            ));
+        }
+        if saved.firsts.windows(2).any(|w| w[0] >= w[1]) {
+            return Err("identity pages out of order".into());
+        }
+        t.runs.push(Run {
+            region: Region {
+                scratch: file.clone(),
+                at: saved.at,
+                first: saved.first,
+                slot: slot(spill),
+            },
+            len: saved.len,
+            firsts: saved.firsts,
+            filter: Filter {
+                blocks: saved.filter,
+            },
+        });
+        Ok(t)
+    }
+}
+
+/// What a saved state keeps of the identity table it wrote into its pages file: where
+/// the run lies, how many entries, each page's first, and the filter.
+pub(super) struct Saved {
+    pub(super) at: u64,
+    pub(super) first: u64,
+    pub(super) len: usize,
+    pub(super) firsts: Vec<Key>,
+    pub(super) filter: Vec<[u64; 8]>,
+}
+
+impl Saved {
+    /// Bytes of the pages file up to the run's end.
+    pub(super) fn end(&self, spill: &Spill) -> u64 {
+        self.at
+            .saturating_add((self.firsts.len() as u64).saturating_mul(slot(spill) as u64))
+    }
+
+    /// The filter's blocks a table of `len` entries has.
+    pub(super) fn filter_blocks(len: usize) -> usize {
+        if len == 0 {
+            0
+        } else {
+            Filter::blocks_for(len)
         }
     }
 }
@@ -583,7 +655,7 @@ impl Identities {
 impl Identities {
     /// The runs' scratch files.
     pub(super) fn files(&self) -> Vec<&std::fs::File> {
-        self.runs.iter().map(|r| &r.scratch.file).collect()
+        self.runs.iter().map(|r| &r.region.scratch.file).collect()
     }
 }
 
@@ -618,49 +690,21 @@ fn write_run(
     w.finish().map_err(Failure::Write)
 }
 
-/// Reads a saved table back; see [`Identities::loader`].
-pub(super) struct Loader<'a> {
-    spill: &'a Arc<Spill>,
-    disk: Option<RunWriter<'a>>,
-    memory: HashMap<Key, Packed>,
-    last: Option<Key>,
-}
-
-impl Loader<'_> {
-    pub(super) fn push(&mut self, k: Key, g: Packed) -> Result<(), String> {
-        if self.last.is_some_and(|l| l >= k) {
-            return Err("identities out of order".into());
-        }
-        self.last = Some(k);
-        match &mut self.disk {
-            Some(w) => w.push(k, g),
-            None => {
-                self.memory.insert(k, g);
-                Ok(())
-            }
-        }
-    }
-
-    pub(super) fn finish(self) -> Result<Identities, String> {
-        let mut t = Identities::new(self.spill.clone());
-        match self.disk {
-            Some(w) => t.runs.extend(w.finish()?),
-            None => {
-                t.limit = t.limit.max(self.memory.len().saturating_add(1));
-                t.recent = self.memory;
-            }
-        }
-        Ok(t)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::os::unix::fs::FileExt;
 
     fn key(i: u64) -> Key {
         [mix(i.wrapping_mul(3)), i]
+    }
+
+    /// A pages file (unnamed, in the temporary directory) and its key.
+    fn saved_pages(spill: &Spill) -> (Arc<Scratch>, [u8; 32]) {
+        let key = [7u8; 32];
+        let file = tempfile::tempfile_in(spill.dir()).unwrap();
+        (Arc::new(Scratch::with_key(file, &key)), key)
     }
 
     proptest! {
@@ -693,11 +737,10 @@ mod tests {
             m.retain(|_, g| { *g += 1; *g <= cut });
             let walked: Vec<(Key, Packed)> = t.sorted().collect();
             prop_assert_eq!(&walked, &m.iter().map(|(k, g)| (*k, *g)).collect::<Vec<_>>());
-            let mut l = Identities::loader(&spill, walked.len());
-            for (k, g) in &walked {
-                l.push(*k, *g).unwrap();
-            }
-            let back = l.finish().unwrap();
+            let (file, _) = saved_pages(&spill);
+            let (saved, _) = t.save_into(Sealer::new(file.clone())).unwrap();
+            prop_assert_eq!(saved.len, walked.len());
+            let back = Identities::adopt(&spill, &file, saved).unwrap();
             for i in 0..45 {
                 prop_assert_eq!(back.get(&key(i)), m.get(&key(i)).copied());
             }
@@ -758,7 +801,7 @@ mod tests {
             let mut bytes = Vec::new();
             let mut at = 0u64;
             let mut buf = [0u8; 4096];
-            while let Ok(n) = run.scratch.file.read_at(&mut buf, at) {
+            while let Ok(n) = run.region.scratch.file.read_at(&mut buf, at) {
                 if n == 0 {
                     break;
                 }
@@ -771,7 +814,11 @@ mod tests {
                 "an identity in the clear"
             );
             if !flipped {
-                run.scratch.file.write_all_at(&[bytes[0] ^ 1], 0).unwrap();
+                run.region
+                    .scratch
+                    .file
+                    .write_all_at(&[bytes[0] ^ 1], 0)
+                    .unwrap();
                 flipped = true;
             }
         }

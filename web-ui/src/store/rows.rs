@@ -19,9 +19,10 @@ use std::sync::{Arc, Mutex};
 use aes_gcm::aead::{AeadInPlace, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
 
+use super::sealed::{Region, Sealer};
 use super::Row;
 
-/// A row's fixed size in the saved state.
+/// A row's fixed size in a page.
 pub(super) const ROW_BYTES: usize = 8 * 5 + 4 * 5 + 2;
 
 impl Row {
@@ -139,15 +140,29 @@ impl Spill {
 
     /// A new scratch file and its own key.
     pub(super) fn scratch(&self) -> Result<Scratch, String> {
-        let dir = self.dir.clone().unwrap_or_else(std::env::temp_dir);
+        let dir = self.dir();
         let mut key = [0u8; 32];
         getrandom::getrandom(&mut key).map_err(|e| format!("no key for a scratch file: {e}"))?;
-        let cipher = Aes256Gcm::new(&key.into());
-        key.fill(0);
-        std::fs::create_dir_all(&dir)
+        let made = std::fs::create_dir_all(&dir)
             .and_then(|()| tempfile::tempfile_in(&dir))
-            .map(|file| Scratch { file, cipher })
-            .map_err(|e| format!("a scratch file in {}: {e}", dir.display()))
+            .map(|file| Scratch::with_key(file, &key))
+            .map_err(|e| format!("a scratch file in {}: {e}", dir.display()));
+        key.fill(0);
+        made
+    }
+
+    /// Where scratch files and the saved state's pages file go.
+    pub fn dir(&self) -> PathBuf {
+        self.dir.clone().unwrap_or_else(std::env::temp_dir)
+    }
+
+    /// Bytes of a sealed page of rows.
+    pub(super) fn row_slot(&self) -> usize {
+        self.page_bytes() + TAG_BYTES
+    }
+
+    pub(super) fn page_rows(&self) -> usize {
+        self.page_rows
     }
 }
 
@@ -158,6 +173,14 @@ pub(super) struct Scratch {
 }
 
 impl Scratch {
+    /// `file`, its pages sealed under `key`.
+    pub(super) fn with_key(file: File, key: &[u8; 32]) -> Scratch {
+        Scratch {
+            file,
+            cipher: Aes256Gcm::new(key.into()),
+        }
+    }
+
     /// Seals `slot` in place (its body, then [`TAG_BYTES`] the tag goes into) as the
     /// `count`th sealing of page `page`. A file's page and count never repeat.
     pub(super) fn seal(&self, page: usize, count: u32, slot: &mut [u8]) -> Result<(), String> {
@@ -209,6 +232,10 @@ struct Pages {
     file: Option<Arc<Scratch>>,
     /// Per page, how many times it has been sealed into the file (0: never).
     sealed: Vec<u32>,
+    /// Pages as the saved state had them (`sealed.rs`), read from its pages file until
+    /// they are sealed into the scratch file: the first `base_pages` pages.
+    base: Option<Region>,
+    base_pages: usize,
     cache: HashMap<usize, Cached>,
     /// Row buffers of pages that left memory, for the next ones to come in: pages
     /// come and go without the allocator (whose freed pieces, scattered among
@@ -231,21 +258,39 @@ struct Cached {
     used: u64,
 }
 
-/// Reads page `page` (`n` rows), sealed for the `count`th time, from `file` into `out`.
+/// Where a page out of memory is read from.
+enum Source {
+    /// The scratch file, where it was sealed for the `count`th time.
+    Scratch(Arc<Scratch>, u32),
+    /// The saved state's pages file.
+    Base(Region),
+}
+
+/// Reads page `page` (`n` rows) from `from` into `out`.
 fn open_page(
     spill: &Spill,
-    scratch: &Scratch,
-    (page, count, n): (usize, u32, usize),
+    from: &Source,
+    (page, n): (usize, usize),
     out: &mut Vec<Row>,
 ) -> Result<(), String> {
-    let slot = spill.page_bytes() + TAG_BYTES;
+    let slot = spill.row_slot();
     let mut buf = vec![0u8; slot];
-    let at = (page as u64).saturating_mul(slot as u64);
-    scratch
-        .file
-        .read_exact_at(&mut buf, at)
-        .map_err(|e| e.to_string())?;
-    scratch.open(page, count, &mut buf)?;
+    match from {
+        Source::Scratch(scratch, count) => {
+            let at = (page as u64).saturating_mul(slot as u64);
+            scratch
+                .file
+                .read_exact_at(&mut buf, at)
+                .map_err(|e| e.to_string())?;
+            scratch.open(page, *count, &mut buf)?;
+        }
+        Source::Base(region) => {
+            region.read(page, &mut buf)?;
+            region
+                .open(page, &mut buf)
+                .map_err(|e| format!("saved state's {e}"))?;
+        }
+    }
     out.clear();
     out.extend(
         buf.chunks_exact(ROW_BYTES)
@@ -280,19 +325,30 @@ impl Pages {
         }
     }
 
+    /// Where page `page` is read from when it is not in memory; `None` for a page
+    /// never sealed (one begun now).
+    fn source(&self, page: usize) -> Option<Result<Source, String>> {
+        match self.sealed.get(page).copied().unwrap_or(0) {
+            0 => match &self.base {
+                Some(base) if page < self.base_pages => Some(Ok(Source::Base(base.clone()))),
+                _ => None,
+            },
+            count => Some(match &self.file {
+                Some(file) => Ok(Source::Scratch(file.clone(), count)),
+                None => Err(format!(
+                    "page {page} was sealed, but there is no scratch file"
+                )),
+            }),
+        }
+    }
+
     /// Page `page` (`n` rows) read back from the file.
     fn read(&mut self, spill: &Spill, page: usize, n: usize) -> Option<Vec<Row>> {
         let mut rows = self.buffer(spill);
-        let count = self.sealed.get(page).copied().unwrap_or(0);
-        if count == 0 {
-            // Never sealed: a page begun now.
-            return Some(rows);
-        }
-        let opened = match self.file.clone() {
-            Some(file) => open_page(spill, &file, (page, count, n), &mut rows),
-            None => Err(format!(
-                "page {page} was sealed, but there is no scratch file"
-            )),
+        let opened = match self.source(page) {
+            None => return Some(rows),
+            Some(Ok(from)) => open_page(spill, &from, (page, n), &mut rows),
+            Some(Err(e)) => Err(e),
         };
         match opened {
             Ok(()) => Some(rows),
@@ -489,6 +545,63 @@ impl Rows {
         self.len
     }
 
+    /// Rows a saved state wrote with [`Rows::seal_pages`]: `len` rows in `region`,
+    /// each page's first seq in `firsts`. Nothing is read now: a page is read when
+    /// first needed, and a page that does not open then marks the rows damaged.
+    pub(super) fn adopt(
+        spill: Arc<Spill>,
+        region: Region,
+        len: usize,
+        firsts: Vec<u64>,
+    ) -> Result<Rows, String> {
+        let pages = len.div_ceil(spill.page_rows.max(1));
+        if firsts.len() != pages || region.slot != spill.row_slot() {
+            return Err(format!(
+                "{len} rows in {} pages of {} bytes",
+                firsts.len(),
+                region.slot
+            ));
+        }
+        if firsts.windows(2).any(|w| w[0] >= w[1]) {
+            return Err("pages out of order".into());
+        }
+        Ok(Rows {
+            len,
+            firsts,
+            spill,
+            pages: Mutex::new(Pages {
+                base: Some(region),
+                base_pages: pages,
+                ..Pages::default()
+            }),
+        })
+    }
+
+    /// Seals every page into `out`, in order, and says where they went; a page that
+    /// cannot be read is an error (logged, and the rows marked damaged).
+    pub(super) fn seal_pages(&self, out: &mut Sealer) -> Result<Region, String> {
+        let region = out.region(self.spill.row_slot());
+        let mut slot = vec![0u8; self.spill.row_slot()];
+        for page in 0..self.page_count() {
+            slot.fill(0);
+            let filled = self.with_page(page, false, |rows| {
+                for (r, b) in rows.iter().zip(slot.chunks_exact_mut(ROW_BYTES)) {
+                    b.copy_from_slice(&r.to_bytes());
+                }
+            });
+            if filled.is_none() {
+                return Err(format!("page {page} of the rows cannot be read back"));
+            }
+            out.push(&mut slot)?;
+        }
+        Ok(region)
+    }
+
+    /// Each page's first seq.
+    pub(super) fn firsts(&self) -> &[u64] {
+        &self.firsts
+    }
+
     /// Rows in page `page`.
     fn page_len(&self, page: usize) -> usize {
         self.len
@@ -510,7 +623,7 @@ impl Rows {
     /// the pages in memory when `keep`.
     fn with_page<T>(&self, page: usize, keep: bool, f: impl FnOnce(&[Row]) -> T) -> Option<T> {
         let n = self.page_len(page);
-        let (file, count, mut rows) = {
+        let (from, mut rows) = {
             let mut pages = self.lock();
             pages.clock += 1;
             let clock = pages.clock;
@@ -518,13 +631,12 @@ impl Rows {
                 c.used = clock;
                 return Some(f(&c.rows));
             }
-            let count = pages.sealed.get(page).copied().unwrap_or(0);
-            match (&pages.file, count) {
-                (Some(file), 1..) => (file.clone(), count, pages.buffer(&self.spill)),
+            match pages.source(page) {
+                Some(Ok(from)) => (from, pages.buffer(&self.spill)),
                 _ => return pages.load(&self.spill, page, n).map(|c| f(&c.rows)),
             }
         };
-        let opened = open_page(&self.spill, &file, (page, count, n), &mut rows);
+        let opened = open_page(&self.spill, &from, (page, n), &mut rows);
         let mut pages = self.lock();
         if opened.is_err() {
             pages.spare.push(rows);

@@ -1,11 +1,15 @@
 //! The store written out whole and read back, so a restart goes on from the last
 //! record it covers instead of reading every record again (see `docs/web-ui.md`).
 //!
-//! The bytes go into a sealed state file of the archive (`custos_archive::state`),
-//! which encrypts and authenticates them; this module only lays them out. Rows, the
-//! identity table (in identity order) and the conversations (each with its blocks) are
-//! fixed-size entries written field by field (little-endian); the rest (review items,
-//! counts, holds) is small beside them. The
+//! The rows and the identity table, the bulk of it, go into a new pages file beside
+//! the state, sealed page by page under a key of its own (`sealed.rs`); a start takes
+//! that file as it is and reads a page of it when first needed. The rest goes into a
+//! sealed state file of the archive (`custos_archive::state`), which encrypts and
+//! authenticates it, with the pages file's name and key, where each chain's rows and
+//! the identities lie in it, each page's first row or identity, and the identities'
+//! filter: what a start reads whole. This module only lays it out: the conversations
+//! (each with its blocks) are fixed-size entries written field by field
+//! (little-endian); the rest (review items, counts, holds) is small beside them. The
 //! layout carries a version: a file of another version is not read, and the store is
 //! rebuilt from the log.
 //!
@@ -15,10 +19,18 @@
 
 use std::io::{Read, Write};
 
+use super::rows::{Rows, Scratch};
+use super::sealed::{self, Region, Sealer};
 use super::*;
 
+/// Removes the pages files of earlier saves in the state directory `dir`: those the
+/// state file now in place does not name (`keep`).
+pub fn remove_other_pages(dir: &std::path::Path, keep: &str) {
+    sealed::remove_others(dir, keep);
+}
+
 /// Bumped whenever the layout or the meaning of a field changes.
-const VERSION: u32 = 3;
+const VERSION: u32 = 4;
 const MAGIC: &[u8; 16] = b"custos-web-ui-st";
 const END: u64 = 0x656e_6420_6f66_2073;
 
@@ -99,9 +111,6 @@ impl<W: Write> Enc<W> {
     fn status(&mut self, s: ReviewStatus) -> std::io::Result<()> {
         self.u8(status_bits(s))
     }
-    fn row(&mut self, r: &Row) -> std::io::Result<()> {
-        self.raw(&r.to_bytes())
-    }
     fn event(&mut self, e: &ReviewEvent) -> std::io::Result<()> {
         self.msg_ref(e.audit)?;
         self.i64(e.time.0)?;
@@ -147,7 +156,6 @@ impl<W: Write> Enc<W> {
     }
 }
 
-/// Bytes of a row as saved (its fields without padding).
 /// Most entries a saved list may claim before it is called malformed (a store of 2^40
 /// rows would not fit in memory first); lists are allocated as they are read, not from
 /// the length.
@@ -237,9 +245,6 @@ impl<R: Read> Dec<R> {
             .copied()
             .ok_or_else(|| malformed(format!("review status {b}")))
     }
-    fn row(&mut self) -> Result<Row, SnapshotError> {
-        Ok(Row::from_bytes(&self.raw()?))
-    }
     fn event(&mut self) -> Result<ReviewEvent, SnapshotError> {
         Ok(ReviewEvent {
             audit: self.msg_ref()?,
@@ -324,11 +329,51 @@ fn status_bits(s: ReviewStatus) -> u8 {
 }
 
 impl Store {
-    /// Writes the whole store to `w`.
-    pub fn save(&self, w: impl Write) -> Result<(), SnapshotError> {
+    /// Writes the whole store: its rows and identities into a new pages file beside
+    /// the scratch files (`sealed.rs`), the rest, with that file's name and key, to
+    /// `w`. Returns the pages file's name: once `w` is in place, the pages files of
+    /// earlier saves can go ([`remove_other_pages`]).
+    pub fn save(&self, w: impl Write) -> Result<String, SnapshotError> {
         if self.damaged() {
             return Err(malformed("not saved: rows of it could not be read back"));
         }
+        let dir = self.spill.dir();
+        let (name, mut key, file) = sealed::create(&dir).map_err(|e| {
+            SnapshotError::Io(std::io::Error::other(format!(
+                "the saved state's pages: {e}"
+            )))
+        })?;
+        let written = self.save_with(w, &name, &key, file);
+        key.fill(0);
+        if written.is_err() {
+            // Nothing names it.
+            let _ = std::fs::remove_file(dir.join(&name));
+        }
+        written.map(|()| name)
+    }
+
+    fn save_with(
+        &self,
+        w: impl Write,
+        name: &str,
+        key: &[u8; 32],
+        file: Arc<Scratch>,
+    ) -> Result<(), SnapshotError> {
+        let failed = |what: &str, e: String| malformed(format!("not saved: {what}: {e}"));
+        let mut out = Sealer::new(file);
+        let mut rows = Vec::with_capacity(self.chains.len());
+        for c in &self.chains {
+            rows.push(c.rows.seal_pages(&mut out).map_err(|e| failed("rows", e))?);
+            // A page that could not be read back was an error above.
+            if c.rows.damaged() {
+                return Err(malformed("not saved: rows of it could not be read back"));
+            }
+        }
+        let (identities, mut out) = self
+            .identities
+            .save_into(out)
+            .map_err(|e| failed("identities", e))?;
+        out.sync().map_err(|e| failed("pages", e))?;
         let mut e = Enc { w };
         e.raw(MAGIC)?;
         e.u32(VERSION)?;
@@ -338,8 +383,13 @@ impl Store {
         for k in self.keys.0 {
             e.u64(k)?;
         }
+        e.str(name)?;
+        e.raw(key)?;
+        e.len(self.spill.page_rows())?;
+        e.len(self.spill.ident_page)?;
+        e.u64(out.len())?;
         e.len(self.chains.len())?;
-        for c in &self.chains {
+        for (c, region) in self.chains.iter().zip(&rows) {
             e.opt_str(c.node.as_deref())?;
             e.u64(c.next_seq)?;
             e.raw(&c.head)?;
@@ -348,28 +398,23 @@ impl Store {
                 e.u64(*s)?;
             }
             e.len(c.rows.len())?;
-            for r in c.rows.iter() {
-                e.row(&r)?;
-            }
-            // A page that could not be read back was left out above.
-            if c.rows.damaged() {
-                return Err(malformed("not saved: rows of it could not be read back"));
+            e.u64(region.at)?;
+            e.u64(region.first)?;
+            for f in c.rows.firsts() {
+                e.u64(*f)?;
             }
         }
-        // In identity order, so that reading back writes them out as one run.
-        let n = self.identities.len();
-        e.len(n)?;
-        let mut written = 0;
-        for (k, g) in self.identities.sorted() {
+        e.len(identities.len)?;
+        e.u64(identities.at)?;
+        e.u64(identities.first)?;
+        for k in &identities.firsts {
             e.u64(k[0])?;
             e.u64(k[1])?;
-            e.u64(g)?;
-            written += 1;
         }
-        if written != n || self.identities.damaged() {
-            return Err(malformed(
-                "not saved: identities of it could not be read back",
-            ));
+        for block in &identities.filter {
+            for w in block {
+                e.u64(*w)?;
+            }
         }
         e.len(self.detached.len())?;
         for (g, first) in &self.detached {
@@ -541,6 +586,19 @@ impl Store {
             )));
         }
         s.keys = HashKeys([d.u64()?, d.u64()?, d.u64()?, d.u64()?]);
+        let name = d.str()?;
+        let mut key: [u8; 32] = d.raw()?;
+        let (page_rows, ident_page) = (d.len()?, d.len()?);
+        if page_rows != s.spill.page_rows() || ident_page != s.spill.ident_page {
+            key.fill(0);
+            return Err(SnapshotError::Stale(format!(
+                "with pages of {page_rows} rows and {ident_page} identities"
+            )));
+        }
+        let size = d.u64()?;
+        let opened = sealed::open(&s.spill.dir(), &name, &key, size);
+        key.fill(0);
+        let file = opened.map_err(|e| malformed(format!("its pages file: {e}")))?;
         let chains = d.len()?;
         if chains == 0 || chains > MAX_CHAINS {
             return Err(malformed(format!("{chains} chains")));
@@ -554,24 +612,63 @@ impl Store {
                 c.segments.push(d.u64()?);
             }
             let n = d.len()?;
-            let mut last = 0;
-            for _ in 0..n {
-                let r = d.row()?;
-                if r.seq <= last || r.seq >= c.next_seq {
-                    return Err(malformed(format!("chain {i}: rows out of order")));
-                }
-                last = r.seq;
-                c.rows.push(r);
+            let region = Region {
+                scratch: file.clone(),
+                at: d.u64()?,
+                first: d.u64()?,
+                slot: s.spill.row_slot(),
+            };
+            let pages = n.div_ceil(s.spill.page_rows());
+            if region.end(pages) > size {
+                return Err(malformed(format!(
+                    "chain {i}: rows past the pages file's end"
+                )));
+            }
+            let mut firsts = Vec::new();
+            for _ in 0..pages {
+                firsts.push(d.u64()?);
+            }
+            if firsts.last().is_some_and(|f| *f >= c.next_seq) {
+                return Err(malformed(format!("chain {i}: rows past the chain's end")));
+            }
+            c.rows = Rows::adopt(s.spill.clone(), region, n, firsts)
+                .map_err(|e| malformed(format!("chain {i}: {e}")))?;
+            // The first and last pages are read now: a pages file that is not this
+            // state's is found here, before anything is built on it.
+            let ends = [c.rows.get(0), c.rows.get(n.saturating_sub(1))];
+            if n > 0 && (ends.iter().any(Option::is_none) || c.rows.damaged()) {
+                return Err(malformed(format!(
+                    "chain {i}: its pages file does not open under its key"
+                )));
             }
             s.chains.push(c);
         }
-        let n = d.len()?;
-        let mut table = Identities::loader(&s.spill, n);
-        for _ in 0..n {
-            let k = [d.u64()?, d.u64()?];
-            table.push(k, d.u64()?).map_err(malformed)?;
+        let len = d.len()?;
+        let mut saved = identities::Saved {
+            len,
+            at: d.u64()?,
+            first: d.u64()?,
+            firsts: Vec::new(),
+            filter: Vec::new(),
+        };
+        for _ in 0..len.div_ceil(s.spill.ident_page.max(1)) {
+            saved.firsts.push([d.u64()?, d.u64()?]);
         }
-        s.identities = table.finish().map_err(malformed)?;
+        for _ in 0..identities::Saved::filter_blocks(len) {
+            let mut block = [0u64; 8];
+            for w in &mut block {
+                *w = d.u64()?;
+            }
+            saved.filter.push(block);
+        }
+        if saved.end(&s.spill) > size {
+            return Err(malformed("identities past the pages file's end"));
+        }
+        let first = saved.firsts.first().copied();
+        s.identities = Identities::adopt(&s.spill, &file, saved).map_err(malformed)?;
+        if first.is_some_and(|k| s.identities.get(&k).is_none()) || s.identities.damaged() {
+            return Err(malformed("its identities do not open under its key"));
+        }
         for _ in 0..d.len()? {
             let g = d.u64()?;
             s.detached.insert(g, d.u64()?);
