@@ -2797,6 +2797,79 @@ mod tests {
         assert_eq!(s.class_counts().get("default"), Some(&n));
     }
 
+    /// The saved state's pages file, where someone who can write the archive directory
+    /// changes a page, puts back an earlier save's file in its place, or deletes it:
+    /// the start refuses the state when the file is not the one it names, and a page
+    /// changed in it marks the store damaged when read, instead of showing less.
+    #[test]
+    fn a_saved_states_pages_file_changed_swapped_or_gone_is_not_believed() {
+        use std::os::unix::fs::FileExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let spill = Spill::tiny_in(Some(tmp.path().to_owned()));
+        let mut s = Store::spilling([1; 16], 0.0, None, spill.clone());
+        s.apply(
+            (1..=40)
+                .map(|seq| {
+                    copy(
+                        seq,
+                        &format!("id-{seq}"),
+                        None,
+                        Leg::ClientToServer,
+                        Action::Flag,
+                    )
+                })
+                .collect(),
+        );
+        let dir = spill.dir();
+        let mut earlier = Vec::new();
+        let earlier_pages = s.save(&mut earlier).unwrap();
+        s.apply(vec![msg(41, "a@x/1", "b@x", Action::Allow)]);
+        let mut saved = Vec::new();
+        let pages = s.save(&mut saved).unwrap();
+        assert_ne!(pages, earlier_pages, "each save writes a file of its own");
+        let restore = || Store::restore(&saved[..], [1; 16], 0.0, None, spill.clone());
+        let whole = restore().unwrap().0;
+        assert_eq!(fingerprint(&whole), fingerprint(&s));
+
+        // Rows and identities are not in the clear in it.
+        let raw = std::fs::read(dir.join(&pages)).unwrap();
+        let row = s.chains[0].rows.get(20).unwrap().to_bytes();
+        assert!(!raw.windows(16).any(|w| w == &row[..16]));
+        let (k, _) = s.identities.sorted().next().unwrap();
+        let key: Vec<u8> = k.iter().flat_map(|w| w.to_le_bytes()).collect();
+        assert!(!raw.windows(key.len()).any(|w| w == key));
+
+        // A page in the middle changed: the start takes the state (it reads the first
+        // and last pages only), and the message on that page, once asked for, is not
+        // shown from a store that looks whole.
+        let slot = spill.row_slot() as u64;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join(&pages))
+            .unwrap();
+        file.write_all_at(&[raw[(5 * slot + 3) as usize] ^ 1], 5 * slot + 3)
+            .unwrap();
+        let (back, _) = restore().unwrap();
+        assert!(back.message(MsgRef::own(1)).is_some());
+        assert!(!back.damaged());
+        assert!(back.message(MsgRef::own(11)).is_none());
+        assert!(back.damaged());
+        assert!(back.save(&mut Vec::new()).is_err());
+
+        // The first page changed, an earlier save's file in its place, or none: the
+        // state is refused at the start, and built again from the log.
+        file.write_all_at(&[raw[3] ^ 1], 3).unwrap();
+        assert!(matches!(restore(), Err(SnapshotError::Malformed(_))));
+        std::fs::copy(dir.join(&earlier_pages), dir.join(&pages)).unwrap();
+        assert!(matches!(restore(), Err(SnapshotError::Malformed(_))));
+        std::fs::remove_file(dir.join(&pages)).unwrap();
+        assert!(matches!(restore(), Err(SnapshotError::Malformed(_))));
+
+        // What an earlier save left is removed once a later one is in place.
+        remove_other_pages(&dir, &pages);
+        assert!(!dir.join(&earlier_pages).exists());
+    }
+
     #[test]
     fn rows_that_cannot_be_read_back_mark_the_store_damaged_and_it_is_not_saved() {
         use std::os::unix::fs::FileExt;

@@ -29,6 +29,17 @@ fn state_file(fx: &Fixture) -> std::path::PathBuf {
     archive_dir(&fx.dir).join("state").join("web-ui.state")
 }
 
+/// The saved state's pages files (`state/web-ui.<id>.pages`).
+fn pages_files(fx: &Fixture) -> Vec<std::path::PathBuf> {
+    let mut found: Vec<_> = std::fs::read_dir(archive_dir(&fx.dir).join("state"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pages"))
+        .collect();
+    found.sort();
+    found
+}
+
 /// The queue's item ids, as the page lists them.
 fn queued(html: &str) -> Vec<String> {
     html.match_indices("id=\"q")
@@ -62,11 +73,32 @@ async fn a_restart_reads_the_saved_state_back_and_then_only_newer_records() {
     assert_eq!(web.started().restored_through, None, "nothing saved yet");
     web.save_state_blocking();
     assert!(state_file(&fx).exists());
-    // Nothing of what it says is readable in the file.
-    let raw = std::fs::read(state_file(&fx)).unwrap();
-    for plain in [&b"alice@example.test"[..], b"pci-card"] {
-        assert!(!raw.windows(plain.len()).any(|w| w == plain));
+    // Nothing of what it says is readable in the file, nor in its pages file.
+    let pages = pages_files(&fx);
+    assert_eq!(pages.len(), 1, "{pages:?}");
+    for file in [state_file(&fx), pages[0].clone()] {
+        let raw = std::fs::read(&file).unwrap();
+        for plain in [&b"alice@example.test"[..], b"pci-card"] {
+            assert!(!raw.windows(plain.len()).any(|w| w == plain));
+        }
     }
+    // A second save writes a pages file of its own, and the first one goes.
+    append(
+        &fx.archive,
+        Msg::chat(
+            "alice@example.test/laptop",
+            "bob@example.test",
+            "and dinner",
+        ),
+    )
+    .await;
+    drop(web);
+    let web = bind(&fx).await;
+    assert_eq!(web.started().records_read, 1);
+    web.save_state_blocking();
+    let second = pages_files(&fx);
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_ne!(second, pages);
     let covered = fx.archive.reader().records(1..=u64::MAX - 1).unwrap().len() as u64;
     drop(web);
 
@@ -151,6 +183,18 @@ async fn a_saved_state_that_is_damaged_or_made_under_other_settings_is_read_afre
     fx.cfg.sample_rate = 0.0;
     std::fs::write(&path, &good).unwrap();
     assert!(bind(&fx).await.started().restored_through.is_some());
+    // Its pages file gone: read afresh as well.
+    for p in pages_files(&fx) {
+        std::fs::remove_file(p).unwrap();
+    }
+    let web = bind(&fx).await;
+    assert_eq!(web.started().restored_through, None, "no pages, not used");
+    let app = web.router();
+    let (cookie, _) = sign_in(&app, "oscar").await;
+    assert_eq!(
+        queued(&page(&app, &cookie, "/queue").await),
+        [flagged.to_string()]
+    );
 }
 
 /// An administrator keeps a copy of the archive directory, lets the original run on,

@@ -124,7 +124,13 @@ impl Spill {
     /// that few messages exercise them all.
     #[cfg(test)]
     pub(super) fn tiny() -> Arc<Spill> {
-        let mut s = Spill::new(None, 1);
+        Spill::tiny_in(None)
+    }
+
+    /// [`Spill::tiny`] with its files in `dir`.
+    #[cfg(test)]
+    pub(super) fn tiny_in(dir: Option<PathBuf>) -> Arc<Spill> {
+        let mut s = Spill::new(dir, 1);
         if let Some(s) = Arc::get_mut(&mut s) {
             s.page_rows = 2;
             s.ident_page = 2;
