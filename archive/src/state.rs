@@ -174,7 +174,13 @@ impl StateWriter {
 
     /// Seals what is left, syncs the file and renames it into place (then syncs the
     /// directory), so a crash leaves either the previous file or this one whole.
-    pub fn finish(mut self) -> std::io::Result<PathBuf> {
+    pub fn finish(self) -> std::io::Result<PathBuf> {
+        self.finish_then(|| {})
+    }
+
+    /// [`StateWriter::finish`], then `then` while the state directory is still locked:
+    /// to remove what the file in place no longer names before another writer begins.
+    pub fn finish_then(mut self, then: impl FnOnce()) -> std::io::Result<PathBuf> {
         self.seal_chunk(true)?;
         let file = self.out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
@@ -183,6 +189,7 @@ impl StateWriter {
         if let Some(parent) = self.path.parent() {
             File::open(parent)?.sync_all()?;
         }
+        then();
         Ok(self.path)
     }
 }

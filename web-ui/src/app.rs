@@ -260,10 +260,11 @@ impl App {
             .map_err(crate::store::SnapshotError::from)
             .and_then(|mut w| {
                 let pages = store.save(&mut w)?;
-                let path = w.finish()?;
-                // The state in place names these pages; earlier saves' can go.
-                crate::store::remove_other_pages(&self.spill.dir(), &pages);
-                Ok(path)
+                // The state in place names these pages; earlier saves' go before
+                // another save can begin writing its own.
+                Ok(w.finish_then(|| {
+                    crate::store::remove_other_pages(&self.spill.dir(), &pages);
+                })?)
             });
         if written.is_ok() {
             // Noted while the store is still held, so that a start-over (which drops

@@ -8,7 +8,8 @@
 //! nonce its number, so no nonce serves twice under a key, and a page changed or moved
 //! is refused when read. Runs of like size are merged into one, into a new file under a
 //! new key: there are a handful at most, the oldest the largest, and each entry is
-//! written out about once per doubling of the table.
+//! written out about once per doubling of the table. A saved state writes the whole
+//! table as one run into its pages file (`sealed.rs`), which a start takes as its run.
 //!
 //! Per run, memory holds each page's first identity and a filter that answers "not
 //! here" for about 99 % of the identities the run lacks. A new message's identity, the

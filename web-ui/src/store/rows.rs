@@ -8,7 +8,8 @@
 //! stays the only copy that outlives it. Within a file, a page's nonce is its number and
 //! how many times it has been sealed, a count kept in memory: no nonce is used twice
 //! under a key, and a page changed, moved or put back as it was before is refused when
-//! read, never taken for another.
+//! read, never taken for another. After a start from a saved state, the pages it saved
+//! are read from its pages file (`sealed.rs`) until they change.
 
 use std::collections::HashMap;
 use std::fs::File;
