@@ -137,6 +137,9 @@ pub struct Started {
     /// Records of this node's chain read from the log.
     pub records_read: u64,
     pub seconds: f64,
+    /// Whether the rest is being read in the background
+    /// ([`crate::WebConfig::build_in_background_above`]).
+    pub in_background: bool,
 }
 
 /// While the store is being saved (seconds at ten million records) it is held for
@@ -197,6 +200,7 @@ impl App {
                 restored_through: None,
                 records_read: 0,
                 seconds: 0.0,
+                in_background: false,
             },
             sessions: Mutex::new(Sessions::new(cfg.session_ttl)),
             throttle: Mutex::new(Throttle::new()),
@@ -209,7 +213,21 @@ impl App {
             archive,
         };
         let mut saved = saved;
-        match app.catch_up_blocking() {
+        // Up to this many records are read before serving; past it, one slice (which
+        // checks that the log continues the saved state), and the follower reads the
+        // rest while pages are served.
+        let first_read = |app: &App, next_seq: u64| {
+            let behind = app
+                .archive
+                .durable_seq()
+                .saturating_sub(next_seq.saturating_sub(1));
+            if behind > app.cfg.build_in_background_above {
+                FOLLOW_SLICE
+            } else {
+                usize::MAX
+            }
+        };
+        let more = match app.catch_up_at_most(first_read(&app, saved)) {
             Err(ReadError::Diverged { seq, what }) if saved > 1 => {
                 tracing::warn!(
                     seq,
@@ -217,10 +235,11 @@ impl App {
                     "the saved review state was read from records this log does not hold; reading the whole archive instead"
                 );
                 app.start_over(&mut lock(&app.tail));
-                app.catch_up_blocking()?;
+                app.catch_up_at_most(first_read(&app, 1))?
             }
             other => other?,
-        }
+        };
+        app.building.store(more, Ordering::Relaxed);
         // Nothing of the saved copy is kept when it was found not to continue (this
         // node's chain, or another's).
         saved = lock(&app.saved).next_seq;
@@ -229,7 +248,18 @@ impl App {
             restored_through: (saved > 1).then(|| saved - 1),
             records_read: read,
             seconds: started.elapsed().as_secs_f64(),
+            in_background: more,
         };
+        if more {
+            tracing::info!(
+                records = read,
+                restored = saved > 1,
+                behind = app.archive.durable_seq().saturating_sub(read + saved - 1),
+                seconds = app.started.seconds,
+                "review state being built in the background; pages are served meanwhile"
+            );
+            return Ok(app);
+        }
         tracing::info!(
             records = read,
             restored = saved > 1,
@@ -240,6 +270,29 @@ impl App {
             app.save_blocking();
         }
         Ok(app)
+    }
+
+    /// Applies at most `max` records of a chain (see [`App::catch_up_locked`]):
+    /// whether more may be waiting.
+    fn catch_up_at_most(&self, max: usize) -> Result<bool, ReadError> {
+        let mut cursor = lock(&self.tail);
+        self.catch_up_locked(&mut cursor, max)
+    }
+
+    /// Whether the state is being built from the log and has not caught up yet.
+    pub fn building(&self) -> bool {
+        self.building.load(Ordering::Relaxed)
+    }
+
+    /// Refuses, with [`AppError::Rebuilding`], an action that must be checked against
+    /// the whole state (a review, a hold) while the state is not whole: being built
+    /// from the log, or damaged. `store` is the state as the caller holds it (a state
+    /// emptied to be built again is marked as being built before it is put in place).
+    pub fn whole(&self, store: &Store) -> Result<(), AppError> {
+        if store.damaged() || self.building() {
+            return Err(AppError::Rebuilding);
+        }
+        Ok(())
     }
 
     /// Saves the store (blocking) when it has read anything since its saved copy;
@@ -347,7 +400,9 @@ impl App {
     pub fn save_due(&self) -> bool {
         let saved = *lock(&self.saved);
         let read = read(&self.store).next_seq().saturating_sub(saved.next_seq);
-        read >= SAVE_AFTER && saved.at.is_none_or(|t| t.elapsed() >= SAVE_EVERY)
+        // While the state is being built, the save waits for it to catch up: what is
+        // saved then is the whole state, and the next save is not an hour away.
+        !self.building() && read >= SAVE_AFTER && saved.at.is_none_or(|t| t.elapsed() >= SAVE_EVERY)
     }
 
     /// What pages must say before anything else when the review state is not whole:
@@ -372,8 +427,9 @@ impl App {
         let durable = self.archive.durable_seq();
         let read = next.saturating_sub(1).min(durable);
         Some(format!(
-            "The review state is being built again from the archive: {read} of this node's \
-             {durable} records read so far. Pages show what has been read."
+            "The review state is being built from the archive: {read} of this node's \
+             {durable} records read so far. Pages show what has been read; review and hold \
+             actions wait until it has caught up."
         ))
     }
 
@@ -385,6 +441,8 @@ impl App {
         let mut deferred = self.settled_deferred();
         // What was read from the old cursor is read again.
         deferred.entries.clear();
+        // Said before the store is emptied: whoever holds the new store sees it.
+        self.building.store(true, Ordering::Relaxed);
         *write(&self.store) = Store::spilling(
             self.archive.reader().archive_id(),
             self.cfg.sample_rate,
@@ -392,7 +450,6 @@ impl App {
             self.spill.clone(),
         );
         drop(deferred);
-        self.building.store(true, Ordering::Relaxed);
         *cursor = TailCursor::new();
         *lock(&self.peer_tails) = PeerTails::default();
         *lock(&self.saved) = Saved {
@@ -633,8 +690,13 @@ impl App {
         (!shown.is_empty()).then_some((seq, shown))
     }
 
-    /// [`App::catch_up_blocking`] off the async executor.
+    /// [`App::catch_up_blocking`] off the async executor. While the state is being
+    /// built from the log, a page reads nothing itself: the follower reads, a slice at
+    /// a time, and pages show what it has read and say so.
     pub async fn catch_up(self: &Arc<App>) -> Result<(), AppError> {
+        if self.building() {
+            return Ok(());
+        }
         let app = self.clone();
         tokio::task::spawn_blocking(move || app.catch_up_blocking())
             .await
@@ -1025,7 +1087,7 @@ mod save_tests {
         assert_eq!(app.state_notice(), None);
         app.start_over(&mut lock(&app.tail));
         let notice = app.state_notice().unwrap();
-        assert!(notice.contains("being built again"), "{notice}");
+        assert!(notice.contains("being built from the archive"), "{notice}");
         assert!(app.follow_slice().unwrap());
         let notice = app.state_notice().unwrap();
         assert!(

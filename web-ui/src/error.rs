@@ -51,7 +51,7 @@ pub enum AppError {
     #[error("search failed: {0}")]
     Search(custos_archive::SearchError),
     // Ours.
-    #[error("the review state lost rows and is being built again from the archive; try again in a few minutes")]
+    #[error("the review state is not whole: it is being built from the archive; try again in a few minutes")]
     Rebuilding,
     #[error("internal error: {0}")]
     Internal(String),

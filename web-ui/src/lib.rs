@@ -72,6 +72,11 @@ pub struct WebConfig {
     pub journal: JournalHealth,
     /// Saved term lists (`[lexicons]`), used in queries as `@name`.
     pub lexicons: custos_archive::query::Lexicons,
+    /// A start that has more than this many of this node's records to read (no saved
+    /// state, or one that does not continue the log) serves at once and reads them in
+    /// the background; until it has caught up, pages say how far it has read and
+    /// review and hold actions are refused. Fewer are read before serving.
+    pub build_in_background_above: u64,
 }
 
 /// Another node's chain, readable through a local directory.
@@ -125,7 +130,8 @@ impl std::fmt::Debug for ExportKeys {
 }
 
 impl WebConfig {
-    /// Defaults: 30 min idle sessions, 1 % sampling, cookies not `Secure`.
+    /// Defaults: 30 min idle sessions, 1 % sampling, cookies not `Secure`, a state of
+    /// more than 100,000 records built in the background.
     pub fn new(bind: SocketAddr, users_file: PathBuf) -> WebConfig {
         WebConfig {
             bind,
@@ -140,6 +146,7 @@ impl WebConfig {
             peers: Peers::default(),
             journal: JournalHealth::default(),
             lexicons: Default::default(),
+            build_in_background_above: 100_000,
         }
     }
 }
@@ -233,6 +240,13 @@ impl BoundWeb {
         self.app.started
     }
 
+    /// Whether the state is still being built in the background, as it stands when the
+    /// returned function is called (for whoever watches a UI being served).
+    pub fn building_watch(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let app = self.app.clone();
+        move || app.building()
+    }
+
     /// Saves the review state now (blocking file I/O; `run` also saves at its end).
     pub fn save_state_blocking(&self) {
         self.app.save_blocking();
@@ -287,8 +301,12 @@ impl BoundWeb {
         // What was read since the saved copy is saved, so the next start reads it back.
         let app = self_app;
         let _ = tokio::task::spawn_blocking(move || {
-            if let Err(e) = app.catch_up_blocking() {
-                tracing::warn!(cause = %e, "following the archive before saving failed");
+            // A state still being built is saved as far as it has read: the next start
+            // takes that back and reads the rest in the background.
+            if !app.building() {
+                if let Err(e) = app.catch_up_blocking() {
+                    tracing::warn!(cause = %e, "following the archive before saving failed");
+                }
             }
             app.save_blocking();
         })

@@ -361,3 +361,84 @@ async fn a_peer_chain_that_no_longer_continues_the_saved_state_is_read_afresh() 
         "nothing of the chain the other node no longer has"
     );
 }
+
+/// A start with more of the log to read than it reads before serving (no saved state
+/// here, as at the first start after an upgrade, or after someone deleted it) serves at
+/// once: pages say how far the state is built, a review is refused rather than checked
+/// against part of it, and once the follower has caught up everything is as a full
+/// read shows, and the state is saved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_with_much_to_read_serves_at_once_and_builds_the_state_behind() {
+    let mut fx = fixture(0.0);
+    let flagged = append(
+        &fx.archive,
+        Msg::chat("bob@example.test/phone", "alice@example.test", "card 4111").flagged(
+            Action::Flag,
+            &["pci-card"],
+            "high",
+        ),
+    )
+    .await;
+    let mut last = flagged;
+    for i in 0..600 {
+        last = append(
+            &fx.archive,
+            Msg::chat(
+                "carol@example.test/desk",
+                "dave@example.test",
+                &format!("note {i}"),
+            ),
+        )
+        .await;
+    }
+    let late = append(
+        &fx.archive,
+        Msg::chat(
+            "carol@example.test/desk",
+            "dave@example.test",
+            "insider tip",
+        )
+        .flagged(Action::Flag, &["mnpi"], "critical"),
+    )
+    .await;
+    fx.cfg.build_in_background_above = 100;
+    let web = bind(&fx).await;
+    let started = web.started();
+    assert!(started.in_background);
+    assert!(started.records_read < last, "{started:?}");
+    let app = web.router();
+    let (cookie, csrf) = sign_in(&app, "oscar").await;
+    let dashboard = page(&app, &cookie, "/").await;
+    assert!(
+        dashboard.contains("being built from the archive"),
+        "{dashboard}"
+    );
+    // The first message is read; reviewing it now is refused, not checked against part
+    // of the state.
+    let review = format!("csrf={csrf}&seq={flagged}&op=reviewed&comment=checked");
+    let r = send(&app, Method::POST, "/queue", Some(&cookie), Some(&review)).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(web.run(async {
+        let _ = stopped.await;
+    }));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let q = page(&app, &cookie, "/queue").await;
+        if !q.contains("being built from the archive") {
+            assert_eq!(queued(&q), [late.to_string(), flagged.to_string()]);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never caught up");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let r = send(&app, Method::POST, "/queue", Some(&cookie), Some(&review)).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    stop.send(()).unwrap();
+    served.await.unwrap().unwrap();
+    // Saved at shutdown, whole: the next start takes it back and reads nothing more.
+    let web = bind(&fx).await;
+    assert!(!web.started().in_background);
+    assert!(web.started().restored_through.is_some_and(|n| n > late));
+}

@@ -132,9 +132,9 @@ pub async fn queue_action(
     let mut by_chain: BTreeMap<Option<String>, Vec<u64>> = BTreeMap::new();
     {
         let store = read(&app.store);
-        if store.damaged() {
-            return Err(AppError::Rebuilding);
-        }
+        // Checked against the whole state only: not one being built, nor one that
+        // lost rows.
+        app.whole(&store)?;
         for r in &refs {
             let name = store.ref_name(*r);
             if store.review(*r).is_none() {

@@ -105,6 +105,8 @@ pub async fn hold_add(
     app.catch_up_settled().await?;
     let (active, custodian) = {
         let store = read(&app.store);
+        // Checked against the whole state: who the hold names, whether it is active.
+        app.whole(&store)?;
         let hold = store.holds().get(&spec.matter).filter(|h| h.active);
         (
             hold.is_some(),
@@ -161,6 +163,8 @@ pub async fn hold_release(
     app.catch_up_settled().await?;
     let (active, custodian) = {
         let store = read(&app.store);
+        // Checked against the whole state: who the hold names, whether it is active.
+        app.whole(&store)?;
         let hold = store.holds().get(&f.matter).filter(|h| h.active);
         (
             hold.is_some(),
