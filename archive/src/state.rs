@@ -175,22 +175,31 @@ impl StateWriter {
     /// Seals what is left, syncs the file and renames it into place (then syncs the
     /// directory), so a crash leaves either the previous file or this one whole.
     pub fn finish(self) -> std::io::Result<PathBuf> {
-        self.finish_then(|| {})
+        self.finish_then(|_| {})
     }
 
-    /// [`StateWriter::finish`], then `then` while the state directory is still locked:
-    /// to remove what the file in place no longer names before another writer begins.
-    pub fn finish_then(mut self, then: impl FnOnce()) -> std::io::Result<PathBuf> {
+    /// [`StateWriter::finish`], then `then(placed)` while the state directory is still
+    /// locked, whether it succeeded or not: `placed` says whether this file took the
+    /// previous one's place. For files that go with a state file: to remove what the
+    /// file in place no longer names, or what a failed write left, before another
+    /// writer begins.
+    pub fn finish_then(mut self, then: impl FnOnce(bool)) -> std::io::Result<PathBuf> {
+        let mut placed = false;
+        let finished = self.place(&mut placed);
+        then(placed);
+        finished.map(|()| self.path.clone())
+    }
+
+    fn place(&mut self, placed: &mut bool) -> std::io::Result<()> {
         self.seal_chunk(true)?;
-        let file = self.out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        drop(file);
+        self.out.flush()?;
+        self.out.get_ref().sync_all()?;
         std::fs::rename(&self.tmp, &self.path)?;
+        *placed = true;
         if let Some(parent) = self.path.parent() {
             File::open(parent)?.sync_all()?;
         }
-        then();
-        Ok(self.path)
+        Ok(())
     }
 }
 

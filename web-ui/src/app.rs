@@ -127,6 +127,9 @@ pub const STATE_NAME: &str = "web-ui";
 /// (at start, and then at most every [`SAVE_EVERY`]), and at shutdown.
 pub const SAVE_AFTER: u64 = 100_000;
 pub const SAVE_EVERY: Duration = Duration::from_secs(3600);
+/// After a save failed (a full disk, say), the next is tried this much later at the
+/// earliest; at shutdown it is tried anyway.
+pub const SAVE_RETRY: Duration = Duration::from_secs(600);
 
 /// How the review state was built at start.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -158,6 +161,8 @@ struct Saved {
     /// This node's chain's next seq in the saved copy (1: none).
     next_seq: u64,
     at: Option<Instant>,
+    /// When the last save failed, if it did: the next is tried [`SAVE_RETRY`] later.
+    failed: Option<Instant>,
 }
 
 impl App {
@@ -193,6 +198,7 @@ impl App {
             saved: Mutex::new(Saved {
                 next_seq: saved,
                 at: None,
+                failed: None,
             }),
             deferred: Mutex::new(Deferred::default()),
             settled: std::sync::Condvar::new(),
@@ -313,10 +319,15 @@ impl App {
             .map_err(crate::store::SnapshotError::from)
             .and_then(|mut w| {
                 let pages = store.save(&mut w)?;
-                // The state in place names these pages; earlier saves' go before
-                // another save can begin writing its own.
-                Ok(w.finish_then(|| {
-                    crate::store::remove_other_pages(&self.spill.dir(), &pages);
+                // Before another save can begin writing its own: once the state in place
+                // names these pages, earlier saves' go; if it does not, these go.
+                let dir = self.spill.dir();
+                Ok(w.finish_then(|placed| {
+                    if placed {
+                        crate::store::remove_other_pages(&dir, &pages);
+                    } else {
+                        crate::store::remove_pages(&dir, &pages);
+                    }
                 })?)
             });
         if written.is_ok() {
@@ -325,7 +336,10 @@ impl App {
             *lock(&self.saved) = Saved {
                 next_seq: covered.next_seq,
                 at: Some(Instant::now()),
+                failed: None,
             };
+        } else {
+            lock(&self.saved).failed = Some(Instant::now());
         }
         drop(store);
         match written {
@@ -402,7 +416,10 @@ impl App {
         let read = read(&self.store).next_seq().saturating_sub(saved.next_seq);
         // While the state is being built, the save waits for it to catch up: what is
         // saved then is the whole state, and the next save is not an hour away.
-        !self.building() && read >= SAVE_AFTER && saved.at.is_none_or(|t| t.elapsed() >= SAVE_EVERY)
+        !self.building()
+            && read >= SAVE_AFTER
+            && saved.at.is_none_or(|t| t.elapsed() >= SAVE_EVERY)
+            && saved.failed.is_none_or(|t| t.elapsed() >= SAVE_RETRY)
     }
 
     /// What pages must say before anything else when the review state is not whole:
@@ -455,6 +472,7 @@ impl App {
         *lock(&self.saved) = Saved {
             next_seq: 1,
             at: None,
+            failed: None,
         };
     }
 
@@ -1071,6 +1089,35 @@ mod save_tests {
         );
         let app = Arc::new(App::new(cfg, archive.clone()).unwrap());
         (tmp, rt, archive, app, seq)
+    }
+
+    /// Someone who can write the archive directory puts a directory where the state file
+    /// goes: every save fails at its last step. Each leaves nothing behind (its pages
+    /// file is removed, or the disk would fill a save at a time), the next is not tried
+    /// at once, and once the way is clear a save goes through.
+    #[test]
+    fn a_save_that_cannot_be_put_in_place_leaves_no_pages_file_behind() {
+        let (tmp, rt, archive, app, _) = app_with_one_message(1);
+        rt.block_on(archive.append(chat("after"))).unwrap();
+        app.catch_up_blocking().unwrap();
+        let states = tmp.path().join("archive").join("state");
+        let pages = || {
+            std::fs::read_dir(&states)
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".pages"))
+                .count()
+        };
+        std::fs::create_dir_all(states.join("web-ui.state").join("in-the-way")).unwrap();
+        app.save_blocking();
+        app.save_blocking();
+        assert_eq!(pages(), 0);
+        assert!(lock(&app.saved).failed.is_some());
+        std::fs::remove_dir_all(states.join("web-ui.state")).unwrap();
+        app.save_blocking();
+        assert_eq!(pages(), 1);
+        assert!(lock(&app.saved).failed.is_none());
+        assert!(states.join("web-ui.state").is_file());
     }
 
     /// A state dropped while serving is read again a slice at a time; until it has

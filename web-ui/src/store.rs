@@ -26,7 +26,7 @@ mod views;
 use identities::Identities;
 use rows::Rows;
 pub use rows::{Spill, CACHE_PAGES};
-pub use snapshot::{remove_other_pages, Covered, SnapshotError};
+pub use snapshot::{remove_other_pages, remove_pages, Covered, SnapshotError};
 pub use views::{
     CopyRow, OpenItems, QueuePage, QueueQuery, QueueRow, RetentionOverview, Shown, Speaker,
 };

@@ -201,6 +201,20 @@ pub(super) fn open(
     Ok(Arc::new(Scratch::with_key(file, key)))
 }
 
+/// Removes pages file `name` in `dir` (a name [`create`] made; nothing else).
+pub(super) fn remove(dir: &Path, name: &str) {
+    if !is_pages_name(name) {
+        return;
+    }
+    match std::fs::remove_file(dir.join(name)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(cause = %e, file = %dir.join(name).display(), "a pages file no state names cannot be removed");
+        }
+    }
+}
+
 /// Removes the pages files in `dir` but `keep`: those of earlier saves (a process
 /// that still reads one keeps it open), and any a save did not finish.
 pub(super) fn remove_others(dir: &Path, keep: &str) {

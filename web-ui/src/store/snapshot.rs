@@ -29,6 +29,11 @@ pub fn remove_other_pages(dir: &std::path::Path, keep: &str) {
     sealed::remove_others(dir, keep);
 }
 
+/// Removes pages file `name` from `dir`: a save's whose state file was not put in place.
+pub fn remove_pages(dir: &std::path::Path, name: &str) {
+    sealed::remove(dir, name);
+}
+
 /// Bumped whenever the layout or the meaning of a field changes.
 const VERSION: u32 = 4;
 const MAGIC: &[u8; 16] = b"custos-web-ui-st";
