@@ -22,7 +22,7 @@ use custos_archive::{Archive, ArchiveReader, ChainEntry, EventRecord, NewRecord,
 use crate::auth::{cookie, Session, Sessions, Throttle, SESSION_COOKIE};
 use crate::error::AppError;
 use crate::roles::{allows, Perm};
-use crate::store::{ChainIdx, MsgRef, Shown, Spill, Store, CACHE_PAGES};
+use crate::store::{ChainIdx, MsgRef, SavedCheck, Shown, Spill, Store, CACHE_PAGES};
 use crate::WebConfig;
 
 /// Everything a handler can reach.
@@ -34,6 +34,8 @@ pub struct App {
     spill: Arc<Spill>,
     /// When the store was last built again because it lost rows.
     repaired: Mutex<Option<Instant>>,
+    /// How far the pages taken from the saved state have been looked over.
+    checked: Mutex<SavedCheck>,
     /// The store was dropped while serving and is being read again from the first
     /// record; cleared when a catch-up finds nothing more to read.
     building: AtomicBool,
@@ -117,6 +119,9 @@ const APPLY_BATCH: usize = 4096;
 /// ([`App::follow_slice`]): at a few microseconds each, a slice is about a millisecond
 /// of CPU, so a page behind the lowered thread waits little even when the CPU is short.
 pub const FOLLOW_SLICE: usize = 256;
+/// Pages of the saved state looked over at a time ([`App::check_saved_slice`]): 4 MiB,
+/// a few milliseconds.
+pub const CHECK_SLICE: usize = 4096;
 
 /// At most one rebuild of a store that lost rows in this long.
 const REPAIR_EVERY: Duration = Duration::from_secs(600);
@@ -214,6 +219,7 @@ impl App {
             tail: Mutex::new(cursor),
             spill,
             repaired: Mutex::new(None),
+            checked: Mutex::new(SavedCheck::default()),
             building: AtomicBool::new(false),
             cfg,
             archive,
@@ -283,6 +289,15 @@ impl App {
     fn catch_up_at_most(&self, max: usize) -> Result<bool, ReadError> {
         let mut cursor = lock(&self.tail);
         self.catch_up_locked(&mut cursor, max)
+    }
+
+    /// One step of looking over the pages the state still takes from its saved copy's
+    /// pages file ([`Store::check_saved_pages`], [`CHECK_SLICE`] pages under the
+    /// store's read lock): whether more are left. A page found changed marks the store
+    /// damaged, and the next catch-up builds it again.
+    pub fn check_saved_slice(&self) -> bool {
+        let mut at = lock(&self.checked);
+        read(&self.store).check_saved_pages(&mut at, CHECK_SLICE)
     }
 
     /// Whether the state is being built from the log and has not caught up yet.
@@ -432,7 +447,7 @@ impl App {
         };
         if damaged {
             return Some(
-                "Part of the review state could not be read back from its scratch files and \
+                "Part of the review state could not be read back from its files and \
                  it is being built again from the archive. Until then pages may show less than \
                  the archive holds, and review actions are refused."
                     .to_owned(),
@@ -918,15 +933,24 @@ async fn guard(
         return next.run(req).await;
     };
     let (mut parts, body) = req.into_parts();
-    match Authed::from_request_parts(&mut parts, &app).await {
+    let whole_before = match Authed::from_request_parts(&mut parts, &app).await {
         Ok(a) => {
             if let Err(e) = a.require(perm) {
                 return e.into_response();
             }
+            a.notice.is_none()
         }
         Err(e) => return e.into_response(),
+    };
+    let view = parts.method == axum::http::Method::GET;
+    let res = next.run(Request::from_parts(parts, body)).await;
+    // A view whose own reads found the state damaged (a page of its files changed)
+    // shows less than the archive holds, and its notice was made before: it is not
+    // shown. The next request says why.
+    if view && whole_before && read(&app.store).damaged() {
+        return AppError::Rebuilding.into_response();
     }
-    next.run(Request::from_parts(parts, body)).await
+    res
 }
 
 /// Gives each request a tracing span (`request{id method path}`) its handler's events

@@ -153,6 +153,10 @@ impl WebConfig {
 
 /// How often the server looks for records appended by others (the proxy).
 const TAIL_INTERVAL: Duration = Duration::from_millis(500);
+/// Slices of the saved state's pages the follower looks over each time
+/// ([`app::CHECK_SLICE`] pages each): 64 MiB, about ten seconds for ten million
+/// records' pages.
+const CHECK_SLICES: usize = 16;
 
 /// The follower (thread `custos-web-tail`): every [`TAIL_INTERVAL`], applies what the
 /// archive gained, one [`app::FOLLOW_SLICE`] at a time, until `stop` is dropped. It runs
@@ -162,6 +166,7 @@ const TAIL_INTERVAL: Duration = Duration::from_millis(500);
 fn follow(app: &app::App, stop: &std::sync::mpsc::Receiver<()>) {
     use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
     app.archive.lower_to_index_priority();
+    let mut checking = true;
     while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(TAIL_INTERVAL) {
         loop {
             match app.follow_slice() {
@@ -171,6 +176,16 @@ fn follow(app: &app::App, stop: &std::sync::mpsc::Receiver<()>) {
                     tracing::warn!(cause = %e, "following the archive failed; retrying");
                     break;
                 }
+            }
+        }
+        // Then the pages taken from the saved state are looked over, some each time,
+        // until all have been.
+        for _ in 0..CHECK_SLICES {
+            checking = checking
+                && app.check_saved_slice()
+                && matches!(stop.try_recv(), Err(TryRecvError::Empty));
+            if !checking {
+                break;
             }
         }
     }

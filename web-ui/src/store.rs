@@ -776,6 +776,15 @@ struct PendingReview {
 /// What pages count (the queue's
 /// order and filters, the dashboard's days, the retention overview's classes) is kept
 /// up to date as records are read, so no page walks every message.
+/// How far [`Store::check_saved_pages`] has looked: each chain's rows in turn, then the
+/// identities.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SavedCheck {
+    chain: usize,
+    page: usize,
+    done: bool,
+}
+
 pub struct Store {
     chains: Vec<Chain>,
     /// Message identity (and delivered identity) → the group it names; the older
@@ -949,6 +958,32 @@ impl Store {
     /// be read back): what the store shows is incomplete until it is built again.
     pub fn damaged(&self) -> bool {
         self.identities.damaged() || self.chains.iter().any(|c| c.rows.damaged())
+    }
+
+    /// Reads up to `n` of the pages the store still takes from its saved state's pages
+    /// file, from where `at` says, so that a page changed there is found (and the store
+    /// marked damaged) soon after a start rather than when a view needs it. Returns
+    /// whether more are left.
+    pub fn check_saved_pages(&self, at: &mut SavedCheck, n: usize) -> bool {
+        if at.done || self.damaged() {
+            at.done = true;
+            return false;
+        }
+        if let Some(c) = self.chains.get(at.chain) {
+            match c.rows.check_base(at.page, n) {
+                Some(next) => at.page = next,
+                None => {
+                    at.chain += 1;
+                    at.page = 0;
+                }
+            }
+            return true;
+        }
+        match self.identities.check_saved(at.page, n) {
+            Some(next) => at.page = next,
+            None => at.done = true,
+        }
+        !at.done && !self.damaged()
     }
 
     /// The first seq of this node's chain not yet applied.
@@ -2855,6 +2890,34 @@ mod tests {
         assert!(back.message(MsgRef::own(11)).is_none());
         assert!(back.damaged());
         assert!(back.save(&mut Vec::new()).is_err());
+        // A look over the pages taken from the saved state finds it without a view.
+        let (back, _) = restore().unwrap();
+        let mut at = SavedCheck::default();
+        let mut steps = 0;
+        while back.check_saved_pages(&mut at, 3) {
+            steps += 1;
+            assert!(steps < 100);
+        }
+        assert!(back.damaged());
+        file.write_all_at(&[raw[(5 * slot + 3) as usize]], 5 * slot + 3)
+            .unwrap();
+        // So it does a changed identity page (past the rows: 21 pages of them).
+        let identities = 21 * slot;
+        let at_byte = identities + 3 * 64 + 5;
+        file.write_all_at(&[raw[at_byte as usize] ^ 1], at_byte)
+            .unwrap();
+        let (back, _) = restore().unwrap();
+        assert!(!back.damaged());
+        let mut at = SavedCheck::default();
+        while back.check_saved_pages(&mut at, 3) {}
+        assert!(back.damaged());
+        file.write_all_at(&[raw[at_byte as usize]], at_byte)
+            .unwrap();
+        // And a whole one finds nothing.
+        let (back, _) = restore().unwrap();
+        let mut at = SavedCheck::default();
+        while back.check_saved_pages(&mut at, 3) {}
+        assert!(!back.damaged());
 
         // The first page changed, an earlier save's file in its place, or none: the
         // state is refused at the start, and built again from the log.

@@ -442,3 +442,125 @@ async fn a_start_with_much_to_read_serves_at_once_and_builds_the_state_behind() 
     assert!(!web.started().in_background);
     assert!(web.started().restored_through.is_some_and(|n| n > late));
 }
+
+/// Someone who can write the archive directory changes a page in the middle of the
+/// saved state's pages file. The start takes the state back (it reads the ends only);
+/// the view that reads the changed page is not shown short but refused, every page
+/// then says the state is being built again, and the follower, which looks every page
+/// over once after a start anyway, builds it again: the message is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_changed_in_the_saved_pages_file_is_found_and_the_state_built_again() {
+    let fx = fixture(0.0);
+    let chat = |i: usize| {
+        Msg::chat(
+            "carol@example.test/desk",
+            "dave@example.test",
+            Box::leak(format!("note {i}").into_boxed_str()),
+        )
+    };
+    for i in 0..150 {
+        append(&fx.archive, chat(i)).await;
+    }
+    let target = append(
+        &fx.archive,
+        Msg::chat(
+            "carol@example.test/desk",
+            "dave@example.test",
+            "insider tip",
+        )
+        .flagged(Action::Flag, &["mnpi"], "critical"),
+    )
+    .await;
+    for i in 150..300 {
+        append(&fx.archive, chat(i)).await;
+    }
+    let web = bind(&fx).await;
+    web.save_state_blocking();
+    drop(web);
+    // The rows are the file's first part, in pages of 16 rows (1,008 bytes sealed):
+    // the flagged message's row is on page 9.
+    let pages = pages_files(&fx);
+    let mut raw = std::fs::read(&pages[0]).unwrap();
+    raw[9 * 1008 + 40] ^= 0x20;
+    std::fs::write(&pages[0], &raw).unwrap();
+
+    let web = bind(&fx).await;
+    assert!(web.started().restored_through.is_some());
+    let app = web.router();
+    let (cookie, _) = sign_in(&app, "oscar").await;
+    let path = format!("/conversation/{target}");
+    let r = send(&app, Method::GET, &path, Some(&cookie), None).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    let dashboard = page(&app, &cookie, "/").await;
+    assert!(dashboard.contains("could not be read back"), "{dashboard}");
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(web.run(async {
+        let _ = stopped.await;
+    }));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = send(&app, Method::GET, &path, Some(&cookie), None).await;
+        if r.status == StatusCode::OK && !r.body.contains("being built") {
+            assert!(r.body.contains("insider tip"));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never built again");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    stop.send(()).unwrap();
+    served.await.unwrap().unwrap();
+}
+
+/// The same change, found by no view: the follower looks the saved pages over after
+/// the start, and the state is built again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_changed_in_the_saved_pages_file_is_found_by_the_look_over() {
+    let fx = fixture(0.0);
+    for i in 0..300 {
+        append(
+            &fx.archive,
+            Msg::chat(
+                "carol@example.test/desk",
+                "dave@example.test",
+                Box::leak(format!("note {i}").into_boxed_str()),
+            ),
+        )
+        .await;
+    }
+    let web = bind(&fx).await;
+    web.save_state_blocking();
+    drop(web);
+    let pages = pages_files(&fx);
+    let mut raw = std::fs::read(&pages[0]).unwrap();
+    raw[9 * 1008 + 40] ^= 0x20;
+    std::fs::write(&pages[0], &raw).unwrap();
+
+    let web = bind(&fx).await;
+    let app = web.router();
+    let (cookie, _) = sign_in(&app, "oscar").await;
+    assert!(!page(&app, &cookie, "/")
+        .await
+        .contains("could not be read back"));
+    let log_before = pages_files(&fx);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(web.run(async {
+        let _ = stopped.await;
+    }));
+    // Found and built again: after it, the dashboard says nothing, and the state the
+    // rebuild saves at shutdown is a new one.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut seen = false;
+    loop {
+        let d = page(&app, &cookie, "/").await;
+        seen |= d.contains("could not be read back") || d.contains("being built");
+        if seen && !d.contains("could not be read back") && !d.contains("being built") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never found");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    stop.send(()).unwrap();
+    served.await.unwrap().unwrap();
+    assert_ne!(pages_files(&fx), log_before);
+}

@@ -101,6 +101,8 @@ impl Filter {
 /// A sorted run of entries in its own scratch file, or in a saved state's pages file.
 struct Run {
     region: Region,
+    /// Taken from a saved state's pages file (a named file) at the start.
+    saved: bool,
     len: usize,
     /// Each page's first identity.
     firsts: Vec<Key>,
@@ -250,6 +252,7 @@ impl<'a> RunWriter<'a> {
         self.out.flush()?;
         let run = (self.len > 0).then_some(Run {
             region: self.region,
+            saved: false,
             len: self.len,
             firsts: self.firsts,
             filter: self.filter,
@@ -551,6 +554,32 @@ impl Identities {
         })
     }
 
+    /// Reads pages from `from` on, at most `n`, of the run taken from a saved state's
+    /// pages file while it is still one of the table's, so that a page changed there is
+    /// found (and the table marked damaged) before a late copy needs it. Returns where
+    /// to go on from; `None` when there is nothing more to look at.
+    pub(super) fn check_saved(&self, from: usize, n: usize) -> Option<usize> {
+        let run = self.runs.iter().find(|r| r.saved)?;
+        let pages = run.firsts.len();
+        let slot = slot(&self.spill);
+        let mut buf = vec![0u8; slot];
+        let mut entries = Vec::with_capacity(self.spill.ident_page);
+        for page in from..pages.min(from.saturating_add(n)) {
+            entries.clear();
+            let read = run
+                .region
+                .read(page, &mut buf)
+                .map_err(|e| format!("identity {e}"))
+                .and_then(|()| run.open(&self.spill, page, &mut buf, &mut entries));
+            if let Err(e) = read {
+                self.lost(&e);
+                return None;
+            }
+        }
+        let next = from.saturating_add(n);
+        (next < pages).then_some(next)
+    }
+
     /// Writes every entry, in identity order, into `out` as one run, and says where
     /// it went (see `sealed.rs`).
     pub(super) fn save_into(&self, out: Sealer) -> Result<(Saved, Sealer), String> {
@@ -609,6 +638,7 @@ impl Identities {
             return Err("identity pages out of order".into());
         }
         t.runs.push(Run {
+            saved: true,
             region: Region {
                 scratch: file.clone(),
                 at: saved.at,

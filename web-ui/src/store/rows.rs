@@ -778,6 +778,28 @@ impl Rows {
         *self = kept;
     }
 
+    /// Reads the pages from `from` on that are still read from the saved state's pages
+    /// file, at most `n` of them, so that one changed there is found (and the rows
+    /// marked damaged) without waiting for a page view to need it. Returns where to go
+    /// on from; `None` when every page has been looked at.
+    pub(super) fn check_base(&self, from: usize, n: usize) -> Option<usize> {
+        let (base_pages, todo) = {
+            let pages = self.lock();
+            let todo: Vec<usize> = (from..pages.base_pages.min(from.saturating_add(n)))
+                .filter(|p| {
+                    pages.sealed.get(*p).copied().unwrap_or(0) == 0 && !pages.cache.contains_key(p)
+                })
+                .collect();
+            (pages.base_pages, todo)
+        };
+        for page in todo {
+            // Unreadable: marked damaged where it is read.
+            let _ = self.with_page(page, false, |_| ());
+        }
+        let next = from.saturating_add(n);
+        (next < base_pages).then_some(next)
+    }
+
     /// Whether rows were lost: a page sealed out of memory could not be read back.
     /// Everything built from these rows since is suspect.
     pub(super) fn damaged(&self) -> bool {
