@@ -2927,6 +2927,14 @@ mod tests {
         assert!(matches!(restore(), Err(SnapshotError::Malformed(_))));
         std::fs::remove_file(dir.join(&pages)).unwrap();
         assert!(matches!(restore(), Err(SnapshotError::Malformed(_))));
+        // A pipe in its place is refused too, not waited on.
+        let made = std::process::Command::new("mkfifo")
+            .arg(dir.join(&pages))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        assert!(matches!(restore(), Err(SnapshotError::Malformed(_))));
+        std::fs::remove_file(dir.join(&pages)).unwrap();
 
         // What an earlier save left is removed once a later one is in place.
         remove_other_pages(&dir, &pages);

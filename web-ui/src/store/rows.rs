@@ -758,6 +758,13 @@ impl Rows {
                 pages.spare.push(rows);
             }
         }
+        // Every page is now in the scratch file or changed in memory: nothing is read
+        // from the saved state's pages file again, which is let go.
+        let pages = self.pages.get_mut().unwrap_or_else(|e| e.into_inner());
+        if !pages.damaged {
+            pages.base = None;
+            pages.base_pages = 0;
+        }
     }
 
     /// Keeps the rows `keep` says yes to, in order (into a new scratch file). Rows
@@ -936,6 +943,31 @@ mod tests {
     }
 
     /// Fills `rows` with `n` rows and writes every page out but the last one read.
+    /// Rows taken from a saved state's pages file read from it until they change;
+    /// once every page has been rewritten into the scratch file (a shred's rewrite), the
+    /// pages file is let go: nothing reads it again.
+    #[test]
+    fn rows_taken_from_a_saved_pages_file_let_it_go_once_all_are_rewritten() {
+        let spill = Spill::tiny();
+        let mut r = Rows::new(spill.clone());
+        for s in 1..=9 {
+            r.push(row(s));
+        }
+        let saved = Arc::new(Scratch::with_key(tempfile::tempfile().unwrap(), &[9; 32]));
+        let mut out = Sealer::new(saved.clone());
+        let region = r.seal_pages(&mut out).unwrap();
+        out.sync().unwrap();
+        let mut back = Rows::adopt(spill, region, r.len(), r.firsts().to_vec()).unwrap();
+        assert_eq!(seqs(&back), (1..=9).collect::<Vec<_>>());
+        back.push(row(10));
+        back.update_all(|row| row.kind += 1);
+        assert!(back.lock().base.is_none());
+        saved.file.set_len(0).unwrap();
+        assert_eq!(seqs(&back), (1..=10).collect::<Vec<_>>());
+        assert!(back.iter().all(|r| r.kind == row(r.seq).kind + 1));
+        assert!(!back.damaged());
+    }
+
     fn spilled(n: u64) -> Rows {
         let mut rows = Rows::new(Spill::new(None, 1));
         for s in 1..=n {

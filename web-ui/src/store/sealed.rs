@@ -183,15 +183,19 @@ pub(super) fn open(
         return Err(format!("{name:?} is not a pages file's name"));
     }
     let path = dir.join(name);
+    // Not a link, and not waited on should it be a pipe.
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(&path)
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    let size = file
+    let meta = file
         .metadata()
-        .map_err(|e| format!("{}: {e}", path.display()))?
-        .len();
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{}: not a regular file", path.display()));
+    }
+    let size = meta.len();
     if size < len {
         return Err(format!(
             "{}: {size} bytes, where the saved state has {len}",

@@ -34,6 +34,15 @@ pub fn remove_pages(dir: &std::path::Path, name: &str) {
     sealed::remove(dir, name);
 }
 
+/// A key read back, zeroed when dropped, however the read ends.
+struct Wiped([u8; 32]);
+
+impl Drop for Wiped {
+    fn drop(&mut self) {
+        self.0.fill(0);
+    }
+}
+
 /// Bumped whenever the layout or the meaning of a field changes.
 const VERSION: u32 = 4;
 const MAGIC: &[u8; 16] = b"custos-web-ui-st";
@@ -592,18 +601,17 @@ impl Store {
         }
         s.keys = HashKeys([d.u64()?, d.u64()?, d.u64()?, d.u64()?]);
         let name = d.str()?;
-        let mut key: [u8; 32] = d.raw()?;
+        let key = Wiped(d.raw()?);
         let (page_rows, ident_page) = (d.len()?, d.len()?);
         if page_rows != s.spill.page_rows() || ident_page != s.spill.ident_page {
-            key.fill(0);
             return Err(SnapshotError::Stale(format!(
                 "with pages of {page_rows} rows and {ident_page} identities"
             )));
         }
         let size = d.u64()?;
-        let opened = sealed::open(&s.spill.dir(), &name, &key, size);
-        key.fill(0);
-        let file = opened.map_err(|e| malformed(format!("its pages file: {e}")))?;
+        let file = sealed::open(&s.spill.dir(), &name, &key.0, size)
+            .map_err(|e| malformed(format!("its pages file: {e}")))?;
+        drop(key);
         let chains = d.len()?;
         if chains == 0 || chains > MAX_CHAINS {
             return Err(malformed(format!("{chains} chains")));
@@ -643,7 +651,7 @@ impl Store {
             let ends = [c.rows.get(0), c.rows.get(n.saturating_sub(1))];
             if n > 0 && (ends.iter().any(Option::is_none) || c.rows.damaged()) {
                 return Err(malformed(format!(
-                    "chain {i}: its pages file does not open under its key"
+                    "chain {i}: its pages cannot be read back (changed, another save's, or unreadable)"
                 )));
             }
             s.chains.push(c);
@@ -672,7 +680,9 @@ impl Store {
         let first = saved.firsts.first().copied();
         s.identities = Identities::adopt(&s.spill, &file, saved).map_err(malformed)?;
         if first.is_some_and(|k| s.identities.get(&k).is_none()) || s.identities.damaged() {
-            return Err(malformed("its identities do not open under its key"));
+            return Err(malformed(
+                "its identities cannot be read back (changed, another save's, or unreadable)",
+            ));
         }
         for _ in 0..d.len()? {
             let g = d.u64()?;
