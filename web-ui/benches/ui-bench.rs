@@ -30,6 +30,9 @@ use custos_web_ui::{add_user, Role, WebConfig};
 use tower::ServiceExt;
 
 const USERS: u64 = 1000;
+/// The load after the page figures: at most this many requests, for at most this long.
+const LOAD_REQUESTS: usize = 20_000;
+const LOAD_TIME: Duration = Duration::from_secs(300);
 const ROOMS: u64 = 50;
 const PASSWORD: &str = "bench horse battery staple";
 const RULES: [&str; 8] = [
@@ -435,7 +438,7 @@ fn measure(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
             ("search, a word", vec!["/search?q=budget".into()]),
         ];
         println!("{:<30} {:>9} {:>9}", "page (40 each)", "p50 ms", "p99 ms");
-        for (name, uris) in pages {
+        for (name, uris) in &pages {
             let mut ms = Vec::new();
             for i in 0..40 {
                 let uri = &uris[i % uris.len()];
@@ -453,6 +456,46 @@ fn measure(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
                 percentile(&ms, 0.99)
             );
         }
+        // A load like an hour of officers' work, bounded in count and time: every page
+        // above in turn with the searches of a compliance lexicon, each with a
+        // participant and a date range too.
+        let searches = [
+            "budget",
+            "\"client meeting\"",
+            "guarant*",
+            "risk OR trade OR quote OR memo OR draft",
+            "price NEAR/5 order",
+            "reveiw~1",
+        ];
+        let mut load: Vec<String> = pages.iter().flat_map(|(_, uris)| uris.clone()).collect();
+        for q in searches {
+            for scoped in [q.to_string(), format!("{q} from:user7@example.test after:2020-01-01")] {
+                load.push(format!(
+                    "/search?q={}",
+                    serde_urlencoded::to_string([("q", scoped.as_str())])?
+                        .trim_start_matches("q=")
+                ));
+            }
+        }
+        let began = Instant::now();
+        let mut served = 0usize;
+        let mut slowest = 0f64;
+        while served < LOAD_REQUESTS && began.elapsed() < LOAD_TIME {
+            let uri = &load[served % load.len()];
+            let t = Instant::now();
+            let p = send(&app, Method::GET, uri, &cookie, None).await;
+            slowest = slowest.max(t.elapsed().as_secs_f64() * 1e3);
+            if p.status != StatusCode::OK {
+                return Err(format!("{uri}: {}", p.status).into());
+            }
+            served += 1;
+        }
+        println!(
+            "load: {served} pages and searches in {:.1} s (slowest {slowest:.1} ms); RSS after it {:.0} MiB (anonymous {:.0} MiB)",
+            began.elapsed().as_secs_f64(),
+            status_kib("VmRSS:") as f64 / 1024.0,
+            status_kib("RssAnon:") as f64 / 1024.0
+        );
         let conversation = format!("/conversation/{}", targets[0]);
         Ok::<_, Box<dyn std::error::Error>>((cookie, conversation))
     })?;
