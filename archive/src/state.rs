@@ -100,6 +100,18 @@ impl Seal {
     }
 }
 
+/// How far [`StateWriter::finish_then`] got in putting its file in place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placed {
+    /// Not at all: the previous file is in place.
+    No,
+    /// Renamed into place, but the directory could not be synced: after a crash,
+    /// either file may be found there.
+    Maybe,
+    /// In place, durably.
+    Yes,
+}
+
 /// Writes a state file: everything written goes into sealed chunks of a temporary
 /// file, which [`StateWriter::finish`] makes durable and puts in place of the previous
 /// one. Dropped unfinished, it leaves the previous file as it was.
@@ -178,27 +190,27 @@ impl StateWriter {
         self.finish_then(|_| {})
     }
 
-    /// [`StateWriter::finish`], then `then(placed)` while the state directory is still
-    /// locked, whether it succeeded or not: `placed` says whether this file took the
-    /// previous one's place. For files that go with a state file: to remove what the
-    /// file in place no longer names, or what a failed write left, before another
-    /// writer begins.
-    pub fn finish_then(mut self, then: impl FnOnce(bool)) -> std::io::Result<PathBuf> {
-        let mut placed = false;
+    /// [`StateWriter::finish`], then `then` with how far it got, while the state
+    /// directory is still locked, whether it succeeded or not. For files that go with
+    /// a state file: to remove what the file in place no longer names, or what a failed
+    /// write left, before another writer begins.
+    pub fn finish_then(mut self, then: impl FnOnce(Placed)) -> std::io::Result<PathBuf> {
+        let mut placed = Placed::No;
         let finished = self.place(&mut placed);
         then(placed);
         finished.map(|()| self.path.clone())
     }
 
-    fn place(&mut self, placed: &mut bool) -> std::io::Result<()> {
+    fn place(&mut self, placed: &mut Placed) -> std::io::Result<()> {
         self.seal_chunk(true)?;
         self.out.flush()?;
         self.out.get_ref().sync_all()?;
         std::fs::rename(&self.tmp, &self.path)?;
-        *placed = true;
+        *placed = Placed::Maybe;
         if let Some(parent) = self.path.parent() {
             File::open(parent)?.sync_all()?;
         }
+        *placed = Placed::Yes;
         Ok(())
     }
 }

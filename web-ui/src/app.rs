@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use custos_archive::archive::TailCursor;
+use custos_archive::state::Placed;
 use custos_archive::{Archive, ArchiveReader, ChainEntry, EventRecord, NewRecord, ReadError};
 
 use crate::auth::{cookie, Session, Sessions, Throttle, SESSION_COOKIE};
@@ -36,6 +37,10 @@ pub struct App {
     repaired: Mutex<Option<Instant>>,
     /// How far the pages taken from the saved state have been looked over.
     checked: Mutex<SavedCheck>,
+    /// How many times the state was emptied to be built again ([`App::start_over`]).
+    generation: AtomicU64,
+    /// Why the follower's last read of the log failed, while it keeps failing.
+    follow_error: Mutex<Option<String>>,
     /// The store was dropped while serving and is being read again from the first
     /// record; cleared when a catch-up finds nothing more to read.
     building: AtomicBool,
@@ -119,9 +124,9 @@ const APPLY_BATCH: usize = 4096;
 /// ([`App::follow_slice`]): at a few microseconds each, a slice is about a millisecond
 /// of CPU, so a page behind the lowered thread waits little even when the CPU is short.
 pub const FOLLOW_SLICE: usize = 256;
-/// Pages of the saved state looked over at a time ([`App::check_saved_slice`]): 4 MiB,
-/// a few milliseconds.
-pub const CHECK_SLICE: usize = 4096;
+/// Pages of the saved state looked over at a time ([`App::check_saved_slice`]), under
+/// the store's read lock: 1 MiB, a millisecond or two.
+pub const CHECK_SLICE: usize = 1024;
 
 /// At most one rebuild of a store that lost rows in this long.
 const REPAIR_EVERY: Duration = Duration::from_secs(600);
@@ -168,6 +173,19 @@ struct Saved {
     at: Option<Instant>,
     /// When the last save failed, if it did: the next is tried [`SAVE_RETRY`] later.
     failed: Option<Instant>,
+}
+
+impl Saved {
+    /// Whether a save is due with `read` records read since this one: see
+    /// [`App::save_due`].
+    fn due(&self, read: u64, building: bool) -> bool {
+        // While the state is being built, the save waits for it to catch up: what is
+        // saved then is the whole state, and the next save is not an hour away.
+        !building
+            && read >= SAVE_AFTER
+            && self.at.is_none_or(|t| t.elapsed() >= SAVE_EVERY)
+            && self.failed.is_none_or(|t| t.elapsed() >= SAVE_RETRY)
+    }
 }
 
 impl App {
@@ -220,6 +238,8 @@ impl App {
             spill,
             repaired: Mutex::new(None),
             checked: Mutex::new(SavedCheck::default()),
+            generation: AtomicU64::new(0),
+            follow_error: Mutex::new(None),
             building: AtomicBool::new(false),
             cfg,
             archive,
@@ -236,7 +256,8 @@ impl App {
             if behind > app.cfg.build_in_background_above {
                 FOLLOW_SLICE
             } else {
-                usize::MAX
+                // Other nodes' chains too: one further behind is left to the follower.
+                app.read_at_once()
             }
         };
         let more = match app.catch_up_at_most(first_read(&app, saved)) {
@@ -337,12 +358,12 @@ impl App {
                 // Before another save can begin writing its own: once the state in place
                 // names these pages, earlier saves' go; if it does not, these go.
                 let dir = self.spill.dir();
-                Ok(w.finish_then(|placed| {
-                    if placed {
-                        crate::store::remove_other_pages(&dir, &pages);
-                    } else {
-                        crate::store::remove_pages(&dir, &pages);
-                    }
+                Ok(w.finish_then(|placed| match placed {
+                    Placed::Yes => crate::store::remove_other_pages(&dir, &pages),
+                    Placed::No => crate::store::remove_pages(&dir, &pages),
+                    // Either state file may be found after a crash: both pages stay
+                    // until a save goes through.
+                    Placed::Maybe => {}
                 })?)
             });
         if written.is_ok() {
@@ -429,12 +450,7 @@ impl App {
     pub fn save_due(&self) -> bool {
         let saved = *lock(&self.saved);
         let read = read(&self.store).next_seq().saturating_sub(saved.next_seq);
-        // While the state is being built, the save waits for it to catch up: what is
-        // saved then is the whole state, and the next save is not an hour away.
-        !self.building()
-            && read >= SAVE_AFTER
-            && saved.at.is_none_or(|t| t.elapsed() >= SAVE_EVERY)
-            && saved.failed.is_none_or(|t| t.elapsed() >= SAVE_RETRY)
+        saved.due(read, self.building())
     }
 
     /// What pages must say before anything else when the review state is not whole:
@@ -458,10 +474,14 @@ impl App {
         }
         let durable = self.archive.durable_seq();
         let read = next.saturating_sub(1).min(durable);
+        let failing = lock(&self.follow_error)
+            .as_ref()
+            .map(|e| format!(" Reading the archive fails at the moment ({e}); it is tried again."))
+            .unwrap_or_default();
         Some(format!(
             "The review state is being built from the archive: {read} of this node's \
              {durable} records read so far. Pages show what has been read; review and hold \
-             actions wait until it has caught up."
+             actions wait until it has caught up.{failing}"
         ))
     }
 
@@ -475,6 +495,7 @@ impl App {
         deferred.entries.clear();
         // Said before the store is emptied: whoever holds the new store sees it.
         self.building.store(true, Ordering::Relaxed);
+        self.generation.fetch_add(1, Ordering::Relaxed);
         *write(&self.store) = Store::spilling(
             self.archive.reader().archive_id(),
             self.cfg.sample_rate,
@@ -492,10 +513,34 @@ impl App {
     }
 
     /// Applies every record appended since the last catch-up, reading only
-    /// the bytes appended since. Blocking file I/O.
+    /// the bytes appended since. Blocking file I/O. At most
+    /// [`crate::WebConfig::build_in_background_above`] records of a chain are read:
+    /// a chain further behind (another node's, just added, say) is left to the
+    /// follower, and the state is said to be being built until it has caught up.
     pub fn catch_up_blocking(&self) -> Result<(), ReadError> {
         let mut cursor = lock(&self.tail);
-        self.catch_up_locked(&mut cursor, usize::MAX).map(drop)
+        if self.catch_up_locked(&mut cursor, self.read_at_once())? {
+            self.building.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Records of a chain a catch-up reads before the rest is left to the follower.
+    fn read_at_once(&self) -> usize {
+        usize::try_from(self.cfg.build_in_background_above)
+            .unwrap_or(usize::MAX)
+            .max(1)
+    }
+
+    /// How many times the state was emptied to be built again.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// Notes why the follower's read of the log failed (`None`: it read), for pages to
+    /// say while the state is being built.
+    pub fn follow_failed(&self, why: Option<String>) {
+        *lock(&self.follow_error) = why;
     }
 
     /// The follower's step: applies at most [`FOLLOW_SLICE`] records of each chain it
@@ -543,6 +588,13 @@ impl App {
                 self.start_over(cursor);
             }
         }
+        // While the state is being built, whoever catches up reads a slice: the
+        // follower reads the rest.
+        let max = if self.building() {
+            max.min(FOLLOW_SLICE)
+        } else {
+            max
+        };
         if self.catch_up_own(cursor, max)? {
             return Ok(true);
         }
@@ -558,6 +610,7 @@ impl App {
             "another node's chain does not continue the saved review state; reading every chain afresh"
         );
         self.start_over(cursor);
+        let max = max.min(FOLLOW_SLICE);
         if self.catch_up_own(cursor, max)? {
             return Ok(true);
         }
@@ -933,21 +986,21 @@ async fn guard(
         return next.run(req).await;
     };
     let (mut parts, body) = req.into_parts();
-    let whole_before = match Authed::from_request_parts(&mut parts, &app).await {
-        Ok(a) => {
-            if let Err(e) = a.require(perm) {
-                return e.into_response();
-            }
-            a.notice.is_none()
-        }
-        Err(e) => return e.into_response(),
-    };
+    // Taken before the notice is made: what the page says of the state.
+    let generation = app.generation();
+    let damaged = read(&app.store).damaged();
+    if let Err(e) = Authed::from_request_parts(&mut parts, &app)
+        .await
+        .and_then(|a| a.require(perm))
+    {
+        return e.into_response();
+    }
     let view = parts.method == axum::http::Method::GET;
     let res = next.run(Request::from_parts(parts, body)).await;
-    // A view whose own reads found the state damaged (a page of its files changed)
-    // shows less than the archive holds, and its notice was made before: it is not
-    // shown. The next request says why.
-    if view && whole_before && read(&app.store).damaged() {
+    // A view during which the state was found damaged (a page of its files changed),
+    // or emptied to be built again, may show less than the archive holds, and its
+    // notice was made before: it is not shown. The next request says why.
+    if view && (app.generation() != generation || (!damaged && read(&app.store).damaged())) {
         return AppError::Rebuilding.into_response();
     }
     res
@@ -1142,6 +1195,61 @@ mod save_tests {
         assert_eq!(pages(), 1);
         assert!(lock(&app.saved).failed.is_none());
         assert!(states.join("web-ui.state").is_file());
+    }
+
+    /// A save is due once enough was read, not while the state is being built, not an
+    /// hour after the last, and not soon after one failed.
+    #[test]
+    fn a_save_is_due_when_enough_was_read_and_not_soon_after_one_failed() {
+        let now = Instant::now();
+        let never = Saved {
+            next_seq: 1,
+            at: None,
+            failed: None,
+        };
+        assert!(never.due(SAVE_AFTER, false));
+        assert!(!never.due(SAVE_AFTER - 1, false));
+        assert!(!never.due(SAVE_AFTER, true));
+        let failed = Saved {
+            failed: Some(now),
+            ..never
+        };
+        assert!(!failed.due(SAVE_AFTER, false));
+        let recent = Saved {
+            at: Some(now),
+            ..never
+        };
+        assert!(!recent.due(SAVE_AFTER, false));
+    }
+
+    /// A page's catch-up reads at most `build_in_background_above` records of a chain;
+    /// a chain further behind is left to the follower, and until it has caught up the
+    /// state says it is being built and refuses reviews.
+    #[test]
+    fn a_catch_up_far_behind_is_left_to_the_follower() {
+        let (tmp, rt, archive, _, _) = app_with_one_message(1);
+        let mut cfg = crate::WebConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            tmp.path().join("users.json"),
+        );
+        cfg.build_in_background_above = 100;
+        let app = App::new(cfg, archive.clone()).unwrap();
+        assert!(!app.building());
+        rt.block_on(async {
+            for i in 0..300 {
+                archive.append(chat(&format!("note {i}"))).await.unwrap();
+            }
+        });
+        let before = read(&app.store).next_seq();
+        app.catch_up_blocking().unwrap();
+        assert_eq!(read(&app.store).next_seq(), before + 100);
+        assert!(app.building());
+        assert!(app.whole(&read(&app.store)).is_err());
+        assert!(app.state_notice().unwrap().contains("being built"));
+        while app.follow_slice().unwrap() {}
+        assert!(!app.building());
+        assert_eq!(read(&app.store).next_seq(), before + 300);
+        assert!(app.whole(&read(&app.store)).is_ok());
     }
 
     /// A state dropped while serving is read again a slice at a time; until it has

@@ -153,10 +153,13 @@ impl WebConfig {
 
 /// How often the server looks for records appended by others (the proxy).
 const TAIL_INTERVAL: Duration = Duration::from_millis(500);
-/// Slices of the saved state's pages the follower looks over each time
+/// Slices of the saved state's pages the follower looks over each turn
 /// ([`app::CHECK_SLICE`] pages each): 64 MiB, about ten seconds for ten million
 /// records' pages.
-const CHECK_SLICES: usize = 16;
+const CHECK_SLICES: usize = 64;
+/// How long the follower reads the log in one turn before it looks pages over and
+/// starts the next turn (at once, when records are left).
+const FOLLOW_TURN: Duration = Duration::from_millis(250);
 
 /// The follower (thread `custos-web-tail`): every [`TAIL_INTERVAL`], applies what the
 /// archive gained, one [`app::FOLLOW_SLICE`] at a time, until `stop` is dropped. It runs
@@ -167,18 +170,49 @@ fn follow(app: &app::App, stop: &std::sync::mpsc::Receiver<()>) {
     use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
     app.archive.lower_to_index_priority();
     let mut checking = true;
-    while let Err(RecvTimeoutError::Timeout) = stop.recv_timeout(TAIL_INTERVAL) {
+    let mut behind = false;
+    let mut failing: Option<(String, std::time::Instant)> = None;
+    loop {
+        // No wait while a turn left records unread.
+        let wait = if behind {
+            Duration::ZERO
+        } else {
+            TAIL_INTERVAL
+        };
+        if !matches!(stop.recv_timeout(wait), Err(RecvTimeoutError::Timeout)) {
+            return;
+        }
+        let turn = std::time::Instant::now();
+        behind = false;
         loop {
             match app.follow_slice() {
+                Ok(true) if turn.elapsed() >= FOLLOW_TURN => {
+                    behind = true;
+                    break;
+                }
                 Ok(true) if matches!(stop.try_recv(), Err(TryRecvError::Empty)) => {}
-                Ok(_) => break,
+                Ok(_) => {
+                    failing = None;
+                    app.follow_failed(None);
+                    break;
+                }
                 Err(e) => {
-                    tracing::warn!(cause = %e, "following the archive failed; retrying");
+                    // Logged when it changes, and once a minute while it lasts; pages
+                    // say it meanwhile.
+                    let said = e.to_string();
+                    let again = failing.as_ref().is_none_or(|(last, at)| {
+                        *last != said || at.elapsed() >= Duration::from_secs(60)
+                    });
+                    if again {
+                        tracing::warn!(cause = %said, "following the archive failed; retrying");
+                        failing = Some((said.clone(), std::time::Instant::now()));
+                    }
+                    app.follow_failed(Some(said));
                     break;
                 }
             }
         }
-        // Then the pages taken from the saved state are looked over, some each time,
+        // Then the pages taken from the saved state are looked over, some each turn,
         // until all have been.
         for _ in 0..CHECK_SLICES {
             checking = checking
@@ -260,6 +294,13 @@ impl BoundWeb {
     pub fn building_watch(&self) -> impl Fn() -> bool + Send + Sync + 'static {
         let app = self.app.clone();
         move || app.building()
+    }
+
+    /// How many times the state has been emptied to be built again (a page of its files
+    /// found changed, say), as it stands when the returned function is called.
+    pub fn rebuilds_watch(&self) -> impl Fn() -> u64 + Send + Sync + 'static {
+        let app = self.app.clone();
+        move || app.generation()
     }
 
     /// Saves the review state now (blocking file I/O; `run` also saves at its end).

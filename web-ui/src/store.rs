@@ -766,6 +766,15 @@ struct PendingReview {
     event: ReviewEvent,
 }
 
+/// How far [`Store::check_saved_pages`] has looked: each chain's rows in turn, then the
+/// identities.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SavedCheck {
+    chain: usize,
+    page: usize,
+    done: bool,
+}
+
 /// Derived state; see the module docs. Chain 0 is this node's; with several nodes, the
 /// other nodes' chains are applied too, so the queue, dashboard and conversations cover
 /// every node. The audit trail, holds and retention facts are this node's own.
@@ -776,15 +785,6 @@ struct PendingReview {
 /// What pages count (the queue's
 /// order and filters, the dashboard's days, the retention overview's classes) is kept
 /// up to date as records are read, so no page walks every message.
-/// How far [`Store::check_saved_pages`] has looked: each chain's rows in turn, then the
-/// identities.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SavedCheck {
-    chain: usize,
-    page: usize,
-    done: bool,
-}
-
 pub struct Store {
     chains: Vec<Chain>,
     /// Message identity (and delivered identity) → the group it names; the older

@@ -942,7 +942,6 @@ mod tests {
         }
     }
 
-    /// Fills `rows` with `n` rows and writes every page out but the last one read.
     /// Rows taken from a saved state's pages file read from it until they change;
     /// once every page has been rewritten into the scratch file (a shred's rewrite), the
     /// pages file is let go: nothing reads it again.
@@ -968,6 +967,7 @@ mod tests {
         assert!(!back.damaged());
     }
 
+    /// Fills `rows` with `n` rows and writes every page out but the last one read.
     fn spilled(n: u64) -> Rows {
         let mut rows = Rows::new(Spill::new(None, 1));
         for s in 1..=n {
