@@ -303,7 +303,8 @@ async fn serve(cfg: config::Config) -> anyhow::Result<()> {
 }
 
 /// Loads the review UI's state from the archive, then serves it until shutdown; XMPP is
-/// served meanwhile. `custos_web_ui_ready` is 1 while it serves.
+/// served meanwhile. `custos_web_ui_ready` is 1 while it serves,
+/// `custos_web_ui_state_whole` 1 while what it shows is the whole state.
 async fn serve_web(
     prepared: custos_web_ui::PreparedWeb,
     archive: Archive,
@@ -327,7 +328,24 @@ async fn serve_web(
         "web UI listening"
     );
     metrics::gauge!("custos_web_ui_ready").set(1.0);
+    // Whether what pages show is the whole state: 0 while it is built from the log
+    // (a start with much to read) or after a page of its files was found changed.
+    let whole = bound.whole_watch();
+    let watching = stop.clone();
+    let watcher = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = watching.cancelled() => break,
+                _ = tick.tick() => {
+                    let whole = whole();
+                    metrics::gauge!("custos_web_ui_state_whole").set(if whole { 1.0 } else { 0.0 });
+                }
+            }
+        }
+    });
     let served = bound.run(async move { stop.cancelled().await }).await;
+    watcher.abort();
     metrics::gauge!("custos_web_ui_ready").set(0.0);
     served
 }

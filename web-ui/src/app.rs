@@ -41,6 +41,8 @@ pub struct App {
     generation: AtomicU64,
     /// Why the follower's last read of the log failed, while it keeps failing.
     follow_error: Mutex<Option<String>>,
+    /// The pages file the state file in place names, as far as this process knows.
+    pages_in_place: Mutex<Option<String>>,
     /// The store was dropped while serving and is being read again from the first
     /// record; cleared when a catch-up finds nothing more to read.
     building: AtomicBool,
@@ -68,6 +70,8 @@ struct PeerTails {
     last: Option<Instant>,
     /// A chain gave a whole slice last time: look again without waiting.
     behind: bool,
+    /// A chain could not be opened or read last time: which, and why.
+    failing: Option<String>,
 }
 
 /// What [`App::follow_peers`] found.
@@ -216,6 +220,7 @@ impl App {
             ),
             None => (fresh(), TailCursor::new(), 1),
         };
+        let pages_in_place = store.saved_pages().map(str::to_owned);
         let mut app = App {
             peer_tails: Mutex::new(PeerTails::default()),
             saved: Mutex::new(Saved {
@@ -240,6 +245,7 @@ impl App {
             checked: Mutex::new(SavedCheck::default()),
             generation: AtomicU64::new(0),
             follow_error: Mutex::new(None),
+            pages_in_place: Mutex::new(pages_in_place),
             building: AtomicBool::new(false),
             cfg,
             archive,
@@ -272,7 +278,7 @@ impl App {
             }
             other => other?,
         };
-        app.building.store(more, Ordering::Relaxed);
+        app.building.store(more, Ordering::Release);
         // Nothing of the saved copy is kept when it was found not to continue (this
         // node's chain, or another's).
         saved = lock(&app.saved).next_seq;
@@ -323,7 +329,7 @@ impl App {
 
     /// Whether the state is being built from the log and has not caught up yet.
     pub fn building(&self) -> bool {
-        self.building.load(Ordering::Relaxed)
+        self.building.load(Ordering::Acquire)
     }
 
     /// Refuses, with [`AppError::Rebuilding`], an action that must be checked against
@@ -331,7 +337,7 @@ impl App {
     /// from the log, or damaged. `store` is the state as the caller holds it (a state
     /// emptied to be built again is marked as being built before it is put in place).
     pub fn whole(&self, store: &Store) -> Result<(), AppError> {
-        if store.damaged() || self.building() {
+        if store.damaged() || self.building() || lock(&self.follow_error).is_some() {
             return Err(AppError::Rebuilding);
         }
         Ok(())
@@ -358,12 +364,20 @@ impl App {
                 // Before another save can begin writing its own: once the state in place
                 // names these pages, earlier saves' go; if it does not, these go.
                 let dir = self.spill.dir();
+                let mut in_place = lock(&self.pages_in_place);
                 Ok(w.finish_then(|placed| match placed {
-                    Placed::Yes => crate::store::remove_other_pages(&dir, &pages),
+                    Placed::Yes => {
+                        crate::store::remove_other_pages(&dir, &[pages.as_str()]);
+                        *in_place = Some(pages.clone());
+                    }
                     Placed::No => crate::store::remove_pages(&dir, &pages),
-                    // Either state file may be found after a crash: both pages stay
-                    // until a save goes through.
-                    Placed::Maybe => {}
+                    // Either state file may be found after a crash: the pages of both
+                    // stay, and no others, until a save goes through.
+                    Placed::Maybe => {
+                        let mut keep = vec![pages.as_str()];
+                        keep.extend(in_place.as_deref());
+                        crate::store::remove_other_pages(&dir, &keep);
+                    }
                 })?)
             });
         if written.is_ok() {
@@ -469,15 +483,23 @@ impl App {
                     .to_owned(),
             );
         }
-        if !self.building.load(Ordering::Relaxed) {
-            return None;
+        let own = lock(&self.follow_error).clone();
+        let failing = match (own, self.peers_failing()) {
+            (Some(e), _) => format!(
+                " Reading this node's archive fails at the moment ({e}); it is tried again, \
+                 and review and hold actions wait until it reads."
+            ),
+            (None, Some(e)) => format!(
+                " Another node's chain cannot be read at the moment ({e}); it is tried again, \
+                 and its records may be missing meanwhile."
+            ),
+            (None, None) => String::new(),
+        };
+        if !self.building() {
+            return (!failing.is_empty()).then(|| failing.trim_start().to_owned());
         }
         let durable = self.archive.durable_seq();
         let read = next.saturating_sub(1).min(durable);
-        let failing = lock(&self.follow_error)
-            .as_ref()
-            .map(|e| format!(" Reading the archive fails at the moment ({e}); it is tried again."))
-            .unwrap_or_default();
         Some(format!(
             "The review state is being built from the archive: {read} of this node's \
              {durable} records read so far. Pages show what has been read; review and hold \
@@ -494,8 +516,9 @@ impl App {
         // What was read from the old cursor is read again.
         deferred.entries.clear();
         // Said before the store is emptied: whoever holds the new store sees it.
-        self.building.store(true, Ordering::Relaxed);
-        self.generation.fetch_add(1, Ordering::Relaxed);
+        self.building.store(true, Ordering::Release);
+        // After `building`: whoever sees the new generation sees it being built.
+        self.generation.fetch_add(1, Ordering::Release);
         *write(&self.store) = Store::spilling(
             self.archive.reader().archive_id(),
             self.cfg.sample_rate,
@@ -520,7 +543,7 @@ impl App {
     pub fn catch_up_blocking(&self) -> Result<(), ReadError> {
         let mut cursor = lock(&self.tail);
         if self.catch_up_locked(&mut cursor, self.read_at_once())? {
-            self.building.store(true, Ordering::Relaxed);
+            self.building.store(true, Ordering::Release);
         }
         Ok(())
     }
@@ -534,7 +557,7 @@ impl App {
 
     /// How many times the state was emptied to be built again.
     pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Relaxed)
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Notes why the follower's read of the log failed (`None`: it read), for pages to
@@ -566,9 +589,10 @@ impl App {
     /// (`cursor`) is locked by the caller. Returns whether a chain gave `max`.
     fn catch_up_locked(&self, cursor: &mut TailCursor, max: usize) -> Result<bool, ReadError> {
         let more = self.catch_up_chains(cursor, max)?;
-        if !more {
-            // Nothing more to read: whatever was being built again has caught up.
-            self.building.store(false, Ordering::Relaxed);
+        // Nothing more to read, every chain read to its end: whatever was being built
+        // has caught up. A chain that could not be read keeps it being built.
+        if !more && self.peers_failing().is_none() {
+            self.building.store(false, Ordering::Release);
         }
         Ok(more)
     }
@@ -652,6 +676,7 @@ impl App {
         }
         tails.last = Some(Instant::now());
         tails.behind = false;
+        let mut failing = None;
         for p in peers {
             let name = p
                 .node
@@ -683,7 +708,11 @@ impl App {
                             })
                         }
                         Err(e) => {
-                            tracing::warn!(node = %name, cause = %e, "another node's chain cannot be opened; its records are not in the queue yet");
+                            let why = format!("{name}: {e}");
+                            if tails.failing.as_deref() != Some(why.as_str()) {
+                                tracing::warn!(node = %name, cause = %e, "another node's chain cannot be opened; its records are not in the queue yet");
+                            }
+                            failing.get_or_insert(why);
                             continue;
                         }
                     }
@@ -719,12 +748,24 @@ impl App {
                     if tail.failing.as_deref() != Some(why.as_str()) {
                         tracing::warn!(node = %name, cause = %why, "following another node's chain failed; retrying");
                     }
+                    failing.get_or_insert(format!("{name}: {why}"));
                     tail.failing = Some(why);
                 }
             }
         }
         tails.behind = done.more;
+        // A pass cut short by a chain that gave a whole slice says nothing of those
+        // after it: what was failing stays said.
+        if !done.more {
+            tails.failing = failing;
+        }
         done
+    }
+
+    /// Why another node's chain could not be opened or read the last time it was
+    /// looked at, if one could not.
+    fn peers_failing(&self) -> Option<String> {
+        lock(&self.peer_tails).failing.clone()
     }
 
     /// The reader of another node's chain, once it is followed.
@@ -988,6 +1029,7 @@ async fn guard(
     let (mut parts, body) = req.into_parts();
     // Taken before the notice is made: what the page says of the state.
     let generation = app.generation();
+    let building = app.building();
     let damaged = read(&app.store).damaged();
     if let Err(e) = Authed::from_request_parts(&mut parts, &app)
         .await
@@ -998,9 +1040,13 @@ async fn guard(
     let view = parts.method == axum::http::Method::GET;
     let res = next.run(Request::from_parts(parts, body)).await;
     // A view during which the state was found damaged (a page of its files changed),
-    // or emptied to be built again, may show less than the archive holds, and its
-    // notice was made before: it is not shown. The next request says why.
-    if view && (app.generation() != generation || (!damaged && read(&app.store).damaged())) {
+    // emptied to be built again, or found far behind (its own catch-up left the rest to
+    // the follower), may show less than the archive holds, and its notice was made
+    // before: it is not shown. The next request says why.
+    let became_incomplete = app.generation() != generation
+        || (!building && app.building())
+        || (!damaged && read(&app.store).damaged());
+    if view && became_incomplete {
         return AppError::Rebuilding.into_response();
     }
     res
@@ -1380,6 +1426,56 @@ mod save_tests {
             "keyed by another copy than a restart shows"
         );
         rt.block_on(archive.close()).unwrap();
+    }
+
+    /// A state being built does not call itself whole while another node's chain cannot
+    /// be read (an administrator made its directory unreadable, say): pages say so, and
+    /// reviews wait. Once the chain reads, the state catches up and is whole.
+    #[test]
+    fn a_state_being_built_is_not_whole_while_another_nodes_chain_cannot_be_read() {
+        let (tmp, rt, archive, first, _) = app_with_one_message(1);
+        let mut cfg = first.cfg.clone();
+        cfg.build_in_background_above = 100;
+        rt.block_on(async {
+            for i in 0..300 {
+                archive.append(chat(&format!("note {i}"))).await.unwrap();
+            }
+        });
+        // Named, but not there yet.
+        let dir = tmp.path().join("peer");
+        write(&cfg.peers).push(crate::PeerChain {
+            node: Some("n2".into()),
+            dir: dir.clone(),
+        });
+        let app = App::new(cfg, archive.clone()).unwrap();
+        assert!(app.building());
+        while app.follow_slice().unwrap() {}
+        assert!(app.building(), "caught up with this node's chain only");
+        let notice = app.state_notice().unwrap();
+        assert!(
+            notice.contains("Another node's chain cannot be read"),
+            "{notice}"
+        );
+        assert!(app.whole(&read(&app.store)).is_err());
+        // The chain appears; looked at again after PEER_INTERVAL.
+        let peer = Archive::open(ArchiveConfig::new(
+            dir,
+            MasterKey::from_bytes([3; 32]),
+            SigningKey::from_bytes(&[4; 32]),
+        ))
+        .unwrap();
+        rt.block_on(async {
+            peer.append(chat("peer note")).await.unwrap();
+            peer.close().await.unwrap();
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while app.building() {
+            assert!(Instant::now() < deadline, "never whole");
+            std::thread::sleep(Duration::from_millis(100));
+            while app.follow_slice().unwrap() {}
+        }
+        assert_eq!(app.state_notice(), None);
+        assert!(app.whole(&read(&app.store)).is_ok());
     }
 
     /// A peer chain with exactly a slice of new records is behind once, then

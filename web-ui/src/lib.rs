@@ -75,7 +75,9 @@ pub struct WebConfig {
     /// A start that has more than this many of this node's records to read (no saved
     /// state, or one that does not continue the log) serves at once and reads them in
     /// the background; until it has caught up, pages say how far it has read and
-    /// review and hold actions are refused. Fewer are read before serving.
+    /// review and hold actions are refused. Fewer are read before serving. Later
+    /// catch-ups (a page's) read at most this many records of a chain too, and leave a
+    /// chain further behind (another node's, just added) to the follower the same way.
     pub build_in_background_above: u64,
 }
 
@@ -186,15 +188,20 @@ fn follow(app: &app::App, stop: &std::sync::mpsc::Receiver<()>) {
         behind = false;
         loop {
             match app.follow_slice() {
-                Ok(true) if turn.elapsed() >= FOLLOW_TURN => {
-                    behind = true;
-                    break;
-                }
-                Ok(true) if matches!(stop.try_recv(), Err(TryRecvError::Empty)) => {}
-                Ok(_) => {
-                    failing = None;
-                    app.follow_failed(None);
-                    break;
+                Ok(more) => {
+                    if failing.take().is_some() {
+                        app.follow_failed(None);
+                    }
+                    if !more {
+                        break;
+                    }
+                    if turn.elapsed() >= FOLLOW_TURN {
+                        behind = true;
+                        break;
+                    }
+                    if !matches!(stop.try_recv(), Err(TryRecvError::Empty)) {
+                        return;
+                    }
                 }
                 Err(e) => {
                     // Logged when it changes, and once a minute while it lasts; pages
@@ -294,6 +301,13 @@ impl BoundWeb {
     pub fn building_watch(&self) -> impl Fn() -> bool + Send + Sync + 'static {
         let app = self.app.clone();
         move || app.building()
+    }
+
+    /// Whether the state is whole, as it stands when the returned function is called:
+    /// neither being built nor found damaged (for a gauge operators can watch).
+    pub fn whole_watch(&self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let app = self.app.clone();
+        move || app.state_notice().is_none()
     }
 
     /// How many times the state has been emptied to be built again (a page of its files

@@ -838,6 +838,8 @@ pub struct Store {
     keys: HashKeys,
     /// Where chains keep the rows they do not hold in memory.
     spill: Arc<Spill>,
+    /// The saved state's pages file this store was taken back from, if it was.
+    saved_pages: Option<String>,
 }
 
 /// splitmix64: a keyed, stable mix so the sample is the same after a restart
@@ -951,7 +953,13 @@ impl Store {
             severities: std::collections::BTreeSet::new(),
             keys: HashKeys::random(),
             spill,
+            saved_pages: None,
         }
+    }
+
+    /// The pages file of the saved state this store was taken back from.
+    pub fn saved_pages(&self) -> Option<&str> {
+        self.saved_pages.as_deref()
     }
 
     /// Whether rows were lost from memory and disk (a page of the scratch file could not
@@ -2937,7 +2945,7 @@ mod tests {
         std::fs::remove_file(dir.join(&pages)).unwrap();
 
         // What an earlier save left is removed once a later one is in place.
-        remove_other_pages(&dir, &pages);
+        remove_other_pages(&dir, &[pages.as_str()]);
         assert!(!dir.join(&earlier_pages).exists());
     }
 

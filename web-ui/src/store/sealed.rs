@@ -219,9 +219,9 @@ pub(super) fn remove(dir: &Path, name: &str) {
     }
 }
 
-/// Removes the pages files in `dir` but `keep`: those of earlier saves (a process
-/// that still reads one keeps it open), and any a save did not finish.
-pub(super) fn remove_others(dir: &Path, keep: &str) {
+/// Removes the pages files in `dir` but those in `keep`: those of earlier saves (a
+/// process that still reads one keeps it open), and any a save did not finish.
+pub(super) fn remove_others(dir: &Path, keep: &[&str]) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -230,7 +230,7 @@ pub(super) fn remove_others(dir: &Path, keep: &str) {
         let Some(name) = name.to_str() else {
             continue;
         };
-        if name != keep && is_pages_name(name) {
+        if !keep.contains(&name) && is_pages_name(name) {
             match std::fs::remove_file(entry.path()) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::NotFound => {}

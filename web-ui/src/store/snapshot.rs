@@ -24,8 +24,8 @@ use super::sealed::{self, Region, Sealer};
 use super::*;
 
 /// Removes the pages files of earlier saves in the state directory `dir`: those the
-/// state file now in place does not name (`keep`).
-pub fn remove_other_pages(dir: &std::path::Path, keep: &str) {
+/// state files that may be in place do not name (`keep`).
+pub fn remove_other_pages(dir: &std::path::Path, keep: &[&str]) {
     sealed::remove_others(dir, keep);
 }
 
@@ -612,6 +612,7 @@ impl Store {
         let file = sealed::open(&s.spill.dir(), &name, &key.0, size)
             .map_err(|e| malformed(format!("its pages file: {e}")))?;
         drop(key);
+        s.saved_pages = Some(name);
         let chains = d.len()?;
         if chains == 0 || chains > MAX_CHAINS {
             return Err(malformed(format!("{chains} chains")));
