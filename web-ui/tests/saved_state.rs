@@ -446,8 +446,8 @@ async fn a_start_with_much_to_read_serves_at_once_and_builds_the_state_behind() 
 /// Someone who can write the archive directory changes a page in the middle of the
 /// saved state's pages file. The start takes the state back (it reads the ends only);
 /// the view that reads the changed page is not shown short but refused, every page
-/// then says the state is being built again, and it is built again (the view's own
-/// catch-up starts it, the follower reads the rest): the message is back.
+/// then says the state is being built again, and it is built again (the next catch-up,
+/// a page's or the follower's, starts it; the follower reads the rest): the message is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_changed_in_the_saved_pages_file_is_found_and_the_state_built_again() {
     let fx = fixture(0.0);
