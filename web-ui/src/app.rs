@@ -41,8 +41,12 @@ pub struct App {
     generation: AtomicU64,
     /// Why the follower's last read of the log failed, while it keeps failing.
     follow_error: Mutex<Option<String>>,
-    /// The pages file the state file in place names, as far as this process knows.
-    pages_in_place: Mutex<Option<String>>,
+    /// Why another node's chain could not be opened or read in the last whole pass.
+    peer_failure: Mutex<Option<String>>,
+    /// The pages files a state file that may be in place names, as far as this
+    /// process knows: the last one put in place durably first, then up to two of
+    /// saves whose rename was not made durable ([`Placed::Maybe`]).
+    pages_in_place: Mutex<Vec<String>>,
     /// The store was dropped while serving and is being read again from the first
     /// record; cleared when a catch-up finds nothing more to read.
     building: AtomicBool,
@@ -70,7 +74,8 @@ struct PeerTails {
     last: Option<Instant>,
     /// A chain gave a whole slice last time: look again without waiting.
     behind: bool,
-    /// A chain could not be opened or read last time: which, and why.
+    /// A chain could not be opened or read last time: which, and why (for the log;
+    /// pages read [`App::peer_failure`]).
     failing: Option<String>,
 }
 
@@ -220,7 +225,8 @@ impl App {
             ),
             None => (fresh(), TailCursor::new(), 1),
         };
-        let pages_in_place = store.saved_pages().map(str::to_owned);
+        let pages_in_place: Vec<String> =
+            store.saved_pages().map(str::to_owned).into_iter().collect();
         let mut app = App {
             peer_tails: Mutex::new(PeerTails::default()),
             saved: Mutex::new(Saved {
@@ -245,6 +251,7 @@ impl App {
             checked: Mutex::new(SavedCheck::default()),
             generation: AtomicU64::new(0),
             follow_error: Mutex::new(None),
+            peer_failure: Mutex::new(None),
             pages_in_place: Mutex::new(pages_in_place),
             building: AtomicBool::new(false),
             cfg,
@@ -368,14 +375,19 @@ impl App {
                 Ok(w.finish_then(|placed| match placed {
                     Placed::Yes => {
                         crate::store::remove_other_pages(&dir, &[pages.as_str()]);
-                        *in_place = Some(pages.clone());
+                        *in_place = vec![pages.clone()];
                     }
                     Placed::No => crate::store::remove_pages(&dir, &pages),
-                    // Either state file may be found after a crash: the pages of both
-                    // stay, and no others, until a save goes through.
+                    // After a crash, the last durable state file or one of these may be
+                    // found: their pages stay (the two newest of them at most, so a
+                    // directory that never syncs cannot fill the disk) until a save
+                    // goes through.
                     Placed::Maybe => {
-                        let mut keep = vec![pages.as_str()];
-                        keep.extend(in_place.as_deref());
+                        if in_place.len() >= 3 {
+                            in_place.remove(1);
+                        }
+                        in_place.push(pages.clone());
+                        let keep: Vec<&str> = in_place.iter().map(String::as_str).collect();
                         crate::store::remove_other_pages(&dir, &keep);
                     }
                 })?)
@@ -560,10 +572,10 @@ impl App {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Notes why the follower's read of the log failed (`None`: it read), for pages to
-    /// say while the state is being built.
-    pub fn follow_failed(&self, why: Option<String>) {
-        *lock(&self.follow_error) = why;
+    /// Notes why the follower's read of the log failed, for pages to say, until a
+    /// catch-up reads it again.
+    pub fn follow_failed(&self, why: String) {
+        *lock(&self.follow_error) = Some(why);
     }
 
     /// The follower's step: applies at most [`FOLLOW_SLICE`] records of each chain it
@@ -589,9 +601,12 @@ impl App {
     /// (`cursor`) is locked by the caller. Returns whether a chain gave `max`.
     fn catch_up_locked(&self, cursor: &mut TailCursor, max: usize) -> Result<bool, ReadError> {
         let more = self.catch_up_chains(cursor, max)?;
-        // Nothing more to read, every chain read to its end: whatever was being built
-        // has caught up. A chain that could not be read keeps it being built.
-        if !more && self.peers_failing().is_none() {
+        // This node's log reads again.
+        *lock(&self.follow_error) = None;
+        // Nothing more to read: whatever was being built has caught up. Another
+        // node's chain that cannot be read does not hold that up (pages say it): a
+        // chain gone for good would otherwise refuse every review until restart.
+        if !more {
             self.building.store(false, Ordering::Release);
         }
         Ok(more)
@@ -757,15 +772,16 @@ impl App {
         // A pass cut short by a chain that gave a whole slice says nothing of those
         // after it: what was failing stays said.
         if !done.more {
-            tails.failing = failing;
+            tails.failing.clone_from(&failing);
+            *lock(&self.peer_failure) = failing;
         }
         done
     }
 
     /// Why another node's chain could not be opened or read the last time it was
-    /// looked at, if one could not.
+    /// looked at, if one could not (its own lock: pages do not wait for a pass).
     fn peers_failing(&self) -> Option<String> {
-        lock(&self.peer_tails).failing.clone()
+        lock(&self.peer_failure).clone()
     }
 
     /// The reader of another node's chain, once it is followed.
@@ -1428,11 +1444,13 @@ mod save_tests {
         rt.block_on(archive.close()).unwrap();
     }
 
-    /// A state being built does not call itself whole while another node's chain cannot
-    /// be read (an administrator made its directory unreadable, say): pages say so, and
-    /// reviews wait. Once the chain reads, the state catches up and is whole.
+    /// Another node's chain that cannot be opened (a node named in the bucket whose
+    /// chain is not there yet, or one an administrator made unreadable) is said on
+    /// every page, naming it, but does not keep the state from being whole: a chain
+    /// gone for good would otherwise refuse every review until a restart. Once it reads,
+    /// the notice goes.
     #[test]
-    fn a_state_being_built_is_not_whole_while_another_nodes_chain_cannot_be_read() {
+    fn another_nodes_chain_that_cannot_be_read_is_said_without_locking_reviews() {
         let (tmp, rt, archive, first, _) = app_with_one_message(1);
         let mut cfg = first.cfg.clone();
         cfg.build_in_background_above = 100;
@@ -1450,13 +1468,13 @@ mod save_tests {
         let app = App::new(cfg, archive.clone()).unwrap();
         assert!(app.building());
         while app.follow_slice().unwrap() {}
-        assert!(app.building(), "caught up with this node's chain only");
+        assert!(!app.building());
         let notice = app.state_notice().unwrap();
         assert!(
-            notice.contains("Another node's chain cannot be read"),
+            notice.contains("Another node's chain cannot be read") && notice.contains("n2"),
             "{notice}"
         );
-        assert!(app.whole(&read(&app.store)).is_err());
+        assert!(app.whole(&read(&app.store)).is_ok());
         // The chain appears; looked at again after PEER_INTERVAL.
         let peer = Archive::open(ArchiveConfig::new(
             dir,
@@ -1469,11 +1487,24 @@ mod save_tests {
             peer.close().await.unwrap();
         });
         let deadline = Instant::now() + Duration::from_secs(20);
-        while app.building() {
-            assert!(Instant::now() < deadline, "never whole");
+        while app.state_notice().is_some() {
+            assert!(Instant::now() < deadline, "still said");
             std::thread::sleep(Duration::from_millis(100));
             while app.follow_slice().unwrap() {}
         }
+    }
+
+    /// While this node's log cannot be read, every page says why and reviews wait (the
+    /// state may lack the latest copies); the next catch-up that reads clears it.
+    #[test]
+    fn a_failing_read_of_this_nodes_log_is_said_and_refuses_reviews_until_it_reads() {
+        let (_tmp, _rt, _archive, app, _) = app_with_one_message(1);
+        assert_eq!(app.state_notice(), None);
+        app.follow_failed("segment 3: input/output error".into());
+        let notice = app.state_notice().unwrap();
+        assert!(notice.contains("input/output error"), "{notice}");
+        assert!(app.whole(&read(&app.store)).is_err());
+        app.catch_up_blocking().unwrap();
         assert_eq!(app.state_notice(), None);
         assert!(app.whole(&read(&app.store)).is_ok());
     }

@@ -189,9 +189,8 @@ fn follow(app: &app::App, stop: &std::sync::mpsc::Receiver<()>) {
         loop {
             match app.follow_slice() {
                 Ok(more) => {
-                    if failing.take().is_some() {
-                        app.follow_failed(None);
-                    }
+                    // The catch-up that read it cleared what pages say.
+                    failing = None;
                     if !more {
                         break;
                     }
@@ -214,7 +213,7 @@ fn follow(app: &app::App, stop: &std::sync::mpsc::Receiver<()>) {
                         tracing::warn!(cause = %said, "following the archive failed; retrying");
                         failing = Some((said.clone(), std::time::Instant::now()));
                     }
-                    app.follow_failed(Some(said));
+                    app.follow_failed(said);
                     break;
                 }
             }
