@@ -47,8 +47,9 @@ pub struct App {
     /// process knows: the last one put in place durably first, then up to two of
     /// saves whose rename was not made durable ([`Placed::Maybe`]).
     pages_in_place: Mutex<Vec<String>>,
-    /// The store was dropped while serving and is being read again from the first
-    /// record; cleared when a catch-up finds nothing more to read.
+    /// The store is being built from the log behind the pages: at a start with much to
+    /// read, after it was dropped to be read again from the first record, or when a
+    /// chain was found far behind; cleared when a catch-up finds nothing more to read.
     building: AtomicBool,
     /// Where following the archive left off. The lock also serialises catch-ups,
     /// so two never apply the same records concurrently.

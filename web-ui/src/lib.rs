@@ -163,11 +163,14 @@ const CHECK_SLICES: usize = 64;
 /// starts the next turn (at once, when records are left).
 const FOLLOW_TURN: Duration = Duration::from_millis(250);
 
-/// The follower (thread `custos-web-tail`): every [`TAIL_INTERVAL`], applies what the
-/// archive gained, one [`app::FOLLOW_SLICE`] at a time, until `stop` is dropped. It runs
-/// at index building's priority: when the CPU is short, relaying goes first and the
-/// review state catches up after. A page that must show the latest state catches up
-/// itself, at its own priority, waiting for at most the slice in hand.
+/// The follower (thread `custos-web-tail`): every [`TAIL_INTERVAL`], or at once while
+/// a turn left records unread, applies what the archive gained, one
+/// [`app::FOLLOW_SLICE`] at a time for at most [`FOLLOW_TURN`], then looks some pages
+/// taken from the saved state over, until `stop` is dropped. It runs at index
+/// building's priority: when the CPU is short, relaying goes first and the review state
+/// catches up after. A page that must show the latest state catches up itself, at its
+/// own priority, waiting for at most the slice in hand; while the state is being built,
+/// the follower alone reads.
 fn follow(app: &app::App, stop: &std::sync::mpsc::Receiver<()>) {
     use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
     app.archive.lower_to_index_priority();
@@ -303,7 +306,8 @@ impl BoundWeb {
     }
 
     /// Whether the state is whole, as it stands when the returned function is called:
-    /// neither being built nor found damaged (for a gauge operators can watch).
+    /// no page notice (not being built, not found damaged, every log it follows read;
+    /// for a gauge operators can watch).
     pub fn whole_watch(&self) -> impl Fn() -> bool + Send + Sync + 'static {
         let app = self.app.clone();
         move || app.state_notice().is_none()
