@@ -2443,6 +2443,13 @@ mod tests {
     ];
 
     /// Everything a store holds, in an order that does not depend on its hash maps.
+    /// Outbound copies of messages `1..=n` (seqs as numbers, identities `id-N`).
+    fn sent_copies(n: u64, action: Action) -> Vec<ChainEntry> {
+        (1..=n)
+            .map(|seq| copy(seq, &format!("id-{seq}"), None, Leg::ClientToServer, action))
+            .collect()
+    }
+
     /// `s` saved and read back under `id` and `rate`, as a restart does. The pages
     /// file is removed once read back (the store read back keeps it open), so that
     /// tests leave nothing behind.
@@ -2850,19 +2857,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let spill = Spill::tiny_in(Some(tmp.path().to_owned()));
         let mut s = Store::spilling([1; 16], 0.0, None, spill.clone());
-        s.apply(
-            (1..=40)
-                .map(|seq| {
-                    copy(
-                        seq,
-                        &format!("id-{seq}"),
-                        None,
-                        Leg::ClientToServer,
-                        Action::Flag,
-                    )
-                })
-                .collect(),
-        );
+        s.apply(sent_copies(40, Action::Flag));
         let dir = spill.dir();
         let mut earlier = Vec::new();
         let earlier_pages = s.save(&mut earlier).unwrap();
@@ -3000,19 +2995,7 @@ mod tests {
     fn a_late_copy_joins_its_message_through_identities_on_disk_and_a_changed_run_is_not_trusted() {
         use std::os::unix::fs::FileExt;
         let mut s = Store::spilling([1; 16], 0.0, None, Spill::tiny());
-        s.apply(
-            (1..=40)
-                .map(|seq| {
-                    copy(
-                        seq,
-                        &format!("id-{seq}"),
-                        None,
-                        Leg::ClientToServer,
-                        Action::Allow,
-                    )
-                })
-                .collect(),
-        );
+        s.apply(sent_copies(40, Action::Allow));
         // A replay of message 1 long after: its identity left memory long ago.
         s.apply(vec![copy(
             41,

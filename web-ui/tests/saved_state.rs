@@ -40,6 +40,37 @@ fn pages_files(fx: &Fixture) -> Vec<std::path::PathBuf> {
     found
 }
 
+/// Changes one byte of rows page `page` in the saved state's pages file, as someone who
+/// can write the archive directory would. The rows are the file's first part, in pages
+/// of 16 rows (1,008 bytes sealed).
+fn change_saved_row_page(fx: &Fixture, page: usize) {
+    let pages = pages_files(fx);
+    let mut raw = std::fs::read(&pages[0]).unwrap();
+    raw[page * 1008 + 40] ^= 0x20;
+    std::fs::write(&pages[0], &raw).unwrap();
+}
+
+/// A web UI served (its follower running) until [`Served::stop`], which saves.
+struct Served {
+    stop: tokio::sync::oneshot::Sender<()>,
+    run: tokio::task::JoinHandle<Result<(), custos_web_ui::WebError>>,
+}
+
+impl Served {
+    fn start(web: BoundWeb) -> Served {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(web.run(async {
+            let _ = stopped.await;
+        }));
+        Served { stop, run }
+    }
+
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        self.run.await.unwrap().unwrap();
+    }
+}
+
 /// The queue's item ids, as the page lists them.
 fn queued(html: &str) -> Vec<String> {
     html.match_indices("id=\"q")
@@ -419,10 +450,7 @@ async fn a_start_with_much_to_read_serves_at_once_and_builds_the_state_behind() 
     let r = send(&app, Method::POST, "/queue", Some(&cookie), Some(&review)).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
 
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(web.run(async {
-        let _ = stopped.await;
-    }));
+    let served = Served::start(web);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let q = page(&app, &cookie, "/queue").await;
@@ -435,8 +463,7 @@ async fn a_start_with_much_to_read_serves_at_once_and_builds_the_state_behind() 
     }
     let r = send(&app, Method::POST, "/queue", Some(&cookie), Some(&review)).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
-    stop.send(()).unwrap();
-    served.await.unwrap().unwrap();
+    served.stop().await;
     // Saved at shutdown, whole: the next start takes it back and reads nothing more.
     let web = bind(&fx).await;
     assert!(!web.started().in_background);
@@ -477,12 +504,8 @@ async fn a_page_changed_in_the_saved_pages_file_is_found_and_the_state_built_aga
     let web = bind(&fx).await;
     web.save_state_blocking();
     drop(web);
-    // The rows are the file's first part, in pages of 16 rows (1,008 bytes sealed):
-    // the flagged message's row is on page 9.
-    let pages = pages_files(&fx);
-    let mut raw = std::fs::read(&pages[0]).unwrap();
-    raw[9 * 1008 + 40] ^= 0x20;
-    std::fs::write(&pages[0], &raw).unwrap();
+    // The flagged message's row is on page 9.
+    change_saved_row_page(&fx, 9);
 
     let web = bind(&fx).await;
     assert!(web.started().restored_through.is_some());
@@ -494,10 +517,7 @@ async fn a_page_changed_in_the_saved_pages_file_is_found_and_the_state_built_aga
     let dashboard = page(&app, &cookie, "/").await;
     assert!(dashboard.contains("could not be read back"), "{dashboard}");
 
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(web.run(async {
-        let _ = stopped.await;
-    }));
+    let served = Served::start(web);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let r = send(&app, Method::GET, &path, Some(&cookie), None).await;
@@ -508,8 +528,7 @@ async fn a_page_changed_in_the_saved_pages_file_is_found_and_the_state_built_aga
         assert!(std::time::Instant::now() < deadline, "never built again");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    stop.send(()).unwrap();
-    served.await.unwrap().unwrap();
+    served.stop().await;
 }
 
 /// The same change, found by no view: the follower looks the saved pages over after
@@ -531,10 +550,7 @@ async fn a_page_changed_in_the_saved_pages_file_is_found_by_the_look_over() {
     let web = bind(&fx).await;
     web.save_state_blocking();
     drop(web);
-    let pages = pages_files(&fx);
-    let mut raw = std::fs::read(&pages[0]).unwrap();
-    raw[9 * 1008 + 40] ^= 0x20;
-    std::fs::write(&pages[0], &raw).unwrap();
+    change_saved_row_page(&fx, 9);
 
     let web = bind(&fx).await;
     let app = web.router();
@@ -545,10 +561,7 @@ async fn a_page_changed_in_the_saved_pages_file_is_found_by_the_look_over() {
     let pages_before = pages_files(&fx);
     let (rebuilds, building) = (web.rebuilds_watch(), web.building_watch());
     assert_eq!(rebuilds(), 0);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(web.run(async {
-        let _ = stopped.await;
-    }));
+    let served = Served::start(web);
     // Found and built again: after it, the dashboard says nothing, and the state the
     // rebuild saves at shutdown is a new one.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -558,7 +571,6 @@ async fn a_page_changed_in_the_saved_pages_file_is_found_by_the_look_over() {
     }
     let d = page(&app, &cookie, "/").await;
     assert!(!d.contains("could not be read back") && !d.contains("being built"));
-    stop.send(()).unwrap();
-    served.await.unwrap().unwrap();
+    served.stop().await;
     assert_ne!(pages_files(&fx), pages_before);
 }
