@@ -614,11 +614,13 @@ impl Identities {
         Ok((saved, out))
     }
 
-    /// The table [`Identities::save_into`] wrote into the pages file `file`. Nothing
-    /// is read now; a page that does not open when read marks the table damaged.
+    /// The table [`Identities::save_into`] wrote into the pages file `file`, of `size`
+    /// bytes. Nothing is read now; a page that does not open when read marks the table
+    /// damaged.
     pub(super) fn adopt(
         spill: &Arc<Spill>,
         file: &Arc<Scratch>,
+        size: u64,
         saved: Saved,
     ) -> Result<Identities, String> {
         let mut t = Identities::new(spill.clone());
@@ -637,14 +639,18 @@ impl Identities {
         if saved.firsts.windows(2).any(|w| w[0] >= w[1]) {
             return Err("identity pages out of order".into());
         }
+        let region = Region {
+            scratch: file.clone(),
+            at: saved.at,
+            first: saved.first,
+            slot: slot(spill),
+        };
+        if region.end(pages) > size {
+            return Err("identities past the pages file's end".into());
+        }
         t.runs.push(Run {
             saved: true,
-            region: Region {
-                scratch: file.clone(),
-                at: saved.at,
-                first: saved.first,
-                slot: slot(spill),
-            },
+            region,
             len: saved.len,
             firsts: saved.firsts,
             filter: Filter {
@@ -666,12 +672,6 @@ pub(super) struct Saved {
 }
 
 impl Saved {
-    /// Bytes of the pages file up to the run's end.
-    pub(super) fn end(&self, spill: &Spill) -> u64 {
-        self.at
-            .saturating_add((self.firsts.len() as u64).saturating_mul(slot(spill) as u64))
-    }
-
     /// The filter's blocks a table of `len` entries has.
     pub(super) fn filter_blocks(len: usize) -> usize {
         if len == 0 {
@@ -771,7 +771,8 @@ mod tests {
             let (file, _) = saved_pages(&spill);
             let (saved, _) = t.save_into(Sealer::new(file.clone())).unwrap();
             prop_assert_eq!(saved.len, walked.len());
-            let back = Identities::adopt(&spill, &file, saved).unwrap();
+            let size = file.file.metadata().unwrap().len();
+            let back = Identities::adopt(&spill, &file, size, saved).unwrap();
             for i in 0..45 {
                 prop_assert_eq!(back.get(&key(i)), m.get(&key(i)).copied());
             }

@@ -675,11 +675,8 @@ impl Store {
             }
             saved.filter.push(block);
         }
-        if saved.end(&s.spill) > size {
-            return Err(malformed("identities past the pages file's end"));
-        }
         let first = saved.firsts.first().copied();
-        s.identities = Identities::adopt(&s.spill, &file, saved).map_err(malformed)?;
+        s.identities = Identities::adopt(&s.spill, &file, size, saved).map_err(malformed)?;
         if first.is_some_and(|k| s.identities.get(&k).is_none()) || s.identities.damaged() {
             return Err(malformed(
                 "its identities cannot be read back (changed, another save's, or unreadable)",
