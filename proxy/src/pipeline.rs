@@ -790,8 +790,19 @@ pub fn identity(
         }
         None => put(""),
     }
-    let digest = h.finalize();
-    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+    lower_hex(&h.finalize()[..16])
+}
+
+/// `bytes` in lowercase hex, without a `format!` (and an allocation) per byte: the
+/// identity is written for every stanza with content.
+fn lower_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 fn edit_kind(k: EditKind) -> custos_archive::EditKind {
@@ -1732,6 +1743,16 @@ fn disclaimer(to: &str, text: &str, room: bool) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::xml::{parse_element, NsScope};
+
+    /// Identities in archives written before are `{:02x}` per byte; a copy relayed now
+    /// must still meet them.
+    #[test]
+    fn identities_are_written_in_hex_as_before() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        let before: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(lower_hex(&bytes), before);
+        assert_eq!(lower_hex(&[]), "");
+    }
 
     #[test]
     fn recent_messages_remember_within_window_and_evict() {
