@@ -3,15 +3,22 @@
 //! archive writing and fsyncing every message before forwarding it, and the demo rules).
 //!
 //! `cargo run --release -p custos-e2e --bin custos-bench -- [MESSAGES] [--sessions 1,8,64]
-//! [--rules FILE] [--web]` (default 2000 messages per session count, the demo rules;
-//! `--web` serves the review UI too, following the archive as it is written).
+//! [--repeat N] [--rules FILE] [--web] [--index-niceness N]` (default 2000 messages per
+//! session count, the demo rules; `--repeat` runs each session count's pair that many
+//! times, interleaved, and adds their medians; `--web` serves the review UI too, following
+//! the archive as it is written; `--index-niceness` sets `[archive] index_niceness`).
 //!
 //! Prints, in one run, for one session: p50/p99 latency of sequential round trips; and for
 //! each session count: the aggregate rate of every session bursting at once, directly
 //! and through Custos, and the CPU time per message of Custos and of the Prosody behind
 //! it (from `/proc/PID/stat`, read once both have gone quiet after the burst, so Custos's
 //! indexing in the background is counted), with the ratios to direct Prosody, and how
-//! long Custos stayed busy after the burst (mostly its search index catching up).
+//! long Custos stayed busy after the burst (mostly its search index catching up), and
+//! Prosody's read and write system calls per message (from `/proc/PID/io`).
+//!
+//! On a shared machine one pair says little: direct Prosody's own CPU per message has
+//! moved by half and more between pairs of one sitting. `--repeat` interleaves pairs
+//! and prints their medians.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -208,7 +215,18 @@ fn cpu_time(pid: u32) -> Result<Duration, BoxError> {
     Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks()))
 }
 
-/// `sysconf(_SC_CLK_TCK)`, asked of `getconf` once.
+/// Read and write system calls of a process so far, from `/proc/PID/io`.
+fn syscalls(pid: u32) -> Result<(u64, u64), BoxError> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))?;
+    let field = |name: &str| -> Result<u64, BoxError> {
+        io.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| format!("no {name} in /proc/{pid}/io").into())
+    };
+    Ok((field("syscr:")?, field("syscw:")?))
+}
+
 /// Sessions held open for the idle-memory figure.
 const IDLE_SESSIONS: usize = 256;
 
@@ -267,6 +285,7 @@ fn rss_kib(pid: u32) -> Result<u64, BoxError> {
         .ok_or_else(|| format!("no VmRSS in /proc/{pid}/status").into())
 }
 
+/// `sysconf(_SC_CLK_TCK)`, asked of `getconf` once.
 fn clock_ticks() -> f64 {
     static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
     *TICKS.get_or_init(|| {
@@ -279,12 +298,46 @@ fn clock_ticks() -> f64 {
     })
 }
 
+/// One session count's pair of runs, directly and through Custos.
+struct Pair {
+    ratio: f64,
+    /// Prosody's CPU per message behind Custos over its CPU per message directly.
+    prosody_ratio: f64,
+    /// Custos's CPU per message over Prosody's directly.
+    custos_ratio: f64,
+}
+
+impl Pair {
+    fn of(direct: &Run, via: &Run) -> Pair {
+        let direct_cpu = direct.prosody_cpu.as_secs_f64().max(1e-9);
+        Pair {
+            ratio: via.rate / direct.rate,
+            prosody_ratio: via.prosody_cpu.as_secs_f64() / direct_cpu,
+            custos_ratio: via.custos_cpu.unwrap_or_default().as_secs_f64() / direct_cpu,
+        }
+    }
+}
+
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 struct Args {
     messages: usize,
     sessions: Vec<usize>,
     rules: Option<std::path::PathBuf>,
     /// Serve the review UI as well.
     web: bool,
+    /// Pairs of runs per session count.
+    repeat: usize,
+    /// `[archive] index_niceness` for Custos, when not the default.
+    index_niceness: Option<i64>,
 }
 
 fn args() -> Result<Args, BoxError> {
@@ -293,6 +346,8 @@ fn args() -> Result<Args, BoxError> {
         sessions: vec![1, 8, 64],
         rules: None,
         web: false,
+        repeat: 1,
+        index_niceness: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -310,6 +365,20 @@ fn args() -> Result<Args, BoxError> {
             }
             "--rules" => a.rules = Some(it.next().ok_or("--rules needs a file")?.into()),
             "--web" => a.web = true,
+            "--index-niceness" => {
+                let n = it.next().ok_or("--index-niceness needs 0 to 19")?;
+                a.index_niceness = Some(
+                    n.parse()
+                        .map_err(|e| format!("--index-niceness {n}: {e}"))?,
+                );
+            }
+            "--repeat" => {
+                let n = it.next().ok_or("--repeat needs a count")?;
+                a.repeat = n.parse().map_err(|e| format!("--repeat {n}: {e}"))?;
+                if !(1..=20).contains(&a.repeat) {
+                    return Err("--repeat: between 1 and 20".into());
+                }
+            }
             n => a.messages = n.parse().map_err(|e| format!("messages {n:?}: {e}"))?,
         }
     }
@@ -320,6 +389,8 @@ fn args() -> Result<Args, BoxError> {
 struct Run {
     rate: f64,
     prosody_cpu: Duration,
+    /// Prosody's read and write system calls per message.
+    prosody_calls: (f64, f64),
     custos_cpu: Option<Duration>,
     /// From the end of the burst until Custos went quiet (mostly the search index
     /// catching up and committing); `None`: not quiet within 30 s.
@@ -337,6 +408,7 @@ async fn run(
     // Logins are not what is measured: connect first, then read the clocks.
     let logged_in = clients(addr, ca, sessions).await?;
     let p0 = cpu_time(prosody)?;
+    let io0 = syscalls(prosody)?;
     let c0 = custos.map(cpu_time).transpose()?;
     let rate = aggregate(logged_in, n).await?;
     let burst_end = std::time::Instant::now();
@@ -356,6 +428,11 @@ async fn run(
     let custos_busy_after = custos_busy_after?;
     let per = |d: Duration| d / u32::try_from(n).unwrap_or(u32::MAX);
     let prosody_cpu = per(cpu_time(prosody)? - p0);
+    let io1 = syscalls(prosody)?;
+    let prosody_calls = (
+        io1.0.saturating_sub(io0.0) as f64 / n as f64,
+        io1.1.saturating_sub(io0.1) as f64 / n as f64,
+    );
     let custos_cpu = match (custos, c0) {
         (Some(pid), Some(c0)) => Some(per(cpu_time(pid)? - c0)),
         _ => None,
@@ -363,6 +440,7 @@ async fn run(
     Ok(Run {
         rate,
         prosody_cpu,
+        prosody_calls,
         custos_cpu,
         custos_busy_after,
     })
@@ -387,7 +465,7 @@ async fn main() -> Result<(), BoxError> {
     let custos_dir = dir.join("custos");
     std::fs::create_dir_all(custos_dir.join("secrets"))?;
     let leaf = ca.leaf(&custos_dir, "example.test")?;
-    let archive = section(
+    let mut archive = section(
         "archive",
         [
             ("dir", path(&custos_dir.join("archive"))),
@@ -395,6 +473,12 @@ async fn main() -> Result<(), BoxError> {
             ("signing_key", path(&custos_dir.join("secrets/signing.key"))),
         ],
     );
+    if let Some(n) = a.index_niceness {
+        merge(
+            &mut archive,
+            section("archive", [("index_niceness", Value::from(n))]),
+        );
+    }
     std::fs::write(custos_dir.join("keys.toml"), render(&archive))?;
     let out = run_custos(&["keys", "init"], Some(&custos_dir.join("keys.toml")))?;
     if !out.status.success() {
@@ -466,7 +550,7 @@ async fn main() -> Result<(), BoxError> {
         via.rate / base.rate
     );
     println!(
-        "{:>8} {:>12} {:>12} {:>7} {:>14} {:>14} {:>12} {:>9} {:>9} {:>11}",
+        "{:>8} {:>12} {:>12} {:>7} {:>14} {:>14} {:>12} {:>9} {:>9} {:>11} {:>17} {:>17}",
         "sessions",
         "direct msg/s",
         "custos msg/s",
@@ -476,34 +560,53 @@ async fn main() -> Result<(), BoxError> {
         "custos cpu/m",
         "p. ratio",
         "c./direct",
-        "busy after"
+        "busy after",
+        "p. reads/writes",
+        "behind custos"
     );
     for &sessions in &a.sessions {
-        let d = run(direct, ca.cert_path(), sessions, n, prosody.pid(), None).await?;
-        let v = run(
-            via_addr,
-            ca.cert_path(),
-            sessions,
-            n,
-            prosody.pid(),
-            Some(custos_pid),
-        )
-        .await?;
-        let custos_cpu = v.custos_cpu.unwrap_or_default();
-        println!(
-            "{:>8} {:>12.0} {:>12.0} {:>7.2} {:>14.1?} {:>14.1?} {:>12.1?} {:>9.2} {:>9.2} {:>11}",
-            sessions,
-            d.rate,
-            v.rate,
-            v.rate / d.rate,
-            d.prosody_cpu,
-            v.prosody_cpu,
-            custos_cpu,
-            v.prosody_cpu.as_secs_f64() / d.prosody_cpu.as_secs_f64().max(1e-9),
-            custos_cpu.as_secs_f64() / d.prosody_cpu.as_secs_f64().max(1e-9),
-            v.custos_busy_after
-                .map_or_else(|| "> 30 s".to_string(), |d| format!("{:.2?}", d)),
-        );
+        let mut pairs = Vec::with_capacity(a.repeat);
+        for _ in 0..a.repeat {
+            let d = run(direct, ca.cert_path(), sessions, n, prosody.pid(), None).await?;
+            let v = run(
+                via_addr,
+                ca.cert_path(),
+                sessions,
+                n,
+                prosody.pid(),
+                Some(custos_pid),
+            )
+            .await?;
+            let pair = Pair::of(&d, &v);
+            println!(
+                "{:>8} {:>12.0} {:>12.0} {:>7.2} {:>14.1?} {:>14.1?} {:>12.1?} {:>9.2} {:>9.2} {:>11} {:>17} {:>17}",
+                sessions,
+                d.rate,
+                v.rate,
+                pair.ratio,
+                d.prosody_cpu,
+                v.prosody_cpu,
+                v.custos_cpu.unwrap_or_default(),
+                pair.prosody_ratio,
+                pair.custos_ratio,
+                v.custos_busy_after
+                    .map_or_else(|| "> 30 s".to_string(), |d| format!("{:.2?}", d)),
+                format!("{:.2} / {:.2}", d.prosody_calls.0, d.prosody_calls.1),
+                format!("{:.2} / {:.2}", v.prosody_calls.0, v.prosody_calls.1),
+            );
+            pairs.push(pair);
+        }
+        if pairs.len() > 1 {
+            let med = |f: fn(&Pair) -> f64| median(pairs.iter().map(f));
+            println!(
+                "{:>8} median of {} pairs: ratio {:.2}, prosody behind custos {:.2}x its cpu/m directly, custos cpu/m {:.2}x direct prosody's",
+                sessions,
+                pairs.len(),
+                med(|p| p.ratio),
+                med(|p| p.prosody_ratio),
+                med(|p| p.custos_ratio),
+            );
+        }
     }
     Ok(())
 }
