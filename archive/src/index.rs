@@ -600,6 +600,10 @@ pub struct BlindIndexWriter {
     /// is due once this reaches [`MAX_UNCOMMITTED`].
     sent: usize,
     terms: TermCache,
+    /// A record's text and a blinded term as they are built, kept between records so
+    /// that each record does not grow buffers of its own (tantivy copies them).
+    text: String,
+    term: String,
     /// Why operations handed to tantivy were refused: the mark has moved past
     /// documents that are not in, so no commit may record it.
     lost: Option<String>,
@@ -611,6 +615,9 @@ pub struct BlindIndexWriter {
 
 /// Operations queued before they are handed to tantivy at once.
 const OPS_BATCH: usize = 128;
+
+/// Largest text buffer [`BlindIndexWriter`] keeps between records, in bytes.
+const TEXT_KEPT: usize = 64 * 1024;
 
 /// Documents handed to tantivy after which a commit is due whatever the time: what its
 /// queue can hold (about 1 KiB each) stays bounded however fast records come.
@@ -1335,6 +1342,8 @@ impl BlindIndexWriter {
             ops: Vec::with_capacity(OPS_BATCH),
             sent: 0,
             terms: TermCache::new(),
+            text: String::new(),
+            term: String::with_capacity(TERM_CHARS),
             lost: None,
             dir: dir.to_path_buf(),
             unchecked: None,
@@ -1437,12 +1446,13 @@ impl BlindIndexWriter {
         // media type.
         // (Written out as text that [`BlindTokens`] reads back: tantivy would put a
         // pre-tokenized value through JSON and back.)
-        let mut text = String::new();
+        let text = &mut self.text;
+        text.clear();
         let mut unlisted = None;
         let terms = &mut self.terms;
         for part in query::text_parts(m) {
             query::for_each_token(&part, |t| {
-                terms.push_term(k, "text", t, &mut text);
+                terms.push_term(k, "text", t, text);
                 text.push(BlindTokens::WORD_END);
                 if unlisted.is_none() {
                     unlisted = self.vocab.add(a.segment, t).err();
@@ -1453,14 +1463,17 @@ impl BlindIndexWriter {
             }
             text.push(BlindTokens::PART_END);
         }
-        doc.add_text(f.text, text);
-        // One buffer for every blinded term of the record: tantivy copies each into the
-        // document.
-        let mut term = String::with_capacity(TERM_CHARS);
+        doc.add_text(f.text, text.as_str());
+        if text.capacity() > TEXT_KEPT {
+            // A long message's buffer is not held on to.
+            *text = String::new();
+        }
+        // One buffer for every blinded term: tantivy copies each into the document.
+        let term = &mut self.term;
         let mut add = |doc: &mut TantivyDocument, field: Field, tag: &str, value: &str| {
             term.clear();
-            terms.push_term(k, tag, value, &mut term);
-            doc.add_text(field, &term);
+            terms.push_term(k, tag, value, term);
+            doc.add_text(field, term.as_str());
         };
         // The person behind a room occupant is a party too: `from:` finds what they said
         // in a room, as the copies others received it.
