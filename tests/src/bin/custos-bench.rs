@@ -561,8 +561,8 @@ async fn main() -> Result<(), BoxError> {
         "p. ratio",
         "c./direct",
         "busy after",
-        "p. reads/writes",
-        "behind custos"
+        "p. r/w directly",
+        "p. r/w behind"
     );
     for &sessions in &a.sessions {
         let mut pairs = Vec::with_capacity(a.repeat);
