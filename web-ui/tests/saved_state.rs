@@ -25,6 +25,19 @@ async fn bind(fx: &Fixture) -> BoundWeb {
         .unwrap()
 }
 
+/// Bob's card number, flagged by `pci-card`: the review item each test looks for.
+async fn append_flagged_card(fx: &Fixture) -> u64 {
+    append(
+        &fx.archive,
+        Msg::chat("bob@example.test/phone", "alice@example.test", "card 4111").flagged(
+            Action::Flag,
+            &["pci-card"],
+            "high",
+        ),
+    )
+    .await
+}
+
 fn state_file(fx: &Fixture) -> std::path::PathBuf {
     archive_dir(&fx.dir).join("state").join("web-ui.state")
 }
@@ -86,15 +99,7 @@ fn queued(html: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_reads_the_saved_state_back_and_then_only_newer_records() {
     let fx = fixture(0.0);
-    let first = append(
-        &fx.archive,
-        Msg::chat("bob@example.test/phone", "alice@example.test", "card 4111").flagged(
-            Action::Flag,
-            &["pci-card"],
-            "high",
-        ),
-    )
-    .await;
+    let first = append_flagged_card(&fx).await;
     append(
         &fx.archive,
         Msg::chat("alice@example.test/laptop", "bob@example.test", "lunch?"),
@@ -179,15 +184,7 @@ async fn a_restart_reads_the_saved_state_back_and_then_only_newer_records() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saved_state_that_is_damaged_or_made_under_other_settings_is_read_afresh() {
     let mut fx = fixture(0.0);
-    let flagged = append(
-        &fx.archive,
-        Msg::chat("bob@example.test/phone", "alice@example.test", "card 4111").flagged(
-            Action::Flag,
-            &["pci-card"],
-            "high",
-        ),
-    )
-    .await;
+    let flagged = append_flagged_card(&fx).await;
     let web = bind(&fx).await;
     web.save_state_blocking();
     drop(web);
@@ -401,15 +398,7 @@ async fn a_peer_chain_that_no_longer_continues_the_saved_state_is_read_afresh() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_with_much_to_read_serves_at_once_and_builds_the_state_behind() {
     let mut fx = fixture(0.0);
-    let flagged = append(
-        &fx.archive,
-        Msg::chat("bob@example.test/phone", "alice@example.test", "card 4111").flagged(
-            Action::Flag,
-            &["pci-card"],
-            "high",
-        ),
-    )
-    .await;
+    let flagged = append_flagged_card(&fx).await;
     let mut last = flagged;
     for i in 0..600 {
         last = append(
