@@ -15,7 +15,8 @@ use regex::RegexSet;
 pub(crate) struct Jid {
     /// `local@domain` or `domain`, lowercased.
     pub bare: String,
-    pub domain: String,
+    /// Where the domain starts in `bare`.
+    domain_at: usize,
     pub resource: Option<String>,
 }
 
@@ -23,27 +24,44 @@ impl Jid {
     /// Splits a JID as found on the wire. Returns `None` for an empty domain.
     pub(crate) fn parse(s: &str) -> Option<Jid> {
         let (bare, resource) = match s.split_once('/') {
-            Some((b, r)) => (b, Some(r.to_owned())),
+            Some((b, r)) => (b, Some(r)),
             None => (s, None),
         };
         let (local, domain) = match bare.split_once('@') {
             Some((l, d)) => (Some(l), d),
             None => (None, bare),
         };
-        let domain = prepare_domain(domain);
-        if domain.is_empty() {
+        // One string for both parts: a stanza's addresses are read for every rule set.
+        let mut bare = match local {
+            Some("") => return None,
+            Some(l) => {
+                let mut b = String::with_capacity(l.len() + 1 + domain.len());
+                push_prepared(&mut b, l, stringprep::nodeprep, false);
+                b.push('@');
+                b
+            }
+            None => String::with_capacity(domain.len()),
+        };
+        let domain_at = bare.len();
+        push_prepared(
+            &mut bare,
+            domain.trim_end_matches('.'),
+            stringprep::nameprep,
+            false,
+        );
+        if bare.len() == domain_at {
             return None;
         }
-        let bare = match local {
-            Some(l) if !l.is_empty() => format!("{}@{domain}", prepare_local(l)),
-            Some(_) => return None,
-            None => domain.clone(),
-        };
         Some(Jid {
             bare,
-            domain,
-            resource: resource.map(|r| prepared(&r, stringprep::resourceprep, true)),
+            domain_at,
+            resource: resource.map(|r| prepared(r, stringprep::resourceprep, true)),
         })
+    }
+
+    /// The domain, prepared (see [`prepare_domain`]).
+    pub(crate) fn domain(&self) -> &str {
+        self.bare.get(self.domain_at..).unwrap_or_default()
     }
 
     pub(crate) fn full(&self) -> String {
@@ -75,17 +93,31 @@ fn prepared(
     prep: fn(&str) -> Result<std::borrow::Cow<'_, str>, stringprep::Error>,
     keep_case: bool,
 ) -> String {
-    let kept = || {
-        if keep_case {
-            part.to_owned()
-        } else {
-            part.to_lowercase()
-        }
-    };
+    let mut out = String::with_capacity(part.len());
+    push_prepared(&mut out, part, prep, keep_case);
+    out
+}
+
+/// [`prepared`], appended to `out`.
+fn push_prepared(
+    out: &mut String,
+    part: &str,
+    prep: fn(&str) -> Result<std::borrow::Cow<'_, str>, stringprep::Error>,
+    keep_case: bool,
+) {
     if part.is_ascii() {
-        return kept();
+        if keep_case {
+            out.push_str(part);
+        } else {
+            out.extend(part.chars().map(|c| c.to_ascii_lowercase()));
+        }
+        return;
     }
-    prep(part).map_or_else(|_| kept(), std::borrow::Cow::into_owned)
+    match prep(part) {
+        Ok(p) => out.push_str(&p),
+        Err(_) if keep_case => out.push_str(part),
+        Err(_) => out.push_str(&part.to_lowercase()),
+    }
 }
 
 /// A pattern naming parties, as written in `from`/`to` or a group's member list.
@@ -123,7 +155,7 @@ impl PartyPattern {
         Ok(match (&jid.resource, s.contains('@')) {
             (Some(_), _) => PartyPattern::Full(jid.full()),
             (None, true) => PartyPattern::Bare(jid.bare),
-            (None, false) => PartyPattern::Domain(jid.domain),
+            (None, false) => PartyPattern::Domain(jid.domain().to_owned()),
         })
     }
 }
@@ -250,7 +282,8 @@ impl PartyIndex {
         Ok(())
     }
 
-    /// Sets the bit of every pattern `jid` matches.
+    /// Sets the bit of every pattern `jid` matches. Allocates only when the file names
+    /// full JIDs (the full JID is built) or a glob matches.
     pub(crate) fn matches(&self, jid: &Jid, out: &mut Bits) {
         let mut set = |ids: Option<&Vec<PatternId>>| {
             for &id in ids.into_iter().flatten() {
@@ -258,51 +291,83 @@ impl PartyIndex {
             }
         };
         set(self.bare.get(&jid.bare));
-        set(self.domain.get(&jid.domain));
-        let full = jid.full();
-        set(self.full.get(&full));
-        if let Some(rs) = &self.bare_glob_set {
-            for i in rs.matches(&jid.bare).iter() {
-                if let Some(&id) = self.bare_globs.get(i) {
-                    out.set(id);
-                }
-            }
+        set(self.domain.get(jid.domain()));
+        let full = (!self.full.is_empty() || self.full_glob_set.is_some()).then(|| jid.full());
+        if let Some(full) = &full {
+            set(self.full.get(full));
         }
-        if let Some(rs) = &self.full_glob_set {
-            for i in rs.matches(&full).iter() {
-                if let Some(&id) = self.full_globs.get(i) {
+        // `RegexSet::matches` allocates its answer: asked only of a JID some glob matches.
+        let mut globs = |set: &Option<RegexSet>, ids: &[PatternId], text: &str| {
+            let Some(rs) = set.as_ref().filter(|rs| rs.is_match(text)) else {
+                return;
+            };
+            for i in rs.matches(text).iter() {
+                if let Some(&id) = ids.get(i) {
                     out.set(id);
                 }
             }
+        };
+        globs(&self.bare_glob_set, &self.bare_globs, &jid.bare);
+        if let Some(full) = &full {
+            globs(&self.full_glob_set, &self.full_globs, full);
         }
     }
 }
 
-/// A fixed-size bit set (patterns, groups).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Bits(Vec<u64>);
+/// A fixed-size bit set (patterns, groups). Up to 128 bits live inline: every stanza
+/// takes two sets for each party, and few files name more patterns or groups than that.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Bits {
+    Inline([u64; 2]),
+    Heap(Vec<u64>),
+}
+
+impl Default for Bits {
+    fn default() -> Self {
+        Bits::Inline([0; 2])
+    }
+}
 
 impl Bits {
     pub(crate) fn new(len: usize) -> Self {
-        Bits(vec![0; len.div_ceil(64)])
+        let words = len.div_ceil(64);
+        if words <= 2 {
+            Bits::default()
+        } else {
+            Bits::Heap(vec![0; words])
+        }
+    }
+    fn words(&self) -> &[u64] {
+        match self {
+            Bits::Inline(w) => w,
+            Bits::Heap(w) => w,
+        }
+    }
+    fn words_mut(&mut self) -> &mut [u64] {
+        match self {
+            Bits::Inline(w) => w,
+            Bits::Heap(w) => w,
+        }
     }
     pub(crate) fn set(&mut self, i: usize) {
-        if let Some(w) = self.0.get_mut(i / 64) {
+        if let Some(w) = self.words_mut().get_mut(i / 64) {
             *w |= 1 << (i % 64);
         }
     }
     pub(crate) fn get(&self, i: usize) -> bool {
-        self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+        self.words()
+            .get(i / 64)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
     /// Sets every bit set in `other`.
     pub(crate) fn union(&mut self, other: &Bits) {
-        for (w, o) in self.0.iter_mut().zip(&other.0) {
+        for (w, o) in self.words_mut().iter_mut().zip(other.words()) {
             *w |= o;
         }
     }
     /// Indexes of the set bits, ascending.
     pub(crate) fn ones(&self) -> impl Iterator<Item = usize> + '_ {
-        self.0
+        self.words()
             .iter()
             .enumerate()
             .filter(|(_, &w)| w != 0)
@@ -333,15 +398,50 @@ mod tests {
     fn parses_and_normalises_jids() {
         let j = Jid::parse("Alice@Example.TEST/Laptop").unwrap_or_else(|| panic!("jid"));
         assert_eq!(j.bare, "alice@example.test");
-        assert_eq!(j.domain, "example.test");
+        assert_eq!(j.domain(), "example.test");
         assert_eq!(j.resource.as_deref(), Some("Laptop"));
         assert_eq!(j.full(), "alice@example.test/Laptop");
-        assert_eq!(
-            Jid::parse("example.org").map(|j| j.bare),
-            Some("example.org".into())
-        );
+        let d = Jid::parse("Example.ORG./r").unwrap_or_else(|| panic!("jid"));
+        assert_eq!((&*d.bare, d.domain()), ("example.org", "example.org"));
+        assert_eq!(d.full(), "example.org/r");
         assert_eq!(Jid::parse("@x"), None);
         assert_eq!(Jid::parse(""), None);
+        assert_eq!(Jid::parse("a@"), None);
+        assert_eq!(Jid::parse("a@./r"), None);
+    }
+
+    #[test]
+    fn prepares_each_part_as_a_server_does() {
+        let j = Jid::parse("ＡNALYST@Big\u{AD}Bank.COM/Ｐhone\u{200B}")
+            .unwrap_or_else(|| panic!("jid"));
+        assert_eq!(j.bare, "analyst@bigbank.com");
+        assert_eq!(j.domain(), "bigbank.com");
+        assert_eq!(j.resource.as_deref(), Some("Phone"));
+        // Parts the profiles refuse are kept: lowercased, the resource as written.
+        let j = Jid::parse("É\u{0}B@Éx\u{0}.com/É\u{0}").unwrap_or_else(|| panic!("jid"));
+        assert_eq!(j.bare, "é\u{0}b@éx\u{0}.com");
+        assert_eq!(j.domain(), "éx\u{0}.com");
+        assert_eq!(j.resource.as_deref(), Some("É\u{0}"));
+    }
+
+    #[test]
+    fn bit_sets_past_the_inline_words_keep_every_bit() {
+        for len in [1, 64, 128, 129, 1000] {
+            let mut a = Bits::new(len);
+            let mut b = Bits::new(len);
+            let ones: Vec<usize> = (0..len).filter(|i| i % 7 == 3 || *i == len - 1).collect();
+            for &i in &ones {
+                if i % 2 == 0 {
+                    a.set(i);
+                } else {
+                    b.set(i);
+                }
+            }
+            a.union(&b);
+            assert_eq!(a.ones().collect::<Vec<_>>(), ones, "{len} bits");
+            assert!(ones.iter().all(|&i| a.get(i)), "{len} bits");
+            assert!(!a.get(len), "{len} bits: none past the end");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! lexicons and terms there are. Each hit maps back to the lexicons that own the term;
 //! whole-word lexicons then check the characters either side in the original text.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ops::Range;
 
@@ -71,6 +72,21 @@ fn fold(text: &str) -> (String, Vec<usize>) {
     (out, map)
 }
 
+/// `text` lowercased for the folded automaton, and where each of its bytes came from:
+/// ASCII keeps every offset, so it needs no map, and is copied only when it has a
+/// capital.
+fn folded(text: &str) -> (Cow<'_, str>, Option<Vec<usize>>) {
+    if !text.is_ascii() {
+        let (lower, map) = fold(text);
+        return (Cow::Owned(lower), Some(map));
+    }
+    if text.bytes().any(|b| b.is_ascii_uppercase()) {
+        (Cow::Owned(text.to_ascii_lowercase()), None)
+    } else {
+        (Cow::Borrowed(text), None)
+    }
+}
+
 fn is_word_char(c: char) -> bool {
     c.is_alphanumeric() || c == '_'
 }
@@ -123,9 +139,13 @@ impl Lexicons {
             }
         }
         if let (true, Some(ac)) = (self.any_folded, &self.folded.ac) {
-            let (lower, map) = fold(text);
-            for m in ac.find_overlapping_iter(&lower) {
-                let Some(orig) = map_back(text, &map, m.range()) else {
+            let (lower, map) = folded(text);
+            for m in ac.find_overlapping_iter(&*lower) {
+                let orig = match &map {
+                    Some(map) => map_back(text, map, m.range()),
+                    None => Some(m.range()),
+                };
+                let Some(orig) = orig else {
                     continue;
                 };
                 self.push_hits(&self.folded, m.pattern().as_usize(), text, orig, out);
@@ -215,6 +235,23 @@ mod tests {
             hits(&l, "STRAßE via İSTANBUL"),
             vec![(0, "STRAßE".to_string()), (0, "İSTANBUL".to_string())]
         );
+    }
+
+    #[test]
+    fn ascii_is_folded_in_place_as_the_full_fold_would() {
+        for text in [
+            "plain words",
+            "Mixed CASE Words",
+            "",
+            "ÜBER Straße İstanbul",
+        ] {
+            let (lower, map) = folded(text);
+            let (want, want_map) = fold(text);
+            assert_eq!(&*lower, want, "{text:?}");
+            let map = map.unwrap_or_else(|| (0..text.len()).collect());
+            assert_eq!(map, want_map, "{text:?}");
+        }
+        assert!(matches!(folded("no capitals").0, Cow::Borrowed(_)));
     }
 
     #[test]

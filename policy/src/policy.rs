@@ -210,7 +210,7 @@ impl Policy {
         }
         let internal = jid
             .as_ref()
-            .map(|j| is_internal_domain(&j.domain, &self.internal_domains));
+            .map(|j| is_internal_domain(j.domain(), &self.internal_domains));
         PartyFacts {
             jid,
             patterns,
