@@ -15,7 +15,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::io::{split, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -311,7 +311,9 @@ pub(crate) struct Relay<'a, I> {
     client_r: Option<ReadHalf<Conn>>,
     upstream_r: Option<ReadHalf<Conn>>,
     stream: ClientStream,
-    info: RwLock<SessionInfo>,
+    /// Shared with every stanza's inspection, changed (copied on write) only when the
+    /// session binds: taking it per stanza copies nothing.
+    info: RwLock<Arc<SessionInfo>>,
     /// Set by upstream→client right before forwarding SASL `<success/>`: the client's next
     /// bytes are a new stream header.
     client_restart: AtomicBool,
@@ -355,7 +357,7 @@ impl<'a, I: Inspector> Relay<'a, I> {
             client_r: Some(client_r),
             upstream_r: Some(upstream_r),
             stream,
-            info: RwLock::new(info),
+            info: RwLock::new(Arc::new(info)),
             client_restart: AtomicBool::new(false),
             sasl2_resume_refused: AtomicBool::new(false),
             sasl2_refused_tag: std::sync::Mutex::new(None),
@@ -372,7 +374,10 @@ impl<'a, I: Inspector> Relay<'a, I> {
     ) -> (String, SessionInfo) {
         let (Some(client_r), Some(upstream_r)) = (self.client_r.take(), self.upstream_r.take())
         else {
-            return ("internal: relay started twice".into(), self.snapshot());
+            return (
+                "internal: relay started twice".into(),
+                Arc::unwrap_or_clone(self.snapshot()),
+            );
         };
         let mut c2u = Box::pin(self.client_to_upstream(client_r, client_framer));
         let mut u2c = Box::pin(self.upstream_to_client(upstream_r, upstream_framer));
@@ -393,7 +398,7 @@ impl<'a, I: Inspector> Relay<'a, I> {
         drop(c2u);
         drop(u2c);
         Box::pin(self.close()).await;
-        (first.describe(), self.snapshot())
+        (first.describe(), Arc::unwrap_or_clone(self.snapshot()))
     }
 
     /// The last writes on both legs, once both directions have stopped.
@@ -405,10 +410,10 @@ impl<'a, I: Inspector> Relay<'a, I> {
         let _ = self.upstream_w.lock().await.w.shutdown().await;
     }
 
-    fn snapshot(&self) -> SessionInfo {
+    fn snapshot(&self) -> Arc<SessionInfo> {
         match self.info.read() {
-            Ok(info) => info.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
+            Ok(info) => Arc::clone(&info),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         }
     }
 
@@ -443,7 +448,7 @@ impl<'a, I: Inspector> Relay<'a, I> {
         if let Some(id) = id {
             let to_client = self.client_w.lock().await.sm.clone();
             let to_upstream = self.upstream_w.lock().await.sm.clone();
-            let jid = self.snapshot().jid;
+            let jid = self.snapshot().jid.clone();
             self.shared
                 .resumable
                 .lock()
@@ -793,7 +798,7 @@ impl<'a, I: Inspector> Relay<'a, I> {
                                     .await;
                             // The resource is judged once, on the answer that binds it.
                             if let Ok(mut info) = self.info.write() {
-                                info.chose_resource = false;
+                                Arc::make_mut(&mut info).chose_resource = false;
                             }
                             // The resource is in the address of all the session would
                             // send: one policy refused ends the session, its answer on
@@ -1053,7 +1058,7 @@ impl<'a, I: Inspector> Relay<'a, I> {
         if let Some(account) = &outcome.bound {
             self.learn_account(account);
         }
-        let known = self.snapshot().jid;
+        let known = self.snapshot().jid.clone();
         let resource = known
             .as_deref()
             .and_then(|j| j.split_once('/'))
@@ -1087,7 +1092,7 @@ impl<'a, I: Inspector> Relay<'a, I> {
                 }
             }
             if let Ok(mut info) = self.info.write() {
-                info.chose_resource = false;
+                Arc::make_mut(&mut info).chose_resource = false;
             }
         }
         // The session's start is on the record before the client can send under it,
@@ -1208,6 +1213,7 @@ impl<'a, I: Inspector> Relay<'a, I> {
         info!(jid = %account.jid, "resource bound");
         let chose = self.lock_state().chose_resource();
         if let Ok(mut info) = self.info.write() {
+            let info = Arc::make_mut(&mut info);
             info.jid = Some(account.jid.clone());
             info.chose_resource = chose;
         }
@@ -1437,7 +1443,7 @@ impl<'a, I: Inspector> Relay<'a, I> {
             return Err(Ended::Failed(
                 ClientFault::InvalidFrom {
                     claimed,
-                    account: info.jid.unwrap_or_default(),
+                    account: info.jid.clone().unwrap_or_default(),
                 }
                 .into(),
             ));
