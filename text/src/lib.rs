@@ -84,7 +84,7 @@ impl Unmasked {
             || (!neighbours(text).any(hides)
                 && is_nfkc_quick(text.chars()) == IsNormalized::Yes
                 && !needs_layout(text)))
-            && spelt_out(text.chars()).is_empty();
+            && (!may_spell_out(text) || spelt_out(text.chars()).is_empty());
         if plain {
             return Vec::new();
         }
@@ -668,7 +668,9 @@ fn spelt_out(chars: impl Iterator<Item = char>) -> Vec<Range<usize>> {
         let drawn_apart = is_spacing_modifier(c);
         let word = is_word_char(c) && !drawn_apart;
         let line_break = is_line_break(c);
-        let apart = line_break || c.is_whitespace() || drawn_apart || SPELLING_APART.contains(&c);
+        // Asked only of what is not a letter: most characters are.
+        let apart = !word
+            && (line_break || c.is_whitespace() || drawn_apart || SPELLING_APART.contains(&c));
         if !(word || apart) {
             // Anything else ends a run where it stands.
             if let Some((start, w)) = token.take() {
@@ -700,6 +702,26 @@ fn spelt_out(chars: impl Iterator<Item = char>) -> Vec<Range<usize>> {
     }
     runs.end();
     runs.out
+}
+
+/// Whether `text` has as many single letters or digits (words one character long) as a
+/// word [`spelt_out`] needs. Most text has fewer, and this count reads each character
+/// once, where [`spelt_out`] asks several questions of it.
+fn may_spell_out(text: &str) -> bool {
+    let mut singles = 0;
+    let mut run = 0;
+    for c in text.chars() {
+        if is_word_char(c) && !is_spacing_modifier(c) {
+            run += 1;
+            continue;
+        }
+        singles += usize::from(run == 1);
+        if singles >= Runs::MIN_LETTERS {
+            return true;
+        }
+        run = 0;
+    }
+    singles + usize::from(run == 1) >= Runs::MIN_LETTERS
 }
 
 /// The state of [`spelt_out`].
@@ -1378,6 +1400,16 @@ mod tests {
                 proptest::prop_assert_eq!(&seen, &want);
             }
             let _ = Unmasked::views(&text);
+        }
+
+        /// A text the quick count passes over has no word spelt out.
+        #[test]
+        fn too_few_single_letters_spell_out_nothing(
+            text in "[ab1_é \n\r.\\-|·\u{2B9}\u{200B},]{0,40}",
+        ) {
+            if !may_spell_out(&text) {
+                proptest::prop_assert!(spelt_out(text.chars()).is_empty(), "{:?}", text);
+            }
         }
     }
 
