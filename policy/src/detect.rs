@@ -141,9 +141,12 @@ pub(crate) fn payment_cards(text: &str) -> Vec<Range<usize>> {
     let mut out: Vec<Range<usize>> = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
-        let starts_run = bytes.get(i).is_some_and(u8::is_ascii_digit)
-            && (i == 0 || !bytes.get(i - 1).is_some_and(u8::is_ascii_digit));
-        if !starts_run {
+        // Straight to the next digit: most of a text is not one.
+        let Some(d) = next_digit(bytes, i) else {
+            break;
+        };
+        i = d;
+        if i > 0 && bytes.get(i - 1).is_some_and(u8::is_ascii_digit) {
             i += 1;
             continue;
         }
@@ -190,6 +193,12 @@ fn amex(digits: &[u8], shape: &[usize]) -> bool {
         && matches!(shape, [15] | [4, 6, 5])
 }
 
+/// Where the first ASCII digit at or after `from` is.
+fn next_digit(bytes: &[u8], from: usize) -> Option<usize> {
+    let at = bytes.get(from..)?.iter().position(u8::is_ascii_digit)?;
+    Some(from + at)
+}
+
 /// Appends a range, merging it with the last one when they overlap.
 fn push_merged(out: &mut Vec<Range<usize>>, r: Range<usize>) {
     if let Some(last) = out.last_mut() {
@@ -211,6 +220,14 @@ pub(crate) fn ibans(text: &str) -> Vec<Range<usize>> {
     let mut out = Vec::new();
     let mut i = 0;
     while i + 4 <= bytes.len() {
+        // The check digits come third and fourth: straight to the next place they can.
+        let Some(d) = next_digit(bytes, i + 2) else {
+            break;
+        };
+        i = d - 2;
+        if i + 4 > bytes.len() {
+            break;
+        }
         let at_boundary = i == 0 || !bytes.get(i - 1).is_some_and(u8::is_ascii_alphanumeric);
         let shape = at_boundary
             && bytes.get(i).is_some_and(u8::is_ascii_alphabetic)
@@ -293,6 +310,14 @@ pub(crate) fn us_ssns(text: &str) -> Vec<Range<usize>> {
     let mut out = Vec::new();
     let mut i = 0;
     while i + 11 <= b.len() {
+        // Straight to the next digit, where a number can start.
+        let Some(d) = next_digit(b, i) else {
+            break;
+        };
+        i = d;
+        if i + 11 > b.len() {
+            break;
+        }
         let sep = b.get(i + 3).copied();
         let shape = (i == 0 || !digit(i - 1))
             && (0..3).all(|k| digit(i + k))
@@ -470,6 +495,43 @@ mod tests {
         assert!(us_ssns("900-45-6789").is_empty());
         assert!(us_ssns("123-00-6789").is_empty());
         assert!(us_ssns("123-45-0000").is_empty());
+    }
+
+    /// The detectors go from digit to digit: what starts right after other digits, at
+    /// the text's very start or end, or after long text without one, is still found.
+    #[test]
+    fn numbers_anywhere_among_other_digits_are_found() {
+        let card = "4111 1111 1111 1111";
+        let iban = "GB82 WEST 1234 5698 7654 32";
+        let ssn = "078-05-1120";
+        let pad = "no digits here at all, ".repeat(20);
+        let tail = format!(" {pad}");
+        for (before, after) in [
+            ("", ""),
+            ("7 ", " 8"),
+            ("12 ab 9, ", ""),
+            (pad.as_str(), ""),
+            ("", tail.as_str()),
+            ("x 9 ", " 1 y"),
+        ] {
+            let t = format!("{before}{card}");
+            assert_eq!(
+                found(&format!("{t}{after}"), payment_cards),
+                [card],
+                "{t:?}"
+            );
+            let t = format!("{before}{iban}{after}");
+            assert_eq!(found(&t, ibans), [iban], "{t:?}");
+            let t = format!("{before}{ssn}{after}");
+            assert_eq!(found(&t, us_ssns), [ssn], "{t:?}");
+        }
+        let all = format!("1 {ssn} 2 {iban} x 3 y {card} z 4 {ssn}");
+        assert_eq!(found(&all, us_ssns), [ssn, ssn]);
+        assert_eq!(found(&all, ibans), [iban]);
+        assert_eq!(found(&all, payment_cards), [card]);
+        let d = Detectors::new().expect("email regex");
+        assert!(d.find(Detector::PaymentCard, &pad).is_empty());
+        assert!(d.find(Detector::Email, "a at b dot com").is_empty());
     }
 
     #[test]

@@ -106,10 +106,12 @@ fn push_prepared(
     keep_case: bool,
 ) {
     if part.is_ascii() {
-        if keep_case {
-            out.push_str(part);
-        } else {
-            out.extend(part.chars().map(|c| c.to_ascii_lowercase()));
+        let start = out.len();
+        out.push_str(part);
+        if !keep_case {
+            if let Some(appended) = out.get_mut(start..) {
+                appended.make_ascii_lowercase();
+            }
         }
         return;
     }
