@@ -4,7 +4,9 @@
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError};
+use std::sync::mpsc::{
+    self, Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError, TrySendError,
+};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -32,6 +34,9 @@ const INDEX_NICENESS: i32 = 10;
 /// How often the indexer commits when it has new documents: keeps a new
 /// message searchable within a second.
 const INDEX_COMMIT_INTERVAL: Duration = Duration::from_millis(500);
+/// How long the indexer lets appended batches gather when its queue runs dry in the
+/// middle of a burst, instead of being woken for each.
+const INDEX_GATHER: Duration = Duration::from_millis(10);
 
 /// Everything `Archive::open` needs.
 #[derive(Debug, Clone)]
@@ -1189,8 +1194,23 @@ fn indexer_loop(
             }
         }
     };
+    // Whether the last command added records: appends may be arriving.
+    let mut busy = false;
     loop {
-        match rx.recv_timeout(INDEX_COMMIT_INTERVAL) {
+        let cmd = match rx.try_recv() {
+            Ok(cmd) => Ok(cmd),
+            Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
+            // The queue ran dry while appends arrive: the writer's next batches gather
+            // for a moment rather than wake this thread, each, on their way to an
+            // index that commits twice a second anyway.
+            Err(TryRecvError::Empty) if std::mem::take(&mut busy) => {
+                std::thread::sleep(INDEX_GATHER);
+                continue;
+            }
+            Err(TryRecvError::Empty) => rx.recv_timeout(INDEX_COMMIT_INTERVAL),
+        };
+        busy = matches!(cmd, Ok(IndexCmd::Add(_)));
+        match cmd {
             Ok(IndexCmd::Add(_)) if !stopped && past_budget() => {
                 stopped = true;
             }
