@@ -1171,6 +1171,19 @@ fn indexer_loop(
         }
     };
     let mut last_commit = Instant::now();
+    // Twice a second while records come, or sooner when the writer holds many.
+    let commit_if_due = |idx: &mut BlindIndexWriter, last_commit: &mut Instant| {
+        if idx.is_dirty() && (last_commit.elapsed() >= INDEX_COMMIT_INTERVAL || idx.commit_due()) {
+            match idx.commit() {
+                Ok(()) => {
+                    committed(idx.indexed_through());
+                    set(None)
+                }
+                Err(e) => set(Some(e.to_string())),
+            }
+            *last_commit = Instant::now();
+        }
+    };
     // Reads from the log what the index is missing: whether it was told to stop first,
     // or `None` (and the index's health set) when it cannot.
     let catch_up = |idx: &mut BlindIndexWriter| -> Option<bool> {
@@ -1205,6 +1218,10 @@ fn indexer_loop(
             // index that commits twice a second anyway.
             Err(TryRecvError::Empty) if std::mem::take(&mut busy) => {
                 std::thread::sleep(INDEX_GATHER);
+                // A commit that fell due meanwhile is not left to the next wake-up.
+                if !broken && !stopped {
+                    commit_if_due(&mut idx, &mut last_commit);
+                }
                 continue;
             }
             Err(TryRecvError::Empty) => rx.recv_timeout(INDEX_COMMIT_INTERVAL),
@@ -1269,19 +1286,8 @@ fn indexer_loop(
                 return;
             }
         }
-        if !broken
-            && !stopped
-            && idx.is_dirty()
-            && (last_commit.elapsed() >= INDEX_COMMIT_INTERVAL || idx.commit_due())
-        {
-            match idx.commit() {
-                Ok(()) => {
-                    committed(idx.indexed_through());
-                    set(None)
-                }
-                Err(e) => set(Some(e.to_string())),
-            }
-            last_commit = Instant::now();
+        if !broken && !stopped {
+            commit_if_due(&mut idx, &mut last_commit);
         }
     }
 }
