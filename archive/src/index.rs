@@ -34,6 +34,7 @@ use tantivy::{
 };
 use zeroize::Zeroizing;
 
+use crate::export::hex::encode as hex;
 use crate::keys::{hmac_sha256, MasterKey};
 use crate::log::Appended;
 use crate::query::{self, Clause, Expr, JidField, Query};
@@ -370,10 +371,6 @@ fn payload(
             master, archive_id, MARK_V9, mark, &words, opstamp
         ))
     )
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn unhex32(s: &str) -> Option<Hash> {

@@ -790,19 +790,8 @@ pub fn identity(
         }
         None => put(""),
     }
-    lower_hex(&h.finalize()[..16])
-}
-
-/// `bytes` in lowercase hex, without a `format!` (and an allocation) per byte: the
-/// identity is written for every stanza with content.
-fn lower_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    out
+    // Without a `format!` (and an allocation) per byte: written for every stanza.
+    custos_archive::export::hex::encode(&h.finalize()[..16])
 }
 
 fn edit_kind(k: EditKind) -> custos_archive::EditKind {
@@ -1750,8 +1739,9 @@ mod tests {
     fn identities_are_written_in_hex_as_before() {
         let bytes: Vec<u8> = (0..=255).collect();
         let before: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(lower_hex(&bytes), before);
-        assert_eq!(lower_hex(&[]), "");
+        let hex = custos_archive::export::hex::encode;
+        assert_eq!(hex(&bytes), before);
+        assert_eq!(hex(&[]), "");
     }
 
     #[test]

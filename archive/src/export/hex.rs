@@ -1,6 +1,8 @@
-//! Lower-case hex, the only binary-to-text form in the export's JSON files.
+//! Lower-case hex: the only binary-to-text form in the export's JSON files, and how
+//! the proxy writes a message's identity.
 
-pub(crate) fn encode(b: &[u8]) -> String {
+/// `b` in lower-case hex, two digits a byte.
+pub fn encode(b: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(b.len() * 2);
     for &x in b {

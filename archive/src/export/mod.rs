@@ -25,7 +25,7 @@
 pub mod actiance;
 mod chain;
 pub(crate) mod filter;
-pub(crate) mod hex;
+pub mod hex;
 pub mod manifest;
 mod merged;
 pub mod nodes;
