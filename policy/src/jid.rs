@@ -36,19 +36,14 @@ impl Jid {
             Some("") => return None,
             Some(l) => {
                 let mut b = String::with_capacity(l.len() + 1 + domain.len());
-                push_prepared(&mut b, l, stringprep::nodeprep, false);
+                push_local(&mut b, l);
                 b.push('@');
                 b
             }
             None => String::with_capacity(domain.len()),
         };
         let domain_at = bare.len();
-        push_prepared(
-            &mut bare,
-            domain.trim_end_matches('.'),
-            stringprep::nameprep,
-            false,
-        );
+        push_domain(&mut bare, domain);
         if bare.len() == domain_at {
             return None;
         }
@@ -76,13 +71,32 @@ impl Jid {
 /// folded, characters that show nothing, such as a soft hyphen, taken out). One that
 /// cannot be prepared, which a server refuses, is kept lowercased.
 pub fn prepare_local(local: &str) -> String {
-    prepared(local, stringprep::nodeprep, false)
+    let mut out = String::with_capacity(local.len());
+    push_local(&mut out, local);
+    out
+}
+
+/// [`prepare_local`], appended to `out`.
+fn push_local(out: &mut String, local: &str) {
+    push_prepared(out, local, stringprep::nodeprep, false);
 }
 
 /// A domain as a server reads it: nameprep, as [`prepare_local`], without the empty root
 /// label a trailing dot adds (servers strip it too).
 pub fn prepare_domain(domain: &str) -> String {
-    prepared(domain.trim_end_matches('.'), stringprep::nameprep, false)
+    let mut out = String::with_capacity(domain.len());
+    push_domain(&mut out, domain);
+    out
+}
+
+/// [`prepare_domain`], appended to `out`.
+fn push_domain(out: &mut String, domain: &str) {
+    push_prepared(
+        out,
+        domain.trim_end_matches('.'),
+        stringprep::nameprep,
+        false,
+    );
 }
 
 /// `part` through `prep`. ASCII needs case folding at most (a server refuses every
