@@ -27,7 +27,7 @@ use tantivy::query::{
     AllQuery, BooleanQuery, EmptyQuery, EmptyScorer, EnableScoring, Explanation, Occur,
     PhraseQuery, Query as TQuery, Scorer, TermQuery, TermSetQuery, Weight,
 };
-use tantivy::schema::{Field, IndexRecordOption, Schema, FAST, INDEXED, STORED, STRING, TEXT};
+use tantivy::schema::{Field, IndexRecordOption, Schema, FAST, INDEXED, STRING, TEXT};
 use tantivy::{
     DocId, DocSet, Index, IndexReader, IndexWriter, ReloadPolicy, Score, Searcher, SegmentReader,
     TantivyDocument, Term, TERMINATED,
@@ -190,9 +190,9 @@ struct Fields {
     off: Field,
     time: Field,
     text: Field,
+    /// A party's JIDs; `with:` asks either field, as both are its participants.
     from: Field,
     to: Field,
-    with: Field,
     direction: Field,
     stanza_type: Field,
     action: Field,
@@ -210,16 +210,18 @@ struct Fields {
 
 fn schema() -> (Schema, Fields) {
     let mut b = Schema::builder();
+    // A message's place and time are read from columns, never looked up as terms nor
+    // stored: a term of its own for every document's seq and time was most of what a
+    // commit's term dictionaries held.
     let f = Fields {
-        seq: b.add_u64_field("seq", INDEXED | STORED | FAST),
+        seq: b.add_u64_field("seq", FAST),
         // Indexed so a shredded segment's documents can be deleted by one term.
-        seg: b.add_u64_field("seg", INDEXED | STORED | FAST),
-        off: b.add_u64_field("off", STORED | FAST),
-        time: b.add_i64_field("time", INDEXED | FAST),
+        seg: b.add_u64_field("seg", INDEXED | FAST),
+        off: b.add_u64_field("off", FAST),
+        time: b.add_i64_field("time", FAST),
         text: b.add_text_field("text", TEXT),
         from: b.add_text_field("from", STRING),
         to: b.add_text_field("to", STRING),
-        with: b.add_text_field("with", STRING),
         direction: b.add_text_field("direction", STRING),
         stanza_type: b.add_text_field("type", STRING),
         action: b.add_text_field("action", STRING),
@@ -953,7 +955,9 @@ fn check_files(
         return Err("meta.json is not as tantivy wrote it".into());
     }
     if meta.schema != schema().0 {
-        return Err("meta.json holds another schema".into());
+        return Err(
+            "meta.json holds another schema (an index an earlier Custos made: the serving process rebuilds it from the log when it starts)".into(),
+        );
     }
     if meta.index_settings != tantivy::IndexSettings::default() {
         return Err("meta.json holds other index settings".into());
@@ -1486,7 +1490,6 @@ impl BlindIndexWriter {
             let bare = query::bare_jid(&full);
             for v in std::iter::once(&*full).chain((bare != full).then_some(bare)) {
                 add(&mut doc, field, "jid", v);
-                add(&mut doc, f.with, "jid", v);
             }
         }
         add(&mut doc, f.direction, "direction", m.direction.as_str());
@@ -1865,7 +1868,12 @@ impl BlindIndexReader {
                 let field = match which {
                     JidField::From => f.from,
                     JidField::To => f.to,
-                    JidField::With => f.with,
+                    JidField::With => {
+                        return Ok(Box::new(BooleanQuery::new(vec![
+                            (Occur::Should, term(f.from, "jid", jid)),
+                            (Occur::Should, term(f.to, "jid", jid)),
+                        ])));
+                    }
                     JidField::Account => f.account,
                 };
                 term(field, "jid", jid)
@@ -2923,6 +2931,61 @@ mod tests {
                 if s.contains(&segment) => {}
             other => panic!("segment {segment}'s list must be refused, got {other:?}"),
         }
+    }
+
+    /// An index an earlier Custos wrote, with a term for every document's seq and time,
+    /// stored fields and a `with` field of its own, is emptied at the writer's open and
+    /// refilled under the current schema: nothing of it is read, and `with:` then finds
+    /// either party.
+    #[test]
+    fn an_index_of_the_earlier_schema_is_rebuilt() {
+        use tantivy::schema::STORED;
+        let f = Fixture::new();
+        std::fs::create_dir_all(&f.index).unwrap();
+        {
+            let mut b = Schema::builder();
+            let seq = b.add_u64_field("seq", INDEXED | STORED | FAST);
+            b.add_u64_field("seg", INDEXED | STORED | FAST);
+            b.add_u64_field("off", STORED | FAST);
+            b.add_i64_field("time", INDEXED | FAST);
+            b.add_text_field("text", TEXT);
+            for name in [
+                "from",
+                "to",
+                "with",
+                "direction",
+                "type",
+                "action",
+                "rule",
+                "msg",
+                "via",
+                "account",
+                "room",
+            ] {
+                b.add_text_field(name, STRING);
+            }
+            let sealed = SealedDirectory::open(&f.index, &f.master, &f.id).unwrap();
+            let old = Index::create(sealed, b.build(), tantivy::IndexSettings::default()).unwrap();
+            let mut w: IndexWriter = old.writer_with_num_threads(1, 15_000_000).unwrap();
+            w.add_document(tantivy::doc!(seq => 7u64)).unwrap();
+            w.commit().unwrap();
+        }
+        let refused = BlindIndexReader::open(&f.index, &f.master, &f.id)
+            .and_then(|r| seqs(&r, "quarterly"))
+            .is_err();
+        assert!(
+            refused,
+            "a reader refuses the earlier schema until the writer has rebuilt it"
+        );
+        let mut w = f.writer();
+        assert_eq!(w.indexed_through(), 0);
+        w.add(&appended(1, 1, "quarterly numbers")).unwrap();
+        w.commit().unwrap();
+        let r = f.reader();
+        assert_eq!(seqs(&r, "quarterly").unwrap(), vec![1]);
+        assert_eq!(seqs(&r, "with:a@x").unwrap(), vec![1]);
+        assert_eq!(seqs(&r, "with:b@x").unwrap(), vec![1]);
+        assert_eq!(seqs(&r, "with:c@x").unwrap(), Vec::<u64>::new());
     }
 
     /// Words hidden from a scanner but not from a reader are found as a reader sees

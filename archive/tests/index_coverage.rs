@@ -414,7 +414,9 @@ async fn a_document_replaced_inside_the_index_is_found() {
     // duplicate of another's placement added, so the count stays; then meta.json is
     // rewritten, canonically, with the old opstamp and the old (authentic) mark. For
     // tantivy to read the files, their seals come off first, and none can be made anew.
-    use tantivy::schema::Value;
+    // Places are read from the columns; tantivy deletes only by term, and `seg` is the
+    // one place term the index holds, so the victim's segment goes whole and all its
+    // other documents come back.
     let root = tempfile::tempdir().unwrap();
     let m = make(root.path());
     session(&m, 0..20).await;
@@ -430,23 +432,39 @@ async fn a_document_replaced_inside_the_index_is_found() {
         schema.get_field("off").unwrap(),
     );
     let reader = index.reader().unwrap();
-    let searcher = reader.searcher();
-    let top = searcher
-        .search(
-            &tantivy::query::AllQuery,
-            &tantivy::collector::TopDocs::with_limit(2),
-        )
-        .unwrap();
-    let docs: Vec<tantivy::TantivyDocument> =
-        top.iter().map(|(_, a)| searcher.doc(*a).unwrap()).collect();
-    let victim = docs[0].get_first(seq).unwrap().as_u64().unwrap();
-    let mut writer: tantivy::IndexWriter = index.writer_with_num_threads(1, 15_000_000).unwrap();
-    writer.delete_term(tantivy::Term::from_field_u64(seq, victim));
-    let mut dup = tantivy::TantivyDocument::default();
-    for field in [seq, seg, off] {
-        dup.add_u64(field, docs[1].get_first(field).unwrap().as_u64().unwrap());
+    let mut places = Vec::new();
+    for sr in reader.searcher().segment_readers() {
+        let ff = sr.fast_fields();
+        let (seqs, segs, offs) = (
+            ff.u64("seq").unwrap(),
+            ff.u64("seg").unwrap(),
+            ff.u64("off").unwrap(),
+        );
+        for doc in 0..sr.max_doc() {
+            if sr.alive_bitset().is_none_or(|a| a.is_alive(doc)) {
+                places.push([
+                    seqs.first(doc).unwrap(),
+                    segs.first(doc).unwrap(),
+                    offs.first(doc).unwrap(),
+                ]);
+            }
+        }
     }
-    writer.add_document(dup).unwrap();
+    assert!(places.len() >= 2, "{places:?}");
+    let victim = places[0];
+    let place = |p: [u64; 3]| {
+        let mut d = tantivy::TantivyDocument::default();
+        for (field, v) in [seq, seg, off].into_iter().zip(p) {
+            d.add_u64(field, v);
+        }
+        d
+    };
+    let mut writer: tantivy::IndexWriter = index.writer_with_num_threads(1, 15_000_000).unwrap();
+    writer.delete_term(tantivy::Term::from_field_u64(seg, victim[1]));
+    for p in places.iter().skip(1).filter(|p| p[1] == victim[1]) {
+        writer.add_document(place(*p)).unwrap();
+    }
+    writer.add_document(place(places[1])).unwrap();
     writer.commit().unwrap();
     writer.wait_merging_threads().unwrap();
     let mut meta = index.load_metas().unwrap();
