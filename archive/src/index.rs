@@ -779,6 +779,10 @@ fn coverage_of(
 ) -> Result<Coverage, IndexError> {
     let fail = |e: tantivy::TantivyError| unsealed(sealed, e);
     let meta = index.load_metas().map_err(fail)?;
+    // An earlier Custos's index is named as that, not as a mark or files that fail.
+    if meta.schema != schema().0 {
+        return Err(IndexError::OtherSchema);
+    }
     let (mark, words) = meta_mark_words(&meta, master, archive_id)?;
     check_files(dir, sealed, &meta, at_rest)
         .map_err(|e| unsealed(sealed, IndexError::Damaged(e)))?;
@@ -927,7 +931,7 @@ fn check_held(mark: &Mark, held: Placed) -> Result<(), IndexError> {
 /// The files of the commit `meta` and what tantivy's own checksums do not cover:
 /// every block of every file the commit uses against its seal, and its body against
 /// tantivy's checksum, in one read; `meta.json` byte for byte as tantivy writes the
-/// metadata it holds, with Custos's schema and settings; every segment file's footer
+/// metadata it holds, with Custos's settings (its caller compares the schema); every segment file's footer
 /// naming this tantivy version; and, at rest (no writer between its steps), every file
 /// present listed in `.managed.json`.
 fn check_files(
@@ -961,9 +965,6 @@ fn check_files(
         .map_err(|e| format!("meta.json: {e}"))?;
     if on_disk != canonical {
         return Err("meta.json is not as tantivy wrote it".into());
-    }
-    if meta.schema != schema().0 {
-        return Err(IndexError::OtherSchema.to_string());
     }
     if meta.index_settings != tantivy::IndexSettings::default() {
         return Err("meta.json holds other index settings".into());
@@ -2980,6 +2981,13 @@ mod tests {
         assert!(
             matches!(refused, Err(IndexError::OtherSchema)),
             "a reader refuses the earlier schema until the writer has rebuilt it"
+        );
+        assert!(
+            matches!(
+                coverage(&f.index, &f.master, &f.id, true),
+                Err(IndexError::OtherSchema)
+            ),
+            "verify names the earlier schema, not damage"
         );
         let mut w = f.writer();
         assert_eq!(w.indexed_through(), 0);
