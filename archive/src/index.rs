@@ -193,8 +193,9 @@ struct Fields {
     off: Field,
     time: Field,
     text: Field,
-    /// A party's JIDs; `with:` asks either field, as both are its participants.
+    /// The sender's JIDs; `with:` asks this field or `to`, as both name participants.
     from: Field,
+    /// The addressee's JIDs; `with:` asks this field or `from`.
     to: Field,
     direction: Field,
     stanza_type: Field,
