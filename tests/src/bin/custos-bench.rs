@@ -10,12 +10,12 @@
 //!
 //! Prints, in one run, for one session: p50/p99 latency of up to 2,000 sequential round
 //! trips; and for each session count: the aggregate rate of every session bursting at
-//! once, directly
-//! and through Custos, and the CPU time per message of Custos and of the Prosody behind
-//! it (from `/proc/PID/stat`, read once both have gone quiet after the burst, so Custos's
-//! indexing in the background is counted), with the ratios to direct Prosody, and how
-//! long Custos stayed busy after the burst (mostly its search index catching up), and
-//! Prosody's read and write system calls per message (from `/proc/PID/io`).
+//! once, directly and through Custos, and the CPU time per message of Custos and of the
+//! Prosody behind it (from `/proc/PID/stat`, read once both have gone quiet after the
+//! burst, so Custos's indexing in the background is counted), with the ratios to direct
+//! Prosody, and how long Custos stayed busy after the burst (mostly its search index
+//! catching up), and Prosody's read and write system calls per message (from
+//! `/proc/PID/io`).
 //!
 //! On a shared machine one pair says little: direct Prosody's own CPU per message has
 //! moved by half and more between pairs of one sitting. `--repeat` interleaves pairs
