@@ -932,9 +932,9 @@ fn check_held(mark: &Mark, held: Placed) -> Result<(), IndexError> {
 /// The files of the commit `meta` and what tantivy's own checksums do not cover:
 /// every block of every file the commit uses against its seal, and its body against
 /// tantivy's checksum, in one read; `meta.json` byte for byte as tantivy writes the
-/// metadata it holds, with Custos's settings (its caller compares the schema); every segment file's footer
-/// naming this tantivy version; and, at rest (no writer between its steps), every file
-/// present listed in `.managed.json`.
+/// metadata it holds, with Custos's settings (its caller compares the schema); every
+/// segment file's footer naming this tantivy version; and, at rest (no writer between
+/// its steps), every file present listed in `.managed.json`.
 fn check_files(
     dir: &Path,
     sealed: &SealedDirectory,
