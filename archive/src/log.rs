@@ -567,12 +567,12 @@ impl LogWriter {
         self.storage.remove(&segment::key_name(id))
     }
 
-    /// The seq the next record will get.
     /// The seq of the last hold record appended since open (0 if none).
     pub fn last_hold_seq(&self) -> u64 {
         self.last_hold_seq
     }
 
+    /// The seq the next record will get.
     pub fn next_seq(&self) -> u64 {
         self.next_seq
     }
