@@ -1,10 +1,11 @@
 //! Ingest and search benchmark (prints figures; not a timed test).
 //!
 //! `CUSTOS_BENCH_RECORDS` (default 20000; use 1000000 for the full run) realistic
-//! messages are appended by `CUSTOS_BENCH_CONCURRENCY` (default 64) concurrent
-//! tasks, each keeping `CUSTOS_BENCH_WINDOW` (default 1) submissions in flight as a
-//! pipelining proxy direction does (1: each append awaited before the next); then
-//! records/s, ack latency percentiles and search latency are printed.
+//! messages, made before the clock starts, are appended by
+//! `CUSTOS_BENCH_CONCURRENCY` (default 64) concurrent tasks, each keeping
+//! `CUSTOS_BENCH_WINDOW` (default 1) submissions in flight as a pipelining proxy
+//! direction does (1: each append awaited before the next); then records/s, ack
+//! latency percentiles and search latency are printed.
 //! `CUSTOS_BENCH_VOCAB=N` draws the bodies from N made-up words by Zipf's law
 //! instead of from a 34-word list. `CUSTOS_BENCH_LOG_ONLY=1` measures only the log
 //! writer by itself.
