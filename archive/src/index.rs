@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use foldhash::quality::SeedableRandomState;
 use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -134,8 +135,12 @@ impl BlindKey {
 /// words would otherwise fill it with their plaintext. Emptied when a segment is
 /// shredded, so its words do not outlive it here.
 struct TermCache {
-    /// `tag NUL value` → the blinded term's characters.
-    terms: std::collections::HashMap<Box<str>, [u8; TERM_CHARS]>,
+    /// `tag NUL value` → the blinded term's characters. Hashed with foldhash under
+    /// seeds from the system's randomness ([`cache_hasher`]) rather than with SipHash,
+    /// which took a third of a look-up: a sender can fill the cache with words of their
+    /// choosing but sees neither its hashes nor its order nor its timing, so cannot
+    /// find words that collide, and the cache is bounded ([`TermCache::MAX`]).
+    terms: std::collections::HashMap<Box<str>, [u8; TERM_CHARS], SeedableRandomState>,
     /// The key being looked up, built without allocating.
     scratch: String,
 }
@@ -150,7 +155,7 @@ impl TermCache {
 
     fn new() -> TermCache {
         TermCache {
-            terms: std::collections::HashMap::new(),
+            terms: std::collections::HashMap::with_hasher(cache_hasher()),
             scratch: String::new(),
         }
     }
@@ -184,6 +189,22 @@ impl TermCache {
     fn clear(&mut self) {
         self.terms.clear();
     }
+}
+
+/// foldhash seeded from the system's randomness (its own seeds come from addresses and
+/// the clock): one seed shared by the process's caches, one for each cache.
+fn cache_hasher() -> SeedableRandomState {
+    static SHARED: std::sync::OnceLock<foldhash::SharedSeed> = std::sync::OnceLock::new();
+    let (mut shared, mut own) = ([0u8; 8], [0u8; 8]);
+    if getrandom::getrandom(&mut shared)
+        .and_then(|()| getrandom::getrandom(&mut own))
+        .is_err()
+    {
+        // No system randomness: foldhash's own seeds.
+        return SeedableRandomState::random();
+    }
+    let shared = SHARED.get_or_init(|| foldhash::SharedSeed::from_u64(u64::from_le_bytes(shared)));
+    SeedableRandomState::with_seed(u64::from_le_bytes(own), shared)
 }
 
 #[derive(Clone, Copy)]
