@@ -136,7 +136,7 @@ impl BlindKey {
 /// shredded, so its words do not outlive it here.
 struct TermCache {
     /// `tag NUL value` → the blinded term's characters. Hashed with foldhash under
-    /// seeds from the system's randomness ([`cache_hasher`]) rather than with SipHash,
+    /// seeds from the system's randomness ([`word_hasher`]) rather than with SipHash,
     /// which took a third of a look-up: a sender can fill the cache with words of their
     /// choosing but sees neither its hashes nor its order nor its timing, so cannot
     /// find words that collide, and the cache is bounded ([`TermCache::MAX`]).
@@ -155,7 +155,7 @@ impl TermCache {
 
     fn new() -> TermCache {
         TermCache {
-            terms: std::collections::HashMap::with_hasher(cache_hasher()),
+            terms: std::collections::HashMap::with_hasher(word_hasher()),
             scratch: String::new(),
         }
     }
@@ -171,9 +171,13 @@ impl TermCache {
         self.scratch.push_str(tag);
         self.scratch.push('\0');
         self.scratch.push_str(value);
-        if let Some(chars) = self.terms.get(self.scratch.as_str()) {
-            // Base64 digits are ASCII.
-            out.extend(chars.iter().map(|&b| char::from(b)));
+        // Base64 digits are ASCII: always text.
+        if let Some(Ok(chars)) = self
+            .terms
+            .get(self.scratch.as_str())
+            .map(|c| std::str::from_utf8(c))
+        {
+            out.push_str(chars);
             return;
         }
         let start = out.len();
@@ -192,8 +196,10 @@ impl TermCache {
 }
 
 /// foldhash seeded from the system's randomness (its own seeds come from addresses and
-/// the clock): one seed shared by the process's caches, one for each cache.
-fn cache_hasher() -> SeedableRandomState {
+/// the clock): one seed shared by the process's tables, one for each table. For tables
+/// of words from messages that no sender can see into: neither their hashes, nor their
+/// order, nor how long a look-up takes.
+pub(crate) fn word_hasher() -> SeedableRandomState {
     static SHARED: std::sync::OnceLock<foldhash::SharedSeed> = std::sync::OnceLock::new();
     let (mut shared, mut own) = ([0u8; 8], [0u8; 8]);
     if getrandom::getrandom(&mut shared)

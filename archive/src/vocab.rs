@@ -287,7 +287,8 @@ pub struct VocabWriter {
     seal: Seal,
     segment: Option<u64>,
     /// Words of `segment` already sealed or pending (never two copies in a file).
-    seen: HashSet<String>,
+    /// Hashed as the index's term cache is ([`crate::index::word_hasher`]).
+    seen: HashSet<String, foldhash::quality::SeedableRandomState>,
     pending: Vec<String>,
     /// Every list's mark as written so far: read from the files at the open
     /// ([`VocabWriter::load`]), then carried on in memory. The files are never read for
@@ -308,7 +309,7 @@ impl VocabWriter {
             dir: dir.to_path_buf(),
             seal: Seal::new(master, archive_id),
             segment: None,
-            seen: HashSet::new(),
+            seen: HashSet::with_hasher(crate::index::word_hasher()),
             pending: Vec::new(),
             marks: None,
             hashing: None,
