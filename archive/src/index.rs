@@ -28,7 +28,9 @@ use tantivy::query::{
     AllQuery, BooleanQuery, EmptyQuery, EmptyScorer, EnableScoring, Explanation, Occur,
     PhraseQuery, Query as TQuery, Scorer, TermQuery, TermSetQuery, Weight,
 };
-use tantivy::schema::{Field, IndexRecordOption, Schema, FAST, INDEXED, STRING, TEXT};
+use tantivy::schema::{
+    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, INDEXED,
+};
 use tantivy::{
     DocId, DocSet, Index, IndexReader, IndexWriter, ReloadPolicy, Score, Searcher, SegmentReader,
     TantivyDocument, Term, TERMINATED,
@@ -220,27 +222,66 @@ struct Fields {
     off: Field,
     time: Field,
     text: Field,
-    /// The sender's JIDs; `with:` asks this field or `to`, as both name participants.
-    from: Field,
-    /// The addressee's JIDs; `with:` asks this field or `from`.
-    to: Field,
-    direction: Field,
-    stanza_type: Field,
-    action: Field,
-    rule: Field,
-    /// Logical-message identities (the record's own and, when redacted, that of
-    /// the content delivered), so every copy of a message is found together.
-    msg: Field,
-    via: Field,
+    /// Everything a message is found by besides its words, in one field: each value
+    /// blinded under its [`Attr`]'s tag, so `from:` and `to:` of one address are two
+    /// terms. One field rather than one for each attribute: every field costs a commit
+    /// and a merge a term dictionary and an automaton of its own.
+    attrs: Field,
+}
+
+/// What a term of the `attrs` field says of its message; its tag is the namespace the
+/// value is blinded in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Attr {
+    /// The sender's JIDs (full and bare), and the person behind a room occupant who
+    /// sent; `with:` asks this or [`Attr::To`], as both name participants.
+    From,
+    /// The addressee's JIDs, and the person behind a room occupant addressed.
+    To,
     /// The proven JID of the session whose stream carried the copy.
-    account: Field,
+    Account,
     /// Group chat only: the room's bare address ([`query::room_of`]), so `room:`
     /// matches the room and not the person behind a nickname.
-    room: Field,
+    Room,
+    Direction,
+    Type,
+    Action,
+    Rule,
+    /// Logical-message identities (the record's own and, when redacted, that of the
+    /// content delivered), so every copy of a message is found together.
+    Msg,
+    Via,
+}
+
+impl Attr {
+    fn tag(self) -> &'static str {
+        match self {
+            Attr::From => "from",
+            Attr::To => "to",
+            Attr::Account => "account",
+            Attr::Room => "room",
+            Attr::Direction => "direction",
+            Attr::Type => "type",
+            Attr::Action => "action",
+            Attr::Rule => "rule",
+            Attr::Msg => "msg",
+            Attr::Via => "via",
+        }
+    }
 }
 
 fn schema() -> (Schema, Fields) {
     let mut b = Schema::builder();
+    // Nothing is scored (searches return the newest matches), so no field keeps the
+    // per-document lengths tantivy would score by.
+    let indexed = |tokenizer: &str, record: IndexRecordOption| {
+        TextOptions::default().set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer(tokenizer)
+                .set_index_option(record)
+                .set_fieldnorms(false),
+        )
+    };
     // A message's place and time are read from columns, never looked up as terms nor
     // stored: a term of its own for every document's seq and time was most of what a
     // commit's term dictionaries held.
@@ -250,17 +291,12 @@ fn schema() -> (Schema, Fields) {
         seg: b.add_u64_field("seg", INDEXED | FAST),
         off: b.add_u64_field("off", FAST),
         time: b.add_i64_field("time", FAST),
-        text: b.add_text_field("text", TEXT),
-        from: b.add_text_field("from", STRING),
-        to: b.add_text_field("to", STRING),
-        direction: b.add_text_field("direction", STRING),
-        stanza_type: b.add_text_field("type", STRING),
-        action: b.add_text_field("action", STRING),
-        rule: b.add_text_field("rule", STRING),
-        msg: b.add_text_field("msg", STRING),
-        via: b.add_text_field("via", STRING),
-        account: b.add_text_field("account", STRING),
-        room: b.add_text_field("room", STRING),
+        // Tokenized by the name `default`, which [`open_or_create`] gives [`BlindTokens`].
+        text: b.add_text_field(
+            "text",
+            indexed("default", IndexRecordOption::WithFreqsAndPositions),
+        ),
+        attrs: b.add_text_field("attrs", indexed("raw", IndexRecordOption::Basic)),
     };
     (b.build(), f)
 }
@@ -1506,52 +1542,46 @@ impl BlindIndexWriter {
         }
         // One buffer for every blinded term: tantivy copies each into the document.
         let term = &mut self.term;
-        let mut add = |doc: &mut TantivyDocument, field: Field, tag: &str, value: &str| {
+        let mut add = |doc: &mut TantivyDocument, attr: Attr, value: &str| {
             term.clear();
-            terms.push_term(k, tag, value, term);
-            doc.add_text(field, term.as_str());
+            terms.push_term(k, attr.tag(), value, term);
+            doc.add_text(f.attrs, term.as_str());
         };
-        // The person behind a room occupant is a party too: `from:` finds what they said
-        // in a room, as the copies others received it.
-        let occupant = m.capture.occupant.as_ref().map(|o| match m.direction {
-            Direction::Inbound => (f.from, o),
-            Direction::Outbound => (f.to, o),
-        });
-        for (field, jid) in [(f.from, &m.from), (f.to, &m.to)]
-            .into_iter()
-            .chain(occupant)
-        {
+        // Full and bare JID both, so either finds the message.
+        let mut add_jid = |doc: &mut TantivyDocument, attr: Attr, jid: &str| {
             let full = query::normalized_jid(jid);
             let bare = query::bare_jid(&full);
-            for v in std::iter::once(&*full).chain((bare != full).then_some(bare)) {
-                add(&mut doc, field, "jid", v);
+            add(doc, attr, &full);
+            if bare != full {
+                add(doc, attr, bare);
             }
+        };
+        add_jid(&mut doc, Attr::From, &m.from);
+        add_jid(&mut doc, Attr::To, &m.to);
+        // The person behind a room occupant is a party too: `from:` finds what they said
+        // in a room, as the copies others received it.
+        if let Some(o) = &m.capture.occupant {
+            let attr = match m.direction {
+                Direction::Inbound => Attr::From,
+                Direction::Outbound => Attr::To,
+            };
+            add_jid(&mut doc, attr, o);
         }
-        add(&mut doc, f.direction, "direction", m.direction.as_str());
-        add(
-            &mut doc,
-            f.stanza_type,
-            "type",
-            &m.stanza_type.to_lowercase(),
-        );
+        add_jid(&mut doc, Attr::Account, &m.capture.account);
         if let Some(room) = query::room_of(m) {
-            add(&mut doc, f.room, "jid", &room);
+            add(&mut doc, Attr::Room, &room);
         }
-        add(&mut doc, f.action, "action", m.outcome.action.as_str());
+        add(&mut doc, Attr::Direction, m.direction.as_str());
+        add(&mut doc, Attr::Type, &m.stanza_type.to_lowercase());
+        add(&mut doc, Attr::Action, m.outcome.action.as_str());
         for r in &m.outcome.rules {
-            add(&mut doc, f.rule, "rule", r);
+            add(&mut doc, Attr::Rule, r);
         }
         let c = &m.capture;
         for id in std::iter::once(&c.identity).chain(&c.delivered_identity) {
-            add(&mut doc, f.msg, "msg", id);
+            add(&mut doc, Attr::Msg, id);
         }
-        add(&mut doc, f.via, "via", c.via.as_str());
-        let account = query::normalized_jid(&c.account);
-        add(&mut doc, f.account, "jid", &account);
-        let bare = query::bare_jid(&account);
-        if bare != account {
-            add(&mut doc, f.account, "jid", bare);
-        }
+        add(&mut doc, Attr::Via, c.via.as_str());
         self.ops.push(UserOperation::Add(doc));
         if self.ops.len() >= OPS_BATCH {
             self.send()?;
@@ -1866,6 +1896,7 @@ impl BlindIndexReader {
                 IndexRecordOption::Basic,
             ))
         };
+        let attr = |attr: Attr, v: &str| term(f.attrs, attr.tag(), v);
         Ok(match c {
             Clause::Text(words) if words.len() == 1 => {
                 term(f.text, "text", words.first().map_or("", String::as_str))
@@ -1900,26 +1931,26 @@ impl BlindIndexReader {
                 })
             }
             Clause::Jid(which, jid) => {
-                let field = match which {
-                    JidField::From => f.from,
-                    JidField::To => f.to,
+                let party = match which {
+                    JidField::From => Attr::From,
+                    JidField::To => Attr::To,
                     JidField::With => {
                         return Ok(Box::new(BooleanQuery::new(vec![
-                            (Occur::Should, term(f.from, "jid", jid)),
-                            (Occur::Should, term(f.to, "jid", jid)),
+                            (Occur::Should, attr(Attr::From, jid)),
+                            (Occur::Should, attr(Attr::To, jid)),
                         ])));
                     }
-                    JidField::Account => f.account,
+                    JidField::Account => Attr::Account,
                 };
-                term(field, "jid", jid)
+                attr(party, jid)
             }
-            Clause::Room(room) => term(f.room, "jid", room),
-            Clause::Direction(d) => term(f.direction, "direction", d.as_str()),
-            Clause::Type(t) => term(f.stanza_type, "type", t),
-            Clause::Action(a) => term(f.action, "action", a.as_str()),
-            Clause::Rule(r) => term(f.rule, "rule", r),
-            Clause::Message(id) => term(f.msg, "msg", id),
-            Clause::Via(v) => term(f.via, "via", v.as_str()),
+            Clause::Room(room) => attr(Attr::Room, room),
+            Clause::Direction(d) => attr(Attr::Direction, d.as_str()),
+            Clause::Type(t) => attr(Attr::Type, t),
+            Clause::Action(a) => attr(Attr::Action, a.as_str()),
+            Clause::Rule(r) => attr(Attr::Rule, r),
+            Clause::Message(id) => attr(Attr::Msg, id),
+            Clause::Via(v) => attr(Attr::Via, v.as_str()),
             Clause::After(t) => Box::new(TimeRange {
                 from: t.0,
                 until: i64::MAX,
@@ -2968,39 +2999,133 @@ mod tests {
         }
     }
 
-    /// An index an earlier Custos wrote, with a term for every document's seq and time,
-    /// stored fields and a `with` field of its own, is emptied at the writer's open and
-    /// refilled under the current schema: nothing of it is read, and `with:` then finds
-    /// either party.
+    /// Every attribute shares one field, each blinded under its own tag: a value a
+    /// sender chooses in one attribute (its type, its id) never answers for another,
+    /// and an address as sender is not found as addressee, account or room.
     #[test]
-    fn an_index_of_the_earlier_schema_is_rebuilt() {
-        use tantivy::schema::STORED;
+    fn an_attribute_is_found_only_in_its_own_role() {
+        use crate::record::{Action, MessageRecord, Record, RecordSeq, Via};
         let f = Fixture::new();
-        std::fs::create_dir_all(&f.index).unwrap();
-        {
-            let mut b = Schema::builder();
+        let mut w = f.writer();
+        let at = |seq: u64, m: MessageRecord| Appended {
+            record: Record {
+                seq: RecordSeq(seq),
+                time: crate::time::Timestamp(seq as i64),
+                content: NewRecord::Message(m),
+            },
+            segment: 1,
+            offset: seq * 100,
+            head: [seq as u8; 32],
+        };
+        // Alice sends Bob a message typed and identified as the boss's address.
+        let mut sent = MessageRecord::chat("Alice@X/Phone", "b@x", "numbers");
+        sent.stanza_type = "boss@x".into();
+        sent.capture.account = "alice@x/phone".into();
+        sent.capture.identity = "boss@x".into();
+        sent.outcome.action = Action::Flag;
+        sent.outcome.rules = vec!["inbound".into(), "carol@x".into()];
+        w.add(&at(1, sent)).unwrap();
+        // Carol speaks in a room; Alice's client receives it as a carbon.
+        let mut heard = MessageRecord::chat("deals@conf.x/carol", "alice@x/phone", "bids");
+        heard.direction = Direction::Inbound;
+        heard.stanza_type = "groupchat".into();
+        heard.capture.account = "alice@x/phone".into();
+        heard.capture.occupant = Some("carol@x/laptop".into());
+        heard.capture.via = Via::CarbonReceived;
+        heard.capture.identity = "m2".into();
+        w.add(&at(2, heard)).unwrap();
+        w.commit().unwrap();
+        let r = f.reader();
+        let none = Vec::<u64>::new();
+        for (q, want) in [
+            ("from:alice@x", vec![1]),
+            ("from:alice@x/phone", vec![1]),
+            ("to:alice@x", vec![2]),
+            ("with:alice@x", vec![1, 2]),
+            ("account:alice@x", vec![1, 2]),
+            ("to:b@x", vec![1]),
+            ("from:b@x", none.clone()),
+            ("account:b@x", none.clone()),
+            ("from:carol@x", vec![2]),
+            ("from:deals@conf.x", vec![2]),
+            ("room:deals@conf.x", vec![2]),
+            ("room:carol@x", none.clone()),
+            ("room:alice@x", none.clone()),
+            ("from:boss@x", none.clone()),
+            ("with:boss@x", none.clone()),
+            ("type:boss@x", vec![1]),
+            ("msg:boss@x", vec![1]),
+            ("msg:m2", vec![2]),
+            ("rule:carol@x", vec![1]),
+            ("from:carol@x rule:carol@x", none.clone()),
+            ("rule:inbound", vec![1]),
+            ("direction:inbound", vec![2]),
+            ("action:flag", vec![1]),
+            ("action:allow", vec![2]),
+            ("via:carbon-received", vec![2]),
+            ("via:direct", vec![1]),
+            ("type:groupchat", vec![2]),
+        ] {
+            assert_eq!(seqs(&r, q).unwrap(), want, "{q}");
+        }
+    }
+
+    /// The schemas earlier Custos builds wrote: with a term for every document's seq
+    /// and time, stored fields and a `with` field of its own; then with seq and time
+    /// as columns only but a field for each attribute, and lengths kept for scoring.
+    fn earlier_schema(first: bool) -> (Schema, Field) {
+        use tantivy::schema::{STORED, STRING, TEXT};
+        let mut b = Schema::builder();
+        let seq = if first {
             let seq = b.add_u64_field("seq", INDEXED | STORED | FAST);
             b.add_u64_field("seg", INDEXED | STORED | FAST);
             b.add_u64_field("off", STORED | FAST);
             b.add_i64_field("time", INDEXED | FAST);
-            b.add_text_field("text", TEXT);
-            for name in [
-                "from",
-                "to",
-                "with",
-                "direction",
-                "type",
-                "action",
-                "rule",
-                "msg",
-                "via",
-                "account",
-                "room",
-            ] {
+            seq
+        } else {
+            let seq = b.add_u64_field("seq", FAST);
+            b.add_u64_field("seg", INDEXED | FAST);
+            b.add_u64_field("off", FAST);
+            b.add_i64_field("time", FAST);
+            seq
+        };
+        b.add_text_field("text", TEXT);
+        for name in [
+            "from",
+            "to",
+            "with",
+            "direction",
+            "type",
+            "action",
+            "rule",
+            "msg",
+            "via",
+            "account",
+            "room",
+        ] {
+            if name != "with" || first {
                 b.add_text_field(name, STRING);
             }
+        }
+        (b.build(), seq)
+    }
+
+    /// An index of an earlier schema is emptied at the writer's open and refilled under
+    /// the current one: nothing of it is read, and `with:` then finds either party.
+    #[test]
+    fn an_index_of_an_earlier_schema_is_rebuilt() {
+        for first in [true, false] {
+            an_index_of_this_schema_is_rebuilt(first);
+        }
+    }
+
+    fn an_index_of_this_schema_is_rebuilt(first: bool) {
+        let f = Fixture::new();
+        std::fs::create_dir_all(&f.index).unwrap();
+        {
+            let (schema, seq) = earlier_schema(first);
             let sealed = SealedDirectory::open(&f.index, &f.master, &f.id).unwrap();
-            let old = Index::create(sealed, b.build(), tantivy::IndexSettings::default()).unwrap();
+            let old = Index::create(sealed, schema, tantivy::IndexSettings::default()).unwrap();
             let mut w: IndexWriter = old.writer_with_num_threads(1, 15_000_000).unwrap();
             w.add_document(tantivy::doc!(seq => 7u64)).unwrap();
             w.commit().unwrap();
