@@ -300,6 +300,11 @@ impl Window {
                 None => None,
             };
         }
+        if self.queue.is_empty() {
+            // An idle session holds no room for stanzas it may never send: a burst's
+            // stanzas take a few kilobytes of queue, made again when the next comes.
+            self.queue = VecDeque::new();
+        }
         settled
     }
 }
@@ -1516,6 +1521,7 @@ mod window_tests {
         assert!(settled.iter().all(|(_, r)| r.is_ok()));
         assert!(w.is_empty());
         assert_eq!(w.bytes, 0);
+        assert_eq!(w.queue.capacity(), 0, "an emptied window keeps no room");
     }
 
     /// A failed record is reported with its own stanza; what follows and is not settled
