@@ -540,9 +540,10 @@ async fn main() -> Result<(), BoxError> {
         if a.web { "following" } else { "off" }
     );
     // First, while both heaps are fresh: what a logged-in session that stays silent costs,
-    // on a fresh heap and beside as many others.
-    let idle_via = idle_memory(via_addr, ca.cert_path(), custos_pid, IDLE_SESSIONS).await?;
+    // on a fresh heap and beside as many others. Prosody's first: the sessions through
+    // Custos grow its heap too, and sessions after them would reuse what they freed.
     let idle_direct = idle_memory(direct, ca.cert_path(), prosody.pid(), IDLE_SESSIONS).await?;
+    let idle_via = idle_memory(via_addr, ca.cert_path(), custos_pid, IDLE_SESSIONS).await?;
     println!(
         "idle sessions ({IDLE_SESSIONS}, logged in, silent): custos {:.1} KiB each, {:.1} KiB each for {IDLE_SESSIONS} more; prosody directly {:.1} and {:.1} KiB each",
         idle_via.0, idle_via.1, idle_direct.0, idle_direct.1
