@@ -3070,30 +3070,36 @@ mod tests {
         }
     }
 
-    /// The schemas earlier Custos builds wrote: with a term for every document's seq
-    /// and time, stored fields and a `with` field of its own; then with seq and time
-    /// as columns only but a field for each attribute, and lengths kept for scoring.
-    fn earlier_schema(first: bool) -> (Schema, Field) {
-        use tantivy::schema::{STORED, STRING, TEXT};
+    /// Schemas earlier Custos builds wrote.
+    #[derive(Clone, Copy)]
+    enum Earlier {
+        /// A term for every document's seq and time, stored fields and a `with` field
+        /// of its own.
+        SeqTerms,
+        /// Seq and time as columns only, but a field for each attribute, and lengths
+        /// kept for scoring.
+        FieldPerAttr,
+    }
+
+    fn earlier_schema(earlier: Earlier) -> (Schema, Field) {
+        use tantivy::schema::{NumericOptions, STORED, STRING, TEXT};
         let mut b = Schema::builder();
-        let seq = if first {
-            let seq = b.add_u64_field("seq", INDEXED | STORED | FAST);
-            b.add_u64_field("seg", INDEXED | STORED | FAST);
-            b.add_u64_field("off", STORED | FAST);
-            b.add_i64_field("time", INDEXED | FAST);
-            seq
-        } else {
-            let seq = b.add_u64_field("seq", FAST);
-            b.add_u64_field("seg", INDEXED | FAST);
-            b.add_u64_field("off", FAST);
-            b.add_i64_field("time", FAST);
-            seq
+        let (seq, place, time): (NumericOptions, NumericOptions, NumericOptions) = match earlier {
+            Earlier::SeqTerms => (
+                (INDEXED | STORED | FAST).into(),
+                (STORED | FAST).into(),
+                (INDEXED | FAST).into(),
+            ),
+            Earlier::FieldPerAttr => (FAST.into(), FAST.into(), FAST.into()),
         };
+        let seq = b.add_u64_field("seq", seq);
+        b.add_u64_field("seg", place.clone().set_indexed());
+        b.add_u64_field("off", place);
+        b.add_i64_field("time", time);
         b.add_text_field("text", TEXT);
-        for name in [
+        let attrs = [
             "from",
             "to",
-            "with",
             "direction",
             "type",
             "action",
@@ -3102,10 +3108,12 @@ mod tests {
             "via",
             "account",
             "room",
-        ] {
-            if name != "with" || first {
-                b.add_text_field(name, STRING);
-            }
+        ];
+        for name in attrs {
+            b.add_text_field(name, STRING);
+        }
+        if let Earlier::SeqTerms = earlier {
+            b.add_text_field("with", STRING);
         }
         (b.build(), seq)
     }
@@ -3114,16 +3122,16 @@ mod tests {
     /// the current one: nothing of it is read, and `with:` then finds either party.
     #[test]
     fn an_index_of_an_earlier_schema_is_rebuilt() {
-        for first in [true, false] {
-            an_index_of_this_schema_is_rebuilt(first);
+        for earlier in [Earlier::SeqTerms, Earlier::FieldPerAttr] {
+            rebuilt_from(earlier);
         }
     }
 
-    fn an_index_of_this_schema_is_rebuilt(first: bool) {
+    fn rebuilt_from(earlier: Earlier) {
         let f = Fixture::new();
         std::fs::create_dir_all(&f.index).unwrap();
         {
-            let (schema, seq) = earlier_schema(first);
+            let (schema, seq) = earlier_schema(earlier);
             let sealed = SealedDirectory::open(&f.index, &f.master, &f.id).unwrap();
             let old = Index::create(sealed, schema, tantivy::IndexSettings::default()).unwrap();
             let mut w: IndexWriter = old.writer_with_num_threads(1, 15_000_000).unwrap();
