@@ -15,7 +15,8 @@
 //! burst, so Custos's indexing in the background is counted), with the ratios to direct
 //! Prosody, and how long Custos stayed busy after the burst (mostly its search index
 //! catching up), and Prosody's read and write system calls per message (from
-//! `/proc/PID/io`).
+//! `/proc/PID/io`). First of all, on a Prosody and a Custos of their own that are then
+//! stopped: the memory a logged-in, silent session holds in each.
 //!
 //! On a shared machine one pair says little: direct Prosody's own CPU per message has
 //! moved by half and more between pairs of one sitting. `--repeat` interleaves pairs
@@ -458,12 +459,19 @@ async fn run(
     })
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> Result<(), BoxError> {
-    let a = args()?;
-    let n = a.messages;
-    let dir = TestDir::new("bench")?;
-    let ca = TestCa::generate(dir.path())?;
+/// A Prosody and a Custos in front of it, both started fresh.
+struct Servers {
+    prosody: Prosody,
+    /// Stopped when dropped.
+    _custos: Custos,
+    custos_pid: u32,
+    direct: SocketAddr,
+    via: SocketAddr,
+    rules: std::path::PathBuf,
+}
+
+/// Starts a Prosody with the bench's users and a Custos before it, in `name` under `dir`.
+fn start_servers(dir: &TestDir, ca: &TestCa, a: &Args, name: &str) -> Result<Servers, BoxError> {
     let mut opts = ProsodyOptions::default();
     opts.users
         .push(User::new("alice", "example.test", "alice-pw"));
@@ -471,10 +479,10 @@ async fn main() -> Result<(), BoxError> {
         opts.users
             .push(User::new(&format!("user{i}"), "example.test", "bench-pw"));
     }
-    let prosody = Prosody::start(dir.path(), &ca, opts)?;
+    let prosody = Prosody::start(dir.path(), ca, opts)?;
     let direct = prosody.direct_tls_addr().ok_or("no direct TLS port")?;
 
-    let custos_dir = dir.join("custos");
+    let custos_dir = dir.join(name);
     std::fs::create_dir_all(custos_dir.join("secrets"))?;
     let leaf = ca.leaf(&custos_dir, "example.test")?;
     let mut archive = section(
@@ -523,7 +531,6 @@ async fn main() -> Result<(), BoxError> {
         let (web, _) = custos_e2e::rig::web_section(&custos_dir)?;
         config.insert("web".into(), Value::Table(web));
     }
-    std::env::set_var("CUSTOS_LOG", "warn");
     let custos = Custos::start(
         &custos_dir,
         &[ListenerKind::Direct],
@@ -532,22 +539,57 @@ async fn main() -> Result<(), BoxError> {
         &config,
     )?;
     let custos_pid = custos.pid().ok_or("custos has no pid")?;
-    let via_addr = custos.listener(0);
+    let via = custos.listener(0);
+    Ok(Servers {
+        prosody,
+        _custos: custos,
+        custos_pid,
+        direct,
+        via,
+        rules,
+    })
+}
 
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), BoxError> {
+    let a = args()?;
+    let n = a.messages;
+    let dir = TestDir::new("bench")?;
+    let ca = TestCa::generate(dir.path())?;
+    std::env::set_var("CUSTOS_LOG", "warn");
+    // What a logged-in session that stays silent costs, on a fresh heap and beside as
+    // many others, on servers of its own: Prosody's first (the sessions through Custos
+    // grow its heap too, and sessions after them would reuse what they freed). The
+    // figures after it are taken on fresh servers again: hundreds of sessions gone
+    // leave Prosody collecting their garbage for thousands of messages after, a pause
+    // of several milliseconds every few dozen, in the direct figures and behind Custos.
+    let idle = start_servers(&dir, &ca, &a, "custos-idle")?;
     println!(
         "{n} messages per run, each client to itself, ~150-byte bodies, Direct TLS; rules {}; review UI {}",
-        rules.display(),
+        idle.rules.display(),
         if a.web { "following" } else { "off" }
     );
-    // First, while both heaps are fresh: what a logged-in session that stays silent costs,
-    // on a fresh heap and beside as many others. Prosody's first: the sessions through
-    // Custos grow its heap too, and sessions after them would reuse what they freed.
-    let idle_direct = idle_memory(direct, ca.cert_path(), prosody.pid(), IDLE_SESSIONS).await?;
-    let idle_via = idle_memory(via_addr, ca.cert_path(), custos_pid, IDLE_SESSIONS).await?;
+    let idle_direct = idle_memory(
+        idle.direct,
+        ca.cert_path(),
+        idle.prosody.pid(),
+        IDLE_SESSIONS,
+    )
+    .await?;
+    let idle_via = idle_memory(idle.via, ca.cert_path(), idle.custos_pid, IDLE_SESSIONS).await?;
     println!(
         "idle sessions ({IDLE_SESSIONS}, logged in, silent): custos {:.1} KiB each, {:.1} KiB each for {IDLE_SESSIONS} more; prosody directly {:.1} and {:.1} KiB each",
         idle_via.0, idle_via.1, idle_direct.0, idle_direct.1
     );
+    drop(idle);
+    let Servers {
+        prosody,
+        _custos,
+        custos_pid,
+        direct,
+        via: via_addr,
+        ..
+    } = start_servers(&dir, &ca, &a, "custos")?;
     let base = measure(direct, ca.cert_path(), n).await?;
     let via = measure(via_addr, ca.cert_path(), n).await?;
     println!(
