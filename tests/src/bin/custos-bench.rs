@@ -5,8 +5,9 @@
 //! `cargo run --release -p custos-e2e --bin custos-bench -- [MESSAGES] [--sessions 1,8,64]
 //! [--repeat N] [--rules FILE] [--web] [--index-niceness N]` (default 2000 messages per
 //! session count, the demo rules; `--repeat` runs the round trips' pair and each session
-//! count's pair that many times, interleaved, and adds their medians; `--web` serves the review UI too, following
-//! the archive as it is written; `--index-niceness` sets `[archive] index_niceness`).
+//! count's pair that many times, interleaved, and adds their medians; `--web` serves the
+//! review UI too, following the archive as it is written; `--index-niceness` sets
+//! `[archive] index_niceness`).
 //!
 //! Prints, in one run, for one session: p50/p99 latency of up to 2,000 sequential round
 //! trips; and for each session count: the aggregate rate of every session bursting at
@@ -461,9 +462,9 @@ async fn run(
 
 /// A Prosody and a Custos in front of it, both started fresh.
 struct Servers {
-    prosody: Prosody,
-    /// Stopped when dropped.
+    /// Stopped when dropped, before Prosody (fields drop in this order).
     _custos: Custos,
+    prosody: Prosody,
     custos_pid: u32,
     direct: SocketAddr,
     via: SocketAddr,
@@ -541,8 +542,8 @@ fn start_servers(dir: &TestDir, ca: &TestCa, a: &Args, name: &str) -> Result<Ser
     let custos_pid = custos.pid().ok_or("custos has no pid")?;
     let via = custos.listener(0);
     Ok(Servers {
-        prosody,
         _custos: custos,
+        prosody,
         custos_pid,
         direct,
         via,
