@@ -16,7 +16,8 @@
 //! burst, so Custos's indexing in the background is counted), with the ratios to direct
 //! Prosody, and how long Custos stayed busy after the burst (mostly its search index
 //! catching up), and Prosody's read and write system calls per message (from
-//! `/proc/PID/io`). First of all, on a Prosody and a Custos of their own that are then
+//! `/proc/PID/io`), and how many records Custos's log wrote per fsync (its
+//! `custos_archive_batch_records` histogram on the admin listener). First of all, on a Prosody and a Custos of their own that are then
 //! stopped: the memory a logged-in, silent session holds in each.
 //!
 //! On a shared machine one pair says little: direct Prosody's own CPU per message has
@@ -409,6 +410,26 @@ struct Run {
     /// From the end of the burst until Custos went quiet (mostly the search index
     /// catching up and committing); `None`: not quiet within 30 s.
     custos_busy_after: Option<Duration>,
+    /// Records per write and fsync of Custos's log over the run (its group commit).
+    records_per_write: Option<f64>,
+}
+
+/// The running sum and count of Custos's `custos_archive_batch_records` histogram,
+/// from its admin listener's `/metrics`.
+fn write_batches(admin: SocketAddr) -> Result<(f64, f64), BoxError> {
+    let (status, body) = custos_e2e::net::http_get(admin, "/metrics")?;
+    if status != 200 {
+        return Err(format!("custos /metrics answered {status}").into());
+    }
+    let value = |name: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    Ok((
+        value("custos_archive_batch_records_sum"),
+        value("custos_archive_batch_records_count"),
+    ))
 }
 
 async fn run(
@@ -417,13 +438,16 @@ async fn run(
     sessions: usize,
     n: usize,
     prosody: u32,
-    custos: Option<u32>,
+    custos: Option<(u32, SocketAddr)>,
 ) -> Result<Run, BoxError> {
+    let admin = custos.map(|c| c.1);
+    let custos = custos.map(|c| c.0);
     // Logins are not what is measured: connect first, then read the clocks.
     let logged_in = clients(addr, ca, sessions).await?;
     let p0 = cpu_time(prosody)?;
     let io0 = syscalls(prosody)?;
     let c0 = custos.map(cpu_time).transpose()?;
+    let w0 = admin.map(write_batches).transpose()?;
     let rate = aggregate(logged_in, n).await?;
     let burst_end = std::time::Instant::now();
     // The CPU a message costs includes what it leaves to do after the burst (Custos
@@ -451,12 +475,20 @@ async fn run(
         (Some(pid), Some(c0)) => Some(per(cpu_time(pid)? - c0)),
         _ => None,
     };
+    let records_per_write = match (admin, w0) {
+        (Some(admin), Some(w0)) => {
+            let w1 = write_batches(admin)?;
+            Some((w1.0 - w0.0) / (w1.1 - w0.1).max(1.0))
+        }
+        _ => None,
+    };
     Ok(Run {
         rate,
         prosody_cpu,
         prosody_calls,
         custos_cpu,
         custos_busy_after,
+        records_per_write,
     })
 }
 
@@ -466,6 +498,8 @@ struct Servers {
     _custos: Custos,
     prosody: Prosody,
     custos_pid: u32,
+    /// Custos's admin listener (`/metrics`).
+    admin: SocketAddr,
     direct: SocketAddr,
     via: SocketAddr,
     rules: std::path::PathBuf,
@@ -528,6 +562,11 @@ fn start_servers(dir: &TestDir, ca: &TestCa, a: &Args, name: &str) -> Result<Ser
     );
     merge(&mut config, archive);
     merge(&mut config, section("policy", [("rules", path(&rules))]));
+    let admin = SocketAddr::from(([127, 0, 0, 1], custos_e2e::net::free_port()?));
+    merge(
+        &mut config,
+        section("admin", [("bind", Value::from(admin.to_string()))]),
+    );
     if a.web {
         let (web, _) = custos_e2e::rig::web_section(&custos_dir)?;
         config.insert("web".into(), Value::Table(web));
@@ -545,6 +584,7 @@ fn start_servers(dir: &TestDir, ca: &TestCa, a: &Args, name: &str) -> Result<Ser
         _custos: custos,
         prosody,
         custos_pid,
+        admin,
         direct,
         via,
         rules,
@@ -587,6 +627,7 @@ async fn main() -> Result<(), BoxError> {
         prosody,
         _custos,
         custos_pid,
+        admin,
         direct,
         via: via_addr,
         ..
@@ -626,7 +667,7 @@ async fn main() -> Result<(), BoxError> {
         );
     }
     println!(
-        "{:>8} {:>12} {:>12} {:>7} {:>14} {:>14} {:>12} {:>9} {:>9} {:>11} {:>17} {:>17}",
+        "{:>8} {:>12} {:>12} {:>7} {:>14} {:>14} {:>12} {:>9} {:>9} {:>11} {:>17} {:>17} {:>9}",
         "sessions",
         "direct msg/s",
         "custos msg/s",
@@ -638,7 +679,8 @@ async fn main() -> Result<(), BoxError> {
         "c./direct",
         "busy after",
         "p. r/w directly",
-        "p. r/w behind"
+        "p. r/w behind",
+        "rec/write"
     );
     for &sessions in &a.sessions {
         let mut pairs = Vec::with_capacity(a.repeat);
@@ -650,12 +692,12 @@ async fn main() -> Result<(), BoxError> {
                 sessions,
                 n,
                 prosody.pid(),
-                Some(custos_pid),
+                Some((custos_pid, admin)),
             )
             .await?;
             let pair = Pair::of(&d, &v);
             println!(
-                "{:>8} {:>12.0} {:>12.0} {:>7.2} {:>14.1?} {:>14.1?} {:>12.1?} {:>9.2} {:>9.2} {:>11} {:>17} {:>17}",
+                "{:>8} {:>12.0} {:>12.0} {:>7.2} {:>14.1?} {:>14.1?} {:>12.1?} {:>9.2} {:>9.2} {:>11} {:>17} {:>17} {:>9.1}",
                 sessions,
                 d.rate,
                 v.rate,
@@ -669,6 +711,7 @@ async fn main() -> Result<(), BoxError> {
                     .map_or_else(|| "> 30 s".to_string(), |d| format!("{:.2?}", d)),
                 format!("{:.2} / {:.2}", d.prosody_calls.0, d.prosody_calls.1),
                 format!("{:.2} / {:.2}", v.prosody_calls.0, v.prosody_calls.1),
+                v.records_per_write.unwrap_or_default(),
             );
             pairs.push(pair);
         }
