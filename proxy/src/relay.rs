@@ -280,32 +280,54 @@ impl Window {
     }
 
     /// The first stanza, whose record `head` settled, and every one after it whose record
-    /// is already settled too: one write forwards them all.
-    fn take_settled(&mut self, head: Result<(), String>) -> Vec<(InFlight, Result<(), String>)> {
-        use futures_util::FutureExt;
-        let mut settled = Vec::new();
-        let mut next = Some(head);
-        while let Some(result) = next.take() {
-            let Some(mut item) = self.queue.pop_front() else {
-                break;
-            };
-            self.bytes -= item.raw.len();
-            item.inspection.durable = None;
-            settled.push((item, result));
-            next = match self.queue.front_mut() {
-                Some(f) => match f.inspection.durable.as_mut() {
-                    None => Some(Ok(())),
-                    Some(durable) => durable.now_or_never(),
-                },
-                None => None,
-            };
+    /// is already settled too, taken from the window as they are iterated: one write
+    /// forwards them all. Nothing is allocated for them (a burst's dozens of stanzas
+    /// collected into a vector cost the relay a large allocation a batch).
+    fn take_settled(&mut self, head: Result<(), String>) -> Settled<'_> {
+        Settled {
+            window: self,
+            head: Some(head),
         }
-        if self.queue.is_empty() {
+    }
+}
+
+/// The stanzas [`Window::take_settled`] takes, in wire order, each with its record's
+/// result. A stanza whose record is not settled yet ends it and stays in the window, as
+/// does everything behind it and whatever was not iterated.
+struct Settled<'a> {
+    window: &'a mut Window,
+    /// The first stanza's result, which the caller awaited; `None` once it is taken.
+    head: Option<Result<(), String>>,
+}
+
+impl Iterator for Settled<'_> {
+    type Item = (InFlight, Result<(), String>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use futures_util::FutureExt;
+        let front = self.window.queue.front_mut()?;
+        let result = match self.head.take() {
+            // Its future already gave its result: it is not polled again.
+            Some(head) => head,
+            None => match front.inspection.durable.as_mut() {
+                None => Ok(()),
+                Some(durable) => durable.now_or_never()?,
+            },
+        };
+        let mut item = self.window.queue.pop_front()?;
+        self.window.bytes -= item.raw.len();
+        item.inspection.durable = None;
+        Some((item, result))
+    }
+}
+
+impl Drop for Settled<'_> {
+    fn drop(&mut self) {
+        if self.window.queue.is_empty() {
             // An idle session holds no room for stanzas it may never send: a burst's
             // stanzas take a few kilobytes of queue, made again when the next comes.
-            self.queue = VecDeque::new();
+            self.window.queue = VecDeque::new();
         }
-        settled
     }
 }
 
@@ -1514,7 +1536,7 @@ mod window_tests {
         assert_eq!(w.queue.len(), 3);
         first.send(Ok(())).ok();
         let head = w.head_settled().await;
-        let settled = w.take_settled(head);
+        let settled: Vec<_> = w.take_settled(head).collect();
         // All three go in one write, in order: the head, the one settled before it, and
         // the whitespace behind them.
         assert_eq!(settled.len(), 3);
@@ -1535,10 +1557,36 @@ mod window_tests {
         w.push(b);
         first.send(Err("disk full".into())).ok();
         let head = w.head_settled().await;
-        let settled = w.take_settled(head);
+        let settled: Vec<_> = w.take_settled(head).collect();
         assert_eq!(settled.len(), 1);
         assert_eq!(settled[0].1, Err("disk full".to_owned()));
         assert_eq!(w.queue.len(), 1);
+    }
+
+    /// Stanzas not iterated stay in the window with their records' futures, in order,
+    /// and are taken next time; an emptied window gives its queue back.
+    #[tokio::test]
+    async fn what_is_not_iterated_stays_in_the_window() {
+        let mut w = Window::default();
+        let (first, a) = pending();
+        let (second, b) = pending();
+        w.push(a);
+        w.push(b);
+        first.send(Ok(())).ok();
+        second.send(Err("disk full".into())).ok();
+        let head = w.head_settled().await;
+        let mut settled = w.take_settled(head);
+        assert!(matches!(settled.next(), Some((_, Ok(())))));
+        drop(settled);
+        assert_eq!(w.queue.len(), 1);
+        assert_eq!(w.bytes, b"<message/>".len());
+        let head = w.head_settled().await;
+        assert_eq!(head, Err("disk full".to_owned()));
+        let rest: Vec<_> = w.take_settled(head).collect();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].1, Err("disk full".to_owned()));
+        assert!(w.is_empty());
+        assert_eq!((w.bytes, w.queue.capacity()), (0, 0));
     }
 
     #[test]
