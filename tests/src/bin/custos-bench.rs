@@ -17,8 +17,9 @@
 //! Prosody, and how long Custos stayed busy after the burst (mostly its search index
 //! catching up), and Prosody's read and write system calls per message (from
 //! `/proc/PID/io`), and how many records Custos's log wrote per fsync (its
-//! `custos_archive_batch_records` histogram on the admin listener). First of all, on a Prosody and a Custos of their own that are then
-//! stopped: the memory a logged-in, silent session holds in each.
+//! `custos_archive_batch_records` histogram on the admin listener). First of all, on a
+//! Prosody and a Custos of their own that are then stopped: the memory a logged-in,
+//! silent session holds in each.
 //!
 //! On a shared machine one pair says little: direct Prosody's own CPU per message has
 //! moved by half and more between pairs of one sitting. `--repeat` interleaves pairs
